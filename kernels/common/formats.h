@@ -1,0 +1,152 @@
+// kernels/common/formats.h — the element formats of ../shared/spec/numerics.md, once:
+//   E2M1 (fp4), E4M3fn (fp8), E8M0 (power-of-two scale) encode/decode, and the NVFP4 / MXFP8
+//   scale rules. Every function is __host__ __device__ so the CPU reference and the CUDA kernels
+//   run the same code: same operations, same order, IEEE float32, round to nearest even.
+// Compile without fast-math and without FMA contraction (the build sets -ffp-contract=off and
+// nvcc --fmad=false for kernels/).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define FP4QAT_HD __host__ __device__ __forceinline__
+#else
+#define FP4QAT_HD inline
+#endif
+
+namespace fp4qat::fmt {
+
+constexpr float kFltMax = 3.40282346638528859812e+38f;  // FLT_MAX
+constexpr float kE4M3Max = 448.0f;
+constexpr float kE2M1Max = 6.0f;
+constexpr float kNvfp4GlobalNum = 2688.0f;  // 448 * 6
+constexpr int kNvfp4Block = 16;
+constexpr int kMxfp8Block = 32;
+
+FP4QAT_HD uint32_t f2u(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+FP4QAT_HD float u2f(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+// ---- E4M3 (fn): 1-4-3, bias 7, max 448, 0x7F/0xFF NaN, subnormals m * 2^-9 -------------
+// float32 -> E4M3, round to nearest even, saturating to +-448; NaN -> 0x7F (sign kept).
+FP4QAT_HD uint8_t float_to_e4m3(float x) {
+  const uint32_t u = f2u(x);
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return static_cast<uint8_t>(sign | 0x7f);
+  const float af = u2f(a);
+  if (af >= kE4M3Max) return static_cast<uint8_t>(sign | 0x7e);
+  if (af < 0.015625f) {  // below the smallest normal 2^-6: subnormal grid m * 2^-9
+    // af * 512 is exact (power-of-two scale); rintf rounds half to even. m in [0, 8];
+    // m == 8 is code 0x08, which is exactly the smallest normal 2^-6.
+    const float m = rintf(af * 512.0f);
+    return static_cast<uint8_t>(sign | static_cast<uint8_t>(m));
+  }
+  // Normal: round the 23-bit mantissa to 3 bits, ties to even; a carry bumps the exponent.
+  const uint32_t r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;  // (exp8 << 3) | mant3
+  return static_cast<uint8_t>(sign | static_cast<uint8_t>(r - (120u << 3)));  // rebias 127 -> 7
+}
+
+FP4QAT_HD float e4m3_to_float(uint8_t b) {
+  const uint32_t sign = static_cast<uint32_t>(b & 0x80) << 24;
+  const uint32_t e = (b >> 3) & 0xf;
+  const uint32_t m = b & 0x7;
+  if (e == 0xf && m == 0x7) return u2f(sign | 0x7fc00000u);
+  float v;
+  if (e == 0) {
+    v = static_cast<float>(m) * 0.001953125f;  // m * 2^-9, exact
+  } else {
+    v = u2f(((e + 120u) << 23) | (m << 20));
+  }
+  return u2f(f2u(v) | sign);
+}
+
+// ---- E2M1: bit 3 sign, magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 ----------------------------------
+// Round to nearest, ties to the even code (numerics.md ladder). Input is already clamped to
+// [-6, 6]. A negative value sets bit 3 (-0.1 -> 0x8); -0.0 encodes as 0x0.
+FP4QAT_HD uint8_t float_to_e2m1(float v) {
+  const float a = fabsf(v);
+  const uint8_t c = static_cast<uint8_t>((a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) +
+                                         (a > 2.5f) + (a >= 3.5f) + (a > 5.0f));
+  return static_cast<uint8_t>(c | (v < 0.0f ? 0x8 : 0x0));
+}
+
+FP4QAT_HD float e2m1_to_float(uint8_t code) {
+  // Magnitude of code c (0..7): c<4 -> c/2; else {2,3,4,6}.
+  const uint32_t c = code & 0x7u;
+  const float mag = c < 4u ? static_cast<float>(c) * 0.5f
+                           : (c == 7u ? 6.0f : static_cast<float>(c - 2u));
+  return (code & 0x8u) ? -mag : mag;
+}
+
+// ---- E8M0: value 2^(byte - 127); 0xFF NaN ---------------------------------------------------
+FP4QAT_HD float e8m0_to_float(uint8_t b) {
+  if (b == 0xff) return u2f(0x7fc00000u);
+  if (b == 0) return u2f(0x00400000u);  // 2^-127 is a float32 subnormal
+  return u2f(static_cast<uint32_t>(b) << 23);
+}
+
+// ---- NVFP4 scale rules (numerics.md) ---------------------------------------------------------
+// S_enc = min(2688 / amax, FLT_MAX); 1 if amax == 0 or S_enc == 0.
+FP4QAT_HD float nvfp4_s_enc(float amax) {
+  float s = fminf(kNvfp4GlobalNum / amax, kFltMax);
+  if (amax == 0.0f || s == 0.0f) s = 1.0f;
+  return s;
+}
+// S_dec = 1 / S_enc (correctly rounded reciprocal): the tensor's "weight_scale_2".
+FP4QAT_HD float nvfp4_s_dec(float s_enc) { return 1.0f / s_enc; }
+
+// The per-tensor factor S_enc * (1/6), with 1/6 rounded to float32 first.
+FP4QAT_HD float nvfp4_block_factor(float s_enc) { return s_enc * (1.0f / 6.0f); }
+
+// Block decode scale sb = e4m3_rne(clamp(min(bmax * factor, FLT_MAX), -448, 448)).
+FP4QAT_HD uint8_t nvfp4_block_scale(float bmax, float factor) {
+  float v = fminf(bmax * factor, kFltMax);
+  v = fminf(fmaxf(v, -kE4M3Max), kE4M3Max);
+  return float_to_e4m3(v);
+}
+
+// Block encode multiplier enc = min(1 / (float(sb) * S_dec), FLT_MAX). A zero scale gives
+// 1/0 = inf -> FLT_MAX: its codes saturate but decode to 0 (reproduced, not special-cased).
+FP4QAT_HD float nvfp4_block_enc(uint8_t sb, float s_dec) {
+  return fminf(1.0f / (e4m3_to_float(sb) * s_dec), kFltMax);
+}
+
+// One element: q = e2m1_rne(clamp(x * enc, -6, 6)).
+FP4QAT_HD uint8_t nvfp4_encode(float x, float enc) {
+  const float v = fminf(fmaxf(x * enc, -kE2M1Max), kE2M1Max);
+  return float_to_e2m1(v);
+}
+
+// Dequantized element: (e2m1(q) * float(sb)) * S_dec. The first product is exact.
+FP4QAT_HD float nvfp4_decode(uint8_t code, uint8_t sb, float s_dec) {
+  return e2m1_to_float(code) * e4m3_to_float(sb) * s_dec;
+}
+
+// ---- MXFP8 scale rule (numerics.md, SGLang mxfp8: round the scale UP to a power of two) ------
+// Returns the float32 bits of the block scale; e8m0 = bits >> 23. amax == 0 -> 0, and so does an
+// amax below 448 * 2^-150 whose quotient underflows: the caller writes e8m0 0 and zero codes
+// (the literal rule would divide by a zero scale).
+FP4QAT_HD uint32_t mxfp8_scale_bits(float amax) {
+  const uint32_t s = f2u(amax / kE4M3Max);
+  return (s + 0x007fffffu) & 0x7f800000u;
+}
+
+}  // namespace fp4qat::fmt

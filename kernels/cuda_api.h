@@ -1,0 +1,14 @@
+// kernels/cuda_api.h — CUDA implementations behind kernels/quantize.h (declared here, defined in
+// kernels/*/quantize.cu). Without CUDA support compiled in, each throws a clear error.
+#pragma once
+#include "kernels/quantize.h"
+
+namespace fp4qat::cuda {
+
+at::Tensor global_amax(const at::Tensor& x);
+NVFP4Tensor nvfp4_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax);
+at::Tensor nvfp4_dequantize(const NVFP4Tensor& q, at::ScalarType dtype);
+MXFP8Tensor mxfp8_quantize(const at::Tensor& x);
+at::Tensor mxfp8_dequantize(const MXFP8Tensor& q, at::ScalarType dtype);
+
+}  // namespace fp4qat::cuda

@@ -1,0 +1,17 @@
+// kernels/cuda_stubs.cpp — stand-ins for kernels/cuda_api.h in a build without CUDA kernels:
+// a CUDA tensor reaching them gets a clear error instead of a link failure.
+#ifndef FP4QAT_WITH_CUDA
+#include "kernels/common/check.h"
+#include "kernels/cuda_api.h"
+
+namespace fp4qat::cuda {
+namespace {
+[[noreturn]] void no_cuda() { FP4QAT_FAIL("fp4qat was built without CUDA kernels; use CPU tensors or rebuild with nvcc"); }
+}  // namespace
+at::Tensor global_amax(const at::Tensor&) { no_cuda(); }
+NVFP4Tensor nvfp4_quantize(const at::Tensor&, Blocks, const std::optional<at::Tensor>&) { no_cuda(); }
+at::Tensor nvfp4_dequantize(const NVFP4Tensor&, at::ScalarType) { no_cuda(); }
+MXFP8Tensor mxfp8_quantize(const at::Tensor&) { no_cuda(); }
+at::Tensor mxfp8_dequantize(const MXFP8Tensor&, at::ScalarType) { no_cuda(); }
+}  // namespace fp4qat::cuda
+#endif

@@ -1,0 +1,43 @@
+// kernels/mxfp8/quantize_ref.cpp — CPU reference MXFP8 (see quantize_ref.h).
+#include "kernels/mxfp8/quantize_ref.h"
+
+#include <ATen/Parallel.h>
+
+#include "kernels/common/formats.h"
+
+namespace fp4qat::ref {
+
+using namespace fp4qat::fmt;
+
+void mxfp8_quantize(const float* x, int64_t M, int64_t K, uint8_t* q, uint8_t* scales) {
+  const int64_t nb = K / kMxfp8Block;
+  at::parallel_for(0, M, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* xb = x + r * K + b * kMxfp8Block;
+        uint8_t* qb = q + r * K + b * kMxfp8Block;
+        float m = 0.0f;
+        for (int j = 0; j < kMxfp8Block; ++j) m = fmaxf(m, fabsf(xb[j]));
+        const uint32_t s_bits = mxfp8_scale_bits(m);
+        scales[r * nb + b] = static_cast<uint8_t>(s_bits >> 23);
+        if (s_bits == 0) {  // amax 0 (or amax/448 underflowing to 0): e8m0 0 and zero codes
+          for (int j = 0; j < kMxfp8Block; ++j) qb[j] = 0;
+          continue;
+        }
+        const float scale = u2f(s_bits);
+        for (int j = 0; j < kMxfp8Block; ++j) qb[j] = float_to_e4m3(xb[j] / scale);
+      }
+    }
+  });
+}
+
+void mxfp8_dequantize(const uint8_t* q, const uint8_t* scales, int64_t M, int64_t K, float* out) {
+  const int64_t nb = K / kMxfp8Block;
+  at::parallel_for(0, M, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t k = 0; k < K; ++k)
+        out[r * K + k] = e4m3_to_float(q[r * K + k]) * e8m0_to_float(scales[r * nb + k / kMxfp8Block]);
+  });
+}
+
+}  // namespace fp4qat::ref

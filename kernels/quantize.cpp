@@ -1,0 +1,140 @@
+// kernels/quantize.cpp — device dispatch and argument checks for kernels/quantize.h.
+#include "kernels/quantize.h"
+
+#include "kernels/common/check.h"
+#include "kernels/common/formats.h"
+#include "kernels/cuda_api.h"
+#include "kernels/mxfp8/quantize_ref.h"
+#include "kernels/nvfp4/quantize_ref.h"
+
+namespace fp4qat {
+
+Blocks parse_blocks(const std::string& s) {
+  if (s == "1d") return Blocks::k1D;
+  if (s == "2d") return Blocks::k2D;
+  FP4QAT_FAIL("unknown block mode '", s, "' (expected 1d or 2d)");
+}
+
+const char* to_string(Blocks b) { return b == Blocks::k1D ? "1d" : "2d"; }
+
+namespace {
+
+void check_input(const at::Tensor& x, int64_t block, const char* op) {
+  FP4QAT_CHECK(x.defined(), op, ": undefined tensor");
+  FP4QAT_CHECK(x.dim() == 2 || x.dim() == 3, op, ": expected a 2-D [N, K] or 3-D [E, N, K] tensor, got ",
+               x.dim(), "-D");
+  const auto st = x.scalar_type();
+  FP4QAT_CHECK(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf, op,
+               ": input dtype must be float32, bfloat16 or float16, got ", st);
+  FP4QAT_CHECK(x.size(-1) % block == 0, op, ": K = ", x.size(-1), " is not a multiple of ", block);
+}
+
+// [N, K] -> [1, N, K] view so the CPU reference loops over experts uniformly.
+at::Tensor as_3d(const at::Tensor& x) { return x.dim() == 2 ? x.unsqueeze(0) : x; }
+
+bool is_cuda(const at::Tensor& x) { return x.device().is_cuda(); }
+
+at::Tensor amax_shape_like(const at::Tensor& x) {
+  return x.dim() == 3 ? at::empty({x.size(0)}, x.options().dtype(at::kFloat))
+                      : at::empty({}, x.options().dtype(at::kFloat));
+}
+
+void check_amax(const at::Tensor& x, const at::Tensor& a) {
+  FP4QAT_CHECK(a.scalar_type() == at::kFloat, "nvfp4_quantize: amax must be float32, got ", a.scalar_type());
+  FP4QAT_CHECK(a.device() == x.device(), "nvfp4_quantize: amax is on ", a.device(), ", input on ", x.device());
+  const bool ok = x.dim() == 3 ? (a.dim() == 1 && a.size(0) == x.size(0)) : a.dim() == 0;
+  FP4QAT_CHECK(ok, "nvfp4_quantize: amax must have shape ", (x.dim() == 3 ? "[E]" : "[]"),
+               " for a ", x.dim(), "-D input, got ", a.sizes());
+}
+
+}  // namespace
+
+at::Tensor global_amax(const at::Tensor& x) {
+  check_input(x, 1, "global_amax");
+  if (is_cuda(x)) return cuda::global_amax(x);
+  const at::Tensor x3 = as_3d(x).to(at::kFloat).contiguous();  // widening is exact
+  at::Tensor out = amax_shape_like(x);
+  float* o = out.data_ptr<float>();
+  const int64_t per = x3.size(1) * x3.size(2);
+  for (int64_t e = 0; e < x3.size(0); ++e) o[e] = ref::amax(x3.data_ptr<float>() + e * per, per);
+  return out;
+}
+
+NVFP4Tensor nvfp4_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax_in) {
+  check_input(x, fmt::kNvfp4Block, "nvfp4_quantize");
+  if (amax_in) check_amax(x, *amax_in);
+  if (is_cuda(x)) return cuda::nvfp4_quantize(x, blocks, amax_in);
+
+  const at::Tensor a = amax_in ? amax_in->contiguous() : global_amax(x);
+  const at::Tensor x3 = as_3d(x).to(at::kFloat).contiguous();
+  const int64_t E = x3.size(0), N = x3.size(1), K = x3.size(2);
+  auto u8 = x.options().dtype(at::kByte);
+  at::Tensor codes = at::empty({E, N, K / 2}, u8);
+  at::Tensor scales = at::empty({E, N, K / fmt::kNvfp4Block}, u8);
+  at::Tensor s_dec = amax_shape_like(x);
+  const float* av = a.data_ptr<float>();
+  for (int64_t e = 0; e < E; ++e) {
+    FP4QAT_CHECK(std::isfinite(av[e]) && av[e] >= 0.0f, "nvfp4_quantize: amax must be finite and >= 0, got ", av[e]);
+    ref::nvfp4_quantize(x3.data_ptr<float>() + e * N * K, N, K, av[e], blocks == Blocks::k2D,
+                        codes.data_ptr<uint8_t>() + e * N * (K / 2),
+                        scales.data_ptr<uint8_t>() + e * N * (K / fmt::kNvfp4Block), s_dec.data_ptr<float>() + e);
+  }
+  if (x.dim() == 2) {
+    codes = codes.squeeze(0);
+    scales = scales.squeeze(0);
+  }
+  return {codes, scales.view(at::kFloat8_e4m3fn), s_dec, blocks};
+}
+
+at::Tensor nvfp4_dequantize(const NVFP4Tensor& q, at::ScalarType dtype) {
+  FP4QAT_CHECK(q.codes.dim() == 2 || q.codes.dim() == 3, "nvfp4_dequantize: codes must be 2-D or 3-D");
+  FP4QAT_CHECK(q.codes.scalar_type() == at::kByte, "nvfp4_dequantize: codes must be uint8");
+  const int64_t K = q.codes.size(-1) * 2;
+  FP4QAT_CHECK(q.scales.dim() == q.codes.dim() && q.scales.size(-1) * fmt::kNvfp4Block == K &&
+                   q.scales.size(-2) == q.codes.size(-2),
+               "nvfp4_dequantize: scales ", q.scales.sizes(), " do not match codes ", q.codes.sizes());
+  const int64_t E = q.codes.dim() == 3 ? q.codes.size(0) : 1;
+  FP4QAT_CHECK(q.s_dec.scalar_type() == at::kFloat && q.s_dec.numel() == E,
+               "nvfp4_dequantize: s_dec must be float32 with ", E, " element(s)");
+  if (is_cuda(q.codes)) return cuda::nvfp4_dequantize(q, dtype);
+  const at::Tensor codes = as_3d(q.codes).contiguous();
+  const at::Tensor scales = as_3d(q.scales).contiguous().view(at::kByte);
+  const at::Tensor s_dec = q.s_dec.contiguous();
+  const int64_t N = codes.size(1);
+  at::Tensor out = at::empty({E, N, K}, q.codes.options().dtype(at::kFloat));
+  for (int64_t e = 0; e < E; ++e)
+    ref::nvfp4_dequantize(codes.data_ptr<uint8_t>() + e * N * (K / 2),
+                          scales.data_ptr<uint8_t>() + e * N * (K / fmt::kNvfp4Block), s_dec.data_ptr<float>()[e], N, K,
+                          out.data_ptr<float>() + e * N * K);
+  if (q.codes.dim() == 2) out = out.squeeze(0);
+  return out.to(dtype);
+}
+
+MXFP8Tensor mxfp8_quantize(const at::Tensor& x) {
+  check_input(x, fmt::kMxfp8Block, "mxfp8_quantize");
+  if (is_cuda(x)) return cuda::mxfp8_quantize(x);
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const int64_t K = x.size(-1), M = x.numel() / K;  // experts are independent row sets: flatten
+  at::Tensor data = at::empty(x.sizes(), x.options().dtype(at::kByte));
+  auto ssz = x.sizes().vec();
+  ssz.back() = K / fmt::kMxfp8Block;
+  at::Tensor scales = at::empty(ssz, x.options().dtype(at::kByte));
+  ref::mxfp8_quantize(xf.data_ptr<float>(), M, K, data.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>());
+  return {data.view(at::kFloat8_e4m3fn), scales};
+}
+
+at::Tensor mxfp8_dequantize(const MXFP8Tensor& q, at::ScalarType dtype) {
+  FP4QAT_CHECK(q.data.dim() >= 1 && q.data.size(-1) % fmt::kMxfp8Block == 0, "mxfp8_dequantize: bad data shape ",
+               q.data.sizes());
+  const int64_t K = q.data.size(-1), M = q.data.numel() / K;
+  FP4QAT_CHECK(q.scales.scalar_type() == at::kByte && q.scales.numel() == M * (K / fmt::kMxfp8Block),
+               "mxfp8_dequantize: scales ", q.scales.sizes(), " do not match data ", q.data.sizes());
+  if (is_cuda(q.data)) return cuda::mxfp8_dequantize(q, dtype);
+  const at::Tensor d = q.data.contiguous().view(at::kByte);
+  const at::Tensor s = q.scales.contiguous();
+  at::Tensor out = at::empty(q.data.sizes(), q.data.options().dtype(at::kFloat));
+  ref::mxfp8_dequantize(d.data_ptr<uint8_t>(), s.data_ptr<uint8_t>(), M, K, out.data_ptr<float>());
+  return out.to(dtype);
+}
+
+}  // namespace fp4qat

@@ -1,0 +1,48 @@
+// kernels/quantize.h — the one C++ entry point per quantization operation, on at::Tensor.
+// Each function dispatches on the input's device: CPU tensors run the reference
+// (kernels/*/quantize_ref.cpp), CUDA tensors run the kernels (kernels/*/quantize.cu) on the
+// current CUDA stream with no host synchronisation. Same bytes either way.
+//
+// Layout: a 2-D input is one tensor x[N, K]; a 3-D input is E stacked experts x[E, N, K], each
+// with its own global amax / S_dec (unless a shared amax is given). Rows are `[out, in]` for
+// weights; blocks always run along the last dimension K.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+
+namespace fp4qat {
+
+enum class Blocks { k1D, k2D };  // 1x16 blocks, or 16x16 tiles (weights)
+Blocks parse_blocks(const std::string& s);  // "1d" | "2d"
+const char* to_string(Blocks b);
+
+struct NVFP4Tensor {
+  at::Tensor codes;   // uint8          [..., N, K/2]  two E2M1 codes a byte, element 2i low nibble
+  at::Tensor scales;  // float8_e4m3fn  [..., N, K/16] block decode scales, linear layout
+  at::Tensor s_dec;   // float32        [] (2-D input) or [E] (3-D input): "weight_scale_2"
+  Blocks blocks = Blocks::k1D;
+};
+
+struct MXFP8Tensor {
+  at::Tensor data;    // float8_e4m3fn  [..., N, K]
+  at::Tensor scales;  // uint8          [..., N, K/32] E8M0 bytes ("weight_scale_inv")
+};
+
+// Global amax max|x|: float32 [] for 2-D x, [E] (per expert) for 3-D x. Stays on x's device.
+at::Tensor global_amax(const at::Tensor& x);
+
+// NVFP4 quantize. x: f32/bf16/f16, 2-D or 3-D, K % 16 == 0. amax: optional float32 of the
+// shape amax(x) returns (a shared amax, e.g. max(amax_gate, amax_up)); computed when absent.
+NVFP4Tensor nvfp4_quantize(const at::Tensor& x, Blocks blocks,
+                           const std::optional<at::Tensor>& amax = std::nullopt);
+
+// e2m1(q) * float(sb) * S_dec, computed in float32, then cast to `dtype`.
+at::Tensor nvfp4_dequantize(const NVFP4Tensor& q, at::ScalarType dtype = at::kFloat);
+
+// MXFP8 quantize. x: f32/bf16/f16, 2-D or 3-D, K % 32 == 0.
+MXFP8Tensor mxfp8_quantize(const at::Tensor& x);
+at::Tensor mxfp8_dequantize(const MXFP8Tensor& q, at::ScalarType dtype = at::kFloat);
+
+}  // namespace fp4qat

@@ -1,0 +1,94 @@
+// qat/fsutil.cpp — see fsutil.h.
+#include "qat/fsutil.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "kernels/common/check.h"
+
+namespace fp4qat::fs {
+
+bool exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+bool is_dir(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::string parent_dir(const std::string& path) {
+  const auto pos = path.find_last_of('/');
+  if (pos == std::string::npos) return ".";
+  if (pos == 0) return "/";
+  return path.substr(0, pos);
+}
+
+std::string temp_name_beside(const std::string& path) {
+  static std::atomic<int> counter{0};
+  const auto pos = path.find_last_of('/');
+  const std::string dir = pos == std::string::npos ? "" : path.substr(0, pos + 1);
+  const std::string name = pos == std::string::npos ? path : path.substr(pos + 1);
+  return dir + "." + name + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+}
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  FP4QAT_CHECK(fd >= 0, path, ": cannot open for fsync: ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  FP4QAT_CHECK(rc == 0 || err == EINVAL, path, ": fsync failed: ", std::strerror(err));
+}
+
+void rename_atomic(const std::string& from, const std::string& to) {
+  FP4QAT_CHECK(::rename(from.c_str(), to.c_str()) == 0, "cannot rename ", from, " to ", to, ": ",
+               std::strerror(errno));
+  fsync_path(parent_dir(to));
+}
+
+void write_text_atomic(const std::string& path, const std::string& text) {
+  const std::string dir = parent_dir(path);
+  FP4QAT_CHECK(is_dir(dir), path, ": output folder ", dir, " does not exist");
+  const std::string tmp = temp_name_beside(path);
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    FP4QAT_CHECK(f.good(), tmp, ": cannot create: ", std::strerror(errno));
+    f.write(text.data(), static_cast<std::streamsize>(text.size()));
+    f.flush();
+    if (!f.good()) {
+      ::unlink(tmp.c_str());
+      FP4QAT_FAIL(tmp, ": write failed");
+    }
+  }
+  try {
+    fsync_path(tmp);
+    rename_atomic(tmp, path);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+}
+
+std::string read_text(const std::string& path, size_t max_bytes) {
+  std::ifstream f(path, std::ios::binary);
+  FP4QAT_CHECK(f.good(), path, ": cannot open: ", std::strerror(errno));
+  f.seekg(0, std::ios::end);
+  const auto size = static_cast<size_t>(f.tellg());
+  FP4QAT_CHECK(size <= max_bytes, path, ": file is ", size, " bytes, more than the limit of ", max_bytes);
+  f.seekg(0);
+  std::string s(size, '\0');
+  f.read(s.data(), static_cast<std::streamsize>(size));
+  FP4QAT_CHECK(f.good() || size == 0, path, ": read failed");
+  return s;
+}
+
+}  // namespace fp4qat::fs

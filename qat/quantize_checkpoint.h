@@ -1,0 +1,45 @@
+// qat/quantize_checkpoint.h — quantize the `.weight` tensors of one safetensors file into the
+// serving layouts of checkpoint-format.md (NVFP4 ModelOpt, MXFP8), copying everything else.
+// Used by `fp4qat quantize`; the rules per tensor are the ones training and export use.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "kernels/quantize.h"
+
+namespace fp4qat::qat {
+
+enum class Format { kNVFP4, kMXFP8 };
+Format parse_format(const std::string& s);  // "nvfp4" | "mxfp8"; throws naming the value
+const char* to_string(Format f);
+
+struct QuantizeFileOptions {
+  Format format = Format::kNVFP4;
+  Blocks blocks = Blocks::k1D;          // NVFP4 only
+  at::Device device = at::Device(at::kCPU);  // where the quantization runs; same bytes either way
+  bool error_stats = false;             // fill TensorReport::rel_rmse / max_abs_err
+};
+
+struct TensorReport {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool quantized = false;
+  double rel_rmse = 0, max_abs_err = 0;  // of dequantize(quantize(x)) vs x (when requested)
+};
+
+// True when `name`/dtype/rank make a tensor a quantization target: a F32/BF16/F16 tensor of rank
+// 2 ([out, in]) or 3 ([E, out, in]) whose name ends in ".weight".
+bool is_quantizable(const std::string& name, at::ScalarType dtype, int64_t rank);
+
+// Reads `in`, writes `out` atomically (no output file on any error). Throws fp4qat::Error
+// naming the file or tensor on bad input (non-finite values, K not a multiple of the block, a
+// gated pair with one member missing, ...).
+std::vector<TensorReport> quantize_file(const std::string& in, const std::string& out,
+                                        const QuantizeFileOptions& opt);
+
+// Throws naming `name` if t holds NaN or Inf.
+void check_finite(const at::Tensor& t, const std::string& name);
+
+}  // namespace fp4qat::qat

@@ -1,0 +1,145 @@
+// tests/common/test_util.cpp — see test_util.h.
+#include "tests/common/test_util.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+extern char** environ;
+
+namespace fp4qat::test {
+
+std::string shared_dir() {
+  if (const char* s = std::getenv("FP4QAT_SHARED"); s && *s) return s;
+  struct stat st;
+  if (::stat(FP4QAT_SHARED_DIR_DEFAULT, &st) == 0) return FP4QAT_SHARED_DIR_DEFAULT;
+  return std::string(FP4QAT_SOURCE_DIR) + "/shared";
+}
+
+std::string vectors_dir() { return shared_dir() + "/vectors"; }
+
+std::vector<std::string> vector_files() {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(vectors_dir().c_str());
+  if (!d) return out;
+  while (dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n.size() > 12 && n.substr(n.size() - 12) == ".safetensors") out.push_back(vectors_dir() + "/" + n);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/fp4qat-test-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  if (!::mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed");
+  path_ = buf.data();
+}
+
+static void remove_tree(const std::string& p) {
+  struct stat st;
+  if (::lstat(p.c_str(), &st) != 0) return;
+  if (S_ISDIR(st.st_mode)) {
+    if (DIR* d = ::opendir(p.c_str())) {
+      while (dirent* e = ::readdir(d)) {
+        std::string n = e->d_name;
+        if (n != "." && n != "..") remove_tree(p + "/" + n);
+      }
+      ::closedir(d);
+    }
+    ::rmdir(p.c_str());
+  } else {
+    ::unlink(p.c_str());
+  }
+}
+
+TempDir::~TempDir() { remove_tree(path_); }
+
+std::vector<std::string> TempDir::list() const {
+  std::vector<std::string> out;
+  if (DIR* d = ::opendir(path_.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      std::string n = e->d_name;
+      if (n != "." && n != "..") out.push_back(n);
+    }
+    ::closedir(d);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+ProcResult run_fp4qat(const std::vector<std::string>& args) {
+  TempDir io;
+  const std::string out_path = io.file("stdout"), err_path = io.file("stderr");
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  std::vector<std::string> argv_s = {FP4QAT_BINARY};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& s : argv_s) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  pid_t pid;
+  ProcResult r;
+  const int rc = ::posix_spawn(&pid, FP4QAT_BINARY, &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) throw std::runtime_error("posix_spawn failed for " + std::string(FP4QAT_BINARY));
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_bytes(out_path);
+  r.err = read_bytes(err_path);
+  return r;
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+::testing::AssertionResult bytes_equal(const at::Tensor& got_in, const at::Tensor& want_in) {
+  const at::Tensor got = got_in.cpu().contiguous(), want = want_in.cpu().contiguous();
+  if (got.scalar_type() != want.scalar_type())
+    return ::testing::AssertionFailure() << "dtype " << got.scalar_type() << " != " << want.scalar_type();
+  if (got.sizes() != want.sizes())
+    return ::testing::AssertionFailure() << "shape " << got.sizes() << " != " << want.sizes();
+  const size_t n = static_cast<size_t>(got.numel()) * got.element_size();
+  const auto* a = static_cast<const unsigned char*>(got.data_ptr());
+  const auto* b = static_cast<const unsigned char*>(want.data_ptr());
+  size_t diffs = 0, first = n;
+  for (size_t i = 0; i < n; ++i)
+    if (a[i] != b[i]) {
+      if (!diffs) first = i;
+      ++diffs;
+    }
+  if (!diffs) return ::testing::AssertionSuccess();
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "%zu of %zu bytes differ; first at byte %zu: got 0x%02x want 0x%02x", diffs, n,
+                first, a[first], b[first]);
+  return ::testing::AssertionFailure() << buf;
+}
+
+bool cuda_available() { return at::hasCUDA(); }
+
+}  // namespace fp4qat::test

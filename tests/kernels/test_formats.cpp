@@ -1,0 +1,161 @@
+// tests/kernels/test_formats.cpp — element formats of kernels/common/formats.h: exhaustive
+// E4M3 / E2M1 / E8M0 round trips and encoders checked against brute-force nearest-even oracles.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "kernels/common/formats.h"
+
+using namespace fp4qat::fmt;
+
+namespace {
+
+// Independent oracle: nearest E4M3 value by enumeration; ties go to the even code (mantissa LSB 0),
+// saturating to 448 above the grid.
+uint8_t e4m3_oracle(float x) {
+  const bool neg = std::signbit(x);
+  const double a = std::fabs(static_cast<double>(x));
+  int best = 0;
+  double best_d = std::numeric_limits<double>::infinity();
+  for (int c = 0; c <= 0x7e; ++c) {
+    const int e = c >> 3, m = c & 7;
+    const double v = e == 0 ? m * std::ldexp(1.0, -9) : (1.0 + m / 8.0) * std::ldexp(1.0, e - 7);
+    const double d = std::fabs(v - a);
+    if (d < best_d || (d == best_d && (c & 1) == 0)) {
+      best = c;
+      best_d = d;
+    }
+  }
+  return static_cast<uint8_t>(best | (neg ? 0x80 : 0));
+}
+
+// Independent oracle for E2M1 on |v| <= 6: nearest of the 8 magnitudes, ties to the even code.
+uint8_t e2m1_oracle(float v) {
+  static const double mags[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+  const double a = std::fabs(static_cast<double>(v));
+  int best = 0;
+  double best_d = 1e300;
+  for (int c = 0; c < 8; ++c) {
+    const double d = std::fabs(mags[c] - a);
+    if (d < best_d || (d == best_d && (c & 1) == 0)) {
+      best = c;
+      best_d = d;
+    }
+  }
+  return static_cast<uint8_t>(best | (v < 0 ? 8 : 0));
+}
+
+}  // namespace
+
+TEST(E4M3, EveryCodeRoundTrips) {
+  for (int c = 0; c < 256; ++c) {
+    const uint8_t code = static_cast<uint8_t>(c);
+    const float v = e4m3_to_float(code);
+    if ((c & 0x7f) == 0x7f) {
+      EXPECT_TRUE(std::isnan(v)) << "code " << c;
+      EXPECT_EQ(float_to_e4m3(v) & 0x7f, 0x7f) << "NaN must stay NaN";
+      continue;
+    }
+    EXPECT_EQ(float_to_e4m3(v), code) << "code 0x" << std::hex << c << " value " << v;
+  }
+}
+
+TEST(E4M3, KnownValues) {
+  EXPECT_EQ(e4m3_to_float(0x7e), 448.0f);
+  EXPECT_EQ(e4m3_to_float(0x01), std::ldexp(1.0f, -9));
+  EXPECT_EQ(e4m3_to_float(0x08), std::ldexp(1.0f, -6));
+  EXPECT_EQ(e4m3_to_float(0x38), 1.0f);
+  EXPECT_EQ(float_to_e4m3(1000.0f), 0x7e);   // saturates
+  EXPECT_EQ(float_to_e4m3(-1e30f), 0xfe);
+  EXPECT_EQ(float_to_e4m3(464.0f), 0x7e);    // would round past the grid: saturate
+  EXPECT_EQ(float_to_e4m3(std::ldexp(1.0f, -10)), 0x00);  // half of the smallest subnormal: tie to even (0)
+  EXPECT_EQ(float_to_e4m3(3 * std::ldexp(1.0f, -10)), 0x02);  // 1.5 * 2^-9: tie to even (2)
+}
+
+TEST(E4M3, EncoderMatchesOracleOnMidpointsAndRandom) {
+  std::vector<float> xs;
+  // Every midpoint between neighbours, and one ulp either side of it.
+  for (int c = 0; c < 0x7e; ++c) {
+    const float lo = e4m3_to_float(static_cast<uint8_t>(c)), hi = e4m3_to_float(static_cast<uint8_t>(c + 1));
+    const float mid = static_cast<float>((static_cast<double>(lo) + hi) / 2);
+    xs.insert(xs.end(), {lo, hi, mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1000.0f)});
+  }
+  std::mt19937 rng(1234);
+  std::uniform_real_distribution<float> ex(-14.0f, 9.5f);
+  for (int i = 0; i < 200000; ++i) xs.push_back(std::exp2(ex(rng)) * (i & 1 ? -1.0f : 1.0f));
+  for (float x : xs) {
+    ASSERT_EQ(float_to_e4m3(x), e4m3_oracle(x)) << "x = " << x;
+  }
+}
+
+TEST(E2M1, EveryCodeRoundTrips) {
+  for (int c = 0; c < 16; ++c) {
+    const float v = e2m1_to_float(static_cast<uint8_t>(c));
+    if (c == 8) {  // -0: may encode as 0x0 or 0x8
+      EXPECT_EQ(v, 0.0f);
+      EXPECT_EQ(float_to_e2m1(v) & 7, 0);
+      continue;
+    }
+    EXPECT_EQ(float_to_e2m1(v), c) << "code " << c;
+  }
+  const float mags[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
+  for (int c = 0; c < 8; ++c) {
+    EXPECT_EQ(e2m1_to_float(static_cast<uint8_t>(c)), mags[c]);
+    EXPECT_EQ(e2m1_to_float(static_cast<uint8_t>(c | 8)), -mags[c]);
+  }
+}
+
+TEST(E2M1, LadderBoundariesAndTies) {
+  // numerics.md: <= .25 -> 0, < .75 -> .5, <= 1.25 -> 1, < 1.75 -> 1.5, <= 2.5 -> 2, < 3.5 -> 3, <= 5 -> 4, else 6
+  struct Case { float v; uint8_t code; };
+  const Case cases[] = {{0.25f, 0}, {std::nextafter(0.25f, 1.f), 1}, {0.75f, 2}, {std::nextafter(0.75f, 0.f), 1},
+                        {1.25f, 2}, {std::nextafter(1.25f, 2.f), 3}, {1.75f, 4}, {std::nextafter(1.75f, 0.f), 3},
+                        {2.5f, 4},  {std::nextafter(2.5f, 3.f), 5},  {3.5f, 6}, {std::nextafter(3.5f, 0.f), 5},
+                        {5.0f, 6},  {std::nextafter(5.0f, 6.f), 7},  {6.0f, 7}, {-0.1f, 8}, {-5.5f, 15}};
+  for (const auto& c : cases) EXPECT_EQ(float_to_e2m1(c.v), c.code) << "v = " << c.v;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-6.0f, 6.0f);
+  for (int i = 0; i < 100000; ++i) {
+    const float v = u(rng);
+    ASSERT_EQ(float_to_e2m1(v), e2m1_oracle(v)) << "v = " << v;
+  }
+}
+
+TEST(E8M0, Decode) {
+  EXPECT_EQ(e8m0_to_float(127), 1.0f);
+  EXPECT_EQ(e8m0_to_float(128), 2.0f);
+  EXPECT_EQ(e8m0_to_float(1), std::ldexp(1.0f, -126));
+  EXPECT_EQ(e8m0_to_float(0), std::ldexp(1.0f, -127));
+  EXPECT_EQ(e8m0_to_float(254), std::ldexp(1.0f, 127));
+  EXPECT_TRUE(std::isnan(e8m0_to_float(255)));
+}
+
+TEST(MXFP8Scale, RoundsUpToPowerOfTwo) {
+  // amax/448 exactly a power of two stays; anything above goes to the next power of two.
+  EXPECT_EQ(mxfp8_scale_bits(448.0f) >> 23, 127u);
+  EXPECT_EQ(mxfp8_scale_bits(std::nextafter(448.0f, 1e9f)) >> 23, 128u);
+  EXPECT_EQ(mxfp8_scale_bits(449.0f) >> 23, 128u);
+  EXPECT_EQ(mxfp8_scale_bits(224.0f) >> 23, 126u);
+  EXPECT_EQ(mxfp8_scale_bits(0.0f), 0u);
+  // A subnormal quotient rounds up to the smallest normal power of two...
+  EXPECT_EQ(mxfp8_scale_bits(std::ldexp(1.0f, -130)) >> 23, 1u);
+  // ...and one that underflows to zero gives a zero scale (the block is then written as zeros).
+  EXPECT_EQ(mxfp8_scale_bits(std::numeric_limits<float>::denorm_min()), 0u);
+}
+
+TEST(NVFP4Scale, GlobalAndBlockRules) {
+  EXPECT_EQ(nvfp4_s_enc(0.0f), 1.0f);
+  EXPECT_EQ(nvfp4_s_enc(2688.0f), 1.0f);
+  EXPECT_EQ(nvfp4_s_enc(1.0f), 2688.0f);
+  EXPECT_EQ(nvfp4_s_enc(std::numeric_limits<float>::denorm_min()), kFltMax);  // 2688/amax overflows
+  // bmax == amax maps to the largest block scale 448.
+  const float s_enc = nvfp4_s_enc(3.0f);
+  EXPECT_EQ(nvfp4_block_scale(3.0f, nvfp4_block_factor(s_enc)), 0x7e);
+  // A zero scale gives enc = FLT_MAX (1/0 clamped).
+  EXPECT_EQ(nvfp4_block_enc(0, 1.0f), kFltMax);
+  // Codes of a zero-scale block decode to zero.
+  EXPECT_EQ(nvfp4_decode(nvfp4_encode(1e-30f, kFltMax), 0, 1.0f), 0.0f);
+}

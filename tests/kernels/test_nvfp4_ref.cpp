@@ -1,0 +1,168 @@
+// tests/kernels/test_nvfp4_ref.cpp — properties of the CPU reference behind kernels/quantize.h:
+// error bounds, 2D tile replication, packing order, 3-D per-expert semantics, shared amax,
+// input dtypes, zero-scale blocks, and argument errors.
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+
+#include "kernels/common/check.h"
+#include "kernels/common/formats.h"
+#include "kernels/quantize.h"
+#include "tests/common/test_util.h"
+
+using fp4qat::Blocks;
+using fp4qat::test::bytes_equal;
+
+namespace {
+at::Generator gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+at::Tensor randn(std::vector<int64_t> shape, uint64_t seed) { return at::randn(shape, gen(seed)); }
+at::Tensor u8(const at::Tensor& t) { return t.view(at::kByte); }
+}  // namespace
+
+TEST(NVFP4Ref, DequantizeErrorIsWithinHalfAStep) {
+  // Each element's error is at most half the spacing of the E2M1 grid around it, scaled by its
+  // block's decode scale (sb * S_dec); elements beyond 6*scale are clamped (cannot happen here).
+  for (auto blocks : {Blocks::k1D, Blocks::k2D}) {
+    const at::Tensor x = randn({37, 128}, 11) * 3.0;
+    const auto q = fp4qat::nvfp4_quantize(x, blocks);
+    const at::Tensor dq = fp4qat::nvfp4_dequantize(q);
+    const float s_dec = q.s_dec.item<float>();
+    const at::Tensor sc = u8(q.scales);
+    for (int64_t r = 0; r < x.size(0); ++r)
+      for (int64_t k = 0; k < x.size(1); ++k) {
+        const float scale = fp4qat::fmt::e4m3_to_float(sc[r][k / 16].item<uint8_t>()) * s_dec;
+        const float xv = x[r][k].item<float>(), dv = dq[r][k].item<float>();
+        const float a = std::fabs(xv) / scale;
+        const float half_step = a < 2 ? 0.25f : (a < 4 ? 0.5f : 1.0f);
+        ASSERT_LE(std::fabs(xv - dv), half_step * scale * 1.0001f) << "row " << r << " col " << k;
+      }
+    // and overall it is a good approximation of a Gaussian tensor
+    EXPECT_LT(((dq - x).norm() / x.norm()).item<double>(), 0.2);
+  }
+}
+
+TEST(NVFP4Ref, PackingOrderLowNibbleFirst) {
+  // Row of 16: element 0 = 6 (max -> code 7), element 1 = -6 (code 15), rest 0.
+  at::Tensor x = at::zeros({1, 16});
+  x[0][0] = 6.0f;
+  x[0][1] = -6.0f;
+  x[0][3] = 3.0f;  // code 5, element 3 -> high nibble of byte 1
+  const auto q = fp4qat::nvfp4_quantize(x, Blocks::k1D);
+  EXPECT_EQ(q.codes[0][0].item<uint8_t>(), 0xF7);
+  EXPECT_EQ(q.codes[0][1].item<uint8_t>(), 0x50);
+  EXPECT_EQ(q.codes.sizes(), (std::vector<int64_t>{1, 8}));
+  EXPECT_EQ(q.scales.sizes(), (std::vector<int64_t>{1, 1}));
+}
+
+TEST(NVFP4Ref, TwoDScalesAreReplicatedAcrossTileRows) {
+  const at::Tensor x = randn({40, 64}, 3);  // 40 rows: the last tile has 8 rows (rest count as 0)
+  const auto q = fp4qat::nvfp4_quantize(x, Blocks::k2D);
+  const at::Tensor sc = u8(q.scales);
+  const float factor = fp4qat::fmt::nvfp4_block_factor(fp4qat::fmt::nvfp4_s_enc(x.abs().max().item<float>()));
+  for (int64_t t = 0; t < 3; ++t) {
+    const int64_t r0 = t * 16, r1 = std::min<int64_t>(40, r0 + 16);
+    for (int64_t b = 0; b < 4; ++b) {
+      const float tile_max = x.slice(0, r0, r1).slice(1, b * 16, b * 16 + 16).abs().max().item<float>();
+      const uint8_t want = fp4qat::fmt::nvfp4_block_scale(tile_max, factor);
+      for (int64_t r = r0; r < r1; ++r) ASSERT_EQ(sc[r][b].item<uint8_t>(), want) << "row " << r << " block " << b;
+    }
+  }
+  // 1D differs from 2D on random data (the mode switch does something).
+  EXPECT_FALSE(at::equal(u8(fp4qat::nvfp4_quantize(x, Blocks::k1D).scales), sc));
+}
+
+TEST(NVFP4Ref, StackedExpertsEachHaveTheirOwnAmax) {
+  at::Tensor w = randn({3, 32, 64}, 5);
+  w[1] *= 100.0;  // expert 1 has a much larger range
+  for (auto blocks : {Blocks::k1D, Blocks::k2D}) {
+    const auto q3 = fp4qat::nvfp4_quantize(w, blocks);
+    ASSERT_EQ(q3.s_dec.sizes(), (std::vector<int64_t>{3}));
+    for (int64_t e = 0; e < 3; ++e) {
+      const auto q2 = fp4qat::nvfp4_quantize(w[e], blocks);
+      EXPECT_TRUE(bytes_equal(q3.codes[e], q2.codes)) << "expert " << e;
+      EXPECT_TRUE(bytes_equal(q3.scales[e], q2.scales)) << "expert " << e;
+      EXPECT_TRUE(bytes_equal(q3.s_dec[e], q2.s_dec)) << "expert " << e;
+    }
+    EXPECT_NE(q3.s_dec[0].item<float>(), q3.s_dec[1].item<float>());
+  }
+}
+
+TEST(NVFP4Ref, SharedAmaxForGatedPairs) {
+  const at::Tensor gate = randn({2, 16, 32}, 8), up = randn({2, 16, 32}, 9) * 4.0;
+  const at::Tensor a = at::maximum(fp4qat::global_amax(gate), fp4qat::global_amax(up));
+  const auto qg = fp4qat::nvfp4_quantize(gate, Blocks::k1D, a);
+  const auto qu = fp4qat::nvfp4_quantize(up, Blocks::k1D, a);
+  EXPECT_TRUE(bytes_equal(qg.s_dec, qu.s_dec));
+  // Up holds the larger amax: its own quantization equals the shared one; gate's does not.
+  EXPECT_TRUE(bytes_equal(fp4qat::nvfp4_quantize(up, Blocks::k1D).s_dec, qu.s_dec));
+  EXPECT_FALSE(at::equal(fp4qat::nvfp4_quantize(gate, Blocks::k1D).s_dec, qg.s_dec));
+  // A given amax equal to the computed one gives identical bytes.
+  const auto q_own = fp4qat::nvfp4_quantize(gate, Blocks::k2D);
+  const auto q_given = fp4qat::nvfp4_quantize(gate, Blocks::k2D, fp4qat::global_amax(gate));
+  EXPECT_TRUE(bytes_equal(q_own.codes, q_given.codes));
+  EXPECT_TRUE(bytes_equal(q_own.scales, q_given.scales));
+}
+
+TEST(NVFP4Ref, InputDtypesWidenExactly) {
+  const at::Tensor xb = randn({16, 64}, 21).to(at::kBFloat16);
+  const at::Tensor xh = xb.to(at::kHalf);  // bf16 values with small exponents are exact in fp16
+  const auto qf = fp4qat::nvfp4_quantize(xb.to(at::kFloat), Blocks::k1D);
+  for (const at::Tensor& x : {xb, xh}) {
+    const auto q = fp4qat::nvfp4_quantize(x, Blocks::k1D);
+    EXPECT_TRUE(bytes_equal(q.codes, qf.codes));
+    EXPECT_TRUE(bytes_equal(q.scales, qf.scales));
+    EXPECT_TRUE(bytes_equal(q.s_dec, qf.s_dec));
+  }
+  const auto mf = fp4qat::mxfp8_quantize(xb.to(at::kFloat));
+  const auto mb = fp4qat::mxfp8_quantize(xb);
+  EXPECT_TRUE(bytes_equal(mb.data, mf.data));
+  EXPECT_TRUE(bytes_equal(mb.scales, mf.scales));
+}
+
+TEST(NVFP4Ref, ZeroScaleBlockDecodesToZero) {
+  // One huge block and one tiny block in the same tensor: the tiny block's scale underflows to 0,
+  // enc becomes FLT_MAX, codes saturate, and everything decodes to 0.
+  at::Tensor x = at::zeros({1, 32});
+  x[0][0] = 1e30f;
+  x[0].slice(0, 16, 32).fill_(1e-30f);
+  const auto q = fp4qat::nvfp4_quantize(x, Blocks::k1D);
+  EXPECT_EQ(u8(q.scales)[0][1].item<uint8_t>(), 0);
+  EXPECT_EQ(q.codes[0][8].item<uint8_t>(), 0x77);  // saturated codes, as the rule produces
+  const at::Tensor dq = fp4qat::nvfp4_dequantize(q);
+  EXPECT_TRUE(at::equal(dq[0].slice(0, 16, 32), at::zeros({16})));
+}
+
+TEST(NVFP4Ref, AllZeroTensor) {
+  const auto q = fp4qat::nvfp4_quantize(at::zeros({3, 16}), Blocks::k2D);
+  EXPECT_EQ(q.s_dec.item<float>(), 1.0f);
+  EXPECT_EQ(u8(q.scales).sum().item<int64_t>(), 0);
+  EXPECT_EQ(q.codes.sum().item<int64_t>(), 0);
+}
+
+TEST(NVFP4Ref, ArgumentErrors) {
+  EXPECT_THROW(fp4qat::nvfp4_quantize(at::zeros({4, 24}), Blocks::k1D), fp4qat::Error);   // K % 16
+  EXPECT_THROW(fp4qat::mxfp8_quantize(at::zeros({4, 48})), fp4qat::Error);                 // K % 32
+  EXPECT_THROW(fp4qat::nvfp4_quantize(at::zeros({16}), Blocks::k1D), fp4qat::Error);       // rank
+  EXPECT_THROW(fp4qat::nvfp4_quantize(at::zeros({4, 16}, at::kDouble), Blocks::k1D), fp4qat::Error);
+  EXPECT_THROW(fp4qat::nvfp4_quantize(at::zeros({2, 4, 16}), Blocks::k1D, at::ones({})), fp4qat::Error);  // amax shape
+  try {
+    fp4qat::nvfp4_quantize(at::zeros({4, 24}), Blocks::k1D);
+  } catch (const fp4qat::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("K = 24"), std::string::npos) << e.what();
+  }
+}
+
+TEST(MXFP8Ref, DequantizeIsCloseAndBlocksArePowersOfTwo) {
+  const at::Tensor x = randn({9, 96}, 31) * 10.0;
+  const auto q = fp4qat::mxfp8_quantize(x);
+  const at::Tensor dq = fp4qat::mxfp8_dequantize(q);
+  EXPECT_LT(((dq - x).norm() / x.norm()).item<double>(), 0.05);
+  // Per block: scale = 2^(e8m0-127) >= amax/448, and < 2 * amax/448.
+  const at::Tensor sc = q.scales;
+  for (int64_t r = 0; r < 9; ++r)
+    for (int64_t b = 0; b < 3; ++b) {
+      const float amax = x[r].slice(0, b * 32, b * 32 + 32).abs().max().item<float>();
+      const float s = fp4qat::fmt::e8m0_to_float(sc[r][b].item<uint8_t>());
+      EXPECT_GE(s, amax / 448.0f);
+      EXPECT_LT(s, 2.0f * amax / 448.0f);
+    }
+}
