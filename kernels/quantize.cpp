@@ -110,6 +110,17 @@ at::Tensor nvfp4_dequantize(const NVFP4Tensor& q, at::ScalarType dtype) {
   return out.to(dtype);
 }
 
+NVFP4FakeQuant nvfp4_fake_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax_in) {
+  check_input(x, fmt::kNvfp4Block, "nvfp4_fake_quantize");
+  if (amax_in) check_amax(x, *amax_in);
+  if (is_cuda(x)) return cuda::nvfp4_fake_quantize(x, blocks, amax_in);
+  // Reference: quantize, then decode with a unit global scale: e2m1(q) * sb, exact in bf16.
+  NVFP4Tensor q = nvfp4_quantize(x, blocks, amax_in);
+  const at::Tensor s_dec = q.s_dec;
+  q.s_dec = at::ones_like(s_dec);
+  return {nvfp4_dequantize(q, at::kBFloat16), s_dec};
+}
+
 MXFP8Tensor mxfp8_quantize(const at::Tensor& x) {
   check_input(x, fmt::kMxfp8Block, "mxfp8_quantize");
   if (is_cuda(x)) return cuda::mxfp8_quantize(x);

@@ -41,6 +41,15 @@ NVFP4Tensor nvfp4_quantize(const at::Tensor& x, Blocks blocks,
 // e2m1(q) * float(sb) * S_dec, computed in float32, then cast to `dtype`.
 at::Tensor nvfp4_dequantize(const NVFP4Tensor& q, at::ScalarType dtype = at::kFloat);
 
+// Fused quantize-dequantize for the QAT forward ("fake quant"): the same quantization as
+// nvfp4_quantize, returned as the exact bf16 operand of the emulated NVFP4 GEMM.
+struct NVFP4FakeQuant {
+  at::Tensor values;  // bfloat16 [..., N, K] = e2m1(q) * float(sb): exact in bf16; S_dec NOT applied
+  at::Tensor s_dec;   // float32 [] or [E]: applied once as the GEMM's alpha (numerics.md)
+};
+NVFP4FakeQuant nvfp4_fake_quantize(const at::Tensor& x, Blocks blocks,
+                                   const std::optional<at::Tensor>& amax = std::nullopt);
+
 // MXFP8 quantize. x: f32/bf16/f16, 2-D or 3-D, K % 32 == 0.
 MXFP8Tensor mxfp8_quantize(const at::Tensor& x);
 at::Tensor mxfp8_dequantize(const MXFP8Tensor& q, at::ScalarType dtype = at::kFloat);

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""bench/baselines/nvfp4_quant.py — the NVFP4 / fake-quant / MXFP8 algorithm of
+../shared/spec/numerics.md in plain PyTorch (eager, then torch.compile), timed on the GPU
+on the same cases as bench/bench_quantize.cpp. Before timing, the eager version is checked
+byte for byte against the shared vectors (so it is the same algorithm), when --vectors is given.
+
+usage: nvfp4_quant.py [--vectors DIR] [--reps 20] [--warmup 5] [--json FILE]
+"""
+import argparse
+import glob
+import json
+import os
+import struct
+import sys
+
+import torch
+
+FLT_MAX = 3.4028234663852886e38
+SIXTH = torch.tensor(1.0 / 6.0, dtype=torch.float32).item()  # 1/6 rounded to float32 first
+
+
+def e2m1_codes(v):
+    """v: float32 already clamped to [-6, 6]. Ladder of numerics.md with arithmetic, not masks."""
+    a = v.abs()
+    c = ((a > 0.25).to(torch.uint8) + (a >= 0.75) + (a > 1.25) + (a >= 1.75) + (a > 2.5) + (a >= 3.5) + (a > 5.0))
+    return c.to(torch.uint8) | ((v < 0).to(torch.uint8) << 3)
+
+
+def nvfp4_quantize(x, two_d=False, fake=False):
+    """x: [E, N, K] (bf16/f32). Returns (codes [E,N,K/2] u8 | fake bf16 [E,N,K], scales e4m3 [E,N,K/16], s_dec [E])."""
+    E, N, K = x.shape
+    xf = x.float()
+    amax = xf.abs().amax(dim=(1, 2))
+    s_enc = torch.clamp(2688.0 / amax, max=FLT_MAX)
+    s_enc = torch.where((amax == 0) | (s_enc == 0), torch.ones_like(s_enc), s_enc)
+    s_dec = 1.0 / s_enc
+    blocks = xf.view(E, N, K // 16, 16)
+    bmax = blocks.abs().amax(-1)  # [E, N, K/16]
+    if two_d:
+        pad = (-N) % 16
+        t = torch.nn.functional.pad(bmax, (0, 0, 0, pad)).view(E, (N + pad) // 16, 16, K // 16).amax(2)
+        bmax = t.repeat_interleave(16, dim=1)[:, :N]
+    factor = (s_enc * SIXTH)[:, None, None]
+    sb = torch.clamp(torch.clamp(bmax * factor, max=FLT_MAX), -448.0, 448.0).to(torch.float8_e4m3fn)
+    enc = torch.clamp(1.0 / (sb.float() * s_dec[:, None, None]), max=FLT_MAX)
+    v = torch.clamp(blocks * enc[..., None], -6.0, 6.0)
+    codes = e2m1_codes(v).view(E, N, K)
+    if fake:
+        mag = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], device=x.device)
+        vals = mag[codes.long()].view(E, N, K // 16, 16) * sb.float()[..., None]
+        return vals.view(E, N, K).to(torch.bfloat16), sb, s_dec
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return packed, sb, s_dec
+
+
+def mxfp8_quantize(x):
+    E, N, K = x.shape
+    blocks = x.float().view(E, N, K // 32, 32)
+    amax = blocks.abs().amax(-1)
+    bits = (amax / 448.0).view(torch.int32)
+    bits = (bits + 0x007FFFFF) & 0x7F800000
+    scale = bits.view(torch.float32)
+    q = torch.where(scale[..., None] == 0, torch.zeros_like(blocks), blocks / scale[..., None])
+    return q.to(torch.float8_e4m3fn).view(E, N, K), (bits >> 23).to(torch.uint8)
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        b = f.read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    out = {}
+    dt = {"F32": torch.float32, "BF16": torch.bfloat16, "U8": torch.uint8, "F8_E4M3": torch.float8_e4m3fn}
+    for k, v in h.items():
+        if k == "__metadata__":
+            continue
+        s, e = v["data_offsets"]
+        raw = torch.frombuffer(bytearray(b[8 + n + s:8 + n + e]), dtype=torch.uint8)
+        out[k] = raw.view(dt[v["dtype"]]).reshape(v["shape"])
+    return out
+
+
+def check_vectors(d, dev):
+    n = 0
+    for p in sorted(glob.glob(os.path.join(d, "*.safetensors"))):
+        t = read_safetensors(p)
+        if "input" not in t:
+            continue
+        x = t["input"].to(dev)[None]
+        for tag, two_d in (("nvfp4_1d", False), ("nvfp4_2d", True)):
+            c, s, sd = nvfp4_quantize(x, two_d)
+            ok = (torch.equal(c[0].cpu(), t[tag + ".weight"]) and
+                  torch.equal(s[0].cpu().view(torch.uint8), t[tag + ".weight_scale"].view(torch.uint8)) and
+                  torch.equal(sd[0].cpu(), t[tag + ".weight_scale_2"]))
+            if not ok:
+                sys.exit(f"baseline differs from the vectors: {p} {tag}")
+        if "mxfp8.weight" in t:
+            q, s = mxfp8_quantize(x)
+            if not (torch.equal(q[0].cpu().view(torch.uint8), t["mxfp8.weight"].view(torch.uint8)) and
+                    torch.equal(s[0].cpu(), t["mxfp8.weight_scale_inv"])):
+                sys.exit(f"mxfp8 baseline differs from the vectors: {p}")
+        n += 1
+    print(f"baseline matches {n} vector files byte for byte")
+
+
+def median_ms(fn, reps, warmup):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vectors")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    dev = "cuda"
+    print("torch", torch.__version__, torch.cuda.get_device_name(0))
+    if a.vectors:
+        check_vectors(a.vectors, dev)
+    torch.manual_seed(0)
+    x8k = torch.randn(1, 8192, 8192, device=dev, dtype=torch.bfloat16)
+    w13 = torch.randn(128, 1536, 2048, device=dev, dtype=torch.bfloat16) * 0.02
+    w2 = torch.randn(128, 2048, 768, device=dev, dtype=torch.bfloat16) * 0.02
+    compiled = {
+        "nvfp4": torch.compile(nvfp4_quantize, dynamic=False),
+        "mxfp8": torch.compile(mxfp8_quantize, dynamic=False),
+    }
+    cases = [
+        ("nvfp4 1d 8192x8192", lambda f: f["nvfp4"](x8k)),
+        ("nvfp4 1d MoE layer (128 experts)", lambda f: (f["nvfp4"](w13), f["nvfp4"](w2))),
+        ("nvfp4 2d MoE layer (128 experts)", lambda f: (f["nvfp4"](w13, True), f["nvfp4"](w2, True))),
+        ("mxfp8 MoE layer (128 experts)", lambda f: (f["mxfp8"](w13), f["mxfp8"](w2))),
+        ("fake-quant 1d MoE layer", lambda f: (f["nvfp4"](w13, False, True), f["nvfp4"](w2, False, True))),
+    ]
+    eager = {"nvfp4": nvfp4_quantize, "mxfp8": mxfp8_quantize}
+    rows = []
+    for name, fn in cases:
+        t_e = median_ms(lambda: fn(eager), a.reps, a.warmup)
+        t_c = median_ms(lambda: fn(compiled), a.reps, a.warmup)
+        rows.append({"name": name, "eager_ms": t_e, "compile_ms": t_c})
+        print(f"{name:36s} eager {t_e:9.3f} ms   torch.compile {t_c:9.3f} ms", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cases": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

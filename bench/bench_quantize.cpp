@@ -1,0 +1,194 @@
+// bench/bench_quantize.cpp — validate-then-benchmark harness for the CUDA quantizers
+// (kernels/quantize.h). For each case: check the GPU bytes against the CPU reference (a slice
+// for the large cases), then time with CUDA events (median of --reps after --warmup) and report
+// GB/s and the share of the one-pass floor at the device-to-device copy bandwidth measured in
+// the same run. Prints a table; --json writes the numbers.
+//   fp4qat_bench_quantize [--reps 20] [--warmup 5] [--json FILE]
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda_kernels.h"
+#include "kernels/quantize.h"
+#include "qat/json.h"
+
+using fp4qat::Blocks;
+
+namespace {
+
+int g_reps = 20, g_warmup = 5;
+
+double median_ms(const std::function<void()>& fn) {
+  auto stream = at::cuda::getCurrentCUDAStream().stream();
+  for (int i = 0; i < g_warmup; ++i) fn();
+  std::vector<float> ms;
+  cudaEvent_t a, b;
+  FP4QAT_CUDA_CHECK(cudaEventCreate(&a));
+  FP4QAT_CUDA_CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < g_reps; ++i) {
+    FP4QAT_CUDA_CHECK(cudaEventRecord(a, stream));
+    fn();
+    FP4QAT_CUDA_CHECK(cudaEventRecord(b, stream));
+    FP4QAT_CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    FP4QAT_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  FP4QAT_CUDA_CHECK(cudaEventDestroy(a));
+  FP4QAT_CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.cpu().contiguous(), y = b.cpu().contiguous();
+  return x.sizes() == y.sizes() && x.element_size() == y.element_size() &&
+         std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) == 0;
+}
+
+struct Row {
+  std::string name;
+  double elems, bytes, ms;
+  bool valid;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_out;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--reps" && i + 1 < argc) g_reps = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--warmup" && i + 1 < argc) g_warmup = std::max(0, std::atoi(argv[++i]));
+    else if (a == "--json" && i + 1 < argc) json_out = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: %s [--reps N] [--warmup N] [--json FILE]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (!at::hasCUDA()) {
+    std::fprintf(stderr, "fp4qat_bench_quantize: no CUDA device\n");
+    return 1;
+  }
+  cudaDeviceProp prop;
+  FP4QAT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s (%d SMs, L2 %d MB)\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+  auto cuda_bf16 = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  at::manual_seed(0);
+
+  // Device-to-device copy bandwidth (bytes read + written), on a buffer of the MoE layer's size.
+  const int64_t layer_elems = 128LL * (1536 * 2048 + 2048 * 768);  // 604 M
+  double copy_gbs = 0;
+  {
+    at::Tensor src = at::empty({layer_elems}, cuda_bf16).uniform_(), dst = at::empty_like(src);
+    const double ms = median_ms([&] { dst.copy_(src); });
+    copy_gbs = 2.0 * layer_elems * 2 / (ms * 1e6);
+    std::printf("d2d copy: %.3f ms for %.2f GB moved -> %.0f GB/s\n", ms, 4.0 * layer_elems / 1e9, copy_gbs);
+  }
+
+  std::vector<Row> rows;
+  auto add = [&](const std::string& name, double elems, double bytes_per_elem, bool valid, const std::function<void()>& fn) {
+    const double ms = median_ms(fn);
+    rows.push_back({name, elems, elems * bytes_per_elem, ms, valid});
+  };
+  const double nv_b = 2.0 + 0.5 + 1.0 / 16, mx_b = 2.0 + 1.0 + 1.0 / 32, fq_b = 2.0 + 2.0;
+
+  // One 8192 x 8192 bf16 tensor (validated in full against the CPU reference).
+  {
+    at::Tensor x = at::randn({8192, 8192}, cuda_bf16);
+    const at::Tensor xc = x.cpu();
+    for (auto b : {Blocks::k1D, Blocks::k2D}) {
+      const auto g = fp4qat::nvfp4_quantize(x, b);
+      const auto c = fp4qat::nvfp4_quantize(xc, b);
+      const bool ok = same_bytes(g.codes, c.codes) && same_bytes(g.scales, c.scales) && same_bytes(g.s_dec, c.s_dec);
+      add(std::string("nvfp4 ") + fp4qat::to_string(b) + " 8192x8192", 8192.0 * 8192, nv_b, ok,
+          [&] { fp4qat::nvfp4_quantize(x, b); });
+    }
+    {
+      const auto g = fp4qat::mxfp8_quantize(x);
+      const auto c = fp4qat::mxfp8_quantize(xc);
+      add("mxfp8 8192x8192", 8192.0 * 8192, mx_b, same_bytes(g.data, c.data) && same_bytes(g.scales, c.scales),
+          [&] { fp4qat::mxfp8_quantize(x); });
+    }
+    {
+      const auto g = fp4qat::nvfp4_fake_quantize(x, Blocks::k1D);
+      const auto c = fp4qat::nvfp4_fake_quantize(xc, Blocks::k1D);
+      add("fake-quant 1d 8192x8192", 8192.0 * 8192, fq_b, same_bytes(g.values, c.values),
+          [&] { fp4qat::nvfp4_fake_quantize(x, Blocks::k1D); });
+    }
+  }
+
+  // One Qwen3-30B-A3B MoE layer: 128 experts, gate+up fused [128, 2*768, 2048] (one amax per
+  // expert shared by gate and up: the fused rows), down [128, 2048, 768]. Two launches.
+  {
+    at::Tensor w13 = at::randn({128, 1536, 2048}, cuda_bf16) * 0.02;
+    at::Tensor w2 = at::randn({128, 2048, 768}, cuda_bf16) * 0.02;
+    auto check_experts = [&](const auto& quant, const auto& cpu_quant, const auto& eq) {
+      // Experts are independent: validate experts 0, 1 and 127 against the CPU reference.
+      bool ok = true;
+      for (int64_t e : {0, 1, 127}) {
+        ok &= eq(quant(w13)[e], cpu_quant(w13[e].cpu()));
+        ok &= eq(quant(w2)[e], cpu_quant(w2[e].cpu()));
+      }
+      return ok;
+    };
+    for (auto b : {Blocks::k1D, Blocks::k2D}) {
+      const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b).codes; },
+                                    [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b).codes; }, same_bytes) &&
+                      check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b).scales; },
+                                    [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b).scales; }, same_bytes);
+      add(std::string("nvfp4 ") + fp4qat::to_string(b) + " MoE layer (128 experts)", double(layer_elems), nv_b, ok, [&] {
+        fp4qat::nvfp4_quantize(w13, b);
+        fp4qat::nvfp4_quantize(w2, b);
+      });
+    }
+    {
+      const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },
+                                    [&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; }, same_bytes);
+      add("mxfp8 MoE layer (128 experts)", double(layer_elems), mx_b, ok, [&] {
+        fp4qat::mxfp8_quantize(w13);
+        fp4qat::mxfp8_quantize(w2);
+      });
+    }
+    {
+      const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
+                                    [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
+                                    same_bytes);
+      add("fake-quant 1d MoE layer", double(layer_elems), fq_b, ok, [&] {
+        fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D);
+        fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D);
+      });
+    }
+  }
+
+  std::printf("\n%-36s %6s %10s %10s %10s %9s\n", "case", "valid", "ms", "GB/s", "floor ms", "% floor");
+  fp4qat::json::Value out = fp4qat::json::Value::object();
+  out.set("device", prop.name);
+  out.set("copy_gbs", copy_gbs);
+  fp4qat::json::Value cases = fp4qat::json::Value::array();
+  bool all_valid = true;
+  for (const auto& r : rows) {
+    const double gbs = r.bytes / (r.ms * 1e6), floor_ms = r.bytes / (copy_gbs * 1e6);
+    std::printf("%-36s %6s %10.4f %10.0f %10.4f %8.1f%%\n", r.name.c_str(), r.valid ? "yes" : "NO", r.ms, gbs, floor_ms,
+                100.0 * floor_ms / r.ms);
+    all_valid &= r.valid;
+    cases.push_back(fp4qat::json::Value::object({{"name", r.name}, {"valid", r.valid}, {"ms", r.ms}, {"gbs", gbs},
+                                                 {"floor_ms", floor_ms}}));
+  }
+  out.set("cases", cases);
+  if (!json_out.empty()) {
+    FILE* f = std::fopen(json_out.c_str(), "w");
+    if (f) {
+      std::fputs(out.dump(2).c_str(), f);
+      std::fclose(f);
+    }
+  }
+  return all_valid ? 0 : 1;
+}

@@ -1,0 +1,50 @@
+// kernels/cuda_kernels.h — raw-pointer launchers of the CUDA kernels (kernels/*/quantize.cu).
+// No torch here: kernels/cuda_api.cpp wraps them for at::Tensor. Every launcher enqueues on
+// `stream`, never synchronises the host, and checks the launch.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fp4qat::cuda_kernels {
+
+enum class InType { F32, BF16, F16 };
+
+// Throws fp4qat::Error (kernels/common/check.h) with file:line on any CUDA error.
+void check(cudaError_t e, const char* what, const char* file, int line);
+#define FP4QAT_CUDA_CHECK(expr) ::fp4qat::cuda_kernels::check((expr), #expr, __FILE__, __LINE__)
+
+// out[e] = max |x[e, :]| over `per` elements of each of E contiguous experts (float32 [E]).
+void amax(const void* x, InType t, int64_t E, int64_t per, float* out, cudaStream_t stream);
+
+// NVFP4 quantize of E stacked experts x[E, N, K] (K % 16 == 0), one persistent launch: per-expert
+// amax (unless given_amax) and quantization are fused so that each expert's second read is served
+// from L2. Outputs (any may be null except s_dec): codes [E, N, K/2], scales [E, N, K/16] (E4M3
+// bytes), fake [E, N, K] bf16 = e2m1(q) * sb (exact; S_dec not applied), s_dec [E].
+struct Nvfp4Args {
+  const void* x = nullptr;
+  InType type = InType::BF16;
+  int64_t E = 1, N = 0, K = 0;
+  bool two_d = false;
+  const float* given_amax = nullptr;  // [E] or null
+  uint8_t* codes = nullptr;
+  uint8_t* scales = nullptr;
+  uint16_t* fake = nullptr;
+  float* s_dec = nullptr;
+  void* workspace = nullptr;  // nvfp4_workspace_bytes(E), any contents (cleared in-stream)
+};
+size_t nvfp4_workspace_bytes(int64_t E);
+void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream);
+
+// out[E, N, K] = e2m1(q) * sb * s_dec[e]; out is bf16 (out_bf16) or float32.
+void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, const float* s_dec, int64_t E, int64_t N,
+                      int64_t K, void* out, bool out_bf16, cudaStream_t stream);
+
+// MXFP8 over M rows of K (K % 32 == 0): q [M, K] E4M3 bytes, scales [M, K/32] E8M0 bytes.
+void mxfp8_quantize(const void* x, InType t, int64_t M, int64_t K, uint8_t* q, uint8_t* scales,
+                    cudaStream_t stream);
+void mxfp8_dequantize(const uint8_t* q, const uint8_t* scales, int64_t M, int64_t K, void* out, bool out_bf16,
+                      cudaStream_t stream);
+
+}  // namespace fp4qat::cuda_kernels

@@ -1,0 +1,101 @@
+// kernels/mxfp8/quantize.cu — CUDA MXFP8 quantize/dequantize (1x32 blocks, E8M0 scale rounded
+// up to a power of two, E4M3 elements). One thread per 32-element block; the arithmetic is
+// kernels/common/formats.h, as in the CPU reference kernels/mxfp8/quantize_ref.cpp.
+#include "kernels/common/check.h"
+#include "kernels/common/cuda_utils.cuh"
+#include "kernels/common/formats.h"
+
+namespace fp4qat::cuda_kernels {
+
+using namespace fp4qat::fmt;
+
+namespace {
+
+template <InType T>
+__global__ void __launch_bounds__(kThreads) mxfp8_quant_kernel(const void* x, int64_t units, uint8_t* q,
+                                                               uint8_t* scales) {
+  for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
+       u += static_cast<int64_t>(gridDim.x) * kThreads) {
+    float v[32];
+    load16<T, true>(x, u * 32, v);
+    load16<T, true>(x, u * 32 + 16, v + 16);
+    float m = fmaxf(max16(v), max16(v + 16));
+    const uint32_t s_bits = mxfp8_scale_bits(m);
+    scales[u] = static_cast<uint8_t>(s_bits >> 23);
+    uint32_t w[8];
+    if (s_bits == 0) {  // amax 0 (or amax/448 underflowing): zero codes, as the CPU reference
+#pragma unroll
+      for (int i = 0; i < 8; ++i) w[i] = 0u;
+    } else {
+      const float scale = __uint_as_float(s_bits);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        w[i] = 0u;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) w[i] |= static_cast<uint32_t>(float_to_e4m3(v[4 * i + j] / scale)) << (8 * j);
+      }
+    }
+    uint4* p = reinterpret_cast<uint4*>(q + u * 32);
+    __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
+    __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+  }
+}
+
+template <bool kBf16Out>
+__global__ void __launch_bounds__(kThreads) mxfp8_dequant_kernel(const uint8_t* q, const uint8_t* scales,
+                                                                 int64_t units, void* out) {
+  for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
+       u += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const uint4* p = reinterpret_cast<const uint4*>(q + u * 32);
+    const uint4 a = __ldcs(p), b = __ldcs(p + 1);
+    const uint32_t w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    const float s = e8m0_to_float(scales[u]);
+    float v[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) v[i] = e4m3_to_float(static_cast<uint8_t>((w[i / 4] >> (8 * (i % 4))) & 0xff)) * s;
+    if constexpr (kBf16Out) {
+      uint4* o = reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + u * 32);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        uint32_t r[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          r[i] = static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[8 * k + 2 * i]))) |
+                 (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[8 * k + 2 * i + 1]))) << 16);
+        __stcs(o + k, make_uint4(r[0], r[1], r[2], r[3]));
+      }
+    } else {
+      float4* o = reinterpret_cast<float4*>(static_cast<float*>(out) + u * 32);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) __stcs(o + k, make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]));
+    }
+  }
+}
+
+}  // namespace
+
+void mxfp8_quantize(const void* x, InType t, int64_t M, int64_t K, uint8_t* q, uint8_t* scales,
+                    cudaStream_t stream) {
+  FP4QAT_CHECK(K % 32 == 0, "mxfp8_quantize (CUDA): K = ", K, " is not a multiple of 32");
+  const int64_t units = M * (K / 32);
+  if (units == 0) return;
+  const auto g = static_cast<unsigned>(grid_for(units));
+  switch (t) {
+    case InType::BF16: mxfp8_quant_kernel<InType::BF16><<<g, kThreads, 0, stream>>>(x, units, q, scales); break;
+    case InType::F16: mxfp8_quant_kernel<InType::F16><<<g, kThreads, 0, stream>>>(x, units, q, scales); break;
+    case InType::F32: mxfp8_quant_kernel<InType::F32><<<g, kThreads, 0, stream>>>(x, units, q, scales); break;
+  }
+  FP4QAT_CUDA_CHECK(cudaGetLastError());
+}
+
+void mxfp8_dequantize(const uint8_t* q, const uint8_t* scales, int64_t M, int64_t K, void* out, bool out_bf16,
+                      cudaStream_t stream) {
+  const int64_t units = M * (K / 32);
+  if (units == 0) return;
+  const auto g = static_cast<unsigned>(grid_for(units));
+  if (out_bf16) mxfp8_dequant_kernel<true><<<g, kThreads, 0, stream>>>(q, scales, units, out);
+  else mxfp8_dequant_kernel<false><<<g, kThreads, 0, stream>>>(q, scales, units, out);
+  FP4QAT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace fp4qat::cuda_kernels

@@ -1,0 +1,316 @@
+// kernels/nvfp4/quantize.cu — CUDA NVFP4: amax, fused amax+quantize (packed and/or fake-quant
+// outputs), dequantize. Per-element arithmetic is kernels/common/formats.h, shared with the CPU
+// reference (kernels/nvfp4/quantize_ref.cpp); built with --fmad=false and IEEE div/rcp.
+//
+// Fused quantize schedule (one persistent launch for E stacked experts [E, N, K]):
+//   Each expert is cut into C chunks of R rows (R a multiple of 16, ~32K elements). Work items
+//   are claimed in order from a global ticket:
+//     A(e, c): max |x| over chunk c of expert e -> atomicMax into amax[e]; done[e] += 1
+//     Q(e, c): wait until done[e] == C, then quantize chunk c with expert e's amax
+//   ordered  A(0..L-1) | A(L) Q(0) | A(L+1) Q(1) | ... | Q(E-L..E-1)   (per expert, C items each)
+//   so an expert is re-read about L experts after its amax pass: L is chosen so that those bytes
+//   fit in L2, making the second read an L2 hit. A Q item waits only on A items with smaller
+//   tickets, which resident CTAs (the grid never exceeds what fits at once) finish without
+//   waiting: no deadlock. With a given amax there are only Q items and no waiting.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "kernels/common/check.h"
+#include "kernels/common/formats.h"
+#include "kernels/common/cuda_utils.cuh"
+#include "kernels/cuda_kernels.h"
+
+namespace fp4qat::cuda_kernels {
+
+using namespace fp4qat::fmt;
+
+void check(cudaError_t e, const char* what, const char* file, int line) {
+  if (e != cudaSuccess) ::fp4qat::detail::fail(file, line, "CUDA error in ", what, ": ", cudaGetErrorString(e));
+}
+
+namespace {
+
+// Non-negative floats order like their bit patterns, so atomicMax on the bits is an exact max.
+__device__ __forceinline__ void atomic_max_nonneg(uint32_t* addr, float v) { atomicMax(addr, __float_as_uint(v)); }
+
+// Encode one 16-element block with scale byte sb and write the requested outputs.
+__device__ __forceinline__ void emit_block(const float v[16], uint8_t sb, float s_dec, int64_t unit,
+                                           uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+  const float enc = nvfp4_block_enc(sb, s_dec);
+  uint32_t packed[2] = {0u, 0u};
+#pragma unroll
+  for (int i = 0; i < 16; ++i) packed[i >> 3] |= static_cast<uint32_t>(nvfp4_encode(v[i], enc)) << (4 * (i & 7));
+  if (codes) __stcs(reinterpret_cast<uint2*>(codes) + unit, make_uint2(packed[0], packed[1]));
+  if (scales) scales[unit] = sb;
+  if (fake) {
+    // e2m1(q) * sb has at most 6 significant bits and lies in [2^-10, 2688]: exact in bf16.
+    const float fsb = e4m3_to_float(sb);
+    uint32_t w[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float lo = e2m1_to_float(static_cast<uint8_t>((packed[(2 * i) >> 3] >> (4 * ((2 * i) & 7))) & 0xf)) * fsb;
+      const float hi =
+          e2m1_to_float(static_cast<uint8_t>((packed[(2 * i + 1) >> 3] >> (4 * ((2 * i + 1) & 7))) & 0xf)) * fsb;
+      w[i] = static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
+             (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
+    }
+    uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
+    __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
+    __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+  }
+}
+
+struct Schedule {
+  int64_t E, C, L;  // experts, chunks per expert, lag (experts)
+  bool with_amax;
+  __host__ __device__ int64_t total() const { return with_amax ? 2 * E * C : E * C; }
+  // ticket -> (is_amax, expert, chunk)
+  __device__ void decode(int64_t t, bool& is_amax, int64_t& e, int64_t& c) const {
+    if (!with_amax) {
+      is_amax = false;
+      e = t / C;
+      c = t % C;
+      return;
+    }
+    const int64_t head = L * C;  // A items of experts 0..L-1
+    if (t < head) {
+      is_amax = true;
+      e = t / C;
+      c = t % C;
+      return;
+    }
+    t -= head;
+    const int64_t mid = (E - L) * 2 * C;  // steps with one A and one Q expert each
+    if (t < mid) {
+      const int64_t step = t / (2 * C), w = t % (2 * C);
+      is_amax = w < C;
+      e = is_amax ? L + step : step;
+      c = is_amax ? w : w - C;
+      return;
+    }
+    t -= mid;
+    is_amax = false;
+    e = E - L + t / C;
+    c = t % C;
+  }
+};
+
+template <InType T, bool kTwoD>
+__global__ void __launch_bounds__(kThreads) nvfp4_fused_kernel(Nvfp4Args a, Schedule s, int64_t rows_per_chunk,
+                                                               uint32_t* amax_bits, int* done, unsigned long long* ticket) {
+  __shared__ float red[kWarps];
+  __shared__ long long cur;
+  __shared__ float shared_amax;
+  const int64_t K = a.K, N = a.N, nb = K / 16;
+  const int64_t total = s.total();
+  for (;;) {
+    if (threadIdx.x == 0) cur = static_cast<long long>(atomicAdd(ticket, 1ull));
+    __syncthreads();
+    const int64_t t = cur;
+    __syncthreads();  // everyone has read `cur` before thread 0 may overwrite it
+    if (t >= total) return;
+    bool is_amax;
+    int64_t e, c;
+    s.decode(t, is_amax, e, c);
+    const int64_t r0 = c * rows_per_chunk;
+    const int64_t r1 = min(N, r0 + rows_per_chunk);
+    const int64_t unit0 = (e * N + r0) * nb;  // first 16-element unit of the chunk
+    const int64_t units = (r1 - r0) * nb;
+
+    if (is_amax) {
+      float m = 0.0f;
+      for (int64_t u = threadIdx.x; u < units; u += kThreads) {
+        float v[16];
+        load16<T, false>(a.x, (unit0 + u) * 16, v);  // cached: re-read soon by the Q item
+        m = fmaxf(m, max16(v));
+      }
+      m = block_max(m, red);
+      if (threadIdx.x == 0) {
+        atomic_max_nonneg(amax_bits + e, m);
+        __threadfence();
+        atomicAdd(done + e, 1);
+      }
+      continue;
+    }
+
+    // Q item: get the expert's amax.
+    if (threadIdx.x == 0) {
+      float am;
+      if (a.given_amax) {
+        am = a.given_amax[e];
+      } else {
+        while (atomicAdd(done + e, 0) < static_cast<int>(s.C)) __nanosleep(64);
+        __threadfence();
+        am = __uint_as_float(atomicOr(amax_bits + e, 0u));
+      }
+      shared_amax = am;
+    }
+    __syncthreads();
+    const float s_enc = nvfp4_s_enc(shared_amax);
+    const float s_dec = nvfp4_s_dec(s_enc);
+    const float factor = nvfp4_block_factor(s_enc);
+    if (c == 0 && threadIdx.x == 0) a.s_dec[e] = s_dec;
+
+    if constexpr (!kTwoD) {
+      for (int64_t u = threadIdx.x; u < units; u += kThreads) {
+        float v[16];
+        load16<T, true>(a.x, (unit0 + u) * 16, v);
+        const uint8_t sb = nvfp4_block_scale(max16(v), factor);
+        emit_block(v, sb, s_dec, unit0 + u, a.codes, a.scales, a.fake);
+      }
+    } else {
+      // 16x16 tiles: a half-warp holds one tile, lane i its row i (rows past N count as zeros).
+      const int hw = threadIdx.x >> 4, lane = threadIdx.x & 15;
+      const int64_t bands = (r1 - r0 + 15) / 16;
+      const int64_t tiles = bands * nb;
+      for (int64_t p0 = 0; p0 < tiles; p0 += kThreads / 16) {  // uniform trip count: shuffles are safe
+        const int64_t p = p0 + hw;
+        const bool active = p < tiles;
+        const int64_t band = active ? p / nb : 0, b = active ? p % nb : 0;
+        const int64_t row = r0 + band * 16 + lane;
+        const bool valid = active && row < r1;
+        float v[16];
+        if (valid) {
+          load16<T, true>(a.x, ((e * N + row) * nb + b) * 16, v);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 16; ++i) v[i] = 0.0f;
+        }
+        float m = max16(v);
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if (valid) {
+          const uint8_t sb = nvfp4_block_scale(m, factor);
+          emit_block(v, sb, s_dec, (e * N + row) * nb + b, a.codes, a.scales, a.fake);
+        }
+      }
+    }
+  }
+}
+
+template <InType T>
+__global__ void __launch_bounds__(kThreads) amax_kernel(const void* x, int64_t per, uint32_t* out_bits) {
+  __shared__ float red[kWarps];
+  const int64_t e = blockIdx.y;
+  const int64_t units = per / 16;
+  float m = 0.0f;
+  for (int64_t u = blockIdx.x * kThreads + threadIdx.x; u < units; u += static_cast<int64_t>(gridDim.x) * kThreads) {
+    float v[16];
+    load16<T, false>(x, (e * units + u) * 16, v);
+    m = fmaxf(m, max16(v));
+  }
+  m = block_max(m, red);
+  if (threadIdx.x == 0) atomic_max_nonneg(out_bits + e, m);
+}
+
+template <bool kBf16Out>
+__global__ void __launch_bounds__(kThreads) nvfp4_dequant_kernel(const uint8_t* codes, const uint8_t* scales,
+                                                                 const float* s_dec, int64_t units_per_expert,
+                                                                 int64_t units, void* out) {
+  for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
+       u += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const uint2 pk = __ldcs(reinterpret_cast<const uint2*>(codes) + u);
+    const uint8_t sb = scales[u];
+    const float sd = s_dec[u / units_per_expert];
+    float v[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const uint32_t word = i < 8 ? pk.x : pk.y;
+      v[i] = nvfp4_decode(static_cast<uint8_t>((word >> (4 * (i & 7))) & 0xf), sb, sd);
+    }
+    if constexpr (kBf16Out) {
+      uint32_t w[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        w[i] = static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * i]))) |
+               (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * i + 1]))) << 16);
+      uint4* p = reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + u * 16);
+      __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
+      __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+    } else {
+      float4* p = reinterpret_cast<float4*>(static_cast<float*>(out) + u * 16);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) __stcs(p + i, make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]));
+    }
+  }
+}
+
+template <InType T, bool kTwoD>
+void launch_fused(const Nvfp4Args& a, cudaStream_t stream) {
+  const int64_t nb = a.K / 16;
+  // Rows per chunk: a multiple of 16 (whole 2D tiles), about 32K elements.
+  const int64_t rows = 16 * std::max<int64_t>(1, 2048 / std::max<int64_t>(nb * 16, 1));
+  Schedule s;
+  s.E = a.E;
+  s.C = std::max<int64_t>(1, (a.N + rows - 1) / rows);
+  s.with_amax = a.given_amax == nullptr;
+  const int64_t expert_bytes = a.N * a.K * (T == InType::F32 ? 4 : 2);
+  const int64_t l2_budget = 12ll << 20;  // bytes between an expert's two reads: well inside L2
+  s.L = std::min<int64_t>(a.E, std::max<int64_t>(1, l2_budget / std::max<int64_t>(expert_bytes, 1)));
+
+  auto* amax_bits = static_cast<uint32_t*>(a.workspace);
+  auto* done = reinterpret_cast<int*>(amax_bits + a.E);
+  auto* ticket = reinterpret_cast<unsigned long long*>(
+      static_cast<char*>(a.workspace) + ((static_cast<size_t>(a.E) * 8 + 15) / 16) * 16);
+  FP4QAT_CUDA_CHECK(cudaMemsetAsync(a.workspace, 0, nvfp4_workspace_bytes(a.E), stream));
+
+  auto kernel = nvfp4_fused_kernel<T, kTwoD>;
+  int per_sm = 0;
+  FP4QAT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
+  // All CTAs must be resident at once (Q items spin on A items): never exceed occupancy.
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(s.total(), static_cast<int64_t>(per_sm) * num_sms()));
+  kernel<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(a, s, rows, amax_bits, done, ticket);
+  FP4QAT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+size_t nvfp4_workspace_bytes(int64_t E) { return ((static_cast<size_t>(E) * 8 + 15) / 16) * 16 + 16; }
+
+void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
+  FP4QAT_CHECK(a.K % 16 == 0 && a.K > 0, "nvfp4_quantize (CUDA): K = ", a.K, " is not a positive multiple of 16");
+  FP4QAT_CHECK(a.s_dec && a.workspace, "nvfp4_quantize (CUDA): s_dec and workspace are required");
+  if (a.E == 0) return;
+#define FP4QAT_DISPATCH(TY)                                  \
+  if (a.type == TY) {                                         \
+    if (a.two_d) launch_fused<TY, true>(a, stream);           \
+    else launch_fused<TY, false>(a, stream);                  \
+    return;                                                   \
+  }
+  FP4QAT_DISPATCH(InType::BF16)
+  FP4QAT_DISPATCH(InType::F16)
+  FP4QAT_DISPATCH(InType::F32)
+#undef FP4QAT_DISPATCH
+  FP4QAT_FAIL("nvfp4_quantize (CUDA): unsupported input type");
+}
+
+void amax(const void* x, InType t, int64_t E, int64_t per, float* out, cudaStream_t stream) {
+  FP4QAT_CHECK(per % 16 == 0, "amax (CUDA): elements per expert must be a multiple of 16");
+  FP4QAT_CUDA_CHECK(cudaMemsetAsync(out, 0, static_cast<size_t>(E) * sizeof(float), stream));
+  if (E == 0 || per == 0) return;
+  const int64_t units = per / 16;
+  const int64_t gx = std::max<int64_t>(1, std::min<int64_t>((units + kThreads - 1) / kThreads,
+                                                             std::max<int64_t>(1, num_sms() * 8 / E)));
+  dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(E));
+  auto* bits = reinterpret_cast<uint32_t*>(out);
+  switch (t) {
+    case InType::BF16: amax_kernel<InType::BF16><<<grid, kThreads, 0, stream>>>(x, per, bits); break;
+    case InType::F16: amax_kernel<InType::F16><<<grid, kThreads, 0, stream>>>(x, per, bits); break;
+    case InType::F32: amax_kernel<InType::F32><<<grid, kThreads, 0, stream>>>(x, per, bits); break;
+  }
+  FP4QAT_CUDA_CHECK(cudaGetLastError());
+}
+
+void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, const float* s_dec, int64_t E, int64_t N,
+                      int64_t K, void* out, bool out_bf16, cudaStream_t stream) {
+  const int64_t per = N * (K / 16), units = E * per;
+  if (units == 0) return;
+  const auto g = static_cast<unsigned>(grid_for(units));
+  if (out_bf16) nvfp4_dequant_kernel<true><<<g, kThreads, 0, stream>>>(codes, scales, s_dec, per, units, out);
+  else nvfp4_dequant_kernel<false><<<g, kThreads, 0, stream>>>(codes, scales, s_dec, per, units, out);
+  FP4QAT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace fp4qat::cuda_kernels

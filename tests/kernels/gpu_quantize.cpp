@@ -1,0 +1,186 @@
+// tests/kernels/gpu_quantize.cpp — (label gpu) every CUDA kernel against its CPU reference, byte
+// for byte, on random inputs of many shapes and on ../shared/vectors. Outputs are poisoned
+// before each run; a CUDA-graph capture proves the quantize path never synchronises the host.
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <gtest/gtest.h>
+
+#include "kernels/cuda_kernels.h"
+#include "kernels/quantize.h"
+#include "qat/safetensors.h"
+#include "tests/common/test_util.h"
+
+using fp4qat::Blocks;
+using fp4qat::test::bytes_equal;
+namespace ck = fp4qat::cuda_kernels;
+
+namespace {
+
+// Shapes: rows not a multiple of 16, one row, 3-D with E = 1 and E = 160, K up to 16384.
+const std::vector<std::vector<int64_t>> kShapes = {
+    {1, 16}, {1, 32}, {7, 96}, {17, 64}, {33, 160}, {128, 256}, {255, 512}, {3, 16384}, {40, 16384},
+    {1, 5, 64}, {1, 129, 2048}, {160, 8, 32}, {160, 17, 64}, {4, 768, 2048}, {2, 31, 4096},
+};
+
+at::Tensor random_input(const std::vector<int64_t>& dims, at::ScalarType dt, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  at::Tensor x = at::randn(dims, gen);
+  // Per-row magnitude spread over many binades, so that block scales vary widely.
+  std::vector<int64_t> rows = dims;
+  rows.back() = 1;
+  x = x * at::exp(at::randn(rows, gen) * 2.0);
+  return x.to(dt);
+}
+
+ck::InType in_type(at::ScalarType t) {
+  return t == at::kFloat ? ck::InType::F32 : (t == at::kBFloat16 ? ck::InType::BF16 : ck::InType::F16);
+}
+
+// Runs the raw launcher into outputs pre-filled with garbage; returns {codes, scales, fake, s_dec} on CPU.
+std::vector<at::Tensor> run_poisoned(const at::Tensor& x_cpu, Blocks blocks, const at::Tensor* amax_cpu) {
+  const at::Tensor x = x_cpu.cuda().contiguous();
+  const int64_t E = x.dim() == 3 ? x.size(0) : 1, N = x.size(-2), K = x.size(-1);
+  auto u8 = at::TensorOptions().dtype(at::kByte).device(at::kCUDA);
+  at::Tensor codes = at::full({E, N, K / 2}, 0xAB, u8);
+  at::Tensor scales = at::full({E, N, K / 16}, 0xCD, u8);
+  at::Tensor fake = at::full({E, N, K}, 0x7FC1, at::TensorOptions().dtype(at::kShort).device(at::kCUDA));
+  at::Tensor s_dec = at::full({E}, std::nanf(""), at::TensorOptions().device(at::kCUDA));
+  at::Tensor ws = at::full({static_cast<int64_t>(ck::nvfp4_workspace_bytes(E))}, 0x5A, u8);
+  at::Tensor given;
+  if (amax_cpu) given = amax_cpu->reshape({E}).cuda();
+  ck::Nvfp4Args a;
+  a.x = x.data_ptr();
+  a.type = in_type(x.scalar_type());
+  a.E = E;
+  a.N = N;
+  a.K = K;
+  a.two_d = blocks == Blocks::k2D;
+  a.given_amax = amax_cpu ? given.data_ptr<float>() : nullptr;
+  a.codes = codes.data_ptr<uint8_t>();
+  a.scales = scales.data_ptr<uint8_t>();
+  a.fake = reinterpret_cast<uint16_t*>(fake.data_ptr());
+  a.s_dec = s_dec.data_ptr<float>();
+  a.workspace = ws.data_ptr();
+  ck::nvfp4_quantize(a, at::cuda::getCurrentCUDAStream().stream());
+  FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
+  return {codes.cpu(), scales.cpu(), fake.cpu().view(at::kBFloat16), s_dec.cpu()};
+}
+
+}  // namespace
+
+TEST(GpuQuantize, NVFP4MatchesReferenceOnRandomShapes) {
+  FP4QAT_REQUIRE_GPU();
+  uint64_t seed = 100;
+  for (const auto& dims : kShapes)
+    for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
+      for (auto blocks : {Blocks::k1D, Blocks::k2D})
+        for (bool given : {false, true}) {
+          SCOPED_TRACE(::testing::Message() << at::IntArrayRef(dims) << " " << dt << " " << fp4qat::to_string(blocks)
+                                            << (given ? " given-amax" : ""));
+          const at::Tensor x = random_input(dims, dt, seed++);
+          at::Tensor amax;
+          if (given) amax = fp4qat::global_amax(x) * 1.5f;  // a shared amax larger than the tensor's own
+          const auto want = fp4qat::nvfp4_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
+          const auto want_fake = fp4qat::nvfp4_fake_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
+          const auto got = run_poisoned(x, blocks, given ? &amax : nullptr);
+          const int64_t E = dims.size() == 3 ? dims[0] : 1;
+          ASSERT_TRUE(bytes_equal(got[0], want.codes.reshape({E, dims[dims.size() - 2], -1})));
+          ASSERT_TRUE(bytes_equal(got[1], want.scales.view(at::kByte).reshape({E, dims[dims.size() - 2], -1})));
+          ASSERT_TRUE(bytes_equal(got[2], want_fake.values.reshape({E, dims[dims.size() - 2], -1})));
+          ASSERT_TRUE(bytes_equal(got[3], want.s_dec.reshape({E})));
+          // The public API on a CUDA tensor gives the same bytes.
+          const auto api = fp4qat::nvfp4_quantize(x.cuda(), blocks,
+                                                  given ? std::optional<at::Tensor>(amax.cuda()) : std::nullopt);
+          ASSERT_TRUE(bytes_equal(api.codes, want.codes));
+          ASSERT_TRUE(bytes_equal(api.scales, want.scales));
+          ASSERT_TRUE(bytes_equal(api.s_dec, want.s_dec));
+        }
+}
+
+TEST(GpuQuantize, AmaxDequantizeAndMXFP8MatchReference) {
+  FP4QAT_REQUIRE_GPU();
+  uint64_t seed = 900;
+  for (const auto& dims : kShapes)
+    for (auto dt : {at::kBFloat16, at::kFloat}) {
+      SCOPED_TRACE(::testing::Message() << at::IntArrayRef(dims) << " " << dt);
+      const at::Tensor x = random_input(dims, dt, seed++);
+      ASSERT_TRUE(bytes_equal(fp4qat::global_amax(x.cuda()), fp4qat::global_amax(x)));
+      const auto q = fp4qat::nvfp4_quantize(x, Blocks::k1D);
+      fp4qat::NVFP4Tensor qg{q.codes.cuda(), q.scales.cuda(), q.s_dec.cuda(), q.blocks};
+      for (auto out : {at::kFloat, at::kBFloat16})
+        ASSERT_TRUE(bytes_equal(fp4qat::nvfp4_dequantize(qg, out), fp4qat::nvfp4_dequantize(q, out)));
+      if (dims.back() % 32) continue;
+      const auto m = fp4qat::mxfp8_quantize(x);
+      const auto mg = fp4qat::mxfp8_quantize(x.cuda());
+      ASSERT_TRUE(bytes_equal(mg.data, m.data));
+      ASSERT_TRUE(bytes_equal(mg.scales, m.scales));
+      for (auto out : {at::kFloat, at::kBFloat16})
+        ASSERT_TRUE(bytes_equal(fp4qat::mxfp8_dequantize(mg, out), fp4qat::mxfp8_dequantize(m, out)));
+    }
+}
+
+TEST(GpuQuantize, SharedVectorsOnGpu) {
+  FP4QAT_REQUIRE_GPU();
+  int n = 0;
+  for (const auto& path : fp4qat::test::vector_files()) {
+    fp4qat::st::Reader r(path);
+    SCOPED_TRACE(path);
+    if (r.contains("input")) {
+      const at::Tensor x = r.view("input").cuda();
+      for (auto [b, tag] : {std::pair{Blocks::k1D, "nvfp4_1d"}, std::pair{Blocks::k2D, "nvfp4_2d"}}) {
+        const auto q = fp4qat::nvfp4_quantize(x, b);
+        EXPECT_TRUE(bytes_equal(q.codes, r.view(std::string(tag) + ".weight")));
+        EXPECT_TRUE(bytes_equal(q.scales, r.view(std::string(tag) + ".weight_scale")));
+        EXPECT_TRUE(bytes_equal(q.s_dec, r.view(std::string(tag) + ".weight_scale_2")));
+      }
+      if (r.contains("mxfp8.weight")) {
+        const auto m = fp4qat::mxfp8_quantize(x);
+        EXPECT_TRUE(bytes_equal(m.data, r.view("mxfp8.weight")));
+        EXPECT_TRUE(bytes_equal(m.scales, r.view("mxfp8.weight_scale_inv")));
+      }
+      ++n;
+    } else if (r.contains("gate")) {
+      const at::Tensor g = r.view("gate").cuda(), u = r.view("up").cuda();
+      const at::Tensor a = at::maximum(fp4qat::global_amax(g), fp4qat::global_amax(u));
+      const auto qg = fp4qat::nvfp4_quantize(g, Blocks::k2D, a);
+      EXPECT_TRUE(bytes_equal(qg.codes, r.view("gate.nvfp4_2d.weight")));
+      EXPECT_TRUE(bytes_equal(qg.s_dec, r.view("gate.nvfp4_2d.weight_scale_2")));
+      ++n;
+    }
+  }
+  EXPECT_GE(n, 16);
+}
+
+TEST(GpuQuantize, QuantizeNeverSynchronisesTheHost) {
+  // Capturing into a CUDA graph fails on any host synchronisation inside the captured calls.
+  FP4QAT_REQUIRE_GPU();
+  const at::Tensor x = random_input({8, 64, 256}, at::kBFloat16, 7).cuda();
+  const auto want = fp4qat::nvfp4_quantize(x, Blocks::k2D);
+  c10::cuda::CUDAStreamGuard sg(c10::cuda::getStreamFromPool());
+  at::cuda::CUDAGraph graph;
+  fp4qat::NVFP4Tensor q;
+  fp4qat::NVFP4FakeQuant f;
+  graph.capture_begin();
+  q = fp4qat::nvfp4_quantize(x, Blocks::k2D);
+  f = fp4qat::nvfp4_fake_quantize(x, Blocks::k1D, fp4qat::global_amax(x));
+  graph.capture_end();
+  graph.replay();
+  FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_TRUE(bytes_equal(q.codes, want.codes));
+  EXPECT_TRUE(bytes_equal(q.scales, want.scales));
+  EXPECT_TRUE(bytes_equal(f.values, fp4qat::nvfp4_fake_quantize(x.cpu(), Blocks::k1D).values));
+}
+
+TEST(GpuQuantize, CliQuantizeOnCudaEqualsCpu) {
+  FP4QAT_REQUIRE_GPU();
+  fp4qat::test::TempDir d;
+  ASSERT_EQ(fp4qat::test::run_fp4qat({"sample", "--out", d.file("in.safetensors"), "--experts", "3"}).exit_code, 0);
+  for (std::string dev : {"cpu", "cuda"}) {
+    const auto r = fp4qat::test::run_fp4qat({"quantize", "--in", d.file("in.safetensors"), "--out",
+                                             d.file(dev + ".safetensors"), "--blocks", "2d", "--device", dev});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  EXPECT_EQ(fp4qat::test::read_bytes(d.file("cpu.safetensors")), fp4qat::test::read_bytes(d.file("cuda.safetensors")));
+}
