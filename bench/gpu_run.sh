@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# bench/gpu_run.sh — one call on the GPU machine: configure + build against its own python3's
+# torch, run the GPU tests (and the CPU suite), then the quantizer benchmark and the PyTorch
+# baselines. Logs go to $OUT (default ./gpu-out). Usage: bench/gpu_run.sh [build|test|bench|all]...
+#   FP4QAT_SHARED: the shared/ folder with vectors (default ./.shared, carried by the caller)
+#   FP4QAT_GTEST_SRC: GoogleTest sources if the machine has no installed GTest (default ./.gtest)
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="${OUT:-$here/gpu-out}"
+mkdir -p "$out"
+build="$here/build-gpu"
+export FP4QAT_SHARED="${FP4QAT_SHARED:-$here/.shared}"
+steps=("${@:-all}")
+want() { for s in "${steps[@]}"; do [ "$s" = all ] || [ "$s" = "$1" ] && return 0; done; return 1; }
+rc=0
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+  python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
+  nvcc --version | tail -1
+  date -u
+} 2>&1 | tee "$out/machine.txt"
+if want build; then
+  prefix="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')"
+  gtest=()
+  [ -d "${FP4QAT_GTEST_SRC:-$here/.gtest}" ] && gtest=(-DFP4QAT_GTEST_SOURCE_DIR="${FP4QAT_GTEST_SRC:-$here/.gtest}")
+  cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" "${gtest[@]}" \
+    >"$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
+  cmake --build "$build" -j "$(nproc)" >"$out/build.log" 2>&1 || { grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }
+  echo "build ok"
+fi
+if want test; then
+  (cd "$build" && ctest -L gpu --output-on-failure -j 1 --timeout 600) >"$out/ctest-gpu.log" 2>&1 || rc=1
+  tail -15 "$out/ctest-gpu.log"
+  (cd "$build" && ctest -L cpu -j "$(nproc)" --timeout 600) >"$out/ctest-cpu.log" 2>&1 || rc=1
+  tail -4 "$out/ctest-cpu.log"
+fi
+if want bench; then
+  "$build/fp4qat_bench_quantize" --json "$out/bench_quantize.json" 2>&1 | tee "$out/bench_quantize.log" || rc=1
+  PYTHONUNBUFFERED=1 python3 "$here/bench/baselines/nvfp4_quant.py" --vectors "$FP4QAT_SHARED/vectors" \
+    --json "$out/baselines.json" 2>&1 | grep -v Warning | tee "$out/baselines.log" || rc=1
+fi
+exit $rc
