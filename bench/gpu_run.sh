@@ -4,6 +4,8 @@
 # baselines. Logs go to $OUT (default ./gpu-out). Usage: bench/gpu_run.sh [build|test|bench|all]...
 #   FP4QAT_SHARED: the shared/ folder with vectors (default ./.shared, carried by the caller)
 #   FP4QAT_GTEST_SRC: GoogleTest sources if the machine has no installed GTest (default ./.gtest)
+#   ./.boost-po: Boost.Program_options sources matching the machine's Boost headers, if its
+#   library is missing (the GPU machines have Boost 1.83 headers only)
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${OUT:-$here/gpu-out}"
@@ -23,6 +25,7 @@ if want build; then
   prefix="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')"
   gtest=()
   [ -d "${FP4QAT_GTEST_SRC:-$here/.gtest}" ] && gtest=(-DFP4QAT_GTEST_SOURCE_DIR="${FP4QAT_GTEST_SRC:-$here/.gtest}")
+  [ -d "$here/.boost-po" ] && gtest+=(-DFP4QAT_BOOST_PO_SOURCE_DIR="$here/.boost-po")
   cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" "${gtest[@]}" \
     >"$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
   cmake --build "$build" -j "$(nproc)" >"$out/build.log" 2>&1 || { grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }

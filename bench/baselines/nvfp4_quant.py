@@ -31,9 +31,10 @@ def nvfp4_quantize(x, two_d=False, fake=False):
     E, N, K = x.shape
     xf = x.float()
     amax = xf.abs().amax(dim=(1, 2))
-    s_enc = torch.clamp(2688.0 / amax, max=FLT_MAX)
+    # A true division: `2688.0 / tensor` in PyTorch is reciprocal-then-multiply, which differs.
+    s_enc = torch.clamp(torch.div(torch.full_like(amax, 2688.0), amax), max=FLT_MAX)
     s_enc = torch.where((amax == 0) | (s_enc == 0), torch.ones_like(s_enc), s_enc)
-    s_dec = 1.0 / s_enc
+    s_dec = torch.div(torch.ones_like(s_enc), s_enc)
     blocks = xf.view(E, N, K // 16, 16)
     bmax = blocks.abs().amax(-1)  # [E, N, K/16]
     if two_d:
@@ -42,7 +43,8 @@ def nvfp4_quantize(x, two_d=False, fake=False):
         bmax = t.repeat_interleave(16, dim=1)[:, :N]
     factor = (s_enc * SIXTH)[:, None, None]
     sb = torch.clamp(torch.clamp(bmax * factor, max=FLT_MAX), -448.0, 448.0).to(torch.float8_e4m3fn)
-    enc = torch.clamp(1.0 / (sb.float() * s_dec[:, None, None]), max=FLT_MAX)
+    denom = sb.float() * s_dec[:, None, None]
+    enc = torch.clamp(torch.div(torch.ones_like(denom), denom), max=FLT_MAX)
     v = torch.clamp(blocks * enc[..., None], -6.0, 6.0)
     codes = e2m1_codes(v).view(E, N, K)
     if fake:

@@ -51,6 +51,34 @@ __device__ __forceinline__ void load16(const void* base, int64_t elem, float v[1
   }
 }
 
+// The same 16-element widening load from shared memory (plain vector loads).
+template <InType T>
+__device__ __forceinline__ void load16_shared(const void* base, int64_t elem, float v[16]) {
+  if constexpr (T == InType::F32) {
+    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(base) + elem);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float4 f = p[i];
+      v[4 * i] = f.x;
+      v[4 * i + 1] = f.y;
+      v[4 * i + 2] = f.z;
+      v[4 * i + 3] = f.w;
+    }
+  } else {
+    const uint4* p = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + elem);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const uint4 u = p[i];
+      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if constexpr (T == InType::BF16) unpack_bf16x2(w[j], v[8 * i + 2 * j], v[8 * i + 2 * j + 1]);
+        else unpack_f16x2(w[j], v[8 * i + 2 * j], v[8 * i + 2 * j + 1]);
+      }
+    }
+  }
+}
+
 __device__ __forceinline__ float max16(const float v[16]) {
   float m = 0.0f;
 #pragma unroll

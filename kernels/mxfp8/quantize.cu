@@ -27,12 +27,15 @@ __global__ void __launch_bounds__(kThreads) mxfp8_quant_kernel(const void* x, in
 #pragma unroll
       for (int i = 0; i < 8; ++i) w[i] = 0u;
     } else {
-      const float scale = __uint_as_float(s_bits);
+      // The scale is a power of two 2^k (k <= 126 here), so 1/scale is exact and x * (1/scale)
+      // is the same real number as x / scale: both correctly rounded, hence the same bits as the
+      // reference's division (this is not the general a * (1/b) that numerics.md forbids).
+      const float inv = 1.0f / __uint_as_float(s_bits);
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         w[i] = 0u;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) w[i] |= static_cast<uint32_t>(float_to_e4m3(v[4 * i + j] / scale)) << (8 * j);
+        for (int j = 0; j < 4; ++j) w[i] |= static_cast<uint32_t>(float_to_e4m3(v[4 * i + j] * inv)) << (8 * j);
       }
     }
     uint4* p = reinterpret_cast<uint4*>(q + u * 32);
