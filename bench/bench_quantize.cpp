@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -139,15 +140,18 @@ int main(int argc, char** argv) {
       }
       return ok;
     };
-    for (auto b : {Blocks::k1D, Blocks::k2D}) {
+    for (auto b : {Blocks::k1D, Blocks::k2D})
+      for (const char* variant : {"staged", "fused"}) {
+      setenv("FP4QAT_NVFP4_KERNEL", variant, 1);
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b).codes; },
                                     [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b).codes; }, same_bytes) &&
                       check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b).scales; },
                                     [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b).scales; }, same_bytes);
-      add(std::string("nvfp4 ") + fp4qat::to_string(b) + " MoE layer (128 experts)", double(layer_elems), nv_b, ok, [&] {
+      add(std::string("nvfp4 ") + fp4qat::to_string(b) + " MoE layer [" + variant + "]", double(layer_elems), nv_b, ok, [&] {
         fp4qat::nvfp4_quantize(w13, b);
         fp4qat::nvfp4_quantize(w2, b);
       });
+      unsetenv("FP4QAT_NVFP4_KERNEL");
     }
     {
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },
@@ -161,7 +165,7 @@ int main(int argc, char** argv) {
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
                                     [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
                                     same_bytes);
-      add("fake-quant 1d MoE layer", double(layer_elems), fq_b, ok, [&] {
+      add("fake-quant 1d MoE layer [staged]", double(layer_elems), fq_b, ok, [&] {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D);
       });

@@ -37,6 +37,10 @@ if want test; then
   (cd "$build" && ctest -L cpu -j "$(nproc)" --timeout 600) >"$out/ctest-cpu.log" 2>&1 || rc=1
   tail -4 "$out/ctest-cpu.log"
 fi
+if want sass; then
+  cuobjdump -sass "$build/libfp4qat_cuda_kernels.a" > "$out/kernels.sass" 2>&1 || true
+  grep -c "" "$out/kernels.sass"
+fi
 if want bench; then
   "$build/fp4qat_bench_quantize" --json "$out/bench_quantize.json" 2>&1 | tee "$out/bench_quantize.log" || rc=1
   PYTHONUNBUFFERED=1 python3 "$here/bench/baselines/nvfp4_quant.py" --vectors "$FP4QAT_SHARED/vectors" \

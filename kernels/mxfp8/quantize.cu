@@ -32,11 +32,9 @@ __global__ void __launch_bounds__(kThreads) mxfp8_quant_kernel(const void* x, in
       // reference's division (this is not the general a * (1/b) that numerics.md forbids).
       const float inv = 1.0f / __uint_as_float(s_bits);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        w[i] = 0u;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) w[i] |= static_cast<uint32_t>(float_to_e4m3(v[4 * i + j] * inv)) << (8 * j);
-      }
+      for (int i = 0; i < 8; ++i)
+        w[i] = static_cast<uint32_t>(float2_to_e4m3x2(v[4 * i] * inv, v[4 * i + 1] * inv)) |
+               (static_cast<uint32_t>(float2_to_e4m3x2(v[4 * i + 2] * inv, v[4 * i + 3] * inv)) << 16);
     }
     uint4* p = reinterpret_cast<uint4*>(q + u * 32);
     __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));

@@ -16,6 +16,8 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/common/check.h"
 #include "kernels/common/formats.h"
@@ -389,14 +391,17 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
   FP4QAT_CHECK(a.K % 16 == 0 && a.K > 0, "nvfp4_quantize (CUDA): K = ", a.K, " is not a positive multiple of 16");
   FP4QAT_CHECK(a.s_dec && a.workspace, "nvfp4_quantize (CUDA): s_dec and workspace are required");
   if (a.E == 0) return;
-#define FP4QAT_DISPATCH(TY)                                  \
-  if (a.type == TY) {                                         \
-    if (a.two_d) {                                            \
-      if (!launch_staged<TY, true>(a, stream)) launch_fused<TY, true>(a, stream); \
-    } else if (!launch_staged<TY, false>(a, stream)) {        \
-      launch_fused<TY, false>(a, stream);                     \
-    }                                                         \
-    return;                                                   \
+  // FP4QAT_NVFP4_KERNEL=staged|fused forces a variant (benchmarks); default: staged if it fits.
+  const char* forced = std::getenv("FP4QAT_NVFP4_KERNEL");
+  const bool try_staged = forced == nullptr || std::string(forced) != "fused";
+#define FP4QAT_DISPATCH(TY)                                                    \
+  if (a.type == TY) {                                                           \
+    if (a.two_d) {                                                              \
+      if (!(try_staged && launch_staged<TY, true>(a, stream))) launch_fused<TY, true>(a, stream); \
+    } else if (!(try_staged && launch_staged<TY, false>(a, stream))) {          \
+      launch_fused<TY, false>(a, stream);                                       \
+    }                                                                           \
+    return;                                                                     \
   }
   FP4QAT_DISPATCH(InType::BF16)
   FP4QAT_DISPATCH(InType::F16)
