@@ -27,8 +27,8 @@ if want build; then
   [ -d "${FP4QAT_GTEST_SRC:-$here/.gtest}" ] && gtest=(-DFP4QAT_GTEST_SOURCE_DIR="${FP4QAT_GTEST_SRC:-$here/.gtest}")
   [ -d "$here/.boost-po" ] && gtest+=(-DFP4QAT_BOOST_PO_SOURCE_DIR="$here/.boost-po")
   cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" "${gtest[@]}" \
-    >"$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
-  cmake --build "$build" -j "$(nproc)" >"$out/build.log" 2>&1 || { grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }
+    >"$here/gpu-configure.log" 2>&1 || { tail -40 "$here/gpu-configure.log"; exit 1; }
+  cmake --build "$build" -j "$(nproc)" >"$here/gpu-build.log" 2>&1 || { grep -E "error|FAILED" -A3 "$here/gpu-build.log" | head -60; exit 1; }
   echo "build ok"
 fi
 if want test; then

@@ -99,34 +99,44 @@ struct Schedule {
   }
 };
 
+// Chunks are tiles of 16 rows x 256 columns (K-edge chunks narrower): one 16-element row
+// segment per thread. A half-warp holds one 16x16 tile (lane = row), so 2D tile maxima are
+// half-warp shuffles; rows past N count as zeros. Small chunks keep the bytes in flight (grid x
+// chunk) small, so an expert's second read finds its bytes still in L2.
+constexpr int64_t kChunkCols = 256;
+
 template <InType T, bool kTwoD>
-__global__ void __launch_bounds__(kThreads) nvfp4_fused_kernel(Nvfp4Args a, Schedule s, int64_t rows_per_chunk,
-                                                               uint32_t* amax_bits, int* done, unsigned long long* ticket) {
+__global__ void __launch_bounds__(kThreads) nvfp4_fused_kernel(Nvfp4Args a, Schedule s, uint32_t* amax_bits, int* done,
+                                                               unsigned long long* ticket) {
   __shared__ float red[kWarps];
-  __shared__ long long cur;
+  __shared__ long long cur[2];
   __shared__ float shared_amax;
   const int64_t K = a.K, N = a.N, nb = K / 16;
+  const int64_t col_chunks = (K + kChunkCols - 1) / kChunkCols;
   const int64_t total = s.total();
-  for (;;) {
-    if (threadIdx.x == 0) cur = static_cast<long long>(atomicAdd(ticket, 1ull));
-    __syncthreads();
-    const int64_t t = cur;
-    __syncthreads();  // everyone has read `cur` before thread 0 may overwrite it
+  const int hw = threadIdx.x >> 4, lane = threadIdx.x & 15;
+  // The next ticket is claimed while the current item is processed (hides the atomic's latency).
+  if (threadIdx.x == 0) cur[0] = static_cast<long long>(atomicAdd(ticket, 1ull));
+  __syncthreads();
+  for (int it = 0;; it ^= 1) {
+    const int64_t t = cur[it];
     if (t >= total) return;
+    unsigned long long next = 0;
+    if (threadIdx.x == 0) next = atomicAdd(ticket, 1ull);
     bool is_amax;
     int64_t e, c;
     s.decode(t, is_amax, e, c);
-    const int64_t r0 = c * rows_per_chunk;
-    const int64_t r1 = min(N, r0 + rows_per_chunk);
-    const int64_t unit0 = (e * N + r0) * nb;  // first 16-element unit of the chunk
-    const int64_t units = (r1 - r0) * nb;
-
+    const int64_t band = c / col_chunks, cc = c % col_chunks;
+    const int64_t row = band * 16 + lane;
+    const int64_t b = cc * (kChunkCols / 16) + hw;  // 16-element block (tile column) index
+    const bool valid = row < N && b < nb;
+    const int64_t unit = (e * N + row) * nb + b;
     if (is_amax) {
       float m = 0.0f;
-      for (int64_t u = threadIdx.x; u < units; u += kThreads) {
+      if (valid) {
         float v[16];
-        load16<T, false>(a.x, (unit0 + u) * 16, v);  // cached: re-read soon by the Q item
-        m = fmaxf(m, max16(v));
+        load16<T, false>(a.x, unit * 16, v);  // cached: read again soon by the Q item
+        m = max16(v);
       }
       m = block_max(m, red);
       if (threadIdx.x == 0) {
@@ -134,61 +144,38 @@ __global__ void __launch_bounds__(kThreads) nvfp4_fused_kernel(Nvfp4Args a, Sche
         __threadfence();
         atomicAdd(done + e, 1);
       }
-      continue;
-    }
-
-    // Q item: get the expert's amax.
-    if (threadIdx.x == 0) {
-      float am;
-      if (a.given_amax) {
-        am = a.given_amax[e];
-      } else {
-        while (atomicAdd(done + e, 0) < static_cast<int>(s.C)) __nanosleep(64);
-        __threadfence();
-        am = __uint_as_float(atomicOr(amax_bits + e, 0u));
-      }
-      shared_amax = am;
-    }
-    __syncthreads();
-    const float s_enc = nvfp4_s_enc(shared_amax);
-    const float s_dec = nvfp4_s_dec(s_enc);
-    const float factor = nvfp4_block_factor(s_enc);
-    if (c == 0 && threadIdx.x == 0) a.s_dec[e] = s_dec;
-
-    if constexpr (!kTwoD) {
-      for (int64_t u = threadIdx.x; u < units; u += kThreads) {
-        float v[16];
-        load16<T, true>(a.x, (unit0 + u) * 16, v);
-        const uint8_t sb = nvfp4_block_scale(max16(v), factor);
-        emit_block(v, sb, s_dec, unit0 + u, a.codes, a.scales, a.fake);
-      }
     } else {
-      // 16x16 tiles: a half-warp holds one tile, lane i its row i (rows past N count as zeros).
-      const int hw = threadIdx.x >> 4, lane = threadIdx.x & 15;
-      const int64_t bands = (r1 - r0 + 15) / 16;
-      const int64_t tiles = bands * nb;
-      for (int64_t p0 = 0; p0 < tiles; p0 += kThreads / 16) {  // uniform trip count: shuffles are safe
-        const int64_t p = p0 + hw;
-        const bool active = p < tiles;
-        const int64_t band = active ? p / nb : 0, b = active ? p % nb : 0;
-        const int64_t row = r0 + band * 16 + lane;
-        const bool valid = active && row < r1;
-        float v[16];
-        if (valid) {
-          load16<T, true>(a.x, ((e * N + row) * nb + b) * 16, v);
-        } else {
+      float v[16];
+      if (valid) {
+        load16<T, true>(a.x, unit * 16, v);  // issued before the wait below
+      } else {
 #pragma unroll
-          for (int i = 0; i < 16; ++i) v[i] = 0.0f;
+        for (int i = 0; i < 16; ++i) v[i] = 0.0f;
+      }
+      if (threadIdx.x == 0) {
+        float am;
+        if (a.given_amax) {
+          am = a.given_amax[e];
+        } else {
+          while (atomicAdd(done + e, 0) < static_cast<int>(s.C)) __nanosleep(64);
+          __threadfence();
+          am = __uint_as_float(atomicOr(amax_bits + e, 0u));
         }
-        float m = max16(v);
+        shared_amax = am;
+      }
+      float m = max16(v);
+      if constexpr (kTwoD) {
 #pragma unroll
         for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        if (valid) {
-          const uint8_t sb = nvfp4_block_scale(m, factor);
-          emit_block(v, sb, s_dec, (e * N + row) * nb + b, a.codes, a.scales, a.fake);
-        }
       }
+      __syncthreads();
+      const float s_enc = nvfp4_s_enc(shared_amax);
+      const float s_dec = nvfp4_s_dec(s_enc);
+      if (c == 0 && threadIdx.x == 0) a.s_dec[e] = s_dec;
+      if (valid) emit_block(v, nvfp4_block_scale(m, nvfp4_block_factor(s_enc)), s_dec, unit, a.codes, a.scales, a.fake);
     }
+    if (threadIdx.x == 0) cur[it ^ 1] = static_cast<long long>(next);
+    __syncthreads();
   }
 }
 
@@ -357,29 +344,25 @@ bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
 
 template <InType T, bool kTwoD>
 void launch_fused(const Nvfp4Args& a, cudaStream_t stream) {
-  const int64_t nb = a.K / 16;
-  // Rows per chunk: a multiple of 16 (whole 2D tiles), about 32K elements.
-  const int64_t rows = 16 * std::max<int64_t>(1, 2048 / std::max<int64_t>(nb * 16, 1));
+  auto kernel = nvfp4_fused_kernel<T, kTwoD>;
+  int per_sm = 0;
+  FP4QAT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
+  const int64_t resident = static_cast<int64_t>(std::max(per_sm, 1)) * num_sms();
   Schedule s;
   s.E = a.E;
-  s.C = std::max<int64_t>(1, (a.N + rows - 1) / rows);
+  s.C = std::max<int64_t>(1, ((a.N + 15) / 16) * ((a.K + kChunkCols - 1) / kChunkCols));
   s.with_amax = a.given_amax == nullptr;
-  const int64_t expert_bytes = a.N * a.K * (T == InType::F32 ? 4 : 2);
-  const int64_t l2_budget = 12ll << 20;  // bytes between an expert's two reads: well inside L2
-  s.L = std::min<int64_t>(a.E, std::max<int64_t>(1, l2_budget / std::max<int64_t>(expert_bytes, 1)));
-
+  // Lag in experts: enough that an expert's A items are finished (not merely claimed) when its
+  // Q items come up, i.e. more than the items in flight (one per resident CTA).
+  s.L = std::min<int64_t>(a.E, (resident + s.C - 1) / s.C + 1);
   auto* amax_bits = static_cast<uint32_t*>(a.workspace);
   auto* done = reinterpret_cast<int*>(amax_bits + a.E);
   auto* ticket = reinterpret_cast<unsigned long long*>(
       static_cast<char*>(a.workspace) + ((static_cast<size_t>(a.E) * 8 + 15) / 16) * 16);
   FP4QAT_CUDA_CHECK(cudaMemsetAsync(a.workspace, 0, nvfp4_workspace_bytes(a.E), stream));
-
-  auto kernel = nvfp4_fused_kernel<T, kTwoD>;
-  int per_sm = 0;
-  FP4QAT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
   // All CTAs must be resident at once (Q items spin on A items): never exceed occupancy.
-  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(s.total(), static_cast<int64_t>(per_sm) * num_sms()));
-  kernel<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(a, s, rows, amax_bits, done, ticket);
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(s.total(), resident));
+  kernel<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(a, s, amax_bits, done, ticket);
   FP4QAT_CUDA_CHECK(cudaGetLastError());
 }
 
