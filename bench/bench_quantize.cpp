@@ -3,7 +3,7 @@
 // for the large cases), then time with CUDA events (median of --reps after --warmup) and report
 // GB/s and the share of the one-pass floor at the device-to-device copy bandwidth measured in
 // the same run. Prints a table; --json writes the numbers.
-//   fp4qat_bench_quantize [--reps 20] [--warmup 5] [--json FILE]
+//   fp4qat_bench_quantize [--reps 20] [--warmup 5] [--json FILE] [--only SUBSTRING]
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <cuda_runtime.h>
@@ -25,6 +25,7 @@ using fp4qat::Blocks;
 namespace {
 
 int g_reps = 20, g_warmup = 5;
+std::string g_only;  // run only cases whose name contains this (e.g. under a profiler)
 
 double median_ms(const std::function<void()>& fn) {
   auto stream = at::cuda::getCurrentCUDAStream().stream();
@@ -69,8 +70,9 @@ int main(int argc, char** argv) {
     if (a == "--reps" && i + 1 < argc) g_reps = std::max(1, std::atoi(argv[++i]));
     else if (a == "--warmup" && i + 1 < argc) g_warmup = std::max(0, std::atoi(argv[++i]));
     else if (a == "--json" && i + 1 < argc) json_out = argv[++i];
+    else if (a == "--only" && i + 1 < argc) g_only = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--reps N] [--warmup N] [--json FILE]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--reps N] [--warmup N] [--json FILE] [--only SUBSTRING]\n", argv[0]);
       return 2;
     }
   }
@@ -96,6 +98,7 @@ int main(int argc, char** argv) {
 
   std::vector<Row> rows;
   auto add = [&](const std::string& name, double elems, double bytes_per_elem, bool valid, const std::function<void()>& fn) {
+    if (!g_only.empty() && name.find(g_only) == std::string::npos) return;
     const double ms = median_ms(fn);
     rows.push_back({name, elems, elems * bytes_per_elem, ms, valid});
   };

@@ -41,6 +41,15 @@ if want sass; then
   cuobjdump -sass "$build/libfp4qat_cuda_kernels.a" > "$out/kernels.sass" 2>&1 || true
   grep -c "" "$out/kernels.sass"
 fi
+if want profile; then
+  # Nsight Compute on one MoE-layer NVFP4 1D quantization (both variants): DRAM bytes, L2 hit rate.
+  for v in fused staged; do
+    FP4QAT_NVFP4_KERNEL=$v ncu --kernel-name regex:nvfp4_ --launch-skip 2 --launch-count 2 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
+      "$build/fp4qat_bench_quantize" --only "1d MoE layer [$v]" --reps 1 --warmup 1 > "$out/ncu-$v.txt" 2>&1 || true
+    grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|dram__bytes" "$out/ncu-$v.txt" | head -20
+  done
+fi
 if want bench; then
   "$build/fp4qat_bench_quantize" --json "$out/bench_quantize.json" 2>&1 | tee "$out/bench_quantize.log" || rc=1
   PYTHONUNBUFFERED=1 python3 "$here/bench/baselines/nvfp4_quant.py" --vectors "$FP4QAT_SHARED/vectors" \
