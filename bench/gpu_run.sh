@@ -43,8 +43,10 @@ if want sass; then
 fi
 if want profile; then
   # Nsight Compute on one MoE-layer NVFP4 1D quantization (both variants): DRAM bytes, L2 hit rate.
-  for v in fused staged; do
-    FP4QAT_NVFP4_KERNEL=$v ncu --kernel-name regex:nvfp4_ --launch-skip 2 --launch-count 2 \
+  # Skip the validation launches that precede the timed ones (15 fused / 12 staged, see the bench).
+  for vs in fused:15 staged:12; do
+    v=${vs%:*}
+    ncu --kernel-name regex:nvfp4_$v --launch-skip ${vs#*:} --launch-count 2 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
       "$build/fp4qat_bench_quantize" --only "1d MoE layer [$v]" --reps 1 --warmup 1 > "$out/ncu-$v.txt" 2>&1 || true
     grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|dram__bytes" "$out/ncu-$v.txt" | head -20
