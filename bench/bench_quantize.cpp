@@ -156,6 +156,24 @@ int main(int argc, char** argv) {
       });
       unsetenv("FP4QAT_NVFP4_KERNEL");
     }
+    // Sweep of the fused kernel's knobs (threads, chunk elements, CTAs per SM), 1D.
+    for (const char* cfg : {"256:32768:0", "512:32768:0", "512:32768:1", "512:65536:1", "1024:65536:1", "1024:32768:1",
+                            "512:16384:2", "256:16384:0"}) {
+      std::string c = cfg;
+      const auto p1 = c.find(':'), p2 = c.rfind(':');
+      setenv("FP4QAT_NVFP4_KERNEL", "fused", 1);
+      setenv("FP4QAT_NVFP4_THREADS", c.substr(0, p1).c_str(), 1);
+      setenv("FP4QAT_NVFP4_CHUNK_ELEMS", c.substr(p1 + 1, p2 - p1 - 1).c_str(), 1);
+      if (c.substr(p2 + 1) != "0") setenv("FP4QAT_NVFP4_CTAS_PER_SM", c.substr(p2 + 1).c_str(), 1);
+      const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).codes; },
+                                    [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).codes; }, same_bytes);
+      add(std::string("nvfp4 1d MoE fused ") + cfg, double(layer_elems), nv_b, ok, [&] {
+        fp4qat::nvfp4_quantize(w13, Blocks::k1D);
+        fp4qat::nvfp4_quantize(w2, Blocks::k1D);
+      });
+      for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_CHUNK_ELEMS", "FP4QAT_NVFP4_CTAS_PER_SM"})
+        unsetenv(v);
+    }
     {
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },
                                     [&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; }, same_bytes);
@@ -175,7 +193,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("\n%-36s %6s %10s %10s %10s %9s\n", "case", "valid", "ms", "GB/s", "floor ms", "% floor");
+  std::printf("\n%-40s %6s %10s %10s %10s %9s\n", "case", "valid", "ms", "GB/s", "floor ms", "% floor");
   fp4qat::json::Value out = fp4qat::json::Value::object();
   out.set("device", prop.name);
   out.set("copy_gbs", copy_gbs);
@@ -183,7 +201,7 @@ int main(int argc, char** argv) {
   bool all_valid = true;
   for (const auto& r : rows) {
     const double gbs = r.bytes / (r.ms * 1e6), floor_ms = r.bytes / (copy_gbs * 1e6);
-    std::printf("%-36s %6s %10.4f %10.0f %10.4f %8.1f%%\n", r.name.c_str(), r.valid ? "yes" : "NO", r.ms, gbs, floor_ms,
+    std::printf("%-40s %6s %10.4f %10.0f %10.4f %8.1f%%\n", r.name.c_str(), r.valid ? "yes" : "NO", r.ms, gbs, floor_ms,
                 100.0 * floor_ms / r.ms);
     all_valid &= r.valid;
     cases.push_back(fp4qat::json::Value::object({{"name", r.name}, {"valid", r.valid}, {"ms", r.ms}, {"gbs", gbs},

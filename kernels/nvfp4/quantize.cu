@@ -99,23 +99,32 @@ struct Schedule {
   }
 };
 
-// Chunks are tiles of 16 rows x 256 columns (K-edge chunks narrower): one 16-element row
-// segment per thread. A half-warp holds one 16x16 tile (lane = row), so 2D tile maxima are
-// half-warp shuffles; rows past N count as zeros. Small chunks keep the bytes in flight (grid x
-// chunk) small, so an expert's second read finds its bytes still in L2.
-constexpr int64_t kChunkCols = 256;
+// Fused two-pass kernel: a chunk is R consecutive rows of one expert (R a multiple of 16, about
+// FP4QAT_NVFP4_CHUNK_ELEMS elements). 1D: units (16-element row blocks) in linear order; 2D: a
+// half-warp holds one 16x16 tile (lane = row; rows past N count as zeros). The next ticket is
+// claimed while the current item runs, hiding the atomic's latency.
+template <int kTh>
+__device__ __forceinline__ float block_max_n(float v, float* smem) {
+  v = warp_max(v);
+  if ((threadIdx.x & 31) == 0) smem[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float m = 0.0f;
+  if (threadIdx.x < 32) {
+    m = threadIdx.x < kTh / 32 ? smem[threadIdx.x] : 0.0f;
+    m = warp_max(m);
+  }
+  __syncthreads();
+  return m;
+}
 
-template <InType T, bool kTwoD>
-__global__ void __launch_bounds__(kThreads) nvfp4_fused_kernel(Nvfp4Args a, Schedule s, uint32_t* amax_bits, int* done,
-                                                               unsigned long long* ticket) {
-  __shared__ float red[kWarps];
+template <InType T, bool kTwoD, int kTh>
+__global__ void __launch_bounds__(kTh) nvfp4_fused_kernel(Nvfp4Args a, Schedule s, int64_t R, uint32_t* amax_bits,
+                                                          int* done, unsigned long long* ticket) {
+  __shared__ float red[kTh / 32];
   __shared__ long long cur[2];
   __shared__ float shared_amax;
   const int64_t K = a.K, N = a.N, nb = K / 16;
-  const int64_t col_chunks = (K + kChunkCols - 1) / kChunkCols;
   const int64_t total = s.total();
-  const int hw = threadIdx.x >> 4, lane = threadIdx.x & 15;
-  // The next ticket is claimed while the current item is processed (hides the atomic's latency).
   if (threadIdx.x == 0) cur[0] = static_cast<long long>(atomicAdd(ticket, 1ull));
   __syncthreads();
   for (int it = 0;; it ^= 1) {
@@ -126,32 +135,22 @@ __global__ void __launch_bounds__(kThreads) nvfp4_fused_kernel(Nvfp4Args a, Sche
     bool is_amax;
     int64_t e, c;
     s.decode(t, is_amax, e, c);
-    const int64_t band = c / col_chunks, cc = c % col_chunks;
-    const int64_t row = band * 16 + lane;
-    const int64_t b = cc * (kChunkCols / 16) + hw;  // 16-element block (tile column) index
-    const bool valid = row < N && b < nb;
-    const int64_t unit = (e * N + row) * nb + b;
+    const int64_t r0 = c * R, r1 = min(N, r0 + R);
+    const int64_t unit0 = (e * N + r0) * nb, units = (r1 - r0) * nb;
     if (is_amax) {
       float m = 0.0f;
-      if (valid) {
+      for (int64_t u = threadIdx.x; u < units; u += kTh) {
         float v[16];
-        load16<T, false>(a.x, unit * 16, v);  // cached: read again soon by the Q item
-        m = max16(v);
+        load16<T, false>(a.x, (unit0 + u) * 16, v);  // cached: read again soon by the Q item
+        m = fmaxf(m, max16(v));
       }
-      m = block_max(m, red);
+      m = block_max_n<kTh>(m, red);
       if (threadIdx.x == 0) {
         atomic_max_nonneg(amax_bits + e, m);
         __threadfence();
         atomicAdd(done + e, 1);
       }
     } else {
-      float v[16];
-      if (valid) {
-        load16<T, true>(a.x, unit * 16, v);  // issued before the wait below
-      } else {
-#pragma unroll
-        for (int i = 0; i < 16; ++i) v[i] = 0.0f;
-      }
       if (threadIdx.x == 0) {
         float am;
         if (a.given_amax) {
@@ -163,16 +162,39 @@ __global__ void __launch_bounds__(kThreads) nvfp4_fused_kernel(Nvfp4Args a, Sche
         }
         shared_amax = am;
       }
-      float m = max16(v);
-      if constexpr (kTwoD) {
-#pragma unroll
-        for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-      }
       __syncthreads();
       const float s_enc = nvfp4_s_enc(shared_amax);
       const float s_dec = nvfp4_s_dec(s_enc);
+      const float factor = nvfp4_block_factor(s_enc);
       if (c == 0 && threadIdx.x == 0) a.s_dec[e] = s_dec;
-      if (valid) emit_block(v, nvfp4_block_scale(m, nvfp4_block_factor(s_enc)), s_dec, unit, a.codes, a.scales, a.fake);
+      if constexpr (!kTwoD) {
+        for (int64_t u = threadIdx.x; u < units; u += kTh) {
+          float v[16];
+          load16<T, true>(a.x, (unit0 + u) * 16, v);
+          emit_block(v, nvfp4_block_scale(max16(v), factor), s_dec, unit0 + u, a.codes, a.scales, a.fake);
+        }
+      } else {
+        const int hw = threadIdx.x >> 4, lane = threadIdx.x & 15;
+        const int64_t tiles = ((r1 - r0 + 15) / 16) * nb;
+        for (int64_t p0 = 0; p0 < tiles; p0 += kTh / 16) {  // uniform trip count: shuffles are safe
+          const int64_t p = p0 + hw;
+          const bool active = p < tiles;
+          const int64_t band = active ? p / nb : 0, b = active ? p % nb : 0;
+          const int64_t row = r0 + band * 16 + lane;
+          const bool valid = active && row < r1;
+          float v[16];
+          if (valid) {
+            load16<T, true>(a.x, ((e * N + row) * nb + b) * 16, v);
+          } else {
+#pragma unroll
+            for (int i = 0; i < 16; ++i) v[i] = 0.0f;
+          }
+          float m = max16(v);
+#pragma unroll
+          for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+          if (valid) emit_block(v, nvfp4_block_scale(m, factor), s_dec, (e * N + row) * nb + b, a.codes, a.scales, a.fake);
+        }
+      }
     }
     if (threadIdx.x == 0) cur[it ^ 1] = static_cast<long long>(next);
     __syncthreads();
@@ -342,18 +364,28 @@ bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
   return true;
 }
 
-template <InType T, bool kTwoD>
-void launch_fused(const Nvfp4Args& a, cudaStream_t stream) {
-  auto kernel = nvfp4_fused_kernel<T, kTwoD>;
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::strtoll(v, nullptr, 10) : fallback;
+}
+
+// Tuning knobs (benchmarks only; defaults measured on H100, see bench/RESULTS.md):
+//   FP4QAT_NVFP4_THREADS (256|512|1024), FP4QAT_NVFP4_CHUNK_ELEMS, FP4QAT_NVFP4_CTAS_PER_SM.
+template <InType T, bool kTwoD, int kTh>
+void launch_fused_t(const Nvfp4Args& a, cudaStream_t stream) {
+  auto kernel = nvfp4_fused_kernel<T, kTwoD, kTh>;
   int per_sm = 0;
-  FP4QAT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
-  const int64_t resident = static_cast<int64_t>(std::max(per_sm, 1)) * num_sms();
+  FP4QAT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTh, 0));
+  const int64_t want_per_sm = env_int("FP4QAT_NVFP4_CTAS_PER_SM", per_sm);
+  const int64_t resident = std::max<int64_t>(1, std::min<int64_t>(per_sm, want_per_sm)) * num_sms();
+  const int64_t chunk_elems = std::max<int64_t>(256, env_int("FP4QAT_NVFP4_CHUNK_ELEMS", 32768));
+  const int64_t R = 16 * std::max<int64_t>(1, chunk_elems / (16 * a.K));
   Schedule s;
   s.E = a.E;
-  s.C = std::max<int64_t>(1, ((a.N + 15) / 16) * ((a.K + kChunkCols - 1) / kChunkCols));
+  s.C = std::max<int64_t>(1, (a.N + R - 1) / R);
   s.with_amax = a.given_amax == nullptr;
-  // Lag in experts: enough that an expert's A items are finished (not merely claimed) when its
-  // Q items come up, i.e. more than the items in flight (one per resident CTA).
+  // Lag in experts: more than the items in flight (one per resident CTA), so an expert's A items
+  // are finished when its Q items come up; no more, so its bytes are still in L2 then.
   s.L = std::min<int64_t>(a.E, (resident + s.C - 1) / s.C + 1);
   auto* amax_bits = static_cast<uint32_t*>(a.workspace);
   auto* done = reinterpret_cast<int*>(amax_bits + a.E);
@@ -362,8 +394,17 @@ void launch_fused(const Nvfp4Args& a, cudaStream_t stream) {
   FP4QAT_CUDA_CHECK(cudaMemsetAsync(a.workspace, 0, nvfp4_workspace_bytes(a.E), stream));
   // All CTAs must be resident at once (Q items spin on A items): never exceed occupancy.
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(s.total(), resident));
-  kernel<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(a, s, amax_bits, done, ticket);
+  kernel<<<static_cast<unsigned>(grid), kTh, 0, stream>>>(a, s, R, amax_bits, done, ticket);
   FP4QAT_CUDA_CHECK(cudaGetLastError());
+}
+
+template <InType T, bool kTwoD>
+void launch_fused(const Nvfp4Args& a, cudaStream_t stream) {
+  switch (env_int("FP4QAT_NVFP4_THREADS", 512)) {
+    case 256: return launch_fused_t<T, kTwoD, 256>(a, stream);
+    case 1024: return launch_fused_t<T, kTwoD, 1024>(a, stream);
+    default: return launch_fused_t<T, kTwoD, 512>(a, stream);
+  }
 }
 
 }  // namespace
