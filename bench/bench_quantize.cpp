@@ -156,11 +156,13 @@ int main(int argc, char** argv) {
       });
       unsetenv("FP4QAT_NVFP4_KERNEL");
     }
-    // Sweep of the fused kernel's knobs (threads, chunk elements, CTAs per SM), 1D.
-    for (const char* cfg : {"256:32768:0", "512:32768:0", "512:32768:1", "512:65536:1", "1024:65536:1", "1024:32768:1",
-                            "512:16384:2", "256:16384:0"}) {
+    // Sweep of the fused kernel's knobs (threads:chunk elements:CTAs per SM (0 = occupancy):lag MB), 1D.
+    for (const char* cfg : {"256:32768:0:12", "256:32768:0:6", "256:32768:0:24", "512:32768:0:12", "256:65536:0:12",
+                            "256:32768:3:12"}) {
       std::string c = cfg;
-      const auto p1 = c.find(':'), p2 = c.rfind(':');
+      const auto p1 = c.find(':'), p2 = c.find(':', p1 + 1), p3 = c.rfind(':');
+      setenv("FP4QAT_NVFP4_LAG_BYTES", std::to_string(std::stoll(c.substr(p3 + 1)) << 20).c_str(), 1);
+      c = c.substr(0, p3);
       setenv("FP4QAT_NVFP4_KERNEL", "fused", 1);
       setenv("FP4QAT_NVFP4_THREADS", c.substr(0, p1).c_str(), 1);
       setenv("FP4QAT_NVFP4_CHUNK_ELEMS", c.substr(p1 + 1, p2 - p1 - 1).c_str(), 1);
@@ -171,7 +173,8 @@ int main(int argc, char** argv) {
         fp4qat::nvfp4_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_quantize(w2, Blocks::k1D);
       });
-      for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_CHUNK_ELEMS", "FP4QAT_NVFP4_CTAS_PER_SM"})
+      for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_CHUNK_ELEMS",
+                            "FP4QAT_NVFP4_CTAS_PER_SM", "FP4QAT_NVFP4_LAG_BYTES"})
         unsetenv(v);
     }
     {

@@ -370,7 +370,8 @@ int64_t env_int(const char* name, int64_t fallback) {
 }
 
 // Tuning knobs (benchmarks only; defaults measured on H100, see bench/RESULTS.md):
-//   FP4QAT_NVFP4_THREADS (256|512|1024), FP4QAT_NVFP4_CHUNK_ELEMS, FP4QAT_NVFP4_CTAS_PER_SM.
+//   FP4QAT_NVFP4_THREADS (256|512|1024), FP4QAT_NVFP4_CHUNK_ELEMS, FP4QAT_NVFP4_CTAS_PER_SM,
+//   FP4QAT_NVFP4_LAG_BYTES.
 template <InType T, bool kTwoD, int kTh>
 void launch_fused_t(const Nvfp4Args& a, cudaStream_t stream) {
   auto kernel = nvfp4_fused_kernel<T, kTwoD, kTh>;
@@ -384,9 +385,10 @@ void launch_fused_t(const Nvfp4Args& a, cudaStream_t stream) {
   s.E = a.E;
   s.C = std::max<int64_t>(1, (a.N + R - 1) / R);
   s.with_amax = a.given_amax == nullptr;
-  // Lag in experts: more than the items in flight (one per resident CTA), so an expert's A items
-  // are finished when its Q items come up; no more, so its bytes are still in L2 then.
-  s.L = std::min<int64_t>(a.E, (resident + s.C - 1) / s.C + 1);
+  // Lag in experts: about 12 MB of input between an expert's two reads, so that the second read
+  // finds it in L2 (measured: a lag covering all items in flight, ~48 MB here, was slower).
+  const int64_t expert_bytes = std::max<int64_t>(1, a.N * a.K * (T == InType::F32 ? 4 : 2));
+  s.L = std::min<int64_t>(a.E, std::max<int64_t>(1, env_int("FP4QAT_NVFP4_LAG_BYTES", 12ll << 20) / expert_bytes));
   auto* amax_bits = static_cast<uint32_t*>(a.workspace);
   auto* done = reinterpret_cast<int*>(amax_bits + a.E);
   auto* ticket = reinterpret_cast<unsigned long long*>(
@@ -400,10 +402,11 @@ void launch_fused_t(const Nvfp4Args& a, cudaStream_t stream) {
 
 template <InType T, bool kTwoD>
 void launch_fused(const Nvfp4Args& a, cudaStream_t stream) {
-  switch (env_int("FP4QAT_NVFP4_THREADS", 512)) {
+  switch (env_int("FP4QAT_NVFP4_THREADS", 256)) {
     case 256: return launch_fused_t<T, kTwoD, 256>(a, stream);
+    case 512: return launch_fused_t<T, kTwoD, 512>(a, stream);
     case 1024: return launch_fused_t<T, kTwoD, 1024>(a, stream);
-    default: return launch_fused_t<T, kTwoD, 512>(a, stream);
+    default: return launch_fused_t<T, kTwoD, 256>(a, stream);
   }
 }
 
@@ -415,9 +418,10 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
   FP4QAT_CHECK(a.K % 16 == 0 && a.K > 0, "nvfp4_quantize (CUDA): K = ", a.K, " is not a positive multiple of 16");
   FP4QAT_CHECK(a.s_dec && a.workspace, "nvfp4_quantize (CUDA): s_dec and workspace are required");
   if (a.E == 0) return;
-  // FP4QAT_NVFP4_KERNEL=staged|fused forces a variant (benchmarks); default: staged if it fits.
+  // FP4QAT_NVFP4_KERNEL=staged selects the one-read staged variant where it fits (benchmarks);
+  // the default is the fused two-pass kernel, measured faster on H100 (bench/RESULTS.md).
   const char* forced = std::getenv("FP4QAT_NVFP4_KERNEL");
-  const bool try_staged = forced == nullptr || std::string(forced) != "fused";
+  const bool try_staged = forced != nullptr && std::string(forced) == "staged";
 #define FP4QAT_DISPATCH(TY)                                                    \
   if (a.type == TY) {                                                           \
     if (a.two_d) {                                                              \
