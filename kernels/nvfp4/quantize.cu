@@ -101,8 +101,7 @@ struct Schedule {
 
 // Fused two-pass kernel: a chunk is R consecutive rows of one expert (R a multiple of 16, about
 // FP4QAT_NVFP4_CHUNK_ELEMS elements). 1D: units (16-element row blocks) in linear order; 2D: a
-// half-warp holds one 16x16 tile (lane = row; rows past N count as zeros). The next ticket is
-// claimed while the current item runs, hiding the atomic's latency.
+// half-warp holds one 16x16 tile (lane = row; rows past N count as zeros).
 template <int kTh>
 __device__ __forceinline__ float block_max_n(float v, float* smem) {
   v = warp_max(v);
@@ -125,13 +124,13 @@ __global__ void __launch_bounds__(kTh) nvfp4_fused_kernel(Nvfp4Args a, Schedule 
   __shared__ float shared_amax;
   const int64_t K = a.K, N = a.N, nb = K / 16;
   const int64_t total = s.total();
-  if (threadIdx.x == 0) cur[0] = static_cast<long long>(atomicAdd(ticket, 1ull));
-  __syncthreads();
-  for (int it = 0;; it ^= 1) {
-    const int64_t t = cur[it];
+  for (;;) {
+    // Claim one item at a time: a ticket claimed ahead would hold back A items that Q items of
+    // other CTAs are waiting for (measured slower).
+    if (threadIdx.x == 0) cur[0] = static_cast<long long>(atomicAdd(ticket, 1ull));
+    __syncthreads();
+    const int64_t t = cur[0];
     if (t >= total) return;
-    unsigned long long next = 0;
-    if (threadIdx.x == 0) next = atomicAdd(ticket, 1ull);
     bool is_amax;
     int64_t e, c;
     s.decode(t, is_amax, e, c);
@@ -196,8 +195,7 @@ __global__ void __launch_bounds__(kTh) nvfp4_fused_kernel(Nvfp4Args a, Schedule 
         }
       }
     }
-    if (threadIdx.x == 0) cur[it ^ 1] = static_cast<long long>(next);
-    __syncthreads();
+    __syncthreads();  // `cur`, `red` and `shared_amax` are reused by the next item
   }
 }
 
