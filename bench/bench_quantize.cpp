@@ -188,7 +188,7 @@ int main(int argc, char** argv) {
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
                                     [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
                                     same_bytes);
-      add("fake-quant 1d MoE layer [staged]", double(layer_elems), fq_b, ok, [&] {
+      add("fake-quant 1d MoE layer", double(layer_elems), fq_b, ok, [&] {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D);
       });
