@@ -103,6 +103,11 @@ NVFP4FakeQuant nvfp4_fake_quantize(const at::Tensor& x, Blocks blocks, const std
   return {q.fake, q.s_dec};
 }
 
+NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax) {
+  Quantized q = run_nvfp4(x, blocks, amax, /*packed=*/true, /*fake=*/true);
+  return {{q.codes, q.scales.view(at::kFloat8_e4m3fn), q.s_dec, blocks}, q.fake};
+}
+
 at::Tensor nvfp4_dequantize(const NVFP4Tensor& q, at::ScalarType dtype) {
   const c10::cuda::CUDAGuard guard(q.codes.device());
   const at::Tensor codes = q.codes.contiguous(), scales = q.scales.contiguous().view(at::kByte);

@@ -115,10 +115,18 @@ NVFP4FakeQuant nvfp4_fake_quantize(const at::Tensor& x, Blocks blocks, const std
   if (amax_in) check_amax(x, *amax_in);
   if (is_cuda(x)) return cuda::nvfp4_fake_quantize(x, blocks, amax_in);
   // Reference: quantize, then decode with a unit global scale: e2m1(q) * sb, exact in bf16.
+  NVFP4Operand o = nvfp4_quantize_and_fake(x, blocks, amax_in);
+  return {o.values, o.packed.s_dec};
+}
+
+NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax_in) {
+  check_input(x, fmt::kNvfp4Block, "nvfp4_quantize_and_fake");
+  if (amax_in) check_amax(x, *amax_in);
+  if (is_cuda(x)) return cuda::nvfp4_quantize_and_fake(x, blocks, amax_in);
   NVFP4Tensor q = nvfp4_quantize(x, blocks, amax_in);
-  const at::Tensor s_dec = q.s_dec;
-  q.s_dec = at::ones_like(s_dec);
-  return {nvfp4_dequantize(q, at::kBFloat16), s_dec};
+  NVFP4Tensor unit = q;
+  unit.s_dec = at::ones_like(q.s_dec);
+  return {q, nvfp4_dequantize(unit, at::kBFloat16)};
 }
 
 MXFP8Tensor mxfp8_quantize(const at::Tensor& x) {

@@ -50,6 +50,15 @@ struct NVFP4FakeQuant {
 NVFP4FakeQuant nvfp4_fake_quantize(const at::Tensor& x, Blocks blocks,
                                    const std::optional<at::Tensor>& amax = std::nullopt);
 
+// Both in one pass (the QAT forward of the `dequantized` backward mode, which saves the packed
+// operand): packed codes/scales/S_dec and the bf16 fake-quant values of the same quantization.
+struct NVFP4Operand {
+  NVFP4Tensor packed;
+  at::Tensor values;  // bfloat16, as NVFP4FakeQuant::values
+};
+NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor& x, Blocks blocks,
+                                     const std::optional<at::Tensor>& amax = std::nullopt);
+
 // MXFP8 quantize. x: f32/bf16/f16, 2-D or 3-D, K % 32 == 0.
 MXFP8Tensor mxfp8_quantize(const at::Tensor& x);
 at::Tensor mxfp8_dequantize(const MXFP8Tensor& q, at::ScalarType dtype = at::kFloat);

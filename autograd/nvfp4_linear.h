@@ -1,0 +1,46 @@
+// autograd/nvfp4_linear.h — NVFP4 linear layers as torch::autograd::Functions
+// (../shared/spec/qat.md):
+//   nvfp4_linear          y[*, N] = x[*, K] @ W[N, K]^T
+//   nvfp4_grouped_linear  rows of x[T, K] grouped by expert (counts[E]), y[T, N], W[E, N, K]
+// Forward: activations NVFP4 1x16 with the amax of the current input (per expert when grouped),
+// weights NVFP4 1D or 2D with their own amax (per expert) or a given shared amax; the emulated
+// NVFP4 GEMM: exact bf16 operands e2m1(q) * sb, fp32 accumulation, alpha = S_dec_x * S_dec_w
+// applied once to the fp32 result. Backward (dY never quantized, GEMMs in the compute dtype):
+//   high_precision: dX = dY W,        dW = dY^T X         (saves X and W)
+//   dequantized:    dX = dY W_dq,     dW = dY^T X_dq      (saves packed X and W: codes + scales)
+// Weights are always `[out, in]`.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+
+#include "kernels/quantize.h"
+
+namespace fp4qat::autograd {
+
+enum class Backward { kHighPrecision, kDequantized };
+Backward parse_backward(const std::string& s);  // "high_precision" | "dequantized"
+const char* to_string(Backward b);
+
+struct NVFP4LinearOptions {
+  Blocks weight_blocks = Blocks::k1D;
+  Backward backward = Backward::kHighPrecision;
+};
+
+// x: [*, K] (bf16/f16/f32), w: [N, K] same dtype, K % 16 == 0. weight_amax: float32 [] on w's
+// device (a gated pair's shared amax), or nullopt for w's own. Returns [*, N] in x's dtype.
+at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4LinearOptions& opt,
+                        const std::optional<at::Tensor>& weight_amax = std::nullopt);
+
+// x: [T, K] with rows sorted by expert; counts: int64 [E] on the CPU (sum = T; zero allowed);
+// w: [E, N, K]; weight_amax: float32 [E] or nullopt. Returns [T, N].
+at::Tensor nvfp4_grouped_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
+                                const NVFP4LinearOptions& opt,
+                                const std::optional<at::Tensor>& weight_amax = std::nullopt);
+
+// The emulated NVFP4 GEMM on already quantized operands: (a[M, K] @ b[N, K]^T) * alpha with
+// fp32 accumulation; a, b hold exact bf16 values; alpha a float32 [] tensor (no host sync).
+at::Tensor emulated_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alpha, at::ScalarType out);
+
+}  // namespace fp4qat::autograd

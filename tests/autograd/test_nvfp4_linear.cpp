@@ -1,0 +1,164 @@
+// tests/autograd/test_nvfp4_linear.cpp — autograd/nvfp4_linear.h on the CPU (qat.md):
+// forward equals "quantize both operands with the reference, dequantize, fp32 GEMM, times alpha"
+// exactly; high_precision grads equal a plain Linear's exactly; dequantized grads equal GEMMs on
+// the dequantized operands exactly; grouped equals a loop of single-expert calls (zero- and
+// one-token experts included); the two modes differ; a shared amax is honoured.
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "autograd/nvfp4_linear.h"
+#include "kernels/common/check.h"
+#include "tests/common/test_util.h"
+
+using fp4qat::Blocks;
+using fp4qat::autograd::Backward;
+using fp4qat::autograd::NVFP4LinearOptions;
+using fp4qat::test::bytes_equal;
+
+namespace {
+
+at::Tensor randn(std::vector<int64_t> shape, uint64_t seed, at::ScalarType dt = at::kBFloat16) {
+  return at::randn(shape, at::make_generator<at::CPUGeneratorImpl>(seed)).to(dt);
+}
+
+// Reference forward from the quantizer's packed output (an independent route from fake-quant).
+at::Tensor reference_forward(const at::Tensor& x2, const at::Tensor& w, Blocks blocks,
+                             const std::optional<at::Tensor>& w_amax = std::nullopt) {
+  auto qx = fp4qat::nvfp4_quantize(x2, Blocks::k1D);
+  auto qw = fp4qat::nvfp4_quantize(w, blocks, w_amax);
+  const at::Tensor alpha = qx.s_dec * qw.s_dec;
+  qx.s_dec = at::ones_like(qx.s_dec);
+  qw.s_dec = at::ones_like(qw.s_dec);
+  const at::Tensor a = fp4qat::nvfp4_dequantize(qx, at::kFloat), b = fp4qat::nvfp4_dequantize(qw, at::kFloat);
+  return at::mm(a, b.t()).mul_(alpha).to(x2.scalar_type());
+}
+
+at::Tensor dequantized(const at::Tensor& t, Blocks blocks, at::ScalarType dt,
+                       const std::optional<at::Tensor>& amax = std::nullopt) {
+  return fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(t, blocks, amax), dt);
+}
+
+struct Grads {
+  at::Tensor y, dx, dw;
+};
+
+Grads run_linear(const at::Tensor& x0, const at::Tensor& w0, const at::Tensor& g, const NVFP4LinearOptions& opt,
+                 const std::optional<at::Tensor>& amax = std::nullopt) {
+  at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+  at::Tensor y = fp4qat::autograd::nvfp4_linear(x, w, opt, amax);
+  y.backward(g);
+  return {y.detach(), x.grad(), w.grad()};
+}
+
+}  // namespace
+
+TEST(NVFP4Linear, ForwardEqualsReferenceExactly) {
+  for (auto dt : {at::kBFloat16, at::kFloat})
+    for (auto blocks : {Blocks::k1D, Blocks::k2D}) {
+      const at::Tensor x = randn({37, 64}, 1, dt), w = randn({48, 64}, 2, dt) * 0.1;
+      const at::Tensor y = fp4qat::autograd::nvfp4_linear(x, w, {blocks, Backward::kHighPrecision});
+      EXPECT_TRUE(bytes_equal(y, reference_forward(x, w, blocks))) << dt << " " << fp4qat::to_string(blocks);
+      // and it is the quantized product, not the bf16 one
+      EXPECT_FALSE(at::equal(y, at::linear(x, w)));
+    }
+}
+
+TEST(NVFP4Linear, LeadingDimensionsAreFlattened) {
+  const at::Tensor x = randn({2, 5, 32}, 3), w = randn({16, 32}, 4);
+  const NVFP4LinearOptions opt;
+  const at::Tensor y3 = fp4qat::autograd::nvfp4_linear(x, w, opt);
+  EXPECT_EQ(y3.sizes(), (std::vector<int64_t>{2, 5, 16}));
+  EXPECT_TRUE(bytes_equal(y3.reshape({10, 16}), fp4qat::autograd::nvfp4_linear(x.reshape({10, 32}), w, opt)));
+}
+
+TEST(NVFP4Linear, HighPrecisionGradsEqualPlainLinear) {
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    const at::Tensor x0 = randn({29, 96}, 5, dt), w0 = randn({40, 96}, 6, dt), g = randn({29, 40}, 7, dt);
+    const Grads q = run_linear(x0, w0, g, {Blocks::k2D, Backward::kHighPrecision});
+    at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+    at::linear(x, w).backward(g);
+    EXPECT_TRUE(bytes_equal(q.dx, x.grad())) << dt;
+    EXPECT_TRUE(bytes_equal(q.dw, w.grad())) << dt;
+  }
+}
+
+TEST(NVFP4Linear, DequantizedGradsUseTheDequantizedOperands) {
+  for (auto dt : {at::kBFloat16, at::kFloat})
+    for (auto blocks : {Blocks::k1D, Blocks::k2D}) {
+      const at::Tensor x0 = randn({33, 64}, 8, dt), w0 = randn({24, 64}, 9, dt), g = randn({33, 24}, 10, dt);
+      const Grads q = run_linear(x0, w0, g, {blocks, Backward::kDequantized});
+      const at::Tensor xdq = dequantized(x0, Blocks::k1D, dt), wdq = dequantized(w0, blocks, dt);
+      EXPECT_TRUE(bytes_equal(q.dx, g.mm(wdq))) << dt;
+      EXPECT_TRUE(bytes_equal(q.dw, xdq.t().mm(g).t())) << dt;
+      // Same forward in both modes; different gradients (a mode switch that does nothing fails).
+      const Grads h = run_linear(x0, w0, g, {blocks, Backward::kHighPrecision});
+      EXPECT_TRUE(bytes_equal(q.y, h.y));
+      EXPECT_FALSE(at::equal(q.dx, h.dx));
+      EXPECT_FALSE(at::equal(q.dw, h.dw));
+    }
+}
+
+TEST(NVFP4Linear, SharedAmaxOfAGatedPair) {
+  const at::Tensor x = randn({8, 32}, 11), gate = randn({16, 32}, 12) * 0.5, up = randn({16, 32}, 13) * 2.0;
+  const at::Tensor shared = at::maximum(fp4qat::global_amax(gate), fp4qat::global_amax(up));
+  const NVFP4LinearOptions opt{Blocks::k1D, Backward::kDequantized};
+  EXPECT_TRUE(bytes_equal(fp4qat::nvfp4_quantize_and_fake(gate, Blocks::k1D, shared).packed.s_dec,
+                          fp4qat::nvfp4_quantize_and_fake(up, Blocks::k1D, shared).packed.s_dec));
+  const at::Tensor y = fp4qat::autograd::nvfp4_linear(x, gate, opt, shared);
+  EXPECT_TRUE(bytes_equal(y, reference_forward(x, gate, Blocks::k1D, shared)));
+  EXPECT_FALSE(at::equal(y, fp4qat::autograd::nvfp4_linear(x, gate, opt)));  // gate's own amax is smaller
+  // The dequantized backward uses the weight as quantized with the shared amax.
+  const at::Tensor g = randn({8, 16}, 14);
+  const Grads q = run_linear(x, gate, g, opt, shared);
+  EXPECT_TRUE(bytes_equal(q.dx, g.mm(dequantized(gate, Blocks::k1D, at::kBFloat16, shared))));
+}
+
+TEST(NVFP4GroupedLinear, EqualsLoopOfSingleExpertCalls) {
+  const std::vector<int64_t> counts_v = {5, 0, 1, 17, 0, 3};  // zero- and one-token experts
+  const int64_t E = 6, T = 26, K = 64, N = 32;
+  const at::Tensor counts = at::tensor(counts_v, at::kLong);
+  for (auto mode : {Backward::kHighPrecision, Backward::kDequantized})
+    for (auto blocks : {Blocks::k1D, Blocks::k2D}) {
+      SCOPED_TRACE(::testing::Message() << fp4qat::autograd::to_string(mode) << " " << fp4qat::to_string(blocks));
+      const at::Tensor x0 = randn({T, K}, 20), w0 = randn({E, N, K}, 21) * 0.1, g = randn({T, N}, 22);
+      const NVFP4LinearOptions opt{blocks, mode};
+      at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+      at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(x, w, counts, opt);
+      y.backward(g);
+      int64_t r = 0;
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t n = counts_v[e];
+        if (n == 0) {
+          EXPECT_EQ(w.grad()[e].abs().sum().item<float>(), 0.0f) << "expert " << e << " got no tokens";
+          continue;
+        }
+        const Grads s = run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), opt);
+        EXPECT_TRUE(bytes_equal(y.detach().narrow(0, r, n), s.y)) << "expert " << e;
+        EXPECT_TRUE(bytes_equal(x.grad().narrow(0, r, n), s.dx)) << "expert " << e;
+        EXPECT_TRUE(bytes_equal(w.grad()[e], s.dw)) << "expert " << e;
+        r += n;
+      }
+    }
+}
+
+TEST(NVFP4GroupedLinear, PerExpertActivationAmax) {
+  // Expert 1's tokens are 1000x larger: with a shared activation amax expert 0 would lose its
+  // precision; per-expert amax keeps each slice's own scale.
+  const at::Tensor counts = at::tensor(std::vector<int64_t>{4, 4}, at::kLong);
+  at::Tensor x = randn({8, 32}, 30);
+  x.narrow(0, 4, 4).mul_(1000);
+  const at::Tensor w = randn({2, 16, 32}, 31);
+  const at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(x, w, counts, {});
+  EXPECT_TRUE(bytes_equal(y.narrow(0, 0, 4), reference_forward(x.narrow(0, 0, 4), w[0], Blocks::k1D)));
+}
+
+TEST(NVFP4Linear, BadArguments) {
+  const NVFP4LinearOptions opt;
+  EXPECT_THROW(fp4qat::autograd::nvfp4_linear(randn({4, 32}, 1), randn({8, 48}, 2), opt), fp4qat::Error);
+  EXPECT_THROW(fp4qat::autograd::nvfp4_linear(randn({4, 32}, 1), randn({8, 32}, 2, at::kFloat), opt), fp4qat::Error);
+  EXPECT_THROW(fp4qat::autograd::nvfp4_grouped_linear(randn({4, 32}, 1), randn({2, 8, 32}, 2),
+                                                      at::tensor(std::vector<int64_t>{1, 2}, at::kLong), opt),
+               fp4qat::Error);  // counts sum to 3, not 4
+  EXPECT_THROW(fp4qat::autograd::parse_backward("stochastic"), fp4qat::Error);
+}
