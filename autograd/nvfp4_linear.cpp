@@ -92,6 +92,23 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
   }
 };
 
+// Grouped GEMM through LibTorch's at::_grouped_mm (one launch for all experts) on CUDA; the
+// caller falls back to a loop of per-expert GEMMs where it is unavailable (reported once).
+bool g_grouped_mm_disabled = false;
+bool grouped_mm_usable(const at::Tensor& x) {
+  return x.is_cuda() && x.scalar_type() == at::kBFloat16 && !g_grouped_mm_disabled;
+}
+void disable_grouped_mm(const std::exception& e) {
+  if (!g_grouped_mm_disabled) TORCH_WARN("fp4qat: at::_grouped_mm unavailable, looping over experts: ", e.what());
+  g_grouped_mm_disabled = true;
+}
+
+// End offsets of each expert's rows as the int32 device tensor at::_grouped_mm takes.
+at::Tensor device_offsets(const std::vector<int64_t>& off, const at::Device& dev) {
+  std::vector<int32_t> ends(off.begin() + 1, off.end());
+  return at::tensor(ends, at::kInt).to(dev);
+}
+
 // Row offsets of each expert from host counts.
 std::vector<int64_t> offsets_of(const at::Tensor& counts, int64_t T, int64_t E) {
   FP4QAT_CHECK(counts.device().is_cpu() && counts.scalar_type() == at::kLong && counts.dim() == 1 && counts.size(0) == E,
@@ -118,7 +135,32 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     NVFP4Operand qw = nvfp4_quantize_and_fake(w, static_cast<Blocks>(blocks), wa);
     at::Tensor y = at::empty({T, N}, x.options());
     std::vector<at::Tensor> saved_x;
-    for (int64_t e = 0; e < E; ++e) {
+    bool done = false;
+    if (grouped_mm_usable(x)) {
+      // Activations: each expert's token slice quantized with its own amax (one launch each;
+      // a segmented kernel would make this one launch), then one grouped GEMM for all experts
+      // with fp32 output and each row scaled by its expert's alpha.
+      at::Tensor xq = at::empty({T, x.size(1)}, x.options().dtype(at::kBFloat16));
+      at::Tensor alpha = at::empty({T, 1}, x.options().dtype(at::kFloat));
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t n = off[e + 1] - off[e];
+        if (n == 0) continue;
+        const NVFP4Operand qx = nvfp4_quantize_and_fake(x.narrow(0, off[e], n), Blocks::k1D);
+        xq.narrow(0, off[e], n).copy_(qx.values);
+        alpha.narrow(0, off[e], n).fill_(qx.packed.s_dec * qw.packed.s_dec[e]);
+        if (deq) saved_x.insert(saved_x.end(), {qx.packed.codes, qx.packed.scales, qx.packed.s_dec});
+      }
+      try {
+        const at::Tensor acc = at::_grouped_mm(xq, qw.values.transpose(1, 2), device_offsets(off, x.device()),
+                                               std::nullopt, at::kFloat);
+        y = acc.mul_(alpha).to(x.scalar_type());
+        done = true;
+      } catch (const std::exception& ex) {
+        disable_grouped_mm(ex);
+        saved_x.clear();
+      }
+    }
+    for (int64_t e = 0; e < E && !done; ++e) {
       const int64_t n = off[e + 1] - off[e];
       if (n == 0) continue;  // an expert with no tokens: nothing to compute, nothing saved
       const at::Tensor xe = x.narrow(0, off[e], n);
@@ -157,6 +199,31 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
       w_used = saved[1];
     }
     const int64_t E = w_used.size(0), K = w_used.size(2);
+    if (grouped_mm_usable(dy)) {
+      at::Tensor x_used;
+      if (deq) {
+        x_used = at::empty({off[E], K}, dy.options());
+        size_t nx = 3;
+        for (int64_t e = 0; e < E; ++e) {
+          const int64_t n = off[e + 1] - off[e];
+          if (n == 0) continue;
+          x_used.narrow(0, off[e], n).copy_(nvfp4_dequantize({saved[nx], saved[nx + 1], saved[nx + 2], Blocks::k1D}, dtype));
+          nx += 3;
+        }
+      } else {
+        x_used = saved[0];
+      }
+      try {
+        const at::Tensor offs = device_offsets(off, dy.device());
+        at::Tensor dx = at::_grouped_mm(dy, w_used, offs);                           // [T, N] x [E, N, K]
+        at::Tensor dw = at::_grouped_mm(x_used.t(), dy, offs).transpose(1, 2).contiguous();  // [E, K, N] -> [E, N, K]
+        for (int64_t e = 0; e < E; ++e)
+          if (off[e + 1] == off[e]) dw[e].zero_();  // an expert without tokens gets a zero gradient
+        return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+      } catch (const std::exception& ex) {
+        disable_grouped_mm(ex);
+      }
+    }
     at::Tensor dx = at::zeros({off[E], K}, dy.options());
     at::Tensor dw = at::zeros_like(w_used);
     size_t next_x = 3;

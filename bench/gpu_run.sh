@@ -52,6 +52,10 @@ if want profile; then
     grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|dram__bytes" "$out/ncu-$v.txt" | head -20
   done
 fi
+if want mlp; then
+  "$build/fp4qat_bench_moe_mlp" 2>&1 | tee "$out/bench_moe_mlp.log" || rc=1
+  PYTHONUNBUFFERED=1 python3 "$here/bench/baselines/moe_mlp_grouped_mm.py" 2>&1 | tee -a "$out/bench_moe_mlp.log" || rc=1
+fi
 if want bench; then
   "$build/fp4qat_bench_quantize" --json "$out/bench_quantize.json" 2>&1 | tee "$out/bench_quantize.log" || rc=1
   PYTHONUNBUFFERED=1 python3 "$here/bench/baselines/nvfp4_quant.py" --vectors "$FP4QAT_SHARED/vectors" \

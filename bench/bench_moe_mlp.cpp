@@ -1,0 +1,112 @@
+// bench/bench_moe_mlp.cpp — forward+backward of one MoE expert MLP at Qwen3-30B-A3B shapes:
+// 16384 tokens x top-8 over 128 experts (uniform routing: 1024 rows per expert), H = 2048,
+// I = 768: grouped gate/up [128, 1536, 2048] -> SwiGLU -> grouped down [128, 2048, 768].
+// Paths: BF16 (at::_grouped_mm), NVFP4 high_precision, NVFP4 dequantized. CUDA-event median of
+// --reps after --warmup, TFLOP/s (6 * 2 * T * H * I * 3 flops fwd+bwd), peak GPU memory.
+//   fp4qat_bench_moe_mlp [--reps 10] [--warmup 3] [--tokens 16384]
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "autograd/nvfp4_linear.h"
+#include "kernels/cuda_kernels.h"
+
+namespace {
+
+double median_ms(const std::function<void()>& fn, int reps, int warmup) {
+  for (int i = 0; i < warmup; ++i) fn();
+  auto stream = at::cuda::getCurrentCUDAStream().stream();
+  cudaEvent_t a, b;
+  FP4QAT_CUDA_CHECK(cudaEventCreate(&a));
+  FP4QAT_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<float> ms;
+  for (int i = 0; i < reps; ++i) {
+    FP4QAT_CUDA_CHECK(cudaEventRecord(a, stream));
+    fn();
+    FP4QAT_CUDA_CHECK(cudaEventRecord(b, stream));
+    FP4QAT_CUDA_CHECK(cudaEventSynchronize(b));
+    float t;
+    FP4QAT_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int reps = 10, warmup = 3;
+  int64_t tokens = 16384;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    if (k == "--reps") reps = std::atoi(argv[i + 1]);
+    else if (k == "--warmup") warmup = std::atoi(argv[i + 1]);
+    else if (k == "--tokens") tokens = std::atoll(argv[i + 1]);
+  }
+  if (!at::hasCUDA()) {
+    std::fprintf(stderr, "no CUDA device\n");
+    return 1;
+  }
+  const int64_t E = 128, topk = 8, H = 2048, I = 768, T = tokens * topk;
+  torch::manual_seed(0);
+  auto opt = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const at::Tensor counts = at::full({E}, T / E, at::kLong);
+  const at::Tensor offs = at::cumsum(counts, 0).to(at::kInt).cuda();
+  at::Tensor x = (at::randn({T, H}, opt)).requires_grad_(true);
+  at::Tensor w13 = (at::randn({E, 2 * I, H}, opt) * 0.02).requires_grad_(true);
+  at::Tensor w2 = (at::randn({E, H, I}, opt) * 0.02).requires_grad_(true);
+  const at::Tensor gy = at::randn({T, H}, opt);
+  const double flops = 3.0 * 2.0 * T * H * (2.0 * I) + 3.0 * 2.0 * T * I * H;  // fwd + 2x bwd, both GEMMs
+
+  auto swiglu = [&](const at::Tensor& h) {
+    auto parts = h.chunk(2, 1);  // rows of w13: gate first, then up
+    return at::silu(parts[0]) * parts[1];
+  };
+  struct Path {
+    std::string name;
+    std::function<at::Tensor()> fwd;
+  };
+  std::vector<Path> paths = {
+      {"bf16 (at::_grouped_mm)",
+       [&] {
+         at::Tensor h = at::_grouped_mm(x, w13.transpose(1, 2), offs);
+         return at::_grouped_mm(swiglu(h), w2.transpose(1, 2), offs);
+       }},
+  };
+  for (auto mode : {fp4qat::autograd::Backward::kHighPrecision, fp4qat::autograd::Backward::kDequantized}) {
+    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, mode};
+    paths.push_back({std::string("nvfp4 ") + fp4qat::autograd::to_string(mode), [&, o] {
+                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o);
+                       return fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o);
+                     }});
+  }
+  std::printf("MoE MLP fwd+bwd: %lld tokens x top-%lld, %lld experts, H %lld, I %lld (%.1f TFLOP per step)\n",
+              (long long)tokens, (long long)topk, (long long)E, (long long)H, (long long)I, flops / 1e12);
+  std::printf("%-28s %10s %10s %12s %14s\n", "path", "ms", "TFLOP/s", "vs bf16", "peak GiB");
+  double bf16_ms = 0;
+  for (const auto& p : paths) {
+    auto step = [&] {
+      x.mutable_grad() = at::Tensor();
+      w13.mutable_grad() = at::Tensor();
+      w2.mutable_grad() = at::Tensor();
+      p.fwd().backward(gy);
+    };
+    step();
+    FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
+    c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+    const double base = c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].current;
+    const double ms = median_ms(step, reps, warmup);
+    const double peak = c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak - base;
+    if (bf16_ms == 0) bf16_ms = ms;
+    std::printf("%-28s %10.3f %10.1f %11.2fx %14.2f\n", p.name.c_str(), ms, flops / (ms * 1e9), ms / bf16_ms,
+                peak / (1024.0 * 1024 * 1024));
+  }
+  return 0;
+}
