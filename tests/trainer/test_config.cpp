@@ -1,0 +1,122 @@
+// tests/trainer/test_config.cpp — trainer/config.h: precedence (defaults < model_config file <
+// recipe < --set), dump round trip, and rejection of unknown keys, wrong types, out-of-range
+// values, bad files — each message naming the key path and file.
+#include <gtest/gtest.h>
+
+#include "kernels/common/check.h"
+#include "trainer/config.h"
+#include "tests/common/test_util.h"
+
+namespace cfg = fp4qat::config;
+using fp4qat::test::TempDir;
+
+namespace {
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    FAIL() << "expected an error mentioning " << needles[0];
+  } catch (const fp4qat::Error& e) {
+    for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+  }
+}
+}  // namespace
+
+TEST(Config, PrecedenceDefaultsModelFileRecipeSet) {
+  TempDir d;
+  fp4qat::test::write_bytes(d.file("tiny.yaml"), "hidden_size: 256\nnum_experts: 16\nvocab_size: 1000\n");
+  fp4qat::test::write_bytes(d.file("r.yaml"),
+                            "model_config: tiny.yaml\nmodel:\n  num_experts: 32\noptim:\n  lr: 1.0e-4\n"
+                            "qat:\n  format: nvfp4\n  modules: ['model.layers.*.mlp.experts.*']\n");
+  cfg::Config c;
+  cfg::apply_recipe_file(c, d.file("r.yaml"));
+  cfg::apply_set(c, "model.vocab_size=2048");
+  cfg::apply_set(c, "qat.backward=dequantized");
+  EXPECT_EQ(c.model.hidden_size, 256);    // from the model file
+  EXPECT_EQ(c.model.num_experts, 32);     // recipe beats the model file
+  EXPECT_EQ(c.model.vocab_size, 2048);    // --set beats both
+  EXPECT_EQ(c.model.num_hidden_layers, cfg::Config().model.num_hidden_layers);  // default kept
+  EXPECT_DOUBLE_EQ(c.optim.lr, 1e-4);
+  EXPECT_EQ(c.qat.format, "nvfp4");
+  EXPECT_EQ(c.qat.backward, "dequantized");
+  EXPECT_NO_THROW(cfg::validate(c));
+}
+
+TEST(Config, DumpRoundTrips) {
+  cfg::Config c;
+  cfg::apply_set(c, "model.mlp_only_layers=[0, 1]");
+  cfg::apply_set(c, "train.out_dir=runs/x y");
+  cfg::apply_set(c, "optim.lr=0.000123456789");
+  const std::string text = cfg::dump(c);
+  cfg::Config back;
+  cfg::apply_yaml_text(back, text, "dump");
+  EXPECT_EQ(cfg::dump(back), text);
+  EXPECT_EQ(back.model.mlp_only_layers, (std::vector<int64_t>{0, 1}));
+  EXPECT_EQ(back.train.out_dir, "runs/x y");
+  EXPECT_DOUBLE_EQ(back.optim.lr, 0.000123456789);
+  EXPECT_NE(text.find("qat:"), std::string::npos);
+}
+
+TEST(Config, RejectsUnknownKeysWithPathAndFile) {
+  cfg::Config c;
+  expect_error([&] { cfg::apply_yaml_text(c, "optim:\n  lr: 1\n  lrr: 2\n", "r.yaml"); }, {"r.yaml", "optim.lrr"});
+  expect_error([&] { cfg::apply_yaml_text(c, "trian:\n  steps: 1\n", "r.yaml"); }, {"r.yaml", "trian"});
+  expect_error([&] { cfg::apply_set(c, "train.stepz=3"); }, {"train.stepz"});
+}
+
+TEST(Config, RejectsWrongTypesAndRanges) {
+  cfg::Config c;
+  expect_error([&] { cfg::apply_yaml_text(c, "train:\n  steps: many\n", "r.yaml"); }, {"r.yaml", "train.steps", "many"});
+  expect_error([&] { cfg::apply_yaml_text(c, "train:\n  steps: -5\n", "r.yaml"); }, {"train.steps", "> 0"});
+  expect_error([&] { cfg::apply_yaml_text(c, "optim:\n  beta1: 1.5\n", "r.yaml"); }, {"optim.beta1"});
+  expect_error([&] { cfg::apply_yaml_text(c, "qat:\n  format: int3\n", "r.yaml"); }, {"qat.format", "int3"});
+  expect_error([&] { cfg::apply_yaml_text(c, "qat:\n  modules: 7\n", "r.yaml"); }, {"qat.modules", "list"});
+  expect_error([&] { cfg::apply_yaml_text(c, "model: 3\n", "r.yaml"); }, {"r.yaml", "model"});
+  expect_error([&] { cfg::apply_set(c, "train.seed=-1"); }, {"train.seed"});
+  expect_error([&] { cfg::apply_set(c, "noequals"); }, {"KEY=VALUE"});
+}
+
+TEST(Config, RejectsBadFiles) {
+  TempDir d;
+  cfg::Config c;
+  expect_error([&] { cfg::apply_recipe_file(c, d.file("missing.yaml")); }, {"missing.yaml", "not found"});
+  fp4qat::test::write_bytes(d.file("bad.yaml"), "train:\n  steps: [1, 2\n");
+  expect_error([&] { cfg::apply_recipe_file(c, d.file("bad.yaml")); }, {"bad.yaml", "YAML error"});
+  fp4qat::test::write_bytes(d.file("r.yaml"), "model_config: nope.yaml\n");
+  expect_error([&] { cfg::apply_recipe_file(c, d.file("r.yaml")); }, {"r.yaml", "nope.yaml"});
+}
+
+TEST(Config, CrossFieldValidation) {
+  cfg::Config c;
+  cfg::apply_set(c, "model.num_key_value_heads=3");
+  expect_error([&] { cfg::validate(c); }, {"model.num_attention_heads", "model.num_key_value_heads"});
+  c = cfg::Config();
+  cfg::apply_set(c, "model.num_experts_per_tok=9");
+  expect_error([&] { cfg::validate(c); }, {"model.num_experts_per_tok"});
+  c = cfg::Config();
+  cfg::apply_set(c, "qat.format=nvfp4");
+  cfg::apply_set(c, "model.moe_intermediate_size=40");
+  expect_error([&] { cfg::validate(c); }, {"moe_intermediate_size", "16"});
+  c = cfg::Config();
+  cfg::apply_set(c, "data.kind=tokens");
+  expect_error([&] { cfg::validate(c); }, {"data.path"});
+}
+
+TEST(Config, ShippedModelConfigsAreValid) {
+  int n = 0;
+  for (const std::string name : {"tiny.yaml", "moe-100m.yaml", "qwen3-30b-a3b.yaml"}) {
+    TempDir d;
+    fp4qat::test::write_bytes(d.file("r.yaml"), "model_config: " + std::string(FP4QAT_SOURCE_DIR) + "/configs/" + name +
+                                                    "\nqat:\n  format: nvfp4\n");
+    cfg::Config c;
+    ASSERT_NO_THROW(cfg::apply_recipe_file(c, d.file("r.yaml"))) << name;
+    EXPECT_NO_THROW(cfg::validate(c)) << name;
+    ++n;
+  }
+  cfg::Config q;
+  fp4qat::test::TempDir d;
+  fp4qat::test::write_bytes(d.file("r.yaml"), "model_config: " + std::string(FP4QAT_SOURCE_DIR) + "/configs/qwen3-30b-a3b.yaml\n");
+  cfg::apply_recipe_file(q, d.file("r.yaml"));
+  EXPECT_EQ(q.model.num_experts, 128);
+  EXPECT_EQ(q.model.moe_intermediate_size, 768);
+  EXPECT_EQ(n, 3);
+}

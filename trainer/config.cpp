@@ -1,0 +1,306 @@
+// trainer/config.cpp — see config.h. One schema table maps key paths to typed members; YAML
+// files, --set overrides and dump() all go through it, so a key exists once.
+#include "trainer/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <charconv>
+#include <functional>
+#include <sstream>
+
+#include "kernels/common/check.h"
+#include "qat/fsutil.h"
+
+namespace fp4qat::config {
+
+namespace {
+
+template <typename T>
+T parse_scalar(const YAML::Node& n, const std::string& where, const char* what) {
+  FP4QAT_CHECK(n.IsScalar(), where, ": expected ", what, ", got a ", n.IsSequence() ? "list" : (n.IsMap() ? "map" : "null"));
+  try {
+    return n.as<T>();
+  } catch (const YAML::Exception&) {
+    FP4QAT_FAIL(where, ": expected ", what, ", got '", n.Scalar(), "'");
+  }
+}
+
+template <typename T> struct Parse;
+template <> struct Parse<int64_t> {
+  static int64_t get(const YAML::Node& n, const std::string& w) { return parse_scalar<int64_t>(n, w, "an integer"); }
+};
+template <> struct Parse<uint64_t> {
+  static uint64_t get(const YAML::Node& n, const std::string& w) {
+    FP4QAT_CHECK(!n.IsScalar() || n.Scalar().empty() || n.Scalar()[0] != '-', w, ": expected a non-negative integer, got '",
+                 n.Scalar(), "'");
+    return parse_scalar<uint64_t>(n, w, "a non-negative integer");
+  }
+};
+template <> struct Parse<double> {
+  static double get(const YAML::Node& n, const std::string& w) { return parse_scalar<double>(n, w, "a number"); }
+};
+template <> struct Parse<bool> {
+  static bool get(const YAML::Node& n, const std::string& w) { return parse_scalar<bool>(n, w, "true or false"); }
+};
+template <> struct Parse<std::string> {
+  static std::string get(const YAML::Node& n, const std::string& w) {
+    if (n.IsNull()) return "";
+    FP4QAT_CHECK(n.IsScalar(), w, ": expected a string");
+    return n.Scalar();
+  }
+};
+template <typename E> struct Parse<std::vector<E>> {
+  static std::vector<E> get(const YAML::Node& n, const std::string& w) {
+    if (n.IsNull()) return {};
+    FP4QAT_CHECK(n.IsSequence(), w, ": expected a list");
+    std::vector<E> out;
+    for (size_t i = 0; i < n.size(); ++i) out.push_back(Parse<E>::get(n[i], w + "[" + std::to_string(i) + "]"));
+    return out;
+  }
+};
+
+template <typename T> YAML::Node to_node(const T& v) { return YAML::Node(v); }
+YAML::Node to_node(const double& v) {  // shortest text that reads back to the same double
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return YAML::Node(std::string(buf, r.ptr));
+}
+template <typename E> YAML::Node to_node(const std::vector<E>& v) {
+  YAML::Node n(YAML::NodeType::Sequence);
+  for (const auto& e : v) n.push_back(e);
+  n.SetStyle(YAML::EmitterStyle::Flow);
+  return n;
+}
+
+struct Field {
+  std::string section, key;
+  std::function<void(const YAML::Node&, const std::string& where)> set;
+  std::function<YAML::Node()> get;
+  std::string path() const { return section.empty() ? key : section + "." + key; }
+};
+
+template <typename T>
+using Check = std::function<std::string(const T&)>;  // "" when valid, else why not
+
+template <typename T> Check<T> positive() {
+  return [](const T& v) { return v > 0 ? std::string() : "must be > 0"; };
+}
+template <typename T> Check<T> non_negative() {
+  return [](const T& v) { return v >= 0 ? std::string() : "must be >= 0"; };
+}
+Check<double> in_range(double lo, double hi) {
+  return [lo, hi](const double& v) {
+    std::ostringstream os;
+    if (v >= lo && v <= hi) return std::string();
+    os << "must be in [" << lo << ", " << hi << "]";
+    return os.str();
+  };
+}
+Check<std::string> one_of(std::vector<std::string> allowed) {
+  return [allowed](const std::string& v) {
+    std::string list;
+    for (const auto& a : allowed) {
+      if (v == a) return std::string();
+      list += (list.empty() ? "" : " | ") + a;
+    }
+    return "must be one of " + list + " (got '" + v + "')";
+  };
+}
+
+class Schema {
+ public:
+  explicit Schema(Config& c) {
+    add("", "model_config", &c.model_config);
+    auto& m = c.model;
+    add("model", "vocab_size", &m.vocab_size, positive<int64_t>());
+    add("model", "hidden_size", &m.hidden_size, positive<int64_t>());
+    add("model", "num_hidden_layers", &m.num_hidden_layers, positive<int64_t>());
+    add("model", "num_attention_heads", &m.num_attention_heads, positive<int64_t>());
+    add("model", "num_key_value_heads", &m.num_key_value_heads, positive<int64_t>());
+    add("model", "head_dim", &m.head_dim, positive<int64_t>());
+    add("model", "intermediate_size", &m.intermediate_size, positive<int64_t>());
+    add("model", "moe_intermediate_size", &m.moe_intermediate_size, positive<int64_t>());
+    add("model", "num_experts", &m.num_experts, positive<int64_t>());
+    add("model", "num_experts_per_tok", &m.num_experts_per_tok, positive<int64_t>());
+    add("model", "norm_topk_prob", &m.norm_topk_prob);
+    add("model", "rms_norm_eps", &m.rms_norm_eps, in_range(0, 1));
+    add("model", "rope_theta", &m.rope_theta, positive<double>());
+    add("model", "max_position_embeddings", &m.max_position_embeddings, positive<int64_t>());
+    add("model", "tie_word_embeddings", &m.tie_word_embeddings);
+    add("model", "mlp_only_layers", &m.mlp_only_layers);
+    add("model", "decoder_sparse_step", &m.decoder_sparse_step, positive<int64_t>());
+    add("model", "router_aux_loss_coef", &m.router_aux_loss_coef, non_negative<double>());
+    auto& o = c.optim;
+    add("optim", "lr", &o.lr, positive<double>());
+    add("optim", "min_lr_ratio", &o.min_lr_ratio, in_range(0, 1));
+    add("optim", "warmup_steps", &o.warmup_steps, non_negative<int64_t>());
+    add("optim", "weight_decay", &o.weight_decay, non_negative<double>());
+    add("optim", "beta1", &o.beta1, in_range(0, 0.999999));
+    add("optim", "beta2", &o.beta2, in_range(0, 0.999999999));
+    add("optim", "eps", &o.eps, positive<double>());
+    add("optim", "grad_clip", &o.grad_clip, non_negative<double>());
+    auto& t = c.train;
+    add("train", "steps", &t.steps, positive<int64_t>());
+    add("train", "batch_size", &t.batch_size, positive<int64_t>());
+    add("train", "seq_len", &t.seq_len, positive<int64_t>());
+    add("train", "grad_accum", &t.grad_accum, positive<int64_t>());
+    add("train", "eval_every", &t.eval_every, non_negative<int64_t>());
+    add("train", "eval_batches", &t.eval_batches, positive<int64_t>());
+    add("train", "log_every", &t.log_every, positive<int64_t>());
+    add("train", "checkpoint_every", &t.checkpoint_every, non_negative<int64_t>());
+    add("train", "seed", &t.seed);
+    add("train", "device", &t.device, one_of({"auto", "cpu", "cuda"}));
+    add("train", "dtype", &t.dtype, one_of({"bf16", "fp32"}));
+    add("train", "out_dir", &t.out_dir);
+    add("train", "init_from", &t.init_from);
+    auto& d = c.data;
+    add("data", "kind", &d.kind, one_of({"synthetic", "tokens"}));
+    add("data", "path", &d.path);
+    add("data", "val_fraction", &d.val_fraction, in_range(0, 0.5));
+    auto& q = c.qat;
+    add("qat", "format", &q.format, one_of({"none", "nvfp4", "mxfp8"}));
+    add("qat", "modules", &q.modules);
+    add("qat", "weight_blocks", &q.weight_blocks, one_of({"1d", "2d"}));
+    add("qat", "backward", &q.backward, one_of({"high_precision", "dequantized"}));
+    add("qat", "keep_first_n", &q.keep_first_n, non_negative<int64_t>());
+    add("qat", "keep_last_n", &q.keep_last_n, non_negative<int64_t>());
+    add("qat", "train", &q.train, one_of({"all", "quantized_only"}));
+    add("qat", "export_every", &q.export_every, non_negative<int64_t>());
+    add("qat", "keep_exports", &q.keep_exports, positive<int64_t>());
+    add("qat", "export_mxfp8", &q.export_mxfp8);
+    add("qat", "export_bf16", &q.export_bf16);
+  }
+
+  const Field* find(const std::string& path) const {
+    for (const auto& f : fields_)
+      if (f.path() == path) return &f;
+    return nullptr;
+  }
+  bool is_section(const std::string& s) const {
+    for (const auto& f : fields_)
+      if (!f.section.empty() && f.section == s) return true;
+    return false;
+  }
+  std::string keys_of(const std::string& section) const {
+    std::string out;
+    for (const auto& f : fields_)
+      if (f.section == section) out += (out.empty() ? "" : ", ") + f.key;
+    for (const auto& s : {"model", "optim", "train", "data", "qat"})
+      if (section.empty()) out += std::string(", ") + s;
+    return out;
+  }
+  const std::vector<Field>& fields() const { return fields_; }
+
+ private:
+  template <typename T>
+  void add(const std::string& section, const std::string& key, T* p, Check<T> check = nullptr) {
+    Field f;
+    f.section = section;
+    f.key = key;
+    f.set = [p, check](const YAML::Node& n, const std::string& where) {
+      T v = Parse<T>::get(n, where);
+      if (check) {
+        const std::string why = check(v);
+        FP4QAT_CHECK(why.empty(), where, ": ", why);
+      }
+      *p = v;
+    };
+    f.get = [p] { return to_node(*p); };
+    fields_.push_back(std::move(f));
+  }
+  std::vector<Field> fields_;
+};
+
+// Applies map `node` at `section` ("" = top level); `source` names the file for messages.
+void apply_map(const Schema& schema, const YAML::Node& node, const std::string& section, const std::string& source) {
+  if (node.IsNull()) return;
+  FP4QAT_CHECK(node.IsMap(), source, ": ", section.empty() ? "the document" : "'" + section + "'", " must be a map");
+  for (const auto& kv : node) {
+    const std::string key = kv.first.as<std::string>();
+    const std::string path = section.empty() ? key : section + "." + key;
+    if (section.empty() && schema.is_section(key)) {
+      apply_map(schema, kv.second, key, source);
+      continue;
+    }
+    const Field* f = schema.find(path);
+    FP4QAT_CHECK(f != nullptr, source, ": unknown key '", path, "' (valid here: ", schema.keys_of(section), ")");
+    f->set(kv.second, source + ": '" + path + "'");
+  }
+}
+
+YAML::Node load_yaml(const std::string& text, const std::string& source) {
+  try {
+    return YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    FP4QAT_FAIL(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML error: ", e.msg);
+  }
+}
+
+}  // namespace
+
+void apply_yaml_text(Config& cfg, const std::string& text, const std::string& source) {
+  Schema schema(cfg);
+  apply_map(schema, load_yaml(text, source), "", source);
+}
+
+void apply_recipe_file(Config& cfg, const std::string& path) {
+  FP4QAT_CHECK(fs::exists(path), "recipe file '", path, "' not found");
+  const std::string text = fs::read_text(path, 16u << 20);
+  const YAML::Node doc = load_yaml(text, path);
+  if (doc.IsMap() && doc["model_config"]) {
+    std::string mc = Parse<std::string>::get(doc["model_config"], path + ": 'model_config'");
+    if (!mc.empty() && mc[0] != '/') mc = fs::parent_dir(path) + "/" + mc;
+    FP4QAT_CHECK(fs::exists(mc), path, ": 'model_config' file '", mc, "' not found");
+    Schema schema(cfg);
+    apply_map(schema, load_yaml(fs::read_text(mc, 16u << 20), mc), "model", mc);
+  }
+  apply_yaml_text(cfg, text, path);
+}
+
+void apply_set(Config& cfg, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  FP4QAT_CHECK(eq != std::string::npos && eq > 0, "--set '", assignment, "': expected KEY=VALUE (e.g. optim.lr=1e-3)");
+  const std::string key = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+  Schema schema(cfg);
+  const Field* f = schema.find(key);
+  FP4QAT_CHECK(f != nullptr, "--set: unknown key '", key, "'");
+  f->set(load_yaml(value.empty() ? "''" : value, "--set " + key), "--set '" + key + "'");
+}
+
+void validate(const Config& c) {
+  const auto& m = c.model;
+  FP4QAT_CHECK(m.num_attention_heads % m.num_key_value_heads == 0, "model.num_attention_heads (", m.num_attention_heads,
+               ") must be a multiple of model.num_key_value_heads (", m.num_key_value_heads, ")");
+  FP4QAT_CHECK(m.num_experts_per_tok <= m.num_experts, "model.num_experts_per_tok (", m.num_experts_per_tok,
+               ") must be <= model.num_experts (", m.num_experts, ")");
+  FP4QAT_CHECK(m.head_dim % 2 == 0, "model.head_dim must be even (RoPE), got ", m.head_dim);
+  for (int64_t l : m.mlp_only_layers)
+    FP4QAT_CHECK(l >= 0 && l < m.num_hidden_layers, "model.mlp_only_layers: layer ", l, " is outside [0, ",
+                 m.num_hidden_layers, ")");
+  FP4QAT_CHECK(c.train.seq_len <= m.max_position_embeddings, "train.seq_len (", c.train.seq_len,
+               ") exceeds model.max_position_embeddings (", m.max_position_embeddings, ")");
+  FP4QAT_CHECK(c.data.kind != "tokens" || !c.data.path.empty(), "data.path is required when data.kind is tokens");
+  if (c.qat.format != "none") {
+    FP4QAT_CHECK(!c.qat.modules.empty(), "qat.modules must name at least one pattern when qat.format is ", c.qat.format);
+    FP4QAT_CHECK(c.qat.keep_first_n + c.qat.keep_last_n < m.num_hidden_layers,
+                 "qat.keep_first_n + qat.keep_last_n leave no layer to quantize");
+    const int64_t block = c.qat.format == "nvfp4" ? 16 : 32;
+    FP4QAT_CHECK(m.hidden_size % block == 0 && m.moe_intermediate_size % block == 0, "model.hidden_size and ",
+                 "model.moe_intermediate_size must be multiples of ", block, " for qat.format ", c.qat.format);
+  }
+}
+
+std::string dump(const Config& c_in) {
+  Config c = c_in;
+  Schema schema(c);
+  YAML::Node root(YAML::NodeType::Map);
+  for (const auto& f : schema.fields()) {
+    if (f.section.empty()) root[f.key] = f.get();
+    else root[f.section][f.key] = f.get();
+  }
+  YAML::Emitter out;
+  out << root;
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace fp4qat::config

@@ -1,0 +1,98 @@
+// trainer/config.h — typed configuration of a run: model shape, optimizer, training loop, data,
+// QAT. Values resolve as: defaults < model config file (`model_config:`) < recipe file <
+// `--set a.b=v` overrides. Unknown keys, wrong types and out-of-range values are rejected with
+// the key path (and file) in the message. dump() writes the resolved config as YAML, which every
+// checkpoint and export embeds.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fp4qat::config {
+
+struct ModelConfig {  // Hugging Face Qwen3-MoE fields (config.json names)
+  int64_t vocab_size = 512;
+  int64_t hidden_size = 128;
+  int64_t num_hidden_layers = 2;
+  int64_t num_attention_heads = 4;
+  int64_t num_key_value_heads = 2;
+  int64_t head_dim = 32;
+  int64_t intermediate_size = 256;      // dense MLP layers (mlp_only_layers)
+  int64_t moe_intermediate_size = 64;
+  int64_t num_experts = 8;
+  int64_t num_experts_per_tok = 2;
+  bool norm_topk_prob = true;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 1e6;
+  int64_t max_position_embeddings = 2048;
+  bool tie_word_embeddings = false;
+  std::vector<int64_t> mlp_only_layers;
+  int64_t decoder_sparse_step = 1;
+  double router_aux_loss_coef = 0.001;
+};
+
+struct OptimConfig {
+  double lr = 3e-3;
+  double min_lr_ratio = 0.1;  // cosine decays to lr * min_lr_ratio
+  int64_t warmup_steps = 20;
+  double weight_decay = 0.01;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double grad_clip = 1.0;  // global-norm clipping; 0 disables
+};
+
+struct TrainConfig {
+  int64_t steps = 200;
+  int64_t batch_size = 16;
+  int64_t seq_len = 64;
+  int64_t grad_accum = 1;
+  int64_t eval_every = 50;
+  int64_t eval_batches = 4;
+  int64_t log_every = 10;
+  int64_t checkpoint_every = 100;
+  uint64_t seed = 1234;
+  std::string device = "auto";  // auto | cpu | cuda
+  std::string dtype = "bf16";   // compute dtype: bf16 | fp32 (master weights are fp32)
+  std::string out_dir = "runs/default";
+  std::string init_from;        // a checkpoint or Hugging Face folder to start from
+};
+
+struct DataConfig {
+  std::string kind = "synthetic";  // synthetic | tokens
+  std::string path;                // token file (kind: tokens)
+  double val_fraction = 0.05;
+};
+
+struct QatConfig {
+  std::string format = "none";  // none | nvfp4 | mxfp8
+  std::vector<std::string> modules = {"model.layers.*.mlp.experts.*"};
+  std::string weight_blocks = "1d";           // 1d | 2d
+  std::string backward = "high_precision";    // high_precision | dequantized
+  int64_t keep_first_n = 0, keep_last_n = 0;  // layers kept in BF16
+  std::string train = "all";                  // all | quantized_only
+  int64_t export_every = 1;                   // optimizer steps between exports; 0 disables
+  int64_t keep_exports = 3;
+  bool export_mxfp8 = false, export_bf16 = false;
+};
+
+struct Config {
+  std::string model_config;  // path of a model YAML (configs/), relative to the recipe
+  ModelConfig model;
+  OptimConfig optim;
+  TrainConfig train;
+  DataConfig data;
+  QatConfig qat;
+};
+
+// Applies a YAML document (the text of `source`, for messages) on top of cfg.
+void apply_yaml_text(Config& cfg, const std::string& text, const std::string& source);
+// Loads a recipe file: its `model_config:` file first (resolved against the recipe's folder),
+// then the recipe's own keys.
+void apply_recipe_file(Config& cfg, const std::string& path);
+// One `--set a.b=v` override (v parsed as a YAML scalar or flow sequence).
+void apply_set(Config& cfg, const std::string& assignment);
+// Cross-field checks (e.g. heads divide, top-k <= experts); throws naming the keys.
+void validate(const Config& cfg);
+// The resolved config as YAML (every key, in schema order).
+std::string dump(const Config& cfg);
+
+}  // namespace fp4qat::config
