@@ -6,6 +6,9 @@
 #include <vector>
 
 #include "kernels/common/check.h"
+#ifdef FP4QAT_WITH_CUDA
+#include "kernels/gemm/grouped_gemm.h"
+#endif
 
 namespace fp4qat::autograd {
 
@@ -92,21 +95,15 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
   }
 };
 
-// Grouped GEMM through LibTorch's at::_grouped_mm (one launch for all experts) on CUDA; the
-// caller falls back to a loop of per-expert GEMMs where it is unavailable (reported once).
-bool g_grouped_mm_disabled = false;
-bool grouped_mm_usable(const at::Tensor& x) {
-  return x.is_cuda() && x.scalar_type() == at::kBFloat16 && !g_grouped_mm_disabled;
-}
-void disable_grouped_mm(const std::exception& e) {
-  if (!g_grouped_mm_disabled) TORCH_WARN("fp4qat: at::_grouped_mm unavailable, looping over experts: ", e.what());
-  g_grouped_mm_disabled = true;
-}
-
-// End offsets of each expert's rows as the int32 device tensor at::_grouped_mm takes.
-at::Tensor device_offsets(const std::vector<int64_t>& off, const at::Device& dev) {
-  std::vector<int32_t> ends(off.begin() + 1, off.end());
-  return at::tensor(ends, at::kInt).to(dev);
+// On CUDA with bf16 the grouped path issues one grouped GEMM for all experts
+// (kernels/gemm/grouped_gemm.h); elsewhere it loops over experts.
+bool grouped_gemm_usable(const at::Tensor& x) {
+#ifdef FP4QAT_WITH_CUDA
+  return x.is_cuda() && x.scalar_type() == at::kBFloat16;
+#else
+  (void)x;
+  return false;
+#endif
 }
 
 // Row offsets of each expert from host counts.
@@ -136,10 +133,11 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     at::Tensor y = at::empty({T, N}, x.options());
     std::vector<at::Tensor> saved_x;
     bool done = false;
-    if (grouped_mm_usable(x)) {
+#ifdef FP4QAT_WITH_CUDA
+    if (grouped_gemm_usable(x)) {
       // Activations: each expert's token slice quantized with its own amax (one launch each;
       // a segmented kernel would make this one launch), then one grouped GEMM for all experts
-      // with fp32 output and each row scaled by its expert's alpha.
+      // with fp32 output, each row scaled once by its expert's alpha, one rounding to bf16.
       at::Tensor xq = at::empty({T, x.size(1)}, x.options().dtype(at::kBFloat16));
       at::Tensor alpha = at::empty({T, 1}, x.options().dtype(at::kFloat));
       for (int64_t e = 0; e < E; ++e) {
@@ -150,16 +148,10 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
         alpha.narrow(0, off[e], n).fill_(qx.packed.s_dec * qw.packed.s_dec[e]);
         if (deq) saved_x.insert(saved_x.end(), {qx.packed.codes, qx.packed.scales, qx.packed.s_dec});
       }
-      try {
-        const at::Tensor acc = at::_grouped_mm(xq, qw.values.transpose(1, 2), device_offsets(off, x.device()),
-                                               std::nullopt, at::kFloat);
-        y = acc.mul_(alpha).to(x.scalar_type());
-        done = true;
-      } catch (const std::exception& ex) {
-        disable_grouped_mm(ex);
-        saved_x.clear();
-      }
+      y = gemm::grouped_nt_f32(xq, qw.values.contiguous(), off).mul_(alpha).to(x.scalar_type());
+      done = true;
     }
+#endif
     for (int64_t e = 0; e < E && !done; ++e) {
       const int64_t n = off[e + 1] - off[e];
       if (n == 0) continue;  // an expert with no tokens: nothing to compute, nothing saved
@@ -199,7 +191,8 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
       w_used = saved[1];
     }
     const int64_t E = w_used.size(0), K = w_used.size(2);
-    if (grouped_mm_usable(dy)) {
+#ifdef FP4QAT_WITH_CUDA
+    if (grouped_gemm_usable(dy)) {
       at::Tensor x_used;
       if (deq) {
         x_used = at::empty({off[E], K}, dy.options());
@@ -211,19 +204,13 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
           nx += 3;
         }
       } else {
-        x_used = saved[0];
+        x_used = saved[0].contiguous();
       }
-      try {
-        const at::Tensor offs = device_offsets(off, dy.device());
-        at::Tensor dx = at::_grouped_mm(dy, w_used, offs);                           // [T, N] x [E, N, K]
-        at::Tensor dw = at::_grouped_mm(x_used.t(), dy, offs).transpose(1, 2).contiguous();  // [E, K, N] -> [E, N, K]
-        for (int64_t e = 0; e < E; ++e)
-          if (off[e + 1] == off[e]) dw[e].zero_();  // an expert without tokens gets a zero gradient
-        return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-      } catch (const std::exception& ex) {
-        disable_grouped_mm(ex);
-      }
+      const at::Tensor dyc = dy.contiguous(), wc = w_used.contiguous();
+      return {gemm::grouped_nn(dyc, wc, off), gemm::grouped_wgrad(dyc, x_used, off, E), at::Tensor(), at::Tensor(),
+              at::Tensor(), at::Tensor()};
     }
+#endif
     at::Tensor dx = at::zeros({off[E], K}, dy.options());
     at::Tensor dw = at::zeros_like(w_used);
     size_t next_x = 3;
