@@ -97,9 +97,10 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
 
 // On CUDA with bf16 the grouped path issues one grouped GEMM for all experts
 // (kernels/gemm/grouped_gemm.h); elsewhere it loops over experts.
+bool g_grouped_gemm_failed = false;  // set once if cuBLAS refuses; then the loop is used
 bool grouped_gemm_usable(const at::Tensor& x) {
 #ifdef FP4QAT_WITH_CUDA
-  return x.is_cuda() && x.scalar_type() == at::kBFloat16;
+  return x.is_cuda() && x.scalar_type() == at::kBFloat16 && !g_grouped_gemm_failed;
 #else
   (void)x;
   return false;
@@ -148,8 +149,14 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
         alpha.narrow(0, off[e], n).fill_(qx.packed.s_dec * qw.packed.s_dec[e]);
         if (deq) saved_x.insert(saved_x.end(), {qx.packed.codes, qx.packed.scales, qx.packed.s_dec});
       }
-      y = gemm::grouped_nt_f32(xq, qw.values.contiguous(), off).mul_(alpha).to(x.scalar_type());
-      done = true;
+      try {
+        y = gemm::grouped_nt_f32(xq, qw.values.contiguous(), off).mul_(alpha).to(x.scalar_type());
+        done = true;
+      } catch (const fp4qat::Error& ex) {
+        TORCH_WARN("fp4qat: grouped GEMM unavailable, looping over experts: ", ex.what());
+        g_grouped_gemm_failed = true;
+        saved_x.clear();
+      }
     }
 #endif
     for (int64_t e = 0; e < E && !done; ++e) {
@@ -207,8 +214,13 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
         x_used = saved[0].contiguous();
       }
       const at::Tensor dyc = dy.contiguous(), wc = w_used.contiguous();
-      return {gemm::grouped_nn(dyc, wc, off), gemm::grouped_wgrad(dyc, x_used, off, E), at::Tensor(), at::Tensor(),
-              at::Tensor(), at::Tensor()};
+      try {
+        return {gemm::grouped_nn(dyc, wc, off), gemm::grouped_wgrad(dyc, x_used, off, E), at::Tensor(), at::Tensor(),
+                at::Tensor(), at::Tensor()};
+      } catch (const fp4qat::Error& ex) {
+        TORCH_WARN("fp4qat: grouped GEMM unavailable, looping over experts: ", ex.what());
+        g_grouped_gemm_failed = true;
+      }
     }
 #endif
     at::Tensor dx = at::zeros({off[E], K}, dy.options());

@@ -21,8 +21,10 @@ struct Problem {
   void* c;
 };
 
-void run(const std::vector<Problem>& ps, cudaDataType_t ctype, const at::Device& dev) {
-  if (ps.empty()) return;
+// Returns false when cuBLAS does not support the type combination (CUBLAS_STATUS_NOT_SUPPORTED).
+bool run(const std::vector<Problem>& ps, cudaDataType_t abtype, cudaDataType_t ctype, cublasComputeType_t compute,
+         const at::Device& dev) {
+  if (ps.empty()) return true;
   const int G = static_cast<int>(ps.size());
   std::vector<cublasOperation_t> ta(G), tb(G);
   std::vector<int> m(G), n(G), k(G), lda(G), ldb(G), ldc(G), size(G, 1);
@@ -53,11 +55,15 @@ void run(const std::vector<Problem>& ps, cudaDataType_t ctype, const at::Device&
   FP4QAT_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST) == CUBLAS_STATUS_SUCCESS, "cublasSetPointerMode failed");
   const cublasStatus_t st = cublasGemmGroupedBatchedEx(
       h, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(), const_cast<const void* const*>(d),
-      CUDA_R_16BF, lda.data(), const_cast<const void* const*>(d + G), CUDA_R_16BF, ldb.data(), beta.data(), d + 2 * G,
-      ctype, ldc.data(), G, size.data(), CUBLAS_COMPUTE_32F);
+      abtype, lda.data(), const_cast<const void* const*>(d + G), abtype, ldb.data(), beta.data(), d + 2 * G,
+      ctype, ldc.data(), G, size.data(), compute);
   cublasSetPointerMode(h, mode);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED) return false;
   FP4QAT_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasGemmGroupedBatchedEx failed with status ", static_cast<int>(st));
+  return true;
 }
+
+const char* const kNotSupported = "grouped GEMM: cublasGemmGroupedBatchedEx does not support this type combination";
 
 void check_bf16_cuda(const at::Tensor& t, const char* name) {
   FP4QAT_CHECK(t.is_cuda() && t.scalar_type() == at::kBFloat16 && t.is_contiguous(), "grouped GEMM: ", name,
@@ -82,7 +88,17 @@ at::Tensor grouped_nt_f32(const at::Tensor& x, const at::Tensor& w, const std::v
                   static_cast<const char*>(x.data_ptr()) + off[e] * K * 2,
                   static_cast<char*>(y.data_ptr()) + off[e] * N * 4});
   }
-  run(ps, CUDA_R_32F, x.device());
+  if (run(ps, CUDA_R_16BF, CUDA_R_32F, CUBLAS_COMPUTE_32F, x.device())) return y;
+  // bf16 x bf16 -> fp32 is not offered by the grouped API: use fp32 operands holding the same
+  // (bf16-exact) values with bf16 tensor-core math — down-converting them to bf16 is exact.
+  const at::Tensor xf = x.to(at::kFloat), wf = w.to(at::kFloat);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const int64_t e = (static_cast<const char*>(ps[i].a) - static_cast<const char*>(w.data_ptr())) / (N * K * 2);
+    const int64_t r0 = (static_cast<const char*>(ps[i].b) - static_cast<const char*>(x.data_ptr())) / (K * 2);
+    ps[i].a = static_cast<const char*>(wf.data_ptr()) + e * N * K * 4;
+    ps[i].b = static_cast<const char*>(xf.data_ptr()) + r0 * K * 4;
+  }
+  FP4QAT_CHECK(run(ps, CUDA_R_32F, CUDA_R_32F, CUBLAS_COMPUTE_32F_FAST_16BF, x.device()), kNotSupported);
   return y;
 }
 
@@ -102,7 +118,7 @@ at::Tensor grouped_nn(const at::Tensor& dy, const at::Tensor& w, const std::vect
                   static_cast<const char*>(dy.data_ptr()) + off[e] * N * 2,
                   static_cast<char*>(dx.data_ptr()) + off[e] * K * 2});
   }
-  run(ps, CUDA_R_16BF, dy.device());
+  FP4QAT_CHECK(run(ps, CUDA_R_16BF, CUDA_R_16BF, CUBLAS_COMPUTE_32F, dy.device()), kNotSupported);
   return dx;
 }
 
@@ -122,7 +138,7 @@ at::Tensor grouped_wgrad(const at::Tensor& dy, const at::Tensor& x, const std::v
                   static_cast<const char*>(dy.data_ptr()) + off[e] * N * 2,
                   static_cast<char*>(dw.data_ptr()) + e * N * K * 2});
   }
-  run(ps, CUDA_R_16BF, dy.device());
+  FP4QAT_CHECK(run(ps, CUDA_R_16BF, CUDA_R_16BF, CUBLAS_COMPUTE_32F, dy.device()), kNotSupported);
   return dw;
 }
 
