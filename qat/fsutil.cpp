@@ -1,6 +1,7 @@
 // qat/fsutil.cpp — see fsutil.h.
 #include "qat/fsutil.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -75,6 +76,27 @@ void write_text_atomic(const std::string& path, const std::string& text) {
   } catch (...) {
     ::unlink(tmp.c_str());
     throw;
+  }
+}
+
+void make_dir(const std::string& path) {
+  FP4QAT_CHECK(::mkdir(path.c_str(), 0755) == 0, path, ": cannot create folder: ", std::strerror(errno));
+}
+
+void remove_tree(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return;
+  if (S_ISDIR(st.st_mode)) {
+    if (DIR* d = ::opendir(path.c_str())) {
+      while (dirent* e = ::readdir(d)) {
+        const std::string n = e->d_name;
+        if (n != "." && n != "..") remove_tree(path + "/" + n);
+      }
+      ::closedir(d);
+    }
+    ::rmdir(path.c_str());
+  } else {
+    ::unlink(path.c_str());
   }
 }
 

@@ -1,0 +1,403 @@
+// trainer/model.cpp — see model.h. The arithmetic follows Hugging Face's Qwen3-MoE modeling code
+// (RMSNorm in fp32, RoPE with rotate-half, router softmax in fp32) so that logits agree.
+#include "trainer/model.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <map>
+
+#include "kernels/common/check.h"
+#include "qat/fsutil.h"
+#include "qat/json.h"
+#include "qat/safetensors.h"
+
+namespace fp4qat::model {
+
+namespace {
+
+std::string L(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return w.to(x.scalar_type()) * (xf * at::rsqrt(var + eps)).to(x.scalar_type());
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t h = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+}
+
+}  // namespace
+
+// ---- default linear policy ------------------------------------------------------------------
+at::Tensor LinearPolicy::linear(const std::string&, const at::Tensor& x, const at::Tensor& w) {
+  return at::linear(x, w.to(x.scalar_type()));
+}
+
+at::Tensor LinearPolicy::grouped(const std::string&, const at::Tensor& x, const at::Tensor& w,
+                                 const at::Tensor& counts) {
+  const at::Tensor wc = w.to(x.scalar_type());
+  const int64_t E = wc.size(0);
+  const int64_t* c = counts.data_ptr<int64_t>();
+  std::vector<at::Tensor> outs;
+  int64_t row = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    if (c[e] == 0) continue;
+    outs.push_back(at::linear(x.narrow(0, row, c[e]), wc[e]));
+    row += c[e];
+  }
+  if (outs.empty()) return at::zeros({0, wc.size(1)}, x.options());
+  return at::cat(outs, 0);
+}
+
+// ---- model ----------------------------------------------------------------------------------
+Qwen3Moe::Qwen3Moe(const config::ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const int64_t H = cfg.hidden_size, hd = cfg.head_dim, nH = cfg.num_attention_heads, nKV = cfg.num_key_value_heads;
+  add("model.embed_tokens.weight", {cfg.vocab_size, H}, false, gen);
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    add(L(i) + "input_layernorm.weight", {H}, true, gen);
+    add(L(i) + "self_attn.q_proj.weight", {nH * hd, H}, false, gen);
+    add(L(i) + "self_attn.k_proj.weight", {nKV * hd, H}, false, gen);
+    add(L(i) + "self_attn.v_proj.weight", {nKV * hd, H}, false, gen);
+    add(L(i) + "self_attn.o_proj.weight", {H, nH * hd}, false, gen);
+    add(L(i) + "self_attn.q_norm.weight", {hd}, true, gen);
+    add(L(i) + "self_attn.k_norm.weight", {hd}, true, gen);
+    add(L(i) + "post_attention_layernorm.weight", {H}, true, gen);
+    if (is_moe_layer(i)) {
+      const int64_t E = cfg.num_experts, I = cfg.moe_intermediate_size;
+      add(L(i) + "mlp.gate.weight", {E, H}, false, gen);
+      add(L(i) + "mlp.experts.gate_up_proj", {E, 2 * I, H}, false, gen);
+      add(L(i) + "mlp.experts.down_proj", {E, H, I}, false, gen);
+    } else {
+      const int64_t I = cfg.intermediate_size;
+      add(L(i) + "mlp.gate_proj.weight", {I, H}, false, gen);
+      add(L(i) + "mlp.up_proj.weight", {I, H}, false, gen);
+      add(L(i) + "mlp.down_proj.weight", {H, I}, false, gen);
+    }
+  }
+  add("model.norm.weight", {H}, true, gen);
+  if (!cfg.tie_word_embeddings) add("lm_head.weight", {cfg.vocab_size, H}, false, gen);
+}
+
+void Qwen3Moe::add(const std::string& name, std::vector<int64_t> shape, bool is_norm, at::Generator& gen) {
+  at::Tensor t = is_norm ? at::ones(shape) : at::randn(shape, gen) * 0.02;
+  params_.emplace_back(name, t.requires_grad_(true));
+}
+
+bool Qwen3Moe::is_moe_layer(int64_t i) const {
+  const auto& m = cfg_.mlp_only_layers;
+  return std::find(m.begin(), m.end(), i) == m.end() && cfg_.num_experts > 0 && (i + 1) % cfg_.decoder_sparse_step == 0;
+}
+
+const at::Tensor& Qwen3Moe::param(const std::string& name) const {
+  for (const auto& [n, t] : params_)
+    if (n == name) return t;
+  FP4QAT_FAIL("model has no parameter '", name, "'");
+}
+
+void Qwen3Moe::to(const at::Device& device) {
+  torch::NoGradGuard ng;
+  for (auto& [n, t] : params_) t = t.detach().to(device).requires_grad_(true);
+}
+
+at::Tensor Qwen3Moe::attention(int64_t i, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                               at::ScalarType dt, LinearPolicy& policy) const {
+  const int64_t B = x.size(0), T = x.size(1), hd = cfg_.head_dim, nH = cfg_.num_attention_heads,
+                nKV = cfg_.num_key_value_heads;
+  const std::string p = L(i) + "self_attn.";
+  auto proj = [&](const char* n) { return policy.linear(p + n + ".weight", x, param(p + n + ".weight")); };
+  at::Tensor q = rms_norm(proj("q_proj").view({B, T, nH, hd}), param(p + "q_norm.weight"), cfg_.rms_norm_eps).transpose(1, 2);
+  at::Tensor k = rms_norm(proj("k_proj").view({B, T, nKV, hd}), param(p + "k_norm.weight"), cfg_.rms_norm_eps).transpose(1, 2);
+  at::Tensor v = proj("v_proj").view({B, T, nKV, hd}).transpose(1, 2);
+  q = q * cos + rotate_half(q) * sin;
+  k = k * cos + rotate_half(k) * sin;
+  if (nKV != nH) {
+    k = k.repeat_interleave(nH / nKV, 1);
+    v = v.repeat_interleave(nH / nKV, 1);
+  }
+  at::Tensor o = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  o = o.transpose(1, 2).reshape({B, T, nH * hd});
+  return policy.linear(p + "o_proj.weight", o, param(p + "o_proj.weight"));
+}
+
+at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
+                         at::Tensor* load) const {
+  const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, k = cfg_.num_experts_per_tok;
+  const std::string p = L(i) + "mlp.";
+  const at::Tensor x = x3.reshape({-1, H});  // [N, H]
+  const int64_t N = x.size(0);
+  const at::Tensor logits = policy.linear(p + "gate.weight", x, param(p + "gate.weight"));  // [N, E]
+  const at::Tensor probs = at::softmax(logits.to(at::kFloat), 1);
+  auto [topw, topi] = at::topk(probs, k, 1);  // [N, k]
+  if (cfg_.norm_topk_prob) topw = topw / topw.sum(-1, true);
+  topw = topw.to(dt);
+
+  // Switch load balancing: E * sum_e f_e * P_e (f_e: share of routed slots, P_e: mean prob).
+  const at::Tensor onehot = at::one_hot(topi.reshape({-1}), E).to(at::kFloat);  // [N*k, E]
+  const at::Tensor f = onehot.mean(0);
+  *aux = (f * probs.mean(0)).sum() * static_cast<double>(E);
+  *load = f.detach();
+
+  // Permute (token, slot) pairs by expert; counts go to the host for the grouped GEMMs.
+  const at::Tensor flat_e = topi.reshape({-1});
+  const at::Tensor order = at::argsort(flat_e, /*stable=*/true);
+  const at::Tensor token = at::floor_divide(order, k);
+  const at::Tensor counts = at::bincount(flat_e, {}, E).to(at::kCPU).to(at::kLong);
+  const at::Tensor xs = x.index_select(0, token);
+  const at::Tensor h = policy.grouped(p + "experts.gate_up_proj", xs, param(p + "experts.gate_up_proj"), counts);
+  const int64_t I = cfg_.moe_intermediate_size;
+  const at::Tensor act = at::silu(h.narrow(1, 0, I)) * h.narrow(1, I, I);
+  at::Tensor y = policy.grouped(p + "experts.down_proj", act, param(p + "experts.down_proj"), counts);
+  y = y * topw.reshape({-1}).index_select(0, order).unsqueeze(1);
+  at::Tensor out = at::zeros({N, H}, y.options());
+  out = out.index_add(0, token, y);
+  return out.view(x3.sizes());
+}
+
+ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, LinearPolicy& policy) const {
+  FP4QAT_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "model input must be int64 [B, T], got ", ids.sizes());
+  const int64_t T = ids.size(1), hd = cfg_.head_dim;
+  FP4QAT_CHECK(T <= cfg_.max_position_embeddings, "sequence of ", T, " tokens exceeds max_position_embeddings ",
+               cfg_.max_position_embeddings);
+  // RoPE tables in fp32, cast like Hugging Face does.
+  const auto fopt = at::TensorOptions().dtype(at::kFloat).device(ids.device());
+  const at::Tensor inv = 1.0 / at::pow(cfg_.rope_theta, at::arange(0, hd, 2, fopt.dtype(at::kLong)).to(at::kFloat) / hd);
+  const at::Tensor freqs = at::outer(at::arange(T, fopt), inv);
+  const at::Tensor emb = at::cat({freqs, freqs}, -1);
+  const at::Tensor cos = emb.cos().to(dt), sin = emb.sin().to(dt);
+
+  at::Tensor x = at::embedding(param("model.embed_tokens.weight").to(dt), ids);
+  ForwardOutput out;
+  std::vector<at::Tensor> auxes;
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+    x = x + attention(i, rms_norm(x, param(L(i) + "input_layernorm.weight"), cfg_.rms_norm_eps), cos, sin, dt, policy);
+    const at::Tensor hn = rms_norm(x, param(L(i) + "post_attention_layernorm.weight"), cfg_.rms_norm_eps);
+    if (is_moe_layer(i)) {
+      at::Tensor aux, load;
+      x = x + moe(i, hn, dt, policy, &aux, &load);
+      auxes.push_back(aux);
+      out.expert_load.push_back(load);
+    } else {
+      const std::string p = L(i) + "mlp.";
+      const at::Tensor g = policy.linear(p + "gate_proj.weight", hn, param(p + "gate_proj.weight"));
+      const at::Tensor u = policy.linear(p + "up_proj.weight", hn, param(p + "up_proj.weight"));
+      x = x + policy.linear(p + "down_proj.weight", at::silu(g) * u, param(p + "down_proj.weight"));
+    }
+  }
+  x = rms_norm(x, param("model.norm.weight"), cfg_.rms_norm_eps);
+  const std::string head = cfg_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  out.logits = policy.linear(head, x, param(head));
+  out.aux_loss = auxes.empty() ? at::zeros({}, fopt) : at::stack(auxes).mean();
+  return out;
+}
+
+// ---- Hugging Face adapter -------------------------------------------------------------------
+std::vector<std::string> Qwen3Moe::hf_names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, t] : to_hf(at::kFloat)) out.push_back(name);
+  return out;
+}
+
+Params Qwen3Moe::to_hf(at::ScalarType dtype) const {
+  Params out;
+  const int64_t I = cfg_.moe_intermediate_size;
+  for (const auto& [name, t] : params_) {
+    const at::Tensor d = t.detach();
+    const std::string suffix_gu = "mlp.experts.gate_up_proj", suffix_d = "mlp.experts.down_proj";
+    if (name.size() > suffix_gu.size() && name.compare(name.size() - suffix_gu.size(), suffix_gu.size(), suffix_gu) == 0) {
+      const std::string base = name.substr(0, name.size() - std::string("gate_up_proj").size());
+      for (int64_t e = 0; e < d.size(0); ++e) {
+        out.emplace_back(base + std::to_string(e) + ".gate_proj.weight", d[e].narrow(0, 0, I).to(dtype).contiguous());
+        out.emplace_back(base + std::to_string(e) + ".up_proj.weight", d[e].narrow(0, I, I).to(dtype).contiguous());
+      }
+    } else if (name.size() > suffix_d.size() && name.compare(name.size() - suffix_d.size(), suffix_d.size(), suffix_d) == 0) {
+      const std::string base = name.substr(0, name.size() - std::string("down_proj").size());
+      for (int64_t e = 0; e < d.size(0); ++e)
+        out.emplace_back(base + std::to_string(e) + ".down_proj.weight", d[e].to(dtype).contiguous());
+    } else {
+      out.emplace_back(name, d.to(dtype).contiguous());
+    }
+  }
+  return out;
+}
+
+void Qwen3Moe::load_hf(const std::function<at::Tensor(const std::string&)>& get) {
+  torch::NoGradGuard ng;
+  const int64_t I = cfg_.moe_intermediate_size;
+  auto fetch = [&](const std::string& n, at::IntArrayRef shape) {
+    at::Tensor t = get(n);
+    FP4QAT_CHECK(t.sizes() == shape, "tensor '", n, "' has shape ", t.sizes(), ", expected ", shape);
+    return t;
+  };
+  for (auto& [name, t] : params_) {
+    const std::string gu = "gate_up_proj", dn = "down_proj";
+    const bool stacked_gu = name.size() > gu.size() && name.rfind("experts." + gu) == name.size() - gu.size() - 8;
+    const bool stacked_d = name.size() > dn.size() && name.rfind("experts." + dn) == name.size() - dn.size() - 8;
+    if (stacked_gu) {
+      const std::string base = name.substr(0, name.size() - gu.size());
+      for (int64_t e = 0; e < t.size(0); ++e) {
+        t[e].narrow(0, 0, I).copy_(fetch(base + std::to_string(e) + ".gate_proj.weight", {I, t.size(2)}));
+        t[e].narrow(0, I, I).copy_(fetch(base + std::to_string(e) + ".up_proj.weight", {I, t.size(2)}));
+      }
+    } else if (stacked_d) {
+      const std::string base = name.substr(0, name.size() - dn.size());
+      for (int64_t e = 0; e < t.size(0); ++e)
+        t[e].copy_(fetch(base + std::to_string(e) + ".down_proj.weight", {t.size(1), t.size(2)}));
+    } else {
+      t.copy_(fetch(name, t.sizes()));
+    }
+  }
+}
+
+// ---- Hugging Face folders -------------------------------------------------------------------
+config::ModelConfig read_hf_config(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  FP4QAT_CHECK(fs::exists(path), path, ": not found (expected a Hugging Face model folder)");
+  const json::Value j = json::parse(fs::read_text(path), path);
+  const json::Value* mt = j.find("model_type");
+  FP4QAT_CHECK(mt && mt->is_string() && mt->as_string() == "qwen3_moe", path, ": model_type must be \"qwen3_moe\"");
+  config::ModelConfig m;
+  auto geti = [&](const char* k, int64_t& v) {
+    if (const json::Value* x = j.find(k)) v = x->as_int(path + ": " + k);
+  };
+  auto getd = [&](const char* k, double& v) {
+    if (const json::Value* x = j.find(k)) v = x->as_double(path + ": " + k);
+  };
+  auto getb = [&](const char* k, bool& v) {
+    if (const json::Value* x = j.find(k)) v = x->as_bool(path + ": " + k);
+  };
+  geti("vocab_size", m.vocab_size);
+  geti("hidden_size", m.hidden_size);
+  geti("num_hidden_layers", m.num_hidden_layers);
+  geti("num_attention_heads", m.num_attention_heads);
+  geti("num_key_value_heads", m.num_key_value_heads);
+  m.head_dim = m.hidden_size / m.num_attention_heads;
+  geti("head_dim", m.head_dim);
+  geti("intermediate_size", m.intermediate_size);
+  geti("moe_intermediate_size", m.moe_intermediate_size);
+  geti("num_experts", m.num_experts);
+  geti("num_local_experts", m.num_experts);  // the name transformers 5 writes
+  geti("num_experts_per_tok", m.num_experts_per_tok);
+  getb("norm_topk_prob", m.norm_topk_prob);
+  getd("rms_norm_eps", m.rms_norm_eps);
+  getd("rope_theta", m.rope_theta);
+  if (const json::Value* rp = j.find("rope_parameters")) {  // transformers 5 layout
+    if (const json::Value* t = rp->find("rope_theta")) m.rope_theta = t->as_double(path + ": rope_parameters.rope_theta");
+  }
+  geti("max_position_embeddings", m.max_position_embeddings);
+  getb("tie_word_embeddings", m.tie_word_embeddings);
+  geti("decoder_sparse_step", m.decoder_sparse_step);
+  getd("router_aux_loss_coef", m.router_aux_loss_coef);
+  m.mlp_only_layers.clear();
+  if (const json::Value* x = j.find("mlp_only_layers"))
+    for (const auto& v : x->as_array(path + ": mlp_only_layers")) m.mlp_only_layers.push_back(v.as_int(path + ": mlp_only_layers"));
+  return m;
+}
+
+std::string hf_config_json(const config::ModelConfig& m) {
+  json::Value only = json::Value::array();
+  for (int64_t l : m.mlp_only_layers) only.push_back(l);
+  json::Value j = json::Value::object({
+      {"architectures", json::Value::array({"Qwen3MoeForCausalLM"})},
+      {"model_type", "qwen3_moe"},
+      {"vocab_size", m.vocab_size},
+      {"hidden_size", m.hidden_size},
+      {"num_hidden_layers", m.num_hidden_layers},
+      {"num_attention_heads", m.num_attention_heads},
+      {"num_key_value_heads", m.num_key_value_heads},
+      {"head_dim", m.head_dim},
+      {"intermediate_size", m.intermediate_size},
+      {"moe_intermediate_size", m.moe_intermediate_size},
+      {"num_experts", m.num_experts},
+      {"num_experts_per_tok", m.num_experts_per_tok},
+      {"norm_topk_prob", m.norm_topk_prob},
+      {"rms_norm_eps", m.rms_norm_eps},
+      {"rope_theta", m.rope_theta},
+      {"max_position_embeddings", m.max_position_embeddings},
+      {"tie_word_embeddings", m.tie_word_embeddings},
+      {"decoder_sparse_step", m.decoder_sparse_step},
+      {"mlp_only_layers", only},
+      {"router_aux_loss_coef", m.router_aux_loss_coef},
+      {"hidden_act", "silu"},
+      {"attention_bias", false},
+      {"attention_dropout", 0.0},
+      {"torch_dtype", "bfloat16"},
+  });
+  return j.dump(2) + "\n";
+}
+
+Qwen3Moe load_hf_folder(const std::string& dir) {
+  Qwen3Moe model(read_hf_config(dir), 0);
+  std::map<std::string, std::string> where;  // tensor -> shard file
+  const std::string index = dir + "/model.safetensors.index.json";
+  if (fs::exists(index)) {
+    const json::Value j = json::parse(fs::read_text(index), index);
+    for (const auto& [name, file] : j.at("weight_map", index).as_object(index + ": weight_map"))
+      where[name] = dir + "/" + file.as_string(index + ": weight_map['" + name + "']");
+  } else {
+    const std::string single = dir + "/model.safetensors";
+    FP4QAT_CHECK(fs::exists(single), dir, ": neither model.safetensors.index.json nor model.safetensors found");
+    st::Reader r(single);
+    for (const auto& t : r.tensors()) where[t.name] = single;
+  }
+  const auto expected = model.hf_names();
+  for (const auto& [name, file] : where) {
+    const bool known = std::find(expected.begin(), expected.end(), name) != expected.end();
+    FP4QAT_CHECK(known || name.find("rotary_emb.inv_freq") != std::string::npos, dir, ": unexpected tensor '", name,
+                 "' (not part of a Qwen3-MoE model with this config)");
+  }
+  std::map<std::string, std::unique_ptr<st::Reader>> readers;
+  model.load_hf([&](const std::string& name) {
+    auto it = where.find(name);
+    FP4QAT_CHECK(it != where.end(), dir, ": missing tensor '", name, "'");
+    auto& r = readers[it->second];
+    if (!r) r = std::make_unique<st::Reader>(it->second);
+    return r->view(name).to(at::kFloat);
+  });
+  return model;
+}
+
+void save_hf_folder(const Qwen3Moe& model, const std::string& dir, int64_t max_shard_bytes) {
+  FP4QAT_CHECK(!fs::exists(dir), dir, ": already exists; refusing to overwrite");
+  const std::string parent = fs::parent_dir(dir);
+  FP4QAT_CHECK(fs::is_dir(parent), dir, ": parent folder '", parent, "' does not exist");
+  const std::string tmp = fs::temp_name_beside(dir);
+  fs::make_dir(tmp);
+  try {
+    const Params tensors = model.to_hf(at::kBFloat16);
+    std::vector<Params> shards(1);
+    int64_t bytes = 0, total = 0;
+    for (const auto& [name, t] : tensors) {
+      const int64_t nb = t.numel() * t.element_size();
+      if (bytes > 0 && bytes + nb > max_shard_bytes) {
+        shards.emplace_back();
+        bytes = 0;
+      }
+      shards.back().emplace_back(name, t);
+      bytes += nb;
+      total += nb;
+    }
+    json::Value weight_map = json::Value::object();
+    const size_t n = shards.size();
+    for (size_t s = 0; s < n; ++s) {
+      char fname[64];
+      std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", s + 1, n);
+      st::write_file(tmp + "/" + fname, shards[s]);
+      for (const auto& [name, t] : shards[s]) weight_map.set(name, std::string(fname));
+    }
+    json::Value index = json::Value::object({{"metadata", json::Value::object({{"total_size", total}})},
+                                             {"weight_map", weight_map}});
+    fs::write_text_atomic(tmp + "/model.safetensors.index.json", index.dump(2) + "\n");
+    fs::write_text_atomic(tmp + "/config.json", hf_config_json(model.config()));
+    fs::rename_atomic(tmp, dir);
+  } catch (...) {
+    fs::remove_tree(tmp);  // nothing half-written is left behind
+    throw;
+  }
+}
+
+}  // namespace fp4qat::model

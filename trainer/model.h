@@ -1,0 +1,84 @@
+// trainer/model.h — Qwen3-MoE decoder in LibTorch with the Hugging Face layout
+// (../shared/spec/checkpoint-format.md): embeddings, RMSNorm, grouped-query attention with
+// q/k RMSNorm and RoPE (causal), MoE blocks (router -> softmax -> top-k, renormalised when
+// norm_topk_prob -> SwiGLU experts run through the grouped path -> weighted combine) with a
+// Switch-style load-balancing loss, optional dense layers, tied or untied head.
+//
+// Parameters are fp32 masters under Hugging Face names, except the experts of layer i, which
+// are stacked: `model.layers.i.mlp.experts.gate_up_proj` [E, 2I, H] (rows 0..I-1 = gate_proj,
+// I..2I-1 = up_proj; one amax per expert is then shared by the gated pair) and
+// `model.layers.i.mlp.experts.down_proj` [E, H, I]. to_hf()/load_hf() are the one adapter to
+// per-expert Hugging Face names. All weights are `[out, in]`.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "trainer/config.h"
+
+namespace fp4qat::model {
+
+// How the model's linears run. The default computes y = x W^T in the compute dtype; a QAT
+// policy (qat/) overrides it for the modules it matches. `name` is the weight's name.
+class LinearPolicy {
+ public:
+  virtual ~LinearPolicy() = default;
+  // x [*, in], w [out, in] -> [*, out]
+  virtual at::Tensor linear(const std::string& name, const at::Tensor& x, const at::Tensor& w);
+  // x [T, in] with rows sorted by expert, counts int64 [E] on the CPU, w [E, out, in] -> [T, out]
+  virtual at::Tensor grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
+                             const at::Tensor& counts);
+};
+
+struct ForwardOutput {
+  at::Tensor logits;                   // [B, T, vocab] in the compute dtype
+  at::Tensor aux_loss;                 // scalar fp32: mean over MoE layers of the Switch loss
+  std::vector<at::Tensor> expert_load;  // per MoE layer: fraction of routed slots per expert [E]
+};
+
+using Params = std::vector<std::pair<std::string, at::Tensor>>;
+
+class Qwen3Moe {
+ public:
+  // Random initialisation (normal(0, 0.02) for matrices, ones for norms), seeded.
+  Qwen3Moe(const config::ModelConfig& cfg, uint64_t seed);
+
+  const config::ModelConfig& config() const { return cfg_; }
+  Params& params() { return params_; }
+  const Params& params() const { return params_; }
+  const at::Tensor& param(const std::string& name) const;
+  bool is_moe_layer(int64_t layer) const;
+  void to(const at::Device& device);
+
+  // ids: int64 [B, T]. compute: bf16 or fp32.
+  ForwardOutput forward(const at::Tensor& ids, at::ScalarType compute, LinearPolicy& policy) const;
+
+  // Hugging Face adapter: per-expert names, tensors converted to `dtype`.
+  Params to_hf(at::ScalarType dtype) const;
+  // Copies every parameter from `get(hf_name)` (throws naming a missing or misshaped tensor).
+  void load_hf(const std::function<at::Tensor(const std::string&)>& get);
+  std::vector<std::string> hf_names() const;
+
+ private:
+  void add(const std::string& name, std::vector<int64_t> shape, bool is_norm, at::Generator& gen);
+  at::Tensor attention(int64_t layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                       at::ScalarType dt, LinearPolicy& policy) const;
+  at::Tensor moe(int64_t layer, const at::Tensor& x, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
+                 at::Tensor* load) const;
+  config::ModelConfig cfg_;
+  Params params_;
+};
+
+// Hugging Face folders: config.json + model.safetensors or sharded model-*.safetensors with
+// model.safetensors.index.json.
+config::ModelConfig read_hf_config(const std::string& dir);
+Qwen3Moe load_hf_folder(const std::string& dir);
+// Writes BF16 shards, index.json and config.json into a new folder `dir` (built beside it and
+// renamed into place; refuses an existing `dir`).
+void save_hf_folder(const Qwen3Moe& model, const std::string& dir, int64_t max_shard_bytes = 2ll << 30);
+std::string hf_config_json(const config::ModelConfig& cfg);
+
+}  // namespace fp4qat::model
