@@ -18,6 +18,7 @@ struct Command {
 };
 const Command kCommands[] = {
     {"quantize", cmd_quantize, "quantize the .weight tensors of a safetensors file (NVFP4 or MXFP8)"},
+    {"train", cmd_train, "train a MoE model from a YAML recipe (--set overrides, --dump-config, --resume)"},
     {"sample", cmd_sample, "write a small random MoE layer as a safetensors file (for demos and tests)"},
 };
 

@@ -16,5 +16,6 @@ int run(const Args& args);
 // Subcommands (trainer/cmd_*.cpp).
 int cmd_quantize(const Args& args);
 int cmd_sample(const Args& args);
+int cmd_train(const Args& args);
 
 }  // namespace fp4qat::cli

@@ -150,13 +150,14 @@ class Schema {
     add("train", "checkpoint_every", &t.checkpoint_every, non_negative<int64_t>());
     add("train", "seed", &t.seed);
     add("train", "device", &t.device, one_of({"auto", "cpu", "cuda"}));
-    add("train", "dtype", &t.dtype, one_of({"bf16", "fp32"}));
+    add("train", "dtype", &t.dtype, one_of({"auto", "bf16", "fp32"}));
     add("train", "out_dir", &t.out_dir);
     add("train", "init_from", &t.init_from);
     auto& d = c.data;
     add("data", "kind", &d.kind, one_of({"synthetic", "tokens"}));
     add("data", "path", &d.path);
     add("data", "val_fraction", &d.val_fraction, in_range(0, 0.5));
+    add("data", "max_operand", &d.max_operand, positive<int64_t>());
     auto& q = c.qat;
     add("qat", "format", &q.format, one_of({"none", "nvfp4", "mxfp8"}));
     add("qat", "modules", &q.modules);

@@ -51,7 +51,7 @@ struct TrainConfig {
   int64_t checkpoint_every = 100;
   uint64_t seed = 1234;
   std::string device = "auto";  // auto | cpu | cuda
-  std::string dtype = "bf16";   // compute dtype: bf16 | fp32 (master weights are fp32)
+  std::string dtype = "auto";   // compute dtype: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32; masters are fp32
   std::string out_dir = "runs/default";
   std::string init_from;        // a checkpoint or Hugging Face folder to start from
 };
@@ -60,6 +60,7 @@ struct DataConfig {
   std::string kind = "synthetic";  // synthetic | tokens
   std::string path;                // token file (kind: tokens)
   double val_fraction = 0.05;
+  int64_t max_operand = 99;        // synthetic: operands of the addition problems in [0, max_operand]
 };
 
 struct QatConfig {

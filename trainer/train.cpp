@@ -1,0 +1,315 @@
+// trainer/train.cpp — see train.h.
+#include "trainer/train.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <unistd.h>
+
+#include "kernels/common/check.h"
+#include "qat/fsutil.h"
+#include "qat/json.h"
+#include "qat/safetensors.h"
+#include "trainer/data.h"
+
+namespace fp4qat::train {
+
+namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+void on_signal(int) { g_stop = 1; }
+
+at::Device pick_device(const std::string& s) {
+  if (s == "cpu") return at::kCPU;
+  if (s == "cuda") {
+    FP4QAT_CHECK(at::hasCUDA(), "train.device is cuda but no CUDA device is available");
+    return at::Device(at::kCUDA, 0);
+  }
+  return at::hasCUDA() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+}
+
+struct OptimState {
+  std::vector<at::Tensor> m, v;
+};
+
+std::string ckpt_root(const config::Config& c) { return c.train.out_dir + "/checkpoints"; }
+
+void save_checkpoint(const config::Config& cfg, const model::Qwen3Moe& model, const OptimState& st, int64_t step,
+                     std::string* path_out) {
+  const std::string root = ckpt_root(cfg);
+  if (!fs::is_dir(cfg.train.out_dir)) fs::make_dir(cfg.train.out_dir);
+  if (!fs::is_dir(root)) fs::make_dir(root);
+  const std::string dir = root + "/step-" + std::to_string(step);
+  const std::string tmp = fs::temp_name_beside(dir);
+  fs::make_dir(tmp);
+  try {
+    model::Params ps, os;
+    for (size_t i = 0; i < model.params().size(); ++i) {
+      const auto& [name, p] = model.params()[i];
+      ps.emplace_back(name, p.detach());
+      os.emplace_back(name + ".exp_avg", st.m[i]);
+      os.emplace_back(name + ".exp_avg_sq", st.v[i]);
+    }
+    st::write_file(tmp + "/model.safetensors", ps);
+    st::write_file(tmp + "/optim.safetensors", os);
+    json::Value state = json::Value::object({{"step", step}, {"config", config::dump(cfg)}});
+    fs::write_text_atomic(tmp + "/state.json", state.dump(2) + "\n");
+    fs::write_text_atomic(tmp + "/config.yaml", config::dump(cfg));
+    if (fs::exists(dir)) fs::remove_tree(dir);
+    fs::rename_atomic(tmp, dir);
+  } catch (...) {
+    fs::remove_tree(tmp);
+    throw;
+  }
+  fs::write_text_atomic(root + "/latest", "step-" + std::to_string(step) + "\n");
+  if (path_out) *path_out = dir;
+}
+
+int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, OptimState& st) {
+  const std::string root = ckpt_root(cfg);
+  const std::string latest = root + "/latest";
+  FP4QAT_CHECK(fs::exists(latest), "--resume: no checkpoint in ", root, " (", latest, " not found)");
+  std::string name = fs::read_text(latest, 4096);
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  const std::string dir = root + "/" + name;
+  const json::Value state = json::parse(fs::read_text(dir + "/state.json"), dir + "/state.json");
+  const int64_t step = state.at("step", dir + "/state.json").as_int(dir + "/state.json: step");
+  st::Reader mr(dir + "/model.safetensors"), orr(dir + "/optim.safetensors");
+  torch::NoGradGuard ng;
+  for (size_t i = 0; i < model.params().size(); ++i) {
+    auto& [pname, p] = model.params()[i];
+    const at::Tensor src = mr.view(pname);
+    FP4QAT_CHECK(src.sizes() == p.sizes(), dir, ": parameter '", pname, "' has shape ", src.sizes(), ", the model ", p.sizes());
+    p.copy_(src);
+    st.m[i].copy_(orr.view(pname + ".exp_avg"));
+    st.v[i].copy_(orr.view(pname + ".exp_avg_sq"));
+  }
+  return step;
+}
+
+void append_line(const std::string& path, const std::string& line) {
+  std::ofstream f(path, std::ios::app);
+  f << line << "\n";
+}
+
+at::ScalarType compute_dtype(const config::Config& c, const at::Device& dev) {
+  if (c.train.dtype == "auto") return dev.is_cuda() ? at::kBFloat16 : at::kFloat;
+  return c.train.dtype == "fp32" ? at::kFloat : at::kBFloat16;
+}
+
+// Loss curve as SVG: train loss per step (line), val loss at evals (dots).
+void write_loss_svg(const std::string& path, const std::vector<StepLog>& steps, const std::vector<EvalLog>& evals) {
+  if (steps.empty()) return;
+  const double W = 640, H = 360, pad = 40;
+  double lo = 1e300, hi = -1e300;
+  for (const auto& s : steps) lo = std::min(lo, s.loss), hi = std::max(hi, s.loss);
+  for (const auto& e : evals) lo = std::min(lo, e.val_loss), hi = std::max(hi, e.val_loss);
+  if (hi <= lo) hi = lo + 1;
+  const double n = static_cast<double>(steps.back().step);
+  auto X = [&](double step) { return pad + (W - 2 * pad) * (n > 1 ? (step - 1) / (n - 1) : 0.5); };
+  auto Y = [&](double v) { return H - pad - (H - 2 * pad) * (v - lo) / (hi - lo); };
+  std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"360\" font-family=\"sans-serif\" font-size=\"12\">\n";
+  svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"";
+  char buf[96];
+  for (const auto& s : steps) {
+    std::snprintf(buf, sizeof buf, "%.1f,%.1f ", X(static_cast<double>(s.step)), Y(s.loss));
+    svg += buf;
+  }
+  svg += "\"/>\n";
+  for (const auto& e : evals) {
+    std::snprintf(buf, sizeof buf, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"#d62728\"/>\n", X(static_cast<double>(e.step)), Y(e.val_loss));
+    svg += buf;
+  }
+  std::snprintf(buf, sizeof buf, "<text x=\"%.0f\" y=\"20\">loss (blue: train, red: val)  %.3f .. %.3f</text>\n", pad, lo, hi);
+  svg += buf;
+  std::snprintf(buf, sizeof buf, "<text x=\"%.0f\" y=\"%.0f\">step 1 .. %.0f</text>\n</svg>\n", pad, H - 10, n);
+  svg += buf;
+  fs::write_text_atomic(path, svg);
+}
+
+std::pair<at::Tensor, at::Tensor> loss_of(const model::Qwen3Moe& m, const at::Tensor& batch, at::ScalarType dt,
+                                          model::LinearPolicy& policy, model::ForwardOutput* out_fw) {
+  const int64_t T = batch.size(1) - 1;
+  const at::Tensor inputs = batch.narrow(1, 0, T), targets = batch.narrow(1, 1, T);
+  model::ForwardOutput fw = m.forward(inputs, dt, policy);
+  const at::Tensor ce = at::cross_entropy_loss(fw.logits.to(at::kFloat).reshape({-1, fw.logits.size(-1)}),
+                                               targets.reshape({-1}));
+  const at::Tensor aux = fw.aux_loss;
+  if (out_fw) *out_fw = std::move(fw);
+  return {ce, aux};
+}
+
+}  // namespace
+
+void install_signal_handlers() {
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+}
+
+double learning_rate(const config::OptimConfig& o, int64_t step, int64_t total) {
+  if (o.warmup_steps > 0 && step < o.warmup_steps) return o.lr * static_cast<double>(step + 1) / o.warmup_steps;
+  const double span = std::max<int64_t>(1, total - o.warmup_steps);
+  const double t = std::min(1.0, static_cast<double>(step - o.warmup_steps) / span);
+  const double min_lr = o.lr * o.min_lr_ratio;
+  return min_lr + 0.5 * (o.lr - min_lr) * (1.0 + std::cos(M_PI * t));
+}
+
+double exact_match(const model::Qwen3Moe& m, const config::Config& cfg, int64_t n, at::ScalarType dt,
+                   model::LinearPolicy& policy, const at::Device& dev) {
+  torch::NoGradGuard ng;
+  data::SyntheticCorpus corpus(cfg.train.seed, cfg.data.max_operand);
+  int64_t right = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const data::Problem p = corpus.problem(1, static_cast<uint64_t>(1'000'000 + i));
+    std::vector<int64_t> seq = p.prompt;
+    bool ok = true;
+    for (size_t j = 0; j < p.answer.size(); ++j) {
+      const at::Tensor ids = at::tensor(seq, at::kLong).unsqueeze(0).to(dev);
+      const int64_t next = m.forward(ids, dt, policy).logits[0][-1].argmax().item<int64_t>();
+      if (next != p.answer[j]) {
+        ok = false;
+        break;
+      }
+      seq.push_back(next);
+    }
+    right += ok;
+  }
+  return static_cast<double>(right) / static_cast<double>(std::max<int64_t>(n, 1));
+}
+
+Result run(const config::Config& cfg, const Options& opt) {
+  config::validate(cfg);
+  FP4QAT_CHECK(cfg.data.kind == "synthetic", "data.kind '", cfg.data.kind, "' is not supported yet (use synthetic)");
+  FP4QAT_CHECK(cfg.model.vocab_size >= data::kVocabUsed, "model.vocab_size must be >= ", data::kVocabUsed,
+               " for the synthetic corpus");
+  const at::Device dev = pick_device(cfg.train.device);
+  const at::ScalarType dt = compute_dtype(cfg, dev);
+  const bool tty = ::isatty(STDOUT_FILENO) != 0;
+  model::LinearPolicy plain;
+  model::LinearPolicy& policy = opt.policy ? *opt.policy : plain;
+
+  model::Qwen3Moe model = cfg.train.init_from.empty() ? model::Qwen3Moe(cfg.model, cfg.train.seed)
+                                                       : model::load_hf_folder(cfg.train.init_from);
+  OptimState st;
+  for (const auto& [n, p] : model.params()) {
+    st.m.push_back(at::zeros_like(p.detach()));
+    st.v.push_back(at::zeros_like(p.detach()));
+  }
+  int64_t step = 0;
+  if (opt.resume) step = load_checkpoint(cfg, model, st);
+  model.to(dev);
+  for (auto& t : st.m) t = t.to(dev);
+  for (auto& t : st.v) t = t.to(dev);
+
+  if (!fs::is_dir(cfg.train.out_dir)) fs::make_dir(cfg.train.out_dir);
+  const std::string metrics = cfg.train.out_dir + "/metrics.jsonl";
+  if (!opt.resume) fs::write_text_atomic(metrics, "");
+  fs::write_text_atomic(cfg.train.out_dir + "/config.yaml", config::dump(cfg));
+
+  data::SyntheticCorpus corpus(cfg.train.seed, cfg.data.max_operand);
+  const auto& o = cfg.optim;
+  Result res;
+  int64_t done_here = 0;
+  while (step < cfg.train.steps) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double lr = learning_rate(o, step, cfg.train.steps);
+    for (auto& [n, p] : model.params()) p.mutable_grad() = at::Tensor();
+    double loss_sum = 0, aux_sum = 0;
+    std::vector<std::vector<double>> load;
+    for (int64_t micro = 0; micro < cfg.train.grad_accum; ++micro) {
+      const uint64_t bi = static_cast<uint64_t>(step * cfg.train.grad_accum + micro);
+      const at::Tensor batch = corpus.batch(0, bi, cfg.train.batch_size, cfg.train.seq_len).to(dev);
+      model::ForwardOutput fw;
+      auto [ce, aux] = loss_of(model, batch, dt, policy, &fw);
+      const at::Tensor loss = (ce + aux * cfg.model.router_aux_loss_coef) / static_cast<double>(cfg.train.grad_accum);
+      FP4QAT_CHECK(std::isfinite(ce.item<double>()), "step ", step + 1, ": the loss is not finite; stopping without a checkpoint");
+      loss.backward();
+      loss_sum += ce.item<double>() / cfg.train.grad_accum;
+      aux_sum += aux.item<double>() / cfg.train.grad_accum;
+      if (micro == 0)
+        for (const auto& l : fw.expert_load) {
+          const at::Tensor lc = l.to(at::kCPU).to(at::kDouble).contiguous();
+          load.emplace_back(lc.data_ptr<double>(), lc.data_ptr<double>() + lc.numel());
+        }
+    }
+    // Global-norm clipping and AdamW (decoupled weight decay on matrices), in fp32.
+    double grad_norm = 0;
+    {
+      torch::NoGradGuard ng;
+      std::vector<at::Tensor> sq;
+      for (auto& [n, p] : model.params())
+        if (p.grad().defined()) sq.push_back(p.grad().to(at::kFloat).pow(2).sum());
+      grad_norm = std::sqrt(at::stack(sq).sum().item<double>());
+      const double scale = (o.grad_clip > 0 && grad_norm > o.grad_clip) ? o.grad_clip / (grad_norm + 1e-6) : 1.0;
+      const double b1 = o.beta1, b2 = o.beta2, t = static_cast<double>(step + 1);
+      const double bc1 = 1.0 - std::pow(b1, t), bc2 = 1.0 - std::pow(b2, t);
+      for (size_t i = 0; i < model.params().size(); ++i) {
+        at::Tensor& p = model.params()[i].second;
+        if (!p.grad().defined()) continue;
+        const at::Tensor g = p.grad().to(at::kFloat) * scale;
+        st.m[i].mul_(b1).add_(g, 1.0 - b1);
+        st.v[i].mul_(b2).addcmul_(g, g, 1.0 - b2);
+        if (p.dim() >= 2 && o.weight_decay > 0) p.mul_(1.0 - lr * o.weight_decay);
+        const at::Tensor denom = (st.v[i] / bc2).sqrt_().add_(o.eps);
+        p.addcdiv_(st.m[i], denom, -lr / bc1);
+      }
+    }
+    ++step;
+    ++done_here;
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    StepLog log{step, loss_sum, aux_sum, lr, grad_norm,
+                static_cast<double>(cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum) / secs, load};
+    res.steps.push_back(log);
+    json::Value line = json::Value::object({{"step", step}, {"loss", log.loss}, {"lr", lr}, {"grad_norm", grad_norm},
+                                            {"tokens_per_s", log.tokens_per_s}, {"aux_loss", log.aux_loss}});
+    json::Value lj = json::Value::array();
+    for (const auto& l : load) {
+      json::Value row = json::Value::array();
+      for (double v : l) row.push_back(v);
+      lj.push_back(row);
+    }
+    line.set("expert_load", lj);
+    append_line(metrics, line.dump());
+    if (!opt.quiet && tty) {  // a progress bar on a terminal
+      const int w = 30, filled = static_cast<int>(w * step / cfg.train.steps);
+      std::printf("\r[%s%s] %lld/%lld loss %.4f lr %.2e %.0f tok/s ", std::string(filled, '#').c_str(),
+                  std::string(w - filled, '.').c_str(), (long long)step, (long long)cfg.train.steps, log.loss, lr,
+                  log.tokens_per_s);
+      std::fflush(stdout);
+    }
+    if (!opt.quiet && (step % cfg.train.log_every == 0 || step == 1) && (!tty || step == cfg.train.steps))
+      std::printf("step %5lld/%lld  loss %.4f  aux %.4f  lr %.2e  |g| %.3f  %.0f tok/s\n", (long long)step,
+                  (long long)cfg.train.steps, log.loss, log.aux_loss, lr, grad_norm, log.tokens_per_s);
+    if (cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || step == cfg.train.steps)) {
+      torch::NoGradGuard ng;
+      double vl = 0;
+      for (int64_t b = 0; b < cfg.train.eval_batches; ++b)
+        vl += loss_of(model, corpus.batch(1, static_cast<uint64_t>(b), cfg.train.batch_size, cfg.train.seq_len).to(dev),
+                      dt, policy, nullptr).first.item<double>();
+      EvalLog ev{step, vl / cfg.train.eval_batches, exact_match(model, cfg, 32, dt, policy, dev)};
+      res.evals.push_back(ev);
+      append_line(metrics, json::Value::object({{"step", step}, {"val_loss", ev.val_loss}, {"exact_match", ev.exact_match}}).dump());
+      if (!opt.quiet) std::printf("eval  step %lld  val_loss %.4f  exact_match %.3f\n", (long long)step, ev.val_loss, ev.exact_match);
+    }
+    const bool stop_now = g_stop || (opt.stop_after >= 0 && done_here >= opt.stop_after);
+    if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || step == cfg.train.steps || stop_now)
+      save_checkpoint(cfg, model, st, step, &res.last_checkpoint);
+    if (stop_now) break;
+  }
+  res.final_step = step;
+  if (!opt.quiet && tty) std::printf("\n");
+  if (step == cfg.train.steps) {  // the finished model as a Hugging Face folder (BF16)
+    const std::string hf = cfg.train.out_dir + "/hf";
+    if (fs::exists(hf)) fs::remove_tree(hf);
+    model::save_hf_folder(model, hf);
+    res.hf_dir = hf;
+  }
+  write_loss_svg(cfg.train.out_dir + "/loss.svg", res.steps, res.evals);
+  return res;
+}
+
+}  // namespace fp4qat::train

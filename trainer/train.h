@@ -1,0 +1,51 @@
+// trainer/train.h — the training loop: FP32 master weights, bf16 (or fp32) compute, AdamW with
+// decoupled weight decay, linear warmup + cosine decay, global-norm clipping, gradient
+// accumulation, periodic eval (val loss + exact-match accuracy), JSONL metrics, atomic
+// checkpoints (model, optimizer, step, resolved config) and bit-identical resume.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "trainer/config.h"
+#include "trainer/model.h"
+
+namespace fp4qat::train {
+
+struct StepLog {
+  int64_t step = 0;  // 1-based: the optimizer steps done
+  double loss = 0, aux_loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0;
+  std::vector<std::vector<double>> expert_load;  // per MoE layer, per expert
+};
+
+struct EvalLog {
+  int64_t step = 0;
+  double val_loss = 0, exact_match = 0;
+};
+
+struct Options {
+  bool resume = false;         // continue from <out_dir>/checkpoints/latest
+  int64_t stop_after = -1;     // stop (and checkpoint) after this many steps in this call; -1: run to the end
+  bool quiet = false;          // no progress output
+  model::LinearPolicy* policy = nullptr;  // null: plain linears
+};
+
+struct Result {
+  std::vector<StepLog> steps;
+  std::vector<EvalLog> evals;
+  int64_t final_step = 0;
+  std::string last_checkpoint;
+  std::string hf_dir;  // <out_dir>/hf when the run reached train.steps
+};
+
+double learning_rate(const config::OptimConfig& o, int64_t step, int64_t total_steps);  // step 0-based
+Result run(const config::Config& cfg, const Options& opt);
+
+// Greedy exact-match accuracy on `n` validation problems.
+double exact_match(const model::Qwen3Moe& m, const config::Config& cfg, int64_t n, at::ScalarType dt,
+                   model::LinearPolicy& policy, const at::Device& dev);
+
+// Set by SIGINT/SIGTERM: the loop finishes the step, checkpoints and returns.
+void install_signal_handlers();
+
+}  // namespace fp4qat::train
