@@ -34,4 +34,34 @@ class SyntheticCorpus {
   int64_t max_operand_;
 };
 
+// Token files: a flat little-endian token stream with a 24-byte header, memory-mapped.
+//   bytes 0-7   magic "FP4QTOK1"
+//   bytes 8-11  uint32 bytes per token: 2 (uint16) or 4 (uint32)
+//   bytes 12-15 uint32 reserved (0)
+//   bytes 16-23 uint64 number of tokens N; the file is exactly 24 + N * width bytes
+// The last val_fraction of the stream is the validation split. A batch row is a window of
+// T + 1 consecutive tokens at an offset drawn from (seed, split, batch index, row): any batch
+// can be regenerated, so resume needs no data state beyond the step.
+class TokenFile {
+ public:
+  TokenFile(const std::string& path, double val_fraction, uint64_t seed);
+  ~TokenFile();
+  TokenFile(const TokenFile&) = delete;
+  TokenFile& operator=(const TokenFile&) = delete;
+  int64_t size() const { return n_; }
+  int64_t max_token() const;  // scans once (for the vocab check)
+  at::Tensor batch(int split, uint64_t batch_index, int64_t B, int64_t T) const;
+  // Writes `tokens` in this format (atomically).
+  static void write(const std::string& path, const std::vector<int64_t>& tokens, int width);
+
+ private:
+  int64_t token(int64_t i) const;
+  std::string path_;
+  const unsigned char* base_ = nullptr;
+  size_t map_size_ = 0;
+  int width_ = 2;
+  int64_t n_ = 0, n_train_ = 0;
+  uint64_t seed_;
+};
+
 }  // namespace fp4qat::data

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <unistd.h>
 
 #include "kernels/common/check.h"
@@ -183,9 +184,17 @@ double exact_match(const model::Qwen3Moe& m, const config::Config& cfg, int64_t 
 
 Result run(const config::Config& cfg, const Options& opt) {
   config::validate(cfg);
-  FP4QAT_CHECK(cfg.data.kind == "synthetic", "data.kind '", cfg.data.kind, "' is not supported yet (use synthetic)");
-  FP4QAT_CHECK(cfg.model.vocab_size >= data::kVocabUsed, "model.vocab_size must be >= ", data::kVocabUsed,
-               " for the synthetic corpus");
+  const bool synthetic = cfg.data.kind == "synthetic";
+  std::unique_ptr<data::TokenFile> tokens;
+  if (synthetic) {
+    FP4QAT_CHECK(cfg.model.vocab_size >= data::kVocabUsed, "model.vocab_size must be >= ", data::kVocabUsed,
+                 " for the synthetic corpus");
+  } else {
+    tokens = std::make_unique<data::TokenFile>(cfg.data.path, cfg.data.val_fraction, cfg.train.seed);
+    const int64_t mt = tokens->max_token();
+    FP4QAT_CHECK(mt < cfg.model.vocab_size, cfg.data.path, ": token id ", mt, " is outside model.vocab_size ",
+                 cfg.model.vocab_size);
+  }
   const at::Device dev = pick_device(cfg.train.device);
   const at::ScalarType dt = compute_dtype(cfg, dev);
   const bool tty = ::isatty(STDOUT_FILENO) != 0;
@@ -211,6 +220,10 @@ Result run(const config::Config& cfg, const Options& opt) {
   fs::write_text_atomic(cfg.train.out_dir + "/config.yaml", config::dump(cfg));
 
   data::SyntheticCorpus corpus(cfg.train.seed, cfg.data.max_operand);
+  auto get_batch = [&](int split, uint64_t index) {
+    return synthetic ? corpus.batch(split, index, cfg.train.batch_size, cfg.train.seq_len)
+                     : tokens->batch(split, index, cfg.train.batch_size, cfg.train.seq_len);
+  };
   const auto& o = cfg.optim;
   Result res;
   int64_t done_here = 0;
@@ -222,7 +235,7 @@ Result run(const config::Config& cfg, const Options& opt) {
     std::vector<std::vector<double>> load;
     for (int64_t micro = 0; micro < cfg.train.grad_accum; ++micro) {
       const uint64_t bi = static_cast<uint64_t>(step * cfg.train.grad_accum + micro);
-      const at::Tensor batch = corpus.batch(0, bi, cfg.train.batch_size, cfg.train.seq_len).to(dev);
+      const at::Tensor batch = get_batch(0, bi).to(dev);
       model::ForwardOutput fw;
       auto [ce, aux] = loss_of(model, batch, dt, policy, &fw);
       const at::Tensor loss = (ce + aux * cfg.model.router_aux_loss_coef) / static_cast<double>(cfg.train.grad_accum);
@@ -288,9 +301,8 @@ Result run(const config::Config& cfg, const Options& opt) {
       torch::NoGradGuard ng;
       double vl = 0;
       for (int64_t b = 0; b < cfg.train.eval_batches; ++b)
-        vl += loss_of(model, corpus.batch(1, static_cast<uint64_t>(b), cfg.train.batch_size, cfg.train.seq_len).to(dev),
-                      dt, policy, nullptr).first.item<double>();
-      EvalLog ev{step, vl / cfg.train.eval_batches, exact_match(model, cfg, 32, dt, policy, dev)};
+        vl += loss_of(model, get_batch(1, static_cast<uint64_t>(b)).to(dev), dt, policy, nullptr).first.item<double>();
+      EvalLog ev{step, vl / cfg.train.eval_batches, synthetic ? exact_match(model, cfg, 32, dt, policy, dev) : std::nan("")};
       res.evals.push_back(ev);
       append_line(metrics, json::Value::object({{"step", step}, {"val_loss", ev.val_loss}, {"exact_match", ev.exact_match}}).dump());
       if (!opt.quiet) std::printf("eval  step %lld  val_loss %.4f  exact_match %.3f\n", (long long)step, ev.val_loss, ev.exact_match);

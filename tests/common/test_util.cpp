@@ -1,6 +1,8 @@
 // tests/common/test_util.cpp — see test_util.h.
 #include "tests/common/test_util.h"
 
+#include "qat/fsutil.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <spawn.h>
@@ -48,24 +50,7 @@ TempDir::TempDir() {
   path_ = buf.data();
 }
 
-static void remove_tree(const std::string& p) {
-  struct stat st;
-  if (::lstat(p.c_str(), &st) != 0) return;
-  if (S_ISDIR(st.st_mode)) {
-    if (DIR* d = ::opendir(p.c_str())) {
-      while (dirent* e = ::readdir(d)) {
-        std::string n = e->d_name;
-        if (n != "." && n != "..") remove_tree(p + "/" + n);
-      }
-      ::closedir(d);
-    }
-    ::rmdir(p.c_str());
-  } else {
-    ::unlink(p.c_str());
-  }
-}
-
-TempDir::~TempDir() { remove_tree(path_); }
+TempDir::~TempDir() { fp4qat::fs::remove_tree(path_); }
 
 std::vector<std::string> TempDir::list() const {
   std::vector<std::string> out;
