@@ -195,6 +195,12 @@ Result run(const config::Config& cfg, const Options& opt) {
     FP4QAT_CHECK(mt < cfg.model.vocab_size, cfg.data.path, ": token id ", mt, " is outside model.vocab_size ",
                  cfg.model.vocab_size);
   }
+  std::unique_ptr<dist::ProcessGroup> own_pg;
+  dist::ProcessGroup* pg = opt.process_group;
+  if (!pg) {
+    own_pg = dist::from_environment();
+    pg = own_pg.get();
+  }
   const at::Device dev = pick_device(cfg.train.device);
   const at::ScalarType dt = compute_dtype(cfg, dev);
   const bool tty = ::isatty(STDOUT_FILENO) != 0;
@@ -214,10 +220,13 @@ Result run(const config::Config& cfg, const Options& opt) {
   for (auto& t : st.m) t = t.to(dev);
   for (auto& t : st.v) t = t.to(dev);
 
-  if (!fs::is_dir(cfg.train.out_dir)) fs::make_dir(cfg.train.out_dir);
   const std::string metrics = cfg.train.out_dir + "/metrics.jsonl";
-  if (!opt.resume) fs::write_text_atomic(metrics, "");
-  fs::write_text_atomic(cfg.train.out_dir + "/config.yaml", config::dump(cfg));
+  if (pg->is_main()) {
+    if (!fs::is_dir(cfg.train.out_dir)) fs::make_dir(cfg.train.out_dir);
+    if (!opt.resume) fs::write_text_atomic(metrics, "");
+    fs::write_text_atomic(cfg.train.out_dir + "/config.yaml", config::dump(cfg));
+  }
+  pg->barrier();
 
   data::SyntheticCorpus corpus(cfg.train.seed, cfg.data.max_operand);
   auto get_batch = [&](int split, uint64_t index) {
@@ -234,7 +243,8 @@ Result run(const config::Config& cfg, const Options& opt) {
     double loss_sum = 0, aux_sum = 0;
     std::vector<std::vector<double>> load;
     for (int64_t micro = 0; micro < cfg.train.grad_accum; ++micro) {
-      const uint64_t bi = static_cast<uint64_t>(step * cfg.train.grad_accum + micro);
+      // Rank-aware sharding: each rank takes its own slice of the deterministic batch stream.
+      const uint64_t bi = static_cast<uint64_t>((step * cfg.train.grad_accum + micro) * pg->world_size() + pg->rank());
       const at::Tensor batch = get_batch(0, bi).to(dev);
       model::ForwardOutput fw;
       auto [ce, aux] = loss_of(model, batch, dt, policy, &fw);
@@ -249,10 +259,15 @@ Result run(const config::Config& cfg, const Options& opt) {
           load.emplace_back(lc.data_ptr<double>(), lc.data_ptr<double>() + lc.numel());
         }
     }
-    // Global-norm clipping and AdamW (decoupled weight decay on matrices), in fp32.
+    // Gradients averaged over ranks, then global-norm clipping and AdamW (decoupled weight decay
+    // on matrices), in fp32.
     double grad_norm = 0;
     {
       torch::NoGradGuard ng;
+      std::vector<at::Tensor> grads;
+      for (auto& [n, p] : model.params())
+        if (p.grad().defined()) grads.push_back(p.grad());
+      pg->all_reduce_mean(grads);
       std::vector<at::Tensor> sq;
       for (auto& [n, p] : model.params())
         if (p.grad().defined()) sq.push_back(p.grad().to(at::kFloat).pow(2).sum());
@@ -286,7 +301,7 @@ Result run(const config::Config& cfg, const Options& opt) {
       lj.push_back(row);
     }
     line.set("expert_load", lj);
-    append_line(metrics, line.dump());
+    if (pg->is_main()) append_line(metrics, line.dump());
     if (!opt.quiet && tty) {  // a progress bar on a terminal
       const int w = 30, filled = static_cast<int>(w * step / cfg.train.steps);
       std::printf("\r[%s%s] %lld/%lld loss %.4f lr %.2e %.0f tok/s ", std::string(filled, '#').c_str(),
@@ -304,23 +319,26 @@ Result run(const config::Config& cfg, const Options& opt) {
         vl += loss_of(model, get_batch(1, static_cast<uint64_t>(b)).to(dev), dt, policy, nullptr).first.item<double>();
       EvalLog ev{step, vl / cfg.train.eval_batches, synthetic ? exact_match(model, cfg, 32, dt, policy, dev) : std::nan("")};
       res.evals.push_back(ev);
-      append_line(metrics, json::Value::object({{"step", step}, {"val_loss", ev.val_loss}, {"exact_match", ev.exact_match}}).dump());
+      if (pg->is_main())
+        append_line(metrics, json::Value::object({{"step", step}, {"val_loss", ev.val_loss}, {"exact_match", ev.exact_match}}).dump());
       if (!opt.quiet) std::printf("eval  step %lld  val_loss %.4f  exact_match %.3f\n", (long long)step, ev.val_loss, ev.exact_match);
     }
     const bool stop_now = g_stop || (opt.stop_after >= 0 && done_here >= opt.stop_after);
-    if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || step == cfg.train.steps || stop_now)
-      save_checkpoint(cfg, model, st, step, &res.last_checkpoint);
+    if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || step == cfg.train.steps || stop_now) {
+      if (pg->is_main()) save_checkpoint(cfg, model, st, step, &res.last_checkpoint);
+      pg->barrier();
+    }
     if (stop_now) break;
   }
   res.final_step = step;
   if (!opt.quiet && tty) std::printf("\n");
-  if (step == cfg.train.steps) {  // the finished model as a Hugging Face folder (BF16)
+  if (step == cfg.train.steps && pg->is_main()) {  // the finished model as a Hugging Face folder (BF16)
     const std::string hf = cfg.train.out_dir + "/hf";
     if (fs::exists(hf)) fs::remove_tree(hf);
     model::save_hf_folder(model, hf);
     res.hf_dir = hf;
   }
-  write_loss_svg(cfg.train.out_dir + "/loss.svg", res.steps, res.evals);
+  if (pg->is_main()) write_loss_svg(cfg.train.out_dir + "/loss.svg", res.steps, res.evals);
   return res;
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "trainer/config.h"
+#include "trainer/dist.h"
 #include "trainer/model.h"
 
 namespace fp4qat::train {
@@ -28,6 +29,7 @@ struct Options {
   int64_t stop_after = -1;     // stop (and checkpoint) after this many steps in this call; -1: run to the end
   bool quiet = false;          // no progress output
   model::LinearPolicy* policy = nullptr;  // null: plain linears
+  dist::ProcessGroup* process_group = nullptr;  // null: from the environment (single process)
 };
 
 struct Result {

@@ -3,6 +3,7 @@
 // uninterrupted run; the CLI resolves and dumps the config and rejects bad keys.
 #include <gtest/gtest.h>
 
+#include "kernels/common/check.h"
 #include "qat/fsutil.h"
 #include "qat/safetensors.h"
 #include "tests/common/test_util.h"
@@ -109,4 +110,49 @@ TEST(CliTrain, DumpConfigAndBadKeys) {
   // The shipped default recipe resolves.
   r = fp4qat::test::run_fp4qat({"train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml", "--dump-config"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+namespace {
+// A stand-in for one rank of a two-rank group (no communication): checks what the trainer does
+// with rank and world size.
+class FakeRank : public fp4qat::dist::ProcessGroup {
+ public:
+  explicit FakeRank(int r) : r_(r) {}
+  int rank() const override { return r_; }
+  int world_size() const override { return 2; }
+  void all_reduce_mean(std::vector<at::Tensor>&) override { ++reduces; }
+  void barrier() override {}
+  int reduces = 0;
+
+ private:
+  int r_;
+};
+}  // namespace
+
+TEST(Train, RankAwareShardingAndRankZeroWrites) {
+  TempDir d;
+  cfg::Config c = small(d.file("r"));
+  c.train.steps = 2;
+  fp4qat::train::Options o;
+  o.quiet = true;
+  FakeRank r0(0), r1(1);
+  o.process_group = &r0;
+  const auto a = fp4qat::train::run(c, o);
+  cfg::Config c1 = c;
+  c1.train.out_dir = d.file("r1");
+  o.process_group = &r1;
+  const auto b = fp4qat::train::run(c1, o);
+  EXPECT_NE(a.steps[0].loss, b.steps[0].loss) << "ranks must see different shards";
+  EXPECT_EQ(r0.reduces, 2);
+  EXPECT_TRUE(fp4qat::fs::exists(d.file("r/checkpoints/latest")));
+  EXPECT_FALSE(fp4qat::fs::exists(d.file("r1/checkpoints"))) << "only rank 0 writes";
+}
+
+TEST(Train, ProcessGroupFromEnvironment) {
+  ::setenv("WORLD_SIZE", "2", 1);
+  EXPECT_THROW(fp4qat::dist::from_environment(), fp4qat::Error);
+  ::setenv("WORLD_SIZE", "1", 1);
+  EXPECT_EQ(fp4qat::dist::from_environment()->world_size(), 1);
+  ::unsetenv("WORLD_SIZE");
+  EXPECT_EQ(fp4qat::dist::from_environment()->rank(), 0);
 }
