@@ -40,6 +40,12 @@ at::Tensor LinearPolicy::linear(const std::string&, const at::Tensor& x, const a
 at::Tensor LinearPolicy::grouped(const std::string&, const at::Tensor& x, const at::Tensor& w,
                                  const at::Tensor& counts) {
   const at::Tensor wc = w.to(x.scalar_type());
+  if (x.is_cuda() && x.scalar_type() == at::kBFloat16) {
+    // One grouped GEMM for all experts (LibTorch's at::_grouped_mm, with autograd): [E, in, out]
+    // views of the [E, out, in] weights, int32 end offsets of each expert's rows.
+    const at::Tensor offs = at::cumsum(counts, 0).to(at::kInt).to(x.device());
+    return at::_grouped_mm(x.contiguous(), wc.transpose(1, 2), offs);
+  }
   const int64_t E = wc.size(0);
   const int64_t* c = counts.data_ptr<int64_t>();
   std::vector<at::Tensor> outs;
