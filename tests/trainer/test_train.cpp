@@ -113,9 +113,11 @@ TEST(CliTrain, DumpConfigAndBadKeys) {
   r = fp4qat::test::run_fp4qat({"train", "--recipe", d.file("nope.yaml")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("nope.yaml"), std::string::npos) << r.err;
-  // The shipped default recipe resolves.
-  r = fp4qat::test::run_fp4qat({"train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml", "--dump-config"});
-  EXPECT_EQ(r.exit_code, 0) << r.err;
+  // The shipped recipes resolve.
+  for (std::string rec : {"default.yaml", "moe-100m-gpu.yaml"}) {
+    r = fp4qat::test::run_fp4qat({"train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/" + rec, "--dump-config"});
+    EXPECT_EQ(r.exit_code, 0) << rec << ": " << r.err;
+  }
 }
 
 namespace {
