@@ -16,6 +16,7 @@
 #include "qat/json.h"
 #include "qat/safetensors.h"
 #include "trainer/data.h"
+#include "trainer/qat_policy.h"
 
 namespace fp4qat::train {
 
@@ -204,11 +205,13 @@ Result run(const config::Config& cfg, const Options& opt) {
   const at::Device dev = pick_device(cfg.train.device);
   const at::ScalarType dt = compute_dtype(cfg, dev);
   const bool tty = ::isatty(STDOUT_FILENO) != 0;
-  model::LinearPolicy plain;
-  model::LinearPolicy& policy = opt.policy ? *opt.policy : plain;
-
   model::Qwen3Moe model = cfg.train.init_from.empty() ? model::Qwen3Moe(cfg.model, cfg.train.seed)
                                                        : model::load_hf_folder(cfg.train.init_from);
+  // The linears' policy: plain, or NVFP4 for the modules the recipe's qat section matches.
+  model::LinearPolicy plain;
+  std::unique_ptr<qatp::NVFP4Policy> qat_policy;
+  if (!opt.policy && cfg.qat.format != "none") qat_policy = std::make_unique<qatp::NVFP4Policy>(cfg.qat, model);
+  model::LinearPolicy& policy = opt.policy ? *opt.policy : (qat_policy ? *qat_policy : plain);
   OptimState st;
   for (const auto& [n, p] : model.params()) {
     st.m.push_back(at::zeros_like(p.detach()));
@@ -217,6 +220,11 @@ Result run(const config::Config& cfg, const Options& opt) {
   int64_t step = 0;
   if (opt.resume) step = load_checkpoint(cfg, model, st);
   model.to(dev);
+  if (qat_policy && cfg.qat.train == "quantized_only") {  // expert-only fine-tuning: freeze the rest
+    torch::NoGradGuard ng;
+    for (auto& [n, p] : model.params())
+      if (!qat_policy->quantized(n)) p.requires_grad_(false);
+  }
   for (auto& t : st.m) t = t.to(dev);
   for (auto& t : st.v) t = t.to(dev);
 
