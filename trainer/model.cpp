@@ -202,60 +202,50 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
 }
 
 // ---- Hugging Face adapter -------------------------------------------------------------------
-std::vector<std::string> Qwen3Moe::hf_names() const {
-  std::vector<std::string> out;
-  for (const auto& [name, t] : to_hf(at::kFloat)) out.push_back(name);
-  return out;
-}
-
-Params Qwen3Moe::to_hf(at::ScalarType dtype) const {
+// The one place that maps internal names to Hugging Face names: views (no copies) of the master
+// parameters under their HF names; to_hf converts them, load_hf copies into them.
+Params Qwen3Moe::hf_views() const {
   Params out;
   const int64_t I = cfg_.moe_intermediate_size;
+  auto ends_with = [](const std::string& s, const std::string& suf) {
+    return s.size() > suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+  };
   for (const auto& [name, t] : params_) {
-    const at::Tensor d = t.detach();
-    const std::string suffix_gu = "mlp.experts.gate_up_proj", suffix_d = "mlp.experts.down_proj";
-    if (name.size() > suffix_gu.size() && name.compare(name.size() - suffix_gu.size(), suffix_gu.size(), suffix_gu) == 0) {
+    const at::Tensor d = t.detach();  // shares storage with the parameter
+    if (ends_with(name, "mlp.experts.gate_up_proj")) {
       const std::string base = name.substr(0, name.size() - std::string("gate_up_proj").size());
       for (int64_t e = 0; e < d.size(0); ++e) {
-        out.emplace_back(base + std::to_string(e) + ".gate_proj.weight", d[e].narrow(0, 0, I).to(dtype).contiguous());
-        out.emplace_back(base + std::to_string(e) + ".up_proj.weight", d[e].narrow(0, I, I).to(dtype).contiguous());
+        out.emplace_back(base + std::to_string(e) + ".gate_proj.weight", d[e].narrow(0, 0, I));
+        out.emplace_back(base + std::to_string(e) + ".up_proj.weight", d[e].narrow(0, I, I));
       }
-    } else if (name.size() > suffix_d.size() && name.compare(name.size() - suffix_d.size(), suffix_d.size(), suffix_d) == 0) {
+    } else if (ends_with(name, "mlp.experts.down_proj")) {
       const std::string base = name.substr(0, name.size() - std::string("down_proj").size());
-      for (int64_t e = 0; e < d.size(0); ++e)
-        out.emplace_back(base + std::to_string(e) + ".down_proj.weight", d[e].to(dtype).contiguous());
+      for (int64_t e = 0; e < d.size(0); ++e) out.emplace_back(base + std::to_string(e) + ".down_proj.weight", d[e]);
     } else {
-      out.emplace_back(name, d.to(dtype).contiguous());
+      out.emplace_back(name, d);
     }
   }
   return out;
 }
 
+std::vector<std::string> Qwen3Moe::hf_names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, v] : hf_views()) out.push_back(name);
+  return out;
+}
+
+Params Qwen3Moe::to_hf(at::ScalarType dtype) const {
+  Params out = hf_views();
+  for (auto& [name, v] : out) v = v.to(dtype).contiguous();
+  return out;
+}
+
 void Qwen3Moe::load_hf(const std::function<at::Tensor(const std::string&)>& get) {
   torch::NoGradGuard ng;
-  const int64_t I = cfg_.moe_intermediate_size;
-  auto fetch = [&](const std::string& n, at::IntArrayRef shape) {
-    at::Tensor t = get(n);
-    FP4QAT_CHECK(t.sizes() == shape, "tensor '", n, "' has shape ", t.sizes(), ", expected ", shape);
-    return t;
-  };
-  for (auto& [name, t] : params_) {
-    const std::string gu = "gate_up_proj", dn = "down_proj";
-    const bool stacked_gu = name.size() > gu.size() && name.rfind("experts." + gu) == name.size() - gu.size() - 8;
-    const bool stacked_d = name.size() > dn.size() && name.rfind("experts." + dn) == name.size() - dn.size() - 8;
-    if (stacked_gu) {
-      const std::string base = name.substr(0, name.size() - gu.size());
-      for (int64_t e = 0; e < t.size(0); ++e) {
-        t[e].narrow(0, 0, I).copy_(fetch(base + std::to_string(e) + ".gate_proj.weight", {I, t.size(2)}));
-        t[e].narrow(0, I, I).copy_(fetch(base + std::to_string(e) + ".up_proj.weight", {I, t.size(2)}));
-      }
-    } else if (stacked_d) {
-      const std::string base = name.substr(0, name.size() - dn.size());
-      for (int64_t e = 0; e < t.size(0); ++e)
-        t[e].copy_(fetch(base + std::to_string(e) + ".down_proj.weight", {t.size(1), t.size(2)}));
-    } else {
-      t.copy_(fetch(name, t.sizes()));
-    }
+  for (auto& [name, view] : hf_views()) {
+    const at::Tensor t = get(name);
+    FP4QAT_CHECK(t.sizes() == view.sizes(), "tensor '", name, "' has shape ", t.sizes(), ", expected ", view.sizes());
+    view.copy_(t);
   }
 }
 

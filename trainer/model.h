@@ -63,6 +63,7 @@ class Qwen3Moe {
   std::vector<std::string> hf_names() const;
 
  private:
+  Params hf_views() const;  // views of the masters under Hugging Face names
   void add(const std::string& name, std::vector<int64_t> shape, bool is_norm, at::Generator& gen);
   at::Tensor attention(int64_t layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                        at::ScalarType dt, LinearPolicy& policy) const;

@@ -257,9 +257,10 @@ Result run(const config::Config& cfg, const Options& opt) {
       model::ForwardOutput fw;
       auto [ce, aux] = loss_of(model, batch, dt, policy, &fw);
       const at::Tensor loss = (ce + aux * cfg.model.router_aux_loss_coef) / static_cast<double>(cfg.train.grad_accum);
-      FP4QAT_CHECK(std::isfinite(ce.item<double>()), "step ", step + 1, ": the loss is not finite; stopping without a checkpoint");
+      const double ce_v = ce.item<double>();  // one host sync per micro-batch
+      FP4QAT_CHECK(std::isfinite(ce_v), "step ", step + 1, ": the loss is not finite; stopping without a checkpoint");
       loss.backward();
-      loss_sum += ce.item<double>() / cfg.train.grad_accum;
+      loss_sum += ce_v / cfg.train.grad_accum;
       aux_sum += aux.item<double>() / cfg.train.grad_accum;
       if (micro == 0)
         for (const auto& l : fw.expert_load) {
