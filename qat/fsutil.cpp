@@ -2,6 +2,7 @@
 #include "qat/fsutil.h"
 
 #include <dirent.h>
+#include <stdio.h>  // renameat2
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +12,8 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <algorithm>
+#include <vector>
 
 #include "kernels/common/check.h"
 
@@ -54,6 +57,12 @@ void rename_atomic(const std::string& from, const std::string& to) {
   FP4QAT_CHECK(::rename(from.c_str(), to.c_str()) == 0, "cannot rename ", from, " to ", to, ": ",
                std::strerror(errno));
   fsync_path(parent_dir(to));
+}
+
+void exchange_atomic(const std::string& a, const std::string& b) {
+  FP4QAT_CHECK(::renameat2(AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE) == 0, "cannot exchange ", a,
+               " and ", b, ": ", std::strerror(errno));
+  fsync_path(parent_dir(b));
 }
 
 void write_text_atomic(const std::string& path, const std::string& text) {
@@ -111,6 +120,59 @@ std::string read_text(const std::string& path, size_t max_bytes) {
   f.read(s.data(), static_cast<std::streamsize>(size));
   FP4QAT_CHECK(f.good() || size == 0, path, ": read failed");
   return s;
+}
+
+std::vector<std::string> list_dir(const std::string& path) {
+  DIR* d = ::opendir(path.c_str());
+  FP4QAT_CHECK(d != nullptr, path, ": cannot list folder: ", std::strerror(errno));
+  std::vector<std::string> out;
+  while (dirent* e = ::readdir(d)) {
+    const std::string n = e->d_name;
+    if (n != "." && n != "..") out.push_back(n);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void fsync_tree(const std::string& path) {
+  struct stat st;
+  FP4QAT_CHECK(::lstat(path.c_str(), &st) == 0, path, ": cannot stat: ", std::strerror(errno));
+  if (S_ISLNK(st.st_mode)) return;
+  if (S_ISDIR(st.st_mode))
+    for (const auto& n : list_dir(path)) fsync_tree(path + "/" + n);
+  fsync_path(path);
+}
+
+void symlink_atomic(const std::string& target, const std::string& link) {
+  const std::string tmp = temp_name_beside(link);
+  FP4QAT_CHECK(::symlink(target.c_str(), tmp.c_str()) == 0, tmp, ": cannot create symlink: ", std::strerror(errno));
+  try {
+    rename_atomic(tmp, link);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+}
+
+std::string read_link(const std::string& link) {
+  char buf[4096];
+  const ssize_t n = ::readlink(link.c_str(), buf, sizeof buf - 1);
+  return n < 0 ? std::string() : std::string(buf, static_cast<size_t>(n));
+}
+
+void copy_file(const std::string& from, const std::string& to) {
+  FP4QAT_CHECK(!exists(to), to, ": already exists");
+  std::ifstream in(from, std::ios::binary);
+  FP4QAT_CHECK(in.good(), from, ": cannot open: ", std::strerror(errno));
+  {
+    std::ofstream out(to, std::ios::binary | std::ios::trunc);
+    FP4QAT_CHECK(out.good(), to, ": cannot create: ", std::strerror(errno));
+    if (in.peek() != std::ifstream::traits_type::eof()) out << in.rdbuf();  // << of nothing sets failbit
+    out.flush();
+    FP4QAT_CHECK(out.good(), to, ": write failed (copying ", from, ")");
+  }
+  fsync_path(to);
 }
 
 }  // namespace fp4qat::fs

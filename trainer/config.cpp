@@ -166,10 +166,19 @@ class Schema {
     add("qat", "keep_first_n", &q.keep_first_n, non_negative<int64_t>());
     add("qat", "keep_last_n", &q.keep_last_n, non_negative<int64_t>());
     add("qat", "train", &q.train, one_of({"all", "quantized_only"}));
-    add("qat", "export_every", &q.export_every, non_negative<int64_t>());
-    add("qat", "keep_exports", &q.keep_exports, positive<int64_t>());
-    add("qat", "export_mxfp8", &q.export_mxfp8);
-    add("qat", "export_bf16", &q.export_bf16);
+    auto& x = c.exports;
+    add("export", "every", &x.every, Check<int64_t>([](const int64_t& v) {
+          return v >= -1 ? std::string() : "must be >= 0 (or -1: every step when qat.format is not none)";
+        }));
+    add("export", "keep", &x.keep, positive<int64_t>());
+    add("export", "formats", &x.formats, Check<std::vector<std::string>>([](const std::vector<std::string>& v) {
+          for (const auto& f : v)
+            if (f != "nvfp4" && f != "mxfp8" && f != "bf16") return "unknown format '" + f + "' (nvfp4 | mxfp8 | bf16)";
+          for (size_t i = 0; i < v.size(); ++i)
+            for (size_t j = 0; j < i; ++j)
+              if (v[i] == v[j]) return "format '" + v[i] + "' listed twice";
+          return std::string();
+        }));
   }
 
   const Field* find(const std::string& path) const {
@@ -186,7 +195,7 @@ class Schema {
     std::string out;
     for (const auto& f : fields_)
       if (f.section == section) out += (out.empty() ? "" : ", ") + f.key;
-    for (const auto& s : {"model", "optim", "train", "data", "qat"})
+    for (const auto& s : {"model", "optim", "train", "data", "qat", "export"})
       if (section.empty()) out += std::string(", ") + s;
     return out;
   }
@@ -281,14 +290,22 @@ void validate(const Config& c) {
   FP4QAT_CHECK(c.train.seq_len <= m.max_position_embeddings, "train.seq_len (", c.train.seq_len,
                ") exceeds model.max_position_embeddings (", m.max_position_embeddings, ")");
   FP4QAT_CHECK(c.data.kind != "tokens" || !c.data.path.empty(), "data.path is required when data.kind is tokens");
-  if (c.qat.format != "none") {
-    FP4QAT_CHECK(!c.qat.modules.empty(), "qat.modules must name at least one pattern when qat.format is ", c.qat.format);
+  const bool exporting = c.exports.interval(c.qat.format) > 0;
+  if (c.qat.format != "none" || exporting) {
+    FP4QAT_CHECK(!c.qat.modules.empty(), "qat.modules must name at least one pattern (quantized modules of ",
+                 c.qat.format != "none" ? "training" : "the export", ")");
     FP4QAT_CHECK(c.qat.keep_first_n + c.qat.keep_last_n < m.num_hidden_layers,
                  "qat.keep_first_n + qat.keep_last_n leave no layer to quantize");
-    const int64_t block = c.qat.format == "nvfp4" ? 16 : 32;
-    FP4QAT_CHECK(m.hidden_size % block == 0 && m.moe_intermediate_size % block == 0, "model.hidden_size and ",
-                 "model.moe_intermediate_size must be multiples of ", block, " for qat.format ", c.qat.format);
+    std::vector<std::string> formats = exporting ? c.exports.formats : std::vector<std::string>{};
+    if (c.qat.format != "none") formats.push_back(c.qat.format);
+    for (const auto& f : formats) {
+      const int64_t block = f == "nvfp4" ? 16 : (f == "mxfp8" ? 32 : 1);
+      FP4QAT_CHECK(m.hidden_size % block == 0 && m.moe_intermediate_size % block == 0, "model.hidden_size and ",
+                   "model.moe_intermediate_size must be multiples of ", block, " for ", f);
+    }
   }
+  FP4QAT_CHECK(!exporting || !c.exports.formats.empty(), "export.formats is empty but export.every is ",
+               c.exports.interval(c.qat.format), " (set export.every: 0 to turn exports off)");
 }
 
 std::string dump(const Config& c_in) {

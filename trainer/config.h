@@ -70,9 +70,16 @@ struct QatConfig {
   std::string backward = "high_precision";    // high_precision | dequantized
   int64_t keep_first_n = 0, keep_last_n = 0;  // layers kept in BF16
   std::string train = "all";                  // all | quantized_only
-  int64_t export_every = 1;                   // optimizer steps between exports; 0 disables
-  int64_t keep_exports = 3;
-  bool export_mxfp8 = false, export_bf16 = false;
+};
+
+// Per-step export for the rollout side (<train.out_dir>/exports/step-<N>/<format>/). The
+// quantized modules are the ones qat.modules / keep_first_n / keep_last_n select, also when
+// training runs in BF16 (qat.format: none) — that is post-training quantization of each step.
+struct ExportConfig {
+  int64_t every = -1;  // optimizer steps between exports; 0: off; -1: 1 when qat.format != none, else off
+  int64_t keep = 3;    // newest exports kept
+  std::vector<std::string> formats = {"nvfp4"};  // any of nvfp4 | mxfp8 | bf16, written in one publish
+  int64_t interval(const std::string& qat_format) const { return every >= 0 ? every : (qat_format == "none" ? 0 : 1); }
 };
 
 struct Config {
@@ -82,6 +89,7 @@ struct Config {
   TrainConfig train;
   DataConfig data;
   QatConfig qat;
+  ExportConfig exports;  // YAML section `export`
 };
 
 // Applies a YAML document (the text of `source`, for messages) on top of cfg.

@@ -204,26 +204,42 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
 // ---- Hugging Face adapter -------------------------------------------------------------------
 // The one place that maps internal names to Hugging Face names: views (no copies) of the master
 // parameters under their HF names; to_hf converts them, load_hf copies into them.
-Params Qwen3Moe::hf_views() const {
-  Params out;
-  const int64_t I = cfg_.moe_intermediate_size;
+std::vector<HfGroup> Qwen3Moe::hf_groups() const {
+  std::vector<HfGroup> out;
   auto ends_with = [](const std::string& s, const std::string& suf) {
     return s.size() > suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
   };
   for (const auto& [name, t] : params_) {
-    const at::Tensor d = t.detach();  // shares storage with the parameter
-    if (ends_with(name, "mlp.experts.gate_up_proj")) {
+    HfGroup g{name, t.detach(), {}, 1};  // the detached tensor shares storage with the parameter
+    if (ends_with(name, "mlp.experts.gate_up_proj")) {  // [E, 2I, H]
       const std::string base = name.substr(0, name.size() - std::string("gate_up_proj").size());
-      for (int64_t e = 0; e < d.size(0); ++e) {
-        out.emplace_back(base + std::to_string(e) + ".gate_proj.weight", d[e].narrow(0, 0, I));
-        out.emplace_back(base + std::to_string(e) + ".up_proj.weight", d[e].narrow(0, I, I));
+      g.parts = 2;
+      for (int64_t e = 0; e < t.size(0); ++e) {
+        g.names.push_back(base + std::to_string(e) + ".gate_proj.weight");
+        g.names.push_back(base + std::to_string(e) + ".up_proj.weight");
       }
-    } else if (ends_with(name, "mlp.experts.down_proj")) {
+    } else if (ends_with(name, "mlp.experts.down_proj")) {  // [E, H, I]
       const std::string base = name.substr(0, name.size() - std::string("down_proj").size());
-      for (int64_t e = 0; e < d.size(0); ++e) out.emplace_back(base + std::to_string(e) + ".down_proj.weight", d[e]);
+      for (int64_t e = 0; e < t.size(0); ++e) g.names.push_back(base + std::to_string(e) + ".down_proj.weight");
     } else {
-      out.emplace_back(name, d);
+      g.names.push_back(name);
     }
+    out.push_back(std::move(g));
+  }
+  return out;
+}
+
+Params Qwen3Moe::hf_views() const {
+  Params out;
+  for (const auto& g : hf_groups()) {
+    if (g.tensor.dim() != 3) {
+      out.emplace_back(g.names[0], g.tensor);
+      continue;
+    }
+    const int64_t R = g.tensor.size(1) / g.parts;
+    for (int64_t e = 0; e < g.tensor.size(0); ++e)
+      for (int64_t p = 0; p < g.parts; ++p)
+        out.emplace_back(g.names[e * g.parts + p], g.tensor[e].narrow(0, p * R, R));
   }
   return out;
 }

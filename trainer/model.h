@@ -41,6 +41,16 @@ struct ForwardOutput {
 
 using Params = std::vector<std::pair<std::string, at::Tensor>>;
 
+// One master parameter under its Hugging Face tensor names. A stacked expert tensor
+// [E, P*R, K] holds P members (gate_up: P = 2, gate rows first) of E experts; member (e, p) is
+// rows [p*R, (p+1)*R) of expert e and is named names[e*P + p]. Other parameters have one name.
+struct HfGroup {
+  std::string param;        // model-internal name
+  at::Tensor tensor;        // the master (detached view, shares storage)
+  std::vector<std::string> names;
+  int64_t parts = 1;
+};
+
 class Qwen3Moe {
  public:
   // Random initialisation (normal(0, 0.02) for matrices, ones for norms), seeded.
@@ -61,6 +71,7 @@ class Qwen3Moe {
   // Copies every parameter from `get(hf_name)` (throws naming a missing or misshaped tensor).
   void load_hf(const std::function<at::Tensor(const std::string&)>& get);
   std::vector<std::string> hf_names() const;
+  std::vector<HfGroup> hf_groups() const;  // the one internal <-> Hugging Face name mapping
 
  private:
   Params hf_views() const;  // views of the masters under Hugging Face names

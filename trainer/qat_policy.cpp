@@ -1,30 +1,13 @@
 // trainer/qat_policy.cpp — see qat_policy.h.
 #include "trainer/qat_policy.h"
 
+#include <torch/torch.h>
+
 #include "kernels/common/check.h"
 #include "qat/gated_pairs.h"
+#include "qat/patterns.h"
 
 namespace fp4qat::qatp {
-
-bool glob_match(const std::string& p, const std::string& t) {
-  size_t pi = 0, ti = 0, star = std::string::npos, mark = 0;
-  while (ti < t.size()) {
-    if (pi < p.size() && p[pi] == '*') {
-      star = pi++;
-      mark = ti;
-    } else if (pi < p.size() && p[pi] == t[ti]) {
-      ++pi;
-      ++ti;
-    } else if (star != std::string::npos) {
-      pi = star + 1;
-      ti = ++mark;
-    } else {
-      return false;
-    }
-  }
-  while (pi < p.size() && p[pi] == '*') ++pi;
-  return pi == p.size();
-}
 
 namespace {
 bool ends_with(const std::string& s, const std::string& suf) {
@@ -37,39 +20,34 @@ int64_t layer_of(const std::string& name) {  // "model.layers.<i>." -> i, else -
 }
 }  // namespace
 
-NVFP4Policy::NVFP4Policy(const config::QatConfig& cfg, const model::Qwen3Moe& model) : model_(model) {
-  FP4QAT_CHECK(cfg.format == "nvfp4", "qat.format '", cfg.format, "': only nvfp4 training is supported");
+QatPolicy::QatPolicy(const config::QatConfig& cfg, const model::Qwen3Moe& model, bool quantize_forward)
+    : model_(model), quantize_forward_(quantize_forward) {
+  FP4QAT_CHECK(!quantize_forward || cfg.format == "nvfp4", "qat.format '", cfg.format,
+               "': the quantized training forward supports nvfp4 (mxfp8 is an export format: export.formats)");
   opt_.weight_blocks = parse_blocks(cfg.weight_blocks);
   opt_.backward = autograd::parse_backward(cfg.backward);
   const int64_t L = model.config().num_hidden_layers;
   std::vector<int> hits(cfg.modules.size(), 0);
-  for (const auto& [pname, t] : model.params()) {
-    if (t.dim() < 2 || pname == "model.embed_tokens.weight") continue;
-    // Hugging Face module names this parameter stands for.
-    std::vector<std::string> modules;
-    if (ends_with(pname, "experts.gate_up_proj")) {
-      const std::string base = pname.substr(0, pname.size() - std::string("gate_up_proj").size());
-      modules = {base + "0.gate_proj", base + "0.up_proj"};
-    } else if (ends_with(pname, "experts.down_proj")) {
-      modules = {pname.substr(0, pname.size() - std::string("down_proj").size()) + "0.down_proj"};
-    } else if (ends_with(pname, ".weight")) {
-      modules = {pname.substr(0, pname.size() - 7)};
-    } else {
-      continue;
-    }
-    std::vector<bool> match(modules.size(), false);
-    for (size_t m = 0; m < modules.size(); ++m)
+  for (const auto& g : model.hf_groups()) {
+    if (g.tensor.dim() < 2 || g.param == "model.embed_tokens.weight") continue;
+    // The Hugging Face modules this parameter stands for; a stacked expert tensor is selected as
+    // a whole (every expert, both members of a pair) or not at all.
+    std::vector<bool> match(g.names.size(), false);
+    for (size_t m = 0; m < g.names.size(); ++m) {
+      const std::string module = g.names[m].substr(0, g.names[m].size() - 7);  // drop ".weight"
       for (size_t i = 0; i < cfg.modules.size(); ++i)
-        if (glob_match(cfg.modules[i], modules[m])) {
+        if (qat::glob_match(cfg.modules[i], module)) {
           match[m] = true;
           ++hits[i];
         }
-    const int64_t layer = layer_of(pname);
+    }
+    for (size_t m = 1; m < g.names.size(); ++m)
+      FP4QAT_CHECK(match[m] == match[0], "qat.modules: '", g.names[0], "' and '", g.names[m],
+                   "' are ", g.parts == 2 ? "a gated pair" : "experts of one stacked tensor",
+                   "; the patterns must select all of them or none (quantizing only one member of a pair is an error)");
+    const int64_t layer = layer_of(g.param);
     const bool kept = layer >= 0 && (layer < cfg.keep_first_n || layer >= L - cfg.keep_last_n);
-    if (modules.size() == 2)
-      FP4QAT_CHECK(match[0] == match[1], "qat.modules: '", modules[0], "' and '", modules[1],
-                   "' are a gated pair; quantizing only one member of a pair is an error");
-    if (match[0] && !kept) params_.insert(pname);
+    if (match[0] && !kept) params_.insert(g.param);
   }
   for (size_t i = 0; i < cfg.modules.size(); ++i)
     FP4QAT_CHECK(hits[i] > 0, "qat.modules: pattern '", cfg.modules[i], "' matches no module of this model");
@@ -80,21 +58,61 @@ NVFP4Policy::NVFP4Policy(const config::QatConfig& cfg, const model::Qwen3Moe& mo
   FP4QAT_CHECK(!params_.empty(), "qat: no module left to quantize (patterns and keep_first_n / keep_last_n)");
 }
 
-at::Tensor NVFP4Policy::linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) {
-  if (!quantized(name)) return LinearPolicy::linear(name, x, w);
-  const at::Tensor wc = w.to(x.scalar_type());
-  std::optional<at::Tensor> amax;
-  if (auto partner = qat::gated_partner(name)) {  // a dense gate/up pair shares one amax
-    const at::Tensor other = model_.param(partner->partner).detach().to(x.scalar_type());
-    amax = at::maximum(global_amax(wc.detach()), global_amax(other));
-  }
-  return autograd::nvfp4_linear(x, wc, opt_, amax);
+at::Tensor QatPolicy::compute_copy(const at::Tensor& master, at::ScalarType dtype) {
+  return master.to(at::kBFloat16).to(dtype);
 }
 
-at::Tensor NVFP4Policy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
-                                const at::Tensor& counts) {
+std::optional<at::Tensor> QatPolicy::shared_weight_amax(const std::string& param) const {
+  auto partner = qat::gated_partner(param);
+  if (!partner || !quantized(param)) return std::nullopt;
+  torch::NoGradGuard ng;
+  return at::maximum(global_amax(compute_copy(model_.param(param).detach(), at::kBFloat16)),
+                     global_amax(compute_copy(model_.param(partner->partner).detach(), at::kBFloat16)));
+}
+
+void QatPolicy::observe(const std::string& name, const at::Tensor& amax) {
+  auto it = input_amax_.find(name);
+  if (it == input_amax_.end()) input_amax_.emplace(name, amax);
+  else it->second = at::maximum(it->second, amax);
+}
+
+std::map<std::string, at::Tensor> QatPolicy::take_input_amax() {
+  std::map<std::string, at::Tensor> out;
+  out.swap(input_amax_);
+  return out;
+}
+
+at::Tensor QatPolicy::linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) {
+  if (!quantized(name)) return LinearPolicy::linear(name, x, w);
+  if (at::GradMode::is_enabled()) {
+    torch::NoGradGuard ng;
+    observe(name, x.detach().abs().max().to(at::kFloat));
+  }
+  if (!quantize_forward_) return LinearPolicy::linear(name, x, w);
+  const at::Tensor wc = compute_copy(w, x.scalar_type());
+  if (weight_observer) weight_observer(name, wc.detach());
+  return autograd::nvfp4_linear(x, wc, opt_, shared_weight_amax(name));
+}
+
+at::Tensor QatPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
+                              const at::Tensor& counts) {
   if (!quantized(name)) return LinearPolicy::grouped(name, x, w, counts);
-  return autograd::nvfp4_grouped_linear(x.contiguous(), w.to(x.scalar_type()), counts, opt_);
+  if (at::GradMode::is_enabled()) {  // per-expert activation amax: x [T, K] rows sorted by expert
+    torch::NoGradGuard ng;
+    const int64_t E = w.size(0), T = x.size(0);
+    at::Tensor amax = at::zeros({E}, x.options().dtype(at::kFloat));
+    if (T > 0) {
+      const at::Tensor rows = x.detach().abs().amax(1).to(at::kFloat);                             // [T]
+      const at::Tensor ids = at::repeat_interleave(at::arange(E, x.options().dtype(at::kLong)), counts.to(x.device()),
+                                                   /*dim=*/0, /*output_size=*/T);  // [T] expert of each row
+      amax.scatter_reduce_(0, ids, rows, "amax", /*include_self=*/true);
+    }
+    observe(name, amax);
+  }
+  if (!quantize_forward_) return LinearPolicy::grouped(name, x, w, counts);
+  const at::Tensor wc = compute_copy(w, x.scalar_type());
+  if (weight_observer) weight_observer(name, wc.detach());
+  return autograd::nvfp4_grouped_linear(x.contiguous(), wc, counts, opt_);
 }
 
 }  // namespace fp4qat::qatp

@@ -6,7 +6,15 @@
 // quantizing one member of a gated pair (gate_proj/up_proj) without the other; the members of a
 // pair share one amax (stacked experts keep gate and up rows in one tensor, so their per-expert
 // amax is shared by construction).
+//
+// The policy also observes, in training forwards (grad mode on), the activation amax entering
+// every selected linear (per expert for the grouped experts): the running max since the last
+// take_input_amax() becomes the exports' `input_scale`. With quantize_forward = false it only
+// observes (BF16 training whose exports are quantized: post-training quantization each step).
 #pragma once
+#include <functional>
+#include <map>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -16,21 +24,38 @@
 
 namespace fp4qat::qatp {
 
-bool glob_match(const std::string& pattern, const std::string& text);
-
-class NVFP4Policy : public model::LinearPolicy {
+class QatPolicy : public model::LinearPolicy {
  public:
-  NVFP4Policy(const config::QatConfig& cfg, const model::Qwen3Moe& model);
+  QatPolicy(const config::QatConfig& cfg, const model::Qwen3Moe& model, bool quantize_forward = true);
   at::Tensor linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) override;
   at::Tensor grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
                      const at::Tensor& counts) override;
+
   bool quantized(const std::string& param_name) const { return params_.count(param_name) > 0; }
   const std::set<std::string>& quantized_params() const { return params_; }
+  Blocks weight_blocks() const { return opt_.weight_blocks; }
+
+  // The compute copy of a quantized weight: the bf16 cast of the fp32 master (in `dtype` for the
+  // GEMM; exact, since bf16 values are exact in fp32). Forward and export both quantize it.
+  static at::Tensor compute_copy(const at::Tensor& master, at::ScalarType dtype);
+  // The global amax a weight is quantized with when it is not its own: a dense gated pair's
+  // max(amax_gate, amax_up) over the compute copies; nullopt otherwise (own / per-expert amax).
+  std::optional<at::Tensor> shared_weight_amax(const std::string& param) const;
+
+  // Running max of the activation amax of every selected parameter (float32 [] or [E], on the
+  // model's device) observed since the previous call; cleared by the call.
+  std::map<std::string, at::Tensor> take_input_amax();
+
+  // Test hook: sees each weight tensor exactly as a quantized forward hands it to the quantizer.
+  std::function<void(const std::string& param, const at::Tensor& w)> weight_observer;
 
  private:
+  void observe(const std::string& name, const at::Tensor& amax);
   const model::Qwen3Moe& model_;
   autograd::NVFP4LinearOptions opt_;
-  std::set<std::string> params_;  // parameter names (model-internal) that run in NVFP4
+  bool quantize_forward_;
+  std::set<std::string> params_;  // parameter names (model-internal) selected for quantization
+  std::map<std::string, at::Tensor> input_amax_;
 };
 
 }  // namespace fp4qat::qatp

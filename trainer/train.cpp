@@ -16,6 +16,7 @@
 #include "qat/json.h"
 #include "qat/safetensors.h"
 #include "trainer/data.h"
+#include "trainer/exporter.h"
 #include "trainer/qat_policy.h"
 
 namespace fp4qat::train {
@@ -207,11 +208,16 @@ Result run(const config::Config& cfg, const Options& opt) {
   const bool tty = ::isatty(STDOUT_FILENO) != 0;
   model::Qwen3Moe model = cfg.train.init_from.empty() ? model::Qwen3Moe(cfg.model, cfg.train.seed)
                                                        : model::load_hf_folder(cfg.train.init_from);
-  // The linears' policy: plain, or NVFP4 for the modules the recipe's qat section matches.
+  // The linears' policy: plain, or NVFP4 for the modules the recipe's qat section matches (and,
+  // when exports are on, observing the activations those modules see for input_scale).
   model::LinearPolicy plain;
-  std::unique_ptr<qatp::NVFP4Policy> qat_policy;
-  if (!opt.policy && cfg.qat.format != "none") qat_policy = std::make_unique<qatp::NVFP4Policy>(cfg.qat, model);
+  std::unique_ptr<qatp::QatPolicy> qat_policy;
+  const bool exporting = cfg.exports.interval(cfg.qat.format) > 0;
+  if (!opt.policy && (cfg.qat.format != "none" || exporting))
+    qat_policy = std::make_unique<qatp::QatPolicy>(cfg.qat, model, cfg.qat.format != "none");
   model::LinearPolicy& policy = opt.policy ? *opt.policy : (qat_policy ? *qat_policy : plain);
+  std::unique_ptr<Exporter> exporter;
+  if (qat_policy && exporting) exporter = std::make_unique<Exporter>(cfg, model, *qat_policy);
   OptimState st;
   for (const auto& [n, p] : model.params()) {
     st.m.push_back(at::zeros_like(p.detach()));
@@ -220,7 +226,7 @@ Result run(const config::Config& cfg, const Options& opt) {
   int64_t step = 0;
   if (opt.resume) step = load_checkpoint(cfg, model, st);
   model.to(dev);
-  if (qat_policy && cfg.qat.train == "quantized_only") {  // expert-only fine-tuning: freeze the rest
+  if (qat_policy && cfg.qat.format != "none" && cfg.qat.train == "quantized_only") {  // expert-only fine-tuning: freeze the rest
     torch::NoGradGuard ng;
     for (auto& [n, p] : model.params())
       if (!qat_policy->quantized(n)) p.requires_grad_(false);
@@ -246,6 +252,8 @@ Result run(const config::Config& cfg, const Options& opt) {
   int64_t done_here = 0;
   while (step < cfg.train.steps) {
     const auto t0 = std::chrono::steady_clock::now();
+    if (qat_policy && opt.weight_observer)
+      qat_policy->weight_observer = [&, s = step + 1](const std::string& p, const at::Tensor& w) { opt.weight_observer(s, p, w); };
     const double lr = learning_rate(o, step, cfg.train.steps);
     for (auto& [n, p] : model.params()) p.mutable_grad() = at::Tensor();
     double loss_sum = 0, aux_sum = 0;
@@ -300,9 +308,18 @@ Result run(const config::Config& cfg, const Options& opt) {
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     StepLog log{step, loss_sum, aux_sum, lr, grad_norm,
                 static_cast<double>(cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum) / secs, load};
+    if (exporter && exporter->due(step)) {  // publish this step's weights for the rollout side
+      const auto te = std::chrono::steady_clock::now();
+      std::string dir;
+      if (pg->is_main()) dir = exporter->publish(step);
+      pg->barrier();
+      log.export_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
+      if (!dir.empty()) res.exports.push_back(dir);
+    }
     res.steps.push_back(log);
     json::Value line = json::Value::object({{"step", step}, {"loss", log.loss}, {"lr", lr}, {"grad_norm", grad_norm},
                                             {"tokens_per_s", log.tokens_per_s}, {"aux_loss", log.aux_loss}});
+    if (log.export_s > 0) line.set("export_s", log.export_s);
     json::Value lj = json::Value::array();
     for (const auto& l : load) {
       json::Value row = json::Value::array();
@@ -319,8 +336,9 @@ Result run(const config::Config& cfg, const Options& opt) {
       std::fflush(stdout);
     }
     if (!opt.quiet && (step % cfg.train.log_every == 0 || step == 1) && (!tty || step == cfg.train.steps))
-      std::printf("step %5lld/%lld  loss %.4f  aux %.4f  lr %.2e  |g| %.3f  %.0f tok/s\n", (long long)step,
-                  (long long)cfg.train.steps, log.loss, log.aux_loss, lr, grad_norm, log.tokens_per_s);
+      std::printf("step %5lld/%lld  loss %.4f  aux %.4f  lr %.2e  |g| %.3f  %.0f tok/s%s\n", (long long)step,
+                  (long long)cfg.train.steps, log.loss, log.aux_loss, lr, grad_norm, log.tokens_per_s,
+                  log.export_s > 0 ? ("  export " + std::to_string(static_cast<int>(log.export_s * 1000)) + " ms").c_str() : "");
     if (cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || step == cfg.train.steps)) {
       torch::NoGradGuard ng;
       double vl = 0;

@@ -17,6 +17,7 @@ struct StepLog {
   int64_t step = 0;  // 1-based: the optimizer steps done
   double loss = 0, aux_loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0;
   std::vector<std::vector<double>> expert_load;  // per MoE layer, per expert
+  double export_s = 0;  // seconds spent publishing this step's export (0: none)
 };
 
 struct EvalLog {
@@ -30,6 +31,9 @@ struct Options {
   bool quiet = false;          // no progress output
   model::LinearPolicy* policy = nullptr;  // null: plain linears
   dist::ProcessGroup* process_group = nullptr;  // null: from the environment (single process)
+  // Test hook: (1-based step being computed, parameter, weight) for every weight a quantized
+  // forward hands to the quantizer (see QatPolicy::weight_observer).
+  std::function<void(int64_t step, const std::string& param, const at::Tensor& w)> weight_observer;
 };
 
 struct Result {
@@ -38,6 +42,7 @@ struct Result {
   int64_t final_step = 0;
   std::string last_checkpoint;
   std::string hf_dir;  // <out_dir>/hf when the run reached train.steps
+  std::vector<std::string> exports;  // folders published by this call, oldest first
 };
 
 double learning_rate(const config::OptimConfig& o, int64_t step, int64_t total_steps);  // step 0-based

@@ -8,11 +8,12 @@
 #include "kernels/common/check.h"
 #include "qat/safetensors.h"
 #include "tests/common/test_util.h"
+#include "qat/patterns.h"
 #include "trainer/qat_policy.h"
 #include "trainer/train.h"
 
 namespace cfg = fp4qat::config;
-using fp4qat::qatp::glob_match;
+using fp4qat::qat::glob_match;
 
 namespace {
 cfg::ModelConfig small_model() {
@@ -50,18 +51,18 @@ TEST(QatPolicy, SelectsModules) {
   fp4qat::model::Qwen3Moe m(small_model(), 1);
   cfg::QatConfig q;
   q.format = "nvfp4";
-  fp4qat::qatp::NVFP4Policy p(q, m);  // default: routed experts of every MoE layer
+  fp4qat::qatp::QatPolicy p(q, m);  // default: routed experts of every MoE layer
   EXPECT_EQ(p.quantized_params(), (std::set<std::string>{
                                       "model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj",
                                       "model.layers.2.mlp.experts.gate_up_proj", "model.layers.2.mlp.experts.down_proj"}));
   q.keep_first_n = 1;
-  fp4qat::qatp::NVFP4Policy p2(q, m);
+  fp4qat::qatp::QatPolicy p2(q, m);
   EXPECT_FALSE(p2.quantized("model.layers.0.mlp.experts.down_proj"));
   EXPECT_TRUE(p2.quantized("model.layers.2.mlp.experts.down_proj"));
   q = cfg::QatConfig();
   q.format = "nvfp4";
   q.modules = {"model.layers.*.mlp.*_proj"};  // the dense layer's gate/up/down too
-  fp4qat::qatp::NVFP4Policy p3(q, m);
+  fp4qat::qatp::QatPolicy p3(q, m);
   EXPECT_TRUE(p3.quantized("model.layers.1.mlp.gate_proj.weight"));
   EXPECT_TRUE(p3.quantized("model.layers.1.mlp.up_proj.weight"));
 }
@@ -71,11 +72,11 @@ TEST(QatPolicy, RejectsUnmatchedPatternsAndHalfPairs) {
   cfg::QatConfig q;
   q.format = "nvfp4";
   q.modules = {"model.layers.*.mlp.experts.*", "model.layers.*.mlp.shared_expert.*"};
-  expect_error([&] { fp4qat::qatp::NVFP4Policy p(q, m); }, "shared_expert");
+  expect_error([&] { fp4qat::qatp::QatPolicy p(q, m); }, "shared_expert");
   q.modules = {"model.layers.*.mlp.gate_proj"};
-  expect_error([&] { fp4qat::qatp::NVFP4Policy p(q, m); }, "up_proj");
+  expect_error([&] { fp4qat::qatp::QatPolicy p(q, m); }, "up_proj");
   q.modules = {"model.layers.*.mlp.experts.*.gate_proj"};
-  expect_error([&] { fp4qat::qatp::NVFP4Policy p(q, m); }, "gated pair");
+  expect_error([&] { fp4qat::qatp::QatPolicy p(q, m); }, "gated pair");
 }
 
 TEST(QatPolicy, ExpertForwardIsTheNVFP4GroupedFunction) {
@@ -83,14 +84,17 @@ TEST(QatPolicy, ExpertForwardIsTheNVFP4GroupedFunction) {
   cfg::QatConfig q;
   q.format = "nvfp4";
   q.weight_blocks = "2d";
-  fp4qat::qatp::NVFP4Policy p(q, m);
+  fp4qat::qatp::QatPolicy p(q, m);
   torch::NoGradGuard ng;
   const at::Tensor x = at::randn({10, 64});
   const at::Tensor counts = at::tensor(std::vector<int64_t>{3, 0, 6, 1}, at::kLong);
   const std::string name = "model.layers.0.mlp.experts.gate_up_proj";
   const at::Tensor y = p.grouped(name, x, m.param(name), counts);
   fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k2D, fp4qat::autograd::Backward::kHighPrecision};
-  EXPECT_TRUE(fp4qat::test::bytes_equal(y, fp4qat::autograd::nvfp4_grouped_linear(x, m.param(name), counts, o)));
+  // The forward quantizes the compute copy: the bf16 cast of the fp32 master.
+  const at::Tensor wc = m.param(name).to(at::kBFloat16).to(at::kFloat);
+  EXPECT_TRUE(fp4qat::test::bytes_equal(y, fp4qat::autograd::nvfp4_grouped_linear(x, wc, counts, o)));
+  EXPECT_FALSE(at::equal(y, fp4qat::autograd::nvfp4_grouped_linear(x, m.param(name), counts, o)));
   // and the whole model's logits move, but stay close to the unquantized ones
   const at::Tensor ids = at::randint(0, 16, {2, 8}, at::kLong);
   fp4qat::model::LinearPolicy plain;

@@ -1,0 +1,89 @@
+// qat/export.h — checkpoint writers for serving engines (../shared/spec/checkpoint-format.md):
+// one Hugging Face folder in ModelOpt NVFP4, SGLang MXFP8 or plain BF16, and the atomic publish
+// of a step's exports for the rollout side. Used by the trainer's per-step export and by
+// `fp4qat convert`; the quantization itself is kernels/quantize.h (same bytes on CPU and CUDA).
+//
+// Quantized modules: `X.weight` U8 codes [out, in/2], `X.weight_scale` F8_E4M3 [out, in/16],
+// `X.weight_scale_2` F32 [], `X.input_scale` F32 [] (NVFP4); `X.weight` F8_E4M3 [out, in] and
+// `X.weight_scale_inv` U8 [out, in/32] (MXFP8). Everything else is written in BF16, and every
+// Linear that is not quantized is listed as excluded (lm_head always).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/quantize.h"
+
+namespace fp4qat::qat {
+
+enum class ExportFormat { kNVFP4, kMXFP8, kBF16 };
+ExportFormat parse_export_format(const std::string& s);  // "nvfp4" | "mxfp8" | "bf16"
+const char* to_string(ExportFormat f);
+
+struct ExportOptions {
+  ExportFormat format = ExportFormat::kNVFP4;
+  Blocks blocks = Blocks::k1D;              // NVFP4 weight blocks (the ones training used)
+  int64_t max_shard_bytes = 2ll << 30;      // a new shard starts past this size
+  std::string config_json;                  // the model's config.json text; quantization_config is added
+  std::string producer_version = "unknown";  // hf_quant_config.json producer.version
+};
+
+// The activation global scale a serving engine uses as `input_scale`: S_dec = 1 / S_enc of the
+// observed activation amax (numerics.md), i.e. amax / 2688 rounded as the quantizer rounds it.
+float nvfp4_input_scale(float activation_amax);
+
+// Builds one Hugging Face folder inside `dir` (an existing, empty folder; the caller publishes
+// it). Tensors may live on the CPU or a GPU; quantization runs where they are.
+class HfFolderWriter {
+ public:
+  HfFolderWriter(std::string dir, ExportOptions opt);
+
+  // A tensor written in BF16 as it is (norms, embeddings, router, attention, kept layers...).
+  // A 2-D `*.weight` that is not an embedding counts as a Linear left unquantized (excluded).
+  void add_plain(const std::string& name, const at::Tensor& t);
+
+  // Quantized Linears given as one tensor w [E, P*R, K] (or [P*R, K] = one expert): member
+  // (e, p) is rows [p*R, (p+1)*R) of expert e, named modules[e*P + p] (without ".weight").
+  // Each expert has one global amax over its P members (a gated pair gate+up shares it), unless
+  // `amax` gives it (float32 [E] or [] — e.g. a dense gated pair stored as two tensors).
+  // input_amax[e*P + p]: the activation amax observed for that module (NVFP4 input_scale).
+  // With ExportFormat::kBF16 the weights are written in BF16 and nothing is excluded.
+  void add_quantized(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& w,
+                     const std::optional<at::Tensor>& amax, const std::vector<float>& input_amax);
+
+  void end_shard();  // the next tensor starts a new shard (convert keeps the input's sharding)
+
+  // Writes the last shard, names the shards model-0000i-of-0000N.safetensors, then
+  // model.safetensors.index.json, config.json (+ quantization_config) and, for NVFP4,
+  // hf_quant_config.json. Returns the patterns listed as excluded.
+  std::vector<std::string> finish();
+
+  const std::set<std::string>& quantized_modules() const { return quantized_; }
+
+ private:
+  void put(const std::string& name, at::Tensor t);  // into the current shard (CPU)
+  void flush();
+  std::string dir_;
+  ExportOptions opt_;
+  std::vector<std::pair<std::string, at::Tensor>> shard_;
+  int64_t shard_bytes_ = 0, total_bytes_ = 0;
+  std::vector<std::vector<std::string>> shard_names_;  // tensor names per written shard
+  std::set<std::string> quantized_, excluded_, names_;
+  bool finished_ = false;
+};
+
+// Publishes a folder for the rollout side under `root`: `fill(tmp)` writes into a temporary
+// folder beside the target, every file and the folder are fsynced, the folder is renamed to
+// `root/name` (replacing an older one of that name), then the `root/latest` symlink is moved
+// to it atomically (a new link renamed over the old). Then only the newest `keep` folders named
+// `<prefix><number>` stay (the one `latest` points to is never removed). If fill throws, the
+// temporary folder is removed and the previous export stays complete and current.
+void publish(const std::string& root, const std::string& name, int64_t keep, const std::string& prefix,
+             const std::function<void(const std::string& tmp)>& fill);
+
+}  // namespace fp4qat::qat

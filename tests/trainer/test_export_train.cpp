@@ -1,0 +1,178 @@
+// tests/trainer/test_export_train.cpp — the per-step export of trainer/exporter.h, end to end on
+// the CPU: the NVFP4 export after step k is byte-identical to the quantized weights the forward
+// of step k+1 uses; quantizing the BF16 export of a step with the reference rules reproduces its
+// NVFP4 export byte for byte; keep-K and `latest`; the export records step and recipe;
+// observing activations for input_scale does not change training; BF16 training can export
+// NVFP4 (post-training quantization each step).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+
+#include "kernels/quantize.h"
+#include "qat/fsutil.h"
+#include "qat/gated_pairs.h"
+#include "qat/json.h"
+#include "qat/safetensors.h"
+#include "tests/common/test_util.h"
+#include "trainer/model.h"
+#include "trainer/train.h"
+
+namespace cfg = fp4qat::config;
+using namespace fp4qat;
+using fp4qat::test::bytes_equal;
+
+namespace {
+
+cfg::Config small_run(const std::string& out) {
+  cfg::Config c;
+  c.model.hidden_size = 64;
+  c.model.num_hidden_layers = 2;
+  c.model.head_dim = 16;
+  c.model.moe_intermediate_size = 32;
+  c.model.num_experts = 4;
+  c.model.vocab_size = 32;
+  c.train.steps = 3;
+  c.train.batch_size = 4;
+  c.train.seq_len = 16;
+  c.train.dtype = "fp32";
+  c.train.device = "cpu";
+  c.train.eval_every = 0;
+  c.train.checkpoint_every = 0;
+  c.train.out_dir = out;
+  c.qat.format = "nvfp4";
+  c.qat.train = "quantized_only";
+  c.exports.keep = 10;
+  return c;
+}
+
+std::map<std::string, at::Tensor> load_folder(const std::string& dir) {
+  const std::string f = dir + "/model.safetensors.index.json";
+  std::map<std::string, at::Tensor> out;
+  std::map<std::string, std::unique_ptr<st::Reader>> readers;
+  const json::Value index = json::parse(fs::read_text(f), f);
+  for (const auto& [name, file] : index.at("weight_map").as_object()) {
+    auto& r = readers[file.as_string()];
+    if (!r) r = std::make_unique<st::Reader>(dir + "/" + file.as_string());
+    out[name] = r->view(name).clone();
+  }
+  return out;
+}
+
+bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+}  // namespace
+
+class ExportTrain : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ExportTrain, ExportIsWhatTheNextForwardUses) {
+  test::TempDir d;
+  cfg::Config c = small_run(d.file("run"));
+  c.qat.weight_blocks = GetParam();
+  c.exports.formats = {"nvfp4", "mxfp8", "bf16"};
+  // Capture the weights each training forward hands to the quantizer (grad mode: not evals).
+  std::map<int64_t, std::map<std::string, at::Tensor>> used;
+  train::Options o;
+  o.quiet = true;
+  o.weight_observer = [&](int64_t step, const std::string& p, const at::Tensor& w) {
+    if (at::GradMode::is_enabled()) used[step][p] = w.clone();
+  };
+  const auto r = train::run(c, o);
+  ASSERT_EQ(r.exports.size(), 3u);
+  const Blocks blocks = parse_blocks(GetParam());
+  const int64_t I = c.model.moe_intermediate_size;
+  for (int64_t k = 1; k <= 2; ++k) {
+    const std::string dir = d.file("run/exports/step-" + std::to_string(k));
+    auto nv = load_folder(dir + "/nvfp4");
+    ASSERT_EQ(used[k + 1].size(), 4u);  // two MoE layers x (gate_up, down)
+    int checked = 0;
+    for (const auto& [param, w] : used[k + 1]) {  // w: [E, P*R, K] compute copy of step k+1's forward
+      const NVFP4Tensor q = nvfp4_quantize(w.to(at::kBFloat16), blocks);  // per-expert amax, as the forward
+      const bool gu = ends_with(param, "gate_up_proj");
+      const std::string base = param.substr(0, param.size() - (gu ? 12 : 9));  // "...mlp.experts."
+      for (int64_t e = 0; e < w.size(0); ++e)
+        for (int64_t p = 0; p < (gu ? 2 : 1); ++p) {
+          const std::string m = base + std::to_string(e) + (gu ? (p ? ".up_proj" : ".gate_proj") : ".down_proj");
+          const int64_t R = gu ? I : w.size(1);
+          EXPECT_TRUE(bytes_equal(nv.at(m + ".weight"), q.codes[e].narrow(0, p * R, R))) << "step " << k << " " << m;
+          EXPECT_TRUE(bytes_equal(nv.at(m + ".weight_scale"), q.scales[e].narrow(0, p * R, R))) << m;
+          EXPECT_EQ(nv.at(m + ".weight_scale_2").item<float>(), q.s_dec[e].item<float>()) << m;
+          EXPECT_GT(nv.at(m + ".input_scale").item<float>(), 0.f) << m;
+          ++checked;
+        }
+    }
+    EXPECT_EQ(checked, 2 * 4 * 3);
+    // Quantizing the BF16 export of the same step with the reference rules reproduces the NVFP4
+    // export byte for byte (gate/up with their shared amax).
+    auto bf = load_folder(dir + "/bf16");
+    for (const auto& [name, t] : bf) {
+      if (name.find(".experts.") == std::string::npos) {
+        EXPECT_TRUE(bytes_equal(nv.at(name), t)) << name;  // not quantized: the same BF16 bytes
+        continue;
+      }
+      std::optional<at::Tensor> a;
+      if (auto partner = qat::gated_partner(name)) a = at::maximum(global_amax(t), global_amax(bf.at(partner->partner)));
+      const NVFP4Tensor q = nvfp4_quantize(t, blocks, a);
+      const std::string m = name.substr(0, name.size() - 7);
+      EXPECT_TRUE(bytes_equal(nv.at(m + ".weight"), q.codes)) << m;
+      EXPECT_TRUE(bytes_equal(nv.at(m + ".weight_scale"), q.scales)) << m;
+      EXPECT_TRUE(bytes_equal(nv.at(m + ".weight_scale_2"), q.s_dec)) << m;
+      const MXFP8Tensor mx = mxfp8_quantize(t);
+      auto mf = load_folder(dir + "/mxfp8");
+      EXPECT_TRUE(bytes_equal(mf.at(m + ".weight"), mx.data)) << m;
+      EXPECT_TRUE(bytes_equal(mf.at(m + ".weight_scale_inv"), mx.scales)) << m;
+    }
+    // The export records its step and the resolved recipe.
+    const json::Value info = json::parse(fs::read_text(dir + "/export.json"), "export.json");
+    EXPECT_EQ(info.at("step").as_int(), k);
+    EXPECT_EQ(fs::read_text(dir + "/recipe.yaml"), cfg::dump(c));
+  }
+  EXPECT_EQ(fs::read_link(d.file("run/exports/latest")), "step-3");
+  // The BF16 export is a Hugging Face folder our loader (and transformers) reads.
+  const model::Qwen3Moe m = model::load_hf_folder(d.file("run/exports/latest/bf16"));
+  EXPECT_EQ(m.config().num_experts, 4);
+  // Export time is logged per step.
+  std::ifstream f(d.file("run/metrics.jsonl"));
+  std::string line;
+  int with_time = 0;
+  while (std::getline(f, line)) with_time += line.find("\"export_s\"") != std::string::npos;
+  EXPECT_EQ(with_time, 3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Blocks, ExportTrain, ::testing::Values("1d", "2d"));
+
+TEST(ExportTrainKeep, KeepsNewestAndTheLastStep) {
+  test::TempDir d;
+  cfg::Config c = small_run(d.file("run"));
+  c.train.steps = 5;
+  c.exports.every = 2;
+  c.exports.keep = 2;
+  train::Options o;
+  o.quiet = true;
+  train::run(c, o);
+  // steps 2, 4 and the last step (5) were exported; the newest two are kept.
+  EXPECT_EQ(fs::list_dir(d.file("run/exports")), (std::vector<std::string>{"latest", "step-4", "step-5"}));
+  EXPECT_EQ(fs::list_dir(d.file("run/exports/step-5")), (std::vector<std::string>{"export.json", "nvfp4", "recipe.yaml"}));
+}
+
+TEST(ExportTrainBF16, ObservingDoesNotChangeTrainingAndBF16RunsExportNVFP4) {
+  test::TempDir d;
+  cfg::Config plain = small_run(d.file("plain"));
+  plain.qat.format = "none";
+  plain.exports.every = 0;
+  cfg::Config ptq = plain;
+  ptq.train.out_dir = d.file("ptq");
+  ptq.exports.every = 1;
+  train::Options o;
+  o.quiet = true;
+  const auto a = train::run(plain, o), b = train::run(ptq, o);
+  ASSERT_EQ(a.steps.size(), b.steps.size());
+  for (size_t i = 0; i < a.steps.size(); ++i) EXPECT_EQ(a.steps[i].loss, b.steps[i].loss) << i;
+  EXPECT_FALSE(fs::exists(d.file("plain/exports")));
+  auto nv = load_folder(d.file("ptq/exports/latest/nvfp4"));
+  EXPECT_EQ(nv.at("model.layers.1.mlp.experts.3.down_proj.weight").scalar_type(), at::kByte);
+  const json::Value info = json::parse(fs::read_text(d.file("ptq/exports/latest/export.json")), "export.json");
+  EXPECT_EQ(info.at("trained_in").as_string(), "bf16");
+}
