@@ -14,6 +14,7 @@ using Args = std::vector<std::string>;
 int run(const Args& args);
 
 // Subcommands (trainer/cmd_*.cpp).
+int cmd_convert(const Args& args);
 int cmd_quantize(const Args& args);
 int cmd_sample(const Args& args);
 int cmd_train(const Args& args);

@@ -84,7 +84,7 @@ std::map<std::string, at::Tensor> QatPolicy::take_input_amax() {
 
 at::Tensor QatPolicy::linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) {
   if (!quantized(name)) return LinearPolicy::linear(name, x, w);
-  if (at::GradMode::is_enabled()) {
+  if (at::GradMode::is_enabled() || observe_without_grad) {
     torch::NoGradGuard ng;
     observe(name, x.detach().abs().max().to(at::kFloat));
   }
@@ -97,7 +97,7 @@ at::Tensor QatPolicy::linear(const std::string& name, const at::Tensor& x, const
 at::Tensor QatPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
                               const at::Tensor& counts) {
   if (!quantized(name)) return LinearPolicy::grouped(name, x, w, counts);
-  if (at::GradMode::is_enabled()) {  // per-expert activation amax: x [T, K] rows sorted by expert
+  if (at::GradMode::is_enabled() || observe_without_grad) {  // per-expert activation amax: x [T, K] rows sorted by expert
     torch::NoGradGuard ng;
     const int64_t E = w.size(0), T = x.size(0);
     at::Tensor amax = at::zeros({E}, x.options().dtype(at::kFloat));

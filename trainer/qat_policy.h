@@ -46,6 +46,9 @@ class QatPolicy : public model::LinearPolicy {
   // model's device) observed since the previous call; cleared by the call.
   std::map<std::string, at::Tensor> take_input_amax();
 
+  // Observe activations also without grad mode (calibration runs forwards under NoGradGuard).
+  bool observe_without_grad = false;
+
   // Test hook: sees each weight tensor exactly as a quantized forward hands it to the quantizer.
   std::function<void(const std::string& param, const at::Tensor& w)> weight_observer;
 

@@ -1,0 +1,46 @@
+// qat/convert.h — offline conversion of a Hugging Face MoE checkpoint folder (Qwen3-MoE names)
+// into a serving layout (ModelOpt NVFP4 or MXFP8, checkpoint-format.md), streaming shard by
+// shard: each input shard becomes one output shard; gate/up pairs are found across shards and
+// share one amax; non-weight files (tokenizer, generation config, ...) are copied; index.json,
+// config.json (+ quantization_config) and hf_quant_config.json are written.
+//
+// The output is built in a temporary folder beside `out` and moved into place only when
+// complete: on any error `out` is left as it was, and the message names the tensor or file.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "qat/export.h"
+
+namespace fp4qat::qat {
+
+struct ConvertOptions {
+  ExportFormat format = ExportFormat::kNVFP4;  // nvfp4 | mxfp8
+  Blocks blocks = Blocks::k1D;
+  std::vector<std::string> modules = {"model.layers.*.mlp.experts.*"};  // globs on module names
+  std::vector<std::string> exclude;  // globs; a matched module stays BF16
+  int64_t keep_first_n = 0, keep_last_n = 0;
+  bool overwrite = false;            // replace a non-empty `out`
+  at::Device device = at::Device(at::kCPU);  // where quantization runs (same bytes either way)
+  // NVFP4: activation amax per quantized module (calibration), for input_scale. Required.
+  std::map<std::string, float> input_amax;
+  std::string producer_version = "unknown";
+};
+
+struct ConvertReport {
+  int64_t quantized_modules = 0, plain_tensors = 0, shards = 0, copied_files = 0;
+  std::vector<std::string> excluded_patterns;
+};
+
+// The modules of the checkpoint in `dir` (names of 2-D `*.weight` tensors without ".weight",
+// embeddings aside) that the options select. Throws for a pattern (of modules or exclude) that
+// matches nothing and for a selection holding one member of a gated pair.
+std::set<std::string> select_modules(const std::string& dir, const ConvertOptions& opt);
+
+ConvertReport convert_checkpoint(const std::string& in, const std::string& out, const ConvertOptions& opt);
+
+}  // namespace fp4qat::qat
