@@ -3,12 +3,10 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "kernels/common/check.h"
-#ifdef FP4QAT_WITH_CUDA
-#include "kernels/gemm/grouped_gemm.h"
-#endif
 
 namespace fp4qat::autograd {
 
@@ -95,18 +93,6 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
   }
 };
 
-// On CUDA with bf16 the grouped path issues one grouped GEMM for all experts
-// (kernels/gemm/grouped_gemm.h); elsewhere it loops over experts.
-bool g_grouped_gemm_failed = false;  // set once if cuBLAS refuses; then the loop is used
-bool grouped_gemm_usable(const at::Tensor& x) {
-#ifdef FP4QAT_WITH_CUDA
-  return x.is_cuda() && x.scalar_type() == at::kBFloat16 && !g_grouped_gemm_failed;
-#else
-  (void)x;
-  return false;
-#endif
-}
-
 // Row offsets of each expert from host counts.
 std::vector<int64_t> offsets_of(const at::Tensor& counts, int64_t T, int64_t E) {
   FP4QAT_CHECK(counts.device().is_cpu() && counts.scalar_type() == at::kLong && counts.dim() == 1 && counts.size(0) == E,
@@ -121,6 +107,46 @@ std::vector<int64_t> offsets_of(const at::Tensor& counts, int64_t T, int64_t E) 
   return off;
 }
 
+// The padded path allocates E * Mmax rows per operand instead of T: allowed up to twice T (plus
+// a few rows, so that tiny batches pad too); heavier routing imbalance loops over experts.
+constexpr int64_t kPadSlackRows = 128;
+
+int64_t max_count(const std::vector<int64_t>& off) {
+  int64_t m = 0;
+  for (size_t e = 0; e + 1 < off.size(); ++e) m = std::max(m, off[e + 1] - off[e]);
+  return m;
+}
+
+bool pads(const std::vector<int64_t>& off) {
+  const int64_t E = static_cast<int64_t>(off.size()) - 1, T = off[E], Mmax = max_count(off);
+  return Mmax > 0 && E * Mmax <= 2 * T + kPadSlackRows;
+}
+
+// Row t of x (the j-th row of expert e) -> row e * Mmax + j of a padded [E * Mmax, *] buffer: [T]
+// int64 on `dev`, built in pinned host memory and copied asynchronously (no host synchronisation).
+at::Tensor pad_index(const std::vector<int64_t>& off, int64_t Mmax, const at::Device& dev) {
+  const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  at::Tensor idx = at::empty({off[E]}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  int64_t* p = idx.data_ptr<int64_t>();
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t t = off[e]; t < off[e + 1]; ++t) p[t] = e * Mmax + (t - off[e]);
+  return idx.to(dev, /*non_blocking=*/true);
+}
+
+// [T, C] -> [E, Mmax, C]: expert e's rows first in slice e, zero rows after them.
+at::Tensor pad_rows(const at::Tensor& x, const at::Tensor& idx, int64_t E, int64_t Mmax) {
+  const int64_t C = x.size(1);
+  return at::zeros({E * Mmax, C}, x.options()).index_copy_(0, idx, x).view({E, Mmax, C});
+}
+
+// [E, Mmax, C] -> the real rows [T, C].
+at::Tensor unpad_rows(const at::Tensor& p, const at::Tensor& idx) {
+  return p.reshape({-1, p.size(2)}).index_select(0, idx);
+}
+
+// Grouped NVFP4 linear. On CUDA (unless pads() refuses) every expert is padded to the largest
+// count Mmax and all experts run as one batched GEMM each way; elsewhere (and on the CPU, the
+// bit-exact reference) it loops over experts.
 class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinearFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
@@ -128,47 +154,53 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     const int64_t T = x.size(0), E = w.size(0), N = w.size(1);
     const auto off = offsets_of(counts, T, E);
     const bool deq = static_cast<Backward>(backward) == Backward::kDequantized;
+    const bool padded = x.is_cuda() && pads(off);
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
     // Weights: one launch for all experts (per-expert or given amax).
-    NVFP4Operand qw = nvfp4_quantize_and_fake(w, static_cast<Blocks>(blocks), wa);
-    at::Tensor y = at::empty({T, N}, x.options());
-    std::vector<at::Tensor> saved_x;
-    bool done = false;
-#ifdef FP4QAT_WITH_CUDA
-    if (grouped_gemm_usable(x)) {
-      // Activations: each expert's token slice quantized with its own amax (one launch each;
-      // a segmented kernel would make this one launch), then one grouped GEMM for all experts
-      // with fp32 output, each row scaled once by its expert's alpha, one rounding to bf16.
-      at::Tensor xq = at::empty({T, x.size(1)}, x.options().dtype(at::kBFloat16));
-      at::Tensor alpha = at::empty({T, 1}, x.options().dtype(at::kFloat));
+    NVFP4Operand qw = nvfp4_quantize_and_fake(w, static_cast<Blocks>(blocks), wa);  // values [E, N, K]
+    at::Tensor y;
+    std::vector<at::Tensor> saved_x;  // dequantized mode: packed x, one [E, Mmax, *] triple or one per expert
+    if (padded) {
+      const int64_t Mmax = max_count(off);
+      const at::Tensor idx = pad_index(off, Mmax, x.device());  // [T]
+      const at::Tensor x_pad = pad_rows(x, idx, E, Mmax);        // [E, Mmax, K]
+      // Activations: one launch quantizes every expert with its own amax. Slice e of x_pad holds
+      // expert e's rows followed by zero rows; zeros do not change max|x| (so amax and S_dec
+      // are those of the expert's own slice), 1x16 blocks never span two rows (so each real
+      // row's block scales and codes depend only on that row and S_dec), and zero rows quantize
+      // to zero codes. The real rows are therefore quantized exactly as the per-expert slices
+      // would be; an expert with no tokens gets amax 0 and an all-zero slice, never gathered.
+      at::Tensor xq, s_dec_x;  // bf16 [E, Mmax, K], float32 [E]
+      if (deq) {
+        const NVFP4Operand qx = nvfp4_quantize_and_fake(x_pad, Blocks::k1D);
+        xq = qx.values;
+        s_dec_x = qx.packed.s_dec;
+        saved_x = {qx.packed.codes, qx.packed.scales, qx.packed.s_dec};
+      } else {
+        const NVFP4FakeQuant fx = nvfp4_fake_quantize(x_pad, Blocks::k1D);
+        xq = fx.values;
+        s_dec_x = fx.s_dec;
+      }
+      // The emulated NVFP4 GEMM for all experts: bf16 operands, fp32 accumulation and output,
+      // alpha[E, 1, 1] = S_dec_x[e] * S_dec_w[e] applied once in fp32, one rounding to x's dtype.
+      const at::Tensor alpha = (s_dec_x * qw.packed.s_dec).view({E, 1, 1});
+      const at::Tensor y_pad = at::bmm(xq, qw.values.transpose(1, 2), at::kFloat).mul_(alpha).to(x.scalar_type());
+      y = unpad_rows(y_pad, idx);  // [T, N]
+      ctx->saved_data["pad_idx"] = idx;
+      ctx->saved_data["mmax"] = Mmax;
+    } else {
+      y = at::empty({T, N}, x.options());
       for (int64_t e = 0; e < E; ++e) {
         const int64_t n = off[e + 1] - off[e];
-        if (n == 0) continue;
-        const NVFP4Operand qx = nvfp4_quantize_and_fake(x.narrow(0, off[e], n), Blocks::k1D);
-        xq.narrow(0, off[e], n).copy_(qx.values);
-        alpha.narrow(0, off[e], n).fill_(qx.packed.s_dec * qw.packed.s_dec[e]);
-        if (deq) saved_x.insert(saved_x.end(), {qx.packed.codes, qx.packed.scales, qx.packed.s_dec});
-      }
-      try {
-        y = gemm::grouped_nt_f32(xq, qw.values.contiguous(), off).mul_(alpha).to(x.scalar_type());
-        done = true;
-      } catch (const fp4qat::Error& ex) {
-        TORCH_WARN("fp4qat: grouped GEMM unavailable, looping over experts: ", ex.what());
-        g_grouped_gemm_failed = true;
-        saved_x.clear();
-      }
-    }
-#endif
-    for (int64_t e = 0; e < E && !done; ++e) {
-      const int64_t n = off[e + 1] - off[e];
-      if (n == 0) continue;  // an expert with no tokens: nothing to compute, nothing saved
-      const at::Tensor xe = x.narrow(0, off[e], n);
-      // Activations: each expert's token slice has its own amax.
-      const NVFP4Operand qx = nvfp4_quantize_and_fake(xe, Blocks::k1D);
-      y.narrow(0, off[e], n).copy_(emulated_gemm(qx.values, qw.values[e], qx.packed.s_dec * qw.packed.s_dec[e],
-                                                  x.scalar_type()));
-      if (deq) {
-        saved_x.insert(saved_x.end(), {qx.packed.codes, qx.packed.scales, qx.packed.s_dec});
+        if (n == 0) continue;  // an expert with no tokens: nothing to compute, nothing saved
+        const at::Tensor xe = x.narrow(0, off[e], n);
+        // Activations: each expert's token slice has its own amax.
+        const NVFP4Operand qx = nvfp4_quantize_and_fake(xe, Blocks::k1D);
+        y.narrow(0, off[e], n).copy_(emulated_gemm(qx.values, qw.values[e], qx.packed.s_dec * qw.packed.s_dec[e],
+                                                    x.scalar_type()));
+        if (deq) {
+          saved_x.insert(saved_x.end(), {qx.packed.codes, qx.packed.scales, qx.packed.s_dec});
+        }
       }
     }
     std::vector<at::Tensor> save;
@@ -182,6 +214,7 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     ctx->saved_data["backward"] = backward;
     ctx->saved_data["dtype"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["off"] = c10::IValue(off);
+    ctx->saved_data["padded"] = padded;
     return y;
   }
 
@@ -190,7 +223,7 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
     const auto off = ctx->saved_data["off"].toIntVector();
     const bool deq = static_cast<Backward>(ctx->saved_data["backward"].toInt()) == Backward::kDequantized;
-    const at::Tensor dy = grads[0].to(dtype);
+    const at::Tensor dy = grads[0].to(dtype);  // [T, N]
     at::Tensor w_used;  // [E, N, K]
     if (deq) {
       w_used = nvfp4_dequantize({saved[0], saved[1], saved[2], Blocks::k1D}, dtype);
@@ -198,31 +231,18 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
       w_used = saved[1];
     }
     const int64_t E = w_used.size(0), K = w_used.size(2);
-#ifdef FP4QAT_WITH_CUDA
-    if (grouped_gemm_usable(dy)) {
-      at::Tensor x_used;
-      if (deq) {
-        x_used = at::empty({off[E], K}, dy.options());
-        size_t nx = 3;
-        for (int64_t e = 0; e < E; ++e) {
-          const int64_t n = off[e + 1] - off[e];
-          if (n == 0) continue;
-          x_used.narrow(0, off[e], n).copy_(nvfp4_dequantize({saved[nx], saved[nx + 1], saved[nx + 2], Blocks::k1D}, dtype));
-          nx += 3;
-        }
-      } else {
-        x_used = saved[0].contiguous();
-      }
-      const at::Tensor dyc = dy.contiguous(), wc = w_used.contiguous();
-      try {
-        return {gemm::grouped_nn(dyc, wc, off), gemm::grouped_wgrad(dyc, x_used, off, E), at::Tensor(), at::Tensor(),
-                at::Tensor(), at::Tensor()};
-      } catch (const fp4qat::Error& ex) {
-        TORCH_WARN("fp4qat: grouped GEMM unavailable, looping over experts: ", ex.what());
-        g_grouped_gemm_failed = true;
-      }
+    if (ctx->saved_data["padded"].toBool()) {
+      // Padding rows of dy_pad are zero: they add nothing to dW, and their dX rows are dropped;
+      // an expert with no tokens gets dW = 0. GEMMs in the compute dtype, fp32 accumulation.
+      const at::Tensor idx = ctx->saved_data["pad_idx"].toTensor();
+      const int64_t Mmax = ctx->saved_data["mmax"].toInt();
+      const at::Tensor dy_pad = pad_rows(dy, idx, E, Mmax);  // [E, Mmax, N]
+      const at::Tensor x_pad = deq ? nvfp4_dequantize({saved[3], saved[4], saved[5], Blocks::k1D}, dtype)
+                                   : pad_rows(saved[0], idx, E, Mmax);  // [E, Mmax, K]
+      const at::Tensor dx = unpad_rows(at::bmm(dy_pad, w_used), idx);  // [E, Mmax, K] -> [T, K]
+      const at::Tensor dw = at::bmm(dy_pad.transpose(1, 2), x_pad);    // [E, N, K]
+      return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     }
-#endif
     at::Tensor dx = at::zeros({off[E], K}, dy.options());
     at::Tensor dw = at::zeros_like(w_used);
     size_t next_x = 3;
@@ -250,6 +270,12 @@ at::Tensor amax_arg(const std::optional<at::Tensor>& a, const at::Tensor& w) {
 }
 
 }  // namespace
+
+bool nvfp4_grouped_linear_pads(const at::Tensor& counts) {
+  FP4QAT_CHECK(counts.device().is_cpu() && counts.scalar_type() == at::kLong && counts.dim() == 1,
+               "nvfp4_grouped_linear_pads: counts must be a CPU int64 tensor [E], got ", counts.sizes());
+  return pads(offsets_of(counts, counts.sum().item<int64_t>(), counts.size(0)));
+}
 
 at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4LinearOptions& opt,
                         const std::optional<at::Tensor>& weight_amax) {

@@ -35,9 +35,16 @@ at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4Lin
 
 // x: [T, K] with rows sorted by expert; counts: int64 [E] on the CPU (sum = T; zero allowed);
 // w: [E, N, K]; weight_amax: float32 [E] or nullopt. Returns [T, N].
+// On CUDA every expert is padded to Mmax = max(counts) rows ([E, Mmax, *] buffers) and each GEMM
+// is one batched call for all experts, no host synchronisation; under heavy routing imbalance
+// (see nvfp4_grouped_linear_pads) and on the CPU it loops over experts.
 at::Tensor nvfp4_grouped_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
                                 const NVFP4LinearOptions& opt,
                                 const std::optional<at::Tensor>& weight_amax = std::nullopt);
+
+// Whether a CUDA nvfp4_grouped_linear with these counts takes the padded path:
+// max(counts) > 0 and E * max(counts) <= 2 * sum(counts) + 128; else it loops over experts.
+bool nvfp4_grouped_linear_pads(const at::Tensor& counts);
 
 // The emulated NVFP4 GEMM on already quantized operands: (a[M, K] @ b[N, K]^T) * alpha with
 // fp32 accumulation; a, b hold exact bf16 values; alpha a float32 [] tensor (no host sync).

@@ -1,8 +1,10 @@
 // bench/bench_moe_mlp.cpp — forward+backward of one MoE expert MLP at Qwen3-30B-A3B shapes:
 // 16384 tokens x top-8 over 128 experts (uniform routing: 1024 rows per expert), H = 2048,
 // I = 768: grouped gate/up [128, 1536, 2048] -> SwiGLU -> grouped down [128, 2048, 768].
-// Paths: BF16 (at::_grouped_mm), NVFP4 high_precision, NVFP4 dequantized. CUDA-event median of
-// --reps after --warmup, TFLOP/s (6 * 2 * T * H * I * 3 flops fwd+bwd), peak GPU memory.
+// Paths: BF16 (at::_grouped_mm), NVFP4 high_precision, NVFP4 dequantized (nvfp4_grouped_linear:
+// with uniform routing its padded batched CUDA path, Mmax = T / E, no padding rows). CUDA-event
+// median of --reps after --warmup, TFLOP/s (6 * 2 * T * H * I * 3 flops fwd+bwd), peak GPU memory
+// of each path (allocated during a step, above what is live before it).
 //   fp4qat_bench_moe_mlp [--reps 10] [--warmup 3] [--tokens 16384]
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -89,6 +91,9 @@ int main(int argc, char** argv) {
   }
   std::printf("MoE MLP fwd+bwd: %lld tokens x top-%lld, %lld experts, H %lld, I %lld (%.1f TFLOP per step)\n",
               (long long)tokens, (long long)topk, (long long)E, (long long)H, (long long)I, flops / 1e12);
+  std::printf("nvfp4 grouped path: %s\n", fp4qat::autograd::nvfp4_grouped_linear_pads(counts)
+                                                ? "padded, batched GEMMs (at::bmm)"
+                                                : "per-expert loop (routing too imbalanced to pad)");
   std::printf("%-28s %10s %10s %12s %14s\n", "path", "ms", "TFLOP/s", "vs bf16", "peak GiB");
   double bf16_ms = 0;
   for (const auto& p : paths) {

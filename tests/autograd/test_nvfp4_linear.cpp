@@ -153,6 +153,46 @@ TEST(NVFP4GroupedLinear, PerExpertActivationAmax) {
   EXPECT_TRUE(bytes_equal(y.narrow(0, 0, 4), reference_forward(x.narrow(0, 0, 4), w[0], Blocks::k1D)));
 }
 
+TEST(NVFP4GroupedLinear, PaddedPathChoice) {
+  // The CUDA path pads when E * max(counts) <= 2 * T + 128 (and T > 0); else it loops.
+  const auto pads = [](std::vector<int64_t> c) {
+    return fp4qat::autograd::nvfp4_grouped_linear_pads(at::tensor(c, at::kLong));
+  };
+  EXPECT_TRUE(pads({1024, 1024, 1024, 1024}));  // uniform routing
+  EXPECT_TRUE(pads({64, 0, 1, 90, 33, 100}));
+  EXPECT_FALSE(pads({0, 1, 2, 400, 5}));  // one expert takes nearly everything
+  EXPECT_TRUE(pads({64, 0, 0, 0}));       // 4 * 64 == 2 * 64 + 128: the boundary pads
+  EXPECT_FALSE(pads({65, 0, 0, 0}));
+  EXPECT_FALSE(pads({0, 0, 0}));  // no tokens
+  EXPECT_THROW(pads({3, -1}), fp4qat::Error);
+}
+
+TEST(NVFP4GroupedLinear, ZeroPaddingRowsKeepPerExpertQuantization) {
+  // What the CUDA padded path relies on: one 3-D quantization of [E, Mmax, K] with zero rows after
+  // each expert's rows gives the real rows the bytes (and S_dec) of quantizing each slice alone.
+  const std::vector<int64_t> cv = {5, 0, 1, 17};
+  const int64_t E = 4, Mmax = 17, K = 64;
+  const at::Tensor x = randn({23, K}, 40);
+  at::Tensor x_pad = at::zeros({E, Mmax, K}, x.options());
+  int64_t r = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    x_pad[e].narrow(0, 0, cv[e]).copy_(x.narrow(0, r, cv[e]));
+    r += cv[e];
+  }
+  const fp4qat::NVFP4Tensor q = fp4qat::nvfp4_quantize(x_pad, Blocks::k1D);
+  r = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = cv[e];
+    EXPECT_EQ(q.codes[e].narrow(0, n, Mmax - n).count_nonzero().item<int64_t>(), 0) << "expert " << e;
+    if (n == 0) continue;
+    const fp4qat::NVFP4Tensor qe = fp4qat::nvfp4_quantize(x.narrow(0, r, n), Blocks::k1D);
+    EXPECT_TRUE(bytes_equal(q.codes[e].narrow(0, 0, n), qe.codes)) << "expert " << e;
+    EXPECT_TRUE(bytes_equal(q.scales[e].narrow(0, 0, n), qe.scales)) << "expert " << e;
+    EXPECT_TRUE(bytes_equal(q.s_dec[e], qe.s_dec)) << "expert " << e;
+    r += n;
+  }
+}
+
 TEST(NVFP4Linear, BadArguments) {
   const NVFP4LinearOptions opt;
   EXPECT_THROW(fp4qat::autograd::nvfp4_linear(randn({4, 32}, 1), randn({8, 48}, 2), opt), fp4qat::Error);
