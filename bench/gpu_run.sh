@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/gpu_run.sh — one call on the GPU machine: configure + build against its own python3's
 # torch, run the GPU tests (and the CPU suite), then the quantizer benchmark and the PyTorch
-# baselines. Logs go to $OUT (default ./gpu-out). Usage: bench/gpu_run.sh [build|test|bench|all]...
+# baselines. Logs go to $OUT (default ./gpu-out). Usage: bench/gpu_run.sh [build|test|sass|profile|mlp|train|bench|all]...
 #   FP4QAT_SHARED: the shared/ folder with vectors (default ./.shared, carried by the caller)
 #   FP4QAT_GTEST_SRC: GoogleTest sources if the machine has no installed GTest (default ./.gtest)
 #   ./.boost-po: Boost.Program_options sources matching the machine's Boost headers, if its
@@ -55,6 +55,49 @@ fi
 if want mlp; then
   "$build/fp4qat_bench_moe_mlp" 2>&1 | tee "$out/bench_moe_mlp.log" || rc=1
   PYTHONUNBUFFERED=1 python3 "$here/bench/baselines/moe_mlp_grouped_mm.py" 2>&1 | tee -a "$out/bench_moe_mlp.log" || rc=1
+fi
+if want train; then
+  # The trainer on the GPU: BF16 pretraining of the ~110M MoE (short), then expert-only NVFP4 QAT
+  # with an export after every step, then the default recipe with device auto. One log.
+  bin="$build/fp4qat"
+  runs="$here/runs-gpu"
+  rm -rf "$runs"
+  {
+    echo "== moe-100m BF16 pretraining (${FP4QAT_GPU_PRETRAIN_STEPS:-300} steps)"
+    "$bin" train --recipe recipes/moe-100m-gpu.yaml --set train.steps=${FP4QAT_GPU_PRETRAIN_STEPS:-300} \
+      --set train.eval_every=150 --set train.out_dir="$runs/moe-100m" || rc=1
+    echo "== expert-only NVFP4 QAT with per-step export (${FP4QAT_GPU_QAT_STEPS:-40} steps)"
+    "$bin" train --recipe recipes/expert-nvfp4-qat-gpu.yaml --set train.steps=${FP4QAT_GPU_QAT_STEPS:-40} \
+      --set train.eval_every=20 --set train.log_every=5 --set train.init_from="$runs/moe-100m/hf" \
+      --set train.out_dir="$runs/qat" || rc=1
+    ls -la "$runs/qat/exports" "$runs/qat/exports/latest" "$runs/qat/exports/latest/nvfp4" 2>&1 | head -30
+    du -sh "$runs/qat/exports/latest"/* 2>&1
+    cat "$runs/qat/exports/latest/nvfp4/hf_quant_config.json" 2>&1
+    echo "== default recipe, device auto (${FP4QAT_GPU_DEFAULT_STEPS:-300} steps)"
+    "$bin" train --recipe recipes/default.yaml --set train.steps=${FP4QAT_GPU_DEFAULT_STEPS:-300} \
+      --set train.out_dir="$runs/default" || rc=1
+    echo "== convert (GPU) of the QAT run's BF16 export vs its NVFP4 export"
+    "$bin" convert --in "$runs/qat/exports/latest/bf16" --out "$runs/conv" --device cuda || rc=1
+    python3 - "$runs/qat/exports/latest/nvfp4" "$runs/conv" <<'PY' || rc=1
+import json, sys, struct
+def tensors(d):
+    wm = json.load(open(d + "/model.safetensors.index.json"))["weight_map"]
+    out = {}
+    for f in set(wm.values()):
+        b = open(d + "/" + f, "rb").read()
+        n = struct.unpack("<Q", b[:8])[0]
+        h = json.loads(b[8:8 + n])
+        for k, v in h.items():
+            if k != "__metadata__":
+                out[k] = b[8 + n + v["data_offsets"][0]: 8 + n + v["data_offsets"][1]]
+    return out
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+diff = [k for k in a if "input_scale" not in k and a[k] != b.get(k)]
+print("convert vs trainer export:", len(a), "tensors,", len(diff), "differ (input_scale aside)", diff[:5])
+sys.exit(1 if diff else 0)
+PY
+  } > "$out/train.log" 2>&1
+  grep -E "^==|step .*/|eval|done|differ|error|export" "$out/train.log" | tail -60
 fi
 if want bench; then
   "$build/fp4qat_bench_quantize" --json "$out/bench_quantize.json" 2>&1 | tee "$out/bench_quantize.log" || rc=1

@@ -92,6 +92,14 @@ void make_dir(const std::string& path) {
   FP4QAT_CHECK(::mkdir(path.c_str(), 0755) == 0, path, ": cannot create folder: ", std::strerror(errno));
 }
 
+void make_dirs(const std::string& path) {
+  if (path.empty() || is_dir(path)) return;
+  const std::string parent = parent_dir(path);
+  if (parent != path && parent != "." && parent != "/") make_dirs(parent);
+  if (::mkdir(path.c_str(), 0755) != 0 && !(errno == EEXIST && is_dir(path)))
+    FP4QAT_FAIL(path, ": cannot create folder: ", std::strerror(errno));
+}
+
 void remove_tree(const std::string& path) {
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) return;

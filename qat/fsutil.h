@@ -16,6 +16,7 @@ void rename_atomic(const std::string& from, const std::string& to);  // rename(2
 void exchange_atomic(const std::string& a, const std::string& b);
 void write_text_atomic(const std::string& path, const std::string& text);
 void make_dir(const std::string& path);     // one level; throws if it exists or cannot be made
+void make_dirs(const std::string& path);    // with missing parents; fine if it exists as a folder
 void remove_tree(const std::string& path);  // best effort, never throws (cleanup paths)
 std::string read_text(const std::string& path, size_t max_bytes = 64u << 20);
 std::vector<std::string> list_dir(const std::string& path);  // entry names, sorted, without . and ..

@@ -44,7 +44,7 @@ std::string ckpt_root(const config::Config& c) { return c.train.out_dir + "/chec
 void save_checkpoint(const config::Config& cfg, const model::Qwen3Moe& model, const OptimState& st, int64_t step,
                      std::string* path_out) {
   const std::string root = ckpt_root(cfg);
-  if (!fs::is_dir(cfg.train.out_dir)) fs::make_dir(cfg.train.out_dir);
+  fs::make_dirs(cfg.train.out_dir);
   if (!fs::is_dir(root)) fs::make_dir(root);
   const std::string dir = root + "/step-" + std::to_string(step);
   const std::string tmp = fs::temp_name_beside(dir);
@@ -236,7 +236,7 @@ Result run(const config::Config& cfg, const Options& opt) {
 
   const std::string metrics = cfg.train.out_dir + "/metrics.jsonl";
   if (pg->is_main()) {
-    if (!fs::is_dir(cfg.train.out_dir)) fs::make_dir(cfg.train.out_dir);
+    fs::make_dirs(cfg.train.out_dir);
     if (!opt.resume) fs::write_text_atomic(metrics, "");
     fs::write_text_atomic(cfg.train.out_dir + "/config.yaml", config::dump(cfg));
   }
