@@ -144,6 +144,62 @@ at::Tensor unpad_rows(const at::Tensor& p, const at::Tensor& idx) {
   return p.reshape({-1, p.size(2)}).index_select(0, idx);
 }
 
+// The forward of the grouped function given the quantized weights (values bf16 [E, N, K] =
+// e2m1(q) * sb, S_dec float32 [E]): activations quantized per expert, the emulated NVFP4 GEMM.
+// `deq` also returns the packed activations the dequantized backward saves.
+struct GroupedForward {
+  at::Tensor y;                     // [T, N] in x's dtype
+  std::vector<at::Tensor> saved_x;  // deq: packed x, one [E, Mmax, *] triple (padded) or one per expert
+  at::Tensor idx;                   // padded: the row index of pad_index()
+  int64_t mmax = 0;
+};
+
+GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,
+                               const std::vector<int64_t>& off, bool padded, bool deq) {
+  const int64_t T = x.size(0), E = w_values.size(0), N = w_values.size(1);
+  GroupedForward out;
+  if (padded) {
+    const int64_t Mmax = max_count(off);
+    const at::Tensor idx = pad_index(off, Mmax, x.device());  // [T]
+    const at::Tensor x_pad = pad_rows(x, idx, E, Mmax);        // [E, Mmax, K]
+    // Activations: one launch quantizes every expert with its own amax. Slice e of x_pad holds
+    // expert e's rows followed by zero rows; zeros do not change max|x| (so amax and S_dec
+    // are those of the expert's own slice), 1x16 blocks never span two rows (so each real
+    // row's block scales and codes depend only on that row and S_dec), and zero rows quantize
+    // to zero codes. The real rows are therefore quantized exactly as the per-expert slices
+    // would be; an expert with no tokens gets amax 0 and an all-zero slice, never gathered.
+    at::Tensor xq, s_dec_x;  // bf16 [E, Mmax, K], float32 [E]
+    if (deq) {
+      const NVFP4Operand qx = nvfp4_quantize_and_fake(x_pad, Blocks::k1D);
+      xq = qx.values;
+      s_dec_x = qx.packed.s_dec;
+      out.saved_x = {qx.packed.codes, qx.packed.scales, qx.packed.s_dec};
+    } else {
+      const NVFP4FakeQuant fx = nvfp4_fake_quantize(x_pad, Blocks::k1D);
+      xq = fx.values;
+      s_dec_x = fx.s_dec;
+    }
+    // The emulated NVFP4 GEMM for all experts: bf16 operands, fp32 accumulation and output,
+    // alpha[E, 1, 1] = S_dec_x[e] * S_dec_w[e] applied once in fp32, one rounding to x's dtype.
+    const at::Tensor alpha = (s_dec_x * w_s_dec).view({E, 1, 1});
+    const at::Tensor y_pad = at::bmm(xq, w_values.transpose(1, 2), at::kFloat).mul_(alpha).to(x.scalar_type());
+    out.y = unpad_rows(y_pad, idx);  // [T, N]
+    out.idx = idx;
+    out.mmax = Mmax;
+    return out;
+  }
+  out.y = at::empty({T, N}, x.options());
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = off[e + 1] - off[e];
+    if (n == 0) continue;  // an expert with no tokens: nothing to compute, nothing saved
+    // Activations: each expert's token slice has its own amax.
+    const NVFP4Operand qx = nvfp4_quantize_and_fake(x.narrow(0, off[e], n), Blocks::k1D);
+    out.y.narrow(0, off[e], n).copy_(emulated_gemm(qx.values, w_values[e], qx.packed.s_dec * w_s_dec[e], x.scalar_type()));
+    if (deq) out.saved_x.insert(out.saved_x.end(), {qx.packed.codes, qx.packed.scales, qx.packed.s_dec});
+  }
+  return out;
+}
+
 // Grouped NVFP4 linear. On CUDA (unless pads() refuses) every expert is padded to the largest
 // count Mmax and all experts run as one batched GEMM each way; elsewhere (and on the CPU, the
 // bit-exact reference) it loops over experts.
@@ -158,50 +214,13 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
     // Weights: one launch for all experts (per-expert or given amax).
     NVFP4Operand qw = nvfp4_quantize_and_fake(w, static_cast<Blocks>(blocks), wa);  // values [E, N, K]
-    at::Tensor y;
     std::vector<at::Tensor> saved_x;  // dequantized mode: packed x, one [E, Mmax, *] triple or one per expert
+    GroupedForward f = grouped_forward(x, qw.values, qw.packed.s_dec, off, padded, deq);
+    const at::Tensor y = f.y;
+    saved_x = std::move(f.saved_x);
     if (padded) {
-      const int64_t Mmax = max_count(off);
-      const at::Tensor idx = pad_index(off, Mmax, x.device());  // [T]
-      const at::Tensor x_pad = pad_rows(x, idx, E, Mmax);        // [E, Mmax, K]
-      // Activations: one launch quantizes every expert with its own amax. Slice e of x_pad holds
-      // expert e's rows followed by zero rows; zeros do not change max|x| (so amax and S_dec
-      // are those of the expert's own slice), 1x16 blocks never span two rows (so each real
-      // row's block scales and codes depend only on that row and S_dec), and zero rows quantize
-      // to zero codes. The real rows are therefore quantized exactly as the per-expert slices
-      // would be; an expert with no tokens gets amax 0 and an all-zero slice, never gathered.
-      at::Tensor xq, s_dec_x;  // bf16 [E, Mmax, K], float32 [E]
-      if (deq) {
-        const NVFP4Operand qx = nvfp4_quantize_and_fake(x_pad, Blocks::k1D);
-        xq = qx.values;
-        s_dec_x = qx.packed.s_dec;
-        saved_x = {qx.packed.codes, qx.packed.scales, qx.packed.s_dec};
-      } else {
-        const NVFP4FakeQuant fx = nvfp4_fake_quantize(x_pad, Blocks::k1D);
-        xq = fx.values;
-        s_dec_x = fx.s_dec;
-      }
-      // The emulated NVFP4 GEMM for all experts: bf16 operands, fp32 accumulation and output,
-      // alpha[E, 1, 1] = S_dec_x[e] * S_dec_w[e] applied once in fp32, one rounding to x's dtype.
-      const at::Tensor alpha = (s_dec_x * qw.packed.s_dec).view({E, 1, 1});
-      const at::Tensor y_pad = at::bmm(xq, qw.values.transpose(1, 2), at::kFloat).mul_(alpha).to(x.scalar_type());
-      y = unpad_rows(y_pad, idx);  // [T, N]
-      ctx->saved_data["pad_idx"] = idx;
-      ctx->saved_data["mmax"] = Mmax;
-    } else {
-      y = at::empty({T, N}, x.options());
-      for (int64_t e = 0; e < E; ++e) {
-        const int64_t n = off[e + 1] - off[e];
-        if (n == 0) continue;  // an expert with no tokens: nothing to compute, nothing saved
-        const at::Tensor xe = x.narrow(0, off[e], n);
-        // Activations: each expert's token slice has its own amax.
-        const NVFP4Operand qx = nvfp4_quantize_and_fake(xe, Blocks::k1D);
-        y.narrow(0, off[e], n).copy_(emulated_gemm(qx.values, qw.values[e], qx.packed.s_dec * qw.packed.s_dec[e],
-                                                    x.scalar_type()));
-        if (deq) {
-          saved_x.insert(saved_x.end(), {qx.packed.codes, qx.packed.scales, qx.packed.s_dec});
-        }
-      }
+      ctx->saved_data["pad_idx"] = f.idx;
+      ctx->saved_data["mmax"] = f.mmax;
     }
     std::vector<at::Tensor> save;
     if (deq) {
@@ -275,6 +294,25 @@ bool nvfp4_grouped_linear_pads(const at::Tensor& counts) {
   FP4QAT_CHECK(counts.device().is_cpu() && counts.scalar_type() == at::kLong && counts.dim() == 1,
                "nvfp4_grouped_linear_pads: counts must be a CPU int64 tensor [E], got ", counts.sizes());
   return pads(offsets_of(counts, counts.sum().item<int64_t>(), counts.size(0)));
+}
+
+at::Tensor nvfp4_linear_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec) {
+  FP4QAT_CHECK(w_values.dim() == 2 && x.size(-1) == w_values.size(1) && x.device() == w_values.device(),
+               "nvfp4_linear_forward: x ", x.sizes(), " and weight values [out, in] ", w_values.sizes(), " do not fit");
+  const int64_t K = x.size(-1);
+  const NVFP4FakeQuant fx = nvfp4_fake_quantize(x.reshape({-1, K}), Blocks::k1D);
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = w_values.size(0);
+  return emulated_gemm(fx.values, w_values, fx.s_dec * w_s_dec, x.scalar_type()).reshape(out_shape);
+}
+
+at::Tensor nvfp4_grouped_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,
+                                 const at::Tensor& counts) {
+  FP4QAT_CHECK(w_values.dim() == 3 && x.size(-1) == w_values.size(2) && x.device() == w_values.device(),
+               "nvfp4_grouped_forward: x ", x.sizes(), " and weight values [E, out, in] ", w_values.sizes(), " do not fit");
+  FP4QAT_CHECK(x.dim() == 2, "nvfp4_grouped_forward: x must be [T, K], got ", x.sizes());
+  const auto off = offsets_of(counts, x.size(0), w_values.size(0));
+  return grouped_forward(x.contiguous(), w_values, w_s_dec, off, x.is_cuda() && pads(off), false).y;
 }
 
 at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4LinearOptions& opt,

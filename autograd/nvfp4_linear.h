@@ -46,6 +46,14 @@ at::Tensor nvfp4_grouped_linear(const at::Tensor& x, const at::Tensor& w, const 
 // max(counts) > 0 and E * max(counts) <= 2 * sum(counts) + 128; else it loops over experts.
 bool nvfp4_grouped_linear_pads(const at::Tensor& counts);
 
+// The forward alone on weights quantized elsewhere (the rollout side reads them from an export):
+// w_values bf16 [N, K] / [E, N, K] = e2m1(q) * float(sb) (S_dec not applied), w_s_dec float32
+// [] / [E] ("weight_scale_2"). The same operations as the forward of nvfp4_linear (high_precision)
+// and nvfp4_grouped_linear, so a rollout forward on exported weights equals the trainer's.
+at::Tensor nvfp4_linear_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec);
+at::Tensor nvfp4_grouped_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,
+                                 const at::Tensor& counts);
+
 // The emulated NVFP4 GEMM on already quantized operands: (a[M, K] @ b[N, K]^T) * alpha with
 // fp32 accumulation; a, b hold exact bf16 values; alpha a float32 [] tensor (no host sync).
 at::Tensor emulated_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alpha, at::ScalarType out);
