@@ -171,6 +171,7 @@ class Schema {
           return v >= -1 ? std::string() : "must be >= 0 (or -1: every step when qat.format is not none)";
         }));
     add("export", "keep", &x.keep, positive<int64_t>());
+    add("export", "probe_mismatch", &x.probe_mismatch);
     add("export", "formats", &x.formats, Check<std::vector<std::string>>([](const std::vector<std::string>& v) {
           for (const auto& f : v)
             if (f != "nvfp4" && f != "mxfp8" && f != "bf16") return "unknown format '" + f + "' (nvfp4 | mxfp8 | bf16)";

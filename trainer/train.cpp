@@ -18,6 +18,7 @@
 #include "trainer/data.h"
 #include "trainer/exporter.h"
 #include "trainer/qat_policy.h"
+#include "trainer/rollout.h"
 
 namespace fp4qat::train {
 
@@ -92,6 +93,12 @@ int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, Optim
     st.v[i].copy_(orr.view(pname + ".exp_avg_sq"));
   }
   return step;
+}
+
+std::string fmt_g(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2e", v);
+  return b;
 }
 
 void append_line(const std::string& path, const std::string& line) {
@@ -315,11 +322,29 @@ Result run(const config::Config& cfg, const Options& opt) {
       pg->barrier();
       log.export_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
       if (!dir.empty()) res.exports.push_back(dir);
+      // Train/rollout mismatch: the export read back from disk and run as the rollout side runs it,
+      // against the trainer's own forward with the same weights (those of step + 1).
+      std::string probed;
+      for (const auto& f : cfg.exports.formats)
+        if (probed.empty() && f != "bf16") probed = f;
+      if (cfg.exports.probe_mismatch && !probed.empty() && !dir.empty()) {
+        const at::Tensor probe = get_batch(1, 0).narrow(0, 0, std::min<int64_t>(4, cfg.train.batch_size)).to(dev);
+        rollout::Loaded served = rollout::load(dir + "/" + probed, dev);
+        const at::Tensor lr_ = rollout::token_logprobs(*served.model, *served.policy, probe, dt);
+        const at::Tensor lt = rollout::token_logprobs(model, policy, probe, dt);
+        const at::Tensor d = (lt - lr_).abs();
+        log.mismatch_mean = d.mean().item<double>();
+        log.mismatch_max = d.max().item<double>();
+      }
     }
     res.steps.push_back(log);
     json::Value line = json::Value::object({{"step", step}, {"loss", log.loss}, {"lr", lr}, {"grad_norm", grad_norm},
                                             {"tokens_per_s", log.tokens_per_s}, {"aux_loss", log.aux_loss}});
     if (log.export_s > 0) line.set("export_s", log.export_s);
+    if (!std::isnan(log.mismatch_mean)) {
+      line.set("mismatch_mean", log.mismatch_mean);
+      line.set("mismatch_max", log.mismatch_max);
+    }
     json::Value lj = json::Value::array();
     for (const auto& l : load) {
       json::Value row = json::Value::array();
@@ -338,7 +363,10 @@ Result run(const config::Config& cfg, const Options& opt) {
     if (!opt.quiet && (step % cfg.train.log_every == 0 || step == 1) && (!tty || step == cfg.train.steps))
       std::printf("step %5lld/%lld  loss %.4f  aux %.4f  lr %.2e  |g| %.3f  %.0f tok/s%s\n", (long long)step,
                   (long long)cfg.train.steps, log.loss, log.aux_loss, lr, grad_norm, log.tokens_per_s,
-                  log.export_s > 0 ? ("  export " + std::to_string(static_cast<int>(log.export_s * 1000)) + " ms").c_str() : "");
+                  log.export_s > 0 ? ("  export " + std::to_string(static_cast<int>(log.export_s * 1000)) + " ms" +
+                                      (std::isnan(log.mismatch_mean) ? std::string() : "  |dlogp| " + fmt_g(log.mismatch_mean)))
+                                         .c_str()
+                                   : "");
     if (cfg.train.eval_every > 0 && (step % cfg.train.eval_every == 0 || step == cfg.train.steps)) {
       torch::NoGradGuard ng;
       double vl = 0;

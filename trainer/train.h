@@ -3,6 +3,7 @@
 // accumulation, periodic eval (val loss + exact-match accuracy), JSONL metrics, atomic
 // checkpoints (model, optimizer, step, resolved config) and bit-identical resume.
 #pragma once
+#include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
@@ -18,6 +19,8 @@ struct StepLog {
   double loss = 0, aux_loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0;
   std::vector<std::vector<double>> expert_load;  // per MoE layer, per expert
   double export_s = 0;  // seconds spent publishing this step's export (0: none)
+  // Per-token |log p_trainer - log p_export| on the probe batch after this step's export (NaN: none).
+  double mismatch_mean = std::nan(""), mismatch_max = std::nan("");
 };
 
 struct EvalLog {

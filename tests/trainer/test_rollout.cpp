@@ -1,0 +1,118 @@
+// tests/trainer/test_rollout.cpp — trainer/rollout.h and the per-step mismatch: an export read
+// back from disk and run as the rollout side runs it gives the trainer's log-probs when the
+// experts were trained with NVFP4 QAT (mismatch at accumulation-order level: exactly zero on the
+// CPU), and clearly different ones when training ran in BF16 and exported NVFP4; a BF16 export
+// gives the BF16 model's logits exactly; MXFP8 exports run; bad folders are refused by name.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+
+#include "kernels/common/check.h"
+#include "qat/fsutil.h"
+#include "tests/common/test_util.h"
+#include "trainer/model.h"
+#include "trainer/rollout.h"
+#include "trainer/train.h"
+
+using namespace fp4qat;
+
+namespace {
+
+config::Config small_run(const std::string& out) {
+  config::Config c;
+  c.model.hidden_size = 64;
+  c.model.num_hidden_layers = 2;
+  c.model.head_dim = 16;
+  c.model.moe_intermediate_size = 32;
+  c.model.num_experts = 4;
+  c.model.vocab_size = 32;
+  c.train.steps = 3;
+  c.train.batch_size = 4;
+  c.train.seq_len = 16;
+  c.train.device = "cpu";
+  c.train.eval_every = 0;
+  c.train.checkpoint_every = 0;
+  c.train.out_dir = out;
+  c.qat.format = "nvfp4";
+  c.exports.formats = {"nvfp4", "mxfp8", "bf16"};
+  return c;
+}
+
+}  // namespace
+
+TEST(Rollout, QatMismatchIsAccumulationOrderLevelAndBF16TrainingIsNot) {
+  test::TempDir d;
+  train::Options o;
+  o.quiet = true;
+  // A pretrained (peaked) model first: BF16-style training, no exports.
+  config::Config pre = small_run(d.file("pre"));
+  pre.qat.format = "none";
+  pre.exports.every = 0;
+  pre.train.steps = 60;
+  pre.optim.lr = 1e-2;
+  train::run(pre, o);
+  // Expert-only NVFP4 QAT from it, and BF16 fine-tuning from it that exports NVFP4.
+  config::Config qat = small_run(d.file("qat"));
+  qat.train.init_from = d.file("pre/hf");
+  qat.qat.train = "quantized_only";
+  const auto rq = train::run(qat, o);
+  config::Config bf = small_run(d.file("bf16"));
+  bf.train.init_from = d.file("pre/hf");
+  bf.qat.format = "none";
+  bf.exports.every = 1;
+  const auto rb = train::run(bf, o);
+  ASSERT_EQ(rq.steps.size(), 3u);
+  ASSERT_EQ(rb.steps.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    ASSERT_FALSE(std::isnan(rq.steps[i].mismatch_mean));
+    EXPECT_LE(rq.steps[i].mismatch_mean, 1e-3) << "step " << i + 1;
+    EXPECT_GT(rb.steps[i].mismatch_mean, 2e-3) << "step " << i + 1;  // above the QAT bound
+    EXPECT_GT(rb.steps[i].mismatch_mean, 50 * rq.steps[i].mismatch_mean + 1e-6);
+    EXPECT_GE(rb.steps[i].mismatch_max, rb.steps[i].mismatch_mean);
+  }
+  // The mismatch is logged per step.
+  std::ifstream f(d.file("qat/metrics.jsonl"));
+  std::string line;
+  int logged = 0;
+  while (std::getline(f, line)) logged += line.find("\"mismatch_mean\"") != std::string::npos;
+  EXPECT_EQ(logged, 3);
+}
+
+TEST(Rollout, BF16ExportGivesTheModelsLogitsAndMXFP8Runs) {
+  test::TempDir d;
+  config::Config c = small_run(d.file("run"));
+  c.train.steps = 1;
+  c.exports.probe_mismatch = false;
+  train::Options o;
+  o.quiet = true;
+  train::run(c, o);
+  const at::Tensor ids = at::randint(0, 13, {2, 9}, at::kLong);
+  rollout::Loaded bf = rollout::load(d.file("run/exports/latest/bf16"), at::kCPU);
+  EXPECT_EQ(bf.format, rollout::Format::kBF16);
+  EXPECT_EQ(bf.policy->quantized_count(), 0u);
+  const model::Qwen3Moe ref = model::load_hf_folder(d.file("run/exports/latest/bf16"));
+  model::LinearPolicy plain;
+  EXPECT_TRUE(test::bytes_equal(rollout::token_logprobs(*bf.model, *bf.policy, ids, at::kFloat),
+                                rollout::token_logprobs(ref, plain, ids, at::kFloat)));
+  rollout::Loaded mx = rollout::load(d.file("run/exports/latest/mxfp8"), at::kCPU);
+  EXPECT_EQ(mx.format, rollout::Format::kMXFP8);
+  EXPECT_EQ(mx.policy->quantized_count(), 4u);  // 2 layers x (gate_up, down)
+  const at::Tensor lm = rollout::token_logprobs(*mx.model, *mx.policy, ids, at::kFloat);
+  const at::Tensor lb = rollout::token_logprobs(*bf.model, *bf.policy, ids, at::kFloat);
+  EXPECT_TRUE(at::isfinite(lm).all().item<bool>());
+  EXPECT_FALSE(at::equal(lm, lb));
+  EXPECT_LT((lm - lb).abs().mean().item<double>(), 0.1);
+  // A folder with an unknown quantization method is refused, naming the file.
+  const std::string cfgp = d.file("run/exports/latest/nvfp4/config.json");
+  std::string text = fs::read_text(cfgp);
+  text.replace(text.find("\"modelopt\""), 10, "\"awq_xyz\"");
+  fs::write_text_atomic(cfgp, text);
+  try {
+    rollout::load(d.file("run/exports/latest/nvfp4"), at::kCPU);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("awq_xyz"), std::string::npos) << e.what();
+  }
+}

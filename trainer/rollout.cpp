@@ -1,0 +1,161 @@
+// trainer/rollout.cpp — see rollout.h.
+#include "trainer/rollout.h"
+
+#include <torch/torch.h>
+
+#include "autograd/nvfp4_linear.h"
+#include "kernels/common/check.h"
+#include "kernels/quantize.h"
+#include "qat/fsutil.h"
+#include "qat/json.h"
+#include "qat/safetensors.h"
+
+namespace fp4qat::rollout {
+
+const char* to_string(Format f) {
+  switch (f) {
+    case Format::kNVFP4: return "nvfp4";
+    case Format::kMXFP8: return "mxfp8";
+    default: return "bf16";
+  }
+}
+
+namespace {
+at::Tensor mxfp8_fake(const at::Tensor& x) {  // the MXFP8 value of every element, in x's dtype
+  const int64_t K = x.size(-1);
+  const at::Tensor x2 = x.reshape({-1, K});
+  return mxfp8_dequantize(mxfp8_quantize(x2), x.scalar_type()).reshape(x.sizes());
+}
+}  // namespace
+
+void ServingPolicy::to(const at::Device& dev) {
+  for (auto& [n, w] : weights_) {
+    w.values = w.values.to(dev);
+    if (w.s_dec.defined()) w.s_dec = w.s_dec.to(dev);
+  }
+}
+
+at::Tensor ServingPolicy::linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) {
+  auto it = weights_.find(name);
+  if (it == weights_.end()) return LinearPolicy::linear(name, x, w);
+  if (format_ == Format::kNVFP4) return autograd::nvfp4_linear_forward(x, it->second.values, it->second.s_dec);
+  return LinearPolicy::linear(name, mxfp8_fake(x), it->second.values.to(x.scalar_type()));
+}
+
+at::Tensor ServingPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
+                                  const at::Tensor& counts) {
+  auto it = weights_.find(name);
+  if (it == weights_.end()) return LinearPolicy::grouped(name, x, w, counts);
+  if (format_ == Format::kNVFP4) return autograd::nvfp4_grouped_forward(x, it->second.values, it->second.s_dec, counts);
+  return LinearPolicy::grouped(name, mxfp8_fake(x), it->second.values.to(x.scalar_type()), counts);
+}
+
+Loaded load(const std::string& dir, const at::Device& device) {
+  torch::NoGradGuard ng;
+  const config::ModelConfig cfg = model::read_hf_config(dir);
+  const std::string cfg_path = dir + "/config.json";
+  const json::Value cj = json::parse(fs::read_text(cfg_path), cfg_path);
+  Loaded out;
+  if (const json::Value* q = cj.find("quantization_config")) {
+    const std::string method = q->at("quant_method", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_method");
+    if (method == "modelopt") {
+      const std::string algo = q->at("quant_algo", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_algo");
+      FP4QAT_CHECK(algo == "NVFP4", cfg_path, ": quant_algo '", algo, "' is not supported (NVFP4 is)");
+      out.format = Format::kNVFP4;
+    } else {
+      FP4QAT_CHECK(method == "mxfp8", cfg_path, ": quant_method '", method, "' is not supported (modelopt NVFP4, mxfp8)");
+      out.format = Format::kMXFP8;
+    }
+  }
+  // Where each tensor lives.
+  std::map<std::string, std::string> where;
+  const std::string index = dir + "/model.safetensors.index.json";
+  if (fs::exists(index)) {
+    const json::Value j = json::parse(fs::read_text(index), index);
+    for (const auto& [name, file] : j.at("weight_map", index).as_object(index + ": weight_map"))
+      where[name] = dir + "/" + file.as_string(index + ": weight_map['" + name + "']");
+  } else {
+    const std::string single = dir + "/model.safetensors";
+    FP4QAT_CHECK(fs::exists(single), dir, ": neither model.safetensors.index.json nor model.safetensors found");
+    st::Reader r(single);
+    for (const auto& t : r.tensors()) where[t.name] = single;
+  }
+  std::map<std::string, std::unique_ptr<st::Reader>> readers;
+  auto get = [&](const std::string& name) -> at::Tensor {
+    auto it = where.find(name);
+    FP4QAT_CHECK(it != where.end(), dir, ": missing tensor '", name, "'");
+    auto& r = readers[it->second];
+    if (!r) r = std::make_unique<st::Reader>(it->second);
+    return r->view(name);
+  };
+  auto has = [&](const std::string& name) { return where.count(name) > 0; };
+  // A quantized module's values (without S_dec for NVFP4) and S_dec.
+  auto module = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
+    if (out.format == Format::kNVFP4) {
+      const at::Tensor s2 = get(m + ".weight_scale_2").to(at::kFloat);
+      FP4QAT_CHECK(s2.numel() == 1, dir, ": '", m, ".weight_scale_2' must be a scalar");
+      const NVFP4Tensor q{get(m + ".weight"), get(m + ".weight_scale"), at::ones({}, at::kFloat), Blocks::k1D};
+      return {nvfp4_dequantize(q, at::kBFloat16), s2.reshape({})};
+    }
+    return {mxfp8_dequantize({get(m + ".weight"), get(m + ".weight_scale_inv")}, at::kBFloat16), at::Tensor()};
+  };
+  auto quantized = [&](const std::string& m) {
+    return out.format == Format::kNVFP4 ? has(m + ".weight_scale") : (out.format == Format::kMXFP8 && has(m + ".weight_scale_inv"));
+  };
+  out.model = std::make_unique<model::Qwen3Moe>(cfg, 0);
+  std::map<std::string, ServingPolicy::Weight> weights;
+  for (const auto& g : out.model->hf_groups()) {
+    std::vector<std::string> mods;
+    int nq = 0;
+    for (const auto& n : g.names) {
+      mods.push_back(n.substr(0, n.size() - 7));
+      nq += quantized(mods.back());
+    }
+    if (nq == 0) continue;
+    FP4QAT_CHECK(nq == static_cast<int>(mods.size()), dir, ": '", mods[0], "' and the other members of '", g.param,
+                 "' must all be quantized or all BF16");
+    if (g.tensor.dim() == 2) {
+      auto [v, s] = module(mods[0]);
+      weights[g.param] = {v, s};
+      continue;
+    }
+    const int64_t E = g.tensor.size(0), P = g.parts;
+    std::vector<at::Tensor> vals, sdec;
+    for (int64_t e = 0; e < E; ++e) {
+      std::vector<at::Tensor> parts;
+      for (int64_t p = 0; p < P; ++p) {
+        auto [v, s] = module(mods[e * P + p]);
+        parts.push_back(v);
+        if (p == 0 && s.defined()) sdec.push_back(s);
+        if (p > 0 && s.defined() && !at::equal(s, sdec.back()))
+          TORCH_WARN("fp4qat: ", mods[e * P + p], ".weight_scale_2 differs from ", mods[e * P],
+                     ".weight_scale_2; using the latter for both, as serving engines do");
+      }
+      vals.push_back(at::cat(parts, 0));  // [P*R, K]
+    }
+    weights[g.param] = {at::stack(vals), sdec.empty() ? at::Tensor() : at::stack(sdec)};
+  }
+  // Every other tensor is a BF16 (or F32) parameter; quantized ones get their dequantized value.
+  out.model->load_hf([&](const std::string& name) -> at::Tensor {
+    const std::string m = name.size() > 7 ? name.substr(0, name.size() - 7) : name;
+    if (quantized(m)) {
+      auto [v, s] = module(m);
+      return s.defined() ? v.to(at::kFloat) * s : v.to(at::kFloat);
+    }
+    return get(name).to(at::kFloat);
+  });
+  out.model->to(device);
+  for (auto& [n, p] : out.model->params()) p.requires_grad_(false);
+  out.policy = std::make_unique<ServingPolicy>(out.format, std::move(weights));
+  out.policy->to(device);
+  return out;
+}
+
+at::Tensor token_logprobs(const model::Qwen3Moe& m, model::LinearPolicy& p, const at::Tensor& ids, at::ScalarType dt) {
+  torch::NoGradGuard ng;
+  const int64_t T = ids.size(1) - 1;
+  const at::Tensor logits = m.forward(ids.narrow(1, 0, T), dt, p).logits.to(at::kFloat);  // [B, T, V]
+  return at::log_softmax(logits, -1).gather(-1, ids.narrow(1, 1, T).unsqueeze(-1)).squeeze(-1);
+}
+
+}  // namespace fp4qat::rollout
