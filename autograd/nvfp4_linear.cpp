@@ -6,12 +6,16 @@
 #include <algorithm>
 #include <vector>
 
+#include "autograd/common.h"
 #include "kernels/common/check.h"
 
 namespace fp4qat::autograd {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+using detail::check_operands;
+using detail::linear_grads;
+using detail::offsets_of;
 
 Backward parse_backward(const std::string& s) {
   if (s == "high_precision") return Backward::kHighPrecision;
@@ -22,29 +26,10 @@ Backward parse_backward(const std::string& s) {
 const char* to_string(Backward b) { return b == Backward::kHighPrecision ? "high_precision" : "dequantized"; }
 
 at::Tensor emulated_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alpha, at::ScalarType out) {
-  at::Tensor acc;
-  if (a.is_cuda()) {
-    acc = at::mm(a, b.t(), at::kFloat);  // bf16 operands, fp32 accumulation and output
-  } else {
-    acc = at::mm(a.to(at::kFloat), b.to(at::kFloat).t());  // the bf16 values are exact in fp32
-  }
-  return acc.mul_(alpha).to(out);
+  return detail::mm_fp32_acc(a, b).mul_(alpha).to(out);
 }
 
 namespace {
-
-void check_operands(const at::Tensor& x, const at::Tensor& w, int64_t w_dim, const char* op) {
-  FP4QAT_CHECK(w.dim() == w_dim, op, ": weight must be ", w_dim, "-D, got ", w.sizes());
-  FP4QAT_CHECK(x.size(-1) == w.size(-1), op, ": x has K = ", x.size(-1), " but the weight [.., out, in] has in = ",
-               w.size(-1));
-  FP4QAT_CHECK(x.scalar_type() == w.scalar_type(), op, ": x is ", x.scalar_type(), " but the weight is ", w.scalar_type());
-  FP4QAT_CHECK(x.device() == w.device(), op, ": x is on ", x.device(), " but the weight on ", w.device());
-}
-
-// dX = dY B and dW = (A^T dY)^T, the same calls torch's own linear backward makes.
-std::pair<at::Tensor, at::Tensor> linear_grads(const at::Tensor& dy, const at::Tensor& a, const at::Tensor& b) {
-  return {dy.mm(b), a.t().mm(dy).t()};
-}
 
 class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
  public:
@@ -92,20 +77,6 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
     return {dx.reshape(x_shape), dw, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
-
-// Row offsets of each expert from host counts.
-std::vector<int64_t> offsets_of(const at::Tensor& counts, int64_t T, int64_t E) {
-  FP4QAT_CHECK(counts.device().is_cpu() && counts.scalar_type() == at::kLong && counts.dim() == 1 && counts.size(0) == E,
-               "nvfp4_grouped_linear: counts must be a CPU int64 tensor [E = ", E, "], got ", counts.sizes());
-  std::vector<int64_t> off(static_cast<size_t>(E) + 1, 0);
-  const int64_t* c = counts.data_ptr<int64_t>();
-  for (int64_t e = 0; e < E; ++e) {
-    FP4QAT_CHECK(c[e] >= 0, "nvfp4_grouped_linear: negative count for expert ", e);
-    off[e + 1] = off[e] + c[e];
-  }
-  FP4QAT_CHECK(off[E] == T, "nvfp4_grouped_linear: counts sum to ", off[E], " but x has ", T, " rows");
-  return off;
-}
 
 // The padded path allocates E * Mmax rows per operand instead of T: allowed up to twice T (plus
 // a few rows, so that tiny batches pad too); heavier routing imbalance loops over experts.
@@ -208,7 +179,7 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
                             const at::Tensor& w_amax, int64_t blocks, int64_t backward) {
     const int64_t T = x.size(0), E = w.size(0), N = w.size(1);
-    const auto off = offsets_of(counts, T, E);
+    const auto off = offsets_of(counts, T, E, "nvfp4_grouped_linear");
     const bool deq = static_cast<Backward>(backward) == Backward::kDequantized;
     const bool padded = x.is_cuda() && pads(off);
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
@@ -293,7 +264,7 @@ at::Tensor amax_arg(const std::optional<at::Tensor>& a, const at::Tensor& w) {
 bool nvfp4_grouped_linear_pads(const at::Tensor& counts) {
   FP4QAT_CHECK(counts.device().is_cpu() && counts.scalar_type() == at::kLong && counts.dim() == 1,
                "nvfp4_grouped_linear_pads: counts must be a CPU int64 tensor [E], got ", counts.sizes());
-  return pads(offsets_of(counts, counts.sum().item<int64_t>(), counts.size(0)));
+  return pads(offsets_of(counts, counts.sum().item<int64_t>(), counts.size(0), "nvfp4_grouped_linear"));
 }
 
 at::Tensor nvfp4_linear_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec) {
@@ -326,7 +297,7 @@ at::Tensor nvfp4_grouped_linear(const at::Tensor& x, const at::Tensor& w, const 
                                 const NVFP4LinearOptions& opt, const std::optional<at::Tensor>& weight_amax) {
   check_operands(x, w, 3, "nvfp4_grouped_linear");
   FP4QAT_CHECK(x.dim() == 2, "nvfp4_grouped_linear: x must be [T, K], got ", x.sizes());
-  offsets_of(counts, x.size(0), w.size(0));  // validate before autograd sees the arguments
+  offsets_of(counts, x.size(0), w.size(0), "nvfp4_grouped_linear");  // validate before autograd sees the arguments
   return NVFP4GroupedLinearFn::apply(x, w, counts, amax_arg(weight_amax, w),
                                      static_cast<int64_t>(opt.weight_blocks), static_cast<int64_t>(opt.backward));
 }
