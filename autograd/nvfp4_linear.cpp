@@ -178,7 +178,7 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
                             const at::Tensor& w_amax, int64_t blocks, int64_t backward) {
-    const int64_t T = x.size(0), E = w.size(0), N = w.size(1);
+    const int64_t T = x.size(0), E = w.size(0);
     const auto off = offsets_of(counts, T, E, "nvfp4_grouped_linear");
     const bool deq = static_cast<Backward>(backward) == Backward::kDequantized;
     const bool padded = x.is_cuda() && pads(off);
@@ -282,7 +282,7 @@ at::Tensor nvfp4_grouped_forward(const at::Tensor& x, const at::Tensor& w_values
   FP4QAT_CHECK(w_values.dim() == 3 && x.size(-1) == w_values.size(2) && x.device() == w_values.device(),
                "nvfp4_grouped_forward: x ", x.sizes(), " and weight values [E, out, in] ", w_values.sizes(), " do not fit");
   FP4QAT_CHECK(x.dim() == 2, "nvfp4_grouped_forward: x must be [T, K], got ", x.sizes());
-  const auto off = offsets_of(counts, x.size(0), w_values.size(0));
+  const auto off = offsets_of(counts, x.size(0), w_values.size(0), "nvfp4_grouped_forward");
   return grouped_forward(x.contiguous(), w_values, w_s_dec, off, x.is_cuda() && pads(off), false).y;
 }
 

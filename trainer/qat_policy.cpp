@@ -3,6 +3,7 @@
 
 #include <torch/torch.h>
 
+#include "autograd/mxfp8_linear.h"
 #include "kernels/common/check.h"
 #include "qat/gated_pairs.h"
 #include "qat/patterns.h"
@@ -22,8 +23,9 @@ int64_t layer_of(const std::string& name) {  // "model.layers.<i>." -> i, else -
 
 QatPolicy::QatPolicy(const config::QatConfig& cfg, const model::Qwen3Moe& model, bool quantize_forward)
     : model_(model), quantize_forward_(quantize_forward) {
-  FP4QAT_CHECK(!quantize_forward || cfg.format == "nvfp4", "qat.format '", cfg.format,
-               "': the quantized training forward supports nvfp4 (mxfp8 is an export format: export.formats)");
+  FP4QAT_CHECK(!quantize_forward || cfg.format == "nvfp4" || cfg.format == "mxfp8", "qat.format '", cfg.format,
+               "': expected nvfp4 or mxfp8");
+  mxfp8_ = cfg.format == "mxfp8";
   opt_.weight_blocks = parse_blocks(cfg.weight_blocks);
   opt_.backward = autograd::parse_backward(cfg.backward);
   const int64_t L = model.config().num_hidden_layers;
@@ -91,6 +93,7 @@ at::Tensor QatPolicy::linear(const std::string& name, const at::Tensor& x, const
   if (!quantize_forward_) return LinearPolicy::linear(name, x, w);
   const at::Tensor wc = compute_copy(w, x.scalar_type());
   if (weight_observer) weight_observer(name, wc.detach());
+  if (mxfp8_) return autograd::mxfp8_linear(x, wc, opt_.backward);
   return autograd::nvfp4_linear(x, wc, opt_, shared_weight_amax(name));
 }
 
@@ -112,6 +115,7 @@ at::Tensor QatPolicy::grouped(const std::string& name, const at::Tensor& x, cons
   if (!quantize_forward_) return LinearPolicy::grouped(name, x, w, counts);
   const at::Tensor wc = compute_copy(w, x.scalar_type());
   if (weight_observer) weight_observer(name, wc.detach());
+  if (mxfp8_) return autograd::mxfp8_grouped_linear(x.contiguous(), wc, counts, opt_.backward);
   return autograd::nvfp4_grouped_linear(x.contiguous(), wc, counts, opt_);
 }
 

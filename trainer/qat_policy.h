@@ -1,6 +1,6 @@
 // trainer/qat_policy.h — the quantization "converter" kept apart from the model: a
 // model::LinearPolicy that routes the linears matched by the recipe's `qat:` section through the
-// NVFP4 autograd functions (autograd/nvfp4_linear.h) and leaves the rest in the compute dtype.
+// NVFP4 (or MXFP8) autograd functions (autograd/nvfp4_linear.h, mxfp8_linear.h) and leaves the rest in the compute dtype.
 // Patterns are globs on Hugging Face module names (`*` matches any characters, dots included),
 // e.g. `model.layers.*.mlp.experts.*`. A pattern that matches nothing is an error, and so is
 // quantizing one member of a gated pair (gate_proj/up_proj) without the other; the members of a
@@ -57,6 +57,7 @@ class QatPolicy : public model::LinearPolicy {
   const model::Qwen3Moe& model_;
   autograd::NVFP4LinearOptions opt_;
   bool quantize_forward_;
+  bool mxfp8_ = false;  // qat.format mxfp8: MXFP8 operands (autograd/mxfp8_linear.h)
   std::set<std::string> params_;  // parameter names (model-internal) selected for quantization
   std::map<std::string, at::Tensor> input_amax_;
 };

@@ -3,6 +3,7 @@
 
 #include <torch/torch.h>
 
+#include "autograd/mxfp8_linear.h"
 #include "autograd/nvfp4_linear.h"
 #include "kernels/common/check.h"
 #include "kernels/quantize.h"
@@ -20,13 +21,6 @@ const char* to_string(Format f) {
   }
 }
 
-namespace {
-at::Tensor mxfp8_fake(const at::Tensor& x) {  // the MXFP8 value of every element, in x's dtype
-  const int64_t K = x.size(-1);
-  const at::Tensor x2 = x.reshape({-1, K});
-  return mxfp8_dequantize(mxfp8_quantize(x2), x.scalar_type()).reshape(x.sizes());
-}
-}  // namespace
 
 void ServingPolicy::to(const at::Device& dev) {
   for (auto& [n, w] : weights_) {
@@ -39,7 +33,9 @@ at::Tensor ServingPolicy::linear(const std::string& name, const at::Tensor& x, c
   auto it = weights_.find(name);
   if (it == weights_.end()) return LinearPolicy::linear(name, x, w);
   if (format_ == Format::kNVFP4) return autograd::nvfp4_linear_forward(x, it->second.values, it->second.s_dec);
-  return LinearPolicy::linear(name, mxfp8_fake(x), it->second.values.to(x.scalar_type()));
+  // MXFP8: the training function itself; re-quantizing MXFP8 values gives the same values back.
+  torch::NoGradGuard ng;
+  return autograd::mxfp8_linear(x, it->second.values.to(x.scalar_type()), autograd::Backward::kHighPrecision);
 }
 
 at::Tensor ServingPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
@@ -47,7 +43,9 @@ at::Tensor ServingPolicy::grouped(const std::string& name, const at::Tensor& x, 
   auto it = weights_.find(name);
   if (it == weights_.end()) return LinearPolicy::grouped(name, x, w, counts);
   if (format_ == Format::kNVFP4) return autograd::nvfp4_grouped_forward(x, it->second.values, it->second.s_dec, counts);
-  return LinearPolicy::grouped(name, mxfp8_fake(x), it->second.values.to(x.scalar_type()), counts);
+  torch::NoGradGuard ng;
+  return autograd::mxfp8_grouped_linear(x.contiguous(), it->second.values.to(x.scalar_type()), counts,
+                                        autograd::Backward::kHighPrecision);
 }
 
 Loaded load(const std::string& dir, const at::Device& device) {

@@ -71,6 +71,14 @@ TEST(Rollout, QatMismatchIsAccumulationOrderLevelAndBF16TrainingIsNot) {
     EXPECT_GT(rb.steps[i].mismatch_mean, 50 * rq.steps[i].mismatch_mean + 1e-6);
     EXPECT_GE(rb.steps[i].mismatch_max, rb.steps[i].mismatch_mean);
   }
+  // MXFP8 QAT against its MXFP8 export: the same.
+  config::Config mx = small_run(d.file("mx"));
+  mx.train.init_from = d.file("pre/hf");
+  mx.qat.format = "mxfp8";
+  mx.qat.train = "quantized_only";
+  mx.exports.formats = {"mxfp8"};
+  const auto rm = train::run(mx, o);
+  for (const auto& s : rm.steps) EXPECT_LE(s.mismatch_mean, 1e-3) << "mxfp8 step " << s.step;
   // The mismatch is logged per step.
   std::ifstream f(d.file("qat/metrics.jsonl"));
   std::string line;
