@@ -10,6 +10,7 @@
 
 #include "kernels/common/check.h"
 #include "qat/fsutil.h"
+#include "qat/json.h"
 #include "tests/common/test_util.h"
 #include "trainer/model.h"
 #include "trainer/rollout.h"
@@ -123,4 +124,36 @@ TEST(Rollout, BF16ExportGivesTheModelsLogitsAndMXFP8Runs) {
     EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("awq_xyz"), std::string::npos) << e.what();
   }
+}
+
+TEST(CliEval, SequencesAndSummaryFromAnExport) {
+  test::TempDir d;
+  config::Config c = small_run(d.file("run"));
+  c.train.steps = 1;
+  c.exports.probe_mismatch = false;
+  train::Options o;
+  o.quiet = true;
+  train::run(c, o);
+  const std::string dir = d.file("run/exports/latest/nvfp4");
+  fs::write_text_atomic(d.file("seqs.jsonl"), "{\"tokens\": [1, 2, 10, 3, 11, 5]}\n\n{\"tokens\": [4, 4]}\n");
+  const auto r = test::run_fp4qat({"eval", "--model", dir, "--sequences", d.file("seqs.jsonl"), "--out",
+                                   d.file("lp.jsonl"), "--device", "cpu", "--synthetic-batches", "1", "--exact-match", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"val_loss\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"format\":\"nvfp4\""), std::string::npos) << r.out;
+  const std::string lp = fs::read_text(d.file("lp.jsonl"));
+  const json::Value first = json::parse(lp.substr(0, lp.find('\n')), "lp.jsonl");
+  rollout::Loaded m = rollout::load(dir, at::kCPU);
+  const at::Tensor want = rollout::token_logprobs(*m.model, *m.policy, at::tensor(std::vector<int64_t>{1, 2, 10, 3, 11, 5}).unsqueeze(0), at::kFloat);
+  const auto& got = first.at("logprobs").as_array();
+  ASSERT_EQ(got.size(), 5u);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(static_cast<float>(got[i].as_double()), want[0][i].item<float>()) << i;
+  // A token outside the vocabulary names the file and line.
+  fs::write_text_atomic(d.file("bad.jsonl"), "{\"tokens\": [1, 2]}\n{\"tokens\": [1, 999]}\n");
+  const auto b = test::run_fp4qat({"eval", "--model", dir, "--sequences", d.file("bad.jsonl"), "--device", "cpu"});
+  EXPECT_EQ(b.exit_code, 1);
+  EXPECT_NE(b.err.find("bad.jsonl:2"), std::string::npos) << b.err;
+  const auto m2 = test::run_fp4qat({"eval", "--model", d.file("nope"), "--device", "cpu"});
+  EXPECT_EQ(m2.exit_code, 1);
+  EXPECT_NE(m2.err.find("nope"), std::string::npos) << m2.err;
 }

@@ -1,0 +1,141 @@
+// trainer/cmd_eval.cpp — `fp4qat eval`: a model loaded from an exported / converted / BF16
+// Hugging Face folder (trainer/rollout.h: from the files, run as a serving engine runs it) scores
+// token sequences (per-token log-probs, JSONL) and/or the synthetic corpus (validation loss,
+// exact-match accuracy of greedy answers), optionally against a reference folder (mean and max
+// |log p_model - log p_reference| per token).
+#include <boost/program_options.hpp>
+
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "kernels/common/check.h"
+#include "qat/fsutil.h"
+#include "qat/json.h"
+#include "trainer/cli.h"
+#include "trainer/data.h"
+#include "trainer/rollout.h"
+#include "trainer/train.h"
+
+namespace po = boost::program_options;
+
+namespace fp4qat::cli {
+
+namespace {
+at::Device device_of(const std::string& s) {
+  FP4QAT_CHECK(s == "auto" || s == "cpu" || s == "cuda", "--device '", s, "': expected auto, cpu or cuda");
+  FP4QAT_CHECK(s != "cuda" || at::hasCUDA(), "--device cuda: no CUDA device is available");
+  return (s == "cuda" || (s == "auto" && at::hasCUDA())) ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+}
+
+// Token sequences from JSONL lines {"tokens": [..]}; each needs >= 2 tokens inside the vocabulary.
+std::vector<std::vector<int64_t>> read_sequences(const std::string& path, int64_t vocab) {
+  const std::string text = fs::read_text(path, 1u << 30);
+  std::vector<std::vector<int64_t>> out;
+  size_t pos = 0, line_no = 0;
+  while (pos < text.size()) {
+    const size_t end = std::min(text.find('\n', pos), text.size());
+    const std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(line_no);
+    const json::Value v = json::parse(line, where);
+    std::vector<int64_t> seq;
+    for (const auto& t : v.at("tokens", where).as_array(where + ": tokens")) {
+      const int64_t id = t.as_int(where + ": tokens");
+      FP4QAT_CHECK(id >= 0 && id < vocab, where, ": token ", id, " is outside the vocabulary [0, ", vocab, ")");
+      seq.push_back(id);
+    }
+    FP4QAT_CHECK(seq.size() >= 2, where, ": a sequence needs at least 2 tokens");
+    out.push_back(std::move(seq));
+  }
+  return out;
+}
+}  // namespace
+
+int cmd_eval(const Args& args) {
+  std::string model_dir, reference, sequences, out, device;
+  int64_t batches = 4, problems = 64;
+  uint64_t seed = 1234;
+  po::options_description desc("fp4qat eval options");
+  desc.add_options()("help,h", "show this help")
+      ("model", po::value(&model_dir)->required(), "exported / converted / BF16 Hugging Face folder")
+      ("reference", po::value(&reference), "a second folder: report mean/max |log p - log p_reference| per token")
+      ("sequences", po::value(&sequences), "JSONL of {\"tokens\": [...]}: per-token log-probs to --out")
+      ("out", po::value(&out), "JSONL output of --sequences (default: stdout)")
+      ("synthetic-batches", po::value(&batches)->default_value(4), "validation batches (16 x 64) of the synthetic corpus; 0: none")
+      ("exact-match", po::value(&problems)->default_value(64), "synthetic problems answered greedily; 0: none")
+      ("seed", po::value(&seed)->default_value(1234), "corpus seed (the recipes' train.seed)")
+      ("device", po::value(&device)->default_value("auto"), "auto | cpu | cuda");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(desc).run(), vm);
+  if (vm.count("help")) {
+    std::cout << "usage: fp4qat eval --model DIR [--reference DIR] [--sequences FILE.jsonl [--out FILE.jsonl]]\n\n"
+              << desc << "\n";
+    return 0;
+  }
+  po::notify(vm);
+  FP4QAT_CHECK(batches >= 0 && problems >= 0, "--synthetic-batches and --exact-match must be >= 0");
+  const at::Device dev = device_of(device);
+  const at::ScalarType dt = dev.is_cuda() ? at::kBFloat16 : at::kFloat;
+  rollout::Loaded m = rollout::load(model_dir, dev);
+  std::optional<rollout::Loaded> ref;
+  if (!reference.empty()) ref = rollout::load(reference, dev);
+  json::Value summary = json::Value::object({{"model", model_dir}, {"format", rollout::to_string(m.format)}});
+
+  if (!sequences.empty()) {
+    const auto seqs = read_sequences(sequences, m.model->config().vocab_size);
+    std::ofstream file;
+    if (!out.empty()) {
+      file.open(out, std::ios::trunc);
+      FP4QAT_CHECK(file.good(), out, ": cannot create");
+    }
+    std::ostream& os = out.empty() ? std::cout : file;
+    for (const auto& s : seqs) {
+      const at::Tensor ids = at::tensor(s, at::kLong).unsqueeze(0).to(dev);
+      const at::Tensor lp = rollout::token_logprobs(*m.model, *m.policy, ids, dt)[0].to(at::kCPU).to(at::kDouble).contiguous();
+      json::Value toks = json::Value::array(), lps = json::Value::array();
+      for (int64_t t : s) toks.push_back(t);
+      for (int64_t i = 0; i < lp.numel(); ++i) lps.push_back(lp.data_ptr<double>()[i]);
+      os << json::Value::object({{"tokens", toks}, {"logprobs", lps}, {"sum", lp.sum().item<double>()}}).dump() << "\n";
+    }
+    FP4QAT_CHECK(os.good(), out.empty() ? std::string("stdout") : out, ": write failed");
+  }
+  const int64_t V = m.model->config().vocab_size;
+  if (batches > 0 || ref) {
+    FP4QAT_CHECK(V >= data::kVocabUsed, model_dir, ": the synthetic corpus needs vocab_size >= ", data::kVocabUsed);
+    data::SyntheticCorpus corpus(seed, 99);
+    double loss = 0, dsum = 0, dmax = 0;
+    int64_t n = 0;
+    for (int64_t b = 0; b < std::max<int64_t>(batches, 1); ++b) {
+      const at::Tensor ids = corpus.batch(1, static_cast<uint64_t>(b), 16, 64).to(dev);
+      const at::Tensor lp = rollout::token_logprobs(*m.model, *m.policy, ids, dt);
+      loss += -lp.mean().item<double>();
+      if (ref) {
+        const at::Tensor d = (lp - rollout::token_logprobs(*ref->model, *ref->policy, ids, dt)).abs();
+        dsum += d.sum().item<double>();
+        n += d.numel();
+        dmax = std::max(dmax, d.max().item<double>());
+      }
+    }
+    if (batches > 0) summary.set("val_loss", loss / static_cast<double>(batches));
+    if (ref) {
+      summary.set("reference", reference);
+      summary.set("mean_abs_dlogp", dsum / static_cast<double>(n));
+      summary.set("max_abs_dlogp", dmax);
+    }
+  }
+  if (problems > 0) {
+    FP4QAT_CHECK(V >= data::kVocabUsed, model_dir, ": the synthetic corpus needs vocab_size >= ", data::kVocabUsed);
+    config::Config c;
+    c.train.seed = seed;
+    summary.set("exact_match", train::exact_match(*m.model, c, problems, dt, *m.policy, dev));
+  }
+  std::fprintf(out.empty() && !sequences.empty() ? stderr : stdout, "%s\n", summary.dump().c_str());
+  return 0;
+}
+
+}  // namespace fp4qat::cli
