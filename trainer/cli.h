@@ -16,6 +16,7 @@ int run(const Args& args);
 // Subcommands (trainer/cmd_*.cpp).
 int cmd_convert(const Args& args);
 int cmd_eval(const Args& args);
+int cmd_generate(const Args& args);
 int cmd_quantize(const Args& args);
 int cmd_sample(const Args& args);
 int cmd_train(const Args& args);

@@ -111,7 +111,7 @@ void Qwen3Moe::to(const at::Device& device) {
 }
 
 at::Tensor Qwen3Moe::attention(int64_t i, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                               at::ScalarType dt, LinearPolicy& policy) const {
+                               at::ScalarType dt, LinearPolicy& policy, KVCache* cache) const {
   const int64_t B = x.size(0), T = x.size(1), hd = cfg_.head_dim, nH = cfg_.num_attention_heads,
                 nKV = cfg_.num_key_value_heads;
   const std::string p = L(i) + "self_attn.";
@@ -121,11 +121,28 @@ at::Tensor Qwen3Moe::attention(int64_t i, const at::Tensor& x, const at::Tensor&
   at::Tensor v = proj("v_proj").view({B, T, nKV, hd}).transpose(1, 2);
   q = q * cos + rotate_half(q) * sin;
   k = k * cos + rotate_half(k) * sin;
+  int64_t past = 0;
+  if (cache) {  // [B, nKV, past + T, hd]
+    if (cache->k[i].defined()) {
+      past = cache->k[i].size(2);
+      k = at::cat({cache->k[i], k}, 2);
+      v = at::cat({cache->v[i], v}, 2);
+    }
+    cache->k[i] = k;
+    cache->v[i] = v;
+  }
   if (nKV != nH) {
     k = k.repeat_interleave(nH / nKV, 1);
     v = v.repeat_interleave(nH / nKV, 1);
   }
-  at::Tensor o = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  at::Tensor o;
+  if (past == 0) {
+    o = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  } else {  // query t (position past + t) sees keys 0 .. past + t
+    const at::Tensor qi = at::arange(T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(1);
+    const at::Tensor kj = at::arange(past + T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(0);
+    o = at::scaled_dot_product_attention(q, k, v, kj <= qi + past, 0.0, /*is_causal=*/false);
+  }
   o = o.transpose(1, 2).reshape({B, T, nH * hd});
   return policy.linear(p + "o_proj.weight", o, param(p + "o_proj.weight"));
 }
@@ -164,15 +181,20 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
   return out.view(x3.sizes());
 }
 
-ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, LinearPolicy& policy) const {
+ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, LinearPolicy& policy, KVCache* cache) const {
   FP4QAT_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "model input must be int64 [B, T], got ", ids.sizes());
   const int64_t T = ids.size(1), hd = cfg_.head_dim;
-  FP4QAT_CHECK(T <= cfg_.max_position_embeddings, "sequence of ", T, " tokens exceeds max_position_embeddings ",
-               cfg_.max_position_embeddings);
+  const int64_t pos0 = cache ? cache->pos : 0;
+  FP4QAT_CHECK(pos0 + T <= cfg_.max_position_embeddings, "sequence of ", pos0 + T,
+               " tokens exceeds max_position_embeddings ", cfg_.max_position_embeddings);
+  if (cache && cache->k.empty()) {
+    cache->k.resize(static_cast<size_t>(cfg_.num_hidden_layers));
+    cache->v.resize(static_cast<size_t>(cfg_.num_hidden_layers));
+  }
   // RoPE tables in fp32, cast like Hugging Face does.
   const auto fopt = at::TensorOptions().dtype(at::kFloat).device(ids.device());
   const at::Tensor inv = 1.0 / at::pow(cfg_.rope_theta, at::arange(0, hd, 2, fopt.dtype(at::kLong)).to(at::kFloat) / hd);
-  const at::Tensor freqs = at::outer(at::arange(T, fopt), inv);
+  const at::Tensor freqs = at::outer(at::arange(pos0, pos0 + T, fopt), inv);
   const at::Tensor emb = at::cat({freqs, freqs}, -1);
   const at::Tensor cos = emb.cos().to(dt), sin = emb.sin().to(dt);
 
@@ -180,7 +202,7 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
   ForwardOutput out;
   std::vector<at::Tensor> auxes;
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
-    x = x + attention(i, rms_norm(x, param(L(i) + "input_layernorm.weight"), cfg_.rms_norm_eps), cos, sin, dt, policy);
+    x = x + attention(i, rms_norm(x, param(L(i) + "input_layernorm.weight"), cfg_.rms_norm_eps), cos, sin, dt, policy, cache);
     const at::Tensor hn = rms_norm(x, param(L(i) + "post_attention_layernorm.weight"), cfg_.rms_norm_eps);
     if (is_moe_layer(i)) {
       at::Tensor aux, load;
@@ -198,6 +220,7 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
   const std::string head = cfg_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   out.logits = policy.linear(head, x, param(head));
   out.aux_loss = auxes.empty() ? at::zeros({}, fopt) : at::stack(auxes).mean();
+  if (cache) cache->pos += T;
   return out;
 }
 

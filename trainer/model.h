@@ -41,6 +41,13 @@ struct ForwardOutput {
 
 using Params = std::vector<std::pair<std::string, at::Tensor>>;
 
+// Keys and values of the tokens seen so far, per layer ([B, kv_heads, S, head_dim], after q/k
+// norm and RoPE), for incremental decoding: forward() with a cache appends to it.
+struct KVCache {
+  std::vector<at::Tensor> k, v;
+  int64_t pos = 0;  // tokens already in the cache
+};
+
 // One master parameter under its Hugging Face tensor names. A stacked expert tensor
 // [E, P*R, K] holds P members (gate_up: P = 2, gate rows first) of E experts; member (e, p) is
 // rows [p*R, (p+1)*R) of expert e and is named names[e*P + p]. Other parameters have one name.
@@ -63,8 +70,10 @@ class Qwen3Moe {
   bool is_moe_layer(int64_t layer) const;
   void to(const at::Device& device);
 
-  // ids: int64 [B, T]. compute: bf16 or fp32.
-  ForwardOutput forward(const at::Tensor& ids, at::ScalarType compute, LinearPolicy& policy) const;
+  // ids: int64 [B, T]. compute: bf16 or fp32. With a cache, ids are the tokens after the cached
+  // ones (positions cache->pos...), attending to the cache and causally among themselves.
+  ForwardOutput forward(const at::Tensor& ids, at::ScalarType compute, LinearPolicy& policy,
+                        KVCache* cache = nullptr) const;
 
   // Hugging Face adapter: per-expert names, tensors converted to `dtype`.
   Params to_hf(at::ScalarType dtype) const;
@@ -77,7 +86,7 @@ class Qwen3Moe {
   Params hf_views() const;  // views of the masters under Hugging Face names
   void add(const std::string& name, std::vector<int64_t> shape, bool is_norm, at::Generator& gen);
   at::Tensor attention(int64_t layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                       at::ScalarType dt, LinearPolicy& policy) const;
+                       at::ScalarType dt, LinearPolicy& policy, KVCache* cache) const;
   at::Tensor moe(int64_t layer, const at::Tensor& x, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
                  at::Tensor* load) const;
   config::ModelConfig cfg_;

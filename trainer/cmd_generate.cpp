@@ -1,0 +1,125 @@
+// trainer/cmd_generate.cpp — `fp4qat generate`: sampling from an exported / converted / BF16
+// folder as the rollout side runs it (trainer/rollout.h), with a KV cache: the prompt in one
+// forward, then one token per forward. Greedy (--temperature 0), temperature and top-p sampling
+// with a seeded generator. Output JSONL per prompt: the generated tokens and their log-probs
+// under the model (temperature 1, no top-p: what an RL trainer compares against).
+#include <ATen/CPUGeneratorImpl.h>
+#include <boost/program_options.hpp>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "kernels/common/check.h"
+#include "qat/fsutil.h"
+#include "qat/json.h"
+#include "trainer/cli.h"
+#include "trainer/rollout.h"
+
+namespace po = boost::program_options;
+
+namespace fp4qat::cli {
+
+namespace {
+// Next token from logits [V] (float32, CPU): greedy, or temperature + top-p sampling.
+int64_t pick(const at::Tensor& logits, double temperature, double top_p, at::Generator& gen) {
+  if (temperature <= 0) return logits.argmax().item<int64_t>();
+  at::Tensor probs = at::softmax(logits / temperature, 0);
+  auto [sorted, order] = probs.sort(0, /*descending=*/true);
+  const at::Tensor cum = sorted.cumsum(0);
+  // keep the smallest prefix whose mass reaches top_p (always the first token)
+  const at::Tensor keep = (cum - sorted) < top_p;
+  sorted = sorted * keep.to(sorted.scalar_type());
+  const int64_t i = at::multinomial(sorted / sorted.sum(), 1, false, gen).item<int64_t>();
+  return order[i].item<int64_t>();
+}
+}  // namespace
+
+int cmd_generate(const Args& args) {
+  std::string model_dir, prompts, out, device;
+  int64_t max_new = 32, eos = -1;
+  double temperature = 0, top_p = 1.0;
+  uint64_t seed = 0;
+  po::options_description desc("fp4qat generate options");
+  desc.add_options()("help,h", "show this help")
+      ("model", po::value(&model_dir)->required(), "exported / converted / BF16 Hugging Face folder")
+      ("prompts", po::value(&prompts)->required(), "JSONL of {\"tokens\": [...]} prompts")
+      ("out", po::value(&out), "JSONL output (default: stdout)")
+      ("max-new-tokens", po::value(&max_new)->default_value(32), "tokens to generate per prompt")
+      ("temperature", po::value(&temperature)->default_value(0.0), "0: greedy; > 0: sampling temperature")
+      ("top-p", po::value(&top_p)->default_value(1.0), "nucleus sampling mass (0, 1]")
+      ("eos", po::value(&eos)->default_value(-1), "stop a sequence at this token id (-1: none)")
+      ("seed", po::value(&seed)->default_value(0), "sampling seed")
+      ("device", po::value(&device)->default_value("auto"), "auto | cpu | cuda");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(desc).run(), vm);
+  if (vm.count("help")) {
+    std::cout << "usage: fp4qat generate --model DIR --prompts FILE.jsonl [--max-new-tokens N] [--temperature T]\n"
+                 "                       [--top-p P] [--seed S] [--out FILE.jsonl]\n\n"
+              << desc << "\n";
+    return 0;
+  }
+  po::notify(vm);
+  FP4QAT_CHECK(max_new >= 0, "--max-new-tokens must be >= 0");
+  FP4QAT_CHECK(temperature >= 0, "--temperature must be >= 0");
+  FP4QAT_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1]");
+  FP4QAT_CHECK(device == "auto" || device == "cpu" || device == "cuda", "--device '", device, "': expected auto, cpu or cuda");
+  FP4QAT_CHECK(device != "cuda" || at::hasCUDA(), "--device cuda: no CUDA device is available");
+  const at::Device dev = (device == "cuda" || (device == "auto" && at::hasCUDA())) ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  const at::ScalarType dt = dev.is_cuda() ? at::kBFloat16 : at::kFloat;
+  rollout::Loaded m = rollout::load(model_dir, dev);
+  const int64_t V = m.model->config().vocab_size;
+  std::vector<std::vector<int64_t>> ps;
+  {
+    const std::string text = fs::read_text(prompts, 1u << 30);
+    size_t pos = 0, line_no = 0;
+    while (pos < text.size()) {
+      const size_t end = std::min(text.find('\n', pos), text.size());
+      const std::string line = text.substr(pos, end - pos);
+      pos = end + 1;
+      ++line_no;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      const std::string where = prompts + ":" + std::to_string(line_no);
+      std::vector<int64_t> p;
+      const json::Value v = json::parse(line, where);
+      for (const auto& t : v.at("tokens", where).as_array(where + ": tokens")) {
+        const int64_t id = t.as_int(where + ": tokens");
+        FP4QAT_CHECK(id >= 0 && id < V, where, ": token ", id, " is outside the vocabulary [0, ", V, ")");
+        p.push_back(id);
+      }
+      FP4QAT_CHECK(!p.empty(), where, ": empty prompt");
+      ps.push_back(std::move(p));
+    }
+  }
+  std::ofstream file;
+  if (!out.empty()) {
+    file.open(out, std::ios::trunc);
+    FP4QAT_CHECK(file.good(), out, ": cannot create");
+  }
+  std::ostream& os = out.empty() ? std::cout : file;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  torch::NoGradGuard ng;
+  for (const auto& p : ps) {
+    model::KVCache cache;
+    at::Tensor logits = m.model->forward(at::tensor(p, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache)
+                            .logits[0][-1].to(at::kFloat).to(at::kCPU);
+    json::Value toks = json::Value::array(), lps = json::Value::array();
+    for (int64_t n = 0; n < max_new; ++n) {
+      const int64_t next = pick(logits, temperature, top_p, gen);
+      toks.push_back(next);
+      lps.push_back(at::log_softmax(logits, 0)[next].item<double>());
+      if (next == eos) break;
+      if (n + 1 < max_new)
+        logits = m.model->forward(at::tensor(std::vector<int64_t>{next}, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache)
+                     .logits[0][-1].to(at::kFloat).to(at::kCPU);
+    }
+    json::Value prompt = json::Value::array();
+    for (int64_t t : p) prompt.push_back(t);
+    os << json::Value::object({{"prompt", prompt}, {"tokens", toks}, {"logprobs", lps}}).dump() << "\n";
+  }
+  FP4QAT_CHECK(os.good(), out.empty() ? std::string("stdout") : out, ": write failed");
+  return 0;
+}
+
+}  // namespace fp4qat::cli
