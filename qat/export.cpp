@@ -44,13 +44,7 @@ HfFolderWriter::HfFolderWriter(std::string dir, ExportOptions opt) : dir_(std::m
 void HfFolderWriter::put(const std::string& name, at::Tensor t) {
   FP4QAT_CHECK(!finished_, dir_, ": tensor '", name, "' added after finish()");
   FP4QAT_CHECK(names_.insert(name).second, dir_, ": tensor '", name, "' would be written twice");
-  if (t.is_cuda()) {  // through pinned host memory: a pageable copy of a large layer is several times slower
-    at::Tensor h = at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(true));
-    h.copy_(t);
-    t = h;
-  } else {
-    t = t.contiguous();
-  }
+  t = t.cpu().contiguous();
   const int64_t nb = t.numel() * t.element_size();
   if (shard_bytes_ > 0 && shard_bytes_ + nb > opt_.max_shard_bytes) flush();
   shard_.emplace_back(name, std::move(t));
