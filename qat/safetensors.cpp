@@ -243,4 +243,24 @@ void write_file(const std::string& path, const std::vector<std::pair<std::string
   }
 }
 
+std::map<std::string, std::string> folder_tensor_files(const std::string& dir) {
+  std::map<std::string, std::string> where;
+  const std::string index = dir + "/model.safetensors.index.json";
+  if (fs::exists(index)) {
+    const json::Value j = json::parse(fs::read_text(index), index);
+    for (const auto& [name, file] : j.at("weight_map", index).as_object(index + ": weight_map")) {
+      const std::string f = file.as_string(index + ": weight_map['" + name + "']");
+      FP4QAT_CHECK(!f.empty() && f.find('/') == std::string::npos, index, ": shard '", f, "' of tensor '", name,
+                   "' is not a file name in the folder");
+      where[name] = dir + "/" + f;
+    }
+  } else {
+    const std::string single = dir + "/model.safetensors";
+    FP4QAT_CHECK(fs::exists(single), dir, ": neither model.safetensors.index.json nor model.safetensors found");
+    Reader r(single);
+    for (const auto& t : r.tensors()) where[t.name] = single;
+  }
+  return where;
+}
+
 }  // namespace fp4qat::st

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -58,6 +59,10 @@ class Reader {
   std::vector<TensorInfo> tensors_;
   json::Value metadata_ = json::Value::object();
 };
+
+// Tensor name -> file path for a Hugging Face folder: model.safetensors.index.json's weight_map,
+// or every tensor of a single model.safetensors. Throws naming the folder or index on a defect.
+std::map<std::string, std::string> folder_tensor_files(const std::string& dir);
 
 // Writes tensors (CPU or CUDA; copied to host one at a time) to `path` atomically: a temporary
 // file beside it, fsync, rename, fsync of the folder. The output folder must exist. Names must be

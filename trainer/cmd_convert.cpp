@@ -10,6 +10,7 @@
 #include "qat/convert.h"
 #include "trainer/calibrate.h"
 #include "trainer/cli.h"
+#include "trainer/cli_util.h"
 #include "trainer/model.h"
 
 namespace po = boost::program_options;
@@ -57,9 +58,7 @@ int cmd_convert(const Args& args) {
   opt.keep_first_n = keep_first;
   opt.keep_last_n = keep_last;
   opt.overwrite = vm.count("overwrite") > 0;
-  FP4QAT_CHECK(device == "auto" || device == "cpu" || device == "cuda", "--device '", device, "': expected auto, cpu or cuda");
-  FP4QAT_CHECK(device != "cuda" || at::hasCUDA(), "--device cuda: no CUDA device is available");
-  opt.device = (device == "cuda" || (device == "auto" && at::hasCUDA())) ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  opt.device = parse_device(device);
   opt.producer_version = std::string("fp4qat ") + FP4QAT_VERSION;
   const auto selected = qat::select_modules(in, opt);  // errors before the (slow) calibration
   if (opt.format == qat::ExportFormat::kNVFP4) {

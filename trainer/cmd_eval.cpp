@@ -15,6 +15,7 @@
 #include "qat/fsutil.h"
 #include "qat/json.h"
 #include "trainer/cli.h"
+#include "trainer/cli_util.h"
 #include "trainer/data.h"
 #include "trainer/rollout.h"
 #include "trainer/train.h"
@@ -23,38 +24,6 @@ namespace po = boost::program_options;
 
 namespace fp4qat::cli {
 
-namespace {
-at::Device device_of(const std::string& s) {
-  FP4QAT_CHECK(s == "auto" || s == "cpu" || s == "cuda", "--device '", s, "': expected auto, cpu or cuda");
-  FP4QAT_CHECK(s != "cuda" || at::hasCUDA(), "--device cuda: no CUDA device is available");
-  return (s == "cuda" || (s == "auto" && at::hasCUDA())) ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-}
-
-// Token sequences from JSONL lines {"tokens": [..]}; each needs >= 2 tokens inside the vocabulary.
-std::vector<std::vector<int64_t>> read_sequences(const std::string& path, int64_t vocab) {
-  const std::string text = fs::read_text(path, 1u << 30);
-  std::vector<std::vector<int64_t>> out;
-  size_t pos = 0, line_no = 0;
-  while (pos < text.size()) {
-    const size_t end = std::min(text.find('\n', pos), text.size());
-    const std::string line = text.substr(pos, end - pos);
-    pos = end + 1;
-    ++line_no;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(line_no);
-    const json::Value v = json::parse(line, where);
-    std::vector<int64_t> seq;
-    for (const auto& t : v.at("tokens", where).as_array(where + ": tokens")) {
-      const int64_t id = t.as_int(where + ": tokens");
-      FP4QAT_CHECK(id >= 0 && id < vocab, where, ": token ", id, " is outside the vocabulary [0, ", vocab, ")");
-      seq.push_back(id);
-    }
-    FP4QAT_CHECK(seq.size() >= 2, where, ": a sequence needs at least 2 tokens");
-    out.push_back(std::move(seq));
-  }
-  return out;
-}
-}  // namespace
 
 int cmd_eval(const Args& args) {
   std::string model_dir, reference, sequences, out, device;
@@ -79,7 +48,7 @@ int cmd_eval(const Args& args) {
   }
   po::notify(vm);
   FP4QAT_CHECK(batches >= 0 && problems >= 0, "--synthetic-batches and --exact-match must be >= 0");
-  const at::Device dev = device_of(device);
+  const at::Device dev = parse_device(device);
   const at::ScalarType dt = dev.is_cuda() ? at::kBFloat16 : at::kFloat;
   rollout::Loaded m = rollout::load(model_dir, dev);
   std::optional<rollout::Loaded> ref;
@@ -87,7 +56,7 @@ int cmd_eval(const Args& args) {
   json::Value summary = json::Value::object({{"model", model_dir}, {"format", rollout::to_string(m.format)}});
 
   if (!sequences.empty()) {
-    const auto seqs = read_sequences(sequences, m.model->config().vocab_size);
+    const auto seqs = read_token_jsonl(sequences, m.model->config().vocab_size, 2);
     std::ofstream file;
     if (!out.empty()) {
       file.open(out, std::ios::trunc);

@@ -15,6 +15,7 @@
 #include "qat/fsutil.h"
 #include "qat/json.h"
 #include "trainer/cli.h"
+#include "trainer/cli_util.h"
 #include "trainer/rollout.h"
 
 namespace po = boost::program_options;
@@ -64,34 +65,11 @@ int cmd_generate(const Args& args) {
   FP4QAT_CHECK(max_new >= 0, "--max-new-tokens must be >= 0");
   FP4QAT_CHECK(temperature >= 0, "--temperature must be >= 0");
   FP4QAT_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1]");
-  FP4QAT_CHECK(device == "auto" || device == "cpu" || device == "cuda", "--device '", device, "': expected auto, cpu or cuda");
-  FP4QAT_CHECK(device != "cuda" || at::hasCUDA(), "--device cuda: no CUDA device is available");
-  const at::Device dev = (device == "cuda" || (device == "auto" && at::hasCUDA())) ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  const at::Device dev = parse_device(device);
   const at::ScalarType dt = dev.is_cuda() ? at::kBFloat16 : at::kFloat;
   rollout::Loaded m = rollout::load(model_dir, dev);
   const int64_t V = m.model->config().vocab_size;
-  std::vector<std::vector<int64_t>> ps;
-  {
-    const std::string text = fs::read_text(prompts, 1u << 30);
-    size_t pos = 0, line_no = 0;
-    while (pos < text.size()) {
-      const size_t end = std::min(text.find('\n', pos), text.size());
-      const std::string line = text.substr(pos, end - pos);
-      pos = end + 1;
-      ++line_no;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      const std::string where = prompts + ":" + std::to_string(line_no);
-      std::vector<int64_t> p;
-      const json::Value v = json::parse(line, where);
-      for (const auto& t : v.at("tokens", where).as_array(where + ": tokens")) {
-        const int64_t id = t.as_int(where + ": tokens");
-        FP4QAT_CHECK(id >= 0 && id < V, where, ": token ", id, " is outside the vocabulary [0, ", V, ")");
-        p.push_back(id);
-      }
-      FP4QAT_CHECK(!p.empty(), where, ": empty prompt");
-      ps.push_back(std::move(p));
-    }
-  }
+  const auto ps = read_token_jsonl(prompts, V, 1);
   std::ofstream file;
   if (!out.empty()) {
     file.open(out, std::ios::trunc);

@@ -11,6 +11,7 @@
 #include "qat/quantize_checkpoint.h"
 #include "qat/safetensors.h"
 #include "trainer/cli.h"
+#include "trainer/cli_util.h"
 
 namespace po = boost::program_options;
 
@@ -27,17 +28,6 @@ bool parse(const Args& args, const po::options_description& desc, po::variables_
   }
   po::notify(vm);
   return true;
-}
-
-at::Device pick_device(const std::string& s) {
-  if (s == "cpu") return at::Device(at::kCPU);
-  const bool have = at::hasCUDA();
-  if (s == "cuda") {
-    FP4QAT_CHECK(have, "--device cuda: no CUDA device is available");
-    return at::Device(at::kCUDA, 0);
-  }
-  FP4QAT_CHECK(s == "auto", "--device: unknown value '", s, "' (expected auto, cpu or cuda)");
-  return have ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -66,7 +56,7 @@ int cmd_quantize(const Args& args) {
   qat::QuantizeFileOptions opt;
   opt.format = qat::parse_format(format);
   opt.blocks = parse_blocks(blocks);
-  opt.device = pick_device(device);
+  opt.device = parse_device(device);
   opt.error_stats = vm.count("stats") > 0;
   const auto reports = qat::quantize_file(in, out, opt);
 

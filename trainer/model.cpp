@@ -367,18 +367,7 @@ std::string hf_config_json(const config::ModelConfig& m) {
 
 Qwen3Moe load_hf_folder(const std::string& dir) {
   Qwen3Moe model(read_hf_config(dir), 0);
-  std::map<std::string, std::string> where;  // tensor -> shard file
-  const std::string index = dir + "/model.safetensors.index.json";
-  if (fs::exists(index)) {
-    const json::Value j = json::parse(fs::read_text(index), index);
-    for (const auto& [name, file] : j.at("weight_map", index).as_object(index + ": weight_map"))
-      where[name] = dir + "/" + file.as_string(index + ": weight_map['" + name + "']");
-  } else {
-    const std::string single = dir + "/model.safetensors";
-    FP4QAT_CHECK(fs::exists(single), dir, ": neither model.safetensors.index.json nor model.safetensors found");
-    st::Reader r(single);
-    for (const auto& t : r.tensors()) where[t.name] = single;
-  }
+  const std::map<std::string, std::string> where = st::folder_tensor_files(dir);  // tensor -> shard file
   const auto expected = model.hf_names();
   for (const auto& [name, file] : where) {
     const bool known = std::find(expected.begin(), expected.end(), name) != expected.end();

@@ -11,9 +11,6 @@
 namespace fp4qat::qatp {
 
 namespace {
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
 int64_t layer_of(const std::string& name) {  // "model.layers.<i>." -> i, else -1
   const std::string pre = "model.layers.";
   if (name.compare(0, pre.size(), pre) != 0) return -1;

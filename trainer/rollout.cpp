@@ -65,19 +65,7 @@ Loaded load(const std::string& dir, const at::Device& device) {
       out.format = Format::kMXFP8;
     }
   }
-  // Where each tensor lives.
-  std::map<std::string, std::string> where;
-  const std::string index = dir + "/model.safetensors.index.json";
-  if (fs::exists(index)) {
-    const json::Value j = json::parse(fs::read_text(index), index);
-    for (const auto& [name, file] : j.at("weight_map", index).as_object(index + ": weight_map"))
-      where[name] = dir + "/" + file.as_string(index + ": weight_map['" + name + "']");
-  } else {
-    const std::string single = dir + "/model.safetensors";
-    FP4QAT_CHECK(fs::exists(single), dir, ": neither model.safetensors.index.json nor model.safetensors found");
-    st::Reader r(single);
-    for (const auto& t : r.tensors()) where[t.name] = single;
-  }
+  const std::map<std::string, std::string> where = st::folder_tensor_files(dir);  // tensor -> shard file
   std::map<std::string, std::unique_ptr<st::Reader>> readers;
   auto get = [&](const std::string& name) -> at::Tensor {
     auto it = where.find(name);
