@@ -105,6 +105,9 @@ void HfFolderWriter::add_quantized(const std::vector<std::string>& modules, int6
     MXFP8Tensor q = mxfp8_quantize(wc);
     data = q.data, scales = q.scales;
   }
+  // One device-to-host copy per tensor (not one per member), then the members are host slices.
+  data = data.cpu();
+  scales = scales.cpu();
   for (int64_t e = 0; e < E; ++e)
     for (int64_t p = 0; p < parts; ++p) {
       const std::string& m = modules[e * parts + p];
