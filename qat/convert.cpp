@@ -16,10 +16,6 @@ namespace fp4qat::qat {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
-
 // The checkpoint's shards in order and where each tensor lives.
 struct Layout {
   std::vector<std::string> shards;                // file names
@@ -57,11 +53,6 @@ Layout read_layout(const std::string& dir) {
   return l;
 }
 
-int64_t layer_of(const std::string& name) {
-  const std::string pre = "model.layers.";
-  if (name.compare(0, pre.size(), pre) != 0) return -1;
-  return std::stoll(name.substr(pre.size()));
-}
 
 std::set<std::string> select_from(const Layout& l, const std::string& dir, const ConvertOptions& opt) {
   int64_t L = 0;
@@ -72,12 +63,12 @@ std::set<std::string> select_from(const Layout& l, const std::string& dir, const
   std::vector<int> hits(opt.modules.size(), 0), ex_hits(opt.exclude.size(), 0);
   std::set<std::string> out, linear;
   for (const auto& [name, file] : l.where) {
-    if (!ends_with(name, ".weight") || name.find("embed") != std::string::npos) continue;
+    if (!ends_with(name, ".weight")) continue;
     auto& r = readers[file];
     if (!r) r = std::make_unique<st::Reader>(dir + "/" + file);
     const st::TensorInfo* info = r->find(name);
     FP4QAT_CHECK(info != nullptr, dir, "/", file, ": tensor '", name, "' listed in the index is missing");
-    if (info->shape.size() != 2) continue;
+    if (!is_linear_weight(name, static_cast<int64_t>(info->shape.size()))) continue;
     const std::string m = name.substr(0, name.size() - 7);
     linear.insert(m);
     bool sel = false;
@@ -159,6 +150,7 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
       check_finite(t, name);
       return t.to(opt.device);
     };
+    std::map<std::string, at::Tensor> pair_amax;  // gated-pair amax, by the member still to come
     for (const auto& file : l.shards) {
       st::Reader& r = reader(file);
       for (const auto& info : r.tensors()) {
@@ -174,8 +166,14 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
                      info.name, "' has K = ", x.size(1), ", not a multiple of the ", to_string(opt.format), " block");
         std::optional<at::Tensor> amax;
         if (auto p = gated_partner(info.name); p && opt.format == ExportFormat::kNVFP4) {
-          const at::Tensor other = tensor(p->partner);  // may live in another shard
-          amax = at::maximum(global_amax(x.to(at::kBFloat16)), global_amax(other.to(at::kBFloat16)));
+          auto it = pair_amax.find(info.name);  // computed when the partner came first
+          if (it != pair_amax.end()) {
+            amax = it->second;
+          } else {
+            const at::Tensor other = tensor(p->partner);  // may live in another shard
+            amax = at::maximum(global_amax(x.to(at::kBFloat16)), global_amax(other.to(at::kBFloat16)));
+            pair_amax[p->partner] = *amax;
+          }
         }
         std::vector<float> ia;
         if (opt.format == ExportFormat::kNVFP4) ia.push_back(opt.input_amax.at(m));

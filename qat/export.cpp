@@ -31,12 +31,6 @@ const char* to_string(ExportFormat f) {
 
 float nvfp4_input_scale(float amax) { return fmt::nvfp4_s_dec(fmt::nvfp4_s_enc(amax)); }
 
-namespace {
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
-}  // namespace
-
 HfFolderWriter::HfFolderWriter(std::string dir, ExportOptions opt) : dir_(std::move(dir)), opt_(std::move(opt)) {
   FP4QAT_CHECK(fs::is_dir(dir_), dir_, ": export folder does not exist");
 }
@@ -66,8 +60,7 @@ void HfFolderWriter::flush() {
 void HfFolderWriter::end_shard() { flush(); }
 
 void HfFolderWriter::add_plain(const std::string& name, const at::Tensor& t) {
-  const bool linear = t.dim() == 2 && ends_with(name, ".weight") && name.find("embed") == std::string::npos;
-  if (linear && opt_.format != ExportFormat::kBF16) excluded_.insert(name.substr(0, name.size() - 7));
+  if (is_linear_weight(name, t.dim()) && opt_.format != ExportFormat::kBF16) excluded_.insert(name.substr(0, name.size() - 7));
   put(name, at::isFloatingType(t.scalar_type()) ? t.to(at::kBFloat16) : t);
 }
 

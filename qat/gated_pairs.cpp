@@ -1,6 +1,8 @@
 // qat/gated_pairs.cpp — see gated_pairs.h.
 #include "qat/gated_pairs.h"
 
+#include "qat/patterns.h"
+
 namespace fp4qat::qat {
 
 namespace {
@@ -10,9 +12,6 @@ struct Rule {
 };
 constexpr Rule kRules[] = {{".gate_proj.weight", ".up_proj.weight"}, {".w1.weight", ".w3.weight"}};
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 }  // namespace
 
 std::optional<GatedPartner> gated_partner(const std::string& name) {

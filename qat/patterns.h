@@ -2,11 +2,18 @@
 // and the compact exclude lists serving engines read (`exclude_modules` / `ignore` /
 // `modules_to_not_convert` of checkpoint-format.md).
 #pragma once
+#include <cstdint>
 #include <set>
 #include <string>
 #include <vector>
 
 namespace fp4qat::qat {
+
+// Name helpers shared by the selection code of training, export and convert.
+bool ends_with(const std::string& s, const std::string& suffix);
+int64_t layer_of(const std::string& name);  // "model.layers.<i>...." -> i, else -1
+// A Linear's weight as serving engines see it: a 2-D `*.weight` that is not an embedding.
+bool is_linear_weight(const std::string& name, int64_t rank);
 
 // `*` matches any run of characters (dots included); everything else matches itself; the whole
 // text must match (so `model.layers.*.mlp.gate` does not match `...mlp.gate_proj`).

@@ -11,6 +11,7 @@
 #include "kernels/common/check.h"
 #include "qat/fsutil.h"
 #include "qat/json.h"
+#include "qat/patterns.h"
 #include "qat/safetensors.h"
 
 namespace fp4qat::model {
@@ -229,19 +230,16 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
 // parameters under their HF names; to_hf converts them, load_hf copies into them.
 std::vector<HfGroup> Qwen3Moe::hf_groups() const {
   std::vector<HfGroup> out;
-  auto ends_with = [](const std::string& s, const std::string& suf) {
-    return s.size() > suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-  };
   for (const auto& [name, t] : params_) {
     HfGroup g{name, t.detach(), {}, 1};  // the detached tensor shares storage with the parameter
-    if (ends_with(name, "mlp.experts.gate_up_proj")) {  // [E, 2I, H]
+    if (qat::ends_with(name, "mlp.experts.gate_up_proj")) {  // [E, 2I, H]
       const std::string base = name.substr(0, name.size() - std::string("gate_up_proj").size());
       g.parts = 2;
       for (int64_t e = 0; e < t.size(0); ++e) {
         g.names.push_back(base + std::to_string(e) + ".gate_proj.weight");
         g.names.push_back(base + std::to_string(e) + ".up_proj.weight");
       }
-    } else if (ends_with(name, "mlp.experts.down_proj")) {  // [E, H, I]
+    } else if (qat::ends_with(name, "mlp.experts.down_proj")) {  // [E, H, I]
       const std::string base = name.substr(0, name.size() - std::string("down_proj").size());
       for (int64_t e = 0; e < t.size(0); ++e) g.names.push_back(base + std::to_string(e) + ".down_proj.weight");
     } else {

@@ -10,13 +10,6 @@
 
 namespace fp4qat::qatp {
 
-namespace {
-int64_t layer_of(const std::string& name) {  // "model.layers.<i>." -> i, else -1
-  const std::string pre = "model.layers.";
-  if (name.compare(0, pre.size(), pre) != 0) return -1;
-  return std::stoll(name.substr(pre.size()));
-}
-}  // namespace
 
 QatPolicy::QatPolicy(const config::QatConfig& cfg, const model::Qwen3Moe& model, bool quantize_forward)
     : model_(model), quantize_forward_(quantize_forward) {
@@ -44,7 +37,7 @@ QatPolicy::QatPolicy(const config::QatConfig& cfg, const model::Qwen3Moe& model,
       FP4QAT_CHECK(match[m] == match[0], "qat.modules: '", g.names[0], "' and '", g.names[m],
                    "' are ", g.parts == 2 ? "a gated pair" : "experts of one stacked tensor",
                    "; the patterns must select all of them or none (quantizing only one member of a pair is an error)");
-    const int64_t layer = layer_of(g.param);
+    const int64_t layer = qat::layer_of(g.param);
     const bool kept = layer >= 0 && (layer < cfg.keep_first_n || layer >= L - cfg.keep_last_n);
     if (match[0] && !kept) params_.insert(g.param);
   }

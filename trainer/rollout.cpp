@@ -76,7 +76,7 @@ Loaded load(const std::string& dir, const at::Device& device) {
   };
   auto has = [&](const std::string& name) { return where.count(name) > 0; };
   // A quantized module's values (without S_dec for NVFP4) and S_dec.
-  auto module = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
+  auto decode = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
     if (out.format == Format::kNVFP4) {
       const at::Tensor s2 = get(m + ".weight_scale_2").to(at::kFloat);
       FP4QAT_CHECK(s2.numel() == 1, dir, ": '", m, ".weight_scale_2' must be a scalar");
@@ -84,6 +84,12 @@ Loaded load(const std::string& dir, const at::Device& device) {
       return {nvfp4_dequantize(q, at::kBFloat16), s2.reshape({})};
     }
     return {mxfp8_dequantize({get(m + ".weight"), get(m + ".weight_scale_inv")}, at::kBFloat16), at::Tensor()};
+  };
+  std::map<std::string, std::pair<at::Tensor, at::Tensor>> decoded;  // each module decoded once
+  auto module = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
+    auto it = decoded.find(m);
+    if (it != decoded.end()) return it->second;
+    return decoded[m] = decode(m);
   };
   auto quantized = [&](const std::string& m) {
     return out.format == Format::kNVFP4 ? has(m + ".weight_scale") : (out.format == Format::kMXFP8 && has(m + ".weight_scale_inv"));
@@ -126,6 +132,7 @@ Loaded load(const std::string& dir, const at::Device& device) {
     const std::string m = name.size() > 7 ? name.substr(0, name.size() - 7) : name;
     if (quantized(m)) {
       auto [v, s] = module(m);
+      decoded.erase(m);  // its last use
       return s.defined() ? v.to(at::kFloat) * s : v.to(at::kFloat);
     }
     return get(name).to(at::kFloat);
