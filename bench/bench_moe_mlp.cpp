@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <memory>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -156,6 +157,60 @@ int main(int argc, char** argv) {
     write_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     fp4qat::fs::remove_tree(dir);
   }
+  // The trainer's asynchronous export (trainer/exporter.h): after each NVFP4 QAT step the layer's
+  // experts are staged (quantized and copied into pinned host memory on a side stream) while the
+  // next step runs; the next optimizer update is fenced after those reads. Steady state over
+  // `reps` steps with and without it: the difference is what the export costs the training loop.
+  // (Writing the files happens on a host thread and is measured above.)
+  double async_ms = -1, plain_ms = -1;
+  {
+    torch::AutoGradMode grad_on(true);
+    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
+    auto step = [&] {
+      x.mutable_grad() = at::Tensor();
+      w13.mutable_grad() = at::Tensor();
+      w2.mutable_grad() = at::Tensor();
+      at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o);
+      fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o).backward(gy);
+    };
+    std::vector<std::string> gu, dn;
+    for (int64_t e = 0; e < E; ++e) {
+      gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".gate_proj");
+      gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".up_proj");
+      dn.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".down_proj");
+    }
+    const at::Tensor ia13 = at::ones({2 * E}, at::TensorOptions().device(at::kCUDA)), ia2 = at::ones({E}, ia13.options());
+    fp4qat::qat::ExportOptions eo;
+    eo.config_json = "{\"model_type\": \"qwen3_moe\"}";
+    auto loop = [&](bool with_export) {
+      std::shared_ptr<fp4qat::qat::StagedFolder> prev;
+      auto one = [&] {
+        step();
+        if (prev) prev->fence();  // where the optimizer update would start
+        if (with_export) {
+          torch::NoGradGuard ng2;
+          auto sf = std::make_shared<fp4qat::qat::StagedFolder>(eo);
+          sf->add_quantized(gu, 2, w13.detach(), std::nullopt, ia13);
+          sf->add_quantized(dn, 1, w2.detach(), std::nullopt, ia2);
+          sf->seal();
+          prev = sf;
+        }
+      };
+      for (int i = 0; i < warmup; ++i) one();
+      FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < reps; ++i) one();
+      if (prev) prev->fence();
+      FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+    };
+    plain_ms = loop(false);
+    async_ms = loop(true);
+  }
+  std::printf("\nasync export in the training loop (nvfp4 high_precision steps, steady state, %d steps)\n", reps);
+  std::printf("  step without export %.3f ms, with export %.3f ms: export costs %.3f ms = %.1f%% of the step\n",
+              plain_ms, async_ms, async_ms - plain_ms, 100 * (async_ms - plain_ms) / plain_ms);
+
   std::printf("\nexport of this layer's experts (NVFP4 1D)       ms   %% bf16 step   %% nvfp4 step\n");
   for (const auto& [name, ms] : std::vector<std::pair<std::string, double>>{
            {"quantize on GPU", q_ms}, {"quantize + copy to host", qc_ms}, {"write folder (fsync, 1 run)", write_ms}})

@@ -156,24 +156,36 @@ int main(int argc, char** argv) {
       });
       unsetenv("FP4QAT_NVFP4_KERNEL");
     }
-    // Sweep of the fused kernel's knobs (threads:chunk elements:CTAs per SM (0 = occupancy):lag MB), 1D.
-    for (const char* cfg : {"256:32768:0:12", "256:32768:0:24", "256:32768:0:48", "512:32768:0:24"}) {
-      std::string c = cfg;
-      const auto p1 = c.find(':'), p2 = c.find(':', p1 + 1), p3 = c.rfind(':');
-      setenv("FP4QAT_NVFP4_LAG_BYTES", std::to_string(std::stoll(c.substr(p3 + 1)) << 20).c_str(), 1);
-      c = c.substr(0, p3);
+    // Sweep of the fused kernel's knobs, 1D: threads:chunk elements:CTAs per SM (0 = occupancy):
+    // lag MB:L2 hint (0 cg/cs, 1 evict-last then demote, 2 evict-last then streaming):unroll.
+    for (const char* cfg : {"256:32768:0:12:0:1", "256:32768:0:24:0:1", "256:32768:0:12:0:2", "256:32768:0:12:1:1",
+                            "256:32768:0:24:1:1", "256:32768:0:36:1:1", "256:32768:0:24:1:2", "256:32768:0:24:2:1",
+                            "256:32768:0:36:2:2", "256:65536:0:24:1:2", "512:32768:0:24:0:1"}) {
+      std::vector<std::string> f;
+      for (std::string c = cfg;;) {
+        const auto p = c.find(':');
+        f.push_back(c.substr(0, p));
+        if (p == std::string::npos) break;
+        c = c.substr(p + 1);
+      }
       setenv("FP4QAT_NVFP4_KERNEL", "fused", 1);
-      setenv("FP4QAT_NVFP4_THREADS", c.substr(0, p1).c_str(), 1);
-      setenv("FP4QAT_NVFP4_CHUNK_ELEMS", c.substr(p1 + 1, p2 - p1 - 1).c_str(), 1);
-      if (c.substr(p2 + 1) != "0") setenv("FP4QAT_NVFP4_CTAS_PER_SM", c.substr(p2 + 1).c_str(), 1);
+      setenv("FP4QAT_NVFP4_THREADS", f[0].c_str(), 1);
+      setenv("FP4QAT_NVFP4_CHUNK_ELEMS", f[1].c_str(), 1);
+      if (f[2] != "0") setenv("FP4QAT_NVFP4_CTAS_PER_SM", f[2].c_str(), 1);
+      setenv("FP4QAT_NVFP4_LAG_BYTES", std::to_string(std::stoll(f[3]) << 20).c_str(), 1);
+      setenv("FP4QAT_NVFP4_L2HINT", f[4].c_str(), 1);
+      setenv("FP4QAT_NVFP4_UNROLL", f[5].c_str(), 1);
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).codes; },
-                                    [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).codes; }, same_bytes);
+                                    [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).codes; }, same_bytes) &&
+                      check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).scales; },
+                                    [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).scales; }, same_bytes);
       add(std::string("nvfp4 1d MoE fused ") + cfg, double(layer_elems), nv_b, ok, [&] {
         fp4qat::nvfp4_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_quantize(w2, Blocks::k1D);
       });
       for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_CHUNK_ELEMS",
-                            "FP4QAT_NVFP4_CTAS_PER_SM", "FP4QAT_NVFP4_LAG_BYTES"})
+                            "FP4QAT_NVFP4_CTAS_PER_SM", "FP4QAT_NVFP4_LAG_BYTES", "FP4QAT_NVFP4_L2HINT",
+                            "FP4QAT_NVFP4_UNROLL"})
         unsetenv(v);
     }
     {

@@ -1,6 +1,9 @@
 // qat/export.cpp — see export.h.
 #include "qat/export.h"
 
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <map>
@@ -64,43 +67,61 @@ void HfFolderWriter::add_plain(const std::string& name, const at::Tensor& t) {
   put(name, at::isFloatingType(t.scalar_type()) ? t.to(at::kBFloat16) : t);
 }
 
-void HfFolderWriter::add_quantized(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& w_in,
-                                   const std::optional<at::Tensor>& amax, const std::vector<float>& input_amax) {
+QuantizedStack quantize_stack(ExportFormat format, Blocks blocks, const at::Tensor& w_in, int64_t parts,
+                              const std::optional<at::Tensor>& amax, const std::string& what) {
   const at::Tensor w = w_in.dim() == 2 ? w_in.unsqueeze(0) : w_in;  // [E, P*R, K]
-  FP4QAT_CHECK(w.dim() == 3 && parts >= 1 && w.size(1) % parts == 0, dir_, ": module '",
-               modules.empty() ? std::string("?") : modules[0], "': weight of shape ", w_in.sizes(),
+  FP4QAT_CHECK(w.dim() == 3 && parts >= 1 && w.size(1) % parts == 0, what, ": weight of shape ", w_in.sizes(),
                " cannot hold ", parts, " stacked members");
   const int64_t E = w.size(0), R = w.size(1) / parts;
+  // The compute copy: the bf16 cast of the weight, as the training forward quantizes it (always
+  // a copy, so that the caller may change the weight afterwards).
+  const at::Tensor wc = w.to(w.options().dtype(at::kBFloat16), /*non_blocking=*/false, /*copy=*/true);
+  QuantizedStack q;
+  if (format == ExportFormat::kBF16) {
+    q.data = wc;
+  } else if (format == ExportFormat::kNVFP4) {
+    if (blocks == Blocks::k2D)
+      FP4QAT_CHECK(R % fmt::kNvfp4Block == 0, what, ": ", R, " rows per member do not fill whole 16x16 tiles (2d blocks)");
+    std::optional<at::Tensor> a;
+    if (amax) a = amax->dim() == 0 && w_in.dim() == 3 ? amax->expand({E}).contiguous() : *amax;
+    if (a && w_in.dim() == 2) a = a->reshape({1});
+    NVFP4Tensor t = nvfp4_quantize(wc, blocks, a);  // one launch for all experts
+    q.data = t.codes, q.scales = t.scales, q.s_dec = t.s_dec;
+  } else {
+    MXFP8Tensor t = mxfp8_quantize(wc);
+    q.data = t.data, q.scales = t.scales;
+  }
+  return q;
+}
+
+void HfFolderWriter::add_quantized(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& w,
+                                   const std::optional<at::Tensor>& amax, const std::vector<float>& input_amax) {
+  add_stack(modules, parts,
+            quantize_stack(opt_.format, opt_.blocks, w, parts, amax,
+                           dir_ + ": module '" + (modules.empty() ? std::string("?") : modules[0]) + "'"),
+            input_amax);
+}
+
+void HfFolderWriter::add_stack(const std::vector<std::string>& modules, int64_t parts, const QuantizedStack& q,
+                               const std::vector<float>& input_amax) {
+  FP4QAT_CHECK(q.data.dim() == 3 && parts >= 1 && q.data.size(1) % parts == 0, dir_, ": module '",
+               modules.empty() ? std::string("?") : modules[0], "': quantized weight of shape ", q.data.sizes(),
+               " cannot hold ", parts, " stacked members");
+  const int64_t E = q.data.size(0), R = q.data.size(1) / parts;
   FP4QAT_CHECK(static_cast<int64_t>(modules.size()) == E * parts, dir_, ": ", modules.size(), " module names for ", E,
                " experts x ", parts, " members");
   const bool nvfp4 = opt_.format == ExportFormat::kNVFP4;
   FP4QAT_CHECK(!nvfp4 || static_cast<int64_t>(input_amax.size()) == E * parts, dir_, ": module '", modules[0],
                "': NVFP4 needs the observed activation amax of every module (input_scale), got ", input_amax.size());
-  // The compute copy: the bf16 cast of the weight, as the training forward quantizes it.
-  const at::Tensor wc = w.to(at::kBFloat16);
+  // One device-to-host copy per tensor (not one per member), then the members are host slices.
+  const at::Tensor data = q.data.cpu();
   if (opt_.format == ExportFormat::kBF16) {
     for (int64_t e = 0; e < E; ++e)
-      for (int64_t p = 0; p < parts; ++p) put(modules[e * parts + p] + ".weight", wc[e].narrow(0, p * R, R));
+      for (int64_t p = 0; p < parts; ++p) put(modules[e * parts + p] + ".weight", data[e].narrow(0, p * R, R));
     return;
   }
-  if (nvfp4 && opt_.blocks == Blocks::k2D)
-    FP4QAT_CHECK(R % fmt::kNvfp4Block == 0, dir_, ": module '", modules[0], "': ", R,
-                 " rows per member do not fill whole 16x16 tiles (2d blocks)");
-  // One launch for all experts; then each member is a row range of its expert.
-  at::Tensor data, scales, s_dec;  // [E, P*R, *], [E, P*R, K/block], [E]
-  if (nvfp4) {
-    std::optional<at::Tensor> a;
-    if (amax) a = amax->dim() == 0 && w_in.dim() == 3 ? amax->expand({E}).contiguous() : *amax;
-    if (a && w_in.dim() == 2) a = a->reshape({1});
-    NVFP4Tensor q = nvfp4_quantize(wc, opt_.blocks, a);
-    data = q.codes, scales = q.scales, s_dec = q.s_dec.cpu();
-  } else {
-    MXFP8Tensor q = mxfp8_quantize(wc);
-    data = q.data, scales = q.scales;
-  }
-  // One device-to-host copy per tensor (not one per member), then the members are host slices.
-  data = data.cpu();
-  scales = scales.cpu();
+  const at::Tensor scales = q.scales.cpu();
+  const at::Tensor s_dec = nvfp4 ? q.s_dec.cpu() : at::Tensor();
   for (int64_t e = 0; e < E; ++e)
     for (int64_t p = 0; p < parts; ++p) {
       const std::string& m = modules[e * parts + p];
@@ -167,6 +188,91 @@ std::vector<std::string> HfFolderWriter::finish() {
   }
   fs::write_text_atomic(dir_ + "/config.json", config.dump(2) + "\n");
   return patterns;
+}
+
+StagedFolder::StagedFolder(ExportOptions opt) : opt_(std::move(opt)) {}
+
+void StagedFolder::begin_device_work(const at::Device& d) {
+  if (side_) return;
+  c10::impl::VirtualGuardImpl impl(d.type());
+  const c10::Stream current = impl.getStream(d);
+  side_ = impl.getStreamFromGlobalPool(d, /*isHighPriority=*/false);
+  c10::Event ready(d.type());
+  ready.record(current);
+  ready.block(*side_);  // the side stream starts after everything enqueued so far
+}
+
+at::Tensor StagedFolder::to_host(const at::Tensor& t) {
+  if (!t.defined()) return t;
+  if (t.device().is_cpu()) return t.is_contiguous() ? t : t.contiguous();
+  at::Tensor h = at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(true));
+  h.copy_(t, /*non_blocking=*/true);
+  return h;
+}
+
+void StagedFolder::add_plain(const std::string& name, const at::Tensor& t) {
+  FP4QAT_CHECK(!sealed_, "export: tensor '", name, "' staged after seal()");
+  Item it;
+  it.name = name;
+  const bool fl = at::isFloatingType(t.scalar_type());
+  if (t.device().is_cpu()) {
+    it.plain = t.to(t.options().dtype(fl ? at::kBFloat16 : t.scalar_type()), false, /*copy=*/true).contiguous();
+  } else {
+    begin_device_work(t.device());
+    c10::StreamGuard g(*side_);
+    it.plain = to_host(fl ? t.to(at::kBFloat16).contiguous() : t.contiguous());
+  }
+  items_.push_back(std::move(it));
+}
+
+void StagedFolder::add_quantized(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& w,
+                                 const std::optional<at::Tensor>& amax, const at::Tensor& input_amax) {
+  FP4QAT_CHECK(!sealed_, "export: module '", modules.empty() ? std::string("?") : modules[0], "' staged after seal()");
+  Item it;
+  it.modules = modules;
+  it.parts = parts;
+  const std::string what = "export: module '" + (modules.empty() ? std::string("?") : modules[0]) + "'";
+  std::optional<c10::StreamGuard> g;
+  if (!w.device().is_cpu()) {
+    begin_device_work(w.device());
+    g.emplace(*side_);
+  }
+  const QuantizedStack q = quantize_stack(opt_.format, opt_.blocks, w, parts, amax, what);
+  it.q = {to_host(q.data), to_host(q.scales), to_host(q.s_dec)};
+  if (input_amax.defined()) it.input_amax = to_host(input_amax.to(at::kFloat).reshape({-1}));
+  items_.push_back(std::move(it));
+}
+
+void StagedFolder::seal() {
+  if (sealed_) return;
+  sealed_ = true;
+  if (!side_) return;
+  copied_ = std::make_unique<c10::Event>(side_->device_type());
+  copied_->record(*side_);
+}
+
+void StagedFolder::fence() {
+  seal();
+  if (!copied_) return;
+  c10::impl::VirtualGuardImpl impl(side_->device_type());
+  copied_->block(impl.getStream(side_->device()));
+}
+
+std::vector<std::string> StagedFolder::write(const std::string& dir) {
+  seal();
+  if (copied_) copied_->synchronize();
+  HfFolderWriter w(dir, opt_);
+  for (const Item& it : items_) {
+    if (!it.modules.empty()) {
+      std::vector<float> ia;
+      if (it.input_amax.defined())
+        ia.assign(it.input_amax.data_ptr<float>(), it.input_amax.data_ptr<float>() + it.input_amax.numel());
+      w.add_stack(it.modules, it.parts, it.q, ia);
+    } else {
+      w.add_plain(it.name, it.plain);
+    }
+  }
+  return w.finish();
 }
 
 namespace {

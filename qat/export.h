@@ -10,7 +10,11 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <c10/core/Event.h>
+#include <c10/core/Stream.h>
+
 #include <functional>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -37,6 +41,19 @@ struct ExportOptions {
 // observed activation amax (numerics.md), i.e. amax / 2688 rounded as the quantizer rounds it.
 float nvfp4_input_scale(float activation_amax);
 
+// One stacked weight quantized for export ([E, P*R, K], member (e, p) = rows [p*R, (p+1)*R) of
+// expert e), on the weight's device. The weight is first cast to its bf16 compute copy (what the
+// training forward quantizes).
+struct QuantizedStack {
+  at::Tensor data;    // NVFP4 u8 codes [E, P*R, K/2] | MXFP8 e4m3 [E, P*R, K] | BF16 [E, P*R, K]
+  at::Tensor scales;  // NVFP4 e4m3 [E, P*R, K/16] | MXFP8 u8 [E, P*R, K/32] | undefined (BF16)
+  at::Tensor s_dec;   // NVFP4 float32 [E] | undefined
+};
+// `amax`: float32 [E] or [] to use instead of each expert's own (see add_quantized). `what`
+// names the weight in error messages.
+QuantizedStack quantize_stack(ExportFormat format, Blocks blocks, const at::Tensor& w, int64_t parts,
+                              const std::optional<at::Tensor>& amax, const std::string& what);
+
 // Builds one Hugging Face folder inside `dir` (an existing, empty folder; the caller publishes
 // it). Tensors may live on the CPU or a GPU; quantization runs where they are.
 class HfFolderWriter {
@@ -55,6 +72,10 @@ class HfFolderWriter {
   // With ExportFormat::kBF16 the weights are written in BF16 and nothing is excluded.
   void add_quantized(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& w,
                      const std::optional<at::Tensor>& amax, const std::vector<float>& input_amax);
+
+  // The same with the weights already quantized (quantize_stack); tensors may be on any device.
+  void add_stack(const std::vector<std::string>& modules, int64_t parts, const QuantizedStack& q,
+                 const std::vector<float>& input_amax);
 
   void end_shard();  // the next tensor starts a new shard (convert keeps the input's sharding)
 
@@ -75,6 +96,47 @@ class HfFolderWriter {
   std::vector<std::vector<std::string>> shard_names_;  // tensor names per written shard
   std::set<std::string> quantized_, excluded_, names_;
   bool finished_ = false;
+};
+
+// One export folder staged in host memory and written later, possibly by another thread (the
+// trainer's asynchronous per-step export). For tensors on a GPU, the device work (bf16 casts,
+// quantization) and the copies into pinned host memory run on a side stream that first waits
+// for the current stream's work so far, so that the training stream goes on at once; for CPU
+// tensors everything happens in the add_* call. Every staged tensor is a copy: the caller may
+// change the weights once fence() has been called (in stream order: the current stream's later
+// work waits for the side stream's reads of them, not the host).
+class StagedFolder {
+ public:
+  explicit StagedFolder(ExportOptions opt);
+  void add_plain(const std::string& name, const at::Tensor& t);
+  // As HfFolderWriter::add_quantized; input_amax: float32 [E*P] on any device (NVFP4), or undefined.
+  void add_quantized(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& w,
+                     const std::optional<at::Tensor>& amax, const at::Tensor& input_amax);
+  // Ends staging (records the side stream's progress; call on the staging thread before handing
+  // the folder to another one). No add_* after it.
+  void seal();
+  // The current stream's later work waits until the side stream is done with every added tensor
+  // (call before changing them in place). Seals if needed.
+  void fence();
+  // Waits for the host copies and writes the folder into `dir` (an existing, empty folder).
+  std::vector<std::string> write(const std::string& dir);
+
+ private:
+  struct Item {
+    std::string name;                  // plain tensor name
+    at::Tensor plain;                  // host bf16 (or as given, for non-float tensors)
+    std::vector<std::string> modules;  // quantized stack
+    int64_t parts = 0;
+    QuantizedStack q;                  // host
+    at::Tensor input_amax;             // host float32 [E*P] or undefined
+  };
+  at::Tensor to_host(const at::Tensor& t);  // a host copy (pinned, asynchronous from a GPU)
+  void begin_device_work(const at::Device& d);
+  ExportOptions opt_;
+  std::vector<Item> items_;
+  std::optional<c10::Stream> side_;        // the side stream, once a GPU tensor was added
+  std::unique_ptr<c10::Event> copied_;     // recorded on the side stream after the last copy
+  bool sealed_ = false;
 };
 
 // Publishes a folder for the rollout side under `root`: `fill(tmp)` writes into a temporary

@@ -81,7 +81,8 @@ struct ExportConfig {
   std::vector<std::string> formats = {"nvfp4"};  // any of nvfp4 | mxfp8 | bf16, written in one publish
   // After each export, load the (first quantized) export back from disk, run it as the rollout
   // side would (trainer/rollout.h) on a fixed probe batch and log the per-token log-prob
-  // difference to the trainer's own forward (mismatch_mean / mismatch_max).
+  // difference to the trainer's own forward (mismatch_mean / mismatch_max). The probe waits for
+  // the export to be on disk; without it exports are written in the background.
   bool probe_mismatch = true;
   int64_t interval(const std::string& qat_format) const { return every >= 0 ? every : (qat_format == "none" ? 0 : 1); }
 };

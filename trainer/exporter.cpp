@@ -3,8 +3,9 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
+
 #include "kernels/common/check.h"
-#include "qat/export.h"
 #include "qat/fsutil.h"
 #include "qat/json.h"
 
@@ -18,20 +19,38 @@ bool Exporter::due(int64_t step) const {
   return every > 0 && (step % every == 0 || step == cfg_.train.steps);
 }
 
-std::vector<float> Exporter::input_amax(const std::string& param, int64_t parts, int64_t n_modules) {
-  const at::Tensor& a = amax_.at(param);  // [] or [E]
-  const at::Tensor flat = a.reshape({-1}).contiguous();
-  std::vector<float> out;
-  for (int64_t m = 0; m < n_modules; ++m) out.push_back(flat[flat.numel() == 1 ? 0 : m / parts].item<float>());
-  return out;
+Exporter::~Exporter() {
+  if (inflight_.valid()) inflight_.wait();
+}
+
+double Exporter::wait() {
+  if (!inflight_.valid()) return 0;
+  std::future<double> f = std::move(inflight_);
+  staged_.clear();
+  fenced_ = true;
+  return f.get();
+}
+
+void Exporter::fence() {
+  if (fenced_) return;
+  for (auto& s : staged_) s->fence();
+  fenced_ = true;
 }
 
 std::string Exporter::publish(int64_t step) {
+  const std::string dir = submit(step);
+  wait();
+  return dir;
+}
+
+std::string Exporter::submit(int64_t step) {
+  wait();  // one export in flight at a time
   torch::NoGradGuard ng;
-  // Merge the window's observations: experts without tokens keep the previous value; never seen:
-  // the largest value of the same parameter (its layer's other experts).
+  // Merge the window's observations (on the device, no host synchronisation): experts without
+  // tokens keep the previous value; never seen: the largest value of the same parameter (its
+  // layer's other experts).
   for (auto& [param, seen] : policy_.take_input_amax()) {
-    at::Tensor now = seen.to(at::kCPU);
+    at::Tensor now = seen.to(at::kFloat);
     auto it = amax_.find(param);
     if (it != amax_.end()) now = at::where(now > 0, now, it->second);
     amax_[param] = at::where(now > 0, now, now.max());
@@ -40,52 +59,75 @@ std::string Exporter::publish(int64_t step) {
   std::vector<qat::ExportFormat> formats;
   for (const auto& f : cfg_.exports.formats) formats.push_back(qat::parse_export_format(f));
   const std::vector<model::HfGroup> groups = model_.hf_groups();
-  for (const auto& g : groups)
-    if (policy_.quantized(g.param))
-      FP4QAT_CHECK(amax_.count(g.param), "export of step ", step, ": no activation was observed for '", g.param,
-                   "' (it needs a training forward before an NVFP4 input_scale exists)");
-  qat::publish(root(), name, cfg_.exports.keep, "step-", [&](const std::string& tmp) {
-    json::Value fmts = json::Value::array();
-    for (const auto f : formats) {
-      const std::string dir = tmp + "/" + qat::to_string(f);
-      fs::make_dir(dir);
-      qat::ExportOptions opt;
-      opt.format = f;
-      opt.blocks = policy_.weight_blocks();
-      opt.config_json = model::hf_config_json(model_.config());
-      opt.producer_version = std::string("fp4qat ") + FP4QAT_VERSION;
-      qat::HfFolderWriter w(dir, opt);
-      for (const auto& g : groups) {
-        if (policy_.quantized(g.param)) {
-          std::vector<std::string> modules;
-          for (const auto& n : g.names) modules.push_back(n.substr(0, n.size() - 7));  // drop ".weight"
-          const int64_t n = static_cast<int64_t>(modules.size());
-          w.add_quantized(modules, g.parts, g.tensor, policy_.shared_weight_amax(g.param),
-                          f == qat::ExportFormat::kNVFP4 ? input_amax(g.param, g.parts, n) : std::vector<float>{});
-        } else if (g.tensor.dim() == 3) {
-          const int64_t R = g.tensor.size(1) / g.parts;
-          for (int64_t e = 0; e < g.tensor.size(0); ++e)
-            for (int64_t p = 0; p < g.parts; ++p)
-              w.add_plain(g.names[e * g.parts + p], g.tensor[e].narrow(0, p * R, R));
-        } else {
-          w.add_plain(g.names[0], g.tensor);
-        }
+  // Everything the staging reads that the current stream computes, computed before staging starts
+  // (the side stream begins after the current stream's work so far).
+  std::map<std::string, std::optional<at::Tensor>> shared_amax;
+  std::map<std::string, at::Tensor> module_amax;  // float32 [E*P]: the input amax of each module
+  for (const auto& g : groups) {
+    if (!policy_.quantized(g.param)) continue;
+    FP4QAT_CHECK(amax_.count(g.param), "export of step ", step, ": no activation was observed for '", g.param,
+                 "' (it needs a training forward before an NVFP4 input_scale exists)");
+    shared_amax[g.param] = policy_.shared_weight_amax(g.param);
+    const at::Tensor a = amax_.at(g.param).reshape({-1});
+    const int64_t n = static_cast<int64_t>(g.names.size());
+    module_amax[g.param] = (a.numel() == 1 ? a.expand({n}) : a.repeat_interleave(g.parts)).contiguous();
+  }
+  std::vector<std::shared_ptr<qat::StagedFolder>> staged;
+  for (const auto f : formats) {
+    qat::ExportOptions opt;
+    opt.format = f;
+    opt.blocks = policy_.weight_blocks();
+    opt.config_json = model::hf_config_json(model_.config());
+    opt.producer_version = std::string("fp4qat ") + FP4QAT_VERSION;
+    auto sf = std::make_shared<qat::StagedFolder>(opt);
+    for (const auto& g : groups) {
+      if (policy_.quantized(g.param)) {
+        std::vector<std::string> modules;
+        for (const auto& n : g.names) modules.push_back(n.substr(0, n.size() - 7));  // drop ".weight"
+        sf->add_quantized(modules, g.parts, g.tensor, shared_amax.at(g.param),
+                          f == qat::ExportFormat::kNVFP4 ? module_amax.at(g.param) : at::Tensor());
+      } else if (g.tensor.dim() == 3) {
+        const int64_t R = g.tensor.size(1) / g.parts;
+        for (int64_t e = 0; e < g.tensor.size(0); ++e)
+          for (int64_t p = 0; p < g.parts; ++p) sf->add_plain(g.names[e * g.parts + p], g.tensor[e].narrow(0, p * R, R));
+      } else {
+        sf->add_plain(g.names[0], g.tensor);
       }
-      w.finish();
-      fmts.push_back(qat::to_string(f));
     }
-    json::Value quantized = json::Value::array();
-    for (const auto& p : policy_.quantized_params()) quantized.push_back(p);
-    const json::Value info = json::Value::object({{"step", step},
-                                                  {"formats", fmts},
-                                                  {"weight_blocks", to_string(policy_.weight_blocks())},
-                                                  {"trained_in", cfg_.qat.format == "none" ? "bf16" : cfg_.qat.format},
-                                                  {"quantized_parameters", quantized},
-                                                  {"producer", std::string("fp4qat ") + FP4QAT_VERSION}});
-    fs::write_text_atomic(tmp + "/export.json", info.dump(2) + "\n");
-    fs::write_text_atomic(tmp + "/recipe.yaml", config::dump(cfg_));
+    sf->seal();
+    staged.push_back(std::move(sf));
+  }
+  json::Value fmts = json::Value::array();
+  for (const auto f : formats) fmts.push_back(qat::to_string(f));
+  json::Value quantized = json::Value::array();
+  for (const auto& p : policy_.quantized_params()) quantized.push_back(p);
+  const std::string info = json::Value::object({{"step", step},
+                                                {"formats", fmts},
+                                                {"weight_blocks", to_string(policy_.weight_blocks())},
+                                                {"trained_in", cfg_.qat.format == "none" ? "bf16" : cfg_.qat.format},
+                                                {"quantized_parameters", quantized},
+                                                {"producer", std::string("fp4qat ") + FP4QAT_VERSION}})
+                               .dump(2) +
+                           "\n";
+  const std::string recipe = config::dump(cfg_);
+  const std::string root_dir = root();
+  const int64_t keep = cfg_.exports.keep;
+  staged_ = staged;
+  fenced_ = false;
+  inflight_ = std::async(std::launch::async, [=]() {
+    const auto t0 = std::chrono::steady_clock::now();
+    qat::publish(root_dir, name, keep, "step-", [&](const std::string& tmp) {
+      for (size_t i = 0; i < staged.size(); ++i) {
+        const std::string dir = tmp + "/" + qat::to_string(formats[i]);
+        fs::make_dir(dir);
+        staged[i]->write(dir);
+      }
+      fs::write_text_atomic(tmp + "/export.json", info);
+      fs::write_text_atomic(tmp + "/recipe.yaml", recipe);
+    });
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   });
-  return root() + "/" + name;
+  return root_dir + "/" + name;
 }
 
 }  // namespace fp4qat::train

@@ -8,10 +8,18 @@
 // the S_dec of the activation amax observed in the training forwards since the previous export
 // (running max); an expert that received no token in that window keeps its previous value, and
 // one that never received a token takes the largest value among its layer's experts.
+//
+// Asynchronous: submit() stages the export — on a GPU, the quantization and the copies into
+// pinned host memory run on a side stream that overlaps the next step's forward and backward —
+// and a background thread writes and publishes the folders. One export is in flight at a time
+// (submit waits for the previous one); the optimizer calls fence() before it changes the weights,
+// which orders that change after the export's reads on the GPU without blocking the host.
 #pragma once
+#include <future>
 #include <map>
 #include <string>
 
+#include "qat/export.h"
 #include "trainer/config.h"
 #include "trainer/model.h"
 #include "trainer/qat_policy.h"
@@ -21,18 +29,30 @@ namespace fp4qat::train {
 class Exporter {
  public:
   Exporter(const config::Config& cfg, const model::Qwen3Moe& model, qatp::QatPolicy& policy);
+  ~Exporter();  // waits for an export in flight (wait() is where its error is reported)
   // True when step (1-based) is an export step: every export.every steps, and the last step.
   bool due(int64_t step) const;
-  // Publishes step `step`; returns the published folder.
+  // Stages step `step` (the weights as they are now) and hands it to the background writer;
+  // returns the folder it will be published as. Waits for the previous export first.
+  std::string submit(int64_t step);
+  // Call before changing the weights in place: on a GPU, the current stream's later work waits
+  // for the staged export's reads (no host synchronisation); nothing to do on the CPU.
+  void fence();
+  // Waits until the export in flight (if any) is published; rethrows its error. Returns the
+  // seconds the background writer spent on it (0 when none was in flight).
+  double wait();
+  // submit() + wait().
   std::string publish(int64_t step);
   std::string root() const { return cfg_.train.out_dir + "/exports"; }
 
  private:
-  std::vector<float> input_amax(const std::string& param, int64_t members_per_expert, int64_t n_modules);
   const config::Config& cfg_;
   const model::Qwen3Moe& model_;
   qatp::QatPolicy& policy_;
-  std::map<std::string, at::Tensor> amax_;  // last known activation amax per parameter (CPU float32)
+  std::map<std::string, at::Tensor> amax_;  // last known activation amax per parameter (float32, model device)
+  std::future<double> inflight_;
+  bool fenced_ = true;
+  std::vector<std::shared_ptr<qat::StagedFolder>> staged_;  // of the export in flight
 };
 
 }  // namespace fp4qat::train

@@ -296,6 +296,7 @@ Result run(const config::Config& cfg, const Options& opt) {
       for (auto& [n, p] : model.params())
         if (p.grad().defined()) sq.push_back(p.grad().to(at::kFloat).pow(2).sum());
       grad_norm = std::sqrt(at::stack(sq).sum().item<double>());
+      if (exporter) exporter->fence();  // the weights change below: after the export's reads of them
       const double scale = (o.grad_clip > 0 && grad_norm > o.grad_clip) ? o.grad_clip / (grad_norm + 1e-6) : 1.0;
       const double b1 = o.beta1, b2 = o.beta2, t = static_cast<double>(step + 1);
       const double bc1 = 1.0 - std::pow(b1, t), bc2 = 1.0 - std::pow(b2, t);
@@ -317,16 +318,21 @@ Result run(const config::Config& cfg, const Options& opt) {
                 static_cast<double>(cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum) / secs, load};
     if (exporter && exporter->due(step)) {  // publish this step's weights for the rollout side
       const auto te = std::chrono::steady_clock::now();
-      std::string dir;
-      if (pg->is_main()) dir = exporter->publish(step);
-      pg->barrier();
-      log.export_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
-      if (!dir.empty()) res.exports.push_back(dir);
       // Train/rollout mismatch: the export read back from disk and run as the rollout side runs it,
-      // against the trainer's own forward with the same weights (those of step + 1).
+      // against the trainer's own forward with the same weights (those of step + 1). The probe
+      // needs the folder on disk, so with it the export is waited for; without it the folders
+      // are written in the background while training goes on.
       std::string probed;
       for (const auto& f : cfg.exports.formats)
         if (probed.empty() && f != "bf16") probed = f;
+      std::string dir;
+      if (pg->is_main()) {
+        dir = exporter->submit(step);
+        if (cfg.exports.probe_mismatch && !probed.empty()) exporter->wait();
+      }
+      pg->barrier();
+      log.export_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
+      if (!dir.empty()) res.exports.push_back(dir);
       if (cfg.exports.probe_mismatch && !probed.empty() && !dir.empty()) {
         const at::Tensor probe = get_batch(1, 0).narrow(0, 0, std::min<int64_t>(4, cfg.train.batch_size)).to(dev);
         rollout::Loaded served = rollout::load(dir + "/" + probed, dev);
@@ -385,6 +391,7 @@ Result run(const config::Config& cfg, const Options& opt) {
     }
     if (stop_now) break;
   }
+  if (exporter && pg->is_main()) exporter->wait();  // the last export is published before run() returns
   res.final_step = step;
   if (!opt.quiet && tty) std::printf("\n");
   if (step == cfg.train.steps && pg->is_main()) {  // the finished model as a Hugging Face folder (BF16)

@@ -18,7 +18,9 @@ struct StepLog {
   int64_t step = 0;  // 1-based: the optimizer steps done
   double loss = 0, aux_loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0;
   std::vector<std::vector<double>> expert_load;  // per MoE layer, per expert
-  double export_s = 0;  // seconds spent publishing this step's export (0: none)
+  // Seconds the training loop spent on this step's export (0: none): staging it, and waiting for
+  // the previous one if that was still being written (and for this one when the probe runs).
+  double export_s = 0;
   // Per-token |log p_trainer - log p_export| on the probe batch after this step's export (NaN: none).
   double mismatch_mean = std::nan(""), mismatch_max = std::nan("");
 };

@@ -1,5 +1,6 @@
 // kernels/common/cuda_utils.cuh — device helpers shared by the CUDA kernels: exact widening
-// 16-element loads (bf16/f16/f32), warp/block max reductions, grid sizing. Include only from .cu.
+// 16-element loads (bf16/f16/f32) from global or shared memory with a cache policy (Src), warp
+// and block max reductions, grid sizing. Include only from .cu.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -24,51 +25,59 @@ __device__ __forceinline__ void unpack_f16x2(uint32_t w, float& lo, float& hi) {
   hi = __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16)));
 }
 
-template <InType T, bool kStreaming>
-__device__ __forceinline__ void load16(const void* base, int64_t elem, float v[16]) {
-  if constexpr (T == InType::F32) {
-    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(base) + elem);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float4 f = kStreaming ? __ldcs(p + i) : __ldcg(p + i);
-      v[4 * i] = f.x;
-      v[4 * i + 1] = f.y;
-      v[4 * i + 2] = f.z;
-      v[4 * i + 3] = f.w;
-    }
-  } else {
-    const uint4* p = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + elem);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const uint4 u = kStreaming ? __ldcs(p + i) : __ldcg(p + i);
-      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if constexpr (T == InType::BF16) unpack_bf16x2(w[j], v[8 * i + 2 * j], v[8 * i + 2 * j + 1]);
-        else unpack_f16x2(w[j], v[8 * i + 2 * j], v[8 * i + 2 * j + 1]);
-      }
-    }
+// Where a 16-byte load comes from and how it treats the caches:
+//   kCached     global, cache in L2 only (ld.global.cg): data read again soon
+//   kStreaming  global, evict-first (ld.global.cs): data read once
+//   kEvictLast  global, L2 evict-last policy: kept in L2 for a second read (two-pass kernels)
+//   kLastUse    global, then the 128-byte line is demoted to evict-normal (the second read)
+//   kShared     shared memory (plain vector load)
+enum class Src { kCached, kStreaming, kEvictLast, kLastUse, kShared };
+
+__device__ __forceinline__ uint64_t l2_evict_last_policy() {
+  uint64_t pol;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+
+template <Src S>
+__device__ __forceinline__ uint4 load_u4(const uint4* p, uint64_t pol) {
+  if constexpr (S == Src::kCached) return __ldcg(p);
+  if constexpr (S == Src::kStreaming) return __ldcs(p);
+  if constexpr (S == Src::kShared) return *p;
+  if constexpr (S == Src::kEvictLast) {
+    uint4 u;
+    asm volatile("ld.global.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=r"(u.x), "=r"(u.y), "=r"(u.z), "=r"(u.w)
+                 : "l"(p), "l"(pol));
+    return u;
+  }
+  if constexpr (S == Src::kLastUse) {
+    const uint4 u = __ldcg(p);
+    // One demotion per 128-byte line (8 of these 16-byte loads), by the load at its start.
+    if ((reinterpret_cast<uintptr_t>(p) & 127) == 0) asm volatile("applypriority.global.L2::evict_normal [%0], 128;" ::"l"(p));
+    return u;
   }
 }
 
-// The same 16-element widening load from shared memory (plain vector loads).
-template <InType T>
-__device__ __forceinline__ void load16_shared(const void* base, int64_t elem, float v[16]) {
+// 16 consecutive elements at `base + elem` widened exactly to float32. `pol` is the L2 policy
+// for Src::kEvictLast (l2_evict_last_policy()), unused otherwise.
+template <InType T, Src S = Src::kCached>
+__device__ __forceinline__ void load16(const void* base, int64_t elem, float v[16], uint64_t pol = 0) {
   if constexpr (T == InType::F32) {
-    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(base) + elem);
+    const uint4* p = reinterpret_cast<const uint4*>(static_cast<const float*>(base) + elem);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float4 f = p[i];
-      v[4 * i] = f.x;
-      v[4 * i + 1] = f.y;
-      v[4 * i + 2] = f.z;
-      v[4 * i + 3] = f.w;
+      const uint4 u = load_u4<S>(p + i, pol);
+      v[4 * i] = __uint_as_float(u.x);
+      v[4 * i + 1] = __uint_as_float(u.y);
+      v[4 * i + 2] = __uint_as_float(u.z);
+      v[4 * i + 3] = __uint_as_float(u.w);
     }
   } else {
     const uint4* p = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + elem);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      const uint4 u = p[i];
+      const uint4 u = load_u4<S>(p + i, pol);
       const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -92,14 +101,15 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Block-wide max; result valid in thread 0.
+// Block-wide max over a CTA of kTh threads; result valid in thread 0. smem: kTh / 32 floats.
+template <int kTh = kThreads>
 __device__ __forceinline__ float block_max(float v, float* smem) {
   v = warp_max(v);
   if ((threadIdx.x & 31) == 0) smem[threadIdx.x >> 5] = v;
   __syncthreads();
   float m = 0.0f;
   if (threadIdx.x < 32) {
-    m = threadIdx.x < kWarps ? smem[threadIdx.x] : 0.0f;
+    m = threadIdx.x < kTh / 32 ? smem[threadIdx.x] : 0.0f;
     m = warp_max(m);
   }
   __syncthreads();

@@ -17,8 +17,8 @@ __global__ void __launch_bounds__(kThreads) mxfp8_quant_kernel(const void* x, in
   for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
        u += static_cast<int64_t>(gridDim.x) * kThreads) {
     float v[32];
-    load16<T, true>(x, u * 32, v);
-    load16<T, true>(x, u * 32 + 16, v + 16);
+    load16<T, Src::kStreaming>(x, u * 32, v);
+    load16<T, Src::kStreaming>(x, u * 32 + 16, v + 16);
     float m = fmaxf(max16(v), max16(v + 16));
     const uint32_t s_bits = mxfp8_scale_bits(m);
     scales[u] = static_cast<uint8_t>(s_bits >> 23);

@@ -102,21 +102,10 @@ struct Schedule {
 // Fused two-pass kernel: a chunk is R consecutive rows of one expert (R a multiple of 16, about
 // FP4QAT_NVFP4_CHUNK_ELEMS elements). 1D: units (16-element row blocks) in linear order; 2D: a
 // half-warp holds one 16x16 tile (lane = row; rows past N count as zeros).
-template <int kTh>
-__device__ __forceinline__ float block_max_n(float v, float* smem) {
-  v = warp_max(v);
-  if ((threadIdx.x & 31) == 0) smem[threadIdx.x >> 5] = v;
-  __syncthreads();
-  float m = 0.0f;
-  if (threadIdx.x < 32) {
-    m = threadIdx.x < kTh / 32 ? smem[threadIdx.x] : 0.0f;
-    m = warp_max(m);
-  }
-  __syncthreads();
-  return m;
-}
-
-template <InType T, bool kTwoD, int kTh>
+// kHint: L2 policy of the two reads. 0: first read cached (ld.cg), second streaming (ld.cs);
+// 1: first read evict-last, second demotes each line back to evict-normal; 2: first evict-last,
+// second streaming. kUnroll: 16-element units in flight per thread (1D loops).
+template <InType T, bool kTwoD, int kTh, int kHint, int kUnroll>
 __global__ void __launch_bounds__(kTh) nvfp4_fused_kernel(Nvfp4Args a, Schedule s, int64_t R, uint32_t* amax_bits,
                                                           int* done, unsigned long long* ticket) {
   __shared__ float red[kTh / 32];
@@ -137,13 +126,24 @@ __global__ void __launch_bounds__(kTh) nvfp4_fused_kernel(Nvfp4Args a, Schedule 
     const int64_t r0 = c * R, r1 = min(N, r0 + R);
     const int64_t unit0 = (e * N + r0) * nb, units = (r1 - r0) * nb;
     if (is_amax) {
+      constexpr Src kFirst = kHint == 0 ? Src::kCached : Src::kEvictLast;
+      const uint64_t pol = kHint == 0 ? 0 : l2_evict_last_policy();
       float m = 0.0f;
-      for (int64_t u = threadIdx.x; u < units; u += kTh) {
-        float v[16];
-        load16<T, false>(a.x, (unit0 + u) * 16, v);  // cached: read again soon by the Q item
-        m = fmaxf(m, max16(v));
+      for (int64_t u = threadIdx.x; u < units; u += kTh * kUnroll) {
+        float v[kUnroll][16];
+#pragma unroll
+        for (int j = 0; j < kUnroll; ++j) {
+          if (u + j * kTh < units) {
+            load16<T, kFirst>(a.x, (unit0 + u + j * kTh) * 16, v[j], pol);  // kept for the Q item's read
+          } else {
+#pragma unroll
+            for (int i = 0; i < 16; ++i) v[j][i] = 0.0f;
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kUnroll; ++j) m = fmaxf(m, max16(v[j]));
       }
-      m = block_max_n<kTh>(m, red);
+      m = block_max<kTh>(m, red);
       if (threadIdx.x == 0) {
         atomic_max_nonneg(amax_bits + e, m);
         __threadfence();
@@ -166,11 +166,18 @@ __global__ void __launch_bounds__(kTh) nvfp4_fused_kernel(Nvfp4Args a, Schedule 
       const float s_dec = nvfp4_s_dec(s_enc);
       const float factor = nvfp4_block_factor(s_enc);
       if (c == 0 && threadIdx.x == 0) a.s_dec[e] = s_dec;
+      constexpr Src kSecond = kHint == 1 ? Src::kLastUse : Src::kStreaming;
       if constexpr (!kTwoD) {
-        for (int64_t u = threadIdx.x; u < units; u += kTh) {
-          float v[16];
-          load16<T, true>(a.x, (unit0 + u) * 16, v);
-          emit_block(v, nvfp4_block_scale(max16(v), factor), s_dec, unit0 + u, a.codes, a.scales, a.fake);
+        for (int64_t u = threadIdx.x; u < units; u += kTh * kUnroll) {
+          float v[kUnroll][16];
+#pragma unroll
+          for (int j = 0; j < kUnroll; ++j)
+            if (u + j * kTh < units) load16<T, kSecond>(a.x, (unit0 + u + j * kTh) * 16, v[j]);
+#pragma unroll
+          for (int j = 0; j < kUnroll; ++j)
+            if (u + j * kTh < units)
+              emit_block(v[j], nvfp4_block_scale(max16(v[j]), factor), s_dec, unit0 + u + j * kTh, a.codes, a.scales,
+                         a.fake);
         }
       } else {
         const int hw = threadIdx.x >> 4, lane = threadIdx.x & 15;
@@ -183,7 +190,7 @@ __global__ void __launch_bounds__(kTh) nvfp4_fused_kernel(Nvfp4Args a, Schedule 
           const bool valid = active && row < r1;
           float v[16];
           if (valid) {
-            load16<T, true>(a.x, ((e * N + row) * nb + b) * 16, v);
+            load16<T, kSecond>(a.x, ((e * N + row) * nb + b) * 16, v);
           } else {
 #pragma unroll
             for (int i = 0; i < 16; ++i) v[i] = 0.0f;
@@ -207,7 +214,7 @@ __global__ void __launch_bounds__(kThreads) amax_kernel(const void* x, int64_t p
   float m = 0.0f;
   for (int64_t u = blockIdx.x * kThreads + threadIdx.x; u < units; u += static_cast<int64_t>(gridDim.x) * kThreads) {
     float v[16];
-    load16<T, false>(x, (e * units + u) * 16, v);
+    load16<T, Src::kCached>(x, (e * units + u) * 16, v);
     m = fmaxf(m, max16(v));
   }
   m = block_max(m, red);
@@ -286,7 +293,7 @@ __global__ void __launch_bounds__(kThreads) nvfp4_staged_kernel(Nvfp4Args a, int
     float m = 0.0f;
     for (int64_t u = threadIdx.x; u < units; u += kThreads) {
       float v[16];
-      load16_shared<T>(smem, u * 16, v);
+      load16<T, Src::kShared>(smem, u * 16, v);
       const float bm = max16(v);
       bmax[u] = bm;
       m = fmaxf(m, bm);
@@ -324,7 +331,7 @@ __global__ void __launch_bounds__(kThreads) nvfp4_staged_kernel(Nvfp4Args a, int
     const int64_t unit0 = (e * N + r0) * nb;
     for (int64_t u = threadIdx.x; u < units; u += kThreads) {
       float v[16];
-      load16_shared<T>(smem, u * 16, v);
+      load16<T, Src::kShared>(smem, u * 16, v);
       emit_block(v, nvfp4_block_scale(bmax[u], factor), s_dec, unit0 + u, a.codes, a.scales, a.fake);
     }
     __syncthreads();  // shared memory and `cur` are reused by the next item
@@ -368,11 +375,12 @@ int64_t env_int(const char* name, int64_t fallback) {
 }
 
 // Tuning knobs (benchmarks only; defaults measured on H100, see bench/RESULTS.md):
-//   FP4QAT_NVFP4_THREADS (256|512|1024), FP4QAT_NVFP4_CHUNK_ELEMS, FP4QAT_NVFP4_CTAS_PER_SM,
+//   FP4QAT_NVFP4_THREADS (256|512), FP4QAT_NVFP4_L2HINT (0|1|2), FP4QAT_NVFP4_UNROLL (1|2),
+//   FP4QAT_NVFP4_CHUNK_ELEMS, FP4QAT_NVFP4_CTAS_PER_SM,
 //   FP4QAT_NVFP4_LAG_BYTES.
-template <InType T, bool kTwoD, int kTh>
+template <InType T, bool kTwoD, int kTh, int kHint, int kUnroll>
 void launch_fused_t(const Nvfp4Args& a, cudaStream_t stream) {
-  auto kernel = nvfp4_fused_kernel<T, kTwoD, kTh>;
+  auto kernel = nvfp4_fused_kernel<T, kTwoD, kTh, kHint, kUnroll>;
   int per_sm = 0;
   FP4QAT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTh, 0));
   const int64_t want_per_sm = env_int("FP4QAT_NVFP4_CTAS_PER_SM", per_sm);
@@ -400,12 +408,18 @@ void launch_fused_t(const Nvfp4Args& a, cudaStream_t stream) {
 
 template <InType T, bool kTwoD>
 void launch_fused(const Nvfp4Args& a, cudaStream_t stream) {
-  switch (env_int("FP4QAT_NVFP4_THREADS", 256)) {
-    case 256: return launch_fused_t<T, kTwoD, 256>(a, stream);
-    case 512: return launch_fused_t<T, kTwoD, 512>(a, stream);
-    case 1024: return launch_fused_t<T, kTwoD, 1024>(a, stream);
-    default: return launch_fused_t<T, kTwoD, 256>(a, stream);
+  const int64_t threads = env_int("FP4QAT_NVFP4_THREADS", 256);
+  if (threads == 512) return launch_fused_t<T, kTwoD, 512, 0, 1>(a, stream);
+  // L2 hint and unroll variants for bf16 (the trainer's and the benchmark's type) only.
+  if constexpr (T == InType::BF16) {
+    const int64_t hint = env_int("FP4QAT_NVFP4_L2HINT", 0), unroll = env_int("FP4QAT_NVFP4_UNROLL", 1);
+    if (hint == 1 && unroll == 2) return launch_fused_t<T, kTwoD, 256, 1, 2>(a, stream);
+    if (hint == 1) return launch_fused_t<T, kTwoD, 256, 1, 1>(a, stream);
+    if (hint == 2 && unroll == 2) return launch_fused_t<T, kTwoD, 256, 2, 2>(a, stream);
+    if (hint == 2) return launch_fused_t<T, kTwoD, 256, 2, 1>(a, stream);
+    if (unroll == 2) return launch_fused_t<T, kTwoD, 256, 0, 2>(a, stream);
   }
+  return launch_fused_t<T, kTwoD, 256, 0, 1>(a, stream);
 }
 
 }  // namespace

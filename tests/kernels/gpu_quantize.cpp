@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include "kernels/cuda_kernels.h"
 #include "kernels/quantize.h"
 #include "qat/safetensors.h"
@@ -97,6 +99,48 @@ TEST(GpuQuantize, NVFP4MatchesReferenceOnRandomShapes) {
           ASSERT_TRUE(bytes_equal(api.scales, want.scales));
           ASSERT_TRUE(bytes_equal(api.s_dec, want.s_dec));
         }
+}
+
+// Every kernel variant the tuning knobs select (bench/RESULTS.md) gives the reference's bytes.
+TEST(GpuQuantize, NVFP4KernelVariantsMatchReference) {
+  FP4QAT_REQUIRE_GPU();
+  struct Variant {
+    const char* kernel;
+    const char* threads;
+    const char* hint;
+    const char* unroll;
+  };
+  const Variant variants[] = {{"staged", "256", "0", "1"}, {"fused", "512", "0", "1"}, {"fused", "256", "0", "2"},
+                              {"fused", "256", "1", "1"}, {"fused", "256", "1", "2"},  {"fused", "256", "2", "1"},
+                              {"fused", "256", "2", "2"}};
+  const std::vector<std::vector<int64_t>> shapes = {{7, 96}, {1, 129, 2048}, {160, 17, 64}, {4, 768, 2048}, {2, 31, 4096}};
+  uint64_t seed = 900;
+  for (const auto& v : variants) {
+    setenv("FP4QAT_NVFP4_KERNEL", v.kernel, 1);
+    setenv("FP4QAT_NVFP4_THREADS", v.threads, 1);
+    setenv("FP4QAT_NVFP4_L2HINT", v.hint, 1);
+    setenv("FP4QAT_NVFP4_UNROLL", v.unroll, 1);
+    for (const auto& dims : shapes)
+      for (auto blocks : {Blocks::k1D, Blocks::k2D})
+        for (bool given : {false, true}) {
+          SCOPED_TRACE(::testing::Message() << v.kernel << " threads " << v.threads << " hint " << v.hint << " unroll "
+                                            << v.unroll << " " << at::IntArrayRef(dims) << " "
+                                            << fp4qat::to_string(blocks) << (given ? " given-amax" : ""));
+          const at::Tensor x = random_input(dims, at::kBFloat16, seed++);
+          at::Tensor amax;
+          if (given) amax = fp4qat::global_amax(x) * 1.5f;
+          const auto want = fp4qat::nvfp4_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
+          const auto want_fake = fp4qat::nvfp4_fake_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
+          const auto got = run_poisoned(x, blocks, given ? &amax : nullptr);
+          const int64_t E = dims.size() == 3 ? dims[0] : 1, N = dims[dims.size() - 2];
+          EXPECT_TRUE(bytes_equal(got[0], want.codes.reshape({E, N, -1})));
+          EXPECT_TRUE(bytes_equal(got[1], want.scales.view(at::kByte).reshape({E, N, -1})));
+          EXPECT_TRUE(bytes_equal(got[2], want_fake.values.reshape({E, N, -1})));
+          EXPECT_TRUE(bytes_equal(got[3], want.s_dec.reshape({E})));
+        }
+  }
+  for (const char* k : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_L2HINT", "FP4QAT_NVFP4_UNROLL"})
+    unsetenv(k);
 }
 
 TEST(GpuQuantize, AmaxDequantizeAndMXFP8MatchReference) {

@@ -265,3 +265,56 @@ TEST(Publish, AtomicKeepsNewestAndSurvivesAFailedWrite) {
   EXPECT_EQ(fs::read_text(root + "/latest/step.txt"), "4b");
   EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-3", "step-4"}));
 }
+
+namespace {
+
+// Every file of folder a equals the same-named file of folder b, byte for byte, and no file is missing.
+void expect_same_files(const std::string& a, const std::string& b) {
+  const auto fa = fs::list_dir(a), fb = fs::list_dir(b);
+  EXPECT_EQ(fa, fb);
+  for (const auto& f : fa) EXPECT_EQ(test::read_bytes(a + "/" + f), test::read_bytes(b + "/" + f)) << f;
+}
+
+}  // namespace
+
+// The asynchronous export's staging (qat::StagedFolder) writes what HfFolderWriter writes, from
+// its own copies: changing the weights after staging does not change the folder.
+TEST(StagedFolder, WritesTheWritersBytesFromItsOwnCopies) {
+  test::TempDir d;
+  const int64_t E = 3, R = 16, K = 64;
+  std::vector<std::string> gu, dn;
+  for (int64_t e = 0; e < E; ++e) {
+    gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".gate_proj");
+    gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".up_proj");
+    dn.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".down_proj");
+  }
+  const std::vector<float> ia_gu = {0.5f, 1.f, 2.f, 3.f, 4.f, 5.f}, ia_dn = {7.f, 8.f, 9.f};
+  for (auto f : {qat::ExportFormat::kNVFP4, qat::ExportFormat::kMXFP8, qat::ExportFormat::kBF16}) {
+    SCOPED_TRACE(qat::to_string(f));
+    at::Tensor wgu = at::randn({E, 2 * R, K}), wdn = at::randn({E, K, R * 2}), norm = at::rand({K}) + 0.5;
+    qat::ExportOptions opt;
+    opt.format = f;
+    opt.config_json = kConfig;
+    const std::string a = d.file(std::string("writer-") + qat::to_string(f)), b = d.file(std::string("staged-") + qat::to_string(f));
+    fs::make_dir(a);
+    fs::make_dir(b);
+    {
+      qat::HfFolderWriter w(a, opt);
+      w.add_quantized(gu, 2, wgu, std::nullopt, ia_gu);
+      w.add_quantized(dn, 1, wdn, std::nullopt, ia_dn);
+      w.add_plain("model.norm.weight", norm);
+      w.finish();
+    }
+    qat::StagedFolder s(opt);
+    s.add_quantized(gu, 2, wgu, std::nullopt, at::tensor(ia_gu));
+    s.add_quantized(dn, 1, wdn, std::nullopt, at::tensor(ia_dn));
+    s.add_plain("model.norm.weight", norm);
+    s.fence();
+    wgu.add_(1.0);  // the optimizer moves on
+    wdn.mul_(3.0);
+    norm.mul_(2.0);
+    s.write(b);
+    expect_same_files(a, b);
+    EXPECT_THROW(s.add_plain("late.weight", norm), std::exception);  // nothing is staged after seal
+  }
+}

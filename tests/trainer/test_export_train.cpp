@@ -1,7 +1,8 @@
 // tests/trainer/test_export_train.cpp — the per-step export of trainer/exporter.h, end to end on
 // the CPU: the NVFP4 export after step k is byte-identical to the quantized weights the forward
 // of step k+1 uses; quantizing the BF16 export of a step with the reference rules reproduces its
-// NVFP4 export byte for byte; keep-K and `latest`; the export records step and recipe;
+// NVFP4 export byte for byte (with the exports waited for, and written in the background while
+// training goes on); keep-K and `latest`; the export records step and recipe;
 // observing activations for input_scale does not change training; BF16 training can export
 // NVFP4 (post-training quantization each step).
 #include <gtest/gtest.h>
@@ -70,7 +71,11 @@ class ExportTrain : public ::testing::TestWithParam<std::string> {};
 TEST_P(ExportTrain, ExportIsWhatTheNextForwardUses) {
   test::TempDir d;
   cfg::Config c = small_run(d.file("run"));
-  c.qat.weight_blocks = GetParam();
+  // "<blocks>[-async]": with the mismatch probe each export is waited for; without it the
+  // folders are written in the background while training goes on.
+  const std::string blocks_name = GetParam().substr(0, 2);
+  c.qat.weight_blocks = blocks_name;
+  c.exports.probe_mismatch = GetParam().find("async") == std::string::npos;
   c.exports.formats = {"nvfp4", "mxfp8", "bf16"};
   // Capture the weights each training forward hands to the quantizer (grad mode: not evals).
   std::map<int64_t, std::map<std::string, at::Tensor>> used;
@@ -81,7 +86,7 @@ TEST_P(ExportTrain, ExportIsWhatTheNextForwardUses) {
   };
   const auto r = train::run(c, o);
   ASSERT_EQ(r.exports.size(), 3u);
-  const Blocks blocks = parse_blocks(GetParam());
+  const Blocks blocks = parse_blocks(blocks_name);
   const int64_t I = c.model.moe_intermediate_size;
   for (int64_t k = 1; k <= 2; ++k) {
     const std::string dir = d.file("run/exports/step-" + std::to_string(k));
@@ -141,7 +146,7 @@ TEST_P(ExportTrain, ExportIsWhatTheNextForwardUses) {
   EXPECT_EQ(with_time, 3);
 }
 
-INSTANTIATE_TEST_SUITE_P(Blocks, ExportTrain, ::testing::Values("1d", "2d"));
+INSTANTIATE_TEST_SUITE_P(Blocks, ExportTrain, ::testing::Values("1d", "2d", "1d-async", "2d-async"));
 
 TEST(ExportTrainKeep, KeepsNewestAndTheLastStep) {
   test::TempDir d;
@@ -175,4 +180,22 @@ TEST(ExportTrainBF16, ObservingDoesNotChangeTrainingAndBF16RunsExportNVFP4) {
   EXPECT_EQ(nv.at("model.layers.1.mlp.experts.3.down_proj.weight").scalar_type(), at::kByte);
   const json::Value info = json::parse(fs::read_text(d.file("ptq/exports/latest/export.json")), "export.json");
   EXPECT_EQ(info.at("trained_in").as_string(), "bf16");
+}
+
+// An export that fails while being written in the background stops the run with its error at
+// the next export (or at the end), naming the path; it never passes silently.
+TEST(ExportTrainAsync, BackgroundFailureIsReported) {
+  test::TempDir d;
+  cfg::Config c = small_run(d.file("run"));
+  c.exports.probe_mismatch = false;
+  fs::make_dirs(d.file("run"));
+  fs::write_text_atomic(d.file("run/exports"), "not a folder\n");  // publishing into it must fail
+  train::Options o;
+  o.quiet = true;
+  try {
+    train::run(c, o);
+    FAIL() << "the run should have failed";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("exports"), std::string::npos) << e.what();
+  }
 }

@@ -1,0 +1,63 @@
+// tests/qat/gpu_export.cpp — (label gpu) the asynchronous export's staging from CUDA tensors: the
+// quantization and the copies into pinned host memory run on a side stream, and the folder
+// equals the CPU writer's byte for byte, also when the weights are changed on the training
+// stream right after fence() (the change is ordered after the side stream's reads).
+#include <ATen/cuda/CUDAContext.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "qat/export.h"
+#include "qat/fsutil.h"
+#include "tests/common/test_util.h"
+
+using namespace fp4qat;
+
+TEST(GpuStagedFolder, EqualsTheCpuWriterWhileTheWeightsChange) {
+  FP4QAT_REQUIRE_GPU();
+  test::TempDir d;
+  const int64_t E = 16, R = 256, K = 1024;
+  std::vector<std::string> gu, dn;
+  for (int64_t e = 0; e < E; ++e) {
+    gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".gate_proj");
+    gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".up_proj");
+    dn.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".down_proj");
+  }
+  std::vector<float> ia_gu(2 * E), ia_dn(E);
+  for (int64_t i = 0; i < 2 * E; ++i) ia_gu[i] = 0.25f * (i + 1);
+  for (int64_t i = 0; i < E; ++i) ia_dn[i] = 3.0f + i;
+  for (auto f : {qat::ExportFormat::kNVFP4, qat::ExportFormat::kMXFP8, qat::ExportFormat::kBF16}) {
+    SCOPED_TRACE(qat::to_string(f));
+    const at::Tensor wgu_cpu = at::randn({E, 2 * R, K}), wdn_cpu = at::randn({E, K, R}) * 0.1;
+    const at::Tensor norm_cpu = at::rand({K}) + 0.5;
+    qat::ExportOptions opt;
+    opt.format = f;
+    opt.config_json = R"({"model_type": "qwen3_moe"})";
+    const std::string a = d.file(std::string("cpu-") + qat::to_string(f)), b = d.file(std::string("gpu-") + qat::to_string(f));
+    fs::make_dir(a);
+    fs::make_dir(b);
+    {
+      qat::HfFolderWriter w(a, opt);
+      w.add_quantized(gu, 2, wgu_cpu, std::nullopt, ia_gu);
+      w.add_quantized(dn, 1, wdn_cpu, std::nullopt, ia_dn);
+      w.add_plain("model.norm.weight", norm_cpu);
+      w.finish();
+    }
+    at::Tensor wgu = wgu_cpu.cuda(), wdn = wdn_cpu.cuda(), norm = norm_cpu.cuda();
+    // Keep the training stream busy so that the side stream really runs beside it.
+    at::Tensor busy = at::randn({4096, 4096}, at::TensorOptions().device(at::kCUDA));
+    for (int i = 0; i < 8; ++i) busy = at::mm(busy, busy).tanh_();
+    qat::StagedFolder s(opt);
+    s.add_quantized(gu, 2, wgu, std::nullopt, at::tensor(ia_gu).cuda());
+    s.add_quantized(dn, 1, wdn, std::nullopt, at::tensor(ia_dn).cuda());
+    s.add_plain("model.norm.weight", norm);
+    s.seal();
+    s.fence();
+    wgu.add_(1.0);  // the optimizer step, in stream order after the export's reads
+    wdn.mul_(3.0);
+    norm.mul_(2.0);
+    s.write(b);
+    const auto fa = fs::list_dir(a), fb = fs::list_dir(b);
+    EXPECT_EQ(fa, fb);
+    for (const auto& file : fa) EXPECT_EQ(test::read_bytes(a + "/" + file), test::read_bytes(b + "/" + file)) << file;
+  }
+}
