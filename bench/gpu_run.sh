@@ -70,6 +70,18 @@ if want train; then
     "$bin" train --recipe recipes/expert-nvfp4-qat-gpu.yaml --set train.steps=${FP4QAT_GPU_QAT_STEPS:-40} \
       --set train.eval_every=20 --set train.log_every=5 --set train.init_from="$runs/moe-100m/hf" \
       --set train.out_dir="$runs/qat" || rc=1
+    echo "== the same QAT without the mismatch probe: exports written in the background (asynchronous)"
+    "$bin" train --recipe recipes/expert-nvfp4-qat-gpu.yaml --set train.steps=${FP4QAT_GPU_QAT_STEPS:-40} \
+      --set train.eval_every=0 --set train.log_every=5 --set train.init_from="$runs/moe-100m/hf" \
+      --set export.probe_mismatch=false --set train.out_dir="$runs/qat-async" || rc=1
+    python3 - "$runs/qat/metrics.jsonl" "$runs/qat-async/metrics.jsonl" <<'PY' || rc=1
+import json, sys, statistics
+for f in sys.argv[1:]:
+    rows = [json.loads(l) for l in open(f) if '"export_s"' in l]
+    ex = [r["export_s"] for r in rows[2:]] or [0]
+    tps = [r["tokens_per_s"] for r in rows[2:]] or [0]
+    print(f, "steps", len(rows), "median export_s %.4f" % statistics.median(ex), "median tok/s %.0f" % statistics.median(tps))
+PY
     ls -la "$runs/qat/exports" "$runs/qat/exports/latest" "$runs/qat/exports/latest/nvfp4" 2>&1 | head -30
     du -sh "$runs/qat/exports/latest"/* 2>&1
     cat "$runs/qat/exports/latest/nvfp4/hf_quant_config.json" 2>&1
