@@ -10,10 +10,13 @@
 #include <cstdlib>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/core/Event.h>
+#include <c10/core/StreamGuard.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -182,34 +185,86 @@ int main(int argc, char** argv) {
     const at::Tensor ia13 = at::ones({2 * E}, at::TensorOptions().device(at::kCUDA)), ia2 = at::ones({E}, ia13.options());
     fp4qat::qat::ExportOptions eo;
     eo.config_json = "{\"model_type\": \"qwen3_moe\"}";
-    auto loop = [&](bool with_export) {
+    // mode 0: no export; 1: the staged export; 2: only its quantization on a side stream (no
+    // copies); 3: only copies of same-sized device buffers into pinned memory on a side stream.
+    const at::Tensor cbuf13 = at::empty({E, 2 * I, H / 2 + H / 16}, at::TensorOptions().device(at::kCUDA).dtype(at::kByte));
+    const at::Tensor cbuf2 = at::empty({E, H, I / 2 + I / 16}, cbuf13.options());
+    struct Timing {
+      double ms = 0, host_step_ms = 0, host_stage_ms = 0;
+    };
+    auto loop = [&](int mode) {
       std::shared_ptr<fp4qat::qat::StagedFolder> prev;
-      auto one = [&] {
+      std::optional<c10::Event> prev_done;
+      std::vector<at::Tensor> keep;
+      const c10::Stream side = at::cuda::getStreamFromPool();
+      Timing t;
+      auto one = [&](bool timed) {
+        const auto h0 = std::chrono::steady_clock::now();
         step();
+        const auto h1 = std::chrono::steady_clock::now();
         if (prev) prev->fence();  // where the optimizer update would start
-        if (with_export) {
-          torch::NoGradGuard ng2;
+        if (prev_done) prev_done->block(at::cuda::getCurrentCUDAStream());
+        torch::NoGradGuard ng2;
+        if (mode == 1) {
           auto sf = std::make_shared<fp4qat::qat::StagedFolder>(eo);
           sf->add_quantized(gu, 2, w13.detach(), std::nullopt, ia13);
           sf->add_quantized(dn, 1, w2.detach(), std::nullopt, ia2);
           sf->seal();
           prev = sf;
+        } else if (mode >= 2) {
+          c10::Event ready(c10::DeviceType::CUDA);
+          ready.record(at::cuda::getCurrentCUDAStream());
+          ready.block(side);
+          c10::StreamGuard g(side);
+          keep.clear();
+          if (mode == 2) {
+            keep.push_back(fp4qat::nvfp4_quantize(w13.detach(), fp4qat::Blocks::k1D).codes);
+            keep.push_back(fp4qat::nvfp4_quantize(w2.detach(), fp4qat::Blocks::k1D).codes);
+          } else {
+            for (const at::Tensor* c : {&cbuf13, &cbuf2}) {
+              at::Tensor hbuf = at::empty(c->sizes(), c->options().device(at::kCPU).pinned_memory(true));
+              hbuf.copy_(*c, /*non_blocking=*/true);
+              keep.push_back(hbuf);
+            }
+          }
+          prev_done.emplace(c10::DeviceType::CUDA);
+          prev_done->record(side);
+        }
+        const auto h2 = std::chrono::steady_clock::now();
+        if (timed) {
+          t.host_step_ms += std::chrono::duration<double, std::milli>(h1 - h0).count() / reps;
+          t.host_stage_ms += std::chrono::duration<double, std::milli>(h2 - h1).count() / reps;
         }
       };
-      for (int i = 0; i < warmup; ++i) one();
+      for (int i = 0; i < warmup; ++i) one(false);
       FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
       const auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < reps; ++i) one();
+      for (int i = 0; i < reps; ++i) one(true);
       if (prev) prev->fence();
       FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
-      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+      t.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+      return t;
     };
-    plain_ms = loop(false);
-    async_ms = loop(true);
+    const Timing t0 = loop(0), t1 = loop(1), t2 = loop(2), t3 = loop(3);
+    plain_ms = t0.ms;
+    async_ms = t1.ms;
+    std::printf("\nasync export in the training loop (nvfp4 high_precision steps, steady state, %d steps)\n", reps);
+    const char* names[] = {"no export", "staged export (quantize + copies)", "quantize only (side stream)",
+                           "pinned copies only (side stream)"};
+    const Timing* ts[] = {&t0, &t1, &t2, &t3};
+    for (int m = 0; m < 4; ++m)
+      std::printf("  %-36s %8.3f ms/step (+%.3f ms = %.1f%%), host: step %.3f ms, staging %.3f ms\n", names[m], ts[m]->ms,
+                  ts[m]->ms - t0.ms, 100 * (ts[m]->ms - t0.ms) / t0.ms, ts[m]->host_step_ms, ts[m]->host_stage_ms);
+    // Device-to-host bandwidth into pinned memory, alone.
+    const double d2h_ms = median_ms([&] {
+      for (const at::Tensor* c : {&cbuf13, &cbuf2}) {
+        at::Tensor hbuf = at::empty(c->sizes(), c->options().device(at::kCPU).pinned_memory(true));
+        hbuf.copy_(*c, /*non_blocking=*/true);
+      }
+    }, reps, warmup);
+    std::printf("  pinned device-to-host copy of the layer's NVFP4 bytes alone: %.3f ms (%.1f GB/s)\n", d2h_ms,
+                (cbuf13.numel() + cbuf2.numel()) / (d2h_ms * 1e6));
   }
-  std::printf("\nasync export in the training loop (nvfp4 high_precision steps, steady state, %d steps)\n", reps);
-  std::printf("  step without export %.3f ms, with export %.3f ms: export costs %.3f ms = %.1f%% of the step\n",
-              plain_ms, async_ms, async_ms - plain_ms, 100 * (async_ms - plain_ms) / plain_ms);
 
   std::printf("\nexport of this layer's experts (NVFP4 1D)       ms   %% bf16 step   %% nvfp4 step\n");
   for (const auto& [name, ms] : std::vector<std::pair<std::string, double>>{
