@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # bench/gpu_run.sh — one call on the GPU machine: configure + build against its own python3's
 # torch, run the GPU tests (and the CPU suite), then the quantizer benchmark and the PyTorch
-# baselines. Logs go to $OUT (default ./gpu-out). Usage: bench/gpu_run.sh [build|test|sass|profile|mlp|train|bench|all]...
+# baselines. Logs go to $OUT (default ./gpu-out). Usage: bench/gpu_run.sh [build|test|sass|profile|mlp|train|bench|dist|all]...
 #   FP4QAT_SHARED: the shared/ folder with vectors (default ./.shared, carried by the caller)
 #   FP4QAT_GTEST_SRC: GoogleTest sources if the machine has no installed GTest (default ./.gtest)
 #   ./.boost-po: Boost.Program_options sources matching the machine's Boost headers, if its
 #   library is missing (the GPU machines have Boost 1.83 headers only)
+#   ./.gloo: gloo's headers (a folder holding gloo/context.h) for the CPU (gloo) multi-process
+#   tests, if the machine has no libgloo-dev (e.g. `apt-get download libgloo-dev` here, then
+#   `dpkg -x libgloo-dev_*.deb x && mv x/usr/include .gloo`); without them those tests skip.
+#   `dist` (2+ GPUs): the NCCL test, then tokens/s of the ~110M MoE on 1 GPU, 2 GPUs DP, 2 GPUs EP.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${OUT:-$here/gpu-out}"
@@ -26,6 +30,7 @@ if want build; then
   gtest=()
   [ -d "${FP4QAT_GTEST_SRC:-$here/.gtest}" ] && gtest=(-DFP4QAT_GTEST_SOURCE_DIR="${FP4QAT_GTEST_SRC:-$here/.gtest}")
   [ -d "$here/.boost-po" ] && gtest+=(-DFP4QAT_BOOST_PO_SOURCE_DIR="$here/.boost-po")
+  [ -d "$here/.gloo" ] && gtest+=(-DFP4QAT_GLOO_INCLUDE_DIR="$here/.gloo")
   cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" "${gtest[@]}" \
     >"$here/gpu-configure.log" 2>&1 || { tail -40 "$here/gpu-configure.log"; exit 1; }
   cmake --build "$build" -j "$(nproc)" >"$here/gpu-build.log" 2>&1 || { grep -E "error|FAILED" -A3 "$here/gpu-build.log" | head -60; exit 1; }
@@ -117,5 +122,47 @@ if want bench; then
   "$build/fp4qat_bench_quantize" --json "$out/bench_quantize.json" 2>&1 | tee "$out/bench_quantize.log" || rc=1
   PYTHONUNBUFFERED=1 python3 "$here/bench/baselines/nvfp4_quant.py" --vectors "$FP4QAT_SHARED/vectors" \
     --json "$out/baselines.json" 2>&1 | grep -v Warning | tee "$out/baselines.log" || rc=1
+fi
+if want dist; then
+  # Multi-GPU (trainer/dist.h): the NCCL test (2 GPUs vs 1), then the throughput of the ~110M MoE
+  # (recipes/moe-100m-gpu.yaml, BF16) with one global batch (64 x 256 x 2 tokens per step): 1 GPU
+  # with grad_accum 2, 2 GPUs data parallel (dp=2), 2 GPUs expert parallel (ep=2). tokens/s is
+  # the global rate; the median over the steps after the first 5 is reported.
+  bin="$build/fp4qat"
+  runs="$here/runs-gpu"
+  ngpu="$(nvidia-smi -L 2>/dev/null | grep -c GPU || true)"
+  {
+    echo "== GPUs: $ngpu"
+    (cd "$build" && ctest -R GpuDist --output-on-failure --timeout 600) || rc=1
+    if [ "$ngpu" -ge 2 ]; then
+      steps="${FP4QAT_DIST_STEPS:-40}"
+      common=(train --recipe recipes/moe-100m-gpu.yaml --set train.steps="$steps" --set train.eval_every=0
+              --set train.checkpoint_every=0 --set train.log_every=10)
+      rm -rf "$runs/dist-1gpu" "$runs/dist-dp" "$runs/dist-ep"
+      echo "== 1 GPU, grad_accum 2"
+      CUDA_VISIBLE_DEVICES=0 "$bin" "${common[@]}" --set train.grad_accum=2 --set train.out_dir="$runs/dist-1gpu" || rc=1
+      echo "== 2 GPUs, data parallel"
+      "$here/scripts/launch" -n 2 --logs "$out/dist-dp-logs" -- "$bin" "${common[@]}" --set parallel.dp=2 \
+        --set train.out_dir="$runs/dist-dp" || rc=1
+      echo "== 2 GPUs, expert parallel"
+      "$here/scripts/launch" -n 2 --logs "$out/dist-ep-logs" -- "$bin" "${common[@]}" --set parallel.ep=2 \
+        --set train.out_dir="$runs/dist-ep" || rc=1
+      python3 - "$runs" <<'PY' || rc=1
+import json, statistics, sys
+for name in ("dist-1gpu", "dist-dp", "dist-ep"):
+    try:
+        rows = [json.loads(l) for l in open(f"{sys.argv[1]}/{name}/metrics.jsonl") if l.strip()]
+    except OSError as e:
+        print(name, "no metrics:", e); continue
+    steps = [r for r in rows if "tokens_per_s" in r]
+    tps = [r["tokens_per_s"] for r in steps[5:]] or [r["tokens_per_s"] for r in steps]
+    print(f"{name:10s} steps {len(steps):3d}  tokens/s median {statistics.median(tps):12.0f}  "
+          f"final loss {steps[-1]['loss']:.4f}")
+PY
+    else
+      echo "dist: fewer than 2 GPUs, throughput skipped"
+    fi
+  } > "$out/dist.log" 2>&1
+  grep -E "^==|tests passed|Passed|Failed|SKIPPED|tokens/s|error|dist:" "$out/dist.log" | tail -30
 fi
 exit $rc

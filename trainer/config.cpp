@@ -180,6 +180,15 @@ class Schema {
               if (v[i] == v[j]) return "format '" + v[i] + "' listed twice";
           return std::string();
         }));
+    auto& pp = c.parallel;
+    add("parallel", "dp", &pp.dp, Check<int64_t>([](const int64_t& v) {
+          return v == -1 || v >= 1 ? std::string() : "must be >= 1 (or -1: WORLD_SIZE / parallel.ep)";
+        }));
+    add("parallel", "ep", &pp.ep, positive<int64_t>());
+    add("parallel", "bucket_mb", &pp.bucket_mb, Check<double>([](const double& v) {
+          return v > 0 ? std::string() : "must be > 0";
+        }));
+    add("parallel", "timeout_s", &pp.timeout_s, positive<int64_t>());
   }
 
   const Field* find(const std::string& path) const {
@@ -196,7 +205,7 @@ class Schema {
     std::string out;
     for (const auto& f : fields_)
       if (f.section == section) out += (out.empty() ? "" : ", ") + f.key;
-    for (const auto& s : {"model", "optim", "train", "data", "qat", "export"})
+    for (const auto& s : {"model", "optim", "train", "data", "qat", "export", "parallel"})
       if (section.empty()) out += std::string(", ") + s;
     return out;
   }
@@ -305,6 +314,8 @@ void validate(const Config& c) {
                    "model.moe_intermediate_size must be multiples of ", block, " for ", f);
     }
   }
+  FP4QAT_CHECK(c.parallel.ep == 1 || (m.num_experts > 0 && m.num_experts % c.parallel.ep == 0), "model.num_experts (",
+               m.num_experts, ") must be divisible by parallel.ep (", c.parallel.ep, ")");
   FP4QAT_CHECK(!exporting || !c.exports.formats.empty(), "export.formats is empty but export.every is ",
                c.exports.interval(c.qat.format), " (set export.every: 0 to turn exports off)");
 }

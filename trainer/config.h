@@ -87,6 +87,15 @@ struct ExportConfig {
   int64_t interval(const std::string& qat_format) const { return every >= 0 ? every : (qat_format == "none" ? 0 : 1); }
 };
 
+// Multi-process training (trainer/dist.h): dp x ep must equal WORLD_SIZE. Every rank reads its
+// own batches, so the global batch is train.batch_size x train.grad_accum x WORLD_SIZE.
+struct ParallelConfig {
+  int64_t dp = -1;         // data-parallel replicas; -1: WORLD_SIZE / ep
+  int64_t ep = 1;          // expert-parallel ranks per replica (model.num_experts divisible by it)
+  double bucket_mb = 25;   // gradient all-reduce bucket size (MiB)
+  int64_t timeout_s = 300;  // rendezvous and collective timeout (a missing or dead peer is an error)
+};
+
 struct Config {
   std::string model_config;  // path of a model YAML (configs/), relative to the recipe
   ModelConfig model;
@@ -95,6 +104,7 @@ struct Config {
   DataConfig data;
   QatConfig qat;
   ExportConfig exports;  // YAML section `export`
+  ParallelConfig parallel;
 };
 
 // Applies a YAML document (the text of `source`, for messages) on top of cfg.

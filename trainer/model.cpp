@@ -170,16 +170,74 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
   const at::Tensor flat_e = topi.reshape({-1});
   const at::Tensor order = at::argsort(flat_e, /*stable=*/true);
   const at::Tensor token = at::floor_divide(order, k);
-  const at::Tensor counts = at::bincount(flat_e, {}, E).to(at::kCPU).to(at::kLong);
-  const at::Tensor xs = x.index_select(0, token);
-  const at::Tensor h = policy.grouped(p + "experts.gate_up_proj", xs, param(p + "experts.gate_up_proj"), counts);
-  const int64_t I = cfg_.moe_intermediate_size;
-  const at::Tensor act = at::silu(h.narrow(1, 0, I)) * h.narrow(1, I, I);
-  at::Tensor y = policy.grouped(p + "experts.down_proj", act, param(p + "experts.down_proj"), counts);
+  const at::Tensor counts = at::bincount(flat_e, {}, E).to(at::kCPU).to(at::kLong);  // [E]
+  const at::Tensor xs = x.index_select(0, token);                                      // [N*k, H] by expert
+  at::Tensor y;
+  if (!sharded()) {
+    y = expert_mlp(p, xs, counts, policy);
+  } else {
+    // Expert parallelism over n ranks, El = E/n experts each: the rows of experts
+    // [q*El, (q+1)*El) go to rank q (dispatch), come back in the same order (combine).
+    const int64_t n = ep_->world_size(), El = E / n;
+    const std::vector<int64_t> cnt(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + E);
+    // Exchange counts: recv_cnt[src*El + e] = rows rank src sends for local expert e.
+    const at::Tensor rc = ep_->all_to_all(counts, std::vector<int64_t>(n, El), std::vector<int64_t>(n, El)).to(at::kCPU);
+    const std::vector<int64_t> recv_cnt(rc.data_ptr<int64_t>(), rc.data_ptr<int64_t>() + n * El);
+    std::vector<int64_t> send(n, 0), recv(n, 0), local(El, 0);
+    for (int64_t q = 0; q < n; ++q)
+      for (int64_t e = 0; e < El; ++e) {
+        send[q] += cnt[q * El + e];
+        recv[q] += recv_cnt[q * El + e];
+        local[e] += recv_cnt[q * El + e];
+      }
+    const at::Tensor xr = dist::all_to_all_rows(*ep_, xs, send, recv);  // [R, H]: by source rank, then expert
+    // Regroup by local expert (source ranks in order within an expert) for the grouped GEMMs.
+    std::vector<int64_t> perm;
+    perm.reserve(static_cast<size_t>(xr.size(0)));
+    std::vector<int64_t> start(n * El, 0);
+    for (int64_t q = 0, row = 0; q < n; ++q)
+      for (int64_t e = 0; e < El; ++e) start[q * El + e] = row, row += recv_cnt[q * El + e];
+    for (int64_t e = 0; e < El; ++e)
+      for (int64_t q = 0; q < n; ++q)
+        for (int64_t j = 0; j < recv_cnt[q * El + e]; ++j) perm.push_back(start[q * El + e] + j);
+    const auto lopt = at::TensorOptions().dtype(at::kLong);
+    const at::Tensor pidx = at::tensor(perm, lopt).to(x.device());
+    const at::Tensor inv = at::empty_like(pidx).index_copy_(0, pidx, at::arange(pidx.numel(), pidx.options()));
+    const at::Tensor ye = expert_mlp(p, xr.index_select(0, pidx), at::tensor(local, lopt), policy);  // [R, H]
+    y = dist::all_to_all_rows(*ep_, ye.index_select(0, inv), recv, send);                              // [N*k, H]
+  }
   y = y * topw.reshape({-1}).index_select(0, order).unsqueeze(1);
   at::Tensor out = at::zeros({N, H}, y.options());
   out = out.index_add(0, token, y);
   return out.view(x3.sizes());
+}
+
+// The experts' SwiGLU MLP on rows sorted by (local) expert: xs [T, H], counts [El] -> [T, H].
+at::Tensor Qwen3Moe::expert_mlp(const std::string& p, const at::Tensor& xs, const at::Tensor& counts,
+                                LinearPolicy& policy) const {
+  const at::Tensor h = policy.grouped(p + "experts.gate_up_proj", xs, param(p + "experts.gate_up_proj"), counts);
+  const int64_t I = cfg_.moe_intermediate_size;
+  const at::Tensor act = at::silu(h.narrow(1, 0, I)) * h.narrow(1, I, I);
+  return policy.grouped(p + "experts.down_proj", act, param(p + "experts.down_proj"), counts);
+}
+
+bool Qwen3Moe::is_expert_param(const std::string& name) {
+  return qat::ends_with(name, "mlp.experts.gate_up_proj") || qat::ends_with(name, "mlp.experts.down_proj");
+}
+
+int64_t Qwen3Moe::local_experts() const { return sharded() ? cfg_.num_experts / ep_->world_size() : cfg_.num_experts; }
+
+void Qwen3Moe::shard_experts(dist::ProcessGroup& ep) {
+  const int64_t n = ep.world_size(), E = cfg_.num_experts;
+  FP4QAT_CHECK(!ep_, "shard_experts: the model is sharded already");
+  FP4QAT_CHECK(E % n == 0, "model.num_experts (", E, ") must be divisible by parallel.ep (", n, ")");
+  ep_ = &ep;
+  if (n == 1) return;
+  const int64_t El = E / n;
+  expert_offset_ = ep.rank() * El;
+  torch::NoGradGuard ng;
+  for (auto& [name, t] : params_)
+    if (is_expert_param(name)) t = t.detach().narrow(0, expert_offset_, El).clone().requires_grad_(t.requires_grad());
 }
 
 ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, LinearPolicy& policy, KVCache* cache) const {
@@ -236,12 +294,12 @@ std::vector<HfGroup> Qwen3Moe::hf_groups() const {
       const std::string base = name.substr(0, name.size() - std::string("gate_up_proj").size());
       g.parts = 2;
       for (int64_t e = 0; e < t.size(0); ++e) {
-        g.names.push_back(base + std::to_string(e) + ".gate_proj.weight");
-        g.names.push_back(base + std::to_string(e) + ".up_proj.weight");
+        g.names.push_back(base + std::to_string(expert_offset_ + e) + ".gate_proj.weight");
+        g.names.push_back(base + std::to_string(expert_offset_ + e) + ".up_proj.weight");
       }
     } else if (qat::ends_with(name, "mlp.experts.down_proj")) {  // [E, H, I]
       const std::string base = name.substr(0, name.size() - std::string("down_proj").size());
-      for (int64_t e = 0; e < t.size(0); ++e) g.names.push_back(base + std::to_string(e) + ".down_proj.weight");
+      for (int64_t e = 0; e < t.size(0); ++e) g.names.push_back(base + std::to_string(expert_offset_ + e) + ".down_proj.weight");
     } else {
       g.names.push_back(name);
     }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "trainer/config.h"
+#include "trainer/dist.h"
 
 namespace fp4qat::model {
 
@@ -64,6 +65,16 @@ class Qwen3Moe {
   Qwen3Moe(const config::ModelConfig& cfg, uint64_t seed);
 
   const config::ModelConfig& config() const { return cfg_; }
+
+  // Expert parallelism: keep only this rank's experts [ep.rank() * E/n, (ep.rank() + 1) * E/n)
+  // of every stacked expert tensor (n = ep.world_size()); forward() then dispatches each routed
+  // token row to its expert's owner and combines the results with all-to-alls over `ep` (every
+  // member must run the same forwards). `ep` must outlive the model. Call before training starts.
+  void shard_experts(dist::ProcessGroup& ep);
+  bool sharded() const { return ep_ != nullptr && ep_->world_size() > 1; }
+  int64_t expert_offset() const { return expert_offset_; }   // first global expert held here
+  int64_t local_experts() const;                             // experts held here (E when not sharded)
+  static bool is_expert_param(const std::string& name);      // a stacked expert tensor
   Params& params() { return params_; }
   const Params& params() const { return params_; }
   const at::Tensor& param(const std::string& name) const;
@@ -89,8 +100,11 @@ class Qwen3Moe {
                        at::ScalarType dt, LinearPolicy& policy, KVCache* cache) const;
   at::Tensor moe(int64_t layer, const at::Tensor& x, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
                  at::Tensor* load) const;
+  at::Tensor expert_mlp(const std::string& p, const at::Tensor& xs, const at::Tensor& counts, LinearPolicy& policy) const;
   config::ModelConfig cfg_;
   Params params_;
+  dist::ProcessGroup* ep_ = nullptr;
+  int64_t expert_offset_ = 0;
 };
 
 // Hugging Face folders: config.json + model.safetensors or sharded model-*.safetensors with

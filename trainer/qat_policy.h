@@ -45,6 +45,9 @@ class QatPolicy : public model::LinearPolicy {
   // Running max of the activation amax of every selected parameter (float32 [] or [E], on the
   // model's device) observed since the previous call; cleared by the call.
   std::map<std::string, at::Tensor> take_input_amax();
+  // Folds an activation amax (float32 [] or [E]) into the running max of `name`: how the
+  // trainer hands the max over ranks to the exporting rank's policy (multi-process training).
+  void observe(const std::string& name, const at::Tensor& amax);
 
   // Observe activations also without grad mode (calibration runs forwards under NoGradGuard).
   bool observe_without_grad = false;
@@ -53,7 +56,6 @@ class QatPolicy : public model::LinearPolicy {
   std::function<void(const std::string& param, const at::Tensor& w)> weight_observer;
 
  private:
-  void observe(const std::string& name, const at::Tensor& amax);
   const model::Qwen3Moe& model_;
   autograd::NVFP4LinearOptions opt_;
   bool quantize_forward_;

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <unistd.h>
 
@@ -27,13 +28,13 @@ namespace {
 volatile std::sig_atomic_t g_stop = 0;
 void on_signal(int) { g_stop = 1; }
 
-at::Device pick_device(const std::string& s) {
-  if (s == "cpu") return at::kCPU;
-  if (s == "cuda") {
-    FP4QAT_CHECK(at::hasCUDA(), "train.device is cuda but no CUDA device is available");
-    return at::Device(at::kCUDA, 0);
-  }
-  return at::hasCUDA() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+// cuda:LOCAL_RANK for a CUDA run (cuda:0 in a single process).
+at::Device pick_device(const std::string& s, int local_rank) {
+  if (s == "cpu" || (s == "auto" && !at::hasCUDA())) return at::kCPU;
+  FP4QAT_CHECK(at::hasCUDA(), "train.device is cuda but no CUDA device is available");
+  const int64_t n = static_cast<int64_t>(torch::cuda::device_count());
+  FP4QAT_CHECK(local_rank < n, "LOCAL_RANK=", local_rank, " but this machine has ", n, " CUDA device(s)");
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
 }
 
 struct OptimState {
@@ -42,7 +43,8 @@ struct OptimState {
 
 std::string ckpt_root(const config::Config& c) { return c.train.out_dir + "/checkpoints"; }
 
-void save_checkpoint(const config::Config& cfg, const model::Qwen3Moe& model, const OptimState& st, int64_t step,
+// params / st in the single-process layout (all experts; see full_state()).
+void save_checkpoint(const config::Config& cfg, const model::Params& params, const OptimState& st, int64_t step,
                      std::string* path_out) {
   const std::string root = ckpt_root(cfg);
   fs::make_dirs(cfg.train.out_dir);
@@ -52,8 +54,8 @@ void save_checkpoint(const config::Config& cfg, const model::Qwen3Moe& model, co
   fs::make_dir(tmp);
   try {
     model::Params ps, os;
-    for (size_t i = 0; i < model.params().size(); ++i) {
-      const auto& [name, p] = model.params()[i];
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto& [name, p] = params[i];
       ps.emplace_back(name, p.detach());
       os.emplace_back(name + ".exp_avg", st.m[i]);
       os.emplace_back(name + ".exp_avg_sq", st.v[i]);
@@ -86,11 +88,17 @@ int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, Optim
   torch::NoGradGuard ng;
   for (size_t i = 0; i < model.params().size(); ++i) {
     auto& [pname, p] = model.params()[i];
-    const at::Tensor src = mr.view(pname);
+    // A checkpoint holds every expert; an expert-parallel rank takes its own (re-sharding).
+    auto mine = [&](const at::Tensor& t) {
+      return model.sharded() && model::Qwen3Moe::is_expert_param(pname) && t.dim() == 3
+                 ? t.narrow(0, model.expert_offset(), model.local_experts())
+                 : t;
+    };
+    const at::Tensor src = mine(mr.view(pname));
     FP4QAT_CHECK(src.sizes() == p.sizes(), dir, ": parameter '", pname, "' has shape ", src.sizes(), ", the model ", p.sizes());
     p.copy_(src);
-    st.m[i].copy_(orr.view(pname + ".exp_avg"));
-    st.v[i].copy_(orr.view(pname + ".exp_avg_sq"));
+    st.m[i].copy_(mine(orr.view(pname + ".exp_avg")));
+    st.v[i].copy_(mine(orr.view(pname + ".exp_avg_sq")));
   }
   return step;
 }
@@ -153,6 +161,49 @@ std::pair<at::Tensor, at::Tensor> loss_of(const model::Qwen3Moe& m, const at::Te
   return {ce, aux};
 }
 
+// ---- multi-process helpers (trainer/dist.h) ----------------------------------------------------
+// The single-process view of a tensor of the model: an expert shard all-gathered over the
+// expert-parallel group (collective over it: every rank of dp replica 0 calls it), else itself.
+at::Tensor full_of(const model::Qwen3Moe& model, const dist::Topology& topo, const std::string& name, const at::Tensor& t) {
+  if (!model.sharded() || !model::Qwen3Moe::is_expert_param(name)) return t;
+  return topo.ep->all_gather(t.detach().contiguous());
+}
+
+// Copies the (gathered) weights into the exporting rank's full model. Collective over the
+// expert-parallel group of dp replica 0; `full` is set on rank 0 only.
+void sync_full_model(const model::Qwen3Moe& model, model::Qwen3Moe* full, const dist::Topology& topo) {
+  if (!model.sharded() || topo.dp_index != 0) return;
+  torch::NoGradGuard ng;
+  for (size_t i = 0; i < model.params().size(); ++i) {
+    const auto& [name, p] = model.params()[i];
+    const at::Tensor t = full_of(model, topo, name, p);
+    if (full) full->params()[i].second.detach().copy_(t);
+  }
+}
+
+// Max over ranks of the activation amax each rank observed since the last export, handed to the
+// exporting policy on rank 0 (expert amax [El] placed at the shard's experts of a zero [E]).
+void sync_input_amax(qatp::QatPolicy& train_policy, qatp::QatPolicy* export_policy, const model::Qwen3Moe& model,
+                     const dist::Topology& topo) {
+  torch::NoGradGuard ng;
+  std::map<std::string, at::Tensor> seen = train_policy.take_input_amax();
+  const int64_t E = model.config().num_experts, El = model.local_experts();
+  for (const auto& name : train_policy.quantized_params()) {  // sorted: the same order on every rank
+    const bool expert = model::Qwen3Moe::is_expert_param(name);
+    auto it = seen.find(name);
+    at::Tensor t = it != seen.end() ? it->second.to(at::kCPU).to(at::kFloat).clone()
+                                    : at::zeros(expert ? std::vector<int64_t>{El} : std::vector<int64_t>{}, at::kFloat);
+    if (expert && model.sharded()) {
+      at::Tensor f = at::zeros({E}, at::kFloat);
+      f.narrow(0, model.expert_offset(), El).copy_(t);
+      t = f;
+    }
+    std::vector<at::Tensor> v{t};
+    topo.world->all_reduce(v, dist::ReduceOp::kMax);
+    if (export_policy && (it != seen.end() || t.max().item<float>() > 0)) export_policy->observe(name, v[0]);
+  }
+}
+
 }  // namespace
 
 void install_signal_handlers() {
@@ -170,6 +221,9 @@ double learning_rate(const config::OptimConfig& o, int64_t step, int64_t total) 
 
 double exact_match(const model::Qwen3Moe& m, const config::Config& cfg, int64_t n, at::ScalarType dt,
                    model::LinearPolicy& policy, const at::Device& dev) {
+  // An expert-sharded model decodes every answer to its full length: its forwards are collective,
+  // so every rank must run the same number of them.
+  const bool fixed_length = m.sharded();
   torch::NoGradGuard ng;
   data::SyntheticCorpus corpus(cfg.train.seed, cfg.data.max_operand);
   int64_t right = 0;
@@ -182,7 +236,7 @@ double exact_match(const model::Qwen3Moe& m, const config::Config& cfg, int64_t 
       const int64_t next = m.forward(ids, dt, policy).logits[0][-1].argmax().item<int64_t>();
       if (next != p.answer[j]) {
         ok = false;
-        break;
+        if (!fixed_length) break;
       }
       seq.push_back(next);
     }
@@ -204,13 +258,20 @@ Result run(const config::Config& cfg, const Options& opt) {
     FP4QAT_CHECK(mt < cfg.model.vocab_size, cfg.data.path, ": token id ", mt, " is outside model.vocab_size ",
                  cfg.model.vocab_size);
   }
+  // Process groups: the injected one, or from the launch environment (gloo on the CPU, NCCL on
+  // cuda:LOCAL_RANK); then the dp x ep topology (trainer/dist.h).
+  const dist::Env env = opt.process_group ? dist::Env{} : dist::read_env();
+  const at::Device dev = pick_device(cfg.train.device, env.local_rank);
+  dist::check_topology(opt.process_group ? opt.process_group->world_size() : env.world_size, cfg.parallel.dp,
+                       cfg.parallel.ep);
   std::unique_ptr<dist::ProcessGroup> own_pg;
   dist::ProcessGroup* pg = opt.process_group;
   if (!pg) {
-    own_pg = dist::from_environment();
+    own_pg = dist::from_environment(dev.is_cuda(), std::chrono::seconds(cfg.parallel.timeout_s));
     pg = own_pg.get();
   }
-  const at::Device dev = pick_device(cfg.train.device);
+  const std::unique_ptr<dist::Topology> topo = dist::make_topology(*pg, cfg.parallel.dp, cfg.parallel.ep);
+  const int W = pg->world_size();
   const at::ScalarType dt = compute_dtype(cfg, dev);
   const bool tty = ::isatty(STDOUT_FILENO) != 0;
   model::Qwen3Moe model = cfg.train.init_from.empty() ? model::Qwen3Moe(cfg.model, cfg.train.seed)
@@ -223,8 +284,22 @@ Result run(const config::Config& cfg, const Options& opt) {
   if (!opt.policy && (cfg.qat.format != "none" || exporting))
     qat_policy = std::make_unique<qatp::QatPolicy>(cfg.qat, model, cfg.qat.format != "none");
   model::LinearPolicy& policy = opt.policy ? *opt.policy : (qat_policy ? *qat_policy : plain);
+  // Expert parallelism: every rank keeps its experts only; rank 0 also keeps a full copy of the
+  // model (and a policy over it) that checkpoints, exports and the final Hugging Face folder
+  // are written from, after gathering the shards into it.
+  std::unique_ptr<model::Qwen3Moe> full_model;
+  std::unique_ptr<qatp::QatPolicy> full_policy;
+  if (topo->ep_size > 1 && pg->is_main()) {
+    full_model = std::make_unique<model::Qwen3Moe>(model);
+    torch::NoGradGuard ng;
+    for (auto& [n, p] : full_model->params()) p = p.detach().clone();
+    if (qat_policy) full_policy = std::make_unique<qatp::QatPolicy>(cfg.qat, *full_model, cfg.qat.format != "none");
+  }
+  model.shard_experts(*topo->ep);
   std::unique_ptr<Exporter> exporter;
-  if (qat_policy && exporting) exporter = std::make_unique<Exporter>(cfg, model, *qat_policy);
+  if (qat_policy && exporting)
+    exporter = full_model ? std::make_unique<Exporter>(cfg, *full_model, *full_policy)
+                          : std::make_unique<Exporter>(cfg, model, *qat_policy);
   OptimState st;
   for (const auto& [n, p] : model.params()) {
     st.m.push_back(at::zeros_like(p.detach()));
@@ -233,6 +308,7 @@ Result run(const config::Config& cfg, const Options& opt) {
   int64_t step = 0;
   if (opt.resume) step = load_checkpoint(cfg, model, st);
   model.to(dev);
+  if (full_model) full_model->to(dev);
   if (qat_policy && cfg.qat.format != "none" && cfg.qat.train == "quantized_only") {  // expert-only fine-tuning: freeze the rest
     torch::NoGradGuard ng;
     for (auto& [n, p] : model.params())
@@ -240,6 +316,37 @@ Result run(const config::Config& cfg, const Options& opt) {
   }
   for (auto& t : st.m) t = t.to(dev);
   for (auto& t : st.v) t = t.to(dev);
+  // Data-parallel gradient averaging: every rank's loss counts once in the global mean, so a sum
+  // is divided by the world size; an expert shard's gradient already sums the losses of its
+  // expert-parallel group (through the combine's backward) and is summed over the dp group only.
+  Result res;
+  std::unique_ptr<dist::GradReducer> reducer;
+  if (W > 1) {
+    std::vector<dist::GradReducer::Entry> entries;
+    for (auto& [n, p] : model.params())
+      if (p.requires_grad())
+        entries.push_back({p, model.sharded() && model::Qwen3Moe::is_expert_param(n) ? topo->dp : pg, static_cast<double>(W)});
+    reducer = std::make_unique<dist::GradReducer>(std::move(entries),
+                                                  static_cast<int64_t>(cfg.parallel.bucket_mb * 1024 * 1024));
+  }
+  // The checkpoint in the single-process layout: gathered into full tensors under expert
+  // parallelism (collective on dp replica 0), written by rank 0 after which every rank waits.
+  auto checkpoint = [&](int64_t at_step) {
+    if (!model.sharded()) {
+      if (pg->is_main()) save_checkpoint(cfg, model.params(), st, at_step, &res.last_checkpoint);
+    } else if (topo->dp_index == 0) {
+      model::Params ps;
+      OptimState fs;
+      for (size_t i = 0; i < model.params().size(); ++i) {
+        const auto& [n, p] = model.params()[i];
+        ps.emplace_back(n, full_of(model, *topo, n, p));
+        fs.m.push_back(full_of(model, *topo, n, st.m[i]));
+        fs.v.push_back(full_of(model, *topo, n, st.v[i]));
+      }
+      if (pg->is_main()) save_checkpoint(cfg, ps, fs, at_step, &res.last_checkpoint);
+    }
+    pg->barrier();
+  };
 
   const std::string metrics = cfg.train.out_dir + "/metrics.jsonl";
   if (pg->is_main()) {
@@ -255,7 +362,6 @@ Result run(const config::Config& cfg, const Options& opt) {
                      : tokens->batch(split, index, cfg.train.batch_size, cfg.train.seq_len);
   };
   const auto& o = cfg.optim;
-  Result res;
   int64_t done_here = 0;
   while (step < cfg.train.steps) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -283,19 +389,34 @@ Result run(const config::Config& cfg, const Options& opt) {
           load.emplace_back(lc.data_ptr<double>(), lc.data_ptr<double>() + lc.numel());
         }
     }
+    if (W > 1) {  // the logged losses: means over every rank's batches
+      at::Tensor lv = at::tensor({loss_sum, aux_sum}, at::kDouble);
+      std::vector<at::Tensor> v{lv};
+      pg->all_reduce(v, dist::ReduceOp::kSum);
+      loss_sum = v[0][0].item<double>() / W;
+      aux_sum = v[0][1].item<double>() / W;
+    }
     // Gradients averaged over ranks, then global-norm clipping and AdamW (decoupled weight decay
     // on matrices), in fp32.
     double grad_norm = 0;
     {
       torch::NoGradGuard ng;
-      std::vector<at::Tensor> grads;
+      if (reducer) {
+        for (auto& [n, p] : model.params())  // an expert shard that got no token this step
+          if (p.requires_grad() && !p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+        reducer->reduce();
+      }
+      std::vector<at::Tensor> sq, sq_shard;
       for (auto& [n, p] : model.params())
-        if (p.grad().defined()) grads.push_back(p.grad());
-      pg->all_reduce_mean(grads);
-      std::vector<at::Tensor> sq;
-      for (auto& [n, p] : model.params())
-        if (p.grad().defined()) sq.push_back(p.grad().to(at::kFloat).pow(2).sum());
-      grad_norm = std::sqrt(at::stack(sq).sum().item<double>());
+        if (p.grad().defined())
+          (model.sharded() && model::Qwen3Moe::is_expert_param(n) ? sq_shard : sq).push_back(p.grad().to(at::kFloat).pow(2).sum());
+      at::Tensor total = at::stack(sq).sum();
+      if (!sq_shard.empty()) {  // expert shards: their squares summed over the expert-parallel group
+        std::vector<at::Tensor> v{at::stack(sq_shard).sum().reshape({1})};
+        topo->ep->all_reduce(v, dist::ReduceOp::kSum);
+        total = total + v[0][0];
+      }
+      grad_norm = std::sqrt(total.item<double>());
       if (exporter) exporter->fence();  // the weights change below: after the export's reads of them
       const double scale = (o.grad_clip > 0 && grad_norm > o.grad_clip) ? o.grad_clip / (grad_norm + 1e-6) : 1.0;
       const double b1 = o.beta1, b2 = o.beta2, t = static_cast<double>(step + 1);
@@ -315,9 +436,14 @@ Result run(const config::Config& cfg, const Options& opt) {
     ++done_here;
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     StepLog log{step, loss_sum, aux_sum, lr, grad_norm,
-                static_cast<double>(cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum) / secs, load};
+                static_cast<double>(cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum * W) / secs, load};
     if (exporter && exporter->due(step)) {  // publish this step's weights for the rollout side
       const auto te = std::chrono::steady_clock::now();
+      if (W > 1) {  // every rank's activation amax, and the expert shards, to rank 0's exporter
+        sync_input_amax(*qat_policy, pg->is_main() ? (full_policy ? full_policy.get() : qat_policy.get()) : nullptr,
+                        model, *topo);
+        sync_full_model(model, full_model.get(), *topo);
+      }
       // Train/rollout mismatch: the export read back from disk and run as the rollout side runs it,
       // against the trainer's own forward with the same weights (those of step + 1). The probe
       // needs the folder on disk, so with it the export is waited for; without it the folders
@@ -333,14 +459,17 @@ Result run(const config::Config& cfg, const Options& opt) {
       pg->barrier();
       log.export_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
       if (!dir.empty()) res.exports.push_back(dir);
-      if (cfg.exports.probe_mismatch && !probed.empty() && !dir.empty()) {
+      // (An expert-sharded model's forward is collective: every rank runs the trainer's side.)
+      if (cfg.exports.probe_mismatch && !probed.empty() && (pg->is_main() || model.sharded())) {
         const at::Tensor probe = get_batch(1, 0).narrow(0, 0, std::min<int64_t>(4, cfg.train.batch_size)).to(dev);
-        rollout::Loaded served = rollout::load(dir + "/" + probed, dev);
-        const at::Tensor lr_ = rollout::token_logprobs(*served.model, *served.policy, probe, dt);
         const at::Tensor lt = rollout::token_logprobs(model, policy, probe, dt);
-        const at::Tensor d = (lt - lr_).abs();
-        log.mismatch_mean = d.mean().item<double>();
-        log.mismatch_max = d.max().item<double>();
+        if (!dir.empty()) {
+          rollout::Loaded served = rollout::load(dir + "/" + probed, dev);
+          const at::Tensor lr_ = rollout::token_logprobs(*served.model, *served.policy, probe, dt);
+          const at::Tensor d = (lt - lr_).abs();
+          log.mismatch_mean = d.mean().item<double>();
+          log.mismatch_max = d.max().item<double>();
+        }
       }
     }
     res.steps.push_back(log);
@@ -386,20 +515,21 @@ Result run(const config::Config& cfg, const Options& opt) {
     }
     const bool stop_now = g_stop || (opt.stop_after >= 0 && done_here >= opt.stop_after);
     if ((cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) || step == cfg.train.steps || stop_now) {
-      if (pg->is_main()) save_checkpoint(cfg, model, st, step, &res.last_checkpoint);
-      pg->barrier();
+      checkpoint(step);
     }
     if (stop_now) break;
   }
   if (exporter && pg->is_main()) exporter->wait();  // the last export is published before run() returns
   res.final_step = step;
   if (!opt.quiet && tty) std::printf("\n");
+  if (step == cfg.train.steps) sync_full_model(model, full_model.get(), *topo);
   if (step == cfg.train.steps && pg->is_main()) {  // the finished model as a Hugging Face folder (BF16)
     const std::string hf = cfg.train.out_dir + "/hf";
     if (fs::exists(hf)) fs::remove_tree(hf);
-    model::save_hf_folder(model, hf);
+    model::save_hf_folder(full_model ? *full_model : model, hf);
     res.hf_dir = hf;
   }
+  pg->barrier();
   if (pg->is_main()) write_loss_svg(cfg.train.out_dir + "/loss.svg", res.steps, res.evals);
   return res;
 }

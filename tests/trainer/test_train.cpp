@@ -128,7 +128,7 @@ class FakeRank : public fp4qat::dist::ProcessGroup {
   explicit FakeRank(int r) : r_(r) {}
   int rank() const override { return r_; }
   int world_size() const override { return 2; }
-  void all_reduce_mean(std::vector<at::Tensor>&) override { ++reduces; }
+  void all_reduce(std::vector<at::Tensor>&, fp4qat::dist::ReduceOp) override { ++reduces; }
   void barrier() override {}
   int reduces = 0;
 
@@ -151,7 +151,7 @@ TEST(Train, RankAwareShardingAndRankZeroWrites) {
   o.process_group = &r1;
   const auto b = fp4qat::train::run(c1, o);
   EXPECT_NE(a.steps[0].loss, b.steps[0].loss) << "ranks must see different shards";
-  EXPECT_EQ(r0.reduces, 2);
+  EXPECT_GE(r0.reduces, 4) << "per step: the logged losses and at least one gradient bucket";
   EXPECT_TRUE(fp4qat::fs::exists(d.file("r/checkpoints/latest")));
   EXPECT_FALSE(fp4qat::fs::exists(d.file("r1/checkpoints"))) << "only rank 0 writes";
 }
