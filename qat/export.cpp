@@ -190,7 +190,45 @@ std::vector<std::string> HfFolderWriter::finish() {
   return patterns;
 }
 
-StagedFolder::StagedFolder(ExportOptions opt) : opt_(std::move(opt)) {}
+at::Tensor HostBufferPool::take(int64_t nbytes) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.find(nbytes);
+    if (it != free_.end()) {
+      at::Tensor b = std::move(it->second);
+      free_.erase(it);
+      return b;
+    }
+    allocated_ += nbytes;
+  }
+  return at::empty({nbytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+}
+
+void HostBufferPool::give_back(at::Tensor buf) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t n = buf.numel();
+  free_.emplace(n, std::move(buf));
+}
+
+int64_t HostBufferPool::allocated_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return allocated_;
+}
+
+StagedFolder::StagedFolder(ExportOptions opt, std::shared_ptr<HostBufferPool> pool)
+    : opt_(std::move(opt)), pool_(std::move(pool)) {}
+
+StagedFolder::~StagedFolder() {
+  if (taken_.empty()) return;
+  try {
+    seal();
+    if (copied_) copied_->synchronize();  // no buffer goes back while a copy into it may run
+    items_.clear();
+    for (auto& b : taken_) pool_->give_back(std::move(b));
+  } catch (const std::exception&) {
+    // The device failed: the buffers are dropped instead of reused.
+  }
+}
 
 void StagedFolder::begin_device_work(const at::Device& d) {
   if (side_) return;
@@ -205,7 +243,14 @@ void StagedFolder::begin_device_work(const at::Device& d) {
 at::Tensor StagedFolder::to_host(const at::Tensor& t) {
   if (!t.defined()) return t;
   if (t.device().is_cpu()) return t.is_contiguous() ? t : t.contiguous();
-  at::Tensor h = at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(true));
+  at::Tensor h;
+  if (pool_) {
+    at::Tensor buf = pool_->take(t.numel() * t.element_size());
+    taken_.push_back(buf);
+    h = buf.view(t.scalar_type()).view(t.sizes());
+  } else {
+    h = at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(true));
+  }
   h.copy_(t, /*non_blocking=*/true);
   return h;
 }

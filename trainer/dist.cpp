@@ -88,6 +88,14 @@ class C10dGroup final : public ProcessGroup {
         factory_(std::move(factory)) {
     backend_ = factory_(store_, rank_, size_);
   }
+  // An orderly shutdown of the backend (NCCL communicators), as destroy_process_group() does.
+  ~C10dGroup() override {
+    try {
+      if (backend_) backend_->shutdown();
+    } catch (const std::exception&) {
+      // Shutting down after a failed collective: nothing more to release cleanly.
+    }
+  }
   int rank() const override { return rank_; }
   int world_size() const override { return size_; }
 

@@ -79,7 +79,7 @@ std::string Exporter::submit(int64_t step) {
     opt.blocks = policy_.weight_blocks();
     opt.config_json = model::hf_config_json(model_.config());
     opt.producer_version = std::string("fp4qat ") + FP4QAT_VERSION;
-    auto sf = std::make_shared<qat::StagedFolder>(opt);
+    auto sf = std::make_shared<qat::StagedFolder>(opt, pool_);
     for (const auto& g : groups) {
       if (policy_.quantized(g.param)) {
         std::vector<std::string> modules;

@@ -50,6 +50,7 @@ class Exporter {
   const model::Qwen3Moe& model_;
   qatp::QatPolicy& policy_;
   std::map<std::string, at::Tensor> amax_;  // last known activation amax per parameter (float32, model device)
+  std::shared_ptr<qat::HostBufferPool> pool_ = std::make_shared<qat::HostBufferPool>();  // reused every export
   std::future<double> inflight_;
   bool fenced_ = true;
   std::vector<std::shared_ptr<qat::StagedFolder>> staged_;  // of the export in flight

@@ -34,7 +34,6 @@ TEST(GpuStagedFolder, EqualsTheCpuWriterWhileTheWeightsChange) {
     opt.config_json = R"({"model_type": "qwen3_moe"})";
     const std::string a = d.file(std::string("cpu-") + qat::to_string(f)), b = d.file(std::string("gpu-") + qat::to_string(f));
     fs::make_dir(a);
-    fs::make_dir(b);
     {
       qat::HfFolderWriter w(a, opt);
       w.add_quantized(gu, 2, wgu_cpu, std::nullopt, ia_gu);
@@ -42,22 +41,35 @@ TEST(GpuStagedFolder, EqualsTheCpuWriterWhileTheWeightsChange) {
       w.add_plain("model.norm.weight", norm_cpu);
       w.finish();
     }
-    at::Tensor wgu = wgu_cpu.cuda(), wdn = wdn_cpu.cuda(), norm = norm_cpu.cuda();
-    // Keep the training stream busy so that the side stream really runs beside it.
-    at::Tensor busy = at::randn({4096, 4096}, at::TensorOptions().device(at::kCUDA));
-    for (int i = 0; i < 8; ++i) busy = at::mm(busy, busy).tanh_();
-    qat::StagedFolder s(opt);
-    s.add_quantized(gu, 2, wgu, std::nullopt, at::tensor(ia_gu).cuda());
-    s.add_quantized(dn, 1, wdn, std::nullopt, at::tensor(ia_dn).cuda());
-    s.add_plain("model.norm.weight", norm);
-    s.seal();
-    s.fence();
-    wgu.add_(1.0);  // the optimizer step, in stream order after the export's reads
-    wdn.mul_(3.0);
-    norm.mul_(2.0);
-    s.write(b);
-    const auto fa = fs::list_dir(a), fb = fs::list_dir(b);
-    EXPECT_EQ(fa, fb);
-    for (const auto& file : fa) EXPECT_EQ(test::read_bytes(a + "/" + file), test::read_bytes(b + "/" + file)) << file;
+    // Twice through one buffer pool: the second export reuses the first one's pinned buffers.
+    auto pool = std::make_shared<qat::HostBufferPool>();
+    int64_t pooled = 0;
+    for (int round = 0; round < 2; ++round) {
+      SCOPED_TRACE(round);
+      at::Tensor wgu = wgu_cpu.cuda(), wdn = wdn_cpu.cuda(), norm = norm_cpu.cuda();
+      // Keep the training stream busy so that the side stream really runs beside it.
+      at::Tensor busy = at::randn({4096, 4096}, at::TensorOptions().device(at::kCUDA));
+      for (int i = 0; i < 8; ++i) busy = at::mm(busy, busy).tanh_();
+      const std::string out = b + "-" + std::to_string(round);
+      fs::make_dir(out);
+      {
+        qat::StagedFolder s(opt, pool);
+        s.add_quantized(gu, 2, wgu, std::nullopt, at::tensor(ia_gu).cuda());
+        s.add_quantized(dn, 1, wdn, std::nullopt, at::tensor(ia_dn).cuda());
+        s.add_plain("model.norm.weight", norm);
+        s.seal();
+        s.fence();
+        wgu.add_(1.0);  // the optimizer step, in stream order after the export's reads
+        wdn.mul_(3.0);
+        norm.mul_(2.0);
+        s.write(out);
+      }
+      if (round == 0) pooled = pool->allocated_bytes();
+      EXPECT_GT(pooled, 0);
+      EXPECT_EQ(pool->allocated_bytes(), pooled);  // nothing new allocated in the second round
+      const auto fa = fs::list_dir(a), fb = fs::list_dir(out);
+      EXPECT_EQ(fa, fb);
+      for (const auto& file : fa) EXPECT_EQ(test::read_bytes(a + "/" + file), test::read_bytes(out + "/" + file)) << file;
+    }
   }
 }
