@@ -194,7 +194,9 @@ int main(int argc, char** argv) {
     };
     auto pool = std::make_shared<fp4qat::qat::HostBufferPool>();
     auto loop = [&](int mode) {
-      std::shared_ptr<fp4qat::qat::StagedFolder> prev;
+      // The trainer destroys a staged folder only after writing it; here the one of two steps
+      // ago is dropped (its copies are long done, so the drop does not wait for them).
+      std::shared_ptr<fp4qat::qat::StagedFolder> prev, prev2;
       std::optional<c10::Event> prev_done;
       std::vector<at::Tensor> keep;
       const c10::Stream side = at::cuda::getStreamFromPool();
@@ -211,6 +213,7 @@ int main(int argc, char** argv) {
           sf->add_quantized(gu, 2, w13.detach(), std::nullopt, ia13);
           sf->add_quantized(dn, 1, w2.detach(), std::nullopt, ia2);
           sf->seal();
+          prev2 = prev;
           prev = sf;
         } else if (mode >= 2) {
           c10::Event ready(c10::DeviceType::CUDA);

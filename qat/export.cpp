@@ -231,13 +231,14 @@ StagedFolder::~StagedFolder() {
 }
 
 void StagedFolder::begin_device_work(const at::Device& d) {
-  if (side_) return;
   c10::impl::VirtualGuardImpl impl(d.type());
-  const c10::Stream current = impl.getStream(d);
-  side_ = impl.getStreamFromGlobalPool(d, /*isHighPriority=*/false);
+  if (!side_) side_ = impl.getStreamFromGlobalPool(d, /*isHighPriority=*/false);
+  FP4QAT_CHECK(side_->device() == d, "export: tensors on ", side_->device(), " and ", d, " in one staged folder");
+  // The side stream's work for this call starts after everything enqueued on the current stream
+  // so far (the tensors handed to this call included).
   c10::Event ready(d.type());
-  ready.record(current);
-  ready.block(*side_);  // the side stream starts after everything enqueued so far
+  ready.record(impl.getStream(d));
+  ready.block(*side_);
 }
 
 at::Tensor StagedFolder::to_host(const at::Tensor& t) {

@@ -121,7 +121,8 @@ class HostBufferPool {
 // trainer's asynchronous per-step export). For tensors on a GPU, the device work (bf16 casts,
 // quantization) and the copies into pinned host memory run on a side stream that first waits
 // for the current stream's work so far, so that the training stream goes on at once; for CPU
-// tensors everything happens in the add_* call. Every staged tensor is a copy: the caller may
+// tensors everything happens in the add_* call. Each add_* call's side-stream work starts after
+// the current stream's work enqueued before the call. Every staged tensor is a copy: the caller may
 // change the weights once fence() has been called (in stream order: the current stream's later
 // work waits for the side stream's reads of them, not the host).
 class StagedFolder {
