@@ -241,6 +241,12 @@ void StagedFolder::begin_device_work(const at::Device& d) {
   ready.block(*side_);
 }
 
+void StagedFolder::keep_for_side_stream(const at::Tensor& t) {
+  // The caller may free `t` as soon as add_* returns; its memory must not be handed out again
+  // (to the current stream's next allocation) before the side stream has read it.
+  if (t.defined() && !t.device().is_cpu() && t.device() == side_->device()) t.record_stream(*side_);
+}
+
 at::Tensor StagedFolder::to_host(const at::Tensor& t) {
   if (!t.defined()) return t;
   if (t.device().is_cpu()) return t.is_contiguous() ? t : t.contiguous();
@@ -265,6 +271,7 @@ void StagedFolder::add_plain(const std::string& name, const at::Tensor& t) {
     it.plain = t.to(t.options().dtype(fl ? at::kBFloat16 : t.scalar_type()), false, /*copy=*/true).contiguous();
   } else {
     begin_device_work(t.device());
+    keep_for_side_stream(t);
     c10::StreamGuard g(*side_);
     it.plain = to_host(fl ? t.to(at::kBFloat16).contiguous() : t.contiguous());
   }
@@ -281,6 +288,9 @@ void StagedFolder::add_quantized(const std::vector<std::string>& modules, int64_
   std::optional<c10::StreamGuard> g;
   if (!w.device().is_cpu()) {
     begin_device_work(w.device());
+    keep_for_side_stream(w);
+    if (amax) keep_for_side_stream(*amax);
+    keep_for_side_stream(input_amax);
     g.emplace(*side_);
   }
   const QuantizedStack q = quantize_stack(opt_.format, opt_.blocks, w, parts, amax, what);

@@ -156,6 +156,7 @@ class StagedFolder {
   };
   at::Tensor to_host(const at::Tensor& t);  // a host copy (pinned, asynchronous from a GPU)
   void begin_device_work(const at::Device& d);
+  void keep_for_side_stream(const at::Tensor& t);  // record_stream on the side stream
   ExportOptions opt_;
   std::shared_ptr<HostBufferPool> pool_;
   std::vector<at::Tensor> taken_;  // pool buffers in use
