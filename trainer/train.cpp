@@ -380,6 +380,7 @@ Result run(const config::Config& cfg, const Options& opt) {
       const at::Tensor loss = (ce + aux * cfg.model.router_aux_loss_coef) / static_cast<double>(cfg.train.grad_accum);
       const double ce_v = ce.item<double>();  // one host sync per micro-batch
       FP4QAT_CHECK(std::isfinite(ce_v), "step ", step + 1, ": the loss is not finite; stopping without a checkpoint");
+      if (reducer && micro == cfg.train.grad_accum - 1) reducer->arm();  // all-reduce buckets overlap this backward
       loss.backward();
       loss_sum += ce_v / cfg.train.grad_accum;
       aux_sum += aux.item<double>() / cfg.train.grad_accum;

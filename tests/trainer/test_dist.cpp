@@ -28,6 +28,7 @@
 #include "qat/json.h"
 #include "qat/safetensors.h"
 #include "tests/trainer/dist_util.h"
+#include "trainer/dist.h"
 
 using fp4qat::test::TempDir;
 namespace fs = fp4qat::fs;
@@ -249,4 +250,56 @@ TEST(Dist, BadLaunchesFailNamingTheCause) {
     EXPECT_NE(r.err.find("rendezvous"), std::string::npos) << r.err;
     EXPECT_LT(secs, 40);
   }
+}
+
+namespace {
+
+// A one-rank group that records when each all-reduce is started and sums nothing (one rank).
+class RecordingGroup final : public fp4qat::dist::ProcessGroup {
+ public:
+  int rank() const override { return 0; }
+  int world_size() const override { return 1; }
+  void barrier() override {}
+  std::function<void()> all_reduce_start(at::Tensor& t, fp4qat::dist::ReduceOp) override {
+    started.push_back(t.numel());
+    return [] {};
+  }
+  std::vector<int64_t> started;  // numel of each started bucket, in order
+};
+
+}  // namespace
+
+// The gradient all-reduce overlaps backward: buckets start from the parameters' hooks as their
+// gradients are accumulated (in bucket order), during the last micro-batch's backward only, and
+// the averaged gradients are those of a reduce() without overlap.
+TEST(GradReducer, BucketsStartDuringBackwardInOrder) {
+  at::manual_seed(0);
+  at::Tensor a = at::randn({64, 32}).requires_grad_(true), b = at::randn({32, 16}).requires_grad_(true);
+  at::Tensor c = at::randn({16}).requires_grad_(true);
+  const at::Tensor x = at::randn({8, 64});
+  auto loss = [&] { return (at::matmul(at::matmul(x, a), b) + c).pow(2).sum(); };
+  RecordingGroup g;
+  // Buckets of ~1 parameter: 3 buckets, in reverse parameter order (c, b, a).
+  fp4qat::dist::GradReducer r({{a, &g, 2.0}, {b, &g, 2.0}, {c, &g, 2.0}}, 1);
+  ASSERT_EQ(r.buckets(), 3u);
+  loss().backward();  // an earlier micro-batch: not armed, nothing starts
+  EXPECT_TRUE(g.started.empty());
+  r.arm();
+  loss().backward();
+  EXPECT_EQ(r.started_during_backward(), 3u);
+  EXPECT_EQ(g.started, (std::vector<int64_t>{16, 32 * 16, 64 * 32}));
+  const at::Tensor ga = a.grad().clone(), gb = b.grad().clone(), gc = c.grad().clone();
+  r.reduce();
+  EXPECT_EQ(g.started.size(), 3u);  // nothing started twice
+  EXPECT_TRUE(at::equal(a.grad(), ga / 2.0));
+  EXPECT_TRUE(at::equal(b.grad(), gb / 2.0));
+  EXPECT_TRUE(at::equal(c.grad(), gc / 2.0));
+  // Without arming, reduce() starts everything itself, with the same result.
+  for (auto* p : {&a, &b, &c}) p->mutable_grad() = at::Tensor();
+  loss().backward();
+  const at::Tensor ga2 = a.grad().clone();
+  r.reduce();
+  EXPECT_EQ(r.started_during_backward(), 0u);
+  EXPECT_EQ(g.started.size(), 6u);
+  EXPECT_TRUE(at::equal(a.grad(), ga2 / 2.0));
 }
