@@ -186,7 +186,9 @@ int main(int argc, char** argv) {
     fp4qat::qat::ExportOptions eo;
     eo.config_json = "{\"model_type\": \"qwen3_moe\"}";
     // mode 0: no export; 1: the staged export; 2: only its quantization on a side stream (no
-    // copies); 3: only copies of same-sized device buffers into pinned memory on a side stream.
+    // copies); 3: only copies of same-sized device buffers into fresh pinned memory on a side
+    // stream; 4: the same into pinned buffers reused from step to step; 5: the staged export
+    // without the fence (diagnostic only: the weights do not change in this loop).
     const at::Tensor cbuf13 = at::empty({E, 2 * I, H / 2 + H / 16}, at::TensorOptions().device(at::kCUDA).dtype(at::kByte));
     const at::Tensor cbuf2 = at::empty({E, H, I / 2 + I / 16}, cbuf13.options());
     struct Timing {
@@ -199,16 +201,18 @@ int main(int argc, char** argv) {
       std::shared_ptr<fp4qat::qat::StagedFolder> prev, prev2;
       std::optional<c10::Event> prev_done;
       std::vector<at::Tensor> keep;
+      at::Tensor reused[2][2];
+      int flip = 0;
       const c10::Stream side = at::cuda::getStreamFromPool();
       Timing t;
       auto one = [&](bool timed) {
         const auto h0 = std::chrono::steady_clock::now();
         step();
         const auto h1 = std::chrono::steady_clock::now();
-        if (prev) prev->fence();  // where the optimizer update would start
+        if (prev && mode != 5) prev->fence();  // where the optimizer update would start
         if (prev_done) prev_done->block(at::cuda::getCurrentCUDAStream());
         torch::NoGradGuard ng2;
-        if (mode == 1) {
+        if (mode == 1 || mode == 5) {
           auto sf = std::make_shared<fp4qat::qat::StagedFolder>(eo, pool);
           sf->add_quantized(gu, 2, w13.detach(), std::nullopt, ia13);
           sf->add_quantized(dn, 1, w2.detach(), std::nullopt, ia2);
@@ -226,11 +230,18 @@ int main(int argc, char** argv) {
             keep.push_back(fp4qat::nvfp4_quantize(w2.detach(), fp4qat::Blocks::k1D).codes);
           } else {
             for (const at::Tensor* c : {&cbuf13, &cbuf2}) {
-              // fresh pinned allocations each step (what the pool avoids)
-              at::Tensor hbuf = at::empty(c->sizes(), c->options().device(at::kCPU).pinned_memory(true));
+              at::Tensor hbuf;
+              if (mode == 3) {  // fresh pinned allocations each step (what the pool avoids)
+                hbuf = at::empty(c->sizes(), c->options().device(at::kCPU).pinned_memory(true));
+              } else {  // mode 4: two sets of pinned buffers, alternating
+                at::Tensor& slot = c == &cbuf13 ? reused[flip][0] : reused[flip][1];
+                if (!slot.defined()) slot = at::empty(c->sizes(), c->options().device(at::kCPU).pinned_memory(true));
+                hbuf = slot;
+              }
               hbuf.copy_(*c, /*non_blocking=*/true);
               keep.push_back(hbuf);
             }
+            flip ^= 1;
           }
           prev_done.emplace(c10::DeviceType::CUDA);
           prev_done->record(side);
@@ -250,14 +261,15 @@ int main(int argc, char** argv) {
       t.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
       return t;
     };
-    const Timing t0 = loop(0), t1 = loop(1), t2 = loop(2), t3 = loop(3);
+    const Timing t0 = loop(0), t1 = loop(1), t2 = loop(2), t3 = loop(3), t4 = loop(4), t5 = loop(5);
     plain_ms = t0.ms;
     async_ms = t1.ms;
     std::printf("\nasync export in the training loop (nvfp4 high_precision steps, steady state, %d steps)\n", reps);
     const char* names[] = {"no export", "staged export (quantize + copies)", "quantize only (side stream)",
-                           "fresh pinned copies only (side stream)"};
-    const Timing* ts[] = {&t0, &t1, &t2, &t3};
-    for (int m = 0; m < 4; ++m)
+                           "fresh pinned copies only (side stream)", "reused pinned copies only (side stream)",
+                           "staged export without the fence"};
+    const Timing* ts[] = {&t0, &t1, &t2, &t3, &t4, &t5};
+    for (int m = 0; m < 6; ++m)
       std::printf("  %-36s %8.3f ms/step (+%.3f ms = %.1f%%), host: step %.3f ms, staging %.3f ms\n", names[m], ts[m]->ms,
                   ts[m]->ms - t0.ms, 100 * (ts[m]->ms - t0.ms) / t0.ms, ts[m]->host_step_ms, ts[m]->host_stage_ms);
     // Device-to-host bandwidth into pinned memory, alone.
