@@ -127,4 +127,18 @@ std::string read_bytes(const std::string& path) {
 
 bool cuda_available() { return at::hasCUDA(); }
 
+std::vector<std::string> expert_modules(int64_t layer, int64_t E, bool gated) {
+  std::vector<std::string> out;
+  const std::string base = "model.layers." + std::to_string(layer) + ".mlp.experts.";
+  for (int64_t e = 0; e < E; ++e) {
+    if (gated) {
+      out.push_back(base + std::to_string(e) + ".gate_proj");
+      out.push_back(base + std::to_string(e) + ".up_proj");
+    } else {
+      out.push_back(base + std::to_string(e) + ".down_proj");
+    }
+  }
+  return out;
+}
+
 }  // namespace fp4qat::test

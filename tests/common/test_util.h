@@ -32,6 +32,10 @@ struct ProcResult {
 // Runs the built fp4qat binary with `args` (posix_spawn, no shell), capturing output.
 ProcResult run_fp4qat(const std::vector<std::string>& args);
 
+// Module names (without ".weight") of layer `layer`'s E routed experts in stacked order:
+// gate_proj, up_proj of each expert when `gated`, else down_proj.
+std::vector<std::string> expert_modules(int64_t layer, int64_t E, bool gated);
+
 void write_bytes(const std::string& path, const std::string& bytes);
 std::string read_bytes(const std::string& path);
 

@@ -44,12 +44,7 @@ TEST(GpuStagedFolder, EqualsTheCpuWriterWhileTheWeightsChange) {
   FP4QAT_REQUIRE_GPU();
   test::TempDir d;
   const int64_t E = 16, R = 256, K = 1024;
-  std::vector<std::string> gu, dn;
-  for (int64_t e = 0; e < E; ++e) {
-    gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".gate_proj");
-    gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".up_proj");
-    dn.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".down_proj");
-  }
+  const std::vector<std::string> gu = test::expert_modules(0, E, true), dn = test::expert_modules(0, E, false);
   std::vector<float> ia_gu(2 * E), ia_dn(E);
   for (int64_t i = 0; i < 2 * E; ++i) ia_gu[i] = 0.25f * (i + 1);
   for (int64_t i = 0; i < E; ++i) ia_dn[i] = 3.0f + i;

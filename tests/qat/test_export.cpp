@@ -282,12 +282,7 @@ void expect_same_files(const std::string& a, const std::string& b) {
 TEST(StagedFolder, WritesTheWritersBytesFromItsOwnCopies) {
   test::TempDir d;
   const int64_t E = 3, R = 16, K = 64;
-  std::vector<std::string> gu, dn;
-  for (int64_t e = 0; e < E; ++e) {
-    gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".gate_proj");
-    gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".up_proj");
-    dn.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".down_proj");
-  }
+  const std::vector<std::string> gu = test::expert_modules(0, E, true), dn = test::expert_modules(0, E, false);
   const std::vector<float> ia_gu = {0.5f, 1.f, 2.f, 3.f, 4.f, 5.f}, ia_dn = {7.f, 8.f, 9.f};
   for (auto f : {qat::ExportFormat::kNVFP4, qat::ExportFormat::kMXFP8, qat::ExportFormat::kBF16}) {
     SCOPED_TRACE(qat::to_string(f));
