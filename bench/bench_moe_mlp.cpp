@@ -140,16 +140,17 @@ int main(int argc, char** argv) {
       q.s_dec.cpu();
     }
   }, std::max(3, reps / 3), 1);
+  // The layer's expert modules under their Hugging Face names (gate/up stacked, then down).
+  std::vector<std::string> gu, dn;
+  for (int64_t e = 0; e < E; ++e) {
+    gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".gate_proj");
+    gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".up_proj");
+    dn.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".down_proj");
+  }
   char tmpl[] = "/tmp/fp4qat-bench-export-XXXXXX";
   const std::string dir = ::mkdtemp(tmpl) ? std::string(tmpl) : std::string();
   double write_ms = -1;
   if (!dir.empty()) {
-    std::vector<std::string> gu, dn;
-    for (int64_t e = 0; e < E; ++e) {
-      gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".gate_proj");
-      gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".up_proj");
-      dn.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".down_proj");
-    }
     fp4qat::qat::ExportOptions eo;
     eo.config_json = "{\"model_type\": \"qwen3_moe\"}";
     const auto t0 = std::chrono::steady_clock::now();
@@ -176,12 +177,6 @@ int main(int argc, char** argv) {
       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o);
       fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o).backward(gy);
     };
-    std::vector<std::string> gu, dn;
-    for (int64_t e = 0; e < E; ++e) {
-      gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".gate_proj");
-      gu.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".up_proj");
-      dn.push_back("model.layers.0.mlp.experts." + std::to_string(e) + ".down_proj");
-    }
     const at::Tensor ia13 = at::ones({2 * E}, at::TensorOptions().device(at::kCUDA)), ia2 = at::ones({E}, ia13.options());
     fp4qat::qat::ExportOptions eo;
     eo.config_json = "{\"model_type\": \"qwen3_moe\"}";

@@ -65,26 +65,45 @@ std::vector<std::string> TempDir::list() const {
   return out;
 }
 
-ProcResult run_fp4qat(const std::vector<std::string>& args) {
-  TempDir io;
-  const std::string out_path = io.file("stdout"), err_path = io.file("stderr");
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+pid_t spawn_fp4qat(const std::vector<std::string>& args, const std::vector<std::pair<std::string, std::string>>& env,
+                   const std::string& out_path, const std::string& err_path) {
+  std::vector<std::string> envs;
+  for (char** e = environ; *e; ++e) {
+    const std::string kv = *e;
+    bool replaced = false;
+    for (const char* k : {"RANK=", "WORLD_SIZE=", "LOCAL_RANK=", "MASTER_ADDR=", "MASTER_PORT="})
+      replaced = replaced || kv.rfind(k, 0) == 0;
+    for (const auto& [k, v] : env) replaced = replaced || kv.rfind(k + "=", 0) == 0;
+    if (!replaced) envs.push_back(kv);
+  }
+  for (const auto& [k, v] : env) envs.push_back(k + "=" + v);
+  std::vector<char*> envp;
+  for (auto& e : envs) envp.push_back(e.data());
+  envp.push_back(nullptr);
   std::vector<std::string> argv_s = {FP4QAT_BINARY};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
-  for (auto& s : argv_s) argv.push_back(s.data());
+  for (auto& a : argv_s) argv.push_back(a.data());
   argv.push_back(nullptr);
-  pid_t pid;
-  ProcResult r;
-  const int rc = ::posix_spawn(&pid, FP4QAT_BINARY, &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, FP4QAT_BINARY, &fa, nullptr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
   if (rc != 0) throw std::runtime_error("posix_spawn failed for " + std::string(FP4QAT_BINARY));
+  return pid;
+}
+
+ProcResult run_fp4qat(const std::vector<std::string>& args) {
+  TempDir io;
+  const std::string out_path = io.file("stdout"), err_path = io.file("stderr");
+  const pid_t pid = spawn_fp4qat(args, {}, out_path, err_path);
   int status = 0;
   ::waitpid(pid, &status, 0);
+  ProcResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   r.out = read_bytes(out_path);
   r.err = read_bytes(err_path);
@@ -139,6 +158,24 @@ std::vector<std::string> expert_modules(int64_t layer, int64_t E, bool gated) {
     }
   }
   return out;
+}
+
+config::Config small_moe_run(const std::string& out) {
+  config::Config c;
+  c.model.hidden_size = 64;
+  c.model.num_hidden_layers = 2;
+  c.model.head_dim = 16;
+  c.model.moe_intermediate_size = 32;
+  c.model.num_experts = 4;
+  c.model.vocab_size = 32;
+  c.train.steps = 3;
+  c.train.batch_size = 4;
+  c.train.seq_len = 16;
+  c.train.device = "cpu";
+  c.train.eval_every = 0;
+  c.train.checkpoint_every = 0;
+  c.train.out_dir = out;
+  return c;
 }
 
 }  // namespace fp4qat::test

@@ -4,10 +4,19 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <sys/types.h>
+
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "trainer/config.h"
+
 namespace fp4qat::test {
+
+// A run of the small MoE the trainer tests share (2 layers, 4 experts of 32, hidden 64, vocab
+// 32; 3 steps of 4 x 16 tokens on the CPU, no eval, no checkpoints) writing into `out`.
+config::Config small_moe_run(const std::string& out);
 
 std::string shared_dir();   // $FP4QAT_SHARED or the configured ../shared
 std::string vectors_dir();  // shared_dir()/vectors
@@ -29,7 +38,12 @@ struct ProcResult {
   int exit_code = -1;  // -1: killed by a signal
   std::string out, err;
 };
-// Runs the built fp4qat binary with `args` (posix_spawn, no shell), capturing output.
+// Starts the built fp4qat binary with `args` (posix_spawn, no shell): stdin from /dev/null,
+// stdout and stderr into the given files; the environment is this process's without the launch
+// variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), plus `env`. Returns its pid.
+pid_t spawn_fp4qat(const std::vector<std::string>& args, const std::vector<std::pair<std::string, std::string>>& env,
+                   const std::string& out_path, const std::string& err_path);
+// Runs the built fp4qat binary with `args` (spawn_fp4qat) to the end, capturing output.
 ProcResult run_fp4qat(const std::vector<std::string>& args);
 
 // Module names (without ".weight") of layer `layer`'s E routed experts in stacked order:

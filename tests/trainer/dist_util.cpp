@@ -1,10 +1,8 @@
 // tests/trainer/dist_util.cpp — see dist_util.h.
 #include "tests/trainer/dist_util.h"
 
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,7 +14,6 @@
 
 #include "trainer/dist.h"
 
-extern char** environ;
 
 namespace fp4qat::test {
 
@@ -50,33 +47,7 @@ Spawned spawn(const std::vector<std::string>& args, const std::vector<std::pair<
   Spawned s;
   s.out_path = io.file(tag + ".out");
   s.err_path = io.file(tag + ".err");
-  // The parent's environment without the launch variables, then ours.
-  std::vector<std::string> envs;
-  for (char** e = environ; *e; ++e) {
-    const std::string kv = *e;
-    bool ours = false;
-    for (const char* k : {"RANK=", "WORLD_SIZE=", "LOCAL_RANK=", "MASTER_ADDR=", "MASTER_PORT="})
-      ours = ours || kv.rfind(k, 0) == 0;
-    for (const auto& [k, v] : env) ours = ours || kv.rfind(k + "=", 0) == 0;
-    if (!ours) envs.push_back(kv);
-  }
-  for (const auto& [k, v] : env) envs.push_back(k + "=" + v);
-  std::vector<char*> envp;
-  for (auto& e : envs) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> argv_s = {FP4QAT_BINARY};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, s.out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, s.err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  const int rc = ::posix_spawn(&s.pid, FP4QAT_BINARY, &fa, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) throw std::runtime_error("posix_spawn failed for " + std::string(FP4QAT_BINARY));
+  s.pid = spawn_fp4qat(args, env, s.out_path, s.err_path);
   return s;
 }
 

@@ -26,21 +26,8 @@ using fp4qat::test::bytes_equal;
 namespace {
 
 cfg::Config small_run(const std::string& out) {
-  cfg::Config c;
-  c.model.hidden_size = 64;
-  c.model.num_hidden_layers = 2;
-  c.model.head_dim = 16;
-  c.model.moe_intermediate_size = 32;
-  c.model.num_experts = 4;
-  c.model.vocab_size = 32;
-  c.train.steps = 3;
-  c.train.batch_size = 4;
-  c.train.seq_len = 16;
+  cfg::Config c = test::small_moe_run(out);
   c.train.dtype = "fp32";
-  c.train.device = "cpu";
-  c.train.eval_every = 0;
-  c.train.checkpoint_every = 0;
-  c.train.out_dir = out;
   c.qat.format = "nvfp4";
   c.qat.train = "quantized_only";
   c.exports.keep = 10;

@@ -21,23 +21,20 @@ using namespace fp4qat;
 namespace {
 
 config::Config small_run(const std::string& out) {
-  config::Config c;
-  c.model.hidden_size = 64;
-  c.model.num_hidden_layers = 2;
-  c.model.head_dim = 16;
-  c.model.moe_intermediate_size = 32;
-  c.model.num_experts = 4;
-  c.model.vocab_size = 32;
-  c.train.steps = 3;
-  c.train.batch_size = 4;
-  c.train.seq_len = 16;
-  c.train.device = "cpu";
-  c.train.eval_every = 0;
-  c.train.checkpoint_every = 0;
-  c.train.out_dir = out;
+  config::Config c = test::small_moe_run(out);
   c.qat.format = "nvfp4";
   c.exports.formats = {"nvfp4", "mxfp8", "bf16"};
   return c;
+}
+
+// One NVFP4 QAT step of small_run, exported in every format into `out`/exports (no probe).
+void one_exported_step(const std::string& out) {
+  config::Config c = small_run(out);
+  c.train.steps = 1;
+  c.exports.probe_mismatch = false;
+  train::Options o;
+  o.quiet = true;
+  train::run(c, o);
 }
 
 }  // namespace
@@ -90,12 +87,7 @@ TEST(Rollout, QatMismatchIsAccumulationOrderLevelAndBF16TrainingIsNot) {
 
 TEST(Rollout, BF16ExportGivesTheModelsLogitsAndMXFP8Runs) {
   test::TempDir d;
-  config::Config c = small_run(d.file("run"));
-  c.train.steps = 1;
-  c.exports.probe_mismatch = false;
-  train::Options o;
-  o.quiet = true;
-  train::run(c, o);
+  one_exported_step(d.file("run"));
   const at::Tensor ids = at::randint(0, 13, {2, 9}, at::kLong);
   rollout::Loaded bf = rollout::load(d.file("run/exports/latest/bf16"), at::kCPU);
   EXPECT_EQ(bf.format, rollout::Format::kBF16);
@@ -128,12 +120,7 @@ TEST(Rollout, BF16ExportGivesTheModelsLogitsAndMXFP8Runs) {
 
 TEST(CliEval, SequencesAndSummaryFromAnExport) {
   test::TempDir d;
-  config::Config c = small_run(d.file("run"));
-  c.train.steps = 1;
-  c.exports.probe_mismatch = false;
-  train::Options o;
-  o.quiet = true;
-  train::run(c, o);
+  one_exported_step(d.file("run"));
   const std::string dir = d.file("run/exports/latest/nvfp4");
   fs::write_text_atomic(d.file("seqs.jsonl"), "{\"tokens\": [1, 2, 10, 3, 11, 5]}\n\n{\"tokens\": [4, 4]}\n");
   const auto r = test::run_fp4qat({"eval", "--model", dir, "--sequences", d.file("seqs.jsonl"), "--out",
@@ -183,12 +170,7 @@ TEST(KVCache, IncrementalDecodingEqualsTheFullForward) {
 
 TEST(CliGenerate, GreedyMatchesArgmaxOfTheFullForwardAndSamplingIsSeeded) {
   test::TempDir d;
-  config::Config c = small_run(d.file("run"));
-  c.train.steps = 1;
-  c.exports.probe_mismatch = false;
-  train::Options o;
-  o.quiet = true;
-  train::run(c, o);
+  one_exported_step(d.file("run"));
   const std::string dir = d.file("run/exports/latest/bf16");
   fs::write_text_atomic(d.file("p.jsonl"), "{\"tokens\": [1, 2, 10, 3]}\n");
   const auto g = test::run_fp4qat({"generate", "--model", dir, "--prompts", d.file("p.jsonl"), "--max-new-tokens", "5",

@@ -1,10 +1,8 @@
 // tests/trainer/test_train.cpp — the training loop on the CPU: the loss falls; a run stopped and
 // resumed from its checkpoint has a loss trajectory and final weights bit-identical to an
 // uninterrupted run; the CLI resolves and dumps the config and rejects bad keys.
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,7 +12,6 @@
 #include "tests/common/test_util.h"
 #include "trainer/train.h"
 
-extern char** environ;
 using fp4qat::test::TempDir;
 namespace cfg = fp4qat::config;
 
@@ -168,17 +165,10 @@ TEST(Train, ProcessGroupFromEnvironment) {
 TEST(CliTrain, SigintFinishesTheStepAndCheckpoints) {
   TempDir d;
   const std::string out = d.file("run");
-  std::vector<std::string> a = {FP4QAT_BINARY, "train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml",
-                                "--set", "train.steps=100000", "--set", "train.out_dir=" + out, "--set", "train.eval_every=0"};
-  std::vector<char*> argv;
-  for (auto& s : a) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  pid_t pid;
-  ASSERT_EQ(posix_spawn(&pid, FP4QAT_BINARY, &fa, nullptr, argv.data(), environ), 0);
-  posix_spawn_file_actions_destroy(&fa);
+  const pid_t pid = fp4qat::test::spawn_fp4qat(
+      {"train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml", "--set", "train.steps=100000",
+       "--set", "train.out_dir=" + out, "--set", "train.eval_every=0"},
+      {}, d.file("stdout"), d.file("stderr"));
   // Wait until training has produced metrics, then interrupt.
   for (int i = 0; i < 600 && fp4qat::test::read_bytes(out + "/metrics.jsonl").size() < 10; ++i) ::usleep(100000);
   ::kill(pid, SIGINT);
