@@ -166,7 +166,6 @@ int main(int argc, char** argv) {
   // next step runs; the next optimizer update is fenced after those reads. Steady state over
   // `reps` steps with and without it: the difference is what the export costs the training loop.
   // (Writing the files happens on a host thread and is measured above.)
-  double async_ms = -1, plain_ms = -1;
   {
     torch::AutoGradMode grad_on(true);
     fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
@@ -257,8 +256,6 @@ int main(int argc, char** argv) {
       return t;
     };
     const Timing t0 = loop(0), t1 = loop(1), t2 = loop(2), t3 = loop(3), t4 = loop(4), t5 = loop(5);
-    plain_ms = t0.ms;
-    async_ms = t1.ms;
     std::printf("\nasync export in the training loop (nvfp4 high_precision steps, steady state, %d steps)\n", reps);
     const char* names[] = {"no export", "staged export (quantize + copies)", "quantize only (side stream)",
                            "fresh pinned copies only (side stream)", "reused pinned copies only (side stream)",

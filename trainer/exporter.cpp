@@ -27,20 +27,12 @@ double Exporter::wait() {
   if (!inflight_.valid()) return 0;
   std::future<double> f = std::move(inflight_);
   staged_.clear();
-  fenced_ = true;
   return f.get();
 }
 
 void Exporter::fence() {
-  if (fenced_) return;
   for (auto& s : staged_) s->fence();
-  fenced_ = true;
-}
-
-std::string Exporter::publish(int64_t step) {
-  const std::string dir = submit(step);
-  wait();
-  return dir;
+  staged_.clear();  // fenced once; the writer thread keeps its own references
 }
 
 std::string Exporter::submit(int64_t step) {
@@ -113,7 +105,6 @@ std::string Exporter::submit(int64_t step) {
   const std::string root_dir = root();
   const int64_t keep = cfg_.exports.keep;
   staged_ = staged;
-  fenced_ = false;
   inflight_ = std::async(std::launch::async, [=]() {
     const auto t0 = std::chrono::steady_clock::now();
     qat::publish(root_dir, name, keep, "step-", [&](const std::string& tmp) {

@@ -41,8 +41,6 @@ class Exporter {
   // Waits until the export in flight (if any) is published; rethrows its error. Returns the
   // seconds the background writer spent on it (0 when none was in flight).
   double wait();
-  // submit() + wait().
-  std::string publish(int64_t step);
   std::string root() const { return cfg_.train.out_dir + "/exports"; }
 
  private:
@@ -52,8 +50,7 @@ class Exporter {
   std::map<std::string, at::Tensor> amax_;  // last known activation amax per parameter (float32, model device)
   std::shared_ptr<qat::HostBufferPool> pool_ = std::make_shared<qat::HostBufferPool>();  // reused every export
   std::future<double> inflight_;
-  bool fenced_ = true;
-  std::vector<std::shared_ptr<qat::StagedFolder>> staged_;  // of the export in flight
+  std::vector<std::shared_ptr<qat::StagedFolder>> staged_;  // of the export in flight, until fenced
 };
 
 }  // namespace fp4qat::train
