@@ -8,6 +8,7 @@
 
 #include "autograd/common.h"
 #include "kernels/common/check.h"
+#include "kernels/gemm/scaled_bmm.h"
 
 namespace fp4qat::autograd {
 
@@ -26,6 +27,8 @@ Backward parse_backward(const std::string& s) {
 const char* to_string(Backward b) { return b == Backward::kHighPrecision ? "high_precision" : "dequantized"; }
 
 at::Tensor emulated_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alpha, at::ScalarType out) {
+  // CUDA: fp32 GEMM + one fused scale-and-round pass (kernels/gemm/scaled_bmm.h); the same arithmetic.
+  if (a.is_cuda()) return gemm::scaled_bmm(a.unsqueeze(0), b.unsqueeze(0), alpha.reshape({1}), out).squeeze(0);
   return detail::mm_fp32_acc(a, b).mul_(alpha).to(out);
 }
 
@@ -34,21 +37,24 @@ namespace {
 class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_amax,
-                            int64_t blocks, int64_t backward) {
+                            int64_t blocks, int64_t backward, const at::Tensor& wq_values, const at::Tensor& wq_codes,
+                            const at::Tensor& wq_scales, const at::Tensor& wq_s_dec) {
     const int64_t K = x.size(-1);
     const at::Tensor x2 = x.reshape({-1, K});
     const auto b = static_cast<Blocks>(blocks);
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
+    const bool given = wq_values.numel() > 0;
     at::Tensor y;
     if (static_cast<Backward>(backward) == Backward::kDequantized) {
       const NVFP4Operand qx = nvfp4_quantize_and_fake(x2, Blocks::k1D);
-      const NVFP4Operand qw = nvfp4_quantize_and_fake(w, b, wa);
+      const NVFP4Operand qw = given ? NVFP4Operand{{wq_codes, wq_scales, wq_s_dec, b}, wq_values}
+                                    : nvfp4_quantize_and_fake(w, b, wa);
       y = emulated_gemm(qx.values, qw.values, qx.packed.s_dec * qw.packed.s_dec, x.scalar_type());
       ctx->save_for_backward({qx.packed.codes, qx.packed.scales, qx.packed.s_dec, qw.packed.codes, qw.packed.scales,
                               qw.packed.s_dec});
     } else {
       const NVFP4FakeQuant fx = nvfp4_fake_quantize(x2, Blocks::k1D);
-      const NVFP4FakeQuant fw = nvfp4_fake_quantize(w, b, wa);
+      const NVFP4FakeQuant fw = given ? NVFP4FakeQuant{wq_values, wq_s_dec} : nvfp4_fake_quantize(w, b, wa);
       y = emulated_gemm(fx.values, fw.values, fx.s_dec * fw.s_dec, x.scalar_type());
       ctx->save_for_backward({x2, w});
     }
@@ -74,7 +80,8 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
     auto [dx, dw] = linear_grads(dy, xs, ws);
     auto x_shape = grads[0].sizes().vec();
     x_shape.back() = ws.size(1);
-    return {dx.reshape(x_shape), dw, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx.reshape(x_shape), dw, at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -95,8 +102,10 @@ bool pads(const std::vector<int64_t>& off) {
 
 // Row t of x (the j-th row of expert e) -> row e * Mmax + j of a padded [E * Mmax, *] buffer: [T]
 // int64 on `dev`, built in pinned host memory and copied asynchronously (no host synchronisation).
+// Undefined when every expert has Mmax rows (T = E * Mmax): x is then already the padded layout.
 at::Tensor pad_index(const std::vector<int64_t>& off, int64_t Mmax, const at::Device& dev) {
   const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  if (off[E] == E * Mmax) return at::Tensor();
   at::Tensor idx = at::empty({off[E]}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
   int64_t* p = idx.data_ptr<int64_t>();
   for (int64_t e = 0; e < E; ++e)
@@ -104,14 +113,17 @@ at::Tensor pad_index(const std::vector<int64_t>& off, int64_t Mmax, const at::De
   return idx.to(dev, /*non_blocking=*/true);
 }
 
-// [T, C] -> [E, Mmax, C]: expert e's rows first in slice e, zero rows after them.
+// [T, C] -> [E, Mmax, C]: expert e's rows first in slice e, zero rows after them (a view of x
+// when idx is undefined: no padding rows).
 at::Tensor pad_rows(const at::Tensor& x, const at::Tensor& idx, int64_t E, int64_t Mmax) {
   const int64_t C = x.size(1);
+  if (!idx.defined()) return x.reshape({E, Mmax, C});
   return at::zeros({E * Mmax, C}, x.options()).index_copy_(0, idx, x).view({E, Mmax, C});
 }
 
 // [E, Mmax, C] -> the real rows [T, C].
 at::Tensor unpad_rows(const at::Tensor& p, const at::Tensor& idx) {
+  if (!idx.defined()) return p.reshape({-1, p.size(2)});
   return p.reshape({-1, p.size(2)}).index_select(0, idx);
 }
 
@@ -151,10 +163,9 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
       s_dec_x = fx.s_dec;
     }
     // The emulated NVFP4 GEMM for all experts: bf16 operands, fp32 accumulation and output,
-    // alpha[E, 1, 1] = S_dec_x[e] * S_dec_w[e] applied once in fp32, one rounding to x's dtype.
-    const at::Tensor alpha = (s_dec_x * w_s_dec).view({E, 1, 1});
-    const at::Tensor y_pad = at::bmm(xq, w_values.transpose(1, 2), at::kFloat).mul_(alpha).to(x.scalar_type());
-    out.y = unpad_rows(y_pad, idx);  // [T, N]
+    // alpha[e] = S_dec_x[e] * S_dec_w[e] applied once in fp32, one rounding to x's dtype, and
+    // the real rows gathered, in one pass over the fp32 result (kernels/gemm/scaled_bmm.h).
+    out.y = gemm::scaled_bmm(xq, w_values, s_dec_x * w_s_dec, x.scalar_type(), idx).reshape({T, N});  // [T, N]
     out.idx = idx;
     out.mmax = Mmax;
     return out;
@@ -177,20 +188,23 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
 class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinearFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
-                            const at::Tensor& w_amax, int64_t blocks, int64_t backward) {
+                            const at::Tensor& w_amax, int64_t blocks, int64_t backward, const at::Tensor& wq_values,
+                            const at::Tensor& wq_codes, const at::Tensor& wq_scales, const at::Tensor& wq_s_dec) {
     const int64_t T = x.size(0), E = w.size(0);
     const auto off = offsets_of(counts, T, E, "nvfp4_grouped_linear");
     const bool deq = static_cast<Backward>(backward) == Backward::kDequantized;
     const bool padded = x.is_cuda() && pads(off);
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
-    // Weights: one launch for all experts (per-expert or given amax).
-    NVFP4Operand qw = nvfp4_quantize_and_fake(w, static_cast<Blocks>(blocks), wa);  // values [E, N, K]
+    // Weights: one launch for all experts (per-expert or given amax), unless quantized already.
+    const NVFP4Operand qw = wq_values.numel() > 0
+                                ? NVFP4Operand{{wq_codes, wq_scales, wq_s_dec, static_cast<Blocks>(blocks)}, wq_values}
+                                : nvfp4_quantize_and_fake(w, static_cast<Blocks>(blocks), wa);  // values [E, N, K]
     std::vector<at::Tensor> saved_x;  // dequantized mode: packed x, one [E, Mmax, *] triple or one per expert
     GroupedForward f = grouped_forward(x, qw.values, qw.packed.s_dec, off, padded, deq);
     const at::Tensor y = f.y;
     saved_x = std::move(f.saved_x);
     if (padded) {
-      ctx->saved_data["pad_idx"] = f.idx;
+      if (f.idx.defined()) ctx->saved_data["pad_idx"] = f.idx;  // absent: no padding rows
       ctx->saved_data["mmax"] = f.mmax;
     }
     std::vector<at::Tensor> save;
@@ -224,14 +238,15 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     if (ctx->saved_data["padded"].toBool()) {
       // Padding rows of dy_pad are zero: they add nothing to dW, and their dX rows are dropped;
       // an expert with no tokens gets dW = 0. GEMMs in the compute dtype, fp32 accumulation.
-      const at::Tensor idx = ctx->saved_data["pad_idx"].toTensor();
+      const at::Tensor idx = ctx->saved_data.count("pad_idx") ? ctx->saved_data["pad_idx"].toTensor() : at::Tensor();
       const int64_t Mmax = ctx->saved_data["mmax"].toInt();
       const at::Tensor dy_pad = pad_rows(dy, idx, E, Mmax);  // [E, Mmax, N]
       const at::Tensor x_pad = deq ? nvfp4_dequantize({saved[3], saved[4], saved[5], Blocks::k1D}, dtype)
                                    : pad_rows(saved[0], idx, E, Mmax);  // [E, Mmax, K]
       const at::Tensor dx = unpad_rows(at::bmm(dy_pad, w_used), idx);  // [E, Mmax, K] -> [T, K]
       const at::Tensor dw = at::bmm(dy_pad.transpose(1, 2), x_pad);    // [E, N, K]
-      return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+      return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+              at::Tensor()};
     }
     at::Tensor dx = at::zeros({off[E], K}, dy.options());
     at::Tensor dw = at::zeros_like(w_used);
@@ -250,13 +265,31 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
       dx.narrow(0, off[e], n).copy_(dxe);
       dw[e].copy_(dwe);
     }
-    return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
 // Autograd Function arguments must be defined tensors: "no shared amax" travels as an empty one.
 at::Tensor amax_arg(const std::optional<at::Tensor>& a, const at::Tensor& w) {
   return a ? *a : at::empty({0}, w.options().dtype(at::kFloat));
+}
+
+// A weight quantized before the call, as the four tensor arguments of the Functions (empty ones
+// when absent), after checking that it is w's shape and on w's device.
+std::vector<at::Tensor> prequantized_args(const NVFP4Operand* q, const at::Tensor& w, const char* op) {
+  if (!q) {
+    const at::Tensor none = at::empty({0}, w.options());
+    return {none, none, none, none};
+  }
+  auto packed_shape = w.sizes().vec();
+  packed_shape.back() = w.size(-1) / 2;
+  FP4QAT_CHECK(q->values.sizes() == w.sizes() && q->values.device() == w.device() &&
+                   q->packed.codes.sizes() == c10::IntArrayRef(packed_shape) &&
+                   q->packed.s_dec.numel() == (w.dim() == 3 ? w.size(0) : 1),
+               op, ": the pre-quantized weight (values ", q->values.sizes(), ", codes ", q->packed.codes.sizes(),
+               ") does not fit the weight ", w.sizes(), " on ", w.device());
+  return {q->values, q->packed.codes, q->packed.scales, q->packed.s_dec};
 }
 
 }  // namespace
@@ -287,19 +320,22 @@ at::Tensor nvfp4_grouped_forward(const at::Tensor& x, const at::Tensor& w_values
 }
 
 at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4LinearOptions& opt,
-                        const std::optional<at::Tensor>& weight_amax) {
+                        const std::optional<at::Tensor>& weight_amax, const NVFP4Operand* w_quantized) {
   check_operands(x, w, 2, "nvfp4_linear");
+  const auto q = prequantized_args(w_quantized, w, "nvfp4_linear");
   return NVFP4LinearFn::apply(x, w, amax_arg(weight_amax, w), static_cast<int64_t>(opt.weight_blocks),
-                              static_cast<int64_t>(opt.backward));
+                              static_cast<int64_t>(opt.backward), q[0], q[1], q[2], q[3]);
 }
 
 at::Tensor nvfp4_grouped_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
-                                const NVFP4LinearOptions& opt, const std::optional<at::Tensor>& weight_amax) {
+                                const NVFP4LinearOptions& opt, const std::optional<at::Tensor>& weight_amax,
+                                const NVFP4Operand* w_quantized) {
   check_operands(x, w, 3, "nvfp4_grouped_linear");
   FP4QAT_CHECK(x.dim() == 2, "nvfp4_grouped_linear: x must be [T, K], got ", x.sizes());
   offsets_of(counts, x.size(0), w.size(0), "nvfp4_grouped_linear");  // validate before autograd sees the arguments
-  return NVFP4GroupedLinearFn::apply(x, w, counts, amax_arg(weight_amax, w),
-                                     static_cast<int64_t>(opt.weight_blocks), static_cast<int64_t>(opt.backward));
+  const auto q = prequantized_args(w_quantized, w, "nvfp4_grouped_linear");
+  return NVFP4GroupedLinearFn::apply(x, w, counts, amax_arg(weight_amax, w), static_cast<int64_t>(opt.weight_blocks),
+                                     static_cast<int64_t>(opt.backward), q[0], q[1], q[2], q[3]);
 }
 
 }  // namespace fp4qat::autograd

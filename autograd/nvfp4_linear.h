@@ -30,17 +30,25 @@ struct NVFP4LinearOptions {
 
 // x: [*, K] (bf16/f16/f32), w: [N, K] same dtype, K % 16 == 0. weight_amax: float32 [] on w's
 // device (a gated pair's shared amax), or nullopt for w's own. Returns [*, N] in x's dtype.
+// w_quantized: w's NVFP4 quantization computed earlier with the same blocks and amax
+// (nvfp4_quantize_and_fake; e.g. kept while w is unchanged, across the micro-batches of an
+// optimizer step): the forward uses it instead of quantizing w again. Its shapes are checked; that
+// it is the quantization of w's current values is the caller's contract. The gradient still flows
+// to w (high_precision backward uses w itself).
 at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4LinearOptions& opt,
-                        const std::optional<at::Tensor>& weight_amax = std::nullopt);
+                        const std::optional<at::Tensor>& weight_amax = std::nullopt,
+                        const NVFP4Operand* w_quantized = nullptr);
 
 // x: [T, K] with rows sorted by expert; counts: int64 [E] on the CPU (sum = T; zero allowed);
 // w: [E, N, K]; weight_amax: float32 [E] or nullopt. Returns [T, N].
 // On CUDA every expert is padded to Mmax = max(counts) rows ([E, Mmax, *] buffers) and each GEMM
 // is one batched call for all experts, no host synchronisation; under heavy routing imbalance
 // (see nvfp4_grouped_linear_pads) and on the CPU it loops over experts.
+// w_quantized: as for nvfp4_linear ([E, N, K] values, per-expert S_dec [E]).
 at::Tensor nvfp4_grouped_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
                                 const NVFP4LinearOptions& opt,
-                                const std::optional<at::Tensor>& weight_amax = std::nullopt);
+                                const std::optional<at::Tensor>& weight_amax = std::nullopt,
+                                const NVFP4Operand* w_quantized = nullptr);
 
 // Whether a CUDA nvfp4_grouped_linear with these counts takes the padded path:
 // max(counts) > 0 and E * max(counts) <= 2 * sum(counts) + 128; else it loops over experts.

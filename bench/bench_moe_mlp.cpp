@@ -24,6 +24,7 @@
 
 #include "autograd/nvfp4_linear.h"
 #include "kernels/cuda_kernels.h"
+#include "kernels/gemm/scaled_bmm.h"
 #include "qat/export.h"
 #include "qat/fsutil.h"
 
@@ -97,12 +98,39 @@ int main(int argc, char** argv) {
                        return fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o);
                      }});
   }
+  // The weights' quantization reused (qat.cache_weights: the second and later micro-batches of an
+  // optimizer step with grad_accum > 1; and every step when the export's quantization is shared).
+  fp4qat::NVFP4Operand pq13, pq2;
+  {
+    torch::NoGradGuard ng;
+    pq13 = fp4qat::nvfp4_quantize_and_fake(w13.detach(), fp4qat::Blocks::k1D);
+    pq2 = fp4qat::nvfp4_quantize_and_fake(w2.detach(), fp4qat::Blocks::k1D);
+  }
+  for (auto mode : {fp4qat::autograd::Backward::kHighPrecision, fp4qat::autograd::Backward::kDequantized}) {
+    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, mode};
+    paths.push_back({std::string("nvfp4 ") + fp4qat::autograd::to_string(mode) + ", cached w", [&, o] {
+                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o, std::nullopt, &pq13);
+                       return fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o, std::nullopt, &pq2);
+                     }});
+  }
+  {
+    // Diagnostic: the same NVFP4 MLP with the unfused ATen epilogue (fp32 result scaled in place,
+    // cast, rows gathered: three passes), to show what the fused epilogue kernel saves.
+    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
+    paths.push_back({"nvfp4 high_precision, unfused epi", [&, o] {
+                       fp4qat::gemm::set_fused_epilogue(false);
+                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o);
+                       at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o);
+                       fp4qat::gemm::set_fused_epilogue(true);
+                       return y;
+                     }});
+  }
   std::printf("MoE MLP fwd+bwd: %lld tokens x top-%lld, %lld experts, H %lld, I %lld (%.1f TFLOP per step)\n",
               (long long)tokens, (long long)topk, (long long)E, (long long)H, (long long)I, flops / 1e12);
   std::printf("nvfp4 grouped path: %s\n", fp4qat::autograd::nvfp4_grouped_linear_pads(counts)
                                                 ? "padded, batched GEMMs (at::bmm)"
                                                 : "per-expert loop (routing too imbalanced to pad)");
-  std::printf("%-28s %10s %10s %12s %14s\n", "path", "ms", "TFLOP/s", "vs bf16", "peak GiB");
+  std::printf("%-36s %10s %10s %12s %14s\n", "path", "ms", "TFLOP/s", "vs bf16", "peak GiB");
   double bf16_ms = 0, qat_ms = 0;
   for (const auto& p : paths) {
     auto step = [&] {
@@ -119,7 +147,7 @@ int main(int argc, char** argv) {
     const double peak = c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak - base;
     if (bf16_ms == 0) bf16_ms = ms;
     else if (qat_ms == 0) qat_ms = ms;
-    std::printf("%-28s %10.3f %10.1f %11.2fx %14.2f\n", p.name.c_str(), ms, flops / (ms * 1e9), ms / bf16_ms,
+    std::printf("%-36s %10.3f %10.1f %11.2fx %14.2f\n", p.name.c_str(), ms, flops / (ms * 1e9), ms / bf16_ms,
                 peak / (1024.0 * 1024 * 1024));
   }
 
@@ -169,12 +197,13 @@ int main(int argc, char** argv) {
   {
     torch::AutoGradMode grad_on(true);
     fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
-    auto step = [&] {
+    // q13 / q2: the weights' quantization made before the step (mode 6), else quantized in it.
+    auto step = [&](const fp4qat::NVFP4Operand* q13 = nullptr, const fp4qat::NVFP4Operand* q2 = nullptr) {
       x.mutable_grad() = at::Tensor();
       w13.mutable_grad() = at::Tensor();
       w2.mutable_grad() = at::Tensor();
-      at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o);
-      fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o).backward(gy);
+      at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o, std::nullopt, q13);
+      fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o, std::nullopt, q2).backward(gy);
     };
     const at::Tensor ia13 = at::ones({2 * E}, at::TensorOptions().device(at::kCUDA)), ia2 = at::ones({E}, ia13.options());
     fp4qat::qat::ExportOptions eo;
@@ -201,6 +230,25 @@ int main(int argc, char** argv) {
       Timing t;
       auto one = [&](bool timed) {
         const auto h0 = std::chrono::steady_clock::now();
+        if (mode == 6) {
+          // The trainer's shared quantization (qat.cache_weights): after the optimizer update the
+          // weights are quantized once, on the current stream; the export stages copies of that
+          // quantization and the next step's forward uses it instead of quantizing again.
+          torch::NoGradGuard ng2;
+          const fp4qat::NVFP4Operand q13 = fp4qat::nvfp4_quantize_and_fake(w13.detach(), fp4qat::Blocks::k1D);
+          const fp4qat::NVFP4Operand q2 = fp4qat::nvfp4_quantize_and_fake(w2.detach(), fp4qat::Blocks::k1D);
+          auto sf = std::make_shared<fp4qat::qat::StagedFolder>(eo, pool);
+          sf->add_stack(gu, 2, {q13.packed.codes, q13.packed.scales, q13.packed.s_dec}, ia13);
+          sf->add_stack(dn, 1, {q2.packed.codes, q2.packed.scales, q2.packed.s_dec}, ia2);
+          sf->seal();
+          prev2 = prev;
+          prev = sf;
+          torch::AutoGradMode grad_on2(true);
+          step(&q13, &q2);
+          prev->fence();  // where the optimizer update would start
+          if (timed) t.host_step_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0).count() / reps;
+          return;
+        }
         step();
         const auto h1 = std::chrono::steady_clock::now();
         if (prev && mode != 5) prev->fence();  // where the optimizer update would start
@@ -255,13 +303,14 @@ int main(int argc, char** argv) {
       t.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
       return t;
     };
-    const Timing t0 = loop(0), t1 = loop(1), t2 = loop(2), t3 = loop(3), t4 = loop(4), t5 = loop(5);
+    const Timing t0 = loop(0), t1 = loop(1), t2 = loop(2), t3 = loop(3), t4 = loop(4), t5 = loop(5), t6 = loop(6);
     std::printf("\nasync export in the training loop (nvfp4 high_precision steps, steady state, %d steps)\n", reps);
     const char* names[] = {"no export", "staged export (quantize + copies)", "quantize only (side stream)",
                            "fresh pinned copies only (side stream)", "reused pinned copies only (side stream)",
-                           "staged export without the fence"};
-    const Timing* ts[] = {&t0, &t1, &t2, &t3, &t4, &t5};
-    for (int m = 0; m < 6; ++m)
+                           "staged export without the fence",
+                           "shared quantization: quantize once, export copies it, forward uses it"};
+    const Timing* ts[] = {&t0, &t1, &t2, &t3, &t4, &t5, &t6};
+    for (int m = 0; m < 7; ++m)
       std::printf("  %-36s %8.3f ms/step (+%.3f ms = %.1f%%), host: step %.3f ms, staging %.3f ms\n", names[m], ts[m]->ms,
                   ts[m]->ms - t0.ms, 100 * (ts[m]->ms - t0.ms) / t0.ms, ts[m]->host_step_ms, ts[m]->host_stage_ms);
     // Device-to-host bandwidth into pinned memory, alone.

@@ -47,4 +47,13 @@ void mxfp8_quantize(const void* x, InType t, int64_t M, int64_t K, uint8_t* q, u
 void mxfp8_dequantize(const uint8_t* q, const uint8_t* scales, int64_t M, int64_t K, void* out, bool out_bf16,
                       cudaStream_t stream);
 
+// The emulated NVFP4 GEMM's epilogue in one pass (kernels/gemm/epilogue.cu): y float32 [B * M, N]
+// (an fp32 GEMM's result, B batches of M rows), alpha float32 [B]; out [T_rows, N] with
+// out[t, :] = cast(y[r, :] * alpha[r / M]), r = rows ? rows[t] : t (int64 [T_rows], a gather of
+// the real rows of a padded result; null: T_rows = B * M, every row in order). One fp32 multiply,
+// one rounding to nearest even.
+enum class OutType { F32, BF16, F16 };
+void scale_rows_cast(const float* y, const float* alpha, const int64_t* rows, int64_t T_rows, int64_t M, int64_t N,
+                     void* out, OutType o, cudaStream_t stream);
+
 }  // namespace fp4qat::cuda_kernels

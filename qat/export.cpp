@@ -280,20 +280,32 @@ void StagedFolder::add_plain(const std::string& name, const at::Tensor& t) {
 
 void StagedFolder::add_quantized(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& w,
                                  const std::optional<at::Tensor>& amax, const at::Tensor& input_amax) {
+  add_item(modules, parts, input_amax, {w, amax ? *amax : at::Tensor()}, [&] {
+    return quantize_stack(opt_.format, opt_.blocks, w, parts, amax,
+                          "export: module '" + (modules.empty() ? std::string("?") : modules[0]) + "'");
+  });
+}
+
+void StagedFolder::add_stack(const std::vector<std::string>& modules, int64_t parts, const QuantizedStack& q,
+                             const at::Tensor& input_amax) {
+  add_item(modules, parts, input_amax, {q.data, q.scales, q.s_dec}, [&] { return q; });
+}
+
+void StagedFolder::add_item(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& input_amax,
+                            const std::vector<at::Tensor>& reads, const std::function<QuantizedStack()>& make) {
   FP4QAT_CHECK(!sealed_, "export: module '", modules.empty() ? std::string("?") : modules[0], "' staged after seal()");
   Item it;
   it.modules = modules;
   it.parts = parts;
-  const std::string what = "export: module '" + (modules.empty() ? std::string("?") : modules[0]) + "'";
   std::optional<c10::StreamGuard> g;
-  if (!w.device().is_cpu()) {
-    begin_device_work(w.device());
-    keep_for_side_stream(w);
-    if (amax) keep_for_side_stream(*amax);
-    keep_for_side_stream(input_amax);
+  if (!reads.empty() && !reads[0].device().is_cpu()) {
+    begin_device_work(reads[0].device());
+    for (const at::Tensor& t : reads)
+      if (t.defined()) keep_for_side_stream(t);
+    if (input_amax.defined()) keep_for_side_stream(input_amax);
     g.emplace(*side_);
   }
-  const QuantizedStack q = quantize_stack(opt_.format, opt_.blocks, w, parts, amax, what);
+  const QuantizedStack q = make();
   it.q = {to_host(q.data), to_host(q.scales), to_host(q.s_dec)};
   if (input_amax.defined()) it.input_amax = to_host(input_amax.to(at::kFloat).reshape({-1}));
   items_.push_back(std::move(it));

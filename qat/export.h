@@ -136,6 +136,10 @@ class StagedFolder {
   // As HfFolderWriter::add_quantized; input_amax: float32 [E*P] on any device (NVFP4), or undefined.
   void add_quantized(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& w,
                      const std::optional<at::Tensor>& amax, const at::Tensor& input_amax);
+  // The same with the weights already quantized in the folder's format (quantize_stack's layout:
+  // [E, P*R, *], s_dec [E]); only the copies are staged.
+  void add_stack(const std::vector<std::string>& modules, int64_t parts, const QuantizedStack& q,
+                 const at::Tensor& input_amax);
   // Ends staging (records the side stream's progress; call on the staging thread before handing
   // the folder to another one). No add_* after it.
   void seal();
@@ -155,6 +159,10 @@ class StagedFolder {
     at::Tensor input_amax;             // host float32 [E*P] or undefined
   };
   at::Tensor to_host(const at::Tensor& t);  // a host copy (pinned, asynchronous from a GPU)
+  // One quantized stack: `make` runs on the side stream (GPU tensors) after it was ordered after
+  // the current stream and `reads` (and input_amax) were marked as used there.
+  void add_item(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& input_amax,
+                const std::vector<at::Tensor>& reads, const std::function<QuantizedStack()>& make);
   void begin_device_work(const at::Device& d);
   void keep_for_side_stream(const at::Tensor& t);  // record_stream on the side stream
   ExportOptions opt_;

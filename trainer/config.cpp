@@ -166,6 +166,7 @@ class Schema {
     add("qat", "keep_first_n", &q.keep_first_n, non_negative<int64_t>());
     add("qat", "keep_last_n", &q.keep_last_n, non_negative<int64_t>());
     add("qat", "train", &q.train, one_of({"all", "quantized_only"}));
+    add("qat", "cache_weights", &q.cache_weights);
     auto& x = c.exports;
     add("export", "every", &x.every, Check<int64_t>([](const int64_t& v) {
           return v >= -1 ? std::string() : "must be >= 0 (or -1: every step when qat.format is not none)";

@@ -70,6 +70,10 @@ struct QatConfig {
   std::string backward = "high_precision";    // high_precision | dequantized
   int64_t keep_first_n = 0, keep_last_n = 0;  // layers kept in BF16
   std::string train = "all";                  // all | quantized_only
+  // NVFP4: quantize each selected weight once per change (optimizer step, load) and reuse it in
+  // every forward until the next change and in that step's export (costs the quantized copy's
+  // memory: 2.56 bytes per selected weight element); false: quantize in every forward.
+  bool cache_weights = true;
 };
 
 // Per-step export for the rollout side (<train.out_dir>/exports/step-<N>/<format>/). The

@@ -76,8 +76,20 @@ std::string Exporter::submit(int64_t step) {
       if (policy_.quantized(g.param)) {
         std::vector<std::string> modules;
         for (const auto& n : g.names) modules.push_back(n.substr(0, n.size() - 7));  // drop ".weight"
-        sf->add_quantized(modules, g.parts, g.tensor, shared_amax.at(g.param),
-                          f == qat::ExportFormat::kNVFP4 ? module_amax.at(g.param) : at::Tensor());
+        // NVFP4: the quantization the forward of the next step uses (QatPolicy's cache: computed
+        // once for both); otherwise quantized here, on the side stream.
+        const NVFP4Operand* q =
+            f == qat::ExportFormat::kNVFP4 ? policy_.weight_quantization(g.param, g.tensor) : nullptr;
+        if (q) {
+          const bool dense = q->packed.codes.dim() == 2;
+          sf->add_stack(modules, g.parts,
+                        {dense ? q->packed.codes.unsqueeze(0) : q->packed.codes,
+                         dense ? q->packed.scales.unsqueeze(0) : q->packed.scales, q->packed.s_dec.reshape({-1})},
+                        module_amax.at(g.param));
+        } else {
+          sf->add_quantized(modules, g.parts, g.tensor, shared_amax.at(g.param),
+                            f == qat::ExportFormat::kNVFP4 ? module_amax.at(g.param) : at::Tensor());
+        }
       } else if (g.tensor.dim() == 3) {
         const int64_t R = g.tensor.size(1) / g.parts;
         for (int64_t e = 0; e < g.tensor.size(0); ++e)

@@ -16,6 +16,7 @@ QatPolicy::QatPolicy(const config::QatConfig& cfg, const model::Qwen3Moe& model,
   FP4QAT_CHECK(!quantize_forward || cfg.format == "nvfp4" || cfg.format == "mxfp8", "qat.format '", cfg.format,
                "': expected nvfp4 or mxfp8");
   mxfp8_ = cfg.format == "mxfp8";
+  cache_weights_ = cfg.cache_weights;
   opt_.weight_blocks = parse_blocks(cfg.weight_blocks);
   opt_.backward = autograd::parse_backward(cfg.backward);
   const int64_t L = model.config().num_hidden_layers;
@@ -62,6 +63,41 @@ std::optional<at::Tensor> QatPolicy::shared_weight_amax(const std::string& param
                      global_amax(compute_copy(model_.param(partner->partner).detach(), at::kBFloat16)));
 }
 
+namespace {
+// The same weight: the same memory viewed the same way (a parameter and its detached alias
+// qualify; both share one version counter). The cache keeps the tensor it saw alive, so its
+// memory cannot be reused by another tensor while the entry exists.
+bool same_weight(const at::Tensor& a, const at::Tensor& b) {
+  return a.defined() && b.defined() && a.data_ptr() == b.data_ptr() && a.device() == b.device() &&
+         a.sizes() == b.sizes() && a.strides() == b.strides() && a.scalar_type() == b.scalar_type();
+}
+}  // namespace
+
+const NVFP4Operand* QatPolicy::weight_quantization(const std::string& param, const at::Tensor& w) {
+  if (!cache_weights_ || mxfp8_ || !quantize_forward_ || !quantized(param)) return nullptr;
+  at::Tensor partner;
+  if (auto pr = qat::gated_partner(param); pr && w.dim() == 2) partner = model_.param(pr->partner);
+  auto it = cache_.find(param);
+  if (it != cache_.end()) {
+    const CachedWeight& c = it->second;
+    const bool same_partner = partner.defined()
+                                  ? same_weight(c.partner, partner) && c.partner_version == partner._version()
+                                  : !c.partner.defined();
+    if (same_weight(c.w, w) && c.w_version == w._version() && same_partner) return &c.q;
+    cache_.erase(it);  // stale: free it before quantizing anew
+  }
+  torch::NoGradGuard ng;
+  CachedWeight c;
+  c.w = w;
+  c.w_version = w._version();
+  if (partner.defined()) {
+    c.partner = partner;
+    c.partner_version = partner._version();
+  }
+  c.q = nvfp4_quantize_and_fake(compute_copy(w.detach(), at::kBFloat16), opt_.weight_blocks, shared_weight_amax(param));
+  return &cache_.emplace(param, std::move(c)).first->second.q;
+}
+
 void QatPolicy::observe(const std::string& name, const at::Tensor& amax) {
   auto it = input_amax_.find(name);
   if (it == input_amax_.end()) input_amax_.emplace(name, amax);
@@ -84,6 +120,7 @@ at::Tensor QatPolicy::linear(const std::string& name, const at::Tensor& x, const
   const at::Tensor wc = compute_copy(w, x.scalar_type());
   if (weight_observer) weight_observer(name, wc.detach());
   if (mxfp8_) return autograd::mxfp8_linear(x, wc, opt_.backward);
+  if (const NVFP4Operand* q = weight_quantization(name, w)) return autograd::nvfp4_linear(x, wc, opt_, std::nullopt, q);
   return autograd::nvfp4_linear(x, wc, opt_, shared_weight_amax(name));
 }
 
@@ -106,7 +143,7 @@ at::Tensor QatPolicy::grouped(const std::string& name, const at::Tensor& x, cons
   const at::Tensor wc = compute_copy(w, x.scalar_type());
   if (weight_observer) weight_observer(name, wc.detach());
   if (mxfp8_) return autograd::mxfp8_grouped_linear(x.contiguous(), wc, counts, opt_.backward);
-  return autograd::nvfp4_grouped_linear(x.contiguous(), wc, counts, opt_);
+  return autograd::nvfp4_grouped_linear(x.contiguous(), wc, counts, opt_, std::nullopt, weight_quantization(name, w));
 }
 
 }  // namespace fp4qat::qatp

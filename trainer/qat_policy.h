@@ -12,6 +12,7 @@
 // take_input_amax() becomes the exports' `input_scale`. With quantize_forward = false it only
 // observes (BF16 training whose exports are quantized: post-training quantization each step).
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <optional>
@@ -42,6 +43,15 @@ class QatPolicy : public model::LinearPolicy {
   // max(amax_gate, amax_up) over the compute copies; nullopt otherwise (own / per-expert amax).
   std::optional<at::Tensor> shared_weight_amax(const std::string& param) const;
 
+  // The NVFP4 quantization the forward uses for selected weight `param` (its compute copy, the
+  // recipe's blocks, its own or the gated pair's shared amax): with qat.cache_weights, computed
+  // once per change of the weight and kept — a change is detected by the version counter of the
+  // weight (and of a dense gated partner), which every in-place update (optimizer step, checkpoint
+  // load) advances — so the micro-batches of a step, evaluation, the mismatch probe and the
+  // export of the step share one quantization. nullptr when caching is off or the format is not
+  // nvfp4. `w` is the tensor the model hands to linear()/grouped() for `param`.
+  const NVFP4Operand* weight_quantization(const std::string& param, const at::Tensor& w);
+
   // Running max of the activation amax of every selected parameter (float32 [] or [E], on the
   // model's device) observed since the previous call; cleared by the call.
   std::map<std::string, at::Tensor> take_input_amax();
@@ -62,6 +72,13 @@ class QatPolicy : public model::LinearPolicy {
   bool mxfp8_ = false;  // qat.format mxfp8: MXFP8 operands (autograd/mxfp8_linear.h)
   std::set<std::string> params_;  // parameter names (model-internal) selected for quantization
   std::map<std::string, at::Tensor> input_amax_;
+  bool cache_weights_ = true;
+  struct CachedWeight {
+    at::Tensor w, partner;  // the tensors it was computed from (kept: their identity is part of the key)
+    uint32_t w_version = 0, partner_version = 0;
+    NVFP4Operand q;
+  };
+  std::map<std::string, CachedWeight> cache_;
 };
 
 }  // namespace fp4qat::qatp

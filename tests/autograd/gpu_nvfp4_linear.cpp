@@ -117,6 +117,14 @@ TEST(GpuNVFP4GroupedLinear, PaddedEqualsLoopOfSingleExpertCalls) {
   expect_grouped_equals_loop(cv, 4);
 }
 
+TEST(GpuNVFP4GroupedLinear, UniformRoutingNeedsNoPaddingRowsAndEqualsLoop) {
+  FP4QAT_REQUIRE_GPU();
+  // Every expert has the same count: x is used as the [E, M, K] batch directly (no pad copies).
+  const std::vector<int64_t> cv = {48, 48, 48, 48};
+  ASSERT_TRUE(fp4qat::autograd::nvfp4_grouped_linear_pads(at::tensor(cv, at::kLong)));
+  expect_grouped_equals_loop(cv, 5);
+}
+
 TEST(GpuNVFP4GroupedLinear, ImbalancedRoutingFallsBackToLoopAndEqualsLoop) {
   FP4QAT_REQUIRE_GPU();
   // One expert takes nearly all tokens: E * Mmax = 2000 > 2 * 408 + 128, so the per-expert loop.

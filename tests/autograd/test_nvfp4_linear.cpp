@@ -202,3 +202,47 @@ TEST(NVFP4Linear, BadArguments) {
                fp4qat::Error);  // counts sum to 3, not 4
   EXPECT_THROW(fp4qat::autograd::parse_backward("stochastic"), fp4qat::Error);
 }
+
+// A weight quantized before the call (w_quantized) gives the same output and gradients, byte for
+// byte, as quantizing it in the call — both functions, both backward modes, own and shared amax;
+// a pre-quantized weight of another shape is refused with the function named.
+TEST(NVFP4Linear, PrequantizedWeightEqualsQuantizingInTheCall) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(21);
+  for (auto mode : {Backward::kHighPrecision, Backward::kDequantized})
+    for (bool shared : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << fp4qat::autograd::to_string(mode) << (shared ? " shared amax" : ""));
+      const NVFP4LinearOptions opt{Blocks::k1D, mode};
+      const at::Tensor x0 = at::randn({20, 64}, gen), w0 = at::randn({48, 64}, gen) * 0.1, g = at::randn({20, 48}, gen);
+      const std::optional<at::Tensor> amax =
+          shared ? std::optional<at::Tensor>(fp4qat::global_amax(w0) * 2) : std::nullopt;
+      const fp4qat::NVFP4Operand q = fp4qat::nvfp4_quantize_and_fake(w0, Blocks::k1D, amax);
+      at::Tensor xa = x0.clone().requires_grad_(true), wa = w0.clone().requires_grad_(true);
+      at::Tensor xb = x0.clone().requires_grad_(true), wb = w0.clone().requires_grad_(true);
+      const at::Tensor ya = fp4qat::autograd::nvfp4_linear(xa, wa, opt, amax);
+      const at::Tensor yb = fp4qat::autograd::nvfp4_linear(xb, wb, opt, std::nullopt, &q);
+      ya.backward(g);
+      yb.backward(g);
+      EXPECT_TRUE(bytes_equal(ya, yb));
+      EXPECT_TRUE(bytes_equal(xa.grad(), xb.grad()));
+      EXPECT_TRUE(bytes_equal(wa.grad(), wb.grad()));
+      // grouped
+      const at::Tensor counts = at::tensor(std::vector<int64_t>{7, 0, 13}, at::kLong);
+      const at::Tensor w3 = at::randn({3, 48, 64}, gen) * 0.1;
+      const fp4qat::NVFP4Operand q3 = fp4qat::nvfp4_quantize_and_fake(w3, Blocks::k1D);
+      at::Tensor xc = x0.clone().requires_grad_(true), wc = w3.clone().requires_grad_(true);
+      at::Tensor xd = x0.clone().requires_grad_(true), wd = w3.clone().requires_grad_(true);
+      const at::Tensor yc = fp4qat::autograd::nvfp4_grouped_linear(xc, wc, counts, opt);
+      const at::Tensor yd = fp4qat::autograd::nvfp4_grouped_linear(xd, wd, counts, opt, std::nullopt, &q3);
+      yc.backward(g);
+      yd.backward(g);
+      EXPECT_TRUE(bytes_equal(yc, yd));
+      EXPECT_TRUE(bytes_equal(xc.grad(), xd.grad()));
+      EXPECT_TRUE(bytes_equal(wc.grad(), wd.grad()));
+      try {
+        fp4qat::autograd::nvfp4_grouped_linear(x0, w3.narrow(1, 0, 32), counts, opt, std::nullopt, &q3);
+        ADD_FAILURE() << "a pre-quantized weight of another shape was accepted";
+      } catch (const fp4qat::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("nvfp4_grouped_linear"), std::string::npos) << e.what();
+      }
+    }
+}

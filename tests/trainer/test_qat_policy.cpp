@@ -127,3 +127,98 @@ TEST(QatPolicy, ExpertOnlyTrainingUpdatesOnlyExperts) {
     EXPECT_EQ(at::equal(after.view(name), p0.detach()), !expert) << name;
   }
 }
+
+// qat.cache_weights: the quantization a forward uses is computed once per change of the weight
+// (the same tensors are handed out while it is unchanged, also for a detached alias such as the
+// exporter's), equals a fresh quantization of the compute copy, is recomputed after an in-place
+// update (an optimizer step) — also of a dense gated partner whose amax it shares — and the
+// forward is the same with and without the cache.
+TEST(QatPolicy, WeightQuantizationIsCachedUntilTheWeightChanges) {
+  fp4qat::model::Qwen3Moe m(small_model(), 2);
+  cfg::QatConfig q;
+  q.format = "nvfp4";
+  q.modules = {"model.layers.*.mlp.experts.*", "model.layers.1.mlp.*"};  // experts, and layer 1's dense MLP (a gated pair)
+  fp4qat::qatp::QatPolicy p(q, m);
+  const std::string name = "model.layers.0.mlp.experts.gate_up_proj";
+  const fp4qat::NVFP4Operand* a = p.weight_quantization(name, m.param(name));
+  ASSERT_NE(a, nullptr);
+  const at::Tensor values = a->values;
+  const fp4qat::NVFP4Operand fresh =
+      fp4qat::nvfp4_quantize_and_fake(m.param(name).detach().to(at::kBFloat16), fp4qat::Blocks::k1D);
+  EXPECT_TRUE(fp4qat::test::bytes_equal(a->values, fresh.values));
+  EXPECT_TRUE(fp4qat::test::bytes_equal(a->packed.codes, fresh.packed.codes));
+  EXPECT_TRUE(fp4qat::test::bytes_equal(a->packed.scales, fresh.packed.scales));
+  EXPECT_TRUE(fp4qat::test::bytes_equal(a->packed.s_dec, fresh.packed.s_dec));
+  // Unchanged weight (also through a detached alias): the very same tensors.
+  EXPECT_TRUE(p.weight_quantization(name, m.param(name))->values.is_same(values));
+  EXPECT_TRUE(p.weight_quantization(name, m.param(name).detach())->values.is_same(values));
+  // The forward with the cache equals the forward without it.
+  const at::Tensor x = at::randn({10, 64});
+  const at::Tensor counts = at::tensor(std::vector<int64_t>{3, 0, 6, 1}, at::kLong);
+  cfg::QatConfig off = q;
+  off.cache_weights = false;
+  fp4qat::qatp::QatPolicy p_off(off, m);
+  EXPECT_EQ(p_off.weight_quantization(name, m.param(name)), nullptr);
+  {
+    torch::NoGradGuard ng;
+    EXPECT_TRUE(fp4qat::test::bytes_equal(p.grouped(name, x, m.param(name), counts),
+                                          p_off.grouped(name, x, m.param(name), counts)));
+  }
+  // An in-place update (as the optimizer makes): a new quantization, of the new values.
+  {
+    torch::NoGradGuard ng;
+    m.param(name).mul_(1.5);
+  }
+  const fp4qat::NVFP4Operand* b = p.weight_quantization(name, m.param(name));
+  EXPECT_FALSE(b->values.is_same(values));
+  EXPECT_TRUE(fp4qat::test::bytes_equal(
+      b->values, fp4qat::nvfp4_fake_quantize(m.param(name).detach().to(at::kBFloat16), fp4qat::Blocks::k1D).values));
+  // A dense gated pair shares max(amax_gate, amax_up): changing the partner alone refreshes it.
+  const std::string gate = "model.layers.1.mlp.gate_proj.weight", up = "model.layers.1.mlp.up_proj.weight";
+  const at::Tensor s_before = p.weight_quantization(gate, m.param(gate))->packed.s_dec.clone();
+  {
+    torch::NoGradGuard ng;
+    m.param(up).mul_(4.0);  // up's amax now dominates the pair's
+  }
+  const at::Tensor shared = at::maximum(fp4qat::global_amax(m.param(gate).detach().to(at::kBFloat16)),
+                                        fp4qat::global_amax(m.param(up).detach().to(at::kBFloat16)));
+  const at::Tensor s_after = p.weight_quantization(gate, m.param(gate))->packed.s_dec;
+  EXPECT_FALSE(at::equal(s_before, s_after));
+  EXPECT_TRUE(fp4qat::test::bytes_equal(
+      s_after, fp4qat::nvfp4_quantize(m.param(gate).detach().to(at::kBFloat16), fp4qat::Blocks::k1D, shared).s_dec));
+  // Not cached for an MXFP8 recipe.
+  cfg::QatConfig mx = q;
+  mx.format = "mxfp8";
+  fp4qat::qatp::QatPolicy p_mx(mx, m);
+  EXPECT_EQ(p_mx.weight_quantization(name, m.param(name)), nullptr);
+}
+
+// Training with the cache equals training without it, byte for byte (losses, checkpoint,
+// exports), with gradient accumulation (several forwards per optimizer step use one quantization).
+TEST(QatPolicy, CachedWeightsChangeNoResult) {
+  fp4qat::test::TempDir d;
+  auto run = [&](bool cache, const std::string& out) {
+    cfg::Config c = fp4qat::test::small_moe_run(d.file(out));
+    c.train.dtype = "fp32";
+    c.train.grad_accum = 2;
+    c.qat.format = "nvfp4";
+    c.qat.backward = "dequantized";
+    c.qat.cache_weights = cache;
+    fp4qat::train::Options o;
+    o.quiet = true;
+    return fp4qat::train::run(c, o);
+  };
+  const auto a = run(true, "on"), b = run(false, "off");
+  ASSERT_EQ(a.steps.size(), b.steps.size());
+  ASSERT_GE(a.exports.size(), 2u);
+  for (size_t i = 0; i < a.steps.size(); ++i) EXPECT_EQ(a.steps[i].loss, b.steps[i].loss) << "step " << i;
+  const std::string ck = "/checkpoints/step-" + std::to_string(a.final_step) + "/model.safetensors";
+  std::vector<std::string> files = {ck};
+  for (const char* f : {"model-00001-of-00001.safetensors", "model.safetensors.index.json", "hf_quant_config.json"})
+    files.push_back(std::string("/exports/latest/nvfp4/") + f);
+  for (const auto& f : files) {
+    const std::string on = fp4qat::test::read_bytes(d.file("on") + f);
+    EXPECT_FALSE(on.empty()) << f << " missing";
+    EXPECT_EQ(on, fp4qat::test::read_bytes(d.file("off") + f)) << f;
+  }
+}
