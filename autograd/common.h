@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -44,6 +46,24 @@ inline std::vector<int64_t> offsets_of(const at::Tensor& counts, int64_t T, int6
   }
   FP4QAT_CHECK(off[E] == T, op, ": counts sum to ", off[E], " but x has ", T, " rows");
   return off;
+}
+
+// Whether the grouped GEMMs run as at::_grouped_mm: CUDA, bf16 operands and output (its dtype
+// rule), 16-byte aligned rows of dY^T (N % 8; K % 32 already holds), a non-empty int32 row range.
+inline bool uses_grouped_mm(const at::Tensor& x, int64_t N) {
+  const int64_t T = x.size(0);
+  return x.is_cuda() && x.scalar_type() == at::kBFloat16 && N % 8 == 0 && T > 0 &&
+         T <= std::numeric_limits<int32_t>::max();
+}
+
+// at::_grouped_mm's offsets: int32 [E] on `dev`, the end row of each expert (the cumulative sum of
+// counts), built in pinned host memory and copied asynchronously (no host synchronisation).
+inline at::Tensor device_offsets(const std::vector<int64_t>& off, const at::Device& dev) {
+  const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  at::Tensor o = at::empty({E}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  int32_t* p = o.data_ptr<int32_t>();
+  for (int64_t e = 0; e < E; ++e) p[e] = static_cast<int32_t>(off[e + 1]);
+  return o.to(dev, /*non_blocking=*/true);
 }
 
 }  // namespace fp4qat::autograd::detail

@@ -83,24 +83,6 @@ class MXFP8LinearFn : public torch::autograd::Function<MXFP8LinearFn> {
   }
 };
 
-// Whether the grouped GEMMs run as at::_grouped_mm: CUDA, bf16 operands and output (its dtype
-// rule), 16-byte aligned rows of dY^T (N % 8; K % 32 already holds), a non-empty int32 row range.
-bool uses_grouped_mm(const at::Tensor& x, int64_t N) {
-  const int64_t T = x.size(0);
-  return x.is_cuda() && x.scalar_type() == at::kBFloat16 && N % 8 == 0 && T > 0 &&
-         T <= std::numeric_limits<int32_t>::max();
-}
-
-// at::_grouped_mm's offsets: int32 [E] on `dev`, the end row of each expert (the cumulative sum of
-// counts), built in pinned host memory and copied asynchronously (no host synchronisation).
-at::Tensor device_offsets(const std::vector<int64_t>& off, const at::Device& dev) {
-  const int64_t E = static_cast<int64_t>(off.size()) - 1;
-  at::Tensor o = at::empty({E}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
-  int32_t* p = o.data_ptr<int32_t>();
-  for (int64_t e = 0; e < E; ++e) p[e] = static_cast<int32_t>(off[e + 1]);
-  return o.to(dev, /*non_blocking=*/true);
-}
-
 // Grouped MXFP8 linear. x and W are quantized once (MXFP8 blocks never cross rows and there is no
 // global scale, so a token's quantization does not depend on its expert); on CUDA with bf16 each
 // GEMM is one at::_grouped_mm, elsewhere (and on the CPU, the bit-exact reference) a loop over
@@ -113,11 +95,11 @@ class MXFP8GroupedLinearFn : public torch::autograd::Function<MXFP8GroupedLinear
     const auto off = detail::offsets_of(counts, T, E, "mxfp8_grouped_linear");
     const auto [xq, wq] = quantize_and_save(ctx, x, w, backward);  // [T, K], [E, N, K]
     ctx->saved_data["off"] = c10::IValue(off);
-    const bool grouped = uses_grouped_mm(x, N);
+    const bool grouped = detail::uses_grouped_mm(x, N);
     ctx->saved_data["grouped_mm"] = grouped;
     if (grouped) {
       // bf16 operands, fp32 accumulation, bf16 output: one rounding (no alpha to apply).
-      const at::Tensor offs = device_offsets(off, x.device());
+      const at::Tensor offs = detail::device_offsets(off, x.device());
       ctx->saved_data["offs"] = offs;
       return at::_grouped_mm(xq, wq.transpose(1, 2), offs);  // [T, K] x [E, K, N] -> [T, N]
     }

@@ -165,7 +165,11 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
     // The emulated NVFP4 GEMM for all experts: bf16 operands, fp32 accumulation and output,
     // alpha[e] = S_dec_x[e] * S_dec_w[e] applied once in fp32, one rounding to x's dtype, and
     // the real rows gathered, in one pass over the fp32 result (kernels/gemm/scaled_bmm.h).
-    out.y = gemm::scaled_bmm(xq, w_values, s_dec_x * w_s_dec, x.scalar_type(), idx).reshape({T, N});  // [T, N]
+    // On Hopper with bf16, one CUTLASS grouped GEMM applies alpha in its epilogue and writes the
+    // real rows only; elsewhere the batched GEMM and the fused epilogue pass.
+    const at::Tensor alpha = s_dec_x * w_s_dec;  // [E]
+    out.y = gemm::grouped_scaled_mm(xq, w_values, alpha, off, x.scalar_type());
+    if (!out.y.defined()) out.y = gemm::scaled_bmm(xq, w_values, alpha, x.scalar_type(), idx).reshape({T, N});  // [T, N]
     out.idx = idx;
     out.mmax = Mmax;
     return out;
@@ -240,6 +244,19 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
       // an expert with no tokens gets dW = 0. GEMMs in the compute dtype, fp32 accumulation.
       const at::Tensor idx = ctx->saved_data.count("pad_idx") ? ctx->saved_data["pad_idx"].toTensor() : at::Tensor();
       const int64_t Mmax = ctx->saved_data["mmax"].toInt();
+      if (detail::uses_grouped_mm(dy, dy.size(1))) {
+        // bf16 on CUDA: two grouped GEMMs on the real rows (no padding rows computed), the calls
+        // torch's own _grouped_mm backward makes; an expert with no tokens gets dW = 0.
+        const at::Tensor offs = detail::device_offsets(off, dy.device());
+        const at::Tensor x_rows =
+            deq ? unpad_rows(nvfp4_dequantize({saved[3], saved[4], saved[5], Blocks::k1D}, dtype), idx)  // [T, K]
+                : saved[0];
+        const at::Tensor dyc = dy.contiguous();
+        const at::Tensor dx = at::_grouped_mm(dyc, w_used.contiguous(), offs);      // [T, N] x [E, N, K] -> [T, K]
+        const at::Tensor dw = at::_grouped_mm(dyc.t(), x_rows.contiguous(), offs);  // [N, T] x [T, K] -> [E, N, K]
+        return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+                at::Tensor()};
+      }
       const at::Tensor dy_pad = pad_rows(dy, idx, E, Mmax);  // [E, Mmax, N]
       const at::Tensor x_pad = deq ? nvfp4_dequantize({saved[3], saved[4], saved[5], Blocks::k1D}, dtype)
                                    : pad_rows(saved[0], idx, E, Mmax);  // [E, Mmax, K]

@@ -7,6 +7,7 @@
 // of each path (allocated during a step, above what is live before it).
 //   fp4qat_bench_moe_mlp [--reps 10] [--warmup 3] [--tokens 16384]
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -114,14 +115,56 @@ int main(int argc, char** argv) {
                      }});
   }
   {
+    // Diagnostic: without the Hopper grouped GEMM (batched cuBLAS GEMM + fused epilogue pass).
+    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
+    paths.push_back({"nvfp4 high_precision, cached w, bmm", [&, o] {
+                       fp4qat::gemm::set_grouped_gemm(false);
+                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o, std::nullopt, &pq13);
+                       at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o, std::nullopt, &pq2);
+                       fp4qat::gemm::set_grouped_gemm(true);
+                       return y;
+                     }});
+  }
+  {
+    // Skewed routing (expert e gets a share proportional to 1 + 0.75 sin(e); Mmax ~1.7x the
+    // mean): the padded NVFP4 path beside BF16 on the same offsets.
+    std::vector<int64_t> sk(E);
+    double tot = 0;
+    for (int64_t e = 0; e < E; ++e) tot += 1.0 + 0.75 * std::sin(static_cast<double>(e));
+    int64_t used = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      sk[e] = static_cast<int64_t>(T * (1.0 + 0.75 * std::sin(static_cast<double>(e))) / tot) / 8 * 8;
+      used += sk[e];
+    }
+    sk[0] += T - used;
+    static at::Tensor skc, skoffs;
+    skc = at::tensor(sk, at::kLong);
+    skoffs = at::cumsum(skc, 0).to(at::kInt).cuda();
+    paths.push_back({"bf16 skewed routing", [&] {
+                       at::Tensor h = at::_grouped_mm(x, w13.transpose(1, 2), skoffs);
+                       return at::_grouped_mm(swiglu(h), w2.transpose(1, 2), skoffs);
+                     }});
+    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
+    paths.push_back({"nvfp4 high_precision skewed", [&, o] {
+                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, skc, o);
+                       return fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, skc, o);
+                     }});
+    paths.push_back({"nvfp4 high_precision skewed, cached w", [&, o] {
+                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, skc, o, std::nullopt, &pq13);
+                       return fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, skc, o, std::nullopt, &pq2);
+                     }});
+  }
+  {
     // Diagnostic: the same NVFP4 MLP with the unfused ATen epilogue (fp32 result scaled in place,
     // cast, rows gathered: three passes), to show what the fused epilogue kernel saves.
     fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
     paths.push_back({"nvfp4 high_precision, unfused epi", [&, o] {
                        fp4qat::gemm::set_fused_epilogue(false);
+                       fp4qat::gemm::set_grouped_gemm(false);
                        at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o);
                        at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o);
                        fp4qat::gemm::set_fused_epilogue(true);
+                       fp4qat::gemm::set_grouped_gemm(true);
                        return y;
                      }});
   }

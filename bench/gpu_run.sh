@@ -9,6 +9,8 @@
 #   ./.gloo: gloo's headers (a folder holding gloo/context.h) for the CPU (gloo) multi-process
 #   tests, if the machine has no libgloo-dev (e.g. `apt-get download libgloo-dev` here, then
 #   `dpkg -x libgloo-dev_*.deb x && mv x/usr/include .gloo`); without them those tests skip.
+#   ./.cutlass: CUTLASS's include/ and tools/util/include/ (copied from the venv's nvidia-cutlass
+#   package) for the Hopper grouped GEMM; without them it is left out of the build.
 #   `dist` (2+ GPUs): the NCCL test, then tokens/s of the ~110M MoE on 1 GPU, 2 GPUs DP, 2 GPUs EP.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +33,7 @@ if want build; then
   [ -d "${FP4QAT_GTEST_SRC:-$here/.gtest}" ] && gtest=(-DFP4QAT_GTEST_SOURCE_DIR="${FP4QAT_GTEST_SRC:-$here/.gtest}")
   [ -d "$here/.boost-po" ] && gtest+=(-DFP4QAT_BOOST_PO_SOURCE_DIR="$here/.boost-po")
   [ -d "$here/.gloo" ] && gtest+=(-DFP4QAT_GLOO_INCLUDE_DIR="$here/.gloo")
+  [ -d "$here/.cutlass/include" ] && gtest+=(-DFP4QAT_CUTLASS_DIR="$here/.cutlass")
   cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" "${gtest[@]}" \
     >"$here/gpu-configure.log" 2>&1 || { tail -40 "$here/gpu-configure.log"; exit 1; }
   cmake --build "$build" -j "$(nproc)" >"$here/gpu-build.log" 2>&1 || { grep -E "error|FAILED" -A3 "$here/gpu-build.log" | head -60; exit 1; }

@@ -2,6 +2,8 @@
 #include "kernels/gemm/scaled_bmm.h"
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/common/check.h"
 
@@ -11,11 +13,15 @@
 
 #include "kernels/cuda_kernels.h"
 #endif
+#ifdef FP4QAT_WITH_CUTLASS
+#include "kernels/gemm_sm90/grouped_gemm.h"
+#endif
 
 namespace fp4qat::gemm {
 
 namespace {
 std::atomic<bool> g_fused{true};
+std::atomic<int> g_grouped{-1};  // -1: not yet read from the environment
 
 // The unfused epilogue: fp32 result [B, M, N] times alpha[b], one cast, then the selected rows.
 at::Tensor epilogue_aten(at::Tensor y32, const at::Tensor& alpha, at::ScalarType out, const at::Tensor& rows) {
@@ -26,6 +32,70 @@ at::Tensor epilogue_aten(at::Tensor y32, const at::Tensor& alpha, at::ScalarType
 }  // namespace
 
 void set_fused_epilogue(bool on) { g_fused = on; }
+
+void set_grouped_gemm(bool on) { g_grouped = on ? 1 : 0; }
+bool grouped_gemm_enabled() {
+  int v = g_grouped.load();
+  if (v < 0) {
+    const char* env = std::getenv("FP4QAT_GROUPED_GEMM");
+    v = env && std::strcmp(env, "0") == 0 ? 0 : 1;
+    g_grouped = v;
+  }
+  return v == 1;
+}
+
+at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& alpha,
+                             const std::vector<int64_t>& off, at::ScalarType out) {
+  FP4QAT_CHECK(x.dim() == 3 && w.dim() == 3 && x.size(0) == w.size(0) && x.size(2) == w.size(2) &&
+                   static_cast<int64_t>(off.size()) == x.size(0) + 1,
+               "grouped_scaled_mm: x [E, Mmax, K], w [E, N, K] and off [E + 1] do not fit: ", x.sizes(), ", ",
+               w.sizes(), ", ", off.size());
+#ifdef FP4QAT_WITH_CUTLASS
+  const int64_t E = x.size(0), Mmax = x.size(1), N = w.size(1), K = x.size(2);
+  if (!grouped_gemm_enabled() || !x.is_cuda() || x.scalar_type() != at::kBFloat16 ||
+      w.scalar_type() != at::kBFloat16 || out != at::kBFloat16 || N % 8 != 0 || K % 8 != 0 || N > INT32_MAX ||
+      K > INT32_MAX || Mmax > INT32_MAX)
+    return at::Tensor();
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  if (prop->major != 9 || prop->minor != 0) return at::Tensor();
+  FP4QAT_CHECK(alpha.scalar_type() == at::kFloat && alpha.numel() == E && alpha.device() == x.device(),
+               "grouped_scaled_mm: alpha must be float32 [E = ", E, "] on ", x.device());
+  std::vector<int> m;
+  std::vector<int64_t> x0, y0, we;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = off[e + 1] - off[e];
+    FP4QAT_CHECK(n >= 0 && n <= Mmax, "grouped_scaled_mm: expert ", e, " has ", n, " rows, more than Mmax = ", Mmax);
+    if (n == 0) continue;  // an expert without rows: no group
+    m.push_back(static_cast<int>(n));
+    x0.push_back(e * Mmax);
+    y0.push_back(off[e]);
+    we.push_back(e);
+  }
+  at::Tensor y = at::empty({off[E], N}, x.options().dtype(out));
+  const int groups = static_cast<int>(m.size());
+  if (groups == 0) return y;
+  const at::Tensor xc = x.contiguous(), wc = w.contiguous(), al = alpha.reshape({E}).contiguous();
+  namespace sm90 = fp4qat::cuda_kernels::sm90;
+  const int64_t bytes = static_cast<int64_t>(sm90::grouped_args_bytes(groups));
+  at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  sm90::fill_grouped_args(host.data_ptr(), groups, static_cast<int>(N), static_cast<int>(K), m.data(), x0.data(),
+                          y0.data(), we.data(), xc.data_ptr(), wc.data_ptr(), y.data_ptr(), al.data_ptr<float>());
+  const at::Tensor dev = host.to(x.device(), /*non_blocking=*/true);  // the host block stays valid until copied
+  const int sms = prop->multiProcessorCount;
+  const size_t ws_bytes = sm90::grouped_workspace_bytes(dev.data_ptr(), groups, m.data(), static_cast<int>(N),
+                                                        static_cast<int>(K), sms);
+  at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes) + 1}, x.options().dtype(at::kByte));
+  if (!sm90::grouped_gemm_bf16(dev.data_ptr(), groups, m.data(), static_cast<int>(N), static_cast<int>(K),
+                               ws.data_ptr(), ws_bytes, sms, at::cuda::getCurrentCUDAStream().stream()))
+    return at::Tensor();
+  return y;
+#else
+  (void)alpha;
+  (void)out;
+  return at::Tensor();
+#endif
+}
 bool fused_epilogue() { return g_fused.load(); }
 
 at::Tensor scaled_bmm(const at::Tensor& a, const at::Tensor& w, const at::Tensor& alpha, at::ScalarType out,

@@ -11,10 +11,28 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace fp4qat::gemm {
 
 at::Tensor scaled_bmm(const at::Tensor& a, const at::Tensor& w, const at::Tensor& alpha, at::ScalarType out,
                       const at::Tensor& rows = at::Tensor());
+
+// The grouped form on rows of a padded batch: x [E, Mmax, K] (expert e's rows first in slice e),
+// w [E, N, K], alpha float32 [E], off: host row offsets [E + 1] of the result (expert e has
+// off[e+1] - off[e] <= Mmax rows). Returns y [off[E], N] in `out` with
+//   y[off[e] + j, :] = to(out)( alpha[e] * (x[e, j, :] @ w[e]^T) ),
+// the same arithmetic as scaled_bmm(x, w, alpha, out, rows) — in one CUTLASS grouped GEMM with
+// alpha in its epilogue (kernels/gemm_sm90/grouped_gemm.h): no fp32 result in memory, no padding
+// rows computed. Returns an undefined tensor when that kernel does not apply (not compiled in,
+// not an sm_90 device, dtypes other than bf16, N or K not a multiple of 8, or switched off): the
+// caller then uses scaled_bmm.
+at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& alpha,
+                             const std::vector<int64_t>& off, at::ScalarType out);
+// Switch for grouped_scaled_mm (tests, benchmark); FP4QAT_GROUPED_GEMM=0 in the environment turns
+// it off at start.
+void set_grouped_gemm(bool on);
+bool grouped_gemm_enabled();
 
 // Diagnostic switch (benchmark, tests): false makes the CUDA path use the unfused ATen epilogue
 // (at::mul_, Tensor::to, index_select) instead of the fused kernel; the bytes are the same.

@@ -10,6 +10,9 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <ATen/cuda/CUDAContext.h>
+
+#include <algorithm>
 
 #include "kernels/common/check.h"
 #include "kernels/gemm/scaled_bmm.h"
@@ -77,4 +80,69 @@ TEST(GpuScaledBmm, RejectsMismatchedOperands) {
                                         at::kBFloat16),
                fp4qat::Error);
   EXPECT_THROW(fp4qat::gemm::scaled_bmm(a, at::zeros({2, 8, 32}, a.options()), alpha.cpu(), at::kBFloat16), fp4qat::Error);
+}
+
+namespace {
+// The padded batch x [E, Mmax, K] whose expert e holds counts[e] real rows, the rest zeros, and
+// the row gather `rows` (int64 [T]) of the real rows, as the grouped NVFP4 function builds them.
+struct Padded {
+  at::Tensor x, rows;
+  std::vector<int64_t> off;
+};
+Padded padded(const std::vector<int64_t>& counts, int64_t K, uint64_t seed, bool ints) {
+  const int64_t E = static_cast<int64_t>(counts.size());
+  int64_t Mmax = 1;
+  for (int64_t c : counts) Mmax = std::max(Mmax, c);
+  Padded p;
+  p.x = at::zeros({E, Mmax, K});
+  p.off = {0};
+  std::vector<int64_t> rows;
+  for (int64_t e = 0; e < E; ++e) {
+    if (counts[e])
+      p.x[e].narrow(0, 0, counts[e]).copy_(ints ? small_ints({counts[e], K}, seed + e) : at::randn({counts[e], K}, gen(seed + e)));
+    for (int64_t j = 0; j < counts[e]; ++j) rows.push_back(e * Mmax + j);
+    p.off.push_back(p.off.back() + counts[e]);
+  }
+  p.rows = at::tensor(rows, at::kLong);
+  return p;
+}
+}  // namespace
+
+// The Hopper grouped GEMM (CUTLASS, alpha in its epilogue, real rows only) gives the bytes of
+// the definition on exactly summable operands — with experts of 0, 1, 7 and 300 rows — and
+// stays within one bf16 ulp of the batched path on random operands.
+TEST(GpuScaledBmm, GroupedGemmEqualsTheDefinition) {
+  FP4QAT_REQUIRE_GPU();
+#ifndef FP4QAT_WITH_CUTLASS
+  GTEST_SKIP() << "built without CUTLASS (no grouped GEMM)";
+#else
+  if (at::cuda::getCurrentDeviceProperties()->major != 9) GTEST_SKIP() << "not an sm_90 device";
+  const std::vector<int64_t> counts = {7, 0, 1, 300, 64, 0, 129};
+  for (const auto& [N, K] : std::vector<std::pair<int64_t, int64_t>>{{96, 128}, {1536, 2048}, {200, 48}}) {
+    SCOPED_TRACE(::testing::Message() << "N " << N << " K " << K);
+    const Padded p = padded(counts, K, 11, /*ints=*/true);
+    const int64_t E = static_cast<int64_t>(counts.size());
+    const at::Tensor w = small_ints({E, N, K}, 12), alpha = at::rand({E}, gen(13)).mul_(1e-3).add_(1e-5);
+    const at::Tensor want = fp4qat::gemm::scaled_bmm(p.x, w, alpha, at::kBFloat16, p.rows);  // CPU reference
+    const at::Tensor got = fp4qat::gemm::grouped_scaled_mm(p.x.to(at::kBFloat16).cuda(), w.to(at::kBFloat16).cuda(),
+                                                           alpha.cuda(), p.off, at::kBFloat16);
+    ASSERT_TRUE(got.defined()) << "the grouped GEMM refused a supported problem";
+    ASSERT_EQ(got.sizes(), want.sizes());
+    EXPECT_TRUE(bytes_equal(got, want));
+  }
+  // Random operands: against the batched GEMM + fused epilogue (another accumulation order).
+  const Padded p = padded(counts, 256, 21, /*ints=*/false);
+  const int64_t E = static_cast<int64_t>(counts.size());
+  const at::Tensor x = p.x.to(at::kBFloat16).cuda(), w = at::randn({E, 192, 256}, gen(22)).to(at::kBFloat16).cuda();
+  const at::Tensor alpha = at::rand({E}, gen(23)).add_(0.25).cuda();
+  const at::Tensor got = fp4qat::gemm::grouped_scaled_mm(x, w, alpha, p.off, at::kBFloat16);
+  ASSERT_TRUE(got.defined());
+  const at::Tensor ref = fp4qat::gemm::scaled_bmm(x, w, alpha, at::kBFloat16, p.rows.cuda()).cpu().to(at::kFloat);
+  const at::Tensor bad = (got.cpu().to(at::kFloat) - ref).abs() > ref.abs() * (1.0 / 128) + 1e-3 * ref.abs().max();
+  EXPECT_EQ(bad.sum().item<int64_t>(), 0);
+  // Switched off, it declines (and the NVFP4 functions use the batched path).
+  fp4qat::gemm::set_grouped_gemm(false);
+  EXPECT_FALSE(fp4qat::gemm::grouped_scaled_mm(x, w, alpha, p.off, at::kBFloat16).defined());
+  fp4qat::gemm::set_grouped_gemm(true);
+#endif
 }
