@@ -244,9 +244,10 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
       // an expert with no tokens gets dW = 0. GEMMs in the compute dtype, fp32 accumulation.
       const at::Tensor idx = ctx->saved_data.count("pad_idx") ? ctx->saved_data["pad_idx"].toTensor() : at::Tensor();
       const int64_t Mmax = ctx->saved_data["mmax"].toInt();
-      if (detail::uses_grouped_mm(dy, dy.size(1))) {
-        // bf16 on CUDA: two grouped GEMMs on the real rows (no padding rows computed), the calls
-        // torch's own _grouped_mm backward makes; an expert with no tokens gets dW = 0.
+      if (idx.defined() && detail::uses_grouped_mm(dy, dy.size(1))) {
+        // Padding rows, bf16 on CUDA: two grouped GEMMs on the real rows (no padding rows
+        // computed), the calls torch's own _grouped_mm backward makes; an expert with no tokens
+        // gets dW = 0. (Without padding rows the batched GEMMs below run on views of dy and x.)
         const at::Tensor offs = detail::device_offsets(off, dy.device());
         const at::Tensor x_rows =
             deq ? unpad_rows(nvfp4_dequantize({saved[3], saved[4], saved[5], Blocks::k1D}, dtype), idx)  // [T, K]

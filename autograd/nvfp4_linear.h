@@ -41,9 +41,13 @@ at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4Lin
 
 // x: [T, K] with rows sorted by expert; counts: int64 [E] on the CPU (sum = T; zero allowed);
 // w: [E, N, K]; weight_amax: float32 [E] or nullopt. Returns [T, N].
-// On CUDA every expert is padded to Mmax = max(counts) rows ([E, Mmax, *] buffers) and each GEMM
-// is one batched call for all experts, no host synchronisation; under heavy routing imbalance
-// (see nvfp4_grouped_linear_pads) and on the CPU it loops over experts.
+// On CUDA every expert is padded to Mmax = max(counts) rows ([E, Mmax, *] buffers; when all
+// counts are equal x itself is that batch, no copy) so that one launch quantizes all experts'
+// activations with per-expert amax; the forward GEMM is one CUTLASS grouped GEMM on Hopper (bf16:
+// real rows only, alpha in its epilogue; kernels/gemm/scaled_bmm.h) or else one batched cuBLAS GEMM
+// and a fused scale/round/gather pass; the backward GEMMs are grouped (at::_grouped_mm, bf16,
+// padded case) or batched. No host synchronisation. Under heavy routing imbalance (see
+// nvfp4_grouped_linear_pads) and on the CPU it loops over experts.
 // w_quantized: as for nvfp4_linear ([E, N, K] values, per-expert S_dec [E]).
 at::Tensor nvfp4_grouped_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
                                 const NVFP4LinearOptions& opt,
