@@ -144,6 +144,21 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
   if (padded) {
     const int64_t Mmax = max_count(off);
     const at::Tensor idx = pad_index(off, Mmax, x.device());  // [T]
+    out.idx = idx;
+    out.mmax = Mmax;
+    if (!deq && idx.defined()) {
+      // Unequal counts, nothing packed to save: the activations are quantized in place, each
+      // expert's rows with its own amax (nvfp4_quantize_rows: no padded copy), and the grouped
+      // GEMM reads them where they are; without it, the quantized values are padded for the
+      // batched GEMM.
+      const NVFP4Operand qx = nvfp4_quantize_rows(x, off);  // values [T, K], s_dec [E]
+      const at::Tensor alpha = qx.packed.s_dec * w_s_dec;   // [E]
+      out.y = gemm::grouped_scaled_mm(qx.values, w_values, alpha, off, x.scalar_type());
+      if (!out.y.defined())
+        out.y = gemm::scaled_bmm(pad_rows(qx.values, idx, E, Mmax), w_values, alpha, x.scalar_type(), idx)
+                    .reshape({T, N});
+      return out;
+    }
     const at::Tensor x_pad = pad_rows(x, idx, E, Mmax);        // [E, Mmax, K]
     // Activations: one launch quantizes every expert with its own amax. Slice e of x_pad holds
     // expert e's rows followed by zero rows; zeros do not change max|x| (so amax and S_dec
@@ -170,8 +185,6 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
     const at::Tensor alpha = s_dec_x * w_s_dec;  // [E]
     out.y = gemm::grouped_scaled_mm(xq, w_values, alpha, off, x.scalar_type());
     if (!out.y.defined()) out.y = gemm::scaled_bmm(xq, w_values, alpha, x.scalar_type(), idx).reshape({T, N});  // [T, N]
-    out.idx = idx;
-    out.mmax = Mmax;
     return out;
   }
   out.y = at::empty({T, N}, x.options());

@@ -121,6 +121,37 @@ at::Tensor nvfp4_dequantize(const NVFP4Tensor& q, at::ScalarType dtype) {
   return bf16 || dtype == at::kFloat ? out : out.to(dtype);
 }
 
+NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x_in, const std::vector<int64_t>& off, bool packed) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = prepared(x_in);
+  const int64_t T = x.size(0), K = x.size(1), G = static_cast<int64_t>(off.size()) - 1;
+  FP4QAT_CHECK(G <= INT32_MAX, "nvfp4_quantize_rows: too many groups");
+  // The group of every row, built in pinned host memory and copied asynchronously.
+  at::Tensor group = at::empty({T}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  int32_t* gp = group.data_ptr<int32_t>();
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t r = off[g]; r < off[g + 1]; ++r) gp[r] = static_cast<int32_t>(g);
+  const at::Tensor group_d = group.to(x.device(), /*non_blocking=*/true);
+  auto u8 = x.options().dtype(at::kByte);
+  NVFP4Operand out;
+  out.packed.blocks = Blocks::k1D;
+  if (packed) {
+    out.packed.codes = at::empty({T, K / 2}, u8);
+    out.packed.scales = at::empty({T, K / 16}, u8);
+  }
+  out.values = at::empty({T, K}, x.options().dtype(at::kBFloat16));
+  out.packed.s_dec = at::empty({G}, x.options().dtype(at::kFloat));
+  at::Tensor ws = at::empty({std::max<int64_t>(G, 1)}, x.options().dtype(at::kInt));
+  ck::nvfp4_quantize_rows(x.data_ptr(), in_type(x), T, K, group_d.data_ptr<int32_t>(), G,
+                          reinterpret_cast<uint32_t*>(ws.data_ptr<int32_t>()),
+                          packed ? out.packed.codes.data_ptr<uint8_t>() : nullptr,
+                          packed ? out.packed.scales.data_ptr<uint8_t>() : nullptr,
+                          reinterpret_cast<uint16_t*>(out.values.data_ptr()), out.packed.s_dec.data_ptr<float>(),
+                          stream());
+  if (packed) out.packed.scales = out.packed.scales.view(at::kFloat8_e4m3fn);
+  return out;
+}
+
 MXFP8Tensor mxfp8_quantize(const at::Tensor& x_in) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = prepared(x_in);

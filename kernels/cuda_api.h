@@ -10,6 +10,7 @@ NVFP4Tensor nvfp4_quantize(const at::Tensor& x, Blocks blocks, const std::option
 at::Tensor nvfp4_dequantize(const NVFP4Tensor& q, at::ScalarType dtype);
 NVFP4FakeQuant nvfp4_fake_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax);
 NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax);
+NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x, const std::vector<int64_t>& off, bool packed);
 MXFP8Tensor mxfp8_quantize(const at::Tensor& x);
 at::Tensor mxfp8_dequantize(const MXFP8Tensor& q, at::ScalarType dtype);
 

@@ -129,6 +129,39 @@ NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor& x, Blocks blocks, const s
   return {q, nvfp4_dequantize(unit, at::kBFloat16)};
 }
 
+NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x, const std::vector<int64_t>& off, bool packed) {
+  check_input(x, fmt::kNvfp4Block, "nvfp4_quantize_rows");
+  FP4QAT_CHECK(x.dim() == 2, "nvfp4_quantize_rows: x must be [T, K], got ", x.sizes());
+  FP4QAT_CHECK(off.size() >= 2 && off.front() == 0 && off.back() == x.size(0),
+               "nvfp4_quantize_rows: row offsets must run from 0 to T = ", x.size(0));
+  for (size_t g = 0; g + 1 < off.size(); ++g)
+    FP4QAT_CHECK(off[g + 1] >= off[g], "nvfp4_quantize_rows: row offsets decrease at group ", g);
+  if (is_cuda(x)) return cuda::nvfp4_quantize_rows(x, off, packed);
+  // The reference: each group's row slice quantized alone.
+  const int64_t G = static_cast<int64_t>(off.size()) - 1, K = x.size(1);
+  std::vector<at::Tensor> codes, scales, values;
+  at::Tensor s_dec = at::empty({G}, x.options().dtype(at::kFloat));
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t n = off[g + 1] - off[g];
+    if (n == 0) {
+      s_dec[g].fill_(fmt::nvfp4_s_dec(fmt::nvfp4_s_enc(0.0f)));
+      continue;
+    }
+    const NVFP4Operand q = nvfp4_quantize_and_fake(x.narrow(0, off[g], n), Blocks::k1D);
+    codes.push_back(q.packed.codes);
+    scales.push_back(q.packed.scales);
+    values.push_back(q.values);
+    s_dec[g].copy_(q.packed.s_dec);
+  }
+  auto cat = [&](const std::vector<at::Tensor>& v, int64_t cols, at::ScalarType t) {
+    return v.empty() ? at::empty({0, cols}, x.options().dtype(t)) : at::cat(v, 0);
+  };
+  NVFP4Operand out{{packed ? cat(codes, K / 2, at::kByte) : at::Tensor(),
+                    packed ? cat(scales, K / 16, at::kFloat8_e4m3fn) : at::Tensor(), s_dec, Blocks::k1D},
+                   cat(values, K, at::kBFloat16)};
+  return out;
+}
+
 MXFP8Tensor mxfp8_quantize(const at::Tensor& x) {
   check_input(x, fmt::kMxfp8Block, "mxfp8_quantize");
   if (is_cuda(x)) return cuda::mxfp8_quantize(x);

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <vector>
 #include <string>
 
 namespace fp4qat {
@@ -58,6 +59,13 @@ struct NVFP4Operand {
 };
 NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor& x, Blocks blocks,
                                      const std::optional<at::Tensor>& amax = std::nullopt);
+
+// The activations of a grouped linear, unpadded: x [T, K] with rows sorted by group, off: host
+// row offsets [G + 1] (off[0] = 0, off[G] = T; empty groups allowed). Each group is quantized in
+// 1x16 blocks with its own amax — for every group, the bytes nvfp4_quantize_and_fake gives for
+// the row slice x[off[g]:off[g+1]] alone. Returns packed codes [T, K/2] / scales [T, K/16] (when
+// `packed`), values bf16 [T, K], s_dec float32 [G] (a group without rows: amax 0, S_dec 1).
+NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x, const std::vector<int64_t>& off, bool packed = false);
 
 // MXFP8 quantize. x: f32/bf16/f16, 2-D or 3-D, K % 32 == 0.
 MXFP8Tensor mxfp8_quantize(const at::Tensor& x);

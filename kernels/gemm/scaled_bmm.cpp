@@ -46,12 +46,14 @@ bool grouped_gemm_enabled() {
 
 at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& alpha,
                              const std::vector<int64_t>& off, at::ScalarType out) {
-  FP4QAT_CHECK(x.dim() == 3 && w.dim() == 3 && x.size(0) == w.size(0) && x.size(2) == w.size(2) &&
-                   static_cast<int64_t>(off.size()) == x.size(0) + 1,
-               "grouped_scaled_mm: x [E, Mmax, K], w [E, N, K] and off [E + 1] do not fit: ", x.sizes(), ", ",
-               w.sizes(), ", ", off.size());
+  const bool rows_layout = x.dim() == 2;  // x [T, K]: expert e's rows at off[e]
+  FP4QAT_CHECK((x.dim() == 3 || rows_layout) && w.dim() == 3 && x.size(-1) == w.size(2) &&
+                   static_cast<int64_t>(off.size()) == w.size(0) + 1 && (rows_layout || x.size(0) == w.size(0)) &&
+                   (!rows_layout || off.back() == x.size(0)),
+               "grouped_scaled_mm: x [E, Mmax, K] or [T, K], w [E, N, K] and off [E + 1] do not fit: ", x.sizes(),
+               ", ", w.sizes(), ", ", off.size());
 #ifdef FP4QAT_WITH_CUTLASS
-  const int64_t E = x.size(0), Mmax = x.size(1), N = w.size(1), K = x.size(2);
+  const int64_t E = w.size(0), Mmax = rows_layout ? x.size(0) : x.size(1), N = w.size(1), K = x.size(-1);
   if (!grouped_gemm_enabled() || !x.is_cuda() || x.scalar_type() != at::kBFloat16 ||
       w.scalar_type() != at::kBFloat16 || out != at::kBFloat16 || N % 8 != 0 || K % 8 != 0 || N > INT32_MAX ||
       K > INT32_MAX || Mmax > INT32_MAX)
@@ -68,7 +70,7 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
     FP4QAT_CHECK(n >= 0 && n <= Mmax, "grouped_scaled_mm: expert ", e, " has ", n, " rows, more than Mmax = ", Mmax);
     if (n == 0) continue;  // an expert without rows: no group
     m.push_back(static_cast<int>(n));
-    x0.push_back(e * Mmax);
+    x0.push_back(rows_layout ? off[e] : e * Mmax);
     y0.push_back(off[e]);
     we.push_back(e);
   }

@@ -18,7 +18,8 @@ namespace fp4qat::gemm {
 at::Tensor scaled_bmm(const at::Tensor& a, const at::Tensor& w, const at::Tensor& alpha, at::ScalarType out,
                       const at::Tensor& rows = at::Tensor());
 
-// The grouped form on rows of a padded batch: x [E, Mmax, K] (expert e's rows first in slice e),
+// The grouped form on rows of a padded batch: x [E, Mmax, K] (expert e's rows first in slice e;
+// or x [T, K] with expert e's rows at off[e], unpadded),
 // w [E, N, K], alpha float32 [E], off: host row offsets [E + 1] of the result (expert e has
 // off[e+1] - off[e] <= Mmax rows). Returns y [off[E], N] in `out` with
 //   y[off[e] + j, :] = to(out)( alpha[e] * (x[e, j, :] @ w[e]^T) ),

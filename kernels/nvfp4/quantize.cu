@@ -426,6 +426,79 @@ void launch_fused(const Nvfp4Args& a, cudaStream_t stream) {
 
 size_t nvfp4_workspace_bytes(int64_t E) { return ((static_cast<size_t>(E) * 8 + 15) / 16) * 16 + 16; }
 
+namespace {
+
+// ---- Row groups: rows of x [T, K] sorted by group (an expert's tokens), one amax per group ----
+// Pass 1: one warp per row folds max |row| into amax[group of the row] (exact: max is order-free).
+template <InType T>
+__global__ void __launch_bounds__(kThreads) rows_amax_kernel(const void* x, int64_t rows, int64_t K,
+                                                             const int32_t* group, uint32_t* amax_bits) {
+  const int64_t nb = K / 16, lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
+  for (int64_t r = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
+    float m = 0.0f;
+    for (int64_t b = lane; b < nb; b += 32) {
+      float v[16];
+      load16<T, Src::kCached>(x, (r * nb + b) * 16, v);
+      m = fmaxf(m, max16(v));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) atomic_max_nonneg(amax_bits + group[r], m);
+  }
+}
+
+// Pass 2: every 16-element block quantized with its row's group scale — the arithmetic of the
+// fused kernel's 1D quantize step (emit_block), with S_enc taken per block from the group amax.
+template <InType T>
+__global__ void __launch_bounds__(kThreads) rows_quantize_kernel(const void* x, int64_t units, int64_t nb,
+                                                                 const int32_t* group, const uint32_t* amax_bits,
+                                                                 uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+  for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
+       u += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const float amax = __uint_as_float(amax_bits[group[u / nb]]);
+    const float s_enc = nvfp4_s_enc(amax);
+    float v[16];
+    load16<T, Src::kStreaming>(x, u * 16, v);
+    emit_block(v, nvfp4_block_scale(max16(v), nvfp4_block_factor(s_enc)), nvfp4_s_dec(s_enc), u, codes, scales, fake);
+  }
+}
+
+__global__ void rows_s_dec_kernel(const uint32_t* amax_bits, int64_t groups, float* s_dec) {
+  const int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (g < groups) s_dec[g] = nvfp4_s_dec(nvfp4_s_enc(__uint_as_float(amax_bits[g])));
+}
+
+}  // namespace
+
+void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const int32_t* group, int64_t groups,
+                         uint32_t* amax_bits, uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec,
+                         cudaStream_t stream) {
+  FP4QAT_CUDA_CHECK(cudaMemsetAsync(amax_bits, 0, sizeof(uint32_t) * std::max<int64_t>(groups, 1), stream));
+  if (rows > 0) {
+    const int64_t nb = K / 16, units = rows * nb;
+    const unsigned g1 = static_cast<unsigned>(std::min<int64_t>((rows + kThreads / 32 - 1) / (kThreads / 32), 1 << 16));
+    const unsigned g2 = static_cast<unsigned>(std::min<int64_t>((units + kThreads - 1) / kThreads, 1 << 18));
+    switch (t) {
+#define FP4QAT_ROWS(TY)                                                                                       \
+  case TY:                                                                                                  \
+    rows_amax_kernel<TY><<<g1, kThreads, 0, stream>>>(x, rows, K, group, amax_bits);                        \
+    FP4QAT_CUDA_CHECK(cudaGetLastError());                                                                  \
+    rows_quantize_kernel<TY><<<g2, kThreads, 0, stream>>>(x, units, nb, group, amax_bits, codes, scales, fake); \
+    break;
+      FP4QAT_ROWS(InType::BF16)
+      FP4QAT_ROWS(InType::F16)
+      FP4QAT_ROWS(InType::F32)
+#undef FP4QAT_ROWS
+    }
+    FP4QAT_CUDA_CHECK(cudaGetLastError());
+  }
+  if (groups > 0) {
+    rows_s_dec_kernel<<<static_cast<unsigned>((groups + 255) / 256), 256, 0, stream>>>(amax_bits, groups, s_dec);
+    FP4QAT_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
 void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
   FP4QAT_CHECK(a.K % 16 == 0 && a.K > 0, "nvfp4_quantize (CUDA): K = ", a.K, " is not a positive multiple of 16");
   FP4QAT_CHECK(a.s_dec && a.workspace, "nvfp4_quantize (CUDA): s_dec and workspace are required");

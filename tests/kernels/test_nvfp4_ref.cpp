@@ -166,3 +166,26 @@ TEST(MXFP8Ref, DequantizeIsCloseAndBlocksArePowersOfTwo) {
       EXPECT_LT(s, 2.0f * amax / 448.0f);
     }
 }
+
+// nvfp4_quantize_rows (CPU): each group's rows quantized alone, in place; an empty group gets
+// S_dec 1; groups with different magnitudes get different S_dec (so a shared amax would fail);
+// bad row offsets are refused, naming the function.
+TEST(NVFP4Ref, RowGroupsAreQuantizedEachAlone) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(31);
+  const at::Tensor x = at::cat({at::randn({5, 32}, gen), at::randn({3, 32}, gen) * 100}, 0).to(at::kBFloat16);
+  const std::vector<int64_t> off = {0, 5, 5, 8};
+  const fp4qat::NVFP4Operand q = fp4qat::nvfp4_quantize_rows(x, off, /*packed=*/true);
+  ASSERT_EQ(q.values.sizes(), x.sizes());
+  ASSERT_EQ(q.packed.s_dec.numel(), 3);
+  EXPECT_EQ(q.packed.s_dec[1].item<float>(), 1.0f);
+  EXPECT_NE(q.packed.s_dec[0].item<float>(), q.packed.s_dec[2].item<float>());
+  for (int64_t g : {0, 2}) {
+    const at::Tensor slice = x.narrow(0, off[g], off[g + 1] - off[g]);
+    const fp4qat::NVFP4Operand e = fp4qat::nvfp4_quantize_and_fake(slice, Blocks::k1D);
+    EXPECT_TRUE(bytes_equal(q.values.narrow(0, off[g], off[g + 1] - off[g]), e.values)) << g;
+    EXPECT_TRUE(bytes_equal(q.packed.codes.narrow(0, off[g], off[g + 1] - off[g]), e.packed.codes)) << g;
+    EXPECT_TRUE(bytes_equal(q.packed.s_dec[g], e.packed.s_dec)) << g;
+  }
+  EXPECT_THROW(fp4qat::nvfp4_quantize_rows(x, {0, 9}), fp4qat::Error);
+  EXPECT_THROW(fp4qat::nvfp4_quantize_rows(x, {0, 6, 5, 8}), fp4qat::Error);
+}
