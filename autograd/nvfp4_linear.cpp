@@ -199,9 +199,10 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
   return out;
 }
 
-// Grouped NVFP4 linear. On CUDA (unless pads() refuses) every expert is padded to the largest
-// count Mmax and all experts run as one batched GEMM each way; elsewhere (and on the CPU, the
-// bit-exact reference) it loops over experts.
+// Grouped NVFP4 linear. On CUDA (unless pads() refuses) all experts run in one launch per step
+// (see grouped_forward and nvfp4_linear.h: in-place or padded activation quantization, one grouped
+// or batched GEMM each way); under heavier imbalance and on the CPU (the bit-exact reference) it
+// loops over experts.
 class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinearFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
