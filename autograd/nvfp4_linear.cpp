@@ -137,10 +137,37 @@ struct GroupedForward {
   int64_t mmax = 0;
 };
 
+// Whether the grouped function runs in place on CUDA ("rows"): unequal counts (equal ones make x
+// the [E, M, K] batch as it is, quantized in one fused launch), high_precision (nothing packed to
+// save), bf16, and both the grouped forward GEMM and at::_grouped_mm apply. Then the activations
+// are quantized where they are (per-expert amax over row ranges) and no operand is padded, at any
+// routing imbalance.
+bool in_place(const at::Tensor& x, const at::Tensor& w, bool deq, const std::vector<int64_t>& off) {
+  const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  return !deq && x.is_cuda() && off[E] != E * max_count(off) && detail::uses_grouped_mm(x, w.size(1)) &&
+         gemm::grouped_gemm_supported(x, w.size(1), w.size(2), x.scalar_type());
+}
+
 GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,
-                               const std::vector<int64_t>& off, bool padded, bool deq) {
+                               const std::vector<int64_t>& off, bool padded, bool deq, bool rows = false) {
   const int64_t T = x.size(0), E = w_values.size(0), N = w_values.size(1);
   GroupedForward out;
+  if (rows) {
+    // In place: each expert's row range quantized with its own amax (nvfp4_quantize_rows), one
+    // grouped GEMM with alpha in its epilogue reading the rows where they are. Should the GEMM
+    // refuse the problem at run time, the same quantized rows go through one GEMM per expert.
+    const NVFP4Operand qx = nvfp4_quantize_rows(x, off);  // values [T, K], s_dec [E]
+    const at::Tensor alpha = qx.packed.s_dec * w_s_dec;   // [E]
+    out.y = gemm::grouped_scaled_mm(qx.values, w_values, alpha, off, x.scalar_type());
+    if (out.y.defined()) return out;
+    out.y = at::empty({T, N}, x.options());
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = off[e + 1] - off[e];
+      if (n > 0)
+        out.y.narrow(0, off[e], n).copy_(emulated_gemm(qx.values.narrow(0, off[e], n), w_values[e], alpha[e], x.scalar_type()));
+    }
+    return out;
+  }
   if (padded) {
     const int64_t Mmax = max_count(off);
     const at::Tensor idx = pad_index(off, Mmax, x.device());  // [T]
@@ -211,14 +238,15 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     const int64_t T = x.size(0), E = w.size(0);
     const auto off = offsets_of(counts, T, E, "nvfp4_grouped_linear");
     const bool deq = static_cast<Backward>(backward) == Backward::kDequantized;
-    const bool padded = x.is_cuda() && pads(off);
+    const bool rows = in_place(x, w, deq, off);
+    const bool padded = !rows && x.is_cuda() && pads(off);
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
     // Weights: one launch for all experts (per-expert or given amax), unless quantized already.
     const NVFP4Operand qw = wq_values.numel() > 0
                                 ? NVFP4Operand{{wq_codes, wq_scales, wq_s_dec, static_cast<Blocks>(blocks)}, wq_values}
                                 : nvfp4_quantize_and_fake(w, static_cast<Blocks>(blocks), wa);  // values [E, N, K]
     std::vector<at::Tensor> saved_x;  // dequantized mode: packed x, one [E, Mmax, *] triple or one per expert
-    GroupedForward f = grouped_forward(x, qw.values, qw.packed.s_dec, off, padded, deq);
+    GroupedForward f = grouped_forward(x, qw.values, qw.packed.s_dec, off, padded, deq, rows);
     const at::Tensor y = f.y;
     saved_x = std::move(f.saved_x);
     if (padded) {
@@ -237,6 +265,7 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     ctx->saved_data["dtype"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["off"] = c10::IValue(off);
     ctx->saved_data["padded"] = padded;
+    ctx->saved_data["rows"] = rows;
     return y;
   }
 
@@ -253,6 +282,16 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
       w_used = saved[1];
     }
     const int64_t E = w_used.size(0), K = w_used.size(2);
+    if (ctx->saved_data["rows"].toBool()) {
+      // In place (high_precision, bf16): the calls torch's own _grouped_mm backward makes, on the
+      // saved x and w; an expert with no tokens gets dW = 0.
+      const at::Tensor offs = detail::device_offsets(off, dy.device());
+      const at::Tensor dyc = dy.contiguous();
+      const at::Tensor dx = at::_grouped_mm(dyc, w_used.contiguous(), offs);           // [T, N] x [E, N, K] -> [T, K]
+      const at::Tensor dw = at::_grouped_mm(dyc.t(), saved[0].contiguous(), offs);     // [N, T] x [T, K] -> [E, N, K]
+      return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+              at::Tensor()};
+    }
     if (ctx->saved_data["padded"].toBool()) {
       // Padding rows of dy_pad are zero: they add nothing to dW, and their dX rows are dropped;
       // an expert with no tokens gets dW = 0. GEMMs in the compute dtype, fp32 accumulation.
@@ -348,7 +387,9 @@ at::Tensor nvfp4_grouped_forward(const at::Tensor& x, const at::Tensor& w_values
                "nvfp4_grouped_forward: x ", x.sizes(), " and weight values [E, out, in] ", w_values.sizes(), " do not fit");
   FP4QAT_CHECK(x.dim() == 2, "nvfp4_grouped_forward: x must be [T, K], got ", x.sizes());
   const auto off = offsets_of(counts, x.size(0), w_values.size(0), "nvfp4_grouped_forward");
-  return grouped_forward(x.contiguous(), w_values, w_s_dec, off, x.is_cuda() && pads(off), false).y;
+  const at::Tensor xc = x.contiguous();
+  const bool rows = in_place(xc, w_values, false, off);
+  return grouped_forward(xc, w_values, w_s_dec, off, !rows && x.is_cuda() && pads(off), false, rows).y;
 }
 
 at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4LinearOptions& opt,

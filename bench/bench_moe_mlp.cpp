@@ -155,6 +155,27 @@ int main(int argc, char** argv) {
                      }});
   }
   {
+    // A hot expert: expert 0 takes a quarter of the rows, the rest share the others (far past the
+    // padding limit: before the in-place path this ran as a loop over experts).
+    std::vector<int64_t> hot(E, 0);
+    hot[0] = T / 4 / 8 * 8;
+    const int64_t rest = (T - hot[0]) / (E - 1) / 8 * 8;
+    for (int64_t e = 1; e < E; ++e) hot[e] = rest;
+    hot[0] += T - hot[0] - rest * (E - 1);
+    static at::Tensor hc, hoffs;
+    hc = at::tensor(hot, at::kLong);
+    hoffs = at::cumsum(hc, 0).to(at::kInt).cuda();
+    paths.push_back({"bf16 hot expert", [&] {
+                       at::Tensor h = at::_grouped_mm(x, w13.transpose(1, 2), hoffs);
+                       return at::_grouped_mm(swiglu(h), w2.transpose(1, 2), hoffs);
+                     }});
+    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
+    paths.push_back({"nvfp4 high_precision hot expert", [&, o] {
+                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, hc, o);
+                       return fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, hc, o);
+                     }});
+  }
+  {
     // Diagnostic: the same NVFP4 MLP with the unfused ATen epilogue (fp32 result scaled in place,
     // cast, rows gathered: three passes), to show what the fused epilogue kernel saves.
     fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
@@ -170,9 +191,11 @@ int main(int argc, char** argv) {
   }
   std::printf("MoE MLP fwd+bwd: %lld tokens x top-%lld, %lld experts, H %lld, I %lld (%.1f TFLOP per step)\n",
               (long long)tokens, (long long)topk, (long long)E, (long long)H, (long long)I, flops / 1e12);
-  std::printf("nvfp4 grouped path: %s\n", fp4qat::autograd::nvfp4_grouped_linear_pads(counts)
-                                                ? "padded, batched GEMMs (at::bmm)"
-                                                : "per-expert loop (routing too imbalanced to pad)");
+  std::printf("nvfp4 grouped path: %s\n",
+              fp4qat::gemm::grouped_gemm_supported(x, 2 * I, H, at::kBFloat16)
+                  ? "CUTLASS grouped GEMM (alpha in its epilogue); uniform routing: x is the [E, M, K] batch; "
+                    "skewed, high_precision: in place (row-range quantization, at::_grouped_mm backward)"
+                  : "padded batch, batched GEMMs and a fused epilogue");
   std::printf("%-36s %10s %10s %12s %14s\n", "path", "ms", "TFLOP/s", "vs bf16", "peak GiB");
   double bf16_ms = 0, qat_ms = 0;
   for (const auto& p : paths) {

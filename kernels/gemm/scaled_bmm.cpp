@@ -44,6 +44,23 @@ bool grouped_gemm_enabled() {
   return v == 1;
 }
 
+bool grouped_gemm_supported(const at::Tensor& x, int64_t N, int64_t K, at::ScalarType out) {
+#ifdef FP4QAT_WITH_CUTLASS
+  if (!grouped_gemm_enabled() || !x.is_cuda() || x.scalar_type() != at::kBFloat16 || out != at::kBFloat16 ||
+      N % 8 != 0 || K % 8 != 0 || N > INT32_MAX || K > INT32_MAX || x.size(0) > INT32_MAX)
+    return false;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  return prop->major == 9 && prop->minor == 0;
+#else
+  (void)x;
+  (void)N;
+  (void)K;
+  (void)out;
+  return false;
+#endif
+}
+
 at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& alpha,
                              const std::vector<int64_t>& off, at::ScalarType out) {
   const bool rows_layout = x.dim() == 2;  // x [T, K]: expert e's rows at off[e]

@@ -30,6 +30,9 @@ at::Tensor scaled_bmm(const at::Tensor& a, const at::Tensor& w, const at::Tensor
 // caller then uses scaled_bmm.
 at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& alpha,
                              const std::vector<int64_t>& off, at::ScalarType out);
+// Whether grouped_scaled_mm would run for x on this device with these sizes (compiled in,
+// switched on, CUDA sm_90, bf16 in and out, N and K multiples of 8).
+bool grouped_gemm_supported(const at::Tensor& x, int64_t N, int64_t K, at::ScalarType out);
 // Switch for grouped_scaled_mm (tests, benchmark); FP4QAT_GROUPED_GEMM=0 in the environment turns
 // it off at start.
 void set_grouped_gemm(bool on);
