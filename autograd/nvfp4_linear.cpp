@@ -173,19 +173,6 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
     const at::Tensor idx = pad_index(off, Mmax, x.device());  // [T]
     out.idx = idx;
     out.mmax = Mmax;
-    if (!deq && idx.defined()) {
-      // Unequal counts, nothing packed to save: the activations are quantized in place, each
-      // expert's rows with its own amax (nvfp4_quantize_rows: no padded copy), and the grouped
-      // GEMM reads them where they are; without it, the quantized values are padded for the
-      // batched GEMM.
-      const NVFP4Operand qx = nvfp4_quantize_rows(x, off);  // values [T, K], s_dec [E]
-      const at::Tensor alpha = qx.packed.s_dec * w_s_dec;   // [E]
-      out.y = gemm::grouped_scaled_mm(qx.values, w_values, alpha, off, x.scalar_type());
-      if (!out.y.defined())
-        out.y = gemm::scaled_bmm(pad_rows(qx.values, idx, E, Mmax), w_values, alpha, x.scalar_type(), idx)
-                    .reshape({T, N});
-      return out;
-    }
     const at::Tensor x_pad = pad_rows(x, idx, E, Mmax);        // [E, Mmax, K]
     // Activations: one launch quantizes every expert with its own amax. Slice e of x_pad holds
     // expert e's rows followed by zero rows; zeros do not change max|x| (so amax and S_dec
@@ -224,6 +211,17 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
     if (deq) out.saved_x.insert(out.saved_x.end(), {qx.packed.codes, qx.packed.scales, qx.packed.s_dec});
   }
   return out;
+}
+
+// dX [T, K] and dW [E, N, K] of a grouped linear on its real rows (dy [T, N], x [T, K], w [E, N, K],
+// row offsets off): two at::_grouped_mm calls, the ones torch's own _grouped_mm backward makes;
+// an expert with no tokens gets dW = 0.
+std::pair<at::Tensor, at::Tensor> grouped_mm_grads(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
+                                                   const std::vector<int64_t>& off) {
+  const at::Tensor offs = detail::device_offsets(off, dy.device());
+  const at::Tensor dyc = dy.contiguous();
+  return {at::_grouped_mm(dyc, w.contiguous(), offs),          // [T, N] x [E, N, K] -> [T, K]
+          at::_grouped_mm(dyc.t(), x.contiguous(), offs)};     // [N, T] x [T, K] -> [E, N, K]
 }
 
 // Grouped NVFP4 linear. On CUDA (unless pads() refuses) all experts run in one launch per step
@@ -282,15 +280,13 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
       w_used = saved[1];
     }
     const int64_t E = w_used.size(0), K = w_used.size(2);
-    if (ctx->saved_data["rows"].toBool()) {
-      // In place (high_precision, bf16): the calls torch's own _grouped_mm backward makes, on the
-      // saved x and w; an expert with no tokens gets dW = 0.
-      const at::Tensor offs = detail::device_offsets(off, dy.device());
-      const at::Tensor dyc = dy.contiguous();
-      const at::Tensor dx = at::_grouped_mm(dyc, w_used.contiguous(), offs);           // [T, N] x [E, N, K] -> [T, K]
-      const at::Tensor dw = at::_grouped_mm(dyc.t(), saved[0].contiguous(), offs);     // [N, T] x [T, K] -> [E, N, K]
-      return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-              at::Tensor()};
+    const auto grads_out = [](const at::Tensor& dx, const at::Tensor& dw) {
+      return variable_list{dx,           dw,           at::Tensor(), at::Tensor(), at::Tensor(),
+                           at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    };
+    if (ctx->saved_data["rows"].toBool()) {  // in place (high_precision, bf16): the saved x and w
+      auto [dx, dw] = grouped_mm_grads(dy, saved[0], w_used, off);
+      return grads_out(dx, dw);
     }
     if (ctx->saved_data["padded"].toBool()) {
       // Padding rows of dy_pad are zero: they add nothing to dW, and their dX rows are dropped;
@@ -298,26 +294,20 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
       const at::Tensor idx = ctx->saved_data.count("pad_idx") ? ctx->saved_data["pad_idx"].toTensor() : at::Tensor();
       const int64_t Mmax = ctx->saved_data["mmax"].toInt();
       if (idx.defined() && detail::uses_grouped_mm(dy, dy.size(1))) {
-        // Padding rows, bf16 on CUDA: two grouped GEMMs on the real rows (no padding rows
-        // computed), the calls torch's own _grouped_mm backward makes; an expert with no tokens
-        // gets dW = 0. (Without padding rows the batched GEMMs below run on views of dy and x.)
-        const at::Tensor offs = detail::device_offsets(off, dy.device());
+        // Padding rows, bf16 on CUDA: grouped GEMMs on the real rows (no padding rows computed).
+        // (Without padding rows the batched GEMMs below run on views of dy and x.)
         const at::Tensor x_rows =
             deq ? unpad_rows(nvfp4_dequantize({saved[3], saved[4], saved[5], Blocks::k1D}, dtype), idx)  // [T, K]
                 : saved[0];
-        const at::Tensor dyc = dy.contiguous();
-        const at::Tensor dx = at::_grouped_mm(dyc, w_used.contiguous(), offs);      // [T, N] x [E, N, K] -> [T, K]
-        const at::Tensor dw = at::_grouped_mm(dyc.t(), x_rows.contiguous(), offs);  // [N, T] x [T, K] -> [E, N, K]
-        return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-                at::Tensor()};
+        auto [dx, dw] = grouped_mm_grads(dy, x_rows, w_used, off);
+        return grads_out(dx, dw);
       }
       const at::Tensor dy_pad = pad_rows(dy, idx, E, Mmax);  // [E, Mmax, N]
       const at::Tensor x_pad = deq ? nvfp4_dequantize({saved[3], saved[4], saved[5], Blocks::k1D}, dtype)
                                    : pad_rows(saved[0], idx, E, Mmax);  // [E, Mmax, K]
       const at::Tensor dx = unpad_rows(at::bmm(dy_pad, w_used), idx);  // [E, Mmax, K] -> [T, K]
       const at::Tensor dw = at::bmm(dy_pad.transpose(1, 2), x_pad);    // [E, N, K]
-      return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-              at::Tensor()};
+      return grads_out(dx, dw);
     }
     at::Tensor dx = at::zeros({off[E], K}, dy.options());
     at::Tensor dw = at::zeros_like(w_used);
@@ -336,8 +326,7 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
       dx.narrow(0, off[e], n).copy_(dxe);
       dw[e].copy_(dwe);
     }
-    return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+    return grads_out(dx, dw);
   }
 };
 

@@ -42,7 +42,8 @@ at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4Lin
 // x: [T, K] with rows sorted by expert; counts: int64 [E] on the CPU (sum = T; zero allowed);
 // w: [E, N, K]; weight_amax: float32 [E] or nullopt. Returns [T, N].
 // On CUDA the activations are quantized with per-expert amax either in place (unequal counts,
-// high_precision: nvfp4_quantize_rows over each expert's row range) or in a batch padded to
+// high_precision, bf16 on Hopper: nvfp4_quantize_rows over each expert's row range, at any
+// routing imbalance) or in a batch padded to
 // Mmax = max(counts) rows ([E, Mmax, *]; when all counts are equal x itself is that batch, no
 // copy; dequantized saves that padded packed batch); the forward GEMM is one CUTLASS grouped GEMM on Hopper (bf16:
 // real rows only, alpha in its epilogue; kernels/gemm/scaled_bmm.h) or else one batched cuBLAS GEMM

@@ -85,20 +85,39 @@ int main(int argc, char** argv) {
     std::string name;
     std::function<at::Tensor()> fwd;
   };
-  std::vector<Path> paths = {
-      {"bf16 (at::_grouped_mm)",
-       [&] {
-         at::Tensor h = at::_grouped_mm(x, w13.transpose(1, 2), offs);
-         return at::_grouped_mm(swiglu(h), w2.transpose(1, 2), offs);
-       }},
+  // One MLP step of each kind: BF16 on the given offsets; NVFP4 with the given counts, mode and
+  // (optionally) pre-quantized weights; `fused` / `grouped` set the diagnostic switches for it.
+  auto bf16_mlp = [&](const at::Tensor& offsets) {
+    at::Tensor h = at::_grouped_mm(x, w13.transpose(1, 2), offsets);
+    return at::_grouped_mm(swiglu(h), w2.transpose(1, 2), offsets);
   };
-  for (auto mode : {fp4qat::autograd::Backward::kHighPrecision, fp4qat::autograd::Backward::kDequantized}) {
-    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, mode};
-    paths.push_back({std::string("nvfp4 ") + fp4qat::autograd::to_string(mode), [&, o] {
-                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o);
-                       return fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o);
-                     }});
-  }
+  auto nvfp4_mlp = [&](const at::Tensor& c, fp4qat::autograd::Backward mode, const fp4qat::NVFP4Operand* q13,
+                       const fp4qat::NVFP4Operand* q2, bool fused = true, bool grouped = true) {
+    const fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, mode};
+    fp4qat::gemm::set_fused_epilogue(fused);
+    fp4qat::gemm::set_grouped_gemm(grouped);
+    at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, c, o, std::nullopt, q13);
+    at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, c, o, std::nullopt, q2);
+    fp4qat::gemm::set_fused_epilogue(true);
+    fp4qat::gemm::set_grouped_gemm(true);
+    return y;
+  };
+  // Routings beside the uniform one: skewed (expert e's share proportional to 1 + 0.75 sin(e);
+  // max/mean ~1.7) and a hot expert (expert 0 takes a quarter of the rows, far past the padding
+  // limit); row counts multiples of 8, the remainder to expert 0.
+  auto routing = [&](const std::function<double(int64_t)>& share) {
+    double tot = 0;
+    for (int64_t e = 0; e < E; ++e) tot += share(e);
+    std::vector<int64_t> c(E);
+    int64_t used = 0;
+    for (int64_t e = 0; e < E; ++e) used += c[e] = static_cast<int64_t>(T * share(e) / tot) / 8 * 8;
+    c[0] += T - used;
+    return at::tensor(c, at::kLong);
+  };
+  const at::Tensor skewed = routing([](int64_t e) { return 1.0 + 0.75 * std::sin(static_cast<double>(e)); });
+  const at::Tensor hot = routing([&](int64_t e) { return e == 0 ? (E - 1) / 3.0 : 1.0; });
+  auto offsets_of = [](const at::Tensor& c) { return at::cumsum(c, 0).to(at::kInt).cuda(); };
+  const at::Tensor skewed_offs = offsets_of(skewed), hot_offs = offsets_of(hot);
   // The weights' quantization reused (qat.cache_weights: the second and later micro-batches of an
   // optimizer step with grad_accum > 1; and every step when the export's quantization is shared).
   fp4qat::NVFP4Operand pq13, pq2;
@@ -107,88 +126,25 @@ int main(int argc, char** argv) {
     pq13 = fp4qat::nvfp4_quantize_and_fake(w13.detach(), fp4qat::Blocks::k1D);
     pq2 = fp4qat::nvfp4_quantize_and_fake(w2.detach(), fp4qat::Blocks::k1D);
   }
-  for (auto mode : {fp4qat::autograd::Backward::kHighPrecision, fp4qat::autograd::Backward::kDequantized}) {
-    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, mode};
-    paths.push_back({std::string("nvfp4 ") + fp4qat::autograd::to_string(mode) + ", cached w", [&, o] {
-                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o, std::nullopt, &pq13);
-                       return fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o, std::nullopt, &pq2);
-                     }});
-  }
-  {
-    // Diagnostic: without the Hopper grouped GEMM (batched cuBLAS GEMM + fused epilogue pass).
-    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
-    paths.push_back({"nvfp4 high_precision, cached w, bmm", [&, o] {
-                       fp4qat::gemm::set_grouped_gemm(false);
-                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o, std::nullopt, &pq13);
-                       at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o, std::nullopt, &pq2);
-                       fp4qat::gemm::set_grouped_gemm(true);
-                       return y;
-                     }});
-  }
-  {
-    // Skewed routing (expert e gets a share proportional to 1 + 0.75 sin(e); Mmax ~1.7x the
-    // mean): the padded NVFP4 path beside BF16 on the same offsets.
-    std::vector<int64_t> sk(E);
-    double tot = 0;
-    for (int64_t e = 0; e < E; ++e) tot += 1.0 + 0.75 * std::sin(static_cast<double>(e));
-    int64_t used = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      sk[e] = static_cast<int64_t>(T * (1.0 + 0.75 * std::sin(static_cast<double>(e))) / tot) / 8 * 8;
-      used += sk[e];
-    }
-    sk[0] += T - used;
-    static at::Tensor skc, skoffs;
-    skc = at::tensor(sk, at::kLong);
-    skoffs = at::cumsum(skc, 0).to(at::kInt).cuda();
-    paths.push_back({"bf16 skewed routing", [&] {
-                       at::Tensor h = at::_grouped_mm(x, w13.transpose(1, 2), skoffs);
-                       return at::_grouped_mm(swiglu(h), w2.transpose(1, 2), skoffs);
-                     }});
-    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
-    paths.push_back({"nvfp4 high_precision skewed", [&, o] {
-                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, skc, o);
-                       return fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, skc, o);
-                     }});
-    paths.push_back({"nvfp4 high_precision skewed, cached w", [&, o] {
-                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, skc, o, std::nullopt, &pq13);
-                       return fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, skc, o, std::nullopt, &pq2);
-                     }});
-  }
-  {
-    // A hot expert: expert 0 takes a quarter of the rows, the rest share the others (far past the
-    // padding limit: before the in-place path this ran as a loop over experts).
-    std::vector<int64_t> hot(E, 0);
-    hot[0] = T / 4 / 8 * 8;
-    const int64_t rest = (T - hot[0]) / (E - 1) / 8 * 8;
-    for (int64_t e = 1; e < E; ++e) hot[e] = rest;
-    hot[0] += T - hot[0] - rest * (E - 1);
-    static at::Tensor hc, hoffs;
-    hc = at::tensor(hot, at::kLong);
-    hoffs = at::cumsum(hc, 0).to(at::kInt).cuda();
-    paths.push_back({"bf16 hot expert", [&] {
-                       at::Tensor h = at::_grouped_mm(x, w13.transpose(1, 2), hoffs);
-                       return at::_grouped_mm(swiglu(h), w2.transpose(1, 2), hoffs);
-                     }});
-    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
-    paths.push_back({"nvfp4 high_precision hot expert", [&, o] {
-                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, hc, o);
-                       return fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, hc, o);
-                     }});
-  }
-  {
-    // Diagnostic: the same NVFP4 MLP with the unfused ATen epilogue (fp32 result scaled in place,
-    // cast, rows gathered: three passes), to show what the fused epilogue kernel saves.
-    fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, fp4qat::autograd::Backward::kHighPrecision};
-    paths.push_back({"nvfp4 high_precision, unfused epi", [&, o] {
-                       fp4qat::gemm::set_fused_epilogue(false);
-                       fp4qat::gemm::set_grouped_gemm(false);
-                       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o);
-                       at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o);
-                       fp4qat::gemm::set_fused_epilogue(true);
-                       fp4qat::gemm::set_grouped_gemm(true);
-                       return y;
-                     }});
-  }
+  using fp4qat::autograd::Backward;
+  const Backward hp = Backward::kHighPrecision, dq = Backward::kDequantized;
+  std::vector<Path> paths = {
+      {"bf16 (at::_grouped_mm)", [&] { return bf16_mlp(offs); }},
+      {"nvfp4 high_precision", [&] { return nvfp4_mlp(counts, hp, nullptr, nullptr); }},
+      {"nvfp4 dequantized", [&] { return nvfp4_mlp(counts, dq, nullptr, nullptr); }},
+      {"nvfp4 high_precision, cached w", [&] { return nvfp4_mlp(counts, hp, &pq13, &pq2); }},
+      {"nvfp4 dequantized, cached w", [&] { return nvfp4_mlp(counts, dq, &pq13, &pq2); }},
+      // Diagnostic: without the Hopper grouped GEMM (batched cuBLAS GEMM + fused epilogue pass).
+      {"nvfp4 high_precision, cached w, bmm", [&] { return nvfp4_mlp(counts, hp, &pq13, &pq2, true, false); }},
+      {"bf16 skewed routing", [&] { return bf16_mlp(skewed_offs); }},
+      {"nvfp4 high_precision skewed", [&] { return nvfp4_mlp(skewed, hp, nullptr, nullptr); }},
+      {"nvfp4 high_precision skewed, cached w", [&] { return nvfp4_mlp(skewed, hp, &pq13, &pq2); }},
+      {"bf16 hot expert", [&] { return bf16_mlp(hot_offs); }},
+      {"nvfp4 high_precision hot expert", [&] { return nvfp4_mlp(hot, hp, nullptr, nullptr); }},
+      // Diagnostic: the unfused ATen epilogue (fp32 result scaled in place, cast, rows gathered:
+      // three passes) and no grouped GEMM: what the fused epilogue kernel saves.
+      {"nvfp4 high_precision, unfused epi", [&] { return nvfp4_mlp(counts, hp, nullptr, nullptr, false, false); }},
+  };
   std::printf("MoE MLP fwd+bwd: %lld tokens x top-%lld, %lld experts, H %lld, I %lld (%.1f TFLOP per step)\n",
               (long long)tokens, (long long)topk, (long long)E, (long long)H, (long long)I, flops / 1e12);
   std::printf("nvfp4 grouped path: %s\n",

@@ -71,13 +71,10 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
                ", ", w.sizes(), ", ", off.size());
 #ifdef FP4QAT_WITH_CUTLASS
   const int64_t E = w.size(0), Mmax = rows_layout ? x.size(0) : x.size(1), N = w.size(1), K = x.size(-1);
-  if (!grouped_gemm_enabled() || !x.is_cuda() || x.scalar_type() != at::kBFloat16 ||
-      w.scalar_type() != at::kBFloat16 || out != at::kBFloat16 || N % 8 != 0 || K % 8 != 0 || N > INT32_MAX ||
-      K > INT32_MAX || Mmax > INT32_MAX)
+  if (w.scalar_type() != at::kBFloat16 || Mmax > INT32_MAX || !grouped_gemm_supported(x, N, K, out))
     return at::Tensor();
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  if (prop->major != 9 || prop->minor != 0) return at::Tensor();
   FP4QAT_CHECK(alpha.scalar_type() == at::kFloat && alpha.numel() == E && alpha.device() == x.device(),
                "grouped_scaled_mm: alpha must be float32 [E = ", E, "] on ", x.device());
   std::vector<int> m;
