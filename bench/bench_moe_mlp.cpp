@@ -252,22 +252,25 @@ int main(int argc, char** argv) {
       Timing t;
       auto one = [&](bool timed) {
         const auto h0 = std::chrono::steady_clock::now();
-        if (mode == 6) {
+        if (mode >= 6) {
           // The trainer's shared quantization (qat.cache_weights): after the optimizer update the
           // weights are quantized once, on the current stream; the export stages copies of that
           // quantization and the next step's forward uses it instead of quantizing again.
+          // Mode 7: the same without the export (what the copies cost = mode 6 - mode 7).
           torch::NoGradGuard ng2;
           const fp4qat::NVFP4Operand q13 = fp4qat::nvfp4_quantize_and_fake(w13.detach(), fp4qat::Blocks::k1D);
           const fp4qat::NVFP4Operand q2 = fp4qat::nvfp4_quantize_and_fake(w2.detach(), fp4qat::Blocks::k1D);
-          auto sf = std::make_shared<fp4qat::qat::StagedFolder>(eo, pool);
-          sf->add_stack(gu, 2, {q13.packed.codes, q13.packed.scales, q13.packed.s_dec}, ia13);
-          sf->add_stack(dn, 1, {q2.packed.codes, q2.packed.scales, q2.packed.s_dec}, ia2);
-          sf->seal();
-          prev2 = prev;
-          prev = sf;
+          if (mode == 6) {
+            auto sf = std::make_shared<fp4qat::qat::StagedFolder>(eo, pool);
+            sf->add_stack(gu, 2, {q13.packed.codes, q13.packed.scales, q13.packed.s_dec}, ia13);
+            sf->add_stack(dn, 1, {q2.packed.codes, q2.packed.scales, q2.packed.s_dec}, ia2);
+            sf->seal();
+            prev2 = prev;
+            prev = sf;
+          }
           torch::AutoGradMode grad_on2(true);
           step(&q13, &q2);
-          prev->fence();  // where the optimizer update would start
+          if (prev) prev->fence();  // where the optimizer update would start (no wait: add_stack only)
           if (timed) t.host_step_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0).count() / reps;
           return;
         }
@@ -335,6 +338,31 @@ int main(int argc, char** argv) {
     for (int m = 0; m < 7; ++m)
       std::printf("  %-36s %8.3f ms/step (+%.3f ms = %.1f%%), host: step %.3f ms, staging %.3f ms\n", names[m], ts[m]->ms,
                   ts[m]->ms - t0.ms, 100 * (ts[m]->ms - t0.ms) / t0.ms, ts[m]->host_step_ms, ts[m]->host_stage_ms);
+    // The trainer's case (mode 6) against no export (mode 0) and against the same shared
+    // quantization without the export (mode 7), in interleaved rounds so that drift of the card
+    // (clocks, temperature) over the run falls on all three alike; the median round is the cost.
+    {
+      const int rounds = 7;
+      std::vector<double> d60, d67, base;
+      std::printf("\n  export cost, %d interleaved rounds of %d steps (ms/step: no export | shared quantization "
+                  "without export | with export)\n", rounds, reps);
+      for (int r = 0; r < rounds; ++r) {
+        const double a = loop(0).ms, b = loop(7).ms, c = loop(6).ms;
+        base.push_back(a);
+        d60.push_back(c - a);
+        d67.push_back(c - b);
+        std::printf("    round %d: %8.3f | %8.3f | %8.3f   export +%.3f ms (%.1f%%) vs no export, +%.3f ms vs mode 7\n", r,
+                    a, b, c, c - a, 100 * (c - a) / a, c - b);
+      }
+      auto med = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+      };
+      std::printf("  export cost (median of %d rounds): +%.3f ms = %.1f%% of the NVFP4 step (range %.1f%% .. %.1f%%); "
+                  "copies alone (vs mode 7) +%.3f ms\n", rounds, med(d60), 100 * med(d60) / med(base),
+                  100 * *std::min_element(d60.begin(), d60.end()) / med(base),
+                  100 * *std::max_element(d60.begin(), d60.end()) / med(base), med(d67));
+    }
     // Device-to-host bandwidth into pinned memory, alone.
     const double d2h_ms = median_ms([&] {
       for (const at::Tensor* c : {&cbuf13, &cbuf2}) {

@@ -144,7 +144,8 @@ int main(int argc, char** argv) {
       return ok;
     };
     for (auto b : {Blocks::k1D, Blocks::k2D})
-      for (const char* variant : {"staged", "fused"}) {
+      for (const char* variant : {"staged", "fused", "staged2"}) {
+      if (b == Blocks::k2D && std::string(variant) == "staged2") continue;  // 1D only (falls back to fused)
       setenv("FP4QAT_NVFP4_KERNEL", variant, 1);
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b).codes; },
                                     [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b).codes; }, same_bytes) &&
@@ -187,6 +188,29 @@ int main(int argc, char** argv) {
                             "FP4QAT_NVFP4_CTAS_PER_SM", "FP4QAT_NVFP4_LAG_BYTES", "FP4QAT_NVFP4_L2HINT",
                             "FP4QAT_NVFP4_UNROLL"})
         unsetenv(v);
+    }
+    // The double-buffered one-read kernel: threads x bytes per slot (98304: one CTA per SM).
+    for (const char* cfg : {"256:98304", "512:98304", "256:65536", "512:65536", "256:49152", "512:49152"}) {
+      const std::string c = cfg;
+      setenv("FP4QAT_NVFP4_KERNEL", "staged2", 1);
+      setenv("FP4QAT_NVFP4_THREADS", c.substr(0, c.find(':')).c_str(), 1);
+      setenv("FP4QAT_NVFP4_SLOT_BYTES", c.substr(c.find(':') + 1).c_str(), 1);
+      const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).codes; },
+                                    [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).codes; }, same_bytes) &&
+                      check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).scales; },
+                                    [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).scales; }, same_bytes);
+      add(std::string("nvfp4 1d MoE staged2 ") + cfg, double(layer_elems), nv_b, ok, [&] {
+        fp4qat::nvfp4_quantize(w13, Blocks::k1D);
+        fp4qat::nvfp4_quantize(w2, Blocks::k1D);
+      });
+      const bool okf = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
+                                     [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
+                                     same_bytes);
+      add(std::string("fake-quant 1d MoE staged2 ") + cfg, double(layer_elems), fq_b, okf, [&] {
+        fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D);
+        fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D);
+      });
+      for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES"}) unsetenv(v);
     }
     {
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },

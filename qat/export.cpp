@@ -262,7 +262,7 @@ at::Tensor StagedFolder::to_host(const at::Tensor& t) {
   return h;
 }
 
-void StagedFolder::add_plain(const std::string& name, const at::Tensor& t) {
+void StagedFolder::add_plain(const std::string& name, const at::Tensor& t, bool stable) {
   FP4QAT_CHECK(!sealed_, "export: tensor '", name, "' staged after seal()");
   Item it;
   it.name = name;
@@ -275,12 +275,13 @@ void StagedFolder::add_plain(const std::string& name, const at::Tensor& t) {
     c10::StreamGuard g(*side_);
     it.plain = to_host(fl ? t.to(at::kBFloat16).contiguous() : t.contiguous());
   }
+  if (!stable) mark_fenced_reads();
   items_.push_back(std::move(it));
 }
 
 void StagedFolder::add_quantized(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& w,
                                  const std::optional<at::Tensor>& amax, const at::Tensor& input_amax) {
-  add_item(modules, parts, input_amax, {w, amax ? *amax : at::Tensor()}, [&] {
+  add_item(modules, parts, input_amax, {w, amax ? *amax : at::Tensor()}, /*fenced=*/true, [&] {
     return quantize_stack(opt_.format, opt_.blocks, w, parts, amax,
                           "export: module '" + (modules.empty() ? std::string("?") : modules[0]) + "'");
   });
@@ -288,11 +289,19 @@ void StagedFolder::add_quantized(const std::vector<std::string>& modules, int64_
 
 void StagedFolder::add_stack(const std::vector<std::string>& modules, int64_t parts, const QuantizedStack& q,
                              const at::Tensor& input_amax) {
-  add_item(modules, parts, input_amax, {q.data, q.scales, q.s_dec}, [&] { return q; });
+  add_item(modules, parts, input_amax, {q.data, q.scales, q.s_dec}, /*fenced=*/false, [&] { return q; });
+}
+
+void StagedFolder::mark_fenced_reads() {
+  fence_needed_ = true;
+  if (!side_) return;  // CPU tensors: copied in the add_* call itself
+  if (!fenced_reads_) fenced_reads_ = std::make_unique<c10::Event>(side_->device_type());
+  fenced_reads_->record(*side_);  // stream order: covers every earlier fenced read too
 }
 
 void StagedFolder::add_item(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& input_amax,
-                            const std::vector<at::Tensor>& reads, const std::function<QuantizedStack()>& make) {
+                            const std::vector<at::Tensor>& reads, bool fenced,
+                            const std::function<QuantizedStack()>& make) {
   FP4QAT_CHECK(!sealed_, "export: module '", modules.empty() ? std::string("?") : modules[0], "' staged after seal()");
   Item it;
   it.modules = modules;
@@ -308,6 +317,7 @@ void StagedFolder::add_item(const std::vector<std::string>& modules, int64_t par
   const QuantizedStack q = make();
   it.q = {to_host(q.data), to_host(q.scales), to_host(q.s_dec)};
   if (input_amax.defined()) it.input_amax = to_host(input_amax.to(at::kFloat).reshape({-1}));
+  if (fenced) mark_fenced_reads();  // after the copies: a product may alias the caller's tensor
   items_.push_back(std::move(it));
 }
 
@@ -321,9 +331,9 @@ void StagedFolder::seal() {
 
 void StagedFolder::fence() {
   seal();
-  if (!copied_) return;
+  if (!fenced_reads_) return;
   c10::impl::VirtualGuardImpl impl(side_->device_type());
-  copied_->block(impl.getStream(side_->device()));
+  fenced_reads_->block(impl.getStream(side_->device()));
 }
 
 std::vector<std::string> StagedFolder::write(const std::string& dir) {

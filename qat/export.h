@@ -132,20 +132,27 @@ class StagedFolder {
   ~StagedFolder();  // waits for the copies still in flight, gives the buffers back to the pool
   StagedFolder(const StagedFolder&) = delete;
   StagedFolder& operator=(const StagedFolder&) = delete;
-  void add_plain(const std::string& name, const at::Tensor& t);
+  // stable: the caller never changes t in place (a frozen parameter), so fence() need not wait
+  // for this copy.
+  void add_plain(const std::string& name, const at::Tensor& t, bool stable = false);
   // As HfFolderWriter::add_quantized; input_amax: float32 [E*P] on any device (NVFP4), or undefined.
   void add_quantized(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& w,
                      const std::optional<at::Tensor>& amax, const at::Tensor& input_amax);
   // The same with the weights already quantized in the folder's format (quantize_stack's layout:
-  // [E, P*R, *], s_dec [E]); only the copies are staged.
+  // [E, P*R, *], s_dec [E]); only the copies are staged. q and input_amax are products the caller
+  // replaces rather than changes in place (their memory is held for the side stream), so fence()
+  // does not wait for these copies.
   void add_stack(const std::vector<std::string>& modules, int64_t parts, const QuantizedStack& q,
                  const at::Tensor& input_amax);
   // Ends staging (records the side stream's progress; call on the staging thread before handing
   // the folder to another one). No add_* after it.
   void seal();
-  // The current stream's later work waits until the side stream is done with every added tensor
-  // (call before changing them in place). Seals if needed.
+  // The current stream's later work waits until the side stream is done reading every tensor the
+  // caller may change in place: those of add_quantized and of add_plain unless stable (call before
+  // changing them). Not the copies of add_stack / stable add_plain: an export of cached quantized
+  // experts does not hold the optimizer back for its device-to-host transfer. Seals if needed.
   void fence();
+  bool fence_waits() const { return fence_needed_; }  // whether fence() has reads to wait for
   // Waits for the host copies and writes the folder into `dir` (an existing, empty folder).
   std::vector<std::string> write(const std::string& dir);
 
@@ -162,7 +169,8 @@ class StagedFolder {
   // One quantized stack: `make` runs on the side stream (GPU tensors) after it was ordered after
   // the current stream and `reads` (and input_amax) were marked as used there.
   void add_item(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& input_amax,
-                const std::vector<at::Tensor>& reads, const std::function<QuantizedStack()>& make);
+                const std::vector<at::Tensor>& reads, bool fenced, const std::function<QuantizedStack()>& make);
+  void mark_fenced_reads();  // the side stream's work so far reads tensors the caller may change
   void begin_device_work(const at::Device& d);
   void keep_for_side_stream(const at::Tensor& t);  // record_stream on the side stream
   ExportOptions opt_;
@@ -171,6 +179,8 @@ class StagedFolder {
   std::vector<Item> items_;
   std::optional<c10::Stream> side_;        // the side stream, once a GPU tensor was added
   std::unique_ptr<c10::Event> copied_;     // recorded on the side stream after the last copy
+  std::unique_ptr<c10::Event> fenced_reads_;  // ... after the last read fence() waits for
+  bool fence_needed_ = false;
   bool sealed_ = false;
 };
 

@@ -90,12 +90,18 @@ std::string Exporter::submit(int64_t step) {
           sf->add_quantized(modules, g.parts, g.tensor, shared_amax.at(g.param),
                             f == qat::ExportFormat::kNVFP4 ? module_amax.at(g.param) : at::Tensor());
         }
-      } else if (g.tensor.dim() == 3) {
-        const int64_t R = g.tensor.size(1) / g.parts;
-        for (int64_t e = 0; e < g.tensor.size(0); ++e)
-          for (int64_t p = 0; p < g.parts; ++p) sf->add_plain(g.names[e * g.parts + p], g.tensor[e].narrow(0, p * R, R));
       } else {
-        sf->add_plain(g.names[0], g.tensor);
+        // A frozen parameter (expert-only QAT freezes the rest) never changes: the optimizer's
+        // fence need not wait for its copy.
+        const bool stable = !g.tensor.requires_grad();
+        if (g.tensor.dim() == 3) {
+          const int64_t R = g.tensor.size(1) / g.parts;
+          for (int64_t e = 0; e < g.tensor.size(0); ++e)
+            for (int64_t p = 0; p < g.parts; ++p)
+              sf->add_plain(g.names[e * g.parts + p], g.tensor[e].narrow(0, p * R, R), stable);
+        } else {
+          sf->add_plain(g.names[0], g.tensor, stable);
+        }
       }
     }
     sf->seal();

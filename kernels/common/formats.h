@@ -113,13 +113,13 @@ FP4QAT_HD uint8_t float_to_e2m1(float v) {
 }
 
 FP4QAT_HD float e2m1_to_float(uint8_t code) {
-  // Magnitude of code c (0..7): c<4 -> c/2; else {2,3,4,6}.
+  // Built from bits, no int-to-float conversion (a slow pipe on the GPU): magnitude code c >= 2
+  // is the normal 2^((c >> 1) - 1) * (1 + (c & 1) / 2), whose float32 bits are
+  // ((c >> 1) + 126) << 23 | (c & 1) << 22 = 0x3F000000 + (c << 22); c = 1 is 0.5, c = 0 is 0.
   const uint32_t c = code & 0x7u;
-  const float mag = c < 4u ? static_cast<float>(c) * 0.5f
-                           : (c == 7u ? 6.0f : static_cast<float>(c - 2u));
-  return (code & 0x8u) ? -mag : mag;
+  const uint32_t mag = c >= 2u ? 0x3F000000u + (c << 22) : (c == 1u ? 0x3F000000u : 0u);
+  return u2f(mag | (static_cast<uint32_t>(code & 0x8u) << 28));
 }
-
 // ---- E8M0: value 2^(byte - 127); 0xFF NaN ---------------------------------------------------
 FP4QAT_HD float e8m0_to_float(uint8_t b) {
   if (b == 0xff) return u2f(0x7fc00000u);
@@ -154,13 +154,15 @@ FP4QAT_HD float nvfp4_block_enc(uint8_t sb, float s_dec) {
 }
 
 // E2M1 code of a magnitude a in [0, 6] by arithmetic instead of the comparison ladder (same
-// result, fewer instructions on the GPU's hot path): below 1 the grid is 0, .5, 1 and
-// rint(2a) rounds half to even; from 1 on, E2M1 is a float with one mantissa bit, so the float32
-// bits are rounded to one mantissa bit (ties to even) and rebiased (exponent bias 127 -> 1).
+// result, fewer instructions on the GPU's hot path, none on its slow conversion pipe): below 1
+// the grid is 0, .5, 1: a + 2^22 rounds a to a multiple of 0.5 (the float32 ulp there), ties to
+// the even multiple, so the sum's bits minus those of 2^22 are rint(2a); from 1 on, E2M1 is a
+// float with one mantissa bit, so the float32 bits are rounded to one mantissa bit (ties to even)
+// and rebiased (exponent bias 127 -> 1).
 FP4QAT_HD uint32_t e2m1_magnitude_code(float a) {
   const uint32_t u = f2u(a);
   const uint32_t normal = ((u + 0x1fffffu + ((u >> 22) & 1u)) >> 22) - 252u;
-  const uint32_t sub = static_cast<uint32_t>(rintf(a * 2.0f));
+  const uint32_t sub = f2u(a + 4194304.0f) - 0x4A800000u;  // 2^22 = 0x4A800000
   return a < 1.0f ? sub : normal;
 }
 

@@ -47,7 +47,8 @@ __device__ __forceinline__ void emit_block(const float v[16], uint8_t sb, float 
   if (codes) __stcs(reinterpret_cast<uint2*>(codes) + unit, make_uint2(packed[0], packed[1]));
   if (scales) scales[unit] = sb;
   if (fake) {
-    // e2m1(q) * sb has at most 6 significant bits and lies in [2^-10, 2688]: exact in bf16.
+    // e2m1(q) * sb has at most 6 significant bits and lies in [2^-10, 2688]: exact in bf16, so the
+    // bf16 is the float32's upper half (what rounding to nearest would give), two per byte_perm.
     const float fsb = e4m3_to_float(sb);
     uint32_t w[8];
 #pragma unroll
@@ -55,8 +56,7 @@ __device__ __forceinline__ void emit_block(const float v[16], uint8_t sb, float 
       const float lo = e2m1_to_float(static_cast<uint8_t>((packed[(2 * i) >> 3] >> (4 * ((2 * i) & 7))) & 0xf)) * fsb;
       const float hi =
           e2m1_to_float(static_cast<uint8_t>((packed[(2 * i + 1) >> 3] >> (4 * ((2 * i + 1) & 7))) & 0xf)) * fsb;
-      w[i] = static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
-             (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
+      w[i] = __byte_perm(__float_as_uint(lo), __float_as_uint(hi), 0x7632);
     }
     uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
     __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
@@ -369,9 +369,199 @@ bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
   return true;
 }
 
+// ---- Double-buffered one-read variant (sm_90: bulk copies into shared memory) ----------------
+// Items (e, g) = rows [g*R, (g+1)*R) of expert e, claimed in ticket order, as above, but each CTA
+// holds two slots: while it waits for its current item's expert amax and quantizes it, the next
+// item is already being copied in (one cp.async.bulk per slice, completion on an mbarrier), so
+// HBM reads never stop for a CTA's compute or wait. Every input byte is read from HBM once.
+// Protocol per CTA: claim into the free slot; wait for the current slot's bytes; fold its max
+// into amax[e] (arrived[e] += 1); until all G slices of e have arrived, poll and — as soon as the
+// other slot's bytes land — fold that slot's max in too (so no claimed slice waits on a waiting
+// CTA); quantize the current slot from shared memory; swap.
+// Deadlock-free when G <= 2 * resident CTAs: if every resident CTA waited forever, the oldest
+// incomplete expert would have an unclaimed slice, so every claimed item (all older tickets, and
+// every other expert they touch complete) would belong to it: 2 * CTAs < G slices.
+// 1D blocks with the amax computed here only (a given amax needs one pass: the fused kernel).
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ bool mbar_test(uint32_t bar, uint32_t parity) {
+  uint32_t ok;
+  asm volatile(
+      "{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(ok)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return ok != 0;
+}
+
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  while (!mbar_test(bar, parity)) {
+  }
+}
+
+// One thread: expect `bytes` on `bar` and start the bulk copy global -> shared.
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
+template <InType T, int kTh>
+__global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t R, int64_t G, int64_t slot_bytes,
+                                                            uint32_t* amax_bits, int* arrived,
+                                                            unsigned long long* ticket) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
+  __shared__ __align__(8) uint64_t bars[2];
+  __shared__ long long item[2];
+  __shared__ float red[kTh / 32];
+  __shared__ int flag[2];  // [0]: the current expert is complete; [1]: the other slot has landed
+  __shared__ float shared_amax;
+  const int64_t K = a.K, N = a.N, nb = K / 16;
+  const int64_t total = a.E * G;
+  const uint32_t bar0 = smem_addr(&bars[0]);
+  // Slot s: item[s] (ticket), its bytes at smem + s * slot_bytes, completion on bars[s].
+  auto claim = [&](int s) {  // thread 0 only
+    const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
+    item[s] = t;
+    if (t < total) {
+      const int64_t e = t / G, g = t % G, r0 = g * R, rows = min(R, N - r0);
+      // Generic-proxy reads of this slot's previous bytes come before the async-proxy writes.
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      bulk_load(smem_addr(smem + s * slot_bytes), static_cast<const char*>(a.x) + (e * N + r0) * K * kElem,
+                static_cast<uint32_t>(rows * K * kElem), bar0 + 8 * s);
+    }
+  };
+  // Max |x| over slot s's rows, folded into amax[e]; all threads call it (block reduction).
+  auto contribute = [&](int s) {
+    const int64_t t = item[s], e = t / G, g = t % G, rows = min(R, N - g * R), units = rows * nb;
+    const unsigned char* base = smem + s * slot_bytes;
+    float m = 0.0f;
+    for (int64_t u = threadIdx.x; u < units; u += kTh) {
+      float v[16];
+      load16<T, Src::kShared>(base, u * 16, v);
+      m = fmaxf(m, max16(v));
+    }
+    m = block_max<kTh>(m, red);
+    if (threadIdx.x == 0) {
+      atomic_max_nonneg(amax_bits + e, m);
+      __threadfence();
+      atomicAdd(arrived + e, 1);
+    }
+  };
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0) : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    claim(0);
+  }
+  __syncthreads();
+  uint32_t parity = 0u;  // bit s: the phase slot s waits for next (a bit mask: no local memory)
+  bool landed_done = false;  // the current slot's bytes already waited for and folded in (while waiting)
+  int cur = 0;
+  for (;;) {
+    const int64_t t = item[cur];
+    if (t >= total) return;  // claims are monotone: the other slot holds no item either
+    const int oth = cur ^ 1;
+    if (threadIdx.x == 0) claim(oth);
+    if (!landed_done) {
+      mbar_wait(bar0 + 8 * cur, (parity >> cur) & 1u);
+      parity ^= 1u << cur;
+      contribute(cur);
+    }
+    __syncthreads();  // item[oth] visible
+    const bool oth_valid = item[oth] < total;
+    bool oth_done = false;
+    const int64_t e = t / G, g = t % G, r0 = g * R, rows = min(R, N - r0);
+    for (;;) {
+      if (threadIdx.x == 0) {
+        const bool complete = atomicAdd(arrived + e, 0) >= static_cast<int>(G);
+        if (complete) {
+          __threadfence();
+          shared_amax = __uint_as_float(atomicOr(amax_bits + e, 0u));
+        }
+        flag[0] = complete;
+        flag[1] = oth_valid && !oth_done && mbar_test(bar0 + 8 * oth, (parity >> oth) & 1u);
+      }
+      __syncthreads();
+      const bool complete = flag[0], landed = flag[1];
+      if (landed) {
+        mbar_wait(bar0 + 8 * oth, (parity >> oth) & 1u);  // completes at once; every thread acquires the bytes
+        parity ^= 1u << oth;
+        oth_done = true;
+        contribute(oth);
+      }
+      if (complete) break;
+      if (!landed && threadIdx.x == 0) __nanosleep(64);
+      __syncthreads();  // flag is rewritten next round
+    }
+    const float s_enc = nvfp4_s_enc(shared_amax);
+    const float s_dec = nvfp4_s_dec(s_enc);
+    const float factor = nvfp4_block_factor(s_enc);
+    if (g == 0 && threadIdx.x == 0) a.s_dec[e] = s_dec;
+    const int64_t unit0 = (e * N + r0) * nb, units = rows * nb;
+    const unsigned char* base = smem + cur * slot_bytes;
+    for (int64_t u = threadIdx.x; u < units; u += kTh) {
+      float v[16];
+      load16<T, Src::kShared>(base, u * 16, v);
+      emit_block(v, nvfp4_block_scale(max16(v), factor), s_dec, unit0 + u, a.codes, a.scales, a.fake);
+    }
+    __syncthreads();  // the slot is read before it is refilled; `shared_amax`, `flag` reused
+    landed_done = oth_done;
+    cur = oth;
+  }
+#endif
+}
+
+// Launches the double-buffered kernel if its conditions hold (sm_90+, 1D, computed amax, 16-byte
+// aligned rows); returns false to fall back. FP4QAT_NVFP4_SLOT_BYTES: bytes per slot (default
+// 96 KB: one CTA of two slots per SM), FP4QAT_NVFP4_THREADS: 256 or 512.
+template <InType T, int kTh>
+bool launch_staged2_t(const Nvfp4Args& a, cudaStream_t stream, int64_t slot_budget) {
+  constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
+  int dev = 0, major = 0;
+  FP4QAT_CUDA_CHECK(cudaGetDevice(&dev));
+  FP4QAT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  if (major < 9 || a.two_d || a.given_amax || a.N == 0) return false;
+  const int64_t row_bytes = a.K * kElem;
+  if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || row_bytes % 16 != 0) return false;
+  const int64_t R = std::min(a.N, slot_budget / row_bytes);
+  if (R < 1) return false;
+  const int64_t G = (a.N + R - 1) / R;
+  const int64_t slot_bytes = (R * row_bytes + 127) / 128 * 128;
+  const size_t smem = static_cast<size_t>(2 * slot_bytes);
+  auto kernel = nvfp4_staged2_kernel<T, kTh>;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  int per_sm = 0;
+  FP4QAT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTh, smem));
+  const int64_t resident = static_cast<int64_t>(per_sm) * num_sms();
+  if (per_sm < 1 || G > 2 * resident) return false;  // the deadlock-freedom condition
+  auto* amax_bits = static_cast<uint32_t*>(a.workspace);
+  auto* arrived = reinterpret_cast<int*>(amax_bits + a.E);
+  auto* ticket = reinterpret_cast<unsigned long long*>(
+      static_cast<char*>(a.workspace) + ((static_cast<size_t>(a.E) * 8 + 15) / 16) * 16);
+  FP4QAT_CUDA_CHECK(cudaMemsetAsync(a.workspace, 0, nvfp4_workspace_bytes(a.E), stream));
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(a.E * G, resident));
+  kernel<<<static_cast<unsigned>(grid), kTh, smem, stream>>>(a, R, G, slot_bytes, amax_bits, arrived, ticket);
+  FP4QAT_CUDA_CHECK(cudaGetLastError());
+  return true;
+}
+
 int64_t env_int(const char* name, int64_t fallback) {
   const char* v = std::getenv(name);
   return v && *v ? std::strtoll(v, nullptr, 10) : fallback;
+}
+
+template <InType T>
+bool launch_staged2(const Nvfp4Args& a, cudaStream_t stream) {
+  const int64_t budget = env_int("FP4QAT_NVFP4_SLOT_BYTES", 96 * 1024);
+  if (env_int("FP4QAT_NVFP4_THREADS", 256) == 512) return launch_staged2_t<T, 512>(a, stream, budget);
+  return launch_staged2_t<T, 256>(a, stream, budget);
 }
 
 // Tuning knobs (benchmarks only; defaults measured on H100, see bench/RESULTS.md):
@@ -507,8 +697,10 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
   // the default is the fused two-pass kernel, measured faster on H100 (bench/RESULTS.md).
   const char* forced = std::getenv("FP4QAT_NVFP4_KERNEL");
   const bool try_staged = forced != nullptr && std::string(forced) == "staged";
+  const bool try_staged2 = forced != nullptr && std::string(forced) == "staged2";
 #define FP4QAT_DISPATCH(TY)                                                    \
   if (a.type == TY) {                                                           \
+    if (try_staged2 && launch_staged2<TY>(a, stream)) return;                   \
     if (a.two_d) {                                                              \
       if (!(try_staged && launch_staged<TY, true>(a, stream))) launch_fused<TY, true>(a, stream); \
     } else if (!(try_staged && launch_staged<TY, false>(a, stream))) {          \

@@ -109,10 +109,12 @@ TEST(GpuQuantize, NVFP4KernelVariantsMatchReference) {
     const char* threads;
     const char* hint;
     const char* unroll;
+    const char* slot = "98304";  // staged2: bytes per slot (small: many slices per expert, waits)
   };
-  const Variant variants[] = {{"staged", "256", "0", "1"}, {"fused", "512", "0", "1"}, {"fused", "256", "0", "2"},
-                              {"fused", "256", "1", "1"}, {"fused", "256", "1", "2"},  {"fused", "256", "2", "1"},
-                              {"fused", "256", "2", "2"}};
+  const Variant variants[] = {{"staged", "256", "0", "1"},  {"fused", "512", "0", "1"}, {"fused", "256", "0", "2"},
+                              {"fused", "256", "1", "1"},   {"fused", "256", "1", "2"}, {"fused", "256", "2", "1"},
+                              {"fused", "256", "2", "2"},   {"staged2", "256", "0", "1"}, {"staged2", "512", "0", "1"},
+                              {"staged2", "256", "0", "1", "16384"}, {"staged2", "512", "0", "1", "1024"}};
   const std::vector<std::vector<int64_t>> shapes = {{7, 96}, {1, 129, 2048}, {160, 17, 64}, {4, 768, 2048}, {2, 31, 4096}};
   uint64_t seed = 900;
   for (const auto& v : variants) {
@@ -120,11 +122,12 @@ TEST(GpuQuantize, NVFP4KernelVariantsMatchReference) {
     setenv("FP4QAT_NVFP4_THREADS", v.threads, 1);
     setenv("FP4QAT_NVFP4_L2HINT", v.hint, 1);
     setenv("FP4QAT_NVFP4_UNROLL", v.unroll, 1);
+    setenv("FP4QAT_NVFP4_SLOT_BYTES", v.slot, 1);
     for (const auto& dims : shapes)
       for (auto blocks : {Blocks::k1D, Blocks::k2D})
         for (bool given : {false, true}) {
           SCOPED_TRACE(::testing::Message() << v.kernel << " threads " << v.threads << " hint " << v.hint << " unroll "
-                                            << v.unroll << " " << at::IntArrayRef(dims) << " "
+                                            << v.unroll << " slot " << v.slot << " " << at::IntArrayRef(dims) << " "
                                             << fp4qat::to_string(blocks) << (given ? " given-amax" : ""));
           const at::Tensor x = random_input(dims, at::kBFloat16, seed++);
           at::Tensor amax;
@@ -139,7 +142,8 @@ TEST(GpuQuantize, NVFP4KernelVariantsMatchReference) {
           EXPECT_TRUE(bytes_equal(got[3], want.s_dec.reshape({E})));
         }
   }
-  for (const char* k : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_L2HINT", "FP4QAT_NVFP4_UNROLL"})
+  for (const char* k : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_L2HINT", "FP4QAT_NVFP4_UNROLL",
+                        "FP4QAT_NVFP4_SLOT_BYTES"})
     unsetenv(k);
 }
 

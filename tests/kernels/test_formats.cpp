@@ -144,6 +144,34 @@ TEST(E2M1, ArithmeticEncoderEqualsLadder) {
   }
 }
 
+TEST(E2M1, ArithmeticMagnitudeCodeEqualsLadderOnEveryFloatUpTo6) {
+  // e2m1_magnitude_code (the GPU's conversion-free path) on every float32 in [0, 6] whose bit
+  // pattern is a multiple of 3 (~360 M values, every exponent and both mantissa parities), plus
+  // every pattern within 64 ulps of each ladder boundary.
+  int64_t checked = 0;
+  auto check = [&](uint32_t u) {
+    const float a = u2f(u);
+    if (!(a >= 0.0f && a <= 6.0f)) return true;
+    ++checked;
+    return e2m1_magnitude_code(a) == float_to_e2m1(a);
+  };
+  for (uint32_t u = 0; u <= f2u(6.0f); u += 3) ASSERT_TRUE(check(u)) << "a = " << u2f(u);
+  for (float b : {0.25f, 0.5f, 0.75f, 1.0f, 1.25f, 1.5f, 1.75f, 2.0f, 2.5f, 3.0f, 3.5f, 4.0f, 5.0f, 6.0f})
+    for (int d = -64; d <= 64; ++d) ASSERT_TRUE(check(f2u(b) + d)) << "a = " << u2f(f2u(b) + d);
+  EXPECT_GT(checked, 300000000);
+}
+
+TEST(E2M1, DecodeTimesEveryScaleIsExactInBf16) {
+  // The fake-quant kernel writes e2m1(q) * sb as the float32's upper half: exact for every code
+  // and every finite E4M3 scale byte (at most 6 significant bits, within bf16's range).
+  for (int c = 0; c < 16; ++c)
+    for (int b = 0; b < 256; ++b) {
+      if ((b & 0x7f) == 0x7f) continue;  // NaN: never a block scale (saturating encode)
+      const float p = e2m1_to_float(static_cast<uint8_t>(c)) * e4m3_to_float(static_cast<uint8_t>(b));
+      ASSERT_EQ(f2u(p) & 0xffffu, 0u) << "code " << c << " scale byte " << b;
+    }
+}
+
 TEST(E8M0, Decode) {
   EXPECT_EQ(e8m0_to_float(127), 1.0f);
   EXPECT_EQ(e8m0_to_float(128), 2.0f);

@@ -313,3 +313,27 @@ TEST(StagedFolder, WritesTheWritersBytesFromItsOwnCopies) {
     EXPECT_THROW(s.add_plain("late.weight", norm), std::exception);  // nothing is staged after seal
   }
 }
+
+TEST(StagedFolder, FenceWaitsOnlyForReadsOfTensorsTheCallerMayChange) {
+  qat::ExportOptions opt;
+  opt.config_json = kConfig;
+  const at::Tensor w = at::randn({2, 32, 64}).to(at::kBFloat16), ia = at::ones({2});
+  const std::vector<std::string> dn = {"model.layers.0.mlp.experts.0.down_proj", "model.layers.0.mlp.experts.1.down_proj"};
+  {
+    qat::StagedFolder s(opt);  // cached quantized experts and a frozen tensor: nothing to wait for
+    s.add_stack(dn, 1, qat::quantize_stack(qat::ExportFormat::kNVFP4, Blocks::k1D, w, 1, std::nullopt, "w"), ia);
+    s.add_plain("model.norm.weight", at::ones({64}), /*stable=*/true);
+    EXPECT_FALSE(s.fence_waits());
+  }
+  {
+    qat::StagedFolder s(opt);  // a trainable tensor copied as it is
+    s.add_stack(dn, 1, qat::quantize_stack(qat::ExportFormat::kNVFP4, Blocks::k1D, w, 1, std::nullopt, "w"), ia);
+    s.add_plain("model.norm.weight", at::ones({64}));
+    EXPECT_TRUE(s.fence_waits());
+  }
+  {
+    qat::StagedFolder s(opt);  // weights quantized by the export itself
+    s.add_quantized(dn, 1, w, std::nullopt, ia);
+    EXPECT_TRUE(s.fence_waits());
+  }
+}
