@@ -240,7 +240,8 @@ int main(int argc, char** argv) {
       double ms = 0, host_step_ms = 0, host_stage_ms = 0;
     };
     auto pool = std::make_shared<fp4qat::qat::HostBufferPool>();
-    auto loop = [&](int mode) {
+    auto loop = [&](int mode, int steps = 0) {
+      const int n = steps > 0 ? steps : reps;
       // The trainer destroys a staged folder only after writing it; here the one of two steps
       // ago is dropped (its copies are long done, so the drop does not wait for them).
       std::shared_ptr<fp4qat::qat::StagedFolder> prev, prev2;
@@ -271,7 +272,7 @@ int main(int argc, char** argv) {
           torch::AutoGradMode grad_on2(true);
           step(&q13, &q2);
           if (prev) prev->fence();  // where the optimizer update would start (no wait: add_stack only)
-          if (timed) t.host_step_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0).count() / reps;
+          if (timed) t.host_step_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0).count() / n;
           return;
         }
         step();
@@ -315,17 +316,17 @@ int main(int argc, char** argv) {
         }
         const auto h2 = std::chrono::steady_clock::now();
         if (timed) {
-          t.host_step_ms += std::chrono::duration<double, std::milli>(h1 - h0).count() / reps;
-          t.host_stage_ms += std::chrono::duration<double, std::milli>(h2 - h1).count() / reps;
+          t.host_step_ms += std::chrono::duration<double, std::milli>(h1 - h0).count() / n;
+          t.host_stage_ms += std::chrono::duration<double, std::milli>(h2 - h1).count() / n;
         }
       };
       for (int i = 0; i < warmup; ++i) one(false);
       FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
       const auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < reps; ++i) one(true);
+      for (int i = 0; i < n; ++i) one(true);
       if (prev) prev->fence();
       FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
-      t.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+      t.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n;
       return t;
     };
     const Timing t0 = loop(0), t1 = loop(1), t2 = loop(2), t3 = loop(3), t4 = loop(4), t5 = loop(5), t6 = loop(6);
@@ -342,12 +343,12 @@ int main(int argc, char** argv) {
     // quantization without the export (mode 7), in interleaved rounds so that drift of the card
     // (clocks, temperature) over the run falls on all three alike; the median round is the cost.
     {
-      const int rounds = 7;
+      const int rounds = 9, steps = 3 * reps;
       std::vector<double> d60, d67, base;
       std::printf("\n  export cost, %d interleaved rounds of %d steps (ms/step: no export | shared quantization "
-                  "without export | with export)\n", rounds, reps);
+                  "without export | with export)\n", rounds, steps);
       for (int r = 0; r < rounds; ++r) {
-        const double a = loop(0).ms, b = loop(7).ms, c = loop(6).ms;
+        const double a = loop(0, steps).ms, b = loop(7, steps).ms, c = loop(6, steps).ms;
         base.push_back(a);
         d60.push_back(c - a);
         d67.push_back(c - b);

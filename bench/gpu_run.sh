@@ -52,14 +52,14 @@ if want sass; then
   grep -c "" "$out/kernels.sass"
 fi
 if want profile; then
-  # Nsight Compute on one MoE-layer NVFP4 1D quantization (both variants): DRAM bytes, L2 hit rate.
-  # Skip the validation launches that precede the timed ones (15 fused / 12 staged, see the bench).
-  for vs in fused:15 staged:12; do
-    v=${vs%:*}
-    ncu --kernel-name regex:nvfp4_$v --launch-skip ${vs#*:} --launch-count 2 \
-      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
-      "$build/fp4qat_bench_quantize" --only "1d MoE layer [$v]" --reps 1 --warmup 1 > "$out/ncu-$v.txt" 2>&1 || true
-    grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|dram__bytes" "$out/ncu-$v.txt" | head -20
+  # Nsight Compute on one MoE-layer NVFP4 1D quantization per kernel variant (bench --profile:
+  # three rounds of two launches; the second round is profiled): speed of light, pipes, stalls.
+  for v in fused:256:0 staged2:256:49152 staged3:256:49152; do
+    ncu --clock-control none --kernel-name regex:nvfp4_ --launch-skip 2 --launch-count 2 \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      --section Occupancy --section WarpStateStats --section SchedulerStats --section InstructionStats \
+      "$build/fp4qat_bench_quantize" --profile "$v" > "$out/ncu-${v%%:*}.txt" 2>&1 || true
+    echo "== $v"; grep -E "^  [a-z_]+.*nvfp4|Duration|DRAM Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|Issue Slots Busy|Executed Ipc A" "$out/ncu-${v%%:*}.txt" | head -24
   done
 fi
 if want mlp; then

@@ -407,7 +407,21 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
                : "memory");
 }
 
-template <InType T, int kTh>
+// kStatic ("staged3"): no ticket; CTA b takes items b, b + grid, b + 2 grid, ... (known without
+// a round trip to memory), and an arrival is published with a release add instead of a full
+// fence. Deadlock-free when G <= grid (all CTAs resident): an expert's slices then span at most
+// two consecutive rounds, and the CTA in the lowest round always finds its expert complete
+// (every slice of it belongs to a CTA that has claimed it, the next round's in a second slot).
+__device__ __forceinline__ void red_release_add(int* p, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ int ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+template <InType T, int kTh, bool kStatic>
 __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t R, int64_t G, int64_t slot_bytes,
                                                             uint32_t* amax_bits, int* arrived,
                                                             unsigned long long* ticket) {
@@ -423,8 +437,15 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
   const int64_t total = a.E * G;
   const uint32_t bar0 = smem_addr(&bars[0]);
   // Slot s: item[s] (ticket), its bytes at smem + s * slot_bytes, completion on bars[s].
+  long long next_static = blockIdx.x;  // kStatic: this CTA's next item (thread 0)
   auto claim = [&](int s) {  // thread 0 only
-    const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
+    long long t;
+    if constexpr (kStatic) {
+      t = next_static;
+      next_static += gridDim.x;
+    } else {
+      t = static_cast<long long>(atomicAdd(ticket, 1ull));
+    }
     item[s] = t;
     if (t < total) {
       const int64_t e = t / G, g = t % G, r0 = g * R, rows = min(R, N - r0);
@@ -447,8 +468,12 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
     m = block_max<kTh>(m, red);
     if (threadIdx.x == 0) {
       atomic_max_nonneg(amax_bits + e, m);
-      __threadfence();
-      atomicAdd(arrived + e, 1);
+      if constexpr (kStatic) {
+        red_release_add(arrived + e, 1);  // the max above is visible before the arrival
+      } else {
+        __threadfence();
+        atomicAdd(arrived + e, 1);
+      }
     }
   };
   if (threadIdx.x == 0) {
@@ -477,7 +502,8 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
     const int64_t e = t / G, g = t % G, r0 = g * R, rows = min(R, N - r0);
     for (;;) {
       if (threadIdx.x == 0) {
-        const bool complete = atomicAdd(arrived + e, 0) >= static_cast<int>(G);
+        const bool complete =
+            (kStatic ? ld_acquire(arrived + e) : atomicAdd(arrived + e, 0)) >= static_cast<int>(G);
         if (complete) {
           __threadfence();
           shared_amax = __uint_as_float(atomicOr(amax_bits + e, 0u));
@@ -517,8 +543,8 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
 
 // Launches the double-buffered kernel if its conditions hold (sm_90+, 1D, computed amax, 16-byte
 // aligned rows); returns false to fall back. FP4QAT_NVFP4_SLOT_BYTES: bytes per slot (default
-// 96 KB: one CTA of two slots per SM), FP4QAT_NVFP4_THREADS: 256 or 512.
-template <InType T, int kTh>
+// 48 KB: two CTAs of two slots per SM), FP4QAT_NVFP4_THREADS: 256 or 512.
+template <InType T, int kTh, bool kStatic>
 bool launch_staged2_t(const Nvfp4Args& a, cudaStream_t stream, int64_t slot_budget) {
   constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
   int dev = 0, major = 0;
@@ -532,7 +558,7 @@ bool launch_staged2_t(const Nvfp4Args& a, cudaStream_t stream, int64_t slot_budg
   const int64_t G = (a.N + R - 1) / R;
   const int64_t slot_bytes = (R * row_bytes + 127) / 128 * 128;
   const size_t smem = static_cast<size_t>(2 * slot_bytes);
-  auto kernel = nvfp4_staged2_kernel<T, kTh>;
+  auto kernel = nvfp4_staged2_kernel<T, kTh, kStatic>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
@@ -540,13 +566,13 @@ bool launch_staged2_t(const Nvfp4Args& a, cudaStream_t stream, int64_t slot_budg
   int per_sm = 0;
   FP4QAT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTh, smem));
   const int64_t resident = static_cast<int64_t>(per_sm) * num_sms();
-  if (per_sm < 1 || G > 2 * resident) return false;  // the deadlock-freedom condition
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(a.E * G, resident));
+  if (per_sm < 1 || G > (kStatic ? grid : 2 * resident)) return false;  // the deadlock-freedom conditions
   auto* amax_bits = static_cast<uint32_t*>(a.workspace);
   auto* arrived = reinterpret_cast<int*>(amax_bits + a.E);
   auto* ticket = reinterpret_cast<unsigned long long*>(
       static_cast<char*>(a.workspace) + ((static_cast<size_t>(a.E) * 8 + 15) / 16) * 16);
   FP4QAT_CUDA_CHECK(cudaMemsetAsync(a.workspace, 0, nvfp4_workspace_bytes(a.E), stream));
-  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(a.E * G, resident));
   kernel<<<static_cast<unsigned>(grid), kTh, smem, stream>>>(a, R, G, slot_bytes, amax_bits, arrived, ticket);
   FP4QAT_CUDA_CHECK(cudaGetLastError());
   return true;
@@ -557,11 +583,11 @@ int64_t env_int(const char* name, int64_t fallback) {
   return v && *v ? std::strtoll(v, nullptr, 10) : fallback;
 }
 
-template <InType T>
+template <InType T, bool kStatic>
 bool launch_staged2(const Nvfp4Args& a, cudaStream_t stream) {
-  const int64_t budget = env_int("FP4QAT_NVFP4_SLOT_BYTES", 96 * 1024);
-  if (env_int("FP4QAT_NVFP4_THREADS", 256) == 512) return launch_staged2_t<T, 512>(a, stream, budget);
-  return launch_staged2_t<T, 256>(a, stream, budget);
+  const int64_t budget = env_int("FP4QAT_NVFP4_SLOT_BYTES", 48 * 1024);
+  if (env_int("FP4QAT_NVFP4_THREADS", 256) == 512) return launch_staged2_t<T, 512, kStatic>(a, stream, budget);
+  return launch_staged2_t<T, 256, kStatic>(a, stream, budget);
 }
 
 // Tuning knobs (benchmarks only; defaults measured on H100, see bench/RESULTS.md):
@@ -698,9 +724,11 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
   const char* forced = std::getenv("FP4QAT_NVFP4_KERNEL");
   const bool try_staged = forced != nullptr && std::string(forced) == "staged";
   const bool try_staged2 = forced != nullptr && std::string(forced) == "staged2";
+  const bool try_staged3 = forced != nullptr && std::string(forced) == "staged3";
 #define FP4QAT_DISPATCH(TY)                                                    \
   if (a.type == TY) {                                                           \
-    if (try_staged2 && launch_staged2<TY>(a, stream)) return;                   \
+    if (try_staged2 && launch_staged2<TY, false>(a, stream)) return;            \
+    if (try_staged3 && launch_staged2<TY, true>(a, stream)) return;             \
     if (a.two_d) {                                                              \
       if (!(try_staged && launch_staged<TY, true>(a, stream))) launch_fused<TY, true>(a, stream); \
     } else if (!(try_staged && launch_staged<TY, false>(a, stream))) {          \

@@ -114,7 +114,9 @@ TEST(GpuQuantize, NVFP4KernelVariantsMatchReference) {
   const Variant variants[] = {{"staged", "256", "0", "1"},  {"fused", "512", "0", "1"}, {"fused", "256", "0", "2"},
                               {"fused", "256", "1", "1"},   {"fused", "256", "1", "2"}, {"fused", "256", "2", "1"},
                               {"fused", "256", "2", "2"},   {"staged2", "256", "0", "1"}, {"staged2", "512", "0", "1"},
-                              {"staged2", "256", "0", "1", "16384"}, {"staged2", "512", "0", "1", "1024"}};
+                              {"staged2", "256", "0", "1", "16384"}, {"staged2", "512", "0", "1", "1024"},
+                              {"staged3", "256", "0", "1", "49152"}, {"staged3", "512", "0", "1", "98304"},
+                              {"staged3", "256", "0", "1", "16384"}};
   const std::vector<std::vector<int64_t>> shapes = {{7, 96}, {1, 129, 2048}, {160, 17, 64}, {4, 768, 2048}, {2, 31, 4096}};
   uint64_t seed = 900;
   for (const auto& v : variants) {
