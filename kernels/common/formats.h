@@ -154,17 +154,24 @@ FP4QAT_HD float nvfp4_block_enc(uint8_t sb, float s_dec) {
 }
 
 // E2M1 code of a magnitude a in [0, 6] by arithmetic instead of the comparison ladder (same
-// result, fewer instructions on the GPU's hot path, none on its slow conversion pipe): below 1
-// the grid is 0, .5, 1: a + 2^22 rounds a to a multiple of 0.5 (the float32 ulp there), ties to
-// the even multiple, so the sum's bits minus those of 2^22 are rint(2a); from 1 on, E2M1 is a
-// float with one mantissa bit, so the float32 bits are rounded to one mantissa bit (ties to even)
-// and rebiased (exponent bias 127 -> 1).
-FP4QAT_HD uint32_t e2m1_magnitude_code(float a) {
-  const uint32_t u = f2u(a);
-  const uint32_t normal = ((u + 0x1fffffu + ((u >> 22) & 1u)) >> 22) - 252u;
-  const uint32_t sub = f2u(a + 4194304.0f) - 0x4A800000u;  // 2^22 = 0x4A800000
-  return a < 1.0f ? sub : normal;
+// result for every float32 in [0, 6], checked exhaustively by the CPU tests), biased by 252, with
+// few integer operations (the GPU's integer pipe is what bounds its quantizers):
+//   from 1 on, E2M1 is a float with one mantissa bit: Veltkamp's split hi = c - (c - a),
+//   c = a * (2^22 + 1), is a rounded to 2 significant bits, to nearest, ties to even; its
+//   float32 bits >> 22 are (exponent << 1 | mantissa bit) = code + 252;
+//   below 1 the grid is 0, .5, 1: a + 2^22 rounds a to a multiple of 0.5 (the float32 ulp
+//   there), ties to the even multiple, so the sum's bits minus those of 2^22 are rint(2a) = code;
+//   the two are merged without a branch: below 1, hi's code is never above the true one, and
+//   from 1 on, the second (capped at 2) never above hi's.
+FP4QAT_HD uint32_t e2m1_code_b252(float a) {
+  const float c = a * 4194305.0f;  // 2^22 + 1
+  const float hi = c - (c - a);
+  const uint32_t normal = f2u(hi) >> 22;
+  const uint32_t sub = f2u(a + 4194304.0f) - (0x4A800000u - 252u);  // 2^22 = 0x4A800000
+  const uint32_t sub_capped = sub < 254u ? sub : 254u;
+  return normal > sub_capped ? normal : sub_capped;
 }
+FP4QAT_HD uint32_t e2m1_magnitude_code(float a) { return e2m1_code_b252(a) - 252u; }
 
 // One element: q = e2m1_rne(clamp(x * enc, -6, 6)); the sign is taken from x * enc (v < 0).
 FP4QAT_HD uint8_t nvfp4_encode(float x, float enc) {

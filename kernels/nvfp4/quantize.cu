@@ -37,13 +37,10 @@ namespace {
 // Non-negative floats order like their bit patterns, so atomicMax on the bits is an exact max.
 __device__ __forceinline__ void atomic_max_nonneg(uint32_t* addr, float v) { atomicMax(addr, __float_as_uint(v)); }
 
-// Encode one 16-element block with scale byte sb and write the requested outputs.
-__device__ __forceinline__ void emit_block(const float v[16], uint8_t sb, float s_dec, int64_t unit,
-                                           uint8_t* codes, uint8_t* scales, uint16_t* fake) {
-  const float enc = nvfp4_block_enc(sb, s_dec);
-  uint32_t packed[2] = {0u, 0u};
-#pragma unroll
-  for (int i = 0; i < 16; ++i) packed[i >> 3] |= static_cast<uint32_t>(nvfp4_encode(v[i], enc)) << (4 * (i & 7));
+// Write one encoded block: packed codes (element 2i low nibble), its scale byte, and the fake
+// quant values e2m1(q) * sb if requested.
+__device__ __forceinline__ void write_block(const uint32_t packed[2], uint8_t sb, int64_t unit, uint8_t* codes,
+                                            uint8_t* scales, uint16_t* fake) {
   if (codes) __stcs(reinterpret_cast<uint2*>(codes) + unit, make_uint2(packed[0], packed[1]));
   if (scales) scales[unit] = sb;
   if (fake) {
@@ -62,6 +59,48 @@ __device__ __forceinline__ void emit_block(const float v[16], uint8_t sb, float 
     __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
     __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
   }
+}
+
+// Encode one 16-element block with scale byte sb and write the requested outputs.
+__device__ __forceinline__ void emit_block(const float v[16], uint8_t sb, float s_dec, int64_t unit,
+                                           uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+  const float enc = nvfp4_block_enc(sb, s_dec);
+  uint32_t packed[2] = {0u, 0u};
+#pragma unroll
+  for (int i = 0; i < 16; ++i) packed[i >> 3] |= static_cast<uint32_t>(nvfp4_encode(v[i], enc)) << (4 * (i & 7));
+  write_block(packed, sb, unit, codes, scales, fake);
+}
+
+// The same for 16 bf16 given as 8 raw words (element 2i in the low half of raw[i]) and the block's
+// encode multiplier: nvfp4_encode's arithmetic per element (x * enc, the biased E2M1 code, the
+// sign of the product), nibble pairs by shift-add, bytes gathered by byte_perm.
+__device__ __forceinline__ void emit_block_bf16(const uint32_t raw[8], uint8_t sb, float enc, int64_t unit,
+                                                uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+  uint32_t b[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float lo = __uint_as_float(raw[i] << 16) * enc, hi = __uint_as_float(raw[i] & 0xffff0000u) * enc;
+    const uint32_t nlo = e2m1_code_b252(fminf(fabsf(lo), kE2M1Max)) - 252u + (lo < 0.0f ? 8u : 0u);
+    const uint32_t nhi = e2m1_code_b252(fminf(fabsf(hi), kE2M1Max)) - 252u + (hi < 0.0f ? 8u : 0u);
+    b[i] = nlo + (nhi << 4);
+  }
+  const uint32_t packed[2] = {
+      __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x4000), 0x7610),
+      __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x4000), 0x7610)};
+  write_block(packed, sb, unit, codes, scales, fake);
+}
+
+// max |x| of 16 bf16 (8 raw words) on packed pairs: |x| and max are exact in bf16, and max.bf16x2
+// skips a NaN operand as fmaxf does; the final fmaxf from 0 matches max16's order-free result.
+__device__ __forceinline__ float max16_bf16(const uint32_t raw[8]) {
+  __nv_bfloat162 m[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    m[i] = __hmax2(__habs2(*reinterpret_cast<const __nv_bfloat162*>(&raw[2 * i])),
+                   __habs2(*reinterpret_cast<const __nv_bfloat162*>(&raw[2 * i + 1])));
+  const __nv_bfloat162 r = __hmax2(__hmax2(m[0], m[1]), __hmax2(m[2], m[3]));
+  const uint32_t w = *reinterpret_cast<const uint32_t*>(&r);
+  return fmaxf(fmaxf(0.0f, __uint_as_float(w << 16)), __uint_as_float(w & 0xffff0000u));
 }
 
 struct Schedule {
@@ -422,21 +461,24 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
 }
 
 template <InType T, int kTh, bool kStatic>
-__global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t R, int64_t G, int64_t slot_bytes,
-                                                            uint32_t* amax_bits, int* arrived,
+__global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t R, int64_t G, int64_t data_bytes,
+                                                            int64_t slot_stride, uint32_t* amax_bits, int* arrived,
                                                             unsigned long long* ticket) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  extern __shared__ __align__(128) unsigned char smem[];
+  // Slot s (two of them): the bytes of item[s] at smem + s * slot_stride (data_bytes), then its
+  // 16-element block maxima, float [rows * K/16] (computed once, when the slot lands, for both
+  // the expert amax and the block scales); completion of the bulk copy on bars[s].
+  extern __shared__ __align__(16) unsigned char smem[];
   constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
   __shared__ __align__(8) uint64_t bars[2];
   __shared__ long long item[2];
   __shared__ float red[kTh / 32];
   __shared__ int flag[2];  // [0]: the current expert is complete; [1]: the other slot has landed
   __shared__ float shared_amax;
+  __shared__ float enc_lut[256];  // nvfp4_block_enc(sb, S_dec) of the current expert, per scale byte
   const int64_t K = a.K, N = a.N, nb = K / 16;
   const int64_t total = a.E * G;
   const uint32_t bar0 = smem_addr(&bars[0]);
-  // Slot s: item[s] (ticket), its bytes at smem + s * slot_bytes, completion on bars[s].
   long long next_static = blockIdx.x;  // kStatic: this CTA's next item (thread 0)
   auto claim = [&](int s) {  // thread 0 only
     long long t;
@@ -451,19 +493,30 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
       const int64_t e = t / G, g = t % G, r0 = g * R, rows = min(R, N - r0);
       // Generic-proxy reads of this slot's previous bytes come before the async-proxy writes.
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      bulk_load(smem_addr(smem + s * slot_bytes), static_cast<const char*>(a.x) + (e * N + r0) * K * kElem,
+      bulk_load(smem_addr(smem + s * slot_stride), static_cast<const char*>(a.x) + (e * N + r0) * K * kElem,
                 static_cast<uint32_t>(rows * K * kElem), bar0 + 8 * s);
     }
   };
-  // Max |x| over slot s's rows, folded into amax[e]; all threads call it (block reduction).
+  // Block maxima of slot s into its bmax array; the slice max folded into amax[e]. All threads.
   auto contribute = [&](int s) {
     const int64_t t = item[s], e = t / G, g = t % G, rows = min(R, N - g * R), units = rows * nb;
-    const unsigned char* base = smem + s * slot_bytes;
+    const unsigned char* base = smem + s * slot_stride;
+    float* bmax = reinterpret_cast<float*>(smem + s * slot_stride + data_bytes);
     float m = 0.0f;
     for (int64_t u = threadIdx.x; u < units; u += kTh) {
-      float v[16];
-      load16<T, Src::kShared>(base, u * 16, v);
-      m = fmaxf(m, max16(v));
+      float bm;
+      if constexpr (T == InType::BF16) {
+        const uint4* p = reinterpret_cast<const uint4*>(base + u * 32);
+        const uint4 x0 = p[0], x1 = p[1];
+        const uint32_t raw[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        bm = max16_bf16(raw);
+      } else {
+        float v[16];
+        load16<T, Src::kShared>(base, u * 16, v);
+        bm = max16(v);
+      }
+      bmax[u] = bm;
+      m = fmaxf(m, bm);
     }
     m = block_max<kTh>(m, red);
     if (threadIdx.x == 0) {
@@ -527,14 +580,26 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
     const float s_dec = nvfp4_s_dec(s_enc);
     const float factor = nvfp4_block_factor(s_enc);
     if (g == 0 && threadIdx.x == 0) a.s_dec[e] = s_dec;
+    // One division per scale byte instead of one per block.
+    for (int b = threadIdx.x; b < 256; b += kTh) enc_lut[b] = nvfp4_block_enc(static_cast<uint8_t>(b), s_dec);
+    __syncthreads();
     const int64_t unit0 = (e * N + r0) * nb, units = rows * nb;
-    const unsigned char* base = smem + cur * slot_bytes;
+    const unsigned char* base = smem + cur * slot_stride;
+    const float* bmax = reinterpret_cast<const float*>(smem + cur * slot_stride + data_bytes);
     for (int64_t u = threadIdx.x; u < units; u += kTh) {
-      float v[16];
-      load16<T, Src::kShared>(base, u * 16, v);
-      emit_block(v, nvfp4_block_scale(max16(v), factor), s_dec, unit0 + u, a.codes, a.scales, a.fake);
+      const uint8_t sb = nvfp4_block_scale(bmax[u], factor);
+      if constexpr (T == InType::BF16) {
+        const uint4* p = reinterpret_cast<const uint4*>(base + u * 32);
+        const uint4 x0 = p[0], x1 = p[1];
+        const uint32_t raw[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        emit_block_bf16(raw, sb, enc_lut[sb], unit0 + u, a.codes, a.scales, a.fake);
+      } else {
+        float v[16];
+        load16<T, Src::kShared>(base, u * 16, v);
+        emit_block(v, sb, s_dec, unit0 + u, a.codes, a.scales, a.fake);
+      }
     }
-    __syncthreads();  // the slot is read before it is refilled; `shared_amax`, `flag` reused
+    __syncthreads();  // the slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
     landed_done = oth_done;
     cur = oth;
   }
@@ -550,14 +615,17 @@ bool launch_staged2_t(const Nvfp4Args& a, cudaStream_t stream, int64_t slot_budg
   int dev = 0, major = 0;
   FP4QAT_CUDA_CHECK(cudaGetDevice(&dev));
   FP4QAT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  if (major < 9 || a.two_d || a.given_amax || a.N == 0) return false;
+  int coop = 0;
+  FP4QAT_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  if (major < 9 || !coop || a.two_d || a.given_amax || a.N == 0) return false;
   const int64_t row_bytes = a.K * kElem;
   if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || row_bytes % 16 != 0) return false;
   const int64_t R = std::min(a.N, slot_budget / row_bytes);
   if (R < 1) return false;
   const int64_t G = (a.N + R - 1) / R;
-  const int64_t slot_bytes = (R * row_bytes + 127) / 128 * 128;
-  const size_t smem = static_cast<size_t>(2 * slot_bytes);
+  const int64_t data_bytes = (R * row_bytes + 127) / 128 * 128;
+  const int64_t slot_stride = data_bytes + (R * (a.K / 16) * 4 + 127) / 128 * 128;  // + block maxima
+  const size_t smem = static_cast<size_t>(2 * slot_stride);
   auto kernel = nvfp4_staged2_kernel<T, kTh, kStatic>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess) {
     (void)cudaGetLastError();
@@ -573,8 +641,12 @@ bool launch_staged2_t(const Nvfp4Args& a, cudaStream_t stream, int64_t slot_budg
   auto* ticket = reinterpret_cast<unsigned long long*>(
       static_cast<char*>(a.workspace) + ((static_cast<size_t>(a.E) * 8 + 15) / 16) * 16);
   FP4QAT_CUDA_CHECK(cudaMemsetAsync(a.workspace, 0, nvfp4_workspace_bytes(a.E), stream));
-  kernel<<<static_cast<unsigned>(grid), kTh, smem, stream>>>(a, R, G, slot_bytes, amax_bits, arrived, ticket);
-  FP4QAT_CUDA_CHECK(cudaGetLastError());
+  // A cooperative launch: all CTAs are resident together (the deadlock-freedom conditions count
+  // on it), also when another kernel, e.g. a quantization on a side stream, shares the device.
+  void* args[] = {const_cast<Nvfp4Args*>(&a), const_cast<int64_t*>(&R), const_cast<int64_t*>(&G),
+                  const_cast<int64_t*>(&data_bytes), const_cast<int64_t*>(&slot_stride), &amax_bits, &arrived, &ticket};
+  FP4QAT_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(grid)),
+                                                dim3(kTh), args, smem, stream));
   return true;
 }
 
