@@ -791,11 +791,13 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
   FP4QAT_CHECK(a.K % 16 == 0 && a.K > 0, "nvfp4_quantize (CUDA): K = ", a.K, " is not a positive multiple of 16");
   FP4QAT_CHECK(a.s_dec && a.workspace, "nvfp4_quantize (CUDA): s_dec and workspace are required");
   if (a.E == 0) return;
-  // FP4QAT_NVFP4_KERNEL=staged selects the one-read staged variant where it fits (benchmarks);
-  // the default is the fused two-pass kernel, measured faster on H100 (bench/RESULTS.md).
+  // Default: the double-buffered one-read kernel (staged2) where it applies (sm_90+, 1D blocks,
+  // amax computed here, 16-byte aligned rows), else the fused two-pass kernel; measured on H100
+  // in bench/RESULTS.md. FP4QAT_NVFP4_KERNEL=fused|staged|staged2|staged3 picks one (benchmarks
+  // and tests; a variant that does not apply falls back to fused).
   const char* forced = std::getenv("FP4QAT_NVFP4_KERNEL");
   const bool try_staged = forced != nullptr && std::string(forced) == "staged";
-  const bool try_staged2 = forced != nullptr && std::string(forced) == "staged2";
+  const bool try_staged2 = forced == nullptr || *forced == '\0' || std::string(forced) == "staged2";
   const bool try_staged3 = forced != nullptr && std::string(forced) == "staged3";
 #define FP4QAT_DISPATCH(TY)                                                    \
   if (a.type == TY) {                                                           \
