@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
     else if (a == "--only" && i + 1 < argc) g_only = argv[++i];
     else if (a == "--profile" && i + 1 < argc) profile = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--reps N] [--warmup N] [--json FILE] [--only SUBSTRING] [--profile KERNEL:THREADS:SLOT_BYTES]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--reps N] [--warmup N] [--json FILE] [--only SUBSTRING] [--profile KERNEL[:THREADS[:SLOT_BYTES[:SLOTS]]]]\n", argv[0]);
       return 2;
     }
   }
@@ -100,12 +100,15 @@ int main(int argc, char** argv) {
   // --profile: only the MoE layer's NVFP4 1D quantization with the given kernel settings, three
   // times (two launches each; under a profiler skip the first two launches), nothing validated.
   if (!profile.empty()) {
-    const auto c1 = profile.find(':'), c2 = profile.rfind(':');
-    setenv("FP4QAT_NVFP4_KERNEL", profile.substr(0, c1).c_str(), 1);
-    if (c2 != c1) {
-      setenv("FP4QAT_NVFP4_THREADS", profile.substr(c1 + 1, c2 - c1 - 1).c_str(), 1);
-      setenv("FP4QAT_NVFP4_SLOT_BYTES", profile.substr(c2 + 1).c_str(), 1);
+    std::vector<std::string> f;
+    for (std::string c = profile;;) {
+      const auto p = c.find(':');
+      f.push_back(c.substr(0, p));
+      if (p == std::string::npos) break;
+      c = c.substr(p + 1);
     }
+    const char* names[] = {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_SLOTS"};
+    for (size_t i = 0; i < f.size() && i < 4; ++i) setenv(names[i], f[i].c_str(), 1);
     at::Tensor w13 = at::randn({128, 1536, 2048}, cuda_bf16) * 0.02, w2 = at::randn({128, 2048, 768}, cuda_bf16) * 0.02;
     for (int i = 0; i < 3; ++i) {
       fp4qat::nvfp4_quantize(w13, Blocks::k1D);
@@ -207,15 +210,22 @@ int main(int argc, char** argv) {
                             "FP4QAT_NVFP4_UNROLL"})
         unsetenv(v);
     }
-    // The double-buffered one-read kernel: kernel:threads:bytes per slot (98304: one CTA per SM).
-    // staged3: the same with a static item order (no ticket) and release/acquire arrivals.
-    for (const char* kcfg : {"staged2:256:49152", "staged2:512:49152", "staged2:256:24576", "staged2:512:24576",
-                             "staged2:256:16384", "staged2:256:32768", "staged3:512:49152"}) {
-      const std::string kc = kcfg, kname = kc.substr(0, kc.find(':')), c = kc.substr(kc.find(':') + 1);
-      const std::string cfg = kname + " " + c;
-      setenv("FP4QAT_NVFP4_KERNEL", kname.c_str(), 1);
-      setenv("FP4QAT_NVFP4_THREADS", c.substr(0, c.find(':')).c_str(), 1);
-      setenv("FP4QAT_NVFP4_SLOT_BYTES", c.substr(c.find(':') + 1).c_str(), 1);
+    // The multi-buffered one-read kernel: threads:bytes per slot:slots per CTA.
+    for (const char* kcfg : {"staged2:256:32768:2", "staged2:256:24576:2", "staged2:512:49152:2", "staged2:256:16384:3",
+                             "staged2:256:24576:3", "staged2:512:24576:3", "staged2:256:16384:4", "staged2:256:12288:4",
+                             "staged2:512:16384:4", "staged2:256:8192:4"}) {
+      std::vector<std::string> f;
+      for (std::string c = kcfg;;) {
+        const auto p = c.find(':');
+        f.push_back(c.substr(0, p));
+        if (p == std::string::npos) break;
+        c = c.substr(p + 1);
+      }
+      const std::string cfg = f[0] + " " + f[1] + ":" + f[2] + " x" + f[3];
+      setenv("FP4QAT_NVFP4_KERNEL", f[0].c_str(), 1);
+      setenv("FP4QAT_NVFP4_THREADS", f[1].c_str(), 1);
+      setenv("FP4QAT_NVFP4_SLOT_BYTES", f[2].c_str(), 1);
+      setenv("FP4QAT_NVFP4_SLOTS", f[3].c_str(), 1);
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).codes; },
                                     [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).codes; }, same_bytes) &&
                       check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D).scales; },
@@ -231,7 +241,8 @@ int main(int argc, char** argv) {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D);
       });
-      for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES"}) unsetenv(v);
+      for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_SLOTS"})
+        unsetenv(v);
     }
     {
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },

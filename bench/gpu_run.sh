@@ -54,12 +54,12 @@ fi
 if want profile; then
   # Nsight Compute on one MoE-layer NVFP4 1D quantization per kernel variant (bench --profile:
   # three rounds of two launches; the second round is profiled): speed of light, pipes, stalls.
-  for v in fused:256:0 staged2:256:49152 staged3:256:49152; do
+  for v in fused staged2:256:32768:2 staged2:256:16384:4; do
     ncu --clock-control none --kernel-name regex:nvfp4_ --launch-skip 2 --launch-count 2 \
       --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
       --section Occupancy --section WarpStateStats --section SchedulerStats --section InstructionStats \
-      "$build/fp4qat_bench_quantize" --profile "$v" > "$out/ncu-${v%%:*}.txt" 2>&1 || true
-    echo "== $v"; grep -E "^  [a-z_]+.*nvfp4|Duration|DRAM Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|Issue Slots Busy|Executed Ipc A" "$out/ncu-${v%%:*}.txt" | head -24
+      "$build/fp4qat_bench_quantize" --profile "$v" > "$out/ncu-${v//:/-}.txt" 2>&1 || true
+    echo "== $v"; grep -E "^  [a-z_]+.*nvfp4|Duration|DRAM Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|Issue Slots Busy|Executed Ipc A" "$out/ncu-${v//:/-}.txt" | head -24
   done
 fi
 if want mlp; then

@@ -408,18 +408,21 @@ bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
   return true;
 }
 
-// ---- Double-buffered one-read variant (sm_90: bulk copies into shared memory) ----------------
+// ---- Multi-buffered one-read variant (sm_90: bulk copies into shared memory) -----------------
 // Items (e, g) = rows [g*R, (g+1)*R) of expert e, claimed in ticket order, as above, but each CTA
-// holds two slots: while it waits for its current item's expert amax and quantizes it, the next
-// item is already being copied in (one cp.async.bulk per slice, completion on an mbarrier), so
-// HBM reads never stop for a CTA's compute or wait. Every input byte is read from HBM once.
-// Protocol per CTA: claim into the free slot; wait for the current slot's bytes; fold its max
-// into amax[e] (arrived[e] += 1); until all G slices of e have arrived, poll and — as soon as the
-// other slot's bytes land — fold that slot's max in too (so no claimed slice waits on a waiting
-// CTA); quantize the current slot from shared memory; swap.
-// Deadlock-free when G <= 2 * resident CTAs: if every resident CTA waited forever, the oldest
-// incomplete expert would have an unclaimed slice, so every claimed item (all older tickets, and
-// every other expert they touch complete) would belong to it: 2 * CTAs < G slices.
+// holds a ring of kSlots slots, each filled by one cp.async.bulk (completion on an mbarrier):
+// while it waits for the head item's expert amax and quantizes it, the next kSlots - 1 items are
+// already being copied in, so HBM reads go on during a CTA's compute and waits. Every input byte
+// is read from HBM once.
+// Protocol per CTA: fill every slot (claims in ticket order); then, per head item: wait for its
+// bytes and fold its max into amax[e] (arrived[e] += 1) unless done already; until all G slices
+// of e have arrived, poll, folding in the max of every other slot whose bytes have landed (so no
+// claimed slice waits on a waiting CTA); quantize the head from shared memory; refill its slot
+// with the next ticket (it becomes the ring's tail); advance.
+// Deadlock-free when G <= kSlots * CTAs, all CTAs resident together (a cooperative launch): if
+// every CTA waited forever, the oldest incomplete expert would have an unclaimed slice, so every
+// claimed item (older tickets; every expert before it is complete, so no CTA waits on one) would
+// be a slice of it: kSlots * CTAs < G.
 // 1D blocks with the amax computed here only (a given amax needs one pass: the fused kernel).
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 
@@ -446,48 +449,27 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
                : "memory");
 }
 
-// kStatic ("staged3"): no ticket; CTA b takes items b, b + grid, b + 2 grid, ... (known without
-// a round trip to memory), and an arrival is published with a release add instead of a full
-// fence. Deadlock-free when G <= grid (all CTAs resident): an expert's slices then span at most
-// two consecutive rounds, and the CTA in the lowest round always finds its expert complete
-// (every slice of it belongs to a CTA that has claimed it, the next round's in a second slot).
-__device__ __forceinline__ void red_release_add(int* p, int v) {
-  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
-}
-__device__ __forceinline__ int ld_acquire(const int* p) {
-  int v;
-  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
-template <InType T, int kTh, bool kStatic>
+template <InType T, int kTh, int kSlots>
 __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t R, int64_t G, int64_t data_bytes,
                                                             int64_t slot_stride, uint32_t* amax_bits, int* arrived,
                                                             unsigned long long* ticket) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // Slot s (two of them): the bytes of item[s] at smem + s * slot_stride (data_bytes), then its
-  // 16-element block maxima, float [rows * K/16] (computed once, when the slot lands, for both
-  // the expert amax and the block scales); completion of the bulk copy on bars[s].
+  // Slot s: the bytes of item[s] at smem + s * slot_stride (data_bytes), then its 16-element
+  // block maxima, float [rows * K/16] (computed once, when the slot lands, for both the expert
+  // amax and the block scales); completion of the bulk copy on bars[s].
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
-  __shared__ __align__(8) uint64_t bars[2];
-  __shared__ long long item[2];
+  __shared__ __align__(8) uint64_t bars[kSlots];
+  __shared__ long long item[kSlots];
   __shared__ float red[kTh / 32];
-  __shared__ int flag[2];  // [0]: the current expert is complete; [1]: the other slot has landed
+  __shared__ int flag[2];  // [0]: the head's expert is complete; [1]: slots that have landed (bits)
   __shared__ float shared_amax;
-  __shared__ float enc_lut[256];  // nvfp4_block_enc(sb, S_dec) of the current expert, per scale byte
+  __shared__ float enc_lut[256];  // nvfp4_block_enc(sb, S_dec) of the head's expert, per scale byte
   const int64_t K = a.K, N = a.N, nb = K / 16;
   const int64_t total = a.E * G;
   const uint32_t bar0 = smem_addr(&bars[0]);
-  long long next_static = blockIdx.x;  // kStatic: this CTA's next item (thread 0)
   auto claim = [&](int s) {  // thread 0 only
-    long long t;
-    if constexpr (kStatic) {
-      t = next_static;
-      next_static += gridDim.x;
-    } else {
-      t = static_cast<long long>(atomicAdd(ticket, 1ull));
-    }
+    const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
     item[s] = t;
     if (t < total) {
       const int64_t e = t / G, g = t % G, r0 = g * R, rows = min(R, N - r0);
@@ -521,59 +503,61 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
     m = block_max<kTh>(m, red);
     if (threadIdx.x == 0) {
       atomic_max_nonneg(amax_bits + e, m);
-      if constexpr (kStatic) {
-        red_release_add(arrived + e, 1);  // the max above is visible before the arrival
-      } else {
-        __threadfence();
-        atomicAdd(arrived + e, 1);
-      }
+      __threadfence();
+      atomicAdd(arrived + e, 1);
     }
   };
   if (threadIdx.x == 0) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0) : "memory");
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8) : "memory");
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * s) : "memory");
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    claim(0);
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) claim(s);
   }
   __syncthreads();
-  uint32_t parity = 0u;  // bit s: the phase slot s waits for next (a bit mask: no local memory)
-  bool landed_done = false;  // the current slot's bytes already waited for and folded in (while waiting)
-  int cur = 0;
+  // Per-slot state as bit masks (registers, the same in every thread): the mbarrier phase each
+  // slot waits for next, and whether its landed bytes were already folded in.
+  uint32_t parity = 0u, folded = 0u;
+  int h = 0;  // the head slot; the ring runs h, h + 1, ... (mod kSlots) in ticket order
   for (;;) {
-    const int64_t t = item[cur];
-    if (t >= total) return;  // claims are monotone: the other slot holds no item either
-    const int oth = cur ^ 1;
-    if (threadIdx.x == 0) claim(oth);
-    if (!landed_done) {
-      mbar_wait(bar0 + 8 * cur, (parity >> cur) & 1u);
-      parity ^= 1u << cur;
-      contribute(cur);
+    const int64_t t = item[h];
+    if (t >= total) return;  // the ring's tickets increase from the head: no slot holds an item
+    if (!((folded >> h) & 1u)) {
+      mbar_wait(bar0 + 8 * h, (parity >> h) & 1u);
+      parity ^= 1u << h;
+      contribute(h);
+      folded |= 1u << h;
     }
-    __syncthreads();  // item[oth] visible
-    const bool oth_valid = item[oth] < total;
-    bool oth_done = false;
     const int64_t e = t / G, g = t % G, r0 = g * R, rows = min(R, N - r0);
     for (;;) {
       if (threadIdx.x == 0) {
-        const bool complete =
-            (kStatic ? ld_acquire(arrived + e) : atomicAdd(arrived + e, 0)) >= static_cast<int>(G);
+        const bool complete = atomicAdd(arrived + e, 0) >= static_cast<int>(G);
         if (complete) {
           __threadfence();
           shared_amax = __uint_as_float(atomicOr(amax_bits + e, 0u));
         }
+        int landed = 0;
+#pragma unroll
+        for (int k = 1; k < kSlots; ++k) {
+          const int s = h + k < kSlots ? h + k : h + k - kSlots;
+          if (item[s] < total && !((folded >> s) & 1u) && mbar_test(bar0 + 8 * s, (parity >> s) & 1u)) landed |= 1 << s;
+        }
         flag[0] = complete;
-        flag[1] = oth_valid && !oth_done && mbar_test(bar0 + 8 * oth, (parity >> oth) & 1u);
+        flag[1] = landed;
       }
       __syncthreads();
-      const bool complete = flag[0], landed = flag[1];
-      if (landed) {
-        mbar_wait(bar0 + 8 * oth, (parity >> oth) & 1u);  // completes at once; every thread acquires the bytes
-        parity ^= 1u << oth;
-        oth_done = true;
-        contribute(oth);
+      const bool complete = flag[0];
+      int landed = flag[1];
+      while (landed) {
+        const int s = __ffs(landed) - 1;
+        landed &= landed - 1;
+        mbar_wait(bar0 + 8 * s, (parity >> s) & 1u);  // completes at once; every thread acquires the bytes
+        parity ^= 1u << s;
+        contribute(s);
+        folded |= 1u << s;
       }
       if (complete) break;
-      if (!landed && threadIdx.x == 0) __nanosleep(64);
+      if (flag[1] == 0 && threadIdx.x == 0) __nanosleep(64);
       __syncthreads();  // flag is rewritten next round
     }
     const float s_enc = nvfp4_s_enc(shared_amax);
@@ -584,8 +568,8 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
     for (int b = threadIdx.x; b < 256; b += kTh) enc_lut[b] = nvfp4_block_enc(static_cast<uint8_t>(b), s_dec);
     __syncthreads();
     const int64_t unit0 = (e * N + r0) * nb, units = rows * nb;
-    const unsigned char* base = smem + cur * slot_stride;
-    const float* bmax = reinterpret_cast<const float*>(smem + cur * slot_stride + data_bytes);
+    const unsigned char* base = smem + h * slot_stride;
+    const float* bmax = reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes);
     for (int64_t u = threadIdx.x; u < units; u += kTh) {
       const uint8_t sb = nvfp4_block_scale(bmax[u], factor);
       if constexpr (T == InType::BF16) {
@@ -599,17 +583,18 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
         emit_block(v, sb, s_dec, unit0 + u, a.codes, a.scales, a.fake);
       }
     }
-    __syncthreads();  // the slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
-    landed_done = oth_done;
-    cur = oth;
+    __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
+    folded &= ~(1u << h);
+    if (threadIdx.x == 0) claim(h);  // the next ticket: the ring's new tail
+    h = h + 1 < kSlots ? h + 1 : 0;
+    __syncthreads();  // item[] of the refilled slot visible before it is read
   }
 #endif
 }
 
-// Launches the double-buffered kernel if its conditions hold (sm_90+, 1D, computed amax, 16-byte
-// aligned rows); returns false to fall back. FP4QAT_NVFP4_SLOT_BYTES: bytes per slot (default
-// 48 KB: two CTAs of two slots per SM), FP4QAT_NVFP4_THREADS: 256 or 512.
-template <InType T, int kTh, bool kStatic>
+// Launches the multi-buffered kernel if its conditions hold (sm_90+, cooperative launch, 1D,
+// computed amax, 16-byte aligned rows); returns false to fall back.
+template <InType T, int kTh, int kSlots>
 bool launch_staged2_t(const Nvfp4Args& a, cudaStream_t stream, int64_t slot_budget) {
   constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
   int dev = 0, major = 0;
@@ -625,8 +610,8 @@ bool launch_staged2_t(const Nvfp4Args& a, cudaStream_t stream, int64_t slot_budg
   const int64_t G = (a.N + R - 1) / R;
   const int64_t data_bytes = (R * row_bytes + 127) / 128 * 128;
   const int64_t slot_stride = data_bytes + (R * (a.K / 16) * 4 + 127) / 128 * 128;  // + block maxima
-  const size_t smem = static_cast<size_t>(2 * slot_stride);
-  auto kernel = nvfp4_staged2_kernel<T, kTh, kStatic>;
+  const size_t smem = static_cast<size_t>(kSlots * slot_stride);
+  auto kernel = nvfp4_staged2_kernel<T, kTh, kSlots>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
@@ -635,13 +620,13 @@ bool launch_staged2_t(const Nvfp4Args& a, cudaStream_t stream, int64_t slot_budg
   FP4QAT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTh, smem));
   const int64_t resident = static_cast<int64_t>(per_sm) * num_sms();
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(a.E * G, resident));
-  if (per_sm < 1 || G > (kStatic ? grid : 2 * resident)) return false;  // the deadlock-freedom conditions
+  if (per_sm < 1 || G > kSlots * grid) return false;  // the deadlock-freedom condition
   auto* amax_bits = static_cast<uint32_t*>(a.workspace);
   auto* arrived = reinterpret_cast<int*>(amax_bits + a.E);
   auto* ticket = reinterpret_cast<unsigned long long*>(
       static_cast<char*>(a.workspace) + ((static_cast<size_t>(a.E) * 8 + 15) / 16) * 16);
   FP4QAT_CUDA_CHECK(cudaMemsetAsync(a.workspace, 0, nvfp4_workspace_bytes(a.E), stream));
-  // A cooperative launch: all CTAs are resident together (the deadlock-freedom conditions count
+  // A cooperative launch: all CTAs are resident together (the deadlock-freedom condition counts
   // on it), also when another kernel, e.g. a quantization on a side stream, shares the device.
   void* args[] = {const_cast<Nvfp4Args*>(&a), const_cast<int64_t*>(&R), const_cast<int64_t*>(&G),
                   const_cast<int64_t*>(&data_bytes), const_cast<int64_t*>(&slot_stride), &amax_bits, &arrived, &ticket};
@@ -655,11 +640,15 @@ int64_t env_int(const char* name, int64_t fallback) {
   return v && *v ? std::strtoll(v, nullptr, 10) : fallback;
 }
 
-template <InType T, bool kStatic>
+// FP4QAT_NVFP4_SLOT_BYTES: bytes per slot (default 32 KB), FP4QAT_NVFP4_SLOTS: 2, 3 or 4 slots
+// per CTA (default 2), FP4QAT_NVFP4_THREADS: 256 or 512 (defaults measured on H100, bench/RESULTS.md).
+template <InType T>
 bool launch_staged2(const Nvfp4Args& a, cudaStream_t stream) {
-  const int64_t budget = env_int("FP4QAT_NVFP4_SLOT_BYTES", 48 * 1024);
-  if (env_int("FP4QAT_NVFP4_THREADS", 256) == 512) return launch_staged2_t<T, 512, kStatic>(a, stream, budget);
-  return launch_staged2_t<T, 256, kStatic>(a, stream, budget);
+  const int64_t budget = env_int("FP4QAT_NVFP4_SLOT_BYTES", 32 * 1024), slots = env_int("FP4QAT_NVFP4_SLOTS", 2);
+  const bool wide = env_int("FP4QAT_NVFP4_THREADS", 256) == 512;
+  if (slots == 3) return wide ? launch_staged2_t<T, 512, 3>(a, stream, budget) : launch_staged2_t<T, 256, 3>(a, stream, budget);
+  if (slots == 4) return wide ? launch_staged2_t<T, 512, 4>(a, stream, budget) : launch_staged2_t<T, 256, 4>(a, stream, budget);
+  return wide ? launch_staged2_t<T, 512, 2>(a, stream, budget) : launch_staged2_t<T, 256, 2>(a, stream, budget);
 }
 
 // Tuning knobs (benchmarks only; defaults measured on H100, see bench/RESULTS.md):
@@ -793,16 +782,14 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
   if (a.E == 0) return;
   // Default: the double-buffered one-read kernel (staged2) where it applies (sm_90+, 1D blocks,
   // amax computed here, 16-byte aligned rows), else the fused two-pass kernel; measured on H100
-  // in bench/RESULTS.md. FP4QAT_NVFP4_KERNEL=fused|staged|staged2|staged3 picks one (benchmarks
+  // in bench/RESULTS.md. FP4QAT_NVFP4_KERNEL=fused|staged|staged2 picks one (benchmarks
   // and tests; a variant that does not apply falls back to fused).
   const char* forced = std::getenv("FP4QAT_NVFP4_KERNEL");
   const bool try_staged = forced != nullptr && std::string(forced) == "staged";
   const bool try_staged2 = forced == nullptr || *forced == '\0' || std::string(forced) == "staged2";
-  const bool try_staged3 = forced != nullptr && std::string(forced) == "staged3";
 #define FP4QAT_DISPATCH(TY)                                                    \
   if (a.type == TY) {                                                           \
-    if (try_staged2 && launch_staged2<TY, false>(a, stream)) return;            \
-    if (try_staged3 && launch_staged2<TY, true>(a, stream)) return;             \
+    if (try_staged2 && launch_staged2<TY>(a, stream)) return;                   \
     if (a.two_d) {                                                              \
       if (!(try_staged && launch_staged<TY, true>(a, stream))) launch_fused<TY, true>(a, stream); \
     } else if (!(try_staged && launch_staged<TY, false>(a, stream))) {          \

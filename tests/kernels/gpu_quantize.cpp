@@ -109,14 +109,23 @@ TEST(GpuQuantize, NVFP4KernelVariantsMatchReference) {
     const char* threads;
     const char* hint;
     const char* unroll;
-    const char* slot = "98304";  // staged2: bytes per slot (small: many slices per expert, waits)
+    const char* slot = "32768";  // staged2: bytes per slot (small: many slices per expert, waits)
+    const char* slots = "2";     // staged2: slots per CTA
   };
-  const Variant variants[] = {{"staged", "256", "0", "1"},  {"fused", "512", "0", "1"}, {"fused", "256", "0", "2"},
-                              {"fused", "256", "1", "1"},   {"fused", "256", "1", "2"}, {"fused", "256", "2", "1"},
-                              {"fused", "256", "2", "2"},   {"staged2", "256", "0", "1"}, {"staged2", "512", "0", "1"},
-                              {"staged2", "256", "0", "1", "16384"}, {"staged2", "512", "0", "1", "1024"},
-                              {"staged3", "256", "0", "1", "49152"}, {"staged3", "512", "0", "1", "98304"},
-                              {"staged3", "256", "0", "1", "16384"}};
+  const Variant variants[] = {{"staged", "256", "0", "1"},
+                              {"fused", "512", "0", "1"},
+                              {"fused", "256", "0", "2"},
+                              {"fused", "256", "1", "1"},
+                              {"fused", "256", "1", "2"},
+                              {"fused", "256", "2", "1"},
+                              {"fused", "256", "2", "2"},
+                              {"fused", "256", "0", "1"},
+                              {"staged2", "256", "0", "1"},
+                              {"staged2", "512", "0", "1", "98304"},
+                              {"staged2", "256", "0", "1", "16384", "3"},
+                              {"staged2", "512", "0", "1", "16384", "4"},
+                              {"staged2", "256", "0", "1", "4096", "4"},
+                              {"staged2", "512", "0", "1", "1024"}};
   const std::vector<std::vector<int64_t>> shapes = {{7, 96}, {1, 129, 2048}, {160, 17, 64}, {4, 768, 2048}, {2, 31, 4096}};
   uint64_t seed = 900;
   for (const auto& v : variants) {
@@ -125,11 +134,12 @@ TEST(GpuQuantize, NVFP4KernelVariantsMatchReference) {
     setenv("FP4QAT_NVFP4_L2HINT", v.hint, 1);
     setenv("FP4QAT_NVFP4_UNROLL", v.unroll, 1);
     setenv("FP4QAT_NVFP4_SLOT_BYTES", v.slot, 1);
+    setenv("FP4QAT_NVFP4_SLOTS", v.slots, 1);
     for (const auto& dims : shapes)
       for (auto blocks : {Blocks::k1D, Blocks::k2D})
         for (bool given : {false, true}) {
           SCOPED_TRACE(::testing::Message() << v.kernel << " threads " << v.threads << " hint " << v.hint << " unroll "
-                                            << v.unroll << " slot " << v.slot << " " << at::IntArrayRef(dims) << " "
+                                            << v.unroll << " slot " << v.slot << " x " << v.slots << " " << at::IntArrayRef(dims) << " "
                                             << fp4qat::to_string(blocks) << (given ? " given-amax" : ""));
           const at::Tensor x = random_input(dims, at::kBFloat16, seed++);
           at::Tensor amax;
@@ -145,7 +155,7 @@ TEST(GpuQuantize, NVFP4KernelVariantsMatchReference) {
         }
   }
   for (const char* k : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_L2HINT", "FP4QAT_NVFP4_UNROLL",
-                        "FP4QAT_NVFP4_SLOT_BYTES"})
+                        "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_SLOTS"})
     unsetenv(k);
 }
 
