@@ -449,6 +449,22 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
                : "memory");
 }
 
+__device__ __forceinline__ void red_release_add(int* p, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ int ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ uint32_t ld_relaxed(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Roles: thread 0 polls the head's expert and the landed slots; thread kClaimer (another warp)
+// claims tickets and starts the bulk copies, so the two round trips to memory overlap.
 template <InType T, int kTh, int kSlots>
 __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t R, int64_t G, int64_t data_bytes,
                                                             int64_t slot_stride, uint32_t* amax_bits, int* arrived,
@@ -468,7 +484,8 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
   const int64_t K = a.K, N = a.N, nb = K / 16;
   const int64_t total = a.E * G;
   const uint32_t bar0 = smem_addr(&bars[0]);
-  auto claim = [&](int s) {  // thread 0 only
+  constexpr int kClaimer = 32;
+  auto claim = [&](int s) {  // thread kClaimer only
     const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
     item[s] = t;
     if (t < total) {
@@ -503,11 +520,10 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
     m = block_max<kTh>(m, red);
     if (threadIdx.x == 0) {
       atomic_max_nonneg(amax_bits + e, m);
-      __threadfence();
-      atomicAdd(arrived + e, 1);
+      red_release_add(arrived + e, 1);  // ordered after the max, without waiting for it
     }
   };
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == kClaimer) {
 #pragma unroll
     for (int s = 0; s < kSlots; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * s) : "memory");
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -531,11 +547,8 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
     const int64_t e = t / G, g = t % G, r0 = g * R, rows = min(R, N - r0);
     for (;;) {
       if (threadIdx.x == 0) {
-        const bool complete = atomicAdd(arrived + e, 0) >= static_cast<int>(G);
-        if (complete) {
-          __threadfence();
-          shared_amax = __uint_as_float(atomicOr(amax_bits + e, 0u));
-        }
+        const bool complete = ld_acquire(arrived + e) >= static_cast<int>(G);
+        if (complete) shared_amax = __uint_as_float(ld_relaxed(amax_bits + e));  // every max is ordered before
         int landed = 0;
 #pragma unroll
         for (int k = 1; k < kSlots; ++k) {
@@ -585,9 +598,11 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
     }
     __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
     folded &= ~(1u << h);
-    if (threadIdx.x == 0) claim(h);  // the next ticket: the ring's new tail
+    // The next ticket into the head slot (the ring's new tail). No barrier: every thread reads
+    // item[h] again only after later barriers (it is the head kSlots - 1 heads from now), and
+    // thread 0's scan learns it with the bytes (the mbarrier's arrive releases it).
+    if (threadIdx.x == kClaimer) claim(h);
     h = h + 1 < kSlots ? h + 1 : 0;
-    __syncthreads();  // item[] of the refilled slot visible before it is read
   }
 #endif
 }
