@@ -618,6 +618,11 @@ bool launch_staged2_t(const Nvfp4Args& a, cudaStream_t stream, int64_t slot_budg
   int coop = 0;
   FP4QAT_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
   if (major < 9 || !coop || a.two_d || a.given_amax || a.N == 0) return false;
+  // While a CUDA graph is being captured: the fused kernel (a graph's replays give no
+  // co-residency guarantee to rely on).
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  FP4QAT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+  if (capturing != cudaStreamCaptureStatusNone) return false;
   const int64_t row_bytes = a.K * kElem;
   if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || row_bytes % 16 != 0) return false;
   const int64_t R = std::min(a.N, slot_budget / row_bytes);
@@ -655,12 +660,13 @@ int64_t env_int(const char* name, int64_t fallback) {
   return v && *v ? std::strtoll(v, nullptr, 10) : fallback;
 }
 
-// FP4QAT_NVFP4_SLOT_BYTES: bytes per slot (default 32 KB), FP4QAT_NVFP4_SLOTS: 2, 3 or 4 slots
-// per CTA (default 2), FP4QAT_NVFP4_THREADS: 256 or 512 (defaults measured on H100, bench/RESULTS.md).
+// FP4QAT_NVFP4_SLOT_BYTES: bytes per slot (default 48 KB), FP4QAT_NVFP4_SLOTS: 2, 3 or 4 slots
+// per CTA (default 2), FP4QAT_NVFP4_THREADS: 256 or 512 (default 512): two CTAs per SM; the
+// fastest setting on H100 (bench/RESULTS.md).
 template <InType T>
 bool launch_staged2(const Nvfp4Args& a, cudaStream_t stream) {
-  const int64_t budget = env_int("FP4QAT_NVFP4_SLOT_BYTES", 32 * 1024), slots = env_int("FP4QAT_NVFP4_SLOTS", 2);
-  const bool wide = env_int("FP4QAT_NVFP4_THREADS", 256) == 512;
+  const int64_t budget = env_int("FP4QAT_NVFP4_SLOT_BYTES", 48 * 1024), slots = env_int("FP4QAT_NVFP4_SLOTS", 2);
+  const bool wide = env_int("FP4QAT_NVFP4_THREADS", 512) == 512;
   if (slots == 3) return wide ? launch_staged2_t<T, 512, 3>(a, stream, budget) : launch_staged2_t<T, 256, 3>(a, stream, budget);
   if (slots == 4) return wide ? launch_staged2_t<T, 512, 4>(a, stream, budget) : launch_staged2_t<T, 256, 4>(a, stream, budget);
   return wide ? launch_staged2_t<T, 512, 2>(a, stream, budget) : launch_staged2_t<T, 256, 2>(a, stream, budget);

@@ -220,17 +220,50 @@ TEST(GpuQuantize, QuantizeNeverSynchronisesTheHost) {
   const auto want = fp4qat::nvfp4_quantize(x, Blocks::k2D);
   c10::cuda::CUDAStreamGuard sg(c10::cuda::getStreamFromPool());
   at::cuda::CUDAGraph graph;
-  fp4qat::NVFP4Tensor q;
+  const auto want1 = fp4qat::nvfp4_quantize(x.cpu(), Blocks::k1D);
+  fp4qat::NVFP4Tensor q, q1;
   fp4qat::NVFP4FakeQuant f;
   graph.capture_begin();
   q = fp4qat::nvfp4_quantize(x, Blocks::k2D);
+  q1 = fp4qat::nvfp4_quantize(x, Blocks::k1D);  // the default one-read kernel's path (fused while capturing)
   f = fp4qat::nvfp4_fake_quantize(x, Blocks::k1D, fp4qat::global_amax(x));
   graph.capture_end();
   graph.replay();
   FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
   EXPECT_TRUE(bytes_equal(q.codes, want.codes));
   EXPECT_TRUE(bytes_equal(q.scales, want.scales));
+  EXPECT_TRUE(bytes_equal(q1.codes, want1.codes));
+  EXPECT_TRUE(bytes_equal(q1.scales, want1.scales));
   EXPECT_TRUE(bytes_equal(f.values, fp4qat::nvfp4_fake_quantize(x.cpu(), Blocks::k1D).values));
+}
+
+// Quantizations on two streams at once (the trainer's forward and an export's side stream): the
+// persistent kernels spin on each other's CTAs only within one launch, so neither may wait for
+// CTAs that the other keeps off the device. Repeated, all results equal the reference.
+TEST(GpuQuantize, ConcurrentQuantizationsOnTwoStreams) {
+  FP4QAT_REQUIRE_GPU();
+  const at::Tensor a = random_input({16, 768, 2048}, at::kBFloat16, 11).cuda();
+  const at::Tensor b = random_input({64, 256, 768}, at::kBFloat16, 12).cuda();
+  const auto want_a = fp4qat::nvfp4_quantize(a.cpu(), Blocks::k1D), want_b = fp4qat::nvfp4_quantize(b.cpu(), Blocks::k1D);
+  const c10::cuda::CUDAStream s1 = c10::cuda::getStreamFromPool(), s2 = c10::cuda::getStreamFromPool();
+  std::vector<fp4qat::NVFP4Tensor> qa, qb;
+  for (int i = 0; i < 8; ++i) {
+    {
+      c10::cuda::CUDAStreamGuard g(s1);
+      qa.push_back(fp4qat::nvfp4_quantize(a, Blocks::k1D));
+    }
+    {
+      c10::cuda::CUDAStreamGuard g(s2);
+      qb.push_back(fp4qat::nvfp4_quantize(b, Blocks::k1D));
+    }
+  }
+  FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_TRUE(bytes_equal(qa[i].codes, want_a.codes));
+    EXPECT_TRUE(bytes_equal(qa[i].scales, want_a.scales));
+    EXPECT_TRUE(bytes_equal(qb[i].codes, want_b.codes));
+    EXPECT_TRUE(bytes_equal(qb[i].s_dec, want_b.s_dec));
+  }
 }
 
 TEST(GpuQuantize, CliQuantizeOnCudaEqualsCpu) {
