@@ -18,9 +18,10 @@ void check(cudaError_t e, const char* what, const char* file, int line);
 // out[e] = max |x[e, :]| over `per` elements of each of E contiguous experts (float32 [E]).
 void amax(const void* x, InType t, int64_t E, int64_t per, float* out, cudaStream_t stream);
 
-// NVFP4 quantize of E stacked experts x[E, N, K] (K % 16 == 0), one persistent launch: per-expert
-// amax (unless given_amax) and quantization are fused so that each expert's second read is served
-// from L2. Outputs (any may be null except s_dec): codes [E, N, K/2], scales [E, N, K/16] (E4M3
+// NVFP4 quantize of E stacked experts x[E, N, K] (K % 16 == 0), one persistent launch: the
+// per-expert amax (unless given_amax) and the quantization in the same launch — on sm_90+ with 1D
+// blocks each byte read once (staged in shared memory), else twice (the second read from L2).
+// Outputs (any may be null except s_dec): codes [E, N, K/2], scales [E, N, K/16] (E4M3
 // bytes), fake [E, N, K] bf16 = e2m1(q) * sb (exact; S_dec not applied), s_dec [E].
 struct Nvfp4Args {
   const void* x = nullptr;

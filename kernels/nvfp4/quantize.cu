@@ -1,6 +1,13 @@
-// kernels/nvfp4/quantize.cu — CUDA NVFP4: amax, fused amax+quantize (packed and/or fake-quant
-// outputs), dequantize. Per-element arithmetic is kernels/common/formats.h, shared with the CPU
-// reference (kernels/nvfp4/quantize_ref.cpp); built with --fmad=false and IEEE div/rcp.
+// kernels/nvfp4/quantize.cu — CUDA NVFP4: amax, quantize (packed and/or fake-quant outputs) with
+// the per-expert amax computed in the same launch, row-group quantize, dequantize. Per-element
+// arithmetic is kernels/common/formats.h, shared with the CPU reference
+// (kernels/nvfp4/quantize_ref.cpp); built with --fmad=false and IEEE div/rcp.
+//
+// Quantize kernels (one dispatch point: nvfp4_quantize at the end of this file):
+//   staged2 (default on sm_90+ for 1D blocks with a computed amax): one read, multi-buffered in
+//     shared memory, cooperative launch — see "Multi-buffered one-read variant" below;
+//   fused (everything else): two reads, the second meant to hit L2 — schedule below;
+//   staged (benchmarks only): one read, single-buffered.
 //
 // Fused quantize schedule (one persistent launch for E stacked experts [E, N, K]):
 //   Each expert is cut into C chunks of R rows (R a multiple of 16, ~32K elements). Work items
