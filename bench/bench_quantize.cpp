@@ -27,6 +27,18 @@ namespace {
 int g_reps = 20, g_warmup = 5;
 std::string g_only;  // run only cases whose name contains this (e.g. under a profiler)
 
+// "a:b:c" -> {"a", "b", "c"} (the benchmark's configuration strings).
+std::vector<std::string> split_colons(const std::string& s) {
+  std::vector<std::string> f;
+  for (std::string c = s;;) {
+    const auto p = c.find(':');
+    f.push_back(c.substr(0, p));
+    if (p == std::string::npos) break;
+    c = c.substr(p + 1);
+  }
+  return f;
+}
+
 double median_ms(const std::function<void()>& fn) {
   auto stream = at::cuda::getCurrentCUDAStream().stream();
   for (int i = 0; i < g_warmup; ++i) fn();
@@ -100,13 +112,7 @@ int main(int argc, char** argv) {
   // --profile: only the MoE layer's NVFP4 1D quantization with the given kernel settings, three
   // times (two launches each; under a profiler skip the first two launches), nothing validated.
   if (!profile.empty()) {
-    std::vector<std::string> f;
-    for (std::string c = profile;;) {
-      const auto p = c.find(':');
-      f.push_back(c.substr(0, p));
-      if (p == std::string::npos) break;
-      c = c.substr(p + 1);
-    }
+    const std::vector<std::string> f = split_colons(profile);
     const char* names[] = {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_SLOTS"};
     for (size_t i = 0; i < f.size() && i < 4; ++i) setenv(names[i], f[i].c_str(), 1);
     at::Tensor w13 = at::randn({128, 1536, 2048}, cuda_bf16) * 0.02, w2 = at::randn({128, 2048, 768}, cuda_bf16) * 0.02;
@@ -183,13 +189,7 @@ int main(int argc, char** argv) {
     // (The L2-hint and unroll variants were measured slower twice, bench/RESULTS.md; one of each kept.)
     for (const char* cfg : {"256:32768:0:12:0:1", "256:32768:0:24:0:1", "256:32768:0:24:1:1", "256:32768:0:12:0:2",
                             "512:32768:0:24:0:1"}) {
-      std::vector<std::string> f;
-      for (std::string c = cfg;;) {
-        const auto p = c.find(':');
-        f.push_back(c.substr(0, p));
-        if (p == std::string::npos) break;
-        c = c.substr(p + 1);
-      }
+      const std::vector<std::string> f = split_colons(cfg);
       setenv("FP4QAT_NVFP4_KERNEL", "fused", 1);
       setenv("FP4QAT_NVFP4_THREADS", f[0].c_str(), 1);
       setenv("FP4QAT_NVFP4_CHUNK_ELEMS", f[1].c_str(), 1);
@@ -213,13 +213,7 @@ int main(int argc, char** argv) {
     // The multi-buffered one-read kernel: threads:bytes per slot:slots per CTA.
     for (const char* kcfg : {"staged2:256:32768:2", "staged2:256:24576:2", "staged2:512:49152:2", "staged2:256:16384:2",
                              "staged2:256:16384:3", "staged2:256:16384:4", "staged2:256:32768:2"}) {
-      std::vector<std::string> f;
-      for (std::string c = kcfg;;) {
-        const auto p = c.find(':');
-        f.push_back(c.substr(0, p));
-        if (p == std::string::npos) break;
-        c = c.substr(p + 1);
-      }
+      const std::vector<std::string> f = split_colons(kcfg);
       const std::string cfg = f[0] + " " + f[1] + ":" + f[2] + " x" + f[3];
       setenv("FP4QAT_NVFP4_KERNEL", f[0].c_str(), 1);
       setenv("FP4QAT_NVFP4_THREADS", f[1].c_str(), 1);
