@@ -657,8 +657,13 @@ bool launch_staged2_t(const Nvfp4Args& a, cudaStream_t stream, int64_t slot_budg
   // on it), also when another kernel, e.g. a quantization on a side stream, shares the device.
   void* args[] = {const_cast<Nvfp4Args*>(&a), const_cast<int64_t*>(&R), const_cast<int64_t*>(&G),
                   const_cast<int64_t*>(&data_bytes), const_cast<int64_t*>(&slot_stride), &amax_bits, &arrived, &ticket};
-  FP4QAT_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(grid)),
-                                                dim3(kTh), args, smem, stream));
+  const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
+                                                      dim3(static_cast<unsigned>(grid)), dim3(kTh), args, smem, stream);
+  if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
+    (void)cudaGetLastError();  // fewer SMs than the device reports (e.g. shared under MPS): the fused kernel
+    return false;
+  }
+  FP4QAT_CUDA_CHECK(err);
   return true;
 }
 
