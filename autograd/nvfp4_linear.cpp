@@ -239,10 +239,19 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     const bool rows = in_place(x, w, deq, off);
     const bool padded = !rows && x.is_cuda() && pads(off);
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
-    // Weights: one launch for all experts (per-expert or given amax), unless quantized already.
-    const NVFP4Operand qw = wq_values.numel() > 0
-                                ? NVFP4Operand{{wq_codes, wq_scales, wq_s_dec, static_cast<Blocks>(blocks)}, wq_values}
-                                : nvfp4_quantize_and_fake(w, static_cast<Blocks>(blocks), wa);  // values [E, N, K]
+    // Weights: one launch for all experts (per-expert or given amax), unless quantized already;
+    // the packed codes and scales only where the dequantized backward saves them.
+    NVFP4Operand qw;  // values [E, N, K], s_dec [E]
+    if (wq_values.numel() > 0) {
+      qw = NVFP4Operand{{wq_codes, wq_scales, wq_s_dec, static_cast<Blocks>(blocks)}, wq_values};
+    } else if (deq) {
+      qw = nvfp4_quantize_and_fake(w, static_cast<Blocks>(blocks), wa);
+    } else {
+      NVFP4FakeQuant f = nvfp4_fake_quantize(w, static_cast<Blocks>(blocks), wa);
+      qw.values = std::move(f.values);
+      qw.packed.s_dec = std::move(f.s_dec);
+      qw.packed.blocks = static_cast<Blocks>(blocks);
+    }
     std::vector<at::Tensor> saved_x;  // dequantized mode: packed x, one [E, Mmax, *] triple or one per expert
     GroupedForward f = grouped_forward(x, qw.values, qw.packed.s_dec, off, padded, deq, rows);
     const at::Tensor y = f.y;

@@ -5,7 +5,10 @@
 // with uniform routing its padded batched CUDA path, Mmax = T / E, no padding rows). CUDA-event
 // median of --reps after --warmup, TFLOP/s (6 * 2 * T * H * I * 3 flops fwd+bwd), peak GPU memory
 // of each path (allocated during a step, above what is live before it).
-//   fp4qat_bench_moe_mlp [--reps 10] [--warmup 3] [--tokens 16384]
+// Then the cost of each quantization of the step alone (weights, activations: uniform in the
+// [E, M, K] batch and in place, skewed in place, by the default and the two-pass row kernels),
+// and (unless --no-export) the export's cost in the training loop.
+//   fp4qat_bench_moe_mlp [--reps 10] [--warmup 3] [--tokens 16384] [--no-export]
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -56,8 +59,15 @@ double median_ms(const std::function<void()>& fn, int reps, int warmup) {
 int main(int argc, char** argv) {
   int reps = 10, warmup = 3;
   int64_t tokens = 16384;
+  bool with_export = true;
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "--no-export") with_export = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
+    if (k == "--no-export") {
+      --i;
+      continue;
+    }
     if (k == "--reps") reps = std::atoi(argv[i + 1]);
     else if (k == "--warmup") warmup = std::atoi(argv[i + 1]);
     else if (k == "--tokens") tokens = std::atoll(argv[i + 1]);
@@ -172,6 +182,48 @@ int main(int argc, char** argv) {
     std::printf("%-36s %10.3f %10.1f %11.2fx %14.2f\n", p.name.c_str(), ms, flops / (ms * 1e9), ms / bf16_ms,
                 peak / (1024.0 * 1024 * 1024));
   }
+
+  // The quantizations of one NVFP4 step alone (no autograd): what each costs.
+  {
+    torch::NoGradGuard ng;
+    const at::Tensor a13 = w13.detach(), a2 = w2.detach(), xa = x.detach();
+    const at::Tensor h = at::randn({T, I}, opt);        // the down projection's input [T, I]
+    const at::Tensor hu = at::randn({T, 2 * I}, opt);   // gate/up output [T, 2I]
+    auto offv = [](const at::Tensor& c) {
+      std::vector<int64_t> o = {0};
+      for (int64_t e = 0; e < c.numel(); ++e) o.push_back(o.back() + c[e].item<int64_t>());
+      return o;
+    };
+    const std::vector<int64_t> uni = offv(counts), skw = offv(skewed);
+    using fp4qat::Blocks;
+    auto two_pass = [&](const std::function<void()>& f) {
+      return [f] {
+        setenv("FP4QAT_NVFP4_KERNEL", "fused", 1);
+        f();
+        unsetenv("FP4QAT_NVFP4_KERNEL");
+      };
+    };
+    const std::vector<std::pair<std::string, std::function<void()>>> parts = {
+        {"w13 [128,1536,2048] fake quant", [&] { fp4qat::nvfp4_fake_quantize(a13, Blocks::k1D); }},
+        {"w13 quantize + fake", [&] { fp4qat::nvfp4_quantize_and_fake(a13, Blocks::k1D); }},
+        {"w2 [128,2048,768] fake quant", [&] { fp4qat::nvfp4_fake_quantize(a2, Blocks::k1D); }},
+        {"x [E,M,2048] batch fake quant", [&] { fp4qat::nvfp4_fake_quantize(xa.view({E, T / E, H}), Blocks::k1D); }},
+        {"x rows uniform (default)", [&] { fp4qat::nvfp4_quantize_rows(xa, uni); }},
+        {"x rows uniform (two-pass)", two_pass([&] { fp4qat::nvfp4_quantize_rows(xa, uni); })},
+        {"x rows skewed (default)", [&] { fp4qat::nvfp4_quantize_rows(xa, skw); }},
+        {"x rows skewed (two-pass)", two_pass([&] { fp4qat::nvfp4_quantize_rows(xa, skw); })},
+        {"h [E,M,768] batch fake quant", [&] { fp4qat::nvfp4_fake_quantize(h.view({E, T / E, I}), Blocks::k1D); }},
+        {"h rows skewed (default)", [&] { fp4qat::nvfp4_quantize_rows(h, skw); }},
+        {"h rows skewed (two-pass)", two_pass([&] { fp4qat::nvfp4_quantize_rows(h, skw); })},
+        {"swiglu (silu * up) of [T, 1536]", [&] { swiglu(hu); }},
+    };
+    std::printf("\nquantizations of one step alone                 ms   %% bf16 step\n");
+    for (const auto& [name, f] : parts) {
+      const double ms = median_ms(f, reps, warmup);
+      std::printf("%-40s %9.3f %12.1f%%\n", name.c_str(), ms, 100 * ms / bf16_ms);
+    }
+  }
+  if (!with_export) return 0;
 
   // Export of this layer after an optimizer step (issue 6): the NVFP4 quantization of its expert
   // weights on the GPU (what the export computes), the same plus the copy to host memory, and the

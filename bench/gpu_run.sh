@@ -63,7 +63,8 @@ if want profile; then
   done
 fi
 if want mlp; then
-  "$build/fp4qat_bench_moe_mlp" 2>&1 | tee "$out/bench_moe_mlp.log" || rc=1
+  # FP4QAT_MLP_ARGS: extra arguments, e.g. --no-export
+  "$build/fp4qat_bench_moe_mlp" ${FP4QAT_MLP_ARGS:-} 2>&1 | tee "$out/bench_moe_mlp.log" || rc=1
   PYTHONUNBUFFERED=1 python3 "$here/bench/baselines/moe_mlp_grouped_mm.py" 2>&1 | tee -a "$out/bench_moe_mlp.log" || rc=1
 fi
 if want train; then

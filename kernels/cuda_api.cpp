@@ -5,6 +5,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
+
 #include "kernels/common/check.h"
 #include "kernels/cuda_kernels.h"
 
@@ -125,13 +127,24 @@ NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x_in, const std::vector<int64
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = prepared(x_in);
   const int64_t T = x.size(0), K = x.size(1), G = static_cast<int64_t>(off.size()) - 1;
-  FP4QAT_CHECK(G <= INT32_MAX, "nvfp4_quantize_rows: too many groups");
-  // The group of every row, built in pinned host memory and copied asynchronously.
-  at::Tensor group = at::empty({T}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
-  int32_t* gp = group.data_ptr<int32_t>();
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t r = off[g]; r < off[g + 1]; ++r) gp[r] = static_cast<int32_t>(g);
-  const at::Tensor group_d = group.to(x.device(), /*non_blocking=*/true);
+  FP4QAT_CHECK(G < INT32_MAX && T < INT32_MAX, "nvfp4_quantize_rows: ", G, " groups of ", T,
+               " rows: at most 2^31 - 2 of each");
+  // The row offsets and each group's first slice (kernels/cuda_kernels.h), built in pinned host
+  // memory and copied asynchronously.
+  const int64_t R = ck::nvfp4_rows_slice_rows(in_type(x), K);
+  at::Tensor table = at::empty({2 * (G + 1)}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  int32_t* tp = table.data_ptr<int32_t>();
+  int64_t items = 0, most = 0;
+  for (int64_t g = 0; g <= G; ++g) {
+    tp[g] = static_cast<int32_t>(off[g]);
+    tp[G + 1 + g] = static_cast<int32_t>(items);  // items <= T
+    if (g < G) {
+      const int64_t n = (off[g + 1] - off[g] + R - 1) / R;
+      items += n;
+      most = std::max(most, n);
+    }
+  }
+  const at::Tensor table_d = table.to(x.device(), /*non_blocking=*/true);
   auto u8 = x.options().dtype(at::kByte);
   NVFP4Operand out;
   out.packed.blocks = Blocks::k1D;
@@ -141,10 +154,9 @@ NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x_in, const std::vector<int64
   }
   out.values = at::empty({T, K}, x.options().dtype(at::kBFloat16));
   out.packed.s_dec = at::empty({G}, x.options().dtype(at::kFloat));
-  at::Tensor ws = at::empty({std::max<int64_t>(G, 1)}, x.options().dtype(at::kInt));
-  ck::nvfp4_quantize_rows(x.data_ptr(), in_type(x), T, K, group_d.data_ptr<int32_t>(), G,
-                          reinterpret_cast<uint32_t*>(ws.data_ptr<int32_t>()),
-                          packed ? out.packed.codes.data_ptr<uint8_t>() : nullptr,
+  at::Tensor ws = at::empty({static_cast<int64_t>(ck::nvfp4_workspace_bytes(G))}, u8);
+  ck::nvfp4_quantize_rows(x.data_ptr(), in_type(x), T, K, table_d.data_ptr<int32_t>(), G, R, items, most,
+                          ws.data_ptr(), packed ? out.packed.codes.data_ptr<uint8_t>() : nullptr,
                           packed ? out.packed.scales.data_ptr<uint8_t>() : nullptr,
                           reinterpret_cast<uint16_t*>(out.values.data_ptr()), out.packed.s_dec.data_ptr<float>(),
                           stream());

@@ -38,14 +38,19 @@ struct Nvfp4Args {
 size_t nvfp4_workspace_bytes(int64_t E);
 void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream);
 
-// NVFP4 1D quantize of the rows of x [rows, K] (K % 16 == 0) in groups: row r belongs to group
-// group[r] (int32, in [0, groups)); each group is quantized with its own amax, exactly as
-// nvfp4_quantize of that group's rows alone would (1x16 blocks never span rows). Two passes (the
-// groups' amax, then quantization). amax_bits: workspace uint32 [groups] (cleared here). Outputs
-// as Nvfp4Args (codes / scales / fake may be null); s_dec [groups] (a group without rows: 1).
-void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const int32_t* group, int64_t groups,
-                         uint32_t* amax_bits, uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec,
-                         cudaStream_t stream);
+// NVFP4 1D quantize of the rows of x [rows, K] (K % 16 == 0) in groups, each quantized with its
+// own amax exactly as nvfp4_quantize of that group's rows alone would (1x16 blocks never span
+// rows). table: device int32 [2 * (groups + 1)]: row_off[groups + 1] (group g = rows
+// [row_off[g], row_off[g+1]); row_off[0] = 0, row_off[groups] = rows, non-decreasing), then
+// item_off[groups + 1] = the prefix sums of ceil(rows of g / slice_rows), slice_rows from
+// nvfp4_rows_slice_rows; total_slices = item_off[groups], max_slices = the most of one group.
+// On sm_90+ one read (the staged2 kernel over those slices) where it applies, else two passes
+// (the groups' amax, then quantization). workspace: nvfp4_workspace_bytes(groups), any contents.
+// Outputs as Nvfp4Args (codes / scales / fake may be null); s_dec [groups] (no rows: amax 0).
+int64_t nvfp4_rows_slice_rows(InType t, int64_t K);
+void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const int32_t* table, int64_t groups,
+                         int64_t slice_rows, int64_t total_slices, int64_t max_slices, void* workspace,
+                         uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec, cudaStream_t stream);
 
 // out[E, N, K] = e2m1(q) * sb * s_dec[e]; out is bf16 (out_bf16) or float32.
 void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, const float* s_dec, int64_t E, int64_t N,

@@ -174,10 +174,13 @@ FP4QAT_HD uint32_t e2m1_code_b252(float a) {
 FP4QAT_HD uint32_t e2m1_magnitude_code(float a) { return e2m1_code_b252(a) - 252u; }
 
 // One element: q = e2m1_rne(clamp(x * enc, -6, 6)); the sign is taken from x * enc (v < 0).
-FP4QAT_HD uint8_t nvfp4_encode(float x, float enc) {
+// The code in a 32-bit word (magnitude + 8 * sign as one sum: the kernels pack it without
+// narrowing), and as a byte.
+FP4QAT_HD uint32_t nvfp4_encode_u32(float x, float enc) {
   const float v = x * enc;
-  return static_cast<uint8_t>(e2m1_magnitude_code(fminf(fabsf(v), kE2M1Max)) | (v < 0.0f ? 0x8u : 0x0u));
+  return e2m1_code_b252(fminf(fabsf(v), kE2M1Max)) - 252u + (v < 0.0f ? 8u : 0u);
 }
+FP4QAT_HD uint8_t nvfp4_encode(float x, float enc) { return static_cast<uint8_t>(nvfp4_encode_u32(x, enc)); }
 
 // Dequantized element: (e2m1(q) * float(sb)) * S_dec. The first product is exact.
 FP4QAT_HD float nvfp4_decode(uint8_t code, uint8_t sb, float s_dec) {

@@ -79,18 +79,15 @@ __device__ __forceinline__ void emit_block(const float v[16], uint8_t sb, float 
 }
 
 // The same for 16 bf16 given as 8 raw words (element 2i in the low half of raw[i]) and the block's
-// encode multiplier: nvfp4_encode's arithmetic per element (x * enc, the biased E2M1 code, the
-// sign of the product), nibble pairs by shift-add, bytes gathered by byte_perm.
+// encode multiplier: nvfp4_encode per element (kept in 32 bits), nibble pairs by shift-add, bytes
+// gathered by byte_perm.
 __device__ __forceinline__ void emit_block_bf16(const uint32_t raw[8], uint8_t sb, float enc, int64_t unit,
                                                 uint8_t* codes, uint8_t* scales, uint16_t* fake) {
   uint32_t b[8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const float lo = __uint_as_float(raw[i] << 16) * enc, hi = __uint_as_float(raw[i] & 0xffff0000u) * enc;
-    const uint32_t nlo = e2m1_code_b252(fminf(fabsf(lo), kE2M1Max)) - 252u + (lo < 0.0f ? 8u : 0u);
-    const uint32_t nhi = e2m1_code_b252(fminf(fabsf(hi), kE2M1Max)) - 252u + (hi < 0.0f ? 8u : 0u);
-    b[i] = nlo + (nhi << 4);
-  }
+  for (int i = 0; i < 8; ++i)
+    b[i] = nvfp4_encode_u32(__uint_as_float(raw[i] << 16), enc) +
+           (nvfp4_encode_u32(__uint_as_float(raw[i] & 0xffff0000u), enc) << 4);
   const uint32_t packed[2] = {
       __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x4000), 0x7610),
       __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x4000), 0x7610)};
@@ -108,6 +105,36 @@ __device__ __forceinline__ float max16_bf16(const uint32_t raw[8]) {
   const __nv_bfloat162 r = __hmax2(__hmax2(m[0], m[1]), __hmax2(m[2], m[3]));
   const uint32_t w = *reinterpret_cast<const uint32_t*>(&r);
   return fmaxf(fmaxf(0.0f, __uint_as_float(w << 16)), __uint_as_float(w & 0xffff0000u));
+}
+
+// The 16 bf16 of block `unit` of a shared-memory slice as 8 raw words (two 16-byte loads).
+__device__ __forceinline__ void load_raw16(const unsigned char* base, int64_t unit, uint32_t raw[8]) {
+  const uint4* p = reinterpret_cast<const uint4*>(base + unit * 32);
+  const uint4 x0 = p[0], x1 = p[1];
+  raw[0] = x0.x, raw[1] = x0.y, raw[2] = x0.z, raw[3] = x0.w;
+  raw[4] = x1.x, raw[5] = x1.y, raw[6] = x1.z, raw[7] = x1.w;
+}
+
+// The persistent launchers' workspace (nvfp4_workspace_bytes(E)), cleared on the stream:
+// amax bits [E], a per-expert counter [E], the item ticket.
+struct Workspace {
+  uint32_t* amax_bits;
+  int* counter;
+  unsigned long long* ticket;
+};
+Workspace clear_workspace(void* workspace, int64_t E, cudaStream_t stream);
+
+// CTAs of `kernel` resident at once on the device with this dynamic shared memory; 0 when the
+// kernel cannot be given that much shared memory or does not fit.
+template <typename Kernel>
+int64_t resident_ctas(Kernel kernel, int threads, size_t smem) {
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  int per_sm = 0;
+  FP4QAT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  return static_cast<int64_t>(per_sm) * num_sms();
 }
 
 struct Schedule {
@@ -396,21 +423,11 @@ bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
   const int64_t G = (a.N + R - 1) / R;
   const size_t smem = static_cast<size_t>(R * row_bytes + R * (a.K / 16) * 4);
   auto kernel = nvfp4_staged_kernel<T, kTwoD>;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  int per_sm = 0;
-  FP4QAT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-  const int64_t resident = static_cast<int64_t>(per_sm) * num_sms();
-  if (per_sm < 1 || G > resident) return false;  // the deadlock-freedom condition
-  auto* amax_bits = static_cast<uint32_t*>(a.workspace);
-  auto* arrived = reinterpret_cast<int*>(amax_bits + a.E);
-  auto* ticket = reinterpret_cast<unsigned long long*>(
-      static_cast<char*>(a.workspace) + ((static_cast<size_t>(a.E) * 8 + 15) / 16) * 16);
-  FP4QAT_CUDA_CHECK(cudaMemsetAsync(a.workspace, 0, nvfp4_workspace_bytes(a.E), stream));
+  const int64_t resident = resident_ctas(kernel, kThreads, smem);
+  if (resident < 1 || G > resident) return false;  // the deadlock-freedom condition
+  const Workspace w = clear_workspace(a.workspace, a.E, stream);
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(a.E * G, resident));
-  kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(a, R, G, amax_bits, arrived, ticket);
+  kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(a, R, G, w.amax_bits, w.counter, w.ticket);
   FP4QAT_CUDA_CHECK(cudaGetLastError());
   return true;
 }
@@ -470,51 +487,81 @@ __device__ __forceinline__ uint32_t ld_relaxed(const uint32_t* p) {
   return v;
 }
 
-// Roles: thread 0 polls the head's expert and the landed slots; thread kClaimer (another warp)
-// claims tickets and starts the bulk copies, so the two round trips to memory overlap.
+// The items of a staged2 launch: slices of at most R rows of one group, claimed in ticket order
+// (a group's slices consecutive). Uniform (table null): group e = rows [e*N, (e+1)*N) of
+// x[E, N, K], G slices each. Row groups (nvfp4_quantize_rows): table = int32 row_off[groups + 1]
+// then item_off[groups + 1] (group g: rows [row_off[g], row_off[g+1]), slices item_off[g] ..
+// item_off[g+1] - 1), copied into shared memory at the start; G is then the most slices of a group.
+struct Slices {
+  int64_t groups = 0, R = 0, G = 0, total = 0;
+  const int32_t* table = nullptr;
+};
+
+// Roles: thread 0 polls the head's group and the landed slots; thread kClaimer (another warp)
+// claims tickets, decodes them and starts the bulk copies, so the two round trips to memory overlap.
 template <InType T, int kTh, int kSlots>
-__global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t R, int64_t G, int64_t data_bytes,
+__global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes,
                                                             int64_t slot_stride, uint32_t* amax_bits, int* arrived,
                                                             unsigned long long* ticket) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // Slot s: the bytes of item[s] at smem + s * slot_stride (data_bytes), then its 16-element
-  // block maxima, float [rows * K/16] (computed once, when the slot lands, for both the expert
-  // amax and the block scales); completion of the bulk copy on bars[s].
+  // Slot s: the bytes of its item at smem + s * slot_stride (data_bytes), then its 16-element
+  // block maxima, float [rows * K/16] (computed once, when the slot lands, for both the group
+  // amax and the block scales); completion of the bulk copy on bars[s]. After the slots: the
+  // row-group table, if any.
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
   __shared__ __align__(8) uint64_t bars[kSlots];
-  __shared__ long long item[kSlots];
+  __shared__ long long item[kSlots];  // ticket
+  __shared__ long long item_row[kSlots];  // first row of the slice in x viewed as [rows, K]
+  __shared__ int item_group[kSlots], item_rows[kSlots], item_need[kSlots], item_first[kSlots];
   __shared__ float red[kTh / 32];
-  __shared__ int flag[2];  // [0]: the head's expert is complete; [1]: slots that have landed (bits)
+  __shared__ int flag[2];  // [0]: the head's group is complete; [1]: slots that have landed (bits)
   __shared__ float shared_amax;
-  __shared__ float enc_lut[256];  // nvfp4_block_enc(sb, S_dec) of the head's expert, per scale byte
-  const int64_t K = a.K, N = a.N, nb = K / 16;
-  const int64_t total = a.E * G;
+  __shared__ float enc_lut[256];  // nvfp4_block_enc(sb, S_dec) of the head's group, per scale byte
+  const int64_t K = a.K, nb = K / 16, R = sl.R, total = sl.total;
   const uint32_t bar0 = smem_addr(&bars[0]);
+  int32_t* tab = reinterpret_cast<int32_t*>(smem + kSlots * slot_stride);  // [2 * (groups + 1)] if row groups
   constexpr int kClaimer = 32;
   auto claim = [&](int s) {  // thread kClaimer only
     const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
     item[s] = t;
     if (t < total) {
-      const int64_t e = t / G, g = t % G, r0 = g * R, rows = min(R, N - r0);
+      int64_t g, j, row, rows, need;
+      if (sl.table == nullptr) {
+        g = t / sl.G, j = t % sl.G, row = g * a.N + j * R, rows = min(R, a.N - j * R), need = sl.G;
+      } else {  // the group whose slices hold t: the last g with item_off[g] <= t (skips empty groups)
+        const int32_t* ioff = tab + sl.groups + 1;
+        int lo = 0, hi = static_cast<int>(sl.groups);
+        while (hi - lo > 1) {
+          const int mid = (lo + hi) >> 1;
+          if (ioff[mid] <= t) lo = mid;
+          else hi = mid;
+        }
+        g = lo, j = t - ioff[g], row = tab[g] + j * R, rows = min(R, static_cast<int64_t>(tab[g + 1]) - row);
+        need = ioff[g + 1] - ioff[g];
+      }
+      item_group[s] = static_cast<int>(g);
+      item_row[s] = row;
+      item_rows[s] = static_cast<int>(rows);
+      item_need[s] = static_cast<int>(need);
+      item_first[s] = j == 0;
       // Generic-proxy reads of this slot's previous bytes come before the async-proxy writes.
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      bulk_load(smem_addr(smem + s * slot_stride), static_cast<const char*>(a.x) + (e * N + r0) * K * kElem,
+      bulk_load(smem_addr(smem + s * slot_stride), static_cast<const char*>(a.x) + row * K * kElem,
                 static_cast<uint32_t>(rows * K * kElem), bar0 + 8 * s);
     }
   };
-  // Block maxima of slot s into its bmax array; the slice max folded into amax[e]. All threads.
+  // Block maxima of slot s into its bmax array; the slice max folded into amax[group]. All threads.
   auto contribute = [&](int s) {
-    const int64_t t = item[s], e = t / G, g = t % G, rows = min(R, N - g * R), units = rows * nb;
+    const int64_t units = item_rows[s] * nb;
     const unsigned char* base = smem + s * slot_stride;
     float* bmax = reinterpret_cast<float*>(smem + s * slot_stride + data_bytes);
     float m = 0.0f;
     for (int64_t u = threadIdx.x; u < units; u += kTh) {
       float bm;
       if constexpr (T == InType::BF16) {
-        const uint4* p = reinterpret_cast<const uint4*>(base + u * 32);
-        const uint4 x0 = p[0], x1 = p[1];
-        const uint32_t raw[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        uint32_t raw[8];
+        load_raw16(base, u, raw);
         bm = max16_bf16(raw);
       } else {
         float v[16];
@@ -526,10 +573,19 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
     }
     m = block_max<kTh>(m, red);
     if (threadIdx.x == 0) {
-      atomic_max_nonneg(amax_bits + e, m);
-      red_release_add(arrived + e, 1);  // ordered after the max, without waiting for it
+      const int g = item_group[s];
+      atomic_max_nonneg(amax_bits + g, m);
+      red_release_add(arrived + g, 1);  // ordered after the max, without waiting for it
     }
   };
+  if (sl.table != nullptr) {
+    for (int64_t i = threadIdx.x; i < 2 * (sl.groups + 1); i += kTh) tab[i] = sl.table[i];
+    __syncthreads();
+    // A group without rows has no slices: its S_dec (amax 0) is written here.
+    if (blockIdx.x == 0)
+      for (int64_t g = threadIdx.x; g < sl.groups; g += kTh)
+        if (tab[g + 1] == tab[g]) a.s_dec[g] = nvfp4_s_dec(nvfp4_s_enc(0.0f));
+  }
   if (threadIdx.x == kClaimer) {
 #pragma unroll
     for (int s = 0; s < kSlots; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * s) : "memory");
@@ -543,19 +599,19 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
   uint32_t parity = 0u, folded = 0u;
   int h = 0;  // the head slot; the ring runs h, h + 1, ... (mod kSlots) in ticket order
   for (;;) {
-    const int64_t t = item[h];
-    if (t >= total) return;  // the ring's tickets increase from the head: no slot holds an item
+    if (item[h] >= total) return;  // the ring's tickets increase from the head: no slot holds an item
     if (!((folded >> h) & 1u)) {
       mbar_wait(bar0 + 8 * h, (parity >> h) & 1u);
       parity ^= 1u << h;
       contribute(h);
       folded |= 1u << h;
     }
-    const int64_t e = t / G, g = t % G, r0 = g * R, rows = min(R, N - r0);
+    const int g = item_group[h];
+    const int need = item_need[h];
     for (;;) {
       if (threadIdx.x == 0) {
-        const bool complete = ld_acquire(arrived + e) >= static_cast<int>(G);
-        if (complete) shared_amax = __uint_as_float(ld_relaxed(amax_bits + e));  // every max is ordered before
+        const bool complete = ld_acquire(arrived + g) >= need;
+        if (complete) shared_amax = __uint_as_float(ld_relaxed(amax_bits + g));  // every max is ordered before
         int landed = 0;
 #pragma unroll
         for (int k = 1; k < kSlots; ++k) {
@@ -583,19 +639,18 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
     const float s_enc = nvfp4_s_enc(shared_amax);
     const float s_dec = nvfp4_s_dec(s_enc);
     const float factor = nvfp4_block_factor(s_enc);
-    if (g == 0 && threadIdx.x == 0) a.s_dec[e] = s_dec;
+    if (item_first[h] && threadIdx.x == 0) a.s_dec[g] = s_dec;
     // One division per scale byte instead of one per block.
     for (int b = threadIdx.x; b < 256; b += kTh) enc_lut[b] = nvfp4_block_enc(static_cast<uint8_t>(b), s_dec);
     __syncthreads();
-    const int64_t unit0 = (e * N + r0) * nb, units = rows * nb;
+    const int64_t unit0 = item_row[h] * nb, units = item_rows[h] * nb;
     const unsigned char* base = smem + h * slot_stride;
     const float* bmax = reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes);
     for (int64_t u = threadIdx.x; u < units; u += kTh) {
       const uint8_t sb = nvfp4_block_scale(bmax[u], factor);
       if constexpr (T == InType::BF16) {
-        const uint4* p = reinterpret_cast<const uint4*>(base + u * 32);
-        const uint4 x0 = p[0], x1 = p[1];
-        const uint32_t raw[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        uint32_t raw[8];
+        load_raw16(base, u, raw);
         emit_block_bf16(raw, sb, enc_lut[sb], unit0 + u, a.codes, a.scales, a.fake);
       } else {
         float v[16];
@@ -606,61 +661,55 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, int64_t
     __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
     folded &= ~(1u << h);
     // The next ticket into the head slot (the ring's new tail). No barrier: every thread reads
-    // item[h] again only after later barriers (it is the head kSlots - 1 heads from now), and
-    // thread 0's scan learns it with the bytes (the mbarrier's arrive releases it).
+    // the slot's item arrays again only after later barriers (it is the head kSlots - 1 heads from
+    // now), and thread 0's scan learns the ticket with the bytes (the mbarrier's arrive releases it).
     if (threadIdx.x == kClaimer) claim(h);
     h = h + 1 < kSlots ? h + 1 : 0;
   }
 #endif
 }
 
-// Launches the multi-buffered kernel if its conditions hold (sm_90+, cooperative launch, 1D,
-// computed amax, 16-byte aligned rows); returns false to fall back.
-template <InType T, int kTh, int kSlots>
-bool launch_staged2_t(const Nvfp4Args& a, cudaStream_t stream, int64_t slot_budget) {
-  constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
-  int dev = 0, major = 0;
+// Whether the multi-buffered kernel can run on this device and stream (sm_90+, cooperative
+// launch, not while a CUDA graph is being captured: a graph's replays give no co-residency
+// guarantee to rely on).
+bool staged2_available(cudaStream_t stream) {
+  int dev = 0, major = 0, coop = 0;
   FP4QAT_CUDA_CHECK(cudaGetDevice(&dev));
   FP4QAT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  int coop = 0;
   FP4QAT_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
-  if (major < 9 || !coop || a.two_d || a.given_amax || a.N == 0) return false;
-  // While a CUDA graph is being captured: the fused kernel (a graph's replays give no
-  // co-residency guarantee to rely on).
+  if (major < 9 || !coop) return false;
   cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
   FP4QAT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
-  if (capturing != cudaStreamCaptureStatusNone) return false;
+  return capturing == cudaStreamCaptureStatusNone;
+}
+
+// Launches the multi-buffered kernel on the slices `sl` (R rows of row_bytes each at most) if
+// its conditions hold (1D, computed amax, 16-byte aligned rows, the deadlock-freedom condition);
+// returns false to fall back. a.workspace: nvfp4_workspace_bytes(sl.groups).
+template <InType T, int kTh, int kSlots>
+bool launch_staged2_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
+  constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
+  if (a.two_d || a.given_amax || sl.total == 0 || sl.R < 1) return false;
   const int64_t row_bytes = a.K * kElem;
   if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || row_bytes % 16 != 0) return false;
-  const int64_t R = std::min(a.N, slot_budget / row_bytes);
-  if (R < 1) return false;
-  const int64_t G = (a.N + R - 1) / R;
-  const int64_t data_bytes = (R * row_bytes + 127) / 128 * 128;
-  const int64_t slot_stride = data_bytes + (R * (a.K / 16) * 4 + 127) / 128 * 128;  // + block maxima
-  const size_t smem = static_cast<size_t>(kSlots * slot_stride);
+  const int64_t data_bytes = (sl.R * row_bytes + 127) / 128 * 128;
+  const int64_t slot_stride = data_bytes + (sl.R * (a.K / 16) * 4 + 127) / 128 * 128;  // + block maxima
+  const int64_t table_bytes = sl.table ? 2 * (sl.groups + 1) * 4 : 0;
+  const size_t smem = static_cast<size_t>(kSlots * slot_stride + table_bytes);
   auto kernel = nvfp4_staged2_kernel<T, kTh, kSlots>;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  int per_sm = 0;
-  FP4QAT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTh, smem));
-  const int64_t resident = static_cast<int64_t>(per_sm) * num_sms();
-  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(a.E * G, resident));
-  if (per_sm < 1 || G > kSlots * grid) return false;  // the deadlock-freedom condition
-  auto* amax_bits = static_cast<uint32_t*>(a.workspace);
-  auto* arrived = reinterpret_cast<int*>(amax_bits + a.E);
-  auto* ticket = reinterpret_cast<unsigned long long*>(
-      static_cast<char*>(a.workspace) + ((static_cast<size_t>(a.E) * 8 + 15) / 16) * 16);
-  FP4QAT_CUDA_CHECK(cudaMemsetAsync(a.workspace, 0, nvfp4_workspace_bytes(a.E), stream));
+  const int64_t resident = resident_ctas(kernel, kTh, smem);
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(sl.total, resident));
+  if (resident < 1 || sl.G > kSlots * grid) return false;  // the deadlock-freedom condition
+  const Workspace w = clear_workspace(a.workspace, sl.groups, stream);
   // A cooperative launch: all CTAs are resident together (the deadlock-freedom condition counts
   // on it), also when another kernel, e.g. a quantization on a side stream, shares the device.
-  void* args[] = {const_cast<Nvfp4Args*>(&a), const_cast<int64_t*>(&R), const_cast<int64_t*>(&G),
-                  const_cast<int64_t*>(&data_bytes), const_cast<int64_t*>(&slot_stride), &amax_bits, &arrived, &ticket};
+  void* args[] = {const_cast<Nvfp4Args*>(&a), const_cast<Slices*>(&sl), const_cast<int64_t*>(&data_bytes),
+                  const_cast<int64_t*>(&slot_stride), const_cast<uint32_t**>(&w.amax_bits), const_cast<int**>(&w.counter),
+                  const_cast<unsigned long long**>(&w.ticket)};
   const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
                                                       dim3(static_cast<unsigned>(grid)), dim3(kTh), args, smem, stream);
   if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
-    (void)cudaGetLastError();  // fewer SMs than the device reports (e.g. shared under MPS): the fused kernel
+    (void)cudaGetLastError();  // fewer SMs than the device reports (e.g. shared under MPS): fall back
     return false;
   }
   FP4QAT_CUDA_CHECK(err);
@@ -675,13 +724,28 @@ int64_t env_int(const char* name, int64_t fallback) {
 // FP4QAT_NVFP4_SLOT_BYTES: bytes per slot (default 48 KB), FP4QAT_NVFP4_SLOTS: 2, 3 or 4 slots
 // per CTA (default 2), FP4QAT_NVFP4_THREADS: 256 or 512 (default 512): two CTAs per SM; the
 // fastest setting on H100 (bench/RESULTS.md).
+int64_t staged2_slot_bytes() { return env_int("FP4QAT_NVFP4_SLOT_BYTES", 48 * 1024); }
+
 template <InType T>
-bool launch_staged2(const Nvfp4Args& a, cudaStream_t stream) {
-  const int64_t budget = env_int("FP4QAT_NVFP4_SLOT_BYTES", 48 * 1024), slots = env_int("FP4QAT_NVFP4_SLOTS", 2);
+bool launch_staged2(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
+  const int64_t slots = env_int("FP4QAT_NVFP4_SLOTS", 2);
   const bool wide = env_int("FP4QAT_NVFP4_THREADS", 512) == 512;
-  if (slots == 3) return wide ? launch_staged2_t<T, 512, 3>(a, stream, budget) : launch_staged2_t<T, 256, 3>(a, stream, budget);
-  if (slots == 4) return wide ? launch_staged2_t<T, 512, 4>(a, stream, budget) : launch_staged2_t<T, 256, 4>(a, stream, budget);
-  return wide ? launch_staged2_t<T, 512, 2>(a, stream, budget) : launch_staged2_t<T, 256, 2>(a, stream, budget);
+  if (slots == 3) return wide ? launch_staged2_t<T, 512, 3>(a, sl, stream) : launch_staged2_t<T, 256, 3>(a, sl, stream);
+  if (slots == 4) return wide ? launch_staged2_t<T, 512, 4>(a, sl, stream) : launch_staged2_t<T, 256, 4>(a, sl, stream);
+  return wide ? launch_staged2_t<T, 512, 2>(a, sl, stream) : launch_staged2_t<T, 256, 2>(a, sl, stream);
+}
+
+// x[E, N, K] as E uniform groups.
+template <InType T>
+bool launch_staged2_uniform(const Nvfp4Args& a, cudaStream_t stream) {
+  if (a.N == 0 || !staged2_available(stream)) return false;
+  Slices sl;
+  sl.groups = a.E;
+  sl.R = std::min(a.N, staged2_slot_bytes() / (a.K * (T == InType::F32 ? 4 : 2)));
+  if (sl.R < 1) return false;
+  sl.G = (a.N + sl.R - 1) / sl.R;
+  sl.total = a.E * sl.G;
+  return launch_staged2<T>(a, sl, stream);
 }
 
 // Tuning knobs (benchmarks only; defaults measured on H100, see bench/RESULTS.md):
@@ -705,14 +769,10 @@ void launch_fused_t(const Nvfp4Args& a, cudaStream_t stream) {
   // finds it in L2 (measured: a lag covering all items in flight, ~48 MB here, was slower).
   const int64_t expert_bytes = std::max<int64_t>(1, a.N * a.K * (T == InType::F32 ? 4 : 2));
   s.L = std::min<int64_t>(a.E, std::max<int64_t>(1, env_int("FP4QAT_NVFP4_LAG_BYTES", 12ll << 20) / expert_bytes));
-  auto* amax_bits = static_cast<uint32_t*>(a.workspace);
-  auto* done = reinterpret_cast<int*>(amax_bits + a.E);
-  auto* ticket = reinterpret_cast<unsigned long long*>(
-      static_cast<char*>(a.workspace) + ((static_cast<size_t>(a.E) * 8 + 15) / 16) * 16);
-  FP4QAT_CUDA_CHECK(cudaMemsetAsync(a.workspace, 0, nvfp4_workspace_bytes(a.E), stream));
+  const Workspace w = clear_workspace(a.workspace, a.E, stream);
   // All CTAs must be resident at once (Q items spin on A items): never exceed occupancy.
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(s.total(), resident));
-  kernel<<<static_cast<unsigned>(grid), kTh, 0, stream>>>(a, s, R, amax_bits, done, ticket);
+  kernel<<<static_cast<unsigned>(grid), kTh, 0, stream>>>(a, s, R, w.amax_bits, w.counter, w.ticket);
   FP4QAT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -737,12 +797,37 @@ void launch_fused(const Nvfp4Args& a, cudaStream_t stream) {
 size_t nvfp4_workspace_bytes(int64_t E) { return ((static_cast<size_t>(E) * 8 + 15) / 16) * 16 + 16; }
 
 namespace {
+Workspace clear_workspace(void* workspace, int64_t E, cudaStream_t stream) {
+  auto* amax_bits = static_cast<uint32_t*>(workspace);
+  Workspace w{amax_bits, reinterpret_cast<int*>(amax_bits + E),
+              reinterpret_cast<unsigned long long*>(static_cast<char*>(workspace) +
+                                                    ((static_cast<size_t>(E) * 8 + 15) / 16) * 16)};
+  FP4QAT_CUDA_CHECK(cudaMemsetAsync(workspace, 0, nvfp4_workspace_bytes(E), stream));
+  return w;
+}
+}  // namespace
+
+namespace {
 
 // ---- Row groups: rows of x [T, K] sorted by group (an expert's tokens), one amax per group ----
+// Default on sm_90+ (1D): the staged2 kernel over the groups' slices (one read). Else, or when
+// that kernel does not apply, two passes over x:
+// The group of row r: the last g with row_off[g] <= r (empty groups skipped).
+__device__ __forceinline__ int group_of_row(const int32_t* row_off, int64_t groups, int64_t r) {
+  int lo = 0, hi = static_cast<int>(groups);
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (__ldg(row_off + mid) <= r) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
 // Pass 1: one warp per row folds max |row| into amax[group of the row] (exact: max is order-free).
 template <InType T>
 __global__ void __launch_bounds__(kThreads) rows_amax_kernel(const void* x, int64_t rows, int64_t K,
-                                                             const int32_t* group, uint32_t* amax_bits) {
+                                                             const int32_t* row_off, int64_t groups,
+                                                             uint32_t* amax_bits) {
   const int64_t nb = K / 16, lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
   for (int64_t r = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
@@ -754,7 +839,7 @@ __global__ void __launch_bounds__(kThreads) rows_amax_kernel(const void* x, int6
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if (lane == 0) atomic_max_nonneg(amax_bits + group[r], m);
+    if (lane == 0) atomic_max_nonneg(amax_bits + group_of_row(row_off, groups, r), m);
   }
 }
 
@@ -762,11 +847,12 @@ __global__ void __launch_bounds__(kThreads) rows_amax_kernel(const void* x, int6
 // fused kernel's 1D quantize step (emit_block), with S_enc taken per block from the group amax.
 template <InType T>
 __global__ void __launch_bounds__(kThreads) rows_quantize_kernel(const void* x, int64_t units, int64_t nb,
-                                                                 const int32_t* group, const uint32_t* amax_bits,
-                                                                 uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+                                                                 const int32_t* row_off, int64_t groups,
+                                                                 const uint32_t* amax_bits, uint8_t* codes,
+                                                                 uint8_t* scales, uint16_t* fake) {
   for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
        u += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const float amax = __uint_as_float(amax_bits[group[u / nb]]);
+    const float amax = __uint_as_float(amax_bits[group_of_row(row_off, groups, u / nb)]);
     const float s_enc = nvfp4_s_enc(amax);
     float v[16];
     load16<T, Src::kStreaming>(x, u * 16, v);
@@ -779,33 +865,68 @@ __global__ void rows_s_dec_kernel(const uint32_t* amax_bits, int64_t groups, flo
   if (g < groups) s_dec[g] = nvfp4_s_dec(nvfp4_s_enc(__uint_as_float(amax_bits[g])));
 }
 
-}  // namespace
-
-void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const int32_t* group, int64_t groups,
-                         uint32_t* amax_bits, uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec,
-                         cudaStream_t stream) {
+template <InType T>
+void rows_two_pass(const void* x, int64_t rows, int64_t K, const int32_t* row_off, int64_t groups,
+                   void* workspace, uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec,
+                   cudaStream_t stream) {
+  auto* amax_bits = static_cast<uint32_t*>(workspace);
   FP4QAT_CUDA_CHECK(cudaMemsetAsync(amax_bits, 0, sizeof(uint32_t) * std::max<int64_t>(groups, 1), stream));
   if (rows > 0) {
     const int64_t nb = K / 16, units = rows * nb;
     const unsigned g1 = static_cast<unsigned>(std::min<int64_t>((rows + kThreads / 32 - 1) / (kThreads / 32), 1 << 16));
     const unsigned g2 = static_cast<unsigned>(std::min<int64_t>((units + kThreads - 1) / kThreads, 1 << 18));
-    switch (t) {
-#define FP4QAT_ROWS(TY)                                                                                       \
-  case TY:                                                                                                  \
-    rows_amax_kernel<TY><<<g1, kThreads, 0, stream>>>(x, rows, K, group, amax_bits);                        \
-    FP4QAT_CUDA_CHECK(cudaGetLastError());                                                                  \
-    rows_quantize_kernel<TY><<<g2, kThreads, 0, stream>>>(x, units, nb, group, amax_bits, codes, scales, fake); \
-    break;
-      FP4QAT_ROWS(InType::BF16)
-      FP4QAT_ROWS(InType::F16)
-      FP4QAT_ROWS(InType::F32)
-#undef FP4QAT_ROWS
-    }
+    rows_amax_kernel<T><<<g1, kThreads, 0, stream>>>(x, rows, K, row_off, groups, amax_bits);
+    FP4QAT_CUDA_CHECK(cudaGetLastError());
+    rows_quantize_kernel<T><<<g2, kThreads, 0, stream>>>(x, units, nb, row_off, groups, amax_bits, codes, scales, fake);
     FP4QAT_CUDA_CHECK(cudaGetLastError());
   }
   if (groups > 0) {
     rows_s_dec_kernel<<<static_cast<unsigned>((groups + 255) / 256), 256, 0, stream>>>(amax_bits, groups, s_dec);
     FP4QAT_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+}  // namespace
+
+int64_t nvfp4_rows_slice_rows(InType t, int64_t K) {
+  const int64_t row_bytes = K * (t == InType::F32 ? 4 : 2);
+  return row_bytes > 0 ? std::max<int64_t>(1, staged2_slot_bytes() / row_bytes) : 1;
+}
+
+void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const int32_t* table, int64_t groups,
+                         int64_t slice_rows, int64_t total_slices, int64_t max_slices, void* workspace,
+                         uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec, cudaStream_t stream) {
+  FP4QAT_CHECK(K % 16 == 0 && K > 0, "nvfp4_quantize_rows (CUDA): K = ", K, " is not a positive multiple of 16");
+  if (groups == 0) return;
+  const char* forced = std::getenv("FP4QAT_NVFP4_KERNEL");
+  const bool try_staged2 = forced == nullptr || *forced == '\0' || std::string(forced) == "staged2";
+  Nvfp4Args a;
+  a.x = x;
+  a.type = t;
+  a.E = groups;
+  a.N = rows;
+  a.K = K;
+  a.codes = codes;
+  a.scales = scales;
+  a.fake = fake;
+  a.s_dec = s_dec;
+  a.workspace = workspace;
+  Slices sl;
+  sl.groups = groups;
+  sl.R = slice_rows;
+  sl.G = max_slices;
+  sl.total = total_slices;
+  sl.table = table;
+  switch (t) {
+#define FP4QAT_ROWS(TY)                                                                                          \
+  case TY:                                                                                                       \
+    if (try_staged2 && rows > 0 && staged2_available(stream) && launch_staged2<TY>(a, sl, stream)) return;      \
+    rows_two_pass<TY>(x, rows, K, table, groups, workspace, codes, scales, fake, s_dec, stream);                 \
+    return;
+    FP4QAT_ROWS(InType::BF16)
+    FP4QAT_ROWS(InType::F16)
+    FP4QAT_ROWS(InType::F32)
+#undef FP4QAT_ROWS
   }
 }
 
@@ -822,7 +943,7 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
   const bool try_staged2 = forced == nullptr || *forced == '\0' || std::string(forced) == "staged2";
 #define FP4QAT_DISPATCH(TY)                                                    \
   if (a.type == TY) {                                                           \
-    if (try_staged2 && launch_staged2<TY>(a, stream)) return;                   \
+    if (try_staged2 && launch_staged2_uniform<TY>(a, stream)) return;                   \
     if (a.two_d) {                                                              \
       if (!(try_staged && launch_staged<TY, true>(a, stream))) launch_fused<TY, true>(a, stream); \
     } else if (!(try_staged && launch_staged<TY, false>(a, stream))) {          \

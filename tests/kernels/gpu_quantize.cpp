@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "kernels/cuda_kernels.h"
@@ -280,43 +281,69 @@ TEST(GpuQuantize, CliQuantizeOnCudaEqualsCpu) {
 
 // The activations of a grouped linear quantized in place (nvfp4_quantize_rows): the raw launcher,
 // outputs poisoned first, equals the CPU reference (each group's row slice quantized alone) byte
-// for byte — groups with 0, 1, 15, 17 and many rows, bf16 / f16 / f32 inputs, K from 16 to 4096 —
-// and the at::Tensor API equals it too.
+// for byte, and so does the at::Tensor API — groups with 0, 1, 15, 17 and many rows, bf16 / f16 /
+// f32 inputs, K from 16 to 4096; by the default path (on sm_90+ the one-read staged2 kernel over
+// the groups' slices, several slices a group) and by the two-pass kernels (FP4QAT_NVFP4_KERNEL=
+// fused); a group with more slices than the one-read kernel holds at once (its fallback).
 TEST(GpuQuantize, NVFP4RowGroupsMatchReference) {
   FP4QAT_REQUIRE_GPU();
-  const std::vector<std::vector<int64_t>> group_rows = {{1}, {0, 5, 0, 17}, {15, 1, 0, 300, 64}, {0, 0, 3}};
+  struct Case {
+    std::vector<int64_t> counts;
+    std::vector<int64_t> Ks;
+    std::vector<at::ScalarType> types;
+  };
+  const std::vector<at::ScalarType> all = {at::kBFloat16, at::kHalf, at::kFloat};
+  const std::vector<Case> cases = {
+      {{1}, {16, 96, 2048, 4096}, all},
+      {{0, 5, 0, 17}, {16, 96, 2048, 4096}, all},
+      {{15, 1, 0, 300, 64}, {16, 96, 2048, 4096}, all},
+      {{0, 0, 3}, {16, 96, 2048, 4096}, all},
+      {{40, 0, 1, 300, 64, 0, 129, 77}, {768, 2048}, all},  // 2048: 12-row bf16 slices, 25 in a group
+      {{3, 4000, 2}, {4096}, {at::kBFloat16}},               // 667 6-row slices in one group
+  };
   int64_t seed = 100;
-  for (const auto& counts : group_rows)
-    for (int64_t K : {16, 96, 2048, 4096})
-      for (auto dt : {at::kBFloat16, at::kHalf, at::kFloat}) {
-        std::vector<int64_t> off = {0};
-        for (int64_t c : counts) off.push_back(off.back() + c);
-        const int64_t T = off.back(), G = static_cast<int64_t>(counts.size());
-        SCOPED_TRACE(::testing::Message() << "T " << T << " K " << K << " " << dt);
-        const at::Tensor x = random_input({T, K}, dt, ++seed);
-        const fp4qat::NVFP4Operand want = fp4qat::nvfp4_quantize_rows(x, off, /*packed=*/true);  // CPU reference
-        // The raw launcher into poisoned outputs.
-        const at::Tensor xd = x.cuda();
-        std::vector<int32_t> grp;
-        for (int64_t g = 0; g < G; ++g)
-          for (int64_t r = off[g]; r < off[g + 1]; ++r) grp.push_back(static_cast<int32_t>(g));
-        const at::Tensor group = at::tensor(grp, at::kInt).cuda();
-        auto u8 = at::TensorOptions().dtype(at::kByte).device(at::kCUDA);
-        at::Tensor codes = at::full({T, K / 2}, 0xAB, u8), scales = at::full({T, K / 16}, 0xCD, u8);
-        at::Tensor fake = at::full({T, K}, 0x7FC1, at::TensorOptions().dtype(at::kShort).device(at::kCUDA));
-        at::Tensor s_dec = at::full({G}, std::nanf(""), at::TensorOptions().device(at::kCUDA));
-        at::Tensor ws = at::full({G}, 0x5A5A5A5A, at::TensorOptions().dtype(at::kInt).device(at::kCUDA));
-        ck::nvfp4_quantize_rows(xd.data_ptr(), in_type(dt), T, K, T ? group.data_ptr<int32_t>() : nullptr, G,
-                                reinterpret_cast<uint32_t*>(ws.data_ptr<int32_t>()), codes.data_ptr<uint8_t>(),
-                                scales.data_ptr<uint8_t>(), reinterpret_cast<uint16_t*>(fake.data_ptr()),
-                                s_dec.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream());
-        FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
-        EXPECT_TRUE(bytes_equal(codes, want.packed.codes));
-        EXPECT_TRUE(bytes_equal(scales, want.packed.scales.view(at::kByte)));
-        EXPECT_TRUE(bytes_equal(fake.view(at::kBFloat16), want.values));
-        EXPECT_TRUE(bytes_equal(s_dec, want.packed.s_dec));
-        const fp4qat::NVFP4Operand api = fp4qat::nvfp4_quantize_rows(xd, off, /*packed=*/false);
-        EXPECT_TRUE(bytes_equal(api.values, want.values));
-        EXPECT_TRUE(bytes_equal(api.packed.s_dec, want.packed.s_dec));
-      }
+  for (const char* kernel : {"", "fused"})
+    for (const auto& c : cases)
+      for (int64_t K : c.Ks)
+        for (auto dt : c.types) {
+          setenv("FP4QAT_NVFP4_KERNEL", kernel, 1);
+          std::vector<int64_t> off = {0};
+          for (int64_t n : c.counts) off.push_back(off.back() + n);
+          const int64_t T = off.back(), G = static_cast<int64_t>(c.counts.size());
+          SCOPED_TRACE(::testing::Message() << "kernel '" << kernel << "' T " << T << " K " << K << " " << dt);
+          const at::Tensor x = random_input({T, K}, dt, ++seed);
+          const fp4qat::NVFP4Operand want = fp4qat::nvfp4_quantize_rows(x, off, /*packed=*/true);  // CPU reference
+          // The raw launcher into poisoned outputs and workspace.
+          const at::Tensor xd = x.cuda();
+          const int64_t R = ck::nvfp4_rows_slice_rows(in_type(dt), K);
+          std::vector<int32_t> table(2 * (G + 1));
+          int64_t items = 0, most = 0;
+          for (int64_t g = 0; g <= G; ++g) {
+            table[g] = static_cast<int32_t>(off[g]);
+            table[G + 1 + g] = static_cast<int32_t>(items);
+            if (g < G) {
+              items += (c.counts[g] + R - 1) / R;
+              most = std::max(most, (c.counts[g] + R - 1) / R);
+            }
+          }
+          const at::Tensor table_d = at::tensor(table, at::kInt).cuda();
+          auto u8 = at::TensorOptions().dtype(at::kByte).device(at::kCUDA);
+          at::Tensor codes = at::full({T, K / 2}, 0xAB, u8), scales = at::full({T, K / 16}, 0xCD, u8);
+          at::Tensor fake = at::full({T, K}, 0x7FC1, at::TensorOptions().dtype(at::kShort).device(at::kCUDA));
+          at::Tensor s_dec = at::full({G}, std::nanf(""), at::TensorOptions().device(at::kCUDA));
+          at::Tensor ws = at::full({static_cast<int64_t>(ck::nvfp4_workspace_bytes(G))}, 0x5A, u8);
+          ck::nvfp4_quantize_rows(xd.data_ptr(), in_type(dt), T, K, table_d.data_ptr<int32_t>(), G, R, items, most,
+                                  ws.data_ptr(), codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(),
+                                  reinterpret_cast<uint16_t*>(fake.data_ptr()), s_dec.data_ptr<float>(),
+                                  at::cuda::getCurrentCUDAStream().stream());
+          FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
+          EXPECT_TRUE(bytes_equal(codes, want.packed.codes));
+          EXPECT_TRUE(bytes_equal(scales, want.packed.scales.view(at::kByte)));
+          EXPECT_TRUE(bytes_equal(fake.view(at::kBFloat16), want.values));
+          EXPECT_TRUE(bytes_equal(s_dec, want.packed.s_dec));
+          const fp4qat::NVFP4Operand api = fp4qat::nvfp4_quantize_rows(xd, off, /*packed=*/false);
+          EXPECT_TRUE(bytes_equal(api.values, want.values));
+          EXPECT_TRUE(bytes_equal(api.packed.s_dec, want.packed.s_dec));
+        }
+  unsetenv("FP4QAT_NVFP4_KERNEL");
 }
