@@ -211,8 +211,8 @@ int main(int argc, char** argv) {
         unsetenv(v);
     }
     // The multi-buffered one-read kernel: threads:bytes per slot:slots per CTA.
-    for (const char* kcfg : {"staged2:512:49152:2", "staged2:256:32768:2", "staged2:256:32768:3", "staged2:512:32768:3",
-                             "staged2:512:49152:2", "staged2:256:16384:4", "staged2:512:49152:2"}) {
+    for (const char* kcfg : {"staged2:512:49152:2", "staged2:256:49152:2", "staged2:256:32768:3", "staged2:256:24576:4",
+                             "staged2:512:32768:3", "staged2:256:32768:2", "staged2:512:49152:2", "staged2:256:32768:3"}) {
       const std::vector<std::string> f = split_colons(kcfg);
       const std::string cfg = f[0] + " " + f[1] + ":" + f[2] + " x" + f[3];
       setenv("FP4QAT_NVFP4_KERNEL", f[0].c_str(), 1);

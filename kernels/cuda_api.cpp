@@ -131,7 +131,7 @@ NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x_in, const std::vector<int64
                " rows: at most 2^31 - 2 of each");
   // The row offsets and each group's first slice (kernels/cuda_kernels.h), built in pinned host
   // memory and copied asynchronously.
-  const int64_t R = ck::nvfp4_rows_slice_rows(in_type(x), K);
+  const int64_t R = ck::nvfp4_rows_slice_rows(in_type(x), K, /*fake=*/true);
   at::Tensor table = at::empty({2 * (G + 1)}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
   int32_t* tp = table.data_ptr<int32_t>();
   int64_t items = 0, most = 0;

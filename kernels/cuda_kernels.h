@@ -47,7 +47,7 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream);
 // On sm_90+ one read (the staged2 kernel over those slices) where it applies, else two passes
 // (the groups' amax, then quantization). workspace: nvfp4_workspace_bytes(groups), any contents.
 // Outputs as Nvfp4Args (codes / scales / fake may be null); s_dec [groups] (no rows: amax 0).
-int64_t nvfp4_rows_slice_rows(InType t, int64_t K);
+int64_t nvfp4_rows_slice_rows(InType t, int64_t K, bool fake);  // fake: whether `fake` will be written
 void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const int32_t* table, int64_t groups,
                          int64_t slice_rows, int64_t total_slices, int64_t max_slices, void* workspace,
                          uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec, cudaStream_t stream);

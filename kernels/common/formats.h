@@ -173,6 +173,16 @@ FP4QAT_HD uint32_t e2m1_code_b252(float a) {
 }
 FP4QAT_HD uint32_t e2m1_magnitude_code(float a) { return e2m1_code_b252(a) - 252u; }
 
+// The E2M1 value of that code, e2m1_to_float(e2m1_magnitude_code(a)), for a in [0, 6] without
+// the code (same result for every float32 in [0, 6], checked exhaustively by the CPU tests):
+// below 1 the magic add's sum minus 2^22 (0, 0.5 or 1), from 1 on Veltkamp's hi itself.
+FP4QAT_HD float e2m1_round(float a) {
+  const float c = a * 4194305.0f;  // 2^22 + 1
+  const float hi = c - (c - a);
+  const float sub = (a + 4194304.0f) - 4194304.0f;
+  return a < 1.0f ? sub : hi;
+}
+
 // One element: q = e2m1_rne(clamp(x * enc, -6, 6)); the sign is taken from x * enc (v < 0).
 // The code in a 32-bit word (magnitude + 8 * sign as one sum: the kernels pack it without
 // narrowing), and as a byte.
@@ -181,6 +191,14 @@ FP4QAT_HD uint32_t nvfp4_encode_u32(float x, float enc) {
   return e2m1_code_b252(fminf(fabsf(v), kE2M1Max)) - 252u + (v < 0.0f ? 8u : 0u);
 }
 FP4QAT_HD uint8_t nvfp4_encode(float x, float enc) { return static_cast<uint8_t>(nvfp4_encode_u32(x, enc)); }
+
+// The fake-quant value of one element, e2m1_to_float(nvfp4_encode(x, enc)) * fsb with fsb =
+// e4m3_to_float(sb), computed from the rounded magnitude instead of the code: the sign is that
+// of the code (v < 0, so -0.0 for a negative v that rounds to 0 and +0.0 for v = -0.0).
+FP4QAT_HD float nvfp4_fake_value(float x, float enc, float fsb) {
+  const float v = x * enc;
+  return e2m1_round(fminf(fabsf(v), kE2M1Max)) * (v < 0.0f ? -fsb : fsb);
+}
 
 // Dequantized element: (e2m1(q) * float(sb)) * S_dec. The first product is exact.
 FP4QAT_HD float nvfp4_decode(uint8_t code, uint8_t sb, float s_dec) {

@@ -44,54 +44,70 @@ namespace {
 // Non-negative floats order like their bit patterns, so atomicMax on the bits is an exact max.
 __device__ __forceinline__ void atomic_max_nonneg(uint32_t* addr, float v) { atomicMax(addr, __float_as_uint(v)); }
 
-// Write one encoded block: packed codes (element 2i low nibble), its scale byte, and the fake
-// quant values e2m1(q) * sb if requested.
-__device__ __forceinline__ void write_block(const uint32_t packed[2], uint8_t sb, int64_t unit, uint8_t* codes,
-                                            uint8_t* scales, uint16_t* fake) {
+// Store one block's outputs: packed codes (element 2i low nibble) and its scale byte.
+__device__ __forceinline__ void store_codes(const uint32_t packed[2], uint8_t sb, int64_t unit, uint8_t* codes,
+                                            uint8_t* scales) {
   if (codes) __stcs(reinterpret_cast<uint2*>(codes) + unit, make_uint2(packed[0], packed[1]));
   if (scales) scales[unit] = sb;
-  if (fake) {
-    // e2m1(q) * sb has at most 6 significant bits and lies in [2^-10, 2688]: exact in bf16, so the
-    // bf16 is the float32's upper half (what rounding to nearest would give), two per byte_perm.
-    const float fsb = e4m3_to_float(sb);
-    uint32_t w[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float lo = e2m1_to_float(static_cast<uint8_t>((packed[(2 * i) >> 3] >> (4 * ((2 * i) & 7))) & 0xf)) * fsb;
-      const float hi =
-          e2m1_to_float(static_cast<uint8_t>((packed[(2 * i + 1) >> 3] >> (4 * ((2 * i + 1) & 7))) & 0xf)) * fsb;
-      w[i] = __byte_perm(__float_as_uint(lo), __float_as_uint(hi), 0x7632);
-    }
-    uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
-    __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
-    __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
-  }
 }
 
-// Encode one 16-element block with scale byte sb and write the requested outputs.
-__device__ __forceinline__ void emit_block(const float v[16], uint8_t sb, float s_dec, int64_t unit,
-                                           uint8_t* codes, uint8_t* scales, uint16_t* fake) {
-  const float enc = nvfp4_block_enc(sb, s_dec);
-  uint32_t packed[2] = {0u, 0u};
-#pragma unroll
-  for (int i = 0; i < 16; ++i) packed[i >> 3] |= static_cast<uint32_t>(nvfp4_encode(v[i], enc)) << (4 * (i & 7));
-  write_block(packed, sb, unit, codes, scales, fake);
-}
-
-// The same for 16 bf16 given as 8 raw words (element 2i in the low half of raw[i]) and the block's
-// encode multiplier: nvfp4_encode per element (kept in 32 bits), nibble pairs by shift-add, bytes
-// gathered by byte_perm.
-__device__ __forceinline__ void emit_block_bf16(const uint32_t raw[8], uint8_t sb, float enc, int64_t unit,
-                                                uint8_t* codes, uint8_t* scales, uint16_t* fake) {
-  uint32_t b[8];
+// The fake quant values e2m1(q) * sb of one block from its 16 elements (nvfp4_fake_value, the
+// value without the code): at most 6 significant bits in [2^-10, 2688], exact in bf16, so the
+// bf16 is the float32's upper half (what rounding to nearest would give), two per byte_perm.
+__device__ __forceinline__ void store_fake(const float v[16], float enc, float fsb, int64_t unit, uint16_t* fake) {
+  uint32_t w[8];
 #pragma unroll
   for (int i = 0; i < 8; ++i)
-    b[i] = nvfp4_encode_u32(__uint_as_float(raw[i] << 16), enc) +
-           (nvfp4_encode_u32(__uint_as_float(raw[i] & 0xffff0000u), enc) << 4);
-  const uint32_t packed[2] = {
-      __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x4000), 0x7610),
-      __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x4000), 0x7610)};
-  write_block(packed, sb, unit, codes, scales, fake);
+    w[i] = __byte_perm(__float_as_uint(nvfp4_fake_value(v[2 * i], enc, fsb)),
+                       __float_as_uint(nvfp4_fake_value(v[2 * i + 1], enc, fsb)), 0x7632);
+  uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
+  __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
+  __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+}
+
+// Encode one 16-element block with scale byte sb and encode multiplier enc (nvfp4_block_enc)
+// and write the requested outputs.
+__device__ __forceinline__ void emit_block_enc(const float v[16], uint8_t sb, float enc, int64_t unit, uint8_t* codes,
+                                               uint8_t* scales, uint16_t* fake) {
+  if (codes || scales) {
+    uint32_t packed[2] = {0u, 0u};
+#pragma unroll
+    for (int i = 0; i < 16; ++i) packed[i >> 3] |= nvfp4_encode_u32(v[i], enc) << (4 * (i & 7));
+    store_codes(packed, sb, unit, codes, scales);
+  }
+  if (fake) store_fake(v, enc, e4m3_to_float(sb), unit, fake);
+}
+
+__device__ __forceinline__ void emit_block(const float v[16], uint8_t sb, float s_dec, int64_t unit,
+                                           uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+  emit_block_enc(v, sb, nvfp4_block_enc(sb, s_dec), unit, codes, scales, fake);
+}
+
+// The same for 16 bf16 given as 8 raw words (element 2i in the low half of raw[i]): codes by
+// nvfp4_encode per element (kept in 32 bits), nibble pairs by shift-add, bytes gathered by
+// byte_perm; fake values as store_fake.
+__device__ __forceinline__ void emit_block_bf16(const uint32_t raw[8], uint8_t sb, float enc, int64_t unit,
+                                                uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+  if (codes || scales) {
+    uint32_t b[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      b[i] = nvfp4_encode_u32(__uint_as_float(raw[i] << 16), enc) +
+             (nvfp4_encode_u32(__uint_as_float(raw[i] & 0xffff0000u), enc) << 4);
+    const uint32_t packed[2] = {
+        __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x4000), 0x7610),
+        __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x4000), 0x7610)};
+    store_codes(packed, sb, unit, codes, scales);
+  }
+  if (fake) {
+    float v[16];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      v[2 * i] = __uint_as_float(raw[i] << 16);
+      v[2 * i + 1] = __uint_as_float(raw[i] & 0xffff0000u);
+    }
+    store_fake(v, enc, e4m3_to_float(sb), unit, fake);
+  }
 }
 
 // max |x| of 16 bf16 (8 raw words) on packed pairs: |x| and max are exact in bf16, and max.bf16x2
@@ -655,7 +671,7 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
       } else {
         float v[16];
         load16<T, Src::kShared>(base, u * 16, v);
-        emit_block(v, sb, s_dec, unit0 + u, a.codes, a.scales, a.fake);
+        emit_block_enc(v, sb, enc_lut[sb], unit0 + u, a.codes, a.scales, a.fake);
       }
     }
     __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
@@ -721,17 +737,25 @@ int64_t env_int(const char* name, int64_t fallback) {
   return v && *v ? std::strtoll(v, nullptr, 10) : fallback;
 }
 
-// FP4QAT_NVFP4_SLOT_BYTES: bytes per slot (default 48 KB), FP4QAT_NVFP4_SLOTS: 2, 3 or 4 slots
-// per CTA (default 2), FP4QAT_NVFP4_THREADS: 256 or 512 (default 512): two CTAs per SM; the
-// fastest setting on H100 (bench/RESULTS.md).
-int64_t staged2_slot_bytes() { return env_int("FP4QAT_NVFP4_SLOT_BYTES", 48 * 1024); }
+// The multi-buffered kernel's shape: threads per CTA (256 or 512), bytes per slot, slots per CTA
+// (2, 3 or 4); two CTAs per SM in each default. Defaults measured on H100 (bench/RESULTS.md):
+// 512 x 48 KB x 2 for packed outputs only, 256 x 32 KB x 3 when the bf16 fake values are written
+// (twice the bytes out, fewer instructions per element). FP4QAT_NVFP4_THREADS,
+// FP4QAT_NVFP4_SLOT_BYTES and FP4QAT_NVFP4_SLOTS override them (benchmarks).
+struct Staged2Shape {
+  int64_t threads, slot_bytes, slots;
+};
+Staged2Shape staged2_shape(bool fake) {
+  return {env_int("FP4QAT_NVFP4_THREADS", fake ? 256 : 512), env_int("FP4QAT_NVFP4_SLOT_BYTES", fake ? 32768 : 49152),
+          env_int("FP4QAT_NVFP4_SLOTS", fake ? 3 : 2)};
+}
 
 template <InType T>
 bool launch_staged2(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
-  const int64_t slots = env_int("FP4QAT_NVFP4_SLOTS", 2);
-  const bool wide = env_int("FP4QAT_NVFP4_THREADS", 512) == 512;
-  if (slots == 3) return wide ? launch_staged2_t<T, 512, 3>(a, sl, stream) : launch_staged2_t<T, 256, 3>(a, sl, stream);
-  if (slots == 4) return wide ? launch_staged2_t<T, 512, 4>(a, sl, stream) : launch_staged2_t<T, 256, 4>(a, sl, stream);
+  const Staged2Shape sh = staged2_shape(a.fake != nullptr);
+  const bool wide = sh.threads == 512;
+  if (sh.slots == 3) return wide ? launch_staged2_t<T, 512, 3>(a, sl, stream) : launch_staged2_t<T, 256, 3>(a, sl, stream);
+  if (sh.slots == 4) return wide ? launch_staged2_t<T, 512, 4>(a, sl, stream) : launch_staged2_t<T, 256, 4>(a, sl, stream);
   return wide ? launch_staged2_t<T, 512, 2>(a, sl, stream) : launch_staged2_t<T, 256, 2>(a, sl, stream);
 }
 
@@ -741,7 +765,7 @@ bool launch_staged2_uniform(const Nvfp4Args& a, cudaStream_t stream) {
   if (a.N == 0 || !staged2_available(stream)) return false;
   Slices sl;
   sl.groups = a.E;
-  sl.R = std::min(a.N, staged2_slot_bytes() / (a.K * (T == InType::F32 ? 4 : 2)));
+  sl.R = std::min(a.N, staged2_shape(a.fake != nullptr).slot_bytes / (a.K * (T == InType::F32 ? 4 : 2)));
   if (sl.R < 1) return false;
   sl.G = (a.N + sl.R - 1) / sl.R;
   sl.total = a.E * sl.G;
@@ -888,9 +912,9 @@ void rows_two_pass(const void* x, int64_t rows, int64_t K, const int32_t* row_of
 
 }  // namespace
 
-int64_t nvfp4_rows_slice_rows(InType t, int64_t K) {
+int64_t nvfp4_rows_slice_rows(InType t, int64_t K, bool fake) {
   const int64_t row_bytes = K * (t == InType::F32 ? 4 : 2);
-  return row_bytes > 0 ? std::max<int64_t>(1, staged2_slot_bytes() / row_bytes) : 1;
+  return row_bytes > 0 ? std::max<int64_t>(1, staged2_shape(fake).slot_bytes / row_bytes) : 1;
 }
 
 void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const int32_t* table, int64_t groups,

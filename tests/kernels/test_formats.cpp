@@ -146,14 +146,15 @@ TEST(E2M1, ArithmeticEncoderEqualsLadder) {
 
 TEST(E2M1, ArithmeticMagnitudeCodeEqualsLadderOnEveryFloatUpTo6) {
   // e2m1_magnitude_code (the kernels' arithmetic path: Veltkamp split, magic add, integer max)
-  // on every float32 in [0, 6] (1.09 G values), plus every pattern within 64 ulps of each
-  // ladder boundary.
+  // and e2m1_round (the value without the code) on every float32 in [0, 6] (1.09 G values), plus
+  // every pattern within 64 ulps of each ladder boundary.
   int64_t checked = 0;
   auto check = [&](uint32_t u) {
     const float a = u2f(u);
     if (!(a >= 0.0f && a <= 6.0f)) return true;
     ++checked;
-    return e2m1_magnitude_code(a) == float_to_e2m1(a);
+    const uint8_t code = float_to_e2m1(a);
+    return e2m1_magnitude_code(a) == code && f2u(e2m1_round(a)) == f2u(e2m1_to_float(code));
   };
   for (uint32_t u = 0; u <= f2u(6.0f); ++u)
     if (!check(u)) FAIL() << "a = " << u2f(u) << " (bits " << u << ")";
@@ -170,6 +171,27 @@ TEST(E2M1, DecodeTimesEveryScaleIsExactInBf16) {
       if ((b & 0x7f) == 0x7f) continue;  // NaN: never a block scale (saturating encode)
       const float p = e2m1_to_float(static_cast<uint8_t>(c)) * e4m3_to_float(static_cast<uint8_t>(b));
       ASSERT_EQ(f2u(p) & 0xffffu, 0u) << "code " << c << " scale byte " << b;
+    }
+}
+
+TEST(NVFP4, FakeValueEqualsDecodedCodeTimesScale) {
+  // nvfp4_fake_value (the kernels' fake-quant output) against the code path, decode(encode(x)) *
+  // float(sb), bit for bit: signed zeros, values around every E2M1 boundary and past 6, inf, NaN,
+  // every finite scale byte, and encode multipliers including 0 and FLT_MAX.
+  std::vector<float> xs = {0.0f, -0.0f, 1e-30f, -1e-30f, INFINITY, -INFINITY, NAN, -NAN, 7.0f, -7.0f, 1e30f, -1e30f};
+  for (float b : {0.25f, 0.5f, 0.75f, 1.0f, 1.25f, 1.5f, 1.75f, 2.0f, 2.5f, 3.0f, 3.5f, 4.0f, 5.0f, 6.0f})
+    for (int d = -3; d <= 3; ++d) {
+      xs.push_back(u2f(f2u(b) + d));
+      xs.push_back(-u2f(f2u(b) + d));
+    }
+  for (float enc : {1.0f, 0.0f, 0.37f, 3.0f, kFltMax, 1e-20f})
+    for (int sb = 0; sb < 256; ++sb) {
+      if ((sb & 0x7f) == 0x7f) continue;  // NaN: never a block scale
+      const float fsb = e4m3_to_float(static_cast<uint8_t>(sb));
+      for (float x : xs) {
+        const float want = e2m1_to_float(nvfp4_encode(x, enc)) * fsb;
+        ASSERT_EQ(f2u(nvfp4_fake_value(x, enc, fsb)), f2u(want)) << "x " << x << " enc " << enc << " sb " << sb;
+      }
     }
 }
 
