@@ -183,6 +183,59 @@ int main(int argc, char** argv) {
                 peak / (1024.0 * 1024 * 1024));
   }
 
+  // The ratios to BF16 from interleaved rounds: the BF16 step moves by a few percent between
+  // runs and over a run (clocks, temperature), so each round times `steps` steps of every path
+  // back to back and the ratio is taken within the round; median over the rounds.
+  {
+    const int rounds = 7, steps = 20;
+    struct Timed {
+      std::string name;
+      std::function<at::Tensor()> fwd;
+      std::vector<double> ms, ratio;
+    };
+    std::vector<Timed> ts = {{"bf16 (at::_grouped_mm)", [&] { return bf16_mlp(offs); }, {}, {}},
+                             {"nvfp4 high_precision", [&] { return nvfp4_mlp(counts, hp, nullptr, nullptr); }, {}, {}},
+                             {"nvfp4 high_precision, cached w", [&] { return nvfp4_mlp(counts, hp, &pq13, &pq2); }, {}, {}},
+                             {"nvfp4 dequantized", [&] { return nvfp4_mlp(counts, dq, nullptr, nullptr); }, {}, {}},
+                             {"bf16 skewed routing", [&] { return bf16_mlp(skewed_offs); }, {}, {}},
+                             {"nvfp4 high_precision skewed", [&] { return nvfp4_mlp(skewed, hp, nullptr, nullptr); }, {}, {}}};
+    auto stream = at::cuda::getCurrentCUDAStream().stream();
+    cudaEvent_t a, b;
+    FP4QAT_CUDA_CHECK(cudaEventCreate(&a));
+    FP4QAT_CUDA_CHECK(cudaEventCreate(&b));
+    for (int r = 0; r < rounds; ++r)
+      for (auto& t : ts) {
+        auto step = [&] {
+          x.mutable_grad() = at::Tensor();
+          w13.mutable_grad() = at::Tensor();
+          w2.mutable_grad() = at::Tensor();
+          t.fwd().backward(gy);
+        };
+        step();  // warm-up of this path after the previous one
+        FP4QAT_CUDA_CHECK(cudaEventRecord(a, stream));
+        for (int i = 0; i < steps; ++i) step();
+        FP4QAT_CUDA_CHECK(cudaEventRecord(b, stream));
+        FP4QAT_CUDA_CHECK(cudaEventSynchronize(b));
+        float ms;
+        FP4QAT_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+        t.ms.push_back(ms / steps);
+      }
+    auto med = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    std::printf("\ninterleaved: %d rounds x %d steps per path; ratio within each round (uniform paths to bf16, skewed to bf16 skewed)\n",
+                rounds, steps);
+    std::printf("%-36s %10s %12s %18s\n", "path", "ms (med)", "ratio (med)", "ratio range");
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const size_t base = ts[i].name.find("skewed") != std::string::npos ? 4 : 0;
+      for (int r = 0; r < rounds; ++r) ts[i].ratio.push_back(ts[i].ms[r] / ts[base].ms[r]);
+      std::printf("%-36s %10.3f %11.3fx %10.3f..%.3f\n", ts[i].name.c_str(), med(ts[i].ms), med(ts[i].ratio),
+                  *std::min_element(ts[i].ratio.begin(), ts[i].ratio.end()),
+                  *std::max_element(ts[i].ratio.begin(), ts[i].ratio.end()));
+    }
+  }
+
   // The quantizations of one NVFP4 step alone (no autograd): what each costs.
   {
     torch::NoGradGuard ng;
@@ -216,6 +269,9 @@ int main(int argc, char** argv) {
         {"h rows skewed (default)", [&] { fp4qat::nvfp4_quantize_rows(h, skw); }},
         {"h rows skewed (two-pass)", two_pass([&] { fp4qat::nvfp4_quantize_rows(h, skw); })},
         {"swiglu (silu * up) of [T, 1536]", [&] { swiglu(hu); }},
+        // The dequantized backward's operand rebuilds (packed -> bf16).
+        {"w13 dequantize to bf16", [&] { fp4qat::nvfp4_dequantize(pq13.packed, at::kBFloat16); }},
+        {"w2 dequantize to bf16", [&] { fp4qat::nvfp4_dequantize(pq2.packed, at::kBFloat16); }},
     };
     std::printf("\nquantizations of one step alone                 ms   %% bf16 step\n");
     for (const auto& [name, f] : parts) {

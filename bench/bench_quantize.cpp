@@ -184,6 +184,27 @@ int main(int argc, char** argv) {
       });
       unsetenv("FP4QAT_NVFP4_KERNEL");
     }
+    // A given amax (a gated pair's shared amax; weights whose amax is known): one streaming pass,
+    // by the default (staged2, 1D) and by the fused kernel.
+    {
+      const at::Tensor a13 = fp4qat::global_amax(w13), a2 = fp4qat::global_amax(w2);
+      for (const char* variant : {"default", "fused"}) {
+        if (std::string(variant) != "default") setenv("FP4QAT_NVFP4_KERNEL", variant, 1);
+        const bool ok =
+            check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
+                          [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
+                          same_bytes);
+        add(std::string("nvfp4 1d MoE layer, given amax [") + variant + "]", double(layer_elems), nv_b, ok, [&] {
+          fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13);
+          fp4qat::nvfp4_quantize(w2, Blocks::k1D, a2);
+        });
+        add(std::string("fake-quant 1d MoE, given amax [") + variant + "]", double(layer_elems), fq_b, ok, [&] {
+          fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D, a13);
+          fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D, a2);
+        });
+        unsetenv("FP4QAT_NVFP4_KERNEL");
+      }
+    }
     // Sweep of the fused kernel's knobs, 1D: threads:chunk elements:CTAs per SM (0 = occupancy):
     // lag MB:L2 hint (0 cg/cs, 1 evict-last then demote, 2 evict-last then streaming):unroll.
     // (The L2-hint and unroll variants were measured slower twice, bench/RESULTS.md; one of each kept.)

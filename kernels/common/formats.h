@@ -89,17 +89,15 @@ FP4QAT_HD uint16_t float2_to_e4m3x2(float lo, float hi) {
 }
 
 FP4QAT_HD float e4m3_to_float(uint8_t b) {
+  // Built from bits without branches or int-to-float conversion: t = (e << 23) | (m << 20);
+  // normal: t + (120 << 23) = 2^(e-7) * (1 + m/8); subnormal (e = 0): the same bits with e = 1,
+  // 2^-6 * (1 + m/8), minus 2^-6 = m * 2^-9 (exact); 0x7f: NaN.
   const uint32_t sign = static_cast<uint32_t>(b & 0x80) << 24;
-  const uint32_t e = (b >> 3) & 0xf;
-  const uint32_t m = b & 0x7;
-  if (e == 0xf && m == 0x7) return u2f(sign | 0x7fc00000u);
-  float v;
-  if (e == 0) {
-    v = static_cast<float>(m) * 0.001953125f;  // m * 2^-9, exact
-  } else {
-    v = u2f(((e + 120u) << 23) | (m << 20));
-  }
-  return u2f(f2u(v) | sign);
+  const uint32_t t = static_cast<uint32_t>(b & 0x7f) << 20;
+  const float normal = u2f(t + 0x3C000000u);
+  const float sub = u2f(t + 0x3C800000u) - 0.015625f;
+  const uint32_t mag = (b & 0x7f) == 0x7f ? 0x7fc00000u : f2u((b & 0x78) == 0 ? sub : normal);
+  return u2f(mag | sign);
 }
 
 // ---- E2M1: bit 3 sign, magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 ----------------------------------

@@ -4,9 +4,10 @@
 // (kernels/nvfp4/quantize_ref.cpp); built with --fmad=false and IEEE div/rcp.
 //
 // Quantize kernels (one dispatch point: nvfp4_quantize at the end of this file):
-//   staged2 (default on sm_90+ for 1D blocks with a computed amax): one read, multi-buffered in
-//     shared memory, cooperative launch — see "Multi-buffered one-read variant" below;
-//   fused (everything else): two reads, the second meant to hit L2 — schedule below;
+//   staged2 (default on sm_90+ for 1D blocks): one read, multi-buffered in shared memory,
+//     cooperative launch — see "Multi-buffered one-read variant" below; also the row groups;
+//   fused (everything else): two reads, the second meant to hit L2 — schedule below (one with a
+//     given amax);
 //   staged (benchmarks only): one read, single-buffered.
 //
 // Fused quantize schedule (one persistent launch for E stacked experts [E, N, K]):
@@ -311,26 +312,31 @@ __global__ void __launch_bounds__(kThreads) amax_kernel(const void* x, int64_t p
 }
 
 template <bool kBf16Out>
+// Expert e0 + blockIdx.y (one S_dec per CTA, no division per block); 16-element units of it.
 __global__ void __launch_bounds__(kThreads) nvfp4_dequant_kernel(const uint8_t* codes, const uint8_t* scales,
                                                                  const float* s_dec, int64_t units_per_expert,
-                                                                 int64_t units, void* out) {
-  for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
-       u += static_cast<int64_t>(gridDim.x) * kThreads) {
+                                                                 int64_t e0, void* out) {
+  const int64_t e = e0 + blockIdx.y;
+  const float sd = s_dec[e];
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < units_per_expert;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t u = e * units_per_expert + i;
     const uint2 pk = __ldcs(reinterpret_cast<const uint2*>(codes) + u);
-    const uint8_t sb = scales[u];
-    const float sd = s_dec[u / units_per_expert];
+    const float fsb = e4m3_to_float(scales[u]);  // once per block
     float v[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
       const uint32_t word = i < 8 ? pk.x : pk.y;
-      v[i] = nvfp4_decode(static_cast<uint8_t>((word >> (4 * (i & 7))) & 0xf), sb, sd);
+      // nvfp4_decode's order: (e2m1(q) * float(sb)) * S_dec, the first product exact.
+      v[i] = e2m1_to_float(static_cast<uint8_t>((word >> (4 * (i & 7))) & 0xf)) * fsb * sd;
     }
     if constexpr (kBf16Out) {
       uint32_t w[8];
 #pragma unroll
-      for (int i = 0; i < 8; ++i)
-        w[i] = static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * i]))) |
-               (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * i + 1]))) << 16);
+      for (int i = 0; i < 8; ++i) {  // two roundings to nearest even in one conversion
+        const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+        w[i] = *reinterpret_cast<const uint32_t*>(&h);
+      }
       uint4* p = reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + u * 16);
       __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
       __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
@@ -463,7 +469,7 @@ bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
 // every CTA waited forever, the oldest incomplete expert would have an unclaimed slice, so every
 // claimed item (older tickets; every expert before it is complete, so no CTA waits on one) would
 // be a slice of it: kSlots * CTAs < G.
-// 1D blocks with the amax computed here only (a given amax needs one pass: the fused kernel).
+// 1D blocks. With a given amax every group is complete from the start: a streaming pass.
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 
 __device__ __forceinline__ bool mbar_test(uint32_t bar, uint32_t parity) {
@@ -587,11 +593,13 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
       bmax[u] = bm;
       m = fmaxf(m, bm);
     }
-    m = block_max<kTh>(m, red);
-    if (threadIdx.x == 0) {
-      const int g = item_group[s];
-      atomic_max_nonneg(amax_bits + g, m);
-      red_release_add(arrived + g, 1);  // ordered after the max, without waiting for it
+    if (a.given_amax == nullptr) {
+      m = block_max<kTh>(m, red);
+      if (threadIdx.x == 0) {
+        const int g = item_group[s];
+        atomic_max_nonneg(amax_bits + g, m);
+        red_release_add(arrived + g, 1);  // ordered after the max, without waiting for it
+      }
     }
   };
   if (sl.table != nullptr) {
@@ -626,8 +634,9 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
     const int need = item_need[h];
     for (;;) {
       if (threadIdx.x == 0) {
-        const bool complete = ld_acquire(arrived + g) >= need;
-        if (complete) shared_amax = __uint_as_float(ld_relaxed(amax_bits + g));  // every max is ordered before
+        const bool complete = a.given_amax != nullptr || ld_acquire(arrived + g) >= need;
+        if (complete)  // every max is ordered before the arrivals
+          shared_amax = a.given_amax != nullptr ? a.given_amax[g] : __uint_as_float(ld_relaxed(amax_bits + g));
         int landed = 0;
 #pragma unroll
         for (int k = 1; k < kSlots; ++k) {
@@ -700,12 +709,13 @@ bool staged2_available(cudaStream_t stream) {
 }
 
 // Launches the multi-buffered kernel on the slices `sl` (R rows of row_bytes each at most) if
-// its conditions hold (1D, computed amax, 16-byte aligned rows, the deadlock-freedom condition);
+// its conditions hold (1D, 16-byte aligned rows, the deadlock-freedom condition; with a given
+// amax nothing waits: a streaming pass, double-buffered);
 // returns false to fall back. a.workspace: nvfp4_workspace_bytes(sl.groups).
 template <InType T, int kTh, int kSlots>
 bool launch_staged2_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
   constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
-  if (a.two_d || a.given_amax || sl.total == 0 || sl.R < 1) return false;
+  if (a.two_d || sl.total == 0 || sl.R < 1) return false;
   const int64_t row_bytes = a.K * kElem;
   if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || row_bytes % 16 != 0) return false;
   const int64_t data_bytes = (sl.R * row_bytes + 127) / 128 * 128;
@@ -958,13 +968,16 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
   FP4QAT_CHECK(a.K % 16 == 0 && a.K > 0, "nvfp4_quantize (CUDA): K = ", a.K, " is not a positive multiple of 16");
   FP4QAT_CHECK(a.s_dec && a.workspace, "nvfp4_quantize (CUDA): s_dec and workspace are required");
   if (a.E == 0) return;
-  // Default: the double-buffered one-read kernel (staged2) where it applies (sm_90+, 1D blocks,
-  // amax computed here, 16-byte aligned rows), else the fused two-pass kernel; measured on H100
-  // in bench/RESULTS.md. FP4QAT_NVFP4_KERNEL=fused|staged|staged2 picks one (benchmarks
-  // and tests; a variant that does not apply falls back to fused).
+  // Default: with the amax computed here, the multi-buffered one-read kernel (staged2) where it
+  // applies (sm_90+, 1D blocks, 16-byte aligned rows, not while capturing a graph), else the fused
+  // two-pass kernel; with a given amax the fused kernel's single streaming pass (as fast as
+  // staged2's for packed outputs, faster with fake values: bench/RESULTS.md, H100).
+  // FP4QAT_NVFP4_KERNEL=fused|staged|staged2 picks one (benchmarks and tests; a variant that does
+  // not apply falls back to fused).
   const char* forced = std::getenv("FP4QAT_NVFP4_KERNEL");
-  const bool try_staged = forced != nullptr && std::string(forced) == "staged";
-  const bool try_staged2 = forced == nullptr || *forced == '\0' || std::string(forced) == "staged2";
+  const bool by_default = forced == nullptr || *forced == '\0';
+  const bool try_staged = !by_default && std::string(forced) == "staged";
+  const bool try_staged2 = by_default ? a.given_amax == nullptr : std::string(forced) == "staged2";
 #define FP4QAT_DISPATCH(TY)                                                    \
   if (a.type == TY) {                                                           \
     if (try_staged2 && launch_staged2_uniform<TY>(a, stream)) return;                   \
@@ -1001,12 +1014,17 @@ void amax(const void* x, InType t, int64_t E, int64_t per, float* out, cudaStrea
 
 void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, const float* s_dec, int64_t E, int64_t N,
                       int64_t K, void* out, bool out_bf16, cudaStream_t stream) {
-  const int64_t per = N * (K / 16), units = E * per;
-  if (units == 0) return;
-  const auto g = static_cast<unsigned>(grid_for(units));
-  if (out_bf16) nvfp4_dequant_kernel<true><<<g, kThreads, 0, stream>>>(codes, scales, s_dec, per, units, out);
-  else nvfp4_dequant_kernel<false><<<g, kThreads, 0, stream>>>(codes, scales, s_dec, per, units, out);
-  FP4QAT_CUDA_CHECK(cudaGetLastError());
+  const int64_t per = N * (K / 16);
+  if (E == 0 || per == 0) return;
+  // grid.y: experts (at most 65535 a launch); grid.x: about 8 waves of CTAs over all of them.
+  const int64_t gx = std::max<int64_t>(1, std::min<int64_t>((per + kThreads - 1) / kThreads,
+                                                             (grid_for(E * per) + E - 1) / E));
+  for (int64_t e0 = 0; e0 < E; e0 += 65535) {
+    const dim3 g(static_cast<unsigned>(gx), static_cast<unsigned>(std::min<int64_t>(65535, E - e0)));
+    if (out_bf16) nvfp4_dequant_kernel<true><<<g, kThreads, 0, stream>>>(codes, scales, s_dec, per, e0, out);
+    else nvfp4_dequant_kernel<false><<<g, kThreads, 0, stream>>>(codes, scales, s_dec, per, e0, out);
+    FP4QAT_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 }  // namespace fp4qat::cuda_kernels

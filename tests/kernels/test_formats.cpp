@@ -63,6 +63,18 @@ TEST(E4M3, EveryCodeRoundTrips) {
   }
 }
 
+TEST(E4M3, EveryCodeDecodesToItsDefinition) {
+  // (-1)^s * (e == 0 ? m * 2^-9 : 2^(e - 7) * (1 + m / 8)), computed with ldexp, bit for bit
+  // (signed zeros included); 0x7f / 0xff NaN.
+  for (int c = 0; c < 256; ++c) {
+    const int e = (c >> 3) & 0xf, m = c & 7;
+    if ((c & 0x7f) == 0x7f) continue;
+    float want = e == 0 ? std::ldexp(static_cast<float>(m), -9) : std::ldexp(1.0f + m / 8.0f, e - 7);
+    if (c & 0x80) want = -want;
+    EXPECT_EQ(f2u(e4m3_to_float(static_cast<uint8_t>(c))), f2u(want)) << "code " << c;
+  }
+}
+
 TEST(E4M3, KnownValues) {
   EXPECT_EQ(e4m3_to_float(0x7e), 448.0f);
   EXPECT_EQ(e4m3_to_float(0x01), std::ldexp(1.0f, -9));
