@@ -124,6 +124,17 @@ __device__ __forceinline__ float max16_bf16(const uint32_t raw[8]) {
   return fmaxf(fmaxf(0.0f, __uint_as_float(w << 16)), __uint_as_float(w & 0xffff0000u));
 }
 
+// The last i in [0, n) with a[i] <= v, for a non-decreasing a with a[0] <= v (binary search).
+__device__ __forceinline__ int last_at_most(const int32_t* a, int64_t n, int64_t v) {
+  int lo = 0, hi = static_cast<int>(n);
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (a[mid] <= v) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
 // The 16 bf16 of block `unit` of a shared-memory slice as 8 raw words (two 16-byte loads).
 __device__ __forceinline__ void load_raw16(const unsigned char* base, int64_t unit, uint32_t raw[8]) {
   const uint4* p = reinterpret_cast<const uint4*>(base + unit * 32);
@@ -312,38 +323,36 @@ __global__ void __launch_bounds__(kThreads) amax_kernel(const void* x, int64_t p
 }
 
 template <bool kBf16Out>
-// Expert e0 + blockIdx.y (one S_dec per CTA, no division per block); 16-element units of it.
+// Expert e0 + blockIdx.y (one S_dec per CTA, no division per block); a thread decodes half a
+// block (8 elements: one 32-bit word of codes), so that a warp's stores cover 512 contiguous
+// bytes per instruction (bf16 out).
 __global__ void __launch_bounds__(kThreads) nvfp4_dequant_kernel(const uint8_t* codes, const uint8_t* scales,
                                                                  const float* s_dec, int64_t units_per_expert,
                                                                  int64_t e0, void* out) {
   const int64_t e = e0 + blockIdx.y;
   const float sd = s_dec[e];
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < units_per_expert;
+  const int64_t halves = 2 * units_per_expert;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < halves;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t u = e * units_per_expert + i;
-    const uint2 pk = __ldcs(reinterpret_cast<const uint2*>(codes) + u);
-    const float fsb = e4m3_to_float(scales[u]);  // once per block
-    float v[16];
+    const int64_t hb = e * halves + i;  // half-block index: elements [8 hb, 8 hb + 8)
+    const uint32_t word = __ldcs(reinterpret_cast<const uint32_t*>(codes) + hb);
+    const float fsb = e4m3_to_float(scales[hb >> 1]);
+    float v[8];
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const uint32_t word = i < 8 ? pk.x : pk.y;
-      // nvfp4_decode's order: (e2m1(q) * float(sb)) * S_dec, the first product exact.
-      v[i] = e2m1_to_float(static_cast<uint8_t>((word >> (4 * (i & 7))) & 0xf)) * fsb * sd;
-    }
+    for (int k = 0; k < 8; ++k)  // nvfp4_decode's order: (e2m1(q) * float(sb)) * S_dec, the first product exact
+      v[k] = e2m1_to_float(static_cast<uint8_t>((word >> (4 * k)) & 0xf)) * fsb * sd;
     if constexpr (kBf16Out) {
-      uint32_t w[8];
+      uint32_t w[4];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {  // two roundings to nearest even in one conversion
-        const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
-        w[i] = *reinterpret_cast<const uint32_t*>(&h);
+      for (int k = 0; k < 4; ++k) {  // two roundings to nearest even in one conversion
+        const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+        w[k] = *reinterpret_cast<const uint32_t*>(&h);
       }
-      uint4* p = reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + u * 16);
-      __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
-      __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+      __stcs(reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + hb * 8), make_uint4(w[0], w[1], w[2], w[3]));
     } else {
-      float4* p = reinterpret_cast<float4*>(static_cast<float*>(out) + u * 16);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) __stcs(p + i, make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]));
+      float4* p = reinterpret_cast<float4*>(static_cast<float*>(out) + hb * 8);
+      __stcs(p, make_float4(v[0], v[1], v[2], v[3]));
+      __stcs(p + 1, make_float4(v[4], v[5], v[6], v[7]));
     }
   }
 }
@@ -553,13 +562,7 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
         g = t / sl.G, j = t % sl.G, row = g * a.N + j * R, rows = min(R, a.N - j * R), need = sl.G;
       } else {  // the group whose slices hold t: the last g with item_off[g] <= t (skips empty groups)
         const int32_t* ioff = tab + sl.groups + 1;
-        int lo = 0, hi = static_cast<int>(sl.groups);
-        while (hi - lo > 1) {
-          const int mid = (lo + hi) >> 1;
-          if (ioff[mid] <= t) lo = mid;
-          else hi = mid;
-        }
-        g = lo, j = t - ioff[g], row = tab[g] + j * R, rows = min(R, static_cast<int64_t>(tab[g + 1]) - row);
+        g = last_at_most(ioff, sl.groups, t), j = t - ioff[g], row = tab[g] + j * R, rows = min(R, static_cast<int64_t>(tab[g + 1]) - row);
         need = ioff[g + 1] - ioff[g];
       }
       item_group[s] = static_cast<int>(g);
@@ -848,13 +851,7 @@ namespace {
 // that kernel does not apply, two passes over x:
 // The group of row r: the last g with row_off[g] <= r (empty groups skipped).
 __device__ __forceinline__ int group_of_row(const int32_t* row_off, int64_t groups, int64_t r) {
-  int lo = 0, hi = static_cast<int>(groups);
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (__ldg(row_off + mid) <= r) lo = mid;
-    else hi = mid;
-  }
-  return lo;
+  return last_at_most(row_off, groups, r);
 }
 
 // Pass 1: one warp per row folds max |row| into amax[group of the row] (exact: max is order-free).
@@ -1017,8 +1014,8 @@ void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, const float* 
   const int64_t per = N * (K / 16);
   if (E == 0 || per == 0) return;
   // grid.y: experts (at most 65535 a launch); grid.x: about 8 waves of CTAs over all of them.
-  const int64_t gx = std::max<int64_t>(1, std::min<int64_t>((per + kThreads - 1) / kThreads,
-                                                             (grid_for(E * per) + E - 1) / E));
+  const int64_t gx = std::max<int64_t>(1, std::min<int64_t>((2 * per + kThreads - 1) / kThreads,
+                                                             (grid_for(2 * E * per) + E - 1) / E));
   for (int64_t e0 = 0; e0 < E; e0 += 65535) {
     const dim3 g(static_cast<unsigned>(gx), static_cast<unsigned>(std::min<int64_t>(65535, E - e0)));
     if (out_bf16) nvfp4_dequant_kernel<true><<<g, kThreads, 0, stream>>>(codes, scales, s_dec, per, e0, out);
