@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -73,10 +74,76 @@ struct Row {
   bool valid;
 };
 
+// --trace: the staged2 kernel's per-slice timeline (kernels/cuda_kernels.h nvfp4_trace) for one
+// quantization of the MoE layer's w13 [128, 1536, 2048]: how long a slice's bytes take to land,
+// wait for their expert, and take to quantize, and how many slices are in each state over time.
+void trace_timeline(const char* name, const std::function<void()>& quantize) {
+  const int64_t cap = 1 << 16;
+  at::Tensor buf = at::zeros({4 * cap}, at::TensorOptions().device(at::kCUDA).dtype(at::kLong));
+  quantize();
+  quantize();
+  FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
+  fp4qat::cuda_kernels::nvfp4_trace(reinterpret_cast<unsigned long long*>(buf.data_ptr<int64_t>()), cap);
+  quantize();
+  FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
+  fp4qat::cuda_kernels::nvfp4_trace(nullptr, 0);
+  const at::Tensor h = buf.cpu();
+  const int64_t* v = h.data_ptr<int64_t>();
+  std::vector<std::array<double, 4>> it;
+  double t0 = 1e300, t1 = 0;
+  for (int64_t t = 0; t < cap; ++t) {
+    if (v[4 * t] == 0 || v[4 * t + 1] == 0 || v[4 * t + 2] == 0 || v[4 * t + 3] == 0) continue;
+    it.push_back({double(v[4 * t]), double(v[4 * t + 1]), double(v[4 * t + 2]), double(v[4 * t + 3])});
+    t0 = std::min(t0, double(v[4 * t]));
+    t1 = std::max(t1, double(v[4 * t + 3]));
+  }
+  if (it.empty()) {
+    std::printf("%s: no trace (the staged2 kernel did not run)\n", name);
+    return;
+  }
+  auto stats = [&](int a, int b) {
+    std::vector<double> d;
+    for (const auto& x : it) d.push_back((x[b] - x[a]) / 1000.0);
+    std::sort(d.begin(), d.end());
+    double mean = 0;
+    for (double y : d) mean += y;
+    mean /= d.size();
+    char out[160];
+    std::snprintf(out, sizeof out, "mean %6.2f  p10 %6.2f  p50 %6.2f  p90 %6.2f  max %7.2f us", mean, d[d.size() / 10],
+                  d[d.size() / 2], d[d.size() * 9 / 10], d.back());
+    return std::string(out);
+  };
+  std::printf("\n%s: %zu slices, %.1f us (first claim to last quantized)\n", name, it.size(), (t1 - t0) / 1000.0);
+  std::printf("  claim -> landed        %s\n", stats(0, 1).c_str());
+  std::printf("  landed -> complete     %s\n", stats(1, 2).c_str());
+  std::printf("  complete -> quantized  %s\n", stats(2, 3).c_str());
+  std::printf("  claim -> quantized     %s\n", stats(0, 3).c_str());
+  // Slices in each state, averaged over 20 us windows.
+  const double bin = 20000.0;
+  const int nb = static_cast<int>((t1 - t0) / bin) + 1;
+  std::vector<std::array<double, 3>> occ(nb, {0, 0, 0});
+  std::vector<double> landed(nb, 0);
+  for (const auto& x : it) {
+    for (int k = 0; k < 3; ++k) {
+      const double a = x[k] - t0, b = x[k + 1] - t0;
+      for (int i = static_cast<int>(a / bin); i <= static_cast<int>(b / bin) && i < nb; ++i) {
+        const double lo = std::max(a, i * bin), hi = std::min(b, (i + 1) * bin);
+        if (hi > lo) occ[i][k] += (hi - lo) / bin;
+      }
+    }
+    landed[static_cast<int>((x[1] - t0) / bin)] += 1;
+  }
+  std::printf("  window (us)   loading  waiting  quantizing  slices landed\n");
+  for (int i = 0; i < nb; ++i)
+    std::printf("  %5.0f-%-5.0f %8.1f %8.1f %11.1f %14.0f\n", i * bin / 1000, (i + 1) * bin / 1000, occ[i][0], occ[i][1],
+                occ[i][2], landed[i]);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string json_out, profile;
+  bool trace = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--reps" && i + 1 < argc) g_reps = std::max(1, std::atoi(argv[++i]));
@@ -84,8 +151,9 @@ int main(int argc, char** argv) {
     else if (a == "--json" && i + 1 < argc) json_out = argv[++i];
     else if (a == "--only" && i + 1 < argc) g_only = argv[++i];
     else if (a == "--profile" && i + 1 < argc) profile = argv[++i];
+    else if (a == "--trace") trace = true;
     else {
-      std::fprintf(stderr, "usage: %s [--reps N] [--warmup N] [--json FILE] [--only SUBSTRING] [--profile KERNEL[:THREADS[:SLOT_BYTES[:SLOTS]]]]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--reps N] [--warmup N] [--json FILE] [--only SUBSTRING] [--profile KERNEL[:THREADS[:SLOT_BYTES[:SLOTS]]]] [--trace]\n", argv[0]);
       return 2;
     }
   }
@@ -98,6 +166,21 @@ int main(int argc, char** argv) {
   std::printf("device: %s (%d SMs, L2 %d MB)\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
   auto cuda_bf16 = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
   at::manual_seed(0);
+  if (trace) {
+    const at::Tensor w13 = at::randn({128, 1536, 2048}, cuda_bf16) * 0.02;
+    const at::Tensor a13 = fp4qat::global_amax(w13);
+    trace_timeline("nvfp4 w13, amax computed", [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D); });
+    setenv("FP4QAT_NVFP4_KERNEL", "staged2", 1);
+    trace_timeline("nvfp4 w13, given amax", [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13); });
+    unsetenv("FP4QAT_NVFP4_KERNEL");
+    trace_timeline("fake quant w13, amax computed", [&] { fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D); });
+    setenv("FP4QAT_NVFP4_SLOTS", "3", 1);
+    setenv("FP4QAT_NVFP4_SLOT_BYTES", "32768", 1);
+    setenv("FP4QAT_NVFP4_THREADS", "256", 1);
+    trace_timeline("nvfp4 w13, amax computed, 256 x 32 KB x 3", [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D); });
+    for (const char* k : {"FP4QAT_NVFP4_SLOTS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_THREADS"}) unsetenv(k);
+    return 0;
+  }
 
   // Device-to-device copy bandwidth (bytes read + written), on a buffer of the MoE layer's size.
   const int64_t layer_elems = 128LL * (1536 * 2048 + 2048 * 768);  // 604 M

@@ -36,6 +36,10 @@ struct Nvfp4Args {
   void* workspace = nullptr;  // nvfp4_workspace_bytes(E), any contents (cleared in-stream)
 };
 size_t nvfp4_workspace_bytes(int64_t E);
+// Benchmarks only: the staged2 launches that follow record, for each ticket t < items, the
+// globaltimer (ns) when its slice was claimed, landed, found its expert complete and was
+// quantized into buf[4t .. 4t+3] (device memory, uint64 [4 * items]); null stops it.
+void nvfp4_trace(unsigned long long* buf, int64_t items);
 void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream);
 
 // NVFP4 1D quantize of the rows of x [rows, K] (K % 16 == 0) in groups, each quantized with its

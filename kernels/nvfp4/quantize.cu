@@ -526,7 +526,19 @@ __device__ __forceinline__ uint32_t ld_relaxed(const uint32_t* p) {
 struct Slices {
   int64_t groups = 0, R = 0, G = 0, total = 0;
   const int32_t* table = nullptr;
+  // Benchmarks (nvfp4_trace): per ticket t < trace_items, globaltimer ns at [4t] claimed, [4t+1]
+  // bytes landed (seen by thread 0), [4t+2] group complete (seen at the head), [4t+3] quantized.
+  unsigned long long* trace = nullptr;
+  int64_t trace_items = 0;
 };
+
+__device__ __forceinline__ void trace_event(const Slices& sl, long long t, int k) {
+  if (sl.trace != nullptr && t < sl.trace_items) {
+    unsigned long long now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    sl.trace[4 * t + k] = now;
+  }
+}
 
 // Roles: thread 0 polls the head's group and the landed slots; thread kClaimer (another warp)
 // claims tickets, decodes them and starts the bulk copies, so the two round trips to memory overlap.
@@ -556,6 +568,7 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
   auto claim = [&](int s) {  // thread kClaimer only
     const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
     item[s] = t;
+    trace_event(sl, t, 0);
     if (t < total) {
       int64_t g, j, row, rows, need;
       if (sl.table == nullptr) {
@@ -629,6 +642,7 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
     if (item[h] >= total) return;  // the ring's tickets increase from the head: no slot holds an item
     if (!((folded >> h) & 1u)) {
       mbar_wait(bar0 + 8 * h, (parity >> h) & 1u);
+      if (threadIdx.x == 0) trace_event(sl, item[h], 1);
       parity ^= 1u << h;
       contribute(h);
       folded |= 1u << h;
@@ -644,8 +658,12 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
 #pragma unroll
         for (int k = 1; k < kSlots; ++k) {
           const int s = h + k < kSlots ? h + k : h + k - kSlots;
-          if (item[s] < total && !((folded >> s) & 1u) && mbar_test(bar0 + 8 * s, (parity >> s) & 1u)) landed |= 1 << s;
+          if (item[s] < total && !((folded >> s) & 1u) && mbar_test(bar0 + 8 * s, (parity >> s) & 1u)) {
+            landed |= 1 << s;
+            trace_event(sl, item[s], 1);
+          }
         }
+        if (complete) trace_event(sl, item[h], 2);
         flag[0] = complete;
         flag[1] = landed;
       }
@@ -687,6 +705,7 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
       }
     }
     __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
+    if (threadIdx.x == 0) trace_event(sl, item[h], 3);
     folded &= ~(1u << h);
     // The next ticket into the head slot (the ring's new tail). No barrier: every thread reads
     // the slot's item arrays again only after later barriers (it is the head kSlots - 1 heads from
@@ -696,6 +715,14 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
   }
 #endif
 }
+
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::strtoll(v, nullptr, 10) : fallback;
+}
+
+unsigned long long* g_trace = nullptr;
+int64_t g_trace_items = 0;
 
 // Whether the multi-buffered kernel can run on this device and stream (sm_90+, cooperative
 // launch, not while a CUDA graph is being captured: a graph's replays give no co-residency
@@ -730,9 +757,12 @@ bool launch_staged2_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream)
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(sl.total, resident));
   if (resident < 1 || sl.G > kSlots * grid) return false;  // the deadlock-freedom condition
   const Workspace w = clear_workspace(a.workspace, sl.groups, stream);
+  Slices slt = sl;
+  slt.trace = g_trace;
+  slt.trace_items = g_trace_items;
   // A cooperative launch: all CTAs are resident together (the deadlock-freedom condition counts
   // on it), also when another kernel, e.g. a quantization on a side stream, shares the device.
-  void* args[] = {const_cast<Nvfp4Args*>(&a), const_cast<Slices*>(&sl), const_cast<int64_t*>(&data_bytes),
+  void* args[] = {const_cast<Nvfp4Args*>(&a), &slt, const_cast<int64_t*>(&data_bytes),
                   const_cast<int64_t*>(&slot_stride), const_cast<uint32_t**>(&w.amax_bits), const_cast<int**>(&w.counter),
                   const_cast<unsigned long long**>(&w.ticket)};
   const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
@@ -745,10 +775,6 @@ bool launch_staged2_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream)
   return true;
 }
 
-int64_t env_int(const char* name, int64_t fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::strtoll(v, nullptr, 10) : fallback;
-}
 
 // The multi-buffered kernel's shape: threads per CTA (256 or 512), bytes per slot, slots per CTA
 // (2, 3 or 4); two CTAs per SM in each default. Defaults measured on H100 (bench/RESULTS.md):
@@ -918,6 +944,11 @@ void rows_two_pass(const void* x, int64_t rows, int64_t K, const int32_t* row_of
 }
 
 }  // namespace
+
+void nvfp4_trace(unsigned long long* buf, int64_t items) {
+  g_trace = buf;
+  g_trace_items = buf ? items : 0;
+}
 
 int64_t nvfp4_rows_slice_rows(InType t, int64_t K, bool fake) {
   const int64_t row_bytes = K * (t == InType::F32 ? 4 : 2);
