@@ -174,6 +174,10 @@ int main(int argc, char** argv) {
     trace_timeline("nvfp4 w13, given amax", [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13); });
     unsetenv("FP4QAT_NVFP4_KERNEL");
     trace_timeline("fake quant w13, amax computed", [&] { fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D); });
+    setenv("FP4QAT_NVFP4_KERNEL", "park", 1);
+    trace_timeline("nvfp4 w13, amax computed, park (256 threads x 48 KB x 2 + registers)",
+                   [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D); });
+    unsetenv("FP4QAT_NVFP4_KERNEL");
     setenv("FP4QAT_NVFP4_SLOTS", "3", 1);
     setenv("FP4QAT_NVFP4_SLOT_BYTES", "32768", 1);
     setenv("FP4QAT_NVFP4_THREADS", "256", 1);
@@ -315,8 +319,8 @@ int main(int argc, char** argv) {
         unsetenv(v);
     }
     // The multi-buffered one-read kernel: threads:bytes per slot:slots per CTA.
-    for (const char* kcfg : {"staged2:512:49152:2", "staged2:256:49152:2", "staged2:256:32768:3", "staged2:256:24576:4",
-                             "staged2:512:32768:3", "staged2:256:32768:2", "staged2:512:49152:2", "staged2:256:32768:3"}) {
+    for (const char* kcfg : {"staged2:512:49152:2", "park:256:49152:2", "staged2:256:32768:3", "park:256:32768:2",
+                             "park:256:49152:2", "staged2:512:49152:2", "park:256:24576:2", "staged2:256:32768:3"}) {
       const std::vector<std::string> f = split_colons(kcfg);
       const std::string cfg = f[0] + " " + f[1] + ":" + f[2] + " x" + f[3];
       setenv("FP4QAT_NVFP4_KERNEL", f[0].c_str(), 1);

@@ -6,6 +6,8 @@
 // Quantize kernels (one dispatch point: nvfp4_quantize at the end of this file):
 //   staged2 (default on sm_90+ for 1D blocks): one read, multi-buffered in shared memory,
 //     cooperative launch — see "Multi-buffered one-read variant" below; also the row groups;
+//   park (its bf16 variant with a third slot in registers; the default when fake values are
+//     written) — see "One-read variant with a register slot";
 //   fused (everything else): two reads, the second meant to hit L2 — schedule below (one with a
 //     given amax);
 //   staged (benchmarks only): one read, single-buffered.
@@ -776,22 +778,268 @@ bool launch_staged2_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream)
 }
 
 
-// The multi-buffered kernel's shape: threads per CTA (256 or 512), bytes per slot, slots per CTA
-// (2, 3 or 4); two CTAs per SM in each default. Defaults measured on H100 (bench/RESULTS.md):
-// 512 x 48 KB x 2 for packed outputs only, 256 x 32 KB x 3 when the bf16 fake values are written
-// (twice the bytes out, fewer instructions per element). FP4QAT_NVFP4_THREADS,
-// FP4QAT_NVFP4_SLOT_BYTES and FP4QAT_NVFP4_SLOTS override them (benchmarks).
+// ---- One-read variant with a register slot ("park", sm_90, bf16) ------------------------------
+// The staged2 scheme with a third slot per CTA in registers: a slice that has landed and been
+// folded into its expert's amax, but must wait for the expert to complete, is moved from its
+// shared-memory slot into the registers of the CTA's threads (each thread parks the 16-element
+// blocks it would quantize: at most kPark of them), and the freed slot starts the next bulk copy.
+// The trace (bench_quantize --trace) showed slices waiting ~8 us for their expert against ~3.6 us
+// loading, so that only ~120 of staged2's 528 slots were loading at a time. 256 threads and two
+// CTAs a SM leave room in the register file (kPark * 8 + kPark registers a thread).
+// Ring: the CTA holds up to three items (shared slots 0 and 1, the park), quantizes them in ticket
+// order; deadlock-free when G <= 3 * CTAs (the staged2 argument with three slots: a waiting CTA
+// parks a landed item and claims again, so it ends up holding three).
+template <int kTh>
+__global__ void __launch_bounds__(kTh, 2) nvfp4_park_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes,
+                                                            int64_t slot_stride, uint32_t* amax_bits, int* arrived,
+                                                            unsigned long long* ticket) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int kPark = 6;  // units a thread parks: 6 * 256 = 1536 units = 48 KB of bf16
+  constexpr int kClaimer = 32;
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ __align__(8) uint64_t bars[2];
+  __shared__ long long item[3];  // ticket of slot 0, slot 1, the park (>= total: none)
+  __shared__ long long item_row[3];
+  __shared__ int item_group[3], item_rows[3], item_need[3], item_first[3];
+  __shared__ float red[kTh / 32];
+  __shared__ int flag[2];
+  __shared__ float shared_amax;
+  __shared__ float enc_lut[256];
+  const int64_t K = a.K, nb = K / 16, R = sl.R, total = sl.total;
+  const uint32_t bar0 = smem_addr(&bars[0]);
+  int32_t* tab = reinterpret_cast<int32_t*>(smem + 2 * slot_stride);
+  auto claim = [&](int s) {  // thread kClaimer only; s = 0 or 1
+    const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
+    item[s] = t;
+    trace_event(sl, t, 0);
+    if (t < total) {
+      int64_t g, j, row, rows, need;
+      if (sl.table == nullptr) {
+        g = t / sl.G, j = t % sl.G, row = g * a.N + j * R, rows = min(R, a.N - j * R), need = sl.G;
+      } else {
+        const int32_t* ioff = tab + sl.groups + 1;
+        g = last_at_most(ioff, sl.groups, t), j = t - ioff[g], row = tab[g] + j * R,
+        rows = min(R, static_cast<int64_t>(tab[g + 1]) - row), need = ioff[g + 1] - ioff[g];
+      }
+      item_group[s] = static_cast<int>(g);
+      item_row[s] = row;
+      item_rows[s] = static_cast<int>(rows);
+      item_need[s] = static_cast<int>(need);
+      item_first[s] = j == 0;
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      bulk_load(smem_addr(smem + s * slot_stride), static_cast<const char*>(a.x) + row * K * 2,
+                static_cast<uint32_t>(rows * K * 2), bar0 + 8 * s);
+    }
+  };
+  auto contribute = [&](int s) {  // all threads; s = 0 or 1
+    const int64_t units = item_rows[s] * nb;
+    const unsigned char* base = smem + s * slot_stride;
+    float* bmax = reinterpret_cast<float*>(smem + s * slot_stride + data_bytes);
+    float m = 0.0f;
+    for (int64_t u = threadIdx.x; u < units; u += kTh) {
+      uint32_t raw[8];
+      load_raw16(base, u, raw);
+      const float bm = max16_bf16(raw);
+      bmax[u] = bm;
+      m = fmaxf(m, bm);
+    }
+    if (a.given_amax == nullptr) {
+      m = block_max<kTh>(m, red);
+      if (threadIdx.x == 0) {
+        const int g = item_group[s];
+        atomic_max_nonneg(amax_bits + g, m);
+        red_release_add(arrived + g, 1);
+      }
+    }
+  };
+  if (sl.table != nullptr) {
+    for (int64_t i = threadIdx.x; i < 2 * (sl.groups + 1); i += kTh) tab[i] = sl.table[i];
+    __syncthreads();
+    if (blockIdx.x == 0)
+      for (int64_t g = threadIdx.x; g < sl.groups; g += kTh)
+        if (tab[g + 1] == tab[g]) a.s_dec[g] = nvfp4_s_dec(nvfp4_s_enc(0.0f));
+  }
+  if (threadIdx.x == kClaimer) {
+    for (int s = 0; s < 2; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * s) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    claim(0);
+    claim(1);
+  }
+  __syncthreads();
+  uint4 park[2 * kPark];
+  float park_bmax[kPark];
+  bool park_full = false;
+  uint32_t parity = 0u, folded = 0u;  // bits 0, 1: the shared slots
+  for (;;) {
+    // The head: the held item with the smallest ticket.
+    int hs = -1;
+    long long best = total;
+    if (park_full) hs = 2, best = item[2];
+    for (int s = 0; s < 2; ++s)
+      if (item[s] < best) hs = s, best = item[s];
+    if (hs < 0) return;
+    if (hs < 2 && !((folded >> hs) & 1u)) {
+      mbar_wait(bar0 + 8 * hs, (parity >> hs) & 1u);
+      if (threadIdx.x == 0) trace_event(sl, item[hs], 1);
+      parity ^= 1u << hs;
+      contribute(hs);
+      folded |= 1u << hs;
+    }
+    const int g = item_group[hs], need = item_need[hs];
+    for (;;) {
+      if (threadIdx.x == 0) {
+        const bool complete = a.given_amax != nullptr || ld_acquire(arrived + g) >= need;
+        if (complete)
+          shared_amax = a.given_amax != nullptr ? a.given_amax[g] : __uint_as_float(ld_relaxed(amax_bits + g));
+        int landed = 0;
+        for (int s = 0; s < 2; ++s)
+          if (s != hs && item[s] < total && !((folded >> s) & 1u) && mbar_test(bar0 + 8 * s, (parity >> s) & 1u)) {
+            landed |= 1 << s;
+            trace_event(sl, item[s], 1);
+          }
+        if (complete) trace_event(sl, item[hs], 2);
+        flag[0] = complete;
+        flag[1] = landed;
+      }
+      __syncthreads();
+      const bool complete = flag[0];
+      int landed = flag[1];
+      while (landed) {
+        const int s = __ffs(landed) - 1;
+        landed &= landed - 1;
+        mbar_wait(bar0 + 8 * s, (parity >> s) & 1u);
+        parity ^= 1u << s;
+        contribute(s);
+        folded |= 1u << s;
+      }
+      // Park the other shared slot's item once it is folded (the head is in a shared slot), and
+      // start the next bulk copy in that slot.
+      const int o = 1 - hs;
+      if (!park_full && hs < 2 && item[o] < total && ((folded >> o) & 1u)) {
+        const int64_t units = item_rows[o] * nb;
+        const unsigned char* base = smem + o * slot_stride;
+        const float* bmax = reinterpret_cast<const float*>(smem + o * slot_stride + data_bytes);
+#pragma unroll
+        for (int k = 0; k < kPark; ++k) {
+          const int64_t u = threadIdx.x + k * kTh;
+          if (u < units) {
+            const uint4* p = reinterpret_cast<const uint4*>(base + u * 32);
+            park[2 * k] = p[0];
+            park[2 * k + 1] = p[1];
+            park_bmax[k] = bmax[u];
+          }
+        }
+        if (threadIdx.x == 0) {
+          item[2] = item[o], item_row[2] = item_row[o], item_group[2] = item_group[o];
+          item_rows[2] = item_rows[o], item_need[2] = item_need[o], item_first[2] = item_first[o];
+        }
+        __syncthreads();  // slot o read by every thread (and its item copied) before it is refilled
+        park_full = true;
+        folded &= ~(1u << o);
+        if (threadIdx.x == kClaimer) claim(o);
+      }
+      if (complete) break;
+      if (flag[1] == 0 && threadIdx.x == 0) __nanosleep(64);
+      __syncthreads();
+    }
+    const float s_enc = nvfp4_s_enc(shared_amax);
+    const float s_dec = nvfp4_s_dec(s_enc);
+    const float factor = nvfp4_block_factor(s_enc);
+    if (item_first[hs] && threadIdx.x == 0) a.s_dec[g] = s_dec;
+    for (int b = threadIdx.x; b < 256; b += kTh) enc_lut[b] = nvfp4_block_enc(static_cast<uint8_t>(b), s_dec);
+    __syncthreads();
+    const int64_t unit0 = item_row[hs] * nb, units = item_rows[hs] * nb;
+    if (hs == 2) {
+#pragma unroll
+      for (int k = 0; k < kPark; ++k) {
+        const int64_t u = threadIdx.x + k * kTh;
+        if (u < units) {
+          const uint8_t sb = nvfp4_block_scale(park_bmax[k], factor);
+          const uint32_t raw[8] = {park[2 * k].x,     park[2 * k].y,     park[2 * k].z,     park[2 * k].w,
+                                   park[2 * k + 1].x, park[2 * k + 1].y, park[2 * k + 1].z, park[2 * k + 1].w};
+          emit_block_bf16(raw, sb, enc_lut[sb], unit0 + u, a.codes, a.scales, a.fake);
+        }
+      }
+    } else {
+      const unsigned char* base = smem + hs * slot_stride;
+      const float* bmax = reinterpret_cast<const float*>(smem + hs * slot_stride + data_bytes);
+      for (int64_t u = threadIdx.x; u < units; u += kTh) {
+        const uint8_t sb = nvfp4_block_scale(bmax[u], factor);
+        uint32_t raw[8];
+        load_raw16(base, u, raw);
+        emit_block_bf16(raw, sb, enc_lut[sb], unit0 + u, a.codes, a.scales, a.fake);
+      }
+    }
+    __syncthreads();  // the head's storage is read before it is reused; shared_amax, flag, enc_lut reused
+    if (threadIdx.x == 0) trace_event(sl, item[hs], 3);
+    if (hs == 2) {
+      park_full = false;
+      if (threadIdx.x == 0) item[2] = total;
+      __syncthreads();
+    } else {
+      folded &= ~(1u << hs);
+      if (threadIdx.x == kClaimer) claim(hs);
+      __syncthreads();  // the head selection reads item[] next
+    }
+  }
+#endif
+}
+
+template <int kTh>
+bool launch_park_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
+  if (a.type != InType::BF16 || a.two_d || sl.total == 0 || sl.R < 1) return false;
+  const int64_t row_bytes = a.K * 2;
+  if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || row_bytes % 16 != 0) return false;
+  if (sl.R * (a.K / 16) > 6 * kTh) return false;  // a slice's blocks must fit the park
+  const int64_t data_bytes = (sl.R * row_bytes + 127) / 128 * 128;
+  const int64_t slot_stride = data_bytes + (sl.R * (a.K / 16) * 4 + 127) / 128 * 128;
+  const int64_t table_bytes = sl.table ? 2 * (sl.groups + 1) * 4 : 0;
+  const size_t smem = static_cast<size_t>(2 * slot_stride + table_bytes);
+  auto kernel = nvfp4_park_kernel<kTh>;
+  const int64_t resident = resident_ctas(kernel, kTh, smem);
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(sl.total, resident));
+  if (resident < 1 || sl.G > 3 * grid) return false;
+  const Workspace w = clear_workspace(a.workspace, sl.groups, stream);
+  Slices slt = sl;
+  slt.trace = g_trace;
+  slt.trace_items = g_trace_items;
+  void* args[] = {const_cast<Nvfp4Args*>(&a), &slt, const_cast<int64_t*>(&data_bytes),
+                  const_cast<int64_t*>(&slot_stride), const_cast<uint32_t**>(&w.amax_bits), const_cast<int**>(&w.counter),
+                  const_cast<unsigned long long**>(&w.ticket)};
+  const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
+                                                      dim3(static_cast<unsigned>(grid)), dim3(kTh), args, smem, stream);
+  if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  FP4QAT_CUDA_CHECK(err);
+  return true;
+}
+
+// Which one-read kernel runs, and its shape: threads per CTA (256 or 512), bytes per slot, shared
+// slots per CTA (2, 3 or 4). Defaults measured on H100 (bench/RESULTS.md), two CTAs a SM each:
+// bf16 with fake values: the register-slot variant (park), 256 x 48 KB x 2 + registers; other
+// fake outputs: staged2 256 x 32 KB x 3; packed outputs only: staged2 512 x 48 KB x 2.
+// FP4QAT_NVFP4_KERNEL=park|staged2 forces one; FP4QAT_NVFP4_THREADS, FP4QAT_NVFP4_SLOT_BYTES and
+// FP4QAT_NVFP4_SLOTS override the shape (benchmarks).
 struct Staged2Shape {
+  bool park;
   int64_t threads, slot_bytes, slots;
 };
-Staged2Shape staged2_shape(bool fake) {
-  return {env_int("FP4QAT_NVFP4_THREADS", fake ? 256 : 512), env_int("FP4QAT_NVFP4_SLOT_BYTES", fake ? 32768 : 49152),
-          env_int("FP4QAT_NVFP4_SLOTS", fake ? 3 : 2)};
+Staged2Shape staged2_shape(InType t, bool fake) {
+  const char* k = std::getenv("FP4QAT_NVFP4_KERNEL");
+  const bool forced_park = k != nullptr && std::string(k) == "park";
+  const bool forced_staged2 = k != nullptr && std::string(k) == "staged2";
+  const bool park = t == InType::BF16 && (forced_park || (!forced_staged2 && fake));
+  const bool narrow = park || fake;
+  return {park, env_int("FP4QAT_NVFP4_THREADS", narrow ? 256 : 512),
+          env_int("FP4QAT_NVFP4_SLOT_BYTES", park || !fake ? 49152 : 32768), env_int("FP4QAT_NVFP4_SLOTS", park ? 2 : (fake ? 3 : 2))};
 }
 
 template <InType T>
 bool launch_staged2(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
-  const Staged2Shape sh = staged2_shape(a.fake != nullptr);
+  const Staged2Shape sh = staged2_shape(T, a.fake != nullptr);
+  if (sh.park && launch_park_t<256>(a, sl, stream)) return true;
   const bool wide = sh.threads == 512;
   if (sh.slots == 3) return wide ? launch_staged2_t<T, 512, 3>(a, sl, stream) : launch_staged2_t<T, 256, 3>(a, sl, stream);
   if (sh.slots == 4) return wide ? launch_staged2_t<T, 512, 4>(a, sl, stream) : launch_staged2_t<T, 256, 4>(a, sl, stream);
@@ -804,7 +1052,7 @@ bool launch_staged2_uniform(const Nvfp4Args& a, cudaStream_t stream) {
   if (a.N == 0 || !staged2_available(stream)) return false;
   Slices sl;
   sl.groups = a.E;
-  sl.R = std::min(a.N, staged2_shape(a.fake != nullptr).slot_bytes / (a.K * (T == InType::F32 ? 4 : 2)));
+  sl.R = std::min(a.N, staged2_shape(T, a.fake != nullptr).slot_bytes / (a.K * (T == InType::F32 ? 4 : 2)));
   if (sl.R < 1) return false;
   sl.G = (a.N + sl.R - 1) / sl.R;
   sl.total = a.E * sl.G;
@@ -952,7 +1200,7 @@ void nvfp4_trace(unsigned long long* buf, int64_t items) {
 
 int64_t nvfp4_rows_slice_rows(InType t, int64_t K, bool fake) {
   const int64_t row_bytes = K * (t == InType::F32 ? 4 : 2);
-  return row_bytes > 0 ? std::max<int64_t>(1, staged2_shape(fake).slot_bytes / row_bytes) : 1;
+  return row_bytes > 0 ? std::max<int64_t>(1, staged2_shape(t, fake).slot_bytes / row_bytes) : 1;
 }
 
 void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const int32_t* table, int64_t groups,
@@ -961,7 +1209,8 @@ void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const
   FP4QAT_CHECK(K % 16 == 0 && K > 0, "nvfp4_quantize_rows (CUDA): K = ", K, " is not a positive multiple of 16");
   if (groups == 0) return;
   const char* forced = std::getenv("FP4QAT_NVFP4_KERNEL");
-  const bool try_staged2 = forced == nullptr || *forced == '\0' || std::string(forced) == "staged2";
+  const bool try_staged2 = forced == nullptr || *forced == '\0' || std::string(forced) == "staged2" ||
+                           std::string(forced) == "park";
   Nvfp4Args a;
   a.x = x;
   a.type = t;
@@ -1005,7 +1254,8 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
   const char* forced = std::getenv("FP4QAT_NVFP4_KERNEL");
   const bool by_default = forced == nullptr || *forced == '\0';
   const bool try_staged = !by_default && std::string(forced) == "staged";
-  const bool try_staged2 = by_default ? a.given_amax == nullptr : std::string(forced) == "staged2";
+  const bool try_staged2 =
+      by_default ? a.given_amax == nullptr : std::string(forced) == "staged2" || std::string(forced) == "park";
 #define FP4QAT_DISPATCH(TY)                                                    \
   if (a.type == TY) {                                                           \
     if (try_staged2 && launch_staged2_uniform<TY>(a, stream)) return;                   \

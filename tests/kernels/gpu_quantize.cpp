@@ -126,7 +126,9 @@ TEST(GpuQuantize, NVFP4KernelVariantsMatchReference) {
                               {"staged2", "256", "0", "1", "16384", "3"},
                               {"staged2", "512", "0", "1", "16384", "4"},
                               {"staged2", "256", "0", "1", "4096", "4"},
-                              {"staged2", "512", "0", "1", "1024"}};
+                              {"staged2", "512", "0", "1", "1024"},
+                              {"park", "256", "0", "1", "49152"},
+                              {"park", "256", "0", "1", "4096"}};
   const std::vector<std::vector<int64_t>> shapes = {{7, 96}, {1, 129, 2048}, {160, 17, 64}, {4, 768, 2048}, {2, 31, 4096}};
   uint64_t seed = 900;
   for (const auto& v : variants) {
@@ -284,7 +286,8 @@ TEST(GpuQuantize, CliQuantizeOnCudaEqualsCpu) {
 // for byte, and so does the at::Tensor API — groups with 0, 1, 15, 17 and many rows, bf16 / f16 /
 // f32 inputs, K from 16 to 4096; by the default path (on sm_90+ the one-read staged2 kernel over
 // the groups' slices, several slices a group) and by the two-pass kernels (FP4QAT_NVFP4_KERNEL=
-// fused); a group with more slices than the one-read kernel holds at once (its fallback).
+// fused) and by the register-slot variant (park, bf16); a group with more slices than the
+// one-read kernel holds at once (its fallback).
 TEST(GpuQuantize, NVFP4RowGroupsMatchReference) {
   FP4QAT_REQUIRE_GPU();
   struct Case {
@@ -302,7 +305,7 @@ TEST(GpuQuantize, NVFP4RowGroupsMatchReference) {
       {{3, 6000, 2}, {4096}, {at::kBFloat16}},               // 1500 4-row slices in one group
   };
   int64_t seed = 100;
-  for (const char* kernel : {"", "fused"})
+  for (const char* kernel : {"", "fused", "park"})
     for (const auto& c : cases)
       for (int64_t K : c.Ks)
         for (auto dt : c.types) {
