@@ -542,6 +542,151 @@ __device__ __forceinline__ void trace_event(const Slices& sl, long long t, int k
   }
 }
 
+// ---- Pieces shared by the one-read kernels (staged2, park) -----------------------------------
+// A claimed ticket t: its group, its first row in x viewed as [rows, K], its rows, the group's
+// slice count, and whether it is the group's first slice (which writes S_dec).
+struct SliceInfo {
+  int64_t g, row, rows, need;
+  bool first;
+};
+__device__ __forceinline__ SliceInfo decode_slice(const Slices& sl, const int32_t* tab, int64_t N, long long t) {
+  SliceInfo s;
+  int64_t j;
+  if (sl.table == nullptr) {
+    s.g = t / sl.G, j = t % sl.G, s.row = s.g * N + j * sl.R, s.rows = min(sl.R, N - j * sl.R), s.need = sl.G;
+  } else {  // the group whose slices hold t: the last g with item_off[g] <= t (skips empty groups)
+    const int32_t* ioff = tab + sl.groups + 1;
+    s.g = last_at_most(ioff, sl.groups, t), j = t - ioff[s.g], s.row = tab[s.g] + j * sl.R;
+    s.rows = min(sl.R, static_cast<int64_t>(tab[s.g + 1]) - s.row), s.need = ioff[s.g + 1] - ioff[s.g];
+  }
+  s.first = j == 0;
+  return s;
+}
+
+// All threads: the 16-element block maxima of a landed slice (units blocks at base) into bmax,
+// and, unless the amax is given, the slice max folded into amax[g] followed by the arrival.
+template <InType T, int kTh>
+__device__ __forceinline__ void fold_slice(const Nvfp4Args& a, const unsigned char* base, float* bmax, int64_t units,
+                                           int g, float* red, uint32_t* amax_bits, int* arrived) {
+  float m = 0.0f;
+  for (int64_t u = threadIdx.x; u < units; u += kTh) {
+    float bm;
+    if constexpr (T == InType::BF16) {
+      uint32_t raw[8];
+      load_raw16(base, u, raw);
+      bm = max16_bf16(raw);
+    } else {
+      float v[16];
+      load16<T, Src::kShared>(base, u * 16, v);
+      bm = max16(v);
+    }
+    bmax[u] = bm;
+    m = fmaxf(m, bm);
+  }
+  if (a.given_amax == nullptr) {
+    m = block_max<kTh>(m, red);
+    if (threadIdx.x == 0) {
+      atomic_max_nonneg(amax_bits + g, m);
+      red_release_add(arrived + g, 1);  // ordered after the max, without waiting for it
+    }
+  }
+}
+
+// Thread 0: whether group g's amax is final (all `need` slices folded in, or given), and if so
+// its value into *amax (every max is ordered before the arrivals it reads).
+__device__ __forceinline__ bool group_complete(const Nvfp4Args& a, const int* arrived, const uint32_t* amax_bits, int g,
+                                               int need, float* amax) {
+  if (a.given_amax != nullptr) {
+    *amax = a.given_amax[g];
+    return true;
+  }
+  if (ld_acquire(arrived + g) < need) return false;
+  *amax = __uint_as_float(ld_relaxed(amax_bits + g));
+  return true;
+}
+
+// All threads: quantize a slice held in shared memory (its blocks and their maxima) with the
+// per-scale-byte encode multipliers enc_lut.
+template <InType T, int kTh>
+__device__ __forceinline__ void quantize_slice(const Nvfp4Args& a, const unsigned char* base, const float* bmax,
+                                               int64_t units, int64_t unit0, float factor, const float* enc_lut) {
+  for (int64_t u = threadIdx.x; u < units; u += kTh) {
+    const uint8_t sb = nvfp4_block_scale(bmax[u], factor);
+    if constexpr (T == InType::BF16) {
+      uint32_t raw[8];
+      load_raw16(base, u, raw);
+      emit_block_bf16(raw, sb, enc_lut[sb], unit0 + u, a.codes, a.scales, a.fake);
+    } else {
+      float v[16];
+      load16<T, Src::kShared>(base, u * 16, v);
+      emit_block_enc(v, sb, enc_lut[sb], unit0 + u, a.codes, a.scales, a.fake);
+    }
+  }
+}
+
+// Thread 0: the slots among `candidates` (bits) holding an item whose bytes have landed but that
+// is not folded in yet.
+template <int kN>
+__device__ __forceinline__ int scan_landed(uint32_t candidates, const long long* item, long long total, uint32_t folded,
+                                           uint32_t parity, uint32_t bar0, const Slices& sl) {
+  int landed = 0;
+#pragma unroll
+  for (int s = 0; s < kN; ++s)
+    if (((candidates >> s) & 1u) && item[s] < total && !((folded >> s) & 1u) && mbar_test(bar0 + 8 * s, (parity >> s) & 1u)) {
+      landed |= 1 << s;
+      trace_event(sl, item[s], 1);
+    }
+  return landed;
+}
+
+// All threads: fold in the slots of `landed` (their bytes have arrived: each wait returns at once,
+// and every thread acquires the bytes).
+template <typename Fold>
+__device__ __forceinline__ void fold_landed(int landed, uint32_t bar0, uint32_t& parity, uint32_t& folded, Fold&& fold) {
+  while (landed) {
+    const int s = __ffs(landed) - 1;
+    landed &= landed - 1;
+    mbar_wait(bar0 + 8 * s, (parity >> s) & 1u);
+    parity ^= 1u << s;
+    fold(s);
+    folded |= 1u << s;
+  }
+}
+
+// Thread kClaimer: the next ticket into slot s — its item arrays (ticket, first row, group, rows,
+// the group's slice count, first slice) — and the bulk copy of its rows into dst (completion on bar).
+__device__ __forceinline__ void claim_slot(int s, unsigned long long* ticket, const Slices& sl, const int32_t* tab,
+                                           const Nvfp4Args& a, int64_t row_bytes, unsigned char* dst, uint32_t bar,
+                                           long long* item, long long* item_row, int* item_group, int* item_rows,
+                                           int* item_need, int* item_first) {
+  const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
+  item[s] = t;
+  trace_event(sl, t, 0);
+  if (t >= sl.total) return;
+  const SliceInfo si = decode_slice(sl, tab, a.N, t);
+  item_group[s] = static_cast<int>(si.g);
+  item_row[s] = si.row;
+  item_rows[s] = static_cast<int>(si.rows);
+  item_need[s] = static_cast<int>(si.need);
+  item_first[s] = si.first;
+  // Generic-proxy reads of this slot's previous bytes come before the async-proxy writes.
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  bulk_load(smem_addr(dst), static_cast<const char*>(a.x) + si.row * row_bytes, static_cast<uint32_t>(si.rows * row_bytes),
+            bar);
+}
+
+// All threads, at the start: the row-group table into shared memory (tab), and the S_dec of groups
+// without rows (amax 0: they have no slice to write it) by CTA 0.
+template <int kTh>
+__device__ __forceinline__ void stage_row_groups(const Slices& sl, int32_t* tab, const Nvfp4Args& a) {
+  if (sl.table == nullptr) return;
+  for (int64_t i = threadIdx.x; i < 2 * (sl.groups + 1); i += kTh) tab[i] = sl.table[i];
+  __syncthreads();
+  if (blockIdx.x == 0)
+    for (int64_t g = threadIdx.x; g < sl.groups; g += kTh)
+      if (tab[g + 1] == tab[g]) a.s_dec[g] = nvfp4_s_dec(nvfp4_s_enc(0.0f));
+}
+
 // Roles: thread 0 polls the head's group and the landed slots; thread kClaimer (another warp)
 // claims tickets, decodes them and starts the bulk copies, so the two round trips to memory overlap.
 template <InType T, int kTh, int kSlots>
@@ -563,71 +708,22 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
   __shared__ int flag[2];  // [0]: the head's group is complete; [1]: slots that have landed (bits)
   __shared__ float shared_amax;
   __shared__ float enc_lut[256];  // nvfp4_block_enc(sb, S_dec) of the head's group, per scale byte
-  const int64_t K = a.K, nb = K / 16, R = sl.R, total = sl.total;
+  const int64_t K = a.K, nb = K / 16, total = sl.total;
   const uint32_t bar0 = smem_addr(&bars[0]);
   int32_t* tab = reinterpret_cast<int32_t*>(smem + kSlots * slot_stride);  // [2 * (groups + 1)] if row groups
   constexpr int kClaimer = 32;
   auto claim = [&](int s) {  // thread kClaimer only
-    const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
-    item[s] = t;
-    trace_event(sl, t, 0);
-    if (t < total) {
-      int64_t g, j, row, rows, need;
-      if (sl.table == nullptr) {
-        g = t / sl.G, j = t % sl.G, row = g * a.N + j * R, rows = min(R, a.N - j * R), need = sl.G;
-      } else {  // the group whose slices hold t: the last g with item_off[g] <= t (skips empty groups)
-        const int32_t* ioff = tab + sl.groups + 1;
-        g = last_at_most(ioff, sl.groups, t), j = t - ioff[g], row = tab[g] + j * R, rows = min(R, static_cast<int64_t>(tab[g + 1]) - row);
-        need = ioff[g + 1] - ioff[g];
-      }
-      item_group[s] = static_cast<int>(g);
-      item_row[s] = row;
-      item_rows[s] = static_cast<int>(rows);
-      item_need[s] = static_cast<int>(need);
-      item_first[s] = j == 0;
-      // Generic-proxy reads of this slot's previous bytes come before the async-proxy writes.
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      bulk_load(smem_addr(smem + s * slot_stride), static_cast<const char*>(a.x) + row * K * kElem,
-                static_cast<uint32_t>(rows * K * kElem), bar0 + 8 * s);
-    }
+    claim_slot(s, ticket, sl, tab, a, K * kElem, smem + s * slot_stride, bar0 + 8 * s, item, item_row, item_group,
+               item_rows, item_need, item_first);
   };
+
   // Block maxima of slot s into its bmax array; the slice max folded into amax[group]. All threads.
   auto contribute = [&](int s) {
-    const int64_t units = item_rows[s] * nb;
-    const unsigned char* base = smem + s * slot_stride;
-    float* bmax = reinterpret_cast<float*>(smem + s * slot_stride + data_bytes);
-    float m = 0.0f;
-    for (int64_t u = threadIdx.x; u < units; u += kTh) {
-      float bm;
-      if constexpr (T == InType::BF16) {
-        uint32_t raw[8];
-        load_raw16(base, u, raw);
-        bm = max16_bf16(raw);
-      } else {
-        float v[16];
-        load16<T, Src::kShared>(base, u * 16, v);
-        bm = max16(v);
-      }
-      bmax[u] = bm;
-      m = fmaxf(m, bm);
-    }
-    if (a.given_amax == nullptr) {
-      m = block_max<kTh>(m, red);
-      if (threadIdx.x == 0) {
-        const int g = item_group[s];
-        atomic_max_nonneg(amax_bits + g, m);
-        red_release_add(arrived + g, 1);  // ordered after the max, without waiting for it
-      }
-    }
+    fold_slice<T, kTh>(a, smem + s * slot_stride, reinterpret_cast<float*>(smem + s * slot_stride + data_bytes),
+                       item_rows[s] * nb, item_group[s], red, amax_bits, arrived);
   };
-  if (sl.table != nullptr) {
-    for (int64_t i = threadIdx.x; i < 2 * (sl.groups + 1); i += kTh) tab[i] = sl.table[i];
-    __syncthreads();
-    // A group without rows has no slices: its S_dec (amax 0) is written here.
-    if (blockIdx.x == 0)
-      for (int64_t g = threadIdx.x; g < sl.groups; g += kTh)
-        if (tab[g + 1] == tab[g]) a.s_dec[g] = nvfp4_s_dec(nvfp4_s_enc(0.0f));
-  }
+
+  stage_row_groups<kTh>(sl, tab, a);
   if (threadIdx.x == kClaimer) {
 #pragma unroll
     for (int s = 0; s < kSlots; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * s) : "memory");
@@ -653,33 +749,18 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
     const int need = item_need[h];
     for (;;) {
       if (threadIdx.x == 0) {
-        const bool complete = a.given_amax != nullptr || ld_acquire(arrived + g) >= need;
-        if (complete)  // every max is ordered before the arrivals
-          shared_amax = a.given_amax != nullptr ? a.given_amax[g] : __uint_as_float(ld_relaxed(amax_bits + g));
-        int landed = 0;
-#pragma unroll
-        for (int k = 1; k < kSlots; ++k) {
-          const int s = h + k < kSlots ? h + k : h + k - kSlots;
-          if (item[s] < total && !((folded >> s) & 1u) && mbar_test(bar0 + 8 * s, (parity >> s) & 1u)) {
-            landed |= 1 << s;
-            trace_event(sl, item[s], 1);
-          }
+        float am = 0.0f;
+        const bool complete = group_complete(a, arrived, amax_bits, g, need, &am);
+        if (complete) {
+          shared_amax = am;
+          trace_event(sl, item[h], 2);
         }
-        if (complete) trace_event(sl, item[h], 2);
         flag[0] = complete;
-        flag[1] = landed;
+        flag[1] = scan_landed<kSlots>(~(1u << h), item, total, folded, parity, bar0, sl);
       }
       __syncthreads();
       const bool complete = flag[0];
-      int landed = flag[1];
-      while (landed) {
-        const int s = __ffs(landed) - 1;
-        landed &= landed - 1;
-        mbar_wait(bar0 + 8 * s, (parity >> s) & 1u);  // completes at once; every thread acquires the bytes
-        parity ^= 1u << s;
-        contribute(s);
-        folded |= 1u << s;
-      }
+      fold_landed(flag[1], bar0, parity, folded, contribute);
       if (complete) break;
       if (flag[1] == 0 && threadIdx.x == 0) __nanosleep(64);
       __syncthreads();  // flag is rewritten next round
@@ -692,20 +773,8 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
     for (int b = threadIdx.x; b < 256; b += kTh) enc_lut[b] = nvfp4_block_enc(static_cast<uint8_t>(b), s_dec);
     __syncthreads();
     const int64_t unit0 = item_row[h] * nb, units = item_rows[h] * nb;
-    const unsigned char* base = smem + h * slot_stride;
-    const float* bmax = reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes);
-    for (int64_t u = threadIdx.x; u < units; u += kTh) {
-      const uint8_t sb = nvfp4_block_scale(bmax[u], factor);
-      if constexpr (T == InType::BF16) {
-        uint32_t raw[8];
-        load_raw16(base, u, raw);
-        emit_block_bf16(raw, sb, enc_lut[sb], unit0 + u, a.codes, a.scales, a.fake);
-      } else {
-        float v[16];
-        load16<T, Src::kShared>(base, u * 16, v);
-        emit_block_enc(v, sb, enc_lut[sb], unit0 + u, a.codes, a.scales, a.fake);
-      }
-    }
+    quantize_slice<T, kTh>(a, smem + h * slot_stride, reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes),
+                           units, unit0, factor, enc_lut);
     __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
     if (threadIdx.x == 0) trace_event(sl, item[h], 3);
     folded &= ~(1u << h);
@@ -744,20 +813,21 @@ bool staged2_available(cudaStream_t stream) {
 // its conditions hold (1D, 16-byte aligned rows, the deadlock-freedom condition; with a given
 // amax nothing waits: a streaming pass, double-buffered);
 // returns false to fall back. a.workspace: nvfp4_workspace_bytes(sl.groups).
-template <InType T, int kTh, int kSlots>
-bool launch_staged2_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
-  constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
-  if (a.two_d || sl.total == 0 || sl.R < 1) return false;
-  const int64_t row_bytes = a.K * kElem;
+// The launch of a one-read kernel (staged2, park: the same parameters) with `shared_slots` slots
+// of R rows in shared memory (+ the row-group table) and a ring of `ring` items a CTA: 16-byte
+// aligned rows, the deadlock-freedom condition G <= ring x CTAs (all resident: a cooperative
+// launch), the workspace cleared; false to fall back (also when the cooperative launch is refused).
+template <typename Kernel>
+bool launch_one_read(Kernel kernel, int threads, int shared_slots, int ring, const Nvfp4Args& a, const Slices& sl,
+                     int64_t row_bytes, cudaStream_t stream) {
   if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || row_bytes % 16 != 0) return false;
   const int64_t data_bytes = (sl.R * row_bytes + 127) / 128 * 128;
   const int64_t slot_stride = data_bytes + (sl.R * (a.K / 16) * 4 + 127) / 128 * 128;  // + block maxima
   const int64_t table_bytes = sl.table ? 2 * (sl.groups + 1) * 4 : 0;
-  const size_t smem = static_cast<size_t>(kSlots * slot_stride + table_bytes);
-  auto kernel = nvfp4_staged2_kernel<T, kTh, kSlots>;
-  const int64_t resident = resident_ctas(kernel, kTh, smem);
+  const size_t smem = static_cast<size_t>(shared_slots * slot_stride + table_bytes);
+  const int64_t resident = resident_ctas(kernel, threads, smem);
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(sl.total, resident));
-  if (resident < 1 || sl.G > kSlots * grid) return false;  // the deadlock-freedom condition
+  if (resident < 1 || sl.G > ring * grid) return false;  // the deadlock-freedom condition
   const Workspace w = clear_workspace(a.workspace, sl.groups, stream);
   Slices slt = sl;
   slt.trace = g_trace;
@@ -768,13 +838,20 @@ bool launch_staged2_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream)
                   const_cast<int64_t*>(&slot_stride), const_cast<uint32_t**>(&w.amax_bits), const_cast<int**>(&w.counter),
                   const_cast<unsigned long long**>(&w.ticket)};
   const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
-                                                      dim3(static_cast<unsigned>(grid)), dim3(kTh), args, smem, stream);
+                                                      dim3(static_cast<unsigned>(grid)), dim3(threads), args, smem, stream);
   if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
     (void)cudaGetLastError();  // fewer SMs than the device reports (e.g. shared under MPS): fall back
     return false;
   }
   FP4QAT_CUDA_CHECK(err);
   return true;
+}
+
+template <InType T, int kTh, int kSlots>
+bool launch_staged2_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
+  constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
+  if (a.two_d || sl.total == 0 || sl.R < 1) return false;
+  return launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots>, kTh, kSlots, kSlots, a, sl, a.K * kElem, stream);
 }
 
 
@@ -805,60 +882,20 @@ __global__ void __launch_bounds__(kTh, 2) nvfp4_park_kernel(Nvfp4Args a, Slices 
   __shared__ int flag[2];
   __shared__ float shared_amax;
   __shared__ float enc_lut[256];
-  const int64_t K = a.K, nb = K / 16, R = sl.R, total = sl.total;
+  const int64_t K = a.K, nb = K / 16, total = sl.total;
   const uint32_t bar0 = smem_addr(&bars[0]);
   int32_t* tab = reinterpret_cast<int32_t*>(smem + 2 * slot_stride);
   auto claim = [&](int s) {  // thread kClaimer only; s = 0 or 1
-    const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
-    item[s] = t;
-    trace_event(sl, t, 0);
-    if (t < total) {
-      int64_t g, j, row, rows, need;
-      if (sl.table == nullptr) {
-        g = t / sl.G, j = t % sl.G, row = g * a.N + j * R, rows = min(R, a.N - j * R), need = sl.G;
-      } else {
-        const int32_t* ioff = tab + sl.groups + 1;
-        g = last_at_most(ioff, sl.groups, t), j = t - ioff[g], row = tab[g] + j * R,
-        rows = min(R, static_cast<int64_t>(tab[g + 1]) - row), need = ioff[g + 1] - ioff[g];
-      }
-      item_group[s] = static_cast<int>(g);
-      item_row[s] = row;
-      item_rows[s] = static_cast<int>(rows);
-      item_need[s] = static_cast<int>(need);
-      item_first[s] = j == 0;
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      bulk_load(smem_addr(smem + s * slot_stride), static_cast<const char*>(a.x) + row * K * 2,
-                static_cast<uint32_t>(rows * K * 2), bar0 + 8 * s);
-    }
+    claim_slot(s, ticket, sl, tab, a, K * 2, smem + s * slot_stride, bar0 + 8 * s, item, item_row, item_group, item_rows,
+               item_need, item_first);
   };
+
   auto contribute = [&](int s) {  // all threads; s = 0 or 1
-    const int64_t units = item_rows[s] * nb;
-    const unsigned char* base = smem + s * slot_stride;
-    float* bmax = reinterpret_cast<float*>(smem + s * slot_stride + data_bytes);
-    float m = 0.0f;
-    for (int64_t u = threadIdx.x; u < units; u += kTh) {
-      uint32_t raw[8];
-      load_raw16(base, u, raw);
-      const float bm = max16_bf16(raw);
-      bmax[u] = bm;
-      m = fmaxf(m, bm);
-    }
-    if (a.given_amax == nullptr) {
-      m = block_max<kTh>(m, red);
-      if (threadIdx.x == 0) {
-        const int g = item_group[s];
-        atomic_max_nonneg(amax_bits + g, m);
-        red_release_add(arrived + g, 1);
-      }
-    }
+    fold_slice<InType::BF16, kTh>(a, smem + s * slot_stride, reinterpret_cast<float*>(smem + s * slot_stride + data_bytes),
+                                  item_rows[s] * nb, item_group[s], red, amax_bits, arrived);
   };
-  if (sl.table != nullptr) {
-    for (int64_t i = threadIdx.x; i < 2 * (sl.groups + 1); i += kTh) tab[i] = sl.table[i];
-    __syncthreads();
-    if (blockIdx.x == 0)
-      for (int64_t g = threadIdx.x; g < sl.groups; g += kTh)
-        if (tab[g + 1] == tab[g]) a.s_dec[g] = nvfp4_s_dec(nvfp4_s_enc(0.0f));
-  }
+
+  stage_row_groups<kTh>(sl, tab, a);
   if (threadIdx.x == kClaimer) {
     for (int s = 0; s < 2; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * s) : "memory");
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -888,30 +925,18 @@ __global__ void __launch_bounds__(kTh, 2) nvfp4_park_kernel(Nvfp4Args a, Slices 
     const int g = item_group[hs], need = item_need[hs];
     for (;;) {
       if (threadIdx.x == 0) {
-        const bool complete = a.given_amax != nullptr || ld_acquire(arrived + g) >= need;
-        if (complete)
-          shared_amax = a.given_amax != nullptr ? a.given_amax[g] : __uint_as_float(ld_relaxed(amax_bits + g));
-        int landed = 0;
-        for (int s = 0; s < 2; ++s)
-          if (s != hs && item[s] < total && !((folded >> s) & 1u) && mbar_test(bar0 + 8 * s, (parity >> s) & 1u)) {
-            landed |= 1 << s;
-            trace_event(sl, item[s], 1);
-          }
-        if (complete) trace_event(sl, item[hs], 2);
+        float am = 0.0f;
+        const bool complete = group_complete(a, arrived, amax_bits, g, need, &am);
+        if (complete) {
+          shared_amax = am;
+          trace_event(sl, item[hs], 2);
+        }
         flag[0] = complete;
-        flag[1] = landed;
+        flag[1] = scan_landed<2>(~(1u << hs), item, total, folded, parity, bar0, sl);  // the shared slots
       }
       __syncthreads();
       const bool complete = flag[0];
-      int landed = flag[1];
-      while (landed) {
-        const int s = __ffs(landed) - 1;
-        landed &= landed - 1;
-        mbar_wait(bar0 + 8 * s, (parity >> s) & 1u);
-        parity ^= 1u << s;
-        contribute(s);
-        folded |= 1u << s;
-      }
+      fold_landed(flag[1], bar0, parity, folded, contribute);
       // Park the other shared slot's item once it is folded (the head is in a shared slot), and
       // start the next bulk copy in that slot.
       const int o = 1 - hs;
@@ -961,14 +986,9 @@ __global__ void __launch_bounds__(kTh, 2) nvfp4_park_kernel(Nvfp4Args a, Slices 
         }
       }
     } else {
-      const unsigned char* base = smem + hs * slot_stride;
-      const float* bmax = reinterpret_cast<const float*>(smem + hs * slot_stride + data_bytes);
-      for (int64_t u = threadIdx.x; u < units; u += kTh) {
-        const uint8_t sb = nvfp4_block_scale(bmax[u], factor);
-        uint32_t raw[8];
-        load_raw16(base, u, raw);
-        emit_block_bf16(raw, sb, enc_lut[sb], unit0 + u, a.codes, a.scales, a.fake);
-      }
+      quantize_slice<InType::BF16, kTh>(a, smem + hs * slot_stride,
+                                        reinterpret_cast<const float*>(smem + hs * slot_stride + data_bytes), units,
+                                        unit0, factor, enc_lut);
     }
     __syncthreads();  // the head's storage is read before it is reused; shared_amax, flag, enc_lut reused
     if (threadIdx.x == 0) trace_event(sl, item[hs], 3);
@@ -988,32 +1008,8 @@ __global__ void __launch_bounds__(kTh, 2) nvfp4_park_kernel(Nvfp4Args a, Slices 
 template <int kTh>
 bool launch_park_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
   if (a.type != InType::BF16 || a.two_d || sl.total == 0 || sl.R < 1) return false;
-  const int64_t row_bytes = a.K * 2;
-  if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || row_bytes % 16 != 0) return false;
   if (sl.R * (a.K / 16) > 6 * kTh) return false;  // a slice's blocks must fit the park
-  const int64_t data_bytes = (sl.R * row_bytes + 127) / 128 * 128;
-  const int64_t slot_stride = data_bytes + (sl.R * (a.K / 16) * 4 + 127) / 128 * 128;
-  const int64_t table_bytes = sl.table ? 2 * (sl.groups + 1) * 4 : 0;
-  const size_t smem = static_cast<size_t>(2 * slot_stride + table_bytes);
-  auto kernel = nvfp4_park_kernel<kTh>;
-  const int64_t resident = resident_ctas(kernel, kTh, smem);
-  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(sl.total, resident));
-  if (resident < 1 || sl.G > 3 * grid) return false;
-  const Workspace w = clear_workspace(a.workspace, sl.groups, stream);
-  Slices slt = sl;
-  slt.trace = g_trace;
-  slt.trace_items = g_trace_items;
-  void* args[] = {const_cast<Nvfp4Args*>(&a), &slt, const_cast<int64_t*>(&data_bytes),
-                  const_cast<int64_t*>(&slot_stride), const_cast<uint32_t**>(&w.amax_bits), const_cast<int**>(&w.counter),
-                  const_cast<unsigned long long**>(&w.ticket)};
-  const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
-                                                      dim3(static_cast<unsigned>(grid)), dim3(kTh), args, smem, stream);
-  if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  FP4QAT_CUDA_CHECK(err);
-  return true;
+  return launch_one_read(nvfp4_park_kernel<kTh>, kTh, 2, 3, a, sl, a.K * 2, stream);
 }
 
 // Which one-read kernel runs, and its shape: threads per CTA (256 or 512), bytes per slot, shared
