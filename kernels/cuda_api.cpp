@@ -5,8 +5,6 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <algorithm>
-
 #include "kernels/common/check.h"
 #include "kernels/cuda_kernels.h"
 
@@ -133,17 +131,7 @@ NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x_in, const std::vector<int64
   // memory and copied asynchronously.
   const int64_t R = ck::nvfp4_rows_slice_rows(in_type(x), K, /*fake=*/true);
   at::Tensor table = at::empty({2 * (G + 1)}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
-  int32_t* tp = table.data_ptr<int32_t>();
-  int64_t items = 0, most = 0;
-  for (int64_t g = 0; g <= G; ++g) {
-    tp[g] = static_cast<int32_t>(off[g]);
-    tp[G + 1 + g] = static_cast<int32_t>(items);  // items <= T
-    if (g < G) {
-      const int64_t n = (off[g + 1] - off[g] + R - 1) / R;
-      items += n;
-      most = std::max(most, n);
-    }
-  }
+  const ck::RowsTable rt = ck::nvfp4_rows_table(off.data(), G, R, table.data_ptr<int32_t>());
   const at::Tensor table_d = table.to(x.device(), /*non_blocking=*/true);
   auto u8 = x.options().dtype(at::kByte);
   NVFP4Operand out;
@@ -155,7 +143,7 @@ NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x_in, const std::vector<int64
   out.values = at::empty({T, K}, x.options().dtype(at::kBFloat16));
   out.packed.s_dec = at::empty({G}, x.options().dtype(at::kFloat));
   at::Tensor ws = at::empty({static_cast<int64_t>(ck::nvfp4_workspace_bytes(G))}, u8);
-  ck::nvfp4_quantize_rows(x.data_ptr(), in_type(x), T, K, table_d.data_ptr<int32_t>(), G, R, items, most,
+  ck::nvfp4_quantize_rows(x.data_ptr(), in_type(x), T, K, table_d.data_ptr<int32_t>(), G, R, rt.total_slices, rt.max_slices,
                           ws.data_ptr(), packed ? out.packed.codes.data_ptr<uint8_t>() : nullptr,
                           packed ? out.packed.scales.data_ptr<uint8_t>() : nullptr,
                           reinterpret_cast<uint16_t*>(out.values.data_ptr()), out.packed.s_dec.data_ptr<float>(),

@@ -36,7 +36,7 @@ struct Nvfp4Args {
   void* workspace = nullptr;  // nvfp4_workspace_bytes(E), any contents (cleared in-stream)
 };
 size_t nvfp4_workspace_bytes(int64_t E);
-// Benchmarks only: the staged2 launches that follow record, for each ticket t < items, the
+// Benchmarks only: the one-read launches (staged2, park) that follow record, for each ticket t < items, the
 // globaltimer (ns) when its slice was claimed, landed, found its expert complete and was
 // quantized into buf[4t .. 4t+3] (device memory, uint64 [4 * items]); null stops it.
 void nvfp4_trace(unsigned long long* buf, int64_t items);
@@ -48,10 +48,16 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream);
 // [row_off[g], row_off[g+1]); row_off[0] = 0, row_off[groups] = rows, non-decreasing), then
 // item_off[groups + 1] = the prefix sums of ceil(rows of g / slice_rows), slice_rows from
 // nvfp4_rows_slice_rows; total_slices = item_off[groups], max_slices = the most of one group.
-// On sm_90+ one read (the staged2 kernel over those slices) where it applies, else two passes
+// On sm_90+ one read (the staged2 / park kernel over those slices) where it applies, else two passes
 // (the groups' amax, then quantization). workspace: nvfp4_workspace_bytes(groups), any contents.
 // Outputs as Nvfp4Args (codes / scales / fake may be null); s_dec [groups] (no rows: amax 0).
 int64_t nvfp4_rows_slice_rows(InType t, int64_t K, bool fake);  // fake: whether `fake` will be written
+// That table (host memory, int32 [2 * (groups + 1)]) for host row offsets off[groups + 1] (< 2^31);
+// returns total_slices and max_slices.
+struct RowsTable {
+  int64_t total_slices, max_slices;
+};
+RowsTable nvfp4_rows_table(const int64_t* off, int64_t groups, int64_t slice_rows, int32_t* table);
 void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const int32_t* table, int64_t groups,
                          int64_t slice_rows, int64_t total_slices, int64_t max_slices, void* workspace,
                          uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec, cudaStream_t stream);

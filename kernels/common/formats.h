@@ -161,10 +161,12 @@ FP4QAT_HD float nvfp4_block_enc(uint8_t sb, float s_dec) {
 //   there), ties to the even multiple, so the sum's bits minus those of 2^22 are rint(2a) = code;
 //   the two are merged without a branch: below 1, hi's code is never above the true one, and
 //   from 1 on, the second (capped at 2) never above hi's.
+FP4QAT_HD float e2m1_veltkamp_hi(float a) {  // a rounded to 2 significant bits, ties to even
+  const float c = a * 4194305.0f;                // 2^22 + 1
+  return c - (c - a);
+}
 FP4QAT_HD uint32_t e2m1_code_b252(float a) {
-  const float c = a * 4194305.0f;  // 2^22 + 1
-  const float hi = c - (c - a);
-  const uint32_t normal = f2u(hi) >> 22;
+  const uint32_t normal = f2u(e2m1_veltkamp_hi(a)) >> 22;
   const uint32_t sub = f2u(a + 4194304.0f) - (0x4A800000u - 252u);  // 2^22 = 0x4A800000
   const uint32_t sub_capped = sub < 254u ? sub : 254u;
   return normal > sub_capped ? normal : sub_capped;
@@ -175,10 +177,7 @@ FP4QAT_HD uint32_t e2m1_magnitude_code(float a) { return e2m1_code_b252(a) - 252
 // the code (same result for every float32 in [0, 6], checked exhaustively by the CPU tests):
 // below 1 the magic add's sum minus 2^22 (0, 0.5 or 1), from 1 on Veltkamp's hi itself.
 FP4QAT_HD float e2m1_round(float a) {
-  const float c = a * 4194305.0f;  // 2^22 + 1
-  const float hi = c - (c - a);
-  const float sub = (a + 4194304.0f) - 4194304.0f;
-  return a < 1.0f ? sub : hi;
+  return a < 1.0f ? (a + 4194304.0f) - 4194304.0f : e2m1_veltkamp_hi(a);
 }
 
 // One element: q = e2m1_rne(clamp(x * enc, -6, 6)); the sign is taken from x * enc (v < 0).

@@ -687,6 +687,50 @@ __device__ __forceinline__ void stage_row_groups(const Slices& sl, int32_t* tab,
       if (tab[g + 1] == tab[g]) a.s_dec[g] = nvfp4_s_dec(nvfp4_s_enc(0.0f));
 }
 
+// One round of waiting for the head's group (all threads): thread 0 tests the group and scans the
+// candidate slots for landed bytes; then every thread folds those slots in. Returns whether the
+// group is complete (its amax is then in shared_amax). `flag` is rewritten by the next round
+// only after a barrier (the caller's).
+template <int kN, typename Fold>
+__device__ __forceinline__ bool poll_round(const Nvfp4Args& a, const int* arrived, const uint32_t* amax_bits, int g,
+                                           int need, long long head, uint32_t candidates, const long long* item,
+                                           long long total, uint32_t& folded, uint32_t& parity, uint32_t bar0,
+                                           const Slices& sl, int* flag, float& shared_amax, Fold&& fold) {
+  if (threadIdx.x == 0) {
+    float am = 0.0f;
+    const bool complete = group_complete(a, arrived, amax_bits, g, need, &am);
+    if (complete) {
+      shared_amax = am;
+      trace_event(sl, head, 2);
+    }
+    flag[0] = complete;
+    flag[1] = scan_landed<kN>(candidates, item, total, folded, parity, bar0, sl);
+  }
+  __syncthreads();
+  const bool complete = flag[0];
+  fold_landed(flag[1], bar0, parity, folded, fold);
+  return complete;
+}
+
+// All threads, once the head's group is complete: its S_dec (written by its first slice), the
+// block factor it returns, and enc_lut = nvfp4_block_enc(sb, S_dec) per scale byte (one division
+// per scale byte instead of one per block).
+template <int kTh>
+__device__ __forceinline__ float prepare_head(float amax, bool first, int g, const Nvfp4Args& a, float* enc_lut) {
+  const float s_enc = nvfp4_s_enc(amax);
+  const float s_dec = nvfp4_s_dec(s_enc);
+  if (first && threadIdx.x == 0) a.s_dec[g] = s_dec;
+  for (int b = threadIdx.x; b < 256; b += kTh) enc_lut[b] = nvfp4_block_enc(static_cast<uint8_t>(b), s_dec);
+  __syncthreads();
+  return nvfp4_block_factor(s_enc);
+}
+
+// One thread: initialize n mbarriers (one arrival each) at bar0, bar0 + 8, ...
+__device__ __forceinline__ void init_bars(uint32_t bar0, int n) {
+  for (int s = 0; s < n; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * s) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
 // Roles: thread 0 polls the head's group and the landed slots; thread kClaimer (another warp)
 // claims tickets, decodes them and starts the bulk copies, so the two round trips to memory overlap.
 template <InType T, int kTh, int kSlots>
@@ -725,9 +769,7 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
 
   stage_row_groups<kTh>(sl, tab, a);
   if (threadIdx.x == kClaimer) {
-#pragma unroll
-    for (int s = 0; s < kSlots; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * s) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    init_bars(bar0, kSlots);
 #pragma unroll
     for (int s = 0; s < kSlots; ++s) claim(s);
   }
@@ -747,31 +789,12 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
     }
     const int g = item_group[h];
     const int need = item_need[h];
-    for (;;) {
-      if (threadIdx.x == 0) {
-        float am = 0.0f;
-        const bool complete = group_complete(a, arrived, amax_bits, g, need, &am);
-        if (complete) {
-          shared_amax = am;
-          trace_event(sl, item[h], 2);
-        }
-        flag[0] = complete;
-        flag[1] = scan_landed<kSlots>(~(1u << h), item, total, folded, parity, bar0, sl);
-      }
-      __syncthreads();
-      const bool complete = flag[0];
-      fold_landed(flag[1], bar0, parity, folded, contribute);
-      if (complete) break;
+    while (!poll_round<kSlots>(a, arrived, amax_bits, g, need, item[h], ~(1u << h), item, total, folded, parity, bar0, sl,
+                               flag, shared_amax, contribute)) {
       if (flag[1] == 0 && threadIdx.x == 0) __nanosleep(64);
       __syncthreads();  // flag is rewritten next round
     }
-    const float s_enc = nvfp4_s_enc(shared_amax);
-    const float s_dec = nvfp4_s_dec(s_enc);
-    const float factor = nvfp4_block_factor(s_enc);
-    if (item_first[h] && threadIdx.x == 0) a.s_dec[g] = s_dec;
-    // One division per scale byte instead of one per block.
-    for (int b = threadIdx.x; b < 256; b += kTh) enc_lut[b] = nvfp4_block_enc(static_cast<uint8_t>(b), s_dec);
-    __syncthreads();
+    const float factor = prepare_head<kTh>(shared_amax, item_first[h], g, a, enc_lut);
     const int64_t unit0 = item_row[h] * nb, units = item_rows[h] * nb;
     quantize_slice<T, kTh>(a, smem + h * slot_stride, reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes),
                            units, unit0, factor, enc_lut);
@@ -785,6 +808,12 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
     h = h + 1 < kSlots ? h + 1 : 0;
   }
 #endif
+}
+
+// FP4QAT_NVFP4_KERNEL (benchmarks and tests): the kernel forced, "" for the default.
+std::string forced_kernel() {
+  const char* k = std::getenv("FP4QAT_NVFP4_KERNEL");
+  return k ? std::string(k) : std::string();
 }
 
 int64_t env_int(const char* name, int64_t fallback) {
@@ -809,10 +838,6 @@ bool staged2_available(cudaStream_t stream) {
   return capturing == cudaStreamCaptureStatusNone;
 }
 
-// Launches the multi-buffered kernel on the slices `sl` (R rows of row_bytes each at most) if
-// its conditions hold (1D, 16-byte aligned rows, the deadlock-freedom condition; with a given
-// amax nothing waits: a streaming pass, double-buffered);
-// returns false to fall back. a.workspace: nvfp4_workspace_bytes(sl.groups).
 // The launch of a one-read kernel (staged2, park: the same parameters) with `shared_slots` slots
 // of R rows in shared memory (+ the row-group table) and a ring of `ring` items a CTA: 16-byte
 // aligned rows, the deadlock-freedom condition G <= ring x CTAs (all resident: a cooperative
@@ -866,12 +891,14 @@ bool launch_staged2_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream)
 // Ring: the CTA holds up to three items (shared slots 0 and 1, the park), quantizes them in ticket
 // order; deadlock-free when G <= 3 * CTAs (the staged2 argument with three slots: a waiting CTA
 // parks a landed item and claims again, so it ends up holding three).
+constexpr int kParkUnits = 6;  // 16-element blocks a thread parks: 6 * 256 = 1536 blocks = 48 KB of bf16
+
 template <int kTh>
 __global__ void __launch_bounds__(kTh, 2) nvfp4_park_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes,
                                                             int64_t slot_stride, uint32_t* amax_bits, int* arrived,
                                                             unsigned long long* ticket) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr int kPark = 6;  // units a thread parks: 6 * 256 = 1536 units = 48 KB of bf16
+  constexpr int kPark = kParkUnits;
   constexpr int kClaimer = 32;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ __align__(8) uint64_t bars[2];
@@ -897,8 +924,7 @@ __global__ void __launch_bounds__(kTh, 2) nvfp4_park_kernel(Nvfp4Args a, Slices 
 
   stage_row_groups<kTh>(sl, tab, a);
   if (threadIdx.x == kClaimer) {
-    for (int s = 0; s < 2; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * s) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    init_bars(bar0, 2);
     claim(0);
     claim(1);
   }
@@ -924,19 +950,8 @@ __global__ void __launch_bounds__(kTh, 2) nvfp4_park_kernel(Nvfp4Args a, Slices 
     }
     const int g = item_group[hs], need = item_need[hs];
     for (;;) {
-      if (threadIdx.x == 0) {
-        float am = 0.0f;
-        const bool complete = group_complete(a, arrived, amax_bits, g, need, &am);
-        if (complete) {
-          shared_amax = am;
-          trace_event(sl, item[hs], 2);
-        }
-        flag[0] = complete;
-        flag[1] = scan_landed<2>(~(1u << hs), item, total, folded, parity, bar0, sl);  // the shared slots
-      }
-      __syncthreads();
-      const bool complete = flag[0];
-      fold_landed(flag[1], bar0, parity, folded, contribute);
+      const bool complete = poll_round<2>(a, arrived, amax_bits, g, need, item[hs], ~(1u << hs), item, total, folded,
+                                          parity, bar0, sl, flag, shared_amax, contribute);  // scans the shared slots
       // Park the other shared slot's item once it is folded (the head is in a shared slot), and
       // start the next bulk copy in that slot.
       const int o = 1 - hs;
@@ -967,12 +982,7 @@ __global__ void __launch_bounds__(kTh, 2) nvfp4_park_kernel(Nvfp4Args a, Slices 
       if (flag[1] == 0 && threadIdx.x == 0) __nanosleep(64);
       __syncthreads();
     }
-    const float s_enc = nvfp4_s_enc(shared_amax);
-    const float s_dec = nvfp4_s_dec(s_enc);
-    const float factor = nvfp4_block_factor(s_enc);
-    if (item_first[hs] && threadIdx.x == 0) a.s_dec[g] = s_dec;
-    for (int b = threadIdx.x; b < 256; b += kTh) enc_lut[b] = nvfp4_block_enc(static_cast<uint8_t>(b), s_dec);
-    __syncthreads();
+    const float factor = prepare_head<kTh>(shared_amax, item_first[hs], g, a, enc_lut);
     const int64_t unit0 = item_row[hs] * nb, units = item_rows[hs] * nb;
     if (hs == 2) {
 #pragma unroll
@@ -1008,7 +1018,7 @@ __global__ void __launch_bounds__(kTh, 2) nvfp4_park_kernel(Nvfp4Args a, Slices 
 template <int kTh>
 bool launch_park_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
   if (a.type != InType::BF16 || a.two_d || sl.total == 0 || sl.R < 1) return false;
-  if (sl.R * (a.K / 16) > 6 * kTh) return false;  // a slice's blocks must fit the park
+  if (sl.R * (a.K / 16) > kParkUnits * kTh) return false;  // a slice's blocks must fit the park
   return launch_one_read(nvfp4_park_kernel<kTh>, kTh, 2, 3, a, sl, a.K * 2, stream);
 }
 
@@ -1023,9 +1033,8 @@ struct Staged2Shape {
   int64_t threads, slot_bytes, slots;
 };
 Staged2Shape staged2_shape(InType t, bool fake) {
-  const char* k = std::getenv("FP4QAT_NVFP4_KERNEL");
-  const bool forced_park = k != nullptr && std::string(k) == "park";
-  const bool forced_staged2 = k != nullptr && std::string(k) == "staged2";
+  const std::string k = forced_kernel();
+  const bool forced_park = k == "park", forced_staged2 = k == "staged2";
   const bool park = t == InType::BF16 && (forced_park || (!forced_staged2 && fake));
   const bool narrow = park || fake;
   return {park, env_int("FP4QAT_NVFP4_THREADS", narrow ? 256 : 512),
@@ -1194,6 +1203,20 @@ void nvfp4_trace(unsigned long long* buf, int64_t items) {
   g_trace_items = buf ? items : 0;
 }
 
+RowsTable nvfp4_rows_table(const int64_t* off, int64_t groups, int64_t slice_rows, int32_t* table) {
+  RowsTable r{0, 0};
+  for (int64_t g = 0; g <= groups; ++g) {
+    table[g] = static_cast<int32_t>(off[g]);
+    table[groups + 1 + g] = static_cast<int32_t>(r.total_slices);  // <= rows
+    if (g < groups) {
+      const int64_t n = (off[g + 1] - off[g] + slice_rows - 1) / slice_rows;
+      r.total_slices += n;
+      r.max_slices = std::max(r.max_slices, n);
+    }
+  }
+  return r;
+}
+
 int64_t nvfp4_rows_slice_rows(InType t, int64_t K, bool fake) {
   const int64_t row_bytes = K * (t == InType::F32 ? 4 : 2);
   return row_bytes > 0 ? std::max<int64_t>(1, staged2_shape(t, fake).slot_bytes / row_bytes) : 1;
@@ -1204,9 +1227,8 @@ void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const
                          uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec, cudaStream_t stream) {
   FP4QAT_CHECK(K % 16 == 0 && K > 0, "nvfp4_quantize_rows (CUDA): K = ", K, " is not a positive multiple of 16");
   if (groups == 0) return;
-  const char* forced = std::getenv("FP4QAT_NVFP4_KERNEL");
-  const bool try_staged2 = forced == nullptr || *forced == '\0' || std::string(forced) == "staged2" ||
-                           std::string(forced) == "park";
+  const std::string forced = forced_kernel();
+  const bool try_staged2 = forced.empty() || forced == "staged2" || forced == "park";
   Nvfp4Args a;
   a.x = x;
   a.type = t;
@@ -1245,13 +1267,11 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
   // applies (sm_90+, 1D blocks, 16-byte aligned rows, not while capturing a graph), else the fused
   // two-pass kernel; with a given amax the fused kernel's single streaming pass (as fast as
   // staged2's for packed outputs, faster with fake values: bench/RESULTS.md, H100).
-  // FP4QAT_NVFP4_KERNEL=fused|staged|staged2 picks one (benchmarks and tests; a variant that does
-  // not apply falls back to fused).
-  const char* forced = std::getenv("FP4QAT_NVFP4_KERNEL");
-  const bool by_default = forced == nullptr || *forced == '\0';
-  const bool try_staged = !by_default && std::string(forced) == "staged";
-  const bool try_staged2 =
-      by_default ? a.given_amax == nullptr : std::string(forced) == "staged2" || std::string(forced) == "park";
+  // FP4QAT_NVFP4_KERNEL=fused|staged|staged2|park picks one (benchmarks and tests; a variant that
+  // does not apply falls back to fused).
+  const std::string forced = forced_kernel();
+  const bool try_staged = forced == "staged";
+  const bool try_staged2 = forced.empty() ? a.given_amax == nullptr : forced == "staged2" || forced == "park";
 #define FP4QAT_DISPATCH(TY)                                                    \
   if (a.type == TY) {                                                           \
     if (try_staged2 && launch_staged2_uniform<TY>(a, stream)) return;                   \

@@ -320,22 +320,14 @@ TEST(GpuQuantize, NVFP4RowGroupsMatchReference) {
           const at::Tensor xd = x.cuda();
           const int64_t R = ck::nvfp4_rows_slice_rows(in_type(dt), K, /*fake=*/true);
           std::vector<int32_t> table(2 * (G + 1));
-          int64_t items = 0, most = 0;
-          for (int64_t g = 0; g <= G; ++g) {
-            table[g] = static_cast<int32_t>(off[g]);
-            table[G + 1 + g] = static_cast<int32_t>(items);
-            if (g < G) {
-              items += (c.counts[g] + R - 1) / R;
-              most = std::max(most, (c.counts[g] + R - 1) / R);
-            }
-          }
+          const ck::RowsTable rt = ck::nvfp4_rows_table(off.data(), G, R, table.data());
           const at::Tensor table_d = at::tensor(table, at::kInt).cuda();
           auto u8 = at::TensorOptions().dtype(at::kByte).device(at::kCUDA);
           at::Tensor codes = at::full({T, K / 2}, 0xAB, u8), scales = at::full({T, K / 16}, 0xCD, u8);
           at::Tensor fake = at::full({T, K}, 0x7FC1, at::TensorOptions().dtype(at::kShort).device(at::kCUDA));
           at::Tensor s_dec = at::full({G}, std::nanf(""), at::TensorOptions().device(at::kCUDA));
           at::Tensor ws = at::full({static_cast<int64_t>(ck::nvfp4_workspace_bytes(G))}, 0x5A, u8);
-          ck::nvfp4_quantize_rows(xd.data_ptr(), in_type(dt), T, K, table_d.data_ptr<int32_t>(), G, R, items, most,
+          ck::nvfp4_quantize_rows(xd.data_ptr(), in_type(dt), T, K, table_d.data_ptr<int32_t>(), G, R, rt.total_slices, rt.max_slices,
                                   ws.data_ptr(), codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(),
                                   reinterpret_cast<uint16_t*>(fake.data_ptr()), s_dec.data_ptr<float>(),
                                   at::cuda::getCurrentCUDAStream().stream());
