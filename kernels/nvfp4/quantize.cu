@@ -26,6 +26,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <string>
 
@@ -43,6 +44,8 @@ void check(cudaError_t e, const char* what, const char* file, int line) {
 }
 
 namespace {
+
+std::atomic<const char*> g_last_kernel{""};  // nvfp4_last_kernel()
 
 // Non-negative floats order like their bit patterns, so atomicMax on the bits is an exact max.
 __device__ __forceinline__ void atomic_max_nonneg(uint32_t* addr, float v) { atomicMax(addr, __float_as_uint(v)); }
@@ -462,6 +465,7 @@ bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(a.E * G, resident));
   kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(a, R, G, w.amax_bits, w.counter, w.ticket);
   FP4QAT_CUDA_CHECK(cudaGetLastError());
+  g_last_kernel = "staged";
   return true;
 }
 
@@ -876,7 +880,9 @@ template <InType T, int kTh, int kSlots>
 bool launch_staged2_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
   constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
   if (a.two_d || sl.total == 0 || sl.R < 1) return false;
-  return launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots>, kTh, kSlots, kSlots, a, sl, a.K * kElem, stream);
+  const bool ok = launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots>, kTh, kSlots, kSlots, a, sl, a.K * kElem, stream);
+  if (ok) g_last_kernel = "staged2";
+  return ok;
 }
 
 
@@ -1019,7 +1025,9 @@ template <int kTh>
 bool launch_park_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
   if (a.type != InType::BF16 || a.two_d || sl.total == 0 || sl.R < 1) return false;
   if (sl.R * (a.K / 16) > kParkUnits * kTh) return false;  // a slice's blocks must fit the park
-  return launch_one_read(nvfp4_park_kernel<kTh>, kTh, 2, 3, a, sl, a.K * 2, stream);
+  const bool ok = launch_one_read(nvfp4_park_kernel<kTh>, kTh, 2, 3, a, sl, a.K * 2, stream);
+  if (ok) g_last_kernel = "park";
+  return ok;
 }
 
 // Which one-read kernel runs, and its shape: threads per CTA (256 or 512), bytes per slot, shared
@@ -1090,6 +1098,7 @@ void launch_fused_t(const Nvfp4Args& a, cudaStream_t stream) {
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(s.total(), resident));
   kernel<<<static_cast<unsigned>(grid), kTh, 0, stream>>>(a, s, R, w.amax_bits, w.counter, w.ticket);
   FP4QAT_CUDA_CHECK(cudaGetLastError());
+  g_last_kernel = "fused";
 }
 
 template <InType T, bool kTwoD>
@@ -1179,6 +1188,7 @@ template <InType T>
 void rows_two_pass(const void* x, int64_t rows, int64_t K, const int32_t* row_off, int64_t groups,
                    void* workspace, uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec,
                    cudaStream_t stream) {
+  g_last_kernel = "two-pass";
   auto* amax_bits = static_cast<uint32_t*>(workspace);
   FP4QAT_CUDA_CHECK(cudaMemsetAsync(amax_bits, 0, sizeof(uint32_t) * std::max<int64_t>(groups, 1), stream));
   if (rows > 0) {
@@ -1197,6 +1207,8 @@ void rows_two_pass(const void* x, int64_t rows, int64_t K, const int32_t* row_of
 }
 
 }  // namespace
+
+const char* nvfp4_last_kernel() { return g_last_kernel.load(); }
 
 void nvfp4_trace(unsigned long long* buf, int64_t items) {
   g_trace = buf;

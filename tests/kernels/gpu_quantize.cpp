@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 
 #include "kernels/cuda_kernels.h"
 #include "kernels/quantize.h"
@@ -138,6 +139,7 @@ TEST(GpuQuantize, NVFP4KernelVariantsMatchReference) {
     setenv("FP4QAT_NVFP4_UNROLL", v.unroll, 1);
     setenv("FP4QAT_NVFP4_SLOT_BYTES", v.slot, 1);
     setenv("FP4QAT_NVFP4_SLOTS", v.slots, 1);
+    int ran = 0;  // launches that used the forced kernel (a variant that never runs would test nothing)
     for (const auto& dims : shapes)
       for (auto blocks : {Blocks::k1D, Blocks::k2D})
         for (bool given : {false, true}) {
@@ -150,12 +152,14 @@ TEST(GpuQuantize, NVFP4KernelVariantsMatchReference) {
           const auto want = fp4qat::nvfp4_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
           const auto want_fake = fp4qat::nvfp4_fake_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
           const auto got = run_poisoned(x, blocks, given ? &amax : nullptr);
+          ran += std::string(ck::nvfp4_last_kernel()) == v.kernel;
           const int64_t E = dims.size() == 3 ? dims[0] : 1, N = dims[dims.size() - 2];
           EXPECT_TRUE(bytes_equal(got[0], want.codes.reshape({E, N, -1})));
           EXPECT_TRUE(bytes_equal(got[1], want.scales.view(at::kByte).reshape({E, N, -1})));
           EXPECT_TRUE(bytes_equal(got[2], want_fake.values.reshape({E, N, -1})));
           EXPECT_TRUE(bytes_equal(got[3], want.s_dec.reshape({E})));
         }
+    EXPECT_GT(ran, 0) << v.kernel << " never ran (threads " << v.threads << ", slot " << v.slot << " x " << v.slots << ")";
   }
   for (const char* k : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_L2HINT", "FP4QAT_NVFP4_UNROLL",
                         "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_SLOTS"})
