@@ -1,7 +1,9 @@
 // bench/bench_moe_mlp.cpp — forward+backward of one MoE expert MLP at Qwen3-30B-A3B shapes:
 // 16384 tokens x top-8 over 128 experts (uniform routing: 1024 rows per expert), H = 2048,
 // I = 768: grouped gate/up [128, 1536, 2048] -> SwiGLU -> grouped down [128, 2048, 768].
-// Paths: BF16 (at::_grouped_mm), NVFP4 high_precision, NVFP4 dequantized (nvfp4_grouped_linear:
+// Paths: BF16 ours (the model's expert GEMMs, model::LinearPolicy::grouped: at::bmm on the
+// [E, M, *] batch for equal row counts, else at::_grouped_mm; the ratios' base), BF16
+// at::_grouped_mm (torch's), NVFP4 high_precision, NVFP4 dequantized (nvfp4_grouped_linear:
 // with uniform routing its padded batched CUDA path, Mmax = T / E, no padding rows). CUDA-event
 // median of --reps after --warmup, TFLOP/s (6 * 2 * T * H * I * 3 flops fwd+bwd), peak GPU memory
 // of each path (allocated during a step, above what is live before it).
@@ -31,6 +33,7 @@
 #include "kernels/gemm/scaled_bmm.h"
 #include "qat/export.h"
 #include "qat/fsutil.h"
+#include "trainer/model.h"
 
 namespace {
 
@@ -101,6 +104,13 @@ int main(int argc, char** argv) {
     at::Tensor h = at::_grouped_mm(x, w13.transpose(1, 2), offsets);
     return at::_grouped_mm(swiglu(h), w2.transpose(1, 2), offsets);
   };
+  // Our BF16 path: the model's expert GEMMs (model::LinearPolicy::grouped: one batched GEMM each
+  // way when every expert has the same row count, as the NVFP4 path then runs; else at::_grouped_mm).
+  fp4qat::model::LinearPolicy plain;
+  auto bf16_ours = [&](const at::Tensor& c) {
+    at::Tensor h = plain.grouped("w13", x, w13, c);
+    return plain.grouped("w2", swiglu(h), w2, c);
+  };
   auto nvfp4_mlp = [&](const at::Tensor& c, fp4qat::autograd::Backward mode, const fp4qat::NVFP4Operand* q13,
                        const fp4qat::NVFP4Operand* q2, bool fused = true, bool grouped = true) {
     const fp4qat::autograd::NVFP4LinearOptions o{fp4qat::Blocks::k1D, mode};
@@ -139,6 +149,7 @@ int main(int argc, char** argv) {
   using fp4qat::autograd::Backward;
   const Backward hp = Backward::kHighPrecision, dq = Backward::kDequantized;
   std::vector<Path> paths = {
+      {"bf16 (ours)", [&] { return bf16_ours(counts); }},
       {"bf16 (at::_grouped_mm)", [&] { return bf16_mlp(offs); }},
       {"nvfp4 high_precision", [&] { return nvfp4_mlp(counts, hp, nullptr, nullptr); }},
       {"nvfp4 dequantized", [&] { return nvfp4_mlp(counts, dq, nullptr, nullptr); }},
@@ -177,8 +188,8 @@ int main(int argc, char** argv) {
     const double base = c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].current;
     const double ms = median_ms(step, reps, warmup);
     const double peak = c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak - base;
-    if (bf16_ms == 0) bf16_ms = ms;
-    else if (qat_ms == 0) qat_ms = ms;
+    if (bf16_ms == 0) bf16_ms = ms;  // "bf16 (ours)", the first path
+    if (p.name == "nvfp4 high_precision") qat_ms = ms;
     std::printf("%-36s %10.3f %10.1f %11.2fx %14.2f\n", p.name.c_str(), ms, flops / (ms * 1e9), ms / bf16_ms,
                 peak / (1024.0 * 1024 * 1024));
   }
@@ -193,7 +204,8 @@ int main(int argc, char** argv) {
       std::function<at::Tensor()> fwd;
       std::vector<double> ms, ratio;
     };
-    std::vector<Timed> ts = {{"bf16 (at::_grouped_mm)", [&] { return bf16_mlp(offs); }, {}, {}},
+    std::vector<Timed> ts = {{"bf16 (ours)", [&] { return bf16_ours(counts); }, {}, {}},
+                             {"bf16 (at::_grouped_mm)", [&] { return bf16_mlp(offs); }, {}, {}},
                              {"nvfp4 high_precision", [&] { return nvfp4_mlp(counts, hp, nullptr, nullptr); }, {}, {}},
                              {"nvfp4 high_precision, cached w", [&] { return nvfp4_mlp(counts, hp, &pq13, &pq2); }, {}, {}},
                              {"nvfp4 dequantized", [&] { return nvfp4_mlp(counts, dq, nullptr, nullptr); }, {}, {}},
@@ -224,11 +236,11 @@ int main(int argc, char** argv) {
       std::sort(v.begin(), v.end());
       return v[v.size() / 2];
     };
-    std::printf("\ninterleaved: %d rounds x %d steps per path; ratio within each round (uniform paths to bf16, skewed to bf16 skewed)\n",
+    std::printf("\ninterleaved: %d rounds x %d steps per path; ratio within each round (uniform paths to bf16 (ours), skewed to bf16 skewed)\n",
                 rounds, steps);
     std::printf("%-36s %10s %12s %18s\n", "path", "ms (med)", "ratio (med)", "ratio range");
     for (size_t i = 0; i < ts.size(); ++i) {
-      const size_t base = ts[i].name.find("skewed") != std::string::npos ? 4 : 0;
+      const size_t base = ts[i].name.find("skewed") != std::string::npos ? 5 : 0;
       for (int r = 0; r < rounds; ++r) ts[i].ratio.push_back(ts[i].ms[r] / ts[base].ms[r]);
       std::printf("%-36s %10.3f %11.3fx %10.3f..%.3f\n", ts[i].name.c_str(), med(ts[i].ms), med(ts[i].ratio),
                   *std::min_element(ts[i].ratio.begin(), ts[i].ratio.end()),
@@ -242,12 +254,14 @@ int main(int argc, char** argv) {
     const at::Tensor a13 = w13.detach(), a2 = w2.detach(), xa = x.detach();
     const at::Tensor h = at::randn({T, I}, opt);        // the down projection's input [T, I]
     const at::Tensor hu = at::randn({T, 2 * I}, opt);   // gate/up output [T, 2I]
+    const at::Tensor dy13 = at::randn({T, 2 * I}, opt), dy2 = at::randn({T, H}, opt);  // output gradients
     auto offv = [](const at::Tensor& c) {
       std::vector<int64_t> o = {0};
       for (int64_t e = 0; e < c.numel(); ++e) o.push_back(o.back() + c[e].item<int64_t>());
       return o;
     };
     const std::vector<int64_t> uni = offv(counts), skw = offv(skewed);
+    const at::Tensor ones = at::ones({E}, at::TensorOptions().device(at::kCUDA));  // alpha of the CUTLASS GEMM rows
     using fp4qat::Blocks;
     auto two_pass = [&](const std::function<void()>& f) {
       return [f] {
@@ -272,8 +286,24 @@ int main(int argc, char** argv) {
         // The dequantized backward's operand rebuilds (packed -> bf16).
         {"w13 dequantize to bf16", [&] { fp4qat::nvfp4_dequantize(pq13.packed, at::kBFloat16); }},
         {"w2 dequantize to bf16", [&] { fp4qat::nvfp4_dequantize(pq2.packed, at::kBFloat16); }},
+        // The GEMMs of uniform routing: batched (our BF16 path, and the NVFP4 backward), grouped
+        // (torch's), and the NVFP4 forward's CUTLASS grouped GEMM with alpha in its epilogue.
+        {"fwd w13: at::bmm", [&] { at::bmm(xa.view({E, T / E, H}), a13.transpose(1, 2)); }},
+        {"fwd w13: at::_grouped_mm", [&] { at::_grouped_mm(xa, a13.transpose(1, 2), offs); }},
+        {"fwd w13: CUTLASS grouped, alpha", [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); }},
+        {"fwd w2: at::bmm", [&] { at::bmm(h.view({E, T / E, I}), a2.transpose(1, 2)); }},
+        {"fwd w2: at::_grouped_mm", [&] { at::_grouped_mm(h, a2.transpose(1, 2), offs); }},
+        {"fwd w2: CUTLASS grouped, alpha", [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); }},
+        {"bwd dX w13: at::bmm", [&] { at::bmm(dy13.view({E, T / E, 2 * I}), a13); }},
+        {"bwd dX w13: at::_grouped_mm", [&] { at::_grouped_mm(dy13, a13, offs); }},
+        {"bwd dW w13: at::bmm", [&] { at::bmm(dy13.view({E, T / E, 2 * I}).transpose(1, 2), xa.view({E, T / E, H})); }},
+        {"bwd dW w13: at::_grouped_mm", [&] { at::_grouped_mm(dy13.t(), xa, offs); }},
+        {"bwd dX w2: at::bmm", [&] { at::bmm(dy2.view({E, T / E, H}), a2); }},
+        {"bwd dX w2: at::_grouped_mm", [&] { at::_grouped_mm(dy2, a2, offs); }},
+        {"bwd dW w2: at::bmm", [&] { at::bmm(dy2.view({E, T / E, H}).transpose(1, 2), h.view({E, T / E, I})); }},
+        {"bwd dW w2: at::_grouped_mm", [&] { at::_grouped_mm(dy2.t(), h, offs); }},
     };
-    std::printf("\nquantizations of one step alone                 ms   %% bf16 step\n");
+    std::printf("\nparts of one step alone                         ms   %% bf16 step\n");
     for (const auto& [name, f] : parts) {
       const double ms = median_ms(f, reps, warmup);
       std::printf("%-40s %9.3f %12.1f%%\n", name.c_str(), ms, 100 * ms / bf16_ms);
