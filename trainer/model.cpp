@@ -43,9 +43,10 @@ class BatchedExpertsFn : public torch::autograd::Function<BatchedExpertsFn> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &w = saved[1];
     const int64_t E = w.size(0), T = x.size(0), M = T / E;
-    const at::Tensor dy = grads[0].contiguous().view({E, M, w.size(1)});               // [E, M, N]
-    const at::Tensor dx = at::bmm(dy, w).view({T, x.size(1)});                          // [T, K]
-    const at::Tensor dw = at::bmm(dy.transpose(1, 2), x.view({E, M, x.size(1)}));       // [E, N, K]
+    const at::Tensor dy = grads[0].contiguous().view({E, M, w.size(1)});  // [E, M, N]
+    at::Tensor dx, dw;
+    if (ctx->needs_input_grad(0)) dx = at::bmm(dy, w).view({T, x.size(1)});                     // [T, K]
+    if (ctx->needs_input_grad(1)) dw = at::bmm(dy.transpose(1, 2), x.view({E, M, x.size(1)}));  // [E, N, K]
     return {dx, dw};
   }
 };
@@ -62,11 +63,15 @@ at::Tensor LinearPolicy::linear(const std::string&, const at::Tensor& x, const a
   return at::linear(x, w.to(x.scalar_type()));
 }
 
-at::Tensor LinearPolicy::grouped(const std::string&, const at::Tensor& x, const at::Tensor& w,
+at::Tensor LinearPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
                                  const at::Tensor& counts) {
   const at::Tensor wc = w.to(x.scalar_type());
   const int64_t E = wc.size(0), T = x.size(0);
-  const int64_t* c = counts.data_ptr<int64_t>();
+  FP4QAT_CHECK(!counts.is_cuda() && counts.scalar_type() == at::kLong && counts.numel() == E,
+               "grouped linear ", name, ": counts must be int64 [", E, "] on the CPU, got ", counts.scalar_type(), " ",
+               counts.sizes(), " on ", counts.device());
+  const at::Tensor cc = counts.contiguous();
+  const int64_t* c = cc.data_ptr<int64_t>();
   if (x.is_cuda() && x.scalar_type() == at::kBFloat16) {
     // Every expert with the same row count: x is the [E, M, in] batch, batched GEMMs forward and
     // backward (BatchedExpertsFn) — on H100 faster than at::_grouped_mm for these shapes, and what

@@ -67,5 +67,9 @@ TEST(GpuModel, BF16ExpertGemmsMatchReference) {
     expect_near(gpu.dw, ref.dw, "dw");
     for (int64_t e = 0; e < E; ++e)
       if (cv[e] == 0) EXPECT_EQ(gpu.dw[e].abs().sum().item<float>(), 0.0f) << "expert " << e << " got no tokens";
+    // Frozen experts (the weight needs no gradient): the same dX, and no weight gradient.
+    at::Tensor x = x0.cuda().requires_grad_(true);
+    plain.grouped("experts", x, w0.cuda(), counts).backward(g.cuda());
+    EXPECT_TRUE(fp4qat::test::bytes_equal(x.grad().cpu().to(at::kFloat), gpu.dx));
   }
 }

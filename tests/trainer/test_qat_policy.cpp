@@ -103,6 +103,21 @@ TEST(QatPolicy, ExpertForwardIsTheNVFP4GroupedFunction) {
   EXPECT_LT(((lq - lp).norm() / lp.norm()).item<double>(), 0.2);
 }
 
+TEST(QatPolicy, PlainGroupedRejectsBadCounts) {
+  fp4qat::model::Qwen3Moe m(small_model(), 2);
+  fp4qat::model::LinearPolicy plain;
+  torch::NoGradGuard ng;
+  const std::string name = "model.layers.0.mlp.experts.gate_up_proj";
+  const at::Tensor x = at::randn({10, 64});
+  // one count too few, and the wrong dtype: a clear error naming the tensor, not a bad read
+  expect_error([&] { plain.grouped(name, x, m.param(name), at::tensor(std::vector<int64_t>{3, 6, 1}, at::kLong)); },
+               "gate_up_proj: counts must be int64 [4]");
+  expect_error([&] { plain.grouped(name, x, m.param(name), at::tensor(std::vector<int32_t>{3, 0, 6, 1}, at::kInt)); },
+               "counts must be int64");
+  EXPECT_EQ(plain.grouped(name, x, m.param(name), at::tensor(std::vector<int64_t>{3, 0, 6, 1}, at::kLong)).sizes(),
+            (std::vector<int64_t>{10, m.param(name).size(1)}));
+}
+
 TEST(QatPolicy, ExpertOnlyTrainingUpdatesOnlyExperts) {
   fp4qat::test::TempDir d;
   cfg::Config c;
