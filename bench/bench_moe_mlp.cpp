@@ -239,8 +239,10 @@ int main(int argc, char** argv) {
     std::printf("\ninterleaved: %d rounds x %d steps per path; ratio within each round (uniform paths to bf16 (ours), skewed to bf16 skewed)\n",
                 rounds, steps);
     std::printf("%-36s %10s %12s %18s\n", "path", "ms (med)", "ratio (med)", "ratio range");
+    const size_t skewed_base = static_cast<size_t>(
+        std::find_if(ts.begin(), ts.end(), [](const Timed& t) { return t.name == "bf16 skewed routing"; }) - ts.begin());
     for (size_t i = 0; i < ts.size(); ++i) {
-      const size_t base = ts[i].name.find("skewed") != std::string::npos ? 5 : 0;
+      const size_t base = ts[i].name.find("skewed") != std::string::npos ? skewed_base : 0;
       for (int r = 0; r < rounds; ++r) ts[i].ratio.push_back(ts[i].ms[r] / ts[base].ms[r]);
       std::printf("%-36s %10.3f %11.3fx %10.3f..%.3f\n", ts[i].name.c_str(), med(ts[i].ms), med(ts[i].ratio),
                   *std::min_element(ts[i].ratio.begin(), ts[i].ratio.end()),

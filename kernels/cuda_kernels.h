@@ -41,8 +41,8 @@ size_t nvfp4_workspace_bytes(int64_t E);
 // quantized into buf[4t .. 4t+3] (device memory, uint64 [4 * items]); null stops it.
 void nvfp4_trace(unsigned long long* buf, int64_t items);
 void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream);
-// Tests and benchmarks: the kernel the last NVFP4 quantize launch on this host used ("owned",
-// "staged2", "park", "staged", "fused", "two-pass"), to check that a forced variant really ran.
+// Tests and benchmarks: the kernel the last NVFP4 quantize launch on this host used ("staged2",
+// "park", "staged", "fused", "two-pass"), to check that a forced variant really ran.
 const char* nvfp4_last_kernel();
 
 // NVFP4 1D quantize of the rows of x [rows, K] (K % 16 == 0) in groups, each quantized with its
