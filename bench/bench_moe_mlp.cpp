@@ -10,7 +10,8 @@
 // Then the cost of each quantization of the step alone (weights, activations: uniform in the
 // [E, M, K] batch and in place, skewed in place, by the default and the two-pass row kernels),
 // and (unless --no-export) the export's cost in the training loop.
-//   fp4qat_bench_moe_mlp [--reps 10] [--warmup 3] [--tokens 16384] [--no-export]
+//   fp4qat_bench_moe_mlp [--reps 10] [--warmup 3] [--tokens 16384] [--no-export] [--trace PATH]...
+// --trace PATH (a path's name, repeatable): only a Kineto timeline of those paths' steps.
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -19,12 +20,14 @@
 #include <c10/core/Event.h>
 #include <c10/core/StreamGuard.h>
 #include <torch/torch.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <algorithm>
 #include <memory>
 #include <optional>
 #include <cstdio>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -57,12 +60,54 @@ double median_ms(const std::function<void()>& fn, int reps, int warmup) {
   return ms[ms.size() / 2];
 }
 
+// Kineto (CUPTI) timeline of `steps` steps after 3 warm-up steps: each GPU activity (kernel,
+// copy, set) summed by name per step, the GPU's busy time per step and the span from the first
+// activity's start to the last one's end (span - busy: the GPU idle, waiting for the host).
+void trace_steps(const std::string& name, const std::function<void()>& step, int steps) {
+  namespace prof = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  for (int i = 0; i < 3; ++i) step();
+  FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
+  const torch::profiler::impl::ProfilerConfig cfg(torch::profiler::impl::ProfilerState::KINETO);
+  const std::set<ActivityType> acts = {ActivityType::CPU, ActivityType::CUDA};
+  prof::prepareProfiler(cfg, acts);
+  prof::enableProfiler(cfg, acts);
+  for (int i = 0; i < steps; ++i) step();
+  FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::unique_ptr<prof::ProfilerResult> r = prof::disableProfiler();
+  struct Sum {
+    double ns = 0;
+    int n = 0;
+  };
+  std::map<std::string, Sum> by_name;
+  uint64_t first = UINT64_MAX, last = 0;
+  double busy = 0;
+  for (const auto& e : r->events()) {
+    if (e.deviceType() != c10::DeviceType::CUDA) continue;
+    Sum& s = by_name[e.name().substr(0, 110)];
+    s.ns += static_cast<double>(e.durationNs());
+    s.n += 1;
+    busy += static_cast<double>(e.durationNs());
+    first = std::min<uint64_t>(first, e.startNs());
+    last = std::max<uint64_t>(last, e.endNs());
+  }
+  std::vector<std::pair<std::string, Sum>> rows(by_name.begin(), by_name.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
+  std::printf("\ntimeline of \"%s\", %d steps (Kineto): us per step, calls per step, GPU activity\n", name.c_str(), steps);
+  for (const auto& [n, s] : rows)
+    std::printf("%10.1f %6.1f  %s\n", s.ns / 1e3 / steps, static_cast<double>(s.n) / steps, n.c_str());
+  const double span = last > first ? static_cast<double>(last - first) : 0;
+  std::printf("GPU busy %.1f us per step, span %.1f us per step, idle %.1f us per step\n", busy / 1e3 / steps,
+              span / 1e3 / steps, (span - busy) / 1e3 / steps);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int reps = 10, warmup = 3;
   int64_t tokens = 16384;
   bool with_export = true;
+  std::vector<std::string> traced;  // --trace PATH (repeatable): timelines of these paths only
   for (int i = 1; i < argc; ++i)
     if (std::string(argv[i]) == "--no-export") with_export = false;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -74,6 +119,7 @@ int main(int argc, char** argv) {
     if (k == "--reps") reps = std::atoi(argv[i + 1]);
     else if (k == "--warmup") warmup = std::atoi(argv[i + 1]);
     else if (k == "--tokens") tokens = std::atoll(argv[i + 1]);
+    else if (k == "--trace") traced.push_back(argv[i + 1]);
   }
   if (!at::hasCUDA()) {
     std::fprintf(stderr, "no CUDA device\n");
@@ -148,6 +194,14 @@ int main(int argc, char** argv) {
   }
   using fp4qat::autograd::Backward;
   const Backward hp = Backward::kHighPrecision, dq = Backward::kDequantized;
+  // An NVFP4 step whose forward GEMM of equal counts uses batched tile t (-1: the grouped GEMM).
+  auto with_tile = [&](int t, const at::Tensor& c, Backward mode) {
+    const int before = fp4qat::gemm::batched_gemm_tile();
+    fp4qat::gemm::set_batched_gemm_tile(t);
+    at::Tensor y = nvfp4_mlp(c, mode, nullptr, nullptr);
+    fp4qat::gemm::set_batched_gemm_tile(before);
+    return y;
+  };
   std::vector<Path> paths = {
       {"bf16 (ours)", [&] { return bf16_ours(counts); }},
       {"bf16 (at::_grouped_mm)", [&] { return bf16_mlp(offs); }},
@@ -166,11 +220,28 @@ int main(int argc, char** argv) {
       // three passes) and no grouped GEMM: what the fused epilogue kernel saves.
       {"nvfp4 high_precision, unfused epi", [&] { return nvfp4_mlp(counts, hp, nullptr, nullptr, false, false); }},
   };
+  if (!traced.empty()) {
+    for (const std::string& want : traced) {
+      const auto it = std::find_if(paths.begin(), paths.end(), [&](const Path& p) { return p.name == want; });
+      if (it == paths.end()) {
+        std::fprintf(stderr, "--trace: no path named \"%s\"\n", want.c_str());
+        return 2;
+      }
+      trace_steps(want, [&] {
+        x.mutable_grad() = at::Tensor();
+        w13.mutable_grad() = at::Tensor();
+        w2.mutable_grad() = at::Tensor();
+        it->fwd().backward(gy);
+      }, 5);
+    }
+    return 0;
+  }
   std::printf("MoE MLP fwd+bwd: %lld tokens x top-%lld, %lld experts, H %lld, I %lld (%.1f TFLOP per step)\n",
               (long long)tokens, (long long)topk, (long long)E, (long long)H, (long long)I, flops / 1e12);
   std::printf("nvfp4 grouped path: %s\n",
               fp4qat::gemm::grouped_gemm_supported(x, 2 * I, H, at::kBFloat16)
-                  ? "CUTLASS grouped GEMM (alpha in its epilogue); uniform routing: x is the [E, M, K] batch; "
+                  ? "CUTLASS GEMM with alpha in its epilogue; uniform routing: x is the [E, M, K] batch (batched "
+                    "GEMM unless FP4QAT_BATCHED_GEMM=-1); "
                     "skewed, high_precision: in place (row-range quantization, at::_grouped_mm backward)"
                   : "padded batch, batched GEMMs and a fused epilogue");
   std::printf("%-36s %10s %10s %12s %14s\n", "path", "ms", "TFLOP/s", "vs bf16", "peak GiB");
@@ -209,6 +280,9 @@ int main(int argc, char** argv) {
                              {"nvfp4 high_precision", [&] { return nvfp4_mlp(counts, hp, nullptr, nullptr); }, {}, {}},
                              {"nvfp4 high_precision, cached w", [&] { return nvfp4_mlp(counts, hp, &pq13, &pq2); }, {}, {}},
                              {"nvfp4 dequantized", [&] { return nvfp4_mlp(counts, dq, nullptr, nullptr); }, {}, {}},
+                             // The forward GEMM of equal counts: the grouped GEMM, the other batched tile.
+                             {"nvfp4 high_precision, grouped fwd", [&] { return with_tile(-1, counts, hp); }, {}, {}},
+                             {"nvfp4 high_precision, batched 128x256c2", [&] { return with_tile(1, counts, hp); }, {}, {}},
                              {"bf16 skewed routing", [&] { return bf16_mlp(skewed_offs); }, {}, {}},
                              {"nvfp4 high_precision skewed", [&] { return nvfp4_mlp(skewed, hp, nullptr, nullptr); }, {}, {}}};
     auto stream = at::cuda::getCurrentCUDAStream().stream();
@@ -238,13 +312,13 @@ int main(int argc, char** argv) {
     };
     std::printf("\ninterleaved: %d rounds x %d steps per path; ratio within each round (uniform paths to bf16 (ours), skewed to bf16 skewed)\n",
                 rounds, steps);
-    std::printf("%-36s %10s %12s %18s\n", "path", "ms (med)", "ratio (med)", "ratio range");
+    std::printf("%-40s %10s %12s %18s\n", "path", "ms (med)", "ratio (med)", "ratio range");
     const size_t skewed_base = static_cast<size_t>(
         std::find_if(ts.begin(), ts.end(), [](const Timed& t) { return t.name == "bf16 skewed routing"; }) - ts.begin());
     for (size_t i = 0; i < ts.size(); ++i) {
       const size_t base = ts[i].name.find("skewed") != std::string::npos ? skewed_base : 0;
       for (int r = 0; r < rounds; ++r) ts[i].ratio.push_back(ts[i].ms[r] / ts[base].ms[r]);
-      std::printf("%-36s %10.3f %11.3fx %10.3f..%.3f\n", ts[i].name.c_str(), med(ts[i].ms), med(ts[i].ratio),
+      std::printf("%-40s %10.3f %11.3fx %10.3f..%.3f\n", ts[i].name.c_str(), med(ts[i].ms), med(ts[i].ratio),
                   *std::min_element(ts[i].ratio.begin(), ts[i].ratio.end()),
                   *std::max_element(ts[i].ratio.begin(), ts[i].ratio.end()));
     }
@@ -272,6 +346,16 @@ int main(int argc, char** argv) {
         unsetenv("FP4QAT_NVFP4_KERNEL");
       };
     };
+    // The forward GEMM for equal counts with a given batched tile (-1: the grouped GEMM), then
+    // the tile this run started with.
+    const int tile0 = fp4qat::gemm::batched_gemm_tile();
+    auto tile = [tile0](int t, const std::function<void()>& f) {
+      return [t, tile0, f] {
+        fp4qat::gemm::set_batched_gemm_tile(t);
+        f();
+        fp4qat::gemm::set_batched_gemm_tile(tile0);
+      };
+    };
     const std::vector<std::pair<std::string, std::function<void()>>> parts = {
         {"w13 [128,1536,2048] fake quant", [&] { fp4qat::nvfp4_fake_quantize(a13, Blocks::k1D); }},
         {"w13 quantize + fake", [&] { fp4qat::nvfp4_quantize_and_fake(a13, Blocks::k1D); }},
@@ -292,10 +376,14 @@ int main(int argc, char** argv) {
         // (torch's), and the NVFP4 forward's CUTLASS grouped GEMM with alpha in its epilogue.
         {"fwd w13: at::bmm", [&] { at::bmm(xa.view({E, T / E, H}), a13.transpose(1, 2)); }},
         {"fwd w13: at::_grouped_mm", [&] { at::_grouped_mm(xa, a13.transpose(1, 2), offs); }},
-        {"fwd w13: CUTLASS grouped, alpha", [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); }},
+        {"fwd w13: CUTLASS grouped, alpha", tile(-1, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
+        {"fwd w13: CUTLASS batched 256x128, alpha", tile(0, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
+        {"fwd w13: CUTLASS batched 128x256c2, alpha", tile(1, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
         {"fwd w2: at::bmm", [&] { at::bmm(h.view({E, T / E, I}), a2.transpose(1, 2)); }},
         {"fwd w2: at::_grouped_mm", [&] { at::_grouped_mm(h, a2.transpose(1, 2), offs); }},
-        {"fwd w2: CUTLASS grouped, alpha", [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); }},
+        {"fwd w2: CUTLASS grouped, alpha", tile(-1, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
+        {"fwd w2: CUTLASS batched 256x128, alpha", tile(0, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
+        {"fwd w2: CUTLASS batched 128x256c2, alpha", tile(1, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
         {"bwd dX w13: at::bmm", [&] { at::bmm(dy13.view({E, T / E, 2 * I}), a13); }},
         {"bwd dX w13: at::_grouped_mm", [&] { at::_grouped_mm(dy13, a13, offs); }},
         {"bwd dW w13: at::bmm", [&] { at::bmm(dy13.view({E, T / E, 2 * I}).transpose(1, 2), xa.view({E, T / E, H})); }},
@@ -308,7 +396,7 @@ int main(int argc, char** argv) {
     std::printf("\nparts of one step alone                         ms   %% bf16 step\n");
     for (const auto& [name, f] : parts) {
       const double ms = median_ms(f, reps, warmup);
-      std::printf("%-40s %9.3f %12.1f%%\n", name.c_str(), ms, 100 * ms / bf16_ms);
+      std::printf("%-44s %9.3f %12.1f%%\n", name.c_str(), ms, 100 * ms / bf16_ms);
     }
   }
   if (!with_export) return 0;

@@ -1,6 +1,7 @@
 // kernels/gemm/scaled_bmm.cpp — see scaled_bmm.h.
 #include "kernels/gemm/scaled_bmm.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include "kernels/cuda_kernels.h"
 #endif
 #ifdef FP4QAT_WITH_CUTLASS
+#include "kernels/gemm_sm90/batched_gemm.h"
 #include "kernels/gemm_sm90/grouped_gemm.h"
 #endif
 
@@ -22,6 +24,8 @@ namespace fp4qat::gemm {
 namespace {
 std::atomic<bool> g_fused{true};
 std::atomic<int> g_grouped{-1};  // -1: not yet read from the environment
+std::atomic<int> g_batched_tile{-2};  // -2: not yet read from the environment
+thread_local const char* t_last_grouped = "none";
 
 // The unfused epilogue: fp32 result [B, M, N] times alpha[b], one cast, then the selected rows.
 at::Tensor epilogue_aten(at::Tensor y32, const at::Tensor& alpha, at::ScalarType out, const at::Tensor& rows) {
@@ -43,6 +47,28 @@ bool grouped_gemm_enabled() {
   }
   return v == 1;
 }
+
+void set_batched_gemm_tile(int tile) {
+  FP4QAT_CHECK(tile >= -1 && tile <= 1, "set_batched_gemm_tile: tile must be -1 (off), 0 or 1, got ", tile);
+  g_batched_tile = tile;
+}
+int batched_gemm_tile() {
+  int v = g_batched_tile.load();
+  if (v == -2) {
+    const char* env = std::getenv("FP4QAT_BATCHED_GEMM");
+    v = 0;
+    if (env && *env) {
+      char* end = nullptr;
+      const long t = std::strtol(env, &end, 10);
+      FP4QAT_CHECK(end && *end == '\0' && t >= -1 && t <= 1,
+                   "FP4QAT_BATCHED_GEMM must be -1 (off), 0 or 1, got \"", env, "\"");
+      v = static_cast<int>(t);
+    }
+    g_batched_tile = v;
+  }
+  return v;
+}
+const char* last_grouped_kernel() { return t_last_grouped; }
 
 bool grouped_gemm_supported(const at::Tensor& x, int64_t N, int64_t K, at::ScalarType out) {
 #ifdef FP4QAT_WITH_CUTLASS
@@ -69,6 +95,7 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
                    (!rows_layout || off.back() == x.size(0)),
                "grouped_scaled_mm: x [E, Mmax, K] or [T, K], w [E, N, K] and off [E + 1] do not fit: ", x.sizes(),
                ", ", w.sizes(), ", ", off.size());
+  t_last_grouped = "none";
 #ifdef FP4QAT_WITH_CUTLASS
   const int64_t E = w.size(0), Mmax = rows_layout ? x.size(0) : x.size(1), N = w.size(1), K = x.size(-1);
   if (w.scalar_type() != at::kBFloat16 || Mmax > INT32_MAX || !grouped_gemm_supported(x, N, K, out))
@@ -88,23 +115,41 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
     y0.push_back(off[e]);
     we.push_back(e);
   }
-  at::Tensor y = at::empty({off[E], N}, x.options().dtype(out));
+  at::Tensor y = at::empty({off[E], N}, x.options().dtype(out));  // [T, N]
   const int groups = static_cast<int>(m.size());
   if (groups == 0) return y;
   const at::Tensor xc = x.contiguous(), wc = w.contiguous(), al = alpha.reshape({E}).contiguous();
   namespace sm90 = fp4qat::cuda_kernels::sm90;
+  const int sms = prop->multiProcessorCount;
+  const int tile = batched_gemm_tile();
+  // Every expert has the same count M of rows, and x holds no padding rows (as [E, M, K] or as
+  // [E * M, K]): x is the [E, M, K] batch and y the [E, M, N] batch — one batched GEMM.
+  const int64_t M0 = off[1] - off[0];
+  const bool equal = groups == E && (rows_layout || M0 == Mmax) &&
+                     std::all_of(m.begin(), m.end(), [M0](int c) { return c == M0; });
+  if (tile >= 0 && equal && M0 * std::max(N, K) <= INT32_MAX) {
+    const auto bt = static_cast<sm90::BatchedTile>(tile);
+    const int B = static_cast<int>(E), M = static_cast<int>(M0), n = static_cast<int>(N), k = static_cast<int>(K);
+    const size_t ws_bytes = sm90::batched_workspace_bytes(B, M, n, k, sms, bt);
+    at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes) + 1}, x.options().dtype(at::kByte));
+    if (sm90::batched_gemm_bf16(xc.data_ptr(), wc.data_ptr(), y.data_ptr(), al.data_ptr<float>(), B, M, n, k,
+                                ws.data_ptr(), ws_bytes, sms, bt, at::cuda::getCurrentCUDAStream().stream())) {
+      t_last_grouped = "batched";
+      return y;
+    }
+  }
   const int64_t bytes = static_cast<int64_t>(sm90::grouped_args_bytes(groups));
   at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   sm90::fill_grouped_args(host.data_ptr(), groups, static_cast<int>(N), static_cast<int>(K), m.data(), x0.data(),
                           y0.data(), we.data(), xc.data_ptr(), wc.data_ptr(), y.data_ptr(), al.data_ptr<float>());
   const at::Tensor dev = host.to(x.device(), /*non_blocking=*/true);  // the host block stays valid until copied
-  const int sms = prop->multiProcessorCount;
   const size_t ws_bytes = sm90::grouped_workspace_bytes(dev.data_ptr(), groups, m.data(), static_cast<int>(N),
                                                         static_cast<int>(K), sms);
   at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes) + 1}, x.options().dtype(at::kByte));
   if (!sm90::grouped_gemm_bf16(dev.data_ptr(), groups, m.data(), static_cast<int>(N), static_cast<int>(K),
                                ws.data_ptr(), ws_bytes, sms, at::cuda::getCurrentCUDAStream().stream()))
     return at::Tensor();
+  t_last_grouped = "grouped";
   return y;
 #else
   (void)alpha;

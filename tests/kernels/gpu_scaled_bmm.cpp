@@ -146,3 +146,70 @@ TEST(GpuScaledBmm, GroupedGemmEqualsTheDefinition) {
   fp4qat::gemm::set_grouped_gemm(true);
 #endif
 }
+
+// Equal row counts run the CUTLASS batched GEMM (kernels/gemm_sm90/batched_gemm.h), with each
+// compiled tile: the bytes of the definition on exactly summable operands (alphas with full fp32
+// mantissas, so scaling a rounded product or rounding twice would differ) for x as the
+// [E, M, K] batch and as its [E * M, K] rows, M not a multiple of the tile, K below the tile's
+// K; the same bytes as the grouped GEMM; within one bf16 ulp of the batched cuBLAS path on random
+// operands. Switched off (-1), the grouped GEMM runs instead.
+TEST(GpuScaledBmm, BatchedGemmEqualsTheDefinition) {
+  FP4QAT_REQUIRE_GPU();
+#ifndef FP4QAT_WITH_CUTLASS
+  GTEST_SKIP() << "built without CUTLASS (no batched GEMM)";
+#else
+  if (at::cuda::getCurrentDeviceProperties()->major != 9) GTEST_SKIP() << "not an sm_90 device";
+  struct Case {
+    int64_t E, M, N, K;
+  };
+  for (int tile : {0, 1}) {
+    fp4qat::gemm::set_batched_gemm_tile(tile);
+    for (const Case c : {Case{1, 1, 16, 16}, Case{3, 37, 96, 128}, Case{5, 300, 200, 48}, Case{4, 256, 1536, 2048}}) {
+      SCOPED_TRACE(::testing::Message() << "tile " << tile << ", " << c.E << "x" << c.M << "x" << c.N << "x" << c.K);
+      const at::Tensor x = small_ints({c.E, c.M, c.K}, 31), w = small_ints({c.E, c.N, c.K}, 32);
+      const at::Tensor alpha = at::rand({c.E}, gen(33)).mul_(1e-3).add_(1e-5);  // full fp32 mantissas
+      std::vector<int64_t> off = {0};
+      for (int64_t e = 0; e < c.E; ++e) off.push_back(off.back() + c.M);
+      const at::Tensor want = fp4qat::gemm::scaled_bmm(x, w, alpha, at::kBFloat16).reshape({c.E * c.M, c.N});
+      const at::Tensor xg = x.to(at::kBFloat16).cuda(), wg = w.to(at::kBFloat16).cuda(), ag = alpha.cuda();
+      for (bool rows_layout : {false, true}) {
+        const at::Tensor got = fp4qat::gemm::grouped_scaled_mm(rows_layout ? xg.reshape({c.E * c.M, c.K}) : xg, wg,
+                                                               ag, off, at::kBFloat16);
+        ASSERT_TRUE(got.defined()) << "the batched GEMM refused a supported problem";
+        EXPECT_STREQ(fp4qat::gemm::last_grouped_kernel(), "batched");
+        ASSERT_EQ(got.sizes(), want.sizes());
+        EXPECT_TRUE(bytes_equal(got, want)) << (rows_layout ? "x as rows" : "x as the batch");
+      }
+      // Counts that are not all equal (2, 1, 3 rows: the total of 2 each) take the grouped GEMM.
+      if (c.E >= 3 && c.M >= 6) {
+        const at::Tensor xs = xg[0].narrow(0, 0, 6);  // [6, K]
+        const at::Tensor g3 = fp4qat::gemm::grouped_scaled_mm(xs, wg.narrow(0, 0, 3), ag.narrow(0, 0, 3),
+                                                              {0, 2, 3, 6}, at::kBFloat16);
+        ASSERT_TRUE(g3.defined());
+        EXPECT_STREQ(fp4qat::gemm::last_grouped_kernel(), "grouped");
+      }
+      fp4qat::gemm::set_batched_gemm_tile(-1);
+      const at::Tensor grouped = fp4qat::gemm::grouped_scaled_mm(xg, wg, ag, off, at::kBFloat16);
+      EXPECT_STREQ(fp4qat::gemm::last_grouped_kernel(), "grouped");
+      fp4qat::gemm::set_batched_gemm_tile(tile);
+      ASSERT_TRUE(grouped.defined());
+      EXPECT_TRUE(bytes_equal(grouped, want)) << "the grouped GEMM";
+    }
+    // Random operands: against the batched cuBLAS GEMM + fused epilogue (another accumulation order).
+    const int64_t E = 6, M = 160, N = 192, K = 256;
+    const at::Tensor x = at::randn({E, M, K}, gen(34)).to(at::kBFloat16).cuda();
+    const at::Tensor w = at::randn({E, N, K}, gen(35)).to(at::kBFloat16).cuda();
+    const at::Tensor alpha = at::rand({E}, gen(36)).add_(0.25).cuda();
+    std::vector<int64_t> off = {0};
+    for (int64_t e = 0; e < E; ++e) off.push_back(off.back() + M);
+    const at::Tensor got = fp4qat::gemm::grouped_scaled_mm(x, w, alpha, off, at::kBFloat16);
+    ASSERT_TRUE(got.defined());
+    EXPECT_STREQ(fp4qat::gemm::last_grouped_kernel(), "batched");
+    const at::Tensor ref = fp4qat::gemm::scaled_bmm(x, w, alpha, at::kBFloat16).reshape({E * M, N}).cpu().to(at::kFloat);
+    const at::Tensor bad = (got.cpu().to(at::kFloat) - ref).abs() > ref.abs() * (1.0 / 128) + 1e-3 * ref.abs().max();
+    EXPECT_EQ(bad.sum().item<int64_t>(), 0) << "tile " << tile;
+  }
+  fp4qat::gemm::set_batched_gemm_tile(0);
+  EXPECT_THROW(fp4qat::gemm::set_batched_gemm_tile(2), fp4qat::Error);
+#endif
+}
