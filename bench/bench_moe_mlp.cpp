@@ -91,6 +91,23 @@ void trace_steps(const std::string& name, const std::function<void()>& step, int
     first = std::min<uint64_t>(first, e.startNs());
     last = std::max<uint64_t>(last, e.endNs());
   }
+  // Where the GPU waits: gaps of more than 20 us between consecutive activities, and the host's
+  // CUDA runtime calls by total time (a synchronising call or an allocation shows here).
+  struct Act {
+    uint64_t start, end;
+    std::string name;
+  };
+  std::vector<Act> acts_gpu;
+  std::map<std::string, Sum> runtime;
+  for (const auto& e : r->events()) {
+    if (e.deviceType() == c10::DeviceType::CUDA) {
+      acts_gpu.push_back({e.startNs(), e.endNs(), e.name().substr(0, 60)});
+    } else if (e.name().rfind("cuda", 0) == 0) {
+      Sum& s = runtime[e.name()];
+      s.ns += static_cast<double>(e.durationNs());
+      s.n += 1;
+    }
+  }
   std::vector<std::pair<std::string, Sum>> rows(by_name.begin(), by_name.end());
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
   std::printf("\ntimeline of \"%s\", %d steps (Kineto): us per step, calls per step, GPU activity\n", name.c_str(), steps);
@@ -99,6 +116,18 @@ void trace_steps(const std::string& name, const std::function<void()>& step, int
   const double span = last > first ? static_cast<double>(last - first) : 0;
   std::printf("GPU busy %.1f us per step, span %.1f us per step, idle %.1f us per step\n", busy / 1e3 / steps,
               span / 1e3 / steps, (span - busy) / 1e3 / steps);
+  std::sort(acts_gpu.begin(), acts_gpu.end(), [](const Act& a, const Act& b) { return a.start < b.start; });
+  std::printf("\ngaps > 20 us between GPU activities (all %d steps): us, before -> after\n", steps);
+  for (size_t i = 1; i < acts_gpu.size(); ++i) {
+    const double gap = (static_cast<double>(acts_gpu[i].start) - static_cast<double>(acts_gpu[i - 1].end)) / 1e3;
+    if (gap > 20) std::printf("%9.1f  %s -> %s\n", gap, acts_gpu[i - 1].name.c_str(), acts_gpu[i].name.c_str());
+  }
+  std::vector<std::pair<std::string, Sum>> rt(runtime.begin(), runtime.end());
+  std::sort(rt.begin(), rt.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
+  std::printf("host CUDA runtime calls: us per step, calls per step\n");
+  for (size_t i = 0; i < rt.size() && i < 10; ++i)
+    std::printf("%10.1f %6.1f  %s\n", rt[i].second.ns / 1e3 / steps, static_cast<double>(rt[i].second.n) / steps,
+                rt[i].first.c_str());
 }
 
 }  // namespace
@@ -282,7 +311,7 @@ int main(int argc, char** argv) {
                              {"nvfp4 dequantized", [&] { return nvfp4_mlp(counts, dq, nullptr, nullptr); }, {}, {}},
                              // The forward GEMM of equal counts: the grouped GEMM, the other batched tile.
                              {"nvfp4 high_precision, grouped fwd", [&] { return with_tile(-1, counts, hp); }, {}, {}},
-                             {"nvfp4 high_precision, batched 128x256c2", [&] { return with_tile(1, counts, hp); }, {}, {}},
+                             {"nvfp4 high_precision, batched 256x128 c1x2", [&] { return with_tile(1, counts, hp); }, {}, {}},
                              {"bf16 skewed routing", [&] { return bf16_mlp(skewed_offs); }, {}, {}},
                              {"nvfp4 high_precision skewed", [&] { return nvfp4_mlp(skewed, hp, nullptr, nullptr); }, {}, {}}};
     auto stream = at::cuda::getCurrentCUDAStream().stream();
@@ -378,12 +407,12 @@ int main(int argc, char** argv) {
         {"fwd w13: at::_grouped_mm", [&] { at::_grouped_mm(xa, a13.transpose(1, 2), offs); }},
         {"fwd w13: CUTLASS grouped, alpha", tile(-1, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
         {"fwd w13: CUTLASS batched 256x128, alpha", tile(0, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
-        {"fwd w13: CUTLASS batched 128x256c2, alpha", tile(1, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
+        {"fwd w13: CUTLASS batched 256x128c12, alpha", tile(1, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
         {"fwd w2: at::bmm", [&] { at::bmm(h.view({E, T / E, I}), a2.transpose(1, 2)); }},
         {"fwd w2: at::_grouped_mm", [&] { at::_grouped_mm(h, a2.transpose(1, 2), offs); }},
         {"fwd w2: CUTLASS grouped, alpha", tile(-1, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
         {"fwd w2: CUTLASS batched 256x128, alpha", tile(0, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
-        {"fwd w2: CUTLASS batched 128x256c2, alpha", tile(1, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
+        {"fwd w2: CUTLASS batched 256x128c12, alpha", tile(1, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
         {"bwd dX w13: at::bmm", [&] { at::bmm(dy13.view({E, T / E, 2 * I}), a13); }},
         {"bwd dX w13: at::_grouped_mm", [&] { at::_grouped_mm(dy13, a13, offs); }},
         {"bwd dW w13: at::bmm", [&] { at::bmm(dy13.view({E, T / E, 2 * I}).transpose(1, 2), xa.view({E, T / E, H})); }},

@@ -97,14 +97,14 @@ struct Config {
 };
 
 using Tile0 = Config<Shape<_256, _128, _64>, Shape<_1, _1, _1>>;
-using Tile1 = Config<Shape<_128, _256, _64>, Shape<_2, _1, _1>>;
+using Tile1 = Config<Shape<_256, _128, _64>, Shape<_1, _2, _1>>;
 
 }  // namespace
 
 const char* batched_tile_name(BatchedTile t) {
   switch (t) {
     case BatchedTile::k256x128: return "256x128x64 cooperative";
-    case BatchedTile::k128x256c2: return "128x256x64 cooperative, cluster 2x1";
+    case BatchedTile::k256x128c12: return "256x128x64 cooperative, cluster 1x2";
     default: return "?";
   }
 }
@@ -112,7 +112,7 @@ const char* batched_tile_name(BatchedTile t) {
 size_t batched_workspace_bytes(int B, int M, int N, int K, int sm_count, BatchedTile tile) {
   switch (tile) {
     case BatchedTile::k256x128: return Tile0::workspace(B, M, N, K, sm_count);
-    case BatchedTile::k128x256c2: return Tile1::workspace(B, M, N, K, sm_count);
+    case BatchedTile::k256x128c12: return Tile1::workspace(B, M, N, K, sm_count);
     default: FP4QAT_CHECK(false, "batched GEMM: unknown tile configuration ", static_cast<int>(tile));
   }
   return 0;
@@ -122,7 +122,7 @@ bool batched_gemm_bf16(const void* x, const void* w, void* y, const float* alpha
                        void* ws, size_t ws_bytes, int sm_count, BatchedTile tile, cudaStream_t stream) {
   switch (tile) {
     case BatchedTile::k256x128: return Tile0::run(x, w, y, alpha, B, M, N, K, ws, ws_bytes, sm_count, stream);
-    case BatchedTile::k128x256c2: return Tile1::run(x, w, y, alpha, B, M, N, K, ws, ws_bytes, sm_count, stream);
+    case BatchedTile::k256x128c12: return Tile1::run(x, w, y, alpha, B, M, N, K, ws, ws_bytes, sm_count, stream);
     default: FP4QAT_CHECK(false, "batched GEMM: unknown tile configuration ", static_cast<int>(tile));
   }
   return false;

@@ -17,7 +17,7 @@ namespace fp4qat::cuda_kernels::sm90 {
 // Tile configurations compiled in (the benchmark compares them; the default is the first).
 enum class BatchedTile : int {
   k256x128 = 0,        // cooperative, 256x128x64 tile, no cluster (the grouped GEMM's)
-  k128x256c2 = 1,      // cooperative, 128x256x64 tile, 2x1x1 cluster
+  k256x128c12 = 1,     // cooperative, 256x128x64 tile, 1x2x1 cluster (cuBLAS's choice for these bmm shapes)
   kCount = 2,
 };
 const char* batched_tile_name(BatchedTile t);
