@@ -194,8 +194,9 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
     // The emulated NVFP4 GEMM for all experts: bf16 operands, fp32 accumulation and output,
     // alpha[e] = S_dec_x[e] * S_dec_w[e] applied once in fp32, one rounding to x's dtype, and
     // the real rows gathered, in one pass over the fp32 result (kernels/gemm/scaled_bmm.h).
-    // On Hopper with bf16, one CUTLASS grouped GEMM applies alpha in its epilogue and writes the
-    // real rows only; elsewhere the batched GEMM and the fused epilogue pass.
+    // On Hopper with bf16, one CUTLASS GEMM applies alpha in its epilogue and writes the real
+    // rows only (batched when every expert has Mmax rows, else grouped); elsewhere the batched
+    // cuBLAS GEMM and the fused epilogue pass.
     const at::Tensor alpha = s_dec_x * w_s_dec;  // [E]
     out.y = gemm::grouped_scaled_mm(xq, w_values, alpha, off, x.scalar_type());
     if (!out.y.defined()) out.y = gemm::scaled_bmm(xq, w_values, alpha, x.scalar_type(), idx).reshape({T, N});  // [T, N]

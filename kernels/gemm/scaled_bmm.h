@@ -24,8 +24,8 @@ at::Tensor scaled_bmm(const at::Tensor& a, const at::Tensor& w, const at::Tensor
 // off[e+1] - off[e] <= Mmax rows). Returns y [off[E], N] in `out` with
 //   y[off[e] + j, :] = to(out)( alpha[e] * (x[e, j, :] @ w[e]^T) ),
 // the same arithmetic as scaled_bmm(x, w, alpha, out, rows) — in one CUTLASS grouped GEMM with
-// alpha in its epilogue (kernels/gemm_sm90/grouped_gemm.h): no fp32 result in memory, no padding
-// rows computed. Returns an undefined tensor when that kernel does not apply (not compiled in,
+// alpha in its epilogue (kernels/gemm_sm90/grouped_gemm.h), or one batched GEMM when every
+// expert has the same row count (below): no fp32 result in memory, no padding rows computed. Returns an undefined tensor when that kernel does not apply (not compiled in,
 // not an sm_90 device, dtypes other than bf16, N or K not a multiple of 8, or switched off): the
 // caller then uses scaled_bmm.
 at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& alpha,
