@@ -241,6 +241,25 @@ int main(int argc, char** argv) {
       add("fake-quant 1d 8192x8192", 8192.0 * 8192, fq_b, same_bytes(g.values, c.values),
           [&] { fp4qat::nvfp4_fake_quantize(x, Blocks::k1D); });
     }
+    // The single tensor runs the fused two-pass kernel (one amax over 128 MB: more than the
+    // chip holds). Its knobs: threads:chunk elements (rows = chunk / K, one at least; 131072:
+    // 16 rows, as before session 8):L2 hint:unroll.
+    for (const char* cfg : {"256:32768:0:1", "256:8192:0:1", "256:16384:0:1", "256:65536:0:1", "256:131072:0:1",
+                            "512:32768:0:1", "512:131072:0:1", "256:32768:1:1", "256:32768:0:2"}) {
+      const std::vector<std::string> f = split_colons(cfg);
+      setenv("FP4QAT_NVFP4_KERNEL", "fused", 1);
+      setenv("FP4QAT_NVFP4_THREADS", f[0].c_str(), 1);
+      setenv("FP4QAT_NVFP4_CHUNK_ELEMS", f[1].c_str(), 1);
+      setenv("FP4QAT_NVFP4_L2HINT", f[2].c_str(), 1);
+      setenv("FP4QAT_NVFP4_UNROLL", f[3].c_str(), 1);
+      const auto g = fp4qat::nvfp4_quantize(x, Blocks::k1D);
+      const auto c = fp4qat::nvfp4_quantize(xc, Blocks::k1D);
+      const bool ok = same_bytes(g.codes, c.codes) && same_bytes(g.scales, c.scales) && same_bytes(g.s_dec, c.s_dec);
+      add(std::string("nvfp4 1d 8192x8192 fused ") + cfg, 8192.0 * 8192, nv_b, ok, [&] { fp4qat::nvfp4_quantize(x, Blocks::k1D); });
+      for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_CHUNK_ELEMS", "FP4QAT_NVFP4_L2HINT",
+                            "FP4QAT_NVFP4_UNROLL"})
+        unsetenv(v);
+    }
   }
 
   // One Qwen3-30B-A3B MoE layer: 128 experts, gate+up fused [128, 2*768, 2048] (one amax per

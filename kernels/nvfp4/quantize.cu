@@ -1084,7 +1084,12 @@ void launch_fused_t(const Nvfp4Args& a, cudaStream_t stream) {
   const int64_t want_per_sm = env_int("FP4QAT_NVFP4_CTAS_PER_SM", per_sm);
   const int64_t resident = std::max<int64_t>(1, std::min<int64_t>(per_sm, want_per_sm)) * num_sms();
   const int64_t chunk_elems = std::max<int64_t>(256, env_int("FP4QAT_NVFP4_CHUNK_ELEMS", 32768));
-  const int64_t R = 16 * std::max<int64_t>(1, chunk_elems / (16 * a.K));
+  // Rows per chunk: about chunk_elems elements; 2D: a multiple of 16 (whole 16x16 tiles). 1D: a
+  // multiple of 16 where a chunk holds 16 rows or more, else fewer rows (down to one) — so that a
+  // single wide tensor (K = 8192: 16 rows are 131072 elements) still makes several items a CTA
+  // instead of one A item per CTA while the CTAs holding Q items wait idle.
+  const int64_t rows = std::max<int64_t>(1, chunk_elems / a.K);
+  const int64_t R = kTwoD || rows >= 16 ? 16 * std::max<int64_t>(1, chunk_elems / (16 * a.K)) : rows;
   Schedule s;
   s.E = a.E;
   s.C = std::max<int64_t>(1, (a.N + R - 1) / R);
