@@ -1099,8 +1099,10 @@ void launch_fused_t(const Nvfp4Args& a, cudaStream_t stream) {
   const int64_t expert_bytes = std::max<int64_t>(1, a.N * a.K * (T == InType::F32 ? 4 : 2));
   s.L = std::min<int64_t>(a.E, std::max<int64_t>(1, env_int("FP4QAT_NVFP4_LAG_BYTES", 12ll << 20) / expert_bytes));
   const Workspace w = clear_workspace(a.workspace, a.E, stream);
-  // All CTAs must be resident at once (Q items spin on A items): never exceed occupancy.
-  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(s.total(), resident));
+  // All CTAs must be resident at once (Q items spin on A items): never exceed occupancy. At most
+  // half as many CTAs as items: with one item a CTA (a single wide tensor in 2D, whose chunks are
+  // 16 rows), half the CTAs would hold Q items idle through the whole amax pass.
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>((s.total() + 1) / 2, resident));
   kernel<<<static_cast<unsigned>(grid), kTh, 0, stream>>>(a, s, R, w.amax_bits, w.counter, w.ticket);
   FP4QAT_CUDA_CHECK(cudaGetLastError());
   g_last_kernel = "fused";
