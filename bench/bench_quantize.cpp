@@ -299,6 +299,19 @@ int main(int argc, char** argv) {
       });
       unsetenv("FP4QAT_NVFP4_KERNEL");
     }
+    // 2D fake quant (the QAT forward's weights with weight_blocks: 2d): the default (staged, one
+    // read) and the fused two-pass kernel.
+    for (const char* variant : {"default", "fused"}) {
+      if (std::string(variant) != "default") setenv("FP4QAT_NVFP4_KERNEL", variant, 1);
+      const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; },
+                                    [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; },
+                                    same_bytes);
+      add(std::string("fake-quant 2d MoE layer [") + variant + "]", double(layer_elems), fq_b, ok, [&] {
+        fp4qat::nvfp4_fake_quantize(w13, Blocks::k2D);
+        fp4qat::nvfp4_fake_quantize(w2, Blocks::k2D);
+      });
+      unsetenv("FP4QAT_NVFP4_KERNEL");
+    }
     // A given amax (a gated pair's shared amax; weights whose amax is known): one streaming pass,
     // by the default (the fused kernel) and by staged2.
     {

@@ -461,10 +461,24 @@ bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
   auto kernel = nvfp4_staged_kernel<T, kTwoD>;
   const int64_t resident = resident_ctas(kernel, kThreads, smem);
   if (resident < 1 || G > resident) return false;  // the deadlock-freedom condition
+  // A cooperative launch: the deadlock-freedom condition counts on all CTAs being resident, also
+  // when another kernel (a quantization on a side stream) shares the device; not while a graph is
+  // being captured (its replays guarantee no co-residency): then the caller falls back.
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  FP4QAT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+  if (capturing != cudaStreamCaptureStatusNone) return false;
   const Workspace w = clear_workspace(a.workspace, a.E, stream);
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(a.E * G, resident));
-  kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(a, R, G, w.amax_bits, w.counter, w.ticket);
-  FP4QAT_CUDA_CHECK(cudaGetLastError());
+  int64_t r = R, g = G;
+  void* args[] = {const_cast<Nvfp4Args*>(&a), &r, &g, const_cast<uint32_t**>(&w.amax_bits), const_cast<int**>(&w.counter),
+                  const_cast<unsigned long long**>(&w.ticket)};
+  const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
+                                                      dim3(static_cast<unsigned>(grid)), dim3(kThreads), args, smem, stream);
+  if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
+    (void)cudaGetLastError();  // fewer SMs than the device reports (e.g. shared under MPS): fall back
+    return false;
+  }
+  FP4QAT_CUDA_CHECK(err);
   g_last_kernel = "staged";
   return true;
 }
@@ -1283,14 +1297,17 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
   FP4QAT_CHECK(a.s_dec && a.workspace, "nvfp4_quantize (CUDA): s_dec and workspace are required");
   if (a.E == 0) return;
   // Default: with the amax computed here, the multi-buffered one-read kernel (staged2) where it
-  // applies (sm_90+, 1D blocks, 16-byte aligned rows, not while capturing a graph), else the fused
-  // two-pass kernel; with a given amax the fused kernel's single streaming pass (as fast as
-  // staged2's for packed outputs, faster with fake values: bench/RESULTS.md, H100).
+  // applies (sm_90+, 1D blocks, 16-byte aligned rows, not while capturing a graph); 2D blocks: the
+  // one-read staged kernel where it applies (its slices fit in shared memory, sm_90+, not while
+  // capturing: 0.94–0.97 ms against the fused kernel's 1.00–1.03 for the MoE layer, H100); else
+  // the fused two-pass kernel; with a given amax the fused kernel's single streaming pass (as fast
+  // as staged2's for packed outputs, faster with fake values: bench/RESULTS.md, H100).
   // FP4QAT_NVFP4_KERNEL=fused|staged|staged2|park picks one (benchmarks and tests; a variant that
   // does not apply falls back to fused).
   const std::string forced = forced_kernel();
-  const bool try_staged = forced == "staged";
   const bool try_staged2 = forced.empty() ? a.given_amax == nullptr : forced == "staged2" || forced == "park";
+  const bool try_staged =
+      forced == "staged" || (forced.empty() && a.two_d && a.given_amax == nullptr && staged2_available(stream));
 #define FP4QAT_DISPATCH(TY)                                                    \
   if (a.type == TY) {                                                           \
     if (try_staged2 && launch_staged2_uniform<TY>(a, stream)) return;                   \

@@ -249,27 +249,34 @@ TEST(GpuQuantize, QuantizeNeverSynchronisesTheHost) {
 // CTAs that the other keeps off the device. Repeated, all results equal the reference.
 TEST(GpuQuantize, ConcurrentQuantizationsOnTwoStreams) {
   FP4QAT_REQUIRE_GPU();
-  const at::Tensor a = random_input({16, 768, 2048}, at::kBFloat16, 11).cuda();
-  const at::Tensor b = random_input({64, 256, 768}, at::kBFloat16, 12).cuda();
-  const auto want_a = fp4qat::nvfp4_quantize(a.cpu(), Blocks::k1D), want_b = fp4qat::nvfp4_quantize(b.cpu(), Blocks::k1D);
-  const c10::cuda::CUDAStream s1 = c10::cuda::getStreamFromPool(), s2 = c10::cuda::getStreamFromPool();
-  std::vector<fp4qat::NVFP4Tensor> qa, qb;
-  for (int i = 0; i < 8; ++i) {
-    {
-      c10::cuda::CUDAStreamGuard g(s1);
-      qa.push_back(fp4qat::nvfp4_quantize(a, Blocks::k1D));
+  // 1D (staged2 on sm_90) and 2D (staged on sm_90): one-read kernels whose CTAs wait for each
+  // other, launched cooperatively, so two of them on two streams cannot starve each other.
+  for (auto blocks : {Blocks::k1D, Blocks::k2D}) {
+    SCOPED_TRACE(fp4qat::to_string(blocks));
+    const at::Tensor a = random_input({16, 768, 2048}, at::kBFloat16, 11).cuda();
+    const at::Tensor b = random_input({64, 256, 768}, at::kBFloat16, 12).cuda();
+    const auto want_a = fp4qat::nvfp4_quantize(a.cpu(), blocks), want_b = fp4qat::nvfp4_quantize(b.cpu(), blocks);
+    const c10::cuda::CUDAStream s1 = c10::cuda::getStreamFromPool(), s2 = c10::cuda::getStreamFromPool();
+    std::vector<fp4qat::NVFP4Tensor> qa, qb;
+    for (int i = 0; i < 8; ++i) {
+      {
+        c10::cuda::CUDAStreamGuard g(s1);
+        qa.push_back(fp4qat::nvfp4_quantize(a, blocks));
+      }
+      if (blocks == Blocks::k2D && at::cuda::getCurrentDeviceProperties()->major == 9)
+        EXPECT_STREQ(ck::nvfp4_last_kernel(), "staged");  // the 2D default this test is about
+      {
+        c10::cuda::CUDAStreamGuard g(s2);
+        qb.push_back(fp4qat::nvfp4_quantize(b, blocks));
+      }
     }
-    {
-      c10::cuda::CUDAStreamGuard g(s2);
-      qb.push_back(fp4qat::nvfp4_quantize(b, Blocks::k1D));
+    FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
+    for (int i = 0; i < 8; ++i) {
+      EXPECT_TRUE(bytes_equal(qa[i].codes, want_a.codes));
+      EXPECT_TRUE(bytes_equal(qa[i].scales, want_a.scales));
+      EXPECT_TRUE(bytes_equal(qb[i].codes, want_b.codes));
+      EXPECT_TRUE(bytes_equal(qb[i].s_dec, want_b.s_dec));
     }
-  }
-  FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
-  for (int i = 0; i < 8; ++i) {
-    EXPECT_TRUE(bytes_equal(qa[i].codes, want_a.codes));
-    EXPECT_TRUE(bytes_equal(qa[i].scales, want_a.scales));
-    EXPECT_TRUE(bytes_equal(qb[i].codes, want_b.codes));
-    EXPECT_TRUE(bytes_equal(qb[i].s_dec, want_b.s_dec));
   }
 }
 
