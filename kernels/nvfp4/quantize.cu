@@ -447,6 +447,25 @@ __global__ void __launch_bounds__(kThreads) nvfp4_staged_kernel(Nvfp4Args a, int
   }
 }
 
+// A cooperative launch of a kernel whose CTAs wait for each other: all CTAs are resident
+// together, also when another kernel (a quantization on a side stream) shares the device. Returns
+// false, launching nothing, where that cannot be had: while a graph is being captured (its replays
+// guarantee no co-residency), or when the device refuses (fewer SMs than it reports, e.g. under
+// MPS); the caller then falls back. Other errors throw.
+bool launch_cooperative(const void* kernel, int64_t grid, int threads, void** args, size_t smem, cudaStream_t stream) {
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  FP4QAT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+  if (capturing != cudaStreamCaptureStatusNone) return false;
+  const cudaError_t err =
+      cudaLaunchCooperativeKernel(kernel, dim3(static_cast<unsigned>(grid)), dim3(threads), args, smem, stream);
+  if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  FP4QAT_CUDA_CHECK(err);
+  return true;
+}
+
 // Launches the one-read kernel if its conditions hold; returns false to fall back.
 template <InType T, bool kTwoD>
 bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
@@ -461,24 +480,13 @@ bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
   auto kernel = nvfp4_staged_kernel<T, kTwoD>;
   const int64_t resident = resident_ctas(kernel, kThreads, smem);
   if (resident < 1 || G > resident) return false;  // the deadlock-freedom condition
-  // A cooperative launch: the deadlock-freedom condition counts on all CTAs being resident, also
-  // when another kernel (a quantization on a side stream) shares the device; not while a graph is
-  // being captured (its replays guarantee no co-residency): then the caller falls back.
-  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-  FP4QAT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
-  if (capturing != cudaStreamCaptureStatusNone) return false;
+  // Cooperative: the deadlock-freedom condition counts on all CTAs being resident.
   const Workspace w = clear_workspace(a.workspace, a.E, stream);
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(a.E * G, resident));
   int64_t r = R, g = G;
   void* args[] = {const_cast<Nvfp4Args*>(&a), &r, &g, const_cast<uint32_t**>(&w.amax_bits), const_cast<int**>(&w.counter),
                   const_cast<unsigned long long**>(&w.ticket)};
-  const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
-                                                      dim3(static_cast<unsigned>(grid)), dim3(kThreads), args, smem, stream);
-  if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
-    (void)cudaGetLastError();  // fewer SMs than the device reports (e.g. shared under MPS): fall back
-    return false;
-  }
-  FP4QAT_CUDA_CHECK(err);
+  if (!launch_cooperative(reinterpret_cast<const void*>(kernel), grid, kThreads, args, smem, stream)) return false;
   g_last_kernel = "staged";
   return true;
 }
@@ -875,19 +883,11 @@ bool launch_one_read(Kernel kernel, int threads, int shared_slots, int ring, con
   Slices slt = sl;
   slt.trace = g_trace;
   slt.trace_items = g_trace_items;
-  // A cooperative launch: all CTAs are resident together (the deadlock-freedom condition counts
-  // on it), also when another kernel, e.g. a quantization on a side stream, shares the device.
+  // Cooperative: the deadlock-freedom condition counts on all CTAs being resident.
   void* args[] = {const_cast<Nvfp4Args*>(&a), &slt, const_cast<int64_t*>(&data_bytes),
                   const_cast<int64_t*>(&slot_stride), const_cast<uint32_t**>(&w.amax_bits), const_cast<int**>(&w.counter),
                   const_cast<unsigned long long**>(&w.ticket)};
-  const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
-                                                      dim3(static_cast<unsigned>(grid)), dim3(threads), args, smem, stream);
-  if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
-    (void)cudaGetLastError();  // fewer SMs than the device reports (e.g. shared under MPS): fall back
-    return false;
-  }
-  FP4QAT_CUDA_CHECK(err);
-  return true;
+  return launch_cooperative(reinterpret_cast<const void*>(kernel), grid, threads, args, smem, stream);
 }
 
 template <InType T, int kTh, int kSlots>
