@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nvfp4_quant import nvfp4_quantize  # noqa: E402
+from nvfp4_quant import median_ms, nvfp4_quantize  # noqa: E402
 
 E, topk, H, I, tokens = 128, 8, 2048, 768, 16384
 T = tokens * topk
@@ -68,22 +68,6 @@ def fake_quant_mlp(x, w13, w2, offs):
     h = FakeQuantGroupedLinear.apply(x, w13, offs)
     g, u = h.chunk(2, 1)
     return FakeQuantGroupedLinear.apply(F.silu(g) * u, w2, offs)
-
-
-def median_ms(step, reps, warmup):
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        step()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 def main():
