@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <map>
 
+#include <unistd.h>
+
 #include "kernels/common/check.h"
 #include "qat/fsutil.h"
 #include "qat/json.h"
@@ -96,7 +98,80 @@ at::Tensor LinearPolicy::grouped(const std::string& name, const at::Tensor& x, c
 }
 
 // ---- model ----------------------------------------------------------------------------------
+namespace {
+// a * b, or a clear error naming what is being counted when it does not fit int64.
+int64_t mul(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  FP4QAT_CHECK(!__builtin_mul_overflow(a, b, &r), "model shape: the ", what, " overflow a 64-bit parameter count");
+  return r;
+}
+int64_t add_count(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  FP4QAT_CHECK(!__builtin_add_overflow(a, b, &r), "model shape: the ", what, " overflow a 64-bit parameter count");
+  return r;
+}
+}  // namespace
+
+ParameterCount parameter_count(const config::ModelConfig& c) {
+  const std::pair<const char*, int64_t> positive[] = {
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.hidden_size},
+      {"num_hidden_layers", c.num_hidden_layers},
+      {"num_attention_heads", c.num_attention_heads},
+      {"num_key_value_heads", c.num_key_value_heads},
+      {"head_dim", c.head_dim},
+      {"decoder_sparse_step", c.decoder_sparse_step}};
+  for (const auto& [k, v] : positive) FP4QAT_CHECK(v > 0, "model shape: ", k, " must be > 0, got ", v);
+  FP4QAT_CHECK(c.num_experts >= 0, "model shape: num_experts must be >= 0, got ", c.num_experts);
+  const int64_t H = c.hidden_size, hd = c.head_dim;
+  int64_t moe_layers = 0;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const bool dense = std::find(c.mlp_only_layers.begin(), c.mlp_only_layers.end(), i) != c.mlp_only_layers.end();
+    if (!dense && c.num_experts > 0 && (i + 1) % c.decoder_sparse_step == 0) ++moe_layers;
+  }
+  const int64_t dense_layers = c.num_hidden_layers - moe_layers;
+  FP4QAT_CHECK(moe_layers == 0 || c.moe_intermediate_size > 0, "model shape: moe_intermediate_size must be > 0, got ",
+               c.moe_intermediate_size);
+  FP4QAT_CHECK(dense_layers == 0 || c.intermediate_size > 0, "model shape: intermediate_size must be > 0 (",
+               dense_layers, " dense layers), got ", c.intermediate_size);
+  ParameterCount pc;
+  // Per layer: q, o [nH*hd, H]; k, v [nKV*hd, H]; three norms.
+  const int64_t heads = add_count(c.num_attention_heads, c.num_key_value_heads, "attention heads");
+  const int64_t attn = add_count(mul(mul(mul(2, heads, "attention projections"), hd, "attention projections"), H,
+                                     "attention projections"),
+                                 add_count(mul(2, H, "norms"), mul(2, hd, "norms"), "norms"), "attention projections");
+  // Experts: gate_up [E, 2I, H] + down [E, H, I]; router [E, H].
+  const char* what = "experts (num_experts x 3 x moe_intermediate_size x hidden_size)";
+  const int64_t expert =
+      moe_layers ? mul(mul(mul(3, c.moe_intermediate_size, what), H, what), c.num_experts, what) : 0;
+  pc.experts = mul(expert, moe_layers, "experts of all MoE layers");
+  const int64_t moe_rest = mul(c.num_experts, H, "routers (num_experts x hidden_size)");
+  what = "dense MLPs (3 x intermediate_size x hidden_size)";
+  const int64_t dense_mlp = dense_layers ? mul(mul(3, c.intermediate_size, what), H, what) : 0;
+  const int64_t embed = mul(mul(c.vocab_size, H, "embeddings (vocab_size x hidden_size)"),
+                            c.tie_word_embeddings ? 1 : 2, "embeddings and head");
+  int64_t t = add_count(embed, H, "embeddings and head");
+  t = add_count(t, mul(attn, c.num_hidden_layers, "attention of all layers"), "parameters");
+  t = add_count(t, pc.experts, "parameters");
+  t = add_count(t, mul(moe_rest, moe_layers, "routers of all MoE layers"), "parameters");
+  pc.total = add_count(t, mul(dense_mlp, dense_layers, "dense MLPs of all layers"), "parameters");
+  return pc;
+}
+
+int64_t host_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
+}
+
 Qwen3Moe::Qwen3Moe(const config::ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  // The fp32 masters are built here, on the host: refuse a shape that cannot fit before allocating.
+  const ParameterCount pc = parameter_count(cfg);
+  const int64_t ram = host_memory_bytes();
+  const auto gib = [](int64_t n) { return static_cast<int64_t>(static_cast<double>(n) / (1ll << 30)); };
+  FP4QAT_CHECK(ram == 0 || pc.total <= ram / 4, "model shape: ", pc.total, " parameters (", gib(pc.total) * 4,
+               " GiB as fp32 masters, of which the experts ", gib(pc.experts) * 4, " GiB) exceed this machine's memory (",
+               gib(ram), " GiB); check model.num_experts, model.moe_intermediate_size, ",
+               "model.hidden_size, model.vocab_size and model.num_hidden_layers");
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   const int64_t H = cfg.hidden_size, hd = cfg.head_dim, nH = cfg.num_attention_heads, nKV = cfg.num_key_value_heads;
   add("model.embed_tokens.weight", {cfg.vocab_size, H}, false, gen);
@@ -456,8 +531,16 @@ std::string hf_config_json(const config::ModelConfig& m) {
   return j.dump(2) + "\n";
 }
 
+Qwen3Moe model_of_folder(const std::string& dir, const config::ModelConfig& cfg) {
+  try {
+    return Qwen3Moe(cfg, 0);  // refuses a shape that cannot be built, before allocating
+  } catch (const Error& e) {
+    FP4QAT_FAIL(dir, "/config.json: ", e.what());
+  }
+}
+
 Qwen3Moe load_hf_folder(const std::string& dir) {
-  Qwen3Moe model(read_hf_config(dir), 0);
+  Qwen3Moe model = model_of_folder(dir, read_hf_config(dir));
   const std::map<std::string, std::string> where = st::folder_tensor_files(dir);  // tensor -> shard file
   const auto expected = model.hf_names();
   for (const auto& [name, file] : where) {

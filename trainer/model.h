@@ -107,10 +107,25 @@ class Qwen3Moe {
   int64_t expert_offset_ = 0;
 };
 
+// Parameter counts of a model shape, checked before anything is allocated: every dimension must
+// be positive (num_experts may be 0: dense) and the counts must fit int64; otherwise throws,
+// naming the field. `experts` counts the stacked expert tensors (sharded under expert
+// parallelism), `total` everything.
+struct ParameterCount {
+  int64_t total = 0;
+  int64_t experts = 0;
+};
+ParameterCount parameter_count(const config::ModelConfig& cfg);
+// Physical memory of this machine in bytes (0 when unknown).
+int64_t host_memory_bytes();
+
 // Hugging Face folders: config.json + model.safetensors or sharded model-*.safetensors with
 // model.safetensors.index.json.
 config::ModelConfig read_hf_config(const std::string& dir);
 Qwen3Moe load_hf_folder(const std::string& dir);
+// A model of shape `cfg` (read from `dir`/config.json), randomly initialised, for a loader to
+// fill; an impossible shape fails naming that config.json.
+Qwen3Moe model_of_folder(const std::string& dir, const config::ModelConfig& cfg);
 // Writes BF16 shards, index.json and config.json into a new folder `dir` (built beside it and
 // renamed into place; refuses an existing `dir`).
 void save_hf_folder(const Qwen3Moe& model, const std::string& dir, int64_t max_shard_bytes = 2ll << 30);

@@ -94,7 +94,7 @@ Loaded load(const std::string& dir, const at::Device& device) {
   auto quantized = [&](const std::string& m) {
     return out.format == Format::kNVFP4 ? has(m + ".weight_scale") : (out.format == Format::kMXFP8 && has(m + ".weight_scale_inv"));
   };
-  out.model = std::make_unique<model::Qwen3Moe>(cfg, 0);
+  out.model = std::make_unique<model::Qwen3Moe>(model::model_of_folder(dir, cfg));
   std::map<std::string, ServingPolicy::Weight> weights;
   for (const auto& g : out.model->hf_groups()) {
     std::vector<std::string> mods;

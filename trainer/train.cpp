@@ -1,6 +1,7 @@
 // trainer/train.cpp — see train.h.
 #include "trainer/train.h"
 
+#include <ATen/DeviceAccelerator.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -245,6 +246,30 @@ double exact_match(const model::Qwen3Moe& m, const config::Config& cfg, int64_t 
   return static_cast<double>(right) / static_cast<double>(std::max<int64_t>(n, 1));
 }
 
+namespace {
+// Training keeps, per parameter held on this rank, an fp32 master, its gradient and two AdamW
+// moments on the device: 16 bytes before any activation. A shape that cannot fit that is refused
+// here, before the model is built, naming the keys to change.
+void check_training_memory(const config::ModelConfig& mc, const at::Device& dev, int64_t ep) {
+  const model::ParameterCount pc = model::parameter_count(mc);
+  const int64_t here = pc.total - pc.experts + pc.experts / std::max<int64_t>(ep, 1);
+  const double need = static_cast<double>(here) * 16;
+  const int64_t have = dev.is_cuda() ? static_cast<int64_t>(at::accelerator::getMemoryInfo(dev.index()).second)
+                                     : model::host_memory_bytes();
+  const auto gib = [](double bytes) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.1f GiB", bytes / static_cast<double>(1ll << 30));
+    return std::string(b);
+  };
+  FP4QAT_CHECK(have == 0 || need <= static_cast<double>(have), "model shape: ", here, " parameters on this rank need ",
+               gib(need), " on ", dev.str(), " for training (fp32 masters, gradients and AdamW moments, 16 bytes ",
+               "each, before activations) but it has ", gib(static_cast<double>(have)), "; the experts are ",
+               gib(static_cast<double>(pc.experts) * 16 / std::max<int64_t>(ep, 1)), " of it. Use a smaller ",
+               "shape (model.num_experts, model.moe_intermediate_size, model.hidden_size, model.num_hidden_layers) ",
+               "or shard the experts over more GPUs (parallel.ep)");
+}
+}  // namespace
+
 Result run(const config::Config& cfg, const Options& opt) {
   config::validate(cfg);
   const bool synthetic = cfg.data.kind == "synthetic";
@@ -272,6 +297,8 @@ Result run(const config::Config& cfg, const Options& opt) {
   }
   const std::unique_ptr<dist::Topology> topo = dist::make_topology(*pg, cfg.parallel.dp, cfg.parallel.ep);
   const int W = pg->world_size();
+  check_training_memory(cfg.train.init_from.empty() ? cfg.model : model::read_hf_config(cfg.train.init_from), dev,
+                        topo->ep_size);
   const at::ScalarType dt = compute_dtype(cfg, dev);
   const bool tty = ::isatty(STDOUT_FILENO) != 0;
   model::Qwen3Moe model = cfg.train.init_from.empty() ? model::Qwen3Moe(cfg.model, cfg.train.seed)

@@ -105,3 +105,60 @@ TEST(Model, LoadRejectsMissingAndUnexpectedTensors) {
     EXPECT_NE(std::string(e.what()).find("experts.99"), std::string::npos) << e.what();
   }
 }
+
+namespace {
+// The message of the fp4qat::Error `f` throws ("" if it throws none).
+template <typename F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const fp4qat::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(Model, ParameterCountIsWhatTheModelAllocates) {
+  std::vector<fp4qat::config::ModelConfig> shapes(4);  // the tiny defaults, then variations
+  shapes[1].tie_word_embeddings = true;
+  shapes[1].mlp_only_layers = {0};
+  shapes[2].num_hidden_layers = 4;
+  shapes[2].decoder_sparse_step = 2;  // layers 1 and 3 are MoE
+  shapes[3].num_experts = 0;          // dense
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    fp4qat::model::Qwen3Moe m(shapes[i], 1);
+    int64_t total = 0, experts = 0;
+    for (const auto& [name, p] : m.params()) {
+      total += p.numel();
+      if (name.find(".mlp.experts.") != std::string::npos) experts += p.numel();
+    }
+    const auto pc = fp4qat::model::parameter_count(shapes[i]);
+    EXPECT_EQ(pc.total, total) << "shape " << i;
+    EXPECT_EQ(pc.experts, experts) << "shape " << i;
+  }
+}
+
+TEST(Model, ImpossibleShapesAreRefusedBeforeAnyAllocation) {
+  fp4qat::config::ModelConfig c;
+  c.num_experts = int64_t{1} << 50;  // 2^50 x 3 x 64 x 128 overflows int64
+  std::string e = error_of([&] { fp4qat::model::Qwen3Moe m(c, 1); });
+  EXPECT_NE(e.find("experts (num_experts x 3 x moe_intermediate_size x hidden_size) overflow"), std::string::npos) << e;
+  c.num_experts = int64_t{1} << 30;  // 2.6e13 parameters: fits int64, not any machine
+  e = error_of([&] { fp4qat::model::Qwen3Moe m(c, 1); });
+  EXPECT_NE(e.find("exceed this machine's memory"), std::string::npos) << e;
+  EXPECT_NE(e.find("model.num_experts"), std::string::npos) << e;
+  c = fp4qat::config::ModelConfig{};
+  c.head_dim = -4;
+  e = error_of([&] { fp4qat::model::Qwen3Moe m(c, 1); });
+  EXPECT_NE(e.find("head_dim must be > 0, got -4"), std::string::npos) << e;
+  // A Hugging Face folder whose config.json asks for too much: the error names the file.
+  TempDir d;
+  fp4qat::fs::make_dir(d.file("huge"));
+  c = fp4qat::config::ModelConfig{};
+  c.num_experts = int64_t{1} << 50;
+  fp4qat::test::write_bytes(d.file("huge/config.json"), fp4qat::model::hf_config_json(c));
+  e = error_of([&] { fp4qat::model::load_hf_folder(d.file("huge")); });
+  EXPECT_NE(e.find(d.file("huge") + "/config.json: "), std::string::npos) << e;
+  EXPECT_NE(e.find("overflow"), std::string::npos) << e;
+}

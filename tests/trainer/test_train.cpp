@@ -110,6 +110,13 @@ TEST(CliTrain, DumpConfigAndBadKeys) {
   r = fp4qat::test::run_fp4qat({"train", "--recipe", d.file("nope.yaml")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("nope.yaml"), std::string::npos) << r.err;
+  // A shape no machine holds is refused before anything is allocated or written.
+  r = fp4qat::test::run_fp4qat({"train", "--recipe", d.file("r.yaml"), "--set", "model.num_experts=67108864", "--set",
+                                "train.out_dir=" + d.file("huge"), "--set", "train.device=cpu"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("for training (fp32 masters, gradients and AdamW moments"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("model.num_experts"), std::string::npos) << r.err;
+  EXPECT_FALSE(fp4qat::fs::exists(d.file("huge")));
   // The shipped recipes resolve.
   for (std::string rec : {"default.yaml", "moe-100m-gpu.yaml"}) {
     r = fp4qat::test::run_fp4qat({"train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/" + rec, "--dump-config"});
