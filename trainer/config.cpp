@@ -286,6 +286,13 @@ void apply_set(Config& cfg, const std::string& assignment) {
   const Field* f = schema.find(key);
   FP4QAT_CHECK(f != nullptr, "--set: unknown key '", key, "'");
   f->set(load_yaml(value.empty() ? "''" : value, "--set " + key), "--set '" + key + "'");
+  if (key == "model_config") {
+    // The model shape file applies here, at its place among the --set overrides (a path relative
+    // to the working directory): it overrides the recipe's model values, a later --set model.* it.
+    FP4QAT_CHECK(!cfg.model_config.empty(), "--set 'model_config': expected a file name");
+    FP4QAT_CHECK(fs::exists(cfg.model_config), "--set 'model_config': file '", cfg.model_config, "' not found");
+    apply_map(schema, load_yaml(fs::read_text(cfg.model_config, 16u << 20), cfg.model_config), "model", cfg.model_config);
+  }
 }
 
 void validate(const Config& c) {

@@ -116,7 +116,8 @@ void apply_yaml_text(Config& cfg, const std::string& text, const std::string& so
 // Loads a recipe file: its `model_config:` file first (resolved against the recipe's folder),
 // then the recipe's own keys.
 void apply_recipe_file(Config& cfg, const std::string& path);
-// One `--set a.b=v` override (v parsed as a YAML scalar or flow sequence).
+// One `--set a.b=v` override (v parsed as a YAML scalar or flow sequence). `--set
+// model_config=FILE` applies that model shape file there (relative to the working directory).
 void apply_set(Config& cfg, const std::string& assignment);
 // Cross-field checks (e.g. heads divide, top-k <= experts); throws naming the keys.
 void validate(const Config& cfg);

@@ -41,6 +41,29 @@ TEST(Config, PrecedenceDefaultsModelFileRecipeSet) {
   EXPECT_NO_THROW(cfg::validate(c));
 }
 
+TEST(Config, SetModelConfigAppliesThatFileInOrder) {
+  TempDir d;
+  fp4qat::test::write_bytes(d.file("shape.yaml"), "hidden_size: 256\nnum_experts: 16\n");
+  fp4qat::test::write_bytes(d.file("r.yaml"), "model:\n  num_experts: 32\n  vocab_size: 1000\n");
+  cfg::Config c;
+  cfg::apply_recipe_file(c, d.file("r.yaml"));
+  cfg::apply_set(c, "model_config=" + d.file("shape.yaml"));
+  EXPECT_EQ(c.model.hidden_size, 256);  // from the file
+  EXPECT_EQ(c.model.num_experts, 16);   // the file, set after the recipe, beats it
+  EXPECT_EQ(c.model.vocab_size, 1000);  // the recipe's, where the file says nothing
+  cfg::apply_set(c, "model.num_experts=8");
+  EXPECT_EQ(c.model.num_experts, 8);  // a later --set beats the file
+  EXPECT_EQ(c.model_config, d.file("shape.yaml"));
+  EXPECT_THROW(cfg::apply_set(c, "model_config=" + d.file("nope.yaml")), fp4qat::Error);
+  fp4qat::test::write_bytes(d.file("bad.yaml"), "hidden_sise: 256\n");
+  try {
+    cfg::apply_set(c, "model_config=" + d.file("bad.yaml"));
+    FAIL() << "expected an error";
+  } catch (const fp4qat::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.hidden_sise"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Config, DumpRoundTrips) {
   cfg::Config c;
   cfg::apply_set(c, "model.mlp_only_layers=[0, 1]");

@@ -111,8 +111,10 @@ TEST(CliTrain, DumpConfigAndBadKeys) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("nope.yaml"), std::string::npos) << r.err;
   // A shape no machine holds is refused before anything is allocated or written.
-  r = fp4qat::test::run_fp4qat({"train", "--recipe", d.file("r.yaml"), "--set", "model.num_experts=67108864", "--set",
-                                "train.out_dir=" + d.file("huge"), "--set", "train.device=cpu"});
+  r = fp4qat::test::run_fp4qat({"train", "--recipe", d.file("r.yaml"), "--set",
+                                "model_config=" + std::string(FP4QAT_SOURCE_DIR) + "/configs/qwen3-30b-a3b.yaml",
+                                "--set", "model.num_experts=131072",  // ~30 trillion parameters
+                                "--set", "train.out_dir=" + d.file("huge"), "--set", "train.device=cpu"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("for training (fp32 masters, gradients and AdamW moments"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("model.num_experts"), std::string::npos) << r.err;
