@@ -1,6 +1,11 @@
 // trainer/cli_util.cpp — see cli_util.h.
 #include "trainer/cli_util.h"
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+
 #include "kernels/common/check.h"
 #include "qat/fsutil.h"
 #include "qat/json.h"
@@ -13,7 +18,8 @@ at::Device parse_device(const std::string& s, const std::string& what) {
   return (s == "cuda" || (s == "auto" && at::hasCUDA())) ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
 }
 
-std::vector<std::vector<int64_t>> read_token_jsonl(const std::string& path, int64_t vocab, size_t min_len) {
+std::vector<std::vector<int64_t>> read_token_jsonl(const std::string& path, int64_t vocab, size_t min_len,
+                                                   size_t max_len, const std::string& max_what) {
   const std::string text = fs::read_text(path, 1u << 30);
   std::vector<std::vector<int64_t>> out;
   size_t pos = 0, line_no = 0;
@@ -32,9 +38,38 @@ std::vector<std::vector<int64_t>> read_token_jsonl(const std::string& path, int6
       seq.push_back(id);
     }
     FP4QAT_CHECK(seq.size() >= min_len, where, ": a sequence needs at least ", min_len, " token(s)");
+    FP4QAT_CHECK(seq.size() <= max_len, where, ": ", seq.size(), " tokens, more than ", max_len, " (", max_what, ")");
     out.push_back(std::move(seq));
   }
   return out;
+}
+
+OutputFile::OutputFile(const std::string& path) : path_(path) {
+  if (path_.empty()) return;
+  tmp_ = fs::temp_name_beside(path_);
+  file_.open(tmp_, std::ios::binary | std::ios::trunc);
+  FP4QAT_CHECK(file_.good(), path_, ": cannot create (", tmp_, "): ", std::strerror(errno));
+}
+
+OutputFile::~OutputFile() {
+  if (!path_.empty() && !committed_) {
+    file_.close();
+    std::remove(tmp_.c_str());
+  }
+}
+
+std::ostream& OutputFile::stream() { return path_.empty() ? std::cout : file_; }
+
+void OutputFile::commit() {
+  std::ostream& os = stream();
+  os.flush();
+  FP4QAT_CHECK(os.good(), path_.empty() ? std::string("stdout") : path_, ": write failed");
+  if (path_.empty()) return;
+  file_.close();
+  FP4QAT_CHECK(!file_.fail(), path_, ": write failed (", tmp_, ")");
+  fs::fsync_path(tmp_);
+  fs::rename_atomic(tmp_, path_);
+  committed_ = true;
 }
 
 }  // namespace fp4qat::cli

@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <fstream>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -12,7 +14,27 @@ namespace fp4qat::cli {
 at::Device parse_device(const std::string& s, const std::string& what = "--device");
 
 // Token sequences of a JSONL file; blank lines skipped; each token in [0, vocab), each sequence
-// at least `min_len` long. Errors name file:line.
-std::vector<std::vector<int64_t>> read_token_jsonl(const std::string& path, int64_t vocab, size_t min_len);
+// `min_len` to `max_len` tokens long (`max_what` says where the maximum comes from). Errors name
+// file:line.
+std::vector<std::vector<int64_t>> read_token_jsonl(const std::string& path, int64_t vocab, size_t min_len,
+                                                   size_t max_len, const std::string& max_what);
+
+// Where a subcommand writes its JSONL: stdout, or `path` written under a temporary name beside
+// it and renamed into place by commit(), so no reader sees a half-written file: a failed or
+// killed run leaves an earlier file of that name as it was.
+class OutputFile {
+ public:
+  explicit OutputFile(const std::string& path);  // "" = stdout
+  ~OutputFile();                                 // removes the temporary file unless committed
+  OutputFile(const OutputFile&) = delete;
+  OutputFile& operator=(const OutputFile&) = delete;
+  std::ostream& stream();
+  void commit();  // flush and check the stream; for a file: fsync, rename into place
+
+ private:
+  std::string path_, tmp_;
+  std::ofstream file_;
+  bool committed_ = false;
+};
 
 }  // namespace fp4qat::cli

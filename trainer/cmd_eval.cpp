@@ -56,13 +56,11 @@ int cmd_eval(const Args& args) {
   json::Value summary = json::Value::object({{"model", model_dir}, {"format", rollout::to_string(m.format)}});
 
   if (!sequences.empty()) {
-    const auto seqs = read_token_jsonl(sequences, m.model->config().vocab_size, 2);
-    std::ofstream file;
-    if (!out.empty()) {
-      file.open(out, std::ios::trunc);
-      FP4QAT_CHECK(file.good(), out, ": cannot create");
-    }
-    std::ostream& os = out.empty() ? std::cout : file;
+    const auto seqs = read_token_jsonl(sequences, m.model->config().vocab_size, 2,
+                                       static_cast<size_t>(m.model->config().max_position_embeddings),
+                                       "the model's max_position_embeddings");
+    OutputFile file(out);
+    std::ostream& os = file.stream();
     for (const auto& s : seqs) {
       const at::Tensor ids = at::tensor(s, at::kLong).unsqueeze(0).to(dev);
       const at::Tensor lp = rollout::token_logprobs(*m.model, *m.policy, ids, dt)[0].to(at::kCPU).to(at::kDouble).contiguous();
@@ -71,7 +69,7 @@ int cmd_eval(const Args& args) {
       for (int64_t i = 0; i < lp.numel(); ++i) lps.push_back(lp.data_ptr<double>()[i]);
       os << json::Value::object({{"tokens", toks}, {"logprobs", lps}, {"sum", lp.sum().item<double>()}}).dump() << "\n";
     }
-    FP4QAT_CHECK(os.good(), out.empty() ? std::string("stdout") : out, ": write failed");
+    file.commit();
   }
   const int64_t V = m.model->config().vocab_size;
   if (batches > 0 || ref) {

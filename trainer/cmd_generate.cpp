@@ -7,6 +7,7 @@
 #include <boost/program_options.hpp>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -69,13 +70,14 @@ int cmd_generate(const Args& args) {
   const at::ScalarType dt = dev.is_cuda() ? at::kBFloat16 : at::kFloat;
   rollout::Loaded m = rollout::load(model_dir, dev);
   const int64_t V = m.model->config().vocab_size;
-  const auto ps = read_token_jsonl(prompts, V, 1);
-  std::ofstream file;
-  if (!out.empty()) {
-    file.open(out, std::ios::trunc);
-    FP4QAT_CHECK(file.good(), out, ": cannot create");
-  }
-  std::ostream& os = out.empty() ? std::cout : file;
+  // The KV cache holds the prompt and every generated token but the last.
+  const int64_t max_pos = m.model->config().max_position_embeddings, room = max_pos - std::max<int64_t>(max_new - 1, 0);
+  FP4QAT_CHECK(room >= 1, "--max-new-tokens ", max_new, " leaves no room for a prompt within the model's ",
+               "max_position_embeddings (", max_pos, ")");
+  const auto ps = read_token_jsonl(prompts, V, 1, static_cast<size_t>(room),
+                                   "max_position_embeddings " + std::to_string(max_pos) + " less --max-new-tokens - 1");
+  OutputFile file(out);
+  std::ostream& os = file.stream();
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   torch::NoGradGuard ng;
   for (const auto& p : ps) {
@@ -96,7 +98,7 @@ int cmd_generate(const Args& args) {
     for (int64_t t : p) prompt.push_back(t);
     os << json::Value::object({{"prompt", prompt}, {"tokens", toks}, {"logprobs", lps}}).dump() << "\n";
   }
-  FP4QAT_CHECK(os.good(), out.empty() ? std::string("stdout") : out, ": write failed");
+  file.commit();
   return 0;
 }
 

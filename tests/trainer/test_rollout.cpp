@@ -6,6 +6,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
 #include <fstream>
 
 #include "kernels/common/check.h"
@@ -200,4 +205,45 @@ TEST(CliGenerate, GreedyMatchesArgmaxOfTheFullForwardAndSamplingIsSeeded) {
   const auto bad = test::run_fp4qat({"generate", "--model", dir, "--prompts", d.file("p.jsonl"), "--top-p", "0"});
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("--top-p"), std::string::npos) << bad.err;
+}
+
+TEST(CliGenerate, OutputReplacesTheFileWholeOrNotAtAllAndLengthsAreChecked) {
+  test::TempDir d;
+  one_exported_step(d.file("run"));
+  const std::string dir = d.file("run/exports/latest/bf16"), out = d.file("out.jsonl");
+  const int64_t max_pos = rollout::load(dir, at::kCPU).model->config().max_position_embeddings;
+  fs::write_text_atomic(out, "old\n");
+  // A prompt that, with 4 new tokens, would pass max_position_embeddings: refused naming its line,
+  // before anything is written; the earlier output stays as it was, no temporary file is left.
+  std::string longp = "{\"tokens\": [";
+  for (int64_t i = 0; i < max_pos - 2; ++i) longp += (i ? ", " : "") + std::string("1");
+  fs::write_text_atomic(d.file("p.jsonl"), "{\"tokens\": [1, 2]}\n" + longp + "]}\n");
+  auto r = test::run_fp4qat({"generate", "--model", dir, "--prompts", d.file("p.jsonl"), "--max-new-tokens", "4",
+                             "--device", "cpu", "--out", out});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("p.jsonl:2: " + std::to_string(max_pos - 2) + " tokens, more than"), std::string::npos) << r.err;
+  EXPECT_EQ(test::read_bytes(out), "old\n");
+  EXPECT_EQ(fs::list_dir(d.path()).size(), 3u);  // run/, out.jsonl, p.jsonl
+  // With 3 new tokens it fits exactly; the file is replaced by the whole output.
+  r = test::run_fp4qat({"generate", "--model", dir, "--prompts", d.file("p.jsonl"), "--max-new-tokens", "3", "--device",
+                        "cpu", "--out", out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string got = test::read_bytes(out);
+  EXPECT_EQ(std::count(got.begin(), got.end(), '\n'), 2) << got;
+  EXPECT_EQ(fs::list_dir(d.path()).size(), 3u);
+  // Killed mid-run: the output path holds the earlier file or the whole new one, never a part.
+  fs::write_text_atomic(out, "old\n");
+  std::string many;
+  for (int i = 0; i < 400; ++i) many += "{\"tokens\": [1, 2, 3]}\n";
+  fs::write_text_atomic(d.file("many.jsonl"), many);
+  const pid_t pid = test::spawn_fp4qat({"generate", "--model", dir, "--prompts", d.file("many.jsonl"),
+                                        "--max-new-tokens", "64", "--device", "cpu", "--out", out},
+                                       {}, d.file("gen.out"), d.file("gen.err"));
+  ::usleep(1500 * 1000);
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  const std::string now = test::read_bytes(out);
+  EXPECT_TRUE(now == "old\n" || std::count(now.begin(), now.end(), '\n') == 400)
+      << "a partial output (" << std::count(now.begin(), now.end(), '\n') << " lines) at " << out;
 }
