@@ -15,6 +15,7 @@
 
 using fp4qat::autograd::Backward;
 using fp4qat::test::bytes_equal;
+using fp4qat::test::error_of;
 
 namespace {
 
@@ -40,17 +41,6 @@ Grads run_linear(const at::Tensor& x0, const at::Tensor& w0, const at::Tensor& g
   at::Tensor y = fp4qat::autograd::mxfp8_linear(x, w, mode);
   y.backward(g);
   return {y.detach(), x.grad(), w.grad()};
-}
-
-// The message of the fp4qat::Error that `f` throws ("" if none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const fp4qat::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace

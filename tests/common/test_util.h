@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/common/check.h"
 #include "trainer/config.h"
 
 namespace fp4qat::test {
@@ -49,6 +50,17 @@ ProcResult run_fp4qat(const std::vector<std::string>& args);
 // Module names (without ".weight") of layer `layer`'s E routed experts in stacked order:
 // gate_proj, up_proj of each expert when `gated`, else down_proj.
 std::vector<std::string> expert_modules(int64_t layer, int64_t E, bool gated);
+
+// The message of the fp4qat::Error that `f` throws ("" if it throws none).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const ::fp4qat::Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 void write_bytes(const std::string& path, const std::string& bytes);
 std::string read_bytes(const std::string& path);

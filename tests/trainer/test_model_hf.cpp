@@ -106,19 +106,6 @@ TEST(Model, LoadRejectsMissingAndUnexpectedTensors) {
   }
 }
 
-namespace {
-// The message of the fp4qat::Error `f` throws ("" if it throws none).
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const fp4qat::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-}  // namespace
-
 TEST(Model, ParameterCountIsWhatTheModelAllocates) {
   std::vector<fp4qat::config::ModelConfig> shapes(4);  // the tiny defaults, then variations
   shapes[1].tie_word_embeddings = true;
@@ -142,15 +129,15 @@ TEST(Model, ParameterCountIsWhatTheModelAllocates) {
 TEST(Model, ImpossibleShapesAreRefusedBeforeAnyAllocation) {
   fp4qat::config::ModelConfig c;
   c.num_experts = int64_t{1} << 50;  // 2^50 x 3 x 64 x 128 overflows int64
-  std::string e = error_of([&] { fp4qat::model::Qwen3Moe m(c, 1); });
+  std::string e = fp4qat::test::error_of([&] { fp4qat::model::Qwen3Moe m(c, 1); });
   EXPECT_NE(e.find("experts (num_experts x 3 x moe_intermediate_size x hidden_size) overflow"), std::string::npos) << e;
   c.num_experts = int64_t{1} << 30;  // 2.6e13 parameters: fits int64, not any machine
-  e = error_of([&] { fp4qat::model::Qwen3Moe m(c, 1); });
+  e = fp4qat::test::error_of([&] { fp4qat::model::Qwen3Moe m(c, 1); });
   EXPECT_NE(e.find("exceed this machine's memory"), std::string::npos) << e;
   EXPECT_NE(e.find("model.num_experts"), std::string::npos) << e;
   c = fp4qat::config::ModelConfig{};
   c.head_dim = -4;
-  e = error_of([&] { fp4qat::model::Qwen3Moe m(c, 1); });
+  e = fp4qat::test::error_of([&] { fp4qat::model::Qwen3Moe m(c, 1); });
   EXPECT_NE(e.find("head_dim must be > 0, got -4"), std::string::npos) << e;
   // A Hugging Face folder whose config.json asks for too much: the error names the file.
   TempDir d;
@@ -158,7 +145,7 @@ TEST(Model, ImpossibleShapesAreRefusedBeforeAnyAllocation) {
   c = fp4qat::config::ModelConfig{};
   c.num_experts = int64_t{1} << 50;
   fp4qat::test::write_bytes(d.file("huge/config.json"), fp4qat::model::hf_config_json(c));
-  e = error_of([&] { fp4qat::model::load_hf_folder(d.file("huge")); });
+  e = fp4qat::test::error_of([&] { fp4qat::model::load_hf_folder(d.file("huge")); });
   EXPECT_NE(e.find(d.file("huge") + "/config.json: "), std::string::npos) << e;
   EXPECT_NE(e.find("overflow"), std::string::npos) << e;
 }
