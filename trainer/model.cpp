@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <map>
 
 #include <unistd.h>
@@ -112,6 +113,17 @@ int64_t add_count(int64_t a, int64_t b, const char* what) {
 }
 }  // namespace
 
+bool is_moe_layer(const config::ModelConfig& c, int64_t i) {
+  const auto& m = c.mlp_only_layers;
+  return std::find(m.begin(), m.end(), i) == m.end() && c.num_experts > 0 && (i + 1) % c.decoder_sparse_step == 0;
+}
+
+std::string gib(double bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f GiB", bytes / static_cast<double>(1ll << 30));
+  return b;
+}
+
 ParameterCount parameter_count(const config::ModelConfig& c) {
   const std::pair<const char*, int64_t> positive[] = {
       {"vocab_size", c.vocab_size},
@@ -125,10 +137,7 @@ ParameterCount parameter_count(const config::ModelConfig& c) {
   FP4QAT_CHECK(c.num_experts >= 0, "model shape: num_experts must be >= 0, got ", c.num_experts);
   const int64_t H = c.hidden_size, hd = c.head_dim;
   int64_t moe_layers = 0;
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const bool dense = std::find(c.mlp_only_layers.begin(), c.mlp_only_layers.end(), i) != c.mlp_only_layers.end();
-    if (!dense && c.num_experts > 0 && (i + 1) % c.decoder_sparse_step == 0) ++moe_layers;
-  }
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) moe_layers += is_moe_layer(c, i) ? 1 : 0;
   const int64_t dense_layers = c.num_hidden_layers - moe_layers;
   FP4QAT_CHECK(moe_layers == 0 || c.moe_intermediate_size > 0, "model shape: moe_intermediate_size must be > 0, got ",
                c.moe_intermediate_size);
@@ -167,10 +176,10 @@ Qwen3Moe::Qwen3Moe(const config::ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
   // The fp32 masters are built here, on the host: refuse a shape that cannot fit before allocating.
   const ParameterCount pc = parameter_count(cfg);
   const int64_t ram = host_memory_bytes();
-  const auto gib = [](int64_t n) { return static_cast<int64_t>(static_cast<double>(n) / (1ll << 30)); };
-  FP4QAT_CHECK(ram == 0 || pc.total <= ram / 4, "model shape: ", pc.total, " parameters (", gib(pc.total) * 4,
-               " GiB as fp32 masters, of which the experts ", gib(pc.experts) * 4, " GiB) exceed this machine's memory (",
-               gib(ram), " GiB); check model.num_experts, model.moe_intermediate_size, ",
+  FP4QAT_CHECK(ram == 0 || pc.total <= ram / 4, "model shape: ", pc.total, " parameters (",
+               gib(static_cast<double>(pc.total) * 4), " as fp32 masters, of which the experts ",
+               gib(static_cast<double>(pc.experts) * 4), ") exceed this machine's memory (",
+               gib(static_cast<double>(ram)), "); check model.num_experts, model.moe_intermediate_size, ",
                "model.hidden_size, model.vocab_size and model.num_hidden_layers");
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   const int64_t H = cfg.hidden_size, hd = cfg.head_dim, nH = cfg.num_attention_heads, nKV = cfg.num_key_value_heads;
@@ -205,10 +214,7 @@ void Qwen3Moe::add(const std::string& name, std::vector<int64_t> shape, bool is_
   params_.emplace_back(name, t.requires_grad_(true));
 }
 
-bool Qwen3Moe::is_moe_layer(int64_t i) const {
-  const auto& m = cfg_.mlp_only_layers;
-  return std::find(m.begin(), m.end(), i) == m.end() && cfg_.num_experts > 0 && (i + 1) % cfg_.decoder_sparse_step == 0;
-}
+bool Qwen3Moe::is_moe_layer(int64_t i) const { return model::is_moe_layer(cfg_, i); }
 
 const at::Tensor& Qwen3Moe::param(const std::string& name) const {
   for (const auto& [n, t] : params_)

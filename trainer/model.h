@@ -116,8 +116,13 @@ struct ParameterCount {
   int64_t experts = 0;
 };
 ParameterCount parameter_count(const config::ModelConfig& cfg);
+// Whether layer `i` of shape `cfg` is a MoE layer (not in mlp_only_layers, every
+// decoder_sparse_step-th, and the model has experts); Qwen3Moe::is_moe_layer asks this.
+bool is_moe_layer(const config::ModelConfig& cfg, int64_t i);
 // Physical memory of this machine in bytes (0 when unknown).
 int64_t host_memory_bytes();
+// `bytes` as "12.3 GiB", for messages.
+std::string gib(double bytes);
 
 // Hugging Face folders: config.json + model.safetensors or sharded model-*.safetensors with
 // model.safetensors.index.json.

@@ -256,15 +256,10 @@ void check_training_memory(const config::ModelConfig& mc, const at::Device& dev,
   const double need = static_cast<double>(here) * 16;
   const int64_t have = dev.is_cuda() ? static_cast<int64_t>(at::accelerator::getMemoryInfo(dev.index()).second)
                                      : model::host_memory_bytes();
-  const auto gib = [](double bytes) {
-    char b[32];
-    std::snprintf(b, sizeof b, "%.1f GiB", bytes / static_cast<double>(1ll << 30));
-    return std::string(b);
-  };
   FP4QAT_CHECK(have == 0 || need <= static_cast<double>(have), "model shape: ", here, " parameters on this rank need ",
-               gib(need), " on ", dev.str(), " for training (fp32 masters, gradients and AdamW moments, 16 bytes ",
-               "each, before activations) but it has ", gib(static_cast<double>(have)), "; the experts are ",
-               gib(static_cast<double>(pc.experts) * 16 / std::max<int64_t>(ep, 1)), " of it. Use a smaller ",
+               model::gib(need), " on ", dev.str(), " for training (fp32 masters, gradients and AdamW moments, 16 bytes ",
+               "each, before activations) but it has ", model::gib(static_cast<double>(have)), "; the experts are ",
+               model::gib(static_cast<double>(pc.experts) * 16 / std::max<int64_t>(ep, 1)), " of it. Use a smaller ",
                "shape (model.num_experts, model.moe_intermediate_size, model.hidden_size, model.num_hidden_layers) ",
                "or shard the experts over more GPUs (parallel.ep)");
 }
