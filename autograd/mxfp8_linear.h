@@ -1,5 +1,5 @@
 // autograd/mxfp8_linear.h — MXFP8 linear layers as torch::autograd::Functions
-// (../shared/spec/qat.md with MXFP8 operands, numerics.md "MXFP8 quantization"):
+// (docs/spec/qat.md with MXFP8 operands, numerics.md "MXFP8 quantization"):
 //   mxfp8_linear          y[*, N] = x[*, K] @ W[N, K]^T
 //   mxfp8_grouped_linear  rows of x[T, K] grouped by expert (counts[E]), y[T, N], W[E, N, K]
 // Forward: activations and weights MXFP8 (1x32 blocks along K, E8M0 scales, no global scale, so

@@ -1,5 +1,5 @@
 // autograd/nvfp4_linear.h — NVFP4 linear layers as torch::autograd::Functions
-// (../shared/spec/qat.md):
+// (docs/spec/qat.md):
 //   nvfp4_linear          y[*, N] = x[*, K] @ W[N, K]^T
 //   nvfp4_grouped_linear  rows of x[T, K] grouped by expert (counts[E]), y[T, N], W[E, N, K]
 // Forward: activations NVFP4 1x16 with the amax of the current input (per expert when grouped),

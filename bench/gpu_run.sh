@@ -2,7 +2,6 @@
 # bench/gpu_run.sh — one call on the GPU machine: configure + build against its own python3's
 # torch, run the GPU tests (and the CPU suite), then the quantizer benchmark and the PyTorch
 # baselines. Logs go to $OUT (default ./gpu-out). Usage: bench/gpu_run.sh [build|test|sass|profile|mlp|train|bench|dist|all]...
-#   FP4QAT_SHARED: the shared/ folder with vectors (default ./.shared, carried by the caller)
 #   FP4QAT_GTEST_SRC: GoogleTest sources if the machine has no installed GTest (default ./.gtest)
 #   ./.boost-po: Boost.Program_options sources matching the machine's Boost headers, if its
 #   library is missing (the GPU machines have Boost 1.83 headers only)
@@ -17,7 +16,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${OUT:-$here/gpu-out}"
 mkdir -p "$out"
 build="$here/build-gpu"
-export FP4QAT_SHARED="${FP4QAT_SHARED:-$here/.shared}"
 steps=("${@:-all}")
 want() { for s in "${steps[@]}"; do [ "$s" = all ] || [ "$s" = "$1" ] && return 0; done; return 1; }
 rc=0
@@ -124,7 +122,7 @@ PY
 fi
 if want bench; then
   "$build/fp4qat_bench_quantize" --json "$out/bench_quantize.json" 2>&1 | tee "$out/bench_quantize.log" || rc=1
-  PYTHONUNBUFFERED=1 python3 "$here/bench/baselines/nvfp4_quant.py" --vectors "$FP4QAT_SHARED/vectors" \
+  PYTHONUNBUFFERED=1 python3 "$here/bench/baselines/nvfp4_quant.py" --vectors "$here/tests/data/vectors" \
     --json "$out/baselines.json" 2>&1 | grep -v Warning | tee "$out/baselines.log" || rc=1
 fi
 if want dist; then

@@ -1,4 +1,4 @@
-// qat/export.h — checkpoint writers for serving engines (../shared/spec/checkpoint-format.md):
+// qat/export.h — checkpoint writers for serving engines (docs/spec/checkpoint-format.md):
 // one Hugging Face folder in ModelOpt NVFP4, SGLang MXFP8 or plain BF16, and the atomic publish
 // of a step's exports for the rollout side. Used by the trainer's per-step export and by
 // `fp4qat convert`; the quantization itself is kernels/quantize.h (same bytes on CPU and CUDA).

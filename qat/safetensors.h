@@ -1,5 +1,5 @@
 // qat/safetensors.h — safetensors reader (memory-mapped, validated) and writer (atomic), per
-// ../shared/spec/checkpoint-format.md. Reading a 100 GB folder maps files; it never reads them
+// docs/spec/checkpoint-format.md. Reading a 100 GB folder maps files; it never reads them
 // into RAM, and no allocation is sized from an unvalidated header.
 #pragma once
 #include <ATen/ATen.h>

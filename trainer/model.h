@@ -1,5 +1,5 @@
 // trainer/model.h — Qwen3-MoE decoder in LibTorch with the Hugging Face layout
-// (../shared/spec/checkpoint-format.md): embeddings, RMSNorm, grouped-query attention with
+// (docs/spec/checkpoint-format.md): embeddings, RMSNorm, grouped-query attention with
 // q/k RMSNorm and RoPE (causal), MoE blocks (router -> softmax -> top-k, renormalised when
 // norm_topk_prob -> SwiGLU experts run through the grouped path -> weighted combine) with a
 // Switch-style load-balancing loss, optional dense layers, tied or untied head.

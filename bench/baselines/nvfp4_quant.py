@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """bench/baselines/nvfp4_quant.py — the NVFP4 / fake-quant / MXFP8 algorithm of
-../shared/spec/numerics.md in plain PyTorch (eager, then torch.compile), timed on the GPU
+docs/spec/numerics.md in plain PyTorch (eager, then torch.compile), timed on the GPU
 on the same cases as bench/bench_quantize.cpp. Before timing, the eager version is checked
 byte for byte against the shared vectors (so it is the same algorithm), when --vectors is given.
 

@@ -1,4 +1,4 @@
-// kernels/common/formats.h — the element formats of ../shared/spec/numerics.md, once:
+// kernels/common/formats.h — the element formats of docs/spec/numerics.md, once:
 //   E2M1 (fp4), E4M3fn (fp8), E8M0 (power-of-two scale) encode/decode, and the NVFP4 / MXFP8
 //   scale rules. Every function is __host__ __device__ so the CPU reference and the CUDA kernels
 //   run the same code: same operations, same order, IEEE float32, round to nearest even.

@@ -6,7 +6,7 @@ GPU comparison against them compares against the right thing:
      with that algorithm, fp32 GEMM per expert, bf16, times alpha"; its dX / dW equal a plain
      bf16 torch._grouped_mm's (the high_precision backward); and it differs from the bf16
      forward (so a fake quantization that does nothing fails).
-Vectors: $FP4QAT_SHARED/vectors, else the folder given as the first argument. Exit 0 = pass.
+Vectors: the folder given as the first argument (the repository's tests/data/vectors). Exit 0 = pass.
 """
 import os
 import sys
@@ -26,10 +26,9 @@ def fail(msg):
 
 
 def main():
-    shared = os.environ.get("FP4QAT_SHARED")
-    vectors = os.path.join(shared, "vectors") if shared else (sys.argv[1] if len(sys.argv) > 1 else "")
+    vectors = sys.argv[1] if len(sys.argv) > 1 else ""
     if not os.path.isdir(vectors):
-        fail(f"no vectors folder: {vectors!r} (set FP4QAT_SHARED or pass the folder)")
+        fail(f"no vectors folder: {vectors!r} (pass tests/data/vectors)")
     nvfp4_quant.check_vectors(vectors, "cpu")  # exits non-zero on the first difference
 
     torch.manual_seed(0)

@@ -19,14 +19,7 @@ extern char** environ;
 
 namespace fp4qat::test {
 
-std::string shared_dir() {
-  if (const char* s = std::getenv("FP4QAT_SHARED"); s && *s) return s;
-  struct stat st;
-  if (::stat(FP4QAT_SHARED_DIR_DEFAULT, &st) == 0) return FP4QAT_SHARED_DIR_DEFAULT;
-  return std::string(FP4QAT_SOURCE_DIR) + "/shared";
-}
-
-std::string vectors_dir() { return shared_dir() + "/vectors"; }
+std::string vectors_dir() { return std::string(FP4QAT_SOURCE_DIR) + "/tests/data/vectors"; }
 
 std::vector<std::string> vector_files() {
   std::vector<std::string> out;

@@ -1,4 +1,4 @@
-// tests/common/test_util.h — helpers shared by the test suites: where shared/ is, scratch
+// tests/common/test_util.h — helpers shared by the test suites: where the test vectors are, scratch
 // folders, running the fp4qat binary without a shell, reading a vector file.
 #pragma once
 #include <ATen/ATen.h>
@@ -19,8 +19,9 @@ namespace fp4qat::test {
 // 32; 3 steps of 4 x 16 tokens on the CPU, no eval, no checkpoints) writing into `out`.
 config::Config small_moe_run(const std::string& out);
 
-std::string shared_dir();   // $FP4QAT_SHARED or the configured ../shared
-std::string vectors_dir();  // shared_dir()/vectors
+// The repository's copy of the quantizer test vectors (tests/data/vectors, from shared/vectors;
+// te/ holds TransformerEngine's reference outputs). Tests never read ../shared.
+std::string vectors_dir();
 std::vector<std::string> vector_files();  // every *.safetensors there, sorted
 
 // A fresh empty folder under the system temp dir, removed by the destructor.

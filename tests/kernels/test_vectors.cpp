@@ -1,4 +1,4 @@
-// tests/kernels/test_vectors.cpp — every file of ../shared/vectors (an independent
+// tests/kernels/test_vectors.cpp — every file of tests/data/vectors (a copy of shared/vectors: an independent
 // implementation of numerics.md) reproduced byte for byte by the CPU path of kernels/quantize.h.
 #include <gtest/gtest.h>
 
@@ -21,8 +21,7 @@ void expect_nvfp4(const fp4qat::st::Reader& r, const std::string& prefix, const 
 TEST(Vectors, DirectoryIsThere) {
   // The vector tests must not pass vacuously: the folder and its cases are required.
   const auto files = fp4qat::test::vector_files();
-  ASSERT_GE(files.size(), 16u) << "expected the shared vectors in " << fp4qat::test::vectors_dir()
-                               << " (set FP4QAT_SHARED to the shared/ folder)";
+  ASSERT_GE(files.size(), 16u) << "expected the test vectors in " << fp4qat::test::vectors_dir();
 }
 
 TEST(Vectors, SingleTensorCasesMatchBytes) {
