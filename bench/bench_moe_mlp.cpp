@@ -35,8 +35,8 @@
 #include "kernels/cuda_kernels.h"
 #include "kernels/gemm/scaled_bmm.h"
 #include "qat/export.h"
-#include "qat/fsutil.h"
-#include "trainer/model.h"
+#include "io/fs.h"
+#include "model/qwen3_moe.h"
 
 namespace {
 

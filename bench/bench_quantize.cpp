@@ -19,7 +19,7 @@
 
 #include "kernels/cuda_kernels.h"
 #include "kernels/quantize.h"
-#include "qat/json.h"
+#include "io/json.h"
 
 using fp4qat::Blocks;
 

@@ -126,7 +126,7 @@ if want bench; then
     --json "$out/baselines.json" 2>&1 | grep -v Warning | tee "$out/baselines.log" || rc=1
 fi
 if want dist; then
-  # Multi-GPU (trainer/dist.h): the NCCL test (2 GPUs vs 1), then the throughput of the ~110M MoE
+  # Multi-GPU (dist/process_group.h): the NCCL test (2 GPUs vs 1), then the throughput of the ~110M MoE
   # (recipes/moe-100m-gpu.yaml, BF16) with one global batch (64 x 256 x 2 tokens per step): 1 GPU
   # with grad_accum 2, 2 GPUs data parallel (dp=2), 2 GPUs expert parallel (ep=2). tokens/s is
   # the global rate; the median over the steps after the first 5 is reported.

@@ -19,11 +19,9 @@
 namespace fp4qat::qat {
 
 struct ConvertOptions {
-  ExportFormat format = ExportFormat::kNVFP4;  // nvfp4 | mxfp8
+  Format format = Format::kNVFP4;  // nvfp4 | mxfp8
   Blocks blocks = Blocks::k1D;
-  std::vector<std::string> modules = {"model.layers.*.mlp.experts.*"};  // globs on module names
-  std::vector<std::string> exclude;  // globs; a matched module stays BF16
-  int64_t keep_first_n = 0, keep_last_n = 0;
+  Selection selection;               // module globs, exclude, keep-first/last (qat/selection.h)
   bool overwrite = false;            // replace a non-empty `out`
   at::Device device = at::Device(at::kCPU);  // where quantization runs (same bytes either way)
   // NVFP4: activation amax per quantized module (calibration), for input_scale. Required.
@@ -37,8 +35,7 @@ struct ConvertReport {
 };
 
 // The modules of the checkpoint in `dir` (names of 2-D `*.weight` tensors without ".weight",
-// embeddings aside) that the options select. Throws for a pattern (of modules or exclude) that
-// matches nothing and for a selection holding one member of a gated pair.
+// embeddings aside) that the options select (qat/selection.h).
 std::set<std::string> select_modules(const std::string& dir, const ConvertOptions& opt);
 
 ConvertReport convert_checkpoint(const std::string& in, const std::string& out, const ConvertOptions& opt);

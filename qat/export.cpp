@@ -10,64 +10,29 @@
 
 #include "kernels/common/check.h"
 #include "kernels/common/formats.h"
-#include "qat/fsutil.h"
-#include "qat/json.h"
+#include "io/fs.h"
+#include "io/hf_folder.h"
+#include "io/json.h"
 #include "qat/patterns.h"
-#include "qat/safetensors.h"
+#include "io/safetensors.h"
 
 namespace fp4qat::qat {
 
-ExportFormat parse_export_format(const std::string& s) {
-  if (s == "nvfp4") return ExportFormat::kNVFP4;
-  if (s == "mxfp8") return ExportFormat::kMXFP8;
-  if (s == "bf16") return ExportFormat::kBF16;
-  FP4QAT_FAIL("unknown export format '", s, "' (expected nvfp4, mxfp8 or bf16)");
-}
-
-const char* to_string(ExportFormat f) {
-  switch (f) {
-    case ExportFormat::kNVFP4: return "nvfp4";
-    case ExportFormat::kMXFP8: return "mxfp8";
-    default: return "bf16";
-  }
-}
-
 float nvfp4_input_scale(float amax) { return fmt::nvfp4_s_dec(fmt::nvfp4_s_enc(amax)); }
 
-HfFolderWriter::HfFolderWriter(std::string dir, ExportOptions opt) : dir_(std::move(dir)), opt_(std::move(opt)) {
-  FP4QAT_CHECK(fs::is_dir(dir_), dir_, ": export folder does not exist");
-}
+HfFolderWriter::HfFolderWriter(std::string dir, ExportOptions opt)
+    : dir_(std::move(dir)), opt_(std::move(opt)), shards_(dir_, opt_.max_shard_bytes) {}
 
-void HfFolderWriter::put(const std::string& name, at::Tensor t) {
-  FP4QAT_CHECK(!finished_, dir_, ": tensor '", name, "' added after finish()");
-  FP4QAT_CHECK(names_.insert(name).second, dir_, ": tensor '", name, "' would be written twice");
-  t = t.cpu().contiguous();
-  const int64_t nb = t.numel() * t.element_size();
-  if (shard_bytes_ > 0 && shard_bytes_ + nb > opt_.max_shard_bytes) flush();
-  shard_.emplace_back(name, std::move(t));
-  shard_bytes_ += nb;
-  total_bytes_ += nb;
-}
+void HfFolderWriter::put(const std::string& name, at::Tensor t) { shards_.add(name, std::move(t)); }
 
-void HfFolderWriter::flush() {
-  if (shard_.empty()) return;
-  const std::string path = dir_ + "/shard-" + std::to_string(shard_names_.size()) + ".safetensors";
-  st::write_file(path, shard_);
-  std::vector<std::string> names;
-  for (const auto& [n, t] : shard_) names.push_back(n);
-  shard_names_.push_back(std::move(names));
-  shard_.clear();
-  shard_bytes_ = 0;
-}
-
-void HfFolderWriter::end_shard() { flush(); }
+void HfFolderWriter::end_shard() { shards_.end_shard(); }
 
 void HfFolderWriter::add_plain(const std::string& name, const at::Tensor& t) {
-  if (is_linear_weight(name, t.dim()) && opt_.format != ExportFormat::kBF16) excluded_.insert(name.substr(0, name.size() - 7));
+  if (is_linear_weight(name, t.dim()) && opt_.format != Format::kBF16) excluded_.insert(module_of(name));
   put(name, at::isFloatingType(t.scalar_type()) ? t.to(at::kBFloat16) : t);
 }
 
-QuantizedStack quantize_stack(ExportFormat format, Blocks blocks, const at::Tensor& w_in, int64_t parts,
+QuantizedStack quantize_stack(Format format, Blocks blocks, const at::Tensor& w_in, int64_t parts,
                               const std::optional<at::Tensor>& amax, const std::string& what) {
   const at::Tensor w = w_in.dim() == 2 ? w_in.unsqueeze(0) : w_in;  // [E, P*R, K]
   FP4QAT_CHECK(w.dim() == 3 && parts >= 1 && w.size(1) % parts == 0, what, ": weight of shape ", w_in.sizes(),
@@ -77,9 +42,9 @@ QuantizedStack quantize_stack(ExportFormat format, Blocks blocks, const at::Tens
   // a copy, so that the caller may change the weight afterwards).
   const at::Tensor wc = w.to(w.options().dtype(at::kBFloat16), /*non_blocking=*/false, /*copy=*/true);
   QuantizedStack q;
-  if (format == ExportFormat::kBF16) {
+  if (format == Format::kBF16) {
     q.data = wc;
-  } else if (format == ExportFormat::kNVFP4) {
+  } else if (format == Format::kNVFP4) {
     if (blocks == Blocks::k2D)
       FP4QAT_CHECK(R % fmt::kNvfp4Block == 0, what, ": ", R, " rows per member do not fill whole 16x16 tiles (2d blocks)");
     std::optional<at::Tensor> a;
@@ -110,12 +75,12 @@ void HfFolderWriter::add_stack(const std::vector<std::string>& modules, int64_t 
   const int64_t E = q.data.size(0), R = q.data.size(1) / parts;
   FP4QAT_CHECK(static_cast<int64_t>(modules.size()) == E * parts, dir_, ": ", modules.size(), " module names for ", E,
                " experts x ", parts, " members");
-  const bool nvfp4 = opt_.format == ExportFormat::kNVFP4;
+  const bool nvfp4 = opt_.format == Format::kNVFP4;
   FP4QAT_CHECK(!nvfp4 || static_cast<int64_t>(input_amax.size()) == E * parts, dir_, ": module '", modules[0],
                "': NVFP4 needs the observed activation amax of every module (input_scale), got ", input_amax.size());
   // One device-to-host copy per tensor (not one per member), then the members are host slices.
   const at::Tensor data = q.data.cpu();
-  if (opt_.format == ExportFormat::kBF16) {
+  if (opt_.format == Format::kBF16) {
     for (int64_t e = 0; e < E; ++e)
       for (int64_t p = 0; p < parts; ++p) put(modules[e * parts + p] + ".weight", data[e].narrow(0, p * R, R));
     return;
@@ -138,31 +103,17 @@ void HfFolderWriter::add_stack(const std::vector<std::string>& modules, int64_t 
 }
 
 std::vector<std::string> HfFolderWriter::finish() {
-  FP4QAT_CHECK(!finished_, dir_, ": finish() called twice");
-  flush();
-  finished_ = true;
-  // Shards get their final names now that their number is known.
-  json::Value weight_map = json::Value::object();
-  const size_t n = shard_names_.size();
-  for (size_t s = 0; s < n; ++s) {
-    char fname[64];
-    std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", s + 1, n);
-    fs::rename_atomic(dir_ + "/shard-" + std::to_string(s) + ".safetensors", dir_ + "/" + fname);
-    for (const auto& name : shard_names_[s]) weight_map.set(name, std::string(fname));
-  }
-  json::Value index = json::Value::object({{"metadata", json::Value::object({{"total_size", total_bytes_}})},
-                                           {"weight_map", weight_map}});
-  fs::write_text_atomic(dir_ + "/model.safetensors.index.json", index.dump(2) + "\n");
+  shards_.finish();  // the shards under their final names and model.safetensors.index.json
 
   std::vector<std::string> patterns;
   json::Value config = json::parse(opt_.config_json, dir_ + "/config.json (model config)");
-  if (opt_.format != ExportFormat::kBF16) {
+  if (opt_.format != Format::kBF16) {
     std::set<std::string> excluded = excluded_;
     excluded.insert("lm_head");  // listed even when tied: engines treat it as a Linear
     patterns = exclude_patterns(excluded, quantized_);
     json::Value list = json::Value::array();
     for (const auto& p : patterns) list.push_back(p);
-    if (opt_.format == ExportFormat::kNVFP4) {
+    if (opt_.format == Format::kNVFP4) {
       config.set("quantization_config", json::Value::object({{"quant_method", "modelopt"},
                                                              {"quant_algo", "NVFP4"},
                                                              {"group_size", fmt::kNvfp4Block},
@@ -351,51 +302,6 @@ std::vector<std::string> StagedFolder::write(const std::string& dir) {
     }
   }
   return w.finish();
-}
-
-namespace {
-// The number after `prefix` in `name`, or -1.
-int64_t numbered(const std::string& name, const std::string& prefix) {
-  if (name.compare(0, prefix.size(), prefix) != 0 || name.size() == prefix.size()) return -1;
-  int64_t v = 0;
-  for (size_t i = prefix.size(); i < name.size(); ++i) {
-    if (name[i] < '0' || name[i] > '9' || v > (int64_t(1) << 55)) return -1;
-    v = v * 10 + (name[i] - '0');
-  }
-  return v;
-}
-}  // namespace
-
-void publish(const std::string& root, const std::string& name, int64_t keep, const std::string& prefix,
-             const std::function<void(const std::string& tmp)>& fill) {
-  FP4QAT_CHECK(keep >= 1, "publish: keep must be >= 1, got ", keep);
-  if (!fs::is_dir(root)) fs::make_dir(root);
-  const std::string target = root + "/" + name;
-  const std::string tmp = fs::temp_name_beside(target);
-  fs::make_dir(tmp);
-  try {
-    fill(tmp);
-    fs::fsync_tree(tmp);
-    if (fs::exists(target)) {  // re-publishing a step (e.g. after a resume): swap both in one step
-      fs::exchange_atomic(tmp, target);
-      fs::remove_tree(tmp);  // now the old folder
-    } else {
-      fs::rename_atomic(tmp, target);
-    }
-  } catch (...) {
-    fs::remove_tree(tmp);
-    throw;
-  }
-  fs::symlink_atomic(name, root + "/latest");
-  // Keep the newest `keep` numbered folders.
-  std::vector<std::pair<int64_t, std::string>> all;
-  for (const auto& n : fs::list_dir(root))
-    if (int64_t v = numbered(n, prefix); v >= 0 && fs::is_dir(root + "/" + n)) all.emplace_back(v, n);
-  std::sort(all.begin(), all.end());
-  const std::string current = fs::read_link(root + "/latest");
-  for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i)
-    if (all[i].second != current) fs::remove_tree(root + "/" + all[i].second);
-  fs::fsync_path(root);
 }
 
 }  // namespace fp4qat::qat

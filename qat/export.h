@@ -23,16 +23,14 @@
 #include <utility>
 #include <vector>
 
+#include "io/hf_folder.h"
 #include "kernels/quantize.h"
+#include "qat/recipe.h"
 
 namespace fp4qat::qat {
 
-enum class ExportFormat { kNVFP4, kMXFP8, kBF16 };
-ExportFormat parse_export_format(const std::string& s);  // "nvfp4" | "mxfp8" | "bf16"
-const char* to_string(ExportFormat f);
-
 struct ExportOptions {
-  ExportFormat format = ExportFormat::kNVFP4;
+  Format format = Format::kNVFP4;
   Blocks blocks = Blocks::k1D;              // NVFP4 weight blocks (the ones training used)
   int64_t max_shard_bytes = 2ll << 30;      // a new shard starts past this size
   std::string config_json;                  // the model's config.json text; quantization_config is added
@@ -53,7 +51,7 @@ struct QuantizedStack {
 };
 // `amax`: float32 [E] or [] to use instead of each expert's own (see add_quantized). `what`
 // names the weight in error messages.
-QuantizedStack quantize_stack(ExportFormat format, Blocks blocks, const at::Tensor& w, int64_t parts,
+QuantizedStack quantize_stack(Format format, Blocks blocks, const at::Tensor& w, int64_t parts,
                               const std::optional<at::Tensor>& amax, const std::string& what);
 
 // Builds one Hugging Face folder inside `dir` (an existing, empty folder; the caller publishes
@@ -71,7 +69,7 @@ class HfFolderWriter {
   // Each expert has one global amax over its P members (a gated pair gate+up shares it), unless
   // `amax` gives it (float32 [E] or [] — e.g. a dense gated pair stored as two tensors).
   // input_amax[e*P + p]: the activation amax observed for that module (NVFP4 input_scale).
-  // With ExportFormat::kBF16 the weights are written in BF16 and nothing is excluded.
+  // With Format::kBF16 the weights are written in BF16 and nothing is excluded.
   void add_quantized(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& w,
                      const std::optional<at::Tensor>& amax, const std::vector<float>& input_amax);
 
@@ -89,15 +87,11 @@ class HfFolderWriter {
   const std::set<std::string>& quantized_modules() const { return quantized_; }
 
  private:
-  void put(const std::string& name, at::Tensor t);  // into the current shard (CPU)
-  void flush();
+  void put(const std::string& name, at::Tensor t);  // into the current shard
   std::string dir_;
   ExportOptions opt_;
-  std::vector<std::pair<std::string, at::Tensor>> shard_;
-  int64_t shard_bytes_ = 0, total_bytes_ = 0;
-  std::vector<std::vector<std::string>> shard_names_;  // tensor names per written shard
-  std::set<std::string> quantized_, excluded_, names_;
-  bool finished_ = false;
+  hf::ShardedWriter shards_;
+  std::set<std::string> quantized_, excluded_;
 };
 
 // Pinned host buffers reused from one export to the next: a fresh pinned allocation blocks the
@@ -183,14 +177,5 @@ class StagedFolder {
   bool fence_needed_ = false;
   bool sealed_ = false;
 };
-
-// Publishes a folder for the rollout side under `root`: `fill(tmp)` writes into a temporary
-// folder beside the target, every file and the folder are fsynced, the folder is renamed to
-// `root/name` (replacing an older one of that name), then the `root/latest` symlink is moved
-// to it atomically (a new link renamed over the old). Then only the newest `keep` folders named
-// `<prefix><number>` stay (the one `latest` points to is never removed). If fill throws, the
-// temporary folder is removed and the previous export stays complete and current.
-void publish(const std::string& root, const std::string& name, int64_t keep, const std::string& prefix,
-             const std::function<void(const std::string& tmp)>& fill);
 
 }  // namespace fp4qat::qat

@@ -1,6 +1,8 @@
 // qat/gated_pairs.cpp — see gated_pairs.h.
 #include "qat/gated_pairs.h"
 
+#include "kernels/common/check.h"
+#include "kernels/quantize.h"
 #include "qat/patterns.h"
 
 namespace fp4qat::qat {
@@ -21,6 +23,28 @@ std::optional<GatedPartner> gated_partner(const std::string& name) {
     if (ends_with(name, b)) return GatedPartner{name.substr(0, name.size() - b.size()) + a, false};
   }
   return std::nullopt;
+}
+
+at::Tensor compute_copy(const at::Tensor& master, at::ScalarType dtype) {
+  return master.to(at::kBFloat16).to(dtype);
+}
+
+at::Tensor gated_pair_amax(const at::Tensor& first, const at::Tensor& second) {
+  return at::maximum(global_amax(first), global_amax(second));
+}
+
+at::Tensor PairAmax::of(const std::string& name, const at::Tensor& values,
+                        const std::function<at::Tensor(const std::string&)>& partner_values) {
+  auto p = gated_partner(name);
+  FP4QAT_CHECK(p.has_value(), "'", name, "' is not a member of a gated pair");
+  if (auto it = waiting_.find(name); it != waiting_.end()) {
+    at::Tensor a = it->second;
+    waiting_.erase(it);
+    return a;
+  }
+  at::Tensor a = gated_pair_amax(values, partner_values(p->partner));
+  waiting_[p->partner] = a;
+  return a;
 }
 
 }  // namespace fp4qat::qat

@@ -5,23 +5,6 @@
 
 namespace fp4qat::qat {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-int64_t layer_of(const std::string& name) {
-  const std::string pre = "model.layers.";
-  if (name.compare(0, pre.size(), pre) != 0) return -1;
-  int64_t v = 0;
-  size_t i = pre.size();
-  for (; i < name.size() && std::isdigit(static_cast<unsigned char>(name[i])); ++i) v = v * 10 + (name[i] - '0');
-  return i == pre.size() ? -1 : v;
-}
-
-bool is_linear_weight(const std::string& name, int64_t rank) {
-  return rank == 2 && ends_with(name, ".weight") && name.find("embed") == std::string::npos;
-}
-
 bool glob_match(const std::string& p, const std::string& t) {
   size_t pi = 0, ti = 0, star = std::string::npos, mark = 0;
   while (ti < t.size()) {

@@ -7,13 +7,15 @@
 #include <string>
 #include <vector>
 
+#include "io/names.h"
+
 namespace fp4qat::qat {
 
-// Name helpers shared by the selection code of training, export and convert.
-bool ends_with(const std::string& s, const std::string& suffix);
-int64_t layer_of(const std::string& name);  // "model.layers.<i>...." -> i, else -1
-// A Linear's weight as serving engines see it: a 2-D `*.weight` that is not an embedding.
-bool is_linear_weight(const std::string& name, int64_t rank);
+// The naming helpers live in io/names.h; the selection code of qat/ uses them unqualified.
+using names::ends_with;
+using names::is_linear_weight;
+using names::layer_of;
+using names::module_of;
 
 // `*` matches any run of characters (dots included); everything else matches itself; the whole
 // text must match (so `model.layers.*.mlp.gate` does not match `...mlp.gate_proj`).

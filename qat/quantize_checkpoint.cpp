@@ -4,26 +4,17 @@
 #include <map>
 #include <utility>
 
+#include "io/names.h"
 #include "kernels/common/check.h"
 #include "kernels/common/formats.h"
-#include "qat/fsutil.h"
+#include "io/fs.h"
 #include "qat/gated_pairs.h"
-#include "qat/safetensors.h"
+#include "io/safetensors.h"
 
 namespace fp4qat::qat {
 
-Format parse_format(const std::string& s) {
-  if (s == "nvfp4") return Format::kNVFP4;
-  if (s == "mxfp8") return Format::kMXFP8;
-  FP4QAT_FAIL("unknown format '", s, "' (expected nvfp4 or mxfp8)");
-}
-
-const char* to_string(Format f) { return f == Format::kNVFP4 ? "nvfp4" : "mxfp8"; }
-
 bool is_quantizable(const std::string& name, at::ScalarType dtype, int64_t rank) {
-  static const std::string suffix = ".weight";
-  const bool named = name.size() > suffix.size() &&
-                     name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  const bool named = names::is_weight(name);
   const bool floating = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
   return named && floating && (rank == 2 || rank == 3);
 }
@@ -43,7 +34,6 @@ void error_stats(const at::Tensor& x, const at::Tensor& dq, TensorReport* r) {
   r->max_abs_err = diff.numel() ? diff.abs().max().item<double>() : 0.0;
 }
 
-std::string stem(const std::string& name) { return name.substr(0, name.size() - 7); }  // drop ".weight"
 
 }  // namespace
 
@@ -77,7 +67,7 @@ std::vector<TensorReport> quantize_file(const std::string& in, const std::string
   // Pass 2: quantize, one tensor (or pair) at a time.
   std::vector<std::pair<std::string, at::Tensor>> outputs;
   std::vector<TensorReport> reports;
-  std::map<std::string, at::Tensor> shared_amax;  // gated-pair amax by member name
+  PairAmax pair_amax;  // gated pairs: the amax of the values quantized here (the tensors as stored)
   for (const auto& info : reader.tensors()) {
     TensorReport rep{info.name, info.shape, target[info.name]};
     const at::Tensor host = reader.view(info.name);
@@ -88,21 +78,15 @@ std::vector<TensorReport> quantize_file(const std::string& in, const std::string
     }
     check_finite(host, info.name);
     const at::Tensor x = host.to(opt.device);
-    const std::string s = stem(info.name);
+    const std::string s = names::module_of(info.name);
     if (opt.format == Format::kNVFP4) {
       std::optional<at::Tensor> a;
-      if (auto p = gated_partner(info.name)) {
-        auto it = shared_amax.find(info.name);
-        if (it == shared_amax.end()) {
-          const at::Tensor other_host = reader.view(p->partner);
-          check_finite(other_host, p->partner);
-          const at::Tensor m = at::maximum(fp4qat::global_amax(x), fp4qat::global_amax(other_host.to(opt.device)));
-          shared_amax[p->partner] = m;
-          a = m;
-        } else {
-          a = it->second;
-        }
-      }
+      if (gated_partner(info.name))
+        a = pair_amax.of(info.name, x, [&](const std::string& partner) {
+          const at::Tensor other_host = reader.view(partner);
+          check_finite(other_host, partner);
+          return other_host.to(opt.device);
+        });
       NVFP4Tensor q = nvfp4_quantize(x, opt.blocks, a);
       if (opt.error_stats) error_stats(host, nvfp4_dequantize(q).cpu(), &rep);
       outputs.emplace_back(s + ".weight", q.codes.cpu());

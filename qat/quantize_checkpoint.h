@@ -8,15 +8,12 @@
 #include <vector>
 
 #include "kernels/quantize.h"
+#include "qat/recipe.h"
 
 namespace fp4qat::qat {
 
-enum class Format { kNVFP4, kMXFP8 };
-Format parse_format(const std::string& s);  // "nvfp4" | "mxfp8"; throws naming the value
-const char* to_string(Format f);
-
 struct QuantizeFileOptions {
-  Format format = Format::kNVFP4;
+  Format format = Format::kNVFP4;           // nvfp4 | mxfp8
   Blocks blocks = Blocks::k1D;          // NVFP4 only
   at::Device device = at::Device(at::kCPU);  // where the quantization runs; same bytes either way
   bool error_stats = false;             // fill TensorReport::rel_rmse / max_abs_err

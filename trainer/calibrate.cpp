@@ -5,9 +5,10 @@
 
 #include <memory>
 
+#include "io/names.h"
 #include "kernels/common/check.h"
 #include "trainer/data.h"
-#include "trainer/qat_policy.h"
+#include "qat/policy.h"
 
 namespace fp4qat::calib {
 
@@ -24,9 +25,9 @@ std::map<std::string, float> input_amax(model::Qwen3Moe& model, const Options& o
     tokens = std::make_unique<data::TokenFile>(opt.data, 0.0, opt.seed);
     FP4QAT_CHECK(tokens->max_token() < V, opt.data, ": token id ", tokens->max_token(), " is outside vocab_size ", V);
   }
-  config::QatConfig every;  // observe every Linear; the caller picks the quantized ones
-  every.modules = {"*"};
-  qatp::QatPolicy policy(every, model, /*quantize_forward=*/false);
+  qat::Recipe every;  // observe every Linear; the caller picks the quantized ones
+  every.selection.modules = {"*"};
+  qat::QatPolicy policy(every, model, /*quantize_forward=*/false);
   policy.observe_without_grad = true;
   model.to(opt.device);
   const at::ScalarType dt = opt.device.is_cuda() ? at::kBFloat16 : at::kFloat;
@@ -47,7 +48,7 @@ std::map<std::string, float> input_amax(model::Qwen3Moe& model, const Options& o
     a = at::where(a > 0, a, a.max());  // experts without a calibration token
     for (size_t m = 0; m < g.names.size(); ++m) {
       const std::string& n = g.names[m];
-      out[n.substr(0, n.size() - 7)] = a[a.numel() == 1 ? 0 : static_cast<int64_t>(m) / g.parts].item<float>();
+      out[names::module_of(n)] = a[a.numel() == 1 ? 0 : static_cast<int64_t>(m) / g.parts].item<float>();
     }
   }
   return out;

@@ -7,7 +7,7 @@
 #include <map>
 #include <string>
 
-#include "trainer/model.h"
+#include "model/qwen3_moe.h"
 
 namespace fp4qat::calib {
 

@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "kernels/common/check.h"
-#include "qat/fsutil.h"
+#include "io/fs.h"
 
 namespace fp4qat::config {
 
@@ -107,6 +107,37 @@ Check<std::string> one_of(std::vector<std::string> allowed) {
   };
 }
 
+// The spelling of an enum's values in a recipe, e.g. {{"1d", Blocks::k1D}, {"2d", Blocks::k2D}}.
+template <typename E>
+using Names = std::vector<std::pair<std::string, E>>;
+
+template <typename E>
+E parse_name(const Names<E>& names, const std::string& v, const std::string& where) {
+  std::string list;
+  for (const auto& [n, e] : names) {
+    if (v == n) return e;
+    list += (list.empty() ? "" : " | ") + n;
+  }
+  FP4QAT_FAIL(where, ": must be one of ", list, " (got '", v, "')");
+}
+
+template <typename E>
+std::string name_of(const Names<E>& names, E e) {
+  for (const auto& [n, v] : names)
+    if (v == e) return n;
+  return "?";
+}
+
+const Names<qat::Format> kQatFormats = {{"none", qat::Format::kBF16}, {"nvfp4", qat::Format::kNVFP4},
+                                        {"mxfp8", qat::Format::kMXFP8}};
+const Names<qat::Format> kExportFormats = {{"nvfp4", qat::Format::kNVFP4}, {"mxfp8", qat::Format::kMXFP8},
+                                           {"bf16", qat::Format::kBF16}};
+const Names<Blocks> kBlocks = {{"1d", Blocks::k1D}, {"2d", Blocks::k2D}};
+const Names<autograd::Backward> kBackwards = {{"high_precision", autograd::Backward::kHighPrecision},
+                                              {"dequantized", autograd::Backward::kDequantized}};
+const Names<qat::TrainScope> kTrainScopes = {{"all", qat::TrainScope::kAll},
+                                             {"quantized_only", qat::TrainScope::kQuantizedOnly}};
+
 class Schema {
  public:
   explicit Schema(Config& c) {
@@ -159,13 +190,14 @@ class Schema {
     add("data", "val_fraction", &d.val_fraction, in_range(0, 0.5));
     add("data", "max_operand", &d.max_operand, positive<int64_t>());
     auto& q = c.qat;
-    add("qat", "format", &q.format, one_of({"none", "nvfp4", "mxfp8"}));
-    add("qat", "modules", &q.modules);
-    add("qat", "weight_blocks", &q.weight_blocks, one_of({"1d", "2d"}));
-    add("qat", "backward", &q.backward, one_of({"high_precision", "dequantized"}));
-    add("qat", "keep_first_n", &q.keep_first_n, non_negative<int64_t>());
-    add("qat", "keep_last_n", &q.keep_last_n, non_negative<int64_t>());
-    add("qat", "train", &q.train, one_of({"all", "quantized_only"}));
+    add_enum("qat", "format", &q.format, kQatFormats);
+    add("qat", "modules", &q.selection.modules);
+    add("qat", "exclude", &q.selection.exclude);
+    add_enum("qat", "weight_blocks", &q.weight_blocks, kBlocks);
+    add_enum("qat", "backward", &q.backward, kBackwards);
+    add("qat", "keep_first_n", &q.selection.keep_first_n, non_negative<int64_t>());
+    add("qat", "keep_last_n", &q.selection.keep_last_n, non_negative<int64_t>());
+    add_enum("qat", "train", &q.train, kTrainScopes);
     add("qat", "cache_weights", &q.cache_weights);
     auto& x = c.exports;
     add("export", "every", &x.every, Check<int64_t>([](const int64_t& v) {
@@ -173,14 +205,7 @@ class Schema {
         }));
     add("export", "keep", &x.keep, positive<int64_t>());
     add("export", "probe_mismatch", &x.probe_mismatch);
-    add("export", "formats", &x.formats, Check<std::vector<std::string>>([](const std::vector<std::string>& v) {
-          for (const auto& f : v)
-            if (f != "nvfp4" && f != "mxfp8" && f != "bf16") return "unknown format '" + f + "' (nvfp4 | mxfp8 | bf16)";
-          for (size_t i = 0; i < v.size(); ++i)
-            for (size_t j = 0; j < i; ++j)
-              if (v[i] == v[j]) return "format '" + v[i] + "' listed twice";
-          return std::string();
-        }));
+    add_enum_list("export", "formats", &x.formats, kExportFormats);
     auto& pp = c.parallel;
     add("parallel", "dp", &pp.dp, Check<int64_t>([](const int64_t& v) {
           return v == -1 || v >= 1 ? std::string() : "must be >= 1 (or -1: WORLD_SIZE / parallel.ep)";
@@ -227,6 +252,39 @@ class Schema {
       *p = v;
     };
     f.get = [p] { return to_node(*p); };
+    fields_.push_back(std::move(f));
+  }
+  template <typename E>
+  void add_enum(const std::string& section, const std::string& key, E* p, const Names<E>& names) {
+    Field f;
+    f.section = section;
+    f.key = key;
+    f.set = [p, names](const YAML::Node& n, const std::string& where) {
+      *p = parse_name(names, Parse<std::string>::get(n, where), where);
+    };
+    f.get = [p, names] { return YAML::Node(name_of(names, *p)); };
+    fields_.push_back(std::move(f));
+  }
+  // A list of distinct enum values.
+  template <typename E>
+  void add_enum_list(const std::string& section, const std::string& key, std::vector<E>* p, const Names<E>& names) {
+    Field f;
+    f.section = section;
+    f.key = key;
+    f.set = [p, names](const YAML::Node& n, const std::string& where) {
+      std::vector<E> v;
+      for (const auto& s : Parse<std::vector<std::string>>::get(n, where)) {
+        const E e = parse_name(names, s, where);
+        for (const E& prev : v) FP4QAT_CHECK(prev != e, where, ": format '", s, "' listed twice");
+        v.push_back(e);
+      }
+      *p = v;
+    };
+    f.get = [p, names] {
+      std::vector<std::string> v;
+      for (const E& e : *p) v.push_back(name_of(names, e));
+      return to_node(v);
+    };
     fields_.push_back(std::move(f));
   }
   std::vector<Field> fields_;
@@ -308,24 +366,25 @@ void validate(const Config& c) {
   FP4QAT_CHECK(c.train.seq_len <= m.max_position_embeddings, "train.seq_len (", c.train.seq_len,
                ") exceeds model.max_position_embeddings (", m.max_position_embeddings, ")");
   FP4QAT_CHECK(c.data.kind != "tokens" || !c.data.path.empty(), "data.path is required when data.kind is tokens");
-  const bool exporting = c.exports.interval(c.qat.format) > 0;
-  if (c.qat.format != "none" || exporting) {
-    FP4QAT_CHECK(!c.qat.modules.empty(), "qat.modules must name at least one pattern (quantized modules of ",
-                 c.qat.format != "none" ? "training" : "the export", ")");
-    FP4QAT_CHECK(c.qat.keep_first_n + c.qat.keep_last_n < m.num_hidden_layers,
+  const bool exporting = c.exports.interval(c.qat) > 0;
+  if (c.qat.quantizes() || exporting) {
+    const auto& sel = c.qat.selection;
+    FP4QAT_CHECK(!sel.modules.empty(), "qat.modules must name at least one pattern (quantized modules of ",
+                 c.qat.quantizes() ? "training" : "the export", ")");
+    FP4QAT_CHECK(sel.keep_first_n + sel.keep_last_n < m.num_hidden_layers,
                  "qat.keep_first_n + qat.keep_last_n leave no layer to quantize");
-    std::vector<std::string> formats = exporting ? c.exports.formats : std::vector<std::string>{};
-    if (c.qat.format != "none") formats.push_back(c.qat.format);
-    for (const auto& f : formats) {
-      const int64_t block = f == "nvfp4" ? 16 : (f == "mxfp8" ? 32 : 1);
+    std::vector<qat::Format> formats = exporting ? c.exports.formats : std::vector<qat::Format>{};
+    if (c.qat.quantizes()) formats.push_back(c.qat.format);
+    for (const auto f : formats) {
+      const int64_t block = qat::block_size(f);
       FP4QAT_CHECK(m.hidden_size % block == 0 && m.moe_intermediate_size % block == 0, "model.hidden_size and ",
-                   "model.moe_intermediate_size must be multiples of ", block, " for ", f);
+                   "model.moe_intermediate_size must be multiples of ", block, " for ", qat::to_string(f));
     }
   }
   FP4QAT_CHECK(c.parallel.ep == 1 || (m.num_experts > 0 && m.num_experts % c.parallel.ep == 0), "model.num_experts (",
                m.num_experts, ") must be divisible by parallel.ep (", c.parallel.ep, ")");
   FP4QAT_CHECK(!exporting || !c.exports.formats.empty(), "export.formats is empty but export.every is ",
-               c.exports.interval(c.qat.format), " (set export.every: 0 to turn exports off)");
+               c.exports.interval(c.qat), " (set export.every: 0 to turn exports off)");
 }
 
 std::string dump(const Config& c_in) {

@@ -8,28 +8,10 @@
 #include <string>
 #include <vector>
 
-namespace fp4qat::config {
+#include "model/config.h"
+#include "qat/recipe.h"
 
-struct ModelConfig {  // Hugging Face Qwen3-MoE fields (config.json names)
-  int64_t vocab_size = 512;
-  int64_t hidden_size = 128;
-  int64_t num_hidden_layers = 2;
-  int64_t num_attention_heads = 4;
-  int64_t num_key_value_heads = 2;
-  int64_t head_dim = 32;
-  int64_t intermediate_size = 256;      // dense MLP layers (mlp_only_layers)
-  int64_t moe_intermediate_size = 64;
-  int64_t num_experts = 8;
-  int64_t num_experts_per_tok = 2;
-  bool norm_topk_prob = true;
-  double rms_norm_eps = 1e-6;
-  double rope_theta = 1e6;
-  int64_t max_position_embeddings = 2048;
-  bool tie_word_embeddings = false;
-  std::vector<int64_t> mlp_only_layers;
-  int64_t decoder_sparse_step = 1;
-  double router_aux_loss_coef = 0.001;
-};
+namespace fp4qat::config {
 
 struct OptimConfig {
   double lr = 3e-3;
@@ -63,35 +45,23 @@ struct DataConfig {
   int64_t max_operand = 99;        // synthetic: operands of the addition problems in [0, max_operand]
 };
 
-struct QatConfig {
-  std::string format = "none";  // none | nvfp4 | mxfp8
-  std::vector<std::string> modules = {"model.layers.*.mlp.experts.*"};
-  std::string weight_blocks = "1d";           // 1d | 2d
-  std::string backward = "high_precision";    // high_precision | dequantized
-  int64_t keep_first_n = 0, keep_last_n = 0;  // layers kept in BF16
-  std::string train = "all";                  // all | quantized_only
-  // NVFP4: quantize each selected weight once per change (optimizer step, load) and reuse it in
-  // every forward until the next change and in that step's export (costs the quantized copy's
-  // memory: 2.56 bytes per selected weight element); false: quantize in every forward.
-  bool cache_weights = true;
-};
 
 // Per-step export for the rollout side (<train.out_dir>/exports/step-<N>/<format>/). The
-// quantized modules are the ones qat.modules / keep_first_n / keep_last_n select, also when
+// quantized modules are the ones the qat section selects (qat/selection.h), also when
 // training runs in BF16 (qat.format: none) — that is post-training quantization of each step.
 struct ExportConfig {
   int64_t every = -1;  // optimizer steps between exports; 0: off; -1: 1 when qat.format != none, else off
   int64_t keep = 3;    // newest exports kept
-  std::vector<std::string> formats = {"nvfp4"};  // any of nvfp4 | mxfp8 | bf16, written in one publish
+  std::vector<qat::Format> formats = {qat::Format::kNVFP4};  // any of nvfp4 | mxfp8 | bf16, written in one publish
   // After each export, load the (first quantized) export back from disk, run it as the rollout
-  // side would (trainer/rollout.h) on a fixed probe batch and log the per-token log-prob
+  // side would (rollout/serving.h) on a fixed probe batch and log the per-token log-prob
   // difference to the trainer's own forward (mismatch_mean / mismatch_max). The probe waits for
   // the export to be on disk; without it exports are written in the background.
   bool probe_mismatch = true;
-  int64_t interval(const std::string& qat_format) const { return every >= 0 ? every : (qat_format == "none" ? 0 : 1); }
+  int64_t interval(const qat::Recipe& r) const { return every >= 0 ? every : (r.quantizes() ? 1 : 0); }
 };
 
-// Multi-process training (trainer/dist.h): dp x ep must equal WORLD_SIZE. Every rank reads its
+// Multi-process training (dist/process_group.h): dp x ep must equal WORLD_SIZE. Every rank reads its
 // own batches, so the global batch is train.batch_size x train.grad_accum x WORLD_SIZE.
 struct ParallelConfig {
   int64_t dp = -1;         // data-parallel replicas; -1: WORLD_SIZE / ep
@@ -102,11 +72,11 @@ struct ParallelConfig {
 
 struct Config {
   std::string model_config;  // path of a model YAML (configs/), relative to the recipe
-  ModelConfig model;
+  model::ModelConfig model;
   OptimConfig optim;
   TrainConfig train;
   DataConfig data;
-  QatConfig qat;
+  qat::Recipe qat;       // YAML section `qat`
   ExportConfig exports;  // YAML section `export`
   ParallelConfig parallel;
 };

@@ -12,7 +12,7 @@
 #include <random>
 
 #include "kernels/common/check.h"
-#include "qat/fsutil.h"
+#include "io/fs.h"
 
 namespace fp4qat::data {
 

@@ -5,17 +5,19 @@
 
 #include <chrono>
 
+#include "io/names.h"
 #include "kernels/common/check.h"
-#include "qat/fsutil.h"
-#include "qat/json.h"
+#include "io/fs.h"
+#include "io/json.h"
+#include "io/publish.h"
 
 namespace fp4qat::train {
 
-Exporter::Exporter(const config::Config& cfg, const model::Qwen3Moe& model, qatp::QatPolicy& policy)
+Exporter::Exporter(const config::Config& cfg, const model::Qwen3Moe& model, qat::QatPolicy& policy)
     : cfg_(cfg), model_(model), policy_(policy) {}
 
 bool Exporter::due(int64_t step) const {
-  const int64_t every = cfg_.exports.interval(cfg_.qat.format);
+  const int64_t every = cfg_.exports.interval(cfg_.qat);
   return every > 0 && (step % every == 0 || step == cfg_.train.steps);
 }
 
@@ -48,8 +50,7 @@ std::string Exporter::submit(int64_t step) {
     amax_[param] = at::where(now > 0, now, now.max());
   }
   const std::string name = "step-" + std::to_string(step);
-  std::vector<qat::ExportFormat> formats;
-  for (const auto& f : cfg_.exports.formats) formats.push_back(qat::parse_export_format(f));
+  const std::vector<qat::Format>& formats = cfg_.exports.formats;
   const std::vector<model::HfGroup> groups = model_.hf_groups();
   // Everything the staging reads that the current stream computes, computed before staging starts
   // (the side stream begins after the current stream's work so far).
@@ -75,11 +76,11 @@ std::string Exporter::submit(int64_t step) {
     for (const auto& g : groups) {
       if (policy_.quantized(g.param)) {
         std::vector<std::string> modules;
-        for (const auto& n : g.names) modules.push_back(n.substr(0, n.size() - 7));  // drop ".weight"
+        for (const auto& n : g.names) modules.push_back(names::module_of(n));
         // NVFP4: the quantization the forward of the next step uses (QatPolicy's cache: computed
         // once for both); otherwise quantized here, on the side stream.
         const NVFP4Operand* q =
-            f == qat::ExportFormat::kNVFP4 ? policy_.weight_quantization(g.param, g.tensor) : nullptr;
+            f == qat::Format::kNVFP4 ? policy_.weight_quantization(g.param, g.tensor) : nullptr;
         if (q) {
           const bool dense = q->packed.codes.dim() == 2;
           sf->add_stack(modules, g.parts,
@@ -88,7 +89,7 @@ std::string Exporter::submit(int64_t step) {
                         module_amax.at(g.param));
         } else {
           sf->add_quantized(modules, g.parts, g.tensor, shared_amax.at(g.param),
-                            f == qat::ExportFormat::kNVFP4 ? module_amax.at(g.param) : at::Tensor());
+                            f == qat::Format::kNVFP4 ? module_amax.at(g.param) : at::Tensor());
         }
       } else {
         // A frozen parameter (expert-only QAT freezes the rest) never changes: the optimizer's
@@ -114,7 +115,7 @@ std::string Exporter::submit(int64_t step) {
   const std::string info = json::Value::object({{"step", step},
                                                 {"formats", fmts},
                                                 {"weight_blocks", to_string(policy_.weight_blocks())},
-                                                {"trained_in", cfg_.qat.format == "none" ? "bf16" : cfg_.qat.format},
+                                                {"trained_in", qat::to_string(cfg_.qat.format)},
                                                 {"quantized_parameters", quantized},
                                                 {"producer", std::string("fp4qat ") + FP4QAT_VERSION}})
                                .dump(2) +
@@ -125,7 +126,7 @@ std::string Exporter::submit(int64_t step) {
   staged_ = staged;
   inflight_ = std::async(std::launch::async, [=]() {
     const auto t0 = std::chrono::steady_clock::now();
-    qat::publish(root_dir, name, keep, "step-", [&](const std::string& tmp) {
+    io::publish(root_dir, name, keep, "step-", [&](const std::string& tmp) {
       for (size_t i = 0; i < staged.size(); ++i) {
         const std::string dir = tmp + "/" + qat::to_string(formats[i]);
         fs::make_dir(dir);

@@ -21,14 +21,14 @@
 
 #include "qat/export.h"
 #include "trainer/config.h"
-#include "trainer/model.h"
-#include "trainer/qat_policy.h"
+#include "model/qwen3_moe.h"
+#include "qat/policy.h"
 
 namespace fp4qat::train {
 
 class Exporter {
  public:
-  Exporter(const config::Config& cfg, const model::Qwen3Moe& model, qatp::QatPolicy& policy);
+  Exporter(const config::Config& cfg, const model::Qwen3Moe& model, qat::QatPolicy& policy);
   ~Exporter();  // waits for an export in flight (wait() is where its error is reported)
   // True when step (1-based) is an export step: every export.every steps, and the last step.
   bool due(int64_t step) const;
@@ -46,7 +46,7 @@ class Exporter {
  private:
   const config::Config& cfg_;
   const model::Qwen3Moe& model_;
-  qatp::QatPolicy& policy_;
+  qat::QatPolicy& policy_;
   std::map<std::string, at::Tensor> amax_;  // last known activation amax per parameter (float32, model device)
   std::shared_ptr<qat::HostBufferPool> pool_ = std::make_shared<qat::HostBufferPool>();  // reused every export
   std::future<double> inflight_;

@@ -1,16 +1,20 @@
 // trainer/train.h — the training loop: FP32 master weights, bf16 (or fp32) compute, AdamW with
-// decoupled weight decay, linear warmup + cosine decay, global-norm clipping, gradient
-// accumulation, periodic eval (val loss + exact-match accuracy), JSONL metrics, atomic
-// checkpoints (model, optimizer, step, resolved config) and bit-identical resume.
+// decoupled weight decay, linear warmup + cosine decay, global-norm clipping (trainer/adamw.h),
+// gradient accumulation, periodic eval (val loss + exact-match accuracy), JSONL metrics, atomic
+// checkpoints (trainer/checkpoint.h) and bit-identical resume. train.cpp's Trainer names the
+// steps: setup, train_step (forward + backward of the micro-batches), optimizer_step, export_step
+// (per-step export and mismatch probe), log_step, eval_step, checkpoint, finish. Plots:
+// scripts/plot <out_dir> renders metrics.jsonl.
 #pragma once
 #include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "trainer/adamw.h"  // learning_rate
 #include "trainer/config.h"
-#include "trainer/dist.h"
-#include "trainer/model.h"
+#include "dist/process_group.h"
+#include "model/qwen3_moe.h"
 
 namespace fp4qat::train {
 
@@ -50,7 +54,6 @@ struct Result {
   std::vector<std::string> exports;  // folders published by this call, oldest first
 };
 
-double learning_rate(const config::OptimConfig& o, int64_t step, int64_t total_steps);  // step 0-based
 Result run(const config::Config& cfg, const Options& opt);
 
 // Greedy exact-match accuracy on `n` validation problems.

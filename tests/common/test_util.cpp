@@ -1,7 +1,7 @@
 // tests/common/test_util.cpp — see test_util.h.
 #include "tests/common/test_util.h"
 
-#include "qat/fsutil.h"
+#include "io/fs.h"
 
 #include <dirent.h>
 #include <fcntl.h>

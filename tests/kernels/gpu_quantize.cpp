@@ -13,7 +13,7 @@
 
 #include "kernels/cuda_kernels.h"
 #include "kernels/quantize.h"
-#include "qat/safetensors.h"
+#include "io/safetensors.h"
 #include "tests/common/test_util.h"
 
 using fp4qat::Blocks;

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/quantize.h"
-#include "qat/safetensors.h"
+#include "io/safetensors.h"
 #include "tests/common/test_util.h"
 
 using fp4qat::test::bytes_equal;

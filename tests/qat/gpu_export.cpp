@@ -7,8 +7,8 @@
 #include <torch/torch.h>
 
 #include "qat/export.h"
-#include "qat/fsutil.h"
-#include "qat/safetensors.h"
+#include "io/fs.h"
+#include "io/safetensors.h"
 #include "tests/common/test_util.h"
 
 using namespace fp4qat;
@@ -48,7 +48,7 @@ TEST(GpuStagedFolder, EqualsTheCpuWriterWhileTheWeightsChange) {
   std::vector<float> ia_gu(2 * E), ia_dn(E);
   for (int64_t i = 0; i < 2 * E; ++i) ia_gu[i] = 0.25f * (i + 1);
   for (int64_t i = 0; i < E; ++i) ia_dn[i] = 3.0f + i;
-  for (auto f : {qat::ExportFormat::kNVFP4, qat::ExportFormat::kMXFP8, qat::ExportFormat::kBF16}) {
+  for (auto f : {qat::Format::kNVFP4, qat::Format::kMXFP8, qat::Format::kBF16}) {
     SCOPED_TRACE(qat::to_string(f));
     const at::Tensor wgu_cpu = at::randn({E, 2 * R, K}), wdn_cpu = at::randn({E, K, R}) * 0.1;
     const at::Tensor norm_cpu = at::rand({K}) + 0.5;

@@ -1,16 +1,16 @@
 // tests/qat/test_export.cpp — qat/patterns.h and qat/export.h: exclude patterns never match a
 // quantized module and cover every excluded one; the NVFP4/MXFP8/BF16 folder writer produces the
-// tensors, dtypes, shapes, bytes and config files of checkpoint-format.md; publish is atomic,
-// keeps the newest K and leaves the previous export intact when writing fails.
+// tensors, dtypes, shapes, bytes and config files of checkpoint-format.md; the staged folder
+// writes the writer's bytes.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "kernels/common/check.h"
 #include "qat/export.h"
-#include "qat/fsutil.h"
-#include "qat/json.h"
+#include "io/fs.h"
+#include "io/json.h"
 #include "qat/patterns.h"
-#include "qat/safetensors.h"
+#include "io/safetensors.h"
 #include "tests/common/test_util.h"
 
 using namespace fp4qat;
@@ -188,7 +188,7 @@ TEST(ExportWriterFormats, MXFP8AndBF16) {
   const at::Tensor w = at::randn({2, 2 * 32, 64});
   const std::vector<std::string> mods = {"m.experts.0.gate_proj", "m.experts.0.up_proj", "m.experts.1.gate_proj",
                                          "m.experts.1.up_proj"};
-  for (auto f : {qat::ExportFormat::kMXFP8, qat::ExportFormat::kBF16}) {
+  for (auto f : {qat::Format::kMXFP8, qat::Format::kBF16}) {
     const std::string dir = d.file(qat::to_string(f));
     fs::make_dir(dir);
     qat::ExportOptions opt;
@@ -205,7 +205,7 @@ TEST(ExportWriterFormats, MXFP8AndBF16) {
       for (int64_t p = 0; p < 2; ++p) {
         const std::string m = mods[e * 2 + p];
         const at::Tensor x = w[e].narrow(0, p * 32, 32).to(at::kBFloat16);
-        if (f == qat::ExportFormat::kMXFP8) {
+        if (f == qat::Format::kMXFP8) {
           const MXFP8Tensor q = mxfp8_quantize(x);
           EXPECT_TRUE(bytes_equal(t[m + ".weight"], q.data)) << m;
           EXPECT_TRUE(bytes_equal(t[m + ".weight_scale_inv"], q.scales)) << m;
@@ -214,7 +214,7 @@ TEST(ExportWriterFormats, MXFP8AndBF16) {
           EXPECT_TRUE(bytes_equal(t[m + ".weight"], x)) << m;
         }
       }
-    if (f == qat::ExportFormat::kMXFP8) {
+    if (f == qat::Format::kMXFP8) {
       EXPECT_EQ(cfg.at("quantization_config").dump(),
                 R"({"quant_method":"mxfp8","activation_scheme":"dynamic","fmt":"e4m3","weight_block_size":[1,32],"scale_fmt":"ue8m0","modules_to_not_convert":["lm_head"]})");
       EXPECT_EQ(t.size(), 9u);
@@ -241,31 +241,6 @@ TEST(ExportWriterErrors, NamesTheModule) {
   EXPECT_THROW(w.add_plain("x.weight", at::ones({2, 2})), Error);  // twice
 }
 
-TEST(Publish, AtomicKeepsNewestAndSurvivesAFailedWrite) {
-  test::TempDir d;
-  const std::string root = d.file("exports");
-  auto fill = [](int step) {
-    return [step](const std::string& tmp) { fs::write_text_atomic(tmp + "/step.txt", std::to_string(step)); };
-  };
-  for (int s = 1; s <= 4; ++s) qat::publish(root, "step-" + std::to_string(s), 2, "step-", fill(s));
-  EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-3", "step-4"}));
-  EXPECT_EQ(fs::read_link(root + "/latest"), "step-4");
-  EXPECT_EQ(fs::read_text(root + "/latest/step.txt"), "4");
-  // A failing export leaves the previous one complete and current, and no temporary folder.
-  EXPECT_THROW(qat::publish(root, "step-5", 2, "step-",
-                            [](const std::string& tmp) {
-                              fs::write_text_atomic(tmp + "/half.txt", "x");
-                              FP4QAT_FAIL("disk full (simulated)");
-                            }),
-               Error);
-  EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-3", "step-4"}));
-  EXPECT_EQ(fs::read_text(root + "/latest/step.txt"), "4");
-  // Publishing a step again (after a resume) replaces it.
-  qat::publish(root, "step-4", 2, "step-", [](const std::string& tmp) { fs::write_text_atomic(tmp + "/step.txt", "4b"); });
-  EXPECT_EQ(fs::read_text(root + "/latest/step.txt"), "4b");
-  EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-3", "step-4"}));
-}
-
 namespace {
 
 // Every file of folder a equals the same-named file of folder b, byte for byte, and no file is missing.
@@ -284,7 +259,7 @@ TEST(StagedFolder, WritesTheWritersBytesFromItsOwnCopies) {
   const int64_t E = 3, R = 16, K = 64;
   const std::vector<std::string> gu = test::expert_modules(0, E, true), dn = test::expert_modules(0, E, false);
   const std::vector<float> ia_gu = {0.5f, 1.f, 2.f, 3.f, 4.f, 5.f}, ia_dn = {7.f, 8.f, 9.f};
-  for (auto f : {qat::ExportFormat::kNVFP4, qat::ExportFormat::kMXFP8, qat::ExportFormat::kBF16}) {
+  for (auto f : {qat::Format::kNVFP4, qat::Format::kMXFP8, qat::Format::kBF16}) {
     SCOPED_TRACE(qat::to_string(f));
     at::Tensor wgu = at::randn({E, 2 * R, K}), wdn = at::randn({E, K, R * 2}), norm = at::rand({K}) + 0.5;
     qat::ExportOptions opt;
@@ -321,13 +296,13 @@ TEST(StagedFolder, FenceWaitsOnlyForReadsOfTensorsTheCallerMayChange) {
   const std::vector<std::string> dn = {"model.layers.0.mlp.experts.0.down_proj", "model.layers.0.mlp.experts.1.down_proj"};
   {
     qat::StagedFolder s(opt);  // cached quantized experts and a frozen tensor: nothing to wait for
-    s.add_stack(dn, 1, qat::quantize_stack(qat::ExportFormat::kNVFP4, Blocks::k1D, w, 1, std::nullopt, "w"), ia);
+    s.add_stack(dn, 1, qat::quantize_stack(qat::Format::kNVFP4, Blocks::k1D, w, 1, std::nullopt, "w"), ia);
     s.add_plain("model.norm.weight", at::ones({64}), /*stable=*/true);
     EXPECT_FALSE(s.fence_waits());
   }
   {
     qat::StagedFolder s(opt);  // a trainable tensor copied as it is
-    s.add_stack(dn, 1, qat::quantize_stack(qat::ExportFormat::kNVFP4, Blocks::k1D, w, 1, std::nullopt, "w"), ia);
+    s.add_stack(dn, 1, qat::quantize_stack(qat::Format::kNVFP4, Blocks::k1D, w, 1, std::nullopt, "w"), ia);
     s.add_plain("model.norm.weight", at::ones({64}));
     EXPECT_TRUE(s.fence_waits());
   }

@@ -36,8 +36,8 @@ TEST(Config, PrecedenceDefaultsModelFileRecipeSet) {
   EXPECT_EQ(c.model.vocab_size, 2048);    // --set beats both
   EXPECT_EQ(c.model.num_hidden_layers, cfg::Config().model.num_hidden_layers);  // default kept
   EXPECT_DOUBLE_EQ(c.optim.lr, 1e-4);
-  EXPECT_EQ(c.qat.format, "nvfp4");
-  EXPECT_EQ(c.qat.backward, "dequantized");
+  EXPECT_EQ(c.qat.format, fp4qat::qat::Format::kNVFP4);
+  EXPECT_EQ(c.qat.backward, fp4qat::autograd::Backward::kDequantized);
   EXPECT_NO_THROW(cfg::validate(c));
 }
 

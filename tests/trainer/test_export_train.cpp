@@ -11,12 +11,13 @@
 #include <fstream>
 
 #include "kernels/quantize.h"
-#include "qat/fsutil.h"
+#include "io/fs.h"
 #include "qat/gated_pairs.h"
-#include "qat/json.h"
-#include "qat/safetensors.h"
+#include "io/json.h"
+#include "io/safetensors.h"
 #include "tests/common/test_util.h"
-#include "trainer/model.h"
+#include "model/hf_folder.h"
+#include "model/qwen3_moe.h"
 #include "trainer/train.h"
 
 namespace cfg = fp4qat::config;
@@ -28,8 +29,8 @@ namespace {
 cfg::Config small_run(const std::string& out) {
   cfg::Config c = test::small_moe_run(out);
   c.train.dtype = "fp32";
-  c.qat.format = "nvfp4";
-  c.qat.train = "quantized_only";
+  c.qat.format = fp4qat::qat::Format::kNVFP4;
+  c.qat.train = fp4qat::qat::TrainScope::kQuantizedOnly;
   c.exports.keep = 10;
   return c;
 }
@@ -61,9 +62,9 @@ TEST_P(ExportTrain, ExportIsWhatTheNextForwardUses) {
   // "<blocks>[-async]": with the mismatch probe each export is waited for; without it the
   // folders are written in the background while training goes on.
   const std::string blocks_name = GetParam().substr(0, 2);
-  c.qat.weight_blocks = blocks_name;
+  c.qat.weight_blocks = fp4qat::parse_blocks(blocks_name);
   c.exports.probe_mismatch = GetParam().find("async") == std::string::npos;
-  c.exports.formats = {"nvfp4", "mxfp8", "bf16"};
+  c.exports.formats = {fp4qat::qat::Format::kNVFP4, fp4qat::qat::Format::kMXFP8, fp4qat::qat::Format::kBF16};
   // Capture the weights each training forward hands to the quantizer (grad mode: not evals).
   std::map<int64_t, std::map<std::string, at::Tensor>> used;
   train::Options o;
@@ -152,7 +153,7 @@ TEST(ExportTrainKeep, KeepsNewestAndTheLastStep) {
 TEST(ExportTrainBF16, ObservingDoesNotChangeTrainingAndBF16RunsExportNVFP4) {
   test::TempDir d;
   cfg::Config plain = small_run(d.file("plain"));
-  plain.qat.format = "none";
+  plain.qat.format = fp4qat::qat::Format::kBF16;
   plain.exports.every = 0;
   cfg::Config ptq = plain;
   ptq.train.out_dir = d.file("ptq");

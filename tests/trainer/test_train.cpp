@@ -7,8 +7,9 @@
 #include <unistd.h>
 
 #include "kernels/common/check.h"
-#include "qat/fsutil.h"
-#include "qat/safetensors.h"
+#include "io/fs.h"
+#include "io/publish.h"
+#include "io/safetensors.h"
 #include "tests/common/test_util.h"
 #include "trainer/train.h"
 
@@ -185,7 +186,7 @@ TEST(CliTrain, SigintFinishesTheStepAndCheckpoints) {
   ::waitpid(pid, &status, 0);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
-  const std::string latest = fp4qat::test::read_bytes(out + "/checkpoints/latest");
+  const std::string latest = fp4qat::io::latest(out + "/checkpoints");
   ASSERT_FALSE(latest.empty()) << "an interrupted run must leave a checkpoint";
   const int64_t step = std::stoll(latest.substr(5));
   EXPECT_GT(step, 0);

@@ -1,0 +1,101 @@
+// cli/cmd_generate.cpp — `fp4qat generate`: sampling from an exported / converted / BF16
+// folder as the rollout side runs it (rollout/serving.h), with a KV cache: the prompt in one
+// forward, then one token per forward. Greedy (--temperature 0), temperature and top-p sampling
+// with a seeded generator. Output JSONL per prompt: the generated tokens and their log-probs
+// under the model (temperature 1, no top-p: what an RL trainer compares against).
+#include <ATen/CPUGeneratorImpl.h>
+#include <boost/program_options.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "kernels/common/check.h"
+#include "io/fs.h"
+#include "io/json.h"
+#include "cli/cli.h"
+#include "cli/util.h"
+#include "rollout/serving.h"
+
+namespace po = boost::program_options;
+
+namespace fp4qat::cli {
+
+namespace {
+// Next token from logits [V] (float32, CPU): greedy, or temperature + top-p sampling.
+int64_t pick(const at::Tensor& logits, double temperature, double top_p, at::Generator& gen) {
+  if (temperature <= 0) return logits.argmax().item<int64_t>();
+  at::Tensor probs = at::softmax(logits / temperature, 0);
+  auto [sorted, order] = probs.sort(0, /*descending=*/true);
+  const at::Tensor cum = sorted.cumsum(0);
+  // keep the smallest prefix whose mass reaches top_p (always the first token)
+  const at::Tensor keep = (cum - sorted) < top_p;
+  sorted = sorted * keep.to(sorted.scalar_type());
+  const int64_t i = at::multinomial(sorted / sorted.sum(), 1, false, gen).item<int64_t>();
+  return order[i].item<int64_t>();
+}
+}  // namespace
+
+int cmd_generate(const Args& args) {
+  std::string model_dir, prompts, out, device;
+  int64_t max_new = 32, eos = -1;
+  double temperature = 0, top_p = 1.0;
+  uint64_t seed = 0;
+  po::options_description desc("fp4qat generate options");
+  desc.add_options()("help,h", "show this help")
+      ("model", po::value(&model_dir)->required(), "exported / converted / BF16 Hugging Face folder")
+      ("prompts", po::value(&prompts)->required(), "JSONL of {\"tokens\": [...]} prompts")
+      ("out", po::value(&out), "JSONL output (default: stdout)")
+      ("max-new-tokens", po::value(&max_new)->default_value(32), "tokens to generate per prompt")
+      ("temperature", po::value(&temperature)->default_value(0.0), "0: greedy; > 0: sampling temperature")
+      ("top-p", po::value(&top_p)->default_value(1.0), "nucleus sampling mass (0, 1]")
+      ("eos", po::value(&eos)->default_value(-1), "stop a sequence at this token id (-1: none)")
+      ("seed", po::value(&seed)->default_value(0), "sampling seed")
+      ("device", po::value(&device)->default_value("auto"), "auto | cpu | cuda");
+  po::variables_map vm;
+  if (!parse_options(args, desc, vm,
+                     "fp4qat generate --model DIR --prompts FILE.jsonl [--max-new-tokens N] [--temperature T]\n"
+                     "                       [--top-p P] [--seed S] [--out FILE.jsonl]"))
+    return 0;
+  FP4QAT_CHECK(max_new >= 0, "--max-new-tokens must be >= 0");
+  FP4QAT_CHECK(temperature >= 0, "--temperature must be >= 0");
+  FP4QAT_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1]");
+  const at::Device dev = parse_device(device);
+  const at::ScalarType dt = dev.is_cuda() ? at::kBFloat16 : at::kFloat;
+  rollout::Loaded m = rollout::load(model_dir, dev);
+  const int64_t V = m.model->config().vocab_size;
+  // The KV cache holds the prompt and every generated token but the last.
+  const int64_t max_pos = m.model->config().max_position_embeddings, room = max_pos - std::max<int64_t>(max_new - 1, 0);
+  FP4QAT_CHECK(room >= 1, "--max-new-tokens ", max_new, " leaves no room for a prompt within the model's ",
+               "max_position_embeddings (", max_pos, ")");
+  const auto ps = read_token_jsonl(prompts, V, 1, static_cast<size_t>(room),
+                                   "max_position_embeddings " + std::to_string(max_pos) + " less --max-new-tokens - 1");
+  OutputFile file(out);
+  std::ostream& os = file.stream();
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  torch::NoGradGuard ng;
+  for (const auto& p : ps) {
+    model::KVCache cache;
+    at::Tensor logits = m.model->forward(at::tensor(p, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache)
+                            .logits[0][-1].to(at::kFloat).to(at::kCPU);
+    json::Value toks = json::Value::array(), lps = json::Value::array();
+    for (int64_t n = 0; n < max_new; ++n) {
+      const int64_t next = pick(logits, temperature, top_p, gen);
+      toks.push_back(next);
+      lps.push_back(at::log_softmax(logits, 0)[next].item<double>());
+      if (next == eos) break;
+      if (n + 1 < max_new)
+        logits = m.model->forward(at::tensor(std::vector<int64_t>{next}, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache)
+                     .logits[0][-1].to(at::kFloat).to(at::kCPU);
+    }
+    json::Value prompt = json::Value::array();
+    for (int64_t t : p) prompt.push_back(t);
+    os << json::Value::object({{"prompt", prompt}, {"tokens", toks}, {"logprobs", lps}}).dump() << "\n";
+  }
+  file.commit();
+  return 0;
+}
+
+}  // namespace fp4qat::cli

@@ -1,0 +1,64 @@
+// cli/cmd_quantize.cpp — `fp4qat quantize`: quantize one safetensors file.
+#include <boost/program_options.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "kernels/common/check.h"
+#include "qat/quantize_checkpoint.h"
+#include "io/safetensors.h"
+#include "cli/cli.h"
+#include "cli/util.h"
+
+namespace po = boost::program_options;
+
+namespace fp4qat::cli {
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+int cmd_quantize(const Args& args) {
+  std::string in, out, format, blocks, device;
+  po::options_description desc("fp4qat quantize options");
+  desc.add_options()("help,h", "show this help")
+      ("in", po::value(&in)->required(), "input .safetensors file")
+      ("out", po::value(&out)->required(), "output .safetensors file (its folder must exist; written atomically)")
+      ("format", po::value(&format)->default_value("nvfp4"), "nvfp4 | mxfp8")
+      ("blocks", po::value(&blocks)->default_value("1d"), "NVFP4 weight blocks: 1d (1x16) | 2d (16x16 tiles)")
+      ("device", po::value(&device)->default_value("auto"), "auto | cpu | cuda (same bytes on either)")
+      ("stats", "print the error of dequantize(quantize(x)) for each quantized tensor");
+  po::variables_map vm;
+  if (!parse_options(args, desc, vm,
+             "fp4qat quantize --in IN.safetensors --out OUT.safetensors --format nvfp4|mxfp8 [--blocks 1d|2d]"))
+    return 0;
+
+  qat::QuantizeFileOptions opt;
+  opt.format = qat::parse_format(format);
+  FP4QAT_CHECK(opt.format != qat::Format::kBF16, "--format '", format, "': expected nvfp4 or mxfp8");
+  opt.blocks = parse_blocks(blocks);
+  opt.device = parse_device(device);
+  opt.error_stats = vm.count("stats") > 0;
+  const auto reports = qat::quantize_file(in, out, opt);
+
+  int nq = 0;
+  for (const auto& r : reports) {
+    if (!r.quantized) continue;
+    ++nq;
+    if (opt.error_stats)
+      std::printf("  %-56s %-16s rel-rmse %.4e  max-abs-err %.4e\n", r.name.c_str(), shape_str(r.shape).c_str(),
+                  r.rel_rmse, r.max_abs_err);
+  }
+  std::printf("quantized %d tensor(s) to %s%s, copied %zu; wrote %s\n", nq, qat::to_string(opt.format),
+              opt.format == qat::Format::kNVFP4 ? (std::string(" (") + to_string(opt.blocks) + " blocks)").c_str() : "",
+              reports.size() - static_cast<size_t>(nq), out.c_str());
+  return 0;
+}
+
+}  // namespace fp4qat::cli

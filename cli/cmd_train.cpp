@@ -1,0 +1,46 @@
+// cli/cmd_train.cpp — `fp4qat train --recipe R.yaml [--set a.b=v ...] [--dump-config] [--resume]`.
+#include <boost/program_options.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "kernels/common/check.h"
+#include "cli/cli.h"
+#include "cli/util.h"
+#include "trainer/config.h"
+#include "trainer/train.h"
+
+namespace po = boost::program_options;
+
+namespace fp4qat::cli {
+
+int cmd_train(const Args& args) {
+  std::string recipe;
+  std::vector<std::string> sets;
+  po::options_description desc("fp4qat train options");
+  desc.add_options()("help,h", "show this help")
+      ("recipe", po::value(&recipe)->required(), "recipe YAML (recipes/*.yaml)")
+      ("set", po::value(&sets)->composing(), "override one key, e.g. --set optim.lr=1e-3 (repeatable)")
+      ("dump-config", "print the resolved config as YAML and exit")
+      ("resume", "continue from <train.out_dir>/checkpoints/latest");
+  po::variables_map vm;
+  if (!parse_options(args, desc, vm, "fp4qat train --recipe R.yaml [--set a.b=v ...] [--dump-config] [--resume]")) return 0;
+  config::Config cfg;
+  config::apply_recipe_file(cfg, recipe);
+  for (const auto& s : sets) config::apply_set(cfg, s);
+  config::validate(cfg);
+  if (vm.count("dump-config")) {
+    std::cout << config::dump(cfg);
+    return 0;
+  }
+  train::install_signal_handlers();
+  train::Options opt;
+  opt.resume = vm.count("resume") > 0;
+  const train::Result r = train::run(cfg, opt);
+  std::printf("done: %lld steps; metrics in %s/metrics.jsonl; checkpoint %s%s%s\n", (long long)r.final_step,
+              cfg.train.out_dir.c_str(), r.last_checkpoint.c_str(), r.hf_dir.empty() ? "" : "; Hugging Face folder ",
+              r.hf_dir.c_str());
+  return 0;
+}
+
+}  // namespace fp4qat::cli

@@ -1,0 +1,87 @@
+// cli/util.cpp — see cli_util.h.
+#include "cli/util.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+
+#include "kernels/common/check.h"
+#include "io/fs.h"
+#include "io/json.h"
+
+namespace fp4qat::cli {
+
+bool parse_options(const std::vector<std::string>& args, const boost::program_options::options_description& desc,
+                   boost::program_options::variables_map& vm, const std::string& usage) {
+  namespace po = boost::program_options;
+  po::store(po::command_line_parser(args).options(desc).run(), vm);
+  if (vm.count("help")) {
+    std::cout << "usage: " << usage << "\n\n" << desc << "\n";
+    return false;
+  }
+  po::notify(vm);
+  return true;
+}
+
+at::Device parse_device(const std::string& s, const std::string& what) {
+  FP4QAT_CHECK(s == "auto" || s == "cpu" || s == "cuda", what, " '", s, "': expected auto, cpu or cuda");
+  FP4QAT_CHECK(s != "cuda" || at::hasCUDA(), what, " cuda: no CUDA device is available");
+  return (s == "cuda" || (s == "auto" && at::hasCUDA())) ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+}
+
+std::vector<std::vector<int64_t>> read_token_jsonl(const std::string& path, int64_t vocab, size_t min_len,
+                                                   size_t max_len, const std::string& max_what) {
+  const std::string text = fs::read_text(path, 1u << 30);
+  std::vector<std::vector<int64_t>> out;
+  size_t pos = 0, line_no = 0;
+  while (pos < text.size()) {
+    const size_t end = std::min(text.find('\n', pos), text.size());
+    const std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(line_no);
+    const json::Value v = json::parse(line, where);
+    std::vector<int64_t> seq;
+    for (const auto& t : v.at("tokens", where).as_array(where + ": tokens")) {
+      const int64_t id = t.as_int(where + ": tokens");
+      FP4QAT_CHECK(id >= 0 && id < vocab, where, ": token ", id, " is outside the vocabulary [0, ", vocab, ")");
+      seq.push_back(id);
+    }
+    FP4QAT_CHECK(seq.size() >= min_len, where, ": a sequence needs at least ", min_len, " token(s)");
+    FP4QAT_CHECK(seq.size() <= max_len, where, ": ", seq.size(), " tokens, more than ", max_len, " (", max_what, ")");
+    out.push_back(std::move(seq));
+  }
+  return out;
+}
+
+OutputFile::OutputFile(const std::string& path) : path_(path) {
+  if (path_.empty()) return;
+  tmp_ = fs::temp_name_beside(path_);
+  file_.open(tmp_, std::ios::binary | std::ios::trunc);
+  FP4QAT_CHECK(file_.good(), path_, ": cannot create (", tmp_, "): ", std::strerror(errno));
+}
+
+OutputFile::~OutputFile() {
+  if (!path_.empty() && !committed_) {
+    file_.close();
+    std::remove(tmp_.c_str());
+  }
+}
+
+std::ostream& OutputFile::stream() { return path_.empty() ? std::cout : file_; }
+
+void OutputFile::commit() {
+  std::ostream& os = stream();
+  os.flush();
+  FP4QAT_CHECK(os.good(), path_.empty() ? std::string("stdout") : path_, ": write failed");
+  if (path_.empty()) return;
+  file_.close();
+  FP4QAT_CHECK(!file_.fail(), path_, ": write failed (", tmp_, ")");
+  fs::fsync_path(tmp_);
+  fs::rename_atomic(tmp_, path_);
+  committed_ = true;
+}
+
+}  // namespace fp4qat::cli

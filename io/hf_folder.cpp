@@ -1,0 +1,99 @@
+// io/hf_folder.cpp — see hf_folder.h.
+#include "io/hf_folder.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "io/fs.h"
+#include "io/json.h"
+#include "kernels/common/check.h"
+
+namespace fp4qat::hf {
+
+FolderReader::FolderReader(std::string dir) : dir_(std::move(dir)) {
+  FP4QAT_CHECK(fs::is_dir(dir_), dir_, ": not a folder");
+  const std::string index = dir_ + "/model.safetensors.index.json";
+  if (fs::exists(index)) {
+    const json::Value j = json::parse(fs::read_text(index), index);
+    for (const auto& [name, file] : j.at("weight_map", index).as_object(index + ": weight_map")) {
+      const std::string f = file.as_string(index + ": weight_map['" + name + "']");
+      FP4QAT_CHECK(f.find('/') == std::string::npos && !f.empty() && f[0] != '.', index, ": shard name '", f,
+                   "' of tensor '", name, "' is not a file name in the folder");
+      where_[name] = f;
+      if (std::find(shards_.begin(), shards_.end(), f) == shards_.end()) shards_.push_back(f);
+    }
+    std::sort(shards_.begin(), shards_.end());
+  } else {
+    FP4QAT_CHECK(fs::exists(dir_ + "/model.safetensors"), dir_,
+                 ": neither model.safetensors.index.json nor model.safetensors found");
+    shards_ = {"model.safetensors"};
+    for (const auto& t : shard("model.safetensors").tensors()) where_[t.name] = "model.safetensors";
+  }
+}
+
+st::Reader& FolderReader::shard(const std::string& file) {
+  auto& r = open_[file];
+  if (!r) r = std::make_unique<st::Reader>(dir_ + "/" + file);
+  return *r;
+}
+
+const st::TensorInfo& FolderReader::info(const std::string& name) {
+  auto it = where_.find(name);
+  FP4QAT_CHECK(it != where_.end(), dir_, ": missing tensor '", name, "'");
+  const st::TensorInfo* t = shard(it->second).find(name);
+  FP4QAT_CHECK(t != nullptr, dir_, "/", it->second, ": tensor '", name, "' listed in the index is missing");
+  return *t;
+}
+
+at::Tensor FolderReader::view(const std::string& name) {
+  auto it = where_.find(name);
+  FP4QAT_CHECK(it != where_.end(), dir_, ": missing tensor '", name, "'");
+  return shard(it->second).view(name);
+}
+
+ShardedWriter::ShardedWriter(std::string dir, int64_t max_shard_bytes)
+    : dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes) {
+  FP4QAT_CHECK(fs::is_dir(dir_), dir_, ": output folder does not exist");
+}
+
+void ShardedWriter::add(const std::string& name, at::Tensor t) {
+  FP4QAT_CHECK(!finished_, dir_, ": tensor '", name, "' added after finish()");
+  FP4QAT_CHECK(seen_.emplace(name, true).second, dir_, ": tensor '", name, "' would be written twice");
+  t = t.cpu().contiguous();
+  const int64_t nb = t.numel() * t.element_size();
+  if (shard_bytes_ > 0 && shard_bytes_ + nb > max_shard_bytes_) end_shard();
+  shard_.emplace_back(name, std::move(t));
+  shard_bytes_ += nb;
+  total_bytes_ += nb;
+}
+
+void ShardedWriter::end_shard() {
+  if (shard_.empty()) return;
+  const std::string path = dir_ + "/shard-" + std::to_string(shard_names_.size()) + ".safetensors";
+  st::write_file(path, shard_);
+  std::vector<std::string> names;
+  for (const auto& [n, t] : shard_) names.push_back(n);
+  shard_names_.push_back(std::move(names));
+  shard_.clear();
+  shard_bytes_ = 0;
+}
+
+void ShardedWriter::finish() {
+  FP4QAT_CHECK(!finished_, dir_, ": finish() called twice");
+  end_shard();
+  finished_ = true;
+  // Shards get their final names now that their number is known.
+  json::Value weight_map = json::Value::object();
+  const size_t n = shard_names_.size();
+  for (size_t s = 0; s < n; ++s) {
+    char fname[64];
+    std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", s + 1, n);
+    fs::rename_atomic(dir_ + "/shard-" + std::to_string(s) + ".safetensors", dir_ + "/" + fname);
+    for (const auto& name : shard_names_[s]) weight_map.set(name, std::string(fname));
+  }
+  json::Value index = json::Value::object({{"metadata", json::Value::object({{"total_size", total_bytes_}})},
+                                           {"weight_map", weight_map}});
+  fs::write_text_atomic(dir_ + "/model.safetensors.index.json", index.dump(2) + "\n");
+}
+
+}  // namespace fp4qat::hf

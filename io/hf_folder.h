@@ -1,0 +1,64 @@
+// io/hf_folder.h — a Hugging Face folder's safetensors, read lazily and written in shards, once
+// for every reader (model loading, `convert`, the rollout side, `eval`) and every writer (saved
+// models, exports, `convert`). Layout (docs/spec/checkpoint-format.md): `model.safetensors`, or
+// shards `model-0000i-of-0000N.safetensors` listed by `model.safetensors.index.json`
+// ({"metadata": {"total_size": bytes}, "weight_map": {tensor: shard}}).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "io/safetensors.h"
+
+namespace fp4qat::hf {
+
+// The tensors of a folder: the index (or the single model.safetensors) says which shard holds
+// each; a shard is opened (mapped, never read into memory) the first time it is asked for.
+// Errors name the folder, the index or the shard.
+class FolderReader {
+ public:
+  explicit FolderReader(std::string dir);
+  const std::string& dir() const { return dir_; }
+  const std::vector<std::string>& shards() const { return shards_; }          // file names, sorted
+  const std::map<std::string, std::string>& where() const { return where_; }  // tensor -> file name
+  bool has(const std::string& name) const { return where_.count(name) > 0; }
+  st::Reader& shard(const std::string& file);  // opened on first use
+  // The tensor's header entry and a zero-copy CPU view; throw naming a missing tensor.
+  const st::TensorInfo& info(const std::string& name);
+  at::Tensor view(const std::string& name);
+
+ private:
+  std::string dir_;
+  std::vector<std::string> shards_;
+  std::map<std::string, std::string> where_;
+  std::map<std::string, std::unique_ptr<st::Reader>> open_;
+};
+
+// Writes tensors into shards of about `max_shard_bytes` (a new shard starts when the next tensor
+// would pass it; end_shard() starts one at once) inside the existing folder `dir`, then names them
+// model-0000i-of-0000N.safetensors and writes model.safetensors.index.json (finish()).
+class ShardedWriter {
+ public:
+  ShardedWriter(std::string dir, int64_t max_shard_bytes);
+  void add(const std::string& name, at::Tensor t);  // copied to the host; names must be unique
+  void end_shard();
+  void finish();
+  bool finished() const { return finished_; }
+
+ private:
+  std::string dir_;
+  int64_t max_shard_bytes_;
+  std::vector<std::pair<std::string, at::Tensor>> shard_;
+  int64_t shard_bytes_ = 0, total_bytes_ = 0;
+  std::vector<std::vector<std::string>> shard_names_;  // tensor names per written shard
+  std::vector<std::string> names_;
+  std::map<std::string, bool> seen_;
+  bool finished_ = false;
+};
+
+}  // namespace fp4qat::hf

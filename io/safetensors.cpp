@@ -1,0 +1,246 @@
+// io/safetensors.cpp — see safetensors.h.
+#include "io/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "kernels/common/check.h"
+#include "io/fs.h"
+
+namespace fp4qat::st {
+
+namespace {
+struct DTypeRow {
+  DType d;
+  const char* name;
+  size_t size;
+  at::ScalarType st;
+};
+const DTypeRow kDTypes[] = {
+    {DType::BOOL, "BOOL", 1, at::kBool},          {DType::U8, "U8", 1, at::kByte},
+    {DType::I8, "I8", 1, at::kChar},              {DType::U16, "U16", 2, at::kUInt16},
+    {DType::I16, "I16", 2, at::kShort},           {DType::U32, "U32", 4, at::kUInt32},
+    {DType::I32, "I32", 4, at::kInt},             {DType::U64, "U64", 8, at::kUInt64},
+    {DType::I64, "I64", 8, at::kLong},            {DType::F16, "F16", 2, at::kHalf},
+    {DType::BF16, "BF16", 2, at::kBFloat16},      {DType::F32, "F32", 4, at::kFloat},
+    {DType::F64, "F64", 8, at::kDouble},          {DType::F8_E4M3, "F8_E4M3", 1, at::kFloat8_e4m3fn},
+    {DType::F8_E5M2, "F8_E5M2", 1, at::kFloat8_e5m2},
+};
+const DTypeRow& row(DType d) {
+  for (const auto& r : kDTypes)
+    if (r.d == d) return r;
+  FP4QAT_FAIL("internal: unknown DType");
+}
+}  // namespace
+
+const char* dtype_name(DType d) { return row(d).name; }
+size_t dtype_size(DType d) { return row(d).size; }
+at::ScalarType to_scalar_type(DType d) { return row(d).st; }
+
+bool parse_dtype(const std::string& s, DType* out) {
+  for (const auto& r : kDTypes)
+    if (s == r.name) {
+      *out = r.d;
+      return true;
+    }
+  return false;
+}
+
+DType from_scalar_type(at::ScalarType t) {
+  for (const auto& r : kDTypes)
+    if (r.st == t) return r.d;
+  FP4QAT_FAIL("safetensors cannot store dtype ", t);
+}
+
+// ---- Reader -------------------------------------------------------------------------------------
+struct Reader::Mapping {
+  void* addr = nullptr;
+  size_t size = 0;
+  ~Mapping() {
+    if (addr && size) ::munmap(addr, size);
+  }
+};
+
+Reader::~Reader() = default;
+
+Reader::Reader(const std::string& path) : path_(path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  FP4QAT_CHECK(fd >= 0, path, ": cannot open: ", std::strerror(errno));
+  struct stat sb;
+  if (::fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    ::close(fd);
+    FP4QAT_FAIL(path, ": not a regular file");
+  }
+  const uint64_t file_size = static_cast<uint64_t>(sb.st_size);
+  map_ = std::make_shared<Mapping>();
+  if (file_size > 0) {
+    void* p = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      const int err = errno;
+      ::close(fd);
+      FP4QAT_FAIL(path, ": mmap failed: ", std::strerror(err));
+    }
+    map_->addr = p;
+    map_->size = file_size;
+  }
+  ::close(fd);
+  const auto* bytes = static_cast<const unsigned char*>(map_->addr);
+
+  FP4QAT_CHECK(file_size >= 8, path, ": truncated safetensors file (", file_size,
+               " bytes; the 8-byte header length is missing)");
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];  // little-endian
+  FP4QAT_CHECK(n <= kMaxHeaderBytes, path, ": safetensors header length ", n, " exceeds the 100 MB limit");
+  FP4QAT_CHECK(n <= file_size - 8, path, ": safetensors header length ", n, " is longer than the file (",
+               file_size, " bytes): truncated or corrupt");
+  FP4QAT_CHECK(n >= 2 && bytes[8] == '{', path, ": safetensors header does not start with '{'");
+  data_start_ = 8 + n;
+  const uint64_t data_size = file_size - data_start_;
+
+  const std::string_view text(reinterpret_cast<const char*>(bytes + 8), n);
+  const json::Value header = json::parse(text, path + ": safetensors header");
+  FP4QAT_CHECK(header.is_object(), path, ": safetensors header is not a JSON object");
+
+  for (const auto& [name, v] : header.as_object()) {
+    if (name == "__metadata__") {
+      FP4QAT_CHECK(v.is_object(), path, ": __metadata__ must be an object of strings");
+      for (const auto& [k, mv] : v.as_object())
+        FP4QAT_CHECK(mv.is_string(), path, ": __metadata__['", k, "'] must be a string");
+      metadata_ = v;
+      continue;
+    }
+    const std::string where = path + ": tensor '" + name + "'";
+    FP4QAT_CHECK(v.is_object(), where, ": entry is not an object");
+    TensorInfo t;
+    t.name = name;
+    const std::string& ds = v.at("dtype", where).as_string(where + " dtype");
+    FP4QAT_CHECK(parse_dtype(ds, &t.dtype), where, ": unknown dtype '", ds, "'");
+    uint64_t numel = 1;
+    bool overflow = false;
+    for (const auto& dim : v.at("shape", where).as_array(where + " shape")) {
+      const int64_t d = dim.as_int(where + " shape");
+      FP4QAT_CHECK(d >= 0, where, ": negative dimension ", d);
+      t.shape.push_back(d);
+      overflow |= __builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel);
+    }
+    const auto& offs = v.at("data_offsets", where).as_array(where + " data_offsets");
+    FP4QAT_CHECK(offs.size() == 2, where, ": data_offsets must be [begin, end]");
+    const int64_t b = offs[0].as_int(where + " data_offsets"), e = offs[1].as_int(where + " data_offsets");
+    FP4QAT_CHECK(b >= 0 && e >= b, where, ": invalid data_offsets [", b, ", ", e, "]");
+    FP4QAT_CHECK(static_cast<uint64_t>(e) <= data_size, where, ": data_offsets [", b, ", ", e,
+                 "] out of range (data section is ", data_size, " bytes)");
+    t.begin = static_cast<uint64_t>(b);
+    t.end = static_cast<uint64_t>(e);
+    uint64_t nbytes = 0;
+    overflow |= __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(t.dtype)), &nbytes);
+    FP4QAT_CHECK(!overflow && nbytes == t.nbytes(), where, ": shape x dtype size is ",
+                 overflow ? std::string("overflowing") : std::to_string(nbytes), " bytes but data_offsets span ",
+                 t.nbytes(), " bytes");
+    tensors_.push_back(std::move(t));
+  }
+
+  std::stable_sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t cursor = 0;
+  for (const auto& t : tensors_) {
+    FP4QAT_CHECK(t.begin >= cursor, path, ": tensor '", t.name, "' data_offsets [", t.begin, ", ", t.end,
+                 "] overlap the previous tensor (which ends at ", cursor, ")");
+    FP4QAT_CHECK(t.begin == cursor, path, ": hole in the data section before tensor '", t.name, "' (bytes ",
+                 cursor, "..", t.begin, ")");
+    cursor = t.end;
+  }
+  FP4QAT_CHECK(cursor == data_size, path, ": data section is ", data_size, " bytes but tensors cover ", cursor,
+               " (trailing bytes or truncated file)");
+}
+
+const TensorInfo* Reader::find(const std::string& name) const {
+  for (const auto& t : tensors_)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+at::Tensor Reader::view(const std::string& name) const {
+  const TensorInfo* t = find(name);
+  FP4QAT_CHECK(t != nullptr, path_, ": no tensor named '", name, "'");
+  auto opts = at::TensorOptions().dtype(to_scalar_type(t->dtype)).device(at::kCPU);
+  if (t->nbytes() == 0) return at::empty(t->shape, opts);
+  auto* base = static_cast<unsigned char*>(map_->addr) + data_start_ + t->begin;
+  auto keep = map_;
+  // The mapping is PROT_READ: the tensor must be treated as read-only (clone() before writing).
+  return at::from_blob(base, t->shape, [keep](void*) {}, opts);
+}
+
+// ---- Writer -------------------------------------------------------------------------------------
+void write_file(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                const json::Value& metadata_in) {
+  const std::string dir = fs::parent_dir(path);
+  FP4QAT_CHECK(fs::is_dir(dir), path, ": output folder '", dir, "' does not exist");
+
+  json::Value header = json::Value::object();
+  header.set("__metadata__", metadata_in.is_null() ? json::Value::object({{"format", "pt"}}) : metadata_in);
+  std::set<std::string> seen;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    FP4QAT_CHECK(name != "__metadata__" && !name.empty(), path, ": invalid tensor name '", name, "'");
+    FP4QAT_CHECK(seen.insert(name).second, path, ": duplicate tensor name '", name, "'");
+    FP4QAT_CHECK(t.defined(), path, ": tensor '", name, "' is undefined");
+    const DType d = from_scalar_type(t.scalar_type());
+    const uint64_t nbytes = static_cast<uint64_t>(t.numel()) * dtype_size(d);
+    json::Value shape = json::Value::array();
+    for (int64_t s : t.sizes()) shape.push_back(s);
+    header.set(name, json::Value::object({{"dtype", dtype_name(d)},
+                                          {"shape", shape},
+                                          {"data_offsets", json::Value::array({offset, offset + nbytes})}}));
+    offset += nbytes;
+  }
+  std::string htext = header.dump();
+  while ((htext.size() % 8) != 0) htext.push_back(' ');  // pad N to a multiple of 8
+
+  const std::string tmp = fs::temp_name_beside(path);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  FP4QAT_CHECK(fd >= 0, tmp, ": cannot create: ", std::strerror(errno));
+  auto write_all = [&](const void* p, size_t n) {
+    const char* c = static_cast<const char*>(p);
+    while (n > 0) {
+      const ssize_t w = ::write(fd, c, n);
+      if (w < 0 && errno == EINTR) continue;
+      FP4QAT_CHECK(w > 0, tmp, ": write failed: ", std::strerror(errno));
+      c += w;
+      n -= static_cast<size_t>(w);
+    }
+  };
+  try {
+    unsigned char len[8];
+    uint64_t n = htext.size();
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>((n >> (8 * i)) & 0xff);
+    write_all(len, 8);
+    write_all(htext.data(), htext.size());
+    for (const auto& [name, t] : tensors) {
+      if (t.numel() == 0) continue;
+      const at::Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(at::kCPU).contiguous();
+      write_all(c.data_ptr(), static_cast<size_t>(c.numel()) * c.element_size());
+    }
+    FP4QAT_CHECK(::fsync(fd) == 0, tmp, ": fsync failed: ", std::strerror(errno));
+    FP4QAT_CHECK(::close(fd) == 0, tmp, ": close failed: ", std::strerror(errno));
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  try {
+    fs::rename_atomic(tmp, path);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+}
+
+}  // namespace fp4qat::st

@@ -1,0 +1,70 @@
+// io/safetensors.h — safetensors reader (memory-mapped, validated) and writer (atomic), per
+// docs/spec/checkpoint-format.md. Reading a 100 GB folder maps files; it never reads them
+// into RAM, and no allocation is sized from an unvalidated header.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "io/json.h"
+
+namespace fp4qat::st {
+
+enum class DType { BOOL, U8, I8, U16, I16, U32, I32, U64, I64, F16, BF16, F32, F64, F8_E4M3, F8_E5M2 };
+
+const char* dtype_name(DType d);
+bool parse_dtype(const std::string& s, DType* out);  // false for an unknown dtype string
+size_t dtype_size(DType d);
+at::ScalarType to_scalar_type(DType d);
+DType from_scalar_type(at::ScalarType t);  // throws for a type safetensors cannot hold
+
+constexpr uint64_t kMaxHeaderBytes = 100ull * 1000 * 1000;  // "headers over 100 MB" are rejected
+
+struct TensorInfo {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0, end = 0;  // byte range relative to the data section
+  uint64_t nbytes() const { return end - begin; }
+};
+
+class Reader {
+ public:
+  // Opens and validates `path` (throws fp4qat::Error naming the file and tensor on any defect).
+  explicit Reader(const std::string& path);
+  ~Reader();
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
+
+  const std::string& path() const { return path_; }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }  // in data-offset order
+  const TensorInfo* find(const std::string& name) const;
+  bool contains(const std::string& name) const { return find(name) != nullptr; }
+  const json::Value& metadata() const { return metadata_; }  // {} when absent
+
+  // Zero-copy CPU tensor over the mapping (read-only: never write into it). It keeps the mapping
+  // alive after the Reader is gone.
+  at::Tensor view(const std::string& name) const;
+
+ private:
+  struct Mapping;
+  std::string path_;
+  std::shared_ptr<Mapping> map_;
+  uint64_t data_start_ = 0;
+  std::vector<TensorInfo> tensors_;
+  json::Value metadata_ = json::Value::object();
+};
+
+
+// Writes tensors (CPU or CUDA; copied to host one at a time) to `path` atomically: a temporary
+// file beside it, fsync, rename, fsync of the folder. The output folder must exist. Names must be
+// unique. metadata defaults to {"format": "pt"}.
+void write_file(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                const json::Value& metadata = json::Value());
+
+}  // namespace fp4qat::st

@@ -1,0 +1,17 @@
+// model/linear_policy.cpp — see linear_policy.h.
+#include "model/linear_policy.h"
+
+#include "autograd/grouped_bf16.h"
+
+namespace fp4qat::model {
+
+at::Tensor LinearPolicy::linear(const std::string&, const at::Tensor& x, const at::Tensor& w) {
+  return at::linear(x, w.to(x.scalar_type()));
+}
+
+at::Tensor LinearPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
+                                 const at::Tensor& counts) {
+  return autograd::grouped_linear(name, x, w, counts);
+}
+
+}  // namespace fp4qat::model

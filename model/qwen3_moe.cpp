@@ -1,0 +1,370 @@
+// model/qwen3_moe.cpp — see qwen3_moe.h. The arithmetic follows Hugging Face's Qwen3-MoE modeling code
+// (RMSNorm in fp32, RoPE with rotate-half, router softmax in fp32) so that logits agree.
+#include "model/qwen3_moe.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+
+#include <unistd.h>
+
+#include "kernels/common/check.h"
+#include "io/names.h"
+
+namespace fp4qat::model {
+
+namespace {
+
+std::string L(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return w.to(x.scalar_type()) * (xf * at::rsqrt(var + eps)).to(x.scalar_type());
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t h = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+}
+
+}  // namespace
+
+// ---- model ----------------------------------------------------------------------------------
+namespace {
+// a * b, or a clear error naming what is being counted when it does not fit int64.
+int64_t mul(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  FP4QAT_CHECK(!__builtin_mul_overflow(a, b, &r), "model shape: the ", what, " overflow a 64-bit parameter count");
+  return r;
+}
+int64_t add_count(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  FP4QAT_CHECK(!__builtin_add_overflow(a, b, &r), "model shape: the ", what, " overflow a 64-bit parameter count");
+  return r;
+}
+}  // namespace
+
+bool is_moe_layer(const model::ModelConfig& c, int64_t i) {
+  const auto& m = c.mlp_only_layers;
+  return std::find(m.begin(), m.end(), i) == m.end() && c.num_experts > 0 && (i + 1) % c.decoder_sparse_step == 0;
+}
+
+std::string gib(double bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f GiB", bytes / static_cast<double>(1ll << 30));
+  return b;
+}
+
+ParameterCount parameter_count(const model::ModelConfig& c) {
+  const std::pair<const char*, int64_t> positive[] = {
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.hidden_size},
+      {"num_hidden_layers", c.num_hidden_layers},
+      {"num_attention_heads", c.num_attention_heads},
+      {"num_key_value_heads", c.num_key_value_heads},
+      {"head_dim", c.head_dim},
+      {"decoder_sparse_step", c.decoder_sparse_step}};
+  for (const auto& [k, v] : positive) FP4QAT_CHECK(v > 0, "model shape: ", k, " must be > 0, got ", v);
+  FP4QAT_CHECK(c.num_experts >= 0, "model shape: num_experts must be >= 0, got ", c.num_experts);
+  const int64_t H = c.hidden_size, hd = c.head_dim;
+  int64_t moe_layers = 0;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) moe_layers += is_moe_layer(c, i) ? 1 : 0;
+  const int64_t dense_layers = c.num_hidden_layers - moe_layers;
+  FP4QAT_CHECK(moe_layers == 0 || c.moe_intermediate_size > 0, "model shape: moe_intermediate_size must be > 0, got ",
+               c.moe_intermediate_size);
+  FP4QAT_CHECK(dense_layers == 0 || c.intermediate_size > 0, "model shape: intermediate_size must be > 0 (",
+               dense_layers, " dense layers), got ", c.intermediate_size);
+  ParameterCount pc;
+  // Per layer: q, o [nH*hd, H]; k, v [nKV*hd, H]; three norms.
+  const int64_t heads = add_count(c.num_attention_heads, c.num_key_value_heads, "attention heads");
+  const int64_t attn = add_count(mul(mul(mul(2, heads, "attention projections"), hd, "attention projections"), H,
+                                     "attention projections"),
+                                 add_count(mul(2, H, "norms"), mul(2, hd, "norms"), "norms"), "attention projections");
+  // Experts: gate_up [E, 2I, H] + down [E, H, I]; router [E, H].
+  const char* what = "experts (num_experts x 3 x moe_intermediate_size x hidden_size)";
+  const int64_t expert =
+      moe_layers ? mul(mul(mul(3, c.moe_intermediate_size, what), H, what), c.num_experts, what) : 0;
+  pc.experts = mul(expert, moe_layers, "experts of all MoE layers");
+  const int64_t moe_rest = mul(c.num_experts, H, "routers (num_experts x hidden_size)");
+  what = "dense MLPs (3 x intermediate_size x hidden_size)";
+  const int64_t dense_mlp = dense_layers ? mul(mul(3, c.intermediate_size, what), H, what) : 0;
+  const int64_t embed = mul(mul(c.vocab_size, H, "embeddings (vocab_size x hidden_size)"),
+                            c.tie_word_embeddings ? 1 : 2, "embeddings and head");
+  int64_t t = add_count(embed, H, "embeddings and head");
+  t = add_count(t, mul(attn, c.num_hidden_layers, "attention of all layers"), "parameters");
+  t = add_count(t, pc.experts, "parameters");
+  t = add_count(t, mul(moe_rest, moe_layers, "routers of all MoE layers"), "parameters");
+  pc.total = add_count(t, mul(dense_mlp, dense_layers, "dense MLPs of all layers"), "parameters");
+  return pc;
+}
+
+int64_t host_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
+}
+
+Qwen3Moe::Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  // The fp32 masters are built here, on the host: refuse a shape that cannot fit before allocating.
+  const ParameterCount pc = parameter_count(cfg);
+  const int64_t ram = host_memory_bytes();
+  FP4QAT_CHECK(ram == 0 || pc.total <= ram / 4, "model shape: ", pc.total, " parameters (",
+               gib(static_cast<double>(pc.total) * 4), " as fp32 masters, of which the experts ",
+               gib(static_cast<double>(pc.experts) * 4), ") exceed this machine's memory (",
+               gib(static_cast<double>(ram)), "); check model.num_experts, model.moe_intermediate_size, ",
+               "model.hidden_size, model.vocab_size and model.num_hidden_layers");
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const int64_t H = cfg.hidden_size, hd = cfg.head_dim, nH = cfg.num_attention_heads, nKV = cfg.num_key_value_heads;
+  add("model.embed_tokens.weight", {cfg.vocab_size, H}, false, gen);
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    add(L(i) + "input_layernorm.weight", {H}, true, gen);
+    add(L(i) + "self_attn.q_proj.weight", {nH * hd, H}, false, gen);
+    add(L(i) + "self_attn.k_proj.weight", {nKV * hd, H}, false, gen);
+    add(L(i) + "self_attn.v_proj.weight", {nKV * hd, H}, false, gen);
+    add(L(i) + "self_attn.o_proj.weight", {H, nH * hd}, false, gen);
+    add(L(i) + "self_attn.q_norm.weight", {hd}, true, gen);
+    add(L(i) + "self_attn.k_norm.weight", {hd}, true, gen);
+    add(L(i) + "post_attention_layernorm.weight", {H}, true, gen);
+    if (is_moe_layer(i)) {
+      const int64_t E = cfg.num_experts, I = cfg.moe_intermediate_size;
+      add(L(i) + "mlp.gate.weight", {E, H}, false, gen);
+      add(L(i) + "mlp.experts.gate_up_proj", {E, 2 * I, H}, false, gen);
+      add(L(i) + "mlp.experts.down_proj", {E, H, I}, false, gen);
+    } else {
+      const int64_t I = cfg.intermediate_size;
+      add(L(i) + "mlp.gate_proj.weight", {I, H}, false, gen);
+      add(L(i) + "mlp.up_proj.weight", {I, H}, false, gen);
+      add(L(i) + "mlp.down_proj.weight", {H, I}, false, gen);
+    }
+  }
+  add("model.norm.weight", {H}, true, gen);
+  if (!cfg.tie_word_embeddings) add("lm_head.weight", {cfg.vocab_size, H}, false, gen);
+}
+
+void Qwen3Moe::add(const std::string& name, std::vector<int64_t> shape, bool is_norm, at::Generator& gen) {
+  at::Tensor t = is_norm ? at::ones(shape) : at::randn(shape, gen) * 0.02;
+  params_.emplace_back(name, t.requires_grad_(true));
+}
+
+bool Qwen3Moe::is_moe_layer(int64_t i) const { return model::is_moe_layer(cfg_, i); }
+
+const at::Tensor& Qwen3Moe::param(const std::string& name) const {
+  for (const auto& [n, t] : params_)
+    if (n == name) return t;
+  FP4QAT_FAIL("model has no parameter '", name, "'");
+}
+
+void Qwen3Moe::to(const at::Device& device) {
+  torch::NoGradGuard ng;
+  for (auto& [n, t] : params_) t = t.detach().to(device).requires_grad_(true);
+}
+
+at::Tensor Qwen3Moe::attention(int64_t i, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                               at::ScalarType dt, LinearPolicy& policy, KVCache* cache) const {
+  const int64_t B = x.size(0), T = x.size(1), hd = cfg_.head_dim, nH = cfg_.num_attention_heads,
+                nKV = cfg_.num_key_value_heads;
+  const std::string p = L(i) + "self_attn.";
+  auto proj = [&](const char* n) { return policy.linear(p + n + ".weight", x, param(p + n + ".weight")); };
+  at::Tensor q = rms_norm(proj("q_proj").view({B, T, nH, hd}), param(p + "q_norm.weight"), cfg_.rms_norm_eps).transpose(1, 2);
+  at::Tensor k = rms_norm(proj("k_proj").view({B, T, nKV, hd}), param(p + "k_norm.weight"), cfg_.rms_norm_eps).transpose(1, 2);
+  at::Tensor v = proj("v_proj").view({B, T, nKV, hd}).transpose(1, 2);
+  q = q * cos + rotate_half(q) * sin;
+  k = k * cos + rotate_half(k) * sin;
+  int64_t past = 0;
+  if (cache) {  // [B, nKV, past + T, hd]
+    if (cache->k[i].defined()) {
+      past = cache->k[i].size(2);
+      k = at::cat({cache->k[i], k}, 2);
+      v = at::cat({cache->v[i], v}, 2);
+    }
+    cache->k[i] = k;
+    cache->v[i] = v;
+  }
+  if (nKV != nH) {
+    k = k.repeat_interleave(nH / nKV, 1);
+    v = v.repeat_interleave(nH / nKV, 1);
+  }
+  at::Tensor o;
+  if (past == 0) {
+    o = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  } else {  // query t (position past + t) sees keys 0 .. past + t
+    const at::Tensor qi = at::arange(T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(1);
+    const at::Tensor kj = at::arange(past + T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(0);
+    o = at::scaled_dot_product_attention(q, k, v, kj <= qi + past, 0.0, /*is_causal=*/false);
+  }
+  o = o.transpose(1, 2).reshape({B, T, nH * hd});
+  return policy.linear(p + "o_proj.weight", o, param(p + "o_proj.weight"));
+}
+
+at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
+                         at::Tensor* load) const {
+  const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, k = cfg_.num_experts_per_tok;
+  const std::string p = L(i) + "mlp.";
+  const at::Tensor x = x3.reshape({-1, H});  // [N, H]
+  const int64_t N = x.size(0);
+  const at::Tensor logits = policy.linear(p + "gate.weight", x, param(p + "gate.weight"));  // [N, E]
+  const at::Tensor probs = at::softmax(logits.to(at::kFloat), 1);
+  auto [topw, topi] = at::topk(probs, k, 1);  // [N, k]
+  if (cfg_.norm_topk_prob) topw = topw / topw.sum(-1, true);
+  topw = topw.to(dt);
+
+  // Switch load balancing: E * sum_e f_e * P_e (f_e: share of routed slots, P_e: mean prob).
+  const at::Tensor onehot = at::one_hot(topi.reshape({-1}), E).to(at::kFloat);  // [N*k, E]
+  const at::Tensor f = onehot.mean(0);
+  *aux = (f * probs.mean(0)).sum() * static_cast<double>(E);
+  *load = f.detach();
+
+  // Permute (token, slot) pairs by expert; counts go to the host for the grouped GEMMs.
+  const at::Tensor flat_e = topi.reshape({-1});
+  const at::Tensor order = at::argsort(flat_e, /*stable=*/true);
+  const at::Tensor token = at::floor_divide(order, k);
+  const at::Tensor counts = at::bincount(flat_e, {}, E).to(at::kCPU).to(at::kLong);  // [E]
+  const at::Tensor xs = x.index_select(0, token);                                      // [N*k, H] by expert
+  at::Tensor y;
+  if (!sharded()) {
+    y = expert_mlp(p, xs, counts, policy);
+  } else {
+    y = ep_->run(xs, counts, [&](const at::Tensor& rows, const at::Tensor& local) { return expert_mlp(p, rows, local, policy); });
+  }
+  y = y * topw.reshape({-1}).index_select(0, order).unsqueeze(1);
+  at::Tensor out = at::zeros({N, H}, y.options());
+  out = out.index_add(0, token, y);
+  return out.view(x3.sizes());
+}
+
+// The experts' SwiGLU MLP on rows sorted by (local) expert: xs [T, H], counts [El] -> [T, H].
+at::Tensor Qwen3Moe::expert_mlp(const std::string& p, const at::Tensor& xs, const at::Tensor& counts,
+                                LinearPolicy& policy) const {
+  const at::Tensor h = policy.grouped(p + "experts.gate_up_proj", xs, param(p + "experts.gate_up_proj"), counts);
+  const int64_t I = cfg_.moe_intermediate_size;
+  const at::Tensor act = at::silu(h.narrow(1, 0, I)) * h.narrow(1, I, I);
+  return policy.grouped(p + "experts.down_proj", act, param(p + "experts.down_proj"), counts);
+}
+
+bool Qwen3Moe::is_expert_param(const std::string& name) {
+  return names::ends_with(name, "mlp.experts.gate_up_proj") || names::ends_with(name, "mlp.experts.down_proj");
+}
+
+int64_t Qwen3Moe::local_experts() const { return sharded() ? cfg_.num_experts / ep_->ranks() : cfg_.num_experts; }
+
+void Qwen3Moe::shard_experts(ExpertDispatch& ep) {
+  const int64_t n = ep.ranks(), E = cfg_.num_experts;
+  FP4QAT_CHECK(!ep_, "shard_experts: the model is sharded already");
+  FP4QAT_CHECK(E % n == 0, "model.num_experts (", E, ") must be divisible by parallel.ep (", n, ")");
+  ep_ = &ep;
+  if (n == 1) return;
+  const int64_t El = E / n;
+  expert_offset_ = ep.rank() * El;
+  torch::NoGradGuard ng;
+  for (auto& [name, t] : params_)
+    if (is_expert_param(name)) t = t.detach().narrow(0, expert_offset_, El).clone().requires_grad_(t.requires_grad());
+}
+
+ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, LinearPolicy& policy, KVCache* cache) const {
+  FP4QAT_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "model input must be int64 [B, T], got ", ids.sizes());
+  const int64_t T = ids.size(1), hd = cfg_.head_dim;
+  const int64_t pos0 = cache ? cache->pos : 0;
+  FP4QAT_CHECK(pos0 + T <= cfg_.max_position_embeddings, "sequence of ", pos0 + T,
+               " tokens exceeds max_position_embeddings ", cfg_.max_position_embeddings);
+  if (cache && cache->k.empty()) {
+    cache->k.resize(static_cast<size_t>(cfg_.num_hidden_layers));
+    cache->v.resize(static_cast<size_t>(cfg_.num_hidden_layers));
+  }
+  // RoPE tables in fp32, cast like Hugging Face does.
+  const auto fopt = at::TensorOptions().dtype(at::kFloat).device(ids.device());
+  const at::Tensor inv = 1.0 / at::pow(cfg_.rope_theta, at::arange(0, hd, 2, fopt.dtype(at::kLong)).to(at::kFloat) / hd);
+  const at::Tensor freqs = at::outer(at::arange(pos0, pos0 + T, fopt), inv);
+  const at::Tensor emb = at::cat({freqs, freqs}, -1);
+  const at::Tensor cos = emb.cos().to(dt), sin = emb.sin().to(dt);
+
+  at::Tensor x = at::embedding(param("model.embed_tokens.weight").to(dt), ids);
+  ForwardOutput out;
+  std::vector<at::Tensor> auxes;
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+    x = x + attention(i, rms_norm(x, param(L(i) + "input_layernorm.weight"), cfg_.rms_norm_eps), cos, sin, dt, policy, cache);
+    const at::Tensor hn = rms_norm(x, param(L(i) + "post_attention_layernorm.weight"), cfg_.rms_norm_eps);
+    if (is_moe_layer(i)) {
+      at::Tensor aux, load;
+      x = x + moe(i, hn, dt, policy, &aux, &load);
+      auxes.push_back(aux);
+      out.expert_load.push_back(load);
+    } else {
+      const std::string p = L(i) + "mlp.";
+      const at::Tensor g = policy.linear(p + "gate_proj.weight", hn, param(p + "gate_proj.weight"));
+      const at::Tensor u = policy.linear(p + "up_proj.weight", hn, param(p + "up_proj.weight"));
+      x = x + policy.linear(p + "down_proj.weight", at::silu(g) * u, param(p + "down_proj.weight"));
+    }
+  }
+  x = rms_norm(x, param("model.norm.weight"), cfg_.rms_norm_eps);
+  const std::string head = cfg_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  out.logits = policy.linear(head, x, param(head));
+  out.aux_loss = auxes.empty() ? at::zeros({}, fopt) : at::stack(auxes).mean();
+  if (cache) cache->pos += T;
+  return out;
+}
+
+// ---- Hugging Face adapter -------------------------------------------------------------------
+// The one place that maps internal names to Hugging Face names: views (no copies) of the master
+// parameters under their HF names; to_hf converts them, load_hf copies into them.
+std::vector<HfGroup> Qwen3Moe::hf_groups() const {
+  std::vector<HfGroup> out;
+  for (const auto& [name, t] : params_) {
+    HfGroup g{name, t.detach(), {}, 1};  // the detached tensor shares storage with the parameter
+    if (names::ends_with(name, "mlp.experts.gate_up_proj")) {  // [E, 2I, H]
+      const std::string base = name.substr(0, name.size() - std::string("gate_up_proj").size());
+      g.parts = 2;
+      for (int64_t e = 0; e < t.size(0); ++e) {
+        g.names.push_back(base + std::to_string(expert_offset_ + e) + ".gate_proj.weight");
+        g.names.push_back(base + std::to_string(expert_offset_ + e) + ".up_proj.weight");
+      }
+    } else if (names::ends_with(name, "mlp.experts.down_proj")) {  // [E, H, I]
+      const std::string base = name.substr(0, name.size() - std::string("down_proj").size());
+      for (int64_t e = 0; e < t.size(0); ++e) g.names.push_back(base + std::to_string(expert_offset_ + e) + ".down_proj.weight");
+    } else {
+      g.names.push_back(name);
+    }
+    out.push_back(std::move(g));
+  }
+  return out;
+}
+
+Params Qwen3Moe::hf_views() const {
+  Params out;
+  for (const auto& g : hf_groups()) {
+    if (g.tensor.dim() != 3) {
+      out.emplace_back(g.names[0], g.tensor);
+      continue;
+    }
+    const int64_t R = g.tensor.size(1) / g.parts;
+    for (int64_t e = 0; e < g.tensor.size(0); ++e)
+      for (int64_t p = 0; p < g.parts; ++p)
+        out.emplace_back(g.names[e * g.parts + p], g.tensor[e].narrow(0, p * R, R));
+  }
+  return out;
+}
+
+std::vector<std::string> Qwen3Moe::hf_names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, v] : hf_views()) out.push_back(name);
+  return out;
+}
+
+Params Qwen3Moe::to_hf(at::ScalarType dtype) const {
+  Params out = hf_views();
+  for (auto& [name, v] : out) v = v.to(dtype).contiguous();
+  return out;
+}
+
+void Qwen3Moe::load_hf(const std::function<at::Tensor(const std::string&)>& get) {
+  torch::NoGradGuard ng;
+  for (auto& [name, view] : hf_views()) {
+    const at::Tensor t = get(name);
+    FP4QAT_CHECK(t.sizes() == view.sizes(), "tensor '", name, "' has shape ", t.sizes(), ", expected ", view.sizes());
+    view.copy_(t);
+  }
+}
+
+}  // namespace fp4qat::model

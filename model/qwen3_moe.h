@@ -1,0 +1,117 @@
+// model/qwen3_moe.h — Qwen3-MoE decoder in LibTorch with the Hugging Face layout
+// (docs/spec/checkpoint-format.md): embeddings, RMSNorm, grouped-query attention with
+// q/k RMSNorm and RoPE (causal), MoE blocks (router -> softmax -> top-k, renormalised when
+// norm_topk_prob -> SwiGLU experts run through the grouped path -> weighted combine) with a
+// Switch-style load-balancing loss, optional dense layers, tied or untied head.
+//
+// Parameters are fp32 masters under Hugging Face names, except the experts of layer i, which
+// are stacked: `model.layers.i.mlp.experts.gate_up_proj` [E, 2I, H] (rows 0..I-1 = gate_proj,
+// I..2I-1 = up_proj; one amax per expert is then shared by the gated pair) and
+// `model.layers.i.mlp.experts.down_proj` [E, H, I]. to_hf()/load_hf() are the one adapter to
+// per-expert Hugging Face names. All weights are `[out, in]`.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/config.h"
+#include "model/expert_dispatch.h"
+#include "model/linear_policy.h"
+
+namespace fp4qat::model {
+
+
+struct ForwardOutput {
+  at::Tensor logits;                   // [B, T, vocab] in the compute dtype
+  at::Tensor aux_loss;                 // scalar fp32: mean over MoE layers of the Switch loss
+  std::vector<at::Tensor> expert_load;  // per MoE layer: fraction of routed slots per expert [E]
+};
+
+using Params = std::vector<std::pair<std::string, at::Tensor>>;
+
+// Keys and values of the tokens seen so far, per layer ([B, kv_heads, S, head_dim], after q/k
+// norm and RoPE), for incremental decoding: forward() with a cache appends to it.
+struct KVCache {
+  std::vector<at::Tensor> k, v;
+  int64_t pos = 0;  // tokens already in the cache
+};
+
+// One master parameter under its Hugging Face tensor names. A stacked expert tensor
+// [E, P*R, K] holds P members (gate_up: P = 2, gate rows first) of E experts; member (e, p) is
+// rows [p*R, (p+1)*R) of expert e and is named names[e*P + p]. Other parameters have one name.
+struct HfGroup {
+  std::string param;        // model-internal name
+  at::Tensor tensor;        // the master (detached view, shares storage)
+  std::vector<std::string> names;
+  int64_t parts = 1;
+};
+
+class Qwen3Moe {
+ public:
+  // Random initialisation (normal(0, 0.02) for matrices, ones for norms), seeded.
+  Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed);
+
+  const model::ModelConfig& config() const { return cfg_; }
+
+  // Expert parallelism: keep only this rank's experts [d.rank() * E/n, (d.rank() + 1) * E/n)
+  // of every stacked expert tensor (n = d.ranks()); forward() then hands each MoE layer's routed
+  // rows to `d` (dist/expert_dispatch.h: all-to-alls; every member must run the same forwards).
+  // `d` must outlive the model. Call before training starts.
+  void shard_experts(ExpertDispatch& d);
+  bool sharded() const { return ep_ != nullptr && ep_->ranks() > 1; }
+  int64_t expert_offset() const { return expert_offset_; }   // first global expert held here
+  int64_t local_experts() const;                             // experts held here (E when not sharded)
+  static bool is_expert_param(const std::string& name);      // a stacked expert tensor
+  Params& params() { return params_; }
+  const Params& params() const { return params_; }
+  const at::Tensor& param(const std::string& name) const;
+  bool is_moe_layer(int64_t layer) const;
+  void to(const at::Device& device);
+
+  // ids: int64 [B, T]. compute: bf16 or fp32. With a cache, ids are the tokens after the cached
+  // ones (positions cache->pos...), attending to the cache and causally among themselves.
+  ForwardOutput forward(const at::Tensor& ids, at::ScalarType compute, LinearPolicy& policy,
+                        KVCache* cache = nullptr) const;
+
+  // Hugging Face adapter: per-expert names, tensors converted to `dtype`.
+  Params to_hf(at::ScalarType dtype) const;
+  // Copies every parameter from `get(hf_name)` (throws naming a missing or misshaped tensor).
+  void load_hf(const std::function<at::Tensor(const std::string&)>& get);
+  std::vector<std::string> hf_names() const;
+  std::vector<HfGroup> hf_groups() const;  // the one internal <-> Hugging Face name mapping
+
+ private:
+  Params hf_views() const;  // views of the masters under Hugging Face names
+  void add(const std::string& name, std::vector<int64_t> shape, bool is_norm, at::Generator& gen);
+  at::Tensor attention(int64_t layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                       at::ScalarType dt, LinearPolicy& policy, KVCache* cache) const;
+  at::Tensor moe(int64_t layer, const at::Tensor& x, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
+                 at::Tensor* load) const;
+  at::Tensor expert_mlp(const std::string& p, const at::Tensor& xs, const at::Tensor& counts, LinearPolicy& policy) const;
+  model::ModelConfig cfg_;
+  Params params_;
+  ExpertDispatch* ep_ = nullptr;
+  int64_t expert_offset_ = 0;
+};
+
+// Parameter counts of a model shape, checked before anything is allocated: every dimension must
+// be positive (num_experts may be 0: dense) and the counts must fit int64; otherwise throws,
+// naming the field. `experts` counts the stacked expert tensors (sharded under expert
+// parallelism), `total` everything.
+struct ParameterCount {
+  int64_t total = 0;
+  int64_t experts = 0;
+};
+ParameterCount parameter_count(const model::ModelConfig& cfg);
+// Whether layer `i` of shape `cfg` is a MoE layer (not in mlp_only_layers, every
+// decoder_sparse_step-th, and the model has experts); Qwen3Moe::is_moe_layer asks this.
+bool is_moe_layer(const model::ModelConfig& cfg, int64_t i);
+// Physical memory of this machine in bytes (0 when unknown).
+int64_t host_memory_bytes();
+// `bytes` as "12.3 GiB", for messages.
+std::string gib(double bytes);
+
+}  // namespace fp4qat::model

@@ -1,0 +1,132 @@
+// qat/policy.cpp — see policy.h.
+#include "qat/policy.h"
+
+#include <torch/torch.h>
+
+#include "autograd/mxfp8_linear.h"
+#include "io/names.h"
+#include "kernels/common/check.h"
+#include "qat/gated_pairs.h"
+#include "qat/patterns.h"
+#include "qat/selection.h"
+
+namespace fp4qat::qat {
+
+
+QatPolicy::QatPolicy(const Recipe& recipe, const model::Qwen3Moe& model, bool quantize_forward)
+    : model_(model), quantize_forward_(quantize_forward) {
+  FP4QAT_CHECK(!quantize_forward || recipe.quantizes(), "qat.format '", to_string(recipe.format),
+               "': expected nvfp4 or mxfp8");
+  mxfp8_ = recipe.format == Format::kMXFP8;
+  cache_weights_ = recipe.cache_weights;
+  opt_.weight_blocks = recipe.weight_blocks;
+  opt_.backward = recipe.backward;
+  // The Hugging Face modules each parameter stands for; a stacked expert tensor is selected as a
+  // whole (every expert, both members of a pair) or not at all.
+  std::vector<ModuleUnit> units;
+  std::map<std::string, std::string> param_of;  // module -> parameter
+  for (const auto& g : model.hf_groups()) {
+    if (g.tensor.dim() < 2 || g.param == "model.embed_tokens.weight") continue;
+    ModuleUnit u;
+    u.what = g.parts == 2 ? "a gated pair" : (g.names.size() > 1 ? "experts of one stacked tensor" : "one module");
+    for (const auto& n : g.names) {
+      u.modules.push_back(names::module_of(n));
+      param_of[u.modules.back()] = g.param;
+    }
+    units.push_back(std::move(u));
+  }
+  for (const auto& m : select_modules(recipe.selection, units, model.config().num_hidden_layers))
+    params_.insert(param_of.at(m));
+}
+
+std::optional<at::Tensor> QatPolicy::shared_weight_amax(const std::string& param) const {
+  auto partner = gated_partner(param);
+  if (!partner || !quantized(param)) return std::nullopt;
+  torch::NoGradGuard ng;
+  return gated_pair_amax(compute_copy(model_.param(param).detach()), compute_copy(model_.param(partner->partner).detach()));
+}
+
+namespace {
+// The same weight: the same memory viewed the same way (a parameter and its detached alias
+// qualify; both share one version counter). The cache keeps the tensor it saw alive, so its
+// memory cannot be reused by another tensor while the entry exists.
+bool same_weight(const at::Tensor& a, const at::Tensor& b) {
+  return a.defined() && b.defined() && a.data_ptr() == b.data_ptr() && a.device() == b.device() &&
+         a.sizes() == b.sizes() && a.strides() == b.strides() && a.scalar_type() == b.scalar_type();
+}
+}  // namespace
+
+const NVFP4Operand* QatPolicy::weight_quantization(const std::string& param, const at::Tensor& w) {
+  if (!cache_weights_ || mxfp8_ || !quantize_forward_ || !quantized(param)) return nullptr;
+  at::Tensor partner;
+  if (auto pr = gated_partner(param); pr && w.dim() == 2) partner = model_.param(pr->partner);
+  auto it = cache_.find(param);
+  if (it != cache_.end()) {
+    const CachedWeight& c = it->second;
+    const bool same_partner = partner.defined()
+                                  ? same_weight(c.partner, partner) && c.partner_version == partner._version()
+                                  : !c.partner.defined();
+    if (same_weight(c.w, w) && c.w_version == w._version() && same_partner) return &c.q;
+    cache_.erase(it);  // stale: free it before quantizing anew
+  }
+  torch::NoGradGuard ng;
+  CachedWeight c;
+  c.w = w;
+  c.w_version = w._version();
+  if (partner.defined()) {
+    c.partner = partner;
+    c.partner_version = partner._version();
+  }
+  c.q = nvfp4_quantize_and_fake(compute_copy(w.detach(), at::kBFloat16), opt_.weight_blocks, shared_weight_amax(param));
+  return &cache_.emplace(param, std::move(c)).first->second.q;
+}
+
+void QatPolicy::observe(const std::string& name, const at::Tensor& amax) {
+  auto it = input_amax_.find(name);
+  if (it == input_amax_.end()) input_amax_.emplace(name, amax);
+  else it->second = at::maximum(it->second, amax);
+}
+
+std::map<std::string, at::Tensor> QatPolicy::take_input_amax() {
+  std::map<std::string, at::Tensor> out;
+  out.swap(input_amax_);
+  return out;
+}
+
+at::Tensor QatPolicy::linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) {
+  if (!quantized(name)) return LinearPolicy::linear(name, x, w);
+  if (at::GradMode::is_enabled() || observe_without_grad) {
+    torch::NoGradGuard ng;
+    observe(name, x.detach().abs().max().to(at::kFloat));
+  }
+  if (!quantize_forward_) return LinearPolicy::linear(name, x, w);
+  const at::Tensor wc = compute_copy(w, x.scalar_type());
+  if (weight_observer) weight_observer(name, wc.detach());
+  if (mxfp8_) return autograd::mxfp8_linear(x, wc, opt_.backward);
+  if (const NVFP4Operand* q = weight_quantization(name, w)) return autograd::nvfp4_linear(x, wc, opt_, std::nullopt, q);
+  return autograd::nvfp4_linear(x, wc, opt_, shared_weight_amax(name));
+}
+
+at::Tensor QatPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
+                              const at::Tensor& counts) {
+  if (!quantized(name)) return LinearPolicy::grouped(name, x, w, counts);
+  if (at::GradMode::is_enabled() || observe_without_grad) {  // per-expert activation amax: x [T, K] rows sorted by expert
+    torch::NoGradGuard ng;
+    const int64_t E = w.size(0), T = x.size(0);
+    at::Tensor amax = at::zeros({E}, x.options().dtype(at::kFloat));
+    if (T > 0) {
+      const at::Tensor rows = x.detach().abs().amax(1).to(at::kFloat);                             // [T]
+      const at::Tensor ids = at::repeat_interleave(at::arange(E, x.options().dtype(at::kLong)), counts.to(x.device()),
+                                                   /*dim=*/0, /*output_size=*/T);  // [T] expert of each row
+      amax.scatter_reduce_(0, ids, rows, "amax", /*include_self=*/true);
+    }
+    observe(name, amax);
+  }
+  if (!quantize_forward_) return LinearPolicy::grouped(name, x, w, counts);
+  const at::Tensor wc = compute_copy(w, x.scalar_type());
+  if (weight_observer) weight_observer(name, wc.detach());
+  if (mxfp8_) return autograd::mxfp8_grouped_linear(x.contiguous(), wc, counts, opt_.backward);
+  return autograd::nvfp4_grouped_linear(x.contiguous(), wc, counts, opt_, std::nullopt, weight_quantization(name, w));
+}
+
+}  // namespace fp4qat::qat

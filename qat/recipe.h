@@ -1,0 +1,50 @@
+// qat/recipe.h — the QAT recipe as one type, used by the trainer (`qat:` of a recipe YAML),
+// `convert`, `quantize`, the exports and the rollout side: which format the selected linears
+// are quantized to, with which blocks, which backward, and which modules (module selection:
+// qat/selection.h). Room for the scale rules to come (Four Over Six, row-scaled activations).
+//
+// The format names are spelled once here: `nvfp4`, `mxfp8`, `bf16` (no quantization; a recipe's
+// `qat.format: none` is the same value: training in the compute dtype).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "autograd/nvfp4_linear.h"  // autograd::Backward
+#include "kernels/quantize.h"       // Blocks
+
+namespace fp4qat::qat {
+
+enum class Format { kBF16, kNVFP4, kMXFP8 };
+// "nvfp4" | "mxfp8" | "bf16"; throws naming the value and the accepted names.
+Format parse_format(const std::string& s);
+const char* to_string(Format f);  // "nvfp4" | "mxfp8" | "bf16"
+// The block size of a quantized format's scales along K (16 NVFP4, 32 MXFP8; 1 for BF16).
+int64_t block_size(Format f);
+
+// Which parameters train: all of them, or only the quantized ones (the rest frozen).
+enum class TrainScope { kAll, kQuantizedOnly };
+
+// Module selection of a recipe (qat/selection.h applies it): globs on Hugging Face module names
+// (`*` matches any characters, dots included), minus `exclude`, minus the first/last layers kept.
+struct Selection {
+  std::vector<std::string> modules = {"model.layers.*.mlp.experts.*"};
+  std::vector<std::string> exclude;           // globs; a matched module stays in BF16
+  int64_t keep_first_n = 0, keep_last_n = 0;  // decoder layers kept in BF16
+};
+
+struct Recipe {
+  Format format = Format::kBF16;                            // qat.format: none (= bf16) | nvfp4 | mxfp8
+  Selection selection;
+  Blocks weight_blocks = Blocks::k1D;                       // NVFP4 weight blocks: 1x16 or 16x16
+  autograd::Backward backward = autograd::Backward::kHighPrecision;
+  TrainScope train = TrainScope::kAll;
+  // NVFP4: quantize each selected weight once per change (optimizer step, load) and reuse it in
+  // every forward until the next change and in that step's export (costs the quantized copy's
+  // memory: 2.56 bytes per selected weight element); false: quantize in every forward.
+  bool cache_weights = true;
+
+  bool quantizes() const { return format != Format::kBF16; }
+};
+
+}  // namespace fp4qat::qat

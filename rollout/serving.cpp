@@ -1,0 +1,143 @@
+// rollout/serving.cpp — see serving.h.
+#include "rollout/serving.h"
+
+#include <torch/torch.h>
+
+#include "autograd/mxfp8_linear.h"
+#include "autograd/nvfp4_linear.h"
+#include "io/names.h"
+#include "kernels/common/check.h"
+#include "kernels/quantize.h"
+#include "io/fs.h"
+#include "io/hf_folder.h"
+#include "model/hf_folder.h"
+#include "io/json.h"
+#include "io/safetensors.h"
+
+namespace fp4qat::rollout {
+
+
+
+void ServingPolicy::to(const at::Device& dev) {
+  for (auto& [n, w] : weights_) {
+    w.values = w.values.to(dev);
+    if (w.s_dec.defined()) w.s_dec = w.s_dec.to(dev);
+  }
+}
+
+at::Tensor ServingPolicy::linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) {
+  auto it = weights_.find(name);
+  if (it == weights_.end()) return LinearPolicy::linear(name, x, w);
+  if (format_ == Format::kNVFP4) return autograd::nvfp4_linear_forward(x, it->second.values, it->second.s_dec);
+  // MXFP8: the training function itself; re-quantizing MXFP8 values gives the same values back.
+  torch::NoGradGuard ng;
+  return autograd::mxfp8_linear(x, it->second.values.to(x.scalar_type()), autograd::Backward::kHighPrecision);
+}
+
+at::Tensor ServingPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
+                                  const at::Tensor& counts) {
+  auto it = weights_.find(name);
+  if (it == weights_.end()) return LinearPolicy::grouped(name, x, w, counts);
+  if (format_ == Format::kNVFP4) return autograd::nvfp4_grouped_forward(x, it->second.values, it->second.s_dec, counts);
+  torch::NoGradGuard ng;
+  return autograd::mxfp8_grouped_linear(x.contiguous(), it->second.values.to(x.scalar_type()), counts,
+                                        autograd::Backward::kHighPrecision);
+}
+
+Loaded load(const std::string& dir, const at::Device& device) {
+  torch::NoGradGuard ng;
+  const model::ModelConfig cfg = model::read_hf_config(dir);
+  const std::string cfg_path = dir + "/config.json";
+  const json::Value cj = json::parse(fs::read_text(cfg_path), cfg_path);
+  Loaded out;
+  if (const json::Value* q = cj.find("quantization_config")) {
+    const std::string method = q->at("quant_method", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_method");
+    if (method == "modelopt") {
+      const std::string algo = q->at("quant_algo", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_algo");
+      FP4QAT_CHECK(algo == "NVFP4", cfg_path, ": quant_algo '", algo, "' is not supported (NVFP4 is)");
+      out.format = Format::kNVFP4;
+    } else {
+      FP4QAT_CHECK(method == "mxfp8", cfg_path, ": quant_method '", method, "' is not supported (modelopt NVFP4, mxfp8)");
+      out.format = Format::kMXFP8;
+    }
+  }
+  hf::FolderReader files(dir);
+  auto get = [&](const std::string& name) { return files.view(name); };
+  auto has = [&](const std::string& name) { return files.has(name); };
+  // A quantized module's values (without S_dec for NVFP4) and S_dec.
+  auto decode = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
+    if (out.format == Format::kNVFP4) {
+      const at::Tensor s2 = get(m + ".weight_scale_2").to(at::kFloat);
+      FP4QAT_CHECK(s2.numel() == 1, dir, ": '", m, ".weight_scale_2' must be a scalar");
+      const NVFP4Tensor q{get(m + ".weight"), get(m + ".weight_scale"), at::ones({}, at::kFloat), Blocks::k1D};
+      return {nvfp4_dequantize(q, at::kBFloat16), s2.reshape({})};
+    }
+    return {mxfp8_dequantize({get(m + ".weight"), get(m + ".weight_scale_inv")}, at::kBFloat16), at::Tensor()};
+  };
+  std::map<std::string, std::pair<at::Tensor, at::Tensor>> decoded;  // each module decoded once
+  auto module = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
+    auto it = decoded.find(m);
+    if (it != decoded.end()) return it->second;
+    return decoded[m] = decode(m);
+  };
+  auto quantized = [&](const std::string& m) {
+    return out.format == Format::kNVFP4 ? has(m + ".weight_scale") : (out.format == Format::kMXFP8 && has(m + ".weight_scale_inv"));
+  };
+  out.model = std::make_unique<model::Qwen3Moe>(model::model_of_folder(dir, cfg));
+  std::map<std::string, ServingPolicy::Weight> weights;
+  for (const auto& g : out.model->hf_groups()) {
+    std::vector<std::string> mods;
+    int nq = 0;
+    for (const auto& n : g.names) {
+      mods.push_back(names::module_of(n));
+      nq += quantized(mods.back());
+    }
+    if (nq == 0) continue;
+    FP4QAT_CHECK(nq == static_cast<int>(mods.size()), dir, ": '", mods[0], "' and the other members of '", g.param,
+                 "' must all be quantized or all BF16");
+    if (g.tensor.dim() == 2) {
+      auto [v, s] = module(mods[0]);
+      weights[g.param] = {v, s};
+      continue;
+    }
+    const int64_t E = g.tensor.size(0), P = g.parts;
+    std::vector<at::Tensor> vals, sdec;
+    for (int64_t e = 0; e < E; ++e) {
+      std::vector<at::Tensor> parts;
+      for (int64_t p = 0; p < P; ++p) {
+        auto [v, s] = module(mods[e * P + p]);
+        parts.push_back(v);
+        if (p == 0 && s.defined()) sdec.push_back(s);
+        if (p > 0 && s.defined() && !at::equal(s, sdec.back()))
+          TORCH_WARN("fp4qat: ", mods[e * P + p], ".weight_scale_2 differs from ", mods[e * P],
+                     ".weight_scale_2; using the latter for both, as serving engines do");
+      }
+      vals.push_back(at::cat(parts, 0));  // [P*R, K]
+    }
+    weights[g.param] = {at::stack(vals), sdec.empty() ? at::Tensor() : at::stack(sdec)};
+  }
+  // Every other tensor is a BF16 (or F32) parameter; quantized ones get their dequantized value.
+  out.model->load_hf([&](const std::string& name) -> at::Tensor {
+    const std::string m = names::module_of(name);
+    if (quantized(m)) {
+      auto [v, s] = module(m);
+      decoded.erase(m);  // its last use
+      return s.defined() ? v.to(at::kFloat) * s : v.to(at::kFloat);
+    }
+    return get(name).to(at::kFloat);
+  });
+  out.model->to(device);
+  for (auto& [n, p] : out.model->params()) p.requires_grad_(false);
+  out.policy = std::make_unique<ServingPolicy>(out.format, std::move(weights));
+  out.policy->to(device);
+  return out;
+}
+
+at::Tensor token_logprobs(const model::Qwen3Moe& m, model::LinearPolicy& p, const at::Tensor& ids, at::ScalarType dt) {
+  torch::NoGradGuard ng;
+  const int64_t T = ids.size(1) - 1;
+  const at::Tensor logits = m.forward(ids.narrow(1, 0, T), dt, p).logits.to(at::kFloat);  // [B, T, V]
+  return at::log_softmax(logits, -1).gather(-1, ids.narrow(1, 1, T).unsqueeze(-1)).squeeze(-1);
+}
+
+}  // namespace fp4qat::rollout

@@ -1,0 +1,78 @@
+// tests/io/test_publish.cpp — io/publish.h: publish is atomic, keeps the newest K and leaves the
+// previous folder intact when writing fails; write_folder_atomic refuses or replaces a target as
+// asked and leaves nothing on failure; `latest` reads the symlink and the older text file.
+#include <gtest/gtest.h>
+
+#include "io/fs.h"
+#include "io/publish.h"
+#include "kernels/common/check.h"
+#include "tests/common/test_util.h"
+
+using namespace fp4qat;
+
+TEST(Publish, AtomicKeepsNewestAndSurvivesAFailedWrite) {
+  test::TempDir d;
+  const std::string root = d.file("exports");
+  auto fill = [](int step) {
+    return [step](const std::string& tmp) { fs::write_text_atomic(tmp + "/step.txt", std::to_string(step)); };
+  };
+  for (int s = 1; s <= 4; ++s) io::publish(root, "step-" + std::to_string(s), 2, "step-", fill(s));
+  EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-3", "step-4"}));
+  EXPECT_EQ(fs::read_link(root + "/latest"), "step-4");
+  EXPECT_EQ(fs::read_text(root + "/latest/step.txt"), "4");
+  // A failing export leaves the previous one complete and current, and no temporary folder.
+  EXPECT_THROW(io::publish(root, "step-5", 2, "step-",
+                           [](const std::string& tmp) {
+                             fs::write_text_atomic(tmp + "/half.txt", "x");
+                             FP4QAT_FAIL("disk full (simulated)");
+                           }),
+               Error);
+  EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-3", "step-4"}));
+  EXPECT_EQ(fs::read_text(root + "/latest/step.txt"), "4");
+  // Publishing a step again (after a resume) replaces it.
+  io::publish(root, "step-4", 2, "step-", [](const std::string& tmp) { fs::write_text_atomic(tmp + "/step.txt", "4b"); });
+  EXPECT_EQ(fs::read_text(root + "/latest/step.txt"), "4b");
+  EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-3", "step-4"}));
+}
+
+TEST(Publish, KeepZeroKeepsEveryFolder) {
+  test::TempDir d;
+  const std::string root = d.file("checkpoints");
+  for (int s = 1; s <= 3; ++s)
+    io::publish(root, "step-" + std::to_string(s), 0, "step-", [](const std::string& tmp) {
+      fs::write_text_atomic(tmp + "/x", "x");
+    });
+  EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-1", "step-2", "step-3"}));
+  EXPECT_EQ(io::latest(root), "step-3");
+}
+
+TEST(Publish, LatestReadsTheSymlinkAndTheOlderTextFile) {
+  test::TempDir d;
+  const std::string root = d.file("checkpoints");
+  fs::make_dir(root);
+  EXPECT_EQ(io::latest(root), "");
+  fs::write_text_atomic(root + "/latest", "step-7\n");  // how checkpoints were marked before
+  EXPECT_EQ(io::latest(root), "step-7");
+  fs::make_dir(root + "/step-9");
+  fs::symlink_atomic("step-9", root + "/latest");
+  EXPECT_EQ(io::latest(root), "step-9");
+}
+
+TEST(WriteFolderAtomic, RefusesOrReplacesAndLeavesNothingOnFailure) {
+  test::TempDir d;
+  const std::string out = d.file("out");
+  io::write_folder_atomic(out, [](const std::string& tmp) { fs::write_text_atomic(tmp + "/a", "1"); });
+  EXPECT_EQ(fs::read_text(out + "/a"), "1");
+  EXPECT_THROW(io::write_folder_atomic(out, [](const std::string&) {}), Error);  // exists, no replace
+  EXPECT_THROW(io::write_folder_atomic(out,
+                                       [](const std::string& tmp) {
+                                         fs::write_text_atomic(tmp + "/a", "2");
+                                         FP4QAT_FAIL("simulated");
+                                       },
+                                       /*replace=*/true),
+               Error);
+  EXPECT_EQ(fs::read_text(out + "/a"), "1");
+  EXPECT_EQ(fs::list_dir(d.path()), (std::vector<std::string>{"out"}));  // no temporary folder left
+  io::write_folder_atomic(out, [](const std::string& tmp) { fs::write_text_atomic(tmp + "/b", "2"); }, true);
+  EXPECT_EQ(fs::list_dir(out), (std::vector<std::string>{"b"}));
+}

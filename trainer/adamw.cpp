@@ -1,0 +1,46 @@
+// trainer/adamw.cpp — see adamw.h.
+#include "trainer/adamw.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace fp4qat::train {
+
+AdamWState adamw_init(const std::vector<std::pair<std::string, at::Tensor>>& params) {
+  AdamWState st;
+  for (const auto& [n, p] : params) {
+    st.m.push_back(at::zeros_like(p.detach()));
+    st.v.push_back(at::zeros_like(p.detach()));
+  }
+  return st;
+}
+
+void adamw_update(std::vector<std::pair<std::string, at::Tensor>>& params, AdamWState& st,
+                  const config::OptimConfig& o, double lr, double grad_scale, int64_t step) {
+  const double b1 = o.beta1, b2 = o.beta2, t = static_cast<double>(step);
+  const double bc1 = 1.0 - std::pow(b1, t), bc2 = 1.0 - std::pow(b2, t);
+  for (size_t i = 0; i < params.size(); ++i) {
+    at::Tensor& p = params[i].second;
+    if (!p.grad().defined()) continue;
+    const at::Tensor g = p.grad().to(at::kFloat) * grad_scale;
+    st.m[i].mul_(b1).add_(g, 1.0 - b1);
+    st.v[i].mul_(b2).addcmul_(g, g, 1.0 - b2);
+    if (p.dim() >= 2 && o.weight_decay > 0) p.mul_(1.0 - lr * o.weight_decay);
+    const at::Tensor denom = (st.v[i] / bc2).sqrt_().add_(o.eps);
+    p.addcdiv_(st.m[i], denom, -lr / bc1);
+  }
+}
+
+double clip_scale(const config::OptimConfig& o, double grad_norm) {
+  return (o.grad_clip > 0 && grad_norm > o.grad_clip) ? o.grad_clip / (grad_norm + 1e-6) : 1.0;
+}
+
+double learning_rate(const config::OptimConfig& o, int64_t step, int64_t total) {
+  if (o.warmup_steps > 0 && step < o.warmup_steps) return o.lr * static_cast<double>(step + 1) / o.warmup_steps;
+  const double span = std::max<int64_t>(1, total - o.warmup_steps);
+  const double t = std::min(1.0, static_cast<double>(step - o.warmup_steps) / span);
+  const double min_lr = o.lr * o.min_lr_ratio;
+  return min_lr + 0.5 * (o.lr - min_lr) * (1.0 + std::cos(M_PI * t));
+}
+
+}  // namespace fp4qat::train

@@ -1,0 +1,64 @@
+// trainer/checkpoint.cpp — see checkpoint.h.
+#include "trainer/checkpoint.h"
+
+#include <torch/torch.h>
+
+#include "io/fs.h"
+#include "io/json.h"
+#include "io/publish.h"
+#include "io/safetensors.h"
+#include "kernels/common/check.h"
+
+namespace fp4qat::train {
+
+std::string checkpoint_root(const config::Config& c) { return c.train.out_dir + "/checkpoints"; }
+
+std::string save_checkpoint(const config::Config& cfg, const model::Params& params, const AdamWState& st,
+                            int64_t step) {
+  const std::string root = checkpoint_root(cfg);
+  fs::make_dirs(cfg.train.out_dir);
+  const std::string folder = "step-" + std::to_string(step);
+  io::publish(root, folder, /*keep=*/0, "step-", [&](const std::string& tmp) {
+    model::Params ps, os;
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto& [name, p] = params[i];
+      ps.emplace_back(name, p.detach());
+      os.emplace_back(name + ".exp_avg", st.m[i]);
+      os.emplace_back(name + ".exp_avg_sq", st.v[i]);
+    }
+    st::write_file(tmp + "/model.safetensors", ps);
+    st::write_file(tmp + "/optim.safetensors", os);
+    json::Value state = json::Value::object({{"step", step}, {"config", config::dump(cfg)}});
+    fs::write_text_atomic(tmp + "/state.json", state.dump(2) + "\n");
+    fs::write_text_atomic(tmp + "/config.yaml", config::dump(cfg));
+  });
+  return root + "/" + folder;
+}
+
+int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, AdamWState& st) {
+  const std::string root = checkpoint_root(cfg);
+  const std::string name = io::latest(root);
+  FP4QAT_CHECK(!name.empty(), "--resume: no checkpoint in ", root, " (", root, "/latest not found)");
+  const std::string dir = root + "/" + name;
+  const json::Value state = json::parse(fs::read_text(dir + "/state.json"), dir + "/state.json");
+  const int64_t step = state.at("step", dir + "/state.json").as_int(dir + "/state.json: step");
+  st::Reader mr(dir + "/model.safetensors"), orr(dir + "/optim.safetensors");
+  torch::NoGradGuard ng;
+  for (size_t i = 0; i < model.params().size(); ++i) {
+    auto& [pname, p] = model.params()[i];
+    // A checkpoint holds every expert; an expert-parallel rank takes its own (re-sharding).
+    auto mine = [&](const at::Tensor& t) {
+      return model.sharded() && model::Qwen3Moe::is_expert_param(pname) && t.dim() == 3
+                 ? t.narrow(0, model.expert_offset(), model.local_experts())
+                 : t;
+    };
+    const at::Tensor src = mine(mr.view(pname));
+    FP4QAT_CHECK(src.sizes() == p.sizes(), dir, ": parameter '", pname, "' has shape ", src.sizes(), ", the model ", p.sizes());
+    p.copy_(src);
+    st.m[i].copy_(mine(orr.view(pname + ".exp_avg")));
+    st.v[i].copy_(mine(orr.view(pname + ".exp_avg_sq")));
+  }
+  return step;
+}
+
+}  // namespace fp4qat::train

@@ -1,6 +1,0 @@
-// trainer/main.cpp — the fp4qat executable: forwards argv to fp4qat::cli::run.
-#include "trainer/cli.h"
-
-int main(int argc, char** argv) {
-  return fp4qat::cli::run(fp4qat::cli::Args(argv + 1, argv + argc));
-}
