@@ -326,7 +326,7 @@ def figure_runs(runs, title=None, panels=None):
     return fig
 
 
-def figure_quality_report(models, curves=(), title=None):
+def figure_quality_report(models, curves=(), title=None, xlabel="model, as served"):
     """The quality report's figure. models: [(label, val_loss, exact_match)] bars; curves: Runs
     (the QAT fine-tunings) whose losses are drawn under the bars."""
     labels = [m[0] for m in models]
@@ -348,7 +348,7 @@ def figure_quality_report(models, curves=(), title=None):
             ax.set_xticks(list(x), labels)
             ax.set_title(name)
             ax.set_ylabel(ylabel)
-            ax.set_xlabel("model, as served")
+            ax.set_xlabel(xlabel)
             ax.grid(axis="x", visible=False)
             top = max([v for v in vals if _num(v) is not None] or [1])
             ax.set_ylim(0, 1.05 if idx == 2 else top * 1.15)
