@@ -1,16 +1,20 @@
 """scripts/quality_report.py REPORT_DIR MACHINE — turns the outputs of scripts/quality_report
-(evals.jsonl, the QAT runs' metrics.jsonl) into quality-report.md and quality-report.svg."""
+(evals.jsonl, the QAT runs' metrics.jsonl) into quality-report.md and quality-report.svg (drawn
+by scripts/plotting.py, as scripts/plot draws training curves)."""
 import datetime
 import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import plotting  # noqa: E402  (scripts/plotting.py)
 
 rep, machine = sys.argv[1], sys.argv[2]
 evals = [json.loads(l) for l in open(os.path.join(rep, "evals.jsonl")) if l.strip()]
 
 
 def metrics(mode):
-    rows = [json.loads(l) for l in open(os.path.join(rep, "qat-" + mode, "metrics.jsonl")) if l.strip()]
+    rows = plotting.read_metrics(os.path.join(rep, "qat-" + mode, "metrics.jsonl"))
     steps = [r for r in rows if "loss" in r]
     return steps
 
@@ -24,7 +28,7 @@ rows.append(("NVFP4 PTQ (`fp4qat convert`)", "nvfp4", ptq, bf16["mean_abs_dlogp"
 for name, mode, ev in (("NVFP4 QAT, high_precision backward", "high_precision", hp),
                        ("NVFP4 QAT, dequantized backward", "dequantized", dq)):
     steps = metrics(mode)
-    mm = [s["mismatch_mean"] for s in steps if "mismatch_mean" in s]
+    mm = [s["mismatch_mean"] for s in steps if plotting._num(s.get("mismatch_mean")) is not None]
     rows.append((name, "nvfp4", ev, max(mm) if mm else float("nan"),
                  "trainer vs its own export, max over %d steps" % len(mm)))
 
@@ -43,7 +47,7 @@ md = ["# Quality report: BF16 vs NVFP4 PTQ vs expert-only NVFP4 QAT", "",
       "|---|---|---:|---:|---:|---|"]
 for name, fmt, ev, d, how in rows:
     md.append("| %s | %s | %.4f | %.3f | %.2e | %s |" % (name, fmt, ev["val_loss"], ev["exact_match"], d, how))
-md += ["", "![val loss and exact match](quality-report.svg)", "",
+md += ["", "![val loss and exact match per model; QAT loss curves](quality-report.svg)", "",
        "Reading: with QAT the trainer's policy *is* the served NVFP4 policy (|dlogp| at "
        "accumulation-order level; exactly 0 on the CPU), while a BF16 trainer whose weights are "
        "served in NVFP4 differs per token by the BF16 row's |dlogp| — the off-policy gap RL "
@@ -51,24 +55,16 @@ md += ["", "![val loss and exact match](quality-report.svg)", "",
        "forward recovers of the PTQ loss and accuracy.", ""]
 open(os.path.join(rep, "quality-report.md"), "w").write("\n".join(md))
 
-# SVG: val loss and exact match bars per model.
-W, H, pad = 720, 300, 50
-labels = ["BF16", "NVFP4 PTQ", "QAT hp", "QAT dq"]
-vl = [r[2]["val_loss"] for r in rows]
-em = [r[2]["exact_match"] for r in rows]
-svg = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
-       '<rect width="100%" height="100%" fill="white"/>']
-top = max(vl) * 1.1
-bw = (W - 2 * pad) / len(rows) / 3
-for i, (l, v, e) in enumerate(zip(labels, vl, em)):
-    x0 = pad + i * (W - 2 * pad) / len(rows)
-    hv = (H - 2 * pad) * v / top
-    he = (H - 2 * pad) * e
-    svg.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#1f77b4"/>' % (x0, H - pad - hv, bw, hv))
-    svg.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#ff7f0e"/>' % (x0 + bw, H - pad - he, bw, he))
-    svg.append('<text x="%.1f" y="%d">%s</text>' % (x0, H - pad + 16, l))
-    svg.append('<text x="%.1f" y="%.1f">%.3f</text>' % (x0, H - pad - hv - 4, v))
-    svg.append('<text x="%.1f" y="%.1f">%.2f</text>' % (x0 + bw, H - pad - he - 4, e))
-svg.append('<text x="%d" y="20">blue: validation loss (scale max %.2f); orange: exact match (0..1)</text>' % (pad, top))
-svg.append("</svg>")
-open(os.path.join(rep, "quality-report.svg"), "w").write("\n".join(svg) + "\n")
+# Figure (scripts/plotting.py, the same code as scripts/plot): val loss and exact match per model
+# as served, and the QAT fine-tunings' loss curves (log scale) from their metrics.jsonl.
+models = [(short, r[2]["val_loss"], r[2]["exact_match"])
+          for short, r in zip(["BF16", "NVFP4 PTQ", "NVFP4 QAT\nhp backward", "NVFP4 QAT\ndq backward"], rows)]
+curves = []
+for label, mode in (("QAT, high_precision backward", "high_precision"), ("QAT, dequantized backward", "dequantized")):
+    try:
+        curves.append(plotting.load_run(os.path.join(rep, "qat-" + mode), label))
+    except plotting.MetricsError as e:
+        print("quality_report: warning: no curve: %s" % e, file=sys.stderr)
+fig = plotting.figure_quality_report(models, curves, "BF16 vs NVFP4 PTQ vs expert-only NVFP4 QAT (%s)" % machine,
+                                     "model, as served (hp / dq: high_precision / dequantized backward)")
+plotting.save(fig, os.path.join(rep, "quality-report.svg"), png=False)
