@@ -5,6 +5,8 @@
 #   FP4QAT_GTEST_SRC: GoogleTest sources if the machine has no installed GTest (default ./.gtest)
 #   ./.boost-po: Boost.Program_options sources matching the machine's Boost headers, if its
 #   library is missing (the GPU machines have Boost 1.83 headers only)
+#   ./.nlohmann: nlohmann-json's headers (a folder holding nlohmann/json.hpp; copy
+#   /usr/include/nlohmann here) if the machine has no nlohmann-json3-dev.
 #   ./.gloo: gloo's headers (a folder holding gloo/context.h) for the CPU (gloo) multi-process
 #   tests, if the machine has no libgloo-dev (e.g. `apt-get download libgloo-dev` here, then
 #   `dpkg -x libgloo-dev_*.deb x && mv x/usr/include .gloo`); without them those tests skip.
@@ -31,6 +33,7 @@ if want build; then
   [ -d "${FP4QAT_GTEST_SRC:-$here/.gtest}" ] && gtest=(-DFP4QAT_GTEST_SOURCE_DIR="${FP4QAT_GTEST_SRC:-$here/.gtest}")
   [ -d "$here/.boost-po" ] && gtest+=(-DFP4QAT_BOOST_PO_SOURCE_DIR="$here/.boost-po")
   [ -d "$here/.gloo" ] && gtest+=(-DFP4QAT_GLOO_INCLUDE_DIR="$here/.gloo")
+  [ -d "$here/.nlohmann" ] && gtest+=(-DFP4QAT_NLOHMANN_INCLUDE_DIR="$here/.nlohmann")
   [ -d "$here/.cutlass/include" ] && gtest+=(-DFP4QAT_CUTLASS_DIR="$here/.cutlass")
   cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" "${gtest[@]}" \
     >"$here/gpu-configure.log" 2>&1 || { tail -40 "$here/gpu-configure.log"; exit 1; }

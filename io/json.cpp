@@ -1,7 +1,10 @@
 // io/json.cpp — see json.h.
 #include "io/json.h"
 
+#include <nlohmann/json.hpp>
+
 #include <charconv>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -21,7 +24,17 @@ Value Value::object(Object o) {
   Value v;
   v.type_ = Type::Object;
   v.o_ = std::move(o);
+  v.reindex();
   return v;
+}
+
+void Value::reindex() {
+  index_.reset();
+  if (o_.size() < kIndexFrom) return;
+  auto idx = std::make_shared<std::unordered_map<std::string, size_t>>();
+  idx->reserve(o_.size() * 2);
+  for (size_t i = 0; i < o_.size(); ++i) idx->emplace(o_[i].first, i);  // the first of equal keys wins
+  index_ = std::move(idx);
 }
 
 const char* Value::type_name() const {
@@ -67,11 +80,16 @@ Value::Array& Value::as_array_mut() {
 }
 Value::Object& Value::as_object_mut() {
   FP4QAT_CHECK(is_object(), "expected an object, got ", type_name());
+  index_.reset();  // the caller may change keys: look them up linearly from now on
   return o_;
 }
 
 const Value* Value::find(std::string_view key) const {
   if (!is_object()) return nullptr;
+  if (index_) {
+    const auto it = index_->find(std::string(key));
+    return it == index_->end() ? nullptr : &o_[it->second].second;
+  }
   for (const auto& kv : o_)
     if (kv.first == key) return &kv.second;
   return nullptr;
@@ -87,9 +105,17 @@ const Value& Value::at(std::string_view key, const std::string& what) const {
 Value& Value::set(const std::string& key, Value v) {
   if (is_null()) type_ = Type::Object;
   FP4QAT_CHECK(is_object(), "json set('", key, "'): not an object");
+  if (index_) {
+    if (const auto it = index_->find(key); it != index_->end()) return o_[it->second].second = std::move(v);
+    if (index_.use_count() > 1) index_ = std::make_shared<std::unordered_map<std::string, size_t>>(*index_);
+    index_->emplace(key, o_.size());
+    o_.emplace_back(key, std::move(v));
+    return o_.back().second;
+  }
   for (auto& kv : o_)
     if (kv.first == key) return kv.second = std::move(v);
   o_.emplace_back(key, std::move(v));
+  if (o_.size() >= kIndexFrom) reindex();
   return o_.back().second;
 }
 
@@ -98,6 +124,7 @@ bool Value::erase(std::string_view key) {
   for (auto it = o_.begin(); it != o_.end(); ++it)
     if (it->first == key) {
       o_.erase(it);
+      reindex();  // positions after it moved
       return true;
     }
   return false;
@@ -218,204 +245,95 @@ std::string Value::dump(int indent) const {
   return out;
 }
 
-// ---- parser ------------------------------------------------------------------------------------
+// ---- parser: nlohmann-json's SAX parser building Values -------------------------------------
 namespace {
 
-class Parser {
+// Builds a Value from nlohmann's SAX events, adding what nlohmann does not check: duplicate keys
+// (refused) and the nesting depth (bounded by ParseOptions::max_depth). nlohmann itself refuses
+// malformed JSON (RFC 8259: no leading zeros, no trailing commas, escapes, surrogates, control
+// characters, invalid UTF-8, trailing characters) and reports the byte offset.
+class Builder {
  public:
-  Parser(std::string_view t, const std::string& src, const ParseOptions& o) : t_(t), src_(src), opt_(o) {}
+  explicit Builder(const ParseOptions& o) : opt_(o) {}
+  Value root;
+  std::string error;  // set when the builder itself refused the input
 
-  Value parse_document() {
-    ws();
-    Value v = value(0);
-    ws();
-    if (p_ != t_.size()) fail("unexpected trailing characters");
-    return v;
+  bool null() { return put(Value()); }
+  bool boolean(bool b) { return put(Value(b)); }
+  bool number_integer(std::int64_t v) { return put(Value(static_cast<int64_t>(v))); }
+  bool number_unsigned(std::uint64_t v) {
+    if (v <= static_cast<std::uint64_t>(INT64_MAX)) return put(Value(static_cast<int64_t>(v)));
+    return put(Value(static_cast<double>(v)));  // beyond int64: a double, as JSON numbers are
   }
+  bool number_float(double d, const std::string&) { return put(Value(d)); }
+  bool string(std::string& s) { return put(Value(std::move(s))); }
+  bool binary(std::vector<std::uint8_t>&) { return refuse("binary values are not JSON"); }
+  bool start_object(std::size_t) { return open(Value::object()); }
+  bool start_array(std::size_t) { return open(Value::array()); }
+  bool end_object() { return close(); }
+  bool end_array() { return close(); }
+  bool key(std::string& k) {
+    if (stack_.back()->find(k)) return refuse("duplicate key '" + k + "'");
+    key_ = std::move(k);
+    return true;
+  }
+  bool parse_error(std::size_t pos, const std::string&, const nlohmann::detail::exception& ex) {
+    // "[json.exception.parse_error.101] parse error at line 1, column 3: syntax error ..." -> after "] "
+    std::string what = ex.what();
+    if (const size_t k = what.find("] "); k != std::string::npos) what = what.substr(k + 2);
+    syntax_at = pos;
+    return refuse(what);
+  }
+  std::size_t syntax_at = std::string::npos;  // byte offset of a syntax error nlohmann found
 
  private:
-  [[noreturn]] void fail(const std::string& what) {
-    FP4QAT_FAIL(src_, ": invalid JSON at byte ", p_, ": ", what);
+  bool refuse(std::string why) {
+    error = std::move(why);
+    return false;
   }
-  void ws() {
-    while (p_ < t_.size() && (t_[p_] == ' ' || t_[p_] == '\t' || t_[p_] == '\n' || t_[p_] == '\r')) ++p_;
-  }
-  char peek() { return p_ < t_.size() ? t_[p_] : '\0'; }
-  void expect(char c) {
-    if (p_ >= t_.size() || t_[p_] != c) fail(std::string("expected '") + c + "'");
-    ++p_;
-  }
-  void literal(const char* word) {
-    const size_t n = std::strlen(word);
-    if (t_.substr(p_, n) != word) fail(std::string("expected '") + word + "'");
-    p_ += n;
-  }
-
-  Value value(int depth) {
-    if (depth > opt_.max_depth) fail("nesting deeper than " + std::to_string(opt_.max_depth));
-    if (p_ >= t_.size()) fail("unexpected end of input");
-    const char c = t_[p_];
-    if (c == '{') return object(depth);
-    if (c == '[') return array(depth);
-    if (c == '"') return Value(string());
-    if (c == 't') { literal("true"); return Value(true); }
-    if (c == 'f') { literal("false"); return Value(false); }
-    if (c == 'n') { literal("null"); return Value(); }
-    if (c == '-' || (c >= '0' && c <= '9')) return number();
-    fail(std::string("unexpected character '") + c + "'");
-  }
-
-  Value object(int depth) {
-    expect('{');
-    Value v = Value::object();
-    ws();
-    if (peek() == '}') { ++p_; return v; }
-    for (;;) {
-      ws();
-      if (peek() != '"') fail("expected a string key");
-      std::string key = string();
-      if (v.find(key)) fail("duplicate key '" + key + "'");
-      ws();
-      expect(':');
-      ws();
-      v.as_object_mut().emplace_back(std::move(key), value(depth + 1));
-      ws();
-      if (peek() == ',') { ++p_; continue; }
-      expect('}');
-      return v;
+  // Where the next value goes: the root, the open array, or the open object under key_.
+  Value* slot(Value v) {
+    if (stack_.empty()) {
+      root = std::move(v);
+      return &root;
     }
+    Value& parent = *stack_.back();
+    if (parent.is_array()) {
+      parent.as_array_mut().push_back(std::move(v));
+      return &parent.as_array_mut().back();
+    }
+    return &parent.set(key_, std::move(v));
   }
-
-  Value array(int depth) {
-    expect('[');
-    Value v = Value::array();
-    ws();
-    if (peek() == ']') { ++p_; return v; }
-    for (;;) {
-      ws();
-      v.as_array_mut().push_back(value(depth + 1));
-      ws();
-      if (peek() == ',') { ++p_; continue; }
-      expect(']');
-      return v;
-    }
+  bool put(Value v) {
+    if (static_cast<int>(stack_.size()) > opt_.max_depth)
+      return refuse("nesting deeper than " + std::to_string(opt_.max_depth));
+    slot(std::move(v));
+    return true;
   }
-
-  unsigned hex4() {
-    if (p_ + 4 > t_.size()) fail("truncated \\u escape");
-    unsigned v = 0;
-    for (int i = 0; i < 4; ++i) {
-      const char c = t_[p_++];
-      v <<= 4;
-      if (c >= '0' && c <= '9') v |= unsigned(c - '0');
-      else if (c >= 'a' && c <= 'f') v |= unsigned(c - 'a' + 10);
-      else if (c >= 'A' && c <= 'F') v |= unsigned(c - 'A' + 10);
-      else fail("bad hex digit in \\u escape");
-    }
-    return v;
+  bool open(Value v) {
+    if (static_cast<int>(stack_.size()) > opt_.max_depth)
+      return refuse("nesting deeper than " + std::to_string(opt_.max_depth));
+    stack_.push_back(slot(std::move(v)));
+    return true;
   }
-
-  static void utf8(std::string& out, unsigned cp) {
-    if (cp < 0x80) out.push_back(char(cp));
-    else if (cp < 0x800) { out.push_back(char(0xC0 | (cp >> 6))); out.push_back(char(0x80 | (cp & 0x3F))); }
-    else if (cp < 0x10000) {
-      out.push_back(char(0xE0 | (cp >> 12))); out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-      out.push_back(char(0x80 | (cp & 0x3F)));
-    } else {
-      out.push_back(char(0xF0 | (cp >> 18))); out.push_back(char(0x80 | ((cp >> 12) & 0x3F)));
-      out.push_back(char(0x80 | ((cp >> 6) & 0x3F))); out.push_back(char(0x80 | (cp & 0x3F)));
-    }
+  bool close() {
+    stack_.pop_back();
+    return true;
   }
-
-  std::string string() {
-    expect('"');
-    std::string out;
-    for (;;) {
-      if (p_ >= t_.size()) fail("unterminated string");
-      const unsigned char c = static_cast<unsigned char>(t_[p_++]);
-      if (c == '"') return out;
-      if (c < 0x20) fail("control character in string");
-      if (c != '\\') { out.push_back(char(c)); continue; }
-      if (p_ >= t_.size()) fail("unterminated escape");
-      const char e = t_[p_++];
-      switch (e) {
-        case '"': out.push_back('"'); break;
-        case '\\': out.push_back('\\'); break;
-        case '/': out.push_back('/'); break;
-        case 'b': out.push_back('\b'); break;
-        case 'f': out.push_back('\f'); break;
-        case 'n': out.push_back('\n'); break;
-        case 'r': out.push_back('\r'); break;
-        case 't': out.push_back('\t'); break;
-        case 'u': {
-          unsigned cp = hex4();
-          if (cp >= 0xD800 && cp < 0xDC00) {
-            if (t_.substr(p_, 2) != "\\u") fail("unpaired surrogate");
-            p_ += 2;
-            const unsigned lo = hex4();
-            if (lo < 0xDC00 || lo >= 0xE000) fail("bad low surrogate");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          } else if (cp >= 0xDC00 && cp < 0xE000) {
-            fail("unpaired surrogate");
-          }
-          utf8(out, cp);
-          break;
-        }
-        default: fail(std::string("bad escape '\\") + e + "'");
-      }
-    }
-  }
-
-  Value number() {
-    const size_t start = p_;
-    if (peek() == '-') ++p_;
-    if (peek() == '0') {
-      ++p_;
-    } else if (peek() >= '1' && peek() <= '9') {
-      while (peek() >= '0' && peek() <= '9') ++p_;
-    } else {
-      fail("bad number");
-    }
-    bool integral = true;
-    if (peek() == '.') {
-      integral = false;
-      ++p_;
-      if (!(peek() >= '0' && peek() <= '9')) fail("bad number: digit expected after '.'");
-      while (peek() >= '0' && peek() <= '9') ++p_;
-    }
-    if (peek() == 'e' || peek() == 'E') {
-      integral = false;
-      ++p_;
-      if (peek() == '+' || peek() == '-') ++p_;
-      if (!(peek() >= '0' && peek() <= '9')) fail("bad number: digit expected in exponent");
-      while (peek() >= '0' && peek() <= '9') ++p_;
-    }
-    const char* b = t_.data() + start;
-    const char* e = t_.data() + p_;
-    if (integral) {
-      int64_t v = 0;
-      auto r = std::from_chars(b, e, v);
-      if (r.ec == std::errc() && r.ptr == e) return Value(v);
-      // out of int64 range: fall through to double
-    }
-    const std::string s(b, e);
-    char* end = nullptr;
-    const double d = std::strtod(s.c_str(), &end);
-    if (end != s.c_str() + s.size()) fail("bad number");
-    return Value(d);
-  }
-
-  std::string_view t_;
-  const std::string& src_;
   const ParseOptions& opt_;
-  size_t p_ = 0;
+  std::vector<Value*> stack_;  // the open arrays and objects, innermost last
+  std::string key_;
 };
 
 }  // namespace
 
 Value parse(std::string_view text, const std::string& source, const ParseOptions& opt) {
-  Parser p(text, source, opt);
-  return p.parse_document();
+  Builder b(opt);
+  const bool ok = nlohmann::json::sax_parse(text.begin(), text.end(), &b, nlohmann::json::input_format_t::json,
+                                            /*strict=*/true);  // strict: nothing may follow the value
+  if (ok) return std::move(b.root);
+  if (b.syntax_at != std::string::npos) FP4QAT_FAIL(source, ": invalid JSON at byte ", b.syntax_at, ": ", b.error);
+  FP4QAT_FAIL(source, ": invalid JSON: ", b.error.empty() ? std::string("rejected") : b.error);
 }
 
 }  // namespace fp4qat::json

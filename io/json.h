@@ -1,10 +1,16 @@
-// io/json.h — a small strict JSON value, parser and writer (RFC 8259), for safetensors headers,
-// index.json, config.json, hf_quant_config.json and JSONL metrics. Objects keep insertion order.
-// The parser bounds nesting depth and never sizes an allocation from the input beyond the
-// input's own length; errors throw fp4qat::Error with the byte offset.
+// io/json.h — a strict JSON value, parser and writer (RFC 8259), for safetensors headers,
+// index.json, config.json, hf_quant_config.json and JSONL metrics. Parsing goes through
+// nlohmann-json's SAX parser (syntax, escapes, surrogates, UTF-8, trailing characters), which this
+// file completes with what it does not check: duplicate keys are refused and the nesting depth is
+// bounded; errors throw fp4qat::Error naming the source (and the byte offset of a syntax error).
+// Objects keep insertion order (safetensors headers and exported configs are written in the order
+// their writers chose, byte for byte as before) and look keys up through a hash index once they
+// hold more than a few keys, so an 18,432-key weight_map parses and is rebuilt in milliseconds.
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <unordered_map>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -65,6 +71,8 @@ class Value {
 
  private:
   void dump_to(std::string& out, int indent, int level) const;
+  void reindex();  // objects of kIndexFrom keys or more get index_; others look keys up linearly
+  static constexpr size_t kIndexFrom = 16;
   Type type_ = Type::Null;
   bool b_ = false;
   int64_t i_ = 0;
@@ -72,6 +80,8 @@ class Value {
   std::string s_;
   Array a_;   // std::vector of an incomplete type is allowed since C++17
   Object o_;
+  // Object key -> position in o_, shared between copies until one of them changes (copy on write).
+  std::shared_ptr<std::unordered_map<std::string, size_t>> index_;
 };
 
 struct ParseOptions {

@@ -46,7 +46,8 @@ std::vector<double> losses(const std::string& out) {
 
 std::map<std::string, std::vector<int64_t>> shapes(const std::string& dir) {
   std::map<std::string, std::vector<int64_t>> out;
-  for (const auto& [name, file] : fp4qat::hf::FolderReader(dir).where()) {
+  const fp4qat::hf::FolderReader files(dir);
+  for (const auto& [name, file] : files.where()) {
     fp4qat::st::Reader r(dir + "/" + file);
     out[name] = r.view(name).sizes().vec();
   }

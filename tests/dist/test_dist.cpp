@@ -82,7 +82,8 @@ void expect_same_files(const std::string& a, const std::string& b, const std::ve
 // name -> (dtype, shape) of every tensor of a Hugging Face folder.
 std::map<std::string, std::string> layout(const std::string& dir) {
   std::map<std::string, std::string> out;
-  for (const auto& [name, file] : fp4qat::hf::FolderReader(dir).where()) {
+  const fp4qat::hf::FolderReader files(dir);
+  for (const auto& [name, file] : files.where()) {
     fp4qat::st::Reader r(dir + "/" + file);
     const at::Tensor t = r.view(name);
     std::ostringstream s;

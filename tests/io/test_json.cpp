@@ -57,3 +57,75 @@ TEST(Json, TypedAccessNamesTheKey) {
   }
   EXPECT_THROW(v.at("missing", "config"), fp4qat::Error);
 }
+
+TEST(Json, DuplicateKeysRefusedInSmallAndLargeObjects) {
+  EXPECT_THROW(parse(R"({"a": 1, "a": 2})", "dup"), fp4qat::Error);
+  std::string big = "{";
+  for (int i = 0; i < 100; ++i) big += "\"k" + std::to_string(i) + "\": " + std::to_string(i) + ",";
+  EXPECT_NO_THROW(parse(big.substr(0, big.size() - 1) + "}", "big"));
+  try {
+    parse(big + "\"k57\": 0}", "big.json");  // past the size where keys are looked up by hash
+    FAIL() << "expected a throw";
+  } catch (const fp4qat::Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("big.json"), std::string::npos) << m;
+    EXPECT_NE(m.find("duplicate key 'k57'"), std::string::npos) << m;
+  }
+}
+
+TEST(Json, DepthLimitIsExact) {
+  fp4qat::json::ParseOptions o;
+  o.max_depth = 8;
+  // Nine nested arrays: the innermost is a value at depth 8 (the outermost is at depth 0).
+  EXPECT_NO_THROW(parse(std::string(9, '[') + std::string(9, ']'), "ok", o));
+  EXPECT_THROW(parse(std::string(10, '[') + std::string(10, ']'), "deep", o), fp4qat::Error);
+  EXPECT_NO_THROW(parse(std::string(8, '[') + "1" + std::string(8, ']'), "ok", o));
+  EXPECT_THROW(parse(std::string(9, '[') + "1" + std::string(9, ']'), "deep", o), fp4qat::Error);
+}
+
+TEST(Json, SyntaxErrorsNameSourceAndByteAndInvalidUtf8IsRefused) {
+  try {
+    parse("{\"a\": 1,}", "cfg.json");
+    FAIL() << "expected a throw";
+  } catch (const fp4qat::Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("cfg.json: invalid JSON at byte"), std::string::npos) << m;
+  }
+  EXPECT_THROW(parse("\"\xff\xfe\"", "utf8"), fp4qat::Error);
+  EXPECT_THROW(parse("{\"\xc3\": 1}", "utf8"), fp4qat::Error);  // truncated sequence in a key
+  EXPECT_EQ(parse("\"\xc3\xa9\"", "utf8").as_string(), "\xc3\xa9");
+}
+
+TEST(Json, LargeObjectsKeepOrderAndLookupsThroughSetEraseAndCopies) {
+  Value o = Value::object();
+  for (int i = 0; i < 200; ++i) o.set("k" + std::to_string(i), i);
+  o.set("k7", 700);  // replaced in place, position kept
+  EXPECT_EQ(o.as_object()[7].first, "k7");
+  EXPECT_EQ(o.at("k7").as_int(), 700);
+  EXPECT_EQ(o.as_object().size(), 200u);
+  Value copy = o;
+  copy.set("new", 1);  // the copy's index changes, the original's does not
+  EXPECT_EQ(o.find("new"), nullptr);
+  EXPECT_EQ(copy.at("new").as_int(), 1);
+  EXPECT_EQ(copy.at("k199").as_int(), 199);
+  EXPECT_TRUE(o.erase("k0"));
+  EXPECT_EQ(o.find("k0"), nullptr);
+  EXPECT_EQ(o.at("k1").as_int(), 1);  // positions after the erased key moved
+  EXPECT_EQ(o.at("k199").as_int(), 199);
+  for (int i = 1; i < 200; ++i) EXPECT_EQ(o.at("k" + std::to_string(i)).as_int(), i == 7 ? 700 : i);
+  o.as_object_mut()[0].first = "renamed";  // keys changed by hand: still found
+  EXPECT_EQ(o.at("renamed").as_int(), 1);
+  EXPECT_EQ(o.find("k1"), nullptr);
+}
+
+TEST(Json, WriterBytesAreFixed) {
+  // The writer's exact output (safetensors headers and exported configs depend on it).
+  const Value v = Value::object({{"b", 1},
+                                 {"a", Value::array({1.5, -0.0, 1e300, 3.0, "x\n\x01"})},
+                                 {"e", Value::object()},
+                                 {"n", nullptr},
+                                 {"t", true}});
+  EXPECT_EQ(v.dump(), R"({"b":1,"a":[1.5,-0.0,1e+300,3.0,"x\n\u0001"],"e":{},"n":null,"t":true})");
+  EXPECT_EQ(v.dump(2), "{\n  \"b\": 1,\n  \"a\": [\n    1.5,\n    -0.0,\n    1e+300,\n    3.0,\n    \"x\\n\\u0001\"\n  ],\n"
+                       "  \"e\": {},\n  \"n\": null,\n  \"t\": true\n}");
+}
