@@ -39,9 +39,7 @@ at::Tensor dequantized(const at::Tensor& t, Blocks blocks, at::ScalarType dt,
   return fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(t, blocks, amax), dt);
 }
 
-struct Grads {
-  at::Tensor y, dx, dw;
-};
+using Grads = fp4qat::test::LinearGrads;
 
 Grads run_linear(const at::Tensor& x0, const at::Tensor& w0, const at::Tensor& g, const NVFP4LinearOptions& opt,
                  const std::optional<at::Tensor>& amax = std::nullopt) {
@@ -126,19 +124,9 @@ TEST(NVFP4GroupedLinear, EqualsLoopOfSingleExpertCalls) {
       at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
       at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(x, w, counts, opt);
       y.backward(g);
-      int64_t r = 0;
-      for (int64_t e = 0; e < E; ++e) {
-        const int64_t n = counts_v[e];
-        if (n == 0) {
-          EXPECT_EQ(w.grad()[e].abs().sum().item<float>(), 0.0f) << "expert " << e << " got no tokens";
-          continue;
-        }
-        const Grads s = run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), opt);
-        EXPECT_TRUE(bytes_equal(y.detach().narrow(0, r, n), s.y)) << "expert " << e;
-        EXPECT_TRUE(bytes_equal(x.grad().narrow(0, r, n), s.dx)) << "expert " << e;
-        EXPECT_TRUE(bytes_equal(w.grad()[e], s.dw)) << "expert " << e;
-        r += n;
-      }
+      fp4qat::test::expect_grouped_equals_per_expert(y, x.grad(), w.grad(), counts_v, [&](int64_t e, int64_t r, int64_t n) {
+        return run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), opt);
+      });
     }
 }
 

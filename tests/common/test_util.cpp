@@ -19,6 +19,24 @@ extern char** environ;
 
 namespace fp4qat::test {
 
+void expect_grouped_equals_per_expert(const at::Tensor& y, const at::Tensor& x_grad, const at::Tensor& w_grad,
+                                      const std::vector<int64_t>& counts,
+                                      const std::function<LinearGrads(int64_t, int64_t, int64_t)>& one) {
+  int64_t r = 0;
+  for (int64_t e = 0; e < static_cast<int64_t>(counts.size()); ++e) {
+    const int64_t n = counts[e];
+    if (n == 0) {
+      EXPECT_EQ(w_grad[e].abs().sum().item<float>(), 0.0f) << "expert " << e << " got no tokens";
+      continue;
+    }
+    const LinearGrads s = one(e, r, n);
+    EXPECT_TRUE(bytes_equal(y.detach().narrow(0, r, n), s.y)) << "expert " << e;
+    EXPECT_TRUE(bytes_equal(x_grad.narrow(0, r, n), s.dx)) << "expert " << e;
+    EXPECT_TRUE(bytes_equal(w_grad[e], s.dw)) << "expert " << e;
+    r += n;
+  }
+}
+
 std::string vectors_dir() { return std::string(FP4QAT_SOURCE_DIR) + "/tests/data/vectors"; }
 
 std::vector<std::string> vector_files() {

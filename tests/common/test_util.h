@@ -1,6 +1,7 @@
 // tests/common/test_util.h — helpers shared by the test suites: where the test vectors are, scratch
 // folders, running the fp4qat binary without a shell, reading a vector file.
 #pragma once
+#include <functional>
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -23,6 +24,17 @@ config::Config small_moe_run(const std::string& out);
 // te/ holds TransformerEngine's reference outputs). Tests never read ../shared.
 std::string vectors_dir();
 std::vector<std::string> vector_files();  // every *.safetensors there, sorted
+
+// A linear's output and gradients.
+struct LinearGrads {
+  at::Tensor y, dx, dw;
+};
+// A grouped linear (y [T, N], x_grad [T, K], w_grad [E, N, K], rows sorted by expert with
+// `counts` rows each) equals, byte for byte, the same linear run alone on each expert's rows:
+// one(e, first_row, rows) gives that; an expert with no rows gets a zero weight gradient.
+void expect_grouped_equals_per_expert(const at::Tensor& y, const at::Tensor& x_grad, const at::Tensor& w_grad,
+                                      const std::vector<int64_t>& counts,
+                                      const std::function<LinearGrads(int64_t e, int64_t row, int64_t n)>& one);
 
 // A fresh empty folder under the system temp dir, removed by the destructor.
 class TempDir {
