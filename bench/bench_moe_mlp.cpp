@@ -32,7 +32,8 @@
 #include <vector>
 
 #include "autograd/nvfp4_linear.h"
-#include "kernels/cuda_kernels.h"
+#include "kernels/bench_hooks.h"
+#include "kernels/common/cuda_check.h"
 #include "kernels/gemm/scaled_bmm.h"
 #include "qat/export.h"
 #include "io/fs.h"
@@ -370,9 +371,9 @@ int main(int argc, char** argv) {
     using fp4qat::Blocks;
     auto two_pass = [&](const std::function<void()>& f) {
       return [f] {
-        setenv("FP4QAT_NVFP4_KERNEL", "fused", 1);
+        const fp4qat::tuning::ScopedNvfp4Tuning knobs(
+            fp4qat::tuning::nvfp4_tuning().with("FP4QAT_NVFP4_KERNEL", "fused"));
         f();
-        unsetenv("FP4QAT_NVFP4_KERNEL");
       };
     };
     // The forward GEMM for equal counts with a given batched tile (-1: the grouped GEMM), then

@@ -17,6 +17,9 @@
 #include <string>
 #include <vector>
 
+#include "bench/dev/nvfp4_variants.h"
+#include "kernels/bench_hooks.h"
+#include "kernels/common/cuda_check.h"
 #include "kernels/cuda_kernels.h"
 #include "kernels/quantize.h"
 #include "io/json.h"
@@ -26,6 +29,12 @@ using fp4qat::Blocks;
 namespace {
 
 int g_reps = 20, g_warmup = 5;
+
+// Sets the NVFP4 tuning knob of environment variable `name` ("" resets it to its default): the
+// knobs are read once (kernels/common/tuning.h), so the cases below change them here.
+void set_knob(const char* name, const std::string& value) {
+  fp4qat::tuning::set_nvfp4_tuning(fp4qat::tuning::nvfp4_tuning().with(name, value));
+}
 std::string g_only;  // run only cases whose name contains this (e.g. under a profiler)
 
 // "a:b:c" -> {"a", "b", "c"} (the benchmark's configuration strings).
@@ -74,7 +83,7 @@ struct Row {
   bool valid;
 };
 
-// --trace: the staged2 kernel's per-slice timeline (kernels/cuda_kernels.h nvfp4_trace) for one
+// --trace: the staged2 kernel's per-slice timeline (kernels/bench_hooks.h nvfp4_trace) for one
 // quantization of the MoE layer's w13 [128, 1536, 2048]: how long a slice's bytes take to land,
 // wait for their expert, and take to quantize, and how many slices are in each state over time.
 void trace_timeline(const char* name, const std::function<void()>& quantize) {
@@ -161,6 +170,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fp4qat_bench_quantize: no CUDA device\n");
     return 1;
   }
+  fp4qat::dev::register_nvfp4_variants();  // the shapes only the knobs below select (bench/dev/)
   cudaDeviceProp prop;
   FP4QAT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s (%d SMs, L2 %d MB)\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
@@ -170,19 +180,19 @@ int main(int argc, char** argv) {
     const at::Tensor w13 = at::randn({128, 1536, 2048}, cuda_bf16) * 0.02;
     const at::Tensor a13 = fp4qat::global_amax(w13);
     trace_timeline("nvfp4 w13, amax computed", [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D); });
-    setenv("FP4QAT_NVFP4_KERNEL", "staged2", 1);
+    set_knob("FP4QAT_NVFP4_KERNEL", "staged2");
     trace_timeline("nvfp4 w13, given amax", [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13); });
-    unsetenv("FP4QAT_NVFP4_KERNEL");
+    set_knob("FP4QAT_NVFP4_KERNEL", "");
     trace_timeline("fake quant w13, amax computed", [&] { fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D); });
-    setenv("FP4QAT_NVFP4_KERNEL", "park", 1);
+    set_knob("FP4QAT_NVFP4_KERNEL", "park");
     trace_timeline("nvfp4 w13, amax computed, park (256 threads x 48 KB x 2 + registers)",
                    [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D); });
-    unsetenv("FP4QAT_NVFP4_KERNEL");
-    setenv("FP4QAT_NVFP4_SLOTS", "3", 1);
-    setenv("FP4QAT_NVFP4_SLOT_BYTES", "32768", 1);
-    setenv("FP4QAT_NVFP4_THREADS", "256", 1);
+    set_knob("FP4QAT_NVFP4_KERNEL", "");
+    set_knob("FP4QAT_NVFP4_SLOTS", "3");
+    set_knob("FP4QAT_NVFP4_SLOT_BYTES", "32768");
+    set_knob("FP4QAT_NVFP4_THREADS", "256");
     trace_timeline("nvfp4 w13, amax computed, 256 x 32 KB x 3", [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D); });
-    for (const char* k : {"FP4QAT_NVFP4_SLOTS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_THREADS"}) unsetenv(k);
+    for (const char* k : {"FP4QAT_NVFP4_SLOTS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_THREADS"}) set_knob(k, "");
     return 0;
   }
 
@@ -201,7 +211,7 @@ int main(int argc, char** argv) {
   if (!profile.empty()) {
     const std::vector<std::string> f = split_colons(profile);
     const char* names[] = {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_SLOTS"};
-    for (size_t i = 0; i < f.size() && i < 4; ++i) setenv(names[i], f[i].c_str(), 1);
+    for (size_t i = 0; i < f.size() && i < 4; ++i) set_knob(names[i], f[i].c_str());
     at::Tensor w13 = at::randn({128, 1536, 2048}, cuda_bf16) * 0.02, w2 = at::randn({128, 2048, 768}, cuda_bf16) * 0.02;
     for (int i = 0; i < 3; ++i) {
       fp4qat::nvfp4_quantize(w13, Blocks::k1D);
@@ -246,18 +256,18 @@ int main(int argc, char** argv) {
     // 16 rows, as before session 8):L2 hint:unroll.
     for (const char* cfg : {"256:32768:0:1", "256:16384:0:1", "256:131072:0:1", "512:32768:0:1", "512:131072:0:1"}) {
       const std::vector<std::string> f = split_colons(cfg);
-      setenv("FP4QAT_NVFP4_KERNEL", "fused", 1);
-      setenv("FP4QAT_NVFP4_THREADS", f[0].c_str(), 1);
-      setenv("FP4QAT_NVFP4_CHUNK_ELEMS", f[1].c_str(), 1);
-      setenv("FP4QAT_NVFP4_L2HINT", f[2].c_str(), 1);
-      setenv("FP4QAT_NVFP4_UNROLL", f[3].c_str(), 1);
+      set_knob("FP4QAT_NVFP4_KERNEL", "fused");
+      set_knob("FP4QAT_NVFP4_THREADS", f[0].c_str());
+      set_knob("FP4QAT_NVFP4_CHUNK_ELEMS", f[1].c_str());
+      set_knob("FP4QAT_NVFP4_L2HINT", f[2].c_str());
+      set_knob("FP4QAT_NVFP4_UNROLL", f[3].c_str());
       const auto g = fp4qat::nvfp4_quantize(x, Blocks::k1D);
       const auto c = fp4qat::nvfp4_quantize(xc, Blocks::k1D);
       const bool ok = same_bytes(g.codes, c.codes) && same_bytes(g.scales, c.scales) && same_bytes(g.s_dec, c.s_dec);
       add(std::string("nvfp4 1d 8192x8192 fused ") + cfg, 8192.0 * 8192, nv_b, ok, [&] { fp4qat::nvfp4_quantize(x, Blocks::k1D); });
       for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_CHUNK_ELEMS", "FP4QAT_NVFP4_L2HINT",
                             "FP4QAT_NVFP4_UNROLL"})
-        unsetenv(v);
+        set_knob(v, "");
     }
   }
 
@@ -291,18 +301,18 @@ int main(int argc, char** argv) {
     for (auto b : {Blocks::k1D, Blocks::k2D})
       for (const char* variant : {"default", "staged", "fused", "staged2"}) {
       if (b == Blocks::k2D && std::string(variant) == "staged2") continue;  // 1D only (falls back to fused)
-      if (std::string(variant) != "default") setenv("FP4QAT_NVFP4_KERNEL", variant, 1);
+      if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
       const bool ok = nvfp4_valid(b);
       add(std::string("nvfp4 ") + fp4qat::to_string(b) + " MoE layer [" + variant + "]", double(layer_elems), nv_b, ok, [&] {
         fp4qat::nvfp4_quantize(w13, b);
         fp4qat::nvfp4_quantize(w2, b);
       });
-      unsetenv("FP4QAT_NVFP4_KERNEL");
+      set_knob("FP4QAT_NVFP4_KERNEL", "");
     }
     // 2D fake quant (the QAT forward's weights with weight_blocks: 2d): the default (staged, one
     // read) and the fused two-pass kernel.
     for (const char* variant : {"default", "fused"}) {
-      if (std::string(variant) != "default") setenv("FP4QAT_NVFP4_KERNEL", variant, 1);
+      if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; },
                                     [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; },
                                     same_bytes);
@@ -310,14 +320,14 @@ int main(int argc, char** argv) {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k2D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k2D);
       });
-      unsetenv("FP4QAT_NVFP4_KERNEL");
+      set_knob("FP4QAT_NVFP4_KERNEL", "");
     }
     // A given amax (a gated pair's shared amax; weights whose amax is known): one streaming pass,
     // by the default (the fused kernel) and by staged2.
     {
       const at::Tensor a13 = fp4qat::global_amax(w13), a2 = fp4qat::global_amax(w2);
       for (const char* variant : {"default", "staged2"}) {
-        if (std::string(variant) != "default") setenv("FP4QAT_NVFP4_KERNEL", variant, 1);
+        if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
         const bool ok =
             check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
                           [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
@@ -330,7 +340,7 @@ int main(int argc, char** argv) {
           fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D, a13);
           fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D, a2);
         });
-        unsetenv("FP4QAT_NVFP4_KERNEL");
+        set_knob("FP4QAT_NVFP4_KERNEL", "");
       }
     }
     // Sweep of the fused kernel's knobs, 1D: threads:chunk elements:CTAs per SM (0 = occupancy):
@@ -339,13 +349,13 @@ int main(int argc, char** argv) {
     for (const char* cfg : {"256:32768:0:12:0:1", "256:32768:0:24:0:1", "256:32768:0:24:1:1", "256:32768:0:12:0:2",
                             "512:32768:0:24:0:1"}) {
       const std::vector<std::string> f = split_colons(cfg);
-      setenv("FP4QAT_NVFP4_KERNEL", "fused", 1);
-      setenv("FP4QAT_NVFP4_THREADS", f[0].c_str(), 1);
-      setenv("FP4QAT_NVFP4_CHUNK_ELEMS", f[1].c_str(), 1);
-      if (f[2] != "0") setenv("FP4QAT_NVFP4_CTAS_PER_SM", f[2].c_str(), 1);
-      setenv("FP4QAT_NVFP4_LAG_BYTES", std::to_string(std::stoll(f[3]) << 20).c_str(), 1);
-      setenv("FP4QAT_NVFP4_L2HINT", f[4].c_str(), 1);
-      setenv("FP4QAT_NVFP4_UNROLL", f[5].c_str(), 1);
+      set_knob("FP4QAT_NVFP4_KERNEL", "fused");
+      set_knob("FP4QAT_NVFP4_THREADS", f[0].c_str());
+      set_knob("FP4QAT_NVFP4_CHUNK_ELEMS", f[1].c_str());
+      if (f[2] != "0") set_knob("FP4QAT_NVFP4_CTAS_PER_SM", f[2].c_str());
+      set_knob("FP4QAT_NVFP4_LAG_BYTES", std::to_string(std::stoll(f[3]) << 20).c_str());
+      set_knob("FP4QAT_NVFP4_L2HINT", f[4].c_str());
+      set_knob("FP4QAT_NVFP4_UNROLL", f[5].c_str());
       const bool ok = nvfp4_valid(Blocks::k1D);
       add(std::string("nvfp4 1d MoE fused ") + cfg, double(layer_elems), nv_b, ok, [&] {
         fp4qat::nvfp4_quantize(w13, Blocks::k1D);
@@ -354,17 +364,17 @@ int main(int argc, char** argv) {
       for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_CHUNK_ELEMS",
                             "FP4QAT_NVFP4_CTAS_PER_SM", "FP4QAT_NVFP4_LAG_BYTES", "FP4QAT_NVFP4_L2HINT",
                             "FP4QAT_NVFP4_UNROLL"})
-        unsetenv(v);
+        set_knob(v, "");
     }
     // The multi-buffered one-read kernel: threads:bytes per slot:slots per CTA.
     for (const char* kcfg : {"staged2:512:49152:2", "park:256:49152:2", "staged2:256:32768:3", "park:256:32768:2",
                              "park:256:49152:2", "staged2:512:49152:2", "park:256:24576:2", "staged2:256:32768:3"}) {
       const std::vector<std::string> f = split_colons(kcfg);
       const std::string cfg = f[0] + " " + f[1] + ":" + f[2] + " x" + f[3];
-      setenv("FP4QAT_NVFP4_KERNEL", f[0].c_str(), 1);
-      setenv("FP4QAT_NVFP4_THREADS", f[1].c_str(), 1);
-      setenv("FP4QAT_NVFP4_SLOT_BYTES", f[2].c_str(), 1);
-      setenv("FP4QAT_NVFP4_SLOTS", f[3].c_str(), 1);
+      set_knob("FP4QAT_NVFP4_KERNEL", f[0].c_str());
+      set_knob("FP4QAT_NVFP4_THREADS", f[1].c_str());
+      set_knob("FP4QAT_NVFP4_SLOT_BYTES", f[2].c_str());
+      set_knob("FP4QAT_NVFP4_SLOTS", f[3].c_str());
       const bool ok = nvfp4_valid(Blocks::k1D);
       add("nvfp4 1d MoE " + cfg, double(layer_elems), nv_b, ok, [&] {
         fp4qat::nvfp4_quantize(w13, Blocks::k1D);
@@ -376,7 +386,7 @@ int main(int argc, char** argv) {
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D);
       });
       for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_SLOTS"})
-        unsetenv(v);
+        set_knob(v, "");
     }
     {
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },

@@ -1,5 +1,7 @@
-// kernels/cuda_api.h — CUDA implementations behind kernels/quantize.h (declared here, defined in
-// kernels/*/quantize.cu). Without CUDA support compiled in, each throws a clear error.
+// kernels/cuda_api.h — CUDA implementations behind kernels/quantize.h, on at::Tensor: declared
+// here, defined in kernels/cuda_api.cpp over the raw-pointer launchers of kernels/cuda_kernels.h
+// (kernels/nvfp4/, kernels/mxfp8/). Without CUDA support compiled in, kernels/cuda_stubs.cpp
+// defines each to throw a clear error.
 #pragma once
 #include "kernels/quantize.h"
 

@@ -1,19 +1,21 @@
-// kernels/cuda_kernels.h — raw-pointer launchers of the CUDA kernels (kernels/*/quantize.cu).
-// No torch here: kernels/cuda_api.cpp wraps them for at::Tensor. Every launcher enqueues on
-// `stream`, never synchronises the host, and checks the launch.
+// kernels/cuda_kernels.h — raw-pointer launchers of the CUDA kernels: NVFP4 in kernels/nvfp4/
+// (quantize_dispatch.cu chooses the quantize kernel; amax.cu, quantize_dequantize.cu,
+// quantize_rows.cu), MXFP8 in kernels/mxfp8/quantize.cu, the GEMM epilogue in
+// kernels/gemm/epilogue.cu. No torch here: kernels/cuda_api.cpp wraps them for at::Tensor. Every
+// launcher enqueues on `stream`, never synchronises the host, and checks the launch
+// (FP4QAT_CUDA_CHECK, kernels/common/cuda_check.h). Benchmark and test hooks (the trace, the last
+// kernel) are in kernels/bench_hooks.h; the tuning knobs in kernels/common/tuning.h.
 #pragma once
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/common/cuda_check.h"
+
 namespace fp4qat::cuda_kernels {
 
 enum class InType { F32, BF16, F16 };
-
-// Throws fp4qat::Error (kernels/common/check.h) with file:line on any CUDA error.
-void check(cudaError_t e, const char* what, const char* file, int line);
-#define FP4QAT_CUDA_CHECK(expr) ::fp4qat::cuda_kernels::check((expr), #expr, __FILE__, __LINE__)
 
 // out[e] = max |x[e, :]| over `per` elements of each of E contiguous experts (float32 [E]).
 void amax(const void* x, InType t, int64_t E, int64_t per, float* out, cudaStream_t stream);
@@ -36,14 +38,7 @@ struct Nvfp4Args {
   void* workspace = nullptr;  // nvfp4_workspace_bytes(E), any contents (cleared in-stream)
 };
 size_t nvfp4_workspace_bytes(int64_t E);
-// Benchmarks only: the one-read launches (staged2, park) that follow record, for each ticket t < items, the
-// globaltimer (ns) when its slice was claimed, landed, found its expert complete and was
-// quantized into buf[4t .. 4t+3] (device memory, uint64 [4 * items]); null stops it.
-void nvfp4_trace(unsigned long long* buf, int64_t items);
 void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream);
-// Tests and benchmarks: the kernel the last NVFP4 quantize launch on this host used ("staged2",
-// "park", "staged", "fused", "two-pass"), to check that a forced variant really ran.
-const char* nvfp4_last_kernel();
 
 // NVFP4 1D quantize of the rows of x [rows, K] (K % 16 == 0) in groups, each quantized with its
 // own amax exactly as nvfp4_quantize of that group's rows alone would (1x16 blocks never span

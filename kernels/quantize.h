@@ -1,7 +1,7 @@
 // kernels/quantize.h — the one C++ entry point per quantization operation, on at::Tensor.
 // Each function dispatches on the input's device: CPU tensors run the reference
-// (kernels/*/quantize_ref.cpp), CUDA tensors run the kernels (kernels/*/quantize.cu) on the
-// current CUDA stream with no host synchronisation. Same bytes either way.
+// (kernels/*/quantize_ref.cpp), CUDA tensors run the kernels (kernels/cuda_api.h: kernels/nvfp4/,
+// kernels/mxfp8/quantize.cu) on the current CUDA stream with no host synchronisation. Same bytes either way.
 //
 // Layout: a 2-D input is one tensor x[N, K]; a 3-D input is E stacked experts x[E, N, K], each
 // with its own global amax / S_dec (unless a shared amax is given). Rows are `[out, in]` for

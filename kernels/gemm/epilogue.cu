@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cuda_fp16.h>
 
+#include "kernels/common/cuda_check.h"
 #include "kernels/cuda_kernels.h"
 
 namespace fp4qat::cuda_kernels {

@@ -2,11 +2,10 @@
 #include "kernels/gemm/scaled_bmm.h"
 
 #include <algorithm>
-#include <atomic>
-#include <cstdlib>
-#include <cstring>
 
+#include "kernels/bench_hooks.h"
 #include "kernels/common/check.h"
+#include "kernels/common/tuning.h"
 
 #ifdef FP4QAT_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -22,9 +21,6 @@
 namespace fp4qat::gemm {
 
 namespace {
-std::atomic<bool> g_fused{true};
-std::atomic<int> g_grouped{-1};  // -1: not yet read from the environment
-std::atomic<int> g_batched_tile{-2};  // -2: not yet read from the environment
 thread_local const char* t_last_grouped = "none";
 
 // The unfused epilogue: fp32 result [B, M, N] times alpha[b], one cast, then the selected rows.
@@ -35,39 +31,28 @@ at::Tensor epilogue_aten(at::Tensor y32, const at::Tensor& alpha, at::ScalarType
 }
 }  // namespace
 
-void set_fused_epilogue(bool on) { g_fused = on; }
-
-void set_grouped_gemm(bool on) { g_grouped = on ? 1 : 0; }
-bool grouped_gemm_enabled() {
-  int v = g_grouped.load();
-  if (v < 0) {
-    const char* env = std::getenv("FP4QAT_GROUPED_GEMM");
-    v = env && std::strcmp(env, "0") == 0 ? 0 : 1;
-    g_grouped = v;
-  }
-  return v == 1;
+// The switches (kernels/bench_hooks.h) over the GEMM tuning, read once (kernels/common/tuning.h).
+void set_fused_epilogue(bool on) {
+  tuning::GemmTuning t = tuning::gemm_tuning();
+  t.fused_epilogue = on;
+  tuning::set_gemm_tuning(t);
 }
+bool fused_epilogue() { return tuning::gemm_tuning().fused_epilogue; }
+
+void set_grouped_gemm(bool on) {
+  tuning::GemmTuning t = tuning::gemm_tuning();
+  t.grouped = on;
+  tuning::set_gemm_tuning(t);
+}
+bool grouped_gemm_enabled() { return tuning::gemm_tuning().grouped; }
 
 void set_batched_gemm_tile(int tile) {
   FP4QAT_CHECK(tile >= -1 && tile <= 1, "set_batched_gemm_tile: tile must be -1 (off), 0 or 1, got ", tile);
-  g_batched_tile = tile;
+  tuning::GemmTuning t = tuning::gemm_tuning();
+  t.batched_tile = tile;
+  tuning::set_gemm_tuning(t);
 }
-int batched_gemm_tile() {
-  int v = g_batched_tile.load();
-  if (v == -2) {
-    const char* env = std::getenv("FP4QAT_BATCHED_GEMM");
-    v = 0;
-    if (env && *env) {
-      char* end = nullptr;
-      const long t = std::strtol(env, &end, 10);
-      FP4QAT_CHECK(end && *end == '\0' && t >= -1 && t <= 1,
-                   "FP4QAT_BATCHED_GEMM must be -1 (off), 0 or 1, got \"", env, "\"");
-      v = static_cast<int>(t);
-    }
-    g_batched_tile = v;
-  }
-  return v;
-}
+int batched_gemm_tile() { return tuning::gemm_tuning().batched_tile; }
 const char* last_grouped_kernel() { return t_last_grouped; }
 
 bool grouped_gemm_supported(const at::Tensor& x, int64_t N, int64_t K, at::ScalarType out) {
@@ -157,7 +142,6 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
   return at::Tensor();
 #endif
 }
-bool fused_epilogue() { return g_fused.load(); }
 
 at::Tensor scaled_bmm(const at::Tensor& a, const at::Tensor& w, const at::Tensor& alpha, at::ScalarType out,
                       const at::Tensor& rows) {

@@ -33,26 +33,14 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
 // Whether grouped_scaled_mm would run for x on this device with these sizes (compiled in,
 // switched on, CUDA sm_90, bf16 in and out, N and K multiples of 8).
 bool grouped_gemm_supported(const at::Tensor& x, int64_t N, int64_t K, at::ScalarType out);
-// Switch for grouped_scaled_mm (tests, benchmark); FP4QAT_GROUPED_GEMM=0 in the environment turns
-// it off at start.
-void set_grouped_gemm(bool on);
-bool grouped_gemm_enabled();
-
+// The switches of this path (the grouped GEMM on or off, the batched form's tile, the fused
+// epilogue) are tuning knobs, read once (kernels/common/tuning.h GemmTuning: FP4QAT_GROUPED_GEMM,
+// FP4QAT_BATCHED_GEMM); benchmarks and tests set them through kernels/bench_hooks.h, which also
+// tells which kernel the last grouped_scaled_mm call ran.
+//
 // When every expert has the same row count (off[e] = e * Mmax) grouped_scaled_mm runs one CUTLASS
 // batched GEMM over the [E, Mmax, K] batch instead of the grouped one (kernels/gemm_sm90/
 // batched_gemm.h): the same arithmetic (alpha[e] on the fp32 accumulator, one rounding), one TMA
-// descriptor per operand instead of one per group. Tile configuration for tests and the benchmark:
-// -1 turns the batched form off (the grouped GEMM runs), 0 (the default) or 1 picks a compiled
-// tile; FP4QAT_BATCHED_GEMM in the environment sets it at start.
-void set_batched_gemm_tile(int tile);
-int batched_gemm_tile();
-// Which kernel the last grouped_scaled_mm call on this thread ran: "batched", "grouped" or "none"
-// (declined, or nothing to compute). Tests use it to know the path they checked.
-const char* last_grouped_kernel();
-
-// Diagnostic switch (benchmark, tests): false makes the CUDA path use the unfused ATen epilogue
-// (at::mul_, Tensor::to, index_select) instead of the fused kernel; the bytes are the same.
-void set_fused_epilogue(bool on);
-bool fused_epilogue();
+// descriptor per operand instead of one per group; two tile configurations are compiled.
 
 }  // namespace fp4qat::gemm

@@ -16,7 +16,7 @@
 #include "cutlass/util/packed_stride.hpp"
 
 #include "kernels/common/check.h"
-#include "kernels/cuda_kernels.h"
+#include "kernels/common/cuda_check.h"
 
 namespace fp4qat::cuda_kernels::sm90 {
 

@@ -2,6 +2,7 @@
 // up to a power of two, E4M3 elements). One thread per 32-element block; the arithmetic is
 // kernels/common/formats.h, as in the CPU reference kernels/mxfp8/quantize_ref.cpp.
 #include "kernels/common/check.h"
+#include "kernels/common/cuda_check.h"
 #include "kernels/common/cuda_utils.cuh"
 #include "kernels/common/formats.h"
 

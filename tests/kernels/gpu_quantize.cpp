@@ -11,13 +11,17 @@
 #include <cstdlib>
 #include <string>
 
+#include "kernels/bench_hooks.h"
+#include "kernels/common/cuda_check.h"
 #include "kernels/cuda_kernels.h"
 #include "kernels/quantize.h"
 #include "io/safetensors.h"
 #include "tests/common/test_util.h"
+#include "tests/kernels/gpu_quantize_util.h"
 
 using fp4qat::Blocks;
 using fp4qat::test::bytes_equal;
+using namespace fp4qat::test::gpu_quantize;
 namespace ck = fp4qat::cuda_kernels;
 
 namespace {
@@ -27,50 +31,6 @@ const std::vector<std::vector<int64_t>> kShapes = {
     {1, 16}, {1, 32}, {7, 96}, {17, 64}, {33, 160}, {128, 256}, {255, 512}, {3, 16384}, {40, 16384},
     {1, 5, 64}, {1, 129, 2048}, {160, 8, 32}, {160, 17, 64}, {4, 768, 2048}, {2, 31, 4096},
 };
-
-at::Tensor random_input(const std::vector<int64_t>& dims, at::ScalarType dt, uint64_t seed) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  at::Tensor x = at::randn(dims, gen);
-  // Per-row magnitude spread over many binades, so that block scales vary widely.
-  std::vector<int64_t> rows = dims;
-  rows.back() = 1;
-  x = x * at::exp(at::randn(rows, gen) * 2.0);
-  return x.to(dt);
-}
-
-ck::InType in_type(at::ScalarType t) {
-  return t == at::kFloat ? ck::InType::F32 : (t == at::kBFloat16 ? ck::InType::BF16 : ck::InType::F16);
-}
-
-// Runs the raw launcher into outputs pre-filled with garbage; returns {codes, scales, fake, s_dec} on CPU.
-std::vector<at::Tensor> run_poisoned(const at::Tensor& x_cpu, Blocks blocks, const at::Tensor* amax_cpu) {
-  const at::Tensor x = x_cpu.cuda().contiguous();
-  const int64_t E = x.dim() == 3 ? x.size(0) : 1, N = x.size(-2), K = x.size(-1);
-  auto u8 = at::TensorOptions().dtype(at::kByte).device(at::kCUDA);
-  at::Tensor codes = at::full({E, N, K / 2}, 0xAB, u8);
-  at::Tensor scales = at::full({E, N, K / 16}, 0xCD, u8);
-  at::Tensor fake = at::full({E, N, K}, 0x7FC1, at::TensorOptions().dtype(at::kShort).device(at::kCUDA));
-  at::Tensor s_dec = at::full({E}, std::nanf(""), at::TensorOptions().device(at::kCUDA));
-  at::Tensor ws = at::full({static_cast<int64_t>(ck::nvfp4_workspace_bytes(E))}, 0x5A, u8);
-  at::Tensor given;
-  if (amax_cpu) given = amax_cpu->reshape({E}).cuda();
-  ck::Nvfp4Args a;
-  a.x = x.data_ptr();
-  a.type = in_type(x.scalar_type());
-  a.E = E;
-  a.N = N;
-  a.K = K;
-  a.two_d = blocks == Blocks::k2D;
-  a.given_amax = amax_cpu ? given.data_ptr<float>() : nullptr;
-  a.codes = codes.data_ptr<uint8_t>();
-  a.scales = scales.data_ptr<uint8_t>();
-  a.fake = reinterpret_cast<uint16_t*>(fake.data_ptr());
-  a.s_dec = s_dec.data_ptr<float>();
-  a.workspace = ws.data_ptr();
-  ck::nvfp4_quantize(a, at::cuda::getCurrentCUDAStream().stream());
-  FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
-  return {codes.cpu(), scales.cpu(), fake.cpu().view(at::kBFloat16), s_dec.cpu()};
-}
 
 }  // namespace
 
@@ -103,67 +63,16 @@ TEST(GpuQuantize, NVFP4MatchesReferenceOnRandomShapes) {
         }
 }
 
-// Every kernel variant the tuning knobs select (bench/RESULTS.md) gives the reference's bytes.
+// Every kernel variant the tuning knobs select that kernels/ compiles (bench/RESULTS.md) gives
+// the reference's bytes; the benchmark-only ones are checked in bench/dev/gpu_nvfp4_variants.cpp.
 TEST(GpuQuantize, NVFP4KernelVariantsMatchReference) {
   FP4QAT_REQUIRE_GPU();
-  struct Variant {
-    const char* kernel;
-    const char* threads;
-    const char* hint;
-    const char* unroll;
-    const char* slot = "32768";  // staged2: bytes per slot (small: many slices per expert, waits)
-    const char* slots = "2";     // staged2: slots per CTA
-  };
-  const Variant variants[] = {{"staged", "256", "0", "1"},
-                              {"fused", "512", "0", "1"},
-                              {"fused", "256", "0", "2"},
-                              {"fused", "256", "1", "1"},
-                              {"fused", "256", "1", "2"},
-                              {"fused", "256", "2", "1"},
-                              {"fused", "256", "2", "2"},
-                              {"fused", "256", "0", "1"},
-                              {"staged2", "256", "0", "1"},
-                              {"staged2", "512", "0", "1", "98304"},
-                              {"staged2", "256", "0", "1", "16384", "3"},
-                              {"staged2", "512", "0", "1", "16384", "4"},
-                              {"staged2", "256", "0", "1", "4096", "4"},
-                              {"staged2", "512", "0", "1", "1024"},
-                              {"park", "256", "0", "1", "49152"},
-                              {"park", "256", "0", "1", "4096"}};
-  const std::vector<std::vector<int64_t>> shapes = {{7, 96}, {1, 129, 2048}, {160, 17, 64}, {4, 768, 2048}, {2, 31, 4096}};
-  uint64_t seed = 900;
-  for (const auto& v : variants) {
-    setenv("FP4QAT_NVFP4_KERNEL", v.kernel, 1);
-    setenv("FP4QAT_NVFP4_THREADS", v.threads, 1);
-    setenv("FP4QAT_NVFP4_L2HINT", v.hint, 1);
-    setenv("FP4QAT_NVFP4_UNROLL", v.unroll, 1);
-    setenv("FP4QAT_NVFP4_SLOT_BYTES", v.slot, 1);
-    setenv("FP4QAT_NVFP4_SLOTS", v.slots, 1);
-    int ran = 0;  // launches that used the forced kernel (a variant that never runs would test nothing)
-    for (const auto& dims : shapes)
-      for (auto blocks : {Blocks::k1D, Blocks::k2D})
-        for (bool given : {false, true}) {
-          SCOPED_TRACE(::testing::Message() << v.kernel << " threads " << v.threads << " hint " << v.hint << " unroll "
-                                            << v.unroll << " slot " << v.slot << " x " << v.slots << " " << at::IntArrayRef(dims) << " "
-                                            << fp4qat::to_string(blocks) << (given ? " given-amax" : ""));
-          const at::Tensor x = random_input(dims, at::kBFloat16, seed++);
-          at::Tensor amax;
-          if (given) amax = fp4qat::global_amax(x) * 1.5f;
-          const auto want = fp4qat::nvfp4_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
-          const auto want_fake = fp4qat::nvfp4_fake_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
-          const auto got = run_poisoned(x, blocks, given ? &amax : nullptr);
-          ran += std::string(ck::nvfp4_last_kernel()) == v.kernel;
-          const int64_t E = dims.size() == 3 ? dims[0] : 1, N = dims[dims.size() - 2];
-          EXPECT_TRUE(bytes_equal(got[0], want.codes.reshape({E, N, -1})));
-          EXPECT_TRUE(bytes_equal(got[1], want.scales.view(at::kByte).reshape({E, N, -1})));
-          EXPECT_TRUE(bytes_equal(got[2], want_fake.values.reshape({E, N, -1})));
-          EXPECT_TRUE(bytes_equal(got[3], want.s_dec.reshape({E})));
-        }
-    EXPECT_GT(ran, 0) << v.kernel << " never ran (threads " << v.threads << ", slot " << v.slot << " x " << v.slots << ")";
-  }
-  for (const char* k : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_L2HINT", "FP4QAT_NVFP4_UNROLL",
-                        "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_SLOTS"})
-    unsetenv(k);
+  check_nvfp4_variants({{"fused", "256", "0", "1"},
+                        {"staged2", "256", "0", "1"},
+                        {"staged2", "512", "0", "1", "98304"},
+                        {"staged2", "512", "0", "1", "1024"},
+                        {"park", "256", "0", "1", "49152"},
+                        {"park", "256", "0", "1", "4096"}});
 }
 
 TEST(GpuQuantize, AmaxDequantizeAndMXFP8MatchReference) {
@@ -320,7 +229,7 @@ TEST(GpuQuantize, NVFP4RowGroupsMatchReference) {
     for (const auto& c : cases)
       for (int64_t K : c.Ks)
         for (auto dt : c.types) {
-          setenv("FP4QAT_NVFP4_KERNEL", kernel, 1);
+          const fp4qat::tuning::ScopedNvfp4Tuning knobs(fp4qat::tuning::Nvfp4Tuning{}.with("FP4QAT_NVFP4_KERNEL", kernel));
           std::vector<int64_t> off = {0};
           for (int64_t n : c.counts) off.push_back(off.back() + n);
           const int64_t T = off.back(), G = static_cast<int64_t>(c.counts.size());
@@ -351,5 +260,4 @@ TEST(GpuQuantize, NVFP4RowGroupsMatchReference) {
           EXPECT_TRUE(bytes_equal(api.values, want.values));
           EXPECT_TRUE(bytes_equal(api.packed.s_dec, want.packed.s_dec));
         }
-  unsetenv("FP4QAT_NVFP4_KERNEL");
 }

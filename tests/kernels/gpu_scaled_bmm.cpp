@@ -14,6 +14,7 @@
 
 #include <algorithm>
 
+#include "kernels/bench_hooks.h"
 #include "kernels/common/check.h"
 #include "kernels/gemm/scaled_bmm.h"
 #include "tests/common/test_util.h"

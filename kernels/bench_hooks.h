@@ -1,0 +1,66 @@
+// kernels/bench_hooks.h — benchmark and test hooks into kernels/: replacing the tuning knobs
+// (kernels/common/tuning.h) at run time, the NVFP4 quantizer's trace and the name of the kernel
+// its last launch used, and the NVFP4 GEMM path's switches. For bench/ and tests/ only:
+// production code (qat/, autograd/, trainer/) never includes this header. No torch and no CUDA
+// headers here.
+#pragma once
+#include <cstdint>
+
+#include "kernels/common/tuning.h"
+
+namespace fp4qat::tuning {
+
+// Replace the knobs in effect (the environment is then no longer read). Not concurrently with
+// launches that read them.
+void set_nvfp4_tuning(const Nvfp4Tuning& t);
+void set_gemm_tuning(const GemmTuning& t);
+
+// Sets the NVFP4 knobs for its lifetime, then puts back the ones it found.
+class ScopedNvfp4Tuning {
+ public:
+  explicit ScopedNvfp4Tuning(const Nvfp4Tuning& t) : saved_(nvfp4_tuning()) { set_nvfp4_tuning(t); }
+  ~ScopedNvfp4Tuning() { set_nvfp4_tuning(saved_); }
+  ScopedNvfp4Tuning(const ScopedNvfp4Tuning&) = delete;
+  ScopedNvfp4Tuning& operator=(const ScopedNvfp4Tuning&) = delete;
+
+ private:
+  Nvfp4Tuning saved_;
+};
+
+}  // namespace fp4qat::tuning
+
+namespace fp4qat::cuda_kernels {
+
+// The one-read launches (staged2, park) that follow record, for each ticket t < items, the
+// globaltimer (ns) when its slice was claimed, landed, found its expert complete and was
+// quantized into buf[4t .. 4t+3] (device memory, uint64 [4 * items]); null stops it.
+void nvfp4_trace(unsigned long long* buf, int64_t items);
+// The kernel the last NVFP4 quantize launch on this host used ("staged2", "park", "staged",
+// "fused", "two-pass"), to check that a forced variant really ran.
+const char* nvfp4_last_kernel();
+
+}  // namespace fp4qat::cuda_kernels
+
+namespace fp4qat::gemm {
+
+// The grouped GEMM of grouped_scaled_mm (kernels/gemm/scaled_bmm.h) on or off (GemmTuning::grouped;
+// FP4QAT_GROUPED_GEMM=0 in the environment turns it off at start).
+void set_grouped_gemm(bool on);
+bool grouped_gemm_enabled();
+
+// The batched form's tile (GemmTuning::batched_tile): -1 turns the batched form off (the grouped
+// GEMM runs), 0 (the default) or 1 picks a compiled tile; FP4QAT_BATCHED_GEMM in the environment
+// sets it at start. Other values throw.
+void set_batched_gemm_tile(int tile);
+int batched_gemm_tile();
+
+// Which kernel the last grouped_scaled_mm call on this thread ran: "batched", "grouped" or "none"
+// (declined, or nothing to compute). Tests use it to know the path they checked.
+const char* last_grouped_kernel();
+
+// Diagnostic switch (GemmTuning::fused_epilogue): false makes the CUDA path use the unfused ATen
+// epilogue (at::mul_, Tensor::to, index_select) instead of the fused kernel; the bytes are the same.
+void set_fused_epilogue(bool on);
+bool fused_epilogue();
+
+}  // namespace fp4qat::gemm

@@ -1,0 +1,383 @@
+// kernels/nvfp4/quantize_onepass.cuh — the multi-buffered one-read NVFP4 quantize kernel
+// ("staged2", sm_90: bulk copies into shared memory), the pieces it shares with the register-slot
+// variant (park, kernels/nvfp4/quantize_onepass.cu), and their common launcher. staged2 is
+// templated on its shape (threads x slots): quantize_onepass.cu instantiates the shapes the
+// defaults choose, bench/dev/nvfp4_variants.cu the others. Include only from .cu.
+#pragma once
+#include <algorithm>
+
+#include "kernels/nvfp4/quantize_common.cuh"
+
+namespace fp4qat::cuda_kernels::nvfp4 {
+namespace {
+
+// ---- Multi-buffered one-read variant (sm_90: bulk copies into shared memory) -----------------
+// Items (e, g) = rows [g*R, (g+1)*R) of expert e, claimed in ticket order, as above, but each CTA
+// holds a ring of kSlots slots, each filled by one cp.async.bulk (completion on an mbarrier):
+// while it waits for the head item's expert amax and quantizes it, the next kSlots - 1 items are
+// already being copied in, so HBM reads go on during a CTA's compute and waits. Every input byte
+// is read from HBM once.
+// Protocol per CTA: fill every slot (claims in ticket order); then, per head item: wait for its
+// bytes and fold its max into amax[e] (arrived[e] += 1) unless done already; until all G slices
+// of e have arrived, poll, folding in the max of every other slot whose bytes have landed (so no
+// claimed slice waits on a waiting CTA); quantize the head from shared memory; refill its slot
+// with the next ticket (it becomes the ring's tail); advance.
+// Deadlock-free when G <= kSlots * CTAs, all CTAs resident together (a cooperative launch): if
+// every CTA waited forever, the oldest incomplete expert would have an unclaimed slice, so every
+// claimed item (older tickets; every expert before it is complete, so no CTA waits on one) would
+// be a slice of it: kSlots * CTAs < G.
+// 1D blocks. With a given amax every group is complete from the start: a streaming pass.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ bool mbar_test(uint32_t bar, uint32_t parity) {
+  uint32_t ok;
+  asm volatile(
+      "{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(ok)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return ok != 0;
+}
+
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  while (!mbar_test(bar, parity)) {
+  }
+}
+
+// One thread: expect `bytes` on `bar` and start the bulk copy global -> shared.
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
+__device__ __forceinline__ void red_release_add(int* p, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ int ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ uint32_t ld_relaxed(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+
+__device__ __forceinline__ void trace_event(const Slices& sl, long long t, int k) {
+  if (sl.trace != nullptr && t < sl.trace_items) {
+    unsigned long long now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    sl.trace[4 * t + k] = now;
+  }
+}
+
+// ---- Pieces shared by the one-read kernels (staged2, park) -----------------------------------
+// A claimed ticket t: its group, its first row in x viewed as [rows, K], its rows, the group's
+// slice count, and whether it is the group's first slice (which writes S_dec).
+struct SliceInfo {
+  int64_t g, row, rows, need;
+  bool first;
+};
+__device__ __forceinline__ SliceInfo decode_slice(const Slices& sl, const int32_t* tab, int64_t N, long long t) {
+  SliceInfo s;
+  int64_t j;
+  if (sl.table == nullptr) {
+    s.g = t / sl.G, j = t % sl.G, s.row = s.g * N + j * sl.R, s.rows = min(sl.R, N - j * sl.R), s.need = sl.G;
+  } else {  // the group whose slices hold t: the last g with item_off[g] <= t (skips empty groups)
+    const int32_t* ioff = tab + sl.groups + 1;
+    s.g = last_at_most(ioff, sl.groups, t), j = t - ioff[s.g], s.row = tab[s.g] + j * sl.R;
+    s.rows = min(sl.R, static_cast<int64_t>(tab[s.g + 1]) - s.row), s.need = ioff[s.g + 1] - ioff[s.g];
+  }
+  s.first = j == 0;
+  return s;
+}
+
+// All threads: the 16-element block maxima of a landed slice (units blocks at base) into bmax,
+// and, unless the amax is given, the slice max folded into amax[g] followed by the arrival.
+template <InType T, int kTh>
+__device__ __forceinline__ void fold_slice(const Nvfp4Args& a, const unsigned char* base, float* bmax, int64_t units,
+                                           int g, float* red, uint32_t* amax_bits, int* arrived) {
+  float m = 0.0f;
+  for (int64_t u = threadIdx.x; u < units; u += kTh) {
+    float bm;
+    if constexpr (T == InType::BF16) {
+      uint32_t raw[8];
+      load_raw16(base, u, raw);
+      bm = max16_bf16(raw);
+    } else {
+      float v[16];
+      load16<T, Src::kShared>(base, u * 16, v);
+      bm = max16(v);
+    }
+    bmax[u] = bm;
+    m = fmaxf(m, bm);
+  }
+  if (a.given_amax == nullptr) {
+    m = block_max<kTh>(m, red);
+    if (threadIdx.x == 0) {
+      atomic_max_nonneg(amax_bits + g, m);
+      red_release_add(arrived + g, 1);  // ordered after the max, without waiting for it
+    }
+  }
+}
+
+// Thread 0: whether group g's amax is final (all `need` slices folded in, or given), and if so
+// its value into *amax (every max is ordered before the arrivals it reads).
+__device__ __forceinline__ bool group_complete(const Nvfp4Args& a, const int* arrived, const uint32_t* amax_bits, int g,
+                                               int need, float* amax) {
+  if (a.given_amax != nullptr) {
+    *amax = a.given_amax[g];
+    return true;
+  }
+  if (ld_acquire(arrived + g) < need) return false;
+  *amax = __uint_as_float(ld_relaxed(amax_bits + g));
+  return true;
+}
+
+// All threads: quantize a slice held in shared memory (its blocks and their maxima) with the
+// per-scale-byte encode multipliers enc_lut.
+template <InType T, int kTh>
+__device__ __forceinline__ void quantize_slice(const Nvfp4Args& a, const unsigned char* base, const float* bmax,
+                                               int64_t units, int64_t unit0, float factor, const float* enc_lut) {
+  for (int64_t u = threadIdx.x; u < units; u += kTh) {
+    const uint8_t sb = nvfp4_block_scale(bmax[u], factor);
+    if constexpr (T == InType::BF16) {
+      uint32_t raw[8];
+      load_raw16(base, u, raw);
+      emit_block_bf16(raw, sb, enc_lut[sb], unit0 + u, a.codes, a.scales, a.fake);
+    } else {
+      float v[16];
+      load16<T, Src::kShared>(base, u * 16, v);
+      emit_block_enc(v, sb, enc_lut[sb], unit0 + u, a.codes, a.scales, a.fake);
+    }
+  }
+}
+
+// Thread 0: the slots among `candidates` (bits) holding an item whose bytes have landed but that
+// is not folded in yet.
+template <int kN>
+__device__ __forceinline__ int scan_landed(uint32_t candidates, const long long* item, long long total, uint32_t folded,
+                                           uint32_t parity, uint32_t bar0, const Slices& sl) {
+  int landed = 0;
+#pragma unroll
+  for (int s = 0; s < kN; ++s)
+    if (((candidates >> s) & 1u) && item[s] < total && !((folded >> s) & 1u) && mbar_test(bar0 + 8 * s, (parity >> s) & 1u)) {
+      landed |= 1 << s;
+      trace_event(sl, item[s], 1);
+    }
+  return landed;
+}
+
+// All threads: fold in the slots of `landed` (their bytes have arrived: each wait returns at once,
+// and every thread acquires the bytes).
+template <typename Fold>
+__device__ __forceinline__ void fold_landed(int landed, uint32_t bar0, uint32_t& parity, uint32_t& folded, Fold&& fold) {
+  while (landed) {
+    const int s = __ffs(landed) - 1;
+    landed &= landed - 1;
+    mbar_wait(bar0 + 8 * s, (parity >> s) & 1u);
+    parity ^= 1u << s;
+    fold(s);
+    folded |= 1u << s;
+  }
+}
+
+// Thread kClaimer: the next ticket into slot s — its item arrays (ticket, first row, group, rows,
+// the group's slice count, first slice) — and the bulk copy of its rows into dst (completion on bar).
+__device__ __forceinline__ void claim_slot(int s, unsigned long long* ticket, const Slices& sl, const int32_t* tab,
+                                           const Nvfp4Args& a, int64_t row_bytes, unsigned char* dst, uint32_t bar,
+                                           long long* item, long long* item_row, int* item_group, int* item_rows,
+                                           int* item_need, int* item_first) {
+  const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
+  item[s] = t;
+  trace_event(sl, t, 0);
+  if (t >= sl.total) return;
+  const SliceInfo si = decode_slice(sl, tab, a.N, t);
+  item_group[s] = static_cast<int>(si.g);
+  item_row[s] = si.row;
+  item_rows[s] = static_cast<int>(si.rows);
+  item_need[s] = static_cast<int>(si.need);
+  item_first[s] = si.first;
+  // Generic-proxy reads of this slot's previous bytes come before the async-proxy writes.
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  bulk_load(smem_addr(dst), static_cast<const char*>(a.x) + si.row * row_bytes, static_cast<uint32_t>(si.rows * row_bytes),
+            bar);
+}
+
+// All threads, at the start: the row-group table into shared memory (tab), and the S_dec of groups
+// without rows (amax 0: they have no slice to write it) by CTA 0.
+template <int kTh>
+__device__ __forceinline__ void stage_row_groups(const Slices& sl, int32_t* tab, const Nvfp4Args& a) {
+  if (sl.table == nullptr) return;
+  for (int64_t i = threadIdx.x; i < 2 * (sl.groups + 1); i += kTh) tab[i] = sl.table[i];
+  __syncthreads();
+  if (blockIdx.x == 0)
+    for (int64_t g = threadIdx.x; g < sl.groups; g += kTh)
+      if (tab[g + 1] == tab[g]) a.s_dec[g] = nvfp4_s_dec(nvfp4_s_enc(0.0f));
+}
+
+// One round of waiting for the head's group (all threads): thread 0 tests the group and scans the
+// candidate slots for landed bytes; then every thread folds those slots in. Returns whether the
+// group is complete (its amax is then in shared_amax). `flag` is rewritten by the next round
+// only after a barrier (the caller's).
+template <int kN, typename Fold>
+__device__ __forceinline__ bool poll_round(const Nvfp4Args& a, const int* arrived, const uint32_t* amax_bits, int g,
+                                           int need, long long head, uint32_t candidates, const long long* item,
+                                           long long total, uint32_t& folded, uint32_t& parity, uint32_t bar0,
+                                           const Slices& sl, int* flag, float& shared_amax, Fold&& fold) {
+  if (threadIdx.x == 0) {
+    float am = 0.0f;
+    const bool complete = group_complete(a, arrived, amax_bits, g, need, &am);
+    if (complete) {
+      shared_amax = am;
+      trace_event(sl, head, 2);
+    }
+    flag[0] = complete;
+    flag[1] = scan_landed<kN>(candidates, item, total, folded, parity, bar0, sl);
+  }
+  __syncthreads();
+  const bool complete = flag[0];
+  fold_landed(flag[1], bar0, parity, folded, fold);
+  return complete;
+}
+
+// All threads, once the head's group is complete: its S_dec (written by its first slice), the
+// block factor it returns, and enc_lut = nvfp4_block_enc(sb, S_dec) per scale byte (one division
+// per scale byte instead of one per block).
+template <int kTh>
+__device__ __forceinline__ float prepare_head(float amax, bool first, int g, const Nvfp4Args& a, float* enc_lut) {
+  const float s_enc = nvfp4_s_enc(amax);
+  const float s_dec = nvfp4_s_dec(s_enc);
+  if (first && threadIdx.x == 0) a.s_dec[g] = s_dec;
+  for (int b = threadIdx.x; b < 256; b += kTh) enc_lut[b] = nvfp4_block_enc(static_cast<uint8_t>(b), s_dec);
+  __syncthreads();
+  return nvfp4_block_factor(s_enc);
+}
+
+// One thread: initialize n mbarriers (one arrival each) at bar0, bar0 + 8, ...
+__device__ __forceinline__ void init_bars(uint32_t bar0, int n) {
+  for (int s = 0; s < n; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * s) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+// Roles: thread 0 polls the head's group and the landed slots; thread kClaimer (another warp)
+// claims tickets, decodes them and starts the bulk copies, so the two round trips to memory overlap.
+template <InType T, int kTh, int kSlots>
+__global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes,
+                                                            int64_t slot_stride, uint32_t* amax_bits, int* arrived,
+                                                            unsigned long long* ticket) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Slot s: the bytes of its item at smem + s * slot_stride (data_bytes), then its 16-element
+  // block maxima, float [rows * K/16] (computed once, when the slot lands, for both the group
+  // amax and the block scales); completion of the bulk copy on bars[s]. After the slots: the
+  // row-group table, if any.
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
+  __shared__ __align__(8) uint64_t bars[kSlots];
+  __shared__ long long item[kSlots];  // ticket
+  __shared__ long long item_row[kSlots];  // first row of the slice in x viewed as [rows, K]
+  __shared__ int item_group[kSlots], item_rows[kSlots], item_need[kSlots], item_first[kSlots];
+  __shared__ float red[kTh / 32];
+  __shared__ int flag[2];  // [0]: the head's group is complete; [1]: slots that have landed (bits)
+  __shared__ float shared_amax;
+  __shared__ float enc_lut[256];  // nvfp4_block_enc(sb, S_dec) of the head's group, per scale byte
+  const int64_t K = a.K, nb = K / 16, total = sl.total;
+  const uint32_t bar0 = smem_addr(&bars[0]);
+  int32_t* tab = reinterpret_cast<int32_t*>(smem + kSlots * slot_stride);  // [2 * (groups + 1)] if row groups
+  constexpr int kClaimer = 32;
+  auto claim = [&](int s) {  // thread kClaimer only
+    claim_slot(s, ticket, sl, tab, a, K * kElem, smem + s * slot_stride, bar0 + 8 * s, item, item_row, item_group,
+               item_rows, item_need, item_first);
+  };
+
+  // Block maxima of slot s into its bmax array; the slice max folded into amax[group]. All threads.
+  auto contribute = [&](int s) {
+    fold_slice<T, kTh>(a, smem + s * slot_stride, reinterpret_cast<float*>(smem + s * slot_stride + data_bytes),
+                       item_rows[s] * nb, item_group[s], red, amax_bits, arrived);
+  };
+
+  stage_row_groups<kTh>(sl, tab, a);
+  if (threadIdx.x == kClaimer) {
+    init_bars(bar0, kSlots);
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) claim(s);
+  }
+  __syncthreads();
+  // Per-slot state as bit masks (registers, the same in every thread): the mbarrier phase each
+  // slot waits for next, and whether its landed bytes were already folded in.
+  uint32_t parity = 0u, folded = 0u;
+  int h = 0;  // the head slot; the ring runs h, h + 1, ... (mod kSlots) in ticket order
+  for (;;) {
+    if (item[h] >= total) return;  // the ring's tickets increase from the head: no slot holds an item
+    if (!((folded >> h) & 1u)) {
+      mbar_wait(bar0 + 8 * h, (parity >> h) & 1u);
+      if (threadIdx.x == 0) trace_event(sl, item[h], 1);
+      parity ^= 1u << h;
+      contribute(h);
+      folded |= 1u << h;
+    }
+    const int g = item_group[h];
+    const int need = item_need[h];
+    while (!poll_round<kSlots>(a, arrived, amax_bits, g, need, item[h], ~(1u << h), item, total, folded, parity, bar0, sl,
+                               flag, shared_amax, contribute)) {
+      if (flag[1] == 0 && threadIdx.x == 0) __nanosleep(64);
+      __syncthreads();  // flag is rewritten next round
+    }
+    const float factor = prepare_head<kTh>(shared_amax, item_first[h], g, a, enc_lut);
+    const int64_t unit0 = item_row[h] * nb, units = item_rows[h] * nb;
+    quantize_slice<T, kTh>(a, smem + h * slot_stride, reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes),
+                           units, unit0, factor, enc_lut);
+    __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
+    if (threadIdx.x == 0) trace_event(sl, item[h], 3);
+    folded &= ~(1u << h);
+    // The next ticket into the head slot (the ring's new tail). No barrier: every thread reads
+    // the slot's item arrays again only after later barriers (it is the head kSlots - 1 heads from
+    // now), and thread 0's scan learns the ticket with the bytes (the mbarrier's arrive releases it).
+    if (threadIdx.x == kClaimer) claim(h);
+    h = h + 1 < kSlots ? h + 1 : 0;
+  }
+#endif
+}
+
+
+// The launch of a one-read kernel (staged2, park: the same parameters) with `shared_slots` slots
+// of R rows in shared memory (+ the row-group table) and a ring of `ring` items a CTA: 16-byte
+// aligned rows, the deadlock-freedom condition G <= ring x CTAs (all resident: a cooperative
+// launch), the workspace cleared; false to fall back (also when the cooperative launch is refused).
+template <typename Kernel>
+bool launch_one_read(Kernel kernel, int threads, int shared_slots, int ring, const Nvfp4Args& a, const Slices& sl,
+                     int64_t row_bytes, cudaStream_t stream) {
+  if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || row_bytes % 16 != 0) return false;
+  const int64_t data_bytes = (sl.R * row_bytes + 127) / 128 * 128;
+  const int64_t slot_stride = data_bytes + (sl.R * (a.K / 16) * 4 + 127) / 128 * 128;  // + block maxima
+  const int64_t table_bytes = sl.table ? 2 * (sl.groups + 1) * 4 : 0;
+  const size_t smem = static_cast<size_t>(shared_slots * slot_stride + table_bytes);
+  const int64_t resident = resident_ctas(kernel, threads, smem);
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(sl.total, resident));
+  if (resident < 1 || sl.G > ring * grid) return false;  // the deadlock-freedom condition
+  const Workspace w = clear_workspace(a.workspace, sl.groups, stream);
+  Slices slt = sl;
+  apply_trace(slt);
+  // Cooperative: the deadlock-freedom condition counts on all CTAs being resident.
+  void* args[] = {const_cast<Nvfp4Args*>(&a), &slt, const_cast<int64_t*>(&data_bytes),
+                  const_cast<int64_t*>(&slot_stride), const_cast<uint32_t**>(&w.amax_bits), const_cast<int**>(&w.counter),
+                  const_cast<unsigned long long**>(&w.ticket)};
+  return launch_cooperative(reinterpret_cast<const void*>(kernel), grid, threads, args, smem, stream);
+}
+
+template <InType T, int kTh, int kSlots>
+bool launch_staged2_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
+  constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
+  if (a.two_d || sl.total == 0 || sl.R < 1) return false;
+  const bool ok = launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots>, kTh, kSlots, kSlots, a, sl, a.K * kElem, stream);
+  if (ok) set_last_kernel("staged2");
+  return ok;
+}
+
+
+}  // namespace
+}  // namespace fp4qat::cuda_kernels::nvfp4
