@@ -15,16 +15,17 @@ namespace fp4qat::autograd::detail {
 // x [*, K] against a weight [.., out, in] of `w_dim` dimensions: same K, dtype and device.
 inline void check_operands(const at::Tensor& x, const at::Tensor& w, int64_t w_dim, const char* op) {
   FP4QAT_CHECK(w.dim() == w_dim, op, ": weight must be ", w_dim, "-D, got ", w.sizes());
-  FP4QAT_CHECK(x.size(-1) == w.size(-1), op, ": x has K = ", x.size(-1), " but the weight [.., out, in] has in = ",
-               w.size(-1));
-  FP4QAT_CHECK(x.scalar_type() == w.scalar_type(), op, ": x is ", x.scalar_type(), " but the weight is ", w.scalar_type());
+  FP4QAT_CHECK(x.size(-1) == w.size(-1), op, ": x has K = ", x.size(-1),
+               " but the weight [.., out, in] has in = ", w.size(-1));
+  FP4QAT_CHECK(x.scalar_type() == w.scalar_type(), op, ": x is ", x.scalar_type(), " but the weight is ",
+               w.scalar_type());
   FP4QAT_CHECK(x.device() == w.device(), op, ": x is on ", x.device(), " but the weight on ", w.device());
 }
 
 // a[M, K] @ b[N, K]^T with fp32 accumulation and a float32 [M, N] result. On CUDA a and b are
 // bf16/f16 (the exact operand values); on the CPU they are widened to fp32 exactly first.
 inline at::Tensor mm_fp32_acc(const at::Tensor& a, const at::Tensor& b) {
-  if (a.is_cuda()) return at::mm(a, b.t(), at::kFloat);  // bf16 operands, fp32 accumulation and output
+  if (a.is_cuda()) return at::mm(a, b.t(), at::kFloat);   // bf16 operands, fp32 accumulation and output
   return at::mm(a.to(at::kFloat), b.to(at::kFloat).t());  // the bf16 values are exact in fp32
 }
 
@@ -35,8 +36,9 @@ inline std::pair<at::Tensor, at::Tensor> linear_grads(const at::Tensor& dy, cons
 
 // Row offsets of each expert from host counts: off[E + 1], off[e] = first row of expert e.
 inline std::vector<int64_t> offsets_of(const at::Tensor& counts, int64_t T, int64_t E, const char* op) {
-  FP4QAT_CHECK(counts.device().is_cpu() && counts.scalar_type() == at::kLong && counts.dim() == 1 && counts.size(0) == E,
-               op, ": counts must be a CPU int64 tensor [E = ", E, "], got ", counts.sizes());
+  FP4QAT_CHECK(
+      counts.device().is_cpu() && counts.scalar_type() == at::kLong && counts.dim() == 1 && counts.size(0) == E, op,
+      ": counts must be a CPU int64 tensor [E = ", E, "], got ", counts.sizes());
   std::vector<int64_t> off(static_cast<size_t>(E) + 1, 0);
   const at::Tensor c = counts.contiguous();
   const int64_t* p = c.data_ptr<int64_t>();

@@ -41,9 +41,9 @@ class BatchedExpertsFn : public torch::autograd::Function<BatchedExpertsFn> {
 at::Tensor grouped_linear(const std::string& name, const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts) {
   const at::Tensor wc = w.to(x.scalar_type());
   const int64_t E = wc.size(0), T = x.size(0);
-  FP4QAT_CHECK(!counts.is_cuda() && counts.scalar_type() == at::kLong && counts.numel() == E,
-               "grouped linear ", name, ": counts must be int64 [", E, "] on the CPU, got ", counts.scalar_type(), " ",
-               counts.sizes(), " on ", counts.device());
+  FP4QAT_CHECK(!counts.is_cuda() && counts.scalar_type() == at::kLong && counts.numel() == E, "grouped linear ", name,
+               ": counts must be int64 [", E, "] on the CPU, got ", counts.scalar_type(), " ", counts.sizes(), " on ",
+               counts.device());
   const at::Tensor cc = counts.contiguous();
   const int64_t* c = cc.data_ptr<int64_t>();
   if (x.is_cuda() && x.scalar_type() == at::kBFloat16) {

@@ -27,8 +27,8 @@ void check_mxfp8_operands(const at::Tensor& x, const at::Tensor& w, int64_t w_di
   const auto st = x.scalar_type();
   FP4QAT_CHECK(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf, op,
                ": dtype must be float32, bfloat16 or float16, got ", st);
-  FP4QAT_CHECK(x.size(-1) % fmt::kMxfp8Block == 0, op, ": K = ", x.size(-1), " is not a multiple of ",
-               fmt::kMxfp8Block, " (MXFP8 blocks are 1x32 along K)");
+  FP4QAT_CHECK(x.size(-1) % fmt::kMxfp8Block == 0, op, ": K = ", x.size(-1), " is not a multiple of ", fmt::kMxfp8Block,
+               " (MXFP8 blocks are 1x32 along K)");
 }
 
 bool dequantized_mode(AutogradContext* ctx) {
@@ -67,14 +67,14 @@ class MXFP8LinearFn : public torch::autograd::Function<MXFP8LinearFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, int64_t backward) {
     const int64_t K = x.size(-1);
     const auto [xq, wq] = quantize_and_save(ctx, x.reshape({-1, K}), w, backward);  // [M, K], [N, K]
-    const at::Tensor y = detail::mm_fp32_acc(xq, wq).to(x.scalar_type());          // one rounding
+    const at::Tensor y = detail::mm_fp32_acc(xq, wq).to(x.scalar_type());           // one rounding
     auto out_shape = x.sizes().vec();
     out_shape.back() = w.size(0);
     return y.reshape(out_shape);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto [xs, ws] = saved_operands(ctx);  // [M, K], [N, K]
+    const auto [xs, ws] = saved_operands(ctx);                                      // [M, K], [N, K]
     const at::Tensor dy = grads[0].reshape({-1, ws.size(0)}).to(ws.scalar_type());  // [M, N]
     auto [dx, dw] = detail::linear_grads(dy, xs, ws);
     auto x_shape = grads[0].sizes().vec();
@@ -120,8 +120,8 @@ class MXFP8GroupedLinearFn : public torch::autograd::Function<MXFP8GroupedLinear
     const at::Tensor dy = grads[0].to(ws.scalar_type()).contiguous();  // [T, N]
     if (ctx->saved_data["grouped_mm"].toBool()) {
       const at::Tensor offs = ctx->saved_data["offs"].toTensor();
-      const at::Tensor dx = at::_grouped_mm(dy, ws.contiguous(), offs);            // [T, N] x [E, N, K] -> [T, K]
-      const at::Tensor dw = at::_grouped_mm(dy.t(), xs.contiguous(), offs);        // [N, T] x [T, K] -> [E, N, K]
+      const at::Tensor dx = at::_grouped_mm(dy, ws.contiguous(), offs);      // [T, N] x [E, N, K] -> [T, K]
+      const at::Tensor dw = at::_grouped_mm(dy.t(), xs.contiguous(), offs);  // [N, T] x [T, K] -> [E, N, K]
       // An expert without tokens gets dW = 0; not every architecture's kernel writes empty groups.
       for (int64_t e = 0; e < E; ++e)
         if (off[e + 1] == off[e]) dw[e].zero_();
@@ -147,8 +147,7 @@ at::Tensor mxfp8_linear(const at::Tensor& x, const at::Tensor& w, Backward backw
   return MXFP8LinearFn::apply(x, w, static_cast<int64_t>(backward));
 }
 
-at::Tensor mxfp8_grouped_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
-                                Backward backward) {
+at::Tensor mxfp8_grouped_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts, Backward backward) {
   check_mxfp8_operands(x, w, 3, "mxfp8_grouped_linear");
   FP4QAT_CHECK(x.dim() == 2, "mxfp8_grouped_linear: x must be [T, K], got ", x.sizes());
   detail::offsets_of(counts, x.size(0), w.size(0), "mxfp8_grouped_linear");  // before autograd sees them

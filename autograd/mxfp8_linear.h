@@ -23,7 +23,6 @@ at::Tensor mxfp8_linear(const at::Tensor& x, const at::Tensor& w, Backward backw
 // x: [T, K] with rows sorted by expert; w: [E, N, K]; counts: int64 [E] on the CPU (sum = T; zero
 // allowed). Returns [T, N]. On CUDA with bf16 operands (and N % 8 == 0, T > 0) every GEMM is one
 // at::_grouped_mm over all experts (no host synchronisation); otherwise it loops over experts.
-at::Tensor mxfp8_grouped_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
-                                Backward backward);
+at::Tensor mxfp8_grouped_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts, Backward backward);
 
 }  // namespace fp4qat::autograd

@@ -12,11 +12,11 @@
 
 namespace fp4qat::autograd {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 using detail::check_operands;
 using detail::linear_grads;
 using detail::offsets_of;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
 
 Backward parse_backward(const std::string& s) {
   if (s == "high_precision") return Backward::kHighPrecision;
@@ -47,11 +47,11 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
     at::Tensor y;
     if (static_cast<Backward>(backward) == Backward::kDequantized) {
       const NVFP4Operand qx = nvfp4_quantize_and_fake(x2, Blocks::k1D);
-      const NVFP4Operand qw = given ? NVFP4Operand{{wq_codes, wq_scales, wq_s_dec, b}, wq_values}
-                                    : nvfp4_quantize_and_fake(w, b, wa);
+      const NVFP4Operand qw =
+          given ? NVFP4Operand{{wq_codes, wq_scales, wq_s_dec, b}, wq_values} : nvfp4_quantize_and_fake(w, b, wa);
       y = emulated_gemm(qx.values, qw.values, qx.packed.s_dec * qw.packed.s_dec, x.scalar_type());
-      ctx->save_for_backward({qx.packed.codes, qx.packed.scales, qx.packed.s_dec, qw.packed.codes, qw.packed.scales,
-                              qw.packed.s_dec});
+      ctx->save_for_backward(
+          {qx.packed.codes, qx.packed.scales, qx.packed.s_dec, qw.packed.codes, qw.packed.scales, qw.packed.s_dec});
     } else {
       const NVFP4FakeQuant fx = nvfp4_fake_quantize(x2, Blocks::k1D);
       const NVFP4FakeQuant fw = given ? NVFP4FakeQuant{wq_values, wq_s_dec} : nvfp4_fake_quantize(w, b, wa);
@@ -80,8 +80,8 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
     auto [dx, dw] = linear_grads(dy, xs, ws);
     auto x_shape = grads[0].sizes().vec();
     x_shape.back() = ws.size(1);
-    return {dx.reshape(x_shape), dw, at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx.reshape(x_shape), dw,           at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(),        at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -164,7 +164,8 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
     for (int64_t e = 0; e < E; ++e) {
       const int64_t n = off[e + 1] - off[e];
       if (n > 0)
-        out.y.narrow(0, off[e], n).copy_(emulated_gemm(qx.values.narrow(0, off[e], n), w_values[e], alpha[e], x.scalar_type()));
+        out.y.narrow(0, off[e], n)
+            .copy_(emulated_gemm(qx.values.narrow(0, off[e], n), w_values[e], alpha[e], x.scalar_type()));
     }
     return out;
   }
@@ -173,7 +174,7 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
     const at::Tensor idx = pad_index(off, Mmax, x.device());  // [T]
     out.idx = idx;
     out.mmax = Mmax;
-    const at::Tensor x_pad = pad_rows(x, idx, E, Mmax);        // [E, Mmax, K]
+    const at::Tensor x_pad = pad_rows(x, idx, E, Mmax);  // [E, Mmax, K]
     // Activations: one launch quantizes every expert with its own amax. Slice e of x_pad holds
     // expert e's rows followed by zero rows; zeros do not change max|x| (so amax and S_dec
     // are those of the expert's own slice), 1x16 blocks never span two rows (so each real
@@ -199,7 +200,8 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
     // cuBLAS GEMM and the fused epilogue pass.
     const at::Tensor alpha = s_dec_x * w_s_dec;  // [E]
     out.y = gemm::grouped_scaled_mm(xq, w_values, alpha, off, x.scalar_type());
-    if (!out.y.defined()) out.y = gemm::scaled_bmm(xq, w_values, alpha, x.scalar_type(), idx).reshape({T, N});  // [T, N]
+    if (!out.y.defined())
+      out.y = gemm::scaled_bmm(xq, w_values, alpha, x.scalar_type(), idx).reshape({T, N});  // [T, N]
     return out;
   }
   out.y = at::empty({T, N}, x.options());
@@ -208,7 +210,8 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
     if (n == 0) continue;  // an expert with no tokens: nothing to compute, nothing saved
     // Activations: each expert's token slice has its own amax.
     const NVFP4Operand qx = nvfp4_quantize_and_fake(x.narrow(0, off[e], n), Blocks::k1D);
-    out.y.narrow(0, off[e], n).copy_(emulated_gemm(qx.values, w_values[e], qx.packed.s_dec * w_s_dec[e], x.scalar_type()));
+    out.y.narrow(0, off[e], n)
+        .copy_(emulated_gemm(qx.values, w_values[e], qx.packed.s_dec * w_s_dec[e], x.scalar_type()));
     if (deq) out.saved_x.insert(out.saved_x.end(), {qx.packed.codes, qx.packed.scales, qx.packed.s_dec});
   }
   return out;
@@ -221,8 +224,8 @@ std::pair<at::Tensor, at::Tensor> grouped_mm_grads(const at::Tensor& dy, const a
                                                    const std::vector<int64_t>& off) {
   const at::Tensor offs = detail::device_offsets(off, dy.device());
   const at::Tensor dyc = dy.contiguous();
-  return {at::_grouped_mm(dyc, w.contiguous(), offs),          // [T, N] x [E, N, K] -> [T, K]
-          at::_grouped_mm(dyc.t(), x.contiguous(), offs)};     // [N, T] x [T, K] -> [E, N, K]
+  return {at::_grouped_mm(dyc, w.contiguous(), offs),       // [T, N] x [E, N, K] -> [T, K]
+          at::_grouped_mm(dyc.t(), x.contiguous(), offs)};  // [N, T] x [T, K] -> [E, N, K]
 }
 
 // Grouped NVFP4 linear. On CUDA (unless pads() refuses) all experts run in one launch per step
@@ -283,7 +286,7 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     const auto off = ctx->saved_data["off"].toIntVector();
     const bool deq = static_cast<Backward>(ctx->saved_data["backward"].toInt()) == Backward::kDequantized;
     const at::Tensor dy = grads[0].to(dtype);  // [T, N]
-    at::Tensor w_used;  // [E, N, K]
+    at::Tensor w_used;                         // [E, N, K]
     if (deq) {
       w_used = nvfp4_dequantize({saved[0], saved[1], saved[2], Blocks::k1D}, dtype);
     } else {
@@ -315,8 +318,8 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
       const at::Tensor dy_pad = pad_rows(dy, idx, E, Mmax);  // [E, Mmax, N]
       const at::Tensor x_pad = deq ? nvfp4_dequantize({saved[3], saved[4], saved[5], Blocks::k1D}, dtype)
                                    : pad_rows(saved[0], idx, E, Mmax);  // [E, Mmax, K]
-      const at::Tensor dx = unpad_rows(at::bmm(dy_pad, w_used), idx);  // [E, Mmax, K] -> [T, K]
-      const at::Tensor dw = at::bmm(dy_pad.transpose(1, 2), x_pad);    // [E, N, K]
+      const at::Tensor dx = unpad_rows(at::bmm(dy_pad, w_used), idx);   // [E, Mmax, K] -> [T, K]
+      const at::Tensor dw = at::bmm(dy_pad.transpose(1, 2), x_pad);     // [E, N, K]
       return grads_out(dx, dw);
     }
     at::Tensor dx = at::zeros({off[E], K}, dy.options());
@@ -383,7 +386,8 @@ at::Tensor nvfp4_linear_forward(const at::Tensor& x, const at::Tensor& w_values,
 at::Tensor nvfp4_grouped_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,
                                  const at::Tensor& counts) {
   FP4QAT_CHECK(w_values.dim() == 3 && x.size(-1) == w_values.size(2) && x.device() == w_values.device(),
-               "nvfp4_grouped_forward: x ", x.sizes(), " and weight values [E, out, in] ", w_values.sizes(), " do not fit");
+               "nvfp4_grouped_forward: x ", x.sizes(), " and weight values [E, out, in] ", w_values.sizes(),
+               " do not fit");
   FP4QAT_CHECK(x.dim() == 2, "nvfp4_grouped_forward: x must be [T, K], got ", x.sizes());
   const auto off = offsets_of(counts, x.size(0), w_values.size(0), "nvfp4_grouped_forward");
   const at::Tensor xc = x.contiguous();

@@ -51,8 +51,10 @@ Value make_index(int keys) {
 int main(int argc, char** argv) {
   int keys = 18432, reps = 9;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--keys")) keys = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--keys"))
+      keys = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--reps"))
+      reps = std::atoi(argv[i + 1]);
   }
   if (keys < 1 || reps < 1) {
     std::fprintf(stderr, "usage: fp4qat_bench_json [--keys N >= 1] [--reps R >= 1]\n");
@@ -76,8 +78,9 @@ int main(int argc, char** argv) {
     Value out = Value::object({{"metadata", parsed.at("metadata")}, {"weight_map", wm}});
     text = out.dump(2);
   });
-  std::printf("keys %d, %zu bytes, median of %d: build %.2f ms, write %.2f ms, parse %.2f ms, "
-              "rebuild+write %.2f ms, parse + rebuild + write %.2f ms\n",
-              keys, text.size(), reps, build, write, parse, rebuild, parse + rebuild);
+  std::printf(
+      "keys %d, %zu bytes, median of %d: build %.2f ms, write %.2f ms, parse %.2f ms, "
+      "rebuild+write %.2f ms, parse + rebuild + write %.2f ms\n",
+      keys, text.size(), reps, build, write, parse, rebuild, parse + rebuild);
   return 0;
 }

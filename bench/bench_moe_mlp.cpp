@@ -111,7 +111,8 @@ void trace_steps(const std::string& name, const std::function<void()>& step, int
   }
   std::vector<std::pair<std::string, Sum>> rows(by_name.begin(), by_name.end());
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
-  std::printf("\ntimeline of \"%s\", %d steps (Kineto): us per step, calls per step, GPU activity\n", name.c_str(), steps);
+  std::printf("\ntimeline of \"%s\", %d steps (Kineto): us per step, calls per step, GPU activity\n", name.c_str(),
+              steps);
   for (const auto& [n, s] : rows)
     std::printf("%10.1f %6.1f  %s\n", s.ns / 1e3 / steps, static_cast<double>(s.n) / steps, n.c_str());
   const double span = last > first ? static_cast<double>(last - first) : 0;
@@ -146,10 +147,14 @@ int main(int argc, char** argv) {
       --i;
       continue;
     }
-    if (k == "--reps") reps = std::atoi(argv[i + 1]);
-    else if (k == "--warmup") warmup = std::atoi(argv[i + 1]);
-    else if (k == "--tokens") tokens = std::atoll(argv[i + 1]);
-    else if (k == "--trace") traced.push_back(argv[i + 1]);
+    if (k == "--reps")
+      reps = std::atoi(argv[i + 1]);
+    else if (k == "--warmup")
+      warmup = std::atoi(argv[i + 1]);
+    else if (k == "--tokens")
+      tokens = std::atoll(argv[i + 1]);
+    else if (k == "--trace")
+      traced.push_back(argv[i + 1]);
   }
   if (!at::hasCUDA()) {
     std::fprintf(stderr, "no CUDA device\n");
@@ -257,12 +262,15 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "--trace: no path named \"%s\"\n", want.c_str());
         return 2;
       }
-      trace_steps(want, [&] {
-        x.mutable_grad() = at::Tensor();
-        w13.mutable_grad() = at::Tensor();
-        w2.mutable_grad() = at::Tensor();
-        it->fwd().backward(gy);
-      }, 5);
+      trace_steps(
+          want,
+          [&] {
+            x.mutable_grad() = at::Tensor();
+            w13.mutable_grad() = at::Tensor();
+            w2.mutable_grad() = at::Tensor();
+            it->fwd().backward(gy);
+          },
+          5);
     }
     return 0;
   }
@@ -305,16 +313,17 @@ int main(int argc, char** argv) {
       std::function<at::Tensor()> fwd;
       std::vector<double> ms, ratio;
     };
-    std::vector<Timed> ts = {{"bf16 (ours)", [&] { return bf16_ours(counts); }, {}, {}},
-                             {"bf16 (at::_grouped_mm)", [&] { return bf16_mlp(offs); }, {}, {}},
-                             {"nvfp4 high_precision", [&] { return nvfp4_mlp(counts, hp, nullptr, nullptr); }, {}, {}},
-                             {"nvfp4 high_precision, cached w", [&] { return nvfp4_mlp(counts, hp, &pq13, &pq2); }, {}, {}},
-                             {"nvfp4 dequantized", [&] { return nvfp4_mlp(counts, dq, nullptr, nullptr); }, {}, {}},
-                             // The forward GEMM of equal counts: the grouped GEMM, the other batched tile.
-                             {"nvfp4 high_precision, grouped fwd", [&] { return with_tile(-1, counts, hp); }, {}, {}},
-                             {"nvfp4 high_precision, batched 256x128 c1x2", [&] { return with_tile(1, counts, hp); }, {}, {}},
-                             {"bf16 skewed routing", [&] { return bf16_mlp(skewed_offs); }, {}, {}},
-                             {"nvfp4 high_precision skewed", [&] { return nvfp4_mlp(skewed, hp, nullptr, nullptr); }, {}, {}}};
+    std::vector<Timed> ts = {
+        {"bf16 (ours)", [&] { return bf16_ours(counts); }, {}, {}},
+        {"bf16 (at::_grouped_mm)", [&] { return bf16_mlp(offs); }, {}, {}},
+        {"nvfp4 high_precision", [&] { return nvfp4_mlp(counts, hp, nullptr, nullptr); }, {}, {}},
+        {"nvfp4 high_precision, cached w", [&] { return nvfp4_mlp(counts, hp, &pq13, &pq2); }, {}, {}},
+        {"nvfp4 dequantized", [&] { return nvfp4_mlp(counts, dq, nullptr, nullptr); }, {}, {}},
+        // The forward GEMM of equal counts: the grouped GEMM, the other batched tile.
+        {"nvfp4 high_precision, grouped fwd", [&] { return with_tile(-1, counts, hp); }, {}, {}},
+        {"nvfp4 high_precision, batched 256x128 c1x2", [&] { return with_tile(1, counts, hp); }, {}, {}},
+        {"bf16 skewed routing", [&] { return bf16_mlp(skewed_offs); }, {}, {}},
+        {"nvfp4 high_precision skewed", [&] { return nvfp4_mlp(skewed, hp, nullptr, nullptr); }, {}, {}}};
     auto stream = at::cuda::getCurrentCUDAStream().stream();
     cudaEvent_t a, b;
     FP4QAT_CUDA_CHECK(cudaEventCreate(&a));
@@ -340,11 +349,14 @@ int main(int argc, char** argv) {
       std::sort(v.begin(), v.end());
       return v[v.size() / 2];
     };
-    std::printf("\ninterleaved: %d rounds x %d steps per path; ratio within each round (uniform paths to bf16 (ours), skewed to bf16 skewed)\n",
-                rounds, steps);
+    std::printf(
+        "\ninterleaved: %d rounds x %d steps per path; ratio within each round (uniform paths to bf16 (ours), skewed "
+        "to bf16 skewed)\n",
+        rounds, steps);
     std::printf("%-40s %10s %12s %18s\n", "path", "ms (med)", "ratio (med)", "ratio range");
     const size_t skewed_base = static_cast<size_t>(
-        std::find_if(ts.begin(), ts.end(), [](const Timed& t) { return t.name == "bf16 skewed routing"; }) - ts.begin());
+        std::find_if(ts.begin(), ts.end(), [](const Timed& t) { return t.name == "bf16 skewed routing"; }) -
+        ts.begin());
     for (size_t i = 0; i < ts.size(); ++i) {
       const size_t base = ts[i].name.find("skewed") != std::string::npos ? skewed_base : 0;
       for (int r = 0; r < rounds; ++r) ts[i].ratio.push_back(ts[i].ms[r] / ts[base].ms[r]);
@@ -358,8 +370,8 @@ int main(int argc, char** argv) {
   {
     torch::NoGradGuard ng;
     const at::Tensor a13 = w13.detach(), a2 = w2.detach(), xa = x.detach();
-    const at::Tensor h = at::randn({T, I}, opt);        // the down projection's input [T, I]
-    const at::Tensor hu = at::randn({T, 2 * I}, opt);   // gate/up output [T, 2I]
+    const at::Tensor h = at::randn({T, I}, opt);       // the down projection's input [T, I]
+    const at::Tensor hu = at::randn({T, 2 * I}, opt);  // gate/up output [T, 2I]
     const at::Tensor dy13 = at::randn({T, 2 * I}, opt), dy2 = at::randn({T, H}, opt);  // output gradients
     auto offv = [](const at::Tensor& c) {
       std::vector<int64_t> o = {0};
@@ -390,12 +402,18 @@ int main(int argc, char** argv) {
         {"w13 [128,1536,2048] fake quant", [&] { fp4qat::nvfp4_fake_quantize(a13, Blocks::k1D); }},
         {"w13 quantize + fake", [&] { fp4qat::nvfp4_quantize_and_fake(a13, Blocks::k1D); }},
         {"w2 [128,2048,768] fake quant", [&] { fp4qat::nvfp4_fake_quantize(a2, Blocks::k1D); }},
-        {"x [E,M,2048] batch fake quant", [&] { fp4qat::nvfp4_fake_quantize(xa.view({E, T / E, H}), Blocks::k1D); }},
+        {"x [E,M,2048] batch fake quant",
+         [&] {
+           fp4qat::nvfp4_fake_quantize(xa.view({E, T / E, H}), Blocks::k1D);
+         }},
         {"x rows uniform (default)", [&] { fp4qat::nvfp4_quantize_rows(xa, uni); }},
         {"x rows uniform (two-pass)", two_pass([&] { fp4qat::nvfp4_quantize_rows(xa, uni); })},
         {"x rows skewed (default)", [&] { fp4qat::nvfp4_quantize_rows(xa, skw); }},
         {"x rows skewed (two-pass)", two_pass([&] { fp4qat::nvfp4_quantize_rows(xa, skw); })},
-        {"h [E,M,768] batch fake quant", [&] { fp4qat::nvfp4_fake_quantize(h.view({E, T / E, I}), Blocks::k1D); }},
+        {"h [E,M,768] batch fake quant",
+         [&] {
+           fp4qat::nvfp4_fake_quantize(h.view({E, T / E, I}), Blocks::k1D);
+         }},
         {"h rows skewed (default)", [&] { fp4qat::nvfp4_quantize_rows(h, skw); }},
         {"h rows skewed (two-pass)", two_pass([&] { fp4qat::nvfp4_quantize_rows(h, skw); })},
         {"swiglu (silu * up) of [T, 1536]", [&] { swiglu(hu); }},
@@ -404,23 +422,47 @@ int main(int argc, char** argv) {
         {"w2 dequantize to bf16", [&] { fp4qat::nvfp4_dequantize(pq2.packed, at::kBFloat16); }},
         // The GEMMs of uniform routing: batched (our BF16 path, and the NVFP4 backward), grouped
         // (torch's), and the NVFP4 forward's CUTLASS grouped GEMM with alpha in its epilogue.
-        {"fwd w13: at::bmm", [&] { at::bmm(xa.view({E, T / E, H}), a13.transpose(1, 2)); }},
+        {"fwd w13: at::bmm",
+         [&] {
+           at::bmm(xa.view({E, T / E, H}), a13.transpose(1, 2));
+         }},
         {"fwd w13: at::_grouped_mm", [&] { at::_grouped_mm(xa, a13.transpose(1, 2), offs); }},
-        {"fwd w13: CUTLASS grouped, alpha", tile(-1, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
-        {"fwd w13: CUTLASS batched 256x128, alpha", tile(0, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
-        {"fwd w13: CUTLASS batched 256x128c12, alpha", tile(1, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
-        {"fwd w2: at::bmm", [&] { at::bmm(h.view({E, T / E, I}), a2.transpose(1, 2)); }},
+        {"fwd w13: CUTLASS grouped, alpha",
+         tile(-1, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
+        {"fwd w13: CUTLASS batched 256x128, alpha",
+         tile(0, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
+        {"fwd w13: CUTLASS batched 256x128c12, alpha",
+         tile(1, [&] { fp4qat::gemm::grouped_scaled_mm(xa, a13, ones, uni, at::kBFloat16); })},
+        {"fwd w2: at::bmm",
+         [&] {
+           at::bmm(h.view({E, T / E, I}), a2.transpose(1, 2));
+         }},
         {"fwd w2: at::_grouped_mm", [&] { at::_grouped_mm(h, a2.transpose(1, 2), offs); }},
-        {"fwd w2: CUTLASS grouped, alpha", tile(-1, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
-        {"fwd w2: CUTLASS batched 256x128, alpha", tile(0, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
-        {"fwd w2: CUTLASS batched 256x128c12, alpha", tile(1, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
-        {"bwd dX w13: at::bmm", [&] { at::bmm(dy13.view({E, T / E, 2 * I}), a13); }},
+        {"fwd w2: CUTLASS grouped, alpha",
+         tile(-1, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
+        {"fwd w2: CUTLASS batched 256x128, alpha",
+         tile(0, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
+        {"fwd w2: CUTLASS batched 256x128c12, alpha",
+         tile(1, [&] { fp4qat::gemm::grouped_scaled_mm(h, a2, ones, uni, at::kBFloat16); })},
+        {"bwd dX w13: at::bmm",
+         [&] {
+           at::bmm(dy13.view({E, T / E, 2 * I}), a13);
+         }},
         {"bwd dX w13: at::_grouped_mm", [&] { at::_grouped_mm(dy13, a13, offs); }},
-        {"bwd dW w13: at::bmm", [&] { at::bmm(dy13.view({E, T / E, 2 * I}).transpose(1, 2), xa.view({E, T / E, H})); }},
+        {"bwd dW w13: at::bmm",
+         [&] {
+           at::bmm(dy13.view({E, T / E, 2 * I}).transpose(1, 2), xa.view({E, T / E, H}));
+         }},
         {"bwd dW w13: at::_grouped_mm", [&] { at::_grouped_mm(dy13.t(), xa, offs); }},
-        {"bwd dX w2: at::bmm", [&] { at::bmm(dy2.view({E, T / E, H}), a2); }},
+        {"bwd dX w2: at::bmm",
+         [&] {
+           at::bmm(dy2.view({E, T / E, H}), a2);
+         }},
         {"bwd dX w2: at::_grouped_mm", [&] { at::_grouped_mm(dy2, a2, offs); }},
-        {"bwd dW w2: at::bmm", [&] { at::bmm(dy2.view({E, T / E, H}).transpose(1, 2), h.view({E, T / E, I})); }},
+        {"bwd dW w2: at::bmm",
+         [&] {
+           at::bmm(dy2.view({E, T / E, H}).transpose(1, 2), h.view({E, T / E, I}));
+         }},
         {"bwd dW w2: at::_grouped_mm", [&] { at::_grouped_mm(dy2.t(), h, offs); }},
     };
     std::printf("\nparts of one step alone                         ms   %% bf16 step\n");
@@ -436,18 +478,22 @@ int main(int argc, char** argv) {
   // whole HfFolderWriter (quantize, copy, write safetensors, fsync) into a temporary folder.
   torch::NoGradGuard ng;
   const at::Tensor a13 = w13.detach(), a2 = w2.detach();
-  const double q_ms = median_ms([&] {
-    fp4qat::nvfp4_quantize(a13, fp4qat::Blocks::k1D);
-    fp4qat::nvfp4_quantize(a2, fp4qat::Blocks::k1D);
-  }, reps, warmup);
-  const double qc_ms = median_ms([&] {
-    for (const at::Tensor* w : {&a13, &a2}) {
-      fp4qat::NVFP4Tensor q = fp4qat::nvfp4_quantize(*w, fp4qat::Blocks::k1D);
-      q.codes.cpu();
-      q.scales.cpu();
-      q.s_dec.cpu();
-    }
-  }, std::max(3, reps / 3), 1);
+  const double q_ms = median_ms(
+      [&] {
+        fp4qat::nvfp4_quantize(a13, fp4qat::Blocks::k1D);
+        fp4qat::nvfp4_quantize(a2, fp4qat::Blocks::k1D);
+      },
+      reps, warmup);
+  const double qc_ms = median_ms(
+      [&] {
+        for (const at::Tensor* w : {&a13, &a2}) {
+          fp4qat::NVFP4Tensor q = fp4qat::nvfp4_quantize(*w, fp4qat::Blocks::k1D);
+          q.codes.cpu();
+          q.scales.cpu();
+          q.s_dec.cpu();
+        }
+      },
+      std::max(3, reps / 3), 1);
   // The layer's expert modules under their Hugging Face names (gate/up stacked, then down).
   std::vector<std::string> gu, dn;
   for (int64_t e = 0; e < E; ++e) {
@@ -485,14 +531,16 @@ int main(int argc, char** argv) {
       at::Tensor h = fp4qat::autograd::nvfp4_grouped_linear(x, w13, counts, o, std::nullopt, q13);
       fp4qat::autograd::nvfp4_grouped_linear(swiglu(h), w2, counts, o, std::nullopt, q2).backward(gy);
     };
-    const at::Tensor ia13 = at::ones({2 * E}, at::TensorOptions().device(at::kCUDA)), ia2 = at::ones({E}, ia13.options());
+    const at::Tensor ia13 = at::ones({2 * E}, at::TensorOptions().device(at::kCUDA)),
+                     ia2 = at::ones({E}, ia13.options());
     fp4qat::qat::ExportOptions eo;
     eo.config_json = "{\"model_type\": \"qwen3_moe\"}";
     // mode 0: no export; 1: the staged export; 2: only its quantization on a side stream (no
     // copies); 3: only copies of same-sized device buffers into fresh pinned memory on a side
     // stream; 4: the same into pinned buffers reused from step to step; 5: the staged export
     // without the fence (diagnostic only: the weights do not change in this loop).
-    const at::Tensor cbuf13 = at::empty({E, 2 * I, H / 2 + H / 16}, at::TensorOptions().device(at::kCUDA).dtype(at::kByte));
+    const at::Tensor cbuf13 =
+        at::empty({E, 2 * I, H / 2 + H / 16}, at::TensorOptions().device(at::kCUDA).dtype(at::kByte));
     const at::Tensor cbuf2 = at::empty({E, H, I / 2 + I / 16}, cbuf13.options());
     struct Timing {
       double ms = 0, host_step_ms = 0, host_stage_ms = 0;
@@ -530,7 +578,9 @@ int main(int argc, char** argv) {
           torch::AutoGradMode grad_on2(true);
           step(&q13, &q2);
           if (prev) prev->fence();  // where the optimizer update would start (no wait: add_stack only)
-          if (timed) t.host_step_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0).count() / n;
+          if (timed)
+            t.host_step_ms +=
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0).count() / n;
           return;
         }
         step();
@@ -589,46 +639,55 @@ int main(int argc, char** argv) {
     };
     const Timing t0 = loop(0), t1 = loop(1), t2 = loop(2), t3 = loop(3), t4 = loop(4), t5 = loop(5), t6 = loop(6);
     std::printf("\nasync export in the training loop (nvfp4 high_precision steps, steady state, %d steps)\n", reps);
-    const char* names[] = {"no export", "staged export (quantize + copies)", "quantize only (side stream)",
-                           "fresh pinned copies only (side stream)", "reused pinned copies only (side stream)",
+    const char* names[] = {"no export",
+                           "staged export (quantize + copies)",
+                           "quantize only (side stream)",
+                           "fresh pinned copies only (side stream)",
+                           "reused pinned copies only (side stream)",
                            "staged export without the fence",
                            "shared quantization: quantize once, export copies it, forward uses it"};
     const Timing* ts[] = {&t0, &t1, &t2, &t3, &t4, &t5, &t6};
     for (int m = 0; m < 7; ++m)
-      std::printf("  %-36s %8.3f ms/step (+%.3f ms = %.1f%%), host: step %.3f ms, staging %.3f ms\n", names[m], ts[m]->ms,
-                  ts[m]->ms - t0.ms, 100 * (ts[m]->ms - t0.ms) / t0.ms, ts[m]->host_step_ms, ts[m]->host_stage_ms);
+      std::printf("  %-36s %8.3f ms/step (+%.3f ms = %.1f%%), host: step %.3f ms, staging %.3f ms\n", names[m],
+                  ts[m]->ms, ts[m]->ms - t0.ms, 100 * (ts[m]->ms - t0.ms) / t0.ms, ts[m]->host_step_ms,
+                  ts[m]->host_stage_ms);
     // The trainer's case (mode 6) against no export (mode 0) and against the same shared
     // quantization without the export (mode 7), in interleaved rounds so that drift of the card
     // (clocks, temperature) over the run falls on all three alike; the median round is the cost.
     {
       const int rounds = 9, steps = 3 * reps;
       std::vector<double> d60, d67, base;
-      std::printf("\n  export cost, %d interleaved rounds of %d steps (ms/step: no export | shared quantization "
-                  "without export | with export)\n", rounds, steps);
+      std::printf(
+          "\n  export cost, %d interleaved rounds of %d steps (ms/step: no export | shared quantization "
+          "without export | with export)\n",
+          rounds, steps);
       for (int r = 0; r < rounds; ++r) {
         const double a = loop(0, steps).ms, b = loop(7, steps).ms, c = loop(6, steps).ms;
         base.push_back(a);
         d60.push_back(c - a);
         d67.push_back(c - b);
-        std::printf("    round %d: %8.3f | %8.3f | %8.3f   export +%.3f ms (%.1f%%) vs no export, +%.3f ms vs mode 7\n", r,
-                    a, b, c, c - a, 100 * (c - a) / a, c - b);
+        std::printf("    round %d: %8.3f | %8.3f | %8.3f   export +%.3f ms (%.1f%%) vs no export, +%.3f ms vs mode 7\n",
+                    r, a, b, c, c - a, 100 * (c - a) / a, c - b);
       }
       auto med = [](std::vector<double> v) {
         std::sort(v.begin(), v.end());
         return v[v.size() / 2];
       };
-      std::printf("  export cost (median of %d rounds): +%.3f ms = %.1f%% of the NVFP4 step (range %.1f%% .. %.1f%%); "
-                  "copies alone (vs mode 7) +%.3f ms\n", rounds, med(d60), 100 * med(d60) / med(base),
-                  100 * *std::min_element(d60.begin(), d60.end()) / med(base),
-                  100 * *std::max_element(d60.begin(), d60.end()) / med(base), med(d67));
+      std::printf(
+          "  export cost (median of %d rounds): +%.3f ms = %.1f%% of the NVFP4 step (range %.1f%% .. %.1f%%); "
+          "copies alone (vs mode 7) +%.3f ms\n",
+          rounds, med(d60), 100 * med(d60) / med(base), 100 * *std::min_element(d60.begin(), d60.end()) / med(base),
+          100 * *std::max_element(d60.begin(), d60.end()) / med(base), med(d67));
     }
     // Device-to-host bandwidth into pinned memory, alone.
-    const double d2h_ms = median_ms([&] {
-      for (const at::Tensor* c : {&cbuf13, &cbuf2}) {
-        at::Tensor hbuf = at::empty(c->sizes(), c->options().device(at::kCPU).pinned_memory(true));
-        hbuf.copy_(*c, /*non_blocking=*/true);
-      }
-    }, reps, warmup);
+    const double d2h_ms = median_ms(
+        [&] {
+          for (const at::Tensor* c : {&cbuf13, &cbuf2}) {
+            at::Tensor hbuf = at::empty(c->sizes(), c->options().device(at::kCPU).pinned_memory(true));
+            hbuf.copy_(*c, /*non_blocking=*/true);
+          }
+        },
+        reps, warmup);
     std::printf("  pinned device-to-host copy of the layer's NVFP4 bytes alone: %.3f ms (%.1f GB/s)\n", d2h_ms,
                 (cbuf13.numel() + cbuf2.numel()) / (d2h_ms * 1e6));
   }

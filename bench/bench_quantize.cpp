@@ -144,8 +144,8 @@ void trace_timeline(const char* name, const std::function<void()>& quantize) {
   }
   std::printf("  window (us)   loading  waiting  quantizing  slices landed\n");
   for (int i = 0; i < nb; ++i)
-    std::printf("  %5.0f-%-5.0f %8.1f %8.1f %11.1f %14.0f\n", i * bin / 1000, (i + 1) * bin / 1000, occ[i][0], occ[i][1],
-                occ[i][2], landed[i]);
+    std::printf("  %5.0f-%-5.0f %8.1f %8.1f %11.1f %14.0f\n", i * bin / 1000, (i + 1) * bin / 1000, occ[i][0],
+                occ[i][1], occ[i][2], landed[i]);
 }
 
 }  // namespace
@@ -155,14 +155,23 @@ int main(int argc, char** argv) {
   bool trace = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--reps" && i + 1 < argc) g_reps = std::max(1, std::atoi(argv[++i]));
-    else if (a == "--warmup" && i + 1 < argc) g_warmup = std::max(0, std::atoi(argv[++i]));
-    else if (a == "--json" && i + 1 < argc) json_out = argv[++i];
-    else if (a == "--only" && i + 1 < argc) g_only = argv[++i];
-    else if (a == "--profile" && i + 1 < argc) profile = argv[++i];
-    else if (a == "--trace") trace = true;
+    if (a == "--reps" && i + 1 < argc)
+      g_reps = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--warmup" && i + 1 < argc)
+      g_warmup = std::max(0, std::atoi(argv[++i]));
+    else if (a == "--json" && i + 1 < argc)
+      json_out = argv[++i];
+    else if (a == "--only" && i + 1 < argc)
+      g_only = argv[++i];
+    else if (a == "--profile" && i + 1 < argc)
+      profile = argv[++i];
+    else if (a == "--trace")
+      trace = true;
     else {
-      std::fprintf(stderr, "usage: %s [--reps N] [--warmup N] [--json FILE] [--only SUBSTRING] [--profile KERNEL[:THREADS[:SLOT_BYTES[:SLOTS]]]] [--trace]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--reps N] [--warmup N] [--json FILE] [--only SUBSTRING] [--profile "
+                   "KERNEL[:THREADS[:SLOT_BYTES[:SLOTS]]]] [--trace]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -210,7 +219,8 @@ int main(int argc, char** argv) {
   // times (two launches each; under a profiler skip the first two launches), nothing validated.
   if (!profile.empty()) {
     const std::vector<std::string> f = split_colons(profile);
-    const char* names[] = {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_SLOTS"};
+    const char* names[] = {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES",
+                           "FP4QAT_NVFP4_SLOTS"};
     for (size_t i = 0; i < f.size() && i < 4; ++i) set_knob(names[i], f[i].c_str());
     at::Tensor w13 = at::randn({128, 1536, 2048}, cuda_bf16) * 0.02, w2 = at::randn({128, 2048, 768}, cuda_bf16) * 0.02;
     for (int i = 0; i < 3; ++i) {
@@ -221,7 +231,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::vector<Row> rows;
-  auto add = [&](const std::string& name, double elems, double bytes_per_elem, bool valid, const std::function<void()>& fn) {
+  auto add = [&](const std::string& name, double elems, double bytes_per_elem, bool valid,
+                 const std::function<void()>& fn) {
     if (!g_only.empty() && name.find(g_only) == std::string::npos) return;
     const double ms = median_ms(fn);
     rows.push_back({name, elems, elems * bytes_per_elem, ms, valid});
@@ -264,9 +275,10 @@ int main(int argc, char** argv) {
       const auto g = fp4qat::nvfp4_quantize(x, Blocks::k1D);
       const auto c = fp4qat::nvfp4_quantize(xc, Blocks::k1D);
       const bool ok = same_bytes(g.codes, c.codes) && same_bytes(g.scales, c.scales) && same_bytes(g.s_dec, c.s_dec);
-      add(std::string("nvfp4 1d 8192x8192 fused ") + cfg, 8192.0 * 8192, nv_b, ok, [&] { fp4qat::nvfp4_quantize(x, Blocks::k1D); });
-      for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_CHUNK_ELEMS", "FP4QAT_NVFP4_L2HINT",
-                            "FP4QAT_NVFP4_UNROLL"})
+      add(std::string("nvfp4 1d 8192x8192 fused ") + cfg, 8192.0 * 8192, nv_b, ok,
+          [&] { fp4qat::nvfp4_quantize(x, Blocks::k1D); });
+      for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_CHUNK_ELEMS",
+                            "FP4QAT_NVFP4_L2HINT", "FP4QAT_NVFP4_UNROLL"})
         set_knob(v, "");
     }
   }
@@ -300,22 +312,23 @@ int main(int argc, char** argv) {
     };
     for (auto b : {Blocks::k1D, Blocks::k2D})
       for (const char* variant : {"default", "staged", "fused", "staged2"}) {
-      if (b == Blocks::k2D && std::string(variant) == "staged2") continue;  // 1D only (falls back to fused)
-      if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
-      const bool ok = nvfp4_valid(b);
-      add(std::string("nvfp4 ") + fp4qat::to_string(b) + " MoE layer [" + variant + "]", double(layer_elems), nv_b, ok, [&] {
-        fp4qat::nvfp4_quantize(w13, b);
-        fp4qat::nvfp4_quantize(w2, b);
-      });
-      set_knob("FP4QAT_NVFP4_KERNEL", "");
-    }
+        if (b == Blocks::k2D && std::string(variant) == "staged2") continue;  // 1D only (falls back to fused)
+        if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
+        const bool ok = nvfp4_valid(b);
+        add(std::string("nvfp4 ") + fp4qat::to_string(b) + " MoE layer [" + variant + "]", double(layer_elems), nv_b,
+            ok, [&] {
+              fp4qat::nvfp4_quantize(w13, b);
+              fp4qat::nvfp4_quantize(w2, b);
+            });
+        set_knob("FP4QAT_NVFP4_KERNEL", "");
+      }
     // 2D fake quant (the QAT forward's weights with weight_blocks: 2d): the default (staged, one
     // read) and the fused two-pass kernel.
     for (const char* variant : {"default", "fused"}) {
       if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
-      const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; },
-                                    [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; },
-                                    same_bytes);
+      const bool ok = check_experts(
+          [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; },
+          [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; }, same_bytes);
       add(std::string("fake-quant 2d MoE layer [") + variant + "]", double(layer_elems), fq_b, ok, [&] {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k2D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k2D);
@@ -328,10 +341,10 @@ int main(int argc, char** argv) {
       const at::Tensor a13 = fp4qat::global_amax(w13), a2 = fp4qat::global_amax(w2);
       for (const char* variant : {"default", "staged2"}) {
         if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
-        const bool ok =
-            check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
-                          [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
-                          same_bytes);
+        const bool ok = check_experts(
+            [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
+            [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
+            same_bytes);
         add(std::string("nvfp4 1d MoE layer, given amax [") + variant + "]", double(layer_elems), nv_b, ok, [&] {
           fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13);
           fp4qat::nvfp4_quantize(w2, Blocks::k1D, a2);
@@ -361,9 +374,9 @@ int main(int argc, char** argv) {
         fp4qat::nvfp4_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_quantize(w2, Blocks::k1D);
       });
-      for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_CHUNK_ELEMS",
-                            "FP4QAT_NVFP4_CTAS_PER_SM", "FP4QAT_NVFP4_LAG_BYTES", "FP4QAT_NVFP4_L2HINT",
-                            "FP4QAT_NVFP4_UNROLL"})
+      for (const char* v :
+           {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_CHUNK_ELEMS", "FP4QAT_NVFP4_CTAS_PER_SM",
+            "FP4QAT_NVFP4_LAG_BYTES", "FP4QAT_NVFP4_L2HINT", "FP4QAT_NVFP4_UNROLL"})
         set_knob(v, "");
     }
     // The multi-buffered one-read kernel: threads:bytes per slot:slots per CTA.
@@ -385,7 +398,8 @@ int main(int argc, char** argv) {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D);
       });
-      for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_SLOTS"})
+      for (const char* v :
+           {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_SLOTS"})
         set_knob(v, "");
     }
     {
@@ -397,9 +411,9 @@ int main(int argc, char** argv) {
       });
     }
     {
-      const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
-                                    [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
-                                    same_bytes);
+      const bool ok = check_experts(
+          [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
+          [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; }, same_bytes);
       add("fake-quant 1d MoE layer", double(layer_elems), fq_b, ok, [&] {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D);
@@ -418,8 +432,8 @@ int main(int argc, char** argv) {
     std::printf("%-40s %6s %10.4f %10.0f %10.4f %8.1f%%\n", r.name.c_str(), r.valid ? "yes" : "NO", r.ms, gbs, floor_ms,
                 100.0 * floor_ms / r.ms);
     all_valid &= r.valid;
-    cases.push_back(fp4qat::json::Value::object({{"name", r.name}, {"valid", r.valid}, {"ms", r.ms}, {"gbs", gbs},
-                                                 {"floor_ms", floor_ms}}));
+    cases.push_back(fp4qat::json::Value::object(
+        {{"name", r.name}, {"valid", r.valid}, {"ms", r.ms}, {"gbs", gbs}, {"floor_ms", floor_ms}}));
   }
   out.set("cases", cases);
   if (!json_out.empty()) {

@@ -18,8 +18,10 @@ struct Command {
 };
 const Command kCommands[] = {
     {"convert", cmd_convert, "convert a Hugging Face MoE checkpoint to NVFP4 (ModelOpt) or MXFP8 for serving"},
-    {"eval", cmd_eval, "score token sequences / the synthetic corpus with an exported folder, as the rollout side runs it"},
-    {"generate", cmd_generate, "sample from an exported folder with a KV cache (greedy, temperature, top-p), JSONL out"},
+    {"eval", cmd_eval,
+     "score token sequences / the synthetic corpus with an exported folder, as the rollout side runs it"},
+    {"generate", cmd_generate,
+     "sample from an exported folder with a KV cache (greedy, temperature, top-p), JSONL out"},
     {"quantize", cmd_quantize, "quantize the .weight tensors of a safetensors file (NVFP4 or MXFP8)"},
     {"train", cmd_train, "train a MoE model from a YAML recipe (--set overrides, --dump-config, --resume)"},
     {"sample", cmd_sample, "write a small random MoE layer as a safetensors file (for demos and tests)"},
@@ -28,7 +30,8 @@ const Command kCommands[] = {
 void usage(std::ostream& os) {
   os << "fp4qat " << FP4QAT_VERSION << " — NVFP4 quantization-aware training for MoE models\n\n"
      << "usage: fp4qat <command> [options]\n       fp4qat <command> --help\n\ncommands:\n";
-  for (const auto& c : kCommands) os << "  " << c.name << std::string(12 - std::string(c.name).size(), ' ') << c.summary << "\n";
+  for (const auto& c : kCommands)
+    os << "  " << c.name << std::string(12 - std::string(c.name).size(), ' ') << c.summary << "\n";
 }
 }  // namespace
 

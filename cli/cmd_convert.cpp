@@ -23,23 +23,23 @@ int cmd_convert(const Args& args) {
   std::vector<std::string> exclude, modules;
   int64_t keep_first = 0, keep_last = 0, calib_batches = 8, calib_bs = 8, calib_len = 64;
   po::options_description desc("fp4qat convert options");
-  desc.add_options()("help,h", "show this help")
-      ("in", po::value(&in)->required(), "Hugging Face Qwen3-MoE folder (config.json + safetensors)")
-      ("out", po::value(&out)->required(), "output folder (must not exist or be empty, unless --overwrite)")
-      ("format", po::value(&format)->default_value("nvfp4"), "nvfp4 (ModelOpt) | mxfp8")
-      ("blocks", po::value(&blocks)->default_value("1d"), "NVFP4 weight blocks: 1d | 2d")
-      ("modules", po::value(&modules)->composing(),
-       "glob of modules to quantize (repeatable; default: the routed experts model.layers.*.mlp.experts.*)")
-      ("exclude", po::value(&exclude)->composing(), "glob of modules to keep in BF16 (repeatable)")
-      ("keep-first-n", po::value(&keep_first)->default_value(0), "keep the first N layers in BF16")
-      ("keep-last-n", po::value(&keep_last)->default_value(0), "keep the last N layers in BF16")
-      ("overwrite", "replace the contents of a non-empty --out (only once the new output is complete)")
-      ("device", po::value(&device)->default_value("auto"), "auto | cpu | cuda: where calibration and quantization run")
-      ("calib-data", po::value(&calib_data)->default_value("synthetic"),
-       "NVFP4 input_scale calibration data: 'synthetic' (embedded corpus) or a token file (FP4QTOK1)")
-      ("calib-batches", po::value(&calib_batches)->default_value(8), "calibration batches")
-      ("calib-batch-size", po::value(&calib_bs)->default_value(8), "calibration sequences per batch")
-      ("calib-seq-len", po::value(&calib_len)->default_value(64), "calibration tokens per sequence");
+  desc.add_options()("help,h", "show this help")("in", po::value(&in)->required(),
+                                                 "Hugging Face Qwen3-MoE folder (config.json + safetensors)")(
+      "out", po::value(&out)->required(), "output folder (must not exist or be empty, unless --overwrite)")(
+      "format", po::value(&format)->default_value("nvfp4"), "nvfp4 (ModelOpt) | mxfp8")(
+      "blocks", po::value(&blocks)->default_value("1d"), "NVFP4 weight blocks: 1d | 2d")(
+      "modules", po::value(&modules)->composing(),
+      "glob of modules to quantize (repeatable; default: the routed experts model.layers.*.mlp.experts.*)")(
+      "exclude", po::value(&exclude)->composing(), "glob of modules to keep in BF16 (repeatable)")(
+      "keep-first-n", po::value(&keep_first)->default_value(0), "keep the first N layers in BF16")(
+      "keep-last-n", po::value(&keep_last)->default_value(0), "keep the last N layers in BF16")(
+      "overwrite", "replace the contents of a non-empty --out (only once the new output is complete)")(
+      "device", po::value(&device)->default_value("auto"), "auto | cpu | cuda: where calibration and quantization run")(
+      "calib-data", po::value(&calib_data)->default_value("synthetic"),
+      "NVFP4 input_scale calibration data: 'synthetic' (embedded corpus) or a token file (FP4QTOK1)")(
+      "calib-batches", po::value(&calib_batches)->default_value(8), "calibration batches")(
+      "calib-batch-size", po::value(&calib_bs)->default_value(8), "calibration sequences per batch")(
+      "calib-seq-len", po::value(&calib_len)->default_value(64), "calibration tokens per sequence");
   po::variables_map vm;
   if (!parse_options(args, desc, vm,
                      "fp4qat convert --in HF_DIR --out DIR --format nvfp4|mxfp8 [--blocks 1d|2d] [--keep-first-n N]\n"
@@ -71,9 +71,10 @@ int cmd_convert(const Args& args) {
     opt.input_amax = calib::input_amax(m, co);
   }
   const qat::ConvertReport r = qat::convert_checkpoint(in, out, opt);
-  std::printf("converted %s -> %s (%s%s): %lld modules quantized, %lld tensors in BF16, %lld shards, %lld files copied\n",
-              in.c_str(), out.c_str(), format.c_str(), opt.format == qat::Format::kNVFP4 ? (" " + blocks).c_str() : "",
-              (long long)r.quantized_modules, (long long)r.plain_tensors, (long long)r.shards, (long long)r.copied_files);
+  std::printf(
+      "converted %s -> %s (%s%s): %lld modules quantized, %lld tensors in BF16, %lld shards, %lld files copied\n",
+      in.c_str(), out.c_str(), format.c_str(), opt.format == qat::Format::kNVFP4 ? (" " + blocks).c_str() : "",
+      (long long)r.quantized_modules, (long long)r.plain_tensors, (long long)r.shards, (long long)r.copied_files);
   std::string ex;
   for (const auto& p : r.excluded_patterns) ex += (ex.empty() ? "" : ", ") + p;
   std::printf("excluded (BF16): %s\n", ex.c_str());

@@ -24,23 +24,24 @@ namespace po = boost::program_options;
 
 namespace fp4qat::cli {
 
-
 int cmd_eval(const Args& args) {
   std::string model_dir, reference, sequences, out, device;
   int64_t batches = 4, problems = 64;
   uint64_t seed = 1234;
   po::options_description desc("fp4qat eval options");
-  desc.add_options()("help,h", "show this help")
-      ("model", po::value(&model_dir)->required(), "exported / converted / BF16 Hugging Face folder")
-      ("reference", po::value(&reference), "a second folder: report mean/max |log p - log p_reference| per token")
-      ("sequences", po::value(&sequences), "JSONL of {\"tokens\": [...]}: per-token log-probs to --out")
-      ("out", po::value(&out), "JSONL output of --sequences (default: stdout)")
-      ("synthetic-batches", po::value(&batches)->default_value(4), "validation batches (16 x 64) of the synthetic corpus; 0: none")
-      ("exact-match", po::value(&problems)->default_value(64), "synthetic problems answered greedily; 0: none")
-      ("seed", po::value(&seed)->default_value(1234), "corpus seed (the recipes' train.seed)")
-      ("device", po::value(&device)->default_value("auto"), "auto | cpu | cuda");
+  desc.add_options()("help,h", "show this help")("model", po::value(&model_dir)->required(),
+                                                 "exported / converted / BF16 Hugging Face folder")(
+      "reference", po::value(&reference), "a second folder: report mean/max |log p - log p_reference| per token")(
+      "sequences", po::value(&sequences), "JSONL of {\"tokens\": [...]}: per-token log-probs to --out")(
+      "out", po::value(&out), "JSONL output of --sequences (default: stdout)")(
+      "synthetic-batches", po::value(&batches)->default_value(4),
+      "validation batches (16 x 64) of the synthetic corpus; 0: none")(
+      "exact-match", po::value(&problems)->default_value(64), "synthetic problems answered greedily; 0: none")(
+      "seed", po::value(&seed)->default_value(1234), "corpus seed (the recipes' train.seed)")(
+      "device", po::value(&device)->default_value("auto"), "auto | cpu | cuda");
   po::variables_map vm;
-  if (!parse_options(args, desc, vm, "fp4qat eval --model DIR [--reference DIR] [--sequences FILE.jsonl [--out FILE.jsonl]]"))
+  if (!parse_options(args, desc, vm,
+                     "fp4qat eval --model DIR [--reference DIR] [--sequences FILE.jsonl [--out FILE.jsonl]]"))
     return 0;
   FP4QAT_CHECK(batches >= 0 && problems >= 0, "--synthetic-batches and --exact-match must be >= 0");
   const at::Device dev = parse_device(device);
@@ -58,7 +59,8 @@ int cmd_eval(const Args& args) {
     std::ostream& os = file.stream();
     for (const auto& s : seqs) {
       const at::Tensor ids = at::tensor(s, at::kLong).unsqueeze(0).to(dev);
-      const at::Tensor lp = rollout::token_logprobs(*m.model, *m.policy, ids, dt)[0].to(at::kCPU).to(at::kDouble).contiguous();
+      const at::Tensor lp =
+          rollout::token_logprobs(*m.model, *m.policy, ids, dt)[0].to(at::kCPU).to(at::kDouble).contiguous();
       json::Value toks = json::Value::array(), lps = json::Value::array();
       for (int64_t t : s) toks.push_back(t);
       for (int64_t i = 0; i < lp.numel(); ++i) lps.push_back(lp.data_ptr<double>()[i]);

@@ -44,16 +44,16 @@ int cmd_generate(const Args& args) {
   double temperature = 0, top_p = 1.0;
   uint64_t seed = 0;
   po::options_description desc("fp4qat generate options");
-  desc.add_options()("help,h", "show this help")
-      ("model", po::value(&model_dir)->required(), "exported / converted / BF16 Hugging Face folder")
-      ("prompts", po::value(&prompts)->required(), "JSONL of {\"tokens\": [...]} prompts")
-      ("out", po::value(&out), "JSONL output (default: stdout)")
-      ("max-new-tokens", po::value(&max_new)->default_value(32), "tokens to generate per prompt")
-      ("temperature", po::value(&temperature)->default_value(0.0), "0: greedy; > 0: sampling temperature")
-      ("top-p", po::value(&top_p)->default_value(1.0), "nucleus sampling mass (0, 1]")
-      ("eos", po::value(&eos)->default_value(-1), "stop a sequence at this token id (-1: none)")
-      ("seed", po::value(&seed)->default_value(0), "sampling seed")
-      ("device", po::value(&device)->default_value("auto"), "auto | cpu | cuda");
+  desc.add_options()("help,h", "show this help")("model", po::value(&model_dir)->required(),
+                                                 "exported / converted / BF16 Hugging Face folder")(
+      "prompts", po::value(&prompts)->required(), "JSONL of {\"tokens\": [...]} prompts")(
+      "out", po::value(&out), "JSONL output (default: stdout)")(
+      "max-new-tokens", po::value(&max_new)->default_value(32), "tokens to generate per prompt")(
+      "temperature", po::value(&temperature)->default_value(0.0), "0: greedy; > 0: sampling temperature")(
+      "top-p", po::value(&top_p)->default_value(1.0), "nucleus sampling mass (0, 1]")(
+      "eos", po::value(&eos)->default_value(-1), "stop a sequence at this token id (-1: none)")(
+      "seed", po::value(&seed)->default_value(0), "sampling seed")("device", po::value(&device)->default_value("auto"),
+                                                                   "auto | cpu | cuda");
   po::variables_map vm;
   if (!parse_options(args, desc, vm,
                      "fp4qat generate --model DIR --prompts FILE.jsonl [--max-new-tokens N] [--temperature T]\n"
@@ -79,7 +79,9 @@ int cmd_generate(const Args& args) {
   for (const auto& p : ps) {
     model::KVCache cache;
     at::Tensor logits = m.model->forward(at::tensor(p, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache)
-                            .logits[0][-1].to(at::kFloat).to(at::kCPU);
+                            .logits[0][-1]
+                            .to(at::kFloat)
+                            .to(at::kCPU);
     json::Value toks = json::Value::array(), lps = json::Value::array();
     for (int64_t n = 0; n < max_new; ++n) {
       const int64_t next = pick(logits, temperature, top_p, gen);
@@ -87,8 +89,12 @@ int cmd_generate(const Args& args) {
       lps.push_back(at::log_softmax(logits, 0)[next].item<double>());
       if (next == eos) break;
       if (n + 1 < max_new)
-        logits = m.model->forward(at::tensor(std::vector<int64_t>{next}, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache)
-                     .logits[0][-1].to(at::kFloat).to(at::kCPU);
+        logits =
+            m.model
+                ->forward(at::tensor(std::vector<int64_t>{next}, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache)
+                .logits[0][-1]
+                .to(at::kFloat)
+                .to(at::kCPU);
     }
     json::Value prompt = json::Value::array();
     for (int64_t t : p) prompt.push_back(t);

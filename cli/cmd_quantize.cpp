@@ -27,16 +27,15 @@ std::string shape_str(const std::vector<int64_t>& s) {
 int cmd_quantize(const Args& args) {
   std::string in, out, format, blocks, device;
   po::options_description desc("fp4qat quantize options");
-  desc.add_options()("help,h", "show this help")
-      ("in", po::value(&in)->required(), "input .safetensors file")
-      ("out", po::value(&out)->required(), "output .safetensors file (its folder must exist; written atomically)")
-      ("format", po::value(&format)->default_value("nvfp4"), "nvfp4 | mxfp8")
-      ("blocks", po::value(&blocks)->default_value("1d"), "NVFP4 weight blocks: 1d (1x16) | 2d (16x16 tiles)")
-      ("device", po::value(&device)->default_value("auto"), "auto | cpu | cuda (same bytes on either)")
-      ("stats", "print the error of dequantize(quantize(x)) for each quantized tensor");
+  desc.add_options()("help,h", "show this help")("in", po::value(&in)->required(), "input .safetensors file")(
+      "out", po::value(&out)->required(), "output .safetensors file (its folder must exist; written atomically)")(
+      "format", po::value(&format)->default_value("nvfp4"), "nvfp4 | mxfp8")(
+      "blocks", po::value(&blocks)->default_value("1d"), "NVFP4 weight blocks: 1d (1x16) | 2d (16x16 tiles)")(
+      "device", po::value(&device)->default_value("auto"), "auto | cpu | cuda (same bytes on either)")(
+      "stats", "print the error of dequantize(quantize(x)) for each quantized tensor");
   po::variables_map vm;
   if (!parse_options(args, desc, vm,
-             "fp4qat quantize --in IN.safetensors --out OUT.safetensors --format nvfp4|mxfp8 [--blocks 1d|2d]"))
+                     "fp4qat quantize --in IN.safetensors --out OUT.safetensors --format nvfp4|mxfp8 [--blocks 1d|2d]"))
     return 0;
 
   qat::QuantizeFileOptions opt;

@@ -20,18 +20,19 @@ int cmd_sample(const Args& args) {
   int64_t experts = 4, hidden = 256, inter = 128;
   uint64_t seed = 0;
   po::options_description desc("fp4qat sample options");
-  desc.add_options()("help,h", "show this help")
-      ("out", po::value(&out)->required(), "output .safetensors file")
-      ("experts", po::value(&experts)->default_value(4), "number of experts")
-      ("hidden", po::value(&hidden)->default_value(256), "hidden size (multiple of 32)")
-      ("intermediate", po::value(&inter)->default_value(128), "expert intermediate size (multiple of 32)")
-      ("seed", po::value(&seed)->default_value(0), "random seed");
+  desc.add_options()("help,h", "show this help")("out", po::value(&out)->required(), "output .safetensors file")(
+      "experts", po::value(&experts)->default_value(4), "number of experts")(
+      "hidden", po::value(&hidden)->default_value(256), "hidden size (multiple of 32)")(
+      "intermediate", po::value(&inter)->default_value(128), "expert intermediate size (multiple of 32)")(
+      "seed", po::value(&seed)->default_value(0), "random seed");
   po::variables_map vm;
-  if (!parse_options(args, desc, vm, "fp4qat sample --out FILE [--experts E] [--hidden H] [--intermediate I] [--seed S]"))
+  if (!parse_options(args, desc, vm,
+                     "fp4qat sample --out FILE [--experts E] [--hidden H] [--intermediate I] [--seed S]"))
     return 0;
   FP4QAT_CHECK(experts >= 1 && experts <= 1024, "--experts must be in [1, 1024], got ", experts);
   FP4QAT_CHECK(hidden >= 32 && hidden <= 16384 && hidden % 32 == 0, "--hidden must be a multiple of 32 in [32, 16384]");
-  FP4QAT_CHECK(inter >= 32 && inter <= 16384 && inter % 32 == 0, "--intermediate must be a multiple of 32 in [32, 16384]");
+  FP4QAT_CHECK(inter >= 32 && inter <= 16384 && inter % 32 == 0,
+               "--intermediate must be a multiple of 32 in [32, 16384]");
 
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   auto bf16 = at::TensorOptions().dtype(at::kBFloat16);

@@ -18,13 +18,14 @@ int cmd_train(const Args& args) {
   std::string recipe;
   std::vector<std::string> sets;
   po::options_description desc("fp4qat train options");
-  desc.add_options()("help,h", "show this help")
-      ("recipe", po::value(&recipe)->required(), "recipe YAML (recipes/*.yaml)")
-      ("set", po::value(&sets)->composing(), "override one key, e.g. --set optim.lr=1e-3 (repeatable)")
-      ("dump-config", "print the resolved config as YAML and exit")
-      ("resume", "continue from <train.out_dir>/checkpoints/latest");
+  desc.add_options()("help,h", "show this help")("recipe", po::value(&recipe)->required(),
+                                                 "recipe YAML (recipes/*.yaml)")(
+      "set", po::value(&sets)->composing(), "override one key, e.g. --set optim.lr=1e-3 (repeatable)")(
+      "dump-config", "print the resolved config as YAML and exit")("resume",
+                                                                   "continue from <train.out_dir>/checkpoints/latest");
   po::variables_map vm;
-  if (!parse_options(args, desc, vm, "fp4qat train --recipe R.yaml [--set a.b=v ...] [--dump-config] [--resume]")) return 0;
+  if (!parse_options(args, desc, vm, "fp4qat train --recipe R.yaml [--set a.b=v ...] [--dump-config] [--resume]"))
+    return 0;
   config::Config cfg;
   config::apply_recipe_file(cfg, recipe);
   for (const auto& s : sets) config::apply_set(cfg, s);

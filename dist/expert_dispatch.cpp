@@ -34,7 +34,7 @@ at::Tensor AllToAllDispatch::run(const at::Tensor& xs, const at::Tensor& counts,
   const at::Tensor pidx = at::tensor(perm, lopt).to(xs.device());
   const at::Tensor inv = at::empty_like(pidx).index_copy_(0, pidx, at::arange(pidx.numel(), pidx.options()));
   const at::Tensor ye = experts(xr.index_select(0, pidx), at::tensor(local, lopt));  // [R, H]
-  return all_to_all_rows(g_, ye.index_select(0, inv), recv, send);  // [N*k, H]
+  return all_to_all_rows(g_, ye.index_select(0, inv), recv, send);                   // [N*k, H]
 }
 
 }  // namespace fp4qat::dist

@@ -25,9 +25,9 @@ namespace fp4qat::dist {
 class GradReducer {
  public:
   struct Entry {
-    at::Tensor param;   // its .grad() is reduced in place (must be defined when reduce() runs)
+    at::Tensor param;  // its .grad() is reduced in place (must be defined when reduce() runs)
     ProcessGroup* group;
-    double divisor;     // the sum is divided by this (the number of ranks whose losses it averages)
+    double divisor;  // the sum is divided by this (the number of ranks whose losses it averages)
   };
   GradReducer(std::vector<Entry> entries, int64_t bucket_bytes);
   ~GradReducer();
@@ -45,7 +45,7 @@ class GradReducer {
   std::vector<size_t> pending_;               // per bucket: gradients not yet accumulated
   std::vector<at::Tensor> flats_;
   std::vector<std::function<void()>> waits_;
-  size_t next_ = 0;                           // the next bucket to start
+  size_t next_ = 0;  // the next bucket to start
   size_t started_in_backward_ = 0;
   bool hooks_ = false, armed_ = false;
   std::mutex mu_;

@@ -73,7 +73,8 @@ at::Tensor ProcessGroup::all_to_all(const at::Tensor& x, const std::vector<int64
 }
 
 std::unique_ptr<ProcessGroup> ProcessGroup::subgroup(const std::string& tag, const std::vector<int>& ranks) {
-  FP4QAT_CHECK(ranks.size() == 1, "this process group cannot make the subgroup '", tag, "' of ", ranks.size(), " ranks");
+  FP4QAT_CHECK(ranks.size() == 1, "this process group cannot make the subgroup '", tag, "' of ", ranks.size(),
+               " ranks");
   return std::make_unique<SingleProcess>();
 }
 
@@ -88,7 +89,11 @@ class C10dGroup final : public ProcessGroup {
  public:
   C10dGroup(c10::intrusive_ptr<c10d::Store> store, int rank, int size, at::Device device,
             std::chrono::milliseconds timeout, Factory factory)
-      : store_(std::move(store)), rank_(rank), size_(size), device_(device), timeout_(timeout),
+      : store_(std::move(store)),
+        rank_(rank),
+        size_(size),
+        device_(device),
+        timeout_(timeout),
         factory_(std::move(factory)) {
     backend_ = factory_(store_, rank_, size_);
   }
@@ -140,7 +145,8 @@ class C10dGroup final : public ProcessGroup {
     return out.to(t.device());
   }
 
-  at::Tensor all_to_all(const at::Tensor& x, const std::vector<int64_t>& send, const std::vector<int64_t>& recv) override {
+  at::Tensor all_to_all(const at::Tensor& x, const std::vector<int64_t>& send,
+                        const std::vector<int64_t>& recv) override {
     FP4QAT_CHECK(static_cast<int>(send.size()) == size_ && static_cast<int>(recv.size()) == size_,
                  "all_to_all: one split per rank expected");
     int64_t ns = 0, nr = 0;
@@ -245,7 +251,8 @@ std::unique_ptr<ProcessGroup> from_environment(bool cuda, std::chrono::milliseco
       return make_nccl_backend(s, r, n, timeout, dev);
     };
 #else
-    FP4QAT_FAIL("WORLD_SIZE=", e.world_size, " on CUDA needs NCCL, but this build has no NCCL backend (nccl.h was not found)");
+    FP4QAT_FAIL("WORLD_SIZE=", e.world_size,
+                " on CUDA needs NCCL, but this build has no NCCL backend (nccl.h was not found)");
 #endif
   } else {
 #ifdef FP4QAT_WITH_GLOO
@@ -255,7 +262,8 @@ std::unique_ptr<ProcessGroup> from_environment(bool cuda, std::chrono::milliseco
       return c10::intrusive_ptr<c10d::Backend>(c10::make_intrusive<c10d::ProcessGroupGloo>(s, r, n, o));
     };
 #else
-    FP4QAT_FAIL("WORLD_SIZE=", e.world_size, " on the CPU needs gloo, but this build has no gloo backend (gloo's headers were ",
+    FP4QAT_FAIL("WORLD_SIZE=", e.world_size,
+                " on the CPU needs gloo, but this build has no gloo backend (gloo's headers were ",
                 "not found: scripts/setup installs libgloo-dev)");
 #endif
   }
@@ -270,8 +278,8 @@ std::unique_ptr<ProcessGroup> from_environment(bool cuda, std::chrono::milliseco
     store = c10::make_intrusive<c10d::TCPStore>(e.master_addr, so);
   } catch (const c10::Error& ex) {
     FP4QAT_FAIL("rank ", e.rank, " of ", e.world_size, ": rendezvous at MASTER_ADDR=", e.master_addr,
-                " MASTER_PORT=", e.master_port, " failed within ", timeout.count() / 1000, " s: ",
-                ex.what_without_backtrace());
+                " MASTER_PORT=", e.master_port, " failed within ", timeout.count() / 1000,
+                " s: ", ex.what_without_backtrace());
   } catch (const std::exception& ex) {
     FP4QAT_FAIL("rank ", e.rank, " of ", e.world_size, ": rendezvous at MASTER_ADDR=", e.master_addr,
                 " MASTER_PORT=", e.master_port, " failed within ", timeout.count() / 1000, " s: ", ex.what());

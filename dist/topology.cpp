@@ -9,7 +9,8 @@ namespace fp4qat::dist {
 void check_topology(int W, int64_t dp, int64_t ep) {
   FP4QAT_CHECK(ep >= 1 && ep <= W && W % ep == 0, "parallel.ep (", ep, ") must divide the world size WORLD_SIZE=", W);
   if (dp == -1) dp = W / ep;
-  FP4QAT_CHECK(dp * ep == W, "parallel.dp x parallel.ep (", dp, " x ", ep, ") must equal the world size WORLD_SIZE=", W);
+  FP4QAT_CHECK(dp * ep == W, "parallel.dp x parallel.ep (", dp, " x ", ep,
+               ") must equal the world size WORLD_SIZE=", W);
 }
 
 std::unique_ptr<Topology> make_topology(ProcessGroup& world, int64_t dp, int64_t ep) {

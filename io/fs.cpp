@@ -54,8 +54,7 @@ void fsync_path(const std::string& path) {
 }
 
 void rename_atomic(const std::string& from, const std::string& to) {
-  FP4QAT_CHECK(::rename(from.c_str(), to.c_str()) == 0, "cannot rename ", from, " to ", to, ": ",
-               std::strerror(errno));
+  FP4QAT_CHECK(::rename(from.c_str(), to.c_str()) == 0, "cannot rename ", from, " to ", to, ": ", std::strerror(errno));
   fsync_path(parent_dir(to));
 }
 

@@ -8,9 +8,9 @@ namespace fp4qat::fs {
 
 bool exists(const std::string& path);
 bool is_dir(const std::string& path);
-std::string parent_dir(const std::string& path);  // "." for a bare file name
-std::string temp_name_beside(const std::string& path);  // "<dir>/.<name>.tmp-<pid>-<n>"
-void fsync_path(const std::string& path);  // file or folder; throws on failure
+std::string parent_dir(const std::string& path);                     // "." for a bare file name
+std::string temp_name_beside(const std::string& path);               // "<dir>/.<name>.tmp-<pid>-<n>"
+void fsync_path(const std::string& path);                            // file or folder; throws on failure
 void rename_atomic(const std::string& from, const std::string& to);  // rename(2) + fsync of the folder
 // Swaps two existing paths atomically (renameat2 RENAME_EXCHANGE), then fsyncs their folder.
 void exchange_atomic(const std::string& a, const std::string& b);
@@ -20,10 +20,10 @@ void make_dirs(const std::string& path);    // with missing parents; fine if it 
 void remove_tree(const std::string& path);  // best effort, never throws (cleanup paths)
 std::string read_text(const std::string& path, size_t max_bytes = 64u << 20);
 std::vector<std::string> list_dir(const std::string& path);  // entry names, sorted, without . and ..
-void fsync_tree(const std::string& path);  // every file and folder below path, then path
+void fsync_tree(const std::string& path);                    // every file and folder below path, then path
 // Points symlink `link` at `target` atomically: a new link beside it renamed over the old one.
 void symlink_atomic(const std::string& target, const std::string& link);
-std::string read_link(const std::string& link);  // "" when link is not a symlink
+std::string read_link(const std::string& link);                  // "" when link is not a symlink
 void copy_file(const std::string& from, const std::string& to);  // plain copy + fsync (to must not exist)
 
 }  // namespace fp4qat::fs

@@ -91,8 +91,8 @@ void ShardedWriter::finish() {
     fs::rename_atomic(dir_ + "/shard-" + std::to_string(s) + ".safetensors", dir_ + "/" + fname);
     for (const auto& name : shard_names_[s]) weight_map.set(name, std::string(fname));
   }
-  json::Value index = json::Value::object({{"metadata", json::Value::object({{"total_size", total_bytes_}})},
-                                           {"weight_map", weight_map}});
+  json::Value index = json::Value::object(
+      {{"metadata", json::Value::object({{"total_size", total_bytes_}})}, {"weight_map", weight_map}});
   fs::write_text_atomic(dir_ + "/model.safetensors.index.json", index.dump(2) + "\n");
 }
 

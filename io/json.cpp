@@ -39,13 +39,20 @@ void Value::reindex() {
 
 const char* Value::type_name() const {
   switch (type_) {
-    case Type::Null: return "null";
-    case Type::Bool: return "boolean";
-    case Type::Int: return "integer";
-    case Type::Double: return "number";
-    case Type::String: return "string";
-    case Type::Array: return "array";
-    case Type::Object: return "object";
+    case Type::Null:
+      return "null";
+    case Type::Bool:
+      return "boolean";
+    case Type::Int:
+      return "integer";
+    case Type::Double:
+      return "number";
+    case Type::String:
+      return "string";
+    case Type::Array:
+      return "array";
+    case Type::Object:
+      return "object";
   }
   return "?";
 }
@@ -143,10 +150,14 @@ bool Value::operator==(const Value& o) const {
   }
   if (type_ != o.type_) return false;
   switch (type_) {
-    case Type::Null: return true;
-    case Type::Bool: return b_ == o.b_;
-    case Type::String: return s_ == o.s_;
-    case Type::Array: return a_ == o.a_;
+    case Type::Null:
+      return true;
+    case Type::Bool:
+      return b_ == o.b_;
+    case Type::String:
+      return s_ == o.s_;
+    case Type::Array:
+      return a_ == o.a_;
     case Type::Object: {
       if (o_.size() != o.o_.size()) return false;
       for (const auto& kv : o_) {
@@ -155,7 +166,8 @@ bool Value::operator==(const Value& o) const {
       }
       return true;
     }
-    default: return false;
+    default:
+      return false;
   }
 }
 
@@ -165,13 +177,27 @@ std::string quote(std::string_view s) {
   out.push_back('"');
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (c < 0x20) {
           char buf[8];
@@ -196,9 +222,15 @@ void newline(std::string& out, int indent, int level) {
 
 void Value::dump_to(std::string& out, int indent, int level) const {
   switch (type_) {
-    case Type::Null: out += "null"; break;
-    case Type::Bool: out += b_ ? "true" : "false"; break;
-    case Type::Int: out += std::to_string(i_); break;
+    case Type::Null:
+      out += "null";
+      break;
+    case Type::Bool:
+      out += b_ ? "true" : "false";
+      break;
+    case Type::Int:
+      out += std::to_string(i_);
+      break;
     case Type::Double: {
       if (!std::isfinite(d_)) {
         out += "null";  // JSON has no NaN/Inf
@@ -211,7 +243,9 @@ void Value::dump_to(std::string& out, int indent, int level) const {
       out += s;
       break;
     }
-    case Type::String: out += quote(s_); break;
+    case Type::String:
+      out += quote(s_);
+      break;
     case Type::Array: {
       out.push_back('[');
       for (size_t i = 0; i < a_.size(); ++i) {

@@ -78,7 +78,7 @@ class Value {
   int64_t i_ = 0;
   double d_ = 0.0;
   std::string s_;
-  Array a_;   // std::vector of an incomplete type is allowed since C++17
+  Array a_;  // std::vector of an incomplete type is allowed since C++17
   Object o_;
   // Object key -> position in o_, shared between copies until one of them changes (copy on write).
   std::shared_ptr<std::unordered_map<std::string, size_t>> index_;

@@ -24,13 +24,20 @@ struct DTypeRow {
   at::ScalarType st;
 };
 const DTypeRow kDTypes[] = {
-    {DType::BOOL, "BOOL", 1, at::kBool},          {DType::U8, "U8", 1, at::kByte},
-    {DType::I8, "I8", 1, at::kChar},              {DType::U16, "U16", 2, at::kUInt16},
-    {DType::I16, "I16", 2, at::kShort},           {DType::U32, "U32", 4, at::kUInt32},
-    {DType::I32, "I32", 4, at::kInt},             {DType::U64, "U64", 8, at::kUInt64},
-    {DType::I64, "I64", 8, at::kLong},            {DType::F16, "F16", 2, at::kHalf},
-    {DType::BF16, "BF16", 2, at::kBFloat16},      {DType::F32, "F32", 4, at::kFloat},
-    {DType::F64, "F64", 8, at::kDouble},          {DType::F8_E4M3, "F8_E4M3", 1, at::kFloat8_e4m3fn},
+    {DType::BOOL, "BOOL", 1, at::kBool},
+    {DType::U8, "U8", 1, at::kByte},
+    {DType::I8, "I8", 1, at::kChar},
+    {DType::U16, "U16", 2, at::kUInt16},
+    {DType::I16, "I16", 2, at::kShort},
+    {DType::U32, "U32", 4, at::kUInt32},
+    {DType::I32, "I32", 4, at::kInt},
+    {DType::U64, "U64", 8, at::kUInt64},
+    {DType::I64, "I64", 8, at::kLong},
+    {DType::F16, "F16", 2, at::kHalf},
+    {DType::BF16, "BF16", 2, at::kBFloat16},
+    {DType::F32, "F32", 4, at::kFloat},
+    {DType::F64, "F64", 8, at::kDouble},
+    {DType::F8_E4M3, "F8_E4M3", 1, at::kFloat8_e4m3fn},
     {DType::F8_E5M2, "F8_E5M2", 1, at::kFloat8_e5m2},
 };
 const DTypeRow& row(DType d) {
@@ -98,8 +105,8 @@ Reader::Reader(const std::string& path) : path_(path) {
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];  // little-endian
   FP4QAT_CHECK(n <= kMaxHeaderBytes, path, ": safetensors header length ", n, " exceeds the 100 MB limit");
-  FP4QAT_CHECK(n <= file_size - 8, path, ": safetensors header length ", n, " is longer than the file (",
-               file_size, " bytes): truncated or corrupt");
+  FP4QAT_CHECK(n <= file_size - 8, path, ": safetensors header length ", n, " is longer than the file (", file_size,
+               " bytes): truncated or corrupt");
   FP4QAT_CHECK(n >= 2 && bytes[8] == '{', path, ": safetensors header does not start with '{'");
   data_start_ = 8 + n;
   const uint64_t data_size = file_size - data_start_;
@@ -153,8 +160,8 @@ Reader::Reader(const std::string& path) : path_(path) {
   for (const auto& t : tensors_) {
     FP4QAT_CHECK(t.begin >= cursor, path, ": tensor '", t.name, "' data_offsets [", t.begin, ", ", t.end,
                  "] overlap the previous tensor (which ends at ", cursor, ")");
-    FP4QAT_CHECK(t.begin == cursor, path, ": hole in the data section before tensor '", t.name, "' (bytes ",
-                 cursor, "..", t.begin, ")");
+    FP4QAT_CHECK(t.begin == cursor, path, ": hole in the data section before tensor '", t.name, "' (bytes ", cursor,
+                 "..", t.begin, ")");
     cursor = t.end;
   }
   FP4QAT_CHECK(cursor == data_size, path, ": data section is ", data_size, " bytes but tensors cover ", cursor,
@@ -175,7 +182,8 @@ at::Tensor Reader::view(const std::string& name) const {
   auto* base = static_cast<unsigned char*>(map_->addr) + data_start_ + t->begin;
   auto keep = map_;
   // The mapping is PROT_READ: the tensor must be treated as read-only (clone() before writing).
-  return at::from_blob(base, t->shape, [keep](void*) {}, opts);
+  return at::from_blob(
+      base, t->shape, [keep](void*) {}, opts);
 }
 
 // ---- Writer -------------------------------------------------------------------------------------

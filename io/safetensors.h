@@ -60,7 +60,6 @@ class Reader {
   json::Value metadata_ = json::Value::object();
 };
 
-
 // Writes tensors (CPU or CUDA; copied to host one at a time) to `path` atomically: a temporary
 // file beside it, fsync, rename, fsync of the folder. The output folder must exist. Names must be
 // unique. metadata defaults to {"format": "pt"}.

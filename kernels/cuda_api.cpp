@@ -16,10 +16,14 @@ namespace {
 
 ck::InType in_type(const at::Tensor& x) {
   switch (x.scalar_type()) {
-    case at::kFloat: return ck::InType::F32;
-    case at::kBFloat16: return ck::InType::BF16;
-    case at::kHalf: return ck::InType::F16;
-    default: FP4QAT_FAIL("CUDA quantize: unsupported dtype ", x.scalar_type());
+    case at::kFloat:
+      return ck::InType::F32;
+    case at::kBFloat16:
+      return ck::InType::BF16;
+    case at::kHalf:
+      return ck::InType::F16;
+    default:
+      FP4QAT_FAIL("CUDA quantize: unsupported dtype ", x.scalar_type());
   }
 }
 
@@ -143,11 +147,10 @@ NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x_in, const std::vector<int64
   out.values = at::empty({T, K}, x.options().dtype(at::kBFloat16));
   out.packed.s_dec = at::empty({G}, x.options().dtype(at::kFloat));
   at::Tensor ws = at::empty({static_cast<int64_t>(ck::nvfp4_workspace_bytes(G))}, u8);
-  ck::nvfp4_quantize_rows(x.data_ptr(), in_type(x), T, K, table_d.data_ptr<int32_t>(), G, R, rt.total_slices, rt.max_slices,
-                          ws.data_ptr(), packed ? out.packed.codes.data_ptr<uint8_t>() : nullptr,
-                          packed ? out.packed.scales.data_ptr<uint8_t>() : nullptr,
-                          reinterpret_cast<uint16_t*>(out.values.data_ptr()), out.packed.s_dec.data_ptr<float>(),
-                          stream());
+  ck::nvfp4_quantize_rows(
+      x.data_ptr(), in_type(x), T, K, table_d.data_ptr<int32_t>(), G, R, rt.total_slices, rt.max_slices, ws.data_ptr(),
+      packed ? out.packed.codes.data_ptr<uint8_t>() : nullptr, packed ? out.packed.scales.data_ptr<uint8_t>() : nullptr,
+      reinterpret_cast<uint16_t*>(out.values.data_ptr()), out.packed.s_dec.data_ptr<float>(), stream());
   if (packed) out.packed.scales = out.packed.scales.view(at::kFloat8_e4m3fn);
   return out;
 }

@@ -57,16 +57,15 @@ struct RowsTable {
 };
 RowsTable nvfp4_rows_table(const int64_t* off, int64_t groups, int64_t slice_rows, int32_t* table);
 void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const int32_t* table, int64_t groups,
-                         int64_t slice_rows, int64_t total_slices, int64_t max_slices, void* workspace,
-                         uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec, cudaStream_t stream);
+                         int64_t slice_rows, int64_t total_slices, int64_t max_slices, void* workspace, uint8_t* codes,
+                         uint8_t* scales, uint16_t* fake, float* s_dec, cudaStream_t stream);
 
 // out[E, N, K] = e2m1(q) * sb * s_dec[e]; out is bf16 (out_bf16) or float32.
-void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, const float* s_dec, int64_t E, int64_t N,
-                      int64_t K, void* out, bool out_bf16, cudaStream_t stream);
+void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, const float* s_dec, int64_t E, int64_t N, int64_t K,
+                      void* out, bool out_bf16, cudaStream_t stream);
 
 // MXFP8 over M rows of K (K % 32 == 0): q [M, K] E4M3 bytes, scales [M, K/32] E8M0 bytes.
-void mxfp8_quantize(const void* x, InType t, int64_t M, int64_t K, uint8_t* q, uint8_t* scales,
-                    cudaStream_t stream);
+void mxfp8_quantize(const void* x, InType t, int64_t M, int64_t K, uint8_t* q, uint8_t* scales, cudaStream_t stream);
 void mxfp8_dequantize(const uint8_t* q, const uint8_t* scales, int64_t M, int64_t K, void* out, bool out_bf16,
                       cudaStream_t stream);
 

@@ -6,7 +6,9 @@
 
 namespace fp4qat::cuda {
 namespace {
-[[noreturn]] void no_cuda() { FP4QAT_FAIL("fp4qat was built without CUDA kernels; use CPU tensors or rebuild with nvcc"); }
+[[noreturn]] void no_cuda() {
+  FP4QAT_FAIL("fp4qat was built without CUDA kernels; use CPU tensors or rebuild with nvcc");
+}
 }  // namespace
 at::Tensor global_amax(const at::Tensor&) { no_cuda(); }
 NVFP4Tensor nvfp4_quantize(const at::Tensor&, Blocks, const std::optional<at::Tensor>&) { no_cuda(); }

@@ -21,8 +21,8 @@ namespace {
 
 void check_input(const at::Tensor& x, int64_t block, const char* op) {
   FP4QAT_CHECK(x.defined(), op, ": undefined tensor");
-  FP4QAT_CHECK(x.dim() == 2 || x.dim() == 3, op, ": expected a 2-D [N, K] or 3-D [E, N, K] tensor, got ",
-               x.dim(), "-D");
+  FP4QAT_CHECK(x.dim() == 2 || x.dim() == 3, op, ": expected a 2-D [N, K] or 3-D [E, N, K] tensor, got ", x.dim(),
+               "-D");
   const auto st = x.scalar_type();
   FP4QAT_CHECK(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf, op,
                ": input dtype must be float32, bfloat16 or float16, got ", st);
@@ -43,8 +43,8 @@ void check_amax(const at::Tensor& x, const at::Tensor& a) {
   FP4QAT_CHECK(a.scalar_type() == at::kFloat, "nvfp4_quantize: amax must be float32, got ", a.scalar_type());
   FP4QAT_CHECK(a.device() == x.device(), "nvfp4_quantize: amax is on ", a.device(), ", input on ", x.device());
   const bool ok = x.dim() == 3 ? (a.dim() == 1 && a.size(0) == x.size(0)) : a.dim() == 0;
-  FP4QAT_CHECK(ok, "nvfp4_quantize: amax must have shape ", (x.dim() == 3 ? "[E]" : "[]"),
-               " for a ", x.dim(), "-D input, got ", a.sizes());
+  FP4QAT_CHECK(ok, "nvfp4_quantize: amax must have shape ", (x.dim() == 3 ? "[E]" : "[]"), " for a ", x.dim(),
+               "-D input, got ", a.sizes());
 }
 
 }  // namespace

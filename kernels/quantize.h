@@ -15,7 +15,7 @@
 
 namespace fp4qat {
 
-enum class Blocks { k1D, k2D };  // 1x16 blocks, or 16x16 tiles (weights)
+enum class Blocks { k1D, k2D };             // 1x16 blocks, or 16x16 tiles (weights)
 Blocks parse_blocks(const std::string& s);  // "1d" | "2d"
 const char* to_string(Blocks b);
 
@@ -36,8 +36,7 @@ at::Tensor global_amax(const at::Tensor& x);
 
 // NVFP4 quantize. x: f32/bf16/f16, 2-D or 3-D, K % 16 == 0. amax: optional float32 of the
 // shape amax(x) returns (a shared amax, e.g. max(amax_gate, amax_up)); computed when absent.
-NVFP4Tensor nvfp4_quantize(const at::Tensor& x, Blocks blocks,
-                           const std::optional<at::Tensor>& amax = std::nullopt);
+NVFP4Tensor nvfp4_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax = std::nullopt);
 
 // e2m1(q) * float(sb) * S_dec, computed in float32, then cast to `dtype`.
 at::Tensor nvfp4_dequantize(const NVFP4Tensor& q, at::ScalarType dtype = at::kFloat);

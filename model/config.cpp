@@ -39,7 +39,8 @@ ModelConfig read_hf_config(const std::string& dir) {
   getd("rms_norm_eps", m.rms_norm_eps);
   getd("rope_theta", m.rope_theta);
   if (const json::Value* rp = j.find("rope_parameters")) {  // transformers 5 layout
-    if (const json::Value* t = rp->find("rope_theta")) m.rope_theta = t->as_double(path + ": rope_parameters.rope_theta");
+    if (const json::Value* t = rp->find("rope_theta"))
+      m.rope_theta = t->as_double(path + ": rope_parameters.rope_theta");
   }
   geti("max_position_embeddings", m.max_position_embeddings);
   getb("tie_word_embeddings", m.tie_word_embeddings);
@@ -47,7 +48,8 @@ ModelConfig read_hf_config(const std::string& dir) {
   getd("router_aux_loss_coef", m.router_aux_loss_coef);
   m.mlp_only_layers.clear();
   if (const json::Value* x = j.find("mlp_only_layers"))
-    for (const auto& v : x->as_array(path + ": mlp_only_layers")) m.mlp_only_layers.push_back(v.as_int(path + ": mlp_only_layers"));
+    for (const auto& v : x->as_array(path + ": mlp_only_layers"))
+      m.mlp_only_layers.push_back(v.as_int(path + ": mlp_only_layers"));
   return m;
 }
 

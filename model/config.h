@@ -14,7 +14,7 @@ struct ModelConfig {  // Hugging Face Qwen3-MoE fields (config.json names)
   int64_t num_attention_heads = 4;
   int64_t num_key_value_heads = 2;
   int64_t head_dim = 32;
-  int64_t intermediate_size = 256;      // dense MLP layers (mlp_only_layers)
+  int64_t intermediate_size = 256;  // dense MLP layers (mlp_only_layers)
   int64_t moe_intermediate_size = 64;
   int64_t num_experts = 8;
   int64_t num_experts_per_tok = 2;

@@ -60,14 +60,13 @@ std::string gib(double bytes) {
 }
 
 ParameterCount parameter_count(const model::ModelConfig& c) {
-  const std::pair<const char*, int64_t> positive[] = {
-      {"vocab_size", c.vocab_size},
-      {"hidden_size", c.hidden_size},
-      {"num_hidden_layers", c.num_hidden_layers},
-      {"num_attention_heads", c.num_attention_heads},
-      {"num_key_value_heads", c.num_key_value_heads},
-      {"head_dim", c.head_dim},
-      {"decoder_sparse_step", c.decoder_sparse_step}};
+  const std::pair<const char*, int64_t> positive[] = {{"vocab_size", c.vocab_size},
+                                                      {"hidden_size", c.hidden_size},
+                                                      {"num_hidden_layers", c.num_hidden_layers},
+                                                      {"num_attention_heads", c.num_attention_heads},
+                                                      {"num_key_value_heads", c.num_key_value_heads},
+                                                      {"head_dim", c.head_dim},
+                                                      {"decoder_sparse_step", c.decoder_sparse_step}};
   for (const auto& [k, v] : positive) FP4QAT_CHECK(v > 0, "model shape: ", k, " must be > 0, got ", v);
   FP4QAT_CHECK(c.num_experts >= 0, "model shape: num_experts must be >= 0, got ", c.num_experts);
   const int64_t H = c.hidden_size, hd = c.head_dim;
@@ -81,13 +80,12 @@ ParameterCount parameter_count(const model::ModelConfig& c) {
   ParameterCount pc;
   // Per layer: q, o [nH*hd, H]; k, v [nKV*hd, H]; three norms.
   const int64_t heads = add_count(c.num_attention_heads, c.num_key_value_heads, "attention heads");
-  const int64_t attn = add_count(mul(mul(mul(2, heads, "attention projections"), hd, "attention projections"), H,
-                                     "attention projections"),
-                                 add_count(mul(2, H, "norms"), mul(2, hd, "norms"), "norms"), "attention projections");
+  const int64_t attn = add_count(
+      mul(mul(mul(2, heads, "attention projections"), hd, "attention projections"), H, "attention projections"),
+      add_count(mul(2, H, "norms"), mul(2, hd, "norms"), "norms"), "attention projections");
   // Experts: gate_up [E, 2I, H] + down [E, H, I]; router [E, H].
   const char* what = "experts (num_experts x 3 x moe_intermediate_size x hidden_size)";
-  const int64_t expert =
-      moe_layers ? mul(mul(mul(3, c.moe_intermediate_size, what), H, what), c.num_experts, what) : 0;
+  const int64_t expert = moe_layers ? mul(mul(mul(3, c.moe_intermediate_size, what), H, what), c.num_experts, what) : 0;
   pc.experts = mul(expert, moe_layers, "experts of all MoE layers");
   const int64_t moe_rest = mul(c.num_experts, H, "routers (num_experts x hidden_size)");
   what = "dense MLPs (3 x intermediate_size x hidden_size)";
@@ -168,8 +166,10 @@ at::Tensor Qwen3Moe::attention(int64_t i, const at::Tensor& x, const at::Tensor&
                 nKV = cfg_.num_key_value_heads;
   const std::string p = L(i) + "self_attn.";
   auto proj = [&](const char* n) { return policy.linear(p + n + ".weight", x, param(p + n + ".weight")); };
-  at::Tensor q = rms_norm(proj("q_proj").view({B, T, nH, hd}), param(p + "q_norm.weight"), cfg_.rms_norm_eps).transpose(1, 2);
-  at::Tensor k = rms_norm(proj("k_proj").view({B, T, nKV, hd}), param(p + "k_norm.weight"), cfg_.rms_norm_eps).transpose(1, 2);
+  at::Tensor q =
+      rms_norm(proj("q_proj").view({B, T, nH, hd}), param(p + "q_norm.weight"), cfg_.rms_norm_eps).transpose(1, 2);
+  at::Tensor k =
+      rms_norm(proj("k_proj").view({B, T, nKV, hd}), param(p + "k_norm.weight"), cfg_.rms_norm_eps).transpose(1, 2);
   at::Tensor v = proj("v_proj").view({B, T, nKV, hd}).transpose(1, 2);
   q = q * cos + rotate_half(q) * sin;
   k = k * cos + rotate_half(k) * sin;
@@ -222,12 +222,13 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
   const at::Tensor order = at::argsort(flat_e, /*stable=*/true);
   const at::Tensor token = at::floor_divide(order, k);
   const at::Tensor counts = at::bincount(flat_e, {}, E).to(at::kCPU).to(at::kLong);  // [E]
-  const at::Tensor xs = x.index_select(0, token);                                      // [N*k, H] by expert
+  const at::Tensor xs = x.index_select(0, token);                                    // [N*k, H] by expert
   at::Tensor y;
   if (!sharded()) {
     y = expert_mlp(p, xs, counts, policy);
   } else {
-    y = ep_->run(xs, counts, [&](const at::Tensor& rows, const at::Tensor& local) { return expert_mlp(p, rows, local, policy); });
+    y = ep_->run(xs, counts,
+                 [&](const at::Tensor& rows, const at::Tensor& local) { return expert_mlp(p, rows, local, policy); });
   }
   y = y * topw.reshape({-1}).index_select(0, order).unsqueeze(1);
   at::Tensor out = at::zeros({N, H}, y.options());
@@ -275,7 +276,8 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
   }
   // RoPE tables in fp32, cast like Hugging Face does.
   const auto fopt = at::TensorOptions().dtype(at::kFloat).device(ids.device());
-  const at::Tensor inv = 1.0 / at::pow(cfg_.rope_theta, at::arange(0, hd, 2, fopt.dtype(at::kLong)).to(at::kFloat) / hd);
+  const at::Tensor inv =
+      1.0 / at::pow(cfg_.rope_theta, at::arange(0, hd, 2, fopt.dtype(at::kLong)).to(at::kFloat) / hd);
   const at::Tensor freqs = at::outer(at::arange(pos0, pos0 + T, fopt), inv);
   const at::Tensor emb = at::cat({freqs, freqs}, -1);
   const at::Tensor cos = emb.cos().to(dt), sin = emb.sin().to(dt);
@@ -284,7 +286,8 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
   ForwardOutput out;
   std::vector<at::Tensor> auxes;
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
-    x = x + attention(i, rms_norm(x, param(L(i) + "input_layernorm.weight"), cfg_.rms_norm_eps), cos, sin, dt, policy, cache);
+    x = x + attention(i, rms_norm(x, param(L(i) + "input_layernorm.weight"), cfg_.rms_norm_eps), cos, sin, dt, policy,
+                      cache);
     const at::Tensor hn = rms_norm(x, param(L(i) + "post_attention_layernorm.weight"), cfg_.rms_norm_eps);
     if (is_moe_layer(i)) {
       at::Tensor aux, load;
@@ -312,7 +315,7 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
 std::vector<HfGroup> Qwen3Moe::hf_groups() const {
   std::vector<HfGroup> out;
   for (const auto& [name, t] : params_) {
-    HfGroup g{name, t.detach(), {}, 1};  // the detached tensor shares storage with the parameter
+    HfGroup g{name, t.detach(), {}, 1};                        // the detached tensor shares storage with the parameter
     if (names::ends_with(name, "mlp.experts.gate_up_proj")) {  // [E, 2I, H]
       const std::string base = name.substr(0, name.size() - std::string("gate_up_proj").size());
       g.parts = 2;
@@ -322,7 +325,8 @@ std::vector<HfGroup> Qwen3Moe::hf_groups() const {
       }
     } else if (names::ends_with(name, "mlp.experts.down_proj")) {  // [E, H, I]
       const std::string base = name.substr(0, name.size() - std::string("down_proj").size());
-      for (int64_t e = 0; e < t.size(0); ++e) g.names.push_back(base + std::to_string(expert_offset_ + e) + ".down_proj.weight");
+      for (int64_t e = 0; e < t.size(0); ++e)
+        g.names.push_back(base + std::to_string(expert_offset_ + e) + ".down_proj.weight");
     } else {
       g.names.push_back(name);
     }
@@ -340,8 +344,7 @@ Params Qwen3Moe::hf_views() const {
     }
     const int64_t R = g.tensor.size(1) / g.parts;
     for (int64_t e = 0; e < g.tensor.size(0); ++e)
-      for (int64_t p = 0; p < g.parts; ++p)
-        out.emplace_back(g.names[e * g.parts + p], g.tensor[e].narrow(0, p * R, R));
+      for (int64_t p = 0; p < g.parts; ++p) out.emplace_back(g.names[e * g.parts + p], g.tensor[e].narrow(0, p * R, R));
   }
   return out;
 }

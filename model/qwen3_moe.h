@@ -23,10 +23,9 @@
 
 namespace fp4qat::model {
 
-
 struct ForwardOutput {
-  at::Tensor logits;                   // [B, T, vocab] in the compute dtype
-  at::Tensor aux_loss;                 // scalar fp32: mean over MoE layers of the Switch loss
+  at::Tensor logits;                    // [B, T, vocab] in the compute dtype
+  at::Tensor aux_loss;                  // scalar fp32: mean over MoE layers of the Switch loss
   std::vector<at::Tensor> expert_load;  // per MoE layer: fraction of routed slots per expert [E]
 };
 
@@ -43,8 +42,8 @@ struct KVCache {
 // [E, P*R, K] holds P members (gate_up: P = 2, gate rows first) of E experts; member (e, p) is
 // rows [p*R, (p+1)*R) of expert e and is named names[e*P + p]. Other parameters have one name.
 struct HfGroup {
-  std::string param;        // model-internal name
-  at::Tensor tensor;        // the master (detached view, shares storage)
+  std::string param;  // model-internal name
+  at::Tensor tensor;  // the master (detached view, shares storage)
   std::vector<std::string> names;
   int64_t parts = 1;
 };
@@ -62,9 +61,9 @@ class Qwen3Moe {
   // `d` must outlive the model. Call before training starts.
   void shard_experts(ExpertDispatch& d);
   bool sharded() const { return ep_ != nullptr && ep_->ranks() > 1; }
-  int64_t expert_offset() const { return expert_offset_; }   // first global expert held here
-  int64_t local_experts() const;                             // experts held here (E when not sharded)
-  static bool is_expert_param(const std::string& name);      // a stacked expert tensor
+  int64_t expert_offset() const { return expert_offset_; }  // first global expert held here
+  int64_t local_experts() const;                            // experts held here (E when not sharded)
+  static bool is_expert_param(const std::string& name);     // a stacked expert tensor
   Params& params() { return params_; }
   const Params& params() const { return params_; }
   const at::Tensor& param(const std::string& name) const;
@@ -90,7 +89,8 @@ class Qwen3Moe {
                        at::ScalarType dt, LinearPolicy& policy, KVCache* cache) const;
   at::Tensor moe(int64_t layer, const at::Tensor& x, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
                  at::Tensor* load) const;
-  at::Tensor expert_mlp(const std::string& p, const at::Tensor& xs, const at::Tensor& counts, LinearPolicy& policy) const;
+  at::Tensor expert_mlp(const std::string& p, const at::Tensor& xs, const at::Tensor& counts,
+                        LinearPolicy& policy) const;
   model::ModelConfig cfg_;
   Params params_;
   ExpertDispatch* ep_ = nullptr;

@@ -81,8 +81,8 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
     char a[4096], b[4096];
     if (::realpath(in.c_str(), a) && ::realpath(parent.c_str(), b)) {
       const std::string ri = a, rp = b;
-      FP4QAT_CHECK(rp != ri && rp.rfind(ri + "/", 0) != 0 && !(existed && ::realpath(out.c_str(), b) && ri == b),
-                   out, ": the output may not be the input folder or inside it");
+      FP4QAT_CHECK(rp != ri && rp.rfind(ri + "/", 0) != 0 && !(existed && ::realpath(out.c_str(), b) && ri == b), out,
+                   ": the output may not be the input folder or inside it");
     }
   }
   if (opt.format == Format::kNVFP4)
@@ -91,57 +91,60 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
                    "' (NVFP4 input_scale is never a placeholder; calibrate first)");
 
   ConvertReport rep;
-  io::write_folder_atomic(out, [&](const std::string& tmp) {
-    ExportOptions eo;
-    eo.format = opt.format;
-    eo.blocks = opt.blocks;
-    eo.config_json = l.config.dump();
-    eo.producer_version = opt.producer_version;
-    eo.max_shard_bytes = int64_t(1) << 62;  // one output shard per input shard (end_shard below)
-    HfFolderWriter w(tmp, eo);
-    auto tensor = [&](const std::string& name) {  // on the conversion device
-      const at::Tensor t = l.files->view(name);
-      check_finite(t, name);
-      return t.to(opt.device);
-    };
-    PairAmax pair_amax;  // gated pairs: the amax of the compute copies (what the export quantizes)
-    const auto& where = l.files->where();
-    for (const auto& file : l.files->shards()) {
-      st::Reader& r = l.files->shard(file);
-      for (const auto& info : r.tensors()) {
-        if (!where.count(info.name) || where.at(info.name) != file) continue;  // not indexed here
-        const std::string m = names::is_weight(info.name) ? module_of(info.name) : "";
-        if (m.empty() || !selected.count(m)) {
-          w.add_plain(info.name, r.view(info.name));
-          ++rep.plain_tensors;
-          continue;
+  io::write_folder_atomic(
+      out,
+      [&](const std::string& tmp) {
+        ExportOptions eo;
+        eo.format = opt.format;
+        eo.blocks = opt.blocks;
+        eo.config_json = l.config.dump();
+        eo.producer_version = opt.producer_version;
+        eo.max_shard_bytes = int64_t(1) << 62;  // one output shard per input shard (end_shard below)
+        HfFolderWriter w(tmp, eo);
+        auto tensor = [&](const std::string& name) {  // on the conversion device
+          const at::Tensor t = l.files->view(name);
+          check_finite(t, name);
+          return t.to(opt.device);
+        };
+        PairAmax pair_amax;  // gated pairs: the amax of the compute copies (what the export quantizes)
+        const auto& where = l.files->where();
+        for (const auto& file : l.files->shards()) {
+          st::Reader& r = l.files->shard(file);
+          for (const auto& info : r.tensors()) {
+            if (!where.count(info.name) || where.at(info.name) != file) continue;  // not indexed here
+            const std::string m = names::is_weight(info.name) ? module_of(info.name) : "";
+            if (m.empty() || !selected.count(m)) {
+              w.add_plain(info.name, r.view(info.name));
+              ++rep.plain_tensors;
+              continue;
+            }
+            const at::Tensor x = tensor(info.name);
+            FP4QAT_CHECK(x.size(1) % block_size(opt.format) == 0, in, "/", file, ": tensor '", info.name,
+                         "' has K = ", x.size(1), ", not a multiple of the ", to_string(opt.format), " block");
+            std::optional<at::Tensor> amax;
+            if (gated_partner(info.name) && opt.format == Format::kNVFP4)  // the partner may live in another shard
+              amax = pair_amax.of(info.name, compute_copy(x),
+                                  [&](const std::string& partner) { return compute_copy(tensor(partner)); });
+            std::vector<float> ia;
+            if (opt.format == Format::kNVFP4) ia.push_back(opt.input_amax.at(m));
+            w.add_quantized({m}, 1, x, amax, ia);
+            ++rep.quantized_modules;
+          }
+          w.end_shard();
+          ++rep.shards;
         }
-        const at::Tensor x = tensor(info.name);
-        FP4QAT_CHECK(x.size(1) % block_size(opt.format) == 0, in, "/", file, ": tensor '",
-                     info.name, "' has K = ", x.size(1), ", not a multiple of the ", to_string(opt.format), " block");
-        std::optional<at::Tensor> amax;
-        if (gated_partner(info.name) && opt.format == Format::kNVFP4)  // the partner may live in another shard
-          amax = pair_amax.of(info.name, compute_copy(x),
-                              [&](const std::string& partner) { return compute_copy(tensor(partner)); });
-        std::vector<float> ia;
-        if (opt.format == Format::kNVFP4) ia.push_back(opt.input_amax.at(m));
-        w.add_quantized({m}, 1, x, amax, ia);
-        ++rep.quantized_modules;
-      }
-      w.end_shard();
-      ++rep.shards;
-    }
-    rep.excluded_patterns = w.finish();
-    // Everything else of the folder (tokenizer, generation config, README...) is copied.
-    for (const auto& n : fs::list_dir(in)) {
-      const std::string src = in + "/" + n;
-      if (fs::is_dir(src) || n == "config.json" || n == "model.safetensors.index.json" || n == "hf_quant_config.json" ||
-          ends_with(n, ".safetensors"))
-        continue;
-      fs::copy_file(src, tmp + "/" + n);
-      ++rep.copied_files;
-    }
-  }, /*replace=*/existed);
+        rep.excluded_patterns = w.finish();
+        // Everything else of the folder (tokenizer, generation config, README...) is copied.
+        for (const auto& n : fs::list_dir(in)) {
+          const std::string src = in + "/" + n;
+          if (fs::is_dir(src) || n == "config.json" || n == "model.safetensors.index.json" ||
+              n == "hf_quant_config.json" || ends_with(n, ".safetensors"))
+            continue;
+          fs::copy_file(src, tmp + "/" + n);
+          ++rep.copied_files;
+        }
+      },
+      /*replace=*/existed);
   return rep;
 }
 

@@ -21,8 +21,8 @@ namespace fp4qat::qat {
 struct ConvertOptions {
   Format format = Format::kNVFP4;  // nvfp4 | mxfp8
   Blocks blocks = Blocks::k1D;
-  Selection selection;               // module globs, exclude, keep-first/last (qat/selection.h)
-  bool overwrite = false;            // replace a non-empty `out`
+  Selection selection;                       // module globs, exclude, keep-first/last (qat/selection.h)
+  bool overwrite = false;                    // replace a non-empty `out`
   at::Device device = at::Device(at::kCPU);  // where quantization runs (same bytes either way)
   // NVFP4: activation amax per quantized module (calibration), for input_scale. Required.
   std::map<std::string, float> input_amax;

@@ -46,7 +46,8 @@ QuantizedStack quantize_stack(Format format, Blocks blocks, const at::Tensor& w_
     q.data = wc;
   } else if (format == Format::kNVFP4) {
     if (blocks == Blocks::k2D)
-      FP4QAT_CHECK(R % fmt::kNvfp4Block == 0, what, ": ", R, " rows per member do not fill whole 16x16 tiles (2d blocks)");
+      FP4QAT_CHECK(R % fmt::kNvfp4Block == 0, what, ": ", R,
+                   " rows per member do not fill whole 16x16 tiles (2d blocks)");
     std::optional<at::Tensor> a;
     if (amax) a = amax->dim() == 0 && w_in.dim() == 3 ? amax->expand({E}).contiguous() : *amax;
     if (a && w_in.dim() == 2) a = a->reshape({1});
@@ -127,12 +128,13 @@ std::vector<std::string> HfFolderWriter::finish() {
                                                  {"exclude_modules", list}})}});
       fs::write_text_atomic(dir_ + "/hf_quant_config.json", hq.dump(2) + "\n");
     } else {
-      config.set("quantization_config", json::Value::object({{"quant_method", "mxfp8"},
-                                                             {"activation_scheme", "dynamic"},
-                                                             {"fmt", "e4m3"},
-                                                             {"weight_block_size", json::Value::array({1, fmt::kMxfp8Block})},
-                                                             {"scale_fmt", "ue8m0"},
-                                                             {"modules_to_not_convert", list}}));
+      config.set("quantization_config",
+                 json::Value::object({{"quant_method", "mxfp8"},
+                                      {"activation_scheme", "dynamic"},
+                                      {"fmt", "e4m3"},
+                                      {"weight_block_size", json::Value::array({1, fmt::kMxfp8Block})},
+                                      {"scale_fmt", "ue8m0"},
+                                      {"modules_to_not_convert", list}}));
     }
   } else {
     config.erase("quantization_config");

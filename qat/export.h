@@ -31,9 +31,9 @@ namespace fp4qat::qat {
 
 struct ExportOptions {
   Format format = Format::kNVFP4;
-  Blocks blocks = Blocks::k1D;              // NVFP4 weight blocks (the ones training used)
-  int64_t max_shard_bytes = 2ll << 30;      // a new shard starts past this size
-  std::string config_json;                  // the model's config.json text; quantization_config is added
+  Blocks blocks = Blocks::k1D;               // NVFP4 weight blocks (the ones training used)
+  int64_t max_shard_bytes = 2ll << 30;       // a new shard starts past this size
+  std::string config_json;                   // the model's config.json text; quantization_config is added
   std::string producer_version = "unknown";  // hf_quant_config.json producer.version
 };
 
@@ -101,9 +101,9 @@ class HfFolderWriter {
 // Thread-safe.
 class HostBufferPool {
  public:
-  at::Tensor take(int64_t nbytes);   // uint8 [nbytes], pinned
+  at::Tensor take(int64_t nbytes);  // uint8 [nbytes], pinned
   void give_back(at::Tensor buf);
-  int64_t allocated_bytes() const;   // pinned bytes held by the pool and its users
+  int64_t allocated_bytes() const;  // pinned bytes held by the pool and its users
 
  private:
   mutable std::mutex mu_;
@@ -156,8 +156,8 @@ class StagedFolder {
     at::Tensor plain;                  // host bf16 (or as given, for non-float tensors)
     std::vector<std::string> modules;  // quantized stack
     int64_t parts = 0;
-    QuantizedStack q;                  // host
-    at::Tensor input_amax;             // host float32 [E*P] or undefined
+    QuantizedStack q;       // host
+    at::Tensor input_amax;  // host float32 [E*P] or undefined
   };
   at::Tensor to_host(const at::Tensor& t);  // a host copy (pinned, asynchronous from a GPU)
   // One quantized stack: `make` runs on the side stream (GPU tensors) after it was ordered after
@@ -171,8 +171,8 @@ class StagedFolder {
   std::shared_ptr<HostBufferPool> pool_;
   std::vector<at::Tensor> taken_;  // pool buffers in use
   std::vector<Item> items_;
-  std::optional<c10::Stream> side_;        // the side stream, once a GPU tensor was added
-  std::unique_ptr<c10::Event> copied_;     // recorded on the side stream after the last copy
+  std::optional<c10::Stream> side_;           // the side stream, once a GPU tensor was added
+  std::unique_ptr<c10::Event> copied_;        // recorded on the side stream after the last copy
   std::unique_ptr<c10::Event> fenced_reads_;  // ... after the last read fence() waits for
   bool fence_needed_ = false;
   bool sealed_ = false;

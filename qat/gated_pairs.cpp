@@ -25,9 +25,7 @@ std::optional<GatedPartner> gated_partner(const std::string& name) {
   return std::nullopt;
 }
 
-at::Tensor compute_copy(const at::Tensor& master, at::ScalarType dtype) {
-  return master.to(at::kBFloat16).to(dtype);
-}
+at::Tensor compute_copy(const at::Tensor& master, at::ScalarType dtype) { return master.to(at::kBFloat16).to(dtype); }
 
 at::Tensor gated_pair_amax(const at::Tensor& first, const at::Tensor& second) {
   return at::maximum(global_amax(first), global_amax(second));

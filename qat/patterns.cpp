@@ -30,8 +30,10 @@ namespace {
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out(1);
   for (char c : s) {
-    if (c == '.') out.emplace_back();
-    else out.back() += c;
+    if (c == '.')
+      out.emplace_back();
+    else
+      out.back() += c;
   }
   return out;
 }
@@ -56,7 +58,8 @@ std::string join(const std::vector<std::string>& c, size_t n, int first_wild) {
 
 }  // namespace
 
-std::vector<std::string> exclude_patterns(const std::set<std::string>& excluded, const std::set<std::string>& quantized) {
+std::vector<std::string> exclude_patterns(const std::set<std::string>& excluded,
+                                          const std::set<std::string>& quantized) {
   std::set<std::string> out;
   auto clean = [&](const std::string& pattern) {
     for (const auto& q : quantized)

@@ -27,6 +27,7 @@ bool glob_match(const std::string& pattern, const std::string& text);
 // `model.layers.3.self_attn*`, `model.layers.3.self_attn.q_proj` (numbered components become
 // `*`, first all of them, then all but the first); the first one that matches no quantized
 // module is kept. Sorted, without duplicates.
-std::vector<std::string> exclude_patterns(const std::set<std::string>& excluded, const std::set<std::string>& quantized);
+std::vector<std::string> exclude_patterns(const std::set<std::string>& excluded,
+                                          const std::set<std::string>& quantized);
 
 }  // namespace fp4qat::qat

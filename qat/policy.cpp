@@ -12,7 +12,6 @@
 
 namespace fp4qat::qat {
 
-
 QatPolicy::QatPolicy(const Recipe& recipe, const model::Qwen3Moe& model, bool quantize_forward)
     : model_(model), quantize_forward_(quantize_forward) {
   FP4QAT_CHECK(!quantize_forward || recipe.quantizes(), "qat.format '", to_string(recipe.format),
@@ -43,7 +42,8 @@ std::optional<at::Tensor> QatPolicy::shared_weight_amax(const std::string& param
   auto partner = gated_partner(param);
   if (!partner || !quantized(param)) return std::nullopt;
   torch::NoGradGuard ng;
-  return gated_pair_amax(compute_copy(model_.param(param).detach()), compute_copy(model_.param(partner->partner).detach()));
+  return gated_pair_amax(compute_copy(model_.param(param).detach()),
+                         compute_copy(model_.param(partner->partner).detach()));
 }
 
 namespace {
@@ -83,8 +83,10 @@ const NVFP4Operand* QatPolicy::weight_quantization(const std::string& param, con
 
 void QatPolicy::observe(const std::string& name, const at::Tensor& amax) {
   auto it = input_amax_.find(name);
-  if (it == input_amax_.end()) input_amax_.emplace(name, amax);
-  else it->second = at::maximum(it->second, amax);
+  if (it == input_amax_.end())
+    input_amax_.emplace(name, amax);
+  else
+    it->second = at::maximum(it->second, amax);
 }
 
 std::map<std::string, at::Tensor> QatPolicy::take_input_amax() {
@@ -110,12 +112,13 @@ at::Tensor QatPolicy::linear(const std::string& name, const at::Tensor& x, const
 at::Tensor QatPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
                               const at::Tensor& counts) {
   if (!quantized(name)) return LinearPolicy::grouped(name, x, w, counts);
-  if (at::GradMode::is_enabled() || observe_without_grad) {  // per-expert activation amax: x [T, K] rows sorted by expert
+  if (at::GradMode::is_enabled() ||
+      observe_without_grad) {  // per-expert activation amax: x [T, K] rows sorted by expert
     torch::NoGradGuard ng;
     const int64_t E = w.size(0), T = x.size(0);
     at::Tensor amax = at::zeros({E}, x.options().dtype(at::kFloat));
     if (T > 0) {
-      const at::Tensor rows = x.detach().abs().amax(1).to(at::kFloat);                             // [T]
+      const at::Tensor rows = x.detach().abs().amax(1).to(at::kFloat);  // [T]
       const at::Tensor ids = at::repeat_interleave(at::arange(E, x.options().dtype(at::kLong)), counts.to(x.device()),
                                                    /*dim=*/0, /*output_size=*/T);  // [T] expert of each row
       amax.scatter_reduce_(0, ids, rows, "amax", /*include_self=*/true);

@@ -66,7 +66,7 @@ class QatPolicy : public model::LinearPolicy {
   const model::Qwen3Moe& model_;
   autograd::NVFP4LinearOptions opt_;
   bool quantize_forward_;
-  bool mxfp8_ = false;  // qat.format mxfp8: MXFP8 operands (autograd/mxfp8_linear.h)
+  bool mxfp8_ = false;            // qat.format mxfp8: MXFP8 operands (autograd/mxfp8_linear.h)
   std::set<std::string> params_;  // parameter names (model-internal) selected for quantization
   std::map<std::string, at::Tensor> input_amax_;
   bool cache_weights_ = true;

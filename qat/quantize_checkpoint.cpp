@@ -34,11 +34,9 @@ void error_stats(const at::Tensor& x, const at::Tensor& dq, TensorReport* r) {
   r->max_abs_err = diff.numel() ? diff.abs().max().item<double>() : 0.0;
 }
 
-
 }  // namespace
 
-std::vector<TensorReport> quantize_file(const std::string& in, const std::string& out,
-                                        const QuantizeFileOptions& opt) {
+std::vector<TensorReport> quantize_file(const std::string& in, const std::string& out, const QuantizeFileOptions& opt) {
   const std::string out_dir = fs::parent_dir(out);
   FP4QAT_CHECK(fs::is_dir(out_dir), out, ": output folder '", out_dir, "' does not exist");
   st::Reader reader(in);
@@ -57,8 +55,9 @@ std::vector<TensorReport> quantize_file(const std::string& in, const std::string
     if (!target[t.name] || opt.format != Format::kNVFP4) continue;
     if (auto p = gated_partner(t.name)) {
       const st::TensorInfo* other = reader.find(p->partner);
-      FP4QAT_CHECK(other != nullptr && target[p->partner], in, ": tensor '", t.name, "' is one half of a gated pair but '",
-                   p->partner, "' is missing or not quantizable; quantizing only one member of a pair is an error");
+      FP4QAT_CHECK(other != nullptr && target[p->partner], in, ": tensor '", t.name,
+                   "' is one half of a gated pair but '", p->partner,
+                   "' is missing or not quantizable; quantizing only one member of a pair is an error");
       FP4QAT_CHECK(other->shape.size() == t.shape.size() && (t.shape.size() == 2 || other->shape[0] == t.shape[0]), in,
                    ": gated pair '", t.name, "' and '", p->partner, "' have incompatible shapes");
     }
@@ -103,8 +102,9 @@ std::vector<TensorReport> quantize_file(const std::string& in, const std::string
   // Output names must not collide with tensors copied through (e.g. an input that already holds
   // X.weight_scale): refuse instead of writing an ambiguous file.
   std::map<std::string, int> count;
-  for (const auto& o : outputs) FP4QAT_CHECK(++count[o.first] == 1, in, ": output tensor name '", o.first,
-                                              "' would be written twice (the input already has it)");
+  for (const auto& o : outputs)
+    FP4QAT_CHECK(++count[o.first] == 1, in, ": output tensor name '", o.first,
+                 "' would be written twice (the input already has it)");
   st::write_file(out, outputs);
   return reports;
 }

@@ -13,10 +13,10 @@
 namespace fp4qat::qat {
 
 struct QuantizeFileOptions {
-  Format format = Format::kNVFP4;           // nvfp4 | mxfp8
-  Blocks blocks = Blocks::k1D;          // NVFP4 only
+  Format format = Format::kNVFP4;            // nvfp4 | mxfp8
+  Blocks blocks = Blocks::k1D;               // NVFP4 only
   at::Device device = at::Device(at::kCPU);  // where the quantization runs; same bytes either way
-  bool error_stats = false;             // fill TensorReport::rel_rmse / max_abs_err
+  bool error_stats = false;                  // fill TensorReport::rel_rmse / max_abs_err
 };
 
 struct TensorReport {
@@ -33,8 +33,7 @@ bool is_quantizable(const std::string& name, at::ScalarType dtype, int64_t rank)
 // Reads `in`, writes `out` atomically (no output file on any error). Throws fp4qat::Error
 // naming the file or tensor on bad input (non-finite values, K not a multiple of the block, a
 // gated pair with one member missing, ...).
-std::vector<TensorReport> quantize_file(const std::string& in, const std::string& out,
-                                        const QuantizeFileOptions& opt);
+std::vector<TensorReport> quantize_file(const std::string& in, const std::string& out, const QuantizeFileOptions& opt);
 
 // Throws naming `name` if t holds NaN or Inf.
 void check_finite(const at::Tensor& t, const std::string& name);

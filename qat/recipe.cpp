@@ -15,17 +15,23 @@ Format parse_format(const std::string& s) {
 
 const char* to_string(Format f) {
   switch (f) {
-    case Format::kNVFP4: return "nvfp4";
-    case Format::kMXFP8: return "mxfp8";
-    default: return "bf16";
+    case Format::kNVFP4:
+      return "nvfp4";
+    case Format::kMXFP8:
+      return "mxfp8";
+    default:
+      return "bf16";
   }
 }
 
 int64_t block_size(Format f) {
   switch (f) {
-    case Format::kNVFP4: return fmt::kNvfp4Block;
-    case Format::kMXFP8: return fmt::kMxfp8Block;
-    default: return 1;
+    case Format::kNVFP4:
+      return fmt::kNvfp4Block;
+    case Format::kMXFP8:
+      return fmt::kMxfp8Block;
+    default:
+      return 1;
   }
 }
 

@@ -34,9 +34,9 @@ struct Selection {
 };
 
 struct Recipe {
-  Format format = Format::kBF16;                            // qat.format: none (= bf16) | nvfp4 | mxfp8
+  Format format = Format::kBF16;  // qat.format: none (= bf16) | nvfp4 | mxfp8
   Selection selection;
-  Blocks weight_blocks = Blocks::k1D;                       // NVFP4 weight blocks: 1x16 or 16x16
+  Blocks weight_blocks = Blocks::k1D;  // NVFP4 weight blocks: 1x16 or 16x16
   autograd::Backward backward = autograd::Backward::kHighPrecision;
   TrainScope train = TrainScope::kAll;
   // NVFP4: quantize each selected weight once per change (optimizer step, load) and reuse it in

@@ -23,7 +23,7 @@ struct ModuleUnit {
 
 // How the messages name the settings and the thing selected from.
 struct SelectionWords {
-  std::string where;                 // prefix of every message, e.g. "<dir>: " (default none)
+  std::string where;  // prefix of every message, e.g. "<dir>: " (default none)
   std::string modules = "qat.modules", exclude = "qat.exclude";
   std::string keep = "qat.keep_first_n / qat.keep_last_n";
   std::string subject = "this model";

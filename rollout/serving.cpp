@@ -16,8 +16,6 @@
 
 namespace fp4qat::rollout {
 
-
-
 void ServingPolicy::to(const at::Device& dev) {
   for (auto& [n, w] : weights_) {
     w.values = w.values.to(dev);
@@ -51,13 +49,16 @@ Loaded load(const std::string& dir, const at::Device& device) {
   const json::Value cj = json::parse(fs::read_text(cfg_path), cfg_path);
   Loaded out;
   if (const json::Value* q = cj.find("quantization_config")) {
-    const std::string method = q->at("quant_method", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_method");
+    const std::string method =
+        q->at("quant_method", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_method");
     if (method == "modelopt") {
-      const std::string algo = q->at("quant_algo", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_algo");
+      const std::string algo =
+          q->at("quant_algo", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_algo");
       FP4QAT_CHECK(algo == "NVFP4", cfg_path, ": quant_algo '", algo, "' is not supported (NVFP4 is)");
       out.format = Format::kNVFP4;
     } else {
-      FP4QAT_CHECK(method == "mxfp8", cfg_path, ": quant_method '", method, "' is not supported (modelopt NVFP4, mxfp8)");
+      FP4QAT_CHECK(method == "mxfp8", cfg_path, ": quant_method '", method,
+                   "' is not supported (modelopt NVFP4, mxfp8)");
       out.format = Format::kMXFP8;
     }
   }
@@ -81,7 +82,8 @@ Loaded load(const std::string& dir, const at::Device& device) {
     return decoded[m] = decode(m);
   };
   auto quantized = [&](const std::string& m) {
-    return out.format == Format::kNVFP4 ? has(m + ".weight_scale") : (out.format == Format::kMXFP8 && has(m + ".weight_scale_inv"));
+    return out.format == Format::kNVFP4 ? has(m + ".weight_scale")
+                                        : (out.format == Format::kMXFP8 && has(m + ".weight_scale_inv"));
   };
   out.model = std::make_unique<model::Qwen3Moe>(model::model_of_folder(dir, cfg));
   std::map<std::string, ServingPolicy::Weight> weights;

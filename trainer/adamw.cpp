@@ -15,8 +15,8 @@ AdamWState adamw_init(const std::vector<std::pair<std::string, at::Tensor>>& par
   return st;
 }
 
-void adamw_update(std::vector<std::pair<std::string, at::Tensor>>& params, AdamWState& st,
-                  const config::OptimConfig& o, double lr, double grad_scale, int64_t step) {
+void adamw_update(std::vector<std::pair<std::string, at::Tensor>>& params, AdamWState& st, const config::OptimConfig& o,
+                  double lr, double grad_scale, int64_t step) {
   const double b1 = o.beta1, b2 = o.beta2, t = static_cast<double>(step);
   const double bc1 = 1.0 - std::pow(b1, t), bc2 = 1.0 - std::pow(b2, t);
   for (size_t i = 0; i < params.size(); ++i) {

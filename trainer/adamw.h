@@ -23,8 +23,8 @@ AdamWState adamw_init(const std::vector<std::pair<std::string, at::Tensor>>& par
 // One AdamW step of optimizer step t (1-based) on every parameter that has a gradient: the
 // gradient times `grad_scale` (global-norm clipping), bias-corrected moments, weight decay
 // p *= 1 - lr * weight_decay on matrices (dim >= 2), then p -= lr / bc1 * m / (sqrt(v / bc2) + eps).
-void adamw_update(std::vector<std::pair<std::string, at::Tensor>>& params, AdamWState& st,
-                  const config::OptimConfig& o, double lr, double grad_scale, int64_t t);
+void adamw_update(std::vector<std::pair<std::string, at::Tensor>>& params, AdamWState& st, const config::OptimConfig& o,
+                  double lr, double grad_scale, int64_t t);
 
 // The clipping factor for a gradient of global norm `grad_norm`: 1, or grad_clip / (norm + 1e-6).
 double clip_scale(const config::OptimConfig& o, double grad_norm);

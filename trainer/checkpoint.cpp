@@ -53,7 +53,8 @@ int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, AdamW
                  : t;
     };
     const at::Tensor src = mine(mr.view(pname));
-    FP4QAT_CHECK(src.sizes() == p.sizes(), dir, ": parameter '", pname, "' has shape ", src.sizes(), ", the model ", p.sizes());
+    FP4QAT_CHECK(src.sizes() == p.sizes(), dir, ": parameter '", pname, "' has shape ", src.sizes(), ", the model ",
+                 p.sizes());
     p.copy_(src);
     st.m[i].copy_(mine(orr.view(pname + ".exp_avg")));
     st.v[i].copy_(mine(orr.view(pname + ".exp_avg_sq")));

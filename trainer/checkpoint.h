@@ -16,8 +16,7 @@ namespace fp4qat::train {
 std::string checkpoint_root(const config::Config& cfg);  // <train.out_dir>/checkpoints
 
 // Writes step `step`'s checkpoint; returns its folder.
-std::string save_checkpoint(const config::Config& cfg, const model::Params& params, const AdamWState& st,
-                            int64_t step);
+std::string save_checkpoint(const config::Config& cfg, const model::Params& params, const AdamWState& st, int64_t step);
 
 // Loads the `latest` checkpoint into `model` and `st` (an expert-parallel rank takes its shard);
 // returns its step. Throws naming the folder when there is none or it does not fit the model.

@@ -17,7 +17,8 @@ namespace {
 
 template <typename T>
 T parse_scalar(const YAML::Node& n, const std::string& where, const char* what) {
-  FP4QAT_CHECK(n.IsScalar(), where, ": expected ", what, ", got a ", n.IsSequence() ? "list" : (n.IsMap() ? "map" : "null"));
+  FP4QAT_CHECK(n.IsScalar(), where, ": expected ", what, ", got a ",
+               n.IsSequence() ? "list" : (n.IsMap() ? "map" : "null"));
   try {
     return n.as<T>();
   } catch (const YAML::Exception&) {
@@ -25,31 +26,38 @@ T parse_scalar(const YAML::Node& n, const std::string& where, const char* what) 
   }
 }
 
-template <typename T> struct Parse;
-template <> struct Parse<int64_t> {
+template <typename T>
+struct Parse;
+template <>
+struct Parse<int64_t> {
   static int64_t get(const YAML::Node& n, const std::string& w) { return parse_scalar<int64_t>(n, w, "an integer"); }
 };
-template <> struct Parse<uint64_t> {
+template <>
+struct Parse<uint64_t> {
   static uint64_t get(const YAML::Node& n, const std::string& w) {
-    FP4QAT_CHECK(!n.IsScalar() || n.Scalar().empty() || n.Scalar()[0] != '-', w, ": expected a non-negative integer, got '",
-                 n.Scalar(), "'");
+    FP4QAT_CHECK(!n.IsScalar() || n.Scalar().empty() || n.Scalar()[0] != '-', w,
+                 ": expected a non-negative integer, got '", n.Scalar(), "'");
     return parse_scalar<uint64_t>(n, w, "a non-negative integer");
   }
 };
-template <> struct Parse<double> {
+template <>
+struct Parse<double> {
   static double get(const YAML::Node& n, const std::string& w) { return parse_scalar<double>(n, w, "a number"); }
 };
-template <> struct Parse<bool> {
+template <>
+struct Parse<bool> {
   static bool get(const YAML::Node& n, const std::string& w) { return parse_scalar<bool>(n, w, "true or false"); }
 };
-template <> struct Parse<std::string> {
+template <>
+struct Parse<std::string> {
   static std::string get(const YAML::Node& n, const std::string& w) {
     if (n.IsNull()) return "";
     FP4QAT_CHECK(n.IsScalar(), w, ": expected a string");
     return n.Scalar();
   }
 };
-template <typename E> struct Parse<std::vector<E>> {
+template <typename E>
+struct Parse<std::vector<E>> {
   static std::vector<E> get(const YAML::Node& n, const std::string& w) {
     if (n.IsNull()) return {};
     FP4QAT_CHECK(n.IsSequence(), w, ": expected a list");
@@ -59,13 +67,17 @@ template <typename E> struct Parse<std::vector<E>> {
   }
 };
 
-template <typename T> YAML::Node to_node(const T& v) { return YAML::Node(v); }
+template <typename T>
+YAML::Node to_node(const T& v) {
+  return YAML::Node(v);
+}
 YAML::Node to_node(const double& v) {  // shortest text that reads back to the same double
   char buf[64];
   const auto r = std::to_chars(buf, buf + sizeof buf, v);
   return YAML::Node(std::string(buf, r.ptr));
 }
-template <typename E> YAML::Node to_node(const std::vector<E>& v) {
+template <typename E>
+YAML::Node to_node(const std::vector<E>& v) {
   YAML::Node n(YAML::NodeType::Sequence);
   for (const auto& e : v) n.push_back(e);
   n.SetStyle(YAML::EmitterStyle::Flow);
@@ -82,10 +94,12 @@ struct Field {
 template <typename T>
 using Check = std::function<std::string(const T&)>;  // "" when valid, else why not
 
-template <typename T> Check<T> positive() {
+template <typename T>
+Check<T> positive() {
   return [](const T& v) { return v > 0 ? std::string() : "must be > 0"; };
 }
-template <typename T> Check<T> non_negative() {
+template <typename T>
+Check<T> non_negative() {
   return [](const T& v) { return v >= 0 ? std::string() : "must be >= 0"; };
 }
 Check<double> in_range(double lo, double hi) {
@@ -128,10 +142,10 @@ std::string name_of(const Names<E>& names, E e) {
   return "?";
 }
 
-const Names<qat::Format> kQatFormats = {{"none", qat::Format::kBF16}, {"nvfp4", qat::Format::kNVFP4},
-                                        {"mxfp8", qat::Format::kMXFP8}};
-const Names<qat::Format> kExportFormats = {{"nvfp4", qat::Format::kNVFP4}, {"mxfp8", qat::Format::kMXFP8},
-                                           {"bf16", qat::Format::kBF16}};
+const Names<qat::Format> kQatFormats = {
+    {"none", qat::Format::kBF16}, {"nvfp4", qat::Format::kNVFP4}, {"mxfp8", qat::Format::kMXFP8}};
+const Names<qat::Format> kExportFormats = {
+    {"nvfp4", qat::Format::kNVFP4}, {"mxfp8", qat::Format::kMXFP8}, {"bf16", qat::Format::kBF16}};
 const Names<Blocks> kBlocks = {{"1d", Blocks::k1D}, {"2d", Blocks::k2D}};
 const Names<autograd::Backward> kBackwards = {{"high_precision", autograd::Backward::kHighPrecision},
                                               {"dequantized", autograd::Backward::kDequantized}};
@@ -211,9 +225,8 @@ class Schema {
           return v == -1 || v >= 1 ? std::string() : "must be >= 1 (or -1: WORLD_SIZE / parallel.ep)";
         }));
     add("parallel", "ep", &pp.ep, positive<int64_t>());
-    add("parallel", "bucket_mb", &pp.bucket_mb, Check<double>([](const double& v) {
-          return v > 0 ? std::string() : "must be > 0";
-        }));
+    add("parallel", "bucket_mb", &pp.bucket_mb,
+        Check<double>([](const double& v) { return v > 0 ? std::string() : "must be > 0"; }));
     add("parallel", "timeout_s", &pp.timeout_s, positive<int64_t>());
   }
 
@@ -349,7 +362,8 @@ void apply_set(Config& cfg, const std::string& assignment) {
     // to the working directory): it overrides the recipe's model values, a later --set model.* it.
     FP4QAT_CHECK(!cfg.model_config.empty(), "--set 'model_config': expected a file name");
     FP4QAT_CHECK(fs::exists(cfg.model_config), "--set 'model_config': file '", cfg.model_config, "' not found");
-    apply_map(schema, load_yaml(fs::read_text(cfg.model_config, 16u << 20), cfg.model_config), "model", cfg.model_config);
+    apply_map(schema, load_yaml(fs::read_text(cfg.model_config, 16u << 20), cfg.model_config), "model",
+              cfg.model_config);
   }
 }
 
@@ -392,8 +406,10 @@ std::string dump(const Config& c_in) {
   Schema schema(c);
   YAML::Node root(YAML::NodeType::Map);
   for (const auto& f : schema.fields()) {
-    if (f.section.empty()) root[f.key] = f.get();
-    else root[f.section][f.key] = f.get();
+    if (f.section.empty())
+      root[f.key] = f.get();
+    else
+      root[f.section][f.key] = f.get();
   }
   YAML::Emitter out;
   out << root;

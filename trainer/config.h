@@ -35,16 +35,15 @@ struct TrainConfig {
   std::string device = "auto";  // auto | cpu | cuda
   std::string dtype = "auto";   // compute dtype: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32; masters are fp32
   std::string out_dir = "runs/default";
-  std::string init_from;        // a checkpoint or Hugging Face folder to start from
+  std::string init_from;  // a checkpoint or Hugging Face folder to start from
 };
 
 struct DataConfig {
   std::string kind = "synthetic";  // synthetic | tokens
   std::string path;                // token file (kind: tokens)
   double val_fraction = 0.05;
-  int64_t max_operand = 99;        // synthetic: operands of the addition problems in [0, max_operand]
+  int64_t max_operand = 99;  // synthetic: operands of the addition problems in [0, max_operand]
 };
-
 
 // Per-step export for the rollout side (<train.out_dir>/exports/step-<N>/<format>/). The
 // quantized modules are the ones the qat section selects (qat/selection.h), also when
@@ -64,9 +63,9 @@ struct ExportConfig {
 // Multi-process training (dist/process_group.h): dp x ep must equal WORLD_SIZE. Every rank reads its
 // own batches, so the global batch is train.batch_size x train.grad_accum x WORLD_SIZE.
 struct ParallelConfig {
-  int64_t dp = -1;         // data-parallel replicas; -1: WORLD_SIZE / ep
-  int64_t ep = 1;          // expert-parallel ranks per replica (model.num_experts divisible by it)
-  double bucket_mb = 25;   // gradient all-reduce bucket size (MiB)
+  int64_t dp = -1;          // data-parallel replicas; -1: WORLD_SIZE / ep
+  int64_t ep = 1;           // expert-parallel ranks per replica (model.num_experts divisible by it)
+  double bucket_mb = 25;    // gradient all-reduce bucket size (MiB)
   int64_t timeout_s = 300;  // rendezvous and collective timeout (a missing or dead peer is an error)
 };
 

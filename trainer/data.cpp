@@ -81,16 +81,23 @@ TokenFile::TokenFile(const std::string& path, double val_fraction, uint64_t seed
   FP4QAT_CHECK(p != MAP_FAILED, path, ": mmap failed");
   base_ = static_cast<const unsigned char*>(p);
   map_size_ = size;
-  auto u32 = [&](size_t o) { uint32_t v; std::memcpy(&v, base_ + o, 4); return v; };
+  auto u32 = [&](size_t o) {
+    uint32_t v;
+    std::memcpy(&v, base_ + o, 4);
+    return v;
+  };
   uint64_t n;
   std::memcpy(&n, base_ + 16, 8);
   const bool magic = std::memcmp(base_, "FP4QTOK1", 8) == 0;
   width_ = static_cast<int>(u32(8));
   std::string err;
-  if (!magic) err = "bad magic (expected FP4QTOK1)";
-  else if (width_ != 2 && width_ != 4) err = "bytes per token must be 2 or 4, got " + std::to_string(width_);
+  if (!magic)
+    err = "bad magic (expected FP4QTOK1)";
+  else if (width_ != 2 && width_ != 4)
+    err = "bytes per token must be 2 or 4, got " + std::to_string(width_);
   else if (n > (size - 24) / static_cast<uint64_t>(width_) || 24 + n * width_ != size)
-    err = "header says " + std::to_string(n) + " tokens but the file holds " + std::to_string(size - 24) + " data bytes";
+    err =
+        "header says " + std::to_string(n) + " tokens but the file holds " + std::to_string(size - 24) + " data bytes";
   if (!err.empty()) {
     ::munmap(p, size);
     base_ = nullptr;

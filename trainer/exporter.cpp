@@ -79,8 +79,7 @@ std::string Exporter::submit(int64_t step) {
         for (const auto& n : g.names) modules.push_back(names::module_of(n));
         // NVFP4: the quantization the forward of the next step uses (QatPolicy's cache: computed
         // once for both); otherwise quantized here, on the side stream.
-        const NVFP4Operand* q =
-            f == qat::Format::kNVFP4 ? policy_.weight_quantization(g.param, g.tensor) : nullptr;
+        const NVFP4Operand* q = f == qat::Format::kNVFP4 ? policy_.weight_quantization(g.param, g.tensor) : nullptr;
         if (q) {
           const bool dense = q->packed.codes.dim() == 2;
           sf->add_stack(modules, g.parts,

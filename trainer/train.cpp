@@ -66,8 +66,8 @@ std::pair<at::Tensor, at::Tensor> loss_of(const model::Qwen3Moe& m, const at::Te
   const int64_t T = batch.size(1) - 1;
   const at::Tensor inputs = batch.narrow(1, 0, T), targets = batch.narrow(1, 1, T);
   model::ForwardOutput fw = m.forward(inputs, dt, policy);
-  const at::Tensor ce = at::cross_entropy_loss(fw.logits.to(at::kFloat).reshape({-1, fw.logits.size(-1)}),
-                                               targets.reshape({-1}));
+  const at::Tensor ce =
+      at::cross_entropy_loss(fw.logits.to(at::kFloat).reshape({-1, fw.logits.size(-1)}), targets.reshape({-1}));
   const at::Tensor aux = fw.aux_loss;
   if (out_fw) *out_fw = std::move(fw);
   return {ce, aux};
@@ -76,7 +76,8 @@ std::pair<at::Tensor, at::Tensor> loss_of(const model::Qwen3Moe& m, const at::Te
 // ---- multi-process helpers (dist/process_group.h) ----------------------------------------------------
 // The single-process view of a tensor of the model: an expert shard all-gathered over the
 // expert-parallel group (collective over it: every rank of dp replica 0 calls it), else itself.
-at::Tensor full_of(const model::Qwen3Moe& model, const dist::Topology& topo, const std::string& name, const at::Tensor& t) {
+at::Tensor full_of(const model::Qwen3Moe& model, const dist::Topology& topo, const std::string& name,
+                   const at::Tensor& t) {
   if (!model.sharded() || !model::Qwen3Moe::is_expert_param(name)) return t;
   return topo.ep->all_gather(t.detach().contiguous());
 }
@@ -160,7 +161,8 @@ void check_training_memory(const model::ModelConfig& mc, const at::Device& dev, 
   const int64_t have = dev.is_cuda() ? static_cast<int64_t>(at::accelerator::getMemoryInfo(dev.index()).second)
                                      : model::host_memory_bytes();
   FP4QAT_CHECK(have == 0 || need <= static_cast<double>(have), "model shape: ", here, " parameters on this rank need ",
-               model::gib(need), " on ", dev.str(), " for training (fp32 masters, gradients and AdamW moments, 16 bytes ",
+               model::gib(need), " on ", dev.str(),
+               " for training (fp32 masters, gradients and AdamW moments, 16 bytes ",
                "each, before activations) but it has ", model::gib(static_cast<double>(have)), "; the experts are ",
                model::gib(static_cast<double>(pc.experts) * 16 / std::max<int64_t>(ep, 1)), " of it. Use a smaller ",
                "shape (model.num_experts, model.moe_intermediate_size, model.hidden_size, model.num_hidden_layers) ",
@@ -276,7 +278,8 @@ void Trainer::setup() {
   if (opt_.resume) step_ = load_checkpoint(cfg, model, st_);
   model.to(dev_);
   if (full_model_) full_model_->to(dev_);
-  if (qat_policy_ && cfg.qat.quantizes() && cfg.qat.train == qat::TrainScope::kQuantizedOnly) {  // expert-only fine-tuning: freeze the rest
+  if (qat_policy_ && cfg.qat.quantizes() &&
+      cfg.qat.train == qat::TrainScope::kQuantizedOnly) {  // expert-only fine-tuning: freeze the rest
     torch::NoGradGuard ng;
     for (auto& [n, p] : model.params())
       if (!qat_policy_->quantized(n)) p.requires_grad_(false);
@@ -290,8 +293,8 @@ void Trainer::setup() {
     std::vector<dist::GradReducer::Entry> entries;
     for (auto& [n, p] : model.params())
       if (p.requires_grad())
-        entries.push_back({p, model.sharded() && model::Qwen3Moe::is_expert_param(n) ? topo_->dp : pg_,
-                           static_cast<double>(W_)});
+        entries.push_back(
+            {p, model.sharded() && model::Qwen3Moe::is_expert_param(n) ? topo_->dp : pg_, static_cast<double>(W_)});
     reducer_ = std::make_unique<dist::GradReducer>(std::move(entries),
                                                    static_cast<int64_t>(cfg.parallel.bucket_mb * 1024 * 1024));
   }
@@ -353,7 +356,8 @@ double Trainer::optimizer_step(double lr) {
   std::vector<at::Tensor> sq, sq_shard;
   for (auto& [n, p] : model.params())
     if (p.grad().defined())
-      (model.sharded() && model::Qwen3Moe::is_expert_param(n) ? sq_shard : sq).push_back(p.grad().to(at::kFloat).pow(2).sum());
+      (model.sharded() && model::Qwen3Moe::is_expert_param(n) ? sq_shard : sq)
+          .push_back(p.grad().to(at::kFloat).pow(2).sum());
   at::Tensor total = at::stack(sq).sum();
   if (!sq_shard.empty()) {  // expert shards: their squares summed over the expert-parallel group
     std::vector<at::Tensor> v{at::stack(sq_shard).sum().reshape({1})};
@@ -407,8 +411,12 @@ void Trainer::export_step() {
 void Trainer::log_step() {
   const auto& cfg = cfg_;
   const StepLog& log = log_;
-  json::Value line = json::Value::object({{"step", step_}, {"loss", log.loss}, {"lr", log.lr}, {"grad_norm", log.grad_norm},
-                                          {"tokens_per_s", log.tokens_per_s}, {"aux_loss", log.aux_loss}});
+  json::Value line = json::Value::object({{"step", step_},
+                                          {"loss", log.loss},
+                                          {"lr", log.lr},
+                                          {"grad_norm", log.grad_norm},
+                                          {"tokens_per_s", log.tokens_per_s},
+                                          {"aux_loss", log.aux_loss}});
   if (log.export_s > 0) line.set("export_s", log.export_s);
   if (!std::isnan(log.mismatch_mean)) {
     line.set("mismatch_mean", log.mismatch_mean);
@@ -432,10 +440,11 @@ void Trainer::log_step() {
   if (!opt_.quiet && (step_ % cfg.train.log_every == 0 || step_ == 1) && (!tty_ || step_ == cfg.train.steps))
     std::printf("step %5lld/%lld  loss %.4f  aux %.4f  lr %.2e  |g| %.3f  %.0f tok/s%s\n", (long long)step_,
                 (long long)cfg.train.steps, log.loss, log.aux_loss, log.lr, log.grad_norm, log.tokens_per_s,
-                log.export_s > 0 ? ("  export " + std::to_string(static_cast<int>(log.export_s * 1000)) + " ms" +
-                                    (std::isnan(log.mismatch_mean) ? std::string() : "  |dlogp| " + fmt_g(log.mismatch_mean)))
-                                       .c_str()
-                                 : "");
+                log.export_s > 0
+                    ? ("  export " + std::to_string(static_cast<int>(log.export_s * 1000)) + " ms" +
+                       (std::isnan(log.mismatch_mean) ? std::string() : "  |dlogp| " + fmt_g(log.mismatch_mean)))
+                          .c_str()
+                    : "");
 }
 
 void Trainer::eval_step() {
@@ -448,8 +457,11 @@ void Trainer::eval_step() {
              synthetic_ ? exact_match(*model_, cfg, 32, dt_, *policy_, dev_) : std::nan("")};
   res_.evals.push_back(ev);
   if (pg_->is_main())
-    append_line(metrics_, json::Value::object({{"step", step_}, {"val_loss", ev.val_loss}, {"exact_match", ev.exact_match}}).dump());
-  if (!opt_.quiet) std::printf("eval  step %lld  val_loss %.4f  exact_match %.3f\n", (long long)step_, ev.val_loss, ev.exact_match);
+    append_line(
+        metrics_,
+        json::Value::object({{"step", step_}, {"val_loss", ev.val_loss}, {"exact_match", ev.exact_match}}).dump());
+  if (!opt_.quiet)
+    std::printf("eval  step %lld  val_loss %.4f  exact_match %.3f\n", (long long)step_, ev.val_loss, ev.exact_match);
 }
 
 // The checkpoint in the single-process layout: gathered into full tensors under expert
@@ -504,7 +516,8 @@ Result Trainer::run() {
     ++done_here_;
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log_.step = step_;
-    log_.tokens_per_s = static_cast<double>(cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum * W_) / secs;
+    log_.tokens_per_s =
+        static_cast<double>(cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum * W_) / secs;
     if (exporter_ && exporter_->due(step_)) export_step();
     res_.steps.push_back(log_);
     log_step();

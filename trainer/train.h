@@ -35,10 +35,10 @@ struct EvalLog {
 };
 
 struct Options {
-  bool resume = false;         // continue from <out_dir>/checkpoints/latest
-  int64_t stop_after = -1;     // stop (and checkpoint) after this many steps in this call; -1: run to the end
-  bool quiet = false;          // no progress output
-  model::LinearPolicy* policy = nullptr;  // null: plain linears
+  bool resume = false;      // continue from <out_dir>/checkpoints/latest
+  int64_t stop_after = -1;  // stop (and checkpoint) after this many steps in this call; -1: run to the end
+  bool quiet = false;       // no progress output
+  model::LinearPolicy* policy = nullptr;        // null: plain linears
   dist::ProcessGroup* process_group = nullptr;  // null: from the environment (single process)
   // Test hook: (1-based step being computed, parameter, weight) for every weight a quantized
   // forward hands to the quantizer (see QatPolicy::weight_observer).
@@ -50,7 +50,7 @@ struct Result {
   std::vector<EvalLog> evals;
   int64_t final_step = 0;
   std::string last_checkpoint;
-  std::string hf_dir;  // <out_dir>/hf when the run reached train.steps
+  std::string hf_dir;                // <out_dir>/hf when the run reached train.steps
   std::vector<std::string> exports;  // folders published by this call, oldest first
 };
 

@@ -30,24 +30,32 @@ void dev_fused_t(const Nvfp4Args& a, const tuning::Nvfp4Tuning& tu, cudaStream_t
 
 template <InType T>
 void dev_fused_2(const Nvfp4Args& a, bool two_d, const tuning::Nvfp4Tuning& tu, cudaStream_t stream) {
-  if (two_d) dev_fused_t<T, true>(a, tu, stream);
-  else dev_fused_t<T, false>(a, tu, stream);
+  if (two_d)
+    dev_fused_t<T, true>(a, tu, stream);
+  else
+    dev_fused_t<T, false>(a, tu, stream);
 }
 
 void dev_fused(const Nvfp4Args& a, bool two_d, const tuning::Nvfp4Tuning& tu, cudaStream_t stream) {
   switch (a.type) {
-    case InType::BF16: return dev_fused_2<InType::BF16>(a, two_d, tu, stream);
-    case InType::F16: return dev_fused_2<InType::F16>(a, two_d, tu, stream);
-    case InType::F32: return dev_fused_2<InType::F32>(a, two_d, tu, stream);
+    case InType::BF16:
+      return dev_fused_2<InType::BF16>(a, two_d, tu, stream);
+    case InType::F16:
+      return dev_fused_2<InType::F16>(a, two_d, tu, stream);
+    case InType::F32:
+      return dev_fused_2<InType::F32>(a, two_d, tu, stream);
   }
   FP4QAT_FAIL("nvfp4_quantize (CUDA): unsupported input type");
 }
 
 bool dev_staged_1d(const Nvfp4Args& a, cudaStream_t stream) {
   switch (a.type) {
-    case InType::BF16: return launch_staged<InType::BF16, false>(a, stream);
-    case InType::F16: return launch_staged<InType::F16, false>(a, stream);
-    case InType::F32: return launch_staged<InType::F32, false>(a, stream);
+    case InType::BF16:
+      return launch_staged<InType::BF16, false>(a, stream);
+    case InType::F16:
+      return launch_staged<InType::F16, false>(a, stream);
+    case InType::F32:
+      return launch_staged<InType::F32, false>(a, stream);
   }
   FP4QAT_FAIL("nvfp4_quantize (CUDA): unsupported input type");
 }
@@ -69,9 +77,12 @@ bool dev_staged2_t(const Nvfp4Args& a, const Slices& sl, int64_t threads, int64_
 
 bool dev_staged2(const Nvfp4Args& a, const Slices& sl, int64_t threads, int64_t slots, cudaStream_t stream) {
   switch (a.type) {
-    case InType::BF16: return dev_staged2_t<InType::BF16>(a, sl, threads, slots, stream);
-    case InType::F16: return dev_staged2_t<InType::F16>(a, sl, threads, slots, stream);
-    case InType::F32: return dev_staged2_t<InType::F32>(a, sl, threads, slots, stream);
+    case InType::BF16:
+      return dev_staged2_t<InType::BF16>(a, sl, threads, slots, stream);
+    case InType::F16:
+      return dev_staged2_t<InType::F16>(a, sl, threads, slots, stream);
+    case InType::F32:
+      return dev_staged2_t<InType::F32>(a, sl, threads, slots, stream);
   }
   FP4QAT_FAIL("nvfp4_quantize (CUDA): unsupported input type");
 }

@@ -30,8 +30,8 @@ template <typename... Args>
 }  // namespace detail
 }  // namespace fp4qat
 
-#define FP4QAT_CHECK(cond, ...)                                   \
-  do {                                                            \
+#define FP4QAT_CHECK(cond, ...)                                           \
+  do {                                                                    \
     if (!(cond)) ::fp4qat::detail::fail(__FILE__, __LINE__, __VA_ARGS__); \
   } while (0)
 

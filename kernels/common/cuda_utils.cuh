@@ -55,7 +55,8 @@ __device__ __forceinline__ uint4 load_u4(const uint4* p, uint64_t pol) {
   if constexpr (S == Src::kLastUse) {
     const uint4 u = __ldcg(p);
     // One demotion per 128-byte line (8 of these 16-byte loads), by the load at its start.
-    if ((reinterpret_cast<uintptr_t>(p) & 127) == 0) asm volatile("applypriority.global.L2::evict_normal [%0], 128;" ::"l"(p));
+    if ((reinterpret_cast<uintptr_t>(p) & 127) == 0)
+      asm volatile("applypriority.global.L2::evict_normal [%0], 128;" ::"l"(p));
     return u;
   }
 }
@@ -82,8 +83,10 @@ __device__ __forceinline__ void load16(const void* base, int64_t elem, float v[1
       const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        if constexpr (T == InType::BF16) unpack_bf16x2(w[j], v[8 * i + 2 * j], v[8 * i + 2 * j + 1]);
-        else unpack_f16x2(w[j], v[8 * i + 2 * j], v[8 * i + 2 * j + 1]);
+        if constexpr (T == InType::BF16)
+          unpack_bf16x2(w[j], v[8 * i + 2 * j], v[8 * i + 2 * j + 1]);
+        else
+          unpack_f16x2(w[j], v[8 * i + 2 * j], v[8 * i + 2 * j + 1]);
       }
     }
   }
@@ -124,7 +127,8 @@ inline int num_sms() {
   return n;
 }
 
-inline int64_t grid_for(int64_t units) { return std::max<int64_t>(1, std::min<int64_t>((units + kThreads - 1) / kThreads, num_sms() * 16)); }
-
+inline int64_t grid_for(int64_t units) {
+  return std::max<int64_t>(1, std::min<int64_t>((units + kThreads - 1) / kThreads, num_sms() * 16));
+}
 
 }  // namespace fp4qat::cuda_kernels

@@ -60,7 +60,7 @@ FP4QAT_HD uint8_t float_to_e4m3_soft(float x) {
     return static_cast<uint8_t>(sign | static_cast<uint8_t>(m));
   }
   // Normal: round the 23-bit mantissa to 3 bits, ties to even; a carry bumps the exponent.
-  const uint32_t r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;  // (exp8 << 3) | mant3
+  const uint32_t r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;                 // (exp8 << 3) | mant3
   return static_cast<uint8_t>(sign | static_cast<uint8_t>(r - (120u << 3)));  // rebias 127 -> 7
 }
 
@@ -105,8 +105,8 @@ FP4QAT_HD float e4m3_to_float(uint8_t b) {
 // [-6, 6]. A negative value sets bit 3 (-0.1 -> 0x8); -0.0 encodes as 0x0.
 FP4QAT_HD uint8_t float_to_e2m1(float v) {
   const float a = fabsf(v);
-  const uint8_t c = static_cast<uint8_t>((a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) +
-                                         (a > 2.5f) + (a >= 3.5f) + (a > 5.0f));
+  const uint8_t c = static_cast<uint8_t>((a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) +
+                                         (a >= 3.5f) + (a > 5.0f));
   return static_cast<uint8_t>(c | (v < 0.0f ? 0x8 : 0x0));
 }
 
@@ -147,9 +147,7 @@ FP4QAT_HD uint8_t nvfp4_block_scale(float bmax, float factor) {
 
 // Block encode multiplier enc = min(1 / (float(sb) * S_dec), FLT_MAX). A zero scale gives
 // 1/0 = inf -> FLT_MAX: its codes saturate but decode to 0 (reproduced, not special-cased).
-FP4QAT_HD float nvfp4_block_enc(uint8_t sb, float s_dec) {
-  return fminf(1.0f / (e4m3_to_float(sb) * s_dec), kFltMax);
-}
+FP4QAT_HD float nvfp4_block_enc(uint8_t sb, float s_dec) { return fminf(1.0f / (e4m3_to_float(sb) * s_dec), kFltMax); }
 
 // E2M1 code of a magnitude a in [0, 6] by arithmetic instead of the comparison ladder (same
 // result for every float32 in [0, 6], checked exhaustively by the CPU tests), biased by 252, with
@@ -162,7 +160,7 @@ FP4QAT_HD float nvfp4_block_enc(uint8_t sb, float s_dec) {
 //   the two are merged without a branch: below 1, hi's code is never above the true one, and
 //   from 1 on, the second (capped at 2) never above hi's.
 FP4QAT_HD float e2m1_veltkamp_hi(float a) {  // a rounded to 2 significant bits, ties to even
-  const float c = a * 4194305.0f;                // 2^22 + 1
+  const float c = a * 4194305.0f;            // 2^22 + 1
   return c - (c - a);
 }
 FP4QAT_HD uint32_t e2m1_code_b252(float a) {
@@ -176,9 +174,7 @@ FP4QAT_HD uint32_t e2m1_magnitude_code(float a) { return e2m1_code_b252(a) - 252
 // The E2M1 value of that code, e2m1_to_float(e2m1_magnitude_code(a)), for a in [0, 6] without
 // the code (same result for every float32 in [0, 6], checked exhaustively by the CPU tests):
 // below 1 the magic add's sum minus 2^22 (0, 0.5 or 1), from 1 on Veltkamp's hi itself.
-FP4QAT_HD float e2m1_round(float a) {
-  return a < 1.0f ? (a + 4194304.0f) - 4194304.0f : e2m1_veltkamp_hi(a);
-}
+FP4QAT_HD float e2m1_round(float a) { return a < 1.0f ? (a + 4194304.0f) - 4194304.0f : e2m1_veltkamp_hi(a); }
 
 // One element: q = e2m1_rne(clamp(x * enc, -6, 6)); the sign is taken from x * enc (v < 0).
 // The code in a 32-bit word (magnitude + 8 * sign as one sum: the kernels pack it without

@@ -37,17 +37,22 @@ std::optional<GemmTuning> g_gemm;
 }  // namespace
 
 const char* const kNvfp4TuningVariables[9] = {
-    "FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS",     "FP4QAT_NVFP4_SLOT_BYTES",
-    "FP4QAT_NVFP4_SLOTS",  "FP4QAT_NVFP4_L2HINT",      "FP4QAT_NVFP4_UNROLL",
+    "FP4QAT_NVFP4_KERNEL",      "FP4QAT_NVFP4_THREADS",     "FP4QAT_NVFP4_SLOT_BYTES",
+    "FP4QAT_NVFP4_SLOTS",       "FP4QAT_NVFP4_L2HINT",      "FP4QAT_NVFP4_UNROLL",
     "FP4QAT_NVFP4_CHUNK_ELEMS", "FP4QAT_NVFP4_CTAS_PER_SM", "FP4QAT_NVFP4_LAG_BYTES"};
 
 const char* to_string(Nvfp4Kernel k) {
   switch (k) {
-    case Nvfp4Kernel::kFused: return "fused";
-    case Nvfp4Kernel::kStaged: return "staged";
-    case Nvfp4Kernel::kStaged2: return "staged2";
-    case Nvfp4Kernel::kPark: return "park";
-    case Nvfp4Kernel::kDefault: break;
+    case Nvfp4Kernel::kFused:
+      return "fused";
+    case Nvfp4Kernel::kStaged:
+      return "staged";
+    case Nvfp4Kernel::kStaged2:
+      return "staged2";
+    case Nvfp4Kernel::kPark:
+      return "park";
+    case Nvfp4Kernel::kDefault:
+      break;
   }
   return "";
 }
@@ -56,12 +61,18 @@ Nvfp4Tuning Nvfp4Tuning::with(const std::string& name, const std::string& value)
   Nvfp4Tuning t = *this;
   const bool unset = value.empty();
   if (name == "FP4QAT_NVFP4_KERNEL") {
-    if (unset) t.kernel = Nvfp4Kernel::kDefault;
-    else if (value == "fused") t.kernel = Nvfp4Kernel::kFused;
-    else if (value == "staged") t.kernel = Nvfp4Kernel::kStaged;
-    else if (value == "staged2") t.kernel = Nvfp4Kernel::kStaged2;
-    else if (value == "park") t.kernel = Nvfp4Kernel::kPark;
-    else FP4QAT_FAIL(name, " must be fused, staged, staged2 or park, got \"", value, "\"");
+    if (unset)
+      t.kernel = Nvfp4Kernel::kDefault;
+    else if (value == "fused")
+      t.kernel = Nvfp4Kernel::kFused;
+    else if (value == "staged")
+      t.kernel = Nvfp4Kernel::kStaged;
+    else if (value == "staged2")
+      t.kernel = Nvfp4Kernel::kStaged2;
+    else if (value == "park")
+      t.kernel = Nvfp4Kernel::kPark;
+    else
+      FP4QAT_FAIL(name, " must be fused, staged, staged2 or park, got \"", value, "\"");
   } else if (name == "FP4QAT_NVFP4_THREADS") {
     t.threads = unset ? 0 : one_of(name, value, {256, 512}, "256 or 512");
   } else if (name == "FP4QAT_NVFP4_SLOT_BYTES") {

@@ -18,11 +18,17 @@ namespace {
 template <typename T>
 __device__ __forceinline__ T cast_out(float v);
 template <>
-__device__ __forceinline__ float cast_out<float>(float v) { return v; }
+__device__ __forceinline__ float cast_out<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 cast_out<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ __nv_bfloat16 cast_out<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
 template <>
-__device__ __forceinline__ __half cast_out<__half>(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ __half cast_out<__half>(float v) {
+  return __float2half_rn(v);
+}
 
 template <typename T>
 struct alignas(4 * sizeof(T)) Vec4 {
@@ -67,8 +73,8 @@ template <typename T>
 void launch(const float* y, const float* alpha, const int64_t* rows, int64_t T_rows, int64_t M, int64_t N, T* out,
             cudaStream_t stream) {
   const int threads = 256;
-  const bool vec = N % 4 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(out) % (4 * sizeof(T)) == 0;
+  const bool vec =
+      N % 4 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % (4 * sizeof(T)) == 0;
   const int64_t work = vec ? T_rows * (N / 4) : T_rows * N;
   const int64_t blocks = std::min<int64_t>((work + threads - 1) / threads, 65535LL * 8);
   if (vec)
@@ -84,9 +90,15 @@ void scale_rows_cast(const float* y, const float* alpha, const int64_t* rows, in
                      void* out, OutType o, cudaStream_t stream) {
   if (T_rows == 0 || N == 0) return;
   switch (o) {
-    case OutType::F32: launch(y, alpha, rows, T_rows, M, N, static_cast<float*>(out), stream); break;
-    case OutType::BF16: launch(y, alpha, rows, T_rows, M, N, static_cast<__nv_bfloat16*>(out), stream); break;
-    case OutType::F16: launch(y, alpha, rows, T_rows, M, N, static_cast<__half*>(out), stream); break;
+    case OutType::F32:
+      launch(y, alpha, rows, T_rows, M, N, static_cast<float*>(out), stream);
+      break;
+    case OutType::BF16:
+      launch(y, alpha, rows, T_rows, M, N, static_cast<__nv_bfloat16*>(out), stream);
+      break;
+    case OutType::F16:
+      launch(y, alpha, rows, T_rows, M, N, static_cast<__half*>(out), stream);
+      break;
   }
 }
 

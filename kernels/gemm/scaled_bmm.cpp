@@ -78,8 +78,8 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
   FP4QAT_CHECK((x.dim() == 3 || rows_layout) && w.dim() == 3 && x.size(-1) == w.size(2) &&
                    static_cast<int64_t>(off.size()) == w.size(0) + 1 && (rows_layout || x.size(0) == w.size(0)) &&
                    (!rows_layout || off.back() == x.size(0)),
-               "grouped_scaled_mm: x [E, Mmax, K] or [T, K], w [E, N, K] and off [E + 1] do not fit: ", x.sizes(),
-               ", ", w.sizes(), ", ", off.size());
+               "grouped_scaled_mm: x [E, Mmax, K] or [T, K], w [E, N, K] and off [E + 1] do not fit: ", x.sizes(), ", ",
+               w.sizes(), ", ", off.size());
   t_last_grouped = "none";
 #ifdef FP4QAT_WITH_CUTLASS
   const int64_t E = w.size(0), Mmax = rows_layout ? x.size(0) : x.size(1), N = w.size(1), K = x.size(-1);
@@ -110,8 +110,8 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
   // Every expert has the same count M of rows, and x holds no padding rows (as [E, M, K] or as
   // [E * M, K]): x is the [E, M, K] batch and y the [E, M, N] batch — one batched GEMM.
   const int64_t M0 = off[1] - off[0];
-  const bool equal = groups == E && (rows_layout || M0 == Mmax) &&
-                     std::all_of(m.begin(), m.end(), [M0](int c) { return c == M0; });
+  const bool equal =
+      groups == E && (rows_layout || M0 == Mmax) && std::all_of(m.begin(), m.end(), [M0](int c) { return c == M0; });
   if (tile >= 0 && equal && M0 * std::max(N, K) <= INT32_MAX) {
     const auto bt = static_cast<sm90::BatchedTile>(tile);
     const int B = static_cast<int>(E), M = static_cast<int>(M0), n = static_cast<int>(N), k = static_cast<int>(K);
@@ -128,8 +128,8 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
   sm90::fill_grouped_args(host.data_ptr(), groups, static_cast<int>(N), static_cast<int>(K), m.data(), x0.data(),
                           y0.data(), we.data(), xc.data_ptr(), wc.data_ptr(), y.data_ptr(), al.data_ptr<float>());
   const at::Tensor dev = host.to(x.device(), /*non_blocking=*/true);  // the host block stays valid until copied
-  const size_t ws_bytes = sm90::grouped_workspace_bytes(dev.data_ptr(), groups, m.data(), static_cast<int>(N),
-                                                        static_cast<int>(K), sms);
+  const size_t ws_bytes =
+      sm90::grouped_workspace_bytes(dev.data_ptr(), groups, m.data(), static_cast<int>(N), static_cast<int>(K), sms);
   at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes) + 1}, x.options().dtype(at::kByte));
   if (!sm90::grouped_gemm_bf16(dev.data_ptr(), groups, m.data(), static_cast<int>(N), static_cast<int>(K),
                                ws.data_ptr(), ws_bytes, sms, at::cuda::getCurrentCUDAStream().stream()))
@@ -169,9 +169,12 @@ at::Tensor scaled_bmm(const at::Tensor& a, const at::Tensor& w, const at::Tensor
     const int64_t T = rows.defined() ? rows.size(0) : B * M;
     at::Tensor y = at::empty({T, N}, a.options().dtype(out));
     const at::Tensor al = alpha.reshape({B}).contiguous();
-    const ck::OutType o = out == at::kFloat ? ck::OutType::F32 : out == at::kBFloat16 ? ck::OutType::BF16 : ck::OutType::F16;
-    ck::scale_rows_cast(y32.data_ptr<float>(), al.data_ptr<float>(), rows.defined() ? rows.data_ptr<int64_t>() : nullptr,
-                        T, M, N, y.data_ptr(), o, at::cuda::getCurrentCUDAStream().stream());
+    const ck::OutType o = out == at::kFloat      ? ck::OutType::F32
+                          : out == at::kBFloat16 ? ck::OutType::BF16
+                                                 : ck::OutType::F16;
+    ck::scale_rows_cast(y32.data_ptr<float>(), al.data_ptr<float>(),
+                        rows.defined() ? rows.data_ptr<int64_t>() : nullptr, T, M, N, y.data_ptr(), o,
+                        at::cuda::getCurrentCUDAStream().stream());
     return rows.defined() ? y : y.view({B, M, N});
   }
 #endif

@@ -37,8 +37,8 @@ template <class TileShape, class ClusterShape>
 struct Config {
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementAcc, void, LayoutD, kAlign, ElementD,
-      LayoutD, kAlign, cutlass::epilogue::TmaWarpSpecializedCooperative,
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementAcc, void, LayoutD, kAlign, ElementD, LayoutD,
+      kAlign, cutlass::epilogue::TmaWarpSpecializedCooperative,
       cutlass::epilogue::fusion::LinearCombination<ElementD, ElementAcc, void, ElementAcc>>::CollectiveOp;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, LayoutA, kAlign, ElementAB, LayoutB, kAlign,
@@ -87,8 +87,8 @@ struct Config {
     if (gemm.can_implement(args) != cutlass::Status::kSuccess) return false;
     FP4QAT_CHECK(Gemm::get_workspace_size(args) <= ws_bytes, "batched GEMM: workspace too small");
     cutlass::Status s = gemm.initialize(args, ws, stream);
-    FP4QAT_CHECK(s == cutlass::Status::kSuccess, "batched GEMM: CUTLASS initialize failed: ",
-                 cutlassGetStatusString(s));
+    FP4QAT_CHECK(s == cutlass::Status::kSuccess,
+                 "batched GEMM: CUTLASS initialize failed: ", cutlassGetStatusString(s));
     s = gemm.run(stream);
     FP4QAT_CHECK(s == cutlass::Status::kSuccess, "batched GEMM: CUTLASS run failed: ", cutlassGetStatusString(s));
     FP4QAT_CUDA_CHECK(cudaGetLastError());
@@ -103,27 +103,36 @@ using Tile1 = Config<Shape<_256, _128, _64>, Shape<_1, _2, _1>>;
 
 const char* batched_tile_name(BatchedTile t) {
   switch (t) {
-    case BatchedTile::k256x128: return "256x128x64 cooperative";
-    case BatchedTile::k256x128c12: return "256x128x64 cooperative, cluster 1x2";
-    default: return "?";
+    case BatchedTile::k256x128:
+      return "256x128x64 cooperative";
+    case BatchedTile::k256x128c12:
+      return "256x128x64 cooperative, cluster 1x2";
+    default:
+      return "?";
   }
 }
 
 size_t batched_workspace_bytes(int B, int M, int N, int K, int sm_count, BatchedTile tile) {
   switch (tile) {
-    case BatchedTile::k256x128: return Tile0::workspace(B, M, N, K, sm_count);
-    case BatchedTile::k256x128c12: return Tile1::workspace(B, M, N, K, sm_count);
-    default: FP4QAT_CHECK(false, "batched GEMM: unknown tile configuration ", static_cast<int>(tile));
+    case BatchedTile::k256x128:
+      return Tile0::workspace(B, M, N, K, sm_count);
+    case BatchedTile::k256x128c12:
+      return Tile1::workspace(B, M, N, K, sm_count);
+    default:
+      FP4QAT_CHECK(false, "batched GEMM: unknown tile configuration ", static_cast<int>(tile));
   }
   return 0;
 }
 
-bool batched_gemm_bf16(const void* x, const void* w, void* y, const float* alpha, int B, int M, int N, int K,
-                       void* ws, size_t ws_bytes, int sm_count, BatchedTile tile, cudaStream_t stream) {
+bool batched_gemm_bf16(const void* x, const void* w, void* y, const float* alpha, int B, int M, int N, int K, void* ws,
+                       size_t ws_bytes, int sm_count, BatchedTile tile, cudaStream_t stream) {
   switch (tile) {
-    case BatchedTile::k256x128: return Tile0::run(x, w, y, alpha, B, M, N, K, ws, ws_bytes, sm_count, stream);
-    case BatchedTile::k256x128c12: return Tile1::run(x, w, y, alpha, B, M, N, K, ws, ws_bytes, sm_count, stream);
-    default: FP4QAT_CHECK(false, "batched GEMM: unknown tile configuration ", static_cast<int>(tile));
+    case BatchedTile::k256x128:
+      return Tile0::run(x, w, y, alpha, B, M, N, K, ws, ws_bytes, sm_count, stream);
+    case BatchedTile::k256x128c12:
+      return Tile1::run(x, w, y, alpha, B, M, N, K, ws, ws_bytes, sm_count, stream);
+    default:
+      FP4QAT_CHECK(false, "batched GEMM: unknown tile configuration ", static_cast<int>(tile));
   }
   return false;
 }

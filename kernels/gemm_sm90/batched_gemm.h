@@ -16,8 +16,8 @@ namespace fp4qat::cuda_kernels::sm90 {
 
 // Tile configurations compiled in (the benchmark compares them; the default is the first).
 enum class BatchedTile : int {
-  k256x128 = 0,        // cooperative, 256x128x64 tile, no cluster (the grouped GEMM's)
-  k256x128c12 = 1,     // cooperative, 256x128x64 tile, 1x2x1 cluster (cuBLAS's choice for these bmm shapes)
+  k256x128 = 0,     // cooperative, 256x128x64 tile, no cluster (the grouped GEMM's)
+  k256x128c12 = 1,  // cooperative, 256x128x64 tile, 1x2x1 cluster (cuBLAS's choice for these bmm shapes)
   kCount = 2,
 };
 const char* batched_tile_name(BatchedTile t);

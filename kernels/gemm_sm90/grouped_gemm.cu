@@ -39,8 +39,8 @@ using ClusterShape = Shape<_1, _1, _1>;
 
 using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-    cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementAcc, void, LayoutD*, kAlign, ElementD,
-    LayoutD*, kAlign, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
+    cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementAcc, void, LayoutD*, kAlign, ElementD, LayoutD*,
+    kAlign, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
     cutlass::epilogue::fusion::LinearCombination<ElementD, ElementAcc, void, ElementAcc>>::CollectiveOp;
 
 using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
@@ -64,14 +64,22 @@ struct Layout {
   explicit Layout(int g) {
     auto up = [](size_t v) { return (v + 255) / 256 * 256; };
     size_t o = 0;
-    shapes = o; o = up(o + g * sizeof(Shape3));
-    a = o; o = up(o + g * sizeof(void*));
-    b = o; o = up(o + g * sizeof(void*));
-    d = o; o = up(o + g * sizeof(void*));
-    sa = o; o = up(o + g * sizeof(StrideA));
-    sb = o; o = up(o + g * sizeof(StrideB));
-    sd = o; o = up(o + g * sizeof(StrideD));
-    alpha = o; o = up(o + g * sizeof(float*));
+    shapes = o;
+    o = up(o + g * sizeof(Shape3));
+    a = o;
+    o = up(o + g * sizeof(void*));
+    b = o;
+    o = up(o + g * sizeof(void*));
+    d = o;
+    o = up(o + g * sizeof(void*));
+    sa = o;
+    o = up(o + g * sizeof(StrideA));
+    sb = o;
+    o = up(o + g * sizeof(StrideB));
+    sd = o;
+    o = up(o + g * sizeof(StrideD));
+    alpha = o;
+    o = up(o + g * sizeof(float*));
     total = o;
   }
 };
@@ -99,13 +107,12 @@ typename Gemm::Arguments arguments(const void* dev, int groups, const int* host_
   fusion.beta_ptr_array = nullptr;
   fusion.dAlpha = {_0{}, _0{}, 1};  // one alpha per group
   fusion.dBeta = {_0{}, _0{}, 0};
-  args = typename Gemm::Arguments{
-      cutlass::gemm::GemmUniversalMode::kGrouped,
-      {groups, at_off<Shape3>(dev, L.shapes), host_shapes.data()},
-      {at_off<const ElementAB*>(dev, L.a), at_off<StrideA>(dev, L.sa), at_off<const ElementAB*>(dev, L.b),
-       at_off<StrideB>(dev, L.sb)},
-      {fusion, nullptr, nullptr, at_off<ElementD*>(dev, L.d), at_off<StrideD>(dev, L.sd)},
-      hw};
+  args = typename Gemm::Arguments{cutlass::gemm::GemmUniversalMode::kGrouped,
+                                  {groups, at_off<Shape3>(dev, L.shapes), host_shapes.data()},
+                                  {at_off<const ElementAB*>(dev, L.a), at_off<StrideA>(dev, L.sa),
+                                   at_off<const ElementAB*>(dev, L.b), at_off<StrideB>(dev, L.sb)},
+                                  {fusion, nullptr, nullptr, at_off<ElementD*>(dev, L.d), at_off<StrideD>(dev, L.sd)},
+                                  hw};
   return args;
 }
 
@@ -113,9 +120,8 @@ typename Gemm::Arguments arguments(const void* dev, int groups, const int* host_
 
 size_t grouped_args_bytes(int groups) { return Layout(groups).total; }
 
-void fill_grouped_args(void* host, int groups, int N, int K, const int* m, const int64_t* x_row0,
-                       const int64_t* y_row0, const int64_t* w_index, const void* x, const void* w, void* y,
-                       const float* alpha) {
+void fill_grouped_args(void* host, int groups, int N, int K, const int* m, const int64_t* x_row0, const int64_t* y_row0,
+                       const int64_t* w_index, const void* x, const void* w, void* y, const float* alpha) {
   const Layout L(groups);
   auto* shapes = at_off<Shape3>(host, L.shapes);
   auto* pa = at_off<const ElementAB*>(host, L.a);

@@ -13,8 +13,8 @@ using namespace fp4qat::fmt;
 namespace {
 
 template <InType T>
-__global__ void __launch_bounds__(kThreads) mxfp8_quant_kernel(const void* x, int64_t units, uint8_t* q,
-                                                               uint8_t* scales) {
+__global__ void __launch_bounds__(kThreads)
+    mxfp8_quant_kernel(const void* x, int64_t units, uint8_t* q, uint8_t* scales) {
   for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
        u += static_cast<int64_t>(gridDim.x) * kThreads) {
     float v[32];
@@ -44,8 +44,8 @@ __global__ void __launch_bounds__(kThreads) mxfp8_quant_kernel(const void* x, in
 }
 
 template <bool kBf16Out>
-__global__ void __launch_bounds__(kThreads) mxfp8_dequant_kernel(const uint8_t* q, const uint8_t* scales,
-                                                                 int64_t units, void* out) {
+__global__ void __launch_bounds__(kThreads)
+    mxfp8_dequant_kernel(const uint8_t* q, const uint8_t* scales, int64_t units, void* out) {
   for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
        u += static_cast<int64_t>(gridDim.x) * kThreads) {
     const uint4* p = reinterpret_cast<const uint4*>(q + u * 32);
@@ -76,16 +76,21 @@ __global__ void __launch_bounds__(kThreads) mxfp8_dequant_kernel(const uint8_t* 
 
 }  // namespace
 
-void mxfp8_quantize(const void* x, InType t, int64_t M, int64_t K, uint8_t* q, uint8_t* scales,
-                    cudaStream_t stream) {
+void mxfp8_quantize(const void* x, InType t, int64_t M, int64_t K, uint8_t* q, uint8_t* scales, cudaStream_t stream) {
   FP4QAT_CHECK(K % 32 == 0, "mxfp8_quantize (CUDA): K = ", K, " is not a multiple of 32");
   const int64_t units = M * (K / 32);
   if (units == 0) return;
   const auto g = static_cast<unsigned>(grid_for(units));
   switch (t) {
-    case InType::BF16: mxfp8_quant_kernel<InType::BF16><<<g, kThreads, 0, stream>>>(x, units, q, scales); break;
-    case InType::F16: mxfp8_quant_kernel<InType::F16><<<g, kThreads, 0, stream>>>(x, units, q, scales); break;
-    case InType::F32: mxfp8_quant_kernel<InType::F32><<<g, kThreads, 0, stream>>>(x, units, q, scales); break;
+    case InType::BF16:
+      mxfp8_quant_kernel<InType::BF16><<<g, kThreads, 0, stream>>>(x, units, q, scales);
+      break;
+    case InType::F16:
+      mxfp8_quant_kernel<InType::F16><<<g, kThreads, 0, stream>>>(x, units, q, scales);
+      break;
+    case InType::F32:
+      mxfp8_quant_kernel<InType::F32><<<g, kThreads, 0, stream>>>(x, units, q, scales);
+      break;
   }
   FP4QAT_CUDA_CHECK(cudaGetLastError());
 }
@@ -95,8 +100,10 @@ void mxfp8_dequantize(const uint8_t* q, const uint8_t* scales, int64_t M, int64_
   const int64_t units = M * (K / 32);
   if (units == 0) return;
   const auto g = static_cast<unsigned>(grid_for(units));
-  if (out_bf16) mxfp8_dequant_kernel<true><<<g, kThreads, 0, stream>>>(q, scales, units, out);
-  else mxfp8_dequant_kernel<false><<<g, kThreads, 0, stream>>>(q, scales, units, out);
+  if (out_bf16)
+    mxfp8_dequant_kernel<true><<<g, kThreads, 0, stream>>>(q, scales, units, out);
+  else
+    mxfp8_dequant_kernel<false><<<g, kThreads, 0, stream>>>(q, scales, units, out);
   FP4QAT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -31,14 +31,20 @@ void amax(const void* x, InType t, int64_t E, int64_t per, float* out, cudaStrea
   FP4QAT_CUDA_CHECK(cudaMemsetAsync(out, 0, static_cast<size_t>(E) * sizeof(float), stream));
   if (E == 0 || per == 0) return;
   const int64_t units = per / 16;
-  const int64_t gx = std::max<int64_t>(1, std::min<int64_t>((units + kThreads - 1) / kThreads,
-                                                             std::max<int64_t>(1, num_sms() * 8 / E)));
+  const int64_t gx = std::max<int64_t>(
+      1, std::min<int64_t>((units + kThreads - 1) / kThreads, std::max<int64_t>(1, num_sms() * 8 / E)));
   dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(E));
   auto* bits = reinterpret_cast<uint32_t*>(out);
   switch (t) {
-    case InType::BF16: amax_kernel<InType::BF16><<<grid, kThreads, 0, stream>>>(x, per, bits); break;
-    case InType::F16: amax_kernel<InType::F16><<<grid, kThreads, 0, stream>>>(x, per, bits); break;
-    case InType::F32: amax_kernel<InType::F32><<<grid, kThreads, 0, stream>>>(x, per, bits); break;
+    case InType::BF16:
+      amax_kernel<InType::BF16><<<grid, kThreads, 0, stream>>>(x, per, bits);
+      break;
+    case InType::F16:
+      amax_kernel<InType::F16><<<grid, kThreads, 0, stream>>>(x, per, bits);
+      break;
+    case InType::F32:
+      amax_kernel<InType::F32><<<grid, kThreads, 0, stream>>>(x, per, bits);
+      break;
   }
   FP4QAT_CUDA_CHECK(cudaGetLastError());
 }

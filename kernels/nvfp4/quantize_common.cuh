@@ -57,8 +57,8 @@ __device__ __forceinline__ void emit_block_enc(const float v[16], uint8_t sb, fl
   if (fake) store_fake(v, enc, e4m3_to_float(sb), unit, fake);
 }
 
-__device__ __forceinline__ void emit_block(const float v[16], uint8_t sb, float s_dec, int64_t unit,
-                                           uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+__device__ __forceinline__ void emit_block(const float v[16], uint8_t sb, float s_dec, int64_t unit, uint8_t* codes,
+                                           uint8_t* scales, uint16_t* fake) {
   emit_block_enc(v, sb, nvfp4_block_enc(sb, s_dec), unit, codes, scales, fake);
 }
 
@@ -73,9 +73,8 @@ __device__ __forceinline__ void emit_block_bf16(const uint32_t raw[8], uint8_t s
     for (int i = 0; i < 8; ++i)
       b[i] = nvfp4_encode_u32(__uint_as_float(raw[i] << 16), enc) +
              (nvfp4_encode_u32(__uint_as_float(raw[i] & 0xffff0000u), enc) << 4);
-    const uint32_t packed[2] = {
-        __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x4000), 0x7610),
-        __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x4000), 0x7610)};
+    const uint32_t packed[2] = {__byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x4000), 0x7610),
+                                __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x4000), 0x7610)};
     store_codes(packed, sb, unit, codes, scales);
   }
   if (fake) {
@@ -107,8 +106,10 @@ __device__ __forceinline__ int last_at_most(const int32_t* a, int64_t n, int64_t
   int lo = 0, hi = static_cast<int>(n);
   while (hi - lo > 1) {
     const int mid = (lo + hi) >> 1;
-    if (a[mid] <= v) lo = mid;
-    else hi = mid;
+    if (a[mid] <= v)
+      lo = mid;
+    else
+      hi = mid;
   }
   return lo;
 }
@@ -125,7 +126,8 @@ __device__ __forceinline__ void load_raw16(const unsigned char* base, int64_t un
 // kernel cannot be given that much shared memory or does not fit.
 template <typename Kernel>
 int64_t resident_ctas(Kernel kernel, int threads, size_t smem) {
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess) {
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
+      cudaSuccess) {
     (void)cudaGetLastError();
     return 0;
   }

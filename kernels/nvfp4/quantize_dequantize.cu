@@ -20,9 +20,9 @@ template <bool kBf16Out>
 // Expert e0 + blockIdx.y (one S_dec per CTA, no division per block); a thread decodes half a
 // block (8 elements: one 32-bit word of codes), so that a warp's stores cover 512 contiguous
 // bytes per instruction (bf16 out).
-__global__ void __launch_bounds__(kThreads) nvfp4_dequant_kernel(const uint8_t* codes, const uint8_t* scales,
-                                                                 const float* s_dec, int64_t units_per_expert,
-                                                                 int64_t e0, void* out) {
+__global__ void __launch_bounds__(kThreads)
+    nvfp4_dequant_kernel(const uint8_t* codes, const uint8_t* scales, const float* s_dec, int64_t units_per_expert,
+                         int64_t e0, void* out) {
   const int64_t e = e0 + blockIdx.y;
   const float sd = s_dec[e];
   const int64_t halves = 2 * units_per_expert;
@@ -53,17 +53,19 @@ __global__ void __launch_bounds__(kThreads) nvfp4_dequant_kernel(const uint8_t* 
 
 }  // namespace
 
-void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, const float* s_dec, int64_t E, int64_t N,
-                      int64_t K, void* out, bool out_bf16, cudaStream_t stream) {
+void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, const float* s_dec, int64_t E, int64_t N, int64_t K,
+                      void* out, bool out_bf16, cudaStream_t stream) {
   const int64_t per = N * (K / 16);
   if (E == 0 || per == 0) return;
   // grid.y: experts (at most 65535 a launch); grid.x: about 8 waves of CTAs over all of them.
-  const int64_t gx = std::max<int64_t>(1, std::min<int64_t>((2 * per + kThreads - 1) / kThreads,
-                                                             (grid_for(2 * E * per) + E - 1) / E));
+  const int64_t gx =
+      std::max<int64_t>(1, std::min<int64_t>((2 * per + kThreads - 1) / kThreads, (grid_for(2 * E * per) + E - 1) / E));
   for (int64_t e0 = 0; e0 < E; e0 += 65535) {
     const dim3 g(static_cast<unsigned>(gx), static_cast<unsigned>(std::min<int64_t>(65535, E - e0)));
-    if (out_bf16) nvfp4_dequant_kernel<true><<<g, kThreads, 0, stream>>>(codes, scales, s_dec, per, e0, out);
-    else nvfp4_dequant_kernel<false><<<g, kThreads, 0, stream>>>(codes, scales, s_dec, per, e0, out);
+    if (out_bf16)
+      nvfp4_dequant_kernel<true><<<g, kThreads, 0, stream>>>(codes, scales, s_dec, per, e0, out);
+    else
+      nvfp4_dequant_kernel<false><<<g, kThreads, 0, stream>>>(codes, scales, s_dec, per, e0, out);
     FP4QAT_CUDA_CHECK(cudaGetLastError());
   }
 }

@@ -56,7 +56,6 @@ bool launch_cooperative(const void* kernel, int64_t grid, int threads, void** ar
   return true;
 }
 
-
 void set_last_kernel(const char* name) { g_last_kernel = name; }
 
 void apply_trace(Slices& sl) {
@@ -96,17 +95,18 @@ void nvfp4_trace(unsigned long long* buf, int64_t items) {
 
 int64_t nvfp4_rows_slice_rows(InType t, int64_t K, bool fake) {
   const int64_t row_bytes = K * (t == InType::F32 ? 4 : 2);
-  return row_bytes > 0 ? std::max<int64_t>(1, nvfp4::staged2_slot_bytes(t, fake, tuning::nvfp4_tuning()) / row_bytes) : 1;
+  return row_bytes > 0 ? std::max<int64_t>(1, nvfp4::staged2_slot_bytes(t, fake, tuning::nvfp4_tuning()) / row_bytes)
+                       : 1;
 }
 
 void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const int32_t* table, int64_t groups,
-                         int64_t slice_rows, int64_t total_slices, int64_t max_slices, void* workspace,
-                         uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec, cudaStream_t stream) {
+                         int64_t slice_rows, int64_t total_slices, int64_t max_slices, void* workspace, uint8_t* codes,
+                         uint8_t* scales, uint16_t* fake, float* s_dec, cudaStream_t stream) {
   FP4QAT_CHECK(K % 16 == 0 && K > 0, "nvfp4_quantize_rows (CUDA): K = ", K, " is not a positive multiple of 16");
   if (groups == 0) return;
   const tuning::Nvfp4Tuning tu = tuning::nvfp4_tuning();
-  const bool try_staged2 = tu.kernel == Nvfp4Kernel::kDefault || tu.kernel == Nvfp4Kernel::kStaged2 ||
-                           tu.kernel == Nvfp4Kernel::kPark;
+  const bool try_staged2 =
+      tu.kernel == Nvfp4Kernel::kDefault || tu.kernel == Nvfp4Kernel::kStaged2 || tu.kernel == Nvfp4Kernel::kPark;
   Nvfp4Args a;
   a.x = x;
   a.type = t;
@@ -125,12 +125,12 @@ void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const
   sl.total = total_slices;
   sl.table = table;
   switch (t) {
-#define FP4QAT_ROWS(TY)                                                                                          \
-  case TY:                                                                                                       \
-    if (try_staged2 && rows > 0 && nvfp4::staged2_available(stream) &&                                          \
-        nvfp4::launch_staged2_slices<TY>(a, sl, tu, stream))                                                     \
-      return;                                                                                                    \
-    nvfp4::rows_two_pass<TY>(x, rows, K, table, groups, workspace, codes, scales, fake, s_dec, stream);          \
+#define FP4QAT_ROWS(TY)                                                                                 \
+  case TY:                                                                                              \
+    if (try_staged2 && rows > 0 && nvfp4::staged2_available(stream) &&                                  \
+        nvfp4::launch_staged2_slices<TY>(a, sl, tu, stream))                                            \
+      return;                                                                                           \
+    nvfp4::rows_two_pass<TY>(x, rows, K, table, groups, workspace, codes, scales, fake, s_dec, stream); \
     return;
     FP4QAT_ROWS(InType::BF16)
     FP4QAT_ROWS(InType::F16)
@@ -157,15 +157,16 @@ void nvfp4_quantize(const Nvfp4Args& a, cudaStream_t stream) {
       forced_none ? a.given_amax == nullptr : tu.kernel == Nvfp4Kernel::kStaged2 || tu.kernel == Nvfp4Kernel::kPark;
   const bool try_staged = tu.kernel == Nvfp4Kernel::kStaged ||
                           (forced_none && a.two_d && a.given_amax == nullptr && nvfp4::staged2_available(stream));
-#define FP4QAT_DISPATCH(TY)                                                    \
-  if (a.type == TY) {                                                           \
-    if (try_staged2 && nvfp4::launch_staged2_uniform<TY>(a, tu, stream)) return;                      \
-    if (a.two_d) {                                                                                       \
+#define FP4QAT_DISPATCH(TY)                                                                                            \
+  if (a.type == TY) {                                                                                                  \
+    if (try_staged2 && nvfp4::launch_staged2_uniform<TY>(a, tu, stream)) return;                                       \
+    if (a.two_d) {                                                                                                     \
       if (!(try_staged && nvfp4::launch_staged_2d<TY>(a, stream))) nvfp4::launch_fused_tuned<TY, true>(a, tu, stream); \
-    } else if (!(try_staged && nvfp4::dev_variants("FP4QAT_NVFP4_KERNEL=staged with 1D blocks").staged_1d(a, stream))) { \
-      nvfp4::launch_fused_tuned<TY, false>(a, tu, stream);                                                \
-    }                                                                                                    \
-    return;                                                                     \
+    } else if (!(try_staged &&                                                                                         \
+                 nvfp4::dev_variants("FP4QAT_NVFP4_KERNEL=staged with 1D blocks").staged_1d(a, stream))) {             \
+      nvfp4::launch_fused_tuned<TY, false>(a, tu, stream);                                                             \
+    }                                                                                                                  \
+    return;                                                                                                            \
   }
   FP4QAT_DISPATCH(InType::BF16)
   FP4QAT_DISPATCH(InType::F16)

@@ -63,8 +63,8 @@ struct Schedule {
 // 1: first read evict-last, second demotes each line back to evict-normal; 2: first evict-last,
 // second streaming. kUnroll: 16-element units in flight per thread (1D loops).
 template <InType T, bool kTwoD, int kTh, int kHint, int kUnroll>
-__global__ void __launch_bounds__(kTh) nvfp4_fused_kernel(Nvfp4Args a, Schedule s, int64_t R, uint32_t* amax_bits,
-                                                          int* done, unsigned long long* ticket) {
+__global__ void __launch_bounds__(kTh)
+    nvfp4_fused_kernel(Nvfp4Args a, Schedule s, int64_t R, uint32_t* amax_bits, int* done, unsigned long long* ticket) {
   __shared__ float red[kTh / 32];
   __shared__ long long cur[2];
   __shared__ float shared_amax;
@@ -155,7 +155,8 @@ __global__ void __launch_bounds__(kTh) nvfp4_fused_kernel(Nvfp4Args a, Schedule 
           float m = max16(v);
 #pragma unroll
           for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-          if (valid) emit_block(v, nvfp4_block_scale(m, factor), s_dec, (e * N + row) * nb + b, a.codes, a.scales, a.fake);
+          if (valid)
+            emit_block(v, nvfp4_block_scale(m, factor), s_dec, (e * N + row) * nb + b, a.codes, a.scales, a.fake);
         }
       }
     }

@@ -23,9 +23,9 @@ namespace {
 constexpr int kParkUnits = 6;  // 16-element blocks a thread parks: 6 * 256 = 1536 blocks = 48 KB of bf16
 
 template <int kTh>
-__global__ void __launch_bounds__(kTh, 2) nvfp4_park_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes,
-                                                            int64_t slot_stride, uint32_t* amax_bits, int* arrived,
-                                                            unsigned long long* ticket) {
+__global__ void __launch_bounds__(kTh, 2)
+    nvfp4_park_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes, int64_t slot_stride, uint32_t* amax_bits,
+                      int* arrived, unsigned long long* ticket) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int kPark = kParkUnits;
   constexpr int kClaimer = 32;
@@ -42,13 +42,14 @@ __global__ void __launch_bounds__(kTh, 2) nvfp4_park_kernel(Nvfp4Args a, Slices 
   const uint32_t bar0 = smem_addr(&bars[0]);
   int32_t* tab = reinterpret_cast<int32_t*>(smem + 2 * slot_stride);
   auto claim = [&](int s) {  // thread kClaimer only; s = 0 or 1
-    claim_slot(s, ticket, sl, tab, a, K * 2, smem + s * slot_stride, bar0 + 8 * s, item, item_row, item_group, item_rows,
-               item_need, item_first);
+    claim_slot(s, ticket, sl, tab, a, K * 2, smem + s * slot_stride, bar0 + 8 * s, item, item_row, item_group,
+               item_rows, item_need, item_first);
   };
 
   auto contribute = [&](int s) {  // all threads; s = 0 or 1
-    fold_slice<InType::BF16, kTh>(a, smem + s * slot_stride, reinterpret_cast<float*>(smem + s * slot_stride + data_bytes),
-                                  item_rows[s] * nb, item_group[s], red, amax_bits, arrived);
+    fold_slice<InType::BF16, kTh>(a, smem + s * slot_stride,
+                                  reinterpret_cast<float*>(smem + s * slot_stride + data_bytes), item_rows[s] * nb,
+                                  item_group[s], red, amax_bits, arrived);
   };
 
   stage_row_groups<kTh>(sl, tab, a);
@@ -153,7 +154,6 @@ bool launch_park_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
   return ok;
 }
 
-
 // Which one-read kernel runs, and its shape: threads per CTA (256 or 512), bytes per slot, shared
 // slots per CTA (2, 3 or 4). Defaults measured on H100 (bench/RESULTS.md), two CTAs a SM each:
 // bf16 with fake values: the register-slot variant (park), 256 x 48 KB x 2 + registers; other
@@ -224,9 +224,12 @@ bool launch_staged2_uniform(const Nvfp4Args& a, const tuning::Nvfp4Tuning& tu, c
   return launch_staged2_slices<T>(a, sl, tu, stream);
 }
 
-template bool launch_staged2_slices<InType::BF16>(const Nvfp4Args&, const Slices&, const tuning::Nvfp4Tuning&, cudaStream_t);
-template bool launch_staged2_slices<InType::F16>(const Nvfp4Args&, const Slices&, const tuning::Nvfp4Tuning&, cudaStream_t);
-template bool launch_staged2_slices<InType::F32>(const Nvfp4Args&, const Slices&, const tuning::Nvfp4Tuning&, cudaStream_t);
+template bool launch_staged2_slices<InType::BF16>(const Nvfp4Args&, const Slices&, const tuning::Nvfp4Tuning&,
+                                                  cudaStream_t);
+template bool launch_staged2_slices<InType::F16>(const Nvfp4Args&, const Slices&, const tuning::Nvfp4Tuning&,
+                                                 cudaStream_t);
+template bool launch_staged2_slices<InType::F32>(const Nvfp4Args&, const Slices&, const tuning::Nvfp4Tuning&,
+                                                 cudaStream_t);
 template bool launch_staged2_uniform<InType::BF16>(const Nvfp4Args&, const tuning::Nvfp4Tuning&, cudaStream_t);
 template bool launch_staged2_uniform<InType::F16>(const Nvfp4Args&, const tuning::Nvfp4Tuning&, cudaStream_t);
 template bool launch_staged2_uniform<InType::F32>(const Nvfp4Args&, const tuning::Nvfp4Tuning&, cudaStream_t);

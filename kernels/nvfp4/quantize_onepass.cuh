@@ -27,15 +27,16 @@ namespace {
 // claimed item (older tickets; every expert before it is complete, so no CTA waits on one) would
 // be a slice of it: kSlots * CTAs < G.
 // 1D blocks. With a given amax every group is complete from the start: a streaming pass.
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
 
 __device__ __forceinline__ bool mbar_test(uint32_t bar, uint32_t parity) {
   uint32_t ok;
-  asm volatile(
-      "{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-      : "=r"(ok)
-      : "r"(bar), "r"(parity)
-      : "memory");
+  asm volatile("{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+               : "=r"(ok)
+               : "r"(bar), "r"(parity)
+               : "memory");
   return ok != 0;
 }
 
@@ -65,7 +66,6 @@ __device__ __forceinline__ uint32_t ld_relaxed(const uint32_t* p) {
   asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
-
 
 __device__ __forceinline__ void trace_event(const Slices& sl, long long t, int k) {
   if (sl.trace != nullptr && t < sl.trace_items) {
@@ -165,7 +165,8 @@ __device__ __forceinline__ int scan_landed(uint32_t candidates, const long long*
   int landed = 0;
 #pragma unroll
   for (int s = 0; s < kN; ++s)
-    if (((candidates >> s) & 1u) && item[s] < total && !((folded >> s) & 1u) && mbar_test(bar0 + 8 * s, (parity >> s) & 1u)) {
+    if (((candidates >> s) & 1u) && item[s] < total && !((folded >> s) & 1u) &&
+        mbar_test(bar0 + 8 * s, (parity >> s) & 1u)) {
       landed |= 1 << s;
       trace_event(sl, item[s], 1);
     }
@@ -175,7 +176,8 @@ __device__ __forceinline__ int scan_landed(uint32_t candidates, const long long*
 // All threads: fold in the slots of `landed` (their bytes have arrived: each wait returns at once,
 // and every thread acquires the bytes).
 template <typename Fold>
-__device__ __forceinline__ void fold_landed(int landed, uint32_t bar0, uint32_t& parity, uint32_t& folded, Fold&& fold) {
+__device__ __forceinline__ void fold_landed(int landed, uint32_t bar0, uint32_t& parity, uint32_t& folded,
+                                            Fold&& fold) {
   while (landed) {
     const int s = __ffs(landed) - 1;
     landed &= landed - 1;
@@ -204,8 +206,8 @@ __device__ __forceinline__ void claim_slot(int s, unsigned long long* ticket, co
   item_first[s] = si.first;
   // Generic-proxy reads of this slot's previous bytes come before the async-proxy writes.
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-  bulk_load(smem_addr(dst), static_cast<const char*>(a.x) + si.row * row_bytes, static_cast<uint32_t>(si.rows * row_bytes),
-            bar);
+  bulk_load(smem_addr(dst), static_cast<const char*>(a.x) + si.row * row_bytes,
+            static_cast<uint32_t>(si.rows * row_bytes), bar);
 }
 
 // All threads, at the start: the row-group table into shared memory (tab), and the S_dec of groups
@@ -267,9 +269,9 @@ __device__ __forceinline__ void init_bars(uint32_t bar0, int n) {
 // Roles: thread 0 polls the head's group and the landed slots; thread kClaimer (another warp)
 // claims tickets, decodes them and starts the bulk copies, so the two round trips to memory overlap.
 template <InType T, int kTh, int kSlots>
-__global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes,
-                                                            int64_t slot_stride, uint32_t* amax_bits, int* arrived,
-                                                            unsigned long long* ticket) {
+__global__ void __launch_bounds__(kTh)
+    nvfp4_staged2_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes, int64_t slot_stride, uint32_t* amax_bits,
+                         int* arrived, unsigned long long* ticket) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Slot s: the bytes of its item at smem + s * slot_stride (data_bytes), then its 16-element
   // block maxima, float [rows * K/16] (computed once, when the slot lands, for both the group
@@ -278,7 +280,7 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
   __shared__ __align__(8) uint64_t bars[kSlots];
-  __shared__ long long item[kSlots];  // ticket
+  __shared__ long long item[kSlots];      // ticket
   __shared__ long long item_row[kSlots];  // first row of the slice in x viewed as [rows, K]
   __shared__ int item_group[kSlots], item_rows[kSlots], item_need[kSlots], item_first[kSlots];
   __shared__ float red[kTh / 32];
@@ -322,15 +324,16 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
     }
     const int g = item_group[h];
     const int need = item_need[h];
-    while (!poll_round<kSlots>(a, arrived, amax_bits, g, need, item[h], ~(1u << h), item, total, folded, parity, bar0, sl,
-                               flag, shared_amax, contribute)) {
+    while (!poll_round<kSlots>(a, arrived, amax_bits, g, need, item[h], ~(1u << h), item, total, folded, parity, bar0,
+                               sl, flag, shared_amax, contribute)) {
       if (flag[1] == 0 && threadIdx.x == 0) __nanosleep(64);
       __syncthreads();  // flag is rewritten next round
     }
     const float factor = prepare_head<kTh>(shared_amax, item_first[h], g, a, enc_lut);
     const int64_t unit0 = item_row[h] * nb, units = item_rows[h] * nb;
-    quantize_slice<T, kTh>(a, smem + h * slot_stride, reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes),
-                           units, unit0, factor, enc_lut);
+    quantize_slice<T, kTh>(a, smem + h * slot_stride,
+                           reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes), units, unit0, factor,
+                           enc_lut);
     __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
     if (threadIdx.x == 0) trace_event(sl, item[h], 3);
     folded &= ~(1u << h);
@@ -342,7 +345,6 @@ __global__ void __launch_bounds__(kTh) nvfp4_staged2_kernel(Nvfp4Args a, Slices 
   }
 #endif
 }
-
 
 // The launch of a one-read kernel (staged2, park: the same parameters) with `shared_slots` slots
 // of R rows in shared memory (+ the row-group table) and a ring of `ring` items a CTA: 16-byte
@@ -363,8 +365,12 @@ bool launch_one_read(Kernel kernel, int threads, int shared_slots, int ring, con
   Slices slt = sl;
   apply_trace(slt);
   // Cooperative: the deadlock-freedom condition counts on all CTAs being resident.
-  void* args[] = {const_cast<Nvfp4Args*>(&a), &slt, const_cast<int64_t*>(&data_bytes),
-                  const_cast<int64_t*>(&slot_stride), const_cast<uint32_t**>(&w.amax_bits), const_cast<int**>(&w.counter),
+  void* args[] = {const_cast<Nvfp4Args*>(&a),
+                  &slt,
+                  const_cast<int64_t*>(&data_bytes),
+                  const_cast<int64_t*>(&slot_stride),
+                  const_cast<uint32_t**>(&w.amax_bits),
+                  const_cast<int**>(&w.counter),
                   const_cast<unsigned long long**>(&w.ticket)};
   return launch_cooperative(reinterpret_cast<const void*>(kernel), grid, threads, args, smem, stream);
 }
@@ -373,11 +379,11 @@ template <InType T, int kTh, int kSlots>
 bool launch_staged2_t(const Nvfp4Args& a, const Slices& sl, cudaStream_t stream) {
   constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
   if (a.two_d || sl.total == 0 || sl.R < 1) return false;
-  const bool ok = launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots>, kTh, kSlots, kSlots, a, sl, a.K * kElem, stream);
+  const bool ok =
+      launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots>, kTh, kSlots, kSlots, a, sl, a.K * kElem, stream);
   if (ok) set_last_kernel("staged2");
   return ok;
 }
-
 
 }  // namespace
 }  // namespace fp4qat::cuda_kernels::nvfp4

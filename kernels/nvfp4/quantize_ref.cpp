@@ -52,8 +52,8 @@ inline float block_max(const float* xb) {
 
 }  // namespace
 
-void nvfp4_quantize(const float* x, int64_t M, int64_t K, float amax_v, bool blocks2d,
-                    uint8_t* codes, uint8_t* scales, float* s_dec_out) {
+void nvfp4_quantize(const float* x, int64_t M, int64_t K, float amax_v, bool blocks2d, uint8_t* codes, uint8_t* scales,
+                    float* s_dec_out) {
   const float s_enc = nvfp4_s_enc(amax_v);
   const float s_dec = nvfp4_s_dec(s_enc);
   const float factor = nvfp4_block_factor(s_enc);
@@ -84,16 +84,14 @@ void nvfp4_quantize(const float* x, int64_t M, int64_t K, float amax_v, bool blo
         const uint8_t sb = nvfp4_block_scale(m, factor);
         for (int64_t r = r_begin; r < r_end; ++r) {
           scales[r * nb + b] = sb;
-          encode_block(x + r * K + b * kNvfp4Block, sb, s_dec,
-                       codes + r * (K / 2) + b * (kNvfp4Block / 2));
+          encode_block(x + r * K + b * kNvfp4Block, sb, s_dec, codes + r * (K / 2) + b * (kNvfp4Block / 2));
         }
       }
     }
   });
 }
 
-void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, float s_dec, int64_t M,
-                      int64_t K, float* out) {
+void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, float s_dec, int64_t M, int64_t K, float* out) {
   const int64_t nb = K / kNvfp4Block;
   at::parallel_for(0, M, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {

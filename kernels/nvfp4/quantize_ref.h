@@ -14,11 +14,10 @@ float amax(const float* x, int64_t n);
 //   (rows past M count as zeros).
 // Outputs: codes[M, K/2] (element 2i low nibble, 2i+1 high nibble), scales[M, K/16] (E4M3
 // bytes, row-major, linear), *s_dec = 1 / S_enc.
-void nvfp4_quantize(const float* x, int64_t M, int64_t K, float amax, bool blocks2d,
-                    uint8_t* codes, uint8_t* scales, float* s_dec);
+void nvfp4_quantize(const float* x, int64_t M, int64_t K, float amax, bool blocks2d, uint8_t* codes, uint8_t* scales,
+                    float* s_dec);
 
 // out[M, K] = e2m1(q) * float(sb) * S_dec (float32).
-void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, float s_dec, int64_t M,
-                      int64_t K, float* out);
+void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, float s_dec, int64_t M, int64_t K, float* out);
 
 }  // namespace fp4qat::ref

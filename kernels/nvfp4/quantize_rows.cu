@@ -9,7 +9,6 @@ namespace fp4qat::cuda_kernels {
 namespace nvfp4 {
 namespace {
 
-
 // ---- Row groups: rows of x [T, K] sorted by group (an expert's tokens), one amax per group ----
 // Default on sm_90+ (1D): the staged2 kernel over the groups' slices (one read). Else, or when
 // that kernel does not apply, two passes over x:
@@ -20,9 +19,9 @@ __device__ __forceinline__ int group_of_row(const int32_t* row_off, int64_t grou
 
 // Pass 1: one warp per row folds max |row| into amax[group of the row] (exact: max is order-free).
 template <InType T>
-__global__ void __launch_bounds__(kThreads) rows_amax_kernel(const void* x, int64_t rows, int64_t K,
-                                                             const int32_t* row_off, int64_t groups,
-                                                             uint32_t* amax_bits) {
+__global__ void __launch_bounds__(kThreads)
+    rows_amax_kernel(const void* x, int64_t rows, int64_t K, const int32_t* row_off, int64_t groups,
+                     uint32_t* amax_bits) {
   const int64_t nb = K / 16, lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
   for (int64_t r = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
@@ -41,10 +40,9 @@ __global__ void __launch_bounds__(kThreads) rows_amax_kernel(const void* x, int6
 // Pass 2: every 16-element block quantized with its row's group scale — the arithmetic of the
 // fused kernel's 1D quantize step (emit_block), with S_enc taken per block from the group amax.
 template <InType T>
-__global__ void __launch_bounds__(kThreads) rows_quantize_kernel(const void* x, int64_t units, int64_t nb,
-                                                                 const int32_t* row_off, int64_t groups,
-                                                                 const uint32_t* amax_bits, uint8_t* codes,
-                                                                 uint8_t* scales, uint16_t* fake) {
+__global__ void __launch_bounds__(kThreads)
+    rows_quantize_kernel(const void* x, int64_t units, int64_t nb, const int32_t* row_off, int64_t groups,
+                         const uint32_t* amax_bits, uint8_t* codes, uint8_t* scales, uint16_t* fake) {
   for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
        u += static_cast<int64_t>(gridDim.x) * kThreads) {
     const float amax = __uint_as_float(amax_bits[group_of_row(row_off, groups, u / nb)]);
@@ -63,9 +61,8 @@ __global__ void rows_s_dec_kernel(const uint32_t* amax_bits, int64_t groups, flo
 }  // namespace
 
 template <InType T>
-void rows_two_pass(const void* x, int64_t rows, int64_t K, const int32_t* row_off, int64_t groups,
-                   void* workspace, uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec,
-                   cudaStream_t stream) {
+void rows_two_pass(const void* x, int64_t rows, int64_t K, const int32_t* row_off, int64_t groups, void* workspace,
+                   uint8_t* codes, uint8_t* scales, uint16_t* fake, float* s_dec, cudaStream_t stream) {
   set_last_kernel("two-pass");
   auto* amax_bits = static_cast<uint32_t*>(workspace);
   FP4QAT_CUDA_CHECK(cudaMemsetAsync(amax_bits, 0, sizeof(uint32_t) * std::max<int64_t>(groups, 1), stream));
@@ -84,7 +81,7 @@ void rows_two_pass(const void* x, int64_t rows, int64_t K, const int32_t* row_of
   }
 }
 
-#define FP4QAT_ROWS_TWO_PASS(TY)                                                                                   \
+#define FP4QAT_ROWS_TWO_PASS(TY)                                                                                     \
   template void rows_two_pass<TY>(const void*, int64_t, int64_t, const int32_t*, int64_t, void*, uint8_t*, uint8_t*, \
                                   uint16_t*, float*, cudaStream_t);
 FP4QAT_ROWS_TWO_PASS(InType::BF16)

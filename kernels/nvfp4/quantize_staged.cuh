@@ -113,7 +113,11 @@ bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
   const Workspace w = clear_workspace(a.workspace, a.E, stream);
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(a.E * G, resident));
   int64_t r = R, g = G;
-  void* args[] = {const_cast<Nvfp4Args*>(&a), &r, &g, const_cast<uint32_t**>(&w.amax_bits), const_cast<int**>(&w.counter),
+  void* args[] = {const_cast<Nvfp4Args*>(&a),
+                  &r,
+                  &g,
+                  const_cast<uint32_t**>(&w.amax_bits),
+                  const_cast<int**>(&w.counter),
                   const_cast<unsigned long long**>(&w.ticket)};
   if (!launch_cooperative(reinterpret_cast<const void*>(kernel), grid, kThreads, args, smem, stream)) return false;
   set_last_kernel("staged");

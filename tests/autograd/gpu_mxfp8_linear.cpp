@@ -20,8 +20,8 @@ at::Tensor randn_cpu(std::vector<int64_t> shape, uint64_t seed, at::ScalarType d
 // another fp32 accumulation order.
 ::testing::AssertionResult close_bf16(const at::Tensor& a, const at::Tensor& b) {
   if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type())
-    return ::testing::AssertionFailure() << "shape/dtype " << a.sizes() << " " << a.scalar_type() << " vs "
-                                         << b.sizes() << " " << b.scalar_type();
+    return ::testing::AssertionFailure() << "shape/dtype " << a.sizes() << " " << a.scalar_type() << " vs " << b.sizes()
+                                         << " " << b.scalar_type();
   const at::Tensor af = a.cpu().to(at::kFloat), bf = b.cpu().to(at::kFloat);
   const at::Tensor bad = (af - bf).abs() > bf.abs() * (1.0 / 128) + 1e-3 * bf.abs().max();
   if (!bad.any().item<bool>()) return ::testing::AssertionSuccess();
@@ -97,9 +97,9 @@ TEST(GpuMXFP8GroupedLinear, MatchesCpu) {
           continue;
         }
         // and a loop of single-expert calls on the GPU
-        const Result s = run(
-            [mode](const at::Tensor& x, const at::Tensor& w) { return fp4qat::autograd::mxfp8_linear(x, w, mode); },
-            x0.cuda().narrow(0, r, n), w0.cuda()[e], g.cuda().narrow(0, r, n));
+        const Result s =
+            run([mode](const at::Tensor& x, const at::Tensor& w) { return fp4qat::autograd::mxfp8_linear(x, w, mode); },
+                x0.cuda().narrow(0, r, n), w0.cuda()[e], g.cuda().narrow(0, r, n));
         EXPECT_TRUE(close_bf16(gpu.y.narrow(0, r, n), s.y)) << "expert " << e;
         EXPECT_TRUE(close_bf16(gpu.dx.narrow(0, r, n), s.dx)) << "expert " << e;
         EXPECT_TRUE(close_bf16(gpu.dw[e], s.dw)) << "expert " << e;

@@ -32,7 +32,8 @@ TEST(GpuNVFP4Linear, ForwardMatchesCpuAndGradsMatchDefinitions) {
   FP4QAT_REQUIRE_GPU();
   for (auto blocks : {Blocks::k1D, Blocks::k2D})
     for (auto mode : {Backward::kHighPrecision, Backward::kDequantized}) {
-      const at::Tensor x0 = randn_cuda({300, 256}, 1), w0 = randn_cuda({192, 256}, 2) * 0.05, g = randn_cuda({300, 192}, 3);
+      const at::Tensor x0 = randn_cuda({300, 256}, 1), w0 = randn_cuda({192, 256}, 2) * 0.05,
+                       g = randn_cuda({300, 192}, 3);
       const fp4qat::autograd::NVFP4LinearOptions opt{blocks, mode};
       at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
       at::Tensor y = fp4qat::autograd::nvfp4_linear(x, w, opt);
@@ -70,8 +71,8 @@ void expect_grouped_equals_loop(const std::vector<int64_t>& cv, uint64_t seed) {
   for (auto dt : {at::kBFloat16, at::kHalf, at::kFloat})
     for (auto blocks : {Blocks::k1D, Blocks::k2D})
       for (auto mode : {Backward::kHighPrecision, Backward::kDequantized}) {
-        SCOPED_TRACE(::testing::Message() << dt << " " << fp4qat::to_string(blocks) << " "
-                                          << fp4qat::autograd::to_string(mode));
+        SCOPED_TRACE(::testing::Message()
+                     << dt << " " << fp4qat::to_string(blocks) << " " << fp4qat::autograd::to_string(mode));
         const at::Tensor x0 = randn_cuda({T, K}, seed).to(dt), w0 = (randn_cuda({E, N, K}, seed + 1) * 0.05).to(dt),
                          g = randn_cuda({T, N}, seed + 2).to(dt);
         const fp4qat::autograd::NVFP4LinearOptions opt{blocks, mode};

@@ -111,9 +111,10 @@ TEST(MXFP8GroupedLinear, EqualsLoopOfSingleExpertCalls) {
       at::Tensor y = fp4qat::autograd::mxfp8_grouped_linear(x, w, counts, mode);
       y.backward(g);
       ASSERT_EQ(y.sizes(), (std::vector<int64_t>{T, N}));
-      fp4qat::test::expect_grouped_equals_per_expert(y, x.grad(), w.grad(), counts_v, [&](int64_t e, int64_t r, int64_t n) {
-        return run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), mode);
-      });
+      fp4qat::test::expect_grouped_equals_per_expert(
+          y, x.grad(), w.grad(), counts_v, [&](int64_t e, int64_t r, int64_t n) {
+            return run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), mode);
+          });
     }
 }
 
@@ -152,7 +153,7 @@ TEST(MXFP8Linear, BadArguments) {
   EXPECT_THROW(fp4qat::autograd::mxfp8_linear(randn({4, 32}, 1), randn({8, 32}, 2, at::kFloat), hp),
                fp4qat::Error);  // dtypes differ
   EXPECT_THROW(fp4qat::autograd::mxfp8_linear(randn({4, 32}, 1, at::kDouble), randn({8, 32}, 2, at::kDouble), hp),
-               fp4qat::Error);  // float64
+               fp4qat::Error);                                                                               // float64
   EXPECT_THROW(fp4qat::autograd::mxfp8_linear(randn({4, 32}, 1), randn({2, 8, 32}, 2), hp), fp4qat::Error);  // 3-D w
   EXPECT_THROW(fp4qat::autograd::mxfp8_grouped_linear(randn({4, 32}, 1), randn({8, 32}, 2),
                                                       at::tensor(std::vector<int64_t>{4}, at::kLong), hp),

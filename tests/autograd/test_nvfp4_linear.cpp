@@ -124,9 +124,10 @@ TEST(NVFP4GroupedLinear, EqualsLoopOfSingleExpertCalls) {
       at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
       at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(x, w, counts, opt);
       y.backward(g);
-      fp4qat::test::expect_grouped_equals_per_expert(y, x.grad(), w.grad(), counts_v, [&](int64_t e, int64_t r, int64_t n) {
-        return run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), opt);
-      });
+      fp4qat::test::expect_grouped_equals_per_expert(
+          y, x.grad(), w.grad(), counts_v, [&](int64_t e, int64_t r, int64_t n) {
+            return run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), opt);
+          });
     }
 }
 

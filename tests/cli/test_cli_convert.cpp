@@ -75,9 +75,10 @@ TEST(CliConvert, ShardedCheckpointToNVFP4) {
   model::save_hf_folder(m, d.file("hf"), 3000);  // every tensor its own shard: pairs span shards
   fs::write_text_atomic(d.file("hf/tokenizer.json"), "{\"version\": \"1.0\"}\n");
   const auto in_map = weight_map(d.file("hf"));
-  ASSERT_NE(in_map.at("model.layers.0.mlp.experts.1.gate_proj.weight"), in_map.at("model.layers.0.mlp.experts.1.up_proj.weight"));
-  const auto r = run_fp4qat({"convert", "--in", d.file("hf"), "--out", d.file("nv"), "--format", "nvfp4", "--blocks", "2d",
-                             "--keep-first-n", "1", "--device", "cpu", "--calib-batches", "2"});
+  ASSERT_NE(in_map.at("model.layers.0.mlp.experts.1.gate_proj.weight"),
+            in_map.at("model.layers.0.mlp.experts.1.up_proj.weight"));
+  const auto r = run_fp4qat({"convert", "--in", d.file("hf"), "--out", d.file("nv"), "--format", "nvfp4", "--blocks",
+                             "2d", "--keep-first-n", "1", "--device", "cpu", "--calib-batches", "2"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::set<std::string> in_shards, out_shards;
   for (const auto& [n, f] : in_map) in_shards.insert(f);
@@ -114,7 +115,8 @@ TEST(CliConvert, ShardedCheckpointToNVFP4) {
   const json::Value hq = json::parse(fs::read_text(d.file("nv/hf_quant_config.json")), "hf_quant_config.json");
   EXPECT_EQ(hq.at("quantization").at("exclude_modules"), cfg.at("quantization_config").at("ignore"));
   // MXFP8 of the same checkpoint.
-  const auto r2 = run_fp4qat({"convert", "--in", d.file("hf"), "--out", d.file("mx"), "--format", "mxfp8", "--device", "cpu"});
+  const auto r2 =
+      run_fp4qat({"convert", "--in", d.file("hf"), "--out", d.file("mx"), "--format", "mxfp8", "--device", "cpu"});
   ASSERT_EQ(r2.exit_code, 0) << r2.err;
   const auto mx = load_folder(d.file("mx"));
   const std::string g = "model.layers.2.mlp.experts.3.gate_proj";
@@ -152,16 +154,17 @@ TEST(CliConvert, ConvertingTheBF16ExportReproducesTheTrainersNVFP4Export) {
     ++same;
   }
   EXPECT_GT(same, 3 * 4 * 3 * 3);
-  EXPECT_EQ(json::parse(fs::read_text(d.file("conv/hf_quant_config.json")), "a").at("quantization"),
-            json::parse(fs::read_text(d.file("run/exports/latest/nvfp4/hf_quant_config.json")), "b").at("quantization"));
+  EXPECT_EQ(
+      json::parse(fs::read_text(d.file("conv/hf_quant_config.json")), "a").at("quantization"),
+      json::parse(fs::read_text(d.file("run/exports/latest/nvfp4/hf_quant_config.json")), "b").at("quantization"));
 }
 
 TEST(CliConvert, BadInputFailsCleanly) {
   TempDir d;
   model::Qwen3Moe m(small(), 6);
   model::save_hf_folder(m, d.file("hf"), 1 << 20);
-  const std::vector<std::string> base = {"convert", "--in", d.file("hf"), "--device", "cpu", "--calib-batches", "1",
-                                         "--out"};
+  const std::vector<std::string> base = {"convert",         "--in", d.file("hf"), "--device", "cpu",
+                                         "--calib-batches", "1",    "--out"};
   auto with = [&](std::vector<std::string> extra, const std::string& out) {
     std::vector<std::string> a = base;
     a.push_back(out);

@@ -99,8 +99,8 @@ TEST(CliQuantize, StackedExpertsGetPerExpertScale2) {
   TempDir d;
   const at::Tensor w = at::randn({3, 32, 64}).to(at::kBFloat16);
   st::write_file(d.file("in.safetensors"), {{"experts.down_proj.weight", w}});
-  const auto r = run_fp4qat({"quantize", "--in", d.file("in.safetensors"), "--out", d.file("o.safetensors"),
-                             "--device", "cpu"});
+  const auto r =
+      run_fp4qat({"quantize", "--in", d.file("in.safetensors"), "--out", d.file("o.safetensors"), "--device", "cpu"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   st::Reader got(d.file("o.safetensors"));
   EXPECT_EQ(got.find("experts.down_proj.weight_scale_2")->shape, std::vector<int64_t>{3});
@@ -140,17 +140,20 @@ TEST(CliQuantize, BadInputsFailCleanly) {
     return b + h + std::string(data, '\0');
   };
   const std::string good_hdr = R"({"x.weight":{"dtype":"F32","shape":[1,16],"data_offsets":[0,64]}})";
-  struct Case { std::string name, bytes, needle; };
+  struct Case {
+    std::string name, bytes, needle;
+  };
   std::vector<Case> cases = {
       {"truncated", header_file(good_hdr, 64).substr(0, 60), "truncated.safetensors"},
       {"short", std::string("\x05\x00", 2), "short.safetensors"},
       {"hdr_long", std::string("\xff\x00\x00\x00\x00\x00\x00\x00{}", 10), "longer than the file"},
       {"hdr_huge", std::string("\x00\x00\x00\x10\x00\x00\x00\x00{}", 10), "100 MB"},
       {"json", header_file(R"({"x.weight":{"dtype":)", 0), "invalid JSON"},
-      {"range", header_file(R"({"x.weight":{"dtype":"F32","shape":[1,16],"data_offsets":[0,6400]}})", 64),
-       "x.weight"},
-      {"overlap", header_file(R"({"a.weight":{"dtype":"F32","shape":[1,16],"data_offsets":[0,64]},)"
-                              R"("b.weight":{"dtype":"F32","shape":[1,16],"data_offsets":[32,96]}})", 96),
+      {"range", header_file(R"({"x.weight":{"dtype":"F32","shape":[1,16],"data_offsets":[0,6400]}})", 64), "x.weight"},
+      {"overlap",
+       header_file(R"({"a.weight":{"dtype":"F32","shape":[1,16],"data_offsets":[0,64]},)"
+                   R"("b.weight":{"dtype":"F32","shape":[1,16],"data_offsets":[32,96]}})",
+                   96),
        "overlap"},
       {"size", header_file(R"({"x.weight":{"dtype":"F32","shape":[2,16],"data_offsets":[0,64]}})", 64), "x.weight"},
       {"dtype", header_file(R"({"x.weight":{"dtype":"F4","shape":[1,16],"data_offsets":[0,8]}})", 8), "F4"},

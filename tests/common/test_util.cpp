@@ -150,8 +150,8 @@ std::string read_bytes(const std::string& path) {
     }
   if (!diffs) return ::testing::AssertionSuccess();
   char buf[128];
-  std::snprintf(buf, sizeof buf, "%zu of %zu bytes differ; first at byte %zu: got 0x%02x want 0x%02x", diffs, n,
-                first, a[first], b[first]);
+  std::snprintf(buf, sizeof buf, "%zu of %zu bytes differ; first at byte %zu: got 0x%02x want 0x%02x", diffs, n, first,
+                a[first], b[first]);
   return ::testing::AssertionFailure() << buf;
 }
 

@@ -82,7 +82,9 @@ std::string read_bytes(const std::string& path);
 ::testing::AssertionResult bytes_equal(const at::Tensor& got, const at::Tensor& want);
 
 bool cuda_available();
-#define FP4QAT_REQUIRE_GPU() \
-  do { if (!::fp4qat::test::cuda_available()) GTEST_SKIP() << "no CUDA device"; } while (0)
+#define FP4QAT_REQUIRE_GPU()                                                 \
+  do {                                                                       \
+    if (!::fp4qat::test::cuda_available()) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
 
 }  // namespace fp4qat::test

@@ -14,7 +14,6 @@
 
 #include "dist/process_group.h"
 
-
 namespace fp4qat::test {
 
 int free_port() {
@@ -103,12 +102,16 @@ std::vector<ProcResult> run_ranks(int world, const std::vector<std::string>& arg
   std::vector<Spawned> ps;
   for (int r = 0; r < world; ++r)
     ps.push_back(spawn(args,
-                       {{"RANK", std::to_string(r)}, {"WORLD_SIZE", std::to_string(world)}, {"LOCAL_RANK", std::to_string(r)},
-                        {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}},
+                       {{"RANK", std::to_string(r)},
+                        {"WORLD_SIZE", std::to_string(world)},
+                        {"LOCAL_RANK", std::to_string(r)},
+                        {"MASTER_ADDR", "127.0.0.1"},
+                        {"MASTER_PORT", port}},
                        io, "rank" + std::to_string(r)));
   auto rs = wait_all(ps, timeout_s);
   for (int r = 0; r < world; ++r)
-    if (rs[r].exit_code != 0) rs[r].err = "rank " + std::to_string(r) + " exited with " + std::to_string(rs[r].exit_code) + ":\n" + rs[r].err;
+    if (rs[r].exit_code != 0)
+      rs[r].err = "rank " + std::to_string(r) + " exited with " + std::to_string(rs[r].exit_code) + ":\n" + rs[r].err;
   return rs;
 }
 

@@ -21,13 +21,31 @@ namespace json = fp4qat::json;
 
 namespace {
 
-std::vector<std::string> recipe(const std::string& out, int64_t grad_accum, const std::vector<std::string>& extra = {}) {
-  std::vector<std::string> a = {"train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml",
-                                "--set", "train.steps=4", "--set", "train.eval_every=0", "--set", "train.checkpoint_every=0",
-                                "--set", "train.device=cuda", "--set", "optim.warmup_steps=1",
-                                "--set", "qat.format=nvfp4", "--set", "export.formats=[nvfp4]",
-                                "--set", "parallel.timeout_s=120",
-                                "--set", "train.grad_accum=" + std::to_string(grad_accum), "--set", "train.out_dir=" + out};
+std::vector<std::string> recipe(const std::string& out, int64_t grad_accum,
+                                const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> a = {"train",
+                                "--recipe",
+                                std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml",
+                                "--set",
+                                "train.steps=4",
+                                "--set",
+                                "train.eval_every=0",
+                                "--set",
+                                "train.checkpoint_every=0",
+                                "--set",
+                                "train.device=cuda",
+                                "--set",
+                                "optim.warmup_steps=1",
+                                "--set",
+                                "qat.format=nvfp4",
+                                "--set",
+                                "export.formats=[nvfp4]",
+                                "--set",
+                                "parallel.timeout_s=120",
+                                "--set",
+                                "train.grad_accum=" + std::to_string(grad_accum),
+                                "--set",
+                                "train.out_dir=" + out};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
@@ -72,7 +90,8 @@ TEST(GpuDist, TwoGpusOverNcclMatchOneGpu) {
     for (const auto& r : rs) ASSERT_EQ(r.exit_code, 0) << mode << ": " << r.err;
     const auto l2 = losses(two);
     ASSERT_EQ(l2.size(), 4u) << mode;
-    for (size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l1[i], l2[i], 2e-2 * std::abs(l1[i])) << mode << " step " << i + 1;
+    for (size_t i = 0; i < l1.size(); ++i)
+      EXPECT_NEAR(l1[i], l2[i], 2e-2 * std::abs(l1[i])) << mode << " step " << i + 1;
     EXPECT_EQ(shapes(one + "/exports/latest/nvfp4"), shapes(two + "/exports/latest/nvfp4")) << mode;
   }
 }

@@ -41,14 +41,35 @@ using fp4qat::test::run_ranks;
 
 namespace {
 
-std::vector<std::string> recipe(const std::string& out, int64_t grad_accum, const std::vector<std::string>& extra = {}) {
-  std::vector<std::string> a = {"train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml",
-                                "--set", "train.steps=3", "--set", "train.batch_size=4", "--set", "train.seq_len=32",
-                                "--set", "train.eval_every=0", "--set", "train.checkpoint_every=1",
-                                "--set", "train.device=cpu", "--set", "optim.warmup_steps=1",
-                                "--set", "qat.format=nvfp4", "--set", "export.formats=[nvfp4, bf16]",
-                                "--set", "parallel.timeout_s=60",
-                                "--set", "train.grad_accum=" + std::to_string(grad_accum), "--set", "train.out_dir=" + out};
+std::vector<std::string> recipe(const std::string& out, int64_t grad_accum,
+                                const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> a = {"train",
+                                "--recipe",
+                                std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml",
+                                "--set",
+                                "train.steps=3",
+                                "--set",
+                                "train.batch_size=4",
+                                "--set",
+                                "train.seq_len=32",
+                                "--set",
+                                "train.eval_every=0",
+                                "--set",
+                                "train.checkpoint_every=1",
+                                "--set",
+                                "train.device=cpu",
+                                "--set",
+                                "optim.warmup_steps=1",
+                                "--set",
+                                "qat.format=nvfp4",
+                                "--set",
+                                "export.formats=[nvfp4, bf16]",
+                                "--set",
+                                "parallel.timeout_s=60",
+                                "--set",
+                                "train.grad_accum=" + std::to_string(grad_accum),
+                                "--set",
+                                "train.out_dir=" + out};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
@@ -75,7 +96,8 @@ void expect_same_files(const std::string& a, const std::string& b, const std::ve
       expect_same_files(a + "/" + f, b + "/" + f, skip);
       continue;
     }
-    EXPECT_TRUE(read_bytes(a + "/" + f) == read_bytes(b + "/" + f)) << a << "/" << f << " differs from " << b << "/" << f;
+    EXPECT_TRUE(read_bytes(a + "/" + f) == read_bytes(b + "/" + f))
+        << a << "/" << f << " differs from " << b << "/" << f;
   }
 }
 
@@ -125,7 +147,8 @@ TEST(Dist, DataParallelOverGlooEqualsOneProcessBytewise) {
   ASSERT_EQ(a.size(), 3u);
   ASSERT_EQ(b.size(), 3u);
   for (size_t i = 0; i < a.size(); ++i)
-    for (const char* k : {"step", "loss", "aux_loss", "grad_norm", "lr", "expert_load", "mismatch_mean", "mismatch_max"}) {
+    for (const char* k :
+         {"step", "loss", "aux_loss", "grad_norm", "lr", "expert_load", "mismatch_mean", "mismatch_max"}) {
       ASSERT_TRUE(a[i].find(k) && b[i].find(k)) << k;
       EXPECT_EQ(a[i].find(k)->dump(), b[i].find(k)->dump()) << "step " << i + 1 << " " << k;
     }
@@ -160,7 +183,8 @@ TEST(Dist, ExpertParallelOverGlooMatchesOneProcess) {
   }
   // The checkpoint and the exports are in the single-process layout: every expert, one index.
   {
-    fp4qat::st::Reader ra(one + "/checkpoints/step-3/model.safetensors"), rb(two + "/checkpoints/step-3/model.safetensors");
+    fp4qat::st::Reader ra(one + "/checkpoints/step-3/model.safetensors"),
+        rb(two + "/checkpoints/step-3/model.safetensors");
     EXPECT_EQ(ra.tensors().size(), rb.tensors().size());
     for (const auto& ti : ra.tensors()) {
       const std::string& n = ti.name;
@@ -177,9 +201,11 @@ TEST(Dist, ExpertParallelOverGlooMatchesOneProcess) {
   // The NVFP4 export is exactly the single-process quantization of the same weights: `convert`
   // of the run's BF16 export reproduces every tensor (input_scale comes from activations).
   const std::string conv = d.file("conv");
-  const auto c = fp4qat::test::run_fp4qat({"convert", "--in", two + "/exports/step-3/bf16", "--out", conv, "--format", "nvfp4"});
+  const auto c =
+      fp4qat::test::run_fp4qat({"convert", "--in", two + "/exports/step-3/bf16", "--out", conv, "--format", "nvfp4"});
   ASSERT_EQ(c.exit_code, 0) << c.err;
-  const auto wa = fp4qat::hf::FolderReader(two + "/exports/step-3/nvfp4").where(), wb = fp4qat::hf::FolderReader(conv).where();
+  const auto wa = fp4qat::hf::FolderReader(two + "/exports/step-3/nvfp4").where(),
+             wb = fp4qat::hf::FolderReader(conv).where();
   ASSERT_EQ(wa.size(), wb.size());
   int compared = 0;
   for (const auto& [name, file] : wa) {
@@ -219,19 +245,22 @@ TEST(Dist, BadLaunchesFailNamingTheCause) {
   TempDir d;
   const auto args = recipe(d.file("bad"), 1);
   {  // WORLD_SIZE without RANK
-    const auto r = fp4qat::test::run_fp4qat_env(args, {{"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "1234"}}, 60);
+    const auto r = fp4qat::test::run_fp4qat_env(
+        args, {{"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "1234"}}, 60);
     EXPECT_NE(r.exit_code, 0);
     EXPECT_NE(r.err.find("RANK"), std::string::npos) << r.err;
   }
   {  // a bad MASTER_PORT
-    const auto r = fp4qat::test::run_fp4qat_env(args, {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "http"}}, 60);
+    const auto r = fp4qat::test::run_fp4qat_env(
+        args, {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "http"}}, 60);
     EXPECT_NE(r.exit_code, 0);
     EXPECT_NE(r.err.find("MASTER_PORT"), std::string::npos) << r.err;
   }
   {  // dp x ep != world size: refused before any rendezvous
     auto a = args;
     a.insert(a.end(), {"--set", "parallel.dp=2", "--set", "parallel.ep=2"});
-    const auto r = fp4qat::test::run_fp4qat_env(a, {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "1234"}}, 60);
+    const auto r = fp4qat::test::run_fp4qat_env(
+        a, {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "1234"}}, 60);
     EXPECT_NE(r.exit_code, 0);
     EXPECT_NE(r.err.find("parallel.dp x parallel.ep"), std::string::npos) << r.err;
   }
@@ -246,8 +275,12 @@ TEST(Dist, BadLaunchesFailNamingTheCause) {
     auto a = args;
     a.insert(a.end(), {"--set", "parallel.timeout_s=3"});
     const auto t0 = std::chrono::steady_clock::now();
-    const auto r = fp4qat::test::run_fp4qat_env(
-        a, {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", std::to_string(fp4qat::test::free_port())}}, 60);
+    const auto r = fp4qat::test::run_fp4qat_env(a,
+                                                {{"WORLD_SIZE", "2"},
+                                                 {"RANK", "0"},
+                                                 {"MASTER_ADDR", "127.0.0.1"},
+                                                 {"MASTER_PORT", std::to_string(fp4qat::test::free_port())}},
+                                                60);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     EXPECT_NE(r.exit_code, 0);
     EXPECT_NE(r.exit_code, -1) << "killed by the test's timeout: the rendezvous hung";

@@ -32,9 +32,10 @@ TEST(Json, DoublesRoundTripExactly) {
 }
 
 TEST(Json, RejectsMalformedInput) {
-  const char* bad[] = {"",          "{",          "{\"a\":}",    "[1,]",        "{\"a\":1,}",   "01",
-                       "1.",        "--1",        "\"abc",       "\"\\q\"",     "{\"a\":1}x",   "tru",
-                       "{a:1}",     "\"\\ud800\"", "[1 2]",      "{\"a\":1,\"a\":2}", "\"\x01\""};
+  const char* bad[] = {
+      "",        "{",       "{\"a\":}",   "[1,]", "{\"a\":1,}", "01",          "1.",    "--1",
+      "\"abc",   "\"\\q\"", "{\"a\":1}x", "tru",  "{a:1}",      "\"\\ud800\"", "[1 2]", "{\"a\":1,\"a\":2}",
+      "\"\x01\""};
   for (const char* b : bad) EXPECT_THROW(parse(b, "bad"), fp4qat::Error) << "input: " << b;
 }
 
@@ -126,6 +127,7 @@ TEST(Json, WriterBytesAreFixed) {
                                  {"n", nullptr},
                                  {"t", true}});
   EXPECT_EQ(v.dump(), R"({"b":1,"a":[1.5,-0.0,1e+300,3.0,"x\n\u0001"],"e":{},"n":null,"t":true})");
-  EXPECT_EQ(v.dump(2), "{\n  \"b\": 1,\n  \"a\": [\n    1.5,\n    -0.0,\n    1e+300,\n    3.0,\n    \"x\\n\\u0001\"\n  ],\n"
-                       "  \"e\": {},\n  \"n\": null,\n  \"t\": true\n}");
+  EXPECT_EQ(v.dump(2),
+            "{\n  \"b\": 1,\n  \"a\": [\n    1.5,\n    -0.0,\n    1e+300,\n    3.0,\n    \"x\\n\\u0001\"\n  ],\n"
+            "  \"e\": {},\n  \"n\": null,\n  \"t\": true\n}");
 }

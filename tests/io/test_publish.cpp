@@ -30,7 +30,8 @@ TEST(Publish, AtomicKeepsNewestAndSurvivesAFailedWrite) {
   EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-3", "step-4"}));
   EXPECT_EQ(fs::read_text(root + "/latest/step.txt"), "4");
   // Publishing a step again (after a resume) replaces it.
-  io::publish(root, "step-4", 2, "step-", [](const std::string& tmp) { fs::write_text_atomic(tmp + "/step.txt", "4b"); });
+  io::publish(root, "step-4", 2, "step-",
+              [](const std::string& tmp) { fs::write_text_atomic(tmp + "/step.txt", "4b"); });
   EXPECT_EQ(fs::read_text(root + "/latest/step.txt"), "4b");
   EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-3", "step-4"}));
 }
@@ -39,9 +40,8 @@ TEST(Publish, KeepZeroKeepsEveryFolder) {
   test::TempDir d;
   const std::string root = d.file("checkpoints");
   for (int s = 1; s <= 3; ++s)
-    io::publish(root, "step-" + std::to_string(s), 0, "step-", [](const std::string& tmp) {
-      fs::write_text_atomic(tmp + "/x", "x");
-    });
+    io::publish(root, "step-" + std::to_string(s), 0, "step-",
+                [](const std::string& tmp) { fs::write_text_atomic(tmp + "/x", "x"); });
   EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-1", "step-2", "step-3"}));
   EXPECT_EQ(io::latest(root), "step-3");
 }
@@ -64,15 +64,17 @@ TEST(WriteFolderAtomic, RefusesOrReplacesAndLeavesNothingOnFailure) {
   io::write_folder_atomic(out, [](const std::string& tmp) { fs::write_text_atomic(tmp + "/a", "1"); });
   EXPECT_EQ(fs::read_text(out + "/a"), "1");
   EXPECT_THROW(io::write_folder_atomic(out, [](const std::string&) {}), Error);  // exists, no replace
-  EXPECT_THROW(io::write_folder_atomic(out,
-                                       [](const std::string& tmp) {
-                                         fs::write_text_atomic(tmp + "/a", "2");
-                                         FP4QAT_FAIL("simulated");
-                                       },
-                                       /*replace=*/true),
+  EXPECT_THROW(io::write_folder_atomic(
+                   out,
+                   [](const std::string& tmp) {
+                     fs::write_text_atomic(tmp + "/a", "2");
+                     FP4QAT_FAIL("simulated");
+                   },
+                   /*replace=*/true),
                Error);
   EXPECT_EQ(fs::read_text(out + "/a"), "1");
   EXPECT_EQ(fs::list_dir(d.path()), (std::vector<std::string>{"out"}));  // no temporary folder left
-  io::write_folder_atomic(out, [](const std::string& tmp) { fs::write_text_atomic(tmp + "/b", "2"); }, true);
+  io::write_folder_atomic(
+      out, [](const std::string& tmp) { fs::write_text_atomic(tmp + "/b", "2"); }, true);
   EXPECT_EQ(fs::list_dir(out), (std::vector<std::string>{"b"}));
 }

@@ -86,8 +86,7 @@ TEST(Safetensors, ViewOutlivesReader) {
 TEST(Safetensors, WriterRefusesMissingFolderAndDuplicates) {
   TempDir d;
   EXPECT_THROW(st::write_file(d.file("no/such/dir/x.safetensors"), {{"a", at::zeros({1})}}), fp4qat::Error);
-  EXPECT_THROW(st::write_file(d.file("x.safetensors"), {{"a", at::zeros({1})}, {"a", at::zeros({1})}}),
-               fp4qat::Error);
+  EXPECT_THROW(st::write_file(d.file("x.safetensors"), {{"a", at::zeros({1})}, {"a", at::zeros({1})}}), fp4qat::Error);
   EXPECT_TRUE(d.list().empty()) << "nothing may be left behind on error";
 }
 
@@ -129,10 +128,12 @@ TEST(Safetensors, RejectsInvalidJsonAndBadEntries) {
 
 TEST(Safetensors, RejectsOverlapsHolesAndTrailingBytes) {
   expect_rejected(make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                            R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12),
+                            R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                            12),
                   "overlap");
   expect_rejected(make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
-                            R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})", 12),
+                            R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+                            12),
                   "hole");
   expect_rejected(make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 8), "trailing");
 }

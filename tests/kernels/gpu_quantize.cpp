@@ -28,8 +28,8 @@ namespace {
 
 // Shapes: rows not a multiple of 16, one row, 3-D with E = 1 and E = 160, K up to 16384.
 const std::vector<std::vector<int64_t>> kShapes = {
-    {1, 16}, {1, 32}, {7, 96}, {17, 64}, {33, 160}, {128, 256}, {255, 512}, {3, 16384}, {40, 16384},
-    {1, 5, 64}, {1, 129, 2048}, {160, 8, 32}, {160, 17, 64}, {4, 768, 2048}, {2, 31, 4096},
+    {1, 16},     {1, 32},    {7, 96},        {17, 64},     {33, 160},     {128, 256},     {255, 512},    {3, 16384},
+    {40, 16384}, {1, 5, 64}, {1, 129, 2048}, {160, 8, 32}, {160, 17, 64}, {4, 768, 2048}, {2, 31, 4096},
 };
 
 }  // namespace
@@ -47,7 +47,8 @@ TEST(GpuQuantize, NVFP4MatchesReferenceOnRandomShapes) {
           at::Tensor amax;
           if (given) amax = fp4qat::global_amax(x) * 1.5f;  // a shared amax larger than the tensor's own
           const auto want = fp4qat::nvfp4_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
-          const auto want_fake = fp4qat::nvfp4_fake_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
+          const auto want_fake =
+              fp4qat::nvfp4_fake_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
           const auto got = run_poisoned(x, blocks, given ? &amax : nullptr);
           const int64_t E = dims.size() == 3 ? dims[0] : 1;
           ASSERT_TRUE(bytes_equal(got[0], want.codes.reshape({E, dims[dims.size() - 2], -1})));
@@ -55,8 +56,8 @@ TEST(GpuQuantize, NVFP4MatchesReferenceOnRandomShapes) {
           ASSERT_TRUE(bytes_equal(got[2], want_fake.values.reshape({E, dims[dims.size() - 2], -1})));
           ASSERT_TRUE(bytes_equal(got[3], want.s_dec.reshape({E})));
           // The public API on a CUDA tensor gives the same bytes.
-          const auto api = fp4qat::nvfp4_quantize(x.cuda(), blocks,
-                                                  given ? std::optional<at::Tensor>(amax.cuda()) : std::nullopt);
+          const auto api =
+              fp4qat::nvfp4_quantize(x.cuda(), blocks, given ? std::optional<at::Tensor>(amax.cuda()) : std::nullopt);
           ASSERT_TRUE(bytes_equal(api.codes, want.codes));
           ASSERT_TRUE(bytes_equal(api.scales, want.scales));
           ASSERT_TRUE(bytes_equal(api.s_dec, want.s_dec));
@@ -222,14 +223,15 @@ TEST(GpuQuantize, NVFP4RowGroupsMatchReference) {
       {{15, 1, 0, 300, 64}, {16, 96, 2048, 4096}, all},
       {{0, 0, 3}, {16, 96, 2048, 4096}, all},
       {{40, 0, 1, 300, 64, 0, 129, 77}, {768, 2048}, all},  // 2048: 8-row bf16 slices, 38 in a group
-      {{3, 6000, 2}, {4096}, {at::kBFloat16}},               // 1500 4-row slices in one group
+      {{3, 6000, 2}, {4096}, {at::kBFloat16}},              // 1500 4-row slices in one group
   };
   int64_t seed = 100;
   for (const char* kernel : {"", "fused", "park"})
     for (const auto& c : cases)
       for (int64_t K : c.Ks)
         for (auto dt : c.types) {
-          const fp4qat::tuning::ScopedNvfp4Tuning knobs(fp4qat::tuning::Nvfp4Tuning{}.with("FP4QAT_NVFP4_KERNEL", kernel));
+          const fp4qat::tuning::ScopedNvfp4Tuning knobs(
+              fp4qat::tuning::Nvfp4Tuning{}.with("FP4QAT_NVFP4_KERNEL", kernel));
           std::vector<int64_t> off = {0};
           for (int64_t n : c.counts) off.push_back(off.back() + n);
           const int64_t T = off.back(), G = static_cast<int64_t>(c.counts.size());
@@ -247,8 +249,8 @@ TEST(GpuQuantize, NVFP4RowGroupsMatchReference) {
           at::Tensor fake = at::full({T, K}, 0x7FC1, at::TensorOptions().dtype(at::kShort).device(at::kCUDA));
           at::Tensor s_dec = at::full({G}, std::nanf(""), at::TensorOptions().device(at::kCUDA));
           at::Tensor ws = at::full({static_cast<int64_t>(ck::nvfp4_workspace_bytes(G))}, 0x5A, u8);
-          ck::nvfp4_quantize_rows(xd.data_ptr(), in_type(dt), T, K, table_d.data_ptr<int32_t>(), G, R, rt.total_slices, rt.max_slices,
-                                  ws.data_ptr(), codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(),
+          ck::nvfp4_quantize_rows(xd.data_ptr(), in_type(dt), T, K, table_d.data_ptr<int32_t>(), G, R, rt.total_slices,
+                                  rt.max_slices, ws.data_ptr(), codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(),
                                   reinterpret_cast<uint16_t*>(fake.data_ptr()), s_dec.data_ptr<float>(),
                                   at::cuda::getCurrentCUDAStream().stream());
           FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());

@@ -82,7 +82,8 @@ struct Variant {
 // Every variant gives the reference's bytes on shapes with 1D / 2D blocks, amax computed / given,
 // and each of them ran at least once (a variant that never runs would test nothing).
 inline void check_nvfp4_variants(const std::vector<Variant>& variants) {
-  const std::vector<std::vector<int64_t>> shapes = {{7, 96}, {1, 129, 2048}, {160, 17, 64}, {4, 768, 2048}, {2, 31, 4096}};
+  const std::vector<std::vector<int64_t>> shapes = {
+      {7, 96}, {1, 129, 2048}, {160, 17, 64}, {4, 768, 2048}, {2, 31, 4096}};
   uint64_t seed = 900;
   for (const auto& v : variants) {
     const fp4qat::tuning::ScopedNvfp4Tuning knobs(fp4qat::tuning::Nvfp4Tuning{}
@@ -96,14 +97,16 @@ inline void check_nvfp4_variants(const std::vector<Variant>& variants) {
     for (const auto& dims : shapes)
       for (auto blocks : {Blocks::k1D, Blocks::k2D})
         for (bool given : {false, true}) {
-          SCOPED_TRACE(::testing::Message() << v.kernel << " threads " << v.threads << " hint " << v.hint << " unroll "
-                                            << v.unroll << " slot " << v.slot << " x " << v.slots << " " << at::IntArrayRef(dims) << " "
-                                            << fp4qat::to_string(blocks) << (given ? " given-amax" : ""));
+          SCOPED_TRACE(::testing::Message()
+                       << v.kernel << " threads " << v.threads << " hint " << v.hint << " unroll " << v.unroll
+                       << " slot " << v.slot << " x " << v.slots << " " << at::IntArrayRef(dims) << " "
+                       << fp4qat::to_string(blocks) << (given ? " given-amax" : ""));
           const at::Tensor x = random_input(dims, at::kBFloat16, seed++);
           at::Tensor amax;
           if (given) amax = fp4qat::global_amax(x) * 1.5f;
           const auto want = fp4qat::nvfp4_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
-          const auto want_fake = fp4qat::nvfp4_fake_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
+          const auto want_fake =
+              fp4qat::nvfp4_fake_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
           const auto got = run_poisoned(x, blocks, given ? &amax : nullptr);
           ran += std::string(ck::nvfp4_last_kernel()) == v.kernel;
           const int64_t E = dims.size() == 3 ? dims[0] : 1, N = dims[dims.size() - 2];
@@ -112,7 +115,8 @@ inline void check_nvfp4_variants(const std::vector<Variant>& variants) {
           EXPECT_TRUE(bytes_equal(got[2], want_fake.values.reshape({E, N, -1})));
           EXPECT_TRUE(bytes_equal(got[3], want.s_dec.reshape({E})));
         }
-    EXPECT_GT(ran, 0) << v.kernel << " never ran (threads " << v.threads << ", slot " << v.slot << " x " << v.slots << ")";
+    EXPECT_GT(ran, 0) << v.kernel << " never ran (threads " << v.threads << ", slot " << v.slot << " x " << v.slots
+                      << ")";
   }
 }
 

@@ -41,8 +41,8 @@ TEST(GpuScaledBmm, ExactOnExactlySummableOperands) {
     for (auto dt : {at::kBFloat16, at::kHalf})
       for (auto out : {at::kBFloat16, at::kHalf, at::kFloat})
         for (bool gather : {false, true}) {
-          SCOPED_TRACE(::testing::Message() << s.B << "x" << s.M << "x" << s.N << "x" << s.K << " " << dt << " -> " << out
-                                            << (gather ? " gathered" : ""));
+          SCOPED_TRACE(::testing::Message() << s.B << "x" << s.M << "x" << s.N << "x" << s.K << " " << dt << " -> "
+                                            << out << (gather ? " gathered" : ""));
           const at::Tensor a = small_ints({s.B, s.M, s.K}, 1).to(dt), w = small_ints({s.B, s.N, s.K}, 2).to(dt);
           const at::Tensor alpha = at::rand({s.B}, gen(3)).mul_(1e-3).add_(1e-5);  // full fp32 mantissas
           const at::Tensor rows = gather ? some_rows(s.B * s.M, 4) : at::Tensor();
@@ -77,10 +77,11 @@ TEST(GpuScaledBmm, RejectsMismatchedOperands) {
   const at::Tensor a = at::zeros({2, 4, 32}, at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16));
   const at::Tensor alpha = at::ones({2}, a.options().dtype(at::kFloat));
   EXPECT_THROW(fp4qat::gemm::scaled_bmm(a, at::zeros({2, 8, 16}, a.options()), alpha, at::kBFloat16), fp4qat::Error);
-  EXPECT_THROW(fp4qat::gemm::scaled_bmm(a, at::zeros({2, 8, 32}, a.options()), at::ones({3}, alpha.options()),
-                                        at::kBFloat16),
+  EXPECT_THROW(
+      fp4qat::gemm::scaled_bmm(a, at::zeros({2, 8, 32}, a.options()), at::ones({3}, alpha.options()), at::kBFloat16),
+      fp4qat::Error);
+  EXPECT_THROW(fp4qat::gemm::scaled_bmm(a, at::zeros({2, 8, 32}, a.options()), alpha.cpu(), at::kBFloat16),
                fp4qat::Error);
-  EXPECT_THROW(fp4qat::gemm::scaled_bmm(a, at::zeros({2, 8, 32}, a.options()), alpha.cpu(), at::kBFloat16), fp4qat::Error);
 }
 
 namespace {
@@ -100,7 +101,9 @@ Padded padded(const std::vector<int64_t>& counts, int64_t K, uint64_t seed, bool
   std::vector<int64_t> rows;
   for (int64_t e = 0; e < E; ++e) {
     if (counts[e])
-      p.x[e].narrow(0, 0, counts[e]).copy_(ints ? small_ints({counts[e], K}, seed + e) : at::randn({counts[e], K}, gen(seed + e)));
+      p.x[e]
+          .narrow(0, 0, counts[e])
+          .copy_(ints ? small_ints({counts[e], K}, seed + e) : at::randn({counts[e], K}, gen(seed + e)));
     for (int64_t j = 0; j < counts[e]; ++j) rows.push_back(e * Mmax + j);
     p.off.push_back(p.off.back() + counts[e]);
   }
@@ -119,7 +122,7 @@ TEST(GpuScaledBmm, GroupedGemmEqualsTheDefinition) {
 #else
   if (at::cuda::getCurrentDeviceProperties()->major != 9) GTEST_SKIP() << "not an sm_90 device";
   const std::vector<int64_t> counts = {7, 0, 1, 300, 64, 0, 129};
-  for (const auto& [N, K] : std::vector<std::pair<int64_t, int64_t>>{{96, 128}, {1536, 2048}, {200, 48}}) {
+  for (const auto& [N, K] : std::vector<std::pair<int64_t, int64_t> >{{96, 128}, {1536, 2048}, {200, 48}}) {
     SCOPED_TRACE(::testing::Message() << "N " << N << " K " << K);
     const Padded p = padded(counts, K, 11, /*ints=*/true);
     const int64_t E = static_cast<int64_t>(counts.size());
@@ -174,8 +177,8 @@ TEST(GpuScaledBmm, BatchedGemmEqualsTheDefinition) {
       const at::Tensor want = fp4qat::gemm::scaled_bmm(x, w, alpha, at::kBFloat16).reshape({c.E * c.M, c.N});
       const at::Tensor xg = x.to(at::kBFloat16).cuda(), wg = w.to(at::kBFloat16).cuda(), ag = alpha.cuda();
       for (bool rows_layout : {false, true}) {
-        const at::Tensor got = fp4qat::gemm::grouped_scaled_mm(rows_layout ? xg.reshape({c.E * c.M, c.K}) : xg, wg,
-                                                               ag, off, at::kBFloat16);
+        const at::Tensor got = fp4qat::gemm::grouped_scaled_mm(rows_layout ? xg.reshape({c.E * c.M, c.K}) : xg, wg, ag,
+                                                               off, at::kBFloat16);
         ASSERT_TRUE(got.defined()) << "the batched GEMM refused a supported problem";
         EXPECT_STREQ(fp4qat::gemm::last_grouped_kernel(), "batched");
         ASSERT_EQ(got.sizes(), want.sizes());
@@ -184,8 +187,8 @@ TEST(GpuScaledBmm, BatchedGemmEqualsTheDefinition) {
       // Counts that are not all equal (2, 1, 3 rows: the total of 2 each) take the grouped GEMM.
       if (c.E >= 3 && c.M >= 6) {
         const at::Tensor xs = xg[0].narrow(0, 0, 6);  // [6, K]
-        const at::Tensor g3 = fp4qat::gemm::grouped_scaled_mm(xs, wg.narrow(0, 0, 3), ag.narrow(0, 0, 3),
-                                                              {0, 2, 3, 6}, at::kBFloat16);
+        const at::Tensor g3 =
+            fp4qat::gemm::grouped_scaled_mm(xs, wg.narrow(0, 0, 3), ag.narrow(0, 0, 3), {0, 2, 3, 6}, at::kBFloat16);
         ASSERT_TRUE(g3.defined());
         EXPECT_STREQ(fp4qat::gemm::last_grouped_kernel(), "grouped");
       }
@@ -206,7 +209,8 @@ TEST(GpuScaledBmm, BatchedGemmEqualsTheDefinition) {
     const at::Tensor got = fp4qat::gemm::grouped_scaled_mm(x, w, alpha, off, at::kBFloat16);
     ASSERT_TRUE(got.defined());
     EXPECT_STREQ(fp4qat::gemm::last_grouped_kernel(), "batched");
-    const at::Tensor ref = fp4qat::gemm::scaled_bmm(x, w, alpha, at::kBFloat16).reshape({E * M, N}).cpu().to(at::kFloat);
+    const at::Tensor ref =
+        fp4qat::gemm::scaled_bmm(x, w, alpha, at::kBFloat16).reshape({E * M, N}).cpu().to(at::kFloat);
     const at::Tensor bad = (got.cpu().to(at::kFloat) - ref).abs() > ref.abs() * (1.0 / 128) + 1e-3 * ref.abs().max();
     EXPECT_EQ(bad.sum().item<int64_t>(), 0) << "tile " << tile;
   }

@@ -80,10 +80,10 @@ TEST(E4M3, KnownValues) {
   EXPECT_EQ(e4m3_to_float(0x01), std::ldexp(1.0f, -9));
   EXPECT_EQ(e4m3_to_float(0x08), std::ldexp(1.0f, -6));
   EXPECT_EQ(e4m3_to_float(0x38), 1.0f);
-  EXPECT_EQ(float_to_e4m3(1000.0f), 0x7e);   // saturates
+  EXPECT_EQ(float_to_e4m3(1000.0f), 0x7e);  // saturates
   EXPECT_EQ(float_to_e4m3(-1e30f), 0xfe);
-  EXPECT_EQ(float_to_e4m3(464.0f), 0x7e);    // would round past the grid: saturate
-  EXPECT_EQ(float_to_e4m3(std::ldexp(1.0f, -10)), 0x00);  // half of the smallest subnormal: tie to even (0)
+  EXPECT_EQ(float_to_e4m3(464.0f), 0x7e);                     // would round past the grid: saturate
+  EXPECT_EQ(float_to_e4m3(std::ldexp(1.0f, -10)), 0x00);      // half of the smallest subnormal: tie to even (0)
   EXPECT_EQ(float_to_e4m3(3 * std::ldexp(1.0f, -10)), 0x02);  // 1.5 * 2^-9: tie to even (2)
 }
 
@@ -122,11 +122,15 @@ TEST(E2M1, EveryCodeRoundTrips) {
 
 TEST(E2M1, LadderBoundariesAndTies) {
   // numerics.md: <= .25 -> 0, < .75 -> .5, <= 1.25 -> 1, < 1.75 -> 1.5, <= 2.5 -> 2, < 3.5 -> 3, <= 5 -> 4, else 6
-  struct Case { float v; uint8_t code; };
+  struct Case {
+    float v;
+    uint8_t code;
+  };
   const Case cases[] = {{0.25f, 0}, {std::nextafter(0.25f, 1.f), 1}, {0.75f, 2}, {std::nextafter(0.75f, 0.f), 1},
                         {1.25f, 2}, {std::nextafter(1.25f, 2.f), 3}, {1.75f, 4}, {std::nextafter(1.75f, 0.f), 3},
-                        {2.5f, 4},  {std::nextafter(2.5f, 3.f), 5},  {3.5f, 6}, {std::nextafter(3.5f, 0.f), 5},
-                        {5.0f, 6},  {std::nextafter(5.0f, 6.f), 7},  {6.0f, 7}, {-0.1f, 8}, {-5.5f, 15}};
+                        {2.5f, 4},  {std::nextafter(2.5f, 3.f), 5},  {3.5f, 6},  {std::nextafter(3.5f, 0.f), 5},
+                        {5.0f, 6},  {std::nextafter(5.0f, 6.f), 7},  {6.0f, 7},  {-0.1f, 8},
+                        {-5.5f, 15}};
   for (const auto& c : cases) EXPECT_EQ(float_to_e2m1(c.v), c.code) << "v = " << c.v;
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> u(-6.0f, 6.0f);
@@ -139,8 +143,16 @@ TEST(E2M1, LadderBoundariesAndTies) {
 TEST(E2M1, ArithmeticEncoderEqualsLadder) {
   // nvfp4_encode's arithmetic path must equal the numerics.md ladder on every boundary, every
   // grid point and its neighbours, and random magnitudes (including values past 6 and tiny ones).
-  std::vector<float> xs = {0.0f, -0.0f, 1e-30f, -1e-30f, 6.0f, 6.5f, 1e30f, -1e30f,
-                           std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
+  std::vector<float> xs = {0.0f,
+                           -0.0f,
+                           1e-30f,
+                           -1e-30f,
+                           6.0f,
+                           6.5f,
+                           1e30f,
+                           -1e30f,
+                           std::numeric_limits<float>::infinity(),
+                           -std::numeric_limits<float>::infinity()};
   for (float b : {0.25f, 0.5f, 0.75f, 1.0f, 1.25f, 1.5f, 1.75f, 2.0f, 2.5f, 3.0f, 3.5f, 4.0f, 5.0f, 6.0f})
     for (float s : {1.0f, -1.0f}) {
       xs.push_back(s * b);

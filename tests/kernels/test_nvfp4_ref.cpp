@@ -139,9 +139,9 @@ TEST(NVFP4Ref, AllZeroTensor) {
 }
 
 TEST(NVFP4Ref, ArgumentErrors) {
-  EXPECT_THROW(fp4qat::nvfp4_quantize(at::zeros({4, 24}), Blocks::k1D), fp4qat::Error);   // K % 16
-  EXPECT_THROW(fp4qat::mxfp8_quantize(at::zeros({4, 48})), fp4qat::Error);                 // K % 32
-  EXPECT_THROW(fp4qat::nvfp4_quantize(at::zeros({16}), Blocks::k1D), fp4qat::Error);       // rank
+  EXPECT_THROW(fp4qat::nvfp4_quantize(at::zeros({4, 24}), Blocks::k1D), fp4qat::Error);  // K % 16
+  EXPECT_THROW(fp4qat::mxfp8_quantize(at::zeros({4, 48})), fp4qat::Error);               // K % 32
+  EXPECT_THROW(fp4qat::nvfp4_quantize(at::zeros({16}), Blocks::k1D), fp4qat::Error);     // rank
   EXPECT_THROW(fp4qat::nvfp4_quantize(at::zeros({4, 16}, at::kDouble), Blocks::k1D), fp4qat::Error);
   EXPECT_THROW(fp4qat::nvfp4_quantize(at::zeros({2, 4, 16}), Blocks::k1D, at::ones({})), fp4qat::Error);  // amax shape
   try {

@@ -13,7 +13,8 @@ namespace {
 void expect_nvfp4(const fp4qat::st::Reader& r, const std::string& prefix, const fp4qat::NVFP4Tensor& q) {
   EXPECT_TRUE(bytes_equal(q.codes, r.view(prefix + ".weight"))) << r.path() << " " << prefix << ".weight";
   EXPECT_TRUE(bytes_equal(q.scales, r.view(prefix + ".weight_scale"))) << r.path() << " " << prefix << ".weight_scale";
-  EXPECT_TRUE(bytes_equal(q.s_dec, r.view(prefix + ".weight_scale_2"))) << r.path() << " " << prefix << ".weight_scale_2";
+  EXPECT_TRUE(bytes_equal(q.s_dec, r.view(prefix + ".weight_scale_2")))
+      << r.path() << " " << prefix << ".weight_scale_2";
 }
 
 }  // namespace
@@ -54,7 +55,8 @@ TEST(Vectors, GatedPairsShareAmax) {
     ++cases;
     const at::Tensor g = r.view("gate"), u = r.view("up");
     const at::Tensor a = at::maximum(fp4qat::global_amax(g), fp4qat::global_amax(u));
-    for (auto [blocks, tag] : {std::pair{fp4qat::Blocks::k1D, "nvfp4_1d"}, std::pair{fp4qat::Blocks::k2D, "nvfp4_2d"}}) {
+    for (auto [blocks, tag] :
+         {std::pair{fp4qat::Blocks::k1D, "nvfp4_1d"}, std::pair{fp4qat::Blocks::k2D, "nvfp4_2d"}}) {
       const auto qg = fp4qat::nvfp4_quantize(g, blocks, a);
       const auto qu = fp4qat::nvfp4_quantize(u, blocks, a);
       expect_nvfp4(r, std::string("gate.") + tag, qg);

@@ -44,11 +44,13 @@ TEST(GpuModel, BF16ExpertGemmsMatchReference) {
     SCOPED_TRACE(::testing::Message() << "counts " << at::IntArrayRef(cv));
     const at::Tensor counts = at::tensor(cv, at::kLong);
     auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
-    const at::Tensor x0 = at::randn({T, K}, gen).to(at::kBFloat16), w0 = (at::randn({E, N, K}, gen) * 0.1).to(at::kBFloat16);
+    const at::Tensor x0 = at::randn({T, K}, gen).to(at::kBFloat16),
+                     w0 = (at::randn({E, N, K}, gen) * 0.1).to(at::kBFloat16);
     const at::Tensor g = at::randn({T, N}, gen).to(at::kBFloat16);
     fp4qat::model::LinearPolicy plain;
-    const Grads gpu = run([&](const at::Tensor& x, const at::Tensor& w) { return plain.grouped("experts", x, w, counts); },
-                          x0.cuda(), w0.cuda(), g.cuda());
+    const Grads gpu =
+        run([&](const at::Tensor& x, const at::Tensor& w) { return plain.grouped("experts", x, w, counts); }, x0.cuda(),
+            w0.cuda(), g.cuda());
     // float32 reference: one linear per expert on the same bf16 values.
     const Grads ref = run(
         [&](const at::Tensor& x, const at::Tensor& w) {

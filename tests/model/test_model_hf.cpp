@@ -43,7 +43,8 @@ int run_python(const std::vector<std::string>& args) {
 TEST(ModelHF, TransformersRoundTrip) {
   TempDir d;
   const std::string hf = d.file("hf"), ours = d.file("ours");
-  ASSERT_EQ(run_python({"make", hf}), 0) << "transformers could not make the reference model (scripts/setup installs it)";
+  ASSERT_EQ(run_python({"make", hf}), 0)
+      << "transformers could not make the reference model (scripts/setup installs it)";
   fp4qat::model::Qwen3Moe m = fp4qat::model::load_hf_folder(hf);
   EXPECT_EQ(m.config().num_hidden_layers, 3);
   EXPECT_FALSE(m.is_moe_layer(1));  // mlp_only_layers: [1]
@@ -66,7 +67,7 @@ TEST(ModelHF, TransformersRoundTrip) {
 }
 
 TEST(Model, ForwardShapesAuxLossAndGradients) {
-  at::manual_seed(3);  // the same ids every run
+  at::manual_seed(3);            // the same ids every run
   fp4qat::model::ModelConfig c;  // the tiny defaults
   fp4qat::model::Qwen3Moe m(c, 3);
   const at::Tensor ids = at::randint(0, c.vocab_size, {2, 9}, at::kLong);

@@ -55,7 +55,8 @@ TEST(GpuStagedFolder, EqualsTheCpuWriterWhileTheWeightsChange) {
     qat::ExportOptions opt;
     opt.format = f;
     opt.config_json = R"({"model_type": "qwen3_moe"})";
-    const std::string a = d.file(std::string("cpu-") + qat::to_string(f)), b = d.file(std::string("gpu-") + qat::to_string(f));
+    const std::string a = d.file(std::string("cpu-") + qat::to_string(f)),
+                      b = d.file(std::string("gpu-") + qat::to_string(f));
     fs::make_dir(a);
     {
       qat::HfFolderWriter w(a, opt);

@@ -135,7 +135,8 @@ TEST_P(ExportWriter, NVFP4FolderMatchesTheSpecAndTheQuantizer) {
   std::set<std::string> files;
   for (const auto& [n, f] : wm) files.insert(f);
   ASSERT_GT(files.size(), 1u);
-  for (const auto& f : files) EXPECT_TRUE(f.find("-of-0000" + std::to_string(files.size()) + ".safetensors") != std::string::npos) << f;
+  for (const auto& f : files)
+    EXPECT_TRUE(f.find("-of-0000" + std::to_string(files.size()) + ".safetensors") != std::string::npos) << f;
   auto t = load_all(d.file("out"));
   EXPECT_EQ(t.size(), wm.size());
   EXPECT_EQ(t.size(), 2u + 4u * (2 * E + E));
@@ -169,11 +170,13 @@ TEST_P(ExportWriter, NVFP4FolderMatchesTheSpecAndTheQuantizer) {
 
   const json::Value cfg = json::parse(fs::read_text(d.file("out/config.json")), "config.json");
   EXPECT_EQ(cfg.at("hidden_size").as_int(), 64);
-  EXPECT_EQ(cfg.at("quantization_config").dump(),
-            R"({"quant_method":"modelopt","quant_algo":"NVFP4","group_size":16,"ignore":["lm_head","model.layers.*.self_attn*"],"kv_cache_scheme":null})");
+  EXPECT_EQ(
+      cfg.at("quantization_config").dump(),
+      R"({"quant_method":"modelopt","quant_algo":"NVFP4","group_size":16,"ignore":["lm_head","model.layers.*.self_attn*"],"kv_cache_scheme":null})");
   const json::Value hq = json::parse(fs::read_text(d.file("out/hf_quant_config.json")), "hf_quant_config.json");
-  EXPECT_EQ(hq.dump(),
-            R"({"producer":{"name":"modelopt","version":"test"},"quantization":{"quant_algo":"NVFP4","kv_cache_quant_algo":null,"group_size":16,"exclude_modules":["lm_head","model.layers.*.self_attn*"]}})");
+  EXPECT_EQ(
+      hq.dump(),
+      R"({"producer":{"name":"modelopt","version":"test"},"quantization":{"quant_algo":"NVFP4","kv_cache_quant_algo":null,"group_size":16,"exclude_modules":["lm_head","model.layers.*.self_attn*"]}})");
   const json::Value idx = json::parse(fs::read_text(d.file("out/model.safetensors.index.json")), "index");
   int64_t total = 0;
   for (const auto& [n, x] : t) total += x.numel() * x.element_size();
@@ -215,8 +218,9 @@ TEST(ExportWriterFormats, MXFP8AndBF16) {
         }
       }
     if (f == qat::Format::kMXFP8) {
-      EXPECT_EQ(cfg.at("quantization_config").dump(),
-                R"({"quant_method":"mxfp8","activation_scheme":"dynamic","fmt":"e4m3","weight_block_size":[1,32],"scale_fmt":"ue8m0","modules_to_not_convert":["lm_head"]})");
+      EXPECT_EQ(
+          cfg.at("quantization_config").dump(),
+          R"({"quant_method":"mxfp8","activation_scheme":"dynamic","fmt":"e4m3","weight_block_size":[1,32],"scale_fmt":"ue8m0","modules_to_not_convert":["lm_head"]})");
       EXPECT_EQ(t.size(), 9u);
     } else {
       EXPECT_EQ(cfg.find("quantization_config"), nullptr);
@@ -265,7 +269,8 @@ TEST(StagedFolder, WritesTheWritersBytesFromItsOwnCopies) {
     qat::ExportOptions opt;
     opt.format = f;
     opt.config_json = kConfig;
-    const std::string a = d.file(std::string("writer-") + qat::to_string(f)), b = d.file(std::string("staged-") + qat::to_string(f));
+    const std::string a = d.file(std::string("writer-") + qat::to_string(f)),
+                      b = d.file(std::string("staged-") + qat::to_string(f));
     fs::make_dir(a);
     fs::make_dir(b);
     {
@@ -293,7 +298,8 @@ TEST(StagedFolder, FenceWaitsOnlyForReadsOfTensorsTheCallerMayChange) {
   qat::ExportOptions opt;
   opt.config_json = kConfig;
   const at::Tensor w = at::randn({2, 32, 64}).to(at::kBFloat16), ia = at::ones({2});
-  const std::vector<std::string> dn = {"model.layers.0.mlp.experts.0.down_proj", "model.layers.0.mlp.experts.1.down_proj"};
+  const std::vector<std::string> dn = {"model.layers.0.mlp.experts.0.down_proj",
+                                       "model.layers.0.mlp.experts.1.down_proj"};
   {
     qat::StagedFolder s(opt);  // cached quantized experts and a frozen tensor: nothing to wait for
     s.add_stack(dn, 1, qat::quantize_stack(qat::Format::kNVFP4, Blocks::k1D, w, 1, std::nullopt, "w"), ia);

@@ -52,9 +52,9 @@ TEST(QatPolicy, SelectsModules) {
   fp4qat::qat::Recipe q;
   q.format = fp4qat::qat::Format::kNVFP4;
   fp4qat::qat::QatPolicy p(q, m);  // default: routed experts of every MoE layer
-  EXPECT_EQ(p.quantized_params(), (std::set<std::string>{
-                                      "model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj",
-                                      "model.layers.2.mlp.experts.gate_up_proj", "model.layers.2.mlp.experts.down_proj"}));
+  EXPECT_EQ(p.quantized_params(),
+            (std::set<std::string>{"model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj",
+                                   "model.layers.2.mlp.experts.gate_up_proj", "model.layers.2.mlp.experts.down_proj"}));
   q.selection.keep_first_n = 1;
   fp4qat::qat::QatPolicy p2(q, m);
   EXPECT_FALSE(p2.quantized("model.layers.0.mlp.experts.down_proj"));
@@ -110,10 +110,16 @@ TEST(QatPolicy, PlainGroupedRejectsBadCounts) {
   const std::string name = "model.layers.0.mlp.experts.gate_up_proj";
   const at::Tensor x = at::randn({10, 64});
   // one count too few, and the wrong dtype: a clear error naming the tensor, not a bad read
-  expect_error([&] { plain.grouped(name, x, m.param(name), at::tensor(std::vector<int64_t>{3, 6, 1}, at::kLong)); },
-               "gate_up_proj: counts must be int64 [4]");
-  expect_error([&] { plain.grouped(name, x, m.param(name), at::tensor(std::vector<int32_t>{3, 0, 6, 1}, at::kInt)); },
-               "counts must be int64");
+  expect_error(
+      [&] {
+        plain.grouped(name, x, m.param(name), at::tensor(std::vector<int64_t>{3, 6, 1}, at::kLong));
+      },
+      "gate_up_proj: counts must be int64 [4]");
+  expect_error(
+      [&] {
+        plain.grouped(name, x, m.param(name), at::tensor(std::vector<int32_t>{3, 0, 6, 1}, at::kInt));
+      },
+      "counts must be int64");
   EXPECT_EQ(plain.grouped(name, x, m.param(name), at::tensor(std::vector<int64_t>{3, 0, 6, 1}, at::kLong)).sizes(),
             (std::vector<int64_t>{10, m.param(name).size(1)}));
 }
@@ -152,7 +158,8 @@ TEST(QatPolicy, WeightQuantizationIsCachedUntilTheWeightChanges) {
   fp4qat::model::Qwen3Moe m(small_model(), 2);
   fp4qat::qat::Recipe q;
   q.format = fp4qat::qat::Format::kNVFP4;
-  q.selection.modules = {"model.layers.*.mlp.experts.*", "model.layers.1.mlp.*"};  // experts, and layer 1's dense MLP (a gated pair)
+  q.selection.modules = {"model.layers.*.mlp.experts.*",
+                         "model.layers.1.mlp.*"};  // experts, and layer 1's dense MLP (a gated pair)
   fp4qat::qat::QatPolicy p(q, m);
   const std::string name = "model.layers.0.mlp.experts.gate_up_proj";
   const fp4qat::NVFP4Operand* a = p.weight_quantization(name, m.param(name));

@@ -129,18 +129,21 @@ TEST(CliEval, SequencesAndSummaryFromAnExport) {
   one_exported_step(d.file("run"));
   const std::string dir = d.file("run/exports/latest/nvfp4");
   fs::write_text_atomic(d.file("seqs.jsonl"), "{\"tokens\": [1, 2, 10, 3, 11, 5]}\n\n{\"tokens\": [4, 4]}\n");
-  const auto r = test::run_fp4qat({"eval", "--model", dir, "--sequences", d.file("seqs.jsonl"), "--out",
-                                   d.file("lp.jsonl"), "--device", "cpu", "--synthetic-batches", "1", "--exact-match", "2"});
+  const auto r =
+      test::run_fp4qat({"eval", "--model", dir, "--sequences", d.file("seqs.jsonl"), "--out", d.file("lp.jsonl"),
+                        "--device", "cpu", "--synthetic-batches", "1", "--exact-match", "2"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("\"val_loss\""), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"format\":\"nvfp4\""), std::string::npos) << r.out;
   const std::string lp = fs::read_text(d.file("lp.jsonl"));
   const json::Value first = json::parse(lp.substr(0, lp.find('\n')), "lp.jsonl");
   rollout::Loaded m = rollout::load(dir, at::kCPU);
-  const at::Tensor want = rollout::token_logprobs(*m.model, *m.policy, at::tensor(std::vector<int64_t>{1, 2, 10, 3, 11, 5}).unsqueeze(0), at::kFloat);
+  const at::Tensor want = rollout::token_logprobs(
+      *m.model, *m.policy, at::tensor(std::vector<int64_t>{1, 2, 10, 3, 11, 5}).unsqueeze(0), at::kFloat);
   const auto& got = first.at("logprobs").as_array();
   ASSERT_EQ(got.size(), 5u);
-  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(static_cast<float>(got[i].as_double()), want[0][i].item<float>()) << i;
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_EQ(static_cast<float>(got[i].as_double()), want[0][i].item<float>()) << i;
   // A token outside the vocabulary names the file and line.
   fs::write_text_atomic(d.file("bad.jsonl"), "{\"tokens\": [1, 2]}\n{\"tokens\": [1, 999]}\n");
   const auto b = test::run_fp4qat({"eval", "--model", dir, "--sequences", d.file("bad.jsonl"), "--device", "cpu"});
@@ -179,8 +182,8 @@ TEST(CliGenerate, GreedyMatchesArgmaxOfTheFullForwardAndSamplingIsSeeded) {
   one_exported_step(d.file("run"));
   const std::string dir = d.file("run/exports/latest/bf16");
   fs::write_text_atomic(d.file("p.jsonl"), "{\"tokens\": [1, 2, 10, 3]}\n");
-  const auto g = test::run_fp4qat({"generate", "--model", dir, "--prompts", d.file("p.jsonl"), "--max-new-tokens", "5",
-                                   "--device", "cpu"});
+  const auto g = test::run_fp4qat(
+      {"generate", "--model", dir, "--prompts", d.file("p.jsonl"), "--max-new-tokens", "5", "--device", "cpu"});
   ASSERT_EQ(g.exit_code, 0) << g.err;
   const json::Value line = json::parse(g.out.substr(0, g.out.find('\n')), "generate output");
   // Greedy with the KV cache == argmax of full forwards over the growing sequence.

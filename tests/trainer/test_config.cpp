@@ -31,9 +31,9 @@ TEST(Config, PrecedenceDefaultsModelFileRecipeSet) {
   cfg::apply_recipe_file(c, d.file("r.yaml"));
   cfg::apply_set(c, "model.vocab_size=2048");
   cfg::apply_set(c, "qat.backward=dequantized");
-  EXPECT_EQ(c.model.hidden_size, 256);    // from the model file
-  EXPECT_EQ(c.model.num_experts, 32);     // recipe beats the model file
-  EXPECT_EQ(c.model.vocab_size, 2048);    // --set beats both
+  EXPECT_EQ(c.model.hidden_size, 256);                                          // from the model file
+  EXPECT_EQ(c.model.num_experts, 32);                                           // recipe beats the model file
+  EXPECT_EQ(c.model.vocab_size, 2048);                                          // --set beats both
   EXPECT_EQ(c.model.num_hidden_layers, cfg::Config().model.num_hidden_layers);  // default kept
   EXPECT_DOUBLE_EQ(c.optim.lr, 1e-4);
   EXPECT_EQ(c.qat.format, fp4qat::qat::Format::kNVFP4);
@@ -88,7 +88,8 @@ TEST(Config, RejectsUnknownKeysWithPathAndFile) {
 
 TEST(Config, RejectsWrongTypesAndRanges) {
   cfg::Config c;
-  expect_error([&] { cfg::apply_yaml_text(c, "train:\n  steps: many\n", "r.yaml"); }, {"r.yaml", "train.steps", "many"});
+  expect_error([&] { cfg::apply_yaml_text(c, "train:\n  steps: many\n", "r.yaml"); },
+               {"r.yaml", "train.steps", "many"});
   expect_error([&] { cfg::apply_yaml_text(c, "train:\n  steps: -5\n", "r.yaml"); }, {"train.steps", "> 0"});
   expect_error([&] { cfg::apply_yaml_text(c, "optim:\n  beta1: 1.5\n", "r.yaml"); }, {"optim.beta1"});
   expect_error([&] { cfg::apply_yaml_text(c, "qat:\n  format: int3\n", "r.yaml"); }, {"qat.format", "int3"});
@@ -137,7 +138,8 @@ TEST(Config, ShippedModelConfigsAreValid) {
   }
   cfg::Config q;
   fp4qat::test::TempDir d;
-  fp4qat::test::write_bytes(d.file("r.yaml"), "model_config: " + std::string(FP4QAT_SOURCE_DIR) + "/configs/qwen3-30b-a3b.yaml\n");
+  fp4qat::test::write_bytes(d.file("r.yaml"),
+                            "model_config: " + std::string(FP4QAT_SOURCE_DIR) + "/configs/qwen3-30b-a3b.yaml\n");
   cfg::apply_recipe_file(q, d.file("r.yaml"));
   EXPECT_EQ(q.model.num_experts, 128);
   EXPECT_EQ(q.model.moe_intermediate_size, 768);

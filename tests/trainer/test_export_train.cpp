@@ -106,7 +106,8 @@ TEST_P(ExportTrain, ExportIsWhatTheNextForwardUses) {
         continue;
       }
       std::optional<at::Tensor> a;
-      if (auto partner = qat::gated_partner(name)) a = at::maximum(global_amax(t), global_amax(bf.at(partner->partner)));
+      if (auto partner = qat::gated_partner(name))
+        a = at::maximum(global_amax(t), global_amax(bf.at(partner->partner)));
       const NVFP4Tensor q = nvfp4_quantize(t, blocks, a);
       const std::string m = name.substr(0, name.size() - 7);
       EXPECT_TRUE(bytes_equal(nv.at(m + ".weight"), q.codes)) << m;
@@ -147,7 +148,8 @@ TEST(ExportTrainKeep, KeepsNewestAndTheLastStep) {
   train::run(c, o);
   // steps 2, 4 and the last step (5) were exported; the newest two are kept.
   EXPECT_EQ(fs::list_dir(d.file("run/exports")), (std::vector<std::string>{"latest", "step-4", "step-5"}));
-  EXPECT_EQ(fs::list_dir(d.file("run/exports/step-5")), (std::vector<std::string>{"export.json", "nvfp4", "recipe.yaml"}));
+  EXPECT_EQ(fs::list_dir(d.file("run/exports/step-5")),
+            (std::vector<std::string>{"export.json", "nvfp4", "recipe.yaml"}));
 }
 
 TEST(ExportTrainBF16, ObservingDoesNotChangeTrainingAndBF16RunsExportNVFP4) {

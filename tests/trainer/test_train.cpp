@@ -80,7 +80,8 @@ TEST(Train, ResumeIsBitIdentical) {
     EXPECT_EQ(s.loss, ra.steps[i].loss) << "step " << i + 1;  // exact, not approximate
     EXPECT_EQ(s.grad_norm, ra.steps[i].grad_norm) << "step " << i + 1;
   }
-  fp4qat::st::Reader wa(d.file("a/checkpoints/step-8/model.safetensors")), wb(d.file("b/checkpoints/step-8/model.safetensors"));
+  fp4qat::st::Reader wa(d.file("a/checkpoints/step-8/model.safetensors")),
+      wb(d.file("b/checkpoints/step-8/model.safetensors"));
   for (const auto& t : wa.tensors()) EXPECT_TRUE(fp4qat::test::bytes_equal(wb.view(t.name), wa.view(t.name))) << t.name;
 }
 
@@ -97,8 +98,8 @@ TEST(Train, LearningRateSchedule) {
 
 TEST(CliTrain, DumpConfigAndBadKeys) {
   TempDir d;
-  fp4qat::test::write_bytes(d.file("r.yaml"), "model_config: " + std::string(FP4QAT_SOURCE_DIR) +
-                                                  "/configs/tiny.yaml\ntrain:\n  steps: 7\n");
+  fp4qat::test::write_bytes(
+      d.file("r.yaml"), "model_config: " + std::string(FP4QAT_SOURCE_DIR) + "/configs/tiny.yaml\ntrain:\n  steps: 7\n");
   auto r = fp4qat::test::run_fp4qat({"train", "--recipe", d.file("r.yaml"), "--set", "optim.lr=0.5", "--dump-config"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   cfg::Config back;
@@ -122,7 +123,8 @@ TEST(CliTrain, DumpConfigAndBadKeys) {
   EXPECT_FALSE(fp4qat::fs::exists(d.file("huge")));
   // The shipped recipes resolve.
   for (std::string rec : {"default.yaml", "moe-100m-gpu.yaml"}) {
-    r = fp4qat::test::run_fp4qat({"train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/" + rec, "--dump-config"});
+    r = fp4qat::test::run_fp4qat(
+        {"train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/" + rec, "--dump-config"});
     EXPECT_EQ(r.exit_code, 0) << rec << ": " << r.err;
   }
 }
