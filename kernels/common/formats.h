@@ -198,6 +198,29 @@ FP4QAT_HD float nvfp4_decode(uint8_t code, uint8_t sb, float s_dec) {
   return e2m1_to_float(code) * e4m3_to_float(sb) * s_dec;
 }
 
+// ---- Four Over Six (numerics.md "Four Over Six", TransformerEngine >= 2.17) ----------------
+// Each block picks the scale that maps its max to 6 or to 4, whichever reconstructs it with the
+// smaller error; `e4m3_max` (M, 448 or 256) bounds the global scale.
+// S_enc = min((M * 6) / amax, FLT_MAX); 1 if amax == 0 or S_enc == 0.
+FP4QAT_HD float nvfp4_4over6_s_enc(float amax, float e4m3_max) {
+  float s = fminf((e4m3_max * kE2M1Max) / amax, kFltMax);
+  if (amax == 0.0f || s == 0.0f) s = 1.0f;
+  return s;
+}
+// The two candidate block scales: base = (bmax / 6) * S_enc (the division first, unlike the
+// max6 rule), sb6 = e4m3_rne(min(base, 448)), sb4 = e4m3_rne(min(base * 1.5, 448)).
+FP4QAT_HD void nvfp4_4over6_scales(float bmax, float s_enc, uint8_t* sb6, uint8_t* sb4) {
+  const float base = (bmax / kE2M1Max) * s_enc;
+  *sb6 = float_to_e4m3(fminf(base, kE4M3Max));
+  *sb4 = float_to_e4m3(fminf(base * 1.5f, kE4M3Max));
+}
+// One element's reconstruction error term with block scale sb: d = ((e2m1(q) * float(sb)) *
+// amax) / (6 * M) - x; |d| (MAE) or d * d (MSE). Summed in element order by the caller.
+FP4QAT_HD float nvfp4_4over6_err(uint8_t code, float fsb, float amax, float six_m, float x, bool mse) {
+  const float d = ((e2m1_to_float(code) * fsb) * amax) / six_m - x;
+  return mse ? d * d : fabsf(d);
+}
+
 // ---- MXFP8 scale rule (numerics.md, SGLang mxfp8: round the scale UP to a power of two) ------
 // Returns the float32 bits of the block scale; e8m0 = bits >> 23. amax == 0 -> 0, and so does an
 // amax below 448 * 2^-150 whose quotient underflows: the caller writes e8m0 0 and zero codes
