@@ -221,13 +221,16 @@ FP4QAT_HD float nvfp4_4over6_err(uint8_t code, float fsb, float amax, float six_
   return mse ? d * d : fabsf(d);
 }
 
-// ---- MXFP8 scale rule (numerics.md, SGLang mxfp8: round the scale UP to a power of two) ------
-// Returns the float32 bits of the block scale; e8m0 = bits >> 23. amax == 0 -> 0, and so does an
-// amax below 448 * 2^-150 whose quotient underflows: the caller writes e8m0 0 and zero codes
-// (the literal rule would divide by a zero scale).
-FP4QAT_HD uint32_t mxfp8_scale_bits(float amax) {
+// ---- MXFP8 scale rule (numerics.md: TransformerEngine's float_to_e8m0, ModelOpt's RCEIL) ------
+// s = amax / 448; e8m0 = e + 1 if the mantissa m != 0, e < 0xFE and not (e == 0 and m <=
+// 0x400000), else e: the scale rounded UP to a power of two, except that a subnormal s <= 2^-127
+// keeps code 0, whose scale is the subnormal 2^-127 (e8m0_to_float). amax 0 -> code 0, and every
+// element of such a block quantizes to 0. NaN/inf amax -> 0xFF (NaN).
+FP4QAT_HD uint8_t mxfp8_scale_e8m0(float amax) {
   const uint32_t s = f2u(amax / kE4M3Max);
-  return (s + 0x007fffffu) & 0x7f800000u;
+  const uint32_t e = (s >> 23) & 0xffu, m = s & 0x7fffffu;
+  const bool up = m != 0u && e < 0xfeu && !(e == 0u && m <= 0x400000u);
+  return static_cast<uint8_t>(up ? e + 1u : e);
 }
 
 }  // namespace fp4qat::fmt

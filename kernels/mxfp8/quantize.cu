@@ -21,22 +21,19 @@ __global__ void __launch_bounds__(kThreads)
     load16<T, Src::kStreaming>(x, u * 32, v);
     load16<T, Src::kStreaming>(x, u * 32 + 16, v + 16);
     float m = fmaxf(max16(v), max16(v + 16));
-    const uint32_t s_bits = mxfp8_scale_bits(m);
-    scales[u] = static_cast<uint8_t>(s_bits >> 23);
+    const uint8_t e8m0 = mxfp8_scale_e8m0(m);
+    scales[u] = e8m0;
+    // The scale is a power of two 2^k (-127 <= k <= 127; code 0 is the subnormal 2^-127), so
+    // 1/scale is exact and x * (1/scale) is the same real number as x / scale: both correctly
+    // rounded, hence the same bits as the reference's division (this is not the general
+    // a * (1/b) that numerics.md forbids). An amax-0 block: q 0 (byte 0, also for -0.0).
+    const float inv = 1.0f / e8m0_to_float(e8m0);
+    const uint32_t keep = m == 0.0f ? 0u : 0xffffffffu;
     uint32_t w[8];
-    if (s_bits == 0) {  // amax 0 (or amax/448 underflowing): zero codes, as the CPU reference
 #pragma unroll
-      for (int i = 0; i < 8; ++i) w[i] = 0u;
-    } else {
-      // The scale is a power of two 2^k (k <= 126 here), so 1/scale is exact and x * (1/scale)
-      // is the same real number as x / scale: both correctly rounded, hence the same bits as the
-      // reference's division (this is not the general a * (1/b) that numerics.md forbids).
-      const float inv = 1.0f / __uint_as_float(s_bits);
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-        w[i] = static_cast<uint32_t>(float2_to_e4m3x2(v[4 * i] * inv, v[4 * i + 1] * inv)) |
-               (static_cast<uint32_t>(float2_to_e4m3x2(v[4 * i + 2] * inv, v[4 * i + 3] * inv)) << 16);
-    }
+    for (int i = 0; i < 8; ++i)
+      w[i] = keep & (static_cast<uint32_t>(float2_to_e4m3x2(v[4 * i] * inv, v[4 * i + 1] * inv)) |
+                     (static_cast<uint32_t>(float2_to_e4m3x2(v[4 * i + 2] * inv, v[4 * i + 3] * inv)) << 16));
     uint4* p = reinterpret_cast<uint4*>(q + u * 32);
     __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
     __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));

@@ -18,13 +18,13 @@ void mxfp8_quantize(const float* x, int64_t M, int64_t K, uint8_t* q, uint8_t* s
         uint8_t* qb = q + r * K + b * kMxfp8Block;
         float m = 0.0f;
         for (int j = 0; j < kMxfp8Block; ++j) m = fmaxf(m, fabsf(xb[j]));
-        const uint32_t s_bits = mxfp8_scale_bits(m);
-        scales[r * nb + b] = static_cast<uint8_t>(s_bits >> 23);
-        if (s_bits == 0) {  // amax 0 (or amax/448 underflowing to 0): e8m0 0 and zero codes
+        const uint8_t e8m0 = mxfp8_scale_e8m0(m);
+        scales[r * nb + b] = e8m0;
+        const float scale = e8m0_to_float(e8m0);  // code 0: the subnormal 2^-127
+        if (m == 0.0f) {  // amax 0: e8m0 0 and q 0 (byte 0, also for -0.0 elements)
           for (int j = 0; j < kMxfp8Block; ++j) qb[j] = 0;
           continue;
         }
-        const float scale = u2f(s_bits);
         for (int j = 0; j < kMxfp8Block; ++j) qb[j] = float_to_e4m3(xb[j] / scale);
       }
     }

@@ -98,6 +98,26 @@ TEST(GpuQuantize, AmaxDequantizeAndMXFP8MatchReference) {
     }
 }
 
+// The MXFP8 subnormal-scale rule on the GPU: blocks whose amax / 448 is at, below or just above
+// 2^-127 (code 0 with scale 2^-127, or code 1), amax-0 blocks holding -0.0, and normal blocks.
+TEST(GpuQuantize, MXFP8SubnormalScalesMatchReference) {
+  FP4QAT_REQUIRE_GPU();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(77);
+  const at::Tensor base = at::randn({64, 256}, gen);
+  // Row r scaled by 2^-(100 + r): from normal scales through subnormal ones to all-underflow.
+  const at::Tensor pw = at::pow(2.0, -(at::arange(64, at::kDouble) + 100.0)).to(at::kFloat).unsqueeze(1);
+  at::Tensor x = base * pw;
+  x.index_put_({at::indexing::Slice(60, 64)}, -0.0);
+  for (auto dt : {at::kFloat, at::kBFloat16}) {
+    const at::Tensor xd = x.to(dt);
+    const auto m = fp4qat::mxfp8_quantize(xd);
+    const auto mg = fp4qat::mxfp8_quantize(xd.cuda());
+    ASSERT_TRUE(bytes_equal(mg.data, m.data)) << dt;
+    ASSERT_TRUE(bytes_equal(mg.scales, m.scales)) << dt;
+    EXPECT_GT((m.scales == 0).sum().item<int64_t>(), 64) << "the case must reach code 0";
+  }
+}
+
 TEST(GpuQuantize, SharedVectorsOnGpu) {
   FP4QAT_REQUIRE_GPU();
   int n = 0;

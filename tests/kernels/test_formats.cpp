@@ -228,17 +228,44 @@ TEST(E8M0, Decode) {
   EXPECT_TRUE(std::isnan(e8m0_to_float(255)));
 }
 
+// Independent oracle of numerics.md's MXFP8 scale: the smallest E8M0 value 2^(c-127), c in
+// [0, 254], that is >= s = amax / 448 (float32 division), in double. Code 0 is the subnormal
+// 2^-127, so a subnormal s <= 2^-127 keeps code 0 (TransformerEngine's float_to_e8m0).
+uint8_t e8m0_oracle(float amax) {
+  const double s = static_cast<double>(amax / 448.0f);
+  for (int c = 0; c <= 254; ++c)
+    if (std::ldexp(1.0, c - 127) >= s) return static_cast<uint8_t>(c);
+  return 255;
+}
+
 TEST(MXFP8Scale, RoundsUpToPowerOfTwo) {
   // amax/448 exactly a power of two stays; anything above goes to the next power of two.
-  EXPECT_EQ(mxfp8_scale_bits(448.0f) >> 23, 127u);
-  EXPECT_EQ(mxfp8_scale_bits(std::nextafter(448.0f, 1e9f)) >> 23, 128u);
-  EXPECT_EQ(mxfp8_scale_bits(449.0f) >> 23, 128u);
-  EXPECT_EQ(mxfp8_scale_bits(224.0f) >> 23, 126u);
-  EXPECT_EQ(mxfp8_scale_bits(0.0f), 0u);
-  // A subnormal quotient rounds up to the smallest normal power of two...
-  EXPECT_EQ(mxfp8_scale_bits(std::ldexp(1.0f, -130)) >> 23, 1u);
-  // ...and one that underflows to zero gives a zero scale (the block is then written as zeros).
-  EXPECT_EQ(mxfp8_scale_bits(std::numeric_limits<float>::denorm_min()), 0u);
+  EXPECT_EQ(mxfp8_scale_e8m0(448.0f), 127u);
+  EXPECT_EQ(mxfp8_scale_e8m0(std::nextafter(448.0f, 1e9f)), 128u);
+  EXPECT_EQ(mxfp8_scale_e8m0(449.0f), 128u);
+  EXPECT_EQ(mxfp8_scale_e8m0(224.0f), 126u);
+  EXPECT_EQ(mxfp8_scale_e8m0(0.0f), 0u);
+  // The corrected subnormal rule: a subnormal quotient <= 2^-127 keeps code 0 (scale 2^-127);
+  // above 2^-127 it rounds up to the smallest normal, code 1 (2^-126).
+  EXPECT_EQ(mxfp8_scale_e8m0(448.0f * std::ldexp(1.0f, -130)), 0u);
+  EXPECT_EQ(mxfp8_scale_e8m0(448.0f * std::ldexp(1.0f, -127)), 0u);
+  EXPECT_EQ(mxfp8_scale_e8m0(448.0f * std::ldexp(1.0f, -127) * 1.0001f), 1u);
+  EXPECT_EQ(mxfp8_scale_e8m0(std::numeric_limits<float>::denorm_min()), 0u);
+  EXPECT_EQ(mxfp8_scale_e8m0(std::numeric_limits<float>::max()), 128u + 127u - 8u);  // 2^128/448 -> 2^120
+  EXPECT_EQ(mxfp8_scale_e8m0(std::numeric_limits<float>::quiet_NaN()), 255u);
+}
+
+TEST(MXFP8Scale, EqualsTheOracleOnEveryExponentAndRandomBits) {
+  std::vector<float> xs;
+  for (int e = 0; e < 255; ++e)
+    for (uint32_t m : {0u, 1u, 0x200000u, 0x3fffffu, 0x400000u, 0x400001u, 0x7ffffeu, 0x7fffffu})
+      xs.push_back(u2f((static_cast<uint32_t>(e) << 23) | m));
+  std::mt19937 rng(7);
+  for (int i = 0; i < 200000; ++i) xs.push_back(u2f(rng() & 0x7f7fffffu));  // finite, >= 0
+  int bad = 0;
+  for (float a : xs)
+    if (mxfp8_scale_e8m0(a) != e8m0_oracle(a) && ++bad < 5) ADD_FAILURE() << "amax " << a << " bits " << f2u(a);
+  EXPECT_EQ(bad, 0);
 }
 
 TEST(NVFP4Scale, GlobalAndBlockRules) {

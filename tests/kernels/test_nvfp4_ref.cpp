@@ -167,6 +167,33 @@ TEST(MXFP8Ref, DequantizeIsCloseAndBlocksArePowersOfTwo) {
     }
 }
 
+// The MXFP8 subnormal-scale rule (numerics.md): blocks whose amax / 448 is a subnormal <= 2^-127
+// get e8m0 0 and q = e4m3_rne(x / 2^-127), not the zero codes of an underflowed scale; a block just
+// above gets code 1. Expected codes from float_to_e4m3_soft on x * 2^127 (exact in float32).
+TEST(MXFP8Ref, SubnormalScalesKeepCodeZeroAndQuantizeAgainstTwoToMinus127) {
+  std::vector<float> v(3 * 32);
+  for (int j = 0; j < 32; ++j) {
+    v[j] = (j % 2 ? -1.0f : 1.0f) * static_cast<float>(j + 1) * std::ldexp(1.0f, -140);  // s << 2^-127
+    v[32 + j] = (j == 5 ? 448.0f : 0.001f * static_cast<float>(j)) * std::ldexp(1.0f, -127);  // s == 2^-127
+    v[64 + j] = (j == 9 ? 448.0f * std::ldexp(1.0f, -127) * 1.0001f : 0.0f);     // s > 2^-127
+  }
+  const at::Tensor x = at::from_blob(v.data(), {3, 32}, at::kFloat).clone();
+  const auto q = fp4qat::mxfp8_quantize(x);
+  ASSERT_EQ(q.scales.flatten()[0].item<uint8_t>(), 0);
+  ASSERT_EQ(q.scales.flatten()[1].item<uint8_t>(), 0);
+  ASSERT_EQ(q.scales.flatten()[2].item<uint8_t>(), 1);
+  const at::Tensor d = q.data.view(at::kByte).flatten();
+  int nonzero = 0;
+  for (int j = 0; j < 64; ++j) {
+    const uint8_t want = fp4qat::fmt::float_to_e4m3_soft(v[j] * std::ldexp(1.0f, 127));
+    EXPECT_EQ(d[j].item<uint8_t>(), want) << "element " << j;
+    nonzero += (want & 0x7f) != 0;
+  }
+  EXPECT_GT(nonzero, 40);  // the old rule (scale 2^-126 or zero codes) would lose these
+  const at::Tensor dq = fp4qat::mxfp8_dequantize(q);
+  EXPECT_EQ(dq[1][5].item<float>(), 448.0f * std::ldexp(1.0f, -127));
+}
+
 // nvfp4_quantize_rows (CPU): each group's rows quantized alone, in place; an empty group gets
 // S_dec 1; groups with different magnitudes get different S_dec (so a shared amax would fail);
 // bad row offsets are refused, naming the function.
