@@ -45,8 +45,33 @@ struct Quantized {
   at::Tensor codes, scales, fake, s_dec;
 };
 
+// The 2026 rules (kernels/nvfp4/quantize_rules.cu): Four Over Six and / or row-scaled global
+// scales, over E experts or over the row groups `row_off` (device int32 [groups + 1]) of x [T, K].
+void run_rule(const at::Tensor& x, Blocks blocks, const at::Tensor& given, const NVFP4Rule& rule, Quantized& out,
+              const int32_t* row_off = nullptr, int64_t groups = 0) {
+  ck::Nvfp4RuleArgs a;
+  a.x = x.data_ptr();
+  a.type = in_type(x);
+  a.E = x.dim() == 3 ? x.size(0) : 1;
+  a.N = x.size(-2);
+  a.K = x.size(-1);
+  a.two_d = blocks == Blocks::k2D;
+  a.rule = rule;
+  a.given_amax = given.defined() ? given.data_ptr<float>() : nullptr;
+  a.row_off = row_off;
+  a.groups = groups;
+  a.codes = out.codes.defined() ? out.codes.data_ptr<uint8_t>() : nullptr;
+  a.scales = out.scales.defined() ? out.scales.data_ptr<uint8_t>() : nullptr;
+  a.fake = out.fake.defined() ? reinterpret_cast<uint16_t*>(out.fake.data_ptr()) : nullptr;
+  a.s_dec = out.s_dec.data_ptr<float>();
+  at::Tensor ws =
+      at::empty({static_cast<int64_t>(ck::nvfp4_rule_workspace_bytes(a))}, x.options().dtype(at::kByte));
+  a.workspace = ws.data_ptr();
+  ck::nvfp4_quantize_rule(a, stream());
+}
+
 Quantized run_nvfp4(const at::Tensor& x_in, Blocks blocks, const std::optional<at::Tensor>& amax, bool packed,
-                    bool fake) {
+                    bool fake, const NVFP4Rule& rule) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = prepared(x_in);
   const int64_t E = x.dim() == 3 ? x.size(0) : 1, N = x.size(-2), K = x.size(-1);
@@ -60,7 +85,14 @@ Quantized run_nvfp4(const at::Tensor& x_in, Blocks blocks, const std::optional<a
     out.scales = at::empty(shape, u8);
   }
   if (fake) out.fake = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
-  out.s_dec = amax_like(x);
+  if (rule.row_scaled)
+    out.s_dec = at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(at::kFloat));
+  else
+    out.s_dec = amax_like(x);
+  if (!rule.is_default()) {
+    run_rule(x, blocks, amax ? amax->contiguous() : at::Tensor(), rule, out);
+    return out;
+  }
   at::Tensor ws = at::empty({static_cast<int64_t>(ck::nvfp4_workspace_bytes(E))}, u8);
   at::Tensor given;
   if (amax) given = amax->contiguous();
@@ -97,18 +129,33 @@ at::Tensor global_amax(const at::Tensor& x_in) {
   return out;
 }
 
-NVFP4Tensor nvfp4_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax) {
-  Quantized q = run_nvfp4(x, blocks, amax, /*packed=*/true, /*fake=*/false);
+at::Tensor row_amax(const at::Tensor& x_in) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = prepared(x_in);
+  at::Tensor out = at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(at::kFloat));
+  const int64_t K = x.size(-1), rows = K ? x.numel() / K : 0;
+  if (K % 16 == 0)
+    ck::nvfp4_row_amax(x.data_ptr(), in_type(x), rows, K, out.data_ptr<float>(), stream());
+  else
+    out.copy_(x.abs().amax(-1).to(at::kFloat));
+  return out;
+}
+
+NVFP4Tensor nvfp4_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax,
+                           const NVFP4Rule& rule) {
+  Quantized q = run_nvfp4(x, blocks, amax, /*packed=*/true, /*fake=*/false, rule);
   return {q.codes, q.scales.view(at::kFloat8_e4m3fn), q.s_dec, blocks};
 }
 
-NVFP4FakeQuant nvfp4_fake_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax) {
-  Quantized q = run_nvfp4(x, blocks, amax, /*packed=*/false, /*fake=*/true);
+NVFP4FakeQuant nvfp4_fake_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax,
+                                   const NVFP4Rule& rule) {
+  Quantized q = run_nvfp4(x, blocks, amax, /*packed=*/false, /*fake=*/true, rule);
   return {q.fake, q.s_dec};
 }
 
-NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax) {
-  Quantized q = run_nvfp4(x, blocks, amax, /*packed=*/true, /*fake=*/true);
+NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax,
+                                     const NVFP4Rule& rule) {
+  Quantized q = run_nvfp4(x, blocks, amax, /*packed=*/true, /*fake=*/true, rule);
   return {{q.codes, q.scales.view(at::kFloat8_e4m3fn), q.s_dec, blocks}, q.fake};
 }
 
@@ -120,17 +167,34 @@ at::Tensor nvfp4_dequantize(const NVFP4Tensor& q, at::ScalarType dtype) {
   const bool bf16 = dtype == at::kBFloat16;
   at::Tensor out = at::empty(codes.dim() == 3 ? std::vector<int64_t>{E, N, K} : std::vector<int64_t>{N, K},
                              codes.options().dtype(bf16 ? at::kBFloat16 : at::kFloat));
-  ck::nvfp4_dequantize(codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), s_dec.data_ptr<float>(), E, N, K,
-                       out.data_ptr(), bf16, stream());
+  // Row-scaled (one S_dec per row): E * N "experts" of one row each.
+  const bool rows = s_dec.dim() == codes.dim() - 1;
+  ck::nvfp4_dequantize(codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), s_dec.data_ptr<float>(),
+                       rows ? E * N : E, rows ? 1 : N, K, out.data_ptr(), bf16, stream());
   return bf16 || dtype == at::kFloat ? out : out.to(dtype);
 }
 
-NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x_in, const std::vector<int64_t>& off, bool packed) {
+NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x_in, const std::vector<int64_t>& off, bool packed,
+                                 const NVFP4Rule& rule) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = prepared(x_in);
   const int64_t T = x.size(0), K = x.size(1), G = static_cast<int64_t>(off.size()) - 1;
   FP4QAT_CHECK(G < INT32_MAX && T < INT32_MAX, "nvfp4_quantize_rows: ", G, " groups of ", T,
                " rows: at most 2^31 - 2 of each");
+  if (!rule.is_default()) {  // Four Over Six per group (row-scaled rules never reach here)
+    at::Tensor table = at::empty({G + 1}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+    for (int64_t g = 0; g <= G; ++g) table.data_ptr<int32_t>()[g] = static_cast<int32_t>(off[g]);
+    const at::Tensor table_d = table.to(x.device(), /*non_blocking=*/true);
+    Quantized q;
+    if (packed) {
+      q.codes = at::empty({T, K / 2}, x.options().dtype(at::kByte));
+      q.scales = at::empty({T, K / 16}, x.options().dtype(at::kByte));
+    }
+    q.fake = at::empty({T, K}, x.options().dtype(at::kBFloat16));
+    q.s_dec = at::empty({G}, x.options().dtype(at::kFloat));
+    run_rule(x, Blocks::k1D, at::Tensor(), rule, q, table_d.data_ptr<int32_t>(), G);
+    return {{q.codes, packed ? q.scales.view(at::kFloat8_e4m3fn) : at::Tensor(), q.s_dec, Blocks::k1D}, q.fake};
+  }
   // The row offsets and each group's first slice (kernels/cuda_kernels.h), built in pinned host
   // memory and copied asynchronously.
   const int64_t R = ck::nvfp4_rows_slice_rows(in_type(x), K, /*fake=*/true);

@@ -8,11 +8,16 @@
 namespace fp4qat::cuda {
 
 at::Tensor global_amax(const at::Tensor& x);
-NVFP4Tensor nvfp4_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax);
+at::Tensor row_amax(const at::Tensor& x);
+NVFP4Tensor nvfp4_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax,
+                           const NVFP4Rule& rule);
 at::Tensor nvfp4_dequantize(const NVFP4Tensor& q, at::ScalarType dtype);
-NVFP4FakeQuant nvfp4_fake_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax);
-NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax);
-NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x, const std::vector<int64_t>& off, bool packed);
+NVFP4FakeQuant nvfp4_fake_quantize(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax,
+                                   const NVFP4Rule& rule);
+NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor& x, Blocks blocks, const std::optional<at::Tensor>& amax,
+                                     const NVFP4Rule& rule);
+NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x, const std::vector<int64_t>& off, bool packed,
+                                 const NVFP4Rule& rule);
 MXFP8Tensor mxfp8_quantize(const at::Tensor& x);
 at::Tensor mxfp8_dequantize(const MXFP8Tensor& q, at::ScalarType dtype);
 

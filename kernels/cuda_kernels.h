@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/nvfp4_rule.h"
 
 namespace fp4qat::cuda_kernels {
 
@@ -59,6 +60,32 @@ RowsTable nvfp4_rows_table(const int64_t* off, int64_t groups, int64_t slice_row
 void nvfp4_quantize_rows(const void* x, InType t, int64_t rows, int64_t K, const int32_t* table, int64_t groups,
                          int64_t slice_rows, int64_t total_slices, int64_t max_slices, void* workspace, uint8_t* codes,
                          uint8_t* scales, uint16_t* fake, float* s_dec, cudaStream_t stream);
+
+// NVFP4 quantize under a 2026 scale rule (kernels/nvfp4/quantize_rules.cu; kernels/common/
+// nvfp4_rule.h): Four Over Six (1D blocks or 2D tiles) and / or row-scaled global scales (1D),
+// over E stacked experts x [E, N, K], or over row groups of x [N, K] (E = 1, 1D, not row-scaled:
+// each group its own amax, as nvfp4_quantize_rows). Outputs as Nvfp4Args; s_dec has
+// nvfp4_rule_amax_count(a) entries: [E], [E * N] (row-scaled) or [groups].
+struct Nvfp4RuleArgs {
+  const void* x = nullptr;
+  InType type = InType::BF16;
+  int64_t E = 1, N = 0, K = 0;
+  bool two_d = false;
+  NVFP4Rule rule;
+  const float* given_amax = nullptr;  // nvfp4_rule_amax_count(a) floats, or null: computed
+  const int32_t* row_off = nullptr;   // device int32 [groups + 1] (row groups), or null
+  int64_t groups = 0;
+  uint8_t* codes = nullptr;
+  uint8_t* scales = nullptr;
+  uint16_t* fake = nullptr;
+  float* s_dec = nullptr;
+  void* workspace = nullptr;  // nvfp4_rule_workspace_bytes(a), any contents
+};
+int64_t nvfp4_rule_amax_count(const Nvfp4RuleArgs& a);
+size_t nvfp4_rule_workspace_bytes(const Nvfp4RuleArgs& a);
+void nvfp4_quantize_rule(const Nvfp4RuleArgs& a, cudaStream_t stream);
+// out[r] = max |x[r, :]| for each of `rows` rows of K (K % 16 == 0): float32 [rows].
+void nvfp4_row_amax(const void* x, InType t, int64_t rows, int64_t K, float* out, cudaStream_t stream);
 
 // out[E, N, K] = e2m1(q) * sb * s_dec[e]; out is bf16 (out_bf16) or float32.
 void nvfp4_dequantize(const uint8_t* codes, const uint8_t* scales, const float* s_dec, int64_t E, int64_t N, int64_t K,

@@ -11,11 +11,16 @@ namespace {
 }
 }  // namespace
 at::Tensor global_amax(const at::Tensor&) { no_cuda(); }
-NVFP4Tensor nvfp4_quantize(const at::Tensor&, Blocks, const std::optional<at::Tensor>&) { no_cuda(); }
+at::Tensor row_amax(const at::Tensor&) { no_cuda(); }
+NVFP4Tensor nvfp4_quantize(const at::Tensor&, Blocks, const std::optional<at::Tensor>&, const NVFP4Rule&) { no_cuda(); }
 at::Tensor nvfp4_dequantize(const NVFP4Tensor&, at::ScalarType) { no_cuda(); }
-NVFP4FakeQuant nvfp4_fake_quantize(const at::Tensor&, Blocks, const std::optional<at::Tensor>&) { no_cuda(); }
-NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor&, Blocks, const std::optional<at::Tensor>&) { no_cuda(); }
-NVFP4Operand nvfp4_quantize_rows(const at::Tensor&, const std::vector<int64_t>&, bool) { no_cuda(); }
+NVFP4FakeQuant nvfp4_fake_quantize(const at::Tensor&, Blocks, const std::optional<at::Tensor>&, const NVFP4Rule&) {
+  no_cuda();
+}
+NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor&, Blocks, const std::optional<at::Tensor>&, const NVFP4Rule&) {
+  no_cuda();
+}
+NVFP4Operand nvfp4_quantize_rows(const at::Tensor&, const std::vector<int64_t>&, bool, const NVFP4Rule&) { no_cuda(); }
 MXFP8Tensor mxfp8_quantize(const at::Tensor&) { no_cuda(); }
 at::Tensor mxfp8_dequantize(const MXFP8Tensor&, at::ScalarType) { no_cuda(); }
 }  // namespace fp4qat::cuda

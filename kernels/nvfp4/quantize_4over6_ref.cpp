@@ -35,7 +35,7 @@ float encode_block(const float* xb, uint8_t sb, float s_dec, float amax, float s
 }
 
 // One row of 1x16 blocks with Four Over Six.
-void row_4over6(const float* xr, int64_t K, float amax, float s_enc, float s_dec, const FourOverSix& o,
+void row_4over6(const float* xr, int64_t K, float amax, float s_enc, float s_dec, const NVFP4Rule& o,
                 uint8_t* codes_r, uint8_t* scales_r) {
   const float six_m = o.e4m3_max * kE2M1Max;
   uint8_t c6[B / 2], c4[B / 2];
@@ -53,7 +53,7 @@ void row_4over6(const float* xr, int64_t K, float amax, float s_enc, float s_dec
 
 }  // namespace
 
-void nvfp4_quantize_4over6(const float* x, int64_t M, int64_t K, float amax, bool blocks2d, const FourOverSix& o,
+void nvfp4_quantize_4over6(const float* x, int64_t M, int64_t K, float amax, bool blocks2d, const NVFP4Rule& o,
                            uint8_t* codes, uint8_t* scales, float* s_dec_out) {
   const float s_enc = nvfp4_4over6_s_enc(amax, o.e4m3_max), s_dec = nvfp4_s_dec(s_enc);
   const int64_t nb = K / B;
@@ -90,17 +90,20 @@ void nvfp4_quantize_4over6(const float* x, int64_t M, int64_t K, float amax, boo
   }
 }
 
-void nvfp4_quantize_rows(const float* x, int64_t M, int64_t K, const FourOverSix* o, uint8_t* codes, uint8_t* scales,
-                         float* s_dec) {
+void nvfp4_quantize_rows(const float* x, int64_t M, int64_t K, const NVFP4Rule& o, const float* row_amax,
+                         uint8_t* codes, uint8_t* scales, float* s_dec) {
   const int64_t nb = K / B;
   for (int64_t r = 0; r < M; ++r) {
     const float* xr = x + r * K;
     float amax = 0.0f;
-    for (int64_t k = 0; k < K; ++k) amax = fmaxf(amax, fabsf(xr[k]));
-    if (o) {
-      const float s_enc = nvfp4_4over6_s_enc(amax, o->e4m3_max);
+    if (row_amax)
+      amax = row_amax[r];
+    else
+      for (int64_t k = 0; k < K; ++k) amax = fmaxf(amax, fabsf(xr[k]));
+    if (o.four_over_six) {
+      const float s_enc = nvfp4_4over6_s_enc(amax, o.e4m3_max);
       s_dec[r] = nvfp4_s_dec(s_enc);
-      row_4over6(xr, K, amax, s_enc, s_dec[r], *o, codes + r * (K / 2), scales + r * nb);
+      row_4over6(xr, K, amax, s_enc, s_dec[r], o, codes + r * (K / 2), scales + r * nb);
       continue;
     }
     const float s_enc = nvfp4_s_enc(amax), factor = nvfp4_block_factor(s_enc);

@@ -39,13 +39,14 @@ void expect_grouped_equals_per_expert(const at::Tensor& y, const at::Tensor& x_g
 
 std::string vectors_dir() { return std::string(FP4QAT_SOURCE_DIR) + "/tests/data/vectors"; }
 
-std::vector<std::string> vector_files() {
+std::vector<std::string> vector_files(const std::string& sub) {
   std::vector<std::string> out;
-  DIR* d = ::opendir(vectors_dir().c_str());
+  const std::string dir = sub.empty() ? vectors_dir() : vectors_dir() + "/" + sub;
+  DIR* d = ::opendir(dir.c_str());
   if (!d) return out;
   while (dirent* e = ::readdir(d)) {
     std::string n = e->d_name;
-    if (n.size() > 12 && n.substr(n.size() - 12) == ".safetensors") out.push_back(vectors_dir() + "/" + n);
+    if (n.size() > 12 && n.substr(n.size() - 12) == ".safetensors") out.push_back(dir + "/" + n);
   }
   ::closedir(d);
   std::sort(out.begin(), out.end());

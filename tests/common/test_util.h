@@ -23,7 +23,7 @@ config::Config small_moe_run(const std::string& out);
 // The repository's copy of the quantizer test vectors (tests/data/vectors, from shared/vectors;
 // te/ holds TransformerEngine's reference outputs). Tests never read ../shared.
 std::string vectors_dir();
-std::vector<std::string> vector_files();  // every *.safetensors there, sorted
+std::vector<std::string> vector_files(const std::string& sub = "");  // every *.safetensors there (or in sub/), sorted
 
 // A linear's output and gradients.
 struct LinearGrads {

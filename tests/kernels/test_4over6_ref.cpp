@@ -1,17 +1,19 @@
 // tests/kernels/test_4over6_ref.cpp — kernels/nvfp4/quantize_4over6_ref.h against the outputs of
 // TransformerEngine's own reference quantizer (tests/data/vectors/te: Four Over Six with M 448
 // and 256, MAE and MSE, 1x16 and 16x16; row-scaled global scales with and without 4over6), byte
-// for byte; the standard-rule outputs of the same files against kernels/quantize.h; and the rules
-// the vectors are thin on: a tie between the 4 and 6 candidates keeps 6, all-zero rows.
+// for byte, through the reference and through kernels/quantize.h; the standard-rule outputs of the
+// same files; and what the vectors are thin on: a tie between the 4 and 6 candidates keeps 6,
+// all-zero rows, underflowing blocks, stacked experts, a given (shared) amax, row groups, the
+// per-row dequantization, refused rules.
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
-
-#include <dirent.h>
 
 #include <algorithm>
 #include <string>
 #include <vector>
 
 #include "io/safetensors.h"
+#include "kernels/common/check.h"
 #include "kernels/common/formats.h"
 #include "kernels/nvfp4/quantize_4over6_ref.h"
 #include "kernels/quantize.h"
@@ -21,20 +23,6 @@ using fp4qat::test::bytes_equal;
 
 namespace {
 
-std::vector<std::string> te_files() {
-  const std::string dir = fp4qat::test::vectors_dir() + "/te";
-  std::vector<std::string> out;
-  if (DIR* d = ::opendir(dir.c_str())) {
-    while (dirent* e = ::readdir(d)) {
-      const std::string n = e->d_name;
-      if (n.size() > 12 && n.substr(n.size() - 12) == ".safetensors") out.push_back(dir + "/" + n);
-    }
-    ::closedir(d);
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 at::Tensor bytes_of(const std::vector<uint8_t>& v, std::vector<int64_t> shape) {
   return at::from_blob(const_cast<uint8_t*>(v.data()), shape, at::kByte).clone();
 }
@@ -42,7 +30,7 @@ at::Tensor bytes_of(const std::vector<uint8_t>& v, std::vector<int64_t> shape) {
 }  // namespace
 
 TEST(TeVectors, FourOverSixAndRowScaledMatchTransformerEngine) {
-  const auto files = te_files();
+  const auto files = fp4qat::test::vector_files("te");
   ASSERT_GE(files.size(), 9u) << "expected TransformerEngine's vectors in " << fp4qat::test::vectors_dir() << "/te";
   int variants = 0, standard = 0;
   for (const auto& path : files) {
@@ -69,13 +57,14 @@ TEST(TeVectors, FourOverSixAndRowScaledMatchTransformerEngine) {
       }
       const bool rows = v.find("rows") != std::string::npos, four = v.find("4over6") != std::string::npos;
       ASSERT_TRUE(rows || four) << "unknown variant";
-      fp4qat::ref::FourOverSix o;
+      fp4qat::NVFP4Rule o;
+      o.four_over_six = four;
       o.e4m3_max = v.find("_448_") != std::string::npos ? 448.0f : 256.0f;
       o.mse = v.find("_mse") != std::string::npos;
       std::vector<uint8_t> codes(M * K / 2), scales(M * K / 16);
       std::vector<float> s_dec(rows ? M : 1);
       if (rows)
-        fp4qat::ref::nvfp4_quantize_rows(xp, M, K, four ? &o : nullptr, codes.data(), scales.data(), s_dec.data());
+        fp4qat::ref::nvfp4_quantize_rows(xp, M, K, o, nullptr, codes.data(), scales.data(), s_dec.data());
       else
         fp4qat::ref::nvfp4_quantize_4over6(xp, M, K, amax, v.find("_2d") != std::string::npos, o, codes.data(),
                                            scales.data(), s_dec.data());
@@ -83,6 +72,15 @@ TEST(TeVectors, FourOverSixAndRowScaledMatchTransformerEngine) {
       EXPECT_TRUE(bytes_equal(bytes_of(scales, {M, K / 16}), es.view(at::kByte)));
       const at::Tensor s2 = at::from_blob(s_dec.data(), {static_cast<int64_t>(s_dec.size())}, at::kFloat).clone();
       EXPECT_TRUE(bytes_equal(rows ? s2 : s2.reshape({}), e2));
+      // The public API (kernels/quantize.h) with the same rule: the same bytes, from the input's
+      // own dtype (the vectors' inputs are bf16; widening is exact).
+      const fp4qat::Blocks blocks = v.find("_2d") != std::string::npos ? fp4qat::Blocks::k2D : fp4qat::Blocks::k1D;
+      fp4qat::NVFP4Rule rule = o;
+      rule.row_scaled = rows;
+      const auto q = fp4qat::nvfp4_quantize(r.view("input"), blocks, std::nullopt, rule);
+      EXPECT_TRUE(bytes_equal(q.codes, ec));
+      EXPECT_TRUE(bytes_equal(q.scales, es));
+      EXPECT_TRUE(bytes_equal(q.s_dec, e2));
       ++variants;
     }
   }
@@ -98,7 +96,7 @@ TEST(FourOverSix, TieKeepsSixAndTheBetterCandidateWins) {
   uint8_t codes[8], scale;
   float s_dec;
   for (bool mse : {false, true}) {
-    fp4qat::ref::FourOverSix o{256.0f, mse};
+    fp4qat::NVFP4Rule o{true, 256.0f, mse};
     fp4qat::ref::nvfp4_quantize_4over6(x.data(), 1, 16, 1.0f, false, o, codes, &scale, &s_dec);
     EXPECT_EQ(scale, fp4qat::fmt::float_to_e4m3(256.0f)) << "a tie must keep 6";
     EXPECT_EQ(codes[1] >> 4, 7);  // x[3]: 6 (code 7) in the high nibble of byte 1
@@ -106,7 +104,7 @@ TEST(FourOverSix, TieKeepsSixAndTheBetterCandidateWins) {
   // A block whose values sit on the 4-grid: [4, 3, 2, 1.5, 1, ...] * s reconstruct exactly with
   // the max-4 scale (M = 256: sb4 = 384, enc 1) but not with max-6 (sb6 = 256, enc 1.5): 4 wins.
   std::vector<float> y = {4, 3, 2, 1.5f, 1, 0.5f, 0, 4, 3, 2, 1.5f, 1, 0.5f, 0, 4, 3};
-  fp4qat::ref::FourOverSix o{256.0f, false};
+  fp4qat::NVFP4Rule o{true, 256.0f, false};
   fp4qat::ref::nvfp4_quantize_4over6(y.data(), 1, 16, 4.0f, false, o, codes, &scale, &s_dec);
   uint8_t sb6, sb4;
   fp4qat::fmt::nvfp4_4over6_scales(4.0f, fp4qat::fmt::nvfp4_4over6_s_enc(4.0f, 256.0f), &sb6, &sb4);
@@ -120,8 +118,9 @@ TEST(RowScaled, AllZeroRowsGetScaleOneAndZeroCodes) {
   std::vector<uint8_t> codes(3 * 16, 0xAB), scales(3 * 2, 0xAB);
   std::vector<float> s_dec(3, -1.0f);
   for (bool four : {false, true}) {
-    fp4qat::ref::FourOverSix o;
-    fp4qat::ref::nvfp4_quantize_rows(x.data(), 3, 32, four ? &o : nullptr, codes.data(), scales.data(), s_dec.data());
+    fp4qat::NVFP4Rule o;
+    o.four_over_six = four;
+    fp4qat::ref::nvfp4_quantize_rows(x.data(), 3, 32, o, nullptr, codes.data(), scales.data(), s_dec.data());
     for (int r = 0; r < 2; ++r) {
       EXPECT_EQ(s_dec[r], 1.0f);
       for (int i = 0; i < 16; ++i) EXPECT_EQ(codes[r * 16 + i], 0);
@@ -129,4 +128,168 @@ TEST(RowScaled, AllZeroRowsGetScaleOneAndZeroCodes) {
     }
     EXPECT_NE(s_dec[2], 1.0f);  // a row's own amax: each row is quantized as its own tensor
   }
+}
+
+namespace {
+
+at::Tensor randn(std::vector<int64_t> shape, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::randn(shape, gen);
+}
+
+std::vector<fp4qat::NVFP4Rule> all_rules() {
+  std::vector<fp4qat::NVFP4Rule> out;
+  for (bool rows : {false, true}) {
+    if (rows) out.push_back({false, 256.0f, false, true});
+    for (float m : {256.0f, 448.0f})
+      for (bool mse : {false, true}) out.push_back({true, m, mse, rows});
+  }
+  return out;
+}
+
+}  // namespace
+
+// Stacked experts [E, N, K]: each expert quantized as its own tensor (own amax / S_dec, or own
+// rows), for every rule and both block modes where the rule allows them.
+TEST(NVFP4Rules, StackedExpertsAreEachTheirOwnTensor) {
+  const at::Tensor x = (randn({3, 20, 64}, 5) * at::tensor({1.0f, 30.0f, 0.01f}).view({3, 1, 1})).to(at::kBFloat16);
+  for (const auto& rule : all_rules())
+    for (auto blocks : {fp4qat::Blocks::k1D, fp4qat::Blocks::k2D}) {
+      if (rule.row_scaled && blocks == fp4qat::Blocks::k2D) continue;
+      SCOPED_TRACE(fp4qat::describe(rule) + " " + fp4qat::to_string(blocks));
+      const auto q = fp4qat::nvfp4_quantize(x, blocks, std::nullopt, rule);
+      ASSERT_EQ(q.s_dec.sizes(), rule.row_scaled ? at::IntArrayRef({3, 20}) : at::IntArrayRef({3}));
+      for (int64_t e = 0; e < 3; ++e) {
+        const auto one = fp4qat::nvfp4_quantize(x[e], blocks, std::nullopt, rule);
+        EXPECT_TRUE(bytes_equal(q.codes[e], one.codes));
+        EXPECT_TRUE(bytes_equal(q.scales[e], one.scales));
+        EXPECT_TRUE(bytes_equal(q.s_dec[e], one.s_dec));
+      }
+      EXPECT_FALSE(bytes_equal(q.s_dec[0], q.s_dec[1]));
+    }
+}
+
+// A given amax (gated pairs share max(amax_gate, amax_up)) replaces the tensor's own, in S_enc and
+// in Four Over Six's error; the reference with that amax gives the same bytes. Row-scaled: a given
+// per-row amax.
+TEST(NVFP4Rules, GivenAmaxIsUsedInScaleAndError) {
+  const at::Tensor x = randn({33, 48}, 6);
+  const float own = fp4qat::global_amax(x).item<float>();
+  for (const auto& rule : all_rules()) {
+    SCOPED_TRACE(fp4qat::describe(rule));
+    if (rule.row_scaled) {
+      const at::Tensor a = fp4qat::row_amax(x) * 1.75f;
+      const auto q = fp4qat::nvfp4_quantize(x, fp4qat::Blocks::k1D, a, rule);
+      std::vector<uint8_t> codes(33 * 24), scales(33 * 3);
+      std::vector<float> s_dec(33);
+      fp4qat::ref::nvfp4_quantize_rows(x.data_ptr<float>(), 33, 48, rule, a.data_ptr<float>(), codes.data(),
+                                       scales.data(), s_dec.data());
+      EXPECT_TRUE(bytes_equal(q.codes, bytes_of(codes, {33, 24})));
+      EXPECT_TRUE(bytes_equal(q.scales.view(at::kByte), bytes_of(scales, {33, 3})));
+      EXPECT_FALSE(bytes_equal(q.s_dec, fp4qat::nvfp4_quantize(x, fp4qat::Blocks::k1D, std::nullopt, rule).s_dec));
+      continue;
+    }
+    for (bool two_d : {false, true}) {
+      const auto b = two_d ? fp4qat::Blocks::k2D : fp4qat::Blocks::k1D;
+      const auto q = fp4qat::nvfp4_quantize(x, b, at::scalar_tensor(own * 1.75f, at::kFloat), rule);
+      std::vector<uint8_t> codes(33 * 24), scales(33 * 3);
+      float s_dec;
+      fp4qat::ref::nvfp4_quantize_4over6(x.data_ptr<float>(), 33, 48, own * 1.75f, two_d, rule, codes.data(),
+                                         scales.data(), &s_dec);
+      EXPECT_TRUE(bytes_equal(q.codes, bytes_of(codes, {33, 24})));
+      EXPECT_TRUE(bytes_equal(q.scales.view(at::kByte), bytes_of(scales, {33, 3})));
+      EXPECT_EQ(q.s_dec.item<float>(), s_dec);
+      EXPECT_NE(s_dec, fp4qat::nvfp4_quantize(x, b, std::nullopt, rule).s_dec.item<float>());
+    }
+  }
+}
+
+// Blocks far below the amax: their scales round to zero (enc = FLT_MAX, codes saturate, decode to
+// 0) or to E4M3 subnormals, under both candidates; the 4 candidate's scale is 1.5x and may survive
+// where the 6 one does not. Dequantized values stay within the block's reach and finite.
+TEST(NVFP4Rules, UnderflowingBlocksDecodeFinite) {
+  at::Tensor x = randn({4, 64}, 8) * 1e-6;
+  x[0][0] = 1000.0f;
+  for (const auto& rule : all_rules()) {
+    SCOPED_TRACE(fp4qat::describe(rule));
+    const auto q = fp4qat::nvfp4_quantize(x, fp4qat::Blocks::k1D, std::nullopt, rule);
+    const at::Tensor d = fp4qat::nvfp4_dequantize(q);
+    EXPECT_TRUE(at::isfinite(d).all().item<bool>());
+    if (!rule.row_scaled) EXPECT_GT((q.scales.view(at::kByte) == 0).sum().item<int64_t>(), 0);
+    EXPECT_LE((d - x).abs().max().item<float>(), 1000.0f / 3.0f);
+  }
+}
+
+// Dequantization with one S_dec per row: each row decoded with its own scale (2-D and 3-D).
+TEST(NVFP4Rules, RowScaledDequantizeUsesEachRowsScale) {
+  const at::Tensor x = randn({2, 5, 32}, 9) * at::tensor({1.0f, 100.0f, 0.001f, 5.0f, 1e4f}).view({1, 5, 1});
+  for (bool four : {false, true}) {
+    const fp4qat::NVFP4Rule rule{four, 256.0f, false, true};
+    const auto q = fp4qat::nvfp4_quantize(x, fp4qat::Blocks::k1D, std::nullopt, rule);
+    const at::Tensor d = fp4qat::nvfp4_dequantize(q);
+    for (int64_t e = 0; e < 2; ++e)
+      for (int64_t r = 0; r < 5; ++r) {
+        fp4qat::NVFP4Tensor one{q.codes[e].narrow(0, r, 1), q.scales[e].narrow(0, r, 1), q.s_dec[e][r], q.blocks};
+        EXPECT_TRUE(bytes_equal(d[e].narrow(0, r, 1), fp4qat::nvfp4_dequantize(one)));
+      }
+    EXPECT_LT(((d - x).norm() / x.norm()).item<float>(), 0.15f);
+  }
+}
+
+// Row groups (a grouped linear's activations) with Four Over Six: each group's rows quantized alone;
+// row-scaled rules ignore the groups (one S_dec per row).
+TEST(NVFP4Rules, RowGroupsWithRules) {
+  const at::Tensor x = (randn({9, 32}, 10) * 3).to(at::kBFloat16);
+  const std::vector<int64_t> off = {0, 4, 4, 9};
+  for (const auto& rule : all_rules()) {
+    SCOPED_TRACE(fp4qat::describe(rule));
+    const auto q = fp4qat::nvfp4_quantize_rows(x, off, /*packed=*/true, rule);
+    if (rule.row_scaled) {
+      const auto all = fp4qat::nvfp4_quantize_and_fake(x, fp4qat::Blocks::k1D, std::nullopt, rule);
+      EXPECT_TRUE(bytes_equal(q.values, all.values));
+      EXPECT_TRUE(bytes_equal(q.packed.s_dec, all.packed.s_dec));
+      continue;
+    }
+    ASSERT_EQ(q.packed.s_dec.numel(), 3);
+    EXPECT_EQ(q.packed.s_dec[1].item<float>(), 1.0f);  // the empty group
+    for (int g : {0, 2}) {
+      const auto one = fp4qat::nvfp4_quantize_and_fake(x.narrow(0, off[g], off[g + 1] - off[g]), fp4qat::Blocks::k1D,
+                                                       std::nullopt, rule);
+      EXPECT_TRUE(bytes_equal(q.values.narrow(0, off[g], off[g + 1] - off[g]), one.values));
+      EXPECT_TRUE(bytes_equal(q.packed.codes.narrow(0, off[g], off[g + 1] - off[g]), one.packed.codes));
+      EXPECT_TRUE(bytes_equal(q.packed.s_dec[g], one.packed.s_dec));
+    }
+  }
+}
+
+// Fake quantization is the packed result decoded with a unit global scale, for every rule.
+TEST(NVFP4Rules, FakeValuesAreTheCodesTimesBlockScales) {
+  const at::Tensor x = randn({17, 64}, 11).to(at::kBFloat16);
+  for (const auto& rule : all_rules()) {
+    SCOPED_TRACE(fp4qat::describe(rule));
+    const auto o = fp4qat::nvfp4_quantize_and_fake(x, fp4qat::Blocks::k1D, std::nullopt, rule);
+    fp4qat::NVFP4Tensor unit = o.packed;
+    unit.s_dec = at::ones_like(o.packed.s_dec);
+    EXPECT_TRUE(bytes_equal(o.values, fp4qat::nvfp4_dequantize(unit, at::kBFloat16)));
+    EXPECT_TRUE(bytes_equal(fp4qat::nvfp4_fake_quantize(x, fp4qat::Blocks::k1D, std::nullopt, rule).values, o.values));
+  }
+}
+
+TEST(NVFP4Rules, BadRulesAreRefused) {
+  const at::Tensor x = randn({16, 32}, 12);
+  auto msg = [&](const fp4qat::NVFP4Rule& r, fp4qat::Blocks b) {
+    try {
+      fp4qat::nvfp4_quantize(x, b, std::nullopt, r);
+    } catch (const fp4qat::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(msg({true, 300.0f, false, false}, fp4qat::Blocks::k1D).find("256 or 448"), std::string::npos);
+  EXPECT_NE(msg({false, 256.0f, false, true}, fp4qat::Blocks::k2D).find("1x16"), std::string::npos);
+  EXPECT_NE(msg({true, 256.0f, false, true}, fp4qat::Blocks::k2D).find("row-scaled"), std::string::npos);
+  // A row-scaled rule wants one amax per row.
+  EXPECT_THROW(fp4qat::nvfp4_quantize(x, fp4qat::Blocks::k1D, at::scalar_tensor(1.0f, at::kFloat), {false, 256.0f, false, true}),
+               fp4qat::Error);
+  EXPECT_EQ(fp4qat::describe({true, 448.0f, true, true}), "4over6(M=448, mse) + row-scaled");
 }

@@ -1,0 +1,251 @@
+// kernels/nvfp4/quantize_rules.cu — CUDA NVFP4 quantize under the 2026 scale rules
+// (kernels/common/nvfp4_rule.h, docs/spec/numerics.md): Four Over Six block scales (1x16 blocks or
+// 16x16 tiles, M 256 or 448, MAE or MSE) and row-scaled global scales (with or without Four Over
+// Six), over stacked experts, row groups, or with a given (shared) amax: nvfp4_quantize_rule and
+// nvfp4_row_amax (kernels/cuda_kernels.h). The arithmetic is kernels/common/formats.h, the
+// order that of the CPU reference kernels/nvfp4/quantize_4over6_ref.cpp: a block's error summed
+// element by element, a tile's as the tree sum of its 16 rows' errors. Three launches: the amax
+// (unless given), the quantization, S_dec.
+#include <algorithm>
+
+#include "kernels/nvfp4/quantize_common.cuh"
+
+namespace fp4qat::cuda_kernels {
+namespace nvfp4 {
+namespace {
+
+enum class AmaxOf { kExpert, kRow, kGroup };
+
+// The amax that row `row` (of all E * N rows) is quantized with.
+__device__ __forceinline__ float amax_of_row(AmaxOf kind, const float* amax, int64_t row, int64_t N,
+                                             const int32_t* row_off, int64_t groups) {
+  switch (kind) {
+    case AmaxOf::kRow:
+      return amax[row];
+    case AmaxOf::kGroup:
+      return amax[last_at_most(row_off, groups, row)];
+    default:
+      return amax[row / N];
+  }
+}
+
+// The error of one block's 16 elements under block scale sb (numerics.md, Four Over Six): the
+// terms of nvfp4_4over6_err summed in element order.
+__device__ __forceinline__ float block_error(const float v[16], uint8_t sb, float s_dec, float amax, float six_m,
+                                             bool mse) {
+  const float enc = nvfp4_block_enc(sb, s_dec), fsb = e4m3_to_float(sb);
+  float err = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) err += nvfp4_4over6_err(nvfp4_encode(v[i], enc), fsb, amax, six_m, v[i], mse);
+  return err;
+}
+
+// 1x16 blocks, one thread a block: the block's amax (expert, row or group), its scale by the
+// rule, its outputs.
+template <InType T, bool kFour>
+__global__ void __launch_bounds__(kThreads)
+    rule_1d_kernel(const void* x, int64_t units, int64_t nb, int64_t N, AmaxOf kind, const float* amax_in,
+                   const int32_t* row_off, int64_t groups, float e4m3_max, bool mse, uint8_t* codes, uint8_t* scales,
+                   uint16_t* fake) {
+  for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
+       u += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const float amax = amax_of_row(kind, amax_in, u / nb, N, row_off, groups);
+    float v[16];
+    load16<T, Src::kStreaming>(x, u * 16, v);
+    const float bmax = max16(v);
+    if constexpr (kFour) {
+      const float s_enc = nvfp4_4over6_s_enc(amax, e4m3_max), s_dec = nvfp4_s_dec(s_enc);
+      const float six_m = e4m3_max * kE2M1Max;
+      uint8_t sb6, sb4;
+      nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
+      const float e6 = block_error(v, sb6, s_dec, amax, six_m, mse);
+      const float e4 = block_error(v, sb4, s_dec, amax, six_m, mse);
+      emit_block(v, e4 < e6 ? sb4 : sb6, s_dec, u, codes, scales, fake);  // strict: a tie keeps 6
+    } else {
+      const float s_enc = nvfp4_s_enc(amax);
+      emit_block(v, nvfp4_block_scale(bmax, nvfp4_block_factor(s_enc)), nvfp4_s_dec(s_enc), u, codes, scales, fake);
+    }
+  }
+}
+
+// Four Over Six on 16x16 tiles: a half-warp a tile (lane i = the tile's row i, 16 elements of one
+// column block), the tile max by xor-shuffles, the tile error by the spec's tree (lane i adds lane
+// i + 8, then + 4, + 2, + 1), one choice for the tile. Rows past N are zeros with error 0. Both
+// half-warps of a warp run every iteration (the shuffles need all 32 lanes); a half without an item
+// computes on zeros and writes nothing.
+template <InType T>
+__global__ void __launch_bounds__(kThreads)
+    rule_2d_kernel(const void* x, int64_t E, int64_t N, int64_t nb, const float* amax_in, float e4m3_max, bool mse,
+                   uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+  const int64_t tiles = (N + 15) / 16, items = E * tiles * nb;
+  const int lane = threadIdx.x & 15;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
+  for (int64_t w = blockIdx.x * static_cast<int64_t>(kThreads / 32) + (threadIdx.x >> 5); 2 * w < items;
+       w += warps) {
+    const int64_t item = 2 * w + ((threadIdx.x >> 4) & 1);
+    const bool active = item < items;
+    const int64_t e = active ? item / (tiles * nb) : 0, rem = active ? item % (tiles * nb) : 0;
+    const int64_t row = (rem / nb) * 16 + lane, b = rem % nb;
+    const bool valid = active && row < N;
+    const int64_t unit = (e * N + row) * nb + b;
+    float v[16];
+    if (valid) {
+      load16<T, Src::kStreaming>(x, unit * 16, v);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 16; ++i) v[i] = 0.0f;
+    }
+    float m = max16(v);
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o, 16));
+    const float amax = active ? amax_in[e] : 0.0f;
+    const float s_enc = nvfp4_4over6_s_enc(amax, e4m3_max), s_dec = nvfp4_s_dec(s_enc);
+    const float six_m = e4m3_max * kE2M1Max;
+    uint8_t sb6, sb4;
+    nvfp4_4over6_scales(m, s_enc, &sb6, &sb4);
+    float e6 = block_error(v, sb6, s_dec, amax, six_m, mse);
+    float e4 = block_error(v, sb4, s_dec, amax, six_m, mse);
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) {
+      const float d6 = __shfl_down_sync(0xffffffffu, e6, o, 16), d4 = __shfl_down_sync(0xffffffffu, e4, o, 16);
+      e6 = e6 + d6;  // meaningful in lanes < o: rows[i] + rows[i + o]
+      e4 = e4 + d4;
+    }
+    const bool four = __shfl_sync(0xffffffffu, e4 < e6 ? 1 : 0, 0, 16) != 0;
+    if (valid) emit_block(v, four ? sb4 : sb6, s_dec, unit, codes, scales, fake);
+  }
+}
+
+// max |row| of each row of x [rows, K], one warp a row: stored (kind kRow) or folded into the
+// row's group (kGroup, atomic max on cleared bits).
+template <InType T>
+__global__ void __launch_bounds__(kThreads)
+    rule_amax_kernel(const void* x, int64_t rows, int64_t K, AmaxOf kind, const int32_t* row_off, int64_t groups,
+                     float* out) {
+  const int64_t nb = K / 16, lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
+  for (int64_t r = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
+    float m = 0.0f;
+    for (int64_t b = lane; b < nb; b += 32) {
+      float v[16];
+      load16<T, Src::kCached>(x, (r * nb + b) * 16, v);
+      m = fmaxf(m, max16(v));
+    }
+    m = warp_max(m);
+    if (lane != 0) continue;
+    if (kind == AmaxOf::kRow)
+      out[r] = m;
+    else
+      atomic_max_nonneg(reinterpret_cast<uint32_t*>(out) + last_at_most(row_off, groups, r), m);
+  }
+}
+
+__global__ void rule_s_dec_kernel(const float* amax, int64_t n, bool four, float e4m3_max, float* s_dec) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) s_dec[i] = nvfp4_s_dec(four ? nvfp4_4over6_s_enc(amax[i], e4m3_max) : nvfp4_s_enc(amax[i]));
+}
+
+template <InType T>
+void launch_rule(const Nvfp4RuleArgs& a, AmaxOf kind, const float* amax, cudaStream_t stream) {
+  const int64_t nb = a.K / 16;
+  if (a.two_d) {
+    const int64_t items = a.E * ((a.N + 15) / 16) * nb;
+    const int64_t warps = (items + 1) / 2;
+    const auto g = static_cast<unsigned>(
+        std::max<int64_t>(1, std::min<int64_t>((warps + kThreads / 32 - 1) / (kThreads / 32), num_sms() * 16)));
+    rule_2d_kernel<T><<<g, kThreads, 0, stream>>>(a.x, a.E, a.N, nb, amax, a.rule.e4m3_max, a.rule.mse, a.codes,
+                                                  a.scales, a.fake);
+  } else {
+    const int64_t units = a.E * a.N * nb;
+    const auto g = static_cast<unsigned>(grid_for(units));
+    if (a.rule.four_over_six)
+      rule_1d_kernel<T, true><<<g, kThreads, 0, stream>>>(a.x, units, nb, a.N, kind, amax, a.row_off, a.groups,
+                                                          a.rule.e4m3_max, a.rule.mse, a.codes, a.scales, a.fake);
+    else
+      rule_1d_kernel<T, false><<<g, kThreads, 0, stream>>>(a.x, units, nb, a.N, kind, amax, a.row_off, a.groups,
+                                                           a.rule.e4m3_max, a.rule.mse, a.codes, a.scales, a.fake);
+  }
+  FP4QAT_CUDA_CHECK(cudaGetLastError());
+}
+
+template <InType T>
+void launch_amax(const void* x, int64_t rows, int64_t K, AmaxOf kind, const int32_t* row_off, int64_t groups,
+                 float* out, cudaStream_t stream) {
+  if (rows == 0) return;
+  const auto g = static_cast<unsigned>(std::min<int64_t>((rows + kThreads / 32 - 1) / (kThreads / 32), 1 << 16));
+  rule_amax_kernel<T><<<g, kThreads, 0, stream>>>(x, rows, K, kind, row_off, groups, out);
+  FP4QAT_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename F>
+void by_type(InType t, F&& f) {
+  switch (t) {
+    case InType::BF16:
+      f(std::integral_constant<InType, InType::BF16>{});
+      break;
+    case InType::F16:
+      f(std::integral_constant<InType, InType::F16>{});
+      break;
+    case InType::F32:
+      f(std::integral_constant<InType, InType::F32>{});
+      break;
+  }
+}
+
+}  // namespace
+}  // namespace nvfp4
+
+int64_t nvfp4_rule_amax_count(const Nvfp4RuleArgs& a) {
+  return a.row_off ? a.groups : (a.rule.row_scaled ? a.E * a.N : a.E);
+}
+
+size_t nvfp4_rule_workspace_bytes(const Nvfp4RuleArgs& a) {
+  return static_cast<size_t>(std::max<int64_t>(nvfp4_rule_amax_count(a), 1)) * sizeof(float);
+}
+
+void nvfp4_row_amax(const void* x, InType t, int64_t rows, int64_t K, float* out, cudaStream_t stream) {
+  FP4QAT_CHECK(K % 16 == 0, "row_amax (CUDA): K = ", K, " is not a multiple of 16");
+  nvfp4::by_type(t, [&](auto ty) {
+    nvfp4::launch_amax<decltype(ty)::value>(x, rows, K, nvfp4::AmaxOf::kRow, nullptr, 0, out, stream);
+  });
+}
+
+void nvfp4_quantize_rule(const Nvfp4RuleArgs& a, cudaStream_t stream) {
+  using nvfp4::AmaxOf;
+  FP4QAT_CHECK(a.K % 16 == 0 && a.K > 0, "nvfp4_quantize (CUDA): K = ", a.K, " is not a positive multiple of 16");
+  FP4QAT_CHECK(!(a.rule.row_scaled && a.two_d), "nvfp4_quantize (CUDA): row-scaled global scales need 1x16 blocks");
+  FP4QAT_CHECK(!a.two_d || a.rule.four_over_six, "nvfp4_quantize (CUDA): the rule kernels' 2D path is Four Over Six");
+  FP4QAT_CHECK(!a.row_off || (a.E == 1 && !a.two_d && !a.rule.row_scaled && !a.given_amax),
+               "nvfp4_quantize (CUDA): row groups are 1D, one tensor, with the groups' own amax");
+  nvfp4::set_last_kernel(a.two_d ? "rule-2d" : "rule-1d");
+  const AmaxOf kind = a.row_off ? AmaxOf::kGroup : (a.rule.row_scaled ? AmaxOf::kRow : AmaxOf::kExpert);
+  const int64_t n_amax = nvfp4_rule_amax_count(a), rows = a.E * a.N;
+  const float* amax = a.given_amax;
+  if (!amax) {
+    auto* ws = static_cast<float*>(a.workspace);
+    switch (kind) {
+      case AmaxOf::kExpert:
+        cuda_kernels::amax(a.x, a.type, a.E, a.N * a.K, ws, stream);
+        break;
+      case AmaxOf::kRow:
+        nvfp4_row_amax(a.x, a.type, rows, a.K, ws, stream);
+        break;
+      case AmaxOf::kGroup:
+        FP4QAT_CUDA_CHECK(cudaMemsetAsync(ws, 0, nvfp4_rule_workspace_bytes(a), stream));
+        nvfp4::by_type(a.type, [&](auto ty) {
+          nvfp4::launch_amax<decltype(ty)::value>(a.x, rows, a.K, kind, a.row_off, a.groups, ws, stream);
+        });
+        break;
+    }
+    amax = ws;
+  }
+  if (rows > 0)
+    nvfp4::by_type(a.type, [&](auto ty) { nvfp4::launch_rule<decltype(ty)::value>(a, kind, amax, stream); });
+  if (n_amax > 0) {
+    nvfp4::rule_s_dec_kernel<<<static_cast<unsigned>((n_amax + 255) / 256), 256, 0, stream>>>(
+        amax, n_amax, a.rule.four_over_six, a.rule.e4m3_max, a.s_dec);
+    FP4QAT_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+}  // namespace fp4qat::cuda_kernels

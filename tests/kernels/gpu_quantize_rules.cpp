@@ -1,0 +1,119 @@
+// tests/kernels/gpu_quantize_rules.cpp — (label gpu) the 2026 NVFP4 rules on the GPU
+// (kernels/nvfp4/quantize_rules.cu) against the CPU reference, byte for byte: Four Over Six (M 256
+// and 448, MAE and MSE, 1x16 and 16x16) and row-scaled global scales (with and without Four Over
+// Six), on random shapes (rows not a multiple of 16, stacked experts), three input dtypes, with and
+// without a given amax; TransformerEngine's vectors (tests/data/vectors/te); row groups; the
+// per-row amax and dequantization.
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "kernels/bench_hooks.h"
+#include "kernels/quantize.h"
+#include "tests/common/test_util.h"
+#include "tests/kernels/gpu_quantize_util.h"
+
+using fp4qat::Blocks;
+using fp4qat::NVFP4Rule;
+using fp4qat::test::bytes_equal;
+using namespace fp4qat::test::gpu_quantize;
+
+namespace {
+
+const std::vector<std::vector<int64_t>> kShapes = {
+    {1, 16}, {7, 96}, {17, 64}, {33, 160}, {255, 512}, {3, 16384}, {1, 5, 64}, {160, 17, 64}, {4, 300, 2048},
+};
+
+std::vector<NVFP4Rule> rules() {
+  std::vector<NVFP4Rule> out{{false, 256.0f, false, true}};
+  for (bool rows : {false, true})
+    for (float m : {256.0f, 448.0f})
+      for (bool mse : {false, true}) out.push_back({true, m, mse, rows});
+  return out;
+}
+
+}  // namespace
+
+TEST(GpuQuantizeRules, MatchReferenceOnRandomShapes) {
+  FP4QAT_REQUIRE_GPU();
+  uint64_t seed = 4600;
+  int cases = 0;
+  for (const auto& dims : kShapes)
+    for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
+      for (const auto& rule : rules())
+        for (auto blocks : {Blocks::k1D, Blocks::k2D})
+          for (bool given : {false, true}) {
+            if (rule.row_scaled && blocks == Blocks::k2D) continue;
+            SCOPED_TRACE(::testing::Message() << at::IntArrayRef(dims) << " " << dt << " " << fp4qat::describe(rule)
+                                              << " " << fp4qat::to_string(blocks) << (given ? " given-amax" : ""));
+            const at::Tensor x = random_input(dims, dt, seed++);
+            std::optional<at::Tensor> amax;
+            if (given) amax = (rule.row_scaled ? fp4qat::row_amax(x) : fp4qat::global_amax(x)) * 1.5f;
+            const auto want = fp4qat::nvfp4_quantize_and_fake(x, blocks, amax, rule);
+            std::optional<at::Tensor> amax_d;
+            if (amax) amax_d = amax->cuda();
+            const auto got = fp4qat::nvfp4_quantize_and_fake(x.cuda(), blocks, amax_d, rule);
+            ASSERT_TRUE(bytes_equal(got.packed.codes, want.packed.codes));
+            ASSERT_TRUE(bytes_equal(got.packed.scales, want.packed.scales));
+            ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
+            ASSERT_TRUE(bytes_equal(got.values, want.values));
+            EXPECT_TRUE(std::string(ck::nvfp4_last_kernel()).rfind("rule-", 0) == 0) << ck::nvfp4_last_kernel();
+            // Dequantization (per-row S_dec where row-scaled) agrees too.
+            ASSERT_TRUE(bytes_equal(fp4qat::nvfp4_dequantize(got.packed, at::kFloat),
+                                    fp4qat::nvfp4_dequantize(want.packed, at::kFloat)));
+            ++cases;
+          }
+  EXPECT_GT(cases, 500);
+}
+
+TEST(GpuQuantizeRules, TransformerEngineVectorsOnGpu) {
+  FP4QAT_REQUIRE_GPU();
+  int n = 0;
+  for (const auto& path : fp4qat::test::vector_files("te")) {
+    fp4qat::st::Reader r(path);
+    SCOPED_TRACE(path);
+    const at::Tensor x = r.view("input").cuda();
+    for (const auto& t : r.tensors()) {
+      const std::string& name = t.name;
+      if (name.size() < 8 || name.compare(name.size() - 7, 7, ".weight") != 0 || name == "input") continue;
+      const std::string v = name.substr(0, name.size() - 7);
+      if (v == "nvfp4_1d" || v == "nvfp4_2d") continue;  // the standard rule: gpu_quantize.cpp
+      SCOPED_TRACE(v);
+      NVFP4Rule rule;
+      rule.four_over_six = v.find("4over6") != std::string::npos;
+      rule.row_scaled = v.find("rows") != std::string::npos;
+      rule.e4m3_max = v.find("_448_") != std::string::npos ? 448.0f : 256.0f;
+      rule.mse = v.find("_mse") != std::string::npos;
+      const auto q = fp4qat::nvfp4_quantize(x, v.find("_2d") != std::string::npos ? Blocks::k2D : Blocks::k1D,
+                                            std::nullopt, rule);
+      EXPECT_TRUE(bytes_equal(q.codes, r.view(v + ".weight")));
+      EXPECT_TRUE(bytes_equal(q.scales, r.view(v + ".weight_scale")));
+      EXPECT_TRUE(bytes_equal(q.s_dec, r.view(v + ".weight_scale_2")));
+      ++n;
+    }
+  }
+  EXPECT_GE(n, 100);
+}
+
+TEST(GpuQuantizeRules, RowGroupsAndRowAmax) {
+  FP4QAT_REQUIRE_GPU();
+  uint64_t seed = 4700;
+  for (auto dt : {at::kBFloat16, at::kFloat})
+    for (const std::vector<int64_t>& off : {std::vector<int64_t>{0, 0, 5, 5, 300, 301},
+                                            std::vector<int64_t>{0, 1}, std::vector<int64_t>{0, 64, 128, 1000}}) {
+      const at::Tensor x = random_input({off.back(), 256}, dt, seed++);
+      ASSERT_TRUE(bytes_equal(fp4qat::row_amax(x.cuda()), fp4qat::row_amax(x)));
+      for (const auto& rule : rules()) {
+        SCOPED_TRACE(::testing::Message() << dt << " groups " << off.size() - 1 << " " << fp4qat::describe(rule));
+        const auto want = fp4qat::nvfp4_quantize_rows(x, off, /*packed=*/true, rule);
+        const auto got = fp4qat::nvfp4_quantize_rows(x.cuda(), off, /*packed=*/true, rule);
+        ASSERT_TRUE(bytes_equal(got.values, want.values));
+        ASSERT_TRUE(bytes_equal(got.packed.codes, want.packed.codes));
+        ASSERT_TRUE(bytes_equal(got.packed.scales, want.packed.scales));
+        ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
+      }
+    }
+}
