@@ -402,6 +402,29 @@ int main(int argc, char** argv) {
            {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_SLOTS"})
         set_knob(v, "");
     }
+    // The 2026 rules (issue 20: Four Over Six at most 1.3x the max6 quantizer's time on this layer):
+    // 4over6 M 256 MAE (TransformerEngine's default) and MSE, 1D and 2D; row-scaled max6 and 4over6.
+    for (const auto& [label, rule] : std::vector<std::pair<std::string, fp4qat::NVFP4Rule>>{
+             {"4over6-256-mae", {true, 256.0f, false, false}},
+             {"4over6-256-mse", {true, 256.0f, true, false}},
+             {"4over6-448-mae", {true, 448.0f, false, false}},
+             {"rows-max6", {false, 256.0f, false, true}},
+             {"rows-4over6-256-mae", {true, 256.0f, false, true}}})
+      for (auto b : {Blocks::k1D, Blocks::k2D}) {
+        if (rule.row_scaled && b == Blocks::k2D) continue;
+        const auto r = rule;  // a structured binding cannot be captured before C++20
+        const bool ok =
+            check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).codes; },
+                          [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).codes; },
+                          same_bytes) &&
+            check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).scales; },
+                          [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).scales; },
+                          same_bytes);
+        add(std::string("nvfp4 ") + fp4qat::to_string(b) + " MoE layer " + label, double(layer_elems), nv_b, ok, [&] {
+          fp4qat::nvfp4_quantize(w13, b, std::nullopt, r);
+          fp4qat::nvfp4_quantize(w2, b, std::nullopt, r);
+        });
+      }
     {
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },
                                     [&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; }, same_bytes);
