@@ -30,6 +30,29 @@ at::Device parse_device(const std::string& s, const std::string& what) {
   return (s == "cuda" || (s == "auto" && at::hasCUDA())) ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
 }
 
+NVFP4Rule parse_rule_options(const std::string& scale_rule, const std::string* error, const double* e4m3_max,
+                             const std::string& global_scale) {
+  NVFP4Rule r;
+  FP4QAT_CHECK(scale_rule == "max6" || scale_rule == "4over6", "--scale-rule '", scale_rule,
+               "': expected max6 or 4over6");
+  r.four_over_six = scale_rule == "4over6";
+  FP4QAT_CHECK(r.four_over_six || (!error && !e4m3_max), error ? "--error" : "--e4m3-max",
+               " applies to --scale-rule 4over6 only (the max6 rule has one scale per block to choose from)");
+  if (error) {
+    FP4QAT_CHECK(*error == "mae" || *error == "mse", "--error '", *error, "': expected mae or mse");
+    r.mse = *error == "mse";
+  }
+  if (e4m3_max) {
+    FP4QAT_CHECK(*e4m3_max == 256.0 || *e4m3_max == 448.0, "--e4m3-max ", *e4m3_max,
+                 ": expected 256 (TransformerEngine's) or 448 (FlashInfer's)");
+    r.e4m3_max = static_cast<float>(*e4m3_max);
+  }
+  FP4QAT_CHECK(global_scale == "tensor" || global_scale == "row", "--global-scale '", global_scale,
+               "': expected tensor or row");
+  r.row_scaled = global_scale == "row";
+  return r;
+}
+
 std::vector<std::vector<int64_t>> read_token_jsonl(const std::string& path, int64_t vocab, size_t min_len,
                                                    size_t max_len, const std::string& max_what) {
   const std::string text = fs::read_text(path, 1u << 30);

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/common/nvfp4_rule.h"
+
 namespace fp4qat::cli {
 
 // Parses a subcommand's `args` against `desc` into `vm`; returns false (after printing `usage` and
@@ -18,6 +20,13 @@ bool parse_options(const std::vector<std::string>& args, const boost::program_op
 
 // "auto" (a GPU when there is one) | "cpu" | "cuda"; `what` names the option in messages.
 at::Device parse_device(const std::string& s, const std::string& what = "--device");
+
+// The NVFP4 scale-rule options of `quantize` and `convert`: --scale-rule max6|4over6, --error
+// mae|mse and --e4m3-max 256|448 (null: not given; 4over6 only, defaults MAE and 256, as
+// TransformerEngine), --global-scale tensor|row. Refuses unknown values, other bounds, and --error
+// or --e4m3-max without --scale-rule 4over6, naming the option.
+NVFP4Rule parse_rule_options(const std::string& scale_rule, const std::string* error, const double* e4m3_max,
+                             const std::string& global_scale);
 
 // Token sequences of a JSONL file; blank lines skipped; each token in [0, vocab), each sequence
 // `min_len` to `max_len` tokens long (`max_what` says where the maximum comes from). Errors name

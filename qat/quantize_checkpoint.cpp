@@ -39,6 +39,7 @@ void error_stats(const at::Tensor& x, const at::Tensor& dq, TensorReport* r) {
 std::vector<TensorReport> quantize_file(const std::string& in, const std::string& out, const QuantizeFileOptions& opt) {
   const std::string out_dir = fs::parent_dir(out);
   FP4QAT_CHECK(fs::is_dir(out_dir), out, ": output folder '", out_dir, "' does not exist");
+  if (opt.format == Format::kNVFP4) check_rule(opt.rule, opt.blocks, "quantize");
   st::Reader reader(in);
   const int64_t block = opt.format == Format::kNVFP4 ? fmt::kNvfp4Block : fmt::kMxfp8Block;
 
@@ -80,13 +81,13 @@ std::vector<TensorReport> quantize_file(const std::string& in, const std::string
     const std::string s = names::module_of(info.name);
     if (opt.format == Format::kNVFP4) {
       std::optional<at::Tensor> a;
-      if (gated_partner(info.name))
+      if (gated_partner(info.name) && !opt.rule.row_scaled)
         a = pair_amax.of(info.name, x, [&](const std::string& partner) {
           const at::Tensor other_host = reader.view(partner);
           check_finite(other_host, partner);
           return other_host.to(opt.device);
         });
-      NVFP4Tensor q = nvfp4_quantize(x, opt.blocks, a);
+      NVFP4Tensor q = nvfp4_quantize(x, opt.blocks, a, opt.rule);
       if (opt.error_stats) error_stats(host, nvfp4_dequantize(q).cpu(), &rep);
       outputs.emplace_back(s + ".weight", q.codes.cpu());
       outputs.emplace_back(s + ".weight_scale", q.scales.cpu());

@@ -15,6 +15,7 @@ namespace fp4qat::qat {
 struct QuantizeFileOptions {
   Format format = Format::kNVFP4;            // nvfp4 | mxfp8
   Blocks blocks = Blocks::k1D;               // NVFP4 only
+  NVFP4Rule rule;                            // NVFP4 only: max6 | Four Over Six; per-tensor | per-row S_dec
   at::Device device = at::Device(at::kCPU);  // where the quantization runs; same bytes either way
   bool error_stats = false;                  // fill TensorReport::rel_rmse / max_abs_err
 };
@@ -30,7 +31,9 @@ struct TensorReport {
 // 2 ([out, in]) or 3 ([E, out, in]) whose name ends in ".weight".
 bool is_quantizable(const std::string& name, at::ScalarType dtype, int64_t rank);
 
-// Reads `in`, writes `out` atomically (no output file on any error). Throws fp4qat::Error
+// Reads `in`, writes `out` atomically (no output file on any error). NVFP4 with a row-scaled
+// rule writes weight_scale_2 as F32 [M] (one per row; [E, M] for stacked experts) and gives gated
+// pairs no shared amax (every row has its own); other rules share the pair's amax as always. Throws fp4qat::Error
 // naming the file or tensor on bad input (non-finite values, K not a multiple of the block, a
 // gated pair with one member missing, ...).
 std::vector<TensorReport> quantize_file(const std::string& in, const std::string& out, const QuantizeFileOptions& opt);

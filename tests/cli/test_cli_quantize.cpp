@@ -186,3 +186,64 @@ TEST(CliQuantize, BadInputsFailCleanly) {
   expect_clean_failure(d, q(in, {"--blocks", "3d"}), "3d");
   expect_clean_failure(d, {"quantize", "--in", in, "--out", d.file("nodir/out.safetensors")}, "nodir");
 }
+
+// The 2026 rules through the binary (issue 20): every variant of TransformerEngine's vectors
+// (tests/data/vectors/te) from --scale-rule / --error / --e4m3-max / --global-scale, byte for
+// byte; a row-scaled weight_scale_2 is F32 [M].
+TEST(CliQuantize, ScaleRuleOptionsReproduceTransformerEngine) {
+  int checked = 0;
+  const auto files = fp4qat::test::vector_files("te");
+  // The binary's start-up is most of the time: four of the files (every variant is in each), at
+  // M 256 for 4over6 (M 448 through the library in tests/kernels/test_4over6_ref.cpp).
+  for (size_t i = 0; i < files.size() && i < 4; ++i) {
+    const std::string& path = files[i];
+    st::Reader want(path);
+    SCOPED_TRACE(path);
+    TempDir d;
+    st::write_file(d.file("in.safetensors"), {{"x.weight", want.view("input")}});
+    for (const auto& t : want.tensors()) {
+      const std::string& n = t.name;
+      if (n.size() < 8 || n.compare(n.size() - 7, 7, ".weight") != 0 || n == "input") continue;
+      const std::string v = n.substr(0, n.size() - 7);
+      if (v == "nvfp4_1d" || v == "nvfp4_2d") continue;
+      if (v.find("_448_") != std::string::npos && v.find("rows") == std::string::npos) continue;
+      SCOPED_TRACE(v);
+      std::vector<std::string> args = {"quantize", "--in", d.file("in.safetensors"), "--out", d.file("o.safetensors"),
+                                       "--device", "cpu", "--blocks", v.find("_2d") != std::string::npos ? "2d" : "1d"};
+      if (v.find("4over6") != std::string::npos) {
+        args.insert(args.end(), {"--scale-rule", "4over6", "--e4m3-max",
+                                 v.find("_448_") != std::string::npos ? "448" : "256", "--error",
+                                 v.find("_mse") != std::string::npos ? "mse" : "mae"});
+      }
+      if (v.find("rows") != std::string::npos) args.insert(args.end(), {"--global-scale", "row"});
+      const auto r = run_fp4qat(args);
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      st::Reader got(d.file("o.safetensors"));
+      expect_same(got, "x.weight", want, v + ".weight");
+      expect_same(got, "x.weight_scale", want, v + ".weight_scale");
+      expect_same(got, "x.weight_scale_2", want, v + ".weight_scale_2");
+      ++checked;
+    }
+  }
+  EXPECT_GE(checked, 30);
+}
+
+TEST(CliQuantize, BadScaleRulesAreRefusedWithNothingWritten) {
+  TempDir d;
+  st::write_file(d.file("in.safetensors"), {{"x.weight", at::randn({32, 64})}});
+  const std::vector<std::string> base = {"quantize", "--in", d.file("in.safetensors"), "--out", d.file("o.safetensors"),
+                                         "--device", "cpu"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  expect_clean_failure(d, with({"--scale-rule", "4over6", "--e4m3-max", "300"}), "--e4m3-max");
+  expect_clean_failure(d, with({"--e4m3-max", "448"}), "--scale-rule 4over6");
+  expect_clean_failure(d, with({"--error", "mse"}), "--error");
+  expect_clean_failure(d, with({"--scale-rule", "4over6", "--error", "l2"}), "--error 'l2'");
+  expect_clean_failure(d, with({"--scale-rule", "max4"}), "--scale-rule 'max4'");
+  expect_clean_failure(d, with({"--global-scale", "row", "--blocks", "2d"}), "--global-scale row");
+  expect_clean_failure(d, with({"--global-scale", "column"}), "--global-scale 'column'");
+  expect_clean_failure(d, with({"--format", "mxfp8", "--scale-rule", "4over6"}), "nvfp4 only");
+}
