@@ -10,6 +10,8 @@
 //   quantize_fused.cu    fused (everything else, and every given amax): two reads, the second
 //     meant to hit L2;
 //   quantize_rows.cu     the row groups' two passes where staged2 does not apply;
+//   quantize_rules.cu    the 2026 rules (Four Over Six, row-scaled global scales): its own
+//     launcher, nvfp4_quantize_rule, chosen in kernels/cuda_api.cpp by the rule;
 //   quantize_dequantize.cu, amax.cu.
 // Per-element arithmetic is kernels/common/formats.h, shared with the CPU reference
 // (kernels/nvfp4/quantize_ref.cpp); built with --fmad=false and IEEE div/rcp. Shapes that only a
