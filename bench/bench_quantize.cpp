@@ -404,12 +404,12 @@ int main(int argc, char** argv) {
     }
     // The 2026 rules (issue 20: Four Over Six at most 1.3x the max6 quantizer's time on this layer):
     // 4over6 M 256 MAE (TransformerEngine's default) and MSE, 1D and 2D; row-scaled max6 and 4over6.
-    for (const auto& [label, rule] : std::vector<std::pair<std::string, fp4qat::NVFP4Rule>>{
-             {"4over6-256-mae", {true, 256.0f, false, false}},
-             {"4over6-256-mse", {true, 256.0f, true, false}},
-             {"4over6-448-mae", {true, 448.0f, false, false}},
-             {"rows-max6", {false, 256.0f, false, true}},
-             {"rows-4over6-256-mae", {true, 256.0f, false, true}}})
+    for (const auto& [label, rule] :
+         std::vector<std::pair<std::string, fp4qat::NVFP4Rule>>{{"4over6-256-mae", {true, 256.0f, false, false}},
+                                                                {"4over6-256-mse", {true, 256.0f, true, false}},
+                                                                {"4over6-448-mae", {true, 448.0f, false, false}},
+                                                                {"rows-max6", {false, 256.0f, false, true}},
+                                                                {"rows-4over6-256-mae", {true, 256.0f, false, true}}})
       for (auto b : {Blocks::k1D, Blocks::k2D}) {
         if (rule.row_scaled && b == Blocks::k2D) continue;
         const auto r = rule;  // a structured binding cannot be captured before C++20

@@ -64,8 +64,7 @@ void run_rule(const at::Tensor& x, Blocks blocks, const at::Tensor& given, const
   a.scales = out.scales.defined() ? out.scales.data_ptr<uint8_t>() : nullptr;
   a.fake = out.fake.defined() ? reinterpret_cast<uint16_t*>(out.fake.data_ptr()) : nullptr;
   a.s_dec = out.s_dec.data_ptr<float>();
-  at::Tensor ws =
-      at::empty({static_cast<int64_t>(ck::nvfp4_rule_workspace_bytes(a))}, x.options().dtype(at::kByte));
+  at::Tensor ws = at::empty({static_cast<int64_t>(ck::nvfp4_rule_workspace_bytes(a))}, x.options().dtype(at::kByte));
   a.workspace = ws.data_ptr();
   ck::nvfp4_quantize_rule(a, stream());
 }
@@ -169,8 +168,8 @@ at::Tensor nvfp4_dequantize(const NVFP4Tensor& q, at::ScalarType dtype) {
                              codes.options().dtype(bf16 ? at::kBFloat16 : at::kFloat));
   // Row-scaled (one S_dec per row): E * N "experts" of one row each.
   const bool rows = s_dec.dim() == codes.dim() - 1;
-  ck::nvfp4_dequantize(codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), s_dec.data_ptr<float>(),
-                       rows ? E * N : E, rows ? 1 : N, K, out.data_ptr(), bf16, stream());
+  ck::nvfp4_dequantize(codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), s_dec.data_ptr<float>(), rows ? E * N : E,
+                       rows ? 1 : N, K, out.data_ptr(), bf16, stream());
   return bf16 || dtype == at::kFloat ? out : out.to(dtype);
 }
 

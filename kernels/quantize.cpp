@@ -82,8 +82,8 @@ NVFP4Tensor quantize_rule_cpu(const at::Tensor& x, Blocks blocks, const std::opt
   const int64_t E = x3.size(0), N = x3.size(1), K = x3.size(2), nb = K / fmt::kNvfp4Block;
   auto u8 = x.options().dtype(at::kByte);
   at::Tensor codes = at::empty({E, N, K / 2}, u8), scales = at::empty({E, N, nb}, u8);
-  at::Tensor s_dec = at::empty(rule.row_scaled ? std::vector<int64_t>{E, N} : std::vector<int64_t>{E},
-                               x.options().dtype(at::kFloat));
+  at::Tensor s_dec =
+      at::empty(rule.row_scaled ? std::vector<int64_t>{E, N} : std::vector<int64_t>{E}, x.options().dtype(at::kFloat));
   const at::Tensor a = amax_in ? amax_in->contiguous().reshape({E, -1})
                                : (rule.row_scaled ? at::Tensor() : global_amax(x).reshape({E, 1}));
   if (a.defined()) check_amax_values(a);

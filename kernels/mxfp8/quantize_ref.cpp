@@ -21,7 +21,7 @@ void mxfp8_quantize(const float* x, int64_t M, int64_t K, uint8_t* q, uint8_t* s
         const uint8_t e8m0 = mxfp8_scale_e8m0(m);
         scales[r * nb + b] = e8m0;
         const float scale = e8m0_to_float(e8m0);  // code 0: the subnormal 2^-127
-        if (m == 0.0f) {  // amax 0: e8m0 0 and q 0 (byte 0, also for -0.0 elements)
+        if (m == 0.0f) {                          // amax 0: e8m0 0 and q 0 (byte 0, also for -0.0 elements)
           for (int j = 0; j < kMxfp8Block; ++j) qb[j] = 0;
           continue;
         }

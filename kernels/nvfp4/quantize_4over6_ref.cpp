@@ -35,8 +35,8 @@ float encode_block(const float* xb, uint8_t sb, float s_dec, float amax, float s
 }
 
 // One row of 1x16 blocks with Four Over Six.
-void row_4over6(const float* xr, int64_t K, float amax, float s_enc, float s_dec, const NVFP4Rule& o,
-                uint8_t* codes_r, uint8_t* scales_r) {
+void row_4over6(const float* xr, int64_t K, float amax, float s_enc, float s_dec, const NVFP4Rule& o, uint8_t* codes_r,
+                uint8_t* scales_r) {
   const float six_m = o.e4m3_max * kE2M1Max;
   uint8_t c6[B / 2], c4[B / 2];
   for (int64_t b = 0; b < K / B; ++b) {

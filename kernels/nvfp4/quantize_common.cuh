@@ -5,6 +5,7 @@
 // from .cu.
 #pragma once
 #include <cuda_bf16.h>
+#include <algorithm>
 #include <cuda_fp16.h>
 
 #include "kernels/common/check.h"
@@ -112,6 +113,34 @@ __device__ __forceinline__ int last_at_most(const int32_t* a, int64_t n, int64_t
       hi = mid;
   }
   return lo;
+}
+
+// max |row| of each row of x [rows, K] (K % 16 == 0), one warp a row (exact: max is order-free):
+// stored as out[r] (row_off null: one amax per row), or folded into the row's group, the last g
+// with row_off[g] <= r (atomic max on bits cleared beforehand).
+template <InType T>
+__global__ void __launch_bounds__(kThreads)
+    rows_amax_kernel(const void* x, int64_t rows, int64_t K, const int32_t* row_off, int64_t groups, float* out) {
+  const int64_t nb = K / 16, lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
+  for (int64_t r = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
+    float m = 0.0f;
+    for (int64_t b = lane; b < nb; b += 32) {
+      float v[16];
+      load16<T, Src::kCached>(x, (r * nb + b) * 16, v);
+      m = fmaxf(m, max16(v));
+    }
+    m = warp_max(m);
+    if (lane != 0) continue;
+    if (row_off)
+      atomic_max_nonneg(reinterpret_cast<uint32_t*>(out) + last_at_most(row_off, groups, r), m);
+    else
+      out[r] = m;
+  }
+}
+inline unsigned rows_amax_grid(int64_t rows) {
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>((rows + kThreads / 32 - 1) / (kThreads / 32), 1 << 16)));
 }
 
 // The 16 bf16 of block `unit` of a shared-memory slice as 8 raw words (two 16-byte loads).

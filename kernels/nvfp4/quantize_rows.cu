@@ -12,31 +12,7 @@ namespace {
 // ---- Row groups: rows of x [T, K] sorted by group (an expert's tokens), one amax per group ----
 // Default on sm_90+ (1D): the staged2 kernel over the groups' slices (one read). Else, or when
 // that kernel does not apply, two passes over x:
-// The group of row r: the last g with row_off[g] <= r (empty groups skipped).
-__device__ __forceinline__ int group_of_row(const int32_t* row_off, int64_t groups, int64_t r) {
-  return last_at_most(row_off, groups, r);
-}
-
-// Pass 1: one warp per row folds max |row| into amax[group of the row] (exact: max is order-free).
-template <InType T>
-__global__ void __launch_bounds__(kThreads)
-    rows_amax_kernel(const void* x, int64_t rows, int64_t K, const int32_t* row_off, int64_t groups,
-                     uint32_t* amax_bits) {
-  const int64_t nb = K / 16, lane = threadIdx.x & 31;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
-  for (int64_t r = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
-    float m = 0.0f;
-    for (int64_t b = lane; b < nb; b += 32) {
-      float v[16];
-      load16<T, Src::kCached>(x, (r * nb + b) * 16, v);
-      m = fmaxf(m, max16(v));
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if (lane == 0) atomic_max_nonneg(amax_bits + group_of_row(row_off, groups, r), m);
-  }
-}
-
+// Pass 1: rows_amax_kernel (quantize_common.cuh) folds max |row| into amax[group of the row].
 // Pass 2: every 16-element block quantized with its row's group scale — the arithmetic of the
 // fused kernel's 1D quantize step (emit_block), with S_enc taken per block from the group amax.
 template <InType T>
@@ -45,7 +21,7 @@ __global__ void __launch_bounds__(kThreads)
                          const uint32_t* amax_bits, uint8_t* codes, uint8_t* scales, uint16_t* fake) {
   for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
        u += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const float amax = __uint_as_float(amax_bits[group_of_row(row_off, groups, u / nb)]);
+    const float amax = __uint_as_float(amax_bits[last_at_most(row_off, groups, u / nb)]);
     const float s_enc = nvfp4_s_enc(amax);
     float v[16];
     load16<T, Src::kStreaming>(x, u * 16, v);
@@ -68,9 +44,9 @@ void rows_two_pass(const void* x, int64_t rows, int64_t K, const int32_t* row_of
   FP4QAT_CUDA_CHECK(cudaMemsetAsync(amax_bits, 0, sizeof(uint32_t) * std::max<int64_t>(groups, 1), stream));
   if (rows > 0) {
     const int64_t nb = K / 16, units = rows * nb;
-    const unsigned g1 = static_cast<unsigned>(std::min<int64_t>((rows + kThreads / 32 - 1) / (kThreads / 32), 1 << 16));
     const unsigned g2 = static_cast<unsigned>(std::min<int64_t>((units + kThreads - 1) / kThreads, 1 << 18));
-    rows_amax_kernel<T><<<g1, kThreads, 0, stream>>>(x, rows, K, row_off, groups, amax_bits);
+    rows_amax_kernel<T><<<rows_amax_grid(rows), kThreads, 0, stream>>>(x, rows, K, row_off, groups,
+                                                                       reinterpret_cast<float*>(amax_bits));
     FP4QAT_CUDA_CHECK(cudaGetLastError());
     rows_quantize_kernel<T><<<g2, kThreads, 0, stream>>>(x, units, nb, row_off, groups, amax_bits, codes, scales, fake);
     FP4QAT_CUDA_CHECK(cudaGetLastError());

@@ -80,8 +80,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t tiles = (N + 15) / 16, items = E * tiles * nb;
   const int lane = threadIdx.x & 15;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
-  for (int64_t w = blockIdx.x * static_cast<int64_t>(kThreads / 32) + (threadIdx.x >> 5); 2 * w < items;
-       w += warps) {
+  for (int64_t w = blockIdx.x * static_cast<int64_t>(kThreads / 32) + (threadIdx.x >> 5); 2 * w < items; w += warps) {
     const int64_t item = 2 * w + ((threadIdx.x >> 4) & 1);
     const bool active = item < items;
     const int64_t e = active ? item / (tiles * nb) : 0, rem = active ? item % (tiles * nb) : 0;
@@ -116,30 +115,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// max |row| of each row of x [rows, K], one warp a row: stored (kind kRow) or folded into the
-// row's group (kGroup, atomic max on cleared bits).
-template <InType T>
-__global__ void __launch_bounds__(kThreads)
-    rule_amax_kernel(const void* x, int64_t rows, int64_t K, AmaxOf kind, const int32_t* row_off, int64_t groups,
-                     float* out) {
-  const int64_t nb = K / 16, lane = threadIdx.x & 31;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
-  for (int64_t r = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
-    float m = 0.0f;
-    for (int64_t b = lane; b < nb; b += 32) {
-      float v[16];
-      load16<T, Src::kCached>(x, (r * nb + b) * 16, v);
-      m = fmaxf(m, max16(v));
-    }
-    m = warp_max(m);
-    if (lane != 0) continue;
-    if (kind == AmaxOf::kRow)
-      out[r] = m;
-    else
-      atomic_max_nonneg(reinterpret_cast<uint32_t*>(out) + last_at_most(row_off, groups, r), m);
-  }
-}
-
 __global__ void rule_s_dec_kernel(const float* amax, int64_t n, bool four, float e4m3_max, float* s_dec) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) s_dec[i] = nvfp4_s_dec(four ? nvfp4_4over6_s_enc(amax[i], e4m3_max) : nvfp4_s_enc(amax[i]));
@@ -153,8 +128,8 @@ void launch_rule(const Nvfp4RuleArgs& a, AmaxOf kind, const float* amax, cudaStr
     const int64_t warps = (items + 1) / 2;
     const auto g = static_cast<unsigned>(
         std::max<int64_t>(1, std::min<int64_t>((warps + kThreads / 32 - 1) / (kThreads / 32), num_sms() * 16)));
-    rule_2d_kernel<T><<<g, kThreads, 0, stream>>>(a.x, a.E, a.N, nb, amax, a.rule.e4m3_max, a.rule.mse, a.codes,
-                                                  a.scales, a.fake);
+    rule_2d_kernel<T>
+        <<<g, kThreads, 0, stream>>>(a.x, a.E, a.N, nb, amax, a.rule.e4m3_max, a.rule.mse, a.codes, a.scales, a.fake);
   } else {
     const int64_t units = a.E * a.N * nb;
     const auto g = static_cast<unsigned>(grid_for(units));
@@ -172,8 +147,8 @@ template <InType T>
 void launch_amax(const void* x, int64_t rows, int64_t K, AmaxOf kind, const int32_t* row_off, int64_t groups,
                  float* out, cudaStream_t stream) {
   if (rows == 0) return;
-  const auto g = static_cast<unsigned>(std::min<int64_t>((rows + kThreads / 32 - 1) / (kThreads / 32), 1 << 16));
-  rule_amax_kernel<T><<<g, kThreads, 0, stream>>>(x, rows, K, kind, row_off, groups, out);
+  rows_amax_kernel<T><<<rows_amax_grid(rows), kThreads, 0, stream>>>(
+      x, rows, K, kind == AmaxOf::kRow ? nullptr : row_off, groups, out);
   FP4QAT_CUDA_CHECK(cudaGetLastError());
 }
 

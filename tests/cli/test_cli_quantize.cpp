@@ -208,12 +208,19 @@ TEST(CliQuantize, ScaleRuleOptionsReproduceTransformerEngine) {
       if (v == "nvfp4_1d" || v == "nvfp4_2d") continue;
       if (v.find("_448_") != std::string::npos && v.find("rows") == std::string::npos) continue;
       SCOPED_TRACE(v);
-      std::vector<std::string> args = {"quantize", "--in", d.file("in.safetensors"), "--out", d.file("o.safetensors"),
-                                       "--device", "cpu", "--blocks", v.find("_2d") != std::string::npos ? "2d" : "1d"};
+      std::vector<std::string> args = {"quantize",
+                                       "--in",
+                                       d.file("in.safetensors"),
+                                       "--out",
+                                       d.file("o.safetensors"),
+                                       "--device",
+                                       "cpu",
+                                       "--blocks",
+                                       v.find("_2d") != std::string::npos ? "2d" : "1d"};
       if (v.find("4over6") != std::string::npos) {
-        args.insert(args.end(), {"--scale-rule", "4over6", "--e4m3-max",
-                                 v.find("_448_") != std::string::npos ? "448" : "256", "--error",
-                                 v.find("_mse") != std::string::npos ? "mse" : "mae"});
+        args.insert(args.end(),
+                    {"--scale-rule", "4over6", "--e4m3-max", v.find("_448_") != std::string::npos ? "448" : "256",
+                     "--error", v.find("_mse") != std::string::npos ? "mse" : "mae"});
       }
       if (v.find("rows") != std::string::npos) args.insert(args.end(), {"--global-scale", "row"});
       const auto r = run_fp4qat(args);

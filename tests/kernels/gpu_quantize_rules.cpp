@@ -87,8 +87,8 @@ TEST(GpuQuantizeRules, TransformerEngineVectorsOnGpu) {
       rule.row_scaled = v.find("rows") != std::string::npos;
       rule.e4m3_max = v.find("_448_") != std::string::npos ? 448.0f : 256.0f;
       rule.mse = v.find("_mse") != std::string::npos;
-      const auto q = fp4qat::nvfp4_quantize(x, v.find("_2d") != std::string::npos ? Blocks::k2D : Blocks::k1D,
-                                            std::nullopt, rule);
+      const auto q =
+          fp4qat::nvfp4_quantize(x, v.find("_2d") != std::string::npos ? Blocks::k2D : Blocks::k1D, std::nullopt, rule);
       EXPECT_TRUE(bytes_equal(q.codes, r.view(v + ".weight")));
       EXPECT_TRUE(bytes_equal(q.scales, r.view(v + ".weight_scale")));
       EXPECT_TRUE(bytes_equal(q.s_dec, r.view(v + ".weight_scale_2")));
@@ -102,8 +102,8 @@ TEST(GpuQuantizeRules, RowGroupsAndRowAmax) {
   FP4QAT_REQUIRE_GPU();
   uint64_t seed = 4700;
   for (auto dt : {at::kBFloat16, at::kFloat})
-    for (const std::vector<int64_t>& off : {std::vector<int64_t>{0, 0, 5, 5, 300, 301},
-                                            std::vector<int64_t>{0, 1}, std::vector<int64_t>{0, 64, 128, 1000}}) {
+    for (const std::vector<int64_t>& off : {std::vector<int64_t>{0, 0, 5, 5, 300, 301}, std::vector<int64_t>{0, 1},
+                                            std::vector<int64_t>{0, 64, 128, 1000}}) {
       const at::Tensor x = random_input({off.back(), 256}, dt, seed++);
       ASSERT_TRUE(bytes_equal(fp4qat::row_amax(x.cuda()), fp4qat::row_amax(x)));
       for (const auto& rule : rules()) {

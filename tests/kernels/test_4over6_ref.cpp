@@ -289,7 +289,8 @@ TEST(NVFP4Rules, BadRulesAreRefused) {
   EXPECT_NE(msg({false, 256.0f, false, true}, fp4qat::Blocks::k2D).find("1x16"), std::string::npos);
   EXPECT_NE(msg({true, 256.0f, false, true}, fp4qat::Blocks::k2D).find("row-scaled"), std::string::npos);
   // A row-scaled rule wants one amax per row.
-  EXPECT_THROW(fp4qat::nvfp4_quantize(x, fp4qat::Blocks::k1D, at::scalar_tensor(1.0f, at::kFloat), {false, 256.0f, false, true}),
-               fp4qat::Error);
+  EXPECT_THROW(
+      fp4qat::nvfp4_quantize(x, fp4qat::Blocks::k1D, at::scalar_tensor(1.0f, at::kFloat), {false, 256.0f, false, true}),
+      fp4qat::Error);
   EXPECT_EQ(fp4qat::describe({true, 448.0f, true, true}), "4over6(M=448, mse) + row-scaled");
 }

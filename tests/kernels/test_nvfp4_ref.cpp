@@ -173,9 +173,9 @@ TEST(MXFP8Ref, DequantizeIsCloseAndBlocksArePowersOfTwo) {
 TEST(MXFP8Ref, SubnormalScalesKeepCodeZeroAndQuantizeAgainstTwoToMinus127) {
   std::vector<float> v(3 * 32);
   for (int j = 0; j < 32; ++j) {
-    v[j] = (j % 2 ? -1.0f : 1.0f) * static_cast<float>(j + 1) * std::ldexp(1.0f, -140);  // s << 2^-127
+    v[j] = (j % 2 ? -1.0f : 1.0f) * static_cast<float>(j + 1) * std::ldexp(1.0f, -140);       // s << 2^-127
     v[32 + j] = (j == 5 ? 448.0f : 0.001f * static_cast<float>(j)) * std::ldexp(1.0f, -127);  // s == 2^-127
-    v[64 + j] = (j == 9 ? 448.0f * std::ldexp(1.0f, -127) * 1.0001f : 0.0f);     // s > 2^-127
+    v[64 + j] = (j == 9 ? 448.0f * std::ldexp(1.0f, -127) * 1.0001f : 0.0f);                  // s > 2^-127
   }
   const at::Tensor x = at::from_blob(v.data(), {3, 32}, at::kFloat).clone();
   const auto q = fp4qat::mxfp8_quantize(x);
