@@ -180,42 +180,30 @@ NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x_in, const std::vector<int64
   const int64_t T = x.size(0), K = x.size(1), G = static_cast<int64_t>(off.size()) - 1;
   FP4QAT_CHECK(G < INT32_MAX && T < INT32_MAX, "nvfp4_quantize_rows: ", G, " groups of ", T,
                " rows: at most 2^31 - 2 of each");
-  if (!rule.is_default()) {  // Four Over Six per group (row-scaled rules never reach here)
-    at::Tensor table = at::empty({G + 1}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
-    for (int64_t g = 0; g <= G; ++g) table.data_ptr<int32_t>()[g] = static_cast<int32_t>(off[g]);
-    const at::Tensor table_d = table.to(x.device(), /*non_blocking=*/true);
-    Quantized q;
-    if (packed) {
-      q.codes = at::empty({T, K / 2}, x.options().dtype(at::kByte));
-      q.scales = at::empty({T, K / 16}, x.options().dtype(at::kByte));
-    }
-    q.fake = at::empty({T, K}, x.options().dtype(at::kBFloat16));
-    q.s_dec = at::empty({G}, x.options().dtype(at::kFloat));
-    run_rule(x, Blocks::k1D, at::Tensor(), rule, q, table_d.data_ptr<int32_t>(), G);
-    return {{q.codes, packed ? q.scales.view(at::kFloat8_e4m3fn) : at::Tensor(), q.s_dec, Blocks::k1D}, q.fake};
-  }
   // The row offsets and each group's first slice (kernels/cuda_kernels.h), built in pinned host
-  // memory and copied asynchronously.
+  // memory and copied asynchronously; its first G + 1 entries are the row offsets alone.
   const int64_t R = ck::nvfp4_rows_slice_rows(in_type(x), K, /*fake=*/true);
   at::Tensor table = at::empty({2 * (G + 1)}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
   const ck::RowsTable rt = ck::nvfp4_rows_table(off.data(), G, R, table.data_ptr<int32_t>());
   const at::Tensor table_d = table.to(x.device(), /*non_blocking=*/true);
   auto u8 = x.options().dtype(at::kByte);
-  NVFP4Operand out;
-  out.packed.blocks = Blocks::k1D;
+  Quantized q;
   if (packed) {
-    out.packed.codes = at::empty({T, K / 2}, u8);
-    out.packed.scales = at::empty({T, K / 16}, u8);
+    q.codes = at::empty({T, K / 2}, u8);
+    q.scales = at::empty({T, K / 16}, u8);
   }
-  out.values = at::empty({T, K}, x.options().dtype(at::kBFloat16));
-  out.packed.s_dec = at::empty({G}, x.options().dtype(at::kFloat));
-  at::Tensor ws = at::empty({static_cast<int64_t>(ck::nvfp4_workspace_bytes(G))}, u8);
-  ck::nvfp4_quantize_rows(
-      x.data_ptr(), in_type(x), T, K, table_d.data_ptr<int32_t>(), G, R, rt.total_slices, rt.max_slices, ws.data_ptr(),
-      packed ? out.packed.codes.data_ptr<uint8_t>() : nullptr, packed ? out.packed.scales.data_ptr<uint8_t>() : nullptr,
-      reinterpret_cast<uint16_t*>(out.values.data_ptr()), out.packed.s_dec.data_ptr<float>(), stream());
-  if (packed) out.packed.scales = out.packed.scales.view(at::kFloat8_e4m3fn);
-  return out;
+  q.fake = at::empty({T, K}, x.options().dtype(at::kBFloat16));
+  q.s_dec = at::empty({G}, x.options().dtype(at::kFloat));
+  if (!rule.is_default()) {  // Four Over Six per group (row-scaled rules never reach here)
+    run_rule(x, Blocks::k1D, at::Tensor(), rule, q, table_d.data_ptr<int32_t>(), G);
+  } else {
+    at::Tensor ws = at::empty({static_cast<int64_t>(ck::nvfp4_workspace_bytes(G))}, u8);
+    ck::nvfp4_quantize_rows(x.data_ptr(), in_type(x), T, K, table_d.data_ptr<int32_t>(), G, R, rt.total_slices,
+                            rt.max_slices, ws.data_ptr(), packed ? q.codes.data_ptr<uint8_t>() : nullptr,
+                            packed ? q.scales.data_ptr<uint8_t>() : nullptr,
+                            reinterpret_cast<uint16_t*>(q.fake.data_ptr()), q.s_dec.data_ptr<float>(), stream());
+  }
+  return {{q.codes, packed ? q.scales.view(at::kFloat8_e4m3fn) : at::Tensor(), q.s_dec, Blocks::k1D}, q.fake};
 }
 
 MXFP8Tensor mxfp8_quantize(const at::Tensor& x_in) {
