@@ -26,7 +26,18 @@ Backward parse_backward(const std::string& s) {
 
 const char* to_string(Backward b) { return b == Backward::kHighPrecision ? "high_precision" : "dequantized"; }
 
-at::Tensor emulated_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alpha, at::ScalarType out) {
+void check_options(const NVFP4LinearOptions& opt, const char* who) {
+  check_rule(opt.weight_rule, opt.weight_blocks, who);
+  check_rule(opt.activation_rule, Blocks::k1D, who);
+  FP4QAT_CHECK(!opt.weight_rule.row_scaled, who,
+               ": weights have one global scale per tensor (per expert), not per row");
+  FP4QAT_CHECK(opt.quantize_activations || opt.activation_rule.is_default(), who,
+               ": W4A16 leaves the activations in the compute dtype; they take no scale rule");
+}
+
+at::Tensor emulated_gemm(const at::Tensor& a, const at::Tensor& b_in, const at::Tensor& alpha, at::ScalarType out) {
+  const at::Tensor b = b_in.scalar_type() == a.scalar_type() ? b_in : b_in.to(a.scalar_type());  // exact values
+  if (alpha.dim() == 1) return gemm::scaled_mm_rows(a, b, alpha, out);                           // one scale per row
   // CUDA: fp32 GEMM + one fused scale-and-round pass (kernels/gemm/scaled_bmm.h); the same arithmetic.
   if (a.is_cuda()) return gemm::scaled_bmm(a.unsqueeze(0), b.unsqueeze(0), alpha.reshape({1}), out).squeeze(0);
   return detail::mm_fp32_acc(a, b).mul_(alpha).to(out);
@@ -34,30 +45,79 @@ at::Tensor emulated_gemm(const at::Tensor& a, const at::Tensor& b, const at::Ten
 
 namespace {
 
+// The rule travels through the autograd Functions' arguments as one integer.
+int64_t pack_rule(const NVFP4Rule& r) {
+  return (r.four_over_six ? 1 : 0) | (r.mse ? 2 : 0) | (r.row_scaled ? 4 : 0) | (r.e4m3_max == 448.0f ? 8 : 0);
+}
+NVFP4Rule unpack_rule(int64_t v) { return {(v & 1) != 0, (v & 8) ? 448.0f : 256.0f, (v & 2) != 0, (v & 4) != 0}; }
+constexpr int64_t kW4A16 = 16;  // in the activations' integer: quantize_activations false
+int64_t pack_activations(const NVFP4LinearOptions& o) {
+  return pack_rule(o.activation_rule) | (o.quantize_activations ? 0 : kW4A16);
+}
+NVFP4LinearOptions unpack_activations(int64_t v) {
+  NVFP4LinearOptions o;
+  o.activation_rule = unpack_rule(v);
+  o.quantize_activations = (v & kW4A16) == 0;
+  return o;
+}
+
+// The activations' operand of the emulated GEMM (x2 [M, K]): exact values and S_dec ([] per
+// tensor, [M] row-scaled), or x2 itself and no S_dec (W4A16); `saved`: what the dequantized
+// backward keeps of it (packed codes, scales, S_dec; or x2 itself).
+struct ActOperand {
+  at::Tensor values, s_dec;
+  std::vector<at::Tensor> saved;
+};
+ActOperand quantize_activations(const at::Tensor& x2, const NVFP4LinearOptions& opt, bool deq) {
+  if (!opt.quantize_activations) return {x2, at::Tensor(), {x2}};
+  if (deq) {
+    NVFP4Operand q = nvfp4_quantize_and_fake(x2, Blocks::k1D, std::nullopt, opt.activation_rule);
+    return {q.values, q.packed.s_dec, {q.packed.codes, q.packed.scales, q.packed.s_dec}};
+  }
+  NVFP4FakeQuant f = nvfp4_fake_quantize(x2, Blocks::k1D, std::nullopt, opt.activation_rule);
+  return {f.values, f.s_dec, {}};
+}
+// The GEMM's alpha: S_dec_x * S_dec_w (per row when row-scaled), or S_dec_w alone (W4A16).
+at::Tensor alpha_of(const ActOperand& a, const at::Tensor& s_dec_w) {
+  return a.s_dec.defined() ? a.s_dec * s_dec_w : s_dec_w;
+}
+// The activations the dequantized backward uses, from `saved` at index i: dequantized codes (3
+// tensors) or X itself (1); advances i.
+at::Tensor restore_activations(const std::vector<at::Tensor>& saved, size_t& i, bool kept, at::ScalarType dtype) {
+  if (kept) return saved[i++];
+  i += 3;
+  return nvfp4_dequantize({saved[i - 3], saved[i - 2], saved[i - 1], Blocks::k1D}, dtype);
+}
+
 class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_amax,
-                            int64_t blocks, int64_t backward, const at::Tensor& wq_values, const at::Tensor& wq_codes,
-                            const at::Tensor& wq_scales, const at::Tensor& wq_s_dec) {
+                            int64_t blocks, int64_t backward, int64_t weight_rule, int64_t activations,
+                            const at::Tensor& wq_values, const at::Tensor& wq_codes, const at::Tensor& wq_scales,
+                            const at::Tensor& wq_s_dec) {
     const int64_t K = x.size(-1);
     const at::Tensor x2 = x.reshape({-1, K});
     const auto b = static_cast<Blocks>(blocks);
+    const NVFP4Rule wr = unpack_rule(weight_rule);
+    const NVFP4LinearOptions act = unpack_activations(activations);
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
     const bool given = wq_values.numel() > 0;
     at::Tensor y;
     if (static_cast<Backward>(backward) == Backward::kDequantized) {
-      const NVFP4Operand qx = nvfp4_quantize_and_fake(x2, Blocks::k1D);
+      const ActOperand qx = quantize_activations(x2, act, /*deq=*/true);
       const NVFP4Operand qw =
-          given ? NVFP4Operand{{wq_codes, wq_scales, wq_s_dec, b}, wq_values} : nvfp4_quantize_and_fake(w, b, wa);
-      y = emulated_gemm(qx.values, qw.values, qx.packed.s_dec * qw.packed.s_dec, x.scalar_type());
-      ctx->save_for_backward(
-          {qx.packed.codes, qx.packed.scales, qx.packed.s_dec, qw.packed.codes, qw.packed.scales, qw.packed.s_dec});
+          given ? NVFP4Operand{{wq_codes, wq_scales, wq_s_dec, b}, wq_values} : nvfp4_quantize_and_fake(w, b, wa, wr);
+      y = emulated_gemm(qx.values, qw.values, alpha_of(qx, qw.packed.s_dec), x.scalar_type());
+      std::vector<at::Tensor> save = qx.saved;
+      save.insert(save.end(), {qw.packed.codes, qw.packed.scales, qw.packed.s_dec});
+      ctx->save_for_backward(save);
     } else {
-      const NVFP4FakeQuant fx = nvfp4_fake_quantize(x2, Blocks::k1D);
-      const NVFP4FakeQuant fw = given ? NVFP4FakeQuant{wq_values, wq_s_dec} : nvfp4_fake_quantize(w, b, wa);
-      y = emulated_gemm(fx.values, fw.values, fx.s_dec * fw.s_dec, x.scalar_type());
+      const ActOperand qx = quantize_activations(x2, act, /*deq=*/false);
+      const NVFP4FakeQuant fw = given ? NVFP4FakeQuant{wq_values, wq_s_dec} : nvfp4_fake_quantize(w, b, wa, wr);
+      y = emulated_gemm(qx.values, fw.values, alpha_of(qx, fw.s_dec), x.scalar_type());
       ctx->save_for_backward({x2, w});
     }
+    ctx->saved_data["x_kept"] = !act.quantize_activations;
     ctx->saved_data["backward"] = backward;
     ctx->saved_data["dtype"] = static_cast<int64_t>(x.scalar_type());
     auto out_shape = x.sizes().vec();
@@ -70,8 +130,9 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
     const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
     at::Tensor xs, ws;
     if (static_cast<Backward>(ctx->saved_data["backward"].toInt()) == Backward::kDequantized) {
-      xs = nvfp4_dequantize({saved[0], saved[1], saved[2], Blocks::k1D}, dtype);
-      ws = nvfp4_dequantize({saved[3], saved[4], saved[5], Blocks::k1D}, dtype);
+      size_t i = 0;
+      xs = restore_activations(saved, i, ctx->saved_data["x_kept"].toBool(), dtype);
+      ws = nvfp4_dequantize({saved[i], saved[i + 1], saved[i + 2], Blocks::k1D}, dtype);
     } else {
       xs = saved[0];
       ws = saved[1];
@@ -80,8 +141,8 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
     auto [dx, dw] = linear_grads(dy, xs, ws);
     auto x_shape = grads[0].sizes().vec();
     x_shape.back() = ws.size(1);
-    return {dx.reshape(x_shape), dw,           at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(),        at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx.reshape(x_shape), dw,           at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(),        at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -148,8 +209,11 @@ bool in_place(const at::Tensor& x, const at::Tensor& w, bool deq, const std::vec
          gemm::grouped_gemm_supported(x, w.size(1), w.size(2), x.scalar_type());
 }
 
+// act: the activations' rule and W4A16 (NVFP4LinearOptions); a rule other than the default, or
+// W4A16, takes the per-expert loop (neither `rows` nor `padded`).
 GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,
-                               const std::vector<int64_t>& off, bool padded, bool deq, bool rows = false) {
+                               const std::vector<int64_t>& off, bool padded, bool deq, bool rows,
+                               const NVFP4LinearOptions& act) {
   const int64_t T = x.size(0), E = w_values.size(0), N = w_values.size(1);
   GroupedForward out;
   if (rows) {
@@ -208,11 +272,10 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
   for (int64_t e = 0; e < E; ++e) {
     const int64_t n = off[e + 1] - off[e];
     if (n == 0) continue;  // an expert with no tokens: nothing to compute, nothing saved
-    // Activations: each expert's token slice has its own amax.
-    const NVFP4Operand qx = nvfp4_quantize_and_fake(x.narrow(0, off[e], n), Blocks::k1D);
-    out.y.narrow(0, off[e], n)
-        .copy_(emulated_gemm(qx.values, w_values[e], qx.packed.s_dec * w_s_dec[e], x.scalar_type()));
-    if (deq) out.saved_x.insert(out.saved_x.end(), {qx.packed.codes, qx.packed.scales, qx.packed.s_dec});
+    // Activations: each expert's token slice has its own amax (or each row its own, row-scaled).
+    const ActOperand qx = quantize_activations(x.narrow(0, off[e], n), act, deq);
+    out.y.narrow(0, off[e], n).copy_(emulated_gemm(qx.values, w_values[e], alpha_of(qx, w_s_dec[e]), x.scalar_type()));
+    if (deq && act.quantize_activations) out.saved_x.insert(out.saved_x.end(), qx.saved.begin(), qx.saved.end());
   }
   return out;
 }
@@ -235,13 +298,17 @@ std::pair<at::Tensor, at::Tensor> grouped_mm_grads(const at::Tensor& dy, const a
 class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinearFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
-                            const at::Tensor& w_amax, int64_t blocks, int64_t backward, const at::Tensor& wq_values,
-                            const at::Tensor& wq_codes, const at::Tensor& wq_scales, const at::Tensor& wq_s_dec) {
+                            const at::Tensor& w_amax, int64_t blocks, int64_t backward, int64_t weight_rule,
+                            int64_t activations, const at::Tensor& wq_values, const at::Tensor& wq_codes,
+                            const at::Tensor& wq_scales, const at::Tensor& wq_s_dec) {
     const int64_t T = x.size(0), E = w.size(0);
     const auto off = offsets_of(counts, T, E, "nvfp4_grouped_linear");
     const bool deq = static_cast<Backward>(backward) == Backward::kDequantized;
-    const bool rows = in_place(x, w, deq, off);
-    const bool padded = !rows && x.is_cuda() && pads(off);
+    const NVFP4Rule wr = unpack_rule(weight_rule);
+    const NVFP4LinearOptions act = unpack_activations(activations);
+    const bool standard = act.quantize_activations && act.activation_rule.is_default();
+    const bool rows = standard && in_place(x, w, deq, off);
+    const bool padded = standard && !rows && x.is_cuda() && pads(off);
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
     // Weights: one launch for all experts (per-expert or given amax), unless quantized already;
     // the packed codes and scales only where the dequantized backward saves them.
@@ -249,15 +316,15 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     if (wq_values.numel() > 0) {
       qw = NVFP4Operand{{wq_codes, wq_scales, wq_s_dec, static_cast<Blocks>(blocks)}, wq_values};
     } else if (deq) {
-      qw = nvfp4_quantize_and_fake(w, static_cast<Blocks>(blocks), wa);
+      qw = nvfp4_quantize_and_fake(w, static_cast<Blocks>(blocks), wa, wr);
     } else {
-      NVFP4FakeQuant f = nvfp4_fake_quantize(w, static_cast<Blocks>(blocks), wa);
+      NVFP4FakeQuant f = nvfp4_fake_quantize(w, static_cast<Blocks>(blocks), wa, wr);
       qw.values = std::move(f.values);
       qw.packed.s_dec = std::move(f.s_dec);
       qw.packed.blocks = static_cast<Blocks>(blocks);
     }
     std::vector<at::Tensor> saved_x;  // dequantized mode: packed x, one [E, Mmax, *] triple or one per expert
-    GroupedForward f = grouped_forward(x, qw.values, qw.packed.s_dec, off, padded, deq, rows);
+    GroupedForward f = grouped_forward(x, qw.values, qw.packed.s_dec, off, padded, deq, rows, act);
     const at::Tensor y = f.y;
     saved_x = std::move(f.saved_x);
     if (padded) {
@@ -267,7 +334,10 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     std::vector<at::Tensor> save;
     if (deq) {
       save = {qw.packed.codes, qw.packed.scales, qw.packed.s_dec};
-      save.insert(save.end(), saved_x.begin(), saved_x.end());
+      if (act.quantize_activations)
+        save.insert(save.end(), saved_x.begin(), saved_x.end());
+      else
+        save.push_back(x);  // W4A16: the activations themselves
     } else {
       save = {x, w};
     }
@@ -277,6 +347,7 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     ctx->saved_data["off"] = c10::IValue(off);
     ctx->saved_data["padded"] = padded;
     ctx->saved_data["rows"] = rows;
+    ctx->saved_data["x_kept"] = !act.quantize_activations;
     return y;
   }
 
@@ -294,8 +365,8 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     }
     const int64_t E = w_used.size(0), K = w_used.size(2);
     const auto grads_out = [](const at::Tensor& dx, const at::Tensor& dw) {
-      return variable_list{dx,           dw,           at::Tensor(), at::Tensor(), at::Tensor(),
-                           at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+      return variable_list{dx,           dw,           at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+                           at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     };
     if (ctx->saved_data["rows"].toBool()) {  // in place (high_precision, bf16): the saved x and w
       auto [dx, dw] = grouped_mm_grads(dy, saved[0], w_used, off);
@@ -324,16 +395,16 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     }
     at::Tensor dx = at::zeros({off[E], K}, dy.options());
     at::Tensor dw = at::zeros_like(w_used);
+    const bool x_kept = ctx->saved_data["x_kept"].toBool();
     size_t next_x = 3;
     for (int64_t e = 0; e < E; ++e) {
       const int64_t n = off[e + 1] - off[e];
       if (n == 0) continue;  // no tokens: zero gradient for this expert's weight
       at::Tensor xe;
-      if (deq) {
-        xe = nvfp4_dequantize({saved[next_x], saved[next_x + 1], saved[next_x + 2], Blocks::k1D}, dtype);
-        next_x += 3;
-      } else {
-        xe = saved[0].narrow(0, off[e], n);
+      if (deq && !x_kept) {
+        xe = restore_activations(saved, next_x, false, dtype);
+      } else {  // high_precision, or W4A16's dequantized backward: X itself
+        xe = saved[deq ? 3 : 0].narrow(0, off[e], n);
       }
       auto [dxe, dwe] = linear_grads(dy.narrow(0, off[e], n), xe, w_used[e]);
       dx.narrow(0, off[e], n).copy_(dxe);
@@ -373,34 +444,40 @@ bool nvfp4_grouped_linear_pads(const at::Tensor& counts) {
   return pads(offsets_of(counts, counts.sum().item<int64_t>(), counts.size(0), "nvfp4_grouped_linear"));
 }
 
-at::Tensor nvfp4_linear_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec) {
+at::Tensor nvfp4_linear_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,
+                                const NVFP4LinearOptions& opt) {
   FP4QAT_CHECK(w_values.dim() == 2 && x.size(-1) == w_values.size(1) && x.device() == w_values.device(),
                "nvfp4_linear_forward: x ", x.sizes(), " and weight values [out, in] ", w_values.sizes(), " do not fit");
+  check_options(opt, "nvfp4_linear_forward");
   const int64_t K = x.size(-1);
-  const NVFP4FakeQuant fx = nvfp4_fake_quantize(x.reshape({-1, K}), Blocks::k1D);
+  const ActOperand qx = quantize_activations(x.reshape({-1, K}), opt, /*deq=*/false);
   auto out_shape = x.sizes().vec();
   out_shape.back() = w_values.size(0);
-  return emulated_gemm(fx.values, w_values, fx.s_dec * w_s_dec, x.scalar_type()).reshape(out_shape);
+  return emulated_gemm(qx.values, w_values, alpha_of(qx, w_s_dec), x.scalar_type()).reshape(out_shape);
 }
 
 at::Tensor nvfp4_grouped_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,
-                                 const at::Tensor& counts) {
+                                 const at::Tensor& counts, const NVFP4LinearOptions& opt) {
   FP4QAT_CHECK(w_values.dim() == 3 && x.size(-1) == w_values.size(2) && x.device() == w_values.device(),
                "nvfp4_grouped_forward: x ", x.sizes(), " and weight values [E, out, in] ", w_values.sizes(),
                " do not fit");
   FP4QAT_CHECK(x.dim() == 2, "nvfp4_grouped_forward: x must be [T, K], got ", x.sizes());
   const auto off = offsets_of(counts, x.size(0), w_values.size(0), "nvfp4_grouped_forward");
+  check_options(opt, "nvfp4_grouped_forward");
   const at::Tensor xc = x.contiguous();
-  const bool rows = in_place(xc, w_values, false, off);
-  return grouped_forward(xc, w_values, w_s_dec, off, !rows && x.is_cuda() && pads(off), false, rows).y;
+  const bool standard = opt.quantize_activations && opt.activation_rule.is_default();
+  const bool rows = standard && in_place(xc, w_values, false, off);
+  return grouped_forward(xc, w_values, w_s_dec, off, standard && !rows && x.is_cuda() && pads(off), false, rows, opt).y;
 }
 
 at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4LinearOptions& opt,
                         const std::optional<at::Tensor>& weight_amax, const NVFP4Operand* w_quantized) {
   check_operands(x, w, 2, "nvfp4_linear");
+  check_options(opt, "nvfp4_linear");
   const auto q = prequantized_args(w_quantized, w, "nvfp4_linear");
   return NVFP4LinearFn::apply(x, w, amax_arg(weight_amax, w), static_cast<int64_t>(opt.weight_blocks),
-                              static_cast<int64_t>(opt.backward), q[0], q[1], q[2], q[3]);
+                              static_cast<int64_t>(opt.backward), pack_rule(opt.weight_rule), pack_activations(opt),
+                              q[0], q[1], q[2], q[3]);
 }
 
 at::Tensor nvfp4_grouped_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
@@ -409,9 +486,11 @@ at::Tensor nvfp4_grouped_linear(const at::Tensor& x, const at::Tensor& w, const 
   check_operands(x, w, 3, "nvfp4_grouped_linear");
   FP4QAT_CHECK(x.dim() == 2, "nvfp4_grouped_linear: x must be [T, K], got ", x.sizes());
   offsets_of(counts, x.size(0), w.size(0), "nvfp4_grouped_linear");  // validate before autograd sees the arguments
+  check_options(opt, "nvfp4_grouped_linear");
   const auto q = prequantized_args(w_quantized, w, "nvfp4_grouped_linear");
   return NVFP4GroupedLinearFn::apply(x, w, counts, amax_arg(weight_amax, w), static_cast<int64_t>(opt.weight_blocks),
-                                     static_cast<int64_t>(opt.backward), q[0], q[1], q[2], q[3]);
+                                     static_cast<int64_t>(opt.backward), pack_rule(opt.weight_rule),
+                                     pack_activations(opt), q[0], q[1], q[2], q[3]);
 }
 
 }  // namespace fp4qat::autograd

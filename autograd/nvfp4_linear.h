@@ -26,7 +26,17 @@ const char* to_string(Backward b);
 struct NVFP4LinearOptions {
   Blocks weight_blocks = Blocks::k1D;
   Backward backward = Backward::kHighPrecision;
+  // The scale rules (kernels/common/nvfp4_rule.h): the weights' (Four Over Six or not; never
+  // row-scaled) and the activations' (Four Over Six, row-scaled: one S_dec per row, applied per
+  // output row after the GEMM, y[m, n] = acc[m, n] * (S_dec_x[m] * S_dec_w)).
+  NVFP4Rule weight_rule;
+  NVFP4Rule activation_rule;
+  // false: W4A16 (numerics.md), only the weight is quantized: y = (X @ W_q^T) * S_dec_w with X in
+  // the compute dtype; the dequantized backward then uses X itself.
+  bool quantize_activations = true;
 };
+// Refuses rules that cannot apply (row-scaled weights, rules with W4A16 activations), naming `who`.
+void check_options(const NVFP4LinearOptions& opt, const char* who);
 
 // x: [*, K] (bf16/f16/f32), w: [N, K] same dtype, K % 16 == 0. weight_amax: float32 [] on w's
 // device (a gated pair's shared amax), or nullopt for w's own. Returns [*, N] in x's dtype.
@@ -64,12 +74,16 @@ bool nvfp4_grouped_linear_pads(const at::Tensor& counts);
 // w_values bf16 [N, K] / [E, N, K] = e2m1(q) * float(sb) (S_dec not applied), w_s_dec float32
 // [] / [E] ("weight_scale_2"). The same operations as the forward of nvfp4_linear (high_precision)
 // and nvfp4_grouped_linear, so a rollout forward on exported weights equals the trainer's.
-at::Tensor nvfp4_linear_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec);
+// opt: the activations' side (activation_rule, quantize_activations); its weight fields are unused.
+at::Tensor nvfp4_linear_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,
+                                const NVFP4LinearOptions& opt = {});
 at::Tensor nvfp4_grouped_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,
-                                 const at::Tensor& counts);
+                                 const at::Tensor& counts, const NVFP4LinearOptions& opt = {});
 
 // The emulated NVFP4 GEMM on already quantized operands: (a[M, K] @ b[N, K]^T) * alpha with
-// fp32 accumulation; a, b hold exact bf16 values; alpha a float32 [] tensor (no host sync).
+// fp32 accumulation; a, b hold exact values (b is widened to a's dtype, exactly, if they differ:
+// W4A16 in float32); alpha a float32 [] tensor, or [M] (one per row: row-scaled activations). No
+// host sync.
 at::Tensor emulated_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alpha, at::ScalarType out);
 
 }  // namespace fp4qat::autograd

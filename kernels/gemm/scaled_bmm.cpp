@@ -29,6 +29,29 @@ at::Tensor epilogue_aten(at::Tensor y32, const at::Tensor& alpha, at::ScalarType
   at::Tensor y = y32.mul_(alpha.reshape({B, 1, 1})).to(out);
   return rows.defined() ? y.reshape({-1, N}).index_select(0, rows) : y;
 }
+
+// y32 [B, M, N] (fp32) times alpha[b], rounded once to `out`, then the selected rows: one fused
+// pass on CUDA (kernels/gemm/epilogue.cu) unless switched off, at:: ops otherwise.
+at::Tensor scale_and_round(at::Tensor y32, const at::Tensor& alpha, at::ScalarType out, const at::Tensor& rows) {
+#ifdef FP4QAT_WITH_CUDA
+  if (y32.is_cuda() && fused_epilogue()) {  // kernels/bench_hooks.h
+    namespace ck = fp4qat::cuda_kernels;
+    const c10::cuda::CUDAGuard guard(y32.device());
+    const int64_t B = y32.size(0), M = y32.size(1), N = y32.size(2);
+    const int64_t T = rows.defined() ? rows.size(0) : B * M;
+    at::Tensor y = at::empty({T, N}, y32.options().dtype(out));
+    const at::Tensor al = alpha.reshape({B}).contiguous();
+    const ck::OutType o = out == at::kFloat      ? ck::OutType::F32
+                          : out == at::kBFloat16 ? ck::OutType::BF16
+                                                 : ck::OutType::F16;
+    ck::scale_rows_cast(y32.data_ptr<float>(), al.data_ptr<float>(),
+                        rows.defined() ? rows.data_ptr<int64_t>() : nullptr, T, M, N, y.data_ptr(), o,
+                        at::cuda::getCurrentCUDAStream().stream());
+    return rows.defined() ? y : y.view({B, M, N});
+  }
+#endif
+  return epilogue_aten(std::move(y32), alpha, out, rows);
+}
 }  // namespace
 
 // The switches (kernels/bench_hooks.h) over the GEMM tuning, read once (kernels/common/tuning.h).
@@ -157,28 +180,23 @@ at::Tensor scaled_bmm(const at::Tensor& a, const at::Tensor& w, const at::Tensor
                out);
   FP4QAT_CHECK(!rows.defined() || (rows.scalar_type() == at::kLong && rows.dim() == 1 && rows.device() == a.device()),
                "scaled_bmm: rows must be int64 [T] on ", a.device());
-  const int64_t B = a.size(0), M = a.size(1), N = w.size(1);
-  if (!a.is_cuda()) {  // the reference: widen the exact operands to fp32 first
-    return epilogue_aten(at::bmm(a.to(at::kFloat), w.to(at::kFloat).transpose(1, 2)), alpha, out, rows);
-  }
-  at::Tensor y32 = at::bmm(a, w.transpose(1, 2), at::kFloat);  // [B, M, N], fp32 accumulation and output
-#ifdef FP4QAT_WITH_CUDA
-  if (fused_epilogue()) {
-    namespace ck = fp4qat::cuda_kernels;
-    const c10::cuda::CUDAGuard guard(a.device());
-    const int64_t T = rows.defined() ? rows.size(0) : B * M;
-    at::Tensor y = at::empty({T, N}, a.options().dtype(out));
-    const at::Tensor al = alpha.reshape({B}).contiguous();
-    const ck::OutType o = out == at::kFloat      ? ck::OutType::F32
-                          : out == at::kBFloat16 ? ck::OutType::BF16
-                                                 : ck::OutType::F16;
-    ck::scale_rows_cast(y32.data_ptr<float>(), al.data_ptr<float>(),
-                        rows.defined() ? rows.data_ptr<int64_t>() : nullptr, T, M, N, y.data_ptr(), o,
-                        at::cuda::getCurrentCUDAStream().stream());
-    return rows.defined() ? y : y.view({B, M, N});
-  }
-#endif
-  return epilogue_aten(std::move(y32), alpha, out, rows);
+  if (!a.is_cuda())  // the reference: widen the exact operands to fp32 first
+    return scale_and_round(at::bmm(a.to(at::kFloat), w.to(at::kFloat).transpose(1, 2)), alpha, out, rows);
+  return scale_and_round(at::bmm(a, w.transpose(1, 2), at::kFloat), alpha, out, rows);  // fp32 accumulation and output
+}
+
+at::Tensor scaled_mm_rows(const at::Tensor& a, const at::Tensor& w, const at::Tensor& alpha, at::ScalarType out) {
+  FP4QAT_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(1),
+               "scaled_mm_rows: a [M, K] and w [N, K] do not fit: ", a.sizes(), " and ", w.sizes());
+  FP4QAT_CHECK(a.scalar_type() == w.scalar_type() && a.device() == w.device(),
+               "scaled_mm_rows: a and w must have one dtype and device");
+  FP4QAT_CHECK(alpha.scalar_type() == at::kFloat && alpha.dim() == 1 && alpha.size(0) == a.size(0) &&
+                   alpha.device() == a.device(),
+               "scaled_mm_rows: alpha must be float32 [M = ", a.size(0), "] on ", a.device(), ", got ", alpha.sizes());
+  const int64_t M = a.size(0), N = w.size(0);
+  // Each row a batch of one: [M, 1, N] with alpha[m], the epilogue of scaled_bmm.
+  const at::Tensor y32 = a.is_cuda() ? at::mm(a, w.t(), at::kFloat) : at::mm(a.to(at::kFloat), w.to(at::kFloat).t());
+  return scale_and_round(y32.view({M, 1, N}), alpha, out, at::Tensor()).view({M, N});
 }
 
 }  // namespace fp4qat::gemm

@@ -18,6 +18,11 @@ namespace fp4qat::gemm {
 at::Tensor scaled_bmm(const at::Tensor& a, const at::Tensor& w, const at::Tensor& alpha, at::ScalarType out,
                       const at::Tensor& rows = at::Tensor());
 
+// One scale per row (row-scaled activations, numerics.md): a [M, K], w [N, K], alpha float32 [M]
+// (S_dec_x[m] * S_dec_w, the product first): y[m, :] = to(out)(alpha[m] * (a[m, :] @ w^T)), fp32
+// accumulation, one multiply, one rounding — scaled_bmm's epilogue with each row a batch of one.
+at::Tensor scaled_mm_rows(const at::Tensor& a, const at::Tensor& w, const at::Tensor& alpha, at::ScalarType out);
+
 // The grouped form on rows of a padded batch: x [E, Mmax, K] (expert e's rows first in slice e;
 // or x [T, K] with expert e's rows at off[e], unpadded),
 // w [E, N, K], alpha float32 [E], off: host row offsets [E + 1] of the result (expert e has

@@ -235,3 +235,123 @@ TEST(NVFP4Linear, PrequantizedWeightEqualsQuantizingInTheCall) {
       }
     }
 }
+
+// ---- The 2026 recipes (issue 20): Four Over Six, row-scaled activations, W4A16 ------------------
+namespace {
+
+struct RecipeCase {
+  const char* name;
+  NVFP4LinearOptions opt;
+};
+
+std::vector<RecipeCase> recipe_cases(Blocks blocks, Backward mode) {
+  const fp4qat::NVFP4Rule four{true, 256.0f, false, false}, four448mse{true, 448.0f, true, false};
+  const fp4qat::NVFP4Rule rows{false, 256.0f, false, true}, four_rows{true, 256.0f, false, true};
+  auto o = [&](fp4qat::NVFP4Rule w, fp4qat::NVFP4Rule a, bool act) {
+    NVFP4LinearOptions r{blocks, mode};
+    r.weight_rule = w;
+    r.activation_rule = a;
+    r.quantize_activations = act;
+    return r;
+  };
+  return {{"4over6 weights", o(four, {}, true)},
+          {"4over6 all (448, mse)", o(four448mse, four448mse, true)},
+          {"row-scaled activations", o({}, rows, true)},
+          {"4over6 + row-scaled", o(four, four_rows, true)},
+          {"W4A16", o({}, {}, false)},
+          {"W4A16 4over6 weights", o(four, {}, false)}};
+}
+
+// The definition (numerics.md): activations quantized by their rule (S_dec [] or [M]) or left as
+// they are (W4A16), weights by theirs; fp32 GEMM of the exact operands; alpha = S_dec_x * S_dec_w
+// (per row), one multiply, one rounding. Also returns the operands the dequantized backward uses.
+struct Definition {
+  at::Tensor y, x_used, w_used;
+};
+Definition definition(const at::Tensor& x, const at::Tensor& w, const NVFP4LinearOptions& opt) {
+  auto qw = fp4qat::nvfp4_quantize(w, opt.weight_blocks, std::nullopt, opt.weight_rule);
+  Definition d;
+  d.w_used = fp4qat::nvfp4_dequantize(qw, x.scalar_type());
+  const at::Tensor s_w = qw.s_dec;
+  qw.s_dec = at::ones_like(qw.s_dec);
+  const at::Tensor b = fp4qat::nvfp4_dequantize(qw, at::kFloat);
+  at::Tensor a, alpha;
+  if (opt.quantize_activations) {
+    auto qx = fp4qat::nvfp4_quantize(x, Blocks::k1D, std::nullopt, opt.activation_rule);
+    d.x_used = fp4qat::nvfp4_dequantize(qx, x.scalar_type());
+    alpha = qx.s_dec * s_w;
+    qx.s_dec = at::ones_like(qx.s_dec);
+    a = fp4qat::nvfp4_dequantize(qx, at::kFloat);
+  } else {
+    d.x_used = x;
+    a = x.to(at::kFloat);
+    alpha = s_w;
+  }
+  d.y = at::mm(a, b.t()).mul_(alpha.dim() == 1 ? alpha.unsqueeze(1) : alpha).to(x.scalar_type());
+  return d;
+}
+
+}  // namespace
+
+TEST(NVFP4Recipes, ForwardAndGradsEqualTheDefinition) {
+  for (auto dt : {at::kBFloat16, at::kFloat})
+    for (auto blocks : {Blocks::k1D, Blocks::k2D})
+      for (auto mode : {Backward::kHighPrecision, Backward::kDequantized})
+        for (const auto& c : recipe_cases(blocks, mode)) {
+          SCOPED_TRACE(::testing::Message() << c.name << " " << dt << " " << fp4qat::to_string(blocks) << " "
+                                            << fp4qat::autograd::to_string(mode));
+          // Rows of very different magnitudes: a row-scaled recipe differs from a per-tensor one.
+          const at::Tensor x0 = randn({21, 64}, 30, dt) * at::exp(randn({21, 1}, 31, at::kFloat) * 3).to(dt);
+          const at::Tensor w0 = randn({24, 64}, 32, dt) * 0.1, g = randn({21, 24}, 33, dt);
+          const Grads q = run_linear(x0, w0, g, c.opt);
+          const Definition d = definition(x0, w0, c.opt);
+          EXPECT_TRUE(bytes_equal(q.y, d.y));
+          const bool deq = mode == Backward::kDequantized;
+          EXPECT_TRUE(bytes_equal(q.dx, g.mm(deq ? d.w_used : w0)));
+          EXPECT_TRUE(bytes_equal(q.dw, (deq ? d.x_used : x0).t().mm(g).t()));
+          // The recipe is really applied: it differs from the 2024 recipe's forward.
+          EXPECT_FALSE(at::equal(q.y, fp4qat::autograd::nvfp4_linear(x0, w0, {blocks, mode})));
+          // The rollout's forward on the weights as exported equals the trainer's.
+          const auto qw = fp4qat::nvfp4_quantize_and_fake(w0, blocks, std::nullopt, c.opt.weight_rule);
+          EXPECT_TRUE(bytes_equal(fp4qat::autograd::nvfp4_linear_forward(x0, qw.values, qw.packed.s_dec, c.opt), q.y));
+        }
+}
+
+TEST(NVFP4Recipes, GroupedEqualsLoopOfSingleExpertCalls) {
+  const std::vector<int64_t> counts_v = {5, 0, 1, 17, 0, 3};
+  const int64_t E = 6, T = 26, K = 64, N = 32;
+  const at::Tensor counts = at::tensor(counts_v, at::kLong);
+  for (auto mode : {Backward::kHighPrecision, Backward::kDequantized})
+    for (const auto& c : recipe_cases(Blocks::k2D, mode)) {
+      SCOPED_TRACE(::testing::Message() << c.name << " " << fp4qat::autograd::to_string(mode));
+      const at::Tensor x0 = randn({T, K}, 40) * at::exp(randn({T, 1}, 41, at::kFloat) * 2).to(at::kBFloat16);
+      const at::Tensor w0 = randn({E, N, K}, 42) * 0.1, g = randn({T, N}, 43);
+      at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+      at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(x, w, counts, c.opt);
+      y.backward(g);
+      fp4qat::test::expect_grouped_equals_per_expert(y, x.grad(), w.grad(), counts_v,
+                                                     [&](int64_t e, int64_t r, int64_t n) {
+                                                       return run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n),
+                                                                         c.opt);
+                                                     });
+      const auto qw = fp4qat::nvfp4_quantize_and_fake(w0, Blocks::k2D, std::nullopt, c.opt.weight_rule);
+      EXPECT_TRUE(bytes_equal(fp4qat::autograd::nvfp4_grouped_forward(x0, qw.values, qw.packed.s_dec, counts, c.opt),
+                              y.detach()));
+    }
+}
+
+TEST(NVFP4Recipes, BadOptionsAreRefused) {
+  const at::Tensor x = randn({4, 32}, 50), w = randn({8, 32}, 51);
+  NVFP4LinearOptions rows_w;
+  rows_w.weight_rule.row_scaled = true;
+  EXPECT_THROW(fp4qat::autograd::nvfp4_linear(x, w, rows_w), fp4qat::Error);
+  NVFP4LinearOptions w4a16_rows;
+  w4a16_rows.quantize_activations = false;
+  w4a16_rows.activation_rule.row_scaled = true;
+  try {
+    fp4qat::autograd::nvfp4_linear(x, w, w4a16_rows);
+    ADD_FAILURE() << "W4A16 with row-scaled activations was accepted";
+  } catch (const fp4qat::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("W4A16"), std::string::npos) << e.what();
+  }
+}
