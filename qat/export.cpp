@@ -20,6 +20,40 @@ namespace fp4qat::qat {
 
 float nvfp4_input_scale(float amax) { return fmt::nvfp4_s_dec(fmt::nvfp4_s_enc(amax)); }
 
+json::Value recipe_record(const ExportOptions& o) {
+  const NVFP4Rule& w = o.weight_rule;
+  const NVFP4Rule& a = o.activation_rule;
+  const NVFP4Rule& any = w.four_over_six ? w : a;
+  return json::Value::object(
+      {{"activations", o.w4a16 ? "bf16" : "nvfp4"},
+       {"activation_scale", a.row_scaled ? "row" : "tensor"},
+       {"four_over_six", json::Value::object({{"weights", w.four_over_six},
+                                              {"activations", a.four_over_six},
+                                              {"error", any.mse ? "mse" : "mae"},
+                                              {"e4m3_max", static_cast<int64_t>(any.e4m3_max)}})}});
+}
+
+void read_recipe_record(const json::Value& v, const std::string& where, ExportOptions* o) {
+  const std::string acts = v.at("activations", where).as_string(where + ": fp4qat.activations");
+  FP4QAT_CHECK(acts == "nvfp4" || acts == "bf16", where, ": fp4qat.activations '", acts, "': expected nvfp4 or bf16");
+  o->w4a16 = acts == "bf16";
+  const std::string scale = v.at("activation_scale", where).as_string(where + ": fp4qat.activation_scale");
+  FP4QAT_CHECK(scale == "tensor" || scale == "row", where, ": fp4qat.activation_scale '", scale,
+               "': expected tensor or row");
+  const json::Value& f = v.at("four_over_six", where);
+  const std::string err = f.at("error", where).as_string(where + ": fp4qat.four_over_six.error");
+  FP4QAT_CHECK(err == "mae" || err == "mse", where, ": fp4qat.four_over_six.error '", err, "': expected mae or mse");
+  const double m = f.at("e4m3_max", where).as_double(where + ": fp4qat.four_over_six.e4m3_max");
+  FP4QAT_CHECK(m == 256 || m == 448, where, ": fp4qat.four_over_six.e4m3_max must be 256 or 448, got ", m);
+  for (NVFP4Rule* r : {&o->weight_rule, &o->activation_rule}) {
+    r->e4m3_max = static_cast<float>(m);
+    r->mse = err == "mse";
+  }
+  o->weight_rule.four_over_six = f.at("weights", where).as_bool(where + ": fp4qat.four_over_six.weights");
+  o->activation_rule.four_over_six = f.at("activations", where).as_bool(where + ": fp4qat.four_over_six.activations");
+  o->activation_rule.row_scaled = scale == "row";
+}
+
 HfFolderWriter::HfFolderWriter(std::string dir, ExportOptions opt)
     : dir_(std::move(dir)), opt_(std::move(opt)), shards_(dir_, opt_.max_shard_bytes) {}
 
@@ -33,7 +67,7 @@ void HfFolderWriter::add_plain(const std::string& name, const at::Tensor& t) {
 }
 
 QuantizedStack quantize_stack(Format format, Blocks blocks, const at::Tensor& w_in, int64_t parts,
-                              const std::optional<at::Tensor>& amax, const std::string& what) {
+                              const std::optional<at::Tensor>& amax, const std::string& what, const NVFP4Rule& rule) {
   const at::Tensor w = w_in.dim() == 2 ? w_in.unsqueeze(0) : w_in;  // [E, P*R, K]
   FP4QAT_CHECK(w.dim() == 3 && parts >= 1 && w.size(1) % parts == 0, what, ": weight of shape ", w_in.sizes(),
                " cannot hold ", parts, " stacked members");
@@ -51,7 +85,7 @@ QuantizedStack quantize_stack(Format format, Blocks blocks, const at::Tensor& w_
     std::optional<at::Tensor> a;
     if (amax) a = amax->dim() == 0 && w_in.dim() == 3 ? amax->expand({E}).contiguous() : *amax;
     if (a && w_in.dim() == 2) a = a->reshape({1});
-    NVFP4Tensor t = nvfp4_quantize(wc, blocks, a);  // one launch for all experts
+    NVFP4Tensor t = nvfp4_quantize(wc, blocks, a, rule);  // one launch for all experts
     q.data = t.codes, q.scales = t.scales, q.s_dec = t.s_dec;
   } else {
     MXFP8Tensor t = mxfp8_quantize(wc);
@@ -62,10 +96,11 @@ QuantizedStack quantize_stack(Format format, Blocks blocks, const at::Tensor& w_
 
 void HfFolderWriter::add_quantized(const std::vector<std::string>& modules, int64_t parts, const at::Tensor& w,
                                    const std::optional<at::Tensor>& amax, const std::vector<float>& input_amax) {
-  add_stack(modules, parts,
-            quantize_stack(opt_.format, opt_.blocks, w, parts, amax,
-                           dir_ + ": module '" + (modules.empty() ? std::string("?") : modules[0]) + "'"),
-            input_amax);
+  add_stack(
+      modules, parts,
+      quantize_stack(opt_.format, opt_.blocks, w, parts, amax,
+                     dir_ + ": module '" + (modules.empty() ? std::string("?") : modules[0]) + "'", opt_.weight_rule),
+      input_amax);
 }
 
 void HfFolderWriter::add_stack(const std::vector<std::string>& modules, int64_t parts, const QuantizedStack& q,
@@ -77,8 +112,9 @@ void HfFolderWriter::add_stack(const std::vector<std::string>& modules, int64_t 
   FP4QAT_CHECK(static_cast<int64_t>(modules.size()) == E * parts, dir_, ": ", modules.size(), " module names for ", E,
                " experts x ", parts, " members");
   const bool nvfp4 = opt_.format == Format::kNVFP4;
-  FP4QAT_CHECK(!nvfp4 || static_cast<int64_t>(input_amax.size()) == E * parts, dir_, ": module '", modules[0],
-               "': NVFP4 needs the observed activation amax of every module (input_scale), got ", input_amax.size());
+  FP4QAT_CHECK(!nvfp4 || opt_.w4a16 || static_cast<int64_t>(input_amax.size()) == E * parts, dir_, ": module '",
+               modules[0], "': NVFP4 needs the observed activation amax of every module (input_scale), got ",
+               input_amax.size());
   // One device-to-host copy per tensor (not one per member), then the members are host slices.
   const at::Tensor data = q.data.cpu();
   if (opt_.format == Format::kBF16) {
@@ -96,7 +132,8 @@ void HfFolderWriter::add_stack(const std::vector<std::string>& modules, int64_t 
       if (nvfp4) {
         put(m + ".weight_scale", scales[e].narrow(0, p * R, R));
         put(m + ".weight_scale_2", s_dec[e].clone());
-        put(m + ".input_scale", at::full({}, nvfp4_input_scale(input_amax[e * parts + p]), at::kFloat));
+        if (!opt_.w4a16)  // W4A16: the activations are not quantized
+          put(m + ".input_scale", at::full({}, nvfp4_input_scale(input_amax[e * parts + p]), at::kFloat));
       } else {
         put(m + ".weight_scale_inv", scales[e].narrow(0, p * R, R));
       }
@@ -115,17 +152,34 @@ std::vector<std::string> HfFolderWriter::finish() {
     json::Value list = json::Value::array();
     for (const auto& p : patterns) list.push_back(p);
     if (opt_.format == Format::kNVFP4) {
-      config.set("quantization_config", json::Value::object({{"quant_method", "modelopt"},
-                                                             {"quant_algo", "NVFP4"},
-                                                             {"group_size", fmt::kNvfp4Block},
-                                                             {"ignore", list},
-                                                             {"kv_cache_scheme", nullptr}}));
+      const char* algo = opt_.w4a16 ? "W4A16_NVFP4" : "NVFP4";
+      json::Value qc = json::Value::object({{"quant_method", "modelopt"},
+                                            {"quant_algo", algo},
+                                            {"group_size", fmt::kNvfp4Block},
+                                            {"ignore", list},
+                                            {"kv_cache_scheme", nullptr}});
+      json::Value hqq = json::Value::object({{"quant_algo", algo},
+                                             {"kv_cache_quant_algo", nullptr},
+                                             {"group_size", fmt::kNvfp4Block},
+                                             {"exclude_modules", list}});
+      if (opt_.w4a16) {  // weights only: 4-bit float groups of 16
+        const json::Value groups = json::Value::object(
+            {{"group_0", json::Value::object({{"targets", json::Value::array({"Linear"})},
+                                              {"weights", json::Value::object({{"num_bits", 4},
+                                                                               {"type", "float"},
+                                                                               {"group_size", fmt::kNvfp4Block}})}})}});
+        qc.set("config_groups", groups);
+        hqq.set("config_groups", groups);
+      }
+      const bool plain = opt_.weight_rule.is_default() && opt_.activation_rule.is_default() && !opt_.w4a16;
+      if (!plain) {
+        qc.set("fp4qat", recipe_record(opt_));
+        hqq.set("fp4qat", recipe_record(opt_));
+      }
+      config.set("quantization_config", qc);
       json::Value hq = json::Value::object(
           {{"producer", json::Value::object({{"name", "modelopt"}, {"version", opt_.producer_version}})},
-           {"quantization", json::Value::object({{"quant_algo", "NVFP4"},
-                                                 {"kv_cache_quant_algo", nullptr},
-                                                 {"group_size", fmt::kNvfp4Block},
-                                                 {"exclude_modules", list}})}});
+           {"quantization", hqq}});
       fs::write_text_atomic(dir_ + "/hf_quant_config.json", hq.dump(2) + "\n");
     } else {
       config.set("quantization_config",
@@ -236,7 +290,8 @@ void StagedFolder::add_quantized(const std::vector<std::string>& modules, int64_
                                  const std::optional<at::Tensor>& amax, const at::Tensor& input_amax) {
   add_item(modules, parts, input_amax, {w, amax ? *amax : at::Tensor()}, /*fenced=*/true, [&] {
     return quantize_stack(opt_.format, opt_.blocks, w, parts, amax,
-                          "export: module '" + (modules.empty() ? std::string("?") : modules[0]) + "'");
+                          "export: module '" + (modules.empty() ? std::string("?") : modules[0]) + "'",
+                          opt_.weight_rule);
   });
 }
 

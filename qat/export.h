@@ -31,7 +31,14 @@ namespace fp4qat::qat {
 
 struct ExportOptions {
   Format format = Format::kNVFP4;
-  Blocks blocks = Blocks::k1D;               // NVFP4 weight blocks (the ones training used)
+  Blocks blocks = Blocks::k1D;  // NVFP4 weight blocks (the ones training used)
+  // The NVFP4 recipe (qat::Recipe): the weights' scale rule (Four Over Six: weight_scale_2 =
+  // 1 / S_enc with the recipe's M), W4A16 (quant_algo W4A16_NVFP4, no input_scale), and the
+  // activations' rule the rollout side reproduces. Recorded in config.json's quantization_config
+  // and hf_quant_config.json under "fp4qat" when not the 2024 recipe (whose files stay as they were).
+  NVFP4Rule weight_rule;
+  NVFP4Rule activation_rule;
+  bool w4a16 = false;
   int64_t max_shard_bytes = 2ll << 30;       // a new shard starts past this size
   std::string config_json;                   // the model's config.json text; quantization_config is added
   std::string producer_version = "unknown";  // hf_quant_config.json producer.version
@@ -52,7 +59,14 @@ struct QuantizedStack {
 // `amax`: float32 [E] or [] to use instead of each expert's own (see add_quantized). `what`
 // names the weight in error messages.
 QuantizedStack quantize_stack(Format format, Blocks blocks, const at::Tensor& w, int64_t parts,
-                              const std::optional<at::Tensor>& amax, const std::string& what);
+                              const std::optional<at::Tensor>& amax, const std::string& what,
+                              const NVFP4Rule& rule = {});
+
+// The "fp4qat" record of an NVFP4 export's recipe, and back: {"activations": "nvfp4"|"bf16",
+// "activation_scale": "tensor"|"row", "four_over_six": {"weights": b, "activations": b, "error":
+// "mae"|"mse", "e4m3_max": 256|448}}. `where` names the file in errors.
+json::Value recipe_record(const ExportOptions& opt);
+void read_recipe_record(const json::Value& v, const std::string& where, ExportOptions* opt);
 
 // Builds one Hugging Face folder inside `dir` (an existing, empty folder; the caller publishes
 // it). Tensors may live on the CPU or a GPU; quantization runs where they are.

@@ -35,6 +35,7 @@ class QatPolicy : public model::LinearPolicy {
   bool quantized(const std::string& param_name) const { return params_.count(param_name) > 0; }
   const std::set<std::string>& quantized_params() const { return params_; }
   Blocks weight_blocks() const { return opt_.weight_blocks; }
+  const autograd::NVFP4LinearOptions& nvfp4_options() const { return opt_; }  // blocks, rules, W4A16
 
   // The global amax a weight is quantized with when it is not its own: a dense gated pair's
   // max(amax_gate, amax_up) over the compute copies; nullopt otherwise (own / per-expert amax).

@@ -35,4 +35,36 @@ int64_t block_size(Format f) {
   }
 }
 
+NVFP4Rule Recipe::weight_rule() const {
+  NVFP4Rule r;
+  r.four_over_six = four_over_six == FourOverSix::kWeights || four_over_six == FourOverSix::kAll;
+  r.e4m3_max = static_cast<float>(four_over_six_e4m3_max);
+  r.mse = four_over_six_mse;
+  return r;
+}
+
+NVFP4Rule Recipe::activation_rule() const {
+  NVFP4Rule r;
+  r.four_over_six = four_over_six == FourOverSix::kActivations || four_over_six == FourOverSix::kAll;
+  r.e4m3_max = static_cast<float>(four_over_six_e4m3_max);
+  r.mse = four_over_six_mse;
+  r.row_scaled = activation_scale == ActivationScale::kRow;
+  return r;
+}
+
+void Recipe::validate() const {
+  FP4QAT_CHECK(four_over_six_e4m3_max == 256 || four_over_six_e4m3_max == 448,
+               "qat.four_over_six_e4m3_max: must be 256 (TransformerEngine's) or 448 (FlashInfer's), got ",
+               four_over_six_e4m3_max);
+  const bool rules = four_over_six != FourOverSix::kNone || activation_scale != ActivationScale::kTensor || w4a16();
+  FP4QAT_CHECK(!rules || format == Format::kNVFP4,
+               "qat: four_over_six, activation_scale and activations apply to qat.format nvfp4, not ",
+               to_string(format));
+  FP4QAT_CHECK(!(w4a16() && activation_scale == ActivationScale::kRow),
+               "qat.activation_scale: row needs qat.activations: nvfp4 (W4A16 leaves the activations in bf16)");
+  FP4QAT_CHECK(!(w4a16() && activation_rule().four_over_six),
+               "qat.four_over_six: ", four_over_six == FourOverSix::kAll ? "all" : "activations",
+               " needs qat.activations: nvfp4 (W4A16 leaves the activations in bf16; use weights)");
+}
+
 }  // namespace fp4qat::qat

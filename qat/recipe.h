@@ -1,7 +1,8 @@
 // qat/recipe.h — the QAT recipe as one type, used by the trainer (`qat:` of a recipe YAML),
 // `convert`, `quantize`, the exports and the rollout side: which format the selected linears
 // are quantized to, with which blocks, which backward, and which modules (module selection:
-// qat/selection.h). Room for the scale rules to come (Four Over Six, row-scaled activations).
+// qat/selection.h), and the NVFP4 scale rules of the 2026 recipes (Four Over Six, row-scaled
+// activations, W4A16).
 //
 // The format names are spelled once here: `nvfp4`, `mxfp8`, `bf16` (no quantization; a recipe's
 // `qat.format: none` is the same value: training in the compute dtype).
@@ -33,6 +34,11 @@ struct Selection {
   int64_t keep_first_n = 0, keep_last_n = 0;  // decoder layers kept in BF16
 };
 
+// Which NVFP4 operands use Four Over Six (kernels/common/nvfp4_rule.h).
+enum class FourOverSix { kNone, kWeights, kActivations, kAll };
+enum class ActivationScale { kTensor, kRow };  // one activation S_dec per tensor (per expert) or per row
+enum class Activations { kNVFP4, kBF16 };      // kBF16: W4A16, only the weights are quantized
+
 struct Recipe {
   Format format = Format::kBF16;  // qat.format: none (= bf16) | nvfp4 | mxfp8
   Selection selection;
@@ -43,8 +49,21 @@ struct Recipe {
   // every forward until the next change and in that step's export (costs the quantized copy's
   // memory: 2.56 bytes per selected weight element); false: quantize in every forward.
   bool cache_weights = true;
+  // NVFP4 scale rules (qat.four_over_six, four_over_six_error, four_over_six_e4m3_max,
+  // activation_scale, activations).
+  FourOverSix four_over_six = FourOverSix::kNone;
+  bool four_over_six_mse = false;       // four_over_six_error: mae | mse
+  double four_over_six_e4m3_max = 256;  // 256 | 448
+  ActivationScale activation_scale = ActivationScale::kTensor;
+  Activations activations = Activations::kNVFP4;
 
   bool quantizes() const { return format != Format::kBF16; }
+  NVFP4Rule weight_rule() const;      // Four Over Six for weights | all; never row-scaled
+  NVFP4Rule activation_rule() const;  // Four Over Six for activations | all; row-scaled by activation_scale
+  bool w4a16() const { return activations == Activations::kBF16; }
+  // Refuses what cannot apply, naming the qat.* key: the rules with a format other than nvfp4,
+  // an E4M3 bound other than 256 / 448, activation rules under W4A16.
+  void validate() const;
 };
 
 }  // namespace fp4qat::qat

@@ -11,6 +11,7 @@
 #include "io/fs.h"
 #include "io/hf_folder.h"
 #include "model/hf_folder.h"
+#include "qat/export.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 
@@ -26,7 +27,7 @@ void ServingPolicy::to(const at::Device& dev) {
 at::Tensor ServingPolicy::linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) {
   auto it = weights_.find(name);
   if (it == weights_.end()) return LinearPolicy::linear(name, x, w);
-  if (format_ == Format::kNVFP4) return autograd::nvfp4_linear_forward(x, it->second.values, it->second.s_dec);
+  if (format_ == Format::kNVFP4) return autograd::nvfp4_linear_forward(x, it->second.values, it->second.s_dec, act_);
   // MXFP8: the training function itself; re-quantizing MXFP8 values gives the same values back.
   torch::NoGradGuard ng;
   return autograd::mxfp8_linear(x, it->second.values.to(x.scalar_type()), autograd::Backward::kHighPrecision);
@@ -36,7 +37,8 @@ at::Tensor ServingPolicy::grouped(const std::string& name, const at::Tensor& x, 
                                   const at::Tensor& counts) {
   auto it = weights_.find(name);
   if (it == weights_.end()) return LinearPolicy::grouped(name, x, w, counts);
-  if (format_ == Format::kNVFP4) return autograd::nvfp4_grouped_forward(x, it->second.values, it->second.s_dec, counts);
+  if (format_ == Format::kNVFP4)
+    return autograd::nvfp4_grouped_forward(x, it->second.values, it->second.s_dec, counts, act_);
   torch::NoGradGuard ng;
   return autograd::mxfp8_grouped_linear(x.contiguous(), it->second.values.to(x.scalar_type()), counts,
                                         autograd::Backward::kHighPrecision);
@@ -48,14 +50,24 @@ Loaded load(const std::string& dir, const at::Device& device) {
   const std::string cfg_path = dir + "/config.json";
   const json::Value cj = json::parse(fs::read_text(cfg_path), cfg_path);
   Loaded out;
+  autograd::NVFP4LinearOptions act;  // the activations' side of the export's NVFP4 recipe
   if (const json::Value* q = cj.find("quantization_config")) {
     const std::string method =
         q->at("quant_method", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_method");
     if (method == "modelopt") {
       const std::string algo =
           q->at("quant_algo", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_algo");
-      FP4QAT_CHECK(algo == "NVFP4", cfg_path, ": quant_algo '", algo, "' is not supported (NVFP4 is)");
+      FP4QAT_CHECK(algo == "NVFP4" || algo == "W4A16_NVFP4", cfg_path, ": quant_algo '", algo,
+                   "' is not supported (NVFP4 and W4A16_NVFP4 are)");
       out.format = Format::kNVFP4;
+      act.quantize_activations = algo == "NVFP4";
+      if (const json::Value* rec = q->find("fp4qat")) {  // the 2026 recipes (qat/export.h)
+        qat::ExportOptions eo;
+        qat::read_recipe_record(*rec, cfg_path + ": quantization_config", &eo);
+        FP4QAT_CHECK(eo.w4a16 == !act.quantize_activations, cfg_path, ": quant_algo '", algo,
+                     "' and fp4qat.activations disagree");
+        act.activation_rule = eo.activation_rule;
+      }
     } else {
       FP4QAT_CHECK(method == "mxfp8", cfg_path, ": quant_method '", method,
                    "' is not supported (modelopt NVFP4, mxfp8)");
@@ -130,7 +142,7 @@ Loaded load(const std::string& dir, const at::Device& device) {
   });
   out.model->to(device);
   for (auto& [n, p] : out.model->params()) p.requires_grad_(false);
-  out.policy = std::make_unique<ServingPolicy>(out.format, std::move(weights));
+  out.policy = std::make_unique<ServingPolicy>(out.format, std::move(weights), act);
   out.policy->to(device);
   return out;
 }

@@ -2,7 +2,8 @@
 // Face folder — BF16, ModelOpt NVFP4 or MXFP8 — through the safetensors reader only (never from
 // trainer memory), run as a serving engine runs it: NVFP4 codes, block scales and
 // `weight_scale_2` from the files, activations quantized dynamically as in training (NVFP4 1x16
-// blocks with the amax of the current input, per expert; MXFP8 1x32), the emulated GEMM of
+// blocks with the amax of the current input, per expert, or by the export's recorded recipe:
+// Four Over Six, per row, or left in bf16 for W4A16; MXFP8 1x32), the emulated GEMM of
 // numerics.md (autograd/nvfp4_linear.h's forward-only functions, so on the same device the
 // arithmetic is the trainer's). Gate and up of an expert run with one weight_scale_2 (the
 // gate's, as engines fuse them; a checkpoint where they differ gets a warning).
@@ -11,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "autograd/nvfp4_linear.h"
 #include "model/qwen3_moe.h"
 #include "qat/recipe.h"
 
@@ -25,7 +27,9 @@ class ServingPolicy : public model::LinearPolicy {
     at::Tensor values;  // bf16 [N, K] or [E, P*R, K]: e2m1(q) * sb (NVFP4) or the MXFP8 value
     at::Tensor s_dec;   // NVFP4: float32 [] or [E] (weight_scale_2); MXFP8: undefined
   };
-  ServingPolicy(Format f, std::map<std::string, Weight> w) : format_(f), weights_(std::move(w)) {}
+  // act: the NVFP4 activations' side of the export's recipe (activation_rule, W4A16).
+  ServingPolicy(Format f, std::map<std::string, Weight> w, autograd::NVFP4LinearOptions act = {})
+      : format_(f), weights_(std::move(w)), act_(act) {}
   at::Tensor linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) override;
   at::Tensor grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
                      const at::Tensor& counts) override;
@@ -35,6 +39,7 @@ class ServingPolicy : public model::LinearPolicy {
  private:
   Format format_;
   std::map<std::string, Weight> weights_;  // by model parameter name
+  autograd::NVFP4LinearOptions act_;
 };
 
 struct Loaded {

@@ -149,6 +149,14 @@ const Names<qat::Format> kExportFormats = {
 const Names<Blocks> kBlocks = {{"1d", Blocks::k1D}, {"2d", Blocks::k2D}};
 const Names<autograd::Backward> kBackwards = {{"high_precision", autograd::Backward::kHighPrecision},
                                               {"dequantized", autograd::Backward::kDequantized}};
+const Names<qat::FourOverSix> kFourOverSix = {{"none", qat::FourOverSix::kNone},
+                                              {"weights", qat::FourOverSix::kWeights},
+                                              {"activations", qat::FourOverSix::kActivations},
+                                              {"all", qat::FourOverSix::kAll}};
+const Names<bool> kBlockErrors = {{"mae", false}, {"mse", true}};
+const Names<qat::ActivationScale> kActivationScales = {{"tensor", qat::ActivationScale::kTensor},
+                                                       {"row", qat::ActivationScale::kRow}};
+const Names<qat::Activations> kActivations = {{"nvfp4", qat::Activations::kNVFP4}, {"bf16", qat::Activations::kBF16}};
 const Names<qat::TrainScope> kTrainScopes = {{"all", qat::TrainScope::kAll},
                                              {"quantized_only", qat::TrainScope::kQuantizedOnly}};
 
@@ -213,6 +221,13 @@ class Schema {
     add("qat", "keep_last_n", &q.selection.keep_last_n, non_negative<int64_t>());
     add_enum("qat", "train", &q.train, kTrainScopes);
     add("qat", "cache_weights", &q.cache_weights);
+    add_enum("qat", "four_over_six", &q.four_over_six, kFourOverSix);
+    add_enum("qat", "four_over_six_error", &q.four_over_six_mse, kBlockErrors);
+    add("qat", "four_over_six_e4m3_max", &q.four_over_six_e4m3_max, Check<double>([](const double& v) {
+          return v == 256 || v == 448 ? std::string() : "must be 256 (TransformerEngine's) or 448 (FlashInfer's)";
+        }));
+    add_enum("qat", "activation_scale", &q.activation_scale, kActivationScales);
+    add_enum("qat", "activations", &q.activations, kActivations);
     auto& x = c.exports;
     add("export", "every", &x.every, Check<int64_t>([](const int64_t& v) {
           return v >= -1 ? std::string() : "must be >= 0 (or -1: every step when qat.format is not none)";
@@ -380,6 +395,7 @@ void validate(const Config& c) {
   FP4QAT_CHECK(c.train.seq_len <= m.max_position_embeddings, "train.seq_len (", c.train.seq_len,
                ") exceeds model.max_position_embeddings (", m.max_position_embeddings, ")");
   FP4QAT_CHECK(c.data.kind != "tokens" || !c.data.path.empty(), "data.path is required when data.kind is tokens");
+  c.qat.validate();
   const bool exporting = c.exports.interval(c.qat) > 0;
   if (c.qat.quantizes() || exporting) {
     const auto& sel = c.qat.selection;

@@ -329,11 +329,10 @@ TEST(NVFP4Recipes, GroupedEqualsLoopOfSingleExpertCalls) {
       at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
       at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(x, w, counts, c.opt);
       y.backward(g);
-      fp4qat::test::expect_grouped_equals_per_expert(y, x.grad(), w.grad(), counts_v,
-                                                     [&](int64_t e, int64_t r, int64_t n) {
-                                                       return run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n),
-                                                                         c.opt);
-                                                     });
+      fp4qat::test::expect_grouped_equals_per_expert(
+          y, x.grad(), w.grad(), counts_v, [&](int64_t e, int64_t r, int64_t n) {
+            return run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), c.opt);
+          });
       const auto qw = fp4qat::nvfp4_quantize_and_fake(w0, Blocks::k2D, std::nullopt, c.opt.weight_rule);
       EXPECT_TRUE(bytes_equal(fp4qat::autograd::nvfp4_grouped_forward(x0, qw.values, qw.packed.s_dec, counts, c.opt),
                               y.detach()));

@@ -189,3 +189,110 @@ TEST(ExportTrainAsync, BackgroundFailureIsReported) {
     EXPECT_NE(std::string(e.what()).find("exports"), std::string::npos) << e.what();
   }
 }
+
+// The 2026 recipes end to end (issue 20): every step's NVFP4 export holds the weights as the
+// recipe quantizes them, records the recipe where the rollout side reads it (config.json's
+// quantization_config, hf_quant_config.json, export.json), W4A16 as quant_algo W4A16_NVFP4 without
+// input_scale; and the rollout side's forward on the export equals the trainer's exactly on the
+// CPU: mismatch_mean 0 at every step.
+TEST(ExportTrainRecipes, RolloutReproducesTheTrainerForEveryRecipe) {
+  struct Case {
+    const char* name;
+    qat::FourOverSix fos;
+    bool mse;
+    double m;
+    qat::ActivationScale scale;
+    qat::Activations acts;
+  };
+  using FOS = qat::FourOverSix;
+  const std::vector<Case> cases = {
+      {"2024 recipe", FOS::kNone, false, 256, qat::ActivationScale::kTensor, qat::Activations::kNVFP4},
+      {"4over6 weights", FOS::kWeights, false, 256, qat::ActivationScale::kTensor, qat::Activations::kNVFP4},
+      {"4over6 all 448 mse", FOS::kAll, true, 448, qat::ActivationScale::kTensor, qat::Activations::kNVFP4},
+      {"row-scaled", FOS::kNone, false, 256, qat::ActivationScale::kRow, qat::Activations::kNVFP4},
+      {"4over6 + row-scaled", FOS::kAll, false, 256, qat::ActivationScale::kRow, qat::Activations::kNVFP4},
+      {"W4A16", FOS::kNone, false, 256, qat::ActivationScale::kTensor, qat::Activations::kBF16},
+      {"W4A16 4over6", FOS::kWeights, false, 256, qat::ActivationScale::kTensor, qat::Activations::kBF16}};
+  for (const auto& cs : cases) {
+    SCOPED_TRACE(cs.name);
+    test::TempDir d;
+    cfg::Config c = small_run(d.file("run"));
+    c.train.steps = 2;
+    c.train.dtype = "bf16";  // the compute copies are the exported BF16 tensors (fp32 would differ outside QAT)
+    c.qat.four_over_six = cs.fos;
+    c.qat.four_over_six_mse = cs.mse;
+    c.qat.four_over_six_e4m3_max = cs.m;
+    c.qat.activation_scale = cs.scale;
+    c.qat.activations = cs.acts;
+    c.exports.formats = {qat::Format::kNVFP4, qat::Format::kBF16};
+    c.exports.probe_mismatch = true;
+    train::Options o;
+    o.quiet = true;
+    train::run(c, o);
+    std::ifstream f(d.file("run/metrics.jsonl"));
+    std::string line;
+    int probed = 0;
+    while (std::getline(f, line)) {
+      if (line.find("\"mismatch_mean\"") == std::string::npos) continue;
+      const json::Value v = json::parse(line, "metrics.jsonl");
+      EXPECT_EQ(v.at("mismatch_mean").as_double(), 0.0) << line;
+      ++probed;
+    }
+    EXPECT_EQ(probed, 2);
+    const std::string dir = d.file("run/exports/latest");
+    const json::Value cj = json::parse(fs::read_text(dir + "/nvfp4/config.json"), "config.json");
+    const json::Value& qc = cj.at("quantization_config");
+    const bool w4a16 = cs.acts == qat::Activations::kBF16;
+    EXPECT_EQ(qc.at("quant_algo").as_string(), w4a16 ? "W4A16_NVFP4" : "NVFP4");
+    const json::Value hq = json::parse(fs::read_text(dir + "/nvfp4/hf_quant_config.json"), "hf_quant_config.json");
+    EXPECT_EQ(hq.at("quantization").at("quant_algo").as_string(), qc.at("quant_algo").as_string());
+    const bool plain = cs.fos == FOS::kNone && cs.scale == qat::ActivationScale::kTensor && !w4a16;
+    // The 2024 recipe's files stay as they were; the others carry the record.
+    EXPECT_EQ(hq.at("quantization").find("fp4qat") == nullptr, plain);
+    if (!plain)
+      EXPECT_EQ(qc.at("fp4qat").at("activation_scale").as_string(),
+                cs.scale == qat::ActivationScale::kRow ? "row" : "tensor");
+    const json::Value info = json::parse(fs::read_text(dir + "/export.json"), "export.json");
+    EXPECT_EQ(info.at("nvfp4_recipe").at("four_over_six").at("e4m3_max").as_int(), static_cast<int64_t>(cs.m));
+    // The exported weights: the BF16 export's experts quantized by the recipe's weight rule.
+    auto nv = load_folder(dir + "/nvfp4");
+    auto bf = load_folder(dir + "/bf16");
+    const NVFP4Rule rule = c.qat.weight_rule();
+    int checked = 0;
+    for (const auto& [name, t] : bf) {
+      if (name.find(".experts.") == std::string::npos) continue;
+      std::optional<at::Tensor> a;
+      if (auto partner = qat::gated_partner(name))
+        a = at::maximum(global_amax(t), global_amax(bf.at(partner->partner)));
+      const NVFP4Tensor q = nvfp4_quantize(t, c.qat.weight_blocks, a, rule);
+      const std::string m = name.substr(0, name.size() - 7);
+      EXPECT_TRUE(bytes_equal(nv.at(m + ".weight"), q.codes)) << m;
+      EXPECT_TRUE(bytes_equal(nv.at(m + ".weight_scale"), q.scales)) << m;
+      EXPECT_TRUE(bytes_equal(nv.at(m + ".weight_scale_2"), q.s_dec)) << m;
+      EXPECT_EQ(nv.count(m + ".input_scale"), w4a16 ? 0u : 1u) << m;
+      ++checked;
+    }
+    EXPECT_GT(checked, 0);
+  }
+}
+
+TEST(ExportTrainRecipes, BadRecipeSettingsAreRefusedWithTheKeyPath) {
+  auto refused = [](const std::vector<std::string>& sets, const std::string& needle) {
+    test::TempDir d;
+    cfg::Config c = small_run(d.file("run"));
+    try {
+      for (const auto& a : sets) cfg::apply_set(c, a);
+      cfg::validate(c);
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      return;
+    }
+    ADD_FAILURE() << "accepted: " << sets[0];
+  };
+  refused({"qat.four_over_six_e4m3_max=300"}, "qat.four_over_six_e4m3_max");
+  refused({"qat.activations=bf16", "qat.activation_scale=row"}, "qat.activation_scale");
+  refused({"qat.activations=bf16", "qat.four_over_six=all"}, "qat.four_over_six");
+  refused({"qat.format=mxfp8", "qat.four_over_six=weights"}, "nvfp4");
+  refused({"qat.four_over_six=both"}, "qat.four_over_six");
+  refused({"qat.four_over_six_error=l1"}, "qat.four_over_six_error");
+}
