@@ -19,7 +19,8 @@ namespace po = boost::program_options;
 namespace fp4qat::cli {
 
 int cmd_convert(const Args& args) {
-  std::string in, out, format, blocks, device, calib_data;
+  std::string in, out, format, blocks, device, calib_data, scale_rule, error, global_scale, activations, act_scale;
+  double e4m3_max = 256;
   std::vector<std::string> exclude, modules;
   int64_t keep_first = 0, keep_last = 0, calib_batches = 8, calib_bs = 8, calib_len = 64;
   po::options_description desc("fp4qat convert options");
@@ -28,6 +29,16 @@ int cmd_convert(const Args& args) {
       "out", po::value(&out)->required(), "output folder (must not exist or be empty, unless --overwrite)")(
       "format", po::value(&format)->default_value("nvfp4"), "nvfp4 (ModelOpt) | mxfp8")(
       "blocks", po::value(&blocks)->default_value("1d"), "NVFP4 weight blocks: 1d | 2d")(
+      "scale-rule", po::value(&scale_rule)->default_value("max6"), "NVFP4 block scales (as quantize): max6 | 4over6")(
+      "error", po::value(&error), "4over6 only: mae (default) | mse")(
+      "e4m3-max", po::value(&e4m3_max), "4over6 only: 256 (default) | 448, the rollout engine's")(
+      "global-scale", po::value(&global_scale)->default_value("tensor"),
+      "weights' global scale: tensor (ModelOpt's weight_scale_2; row is not a servable weight layout)")(
+      "activations", po::value(&activations)->default_value("nvfp4"),
+      "nvfp4 | bf16 (W4A16: quant_algo W4A16_NVFP4, no input_scale, no calibration)")(
+      "activation-scale", po::value(&act_scale)->default_value("tensor"),
+      "tensor | row: the activations' global scale the rollout side uses (per token; input_scale is still "
+      "calibrated)")(
       "modules", po::value(&modules)->composing(),
       "glob of modules to quantize (repeatable; default: the routed experts model.layers.*.mlp.experts.*)")(
       "exclude", po::value(&exclude)->composing(), "glob of modules to keep in BF16 (repeatable)")(
@@ -49,6 +60,22 @@ int cmd_convert(const Args& args) {
   opt.format = qat::parse_format(format);
   FP4QAT_CHECK(opt.format != qat::Format::kBF16, "--format '", format, "': expected nvfp4 or mxfp8");
   opt.blocks = parse_blocks(blocks);
+  opt.weight_rule = parse_rule_options(scale_rule, vm.count("error") ? &error : nullptr,
+                                       vm.count("e4m3-max") ? &e4m3_max : nullptr, global_scale);
+  FP4QAT_CHECK(!opt.weight_rule.row_scaled,
+               "--global-scale row: weights keep one weight_scale_2 per tensor in an export (ModelOpt's layout); "
+               "per-token scales are --activation-scale row");
+  FP4QAT_CHECK(activations == "nvfp4" || activations == "bf16", "--activations '", activations,
+               "': expected nvfp4 or bf16");
+  FP4QAT_CHECK(act_scale == "tensor" || act_scale == "row", "--activation-scale '", act_scale,
+               "': expected tensor or row");
+  opt.w4a16 = activations == "bf16";
+  opt.activation_rule.row_scaled = act_scale == "row";
+  FP4QAT_CHECK(!(opt.w4a16 && opt.activation_rule.row_scaled),
+               "--activation-scale row needs --activations nvfp4 (W4A16 leaves the activations in bf16)");
+  FP4QAT_CHECK(opt.format == qat::Format::kNVFP4 ||
+                   (opt.weight_rule.is_default() && !opt.w4a16 && !opt.activation_rule.row_scaled),
+               "--format ", format, ": --scale-rule, --activations and --activation-scale apply to nvfp4 only");
   if (!modules.empty()) opt.selection.modules = modules;
   opt.selection.exclude = exclude;
   FP4QAT_CHECK(keep_first >= 0 && keep_last >= 0, "--keep-first-n and --keep-last-n must be >= 0");
@@ -58,7 +85,7 @@ int cmd_convert(const Args& args) {
   opt.device = parse_device(device);
   opt.producer_version = std::string("fp4qat ") + FP4QAT_VERSION;
   const auto selected = qat::select_modules(in, opt);  // errors before the (slow) calibration
-  if (opt.format == qat::Format::kNVFP4) {
+  if (opt.format == qat::Format::kNVFP4 && !opt.w4a16) {
     calib::Options co;
     co.data = calib_data;
     co.batches = calib_batches;

@@ -21,10 +21,15 @@ namespace fp4qat::qat {
 struct ConvertOptions {
   Format format = Format::kNVFP4;  // nvfp4 | mxfp8
   Blocks blocks = Blocks::k1D;
+  // NVFP4 recipe (as ExportOptions): the weights' rule (Four Over Six), the activations' rule the
+  // rollout side applies (recorded, not applied here), W4A16 (no input_scale, no calibration).
+  NVFP4Rule weight_rule;
+  NVFP4Rule activation_rule;
+  bool w4a16 = false;
   Selection selection;                       // module globs, exclude, keep-first/last (qat/selection.h)
   bool overwrite = false;                    // replace a non-empty `out`
   at::Device device = at::Device(at::kCPU);  // where quantization runs (same bytes either way)
-  // NVFP4: activation amax per quantized module (calibration), for input_scale. Required.
+  // NVFP4: activation amax per quantized module (calibration), for input_scale. Required (W4A16 aside).
   std::map<std::string, float> input_amax;
   std::string producer_version = "unknown";
 };

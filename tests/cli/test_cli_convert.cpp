@@ -203,3 +203,48 @@ TEST(CliConvert, BadInputFailsCleanly) {
   EXPECT_TRUE(fs::exists(d.file("busy/config.json")));
   for (const auto& n : fs::list_dir(d.path())) EXPECT_EQ(n.find(".tmp-"), std::string::npos) << n;
 }
+
+// The 2026 recipes through convert (issue 20): Four Over Six weights with W4A16 (no calibration,
+// no input_scale, quant_algo W4A16_NVFP4, the recipe recorded), bytes equal to the reference with
+// the rule and the pair's shared amax; refusals name the option and leave no output.
+TEST(CliConvert, FourOverSixW4A16) {
+  TempDir d;
+  model::Qwen3Moe m(small(), 7);
+  model::save_hf_folder(m, d.file("hf"), 1 << 30);
+  const auto r =
+      run_fp4qat({"convert", "--in", d.file("hf"), "--out", d.file("w4"), "--format", "nvfp4", "--scale-rule", "4over6",
+                  "--e4m3-max", "448", "--activations", "bf16", "--device", "cpu"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto in = load_folder(d.file("hf")), out = load_folder(d.file("w4"));
+  const NVFP4Rule rule{true, 448.0f, false, false};
+  int quantized = 0;
+  for (const auto& [name, t] : in) {
+    if (name.find(".experts.") == std::string::npos) continue;
+    std::optional<at::Tensor> a;
+    if (auto p = qat::gated_partner(name)) a = at::maximum(global_amax(t), global_amax(in.at(p->partner)));
+    const NVFP4Tensor q = nvfp4_quantize(t, Blocks::k1D, a, rule);
+    const std::string mod = name.substr(0, name.size() - 7);
+    EXPECT_TRUE(bytes_equal(out.at(mod + ".weight"), q.codes)) << mod;
+    EXPECT_TRUE(bytes_equal(out.at(mod + ".weight_scale"), q.scales)) << mod;
+    EXPECT_TRUE(bytes_equal(out.at(mod + ".weight_scale_2"), q.s_dec)) << mod;
+    EXPECT_EQ(out.count(mod + ".input_scale"), 0u) << mod;
+    ++quantized;
+  }
+  EXPECT_EQ(quantized, 3 * 4 * 3);
+  const json::Value cfg = json::parse(fs::read_text(d.file("w4/config.json")), "config.json");
+  const json::Value& qc = cfg.at("quantization_config");
+  EXPECT_EQ(qc.at("quant_algo").as_string(), "W4A16_NVFP4");
+  EXPECT_EQ(qc.at("config_groups").at("group_0").at("weights").at("num_bits").as_int(), 4);
+  EXPECT_EQ(qc.at("fp4qat").at("four_over_six").at("e4m3_max").as_int(), 448);
+  EXPECT_EQ(qc.at("fp4qat").at("activations").as_string(), "bf16");
+  for (const auto& [args, needle] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--global-scale", "row"}, "--global-scale row"},
+           {{"--activations", "bf16", "--activation-scale", "row"}, "--activation-scale row"},
+           {{"--e4m3-max", "448"}, "--scale-rule 4over6"},
+           {{"--activations", "fp8"}, "--activations 'fp8'"}}) {
+    std::vector<std::string> a = {"convert", "--in", d.file("hf"), "--out", d.file("bad"), "--device", "cpu"};
+    a.insert(a.end(), args.begin(), args.end());
+    expect_one_line_failure(a, needle);
+    EXPECT_FALSE(fs::exists(d.file("bad")));
+  }
+}
