@@ -19,7 +19,8 @@ namespace po = boost::program_options;
 namespace fp4qat::cli {
 
 int cmd_convert(const Args& args) {
-  std::string in, out, format, blocks, device, calib_data, scale_rule, error, global_scale, activations, act_scale;
+  std::string in, out, format, blocks, device, calib_data, scale_rule, error, global_scale, activations, act_scale,
+      act_rule;
   double e4m3_max = 256;
   std::vector<std::string> exclude, modules;
   int64_t keep_first = 0, keep_last = 0, calib_batches = 8, calib_bs = 8, calib_len = 64;
@@ -36,6 +37,9 @@ int cmd_convert(const Args& args) {
       "weights' global scale: tensor (ModelOpt's weight_scale_2; row is not a servable weight layout)")(
       "activations", po::value(&activations)->default_value("nvfp4"),
       "nvfp4 | bf16 (W4A16: quant_algo W4A16_NVFP4, no input_scale, no calibration)")(
+      "activation-rule", po::value(&act_rule)->default_value("max6"),
+      "max6 | 4over6: the activations' block scales the rollout side uses (recorded; --error and --e4m3-max "
+      "as for the weights)")(
       "activation-scale", po::value(&act_scale)->default_value("tensor"),
       "tensor | row: the activations' global scale the rollout side uses (per token; input_scale is still "
       "calibrated)")(
@@ -60,8 +64,13 @@ int cmd_convert(const Args& args) {
   opt.format = qat::parse_format(format);
   FP4QAT_CHECK(opt.format != qat::Format::kBF16, "--format '", format, "': expected nvfp4 or mxfp8");
   opt.blocks = parse_blocks(blocks);
-  opt.weight_rule = parse_rule_options(scale_rule, vm.count("error") ? &error : nullptr,
-                                       vm.count("e4m3-max") ? &e4m3_max : nullptr, global_scale);
+  // --error and --e4m3-max serve whichever side uses Four Over Six (weights, activations or both).
+  const bool w4 = scale_rule == "4over6", a4 = act_rule == "4over6";
+  FP4QAT_CHECK(w4 || a4 || (!vm.count("error") && !vm.count("e4m3-max")), vm.count("error") ? "--error" : "--e4m3-max",
+               " applies to --scale-rule 4over6 or --activation-rule 4over6 only");
+  auto err_of = [&](bool four) { return four && vm.count("error") ? &error : nullptr; };
+  auto m_of = [&](bool four) { return four && vm.count("e4m3-max") ? &e4m3_max : nullptr; };
+  opt.weight_rule = parse_rule_options(scale_rule, err_of(w4), m_of(w4), global_scale);
   FP4QAT_CHECK(!opt.weight_rule.row_scaled,
                "--global-scale row: weights keep one weight_scale_2 per tensor in an export (ModelOpt's layout); "
                "per-token scales are --activation-scale row");
@@ -69,8 +78,12 @@ int cmd_convert(const Args& args) {
                "': expected nvfp4 or bf16");
   FP4QAT_CHECK(act_scale == "tensor" || act_scale == "row", "--activation-scale '", act_scale,
                "': expected tensor or row");
+  FP4QAT_CHECK(act_rule == "max6" || act_rule == "4over6", "--activation-rule '", act_rule,
+               "': expected max6 or 4over6");
   opt.w4a16 = activations == "bf16";
-  opt.activation_rule.row_scaled = act_scale == "row";
+  opt.activation_rule = parse_rule_options(act_rule, err_of(a4), m_of(a4), act_scale);
+  FP4QAT_CHECK(!(opt.w4a16 && opt.activation_rule.four_over_six),
+               "--activation-rule 4over6 needs --activations nvfp4 (W4A16 leaves the activations in bf16)");
   FP4QAT_CHECK(!(opt.w4a16 && opt.activation_rule.row_scaled),
                "--activation-scale row needs --activations nvfp4 (W4A16 leaves the activations in bf16)");
   FP4QAT_CHECK(opt.format == qat::Format::kNVFP4 ||

@@ -32,6 +32,25 @@ for name, mode, ev in (("NVFP4 QAT, high_precision backward", "high_precision", 
     rows.append((name, "nvfp4", ev, max(mm) if mm else float("nan"),
                  "trainer vs its own export, max over %d steps" % len(mm)))
 
+# The 2026 recipes (scripts/quality_report: evals-recipes.jsonl, qat-<recipe>/metrics.jsonl).
+RECIPES = [("4over6", "Four Over Six (M 256, MAE), weights and activations"),
+           ("rows", "row-scaled (per-token) activation scales"),
+           ("4over6-rows", "Four Over Six + row-scaled activations"),
+           ("w4a16", "W4A16 (NVFP4 weights, BF16 activations)")]
+recipe_rows = []
+path = os.path.join(rep, "evals-recipes.jsonl")
+if os.path.exists(path):
+    by = {(e["recipe"], e["role"]): e for e in (json.loads(l) for l in open(path) if l.strip())}
+    for key, label in RECIPES:
+        if (key, "qat") not in by:
+            continue
+        steps = metrics(key)
+        mm = [s_["mismatch_mean"] for s_ in steps if plotting._num(s_.get("mismatch_mean")) is not None]
+        recipe_rows.append(("%s, PTQ" % label, "nvfp4", by[(key, "ptq")], by[(key, "bf16")]["mean_abs_dlogp"],
+                            "BF16 trainer vs this PTQ export"))
+        recipe_rows.append(("%s, QAT" % label, "nvfp4", by[(key, "qat")], max(mm) if mm else float("nan"),
+                            "trainer vs its own export, max over %d steps" % len(mm)))
+
 date = datetime.date.today().isoformat()
 md = ["# Quality report: BF16 vs NVFP4 PTQ vs expert-only NVFP4 QAT", "",
       "Machine: %s. Date: %s. Command: `scripts/quality_report`." % (machine, date), "",
@@ -45,8 +64,15 @@ md = ["# Quality report: BF16 vs NVFP4 PTQ vs expert-only NVFP4 QAT", "",
       "between the policy the trainer computes and the NVFP4 export the rollout engine would sample from.",
       "", "| model | served as | val loss | exact match | mean abs dlogp vs NVFP4 export | dlogp measured |",
       "|---|---|---:|---:|---:|---|"]
-for name, fmt, ev, d, how in rows:
+for name, fmt, ev, d, how in rows + recipe_rows:
     md.append("| %s | %s | %.4f | %.3f | %.2e | %s |" % (name, fmt, ev["val_loss"], ev["exact_match"], d, how))
+if recipe_rows:
+    qat = [(r[0], r[2]) for r in [rows[2]] + recipe_rows[1::2]]  # the QAT rows (high_precision backward)
+    best = min(qat, key=lambda r: r[1]["val_loss"])
+    md += ["", "Recipes (issue 20): each 2026 recipe as PTQ (`fp4qat convert` with the same rules) and as "
+           "expert-only QAT (high_precision backward), served with its recorded recipe. Lowest validation "
+           "loss after QAT: **%s** (%.4f; exact match %.3f)." % (best[0], best[1]["val_loss"],
+                                                                  best[1]["exact_match"])]
 md += ["", "![val loss and exact match per model; QAT loss curves](quality-report.svg)", "",
        "Reading: with QAT the trainer's policy *is* the served NVFP4 policy (|dlogp| at "
        "accumulation-order level; exactly 0 on the CPU), while a BF16 trainer whose weights are "

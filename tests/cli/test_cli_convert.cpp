@@ -241,6 +241,7 @@ TEST(CliConvert, FourOverSixW4A16) {
            {{"--global-scale", "row"}, "--global-scale row"},
            {{"--activations", "bf16", "--activation-scale", "row"}, "--activation-scale row"},
            {{"--e4m3-max", "448"}, "--scale-rule 4over6"},
+           {{"--activations", "bf16", "--activation-rule", "4over6"}, "--activation-rule 4over6"},
            {{"--activations", "fp8"}, "--activations 'fp8'"}}) {
     std::vector<std::string> a = {"convert", "--in", d.file("hf"), "--out", d.file("bad"), "--device", "cpu"};
     a.insert(a.end(), args.begin(), args.end());
