@@ -1,0 +1,111 @@
+// tests/autograd/gpu_nvfp4_recipes.cpp — (label gpu) the 2026 recipes (Four Over Six, row-scaled
+// activations, W4A16) through the NVFP4 autograd functions on CUDA: the per-row scaled GEMM
+// (gemm::scaled_mm_rows) equals the CPU's bytes on exactly summable operands; the forward is within
+// fp32 accumulation-order noise of the CPU; the gradients equal their definitions on the GPU; grouped
+// equals a loop of single-expert calls.
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "autograd/nvfp4_linear.h"
+#include "kernels/gemm/scaled_bmm.h"
+#include "tests/common/test_util.h"
+
+using fp4qat::Blocks;
+using fp4qat::NVFP4Rule;
+using fp4qat::autograd::Backward;
+using fp4qat::autograd::NVFP4LinearOptions;
+using fp4qat::test::bytes_equal;
+
+namespace {
+
+at::Tensor randn_cuda(std::vector<int64_t> shape, uint64_t seed) {
+  return at::randn(shape, at::make_generator<at::CPUGeneratorImpl>(seed)).to(at::kBFloat16).cuda();
+}
+
+// |a - b| <= 2^-7 |b| + 1e-3 max|b| (as gpu_nvfp4_linear.cpp): another fp32 accumulation order.
+::testing::AssertionResult close_bf16(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor af = a.cpu().to(at::kFloat), bf = b.cpu().to(at::kFloat);
+  const at::Tensor bad = (af - bf).abs() > bf.abs() * (1.0 / 128) + 1e-3 * bf.abs().max();
+  if (!bad.any().item<bool>()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << bad.sum().item<int64_t>() << " elements differ by more than one bf16 ulp";
+}
+
+std::vector<std::pair<const char*, NVFP4LinearOptions>> recipes(Blocks blocks, Backward mode) {
+  auto o = [&](NVFP4Rule w, NVFP4Rule a, bool act) {
+    NVFP4LinearOptions r{blocks, mode};
+    r.weight_rule = w;
+    r.activation_rule = a;
+    r.quantize_activations = act;
+    return r;
+  };
+  const NVFP4Rule four{true, 256.0f, false, false}, rows{false, 256.0f, false, true},
+      four_rows{true, 256.0f, false, true};
+  return {{"4over6 all", o(four, four, true)},
+          {"row-scaled", o({}, rows, true)},
+          {"4over6 + row-scaled", o(four, four_rows, true)},
+          {"W4A16", o({}, {}, false)}};
+}
+
+}  // namespace
+
+TEST(GpuNVFP4Recipes, ScaledMmRowsEqualsCpu) {
+  FP4QAT_REQUIRE_GPU();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  // Small integers: every partial sum is exact in fp32, so any accumulation order gives the same.
+  const at::Tensor a = at::randint(-8, 9, {77, 96}, gen).to(at::kBFloat16);
+  const at::Tensor w = at::randint(-8, 9, {40, 96}, gen).to(at::kBFloat16);
+  const at::Tensor alpha = at::rand({77}, gen) * 1e-3;
+  for (auto out : {at::kBFloat16, at::kFloat}) {
+    const at::Tensor want = fp4qat::gemm::scaled_mm_rows(a, w, alpha, out);
+    EXPECT_TRUE(bytes_equal(fp4qat::gemm::scaled_mm_rows(a.cuda(), w.cuda(), alpha.cuda(), out), want)) << out;
+  }
+}
+
+TEST(GpuNVFP4Recipes, ForwardMatchesCpuAndGradsMatchDefinitions) {
+  FP4QAT_REQUIRE_GPU();
+  for (auto blocks : {Blocks::k1D, Blocks::k2D})
+    for (auto mode : {Backward::kHighPrecision, Backward::kDequantized})
+      for (const auto& [name, opt] : recipes(blocks, mode)) {
+        SCOPED_TRACE(::testing::Message()
+                     << name << " " << fp4qat::to_string(blocks) << " " << fp4qat::autograd::to_string(mode));
+        const at::Tensor x0 = randn_cuda({300, 256}, 1), w0 = randn_cuda({192, 256}, 2) * 0.05,
+                         g = randn_cuda({300, 192}, 3);
+        at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+        at::Tensor y = fp4qat::autograd::nvfp4_linear(x, w, opt);
+        y.backward(g);
+        EXPECT_TRUE(close_bf16(y, fp4qat::autograd::nvfp4_linear(x0.cpu(), w0.cpu(), opt)));
+        at::Tensor xs = x0, ws = w0;
+        if (mode == Backward::kDequantized) {
+          ws = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(w0, blocks, std::nullopt, opt.weight_rule),
+                                        at::kBFloat16);
+          if (opt.quantize_activations)
+            xs = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(x0, Blocks::k1D, std::nullopt, opt.activation_rule),
+                                          at::kBFloat16);
+        }
+        EXPECT_TRUE(bytes_equal(x.grad(), g.mm(ws)));
+        EXPECT_TRUE(bytes_equal(w.grad(), xs.t().mm(g).t()));
+      }
+}
+
+TEST(GpuNVFP4Recipes, GroupedEqualsLoopOfSingleExpertCalls) {
+  FP4QAT_REQUIRE_GPU();
+  const std::vector<int64_t> counts_v = {40, 0, 1, 170, 0, 33};
+  const int64_t E = 6, T = 244, K = 128, N = 64;
+  const at::Tensor counts = at::tensor(counts_v, at::kLong);
+  for (auto mode : {Backward::kHighPrecision, Backward::kDequantized})
+    for (const auto& [name, opt] : recipes(Blocks::k2D, mode)) {
+      SCOPED_TRACE(::testing::Message() << name << " " << fp4qat::autograd::to_string(mode));
+      const at::Tensor x0 = randn_cuda({T, K}, 10), w0 = randn_cuda({E, N, K}, 11) * 0.1, g = randn_cuda({T, N}, 12);
+      at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+      at::Tensor y = fp4qat::autograd::nvfp4_grouped_linear(x, w, counts, opt);
+      y.backward(g);
+      fp4qat::test::expect_grouped_equals_per_expert(
+          y, x.grad(), w.grad(), counts_v, [&](int64_t e, int64_t r, int64_t n) {
+            at::Tensor xe = x0.narrow(0, r, n).clone().requires_grad_(true), we = w0[e].clone().requires_grad_(true);
+            at::Tensor ye = fp4qat::autograd::nvfp4_linear(xe, we, opt);
+            ye.backward(g.narrow(0, r, n));
+            return fp4qat::test::LinearGrads{ye.detach(), xe.grad(), we.grad()};
+          });
+    }
+}
