@@ -27,11 +27,11 @@ Backward parse_backward(const std::string& s) {
 const char* to_string(Backward b) { return b == Backward::kHighPrecision ? "high_precision" : "dequantized"; }
 
 void check_options(const NVFP4LinearOptions& opt, const char* who) {
-  check_rule(opt.weight_rule, opt.weight_blocks, who);
-  check_rule(opt.activation_rule, Blocks::k1D, who);
-  FP4QAT_CHECK(!opt.weight_rule.row_scaled, who,
+  check_rule(opt.rules.weights, opt.weight_blocks, who);
+  check_rule(opt.rules.activations, Blocks::k1D, who);
+  FP4QAT_CHECK(!opt.rules.weights.row_scaled, who,
                ": weights have one global scale per tensor (per expert), not per row");
-  FP4QAT_CHECK(opt.quantize_activations || opt.activation_rule.is_default(), who,
+  FP4QAT_CHECK(!opt.rules.w4a16 || opt.rules.activations.is_default(), who,
                ": W4A16 leaves the activations in the compute dtype; they take no scale rule");
 }
 
@@ -50,14 +50,14 @@ int64_t pack_rule(const NVFP4Rule& r) {
   return (r.four_over_six ? 1 : 0) | (r.mse ? 2 : 0) | (r.row_scaled ? 4 : 0) | (r.e4m3_max == 448.0f ? 8 : 0);
 }
 NVFP4Rule unpack_rule(int64_t v) { return {(v & 1) != 0, (v & 8) ? 448.0f : 256.0f, (v & 2) != 0, (v & 4) != 0}; }
-constexpr int64_t kW4A16 = 16;  // in the activations' integer: quantize_activations false
+constexpr int64_t kW4A16 = 16;  // in the activations' integer: rules.w4a16
 int64_t pack_activations(const NVFP4LinearOptions& o) {
-  return pack_rule(o.activation_rule) | (o.quantize_activations ? 0 : kW4A16);
+  return pack_rule(o.rules.activations) | (o.rules.w4a16 ? kW4A16 : 0);
 }
 NVFP4LinearOptions unpack_activations(int64_t v) {
   NVFP4LinearOptions o;
-  o.activation_rule = unpack_rule(v);
-  o.quantize_activations = (v & kW4A16) == 0;
+  o.rules.activations = unpack_rule(v);
+  o.rules.w4a16 = (v & kW4A16) != 0;
   return o;
 }
 
@@ -69,12 +69,12 @@ struct ActOperand {
   std::vector<at::Tensor> saved;
 };
 ActOperand quantize_activations(const at::Tensor& x2, const NVFP4LinearOptions& opt, bool deq) {
-  if (!opt.quantize_activations) return {x2, at::Tensor(), {x2}};
+  if (opt.rules.w4a16) return {x2, at::Tensor(), {x2}};
   if (deq) {
-    NVFP4Operand q = nvfp4_quantize_and_fake(x2, Blocks::k1D, std::nullopt, opt.activation_rule);
+    NVFP4Operand q = nvfp4_quantize_and_fake(x2, Blocks::k1D, std::nullopt, opt.rules.activations);
     return {q.values, q.packed.s_dec, {q.packed.codes, q.packed.scales, q.packed.s_dec}};
   }
-  NVFP4FakeQuant f = nvfp4_fake_quantize(x2, Blocks::k1D, std::nullopt, opt.activation_rule);
+  NVFP4FakeQuant f = nvfp4_fake_quantize(x2, Blocks::k1D, std::nullopt, opt.rules.activations);
   return {f.values, f.s_dec, {}};
 }
 // The GEMM's alpha: S_dec_x * S_dec_w (per row when row-scaled), or S_dec_w alone (W4A16).
@@ -117,7 +117,7 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
       y = emulated_gemm(qx.values, fw.values, alpha_of(qx, fw.s_dec), x.scalar_type());
       ctx->save_for_backward({x2, w});
     }
-    ctx->saved_data["x_kept"] = !act.quantize_activations;
+    ctx->saved_data["x_kept"] = act.rules.w4a16;
     ctx->saved_data["backward"] = backward;
     ctx->saved_data["dtype"] = static_cast<int64_t>(x.scalar_type());
     auto out_shape = x.sizes().vec();
@@ -275,7 +275,7 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
     // Activations: each expert's token slice has its own amax (or each row its own, row-scaled).
     const ActOperand qx = quantize_activations(x.narrow(0, off[e], n), act, deq);
     out.y.narrow(0, off[e], n).copy_(emulated_gemm(qx.values, w_values[e], alpha_of(qx, w_s_dec[e]), x.scalar_type()));
-    if (deq && act.quantize_activations) out.saved_x.insert(out.saved_x.end(), qx.saved.begin(), qx.saved.end());
+    if (deq && !act.rules.w4a16) out.saved_x.insert(out.saved_x.end(), qx.saved.begin(), qx.saved.end());
   }
   return out;
 }
@@ -306,7 +306,7 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     const bool deq = static_cast<Backward>(backward) == Backward::kDequantized;
     const NVFP4Rule wr = unpack_rule(weight_rule);
     const NVFP4LinearOptions act = unpack_activations(activations);
-    const bool standard = act.quantize_activations && act.activation_rule.is_default();
+    const bool standard = !act.rules.w4a16 && act.rules.activations.is_default();
     const bool rows = standard && in_place(x, w, deq, off);
     const bool padded = standard && !rows && x.is_cuda() && pads(off);
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
@@ -334,7 +334,7 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     std::vector<at::Tensor> save;
     if (deq) {
       save = {qw.packed.codes, qw.packed.scales, qw.packed.s_dec};
-      if (act.quantize_activations)
+      if (!act.rules.w4a16)
         save.insert(save.end(), saved_x.begin(), saved_x.end());
       else
         save.push_back(x);  // W4A16: the activations themselves
@@ -347,7 +347,7 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     ctx->saved_data["off"] = c10::IValue(off);
     ctx->saved_data["padded"] = padded;
     ctx->saved_data["rows"] = rows;
-    ctx->saved_data["x_kept"] = !act.quantize_activations;
+    ctx->saved_data["x_kept"] = act.rules.w4a16;
     return y;
   }
 
@@ -465,7 +465,7 @@ at::Tensor nvfp4_grouped_forward(const at::Tensor& x, const at::Tensor& w_values
   const auto off = offsets_of(counts, x.size(0), w_values.size(0), "nvfp4_grouped_forward");
   check_options(opt, "nvfp4_grouped_forward");
   const at::Tensor xc = x.contiguous();
-  const bool standard = opt.quantize_activations && opt.activation_rule.is_default();
+  const bool standard = !opt.rules.w4a16 && opt.rules.activations.is_default();
   const bool rows = standard && in_place(xc, w_values, false, off);
   return grouped_forward(xc, w_values, w_s_dec, off, standard && !rows && x.is_cuda() && pads(off), false, rows, opt).y;
 }
@@ -476,7 +476,7 @@ at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4Lin
   check_options(opt, "nvfp4_linear");
   const auto q = prequantized_args(w_quantized, w, "nvfp4_linear");
   return NVFP4LinearFn::apply(x, w, amax_arg(weight_amax, w), static_cast<int64_t>(opt.weight_blocks),
-                              static_cast<int64_t>(opt.backward), pack_rule(opt.weight_rule), pack_activations(opt),
+                              static_cast<int64_t>(opt.backward), pack_rule(opt.rules.weights), pack_activations(opt),
                               q[0], q[1], q[2], q[3]);
 }
 
@@ -489,7 +489,7 @@ at::Tensor nvfp4_grouped_linear(const at::Tensor& x, const at::Tensor& w, const 
   check_options(opt, "nvfp4_grouped_linear");
   const auto q = prequantized_args(w_quantized, w, "nvfp4_grouped_linear");
   return NVFP4GroupedLinearFn::apply(x, w, counts, amax_arg(weight_amax, w), static_cast<int64_t>(opt.weight_blocks),
-                                     static_cast<int64_t>(opt.backward), pack_rule(opt.weight_rule),
+                                     static_cast<int64_t>(opt.backward), pack_rule(opt.rules.weights),
                                      pack_activations(opt), q[0], q[1], q[2], q[3]);
 }
 

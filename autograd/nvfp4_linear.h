@@ -27,13 +27,11 @@ struct NVFP4LinearOptions {
   Blocks weight_blocks = Blocks::k1D;
   Backward backward = Backward::kHighPrecision;
   // The scale rules (kernels/common/nvfp4_rule.h): the weights' (Four Over Six or not; never
-  // row-scaled) and the activations' (Four Over Six, row-scaled: one S_dec per row, applied per
-  // output row after the GEMM, y[m, n] = acc[m, n] * (S_dec_x[m] * S_dec_w)).
-  NVFP4Rule weight_rule;
-  NVFP4Rule activation_rule;
-  // false: W4A16 (numerics.md), only the weight is quantized: y = (X @ W_q^T) * S_dec_w with X in
-  // the compute dtype; the dequantized backward then uses X itself.
-  bool quantize_activations = true;
+  // row-scaled), the activations' (Four Over Six, row-scaled: one S_dec per row, applied per output
+  // row after the GEMM, y[m, n] = acc[m, n] * (S_dec_x[m] * S_dec_w)), and W4A16 (numerics.md:
+  // only the weight is quantized, y = (X @ W_q^T) * S_dec_w with X in the compute dtype; the
+  // dequantized backward then uses X itself).
+  NVFP4Rules rules;
 };
 // Refuses rules that cannot apply (row-scaled weights, rules with W4A16 activations), naming `who`.
 void check_options(const NVFP4LinearOptions& opt, const char* who);
@@ -74,7 +72,7 @@ bool nvfp4_grouped_linear_pads(const at::Tensor& counts);
 // w_values bf16 [N, K] / [E, N, K] = e2m1(q) * float(sb) (S_dec not applied), w_s_dec float32
 // [] / [E] ("weight_scale_2"). The same operations as the forward of nvfp4_linear (high_precision)
 // and nvfp4_grouped_linear, so a rollout forward on exported weights equals the trainer's.
-// opt: the activations' side (activation_rule, quantize_activations); its weight fields are unused.
+// opt: the activations' side (rules.activations, rules.w4a16); its weight fields are unused.
 at::Tensor nvfp4_linear_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,
                                 const NVFP4LinearOptions& opt = {});
 at::Tensor nvfp4_grouped_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,

@@ -70,8 +70,8 @@ int cmd_convert(const Args& args) {
                " applies to --scale-rule 4over6 or --activation-rule 4over6 only");
   auto err_of = [&](bool four) { return four && vm.count("error") ? &error : nullptr; };
   auto m_of = [&](bool four) { return four && vm.count("e4m3-max") ? &e4m3_max : nullptr; };
-  opt.weight_rule = parse_rule_options(scale_rule, err_of(w4), m_of(w4), global_scale);
-  FP4QAT_CHECK(!opt.weight_rule.row_scaled,
+  opt.rules.weights = parse_rule_options(scale_rule, err_of(w4), m_of(w4), global_scale);
+  FP4QAT_CHECK(!opt.rules.weights.row_scaled,
                "--global-scale row: weights keep one weight_scale_2 per tensor in an export (ModelOpt's layout); "
                "per-token scales are --activation-scale row");
   FP4QAT_CHECK(activations == "nvfp4" || activations == "bf16", "--activations '", activations,
@@ -80,14 +80,14 @@ int cmd_convert(const Args& args) {
                "': expected tensor or row");
   FP4QAT_CHECK(act_rule == "max6" || act_rule == "4over6", "--activation-rule '", act_rule,
                "': expected max6 or 4over6");
-  opt.w4a16 = activations == "bf16";
-  opt.activation_rule = parse_rule_options(act_rule, err_of(a4), m_of(a4), act_scale);
-  FP4QAT_CHECK(!(opt.w4a16 && opt.activation_rule.four_over_six),
+  opt.rules.w4a16 = activations == "bf16";
+  opt.rules.activations = parse_rule_options(act_rule, err_of(a4), m_of(a4), act_scale);
+  FP4QAT_CHECK(!(opt.rules.w4a16 && opt.rules.activations.four_over_six),
                "--activation-rule 4over6 needs --activations nvfp4 (W4A16 leaves the activations in bf16)");
-  FP4QAT_CHECK(!(opt.w4a16 && opt.activation_rule.row_scaled),
+  FP4QAT_CHECK(!(opt.rules.w4a16 && opt.rules.activations.row_scaled),
                "--activation-scale row needs --activations nvfp4 (W4A16 leaves the activations in bf16)");
   FP4QAT_CHECK(opt.format == qat::Format::kNVFP4 ||
-                   (opt.weight_rule.is_default() && !opt.w4a16 && !opt.activation_rule.row_scaled),
+                   (opt.rules.weights.is_default() && !opt.rules.w4a16 && !opt.rules.activations.row_scaled),
                "--format ", format, ": --scale-rule, --activations and --activation-scale apply to nvfp4 only");
   if (!modules.empty()) opt.selection.modules = modules;
   opt.selection.exclude = exclude;
@@ -98,7 +98,7 @@ int cmd_convert(const Args& args) {
   opt.device = parse_device(device);
   opt.producer_version = std::string("fp4qat ") + FP4QAT_VERSION;
   const auto selected = qat::select_modules(in, opt);  // errors before the (slow) calibration
-  if (opt.format == qat::Format::kNVFP4 && !opt.w4a16) {
+  if (opt.format == qat::Format::kNVFP4 && !opt.rules.w4a16) {
     calib::Options co;
     co.data = calib_data;
     co.batches = calib_batches;

@@ -85,7 +85,7 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
                    ": the output may not be the input folder or inside it");
     }
   }
-  if (opt.format == Format::kNVFP4 && !opt.w4a16)
+  if (opt.format == Format::kNVFP4 && !opt.rules.w4a16)
     for (const auto& m : selected)
       FP4QAT_CHECK(opt.input_amax.count(m), "no calibrated activation amax for module '", m,
                    "' (NVFP4 input_scale is never a placeholder; calibrate first)");
@@ -97,9 +97,7 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
         ExportOptions eo;
         eo.format = opt.format;
         eo.blocks = opt.blocks;
-        eo.weight_rule = opt.weight_rule;
-        eo.activation_rule = opt.activation_rule;
-        eo.w4a16 = opt.w4a16;
+        eo.rules = opt.rules;
         eo.config_json = l.config.dump();
         eo.producer_version = opt.producer_version;
         eo.max_shard_bytes = int64_t(1) << 62;  // one output shard per input shard (end_shard below)
@@ -129,7 +127,7 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
               amax = pair_amax.of(info.name, compute_copy(x),
                                   [&](const std::string& partner) { return compute_copy(tensor(partner)); });
             std::vector<float> ia;
-            if (opt.format == Format::kNVFP4 && !opt.w4a16) ia.push_back(opt.input_amax.at(m));
+            if (opt.format == Format::kNVFP4 && !opt.rules.w4a16) ia.push_back(opt.input_amax.at(m));
             w.add_quantized({m}, 1, x, amax, ia);
             ++rep.quantized_modules;
           }

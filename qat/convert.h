@@ -23,9 +23,7 @@ struct ConvertOptions {
   Blocks blocks = Blocks::k1D;
   // NVFP4 recipe (as ExportOptions): the weights' rule (Four Over Six), the activations' rule the
   // rollout side applies (recorded, not applied here), W4A16 (no input_scale, no calibration).
-  NVFP4Rule weight_rule;
-  NVFP4Rule activation_rule;
-  bool w4a16 = false;
+  NVFP4Rules rules;
   Selection selection;                       // module globs, exclude, keep-first/last (qat/selection.h)
   bool overwrite = false;                    // replace a non-empty `out`
   at::Device device = at::Device(at::kCPU);  // where quantization runs (same bytes either way)

@@ -20,9 +20,9 @@ namespace fp4qat::qat {
 
 float nvfp4_input_scale(float amax) { return fmt::nvfp4_s_dec(fmt::nvfp4_s_enc(amax)); }
 
-json::Value recipe_record(const ExportOptions& o) {
-  const NVFP4Rule& w = o.weight_rule;
-  const NVFP4Rule& a = o.activation_rule;
+json::Value recipe_record(const NVFP4Rules& o) {
+  const NVFP4Rule& w = o.weights;
+  const NVFP4Rule& a = o.activations;
   const NVFP4Rule& any = w.four_over_six ? w : a;
   return json::Value::object(
       {{"activations", o.w4a16 ? "bf16" : "nvfp4"},
@@ -33,7 +33,9 @@ json::Value recipe_record(const ExportOptions& o) {
                                               {"e4m3_max", static_cast<int64_t>(any.e4m3_max)}})}});
 }
 
-void read_recipe_record(const json::Value& v, const std::string& where, ExportOptions* o) {
+NVFP4Rules read_recipe_record(const json::Value& v, const std::string& where) {
+  NVFP4Rules out;
+  NVFP4Rules* o = &out;
   const std::string acts = v.at("activations", where).as_string(where + ": fp4qat.activations");
   FP4QAT_CHECK(acts == "nvfp4" || acts == "bf16", where, ": fp4qat.activations '", acts, "': expected nvfp4 or bf16");
   o->w4a16 = acts == "bf16";
@@ -45,13 +47,14 @@ void read_recipe_record(const json::Value& v, const std::string& where, ExportOp
   FP4QAT_CHECK(err == "mae" || err == "mse", where, ": fp4qat.four_over_six.error '", err, "': expected mae or mse");
   const double m = f.at("e4m3_max", where).as_double(where + ": fp4qat.four_over_six.e4m3_max");
   FP4QAT_CHECK(m == 256 || m == 448, where, ": fp4qat.four_over_six.e4m3_max must be 256 or 448, got ", m);
-  for (NVFP4Rule* r : {&o->weight_rule, &o->activation_rule}) {
+  for (NVFP4Rule* r : {&o->weights, &o->activations}) {
     r->e4m3_max = static_cast<float>(m);
     r->mse = err == "mse";
   }
-  o->weight_rule.four_over_six = f.at("weights", where).as_bool(where + ": fp4qat.four_over_six.weights");
-  o->activation_rule.four_over_six = f.at("activations", where).as_bool(where + ": fp4qat.four_over_six.activations");
-  o->activation_rule.row_scaled = scale == "row";
+  o->weights.four_over_six = f.at("weights", where).as_bool(where + ": fp4qat.four_over_six.weights");
+  o->activations.four_over_six = f.at("activations", where).as_bool(where + ": fp4qat.four_over_six.activations");
+  o->activations.row_scaled = scale == "row";
+  return out;
 }
 
 HfFolderWriter::HfFolderWriter(std::string dir, ExportOptions opt)
@@ -99,7 +102,7 @@ void HfFolderWriter::add_quantized(const std::vector<std::string>& modules, int6
   add_stack(
       modules, parts,
       quantize_stack(opt_.format, opt_.blocks, w, parts, amax,
-                     dir_ + ": module '" + (modules.empty() ? std::string("?") : modules[0]) + "'", opt_.weight_rule),
+                     dir_ + ": module '" + (modules.empty() ? std::string("?") : modules[0]) + "'", opt_.rules.weights),
       input_amax);
 }
 
@@ -112,7 +115,7 @@ void HfFolderWriter::add_stack(const std::vector<std::string>& modules, int64_t 
   FP4QAT_CHECK(static_cast<int64_t>(modules.size()) == E * parts, dir_, ": ", modules.size(), " module names for ", E,
                " experts x ", parts, " members");
   const bool nvfp4 = opt_.format == Format::kNVFP4;
-  FP4QAT_CHECK(!nvfp4 || opt_.w4a16 || static_cast<int64_t>(input_amax.size()) == E * parts, dir_, ": module '",
+  FP4QAT_CHECK(!nvfp4 || opt_.rules.w4a16 || static_cast<int64_t>(input_amax.size()) == E * parts, dir_, ": module '",
                modules[0], "': NVFP4 needs the observed activation amax of every module (input_scale), got ",
                input_amax.size());
   // One device-to-host copy per tensor (not one per member), then the members are host slices.
@@ -132,7 +135,7 @@ void HfFolderWriter::add_stack(const std::vector<std::string>& modules, int64_t 
       if (nvfp4) {
         put(m + ".weight_scale", scales[e].narrow(0, p * R, R));
         put(m + ".weight_scale_2", s_dec[e].clone());
-        if (!opt_.w4a16)  // W4A16: the activations are not quantized
+        if (!opt_.rules.w4a16)  // W4A16: the activations are not quantized
           put(m + ".input_scale", at::full({}, nvfp4_input_scale(input_amax[e * parts + p]), at::kFloat));
       } else {
         put(m + ".weight_scale_inv", scales[e].narrow(0, p * R, R));
@@ -152,7 +155,7 @@ std::vector<std::string> HfFolderWriter::finish() {
     json::Value list = json::Value::array();
     for (const auto& p : patterns) list.push_back(p);
     if (opt_.format == Format::kNVFP4) {
-      const char* algo = opt_.w4a16 ? "W4A16_NVFP4" : "NVFP4";
+      const char* algo = opt_.rules.w4a16 ? "W4A16_NVFP4" : "NVFP4";
       json::Value qc = json::Value::object({{"quant_method", "modelopt"},
                                             {"quant_algo", algo},
                                             {"group_size", fmt::kNvfp4Block},
@@ -162,7 +165,7 @@ std::vector<std::string> HfFolderWriter::finish() {
                                              {"kv_cache_quant_algo", nullptr},
                                              {"group_size", fmt::kNvfp4Block},
                                              {"exclude_modules", list}});
-      if (opt_.w4a16) {  // weights only: 4-bit float groups of 16
+      if (opt_.rules.w4a16) {  // weights only: 4-bit float groups of 16
         const json::Value groups = json::Value::object(
             {{"group_0", json::Value::object({{"targets", json::Value::array({"Linear"})},
                                               {"weights", json::Value::object({{"num_bits", 4},
@@ -171,10 +174,9 @@ std::vector<std::string> HfFolderWriter::finish() {
         qc.set("config_groups", groups);
         hqq.set("config_groups", groups);
       }
-      const bool plain = opt_.weight_rule.is_default() && opt_.activation_rule.is_default() && !opt_.w4a16;
-      if (!plain) {
-        qc.set("fp4qat", recipe_record(opt_));
-        hqq.set("fp4qat", recipe_record(opt_));
+      if (!opt_.rules.is_default()) {
+        qc.set("fp4qat", recipe_record(opt_.rules));
+        hqq.set("fp4qat", recipe_record(opt_.rules));
       }
       config.set("quantization_config", qc);
       json::Value hq = json::Value::object(
@@ -291,7 +293,7 @@ void StagedFolder::add_quantized(const std::vector<std::string>& modules, int64_
   add_item(modules, parts, input_amax, {w, amax ? *amax : at::Tensor()}, /*fenced=*/true, [&] {
     return quantize_stack(opt_.format, opt_.blocks, w, parts, amax,
                           "export: module '" + (modules.empty() ? std::string("?") : modules[0]) + "'",
-                          opt_.weight_rule);
+                          opt_.rules.weights);
   });
 }
 

@@ -36,9 +36,7 @@ struct ExportOptions {
   // 1 / S_enc with the recipe's M), W4A16 (quant_algo W4A16_NVFP4, no input_scale), and the
   // activations' rule the rollout side reproduces. Recorded in config.json's quantization_config
   // and hf_quant_config.json under "fp4qat" when not the 2024 recipe (whose files stay as they were).
-  NVFP4Rule weight_rule;
-  NVFP4Rule activation_rule;
-  bool w4a16 = false;
+  NVFP4Rules rules;
   int64_t max_shard_bytes = 2ll << 30;       // a new shard starts past this size
   std::string config_json;                   // the model's config.json text; quantization_config is added
   std::string producer_version = "unknown";  // hf_quant_config.json producer.version
@@ -65,8 +63,8 @@ QuantizedStack quantize_stack(Format format, Blocks blocks, const at::Tensor& w,
 // The "fp4qat" record of an NVFP4 export's recipe, and back: {"activations": "nvfp4"|"bf16",
 // "activation_scale": "tensor"|"row", "four_over_six": {"weights": b, "activations": b, "error":
 // "mae"|"mse", "e4m3_max": 256|448}}. `where` names the file in errors.
-json::Value recipe_record(const ExportOptions& opt);
-void read_recipe_record(const json::Value& v, const std::string& where, ExportOptions* opt);
+json::Value recipe_record(const NVFP4Rules& rules);
+NVFP4Rules read_recipe_record(const json::Value& v, const std::string& where);
 
 // Builds one Hugging Face folder inside `dir` (an existing, empty folder; the caller publishes
 // it). Tensors may live on the CPU or a GPU; quantization runs where they are.

@@ -21,9 +21,7 @@ QatPolicy::QatPolicy(const Recipe& recipe, const model::Qwen3Moe& model, bool qu
   recipe.validate();
   opt_.weight_blocks = recipe.weight_blocks;
   opt_.backward = recipe.backward;
-  opt_.weight_rule = recipe.weight_rule();
-  opt_.activation_rule = recipe.activation_rule();
-  opt_.quantize_activations = !recipe.w4a16();
+  opt_.rules = recipe.nvfp4_rules();
   // The Hugging Face modules each parameter stands for; a stacked expert tensor is selected as a
   // whole (every expert, both members of a pair) or not at all.
   std::vector<ModuleUnit> units;
@@ -82,7 +80,7 @@ const NVFP4Operand* QatPolicy::weight_quantization(const std::string& param, con
     c.partner_version = partner._version();
   }
   c.q = nvfp4_quantize_and_fake(compute_copy(w.detach(), at::kBFloat16), opt_.weight_blocks, shared_weight_amax(param),
-                                opt_.weight_rule);
+                                opt_.rules.weights);
   return &cache_.emplace(param, std::move(c)).first->second.q;
 }
 

@@ -35,20 +35,16 @@ int64_t block_size(Format f) {
   }
 }
 
-NVFP4Rule Recipe::weight_rule() const {
-  NVFP4Rule r;
-  r.four_over_six = four_over_six == FourOverSix::kWeights || four_over_six == FourOverSix::kAll;
-  r.e4m3_max = static_cast<float>(four_over_six_e4m3_max);
-  r.mse = four_over_six_mse;
-  return r;
-}
-
-NVFP4Rule Recipe::activation_rule() const {
-  NVFP4Rule r;
-  r.four_over_six = four_over_six == FourOverSix::kActivations || four_over_six == FourOverSix::kAll;
-  r.e4m3_max = static_cast<float>(four_over_six_e4m3_max);
-  r.mse = four_over_six_mse;
-  r.row_scaled = activation_scale == ActivationScale::kRow;
+NVFP4Rules Recipe::nvfp4_rules() const {
+  NVFP4Rules r;
+  for (NVFP4Rule* x : {&r.weights, &r.activations}) {
+    x->e4m3_max = static_cast<float>(four_over_six_e4m3_max);
+    x->mse = four_over_six_mse;
+  }
+  r.weights.four_over_six = four_over_six == FourOverSix::kWeights || four_over_six == FourOverSix::kAll;
+  r.activations.four_over_six = four_over_six == FourOverSix::kActivations || four_over_six == FourOverSix::kAll;
+  r.activations.row_scaled = activation_scale == ActivationScale::kRow;
+  r.w4a16 = w4a16();
   return r;
 }
 
@@ -62,7 +58,7 @@ void Recipe::validate() const {
                to_string(format));
   FP4QAT_CHECK(!(w4a16() && activation_scale == ActivationScale::kRow),
                "qat.activation_scale: row needs qat.activations: nvfp4 (W4A16 leaves the activations in bf16)");
-  FP4QAT_CHECK(!(w4a16() && activation_rule().four_over_six),
+  FP4QAT_CHECK(!(w4a16() && nvfp4_rules().activations.four_over_six),
                "qat.four_over_six: ", four_over_six == FourOverSix::kAll ? "all" : "activations",
                " needs qat.activations: nvfp4 (W4A16 leaves the activations in bf16; use weights)");
 }

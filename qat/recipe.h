@@ -58,8 +58,9 @@ struct Recipe {
   Activations activations = Activations::kNVFP4;
 
   bool quantizes() const { return format != Format::kBF16; }
-  NVFP4Rule weight_rule() const;      // Four Over Six for weights | all; never row-scaled
-  NVFP4Rule activation_rule() const;  // Four Over Six for activations | all; row-scaled by activation_scale
+  // The rules as one value: weights (Four Over Six for weights | all; never row-scaled),
+  // activations (Four Over Six for activations | all; row-scaled by activation_scale), W4A16.
+  NVFP4Rules nvfp4_rules() const;
   bool w4a16() const { return activations == Activations::kBF16; }
   // Refuses what cannot apply, naming the qat.* key: the rules with a format other than nvfp4,
   // an E4M3 bound other than 256 / 448, activation rules under W4A16.

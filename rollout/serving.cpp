@@ -60,13 +60,11 @@ Loaded load(const std::string& dir, const at::Device& device) {
       FP4QAT_CHECK(algo == "NVFP4" || algo == "W4A16_NVFP4", cfg_path, ": quant_algo '", algo,
                    "' is not supported (NVFP4 and W4A16_NVFP4 are)");
       out.format = Format::kNVFP4;
-      act.quantize_activations = algo == "NVFP4";
+      act.rules.w4a16 = algo == "W4A16_NVFP4";
       if (const json::Value* rec = q->find("fp4qat")) {  // the 2026 recipes (qat/export.h)
-        qat::ExportOptions eo;
-        qat::read_recipe_record(*rec, cfg_path + ": quantization_config", &eo);
-        FP4QAT_CHECK(eo.w4a16 == !act.quantize_activations, cfg_path, ": quant_algo '", algo,
-                     "' and fp4qat.activations disagree");
-        act.activation_rule = eo.activation_rule;
+        const NVFP4Rules r = qat::read_recipe_record(*rec, cfg_path + ": quantization_config");
+        FP4QAT_CHECK(r.w4a16 == act.rules.w4a16, cfg_path, ": quant_algo '", algo, "' and fp4qat.activations disagree");
+        act.rules = r;  // the weights' rule is in the files already
       }
     } else {
       FP4QAT_CHECK(method == "mxfp8", cfg_path, ": quant_method '", method,

@@ -27,7 +27,7 @@ class ServingPolicy : public model::LinearPolicy {
     at::Tensor values;  // bf16 [N, K] or [E, P*R, K]: e2m1(q) * sb (NVFP4) or the MXFP8 value
     at::Tensor s_dec;   // NVFP4: float32 [] or [E] (weight_scale_2); MXFP8: undefined
   };
-  // act: the NVFP4 activations' side of the export's recipe (activation_rule, W4A16).
+  // act: the NVFP4 activations' side of the export's recipe (rules.activations, rules.w4a16).
   ServingPolicy(Format f, std::map<std::string, Weight> w, autograd::NVFP4LinearOptions act = {})
       : format_(f), weights_(std::move(w)), act_(act) {}
   at::Tensor linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) override;

@@ -71,9 +71,7 @@ std::string Exporter::submit(int64_t step) {
     opt.format = f;
     opt.blocks = policy_.weight_blocks();
     if (f == qat::Format::kNVFP4) {  // the recipe's rules; other formats have none
-      opt.weight_rule = policy_.nvfp4_options().weight_rule;
-      opt.activation_rule = policy_.nvfp4_options().activation_rule;
-      opt.w4a16 = !policy_.nvfp4_options().quantize_activations;
+      opt.rules = policy_.nvfp4_options().rules;
     }
     opt.config_json = model::hf_config_json(model_.config());
     opt.producer_version = std::string("fp4qat ") + FP4QAT_VERSION;
@@ -114,17 +112,13 @@ std::string Exporter::submit(int64_t step) {
   }
   json::Value fmts = json::Value::array();
   for (const auto f : formats) fmts.push_back(qat::to_string(f));
-  qat::ExportOptions nvfp4_recipe;  // the NVFP4 recipe, as the nvfp4 folder records it
-  nvfp4_recipe.weight_rule = policy_.nvfp4_options().weight_rule;
-  nvfp4_recipe.activation_rule = policy_.nvfp4_options().activation_rule;
-  nvfp4_recipe.w4a16 = !policy_.nvfp4_options().quantize_activations;
   json::Value quantized = json::Value::array();
   for (const auto& p : policy_.quantized_params()) quantized.push_back(p);
   const std::string info = json::Value::object({{"step", step},
                                                 {"formats", fmts},
                                                 {"weight_blocks", to_string(policy_.weight_blocks())},
                                                 {"trained_in", qat::to_string(cfg_.qat.format)},
-                                                {"nvfp4_recipe", qat::recipe_record(nvfp4_recipe)},
+                                                {"nvfp4_recipe", qat::recipe_record(policy_.nvfp4_options().rules)},
                                                 {"quantized_parameters", quantized},
                                                 {"producer", std::string("fp4qat ") + FP4QAT_VERSION}})
                                .dump(2) +

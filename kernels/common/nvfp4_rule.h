@@ -24,4 +24,15 @@ struct NVFP4Rule {
   }
 };
 
+// The NVFP4 rules of one recipe (qat::Recipe): the weights' rule (never row-scaled), the
+// activations' rule, and W4A16 (the activations left in the compute dtype: no activation rule).
+// Carried as one value by the autograd options, the exports, convert and the rollout side.
+struct NVFP4Rules {
+  NVFP4Rule weights;
+  NVFP4Rule activations;
+  bool w4a16 = false;
+
+  bool is_default() const { return weights.is_default() && activations.is_default() && !w4a16; }
+};
+
 }  // namespace fp4qat

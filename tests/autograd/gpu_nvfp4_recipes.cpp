@@ -34,9 +34,9 @@ at::Tensor randn_cuda(std::vector<int64_t> shape, uint64_t seed) {
 std::vector<std::pair<const char*, NVFP4LinearOptions>> recipes(Blocks blocks, Backward mode) {
   auto o = [&](NVFP4Rule w, NVFP4Rule a, bool act) {
     NVFP4LinearOptions r{blocks, mode};
-    r.weight_rule = w;
-    r.activation_rule = a;
-    r.quantize_activations = act;
+    r.rules.weights = w;
+    r.rules.activations = a;
+    r.rules.w4a16 = !act;
     return r;
   };
   const NVFP4Rule four{true, 256.0f, false, false}, rows{false, 256.0f, false, true},
@@ -77,10 +77,10 @@ TEST(GpuNVFP4Recipes, ForwardMatchesCpuAndGradsMatchDefinitions) {
         EXPECT_TRUE(close_bf16(y, fp4qat::autograd::nvfp4_linear(x0.cpu(), w0.cpu(), opt)));
         at::Tensor xs = x0, ws = w0;
         if (mode == Backward::kDequantized) {
-          ws = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(w0, blocks, std::nullopt, opt.weight_rule),
+          ws = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(w0, blocks, std::nullopt, opt.rules.weights),
                                         at::kBFloat16);
-          if (opt.quantize_activations)
-            xs = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(x0, Blocks::k1D, std::nullopt, opt.activation_rule),
+          if (!opt.rules.w4a16)
+            xs = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(x0, Blocks::k1D, std::nullopt, opt.rules.activations),
                                           at::kBFloat16);
         }
         EXPECT_TRUE(bytes_equal(x.grad(), g.mm(ws)));

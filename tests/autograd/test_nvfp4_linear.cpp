@@ -249,9 +249,9 @@ std::vector<RecipeCase> recipe_cases(Blocks blocks, Backward mode) {
   const fp4qat::NVFP4Rule rows{false, 256.0f, false, true}, four_rows{true, 256.0f, false, true};
   auto o = [&](fp4qat::NVFP4Rule w, fp4qat::NVFP4Rule a, bool act) {
     NVFP4LinearOptions r{blocks, mode};
-    r.weight_rule = w;
-    r.activation_rule = a;
-    r.quantize_activations = act;
+    r.rules.weights = w;
+    r.rules.activations = a;
+    r.rules.w4a16 = !act;
     return r;
   };
   return {{"4over6 weights", o(four, {}, true)},
@@ -269,15 +269,15 @@ struct Definition {
   at::Tensor y, x_used, w_used;
 };
 Definition definition(const at::Tensor& x, const at::Tensor& w, const NVFP4LinearOptions& opt) {
-  auto qw = fp4qat::nvfp4_quantize(w, opt.weight_blocks, std::nullopt, opt.weight_rule);
+  auto qw = fp4qat::nvfp4_quantize(w, opt.weight_blocks, std::nullopt, opt.rules.weights);
   Definition d;
   d.w_used = fp4qat::nvfp4_dequantize(qw, x.scalar_type());
   const at::Tensor s_w = qw.s_dec;
   qw.s_dec = at::ones_like(qw.s_dec);
   const at::Tensor b = fp4qat::nvfp4_dequantize(qw, at::kFloat);
   at::Tensor a, alpha;
-  if (opt.quantize_activations) {
-    auto qx = fp4qat::nvfp4_quantize(x, Blocks::k1D, std::nullopt, opt.activation_rule);
+  if (!opt.rules.w4a16) {
+    auto qx = fp4qat::nvfp4_quantize(x, Blocks::k1D, std::nullopt, opt.rules.activations);
     d.x_used = fp4qat::nvfp4_dequantize(qx, x.scalar_type());
     alpha = qx.s_dec * s_w;
     qx.s_dec = at::ones_like(qx.s_dec);
@@ -312,7 +312,7 @@ TEST(NVFP4Recipes, ForwardAndGradsEqualTheDefinition) {
           // The recipe is really applied: it differs from the 2024 recipe's forward.
           EXPECT_FALSE(at::equal(q.y, fp4qat::autograd::nvfp4_linear(x0, w0, {blocks, mode})));
           // The rollout's forward on the weights as exported equals the trainer's.
-          const auto qw = fp4qat::nvfp4_quantize_and_fake(w0, blocks, std::nullopt, c.opt.weight_rule);
+          const auto qw = fp4qat::nvfp4_quantize_and_fake(w0, blocks, std::nullopt, c.opt.rules.weights);
           EXPECT_TRUE(bytes_equal(fp4qat::autograd::nvfp4_linear_forward(x0, qw.values, qw.packed.s_dec, c.opt), q.y));
         }
 }
@@ -333,7 +333,7 @@ TEST(NVFP4Recipes, GroupedEqualsLoopOfSingleExpertCalls) {
           y, x.grad(), w.grad(), counts_v, [&](int64_t e, int64_t r, int64_t n) {
             return run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), c.opt);
           });
-      const auto qw = fp4qat::nvfp4_quantize_and_fake(w0, Blocks::k2D, std::nullopt, c.opt.weight_rule);
+      const auto qw = fp4qat::nvfp4_quantize_and_fake(w0, Blocks::k2D, std::nullopt, c.opt.rules.weights);
       EXPECT_TRUE(bytes_equal(fp4qat::autograd::nvfp4_grouped_forward(x0, qw.values, qw.packed.s_dec, counts, c.opt),
                               y.detach()));
     }
@@ -342,11 +342,11 @@ TEST(NVFP4Recipes, GroupedEqualsLoopOfSingleExpertCalls) {
 TEST(NVFP4Recipes, BadOptionsAreRefused) {
   const at::Tensor x = randn({4, 32}, 50), w = randn({8, 32}, 51);
   NVFP4LinearOptions rows_w;
-  rows_w.weight_rule.row_scaled = true;
+  rows_w.rules.weights.row_scaled = true;
   EXPECT_THROW(fp4qat::autograd::nvfp4_linear(x, w, rows_w), fp4qat::Error);
   NVFP4LinearOptions w4a16_rows;
-  w4a16_rows.quantize_activations = false;
-  w4a16_rows.activation_rule.row_scaled = true;
+  w4a16_rows.rules.w4a16 = true;
+  w4a16_rows.rules.activations.row_scaled = true;
   try {
     fp4qat::autograd::nvfp4_linear(x, w, w4a16_rows);
     ADD_FAILURE() << "W4A16 with row-scaled activations was accepted";

@@ -257,7 +257,7 @@ TEST(ExportTrainRecipes, RolloutReproducesTheTrainerForEveryRecipe) {
     // The exported weights: the BF16 export's experts quantized by the recipe's weight rule.
     auto nv = load_folder(dir + "/nvfp4");
     auto bf = load_folder(dir + "/bf16");
-    const NVFP4Rule rule = c.qat.weight_rule();
+    const NVFP4Rule rule = c.qat.nvfp4_rules().weights;
     int checked = 0;
     for (const auto& [name, t] : bf) {
       if (name.find(".experts.") == std::string::npos) continue;
