@@ -174,6 +174,17 @@ at::Tensor pad_index(const std::vector<int64_t>& off, int64_t Mmax, const at::De
   return idx.to(dev, /*non_blocking=*/true);
 }
 
+// The expert of each row: int64 [T] on `dev` (row t of expert e: e), built in pinned host memory
+// and copied asynchronously (no host synchronisation).
+at::Tensor row_experts(const std::vector<int64_t>& off, const at::Device& dev) {
+  const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  at::Tensor idx = at::empty({off[E]}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  int64_t* p = idx.data_ptr<int64_t>();
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t t = off[e]; t < off[e + 1]; ++t) p[t] = e;
+  return idx.to(dev, /*non_blocking=*/true);
+}
+
 // [T, C] -> [E, Mmax, C]: expert e's rows first in slice e, zero rows after them (a view of x
 // when idx is undefined: no padding rows).
 at::Tensor pad_rows(const at::Tensor& x, const at::Tensor& idx, int64_t E, int64_t Mmax) {
@@ -198,38 +209,62 @@ struct GroupedForward {
   int64_t mmax = 0;
 };
 
-// Whether the grouped function runs in place on CUDA ("rows"): unequal counts (equal ones make x
-// the [E, M, K] batch as it is, quantized in one fused launch), high_precision (nothing packed to
-// save), bf16, and both the grouped forward GEMM and at::_grouped_mm apply. Then the activations
-// are quantized where they are (per-expert amax over row ranges) and no operand is padded, at any
-// routing imbalance.
-bool in_place(const at::Tensor& x, const at::Tensor& w, bool deq, const std::vector<int64_t>& off) {
+// Whether the grouped function runs in place on CUDA ("rows"): bf16, and both the grouped forward
+// GEMM and at::_grouped_mm apply. Then the activations are quantized where they are (per-expert
+// amax over row ranges, or per row) and no operand is padded, at any routing imbalance. The
+// default recipe takes it for unequal counts in high_precision mode (equal ones make x the
+// [E, M, K] batch as it is, quantized in one fused launch; the dequantized mode pads); the other
+// recipes (Four Over Six, row-scaled activations, W4A16) always.
+bool standard_recipe(const NVFP4LinearOptions& act) { return !act.rules.w4a16 && act.rules.activations.is_default(); }
+bool in_place(const at::Tensor& x, const at::Tensor& w, bool deq, const std::vector<int64_t>& off,
+              const NVFP4LinearOptions& act) {
   const int64_t E = static_cast<int64_t>(off.size()) - 1;
-  return !deq && x.is_cuda() && off[E] != E * max_count(off) && detail::uses_grouped_mm(x, w.size(1)) &&
-         gemm::grouped_gemm_supported(x, w.size(1), w.size(2), x.scalar_type());
+  if (!x.is_cuda() || !detail::uses_grouped_mm(x, w.size(1)) ||
+      !gemm::grouped_gemm_supported(x, w.size(1), w.size(2), x.scalar_type()))
+    return false;
+  return !standard_recipe(act) || (!deq && off[E] != E * max_count(off));
 }
 
 // act: the activations' rule and W4A16 (NVFP4LinearOptions); a rule other than the default, or
-// W4A16, takes the per-expert loop (neither `rows` nor `padded`).
+// W4A16, runs in place (`rows`) on CUDA, else the per-expert loop (never `padded`).
 GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, const at::Tensor& w_s_dec,
                                const std::vector<int64_t>& off, bool padded, bool deq, bool rows,
                                const NVFP4LinearOptions& act) {
   const int64_t T = x.size(0), E = w_values.size(0), N = w_values.size(1);
   GroupedForward out;
   if (rows) {
-    // In place: each expert's row range quantized with its own amax (nvfp4_quantize_rows), one
-    // grouped GEMM with alpha in its epilogue reading the rows where they are. Should the GEMM
-    // refuse the problem at run time, the same quantized rows go through one GEMM per expert.
-    const NVFP4Operand qx = nvfp4_quantize_rows(x, off);  // values [T, K], s_dec [E]
-    const at::Tensor alpha = qx.packed.s_dec * w_s_dec;   // [E]
-    out.y = gemm::grouped_scaled_mm(qx.values, w_values, alpha, off, x.scalar_type());
+    // In place: each expert's row range quantized with its own amax, or each row with its own
+    // (row-scaled), by nvfp4_quantize_rows; W4A16 takes x as it is. Then one grouped GEMM with
+    // alpha in its epilogue reading the rows where they are: alpha per expert (S_dec_x[e] *
+    // S_dec_w[e], or S_dec_w[e] alone for W4A16) or per row (S_dec_x[t] * S_dec_w[e(t)]). Should
+    // the GEMM refuse the problem at run time, the same operands go through one GEMM per expert.
+    at::Tensor xv = x, s_dec_x;  // values [T, K]; S_dec [E] or [T] (undefined: W4A16)
+    if (!act.rules.w4a16) {
+      const NVFP4Operand qx = nvfp4_quantize_rows(x, off, /*packed=*/deq, act.rules.activations);
+      xv = qx.values;
+      s_dec_x = qx.packed.s_dec;
+      if (deq) {
+        // Saved per row ([T]) so that the backward dequantizes the rows in one launch: the same
+        // product e2m1 * sb * S_dec as with the per-expert S_dec.
+        const at::Tensor s_rows =
+            act.rules.activations.row_scaled ? s_dec_x : s_dec_x.index_select(0, row_experts(off, x.device()));
+        out.saved_x = {qx.packed.codes, qx.packed.scales, s_rows};
+      }
+    }
+    const bool per_row = act.rules.activations.row_scaled && !act.rules.w4a16;
+    const at::Tensor alpha = !s_dec_x.defined() ? w_s_dec                                                 // [E]
+                             : per_row ? s_dec_x * w_s_dec.index_select(0, row_experts(off, x.device()))  // [T]
+                                       : s_dec_x * w_s_dec;                                               // [E]
+    out.y = per_row ? gemm::grouped_scaled_mm_rows(xv, w_values, alpha, off, x.scalar_type())
+                    : gemm::grouped_scaled_mm(xv, w_values, alpha, off, x.scalar_type());
     if (out.y.defined()) return out;
     out.y = at::empty({T, N}, x.options());
     for (int64_t e = 0; e < E; ++e) {
       const int64_t n = off[e + 1] - off[e];
       if (n > 0)
         out.y.narrow(0, off[e], n)
-            .copy_(emulated_gemm(qx.values.narrow(0, off[e], n), w_values[e], alpha[e], x.scalar_type()));
+            .copy_(emulated_gemm(xv.narrow(0, off[e], n), w_values[e], per_row ? alpha.narrow(0, off[e], n) : alpha[e],
+                                 x.scalar_type()));
     }
     return out;
   }
@@ -306,9 +341,8 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     const bool deq = static_cast<Backward>(backward) == Backward::kDequantized;
     const NVFP4Rule wr = unpack_rule(weight_rule);
     const NVFP4LinearOptions act = unpack_activations(activations);
-    const bool standard = !act.rules.w4a16 && act.rules.activations.is_default();
-    const bool rows = standard && in_place(x, w, deq, off);
-    const bool padded = standard && !rows && x.is_cuda() && pads(off);
+    const bool rows = in_place(x, w, deq, off, act);
+    const bool padded = standard_recipe(act) && !rows && x.is_cuda() && pads(off);
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
     // Weights: one launch for all experts (per-expert or given amax), unless quantized already;
     // the packed codes and scales only where the dequantized backward saves them.
@@ -368,8 +402,12 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
       return variable_list{dx,           dw,           at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
                            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     };
-    if (ctx->saved_data["rows"].toBool()) {  // in place (high_precision, bf16): the saved x and w
-      auto [dx, dw] = grouped_mm_grads(dy, saved[0], w_used, off);
+    if (ctx->saved_data["rows"].toBool()) {  // in place (bf16): x as saved, or dequantized per row
+      const at::Tensor xs = !deq ? saved[0]
+                            : ctx->saved_data["x_kept"].toBool()
+                                ? saved[3]
+                                : nvfp4_dequantize({saved[3], saved[4], saved[5], Blocks::k1D}, dtype);  // [T, K]
+      auto [dx, dw] = grouped_mm_grads(dy, xs, w_used, off);
       return grads_out(dx, dw);
     }
     if (ctx->saved_data["padded"].toBool()) {
@@ -465,9 +503,10 @@ at::Tensor nvfp4_grouped_forward(const at::Tensor& x, const at::Tensor& w_values
   const auto off = offsets_of(counts, x.size(0), w_values.size(0), "nvfp4_grouped_forward");
   check_options(opt, "nvfp4_grouped_forward");
   const at::Tensor xc = x.contiguous();
-  const bool standard = !opt.rules.w4a16 && opt.rules.activations.is_default();
-  const bool rows = standard && in_place(xc, w_values, false, off);
-  return grouped_forward(xc, w_values, w_s_dec, off, standard && !rows && x.is_cuda() && pads(off), false, rows, opt).y;
+  const bool rows = in_place(xc, w_values, false, off, opt);
+  return grouped_forward(xc, w_values, w_s_dec, off, standard_recipe(opt) && !rows && x.is_cuda() && pads(off), false,
+                         rows, opt)
+      .y;
 }
 
 at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4LinearOptions& opt,

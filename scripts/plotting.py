@@ -330,12 +330,17 @@ def figure_quality_report(models, curves=(), title=None, xlabel="model, as serve
     """The quality report's figure. models: [(label, val_loss, exact_match)] bars; curves: Runs
     (the QAT fine-tunings) whose losses are drawn under the bars."""
     labels = [m[0] for m in models]
+    many = len(models) > 6  # the bar panels one above the other, wide enough for every label
     with plt.rc_context(STYLE):
-        fig = plt.figure(figsize=(11, 8 if curves else 4.2), layout="constrained")
-        gs = fig.add_gridspec(2 if curves else 1, 2, height_ratios=[1, 1.2] if curves else [1])
+        if many:
+            fig = plt.figure(figsize=(max(11, 1.25 * len(models)), 12 if curves else 8), layout="constrained")
+            gs = fig.add_gridspec(3 if curves else 2, 1, height_ratios=[1, 1, 1.2] if curves else [1, 1])
+        else:
+            fig = plt.figure(figsize=(11, 8 if curves else 4.2), layout="constrained")
+            gs = fig.add_gridspec(2 if curves else 1, 2, height_ratios=[1, 1.2] if curves else [1])
         for j, (idx, name, ylabel) in enumerate(((1, "Validation loss", "cross-entropy loss"),
                                                  (2, "Exact-match accuracy", "exact match (fraction correct)"))):
-            ax = fig.add_subplot(gs[0, j])
+            ax = fig.add_subplot(gs[j, 0] if many else gs[0, j])
             ax.set_gid("panel-" + ("val_loss" if idx == 1 else "exact_match"))
             vals = [m[idx] for m in models]
             x = range(len(models))
@@ -353,7 +358,7 @@ def figure_quality_report(models, curves=(), title=None, xlabel="model, as serve
             top = max([v for v in vals if _num(v) is not None] or [1])
             ax.set_ylim(0, 1.05 if idx == 2 else top * 1.15)
         if curves:
-            ax = fig.add_subplot(gs[1, :])
+            ax = fig.add_subplot(gs[2, 0] if many else gs[1, :])
             ax.set_gid("panel-loss")
             styles = draw_loss(ax, list(curves), "QAT fine-tuning loss")
             leg = ax.legend(handles=[Line2D([], [], color=COLORS[i % len(COLORS)], lw=2.5, label=_run_legend_label(r))

@@ -33,17 +33,19 @@ for name, mode, ev in (("NVFP4 QAT, high_precision backward", "high_precision", 
                  "trainer vs its own export, max over %d steps" % len(mm)))
 
 # The 2026 recipes (scripts/quality_report: evals-recipes.jsonl, qat-<recipe>/metrics.jsonl).
-RECIPES = [("4over6", "Four Over Six (M 256, MAE), weights and activations"),
-           ("rows", "row-scaled (per-token) activation scales"),
-           ("4over6-rows", "Four Over Six + row-scaled activations"),
-           ("w4a16", "W4A16 (NVFP4 weights, BF16 activations)")]
+RECIPES = [("4over6", "Four Over Six (M 256, MAE), weights and activations", "4over6"),
+           ("rows", "row-scaled (per-token) activation scales", "row-scaled"),
+           ("4over6-rows", "Four Over Six + row-scaled activations", "4over6+rows"),
+           ("w4a16", "W4A16 (NVFP4 weights, BF16 activations)", "W4A16")]
 recipe_rows = []
+recipe_shorts = []  # (short label, recipe key) of each recipe present, for the figure
 path = os.path.join(rep, "evals-recipes.jsonl")
 if os.path.exists(path):
     by = {(e["recipe"], e["role"]): e for e in (json.loads(l) for l in open(path) if l.strip())}
-    for key, label in RECIPES:
+    for key, label, short in RECIPES:
         if (key, "qat") not in by:
             continue
+        recipe_shorts.append((short, key))
         steps = metrics(key)
         mm = [s_["mismatch_mean"] for s_ in steps if plotting._num(s_.get("mismatch_mean")) is not None]
         recipe_rows.append(("%s, PTQ" % label, "nvfp4", by[(key, "ptq")], by[(key, "bf16")]["mean_abs_dlogp"],
@@ -82,15 +84,21 @@ md += ["", "![val loss and exact match per model; QAT loss curves](quality-repor
 open(os.path.join(rep, "quality-report.md"), "w").write("\n".join(md))
 
 # Figure (scripts/plotting.py, the same code as scripts/plot): val loss and exact match per model
-# as served, and the QAT fine-tunings' loss curves (log scale) from their metrics.jsonl.
+# as served (the recipes' PTQ and QAT after the four base models), and the QAT fine-tunings' loss
+# curves (log scale) from their metrics.jsonl.
 models = [(short, r[2]["val_loss"], r[2]["exact_match"])
           for short, r in zip(["BF16", "NVFP4 PTQ", "NVFP4 QAT\nhp backward", "NVFP4 QAT\ndq backward"], rows)]
+for (short, _), ptq_row, qat_row in zip(recipe_shorts, recipe_rows[0::2], recipe_rows[1::2]):
+    models.append((short + "\nPTQ", ptq_row[2]["val_loss"], ptq_row[2]["exact_match"]))
+    models.append((short + "\nQAT", qat_row[2]["val_loss"], qat_row[2]["exact_match"]))
 curves = []
-for label, mode in (("QAT, high_precision backward", "high_precision"), ("QAT, dequantized backward", "dequantized")):
+for label, mode in [("QAT, high_precision backward", "high_precision"), ("QAT, dequantized backward", "dequantized")] + \
+        [("QAT, " + short, key) for short, key in recipe_shorts]:
     try:
         curves.append(plotting.load_run(os.path.join(rep, "qat-" + mode), label))
     except plotting.MetricsError as e:
         print("quality_report: warning: no curve: %s" % e, file=sys.stderr)
 fig = plotting.figure_quality_report(models, curves, "BF16 vs NVFP4 PTQ vs expert-only NVFP4 QAT (%s)" % machine,
-                                     "model, as served (hp / dq: high_precision / dequantized backward)")
+                                     "model, as served (hp / dq: high_precision / dequantized backward; "
+                                     "recipes: high_precision)")
 plotting.save(fig, os.path.join(rep, "quality-report.svg"), png=False)

@@ -95,6 +95,49 @@ bool grouped_gemm_supported(const at::Tensor& x, int64_t N, int64_t K, at::Scala
 #endif
 }
 
+namespace {
+#ifdef FP4QAT_WITH_CUTLASS
+// The groups of a grouped GEMM: the experts with rows, their row counts, first rows in x and y,
+// and weight index.
+struct Groups {
+  std::vector<int> m;
+  std::vector<int64_t> x0, y0, we;
+};
+Groups groups_of(const std::vector<int64_t>& off, int64_t Mmax, bool rows_layout, const char* who) {
+  Groups g;
+  const int64_t E = static_cast<int64_t>(off.size()) - 1;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = off[e + 1] - off[e];
+    FP4QAT_CHECK(n >= 0 && n <= Mmax, who, ": expert ", e, " has ", n, " rows, more than Mmax = ", Mmax);
+    if (n == 0) continue;  // an expert without rows: no group
+    g.m.push_back(static_cast<int>(n));
+    g.x0.push_back(rows_layout ? off[e] : e * Mmax);
+    g.y0.push_back(off[e]);
+    g.we.push_back(e);
+  }
+  return g;
+}
+
+// One CUTLASS grouped GEMM into y (kernels/gemm_sm90/grouped_gemm.h): false when CUTLASS refuses
+// the problem at run time.
+bool run_grouped(const Groups& g, const at::Tensor& xc, const at::Tensor& wc, const at::Tensor& al, at::Tensor& y,
+                 cuda_kernels::sm90::GroupedAlpha kind, int sms) {
+  namespace sm90 = fp4qat::cuda_kernels::sm90;
+  const int groups = static_cast<int>(g.m.size());
+  const int N = static_cast<int>(wc.size(1)), K = static_cast<int>(wc.size(2));
+  const int64_t bytes = static_cast<int64_t>(sm90::grouped_args_bytes(groups));
+  at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  sm90::fill_grouped_args(host.data_ptr(), groups, N, K, g.m.data(), g.x0.data(), g.y0.data(), g.we.data(),
+                          xc.data_ptr(), wc.data_ptr(), y.data_ptr(), al.data_ptr<float>(), kind);
+  const at::Tensor dev = host.to(xc.device(), /*non_blocking=*/true);  // the host block stays valid until copied
+  const size_t ws_bytes = sm90::grouped_workspace_bytes(dev.data_ptr(), groups, g.m.data(), N, K, sms, kind);
+  at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes) + 1}, xc.options().dtype(at::kByte));
+  return sm90::grouped_gemm_bf16(dev.data_ptr(), groups, g.m.data(), N, K, ws.data_ptr(), ws_bytes, sms,
+                                 at::cuda::getCurrentCUDAStream().stream(), kind);
+}
+#endif
+}  // namespace
+
 at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& alpha,
                              const std::vector<int64_t>& off, at::ScalarType out) {
   const bool rows_layout = x.dim() == 2;  // x [T, K]: expert e's rows at off[e]
@@ -112,19 +155,9 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   FP4QAT_CHECK(alpha.scalar_type() == at::kFloat && alpha.numel() == E && alpha.device() == x.device(),
                "grouped_scaled_mm: alpha must be float32 [E = ", E, "] on ", x.device());
-  std::vector<int> m;
-  std::vector<int64_t> x0, y0, we;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t n = off[e + 1] - off[e];
-    FP4QAT_CHECK(n >= 0 && n <= Mmax, "grouped_scaled_mm: expert ", e, " has ", n, " rows, more than Mmax = ", Mmax);
-    if (n == 0) continue;  // an expert without rows: no group
-    m.push_back(static_cast<int>(n));
-    x0.push_back(rows_layout ? off[e] : e * Mmax);
-    y0.push_back(off[e]);
-    we.push_back(e);
-  }
+  const Groups g = groups_of(off, Mmax, rows_layout, "grouped_scaled_mm");
   at::Tensor y = at::empty({off[E], N}, x.options().dtype(out));  // [T, N]
-  const int groups = static_cast<int>(m.size());
+  const int groups = static_cast<int>(g.m.size());
   if (groups == 0) return y;
   const at::Tensor xc = x.contiguous(), wc = w.contiguous(), al = alpha.reshape({E}).contiguous();
   namespace sm90 = fp4qat::cuda_kernels::sm90;
@@ -133,8 +166,8 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
   // Every expert has the same count M of rows, and x holds no padding rows (as [E, M, K] or as
   // [E * M, K]): x is the [E, M, K] batch and y the [E, M, N] batch — one batched GEMM.
   const int64_t M0 = off[1] - off[0];
-  const bool equal =
-      groups == E && (rows_layout || M0 == Mmax) && std::all_of(m.begin(), m.end(), [M0](int c) { return c == M0; });
+  const bool equal = groups == E && (rows_layout || M0 == Mmax) &&
+                     std::all_of(g.m.begin(), g.m.end(), [M0](int c) { return c == M0; });
   if (tile >= 0 && equal && M0 * std::max(N, K) <= INT32_MAX) {
     const auto bt = static_cast<sm90::BatchedTile>(tile);
     const int B = static_cast<int>(E), M = static_cast<int>(M0), n = static_cast<int>(N), k = static_cast<int>(K);
@@ -146,21 +179,40 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
       return y;
     }
   }
-  const int64_t bytes = static_cast<int64_t>(sm90::grouped_args_bytes(groups));
-  at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  sm90::fill_grouped_args(host.data_ptr(), groups, static_cast<int>(N), static_cast<int>(K), m.data(), x0.data(),
-                          y0.data(), we.data(), xc.data_ptr(), wc.data_ptr(), y.data_ptr(), al.data_ptr<float>());
-  const at::Tensor dev = host.to(x.device(), /*non_blocking=*/true);  // the host block stays valid until copied
-  const size_t ws_bytes =
-      sm90::grouped_workspace_bytes(dev.data_ptr(), groups, m.data(), static_cast<int>(N), static_cast<int>(K), sms);
-  at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes) + 1}, x.options().dtype(at::kByte));
-  if (!sm90::grouped_gemm_bf16(dev.data_ptr(), groups, m.data(), static_cast<int>(N), static_cast<int>(K),
-                               ws.data_ptr(), ws_bytes, sms, at::cuda::getCurrentCUDAStream().stream()))
-    return at::Tensor();
+  if (!run_grouped(g, xc, wc, al, y, sm90::GroupedAlpha::kPerGroup, sms)) return at::Tensor();
   t_last_grouped = "grouped";
   return y;
 #else
   (void)alpha;
+  (void)out;
+  return at::Tensor();
+#endif
+}
+
+at::Tensor grouped_scaled_mm_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& alpha,
+                                  const std::vector<int64_t>& off, at::ScalarType out) {
+  FP4QAT_CHECK(x.dim() == 2 && w.dim() == 3 && x.size(1) == w.size(2) &&
+                   static_cast<int64_t>(off.size()) == w.size(0) + 1 && off.back() == x.size(0),
+               "grouped_scaled_mm_rows: x [T, K], w [E, N, K] and off [E + 1] do not fit: ", x.sizes(), ", ", w.sizes(),
+               ", ", off.size());
+  FP4QAT_CHECK(alpha.scalar_type() == at::kFloat && alpha.dim() == 1 && alpha.size(0) == x.size(0) &&
+                   alpha.device() == x.device(),
+               "grouped_scaled_mm_rows: alpha must be float32 [T = ", x.size(0), "] on ", x.device(), ", got ",
+               alpha.sizes(), " ", alpha.scalar_type(), " on ", alpha.device());
+  t_last_grouped = "none";
+#ifdef FP4QAT_WITH_CUTLASS
+  const int64_t T = x.size(0), N = w.size(1), K = x.size(1);
+  if (w.scalar_type() != at::kBFloat16 || !grouped_gemm_supported(x, N, K, out)) return at::Tensor();
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Groups g = groups_of(off, T, /*rows_layout=*/true, "grouped_scaled_mm_rows");
+  at::Tensor y = at::empty({T, N}, x.options().dtype(out));  // [T, N]
+  if (g.m.empty()) return y;
+  const at::Tensor xc = x.contiguous(), wc = w.contiguous(), al = alpha.contiguous();
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if (!run_grouped(g, xc, wc, al, y, cuda_kernels::sm90::GroupedAlpha::kPerRow, sms)) return at::Tensor();
+  t_last_grouped = "grouped_rows";
+  return y;
+#else
   (void)out;
   return at::Tensor();
 #endif

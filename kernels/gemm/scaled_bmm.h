@@ -35,6 +35,14 @@ at::Tensor scaled_mm_rows(const at::Tensor& a, const at::Tensor& w, const at::Te
 // caller then uses scaled_bmm.
 at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& alpha,
                              const std::vector<int64_t>& off, at::ScalarType out);
+// The same with one alpha per row (row-scaled activations, numerics.md): x [T, K] with expert e's
+// rows at off[e], alpha float32 [T] (S_dec_x[t] * S_dec_w[e(t)], the product first):
+//   y[t, :] = to(out)( alpha[t] * (x[t, :] @ w[e(t)]^T) ),
+// scaled_mm_rows's arithmetic for each expert's row range, in one CUTLASS grouped GEMM whose
+// epilogue reads alpha per row (kernels/gemm_sm90/grouped_gemm_rows.cu). Undefined when that kernel
+// does not apply (as grouped_scaled_mm): the caller then loops over experts with scaled_mm_rows.
+at::Tensor grouped_scaled_mm_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& alpha,
+                                  const std::vector<int64_t>& off, at::ScalarType out);
 // Whether grouped_scaled_mm would run for x on this device with these sizes (compiled in,
 // switched on, CUDA sm_90, bf16 in and out, N and K multiples of 8).
 bool grouped_gemm_supported(const at::Tensor& x, int64_t N, int64_t K, at::ScalarType out);

@@ -218,3 +218,65 @@ TEST(GpuScaledBmm, BatchedGemmEqualsTheDefinition) {
   EXPECT_THROW(fp4qat::gemm::set_batched_gemm_tile(2), fp4qat::Error);
 #endif
 }
+
+// The grouped GEMM with one alpha per row (row-scaled activations: kernels/gemm_sm90/
+// grouped_gemm_rows.cu) gives the bytes of its definition — the CPU's scaled_mm_rows on each
+// expert's row range — on exactly summable operands with alphas of full fp32 mantissas (so a
+// per-expert alpha, a rounded product or a second rounding would differ), with experts of 0, 1,
+// 7 and 300 rows (rows whose first row is not 16-byte aligned in alpha), for several N and K;
+// equal counts also take it (no batched form); within one bf16 ulp of the per-expert cuBLAS
+// path on random operands; declined when switched off; wrong shapes refused.
+TEST(GpuScaledBmm, GroupedGemmWithRowAlphaEqualsTheDefinition) {
+  FP4QAT_REQUIRE_GPU();
+#ifndef FP4QAT_WITH_CUTLASS
+  GTEST_SKIP() << "built without CUTLASS (no grouped GEMM)";
+#else
+  if (at::cuda::getCurrentDeviceProperties()->major != 9) GTEST_SKIP() << "not an sm_90 device";
+  for (const auto& counts : std::vector<std::vector<int64_t> >{{7, 0, 1, 300, 64, 0, 129}, {32, 32, 32}}) {
+    const int64_t E = static_cast<int64_t>(counts.size());
+    std::vector<int64_t> off = {0};
+    for (int64_t c : counts) off.push_back(off.back() + c);
+    const int64_t T = off.back();
+    for (const auto& [N, K] : std::vector<std::pair<int64_t, int64_t> >{{96, 128}, {1536, 2048}, {200, 48}}) {
+      SCOPED_TRACE(::testing::Message() << "E " << E << " N " << N << " K " << K);
+      const at::Tensor x = small_ints({T, K}, 41), w = small_ints({E, N, K}, 42);
+      const at::Tensor alpha = at::rand({T}, gen(43)).mul_(1e-3).add_(1e-5);  // [T], full fp32 mantissas
+      at::Tensor want = at::empty({T, N}, at::kBFloat16);
+      for (int64_t e = 0; e < E; ++e)
+        if (counts[e])
+          want.narrow(0, off[e], counts[e])
+              .copy_(fp4qat::gemm::scaled_mm_rows(x.narrow(0, off[e], counts[e]), w[e],
+                                                  alpha.narrow(0, off[e], counts[e]), at::kBFloat16));
+      const at::Tensor got = fp4qat::gemm::grouped_scaled_mm_rows(
+          x.to(at::kBFloat16).cuda(), w.to(at::kBFloat16).cuda(), alpha.cuda(), off, at::kBFloat16);
+      ASSERT_TRUE(got.defined()) << "the per-row grouped GEMM refused a supported problem";
+      EXPECT_STREQ(fp4qat::gemm::last_grouped_kernel(), "grouped_rows");
+      ASSERT_EQ(got.sizes(), want.sizes());
+      EXPECT_TRUE(bytes_equal(got, want));
+    }
+  }
+  // Random operands: against scaled_mm_rows on the GPU per expert (cuBLAS, another accumulation order).
+  const std::vector<int64_t> counts = {50, 0, 3, 200};
+  const std::vector<int64_t> off = {0, 50, 50, 53, 253};
+  const at::Tensor x = at::randn({253, 256}, gen(44)).to(at::kBFloat16).cuda();
+  const at::Tensor w = at::randn({4, 192, 256}, gen(45)).to(at::kBFloat16).cuda();
+  const at::Tensor alpha = at::rand({253}, gen(46)).add_(0.25).cuda();
+  const at::Tensor got = fp4qat::gemm::grouped_scaled_mm_rows(x, w, alpha, off, at::kBFloat16);
+  ASSERT_TRUE(got.defined());
+  for (int64_t e = 0; e < 4; ++e) {
+    if (!counts[e]) continue;
+    const at::Tensor ref = fp4qat::gemm::scaled_mm_rows(x.narrow(0, off[e], counts[e]), w[e],
+                                                        alpha.narrow(0, off[e], counts[e]), at::kBFloat16)
+                               .cpu()
+                               .to(at::kFloat);
+    const at::Tensor g = got.narrow(0, off[e], counts[e]).cpu().to(at::kFloat);
+    const at::Tensor bad = (g - ref).abs() > ref.abs() * (1.0 / 128) + 1e-3 * ref.abs().max();
+    EXPECT_EQ(bad.sum().item<int64_t>(), 0) << "expert " << e;
+  }
+  EXPECT_THROW(fp4qat::gemm::grouped_scaled_mm_rows(x, w, alpha.narrow(0, 0, 252), off, at::kBFloat16), fp4qat::Error);
+  EXPECT_THROW(fp4qat::gemm::grouped_scaled_mm_rows(x, w, alpha, {0, 50, 50, 53, 250}, at::kBFloat16), fp4qat::Error);
+  fp4qat::gemm::set_grouped_gemm(false);
+  EXPECT_FALSE(fp4qat::gemm::grouped_scaled_mm_rows(x, w, alpha, off, at::kBFloat16).defined());
+  fp4qat::gemm::set_grouped_gemm(true);
+#endif
+}

@@ -181,6 +181,23 @@ def main():
         check(ok, "quality report: QAT loss axis is logarithmic: " + why)
     check(os.path.isfile(os.path.join(rep, "quality-report.md")), "quality_report.py writes quality-report.md")
 
+    # 5. the recipes (evals-recipes.jsonl, qat-<recipe>): their PTQ and QAT bars and QAT curves
+    with open(os.path.join(rep, "evals-recipes.jsonl"), "w") as f:
+        for key, (ptq, qat) in (("rows", (1.2345, 1.1357)), ("w4a16", (1.1975, 1.1111))):
+            for role, vl in (("bf16", 1.12), ("ptq", ptq), ("qat", qat)):
+                f.write(json.dumps({"recipe": key, "role": role, "val_loss": vl, "exact_match": 0.5,
+                                    "mean_abs_dlogp": 0.01}) + "\n")
+            write_run(os.path.join(rep, "qat-" + key), steps=150)
+    p = subprocess.run([sys.executable, os.path.join(repo, "scripts", "quality_report.py"), rep, "test machine"],
+                       capture_output=True, text=True, timeout=300)
+    check(p.returncode == 0, "quality_report.py with recipes" + ("" if p.returncode == 0 else " (%s)" % p.stderr.strip()[-300:]))
+    if os.path.isfile(qsvg):
+        allt, ticks = texts(qsvg)
+        for label in ("W4A16", "row-scaled", "1.1111", "1.2345", "1.1357", "1.1975", "NVFP4 PTQ"):
+            check(label in allt, "quality report SVG with recipes has the text %r" % label)
+    md = open(os.path.join(rep, "quality-report.md")).read()
+    check("Lowest validation loss after QAT: **W4A16" in md, "quality-report.md names the recipe with the lowest QAT loss")
+
     print("%d passed, %d failed" % (passed, failed))
     if not failed:
         import shutil
