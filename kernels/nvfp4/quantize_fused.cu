@@ -10,8 +10,12 @@ namespace fp4qat::cuda_kernels::nvfp4 {
 
 template <InType T, bool kTwoD>
 void launch_fused_tuned(const Nvfp4Args& a, const tuning::Nvfp4Tuning& tu, cudaStream_t stream) {
-  // L2 hint and unroll variants exist for bf16 (the trainer's and the benchmark's type) only.
-  const bool variant = tu.threads == 512 || (T == InType::BF16 && (tu.l2hint != 0 || tu.unroll == 2));
+  // L2 hint and unroll variants exist for bf16 (the trainer's and the benchmark's type) only. The
+  // knobs shape this kernel only when it is the one asked for (or none is): a fallback from a
+  // forced staged2 / park launch that does not apply (a given amax, say) takes the default shape,
+  // whose threads knob belongs to that kernel.
+  const bool mine = tu.kernel == tuning::Nvfp4Kernel::kFused || tu.kernel == tuning::Nvfp4Kernel::kDefault;
+  const bool variant = mine && (tu.threads == 512 || (T == InType::BF16 && (tu.l2hint != 0 || tu.unroll == 2)));
   if (variant)
     return dev_variants("the fused kernel with FP4QAT_NVFP4_THREADS=512, FP4QAT_NVFP4_L2HINT or FP4QAT_NVFP4_UNROLL")
         .fused(a, kTwoD, tu, stream);
