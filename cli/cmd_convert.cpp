@@ -118,6 +118,12 @@ int cmd_convert(const Args& args) {
   std::string ex;
   for (const auto& p : r.excluded_patterns) ex += (ex.empty() ? "" : ", ") + p;
   std::printf("excluded (BF16): %s\n", ex.c_str());
+  if (!r.tokenizer)
+    std::fprintf(stderr,
+                 "fp4qat convert: warning: %s has no tokenizer (tokenizer.json, tokenizer.model or vocab.json), so "
+                 "neither has %s: vLLM loads an empty tokenizer from such a folder instead of failing; give the "
+                 "engine one (--tokenizer PATH)\n",
+                 in.c_str(), out.c_str());
   (void)selected;
   return 0;
 }

@@ -41,6 +41,10 @@ int cmd_train(const Args& args) {
   std::printf("done: %lld steps; metrics in %s/metrics.jsonl; checkpoint %s%s%s\n", (long long)r.final_step,
               cfg.train.out_dir.c_str(), r.last_checkpoint.c_str(), r.hf_dir.empty() ? "" : "; Hugging Face folder ",
               r.hf_dir.c_str());
+  if (!r.exports.empty())
+    std::printf("exports: %zu published, the last %s%s\n", r.exports.size(), r.exports.back().c_str(),
+                r.exports_have_tokenizer ? " (with the tokenizer of train.init_from)"
+                                         : " -- no tokenizer: serve with the engine's --tokenizer option");
   return 0;
 }
 

@@ -96,4 +96,30 @@ void ShardedWriter::finish() {
   fs::write_text_atomic(dir_ + "/model.safetensors.index.json", index.dump(2) + "\n");
 }
 
+namespace {
+const char* const kServingFiles[] = {
+    "added_tokens.json",       "chat_template.jinja", "chat_template.json", "generation_config.json", "merges.txt",
+    "special_tokens_map.json", "tokenizer.json",      "tokenizer.model",    "tokenizer_config.json",  "vocab.json"};
+}  // namespace
+
+std::vector<std::string> serving_files(const std::string& dir) {
+  std::vector<std::string> out;
+  if (dir.empty() || !fs::is_dir(dir)) return out;
+  for (const char* n : kServingFiles) {
+    const std::string p = dir + "/" + n;
+    if (fs::exists(p) && !fs::is_dir(p)) out.push_back(n);
+  }
+  return out;
+}
+
+bool has_tokenizer(const std::vector<std::string>& files) {
+  return std::any_of(files.begin(), files.end(), [](const std::string& f) {
+    return f == "tokenizer.json" || f == "tokenizer.model" || f == "vocab.json";
+  });
+}
+
+void copy_files(const std::string& from, const std::vector<std::string>& files, const std::string& to) {
+  for (const auto& f : files) fs::copy_file(from + "/" + f, to + "/" + f);
+}
+
 }  // namespace fp4qat::hf

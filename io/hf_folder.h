@@ -61,4 +61,15 @@ class ShardedWriter {
   bool finished_ = false;
 };
 
+// The files a serving engine reads beside the weights and config.json: the tokenizer
+// (tokenizer.json, tokenizer_config.json, tokenizer.model, vocab.json, merges.txt, ...), its chat
+// template and the generation defaults (generation_config.json). Those present in `dir` as plain
+// files, sorted; none when `dir` is empty or not a folder.
+std::vector<std::string> serving_files(const std::string& dir);
+// Whether `files` (names as serving_files gives them) hold a tokenizer: tokenizer.json,
+// tokenizer.model or vocab.json. Without one, vLLM loads an empty tokenizer instead of failing.
+bool has_tokenizer(const std::vector<std::string>& files);
+// Copies `files` from folder `from` into the existing folder `to` (fs::copy_file: each fsynced).
+void copy_files(const std::string& from, const std::vector<std::string>& files, const std::string& to);
+
 }  // namespace fp4qat::hf

@@ -136,6 +136,7 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
         }
         rep.excluded_patterns = w.finish();
         // Everything else of the folder (tokenizer, generation config, README...) is copied.
+        rep.tokenizer = hf::has_tokenizer(hf::serving_files(in));
         for (const auto& n : fs::list_dir(in)) {
           const std::string src = in + "/" + n;
           if (fs::is_dir(src) || n == "config.json" || n == "model.safetensors.index.json" ||

@@ -35,6 +35,7 @@ struct ConvertOptions {
 struct ConvertReport {
   int64_t quantized_modules = 0, plain_tensors = 0, shards = 0, copied_files = 0;
   std::vector<std::string> excluded_patterns;
+  bool tokenizer = false;  // the source (so the output) holds a tokenizer (io/hf_folder.h has_tokenizer)
 };
 
 // The modules of the checkpoint in `dir` (names of 2-D `*.weight` tensors without ".weight",

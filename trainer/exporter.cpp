@@ -4,17 +4,30 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cstdio>
 
 #include "io/names.h"
 #include "kernels/common/check.h"
 #include "io/fs.h"
+#include "io/hf_folder.h"
 #include "io/json.h"
 #include "io/publish.h"
 
 namespace fp4qat::train {
 
 Exporter::Exporter(const config::Config& cfg, const model::Qwen3Moe& model, qat::QatPolicy& policy)
-    : cfg_(cfg), model_(model), policy_(policy) {}
+    : cfg_(cfg), model_(model), policy_(policy), source_(cfg.train.init_from) {
+  serving_ = hf::serving_files(source_);
+  tokenizer_ = hf::has_tokenizer(serving_);
+  if (!tokenizer_)
+    std::fprintf(
+        stderr,
+        "fp4qat train: warning: the exports will carry no tokenizer (%s): vLLM loads an empty tokenizer "
+        "from such a folder instead of failing; give the engine one (--tokenizer PATH)\n",
+        source_.empty()
+            ? "the model starts from random weights (no train.init_from)"
+            : ("train.init_from '" + source_ + "' has no tokenizer.json, tokenizer.model or vocab.json").c_str());
+}
 
 bool Exporter::due(int64_t step) const {
   const int64_t every = cfg_.exports.interval(cfg_.qat);
@@ -114,18 +127,29 @@ std::string Exporter::submit(int64_t step) {
   for (const auto f : formats) fmts.push_back(qat::to_string(f));
   json::Value quantized = json::Value::array();
   for (const auto& p : policy_.quantized_params()) quantized.push_back(p);
-  const std::string info = json::Value::object({{"step", step},
-                                                {"formats", fmts},
-                                                {"weight_blocks", to_string(policy_.weight_blocks())},
-                                                {"trained_in", qat::to_string(cfg_.qat.format)},
-                                                {"nvfp4_recipe", qat::recipe_record(policy_.nvfp4_options().rules)},
-                                                {"quantized_parameters", quantized},
-                                                {"producer", std::string("fp4qat ") + FP4QAT_VERSION}})
-                               .dump(2) +
-                           "\n";
+  json::Value files = json::Value::array();
+  for (const auto& f : serving_) files.push_back(f);
+  json::Value info_v = json::Value::object({{"step", step},
+                                            {"formats", fmts},
+                                            {"weight_blocks", to_string(policy_.weight_blocks())},
+                                            {"trained_in", qat::to_string(cfg_.qat.format)},
+                                            {"nvfp4_recipe", qat::recipe_record(policy_.nvfp4_options().rules)},
+                                            {"quantized_parameters", quantized},
+                                            {"serving_files", files},
+                                            {"producer", std::string("fp4qat ") + FP4QAT_VERSION}});
+  if (tokenizer_) {
+    info_v.set("tokenizer", json::Value::object({{"from", source_}}));
+  } else {
+    info_v.set("tokenizer", nullptr);
+    info_v.set("warnings", json::Value::array({"no tokenizer files: vLLM loads an empty tokenizer from these folders "
+                                               "instead of failing; serve with the engine's --tokenizer option"}));
+  }
+  const std::string info = info_v.dump(2) + "\n";
   const std::string recipe = config::dump(cfg_);
   const std::string root_dir = root();
   const int64_t keep = cfg_.exports.keep;
+  const std::string source = source_;
+  const std::vector<std::string> serving = serving_;
   staged_ = staged;
   inflight_ = std::async(std::launch::async, [=]() {
     const auto t0 = std::chrono::steady_clock::now();
@@ -134,6 +158,7 @@ std::string Exporter::submit(int64_t step) {
         const std::string dir = tmp + "/" + qat::to_string(formats[i]);
         fs::make_dir(dir);
         staged[i]->write(dir);
+        hf::copy_files(source, serving, dir);  // tokenizer, chat template, generation defaults
       }
       fs::write_text_atomic(tmp + "/export.json", info);
       fs::write_text_atomic(tmp + "/recipe.yaml", recipe);

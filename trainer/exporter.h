@@ -9,6 +9,12 @@
 // (running max); an expert that received no token in that window keeps its previous value, and
 // one that never received a token takes the largest value among its layer's experts.
 //
+// Serving files: the tokenizer, chat template and generation defaults of the model the run starts
+// from (train.init_from; io/hf_folder.h serving_files) are copied into every format's folder, so
+// that an engine pointed at the folder finds them. A run without a tokenizer (random init, or a
+// source without one) says so in export.json ("tokenizer": null and a warning) and once on stderr:
+// vLLM would load an empty tokenizer from such a folder instead of failing.
+//
 // Asynchronous: submit() stages the export — on a GPU, the quantization and the copies into
 // pinned host memory run on a side stream that overlaps the next step's forward and backward —
 // and a background thread writes and publishes the folders. One export is in flight at a time
@@ -42,6 +48,9 @@ class Exporter {
   // seconds the background writer spent on it (0 when none was in flight).
   double wait();
   std::string root() const { return cfg_.train.out_dir + "/exports"; }
+  // The serving files copied into each export (empty: none found) and whether they hold a tokenizer.
+  const std::vector<std::string>& serving_files() const { return serving_; }
+  bool has_tokenizer() const { return tokenizer_; }
 
  private:
   const config::Config& cfg_;
@@ -51,6 +60,9 @@ class Exporter {
   std::shared_ptr<qat::HostBufferPool> pool_ = std::make_shared<qat::HostBufferPool>();  // reused every export
   std::future<double> inflight_;
   std::vector<std::shared_ptr<qat::StagedFolder>> staged_;  // of the export in flight, until fenced
+  std::string source_;                                      // train.init_from: where serving files come from
+  std::vector<std::string> serving_;                        // the serving files found there
+  bool tokenizer_ = false;
 };
 
 }  // namespace fp4qat::train

@@ -21,6 +21,7 @@
 #include "trainer/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data.h"
+#include "io/hf_folder.h"
 #include "trainer/exporter.h"
 #include "dist/expert_dispatch.h"
 #include "dist/grad_reducer.h"
@@ -487,6 +488,7 @@ void Trainer::checkpoint() {
 void Trainer::finish() {
   const auto& cfg = cfg_;
   if (exporter_ && pg_->is_main()) exporter_->wait();  // the last export is published before run() returns
+  if (exporter_) res_.exports_have_tokenizer = exporter_->has_tokenizer();
   res_.final_step = step_;
   if (!opt_.quiet && tty_) std::printf("\n");
   if (step_ == cfg.train.steps) sync_full_model(*model_, full_model_.get(), *topo_);
@@ -494,6 +496,7 @@ void Trainer::finish() {
     const std::string hf = cfg.train.out_dir + "/hf";
     if (fs::exists(hf)) fs::remove_tree(hf);
     model::save_hf_folder(full_model_ ? *full_model_ : *model_, hf);
+    hf::copy_files(cfg.train.init_from, hf::serving_files(cfg.train.init_from), hf);  // tokenizer & co., if any
     res_.hf_dir = hf;
   }
   pg_->barrier();

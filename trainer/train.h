@@ -50,8 +50,9 @@ struct Result {
   std::vector<EvalLog> evals;
   int64_t final_step = 0;
   std::string last_checkpoint;
-  std::string hf_dir;                // <out_dir>/hf when the run reached train.steps
-  std::vector<std::string> exports;  // folders published by this call, oldest first
+  std::string hf_dir;                   // <out_dir>/hf when the run reached train.steps
+  std::vector<std::string> exports;     // folders published by this call, oldest first
+  bool exports_have_tokenizer = false;  // the exports carry the source model's tokenizer (Exporter)
 };
 
 Result run(const config::Config& cfg, const Options& opt);

@@ -296,3 +296,45 @@ TEST(ExportTrainRecipes, BadRecipeSettingsAreRefusedWithTheKeyPath) {
   refused({"qat.four_over_six=both"}, "qat.four_over_six");
   refused({"qat.four_over_six_error=l1"}, "qat.four_over_six_error");
 }
+
+// Serving files (issue 21): a run started from a folder with a tokenizer copies the tokenizer,
+// its config and the generation defaults into every export folder and into the finished hf/
+// folder, byte for byte, and export.json says where they came from; a run without one (random
+// init) says so in export.json ("tokenizer": null, a warning) and in its result, and its exports
+// carry no tokenizer file.
+TEST(ExportTrainTokenizer, ExportsCarryTheSourceTokenizerOrSayTheyHaveNone) {
+  test::TempDir d;
+  cfg::Config a = small_run(d.file("a"));
+  a.exports.every = 1;
+  a.exports.formats = {fp4qat::qat::Format::kNVFP4, fp4qat::qat::Format::kBF16};
+  a.exports.probe_mismatch = false;
+  train::Options o;
+  o.quiet = true;
+  const train::Result ra = train::run(a, o);
+  EXPECT_FALSE(ra.exports_have_tokenizer);
+  const json::Value ia = json::parse(fs::read_text(d.file("a/exports/latest/export.json")), "export.json");
+  EXPECT_TRUE(ia.at("tokenizer").is_null());
+  EXPECT_NE(ia.at("warnings").dump().find("tokenizer"), std::string::npos);
+  EXPECT_EQ(ia.at("serving_files").as_array().size(), 0u);
+  EXPECT_FALSE(fs::exists(d.file("a/exports/latest/nvfp4/tokenizer.json")));
+
+  // The finished model of run a, with tokenizer files beside it, starts run b.
+  const std::map<std::string, std::string> files = {
+      {"tokenizer.json", "{\"version\": \"1.0\", \"model\": {\"type\": \"BPE\"}}\n"},
+      {"tokenizer_config.json", "{\"model_max_length\": 64}\n"},
+      {"generation_config.json", "{\"temperature\": 0.6}\n"}};
+  for (const auto& [n, text] : files) fs::write_text_atomic(d.file("a/hf/" + n), text);
+  cfg::Config b = a;
+  b.train.out_dir = d.file("b");
+  b.train.init_from = d.file("a/hf");
+  const train::Result rb = train::run(b, o);
+  EXPECT_TRUE(rb.exports_have_tokenizer);
+  const json::Value ib = json::parse(fs::read_text(d.file("b/exports/latest/export.json")), "export.json");
+  EXPECT_EQ(ib.at("tokenizer").at("from").as_string(), d.file("a/hf"));
+  EXPECT_EQ(ib.at("serving_files").as_array().size(), 3u);
+  for (const char* fmt_dir : {"nvfp4", "bf16"})
+    for (const auto& [n, text] : files)
+      EXPECT_EQ(fs::read_text(d.file(std::string("b/exports/latest/") + fmt_dir + "/" + n)), text)
+          << fmt_dir << "/" << n;
+  for (const auto& [n, text] : files) EXPECT_EQ(fs::read_text(d.file("b/hf/" + n)), text) << "hf/" << n;
+}
