@@ -25,7 +25,7 @@ Exporter::Exporter(const config::Config& cfg, const model::Qwen3Moe& model, qat:
         "fp4qat train: warning: the exports will carry no tokenizer (%s): vLLM loads an empty tokenizer "
         "from such a folder instead of failing; give the engine one (--tokenizer PATH)\n",
         source_.empty()
-            ? "the model starts from random weights (no train.init_from)"
+            ? "no train.init_from: the model starts from random weights"
             : ("train.init_from '" + source_ + "' has no tokenizer.json, tokenizer.model or vocab.json").c_str());
 }
 
