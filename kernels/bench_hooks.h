@@ -55,7 +55,7 @@ void set_batched_gemm_tile(int tile);
 int batched_gemm_tile();
 
 // Which kernel the last grouped_scaled_mm(_rows) call on this thread ran: "batched", "grouped",
-// "grouped_rows" or "none" (declined, or nothing to compute). Tests use it to know the path they checked.
+// "batched_rows", "grouped_rows" or "none" (declined, or nothing to compute). Tests use it to know the path they checked.
 const char* last_grouped_kernel();
 
 // Diagnostic switch (GemmTuning::fused_epilogue): false makes the CUDA path use the unfused ATen

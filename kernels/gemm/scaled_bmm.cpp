@@ -209,7 +209,23 @@ at::Tensor grouped_scaled_mm_rows(const at::Tensor& x, const at::Tensor& w, cons
   if (g.m.empty()) return y;
   const at::Tensor xc = x.contiguous(), wc = w.contiguous(), al = alpha.contiguous();
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  if (!run_grouped(g, xc, wc, al, y, cuda_kernels::sm90::GroupedAlpha::kPerRow, sms)) return at::Tensor();
+  namespace sm90 = fp4qat::cuda_kernels::sm90;
+  // Every expert has the same count M of rows: x is the [E, M, K] batch — one batched GEMM whose
+  // epilogue reads alpha per row (unless the batched form is switched off).
+  const int64_t E = w.size(0), M0 = off[1] - off[0];
+  const bool equal =
+      static_cast<int64_t>(g.m.size()) == E && std::all_of(g.m.begin(), g.m.end(), [M0](int c) { return c == M0; });
+  if (batched_gemm_tile() >= 0 && equal && M0 * std::max(N, K) <= INT32_MAX) {
+    const int B = static_cast<int>(E), M = static_cast<int>(M0), n = static_cast<int>(N), k = static_cast<int>(K);
+    const size_t ws_bytes = sm90::batched_rows_workspace_bytes(B, M, n, k, sms);
+    at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes) + 1}, x.options().dtype(at::kByte));
+    if (sm90::batched_gemm_bf16_rows(xc.data_ptr(), wc.data_ptr(), y.data_ptr(), al.data_ptr<float>(), B, M, n, k,
+                                     ws.data_ptr(), ws_bytes, sms, at::cuda::getCurrentCUDAStream().stream())) {
+      t_last_grouped = "batched_rows";
+      return y;
+    }
+  }
+  if (!run_grouped(g, xc, wc, al, y, sm90::GroupedAlpha::kPerRow, sms)) return at::Tensor();
   t_last_grouped = "grouped_rows";
   return y;
 #else

@@ -39,7 +39,8 @@ at::Tensor grouped_scaled_mm(const at::Tensor& x, const at::Tensor& w, const at:
 // rows at off[e], alpha float32 [T] (S_dec_x[t] * S_dec_w[e(t)], the product first):
 //   y[t, :] = to(out)( alpha[t] * (x[t, :] @ w[e(t)]^T) ),
 // scaled_mm_rows's arithmetic for each expert's row range, in one CUTLASS grouped GEMM whose
-// epilogue reads alpha per row (kernels/gemm_sm90/grouped_gemm_rows.cu). Undefined when that kernel
+// epilogue reads alpha per row (kernels/gemm_sm90/grouped_gemm_rows.cu), or one batched GEMM of
+// the same epilogue when every expert has the same row count (batched_gemm_rows.cu). Undefined when that kernel
 // does not apply (as grouped_scaled_mm): the caller then loops over experts with scaled_mm_rows.
 at::Tensor grouped_scaled_mm_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& alpha,
                                   const std::vector<int64_t>& off, at::ScalarType out);

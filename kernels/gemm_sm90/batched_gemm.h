@@ -31,4 +31,11 @@ size_t batched_workspace_bytes(int B, int M, int N, int K, int sm_count, Batched
 bool batched_gemm_bf16(const void* x, const void* w, void* y, const float* alpha, int B, int M, int N, int K,
                        void* workspace, size_t workspace_bytes, int sm_count, BatchedTile tile, cudaStream_t stream);
 
+// The same with one alpha per row (row-scaled activations): alpha_rows float32 [B * M],
+//   y[b][m, :] = bf16( alpha_rows[b * M + m] * (x[b][m, :] @ w[b]^T) ),
+// the first tile only (batched_gemm_rows.cu).
+size_t batched_rows_workspace_bytes(int B, int M, int N, int K, int sm_count);
+bool batched_gemm_bf16_rows(const void* x, const void* w, void* y, const float* alpha_rows, int B, int M, int N, int K,
+                            void* workspace, size_t workspace_bytes, int sm_count, cudaStream_t stream);
+
 }  // namespace fp4qat::cuda_kernels::sm90

@@ -138,13 +138,13 @@ typename GroupedGemm<A>::Gemm::Arguments grouped_arguments(const void* dev, int 
     fusion.dAlpha = {_0{}, _0{}, 1};  // one alpha per group
     fusion.dBeta = {_0{}, _0{}, 0};
   }
-  args = typename G::Gemm::Arguments{cutlass::gemm::GemmUniversalMode::kGrouped,
-                                     {groups, at_off<typename G::Shape3>(dev, L.shapes), host_shapes.data()},
-                                     {at_off<const ElementAB*>(dev, L.a), at_off<typename G::StrideA>(dev, L.sa),
-                                      at_off<const ElementAB*>(dev, L.b), at_off<typename G::StrideB>(dev, L.sb)},
-                                     {fusion, nullptr, nullptr,
-                                      at_off<ElementD*>(dev, L.d), at_off<typename G::StrideD>(dev, L.sd)},
-                                     hw};
+  args = typename G::Gemm::Arguments{
+      cutlass::gemm::GemmUniversalMode::kGrouped,
+      {groups, at_off<typename G::Shape3>(dev, L.shapes), host_shapes.data()},
+      {at_off<const ElementAB*>(dev, L.a), at_off<typename G::StrideA>(dev, L.sa), at_off<const ElementAB*>(dev, L.b),
+       at_off<typename G::StrideB>(dev, L.sb)},
+      {fusion, nullptr, nullptr, at_off<ElementD*>(dev, L.d), at_off<typename G::StrideD>(dev, L.sd)},
+      hw};
   return args;
 }
 

@@ -5,7 +5,8 @@
 // nvfp4_row_amax (kernels/cuda_kernels.h). The arithmetic is kernels/common/formats.h, the
 // order that of the CPU reference kernels/nvfp4/quantize_4over6_ref.cpp: a block's error summed
 // element by element, a tile's as the tree sum of its 16 rows' errors. Three launches: the amax
-// (unless given), the quantization, S_dec.
+// (unless given), the quantization, S_dec — except row-scaled rules without a given amax: one
+// launch, a warp a row (rule_rows_kernel).
 #include <algorithm>
 
 #include "kernels/nvfp4/quantize_common.cuh"
@@ -65,6 +66,46 @@ __global__ void __launch_bounds__(kThreads)
       const float s_enc = nvfp4_s_enc(amax);
       emit_block(v, nvfp4_block_scale(bmax, nvfp4_block_factor(s_enc)), nvfp4_s_dec(s_enc), u, codes, scales, fake);
     }
+  }
+}
+
+// Row-scaled rules with the amax found here (no given amax): a warp a row. The row's amax first
+// (lane j reads blocks j, j + 32, ...; a max is order-free, the result is rows_amax_kernel's),
+// then every block quantized by the rule from a second read of the row — a cache hit, a row being
+// a few kB read by the same warp just before — and S_dec[row] written by lane 0: one launch and
+// one read of x from memory instead of three launches (row_amax, blocks, S_dec) and two reads.
+template <InType T, bool kFour>
+__global__ void __launch_bounds__(kThreads)
+    rule_rows_kernel(const void* x, int64_t rows, int64_t nb, float e4m3_max, bool mse, uint8_t* codes, uint8_t* scales,
+                     uint16_t* fake, float* s_dec_out) {
+  const int64_t lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
+  for (int64_t r = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
+    float m = 0.0f;
+    for (int64_t b = lane; b < nb; b += 32) {
+      float v[16];
+      load16<T, Src::kCached>(x, (r * nb + b) * 16, v);
+      m = fmaxf(m, max16(v));
+    }
+    const float amax = warp_max(m);
+    const float s_enc = kFour ? nvfp4_4over6_s_enc(amax, e4m3_max) : nvfp4_s_enc(amax), s_dec = nvfp4_s_dec(s_enc);
+    for (int64_t b = lane; b < nb; b += 32) {
+      const int64_t u = r * nb + b;
+      float v[16];
+      load16<T, Src::kStreaming>(x, u * 16, v);
+      const float bmax = max16(v);
+      if constexpr (kFour) {
+        const float six_m = e4m3_max * kE2M1Max;
+        uint8_t sb6, sb4;
+        nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
+        const float e6 = block_error(v, sb6, s_dec, amax, six_m, mse);
+        const float e4 = block_error(v, sb4, s_dec, amax, six_m, mse);
+        emit_block(v, e4 < e6 ? sb4 : sb6, s_dec, u, codes, scales, fake);  // strict: a tie keeps 6
+      } else {
+        emit_block(v, nvfp4_block_scale(bmax, nvfp4_block_factor(s_enc)), s_dec, u, codes, scales, fake);
+      }
+    }
+    if (lane == 0) s_dec_out[r] = s_dec;
   }
 }
 
@@ -192,9 +233,25 @@ void nvfp4_quantize_rule(const Nvfp4RuleArgs& a, cudaStream_t stream) {
   FP4QAT_CHECK(!a.two_d || a.rule.four_over_six, "nvfp4_quantize (CUDA): the rule kernels' 2D path is Four Over Six");
   FP4QAT_CHECK(!a.row_off || (a.E == 1 && !a.two_d && !a.rule.row_scaled && !a.given_amax),
                "nvfp4_quantize (CUDA): row groups are 1D, one tensor, with the groups' own amax");
-  nvfp4::set_last_kernel(a.two_d ? "rule-2d" : "rule-1d");
   const AmaxOf kind = a.row_off ? AmaxOf::kGroup : (a.rule.row_scaled ? AmaxOf::kRow : AmaxOf::kExpert);
   const int64_t n_amax = nvfp4_rule_amax_count(a), rows = a.E * a.N;
+  if (kind == AmaxOf::kRow && !a.given_amax) {  // one launch, one read: rule_rows_kernel
+    nvfp4::set_last_kernel("rule-rows");
+    if (rows == 0) return;
+    nvfp4::by_type(a.type, [&](auto ty) {
+      constexpr InType T = decltype(ty)::value;
+      const unsigned g = nvfp4::rows_amax_grid(rows);
+      if (a.rule.four_over_six)
+        nvfp4::rule_rows_kernel<T, true><<<g, kThreads, 0, stream>>>(a.x, rows, a.K / 16, a.rule.e4m3_max, a.rule.mse,
+                                                                     a.codes, a.scales, a.fake, a.s_dec);
+      else
+        nvfp4::rule_rows_kernel<T, false><<<g, kThreads, 0, stream>>>(a.x, rows, a.K / 16, a.rule.e4m3_max, a.rule.mse,
+                                                                      a.codes, a.scales, a.fake, a.s_dec);
+    });
+    FP4QAT_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  nvfp4::set_last_kernel(a.two_d ? "rule-2d" : "rule-1d");
   const float* amax = a.given_amax;
   if (!amax) {
     auto* ws = static_cast<float*>(a.workspace);

@@ -224,7 +224,8 @@ TEST(GpuScaledBmm, BatchedGemmEqualsTheDefinition) {
 // expert's row range — on exactly summable operands with alphas of full fp32 mantissas (so a
 // per-expert alpha, a rounded product or a second rounding would differ), with experts of 0, 1,
 // 7 and 300 rows (rows whose first row is not 16-byte aligned in alpha), for several N and K;
-// equal counts also take it (no batched form); within one bf16 ulp of the per-expert cuBLAS
+// equal counts take the batched form of the same epilogue (batched_gemm_rows.cu), same bytes as
+// the grouped one; within one bf16 ulp of the per-expert cuBLAS
 // path on random operands; declined when switched off; wrong shapes refused.
 TEST(GpuScaledBmm, GroupedGemmWithRowAlphaEqualsTheDefinition) {
   FP4QAT_REQUIRE_GPU();
@@ -250,9 +251,19 @@ TEST(GpuScaledBmm, GroupedGemmWithRowAlphaEqualsTheDefinition) {
       const at::Tensor got = fp4qat::gemm::grouped_scaled_mm_rows(
           x.to(at::kBFloat16).cuda(), w.to(at::kBFloat16).cuda(), alpha.cuda(), off, at::kBFloat16);
       ASSERT_TRUE(got.defined()) << "the per-row grouped GEMM refused a supported problem";
-      EXPECT_STREQ(fp4qat::gemm::last_grouped_kernel(), "grouped_rows");
+      const bool equal = std::all_of(counts.begin(), counts.end(), [&](int64_t c) { return c == counts[0]; });
+      EXPECT_STREQ(fp4qat::gemm::last_grouped_kernel(), equal ? "batched_rows" : "grouped_rows");
       ASSERT_EQ(got.sizes(), want.sizes());
       EXPECT_TRUE(bytes_equal(got, want));
+      if (equal) {  // the grouped form of the same problem: the same bytes
+        fp4qat::gemm::set_batched_gemm_tile(-1);
+        const at::Tensor grouped = fp4qat::gemm::grouped_scaled_mm_rows(
+            x.to(at::kBFloat16).cuda(), w.to(at::kBFloat16).cuda(), alpha.cuda(), off, at::kBFloat16);
+        EXPECT_STREQ(fp4qat::gemm::last_grouped_kernel(), "grouped_rows");
+        fp4qat::gemm::set_batched_gemm_tile(0);
+        ASSERT_TRUE(grouped.defined());
+        EXPECT_TRUE(bytes_equal(grouped, want)) << "the grouped form";
+      }
     }
   }
   // Random operands: against scaled_mm_rows on the GPU per expert (cuBLAS, another accumulation order).
