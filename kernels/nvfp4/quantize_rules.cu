@@ -30,15 +30,73 @@ __device__ __forceinline__ float amax_of_row(AmaxOf kind, const float* amax, int
   }
 }
 
-// The error of one block's 16 elements under block scale sb (numerics.md, Four Over Six): the
-// terms of nvfp4_4over6_err summed in element order.
-__device__ __forceinline__ float block_error(const float v[16], uint8_t sb, float s_dec, float amax, float six_m,
-                                             bool mse) {
-  const float enc = nvfp4_block_enc(sb, s_dec), fsb = e4m3_to_float(sb);
-  float err = 0.0f;
+// One Four Over Six candidate of a block: its codes (packed, element 2i low nibble), the
+// decoded magnitude of its scale byte, and its error — the terms of nvfp4_4over6_err summed in
+// element order. The term's reconstruction ((e2m1(q) * fsb) * amax) / (6M) takes 8 magnitudes a
+// block scale, so it is computed once per magnitude (8 correctly rounded divisions a candidate
+// instead of 16) and picked per element by the code's 3 magnitude bits; a negative code's is the
+// exact negation (IEEE rounding is sign-symmetric: (-a * b) * c / d = -(a * b * c / d)). The same
+// values in the same order as the CPU reference: the same bytes.
+struct Candidate {
+  uint32_t packed[2];
+  float fsb, err;
+};
+__device__ __forceinline__ float pick8(const float t[8], uint32_t k) {
+  const float a = (k & 1u) ? t[1] : t[0], b = (k & 1u) ? t[3] : t[2];
+  const float c = (k & 1u) ? t[5] : t[4], d = (k & 1u) ? t[7] : t[6];
+  const float ab = (k & 2u) ? b : a, cd = (k & 2u) ? d : c;
+  return (k & 4u) ? cd : ab;
+}
+__device__ __forceinline__ Candidate candidate(const float v[16], uint8_t sb, float s_dec, float amax, float six_m,
+                                               bool mse) {
+  Candidate c;
+  const float enc = nvfp4_block_enc(sb, s_dec);
+  c.fsb = e4m3_to_float(sb);
+  float t[8];
 #pragma unroll
-  for (int i = 0; i < 16; ++i) err += nvfp4_4over6_err(nvfp4_encode(v[i], enc), fsb, amax, six_m, v[i], mse);
-  return err;
+  for (uint32_t k = 0; k < 8; ++k) t[k] = ((e2m1_to_float(static_cast<uint8_t>(k)) * c.fsb) * amax) / six_m;
+  c.packed[0] = c.packed[1] = 0u;
+  c.err = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    const uint32_t q = nvfp4_encode_u32(v[i], enc);
+    c.packed[i >> 3] |= q << (4 * (i & 7));
+    const float r = pick8(t, q);
+    const float d = ((q & 8u) ? -r : r) - v[i];
+    c.err += mse ? d * d : fabsf(d);
+  }
+  return c;
+}
+// A chosen candidate's outputs: its codes and scale byte, and the fake values e2m1(q) * fsb from
+// the codes (the definition nvfp4_fake_value computes without them; exact in bf16).
+__device__ __forceinline__ void emit_candidate(const Candidate& c, uint8_t sb, int64_t unit, uint8_t* codes,
+                                               uint8_t* scales, uint16_t* fake) {
+  if (codes || scales) store_codes(c.packed, sb, unit, codes, scales);
+  if (fake) {
+    uint32_t w[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t q0 = (c.packed[i >> 2] >> (8 * (i & 3))) & 0xFu,
+                     q1 = (c.packed[i >> 2] >> (8 * (i & 3) + 4)) & 0xFu;
+      w[i] = __byte_perm(__float_as_uint(e2m1_to_float(static_cast<uint8_t>(q0)) * c.fsb),
+                         __float_as_uint(e2m1_to_float(static_cast<uint8_t>(q1)) * c.fsb), 0x7632);
+    }
+    uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
+    __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
+    __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+  }
+}
+// Four Over Six on one 1x16 block: both candidates, the smaller error wins (strict: a tie keeps 6).
+__device__ __forceinline__ void four_over_six_block(const float v[16], float bmax, float s_enc, float s_dec, float amax,
+                                                    float six_m, bool mse, int64_t unit, uint8_t* codes,
+                                                    uint8_t* scales, uint16_t* fake) {
+  uint8_t sb6, sb4;
+  nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
+  const Candidate c6 = candidate(v, sb6, s_dec, amax, six_m, mse), c4 = candidate(v, sb4, s_dec, amax, six_m, mse);
+  if (c4.err < c6.err)
+    emit_candidate(c4, sb4, unit, codes, scales, fake);
+  else
+    emit_candidate(c6, sb6, unit, codes, scales, fake);
 }
 
 // 1x16 blocks, one thread a block: the block's amax (expert, row or group), its scale by the
@@ -56,12 +114,7 @@ __global__ void __launch_bounds__(kThreads)
     const float bmax = max16(v);
     if constexpr (kFour) {
       const float s_enc = nvfp4_4over6_s_enc(amax, e4m3_max), s_dec = nvfp4_s_dec(s_enc);
-      const float six_m = e4m3_max * kE2M1Max;
-      uint8_t sb6, sb4;
-      nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
-      const float e6 = block_error(v, sb6, s_dec, amax, six_m, mse);
-      const float e4 = block_error(v, sb4, s_dec, amax, six_m, mse);
-      emit_block(v, e4 < e6 ? sb4 : sb6, s_dec, u, codes, scales, fake);  // strict: a tie keeps 6
+      four_over_six_block(v, bmax, s_enc, s_dec, amax, e4m3_max * kE2M1Max, mse, u, codes, scales, fake);
     } else {
       const float s_enc = nvfp4_s_enc(amax);
       emit_block(v, nvfp4_block_scale(bmax, nvfp4_block_factor(s_enc)), nvfp4_s_dec(s_enc), u, codes, scales, fake);
@@ -95,12 +148,7 @@ __global__ void __launch_bounds__(kThreads)
       load16<T, Src::kStreaming>(x, u * 16, v);
       const float bmax = max16(v);
       if constexpr (kFour) {
-        const float six_m = e4m3_max * kE2M1Max;
-        uint8_t sb6, sb4;
-        nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
-        const float e6 = block_error(v, sb6, s_dec, amax, six_m, mse);
-        const float e4 = block_error(v, sb4, s_dec, amax, six_m, mse);
-        emit_block(v, e4 < e6 ? sb4 : sb6, s_dec, u, codes, scales, fake);  // strict: a tie keeps 6
+        four_over_six_block(v, bmax, s_enc, s_dec, amax, e4m3_max * kE2M1Max, mse, u, codes, scales, fake);
       } else {
         emit_block(v, nvfp4_block_scale(bmax, nvfp4_block_factor(s_enc)), s_dec, u, codes, scales, fake);
       }
@@ -143,8 +191,8 @@ __global__ void __launch_bounds__(kThreads)
     const float six_m = e4m3_max * kE2M1Max;
     uint8_t sb6, sb4;
     nvfp4_4over6_scales(m, s_enc, &sb6, &sb4);
-    float e6 = block_error(v, sb6, s_dec, amax, six_m, mse);
-    float e4 = block_error(v, sb4, s_dec, amax, six_m, mse);
+    const Candidate c6 = candidate(v, sb6, s_dec, amax, six_m, mse), c4 = candidate(v, sb4, s_dec, amax, six_m, mse);
+    float e6 = c6.err, e4 = c4.err;
 #pragma unroll
     for (int o = 8; o > 0; o >>= 1) {
       const float d6 = __shfl_down_sync(0xffffffffu, e6, o, 16), d4 = __shfl_down_sync(0xffffffffu, e4, o, 16);
@@ -152,7 +200,12 @@ __global__ void __launch_bounds__(kThreads)
       e4 = e4 + d4;
     }
     const bool four = __shfl_sync(0xffffffffu, e4 < e6 ? 1 : 0, 0, 16) != 0;
-    if (valid) emit_block(v, four ? sb4 : sb6, s_dec, unit, codes, scales, fake);
+    if (valid) {
+      if (four)
+        emit_candidate(c4, sb4, unit, codes, scales, fake);
+      else
+        emit_candidate(c6, sb6, unit, codes, scales, fake);
+    }
   }
 }
 
