@@ -117,7 +117,8 @@ int cmd_convert(const Args& args) {
       (long long)r.quantized_modules, (long long)r.plain_tensors, (long long)r.shards, (long long)r.copied_files);
   std::string ex;
   for (const auto& p : r.excluded_patterns) ex += (ex.empty() ? "" : ", ") + p;
-  std::printf("excluded (BF16): %s\n", ex.c_str());
+  std::printf("excluded (BF16): %zu modules, listed one by one in quantization_config: %s\n", r.excluded.size(),
+              ex.c_str());
   if (!r.tokenizer)
     std::fprintf(stderr,
                  "fp4qat convert: warning: %s has no tokenizer (tokenizer.json, tokenizer.model or vocab.json), so "

@@ -134,7 +134,10 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
           w.end_shard();
           ++rep.shards;
         }
-        rep.excluded_patterns = w.finish();
+        rep.excluded = w.finish();
+        std::set<std::string> shown = w.excluded_modules();
+        shown.insert("lm_head");
+        rep.excluded_patterns = exclude_patterns(shown, w.quantized_modules());
         // Everything else of the folder (tokenizer, generation config, README...) is copied.
         rep.tokenizer = hf::has_tokenizer(hf::serving_files(in));
         for (const auto& n : fs::list_dir(in)) {

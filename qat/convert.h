@@ -34,7 +34,8 @@ struct ConvertOptions {
 
 struct ConvertReport {
   int64_t quantized_modules = 0, plain_tensors = 0, shards = 0, copied_files = 0;
-  std::vector<std::string> excluded_patterns;
+  std::vector<std::string> excluded;           // the exclusion list written (explicit module paths)
+  std::vector<std::string> excluded_patterns;  // the same, compact (qat/patterns.h exclude_patterns), for display
   bool tokenizer = false;  // the source (so the output) holds a tokenizer (io/hf_folder.h has_tokenizer)
 };
 

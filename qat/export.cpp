@@ -151,7 +151,7 @@ std::vector<std::string> HfFolderWriter::finish() {
   if (opt_.format != Format::kBF16) {
     std::set<std::string> excluded = excluded_;
     excluded.insert("lm_head");  // listed even when tied: engines treat it as a Linear
-    patterns = exclude_patterns(excluded, quantized_);
+    patterns = exclude_list(excluded, quantized_);
     json::Value list = json::Value::array();
     for (const auto& p : patterns) list.push_back(p);
     if (opt_.format == Format::kNVFP4) {
@@ -190,7 +190,8 @@ std::vector<std::string> HfFolderWriter::finish() {
                                       {"fmt", "e4m3"},
                                       {"weight_block_size", json::Value::array({1, fmt::kMxfp8Block})},
                                       {"scale_fmt", "ue8m0"},
-                                      {"modules_to_not_convert", list}}));
+                                      {"modules_to_not_convert", list},
+                                      {"ignored_layers", list}}));
     }
   } else {
     config.erase("quantization_config");

@@ -93,10 +93,11 @@ class HfFolderWriter {
 
   // Writes the last shard, names the shards model-0000i-of-0000N.safetensors, then
   // model.safetensors.index.json, config.json (+ quantization_config) and, for NVFP4,
-  // hf_quant_config.json. Returns the patterns listed as excluded.
+  // hf_quant_config.json. Returns the modules listed as excluded (qat/patterns.h exclude_list).
   std::vector<std::string> finish();
 
   const std::set<std::string>& quantized_modules() const { return quantized_; }
+  const std::set<std::string>& excluded_modules() const { return excluded_; }  // plain linears (lm_head aside)
 
  private:
   void put(const std::string& name, at::Tensor t);  // into the current shard

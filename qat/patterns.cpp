@@ -84,4 +84,18 @@ std::vector<std::string> exclude_patterns(const std::set<std::string>& excluded,
   return {out.begin(), out.end()};
 }
 
+std::vector<std::string> exclude_list(const std::set<std::string>& excluded, const std::set<std::string>& quantized) {
+  std::set<std::string> out(excluded.begin(), excluded.end());
+  const std::string tag = ".experts.";
+  for (const auto& m : excluded) {
+    const size_t p = m.find(tag);
+    if (p == std::string::npos) continue;
+    const std::string fused = m.substr(0, p + tag.size() - 1);  // "<...>.experts"
+    const std::string prefix = fused + ".";
+    const auto it = quantized.lower_bound(prefix);
+    if (it == quantized.end() || it->compare(0, prefix.size(), prefix) != 0) out.insert(fused);
+  }
+  return {out.begin(), out.end()};
+}
+
 }  // namespace fp4qat::qat

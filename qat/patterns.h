@@ -1,6 +1,7 @@
 // qat/patterns.h — module-name patterns: the `*` globs recipes use to choose quantized modules,
-// and the compact exclude lists serving engines read (`exclude_modules` / `ignore` /
-// `modules_to_not_convert` of checkpoint-format.md).
+// the explicit exclusion lists serving engines read (`exclude_modules` / `ignore` /
+// `ignored_layers` / `modules_to_not_convert` of checkpoint-format.md), and their compact form
+// for display.
 #pragma once
 #include <cstdint>
 #include <set>
@@ -29,5 +30,12 @@ bool glob_match(const std::string& pattern, const std::string& text);
 // module is kept. Sorted, without duplicates.
 std::vector<std::string> exclude_patterns(const std::set<std::string>& excluded,
                                           const std::set<std::string>& quantized);
+
+// The exclusion list the exports write (`ignore`, `exclude_modules`, `ignored_layers`,
+// `modules_to_not_convert`): explicit module paths, no wildcards — some engines' paths match
+// literally (SGLang's Fp8Config) — sorted: every module of `excluded`, and the engines' fused
+// module `<...>.experts` of a layer none of whose experts is in `quantized` (an engine asks about
+// the fused MoE module, never about one expert). exclude_patterns stays for compact display.
+std::vector<std::string> exclude_list(const std::set<std::string>& excluded, const std::set<std::string>& quantized);
 
 }  // namespace fp4qat::qat

@@ -5,6 +5,8 @@
 // config files; converting the trainer's BF16 export reproduces its NVFP4 export; bad input
 // fails with one line naming the file or tensor and leaves the output folder as it was.
 #include <gtest/gtest.h>
+
+#include <set>
 #include <torch/torch.h>
 
 #include "kernels/quantize.h"
@@ -110,8 +112,20 @@ TEST(CliConvert, ShardedCheckpointToNVFP4) {
   EXPECT_EQ(quantized, 2 * 4 * 3);
   const json::Value cfg = json::parse(fs::read_text(d.file("nv/config.json")), "config.json");
   EXPECT_EQ(cfg.at("num_experts").as_int(), 4);
-  EXPECT_EQ(cfg.at("quantization_config").at("ignore").dump(),
-            R"(["lm_head","model.layers.*.mlp.gate","model.layers.*.self_attn*","model.layers.0.mlp*"])");
+  // Explicit module paths: every BF16 linear (attention, routers, layer 0's experts: keep-first),
+  // layer 0's fused expert module, lm_head; nothing quantized, no wildcard.
+  std::set<std::string> ignore;
+  for (const auto& v : cfg.at("quantization_config").at("ignore").as_array()) ignore.insert(v.as_string());
+  std::set<std::string> want = {"lm_head", "model.layers.0.mlp.experts"};
+  for (int l = 0; l < 3; ++l) {
+    const std::string p = "model.layers." + std::to_string(l);
+    for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) want.insert(p + ".self_attn." + m);
+    want.insert(p + ".mlp.gate");
+  }
+  for (int e = 0; e < 4; ++e)
+    for (const char* m : {"gate_proj", "up_proj", "down_proj"})
+      want.insert("model.layers.0.mlp.experts." + std::to_string(e) + "." + m);
+  EXPECT_EQ(ignore, want);
   const json::Value hq = json::parse(fs::read_text(d.file("nv/hf_quant_config.json")), "hf_quant_config.json");
   EXPECT_EQ(hq.at("quantization").at("exclude_modules"), cfg.at("quantization_config").at("ignore"));
   // MXFP8 of the same checkpoint.

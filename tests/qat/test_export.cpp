@@ -98,6 +98,28 @@ TEST(ExportPatterns, KeptLayersAndPartialSelectionsStayExact) {
   EXPECT_FALSE(qat::glob_match("model.layers.1.mlp*", "model.layers.10.mlp.experts.0.up_proj"));
 }
 
+// The lists the exports write: explicit module paths, no wildcard; a layer whose experts are all
+// excluded also lists the engines' fused module (model.layers.L.mlp.experts), one with some
+// quantized experts does not.
+TEST(ExportPatterns, ExcludeListIsExplicit) {
+  const auto all = modules_of(4, 3);
+  std::set<std::string> q, x;
+  for (const auto& m : all) {
+    const bool expert = m.find(".experts.") != std::string::npos;
+    const bool kept = m.rfind("model.layers.1.", 0) == 0;               // layer 1 stays BF16
+    const bool one = m.rfind("model.layers.2.mlp.experts.0.", 0) == 0;  // one expert of layer 2
+    ((expert && !kept && !one) ? q : x).insert(m);
+  }
+  const auto list = qat::exclude_list(x, q);
+  std::set<std::string> want(x.begin(), x.end());
+  want.insert("model.layers.1.mlp.experts");
+  EXPECT_EQ(std::set<std::string>(list.begin(), list.end()), want);
+  EXPECT_TRUE(std::is_sorted(list.begin(), list.end()));
+  for (const auto& m : list) EXPECT_EQ(m.find('*'), std::string::npos) << m;
+  EXPECT_EQ(std::count(list.begin(), list.end(), "model.layers.2.mlp.experts"), 0);  // expert 1, 2 quantized
+  EXPECT_EQ(std::count(list.begin(), list.end(), "model.layers.2.mlp.experts.0.gate_proj"), 1);
+}
+
 class ExportWriter : public ::testing::TestWithParam<Blocks> {};
 
 TEST_P(ExportWriter, NVFP4FolderMatchesTheSpecAndTheQuantizer) {
@@ -129,7 +151,7 @@ TEST_P(ExportWriter, NVFP4FolderMatchesTheSpecAndTheQuantizer) {
   w.add_quantized(gu, 2, gate_up, std::nullopt, gu_amax);
   w.add_quantized(dn, 1, down, std::nullopt, dn_amax);
   const auto pats = w.finish();
-  EXPECT_EQ(pats, (std::vector<std::string>{"lm_head", "model.layers.*.self_attn*"}));
+  EXPECT_EQ(pats, (std::vector<std::string>{"lm_head", "model.layers.0.self_attn.q_proj"}));
 
   const auto wm = weight_map(d.file("out"));
   std::set<std::string> files;
@@ -172,11 +194,11 @@ TEST_P(ExportWriter, NVFP4FolderMatchesTheSpecAndTheQuantizer) {
   EXPECT_EQ(cfg.at("hidden_size").as_int(), 64);
   EXPECT_EQ(
       cfg.at("quantization_config").dump(),
-      R"({"quant_method":"modelopt","quant_algo":"NVFP4","group_size":16,"ignore":["lm_head","model.layers.*.self_attn*"],"kv_cache_scheme":null})");
+      R"({"quant_method":"modelopt","quant_algo":"NVFP4","group_size":16,"ignore":["lm_head","model.layers.0.self_attn.q_proj"],"kv_cache_scheme":null})");
   const json::Value hq = json::parse(fs::read_text(d.file("out/hf_quant_config.json")), "hf_quant_config.json");
   EXPECT_EQ(
       hq.dump(),
-      R"({"producer":{"name":"modelopt","version":"test"},"quantization":{"quant_algo":"NVFP4","kv_cache_quant_algo":null,"group_size":16,"exclude_modules":["lm_head","model.layers.*.self_attn*"]}})");
+      R"({"producer":{"name":"modelopt","version":"test"},"quantization":{"quant_algo":"NVFP4","kv_cache_quant_algo":null,"group_size":16,"exclude_modules":["lm_head","model.layers.0.self_attn.q_proj"]}})");
   const json::Value idx = json::parse(fs::read_text(d.file("out/model.safetensors.index.json")), "index");
   int64_t total = 0;
   for (const auto& [n, x] : t) total += x.numel() * x.element_size();
@@ -220,7 +242,7 @@ TEST(ExportWriterFormats, MXFP8AndBF16) {
     if (f == qat::Format::kMXFP8) {
       EXPECT_EQ(
           cfg.at("quantization_config").dump(),
-          R"({"quant_method":"mxfp8","activation_scheme":"dynamic","fmt":"e4m3","weight_block_size":[1,32],"scale_fmt":"ue8m0","modules_to_not_convert":["lm_head"]})");
+          R"({"quant_method":"mxfp8","activation_scheme":"dynamic","fmt":"e4m3","weight_block_size":[1,32],"scale_fmt":"ue8m0","modules_to_not_convert":["lm_head"],"ignored_layers":["lm_head"]})");
       EXPECT_EQ(t.size(), 9u);
     } else {
       EXPECT_EQ(cfg.find("quantization_config"), nullptr);
