@@ -17,6 +17,8 @@ struct Command {
   const char* summary;
 };
 const Command kCommands[] = {
+    {"check-export", cmd_check_export,
+     "check that a serving engine (vLLM, SGLang) loads every tensor of an exported folder and misses none"},
     {"convert", cmd_convert, "convert a Hugging Face MoE checkpoint to NVFP4 (ModelOpt) or MXFP8 for serving"},
     {"eval", cmd_eval,
      "score token sequences / the synthetic corpus with an exported folder, as the rollout side runs it"},
@@ -31,7 +33,7 @@ void usage(std::ostream& os) {
   os << "fp4qat " << FP4QAT_VERSION << " — NVFP4 quantization-aware training for MoE models\n\n"
      << "usage: fp4qat <command> [options]\n       fp4qat <command> --help\n\ncommands:\n";
   for (const auto& c : kCommands)
-    os << "  " << c.name << std::string(12 - std::string(c.name).size(), ' ') << c.summary << "\n";
+    os << "  " << c.name << std::string(14 - std::string(c.name).size(), ' ') << c.summary << "\n";
 }
 }  // namespace
 

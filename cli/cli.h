@@ -14,6 +14,7 @@ using Args = std::vector<std::string>;
 int run(const Args& args);
 
 // Subcommands (cli/cmd_<name>.cpp, one file each).
+int cmd_check_export(const Args& args);
 int cmd_convert(const Args& args);
 int cmd_eval(const Args& args);
 int cmd_generate(const Args& args);

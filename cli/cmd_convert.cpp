@@ -19,6 +19,7 @@ namespace po = boost::program_options;
 namespace fp4qat::cli {
 
 int cmd_convert(const Args& args) {
+  std::string engine = "sglang";
   std::string in, out, format, blocks, device, calib_data, scale_rule, error, global_scale, activations, act_scale,
       act_rule;
   double e4m3_max = 256;
@@ -29,7 +30,10 @@ int cmd_convert(const Args& args) {
                                                  "Hugging Face Qwen3-MoE folder (config.json + safetensors)")(
       "out", po::value(&out)->required(), "output folder (must not exist or be empty, unless --overwrite)")(
       "format", po::value(&format)->default_value("nvfp4"), "nvfp4 (ModelOpt) | mxfp8")(
-      "blocks", po::value(&blocks)->default_value("1d"), "NVFP4 weight blocks: 1d | 2d")(
+      "engine", po::value(&engine)->default_value("sglang"),
+      "the serving engine, where the layouts differ: sglang | vllm (MXFP8: scales named weight_scale_inv | "
+      "weight_scale; NVFP4 is the same for both)")("blocks", po::value(&blocks)->default_value("1d"),
+                                                   "NVFP4 weight blocks: 1d | 2d")(
       "scale-rule", po::value(&scale_rule)->default_value("max6"), "NVFP4 block scales (as quantize): max6 | 4over6")(
       "error", po::value(&error), "4over6 only: mae (default) | mse")(
       "e4m3-max", po::value(&e4m3_max), "4over6 only: 256 (default) | 448, the rollout engine's")(
@@ -62,6 +66,8 @@ int cmd_convert(const Args& args) {
     return 0;
   qat::ConvertOptions opt;
   opt.format = qat::parse_format(format);
+  opt.engine = qat::parse_engine(engine);
+  FP4QAT_CHECK(opt.engine != qat::Engine::kAny, "--engine '", engine, "': expected vllm or sglang");
   FP4QAT_CHECK(opt.format != qat::Format::kBF16, "--format '", format, "': expected nvfp4 or mxfp8");
   opt.blocks = parse_blocks(blocks);
   // --error and --e4m3-max serve whichever side uses Four Over Six (weights, activations or both).

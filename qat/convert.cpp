@@ -96,6 +96,7 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
       [&](const std::string& tmp) {
         ExportOptions eo;
         eo.format = opt.format;
+        eo.engine = opt.engine;
         eo.blocks = opt.blocks;
         eo.rules = opt.rules;
         eo.config_json = l.config.dump();

@@ -19,7 +19,8 @@
 namespace fp4qat::qat {
 
 struct ConvertOptions {
-  Format format = Format::kNVFP4;  // nvfp4 | mxfp8
+  Format format = Format::kNVFP4;   // nvfp4 | mxfp8
+  Engine engine = Engine::kSglang;  // the layout where engines differ (MXFP8 scale names; export.h)
   Blocks blocks = Blocks::k1D;
   // NVFP4 recipe (as ExportOptions): the weights' rule (Four Over Six), the activations' rule the
   // rollout side applies (recorded, not applied here), W4A16 (no input_scale, no calibration).

@@ -18,6 +18,26 @@
 
 namespace fp4qat::qat {
 
+Engine parse_engine(const std::string& s) {
+  if (s == "any") return Engine::kAny;
+  if (s == "vllm") return Engine::kVllm;
+  if (s == "sglang") return Engine::kSglang;
+  FP4QAT_FAIL("unknown engine '", s, "' (expected vllm or sglang)");
+}
+
+const char* to_string(Engine e) {
+  switch (e) {
+    case Engine::kVllm:
+      return "vllm";
+    case Engine::kSglang:
+      return "sglang";
+    default:
+      return "any";
+  }
+}
+
+const char* mxfp8_scale_suffix(Engine engine) { return engine == Engine::kVllm ? "weight_scale" : "weight_scale_inv"; }
+
 float nvfp4_input_scale(float amax) { return fmt::nvfp4_s_dec(fmt::nvfp4_s_enc(amax)); }
 
 json::Value recipe_record(const NVFP4Rules& o) {
@@ -58,7 +78,9 @@ NVFP4Rules read_recipe_record(const json::Value& v, const std::string& where) {
 }
 
 HfFolderWriter::HfFolderWriter(std::string dir, ExportOptions opt)
-    : dir_(std::move(dir)), opt_(std::move(opt)), shards_(dir_, opt_.max_shard_bytes) {}
+    : dir_(std::move(dir)), opt_(std::move(opt)), shards_(dir_, opt_.max_shard_bytes) {
+  FP4QAT_CHECK(opt_.engine != Engine::kAny, dir_, ": an export is laid out for one engine (vllm or sglang)");
+}
 
 void HfFolderWriter::put(const std::string& name, at::Tensor t) { shards_.add(name, std::move(t)); }
 
@@ -138,7 +160,7 @@ void HfFolderWriter::add_stack(const std::vector<std::string>& modules, int64_t 
         if (!opt_.rules.w4a16)  // W4A16: the activations are not quantized
           put(m + ".input_scale", at::full({}, nvfp4_input_scale(input_amax[e * parts + p]), at::kFloat));
       } else {
-        put(m + ".weight_scale_inv", scales[e].narrow(0, p * R, R));
+        put(m + "." + mxfp8_scale_suffix(opt_.engine), scales[e].narrow(0, p * R, R));
       }
     }
 }
@@ -183,7 +205,17 @@ std::vector<std::string> HfFolderWriter::finish() {
           {{"producer", json::Value::object({{"name", "modelopt"}, {"version", opt_.producer_version}})},
            {"quantization", hqq}});
       fs::write_text_atomic(dir_ + "/hf_quant_config.json", hq.dump(2) + "\n");
+    } else if (opt_.engine == Engine::kVllm) {
+      // vLLM reads MXFP8 through its ModelOpt config: exclusions under `ignore`, scales
+      // X.weight_scale (its "mxfp8" spelling reads only `ignored_layers`).
+      config.set("quantization_config", json::Value::object({{"quant_method", "modelopt"},
+                                                             {"quant_algo", "MXFP8"},
+                                                             {"group_size", fmt::kMxfp8Block},
+                                                             {"ignore", list},
+                                                             {"kv_cache_scheme", nullptr}}));
     } else {
+      // SGLang's Fp8Config: exclusions under ignored_layers / modules_to_not_convert (literal
+      // dotted paths), scales X.weight_scale_inv. (SGLang serves MXFP8 on SM100 and newer only.)
       config.set("quantization_config",
                  json::Value::object({{"quant_method", "mxfp8"},
                                       {"activation_scheme", "dynamic"},

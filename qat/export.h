@@ -29,9 +29,19 @@
 
 namespace fp4qat::qat {
 
+// The serving engine an export is laid out for, where the engines disagree (MXFP8: the scale
+// tensor is X.weight_scale in vLLM, X.weight_scale_inv in SGLang). NVFP4, W4A16 and BF16 exports
+// are the same for both. kAny is for checks only (qat/check_export.h).
+enum class Engine { kAny, kVllm, kSglang };
+Engine parse_engine(const std::string& s);  // "any" | "vllm" | "sglang"; throws naming the value
+const char* to_string(Engine e);
+// The MXFP8 block-scale tensor suffix `engine` loads ("weight_scale" or "weight_scale_inv").
+const char* mxfp8_scale_suffix(Engine engine);
+
 struct ExportOptions {
   Format format = Format::kNVFP4;
-  Blocks blocks = Blocks::k1D;  // NVFP4 weight blocks (the ones training used)
+  Engine engine = Engine::kSglang;  // export.engine / convert --engine (MXFP8 scale names)
+  Blocks blocks = Blocks::k1D;      // NVFP4 weight blocks (the ones training used)
   // The NVFP4 recipe (qat::Recipe): the weights' scale rule (Four Over Six: weight_scale_2 =
   // 1 / S_enc with the recipe's M), W4A16 (quant_algo W4A16_NVFP4, no input_scale), and the
   // activations' rule the rollout side reproduces. Recorded in config.json's quantization_config

@@ -33,9 +33,11 @@ std::vector<std::string> exclude_patterns(const std::set<std::string>& excluded,
 
 // The exclusion list the exports write (`ignore`, `exclude_modules`, `ignored_layers`,
 // `modules_to_not_convert`): explicit module paths, no wildcards — some engines' paths match
-// literally (SGLang's Fp8Config) — sorted: every module of `excluded`, and the engines' fused
-// module `<...>.experts` of a layer none of whose experts is in `quantized` (an engine asks about
-// the fused MoE module, never about one expert). exclude_patterns stays for compact display.
+// literally (SGLang's Fp8Config) — sorted: every module of `excluded` but the experts, and the
+// engines' fused module `<...>.experts` of a layer none of whose experts is in `quantized`. No
+// single expert is listed: both vLLM and SGLang take any listed path under `<...>.experts` as
+// excluding the layer's whole fused MoE (a layer with some experts quantized cannot be served;
+// qat/check_export.h says so). exclude_patterns stays for compact display.
 std::vector<std::string> exclude_list(const std::set<std::string>& excluded, const std::set<std::string>& quantized);
 
 }  // namespace fp4qat::qat

@@ -57,9 +57,9 @@ Loaded load(const std::string& dir, const at::Device& device) {
     if (method == "modelopt") {
       const std::string algo =
           q->at("quant_algo", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_algo");
-      FP4QAT_CHECK(algo == "NVFP4" || algo == "W4A16_NVFP4", cfg_path, ": quant_algo '", algo,
-                   "' is not supported (NVFP4 and W4A16_NVFP4 are)");
-      out.format = Format::kNVFP4;
+      FP4QAT_CHECK(algo == "NVFP4" || algo == "W4A16_NVFP4" || algo == "MXFP8", cfg_path, ": quant_algo '", algo,
+                   "' is not supported (NVFP4, W4A16_NVFP4 and MXFP8 are)");
+      out.format = algo == "MXFP8" ? Format::kMXFP8 : Format::kNVFP4;
       act.rules.w4a16 = algo == "W4A16_NVFP4";
       if (const json::Value* rec = q->find("fp4qat")) {  // the 2026 recipes (qat/export.h)
         const NVFP4Rules r = qat::read_recipe_record(*rec, cfg_path + ": quantization_config");
@@ -75,6 +75,11 @@ Loaded load(const std::string& dir, const at::Device& device) {
   hf::FolderReader files(dir);
   auto get = [&](const std::string& name) { return files.view(name); };
   auto has = [&](const std::string& name) { return files.has(name); };
+  // MXFP8 block scales: X.weight_scale in the vLLM layout (modelopt MXFP8), X.weight_scale_inv in
+  // SGLang's (mxfp8) — qat/export.h Engine.
+  const std::string mx_scale = out.format == Format::kMXFP8 && cj.at("quantization_config").find("quant_algo")
+                                   ? ".weight_scale"
+                                   : ".weight_scale_inv";
   // A quantized module's values (without S_dec for NVFP4) and S_dec.
   auto decode = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
     if (out.format == Format::kNVFP4) {
@@ -83,7 +88,7 @@ Loaded load(const std::string& dir, const at::Device& device) {
       const NVFP4Tensor q{get(m + ".weight"), get(m + ".weight_scale"), at::ones({}, at::kFloat), Blocks::k1D};
       return {nvfp4_dequantize(q, at::kBFloat16), s2.reshape({})};
     }
-    return {mxfp8_dequantize({get(m + ".weight"), get(m + ".weight_scale_inv")}, at::kBFloat16), at::Tensor()};
+    return {mxfp8_dequantize({get(m + ".weight"), get(m + mx_scale)}, at::kBFloat16), at::Tensor()};
   };
   std::map<std::string, std::pair<at::Tensor, at::Tensor>> decoded;  // each module decoded once
   auto module = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
@@ -93,7 +98,7 @@ Loaded load(const std::string& dir, const at::Device& device) {
   };
   auto quantized = [&](const std::string& m) {
     return out.format == Format::kNVFP4 ? has(m + ".weight_scale")
-                                        : (out.format == Format::kMXFP8 && has(m + ".weight_scale_inv"));
+                                        : (out.format == Format::kMXFP8 && has(m + mx_scale));
   };
   out.model = std::make_unique<model::Qwen3Moe>(model::model_of_folder(dir, cfg));
   std::map<std::string, ServingPolicy::Weight> weights;

@@ -147,6 +147,7 @@ const Names<qat::Format> kQatFormats = {
 const Names<qat::Format> kExportFormats = {
     {"nvfp4", qat::Format::kNVFP4}, {"mxfp8", qat::Format::kMXFP8}, {"bf16", qat::Format::kBF16}};
 const Names<Blocks> kBlocks = {{"1d", Blocks::k1D}, {"2d", Blocks::k2D}};
+const Names<qat::Engine> kEngines = {{"vllm", qat::Engine::kVllm}, {"sglang", qat::Engine::kSglang}};
 const Names<autograd::Backward> kBackwards = {{"high_precision", autograd::Backward::kHighPrecision},
                                               {"dequantized", autograd::Backward::kDequantized}};
 const Names<qat::FourOverSix> kFourOverSix = {{"none", qat::FourOverSix::kNone},
@@ -235,6 +236,7 @@ class Schema {
     add("export", "keep", &x.keep, positive<int64_t>());
     add("export", "probe_mismatch", &x.probe_mismatch);
     add_enum_list("export", "formats", &x.formats, kExportFormats);
+    add_enum("export", "engine", &x.engine, kEngines);
     auto& pp = c.parallel;
     add("parallel", "dp", &pp.dp, Check<int64_t>([](const int64_t& v) {
           return v == -1 || v >= 1 ? std::string() : "must be >= 1 (or -1: WORLD_SIZE / parallel.ep)";

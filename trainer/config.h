@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "qat/export.h"
 #include "qat/recipe.h"
 
 namespace fp4qat::config {
@@ -52,6 +53,7 @@ struct ExportConfig {
   int64_t every = -1;  // optimizer steps between exports; 0: off; -1: 1 when qat.format != none, else off
   int64_t keep = 3;    // newest exports kept
   std::vector<qat::Format> formats = {qat::Format::kNVFP4};  // any of nvfp4 | mxfp8 | bf16, written in one publish
+  qat::Engine engine = qat::Engine::kSglang;  // vllm | sglang: the layout where they differ (MXFP8 scale names)
   // After each export, load the (first quantized) export back from disk, run it as the rollout
   // side would (rollout/serving.h) on a fixed probe batch and log the per-token log-prob
   // difference to the trainer's own forward (mismatch_mean / mismatch_max). The probe waits for

@@ -82,6 +82,7 @@ std::string Exporter::submit(int64_t step) {
   for (const auto f : formats) {
     qat::ExportOptions opt;
     opt.format = f;
+    opt.engine = cfg_.exports.engine;
     opt.blocks = policy_.weight_blocks();
     if (f == qat::Format::kNVFP4) {  // the recipe's rules; other formats have none
       opt.rules = policy_.nvfp4_options().rules;
@@ -136,6 +137,7 @@ std::string Exporter::submit(int64_t step) {
                                             {"nvfp4_recipe", qat::recipe_record(policy_.nvfp4_options().rules)},
                                             {"quantized_parameters", quantized},
                                             {"serving_files", files},
+                                            {"engine", qat::to_string(cfg_.exports.engine)},
                                             {"producer", std::string("fp4qat ") + FP4QAT_VERSION}});
   if (tokenizer_) {
     info_v.set("tokenizer", json::Value::object({{"from", source_}}));

@@ -12,6 +12,7 @@
 
 #include "kernels/quantize.h"
 #include "io/fs.h"
+#include "qat/check_export.h"
 #include "qat/gated_pairs.h"
 #include "io/json.h"
 #include "io/safetensors.h"
@@ -337,4 +338,104 @@ TEST(ExportTrainTokenizer, ExportsCarryTheSourceTokenizerOrSayTheyHaveNone) {
       EXPECT_EQ(fs::read_text(d.file(std::string("b/exports/latest/") + fmt_dir + "/" + n)), text)
           << fmt_dir << "/" << n;
   for (const auto& [n, text] : files) EXPECT_EQ(fs::read_text(d.file("b/hf/" + n)), text) << "hf/" << n;
+}
+
+namespace {
+// A copy of export folder `src` at `dst` whose index points tensor `name` at a new shard holding
+// `t` (or drops `name` when t is undefined): a folder with one tensor changed, added or missing.
+void copy_with(const std::string& src, const std::string& dst, const std::string& name, const at::Tensor& t) {
+  fs::make_dirs(dst);
+  for (const auto& f : fs::list_dir(src)) fs::copy_file(src + "/" + f, dst + "/" + f);
+  const std::string idx = dst + "/model.safetensors.index.json";
+  json::Value j = json::parse(fs::read_text(idx), idx);
+  json::Value wm = j.at("weight_map");
+  wm.erase(name);
+  if (t.defined()) {
+    st::write_file(dst + "/extra.safetensors", {{name, t}});
+    wm.set(name, std::string("extra.safetensors"));
+  }
+  j.set("weight_map", wm);
+  fs::write_text_atomic(idx, j.dump(2) + "\n");
+}
+bool mentions(const qat::ExportCheck& r, const std::string& what) {
+  for (const auto& e : r.errors)
+    if (e.find(what) != std::string::npos) return true;
+  return false;
+}
+}  // namespace
+
+// `fp4qat check-export` (issue 21) on the trainer's own exports: NVFP4 and BF16 load in every
+// engine; MXFP8 in the engine it was laid out for (export.engine) and not the other, naming the
+// scale tensor; and every defect an engine would not report is found, naming the tensor or key:
+// a missing tensor, one the engine would not load, gate/up with different weight_scale_2, a
+// wildcard or a wrong entry in the exclusion list.
+TEST(CheckExport, TrainerExportsLoadAndDefectsAreNamed) {
+  test::TempDir d;
+  cfg::Config c = small_run(d.file("run"));
+  c.exports.every = 3;
+  c.exports.formats = {fp4qat::qat::Format::kNVFP4, fp4qat::qat::Format::kMXFP8, fp4qat::qat::Format::kBF16};
+  c.exports.probe_mismatch = false;
+  train::Options o;
+  o.quiet = true;
+  train::run(c, o);
+  cfg::Config v = c;
+  v.train.out_dir = d.file("vllm");
+  v.exports.engine = qat::Engine::kVllm;
+  v.exports.formats = {fp4qat::qat::Format::kMXFP8};
+  v.exports.probe_mismatch = true;  // the rollout side loads the vLLM layout (modelopt MXFP8, weight_scale)
+  const train::Result rv = train::run(v, o);
+  ASSERT_FALSE(rv.steps.empty());
+  EXPECT_TRUE(std::isfinite(rv.steps.back().mismatch_mean));
+  const std::string nv = d.file("run/exports/latest/nvfp4"), mx = d.file("run/exports/latest/mxfp8"),
+                    bf = d.file("run/exports/latest/bf16"), mxv = d.file("vllm/exports/latest/mxfp8");
+  for (auto e : {qat::Engine::kAny, qat::Engine::kVllm, qat::Engine::kSglang}) {
+    for (const auto& dir : {nv, bf}) {
+      const auto r = qat::check_export(dir, e);
+      EXPECT_TRUE(r.ok()) << dir << " " << qat::to_string(e) << ": " << (r.errors.empty() ? "" : r.errors[0]);
+    }
+  }
+  const auto rn = qat::check_export(nv, qat::Engine::kVllm);
+  EXPECT_EQ(rn.format, "nvfp4");
+  EXPECT_EQ(rn.quantized_modules, 2 * 4 * 3);
+  EXPECT_EQ(rn.bf16_modules, 2 * 5 + 1);  // q/k/v/o and the router of 2 layers, lm_head
+  EXPECT_TRUE(qat::check_export(mx, qat::Engine::kSglang).ok());
+  EXPECT_TRUE(mentions(qat::check_export(mx, qat::Engine::kVllm), ".weight_scale missing"));
+  EXPECT_TRUE(qat::check_export(mxv, qat::Engine::kVllm).ok());
+  EXPECT_TRUE(mentions(qat::check_export(mxv, qat::Engine::kSglang), ".weight_scale_inv missing"));
+  const json::Value info = json::parse(fs::read_text(d.file("vllm/exports/latest/export.json")), "export.json");
+  EXPECT_EQ(info.at("engine").as_string(), "vllm");
+
+  const std::string g = "model.layers.1.mlp.experts.2.gate_proj";
+  copy_with(nv, d.file("missing"), g + ".input_scale", at::Tensor());
+  EXPECT_TRUE(mentions(qat::check_export(d.file("missing"), qat::Engine::kAny), g + ".input_scale missing"));
+  copy_with(nv, d.file("extra"), g + ".weight_scale_inv", at::zeros({64, 4}, at::kByte));
+  EXPECT_TRUE(mentions(qat::check_export(d.file("extra"), qat::Engine::kAny), g + ".weight_scale_inv"));
+  copy_with(nv, d.file("pair"), g + ".weight_scale_2", at::full({}, 0.125f));
+  EXPECT_TRUE(mentions(qat::check_export(d.file("pair"), qat::Engine::kAny), "different weight_scale_2"));
+  copy_with(nv, d.file("shape"), g + ".weight_scale", at::zeros({64, 3}, at::kFloat8_e4m3fn));
+  EXPECT_TRUE(mentions(qat::check_export(d.file("shape"), qat::Engine::kAny), g + ".weight_scale: shape"));
+  // The exclusion lists: an entry dropped (the module would be taken as quantized), and MXFP8
+  // wildcards (SGLang matches literally).
+  copy_with(nv, d.file("ignore"), "unused.none", at::Tensor());
+  json::Value cfgj = json::parse(fs::read_text(d.file("ignore/config.json")), "config.json");
+  json::Value qc = cfgj.at("quantization_config");
+  json::Value ig = json::Value::array();
+  for (const auto& x : qc.at("ignore").as_array())
+    if (x.as_string() != "model.layers.0.self_attn.k_proj") ig.push_back(x);
+  qc.set("ignore", ig);
+  cfgj.set("quantization_config", qc);
+  fs::write_text_atomic(d.file("ignore/config.json"), cfgj.dump(2) + "\n");
+  const auto ri = qat::check_export(d.file("ignore"), qat::Engine::kAny);
+  EXPECT_TRUE(mentions(ri, "model.layers.0.self_attn.k_proj.weight_scale missing"))
+      << (ri.errors.empty() ? "" : ri.errors[0]);
+  EXPECT_TRUE(mentions(ri, "exclude_modules differs"));
+  copy_with(mx, d.file("wild"), "unused.none", at::Tensor());
+  json::Value mj = json::parse(fs::read_text(d.file("wild/config.json")), "config.json");
+  json::Value mq = mj.at("quantization_config");
+  for (const char* k : {"modules_to_not_convert", "ignored_layers"})
+    mq.set(k, json::Value::array({"lm_head", "model.layers.*.self_attn*", "model.layers.*.mlp.gate"}));
+  mj.set("quantization_config", mq);
+  fs::write_text_atomic(d.file("wild/config.json"), mj.dump(2) + "\n");
+  EXPECT_TRUE(
+      mentions(qat::check_export(d.file("wild"), qat::Engine::kSglang), "SGLang matches MXFP8 exclusions literally"));
 }
