@@ -241,6 +241,11 @@ TEST(ExportTrainRecipes, RolloutReproducesTheTrainerForEveryRecipe) {
     }
     EXPECT_EQ(probed, 2);
     const std::string dir = d.file("run/exports/latest");
+    // Every recipe's export loads in both engines as laid out (fp4qat check-export; W4A16 too).
+    for (auto e : {qat::Engine::kVllm, qat::Engine::kSglang}) {
+      const auto chk = qat::check_export(dir + "/nvfp4", e);
+      EXPECT_TRUE(chk.ok()) << qat::to_string(e) << ": " << (chk.errors.empty() ? "" : chk.errors[0]);
+    }
     const json::Value cj = json::parse(fs::read_text(dir + "/nvfp4/config.json"), "config.json");
     const json::Value& qc = cj.at("quantization_config");
     const bool w4a16 = cs.acts == qat::Activations::kBF16;
