@@ -9,6 +9,7 @@
 #include "kernels/common/check.h"
 #include "io/fs.h"
 #include "io/json.h"
+#include "io/jsonl.h"
 
 namespace fp4qat::cli {
 
@@ -55,17 +56,8 @@ NVFP4Rule parse_rule_options(const std::string& scale_rule, const std::string* e
 
 std::vector<std::vector<int64_t>> read_token_jsonl(const std::string& path, int64_t vocab, size_t min_len,
                                                    size_t max_len, const std::string& max_what) {
-  const std::string text = fs::read_text(path, 1u << 30);
   std::vector<std::vector<int64_t>> out;
-  size_t pos = 0, line_no = 0;
-  while (pos < text.size()) {
-    const size_t end = std::min(text.find('\n', pos), text.size());
-    const std::string line = text.substr(pos, end - pos);
-    pos = end + 1;
-    ++line_no;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(line_no);
-    const json::Value v = json::parse(line, where);
+  jsonl::for_each(path, [&](const json::Value& v, const std::string& where) {
     std::vector<int64_t> seq;
     for (const auto& t : v.at("tokens", where).as_array(where + ": tokens")) {
       const int64_t id = t.as_int(where + ": tokens");
@@ -75,7 +67,7 @@ std::vector<std::vector<int64_t>> read_token_jsonl(const std::string& path, int6
     FP4QAT_CHECK(seq.size() >= min_len, where, ": a sequence needs at least ", min_len, " token(s)");
     FP4QAT_CHECK(seq.size() <= max_len, where, ": ", seq.size(), " tokens, more than ", max_len, " (", max_what, ")");
     out.push_back(std::move(seq));
-  }
+  });
   return out;
 }
 

@@ -1,11 +1,14 @@
 // tests/trainer/test_data.cpp — trainer/data.h: the synthetic corpus is deterministic and
 // well-formed; token files round-trip, batches are deterministic and stay inside their split,
-// malformed files are refused naming the file; a run on a token file learns its pattern.
+// malformed files are refused naming the file; a run on a token file learns its pattern; rollout
+// samples (trainer/rollouts.h) round-trip and bad ones are refused naming file:line.
 #include <gtest/gtest.h>
 
 #include "kernels/common/check.h"
 #include "tests/common/test_util.h"
+#include "io/fs.h"
 #include "trainer/data.h"
+#include "trainer/rollouts.h"
 #include "trainer/train.h"
 
 using fp4qat::test::TempDir;
@@ -95,4 +98,84 @@ TEST(TokenFile, TrainingLearnsAPattern) {
   ASSERT_EQ(r.evals.size(), 1u);
   EXPECT_LT(r.evals[0].val_loss, 1.0) << "the cycle is predictable after a few tokens";
   EXPECT_GT(r.steps.front().loss, 2.0);
+}
+
+// Rollout samples (trainer/rollouts.h, issue 22): a record with every field round-trips
+// (to_json_line -> read_file), a folder's files are read in name order, and each kind of bad
+// record is refused naming file:line: a truncated line, an unknown key, token / expert ids out
+// of range, log-prob and advantage counts not matching the response, NaN / positive log-probs,
+// non-finite rewards, empty responses, too long samples, inconsistent routed-expert layouts.
+TEST(Rollouts, RecordsRoundTripAndBadOnesAreRefusedNamingFileAndLine) {
+  namespace ro = fp4qat::rollouts;
+  namespace fs = fp4qat::fs;
+  TempDir d;
+  ro::Limits lim;
+  lim.vocab = 16;
+  lim.max_tokens = 12;
+  lim.num_experts = 4;
+  ro::Sample a;
+  a.prompt = {1, 2, 10};
+  a.response = {3, 12};
+  a.logprobs = {-0.25f, -1.5f};
+  a.reward = 1.0;
+  a.group = "7";
+  a.advantages = {0.5f, -0.5f};
+  a.routed = {0, 1, 2, 3, 3, 2, 1, 0};  // [2 tokens, 2 layers, top 2]
+  ro::Sample b = a;
+  b.routed.clear();
+  b.advantages.clear();
+  b.reward = -0.5;
+  b.group = "g8";
+  fs::make_dirs(d.file("r"));
+  fs::write_text_atomic(d.file("r/b.jsonl"), ro::to_json_line(b) + "\n\n");
+  fs::write_text_atomic(d.file("r/a.jsonl"), ro::to_json_line(a, 2, 2) + "\n" + ro::to_json_line(b) + "\n");
+  fs::write_text_atomic(d.file("r/notes.txt"), "not a rollout file\n");
+  const auto all = ro::read_folder(d.file("r"), lim);
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(all[0].prompt, a.prompt);
+  EXPECT_EQ(all[0].response, a.response);
+  EXPECT_EQ(all[0].logprobs, a.logprobs);
+  EXPECT_EQ(all[0].advantages, a.advantages);
+  EXPECT_EQ(all[0].routed, a.routed);
+  EXPECT_EQ(all[0].group, "7");
+  EXPECT_EQ(all[0].where, d.file("r/a.jsonl") + ":1");
+  EXPECT_EQ(all[1].reward, -0.5);
+  EXPECT_EQ(all[2].where, d.file("r/b.jsonl") + ":1");  // b.jsonl after a.jsonl
+  // An integer group id reads as its decimal text.
+  fs::write_text_atomic(d.file("int.jsonl"), R"({"prompt":[1],"response":[2],"logprobs":[-1],"reward":0,"group":3})"
+                                             "\n");
+  EXPECT_EQ(ro::read_file(d.file("int.jsonl"), lim)[0].group, "3");
+
+  const std::string good = R"("prompt":[1,2],"response":[3,4],"logprobs":[-0.5,-0.25],"reward":1,"group":1)";
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"{" + good.substr(0, 40), "invalid JSON"},  // truncated
+      {"{" + good + R"(,"advantage":[1,2]})", "unknown key 'advantage'"},
+      {R"({"prompt":[1,16],"response":[3],"logprobs":[-1],"reward":0,"group":1})", "token 16 is outside"},
+      {R"({"prompt":[1],"response":[3,4],"logprobs":[-1],"reward":0,"group":1})", "1 logprobs for 2 response"},
+      {R"({"prompt":[1],"response":[3],"logprobs":[0.5],"reward":0,"group":1})", "is positive"},
+      {R"({"prompt":[1],"response":[3],"logprobs":[NaN],"reward":0,"group":1})", "invalid JSON"},
+      {R"({"prompt":[1],"response":[3],"logprobs":[-1],"reward":1e999,"group":1})", "number overflow"},
+      {R"({"prompt":[1],"response":[3],"logprobs":[-1],"reward":"1","group":1})", "reward must be a finite"},
+      {R"({"prompt":[1],"response":[],"logprobs":[],"reward":0,"group":1})", "response is empty"},
+      {R"({"prompt":[1,2,3,4,5,6,7,8,9,10],"response":[1,2,3],"logprobs":[-1,-1,-1],"reward":0,"group":1})",
+       "more than the model's 12"},
+      {"{" + good + R"(,"advantages":[1]})", "1 advantages for 2 response"},
+      {"{" + good + R"(,"routed_experts":[[[0,4]],[[1,2]]]})", "routed expert 4"},
+      {"{" + good + R"(,"routed_experts":[[[0,1]],[[1,2],[0,1]]]})", "has 2 layers, expected 1"},
+      {"{" + good + R"(,"routed_experts":[[[0,1]]]})", "1 entries for 2 response"},
+      {R"({"prompt":[1],"response":[3],"logprobs":[-1],"reward":0})", "group"},
+  };
+  for (const auto& [line, needle] : bad) {
+    const std::string f = d.file("bad.jsonl");
+    fs::write_text_atomic(f, "{" + good + "}\n" + line + "\n");
+    try {
+      ro::read_file(f, lim);
+      ADD_FAILURE() << "accepted: " << line;
+    } catch (const fp4qat::Error& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find(f + ":2"), std::string::npos) << m;
+      EXPECT_NE(m.find(needle), std::string::npos) << "should say '" << needle << "': " << m;
+    }
+  }
+  EXPECT_THROW(ro::read_folder(d.file("none"), lim), fp4qat::Error);
 }

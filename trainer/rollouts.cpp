@@ -1,0 +1,162 @@
+// trainer/rollouts.cpp — see rollouts.h.
+#include "trainer/rollouts.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <set>
+
+#include "io/fs.h"
+#include "io/json.h"
+#include "io/jsonl.h"
+#include "kernels/common/check.h"
+
+namespace fp4qat::rollouts {
+
+namespace {
+
+std::vector<int64_t> token_ids(const json::Value& v, const char* key, int64_t vocab, const std::string& where) {
+  std::vector<int64_t> out;
+  for (const auto& t : v.at(key, where).as_array(where + ": " + key)) {
+    FP4QAT_CHECK(t.is_int(), where, ": ", key, " holds a value that is not an integer token id");
+    const int64_t id = t.as_int();
+    FP4QAT_CHECK(id >= 0 && id < vocab, where, ": ", key, " token ", id, " is outside the vocabulary [0, ", vocab, ")");
+    out.push_back(id);
+  }
+  FP4QAT_CHECK(!out.empty(), where, ": ", key, " is empty");
+  return out;
+}
+
+std::vector<float> per_token(const json::Value& v, const char* key, size_t n, const std::string& where) {
+  std::vector<float> out;
+  for (const auto& x : v.at(key, where).as_array(where + ": " + key)) {
+    FP4QAT_CHECK(x.is_number(), where, ": ", key, " holds a value that is not a number");
+    const double d = x.as_double();
+    FP4QAT_CHECK(std::isfinite(d), where, ": ", key, "[", out.size(), "] is not finite");
+    out.push_back(static_cast<float>(d));
+  }
+  FP4QAT_CHECK(out.size() == n, where, ": ", out.size(), " ", key, " for ", n, " response tokens (one per token)");
+  return out;
+}
+
+Sample parse(const json::Value& v, const std::string& where, const Limits& lim, int64_t& layers, int64_t& top_k) {
+  static const std::set<std::string> kKeys = {"prompt", "response",   "logprobs",      "reward",
+                                              "group",  "advantages", "routed_experts"};
+  FP4QAT_CHECK(v.is_object(), where, ": a rollout record must be a JSON object");
+  for (const auto& [k, x] : v.as_object())
+    FP4QAT_CHECK(kKeys.count(k), where, ": unknown key '", k,
+                 "' (prompt, response, logprobs, reward, group, advantages, routed_experts)");
+  Sample s;
+  s.where = where;
+  s.prompt = token_ids(v, "prompt", lim.vocab, where);
+  s.response = token_ids(v, "response", lim.vocab, where);
+  const int64_t len = static_cast<int64_t>(s.prompt.size() + s.response.size());
+  FP4QAT_CHECK(lim.max_tokens <= 0 || len <= lim.max_tokens, where, ": ", len,
+               " tokens (prompt + response), more than the model's ", lim.max_tokens);
+  s.logprobs = per_token(v, "logprobs", s.response.size(), where);
+  for (size_t i = 0; i < s.logprobs.size(); ++i)
+    FP4QAT_CHECK(s.logprobs[i] <= 0.0f, where, ": logprobs[", i, "] = ", s.logprobs[i],
+                 " is positive (a log-probability is at most 0)");
+  const json::Value& r = v.at("reward", where);
+  FP4QAT_CHECK(r.is_number() && std::isfinite(r.as_double()), where, ": reward must be a finite number");
+  s.reward = r.as_double();
+  const json::Value& g = v.at("group", where);
+  FP4QAT_CHECK(g.is_int() || g.is_string(), where, ": group must be an integer or a string");
+  s.group = g.is_int() ? std::to_string(g.as_int()) : g.as_string();
+  if (const json::Value* a = v.find("advantages"); a && !a->is_null())
+    s.advantages = per_token(v, "advantages", s.response.size(), where);
+  if (const json::Value* re = v.find("routed_experts"); re && !re->is_null()) {
+    const auto& toks = re->as_array(where + ": routed_experts");
+    FP4QAT_CHECK(toks.size() == s.response.size(), where, ": routed_experts has ", toks.size(), " entries for ",
+                 s.response.size(), " response tokens ([response length][moe layers][top k])");
+    for (size_t t = 0; t < toks.size(); ++t) {
+      const auto& ls = toks[t].as_array(where + ": routed_experts[" + std::to_string(t) + "]");
+      if (layers == 0) layers = static_cast<int64_t>(ls.size());
+      FP4QAT_CHECK(static_cast<int64_t>(ls.size()) == layers && layers > 0, where, ": routed_experts[", t, "] has ",
+                   ls.size(), " layers, expected ", layers);
+      for (size_t l = 0; l < ls.size(); ++l) {
+        const auto& ks =
+            ls[l].as_array(where + ": routed_experts[" + std::to_string(t) + "][" + std::to_string(l) + "]");
+        if (top_k == 0) top_k = static_cast<int64_t>(ks.size());
+        FP4QAT_CHECK(static_cast<int64_t>(ks.size()) == top_k && top_k > 0, where, ": routed_experts[", t, "][", l,
+                     "] has ", ks.size(), " experts, expected top_k = ", top_k);
+        for (const auto& e : ks) {
+          FP4QAT_CHECK(e.is_int(), where, ": routed_experts holds a value that is not an integer expert id");
+          const int64_t id = e.as_int();
+          FP4QAT_CHECK(id >= 0 && id < lim.num_experts, where, ": routed expert ", id, " (token ", t, ", layer ", l,
+                       ") is outside [0, ", lim.num_experts, ")");
+          s.routed.push_back(static_cast<int32_t>(id));
+        }
+      }
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+namespace {
+// Appends the samples of `path`; layers / top_k: the routed-experts layout seen so far (0: none
+// yet), kept across files.
+void read_into(const std::string& path, const Limits& lim, int64_t& layers, int64_t& top_k, std::vector<Sample>& out) {
+  FP4QAT_CHECK(lim.vocab > 0, "rollouts: the vocabulary size must be known");
+  const size_t before = out.size();
+  jsonl::for_each(path, [&](const json::Value& v, const std::string& where) {
+    out.push_back(parse(v, where, lim, layers, top_k));
+  });
+  FP4QAT_CHECK(out.size() > before, path, ": no rollout record");
+}
+}  // namespace
+
+std::vector<Sample> read_file(const std::string& path, const Limits& lim) {
+  std::vector<Sample> out;
+  int64_t layers = lim.moe_layers, top_k = lim.top_k;
+  read_into(path, lim, layers, top_k, out);
+  return out;
+}
+
+std::vector<Sample> read_folder(const std::string& dir, const Limits& lim) {
+  FP4QAT_CHECK(fs::is_dir(dir), dir, ": not a folder of rollout files");
+  std::vector<Sample> out;
+  int64_t layers = lim.moe_layers, top_k = lim.top_k;
+  for (const auto& n : fs::list_dir(dir))  // sorted
+    if (n.size() > 6 && n.compare(n.size() - 6, 6, ".jsonl") == 0) read_into(dir + "/" + n, lim, layers, top_k, out);
+  FP4QAT_CHECK(!out.empty(), dir, ": no *.jsonl rollout file");
+  return out;
+}
+
+std::string to_json_line(const Sample& s, int64_t moe_layers, int64_t top_k) {
+  json::Value p = json::Value::array(), r = json::Value::array(), lp = json::Value::array();
+  for (auto t : s.prompt) p.push_back(t);
+  for (auto t : s.response) r.push_back(t);
+  for (auto x : s.logprobs) lp.push_back(static_cast<double>(x));
+  json::Value o =
+      json::Value::object({{"prompt", p}, {"response", r}, {"logprobs", lp}, {"reward", s.reward}, {"group", s.group}});
+  if (!s.advantages.empty()) {
+    json::Value a = json::Value::array();
+    for (auto x : s.advantages) a.push_back(static_cast<double>(x));
+    o.set("advantages", a);
+  }
+  if (!s.routed.empty()) {
+    FP4QAT_CHECK(
+        moe_layers > 0 && top_k > 0 &&
+            static_cast<int64_t>(s.routed.size()) == static_cast<int64_t>(s.response.size()) * moe_layers * top_k,
+        "rollouts: routed experts of ", s.routed.size(), " ids do not fit [", s.response.size(), ", ", moe_layers, ", ",
+        top_k, "]");
+    json::Value toks = json::Value::array();
+    size_t i = 0;
+    for (size_t t = 0; t < s.response.size(); ++t) {
+      json::Value ls = json::Value::array();
+      for (int64_t l = 0; l < moe_layers; ++l) {
+        json::Value ks = json::Value::array();
+        for (int64_t k = 0; k < top_k; ++k) ks.push_back(static_cast<int64_t>(s.routed[i++]));
+        ls.push_back(ks);
+      }
+      toks.push_back(ls);
+    }
+    o.set("routed_experts", toks);
+  }
+  return o.dump();
+}
+
+}  // namespace fp4qat::rollouts
