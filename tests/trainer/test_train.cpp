@@ -2,6 +2,8 @@
 // resumed from its checkpoint has a loss trajectory and final weights bit-identical to an
 // uninterrupted run; the CLI resolves and dumps the config and rejects bad keys.
 #include <gtest/gtest.h>
+
+#include <cmath>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -11,6 +13,7 @@
 #include "io/publish.h"
 #include "io/safetensors.h"
 #include "tests/common/test_util.h"
+#include "trainer/grpo.h"
 #include "trainer/train.h"
 
 using fp4qat::test::TempDir;
@@ -193,4 +196,77 @@ TEST(CliTrain, SigintFinishesTheStepAndCheckpoints) {
   const int64_t step = std::stoll(latest.substr(5));
   EXPECT_GT(step, 0);
   EXPECT_LT(step, 100000);
+}
+
+// The GRPO objective (trainer/grpo.h, issue 22) against its definition, token by token:
+// group-normalised advantages; the gradient of the token-mean surrogate is -A r w / N where the
+// unclipped term is active and 0 where the clipped one is (DAPO's separate low / high bounds);
+// TIS truncates the mismatch weight at C, masking drops tokens outside the band; the logged
+// mismatch (mean |delta log p|, k3 KL) and fractions.
+TEST(Grpo, AdvantagesLossGradientsAndCorrections) {
+  namespace grpo = fp4qat::grpo;
+  const auto a = grpo::group_advantages({1, 0, 1, 0, 5, 2}, {"a", "a", "a", "a", "b", "c"}, true, 0.0);
+  const double sd = std::sqrt(1.0 / 3.0);  // unbiased std of {1, 0, 1, 0}
+  EXPECT_NEAR(a[0], 0.5 / sd, 1e-12);
+  EXPECT_NEAR(a[1], -0.5 / sd, 1e-12);
+  EXPECT_EQ(a[4], 5.0);  // a group of one: mean 0, std 1
+  EXPECT_EQ(grpo::group_advantages({1, 3}, {"g", "g"}, false)[1], 1.0);
+  EXPECT_THROW(grpo::group_advantages({1, 2}, {"g"}, true), fp4qat::Error);
+  EXPECT_THROW(grpo::parse_correction("clip"), fp4qat::Error);
+
+  // Tokens: r = exp(logp - old) chosen to be inside, above and below the clip range, with
+  // positive and negative advantages; m = exp(old - sampler) below and above the TIS cap.
+  const std::vector<double> r = {1.0, 1.5, 0.5, 1.5, 0.5, 1.1};
+  const std::vector<double> A = {1.0, 1.0, -1.0, -1.0, 1.0, -2.0};
+  const std::vector<double> m = {1.0, 1.0, 1.0, 3.0, 0.25, 1.2};
+  const int64_t N = 6;
+  at::Tensor old = at::randn({N}, at::kDouble) * 0.1;
+  at::Tensor logp0 = old + at::log(at::tensor(r, at::kDouble));
+  at::Tensor sampler = old - at::log(at::tensor(m, at::kDouble));
+  const at::Tensor adv = at::tensor(A, at::kDouble);
+  grpo::Options o;  // clip 0.2 / 0.28, TIS with C = 2
+  at::Tensor logp = logp0.to(at::kFloat).requires_grad_(true);
+  auto res = grpo::loss(logp, old.to(at::kFloat), sampler.to(at::kFloat), adv.to(at::kFloat), o);
+  res.loss.backward();
+  // Active unclipped term: token 0 (r = 1), token 2 (A < 0, r = 0.5 < 0.8: clipped active -> 0 grad),
+  // token 1 (A > 0, r = 1.5 > 1.28: clipped -> 0), token 3 (A < 0, r = 1.5: unclipped smaller ->
+  // active), token 4 (A > 0, r = 0.5: unclipped smaller -> active), token 5 (A < 0, r = 1.1 inside).
+  const std::vector<bool> active = {true, false, false, true, true, true};
+  double want_loss = 0;
+  for (int64_t t = 0; t < N; ++t) {
+    const double w = std::min(m[t], 2.0);
+    const double rc = std::min(std::max(r[t], 0.8), 1.28);
+    want_loss += -std::min(r[t] * A[t], rc * A[t]) * w / N;
+    const double g = active[t] ? -A[t] * r[t] * w / N : 0.0;
+    EXPECT_NEAR(logp.grad()[t].item<double>(), g, 1e-5) << "token " << t;
+  }
+  EXPECT_NEAR(res.loss.item<double>(), want_loss, 1e-5);
+  EXPECT_NEAR(res.clip_fraction, 2.0 / 6.0, 1e-12);
+  EXPECT_NEAR(res.corrected_fraction, 1.0 / 6.0, 1e-12);  // m = 3 > C
+  double abs_d = 0, k3 = 0;
+  for (double x : m) abs_d += std::abs(std::log(x)) / N, k3 += (x - 1.0 - std::log(x)) / N;
+  EXPECT_NEAR(res.mismatch_abs_mean, abs_d, 1e-5);
+  EXPECT_NEAR(res.mismatch_kl, k3, 1e-5);
+
+  // Masking: tokens with m outside [0.5, 2] (tokens 3 and 4) contribute nothing.
+  o.correction = grpo::Correction::kMask;
+  at::Tensor lm = logp0.to(at::kFloat).requires_grad_(true);
+  auto rm = grpo::loss(lm, old.to(at::kFloat), sampler.to(at::kFloat), adv.to(at::kFloat), o);
+  rm.loss.backward();
+  EXPECT_EQ(lm.grad()[3].item<float>(), 0.0f);
+  EXPECT_EQ(lm.grad()[4].item<float>(), 0.0f);
+  EXPECT_NEAR(lm.grad()[0].item<double>(), -A[0] * r[0] / N, 1e-5);
+  EXPECT_NEAR(rm.corrected_fraction, 2.0 / 6.0, 1e-12);
+  // A KL to a reference adds beta * k3 per token; equal to the learner, it adds 0 and no gradient.
+  o.correction = grpo::Correction::kNone;
+  o.kl_coef = 0.5;
+  at::Tensor lk = logp0.to(at::kFloat).requires_grad_(true);
+  const auto base = grpo::loss(lk, old.to(at::kFloat), sampler.to(at::kFloat), adv.to(at::kFloat),
+                               grpo::Options{0.2, 0.28, grpo::Correction::kNone});
+  const auto with_ref =
+      grpo::loss(lk, old.to(at::kFloat), sampler.to(at::kFloat), adv.to(at::kFloat), o, lk.detach().clone());
+  EXPECT_NEAR(with_ref.loss.item<double>(), base.loss.item<double>(), 1e-7);
+  EXPECT_THROW(grpo::loss(lk, old.to(at::kFloat), sampler.to(at::kFloat), adv.to(at::kFloat), o), fp4qat::Error);
+  EXPECT_THROW(grpo::loss(lk, old.to(at::kFloat).narrow(0, 0, 5), sampler.to(at::kFloat), adv.to(at::kFloat), o),
+               fp4qat::Error);
 }
