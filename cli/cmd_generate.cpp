@@ -1,8 +1,10 @@
 // cli/cmd_generate.cpp — `fp4qat generate`: sampling from an exported / converted / BF16
 // folder as the rollout side runs it (rollout/serving.h), with a KV cache: the prompt in one
 // forward, then one token per forward. Greedy (--temperature 0), temperature and top-p sampling
-// with a seeded generator. Output JSONL per prompt: the generated tokens and their log-probs
-// under the model (temperature 1, no top-p: what an RL trainer compares against).
+// with a seeded generator. Output: rollout records (trainer/rollouts.h), --samples per prompt as
+// one group: prompt, response, the response tokens' log-probs under the model (temperature 1, no
+// top-p: what an RL trainer compares against), and with --reward NAME (trainer/rewards.h) the
+// reward that makes them training data.
 #include <ATen/CPUGeneratorImpl.h>
 #include <boost/program_options.hpp>
 #include <torch/torch.h>
@@ -18,6 +20,8 @@
 #include "cli/cli.h"
 #include "cli/util.h"
 #include "rollout/serving.h"
+#include "trainer/rewards.h"
+#include "trainer/rollouts.h"
 
 namespace po = boost::program_options;
 
@@ -40,7 +44,8 @@ int64_t pick(const at::Tensor& logits, double temperature, double top_p, at::Gen
 
 int cmd_generate(const Args& args) {
   std::string model_dir, prompts, out, device;
-  int64_t max_new = 32, eos = -1;
+  int64_t max_new = 32, eos = -1, samples = 1;
+  std::string reward;
   double temperature = 0, top_p = 1.0;
   uint64_t seed = 0;
   po::options_description desc("fp4qat generate options");
@@ -52,14 +57,19 @@ int cmd_generate(const Args& args) {
       "temperature", po::value(&temperature)->default_value(0.0), "0: greedy; > 0: sampling temperature")(
       "top-p", po::value(&top_p)->default_value(1.0), "nucleus sampling mass (0, 1]")(
       "eos", po::value(&eos)->default_value(-1), "stop a sequence at this token id (-1: none)")(
-      "seed", po::value(&seed)->default_value(0), "sampling seed")("device", po::value(&device)->default_value("auto"),
-                                                                   "auto | cpu | cuda");
+      "samples", po::value(&samples)->default_value(1), "responses per prompt (one group per prompt)")(
+      "reward", po::value(&reward),
+      "score each response with this reward (trainer/rewards.h: addition | addition_exact); without it the "
+      "records carry no reward")("seed", po::value(&seed)->default_value(0), "sampling seed")(
+      "device", po::value(&device)->default_value("auto"), "auto | cpu | cuda");
   po::variables_map vm;
   if (!parse_options(args, desc, vm,
                      "fp4qat generate --model DIR --prompts FILE.jsonl [--max-new-tokens N] [--temperature T]\n"
                      "                       [--top-p P] [--seed S] [--out FILE.jsonl]"))
     return 0;
-  FP4QAT_CHECK(max_new >= 0, "--max-new-tokens must be >= 0");
+  FP4QAT_CHECK(max_new >= 1, "--max-new-tokens must be >= 1 (a rollout record has a response)");
+  FP4QAT_CHECK(samples >= 1, "--samples must be >= 1");
+  const rewards::Fn score = reward.empty() ? nullptr : rewards::by_name(reward);
   FP4QAT_CHECK(temperature >= 0, "--temperature must be >= 0");
   FP4QAT_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1]");
   const at::Device dev = parse_device(device);
@@ -76,29 +86,33 @@ int cmd_generate(const Args& args) {
   std::ostream& os = file.stream();
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   torch::NoGradGuard ng;
-  for (const auto& p : ps) {
-    model::KVCache cache;
-    at::Tensor logits = m.model->forward(at::tensor(p, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache)
-                            .logits[0][-1]
-                            .to(at::kFloat)
-                            .to(at::kCPU);
-    json::Value toks = json::Value::array(), lps = json::Value::array();
-    for (int64_t n = 0; n < max_new; ++n) {
-      const int64_t next = pick(logits, temperature, top_p, gen);
-      toks.push_back(next);
-      lps.push_back(at::log_softmax(logits, 0)[next].item<double>());
-      if (next == eos) break;
-      if (n + 1 < max_new)
-        logits =
-            m.model
-                ->forward(at::tensor(std::vector<int64_t>{next}, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache)
-                .logits[0][-1]
-                .to(at::kFloat)
-                .to(at::kCPU);
+  for (size_t pi = 0; pi < ps.size(); ++pi) {
+    const auto& p = ps[pi];
+    for (int64_t k = 0; k < samples; ++k) {
+      model::KVCache cache;
+      at::Tensor logits = m.model->forward(at::tensor(p, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache)
+                              .logits[0][-1]
+                              .to(at::kFloat)
+                              .to(at::kCPU);
+      rollouts::Sample s;
+      s.prompt = p;
+      s.group = std::to_string(pi);
+      for (int64_t n = 0; n < max_new; ++n) {
+        const int64_t next = pick(logits, temperature, top_p, gen);
+        s.response.push_back(next);
+        s.logprobs.push_back(at::log_softmax(logits, 0)[next].item<float>());
+        if (next == eos) break;
+        if (n + 1 < max_new)
+          logits = m.model
+                       ->forward(at::tensor(std::vector<int64_t>{next}, at::kLong).unsqueeze(0).to(dev), dt, *m.policy,
+                                 &cache)
+                       .logits[0][-1]
+                       .to(at::kFloat)
+                       .to(at::kCPU);
+      }
+      if (score) s.reward = score(s.prompt, s.response);
+      os << rollouts::to_json_line(s, 0, 0, /*with_reward=*/score != nullptr) << "\n";
     }
-    json::Value prompt = json::Value::array();
-    for (int64_t t : p) prompt.push_back(t);
-    os << json::Value::object({{"prompt", prompt}, {"tokens", toks}, {"logprobs", lps}}).dump() << "\n";
   }
   file.commit();
   return 0;

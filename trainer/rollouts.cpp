@@ -125,13 +125,14 @@ std::vector<Sample> read_folder(const std::string& dir, const Limits& lim) {
   return out;
 }
 
-std::string to_json_line(const Sample& s, int64_t moe_layers, int64_t top_k) {
+std::string to_json_line(const Sample& s, int64_t moe_layers, int64_t top_k, bool with_reward) {
   json::Value p = json::Value::array(), r = json::Value::array(), lp = json::Value::array();
   for (auto t : s.prompt) p.push_back(t);
   for (auto t : s.response) r.push_back(t);
   for (auto x : s.logprobs) lp.push_back(static_cast<double>(x));
-  json::Value o =
-      json::Value::object({{"prompt", p}, {"response", r}, {"logprobs", lp}, {"reward", s.reward}, {"group", s.group}});
+  json::Value o = json::Value::object({{"prompt", p}, {"response", r}, {"logprobs", lp}});
+  if (with_reward) o.set("reward", s.reward);
+  o.set("group", s.group);
   if (!s.advantages.empty()) {
     json::Value a = json::Value::array();
     for (auto x : s.advantages) a.push_back(static_cast<double>(x));

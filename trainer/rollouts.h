@@ -52,6 +52,7 @@ std::vector<Sample> read_file(const std::string& path, const Limits& lim);
 std::vector<Sample> read_folder(const std::string& dir, const Limits& lim);
 
 // One record as a JSON line (without the newline): what read_file reads back, field for field.
-std::string to_json_line(const Sample& s, int64_t moe_layers = 0, int64_t top_k = 0);
+// Without `with_reward` the record has no "reward" (samples not yet scored: read_file refuses them).
+std::string to_json_line(const Sample& s, int64_t moe_layers = 0, int64_t top_k = 0, bool with_reward = true);
 
 }  // namespace fp4qat::rollouts

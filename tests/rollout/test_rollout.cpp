@@ -19,6 +19,8 @@
 #include "tests/common/test_util.h"
 #include "model/hf_folder.h"
 #include "model/qwen3_moe.h"
+#include "trainer/rewards.h"
+#include "trainer/rollouts.h"
 #include "rollout/serving.h"
 #include "trainer/train.h"
 
@@ -189,7 +191,7 @@ TEST(CliGenerate, GreedyMatchesArgmaxOfTheFullForwardAndSamplingIsSeeded) {
   // Greedy with the KV cache == argmax of full forwards over the growing sequence.
   rollout::Loaded m = rollout::load(dir, at::kCPU);
   std::vector<int64_t> seq = {1, 2, 10, 3};
-  const auto& toks = line.at("tokens").as_array();
+  const auto& toks = line.at("response").as_array();
   ASSERT_EQ(toks.size(), 5u);
   torch::NoGradGuard ng;
   for (const auto& t : toks) {
@@ -206,6 +208,28 @@ TEST(CliGenerate, GreedyMatchesArgmaxOfTheFullForwardAndSamplingIsSeeded) {
   };
   EXPECT_EQ(sample("7"), sample("7"));
   EXPECT_NE(sample("7"), sample("8"));
+  // Rollout records (trainer/rollouts.h): G responses per prompt as one group, scored by a named
+  // reward; the file reads back as training data; unscored records are refused by the reader.
+  fs::write_text_atomic(d.file("p2.jsonl"), "{\"tokens\": [1, 2, 10, 3, 11]}\n{\"tokens\": [4, 10, 5, 11]}\n");
+  const auto rr = test::run_fp4qat({"generate", "--model", dir, "--prompts", d.file("p2.jsonl"), "--max-new-tokens",
+                                    "4", "--temperature", "1", "--samples", "3", "--reward", "addition", "--seed", "3",
+                                    "--device", "cpu", "--out", d.file("roll.jsonl")});
+  ASSERT_EQ(rr.exit_code, 0) << rr.err;
+  rollouts::Limits lim;
+  lim.vocab = m.model->config().vocab_size;
+  const auto got = rollouts::read_file(d.file("roll.jsonl"), lim);
+  ASSERT_EQ(got.size(), 6u);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].group, std::to_string(i / 3));
+    EXPECT_EQ(got[i].response.size(), got[i].logprobs.size());
+    EXPECT_EQ(got[i].reward, rewards::addition(got[i].prompt, got[i].response));
+  }
+  const auto unscored = test::run_fp4qat({"generate", "--model", dir, "--prompts", d.file("p2.jsonl"),
+                                          "--max-new-tokens", "2", "--device", "cpu", "--out", d.file("u.jsonl")});
+  ASSERT_EQ(unscored.exit_code, 0) << unscored.err;
+  EXPECT_THROW(rollouts::read_file(d.file("u.jsonl"), lim), fp4qat::Error);
+  EXPECT_EQ(
+      test::run_fp4qat({"generate", "--model", dir, "--prompts", d.file("p2.jsonl"), "--reward", "bleu"}).exit_code, 1);
   const auto bad = test::run_fp4qat({"generate", "--model", dir, "--prompts", d.file("p.jsonl"), "--top-p", "0"});
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("--top-p"), std::string::npos) << bad.err;

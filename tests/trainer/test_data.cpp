@@ -8,6 +8,7 @@
 #include "tests/common/test_util.h"
 #include "io/fs.h"
 #include "trainer/data.h"
+#include "trainer/rewards.h"
 #include "trainer/rollouts.h"
 #include "trainer/train.h"
 
@@ -178,4 +179,27 @@ TEST(Rollouts, RecordsRoundTripAndBadOnesAreRefusedNamingFileAndLine) {
     }
   }
   EXPECT_THROW(ro::read_folder(d.file("none"), lim), fp4qat::Error);
+}
+
+// Rewards (trainer/rewards.h): the addition task's exact match and format term, by name.
+TEST(Rewards, AdditionTask) {
+  namespace rw = fp4qat::rewards;
+  const std::vector<int64_t> prompt = {1, 2, data::kPlus, 3, 0, data::kEquals};  // 12+30=
+  EXPECT_EQ(rw::addition_exact(prompt, {4, 2, data::kSep}), 1.0);
+  EXPECT_EQ(rw::addition_exact(prompt, {4, 2, data::kSep, 7, 7}), 1.0);  // after ';' nothing counts
+  EXPECT_EQ(rw::addition_exact(prompt, {4, 2}), 0.0);                    // no ';'
+  EXPECT_EQ(rw::addition_exact(prompt, {4, 3, data::kSep}), 0.0);
+  EXPECT_NEAR(rw::addition(prompt, {4, 2, data::kSep}), 1.1, 1e-12);
+  EXPECT_NEAR(rw::addition(prompt, {4, 3, data::kSep}), 0.1, 1e-12);  // wrong but well-formed
+  EXPECT_EQ(rw::addition(prompt, {data::kPlus, data::kSep}), 0.0);
+  EXPECT_EQ(rw::addition(prompt, {data::kSep}), 0.0);  // no digits
+  EXPECT_EQ(rw::by_name("addition"), &rw::addition);
+  EXPECT_THROW(rw::by_name("bleu"), fp4qat::Error);
+  EXPECT_THROW(rw::addition({1, data::kEquals}, {1}), fp4qat::Error);  // not "a+b="
+  // The corpus's own problems score 1.1 with their answers.
+  const data::SyntheticCorpus c(3);
+  for (uint64_t i = 0; i < 50; ++i) {
+    const data::Problem p = c.problem(1, i);
+    EXPECT_NEAR(rw::addition(p.prompt, p.answer), 1.1, 1e-12) << i;
+  }
 }
