@@ -40,17 +40,28 @@ const char* mxfp8_scale_suffix(Engine engine) { return engine == Engine::kVllm ?
 
 float nvfp4_input_scale(float amax) { return fmt::nvfp4_s_dec(fmt::nvfp4_s_enc(amax)); }
 
-json::Value recipe_record(const NVFP4Rules& o) {
+json::Value recipe_record(const NVFP4Rules& o, const std::string& serving) {
   const NVFP4Rule& w = o.weights;
   const NVFP4Rule& a = o.activations;
   const NVFP4Rule& any = w.four_over_six ? w : a;
-  return json::Value::object(
-      {{"activations", o.w4a16 ? "bf16" : "nvfp4"},
-       {"activation_scale", a.row_scaled ? "row" : "tensor"},
-       {"four_over_six", json::Value::object({{"weights", w.four_over_six},
-                                              {"activations", a.four_over_six},
-                                              {"error", any.mse ? "mse" : "mae"},
-                                              {"e4m3_max", static_cast<int64_t>(any.e4m3_max)}})}});
+  json::Value r =
+      json::Value::object({{"activations", o.w4a16 ? "bf16" : "nvfp4"},
+                           {"activation_scale", a.row_scaled ? "row" : "tensor"},
+                           {"four_over_six", json::Value::object({{"weights", w.four_over_six},
+                                                                  {"activations", a.four_over_six},
+                                                                  {"error", any.mse ? "mse" : "mae"},
+                                                                  {"e4m3_max", static_cast<int64_t>(any.e4m3_max)}})}});
+  if (serving != "fp4qat") r.set("serving", serving);
+  return r;
+}
+
+std::string read_serving(const json::Value& v, const std::string& where) {
+  const json::Value* s = v.find("serving");
+  if (!s) return "fp4qat";
+  const std::string p = s->as_string(where + ": fp4qat.serving");
+  FP4QAT_CHECK(p == "fp4qat" || p == "marlin" || p == "flashinfer_per_token", where, ": fp4qat.serving '", p,
+               "': expected fp4qat, marlin or flashinfer_per_token");
+  return p;
 }
 
 NVFP4Rules read_recipe_record(const json::Value& v, const std::string& where) {
@@ -196,9 +207,9 @@ std::vector<std::string> HfFolderWriter::finish() {
         qc.set("config_groups", groups);
         hqq.set("config_groups", groups);
       }
-      if (!opt_.rules.is_default()) {
-        qc.set("fp4qat", recipe_record(opt_.rules));
-        hqq.set("fp4qat", recipe_record(opt_.rules));
+      if (!opt_.rules.is_default() || opt_.serving != "fp4qat") {
+        qc.set("fp4qat", recipe_record(opt_.rules, opt_.serving));
+        hqq.set("fp4qat", recipe_record(opt_.rules, opt_.serving));
       }
       config.set("quantization_config", qc);
       json::Value hq = json::Value::object(

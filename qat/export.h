@@ -47,6 +47,9 @@ struct ExportOptions {
   // activations' rule the rollout side reproduces. Recorded in config.json's quantization_config
   // and hf_quant_config.json under "fp4qat" when not the 2024 recipe (whose files stay as they were).
   NVFP4Rules rules;
+  // The serving profile the trainer's forward reproduced (qat::Serving's name; "fp4qat" by
+  // default): recorded beside the rules ("fp4qat": {"serving": ...}) when not the default.
+  std::string serving = "fp4qat";
   int64_t max_shard_bytes = 2ll << 30;       // a new shard starts past this size
   std::string config_json;                   // the model's config.json text; quantization_config is added
   std::string producer_version = "unknown";  // hf_quant_config.json producer.version
@@ -72,9 +75,11 @@ QuantizedStack quantize_stack(Format format, Blocks blocks, const at::Tensor& w,
 
 // The "fp4qat" record of an NVFP4 export's recipe, and back: {"activations": "nvfp4"|"bf16",
 // "activation_scale": "tensor"|"row", "four_over_six": {"weights": b, "activations": b, "error":
-// "mae"|"mse", "e4m3_max": 256|448}}. `where` names the file in errors.
-json::Value recipe_record(const NVFP4Rules& rules);
+// "mae"|"mse", "e4m3_max": 256|448}, "serving": profile (only when not "fp4qat")}. `where` names
+// the file in errors; read_serving gives the profile ("fp4qat" when absent).
+json::Value recipe_record(const NVFP4Rules& rules, const std::string& serving = "fp4qat");
 NVFP4Rules read_recipe_record(const json::Value& v, const std::string& where);
+std::string read_serving(const json::Value& v, const std::string& where);
 
 // Builds one Hugging Face folder inside `dir` (an existing, empty folder; the caller publishes
 // it). Tensors may live on the CPU or a GPU; quantization runs where they are.

@@ -38,6 +38,17 @@ struct Selection {
 enum class FourOverSix { kNone, kWeights, kActivations, kAll };
 enum class ActivationScale { kTensor, kRow };  // one activation S_dec per tensor (per expert) or per row
 enum class Activations { kNVFP4, kBF16 };      // kBF16: W4A16, only the weights are quantized
+// The serving engine's activation arithmetic the trainer's forward reproduces (qat.serving; the
+// README's engine x GPU table). The exported checkpoint stays the recipe's (NVFP4 W4A4 with
+// input_scale); the profile is recorded in it ("fp4qat": {"serving": ...}) so that the rollout
+// side and the per-step probe run the same arithmetic.
+//   kFp4qat: activations quantized per expert with their current amax (fp4qat eval's own).
+//   kMarlin: activations not quantized (Marlin W4A16: vLLM and SGLang serving NVFP4 on Hopper
+//            and Ampere); input_scale is exported for SM100 engines but unused.
+//   kPerToken: one global scale per token (row-scaled; vLLM nvfp4_per_token, FlashInfer per-token).
+enum class Serving { kFp4qat, kMarlin, kPerToken };
+Serving parse_serving(const std::string& s);  // "fp4qat" | "marlin" | "flashinfer_per_token"
+const char* to_string(Serving s);
 
 struct Recipe {
   Format format = Format::kBF16;  // qat.format: none (= bf16) | nvfp4 | mxfp8
@@ -56,14 +67,20 @@ struct Recipe {
   double four_over_six_e4m3_max = 256;  // 256 | 448
   ActivationScale activation_scale = ActivationScale::kTensor;
   Activations activations = Activations::kNVFP4;
+  Serving serving = Serving::kFp4qat;  // qat.serving
 
   bool quantizes() const { return format != Format::kBF16; }
-  // The rules as one value: weights (Four Over Six for weights | all; never row-scaled),
-  // activations (Four Over Six for activations | all; row-scaled by activation_scale), W4A16.
+  // The rules of the training forward as one value: weights (Four Over Six for weights | all;
+  // never row-scaled), activations (Four Over Six for activations | all; row-scaled by
+  // activation_scale or the per-token profile), W4A16 (activations: bf16, or the Marlin profile).
   NVFP4Rules nvfp4_rules() const;
+  // The rules of the exported checkpoint: the forward's, but W4A16 only for activations: bf16
+  // (the Marlin profile exports the W4A4 checkpoint that engines serve W4A16 on Hopper).
+  NVFP4Rules export_rules() const;
   bool w4a16() const { return activations == Activations::kBF16; }
   // Refuses what cannot apply, naming the qat.* key: the rules with a format other than nvfp4,
-  // an E4M3 bound other than 256 / 448, activation rules under W4A16.
+  // an E4M3 bound other than 256 / 448, activation rules under W4A16 or the Marlin profile, a
+  // profile with activations: bf16 (a W4A16 checkpoint is served as it is).
   void validate() const;
 };
 

@@ -65,6 +65,11 @@ Loaded load(const std::string& dir, const at::Device& device) {
         const NVFP4Rules r = qat::read_recipe_record(*rec, cfg_path + ": quantization_config");
         FP4QAT_CHECK(r.w4a16 == act.rules.w4a16, cfg_path, ": quant_algo '", algo, "' and fp4qat.activations disagree");
         act.rules = r;  // the weights' rule is in the files already
+        // The serving profile the trainer reproduced (qat::Serving): Marlin leaves the
+        // activations of this W4A4 checkpoint in bf16; per-token scales them per row.
+        const std::string serving = qat::read_serving(*rec, cfg_path + ": quantization_config");
+        if (serving == "marlin") act.rules.w4a16 = true, act.rules.activations = NVFP4Rule{};
+        if (serving == "flashinfer_per_token") act.rules.activations.row_scaled = true;
       }
     } else {
       FP4QAT_CHECK(method == "mxfp8", cfg_path, ": quant_method '", method,

@@ -158,6 +158,9 @@ const Names<bool> kBlockErrors = {{"mae", false}, {"mse", true}};
 const Names<qat::ActivationScale> kActivationScales = {{"tensor", qat::ActivationScale::kTensor},
                                                        {"row", qat::ActivationScale::kRow}};
 const Names<qat::Activations> kActivations = {{"nvfp4", qat::Activations::kNVFP4}, {"bf16", qat::Activations::kBF16}};
+const Names<qat::Serving> kServings = {{"fp4qat", qat::Serving::kFp4qat},
+                                       {"marlin", qat::Serving::kMarlin},
+                                       {"flashinfer_per_token", qat::Serving::kPerToken}};
 const Names<qat::TrainScope> kTrainScopes = {{"all", qat::TrainScope::kAll},
                                              {"quantized_only", qat::TrainScope::kQuantizedOnly}};
 
@@ -229,6 +232,7 @@ class Schema {
         }));
     add_enum("qat", "activation_scale", &q.activation_scale, kActivationScales);
     add_enum("qat", "activations", &q.activations, kActivations);
+    add_enum("qat", "serving", &q.serving, kServings);
     auto& x = c.exports;
     add("export", "every", &x.every, Check<int64_t>([](const int64_t& v) {
           return v >= -1 ? std::string() : "must be >= 0 (or -1: every step when qat.format is not none)";

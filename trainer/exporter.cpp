@@ -84,8 +84,9 @@ std::string Exporter::submit(int64_t step) {
     opt.format = f;
     opt.engine = cfg_.exports.engine;
     opt.blocks = policy_.weight_blocks();
-    if (f == qat::Format::kNVFP4) {  // the recipe's rules; other formats have none
-      opt.rules = policy_.nvfp4_options().rules;
+    if (f == qat::Format::kNVFP4) {  // the recipe's checkpoint rules and serving profile; other formats have none
+      opt.rules = cfg_.qat.export_rules();
+      opt.serving = qat::to_string(cfg_.qat.serving);
     }
     opt.config_json = model::hf_config_json(model_.config());
     opt.producer_version = std::string("fp4qat ") + FP4QAT_VERSION;
@@ -130,15 +131,16 @@ std::string Exporter::submit(int64_t step) {
   for (const auto& p : policy_.quantized_params()) quantized.push_back(p);
   json::Value files = json::Value::array();
   for (const auto& f : serving_) files.push_back(f);
-  json::Value info_v = json::Value::object({{"step", step},
-                                            {"formats", fmts},
-                                            {"weight_blocks", to_string(policy_.weight_blocks())},
-                                            {"trained_in", qat::to_string(cfg_.qat.format)},
-                                            {"nvfp4_recipe", qat::recipe_record(policy_.nvfp4_options().rules)},
-                                            {"quantized_parameters", quantized},
-                                            {"serving_files", files},
-                                            {"engine", qat::to_string(cfg_.exports.engine)},
-                                            {"producer", std::string("fp4qat ") + FP4QAT_VERSION}});
+  json::Value info_v = json::Value::object(
+      {{"step", step},
+       {"formats", fmts},
+       {"weight_blocks", to_string(policy_.weight_blocks())},
+       {"trained_in", qat::to_string(cfg_.qat.format)},
+       {"nvfp4_recipe", qat::recipe_record(cfg_.qat.export_rules(), qat::to_string(cfg_.qat.serving))},
+       {"quantized_parameters", quantized},
+       {"serving_files", files},
+       {"engine", qat::to_string(cfg_.exports.engine)},
+       {"producer", std::string("fp4qat ") + FP4QAT_VERSION}});
   if (tokenizer_) {
     info_v.set("tokenizer", json::Value::object({{"from", source_}}));
   } else {

@@ -444,3 +444,72 @@ TEST(CheckExport, TrainerExportsLoadAndDefectsAreNamed) {
   EXPECT_TRUE(
       mentions(qat::check_export(d.file("wild"), qat::Engine::kSglang), "SGLang matches MXFP8 exclusions literally"));
 }
+
+// Serving profiles (qat.serving, issue 21): the trainer's forward reproduces the engine's
+// activation arithmetic while the checkpoint stays W4A4. marlin: the forward is W4A16's (the same
+// losses, step for step, as qat.activations: bf16), the export is quant_algo NVFP4 with
+// input_scale and records "serving": "marlin", and the rollout side reading it back computes the
+// trainer's forward exactly (mismatch 0 at every probe); flashinfer_per_token: row-scaled
+// activations, recorded, mismatch 0. Both exports load in both engines (check-export).
+// Contradictions are refused naming qat.serving.
+TEST(ExportTrainServing, ProfilesReproduceTheEngineAndKeepTheW4A4Checkpoint) {
+  test::TempDir d;
+  auto run = [&](const std::string& name, qat::Serving serving, qat::Activations acts) {
+    cfg::Config c = small_run(d.file(name));
+    c.train.dtype = "bf16";  // the compute dtype of the BF16 export's other weights: mismatch exactly 0
+    c.qat.serving = serving;
+    c.qat.activations = acts;
+    c.exports.every = 1;
+    c.exports.probe_mismatch = true;
+    train::Options o;
+    o.quiet = true;
+    return train::run(c, o);
+  };
+  const auto marlin = run("marlin", qat::Serving::kMarlin, qat::Activations::kNVFP4);
+  const auto w4a16 = run("w4a16", qat::Serving::kFp4qat, qat::Activations::kBF16);
+  const auto tok = run("tok", qat::Serving::kPerToken, qat::Activations::kNVFP4);
+  const auto plain = run("plain", qat::Serving::kFp4qat, qat::Activations::kNVFP4);
+  ASSERT_EQ(marlin.steps.size(), w4a16.steps.size());
+  for (size_t i = 0; i < marlin.steps.size(); ++i) {
+    EXPECT_EQ(marlin.steps[i].loss, w4a16.steps[i].loss) << "step " << i;
+    EXPECT_EQ(marlin.steps[i].mismatch_mean, 0.0) << "step " << i;
+    EXPECT_EQ(tok.steps[i].mismatch_mean, 0.0) << "step " << i;
+  }
+  EXPECT_NE(marlin.steps.back().loss, plain.steps.back().loss);  // the profile changes the forward
+  EXPECT_NE(tok.steps.back().loss, plain.steps.back().loss);
+  const std::string m = d.file("marlin/exports/latest/nvfp4");
+  const json::Value qc = json::parse(fs::read_text(m + "/config.json"), "config.json").at("quantization_config");
+  EXPECT_EQ(qc.at("quant_algo").as_string(), "NVFP4");
+  EXPECT_EQ(qc.at("fp4qat").at("serving").as_string(), "marlin");
+  EXPECT_EQ(qc.at("fp4qat").at("activations").as_string(), "nvfp4");
+  EXPECT_TRUE(load_folder(m).count("model.layers.0.mlp.experts.0.gate_proj.input_scale"));
+  const json::Value qt = json::parse(fs::read_text(d.file("tok/exports/latest/nvfp4/config.json")), "config.json")
+                             .at("quantization_config");
+  EXPECT_EQ(qt.at("fp4qat").at("serving").as_string(), "flashinfer_per_token");
+  EXPECT_EQ(qt.at("fp4qat").at("activation_scale").as_string(), "row");
+  for (const auto& dir : {m, d.file("tok/exports/latest/nvfp4")})
+    for (auto e : {qat::Engine::kVllm, qat::Engine::kSglang}) {
+      const auto chk = qat::check_export(dir, e);
+      EXPECT_TRUE(chk.ok()) << dir << ": " << (chk.errors.empty() ? "" : chk.errors[0]);
+    }
+  // Contradictions.
+  cfg::Config bad = small_run(d.file("bad"));
+  bad.qat.serving = qat::Serving::kMarlin;
+  bad.qat.activations = qat::Activations::kBF16;
+  EXPECT_THROW(bad.qat.validate(), fp4qat::Error);
+  bad.qat.activations = qat::Activations::kNVFP4;
+  bad.qat.activation_scale = qat::ActivationScale::kRow;
+  EXPECT_THROW(bad.qat.validate(), fp4qat::Error);
+  bad.qat.activation_scale = qat::ActivationScale::kTensor;
+  bad.qat.four_over_six = qat::FourOverSix::kAll;
+  EXPECT_THROW(bad.qat.validate(), fp4qat::Error);
+  bad.qat.four_over_six = qat::FourOverSix::kWeights;
+  EXPECT_NO_THROW(bad.qat.validate());
+  bad.qat.format = qat::Format::kMXFP8;
+  try {
+    bad.qat.validate();
+    ADD_FAILURE() << "qat.serving with mxfp8 accepted";
+  } catch (const fp4qat::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("serving"), std::string::npos) << e.what();
+  }
+}
