@@ -4,7 +4,8 @@
 # baselines. Logs go to $OUT (default ./gpu-out). Usage: bench/gpu_run.sh [build|test|sass|profile|mlp|train|bench|dist|all]...
 #   FP4QAT_GTEST_SRC: GoogleTest sources if the machine has no installed GTest (default ./.gtest)
 #   ./.boost-po: Boost.Program_options sources matching the machine's Boost headers, if its
-#   library is missing (the GPU machines have Boost 1.83 headers only)
+#   library is missing (the GPU machines have Boost 1.83 headers only): the .cpp files of
+#   `git archive boost-1.83.0 src` of github.com/boostorg/program_options, flat in .boost-po/
 #   ./.nlohmann: nlohmann-json's headers (a folder holding nlohmann/json.hpp; copy
 #   /usr/include/nlohmann here) if the machine has no nlohmann-json3-dev.
 #   ./.gloo: gloo's headers (a folder holding gloo/context.h) for the CPU (gloo) multi-process
