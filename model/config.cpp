@@ -1,6 +1,8 @@
 // model/config.cpp — see config.h.
 #include "model/config.h"
 
+#include "model/qwen3_moe.h"
+
 #include "io/fs.h"
 #include "io/json.h"
 #include "kernels/common/check.h"
@@ -28,7 +30,8 @@ ModelConfig read_hf_config(const std::string& dir) {
   geti("num_hidden_layers", m.num_hidden_layers);
   geti("num_attention_heads", m.num_attention_heads);
   geti("num_key_value_heads", m.num_key_value_heads);
-  m.head_dim = m.hidden_size / m.num_attention_heads;
+  // (no division by a zero or negative head count: the shape check below refuses it by name)
+  m.head_dim = m.num_attention_heads > 0 && m.hidden_size > 0 ? m.hidden_size / m.num_attention_heads : 0;
   geti("head_dim", m.head_dim);
   geti("intermediate_size", m.intermediate_size);
   geti("moe_intermediate_size", m.moe_intermediate_size);
@@ -50,6 +53,13 @@ ModelConfig read_hf_config(const std::string& dir) {
   if (const json::Value* x = j.find("mlp_only_layers"))
     for (const auto& v : x->as_array(path + ": mlp_only_layers"))
       m.mlp_only_layers.push_back(v.as_int(path + ": mlp_only_layers"));
+  // Every reader (eval, generate, convert, train.init_from, check-export) gets a shape that can be
+  // built, checked before any per-layer loop or allocation (parameter_count).
+  try {
+    parameter_count(m);
+  } catch (const Error& e) {
+    FP4QAT_FAIL(path, ": ", e.what());
+  }
   return m;
 }
 

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 
@@ -69,6 +70,25 @@ ParameterCount parameter_count(const model::ModelConfig& c) {
                                                       {"decoder_sparse_step", c.decoder_sparse_step}};
   for (const auto& [k, v] : positive) FP4QAT_CHECK(v > 0, "model shape: ", k, " must be > 0, got ", v);
   FP4QAT_CHECK(c.num_experts >= 0, "model shape: num_experts must be >= 0, got ", c.num_experts);
+  // Bounds far above any real model on what is counted in loops (the sizes are checked for
+  // overflow and memory below).
+  const std::pair<const char*, int64_t> bounded[] = {{"num_hidden_layers", c.num_hidden_layers},
+                                                     {"num_attention_heads", c.num_attention_heads},
+                                                     {"num_key_value_heads", c.num_key_value_heads},
+                                                     {"decoder_sparse_step", c.decoder_sparse_step}};
+  for (const auto& [k, v] : bounded)
+    FP4QAT_CHECK(v <= (int64_t(1) << 16), "model shape: ", k, " = ", v, " is beyond any model (at most 65536)");
+  FP4QAT_CHECK(c.num_attention_heads % c.num_key_value_heads == 0, "model shape: num_attention_heads (",
+               c.num_attention_heads, ") must be a multiple of num_key_value_heads (", c.num_key_value_heads, ")");
+  FP4QAT_CHECK(c.num_experts == 0 || (c.num_experts_per_tok >= 1 && c.num_experts_per_tok <= c.num_experts),
+               "model shape: num_experts_per_tok must be in [1, num_experts = ", c.num_experts, "], got ",
+               c.num_experts_per_tok);
+  FP4QAT_CHECK(c.max_position_embeddings > 0, "model shape: max_position_embeddings must be > 0, got ",
+               c.max_position_embeddings);
+  FP4QAT_CHECK(std::isfinite(c.rope_theta) && c.rope_theta > 0, "model shape: rope_theta must be finite and > 0, got ",
+               c.rope_theta);
+  FP4QAT_CHECK(std::isfinite(c.rms_norm_eps) && c.rms_norm_eps > 0,
+               "model shape: rms_norm_eps must be finite and > 0, got ", c.rms_norm_eps);
   const int64_t H = c.hidden_size, hd = c.head_dim;
   int64_t moe_layers = 0;
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) moe_layers += is_moe_layer(c, i) ? 1 : 0;

@@ -3,12 +3,15 @@
 // saves it again (BF16 shards + index + config.json) and transformers loads that folder with
 // logits equal to fp4qat's on the same saved weights. Also: model shape checks without Python.
 #include <gtest/gtest.h>
+
+#include <chrono>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
 
 #include "kernels/common/check.h"
 #include "io/fs.h"
+#include "io/json.h"
 #include "io/safetensors.h"
 #include "tests/common/test_util.h"
 #include "model/hf_folder.h"
@@ -150,4 +153,47 @@ TEST(Model, ImpossibleShapesAreRefusedBeforeAnyAllocation) {
   e = fp4qat::test::error_of([&] { fp4qat::model::load_hf_folder(d.file("huge")); });
   EXPECT_NE(e.find(d.file("huge") + "/config.json: "), std::string::npos) << e;
   EXPECT_NE(e.find("overflow"), std::string::npos) << e;
+}
+
+// config.json shapes that used to crash or hang a reader (issue 23, items 1, 2 and 5): a zero or
+// negative head count (the head_dim division: SIGFPE), INT64_MIN / -1, 2^40 layers (a per-layer
+// loop for minutes), top-k 0, rope_theta 0, rms_norm_eps -1 — each refused at once by
+// read_hf_config, naming the file and the key, before any loop or allocation.
+TEST(ModelHF, ImpossibleConfigJsonIsRefusedNamingFileAndKey) {
+  TempDir d;
+  const std::string base =
+      R"("model_type": "qwen3_moe", "vocab_size": 32, "hidden_size": 64, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "num_hidden_layers": 2, "moe_intermediate_size": 32, "num_experts": 4,
+         "num_experts_per_tok": 2)";
+  namespace fs = fp4qat::fs;
+  namespace json = fp4qat::json;
+  fs::write_text_atomic(d.file("config.json"), "{" + base + "}\n");
+  EXPECT_NO_THROW(fp4qat::model::read_hf_config(d.path()));
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"("num_attention_heads": 0)", "num_attention_heads"},
+      {R"("hidden_size": -9223372036854775808, "num_attention_heads": -1)", "must be > 0"},
+      {R"("num_hidden_layers": 1099511627776)", "num_hidden_layers"},
+      {R"("num_experts_per_tok": 0)", "num_experts_per_tok"},
+      {R"("num_experts_per_tok": 5)", "num_experts_per_tok"},
+      {R"("rope_theta": 0)", "rope_theta"},
+      {R"("rms_norm_eps": -1)", "rms_norm_eps"},
+      {R"("num_key_value_heads": 3)", "multiple of num_key_value_heads"},
+      {R"("vocab_size": 4611686018427387904)", "vocab_size"},
+  };
+  for (const auto& [extra, needle] : bad) {
+    json::Value j = json::parse("{" + base + "}", "base");
+    const json::Value more = json::parse("{" + extra + "}", "extra");
+    for (const auto& [k, v] : more.as_object()) j.set(k, v);
+    fs::write_text_atomic(d.file("config.json"), j.dump() + "\n");
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      fp4qat::model::read_hf_config(d.path());
+      ADD_FAILURE() << "accepted: " << extra;
+    } catch (const std::exception& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find(d.file("config.json")), std::string::npos) << extra << ": " << m;
+      EXPECT_NE(m.find(needle), std::string::npos) << "should name '" << needle << "': " << m;
+    }
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0) << extra;
+  }
 }
