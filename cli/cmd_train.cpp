@@ -38,6 +38,13 @@ int cmd_train(const Args& args) {
   train::Options opt;
   opt.resume = vm.count("resume") > 0;
   const train::Result r = train::run(cfg, opt);
+  if (r.stopped_by_signal) {
+    // Interrupted: checkpointed at the step it finished; exit as shells report a signal (128 + N:
+    // 130 for SIGINT, 143 for SIGTERM), never 0, so that a caller can tell it from a finished run.
+    std::printf("interrupted by signal %d after step %lld of %lld; checkpoint %s (continue with --resume)\n",
+                r.stopped_by_signal, (long long)r.final_step, (long long)cfg.train.steps, r.last_checkpoint.c_str());
+    return 128 + r.stopped_by_signal;
+  }
   std::printf("done: %lld steps; metrics in %s/metrics.jsonl; checkpoint %s%s%s\n", (long long)r.final_step,
               cfg.train.out_dir.c_str(), r.last_checkpoint.c_str(), r.hf_dir.empty() ? "" : "; Hugging Face folder ",
               r.hf_dir.c_str());

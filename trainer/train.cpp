@@ -34,8 +34,8 @@ namespace fp4qat::train {
 
 namespace {
 
-volatile std::sig_atomic_t g_stop = 0;
-void on_signal(int) { g_stop = 1; }
+volatile std::sig_atomic_t g_stop = 0;  // the signal that asked the run to stop (0: none)
+void on_signal(int sig) { g_stop = sig; }
 
 // cuda:LOCAL_RANK for a CUDA run (cuda:0 in a single process).
 at::Device pick_device(const std::string& s, int local_rank) {
@@ -529,7 +529,10 @@ Result Trainer::run() {
     if ((cfg.train.checkpoint_every > 0 && step_ % cfg.train.checkpoint_every == 0) || step_ == cfg.train.steps ||
         stop_now)
       checkpoint();
-    if (stop_now) break;
+    if (stop_now) {
+      res_.stopped_by_signal = static_cast<int>(g_stop);
+      break;
+    }
   }
   finish();
   return std::move(res_);

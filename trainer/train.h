@@ -53,6 +53,7 @@ struct Result {
   std::string hf_dir;                   // <out_dir>/hf when the run reached train.steps
   std::vector<std::string> exports;     // folders published by this call, oldest first
   bool exports_have_tokenizer = false;  // the exports carry the source model's tokenizer (Exporter)
+  int stopped_by_signal = 0;            // SIGINT / SIGTERM that stopped the run early (checkpointed), or 0
 };
 
 Result run(const config::Config& cfg, const Options& opt);
