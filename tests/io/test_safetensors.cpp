@@ -124,6 +124,13 @@ TEST(Safetensors, RejectsInvalidJsonAndBadEntries) {
                   "overflowing");
   expect_rejected(make_file(R"({"a":{"dtype":"F32","shape":[1]}})", 4), "data_offsets");
   expect_rejected(make_file(R"({"__metadata__":{"format":1}})", 0), "__metadata__");
+  // A header that is not UTF-8 (issue 23 item 10: the reference safetensors library refuses it),
+  // in a tensor name and in metadata.
+  expect_rejected(make_file("{\"a\xff\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4), "UTF-8");
+  expect_rejected(make_file("{\"__metadata__\":{\"k\":\"\xc3\x28\"},\"a\":{\"dtype\":\"F32\",\"shape\":[1],"
+                            "\"data_offsets\":[0,4]}}",
+                            4),
+                  "UTF-8");
 }
 
 TEST(Safetensors, RejectsOverlapsHolesAndTrailingBytes) {
