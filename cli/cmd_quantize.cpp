@@ -14,16 +14,6 @@ namespace po = boost::program_options;
 
 namespace fp4qat::cli {
 
-namespace {
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-}  // namespace
-
 int cmd_quantize(const Args& args) {
   std::string in, out, format, blocks, device, scale_rule, error, global_scale;
   double e4m3_max = 256;
@@ -65,7 +55,7 @@ int cmd_quantize(const Args& args) {
     if (!r.quantized) continue;
     ++nq;
     if (opt.error_stats)
-      std::printf("  %-56s %-16s rel-rmse %.4e  max-abs-err %.4e\n", r.name.c_str(), shape_str(r.shape).c_str(),
+      std::printf("  %-56s %-16s rel-rmse %.4e  max-abs-err %.4e\n", r.name.c_str(), st::shape_str(r.shape).c_str(),
                   r.rel_rmse, r.max_abs_err);
   }
   std::printf("quantized %d tensor(s) to %s%s, copied %zu; wrote %s\n", nq, qat::to_string(opt.format),

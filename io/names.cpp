@@ -25,6 +25,12 @@ int64_t layer_of(const std::string& name) {
   return i == pre.size() ? -1 : v;
 }
 
+std::string fused_experts(const std::string& module) {
+  const std::string tag = ".experts.";
+  const size_t p = module.find(tag);
+  return p == std::string::npos ? std::string() : module.substr(0, p + tag.size() - 1);
+}
+
 bool is_linear_weight(const std::string& name, int64_t rank) {
   return rank == 2 && ends_with(name, kWeight) && name.find("embed") == std::string::npos;
 }

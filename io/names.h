@@ -14,5 +14,8 @@ std::string module_of(const std::string& weight_name);  // "X.weight" -> "X"; an
 int64_t layer_of(const std::string& name);              // "model.layers.<i>...." -> i, else -1
 // A Linear's weight as serving engines see it: a 2-D `*.weight` that is not an embedding.
 bool is_linear_weight(const std::string& name, int64_t rank);
+// The engines' fused MoE module of an expert's module: "<...>.experts.<e>.<proj>" -> "<...>.experts";
+// "" for a module that is not an expert's.
+std::string fused_experts(const std::string& module);
 
 }  // namespace fp4qat::names

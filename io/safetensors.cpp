@@ -47,6 +47,12 @@ const DTypeRow& row(DType d) {
 }
 }  // namespace
 
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string o = "[";
+  for (size_t i = 0; i < shape.size(); ++i) o += (i ? ", " : "") + std::to_string(shape[i]);
+  return o + "]";
+}
+
 const char* dtype_name(DType d) { return row(d).name; }
 size_t dtype_size(DType d) { return row(d).size; }
 at::ScalarType to_scalar_type(DType d) { return row(d).st; }

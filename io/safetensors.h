@@ -18,7 +18,8 @@ namespace fp4qat::st {
 enum class DType { BOOL, U8, I8, U16, I16, U32, I32, U64, I64, F16, BF16, F32, F64, F8_E4M3, F8_E5M2 };
 
 const char* dtype_name(DType d);
-bool parse_dtype(const std::string& s, DType* out);  // false for an unknown dtype string
+std::string shape_str(const std::vector<int64_t>& shape);  // "[2, 3]", "[]" for a scalar
+bool parse_dtype(const std::string& s, DType* out);        // false for an unknown dtype string
 size_t dtype_size(DType d);
 at::ScalarType to_scalar_type(DType d);
 DType from_scalar_type(at::ScalarType t);  // throws for a type safetensors cannot hold

@@ -8,6 +8,8 @@
 #include "io/fs.h"
 #include "io/hf_folder.h"
 #include "io/json.h"
+#include "io/names.h"
+#include "io/safetensors.h"
 #include "kernels/common/check.h"
 #include "model/config.h"
 #include "model/qwen3_moe.h"
@@ -57,12 +59,6 @@ std::vector<std::string> fused_partners(const std::string& module) {
   if (auto p = gated_partner(module + ".weight"); p && p->is_first)
     return {p->partner.substr(0, p->partner.size() - std::string(".weight").size())};
   return {};
-}
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string o = "[";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + "]";
 }
 
 // The exclusion list under `key` of `obj` (nullopt when absent), each entry a string.
@@ -149,9 +145,8 @@ ExportCheck check_export(const std::string& dir, Engine engine) {
   // <...>.experts (that excludes the whole fused MoE).
   auto is_excluded = [&](const std::string& m) {
     if (excluded_set.count(m)) return true;
-    const size_t p = m.find(".experts.");
-    if (p == std::string::npos) return false;
-    const std::string fused = m.substr(0, p + 8);
+    const std::string fused = names::fused_experts(m);
+    if (fused.empty()) return false;
     if (excluded_set.count(fused)) return true;
     const auto it = excluded_set.lower_bound(fused + ".");
     return it != excluded_set.end() && it->rfind(fused + ".", 0) == 0;
@@ -199,7 +194,7 @@ ExportCheck check_export(const std::string& dir, Engine engine) {
     if (quantized && (fmt == Fmt::kNVFP4 || fmt == Fmt::kW4A16)) {
       ++r.quantized_modules;
       if (w.shape.size() != 2) {
-        err("module '" + m + "': weight of shape " + shape_str(w.shape) + " is not 2-D");
+        err("module '" + m + "': weight of shape " + st::shape_str(w.shape) + " is not 2-D");
         continue;
       }
       const int64_t out = w.shape[0], in = w.shape[1] * 2;
@@ -210,7 +205,7 @@ ExportCheck check_export(const std::string& dir, Engine engine) {
     } else if (quantized) {
       ++r.quantized_modules;
       if (w.shape.size() != 2) {
-        err("module '" + m + "': weight of shape " + shape_str(w.shape) + " is not 2-D");
+        err("module '" + m + "': weight of shape " + st::shape_str(w.shape) + " is not 2-D");
         continue;
       }
       want["weight"] = {DType::F8_E4M3, w.shape};
@@ -234,9 +229,9 @@ ExportCheck check_export(const std::string& dir, Engine engine) {
         err(i.name + ": " + st::dtype_name(i.dtype) + ", the engine expects " + st::dtype_name(dt_shape.first));
       if (i.shape != dt_shape.second && !(sfx == "weight_scale_2" || sfx == "input_scale") &&
           !(sfx == "weight" && !quantized))
-        err(i.name + ": shape " + shape_str(i.shape) + ", the engine expects " + shape_str(dt_shape.second));
+        err(i.name + ": shape " + st::shape_str(i.shape) + ", the engine expects " + st::shape_str(dt_shape.second));
       if ((sfx == "weight_scale_2" || sfx == "input_scale") && !(i.shape.empty() || i.shape == std::vector<int64_t>{1}))
-        err(i.name + ": shape " + shape_str(i.shape) + ", the engine expects one scalar");
+        err(i.name + ": shape " + st::shape_str(i.shape) + ", the engine expects one scalar");
     }
     for (const auto& [sfx, info] : t)
       if (!want.count(sfx) && sfx != "bias")
@@ -257,9 +252,9 @@ ExportCheck check_export(const std::string& dir, Engine engine) {
   if (fmt != Fmt::kBF16) {
     std::map<std::string, std::pair<int, int>> experts;  // "<...>.experts" -> (quantized, BF16)
     for (const auto& m : linears) {
-      const size_t p = m.find(".experts.");
-      if (p == std::string::npos || !reader.has(m + ".weight")) continue;
-      auto& c = experts[m.substr(0, p + 8)];
+      const std::string fused = names::fused_experts(m);
+      if (fused.empty() || !reader.has(m + ".weight")) continue;
+      auto& c = experts[fused];
       (reader.info(m + ".weight").dtype == DType::BF16 ? c.second : c.first)++;
     }
     for (const auto& [fused, c] : experts)

@@ -86,17 +86,15 @@ std::vector<std::string> exclude_patterns(const std::set<std::string>& excluded,
 
 std::vector<std::string> exclude_list(const std::set<std::string>& excluded, const std::set<std::string>& quantized) {
   std::set<std::string> out;
-  const std::string tag = ".experts.";
   for (const auto& m : excluded) {
-    const size_t p = m.find(tag);
-    if (p == std::string::npos) {
+    const std::string fused = names::fused_experts(m);  // "<...>.experts", or "" for a non-expert
+    if (fused.empty()) {
       out.insert(m);
       continue;
     }
     // An expert: the engines exclude a layer's experts together or not at all (any listed path
     // under <...>.experts excludes the whole fused MoE), so only the fused module is listed, and
     // only when none of its experts is quantized.
-    const std::string fused = m.substr(0, p + tag.size() - 1);  // "<...>.experts"
     const std::string prefix = fused + ".";
     const auto it = quantized.lower_bound(prefix);
     if (it == quantized.end() || it->compare(0, prefix.size(), prefix) != 0) out.insert(fused);
