@@ -349,6 +349,9 @@ int main(int argc, char** argv) {
         {"recipe 4over6", [&] { return nvfp4_mlp_with(counts, r_four, nullptr, nullptr); }, {}, {}},
         {"recipe 4over6 + row-scaled", [&] { return nvfp4_mlp_with(counts, r_four_rows, nullptr, nullptr); }, {}, {}},
         {"recipe W4A16", [&] { return nvfp4_mlp_with(counts, r_w4a16, nullptr, nullptr); }, {}, {}},
+        // W4A16 with the weights' quantization reused (qat.cache_weights: micro-batches 2.. of an
+        // optimizer step with train.grad_accum > 1); its weights' rule is max6, pq13 / pq2's.
+        {"recipe W4A16, cached w", [&] { return nvfp4_mlp_with(counts, r_w4a16, &pq13, &pq2); }, {}, {}},
         {"recipe row-scaled skewed", [&] { return nvfp4_mlp_with(skewed, r_rows, nullptr, nullptr); }, {}, {}},
         {"recipe W4A16 skewed", [&] { return nvfp4_mlp_with(skewed, r_w4a16, nullptr, nullptr); }, {}, {}}};
     auto stream = at::cuda::getCurrentCUDAStream().stream();
@@ -402,12 +405,22 @@ int main(int argc, char** argv) {
                                                           {"recipe 4over6", "nvfp4 high_precision"},
                                                           {"recipe 4over6 + row-scaled", "nvfp4 high_precision"},
                                                           {"recipe W4A16", "bf16 (ours)"},
+                                                          {"recipe W4A16, cached w", "bf16 (ours)"},
                                                           {"recipe row-scaled skewed", "nvfp4 high_precision skewed"},
                                                           {"recipe W4A16 skewed", "bf16 skewed routing"}}) {
       const size_t i = index_of(name), j = index_of(base);
       std::vector<double> ratio;
       for (int r = 0; r < rounds; ++r) ratio.push_back(ts[i].ms[r] / ts[j].ms[r]);
       std::printf("%-30s / %-30s %8.3fx (%.3f..%.3f)\n", name.c_str(), base.c_str(), med(ratio),
+                  *std::min_element(ratio.begin(), ratio.end()), *std::max_element(ratio.begin(), ratio.end()));
+    }
+    // W4A16 per optimizer step with train.grad_accum = A: one micro-batch quantizes the weights,
+    // A - 1 reuse them (qat.cache_weights), against A BF16 micro-batches; per round.
+    for (int A : {1, 2, 4, 8}) {
+      const size_t u = index_of("recipe W4A16"), c = index_of("recipe W4A16, cached w"), b = index_of("bf16 (ours)");
+      std::vector<double> ratio;
+      for (int r = 0; r < rounds; ++r) ratio.push_back((ts[u].ms[r] + (A - 1) * ts[c].ms[r]) / (A * ts[b].ms[r]));
+      std::printf("W4A16 per optimizer step, grad_accum %d / bf16 %31s %8.3fx (%.3f..%.3f)\n", A, "", med(ratio),
                   *std::min_element(ratio.begin(), ratio.end()), *std::max_element(ratio.begin(), ratio.end()));
     }
   }

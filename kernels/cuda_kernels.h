@@ -32,6 +32,9 @@ struct Nvfp4Args {
   int64_t E = 1, N = 0, K = 0;
   bool two_d = false;
   const float* given_amax = nullptr;  // [E] or null
+  // The scale rule: max6 (default), or Four Over Six (four_over_six, e4m3_max, mse; 1D blocks,
+  // through nvfp4_quantize_rule only). row_scaled is not taken here.
+  NVFP4Rule rule;
   uint8_t* codes = nullptr;
   uint8_t* scales = nullptr;
   uint16_t* fake = nullptr;

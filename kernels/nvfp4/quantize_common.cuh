@@ -115,6 +115,19 @@ __device__ __forceinline__ int last_at_most(const int32_t* a, int64_t n, int64_t
   return lo;
 }
 
+// One warp: max |x[r, :]| of row r of nb 16-element blocks (lane j reads blocks j, j + 32, ...;
+// a max is order-free, so every lane gets the exact row max).
+template <InType T>
+__device__ __forceinline__ float warp_row_amax(const void* x, int64_t r, int64_t nb, int64_t lane) {
+  float m = 0.0f;
+  for (int64_t b = lane; b < nb; b += 32) {
+    float v[16];
+    load16<T, Src::kCached>(x, (r * nb + b) * 16, v);
+    m = fmaxf(m, max16(v));
+  }
+  return warp_max(m);
+}
+
 // max |row| of each row of x [rows, K] (K % 16 == 0), one warp a row (exact: max is order-free):
 // stored as out[r] (row_off null: one amax per row), or folded into the row's group, the last g
 // with row_off[g] <= r (atomic max on bits cleared beforehand).
@@ -124,13 +137,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t nb = K / 16, lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
   for (int64_t r = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
-    float m = 0.0f;
-    for (int64_t b = lane; b < nb; b += 32) {
-      float v[16];
-      load16<T, Src::kCached>(x, (r * nb + b) * 16, v);
-      m = fmaxf(m, max16(v));
-    }
-    m = warp_max(m);
+    const float m = warp_row_amax<T>(x, r, nb, lane);
     if (lane != 0) continue;
     if (row_off)
       atomic_max_nonneg(reinterpret_cast<uint32_t*>(out) + last_at_most(row_off, groups, r), m);

@@ -58,6 +58,10 @@ bool staged2_available(cudaStream_t stream);
 int64_t staged2_slot_bytes(InType t, bool fake, const tuning::Nvfp4Tuning& tu);
 template <InType T>
 bool launch_staged2_uniform(const Nvfp4Args& a, const tuning::Nvfp4Tuning& tu, cudaStream_t stream);
+// Its Four Over Six form (a.rule.four_over_six; 1D; one amax an expert, computed or given) over
+// x [E, N, K] as E uniform groups, unless FP4QAT_NVFP4_KERNEL names another kernel.
+template <InType T>
+bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream);
 template <InType T>
 bool launch_staged2_slices(const Nvfp4Args& a, const Slices& sl, const tuning::Nvfp4Tuning& tu, cudaStream_t stream);
 // quantize_staged.cu: the single-buffered one-read kernel with 2D blocks (false: fall back).

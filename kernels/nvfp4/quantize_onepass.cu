@@ -211,6 +211,27 @@ bool launch_staged2_slices(const Nvfp4Args& a, const Slices& sl, const tuning::N
       .staged2(a, sl, sh.threads, sh.slots, stream);
 }
 
+// Four Over Six: one shape, 256 threads x 2 slots of 48 KB (+ 5 KB of tables), two CTAs a SM
+// (the candidates' registers leave no room for 512 threads).
+template <InType T>
+bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
+  const tuning::Nvfp4Tuning tu = tuning::nvfp4_tuning();
+  if (tu.kernel != tuning::Nvfp4Kernel::kDefault && tu.kernel != tuning::Nvfp4Kernel::kStaged2) return false;
+  if (!a.rule.four_over_six || a.rule.row_scaled || a.two_d || a.N == 0 || !staged2_available(stream)) return false;
+  constexpr int64_t kSlot = 49152;
+  Slices sl;
+  sl.groups = a.E;
+  sl.R = std::min(a.N, kSlot / (a.K * (T == InType::F32 ? 4 : 2)));
+  if (sl.R < 1) return false;
+  sl.G = (a.N + sl.R - 1) / sl.R;
+  sl.total = a.E * sl.G;
+  const bool ok = a.rule.mse
+                      ? launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 2>, 256, 2, 2, a, sl, a.K * (T == InType::F32 ? 4 : 2), stream)
+                      : launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 1>, 256, 2, 2, a, sl, a.K * (T == InType::F32 ? 4 : 2), stream);
+  if (ok) set_last_kernel("staged2-4over6");
+  return ok;
+}
+
 // x[E, N, K] as E uniform groups.
 template <InType T>
 bool launch_staged2_uniform(const Nvfp4Args& a, const tuning::Nvfp4Tuning& tu, cudaStream_t stream) {
@@ -233,5 +254,8 @@ template bool launch_staged2_slices<InType::F32>(const Nvfp4Args&, const Slices&
 template bool launch_staged2_uniform<InType::BF16>(const Nvfp4Args&, const tuning::Nvfp4Tuning&, cudaStream_t);
 template bool launch_staged2_uniform<InType::F16>(const Nvfp4Args&, const tuning::Nvfp4Tuning&, cudaStream_t);
 template bool launch_staged2_uniform<InType::F32>(const Nvfp4Args&, const tuning::Nvfp4Tuning&, cudaStream_t);
+template bool launch_staged2_4over6<InType::BF16>(const Nvfp4Args&, cudaStream_t);
+template bool launch_staged2_4over6<InType::F16>(const Nvfp4Args&, cudaStream_t);
+template bool launch_staged2_4over6<InType::F32>(const Nvfp4Args&, cudaStream_t);
 
 }  // namespace fp4qat::cuda_kernels::nvfp4

@@ -6,7 +6,7 @@
 #pragma once
 #include <algorithm>
 
-#include "kernels/nvfp4/quantize_common.cuh"
+#include "kernels/nvfp4/quantize_4over6.cuh"
 
 namespace fp4qat::cuda_kernels::nvfp4 {
 namespace {
@@ -260,6 +260,54 @@ __device__ __forceinline__ float prepare_head(float amax, bool first, int g, con
   return nvfp4_block_factor(s_enc);
 }
 
+// Four Over Six (kRule 1: MAE, 2: MSE; 1D blocks): the head's S_enc (with M = a.rule.e4m3_max),
+// its S_dec (written by its first slice), and the tables of its amax (quantize_4over6.cuh) in
+// enc_lut / rec_lut — made only when the amax differs from the one they were made for (*tag, the
+// amax bits; consecutive heads of a CTA are mostly slices of one expert). All threads.
+template <int kTh>
+__device__ __forceinline__ float prepare_head_4over6(float amax, bool first, int g, const Nvfp4Args& a,
+                                                     float* enc_lut, float* rec_lut, uint32_t* tag) {
+  const float s_enc = nvfp4_4over6_s_enc(amax, a.rule.e4m3_max);
+  const float s_dec = nvfp4_s_dec(s_enc);
+  if (first && threadIdx.x == 0) a.s_dec[g] = s_dec;
+  if (*tag != __float_as_uint(amax)) {  // the same shared word in every thread: a uniform branch
+    const float six_m = a.rule.e4m3_max * kE2M1Max;
+    for (int i = threadIdx.x; i < kLutEnc + kLutRec; i += kTh) {
+      const float v = lut_entry(i, amax, s_dec, six_m);
+      if (i < kLutEnc)
+        enc_lut[i] = v;
+      else
+        rec_lut[i - kLutEnc] = v;
+    }
+    __syncthreads();  // every thread has read *tag
+    if (threadIdx.x == 0) *tag = __float_as_uint(amax);
+  }
+  __syncthreads();
+  return s_enc;
+}
+
+// All threads: Four Over Six on a slice held in shared memory, with the tables of its amax.
+template <InType T, int kTh, bool kMse>
+__device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const unsigned char* base, const float* bmax,
+                                                      int64_t units, int64_t unit0, float s_enc, const float* enc_lut,
+                                                      const float* rec_lut) {
+  for (int64_t u = threadIdx.x; u < units; u += kTh) {
+    float v[16];
+    if constexpr (T == InType::BF16) {
+      uint32_t raw[8];
+      load_raw16(base, u, raw);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        v[2 * i] = __uint_as_float(raw[i] << 16);
+        v[2 * i + 1] = __uint_as_float(raw[i] & 0xffff0000u);
+      }
+    } else {
+      load16<T, Src::kShared>(base, u * 16, v);
+    }
+    four_over_six_block_lut<kMse>(v, bmax[u], s_enc, enc_lut, rec_lut, unit0 + u, a.codes, a.scales, a.fake);
+  }
+}
+
 // One thread: initialize n mbarriers (one arrival each) at bar0, bar0 + 8, ...
 __device__ __forceinline__ void init_bars(uint32_t bar0, int n) {
   for (int s = 0; s < n; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * s) : "memory");
@@ -268,7 +316,8 @@ __device__ __forceinline__ void init_bars(uint32_t bar0, int n) {
 
 // Roles: thread 0 polls the head's group and the landed slots; thread kClaimer (another warp)
 // claims tickets, decodes them and starts the bulk copies, so the two round trips to memory overlap.
-template <InType T, int kTh, int kSlots>
+// kRule: 0 max6; Four Over Six (a.rule) 1 MAE, 2 MSE.
+template <InType T, int kTh, int kSlots, int kRule = 0>
 __global__ void __launch_bounds__(kTh)
     nvfp4_staged2_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes, int64_t slot_stride, uint32_t* amax_bits,
                          int* arrived, unsigned long long* ticket) {
@@ -287,6 +336,8 @@ __global__ void __launch_bounds__(kTh)
   __shared__ int flag[2];  // [0]: the head's group is complete; [1]: slots that have landed (bits)
   __shared__ float shared_amax;
   __shared__ float enc_lut[256];  // nvfp4_block_enc(sb, S_dec) of the head's group, per scale byte
+  __shared__ __align__(16) float rec_lut[kRule != 0 ? kLutRec : 4];  // Four Over Six: rec of the head's amax
+  __shared__ uint32_t lut_tag;                                        // Four Over Six: the amax bits of the tables
   const int64_t K = a.K, nb = K / 16, total = sl.total;
   const uint32_t bar0 = smem_addr(&bars[0]);
   int32_t* tab = reinterpret_cast<int32_t*>(smem + kSlots * slot_stride);  // [2 * (groups + 1)] if row groups
@@ -303,6 +354,7 @@ __global__ void __launch_bounds__(kTh)
   };
 
   stage_row_groups<kTh>(sl, tab, a);
+  if (threadIdx.x == 0) lut_tag = 0xFFFFFFFFu;  // a NaN's bits: no amax
   if (threadIdx.x == kClaimer) {
     init_bars(bar0, kSlots);
 #pragma unroll
@@ -329,11 +381,16 @@ __global__ void __launch_bounds__(kTh)
       if (flag[1] == 0 && threadIdx.x == 0) __nanosleep(64);
       __syncthreads();  // flag is rewritten next round
     }
-    const float factor = prepare_head<kTh>(shared_amax, item_first[h], g, a, enc_lut);
     const int64_t unit0 = item_row[h] * nb, units = item_rows[h] * nb;
-    quantize_slice<T, kTh>(a, smem + h * slot_stride,
-                           reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes), units, unit0, factor,
-                           enc_lut);
+    const float* head_bmax = reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes);
+    if constexpr (kRule == 0) {
+      const float factor = prepare_head<kTh>(shared_amax, item_first[h], g, a, enc_lut);
+      quantize_slice<T, kTh>(a, smem + h * slot_stride, head_bmax, units, unit0, factor, enc_lut);
+    } else {
+      const float s_enc = prepare_head_4over6<kTh>(shared_amax, item_first[h], g, a, enc_lut, rec_lut, &lut_tag);
+      quantize_slice_4over6<T, kTh, kRule == 2>(a, smem + h * slot_stride, head_bmax, units, unit0, s_enc, enc_lut,
+                                                rec_lut);
+    }
     __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
     if (threadIdx.x == 0) trace_event(sl, item[h], 3);
     folded &= ~(1u << h);

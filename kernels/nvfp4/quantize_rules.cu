@@ -4,12 +4,15 @@
 // Six), over stacked experts, row groups, or with a given (shared) amax: nvfp4_quantize_rule and
 // nvfp4_row_amax (kernels/cuda_kernels.h). The arithmetic is kernels/common/formats.h, the
 // order that of the CPU reference kernels/nvfp4/quantize_4over6_ref.cpp: a block's error summed
-// element by element, a tile's as the tree sum of its 16 rows' errors. Three launches: the amax
-// (unless given), the quantization, S_dec — except row-scaled rules without a given amax: one
-// launch, a warp a row (rule_rows_kernel).
+// element by element, a tile's as the tree sum of its 16 rows' errors. Kernels:
+//   Four Over Six, 1x16 blocks, one amax an expert (computed or given), sm_90+: the one-read
+//     kernel's Four Over Six form (quantize_onepass.cuh, "staged2-4over6"): one launch, one read;
+//   row-scaled rules without a given amax: one launch, a warp a row (rule_rows_kernel);
+//   otherwise three launches: the amax (unless given); per amax, Four Over Six's tables
+//     (quantize_4over6.cuh; not for per-row amax); the quantization ("rule-1d", "rule-2d"); S_dec.
 #include <algorithm>
 
-#include "kernels/nvfp4/quantize_common.cuh"
+#include "kernels/nvfp4/quantize_4over6.cuh"
 
 namespace fp4qat::cuda_kernels {
 namespace nvfp4 {
@@ -30,62 +33,6 @@ __device__ __forceinline__ float amax_of_row(AmaxOf kind, const float* amax, int
   }
 }
 
-// One Four Over Six candidate of a block: its codes (packed, element 2i low nibble), the
-// decoded magnitude of its scale byte, and its error — the terms of nvfp4_4over6_err summed in
-// element order. The term's reconstruction ((e2m1(q) * fsb) * amax) / (6M) takes 8 magnitudes a
-// block scale, so it is computed once per magnitude (8 correctly rounded divisions a candidate
-// instead of 16) and picked per element by the code's 3 magnitude bits; a negative code's is the
-// exact negation (IEEE rounding is sign-symmetric: (-a * b) * c / d = -(a * b * c / d)). The same
-// values in the same order as the CPU reference: the same bytes.
-struct Candidate {
-  uint32_t packed[2];
-  float fsb, err;
-};
-__device__ __forceinline__ float pick8(const float t[8], uint32_t k) {
-  const float a = (k & 1u) ? t[1] : t[0], b = (k & 1u) ? t[3] : t[2];
-  const float c = (k & 1u) ? t[5] : t[4], d = (k & 1u) ? t[7] : t[6];
-  const float ab = (k & 2u) ? b : a, cd = (k & 2u) ? d : c;
-  return (k & 4u) ? cd : ab;
-}
-__device__ __forceinline__ Candidate candidate(const float v[16], uint8_t sb, float s_dec, float amax, float six_m,
-                                               bool mse) {
-  Candidate c;
-  const float enc = nvfp4_block_enc(sb, s_dec);
-  c.fsb = e4m3_to_float(sb);
-  float t[8];
-#pragma unroll
-  for (uint32_t k = 0; k < 8; ++k) t[k] = ((e2m1_to_float(static_cast<uint8_t>(k)) * c.fsb) * amax) / six_m;
-  c.packed[0] = c.packed[1] = 0u;
-  c.err = 0.0f;
-#pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    const uint32_t q = nvfp4_encode_u32(v[i], enc);
-    c.packed[i >> 3] |= q << (4 * (i & 7));
-    const float r = pick8(t, q);
-    const float d = ((q & 8u) ? -r : r) - v[i];
-    c.err += mse ? d * d : fabsf(d);
-  }
-  return c;
-}
-// A chosen candidate's outputs: its codes and scale byte, and the fake values e2m1(q) * fsb from
-// the codes (the definition nvfp4_fake_value computes without them; exact in bf16).
-__device__ __forceinline__ void emit_candidate(const Candidate& c, uint8_t sb, int64_t unit, uint8_t* codes,
-                                               uint8_t* scales, uint16_t* fake) {
-  if (codes || scales) store_codes(c.packed, sb, unit, codes, scales);
-  if (fake) {
-    uint32_t w[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const uint32_t q0 = (c.packed[i >> 2] >> (8 * (i & 3))) & 0xFu,
-                     q1 = (c.packed[i >> 2] >> (8 * (i & 3) + 4)) & 0xFu;
-      w[i] = __byte_perm(__float_as_uint(e2m1_to_float(static_cast<uint8_t>(q0)) * c.fsb),
-                         __float_as_uint(e2m1_to_float(static_cast<uint8_t>(q1)) * c.fsb), 0x7632);
-    }
-    uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
-    __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
-    __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
-  }
-}
 // Four Over Six on one 1x16 block: both candidates, the smaller error wins (strict: a tie keeps 6).
 __device__ __forceinline__ void four_over_six_block(const float v[16], float bmax, float s_enc, float s_dec, float amax,
                                                     float six_m, bool mse, int64_t unit, uint8_t* codes,
@@ -122,8 +69,40 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Four Over Six's tables (quantize_4over6.cuh) of each of n amax values: lut[g] = enc then rec,
+// kLutFloats floats a group.
+constexpr int64_t kLutFloats = kLutEnc + kLutRec;
+__global__ void __launch_bounds__(kThreads)
+    rule_lut_kernel(const float* amax, int64_t n, float e4m3_max, float* lut) {
+  const float six_m = e4m3_max * kE2M1Max;
+  for (int64_t g = blockIdx.x; g < n; g += gridDim.x) {
+    const float am = amax[g];
+    const float s_dec = nvfp4_s_dec(nvfp4_4over6_s_enc(am, e4m3_max));
+    for (int i = threadIdx.x; i < kLutFloats; i += kThreads) lut[g * kLutFloats + i] = lut_entry(i, am, s_dec, six_m);
+  }
+}
+
+// Four Over Six, 1x16 blocks, one amax an expert or a row group (kind kExpert or kGroup), one
+// thread a block: its candidates from the tables of its amax.
+template <InType T, bool kMse>
+__global__ void __launch_bounds__(kThreads)
+    rule_1d_lut_kernel(const void* x, int64_t units, int64_t nb, int64_t N, AmaxOf kind, const float* amax_in,
+                       const int32_t* row_off, int64_t groups, float e4m3_max, const float* lut, uint8_t* codes,
+                       uint8_t* scales, uint16_t* fake) {
+  for (int64_t u = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; u < units;
+       u += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t row = u / nb;
+    const int64_t gi = kind == AmaxOf::kGroup ? last_at_most(row_off, groups, row) : row / N;
+    const float* tab = lut + gi * kLutFloats;
+    float v[16];
+    load16<T, Src::kStreaming>(x, u * 16, v);
+    four_over_six_block_lut<kMse>(v, max16(v), nvfp4_4over6_s_enc(amax_in[gi], e4m3_max), tab, tab + kLutEnc, u,
+                                  codes, scales, fake);
+  }
+}
+
 // Row-scaled rules with the amax found here (no given amax): a warp a row. The row's amax first
-// (lane j reads blocks j, j + 32, ...; a max is order-free, the result is rows_amax_kernel's),
+// (warp_row_amax, as rows_amax_kernel),
 // then every block quantized by the rule from a second read of the row — a cache hit, a row being
 // a few kB read by the same warp just before — and S_dec[row] written by lane 0: one launch and
 // one read of x from memory instead of three launches (row_amax, blocks, S_dec) and two reads.
@@ -134,13 +113,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
   for (int64_t r = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
-    float m = 0.0f;
-    for (int64_t b = lane; b < nb; b += 32) {
-      float v[16];
-      load16<T, Src::kCached>(x, (r * nb + b) * 16, v);
-      m = fmaxf(m, max16(v));
-    }
-    const float amax = warp_max(m);
+    const float amax = warp_row_amax<T>(x, r, nb, lane);
     const float s_enc = kFour ? nvfp4_4over6_s_enc(amax, e4m3_max) : nvfp4_s_enc(amax), s_dec = nvfp4_s_dec(s_enc);
     for (int64_t b = lane; b < nb; b += 32) {
       const int64_t u = r * nb + b;
@@ -162,10 +135,10 @@ __global__ void __launch_bounds__(kThreads)
 // i + 8, then + 4, + 2, + 1), one choice for the tile. Rows past N are zeros with error 0. Both
 // half-warps of a warp run every iteration (the shuffles need all 32 lanes); a half without an item
 // computes on zeros and writes nothing.
-template <InType T>
+template <InType T, bool kMse>
 __global__ void __launch_bounds__(kThreads)
-    rule_2d_kernel(const void* x, int64_t E, int64_t N, int64_t nb, const float* amax_in, float e4m3_max, bool mse,
-                   uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+    rule_2d_kernel(const void* x, int64_t E, int64_t N, int64_t nb, const float* amax_in, float e4m3_max,
+                   const float* lut, uint8_t* codes, uint8_t* scales, uint16_t* fake) {
   const int64_t tiles = (N + 15) / 16, items = E * tiles * nb;
   const int lane = threadIdx.x & 15;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
@@ -187,11 +160,17 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o, 16));
     const float amax = active ? amax_in[e] : 0.0f;
-    const float s_enc = nvfp4_4over6_s_enc(amax, e4m3_max), s_dec = nvfp4_s_dec(s_enc);
-    const float six_m = e4m3_max * kE2M1Max;
+    const float s_enc = nvfp4_4over6_s_enc(amax, e4m3_max);
+    const float* enc = lut + e * kLutFloats;  // e = 0 for a half without an item: any table will do
+    const float* rec = enc + kLutEnc;
     uint8_t sb6, sb4;
     nvfp4_4over6_scales(m, s_enc, &sb6, &sb4);
-    const Candidate c6 = candidate(v, sb6, s_dec, amax, six_m, mse), c4 = candidate(v, sb4, s_dec, amax, six_m, mse);
+    const int i6 = lut_index(sb6), i4 = lut_index(sb4);
+    float t6[8], t4[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) t6[k] = rec[8 * i6 + k], t4[k] = rec[8 * i4 + k];
+    const Candidate c6 = candidate_from<kMse>(v, enc[i6], e4m3_to_float(sb6), t6);
+    const Candidate c4 = candidate_from<kMse>(v, enc[i4], e4m3_to_float(sb4), t4);
     float e6 = c6.err, e4 = c4.err;
 #pragma unroll
     for (int o = 8; o > 0; o >>= 1) {
@@ -214,25 +193,35 @@ __global__ void rule_s_dec_kernel(const float* amax, int64_t n, bool four, float
   if (i < n) s_dec[i] = nvfp4_s_dec(four ? nvfp4_4over6_s_enc(amax[i], e4m3_max) : nvfp4_s_enc(amax[i]));
 }
 
+// The quantization launch; lut: Four Over Six's tables per amax (kind kExpert or kGroup), else null.
 template <InType T>
-void launch_rule(const Nvfp4RuleArgs& a, AmaxOf kind, const float* amax, cudaStream_t stream) {
+void launch_rule(const Nvfp4RuleArgs& a, AmaxOf kind, const float* amax, const float* lut, cudaStream_t stream) {
   const int64_t nb = a.K / 16;
+  const float m = a.rule.e4m3_max;
   if (a.two_d) {
     const int64_t items = a.E * ((a.N + 15) / 16) * nb;
     const int64_t warps = (items + 1) / 2;
     const auto g = static_cast<unsigned>(
         std::max<int64_t>(1, std::min<int64_t>((warps + kThreads / 32 - 1) / (kThreads / 32), num_sms() * 16)));
-    rule_2d_kernel<T>
-        <<<g, kThreads, 0, stream>>>(a.x, a.E, a.N, nb, amax, a.rule.e4m3_max, a.rule.mse, a.codes, a.scales, a.fake);
+    if (a.rule.mse)
+      rule_2d_kernel<T, true><<<g, kThreads, 0, stream>>>(a.x, a.E, a.N, nb, amax, m, lut, a.codes, a.scales, a.fake);
+    else
+      rule_2d_kernel<T, false><<<g, kThreads, 0, stream>>>(a.x, a.E, a.N, nb, amax, m, lut, a.codes, a.scales, a.fake);
   } else {
     const int64_t units = a.E * a.N * nb;
     const auto g = static_cast<unsigned>(grid_for(units));
-    if (a.rule.four_over_six)
-      rule_1d_kernel<T, true><<<g, kThreads, 0, stream>>>(a.x, units, nb, a.N, kind, amax, a.row_off, a.groups,
-                                                          a.rule.e4m3_max, a.rule.mse, a.codes, a.scales, a.fake);
+    if (lut && a.rule.mse)
+      rule_1d_lut_kernel<T, true><<<g, kThreads, 0, stream>>>(a.x, units, nb, a.N, kind, amax, a.row_off, a.groups, m,
+                                                              lut, a.codes, a.scales, a.fake);
+    else if (lut)
+      rule_1d_lut_kernel<T, false><<<g, kThreads, 0, stream>>>(a.x, units, nb, a.N, kind, amax, a.row_off, a.groups,
+                                                               m, lut, a.codes, a.scales, a.fake);
+    else if (a.rule.four_over_six)
+      rule_1d_kernel<T, true><<<g, kThreads, 0, stream>>>(a.x, units, nb, a.N, kind, amax, a.row_off, a.groups, m,
+                                                          a.rule.mse, a.codes, a.scales, a.fake);
     else
-      rule_1d_kernel<T, false><<<g, kThreads, 0, stream>>>(a.x, units, nb, a.N, kind, amax, a.row_off, a.groups,
-                                                           a.rule.e4m3_max, a.rule.mse, a.codes, a.scales, a.fake);
+      rule_1d_kernel<T, false><<<g, kThreads, 0, stream>>>(a.x, units, nb, a.N, kind, amax, a.row_off, a.groups, m,
+                                                           a.rule.mse, a.codes, a.scales, a.fake);
   }
   FP4QAT_CUDA_CHECK(cudaGetLastError());
 }
@@ -244,6 +233,19 @@ void launch_amax(const void* x, int64_t rows, int64_t K, AmaxOf kind, const int3
   rows_amax_kernel<T><<<rows_amax_grid(rows), kThreads, 0, stream>>>(
       x, rows, K, kind == AmaxOf::kRow ? nullptr : row_off, groups, out);
   FP4QAT_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename F>
+bool by_type_ret(InType t, F&& f) {
+  switch (t) {
+    case InType::BF16:
+      return f(std::integral_constant<InType, InType::BF16>{});
+    case InType::F16:
+      return f(std::integral_constant<InType, InType::F16>{});
+    case InType::F32:
+      return f(std::integral_constant<InType, InType::F32>{});
+  }
+  return false;
 }
 
 template <typename F>
@@ -268,8 +270,21 @@ int64_t nvfp4_rule_amax_count(const Nvfp4RuleArgs& a) {
   return a.row_off ? a.groups : (a.rule.row_scaled ? a.E * a.N : a.E);
 }
 
+namespace {
+// Four Over Six's tables are made per amax where one amax covers an expert or a row group.
+bool rule_uses_lut(const Nvfp4RuleArgs& a) { return a.rule.four_over_six && !a.rule.row_scaled; }
+size_t rule_lut_offset(const Nvfp4RuleArgs& a) {
+  return (static_cast<size_t>(std::max<int64_t>(nvfp4_rule_amax_count(a), 1)) * sizeof(float) + 15) / 16 * 16;
+}
+}  // namespace
+
+// The computed amax [n], then (Four Over Six, one amax an expert or group) the tables [n, kLutFloats];
+// at least what the one-read kernel needs when it runs the rule (nvfp4_workspace_bytes(E)).
 size_t nvfp4_rule_workspace_bytes(const Nvfp4RuleArgs& a) {
-  return static_cast<size_t>(std::max<int64_t>(nvfp4_rule_amax_count(a), 1)) * sizeof(float);
+  const size_t lut = rule_uses_lut(a) ? static_cast<size_t>(std::max<int64_t>(nvfp4_rule_amax_count(a), 0)) *
+                                            nvfp4::kLutFloats * sizeof(float)
+                                      : 0;
+  return std::max(rule_lut_offset(a) + lut, nvfp4_workspace_bytes(a.E));
 }
 
 void nvfp4_row_amax(const void* x, InType t, int64_t rows, int64_t K, float* out, cudaStream_t stream) {
@@ -304,6 +319,13 @@ void nvfp4_quantize_rule(const Nvfp4RuleArgs& a, cudaStream_t stream) {
     FP4QAT_CUDA_CHECK(cudaGetLastError());
     return;
   }
+  if (kind == AmaxOf::kExpert && a.rule.four_over_six && !a.two_d && rows > 0) {
+    Nvfp4Args o;  // the one-read kernel's Four Over Six form; it sets the last kernel
+    o.x = a.x, o.type = a.type, o.E = a.E, o.N = a.N, o.K = a.K, o.given_amax = a.given_amax, o.rule = a.rule;
+    o.codes = a.codes, o.scales = a.scales, o.fake = a.fake, o.s_dec = a.s_dec, o.workspace = a.workspace;
+    if (nvfp4::by_type_ret(a.type, [&](auto ty) { return nvfp4::launch_staged2_4over6<decltype(ty)::value>(o, stream); }))
+      return;
+  }
   nvfp4::set_last_kernel(a.two_d ? "rule-2d" : "rule-1d");
   const float* amax = a.given_amax;
   if (!amax) {
@@ -316,7 +338,7 @@ void nvfp4_quantize_rule(const Nvfp4RuleArgs& a, cudaStream_t stream) {
         nvfp4_row_amax(a.x, a.type, rows, a.K, ws, stream);
         break;
       case AmaxOf::kGroup:
-        FP4QAT_CUDA_CHECK(cudaMemsetAsync(ws, 0, nvfp4_rule_workspace_bytes(a), stream));
+        FP4QAT_CUDA_CHECK(cudaMemsetAsync(ws, 0, rule_lut_offset(a), stream));
         nvfp4::by_type(a.type, [&](auto ty) {
           nvfp4::launch_amax<decltype(ty)::value>(a.x, rows, a.K, kind, a.row_off, a.groups, ws, stream);
         });
@@ -324,8 +346,15 @@ void nvfp4_quantize_rule(const Nvfp4RuleArgs& a, cudaStream_t stream) {
     }
     amax = ws;
   }
+  float* lut = nullptr;
+  if (rule_uses_lut(a) && n_amax > 0 && rows > 0) {
+    lut = reinterpret_cast<float*>(static_cast<char*>(a.workspace) + rule_lut_offset(a));
+    nvfp4::rule_lut_kernel<<<static_cast<unsigned>(std::min<int64_t>(n_amax, 65535)), kThreads, 0, stream>>>(
+        amax, n_amax, a.rule.e4m3_max, lut);
+    FP4QAT_CUDA_CHECK(cudaGetLastError());
+  }
   if (rows > 0)
-    nvfp4::by_type(a.type, [&](auto ty) { nvfp4::launch_rule<decltype(ty)::value>(a, kind, amax, stream); });
+    nvfp4::by_type(a.type, [&](auto ty) { nvfp4::launch_rule<decltype(ty)::value>(a, kind, amax, lut, stream); });
   if (n_amax > 0) {
     nvfp4::rule_s_dec_kernel<<<static_cast<unsigned>((n_amax + 255) / 256), 256, 0, stream>>>(
         amax, n_amax, a.rule.four_over_six, a.rule.e4m3_max, a.s_dec);

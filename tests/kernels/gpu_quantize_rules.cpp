@@ -12,6 +12,7 @@
 
 #include "io/safetensors.h"
 #include "kernels/bench_hooks.h"
+#include "kernels/common/tuning.h"
 #include "kernels/quantize.h"
 #include "tests/common/test_util.h"
 #include "tests/kernels/gpu_quantize_util.h"
@@ -37,36 +38,52 @@ std::vector<NVFP4Rule> rules() {
 
 }  // namespace
 
+// Under the default kernels (Four Over Six with one amax an expert: the one-read kernel's Four Over
+// Six form where it applies) and with FP4QAT_NVFP4_KERNEL=fused (the rule kernels with tables).
 TEST(GpuQuantizeRules, MatchReferenceOnRandomShapes) {
   FP4QAT_REQUIRE_GPU();
   uint64_t seed = 4600;
-  int cases = 0;
-  for (const auto& dims : kShapes)
-    for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
-      for (const auto& rule : rules())
-        for (auto blocks : {Blocks::k1D, Blocks::k2D})
-          for (bool given : {false, true}) {
-            if (rule.row_scaled && blocks == Blocks::k2D) continue;
-            SCOPED_TRACE(::testing::Message() << at::IntArrayRef(dims) << " " << dt << " " << fp4qat::describe(rule)
-                                              << " " << fp4qat::to_string(blocks) << (given ? " given-amax" : ""));
-            const at::Tensor x = random_input(dims, dt, seed++);
-            std::optional<at::Tensor> amax;
-            if (given) amax = (rule.row_scaled ? fp4qat::row_amax(x) : fp4qat::global_amax(x)) * 1.5f;
-            const auto want = fp4qat::nvfp4_quantize_and_fake(x, blocks, amax, rule);
-            std::optional<at::Tensor> amax_d;
-            if (amax) amax_d = amax->cuda();
-            const auto got = fp4qat::nvfp4_quantize_and_fake(x.cuda(), blocks, amax_d, rule);
-            ASSERT_TRUE(bytes_equal(got.packed.codes, want.packed.codes));
-            ASSERT_TRUE(bytes_equal(got.packed.scales, want.packed.scales));
-            ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
-            ASSERT_TRUE(bytes_equal(got.values, want.values));
-            EXPECT_TRUE(std::string(ck::nvfp4_last_kernel()).rfind("rule-", 0) == 0) << ck::nvfp4_last_kernel();
-            // Dequantization (per-row S_dec where row-scaled) agrees too.
-            ASSERT_TRUE(bytes_equal(fp4qat::nvfp4_dequantize(got.packed, at::kFloat),
-                                    fp4qat::nvfp4_dequantize(want.packed, at::kFloat)));
-            ++cases;
-          }
-  EXPECT_GT(cases, 500);
+  int cases = 0, one_read = 0;
+  for (const char* forced : {"", "fused"}) {
+    const fp4qat::tuning::ScopedNvfp4Tuning tu(fp4qat::tuning::Nvfp4Tuning{}.with("FP4QAT_NVFP4_KERNEL", forced));
+    for (const auto& dims : kShapes)
+      for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
+        for (const auto& rule : rules())
+          for (auto blocks : {Blocks::k1D, Blocks::k2D})
+            for (bool given : {false, true}) {
+              if (rule.row_scaled && blocks == Blocks::k2D) continue;
+              SCOPED_TRACE(::testing::Message() << at::IntArrayRef(dims) << " " << dt << " " << fp4qat::describe(rule)
+                                                << " " << fp4qat::to_string(blocks) << (given ? " given-amax" : "")
+                                                << " kernel '" << forced << "'");
+              const at::Tensor x = random_input(dims, dt, seed++);
+              std::optional<at::Tensor> amax;
+              if (given) amax = (rule.row_scaled ? fp4qat::row_amax(x) : fp4qat::global_amax(x)) * 1.5f;
+              const auto want = fp4qat::nvfp4_quantize_and_fake(x, blocks, amax, rule);
+              std::optional<at::Tensor> amax_d;
+              if (amax) amax_d = amax->cuda();
+              const auto got = fp4qat::nvfp4_quantize_and_fake(x.cuda(), blocks, amax_d, rule);
+              ASSERT_TRUE(bytes_equal(got.packed.codes, want.packed.codes));
+              ASSERT_TRUE(bytes_equal(got.packed.scales, want.packed.scales));
+              ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
+              ASSERT_TRUE(bytes_equal(got.values, want.values));
+              const std::string kernel = ck::nvfp4_last_kernel();
+              if (kernel == "staged2-4over6") {
+                EXPECT_TRUE(rule.four_over_six && !rule.row_scaled && blocks == Blocks::k1D && *forced == '\0');
+                ++one_read;
+              } else {
+                EXPECT_TRUE(kernel.rfind("rule-", 0) == 0) << kernel;
+                // Only a row wider than a slot (48 KB) keeps the default Four Over Six off the one-read kernel.
+                if (rule.four_over_six && !rule.row_scaled && blocks == Blocks::k1D && *forced == '\0')
+                  EXPECT_GT(dims.back() * x.element_size(), 49152) << kernel;
+              }
+              // Dequantization (per-row S_dec where row-scaled) agrees too.
+              ASSERT_TRUE(bytes_equal(fp4qat::nvfp4_dequantize(got.packed, at::kFloat),
+                                      fp4qat::nvfp4_dequantize(want.packed, at::kFloat)));
+              ++cases;
+            }
+  }
+  EXPECT_GT(cases, 1000);
+  EXPECT_GT(one_read, 100);
 }
 
 TEST(GpuQuantizeRules, TransformerEngineVectorsOnGpu) {

@@ -1,0 +1,123 @@
+// kernels/nvfp4/quantize_4over6.cuh — device pieces of Four Over Six (docs/spec/numerics.md)
+// shared by the rule kernels (quantize_rules.cu) and the one-read kernel's Four Over Six form
+// (quantize_onepass.cuh): one candidate's codes and error from a table of its 8 reconstructions,
+// the tables, and a chosen candidate's outputs. The order of every sum is that of the CPU
+// reference (kernels/nvfp4/quantize_4over6_ref.cpp): the same bytes. Include only from .cu.
+#pragma once
+
+#include "kernels/nvfp4/quantize_common.cuh"
+
+namespace fp4qat::cuda_kernels::nvfp4 {
+namespace {
+
+// One Four Over Six candidate of a block: its codes (packed, element 2i low nibble), the
+// decoded magnitude of its scale byte, and its error — the terms of nvfp4_4over6_err summed in
+// element order. The term's reconstruction ((e2m1(q) * fsb) * amax) / (6M) takes 8 magnitudes a
+// block scale, so it is looked up in t[8] (rec8 below: 8 correctly rounded divisions a block
+// scale) by the code's 3 magnitude bits; a negative code's is the exact negation (IEEE rounding
+// is sign-symmetric: (-a * b) * c / d = -(a * b * c / d)).
+struct Candidate {
+  uint32_t packed[2];
+  float fsb, err;
+};
+__device__ __forceinline__ float pick8(const float t[8], uint32_t k) {
+  const float a = (k & 1u) ? t[1] : t[0], b = (k & 1u) ? t[3] : t[2];
+  const float c = (k & 1u) ? t[5] : t[4], d = (k & 1u) ? t[7] : t[6];
+  const float ab = (k & 2u) ? b : a, cd = (k & 2u) ? d : c;
+  return (k & 4u) ? cd : ab;
+}
+// t[k] = ((e2m1(k) * fsb) * amax) / six_m, k = 0..7: the reconstructions of a block scale.
+__device__ __forceinline__ void rec8(float fsb, float amax, float six_m, float t[8]) {
+#pragma unroll
+  for (uint32_t k = 0; k < 8; ++k) t[k] = ((e2m1_to_float(static_cast<uint8_t>(k)) * fsb) * amax) / six_m;
+}
+// The candidate with encode multiplier enc (nvfp4_block_enc of its scale byte), decoded scale
+// fsb and reconstructions t.
+template <bool kMse>
+__device__ __forceinline__ Candidate candidate_from(const float v[16], float enc, float fsb, const float t[8]) {
+  Candidate c;
+  c.fsb = fsb;
+  c.packed[0] = c.packed[1] = 0u;
+  c.err = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    const uint32_t q = nvfp4_encode_u32(v[i], enc);
+    c.packed[i >> 3] |= q << (4 * (i & 7));
+    const float r = pick8(t, q);
+    const float d = ((q & 8u) ? -r : r) - v[i];
+    c.err += kMse ? d * d : fabsf(d);
+  }
+  return c;
+}
+__device__ __forceinline__ Candidate candidate(const float v[16], uint8_t sb, float s_dec, float amax, float six_m,
+                                               bool mse) {
+  const float fsb = e4m3_to_float(sb);
+  float t[8];
+  rec8(fsb, amax, six_m, t);
+  const float enc = nvfp4_block_enc(sb, s_dec);
+  return mse ? candidate_from<true>(v, enc, fsb, t) : candidate_from<false>(v, enc, fsb, t);
+}
+
+// A chosen candidate's outputs: its codes and scale byte, and the fake values e2m1(q) * fsb from
+// the codes (the definition nvfp4_fake_value computes without them; exact in bf16).
+__device__ __forceinline__ void emit_candidate(const Candidate& c, uint8_t sb, int64_t unit, uint8_t* codes,
+                                               uint8_t* scales, uint16_t* fake) {
+  if (codes || scales) store_codes(c.packed, sb, unit, codes, scales);
+  if (fake) {
+    uint32_t w[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t q0 = (c.packed[i >> 2] >> (8 * (i & 3))) & 0xFu,
+                     q1 = (c.packed[i >> 2] >> (8 * (i & 3) + 4)) & 0xFu;
+      w[i] = __byte_perm(__float_as_uint(e2m1_to_float(static_cast<uint8_t>(q0)) * c.fsb),
+                         __float_as_uint(e2m1_to_float(static_cast<uint8_t>(q1)) * c.fsb), 0x7632);
+    }
+    uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
+    __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
+    __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+  }
+}
+
+// ---- Tables per amax (one global scale: an expert, a tensor) --------------------------------
+// Both candidates' scale bytes are e4m3_rne of a value in [0, 448] (or NaN): bytes 0..0x7F. For
+// one amax, every block's candidates are then looked up in
+//   enc[b] = nvfp4_block_enc(b, S_dec)                      b = 0..127
+//   rec[8 * b + k] = ((e2m1(k) * float(b)) * amax) / (6M)   k = 0..7
+// (128 + 1024 correctly rounded divisions an amax instead of 2 + 16 a block). Indexes are masked
+// to 7 bits: a byte >= 0x80 (a NaN scale from a NaN input, which user-facing paths refuse before)
+// reads some entry instead of memory past the table.
+constexpr int kLutEnc = 128, kLutRec = 128 * 8;
+__device__ __forceinline__ int lut_index(uint8_t sb) { return sb & 0x7F; }
+// Entry i of the tables (i < kLutEnc + kLutRec: enc first, then rec).
+__device__ __forceinline__ float lut_entry(int i, float amax, float s_dec, float six_m) {
+  if (i < kLutEnc) return nvfp4_block_enc(static_cast<uint8_t>(i), s_dec);
+  const int j = i - kLutEnc, b = j >> 3, k = j & 7;
+  return ((e2m1_to_float(static_cast<uint8_t>(k)) * e4m3_to_float(static_cast<uint8_t>(b))) * amax) / six_m;
+}
+// A block's Four Over Six choice with the tables of its amax (enc, rec: 16-byte aligned), its
+// outputs written.
+template <bool kMse>
+__device__ __forceinline__ void four_over_six_block_lut(const float v[16], float bmax, float s_enc, const float* enc,
+                                                        const float* rec, int64_t unit, uint8_t* codes,
+                                                        uint8_t* scales, uint16_t* fake) {
+  uint8_t sb6, sb4;
+  nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
+  const int i6 = lut_index(sb6), i4 = lut_index(sb4);
+  float t6[8], t4[8];
+  {
+    const float4* p6 = reinterpret_cast<const float4*>(rec + 8 * i6);
+    const float4* p4 = reinterpret_cast<const float4*>(rec + 8 * i4);
+    const float4 a6 = p6[0], b6 = p6[1], a4 = p4[0], b4 = p4[1];
+    t6[0] = a6.x, t6[1] = a6.y, t6[2] = a6.z, t6[3] = a6.w, t6[4] = b6.x, t6[5] = b6.y, t6[6] = b6.z, t6[7] = b6.w;
+    t4[0] = a4.x, t4[1] = a4.y, t4[2] = a4.z, t4[3] = a4.w, t4[4] = b4.x, t4[5] = b4.y, t4[6] = b4.z, t4[7] = b4.w;
+  }
+  const Candidate c6 = candidate_from<kMse>(v, enc[i6], e4m3_to_float(sb6), t6);
+  const Candidate c4 = candidate_from<kMse>(v, enc[i4], e4m3_to_float(sb4), t4);
+  if (c4.err < c6.err)
+    emit_candidate(c4, sb4, unit, codes, scales, fake);
+  else
+    emit_candidate(c6, sb6, unit, codes, scales, fake);
+}
+
+}  // namespace
+}  // namespace fp4qat::cuda_kernels::nvfp4
