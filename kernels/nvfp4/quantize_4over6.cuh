@@ -119,5 +119,70 @@ __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float
     emit_candidate(c6, sb6, unit, codes, scales, fake);
 }
 
+
+// Four Over Six on 16x16 tiles, a half-warp a tile: lane i holds row i's 16 elements of the tile's
+// column block (zeros for rows past the tensor: valid false). The tile max by xor-shuffles, both
+// candidates per row from the tables of the tile's amax (enc, rec), the tile errors by the spec's
+// tree (lane i adds lane i + 8, then + 4, + 2, + 1), one choice for the tile, each valid row's
+// outputs written. Every lane of the warp calls it (the shuffles need all 32); a half without a
+// tile passes valid false and any s_enc and tables.
+template <bool kMse>
+__device__ __forceinline__ void four_over_six_tile(const float v[16], bool valid, float s_enc, const float* enc,
+                                                   const float* rec, int64_t unit, uint8_t* codes, uint8_t* scales,
+                                                   uint16_t* fake) {
+  float m = max16(v);
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o, 16));
+  uint8_t sb6, sb4;
+  nvfp4_4over6_scales(m, s_enc, &sb6, &sb4);
+  const int i6 = lut_index(sb6), i4 = lut_index(sb4);
+  float t6[8], t4[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) t6[k] = rec[8 * i6 + k], t4[k] = rec[8 * i4 + k];
+  const Candidate c6 = candidate_from<kMse>(v, enc[i6], e4m3_to_float(sb6), t6);
+  const Candidate c4 = candidate_from<kMse>(v, enc[i4], e4m3_to_float(sb4), t4);
+  float e6 = c6.err, e4 = c4.err;
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) {
+    const float d6 = __shfl_down_sync(0xffffffffu, e6, o, 16), d4 = __shfl_down_sync(0xffffffffu, e4, o, 16);
+    e6 = e6 + d6;  // meaningful in lanes < o: rows[i] + rows[i + o]
+    e4 = e4 + d4;
+  }
+  const bool four = __shfl_sync(0xffffffffu, e4 < e6 ? 1 : 0, 0, 16) != 0;
+  if (valid) {
+    if (four)
+      emit_candidate(c4, sb4, unit, codes, scales, fake);
+    else
+      emit_candidate(c6, sb6, unit, codes, scales, fake);
+  }
+}
+
+// The one-read kernels' Four Over Six (staged2 1D, staged 2D; a.rule): a slice's S_enc (with
+// M = a.rule.e4m3_max), its S_dec (written by the group's first slice), and the tables of its amax
+// in enc_lut / rec_lut (shared memory) — made only when the amax differs from the one they were
+// made for (*tag, the amax bits, initially a NaN's; consecutive slices of a CTA are mostly of one
+// expert). All threads.
+template <int kTh>
+__device__ __forceinline__ float prepare_head_4over6(float amax, bool first, int g, const Nvfp4Args& a,
+                                                     float* enc_lut, float* rec_lut, uint32_t* tag) {
+  const float s_enc = nvfp4_4over6_s_enc(amax, a.rule.e4m3_max);
+  const float s_dec = nvfp4_s_dec(s_enc);
+  if (first && threadIdx.x == 0) a.s_dec[g] = s_dec;
+  if (*tag != __float_as_uint(amax)) {  // the same shared word in every thread: a uniform branch
+    const float six_m = a.rule.e4m3_max * kE2M1Max;
+    for (int i = threadIdx.x; i < kLutEnc + kLutRec; i += kTh) {
+      const float v = lut_entry(i, amax, s_dec, six_m);
+      if (i < kLutEnc)
+        enc_lut[i] = v;
+      else
+        rec_lut[i - kLutEnc] = v;
+    }
+    __syncthreads();  // every thread has read *tag
+    if (threadIdx.x == 0) *tag = __float_as_uint(amax);
+  }
+  __syncthreads();
+  return s_enc;
+}
+
 }  // namespace
 }  // namespace fp4qat::cuda_kernels::nvfp4

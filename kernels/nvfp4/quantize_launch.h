@@ -67,6 +67,10 @@ bool launch_staged2_slices(const Nvfp4Args& a, const Slices& sl, const tuning::N
 // quantize_staged.cu: the single-buffered one-read kernel with 2D blocks (false: fall back).
 template <InType T>
 bool launch_staged_2d(const Nvfp4Args& a, cudaStream_t stream);
+// Its Four Over Six form (a.rule.four_over_six, 2D tiles, one amax an expert computed here),
+// unless FP4QAT_NVFP4_KERNEL names another kernel.
+template <InType T>
+bool launch_staged_4over6_2d(const Nvfp4Args& a, cudaStream_t stream);
 // quantize_fused.cu: the fused two-pass kernel (always launches).
 template <InType T, bool kTwoD>
 void launch_fused_tuned(const Nvfp4Args& a, const tuning::Nvfp4Tuning& tu, cudaStream_t stream);

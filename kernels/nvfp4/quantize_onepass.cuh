@@ -260,32 +260,6 @@ __device__ __forceinline__ float prepare_head(float amax, bool first, int g, con
   return nvfp4_block_factor(s_enc);
 }
 
-// Four Over Six (kRule 1: MAE, 2: MSE; 1D blocks): the head's S_enc (with M = a.rule.e4m3_max),
-// its S_dec (written by its first slice), and the tables of its amax (quantize_4over6.cuh) in
-// enc_lut / rec_lut — made only when the amax differs from the one they were made for (*tag, the
-// amax bits; consecutive heads of a CTA are mostly slices of one expert). All threads.
-template <int kTh>
-__device__ __forceinline__ float prepare_head_4over6(float amax, bool first, int g, const Nvfp4Args& a,
-                                                     float* enc_lut, float* rec_lut, uint32_t* tag) {
-  const float s_enc = nvfp4_4over6_s_enc(amax, a.rule.e4m3_max);
-  const float s_dec = nvfp4_s_dec(s_enc);
-  if (first && threadIdx.x == 0) a.s_dec[g] = s_dec;
-  if (*tag != __float_as_uint(amax)) {  // the same shared word in every thread: a uniform branch
-    const float six_m = a.rule.e4m3_max * kE2M1Max;
-    for (int i = threadIdx.x; i < kLutEnc + kLutRec; i += kTh) {
-      const float v = lut_entry(i, amax, s_dec, six_m);
-      if (i < kLutEnc)
-        enc_lut[i] = v;
-      else
-        rec_lut[i - kLutEnc] = v;
-    }
-    __syncthreads();  // every thread has read *tag
-    if (threadIdx.x == 0) *tag = __float_as_uint(amax);
-  }
-  __syncthreads();
-  return s_enc;
-}
-
 // All threads: Four Over Six on a slice held in shared memory, with the tables of its amax.
 template <InType T, int kTh, bool kMse>
 __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const unsigned char* base, const float* bmax,

@@ -156,35 +156,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < 16; ++i) v[i] = 0.0f;
     }
-    float m = max16(v);
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o, 16));
     const float amax = active ? amax_in[e] : 0.0f;
-    const float s_enc = nvfp4_4over6_s_enc(amax, e4m3_max);
     const float* enc = lut + e * kLutFloats;  // e = 0 for a half without an item: any table will do
-    const float* rec = enc + kLutEnc;
-    uint8_t sb6, sb4;
-    nvfp4_4over6_scales(m, s_enc, &sb6, &sb4);
-    const int i6 = lut_index(sb6), i4 = lut_index(sb4);
-    float t6[8], t4[8];
-#pragma unroll
-    for (int k = 0; k < 8; ++k) t6[k] = rec[8 * i6 + k], t4[k] = rec[8 * i4 + k];
-    const Candidate c6 = candidate_from<kMse>(v, enc[i6], e4m3_to_float(sb6), t6);
-    const Candidate c4 = candidate_from<kMse>(v, enc[i4], e4m3_to_float(sb4), t4);
-    float e6 = c6.err, e4 = c4.err;
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) {
-      const float d6 = __shfl_down_sync(0xffffffffu, e6, o, 16), d4 = __shfl_down_sync(0xffffffffu, e4, o, 16);
-      e6 = e6 + d6;  // meaningful in lanes < o: rows[i] + rows[i + o]
-      e4 = e4 + d4;
-    }
-    const bool four = __shfl_sync(0xffffffffu, e4 < e6 ? 1 : 0, 0, 16) != 0;
-    if (valid) {
-      if (four)
-        emit_candidate(c4, sb4, unit, codes, scales, fake);
-      else
-        emit_candidate(c6, sb6, unit, codes, scales, fake);
-    }
+    four_over_six_tile<kMse>(v, valid, nvfp4_4over6_s_enc(amax, e4m3_max), enc, enc + kLutEnc, unit, codes, scales,
+                             fake);
   }
 }
 
@@ -319,11 +294,15 @@ void nvfp4_quantize_rule(const Nvfp4RuleArgs& a, cudaStream_t stream) {
     FP4QAT_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  if (kind == AmaxOf::kExpert && a.rule.four_over_six && !a.two_d && rows > 0) {
-    Nvfp4Args o;  // the one-read kernel's Four Over Six form; it sets the last kernel
-    o.x = a.x, o.type = a.type, o.E = a.E, o.N = a.N, o.K = a.K, o.given_amax = a.given_amax, o.rule = a.rule;
-    o.codes = a.codes, o.scales = a.scales, o.fake = a.fake, o.s_dec = a.s_dec, o.workspace = a.workspace;
-    if (nvfp4::by_type_ret(a.type, [&](auto ty) { return nvfp4::launch_staged2_4over6<decltype(ty)::value>(o, stream); }))
+  if (kind == AmaxOf::kExpert && a.rule.four_over_six && rows > 0 && (!a.two_d || !a.given_amax)) {
+    Nvfp4Args o;  // the one-read kernels' Four Over Six forms (staged2 1D, staged 2D); they set the last kernel
+    o.x = a.x, o.type = a.type, o.E = a.E, o.N = a.N, o.K = a.K, o.two_d = a.two_d, o.given_amax = a.given_amax;
+    o.rule = a.rule, o.codes = a.codes, o.scales = a.scales, o.fake = a.fake, o.s_dec = a.s_dec;
+    o.workspace = a.workspace;
+    if (nvfp4::by_type_ret(a.type, [&](auto ty) {
+          constexpr InType T = decltype(ty)::value;
+          return a.two_d ? nvfp4::launch_staged_4over6_2d<T>(o, stream) : nvfp4::launch_staged2_4over6<T>(o, stream);
+        }))
       return;
   }
   nvfp4::set_last_kernel(a.two_d ? "rule-2d" : "rule-1d");

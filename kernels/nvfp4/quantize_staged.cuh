@@ -5,7 +5,7 @@
 #pragma once
 #include <algorithm>
 
-#include "kernels/nvfp4/quantize_common.cuh"
+#include "kernels/nvfp4/quantize_4over6.cuh"
 
 namespace fp4qat::cuda_kernels::nvfp4 {
 namespace {
@@ -16,7 +16,9 @@ namespace {
 // have arrived, then quantizes from shared memory: every input byte is read from HBM once.
 // Deadlock-free when G <= resident CTAs: the oldest unfinished expert then has all of its slices
 // claimed (items are claimed in order and fewer than G can be in progress otherwise).
-template <InType T, bool kTwoD>
+// kRule: 0 max6; Four Over Six (a.rule; 2D only) 1 MAE, 2 MSE — a half-warp a tile
+// (four_over_six_tile) with the tables of the expert's amax in shared memory.
+template <InType T, bool kTwoD, int kRule = 0>
 __global__ void __launch_bounds__(kThreads) nvfp4_staged_kernel(Nvfp4Args a, int64_t R, int64_t G, uint32_t* amax_bits,
                                                                 int* arrived, unsigned long long* ticket) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -24,6 +26,11 @@ __global__ void __launch_bounds__(kThreads) nvfp4_staged_kernel(Nvfp4Args a, int
   __shared__ float red[kWarps];
   __shared__ long long cur;
   __shared__ float shared_amax;
+  __shared__ float enc_lut[kRule != 0 ? kLutEnc : 1];
+  __shared__ __align__(16) float rec_lut[kRule != 0 ? kLutRec : 4];
+  __shared__ uint32_t lut_tag;
+  static_assert(kRule == 0 || kTwoD, "the staged kernel's Four Over Six form is 2D");
+  if (kRule != 0 && threadIdx.x == 0) lut_tag = 0xFFFFFFFFu;  // a NaN's bits: no amax (before the first barrier)
   const int64_t K = a.K, N = a.N, nb = K / 16;
   float* bmax = reinterpret_cast<float*>(smem + R * K * kElem);  // [R, nb] block (or tile) maxima
   const int64_t total = a.E * G;
@@ -69,6 +76,29 @@ __global__ void __launch_bounds__(kThreads) nvfp4_staged_kernel(Nvfp4Args a, int
       shared_amax = a.given_amax[e];
     }
     __syncthreads();
+    if constexpr (kRule != 0) {
+      const float s_enc = prepare_head_4over6<kThreads>(shared_amax, g == 0, static_cast<int>(e), a, enc_lut, rec_lut,
+                                                        &lut_tag);
+      const int64_t tiles = (rows + 15) / 16 * nb, unit0 = (e * N + r0) * nb;
+      const int lane = threadIdx.x & 15;
+      for (int64_t w = threadIdx.x >> 5; 2 * w < tiles; w += kWarps) {  // uniform per warp
+        const int64_t p = 2 * w + ((threadIdx.x >> 4) & 1);
+        const bool active = p < tiles;
+        const int64_t r = (active ? p / nb : 0) * 16 + lane, b = active ? p % nb : 0;
+        const bool valid = active && r < rows;
+        float v[16];
+        if (valid) {
+          load16<T, Src::kShared>(smem, (r * nb + b) * 16, v);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 16; ++i) v[i] = 0.0f;
+        }
+        four_over_six_tile<kRule == 2>(v, valid, s_enc, enc_lut, rec_lut, unit0 + r * nb + b, a.codes, a.scales,
+                                       a.fake);
+      }
+      __syncthreads();  // shared memory, `cur` and the tables are reused by the next item
+      continue;
+    }
     if constexpr (kTwoD) {
       // Tile maxima: the max of 16 rows' block maxima, written back into each row's slot.
       const int64_t bands = (rows + 15) / 16;
@@ -96,7 +126,7 @@ __global__ void __launch_bounds__(kThreads) nvfp4_staged_kernel(Nvfp4Args a, int
 }
 
 // Launches the one-read kernel if its conditions hold; returns false to fall back.
-template <InType T, bool kTwoD>
+template <InType T, bool kTwoD, int kRule = 0>
 bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
   constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
   constexpr int64_t kSliceBudget = 88 * 1024;  // two CTAs per SM fit in Hopper's 228 KB
@@ -106,7 +136,7 @@ bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
   R = std::min(R, (a.N + 15) / 16 * 16);
   const int64_t G = (a.N + R - 1) / R;
   const size_t smem = static_cast<size_t>(R * row_bytes + R * (a.K / 16) * 4);
-  auto kernel = nvfp4_staged_kernel<T, kTwoD>;
+  auto kernel = nvfp4_staged_kernel<T, kTwoD, kRule>;
   const int64_t resident = resident_ctas(kernel, kThreads, smem);
   if (resident < 1 || G > resident) return false;  // the deadlock-freedom condition
   // Cooperative: the deadlock-freedom condition counts on all CTAs being resident.
@@ -120,7 +150,7 @@ bool launch_staged(const Nvfp4Args& a, cudaStream_t stream) {
                   const_cast<int**>(&w.counter),
                   const_cast<unsigned long long**>(&w.ticket)};
   if (!launch_cooperative(reinterpret_cast<const void*>(kernel), grid, kThreads, args, smem, stream)) return false;
-  set_last_kernel("staged");
+  set_last_kernel(kRule != 0 ? "staged-4over6" : "staged");
   return true;
 }
 

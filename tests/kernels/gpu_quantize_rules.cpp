@@ -38,12 +38,12 @@ std::vector<NVFP4Rule> rules() {
 
 }  // namespace
 
-// Under the default kernels (Four Over Six with one amax an expert: the one-read kernel's Four Over
-// Six form where it applies) and with FP4QAT_NVFP4_KERNEL=fused (the rule kernels with tables).
+// Under the default kernels (Four Over Six with one amax an expert: the one-read kernels' Four Over
+// Six forms where they apply, staged2 for 1x16 blocks, staged for 16x16 tiles) and with FP4QAT_NVFP4_KERNEL=fused (the rule kernels with tables).
 TEST(GpuQuantizeRules, MatchReferenceOnRandomShapes) {
   FP4QAT_REQUIRE_GPU();
   uint64_t seed = 4600;
-  int cases = 0, one_read = 0;
+  int cases = 0, one_read = 0, one_read_2d = 0;
   for (const char* forced : {"", "fused"}) {
     const fp4qat::tuning::ScopedNvfp4Tuning tu(fp4qat::tuning::Nvfp4Tuning{}.with("FP4QAT_NVFP4_KERNEL", forced));
     for (const auto& dims : kShapes)
@@ -67,14 +67,20 @@ TEST(GpuQuantizeRules, MatchReferenceOnRandomShapes) {
               ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
               ASSERT_TRUE(bytes_equal(got.values, want.values));
               const std::string kernel = ck::nvfp4_last_kernel();
+              const bool one_amax_four = rule.four_over_six && !rule.row_scaled && *forced == '\0';
               if (kernel == "staged2-4over6") {
-                EXPECT_TRUE(rule.four_over_six && !rule.row_scaled && blocks == Blocks::k1D && *forced == '\0');
+                EXPECT_TRUE(one_amax_four && blocks == Blocks::k1D);
                 ++one_read;
+              } else if (kernel == "staged-4over6") {
+                EXPECT_TRUE(one_amax_four && blocks == Blocks::k2D && !given);
+                ++one_read_2d;
               } else {
                 EXPECT_TRUE(kernel.rfind("rule-", 0) == 0) << kernel;
-                // Only a row wider than a slot (48 KB) keeps the default Four Over Six off the one-read kernel.
-                if (rule.four_over_six && !rule.row_scaled && blocks == Blocks::k1D && *forced == '\0')
-                  EXPECT_GT(dims.back() * x.element_size(), 49152) << kernel;
+                // Only a row wider than a slot (staged2: 48 KB; staged: 16 rows in 88 KB) keeps the
+                // default Four Over Six off the one-read kernels (and, in 2D, a given amax).
+                if (one_amax_four && blocks == Blocks::k1D) EXPECT_GT(dims.back() * x.element_size(), 49152) << kernel;
+                if (one_amax_four && blocks == Blocks::k2D && !given)
+                  EXPECT_GT(dims.back() * x.element_size() * 16, 88 * 1024) << kernel;
               }
               // Dequantization (per-row S_dec where row-scaled) agrees too.
               ASSERT_TRUE(bytes_equal(fp4qat::nvfp4_dequantize(got.packed, at::kFloat),
@@ -84,6 +90,7 @@ TEST(GpuQuantizeRules, MatchReferenceOnRandomShapes) {
   }
   EXPECT_GT(cases, 1000);
   EXPECT_GT(one_read, 100);
+  EXPECT_GT(one_read_2d, 50);
 }
 
 TEST(GpuQuantizeRules, TransformerEngineVectorsOnGpu) {
