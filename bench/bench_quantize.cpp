@@ -432,6 +432,13 @@ int main(int argc, char** argv) {
         fp4qat::mxfp8_quantize(w13);
         fp4qat::mxfp8_quantize(w2);
       });
+      // The kernel before session 13: one block a thread an iteration.
+      add("mxfp8 MoE layer (128 experts), 1 block a thread", double(layer_elems), mx_b, ok, [&] {
+        fp4qat::cuda_kernels::set_mxfp8_units(1);
+        fp4qat::mxfp8_quantize(w13);
+        fp4qat::mxfp8_quantize(w2);
+        fp4qat::cuda_kernels::set_mxfp8_units(0);
+      });
     }
     {
       const bool ok = check_experts(

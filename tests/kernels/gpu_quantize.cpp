@@ -90,6 +90,12 @@ TEST(GpuQuantize, AmaxDequantizeAndMXFP8MatchReference) {
         ASSERT_TRUE(bytes_equal(fp4qat::nvfp4_dequantize(qg, out), fp4qat::nvfp4_dequantize(q, out)));
       if (dims.back() % 32) continue;
       const auto m = fp4qat::mxfp8_quantize(x);
+      // One block a thread an iteration (the benchmark's variant), then the default (two for bf16).
+      fp4qat::cuda_kernels::set_mxfp8_units(1);
+      const auto m1 = fp4qat::mxfp8_quantize(x.cuda());
+      fp4qat::cuda_kernels::set_mxfp8_units(0);
+      ASSERT_TRUE(bytes_equal(m1.data, m.data));
+      ASSERT_TRUE(bytes_equal(m1.scales, m.scales));
       const auto mg = fp4qat::mxfp8_quantize(x.cuda());
       ASSERT_TRUE(bytes_equal(mg.data, m.data));
       ASSERT_TRUE(bytes_equal(mg.scales, m.scales));
