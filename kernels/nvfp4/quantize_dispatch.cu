@@ -11,7 +11,9 @@
 //     meant to hit L2;
 //   quantize_rows.cu     the row groups' two passes where staged2 does not apply;
 //   quantize_rules.cu    the 2026 rules (Four Over Six, row-scaled global scales): its own
-//     launcher, nvfp4_quantize_rule, chosen in kernels/cuda_api.cpp by the rule;
+//     launcher, nvfp4_quantize_rule, chosen in kernels/cuda_api.cpp by the rule; Four Over Six
+//     with one amax an expert runs in the one-read kernels' Four Over Six forms (staged2-4over6,
+//     staged-4over6; the pieces in quantize_4over6.cuh);
 //   quantize_dequantize.cu, amax.cu.
 // Per-element arithmetic is kernels/common/formats.h, shared with the CPU reference
 // (kernels/nvfp4/quantize_ref.cpp); built with --fmad=false and IEEE div/rcp. Shapes that only a
