@@ -155,11 +155,14 @@ Loaded load(const std::string& dir, const at::Device& device) {
   return out;
 }
 
+at::Tensor logprobs_of(const at::Tensor& logits, const at::Tensor& targets) {
+  return at::log_softmax(logits.to(at::kFloat), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1);  // [B, T]
+}
+
 at::Tensor token_logprobs(const model::Qwen3Moe& m, model::LinearPolicy& p, const at::Tensor& ids, at::ScalarType dt) {
   torch::NoGradGuard ng;
   const int64_t T = ids.size(1) - 1;
-  const at::Tensor logits = m.forward(ids.narrow(1, 0, T), dt, p).logits.to(at::kFloat);  // [B, T, V]
-  return at::log_softmax(logits, -1).gather(-1, ids.narrow(1, 1, T).unsqueeze(-1)).squeeze(-1);
+  return logprobs_of(m.forward(ids.narrow(1, 0, T), dt, p).logits, ids.narrow(1, 1, T));
 }
 
 }  // namespace fp4qat::rollout

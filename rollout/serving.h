@@ -51,6 +51,10 @@ struct Loaded {
 // Loads `dir` onto `device` (throws naming the file or tensor on a malformed folder).
 Loaded load(const std::string& dir, const at::Device& device);
 
+// log p(targets) from logits [B, T, V] (any float dtype) and int64 targets [B, T]: float32 [B, T],
+// differentiable (the trainer's GRPO step takes its gradient; token_logprobs calls it without).
+at::Tensor logprobs_of(const at::Tensor& logits, const at::Tensor& targets);
+
 // Log-probabilities of ids[:, 1:] given ids[:, :-1]: float32 [B, T-1]; no gradient.
 at::Tensor token_logprobs(const model::Qwen3Moe& m, model::LinearPolicy& p, const at::Tensor& ids, at::ScalarType dt);
 

@@ -161,6 +161,8 @@ const Names<qat::Activations> kActivations = {{"nvfp4", qat::Activations::kNVFP4
 const Names<qat::Serving> kServings = {{"fp4qat", qat::Serving::kFp4qat},
                                        {"marlin", qat::Serving::kMarlin},
                                        {"flashinfer_per_token", qat::Serving::kPerToken}};
+const Names<grpo::Correction> kCorrections = {
+    {"tis", grpo::Correction::kTis}, {"mask", grpo::Correction::kMask}, {"none", grpo::Correction::kNone}};
 const Names<qat::TrainScope> kTrainScopes = {{"all", qat::TrainScope::kAll},
                                              {"quantized_only", qat::TrainScope::kQuantizedOnly}};
 
@@ -168,6 +170,7 @@ class Schema {
  public:
   explicit Schema(Config& c) {
     add("", "model_config", &c.model_config);
+    add("", "objective", &c.objective, one_of({"lm", "grpo"}));
     auto& m = c.model;
     add("model", "vocab_size", &m.vocab_size, positive<int64_t>());
     add("model", "hidden_size", &m.hidden_size, positive<int64_t>());
@@ -211,7 +214,7 @@ class Schema {
     add("train", "out_dir", &t.out_dir);
     add("train", "init_from", &t.init_from);
     auto& d = c.data;
-    add("data", "kind", &d.kind, one_of({"synthetic", "tokens"}));
+    add("data", "kind", &d.kind, one_of({"synthetic", "tokens", "rollouts"}));
     add("data", "path", &d.path);
     add("data", "val_fraction", &d.val_fraction, in_range(0, 0.5));
     add("data", "max_operand", &d.max_operand, positive<int64_t>());
@@ -249,6 +252,23 @@ class Schema {
     add("parallel", "bucket_mb", &pp.bucket_mb,
         Check<double>([](const double& v) { return v > 0 ? std::string() : "must be > 0"; }));
     add("parallel", "timeout_s", &pp.timeout_s, positive<int64_t>());
+    auto& rl = c.rl;
+    add("rl", "clip_low", &rl.loss.clip_low, Check<double>([](const double& v) {
+          return v > 0 && v < 1 ? std::string() : "must be in (0, 1) (the ratio is clipped below at 1 - clip_low)";
+        }));
+    add("rl", "clip_high", &rl.loss.clip_high, positive<double>());
+    add("rl", "adv_std_normalize", &rl.adv_std_normalize);
+    add_enum("rl", "correction", &rl.loss.correction, kCorrections);
+    add("rl", "tis_cap", &rl.loss.tis_cap, Check<double>([](const double& v) {
+          return v >= 1 ? std::string() : "must be >= 1 (the importance weight min(m, C) is truncated at C)";
+        }));
+    add("rl", "mask_low", &rl.loss.mask_low, Check<double>([](const double& v) {
+          return v >= 0 && v <= 1 ? std::string() : "must be in [0, 1]";
+        }));
+    add("rl", "mask_high", &rl.loss.mask_high, Check<double>([](const double& v) {
+          return v >= 1 ? std::string() : "must be >= 1";
+        }));
+    add("rl", "kl_coef", &rl.loss.kl_coef, non_negative<double>());
   }
 
   const Field* find(const std::string& path) const {
@@ -265,7 +285,7 @@ class Schema {
     std::string out;
     for (const auto& f : fields_)
       if (f.section == section) out += (out.empty() ? "" : ", ") + f.key;
-    for (const auto& s : {"model", "optim", "train", "data", "qat", "export", "parallel"})
+    for (const auto& s : {"model", "optim", "train", "data", "qat", "export", "parallel", "rl"})
       if (section.empty()) out += std::string(", ") + s;
     return out;
   }
@@ -400,7 +420,13 @@ void validate(const Config& c) {
                  m.num_hidden_layers, ")");
   FP4QAT_CHECK(c.train.seq_len <= m.max_position_embeddings, "train.seq_len (", c.train.seq_len,
                ") exceeds model.max_position_embeddings (", m.max_position_embeddings, ")");
-  FP4QAT_CHECK(c.data.kind != "tokens" || !c.data.path.empty(), "data.path is required when data.kind is tokens");
+  FP4QAT_CHECK(c.data.kind == "synthetic" || !c.data.path.empty(), "data.path is required when data.kind is ",
+               c.data.kind);
+  FP4QAT_CHECK((c.objective == "grpo") == (c.data.kind == "rollouts"), "objective ", c.objective, " with data.kind ",
+               c.data.kind, ": objective grpo trains on rollout samples (data.kind: rollouts) and objective lm on ",
+               "synthetic or tokens data");
+  FP4QAT_CHECK(c.data.kind != "rollouts" || c.train.eval_every == 0,
+               "train.eval_every must be 0 with data.kind rollouts (rollout samples have no validation split)");
   c.qat.validate();
   const bool exporting = c.exports.interval(c.qat) > 0;
   if (c.qat.quantizes() || exporting) {

@@ -11,6 +11,7 @@
 #include "model/config.h"
 #include "qat/export.h"
 #include "qat/recipe.h"
+#include "trainer/grpo.h"
 
 namespace fp4qat::config {
 
@@ -40,8 +41,12 @@ struct TrainConfig {
 };
 
 struct DataConfig {
-  std::string kind = "synthetic";  // synthetic | tokens
-  std::string path;                // token file (kind: tokens)
+  std::string kind = "synthetic";  // synthetic | tokens | rollouts
+  // kind tokens: a token file; kind rollouts: a JSONL file of rollout records (trainer/rollouts.h)
+  // or a folder whose *.jsonl files are read in name order. With rollouts, train.batch_size counts
+  // groups (every sample of a group lands in the same micro-batch), train.seq_len is unused (a
+  // micro-batch is as long as its longest prompt + response) and there is no validation split.
+  std::string path;
   double val_fraction = 0.05;
   int64_t max_operand = 99;  // synthetic: operands of the addition problems in [0, max_operand]
 };
@@ -71,8 +76,21 @@ struct ParallelConfig {
   int64_t timeout_s = 300;  // rendezvous and collective timeout (a missing or dead peer is an error)
 };
 
+// The policy-gradient objective (`objective: grpo`, YAML section `rl`), trainer/grpo.h: per
+// response token, the clipped surrogate (DAPO's separate low / high clip) weighted by the
+// sampler / learner mismatch correction, token-mean over a micro-batch, plus kl_coef x k3 KL to
+// the frozen initial weights. The names follow verl (clip_ratio_low / _high,
+// norm_adv_by_std_in_grpo, tis_imp_ratio_cap, kl_loss_coef with low_var_kl = k3).
+struct RlConfig {
+  grpo::Options loss;             // clip_low 0.2, clip_high 0.28, correction tis (cap 2) | mask | none, kl_coef 0
+  bool adv_std_normalize = true;  // group advantages (r - mean) / std, else r - mean
+};
+
 struct Config {
   std::string model_config;  // path of a model YAML (configs/), relative to the recipe
+  // lm: next-token cross-entropy on data (synthetic | tokens); grpo: the GRPO objective on
+  // rollout samples (data.kind: rollouts), settings in `rl`.
+  std::string objective = "lm";
   model::ModelConfig model;
   OptimConfig optim;
   TrainConfig train;
@@ -80,6 +98,7 @@ struct Config {
   qat::Recipe qat;       // YAML section `qat`
   ExportConfig exports;  // YAML section `export`
   ParallelConfig parallel;
+  RlConfig rl;  // YAML section `rl` (objective: grpo)
 };
 
 // Applies a YAML document (the text of `source`, for messages) on top of cfg.

@@ -4,12 +4,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <random>
 #include <set>
 
 #include "io/fs.h"
 #include "io/json.h"
 #include "io/jsonl.h"
 #include "kernels/common/check.h"
+#include "trainer/grpo.h"
 
 namespace fp4qat::rollouts {
 
@@ -158,6 +161,84 @@ std::string to_json_line(const Sample& s, int64_t moe_layers, int64_t top_k, boo
     o.set("routed_experts", toks);
   }
   return o.dump();
+}
+
+// ---- training batches ---------------------------------------------------------------------------
+namespace {
+std::string file_of(const std::string& where) { return where.substr(0, where.rfind(':')); }
+}  // namespace
+
+Dataset::Dataset(std::vector<Sample> samples, bool adv_std_normalize, uint64_t seed)
+    : samples_(std::move(samples)), seed_(seed) {
+  FP4QAT_CHECK(!samples_.empty(), "rollouts: no sample to train on");
+  std::map<std::string, size_t> index;  // file + '\n' + group id -> group
+  std::vector<double> rewards;
+  std::vector<std::string> keys;
+  for (size_t i = 0; i < samples_.size(); ++i) {
+    const Sample& s = samples_[i];
+    const std::string key = file_of(s.where) + "\n" + s.group;
+    auto [it, fresh] = index.emplace(key, groups_.size());
+    if (fresh) groups_.emplace_back();
+    groups_[it->second].push_back(i);
+    rewards.push_back(s.reward);
+    keys.push_back(key);
+  }
+  const std::vector<double> a = grpo::group_advantages(rewards, keys, adv_std_normalize);
+  adv_.resize(samples_.size());
+  for (size_t i = 0; i < samples_.size(); ++i)
+    adv_[i] = samples_[i].advantages.empty()
+                  ? std::vector<float>(samples_[i].response.size(), static_cast<float>(a[i]))
+                  : samples_[i].advantages;
+}
+
+std::vector<size_t> Dataset::permutation(uint64_t epoch) const {
+  std::vector<size_t> p(groups_.size());
+  for (size_t i = 0; i < p.size(); ++i) p[i] = i;
+  std::mt19937_64 rng(seed_ * 0x9E3779B97F4A7C15ull + epoch + 1);
+  for (size_t i = p.size(); i > 1; --i) std::swap(p[i - 1], p[rng() % i]);  // Fisher-Yates
+  return p;
+}
+
+Batch Dataset::batch(uint64_t index, int64_t groups_per_batch) const {
+  const uint64_t G = groups_.size();
+  FP4QAT_CHECK(groups_per_batch >= 1 && static_cast<uint64_t>(groups_per_batch) <= G, "rollouts: train.batch_size ",
+               groups_per_batch, " (groups per micro-batch) must be in [1, ", G, "], the groups in data.path");
+  std::vector<size_t> rows;
+  uint64_t epoch = ~uint64_t(0);
+  std::vector<size_t> perm;
+  for (int64_t j = 0; j < groups_per_batch; ++j) {
+    const uint64_t k = index * static_cast<uint64_t>(groups_per_batch) + static_cast<uint64_t>(j);
+    if (k / G != epoch) perm = permutation(epoch = k / G);
+    for (size_t i : groups_[perm[k % G]]) rows.push_back(i);
+  }
+  int64_t T = 0;  // the longest prompt + response, less one
+  for (size_t i : rows)
+    T = std::max<int64_t>(T, static_cast<int64_t>(samples_[i].prompt.size() + samples_[i].response.size()) - 1);
+  const int64_t B = static_cast<int64_t>(rows.size());
+  Batch b;
+  b.ids = at::zeros({B, T + 1}, at::kLong);
+  b.mask = at::zeros({B, T}, at::kBool);
+  auto ids = b.ids.accessor<int64_t, 2>();
+  auto mask = b.mask.accessor<bool, 2>();
+  std::vector<float> sampler, adv;
+  for (int64_t r = 0; r < B; ++r) {
+    const Sample& s = samples_[rows[static_cast<size_t>(r)]];
+    const int64_t P = static_cast<int64_t>(s.prompt.size()), R = static_cast<int64_t>(s.response.size());
+    for (int64_t t = 0; t < P; ++t) ids[r][t] = s.prompt[static_cast<size_t>(t)];
+    for (int64_t j = 0; j < R; ++j) {
+      ids[r][P + j] = s.response[static_cast<size_t>(j)];
+      mask[r][P + j - 1] = true;
+    }
+    sampler.insert(sampler.end(), s.logprobs.begin(), s.logprobs.end());
+    const auto& a = adv_[rows[static_cast<size_t>(r)]];
+    adv.insert(adv.end(), a.begin(), a.end());
+    b.reward_sum += s.reward;
+  }
+  b.samples = B;
+  b.tokens = static_cast<int64_t>(sampler.size());
+  b.sampler = at::tensor(sampler, at::kFloat);
+  b.adv = at::tensor(adv, at::kFloat);
+  return b;
 }
 
 }  // namespace fp4qat::rollouts

@@ -16,6 +16,8 @@
 //                              [0, num_experts); the same moe_layers and top_k in every record
 // Unknown keys are refused (a misspelt optional key would silently be ignored otherwise).
 #pragma once
+#include <ATen/ATen.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -54,5 +56,42 @@ std::vector<Sample> read_folder(const std::string& dir, const Limits& lim);
 // One record as a JSON line (without the newline): what read_file reads back, field for field.
 // Without `with_reward` the record has no "reward" (samples not yet scored: read_file refuses them).
 std::string to_json_line(const Sample& s, int64_t moe_layers = 0, int64_t top_k = 0, bool with_reward = true);
+
+// ---- training batches (data.kind: rollouts) ---------------------------------------------------
+// A micro-batch of whole groups. Sample i is the sequence prompt + response; its response token j
+// sits at ids[i, P_i + j] and is predicted at target position t = P_i + j - 1.
+struct Batch {
+  at::Tensor ids;      // int64 [B, T + 1]: prompt + response of each sample, right-padded with 0
+  at::Tensor mask;     // bool [B, T]: the target positions that are response tokens
+  at::Tensor sampler;  // float32 [N]: the sampler's log-prob of each response token (mask's row-major order)
+  at::Tensor adv;      // float32 [N]: its advantage
+  double reward_sum = 0;  // over the B samples
+  int64_t samples = 0;    // B
+  int64_t tokens = 0;     // N: response tokens
+};
+
+class Dataset {
+ public:
+  // A group is the samples of one file with the same "group" id (ids are file-local: `fp4qat
+  // generate` numbers its prompts from 0 in every file), in order of first appearance. A sample's
+  // advantage on each token: its own "advantages" when the record has them, else its reward
+  // normalised within its whole group (grpo::group_advantages: minus the group mean, divided by
+  // the group's std when adv_std_normalize).
+  Dataset(std::vector<Sample> samples, bool adv_std_normalize, uint64_t seed);
+  int64_t groups() const { return static_cast<int64_t>(groups_.size()); }
+  int64_t samples() const { return static_cast<int64_t>(samples_.size()); }
+  // Micro-batch `index`: groups_per_batch whole groups. Draw k = index * groups_per_batch + j
+  // takes position k mod G of epoch k / G's permutation of the groups (seeded by (seed, epoch)),
+  // so any batch can be regenerated from its index (resume needs no data state) and every group
+  // is used once per epoch. groups_per_batch must be in [1, groups()].
+  Batch batch(uint64_t index, int64_t groups_per_batch) const;
+
+ private:
+  std::vector<size_t> permutation(uint64_t epoch) const;
+  std::vector<Sample> samples_;
+  std::vector<std::vector<size_t>> groups_;   // sample indices of each group
+  std::vector<std::vector<float>> adv_;       // per sample: [response length]
+  uint64_t seed_;
+};
 
 }  // namespace fp4qat::rollouts

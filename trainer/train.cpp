@@ -21,6 +21,8 @@
 #include "trainer/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data.h"
+#include "trainer/grpo.h"
+#include "trainer/rollouts.h"
 #include "io/hf_folder.h"
 #include "trainer/exporter.h"
 #include "dist/expert_dispatch.h"
@@ -190,6 +192,17 @@ class Trainer {
   void eval_step();
   void checkpoint();
   void finish();
+  // objective grpo: the loss of rollout micro-batch `index` (forward of the learner, and of the
+  // reference when rl.kl_coef > 0) and the aux loss; adds the step's statistics to `sums`.
+  struct RlSums {
+    double reward = 0, samples = 0, tokens = 0, clipped = 0, abs_dlogp = 0, kl = 0, corrected = 0, kl_ref = 0;
+  };
+  std::pair<at::Tensor, at::Tensor> grpo_loss(uint64_t index, model::ForwardOutput* out_fw, RlSums& sums);
+  // The export probe's token ids: the validation batch, or the first rows of rollout batch 0.
+  at::Tensor probe_ids() const {
+    const at::Tensor ids = rollouts_ ? rollouts_->batch(0, cfg_.train.batch_size).ids : batch(1, 0);
+    return ids.narrow(0, 0, std::min<int64_t>(4, ids.size(0)));
+  }
   at::Tensor batch(int split, uint64_t index) const {
     return synthetic_ ? corpus_->batch(split, index, cfg_.train.batch_size, cfg_.train.seq_len)
                       : tokens_->batch(split, index, cfg_.train.batch_size, cfg_.train.seq_len);
@@ -200,6 +213,11 @@ class Trainer {
   bool synthetic_ = true, tty_ = false;
   std::unique_ptr<data::TokenFile> tokens_;
   std::unique_ptr<data::SyntheticCorpus> corpus_;
+  std::unique_ptr<rollouts::Dataset> rollouts_;  // data.kind rollouts (objective grpo)
+  // objective grpo with rl.kl_coef > 0: the initial weights, frozen, and the policy they run with
+  std::unique_ptr<model::Qwen3Moe> ref_model_;
+  std::unique_ptr<qat::QatPolicy> ref_qat_;
+  model::LinearPolicy* ref_policy_ = nullptr;
   at::Device dev_ = at::kCPU;
   at::ScalarType dt_ = at::kFloat;
   std::unique_ptr<dist::ProcessGroup> own_pg_;
@@ -222,6 +240,7 @@ class Trainer {
   std::string metrics_;
   int64_t step_ = 0, done_here_ = 0;
   StepLog log_;
+  double step_tokens_ = 0;  // tokens the step's forwards ran on (every rank's), for tokens_per_s
   Result res_;
 };
 
@@ -232,6 +251,28 @@ void Trainer::setup() {
   if (synthetic_) {
     FP4QAT_CHECK(cfg.model.vocab_size >= data::kVocabUsed, "model.vocab_size must be >= ", data::kVocabUsed,
                  " for the synthetic corpus");
+  } else if (cfg.data.kind == "rollouts") {
+    // Every record is read and checked against the model it trains (ids, lengths, routed experts'
+    // layout) here, before anything is written: a bad file stops the run naming file:line.
+    const model::ModelConfig mc =
+        cfg.train.init_from.empty() ? cfg.model : model::read_hf_config(cfg.train.init_from);
+    rollouts::Limits lim;
+    lim.vocab = mc.vocab_size;
+    lim.max_tokens = mc.max_position_embeddings;
+    lim.num_experts = mc.num_experts;
+    lim.top_k = mc.num_experts_per_tok;
+    for (int64_t l = 0; l < mc.num_hidden_layers; ++l) lim.moe_layers += model::is_moe_layer(mc, l) ? 1 : 0;
+    FP4QAT_CHECK(fs::exists(cfg.data.path), "data.path '", cfg.data.path, "' not found (a rollout JSONL file or a ",
+                 "folder of them)");
+    rollouts_ = std::make_unique<rollouts::Dataset>(fs::is_dir(cfg.data.path)
+                                                        ? rollouts::read_folder(cfg.data.path, lim)
+                                                        : rollouts::read_file(cfg.data.path, lim),
+                                                    cfg.rl.adv_std_normalize, cfg.train.seed);
+    FP4QAT_CHECK(cfg.train.batch_size <= rollouts_->groups(), "train.batch_size (", cfg.train.batch_size,
+                 " groups per micro-batch with data.kind rollouts) exceeds the ", rollouts_->groups(), " groups in ",
+                 cfg.data.path);
+    FP4QAT_CHECK(cfg.rl.loss.kl_coef == 0 || cfg.parallel.ep == 1,
+                 "rl.kl_coef > 0 with parallel.ep > 1 is not supported yet (the reference model is not sharded)");
   } else {
     tokens_ = std::make_unique<data::TokenFile>(cfg.data.path, cfg.data.val_fraction, cfg.train.seed);
     const int64_t mt = tokens_->max_token();
@@ -258,12 +299,21 @@ void Trainer::setup() {
   model_ = std::make_unique<model::Qwen3Moe>(cfg.train.init_from.empty() ? model::Qwen3Moe(cfg.model, cfg.train.seed)
                                                                          : model::load_hf_folder(cfg.train.init_from));
   model::Qwen3Moe& model = *model_;
+  if (rollouts_ && cfg.rl.loss.kl_coef > 0) {  // the KL reference: the initial weights (also on resume), frozen
+    ref_model_ = std::make_unique<model::Qwen3Moe>(model);
+    torch::NoGradGuard ng;
+    for (auto& [n, p] : ref_model_->params()) p = p.detach().clone();
+  }
   // The linears' policy: plain, or NVFP4 for the modules the recipe's qat section matches (and,
   // when exports are on, observing the activations those modules see for input_scale).
   const bool exporting = cfg.exports.interval(cfg.qat) > 0;
   if (!opt_.policy && (cfg.qat.quantizes() || exporting))
     qat_policy_ = std::make_unique<qat::QatPolicy>(cfg.qat, model, cfg.qat.quantizes());
   policy_ = opt_.policy ? opt_.policy : (qat_policy_ ? static_cast<model::LinearPolicy*>(qat_policy_.get()) : &plain_);
+  if (ref_model_) {  // the reference runs as the learner does: through the qat section's formats when it quantizes
+    if (cfg.qat.quantizes()) ref_qat_ = std::make_unique<qat::QatPolicy>(cfg.qat, *ref_model_, true);
+    ref_policy_ = ref_qat_ ? static_cast<model::LinearPolicy*>(ref_qat_.get()) : &plain_;
+  }
   if (topo_->ep_size > 1 && pg_->is_main()) {
     full_model_ = std::make_unique<model::Qwen3Moe>(model);
     torch::NoGradGuard ng;
@@ -279,6 +329,7 @@ void Trainer::setup() {
   if (opt_.resume) step_ = load_checkpoint(cfg, model, st_);
   model.to(dev_);
   if (full_model_) full_model_->to(dev_);
+  if (ref_model_) ref_model_->to(dev_);
   if (qat_policy_ && cfg.qat.quantizes() &&
       cfg.qat.train == qat::TrainScope::kQuantizedOnly) {  // expert-only fine-tuning: freeze the rest
     torch::NoGradGuard ng;
@@ -314,13 +365,15 @@ void Trainer::train_step() {
   model::Qwen3Moe& model = *model_;
   for (auto& [n, p] : model.params()) p.mutable_grad() = at::Tensor();
   double loss_sum = 0, aux_sum = 0;
+  RlSums rl;
+  step_tokens_ = 0;
   std::vector<std::vector<double>> load;
   for (int64_t micro = 0; micro < cfg.train.grad_accum; ++micro) {
     // Rank-aware sharding: each rank takes its own slice of the deterministic batch stream.
     const uint64_t bi = static_cast<uint64_t>((step_ * cfg.train.grad_accum + micro) * pg_->world_size() + pg_->rank());
-    const at::Tensor b = batch(0, bi).to(dev_);
     model::ForwardOutput fw;
-    auto [ce, aux] = loss_of(model, b, dt_, *policy_, &fw);
+    // ce: the objective's loss (next-token cross-entropy, or GRPO's token-mean surrogate)
+    auto [ce, aux] = rollouts_ ? grpo_loss(bi, &fw, rl) : loss_of(model, batch(0, bi).to(dev_), dt_, *policy_, &fw);
     const at::Tensor loss = (ce + aux * cfg.model.router_aux_loss_coef) / static_cast<double>(cfg.train.grad_accum);
     const double ce_v = ce.item<double>();  // one host sync per micro-batch
     FP4QAT_CHECK(std::isfinite(ce_v), "step ", step_ + 1, ": the loss is not finite; stopping without a checkpoint");
@@ -334,16 +387,71 @@ void Trainer::train_step() {
         load.emplace_back(lc.data_ptr<double>(), lc.data_ptr<double>() + lc.numel());
       }
   }
+  std::vector<double*> rl_sums;  // summed over ranks
+  if (rollouts_)
+    rl_sums = {&rl.reward, &rl.samples,   &rl.tokens, &rl.clipped,    &rl.abs_dlogp,
+               &rl.kl,     &rl.corrected, &rl.kl_ref, &step_tokens_};
+  else
+    step_tokens_ = static_cast<double>(cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum * W_);
   if (W_ > 1) {  // the logged losses: means over every rank's batches
-    at::Tensor lv = at::tensor({loss_sum, aux_sum}, at::kDouble);
+    std::vector<double> vals = {loss_sum, aux_sum};
+    for (double* x : rl_sums) vals.push_back(*x);
+    at::Tensor lv = at::tensor(vals, at::kDouble);
     std::vector<at::Tensor> v{lv};
     pg_->all_reduce(v, dist::ReduceOp::kSum);
     loss_sum = v[0][0].item<double>() / W_;
     aux_sum = v[0][1].item<double>() / W_;
+    for (size_t i = 0; i < rl_sums.size(); ++i) *rl_sums[i] = v[0][static_cast<int64_t>(i) + 2].item<double>();
+  }
+  if (rollouts_) {
+    log_.reward_mean = rl.reward / rl.samples;
+    log_.response_length_mean = rl.tokens / rl.samples;
+    log_.clip_fraction = rl.clipped / rl.tokens;
+    log_.sampler_mismatch_mean = rl.abs_dlogp / rl.tokens;
+    log_.sampler_kl = rl.kl / rl.tokens;
+    log_.corrected_fraction = rl.corrected / rl.tokens;
+    if (ref_model_) log_.kl_ref = rl.kl_ref / rl.tokens;
   }
   log_.loss = loss_sum;
   log_.aux_loss = aux_sum;
   log_.expert_load = std::move(load);
+}
+
+// One micro-batch of whole groups (trainer/rollouts.h). Each rollout micro-batch serves one
+// optimizer step, so "old" (the learner when the samples were drawn) is the learner's own
+// log-probs before this step's update, detached: the ratio is 1 in value (the gradient is the
+// policy gradient; the clip bounds bite only when a batch serves several updates), and the
+// correction weighs each token by the learner / sampler ratio (tis: min(m, C); mask: 0 outside
+// the band), the sampler's log-probs coming from the records.
+std::pair<at::Tensor, at::Tensor> Trainer::grpo_loss(uint64_t index, model::ForwardOutput* out_fw, RlSums& sums) {
+  const rollouts::Batch b = rollouts_->batch(index, cfg_.train.batch_size);
+  const int64_t T = b.ids.size(1) - 1;
+  const at::Tensor ids = b.ids.to(dev_), mask = b.mask.to(dev_);  // [B, T + 1], [B, T]
+  const at::Tensor inputs = ids.narrow(1, 0, T), targets = ids.narrow(1, 1, T);
+  model::ForwardOutput fw = model_->forward(inputs, dt_, *policy_);
+  const at::Tensor logp = rollout::logprobs_of(fw.logits, targets).masked_select(mask);  // [N]
+  at::Tensor ref;  // [N]: the reference's log-probs (rl.kl_coef > 0)
+  if (ref_model_) {
+    torch::NoGradGuard ng;
+    ref = rollout::logprobs_of(ref_model_->forward(inputs, dt_, *ref_policy_).logits, targets).masked_select(mask);
+  }
+  const grpo::Result r = grpo::loss(logp, logp.detach(), b.sampler.to(dev_), b.adv.to(dev_), cfg_.rl.loss, ref);
+  const double n = static_cast<double>(b.tokens);
+  sums.reward += b.reward_sum;
+  sums.samples += static_cast<double>(b.samples);
+  sums.tokens += n;
+  sums.clipped += r.clip_fraction * n;
+  sums.abs_dlogp += r.mismatch_abs_mean * n;
+  sums.kl += r.mismatch_kl * n;
+  sums.corrected += r.corrected_fraction * n;
+  if (ref.defined()) {
+    const at::Tensor d = ref - logp.detach();  // k3(ref || learner) = e^d - d - 1
+    sums.kl_ref += (at::exp(d) - d - 1.0).to(at::kDouble).sum().item<double>();
+  }
+  step_tokens_ += static_cast<double>(inputs.numel());
+  const at::Tensor aux = fw.aux_loss;
+  if (out_fw) *out_fw = std::move(fw);
+  return {r.loss, aux};
 }
 
 double Trainer::optimizer_step(double lr) {
@@ -397,7 +505,7 @@ void Trainer::export_step() {
   if (!dir.empty()) res_.exports.push_back(dir);
   // (An expert-sharded model's forward is collective: every rank runs the trainer's side.)
   if (cfg.exports.probe_mismatch && !probed.empty() && (pg_->is_main() || model.sharded())) {
-    const at::Tensor probe = batch(1, 0).narrow(0, 0, std::min<int64_t>(4, cfg.train.batch_size)).to(dev_);
+    const at::Tensor probe = probe_ids().to(dev_);
     const at::Tensor lt = rollout::token_logprobs(model, *policy_, probe, dt_);
     if (!dir.empty()) {
       rollout::Loaded served = rollout::load(dir + "/" + probed, dev_);
@@ -423,6 +531,15 @@ void Trainer::log_step() {
     line.set("mismatch_mean", log.mismatch_mean);
     line.set("mismatch_max", log.mismatch_max);
   }
+  if (!std::isnan(log.reward_mean)) {
+    line.set("reward_mean", log.reward_mean);
+    line.set("response_length_mean", log.response_length_mean);
+    line.set("clip_fraction", log.clip_fraction);
+    line.set("sampler_mismatch_mean", log.sampler_mismatch_mean);
+    line.set("sampler_kl", log.sampler_kl);
+    line.set("corrected_fraction", log.corrected_fraction);
+    if (!std::isnan(log.kl_ref)) line.set("kl_ref", log.kl_ref);
+  }
   json::Value lj = json::Value::array();
   for (const auto& l : log.expert_load) {
     json::Value row = json::Value::array();
@@ -446,6 +563,11 @@ void Trainer::log_step() {
                        (std::isnan(log.mismatch_mean) ? std::string() : "  |dlogp| " + fmt_g(log.mismatch_mean)))
                           .c_str()
                     : "");
+  if (!opt_.quiet && !std::isnan(log.reward_mean) && (step_ % cfg.train.log_every == 0 || step_ == 1) &&
+      (!tty_ || step_ == cfg.train.steps))
+    std::printf("      reward %.4f  response %.1f tokens  |dlogp| sampler %.2e  kl %.2e  corrected %.3f  clipped %.3f\n",
+                log.reward_mean, log.response_length_mean, log.sampler_mismatch_mean, log.sampler_kl,
+                log.corrected_fraction, log.clip_fraction);
 }
 
 void Trainer::eval_step() {
@@ -519,8 +641,7 @@ Result Trainer::run() {
     ++done_here_;
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log_.step = step_;
-    log_.tokens_per_s =
-        static_cast<double>(cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum * W_) / secs;
+    log_.tokens_per_s = step_tokens_ / secs;
     if (exporter_ && exporter_->due(step_)) export_step();
     res_.steps.push_back(log_);
     log_step();

@@ -27,6 +27,14 @@ struct StepLog {
   double export_s = 0;
   // Per-token |log p_trainer - log p_export| on the probe batch after this step's export (NaN: none).
   double mismatch_mean = std::nan(""), mismatch_max = std::nan("");
+  // objective grpo (NaN otherwise), over the step's rollout samples (every rank's): mean reward and
+  // response length; over their response tokens: the fraction where the clipped term is active,
+  // the sampler / learner mismatch on the same tokens (mean |log p_learner - log p_sampler| and
+  // the k3 estimate of KL(sampler || learner)), the fraction truncated (tis) or masked (mask) by
+  // the correction, and the k3 KL(reference || learner) to the initial weights (rl.kl_coef > 0).
+  double reward_mean = std::nan(""), response_length_mean = std::nan(""), clip_fraction = std::nan("");
+  double sampler_mismatch_mean = std::nan(""), sampler_kl = std::nan(""), corrected_fraction = std::nan("");
+  double kl_ref = std::nan("");
 };
 
 struct EvalLog {
