@@ -262,12 +262,10 @@ class Schema {
     add("rl", "tis_cap", &rl.loss.tis_cap, Check<double>([](const double& v) {
           return v >= 1 ? std::string() : "must be >= 1 (the importance weight min(m, C) is truncated at C)";
         }));
-    add("rl", "mask_low", &rl.loss.mask_low, Check<double>([](const double& v) {
-          return v >= 0 && v <= 1 ? std::string() : "must be in [0, 1]";
-        }));
-    add("rl", "mask_high", &rl.loss.mask_high, Check<double>([](const double& v) {
-          return v >= 1 ? std::string() : "must be >= 1";
-        }));
+    add("rl", "mask_low", &rl.loss.mask_low,
+        Check<double>([](const double& v) { return v >= 0 && v <= 1 ? std::string() : "must be in [0, 1]"; }));
+    add("rl", "mask_high", &rl.loss.mask_high,
+        Check<double>([](const double& v) { return v >= 1 ? std::string() : "must be >= 1"; }));
     add("rl", "kl_coef", &rl.loss.kl_coef, non_negative<double>());
   }
 

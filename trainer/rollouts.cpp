@@ -186,9 +186,8 @@ Dataset::Dataset(std::vector<Sample> samples, bool adv_std_normalize, uint64_t s
   const std::vector<double> a = grpo::group_advantages(rewards, keys, adv_std_normalize);
   adv_.resize(samples_.size());
   for (size_t i = 0; i < samples_.size(); ++i)
-    adv_[i] = samples_[i].advantages.empty()
-                  ? std::vector<float>(samples_[i].response.size(), static_cast<float>(a[i]))
-                  : samples_[i].advantages;
+    adv_[i] = samples_[i].advantages.empty() ? std::vector<float>(samples_[i].response.size(), static_cast<float>(a[i]))
+                                             : samples_[i].advantages;
 }
 
 std::vector<size_t> Dataset::permutation(uint64_t epoch) const {

@@ -61,10 +61,10 @@ std::string to_json_line(const Sample& s, int64_t moe_layers = 0, int64_t top_k 
 // A micro-batch of whole groups. Sample i is the sequence prompt + response; its response token j
 // sits at ids[i, P_i + j] and is predicted at target position t = P_i + j - 1.
 struct Batch {
-  at::Tensor ids;      // int64 [B, T + 1]: prompt + response of each sample, right-padded with 0
-  at::Tensor mask;     // bool [B, T]: the target positions that are response tokens
-  at::Tensor sampler;  // float32 [N]: the sampler's log-prob of each response token (mask's row-major order)
-  at::Tensor adv;      // float32 [N]: its advantage
+  at::Tensor ids;         // int64 [B, T + 1]: prompt + response of each sample, right-padded with 0
+  at::Tensor mask;        // bool [B, T]: the target positions that are response tokens
+  at::Tensor sampler;     // float32 [N]: the sampler's log-prob of each response token (mask's row-major order)
+  at::Tensor adv;         // float32 [N]: its advantage
   double reward_sum = 0;  // over the B samples
   int64_t samples = 0;    // B
   int64_t tokens = 0;     // N: response tokens
@@ -89,8 +89,8 @@ class Dataset {
  private:
   std::vector<size_t> permutation(uint64_t epoch) const;
   std::vector<Sample> samples_;
-  std::vector<std::vector<size_t>> groups_;   // sample indices of each group
-  std::vector<std::vector<float>> adv_;       // per sample: [response length]
+  std::vector<std::vector<size_t>> groups_;  // sample indices of each group
+  std::vector<std::vector<float>> adv_;      // per sample: [response length]
   uint64_t seed_;
 };
 

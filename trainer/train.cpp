@@ -254,8 +254,7 @@ void Trainer::setup() {
   } else if (cfg.data.kind == "rollouts") {
     // Every record is read and checked against the model it trains (ids, lengths, routed experts'
     // layout) here, before anything is written: a bad file stops the run naming file:line.
-    const model::ModelConfig mc =
-        cfg.train.init_from.empty() ? cfg.model : model::read_hf_config(cfg.train.init_from);
+    const model::ModelConfig mc = cfg.train.init_from.empty() ? cfg.model : model::read_hf_config(cfg.train.init_from);
     rollouts::Limits lim;
     lim.vocab = mc.vocab_size;
     lim.max_tokens = mc.max_position_embeddings;
@@ -264,10 +263,9 @@ void Trainer::setup() {
     for (int64_t l = 0; l < mc.num_hidden_layers; ++l) lim.moe_layers += model::is_moe_layer(mc, l) ? 1 : 0;
     FP4QAT_CHECK(fs::exists(cfg.data.path), "data.path '", cfg.data.path, "' not found (a rollout JSONL file or a ",
                  "folder of them)");
-    rollouts_ = std::make_unique<rollouts::Dataset>(fs::is_dir(cfg.data.path)
-                                                        ? rollouts::read_folder(cfg.data.path, lim)
-                                                        : rollouts::read_file(cfg.data.path, lim),
-                                                    cfg.rl.adv_std_normalize, cfg.train.seed);
+    rollouts_ = std::make_unique<rollouts::Dataset>(
+        fs::is_dir(cfg.data.path) ? rollouts::read_folder(cfg.data.path, lim) : rollouts::read_file(cfg.data.path, lim),
+        cfg.rl.adv_std_normalize, cfg.train.seed);
     FP4QAT_CHECK(cfg.train.batch_size <= rollouts_->groups(), "train.batch_size (", cfg.train.batch_size,
                  " groups per micro-batch with data.kind rollouts) exceeds the ", rollouts_->groups(), " groups in ",
                  cfg.data.path);
@@ -389,7 +387,7 @@ void Trainer::train_step() {
   }
   std::vector<double*> rl_sums;  // summed over ranks
   if (rollouts_)
-    rl_sums = {&rl.reward, &rl.samples,   &rl.tokens, &rl.clipped,    &rl.abs_dlogp,
+    rl_sums = {&rl.reward, &rl.samples,   &rl.tokens, &rl.clipped,  &rl.abs_dlogp,
                &rl.kl,     &rl.corrected, &rl.kl_ref, &step_tokens_};
   else
     step_tokens_ = static_cast<double>(cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum * W_);
@@ -565,9 +563,10 @@ void Trainer::log_step() {
                     : "");
   if (!opt_.quiet && !std::isnan(log.reward_mean) && (step_ % cfg.train.log_every == 0 || step_ == 1) &&
       (!tty_ || step_ == cfg.train.steps))
-    std::printf("      reward %.4f  response %.1f tokens  |dlogp| sampler %.2e  kl %.2e  corrected %.3f  clipped %.3f\n",
-                log.reward_mean, log.response_length_mean, log.sampler_mismatch_mean, log.sampler_kl,
-                log.corrected_fraction, log.clip_fraction);
+    std::printf(
+        "      reward %.4f  response %.1f tokens  |dlogp| sampler %.2e  kl %.2e  corrected %.3f  clipped %.3f\n",
+        log.reward_mean, log.response_length_mean, log.sampler_mismatch_mean, log.sampler_kl, log.corrected_fraction,
+        log.clip_fraction);
 }
 
 void Trainer::eval_step() {

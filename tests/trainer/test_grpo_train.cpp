@@ -203,12 +203,14 @@ TEST(RolloutBatches, WholeGroupsAdvantagesAndTokenAlignment) {
     for (double v : r) var += (v - mean) * (v - mean) / static_cast<double>(r.size() - 1);
     return (x - mean) / (std::sqrt(var) + 1e-6);
   };
-  std::map<int64_t, std::vector<float>> want_adv = {
-      {0, {static_cast<float>(group_adv({1, 0, 3}, 1))}},  {10, {static_cast<float>(group_adv({1, 0, 3}, 0))}},
-      {40, {static_cast<float>(group_adv({1, 0, 3}, 3))}}, {20, {static_cast<float>(group_adv({2, 5}, 2))}},
-      {30, {0.5f, -0.25f}},                                {50, {static_cast<float>(group_adv({1, 3}, 1))}},
-      {60, {static_cast<float>(group_adv({1, 3}, 3))}}};
-  std::map<int64_t, int> seen;  // first prompt token -> times drawn
+  std::map<int64_t, std::vector<float>> want_adv = {{0, {static_cast<float>(group_adv({1, 0, 3}, 1))}},
+                                                    {10, {static_cast<float>(group_adv({1, 0, 3}, 0))}},
+                                                    {40, {static_cast<float>(group_adv({1, 0, 3}, 3))}},
+                                                    {20, {static_cast<float>(group_adv({2, 5}, 2))}},
+                                                    {30, {0.5f, -0.25f}},
+                                                    {50, {static_cast<float>(group_adv({1, 3}, 1))}},
+                                                    {60, {static_cast<float>(group_adv({1, 3}, 3))}}};
+  std::map<int64_t, int> seen;           // first prompt token -> times drawn
   for (uint64_t bi = 0; bi < 3; ++bi) {  // 3 batches of 2 groups: 2 epochs of 3 groups
     const ro::Batch b = ds.batch(bi, 2);
     const ro::Batch again = ds.batch(bi, 2);
@@ -324,7 +326,7 @@ TEST(GrpoTrain, RewardedResponsesGainLogProbAndMetricsAreLogged) {
   const auto& s1 = res.steps[0];
   EXPECT_DOUBLE_EQ(s1.reward_mean, 0.5);  // half of every group rewarded
   EXPECT_DOUBLE_EQ(s1.response_length_mean, R);
-  EXPECT_EQ(s1.clip_fraction, 0.0);                     // one update per batch: ratio 1
+  EXPECT_EQ(s1.clip_fraction, 0.0);                          // one update per batch: ratio 1
   const double frac = static_cast<double>((R + 2) / 3) / R;  // tokens j % 3 == 0
   EXPECT_NEAR(s1.sampler_mismatch_mean, frac * shift, 1e-4);
   EXPECT_NEAR(s1.sampler_kl, frac * (std::exp(shift) - shift - 1.0), 1e-4);
