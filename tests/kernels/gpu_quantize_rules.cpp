@@ -78,9 +78,12 @@ TEST(GpuQuantizeRules, MatchReferenceOnRandomShapes) {
                 EXPECT_TRUE(kernel.rfind("rule-", 0) == 0) << kernel;
                 // Only a row wider than a slot (staged2: 48 KB; staged: 16 rows in 88 KB) keeps the
                 // default Four Over Six off the one-read kernels (and, in 2D, a given amax).
-                if (one_amax_four && blocks == Blocks::k1D) EXPECT_GT(dims.back() * x.element_size(), 49152) << kernel;
-                if (one_amax_four && blocks == Blocks::k2D && !given)
+                if (one_amax_four && blocks == Blocks::k1D) {
+                  EXPECT_GT(dims.back() * x.element_size(), 49152) << kernel;
+                }
+                if (one_amax_four && blocks == Blocks::k2D && !given) {
                   EXPECT_GT(dims.back() * x.element_size() * 16, 88 * 1024) << kernel;
+                }
               }
               // Dequantization (per-row S_dec where row-scaled) agrees too.
               ASSERT_TRUE(bytes_equal(fp4qat::nvfp4_dequantize(got.packed, at::kFloat),
