@@ -25,6 +25,18 @@ __device__ __forceinline__ void unpack_f16x2(uint32_t w, float& lo, float& hi) {
   lo = __half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu)));
   hi = __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16)));
 }
+// 8 consecutive 16-bit elements (one 16-byte word, element 2j in the low half of word j) widened.
+template <InType T>
+__device__ __forceinline__ void unpack8(const uint4& u, float v[8]) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if constexpr (T == InType::BF16)
+      unpack_bf16x2(w[j], v[2 * j], v[2 * j + 1]);
+    else
+      unpack_f16x2(w[j], v[2 * j], v[2 * j + 1]);
+  }
+}
 
 // Where a 16-byte load comes from and how it treats the caches:
 //   kCached     global, cache in L2 only (ld.global.cg): data read again soon
@@ -78,17 +90,7 @@ __device__ __forceinline__ void load16(const void* base, int64_t elem, float v[1
   } else {
     const uint4* p = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + elem);
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const uint4 u = load_u4<S>(p + i, pol);
-      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if constexpr (T == InType::BF16)
-          unpack_bf16x2(w[j], v[8 * i + 2 * j], v[8 * i + 2 * j + 1]);
-        else
-          unpack_f16x2(w[j], v[8 * i + 2 * j], v[8 * i + 2 * j + 1]);
-      }
-    }
+    for (int i = 0; i < 2; ++i) unpack8<T>(load_u4<S>(p + i, pol), v + 8 * i);
   }
 }
 

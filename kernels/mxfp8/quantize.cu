@@ -72,16 +72,7 @@ __global__ void __launch_bounds__(kThreads)
         if (u >= units) break;
         float v[32];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const uint32_t w[4] = {raw[k][j].x, raw[k][j].y, raw[k][j].z, raw[k][j].w};
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            if constexpr (T == InType::BF16)
-              unpack_bf16x2(w[i], v[8 * j + 2 * i], v[8 * j + 2 * i + 1]);
-            else
-              unpack_f16x2(w[i], v[8 * j + 2 * i], v[8 * j + 2 * i + 1]);
-          }
-        }
+        for (int j = 0; j < 4; ++j) unpack8<T>(raw[k][j], v + 8 * j);
         mxfp8_block(v, u, q, scales);
       }
     }

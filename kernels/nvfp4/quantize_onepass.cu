@@ -211,6 +211,21 @@ bool launch_staged2_slices(const Nvfp4Args& a, const Slices& sl, const tuning::N
       .staged2(a, sl, sh.threads, sh.slots, stream);
 }
 
+template <InType T>
+int64_t row_bytes(int64_t K) {
+  return K * (T == InType::F32 ? 4 : 2);
+}
+// x[E, N, K] as E uniform groups of slices of at most `rows` rows (R < 1: a row does not fit a slot).
+static Slices uniform_slices(const Nvfp4Args& a, int64_t rows) {
+  Slices sl;
+  sl.groups = a.E;
+  sl.R = std::min(a.N, rows);
+  if (sl.R < 1) return sl;
+  sl.G = (a.N + sl.R - 1) / sl.R;
+  sl.total = a.E * sl.G;
+  return sl;
+}
+
 // Four Over Six: one shape, 256 threads x 2 slots of 48 KB (+ 5 KB of tables), two CTAs a SM
 // (the candidates' registers leave no room for 512 threads).
 template <InType T>
@@ -219,15 +234,11 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   if (tu.kernel != tuning::Nvfp4Kernel::kDefault && tu.kernel != tuning::Nvfp4Kernel::kStaged2) return false;
   if (!a.rule.four_over_six || a.rule.row_scaled || a.two_d || a.N == 0 || !staged2_available(stream)) return false;
   constexpr int64_t kSlot = 49152;
-  Slices sl;
-  sl.groups = a.E;
-  sl.R = std::min(a.N, kSlot / (a.K * (T == InType::F32 ? 4 : 2)));
+  const Slices sl = uniform_slices(a, kSlot / row_bytes<T>(a.K));
   if (sl.R < 1) return false;
-  sl.G = (a.N + sl.R - 1) / sl.R;
-  sl.total = a.E * sl.G;
   const bool ok = a.rule.mse
-                      ? launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 2>, 256, 2, 2, a, sl, a.K * (T == InType::F32 ? 4 : 2), stream)
-                      : launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 1>, 256, 2, 2, a, sl, a.K * (T == InType::F32 ? 4 : 2), stream);
+                      ? launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 2>, 256, 2, 2, a, sl, row_bytes<T>(a.K), stream)
+                      : launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 1>, 256, 2, 2, a, sl, row_bytes<T>(a.K), stream);
   if (ok) set_last_kernel("staged2-4over6");
   return ok;
 }
@@ -236,12 +247,8 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
 template <InType T>
 bool launch_staged2_uniform(const Nvfp4Args& a, const tuning::Nvfp4Tuning& tu, cudaStream_t stream) {
   if (a.N == 0 || !staged2_available(stream)) return false;
-  Slices sl;
-  sl.groups = a.E;
-  sl.R = std::min(a.N, staged2_shape(T, a.fake != nullptr, tu).slot_bytes / (a.K * (T == InType::F32 ? 4 : 2)));
+  const Slices sl = uniform_slices(a, staged2_shape(T, a.fake != nullptr, tu).slot_bytes / row_bytes<T>(a.K));
   if (sl.R < 1) return false;
-  sl.G = (a.N + sl.R - 1) / sl.R;
-  sl.total = a.E * sl.G;
   return launch_staged2_slices<T>(a, sl, tu, stream);
 }
 

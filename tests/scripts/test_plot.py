@@ -20,17 +20,9 @@ repo = os.path.abspath(os.path.join(here, "..", ".."))
 plot = os.path.join(repo, "scripts", "plot")
 SVG = "{http://www.w3.org/2000/svg}"
 
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok    " + what)
-    else:
-        failed += 1
-        print("FAIL  " + what)
+sys.path.insert(0, here)
+import checks  # noqa: E402 (the shared tally)
+from checks import check  # noqa: E402
 
 
 def run_plot(*args):
@@ -198,13 +190,13 @@ def main():
     md = open(os.path.join(rep, "quality-report.md")).read()
     check("Lowest validation loss after QAT: **W4A16" in md, "quality-report.md names the recipe with the lowest QAT loss")
 
-    print("%d passed, %d failed" % (passed, failed))
-    if not failed:
+    status = checks.summary()
+    if not status:
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         print("files kept in " + tmp)
-    return 1 if failed else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -29,17 +29,9 @@ here = os.path.dirname(os.path.abspath(__file__))
 repo = os.path.abspath(os.path.join(here, "..", ".."))
 wrapper = os.path.join(repo, "scripts", "prepare_data")
 
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok    " + what)
-    else:
-        failed += 1
-        print("FAIL  " + what)
+sys.path.insert(0, here)
+import checks  # noqa: E402 (the shared tally)
+from checks import check  # noqa: E402
 
 
 spec = importlib.util.spec_from_file_location("prepare_data", os.path.join(repo, "scripts", "prepare_data.py"))
@@ -400,8 +392,7 @@ def main():
         check(rc == 1 and "no documents" in err and not os.path.exists("ds-none") and not leftovers(root),
               "--skip-bad with nothing left: refused, nothing written")
 
-    print("%d passed, %d failed" % (passed, failed))
-    return 0 if failed == 0 else 1
+    return checks.summary()
 
 
 if __name__ == "__main__":
