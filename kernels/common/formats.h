@@ -221,6 +221,54 @@ FP4QAT_HD float nvfp4_4over6_err(uint8_t code, float fsb, float amax, float six_
   return mse ? d * d : fabsf(d);
 }
 
+// Four Over Six's choice without the exact errors, where it is certain (the GPU kernels' fast
+// path; the result is the same choice, so the same bytes). A candidate's error term
+// d = ((e2m1(q) * fsb) * amax) / (6M) - x is estimated as d' = fma(+-e2m1(q), R, -x), R the
+// candidate's exact reconstruction of code 1.0, ((1 * fsb) * amax) / (6M): no table look-up, no
+// code. With u = 2^-24, the estimate's R and fma against the exact term's 3 roundings give
+// |d' - d| <= 4.1u|x| + 6.2u|d|. Summed over a block (both sums' rounding included), with
+// X = sum |x|, Q = sum x^2 and S the larger error:
+//   MAE: |S' - S| <= 4.1u X + 37u S;   MSE: |S' - S| <= 8.2u sqrt(Q S) + 45u S
+// (|x||d| summed by Cauchy-Schwarz). A 16x16 tile's tree sum of 16 rows adds 8u S, with X and Q
+// the tile's. nvfp4_4over6_margin is 4x those bounds (2^-19 X or 2^-18 sqrt(Q S), plus
+// 2^-16 S) plus 2^-120 for roundings of subnormal terms; nvfp4_4over6_sure_choice calls a choice
+// only when the estimates differ by more than it, and never for ties, NaN, or big >= 2^56 (big:
+// the largest of the block's max and both R; beyond, exact terms or the sums may overflow). The CPU tests check every call against the exact errors and the
+// estimates against a quarter of the margin (tests/kernels/test_4over6_ref.cpp).
+template <bool kMse>
+FP4QAT_HD float nvfp4_4over6_err_estimate(const float v[16], float enc, float unit) {
+  float e = 0.0f;
+  for (int i = 0; i < 16; ++i) {
+    const float s = v[i] * enc;
+    const float q = copysignf(e2m1_round(fminf(fabsf(s), kE2M1Max)), s);
+    const float d = fmaf(q, unit, -v[i]);
+    e = kMse ? fmaf(d, d, e) : e + fabsf(d);
+  }
+  return e;
+}
+// The block's spread for the margin: X = sum |x| (MAE) or Q = sum x^2 (MSE). A tile's is the sum
+// of its rows'.
+template <bool kMse>
+FP4QAT_HD float nvfp4_4over6_spread(const float v[16]) {
+  float s = 0.0f;
+  for (int i = 0; i < 16; ++i) s = kMse ? fmaf(v[i], v[i], s) : s + fabsf(v[i]);
+  return s;
+}
+template <bool kMse>
+FP4QAT_HD float nvfp4_4over6_margin(float e6, float e4, float spread) {
+  const float s = fmaxf(e6, e4);
+  return (kMse ? 0x1p-18f * (sqrtf(spread) * sqrtf(s)) : 0x1p-19f * spread) + 0x1p-16f * s + 0x1p-120f;
+}
+// 1: the 4 candidate wins, 0: the 6 candidate (a tie keeps 6), -1: not certain.
+template <bool kMse>
+FP4QAT_HD int nvfp4_4over6_sure_choice(float e6, float e4, float spread, float big) {
+  if (!(big < 0x1p56f)) return -1;  // also NaN
+  const float m = nvfp4_4over6_margin<kMse>(e6, e4, spread);
+  if (e4 < e6 - m) return 1;
+  if (e4 > e6 + m) return 0;
+  return -1;  // also a NaN estimate
+}
+
 // ---- MXFP8 scale rule (numerics.md: TransformerEngine's float_to_e8m0, ModelOpt's RCEIL) ------
 // s = amax / 448; e8m0 = e + 1 if the mantissa m != 0, e < 0xFE and not (e == 0 and m <=
 // 0x400000), else e: the scale rounded UP to a power of two, except that a subnormal s <= 2^-127

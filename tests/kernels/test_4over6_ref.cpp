@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -215,7 +217,9 @@ TEST(NVFP4Rules, UnderflowingBlocksDecodeFinite) {
     const auto q = fp4qat::nvfp4_quantize(x, fp4qat::Blocks::k1D, std::nullopt, rule);
     const at::Tensor d = fp4qat::nvfp4_dequantize(q);
     EXPECT_TRUE(at::isfinite(d).all().item<bool>());
-    if (!rule.row_scaled) EXPECT_GT((q.scales.view(at::kByte) == 0).sum().item<int64_t>(), 0);
+    if (!rule.row_scaled) {
+      EXPECT_GT((q.scales.view(at::kByte) == 0).sum().item<int64_t>(), 0);
+    }
     EXPECT_LE((d - x).abs().max().item<float>(), 1000.0f / 3.0f);
   }
 }
@@ -293,4 +297,148 @@ TEST(NVFP4Rules, BadRulesAreRefused) {
       fp4qat::nvfp4_quantize(x, fp4qat::Blocks::k1D, at::scalar_tensor(1.0f, at::kFloat), {false, 256.0f, false, true}),
       fp4qat::Error);
   EXPECT_EQ(fp4qat::describe({true, 448.0f, true, true}), "4over6(M=448, mse) + row-scaled");
+}
+
+// ---- The GPU kernels' fast path: Four Over Six's choice from error estimates ----------------
+// (formats.h nvfp4_4over6_err_estimate / nvfp4_4over6_sure_choice). Every choice it calls must be
+// the exact errors' choice; every estimate must be within a quarter of the margin (the documented
+// bound); and it must call nearly every block of ordinary data, or the kernels would pay for the
+// exact path anyway.
+namespace {
+
+struct FourOverSixCase {
+  float e6, e4, x6, x4, spread;  // estimates, exact errors, X or Q
+  bool same;                     // both candidates have one scale byte: the kernels keep 6 unasked
+  float big;                     // max(bmax, R6, R4)
+};
+
+// One 1x16 block under both candidates: estimates and exact errors (the reference's order).
+// bmax: the block's max, or a tile's.
+template <bool kMse>
+FourOverSixCase four_over_six_case(const float* v, float amax, float e4m3_max, float bmax = -1.0f) {
+  using namespace fp4qat::fmt;
+  const float s_enc = nvfp4_4over6_s_enc(amax, e4m3_max), s_dec = nvfp4_s_dec(s_enc), six_m = e4m3_max * kE2M1Max;
+  if (bmax < 0.0f) {
+    bmax = 0.0f;
+    for (int i = 0; i < 16; ++i) bmax = fmaxf(bmax, fabsf(v[i]));
+  }
+  uint8_t sb[2];
+  nvfp4_4over6_scales(bmax, s_enc, &sb[0], &sb[1]);
+  float est[2], ex[2], big = bmax;
+  for (int c = 0; c < 2; ++c) {
+    const float enc = nvfp4_block_enc(sb[c], s_dec), fsb = e4m3_to_float(sb[c]);
+    const float unit = ((1.0f * fsb) * amax) / six_m;
+    big = fmaxf(big, unit);
+    est[c] = nvfp4_4over6_err_estimate<kMse>(v, enc, unit);
+    ex[c] = 0.0f;
+    for (int i = 0; i < 16; ++i) ex[c] += nvfp4_4over6_err(nvfp4_encode(v[i], enc), fsb, amax, six_m, v[i], kMse);
+  }
+  return {est[0], est[1], ex[0], ex[1], nvfp4_4over6_spread<kMse>(v), sb[0] == sb[1], big};
+}
+
+// Checks one decision (a block's or a tile's); returns whether it was called.
+template <bool kMse>
+bool check_decision(const std::string& what, float e6, float e4, float x6, float x4, float spread, float big) {
+  using namespace fp4qat::fmt;
+  const int sure = nvfp4_4over6_sure_choice<kMse>(e6, e4, spread, big);
+  if (sure >= 0) {
+    EXPECT_EQ(sure == 1, x4 < x6) << what << " estimates " << e6 << " " << e4 << " exact " << x6 << " " << x4;
+  }
+  if (std::isfinite(x6) && std::isfinite(x4) && big < 0x1p56f) {
+    const float quarter = nvfp4_4over6_margin<kMse>(x6, x4, spread) / 4;
+    EXPECT_LE(std::fabs(double(e6) - x6), quarter) << what << ": the documented bound";
+    EXPECT_LE(std::fabs(double(e4) - x4), quarter) << what << ": the documented bound";
+  }
+  return sure >= 0;
+}
+
+template <bool kMse>
+void check_estimates(const std::string& what, const std::vector<float>& x, float amax, float e4m3_max,
+                     double min_called) {
+  int64_t called = 0, blocks = 0, tiles_called = 0, tiles = 0;
+  for (size_t b = 0; b + 16 <= x.size(); b += 16, ++blocks) {
+    const auto c = four_over_six_case<kMse>(x.data() + b, amax, e4m3_max);
+    if (c.same) {
+      EXPECT_FALSE(c.x4 < c.x6) << what << " block " << b / 16;
+      ++called;
+      continue;
+    }
+    called += check_decision<kMse>(what + " block " + std::to_string(b / 16), c.e6, c.e4, c.x6, c.x4, c.spread, c.big);
+  }
+  // 16x16 tiles: 16 consecutive blocks as the tile's rows, the tile max's scales, the tree sum.
+  for (size_t t = 0; t + 256 <= x.size(); t += 256, ++tiles) {
+    float m = 0.0f;
+    for (size_t i = t; i < t + 256; ++i) m = fmaxf(m, fabsf(x[i]));
+    float e6[16], e4[16], x6[16], x4[16], spread = 0.0f;
+    bool same = false;
+    float big = 0.0f;
+    for (int r = 0; r < 16; ++r) {
+      const auto c = four_over_six_case<kMse>(x.data() + t + 16 * r, amax, e4m3_max, m);
+      e6[r] = c.e6, e4[r] = c.e4, x6[r] = c.x6, x4[r] = c.x4, spread += c.spread, same = c.same, big = c.big;
+    }
+    for (int h = 8; h >= 1; h /= 2)
+      for (int i = 0; i < h; ++i) e6[i] += e6[i + h], e4[i] += e4[i + h], x6[i] += x6[i + h], x4[i] += x4[i + h];
+    if (same) {
+      EXPECT_FALSE(x4[0] < x6[0]) << what << " tile " << t / 256;
+      ++tiles_called;
+      continue;
+    }
+    tiles_called += check_decision<kMse>(what + " tile " + std::to_string(t / 256), e6[0], e4[0], x6[0], x4[0],
+                                         spread, big);
+  }
+  EXPECT_GE(double(called) / double(blocks), min_called) << what << ": " << called << " of " << blocks << " blocks";
+  EXPECT_GE(double(tiles_called) / double(tiles), min_called) << what << ": " << tiles_called << " of " << tiles
+                                                               << " tiles";
+}
+
+template <bool kMse>
+void check_estimates_on_data(uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const int64_t n = 16 * 20000;
+  for (float e4m3_max : {256.0f, 448.0f}) {
+    // Gaussian weights-like data; heavy tails; values on the E2M1 grids of either candidate
+    // (exact reconstructions, ties and near-ties); tiny values (subnormal terms), huge values.
+    const auto g = at::randn({n}, gen);
+    const auto heavy = at::randn({n}, gen) * at::exp(at::randn({n}, gen) * 2);
+    const auto grid = at::tensor({0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f})
+                          .index({at::randint(0, 8, {n}, gen)}) *
+                      (at::randint(0, 2, {n}, gen) * 2 - 1) * at::where(at::rand({n}, gen) < 0.5, 1.0f, 1.5f);
+    const auto near = grid * (1 + at::randn({n}, gen) * 1e-6);
+    for (const auto& [name, t] :
+         std::vector<std::pair<std::string, at::Tensor>>{{"gaussian", g},
+                                                         {"heavy tails", heavy},
+                                                         {"tiny", g * 1e-38f},
+                                                         {"huge", g * 1e15f},
+                                                         {"grid", grid},
+                                                         {"near grid", near}}) {
+      const auto c = t.to(at::kFloat).contiguous();
+      const float* p = c.template data_ptr<float>();
+      const std::vector<float> v(p, p + c.numel());
+      const float amax = c.abs().max().template item<float>();
+      // Ordinary data must be called almost always. Heavy tails tie exactly in ~1.5% of blocks
+      // (an outlier reconstructed exactly by both candidates, the rest rounding to 0 in both: the
+      // exact path decides those); grids and tiny values are where ties and subnormal terms live,
+      // so there only correctness is asked.
+      const double min_called = name == "heavy tails" ? 0.98 : (name == "gaussian" || name == "huge") ? 0.995 : 0.0;
+      check_estimates<kMse>(name + " M " + std::to_string(int(e4m3_max)), v, amax, e4m3_max, min_called);
+    }
+  }
+}
+
+}  // namespace
+
+TEST(FourOverSix, EstimatedChoiceIsTheExactChoiceMae) { check_estimates_on_data<false>(11); }
+TEST(FourOverSix, EstimatedChoiceIsTheExactChoiceMse) { check_estimates_on_data<true>(12); }
+
+TEST(FourOverSix, EstimatedChoiceNeverCallsTiesNanOrInfinity) {
+  using fp4qat::fmt::nvfp4_4over6_sure_choice;
+  EXPECT_EQ(nvfp4_4over6_sure_choice<false>(1.0f, 1.0f, 16.0f, 1.0f), -1);
+  EXPECT_EQ(nvfp4_4over6_sure_choice<true>(0.0f, 0.0f, 0.0f, 0.0f), -1);
+  EXPECT_EQ(nvfp4_4over6_sure_choice<false>(NAN, 0.0f, 16.0f, 1.0f), -1);
+  EXPECT_EQ(nvfp4_4over6_sure_choice<false>(1.0f, NAN, 16.0f, 1.0f), -1);
+  EXPECT_EQ(nvfp4_4over6_sure_choice<false>(1.0f, 0.5f, 16.0f, INFINITY), -1);
+  EXPECT_EQ(nvfp4_4over6_sure_choice<true>(1.0f, 0.5f, 16.0f, 0x1p61f), -1);
+  EXPECT_EQ(nvfp4_4over6_sure_choice<false>(1.0f, 0.5f, 16.0f, 1.0f), 1);
+  EXPECT_EQ(nvfp4_4over6_sure_choice<true>(0.5f, 1.0f, 16.0f, 1.0f), 0);
+  EXPECT_EQ(nvfp4_4over6_sure_choice<false>(1.0f, 1.0f - 0x1p-20f, 16.0f, 1.0f), -1);  // within the margin
 }
