@@ -53,6 +53,14 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return o + "]";
 }
 
+void check_finite(const at::Tensor& t, const std::string& name, const std::string& where) {
+  if (!at::isFloatingType(t.scalar_type())) return;
+  // 8-bit floats are widened first (isfinite is not defined for them on every device).
+  const at::Tensor x = t.element_size() < 2 ? t.to(at::kFloat) : t;
+  FP4QAT_CHECK(at::isfinite(x).all().item<bool>(), where, where.empty() ? "" : ": ", "tensor '", name,
+               "' contains NaN or Inf");
+}
+
 const char* dtype_name(DType d) { return row(d).name; }
 size_t dtype_size(DType d) { return row(d).size; }
 at::ScalarType to_scalar_type(DType d) { return row(d).st; }

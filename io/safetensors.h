@@ -24,6 +24,11 @@ size_t dtype_size(DType d);
 at::ScalarType to_scalar_type(DType d);
 DType from_scalar_type(at::ScalarType t);  // throws for a type safetensors cannot hold
 
+// Throws fp4qat::Error naming the tensor (`where`: the file it came from, when given) if a
+// floating-point tensor holds NaN or Inf; every reader of weights asks this (quantize, convert,
+// model folders for eval / generate / init_from). Other dtypes pass.
+void check_finite(const at::Tensor& t, const std::string& name, const std::string& where = "");
+
 constexpr uint64_t kMaxHeaderBytes = 100ull * 1000 * 1000;  // "headers over 100 MB" are rejected
 
 struct TensorInfo {

@@ -125,11 +125,13 @@ int64_t host_memory_bytes() {
   return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
 }
 
-Qwen3Moe::Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
+Qwen3Moe::Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed) : Qwen3Moe(cfg, seed, /*meta=*/false) {}
+
+Qwen3Moe::Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed, bool meta) : cfg_(cfg), meta_(meta) {
   // The fp32 masters are built here, on the host: refuse a shape that cannot fit before allocating.
   const ParameterCount pc = parameter_count(cfg);
   const int64_t ram = host_memory_bytes();
-  FP4QAT_CHECK(ram == 0 || pc.total <= ram / 4, "model shape: ", pc.total, " parameters (",
+  FP4QAT_CHECK(meta || ram == 0 || pc.total <= ram / 4, "model shape: ", pc.total, " parameters (",
                gib(static_cast<double>(pc.total) * 4), " as fp32 masters, of which the experts ",
                gib(static_cast<double>(pc.experts) * 4), ") exceed this machine's memory (",
                gib(static_cast<double>(ram)), "); check model.num_experts, model.moe_intermediate_size, ",
@@ -163,7 +165,9 @@ Qwen3Moe::Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
 }
 
 void Qwen3Moe::add(const std::string& name, std::vector<int64_t> shape, bool is_norm, at::Generator& gen) {
-  at::Tensor t = is_norm ? at::ones(shape) : at::randn(shape, gen) * 0.02;
+  at::Tensor t = meta_     ? at::empty(shape, at::TensorOptions().device(at::kMeta))
+                 : is_norm ? at::ones(shape)
+                           : at::randn(shape, gen) * 0.02;
   params_.emplace_back(name, t.requires_grad_(true));
 }
 
@@ -366,6 +370,13 @@ Params Qwen3Moe::hf_views() const {
     for (int64_t e = 0; e < g.tensor.size(0); ++e)
       for (int64_t p = 0; p < g.parts; ++p) out.emplace_back(g.names[e * g.parts + p], g.tensor[e].narrow(0, p * R, R));
   }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> Qwen3Moe::hf_shapes(const model::ModelConfig& cfg) {
+  const Qwen3Moe layout(cfg, 0, /*meta=*/true);
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  for (const auto& [name, v] : layout.hf_views()) out.emplace_back(name, v.sizes().vec());
   return out;
 }
 

@@ -81,8 +81,14 @@ class Qwen3Moe {
   void load_hf(const std::function<at::Tensor(const std::string&)>& get);
   std::vector<std::string> hf_names() const;
   std::vector<HfGroup> hf_groups() const;  // the one internal <-> Hugging Face name mapping
+  // The Hugging Face tensor names and shapes of a model of shape `cfg`, in hf_views order,
+  // without allocating it: hf_groups() of a model whose parameters are shape-only (meta) tensors.
+  // The shape is checked as the constructor checks it, but not against this machine's memory
+  // (a folder may be converted, shard by shard, on a machine that could not hold the model).
+  static std::vector<std::pair<std::string, std::vector<int64_t>>> hf_shapes(const model::ModelConfig& cfg);
 
  private:
+  Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed, bool meta);
   Params hf_views() const;  // views of the masters under Hugging Face names
   void add(const std::string& name, std::vector<int64_t> shape, bool is_norm, at::Generator& gen);
   at::Tensor attention(int64_t layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
@@ -93,6 +99,7 @@ class Qwen3Moe {
                         LinearPolicy& policy) const;
   model::ModelConfig cfg_;
   Params params_;
+  bool meta_ = false;  // parameters are shape-only (hf_shapes)
   ExpertDispatch* ep_ = nullptr;
   int64_t expert_offset_ = 0;
 };

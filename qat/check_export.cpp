@@ -197,19 +197,14 @@ ExportCheck check_export(const std::string& dir, Engine engine) {
         err("module '" + m + "': weight of shape " + st::shape_str(w.shape) + " is not 2-D");
         continue;
       }
-      const int64_t out = w.shape[0], in = w.shape[1] * 2;
-      want["weight"] = {DType::U8, {out, in / 2}};
-      want["weight_scale"] = {DType::F8_E4M3, {out, in / 16}};
-      want["weight_scale_2"] = {DType::F32, {}};
-      if (fmt == Fmt::kNVFP4) want["input_scale"] = {DType::F32, {}};
+      want = quantized_module_tensors(Format::kNVFP4, fmt == Fmt::kNVFP4, "", w.shape[0], w.shape[1] * 2);
     } else if (quantized) {
       ++r.quantized_modules;
       if (w.shape.size() != 2) {
         err("module '" + m + "': weight of shape " + st::shape_str(w.shape) + " is not 2-D");
         continue;
       }
-      want["weight"] = {DType::F8_E4M3, w.shape};
-      want[mx_scale] = {DType::U8, {w.shape[0], w.shape[1] / 32}};
+      want = quantized_module_tensors(Format::kMXFP8, false, mx_scale, w.shape[0], w.shape[1]);
     } else {
       ++r.bf16_modules;
       want["weight"] = {DType::BF16, w.shape};

@@ -14,6 +14,8 @@
 #include "qat/quantize_checkpoint.h"
 #include "qat/selection.h"
 #include "io/safetensors.h"
+#include "model/config.h"
+#include "model/hf_folder.h"
 
 namespace fp4qat::qat {
 
@@ -35,6 +37,8 @@ Layout read_layout(const std::string& dir) {
   FP4QAT_CHECK(l.config.find("quantization_config") == nullptr, cfg,
                ": the checkpoint is already quantized (quantization_config present); convert a BF16/FP32 one");
   l.files = std::make_unique<hf::FolderReader>(dir);
+  // The tensors are the model config.json describes, before anything is written (issue 23).
+  model::check_folder_tensors(*l.files, model::read_hf_config(dir));
   return l;
 }
 
@@ -103,11 +107,12 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
         eo.producer_version = opt.producer_version;
         eo.max_shard_bytes = int64_t(1) << 62;  // one output shard per input shard (end_shard below)
         HfFolderWriter w(tmp, eo);
-        auto tensor = [&](const std::string& name) {  // on the conversion device
+        auto checked = [&](const std::string& name) {  // a view of the input, refused when not finite
           const at::Tensor t = l.files->view(name);
-          check_finite(t, name);
-          return t.to(opt.device);
+          st::check_finite(t, name, in + "/" + l.files->where().at(name));
+          return t;
         };
+        auto tensor = [&](const std::string& name) { return checked(name).to(opt.device); };  // on the conversion device
         PairAmax pair_amax;  // gated pairs: the amax of the compute copies (what the export quantizes)
         const auto& where = l.files->where();
         for (const auto& file : l.files->shards()) {
@@ -116,7 +121,7 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
             if (!where.count(info.name) || where.at(info.name) != file) continue;  // not indexed here
             const std::string m = names::is_weight(info.name) ? module_of(info.name) : "";
             if (m.empty() || !selected.count(m)) {
-              w.add_plain(info.name, r.view(info.name));
+              w.add_plain(info.name, checked(info.name));
               ++rep.plain_tensors;
               continue;
             }

@@ -38,6 +38,23 @@ const char* to_string(Engine e) {
 
 const char* mxfp8_scale_suffix(Engine engine) { return engine == Engine::kVllm ? "weight_scale" : "weight_scale_inv"; }
 
+std::map<std::string, std::pair<st::DType, std::vector<int64_t>>> quantized_module_tensors(
+    Format format, bool input_scale, const std::string& mx_scale, int64_t out, int64_t in) {
+  using st::DType;
+  FP4QAT_CHECK(format != Format::kBF16, "quantized_module_tensors: BF16 modules are not quantized");
+  std::map<std::string, std::pair<DType, std::vector<int64_t>>> want;
+  if (format == Format::kNVFP4) {
+    want["weight"] = {DType::U8, {out, in / 2}};
+    want["weight_scale"] = {DType::F8_E4M3, {out, in / fmt::kNvfp4Block}};
+    want["weight_scale_2"] = {DType::F32, {}};
+    if (input_scale) want["input_scale"] = {DType::F32, {}};
+  } else {
+    want["weight"] = {DType::F8_E4M3, {out, in}};
+    want[mx_scale] = {DType::U8, {out, in / fmt::kMxfp8Block}};
+  }
+  return want;
+}
+
 float nvfp4_input_scale(float amax) { return fmt::nvfp4_s_dec(fmt::nvfp4_s_enc(amax)); }
 
 json::Value recipe_record(const NVFP4Rules& o, const std::string& serving) {

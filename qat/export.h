@@ -38,6 +38,14 @@ const char* to_string(Engine e);
 // The MXFP8 block-scale tensor suffix `engine` loads ("weight_scale" or "weight_scale_inv").
 const char* mxfp8_scale_suffix(Engine engine);
 
+// The tensors an export holds for a quantized module whose weight is [out, in] (the layout above),
+// by suffix: NVFP4: weight U8 [out, in/2], weight_scale F8_E4M3 [out, in/16], weight_scale_2
+// F32 [] and, unless W4A16 (`input_scale` false), input_scale F32 []; MXFP8: weight F8_E4M3
+// [out, in] and `mx_scale` (mxfp8_scale_suffix) U8 [out, in/32]. What check-export and the
+// rollout side's loader expect.
+std::map<std::string, std::pair<st::DType, std::vector<int64_t>>> quantized_module_tensors(
+    Format format, bool input_scale, const std::string& mx_scale, int64_t out, int64_t in);
+
 struct ExportOptions {
   Format format = Format::kNVFP4;
   Engine engine = Engine::kSglang;  // export.engine / convert --engine (MXFP8 scale names)

@@ -19,11 +19,6 @@ bool is_quantizable(const std::string& name, at::ScalarType dtype, int64_t rank)
   return named && floating && (rank == 2 || rank == 3);
 }
 
-void check_finite(const at::Tensor& t, const std::string& name) {
-  if (!at::isFloatingType(t.scalar_type())) return;
-  FP4QAT_CHECK(at::isfinite(t).all().item<bool>(), "tensor '", name, "' contains NaN or Inf");
-}
-
 namespace {
 
 void error_stats(const at::Tensor& x, const at::Tensor& dq, TensorReport* r) {
@@ -76,7 +71,7 @@ std::vector<TensorReport> quantize_file(const std::string& in, const std::string
       reports.push_back(rep);
       continue;
     }
-    check_finite(host, info.name);
+    st::check_finite(host, info.name, in);
     const at::Tensor x = host.to(opt.device);
     const std::string s = names::module_of(info.name);
     if (opt.format == Format::kNVFP4) {
@@ -84,7 +79,7 @@ std::vector<TensorReport> quantize_file(const std::string& in, const std::string
       if (gated_partner(info.name) && !opt.rule.row_scaled)
         a = pair_amax.of(info.name, x, [&](const std::string& partner) {
           const at::Tensor other_host = reader.view(partner);
-          check_finite(other_host, partner);
+          st::check_finite(other_host, partner, in);
           return other_host.to(opt.device);
         });
       NVFP4Tensor q = nvfp4_quantize(x, opt.blocks, a, opt.rule);

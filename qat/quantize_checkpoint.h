@@ -38,7 +38,4 @@ bool is_quantizable(const std::string& name, at::ScalarType dtype, int64_t rank)
 // gated pair with one member missing, ...).
 std::vector<TensorReport> quantize_file(const std::string& in, const std::string& out, const QuantizeFileOptions& opt);
 
-// Throws naming `name` if t holds NaN or Inf.
-void check_finite(const at::Tensor& t, const std::string& name);
-
 }  // namespace fp4qat::qat

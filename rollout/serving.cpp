@@ -51,6 +51,7 @@ Loaded load(const std::string& dir, const at::Device& device) {
   const json::Value cj = json::parse(fs::read_text(cfg_path), cfg_path);
   Loaded out;
   autograd::NVFP4LinearOptions act;  // the activations' side of the export's NVFP4 recipe
+  bool input_scale = false;          // quant_algo NVFP4 (W4A4): every quantized module has an input_scale
   if (const json::Value* q = cj.find("quantization_config")) {
     const std::string method =
         q->at("quant_method", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_method");
@@ -61,6 +62,7 @@ Loaded load(const std::string& dir, const at::Device& device) {
                    "' is not supported (NVFP4, W4A16_NVFP4 and MXFP8 are)");
       out.format = algo == "MXFP8" ? Format::kMXFP8 : Format::kNVFP4;
       act.rules.w4a16 = algo == "W4A16_NVFP4";
+      input_scale = algo == "NVFP4";
       if (const json::Value* rec = q->find("fp4qat")) {  // the 2026 recipes (qat/export.h)
         const NVFP4Rules r = qat::read_recipe_record(*rec, cfg_path + ": quantization_config");
         FP4QAT_CHECK(r.w4a16 == act.rules.w4a16, cfg_path, ": quant_algo '", algo, "' and fp4qat.activations disagree");
@@ -105,6 +107,20 @@ Loaded load(const std::string& dir, const at::Device& device) {
     return out.format == Format::kNVFP4 ? has(m + ".weight_scale")
                                         : (out.format == Format::kMXFP8 && has(m + mx_scale));
   };
+  // The folder's tensors against config.json, from the headers, before anything is allocated:
+  // a quantized module holds its codes and scales in place of its weight.
+  model::check_folder_tensors(files, cfg, [&](const std::string& name, const std::vector<int64_t>& shape) {
+    model::ExpectedTensors want;
+    const std::string m = names::module_of(name);
+    if (!names::is_weight(name) || shape.size() != 2 || !quantized(m)) {
+      want[name] = {shape, std::nullopt};
+      return want;
+    }
+    for (const auto& [sfx, t] :
+         qat::quantized_module_tensors(out.format, input_scale, mx_scale.substr(1), shape[0], shape[1]))
+      want[m + "." + sfx] = {t.second, t.first};
+    return want;
+  });
   out.model = std::make_unique<model::Qwen3Moe>(model::model_of_folder(dir, cfg));
   std::map<std::string, ServingPolicy::Weight> weights;
   for (const auto& g : out.model->hf_groups()) {
@@ -141,12 +157,17 @@ Loaded load(const std::string& dir, const at::Device& device) {
   // Every other tensor is a BF16 (or F32) parameter; quantized ones get their dequantized value.
   out.model->load_hf([&](const std::string& name) -> at::Tensor {
     const std::string m = names::module_of(name);
+    at::Tensor t;
     if (quantized(m)) {
       auto [v, s] = module(m);
       decoded.erase(m);  // its last use
-      return s.defined() ? v.to(at::kFloat) * s : v.to(at::kFloat);
+      t = s.defined() ? v.to(at::kFloat) * s : v.to(at::kFloat);
+    } else {
+      t = get(name).to(at::kFloat);
     }
-    return get(name).to(at::kFloat);
+    // NaN or Inf in a weight (or, for a quantized module, in its scales) is refused by name.
+    st::check_finite(t, name, dir + "/" + files.where().at(quantized(m) ? m + ".weight" : name));
+    return t;
   });
   out.model->to(device);
   for (auto& [n, p] : out.model->params()) p.requires_grad_(false);
