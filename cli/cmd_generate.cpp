@@ -5,6 +5,7 @@
 // one group: prompt, response, the response tokens' log-probs under the model (temperature 1, no
 // top-p: what an RL trainer compares against), and with --reward NAME (trainer/rewards.h) the
 // reward that makes them training data.
+#include <cmath>
 #include <ATen/CPUGeneratorImpl.h>
 #include <boost/program_options.hpp>
 #include <torch/torch.h>
@@ -28,14 +29,19 @@ namespace po = boost::program_options;
 namespace fp4qat::cli {
 
 namespace {
-// Next token from logits [V] (float32, CPU): greedy, or temperature + top-p sampling.
+// Next token from logits [V] (float32, CPU): greedy, or temperature + top-p sampling. In float64
+// with the largest logit subtracted before dividing by the temperature, so that any temperature
+// > 0 (1e-40 included: then greedy in effect) gives finite probabilities, and the most likely
+// token always kept, so that any top_p > 0 (1e-300 included) leaves a token to draw.
 int64_t pick(const at::Tensor& logits, double temperature, double top_p, at::Generator& gen) {
   if (temperature <= 0) return logits.argmax().item<int64_t>();
-  at::Tensor probs = at::softmax(logits / temperature, 0);
+  const at::Tensor l = logits.to(at::kDouble);
+  at::Tensor probs = at::softmax((l - l.max()) / temperature, 0);  // [V]
   auto [sorted, order] = probs.sort(0, /*descending=*/true);
   const at::Tensor cum = sorted.cumsum(0);
   // keep the smallest prefix whose mass reaches top_p (always the first token)
-  const at::Tensor keep = (cum - sorted) < top_p;
+  at::Tensor keep = (cum - sorted) < top_p;
+  keep[0] = true;
   sorted = sorted * keep.to(sorted.scalar_type());
   const int64_t i = at::multinomial(sorted / sorted.sum(), 1, false, gen).item<int64_t>();
   return order[i].item<int64_t>();
@@ -70,8 +76,9 @@ int cmd_generate(const Args& args) {
   FP4QAT_CHECK(max_new >= 1, "--max-new-tokens must be >= 1 (a rollout record has a response)");
   FP4QAT_CHECK(samples >= 1, "--samples must be >= 1");
   const rewards::Fn score = reward.empty() ? nullptr : rewards::by_name(reward);
-  FP4QAT_CHECK(temperature >= 0, "--temperature must be >= 0");
-  FP4QAT_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1]");
+  FP4QAT_CHECK(std::isfinite(temperature) && temperature >= 0, "--temperature must be a finite number >= 0 (got ",
+               temperature, ")");
+  FP4QAT_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1] (got ", top_p, ")");
   const at::Device dev = parse_device(device);
   const at::ScalarType dt = dev.is_cuda() ? at::kBFloat16 : at::kFloat;
   rollout::Loaded m = rollout::load(model_dir, dev);

@@ -5,7 +5,9 @@
 #include <yaml-cpp/yaml.h>
 
 #include <charconv>
+#include <cmath>
 #include <functional>
+#include <set>
 #include <sstream>
 
 #include "kernels/common/check.h"
@@ -42,7 +44,13 @@ struct Parse<uint64_t> {
 };
 template <>
 struct Parse<double> {
-  static double get(const YAML::Node& n, const std::string& w) { return parse_scalar<double>(n, w, "a number"); }
+  // Every number key is finite: .inf and .nan pass checks such as "> 0" and fail only later (a
+  // learning rate of .inf after writing the run folder).
+  static double get(const YAML::Node& n, const std::string& w) {
+    const double v = parse_scalar<double>(n, w, "a number");
+    FP4QAT_CHECK(std::isfinite(v), w, ": must be a finite number (got '", n.Scalar(), "')");
+    return v;
+  }
 };
 template <>
 struct Parse<bool> {
@@ -101,6 +109,15 @@ Check<T> positive() {
 template <typename T>
 Check<T> non_negative() {
   return [](const T& v) { return v >= 0 ? std::string() : "must be >= 0"; };
+}
+template <typename T>
+Check<T> at_most(T lo, T hi, const char* why) {  // lo <= v <= hi, why: the reason for hi
+  return [lo, hi, why](const T& v) {
+    std::ostringstream os;
+    if (v >= lo && v <= hi) return std::string();
+    os << "must be in [" << lo << ", " << hi << "] (" << why << ")";
+    return os.str();
+  };
 }
 Check<double> in_range(double lo, double hi) {
   return [lo, hi](const double& v) {
@@ -217,7 +234,8 @@ class Schema {
     add("data", "kind", &d.kind, one_of({"synthetic", "tokens", "rollouts"}));
     add("data", "path", &d.path);
     add("data", "val_fraction", &d.val_fraction, in_range(0, 0.5));
-    add("data", "max_operand", &d.max_operand, positive<int64_t>());
+    add("data", "max_operand", &d.max_operand,
+        at_most<int64_t>(1, 100000000000000000, "the sum of two operands must fit in 64 bits"));
     auto& q = c.qat;
     add_enum("qat", "format", &q.format, kQatFormats);
     add("qat", "modules", &q.selection.modules);
@@ -359,12 +377,35 @@ void apply_map(const Schema& schema, const YAML::Node& node, const std::string& 
   }
 }
 
+// Refuses a key given twice in one mapping, at any depth (YAML leaves it undefined; yaml-cpp keeps
+// both and the last would silently win).
+void check_unique_keys(const YAML::Node& n, const std::string& source) {
+  if (n.IsMap()) {
+    std::set<std::string> seen;
+    for (const auto& kv : n) {
+      const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : std::string("<non-scalar key>");
+      FP4QAT_CHECK(seen.insert(key).second, source, ":", kv.first.Mark().line + 1, ": key '", key,
+                   "' given twice in one mapping");
+      check_unique_keys(kv.second, source);
+    }
+  } else if (n.IsSequence()) {
+    for (const auto& e : n) check_unique_keys(e, source);
+  }
+}
+
+// One YAML document (a second one, after `---`, would be ignored: refused), keys unique.
 YAML::Node load_yaml(const std::string& text, const std::string& source) {
+  std::vector<YAML::Node> docs;
   try {
-    return YAML::Load(text);
+    docs = YAML::LoadAll(text);
   } catch (const YAML::ParserException& e) {
     FP4QAT_FAIL(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML error: ", e.msg);
   }
+  FP4QAT_CHECK(docs.size() <= 1, source, ":", docs.size() > 1 ? docs[1].Mark().line + 1 : 0, ": ", docs.size(),
+               " YAML documents; a recipe is one document (remove the '---' and what follows, or merge them)");
+  if (docs.empty()) return YAML::Node();
+  check_unique_keys(docs[0], source);
+  return docs[0];
 }
 
 }  // namespace

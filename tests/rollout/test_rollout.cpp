@@ -233,6 +233,22 @@ TEST(CliGenerate, GreedyMatchesArgmaxOfTheFullForwardAndSamplingIsSeeded) {
   const auto bad = test::run_fp4qat({"generate", "--model", dir, "--prompts", d.file("p.jsonl"), "--top-p", "0"});
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("--top-p"), std::string::npos) << bad.err;
+  // Extreme but valid sampling parameters (issue 23): a temperature of 1e-40 and a top-p of 1e-300
+  // are greedy in effect, not a torch error.
+  auto response = [&](const std::vector<std::string>& extra) {
+    std::vector<std::string> a = {"generate", "--model", dir,    "--prompts", d.file("p.jsonl"), "--max-new-tokens",
+                                  "5",        "--device", "cpu", "--seed",    "5"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    const auto r = test::run_fp4qat(a);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return json::parse(r.out.substr(0, r.out.find('\n')), "generate output").at("response").dump();
+  };
+  const std::string greedy = line.at("response").dump();
+  EXPECT_EQ(response({"--temperature", "1e-40"}), greedy);
+  EXPECT_EQ(response({"--temperature", "1.5", "--top-p", "1e-300"}), greedy);
+  const auto inf = test::run_fp4qat({"generate", "--model", dir, "--prompts", d.file("p.jsonl"), "--temperature", "inf"});
+  EXPECT_EQ(inf.exit_code, 1);
+  EXPECT_NE(inf.err.find("--temperature"), std::string::npos) << inf.err;
 }
 
 TEST(CliGenerate, OutputReplacesTheFileWholeOrNotAtAllAndLengthsAreChecked) {

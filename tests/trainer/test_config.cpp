@@ -99,6 +99,28 @@ TEST(Config, RejectsWrongTypesAndRanges) {
   expect_error([&] { cfg::apply_set(c, "noequals"); }, {"KEY=VALUE"});
 }
 
+TEST(Config, RejectsValuesThatCannotWork) {  // issue 23 item 11
+  cfg::Config c;
+  for (const char* s : {"optim.lr=.inf", "optim.weight_decay=.inf", "optim.eps=.inf", "optim.lr=.nan",
+                        "rl.tis_cap=.inf", "model.rope_theta=-.inf"}) {
+    const std::string key = std::string(s).substr(0, std::string(s).find('='));
+    expect_error([&] { cfg::apply_set(c, s); }, {key, "finite"});
+  }
+  expect_error([&] { cfg::apply_yaml_text(c, "optim:\n  eps: .Inf\n", "r.yaml"); }, {"r.yaml", "optim.eps", "finite"});
+  expect_error([&] { cfg::apply_set(c, "data.max_operand=9223372036854775807"); }, {"data.max_operand", "64 bits"});
+  cfg::apply_set(c, "data.max_operand=100000000000000000");  // the largest accepted
+  EXPECT_EQ(c.data.max_operand, 100000000000000000);
+  // Duplicate keys (at any depth) and a second document are refused, naming file and line.
+  expect_error([&] { cfg::apply_yaml_text(c, "optim:\n  lr: 1e-3\n  lr: 2e-3\n", "dup.yaml"); },
+               {"dup.yaml:3", "'lr' given twice"});
+  expect_error([&] { cfg::apply_yaml_text(c, "train:\n  steps: 3\ntrain:\n  seed: 1\n", "dup.yaml"); },
+               {"dup.yaml:3", "'train' given twice"});
+  expect_error([&] { cfg::apply_yaml_text(c, "optim:\n  lr: 1e-3\n---\noptim:\n  lr: 5\n", "two.yaml"); },
+               {"two.yaml", "2 YAML documents"});
+  cfg::apply_yaml_text(c, "---\noptim:\n  lr: 0.25\n", "one.yaml");  // one document with its marker is fine
+  EXPECT_EQ(c.optim.lr, 0.25);
+}
+
 TEST(Config, RejectsBadFiles) {
   TempDir d;
   cfg::Config c;
