@@ -1,4 +1,4 @@
-// cli/cmd_train.cpp — `fp4qat train --recipe R.yaml [--set a.b=v ...] [--dump-config] [--resume]`.
+// cli/cmd_train.cpp — `fp4qat train --recipe R.yaml [--set a.b=v ...] [--dump-config] [--resume | --overwrite]`.
 #include <boost/program_options.hpp>
 
 #include <cstdio>
@@ -21,10 +21,12 @@ int cmd_train(const Args& args) {
   desc.add_options()("help,h", "show this help")("recipe", po::value(&recipe)->required(),
                                                  "recipe YAML (recipes/*.yaml)")(
       "set", po::value(&sets)->composing(), "override one key, e.g. --set optim.lr=1e-3 (repeatable)")(
-      "dump-config", "print the resolved config as YAML and exit")("resume",
-                                                                   "continue from <train.out_dir>/checkpoints/latest");
+      "dump-config", "print the resolved config as YAML and exit")(
+      "resume", "continue from the newest complete checkpoint in <train.out_dir>/checkpoints")(
+      "overwrite", "start afresh in a train.out_dir that holds an earlier run (its metrics, checkpoints, exports "
+                   "and hf/ are removed); without it such a folder is refused");
   po::variables_map vm;
-  if (!parse_options(args, desc, vm, "fp4qat train --recipe R.yaml [--set a.b=v ...] [--dump-config] [--resume]"))
+  if (!parse_options(args, desc, vm, "fp4qat train --recipe R.yaml [--set a.b=v ...] [--dump-config] [--resume | --overwrite]"))
     return 0;
   config::Config cfg;
   config::apply_recipe_file(cfg, recipe);
@@ -37,6 +39,8 @@ int cmd_train(const Args& args) {
   train::install_signal_handlers();
   train::Options opt;
   opt.resume = vm.count("resume") > 0;
+  FP4QAT_CHECK(!(opt.resume && vm.count("overwrite")), "--resume and --overwrite exclude each other");
+  opt.existing = vm.count("overwrite") ? train::ExistingRun::kOverwrite : train::ExistingRun::kRefuse;
   const train::Result r = train::run(cfg, opt);
   if (r.stopped_by_signal) {
     // Interrupted: checkpointed at the step it finished; exit as shells report a signal (128 + N:

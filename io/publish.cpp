@@ -43,17 +43,25 @@ void write_folder_atomic(const std::string& target, const std::function<void(con
   }
 }
 
+std::vector<std::pair<int64_t, std::string>> numbered_folders(const std::string& root, const std::string& prefix) {
+  std::vector<std::pair<int64_t, std::string>> all;
+  if (!fs::is_dir(root)) return all;
+  for (const auto& n : fs::list_dir(root))
+    if (int64_t v = numbered(n, prefix); v >= 0 && fs::is_dir(root + "/" + n)) all.emplace_back(v, n);
+  std::sort(all.begin(), all.end());
+  return all;
+}
+
 void publish(const std::string& root, const std::string& name, int64_t keep, const std::string& prefix,
              const std::function<void(const std::string& tmp)>& fill) {
   FP4QAT_CHECK(keep >= 0, "publish: keep must be >= 0, got ", keep);
   if (!fs::is_dir(root)) fs::make_dir(root);
   write_folder_atomic(root + "/" + name, fill, /*replace=*/true);  // re-publishing a step (after a resume)
-  fs::symlink_atomic(name, root + "/latest");
+  const std::string before = latest(root);
+  const int64_t was = before.empty() || !fs::is_dir(root + "/" + before) ? -1 : numbered(before, prefix);
+  if (was < 0 || numbered(name, prefix) < 0 || numbered(name, prefix) >= was) fs::symlink_atomic(name, root + "/latest");
   if (keep > 0) {  // keep the newest `keep` numbered folders
-    std::vector<std::pair<int64_t, std::string>> all;
-    for (const auto& n : fs::list_dir(root))
-      if (int64_t v = numbered(n, prefix); v >= 0 && fs::is_dir(root + "/" + n)) all.emplace_back(v, n);
-    std::sort(all.begin(), all.end());
+    const auto all = numbered_folders(root, prefix);
     const std::string current = fs::read_link(root + "/latest");
     for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i)
       if (all[i].second != current) fs::remove_tree(root + "/" + all[i].second);

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace fp4qat::io {
 
@@ -18,11 +20,16 @@ void write_folder_atomic(const std::string& target, const std::function<void(con
                          bool replace = false);
 
 // Publishes `root/name` with write_folder_atomic (replacing an older one of that name), then
-// points the `root/latest` symlink at it. With keep > 0 only the newest `keep` folders named
+// points the `root/latest` symlink at it — unless `latest` already names a `<prefix><M>` with a
+// larger M (a run resumed from an earlier checkpoint republishes steps it had published before
+// it was killed: `latest` never moves back). With keep > 0 only the newest `keep` folders named
 // `<prefix><number>` stay (the one `latest` points to is never removed). `root` is created if
 // missing (its parent must exist).
 void publish(const std::string& root, const std::string& name, int64_t keep, const std::string& prefix,
              const std::function<void(const std::string& tmp)>& fill);
+
+// The `<prefix><N>` folders of `root` (N a decimal number), sorted by N; none if root is missing.
+std::vector<std::pair<int64_t, std::string>> numbered_folders(const std::string& root, const std::string& prefix);
 
 // The name of the folder `root/latest` points at, "" when there is none: the symlink, or a text
 // file holding the name (how checkpoints were marked before; those still resume).

@@ -37,8 +37,12 @@ std::string save_checkpoint(const config::Config& cfg, const model::Params& para
 
 int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, AdamWState& st) {
   const std::string root = checkpoint_root(cfg);
-  const std::string name = io::latest(root);
-  FP4QAT_CHECK(!name.empty(), "--resume: no checkpoint in ", root, " (", root, "/latest not found)");
+  // The newest complete checkpoint: every step-<N> folder is complete (published by rename), so
+  // the largest N — also when `latest` is missing or older (a kill between the rename and the
+  // symlink); `latest` alone for a folder without numbered checkpoints.
+  const auto all = io::numbered_folders(root, "step-");
+  const std::string name = all.empty() ? io::latest(root) : all.back().second;
+  FP4QAT_CHECK(!name.empty(), "--resume: no checkpoint in ", root, " (no step-<N> folder and no ", root, "/latest)");
   const std::string dir = root + "/" + name;
   const json::Value state = json::parse(fs::read_text(dir + "/state.json"), dir + "/state.json");
   const int64_t step = state.at("step", dir + "/state.json").as_int(dir + "/state.json: step");

@@ -18,7 +18,7 @@ std::string checkpoint_root(const config::Config& cfg);  // <train.out_dir>/chec
 // Writes step `step`'s checkpoint; returns its folder.
 std::string save_checkpoint(const config::Config& cfg, const model::Params& params, const AdamWState& st, int64_t step);
 
-// Loads the `latest` checkpoint into `model` and `st` (an expert-parallel rank takes its shard);
+// Loads the newest complete checkpoint (the largest step-<N>, whatever `latest` says) into `model` and `st` (an expert-parallel rank takes its shard);
 // returns its step. Throws naming the folder when there is none or it does not fit the model.
 int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, AdamWState& st);
 

@@ -11,12 +11,14 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <unistd.h>
 
 #include "kernels/common/check.h"
 #include "io/fs.h"
 #include "io/json.h"
 #include "io/publish.h"
+#include "io/run_folder.h"
 #include "io/safetensors.h"
 #include "trainer/adamw.h"
 #include "trainer/checkpoint.h"
@@ -171,6 +173,27 @@ void check_training_memory(const model::ModelConfig& mc, const at::Device& dev, 
                "shape (model.num_experts, model.moe_intermediate_size, model.hidden_size, model.num_hidden_layers) ",
                "or shard the experts over more GPUs (parallel.ep)");
 }
+
+// metrics.jsonl on --resume from checkpoint step `step`: the lines of steps after it (written by
+// the run that was killed, and about to be written again) and a torn last line are dropped, so
+// that every step appears once.
+void truncate_metrics(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::string kept, line;
+  std::istringstream in(fs::read_text(path, size_t(1) << 32));
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    try {
+      const json::Value v = json::parse(line, path);
+      const json::Value* s = v.find("step");
+      if (s && s->as_int(path) > step) continue;
+    } catch (const Error&) {
+      continue;  // a line cut short by the kill
+    }
+    kept += line + "\n";
+  }
+  fs::write_text_atomic(path, kept);
+}
 }  // namespace
 
 // ---- the trainer: set-up, train step, optimizer step, export, eval, checkpoint -----------------
@@ -183,6 +206,9 @@ class Trainer {
 
  private:
   void setup();
+  // Rank 0, before anything is written: out_dir's writer lock (io/run_folder.h), an earlier run's
+  // outputs refused or removed (Options::existing), temporary folders of killed writers removed.
+  void claim_out_dir();
   // Forward and backward of every micro-batch of optimizer step step_ + 1; fills log_.
   void train_step();
   // Gradients averaged over ranks, global-norm clipping and AdamW; returns the gradient norm.
@@ -234,6 +260,7 @@ class Trainer {
   std::unique_ptr<model::Qwen3Moe> full_model_;
   std::unique_ptr<qat::QatPolicy> full_policy_;
   std::unique_ptr<dist::AllToAllDispatch> dispatch_;
+  std::unique_ptr<io::RunLock> lock_;  // out_dir's writer lock (rank 0), held for the run
   std::unique_ptr<Exporter> exporter_;
   AdamWState st_;
   std::unique_ptr<dist::GradReducer> reducer_;
@@ -243,6 +270,26 @@ class Trainer {
   double step_tokens_ = 0;  // tokens the step's forwards ran on (every rank's), for tokens_per_s
   Result res_;
 };
+
+void Trainer::claim_out_dir() {
+  const std::string& dir = cfg_.train.out_dir;
+  lock_ = std::make_unique<io::RunLock>(dir, "fp4qat train");
+  if (!lock_->stale_owner().empty() && !opt_.quiet)
+    std::fprintf(stderr, "fp4qat train: %s was left by a process that is gone (%s); taking it over\n",
+                 lock_->path().c_str(), lock_->stale_owner().c_str());
+  const std::vector<std::string> outputs = {"metrics.jsonl", "config.yaml", "checkpoints", "exports", "hf"};
+  if (!opt_.resume && opt_.existing != ExistingRun::kAllow) {
+    std::string found;
+    for (const auto& n : outputs)
+      if (fs::exists(dir + "/" + n)) found += (found.empty() ? "" : ", ") + n;
+    FP4QAT_CHECK(found.empty() || opt_.existing == ExistingRun::kOverwrite, dir, " holds an earlier run (", found,
+                 "): continue it with --resume, replace it with --overwrite, or choose another train.out_dir");
+    for (const auto& n : outputs) fs::remove_tree(dir + "/" + n);
+  }
+  for (const std::string root : {dir, dir + "/checkpoints", dir + "/exports"})
+    for (const auto& n : io::remove_dead_temps(root))
+      if (!opt_.quiet) std::fprintf(stderr, "fp4qat train: removed %s/%s (left by a killed writer)\n", root.c_str(), n.c_str());
+}
 
 void Trainer::setup() {
   const auto& cfg = cfg_;
@@ -292,6 +339,8 @@ void Trainer::setup() {
   W_ = pg_->world_size();
   check_training_memory(cfg.train.init_from.empty() ? cfg.model : model::read_hf_config(cfg.train.init_from), dev_,
                         topo_->ep_size);
+  if (pg_->is_main()) claim_out_dir();  // before anything is written
+  pg_->barrier();
   dt_ = compute_dtype(cfg, dev_);
   tty_ = ::isatty(STDOUT_FILENO) != 0;
   model_ = std::make_unique<model::Qwen3Moe>(cfg.train.init_from.empty() ? model::Qwen3Moe(cfg.model, cfg.train.seed)
@@ -351,7 +400,10 @@ void Trainer::setup() {
   metrics_ = cfg.train.out_dir + "/metrics.jsonl";
   if (pg_->is_main()) {
     fs::make_dirs(cfg.train.out_dir);
-    if (!opt_.resume) fs::write_text_atomic(metrics_, "");
+    if (!opt_.resume)
+      fs::write_text_atomic(metrics_, "");
+    else
+      truncate_metrics(metrics_, step_);
     fs::write_text_atomic(cfg.train.out_dir + "/config.yaml", config::dump(cfg));
   }
   pg_->barrier();

@@ -42,8 +42,15 @@ struct EvalLog {
   double val_loss = 0, exact_match = 0;
 };
 
+// A fresh run (no resume) into an out_dir that holds an earlier run's outputs (metrics.jsonl,
+// checkpoints/, exports/): kAllow writes over them (the library's default, for tests and tools),
+// kRefuse stops before anything is written (`fp4qat train`), kOverwrite removes them first
+// (`fp4qat train --overwrite`).
+enum class ExistingRun { kAllow, kRefuse, kOverwrite };
+
 struct Options {
-  bool resume = false;      // continue from <out_dir>/checkpoints/latest
+  bool resume = false;      // continue from the newest complete checkpoint in <out_dir>/checkpoints
+  ExistingRun existing = ExistingRun::kAllow;
   int64_t stop_after = -1;  // stop (and checkpoint) after this many steps in this call; -1: run to the end
   bool quiet = false;       // no progress output
   model::LinearPolicy* policy = nullptr;        // null: plain linears

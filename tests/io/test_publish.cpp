@@ -78,3 +78,27 @@ TEST(WriteFolderAtomic, RefusesOrReplacesAndLeavesNothingOnFailure) {
       out, [](const std::string& tmp) { fs::write_text_atomic(tmp + "/b", "2"); }, true);
   EXPECT_EQ(fs::list_dir(out), (std::vector<std::string>{"b"}));
 }
+
+TEST(Publish, LatestNeverMovesBackAndNumberedFoldersAreListed) {
+  test::TempDir d;
+  const std::string root = d.file("exports");
+  auto fill = [](const std::string& tmp) { fs::write_text_atomic(tmp + "/x", "x"); };
+  for (int s : {1, 2, 9}) io::publish(root, "step-" + std::to_string(s), 0, "step-", fill);
+  EXPECT_EQ(fs::read_link(root + "/latest"), "step-9");
+  // A resumed run republishes steps 3..8 of a trajectory it already published up to 9.
+  io::publish(root, "step-3", 0, "step-", fill);
+  EXPECT_EQ(fs::read_link(root + "/latest"), "step-9");
+  io::publish(root, "step-10", 0, "step-", fill);
+  EXPECT_EQ(fs::read_link(root + "/latest"), "step-10");
+  // A latest that names a missing folder does not hold it back.
+  fs::remove_tree(root + "/step-10");
+  io::publish(root, "step-4", 0, "step-", fill);
+  EXPECT_EQ(fs::read_link(root + "/latest"), "step-4");
+  fs::make_dirs(root + "/step-x");
+  fs::write_text_atomic(root + "/step-11", "a file, not a folder");
+  const auto all = io::numbered_folders(root, "step-");
+  std::vector<int64_t> n;
+  for (const auto& [v, name] : all) n.push_back(v);
+  EXPECT_EQ(n, (std::vector<int64_t>{1, 2, 3, 4, 9}));
+  EXPECT_TRUE(io::numbered_folders(d.file("none"), "step-").empty());
+}

@@ -4,12 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <sstream>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "kernels/common/check.h"
 #include "io/fs.h"
+#include "io/json.h"
 #include "io/publish.h"
 #include "io/safetensors.h"
 #include "tests/common/test_util.h"
@@ -177,6 +179,56 @@ TEST(Train, ProcessGroupFromEnvironment) {
   EXPECT_EQ(fp4qat::dist::from_environment()->rank(), 0);
 }
 
+// Issue 23 items 7, 8, 12: a run killed after logging step 5 whose newest complete checkpoint is
+// step 3 (here: step-5's checkpoint removed, `latest` left dangling) resumes from step 3, keeps
+// every step's metrics line once, removes the temporary folders its killed writes left, and ends
+// bit-identical to an uninterrupted run; with `latest` older than a complete checkpoint (a kill
+// between the rename and the symlink) it resumes from the newer one.
+TEST(Train, ResumeFindsTheNewestCheckpointTruncatesMetricsAndCleansTemporaries) {
+  TempDir d;
+  fp4qat::train::Options o;
+  o.quiet = true;
+  cfg::Config a = small(d.file("a"));
+  a.train.steps = 8;
+  const auto ra = fp4qat::train::run(a, o);
+
+  cfg::Config b = a;
+  b.train.out_dir = d.file("b");
+  b.train.checkpoint_every = 3;
+  fp4qat::train::Options stop = o;
+  stop.stop_after = 5;
+  ASSERT_EQ(fp4qat::train::run(b, stop).final_step, 5);
+  fp4qat::fs::remove_tree(d.file("b/checkpoints/step-5"));
+  const pid_t gone = ::fork();
+  if (gone == 0) ::_exit(0);
+  ::waitpid(gone, nullptr, 0);
+  const std::string tmp_ckpt = d.file("b/checkpoints/.step-5.tmp-" + std::to_string(gone) + "-0");
+  fp4qat::fs::make_dirs(tmp_ckpt);
+  fp4qat::fs::write_text_atomic(tmp_ckpt + "/model.safetensors", "half");
+  fp4qat::train::Options resume = o;
+  resume.resume = true;
+  const auto rb = fp4qat::train::run(b, resume);
+  ASSERT_EQ(rb.steps.size(), 5u);  // steps 4..8
+  for (size_t i = 0; i < rb.steps.size(); ++i) EXPECT_EQ(rb.steps[i].loss, ra.steps[3 + i].loss) << "step " << 4 + i;
+  EXPECT_FALSE(fp4qat::fs::exists(tmp_ckpt));
+  std::vector<int64_t> logged;
+  const std::string metrics = fp4qat::fs::read_text(d.file("b/metrics.jsonl"));
+  std::istringstream lines(metrics);
+  for (std::string l; std::getline(lines, l);)
+    if (!l.empty()) logged.push_back(fp4qat::json::parse(l, "metrics.jsonl").at("step").as_int());
+  EXPECT_EQ(logged, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8})) << metrics;
+
+  // `latest` behind a complete newer checkpoint: the newer one is resumed.
+  cfg::Config c = b;
+  c.train.out_dir = d.file("c");
+  c.train.checkpoint_every = 1;
+  ASSERT_EQ(fp4qat::train::run(c, stop).final_step, 5);
+  fp4qat::fs::symlink_atomic("step-4", d.file("c/checkpoints/latest"));
+  const auto rc = fp4qat::train::run(c, resume);
+  ASSERT_EQ(rc.steps.size(), 3u);  // steps 6..8
+  EXPECT_EQ(rc.steps[0].loss, ra.steps[5].loss);
+}
+
 TEST(CliTrain, SigintFinishesTheStepAndCheckpoints) {
   TempDir d;
   const std::string out = d.file("run");
@@ -186,6 +238,14 @@ TEST(CliTrain, SigintFinishesTheStepAndCheckpoints) {
       {}, d.file("stdout"), d.file("stderr"));
   // Wait until training has produced metrics, then interrupt.
   for (int i = 0; i < 600 && fp4qat::test::read_bytes(out + "/metrics.jsonl").size() < 10; ++i) ::usleep(100000);
+  // Meanwhile a second writer of the same folder is refused, naming the lock and its owner
+  // (issue 23 item 3), and leaves the running one's files alone.
+  const std::string recipe = std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml";
+  const auto second = fp4qat::test::run_fp4qat(
+      {"train", "--recipe", recipe, "--set", "train.out_dir=" + out, "--set", "train.steps=2", "--resume"});
+  EXPECT_EQ(second.exit_code, 1);
+  EXPECT_NE(second.err.find("in use by another writer"), std::string::npos) << second.err;
+  EXPECT_NE(second.err.find("pid " + std::to_string(pid)), std::string::npos) << second.err;
   ::kill(pid, SIGINT);
   int status = 0;
   ::waitpid(pid, &status, 0);
@@ -270,4 +330,33 @@ TEST(Grpo, AdvantagesLossGradientsAndCorrections) {
   EXPECT_THROW(grpo::loss(lk, old.to(at::kFloat), sampler.to(at::kFloat), adv.to(at::kFloat), o), fp4qat::Error);
   EXPECT_THROW(grpo::loss(lk, old.to(at::kFloat).narrow(0, 0, 5), sampler.to(at::kFloat), adv.to(at::kFloat), o),
                fp4qat::Error);
+}
+
+// Issue 23 item 4: `fp4qat train` into a folder that holds an earlier run is refused without
+// --resume or --overwrite (nothing written), replaced with --overwrite; the two flags exclude each
+// other.
+TEST(CliTrain, AnEarlierRunIsRefusedUnlessOverwritten) {
+  TempDir d;
+  const std::string out = d.file("run");
+  const std::string recipe = std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml";
+  auto train = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = {"train", "--recipe", recipe, "--set", "train.out_dir=" + out, "--set",
+                                  "train.steps=2", "--set", "train.eval_every=0", "--set", "model.num_hidden_layers=1"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return fp4qat::test::run_fp4qat(a);
+  };
+  const auto first = train({});
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const std::string metrics = fp4qat::test::read_bytes(out + "/metrics.jsonl");
+  const auto again = train({"--set", "train.seed=9"});
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.err.find("holds an earlier run"), std::string::npos) << again.err;
+  EXPECT_NE(again.err.find("--overwrite"), std::string::npos) << again.err;
+  EXPECT_EQ(fp4qat::test::read_bytes(out + "/metrics.jsonl"), metrics);  // untouched
+  EXPECT_EQ(train({"--resume", "--overwrite"}).exit_code, 1);
+  fp4qat::fs::make_dirs(out + "/exports/step-7");  // an earlier run's export
+  const auto over = train({"--overwrite", "--set", "train.seed=9"});
+  ASSERT_EQ(over.exit_code, 0) << over.err;
+  EXPECT_NE(fp4qat::test::read_bytes(out + "/metrics.jsonl"), metrics);
+  EXPECT_FALSE(fp4qat::fs::exists(out + "/exports/step-7"));
 }
