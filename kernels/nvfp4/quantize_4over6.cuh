@@ -1,8 +1,8 @@
 // kernels/nvfp4/quantize_4over6.cuh — device pieces of Four Over Six (docs/spec/numerics.md)
 // shared by the rule kernels (quantize_rules.cu) and the one-read kernel's Four Over Six form
-// (quantize_onepass.cuh, quantize_staged.cuh): the choice of a block or tile from error estimates
-// where they are certain (formats.h), else from the exact errors (one candidate's error from a
-// table of its 8 reconstructions), the tables, the winner's outputs. The exact errors are summed
+// (quantize_onepass.cuh, quantize_staged.cuh): one candidate's codes and error from a table of its
+// 8 reconstructions, the choice of the one-read 1D kernel from error estimates where they are
+// certain (formats.h), the tables, the winner's outputs. The exact errors are summed
 // in the CPU reference's order (kernels/nvfp4/quantize_4over6_ref.cpp): the same choice, the same
 // bytes. Include only from .cu.
 #pragma once
@@ -60,6 +60,26 @@ __device__ __forceinline__ Candidate candidate(const float v[16], uint8_t sb, fl
   return mse ? candidate_from<true>(v, enc, fsb, t) : candidate_from<false>(v, enc, fsb, t);
 }
 
+// A chosen candidate's outputs: its codes and scale byte, and the fake values e2m1(q) * fsb from
+// the codes (the definition nvfp4_fake_value computes without them; exact in bf16).
+__device__ __forceinline__ void emit_candidate(const Candidate& c, uint8_t sb, int64_t unit, uint8_t* codes,
+                                               uint8_t* scales, uint16_t* fake) {
+  if (codes || scales) store_codes(c.packed, sb, unit, codes, scales);
+  if (fake) {
+    uint32_t w[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t q0 = (c.packed[i >> 2] >> (8 * (i & 3))) & 0xFu,
+                     q1 = (c.packed[i >> 2] >> (8 * (i & 3) + 4)) & 0xFu;
+      w[i] = __byte_perm(__float_as_uint(e2m1_to_float(static_cast<uint8_t>(q0)) * c.fsb),
+                         __float_as_uint(e2m1_to_float(static_cast<uint8_t>(q1)) * c.fsb), 0x7632);
+    }
+    uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
+    __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
+    __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+  }
+}
+
 // ---- Tables per amax (one global scale: an expert, a tensor) --------------------------------
 // Both candidates' scale bytes are e4m3_rne of a value in [0, 448] (or NaN): bytes 0..0x7F. For
 // one amax, every block's candidates are then looked up in
@@ -77,12 +97,16 @@ __device__ __forceinline__ float lut_entry(int i, float amax, float s_dec, float
   return ((e2m1_to_float(static_cast<uint8_t>(k)) * e4m3_to_float(static_cast<uint8_t>(b))) * amax) / six_m;
 }
 // A block's Four Over Six choice with the tables of its amax (enc, rec: 16-byte aligned), its
-// outputs written. Candidates with one scale byte are one candidate (the tie keeps 6); otherwise
-// the errors are estimated (formats.h nvfp4_4over6_err_estimate: no codes, no look-ups, R = the
+// outputs written. kEstimate false: both candidates' exact errors (table look-ups), the smaller
+// wins. kEstimate true (the one-read staged2 kernel, whose occupancy shared memory bounds, not
+// registers): candidates with one scale byte are one candidate (the tie keeps 6); otherwise the
+// errors are estimated (formats.h nvfp4_4over6_err_estimate: no codes, no look-ups, R = the
 // table's reconstruction of code 1.0, rec[8b + 2]) and the exact errors are computed only where
-// the estimates cannot call the choice (ties, near-ties: nvfp4_4over6_sure_choice). Then the
-// winner's codes. The same choice as the exact errors', so the same bytes.
-template <bool kMse>
+// the estimates cannot call the choice (ties, near-ties: nvfp4_4over6_sure_choice); then the
+// winner's codes. Both give the exact errors' choice, so the same bytes. (The estimate path needs
+// ~120 registers a thread where the exact one needs ~60: in the register-bound rule kernels it
+// measured slower, bench/RESULTS.md session 14.)
+template <bool kMse, bool kEstimate = false>
 __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float bmax, float s_enc, const float* enc,
                                                         const float* rec, int64_t unit, uint8_t* codes,
                                                         uint8_t* scales, uint16_t* fake) {
@@ -90,36 +114,47 @@ __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float
   nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
   const int i6 = lut_index(sb6), i4 = lut_index(sb4);
   const float enc6 = enc[i6], enc4 = enc[i4];
-  bool four = false;
-  if (sb6 != sb4) {
-    const float r6 = rec[8 * i6 + 2], r4 = rec[8 * i4 + 2];
-    const int sure = nvfp4_4over6_sure_choice<kMse>(nvfp4_4over6_err_estimate<kMse>(v, enc6, r6),
-                                                    nvfp4_4over6_err_estimate<kMse>(v, enc4, r4),
-                                                    nvfp4_4over6_spread<kMse>(v), fmaxf(bmax, fmaxf(r6, r4)));
-    if (sure >= 0) {
-      four = sure == 1;
-    } else {  // the exact errors (rare)
-      float t6[8], t4[8];
-      const float4* p6 = reinterpret_cast<const float4*>(rec + 8 * i6);
-      const float4* p4 = reinterpret_cast<const float4*>(rec + 8 * i4);
-      const float4 a6 = p6[0], b6 = p6[1], a4 = p4[0], b4 = p4[1];
-      t6[0] = a6.x, t6[1] = a6.y, t6[2] = a6.z, t6[3] = a6.w, t6[4] = b6.x, t6[5] = b6.y, t6[6] = b6.z, t6[7] = b6.w;
-      t4[0] = a4.x, t4[1] = a4.y, t4[2] = a4.z, t4[3] = a4.w, t4[4] = b4.x, t4[5] = b4.y, t4[6] = b4.z, t4[7] = b4.w;
-      four = candidate_from<kMse>(v, enc4, e4m3_to_float(sb4), t4).err <
-             candidate_from<kMse>(v, enc6, e4m3_to_float(sb6), t6).err;
+  float t6[8], t4[8];
+  auto tables = [&] {
+    const float4* p6 = reinterpret_cast<const float4*>(rec + 8 * i6);
+    const float4* p4 = reinterpret_cast<const float4*>(rec + 8 * i4);
+    const float4 a6 = p6[0], b6 = p6[1], a4 = p4[0], b4 = p4[1];
+    t6[0] = a6.x, t6[1] = a6.y, t6[2] = a6.z, t6[3] = a6.w, t6[4] = b6.x, t6[5] = b6.y, t6[6] = b6.z, t6[7] = b6.w;
+    t4[0] = a4.x, t4[1] = a4.y, t4[2] = a4.z, t4[3] = a4.w, t4[4] = b4.x, t4[5] = b4.y, t4[6] = b4.z, t4[7] = b4.w;
+  };
+  if constexpr (!kEstimate) {
+    tables();
+    const Candidate c6 = candidate_from<kMse>(v, enc6, e4m3_to_float(sb6), t6);
+    const Candidate c4 = candidate_from<kMse>(v, enc4, e4m3_to_float(sb4), t4);
+    if (c4.err < c6.err)
+      emit_candidate(c4, sb4, unit, codes, scales, fake);
+    else
+      emit_candidate(c6, sb6, unit, codes, scales, fake);
+  } else {
+    bool four = false;
+    if (sb6 != sb4) {
+      const float r6 = rec[8 * i6 + 2], r4 = rec[8 * i4 + 2];
+      const int sure = nvfp4_4over6_sure_choice<kMse>(nvfp4_4over6_err_estimate<kMse>(v, enc6, r6),
+                                                      nvfp4_4over6_err_estimate<kMse>(v, enc4, r4),
+                                                      nvfp4_4over6_spread<kMse>(v), fmaxf(bmax, fmaxf(r6, r4)));
+      if (sure >= 0) {
+        four = sure == 1;
+      } else {  // the exact errors (rare)
+        tables();
+        four = candidate_from<kMse>(v, enc4, e4m3_to_float(sb4), t4).err <
+               candidate_from<kMse>(v, enc6, e4m3_to_float(sb6), t6).err;
+      }
     }
+    emit_block_enc(v, four ? sb4 : sb6, four ? enc4 : enc6, unit, codes, scales, fake);
   }
-  emit_block_enc(v, four ? sb4 : sb6, four ? enc4 : enc6, unit, codes, scales, fake);
 }
 
 // Four Over Six on 16x16 tiles, a half-warp a tile: lane i holds row i's 16 elements of the tile's
-// column block (zeros for rows past the tensor: valid false). The tile max by xor-shuffles; the
-// choice as four_over_six_block_lut's, with the rows' estimates and spreads summed over the tile
-// (the bounds' tile form); where a tile is not called, both candidates' exact row errors summed by
-// the spec's tree (lane i adds lane i + 8, then + 4, + 2, + 1). One choice for the tile, each
-// valid row's outputs written. Every lane of the warp calls it and takes every shuffle (a warp
-// takes the exact path when either half needs it); a half without a tile passes valid false and
-// any s_enc and tables.
+// column block (zeros for rows past the tensor: valid false). The tile max by xor-shuffles, both
+// candidates per row from the tables of the tile's amax (enc, rec), the tile errors by the spec's
+// tree (lane i adds lane i + 8, then + 4, + 2, + 1), one choice for the tile, each valid row's
+// outputs written. Every lane of the warp calls it (the shuffles need all 32); a half without a
+// tile passes valid false and any s_enc and tables.
 template <bool kMse>
 __device__ __forceinline__ void four_over_six_tile(const float v[16], bool valid, float s_enc, const float* enc,
                                                    const float* rec, int64_t unit, uint8_t* codes, uint8_t* scales,
@@ -130,35 +165,24 @@ __device__ __forceinline__ void four_over_six_tile(const float v[16], bool valid
   uint8_t sb6, sb4;
   nvfp4_4over6_scales(m, s_enc, &sb6, &sb4);
   const int i6 = lut_index(sb6), i4 = lut_index(sb4);
-  const float enc6 = enc[i6], enc4 = enc[i4], r6 = rec[8 * i6 + 2], r4 = rec[8 * i4 + 2];
-  float e6 = nvfp4_4over6_err_estimate<kMse>(v, enc6, r6), e4 = nvfp4_4over6_err_estimate<kMse>(v, enc4, r4);
-  float sp = nvfp4_4over6_spread<kMse>(v);
+  float t6[8], t4[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) t6[k] = rec[8 * i6 + k], t4[k] = rec[8 * i4 + k];
+  const Candidate c6 = candidate_from<kMse>(v, enc[i6], e4m3_to_float(sb6), t6);
+  const Candidate c4 = candidate_from<kMse>(v, enc[i4], e4m3_to_float(sb4), t4);
+  float e6 = c6.err, e4 = c4.err;
 #pragma unroll
   for (int o = 8; o > 0; o >>= 1) {
-    e6 += __shfl_down_sync(0xffffffffu, e6, o, 16);
-    e4 += __shfl_down_sync(0xffffffffu, e4, o, 16);
-    sp += __shfl_down_sync(0xffffffffu, sp, o, 16);
+    const float d6 = __shfl_down_sync(0xffffffffu, e6, o, 16), d4 = __shfl_down_sync(0xffffffffu, e4, o, 16);
+    e6 = e6 + d6;  // meaningful in lanes < o: rows[i] + rows[i + o]
+    e4 = e4 + d4;
   }
-  int sure = __shfl_sync(0xffffffffu, nvfp4_4over6_sure_choice<kMse>(e6, e4, sp, fmaxf(m, fmaxf(r6, r4))), 0, 16);
-  if (sb6 == sb4) sure = 0;  // one candidate: the tie keeps 6
-  if (__any_sync(0xffffffffu, sure < 0)) {  // the exact errors (rare)
-    float t6[8], t4[8];
-#pragma unroll
-    for (int k = 0; k < 8; ++k) t6[k] = rec[8 * i6 + k], t4[k] = rec[8 * i4 + k];
-    float x6 = candidate_from<kMse>(v, enc6, e4m3_to_float(sb6), t6).err;
-    float x4 = candidate_from<kMse>(v, enc4, e4m3_to_float(sb4), t4).err;
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) {
-      const float d6 = __shfl_down_sync(0xffffffffu, x6, o, 16), d4 = __shfl_down_sync(0xffffffffu, x4, o, 16);
-      x6 = x6 + d6;  // meaningful in lanes < o: rows[i] + rows[i + o]
-      x4 = x4 + d4;
-    }
-    const int exact = __shfl_sync(0xffffffffu, x4 < x6 ? 1 : 0, 0, 16);
-    if (sure < 0) sure = exact;
-  }
+  const bool four = __shfl_sync(0xffffffffu, e4 < e6 ? 1 : 0, 0, 16) != 0;
   if (valid) {
-    const bool four = sure == 1;
-    emit_block_enc(v, four ? sb4 : sb6, four ? enc4 : enc6, unit, codes, scales, fake);
+    if (four)
+      emit_candidate(c4, sb4, unit, codes, scales, fake);
+    else
+      emit_candidate(c6, sb6, unit, codes, scales, fake);
   }
 }
 

@@ -278,7 +278,8 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
     } else {
       load16<T, Src::kShared>(base, u * 16, v);
     }
-    four_over_six_block_lut<kMse>(v, bmax[u], s_enc, enc_lut, rec_lut, unit0 + u, a.codes, a.scales, a.fake);
+    four_over_six_block_lut<kMse, /*kEstimate=*/true>(v, bmax[u], s_enc, enc_lut, rec_lut, unit0 + u, a.codes, a.scales,
+                                                   a.fake);
   }
 }
 

@@ -33,34 +33,17 @@ __device__ __forceinline__ float amax_of_row(AmaxOf kind, const float* amax, int
   }
 }
 
-// Four Over Six on one 1x16 block without tables (a per-row amax): the choice as
-// four_over_six_block_lut's, R = (fsb * amax) / (6M) (the reconstruction of code 1.0), the exact
-// errors (candidate: 8 divisions each) only where the estimates cannot call it.
-template <bool kMse>
-__device__ __forceinline__ void four_over_six_block(const float v[16], float bmax, float s_enc, float s_dec, float amax,
-                                                    float six_m, int64_t unit, uint8_t* codes, uint8_t* scales,
-                                                    uint16_t* fake) {
-  uint8_t sb6, sb4;
-  nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
-  const float enc6 = nvfp4_block_enc(sb6, s_dec), enc4 = nvfp4_block_enc(sb4, s_dec);
-  bool four = false;
-  if (sb6 != sb4) {
-    const float r6 = (e4m3_to_float(sb6) * amax) / six_m, r4 = (e4m3_to_float(sb4) * amax) / six_m;
-    const int sure = nvfp4_4over6_sure_choice<kMse>(nvfp4_4over6_err_estimate<kMse>(v, enc6, r6),
-                                                    nvfp4_4over6_err_estimate<kMse>(v, enc4, r4),
-                                                    nvfp4_4over6_spread<kMse>(v), fmaxf(bmax, fmaxf(r6, r4)));
-    four = sure >= 0 ? sure == 1
-                     : candidate(v, sb4, s_dec, amax, six_m, kMse).err < candidate(v, sb6, s_dec, amax, six_m, kMse).err;
-  }
-  emit_block_enc(v, four ? sb4 : sb6, four ? enc4 : enc6, unit, codes, scales, fake);
-}
+// Four Over Six on one 1x16 block: both candidates, the smaller error wins (strict: a tie keeps 6).
 __device__ __forceinline__ void four_over_six_block(const float v[16], float bmax, float s_enc, float s_dec, float amax,
                                                     float six_m, bool mse, int64_t unit, uint8_t* codes,
                                                     uint8_t* scales, uint16_t* fake) {
-  if (mse)
-    four_over_six_block<true>(v, bmax, s_enc, s_dec, amax, six_m, unit, codes, scales, fake);
+  uint8_t sb6, sb4;
+  nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
+  const Candidate c6 = candidate(v, sb6, s_dec, amax, six_m, mse), c4 = candidate(v, sb4, s_dec, amax, six_m, mse);
+  if (c4.err < c6.err)
+    emit_candidate(c4, sb4, unit, codes, scales, fake);
   else
-    four_over_six_block<false>(v, bmax, s_enc, s_dec, amax, six_m, unit, codes, scales, fake);
+    emit_candidate(c6, sb6, unit, codes, scales, fake);
 }
 
 // 1x16 blocks, one thread a block: the block's amax (expert, row or group), its scale by the

@@ -406,6 +406,7 @@ void check_estimates_on_data(uint64_t seed) {
     const auto near = grid * (1 + at::randn({n}, gen) * 1e-6);
     for (const auto& [name, t] :
          std::vector<std::pair<std::string, at::Tensor>>{{"gaussian", g},
+                                                         {"bf16 gaussian", (g * 0.02).to(at::kBFloat16).to(at::kFloat)},
                                                          {"heavy tails", heavy},
                                                          {"tiny", g * 1e-38f},
                                                          {"huge", g * 1e15f},
@@ -419,7 +420,7 @@ void check_estimates_on_data(uint64_t seed) {
       // (an outlier reconstructed exactly by both candidates, the rest rounding to 0 in both: the
       // exact path decides those); grids and tiny values are where ties and subnormal terms live,
       // so there only correctness is asked.
-      const double min_called = name == "heavy tails" ? 0.98 : (name == "gaussian" || name == "huge") ? 0.995 : 0.0;
+      const double min_called = name == "heavy tails" ? 0.98 : (name == "gaussian" || name == "huge" || name == "bf16 gaussian") ? 0.995 : 0.0;
       check_estimates<kMse>(name + " M " + std::to_string(int(e4m3_max)), v, amax, e4m3_max, min_called);
     }
   }
