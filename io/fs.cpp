@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -166,6 +167,14 @@ std::string read_link(const std::string& link) {
   char buf[4096];
   const ssize_t n = ::readlink(link.c_str(), buf, sizeof buf - 1);
   return n < 0 ? std::string() : std::string(buf, static_cast<size_t>(n));
+}
+
+std::string real_path(const std::string& path) {
+  char* r = ::realpath(path.c_str(), nullptr);
+  FP4QAT_CHECK(r != nullptr, path, ": cannot resolve: ", std::strerror(errno));
+  std::string out(r);
+  std::free(r);
+  return out;
 }
 
 void copy_file(const std::string& from, const std::string& to) {
