@@ -12,6 +12,8 @@
 
 #include "kernels/common/check.h"
 #include "io/fs.h"
+#include "io/http.h"
+#include "io/json.h"
 
 namespace fp4qat::config {
 
@@ -262,6 +264,35 @@ class Schema {
     add("export", "probe_mismatch", &x.probe_mismatch);
     add_enum_list("export", "formats", &x.formats, kExportFormats);
     add_enum("export", "engine", &x.engine, kEngines);
+    add("export", "push_url", &x.push_url, Check<std::string>([](const std::string& v) {
+          if (v.empty()) return std::string();
+          const bool scheme =
+              (v.rfind("http://", 0) == 0 && v.size() > 7) || (v.rfind("https://", 0) == 0 && v.size() > 8);
+          if (!scheme) return "must be an http:// or https:// URL (or empty: no push), got '" + v + "'";
+          if (!http::available())
+            return std::string(
+                "this build of fp4qat has no libcurl, which pushing needs: install libcurl4-openssl-dev "
+                "(scripts/setup does) and reconfigure the build, or leave export.push_url empty");
+          return std::string();
+        }));
+    add("export", "push_body", &x.push_body, Check<std::string>([](const std::string& v) {
+          if (v.find("{path}") == std::string::npos)
+            return std::string("must contain {path} (the export's folder), e.g. ") + ExportConfig().push_body;
+          ExportConfig probe;
+          probe.push_body = v;
+          const std::string body = probe.push_request("/a \"b\"/step-1/nvfp4", 1);
+          try {
+            json::parse(body, "export.push_body");
+          } catch (const Error& e) {
+            return "must be JSON once {path} is replaced (write it inside a string: \"{path}\"): " +
+                   std::string(e.what());
+          }
+          return std::string();
+        }));
+    add("export", "push_timeout_s", &x.push_timeout_s, Check<double>([](const double& v) {
+          return v > 0 && std::isfinite(v) ? std::string() : "must be > 0 (seconds)";
+        }));
+    add("export", "push_required", &x.push_required);
     auto& pp = c.parallel;
     add("parallel", "dp", &pp.dp, Check<int64_t>([](const int64_t& v) {
           return v == -1 || v >= 1 ? std::string() : "must be >= 1 (or -1: WORLD_SIZE / parallel.ep)";
@@ -484,8 +515,29 @@ void validate(const Config& c) {
   }
   FP4QAT_CHECK(c.parallel.ep == 1 || (m.num_experts > 0 && m.num_experts % c.parallel.ep == 0), "model.num_experts (",
                m.num_experts, ") must be divisible by parallel.ep (", c.parallel.ep, ")");
+  FP4QAT_CHECK(c.exports.push_url.empty() || exporting, "export.push_url is set but exports are off (export.every ",
+               c.exports.every, c.exports.every < 0 ? " with qat.format none" : "",
+               "): set export.every > 0 or leave export.push_url empty");
   FP4QAT_CHECK(!exporting || !c.exports.formats.empty(), "export.formats is empty but export.every is ",
                c.exports.interval(c.qat), " (set export.every: 0 to turn exports off)");
+}
+
+std::string ExportConfig::push_request(const std::string& path, int64_t step) const {
+  const std::string quoted = json::quote(path);
+  const std::string escaped = quoted.substr(1, quoted.size() - 2);  // for use inside a JSON string
+  std::string out;
+  for (size_t i = 0; i < push_body.size();) {
+    if (push_body.compare(i, 6, "{path}") == 0) {
+      out += escaped;
+      i += 6;
+    } else if (push_body.compare(i, 6, "{step}") == 0) {
+      out += std::to_string(step);
+      i += 6;
+    } else {
+      out += push_body[i++];
+    }
+  }
+  return out;
 }
 
 std::string dump(const Config& c_in) {

@@ -64,7 +64,21 @@ struct ExportConfig {
   // difference to the trainer's own forward (mismatch_mean / mismatch_max). The probe waits for
   // the export to be on disk; without it exports are written in the background.
   bool probe_mismatch = true;
+  // Push to a running engine (io/http.h; a build with libcurl): after each export is published
+  // (`latest` moved), the background writer POSTs push_body to push_url with Content-Type
+  // application/json. In push_body, {path} stands for the absolute path of the export's folder of
+  // the first listed format (<out_dir>/exports/step-<N>/<formats[0]>), JSON-escaped for use inside
+  // a JSON string, and {step} for the step number. The defaults fit SGLang's
+  // /update_weights_from_disk. A connection error, a timeout or a non-2xx answer is a warning and
+  // training goes on (the export stays published), or with push_required an error that stops the
+  // run. Each push is a metrics.jsonl line: step, push_s, push_status [, push_error].
+  std::string push_url;  // "" off; http://... or https://...
+  std::string push_body = R"({"model_path": "{path}", "flush_cache": true})";
+  double push_timeout_s = 60;  // the whole exchange; the engine answers after loading the weights
+  bool push_required = false;
   int64_t interval(const qat::Recipe& r) const { return every >= 0 ? every : (r.quantizes() ? 1 : 0); }
+  // The request body for the export at `path` (its first format's folder, absolute) of `step`.
+  std::string push_request(const std::string& path, int64_t step) const;
 };
 
 // Multi-process training (dist/process_group.h): dp x ep must equal WORLD_SIZE. Every rank reads its

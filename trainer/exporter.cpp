@@ -5,11 +5,13 @@
 
 #include <chrono>
 #include <cstdio>
+#include <utility>
 
 #include "io/names.h"
 #include "kernels/common/check.h"
 #include "io/fs.h"
 #include "io/hf_folder.h"
+#include "io/http.h"
 #include "io/json.h"
 #include "io/publish.h"
 
@@ -29,6 +31,33 @@ Exporter::Exporter(const config::Config& cfg, const model::Qwen3Moe& model, qat:
             : ("train.init_from '" + source_ + "' has no tokenizer.json, tokenizer.model or vocab.json").c_str());
 }
 
+namespace {
+
+// POSTs the published export to export.push_url and records the outcome in `done`. A failure
+// throws with export.push_required, else is a warning on stderr.
+void push(const config::ExportConfig& xc, Exporter::Published& done, const std::string& path) {
+  done.pushed = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    const http::Response r =
+        http::post(xc.push_url, xc.push_request(path, done.step), "application/json", xc.push_timeout_s);
+    done.push_status = r.status;
+    if (!r.ok()) done.push_error = http::describe_failure(xc.push_url, r);
+  } catch (const Error& e) {
+    done.push_error = e.what();
+  }
+  done.push_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (done.push_error.empty()) return;
+  FP4QAT_CHECK(!xc.push_required, "export step-", done.step, ": push to the engine failed: ", done.push_error,
+               " (export.push_required: true; the export is published at ", path, ")");
+  std::fprintf(stderr,
+               "fp4qat train: warning: export step-%lld: push to the engine failed: %s (the export is published at "
+               "%s; training goes on: export.push_required is false)\n",
+               static_cast<long long>(done.step), done.push_error.c_str(), path.c_str());
+}
+
+}  // namespace
+
 bool Exporter::due(int64_t step) const {
   const int64_t every = cfg_.exports.interval(cfg_.qat);
   return every > 0 && (step % every == 0 || step == cfg_.train.steps);
@@ -38,12 +67,14 @@ Exporter::~Exporter() {
   if (inflight_.valid()) inflight_.wait();
 }
 
-double Exporter::wait() {
-  if (!inflight_.valid()) return 0;
-  std::future<double> f = std::move(inflight_);
+void Exporter::wait() {
+  if (!inflight_.valid()) return;
+  std::future<Published> f = std::move(inflight_);
   staged_.clear();
-  return f.get();
+  published_.push_back(f.get());
 }
+
+std::vector<Exporter::Published> Exporter::take_published() { return std::exchange(published_, {}); }
 
 void Exporter::fence() {
   for (auto& s : staged_) s->fence();
@@ -154,8 +185,12 @@ std::string Exporter::submit(int64_t step) {
   const int64_t keep = cfg_.exports.keep;
   const std::string source = source_;
   const std::vector<std::string> serving = serving_;
+  const config::ExportConfig xc = cfg_.exports;
   staged_ = staged;
   inflight_ = std::async(std::launch::async, [=]() {
+    Published done;
+    done.step = step;
+    done.dir = root_dir + "/" + name;
     const auto t0 = std::chrono::steady_clock::now();
     io::publish(root_dir, name, keep, "step-", [&](const std::string& tmp) {
       for (size_t i = 0; i < staged.size(); ++i) {
@@ -167,7 +202,9 @@ std::string Exporter::submit(int64_t step) {
       fs::write_text_atomic(tmp + "/export.json", info);
       fs::write_text_atomic(tmp + "/recipe.yaml", recipe);
     });
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    done.write_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!xc.push_url.empty()) push(xc, done, fs::real_path(done.dir + "/" + qat::to_string(formats[0])));
+    return done;
   });
   return root_dir + "/" + name;
 }

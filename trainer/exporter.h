@@ -20,10 +20,16 @@
 // and a background thread writes and publishes the folders. One export is in flight at a time
 // (submit waits for the previous one); the optimizer calls fence() before it changes the weights,
 // which orders that change after the export's reads on the GPU without blocking the host.
+//
+// Push (export.push_url): once an export is published, the background writer POSTs
+// export.push_body to the engine (io/http.h) — training steps never wait for it, but the next
+// submit() waits for the previous export, push included (at most export.push_timeout_s). A failed
+// push is a warning on stderr (training goes on) or, with export.push_required, the export's error.
 #pragma once
 #include <future>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "qat/export.h"
 #include "trainer/config.h"
@@ -44,9 +50,21 @@ class Exporter {
   // Call before changing the weights in place: on a GPU, the current stream's later work waits
   // for the staged export's reads (no host synchronisation); nothing to do on the CPU.
   void fence();
-  // Waits until the export in flight (if any) is published; rethrows its error. Returns the
-  // seconds the background writer spent on it (0 when none was in flight).
-  double wait();
+  // One export as the background writer finished it.
+  struct Published {
+    int64_t step = 0;
+    std::string dir;     // <root>/step-<N>
+    double write_s = 0;  // writing and publishing the folders
+    // export.push_url set: the push after publishing (push_status 0: no answer; push_error "" when 2xx)
+    bool pushed = false;
+    long push_status = 0;
+    double push_s = 0;
+    std::string push_error;
+  };
+  // Waits until the export in flight (if any) is published (and pushed); rethrows its error.
+  void wait();
+  // The exports finished since the last call, oldest first (those submit() waited for included).
+  std::vector<Published> take_published();
   std::string root() const { return cfg_.train.out_dir + "/exports"; }
   // The serving files copied into each export (empty: none found) and whether they hold a tokenizer.
   const std::vector<std::string>& serving_files() const { return serving_; }
@@ -58,7 +76,8 @@ class Exporter {
   qat::QatPolicy& policy_;
   std::map<std::string, at::Tensor> amax_;  // last known activation amax per parameter (float32, model device)
   std::shared_ptr<qat::HostBufferPool> pool_ = std::make_shared<qat::HostBufferPool>();  // reused every export
-  std::future<double> inflight_;
+  std::future<Published> inflight_;
+  std::vector<Published> published_;                        // finished, not yet taken
   std::vector<std::shared_ptr<qat::StagedFolder>> staged_;  // of the export in flight, until fenced
   std::string source_;                                      // train.init_from: where serving files come from
   std::vector<std::string> serving_;                        // the serving files found there

@@ -215,6 +215,7 @@ class Trainer {
   double optimizer_step(double lr);
   void export_step();  // publish this step's weights for the rollout side, probe the mismatch
   void log_step();     // metrics.jsonl and the console
+  void log_pushes();   // a metrics.jsonl line for each export pushed to the engine since the last call
   void eval_step();
   void checkpoint();
   void finish();
@@ -598,6 +599,7 @@ void Trainer::log_step() {
   }
   line.set("expert_load", lj);
   if (pg_->is_main()) append_line(metrics_, line.dump());
+  log_pushes();
   if (!opt_.quiet && tty_) {  // a progress bar on a terminal
     const int w = 30, filled = static_cast<int>(w * step_ / cfg.train.steps);
     std::printf("\r[%s%s] %lld/%lld loss %.4f lr %.2e %.0f tok/s ", std::string(filled, '#').c_str(),
@@ -619,6 +621,18 @@ void Trainer::log_step() {
         "      reward %.4f  response %.1f tokens  |dlogp| sampler %.2e  kl %.2e  corrected %.3f  clipped %.3f\n",
         log.reward_mean, log.response_length_mean, log.sampler_mismatch_mean, log.sampler_kl, log.corrected_fraction,
         log.clip_fraction);
+}
+
+// The push of an export finishes in the background: its line follows the line of the step that
+// collected it (the next export's, or the last step's), under the exported step's number.
+void Trainer::log_pushes() {
+  if (!exporter_ || !pg_->is_main()) return;
+  for (const Exporter::Published& p : exporter_->take_published()) {
+    if (!p.pushed) continue;
+    json::Value line = json::Value::object({{"step", p.step}, {"push_s", p.push_s}, {"push_status", p.push_status}});
+    if (!p.push_error.empty()) line.set("push_error", p.push_error);
+    append_line(metrics_, line.dump());
+  }
 }
 
 void Trainer::eval_step() {
@@ -661,6 +675,7 @@ void Trainer::checkpoint() {
 void Trainer::finish() {
   const auto& cfg = cfg_;
   if (exporter_ && pg_->is_main()) exporter_->wait();  // the last export is published before run() returns
+  log_pushes();
   if (exporter_) res_.exports_have_tokenizer = exporter_->has_tokenizer();
   res_.final_step = step_;
   if (!opt_.quiet && tty_) std::printf("\n");

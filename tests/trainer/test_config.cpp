@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/common/check.h"
+#include "io/http.h"
 #include "trainer/config.h"
 #include "tests/common/test_util.h"
 
@@ -166,4 +167,53 @@ TEST(Config, ShippedModelConfigsAreValid) {
   EXPECT_EQ(q.model.num_experts, 128);
   EXPECT_EQ(q.model.moe_intermediate_size, 768);
   EXPECT_EQ(n, 3);
+}
+
+// export.push_*: the push to a running engine (trainer/exporter.h, io/http.h).
+TEST(Config, PushKeys) {
+  cfg::Config c;
+  EXPECT_TRUE(c.exports.push_url.empty());  // off by default
+  EXPECT_EQ(c.exports.push_body, R"({"model_path": "{path}", "flush_cache": true})");
+  EXPECT_FALSE(c.exports.push_required);
+  // {path} is JSON-escaped for use inside a string, {step} is the number; the rest stays as written.
+  EXPECT_EQ(c.exports.push_request("/runs/a \"b\"\\c/exports/step-7/nvfp4", 7),
+            R"({"model_path": "/runs/a \"b\"\\c/exports/step-7/nvfp4", "flush_cache": true})");
+  c.exports.push_body = R"({"model_path": "{path}", "weight_version": "{step}", "again": "{path}"})";
+  EXPECT_EQ(c.exports.push_request("/p", 12), R"({"model_path": "/p", "weight_version": "12", "again": "/p"})");
+  // The URL: http(s) only; in a build without libcurl any URL is refused, saying so.
+  c = cfg::Config();
+  cfg::apply_set(c, "export.push_url=");
+  if (fp4qat::http::available()) {
+    cfg::apply_yaml_text(c, "export:\n  push_url: http://127.0.0.1:30000/update_weights_from_disk\n", "r.yaml");
+    EXPECT_EQ(c.exports.push_url, "http://127.0.0.1:30000/update_weights_from_disk");
+    cfg::apply_set(c, "export.push_url=https://engine:8443/update_weights_from_disk");
+  } else {
+    expect_error([&] { cfg::apply_set(c, "export.push_url=http://127.0.0.1:30000/x"); },
+                 {"export.push_url", "no libcurl", "libcurl4-openssl-dev"});
+  }
+  for (const std::string bad : {"ftp://h/x", "127.0.0.1:30000/x", "http://", "file:///etc/passwd"})
+    expect_error([&] { cfg::apply_yaml_text(c, "export:\n  push_url: '" + bad + "'\n", "r.yaml"); },
+                 {"r.yaml", "export.push_url", "http:// or https://", bad});
+  // The body must name {path} and be JSON with it replaced.
+  expect_error([&] { cfg::apply_yaml_text(c, "export:\n  push_body: '{\"flush_cache\": true}'\n", "r.yaml"); },
+               {"r.yaml", "export.push_body", "{path}"});
+  expect_error([&] { cfg::apply_yaml_text(c, "export:\n  push_body: '{\"model_path\": {path}}'\n", "r.yaml"); },
+               {"r.yaml", "export.push_body", "JSON", "\"{path}\""});
+  cfg::apply_yaml_text(c, "export:\n  push_body: '{\"model_path\": \"{path}\", \"step\": {step}}'\n", "r.yaml");
+  // The timeout: seconds > 0.
+  for (const std::string bad : {"0", "-1", ".inf", "soon"})
+    expect_error([&] { cfg::apply_set(c, "export.push_timeout_s=" + bad); }, {"export.push_timeout_s"});
+  cfg::apply_set(c, "export.push_timeout_s=0.5");
+  EXPECT_DOUBLE_EQ(c.exports.push_timeout_s, 0.5);
+  cfg::apply_set(c, "export.push_required=true");
+  EXPECT_TRUE(c.exports.push_required);
+  // A push URL without exports is refused.
+  if (fp4qat::http::available()) {
+    cfg::Config off;
+    cfg::apply_set(off, "export.push_url=http://127.0.0.1:30000/update_weights_from_disk");
+    cfg::apply_set(off, "export.every=0");
+    expect_error([&] { cfg::validate(off); }, {"export.push_url", "exports are off"});
+    cfg::apply_set(off, "export.every=2");
+    EXPECT_NO_THROW(cfg::validate(off));
+  }
 }

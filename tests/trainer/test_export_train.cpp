@@ -12,10 +12,12 @@
 
 #include "kernels/quantize.h"
 #include "io/fs.h"
+#include "io/http.h"
 #include "qat/check_export.h"
 #include "qat/gated_pairs.h"
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "tests/common/http_server.h"
 #include "tests/common/test_util.h"
 #include "model/hf_folder.h"
 #include "model/qwen3_moe.h"
@@ -189,6 +191,98 @@ TEST(ExportTrainAsync, BackgroundFailureIsReported) {
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("exports"), std::string::npos) << e.what();
   }
+}
+
+// export.push_url: after each export is published, the engine's URL receives one POST with the
+// export's folder (the first listed format's, absolute) in push_body; the push happens after
+// `latest` moved to that export and before the next export is published. Each push is a
+// metrics.jsonl line (step, push_s, push_status).
+TEST(ExportTrainPush, EachExportIsPostedAfterItIsPublished) {
+  if (!http::available()) GTEST_SKIP() << "built without libcurl";
+  test::HttpServer server(200, R"({"success": true, "message": "Succeeded to update model weights."})");
+  test::TempDir d;
+  cfg::Config c = small_run(d.file("run"));
+  c.exports.probe_mismatch = false;  // written (and pushed) in the background
+  c.exports.formats = {qat::Format::kMXFP8, qat::Format::kNVFP4};
+  c.exports.push_url = server.url("/update_weights_from_disk");
+  c.exports.push_body = R"({"model_path": "{path}", "flush_cache": true, "weight_version": "step-{step}"})";
+  c.exports.push_timeout_s = 10;
+  ASSERT_NO_THROW(cfg::validate(c));
+  std::vector<std::string> latest_at_push;
+  server.on_request(
+      [&](const test::HttpServer::Request&) { latest_at_push.push_back(fs::read_link(d.file("run/exports/latest"))); });
+  train::Options o;
+  o.quiet = true;
+  const auto r = train::run(c, o);
+  ASSERT_EQ(r.exports.size(), 3u);
+  const auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 3u);
+  for (int k = 1; k <= 3; ++k) {
+    const auto& q = reqs[k - 1];
+    const std::string step = "step-" + std::to_string(k);
+    const std::string path = fs::real_path(d.file("run/exports/" + step + "/mxfp8"));
+    EXPECT_EQ(q.method, "POST");
+    EXPECT_EQ(q.target, "/update_weights_from_disk");
+    EXPECT_EQ(q.headers.at("content-type"), "application/json");
+    EXPECT_EQ(q.body, R"({"model_path": ")" + path + R"(", "flush_cache": true, "weight_version": ")" + step + "\"}");
+    EXPECT_EQ(latest_at_push.at(k - 1), step);  // published before the push, the next one not yet
+  }
+  std::ifstream f(d.file("run/metrics.jsonl"));
+  std::string line;
+  std::vector<int64_t> pushed;
+  while (std::getline(f, line)) {
+    const json::Value v = json::parse(line, "metrics.jsonl");
+    if (!v.find("push_status")) continue;
+    pushed.push_back(v.at("step").as_int());
+    EXPECT_EQ(v.at("push_status").as_int(), 200) << line;
+    EXPECT_GT(v.at("push_s").as_double(), 0) << line;
+    EXPECT_EQ(v.find("push_error"), nullptr) << line;
+  }
+  EXPECT_EQ(pushed, (std::vector<int64_t>{1, 2, 3}));
+}
+
+// A push the engine refuses (HTTP 500): a warning and training goes on, recorded in metrics.jsonl
+// with the status and the answer; with export.push_required the run stops with the error at the
+// next export, the export itself published.
+TEST(ExportTrainPush, FailedPushWarnsOrStopsTheRun) {
+  if (!http::available()) GTEST_SKIP() << "built without libcurl";
+  test::HttpServer server(500, R"({"success": false, "message": "cannot load"})");
+  for (const bool required : {false, true}) {
+    test::TempDir d;
+    cfg::Config c = small_run(d.file("run"));
+    c.exports.probe_mismatch = false;
+    c.exports.push_url = server.url("/update_weights_from_disk");
+    c.exports.push_required = required;
+    train::Options o;
+    o.quiet = true;
+    if (!required) {
+      const auto r = train::run(c, o);
+      EXPECT_EQ(r.exports.size(), 3u);
+      EXPECT_EQ(fs::read_link(d.file("run/exports/latest")), "step-3");
+      std::ifstream f(d.file("run/metrics.jsonl"));
+      std::string line;
+      int failed = 0;
+      while (std::getline(f, line)) {
+        const json::Value v = json::parse(line, "metrics.jsonl");
+        if (!v.find("push_status")) continue;
+        EXPECT_EQ(v.at("push_status").as_int(), 500) << line;
+        const std::string e = v.at("push_error").as_string();
+        EXPECT_NE(e.find("POST " + c.exports.push_url + ": HTTP 500"), std::string::npos) << e;
+        EXPECT_NE(e.find("cannot load"), std::string::npos) << e;
+        ++failed;
+      }
+      EXPECT_EQ(failed, 3);
+    } else {
+      const std::string e = test::error_of([&] { train::run(c, o); });
+      EXPECT_NE(e.find("export step-1: push to the engine failed: POST " + c.exports.push_url + ": HTTP 500"),
+                std::string::npos)
+          << e;
+      EXPECT_NE(e.find("cannot load"), std::string::npos) << e;
+      EXPECT_NE(e.find("export.push_required"), std::string::npos) << e;
+      EXPECT_EQ(fs::read_link(d.file("run/exports/latest")), "step-1");  // published; the run stopped at step 2
+    }
+  }
+  EXPECT_EQ(server.requests().size(), 4u);  // 3 without push_required, 1 with
 }
 
 // The 2026 recipes end to end (issue 20): every step's NVFP4 export holds the weights as the
