@@ -8,6 +8,7 @@ metrics.jsonl, as `fp4qat train` writes it (trainer/train.cpp), holds one JSON o
   per optimizer step: step, loss, lr, grad_norm, tokens_per_s, aux_loss, expert_load
                       [, export_s] [, mismatch_mean, mismatch_max]
   per evaluation:     step, val_loss, exact_match
+  per export push:    step (the exported one), push_s, push_status [, push_error]  (export.push_url)
 Non-finite numbers are written as null. A run resumed from a checkpoint appends the steps after
 that checkpoint again; the last row written for a step wins.
 """
