@@ -185,7 +185,7 @@ void Qwen3Moe::to(const at::Device& device) {
 }
 
 at::Tensor Qwen3Moe::attention(int64_t i, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                               at::ScalarType dt, LinearPolicy& policy, KVCache* cache) const {
+                               at::ScalarType dt, LinearPolicy& policy, KVCache* cache, const at::Tensor& mask) const {
   const int64_t B = x.size(0), T = x.size(1), hd = cfg_.head_dim, nH = cfg_.num_attention_heads,
                 nKV = cfg_.num_key_value_heads;
   const std::string p = L(i) + "self_attn.";
@@ -212,7 +212,9 @@ at::Tensor Qwen3Moe::attention(int64_t i, const at::Tensor& x, const at::Tensor&
     v = v.repeat_interleave(nH / nKV, 1);
   }
   at::Tensor o;
-  if (past == 0) {
+  if (mask.defined()) {  // packed documents: causal inside each one
+    o = at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/false);
+  } else if (past == 0) {
     o = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
   } else {  // query t (position past + t) sees keys 0 .. past + t
     const at::Tensor qi = at::arange(T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(1);
@@ -288,7 +290,8 @@ void Qwen3Moe::shard_experts(ExpertDispatch& ep) {
     if (is_expert_param(name)) t = t.detach().narrow(0, expert_offset_, El).clone().requires_grad_(t.requires_grad());
 }
 
-ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, LinearPolicy& policy, KVCache* cache) const {
+ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, LinearPolicy& policy, KVCache* cache,
+                                const Packing* packing) const {
   FP4QAT_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "model input must be int64 [B, T], got ", ids.sizes());
   const int64_t T = ids.size(1), hd = cfg_.head_dim;
   const int64_t pos0 = cache ? cache->pos : 0;
@@ -302,7 +305,20 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
   const auto fopt = at::TensorOptions().dtype(at::kFloat).device(ids.device());
   const at::Tensor inv =
       1.0 / at::pow(cfg_.rope_theta, at::arange(0, hd, 2, fopt.dtype(at::kLong)).to(at::kFloat) / hd);
-  const at::Tensor freqs = at::outer(at::arange(pos0, pos0 + T, fopt), inv);
+  at::Tensor freqs, mask;  // [T, hd/2] or, packed, [B, 1, T, hd/2]; mask bool [B, 1, T, T]
+  if (packing) {
+    FP4QAT_CHECK(!cache, "forward: packed documents cannot be decoded with a KV cache");
+    FP4QAT_CHECK(packing->positions.sizes() == ids.sizes() && packing->segments.sizes() == ids.sizes(),
+                 "forward: packing positions and segments must be [B, T] like the ids ", ids.sizes());
+    FP4QAT_CHECK(T == 0 || packing->positions.max().item<int64_t>() < cfg_.max_position_embeddings,
+                 "forward: a packed position exceeds max_position_embeddings ", cfg_.max_position_embeddings);
+    freqs = (packing->positions.to(ids.device()).to(at::kFloat).unsqueeze(-1) * inv).unsqueeze(1);
+    const at::Tensor seg = packing->segments.to(ids.device());
+    const at::Tensor causal = at::ones({T, T}, ids.options().dtype(at::kBool)).tril();
+    mask = (seg.unsqueeze(2) == seg.unsqueeze(1)).logical_and(causal).unsqueeze(1);
+  } else {
+    freqs = at::outer(at::arange(pos0, pos0 + T, fopt), inv);
+  }
   const at::Tensor emb = at::cat({freqs, freqs}, -1);
   const at::Tensor cos = emb.cos().to(dt), sin = emb.sin().to(dt);
 
@@ -311,7 +327,7 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
   std::vector<at::Tensor> auxes;
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
     x = x + attention(i, rms_norm(x, param(L(i) + "input_layernorm.weight"), cfg_.rms_norm_eps), cos, sin, dt, policy,
-                      cache);
+                      cache, mask);
     const at::Tensor hn = rms_norm(x, param(L(i) + "post_attention_layernorm.weight"), cfg_.rms_norm_eps);
     if (is_moe_layer(i)) {
       at::Tensor aux, load;

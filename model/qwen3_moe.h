@@ -29,6 +29,13 @@ struct ForwardOutput {
   std::vector<at::Tensor> expert_load;  // per MoE layer: fraction of routed slots per expert [E]
 };
 
+// Documents packed into the rows of a batch: attention stays inside a document (causal within
+// it) and RoPE positions restart at each document, so each document is computed as if alone.
+struct Packing {
+  at::Tensor positions;  // int64 [B, T]: each token's position inside its document
+  at::Tensor segments;   // int64 [B, T]: each token's document (equal ids attend to each other)
+};
+
 using Params = std::vector<std::pair<std::string, at::Tensor>>;
 
 // Keys and values of the tokens seen so far, per layer ([B, kv_heads, S, head_dim], after q/k
@@ -71,9 +78,10 @@ class Qwen3Moe {
   void to(const at::Device& device);
 
   // ids: int64 [B, T]. compute: bf16 or fp32. With a cache, ids are the tokens after the cached
-  // ones (positions cache->pos...), attending to the cache and causally among themselves.
-  ForwardOutput forward(const at::Tensor& ids, at::ScalarType compute, LinearPolicy& policy,
-                        KVCache* cache = nullptr) const;
+  // ones (positions cache->pos...), attending to the cache and causally among themselves. With
+  // `packing` (not with a cache), the rows hold several documents that do not see each other.
+  ForwardOutput forward(const at::Tensor& ids, at::ScalarType compute, LinearPolicy& policy, KVCache* cache = nullptr,
+                        const Packing* packing = nullptr) const;
 
   // Hugging Face adapter: per-expert names, tensors converted to `dtype`.
   Params to_hf(at::ScalarType dtype) const;
@@ -91,8 +99,9 @@ class Qwen3Moe {
   Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed, bool meta);
   Params hf_views() const;  // views of the masters under Hugging Face names
   void add(const std::string& name, std::vector<int64_t> shape, bool is_norm, at::Generator& gen);
+  // cos, sin: [T, hd], or [B, 1, T, hd] with packing; mask: bool [B, 1, T, T] (packing) or undefined
   at::Tensor attention(int64_t layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                       at::ScalarType dt, LinearPolicy& policy, KVCache* cache) const;
+                       at::ScalarType dt, LinearPolicy& policy, KVCache* cache, const at::Tensor& mask) const;
   at::Tensor moe(int64_t layer, const at::Tensor& x, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
                  at::Tensor* load) const;
   at::Tensor expert_mlp(const std::string& p, const at::Tensor& xs, const at::Tensor& counts,

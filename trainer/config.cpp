@@ -189,7 +189,7 @@ class Schema {
  public:
   explicit Schema(Config& c) {
     add("", "model_config", &c.model_config);
-    add("", "objective", &c.objective, one_of({"lm", "grpo"}));
+    add("", "objective", &c.objective, one_of({"lm", "sft", "grpo"}));
     auto& m = c.model;
     add("model", "vocab_size", &m.vocab_size, positive<int64_t>());
     add("model", "hidden_size", &m.hidden_size, positive<int64_t>());
@@ -238,6 +238,7 @@ class Schema {
     add("data", "val_fraction", &d.val_fraction, in_range(0, 0.5));
     add("data", "max_operand", &d.max_operand,
         at_most<int64_t>(1, 100000000000000000, "the sum of two operands must fit in 64 bits"));
+    add("data", "packing", &d.packing);
     auto& q = c.qat;
     add_enum("qat", "format", &q.format, kQatFormats);
     add("qat", "modules", &q.selection.modules);
@@ -493,8 +494,14 @@ void validate(const Config& c) {
   FP4QAT_CHECK(c.data.kind == "synthetic" || !c.data.path.empty(), "data.path is required when data.kind is ",
                c.data.kind);
   FP4QAT_CHECK((c.objective == "grpo") == (c.data.kind == "rollouts"), "objective ", c.objective, " with data.kind ",
-               c.data.kind, ": objective grpo trains on rollout samples (data.kind: rollouts) and objective lm on ",
+               c.data.kind,
+               ": objective grpo trains on rollout samples (data.kind: rollouts) and objectives lm and sft on ",
                "synthetic or tokens data");
+  FP4QAT_CHECK(c.objective != "sft" || c.data.kind == "tokens", "objective sft with data.kind ", c.data.kind,
+               ": objective sft trains on a prepared dataset folder (data.kind: tokens, data.path the folder ",
+               "scripts/prepare_data wrote)");
+  FP4QAT_CHECK(!c.data.packing || c.data.kind == "tokens", "data.packing: true needs a prepared dataset folder ",
+               "(data.kind: tokens), got data.kind ", c.data.kind);
   FP4QAT_CHECK(c.data.kind != "rollouts" || c.train.eval_every == 0,
                "train.eval_every must be 0 with data.kind rollouts (rollout samples have no validation split)");
   c.qat.validate();

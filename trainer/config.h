@@ -42,12 +42,18 @@ struct TrainConfig {
 
 struct DataConfig {
   std::string kind = "synthetic";  // synthetic | tokens | rollouts
-  // kind tokens: a token file; kind rollouts: a JSONL file of rollout records (trainer/rollouts.h)
+  // kind tokens: a flat token file (random windows of the stream) or a prepared dataset folder
+  // (scripts/prepare_data, docs/data-format.md: documents with a loss mask; trainer/data.h
+  // Dataset); kind rollouts: a JSONL file of rollout records (trainer/rollouts.h)
   // or a folder whose *.jsonl files are read in name order. With rollouts, train.batch_size counts
   // groups (every sample of a group lands in the same micro-batch), train.seq_len is unused (a
   // micro-batch is as long as its longest prompt + response) and there is no validation split.
   std::string path;
-  double val_fraction = 0.05;
+  double val_fraction = 0.05;  // the last fraction of the tokens (token file) or documents (dataset folder)
+  // Dataset folder: pack several documents into each row (attention and positions restart at
+  // each document, model::Packing), else one document per row, cut to train.seq_len + 1 tokens
+  // and padded.
+  bool packing = false;
   int64_t max_operand = 99;  // synthetic: operands of the addition problems in [0, max_operand]
 };
 
@@ -102,8 +108,10 @@ struct RlConfig {
 
 struct Config {
   std::string model_config;  // path of a model YAML (configs/), relative to the recipe
-  // lm: next-token cross-entropy on data (synthetic | tokens); grpo: the GRPO objective on
-  // rollout samples (data.kind: rollouts), settings in `rl`.
+  // lm: next-token cross-entropy on data (synthetic | tokens; on a dataset folder every target
+  // inside a document counts); sft: the cross-entropy of the loss-masked targets of a dataset
+  // folder only (data.kind: tokens), their mean over the step's global batch (every micro-batch
+  // and rank); grpo: the GRPO objective on rollout samples (data.kind: rollouts), settings in `rl`.
   std::string objective = "lm";
   model::ModelConfig model;
   OptimConfig optim;

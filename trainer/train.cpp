@@ -4,6 +4,7 @@
 #include <ATen/DeviceAccelerator.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -12,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <sstream>
+#include <tuple>
 #include <unistd.h>
 
 #include "kernels/common/check.h"
@@ -76,6 +78,25 @@ std::pair<at::Tensor, at::Tensor> loss_of(const model::Qwen3Moe& m, const at::Te
   const at::Tensor aux = fw.aux_loss;
   if (out_fw) *out_fw = std::move(fw);
   return {ce, aux};
+}
+
+// A batch of a prepared dataset: the sum over its loss-masked targets of the next-token
+// cross-entropy (fp32 []) and the aux loss; documents packed in a row do not see each other.
+std::pair<at::Tensor, at::Tensor> masked_loss_sum(const model::Qwen3Moe& m, const data::DocBatch& b,
+                                                  const at::Device& dev, at::ScalarType dt, model::LinearPolicy& policy,
+                                                  model::ForwardOutput* out_fw) {
+  const int64_t T = b.ids.size(1) - 1;
+  const at::Tensor ids = b.ids.to(dev);  // [B, T + 1]
+  const at::Tensor inputs = ids.narrow(1, 0, T), targets = ids.narrow(1, 1, T);
+  model::Packing packing;
+  if (b.positions.defined()) packing = {b.positions.to(dev), b.segments.to(dev)};
+  model::ForwardOutput fw = m.forward(inputs, dt, policy, nullptr, b.positions.defined() ? &packing : nullptr);
+  const at::Tensor ce = at::cross_entropy_loss(fw.logits.to(at::kFloat).reshape({-1, fw.logits.size(-1)}),
+                                               targets.reshape({-1}), {}, at::Reduction::None);  // [B * T]
+  const at::Tensor sum = at::where(b.loss_mask.to(dev).reshape({-1}), ce, at::zeros_like(ce)).sum();
+  const at::Tensor aux = fw.aux_loss;
+  if (out_fw) *out_fw = std::move(fw);
+  return {sum, aux};
 }
 
 // ---- multi-process helpers (dist/process_group.h) ----------------------------------------------------
@@ -230,7 +251,12 @@ class Trainer {
     const at::Tensor ids = rollouts_ ? rollouts_->batch(0, cfg_.train.batch_size).ids : batch(1, 0);
     return ids.narrow(0, 0, std::min<int64_t>(4, ids.size(0)));
   }
+  data::DocBatch doc_batch(int split, uint64_t index) const {
+    return dataset_->batch(split, index, cfg_.train.batch_size, cfg_.train.seq_len, cfg_.data.packing,
+                           cfg_.objective == "sft");
+  }
   at::Tensor batch(int split, uint64_t index) const {
+    if (dataset_) return doc_batch(dataset_->documents(split) > 0 ? split : 0, index).ids;
     return synthetic_ ? corpus_->batch(split, index, cfg_.train.batch_size, cfg_.train.seq_len)
                       : tokens_->batch(split, index, cfg_.train.batch_size, cfg_.train.seq_len);
   }
@@ -239,6 +265,7 @@ class Trainer {
   const Options& opt_;
   bool synthetic_ = true, tty_ = false;
   std::unique_ptr<data::TokenFile> tokens_;
+  std::unique_ptr<data::Dataset> dataset_;  // data.kind tokens on a prepared dataset folder
   std::unique_ptr<data::SyntheticCorpus> corpus_;
   std::unique_ptr<rollouts::Dataset> rollouts_;  // data.kind rollouts (objective grpo)
   // objective grpo with rl.kl_coef > 0: the initial weights, frozen, and the policy they run with
@@ -319,7 +346,24 @@ void Trainer::setup() {
                  cfg.data.path);
     FP4QAT_CHECK(cfg.rl.loss.kl_coef == 0 || cfg.parallel.ep == 1,
                  "rl.kl_coef > 0 with parallel.ep > 1 is not supported yet (the reference model is not sharded)");
+  } else if (data::Dataset::is_dataset(cfg.data.path)) {
+    dataset_ = std::make_unique<data::Dataset>(cfg.data.path, cfg.data.val_fraction, cfg.train.seed);
+    const int64_t model_vocab =
+        cfg.train.init_from.empty() ? cfg.model.vocab_size : model::read_hf_config(cfg.train.init_from).vocab_size;
+    const std::string model_src =
+        cfg.train.init_from.empty() ? std::string("model.vocab_size") : cfg.train.init_from + "/config.json vocab_size";
+    FP4QAT_CHECK(dataset_->vocab_size() <= model_vocab, cfg.data.path, "/dataset.json: the dataset's tokenizer has ",
+                 dataset_->vocab_size(), " token ids (vocab_size), more than the model's ", model_vocab, " (",
+                 model_src, "): it was prepared with another tokenizer than the model's");
+    FP4QAT_CHECK(cfg.train.eval_every == 0 || dataset_->documents(1) > 0, cfg.data.path, ": no validation document ",
+                 "(", dataset_->num_documents(), " documents, data.val_fraction ", cfg.data.val_fraction,
+                 "); raise data.val_fraction or set train.eval_every: 0");
   } else {
+    FP4QAT_CHECK(!fs::is_dir(cfg.data.path), "data.path '", cfg.data.path, "' is a folder without dataset.json ",
+                 "(expected a token file or a folder scripts/prepare_data wrote)");
+    FP4QAT_CHECK(cfg.objective != "sft" && !cfg.data.packing, cfg.data.path, ": a flat token file has no loss mask ",
+                 "or document boundaries; objective sft and data.packing need a prepared dataset folder ",
+                 "(scripts/prepare_data)");
     tokens_ = std::make_unique<data::TokenFile>(cfg.data.path, cfg.data.val_fraction, cfg.train.seed);
     const int64_t mt = tokens_->max_token();
     FP4QAT_CHECK(mt < cfg.model.vocab_size, cfg.data.path, ": token id ", mt, " is outside model.vocab_size ",
@@ -419,18 +463,45 @@ void Trainer::train_step() {
   RlSums rl;
   step_tokens_ = 0;
   std::vector<std::vector<double>> load;
+  // A prepared dataset: the step's micro-batches first, for the number of loss targets of the
+  // global batch (every micro-batch of every rank), the denominator of the masked mean. Each rank's
+  // loss is scaled by W since the gradient reducer averages over ranks.
+  std::vector<data::DocBatch> docs;
+  double targets = 0;
+  if (dataset_) {
+    for (int64_t micro = 0; micro < cfg.train.grad_accum; ++micro) {
+      docs.push_back(doc_batch(0, static_cast<uint64_t>((step_ * cfg.train.grad_accum + micro) * W_ + pg_->rank())));
+      targets += static_cast<double>(docs.back().loss_tokens);
+    }
+    if (W_ > 1) {
+      std::vector<at::Tensor> v{at::tensor({targets}, at::kDouble)};
+      pg_->all_reduce(v, dist::ReduceOp::kSum);
+      targets = v[0][0].item<double>();
+    }
+  }
   for (int64_t micro = 0; micro < cfg.train.grad_accum; ++micro) {
     // Rank-aware sharding: each rank takes its own slice of the deterministic batch stream.
     const uint64_t bi = static_cast<uint64_t>((step_ * cfg.train.grad_accum + micro) * pg_->world_size() + pg_->rank());
     model::ForwardOutput fw;
-    // ce: the objective's loss (next-token cross-entropy, or GRPO's token-mean surrogate)
-    auto [ce, aux] = rollouts_ ? grpo_loss(bi, &fw, rl) : loss_of(model, batch(0, bi).to(dev_), dt_, *policy_, &fw);
-    const at::Tensor loss = (ce + aux * cfg.model.router_aux_loss_coef) / static_cast<double>(cfg.train.grad_accum);
+    // ce: the objective's loss (next-token cross-entropy, GRPO's token-mean surrogate, or on a
+    // dataset the sum over the masked-in targets), counting `weight` in the step's loss
+    at::Tensor ce, aux;
+    double weight = 1.0 / static_cast<double>(cfg.train.grad_accum);
+    if (rollouts_) {
+      std::tie(ce, aux) = grpo_loss(bi, &fw, rl);
+    } else if (dataset_) {
+      std::tie(ce, aux) = masked_loss_sum(model, docs[static_cast<size_t>(micro)], dev_, dt_, *policy_, &fw);
+      weight = static_cast<double>(W_) / std::max(targets, 1.0);
+    } else {
+      std::tie(ce, aux) = loss_of(model, batch(0, bi).to(dev_), dt_, *policy_, &fw);
+    }
+    const at::Tensor loss =
+        ce * weight + aux * (cfg.model.router_aux_loss_coef / static_cast<double>(cfg.train.grad_accum));
     const double ce_v = ce.item<double>();  // one host sync per micro-batch
     FP4QAT_CHECK(std::isfinite(ce_v), "step ", step_ + 1, ": the loss is not finite; stopping without a checkpoint");
     if (reducer_ && micro == cfg.train.grad_accum - 1) reducer_->arm();  // all-reduce buckets overlap this backward
     loss.backward();
-    loss_sum += ce_v / cfg.train.grad_accum;
+    loss_sum += ce_v * weight;
     aux_sum += aux.item<double>() / cfg.train.grad_accum;
     if (micro == 0)
       for (const auto& l : fw.expert_load) {
@@ -638,10 +709,18 @@ void Trainer::log_pushes() {
 void Trainer::eval_step() {
   const auto& cfg = cfg_;
   torch::NoGradGuard ng;
-  double vl = 0;
-  for (int64_t b = 0; b < cfg.train.eval_batches; ++b)
-    vl += loss_of(*model_, batch(1, static_cast<uint64_t>(b)).to(dev_), dt_, *policy_, nullptr).first.item<double>();
-  EvalLog ev{step_, vl / cfg.train.eval_batches,
+  double vl = 0, n = 0;
+  for (int64_t b = 0; b < cfg.train.eval_batches; ++b) {
+    if (dataset_) {  // the mean over every loss target of the eval batches
+      const data::DocBatch db = doc_batch(1, static_cast<uint64_t>(b));
+      vl += masked_loss_sum(*model_, db, dev_, dt_, *policy_, nullptr).first.item<double>();
+      n += static_cast<double>(db.loss_tokens);
+    } else {
+      vl += loss_of(*model_, batch(1, static_cast<uint64_t>(b)).to(dev_), dt_, *policy_, nullptr).first.item<double>();
+      n += 1;
+    }
+  }
+  EvalLog ev{step_, n > 0 ? vl / n : std::nan(""),
              synthetic_ ? exact_match(*model_, cfg, 32, dt_, *policy_, dev_) : std::nan("")};
   res_.evals.push_back(ev);
   if (pg_->is_main())
