@@ -25,7 +25,7 @@ namespace po = boost::program_options;
 namespace fp4qat::cli {
 
 int cmd_eval(const Args& args) {
-  std::string model_dir, reference, sequences, out, device;
+  std::string model_dir, reference, sequences, out, device, vocab_path;
   int64_t batches = 4, problems = 64;
   uint64_t seed = 1234;
   po::options_description desc("fp4qat eval options");
@@ -34,8 +34,10 @@ int cmd_eval(const Args& args) {
       "reference", po::value(&reference), "a second folder: report mean/max |log p - log p_reference| per token")(
       "sequences", po::value(&sequences), "JSONL of {\"tokens\": [...]}: per-token log-probs to --out")(
       "out", po::value(&out), "JSONL output of --sequences (default: stdout)")(
-      "synthetic-batches", po::value(&batches)->default_value(4),
-      "validation batches (16 x 64) of the synthetic corpus; 0: none")(
+      "vocab", po::value(&vocab_path),
+      "id -> bytes table (a vocab.bin or a dataset folder; default: the model folder's vocab.bin): each output record "
+      "gets its decoded \"text\"")("synthetic-batches", po::value(&batches)->default_value(4),
+                                   "validation batches (16 x 64) of the synthetic corpus; 0: none")(
       "exact-match", po::value(&problems)->default_value(64), "synthetic problems answered greedily; 0: none")(
       "seed", po::value(&seed)->default_value(1234), "corpus seed (the recipes' train.seed)")(
       "device", po::value(&device)->default_value("auto"), "auto | cpu | cuda");
@@ -55,6 +57,7 @@ int cmd_eval(const Args& args) {
     const auto seqs = read_token_jsonl(sequences, m.model->config().vocab_size, 2,
                                        static_cast<size_t>(m.model->config().max_position_embeddings),
                                        "the model's max_position_embeddings");
+    const std::unique_ptr<data::Vocab> vocab = find_vocab(vocab_path, {model_dir});
     OutputFile file(out);
     std::ostream& os = file.stream();
     for (const auto& s : seqs) {
@@ -64,7 +67,9 @@ int cmd_eval(const Args& args) {
       json::Value toks = json::Value::array(), lps = json::Value::array();
       for (int64_t t : s) toks.push_back(t);
       for (int64_t i = 0; i < lp.numel(); ++i) lps.push_back(lp.data_ptr<double>()[i]);
-      os << json::Value::object({{"tokens", toks}, {"logprobs", lps}, {"sum", lp.sum().item<double>()}}).dump() << "\n";
+      json::Value rec = json::Value::object({{"tokens", toks}, {"logprobs", lps}, {"sum", lp.sum().item<double>()}});
+      if (vocab) rec.set("text", data::Vocab::printable(vocab->decode(s)));
+      os << rec.dump() << "\n";
     }
     file.commit();
   }

@@ -4,7 +4,10 @@
 // with a seeded generator. Output: rollout records (trainer/rollouts.h), --samples per prompt as
 // one group: prompt, response, the response tokens' log-probs under the model (temperature 1, no
 // top-p: what an RL trainer compares against), and with --reward NAME (trainer/rewards.h) the
-// reward that makes them training data.
+// reward that makes them training data. Prompts: a JSONL file or a folder scripts/prepare_data wrote
+// (each document's prompt). With an id -> bytes table (--vocab, else the prompts' dataset folder's
+// or the model folder's vocab.bin) the records carry the decoded "prompt_text" / "response_text",
+// also printed one line per sample on stdout when --out is a file.
 #include <cmath>
 #include <ATen/CPUGeneratorImpl.h>
 #include <boost/program_options.hpp>
@@ -49,7 +52,7 @@ int64_t pick(const at::Tensor& logits, double temperature, double top_p, at::Gen
 }  // namespace
 
 int cmd_generate(const Args& args) {
-  std::string model_dir, prompts, out, device;
+  std::string model_dir, prompts, out, device, vocab_path;
   int64_t max_new = 32, eos = -1, samples = 1;
   std::string reward;
   double temperature = 0, top_p = 1.0;
@@ -57,7 +60,9 @@ int cmd_generate(const Args& args) {
   po::options_description desc("fp4qat generate options");
   desc.add_options()("help,h", "show this help")("model", po::value(&model_dir)->required(),
                                                  "exported / converted / BF16 Hugging Face folder")(
-      "prompts", po::value(&prompts)->required(), "JSONL of {\"tokens\": [...]} prompts")(
+      "prompts", po::value(&prompts)->required(),
+      "JSONL of {\"tokens\": [...]} prompts, or a dataset folder of scripts/prepare_data")(
+      "vocab", po::value(&vocab_path), "id -> bytes table for decoded text: a vocab.bin or a dataset folder")(
       "out", po::value(&out), "JSONL output (default: stdout)")(
       "max-new-tokens", po::value(&max_new)->default_value(32), "tokens to generate per prompt")(
       "temperature", po::value(&temperature)->default_value(0.0), "0: greedy; > 0: sampling temperature")(
@@ -87,8 +92,9 @@ int cmd_generate(const Args& args) {
   const int64_t max_pos = m.model->config().max_position_embeddings, room = max_pos - std::max<int64_t>(max_new - 1, 0);
   FP4QAT_CHECK(room >= 1, "--max-new-tokens ", max_new, " leaves no room for a prompt within the model's ",
                "max_position_embeddings (", max_pos, ")");
-  const auto ps = read_token_jsonl(prompts, V, 1, static_cast<size_t>(room),
-                                   "max_position_embeddings " + std::to_string(max_pos) + " less --max-new-tokens - 1");
+  const auto ps = read_prompts(prompts, V, static_cast<size_t>(room),
+                               "max_position_embeddings " + std::to_string(max_pos) + " less --max-new-tokens - 1");
+  const std::unique_ptr<data::Vocab> vocab = find_vocab(vocab_path, {prompts, model_dir});
   OutputFile file(out);
   std::ostream& os = file.stream();
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
@@ -118,7 +124,19 @@ int cmd_generate(const Args& args) {
                        .to(at::kCPU);
       }
       if (score) s.reward = score(s.prompt, s.response);
-      os << rollouts::to_json_line(s, 0, 0, /*with_reward=*/score != nullptr) << "\n";
+      std::string line = rollouts::to_json_line(s, 0, 0, /*with_reward=*/score != nullptr);
+      if (vocab) {  // the decoded text beside the ids (information only; the rollout reader ignores it)
+        json::Value rec = json::parse(line, "rollout record");
+        const std::string pt = data::Vocab::printable(vocab->decode(s.prompt)),
+                          rt = data::Vocab::printable(vocab->decode(s.response));
+        rec.set("prompt_text", pt);
+        rec.set("response_text", rt);
+        line = rec.dump();
+        if (!out.empty())  // one line a sample: the prompt's and the response's text as JSON strings
+          std::printf("[%zu.%lld] %s %s\n", pi, static_cast<long long>(k), json::quote(pt).c_str(),
+                      json::quote(rt).c_str());
+      }
+      os << line << "\n";
     }
   }
   file.commit();

@@ -71,6 +71,39 @@ std::vector<std::vector<int64_t>> read_token_jsonl(const std::string& path, int6
   return out;
 }
 
+std::vector<std::vector<int64_t>> read_prompts(const std::string& path, int64_t vocab, size_t max_len,
+                                               const std::string& max_what) {
+  if (!data::Dataset::is_dataset(path)) return read_token_jsonl(path, vocab, 1, max_len, max_what);
+  const data::Dataset ds(path, 0.0, 0);
+  FP4QAT_CHECK(ds.vocab_size() <= vocab, path, "/dataset.json: vocab_size ", ds.vocab_size(),
+               " is larger than the model's ", vocab, " (a dataset made with another tokenizer)");
+  std::vector<std::vector<int64_t>> out;
+  for (int64_t d = 0; d < ds.num_documents(); ++d) {
+    const std::vector<int64_t> toks = ds.tokens_of(d);
+    const std::vector<uint8_t> mask = ds.mask_of(d);
+    size_t n = 0;
+    while (n < mask.size() && mask[n] == 0) ++n;
+    FP4QAT_CHECK(n > 0, path, ": document ", d, " has no prompt (its first token is a loss target; prompts come ",
+                 "from chat or prompt_response datasets)");
+    FP4QAT_CHECK(n <= max_len, path, ": document ", d, "'s prompt has ", n, " tokens, more than ", max_len, " (",
+                 max_what, ")");
+    out.emplace_back(toks.begin(), toks.begin() + static_cast<std::ptrdiff_t>(n));
+  }
+  return out;
+}
+
+std::unique_ptr<data::Vocab> find_vocab(const std::string& path, const std::vector<std::string>& folders) {
+  if (!path.empty()) {
+    const std::string file = fs::is_dir(path) ? path + "/vocab.bin" : path;
+    FP4QAT_CHECK(fs::exists(file), "--vocab: '", file, "' not found (a vocab.bin or a prepared dataset folder)");
+    return std::make_unique<data::Vocab>(file);
+  }
+  for (const auto& f : folders)
+    if (!f.empty() && fs::is_dir(f) && fs::exists(f + "/vocab.bin"))
+      return std::make_unique<data::Vocab>(f + "/vocab.bin");
+  return nullptr;
+}
+
 OutputFile::OutputFile(const std::string& path) : path_(path) {
   if (path_.empty()) return;
   tmp_ = fs::temp_name_beside(path_);

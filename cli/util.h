@@ -5,11 +5,13 @@
 #include <boost/program_options.hpp>
 
 #include <fstream>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include "kernels/common/nvfp4_rule.h"
+#include "trainer/data.h"
 
 namespace fp4qat::cli {
 
@@ -33,6 +35,19 @@ NVFP4Rule parse_rule_options(const std::string& scale_rule, const std::string* e
 // file:line.
 std::vector<std::vector<int64_t>> read_token_jsonl(const std::string& path, int64_t vocab, size_t min_len,
                                                    size_t max_len, const std::string& max_what);
+
+// The prompts of `generate`: a JSONL file of {"tokens": [...]} (read_token_jsonl), or a prepared
+// dataset folder (scripts/prepare_data, docs/data-format.md): each document's tokens before its
+// first masked-in token (the prompt, or the conversation up to where the assistant writes). A
+// document without such a prefix (a text dataset) is refused, naming it.
+std::vector<std::vector<int64_t>> read_prompts(const std::string& path, int64_t vocab, size_t max_len,
+                                               const std::string& max_what);
+
+// The id -> bytes table (vocab.bin, docs/data-format.md) that decodes token ids for printing:
+// `path` when given (a vocab.bin or a prepared dataset folder; refused when it holds none), else
+// the vocab.bin of the first of `folders` that has one (a dataset folder, a model folder the
+// trainer wrote); null when none has.
+std::unique_ptr<data::Vocab> find_vocab(const std::string& path, const std::vector<std::string>& folders);
 
 // Where a subcommand writes its JSONL: stdout, or `path` written under a temporary name beside
 // it and renamed into place by commit(), so no reader sees a half-written file: a failed or

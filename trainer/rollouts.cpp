@@ -43,12 +43,14 @@ std::vector<float> per_token(const json::Value& v, const char* key, size_t n, co
 }
 
 Sample parse(const json::Value& v, const std::string& where, const Limits& lim, int64_t& layers, int64_t& top_k) {
-  static const std::set<std::string> kKeys = {"prompt", "response",   "logprobs",      "reward",
-                                              "group",  "advantages", "routed_experts"};
+  static const std::set<std::string> kKeys = {
+      "prompt",     "response",       "logprobs",    "reward",       "group",
+      "advantages", "routed_experts", "prompt_text", "response_text"};  // the texts: information only
   FP4QAT_CHECK(v.is_object(), where, ": a rollout record must be a JSON object");
   for (const auto& [k, x] : v.as_object())
-    FP4QAT_CHECK(kKeys.count(k), where, ": unknown key '", k,
-                 "' (prompt, response, logprobs, reward, group, advantages, routed_experts)");
+    FP4QAT_CHECK(
+        kKeys.count(k), where, ": unknown key '", k,
+        "' (prompt, response, logprobs, reward, group, advantages, routed_experts, prompt_text, response_text)");
   Sample s;
   s.where = where;
   s.prompt = token_ids(v, "prompt", lim.vocab, where);

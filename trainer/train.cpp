@@ -323,6 +323,8 @@ void Trainer::setup() {
   const auto& cfg = cfg_;
   config::validate(cfg);
   synthetic_ = cfg.data.kind == "synthetic";
+  FP4QAT_CHECK(cfg.data.kind != "tokens" || fs::exists(cfg.data.path), "data.path '", cfg.data.path,
+               "' not found (a token file, or a dataset folder scripts/prepare_data wrote)");
   if (synthetic_) {
     FP4QAT_CHECK(cfg.model.vocab_size >= data::kVocabUsed, "model.vocab_size must be >= ", data::kVocabUsed,
                  " for the synthetic corpus");
@@ -764,6 +766,7 @@ void Trainer::finish() {
     if (fs::exists(hf)) fs::remove_tree(hf);
     model::save_hf_folder(full_model_ ? *full_model_ : *model_, hf);
     hf::copy_files(cfg.train.init_from, hf::serving_files(cfg.train.init_from), hf);  // tokenizer & co., if any
+    if (dataset_) fs::copy_file(dataset_->dir() + "/vocab.bin", hf + "/vocab.bin");   // id -> bytes: eval, generate
     res_.hf_dir = hf;
   }
   pg_->barrier();
