@@ -7,6 +7,8 @@
 //     the export hold every expert in the single-process layout, and the NVFP4 export is the
 //     one `fp4qat convert` makes of the run's BF16 export (the same quantization rules);
 //   * resume on 2 expert-parallel processes (re-sharding a full checkpoint) is bit-identical;
+//   * objective sft on a packed dataset folder (dp=2): metrics and checkpoints byte-identical (the
+//     masked mean's denominator counts the targets of every rank's micro-batches);
 //   * bad launches fail with a message naming the variable or key, and never hang.
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -29,6 +31,7 @@
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "tests/dist/dist_util.h"
+#include "tests/trainer/dataset_writer.h"
 #include "dist/grad_reducer.h"
 #include "dist/process_group.h"
 #include "dist/topology.h"
@@ -159,6 +162,33 @@ TEST(Dist, DataParallelOverGlooEqualsOneProcessBytewise) {
     expect_same_files(one + "/exports/" + step, two + "/exports/" + step, {"recipe.yaml"});
   }
   expect_same_files(one + "/hf", two + "/hf");
+}
+
+TEST(Dist, SftDataParallelEqualsOneProcessBytewise) {
+  if (!fp4qat::test::have_gloo()) GTEST_SKIP() << "this build has no gloo backend";
+  TempDir d;
+  fp4qat::test::write_dataset(d.file("ds"), fp4qat::test::make_docs(80, 64), 64);
+  const std::vector<std::string> sft = {"--set", "objective=sft",         "--set", "data.kind=tokens",
+                                        "--set", "data.path=" + d.file("ds"), "--set", "data.packing=true",
+                                        "--set", "data.val_fraction=0",   "--set", "qat.format=none",
+                                        "--set", "export.every=0"};
+  const std::string one = d.file("one"), two = d.file("dp");
+  const auto r1 = fp4qat::test::run_fp4qat(recipe(one, 2, sft));
+  ASSERT_EQ(r1.exit_code, 0) << r1.err;
+  std::vector<std::string> dp = sft;
+  dp.insert(dp.end(), {"--set", "parallel.dp=2"});
+  const auto rs = run_ranks(2, recipe(two, 1, dp), 180);
+  for (const auto& r : rs) ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto a = step_lines(one), b = step_lines(two);
+  ASSERT_EQ(a.size(), 3u);
+  ASSERT_EQ(b.size(), 3u);
+  for (size_t i = 0; i < a.size(); ++i)
+    for (const char* k : {"loss", "aux_loss", "grad_norm"})
+      EXPECT_EQ(a[i].find(k)->dump(), b[i].find(k)->dump()) << "step " << i + 1 << " " << k;
+  for (int s = 1; s <= 3; ++s) {
+    const std::string step = "step-" + std::to_string(s);
+    expect_same_files(one + "/checkpoints/" + step, two + "/checkpoints/" + step, {"state.json", "config.yaml"});
+  }
 }
 
 TEST(Dist, ExpertParallelOverGlooMatchesOneProcess) {

@@ -1,6 +1,7 @@
 // tests/io/test_fuzz.cpp — a seeded mutation fuzzer per reader of user files (issue 23): the
 // safetensors reader, YAML recipes (apply_recipe_file + validate), config.json (read_hf_config)
-// and JSONL rollout records (rollouts::read_file). Valid inputs are mutated (byte and bit flips,
+// JSONL rollout records (rollouts::read_file) and prepared dataset folders (data::Dataset, its
+// five files carried in one fuzzed input). Valid inputs are mutated (byte and bit flips,
 // truncation, inserted garbage and syntax, big and odd numbers, duplicated lines — duplicate keys —
 // and repeated runs — deep nesting) and every mutant must either load or throw fp4qat::Error:
 // any other exception, a crash, a hang (over kHangSeconds for one input) or a huge allocation
@@ -37,7 +38,9 @@
 #include "model/config.h"
 #include "tests/common/test_util.h"
 #include "trainer/config.h"
+#include "trainer/data.h"
 #include "trainer/rollouts.h"
+#include "tests/trainer/dataset_writer.h"
 
 using namespace fp4qat;
 
@@ -335,6 +338,44 @@ TEST(Fuzz, RolloutJsonl) {
     lim.max_tokens = 64;
     lim.num_experts = 4;
     (void)rollouts::read_file(path, lim);
+  };
+  run_target(t, d.path());
+}
+
+// A prepared dataset folder (docs/data-format.md): the input is its five files joined by a
+// separator line; the reader splits it (a file whose part is missing is absent), opens the folder
+// and, when it loads, draws batches with and without packing.
+TEST(Fuzz, DatasetFolder) {
+  test::TempDir d;
+  static const char* const kFiles[] = {"dataset.json", "tokens.bin", "mask.bin", "docs.bin", "vocab.bin"};
+  const std::string sep = "\n--fp4qat-fuzz-file--\n";
+  auto seed_of = [&](const std::vector<test::Doc>& docs, int64_t vocab, const std::string& name) {
+    const std::string dir = d.file(name);
+    test::write_dataset(dir, docs, vocab);
+    std::string joined;
+    for (const char* f : kFiles) joined += (joined.empty() ? "" : sep) + test::read_bytes(dir + "/" + f);
+    return joined;
+  };
+  Target t{"dataset", "dataset.fuzz", {}, nullptr};
+  t.seeds.push_back(seed_of({{{1, 2, 3}, {0, 1, 1}}, {{4, 5}, {1, 0}}, {{6, 7, 8, 9}, {0, 0, 1, 1}}}, 12, "s1"));
+  t.seeds.push_back(seed_of({{{0}, {1}}, {{1, 2}, {0, 1}}}, 3, "s2"));
+  const std::string dir = d.file("folder");
+  t.read = [dir, sep](const std::string& path) {
+    const std::string in = test::read_bytes(path);
+    fs::remove_tree(dir);
+    fs::make_dirs(dir);
+    size_t at = 0;
+    for (const char* f : kFiles) {
+      if (at > in.size()) break;
+      const size_t next = in.find(sep, at);
+      test::write_bytes(dir + "/" + f, in.substr(at, next == std::string::npos ? std::string::npos : next - at));
+      at = next == std::string::npos ? in.size() + 1 : next + sep.size();
+    }
+    const data::Dataset ds(dir, 0.3, 5);
+    for (bool packing : {false, true})
+      for (int split : {0, 1})
+        if (ds.documents(split) > 0) (void)ds.batch(split, 3, 2, 8, packing, true);
+    (void)ds.vocab().decode({0, 1, 2});
   };
   run_target(t, d.path());
 }

@@ -17,98 +17,16 @@
 #include "tests/common/test_util.h"
 #include "trainer/data.h"
 #include "trainer/train.h"
+#include "tests/trainer/dataset_writer.h"
 
 using fp4qat::test::TempDir;
 namespace data = fp4qat::data;
 namespace json = fp4qat::json;
+using fp4qat::test::Doc;
+using fp4qat::test::make_docs;
+using fp4qat::test::write_dataset;
 
 namespace {
-
-struct Doc {
-  std::vector<int64_t> ids;
-  std::vector<uint8_t> mask;
-};
-
-template <typename T>
-void put(std::string& s, T v) {
-  s.append(reinterpret_cast<const char*>(&v), sizeof v);
-}
-std::string header(const char* magic, uint32_t width, uint64_t n) {
-  std::string s(magic, 8);
-  put<uint32_t>(s, width);
-  put<uint32_t>(s, 0);
-  put<uint64_t>(s, n);
-  return s;
-}
-
-// Writes a dataset folder by docs/data-format.md (as scripts/prepare_data does): token i's
-// bytes are the letter 'a' + i % 26.
-void write_dataset(const std::string& dir, const std::vector<Doc>& docs, int64_t vocab) {
-  fp4qat::fs::make_dirs(dir);
-  std::string tok = header("FP4QTOK1", 2, 0), msk = header("FP4QMSK1", 1, 0), off = header("FP4QDOC1", 8, 0);
-  uint64_t n = 0, ones = 0, mn = ~0ull, mx = 0;
-  put<uint64_t>(off, 0);
-  for (const Doc& d : docs) {
-    for (size_t i = 0; i < d.ids.size(); ++i) {
-      put<uint16_t>(tok, static_cast<uint16_t>(d.ids[i]));
-      put<uint8_t>(msk, d.mask[i]);
-      ones += d.mask[i];
-    }
-    n += d.ids.size();
-    mn = std::min<uint64_t>(mn, d.ids.size());
-    mx = std::max<uint64_t>(mx, d.ids.size());
-    put<uint64_t>(off, n);
-  }
-  std::memcpy(&tok[16], &n, 8);
-  std::memcpy(&msk[16], &n, 8);
-  const uint64_t D1 = docs.size() + 1;
-  std::memcpy(&off[16], &D1, 8);
-  std::string voc = header("FP4QVOC1", 8, static_cast<uint64_t>(vocab));
-  for (int64_t i = 0; i <= vocab; ++i) put<uint64_t>(voc, static_cast<uint64_t>(i));
-  voc.append(static_cast<size_t>(vocab), '\0');
-  for (int64_t i = 0; i < vocab; ++i) voc.push_back(static_cast<char>('a' + i % 26));
-  fp4qat::test::write_bytes(dir + "/tokens.bin", tok);
-  fp4qat::test::write_bytes(dir + "/mask.bin", msk);
-  fp4qat::test::write_bytes(dir + "/docs.bin", off);
-  fp4qat::test::write_bytes(dir + "/vocab.bin", voc);
-  json::Value m = json::Value::object({{"format", "fp4qat-dataset"},
-                                       {"version", 1},
-                                       {"input_format", "chat"},
-                                       {"num_documents", static_cast<int64_t>(docs.size())},
-                                       {"num_tokens", n},
-                                       {"num_loss_tokens", ones},
-                                       {"min_document_tokens", mn},
-                                       {"max_document_tokens", mx},
-                                       {"token_bytes", 2},
-                                       {"token_dtype", "uint16"},
-                                       {"vocab_size", vocab},
-                                       {"bos_id", nullptr},
-                                       {"eos_id", vocab - 1},
-                                       {"pad_id", nullptr}});
-  m.set("tokenizer", json::Value::object({{"sha256", std::string(64, '0')}}));
-  fp4qat::test::write_bytes(dir + "/dataset.json", m.dump(2));
-}
-
-// `count` documents of 3..14 tokens, ids in [0, vocab - 1), a "prompt" (mask 0) then a
-// "response" (mask 1), from a fixed LCG.
-std::vector<Doc> make_docs(int count, int64_t vocab) {
-  std::vector<Doc> docs;
-  uint64_t x = 12345;
-  auto next = [&] {
-    x = x * 6364136223846793005ull + 1442695040888963407ull;
-    return x >> 33;
-  };
-  for (int d = 0; d < count; ++d) {
-    Doc doc;
-    const int len = 3 + static_cast<int>(next() % 12), prompt = 1 + static_cast<int>(next() % (len - 1));
-    for (int i = 0; i < len; ++i) {
-      doc.ids.push_back(static_cast<int64_t>(next() % static_cast<uint64_t>(vocab - 1)));
-      doc.mask.push_back(i >= prompt ? 1 : 0);
-    }
-    docs.push_back(doc);
-  }
-  return docs;
-}
 
 void expect_error(const std::function<void()>& f, const std::vector<std::string>& needles) {
   try {
