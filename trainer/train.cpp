@@ -22,6 +22,7 @@
 #include "io/publish.h"
 #include "io/run_folder.h"
 #include "io/safetensors.h"
+#include "io/sha256.h"
 #include "trainer/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data.h"
@@ -357,6 +358,17 @@ void Trainer::setup() {
     FP4QAT_CHECK(dataset_->vocab_size() <= model_vocab, cfg.data.path, "/dataset.json: the dataset's tokenizer has ",
                  dataset_->vocab_size(), " token ids (vocab_size), more than the model's ", model_vocab, " (",
                  model_src, "): it was prepared with another tokenizer than the model's");
+    // The tokenizer the dataset was made with (dataset.json's tokenizer.sha256, of tokenizer.json)
+    // must be the model's when the model folder carries one.
+    const std::string model_tok = cfg.train.init_from + "/tokenizer.json";
+    if (!cfg.train.init_from.empty() && fs::exists(model_tok)) {
+      const std::string have = sha256::file_hex(model_tok);
+      FP4QAT_CHECK(have == dataset_->tokenizer_sha256(), cfg.data.path,
+                   "/dataset.json: prepared with the tokenizer whose tokenizer.json has sha256 ",
+                   dataset_->tokenizer_sha256(), ", but the model's ", model_tok, " has sha256 ", have,
+                   ": prepare the data with the model's tokenizer (scripts/prepare_data --tokenizer ",
+                   cfg.train.init_from, ")");
+    }
     FP4QAT_CHECK(cfg.train.eval_every == 0 || dataset_->documents(1) > 0, cfg.data.path, ": no validation document ",
                  "(", dataset_->num_documents(), " documents, data.val_fraction ", cfg.data.val_fraction,
                  "); raise data.val_fraction or set train.eval_every: 0");

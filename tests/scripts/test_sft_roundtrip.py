@@ -9,6 +9,8 @@ make_tokenizers), then
   * fp4qat generate --prompts <the dataset folder>: one record per conversation whose prompt is the
     conversation up to where the assistant writes and whose decoded prompt_text is that text;
     fp4qat eval --sequences writes the decoded text of each sequence;
+  * a model folder (train.init_from) whose tokenizer.json is not the one the dataset was prepared with
+    is refused, the right one accepted;
   * bad input: a dataset whose vocabulary exceeds model.vocab_size, a mask value 2, document
     boundaries out of order, a wrong magic: non-zero exit and a message naming the file.
 Exit 0 = pass; the last line says "N passed, M failed"."""
@@ -141,6 +143,20 @@ def main():
         text = json.loads(open(ev).readline()).get("text") if rc == 0 else None
         expect(rc == 0 and recs and text == recs[0]["prompt_text"] + recs[0]["response_text"],
               "eval writes the decoded text", err[-2000:])
+
+        # the dataset records its tokenizer: a model folder with another tokenizer.json is refused, the
+        # model's own accepted
+        model2 = os.path.join(root, "model2")
+        shutil.copytree(os.path.join(out, "hf"), model2)
+        shutil.copy(os.path.join(os.path.dirname(tk), "tk-bos", "tokenizer.json"), model2)
+        r3 = os.path.join(root, "init.yaml")
+        write_recipe(r3, data_dir, os.path.join(root, "run-init"), V)
+        rc, _, err = run("train", "--recipe", r3, "--set", "train.init_from=" + model2)
+        expect(rc != 0 and "tokenizer.json" in err and manifest["tokenizer"]["sha256"] in err,
+               "a model folder with another tokenizer is refused", err[-500:])
+        shutil.copy(os.path.join(tk, "tokenizer.json"), model2)
+        rc, _, err = run("train", "--recipe", r3, "--set", "train.init_from=" + model2, "--set", "train.steps=2")
+        expect(rc == 0, "the model's own tokenizer is accepted", err[-1000:])
 
         # bad input: non-zero exit, the file named
         small = os.path.join(root, "small.yaml")

@@ -12,6 +12,7 @@
 #include "io/fs.h"
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "io/sha256.h"
 #include "kernels/common/check.h"
 #include "model/qwen3_moe.h"
 #include "tests/common/test_util.h"
@@ -298,4 +299,19 @@ TEST(TrainSft, RefusesMismatchedVocabularyAndFlatFiles) {
   c.objective = "sft";
   c.data.kind = "synthetic";
   expect_error([&] { fp4qat::config::validate(c); }, {"objective sft"});
+}
+
+// The tokenizer identity of prepared datasets (sha256 of tokenizer.json): FIPS 180-4 vectors, and
+// a file hashes as its bytes.
+TEST(Sha256, KnownVectorsAndFiles) {
+  EXPECT_EQ(fp4qat::sha256::hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(fp4qat::sha256::hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(fp4qat::sha256::hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  const std::string million(1000000, 'a');
+  EXPECT_EQ(fp4qat::sha256::hex(million), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  TempDir d;
+  fp4qat::test::write_bytes(d.file("m"), million);
+  EXPECT_EQ(fp4qat::sha256::file_hex(d.file("m")), fp4qat::sha256::hex(million));
+  EXPECT_THROW(fp4qat::sha256::file_hex(d.file("missing")), fp4qat::Error);
 }
