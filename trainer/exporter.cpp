@@ -14,6 +14,7 @@
 #include "io/http.h"
 #include "io/json.h"
 #include "io/publish.h"
+#include "trainer/data.h"
 
 namespace fp4qat::train {
 
@@ -186,6 +187,10 @@ std::string Exporter::submit(int64_t step) {
   const std::string source = source_;
   const std::vector<std::string> serving = serving_;
   const config::ExportConfig xc = cfg_.exports;
+  // A prepared dataset's id -> bytes table goes with the weights: eval and generate decode text with it.
+  const std::string vocab = cfg_.data.kind == "tokens" && data::Dataset::is_dataset(cfg_.data.path)
+                                ? cfg_.data.path + "/vocab.bin"
+                                : std::string();
   staged_ = staged;
   inflight_ = std::async(std::launch::async, [=]() {
     Published done;
@@ -198,6 +203,7 @@ std::string Exporter::submit(int64_t step) {
         fs::make_dir(dir);
         staged[i]->write(dir);
         hf::copy_files(source, serving, dir);  // tokenizer, chat template, generation defaults
+        if (!vocab.empty()) fs::copy_file(vocab, dir + "/vocab.bin");
       }
       fs::write_text_atomic(tmp + "/export.json", info);
       fs::write_text_atomic(tmp + "/recipe.yaml", recipe);

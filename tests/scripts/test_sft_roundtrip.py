@@ -4,11 +4,11 @@ python (tokenizers, transformers): a byte-level BPE tokenizer trained in the tes
 writes, saved as a Hugging Face tokenizer folder with a ChatML chat template (test_prepare_data's
 make_tokenizers), then
   * scripts/prepare_data --format chat on a JSONL file of conversations the test writes;
-  * fp4qat train (objective sft, packed documents, a tiny random MoE) on the folder: the loss falls,
-    the finished hf/ folder carries the id -> bytes table (vocab.bin);
+  * fp4qat train (objective sft, packed documents, a tiny random MoE, an NVFP4 export) on the folder:
+    the loss falls, the finished hf/ folder and the export carry the id -> bytes table (vocab.bin);
   * fp4qat generate --prompts <the dataset folder>: one record per conversation whose prompt is the
     conversation up to where the assistant writes and whose decoded prompt_text is that text;
-    fp4qat eval --sequences writes the decoded text of each sequence;
+    fp4qat eval --sequences on the NVFP4 export writes the decoded text of each sequence;
   * a model folder (train.init_from) whose tokenizer.json is not the one the dataset was prepared with
     is refused, the right one accepted;
   * bad input: a dataset whose vocabulary exceeds model.vocab_size, a mask value 2, document
@@ -80,6 +80,10 @@ data:
   path: {data_dir}
   packing: true
   val_fraction: 0.0
+export:
+  every: 30
+  formats: [nvfp4]
+  probe_mismatch: false
 """)
 
 
@@ -138,11 +142,13 @@ def main():
         seqs = os.path.join(root, "seqs.jsonl")
         tpd.write_jsonl(seqs, [{"tokens": recs[0]["prompt"] + recs[0]["response"]}] if recs else [])
         ev = os.path.join(root, "eval.jsonl")
-        rc, so, err = run("eval", "--model", os.path.join(out, "hf"), "--sequences", seqs, "--out", ev,
+        nvfp4 = os.path.join(out, "exports", "latest", "nvfp4")
+        expect(os.path.exists(os.path.join(nvfp4, "vocab.bin")), "the NVFP4 export carries the id -> bytes table")
+        rc, so, err = run("eval", "--model", nvfp4, "--sequences", seqs, "--out", ev,
                           "--synthetic-batches", "0", "--exact-match", "0")
         text = json.loads(open(ev).readline()).get("text") if rc == 0 else None
         expect(rc == 0 and recs and text == recs[0]["prompt_text"] + recs[0]["response_text"],
-              "eval writes the decoded text", err[-2000:])
+               "eval of the NVFP4 export writes the decoded text (its folder's vocab.bin)", err[-2000:])
 
         # the dataset records its tokenizer: a model folder with another tokenizer.json is refused, the
         # model's own accepted
