@@ -360,3 +360,62 @@ TEST(CliTrain, AnEarlierRunIsRefusedUnlessOverwritten) {
   EXPECT_NE(fp4qat::test::read_bytes(out + "/metrics.jsonl"), metrics);
   EXPECT_FALSE(fp4qat::fs::exists(out + "/exports/step-7"));
 }
+
+// kill -9 (issue 23, "what survives what"): a run with an NVFP4 export after every step and a
+// checkpoint every 2 steps, killed with SIGKILL at several moments. After each kill every
+// published checkpoint and export is complete and `latest` names one; then --resume runs on,
+// removes what the killed writes left, and keeps one metrics line per step.
+TEST(CliTrain, KillNineLeavesCompleteFoldersAndResumeContinues) {
+  TempDir d;
+  const std::string out = d.file("run");
+  const std::string recipe = std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml";
+  const std::vector<std::string> common = {"train", "--recipe", recipe, "--set", "train.out_dir=" + out, "--set",
+                                           "train.eval_every=0", "--set", "train.checkpoint_every=2", "--set",
+                                           "qat.format=nvfp4", "--set", "export.every=1", "--set",
+                                           "model.num_hidden_layers=1", "--set", "train.steps=100000"};
+  auto complete = [&](const std::string& root, const std::string& file) {
+    const std::string latest = fp4qat::io::latest(root);
+    ASSERT_FALSE(latest.empty()) << root;
+    EXPECT_TRUE(fp4qat::fs::is_dir(root + "/" + latest)) << root << "/latest -> " << latest;
+    for (const auto& [n, name] : fp4qat::io::numbered_folders(root, "step-"))
+      EXPECT_TRUE(fp4qat::fs::exists(root + "/" + name + "/" + file)) << root << "/" << name << " is incomplete";
+  };
+  int64_t resumed_from = 0;
+  for (int kill = 0; kill < 3; ++kill) {
+    std::vector<std::string> args = common;
+    if (kill > 0) args.push_back("--resume");
+    const pid_t pid = fp4qat::test::spawn_fp4qat(args, {}, d.file("stdout"), d.file("stderr"));
+    // Killed a little after its next checkpoint: at different points of the export cycle.
+    const std::string want = "step-" + std::to_string(resumed_from + 2 * (kill + 1));
+    for (int i = 0; i < 1200 && !fp4qat::fs::exists(out + "/checkpoints/" + want); ++i) ::usleep(50000);
+    ::usleep(37000 * (kill + 1));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFSIGNALED(status)) << fp4qat::test::read_bytes(d.file("stderr"));
+    complete(out + "/checkpoints", "model.safetensors");
+    complete(out + "/exports", "export.json");
+    resumed_from = std::stoll(fp4qat::io::numbered_folders(out + "/checkpoints", "step-").back().second.substr(5));
+  }
+  // Resume to the end (a few steps past the newest checkpoint).
+  std::vector<std::string> args = common;
+  args.back() = "train.steps=" + std::to_string(resumed_from + 3);
+  args.push_back("--resume");
+  const auto r = fp4qat::test::run_fp4qat(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const std::string root : {out, out + "/checkpoints", out + "/exports"})
+    for (const auto& n : fp4qat::fs::list_dir(root)) EXPECT_EQ(n.find(".tmp-"), std::string::npos) << root << "/" << n;
+  std::vector<int64_t> steps;
+  std::istringstream lines(fp4qat::fs::read_text(out + "/metrics.jsonl"));
+  for (std::string l; std::getline(lines, l);) {
+    const fp4qat::json::Value v = fp4qat::json::parse(l, "metrics.jsonl");
+    if (v.find("loss")) steps.push_back(v.at("step").as_int());
+  }
+  ASSERT_FALSE(steps.empty());
+  for (size_t i = 0; i < steps.size(); ++i) EXPECT_EQ(steps[i], static_cast<int64_t>(i) + 1) << "line " << i;
+  EXPECT_EQ(steps.back(), resumed_from + 3);
+  // The exports' latest: the final step, or a later one the killed run had published (never back).
+  const std::string latest = fp4qat::io::latest(out + "/exports");
+  ASSERT_EQ(latest.rfind("step-", 0), 0u) << latest;
+  EXPECT_GE(std::stoll(latest.substr(5)), resumed_from + 3);
+}
