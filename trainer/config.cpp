@@ -2,6 +2,7 @@
 // files, --set overrides and dump() all go through it, so a key exists once.
 #include "trainer/config.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <charconv>
@@ -397,7 +398,10 @@ void apply_map(const Schema& schema, const YAML::Node& node, const std::string& 
   if (node.IsNull()) return;
   FP4QAT_CHECK(node.IsMap(), source, ": ", section.empty() ? "the document" : "'" + section + "'", " must be a map");
   for (const auto& kv : node) {
-    const std::string key = kv.first.as<std::string>();
+    FP4QAT_CHECK(kv.first.IsScalar(), source, ":", kv.first.Mark().line + 1, ": ",
+                 section.empty() ? "a top-level key" : "a key in '" + section + "'",
+                 " is not a plain name (a YAML complex key: '? ...')");
+    const std::string key = kv.first.Scalar();
     const std::string path = section.empty() ? key : section + "." + key;
     if (section.empty() && schema.is_section(key)) {
       apply_map(schema, kv.second, key, source);
@@ -425,19 +429,43 @@ void check_unique_keys(const YAML::Node& n, const std::string& source) {
   }
 }
 
+// Counts a text's YAML documents (up to 2) without building them: yaml-cpp's LoadAll builds every
+// document, and some malformed later ones make its node builder allocate without bound (found by
+// Fuzz.YamlRecipe).
+struct NoEvents : YAML::EventHandler {
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+int yaml_documents(const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  NoEvents none;
+  int n = 0;
+  while (n < 2 && parser.HandleNextDocument(none)) ++n;
+  return n;
+}
+
 // One YAML document (a second one, after `---`, would be ignored: refused), keys unique.
 YAML::Node load_yaml(const std::string& text, const std::string& source) {
-  std::vector<YAML::Node> docs;
+  YAML::Node doc;
+  int docs = 0;
   try {
-    docs = YAML::LoadAll(text);
+    docs = yaml_documents(text);
+    doc = YAML::Load(text);
   } catch (const YAML::ParserException& e) {
     FP4QAT_FAIL(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML error: ", e.msg);
   }
-  FP4QAT_CHECK(docs.size() <= 1, source, ":", docs.size() > 1 ? docs[1].Mark().line + 1 : 0, ": ", docs.size(),
-               " YAML documents; a recipe is one document (remove the '---' and what follows, or merge them)");
-  if (docs.empty()) return YAML::Node();
-  check_unique_keys(docs[0], source);
-  return docs[0];
+  FP4QAT_CHECK(docs <= 1, source, ": more than one YAML document; a recipe is one document (remove the '---' ",
+               "and what follows, or merge them)");
+  check_unique_keys(doc, source);
+  return doc;
 }
 
 }  // namespace
