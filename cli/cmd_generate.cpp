@@ -67,7 +67,9 @@ int cmd_generate(const Args& args) {
       "max-new-tokens", po::value(&max_new)->default_value(32), "tokens to generate per prompt")(
       "temperature", po::value(&temperature)->default_value(0.0), "0: greedy; > 0: sampling temperature")(
       "top-p", po::value(&top_p)->default_value(1.0), "nucleus sampling mass (0, 1]")(
-      "eos", po::value(&eos)->default_value(-1), "stop a sequence at this token id (-1: none)")(
+      "eos", po::value(&eos),
+      "stop a sequence at this token id (-1: none); default: the eos_id of a prepared dataset given as "
+      "--prompts, else none")(
       "samples", po::value(&samples)->default_value(1), "responses per prompt (one group per prompt)")(
       "reward", po::value(&reward),
       "score each response with this reward (trainer/rewards.h: addition | addition_exact); without it the "
@@ -95,6 +97,9 @@ int cmd_generate(const Args& args) {
   const auto ps = read_prompts(prompts, V, static_cast<size_t>(room),
                                "max_position_embeddings " + std::to_string(max_pos) + " less --max-new-tokens - 1");
   const std::unique_ptr<data::Vocab> vocab = find_vocab(vocab_path, {prompts, model_dir});
+  if (!vm.count("eos") && data::Dataset::is_dataset(prompts)) eos = data::Dataset(prompts, 0.0, 0).eos_id();
+  FP4QAT_CHECK(eos >= -1 && eos < V, "--eos ", eos, " is neither a token id of the model (vocab_size ", V,
+               ") nor -1 (none)");
   OutputFile file(out);
   std::ostream& os = file.stream();
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);

@@ -243,12 +243,14 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
   *aux = (f * probs.mean(0)).sum() * static_cast<double>(E);
   *load = f.detach();
 
-  // Permute (token, slot) pairs by expert; counts go to the host for the grouped GEMMs.
-  const at::Tensor flat_e = topi.reshape({-1});
-  const at::Tensor order = at::argsort(flat_e, /*stable=*/true);
-  const at::Tensor token = at::floor_divide(order, k);
+  // Permute (token, slot) pairs by expert; counts go to the host for the grouped GEMMs. Dispatch
+  // and combine are permutations plus a sum over the k slots in slot order, never an atomic
+  // accumulation (index_add on CUDA adds a token's k >= 3 expert outputs in a run-dependent order):
+  // the forward, and the gradient reaching x, are the same bits in every run and on the rollout side.
+  const at::Tensor flat_e = topi.reshape({-1});                                      // [N*k] slot j = (token j/k, slot j%k)
+  const at::Tensor order = at::argsort(flat_e, /*stable=*/true);                     // [N*k] slot of each sorted row
   const at::Tensor counts = at::bincount(flat_e, {}, E).to(at::kCPU).to(at::kLong);  // [E]
-  const at::Tensor xs = x.index_select(0, token);                                    // [N*k, H] by expert
+  const at::Tensor xs = x.unsqueeze(1).expand({N, k, H}).reshape({N * k, H}).index_select(0, order);  // [N*k, H] by expert
   at::Tensor y;
   if (!sharded()) {
     y = expert_mlp(p, xs, counts, policy);
@@ -256,10 +258,10 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
     y = ep_->run(xs, counts,
                  [&](const at::Tensor& rows, const at::Tensor& local) { return expert_mlp(p, rows, local, policy); });
   }
-  y = y * topw.reshape({-1}).index_select(0, order).unsqueeze(1);
-  at::Tensor out = at::zeros({N, H}, y.options());
-  out = out.index_add(0, token, y);
-  return out.view(x3.sizes());
+  // Back to (token, slot) order through the inverse permutation, weighted, summed over the slots.
+  const at::Tensor slot_row = at::empty_like(order).index_copy_(0, order, at::arange(N * k, order.options()));  // [N*k]
+  const at::Tensor y_slots = y.index_select(0, slot_row).view({N, k, H});                                        // [N, k, H]
+  return (y_slots * topw.unsqueeze(2)).sum(1).view(x3.sizes());
 }
 
 // The experts' SwiGLU MLP on rows sorted by (local) expert: xs [T, H], counts [El] -> [T, H].

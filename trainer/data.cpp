@@ -280,6 +280,7 @@ Dataset::Dataset(const std::string& dir, double val_fraction, uint64_t seed) : d
   };
   const int64_t pad = opt_id("pad_id"), eos = opt_id("eos_id");
   pad_id_ = pad >= 0 ? pad : (eos >= 0 ? eos : 0);
+  eos_id_ = eos;
   FP4QAT_CHECK(D >= 1, mpath, ": 'num_documents' must be >= 1");
 
   tokens_ = std::make_unique<TokenFile>(dir + "/tokens.bin", 0.0, seed);

@@ -142,6 +142,7 @@ class Dataset {
   const std::string& tokenizer_sha256() const { return tokenizer_sha256_; }
   const std::string& input_format() const { return input_format_; }
   int64_t pad_id() const { return pad_id_; }
+  int64_t eos_id() const { return eos_id_; }  // dataset.json's eos_id; -1 when it has none
   const Vocab& vocab() const { return *vocab_; }
   // Document d's tokens and loss mask (d in [0, num_documents())).
   std::vector<int64_t> tokens_of(int64_t d) const;
@@ -153,7 +154,7 @@ class Dataset {
   std::unique_ptr<TokenFile> tokens_;
   std::unique_ptr<BinFile> mask_, docs_;
   std::unique_ptr<Vocab> vocab_;
-  int64_t vocab_size_ = 0, D_ = 0, D_train_ = 0, pad_id_ = 0;
+  int64_t vocab_size_ = 0, D_ = 0, D_train_ = 0, pad_id_ = 0, eos_id_ = -1;
   uint64_t seed_;
   uint64_t offset(int64_t d) const;
 };

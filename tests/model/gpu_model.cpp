@@ -68,10 +68,57 @@ TEST(GpuModel, BF16ExpertGemmsMatchReference) {
     expect_near(gpu.dx, ref.dx, "dx");
     expect_near(gpu.dw, ref.dw, "dw");
     for (int64_t e = 0; e < E; ++e)
-      if (cv[e] == 0) EXPECT_EQ(gpu.dw[e].abs().sum().item<float>(), 0.0f) << "expert " << e << " got no tokens";
+      if (cv[e] == 0) {
+        EXPECT_EQ(gpu.dw[e].abs().sum().item<float>(), 0.0f) << "expert " << e << " got no tokens";
+      }
     // Frozen experts (the weight needs no gradient): the same dX, and no weight gradient.
     at::Tensor x = x0.cuda().requires_grad_(true);
     plain.grouped("experts", x, w0.cuda(), counts).backward(g.cuda());
     EXPECT_TRUE(fp4qat::test::bytes_equal(x.grad().cpu().to(at::kFloat), gpu.dx));
+  }
+}
+
+// The MoE layer's dispatch and combine are permutations and a sum over the k slots in slot order
+// (model/qwen3_moe.cpp), never an atomic accumulation: with k = 8 (Qwen3-30B-A3B's top-8) the
+// logits and every gradient are the same bits in every run on CUDA. (With index_add, a token's
+// k >= 3 expert outputs were added in a run-dependent order: the trainer and the rollout side
+// disagreed by |dlogp| ~ 2e-3 on the same weights.)
+TEST(GpuModel, MoeForwardAndGradientsAreTheSameBitsEveryRun) {
+  FP4QAT_REQUIRE_GPU();
+  fp4qat::model::ModelConfig c;
+  c.vocab_size = 64;
+  c.hidden_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 16;
+  c.intermediate_size = 128;
+  c.moe_intermediate_size = 32;
+  c.num_experts = 16;
+  c.num_experts_per_tok = 8;
+  fp4qat::model::Qwen3Moe m(c, 11);
+  m.to(at::Device(at::kCUDA));
+  for (const auto& [name, t] : m.params()) t.requires_grad_(true);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  const at::Tensor ids = at::randint(0, c.vocab_size, {8, 96}, gen).cuda();
+  fp4qat::model::LinearPolicy plain;
+  std::vector<at::Tensor> first;  // logits, then each parameter's gradient
+  for (int run = 0; run < 3; ++run) {
+    for (const auto& [name, t] : m.params())
+      if (t.grad().defined()) t.mutable_grad() = at::Tensor();
+    const auto out = m.forward(ids, at::kBFloat16, plain);
+    (out.logits.to(at::kFloat).logsumexp(-1).mean() + out.aux_loss).backward();
+    std::vector<at::Tensor> got = {out.logits.detach().cpu()};
+    for (const auto& [name, t] : m.params()) {
+      ASSERT_TRUE(t.grad().defined()) << name;
+      got.push_back(t.grad().cpu());
+    }
+    if (run == 0) {
+      first = got;
+      continue;
+    }
+    EXPECT_TRUE(fp4qat::test::bytes_equal(got[0], first[0])) << "logits, run " << run;
+    for (size_t i = 1; i < got.size(); ++i)
+      EXPECT_TRUE(fp4qat::test::bytes_equal(got[i], first[i])) << m.params()[i - 1].first << " grad, run " << run;
   }
 }

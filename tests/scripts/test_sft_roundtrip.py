@@ -138,6 +138,20 @@ def main():
             ok = ok and r["response_text"] == hf_tok.decode(r["response"], skip_special_tokens=False)
         expect(ok and recs, "prompts are the conversations up to the assistant; texts decode the ids")
         expect(len(so.splitlines()) == 24 and "<|im_start|>assistant" in so, "generate prints the decoded text", so[:300])
+        # a sequence stops at the dataset's eos_id (dataset.json) by default, at --eos ID when given
+        eos = manifest["eos_id"]
+        expect(eos is not None and all(eos not in r["response"][:-1] for r in recs),
+               "no response goes on past the dataset's eos_id", [r["response"] for r in recs[:4]])
+        if recs:
+            first = recs[0]["response"][0]
+            gen1 = os.path.join(root, "gen1.jsonl")
+            rc, _, err = run("generate", "--model", os.path.join(out, "hf"), "--prompts", data_dir,
+                             "--max-new-tokens", "6", "--eos", str(first), "--out", gen1)
+            r1 = [json.loads(line) for line in open(gen1)] if rc == 0 else []
+            expect(rc == 0 and r1 and r1[0]["response"] == [first], "--eos ID stops at that id", err[-500:])
+            rc, _, err = run("generate", "--model", os.path.join(out, "hf"), "--prompts", data_dir,
+                             "--eos", str(V + 1000), "--out", gen1)
+            expect(rc != 0 and "--eos" in err, "an --eos outside the vocabulary is refused", err[-300:])
 
         seqs = os.path.join(root, "seqs.jsonl")
         tpd.write_jsonl(seqs, [{"tokens": recs[0]["prompt"] + recs[0]["response"]}] if recs else [])

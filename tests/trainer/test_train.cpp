@@ -403,7 +403,7 @@ TEST(CliTrain, KillNineLeavesCompleteFoldersAndResumeContinues) {
   args.push_back("--resume");
   const auto r = fp4qat::test::run_fp4qat(args);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  for (const std::string root : {out, out + "/checkpoints", out + "/exports"})
+  for (const std::string& root : {out, out + "/checkpoints", out + "/exports"})
     for (const auto& n : fp4qat::fs::list_dir(root)) EXPECT_EQ(n.find(".tmp-"), std::string::npos) << root << "/" << n;
   std::vector<int64_t> steps;
   std::istringstream lines(fp4qat::fs::read_text(out + "/metrics.jsonl"));
