@@ -7,6 +7,7 @@
 #include "io/names.h"
 #include "kernels/common/check.h"
 #include "qat/gated_pairs.h"
+#include "qat/marlin.h"
 #include "qat/patterns.h"
 #include "qat/selection.h"
 
@@ -18,6 +19,7 @@ QatPolicy::QatPolicy(const Recipe& recipe, const model::Qwen3Moe& model, bool qu
                "': expected nvfp4 or mxfp8");
   mxfp8_ = recipe.format == Format::kMXFP8;
   cache_weights_ = recipe.cache_weights;
+  marlin_ = recipe.format == Format::kNVFP4 && recipe.serving == Serving::kMarlin;
   recipe.validate();
   opt_.weight_blocks = recipe.weight_blocks;
   opt_.backward = recipe.backward;
@@ -84,6 +86,18 @@ const NVFP4Operand* QatPolicy::weight_quantization(const std::string& param, con
   return &cache_.emplace(param, std::move(c)).first->second.q;
 }
 
+NVFP4Operand QatPolicy::marlin_forward_operand(const std::string& param, const at::Tensor& w) {
+  torch::NoGradGuard ng;
+  if (const NVFP4Operand* q = weight_quantization(param, w)) {
+    CachedWeight& c = cache_.at(param);
+    if (!c.marlin) c.marlin = marlin_operand(*q, marlin_scale_factor(q->packed.scales));
+    return *c.marlin;
+  }
+  const NVFP4Operand q = nvfp4_quantize_and_fake(compute_copy(w.detach(), at::kBFloat16), opt_.weight_blocks,
+                                                 shared_weight_amax(param), opt_.rules.weights);
+  return marlin_operand(q, marlin_scale_factor(q.packed.scales));
+}
+
 void QatPolicy::observe(const std::string& name, const at::Tensor& amax) {
   auto it = input_amax_.find(name);
   if (it == input_amax_.end())
@@ -108,6 +122,10 @@ at::Tensor QatPolicy::linear(const std::string& name, const at::Tensor& x, const
   const at::Tensor wc = compute_copy(w, x.scalar_type());
   if (weight_observer) weight_observer(name, wc.detach());
   if (mxfp8_) return autograd::mxfp8_linear(x, wc, opt_.backward);
+  if (marlin_) {
+    const NVFP4Operand q = marlin_forward_operand(name, w);
+    return autograd::nvfp4_linear(x, wc, opt_, std::nullopt, &q);
+  }
   if (const NVFP4Operand* q = weight_quantization(name, w)) return autograd::nvfp4_linear(x, wc, opt_, std::nullopt, q);
   return autograd::nvfp4_linear(x, wc, opt_, shared_weight_amax(name));
 }
@@ -132,6 +150,10 @@ at::Tensor QatPolicy::grouped(const std::string& name, const at::Tensor& x, cons
   const at::Tensor wc = compute_copy(w, x.scalar_type());
   if (weight_observer) weight_observer(name, wc.detach());
   if (mxfp8_) return autograd::mxfp8_grouped_linear(x.contiguous(), wc, counts, opt_.backward);
+  if (marlin_) {
+    const NVFP4Operand q = marlin_forward_operand(name, w);
+    return autograd::nvfp4_grouped_linear(x.contiguous(), wc, counts, opt_, std::nullopt, &q);
+  }
   return autograd::nvfp4_grouped_linear(x.contiguous(), wc, counts, opt_, std::nullopt, weight_quantization(name, w));
 }
 

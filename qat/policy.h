@@ -71,11 +71,15 @@ class QatPolicy : public model::LinearPolicy {
   std::set<std::string> params_;  // parameter names (model-internal) selected for quantization
   std::map<std::string, at::Tensor> input_amax_;
   bool cache_weights_ = true;
+  bool marlin_ = false;  // qat.serving marlin: the forward computes with Marlin's weights (qat/marlin.h)
   struct CachedWeight {
     at::Tensor w, partner;  // the tensors it was computed from (kept: their identity is part of the key)
     uint32_t w_version = 0, partner_version = 0;
-    NVFP4Operand q;
+    NVFP4Operand q;                      // the recipe's quantization: what the export writes
+    std::optional<NVFP4Operand> marlin;  // marlin_: q as Marlin computes with it, made on first use
   };
+  // marlin_: the weight operand of the forward (from the cached quantization, or quantized now).
+  NVFP4Operand marlin_forward_operand(const std::string& param, const at::Tensor& w);
   std::map<std::string, CachedWeight> cache_;
 };
 

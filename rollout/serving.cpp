@@ -12,6 +12,7 @@
 #include "io/hf_folder.h"
 #include "model/hf_folder.h"
 #include "qat/export.h"
+#include "qat/marlin.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 
@@ -52,6 +53,7 @@ Loaded load(const std::string& dir, const at::Device& device) {
   Loaded out;
   autograd::NVFP4LinearOptions act;  // the activations' side of the export's NVFP4 recipe
   bool input_scale = false;          // quant_algo NVFP4 (W4A4): every quantized module has an input_scale
+  bool marlin = false;               // the marlin profile: Marlin's weights (qat/marlin.h)
   if (const json::Value* q = cj.find("quantization_config")) {
     const std::string method =
         q->at("quant_method", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_method");
@@ -70,7 +72,11 @@ Loaded load(const std::string& dir, const at::Device& device) {
         // The serving profile the trainer reproduced (qat::Serving): Marlin leaves the
         // activations of this W4A4 checkpoint in bf16; per-token scales them per row.
         const std::string serving = qat::read_serving(*rec, cfg_path + ": quantization_config");
-        if (serving == "marlin") act.rules.w4a16 = true, act.rules.activations = NVFP4Rule{};
+        if (serving == "marlin") {
+          act.rules.w4a16 = true;
+          act.rules.activations = NVFP4Rule{};
+          marlin = true;
+        }
         if (serving == "flashinfer_per_token") act.rules.activations.row_scaled = true;
       }
     } else {
@@ -133,8 +139,21 @@ Loaded load(const std::string& dir, const at::Device& device) {
     if (nq == 0) continue;
     FP4QAT_CHECK(nq == static_cast<int>(mods.size()), dir, ": '", mods[0], "' and the other members of '", g.param,
                  "' must all be quantized or all BF16");
+    // The marlin profile: the weights Marlin computes with (qat/marlin.h), its scale factor taken
+    // over the whole parameter (every expert, both members), as vLLM takes it over w13 / w2.
+    double sf = 1;
+    if (marlin) {
+      std::vector<at::Tensor> sc;
+      for (const auto& m : mods) sc.push_back(get(m + ".weight_scale").reshape({-1}));
+      sf = qat::marlin_scale_factor(at::cat(sc));
+    }
+    auto served = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
+      auto [v, s] = module(m);
+      if (!marlin) return {v, s};
+      return {qat::marlin_values(v, get(m + ".weight_scale"), sf), qat::marlin_global_scale(s)};
+    };
     if (g.tensor.dim() == 2) {
-      auto [v, s] = module(mods[0]);
+      auto [v, s] = served(mods[0]);
       weights[g.param] = {v, s};
       continue;
     }
@@ -143,7 +162,7 @@ Loaded load(const std::string& dir, const at::Device& device) {
     for (int64_t e = 0; e < E; ++e) {
       std::vector<at::Tensor> parts;
       for (int64_t p = 0; p < P; ++p) {
-        auto [v, s] = module(mods[e * P + p]);
+        auto [v, s] = served(mods[e * P + p]);
         parts.push_back(v);
         if (p == 0 && s.defined()) sdec.push_back(s);
         if (p > 0 && s.defined() && !at::equal(s, sdec.back()))

@@ -269,6 +269,7 @@ class VllmEngine:
                 check(not untouched, f"{ex.name}: layer {l}: parameters not fully written by the loader: {untouched}")
                 if "FP4" in algo:
                     self.check_nvfp4(ex, l, a, algo)
+                    self.check_marlin(ex, l, a)
                 else:
                     self.check_mxfp8(ex, l, a)
                 print(f"  layer {l}: {len(ckpt)} expert tensors loaded into "
@@ -295,6 +296,52 @@ class VllmEngine:
                              f"{(got - ours).abs().max().item() if got.shape == ours.shape else 'shape'})"):
                     return
         print(f"  layer {l}: vLLM dequantize_nvfp4_moe_weights == our decode (<= 1 fp32 ulp) for {E}x3 experts")
+
+    def marlin_decoded(self, scales, sf):
+        """vLLM's own Marlin pre-processing (marlin_utils_fp4.nvfp4_marlin_process_scales) of E4M3 block
+        scales [R, C] (C % 4 == 0 not needed: it permutes groups of 4 of the flattened tensor), decoded
+        back: the S0E5M3 byte b is the top byte of half(sb * sf * 2^7) << 1, i.e. the half with bits b << 7.
+        Returns (the scale the kernel multiplies by / sf / 2^7, i.e. sb or 0; the bytes)."""
+        torch = self.torch
+        out, got_sf = self.marlin.nvfp4_marlin_process_scales(scales.to(torch.bfloat16), scale_factor=sf,
+                                                              a_dtype=torch.bfloat16)
+        b = out.view(torch.uint8).reshape(-1, 4)[:, [0, 2, 1, 3]].reshape(scales.shape)  # undo its permutation
+        half = (b.to(torch.int16) << 7).view(torch.float16).to(torch.float32)
+        return half / (sf * 128.0), b, got_sf
+
+    def check_marlin(self, ex, l, layer):
+        """The weight side of qat.serving: marlin (qat/marlin.h) against vLLM's own Marlin helpers: the
+        scale factor of each stacked tensor (w13, w2; all experts) and which block scales survive the
+        S0E5M3 re-encoding -- on this export's scales, and on every E4M3 value for sf 1, 2 and 8."""
+        torch = self.torch
+        from vllm.model_executor.layers.quantization.utils import marlin_utils_fp4 as mu
+        self.marlin = mu
+        # bytes 0x00..0x7E (0x7F is NaN) and a 0 to fill vLLM's groups of 4
+        e4m3 = torch.cat([torch.arange(0, 127, dtype=torch.uint8), torch.zeros(1, dtype=torch.uint8)])
+        e4m3 = e4m3.view(torch.float8_e4m3fn).reshape(1, -1)
+        cases = [(f"layer {l} {n}", getattr(layer, n).data, None) for n in ("w13_weight_scale", "w2_weight_scale")]
+        # every E4M3 value that sf keeps within 448 (vLLM picks sf so that the largest does)
+        v = e4m3.to(torch.float32)
+        cases += [(f"every E4M3 value, sf {sf}", torch.where(v * sf <= 448, v, torch.zeros_like(v)).to(torch.float8_e4m3fn),
+                   sf) for sf in (1.0, 2.0, 8.0)]
+        n_fail = len(FAILURES)
+        for what, sc, sf in cases:
+            sb = sc.to(torch.float32)
+            if sf is None:
+                sf = mu._nvfp4_compute_scale_factor(sc.to(torch.bfloat16), torch.bfloat16)
+                nz = sb[sb > 0]
+                mx = nz.max().item() if nz.numel() else 0.0
+                want_sf = 1.0 if mx == 0 or mx * 2 > 448 else 2.0 ** int(torch.floor(torch.log2(torch.tensor(448.0 / mx))))
+                check(sf == want_sf, f"{ex.name}: {what}: vLLM's Marlin scale factor {sf} != the rule's {want_sf}")
+            flat = sb.reshape(sb.shape[0], -1) if sb.dim() > 1 else sb.reshape(1, -1)
+            got, b, _ = self.marlin_decoded(flat.to(torch.float8_e4m3fn), sf)
+            want = torch.where(flat * sf >= 2.0 ** -6, flat, torch.zeros_like(flat))  # qat/marlin.h's rule
+            check(torch.equal(got, want), f"{ex.name}: {what}: vLLM's Marlin scales differ from the rule at "
+                                          f"{(got != want).nonzero()[:4].tolist()}")
+            check(bool(((b == 0) | (b >= 0x80)).all()), f"{ex.name}: {what}: a kept S0E5M3 scale without its top bit")
+        if len(FAILURES) == n_fail:
+            print(f"  layer {l}: vLLM's Marlin scale processing keeps exactly the blocks qat/marlin.h keeps "
+                  f"(w13, w2, and every E4M3 value at sf 1/2/8)")
 
     def check_mxfp8(self, ex, l, layer):
         torch, E, I = self.torch, ex.E, ex.I

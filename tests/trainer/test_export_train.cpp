@@ -540,8 +540,8 @@ TEST(CheckExport, TrainerExportsLoadAndDefectsAreNamed) {
 }
 
 // Serving profiles (qat.serving, issue 21): the trainer's forward reproduces the engine's
-// activation arithmetic while the checkpoint stays W4A4. marlin: the forward is W4A16's (the same
-// losses, step for step, as qat.activations: bf16), the export is quant_algo NVFP4 with
+// activation arithmetic while the checkpoint stays W4A4. marlin: the forward is W4A16's with Marlin's
+// weights (losses within 1e-3 of qat.activations: bf16, step for step), the export is quant_algo NVFP4 with
 // input_scale and records "serving": "marlin", and the rollout side reading it back computes the
 // trainer's forward exactly (mismatch 0 at every probe); flashinfer_per_token: row-scaled
 // activations, recorded, mismatch 0. Both exports load in both engines (check-export).
@@ -565,7 +565,9 @@ TEST(ExportTrainServing, ProfilesReproduceTheEngineAndKeepTheW4A4Checkpoint) {
   const auto plain = run("plain", qat::Serving::kFp4qat, qat::Activations::kNVFP4);
   ASSERT_EQ(marlin.steps.size(), w4a16.steps.size());
   for (size_t i = 0; i < marlin.steps.size(); ++i) {
-    EXPECT_EQ(marlin.steps[i].loss, w4a16.steps[i].loss) << "step " << i;
+    // Marlin's weights (qat/marlin.h): W4A16's, with S_dec rounded to bf16 and blocks of subnormal
+    // scale flushed: the losses differ from plain W4A16 at the bf16-rounding level only.
+    EXPECT_NEAR(marlin.steps[i].loss, w4a16.steps[i].loss, 1e-3) << "step " << i;
     EXPECT_EQ(marlin.steps[i].mismatch_mean, 0.0) << "step " << i;
     EXPECT_EQ(tok.steps[i].mismatch_mean, 0.0) << "step " << i;
   }
