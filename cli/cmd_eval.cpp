@@ -25,13 +25,17 @@ namespace po = boost::program_options;
 namespace fp4qat::cli {
 
 int cmd_eval(const Args& args) {
-  std::string model_dir, reference, sequences, out, device, vocab_path;
+  std::string model_dir, reference, sequences, out, device, vocab_path, serving, reference_serving;
   int64_t batches = 4, problems = 64;
   uint64_t seed = 1234;
   po::options_description desc("fp4qat eval options");
   desc.add_options()("help,h", "show this help")("model", po::value(&model_dir)->required(),
                                                  "exported / converted / BF16 Hugging Face folder")(
       "reference", po::value(&reference), "a second folder: report mean/max |log p - log p_reference| per token")(
+      "serving", po::value(&serving),
+      "serve --model with this serving profile instead of the one it records: fp4qat | marlin | flashinfer_per_token "
+      "(the README's engine table; NVFP4 W4A4 checkpoints)")(
+      "reference-serving", po::value(&reference_serving), "the same for --reference")(
       "sequences", po::value(&sequences), "JSONL of {\"tokens\": [...]}: per-token log-probs to --out")(
       "out", po::value(&out), "JSONL output of --sequences (default: stdout)")(
       "vocab", po::value(&vocab_path),
@@ -48,10 +52,12 @@ int cmd_eval(const Args& args) {
   FP4QAT_CHECK(batches >= 0 && problems >= 0, "--synthetic-batches and --exact-match must be >= 0");
   const at::Device dev = parse_device(device);
   const at::ScalarType dt = dev.is_cuda() ? at::kBFloat16 : at::kFloat;
-  rollout::Loaded m = rollout::load(model_dir, dev);
+  FP4QAT_CHECK(reference_serving.empty() || !reference.empty(), "--reference-serving needs --reference");
+  rollout::Loaded m = rollout::load(model_dir, dev, serving);
   std::optional<rollout::Loaded> ref;
-  if (!reference.empty()) ref = rollout::load(reference, dev);
+  if (!reference.empty()) ref = rollout::load(reference, dev, reference_serving);
   json::Value summary = json::Value::object({{"model", model_dir}, {"format", qat::to_string(m.format)}});
+  if (!serving.empty()) summary.set("serving", serving);
 
   if (!sequences.empty()) {
     const auto seqs = read_token_jsonl(sequences, m.model->config().vocab_size, 2,
@@ -93,6 +99,7 @@ int cmd_eval(const Args& args) {
     if (batches > 0) summary.set("val_loss", loss / static_cast<double>(batches));
     if (ref) {
       summary.set("reference", reference);
+      if (!reference_serving.empty()) summary.set("reference_serving", reference_serving);
       summary.set("mean_abs_dlogp", dsum / static_cast<double>(n));
       summary.set("max_abs_dlogp", dmax);
     }

@@ -45,7 +45,7 @@ at::Tensor ServingPolicy::grouped(const std::string& name, const at::Tensor& x, 
                                         autograd::Backward::kHighPrecision);
 }
 
-Loaded load(const std::string& dir, const at::Device& device) {
+Loaded load(const std::string& dir, const at::Device& device, const std::string& serving_override) {
   torch::NoGradGuard ng;
   const model::ModelConfig cfg = model::read_hf_config(dir);
   const std::string cfg_path = dir + "/config.json";
@@ -54,6 +54,8 @@ Loaded load(const std::string& dir, const at::Device& device) {
   autograd::NVFP4LinearOptions act;  // the activations' side of the export's NVFP4 recipe
   bool input_scale = false;          // quant_algo NVFP4 (W4A4): every quantized module has an input_scale
   bool marlin = false;               // the marlin profile: Marlin's weights (qat/marlin.h)
+  std::string serving = "fp4qat";    // the serving profile recorded in the export (qat::Serving)
+  if (!serving_override.empty()) qat::parse_serving(serving_override);  // refuses an unknown name
   if (const json::Value* q = cj.find("quantization_config")) {
     const std::string method =
         q->at("quant_method", cfg_path + ": quantization_config").as_string(cfg_path + ": quant_method");
@@ -69,22 +71,31 @@ Loaded load(const std::string& dir, const at::Device& device) {
         const NVFP4Rules r = qat::read_recipe_record(*rec, cfg_path + ": quantization_config");
         FP4QAT_CHECK(r.w4a16 == act.rules.w4a16, cfg_path, ": quant_algo '", algo, "' and fp4qat.activations disagree");
         act.rules = r;  // the weights' rule is in the files already
-        // The serving profile the trainer reproduced (qat::Serving): Marlin leaves the
-        // activations of this W4A4 checkpoint in bf16; per-token scales them per row.
-        const std::string serving = qat::read_serving(*rec, cfg_path + ": quantization_config");
-        if (serving == "marlin") {
-          act.rules.w4a16 = true;
-          act.rules.activations = NVFP4Rule{};
-          marlin = true;
-        }
-        if (serving == "flashinfer_per_token") act.rules.activations.row_scaled = true;
+        serving = qat::read_serving(*rec, cfg_path + ": quantization_config");
       }
+      // The serving profile (qat::Serving): the one the trainer reproduced, or the caller's.
+      // Marlin leaves the activations of a W4A4 checkpoint in bf16 and computes with its own
+      // weights; per-token scales the activations per row.
+      if (!serving_override.empty()) {
+        FP4QAT_CHECK(algo == "NVFP4" || serving_override == "fp4qat", dir, ": a ", algo,
+                     " checkpoint is served as it is; serving profile '", serving_override, "' applies to NVFP4 (W4A4)");
+        serving = serving_override;
+      }
+      if (serving == "marlin") {
+        act.rules.w4a16 = true;
+        act.rules.activations = NVFP4Rule{};
+        marlin = true;
+      }
+      if (serving == "flashinfer_per_token") act.rules.activations.row_scaled = true;
     } else {
       FP4QAT_CHECK(method == "mxfp8", cfg_path, ": quant_method '", method,
                    "' is not supported (modelopt NVFP4, mxfp8)");
       out.format = Format::kMXFP8;
     }
   }
+  FP4QAT_CHECK(serving_override.empty() || serving_override == "fp4qat" || out.format == Format::kNVFP4, dir,
+               ": serving profile '", serving_override, "' applies to NVFP4 checkpoints, not to ",
+               qat::to_string(out.format));
   hf::FolderReader files(dir);
   auto get = [&](const std::string& name) { return files.view(name); };
   auto has = [&](const std::string& name) { return files.has(name); };

@@ -48,8 +48,11 @@ struct Loaded {
   Format format = Format::kBF16;
 };
 
-// Loads `dir` onto `device` (throws naming the file or tensor on a malformed folder).
-Loaded load(const std::string& dir, const at::Device& device);
+// Loads `dir` onto `device` (throws naming the file or tensor on a malformed folder). Served with
+// the serving profile the export records (qat.serving; "fp4qat" when none), or `serving_override`
+// ("fp4qat" | "marlin" | "flashinfer_per_token"; the latter two for NVFP4 W4A4 checkpoints only):
+// how `fp4qat eval --serving` asks what another engine would compute from the same files.
+Loaded load(const std::string& dir, const at::Device& device, const std::string& serving_override = "");
 
 // log p(targets) from logits [B, T, V] (any float dtype) and int64 targets [B, T]: float32 [B, T],
 // differentiable (the trainer's GRPO step takes its gradient; token_logprobs calls it without).

@@ -821,6 +821,36 @@ Result Trainer::run() {
 
 }  // namespace
 
-Result run(const config::Config& cfg, const Options& opt) { return Trainer(cfg, opt).run(); }
+namespace {
+// With train.init_from the model's shape is the folder's config.json (issue 23): the run records
+// that shape (config.yaml, checkpoints, every export's recipe.yaml) rather than the recipe's, and
+// a shape the recipe gave (model_config: / model: / --set model.*) that contradicts the folder is
+// reported key by key as ignored. (A recipe that leaves the model section at its defaults is not
+// taken to have given one.)
+config::Config with_folder_shape(const config::Config& cfg, bool quiet) {
+  if (cfg.train.init_from.empty()) return cfg;
+  config::Config c = cfg;
+  c.model = model::read_hf_config(cfg.train.init_from);
+  const std::string given = model::hf_config_json(cfg.model), folder = model::hf_config_json(c.model);
+  if (quiet || given == folder || given == model::hf_config_json(model::ModelConfig{})) return c;
+  const json::Value g = json::parse(given, "the recipe's model shape"), f = json::parse(folder, "config.json");
+  std::string diffs;
+  for (const auto& [k, v] : g.as_object()) {
+    const json::Value* fv = f.find(k);
+    if (fv && fv->dump() == v.dump()) continue;
+    diffs += (diffs.empty() ? "" : ", ") + k + " " + v.dump() + " -> " + (fv ? fv->dump() : std::string("(absent)"));
+  }
+  std::fprintf(stderr,
+               "fp4qat train: warning: the recipe's model shape is ignored: train.init_from '%s' has its own "
+               "(config.json), which this run trains and records: %s\n",
+               cfg.train.init_from.c_str(), diffs.c_str());
+  return c;
+}
+}  // namespace
+
+Result run(const config::Config& cfg, const Options& opt) {
+  const config::Config c = with_folder_shape(cfg, opt.quiet);
+  return Trainer(c, opt).run();
+}
 
 }  // namespace fp4qat::train

@@ -156,6 +156,50 @@ TEST(CliEval, SequencesAndSummaryFromAnExport) {
   EXPECT_NE(m2.err.find("nope"), std::string::npos) << m2.err;
 }
 
+// eval --serving / --reference-serving (issue 21): the same export served by another engine's
+// arithmetic. An export of the default profile against itself: |dlogp| 0; against itself under the
+// marlin or per-token profile: > 0 and equal to what rollout::load with that profile computes; the
+// profile named in the summary; bad names and non-NVFP4 folders refused.
+TEST(CliEval, ServingProfileOverride) {
+  test::TempDir d;
+  one_exported_step(d.file("run"));
+  const std::string dir = d.file("run/exports/latest/nvfp4");
+  auto eval = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = {"eval", "--model", dir, "--reference", dir, "--device", "cpu", "--synthetic-batches",
+                                  "2", "--exact-match", "0"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    const auto r = test::run_fp4qat(a);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return json::parse(r.out.substr(0, r.out.find('\n')), "eval output");
+  };
+  EXPECT_EQ(eval({}).at("mean_abs_dlogp").as_double(), 0.0);
+  EXPECT_EQ(eval({"--reference-serving", "fp4qat"}).at("mean_abs_dlogp").as_double(), 0.0);
+  for (const char* profile : {"marlin", "flashinfer_per_token"}) {
+    SCOPED_TRACE(profile);
+    const json::Value v = eval({"--reference-serving", profile});
+    EXPECT_GT(v.at("mean_abs_dlogp").as_double(), 0.0);
+    EXPECT_EQ(v.at("reference_serving").as_string(), profile);
+    const json::Value w = eval({"--serving", profile, "--reference-serving", profile});
+    EXPECT_EQ(w.at("mean_abs_dlogp").as_double(), 0.0);
+    EXPECT_EQ(w.at("serving").as_string(), profile);
+  }
+  // The override is what load() serves: marlin computes W4A16 with Marlin's weights.
+  const at::Tensor ids = at::tensor(std::vector<int64_t>{1, 2, 10, 3, 11, 5}).unsqueeze(0);
+  rollout::Loaded a = rollout::load(dir, at::kCPU), b = rollout::load(dir, at::kCPU, "marlin");
+  EXPECT_FALSE(at::equal(rollout::token_logprobs(*a.model, *a.policy, ids, at::kFloat),
+                         rollout::token_logprobs(*b.model, *b.policy, ids, at::kFloat)));
+  const auto bad = test::run_fp4qat({"eval", "--model", dir, "--serving", "trtllm", "--device", "cpu"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("trtllm"), std::string::npos) << bad.err;
+  const auto bf = test::run_fp4qat(
+      {"eval", "--model", d.file("run/exports/latest/bf16"), "--serving", "marlin", "--device", "cpu"});
+  EXPECT_EQ(bf.exit_code, 1);
+  EXPECT_NE(bf.err.find("applies to NVFP4"), std::string::npos) << bf.err;
+  const auto noref = test::run_fp4qat({"eval", "--model", dir, "--reference-serving", "marlin", "--device", "cpu"});
+  EXPECT_EQ(noref.exit_code, 1);
+  EXPECT_NE(noref.err.find("--reference-serving needs --reference"), std::string::npos) << noref.err;
+}
+
 TEST(KVCache, IncrementalDecodingEqualsTheFullForward) {
   model::ModelConfig mc = small_run("unused").model;
   mc.mlp_only_layers = {1};  // one dense layer too

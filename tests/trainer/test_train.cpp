@@ -361,6 +361,33 @@ TEST(CliTrain, AnEarlierRunIsRefusedUnlessOverwritten) {
   EXPECT_FALSE(fp4qat::fs::exists(out + "/exports/step-7"));
 }
 
+// train.init_from trains the folder's shape and records it (issue 23): config.yaml says the
+// folder's num_hidden_layers, not the recipe's, and a recipe shape that contradicts the folder is
+// named key by key in a warning.
+TEST(CliTrain, InitFromRecordsTheFoldersShapeAndNamesTheIgnoredOne) {
+  TempDir d;
+  const std::string recipe = std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml";
+  auto train = [&](const std::string& out, std::vector<std::string> extra) {
+    std::vector<std::string> a = {"train", "--recipe", recipe, "--set", "train.out_dir=" + out,
+                                  "--set", "train.steps=1", "--set", "train.eval_every=0"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return fp4qat::test::run_fp4qat(a);
+  };
+  const auto base = train(d.file("base"), {"--set", "model.num_hidden_layers=1"});
+  ASSERT_EQ(base.exit_code, 0) << base.err;
+  const auto r = train(d.file("ft"), {"--set", "train.init_from=" + d.file("base/hf"), "--set",
+                                      "model.num_hidden_layers=3"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("the recipe's model shape is ignored"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("num_hidden_layers 3 -> 1"), std::string::npos) << r.err;
+  const std::string yaml = fp4qat::test::read_bytes(d.file("ft/config.yaml"));
+  EXPECT_NE(yaml.find("num_hidden_layers: 1"), std::string::npos) << yaml;
+  EXPECT_EQ(yaml.find("num_hidden_layers: 3"), std::string::npos) << yaml;
+  // The recipe's own shape is that of recipes/default.yaml's model_config: it differs from the
+  // folder's in num_hidden_layers only, so nothing else is named.
+  EXPECT_EQ(r.err.find("hidden_size "), std::string::npos) << r.err;
+}
+
 // kill -9 (issue 23, "what survives what"): a run with an NVFP4 export after every step and a
 // checkpoint every 2 steps, killed with SIGKILL at several moments. After each kill every
 // published checkpoint and export is complete and `latest` names one; then --resume runs on,
