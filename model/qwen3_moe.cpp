@@ -2,6 +2,10 @@
 // (RMSNorm in fp32, RoPE with rotate-half, router softmax in fp32) so that logits agree.
 #include "model/qwen3_moe.h"
 
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
@@ -120,9 +124,55 @@ ParameterCount parameter_count(const model::ModelConfig& c) {
   return pc;
 }
 
+namespace {
+// A limit file's number (bytes), or 0 for "max", a missing or unreadable file, or a value so large
+// that it means no limit (cgroup v1 writes 2^63 rounded down to the page size).
+int64_t limit_in(const std::string& path) {
+  std::ifstream f(path);
+  std::string v;
+  if (!(f >> v) || v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos) return 0;
+  const unsigned long long n = std::stoull(v);
+  return n >= (1ull << 60) ? 0 : static_cast<int64_t>(n);
+}
+}  // namespace
+
+int64_t cgroup_memory_limit(const std::string& root, const std::string& self_cgroup) {
+  std::string text = self_cgroup;
+  if (text.empty()) {
+    std::ifstream f("/proc/self/cgroup");
+    text.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  }
+  int64_t best = 0;
+  auto take = [&](int64_t v) {
+    if (v > 0 && (best == 0 || v < best)) best = v;
+  };
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {  // "hierarchy:controllers:path"
+    const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string ctl = line.substr(a + 1, b - a - 1);
+    std::string path = line.substr(b + 1);
+    if (path.find("..") != std::string::npos) continue;  // stay inside the cgroup file system
+    const bool v2 = ctl.empty(), v1 = ("," + ctl + ",").find(",memory,") != std::string::npos;
+    if (!v2 && !v1) continue;
+    const std::string base = v2 ? root : root + "/memory";
+    const std::string file = v2 ? "/memory.max" : "/memory.limit_in_bytes";
+    for (;;) {  // the cgroup and each ancestor up to the root
+      take(limit_in(base + (path == "/" ? "" : path) + file));
+      if (path.empty() || path == "/") break;
+      const size_t slash = path.rfind('/');
+      path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+    }
+  }
+  return best;
+}
+
 int64_t host_memory_bytes() {
   const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
+  const int64_t phys = pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
+  const int64_t cg = cgroup_memory_limit();
+  return cg > 0 && (phys == 0 || cg < phys) ? cg : phys;
 }
 
 Qwen3Moe::Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed) : Qwen3Moe(cfg, seed, /*meta=*/false) {}

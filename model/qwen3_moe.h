@@ -125,8 +125,13 @@ ParameterCount parameter_count(const model::ModelConfig& cfg);
 // Whether layer `i` of shape `cfg` is a MoE layer (not in mlp_only_layers, every
 // decoder_sparse_step-th, and the model has experts); Qwen3Moe::is_moe_layer asks this.
 bool is_moe_layer(const model::ModelConfig& cfg, int64_t i);
-// Physical memory of this machine in bytes (0 when unknown).
+// Memory this process may use in bytes: the machine's physical memory, or the cgroup's limit when
+// that is lower (containers); 0 when unknown.
 int64_t host_memory_bytes();
+// The tightest memory limit of this process's cgroup and its ancestors in bytes (cgroup v2
+// memory.max, v1 memory.limit_in_bytes), 0 when there is none. `root`: the cgroup file system;
+// `self_cgroup`: the text of /proc/self/cgroup (parameters for tests).
+int64_t cgroup_memory_limit(const std::string& root = "/sys/fs/cgroup", const std::string& self_cgroup = "");
 // `bytes` as "12.3 GiB", for messages.
 std::string gib(double bytes);
 

@@ -75,6 +75,29 @@ if recipe_rows:
            "expert-only QAT (high_precision backward), served with its recorded recipe. Lowest validation "
            "loss after QAT: **%s** (%.4f; exact match %.3f)." % (best[0], best[1]["val_loss"],
                                                                   best[1]["exact_match"])]
+# Serving profiles (scripts/quality_report: evals-serving.jsonl): |dlogp| between the trainer's
+# policy (each QAT run's export under the profile it was trained for) and the same export as each
+# engine profile serves it.
+PROFILES = [("fp4qat", "`fp4qat` (the export's recorded recipe as `fp4qat eval` serves it)"),
+            ("marlin", "`marlin` (vLLM / SGLang on Hopper: W4A16, Marlin's weights)"),
+            ("flashinfer_per_token", "`flashinfer_per_token` (SM100 per-token activation scales)")]
+path = os.path.join(rep, "evals-serving.jsonl")
+if os.path.exists(path):
+    sv = {(e["trained"], e["served"]): e for e in (json.loads(l) for l in open(path) if l.strip())}
+    trained = [p for p, _ in PROFILES if any(k[0] == p for k in sv)]
+    served = [p for p, _ in PROFILES if any(k[1] == p for k in sv)]
+    md += ["", "Serving profiles (`qat.serving`, issue 21): mean per-token |dlogp| between the trainer's policy "
+           "after expert-only QAT under the profile of the row and its export as the engine of the column "
+           "computes it (`fp4qat eval --reference-serving`). The diagonal is the per-step probe of a run "
+           "trained for the engine that serves it; off the diagonal, a run trained for one engine and "
+           "served by another. A run trained for `flashinfer_per_token` records row-scaled activations "
+           "in its recipe, so `fp4qat eval` serves it per token as well.", "",
+           "| trained for (row), served by (column) | " + " | ".join("`%s`" % p for p in served) + " |",
+           "|---|" + "---:|" * len(served)]
+    for t in trained:
+        label = dict(PROFILES)[t]
+        md.append("| %s | " % label + " | ".join(
+            ("%.2e" % sv[(t, s_)]["mean_abs_dlogp"]) if (t, s_) in sv else "—" for s_ in served) + " |")
 md += ["", "![val loss and exact match per model; QAT loss curves](quality-report.svg)", "",
        "Reading: with QAT the trainer's policy *is* the served NVFP4 policy (|dlogp| at "
        "accumulation-order level; exactly 0 on the CPU), while a BF16 trainer whose weights are "

@@ -181,19 +181,55 @@ namespace {
 // Training keeps, per parameter held on this rank, an fp32 master, its gradient and two AdamW
 // moments on the device: 16 bytes before any activation. A shape that cannot fit that is refused
 // here, before the model is built, naming the keys to change.
-void check_training_memory(const model::ModelConfig& mc, const at::Device& dev, int64_t ep) {
+// A lower bound of what one micro-batch of `tokens` tokens keeps for its backward, in bytes:
+// per layer and token the attention's inputs and outputs (norm, q/k/v, attention, o_proj, residual),
+// the router's fp32 logits and, for each of the k routed slots, the expert MLP's rows (input,
+// gate/up, activation, output), in the compute dtype (`elem` bytes); then the logits in the compute
+// dtype plus their fp32 copy and gradient for the loss. Attention scores, the optimizer's
+// temporaries and the allocator's slack come on top.
+double activation_bytes(const model::ModelConfig& mc, int64_t tokens, int64_t elem) {
+  const double H = static_cast<double>(mc.hidden_size), hd = static_cast<double>(mc.head_dim);
+  const double qkv = static_cast<double>(mc.num_attention_heads + 2 * mc.num_key_value_heads) * hd;
+  const double attn = (4 * H + qkv + static_cast<double>(mc.num_attention_heads) * hd) * elem;
+  double layers = 0;
+  for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
+    const bool moe = model::is_moe_layer(mc, l);
+    const double I = static_cast<double>(moe ? mc.moe_intermediate_size : mc.intermediate_size);
+    const double slots = moe ? static_cast<double>(mc.num_experts_per_tok) : 1.0;
+    layers += attn + slots * (2 * H + 3 * I) * elem + (moe ? 4.0 * static_cast<double>(mc.num_experts) : 0.0);
+  }
+  const double logits = static_cast<double>(mc.vocab_size) * (static_cast<double>(elem) + 8);
+  return static_cast<double>(tokens) * (layers + logits);
+}
+
+// Refuses, before anything is allocated, a run whose parameters (fp32 masters, gradients and AdamW
+// moments: 16 bytes each; the experts sharded over ep ranks) and one micro-batch's activations
+// (activation_bytes of train.batch_size x train.seq_len tokens) cannot fit the device: the GPU's
+// memory, or on the CPU the machine's memory or the container's (cgroup) limit, whichever is lower.
+void check_training_memory(const model::ModelConfig& mc, const config::TrainConfig& t, const at::Device& dev,
+                           at::ScalarType dt, int64_t ep) {
   const model::ParameterCount pc = model::parameter_count(mc);
   const int64_t here = pc.total - pc.experts + pc.experts / std::max<int64_t>(ep, 1);
-  const double need = static_cast<double>(here) * 16;
+  const double params = static_cast<double>(here) * 16;
+  const double acts = activation_bytes(mc, t.batch_size * t.seq_len, dt == at::kFloat ? 4 : 2);
   const int64_t have = dev.is_cuda() ? static_cast<int64_t>(at::accelerator::getMemoryInfo(dev.index()).second)
                                      : model::host_memory_bytes();
-  FP4QAT_CHECK(have == 0 || need <= static_cast<double>(have), "model shape: ", here, " parameters on this rank need ",
-               model::gib(need), " on ", dev.str(),
+  const std::string where = dev.is_cuda() ? dev.str() : "this machine (its memory, or its cgroup limit if lower)";
+  FP4QAT_CHECK(have == 0 || params <= static_cast<double>(have), "model shape: ", here,
+               " parameters on this rank need ", model::gib(params), " on ", where,
                " for training (fp32 masters, gradients and AdamW moments, 16 bytes ",
                "each, before activations) but it has ", model::gib(static_cast<double>(have)), "; the experts are ",
                model::gib(static_cast<double>(pc.experts) * 16 / std::max<int64_t>(ep, 1)), " of it. Use a smaller ",
                "shape (model.num_experts, model.moe_intermediate_size, model.hidden_size, model.num_hidden_layers) ",
                "or shard the experts over more GPUs (parallel.ep)");
+  FP4QAT_CHECK(have == 0 || params + acts <= static_cast<double>(have), "train.batch_size ", t.batch_size,
+               " x train.seq_len ", t.seq_len, ": one micro-batch's activations need at least ", model::gib(acts),
+               " (of which the logits over model.vocab_size ", mc.vocab_size, ": ",
+               model::gib(static_cast<double>(t.batch_size * t.seq_len) * static_cast<double>(mc.vocab_size) *
+                          ((dt == at::kFloat ? 4.0 : 2.0) + 8)),
+               ") beside the parameters' ", model::gib(params), ", more than the ", model::gib(static_cast<double>(have)),
+               " of ", where, ". Use a smaller train.batch_size (with train.grad_accum for the same global batch) ",
+               "or train.seq_len");
 }
 
 // metrics.jsonl on --resume from checkpoint step `step`: the lines of steps after it (written by
@@ -396,8 +432,8 @@ void Trainer::setup() {
   }
   topo_ = dist::make_topology(*pg_, cfg.parallel.dp, cfg.parallel.ep);
   W_ = pg_->world_size();
-  check_training_memory(cfg.train.init_from.empty() ? cfg.model : model::read_hf_config(cfg.train.init_from), dev_,
-                        topo_->ep_size);
+  // cfg.model is train.init_from's shape when there is one (run())
+  check_training_memory(cfg.model, cfg.train, dev_, compute_dtype(cfg, dev_), topo_->ep_size);
   if (pg_->is_main()) claim_out_dir();  // before anything is written
   pg_->barrier();
   dt_ = compute_dtype(cfg, dev_);

@@ -197,3 +197,29 @@ TEST(ModelHF, ImpossibleConfigJsonIsRefusedNamingFileAndKey) {
     EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0) << extra;
   }
 }
+
+// The memory a process may use (issue 23): the cgroup limit of the process's cgroup or an ancestor,
+// v2 (memory.max, "max" = none) and v1 (memory.limit_in_bytes, ~2^63 = none); none, or an
+// unreadable value, gives 0.
+TEST(HostMemory, CgroupLimitOfTheProcessOrItsAncestors) {
+  fp4qat::test::TempDir d;
+  const std::string root = d.path();
+  fp4qat::fs::make_dirs(root + "/a/b");
+  fp4qat::test::write_bytes(root + "/a/b/memory.max", "max\n");
+  fp4qat::test::write_bytes(root + "/a/memory.max", "1073741824\n");
+  EXPECT_EQ(fp4qat::model::cgroup_memory_limit(root, "0::/a/b\n"), int64_t(1) << 30);
+  fp4qat::test::write_bytes(root + "/a/b/memory.max", "536870912\n");  // the tighter one wins
+  EXPECT_EQ(fp4qat::model::cgroup_memory_limit(root, "0::/a/b\n"), int64_t(1) << 29);
+  EXPECT_EQ(fp4qat::model::cgroup_memory_limit(root, "0::/\n"), 0);  // no limit at the root
+  EXPECT_EQ(fp4qat::model::cgroup_memory_limit(root, "0::/a/../..\n"), 0);  // never outside root
+  fp4qat::fs::make_dirs(root + "/memory/x");
+  fp4qat::test::write_bytes(root + "/memory/memory.limit_in_bytes", "9223372036854771712\n");  // v1: none
+  fp4qat::test::write_bytes(root + "/memory/x/memory.limit_in_bytes", "2147483648\n");
+  EXPECT_EQ(fp4qat::model::cgroup_memory_limit(root, "7:cpu,cpuacct:/x\n5:memory:/x\n"), int64_t(1) << 31);
+  fp4qat::test::write_bytes(root + "/memory/x/memory.limit_in_bytes", "12abc\n");
+  EXPECT_EQ(fp4qat::model::cgroup_memory_limit(root, "5:memory:/x\n"), 0);
+  // This machine: at most its physical memory, and at most a cgroup limit there is.
+  const int64_t here = fp4qat::model::host_memory_bytes(), cg = fp4qat::model::cgroup_memory_limit();
+  EXPECT_GT(here, 0);
+  if (cg > 0) EXPECT_LE(here, cg);
+}

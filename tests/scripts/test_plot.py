@@ -190,6 +190,23 @@ def main():
     md = open(os.path.join(rep, "quality-report.md")).read()
     check("Lowest validation loss after QAT: **W4A16" in md, "quality-report.md names the recipe with the lowest QAT loss")
 
+    # 6. the serving profiles (evals-serving.jsonl): the trained-for x served-by |dlogp| table
+    profs = ["fp4qat", "marlin", "flashinfer_per_token"]
+    with open(os.path.join(rep, "evals-serving.jsonl"), "w") as f:
+        for i, t in enumerate(profs):
+            for j, s_ in enumerate(profs):
+                f.write(json.dumps({"trained": t, "served": s_, "val_loss": 1.1, "mean_abs_dlogp":
+                                    0.0 if i == j else 0.001 * (1 + 3 * i + j)}) + "\n")
+    p = subprocess.run([sys.executable, os.path.join(repo, "scripts", "quality_report.py"), rep, "test machine"],
+                       capture_output=True, text=True, timeout=300)
+    check(p.returncode == 0, "quality_report.py with serving profiles" + ("" if p.returncode == 0 else " (%s)" % p.stderr.strip()[-300:]))
+    md = open(os.path.join(rep, "quality-report.md")).read()
+    rows = [l for l in md.splitlines() if l.startswith("| `marlin` (vLLM")]
+    check(len(rows) == 1 and rows[0].split("|")[2:5] == [" 4.00e-03 ", " 0.00e+00 ", " 6.00e-03 "],
+          "quality-report.md: the marlin row of the serving table is trained-for marlin, served by each profile: %s" % rows)
+    check("| trained for (row), served by (column) | `fp4qat` | `marlin` | `flashinfer_per_token` |" in md,
+          "quality-report.md: the serving table's columns are the served-by profiles")
+
     status = checks.summary()
     if not status:
         import shutil

@@ -14,6 +14,7 @@
 #include "io/json.h"
 #include "io/publish.h"
 #include "io/safetensors.h"
+#include "model/qwen3_moe.h"
 #include "tests/common/test_util.h"
 #include "trainer/grpo.h"
 #include "trainer/train.h"
@@ -126,6 +127,24 @@ TEST(CliTrain, DumpConfigAndBadKeys) {
   EXPECT_NE(r.err.find("for training (fp32 masters, gradients and AdamW moments"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("model.num_experts"), std::string::npos) << r.err;
   EXPECT_FALSE(fp4qat::fs::exists(d.file("huge")));
+  // A shape whose parameters fit but whose micro-batch does not (issue 23: each was OOM-killed in a
+  // 4 GiB container): a 2M-token vocabulary's logits, or 20000 rows a micro-batch; refused naming
+  // train.batch_size / model.vocab_size, nothing written.
+  const int64_t ram = fp4qat::model::host_memory_bytes();
+  for (const auto& set : {std::vector<std::string>{"--set", "model.vocab_size=2000000", "--set", "train.batch_size=64",
+                                                   "--set", "train.seq_len=512"},
+                          std::vector<std::string>{"--set", "train.batch_size=2000000"}}) {
+    std::vector<std::string> a = {"train", "--recipe", d.file("r.yaml"), "--set", "train.out_dir=" + d.file("big"),
+                                  "--set", "train.device=cpu"};
+    a.insert(a.end(), set.begin(), set.end());
+    if (ram > (int64_t(1) << 42)) GTEST_SKIP() << "a machine with more than 4 TiB holds these batches";
+    r = fp4qat::test::run_fp4qat(a);
+    EXPECT_EQ(r.exit_code, 1) << set[1];
+    EXPECT_NE(r.err.find("one micro-batch's activations need at least"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("train.batch_size"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("model.vocab_size"), std::string::npos) << r.err;
+    EXPECT_FALSE(fp4qat::fs::exists(d.file("big")));
+  }
   // The shipped recipes resolve.
   for (std::string rec : {"default.yaml", "moe-100m-gpu.yaml"}) {
     r = fp4qat::test::run_fp4qat(
