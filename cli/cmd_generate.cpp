@@ -71,6 +71,9 @@ int cmd_generate(const Args& args) {
       "stop a sequence at this token id (-1: none); default: the eos_id of a prepared dataset given as "
       "--prompts, else none")(
       "samples", po::value(&samples)->default_value(1), "responses per prompt (one group per prompt)")(
+      "routed-experts",
+      "record each response token's experts in every MoE layer (\"routed_experts\", [response][moe layers][top k], "
+      "SGLang's return_routed_experts layout) for routing replay (rl.router_replay)")(
       "reward", po::value(&reward),
       "score each response with this reward (trainer/rewards.h: addition | addition_exact); without it the "
       "records carry no reward")("seed", po::value(&seed)->default_value(0), "sampling seed")(
@@ -91,7 +94,15 @@ int cmd_generate(const Args& args) {
   rollout::Loaded m = rollout::load(model_dir, dev);
   const int64_t V = m.model->config().vocab_size;
   // The KV cache holds the prompt and every generated token but the last.
-  const int64_t max_pos = m.model->config().max_position_embeddings, room = max_pos - std::max<int64_t>(max_new - 1, 0);
+  const bool want_routed = vm.count("routed-experts") > 0;
+  int64_t moe_layers = 0;
+  for (int64_t l = 0; l < m.model->config().num_hidden_layers; ++l) moe_layers += m.model->is_moe_layer(l) ? 1 : 0;
+  FP4QAT_CHECK(!want_routed || moe_layers > 0, "--routed-experts: ", model_dir, " has no MoE layer");
+  const int64_t top_k = m.model->config().num_experts_per_tok;
+  // The KV cache holds the prompt and every generated token but the last (and the last too when its
+  // routing is recorded: it is run as an input once more).
+  const int64_t max_pos = m.model->config().max_position_embeddings,
+                room = max_pos - std::max<int64_t>(max_new - (want_routed ? 0 : 1), 0);
   FP4QAT_CHECK(room >= 1, "--max-new-tokens ", max_new, " leaves no room for a prompt within the model's ",
                "max_position_embeddings (", max_pos, ")");
   const auto ps = read_prompts(prompts, V, static_cast<size_t>(room),
@@ -119,17 +130,22 @@ int cmd_generate(const Args& args) {
         const int64_t next = pick(logits, temperature, top_p, gen);
         s.response.push_back(next);
         s.logprobs.push_back(at::log_softmax(logits, 0)[next].item<float>());
-        if (next == eos) break;
-        if (n + 1 < max_new)
-          logits = m.model
-                       ->forward(at::tensor(std::vector<int64_t>{next}, at::kLong).unsqueeze(0).to(dev), dt, *m.policy,
-                                 &cache)
-                       .logits[0][-1]
-                       .to(at::kFloat)
-                       .to(at::kCPU);
+        const bool last = next == eos || n + 1 == max_new;
+        if (last && !want_routed) break;
+        // The token as the next input: the next logits, and the experts it goes to.
+        const model::ForwardOutput fw = m.model->forward(
+            at::tensor(std::vector<int64_t>{next}, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache);
+        if (want_routed)
+          for (const at::Tensor& r : fw.routed) {  // [1, 1, k] per MoE layer
+            const at::Tensor ids = r.reshape({-1}).to(at::kCPU);
+            for (int64_t q = 0; q < top_k; ++q) s.routed.push_back(static_cast<int32_t>(ids[q].item<int64_t>()));
+          }
+        if (last) break;
+        logits = fw.logits[0][-1].to(at::kFloat).to(at::kCPU);
       }
       if (score) s.reward = score(s.prompt, s.response);
-      std::string line = rollouts::to_json_line(s, 0, 0, /*with_reward=*/score != nullptr);
+      std::string line = rollouts::to_json_line(s, want_routed ? moe_layers : 0, want_routed ? top_k : 0,
+                                                /*with_reward=*/score != nullptr);
       if (vocab) {  // the decoded text beside the ids (information only; the rollout reader ignores it)
         json::Value rec = json::parse(line, "rollout record");
         const std::string pt = data::Vocab::printable(vocab->decode(s.prompt)),

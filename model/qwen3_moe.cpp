@@ -276,7 +276,8 @@ at::Tensor Qwen3Moe::attention(int64_t i, const at::Tensor& x, const at::Tensor&
 }
 
 at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
-                         at::Tensor* load) const {
+                         at::Tensor* load, const at::Tensor& replay_ids, const at::Tensor& replay,
+                         at::Tensor* routed) const {
   const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, k = cfg_.num_experts_per_tok;
   const std::string p = L(i) + "mlp.";
   const at::Tensor x = x3.reshape({-1, H});  // [N, H]
@@ -284,7 +285,12 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
   const at::Tensor logits = policy.linear(p + "gate.weight", x, param(p + "gate.weight"));  // [N, E]
   const at::Tensor probs = at::softmax(logits.to(at::kFloat), 1);
   auto [topw, topi] = at::topk(probs, k, 1);  // [N, k]
+  if (replay_ids.defined()) {  // R3: the given experts where replayed, the router's own scores at them
+    topi = at::where(replay.reshape({N, 1}), replay_ids.reshape({N, k}), topi);
+    topw = probs.gather(1, topi);
+  }
   if (cfg_.norm_topk_prob) topw = topw / topw.sum(-1, true);
+  *routed = topi.view({x3.size(0), x3.size(1), k});
   topw = topw.to(dt);
 
   // Switch load balancing: E * sum_e f_e * P_e (f_e: share of routed slots, P_e: mean prob).
@@ -343,8 +349,21 @@ void Qwen3Moe::shard_experts(ExpertDispatch& ep) {
 }
 
 ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, LinearPolicy& policy, KVCache* cache,
-                                const Packing* packing) const {
+                                const Packing* packing, const Routing* routing) const {
   FP4QAT_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "model input must be int64 [B, T], got ", ids.sizes());
+  int64_t moe_layers = 0;
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) moe_layers += is_moe_layer(i) ? 1 : 0;
+  if (routing) {
+    const auto& e = routing->experts;
+    FP4QAT_CHECK(e.dim() == 4 && e.scalar_type() == at::kLong && e.size(0) == ids.size(0) &&
+                     e.size(1) == ids.size(1) && e.size(2) == moe_layers && e.size(3) == cfg_.num_experts_per_tok,
+                 "forward: replayed experts must be int64 [B, T, moe_layers, k] = [", ids.size(0), ", ", ids.size(1),
+                 ", ", moe_layers, ", ", cfg_.num_experts_per_tok, "], got ", e.sizes(), " ", e.scalar_type());
+    FP4QAT_CHECK(routing->replay.sizes() == ids.sizes() && routing->replay.scalar_type() == at::kBool,
+                 "forward: the replay mask must be bool [B, T] like the ids ", ids.sizes());
+    FP4QAT_CHECK(e.numel() == 0 || (e.min().item<int64_t>() >= 0 && e.max().item<int64_t>() < cfg_.num_experts),
+                 "forward: a replayed expert id is outside [0, ", cfg_.num_experts, ")");
+  }
   const int64_t T = ids.size(1), hd = cfg_.head_dim;
   const int64_t pos0 = cache ? cache->pos : 0;
   FP4QAT_CHECK(pos0 + T <= cfg_.max_position_embeddings, "sequence of ", pos0 + T,
@@ -382,10 +401,16 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
                       cache, mask);
     const at::Tensor hn = rms_norm(x, param(L(i) + "post_attention_layernorm.weight"), cfg_.rms_norm_eps);
     if (is_moe_layer(i)) {
-      at::Tensor aux, load;
-      x = x + moe(i, hn, dt, policy, &aux, &load);
+      at::Tensor aux, load, routed, ids_l, replay_l;
+      if (routing) {
+        const int64_t m = static_cast<int64_t>(out.routed.size());
+        ids_l = routing->experts.select(2, m).to(x.device());  // [B, T, k]
+        replay_l = routing->replay.to(x.device());
+      }
+      x = x + moe(i, hn, dt, policy, &aux, &load, ids_l, replay_l, &routed);
       auxes.push_back(aux);
       out.expert_load.push_back(load);
+      out.routed.push_back(routed);
     } else {
       const std::string p = L(i) + "mlp.";
       const at::Tensor g = policy.linear(p + "gate_proj.weight", hn, param(p + "gate_proj.weight"));

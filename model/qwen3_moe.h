@@ -27,6 +27,16 @@ struct ForwardOutput {
   at::Tensor logits;                    // [B, T, vocab] in the compute dtype
   at::Tensor aux_loss;                  // scalar fp32: mean over MoE layers of the Switch loss
   std::vector<at::Tensor> expert_load;  // per MoE layer: fraction of routed slots per expert [E]
+  std::vector<at::Tensor> routed;       // per MoE layer: int64 [B, T, k], the experts each token went to
+};
+
+// Routing replay (R3, issue 22): the tokens where `replay` is true go to the given experts (the
+// rollout engine's choice) instead of the router's top-k; their gate weights are the router's own
+// probabilities at those experts, normalised as the model normalises its top-k (norm_topk_prob),
+// so the router still gets gradients. Other tokens are routed as usual.
+struct Routing {
+  at::Tensor experts;  // int64 [B, T, moe_layers, k], each in [0, num_experts)
+  at::Tensor replay;   // bool [B, T]
 };
 
 // Documents packed into the rows of a batch: attention stays inside a document (causal within
@@ -81,7 +91,7 @@ class Qwen3Moe {
   // ones (positions cache->pos...), attending to the cache and causally among themselves. With
   // `packing` (not with a cache), the rows hold several documents that do not see each other.
   ForwardOutput forward(const at::Tensor& ids, at::ScalarType compute, LinearPolicy& policy, KVCache* cache = nullptr,
-                        const Packing* packing = nullptr) const;
+                        const Packing* packing = nullptr, const Routing* routing = nullptr) const;
 
   // Hugging Face adapter: per-expert names, tensors converted to `dtype`.
   Params to_hf(at::ScalarType dtype) const;
@@ -102,8 +112,10 @@ class Qwen3Moe {
   // cos, sin: [T, hd], or [B, 1, T, hd] with packing; mask: bool [B, 1, T, T] (packing) or undefined
   at::Tensor attention(int64_t layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                        at::ScalarType dt, LinearPolicy& policy, KVCache* cache, const at::Tensor& mask) const;
+  // replay_ids: int64 [B, T, k] and replay: bool [B, T] (Routing, this layer's slice) or undefined;
+  // *routed: the experts used, int64 [B, T, k].
   at::Tensor moe(int64_t layer, const at::Tensor& x, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
-                 at::Tensor* load) const;
+                 at::Tensor* load, const at::Tensor& replay_ids, const at::Tensor& replay, at::Tensor* routed) const;
   at::Tensor expert_mlp(const std::string& p, const at::Tensor& xs, const at::Tensor& counts,
                         LinearPolicy& policy) const;
   model::ModelConfig cfg_;

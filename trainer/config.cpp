@@ -309,6 +309,7 @@ class Schema {
         }));
     add("rl", "clip_high", &rl.loss.clip_high, positive<double>());
     add("rl", "adv_std_normalize", &rl.adv_std_normalize);
+    add("rl", "router_replay", &rl.router_replay);
     add_enum("rl", "correction", &rl.loss.correction, kCorrections);
     add("rl", "tis_cap", &rl.loss.tis_cap, Check<double>([](const double& v) {
           return v >= 1 ? std::string() : "must be >= 1 (the importance weight min(m, C) is truncated at C)";

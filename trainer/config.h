@@ -104,6 +104,9 @@ struct ParallelConfig {
 struct RlConfig {
   grpo::Options loss;             // clip_low 0.2, clip_high 0.28, correction tis (cap 2) | mask | none, kl_coef 0
   bool adv_std_normalize = true;  // group advantages (r - mean) / std, else r - mean
+  // Routing replay (R3): each MoE layer routes the response tokens to the experts the sampler chose
+  // (the samples' routed_experts), with the router's own scores there as gate weights.
+  bool router_replay = false;
 };
 
 struct Config {

@@ -170,9 +170,18 @@ namespace {
 std::string file_of(const std::string& where) { return where.substr(0, where.rfind(':')); }
 }  // namespace
 
-Dataset::Dataset(std::vector<Sample> samples, bool adv_std_normalize, uint64_t seed)
-    : samples_(std::move(samples)), seed_(seed) {
+Dataset::Dataset(std::vector<Sample> samples, bool adv_std_normalize, uint64_t seed, int64_t moe_layers,
+                 int64_t top_k)
+    : samples_(std::move(samples)), seed_(seed), moe_layers_(moe_layers), top_k_(top_k) {
   FP4QAT_CHECK(!samples_.empty(), "rollouts: no sample to train on");
+  for (const auto& smp : samples_) {
+    if (smp.routed.empty()) continue;
+    FP4QAT_CHECK(moe_layers > 0 && top_k > 0 &&
+                     static_cast<int64_t>(smp.routed.size()) ==
+                         static_cast<int64_t>(smp.response.size()) * moe_layers * top_k,
+                 smp.where, ": routed_experts do not have the layout [response length][", moe_layers, "][", top_k, "]");
+    has_routing_ = true;
+  }
   std::map<std::string, size_t> index;  // file + '\n' + group id -> group
   std::vector<double> rewards;
   std::vector<std::string> keys;
@@ -234,6 +243,23 @@ Batch Dataset::batch(uint64_t index, int64_t groups_per_batch) const {
     const auto& a = adv_[rows[static_cast<size_t>(r)]];
     adv.insert(adv.end(), a.begin(), a.end());
     b.reward_sum += s.reward;
+  }
+  if (has_routing_) {
+    b.routed = at::zeros({B, T, moe_layers_, top_k_}, at::kLong);
+    b.replay = at::zeros({B, T}, at::kBool);
+    auto routed = b.routed.accessor<int64_t, 4>();
+    auto replay = b.replay.accessor<bool, 2>();
+    for (int64_t r = 0; r < B; ++r) {
+      const Sample& s = samples_[rows[static_cast<size_t>(r)]];
+      if (s.routed.empty()) continue;
+      const int64_t P = static_cast<int64_t>(s.prompt.size()), R = static_cast<int64_t>(s.response.size());
+      for (int64_t j = 0; j + 1 < R; ++j) {  // [R, L, k] flattened: token j's layer l, slot q
+        replay[r][P + j] = true;
+        for (int64_t l = 0; l < moe_layers_; ++l)
+          for (int64_t q = 0; q < top_k_; ++q)
+            routed[r][P + j][l][q] = s.routed[static_cast<size_t>((j * moe_layers_ + l) * top_k_ + q)];
+      }
+    }
   }
   b.samples = B;
   b.tokens = static_cast<int64_t>(sampler.size());

@@ -65,6 +65,10 @@ struct Batch {
   at::Tensor mask;        // bool [B, T]: the target positions that are response tokens
   at::Tensor sampler;     // float32 [N]: the sampler's log-prob of each response token (mask's row-major order)
   at::Tensor adv;         // float32 [N]: its advantage
+  // Routing replay (R3), when the samples carry routed experts: response token j's experts at its
+  // input position P + j (j < R - 1: the last response token is never an input), replay true there.
+  at::Tensor routed;      // int64 [B, T, moe_layers, k], or undefined
+  at::Tensor replay;      // bool [B, T], or undefined
   double reward_sum = 0;  // over the B samples
   int64_t samples = 0;    // B
   int64_t tokens = 0;     // N: response tokens
@@ -77,7 +81,10 @@ class Dataset {
   // advantage on each token: its own "advantages" when the record has them, else its reward
   // normalised within its whole group (grpo::group_advantages: minus the group mean, divided by
   // the group's std when adv_std_normalize).
-  Dataset(std::vector<Sample> samples, bool adv_std_normalize, uint64_t seed);
+  // moe_layers, top_k: the layout of the samples' routed experts (Limits), for Batch::routed.
+  Dataset(std::vector<Sample> samples, bool adv_std_normalize, uint64_t seed, int64_t moe_layers = 0,
+          int64_t top_k = 0);
+  bool has_routing() const { return has_routing_; }  // some sample carries routed experts
   int64_t groups() const { return static_cast<int64_t>(groups_.size()); }
   int64_t samples() const { return static_cast<int64_t>(samples_.size()); }
   // Micro-batch `index`: groups_per_batch whole groups. Draw k = index * groups_per_batch + j
@@ -92,6 +99,8 @@ class Dataset {
   std::vector<std::vector<size_t>> groups_;  // sample indices of each group
   std::vector<std::vector<float>> adv_;      // per sample: [response length]
   uint64_t seed_;
+  int64_t moe_layers_ = 0, top_k_ = 0;
+  bool has_routing_ = false;
 };
 
 }  // namespace fp4qat::rollouts

@@ -379,7 +379,10 @@ void Trainer::setup() {
                  "folder of them)");
     rollouts_ = std::make_unique<rollouts::Dataset>(
         fs::is_dir(cfg.data.path) ? rollouts::read_folder(cfg.data.path, lim) : rollouts::read_file(cfg.data.path, lim),
-        cfg.rl.adv_std_normalize, cfg.train.seed);
+        cfg.rl.adv_std_normalize, cfg.train.seed, lim.moe_layers, lim.top_k);
+    FP4QAT_CHECK(!cfg.rl.router_replay || rollouts_->has_routing(), "rl.router_replay: the samples in ",
+                 cfg.data.path, " carry no routed_experts to replay (fp4qat generate --routed-experts, SGLang's ",
+                 "return_routed_experts)");
     FP4QAT_CHECK(cfg.train.batch_size <= rollouts_->groups(), "train.batch_size (", cfg.train.batch_size,
                  " groups per micro-batch with data.kind rollouts) exceeds the ", rollouts_->groups(), " groups in ",
                  cfg.data.path);
@@ -600,12 +603,19 @@ std::pair<at::Tensor, at::Tensor> Trainer::grpo_loss(uint64_t index, model::Forw
   const int64_t T = b.ids.size(1) - 1;
   const at::Tensor ids = b.ids.to(dev_), mask = b.mask.to(dev_);  // [B, T + 1], [B, T]
   const at::Tensor inputs = ids.narrow(1, 0, T), targets = ids.narrow(1, 1, T);
-  model::ForwardOutput fw = model_->forward(inputs, dt_, *policy_);
+  // R3: the sampler's experts for the response tokens (the reference model replays them too).
+  model::Routing routing;
+  const bool replay = cfg_.rl.router_replay && b.routed.defined();
+  if (replay) routing = {b.routed.to(dev_), b.replay.to(dev_)};
+  model::ForwardOutput fw = model_->forward(inputs, dt_, *policy_, nullptr, nullptr, replay ? &routing : nullptr);
   const at::Tensor logp = rollout::logprobs_of(fw.logits, targets).masked_select(mask);  // [N]
   at::Tensor ref;  // [N]: the reference's log-probs (rl.kl_coef > 0)
   if (ref_model_) {
     torch::NoGradGuard ng;
-    ref = rollout::logprobs_of(ref_model_->forward(inputs, dt_, *ref_policy_).logits, targets).masked_select(mask);
+    ref = rollout::logprobs_of(
+              ref_model_->forward(inputs, dt_, *ref_policy_, nullptr, nullptr, replay ? &routing : nullptr).logits,
+              targets)
+              .masked_select(mask);
   }
   const grpo::Result r = grpo::loss(logp, logp.detach(), b.sampler.to(dev_), b.adv.to(dev_), cfg_.rl.loss, ref);
   const double n = static_cast<double>(b.tokens);

@@ -221,5 +221,7 @@ TEST(HostMemory, CgroupLimitOfTheProcessOrItsAncestors) {
   // This machine: at most its physical memory, and at most a cgroup limit there is.
   const int64_t here = fp4qat::model::host_memory_bytes(), cg = fp4qat::model::cgroup_memory_limit();
   EXPECT_GT(here, 0);
-  if (cg > 0) EXPECT_LE(here, cg);
+  if (cg > 0) {
+    EXPECT_LE(here, cg);
+  }
 }

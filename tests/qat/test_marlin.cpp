@@ -32,7 +32,9 @@ TEST(Marlin, ScaleFactorIsTheLargestPowerOfTwoKeepingTheMaxWithin448) {
     EXPECT_EQ(std::exp2(std::round(std::log2(sf))), sf);  // a power of two
     EXPECT_GE(sf, 1.0);
     EXPECT_LE(mx * sf, 448.0);
-    if (sf > 1 || mx * 2 <= 448) EXPECT_GT(mx * sf * 2, 448.0);  // the largest one (1 when max > 224)
+    if (sf > 1 || mx * 2 <= 448) {
+      EXPECT_GT(mx * sf * 2, 448.0);  // the largest one (1 when max > 224)
+    }
   }
   EXPECT_EQ(qat::marlin_scale_factor(at::zeros({4, 8}, at::kByte).view(at::kFloat8_e4m3fn)), 1.0);  // no scale
 }

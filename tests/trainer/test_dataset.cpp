@@ -76,8 +76,9 @@ TEST(Dataset, ReadsFolderAndBatches) {
         const auto& doc = docs[static_cast<size_t>(found)];
         const int64_t len = std::min<int64_t>(static_cast<int64_t>(doc.ids.size()), T + 1 - t);
         for (int64_t j = 0; j < len; ++j) {
-          if (t + j >= 1)
+          if (t + j >= 1) {
             EXPECT_EQ(b.loss_mask[r][t + j - 1].item<bool>(), j > 0 && doc.mask[j] == 1) << r << " " << t + j;
+          }
           if (packing && t + j < T) {
             EXPECT_EQ(b.positions[r][t + j].item<int64_t>(), j);
             EXPECT_EQ(b.segments[r][t + j].item<int64_t>(), seg);

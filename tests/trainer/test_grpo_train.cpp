@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <memory>
 #include <random>
 
 #include "io/fs.h"
@@ -402,4 +403,134 @@ TEST(GrpoTrain, ResumeIsBitIdenticalWithQatExportAndKl) {
       ++compared;
     }
   EXPECT_GT(compared, 0);
+}
+
+// Routing replay (R3, issue 22) in the model: replayed tokens go to the given experts, the others
+// are routed as usual (checked in the first MoE layer, whose input the replay cannot change); an
+// all-false replay mask changes nothing, bit for bit; the router still gets gradients under replay;
+// malformed routing is refused.
+TEST(RouterReplay, ReplayedTokensGoToTheGivenExpertsAndTheRouterStillLearns) {
+  TempDir d;
+  const cfg::Config c = grpo_run(d.file("run"), d.file("data"));
+  fp4qat::model::Qwen3Moe m(c.model, 5);
+  fp4qat::model::LinearPolicy plain;
+  const int64_t B = 2, T = 8, E = c.model.num_experts, k = c.model.num_experts_per_tok;
+  int64_t L = 0;
+  for (int64_t l = 0; l < c.model.num_hidden_layers; ++l) L += m.is_moe_layer(l) ? 1 : 0;
+  ASSERT_GE(L, 1);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  const at::Tensor ids = at::randint(0, c.model.vocab_size, {B, T}, gen);
+  const auto own = m.forward(ids, at::kFloat, plain);
+  // Replayed experts: k distinct ids per token and layer, other than the router's own choice where possible.
+  at::Tensor experts = at::empty({B, T, L, k}, at::kLong);
+  for (int64_t i = 0; i < B * T * L; ++i)
+    experts.view({-1, k})[i].copy_(at::randperm(E, gen, at::kLong).narrow(0, 0, k));
+  const at::Tensor replay = at::rand({B, T}, gen) < 0.5;
+  const fp4qat::model::Routing r{experts, replay};
+  const auto rep = m.forward(ids, at::kFloat, plain, nullptr, nullptr, &r);
+  ASSERT_EQ(rep.routed.size(), static_cast<size_t>(L));
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor want = experts.select(2, l);                        // [B, T, k]
+    EXPECT_TRUE(at::equal(rep.routed[l].index({replay}), want.index({replay}))) << "layer " << l;
+  }
+  EXPECT_TRUE(at::equal(rep.routed[0].index({replay.logical_not()}), own.routed[0].index({replay.logical_not()})));
+  EXPECT_FALSE(at::equal(rep.logits, own.logits));
+  // Nothing replayed: the forward without routing, bit for bit.
+  const fp4qat::model::Routing none{experts, at::zeros({B, T}, at::kBool)};
+  const auto off = m.forward(ids, at::kFloat, plain, nullptr, nullptr, &none);
+  EXPECT_TRUE(fp4qat::test::bytes_equal(off.logits, own.logits));
+  // The router learns under replay: its gradient is there, and not the one without replay.
+  const std::string gate = "model.layers.0.mlp.gate.weight";
+  auto router_grad = [&](const fp4qat::model::Routing* rt) {
+    for (const auto& [n, p] : m.params()) p.mutable_grad() = at::Tensor();
+    m.forward(ids, at::kFloat, plain, nullptr, nullptr, rt).logits.logsumexp(-1).mean().backward();
+    return m.param(gate).grad().clone();
+  };
+  for (const auto& [n, p] : m.params()) p.requires_grad_(true);
+  const at::Tensor g_rep = router_grad(&r), g_own = router_grad(nullptr);
+  EXPECT_GT(g_rep.abs().sum().item<double>(), 0.0);
+  EXPECT_FALSE(at::equal(g_rep, g_own));
+  // Malformed routing is refused.
+  const fp4qat::model::Routing bad_shape{experts.narrow(3, 0, 1), replay};
+  EXPECT_THROW(m.forward(ids, at::kFloat, plain, nullptr, nullptr, &bad_shape), fp4qat::Error);
+  const fp4qat::model::Routing bad_id{experts + E, replay};
+  EXPECT_THROW(m.forward(ids, at::kFloat, plain, nullptr, nullptr, &bad_id), fp4qat::Error);
+}
+
+// R3 end to end: `fp4qat generate --routed-experts` on an export records each response token's
+// experts; read back as a training batch they sit at the token's input position, where the same
+// export's full forward routes each token exactly there (the sampler's choice is the learner's), and
+// replaying them leaves the forward unchanged; GRPO with rl.router_replay trains on the records, and
+// refuses records without routed experts.
+TEST(RouterReplay, GenerateRecordsTheRoutingTheTrainerReplays) {
+  TempDir d;
+  cfg::Config q = fp4qat::test::small_moe_run(d.file("qat"));
+  q.train.steps = 1;
+  q.qat.format = fp4qat::qat::Format::kNVFP4;
+  q.exports.formats = {fp4qat::qat::Format::kNVFP4, fp4qat::qat::Format::kBF16};
+  q.exports.probe_mismatch = false;
+  fp4qat::train::Options o;
+  o.quiet = true;
+  fp4qat::train::run(q, o);
+  // Sampled from the BF16 export: the KV-cache decoding then equals the full forward up to
+  // accumulation order (KVCache test); under NVFP4 each decoding step would quantize a token's
+  // activations with its own amax, the full forward with the whole sequence's.
+  const std::string nv = d.file("qat/exports/latest/bf16");
+  fs::write_text_atomic(d.file("prompts.jsonl"), "{\"tokens\": [1, 2, 10, 3, 11]}\n{\"tokens\": [4, 10, 5, 11]}\n");  // 12+3=, 4+5=
+  fs::make_dirs(d.file("data"));
+  const auto g = fp4qat::test::run_fp4qat({"generate", "--model", nv, "--prompts", d.file("prompts.jsonl"), "--samples",
+                                           "2", "--max-new-tokens", "6", "--temperature", "1", "--seed", "3",
+                                           "--reward", "addition", "--routed-experts", "--device", "cpu", "--out",
+                                           d.file("data/iter-0.jsonl")});
+  ASSERT_EQ(g.exit_code, 0) << g.err;
+  fp4qat::rollout::Loaded m = fp4qat::rollout::load(nv, at::kCPU);
+  const auto& mc = m.model->config();
+  ro::Limits lim;
+  lim.vocab = mc.vocab_size;
+  lim.max_tokens = mc.max_position_embeddings;
+  lim.num_experts = mc.num_experts;
+  lim.top_k = mc.num_experts_per_tok;
+  for (int64_t l = 0; l < mc.num_hidden_layers; ++l) lim.moe_layers += m.model->is_moe_layer(l) ? 1 : 0;
+  const auto samples = ro::read_file(d.file("data/iter-0.jsonl"), lim);
+  ASSERT_EQ(samples.size(), 4u);
+  for (const auto& s : samples)
+    EXPECT_EQ(s.routed.size(), s.response.size() * static_cast<size_t>(lim.moe_layers * lim.top_k));
+  const ro::Dataset ds(samples, true, 1, lim.moe_layers, lim.top_k);
+  ASSERT_TRUE(ds.has_routing());
+  const ro::Batch b = ds.batch(0, 2);
+  ASSERT_TRUE(b.routed.defined());
+  const int64_t T = b.ids.size(1) - 1;
+  const at::Tensor inputs = b.ids.narrow(1, 0, T);
+  auto ng = std::make_unique<torch::NoGradGuard>();  // until the training below
+  const auto fw = m.model->forward(inputs, at::kFloat, *m.policy);
+  const at::Tensor mine = at::stack(fw.routed, 2);  // [B, T, L, k]
+  // The sampler's experts are those the export's own full forward picks (sorted: top-k order aside).
+  EXPECT_GT(b.replay.sum().item<int64_t>(), 0);
+  EXPECT_TRUE(at::equal(std::get<0>(mine.index({b.replay}).sort(-1)), std::get<0>(b.routed.index({b.replay}).sort(-1))));
+  const fp4qat::model::Routing r{b.routed, b.replay};
+  const auto fr = m.model->forward(inputs, at::kFloat, *m.policy, nullptr, nullptr, &r);
+  EXPECT_TRUE(at::equal(at::stack(fr.routed, 2).index({b.replay}), b.routed.index({b.replay})));
+  ng.reset();
+  // GRPO with replay trains on them, from the same weights (the BF16 export).
+  cfg::Config c = grpo_run(d.file("rl"), d.file("data"));
+  c.train.init_from = d.file("qat/exports/latest/bf16");
+  c.train.steps = 2;
+  c.train.batch_size = 2;
+  c.rl.router_replay = true;
+  const auto res = fp4qat::train::run(c, o);
+  ASSERT_EQ(res.steps.size(), 2u);
+  EXPECT_TRUE(std::isfinite(res.steps.back().loss));
+  // Records without routed experts: refused, naming rl.router_replay.
+  std::vector<ro::Sample> plain = samples;
+  for (auto& s : plain) s.routed.clear();
+  write_samples(d.file("plain"), plain);
+  cfg::Config p = grpo_run(d.file("rl2"), d.file("plain"));
+  p.train.init_from = c.train.init_from;
+  p.rl.router_replay = true;
+  try {
+    fp4qat::train::run(p, o);
+    FAIL() << "router_replay without routed experts was accepted";
+  } catch (const fp4qat::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rl.router_replay"), std::string::npos) << e.what();
+  }
 }
