@@ -25,7 +25,10 @@ dummy classes) and why -- nothing that decides a loader result:
           SM80-SM90 (on the CPU `auto` has no device to look at and refuses NVFP4).
   Not called: what runs CUDA kernels (backend selection, process_weights_after_loading, the MoE
           GEMMs); the vLLM RoutedExperts is built without its __init__ (which picks a CUDA backend),
-          with the attributes its weight loader reads, then the real create_weights and load_weights.
+          with the attributes its weight loader reads, then the real create_weights and load_weights;
+          SGLang's FusedMoE likewise (its __init__ sets up the distributed runner), then the real
+          create_weights and FusedMoE._weight_loader_impl (weight_loader less its expert-location
+          lookup, which needs a server: the identity at EP=1).
 
 Everything else is the engines' code: config parsing and method choice, the exclusion decisions,
 the expert parameter creation, name mapping and weight loader, the dequantization helpers.
@@ -489,6 +492,78 @@ class SglangEngine:
                               f"{ex.name}: {name} dtype {t.dtype} != SGLang's")
             if "FP4" in algo:
                 self.marlin_scales(ex)
+                for l in ex.quantized_expert_layers():
+                    self.check_nvfp4_values(ex, c, l, mapping)
+
+    def loaded_layer(self, c, ex, l, mapping, fill):
+        """SGLang's FusedMoE weight loading of layer l's expert tensors: the parameters its MoE method
+        creates (filled with the byte `fill`), each checkpoint tensor through FusedMoE._weight_loader_impl
+        with the name, shard and expert Qwen3MoeForCausalLM.load_weights gives it. (FusedMoE.weight_loader
+        first maps global to local experts through the server's expert-location metadata: the identity
+        here, EP=1.) The FusedMoE is built without its __init__ (which sets up the distributed runner),
+        with the attributes the loader reads."""
+        torch = self.torch
+        F = self.FusedMoE
+        layer = F.__new__(F)
+        torch.nn.Module.__init__(layer)
+        qm = (self.Fp4Moe if isinstance(c, self.Fp4) else self.Fp8Moe)(c)
+        for k, v in dict(quant_method=qm, quant_config=c, scheme=None, use_flashinfer_trtllm_moe=False,
+                         use_triton_kernels=False, use_padded_loading=False, use_presharded_weights=False,
+                         moe_tp_rank=0, moe_tp_size=1, moe_ep_rank=0, moe_ep_size=1, num_experts=ex.E,
+                         num_local_experts=ex.E, num_fused_shared_experts=0, _has_fused_shared=False,
+                         _num_local_routed=ex.E, intermediate_size_per_partition=ex.I, params_dtype=torch.bfloat16,
+                         moe_runner_config=SimpleNamespace(is_gated=True, activation="silu")).items():
+            object.__setattr__(layer, k, v)
+        qm.create_weights(layer, ex.E, ex.H, ex.I, torch.bfloat16, weight_loader=layer.weight_loader)
+        params = dict(layer.named_parameters())
+        with torch.no_grad():
+            for p in params.values():
+                p.data.view(-1).view(torch.uint8).fill_(fill)
+            for name, t in ex.expert_ckpt(l).items():
+                for param_name, weight_name, expert_id, shard_id in mapping:
+                    if weight_name in name:
+                        pname = name.replace(weight_name, param_name)
+                        short = pname.removeprefix(f"model.layers.{l}.mlp.experts.")
+                        if short in params:
+                            layer._weight_loader_impl(params[short], t, pname, shard_id, expert_id)
+                        break
+        return params
+
+    def check_nvfp4_values(self, ex, c, l, mapping):
+        """Every expert tensor loaded by SGLang's own weight loader (no parameter left at its fill),
+        then dequantized by SGLang's own dequantize_nvfp4 (quantization/dequantization.py) with the
+        gate's weight_scale_2 for w13, as its MoE methods use it: equal to our decode within 1 fp32 ulp
+        (it multiplies e2m1 * (sb * S), the spec (e2m1 * sb) * S)."""
+        torch = self.torch
+        from sglang.srt.layers.quantization.dequantization import dequantize_nvfp4
+        try:
+            a = self.loaded_layer(c, ex, l, mapping, 0x00)
+            b = self.loaded_layer(c, ex, l, mapping, 0xFF)
+        except Exception as err:  # noqa: BLE001 -- report, keep the other checks
+            check(False, f"{ex.name}: layer {l}: SGLang's FusedMoE weight loader on the CPU failed: "
+                         f"{type(err).__name__}: {err}")
+            return
+        algo = ex.qc.get("quant_algo")
+        untouched = [n for n in a if not torch.equal(a[n].data.view(-1).view(torch.uint8), b[n].data.view(-1).view(torch.uint8))
+                     and "swizzled" not in n and (algo == "NVFP4" or not n.endswith("input_scale"))]
+        check(not untouched, f"{ex.name}: layer {l}: SGLang parameters not fully written by its loader: {untouched}")
+        E, I = ex.E, ex.I
+        s13 = a["w13_weight_scale_2"].data
+        check(torch.equal(s13[:, 0], s13[:, 1]), f"{ex.name}: layer {l}: gate/up weight_scale_2 differ in SGLang: {s13}")
+        w13 = dequantize_nvfp4(a["w13_weight"].data, a["w13_weight_scale"].data, s13[:, 0].reshape(E, 1, 1),
+                               out_dtype=torch.float32)
+        w2 = dequantize_nvfp4(a["w2_weight"].data, a["w2_weight_scale"].data,
+                              a["w2_weight_scale_2"].data.reshape(E, 1, 1), out_dtype=torch.float32)
+        for e in range(E):
+            p = f"model.layers.{l}.mlp.experts.{e}."
+            for got, mod in ((w13[e, :I], "gate_proj"), (w13[e, I:], "up_proj"), (w2[e], "down_proj")):
+                ours = ex.decode_nvfp4(p + mod)
+                if not check(got.shape == ours.shape and within_1ulp(got, ours),
+                             f"{ex.name}: {p}{mod}: SGLang dequantize_nvfp4 != ours (max |d| "
+                             f"{(got - ours).abs().max().item() if got.shape == ours.shape else 'shape'})"):
+                    return
+        print(f"  layer {l}: every expert tensor through SGLang's FusedMoE weight loader; its dequantize_nvfp4 "
+              f"== our decode (<= 1 fp32 ulp) for {E}x3 experts")
 
     def marlin_scales(self, ex):
         """SGLang's Marlin (Hopper) pre-processing of the NVFP4 scales: what it does to ours."""
