@@ -277,7 +277,7 @@ at::Tensor Qwen3Moe::attention(int64_t i, const at::Tensor& x, const at::Tensor&
 
 at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
                          at::Tensor* load, const at::Tensor& replay_ids, const at::Tensor& replay,
-                         at::Tensor* routed) const {
+                         at::Tensor* routed, const at::Tensor& counted) const {
   const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, k = cfg_.num_experts_per_tok;
   const std::string p = L(i) + "mlp.";
   const at::Tensor x = x3.reshape({-1, H});  // [N, H]
@@ -295,9 +295,17 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
 
   // Switch load balancing: E * sum_e f_e * P_e (f_e: share of routed slots, P_e: mean prob).
   const at::Tensor onehot = at::one_hot(topi.reshape({-1}), E).to(at::kFloat);  // [N*k, E]
-  const at::Tensor f = onehot.mean(0);
-  *aux = (f * probs.mean(0)).sum() * static_cast<double>(E);
-  *load = f.detach();
+  if (!counted.defined()) {
+    const at::Tensor f = onehot.mean(0);
+    *aux = (f * probs.mean(0)).sum() * static_cast<double>(E);
+    *load = f.detach();
+  } else {  // over the counted tokens only (padding left out); none counted: 0
+    const at::Tensor c = counted.reshape({N, 1}).to(at::kFloat);                   // [N, 1]
+    const at::Tensor n = c.sum().clamp_min(1.0);
+    const at::Tensor f = (onehot.view({N, k, E}).sum(1) * c).sum(0) / (n * static_cast<double>(k));  // [E]
+    *aux = (f * ((probs * c).sum(0) / n)).sum() * static_cast<double>(E);
+    *load = f.detach();
+  }
 
   // Permute (token, slot) pairs by expert; counts go to the host for the grouped GEMMs. Dispatch
   // and combine are permutations plus a sum over the k slots in slot order, never an atomic
@@ -349,7 +357,7 @@ void Qwen3Moe::shard_experts(ExpertDispatch& ep) {
 }
 
 ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, LinearPolicy& policy, KVCache* cache,
-                                const Packing* packing, const Routing* routing) const {
+                                const Packing* packing, const Routing* routing, const at::Tensor* counted) const {
   FP4QAT_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "model input must be int64 [B, T], got ", ids.sizes());
   int64_t moe_layers = 0;
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) moe_layers += is_moe_layer(i) ? 1 : 0;
@@ -364,6 +372,9 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
     FP4QAT_CHECK(e.numel() == 0 || (e.min().item<int64_t>() >= 0 && e.max().item<int64_t>() < cfg_.num_experts),
                  "forward: a replayed expert id is outside [0, ", cfg_.num_experts, ")");
   }
+  FP4QAT_CHECK(!counted || (counted->sizes() == ids.sizes() && counted->scalar_type() == at::kBool),
+               "forward: the counted-token mask must be bool [B, T] like the ids ", ids.sizes());
+  const at::Tensor counted_d = counted ? counted->to(ids.device()) : at::Tensor();
   const int64_t T = ids.size(1), hd = cfg_.head_dim;
   const int64_t pos0 = cache ? cache->pos : 0;
   FP4QAT_CHECK(pos0 + T <= cfg_.max_position_embeddings, "sequence of ", pos0 + T,
@@ -407,7 +418,7 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
         ids_l = routing->experts.select(2, m).to(x.device());  // [B, T, k]
         replay_l = routing->replay.to(x.device());
       }
-      x = x + moe(i, hn, dt, policy, &aux, &load, ids_l, replay_l, &routed);
+      x = x + moe(i, hn, dt, policy, &aux, &load, ids_l, replay_l, &routed, counted_d);
       auxes.push_back(aux);
       out.expert_load.push_back(load);
       out.routed.push_back(routed);

@@ -90,8 +90,11 @@ class Qwen3Moe {
   // ids: int64 [B, T]. compute: bf16 or fp32. With a cache, ids are the tokens after the cached
   // ones (positions cache->pos...), attending to the cache and causally among themselves. With
   // `packing` (not with a cache), the rows hold several documents that do not see each other.
+  // `counted` (bool [B, T]): the tokens the router's aux loss and expert_load count, padding left out
+  // (all tokens when null; every token is routed and computed either way). `routing`: R3 replay.
   ForwardOutput forward(const at::Tensor& ids, at::ScalarType compute, LinearPolicy& policy, KVCache* cache = nullptr,
-                        const Packing* packing = nullptr, const Routing* routing = nullptr) const;
+                        const Packing* packing = nullptr, const Routing* routing = nullptr,
+                        const at::Tensor* counted = nullptr) const;
 
   // Hugging Face adapter: per-expert names, tensors converted to `dtype`.
   Params to_hf(at::ScalarType dtype) const;
@@ -114,8 +117,10 @@ class Qwen3Moe {
                        at::ScalarType dt, LinearPolicy& policy, KVCache* cache, const at::Tensor& mask) const;
   // replay_ids: int64 [B, T, k] and replay: bool [B, T] (Routing, this layer's slice) or undefined;
   // *routed: the experts used, int64 [B, T, k].
+  // counted: bool [B, T] or undefined (ForwardOutput's aux loss and load over those tokens only).
   at::Tensor moe(int64_t layer, const at::Tensor& x, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
-                 at::Tensor* load, const at::Tensor& replay_ids, const at::Tensor& replay, at::Tensor* routed) const;
+                 at::Tensor* load, const at::Tensor& replay_ids, const at::Tensor& replay, at::Tensor* routed,
+                 const at::Tensor& counted) const;
   at::Tensor expert_mlp(const std::string& p, const at::Tensor& xs, const at::Tensor& counts,
                         LinearPolicy& policy) const;
   model::ModelConfig cfg_;

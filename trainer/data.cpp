@@ -349,6 +349,7 @@ DocBatch Dataset::batch(int split, uint64_t batch_index, int64_t B, int64_t T, b
   DocBatch b;
   b.ids = at::full({B, L}, pad_id_, at::kLong);
   at::Tensor tmask = at::zeros({B, L}, at::kBool);  // per token: a loss target
+  at::Tensor real = at::zeros({B, L}, at::kBool);   // per token: a document's (not padding)
   at::Tensor pos, seg;
   if (packing) {
     pos = at::zeros({B, L}, at::kLong);
@@ -371,6 +372,7 @@ DocBatch Dataset::batch(int split, uint64_t batch_index, int64_t B, int64_t T, b
         const int64_t at = r * L + fill + j;
         ids[at] = tokens_->token(start + j);
         tm[at] = j > 0 && (!use_mask || mk[start + j] != 0);
+        real.data_ptr<bool>()[at] = true;
         if (packing) {
           pos.data_ptr<int64_t>()[at] = j;
           seg.data_ptr<int64_t>()[at] = s;
@@ -387,6 +389,7 @@ DocBatch Dataset::batch(int split, uint64_t batch_index, int64_t B, int64_t T, b
       }
   }
   b.loss_mask = tmask.narrow(1, 1, T).contiguous();
+  b.real = real.narrow(1, 0, T).contiguous();
   if (packing) {
     b.positions = pos.narrow(1, 0, T).contiguous();
     b.segments = seg.narrow(1, 0, T).contiguous();

@@ -109,6 +109,7 @@ class Vocab {
 struct DocBatch {
   at::Tensor ids;        // int64 [B, T + 1]: inputs [:, :-1], targets [:, 1:]; padding after the documents
   at::Tensor loss_mask;  // bool [B, T]: target t counts in the loss (masked in, in the same document as input t)
+  at::Tensor real;       // bool [B, T]: input t is a document's token (false: padding); the router's aux loss counts these
   // Packing only (undefined otherwise), per input token: its position inside its document and the
   // index of its document in the row (the padding at a row's end is one more segment).
   at::Tensor positions;     // int64 [B, T]

@@ -228,8 +228,10 @@ Batch Dataset::batch(uint64_t index, int64_t groups_per_batch) const {
   Batch b;
   b.ids = at::zeros({B, T + 1}, at::kLong);
   b.mask = at::zeros({B, T}, at::kBool);
+  b.real = at::zeros({B, T}, at::kBool);
   auto ids = b.ids.accessor<int64_t, 2>();
   auto mask = b.mask.accessor<bool, 2>();
+  auto real = b.real.accessor<bool, 2>();
   std::vector<float> sampler, adv;
   for (int64_t r = 0; r < B; ++r) {
     const Sample& s = samples_[rows[static_cast<size_t>(r)]];
@@ -239,6 +241,7 @@ Batch Dataset::batch(uint64_t index, int64_t groups_per_batch) const {
       ids[r][P + j] = s.response[static_cast<size_t>(j)];
       mask[r][P + j - 1] = true;
     }
+    for (int64_t t = 0; t + 1 < P + R; ++t) real[r][t] = true;
     sampler.insert(sampler.end(), s.logprobs.begin(), s.logprobs.end());
     const auto& a = adv_[rows[static_cast<size_t>(r)]];
     adv.insert(adv.end(), a.begin(), a.end());

@@ -63,6 +63,7 @@ std::string to_json_line(const Sample& s, int64_t moe_layers = 0, int64_t top_k 
 struct Batch {
   at::Tensor ids;         // int64 [B, T + 1]: prompt + response of each sample, right-padded with 0
   at::Tensor mask;        // bool [B, T]: the target positions that are response tokens
+  at::Tensor real;        // bool [B, T]: the input positions that hold a token of the sample (not padding)
   at::Tensor sampler;     // float32 [N]: the sampler's log-prob of each response token (mask's row-major order)
   at::Tensor adv;         // float32 [N]: its advantage
   // Routing replay (R3), when the samples carry routed experts: response token j's experts at its

@@ -91,7 +91,9 @@ std::pair<at::Tensor, at::Tensor> masked_loss_sum(const model::Qwen3Moe& m, cons
   const at::Tensor inputs = ids.narrow(1, 0, T), targets = ids.narrow(1, 1, T);
   model::Packing packing;
   if (b.positions.defined()) packing = {b.positions.to(dev), b.segments.to(dev)};
-  model::ForwardOutput fw = m.forward(inputs, dt, policy, nullptr, b.positions.defined() ? &packing : nullptr);
+  const at::Tensor real = b.real.to(dev);  // the router's aux loss leaves the padding out
+  model::ForwardOutput fw =
+      m.forward(inputs, dt, policy, nullptr, b.positions.defined() ? &packing : nullptr, nullptr, &real);
   const at::Tensor ce = at::cross_entropy_loss(fw.logits.to(at::kFloat).reshape({-1, fw.logits.size(-1)}),
                                                targets.reshape({-1}), {}, at::Reduction::None);  // [B * T]
   const at::Tensor sum = at::where(b.loss_mask.to(dev).reshape({-1}), ce, at::zeros_like(ce)).sum();
@@ -607,7 +609,9 @@ std::pair<at::Tensor, at::Tensor> Trainer::grpo_loss(uint64_t index, model::Forw
   model::Routing routing;
   const bool replay = cfg_.rl.router_replay && b.routed.defined();
   if (replay) routing = {b.routed.to(dev_), b.replay.to(dev_)};
-  model::ForwardOutput fw = model_->forward(inputs, dt_, *policy_, nullptr, nullptr, replay ? &routing : nullptr);
+  const at::Tensor real = b.real.to(dev_);  // the router's aux loss leaves the padding out
+  model::ForwardOutput fw =
+      model_->forward(inputs, dt_, *policy_, nullptr, nullptr, replay ? &routing : nullptr, &real);
   const at::Tensor logp = rollout::logprobs_of(fw.logits, targets).masked_select(mask);  // [N]
   at::Tensor ref;  // [N]: the reference's log-probs (rl.kl_coef > 0)
   if (ref_model_) {

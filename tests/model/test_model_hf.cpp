@@ -225,3 +225,35 @@ TEST(HostMemory, CgroupLimitOfTheProcessOrItsAncestors) {
     EXPECT_LE(here, cg);
   }
 }
+
+// The router's aux loss and expert load over the counted tokens only (padding left out, issue 24):
+// a row with trailing padding and the mask of its real tokens gives the aux loss and load of the
+// row without the padding (causal: the real tokens do not see it), while counting every token
+// does not; every token is still computed (the logits of the real tokens are the same).
+TEST(ModelForward, AuxLossCountsOnlyTheCountedTokens) {
+  fp4qat::model::ModelConfig c;
+  c.hidden_size = 64;
+  c.num_hidden_layers = 2;
+  c.head_dim = 16;
+  c.moe_intermediate_size = 32;
+  c.num_experts = 8;
+  c.num_experts_per_tok = 2;
+  c.vocab_size = 32;
+  fp4qat::model::Qwen3Moe m(c, 9);
+  fp4qat::model::LinearPolicy plain;
+  torch::NoGradGuard ng;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(2);
+  const at::Tensor doc = at::randint(1, 32, {1, 10}, gen);
+  const at::Tensor padded = at::cat({doc, at::zeros({1, 14}, at::kLong)}, 1);  // [1, 24]
+  const at::Tensor real = at::arange(24).lt(10).unsqueeze(0);
+  const auto alone = m.forward(doc, at::kFloat, plain);
+  const auto masked = m.forward(padded, at::kFloat, plain, nullptr, nullptr, nullptr, &real);
+  const auto all = m.forward(padded, at::kFloat, plain);
+  EXPECT_NEAR(masked.aux_loss.item<double>(), alone.aux_loss.item<double>(), 1e-6);
+  EXPECT_GT(std::abs(all.aux_loss.item<double>() - alone.aux_loss.item<double>()), 1e-4);
+  for (size_t l = 0; l < alone.expert_load.size(); ++l)
+    EXPECT_TRUE(at::allclose(masked.expert_load[l], alone.expert_load[l], 0, 1e-6)) << "layer " << l;
+  EXPECT_TRUE(at::allclose(masked.logits.narrow(1, 0, 10), alone.logits, 1e-5, 1e-5));
+  const at::Tensor bad = at::ones({1, 23}, at::kBool);
+  EXPECT_THROW(m.forward(padded, at::kFloat, plain, nullptr, nullptr, nullptr, &bad), fp4qat::Error);
+}

@@ -79,6 +79,7 @@ TEST(Dataset, ReadsFolderAndBatches) {
           if (t + j >= 1) {
             EXPECT_EQ(b.loss_mask[r][t + j - 1].item<bool>(), j > 0 && doc.mask[j] == 1) << r << " " << t + j;
           }
+          if (t + j < T) EXPECT_TRUE(b.real[r][t + j].item<bool>()) << r << " " << t + j;  // a document's token
           if (packing && t + j < T) {
             EXPECT_EQ(b.positions[r][t + j].item<int64_t>(), j);
             EXPECT_EQ(b.segments[r][t + j].item<int64_t>(), seg);
@@ -88,6 +89,7 @@ TEST(Dataset, ReadsFolderAndBatches) {
         ++seg;
       }
       for (int64_t j = std::max<int64_t>(t, 1); j <= T; ++j) EXPECT_FALSE(b.loss_mask[r][j - 1].item<bool>());
+      for (int64_t j = t; j < T; ++j) EXPECT_FALSE(b.real[r][j].item<bool>()) << "padding " << r << " " << j;
     }
   }
   // use_mask false (objective lm): every target inside a document counts

@@ -234,6 +234,8 @@ TEST(RolloutBatches, WholeGroupsAdvantagesAndTokenAlignment) {
       for (int64_t t = 0; t < T; ++t) {
         const bool resp = t >= P - 1 && t < P - 1 + static_cast<int64_t>(s.response.size());
         ASSERT_EQ(b.mask[r][t].item<bool>(), resp) << "row " << r << " t " << t;
+        // an input of the sample (prompt, response but its last), else padding
+        EXPECT_EQ(b.real[r][t].item<bool>(), t < P - 1 + static_cast<int64_t>(s.response.size())) << r << " " << t;
         if (!resp) continue;
         const size_t j = static_cast<size_t>(t - (P - 1));
         EXPECT_EQ(b.ids[r][t + 1].item<int64_t>(), s.response[j]);  // the token predicted at t
