@@ -95,8 +95,7 @@ int cmd_generate(const Args& args) {
   const int64_t V = m.model->config().vocab_size;
   // The KV cache holds the prompt and every generated token but the last.
   const bool want_routed = vm.count("routed-experts") > 0;
-  int64_t moe_layers = 0;
-  for (int64_t l = 0; l < m.model->config().num_hidden_layers; ++l) moe_layers += m.model->is_moe_layer(l) ? 1 : 0;
+  const int64_t moe_layers = model::moe_layer_count(m.model->config());
   FP4QAT_CHECK(!want_routed || moe_layers > 0, "--routed-experts: ", model_dir, " has no MoE layer");
   const int64_t top_k = m.model->config().num_experts_per_tok;
   // The KV cache holds the prompt and every generated token but the last (and the last too when its

@@ -41,8 +41,7 @@ void check_folder_tensors(hf::FolderReader& files, const ModelConfig& cfg, const
   // Before any name is listed: a config whose experts alone outnumber the folder's tensors many
   // times over is refused from the counts (no list of 10^9 expert names is built for it).
   parameter_count(cfg);  // the shape is valid (read_hf_config checked it; the loop below is bounded)
-  int64_t moe_layers = 0;
-  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) moe_layers += is_moe_layer(cfg, i) ? 1 : 0;
+  const int64_t moe_layers = moe_layer_count(cfg);
   const double expert_tensors = 3.0 * static_cast<double>(moe_layers) * static_cast<double>(cfg.num_experts);
   const double held = static_cast<double>(files.where().size());
   FP4QAT_CHECK(expert_tensors <= 4 * held + 1024, dir, ": config.json describes a model of at least ",

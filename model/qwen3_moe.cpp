@@ -58,6 +58,12 @@ bool is_moe_layer(const model::ModelConfig& c, int64_t i) {
   return std::find(m.begin(), m.end(), i) == m.end() && c.num_experts > 0 && (i + 1) % c.decoder_sparse_step == 0;
 }
 
+int64_t moe_layer_count(const model::ModelConfig& c) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) n += is_moe_layer(c, i) ? 1 : 0;
+  return n;
+}
+
 std::string gib(double bytes) {
   char b[32];
   std::snprintf(b, sizeof b, "%.1f GiB", bytes / static_cast<double>(1ll << 30));
@@ -94,8 +100,7 @@ ParameterCount parameter_count(const model::ModelConfig& c) {
   FP4QAT_CHECK(std::isfinite(c.rms_norm_eps) && c.rms_norm_eps > 0,
                "model shape: rms_norm_eps must be finite and > 0, got ", c.rms_norm_eps);
   const int64_t H = c.hidden_size, hd = c.head_dim;
-  int64_t moe_layers = 0;
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) moe_layers += is_moe_layer(c, i) ? 1 : 0;
+  const int64_t moe_layers = moe_layer_count(c);
   const int64_t dense_layers = c.num_hidden_layers - moe_layers;
   FP4QAT_CHECK(moe_layers == 0 || c.moe_intermediate_size > 0, "model shape: moe_intermediate_size must be > 0, got ",
                c.moe_intermediate_size);
@@ -359,8 +364,7 @@ void Qwen3Moe::shard_experts(ExpertDispatch& ep) {
 ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, LinearPolicy& policy, KVCache* cache,
                                 const Packing* packing, const Routing* routing, const at::Tensor* counted) const {
   FP4QAT_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "model input must be int64 [B, T], got ", ids.sizes());
-  int64_t moe_layers = 0;
-  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) moe_layers += is_moe_layer(i) ? 1 : 0;
+  const int64_t moe_layers = moe_layer_count(cfg_);
   if (routing) {
     const auto& e = routing->experts;
     FP4QAT_CHECK(e.dim() == 4 && e.scalar_type() == at::kLong && e.size(0) == ids.size(0) &&

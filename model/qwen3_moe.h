@@ -142,6 +142,9 @@ ParameterCount parameter_count(const model::ModelConfig& cfg);
 // Whether layer `i` of shape `cfg` is a MoE layer (not in mlp_only_layers, every
 // decoder_sparse_step-th, and the model has experts); Qwen3Moe::is_moe_layer asks this.
 bool is_moe_layer(const model::ModelConfig& cfg, int64_t i);
+// How many layers of shape `cfg` are MoE layers (is_moe_layer over its num_hidden_layers, which
+// the caller has bounded: parameter_count / read_hf_config check the shape first).
+int64_t moe_layer_count(const model::ModelConfig& cfg);
 // Memory this process may use in bytes: the machine's physical memory, or the cgroup's limit when
 // that is lower (containers); 0 when unknown.
 int64_t host_memory_bytes();

@@ -376,7 +376,7 @@ void Trainer::setup() {
     lim.max_tokens = mc.max_position_embeddings;
     lim.num_experts = mc.num_experts;
     lim.top_k = mc.num_experts_per_tok;
-    for (int64_t l = 0; l < mc.num_hidden_layers; ++l) lim.moe_layers += model::is_moe_layer(mc, l) ? 1 : 0;
+    lim.moe_layers = model::moe_layer_count(mc);
     FP4QAT_CHECK(fs::exists(cfg.data.path), "data.path '", cfg.data.path, "' not found (a rollout JSONL file or a ",
                  "folder of them)");
     rollouts_ = std::make_unique<rollouts::Dataset>(

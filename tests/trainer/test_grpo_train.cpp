@@ -417,8 +417,7 @@ TEST(RouterReplay, ReplayedTokensGoToTheGivenExpertsAndTheRouterStillLearns) {
   fp4qat::model::Qwen3Moe m(c.model, 5);
   fp4qat::model::LinearPolicy plain;
   const int64_t B = 2, T = 8, E = c.model.num_experts, k = c.model.num_experts_per_tok;
-  int64_t L = 0;
-  for (int64_t l = 0; l < c.model.num_hidden_layers; ++l) L += m.is_moe_layer(l) ? 1 : 0;
+  const int64_t L = fp4qat::model::moe_layer_count(c.model);
   ASSERT_GE(L, 1);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
   const at::Tensor ids = at::randint(0, c.model.vocab_size, {B, T}, gen);
@@ -492,7 +491,7 @@ TEST(RouterReplay, GenerateRecordsTheRoutingTheTrainerReplays) {
   lim.max_tokens = mc.max_position_embeddings;
   lim.num_experts = mc.num_experts;
   lim.top_k = mc.num_experts_per_tok;
-  for (int64_t l = 0; l < mc.num_hidden_layers; ++l) lim.moe_layers += m.model->is_moe_layer(l) ? 1 : 0;
+  lim.moe_layers = fp4qat::model::moe_layer_count(mc);
   const auto samples = ro::read_file(d.file("data/iter-0.jsonl"), lim);
   ASSERT_EQ(samples.size(), 4u);
   for (const auto& s : samples)
