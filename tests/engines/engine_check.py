@@ -146,6 +146,20 @@ class Export:
         s2 = self.tensors[module + ".weight_scale_2"].to(torch.float32).reshape(())
         return (v * sb.repeat_interleave(16, dim=1)) * s2
 
+    def matches_nvfp4(self, l, w13, w2, who):
+        """An engine's dequantized expert weights of layer l (w13 [E, 2I, H]: gate rows then up; w2
+        [E, H, I]) against our decode, within 1 fp32 ulp; the first difference is reported."""
+        I = self.I
+        for e in range(self.E):
+            p = f"model.layers.{l}.mlp.experts.{e}."
+            for got, mod in ((w13[e, :I], "gate_proj"), (w13[e, I:], "up_proj"), (w2[e], "down_proj")):
+                ours = self.decode_nvfp4(p + mod)
+                if not check(got.shape == ours.shape and within_1ulp(got, ours),
+                             f"{self.name}: {p}{mod}: {who} != ours (max |d| "
+                             f"{(got - ours).abs().max().item() if got.shape == ours.shape else 'shape'})"):
+                    return False
+        return True
+
     def decode_mxfp8(self, module, scale_suffix):
         torch = self.torch
         v = self.tensors[module + ".weight"].to(torch.float32)
@@ -279,7 +293,7 @@ class VllmEngine:
                       + ", ".join(f"{n} {str(p.dtype).removeprefix('torch.')}{list(p.shape)}" for n, p in pa.items()))
 
     def check_nvfp4(self, ex, l, layer, algo):
-        torch, E, I = self.torch, ex.E, ex.I
+        torch, E = self.torch, ex.E
         s13 = layer.w13_weight_scale_2.data
         # vLLM keeps the gate's weight_scale_2 for gate and up (process_weights_after_loading).
         check(torch.equal(s13[:, 0], s13[:, 1]), f"{ex.name}: layer {l}: gate/up weight_scale_2 differ: {s13}")
@@ -290,14 +304,8 @@ class VllmEngine:
             layer.w13_weight.data, layer.w13_weight_scale.data, s13[:, :1].expand(E, 2).contiguous(),
             layer.w2_weight.data, layer.w2_weight_scale.data, layer.w2_weight_scale_2.data,
             torch.float32, 16, invert_global_scales=False)
-        for e in range(E):
-            p = f"model.layers.{l}.mlp.experts.{e}."
-            for got, mod in ((w13[e, :I], "gate_proj"), (w13[e, I:], "up_proj"), (w2[e], "down_proj")):
-                ours = ex.decode_nvfp4(p + mod)
-                if not check(got.shape == ours.shape and within_1ulp(got, ours),
-                             f"{ex.name}: {p}{mod}: vLLM dequant != ours (max |d| "
-                             f"{(got - ours).abs().max().item() if got.shape == ours.shape else 'shape'})"):
-                    return
+        if not ex.matches_nvfp4(l, w13, w2, "vLLM dequant"):
+            return
         print(f"  layer {l}: vLLM dequantize_nvfp4_moe_weights == our decode (<= 1 fp32 ulp) for {E}x3 experts")
 
     def marlin_decoded(self, scales, sf):
@@ -547,21 +555,15 @@ class SglangEngine:
         untouched = [n for n in a if not torch.equal(a[n].data.view(-1).view(torch.uint8), b[n].data.view(-1).view(torch.uint8))
                      and "swizzled" not in n and (algo == "NVFP4" or not n.endswith("input_scale"))]
         check(not untouched, f"{ex.name}: layer {l}: SGLang parameters not fully written by its loader: {untouched}")
-        E, I = ex.E, ex.I
+        E = ex.E
         s13 = a["w13_weight_scale_2"].data
         check(torch.equal(s13[:, 0], s13[:, 1]), f"{ex.name}: layer {l}: gate/up weight_scale_2 differ in SGLang: {s13}")
         w13 = dequantize_nvfp4(a["w13_weight"].data, a["w13_weight_scale"].data, s13[:, 0].reshape(E, 1, 1),
                                out_dtype=torch.float32)
         w2 = dequantize_nvfp4(a["w2_weight"].data, a["w2_weight_scale"].data,
                               a["w2_weight_scale_2"].data.reshape(E, 1, 1), out_dtype=torch.float32)
-        for e in range(E):
-            p = f"model.layers.{l}.mlp.experts.{e}."
-            for got, mod in ((w13[e, :I], "gate_proj"), (w13[e, I:], "up_proj"), (w2[e], "down_proj")):
-                ours = ex.decode_nvfp4(p + mod)
-                if not check(got.shape == ours.shape and within_1ulp(got, ours),
-                             f"{ex.name}: {p}{mod}: SGLang dequantize_nvfp4 != ours (max |d| "
-                             f"{(got - ours).abs().max().item() if got.shape == ours.shape else 'shape'})"):
-                    return
+        if not ex.matches_nvfp4(l, w13, w2, "SGLang dequantize_nvfp4"):
+            return
         print(f"  layer {l}: every expert tensor through SGLang's FusedMoE weight loader; its dequantize_nvfp4 "
               f"== our decode (<= 1 fp32 ulp) for {E}x3 experts")
 
