@@ -33,6 +33,10 @@ void check_options(const NVFP4LinearOptions& opt, const char* who) {
                ": weights have one global scale per tensor (per expert), not per row");
   FP4QAT_CHECK(!opt.rules.w4a16 || opt.rules.activations.is_default(), who,
                ": W4A16 leaves the activations in the compute dtype; they take no scale rule");
+  FP4QAT_CHECK(!opt.activation_amax.defined() ||
+                   (!opt.rules.w4a16 && opt.rules.activations.is_default() && opt.activation_amax.numel() == 1 &&
+                    opt.activation_amax.scalar_type() == at::kFloat),
+               who, ": a static activation amax is one float32 value, for NVFP4 activations under the max6 rule");
 }
 
 at::Tensor emulated_gemm(const at::Tensor& a, const at::Tensor& b_in, const at::Tensor& alpha, at::ScalarType out) {
@@ -54,11 +58,16 @@ constexpr int64_t kW4A16 = 16;  // in the activations' integer: rules.w4a16
 int64_t pack_activations(const NVFP4LinearOptions& o) {
   return pack_rule(o.rules.activations) | (o.rules.w4a16 ? kW4A16 : 0);
 }
-NVFP4LinearOptions unpack_activations(int64_t v) {
+// x_amax: the static activation amax as the Functions carry it (an empty tensor: none).
+NVFP4LinearOptions unpack_activations(int64_t v, const at::Tensor& x_amax) {
   NVFP4LinearOptions o;
   o.rules.activations = unpack_rule(v);
   o.rules.w4a16 = (v & kW4A16) != 0;
+  if (x_amax.numel() > 0) o.activation_amax = x_amax.reshape({});
   return o;
+}
+std::optional<at::Tensor> static_amax(const NVFP4LinearOptions& o) {
+  return o.activation_amax.defined() ? std::optional<at::Tensor>(o.activation_amax) : std::nullopt;
 }
 
 // The activations' operand of the emulated GEMM (x2 [M, K]): exact values and S_dec ([] per
@@ -71,10 +80,10 @@ struct ActOperand {
 ActOperand quantize_activations(const at::Tensor& x2, const NVFP4LinearOptions& opt, bool deq) {
   if (opt.rules.w4a16) return {x2, at::Tensor(), {x2}};
   if (deq) {
-    NVFP4Operand q = nvfp4_quantize_and_fake(x2, Blocks::k1D, std::nullopt, opt.rules.activations);
+    NVFP4Operand q = nvfp4_quantize_and_fake(x2, Blocks::k1D, static_amax(opt), opt.rules.activations);
     return {q.values, q.packed.s_dec, {q.packed.codes, q.packed.scales, q.packed.s_dec}};
   }
-  NVFP4FakeQuant f = nvfp4_fake_quantize(x2, Blocks::k1D, std::nullopt, opt.rules.activations);
+  NVFP4FakeQuant f = nvfp4_fake_quantize(x2, Blocks::k1D, static_amax(opt), opt.rules.activations);
   return {f.values, f.s_dec, {}};
 }
 // The GEMM's alpha: S_dec_x * S_dec_w (per row when row-scaled), or S_dec_w alone (W4A16).
@@ -93,13 +102,13 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_amax,
                             int64_t blocks, int64_t backward, int64_t weight_rule, int64_t activations,
-                            const at::Tensor& wq_values, const at::Tensor& wq_codes, const at::Tensor& wq_scales,
-                            const at::Tensor& wq_s_dec) {
+                            const at::Tensor& x_amax, const at::Tensor& wq_values, const at::Tensor& wq_codes,
+                            const at::Tensor& wq_scales, const at::Tensor& wq_s_dec) {
     const int64_t K = x.size(-1);
     const at::Tensor x2 = x.reshape({-1, K});
     const auto b = static_cast<Blocks>(blocks);
     const NVFP4Rule wr = unpack_rule(weight_rule);
-    const NVFP4LinearOptions act = unpack_activations(activations);
+    const NVFP4LinearOptions act = unpack_activations(activations, x_amax);
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
     const bool given = wq_values.numel() > 0;
     at::Tensor y;
@@ -142,7 +151,7 @@ class NVFP4LinearFn : public torch::autograd::Function<NVFP4LinearFn> {
     auto x_shape = grads[0].sizes().vec();
     x_shape.back() = ws.size(1);
     return {dx.reshape(x_shape), dw,           at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(),        at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(),        at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -215,7 +224,9 @@ struct GroupedForward {
 // default recipe takes it for unequal counts in high_precision mode (equal ones make x the
 // [E, M, K] batch as it is, quantized in one fused launch; the dequantized mode pads); the other
 // recipes (Four Over Six, row-scaled activations, W4A16) always.
-bool standard_recipe(const NVFP4LinearOptions& act) { return !act.rules.w4a16 && act.rules.activations.is_default(); }
+bool standard_recipe(const NVFP4LinearOptions& act) {
+  return !act.rules.w4a16 && act.rules.activations.is_default() && !act.activation_amax.defined();
+}
 bool in_place(const at::Tensor& x, const at::Tensor& w, bool deq, const std::vector<int64_t>& off,
               const NVFP4LinearOptions& act) {
   const int64_t E = static_cast<int64_t>(off.size()) - 1;
@@ -240,7 +251,21 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
     // the GEMM refuse the problem at run time, the same operands go through one GEMM per expert.
     at::Tensor xv = x, s_dec_x;  // values [T, K]; S_dec [E] or [T] (undefined: W4A16)
     if (!act.rules.w4a16) {
-      const NVFP4Operand qx = nvfp4_quantize_rows(x, off, /*packed=*/deq, act.rules.activations);
+      // A static amax: every row with that one amax (1x16 blocks never span two rows, so this is
+      // each expert's slice quantized with it), S_dec the same for every expert.
+      NVFP4Operand qx;
+      if (act.activation_amax.defined()) {
+        if (deq) {
+          qx = nvfp4_quantize_and_fake(x, Blocks::k1D, act.activation_amax);
+        } else {
+          NVFP4FakeQuant f = nvfp4_fake_quantize(x, Blocks::k1D, act.activation_amax);
+          qx.values = std::move(f.values);
+          qx.packed.s_dec = std::move(f.s_dec);
+        }
+        qx.packed.s_dec = qx.packed.s_dec.reshape({1}).expand({E}).contiguous();
+      } else {
+        qx = nvfp4_quantize_rows(x, off, /*packed=*/deq, act.rules.activations);
+      }
       xv = qx.values;
       s_dec_x = qx.packed.s_dec;
       if (deq) {
@@ -334,13 +359,13 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
                             const at::Tensor& w_amax, int64_t blocks, int64_t backward, int64_t weight_rule,
-                            int64_t activations, const at::Tensor& wq_values, const at::Tensor& wq_codes,
-                            const at::Tensor& wq_scales, const at::Tensor& wq_s_dec) {
+                            int64_t activations, const at::Tensor& x_amax, const at::Tensor& wq_values,
+                            const at::Tensor& wq_codes, const at::Tensor& wq_scales, const at::Tensor& wq_s_dec) {
     const int64_t T = x.size(0), E = w.size(0);
     const auto off = offsets_of(counts, T, E, "nvfp4_grouped_linear");
     const bool deq = static_cast<Backward>(backward) == Backward::kDequantized;
     const NVFP4Rule wr = unpack_rule(weight_rule);
-    const NVFP4LinearOptions act = unpack_activations(activations);
+    const NVFP4LinearOptions act = unpack_activations(activations, x_amax);
     const bool rows = in_place(x, w, deq, off, act);
     const bool padded = standard_recipe(act) && !rows && x.is_cuda() && pads(off);
     const std::optional<at::Tensor> wa = w_amax.numel() ? std::optional<at::Tensor>(w_amax) : std::nullopt;
@@ -399,7 +424,7 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
     }
     const int64_t E = w_used.size(0), K = w_used.size(2);
     const auto grads_out = [](const at::Tensor& dx, const at::Tensor& dw) {
-      return variable_list{dx,           dw,           at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+      return variable_list{dx,           dw,           at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
                            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     };
     if (ctx->saved_data["rows"].toBool()) {  // in place (bf16): x as saved, or dequantized per row
@@ -455,6 +480,9 @@ class NVFP4GroupedLinearFn : public torch::autograd::Function<NVFP4GroupedLinear
 // Autograd Function arguments must be defined tensors: "no shared amax" travels as an empty one.
 at::Tensor amax_arg(const std::optional<at::Tensor>& a, const at::Tensor& w) {
   return a ? *a : at::empty({0}, w.options().dtype(at::kFloat));
+}
+at::Tensor static_amax_arg(const NVFP4LinearOptions& o, const at::Tensor& x) {
+  return amax_arg(static_amax(o), x);
 }
 
 // A weight quantized before the call, as the four tensor arguments of the Functions (empty ones
@@ -516,7 +544,7 @@ at::Tensor nvfp4_linear(const at::Tensor& x, const at::Tensor& w, const NVFP4Lin
   const auto q = prequantized_args(w_quantized, w, "nvfp4_linear");
   return NVFP4LinearFn::apply(x, w, amax_arg(weight_amax, w), static_cast<int64_t>(opt.weight_blocks),
                               static_cast<int64_t>(opt.backward), pack_rule(opt.rules.weights), pack_activations(opt),
-                              q[0], q[1], q[2], q[3]);
+                              static_amax_arg(opt, x), q[0], q[1], q[2], q[3]);
 }
 
 at::Tensor nvfp4_grouped_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
@@ -529,7 +557,7 @@ at::Tensor nvfp4_grouped_linear(const at::Tensor& x, const at::Tensor& w, const 
   const auto q = prequantized_args(w_quantized, w, "nvfp4_grouped_linear");
   return NVFP4GroupedLinearFn::apply(x, w, counts, amax_arg(weight_amax, w), static_cast<int64_t>(opt.weight_blocks),
                                      static_cast<int64_t>(opt.backward), pack_rule(opt.rules.weights),
-                                     pack_activations(opt), q[0], q[1], q[2], q[3]);
+                                     pack_activations(opt), static_amax_arg(opt, x), q[0], q[1], q[2], q[3]);
 }
 
 }  // namespace fp4qat::autograd

@@ -32,6 +32,12 @@ struct NVFP4LinearOptions {
   // only the weight is quantized, y = (X @ W_q^T) * S_dec_w with X in the compute dtype; the
   // dequantized backward then uses X itself).
   NVFP4Rules rules;
+  // A static activation amax (the flashinfer_static serving profile, qat/recipe.h): float32 [] on
+  // x's device. Every row (every expert's) is then quantized with this one amax, S_enc = 2688 /
+  // amax, instead of the current input's; values past it saturate as numerics.md's clamps say
+  // (block scales at 448, codes at +-6). Undefined: the current input's amax (per expert). The
+  // activations' rule must be the default one (max6, per tensor).
+  at::Tensor activation_amax;
 };
 // Refuses rules that cannot apply (row-scaled weights, rules with W4A16 activations), naming `who`.
 void check_options(const NVFP4LinearOptions& opt, const char* who);

@@ -34,7 +34,7 @@ int cmd_eval(const Args& args) {
       "reference", po::value(&reference), "a second folder: report mean/max |log p - log p_reference| per token")(
       "serving", po::value(&serving),
       "serve --model with this serving profile instead of the one it records: fp4qat | marlin | flashinfer_per_token "
-      "(the README's engine table; NVFP4 W4A4 checkpoints)")(
+      "| flashinfer_static (the README's engine table; NVFP4 W4A4 checkpoints)")(
       "reference-serving", po::value(&reference_serving), "the same for --reference")(
       "sequences", po::value(&sequences), "JSONL of {\"tokens\": [...]}: per-token log-probs to --out")(
       "out", po::value(&out), "JSONL output of --sequences (default: stdout)")(

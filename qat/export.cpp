@@ -1,6 +1,10 @@
 // qat/export.cpp — see export.h.
 #include "qat/export.h"
 
+#include <cmath>
+#include <limits>
+#include <optional>
+
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
@@ -57,6 +61,42 @@ std::map<std::string, std::pair<st::DType, std::vector<int64_t>>> quantized_modu
 
 float nvfp4_input_scale(float amax) { return fmt::nvfp4_s_dec(fmt::nvfp4_s_enc(amax)); }
 
+namespace {
+// The amax whose S_enc is t, if 2688 / t is one: the quotient itself or a neighbour.
+std::optional<float> amax_of_s_enc(float t) {
+  const float q = fmt::kNvfp4GlobalNum / t;
+  float lo = q, hi = q;
+  for (int i = 0; i < 4; ++i) {
+    if (fmt::nvfp4_s_enc(hi) == t) return hi;
+    if (fmt::nvfp4_s_enc(lo) == t) return lo;
+    hi = std::nextafter(hi, std::numeric_limits<float>::infinity());
+    lo = std::nextafter(lo, 0.0f);
+  }
+  return std::nullopt;
+}
+}  // namespace
+
+float static_activation_amax(float observed) {
+  FP4QAT_CHECK(std::isfinite(observed) && observed >= 0, "static activation amax: the observed amax ", observed,
+               " is not a finite non-negative number");
+  float t = fmt::nvfp4_s_enc(observed);
+  for (int i = 0; i < 256 && t > 0; ++i, t = std::nextafter(t, 0.0f)) {
+    const float s = fmt::nvfp4_s_dec(t);  // the exported input_scale
+    if (1.0f / s != t) continue;          // the engine's S_enc would differ
+    const std::optional<float> a = amax_of_s_enc(t);
+    if (a && *a >= observed && static_activation_amax_of_input_scale(s) == a) return *a;
+  }
+  FP4QAT_FAIL("static activation amax: no static scale found for the observed amax ", observed,
+              " (activations this small cannot be served with a static scale)");
+}
+
+std::optional<float> static_activation_amax_of_input_scale(float input_scale) {
+  FP4QAT_CHECK(std::isfinite(input_scale) && input_scale > 0, "input_scale ", input_scale,
+               " is not a finite positive number");
+  const float t = 1.0f / input_scale;  // the engine's S_enc (float32 division)
+  return std::isfinite(t) ? amax_of_s_enc(t) : std::nullopt;
+}
+
 json::Value recipe_record(const NVFP4Rules& o, const std::string& serving) {
   const NVFP4Rule& w = o.weights;
   const NVFP4Rule& a = o.activations;
@@ -76,9 +116,11 @@ std::string read_serving(const json::Value& v, const std::string& where) {
   const json::Value* s = v.find("serving");
   if (!s) return "fp4qat";
   const std::string p = s->as_string(where + ": fp4qat.serving");
-  FP4QAT_CHECK(p == "fp4qat" || p == "marlin" || p == "flashinfer_per_token", where, ": fp4qat.serving '", p,
-               "': expected fp4qat, marlin or flashinfer_per_token");
-  return p;
+  try {
+    return to_string(parse_serving(p));  // the names' one home: qat/recipe.cpp
+  } catch (const std::exception& e) {
+    FP4QAT_FAIL(where, ": fp4qat.serving: ", e.what());
+  }
 }
 
 NVFP4Rules read_recipe_record(const json::Value& v, const std::string& where) {

@@ -67,6 +67,24 @@ struct ExportOptions {
 // observed activation amax (numerics.md), i.e. amax / 2688 rounded as the quantizer rounds it.
 float nvfp4_input_scale(float activation_amax);
 
+// The flashinfer_static serving profile (qat::Serving::kStatic): engines whose NVFP4 MoE kernels
+// share one activation scale among a layer's experts (vLLM's FlashInfer and CUTLASS backends)
+// quantize activations with S_enc = 1 / max_e(input_scale_e), computed in float32, and scale the
+// GEMM by input_scale * weight_scale_2. For the trainer to compute the same, the amax it quantizes
+// with must give exactly that S_enc and S_dec = input_scale:
+//   static_activation_amax(observed): the amax a >= observed whose S_enc = min(2688 / a, FLT_MAX)
+//     survives the engine's round trip (1 / (1 / S_enc) == S_enc in float32) and is recovered from
+//     its input_scale (static_activation_amax_of_input_scale gives a back); S_enc is stepped down
+//     one ulp at a time from the observed amax's (at most a few steps; a larger amax, never a
+//     saturating smaller one). An observed 0 gives 2688 (S_enc 1, as amax 0 does).
+//   static_activation_amax_of_input_scale(s): the amax the rollout side quantizes with for a layer
+//     whose largest input_scale is s: a with S_enc(a) == 1 / s (searched within a few ulps of
+//     2688 / (1 / s)); nullopt when none exists — an input_scale that fp4qat's flashinfer_static
+//     exports never write (about 8% of arbitrary float32 values), which the profile cannot then
+//     serve bit for bit (the caller says so and takes 2688 / (1 / s), S_enc within an ulp or two).
+float static_activation_amax(float observed);
+std::optional<float> static_activation_amax_of_input_scale(float input_scale);
+
 // One stacked weight quantized for export ([E, P*R, K], member (e, p) = rows [p*R, (p+1)*R) of
 // expert e), on the weight's device. The weight is first cast to its bf16 compute copy (what the
 // training forward quantizes).

@@ -3,6 +3,8 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include "autograd/mxfp8_linear.h"
 #include "io/names.h"
 #include "kernels/common/check.h"
@@ -20,6 +22,7 @@ QatPolicy::QatPolicy(const Recipe& recipe, const model::Qwen3Moe& model, bool qu
   mxfp8_ = recipe.format == Format::kMXFP8;
   cache_weights_ = recipe.cache_weights;
   marlin_ = recipe.format == Format::kNVFP4 && recipe.serving == Serving::kMarlin;
+  static_ = recipe.format == Format::kNVFP4 && recipe.static_activations();
   recipe.validate();
   opt_.weight_blocks = recipe.weight_blocks;
   opt_.backward = recipe.backward;
@@ -98,6 +101,37 @@ NVFP4Operand QatPolicy::marlin_forward_operand(const std::string& param, const a
   return marlin_operand(q, marlin_scale_factor(q.packed.scales));
 }
 
+void QatPolicy::set_static_input_amax(const std::string& param, float amax) {
+  FP4QAT_CHECK(static_, "set_static_input_amax('", param, "'): the recipe's serving profile is not flashinfer_static");
+  FP4QAT_CHECK(quantized(param), "set_static_input_amax: '", param, "' is not a quantized parameter");
+  FP4QAT_CHECK(std::isfinite(amax) && amax > 0, "set_static_input_amax('", param, "'): amax ", amax,
+               " is not a finite positive number");
+  static_amax_[param] = StaticAmax{amax, at::Tensor()};
+}
+
+std::optional<float> QatPolicy::static_input_amax(const std::string& param) const {
+  auto it = static_amax_.find(param);
+  return it == static_amax_.end() ? std::nullopt : std::optional<float>(it->second.value);
+}
+
+std::map<std::string, float> QatPolicy::static_input_amaxes() const {
+  std::map<std::string, float> out;
+  for (const auto& [p, a] : static_amax_) out[p] = a.value;
+  return out;
+}
+
+autograd::NVFP4LinearOptions QatPolicy::forward_options(const std::string& param, const at::Device& dev) {
+  if (!static_) return opt_;
+  auto it = static_amax_.find(param);
+  FP4QAT_CHECK(it != static_amax_.end(), "qat.serving flashinfer_static: no static activation amax for '", param,
+               "' (the trainer calibrates one before the first step; set_static_input_amax)");
+  StaticAmax& a = it->second;
+  if (!a.device.defined() || a.device.device() != dev) a.device = at::full({}, a.value, at::TensorOptions(dev).dtype(at::kFloat));
+  autograd::NVFP4LinearOptions o = opt_;
+  o.activation_amax = a.device;
+  return o;
+}
+
 void QatPolicy::observe(const std::string& name, const at::Tensor& amax) {
   auto it = input_amax_.find(name);
   if (it == input_amax_.end())
@@ -126,8 +160,9 @@ at::Tensor QatPolicy::linear(const std::string& name, const at::Tensor& x, const
     const NVFP4Operand q = marlin_forward_operand(name, w);
     return autograd::nvfp4_linear(x, wc, opt_, std::nullopt, &q);
   }
-  if (const NVFP4Operand* q = weight_quantization(name, w)) return autograd::nvfp4_linear(x, wc, opt_, std::nullopt, q);
-  return autograd::nvfp4_linear(x, wc, opt_, shared_weight_amax(name));
+  const autograd::NVFP4LinearOptions o = forward_options(name, x.device());
+  if (const NVFP4Operand* q = weight_quantization(name, w)) return autograd::nvfp4_linear(x, wc, o, std::nullopt, q);
+  return autograd::nvfp4_linear(x, wc, o, shared_weight_amax(name));
 }
 
 at::Tensor QatPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
@@ -154,7 +189,8 @@ at::Tensor QatPolicy::grouped(const std::string& name, const at::Tensor& x, cons
     const NVFP4Operand q = marlin_forward_operand(name, w);
     return autograd::nvfp4_grouped_linear(x.contiguous(), wc, counts, opt_, std::nullopt, &q);
   }
-  return autograd::nvfp4_grouped_linear(x.contiguous(), wc, counts, opt_, std::nullopt, weight_quantization(name, w));
+  return autograd::nvfp4_grouped_linear(x.contiguous(), wc, counts, forward_options(name, x.device()), std::nullopt,
+                                        weight_quantization(name, w));
 }
 
 }  // namespace fp4qat::qat

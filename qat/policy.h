@@ -53,12 +53,25 @@ class QatPolicy : public model::LinearPolicy {
   // Running max of the activation amax of every selected parameter (float32 [] or [E], on the
   // model's device) observed since the previous call; cleared by the call.
   std::map<std::string, at::Tensor> take_input_amax();
+  // The same observations without clearing them.
+  const std::map<std::string, at::Tensor>& observed_input_amax() const { return input_amax_; }
   // Folds an activation amax (float32 [] or [E]) into the running max of `name`: how the
   // trainer hands the max over ranks to the exporting rank's policy (multi-process training).
   void observe(const std::string& name, const at::Tensor& amax);
 
   // Observe activations also without grad mode (calibration runs forwards under NoGradGuard).
   bool observe_without_grad = false;
+
+  // The flashinfer_static serving profile (qat.serving; qat/recipe.h): the activations entering
+  // each selected parameter (all its experts) are quantized with one static amax, set here by the
+  // trainer (at set-up from a calibration forward, then at every export from the activations
+  // seen since the previous one: qat/export.h static_activation_amax) and written by the exports
+  // as every module's input_scale. A quantized forward before any is set is an error naming the
+  // parameter. Values are host floats; the forward uses a float32 [] copy on the weight's device.
+  bool static_activations() const { return static_; }
+  void set_static_input_amax(const std::string& param, float amax);
+  std::optional<float> static_input_amax(const std::string& param) const;
+  std::map<std::string, float> static_input_amaxes() const;
 
   // Test hook: sees each weight tensor exactly as a quantized forward hands it to the quantizer.
   std::function<void(const std::string& param, const at::Tensor& w)> weight_observer;
@@ -72,6 +85,14 @@ class QatPolicy : public model::LinearPolicy {
   std::map<std::string, at::Tensor> input_amax_;
   bool cache_weights_ = true;
   bool marlin_ = false;  // qat.serving marlin: the forward computes with Marlin's weights (qat/marlin.h)
+  bool static_ = false;  // qat.serving flashinfer_static: one static activation amax per parameter
+  struct StaticAmax {
+    float value = 0;
+    at::Tensor device;  // float32 [] on the device of the last forward
+  };
+  std::map<std::string, StaticAmax> static_amax_;
+  // The forward's options: opt_, with the static activation amax of `param` under the profile.
+  autograd::NVFP4LinearOptions forward_options(const std::string& param, const at::Device& dev);
   struct CachedWeight {
     at::Tensor w, partner;  // the tensors it was computed from (kept: their identity is part of the key)
     uint32_t w_version = 0, partner_version = 0;

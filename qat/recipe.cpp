@@ -39,7 +39,9 @@ Serving parse_serving(const std::string& s) {
   if (s == "fp4qat") return Serving::kFp4qat;
   if (s == "marlin") return Serving::kMarlin;
   if (s == "flashinfer_per_token") return Serving::kPerToken;
-  FP4QAT_FAIL("unknown serving profile '", s, "' (expected fp4qat, marlin or flashinfer_per_token)");
+  if (s == "flashinfer_static") return Serving::kStatic;
+  FP4QAT_FAIL("unknown serving profile '", s,
+              "' (expected fp4qat, marlin, flashinfer_per_token or flashinfer_static)");
 }
 
 const char* to_string(Serving s) {
@@ -48,6 +50,8 @@ const char* to_string(Serving s) {
       return "marlin";
     case Serving::kPerToken:
       return "flashinfer_per_token";
+    case Serving::kStatic:
+      return "flashinfer_static";
     default:
       return "fp4qat";
   }
@@ -89,6 +93,10 @@ void Recipe::validate() const {
   FP4QAT_CHECK(serving != Serving::kMarlin || activation_scale == ActivationScale::kTensor,
                "qat.activation_scale: row does not apply with qat.serving: marlin (Marlin leaves the activations in "
                "bf16)");
+  FP4QAT_CHECK(serving != Serving::kStatic || (activation_scale == ActivationScale::kTensor &&
+                                               !nvfp4_rules().activations.four_over_six),
+               "qat.serving: flashinfer_static quantizes activations with one static scale per layer and the max6 "
+               "rule (leave qat.activation_scale: tensor and qat.four_over_six: none or weights)");
   FP4QAT_CHECK(!(nvfp4_rules().w4a16 && nvfp4_rules().activations.four_over_six),
                "qat.four_over_six: ", four_over_six == FourOverSix::kAll ? "all" : "activations",
                " needs quantized activations (qat.activations: bf16 and qat.serving: marlin leave them in bf16; use "

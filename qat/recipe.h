@@ -46,8 +46,15 @@ enum class Activations { kNVFP4, kBF16 };      // kBF16: W4A16, only the weights
 //   kMarlin: activations not quantized (Marlin W4A16: vLLM and SGLang serving NVFP4 on Hopper
 //            and Ampere); input_scale is exported for SM100 engines but unused.
 //   kPerToken: one global scale per token (row-scaled; vLLM nvfp4_per_token, FlashInfer per-token).
-enum class Serving { kFp4qat, kMarlin, kPerToken };
-Serving parse_serving(const std::string& s);  // "fp4qat" | "marlin" | "flashinfer_per_token"
+//   kStatic:   one static activation scale per layer and module, shared by the layer's experts:
+//              S_enc = 1 / max_e(input_scale_e), as vLLM's FlashInfer / CUTLASS MoE backends on
+//              SM100 take it. The trainer quantizes with the value of the latest export (each
+//              export calibrates it from the activations seen since the previous one; before the
+//              first, a calibration forward at set-up), so training and serving use one number
+//              (qat/export.h static_activation_amax). Not reproduced: FlashInfer's own block-scale
+//              arithmetic (rcp.approx, its E4M3 conversion) — the spec's rule is used.
+enum class Serving { kFp4qat, kMarlin, kPerToken, kStatic };
+Serving parse_serving(const std::string& s);  // "fp4qat" | "marlin" | "flashinfer_per_token" | "flashinfer_static"
 const char* to_string(Serving s);
 
 struct Recipe {
@@ -78,6 +85,7 @@ struct Recipe {
   // (the Marlin profile exports the W4A4 checkpoint that engines serve W4A16 on Hopper).
   NVFP4Rules export_rules() const;
   bool w4a16() const { return activations == Activations::kBF16; }
+  bool static_activations() const { return serving == Serving::kStatic; }  // one static amax per layer
   // Refuses what cannot apply, naming the qat.* key: the rules with a format other than nvfp4,
   // an E4M3 bound other than 256 / 448, activation rules under W4A16 or the Marlin profile, a
   // profile with activations: bf16 (a W4A16 checkpoint is served as it is).

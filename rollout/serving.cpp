@@ -3,10 +3,14 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <optional>
+
 #include "autograd/mxfp8_linear.h"
 #include "autograd/nvfp4_linear.h"
 #include "io/names.h"
 #include "kernels/common/check.h"
+#include "kernels/common/formats.h"
 #include "kernels/quantize.h"
 #include "io/fs.h"
 #include "io/hf_folder.h"
@@ -22,13 +26,21 @@ void ServingPolicy::to(const at::Device& dev) {
   for (auto& [n, w] : weights_) {
     w.values = w.values.to(dev);
     if (w.s_dec.defined()) w.s_dec = w.s_dec.to(dev);
+    if (w.act_amax.defined()) w.act_amax = w.act_amax.to(dev);
   }
+}
+
+autograd::NVFP4LinearOptions ServingPolicy::options(const Weight& w) const {
+  autograd::NVFP4LinearOptions o = act_;
+  o.activation_amax = w.act_amax;
+  return o;
 }
 
 at::Tensor ServingPolicy::linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) {
   auto it = weights_.find(name);
   if (it == weights_.end()) return LinearPolicy::linear(name, x, w);
-  if (format_ == Format::kNVFP4) return autograd::nvfp4_linear_forward(x, it->second.values, it->second.s_dec, act_);
+  if (format_ == Format::kNVFP4)
+    return autograd::nvfp4_linear_forward(x, it->second.values, it->second.s_dec, options(it->second));
   // MXFP8: the training function itself; re-quantizing MXFP8 values gives the same values back.
   torch::NoGradGuard ng;
   return autograd::mxfp8_linear(x, it->second.values.to(x.scalar_type()), autograd::Backward::kHighPrecision);
@@ -39,7 +51,7 @@ at::Tensor ServingPolicy::grouped(const std::string& name, const at::Tensor& x, 
   auto it = weights_.find(name);
   if (it == weights_.end()) return LinearPolicy::grouped(name, x, w, counts);
   if (format_ == Format::kNVFP4)
-    return autograd::nvfp4_grouped_forward(x, it->second.values, it->second.s_dec, counts, act_);
+    return autograd::nvfp4_grouped_forward(x, it->second.values, it->second.s_dec, counts, options(it->second));
   torch::NoGradGuard ng;
   return autograd::mxfp8_grouped_linear(x.contiguous(), it->second.values.to(x.scalar_type()), counts,
                                         autograd::Backward::kHighPrecision);
@@ -54,6 +66,7 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
   autograd::NVFP4LinearOptions act;  // the activations' side of the export's NVFP4 recipe
   bool input_scale = false;          // quant_algo NVFP4 (W4A4): every quantized module has an input_scale
   bool marlin = false;               // the marlin profile: Marlin's weights (qat/marlin.h)
+  bool static_act = false;           // flashinfer_static: one static activation amax per module
   std::string serving = "fp4qat";    // the serving profile recorded in the export (qat::Serving)
   if (!serving_override.empty()) qat::parse_serving(serving_override);  // refuses an unknown name
   if (const json::Value* q = cj.find("quantization_config")) {
@@ -87,6 +100,11 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
         marlin = true;
       }
       if (serving == "flashinfer_per_token") act.rules.activations.row_scaled = true;
+      if (serving == "flashinfer_static") {
+        FP4QAT_CHECK(act.rules.activations.is_default(), dir, ": serving profile flashinfer_static quantizes ",
+                     "activations with the max6 rule and one static scale; this export's activations use another rule");
+        static_act = true;
+      }
     } else {
       FP4QAT_CHECK(method == "mxfp8", cfg_path, ": quant_method '", method,
                    "' is not supported (modelopt NVFP4, mxfp8)");
@@ -163,9 +181,27 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
       if (!marlin) return {v, s};
       return {qat::marlin_values(v, get(m + ".weight_scale"), sf), qat::marlin_global_scale(s)};
     };
+    // flashinfer_static: the amax of the static scale engines derive from the largest input_scale.
+    at::Tensor act_amax;
+    if (static_act) {
+      float s_max = 0;
+      for (const auto& m : mods) {
+        const at::Tensor is = get(m + ".input_scale").to(at::kFloat);
+        FP4QAT_CHECK(is.numel() == 1, dir, ": '", m, ".input_scale' must be a scalar");
+        s_max = std::max(s_max, is.item<float>());
+      }
+      std::optional<float> a = qat::static_activation_amax_of_input_scale(s_max);
+      if (!a) {
+        a = fmt::kNvfp4GlobalNum / (1.0f / s_max);
+        TORCH_WARN("fp4qat: ", dir, ": '", g.param, "': the largest input_scale ", s_max,
+                   " is not one an fp4qat flashinfer_static export writes; its activation global scale is served "
+                   "within an ulp or two of the engine's 1 / input_scale, not bit for bit");
+      }
+      act_amax = at::full({}, *a, at::kFloat);
+    }
     if (g.tensor.dim() == 2) {
       auto [v, s] = served(mods[0]);
-      weights[g.param] = {v, s};
+      weights[g.param] = {v, s, act_amax};
       continue;
     }
     const int64_t E = g.tensor.size(0), P = g.parts;
@@ -182,7 +218,7 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
       }
       vals.push_back(at::cat(parts, 0));  // [P*R, K]
     }
-    weights[g.param] = {at::stack(vals), sdec.empty() ? at::Tensor() : at::stack(sdec)};
+    weights[g.param] = {at::stack(vals), sdec.empty() ? at::Tensor() : at::stack(sdec), act_amax};
   }
   // Every other tensor is a BF16 (or F32) parameter; quantized ones get their dequantized value.
   out.model->load_hf([&](const std::string& name) -> at::Tensor {

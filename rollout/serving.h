@@ -26,6 +26,9 @@ class ServingPolicy : public model::LinearPolicy {
   struct Weight {
     at::Tensor values;  // bf16 [N, K] or [E, P*R, K]: e2m1(q) * sb (NVFP4) or the MXFP8 value
     at::Tensor s_dec;   // NVFP4: float32 [] or [E] (weight_scale_2); MXFP8: undefined
+    // flashinfer_static: float32 [], the static activation amax of the module's (all its
+    // experts') activations, from the largest input_scale (qat/export.h); else undefined.
+    at::Tensor act_amax;
   };
   // act: the NVFP4 activations' side of the export's recipe (rules.activations, rules.w4a16).
   ServingPolicy(Format f, std::map<std::string, Weight> w, autograd::NVFP4LinearOptions act = {})
@@ -40,6 +43,8 @@ class ServingPolicy : public model::LinearPolicy {
   Format format_;
   std::map<std::string, Weight> weights_;  // by model parameter name
   autograd::NVFP4LinearOptions act_;
+  // act_, with the module's static activation amax when it has one.
+  autograd::NVFP4LinearOptions options(const Weight& w) const;
 };
 
 struct Loaded {
@@ -50,7 +55,9 @@ struct Loaded {
 
 // Loads `dir` onto `device` (throws naming the file or tensor on a malformed folder). Served with
 // the serving profile the export records (qat.serving; "fp4qat" when none), or `serving_override`
-// ("fp4qat" | "marlin" | "flashinfer_per_token"; the latter two for NVFP4 W4A4 checkpoints only):
+// ("fp4qat" | "marlin" | "flashinfer_per_token" | "flashinfer_static"; all but fp4qat for NVFP4 W4A4
+// checkpoints only; flashinfer_static quantizes each layer's activations with the static scale
+// engines derive from its largest input_scale, warning where that scale is not one fp4qat writes):
 // how `fp4qat eval --serving` asks what another engine would compute from the same files.
 Loaded load(const std::string& dir, const at::Device& device, const std::string& serving_override = "");
 

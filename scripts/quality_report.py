@@ -80,7 +80,8 @@ if recipe_rows:
 # engine profile serves it.
 PROFILES = [("fp4qat", "`fp4qat` (the export's recorded recipe as `fp4qat eval` serves it)"),
             ("marlin", "`marlin` (vLLM / SGLang on Hopper: W4A16, Marlin's weights)"),
-            ("flashinfer_per_token", "`flashinfer_per_token` (SM100 per-token activation scales)")]
+            ("flashinfer_per_token", "`flashinfer_per_token` (SM100 per-token activation scales)"),
+            ("flashinfer_static", "`flashinfer_static` (SM100 FlashInfer / CUTLASS MoE: one static scale per layer)")]
 path = os.path.join(rep, "evals-serving.jsonl")
 if os.path.exists(path):
     sv = {(e["trained"], e["served"]): e for e in (json.loads(l) for l in open(path) if l.strip())}

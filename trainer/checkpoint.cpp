@@ -3,6 +3,8 @@
 
 #include <torch/torch.h>
 
+#include <cstring>
+
 #include "io/fs.h"
 #include "io/json.h"
 #include "io/publish.h"
@@ -14,7 +16,7 @@ namespace fp4qat::train {
 std::string checkpoint_root(const config::Config& c) { return c.train.out_dir + "/checkpoints"; }
 
 std::string save_checkpoint(const config::Config& cfg, const model::Params& params, const AdamWState& st,
-                            int64_t step) {
+                            int64_t step, const std::map<std::string, float>& static_amax) {
   const std::string root = checkpoint_root(cfg);
   fs::make_dirs(cfg.train.out_dir);
   const std::string folder = "step-" + std::to_string(step);
@@ -29,13 +31,23 @@ std::string save_checkpoint(const config::Config& cfg, const model::Params& para
     st::write_file(tmp + "/model.safetensors", ps);
     st::write_file(tmp + "/optim.safetensors", os);
     json::Value state = json::Value::object({{"step", step}, {"config", config::dump(cfg)}});
+    if (!static_amax.empty()) {
+      json::Value sa = json::Value::object();
+      for (const auto& [p, a] : static_amax) {
+        uint32_t bits;
+        std::memcpy(&bits, &a, sizeof bits);
+        sa.set(p, json::Value::object({{"amax", static_cast<double>(a)}, {"bits", static_cast<int64_t>(bits)}}));
+      }
+      state.set("static_input_amax", sa);
+    }
     fs::write_text_atomic(tmp + "/state.json", state.dump(2) + "\n");
     fs::write_text_atomic(tmp + "/config.yaml", config::dump(cfg));
   });
   return root + "/" + folder;
 }
 
-int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, AdamWState& st) {
+int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, AdamWState& st,
+                        std::map<std::string, float>* static_amax) {
   const std::string root = checkpoint_root(cfg);
   // The newest complete checkpoint: every step-<N> folder is complete (published by rename), so
   // the largest N — also when `latest` is missing or older (a kill between the rename and the
@@ -46,6 +58,20 @@ int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, AdamW
   const std::string dir = root + "/" + name;
   const json::Value state = json::parse(fs::read_text(dir + "/state.json"), dir + "/state.json");
   const int64_t step = state.at("step", dir + "/state.json").as_int(dir + "/state.json: step");
+  if (static_amax) {
+    static_amax->clear();
+    if (const json::Value* sa = state.find("static_input_amax")) {
+      const std::string where = dir + "/state.json: static_input_amax";
+      for (const auto& [p, v] : sa->as_object(where)) {
+        const int64_t bits = v.at("bits", where + "." + p).as_int(where + "." + p + ".bits");
+        FP4QAT_CHECK(bits >= 0 && bits <= 0xFFFFFFFFll, where, ".", p, ".bits: ", bits, " is not a float32 bit pattern");
+        const uint32_t b = static_cast<uint32_t>(bits);
+        float a;
+        std::memcpy(&a, &b, sizeof a);
+        (*static_amax)[p] = a;
+      }
+    }
+  }
   st::Reader mr(dir + "/model.safetensors"), orr(dir + "/optim.safetensors");
   torch::NoGradGuard ng;
   for (size_t i = 0; i < model.params().size(); ++i) {

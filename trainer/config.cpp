@@ -180,7 +180,8 @@ const Names<qat::ActivationScale> kActivationScales = {{"tensor", qat::Activatio
 const Names<qat::Activations> kActivations = {{"nvfp4", qat::Activations::kNVFP4}, {"bf16", qat::Activations::kBF16}};
 const Names<qat::Serving> kServings = {{"fp4qat", qat::Serving::kFp4qat},
                                        {"marlin", qat::Serving::kMarlin},
-                                       {"flashinfer_per_token", qat::Serving::kPerToken}};
+                                       {"flashinfer_per_token", qat::Serving::kPerToken},
+                                       {"flashinfer_static", qat::Serving::kStatic}};
 const Names<grpo::Correction> kCorrections = {
     {"tis", grpo::Correction::kTis}, {"mask", grpo::Correction::kMask}, {"none", grpo::Correction::kNone}};
 const Names<qat::TrainScope> kTrainScopes = {{"all", qat::TrainScope::kAll},

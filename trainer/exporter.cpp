@@ -108,7 +108,15 @@ std::string Exporter::submit(int64_t step) {
     shared_amax[g.param] = policy_.shared_weight_amax(g.param);
     const at::Tensor a = amax_.at(g.param).reshape({-1});
     const int64_t n = static_cast<int64_t>(g.names.size());
-    module_amax[g.param] = (a.numel() == 1 ? a.expand({n}) : a.repeat_interleave(g.parts)).contiguous();
+    if (cfg_.qat.static_activations() && cfg_.qat.quantizes()) {
+      // flashinfer_static: every module of the parameter the one static amax the forwards use
+      // until the next export (set by the trainer before this export; qat/policy.h).
+      const std::optional<float> s = policy_.static_input_amax(g.param);
+      FP4QAT_CHECK(s.has_value(), "export of step ", step, ": no static activation amax for '", g.param, "'");
+      module_amax[g.param] = at::full({n}, *s, a.options());
+    } else {
+      module_amax[g.param] = (a.numel() == 1 ? a.expand({n}) : a.repeat_interleave(g.parts)).contiguous();
+    }
   }
   std::vector<std::shared_ptr<qat::StagedFolder>> staged;
   for (const auto f : formats) {

@@ -123,14 +123,16 @@ void sync_full_model(const model::Qwen3Moe& model, model::Qwen3Moe* full, const 
   }
 }
 
-// Max over ranks of the activation amax each rank observed since the last export, handed to the
-// exporting policy on rank 0 (expert amax [El] placed at the shard's experts of a zero [E]).
-void sync_input_amax(qat::QatPolicy& train_policy, qat::QatPolicy* export_policy, const model::Qwen3Moe& model,
-                     const dist::Topology& topo) {
+// Max over ranks of activation amax observations (param -> float32 [] or [El]) for every
+// quantized parameter of `policy` (sorted: the same order on every rank), on the CPU: an expert
+// amax [El] is placed at the shard's experts of a zero [E]; zeros where no rank saw one. Collective.
+std::map<std::string, at::Tensor> amax_over_ranks(const std::map<std::string, at::Tensor>& seen,
+                                                  const qat::QatPolicy& policy, const model::Qwen3Moe& model,
+                                                  const dist::Topology& topo) {
   torch::NoGradGuard ng;
-  std::map<std::string, at::Tensor> seen = train_policy.take_input_amax();
   const int64_t E = model.config().num_experts, El = model.local_experts();
-  for (const auto& name : train_policy.quantized_params()) {  // sorted: the same order on every rank
+  std::map<std::string, at::Tensor> out;
+  for (const auto& name : policy.quantized_params()) {
     const bool expert = model::Qwen3Moe::is_expert_param(name);
     auto it = seen.find(name);
     at::Tensor t = it != seen.end() ? it->second.to(at::kCPU).to(at::kFloat).clone()
@@ -142,8 +144,20 @@ void sync_input_amax(qat::QatPolicy& train_policy, qat::QatPolicy* export_policy
     }
     std::vector<at::Tensor> v{t};
     topo.world->all_reduce(v, dist::ReduceOp::kMax);
-    if (export_policy && (it != seen.end() || t.max().item<float>() > 0)) export_policy->observe(name, v[0]);
+    out[name] = v[0];
   }
+  return out;
+}
+
+// The activation amax each rank observed since the last export, max over ranks, handed to the
+// exporting policy on rank 0; returned (every rank) for the flashinfer_static profile.
+std::map<std::string, at::Tensor> sync_input_amax(qat::QatPolicy& train_policy, qat::QatPolicy* export_policy,
+                                                  const model::Qwen3Moe& model, const dist::Topology& topo) {
+  const std::map<std::string, at::Tensor> seen = train_policy.take_input_amax();
+  std::map<std::string, at::Tensor> all = amax_over_ranks(seen, train_policy, model, topo);
+  for (const auto& [name, t] : all)
+    if (export_policy && (seen.count(name) || t.max().item<float>() > 0)) export_policy->observe(name, t);
+  return all;
 }
 
 }  // namespace
@@ -279,6 +293,13 @@ class Trainer {
   void eval_step();
   void checkpoint();
   void finish();
+  // qat.serving flashinfer_static (qat/recipe.h): the static activation amax of each quantized
+  // parameter from `window` (param -> the amax seen, [] or [E], the same on every rank), set on
+  // every policy that forwards with them; parameters the window did not see keep theirs.
+  void set_static_amax(const std::map<std::string, at::Tensor>& window);
+  // At set-up: the values a resumed checkpoint kept, else a calibration forward (the export
+  // probe's tokens, activations observed in the compute dtype, max over ranks).
+  void init_static_amax(const std::map<std::string, float>& resumed);
   // objective grpo: the loss of rollout micro-batch `index` (forward of the learner, and of the
   // reference when rl.kl_coef > 0) and the aux loss; adds the step's statistics to `sums`.
   struct RlSums {
@@ -473,7 +494,8 @@ void Trainer::setup() {
     exporter_ = full_model_ ? std::make_unique<Exporter>(cfg, *full_model_, *full_policy_)
                             : std::make_unique<Exporter>(cfg, model, *qat_policy_);
   st_ = adamw_init(model.params());
-  if (opt_.resume) step_ = load_checkpoint(cfg, model, st_);
+  std::map<std::string, float> resumed_static;
+  if (opt_.resume) step_ = load_checkpoint(cfg, model, st_, &resumed_static);
   model.to(dev_);
   if (full_model_) full_model_->to(dev_);
   if (ref_model_) ref_model_->to(dev_);
@@ -508,6 +530,53 @@ void Trainer::setup() {
   }
   pg_->barrier();
   corpus_ = std::make_unique<data::SyntheticCorpus>(cfg.train.seed, cfg.data.max_operand);
+  init_static_amax(resumed_static);
+}
+
+void Trainer::set_static_amax(const std::map<std::string, at::Tensor>& window) {
+  torch::NoGradGuard ng;
+  std::vector<std::string> names;
+  std::vector<at::Tensor> maxes;
+  for (const auto& [n, t] : window)
+    if (qat_policy_->quantized(n) && t.numel() > 0) {
+      names.push_back(n);
+      maxes.push_back(t.max().to(at::kFloat).reshape({1}));
+    }
+  if (names.empty()) return;
+  const at::Tensor m = at::cat(maxes).to(at::kCPU);  // one host synchronisation
+  for (size_t i = 0; i < names.size(); ++i) {
+    const float seen = m[static_cast<int64_t>(i)].item<float>();
+    if (!(seen > 0)) continue;  // not seen in this window: keeps its value
+    const float a = qat::static_activation_amax(seen);
+    for (qat::QatPolicy* p : {qat_policy_.get(), full_policy_.get(), ref_qat_.get()})
+      if (p) p->set_static_input_amax(names[i], a);
+  }
+}
+
+void Trainer::init_static_amax(const std::map<std::string, float>& resumed) {
+  const auto& cfg = cfg_;
+  if (!qat_policy_ || !cfg.qat.quantizes() || !cfg.qat.static_activations()) return;
+  if (!resumed.empty()) {
+    for (const auto& [n, a] : resumed) {
+      FP4QAT_CHECK(qat_policy_->quantized(n), "--resume: the checkpoint's static_input_amax names '", n,
+                   "', which this recipe does not quantize");
+      for (qat::QatPolicy* p : {qat_policy_.get(), full_policy_.get(), ref_qat_.get()})
+        if (p) p->set_static_input_amax(n, a);
+    }
+  } else {
+    qat::QatPolicy observer(cfg.qat, *model_, /*quantize_forward=*/false);
+    observer.observe_without_grad = true;
+    {
+      torch::NoGradGuard ng;
+      const at::Tensor ids = probe_ids().to(dev_);
+      model_->forward(ids, dt_, observer);
+    }
+    set_static_amax(amax_over_ranks(observer.take_input_amax(), *qat_policy_, *model_, *topo_));
+  }
+  for (const auto& n : qat_policy_->quantized_params())
+    FP4QAT_CHECK(qat_policy_->static_input_amax(n).has_value(), "qat.serving flashinfer_static: no activation ",
+                 "reached '", n, "' in the calibration forward (", cfg.train.out_dir,
+                 "); its static scale is unknown");
 }
 
 void Trainer::train_step() {
@@ -669,11 +738,17 @@ void Trainer::export_step() {
   const auto& cfg = cfg_;
   model::Qwen3Moe& model = *model_;
   const auto te = std::chrono::steady_clock::now();
+  std::map<std::string, at::Tensor> window;  // the activation amax seen since the last export (max over ranks)
   if (W_ > 1) {  // every rank's activation amax, and the expert shards, to rank 0's exporter
-    sync_input_amax(*qat_policy_, pg_->is_main() ? (full_policy_ ? full_policy_.get() : qat_policy_.get()) : nullptr,
-                    model, *topo_);
+    window = sync_input_amax(*qat_policy_,
+                             pg_->is_main() ? (full_policy_ ? full_policy_.get() : qat_policy_.get()) : nullptr, model,
+                             *topo_);
     sync_full_model(model, full_model_.get(), *topo_);
+  } else {
+    window = qat_policy_->observed_input_amax();
   }
+  // flashinfer_static: this export's input_scale, and the forwards' until the next export.
+  if (cfg.qat.static_activations()) set_static_amax(window);
   // Train/rollout mismatch: the export read back from disk and run as the rollout side runs it,
   // against the trainer's own forward with the same weights (those of step + 1). The probe
   // needs the folder on disk, so with it the export is waited for; without it the folders
@@ -800,7 +875,9 @@ void Trainer::eval_step() {
 void Trainer::checkpoint() {
   const model::Qwen3Moe& model = *model_;
   if (!model.sharded()) {
-    if (pg_->is_main()) res_.last_checkpoint = save_checkpoint(cfg_, model.params(), st_, step_);
+    if (pg_->is_main())
+      res_.last_checkpoint = save_checkpoint(cfg_, model.params(), st_, step_,
+                                             qat_policy_ ? qat_policy_->static_input_amaxes() : std::map<std::string, float>{});
   } else if (topo_->dp_index == 0) {
     model::Params ps;
     AdamWState fs;
@@ -810,7 +887,9 @@ void Trainer::checkpoint() {
       fs.m.push_back(full_of(model, *topo_, n, st_.m[i]));
       fs.v.push_back(full_of(model, *topo_, n, st_.v[i]));
     }
-    if (pg_->is_main()) res_.last_checkpoint = save_checkpoint(cfg_, ps, fs, step_);
+    if (pg_->is_main())
+      res_.last_checkpoint = save_checkpoint(cfg_, ps, fs, step_,
+                                             qat_policy_ ? qat_policy_->static_input_amaxes() : std::map<std::string, float>{});
   }
   pg_->barrier();
 }

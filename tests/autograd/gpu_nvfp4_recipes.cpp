@@ -1,5 +1,6 @@
 // tests/autograd/gpu_nvfp4_recipes.cpp — (label gpu) the 2026 recipes (Four Over Six, row-scaled
-// activations, W4A16) through the NVFP4 autograd functions on CUDA: the per-row scaled GEMM
+// activations, W4A16) and the flashinfer_static profile's static activation amax (below the inputs'
+// max: saturating blocks) through the NVFP4 autograd functions on CUDA: the per-row scaled GEMM
 // (gemm::scaled_mm_rows) equals the CPU's bytes on exactly summable operands; the forward is within
 // fp32 accumulation-order noise of the CPU; the gradients equal their definitions on the GPU; grouped
 // (in place, one grouped GEMM) is within accumulation-order noise of a loop of single-expert calls.
@@ -43,10 +44,23 @@ std::vector<std::pair<const char*, NVFP4LinearOptions>> recipes(Blocks blocks, B
   };
   const NVFP4Rule four{true, 256.0f, false, false}, rows{false, 256.0f, false, true},
       four_rows{true, 256.0f, false, true};
+  NVFP4LinearOptions stat = o({}, {}, true);
+  stat.activation_amax = at::full({}, 1.5f, at::TensorOptions(at::kCUDA).dtype(at::kFloat));
   return {{"4over6 all", o(four, four, true)},
           {"row-scaled", o({}, rows, true)},
           {"4over6 + row-scaled", o(four, four_rows, true)},
-          {"W4A16", o({}, {}, false)}};
+          {"W4A16", o({}, {}, false)},
+          {"static activation amax 1.5", stat}};
+}
+
+// The options with the static activation amax (if any) on the CPU, and that amax for nvfp4_quantize.
+NVFP4LinearOptions on_cpu(NVFP4LinearOptions o) {
+  if (o.activation_amax.defined()) o.activation_amax = o.activation_amax.cpu();
+  return o;
+}
+std::optional<at::Tensor> act_amax(const NVFP4LinearOptions& o, const at::Tensor& x) {
+  if (!o.activation_amax.defined()) return std::nullopt;
+  return o.activation_amax.to(x.device());
 }
 
 }  // namespace
@@ -76,14 +90,14 @@ TEST(GpuNVFP4Recipes, ForwardMatchesCpuAndGradsMatchDefinitions) {
         at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
         at::Tensor y = fp4qat::autograd::nvfp4_linear(x, w, opt);
         y.backward(g);
-        EXPECT_TRUE(close_bf16(y, fp4qat::autograd::nvfp4_linear(x0.cpu(), w0.cpu(), opt)));
+        EXPECT_TRUE(close_bf16(y, fp4qat::autograd::nvfp4_linear(x0.cpu(), w0.cpu(), on_cpu(opt))));
         at::Tensor xs = x0, ws = w0;
         if (mode == Backward::kDequantized) {
           ws = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(w0, blocks, std::nullopt, opt.rules.weights),
                                         at::kBFloat16);
           if (!opt.rules.w4a16)
-            xs = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(x0, Blocks::k1D, std::nullopt, opt.rules.activations),
-                                          at::kBFloat16);
+            xs = fp4qat::nvfp4_dequantize(
+                fp4qat::nvfp4_quantize(x0, Blocks::k1D, act_amax(opt, x0), opt.rules.activations), at::kBFloat16);
         }
         EXPECT_TRUE(bytes_equal(x.grad(), g.mm(ws)));
         EXPECT_TRUE(bytes_equal(w.grad(), xs.t().mm(g).t()));
@@ -141,7 +155,7 @@ TEST(GpuNVFP4Recipes, GroupedEqualsLoopOfSingleExpertCalls) {
                                           at::kBFloat16);
             if (!opt.rules.w4a16)
               xs = fp4qat::nvfp4_dequantize(
-                  fp4qat::nvfp4_quantize(x0e, Blocks::k1D, std::nullopt, opt.rules.activations), at::kBFloat16);
+                  fp4qat::nvfp4_quantize(x0e, Blocks::k1D, act_amax(opt, x0e), opt.rules.activations), at::kBFloat16);
           }
           EXPECT_TRUE(close_bf16(dx, ge.mm(ws))) << "expert " << e;
           EXPECT_TRUE(close_bf16(dw, xs.t().mm(ge).t())) << "expert " << e;

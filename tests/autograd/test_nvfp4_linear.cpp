@@ -254,12 +254,16 @@ std::vector<RecipeCase> recipe_cases(Blocks blocks, Backward mode) {
     r.rules.w4a16 = !act;
     return r;
   };
+  // The flashinfer_static profile: one static activation amax, below most rows' max (saturating).
+  NVFP4LinearOptions stat = o(four, {}, true);
+  stat.activation_amax = at::full({}, 2.0f, at::kFloat);
   return {{"4over6 weights", o(four, {}, true)},
           {"4over6 all (448, mse)", o(four448mse, four448mse, true)},
           {"row-scaled activations", o({}, rows, true)},
           {"4over6 + row-scaled", o(four, four_rows, true)},
           {"W4A16", o({}, {}, false)},
-          {"W4A16 4over6 weights", o(four, {}, false)}};
+          {"W4A16 4over6 weights", o(four, {}, false)},
+          {"static activation amax (4over6 weights)", stat}};
 }
 
 // The definition (numerics.md): activations quantized by their rule (S_dec [] or [M]) or left as
@@ -277,7 +281,9 @@ Definition definition(const at::Tensor& x, const at::Tensor& w, const NVFP4Linea
   const at::Tensor b = fp4qat::nvfp4_dequantize(qw, at::kFloat);
   at::Tensor a, alpha;
   if (!opt.rules.w4a16) {
-    auto qx = fp4qat::nvfp4_quantize(x, Blocks::k1D, std::nullopt, opt.rules.activations);
+    const std::optional<at::Tensor> amax =
+        opt.activation_amax.defined() ? std::optional<at::Tensor>(opt.activation_amax) : std::nullopt;
+    auto qx = fp4qat::nvfp4_quantize(x, Blocks::k1D, amax, opt.rules.activations);
     d.x_used = fp4qat::nvfp4_dequantize(qx, x.scalar_type());
     alpha = qx.s_dec * s_w;
     qx.s_dec = at::ones_like(qx.s_dec);
@@ -344,6 +350,16 @@ TEST(NVFP4Recipes, BadOptionsAreRefused) {
   NVFP4LinearOptions rows_w;
   rows_w.rules.weights.row_scaled = true;
   EXPECT_THROW(fp4qat::autograd::nvfp4_linear(x, w, rows_w), fp4qat::Error);
+  NVFP4LinearOptions stat_rows;  // a static amax with row-scaled activations, or W4A16, or of two values
+  stat_rows.activation_amax = at::full({}, 1.0f);
+  stat_rows.rules.activations.row_scaled = true;
+  EXPECT_THROW(fp4qat::autograd::nvfp4_linear(x, w, stat_rows), fp4qat::Error);
+  stat_rows.rules.activations.row_scaled = false;
+  stat_rows.rules.w4a16 = true;
+  EXPECT_THROW(fp4qat::autograd::nvfp4_linear(x, w, stat_rows), fp4qat::Error);
+  stat_rows.rules.w4a16 = false;
+  stat_rows.activation_amax = at::ones({2});
+  EXPECT_THROW(fp4qat::autograd::nvfp4_linear(x, w, stat_rows), fp4qat::Error);
   NVFP4LinearOptions w4a16_rows;
   w4a16_rows.rules.w4a16 = true;
   w4a16_rows.rules.activations.row_scaled = true;

@@ -40,12 +40,15 @@ TEST(GpuQuantize, NVFP4MatchesReferenceOnRandomShapes) {
   for (const auto& dims : kShapes)
     for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
       for (auto blocks : {Blocks::k1D, Blocks::k2D})
-        for (bool given : {false, true}) {
+        for (float factor : {0.0f, 1.5f, 0.25f}) {
+          const bool given = factor > 0;
           SCOPED_TRACE(::testing::Message() << at::IntArrayRef(dims) << " " << dt << " " << fp4qat::to_string(blocks)
-                                            << (given ? " given-amax" : ""));
+                                            << (given ? " given-amax x" : "") << (given ? factor : 0.0f));
           const at::Tensor x = random_input(dims, dt, seed++);
+          // A given amax: larger than the tensor's own (a gated pair's shared amax), or smaller (the
+          // flashinfer_static profile's static activation amax: blocks past it saturate).
           at::Tensor amax;
-          if (given) amax = fp4qat::global_amax(x) * 1.5f;  // a shared amax larger than the tensor's own
+          if (given) amax = fp4qat::global_amax(x) * factor;
           const auto want = fp4qat::nvfp4_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);
           const auto want_fake =
               fp4qat::nvfp4_fake_quantize(x, blocks, given ? std::optional<at::Tensor>(amax) : std::nullopt);

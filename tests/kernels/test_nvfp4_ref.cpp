@@ -102,6 +102,44 @@ TEST(NVFP4Ref, SharedAmaxForGatedPairs) {
   EXPECT_TRUE(bytes_equal(q_own.scales, q_given.scales));
 }
 
+// A given amax below the tensor's (the flashinfer_static profile's static activation amax):
+// numerics.md's clamps apply — a block whose max is past it gets the block scale 448 and codes
+// clamped at +-6 — and every byte is the formula's, computed here by hand.
+TEST(NVFP4Ref, GivenAmaxBelowTheInputSaturates) {
+  namespace fmt = fp4qat::fmt;
+  at::Tensor x = at::zeros({2, 32}, at::kFloat);
+  x[0][0] = 100.0f;  // far past the given amax
+  x[0][1] = -1.0f;
+  x[0][2] = 7.0f;
+  x[1][16] = 2.5f;  // within it
+  const float amax = 10.0f;
+  const auto q = fp4qat::nvfp4_quantize(x, Blocks::k1D, at::full({}, amax));
+  const float s_enc = fmt::nvfp4_s_enc(amax), s_dec = fmt::nvfp4_s_dec(s_enc);
+  EXPECT_EQ(q.s_dec.item<float>(), s_dec);
+  const at::Tensor sc = u8(q.scales), codes = q.codes;
+  for (int64_t r = 0; r < 2; ++r)
+    for (int64_t b = 0; b < 2; ++b) {
+      const float bmax = x[r].narrow(0, b * 16, 16).abs().max().item<float>();
+      const uint8_t want_sb = fmt::nvfp4_block_scale(bmax, fmt::nvfp4_block_factor(s_enc));
+      ASSERT_EQ(sc[r][b].item<uint8_t>(), want_sb) << r << " " << b;
+      const float enc = fminf(1.0f / (fmt::e4m3_to_float(want_sb) * s_dec), 3.4028235e38f);
+      for (int64_t k = 0; k < 16; ++k) {
+        const float v = x[r][b * 16 + k].item<float>() * enc;
+        const uint8_t want = fmt::float_to_e2m1(fminf(fmaxf(v, -6.0f), 6.0f));
+        const uint8_t byte = codes[r][(b * 16 + k) / 2].item<uint8_t>();
+        const uint8_t got = (k % 2 == 0) ? (byte & 0xF) : (byte >> 4);
+        if (v == 0.0f) {
+          EXPECT_EQ(got & 0x7, 0) << r << " " << k;
+        } else {
+          EXPECT_EQ(got, want) << r << " " << b * 16 + k;
+        }
+      }
+    }
+  EXPECT_EQ(sc[0][0].item<uint8_t>(), 0x7E);  // 448: saturated
+  EXPECT_EQ(codes[0][0].item<uint8_t>() & 0xF, 0x7);  // 100 -> +6
+  EXPECT_NE(sc[1][1].item<uint8_t>(), 0x7E);          // 2.5 is within the amax
+}
+
 TEST(NVFP4Ref, InputDtypesWidenExactly) {
   const at::Tensor xb = randn({16, 64}, 21).to(at::kBFloat16);
   const at::Tensor xh = xb.to(at::kHalf);  // bf16 values with small exponents are exact in fp16

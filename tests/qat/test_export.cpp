@@ -2,10 +2,14 @@
 // quantized module and cover every excluded one; the NVFP4/MXFP8/BF16 folder writer produces the
 // tensors, dtypes, shapes, bytes and config files of checkpoint-format.md; the staged folder
 // writes the writer's bytes.
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include "kernels/common/check.h"
+#include "kernels/common/formats.h"
 #include "qat/export.h"
 #include "io/fs.h"
 #include "io/json.h"
@@ -343,4 +347,56 @@ TEST(StagedFolder, FenceWaitsOnlyForReadsOfTensorsTheCallerMayChange) {
     s.add_quantized(dn, 1, w, std::nullopt, ia);
     EXPECT_TRUE(s.fence_waits());
   }
+}
+
+// The flashinfer_static profile's static activation amax (qat/export.h): for observed amaxes over
+// 24 decades, and the edge cases, the static amax is at least the observed one and at most a few
+// float32 ulps of S_enc away; engines' S_enc = 1 / input_scale (float32) equals the trainer's
+// S_enc = 2688 / amax; the exported input_scale is the S_dec the trainer multiplies by; the rollout
+// side recovers the same amax from the input_scale. (Counted: how many needed a step, so the
+// search is exercised.)
+TEST(StaticScale, AmaxSurvivesTheEnginesRoundTrip) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  const at::Tensor e = at::rand({20000}, gen) * 24 - 12;  // log10 of the observed amax
+  std::vector<float> obs = {0.0f, 1.0f, 6.0f, 448.0f, 2688.0f, 1e-30f, 3e38f, 1e-38f};
+  for (int64_t i = 0; i < e.numel(); ++i) obs.push_back(std::pow(10.0f, e[i].item<float>()));
+  int stepped = 0;
+  for (const float o : obs) {
+    const float a = qat::static_activation_amax(o);
+    ASSERT_GE(a, o);
+    const float t = fmt::nvfp4_s_enc(a), s = qat::nvfp4_input_scale(a);
+    ASSERT_EQ(s, fmt::nvfp4_s_dec(t)) << o;
+    ASSERT_EQ(1.0f / s, t) << "observed " << o << ": the engine's S_enc differs";
+    const std::optional<float> back = qat::static_activation_amax_of_input_scale(s);
+    ASSERT_TRUE(back.has_value()) << o;
+    ASSERT_EQ(fmt::nvfp4_s_enc(*back), t) << o;
+    if (o > 1e-30f && o < 1e30f) {
+      EXPECT_LE(a, o * (1 + 1e-5f)) << o;  // a few ulps of S_enc, not a coarser scale
+      stepped += fmt::nvfp4_s_enc(o) != t;
+    }
+  }
+  EXPECT_EQ(qat::static_activation_amax(0.0f), 2688.0f);  // S_enc 1, as amax 0 gives
+  EXPECT_GT(stepped, 100);  // the round trip fails for some S_enc: the search is needed
+  EXPECT_THROW(qat::static_activation_amax(-1.0f), fp4qat::Error);
+  EXPECT_THROW(qat::static_activation_amax(std::nanf("")), fp4qat::Error);
+}
+
+// An input_scale no flashinfer_static export writes: some arbitrary float32 values have no amax
+// whose S_enc is their reciprocal; those are reported (nullopt), and every found one is exact.
+TEST(StaticScale, InputScalesWithoutAnAmaxAreReported) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(8);
+  const at::Tensor e = at::rand({5000}, gen) * 10 - 8;
+  int missing = 0;
+  for (int64_t i = 0; i < e.numel(); ++i) {
+    const float s = std::pow(10.0f, e[i].item<float>());
+    const std::optional<float> a = qat::static_activation_amax_of_input_scale(s);
+    if (!a) {
+      ++missing;
+      continue;
+    }
+    EXPECT_EQ(fmt::nvfp4_s_enc(*a), 1.0f / s) << s;
+  }
+  EXPECT_GT(missing, 0);
+  EXPECT_LT(missing, 1000);
+  EXPECT_THROW(qat::static_activation_amax_of_input_scale(0.0f), fp4qat::Error);
 }

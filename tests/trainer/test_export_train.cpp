@@ -5,11 +5,14 @@
 // training goes on); keep-K and `latest`; the export records step and recipe;
 // observing activations for input_scale does not change training; BF16 training can export
 // NVFP4 (post-training quantization each step).
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <fstream>
+#include <set>
 
+#include "kernels/common/formats.h"
 #include "kernels/quantize.h"
 #include "io/fs.h"
 #include "io/http.h"
@@ -21,6 +24,8 @@
 #include "tests/common/test_util.h"
 #include "model/hf_folder.h"
 #include "model/qwen3_moe.h"
+#include "qat/export.h"
+#include "rollout/serving.h"
 #include "trainer/train.h"
 
 namespace cfg = fp4qat::config;
@@ -607,5 +612,108 @@ TEST(ExportTrainServing, ProfilesReproduceTheEngineAndKeepTheW4A4Checkpoint) {
     ADD_FAILURE() << "qat.serving with mxfp8 accepted";
   } catch (const fp4qat::Error& e) {
     EXPECT_NE(std::string(e.what()).find("serving"), std::string::npos) << e.what();
+  }
+}
+
+// flashinfer_static (qat.serving, issue 21): the trainer quantizes the activations of each
+// quantized parameter (all its experts) with one static amax — a calibration forward's before the
+// first export, then the latest export's — and every export writes it as the input_scale of each
+// of the parameter's modules, so that an engine's S_enc = 1 / max_e(input_scale_e) is the
+// trainer's. Checked: the probe reads 0 at every step; within a parameter every module's
+// input_scale is the same and its float32 reciprocal is the S_enc of the amax checkpoints record;
+// the value follows the activations (it changes between exports); the profile changes the forward
+// (losses differ from the fp4qat profile's); the rollout side serves the export with the static
+// scale (the fp4qat profile on the same files computes something else); a stopped and resumed run
+// is bit-identical to an uninterrupted one (losses, exported bytes).
+TEST(ExportTrainServing, StaticProfileQuantizesWithTheLatestExportsScale) {
+  test::TempDir d;
+  auto config = [&](const std::string& name, qat::Serving serving) {
+    cfg::Config c = small_run(d.file(name));
+    c.train.dtype = "bf16";
+    c.train.steps = 4;
+    c.train.checkpoint_every = 2;
+    c.qat.serving = serving;
+    c.exports.every = 1;
+    c.exports.probe_mismatch = true;
+    return c;
+  };
+  train::Options o;
+  o.quiet = true;
+  const cfg::Config a = config("a", qat::Serving::kStatic);
+  const auto ra = train::run(a, o);
+  const auto plain = train::run(config("plain", qat::Serving::kFp4qat), o);
+  ASSERT_EQ(ra.steps.size(), 4u);
+  for (size_t i = 0; i < ra.steps.size(); ++i) EXPECT_EQ(ra.steps[i].mismatch_mean, 0.0) << "step " << i + 1;
+  EXPECT_NE(ra.steps.back().loss, plain.steps.back().loss);
+  // input_scale per parameter: layer l's experts' gate/up (one parameter) and down (another).
+  auto scales = [&](const std::string& dir) -> std::map<std::string, std::set<float>> {
+    std::map<std::string, std::set<float>> by_param;
+    for (const auto& [name, t] : load_folder(dir)) {
+      if (!ends_with(name, ".input_scale")) continue;
+      const size_t ex = name.find(".mlp.experts.");
+      EXPECT_NE(ex, std::string::npos) << name << ": expert-only QAT quantizes experts only";
+      const std::string proj = name.find("down_proj") != std::string::npos ? "down" : "gate_up";
+      by_param[name.substr(0, ex) + "/" + proj].insert(t.item<float>());
+    }
+    return by_param;
+  };
+  std::set<float> seen_values;
+  for (int step = 1; step <= 4; ++step) {
+    const auto by_param = scales(d.file("a/exports/step-" + std::to_string(step) + "/nvfp4"));
+    ASSERT_EQ(by_param.size(), 4u);  // 2 layers x (gate_up, down)
+    for (const auto& [p, v] : by_param) {
+      ASSERT_EQ(v.size(), 1u) << "step " << step << " " << p << ": the experts' input_scale differ";
+      seen_values.insert(*v.begin());
+    }
+  }
+  EXPECT_GT(seen_values.size(), 4u);  // recalibrated from each window's activations
+  // The checkpoint of step 4 records the static amax; its input_scale is step 4's export's, and
+  // the engine's reciprocal of it is the amax's S_enc.
+  const json::Value state = json::parse(fs::read_text(d.file("a/checkpoints/step-4/state.json")), "state.json");
+  const json::Value& sa = state.at("static_input_amax");
+  ASSERT_EQ(sa.as_object().size(), 4u);
+  std::set<float> from_state;
+  for (const auto& [p, v] : sa.as_object()) {
+    const float amax = static_cast<float>(v.at("amax").as_double());
+    from_state.insert(qat::nvfp4_input_scale(amax));
+    EXPECT_EQ(1.0f / qat::nvfp4_input_scale(amax), fmt::nvfp4_s_enc(amax)) << p;
+  }
+  std::set<float> exported;
+  for (const auto& [p, v] : scales(d.file("a/exports/step-4/nvfp4"))) exported.insert(*v.begin());
+  EXPECT_EQ(from_state, exported);
+  // The rollout side: the profile the export records, against the fp4qat profile on the same files.
+  const std::string last = d.file("a/exports/latest/nvfp4");
+  const json::Value qc = json::parse(fs::read_text(last + "/config.json"), "config.json").at("quantization_config");
+  EXPECT_EQ(qc.at("fp4qat").at("serving").as_string(), "flashinfer_static");
+  const at::Tensor ids = at::randint(0, 32, {2, 12}, at::make_generator<at::CPUGeneratorImpl>(3));
+  auto lp = [&](const std::string& profile) {
+    rollout::Loaded l = rollout::load(last, at::kCPU, profile);
+    return rollout::token_logprobs(*l.model, *l.policy, ids, at::kBFloat16);
+  };
+  EXPECT_FALSE(at::equal(lp(""), lp("fp4qat")));
+  EXPECT_TRUE(at::equal(lp(""), lp("flashinfer_static")));
+  // Stopped after 2 steps and resumed: the same losses and the same exported bytes.
+  cfg::Config b = a;
+  b.train.out_dir = d.file("b");
+  train::Options stop = o;
+  stop.stop_after = 2;
+  const auto rb1 = train::run(b, stop);
+  train::Options resume = o;
+  resume.resume = true;
+  const auto rb2 = train::run(b, resume);
+  ASSERT_EQ(rb1.steps.size() + rb2.steps.size(), 4u);
+  for (size_t i = 0; i < 4; ++i)
+    EXPECT_EQ((i < 2 ? rb1.steps[i] : rb2.steps[i - 2]).loss, ra.steps[i].loss) << "step " << i + 1;
+  const auto fa = load_folder(d.file("a/exports/step-4/nvfp4")), fb = load_folder(d.file("b/exports/step-4/nvfp4"));
+  ASSERT_EQ(fa.size(), fb.size());
+  for (const auto& [n, t] : fa) EXPECT_TRUE(bytes_equal(fb.at(n), t)) << n;
+  // flashinfer_static with a rule it does not serve is refused naming qat.serving.
+  cfg::Config bad = a;
+  bad.qat.activation_scale = qat::ActivationScale::kRow;
+  try {
+    bad.qat.validate();
+    ADD_FAILURE() << "flashinfer_static with row-scaled activations accepted";
+  } catch (const fp4qat::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("flashinfer_static"), std::string::npos) << e.what();
   }
 }
