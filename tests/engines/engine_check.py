@@ -300,6 +300,8 @@ class VllmEngine:
         if algo == "NVFP4":
             check(bool((layer.w13_input_scale.data > 0).all()) and bool((layer.w2_input_scale.data > 0).all()),
                   f"{ex.name}: layer {l}: input_scale not loaded")
+        if ex.name == "nvfp4-static":
+            self.check_static(ex, l, layer)
         w13, w2 = self.emu.dequantize_nvfp4_moe_weights(
             layer.w13_weight.data, layer.w13_weight_scale.data, s13[:, :1].expand(E, 2).contiguous(),
             layer.w2_weight.data, layer.w2_weight_scale.data, layer.w2_weight_scale_2.data,
@@ -307,6 +309,30 @@ class VllmEngine:
         if not ex.matches_nvfp4(l, w13, w2, "vLLM dequant"):
             return
         print(f"  layer {l}: vLLM dequantize_nvfp4_moe_weights == our decode (<= 1 fp32 ulp) for {E}x3 experts")
+
+    def check_static(self, ex, l, layer):
+        """qat.serving flashinfer_static: vLLM's FlashInfer / CUTLASS NVFP4 MoE backends share one activation
+        scale among a layer's experts (quant_utils.amax_for_moe_activation_quant) and quantize with
+        a1_gscale = 1.0 / a13_scale (oracle/nvfp4.py), alpha = a13_scale * w13_weight_scale_2. The trainer
+        quantized with S_enc = 2688 / amax and multiplied by S_dec = 1 / S_enc: for the two to be one
+        arithmetic, every expert's input_scale must be the shared value s, 1 / (1 / s) == s in float32,
+        and 1 / s must be 2688 / amax for some float32 amax (the trainer's S_enc)."""
+        torch = self.torch
+        from vllm.model_executor.layers.quantization.utils.quant_utils import amax_for_moe_activation_quant
+        check(ex.qc.get("fp4qat", {}).get("serving") == "flashinfer_static",
+              f"{ex.name}: the export does not record serving flashinfer_static: {ex.qc.get('fp4qat')}")
+        for n in ("w13_input_scale", "w2_input_scale"):
+            a = getattr(layer, n).data.to(torch.float32)
+            s = amax_for_moe_activation_quant(a, False)
+            check(bool((a == s).all()), f"{ex.name}: layer {l}: {n} differs between experts: {a.reshape(-1)[:8]}")
+            gscale = 1.0 / s  # vLLM's a1_gscale / a2_gscale
+            check(bool(1.0 / gscale == s), f"{ex.name}: layer {l}: {n}: 1 / (1 / s) != s for s = {s.item()!r}")
+            q = torch.tensor(2688.0) / gscale
+            near = torch.stack([torch.nextafter(q, torch.tensor(d)) for d in (0.0, float("inf"))] + [q])
+            check(bool((torch.tensor(2688.0) / near == gscale).any()),
+                  f"{ex.name}: layer {l}: {n}: no amax gives S_enc = 2688 / amax = vLLM's {gscale.item()!r}")
+        print(f"  layer {l}: vLLM's shared activation scale (amax_for_moe_activation_quant, 1.0 / s) is the "
+              f"trainer's S_enc and S_dec for w13 and w2")
 
     def marlin_decoded(self, scales, sf):
         """vLLM's own Marlin pre-processing (marlin_utils_fp4.nvfp4_marlin_process_scales) of E4M3 block
@@ -611,8 +637,8 @@ def main():
     if a.smoke:
         print(version)
         return
-    names = {"vllm": ["nvfp4", "nvfp4-train", "w4a16", "mxfp8-vllm", "mxfp8-sglang"],
-             "sglang": ["nvfp4", "nvfp4-train", "w4a16", "mxfp8-sglang", "mxfp8-vllm"]}[a.engine]
+    names = {"vllm": ["nvfp4", "nvfp4-train", "nvfp4-static", "w4a16", "mxfp8-vllm", "mxfp8-sglang"],
+             "sglang": ["nvfp4", "nvfp4-train", "nvfp4-static", "w4a16", "mxfp8-sglang", "mxfp8-vllm"]}[a.engine]
     exports = []
     for n in names:
         d = os.path.join(a.exports, n)

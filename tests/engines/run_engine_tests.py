@@ -55,6 +55,10 @@ def make_exports(fp4qat, work):
     run([fp4qat, "train", "--recipe", os.path.join(REPO, "recipes/expert-nvfp4-qat-tiny.yaml"), *small,
          "--set", f"train.init_from={hf}", "--set", f"train.out_dir={work}/qat-run"])
     os.symlink(f"{work}/qat-run/exports/latest/nvfp4", f"{work}/nvfp4-train")
+    run([fp4qat, "train", "--recipe", os.path.join(REPO, "recipes/expert-nvfp4-qat-tiny.yaml"), *small,
+         "--set", f"train.init_from={hf}", "--set", f"train.out_dir={work}/qat-static",
+         "--set", "qat.serving=flashinfer_static"])
+    os.symlink(f"{work}/qat-static/exports/latest/nvfp4", f"{work}/nvfp4-static")
 
 
 def main():
