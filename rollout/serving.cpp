@@ -100,9 +100,8 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
         marlin = true;
       }
       if (serving == "flashinfer_per_token") act.rules.activations.row_scaled = true;
-      if (serving == "flashinfer_static") {
-        FP4QAT_CHECK(act.rules.activations.is_default(), dir, ": serving profile flashinfer_static quantizes ",
-                     "activations with the max6 rule and one static scale; this export's activations use another rule");
+      if (serving == "flashinfer_static") {  // the engine's max6 rule with one static scale, whatever the recipe
+        act.rules.activations = NVFP4Rule{};
         static_act = true;
       }
     } else {
@@ -158,6 +157,8 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
   });
   out.model = std::make_unique<model::Qwen3Moe>(model::model_of_folder(dir, cfg));
   std::map<std::string, ServingPolicy::Weight> weights;
+  std::string inexact;  // flashinfer_static: the first parameter whose static scale is not exact
+  int n_inexact = 0;
   for (const auto& g : out.model->hf_groups()) {
     std::vector<std::string> mods;
     int nq = 0;
@@ -193,9 +194,8 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
       std::optional<float> a = qat::static_activation_amax_of_input_scale(s_max);
       if (!a) {
         a = fmt::kNvfp4GlobalNum / (1.0f / s_max);
-        TORCH_WARN("fp4qat: ", dir, ": '", g.param, "': the largest input_scale ", s_max,
-                   " is not one an fp4qat flashinfer_static export writes; its activation global scale is served "
-                   "within an ulp or two of the engine's 1 / input_scale, not bit for bit");
+        if (inexact.empty()) inexact = g.param;
+        ++n_inexact;
       }
       act_amax = at::full({}, *a, at::kFloat);
     }
@@ -220,6 +220,11 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
     }
     weights[g.param] = {at::stack(vals), sdec.empty() ? at::Tensor() : at::stack(sdec), act_amax};
   }
+  if (n_inexact > 0)
+    TORCH_WARN("fp4qat: ", dir, ": served with flashinfer_static: the largest input_scale of ", n_inexact,
+               " quantized parameter(s) (the first: '", inexact, "') is not one an fp4qat flashinfer_static export ",
+               "writes; their activation global scale is within an ulp or two of the engine's 1 / input_scale, not ",
+               "bit for bit");
   // Every other tensor is a BF16 (or F32) parameter; quantized ones get their dequantized value.
   out.model->load_hf([&](const std::string& name) -> at::Tensor {
     const std::string m = names::module_of(name);

@@ -174,7 +174,7 @@ TEST(CliEval, ServingProfileOverride) {
   };
   EXPECT_EQ(eval({}).at("mean_abs_dlogp").as_double(), 0.0);
   EXPECT_EQ(eval({"--reference-serving", "fp4qat"}).at("mean_abs_dlogp").as_double(), 0.0);
-  for (const char* profile : {"marlin", "flashinfer_per_token"}) {
+  for (const char* profile : {"marlin", "flashinfer_per_token", "flashinfer_static"}) {
     SCOPED_TRACE(profile);
     const json::Value v = eval({"--reference-serving", profile});
     EXPECT_GT(v.at("mean_abs_dlogp").as_double(), 0.0);
@@ -188,6 +188,19 @@ TEST(CliEval, ServingProfileOverride) {
   rollout::Loaded a = rollout::load(dir, at::kCPU), b = rollout::load(dir, at::kCPU, "marlin");
   EXPECT_FALSE(at::equal(rollout::token_logprobs(*a.model, *a.policy, ids, at::kFloat),
                          rollout::token_logprobs(*b.model, *b.policy, ids, at::kFloat)));
+  // flashinfer_static on an export whose recipe has row-scaled activations: served with the engine's
+  // max6 static scale (what the engine would compute), not refused.
+  config::Config rows = small_run(d.file("rows"));
+  rows.qat.activation_scale = qat::ActivationScale::kRow;
+  rows.exports.every = 1;
+  rows.train.steps = 1;
+  train::Options q;
+  q.quiet = true;
+  train::run(rows, q);
+  rollout::Loaded st = rollout::load(d.file("rows/exports/latest/nvfp4"), at::kCPU, "flashinfer_static"),
+                  pt = rollout::load(d.file("rows/exports/latest/nvfp4"), at::kCPU);
+  EXPECT_FALSE(at::equal(rollout::token_logprobs(*st.model, *st.policy, ids, at::kFloat),
+                         rollout::token_logprobs(*pt.model, *pt.policy, ids, at::kFloat)));
   const auto bad = test::run_fp4qat({"eval", "--model", dir, "--serving", "trtllm", "--device", "cpu"});
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("trtllm"), std::string::npos) << bad.err;
