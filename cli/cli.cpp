@@ -26,6 +26,7 @@ const Command kCommands[] = {
      "sample from an exported folder with a KV cache (greedy, temperature, top-p), JSONL out"},
     {"quantize", cmd_quantize, "quantize the .weight tensors of a safetensors file (NVFP4 or MXFP8)"},
     {"train", cmd_train, "train a MoE model from a YAML recipe (--set overrides, --dump-config, --resume)"},
+    {"rl", cmd_rl, "the RL loop: sample from the newest export, score, GRPO steps, export, repeat (objective grpo)"},
     {"sample", cmd_sample, "write a small random MoE layer as a safetensors file (for demos and tests)"},
 };
 

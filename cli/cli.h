@@ -21,5 +21,6 @@ int cmd_generate(const Args& args);
 int cmd_quantize(const Args& args);
 int cmd_sample(const Args& args);
 int cmd_train(const Args& args);
+int cmd_rl(const Args& args);
 
 }  // namespace fp4qat::cli

@@ -23,6 +23,7 @@
 #include "io/json.h"
 #include "cli/cli.h"
 #include "cli/util.h"
+#include "rollout/sampler.h"
 #include "rollout/serving.h"
 #include "trainer/rewards.h"
 #include "trainer/rollouts.h"
@@ -31,25 +32,6 @@ namespace po = boost::program_options;
 
 namespace fp4qat::cli {
 
-namespace {
-// Next token from logits [V] (float32, CPU): greedy, or temperature + top-p sampling. In float64
-// with the largest logit subtracted before dividing by the temperature, so that any temperature
-// > 0 (1e-40 included: then greedy in effect) gives finite probabilities, and the most likely
-// token always kept, so that any top_p > 0 (1e-300 included) leaves a token to draw.
-int64_t pick(const at::Tensor& logits, double temperature, double top_p, at::Generator& gen) {
-  if (temperature <= 0) return logits.argmax().item<int64_t>();
-  const at::Tensor l = logits.to(at::kDouble);
-  at::Tensor probs = at::softmax((l - l.max()) / temperature, 0);  // [V]
-  auto [sorted, order] = probs.sort(0, /*descending=*/true);
-  const at::Tensor cum = sorted.cumsum(0);
-  // keep the smallest prefix whose mass reaches top_p (always the first token)
-  at::Tensor keep = (cum - sorted) < top_p;
-  keep[0] = true;
-  sorted = sorted * keep.to(sorted.scalar_type());
-  const int64_t i = at::multinomial(sorted / sorted.sum(), 1, false, gen).item<int64_t>();
-  return order[i].item<int64_t>();
-}
-}  // namespace
 
 int cmd_generate(const Args& args) {
   std::string model_dir, prompts, out, device, vocab_path;
@@ -117,31 +99,19 @@ int cmd_generate(const Args& args) {
   for (size_t pi = 0; pi < ps.size(); ++pi) {
     const auto& p = ps[pi];
     for (int64_t k = 0; k < samples; ++k) {
-      model::KVCache cache;
-      at::Tensor logits = m.model->forward(at::tensor(p, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache)
-                              .logits[0][-1]
-                              .to(at::kFloat)
-                              .to(at::kCPU);
+      rollout::SampleOptions so;
+      so.max_new_tokens = max_new;
+      so.temperature = temperature;
+      so.top_p = top_p;
+      so.eos = eos;
+      so.routed = want_routed;
+      rollout::Response r = rollout::sample(m, p, so, gen, dev, dt);
       rollouts::Sample s;
       s.prompt = p;
+      s.response = std::move(r.tokens);
+      s.logprobs = std::move(r.logprobs);
+      s.routed = std::move(r.routed);
       s.group = std::to_string(pi);
-      for (int64_t n = 0; n < max_new; ++n) {
-        const int64_t next = pick(logits, temperature, top_p, gen);
-        s.response.push_back(next);
-        s.logprobs.push_back(at::log_softmax(logits, 0)[next].item<float>());
-        const bool last = next == eos || n + 1 == max_new;
-        if (last && !want_routed) break;
-        // The token as the next input: the next logits, and the experts it goes to.
-        const model::ForwardOutput fw = m.model->forward(
-            at::tensor(std::vector<int64_t>{next}, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache);
-        if (want_routed)
-          for (const at::Tensor& r : fw.routed) {  // [1, 1, k] per MoE layer
-            const at::Tensor ids = r.reshape({-1}).to(at::kCPU);
-            for (int64_t q = 0; q < top_k; ++q) s.routed.push_back(static_cast<int32_t>(ids[q].item<int64_t>()));
-          }
-        if (last) break;
-        logits = fw.logits[0][-1].to(at::kFloat).to(at::kCPU);
-      }
       if (score) s.reward = score(s.prompt, s.response);
       std::string line = rollouts::to_json_line(s, want_routed ? moe_layers : 0, want_routed ? top_k : 0,
                                                 /*with_reward=*/score != nullptr);

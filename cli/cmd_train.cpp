@@ -1,4 +1,6 @@
-// cli/cmd_train.cpp — `fp4qat train --recipe R.yaml [--set a.b=v ...] [--dump-config] [--resume | --overwrite]`.
+// cli/cmd_train.cpp — `fp4qat train --recipe R.yaml [--set a.b=v ...] [--dump-config] [--resume | --overwrite]`,
+// and `fp4qat rl` (the same options): the RL loop of a recipe with objective grpo and rl.iterations
+// > 0 (trainer/config.h RlConfig), train.steps and export.every derived from rl.*.
 #include <boost/program_options.hpp>
 
 #include <cstdio>
@@ -14,10 +16,12 @@ namespace po = boost::program_options;
 
 namespace fp4qat::cli {
 
-int cmd_train(const Args& args) {
+namespace {
+int train_or_rl(const Args& args, bool rl) {
+  const char* name = rl ? "rl" : "train";
   std::string recipe;
   std::vector<std::string> sets;
-  po::options_description desc("fp4qat train options");
+  po::options_description desc(std::string("fp4qat ") + name + " options");
   desc.add_options()("help,h", "show this help")("recipe", po::value(&recipe)->required(),
                                                  "recipe YAML (recipes/*.yaml)")(
       "set", po::value(&sets)->composing(), "override one key, e.g. --set optim.lr=1e-3 (repeatable)")(
@@ -26,11 +30,14 @@ int cmd_train(const Args& args) {
       "overwrite", "start afresh in a train.out_dir that holds an earlier run (its metrics, checkpoints, exports "
                    "and hf/ are removed); without it such a folder is refused");
   po::variables_map vm;
-  if (!parse_options(args, desc, vm, "fp4qat train --recipe R.yaml [--set a.b=v ...] [--dump-config] [--resume | --overwrite]"))
+  if (!parse_options(args, desc, vm,
+                     std::string("fp4qat ") + name +
+                         " --recipe R.yaml [--set a.b=v ...] [--dump-config] [--resume | --overwrite]"))
     return 0;
   config::Config cfg;
   config::apply_recipe_file(cfg, recipe);
   for (const auto& s : sets) config::apply_set(cfg, s);
+  if (rl) config::derive_rl_loop(cfg);
   config::validate(cfg);
   if (vm.count("dump-config")) {
     std::cout << config::dump(cfg);
@@ -58,5 +65,9 @@ int cmd_train(const Args& args) {
                                          : " -- no tokenizer: serve with the engine's --tokenizer option");
   return 0;
 }
+}  // namespace
+
+int cmd_train(const Args& args) { return train_or_rl(args, false); }
+int cmd_rl(const Args& args) { return train_or_rl(args, true); }
 
 }  // namespace fp4qat::cli

@@ -15,8 +15,24 @@ namespace fp4qat::train {
 
 std::string checkpoint_root(const config::Config& c) { return c.train.out_dir + "/checkpoints"; }
 
+namespace {
+int64_t float_bits(float a) {
+  uint32_t b;
+  std::memcpy(&b, &a, sizeof b);
+  return static_cast<int64_t>(b);
+}
+float bits_float(const json::Value& v, const std::string& where) {
+  const int64_t bits = v.as_int(where);
+  FP4QAT_CHECK(bits >= 0 && bits <= 0xFFFFFFFFll, where, ": ", bits, " is not a float32 bit pattern");
+  const uint32_t b = static_cast<uint32_t>(bits);
+  float a;
+  std::memcpy(&a, &b, sizeof a);
+  return a;
+}
+}  // namespace
+
 std::string save_checkpoint(const config::Config& cfg, const model::Params& params, const AdamWState& st,
-                            int64_t step, const std::map<std::string, float>& static_amax) {
+                            int64_t step, const ActivationState& act) {
   const std::string root = checkpoint_root(cfg);
   fs::make_dirs(cfg.train.out_dir);
   const std::string folder = "step-" + std::to_string(step);
@@ -31,14 +47,20 @@ std::string save_checkpoint(const config::Config& cfg, const model::Params& para
     st::write_file(tmp + "/model.safetensors", ps);
     st::write_file(tmp + "/optim.safetensors", os);
     json::Value state = json::Value::object({{"step", step}, {"config", config::dump(cfg)}});
-    if (!static_amax.empty()) {
+    if (!act.static_amax.empty()) {
       json::Value sa = json::Value::object();
-      for (const auto& [p, a] : static_amax) {
-        uint32_t bits;
-        std::memcpy(&bits, &a, sizeof bits);
-        sa.set(p, json::Value::object({{"amax", static_cast<double>(a)}, {"bits", static_cast<int64_t>(bits)}}));
-      }
+      for (const auto& [p, a] : act.static_amax)
+        sa.set(p, json::Value::object({{"amax", static_cast<double>(a)}, {"bits", float_bits(a)}}));
       state.set("static_input_amax", sa);
+    }
+    if (!act.window.empty()) {
+      json::Value w = json::Value::object();
+      for (const auto& [p, v] : act.window) {
+        json::Value bits = json::Value::array();
+        for (float a : v) bits.push_back(float_bits(a));
+        w.set(p, bits);
+      }
+      state.set("static_window_amax", w);
     }
     fs::write_text_atomic(tmp + "/state.json", state.dump(2) + "\n");
     fs::write_text_atomic(tmp + "/config.yaml", config::dump(cfg));
@@ -47,7 +69,7 @@ std::string save_checkpoint(const config::Config& cfg, const model::Params& para
 }
 
 int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, AdamWState& st,
-                        std::map<std::string, float>* static_amax) {
+                        ActivationState* act) {
   const std::string root = checkpoint_root(cfg);
   // The newest complete checkpoint: every step-<N> folder is complete (published by rename), so
   // the largest N — also when `latest` is missing or older (a kill between the rename and the
@@ -58,19 +80,16 @@ int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, AdamW
   const std::string dir = root + "/" + name;
   const json::Value state = json::parse(fs::read_text(dir + "/state.json"), dir + "/state.json");
   const int64_t step = state.at("step", dir + "/state.json").as_int(dir + "/state.json: step");
-  if (static_amax) {
-    static_amax->clear();
-    if (const json::Value* sa = state.find("static_input_amax")) {
-      const std::string where = dir + "/state.json: static_input_amax";
-      for (const auto& [p, v] : sa->as_object(where)) {
-        const int64_t bits = v.at("bits", where + "." + p).as_int(where + "." + p + ".bits");
-        FP4QAT_CHECK(bits >= 0 && bits <= 0xFFFFFFFFll, where, ".", p, ".bits: ", bits, " is not a float32 bit pattern");
-        const uint32_t b = static_cast<uint32_t>(bits);
-        float a;
-        std::memcpy(&a, &b, sizeof a);
-        (*static_amax)[p] = a;
-      }
-    }
+  if (act) {
+    *act = ActivationState{};
+    const std::string where = dir + "/state.json";
+    if (const json::Value* sa = state.find("static_input_amax"))
+      for (const auto& [p, v] : sa->as_object(where + ": static_input_amax"))
+        act->static_amax[p] = bits_float(v.at("bits", where + ": static_input_amax." + p), where + ": " + p);
+    if (const json::Value* w = state.find("static_window_amax"))
+      for (const auto& [p, v] : w->as_object(where + ": static_window_amax"))
+        for (const auto& b : v.as_array(where + ": static_window_amax." + p))
+          act->window[p].push_back(bits_float(b, where + ": static_window_amax." + p));
   }
   st::Reader mr(dir + "/model.safetensors"), orr(dir + "/optim.safetensors");
   torch::NoGradGuard ng;

@@ -2,9 +2,12 @@
 // files, --set overrides and dump() all go through it, so a key exists once.
 #include "trainer/config.h"
 
+#include "trainer/rewards.h"
+
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <functional>
@@ -320,6 +323,28 @@ class Schema {
     add("rl", "mask_high", &rl.loss.mask_high,
         Check<double>([](const double& v) { return v >= 1 ? std::string() : "must be >= 1"; }));
     add("rl", "kl_coef", &rl.loss.kl_coef, non_negative<double>());
+    add("rl", "iterations", &rl.iterations, non_negative<int64_t>());
+    add("rl", "prompts", &rl.prompts, positive<int64_t>());
+    add("rl", "samples", &rl.samples, Check<int64_t>([](const int64_t& v) {
+          return v >= 2 ? std::string() : "must be >= 2 (a GRPO group compares responses to one prompt)";
+        }));
+    add("rl", "max_new_tokens", &rl.max_new_tokens, positive<int64_t>());
+    add("rl", "updates_per_rollout", &rl.updates_per_rollout, positive<int64_t>());
+    add("rl", "temperature", &rl.temperature, Check<double>([](const double& v) {
+          return v > 0 && std::isfinite(v) ? std::string() : "must be > 0 (the loop samples)";
+        }));
+    add("rl", "top_p", &rl.top_p,
+        Check<double>([](const double& v) { return v > 0 && v <= 1 ? std::string() : "must be in (0, 1]"; }));
+    add("rl", "reward", &rl.reward, Check<std::string>([](const std::string& v) {
+          try {
+            rewards::by_name(v);
+            return std::string();
+          } catch (const std::exception& e) {
+            return std::string(e.what());
+          }
+        }));
+    add_enum("rl", "sample_format", &rl.sample_format, kExportFormats);
+    add("rl", "seed", &rl.seed);
   }
 
   const Field* find(const std::string& path) const {
@@ -523,10 +548,27 @@ void validate(const Config& c) {
                ") exceeds model.max_position_embeddings (", m.max_position_embeddings, ")");
   FP4QAT_CHECK(c.data.kind == "synthetic" || !c.data.path.empty(), "data.path is required when data.kind is ",
                c.data.kind);
-  FP4QAT_CHECK((c.objective == "grpo") == (c.data.kind == "rollouts"), "objective ", c.objective, " with data.kind ",
-               c.data.kind,
-               ": objective grpo trains on rollout samples (data.kind: rollouts) and objectives lm and sft on ",
-               "synthetic or tokens data");
+  FP4QAT_CHECK((c.objective == "grpo") == (c.data.kind == "rollouts" || c.rl.loop()), "objective ", c.objective,
+               " with data.kind ", c.data.kind,
+               ": objective grpo trains on rollout samples (data.kind: rollouts, or the loop's own: rl.iterations > 0 "
+               "with data.kind synthetic) and objectives lm and sft on synthetic or tokens data");
+  if (c.rl.loop()) {
+    FP4QAT_CHECK(c.data.kind == "synthetic", "rl.iterations > 0 (the loop) samples prompts of the synthetic task: ",
+                 "data.kind must be synthetic, got ", c.data.kind);
+    FP4QAT_CHECK(c.train.steps == c.rl.iterations * c.rl.updates_per_rollout &&
+                     c.exports.every == c.rl.updates_per_rollout,
+                 "the loop's train.steps (", c.train.steps, ") and export.every (", c.exports.every,
+                 ") must be rl.iterations x rl.updates_per_rollout and rl.updates_per_rollout (fp4qat rl sets them)");
+    FP4QAT_CHECK(std::find(c.exports.formats.begin(), c.exports.formats.end(), c.rl.sample_format) !=
+                     c.exports.formats.end(),
+                 "rl.sample_format ", qat::to_string(c.rl.sample_format), " is not among export.formats (the loop ",
+                 "samples from that export)");
+    FP4QAT_CHECK(c.train.batch_size <= c.rl.prompts, "train.batch_size (", c.train.batch_size,
+                 " groups per micro-batch) exceeds rl.prompts (", c.rl.prompts, " groups per iteration)");
+    FP4QAT_CHECK(c.train.eval_every == 0, "train.eval_every must be 0 in the loop (its samples are the measure)");
+    FP4QAT_CHECK(c.rl.loss.kl_coef == 0 || c.parallel.ep == 1,
+                 "rl.kl_coef > 0 with parallel.ep > 1 is not supported yet (the reference model is not sharded)");
+  }
   FP4QAT_CHECK(c.objective != "sft" || c.data.kind == "tokens", "objective sft with data.kind ", c.data.kind,
                ": objective sft trains on a prepared dataset folder (data.kind: tokens, data.path the folder ",
                "scripts/prepare_data wrote)");
@@ -557,6 +599,13 @@ void validate(const Config& c) {
                "): set export.every > 0 or leave export.push_url empty");
   FP4QAT_CHECK(!exporting || !c.exports.formats.empty(), "export.formats is empty but export.every is ",
                c.exports.interval(c.qat), " (set export.every: 0 to turn exports off)");
+}
+
+void derive_rl_loop(Config& c) {
+  FP4QAT_CHECK(c.objective == "grpo" && c.rl.loop(), "fp4qat rl: the recipe must set objective: grpo and ",
+               "rl.iterations > 0 (got objective ", c.objective, ", rl.iterations ", c.rl.iterations, ")");
+  c.train.steps = c.rl.iterations * c.rl.updates_per_rollout;
+  c.exports.every = c.rl.updates_per_rollout;
 }
 
 std::string ExportConfig::push_request(const std::string& path, int64_t step) const {

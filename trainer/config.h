@@ -107,6 +107,21 @@ struct RlConfig {
   // Routing replay (R3): each MoE layer routes the response tokens to the experts the sampler chose
   // (the samples' routed_experts), with the router's own scores there as gate weights.
   bool router_replay = false;
+  // The loop (`fp4qat rl`, data.kind synthetic): per iteration, `prompts` problems of the synthetic
+  // addition task (train split, iteration k takes problems k*prompts ..), `samples` responses each
+  // (one GRPO group a prompt) sampled from the newest export's `sample_format` folder read from
+  // disk (rollout/sampler.h: the rollout side's forward, a KV cache, temperature / top-p, a
+  // generator seeded by (seed, iteration, prompt, sample)), scored by the named reward
+  // (trainer/rewards.h), written to <out_dir>/rollouts/iter-<k>/ and trained on for
+  // `updates_per_rollout` optimizer steps; then the export the next iteration samples from.
+  // iterations 0: no loop (objective grpo trains on data.kind rollouts files).
+  int64_t iterations = 0;
+  int64_t prompts = 16, samples = 4, max_new_tokens = 8, updates_per_rollout = 1;
+  double temperature = 1.0, top_p = 1.0;
+  std::string reward = "addition";
+  qat::Format sample_format = qat::Format::kNVFP4;
+  uint64_t seed = 0;
+  bool loop() const { return iterations > 0; }
 };
 
 struct Config {
@@ -128,6 +143,10 @@ struct Config {
 
 // Applies a YAML document (the text of `source`, for messages) on top of cfg.
 void apply_yaml_text(Config& cfg, const std::string& text, const std::string& source);
+// `fp4qat rl`: the loop's derived settings — train.steps = rl.iterations x rl.updates_per_rollout
+// and export.every = rl.updates_per_rollout (an export after every iteration, the next one's
+// sampler); refuses a config that is not a loop (objective grpo, data.kind synthetic, rl.iterations > 0).
+void derive_rl_loop(Config& cfg);
 // Loads a recipe file: its `model_config:` file first (resolved against the recipe's folder),
 // then the recipe's own keys.
 void apply_recipe_file(Config& cfg, const std::string& path);

@@ -1,6 +1,8 @@
 // trainer/train.cpp — see train.h.
 #include "trainer/train.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <ATen/DeviceAccelerator.h>
 #include <torch/torch.h>
 
@@ -27,6 +29,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/data.h"
 #include "trainer/grpo.h"
+#include "trainer/rewards.h"
 #include "trainer/rollouts.h"
 #include "io/hf_folder.h"
 #include "trainer/exporter.h"
@@ -35,6 +38,7 @@
 #include "dist/topology.h"
 #include "model/hf_folder.h"
 #include "qat/policy.h"
+#include "rollout/sampler.h"
 #include "rollout/serving.h"
 
 namespace fp4qat::train {
@@ -299,13 +303,23 @@ class Trainer {
   void set_static_amax(const std::map<std::string, at::Tensor>& window);
   // At set-up: the values a resumed checkpoint kept, else a calibration forward (the export
   // probe's tokens, activations observed in the compute dtype, max over ranks).
-  void init_static_amax(const std::map<std::string, float>& resumed);
+  void init_static_amax(const ActivationState& resumed);
+  // The activation state a checkpoint keeps (flashinfer_static; empty otherwise). Collective.
+  ActivationState activation_state();
+  // The RL loop (rl.iterations > 0, `fp4qat rl`): the export of step 0 (before any update; the
+  // activations of a calibration forward on the probe batch give its input_scale), and iteration
+  // k's samples — read back from <out_dir>/rollouts/iter-<k>/ when complete there (a resumed run),
+  // else sampled from export step-<k * updates_per_rollout> (each rank its share of the prompts,
+  // one file a rank), then made the rollouts_ the next updates train on.
+  void initial_export();
+  void sample_iteration(int64_t k);
   // objective grpo: the loss of rollout micro-batch `index` (forward of the learner, and of the
   // reference when rl.kl_coef > 0) and the aux loss; adds the step's statistics to `sums`.
   struct RlSums {
     double reward = 0, samples = 0, tokens = 0, clipped = 0, abs_dlogp = 0, kl = 0, corrected = 0, kl_ref = 0;
   };
   std::pair<at::Tensor, at::Tensor> grpo_loss(uint64_t index, model::ForwardOutput* out_fw, RlSums& sums);
+  double sample_s_ = 0;  // seconds the loop spent sampling before the step (logged with it)
   // The export probe's token ids: the validation batch, or the first rows of rollout batch 0.
   at::Tensor probe_ids() const {
     const at::Tensor ids = rollouts_ ? rollouts_->batch(0, cfg_.train.batch_size).ids : batch(1, 0);
@@ -467,7 +481,7 @@ void Trainer::setup() {
   model_ = std::make_unique<model::Qwen3Moe>(cfg.train.init_from.empty() ? model::Qwen3Moe(cfg.model, cfg.train.seed)
                                                                          : model::load_hf_folder(cfg.train.init_from));
   model::Qwen3Moe& model = *model_;
-  if (rollouts_ && cfg.rl.loss.kl_coef > 0) {  // the KL reference: the initial weights (also on resume), frozen
+  if ((rollouts_ || cfg.rl.loop()) && cfg.rl.loss.kl_coef > 0) {  // the KL reference: the initial weights (also on resume), frozen
     ref_model_ = std::make_unique<model::Qwen3Moe>(model);
     torch::NoGradGuard ng;
     for (auto& [n, p] : ref_model_->params()) p = p.detach().clone();
@@ -494,8 +508,8 @@ void Trainer::setup() {
     exporter_ = full_model_ ? std::make_unique<Exporter>(cfg, *full_model_, *full_policy_)
                             : std::make_unique<Exporter>(cfg, model, *qat_policy_);
   st_ = adamw_init(model.params());
-  std::map<std::string, float> resumed_static;
-  if (opt_.resume) step_ = load_checkpoint(cfg, model, st_, &resumed_static);
+  ActivationState resumed_act;
+  if (opt_.resume) step_ = load_checkpoint(cfg, model, st_, &resumed_act);
   model.to(dev_);
   if (full_model_) full_model_->to(dev_);
   if (ref_model_) ref_model_->to(dev_);
@@ -530,7 +544,91 @@ void Trainer::setup() {
   }
   pg_->barrier();
   corpus_ = std::make_unique<data::SyntheticCorpus>(cfg.train.seed, cfg.data.max_operand);
-  init_static_amax(resumed_static);
+  init_static_amax(resumed_act);
+}
+
+void Trainer::initial_export() {
+  FP4QAT_CHECK(exporter_, "the RL loop needs exports (export.every ", cfg_.exports.every, ")");
+  {
+    torch::NoGradGuard ng;
+    qat_policy_->observe_without_grad = true;  // the export's input_scale: this forward's activations
+    model_->forward(probe_ids().to(dev_), dt_, *policy_);
+    qat_policy_->observe_without_grad = false;
+  }
+  log_ = StepLog{};
+  export_step();
+  if (pg_->is_main() && !opt_.quiet) std::printf("rl: exported step 0 (the first iteration samples from it)\n");
+}
+
+namespace {
+// The generator seed of one sample of the loop: (seed, iteration, prompt, sample) mixed by
+// splitmix64, so that any sample can be drawn again alone (resume, any number of ranks).
+uint64_t sample_seed(uint64_t seed, int64_t k, int64_t prompt, int64_t j) {
+  uint64_t z = seed;
+  for (uint64_t v : {static_cast<uint64_t>(k), static_cast<uint64_t>(prompt), static_cast<uint64_t>(j)}) {
+    z += 0x9E3779B97F4A7C15ull + v;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+  }
+  return z;
+}
+}  // namespace
+
+void Trainer::sample_iteration(int64_t k) {
+  const auto& cfg = cfg_;
+  const auto& rl = cfg.rl;
+  const model::ModelConfig& mc = model_->config();
+  const int64_t moe_layers = model::moe_layer_count(mc), top_k = mc.num_experts_per_tok;
+  const std::string dir = cfg.train.out_dir + "/rollouts/iter-" + std::to_string(k);
+  const std::string complete = dir + "/complete";
+  if (!fs::exists(complete)) {
+    const int64_t from = k * rl.updates_per_rollout;
+    const std::string src =
+        cfg.train.out_dir + "/exports/step-" + std::to_string(from) + "/" + qat::to_string(rl.sample_format);
+    FP4QAT_CHECK(fs::exists(src + "/config.json"), "rl iteration ", k, ": the export it samples from, ", src,
+                 ", is missing (export.keep removed it, or the run that wrote it stopped before publishing it)");
+    pg_->barrier();
+    if (pg_->is_main()) fs::remove_tree(dir);  // an earlier attempt's partial files
+    pg_->barrier();
+    rollout::Loaded m = rollout::load(src, dev_);
+    const rewards::Fn score = rewards::by_name(rl.reward);
+    rollout::SampleOptions so;
+    so.max_new_tokens = rl.max_new_tokens;
+    so.temperature = rl.temperature;
+    so.top_p = rl.top_p;
+    so.eos = data::kSep;  // the task's answers end with ';'
+    so.routed = rl.router_replay;
+    std::string text;
+    for (int64_t i = pg_->rank(); i < rl.prompts; i += W_) {
+      const data::Problem pr = corpus_->problem(0, static_cast<uint64_t>(k * rl.prompts + i));
+      for (int64_t j = 0; j < rl.samples; ++j) {
+        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(sample_seed(rl.seed, k, i, j));
+        rollout::Response r = rollout::sample(m, pr.prompt, so, gen, dev_, dt_);
+        rollouts::Sample smp;
+        smp.prompt = pr.prompt;
+        smp.response = std::move(r.tokens);
+        smp.logprobs = std::move(r.logprobs);
+        smp.routed = std::move(r.routed);
+        smp.group = std::to_string(i);
+        smp.reward = score(smp.prompt, smp.response);
+        text += rollouts::to_json_line(smp, rl.router_replay ? moe_layers : 0, rl.router_replay ? top_k : 0) + "\n";
+      }
+    }
+    fs::make_dirs(dir);
+    fs::write_text_atomic(dir + "/rank-" + std::to_string(pg_->rank()) + ".jsonl", text);
+    pg_->barrier();
+    if (pg_->is_main()) fs::write_text_atomic(complete, "");
+  }
+  pg_->barrier();
+  rollouts::Limits lim;
+  lim.vocab = mc.vocab_size;
+  lim.max_tokens = mc.max_position_embeddings;
+  lim.num_experts = mc.num_experts;
+  lim.top_k = top_k;
+  lim.moe_layers = moe_layers;
+  rollouts_ = std::make_unique<rollouts::Dataset>(rollouts::read_folder(dir, lim), rl.adv_std_normalize,
+                                                  cfg.train.seed, moe_layers, top_k);
 }
 
 void Trainer::set_static_amax(const std::map<std::string, at::Tensor>& window) {
@@ -553,9 +651,31 @@ void Trainer::set_static_amax(const std::map<std::string, at::Tensor>& window) {
   }
 }
 
-void Trainer::init_static_amax(const std::map<std::string, float>& resumed) {
+ActivationState Trainer::activation_state() {
+  ActivationState out;
+  if (!qat_policy_ || !cfg_.qat.quantizes() || !cfg_.qat.static_activations()) return out;
+  out.static_amax = qat_policy_->static_input_amaxes();
+  // The window since the last export, max over ranks (an expert shard's at its experts).
+  for (const auto& [n, t] : amax_over_ranks(qat_policy_->observed_input_amax(), *qat_policy_, *model_, *topo_)) {
+    const at::Tensor c = t.reshape({-1}).contiguous();
+    if (c.max().item<float>() > 0) out.window[n].assign(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+  }
+  return out;
+}
+
+void Trainer::init_static_amax(const ActivationState& resumed_act) {
   const auto& cfg = cfg_;
   if (!qat_policy_ || !cfg.qat.quantizes() || !cfg.qat.static_activations()) return;
+  const std::map<std::string, float>& resumed = resumed_act.static_amax;
+  // The window the checkpoint kept, into this rank's observations (its expert shard's part).
+  for (const auto& [n, v] : resumed_act.window) {
+    FP4QAT_CHECK(qat_policy_->quantized(n), "--resume: the checkpoint's static_window_amax names '", n,
+                 "', which this recipe does not quantize");
+    at::Tensor t = at::tensor(v, at::kFloat);
+    if (model::Qwen3Moe::is_expert_param(n) && model_->sharded())
+      t = t.narrow(0, model_->expert_offset(), model_->local_experts());
+    qat_policy_->observe(n, (t.numel() == 1 && !model::Qwen3Moe::is_expert_param(n) ? t.reshape({}) : t).to(dev_));
+  }
   if (!resumed.empty()) {
     for (const auto& [n, a] : resumed) {
       FP4QAT_CHECK(qat_policy_->quantized(n), "--resume: the checkpoint's static_input_amax names '", n,
@@ -759,7 +879,8 @@ void Trainer::export_step() {
   std::string dir;
   if (pg_->is_main()) {
     dir = exporter_->submit(step_);
-    if (cfg.exports.probe_mismatch && !probed.empty()) exporter_->wait();
+    // The loop's next iteration samples from this folder: published before any rank goes on.
+    if ((cfg.exports.probe_mismatch && !probed.empty()) || cfg.rl.loop()) exporter_->wait();
   }
   pg_->barrier();
   log_.export_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
@@ -788,6 +909,7 @@ void Trainer::log_step() {
                                           {"tokens_per_s", log.tokens_per_s},
                                           {"aux_loss", log.aux_loss}});
   if (log.export_s > 0) line.set("export_s", log.export_s);
+  if (log.sample_s > 0) line.set("sample_s", log.sample_s);
   if (!std::isnan(log.mismatch_mean)) {
     line.set("mismatch_mean", log.mismatch_mean);
     line.set("mismatch_max", log.mismatch_max);
@@ -874,10 +996,9 @@ void Trainer::eval_step() {
 // parallelism (collective on dp replica 0), written by rank 0 after which every rank waits.
 void Trainer::checkpoint() {
   const model::Qwen3Moe& model = *model_;
+  const ActivationState act = activation_state();  // collective: every rank
   if (!model.sharded()) {
-    if (pg_->is_main())
-      res_.last_checkpoint = save_checkpoint(cfg_, model.params(), st_, step_,
-                                             qat_policy_ ? qat_policy_->static_input_amaxes() : std::map<std::string, float>{});
+    if (pg_->is_main()) res_.last_checkpoint = save_checkpoint(cfg_, model.params(), st_, step_, act);
   } else if (topo_->dp_index == 0) {
     model::Params ps;
     AdamWState fs;
@@ -887,9 +1008,7 @@ void Trainer::checkpoint() {
       fs.m.push_back(full_of(model, *topo_, n, st_.m[i]));
       fs.v.push_back(full_of(model, *topo_, n, st_.v[i]));
     }
-    if (pg_->is_main())
-      res_.last_checkpoint = save_checkpoint(cfg_, ps, fs, step_,
-                                             qat_policy_ ? qat_policy_->static_input_amaxes() : std::map<std::string, float>{});
+    if (pg_->is_main()) res_.last_checkpoint = save_checkpoint(cfg_, ps, fs, step_, act);
   }
   pg_->barrier();
 }
@@ -916,7 +1035,14 @@ void Trainer::finish() {
 Result Trainer::run() {
   setup();
   const auto& cfg = cfg_;
+  if (cfg.rl.loop() && step_ == 0) initial_export();
   while (step_ < cfg.train.steps) {
+    sample_s_ = 0;
+    if (cfg.rl.loop() && (step_ % cfg.rl.updates_per_rollout == 0 || !rollouts_)) {
+      const auto ts = std::chrono::steady_clock::now();
+      sample_iteration(step_ / cfg.rl.updates_per_rollout);
+      sample_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
+    }
     const auto t0 = std::chrono::steady_clock::now();
     if (qat_policy_ && opt_.weight_observer)
       qat_policy_->weight_observer = [this, s = step_ + 1](const std::string& p, const at::Tensor& w) {
@@ -931,6 +1057,7 @@ Result Trainer::run() {
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log_.step = step_;
     log_.tokens_per_s = step_tokens_ / secs;
+    log_.sample_s = sample_s_;
     if (exporter_ && exporter_->due(step_)) export_step();
     res_.steps.push_back(log_);
     log_step();

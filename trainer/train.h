@@ -35,6 +35,7 @@ struct StepLog {
   double reward_mean = std::nan(""), response_length_mean = std::nan(""), clip_fraction = std::nan("");
   double sampler_mismatch_mean = std::nan(""), sampler_kl = std::nan(""), corrected_fraction = std::nan("");
   double kl_ref = std::nan("");
+  double sample_s = 0;  // the RL loop: seconds spent sampling the iteration this step began (0: none)
 };
 
 struct EvalLog {

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <memory>
 #include <random>
+#include <set>
 
 #include "io/fs.h"
 #include "io/json.h"
@@ -20,6 +21,7 @@
 #include "rollout/serving.h"
 #include "tests/common/test_util.h"
 #include "trainer/config.h"
+#include "trainer/rewards.h"
 #include "trainer/rollouts.h"
 #include "trainer/train.h"
 
@@ -534,4 +536,134 @@ TEST(RouterReplay, GenerateRecordsTheRoutingTheTrainerReplays) {
   } catch (const fp4qat::Error& e) {
     EXPECT_NE(std::string(e.what()).find("rl.router_replay"), std::string::npos) << e.what();
   }
+}
+
+// ---- the loop (`fp4qat rl`, issue 22 item 4) ------------------------------------------------
+namespace {
+// The loop on the small MoE: 3 iterations x 2 updates, 4 prompts x 3 samples of at most 4 tokens,
+// expert-only NVFP4 QAT, sampling from the NVFP4 export.
+cfg::Config loop_run(const std::string& out) {
+  cfg::Config c = fp4qat::test::small_moe_run(out);
+  c.train.dtype = "fp32";
+  c.objective = "grpo";
+  c.optim.warmup_steps = 0;
+  c.optim.lr = 1e-3;
+  c.qat.format = fp4qat::qat::Format::kNVFP4;
+  c.qat.train = fp4qat::qat::TrainScope::kQuantizedOnly;
+  c.exports.keep = 10;
+  c.train.batch_size = 2;
+  c.rl.iterations = 3;
+  c.rl.updates_per_rollout = 2;
+  c.rl.prompts = 4;
+  c.rl.samples = 3;
+  c.rl.max_new_tokens = 4;
+  c.rl.seed = 5;
+  // One static activation scale per layer: a token's activations quantize the same whether it is
+  // decoded alone (the sampler's KV cache) or in the whole sequence (the check below). Under the
+  // fp4qat profile the current amax of a one-token decode step differs from the sequence's.
+  c.qat.serving = fp4qat::qat::Serving::kStatic;
+  cfg::derive_rl_loop(c);
+  return c;
+}
+std::string read_all(const std::string& dir) {  // every rollout file of a folder, in name order
+  std::string out;
+  for (const auto& f : fs::list_dir(dir))
+    if (f.size() > 6 && f.substr(f.size() - 6) == ".jsonl") out += fs::read_text(dir + "/" + f);
+  return out;
+}
+}  // namespace
+
+// One call runs iterations x updates steps; export step-0 exists before the first sample; iteration
+// k's samples are in rollouts/iter-<k>/ (prompts x samples records, groups of `samples`, rewards
+// of the named function), drawn from export step-<k x updates>: every sampled token's log-prob is
+// that export's own (rollout::load + token_logprobs on the sequence, temperature 1); the GRPO
+// metrics are logged; a stopped (mid-iteration) and resumed run gives the same samples, losses and
+// final weights; the config refuses a loop without synthetic prompts or with inconsistent steps.
+TEST(RlLoop, SamplesComeFromTheNewestExportAndResumeIsBitIdentical) {
+  TempDir d;
+  fp4qat::train::Options o;
+  o.quiet = true;
+  // A model that has seen the task (language-model steps), so that rewards differ within groups.
+  cfg::Config pre = fp4qat::test::small_moe_run(d.file("pre"));
+  pre.train.steps = 120;
+  pre.optim.lr = 3e-3;
+  pre.train.dtype = "fp32";
+  fp4qat::train::run(pre, o);
+  cfg::Config a = loop_run(d.file("a"));
+  a.train.init_from = d.file("pre/hf");
+  EXPECT_EQ(a.train.steps, 6);
+  EXPECT_EQ(a.exports.every, 2);
+  const auto ra = fp4qat::train::run(a, o);
+  ASSERT_EQ(ra.steps.size(), 6u);
+  EXPECT_TRUE(fs::exists(d.file("a/exports/step-0/nvfp4/config.json")));
+  for (const auto& s : ra.steps) {
+    EXPECT_TRUE(std::isfinite(s.reward_mean));
+    EXPECT_TRUE(std::isfinite(s.sampler_mismatch_mean));
+  }
+  EXPECT_GT(ra.steps[0].sample_s, 0.0);
+  EXPECT_EQ(ra.steps[1].sample_s, 0.0);  // the second update of an iteration samples nothing
+  std::set<double> rewards_seen;
+  for (int k = 0; k < 3; ++k) {
+    SCOPED_TRACE(k);
+    const std::string dir = d.file("a/rollouts/iter-" + std::to_string(k));
+    ASSERT_TRUE(fs::exists(dir + "/complete"));
+    fp4qat::rollouts::Limits lim{a.model.vocab_size, a.model.max_position_embeddings, a.model.num_experts, 0, 0};
+    const auto samples = fp4qat::rollouts::read_folder(dir, lim);
+    ASSERT_EQ(samples.size(), 12u);
+    fp4qat::rollout::Loaded m =
+        fp4qat::rollout::load(d.file("a/exports/step-" + std::to_string(2 * k) + "/nvfp4"), at::kCPU);
+    for (const auto& s : samples) {
+      EXPECT_EQ(s.reward, fp4qat::rewards::addition(s.prompt, s.response));
+      rewards_seen.insert(s.reward);
+      std::vector<int64_t> ids = s.prompt;
+      ids.insert(ids.end(), s.response.begin(), s.response.end());
+      const at::Tensor lp = fp4qat::rollout::token_logprobs(*m.model, *m.policy,
+                                                            at::tensor(ids, at::kLong).unsqueeze(0), at::kFloat)[0];
+      const int64_t P = static_cast<int64_t>(s.prompt.size());
+      for (size_t j = 0; j < s.response.size(); ++j)
+        EXPECT_NEAR(s.logprobs[j], lp[P - 1 + static_cast<int64_t>(j)].item<float>(), 1e-5) << s.where;
+    }
+  }
+  EXPECT_GE(rewards_seen.size(), 2u);  // non-zero advantages: the updates train
+  {
+    fp4qat::st::Reader w0(d.file("pre/checkpoints/step-120/model.safetensors")),
+        w6(d.file("a/checkpoints/step-6/model.safetensors"));
+    EXPECT_FALSE(at::equal(w0.view("model.layers.0.mlp.experts.down_proj"),
+                           w6.view("model.layers.0.mlp.experts.down_proj")));
+  }
+  // Stopped after 3 steps (mid-iteration 1) and resumed.
+  cfg::Config b = a;
+  b.train.out_dir = d.file("b");
+  fp4qat::train::Options stop = o;
+  stop.stop_after = 3;
+  const auto rb1 = fp4qat::train::run(b, stop);
+  fp4qat::train::Options resume = o;
+  resume.resume = true;
+  const auto rb2 = fp4qat::train::run(b, resume);
+  ASSERT_EQ(rb1.steps.size() + rb2.steps.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    const auto& s = i < 3 ? rb1.steps[i] : rb2.steps[i - 3];
+    EXPECT_EQ(s.loss, ra.steps[i].loss) << "step " << i + 1;
+    EXPECT_EQ(s.reward_mean, ra.steps[i].reward_mean) << "step " << i + 1;
+  }
+  for (int k = 0; k < 3; ++k)
+    EXPECT_EQ(read_all(d.file("b/rollouts/iter-" + std::to_string(k))),
+              read_all(d.file("a/rollouts/iter-" + std::to_string(k))))
+        << "iteration " << k;
+  fp4qat::st::Reader wa(d.file("a/checkpoints/step-6/model.safetensors")),
+      wb(d.file("b/checkpoints/step-6/model.safetensors"));
+  for (const auto& t : wa.tensors()) EXPECT_TRUE(fp4qat::test::bytes_equal(wb.view(t.name), wa.view(t.name))) << t.name;
+  // Refusals.
+  cfg::Config bad = a;
+  bad.train.steps = 5;
+  EXPECT_THROW(cfg::validate(bad), fp4qat::Error);
+  bad = a;
+  bad.data.kind = "rollouts";
+  bad.data.path = d.file("x.jsonl");
+  EXPECT_THROW(cfg::validate(bad), fp4qat::Error);
+  bad = a;
+  bad.rl.sample_format = fp4qat::qat::Format::kMXFP8;
+  EXPECT_THROW(cfg::validate(bad), fp4qat::Error);
+  cfg::Config lm = fp4qat::test::small_moe_run(d.file("lm"));
+  EXPECT_THROW(cfg::derive_rl_loop(lm), fp4qat::Error);
 }

@@ -1,0 +1,43 @@
+// rollout/sampler.h — sampling responses from a loaded export (rollout/serving.h) as a rollout
+// engine does: the prompt in one forward, then one token per forward with a KV cache; greedy
+// (temperature 0) or temperature + top-p sampling with the caller's seeded generator. Used by
+// `fp4qat generate` and by the RL loop (`fp4qat rl`).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "rollout/serving.h"
+
+namespace fp4qat::rollout {
+
+struct SampleOptions {
+  int64_t max_new_tokens = 32;
+  double temperature = 0;  // 0: greedy
+  double top_p = 1.0;      // nucleus mass (0, 1]
+  int64_t eos = -1;        // stop at this token id (-1: none)
+  bool routed = false;     // record each response token's experts in every MoE layer (routing replay)
+};
+
+// Next token from logits [V] (float32, CPU): greedy, or temperature + top-p sampling. In float64
+// with the largest logit subtracted before dividing by the temperature, so that any temperature
+// > 0 (1e-40 included: then greedy in effect) gives finite probabilities, and the most likely
+// token always kept, so that any top_p > 0 (1e-300 included) leaves a token to draw.
+int64_t pick(const at::Tensor& logits, double temperature, double top_p, at::Generator& gen);
+
+// One response to a prompt (what a rollout record carries of it: trainer/rollouts.h Sample).
+struct Response {
+  std::vector<int64_t> tokens;
+  std::vector<float> logprobs;  // the model's log-prob of each token (temperature 1, no top-p)
+  std::vector<int32_t> routed;  // opt.routed: [tokens][moe layers][top k] expert ids, flattened
+};
+
+// One response to `prompt` (token ids, with room for max_new_tokens within the model's positions):
+// response ids, the model's log-prob of each (temperature 1, no top-p: what an RL trainer compares
+// against), and with opt.routed the experts of each response token (the last token run as an
+// input once more for its routing).
+Response sample(const Loaded& m, const std::vector<int64_t>& prompt, const SampleOptions& opt,
+                        at::Generator& gen, const at::Device& dev, at::ScalarType dt);
+
+}  // namespace fp4qat::rollout
