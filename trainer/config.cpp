@@ -345,6 +345,15 @@ class Schema {
         }));
     add_enum("rl", "sample_format", &rl.sample_format, kExportFormats);
     add("rl", "seed", &rl.seed);
+    add("rl", "sample_serving", &rl.sample_serving, Check<std::string>([](const std::string& v) {
+          if (v.empty()) return std::string();
+          try {
+            qat::parse_serving(v);
+            return std::string();
+          } catch (const std::exception& e) {
+            return std::string(e.what());
+          }
+        }));
   }
 
   const Field* find(const std::string& path) const {
@@ -563,6 +572,9 @@ void validate(const Config& c) {
                      c.exports.formats.end(),
                  "rl.sample_format ", qat::to_string(c.rl.sample_format), " is not among export.formats (the loop ",
                  "samples from that export)");
+    FP4QAT_CHECK(c.rl.sample_serving.empty() || c.rl.sample_format == qat::Format::kNVFP4,
+                 "rl.sample_serving applies to NVFP4 samplers (rl.sample_format nvfp4), not ",
+                 qat::to_string(c.rl.sample_format));
     FP4QAT_CHECK(c.train.batch_size <= c.rl.prompts, "train.batch_size (", c.train.batch_size,
                  " groups per micro-batch) exceeds rl.prompts (", c.rl.prompts, " groups per iteration)");
     FP4QAT_CHECK(c.train.eval_every == 0, "train.eval_every must be 0 in the loop (its samples are the measure)");

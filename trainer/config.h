@@ -120,6 +120,10 @@ struct RlConfig {
   double temperature = 1.0, top_p = 1.0;
   std::string reward = "addition";
   qat::Format sample_format = qat::Format::kNVFP4;
+  // The serving profile the sampler runs the NVFP4 export with ("": the one the export records;
+  // qat::Serving's names, as `fp4qat eval --serving`): e.g. a BF16 learner's post-training
+  // quantized exports served as a Hopper engine (marlin) or an SM100 engine (flashinfer_static) would.
+  std::string sample_serving;
   uint64_t seed = 0;
   bool loop() const { return iterations > 0; }
 };

@@ -591,7 +591,7 @@ void Trainer::sample_iteration(int64_t k) {
     pg_->barrier();
     if (pg_->is_main()) fs::remove_tree(dir);  // an earlier attempt's partial files
     pg_->barrier();
-    rollout::Loaded m = rollout::load(src, dev_);
+    rollout::Loaded m = rollout::load(src, dev_, rl.sample_serving);
     const rewards::Fn score = rewards::by_name(rl.reward);
     rollout::SampleOptions so;
     so.max_new_tokens = rl.max_new_tokens;
