@@ -106,12 +106,7 @@ int cmd_generate(const Args& args) {
       so.eos = eos;
       so.routed = want_routed;
       rollout::Response r = rollout::sample(m, p, so, gen, dev, dt);
-      rollouts::Sample s;
-      s.prompt = p;
-      s.response = std::move(r.tokens);
-      s.logprobs = std::move(r.logprobs);
-      s.routed = std::move(r.routed);
-      s.group = std::to_string(pi);
+      rollouts::Sample s = rollouts::sample_of(p, std::move(r), std::to_string(pi));
       if (score) s.reward = score(s.prompt, s.response);
       std::string line = rollouts::to_json_line(s, want_routed ? moe_layers : 0, want_routed ? top_k : 0,
                                                 /*with_reward=*/score != nullptr);

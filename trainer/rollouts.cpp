@@ -130,6 +130,16 @@ std::vector<Sample> read_folder(const std::string& dir, const Limits& lim) {
   return out;
 }
 
+Sample sample_of(std::vector<int64_t> prompt, rollout::Response r, std::string group) {
+  Sample s;
+  s.prompt = std::move(prompt);
+  s.response = std::move(r.tokens);
+  s.logprobs = std::move(r.logprobs);
+  s.routed = std::move(r.routed);
+  s.group = std::move(group);
+  return s;
+}
+
 std::string to_json_line(const Sample& s, int64_t moe_layers, int64_t top_k, bool with_reward) {
   json::Value p = json::Value::array(), r = json::Value::array(), lp = json::Value::array();
   for (auto t : s.prompt) p.push_back(t);

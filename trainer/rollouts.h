@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "rollout/sampler.h"
+
 namespace fp4qat::rollouts {
 
 struct Sample {
@@ -52,6 +54,9 @@ std::vector<Sample> read_file(const std::string& path, const Limits& lim);
 // Every `*.jsonl` file of folder `dir`, in name order, concatenated; a folder without one is an
 // error naming it.
 std::vector<Sample> read_folder(const std::string& dir, const Limits& lim);
+
+// The record of a sampled response (rollout/sampler.h) to `prompt` in group `group` (reward unset).
+Sample sample_of(std::vector<int64_t> prompt, rollout::Response r, std::string group);
 
 // One record as a JSON line (without the newline): what read_file reads back, field for field.
 // Without `with_reward` the record has no "reward" (samples not yet scored: read_file refuses them).

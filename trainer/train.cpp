@@ -605,12 +605,7 @@ void Trainer::sample_iteration(int64_t k) {
       for (int64_t j = 0; j < rl.samples; ++j) {
         at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(sample_seed(rl.seed, k, i, j));
         rollout::Response r = rollout::sample(m, pr.prompt, so, gen, dev_, dt_);
-        rollouts::Sample smp;
-        smp.prompt = pr.prompt;
-        smp.response = std::move(r.tokens);
-        smp.logprobs = std::move(r.logprobs);
-        smp.routed = std::move(r.routed);
-        smp.group = std::to_string(i);
+        rollouts::Sample smp = rollouts::sample_of(pr.prompt, std::move(r), std::to_string(i));
         smp.reward = score(smp.prompt, smp.response);
         text += rollouts::to_json_line(smp, rl.router_replay ? moe_layers : 0, rl.router_replay ? top_k : 0) + "\n";
       }

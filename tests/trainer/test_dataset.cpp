@@ -16,6 +16,7 @@
 #include "kernels/common/check.h"
 #include "model/qwen3_moe.h"
 #include "tests/common/test_util.h"
+#include "tests/trainer/resume_util.h"
 #include "trainer/data.h"
 #include "trainer/train.h"
 #include "tests/trainer/dataset_writer.h"
@@ -269,15 +270,10 @@ TEST(TrainSft, ResumeIsBitIdenticalAndLossFalls) {
   const auto ra = fp4qat::train::run(a, o);
   fp4qat::config::Config b = a;
   b.train.out_dir = d.file("b");
-  fp4qat::train::Options stop = o;
-  stop.stop_after = 2;
-  const auto rb1 = fp4qat::train::run(b, stop);
-  fp4qat::train::Options resume = o;
-  resume.resume = true;
-  const auto rb2 = fp4qat::train::run(b, resume);
-  ASSERT_EQ(rb1.steps.size() + rb2.steps.size(), ra.steps.size());
+  const auto rb = fp4qat::test::run_stopped_and_resumed(b, o, 2);
+  ASSERT_EQ(rb.size(), ra.steps.size());
   for (size_t i = 0; i < ra.steps.size(); ++i) {
-    const auto& s = i < 2 ? rb1.steps[i] : rb2.steps[i - 2];
+    const auto& s = rb[i];
     EXPECT_EQ(s.loss, ra.steps[i].loss) << "step " << i + 1;
     EXPECT_EQ(s.grad_norm, ra.steps[i].grad_norm) << "step " << i + 1;
   }

@@ -22,6 +22,7 @@
 #include "io/safetensors.h"
 #include "tests/common/http_server.h"
 #include "tests/common/test_util.h"
+#include "tests/trainer/resume_util.h"
 #include "model/hf_folder.h"
 #include "model/qwen3_moe.h"
 #include "qat/export.h"
@@ -695,15 +696,9 @@ TEST(ExportTrainServing, StaticProfileQuantizesWithTheLatestExportsScale) {
   // Stopped after 2 steps and resumed: the same losses and the same exported bytes.
   cfg::Config b = a;
   b.train.out_dir = d.file("b");
-  train::Options stop = o;
-  stop.stop_after = 2;
-  const auto rb1 = train::run(b, stop);
-  train::Options resume = o;
-  resume.resume = true;
-  const auto rb2 = train::run(b, resume);
-  ASSERT_EQ(rb1.steps.size() + rb2.steps.size(), 4u);
-  for (size_t i = 0; i < 4; ++i)
-    EXPECT_EQ((i < 2 ? rb1.steps[i] : rb2.steps[i - 2]).loss, ra.steps[i].loss) << "step " << i + 1;
+  const auto rb = test::run_stopped_and_resumed(b, o, 2);
+  ASSERT_EQ(rb.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(rb[i].loss, ra.steps[i].loss) << "step " << i + 1;
   const auto fa = load_folder(d.file("a/exports/step-4/nvfp4")), fb = load_folder(d.file("b/exports/step-4/nvfp4"));
   ASSERT_EQ(fa.size(), fb.size());
   for (const auto& [n, t] : fa) EXPECT_TRUE(bytes_equal(fb.at(n), t)) << n;

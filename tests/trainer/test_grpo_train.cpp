@@ -20,6 +20,7 @@
 #include "model/qwen3_moe.h"
 #include "rollout/serving.h"
 #include "tests/common/test_util.h"
+#include "tests/trainer/resume_util.h"
 #include "trainer/config.h"
 #include "trainer/rewards.h"
 #include "trainer/rollouts.h"
@@ -634,15 +635,10 @@ TEST(RlLoop, SamplesComeFromTheNewestExportAndResumeIsBitIdentical) {
   // Stopped after 3 steps (mid-iteration 1) and resumed.
   cfg::Config b = a;
   b.train.out_dir = d.file("b");
-  fp4qat::train::Options stop = o;
-  stop.stop_after = 3;
-  const auto rb1 = fp4qat::train::run(b, stop);
-  fp4qat::train::Options resume = o;
-  resume.resume = true;
-  const auto rb2 = fp4qat::train::run(b, resume);
-  ASSERT_EQ(rb1.steps.size() + rb2.steps.size(), 6u);
+  const auto rb = fp4qat::test::run_stopped_and_resumed(b, o, 3);
+  ASSERT_EQ(rb.size(), 6u);
   for (size_t i = 0; i < 6; ++i) {
-    const auto& s = i < 3 ? rb1.steps[i] : rb2.steps[i - 3];
+    const auto& s = rb[i];
     EXPECT_EQ(s.loss, ra.steps[i].loss) << "step " << i + 1;
     EXPECT_EQ(s.reward_mean, ra.steps[i].reward_mean) << "step " << i + 1;
   }
