@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/gpu_run.sh — one call on the GPU machine: configure + build against its own python3's
 # torch, run the GPU tests (and the CPU suite), then the quantizer benchmark and the PyTorch
-# baselines. Logs go to $OUT (default ./gpu-out). Usage: bench/gpu_run.sh [build|test|sass|profile|mlp|train|bench|dist|all]...
+# baselines. Logs go to $OUT (default ./gpu-out). Usage: bench/gpu_run.sh [build|test|sass|profile|mlp|train|rl|bench|dist|all]...
 #   FP4QAT_GTEST_SRC: GoogleTest sources if the machine has no installed GTest (default ./.gtest)
 #   ./.boost-po: Boost.Program_options sources matching the machine's Boost headers, if its
 #   library is missing (the GPU machines have Boost 1.83 headers only): the .cpp files of
@@ -13,6 +13,9 @@
 #   `dpkg -x libgloo-dev_*.deb x && mv x/usr/include .gloo`); without them those tests skip.
 #   ./.cutlass: CUTLASS's include/ and tools/util/include/ (copied from the venv's nvidia-cutlass
 #   package) for the Hopper grouped GEMM; without them it is left out of the build.
+#   `rl`: the RL loop (fp4qat rl) on the GPU, tiny (recipes/rl-tiny.yaml) and ~110M
+#   (recipes/rl-moe-100m-gpu.yaml) from short pretraining runs, batched and one sequence at a time:
+#   medians of the iteration split (load / sample / score / train / export) and sampled tokens/s.
 #   `dist` (2+ GPUs): the NCCL test, then tokens/s of the ~110M MoE on 1 GPU, 2 GPUs DP, 2 GPUs EP.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -123,6 +126,33 @@ sys.exit(1 if diff else 0)
 PY
   } > "$out/train.log" 2>&1
   grep -E "^==|step .*/|eval|done|differ|error|export" "$out/train.log" | tail -60
+fi
+if want rl; then
+  bin="$build/fp4qat"
+  runs="$here/runs-gpu"
+  its="${FP4QAT_GPU_RL_ITERATIONS:-20}"
+  {
+    if [ ! -f "$runs/default/hf/config.json" ]; then
+      echo "== default recipe (tiny) pretraining, ${FP4QAT_GPU_DEFAULT_STEPS:-300} steps"
+      "$bin" train --recipe recipes/default.yaml --set train.steps=${FP4QAT_GPU_DEFAULT_STEPS:-300} \
+        --set train.out_dir="$runs/default" --overwrite || rc=1
+    fi
+    if [ ! -f "$runs/moe-100m/hf/config.json" ]; then
+      echo "== moe-100m BF16 pretraining, ${FP4QAT_GPU_PRETRAIN_STEPS:-300} steps"
+      "$bin" train --recipe recipes/moe-100m-gpu.yaml --set train.steps=${FP4QAT_GPU_PRETRAIN_STEPS:-300} \
+        --set train.eval_every=0 --set train.out_dir="$runs/moe-100m" --overwrite || rc=1
+    fi
+    for arm in "tiny rl-tiny.yaml default 64" "tiny-b1 rl-tiny.yaml default 1" \
+               "100m rl-moe-100m-gpu.yaml moe-100m 1024" "100m-b64 rl-moe-100m-gpu.yaml moe-100m 64"; do
+      set -- $arm
+      echo "== rl $1 (recipes/$2, rl.sample_batch $4, $its iterations)"
+      "$bin" rl --recipe "recipes/$2" --set train.device=cuda --set rl.iterations="$its" --set rl.sample_batch="$4" \
+        --set train.init_from="$runs/$3/hf" --set train.out_dir="$runs/rl-$1" --set train.checkpoint_every=0 \
+        --overwrite || rc=1
+    done
+    python3 "$here/bench/rl_split.py" "$runs"/rl-tiny "$runs"/rl-tiny-b1 "$runs"/rl-100m "$runs"/rl-100m-b64 || rc=1
+  } > "$out/rl.log" 2>&1
+  grep -E "^==|^run|^ |error" "$out/rl.log" | tail -40
 fi
 if want bench; then
   "$build/fp4qat_bench_quantize" --json "$out/bench_quantize.json" 2>&1 | tee "$out/bench_quantize.log" || rc=1

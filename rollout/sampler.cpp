@@ -3,6 +3,8 @@
 
 #include <torch/torch.h>
 
+#include "kernels/common/check.h"
+
 namespace fp4qat::rollout {
 
 int64_t pick(const at::Tensor& logits, double temperature, double top_p, at::Generator& gen) {
@@ -19,34 +21,87 @@ int64_t pick(const at::Tensor& logits, double temperature, double top_p, at::Gen
   return order[i].item<int64_t>();
 }
 
-Response sample(const Loaded& m, const std::vector<int64_t>& prompt, const SampleOptions& opt,
-                        at::Generator& gen, const at::Device& dev, at::ScalarType dt) {
+std::vector<Response> sample_batch(const Loaded& m, const std::vector<std::vector<int64_t>>& prompts,
+                                   const std::vector<int64_t>& of, std::vector<at::Generator>& gens,
+                                   const SampleOptions& opt, const at::Device& dev, at::ScalarType dt) {
   torch::NoGradGuard ng;
+  FP4QAT_CHECK(!prompts.empty() && !prompts[0].empty(), "sample_batch: no prompt, or an empty one");
+  FP4QAT_CHECK(gens.size() == of.size() && !of.empty(), "sample_batch: ", of.size(), " rows but ", gens.size(),
+               " generators");
+  std::vector<int64_t> flat;  // [P * T]
+  for (const auto& p : prompts) {
+    FP4QAT_CHECK(p.size() == prompts[0].size(), "sample_batch: prompts of ", prompts[0].size(), " and ", p.size(),
+                 " tokens (a batch's prompts have one length)");
+    flat.insert(flat.end(), p.begin(), p.end());
+  }
+  for (int64_t o : of)
+    FP4QAT_CHECK(o >= 0 && o < static_cast<int64_t>(prompts.size()), "sample_batch: row of prompt ", o, " of ",
+                 prompts.size());
+  const int64_t P = static_cast<int64_t>(prompts.size()), T = static_cast<int64_t>(prompts[0].size());
   const int64_t top_k = m.model->config().num_experts_per_tok;
   model::KVCache cache;
-  at::Tensor logits = m.model->forward(at::tensor(prompt, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache)
-                          .logits[0][-1]
-                          .to(at::kFloat)
-                          .to(at::kCPU);
-  Response s;
-  for (int64_t n = 0; n < opt.max_new_tokens; ++n) {
-    const int64_t next = pick(logits, opt.temperature, opt.top_p, gen);
-    s.tokens.push_back(next);
-    s.logprobs.push_back(at::log_softmax(logits, 0)[next].item<float>());
-    const bool last = next == opt.eos || n + 1 == opt.max_new_tokens;
-    if (last && !opt.routed) break;
-    // The token as the next input: the next logits, and the experts it goes to.
-    const model::ForwardOutput fw =
-        m.model->forward(at::tensor(std::vector<int64_t>{next}, at::kLong).unsqueeze(0).to(dev), dt, *m.policy, &cache);
-    if (opt.routed)
-      for (const at::Tensor& r : fw.routed) {  // [1, 1, k] per MoE layer
-        const at::Tensor ids = r.reshape({-1}).to(at::kCPU);
-        for (int64_t q = 0; q < top_k; ++q) s.routed.push_back(static_cast<int32_t>(ids[q].item<int64_t>()));
-      }
-    if (last) break;
-    logits = fw.logits[0][-1].to(at::kFloat).to(at::kCPU);
+  const at::Tensor ids = at::tensor(flat, at::kLong).reshape({P, T}).to(dev);
+  at::Tensor logits = m.model->forward(ids, dt, *m.policy, &cache).logits.select(1, -1);  // [P, V]
+  // Each row's copy of its prompt's cache and last logits.
+  auto keep_rows = [&cache](const std::vector<int64_t>& rows, at::Tensor& l) {
+    const at::Tensor idx = at::tensor(rows, at::kLong);
+    for (auto* kv : {&cache.k, &cache.v})
+      for (at::Tensor& t : *kv)  // [B, nKV, past, hd]
+        t = t.index_select(0, idx.to(t.device()));
+    l = l.index_select(0, idx.to(l.device()));
+  };
+  keep_rows(of, logits);
+  logits = logits.to(at::kFloat).to(at::kCPU);  // [B, V]
+  std::vector<Response> out(of.size());
+  std::vector<int64_t> active(of.size());  // batch row -> response
+  for (size_t r = 0; r < of.size(); ++r) active[r] = static_cast<int64_t>(r);
+  for (int64_t n = 0; n < opt.max_new_tokens && !active.empty(); ++n) {
+    const int64_t B = static_cast<int64_t>(active.size());
+    std::vector<int64_t> next(B), running;  // running: batch rows that go on after this token
+    for (int64_t r = 0; r < B; ++r) {
+      Response& s = out[active[r]];
+      const at::Tensor l = logits[r];
+      next[r] = pick(l, opt.temperature, opt.top_p, gens[active[r]]);
+      s.tokens.push_back(next[r]);
+      s.logprobs.push_back(at::log_softmax(l, 0)[next[r]].item<float>());
+      if (next[r] != opt.eos && n + 1 < opt.max_new_tokens) running.push_back(r);
+    }
+    // The tokens as the next inputs: the next logits, and the experts each goes to. Without
+    // routing a finished row leaves before this forward; with it, after.
+    std::vector<int64_t> fed = running;
+    if (opt.routed) {
+      fed.resize(B);
+      for (int64_t r = 0; r < B; ++r) fed[r] = r;
+    }
+    if (fed.empty()) break;
+    if (static_cast<int64_t>(fed.size()) < B) keep_rows(fed, logits);
+    std::vector<int64_t> fed_tokens;
+    for (int64_t r : fed) fed_tokens.push_back(next[r]);
+    const model::ForwardOutput fw = m.model->forward(
+        at::tensor(fed_tokens, at::kLong).reshape({static_cast<int64_t>(fed.size()), 1}).to(dev), dt, *m.policy,
+        &cache);
+    if (opt.routed) {
+      const at::Tensor ids_ = at::stack(fw.routed).reshape({static_cast<int64_t>(fw.routed.size()), B, top_k})
+                                  .to(at::kLong).to(at::kCPU).contiguous();  // [moe layers, B, k]
+      const auto a = ids_.accessor<int64_t, 3>();
+      for (int64_t r = 0; r < B; ++r)
+        for (int64_t l = 0; l < a.size(0); ++l)
+          for (int64_t q = 0; q < top_k; ++q) out[active[r]].routed.push_back(static_cast<int32_t>(a[l][r][q]));
+    }
+    logits = fw.logits.select(1, -1);  // [fed, V]
+    if (running.size() < fed.size()) keep_rows(running, logits);  // (fed is every row here)
+    logits = logits.to(at::kFloat).to(at::kCPU);
+    std::vector<int64_t> still;
+    for (int64_t r : running) still.push_back(active[r]);
+    active = std::move(still);
   }
-  return s;
+  return out;
+}
+
+Response sample(const Loaded& m, const std::vector<int64_t>& prompt, const SampleOptions& opt, at::Generator& gen,
+                const at::Device& dev, at::ScalarType dt) {
+  std::vector<at::Generator> gens{gen};
+  return std::move(sample_batch(m, {prompt}, {0}, gens, opt, dev, dt)[0]);
 }
 
 }  // namespace fp4qat::rollout

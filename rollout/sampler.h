@@ -33,10 +33,22 @@ struct Response {
   std::vector<int32_t> routed;  // opt.routed: [tokens][moe layers][top k] expert ids, flattened
 };
 
+// Responses to several prompts of one length at once, as an engine batches the requests (and the
+// n samples of a request) it runs together: the prompts' forward once ([P, T] with a KV cache),
+// each prompt's cache repeated for the rows that continue it, then one forward per step over the
+// rows still running ([B, 1]); a finished row leaves the batch (after one more forward for its
+// last token's experts with opt.routed). Row r continues prompts[of[r]] with generator gens[r];
+// the result is one Response per row, in row order. Each row's tokens depend on the batch only
+// where the arithmetic mixes rows: a profile whose activation amax is the batch's (fp4qat's
+// dynamic per-tensor scale), or the GEMM's blocking; per-row and static scales keep rows apart.
+std::vector<Response> sample_batch(const Loaded& m, const std::vector<std::vector<int64_t>>& prompts,
+                                   const std::vector<int64_t>& of, std::vector<at::Generator>& gens,
+                                   const SampleOptions& opt, const at::Device& dev, at::ScalarType dt);
+
 // One response to `prompt` (token ids, with room for max_new_tokens within the model's positions):
 // response ids, the model's log-prob of each (temperature 1, no top-p: what an RL trainer compares
 // against), and with opt.routed the experts of each response token (the last token run as an
-// input once more for its routing).
+// input once more for its routing). sample_batch with one row.
 Response sample(const Loaded& m, const std::vector<int64_t>& prompt, const SampleOptions& opt,
                         at::Generator& gen, const at::Device& dev, at::ScalarType dt);
 

@@ -329,6 +329,7 @@ class Schema {
           return v >= 2 ? std::string() : "must be >= 2 (a GRPO group compares responses to one prompt)";
         }));
     add("rl", "max_new_tokens", &rl.max_new_tokens, positive<int64_t>());
+    add("rl", "sample_batch", &rl.sample_batch, positive<int64_t>());
     add("rl", "updates_per_rollout", &rl.updates_per_rollout, positive<int64_t>());
     add("rl", "temperature", &rl.temperature, Check<double>([](const double& v) {
           return v > 0 && std::isfinite(v) ? std::string() : "must be > 0 (the loop samples)";

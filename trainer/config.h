@@ -117,6 +117,9 @@ struct RlConfig {
   // iterations 0: no loop (objective grpo trains on data.kind rollouts files).
   int64_t iterations = 0;
   int64_t prompts = 16, samples = 4, max_new_tokens = 8, updates_per_rollout = 1;
+  // The most sequences one sampler forward runs: a rank's (prompt, sample) rows go in batches of
+  // prompts of one length (rollout::sample_batch), up to this many rows; 1: one at a time.
+  int64_t sample_batch = 64;
   double temperature = 1.0, top_p = 1.0;
   std::string reward = "addition";
   qat::Format sample_format = qat::Format::kNVFP4;

@@ -319,7 +319,11 @@ class Trainer {
     double reward = 0, samples = 0, tokens = 0, clipped = 0, abs_dlogp = 0, kl = 0, corrected = 0, kl_ref = 0;
   };
   std::pair<at::Tensor, at::Tensor> grpo_loss(uint64_t index, model::ForwardOutput* out_fw, RlSums& sums);
-  double sample_s_ = 0;  // seconds the loop spent sampling before the step (logged with it)
+  // The RL loop's iteration that began before this step (logged with it; zeros: none).
+  struct IterationTimes {
+    double load_s = 0, sample_s = 0, score_s = 0;  // seconds: loading the export, sampling, scoring
+    int64_t tokens = 0;                            // response tokens this rank sampled
+  } times_;
   // The export probe's token ids: the validation batch, or the first rows of rollout batch 0.
   at::Tensor probe_ids() const {
     const at::Tensor ids = rollouts_ ? rollouts_->batch(0, cfg_.train.batch_size).ids : batch(1, 0);
@@ -591,7 +595,11 @@ void Trainer::sample_iteration(int64_t k) {
     pg_->barrier();
     if (pg_->is_main()) fs::remove_tree(dir);  // an earlier attempt's partial files
     pg_->barrier();
+    using clock = std::chrono::steady_clock;
+    auto since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
+    auto t = clock::now();
     rollout::Loaded m = rollout::load(src, dev_, rl.sample_serving);
+    times_.load_s = since(t);
     const rewards::Fn score = rewards::by_name(rl.reward);
     rollout::SampleOptions so;
     so.max_new_tokens = rl.max_new_tokens;
@@ -599,17 +607,56 @@ void Trainer::sample_iteration(int64_t k) {
     so.top_p = rl.top_p;
     so.eos = data::kSep;  // the task's answers end with ';'
     so.routed = rl.router_replay;
-    std::string text;
+    // This rank's prompts (i = rank, rank + W, ..), each with its `samples` rows, in batches of
+    // prompts of one length (first-seen order) of at most rl.sample_batch rows.
+    std::vector<data::Problem> problems;
+    std::vector<int64_t> index;  // problems[q] is prompt index[q] of the iteration
     for (int64_t i = pg_->rank(); i < rl.prompts; i += W_) {
-      const data::Problem pr = corpus_->problem(0, static_cast<uint64_t>(k * rl.prompts + i));
-      for (int64_t j = 0; j < rl.samples; ++j) {
-        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(sample_seed(rl.seed, k, i, j));
-        rollout::Response r = rollout::sample(m, pr.prompt, so, gen, dev_, dt_);
-        rollouts::Sample smp = rollouts::sample_of(pr.prompt, std::move(r), std::to_string(i));
+      problems.push_back(corpus_->problem(0, static_cast<uint64_t>(k * rl.prompts + i)));
+      index.push_back(i);
+    }
+    std::vector<std::vector<rollouts::Sample>> samples(problems.size());
+    std::vector<size_t> lengths;  // the prompt lengths, first-seen order
+    for (const auto& p : problems)
+      if (std::find(lengths.begin(), lengths.end(), p.prompt.size()) == lengths.end()) lengths.push_back(p.prompt.size());
+    t = clock::now();
+    for (const size_t len : lengths) {
+      std::vector<std::pair<size_t, int64_t>> rows;  // (problem, sample)
+      for (size_t q = 0; q < problems.size(); ++q)
+        if (problems[q].prompt.size() == len)
+          for (int64_t j = 0; j < rl.samples; ++j) rows.emplace_back(q, j);
+      for (size_t b0 = 0; b0 < rows.size(); b0 += static_cast<size_t>(rl.sample_batch)) {
+        const size_t b1 = std::min(rows.size(), b0 + static_cast<size_t>(rl.sample_batch));
+        std::vector<std::vector<int64_t>> prompts;
+        std::vector<size_t> prompt_of;  // prompts[x] is problems[prompt_of[x]]'s
+        std::vector<int64_t> of;
+        std::vector<at::Generator> gens;
+        for (size_t r = b0; r < b1; ++r) {
+          const auto [q, j] = rows[r];
+          if (prompt_of.empty() || prompt_of.back() != q) {
+            prompt_of.push_back(q);
+            prompts.push_back(problems[q].prompt);
+          }
+          of.push_back(static_cast<int64_t>(prompts.size()) - 1);
+          gens.push_back(at::make_generator<at::CPUGeneratorImpl>(sample_seed(rl.seed, k, index[q], j)));
+        }
+        std::vector<rollout::Response> got = rollout::sample_batch(m, prompts, of, gens, so, dev_, dt_);
+        for (size_t r = b0; r < b1; ++r) {
+          const size_t q = rows[r].first;
+          times_.tokens += static_cast<int64_t>(got[r - b0].tokens.size());
+          samples[q].push_back(rollouts::sample_of(problems[q].prompt, std::move(got[r - b0]), std::to_string(index[q])));
+        }
+      }
+    }
+    times_.sample_s = since(t);
+    t = clock::now();
+    std::string text;
+    for (auto& group : samples)
+      for (auto& smp : group) {
         smp.reward = score(smp.prompt, smp.response);
         text += rollouts::to_json_line(smp, rl.router_replay ? moe_layers : 0, rl.router_replay ? top_k : 0) + "\n";
       }
-    }
+    times_.score_s = since(t);
     fs::make_dirs(dir);
     fs::write_text_atomic(dir + "/rank-" + std::to_string(pg_->rank()) + ".jsonl", text);
     pg_->barrier();
@@ -622,8 +669,22 @@ void Trainer::sample_iteration(int64_t k) {
   lim.num_experts = mc.num_experts;
   lim.top_k = top_k;
   lim.moe_layers = moe_layers;
-  rollouts_ = std::make_unique<rollouts::Dataset>(rollouts::read_folder(dir, lim), rl.adv_std_normalize,
-                                                  cfg.train.seed, moe_layers, top_k);
+  // The iteration's groups in prompt order (group id = prompt index), whatever the rank files'
+  // split: the batches, and so the updates, are those of one process sampling everything.
+  std::vector<rollouts::Sample> samples = rollouts::read_folder(dir, lim);
+  std::vector<std::pair<int64_t, size_t>> order;  // (prompt index, position)
+  for (size_t q = 0; q < samples.size(); ++q) {
+    const std::string& g = samples[q].group;
+    FP4QAT_CHECK(!g.empty() && g.size() < 19 && g.find_first_not_of("0123456789") == std::string::npos, dir,
+                 ": sample ", q, " has group '", g, "', not a prompt index of the loop");
+    order.emplace_back(std::stoll(g), q);
+  }
+  std::sort(order.begin(), order.end());
+  std::vector<rollouts::Sample> sorted;
+  for (const auto& [i, q] : order) sorted.push_back(std::move(samples[q]));
+  samples = std::move(sorted);
+  rollouts_ = std::make_unique<rollouts::Dataset>(std::move(samples), rl.adv_std_normalize, cfg.train.seed,
+                                                  moe_layers, top_k);
 }
 
 void Trainer::set_static_amax(const std::map<std::string, at::Tensor>& window) {
@@ -904,7 +965,13 @@ void Trainer::log_step() {
                                           {"tokens_per_s", log.tokens_per_s},
                                           {"aux_loss", log.aux_loss}});
   if (log.export_s > 0) line.set("export_s", log.export_s);
-  if (log.sample_s > 0) line.set("sample_s", log.sample_s);
+  if (log.sample_s > 0) {  // the RL loop's iteration split (this rank's): load, sample, score; then train, export
+    line.set("load_s", log.load_s);
+    line.set("sample_s", log.sample_s);
+    line.set("score_s", log.score_s);
+    line.set("sample_tokens_per_s", log.sample_tokens_per_s);
+  }
+  if (cfg.rl.loop()) line.set("train_s", log.train_s);
   if (!std::isnan(log.mismatch_mean)) {
     line.set("mismatch_mean", log.mismatch_mean);
     line.set("mismatch_max", log.mismatch_max);
@@ -1032,12 +1099,9 @@ Result Trainer::run() {
   const auto& cfg = cfg_;
   if (cfg.rl.loop() && step_ == 0) initial_export();
   while (step_ < cfg.train.steps) {
-    sample_s_ = 0;
-    if (cfg.rl.loop() && (step_ % cfg.rl.updates_per_rollout == 0 || !rollouts_)) {
-      const auto ts = std::chrono::steady_clock::now();
+    times_ = IterationTimes{};
+    if (cfg.rl.loop() && (step_ % cfg.rl.updates_per_rollout == 0 || !rollouts_))
       sample_iteration(step_ / cfg.rl.updates_per_rollout);
-      sample_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
-    }
     const auto t0 = std::chrono::steady_clock::now();
     if (qat_policy_ && opt_.weight_observer)
       qat_policy_->weight_observer = [this, s = step_ + 1](const std::string& p, const at::Tensor& w) {
@@ -1052,7 +1116,11 @@ Result Trainer::run() {
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log_.step = step_;
     log_.tokens_per_s = step_tokens_ / secs;
-    log_.sample_s = sample_s_;
+    log_.train_s = secs;
+    log_.load_s = times_.load_s;
+    log_.sample_s = times_.sample_s;
+    log_.score_s = times_.score_s;
+    if (times_.sample_s > 0) log_.sample_tokens_per_s = static_cast<double>(times_.tokens) / times_.sample_s;
     if (exporter_ && exporter_->due(step_)) export_step();
     res_.steps.push_back(log_);
     log_step();

@@ -35,7 +35,11 @@ struct StepLog {
   double reward_mean = std::nan(""), response_length_mean = std::nan(""), clip_fraction = std::nan("");
   double sampler_mismatch_mean = std::nan(""), sampler_kl = std::nan(""), corrected_fraction = std::nan("");
   double kl_ref = std::nan("");
-  double sample_s = 0;  // the RL loop: seconds spent sampling the iteration this step began (0: none)
+  // The RL loop's split of an iteration, on this rank: seconds loading the export it samples from,
+  // sampling (response tokens / second of it: sample_tokens_per_s), scoring, at the step that
+  // begins the iteration (0: none); train_s, every step: the step's forward, backward and update
+  // (export_s is the export's).
+  double load_s = 0, sample_s = 0, score_s = 0, sample_tokens_per_s = 0, train_s = 0;
 };
 
 struct EvalLog {

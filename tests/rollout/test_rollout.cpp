@@ -3,6 +3,7 @@
 // experts were trained with NVFP4 QAT (mismatch at accumulation-order level: exactly zero on the
 // CPU), and clearly different ones when training ran in BF16 and exported NVFP4; a BF16 export
 // gives the BF16 model's logits exactly; MXFP8 exports run; bad folders are refused by name.
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -21,6 +22,7 @@
 #include "model/qwen3_moe.h"
 #include "trainer/rewards.h"
 #include "trainer/rollouts.h"
+#include "rollout/sampler.h"
 #include "rollout/serving.h"
 #include "trainer/train.h"
 
@@ -234,6 +236,58 @@ TEST(KVCache, IncrementalDecodingEqualsTheFullForward) {
   m.forward(at::randint(0, 32, {2, 5}, at::kLong), at::kFloat, plain, &other);
   const at::Tensor wrong = m.forward(ids.narrow(1, 5, 3), at::kFloat, plain, &other).logits;
   EXPECT_FALSE(at::allclose(wrong, full.narrow(1, 5, 3), 1e-5, 1e-5));
+}
+
+// rollout::sample_batch: rows of several prompts decoded together give each row what it gets
+// decoded alone (same generator seed), where the serving profile keeps rows apart (marlin: bf16
+// activations; static scales), finished rows leaving the batch early, with routing recorded.
+TEST(Sampler, BatchedRowsEqualEachRowDecodedAlone) {
+  test::TempDir d;
+  one_exported_step(d.file("run"));
+  for (const std::string serving : {"marlin", "flashinfer_static"}) {
+    SCOPED_TRACE(serving);
+    rollout::Loaded m = rollout::load(d.file("run/exports/latest/nvfp4"), at::kCPU, serving);
+    const std::vector<std::vector<int64_t>> prompts = {{1, 2, 10, 3}, {4, 10, 5, 11}, {7, 7, 10, 2}};
+    const std::vector<int64_t> of = {0, 0, 1, 2, 2, 2};
+    rollout::SampleOptions so;
+    so.max_new_tokens = 6;
+    so.temperature = 1.5;
+    so.routed = true;
+    auto gens = [&] {
+      std::vector<at::Generator> g;
+      for (size_t r = 0; r < of.size(); ++r) g.push_back(at::make_generator<at::CPUGeneratorImpl>(100 + r));
+      return g;
+    };
+    auto alone = [&] {
+      std::vector<rollout::Response> out;
+      std::vector<at::Generator> g = gens();
+      for (size_t r = 0; r < of.size(); ++r) out.push_back(rollout::sample(m, prompts[of[r]], so, g[r], at::kCPU, at::kFloat));
+      return out;
+    };
+    // The stop token: one that a row samples early, so that rows finish at different steps.
+    so.eos = alone()[0].tokens[1];
+    const std::vector<rollout::Response> ref = alone();
+    std::vector<at::Generator> g = gens();
+    const std::vector<rollout::Response> got = rollout::sample_batch(m, prompts, of, g, so, at::kCPU, at::kFloat);
+    ASSERT_EQ(got.size(), of.size());
+    size_t shortest = 99, longest = 0;
+    for (size_t r = 0; r < of.size(); ++r) {
+      SCOPED_TRACE(r);
+      EXPECT_EQ(got[r].tokens, ref[r].tokens);
+      ASSERT_EQ(got[r].logprobs.size(), ref[r].logprobs.size());
+      for (size_t j = 0; j < ref[r].logprobs.size(); ++j) EXPECT_NEAR(got[r].logprobs[j], ref[r].logprobs[j], 1e-5);
+      EXPECT_EQ(got[r].routed, ref[r].routed);
+      EXPECT_EQ(got[r].routed.size(), got[r].tokens.size() * static_cast<size_t>(model::moe_layer_count(m.model->config()) * m.model->config().num_experts_per_tok));
+      shortest = std::min(shortest, ref[r].tokens.size());
+      longest = std::max(longest, ref[r].tokens.size());
+    }
+    EXPECT_LE(shortest, 2u);
+    EXPECT_GT(longest, shortest);  // rows left the batch at different steps
+  }
+  rollout::Loaded m = rollout::load(d.file("run/exports/latest/nvfp4"), at::kCPU);
+  std::vector<at::Generator> g(2, at::make_generator<at::CPUGeneratorImpl>(1));
+  EXPECT_THROW(rollout::sample_batch(m, {{1, 2}, {1, 2, 3}}, {0, 1}, g, {}, at::kCPU, at::kFloat), fp4qat::Error);
+  EXPECT_THROW(rollout::sample_batch(m, {{1, 2}}, {0, 1}, g, {}, at::kCPU, at::kFloat), fp4qat::Error);
 }
 
 TEST(CliGenerate, GreedyMatchesArgmaxOfTheFullForwardAndSamplingIsSeeded) {

@@ -602,7 +602,13 @@ TEST(RlLoop, SamplesComeFromTheNewestExportAndResumeIsBitIdentical) {
     EXPECT_TRUE(std::isfinite(s.sampler_mismatch_mean));
   }
   EXPECT_GT(ra.steps[0].sample_s, 0.0);
+  EXPECT_GT(ra.steps[0].load_s, 0.0);
+  EXPECT_GT(ra.steps[0].sample_tokens_per_s, 0.0);
   EXPECT_EQ(ra.steps[1].sample_s, 0.0);  // the second update of an iteration samples nothing
+  EXPECT_EQ(ra.steps[1].load_s, 0.0);
+  for (const auto& s : ra.steps) EXPECT_GT(s.train_s, 0.0);
+  EXPECT_GT(ra.steps[1].export_s, 0.0);  // the iteration's last update exports
+  EXPECT_EQ(ra.steps[0].export_s, 0.0);
   std::set<double> rewards_seen;
   for (int k = 0; k < 3; ++k) {
     SCOPED_TRACE(k);
