@@ -9,6 +9,10 @@
 //   * resume on 2 expert-parallel processes (re-sharding a full checkpoint) is bit-identical;
 //   * objective sft on a packed dataset folder (dp=2): metrics and checkpoints byte-identical (the
 //     masked mean's denominator counts the targets of every rank's micro-batches);
+//   * the RL loop (`fp4qat rl`) on 2 data-parallel processes: each rank samples its share of the
+//     prompts, and the samples, metrics, checkpoints and exports are the 1-process run's, bytewise;
+//   * GRPO with routing replay on 2 expert-parallel processes: the experts are the records' (not the
+//     router's), as in one process;
 //   * bad launches fail with a message naming the variable or key, and never hang.
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -23,6 +27,7 @@
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -269,6 +274,166 @@ TEST(Dist, ResumeOnTwoExpertParallelProcessesIsBitIdentical) {
   ASSERT_EQ(b.size(), 1u);
   EXPECT_EQ(a[2].find("loss")->dump(), b[0].find("loss")->dump());
   EXPECT_EQ(a[2].find("grad_norm")->dump(), b[0].find("grad_norm")->dump());
+}
+
+namespace {
+
+// The tiny model of recipes/default.yaml briefly pretrained (once per test program), so that the
+// rewards of a group's samples differ and GRPO steps change the weights.
+const std::string& pretrained() {
+  static TempDir* d = new TempDir();
+  static std::string hf;
+  if (hf.empty()) {
+    const auto r = fp4qat::test::run_fp4qat(
+        {"train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml", "--set", "train.steps=150",
+         "--set", "train.batch_size=8", "--set", "train.seq_len=32", "--set", "train.eval_every=0", "--set",
+         "train.checkpoint_every=0", "--set", "train.device=cpu", "--set", "train.out_dir=" + d->file("pre")});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    hf = d->file("pre/hf");
+  }
+  return hf;
+}
+
+// The RL loop of recipes/rl-tiny.yaml, small: 2 iterations of 4 prompts x 3 samples from the
+// pretrained model, fp32, one sequence per sampler forward (a sample's bits do not depend on its
+// batch), a global batch of the iteration's 4 groups (batch_size 2 x grad_accum x ranks).
+std::vector<std::string> rl_recipe(const std::string& out, int64_t grad_accum, const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> a = {"rl", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/rl-tiny.yaml"};
+  for (const std::string kv :
+       {"rl.iterations=2", "rl.prompts=4", "rl.samples=3", "rl.max_new_tokens=4", "rl.sample_batch=1",
+        "train.batch_size=2", "train.device=cpu", "train.dtype=fp32", "train.checkpoint_every=1", "export.keep=10",
+        "optim.lr=1e-3", "parallel.timeout_s=60"})
+    a.insert(a.end(), {"--set", kv});
+  a.insert(a.end(), {"--set", "train.grad_accum=" + std::to_string(grad_accum), "--set",
+                     "train.init_from=" + pretrained(), "--set", "train.out_dir=" + out});
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+// Every record line of a rollout folder's *.jsonl files, sorted.
+std::vector<std::string> records(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& f : fs::list_dir(dir)) {
+    if (f.size() < 6 || f.substr(f.size() - 6) != ".jsonl") continue;
+    std::istringstream in(read_bytes(dir + "/" + f));
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty()) out.push_back(line);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+TEST(Dist, RlLoopDataParallelSamplesEachRanksShareAndTrainsAsOneProcess) {
+  if (!fp4qat::test::have_gloo()) GTEST_SKIP() << "this build has no gloo backend";
+  TempDir d;
+  const std::string one = d.file("one"), two = d.file("dp");
+  const auto r1 = fp4qat::test::run_fp4qat(rl_recipe(one, 2));
+  ASSERT_EQ(r1.exit_code, 0) << r1.err;
+  for (const auto& r : run_ranks(2, rl_recipe(two, 1, {"--set", "parallel.dp=2"}), 240))
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  // Each rank sampled its share (prompts r, r + 2): the same records as one process sampling all.
+  for (int k = 0; k < 2; ++k) {
+    SCOPED_TRACE("iteration " + std::to_string(k));
+    const std::string a = one + "/rollouts/iter-" + std::to_string(k), b = two + "/rollouts/iter-" + std::to_string(k);
+    EXPECT_EQ(records(a).size(), 12u);
+    EXPECT_EQ(records(a), records(b));
+    for (int r = 0; r < 2; ++r) {
+      std::istringstream in(read_bytes(b + "/rank-" + std::to_string(r) + ".jsonl"));
+      int lines = 0;
+      for (std::string line; std::getline(in, line); ++lines) {
+        const int64_t g = std::stoll(json::parse(line, "record").at("group").as_string());
+        EXPECT_EQ(g % 2, r) << line;
+      }
+      EXPECT_EQ(lines, 6) << "rank " << r;
+    }
+  }
+  const auto a = step_lines(one), b = step_lines(two);
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  std::set<std::string> rewards;
+  for (size_t i = 0; i < a.size(); ++i) {
+    for (const char* k : {"loss", "grad_norm", "aux_loss", "expert_load", "reward_mean", "response_length_mean",
+                          "clip_fraction", "sampler_mismatch_mean", "sampler_kl", "corrected_fraction"}) {
+      ASSERT_TRUE(a[i].find(k) && b[i].find(k)) << k;
+      EXPECT_EQ(a[i].find(k)->dump(), b[i].find(k)->dump()) << "step " << i + 1 << " " << k;
+    }
+    EXPECT_NE(a[i].find("loss")->as_double(), 0.0) << "step " << i + 1 << ": no advantage to train on";
+  }
+  for (int s = 0; s <= 2; ++s)
+    expect_same_files(one + "/exports/step-" + std::to_string(s), two + "/exports/step-" + std::to_string(s),
+                      {"recipe.yaml"});
+  for (int s = 1; s <= 2; ++s)
+    expect_same_files(one + "/checkpoints/step-" + std::to_string(s), two + "/checkpoints/step-" + std::to_string(s),
+                      {"state.json", "config.yaml"});
+  const std::string w0 = read_bytes(one + "/exports/step-0/nvfp4/model-00001-of-00001.safetensors"),
+                    w2 = read_bytes(one + "/exports/step-2/nvfp4/model-00001-of-00001.safetensors");
+  EXPECT_FALSE(w0.empty());
+  EXPECT_NE(w0, w2);  // the steps trained
+}
+
+TEST(Dist, RouterReplayUnderExpertParallelismUsesTheRecordsExperts) {
+  if (!fp4qat::test::have_gloo()) GTEST_SKIP() << "this build has no gloo backend";
+  TempDir d;
+  // Records with their experts, then every expert id moved to the next expert (mod E): routing the
+  // trainer's router would never choose, so that replay shows in the expert load.
+  fs::write_text_atomic(d.file("p.jsonl"),
+                        "{\"tokens\": [1, 2, 10, 3, 11]}\n{\"tokens\": [4, 10, 5, 11]}\n"
+                        "{\"tokens\": [7, 7, 10, 2, 11]}\n{\"tokens\": [9, 10, 9, 8, 11]}\n");
+  const auto g = fp4qat::test::run_fp4qat({"generate", "--model", pretrained(), "--prompts", d.file("p.jsonl"),
+                                           "--samples", "3", "--reward", "addition", "--routed-experts",
+                                           "--temperature", "1", "--max-new-tokens", "4", "--seed", "2", "--device",
+                                           "cpu", "--out", d.file("roll.jsonl")});
+  ASSERT_EQ(g.exit_code, 0) << g.err;
+  const int64_t E = json::parse(read_bytes(pretrained() + "/config.json"), "config.json").at("num_experts").as_int();
+  std::string shifted;
+  {
+    std::istringstream in(read_bytes(d.file("roll.jsonl")));
+    for (std::string line; std::getline(in, line);) {
+      json::Value v = json::parse(line, "record");
+      json::Value re = v.at("routed_experts");
+      for (auto& tok : re.as_array_mut())
+        for (auto& layer : tok.as_array_mut())
+          for (auto& e : layer.as_array_mut()) e = json::Value((e.as_int() + 1) % E);
+      v.set("routed_experts", re);
+      shifted += v.dump() + "\n";
+    }
+  }
+  fs::write_text_atomic(d.file("shifted.jsonl"), shifted);
+  auto grpo = [&](const std::string& out, int64_t grad_accum, const std::vector<std::string>& extra) {
+    std::vector<std::string> a = {"train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml"};
+    for (const std::string kv :
+         {"objective=grpo", "data.kind=rollouts", "train.steps=2", "train.batch_size=1", "train.eval_every=0",
+          "train.checkpoint_every=0", "train.device=cpu", "train.dtype=fp32", "optim.warmup_steps=0",
+          "qat.format=none", "export.every=0", "parallel.timeout_s=60"})
+      a.insert(a.end(), {"--set", kv});
+    a.insert(a.end(), {"--set", "data.path=" + d.file("shifted.jsonl"), "--set", "train.init_from=" + pretrained(),
+                       "--set", "train.grad_accum=" + std::to_string(grad_accum), "--set", "train.out_dir=" + out});
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  const std::vector<std::string> replay = {"--set", "rl.router_replay=true"};
+  const auto r1 = fp4qat::test::run_fp4qat(grpo(d.file("one"), 2, replay));
+  ASSERT_EQ(r1.exit_code, 0) << r1.err;
+  const auto r0 = fp4qat::test::run_fp4qat(grpo(d.file("own"), 2, {}));
+  ASSERT_EQ(r0.exit_code, 0) << r0.err;
+  auto ep = replay;
+  ep.insert(ep.end(), {"--set", "parallel.ep=2"});
+  for (const auto& r : run_ranks(2, grpo(d.file("ep"), 1, ep), 240)) ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto a = step_lines(d.file("one")), b = step_lines(d.file("ep")), own = step_lines(d.file("own"));
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  ASSERT_EQ(own.size(), 2u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].find("expert_load")->dump(), b[i].find("expert_load")->dump()) << "routing of step " << i + 1;
+    EXPECT_NE(a[i].find("expert_load")->dump(), own[i].find("expert_load")->dump())
+        << "step " << i + 1 << ": the replayed experts are not the router's";
+    const double la = a[i].find("loss")->as_double(), lb = b[i].find("loss")->as_double();
+    EXPECT_NEAR(la, lb, 1e-5 * std::abs(la) + 1e-7) << "step " << i + 1;
+    const double ga = a[i].find("grad_norm")->as_double(), gb = b[i].find("grad_norm")->as_double();
+    EXPECT_NEAR(ga, gb, 1e-5 * std::abs(ga)) << "step " << i + 1;
+  }
 }
 
 TEST(Dist, BadLaunchesFailNamingTheCause) {
