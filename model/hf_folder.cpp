@@ -15,9 +15,9 @@
 
 namespace fp4qat::model {
 
-Qwen3Moe model_of_folder(const std::string& dir, const ModelConfig& cfg) {
+Qwen3Moe model_of_folder(const std::string& dir, const ModelConfig& cfg, const at::Device& dev) {
   try {
-    return Qwen3Moe(cfg, 0);  // refuses a shape that cannot be built, before allocating
+    return Qwen3Moe::uninitialized(cfg, dev);  // refuses a shape that cannot be built, before allocating
   } catch (const Error& e) {
     FP4QAT_FAIL(dir, "/config.json: ", e.what());
   }

@@ -42,9 +42,9 @@ void check_folder_tensors(hf::FolderReader& files, const ModelConfig& cfg, const
 // model.safetensors.index.json. The tensors are checked against config.json first
 // (check_folder_tensors), and each weight read is refused if it holds NaN or Inf (st::check_finite).
 Qwen3Moe load_hf_folder(const std::string& dir);
-// A model of shape `cfg` (read from `dir`/config.json), randomly initialised, for a loader to
-// fill; an impossible shape fails naming that config.json.
-Qwen3Moe model_of_folder(const std::string& dir, const ModelConfig& cfg);
+// A model of shape `cfg` (read from `dir`/config.json) for a loader that fills every parameter:
+// allocated on `dev`, not initialised; an impossible shape fails naming that config.json.
+Qwen3Moe model_of_folder(const std::string& dir, const ModelConfig& cfg, const at::Device& dev = at::kCPU);
 // Writes BF16 shards, index.json and config.json into a new folder `dir` (built beside it and
 // renamed into place; refuses an existing `dir`).
 void save_hf_folder(const Qwen3Moe& model, const std::string& dir, int64_t max_shard_bytes = 2ll << 30);

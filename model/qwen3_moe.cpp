@@ -180,9 +180,15 @@ int64_t host_memory_bytes() {
   return cg > 0 && (phys == 0 || cg < phys) ? cg : phys;
 }
 
-Qwen3Moe::Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed) : Qwen3Moe(cfg, seed, /*meta=*/false) {}
+Qwen3Moe::Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed) : Qwen3Moe(cfg, seed, Alloc::kRandom) {}
 
-Qwen3Moe::Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed, bool meta) : cfg_(cfg), meta_(meta) {
+Qwen3Moe Qwen3Moe::uninitialized(const model::ModelConfig& cfg, const at::Device& dev) {
+  return Qwen3Moe(cfg, 0, Alloc::kEmpty, dev);
+}
+
+Qwen3Moe::Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed, Alloc alloc, const at::Device& dev)
+    : cfg_(cfg), meta_(alloc == Alloc::kMeta), alloc_(alloc), empty_on_(dev) {
+  const bool meta = meta_;
   // The fp32 masters are built here, on the host: refuse a shape that cannot fit before allocating.
   const ParameterCount pc = parameter_count(cfg);
   const int64_t ram = host_memory_bytes();
@@ -220,9 +226,10 @@ Qwen3Moe::Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed, bool meta) : cf
 }
 
 void Qwen3Moe::add(const std::string& name, std::vector<int64_t> shape, bool is_norm, at::Generator& gen) {
-  at::Tensor t = meta_     ? at::empty(shape, at::TensorOptions().device(at::kMeta))
-                 : is_norm ? at::ones(shape)
-                           : at::randn(shape, gen) * 0.02;
+  at::Tensor t = meta_                     ? at::empty(shape, at::TensorOptions().device(at::kMeta))
+                 : alloc_ == Alloc::kEmpty ? at::empty(shape, at::TensorOptions().device(empty_on_))
+                 : is_norm                 ? at::ones(shape)
+                                           : at::randn(shape, gen) * 0.02;
   params_.emplace_back(name, t.requires_grad_(true));
 }
 
@@ -482,7 +489,7 @@ Params Qwen3Moe::hf_views() const {
 }
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> Qwen3Moe::hf_shapes(const model::ModelConfig& cfg) {
-  const Qwen3Moe layout(cfg, 0, /*meta=*/true);
+  const Qwen3Moe layout(cfg, 0, Alloc::kMeta);
   std::vector<std::pair<std::string, std::vector<int64_t>>> out;
   for (const auto& [name, v] : layout.hf_views()) out.emplace_back(name, v.sizes().vec());
   return out;

@@ -69,6 +69,9 @@ class Qwen3Moe {
  public:
   // Random initialisation (normal(0, 0.02) for matrices, ones for norms), seeded.
   Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed);
+  // Parameters allocated on `dev` (fp32) but not initialised, for a loader that fills every one
+  // (load_hf): a served export skips the random initialisation and the host copy.
+  static Qwen3Moe uninitialized(const model::ModelConfig& cfg, const at::Device& dev);
 
   const model::ModelConfig& config() const { return cfg_; }
 
@@ -109,7 +112,8 @@ class Qwen3Moe {
   static std::vector<std::pair<std::string, std::vector<int64_t>>> hf_shapes(const model::ModelConfig& cfg);
 
  private:
-  Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed, bool meta);
+  enum class Alloc { kRandom, kMeta, kEmpty };  // kEmpty: at::empty on empty_on_
+  Qwen3Moe(const model::ModelConfig& cfg, uint64_t seed, Alloc alloc, const at::Device& dev = at::kCPU);
   Params hf_views() const;  // views of the masters under Hugging Face names
   void add(const std::string& name, std::vector<int64_t> shape, bool is_norm, at::Generator& gen);
   // cos, sin: [T, hd], or [B, 1, T, hd] with packing; mask: bool [B, 1, T, T] (packing) or undefined
@@ -126,6 +130,8 @@ class Qwen3Moe {
   model::ModelConfig cfg_;
   Params params_;
   bool meta_ = false;  // parameters are shape-only (hf_shapes)
+  Alloc alloc_ = Alloc::kRandom;
+  at::Device empty_on_ = at::kCPU;
   ExpertDispatch* ep_ = nullptr;
   int64_t expert_offset_ = 0;
 };

@@ -126,10 +126,12 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
     if (out.format == Format::kNVFP4) {
       const at::Tensor s2 = get(m + ".weight_scale_2").to(at::kFloat);
       FP4QAT_CHECK(s2.numel() == 1, dir, ": '", m, ".weight_scale_2' must be a scalar");
-      const NVFP4Tensor q{get(m + ".weight"), get(m + ".weight_scale"), at::ones({}, at::kFloat), Blocks::k1D};
+      const NVFP4Tensor q{get(m + ".weight").to(device), get(m + ".weight_scale").to(device),
+                          at::ones({}, at::TensorOptions(at::kFloat).device(device)), Blocks::k1D};
       return {nvfp4_dequantize(q, at::kBFloat16), s2.reshape({})};
     }
-    return {mxfp8_dequantize({get(m + ".weight"), get(m + mx_scale)}, at::kBFloat16), at::Tensor()};
+    return {mxfp8_dequantize({get(m + ".weight").to(device), get(m + mx_scale).to(device)}, at::kBFloat16),
+            at::Tensor()};
   };
   std::map<std::string, std::pair<at::Tensor, at::Tensor>> decoded;  // each module decoded once
   auto module = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
@@ -155,7 +157,9 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
       want[m + "." + sfx] = {t.second, t.first};
     return want;
   });
-  out.model = std::make_unique<model::Qwen3Moe>(model::model_of_folder(dir, cfg));
+  // Built on the device and decoded there (the dequantization kernels equal their CPU references
+  // bit for bit): nothing is initialised or decoded on the host only to be copied over.
+  out.model = std::make_unique<model::Qwen3Moe>(model::model_of_folder(dir, cfg, device));
   std::map<std::string, ServingPolicy::Weight> weights;
   std::string inexact;  // flashinfer_static: the first parameter whose static scale is not exact
   int n_inexact = 0;
@@ -180,7 +184,7 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
     auto served = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
       auto [v, s] = module(m);
       if (!marlin) return {v, s};
-      return {qat::marlin_values(v, get(m + ".weight_scale"), sf), qat::marlin_global_scale(s)};
+      return {qat::marlin_values(v, get(m + ".weight_scale").to(device), sf), qat::marlin_global_scale(s)};
     };
     // flashinfer_static: the amax of the static scale engines derive from the largest input_scale.
     at::Tensor act_amax;
@@ -234,7 +238,7 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
       decoded.erase(m);  // its last use
       t = s.defined() ? v.to(at::kFloat) * s : v.to(at::kFloat);
     } else {
-      t = get(name).to(at::kFloat);
+      t = get(name).to(device).to(at::kFloat);
     }
     // NaN or Inf in a weight (or, for a quantized module, in its scales) is refused by name.
     st::check_finite(t, name, dir + "/" + files.where().at(quantized(m) ? m + ".weight" : name));
