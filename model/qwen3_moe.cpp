@@ -23,6 +23,47 @@ namespace fp4qat::model {
 
 namespace {
 
+// Activation checkpointing of one decoder layer: forward runs the layer without a graph and keeps
+// its input; backward runs it again with one and backpropagates through it (the reentrant
+// scheme of torch.utils.checkpoint), the parameters' gradients accumulating as they would
+// without checkpointing. Outputs: the layer's (x out, then a MoE layer's aux, load, routed; the
+// last two carry no gradient).
+struct LayerRecompute : torch::CustomClassHolder {
+  std::function<std::vector<at::Tensor>(const at::Tensor&)> run;
+};
+
+struct LayerCheckpoint : torch::autograd::Function<LayerCheckpoint> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const c10::intrusive_ptr<LayerRecompute>& f) {
+    ctx->save_for_backward({x});
+    ctx->saved_data["f"] = c10::IValue::make_capsule(f);
+    std::vector<at::Tensor> out = f->run(x);
+    if (out.size() > 2) ctx->mark_non_differentiable({out[2], out[3]});
+    return out;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto f = c10::static_intrusive_pointer_cast<LayerRecompute>(ctx->saved_data["f"].toCapsule());
+    const at::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    std::vector<at::Tensor> outs, gs;
+    {
+      at::AutoGradMode on(true);
+      const std::vector<at::Tensor> y = f->run(x);
+      for (size_t j = 0; j < 2 && j < y.size(); ++j)
+        if (y[j].requires_grad()) {
+          outs.push_back(y[j]);
+          gs.push_back(grads[j].defined() ? grads[j] : at::zeros_like(y[j]));
+        }
+    }
+    torch::autograd::backward(outs, gs);
+    return {x.grad(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+namespace {
+
 std::string L(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
@@ -368,6 +409,24 @@ void Qwen3Moe::shard_experts(ExpertDispatch& ep) {
     if (is_expert_param(name)) t = t.detach().narrow(0, expert_offset_, El).clone().requires_grad_(t.requires_grad());
 }
 
+std::vector<at::Tensor> Qwen3Moe::layer(int64_t i, const at::Tensor& x_in, const at::Tensor& cos, const at::Tensor& sin,
+                                        at::ScalarType dt, LinearPolicy& policy, KVCache* cache, const at::Tensor& mask,
+                                        const at::Tensor& ids_l, const at::Tensor& replay_l,
+                                        const at::Tensor& counted) const {
+  at::Tensor x = x_in + attention(i, rms_norm(x_in, param(L(i) + "input_layernorm.weight"), cfg_.rms_norm_eps), cos,
+                                  sin, dt, policy, cache, mask);
+  const at::Tensor hn = rms_norm(x, param(L(i) + "post_attention_layernorm.weight"), cfg_.rms_norm_eps);
+  if (is_moe_layer(i)) {
+    at::Tensor aux, load, routed;
+    x = x + moe(i, hn, dt, policy, &aux, &load, ids_l, replay_l, &routed, counted);
+    return {x, aux, load, routed};
+  }
+  const std::string p = L(i) + "mlp.";
+  const at::Tensor g = policy.linear(p + "gate_proj.weight", hn, param(p + "gate_proj.weight"));
+  const at::Tensor u = policy.linear(p + "up_proj.weight", hn, param(p + "up_proj.weight"));
+  return {x + policy.linear(p + "down_proj.weight", at::silu(g) * u, param(p + "down_proj.weight"))};
+}
+
 ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, LinearPolicy& policy, KVCache* cache,
                                 const Packing* packing, const Routing* routing, const at::Tensor* counted) const {
   FP4QAT_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong, "model input must be int64 [B, T], got ", ids.sizes());
@@ -418,26 +477,29 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
   at::Tensor x = at::embedding(param("model.embed_tokens.weight").to(dt), ids);
   ForwardOutput out;
   std::vector<at::Tensor> auxes;
+  const bool checkpoint = checkpoint_layers_ && !cache && at::GradMode::is_enabled();
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
-    x = x + attention(i, rms_norm(x, param(L(i) + "input_layernorm.weight"), cfg_.rms_norm_eps), cos, sin, dt, policy,
-                      cache, mask);
-    const at::Tensor hn = rms_norm(x, param(L(i) + "post_attention_layernorm.weight"), cfg_.rms_norm_eps);
-    if (is_moe_layer(i)) {
-      at::Tensor aux, load, routed, ids_l, replay_l;
-      if (routing) {
-        const int64_t m = static_cast<int64_t>(out.routed.size());
-        ids_l = routing->experts.select(2, m).to(x.device());  // [B, T, k]
-        replay_l = routing->replay.to(x.device());
-      }
-      x = x + moe(i, hn, dt, policy, &aux, &load, ids_l, replay_l, &routed, counted_d);
-      auxes.push_back(aux);
-      out.expert_load.push_back(load);
-      out.routed.push_back(routed);
+    at::Tensor ids_l, replay_l;
+    if (routing && is_moe_layer(i)) {
+      const int64_t m = static_cast<int64_t>(out.routed.size());
+      ids_l = routing->experts.select(2, m).to(x.device());  // [B, T, k]
+      replay_l = routing->replay.to(x.device());
+    }
+    std::vector<at::Tensor> r;
+    if (checkpoint) {
+      auto f = c10::make_intrusive<LayerRecompute>();
+      f->run = [this, i, cos, sin, dt, &policy, mask, ids_l, replay_l, counted_d](const at::Tensor& xin) {
+        return layer(i, xin, cos, sin, dt, policy, nullptr, mask, ids_l, replay_l, counted_d);
+      };
+      r = LayerCheckpoint::apply(x, f);
     } else {
-      const std::string p = L(i) + "mlp.";
-      const at::Tensor g = policy.linear(p + "gate_proj.weight", hn, param(p + "gate_proj.weight"));
-      const at::Tensor u = policy.linear(p + "up_proj.weight", hn, param(p + "up_proj.weight"));
-      x = x + policy.linear(p + "down_proj.weight", at::silu(g) * u, param(p + "down_proj.weight"));
+      r = layer(i, x, cos, sin, dt, policy, cache, mask, ids_l, replay_l, counted_d);
+    }
+    x = r[0];
+    if (r.size() > 1) {
+      auxes.push_back(r[1]);
+      out.expert_load.push_back(r[2]);
+      out.routed.push_back(r[3]);
     }
   }
   x = rms_norm(x, param("model.norm.weight"), cfg_.rms_norm_eps);

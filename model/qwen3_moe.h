@@ -89,6 +89,11 @@ class Qwen3Moe {
   const at::Tensor& param(const std::string& name) const;
   bool is_moe_layer(int64_t layer) const;
   void to(const at::Device& device);
+  // Activation checkpointing per decoder layer (train.activation_checkpointing): a training
+  // forward (grad mode, no cache) keeps only each layer's input and runs the layer again in
+  // backward; gradients are those without it, bit for bit.
+  void set_activation_checkpointing(bool on) { checkpoint_layers_ = on; }
+  bool activation_checkpointing() const { return checkpoint_layers_; }
 
   // ids: int64 [B, T]. compute: bf16 or fp32. With a cache, ids are the tokens after the cached
   // ones (positions cache->pos...), attending to the cache and causally among themselves. With
@@ -131,6 +136,12 @@ class Qwen3Moe {
   Params params_;
   bool meta_ = false;  // parameters are shape-only (hf_shapes)
   Alloc alloc_ = Alloc::kRandom;
+  bool checkpoint_layers_ = false;
+  // Decoder layer i on x [B, T, H]: {x out} for a dense layer, {x out, aux, load, routed} for a
+  // MoE layer (moe()'s outputs); ids_l, replay_l: this layer's replay (or undefined).
+  std::vector<at::Tensor> layer(int64_t i, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                                at::ScalarType dt, LinearPolicy& policy, KVCache* cache, const at::Tensor& mask,
+                                const at::Tensor& ids_l, const at::Tensor& replay_l, const at::Tensor& counted) const;
   at::Device empty_on_ = at::kCPU;
   ExpertDispatch* ep_ = nullptr;
   int64_t expert_offset_ = 0;

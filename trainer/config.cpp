@@ -235,6 +235,7 @@ class Schema {
     add("train", "seed", &t.seed);
     add("train", "device", &t.device, one_of({"auto", "cpu", "cuda"}));
     add("train", "dtype", &t.dtype, one_of({"auto", "bf16", "fp32"}));
+    add("train", "activation_checkpointing", &t.activation_checkpointing);
     add("train", "out_dir", &t.out_dir);
     add("train", "init_from", &t.init_from);
     auto& d = c.data;
@@ -582,6 +583,9 @@ void validate(const Config& c) {
     FP4QAT_CHECK(c.rl.loss.kl_coef == 0 || c.parallel.ep == 1,
                  "rl.kl_coef > 0 with parallel.ep > 1 is not supported yet (the reference model is not sharded)");
   }
+  FP4QAT_CHECK(!c.train.activation_checkpointing || c.parallel.ep == 1,
+               "train.activation_checkpointing with parallel.ep > 1 is not supported yet (the recomputed layers' ",
+               "expert all-to-alls in backward are untested); use data parallelism or turn it off");
   FP4QAT_CHECK(c.objective != "sft" || c.data.kind == "tokens", "objective sft with data.kind ", c.data.kind,
                ": objective sft trains on a prepared dataset folder (data.kind: tokens, data.path the folder ",
                "scripts/prepare_data wrote)");

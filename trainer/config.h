@@ -38,6 +38,10 @@ struct TrainConfig {
   std::string dtype = "auto";   // compute dtype: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32; masters are fp32
   std::string out_dir = "runs/default";
   std::string init_from;  // a checkpoint or Hugging Face folder to start from
+  // Keep only each decoder layer's input in the forward and run the layer again in backward
+  // (model::Qwen3Moe::set_activation_checkpointing): activation memory of one layer instead of
+  // all, for one more forward of compute; losses and gradients unchanged, bit for bit.
+  bool activation_checkpointing = false;
 };
 
 struct DataConfig {

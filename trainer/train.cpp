@@ -207,17 +207,21 @@ namespace {
 // gate/up, activation, output), in the compute dtype (`elem` bytes); then the logits in the compute
 // dtype plus their fp32 copy and gradient for the loss. Attention scores, the optimizer's
 // temporaries and the allocator's slack come on top.
-double activation_bytes(const model::ModelConfig& mc, int64_t tokens, int64_t elem) {
+double activation_bytes(const model::ModelConfig& mc, int64_t tokens, int64_t elem, bool checkpointing) {
   const double H = static_cast<double>(mc.hidden_size), hd = static_cast<double>(mc.head_dim);
   const double qkv = static_cast<double>(mc.num_attention_heads + 2 * mc.num_key_value_heads) * hd;
   const double attn = (4 * H + qkv + static_cast<double>(mc.num_attention_heads) * hd) * elem;
-  double layers = 0;
+  double layers = 0, largest = 0;
   for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
     const bool moe = model::is_moe_layer(mc, l);
     const double I = static_cast<double>(moe ? mc.moe_intermediate_size : mc.intermediate_size);
     const double slots = moe ? static_cast<double>(mc.num_experts_per_tok) : 1.0;
-    layers += attn + slots * (2 * H + 3 * I) * elem + (moe ? 4.0 * static_cast<double>(mc.num_experts) : 0.0);
+    const double one = attn + slots * (2 * H + 3 * I) * elem + (moe ? 4.0 * static_cast<double>(mc.num_experts) : 0.0);
+    layers += one;
+    largest = std::max(largest, one);
   }
+  // Activation checkpointing keeps each layer's input (H) and one layer's activations at a time.
+  if (checkpointing) layers = static_cast<double>(mc.num_hidden_layers) * H * elem + largest;
   const double logits = static_cast<double>(mc.vocab_size) * (static_cast<double>(elem) + 8);
   return static_cast<double>(tokens) * (layers + logits);
 }
@@ -231,7 +235,7 @@ void check_training_memory(const model::ModelConfig& mc, const config::TrainConf
   const model::ParameterCount pc = model::parameter_count(mc);
   const int64_t here = pc.total - pc.experts + pc.experts / std::max<int64_t>(ep, 1);
   const double params = static_cast<double>(here) * 16;
-  const double acts = activation_bytes(mc, t.batch_size * t.seq_len, dt == at::kFloat ? 4 : 2);
+  const double acts = activation_bytes(mc, t.batch_size * t.seq_len, dt == at::kFloat ? 4 : 2, t.activation_checkpointing);
   const int64_t have = dev.is_cuda() ? static_cast<int64_t>(at::accelerator::getMemoryInfo(dev.index()).second)
                                      : model::host_memory_bytes();
   const std::string where = dev.is_cuda() ? dev.str() : "this machine (its memory, or its cgroup limit if lower)";
@@ -485,6 +489,7 @@ void Trainer::setup() {
   model_ = std::make_unique<model::Qwen3Moe>(cfg.train.init_from.empty() ? model::Qwen3Moe(cfg.model, cfg.train.seed)
                                                                          : model::load_hf_folder(cfg.train.init_from));
   model::Qwen3Moe& model = *model_;
+  model.set_activation_checkpointing(cfg.train.activation_checkpointing);
   if ((rollouts_ || cfg.rl.loop()) && cfg.rl.loss.kl_coef > 0) {  // the KL reference: the initial weights (also on resume), frozen
     ref_model_ = std::make_unique<model::Qwen3Moe>(model);
     torch::NoGradGuard ng;
@@ -972,6 +977,7 @@ void Trainer::log_step() {
     line.set("sample_tokens_per_s", log.sample_tokens_per_s);
   }
   if (cfg.rl.loop()) line.set("train_s", log.train_s);
+  if (!std::isnan(log.peak_memory_gib)) line.set("peak_memory_gib", log.peak_memory_gib);
   if (!std::isnan(log.mismatch_mean)) {
     line.set("mismatch_mean", log.mismatch_mean);
     line.set("mismatch_max", log.mismatch_max);
@@ -1117,6 +1123,12 @@ Result Trainer::run() {
     log_.step = step_;
     log_.tokens_per_s = step_tokens_ / secs;
     log_.train_s = secs;
+    if (dev_.is_cuda())
+      log_.peak_memory_gib =
+          static_cast<double>(at::accelerator::getDeviceStats(dev_.index())
+                                  .allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+                                  .peak) /
+          (1024.0 * 1024.0 * 1024.0);
     log_.load_s = times_.load_s;
     log_.sample_s = times_.sample_s;
     log_.score_s = times_.score_s;

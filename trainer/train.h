@@ -40,6 +40,9 @@ struct StepLog {
   // begins the iteration (0: none); train_s, every step: the step's forward, backward and update
   // (export_s is the export's).
   double load_s = 0, sample_s = 0, score_s = 0, sample_tokens_per_s = 0, train_s = 0;
+  // On a GPU: the most memory the caching allocator has handed out since the run began, GiB
+  // (torch.cuda.max_memory_allocated's number); NaN on the CPU.
+  double peak_memory_gib = std::nan("");
 };
 
 struct EvalLog {

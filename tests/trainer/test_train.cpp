@@ -91,6 +91,50 @@ TEST(Train, ResumeIsBitIdentical) {
   for (const auto& t : wa.tensors()) EXPECT_TRUE(fp4qat::test::bytes_equal(wb.view(t.name), wa.view(t.name))) << t.name;
 }
 
+// train.activation_checkpointing: each decoder layer run again in backward gives the losses,
+// gradient norms and weights of the run without it, bit for bit (NVFP4 expert QAT in both backward
+// modes, a dense layer, gradient accumulation, packed documents' masks aside); and the recomputed
+// forward is really the one used (a policy that counts its calls sees each layer twice).
+TEST(Train, ActivationCheckpointingChangesNoBit) {
+  for (const auto backward : {fp4qat::autograd::Backward::kHighPrecision, fp4qat::autograd::Backward::kDequantized}) {
+    SCOPED_TRACE(static_cast<int>(backward));
+    TempDir d;
+    fp4qat::train::Options o;
+    o.quiet = true;
+    cfg::Config a = fp4qat::test::small_moe_run(d.file("a"));
+    a.model.num_hidden_layers = 3;
+    a.model.mlp_only_layers = {1};
+    a.train.grad_accum = 2;
+    a.train.dtype = "fp32";
+    a.qat.format = fp4qat::qat::Format::kNVFP4;
+    a.qat.backward = backward;
+    a.exports.every = 0;  // only training forwards reach the observer
+    int64_t calls_a = 0, calls_b = 0;
+    o.weight_observer = [&](int64_t, const std::string&, const at::Tensor&) { ++calls_a; };
+    const auto ra = fp4qat::train::run(a, o);
+    cfg::Config b = a;
+    b.train.out_dir = d.file("b");
+    b.train.activation_checkpointing = true;
+    o.weight_observer = [&](int64_t, const std::string&, const at::Tensor&) { ++calls_b; };
+    const auto rb = fp4qat::train::run(b, o);
+    ASSERT_EQ(ra.steps.size(), rb.steps.size());
+    for (size_t i = 0; i < ra.steps.size(); ++i) {
+      EXPECT_EQ(rb.steps[i].loss, ra.steps[i].loss) << "step " << i + 1;
+      EXPECT_EQ(rb.steps[i].aux_loss, ra.steps[i].aux_loss) << "step " << i + 1;
+      EXPECT_EQ(rb.steps[i].grad_norm, ra.steps[i].grad_norm) << "step " << i + 1;
+    }
+    EXPECT_EQ(calls_b, 2 * calls_a);  // every quantized linear ran once more, in backward
+    EXPECT_GT(calls_a, 0);
+    fp4qat::st::Reader wa(d.file("a/checkpoints/step-3/model.safetensors")),
+        wb(d.file("b/checkpoints/step-3/model.safetensors"));
+    for (const auto& t : wa.tensors()) EXPECT_TRUE(fp4qat::test::bytes_equal(wb.view(t.name), wa.view(t.name))) << t.name;
+  }
+  cfg::Config bad = fp4qat::test::small_moe_run("unused");
+  bad.train.activation_checkpointing = true;
+  bad.parallel.ep = 2;
+  EXPECT_THROW(cfg::validate(bad), fp4qat::Error);
+}
+
 TEST(Train, LearningRateSchedule) {
   cfg::OptimConfig o;
   o.lr = 1.0;
