@@ -485,6 +485,7 @@ void Trainer::setup() {
   if (pg_->is_main()) claim_out_dir();  // before anything is written
   pg_->barrier();
   dt_ = compute_dtype(cfg, dev_);
+  if (dev_.is_cuda()) at::accelerator::resetPeakStats(dev_.index());  // peak_memory_gib: this run's
   tty_ = ::isatty(STDOUT_FILENO) != 0;
   model_ = std::make_unique<model::Qwen3Moe>(cfg.train.init_from.empty() ? model::Qwen3Moe(cfg.model, cfg.train.seed)
                                                                          : model::load_hf_folder(cfg.train.init_from));
