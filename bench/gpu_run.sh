@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/gpu_run.sh — one call on the GPU machine: configure + build against its own python3's
 # torch, run the GPU tests (and the CPU suite), then the quantizer benchmark and the PyTorch
-# baselines. Logs go to $OUT (default ./gpu-out). Usage: bench/gpu_run.sh [build|test|sass|profile|mlp|train|rl|bench|dist|all]...
+# baselines. Logs go to $OUT (default ./gpu-out). Usage: bench/gpu_run.sh [build|test|sass|profile|mlp|train|rl|step|bench|dist|all]...
 #   FP4QAT_GTEST_SRC: GoogleTest sources if the machine has no installed GTest (default ./.gtest)
 #   ./.boost-po: Boost.Program_options sources matching the machine's Boost headers, if its
 #   library is missing (the GPU machines have Boost 1.83 headers only): the .cpp files of
@@ -16,6 +16,8 @@
 #   `rl`: the RL loop (fp4qat rl) on the GPU, tiny (recipes/rl-tiny.yaml) and ~110M
 #   (recipes/rl-moe-100m-gpu.yaml) from short pretraining runs, batched and one sequence at a time:
 #   medians of the iteration split (load / sample / score / train / export) and sampled tokens/s.
+#   `step`: the whole training step against the PyTorch baseline at the ~110M (seq 2048) and the
+#   Qwen3-30B-A3B 4-layer slice (seq 4096) shapes, interleaved (bench/step_bench.py; FP4QAT_STEP_ARGS).
 #   `dist` (2+ GPUs): the NCCL test, then tokens/s of the ~110M MoE on 1 GPU, 2 GPUs DP, 2 GPUs EP.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -153,6 +155,10 @@ if want rl; then
     python3 "$here/bench/rl_split.py" "$runs"/rl-tiny "$runs"/rl-tiny-b1 "$runs"/rl-100m "$runs"/rl-100m-b64 || rc=1
   } > "$out/rl.log" 2>&1
   grep -E "^==|^run|^ |error" "$out/rl.log" | tail -40
+fi
+if want step; then
+  PYTHONUNBUFFERED=1 python3 "$here/bench/step_bench.py" --fp4qat "$build/fp4qat" --out "$out/step" \
+    ${FP4QAT_STEP_ARGS:-} 2>&1 | tee "$out/step.log" || rc=1
 fi
 if want bench; then
   "$build/fp4qat_bench_quantize" --json "$out/bench_quantize.json" 2>&1 | tee "$out/bench_quantize.log" || rc=1

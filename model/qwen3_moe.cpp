@@ -310,19 +310,22 @@ at::Tensor Qwen3Moe::attention(int64_t i, const at::Tensor& x, const at::Tensor&
     cache->k[i] = k;
     cache->v[i] = v;
   }
-  if (nKV != nH) {
+  // Grouped-query attention: on CUDA the kernels read each KV head for its nH / nKV query heads
+  // (enable_gqa: no copies of K and V); on the CPU K and V are repeated (the reference arithmetic).
+  const bool gqa = nKV != nH && x.is_cuda();
+  if (nKV != nH && !gqa) {
     k = k.repeat_interleave(nH / nKV, 1);
     v = v.repeat_interleave(nH / nKV, 1);
   }
   at::Tensor o;
   if (mask.defined()) {  // packed documents: causal inside each one
-    o = at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/false);
+    o = at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/false, std::nullopt, gqa);
   } else if (past == 0) {
-    o = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+    o = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, gqa);
   } else {  // query t (position past + t) sees keys 0 .. past + t
     const at::Tensor qi = at::arange(T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(1);
     const at::Tensor kj = at::arange(past + T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(0);
-    o = at::scaled_dot_product_attention(q, k, v, kj <= qi + past, 0.0, /*is_causal=*/false);
+    o = at::scaled_dot_product_attention(q, k, v, kj <= qi + past, 0.0, /*is_causal=*/false, std::nullopt, gqa);
   }
   o = o.transpose(1, 2).reshape({B, T, nH * hd});
   return policy.linear(p + "o_proj.weight", o, param(p + "o_proj.weight"));
