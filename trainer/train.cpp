@@ -904,9 +904,11 @@ double Trainer::optimizer_step(double lr) {
     if (p.grad().defined())
       (model.sharded() && model::Qwen3Moe::is_expert_param(n) ? sq_shard : sq)
           .push_back(p.grad().to(at::kFloat).pow(2).sum());
-  at::Tensor total = at::stack(sq).sum();
-  if (!sq_shard.empty()) {  // expert shards: their squares summed over the expert-parallel group
-    std::vector<at::Tensor> v{at::stack(sq_shard).sum().reshape({1})};
+  // (Expert-only fine-tuning under expert parallelism: every gradient is an expert shard's.)
+  at::Tensor total = sq.empty() ? at::zeros({}, at::TensorOptions(dev_).dtype(at::kFloat)) : at::stack(sq).sum();
+  if (model.sharded()) {  // expert shards: their squares summed over the expert-parallel group (every rank joins)
+    std::vector<at::Tensor> v{sq_shard.empty() ? at::zeros({1}, at::TensorOptions(dev_).dtype(at::kFloat))
+                                               : at::stack(sq_shard).sum().reshape({1})};
     topo_->ep->all_reduce(v, dist::ReduceOp::kSum);
     total = total + v[0][0];
   }

@@ -373,6 +373,40 @@ TEST(Dist, RlLoopDataParallelSamplesEachRanksShareAndTrainsAsOneProcess) {
   EXPECT_NE(w0, w2);  // the steps trained
 }
 
+// The loop on 2 expert-parallel ranks (each holding half of every layer's experts, each sampling
+// its share from the full export): the first iteration's samples (from the step-0 export) are the
+// 1-process run's bytewise; the updates match within fp32 reduction order (an expert's rows from
+// both ranks in one GEMM), and the next iteration's responses are the same tokens.
+TEST(Dist, RlLoopExpertParallelMatchesOneProcess) {
+  if (!fp4qat::test::have_gloo()) GTEST_SKIP() << "this build has no gloo backend";
+  TempDir d;
+  const std::string one = d.file("one"), two = d.file("ep");
+  const auto r1 = fp4qat::test::run_fp4qat(rl_recipe(one, 2));
+  ASSERT_EQ(r1.exit_code, 0) << r1.err;
+  for (const auto& r : run_ranks(2, rl_recipe(two, 1, {"--set", "parallel.ep=2"}), 240))
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(records(one + "/rollouts/iter-0"), records(two + "/rollouts/iter-0"));
+  auto responses = [](const std::vector<std::string>& lines) {
+    std::vector<std::string> out;
+    for (const auto& l : lines) {
+      const json::Value v = json::parse(l, "record");
+      out.push_back(v.at("group").as_string() + ":" + v.at("response").dump());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  EXPECT_EQ(responses(records(one + "/rollouts/iter-1")), responses(records(two + "/rollouts/iter-1")));
+  const auto a = step_lines(one), b = step_lines(two);
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double la = a[i].find("loss")->as_double(), lb = b[i].find("loss")->as_double();
+    EXPECT_NEAR(la, lb, 1e-5 * std::abs(la) + 1e-7) << "step " << i + 1;
+    EXPECT_EQ(a[i].find("reward_mean")->dump(), b[i].find("reward_mean")->dump()) << "step " << i + 1;
+    EXPECT_EQ(a[i].find("expert_load")->dump(), b[i].find("expert_load")->dump()) << "step " << i + 1;
+  }
+}
+
 TEST(Dist, RouterReplayUnderExpertParallelismUsesTheRecordsExperts) {
   if (!fp4qat::test::have_gloo()) GTEST_SKIP() << "this build has no gloo backend";
   TempDir d;
