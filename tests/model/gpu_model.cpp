@@ -122,3 +122,49 @@ TEST(GpuModel, MoeForwardAndGradientsAreTheSameBitsEveryRun) {
       EXPECT_TRUE(fp4qat::test::bytes_equal(got[i], first[i])) << m.params()[i - 1].first << " grad, run " << run;
   }
 }
+
+// Grouped-query attention on CUDA reads each KV head for its query heads in place (enable_gqa);
+// on the CPU K and V are repeated. In fp32 the two agree to accumulation order, in the full
+// forward, with packed documents (a mask) and in KV-cache decoding, and the gradients too.
+TEST(GpuModel, GroupedQueryAttentionMatchesTheCpu) {
+  FP4QAT_REQUIRE_GPU();
+  fp4qat::model::ModelConfig c;
+  c.vocab_size = 64;
+  c.hidden_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 2;
+  c.head_dim = 16;
+  c.moe_intermediate_size = 32;
+  c.num_experts = 4;
+  c.num_experts_per_tok = 2;
+  fp4qat::model::Qwen3Moe cpu(c, 3), gpu(c, 3);
+  gpu.to(at::Device(at::kCUDA));
+  for (auto* m : {&cpu, &gpu})
+    for (const auto& [name, t] : m->params()) t.requires_grad_(true);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+  const at::Tensor ids = at::randint(0, c.vocab_size, {2, 24}, gen);
+  fp4qat::model::LinearPolicy plain;
+  const auto a = cpu.forward(ids, at::kFloat, plain);
+  const auto b = gpu.forward(ids.cuda(), at::kFloat, plain);
+  EXPECT_TRUE(at::allclose(b.logits.cpu(), a.logits, 1e-4, 1e-4)) << (b.logits.cpu() - a.logits).abs().max();
+  a.logits.pow(2).mean().backward();
+  b.logits.pow(2).mean().backward();
+  for (size_t i = 0; i < cpu.params().size(); ++i) {
+    const at::Tensor ga = cpu.params()[i].second.grad(), gb = gpu.params()[i].second.grad().cpu();
+    EXPECT_TRUE(at::allclose(gb, ga, 1e-4, 1e-5)) << cpu.params()[i].first << " " << (gb - ga).abs().max();
+  }
+  torch::NoGradGuard ng;
+  fp4qat::model::Packing pk{at::cat({at::arange(12), at::arange(12)}).repeat({2, 1}),
+                            at::cat({at::zeros({12}), at::ones({12})}).to(at::kLong).repeat({2, 1})};
+  const at::Tensor pa = cpu.forward(ids, at::kFloat, plain, nullptr, &pk).logits;
+  fp4qat::model::Packing pkg{pk.positions.cuda(), pk.segments.cuda()};
+  const at::Tensor pb = gpu.forward(ids.cuda(), at::kFloat, plain, nullptr, &pkg).logits.cpu();
+  EXPECT_TRUE(at::allclose(pb, pa, 1e-4, 1e-4)) << (pb - pa).abs().max();
+  fp4qat::model::KVCache ca, cb;
+  cpu.forward(ids.narrow(1, 0, 20), at::kFloat, plain, &ca);
+  gpu.forward(ids.narrow(1, 0, 20).cuda(), at::kFloat, plain, &cb);
+  const at::Tensor da = cpu.forward(ids.narrow(1, 20, 1), at::kFloat, plain, &ca).logits;
+  const at::Tensor db = gpu.forward(ids.narrow(1, 20, 1).cuda(), at::kFloat, plain, &cb).logits.cpu();
+  EXPECT_TRUE(at::allclose(db, da, 1e-4, 1e-4)) << (db - da).abs().max();
+}
