@@ -84,11 +84,21 @@ def main():
     for key in ("a", "b", "b_no_tis", "c", "d"):
         if key in out:
             s = out[key]
-            says.append("- (%s): reward %.3f -> %.3f over %d iterations (each +- %.3f: the per-iteration spread)." % (
+            moved = s["reward_end"] - s["reward_start"]
+            verdict = ("within twice the spread" if abs(moved) <= 2 * s["reward_noise"] else
+                       "a rise beyond twice the spread" if moved > 0 else "a fall beyond twice the spread")
+            says.append("- (%s): reward %.3f -> %.3f over %d iterations (each +- %.3f: the per-iteration spread): %s." % (
                 key.replace("_no_tis", " no TIS"), s["reward_start"], s["reward_end"], s["iterations"],
-                s["reward_noise"]))
+                s["reward_noise"], verdict))
     says.append("- Rewards: differences between arms smaller than about twice that spread are noise; these short "
                 "runs of a tiny model measure the mismatch, not which arm learns the task better.")
+    fell = [k for k in ("a", "b", "b_no_tis") if k in out and
+            out[k]["reward_end"] - out[k]["reward_start"] < -2 * out[k]["reward_noise"]]
+    if fell:
+        says.append("- The BF16 learners (%s) fell beyond the spread. They update every weight at the recipe's "
+                    "learning rate, while (c) and (d) update the experts only (expert-only QAT): the arms differ in "
+                    "what they train as well as in their sampler, so a fall there is not the mismatch's alone."
+                    % ", ".join("(%s)" % k.replace("_no_tis", " no TIS") for k in fell))
     if "b" in out and "b_no_tis" in out:
         says.append("- TIS in (b) truncated %.2f%% of tokens; without it the learner's ratios are taken as they are."
                     % (100 * out["b"]["corrected_mean"]))
