@@ -1,16 +1,20 @@
 // trainer/adamw.cpp — see adamw.h.
 #include "trainer/adamw.h"
 
+#include "kernels/common/check.h"
+
 #include <algorithm>
 #include <cmath>
 
 namespace fp4qat::train {
 
-AdamWState adamw_init(const std::vector<std::pair<std::string, at::Tensor>>& params) {
+AdamWState adamw_init(const std::vector<std::pair<std::string, at::Tensor>>& params,
+                      const std::function<bool(const std::string&)>& trains) {
   AdamWState st;
   for (const auto& [n, p] : params) {
-    st.m.push_back(at::zeros_like(p.detach()));
-    st.v.push_back(at::zeros_like(p.detach()));
+    const bool t = !trains || trains(n);
+    st.m.push_back(t ? at::zeros_like(p.detach()) : at::Tensor());
+    st.v.push_back(t ? at::zeros_like(p.detach()) : at::Tensor());
   }
   return st;
 }
@@ -22,6 +26,7 @@ void adamw_update(std::vector<std::pair<std::string, at::Tensor>>& params, AdamW
   for (size_t i = 0; i < params.size(); ++i) {
     at::Tensor& p = params[i].second;
     if (!p.grad().defined()) continue;
+    FP4QAT_CHECK(st.m[i].defined(), "adamw_update: '", params[i].first, "' has a gradient but no moments (frozen at set-up)");
     const at::Tensor g = p.grad().to(at::kFloat) * grad_scale;
     st.m[i].mul_(b1).add_(g, 1.0 - b1);
     st.v[i].mul_(b2).addcmul_(g, g, 1.0 - b2);

@@ -2,6 +2,7 @@
 // decay on matrices, in fp32, and its schedule (linear warmup, then cosine decay to
 // lr * min_lr_ratio).
 #pragma once
+#include <functional>
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -12,13 +13,16 @@
 
 namespace fp4qat::train {
 
-// The moments of every parameter, in the model's parameter order.
+// The moments of every parameter, in the model's parameter order; undefined for a frozen one.
 struct AdamWState {
   std::vector<at::Tensor> m, v;  // exp_avg, exp_avg_sq (fp32, shaped as the parameter)
 };
 
-// Zero moments for `params`.
-AdamWState adamw_init(const std::vector<std::pair<std::string, at::Tensor>>& params);
+// Zero moments for the parameters that train (`trains(name)`; every one when null). A frozen
+// parameter (expert-only fine-tuning freezes all but the quantized modules) gets none: no gradient
+// ever reaches it, and its 8 bytes a parameter of moments would only take memory.
+AdamWState adamw_init(const std::vector<std::pair<std::string, at::Tensor>>& params,
+                      const std::function<bool(const std::string&)>& trains = nullptr);
 
 // One AdamW step of optimizer step t (1-based) on every parameter that has a gradient: the
 // gradient times `grad_scale` (global-norm clipping), bias-corrected moments, weight decay

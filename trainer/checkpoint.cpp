@@ -41,6 +41,7 @@ std::string save_checkpoint(const config::Config& cfg, const model::Params& para
     for (size_t i = 0; i < params.size(); ++i) {
       const auto& [name, p] = params[i];
       ps.emplace_back(name, p.detach());
+      if (!st.m[i].defined()) continue;  // frozen: no moments
       os.emplace_back(name + ".exp_avg", st.m[i]);
       os.emplace_back(name + ".exp_avg_sq", st.v[i]);
     }
@@ -93,6 +94,7 @@ int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, AdamW
   }
   st::Reader mr(dir + "/model.safetensors"), orr(dir + "/optim.safetensors");
   torch::NoGradGuard ng;
+  int zero_moments = 0;
   for (size_t i = 0; i < model.params().size(); ++i) {
     auto& [pname, p] = model.params()[i];
     // A checkpoint holds every expert; an expert-parallel rank takes its own (re-sharding).
@@ -105,9 +107,22 @@ int64_t load_checkpoint(const config::Config& cfg, model::Qwen3Moe& model, AdamW
     FP4QAT_CHECK(src.sizes() == p.sizes(), dir, ": parameter '", pname, "' has shape ", src.sizes(), ", the model ",
                  p.sizes());
     p.copy_(src);
+    // Moments: none for a parameter frozen now (a checkpoint of an earlier version, or of a run
+    // that trained it, may hold them: not needed); zeros for one that was frozen when the
+    // checkpoint was written (none saved: its moments were zero) and trains now.
+    if (!st.m[i].defined()) continue;
+    if (!orr.contains(pname + ".exp_avg") && !orr.contains(pname + ".exp_avg_sq")) {
+      ++zero_moments;
+      continue;
+    }
     st.m[i].copy_(mine(orr.view(pname + ".exp_avg")));
     st.v[i].copy_(mine(orr.view(pname + ".exp_avg_sq")));
   }
+  if (zero_moments > 0)
+    std::fprintf(stderr,
+                 "fp4qat: --resume: %d parameter(s) have no AdamW moments in %s/optim.safetensors (frozen when it "
+                 "was written); they start from zero moments\n",
+                 zero_moments, dir.c_str());
   return step;
 }
 

@@ -517,20 +517,24 @@ void Trainer::setup() {
   if (qat_policy_ && exporting)
     exporter_ = full_model_ ? std::make_unique<Exporter>(cfg, *full_model_, *full_policy_)
                             : std::make_unique<Exporter>(cfg, model, *qat_policy_);
-  st_ = adamw_init(model.params());
+  // Expert-only fine-tuning freezes every parameter but the quantized modules (below, once on the
+  // device): those get no AdamW moments.
+  const bool expert_only = qat_policy_ && cfg.qat.quantizes() && cfg.qat.train == qat::TrainScope::kQuantizedOnly;
+  auto trains = [&](const std::string& n) { return !expert_only || qat_policy_->quantized(n); };
+  st_ = adamw_init(model.params(), trains);
   ActivationState resumed_act;
   if (opt_.resume) step_ = load_checkpoint(cfg, model, st_, &resumed_act);
   model.to(dev_);
   if (full_model_) full_model_->to(dev_);
   if (ref_model_) ref_model_->to(dev_);
-  if (qat_policy_ && cfg.qat.quantizes() &&
-      cfg.qat.train == qat::TrainScope::kQuantizedOnly) {  // expert-only fine-tuning: freeze the rest
+  if (expert_only) {  // expert-only fine-tuning: freeze the rest
     torch::NoGradGuard ng;
     for (auto& [n, p] : model.params())
-      if (!qat_policy_->quantized(n)) p.requires_grad_(false);
+      if (!trains(n)) p.requires_grad_(false);
   }
-  for (auto& t : st_.m) t = t.to(dev_);
-  for (auto& t : st_.v) t = t.to(dev_);
+  for (auto* ms : {&st_.m, &st_.v})
+    for (auto& t : *ms)
+      if (t.defined()) t = t.to(dev_);
   // Data-parallel gradient averaging: every rank's loss counts once in the global mean, so a sum
   // is divided by the world size; an expert shard's gradient already sums the losses of its
   // expert-parallel group (through the combine's backward) and is summed over the dp group only.
@@ -1076,8 +1080,9 @@ void Trainer::checkpoint() {
     for (size_t i = 0; i < model.params().size(); ++i) {
       const auto& [n, p] = model.params()[i];
       ps.emplace_back(n, full_of(model, *topo_, n, p));
-      fs.m.push_back(full_of(model, *topo_, n, st_.m[i]));
-      fs.v.push_back(full_of(model, *topo_, n, st_.v[i]));
+      // (A frozen parameter has no moments, on every rank alike: nothing to gather.)
+      fs.m.push_back(st_.m[i].defined() ? full_of(model, *topo_, n, st_.m[i]) : at::Tensor());
+      fs.v.push_back(st_.v[i].defined() ? full_of(model, *topo_, n, st_.v[i]) : at::Tensor());
     }
     if (pg_->is_main()) res_.last_checkpoint = save_checkpoint(cfg_, ps, fs, step_, act);
   }

@@ -135,6 +135,64 @@ TEST(Train, ActivationCheckpointingChangesNoBit) {
   EXPECT_THROW(cfg::validate(bad), fp4qat::Error);
 }
 
+// Expert-only fine-tuning (qat.train quantized_only): the frozen weights get no AdamW moments, in
+// memory or in optim.safetensors; a checkpoint of an earlier version, which holds (zero) moments for
+// them, still resumes bit-identically.
+TEST(Train, ExpertOnlyFineTuningKeepsNoMomentsForFrozenWeights) {
+  TempDir d;
+  fp4qat::train::Options o;
+  o.quiet = true;
+  cfg::Config a = fp4qat::test::small_moe_run(d.file("a"));
+  a.train.steps = 4;
+  a.train.dtype = "fp32";
+  a.qat.format = fp4qat::qat::Format::kNVFP4;
+  a.qat.train = fp4qat::qat::TrainScope::kQuantizedOnly;
+  a.exports.every = 0;
+  const auto ra = fp4qat::train::run(a, o);
+  fp4qat::st::Reader model(d.file("a/checkpoints/step-4/model.safetensors")),
+      optim(d.file("a/checkpoints/step-4/optim.safetensors"));
+  int trained = 0, frozen = 0;
+  for (const auto& t : model.tensors()) {
+    const bool expert = t.name.find("mlp.experts.") != std::string::npos;
+    EXPECT_EQ(optim.contains(t.name + ".exp_avg"), expert) << t.name;
+    EXPECT_EQ(optim.contains(t.name + ".exp_avg_sq"), expert) << t.name;
+    (expert ? trained : frozen)++;
+  }
+  EXPECT_GT(trained, 0);
+  EXPECT_GT(frozen, 0);
+  // Stopped at step 2; its optimizer file rewritten as an earlier version wrote it (zero moments
+  // for every frozen weight too); resumed to step 4.
+  cfg::Config b = a;
+  b.train.out_dir = d.file("b");
+  fp4qat::train::Options stop = o;
+  stop.stop_after = 2;
+  fp4qat::train::run(b, stop);
+  const std::string of = d.file("b/checkpoints/step-2/optim.safetensors");
+  fp4qat::model::Params old;
+  {
+    fp4qat::st::Reader m2(d.file("b/checkpoints/step-2/model.safetensors")), o2(of);
+    for (const auto& t : m2.tensors()) {
+      const bool has = o2.contains(t.name + ".exp_avg");
+      old.emplace_back(t.name + ".exp_avg", has ? o2.view(t.name + ".exp_avg").clone() : at::zeros_like(m2.view(t.name)));
+      old.emplace_back(t.name + ".exp_avg_sq",
+                       has ? o2.view(t.name + ".exp_avg_sq").clone() : at::zeros_like(m2.view(t.name)));
+    }
+  }
+  fp4qat::fs::remove_tree(of);
+  fp4qat::st::write_file(of, old);
+  fp4qat::train::Options resume = o;
+  resume.resume = true;
+  const auto rb = fp4qat::train::run(b, resume);
+  ASSERT_EQ(rb.steps.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(rb.steps[i].loss, ra.steps[i + 2].loss) << "step " << i + 3;
+    EXPECT_EQ(rb.steps[i].grad_norm, ra.steps[i + 2].grad_norm) << "step " << i + 3;
+  }
+  fp4qat::st::Reader wa(d.file("a/checkpoints/step-4/model.safetensors")),
+      wb(d.file("b/checkpoints/step-4/model.safetensors"));
+  for (const auto& t : wa.tensors()) EXPECT_TRUE(fp4qat::test::bytes_equal(wb.view(t.name), wa.view(t.name))) << t.name;
+}
+
 TEST(Train, LearningRateSchedule) {
   cfg::OptimConfig o;
   o.lr = 1.0;
