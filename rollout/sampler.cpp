@@ -7,18 +7,26 @@
 
 namespace fp4qat::rollout {
 
-int64_t pick(const at::Tensor& logits, double temperature, double top_p, at::Generator& gen) {
-  if (temperature <= 0) return logits.argmax().item<int64_t>();
+at::Tensor pick(const at::Tensor& logits, double temperature, double top_p, const std::vector<at::Generator*>& gens) {
+  FP4QAT_CHECK(logits.dim() == 2 && static_cast<size_t>(logits.size(0)) == gens.size(), "pick: logits ",
+               logits.sizes(), " for ", gens.size(), " generators");
+  if (temperature <= 0) return logits.argmax(1);
   const at::Tensor l = logits.to(at::kDouble);
-  at::Tensor probs = at::softmax((l - l.max()) / temperature, 0);  // [V]
-  auto [sorted, order] = probs.sort(0, /*descending=*/true);
-  const at::Tensor cum = sorted.cumsum(0);
+  const at::Tensor probs = at::softmax((l - std::get<0>(l.max(1, /*keepdim=*/true))) / temperature, 1);  // [B, V]
+  auto [sorted, order] = probs.sort(1, /*descending=*/true);
   // keep the smallest prefix whose mass reaches top_p (always the first token)
-  at::Tensor keep = (cum - sorted) < top_p;
-  keep[0] = true;
-  sorted = sorted * keep.to(sorted.scalar_type());
-  const int64_t i = at::multinomial(sorted / sorted.sum(), 1, false, gen).item<int64_t>();
-  return order[i].item<int64_t>();
+  at::Tensor keep = (sorted.cumsum(1) - sorted) < top_p;
+  keep.select(1, 0).fill_(true);
+  const at::Tensor kept = sorted * keep.to(sorted.scalar_type());
+  const at::Tensor cum = kept.cumsum(1);
+  const at::Tensor share = cum / cum.select(1, -1).unsqueeze(1);  // [B, V], the last kept entry ~1
+  std::vector<double> u(gens.size());
+  for (size_t b = 0; b < gens.size(); ++b)
+    u[b] = at::rand({}, *gens[b], at::TensorOptions(at::kDouble)).item<double>();
+  const at::Tensor ut = at::tensor(u, at::kDouble).to(logits.device()).unsqueeze(1);  // [B, 1]
+  at::Tensor i = at::searchsorted(share, ut, /*out_int32=*/false, /*right=*/true);  // first share > u
+  i = at::minimum(i, keep.sum(1, /*keepdim=*/true) - 1);                            // within the kept prefix
+  return order.gather(1, i).squeeze(1);
 }
 
 std::vector<Response> sample_batch(const Loaded& m, const std::vector<std::vector<int64_t>>& prompts,
@@ -51,19 +59,25 @@ std::vector<Response> sample_batch(const Loaded& m, const std::vector<std::vecto
     l = l.index_select(0, idx.to(l.device()));
   };
   keep_rows(of, logits);
-  logits = logits.to(at::kFloat).to(at::kCPU);  // [B, V]
+  logits = logits.to(at::kFloat);  // [B, V], on the device
   std::vector<Response> out(of.size());
   std::vector<int64_t> active(of.size());  // batch row -> response
   for (size_t r = 0; r < of.size(); ++r) active[r] = static_cast<int64_t>(r);
   for (int64_t n = 0; n < opt.max_new_tokens && !active.empty(); ++n) {
     const int64_t B = static_cast<int64_t>(active.size());
+    std::vector<at::Generator*> row_gens;
+    for (int64_t r = 0; r < B; ++r) row_gens.push_back(&gens[active[r]]);
+    const at::Tensor picked = pick(logits, opt.temperature, opt.top_p, row_gens);  // [B]
+    const at::Tensor lp = at::log_softmax(logits, 1).gather(1, picked.unsqueeze(1)).squeeze(1).to(at::kCPU);
+    const at::Tensor pc = picked.to(at::kCPU);
+    const auto pca = pc.accessor<int64_t, 1>();
+    const auto lpa = lp.accessor<float, 1>();
     std::vector<int64_t> next(B), running;  // running: batch rows that go on after this token
     for (int64_t r = 0; r < B; ++r) {
       Response& s = out[active[r]];
-      const at::Tensor l = logits[r];
-      next[r] = pick(l, opt.temperature, opt.top_p, gens[active[r]]);
+      next[r] = pca[r];
       s.tokens.push_back(next[r]);
-      s.logprobs.push_back(at::log_softmax(l, 0)[next[r]].item<float>());
+      s.logprobs.push_back(lpa[r]);
       if (next[r] != opt.eos && n + 1 < opt.max_new_tokens) running.push_back(r);
     }
     // The tokens as the next inputs: the next logits, and the experts each goes to. Without
@@ -90,7 +104,7 @@ std::vector<Response> sample_batch(const Loaded& m, const std::vector<std::vecto
     }
     logits = fw.logits.select(1, -1);  // [fed, V]
     if (running.size() < fed.size()) keep_rows(running, logits);  // (fed is every row here)
-    logits = logits.to(at::kFloat).to(at::kCPU);
+    logits = logits.to(at::kFloat);
     std::vector<int64_t> still;
     for (int64_t r : running) still.push_back(active[r]);
     active = std::move(still);

@@ -20,11 +20,15 @@ struct SampleOptions {
   bool routed = false;     // record each response token's experts in every MoE layer (routing replay)
 };
 
-// Next token from logits [V] (float32, CPU): greedy, or temperature + top-p sampling. In float64
-// with the largest logit subtracted before dividing by the temperature, so that any temperature
-// > 0 (1e-40 included: then greedy in effect) gives finite probabilities, and the most likely
-// token always kept, so that any top_p > 0 (1e-300 included) leaves a token to draw.
-int64_t pick(const at::Tensor& logits, double temperature, double top_p, at::Generator& gen);
+// Next token of each row from logits [B, V] (float32, on any device; the arithmetic stays there):
+// greedy, or temperature + top-p sampling. In float64 with each row's largest logit subtracted
+// before dividing by the temperature, so that any temperature > 0 (1e-40 included: then greedy
+// in effect) gives finite probabilities, and each row's most likely token always kept, so that
+// any top_p > 0 (1e-300 included) leaves a token to draw. Row b draws one uniform u in [0, 1)
+// from its own generator *gens[b] (on the CPU, so a sample is the same on any device up to the
+// logits) and takes the first kept token (in descending probability) whose cumulative share of
+// the kept mass exceeds u. Returns int64 [B] on the logits' device.
+at::Tensor pick(const at::Tensor& logits, double temperature, double top_p, const std::vector<at::Generator*>& gens);
 
 // One response to a prompt (what a rollout record carries of it: trainer/rollouts.h Sample).
 struct Response {

@@ -238,6 +238,45 @@ TEST(KVCache, IncrementalDecodingEqualsTheFullForward) {
   EXPECT_FALSE(at::allclose(wrong, full.narrow(1, 5, 3), 1e-5, 1e-5));
 }
 
+// rollout::pick draws from the tempered, nucleus-truncated distribution: frequencies within 4
+// standard errors of the probabilities, never a token outside the top-p prefix, greedy at
+// temperature 0; a row's draw depends only on its logits and its own generator.
+TEST(Sampler, PickDrawsFromTheNucleusWithItsProbabilities) {
+  const std::vector<double> p = {0.4, 0.3, 0.15, 0.1, 0.05};
+  std::vector<double> lg;
+  for (double x : p) lg.push_back(std::log(x));
+  const at::Tensor logits = at::tensor(lg, at::kDouble).to(at::kFloat).unsqueeze(0);  // [1, 5]
+  auto draw = [&](double temperature, double top_p, int n, uint64_t seed) {
+    std::vector<int> count(5, 0);
+    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
+    for (int i = 0; i < n; ++i) ++count[rollout::pick(logits, temperature, top_p, {&g})[0].item<int64_t>()];
+    return count;
+  };
+  const int n = 20000;
+  const auto all = draw(1.0, 1.0, n, 1);
+  for (int t = 0; t < 5; ++t)
+    EXPECT_NEAR(all[t] / double(n), p[t], 4 * std::sqrt(p[t] * (1 - p[t]) / n)) << "token " << t;
+  const auto nucleus = draw(1.0, 0.6, n, 2);  // 0.4 + 0.3 reach 0.6: tokens 0 and 1 only
+  EXPECT_EQ(nucleus[2] + nucleus[3] + nucleus[4], 0);
+  EXPECT_NEAR(nucleus[0] / double(n), 0.4 / 0.7, 4 * std::sqrt(0.57 * 0.43 / n));
+  const auto cold = draw(1e-40, 1.0, 100, 3);  // greedy in effect
+  EXPECT_EQ(cold[0], 100);
+  at::Generator g0 = at::make_generator<at::CPUGeneratorImpl>(4);
+  EXPECT_EQ(rollout::pick(logits, 0.0, 1.0, {&g0})[0].item<int64_t>(), 0);
+  // Rows: each row's draw is its own (the same as drawn alone with the same generator state).
+  const at::Tensor rows = at::randn({3, 5}, at::make_generator<at::CPUGeneratorImpl>(5));
+  std::vector<at::Generator> ga, gb;
+  for (int r = 0; r < 3; ++r) {
+    ga.push_back(at::make_generator<at::CPUGeneratorImpl>(10 + r));
+    gb.push_back(at::make_generator<at::CPUGeneratorImpl>(10 + r));
+  }
+  for (int k = 0; k < 20; ++k) {
+    const at::Tensor batch = rollout::pick(rows, 1.3, 0.9, {&ga[0], &ga[1], &ga[2]});
+    for (int r = 0; r < 3; ++r)
+      EXPECT_EQ(batch[r].item<int64_t>(), rollout::pick(rows.narrow(0, r, 1), 1.3, 0.9, {&gb[r]})[0].item<int64_t>());
+  }
+}
+
 // rollout::sample_batch: rows of several prompts decoded together give each row what it gets
 // decoded alone (same generator seed), where the serving profile keeps rows apart (marlin: bf16
 // activations; static scales), finished rows leaving the batch early, with routing recorded.
