@@ -387,7 +387,7 @@ void Trainer::claim_out_dir() {
   if (!lock_->stale_owner().empty() && !opt_.quiet)
     std::fprintf(stderr, "fp4qat train: %s was left by a process that is gone (%s); taking it over\n",
                  lock_->path().c_str(), lock_->stale_owner().c_str());
-  const std::vector<std::string> outputs = {"metrics.jsonl", "config.yaml", "checkpoints", "exports", "hf"};
+  const std::vector<std::string> outputs = {"metrics.jsonl", "config.yaml", "checkpoints", "exports", "hf", "rollouts"};
   if (!opt_.resume && opt_.existing != ExistingRun::kAllow) {
     std::string found;
     for (const auto& n : outputs)
@@ -396,6 +396,9 @@ void Trainer::claim_out_dir() {
                  "): continue it with --resume, replace it with --overwrite, or choose another train.out_dir");
     for (const auto& n : outputs) fs::remove_tree(dir + "/" + n);
   }
+  // The RL loop's samples are this run's: a fresh run never reads an earlier run's iteration
+  // folders back (only --resume continues from them).
+  if (!opt_.resume && cfg_.rl.loop()) fs::remove_tree(dir + "/rollouts");
   for (const std::string root : {dir, dir + "/checkpoints", dir + "/exports"})
     for (const auto& n : io::remove_dead_temps(root))
       if (!opt_.quiet) std::fprintf(stderr, "fp4qat train: removed %s/%s (left by a killed writer)\n", root.c_str(), n.c_str());

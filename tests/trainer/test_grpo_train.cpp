@@ -655,6 +655,18 @@ TEST(RlLoop, SamplesComeFromTheNewestExportAndResumeIsBitIdentical) {
   fp4qat::st::Reader wa(d.file("a/checkpoints/step-6/model.safetensors")),
       wb(d.file("b/checkpoints/step-6/model.safetensors"));
   for (const auto& t : wa.tensors()) EXPECT_TRUE(fp4qat::test::bytes_equal(wb.view(t.name), wa.view(t.name))) << t.name;
+  // A fresh run (no --resume) into a folder that holds an earlier loop's samples samples anew.
+  {
+    cfg::Config c = a;
+    c.train.out_dir = d.file("c");
+    c.rl.iterations = 1;
+    cfg::derive_rl_loop(c);
+    fp4qat::train::run(c, o);
+    const std::string first = read_all(d.file("c/rollouts/iter-0"));
+    c.rl.seed = 77;
+    fp4qat::train::run(c, o);
+    EXPECT_NE(read_all(d.file("c/rollouts/iter-0")), first);
+  }
   // Refusals.
   cfg::Config bad = a;
   bad.train.steps = 5;
