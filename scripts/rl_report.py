@@ -95,9 +95,9 @@ def main():
     fell = [k for k in ("a", "b", "b_no_tis") if k in out and
             out[k]["reward_end"] - out[k]["reward_start"] < -2 * out[k]["reward_noise"]]
     if fell:
-        says.append("- The BF16 learners (%s) fell beyond the spread. They update every weight at the recipe's "
+        says.append("- Fell beyond the spread: %s. The BF16 learners update every weight at the recipe's "
                     "learning rate, while (c) and (d) update the experts only (expert-only QAT): the arms differ in "
-                    "what they train as well as in their sampler, so a fall there is not the mismatch's alone."
+                    "what they train as well as in their sampler, so such a fall is not the mismatch's alone."
                     % ", ".join("(%s)" % k.replace("_no_tis", " no TIS") for k in fell))
     if "b" in out and "b_no_tis" in out:
         says.append("- TIS in (b) truncated %.2f%% of tokens; without it the learner's ratios are taken as they are."
