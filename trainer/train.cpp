@@ -373,6 +373,8 @@ class Trainer {
   std::unique_ptr<io::RunLock> lock_;  // out_dir's writer lock (rank 0), held for the run
   std::unique_ptr<Exporter> exporter_;
   AdamWState st_;
+  // dev_'s index ("cuda" without one: the current device).
+  c10::DeviceIndex cuda_index() const { return dev_.has_index() ? dev_.index() : at::accelerator::getDeviceIndex(); }
   std::unique_ptr<dist::GradReducer> reducer_;
   std::string metrics_;
   int64_t step_ = 0, done_here_ = 0;
@@ -488,7 +490,6 @@ void Trainer::setup() {
   if (pg_->is_main()) claim_out_dir();  // before anything is written
   pg_->barrier();
   dt_ = compute_dtype(cfg, dev_);
-  if (dev_.is_cuda()) at::accelerator::resetPeakStats(dev_.index());  // peak_memory_gib: this run's
   tty_ = ::isatty(STDOUT_FILENO) != 0;
   model_ = std::make_unique<model::Qwen3Moe>(cfg.train.init_from.empty() ? model::Qwen3Moe(cfg.model, cfg.train.seed)
                                                                          : model::load_hf_folder(cfg.train.init_from));
@@ -528,6 +529,8 @@ void Trainer::setup() {
   ActivationState resumed_act;
   if (opt_.resume) step_ = load_checkpoint(cfg, model, st_, &resumed_act);
   model.to(dev_);
+  // peak_memory_gib counts from here (the allocator exists once something is on the device).
+  if (dev_.is_cuda()) at::accelerator::resetPeakStats(cuda_index());
   if (full_model_) full_model_->to(dev_);
   if (ref_model_) ref_model_->to(dev_);
   if (expert_only) {  // expert-only fine-tuning: freeze the rest
@@ -1136,7 +1139,7 @@ Result Trainer::run() {
     log_.train_s = secs;
     if (dev_.is_cuda())
       log_.peak_memory_gib =
-          static_cast<double>(at::accelerator::getDeviceStats(dev_.index())
+          static_cast<double>(at::accelerator::getDeviceStats(cuda_index())
                                   .allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
                                   .peak) /
           (1024.0 * 1024.0 * 1024.0);

@@ -264,7 +264,9 @@ class Experts(nn.Module):
 
     def forward(self, xs, counts):
         """xs [N*k, H] sorted by expert, counts int64 [E] (on xs's device) -> [N*k, H]."""
-        dt = xs.dtype
+        # Under autocast the operands of _grouped_mm (which autocast does not cast) are cast here.
+        dt = torch.get_autocast_dtype(xs.device.type) if torch.is_autocast_enabled(xs.device.type) else xs.dtype
+        xs = xs.to(dt)
         w1, w2 = self.gate_up_proj.to(dt), self.down_proj.to(dt)
         if self.impl == "grouped_mm":
             offs = torch.cumsum(counts, 0).to(torch.int32)  # stays on the device: no host sync
