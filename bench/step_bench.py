@@ -4,8 +4,9 @@
 
 For each shape and each of --rounds rounds, in this order: fp4qat BF16 (qat.format none), the
 baseline (torch.compile, BF16 autocast over fp32 masters, fused AdamW), fp4qat with expert-only NVFP4
-QAT (the trainer's default: weights quantized once per weight change), and the same with the
-per-step NVFP4 export on. Every run starts from the same random initialisation (train.seed 1) and
+QAT (the trainer's default: weights quantized once per weight change), the same with the weights
+re-quantized in every forward (qat.cache_weights false), and the default with the per-step NVFP4
+export on. Every run starts from the same random initialisation (train.seed 1) and
 reads the same random token file. Reported per variant: the median tokens/s of the steps after
 --warmup, MFU and the peak GPU memory; ratios against our BF16 step.
 
@@ -82,6 +83,7 @@ def ours(a, shape, variant, tokens, out):
     else:
         sets.update({"qat.format": "nvfp4", "qat.modules": '["model.layers.*.mlp.experts.*"]',
                      "qat.train": "all", "export.every": 1 if variant == "qat-export" else 0,
+                     "qat.cache_weights": "false" if variant == "qat-requant" else "true",
                      "export.formats": "[nvfp4]", "export.keep": 2, "export.probe_mismatch": "false"})
     argv = [a.fp4qat, "train", "--recipe", os.path.join(ROOT, "recipes/default.yaml"), "--overwrite"]
     for k, v in sets.items():
@@ -138,7 +140,7 @@ def main():
         fpt = flops_per_token(m, seq)
         per = {}
         for r in range(a.rounds):
-            for variant in ("bf16", "baseline", "qat", "qat-export"):
+            for variant in ("bf16", "baseline", "qat", "qat-requant", "qat-export"):
                 out = os.path.join(a.out, f"{shape}-{variant}-r{r}")
                 if variant == "baseline":
                     recipe = os.path.join(a.out, f"{shape}-bf16-r{r}", "config.yaml")

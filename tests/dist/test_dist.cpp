@@ -169,6 +169,28 @@ TEST(Dist, DataParallelOverGlooEqualsOneProcessBytewise) {
   expect_same_files(one + "/hf", two + "/hf");
 }
 
+// Activation checkpointing under data parallelism: the gradient all-reduce's hooks fire from the
+// layers' recomputation in backward, and the run equals the 1-process run without checkpointing,
+// bytewise (metrics and checkpoints).
+TEST(Dist, ActivationCheckpointingDataParallelEqualsOneProcessBytewise) {
+  if (!fp4qat::test::have_gloo()) GTEST_SKIP() << "this build has no gloo backend";
+  const std::string one = one_process_run("qat");
+  TempDir d;
+  const std::string two = d.file("dp-ckpt");
+  const auto rs =
+      run_ranks(2, recipe(two, 1, {"--set", "parallel.dp=2", "--set", "train.activation_checkpointing=true"}), 180);
+  for (const auto& r : rs) ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto a = step_lines(one), b = step_lines(two);
+  ASSERT_EQ(a.size(), 3u);
+  ASSERT_EQ(b.size(), 3u);
+  for (size_t i = 0; i < a.size(); ++i)
+    for (const char* k : {"loss", "aux_loss", "grad_norm", "expert_load"})
+      EXPECT_EQ(a[i].find(k)->dump(), b[i].find(k)->dump()) << "step " << i + 1 << " " << k;
+  for (int s = 1; s <= 3; ++s)
+    expect_same_files(one + "/checkpoints/step-" + std::to_string(s), two + "/checkpoints/step-" + std::to_string(s),
+                      {"state.json", "config.yaml"});
+}
+
 TEST(Dist, SftDataParallelEqualsOneProcessBytewise) {
   if (!fp4qat::test::have_gloo()) GTEST_SKIP() << "this build has no gloo backend";
   TempDir d;
