@@ -54,11 +54,27 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 }
 
 void check_finite(const at::Tensor& t, const std::string& name, const std::string& where) {
+  FiniteChecks c;
+  c.add(t, name, where);
+  c.check();
+}
+
+void FiniteChecks::add(const at::Tensor& t, std::string name, std::string where) {
   if (!at::isFloatingType(t.scalar_type())) return;
   // 8-bit floats are widened first (isfinite is not defined for them on every device).
   const at::Tensor x = t.element_size() < 2 ? t.to(at::kFloat) : t;
-  FP4QAT_CHECK(at::isfinite(x).all().item<bool>(), where, where.empty() ? "" : ": ", "tensor '", name,
-               "' contains NaN or Inf");
+  finite_.push_back(at::isfinite(x).all());  // stays on the tensor's device until check()
+  named_.emplace_back(std::move(name), std::move(where));
+}
+
+void FiniteChecks::check() const {
+  if (finite_.empty()) return;
+  const at::Tensor ok = at::stack(finite_).to(at::kCPU);
+  const auto a = ok.accessor<bool, 1>();
+  for (int64_t i = 0; i < a.size(0); ++i) {
+    const auto& [name, where] = named_[static_cast<size_t>(i)];
+    FP4QAT_CHECK(a[i], where, where.empty() ? "" : ": ", "tensor '", name, "' contains NaN or Inf");
+  }
 }
 
 const char* dtype_name(DType d) { return row(d).name; }

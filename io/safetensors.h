@@ -28,6 +28,18 @@ DType from_scalar_type(at::ScalarType t);  // throws for a type safetensors cann
 // floating-point tensor holds NaN or Inf; every reader of weights asks this (quantize, convert,
 // model folders for eval / generate / init_from). Other dtypes pass.
 void check_finite(const at::Tensor& t, const std::string& name, const std::string& where = "");
+// check_finite over many tensors (of one device) with one host synchronisation: add() keeps a flag
+// on the tensor's device, check() reads them back once and refuses the first non-finite tensor in
+// add() order, named as check_finite names it.
+class FiniteChecks {
+ public:
+  void add(const at::Tensor& t, std::string name, std::string where);
+  void check() const;
+
+ private:
+  std::vector<std::pair<std::string, std::string>> named_;  // (name, where)
+  std::vector<at::Tensor> finite_;                          // bool [] each
+};
 
 constexpr uint64_t kMaxHeaderBytes = 100ull * 1000 * 1000;  // "headers over 100 MB" are rejected
 

@@ -232,8 +232,7 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
   // Every other tensor is a BF16 (or F32) parameter; quantized ones get their dequantized value.
   // NaN or Inf in a weight (or, for a quantized module, in its scales) is refused by name: one flag
   // per tensor, read back once at the end (not one host synchronisation per tensor on a GPU).
-  std::vector<std::pair<std::string, std::string>> checked;  // (tensor, file)
-  std::vector<at::Tensor> finite;                            // bool [] each, on the device
+  st::FiniteChecks finite;
   out.model->load_hf([&](const std::string& name) -> at::Tensor {
     const std::string m = names::module_of(name);
     at::Tensor t;
@@ -244,18 +243,10 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
     } else {
       t = get(name).to(device).to(at::kFloat);
     }
-    checked.emplace_back(name, dir + "/" + files.where().at(quantized(m) ? m + ".weight" : name));
-    finite.push_back(at::isfinite(t).all());
+    finite.add(t, name, dir + "/" + files.where().at(quantized(m) ? m + ".weight" : name));
     return t;
   });
-  if (!finite.empty()) {
-    const at::Tensor ok = at::stack(finite).to(at::kCPU);
-    const auto a = ok.accessor<bool, 1>();
-    for (int64_t i = 0; i < a.size(0); ++i)
-      FP4QAT_CHECK(a[i], checked[static_cast<size_t>(i)].second, ": tensor '", checked[static_cast<size_t>(i)].first,
-                   "' contains NaN or Inf");
-  }
-  out.model->to(device);
+  finite.check();
   for (auto& [n, p] : out.model->params()) p.requires_grad_(false);
   out.policy = std::make_unique<ServingPolicy>(out.format, std::move(weights), act);
   out.policy->to(device);
