@@ -22,7 +22,6 @@
 #include <c10/core/Event.h>
 #include <c10/core/StreamGuard.h>
 #include <torch/torch.h>
-#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <algorithm>
 #include <memory>
@@ -40,6 +39,7 @@
 #include "qat/export.h"
 #include "io/fs.h"
 #include "model/qwen3_moe.h"
+#include "trainer/timeline.h"
 
 namespace {
 
@@ -63,75 +63,12 @@ double median_ms(const std::function<void()>& fn, int reps, int warmup) {
   return ms[ms.size() / 2];
 }
 
-// Kineto (CUPTI) timeline of `steps` steps after 3 warm-up steps: each GPU activity (kernel,
-// copy, set) summed by name per step, the GPU's busy time per step and the span from the first
-// activity's start to the last one's end (span - busy: the GPU idle, waiting for the host).
+// The timeline (trainer/timeline.h) of `steps` steps after 3 warm-up steps.
 void trace_steps(const std::string& name, const std::function<void()>& step, int steps) {
-  namespace prof = torch::autograd::profiler;
-  using torch::profiler::impl::ActivityType;
   for (int i = 0; i < 3; ++i) step();
-  FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
-  const torch::profiler::impl::ProfilerConfig cfg(torch::profiler::impl::ProfilerState::KINETO);
-  const std::set<ActivityType> acts = {ActivityType::CPU, ActivityType::CUDA};
-  prof::prepareProfiler(cfg, acts);
-  prof::enableProfiler(cfg, acts);
+  fp4qat::train::Timeline t(at::Device(at::kCUDA));
   for (int i = 0; i < steps; ++i) step();
-  FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
-  const std::unique_ptr<prof::ProfilerResult> r = prof::disableProfiler();
-  struct Sum {
-    double ns = 0;
-    int n = 0;
-  };
-  std::map<std::string, Sum> by_name;
-  uint64_t first = UINT64_MAX, last = 0;
-  double busy = 0;
-  for (const auto& e : r->events()) {
-    if (e.deviceType() != c10::DeviceType::CUDA) continue;
-    Sum& s = by_name[e.name().substr(0, 110)];
-    s.ns += static_cast<double>(e.durationNs());
-    s.n += 1;
-    busy += static_cast<double>(e.durationNs());
-    first = std::min<uint64_t>(first, e.startNs());
-    last = std::max<uint64_t>(last, e.endNs());
-  }
-  // Where the GPU waits: gaps of more than 20 us between consecutive activities, and the host's
-  // CUDA runtime calls by total time (a synchronising call or an allocation shows here).
-  struct Act {
-    uint64_t start, end;
-    std::string name;
-  };
-  std::vector<Act> acts_gpu;
-  std::map<std::string, Sum> runtime;
-  for (const auto& e : r->events()) {
-    if (e.deviceType() == c10::DeviceType::CUDA) {
-      acts_gpu.push_back({e.startNs(), e.endNs(), e.name().substr(0, 60)});
-    } else if (e.name().rfind("cuda", 0) == 0) {
-      Sum& s = runtime[e.name()];
-      s.ns += static_cast<double>(e.durationNs());
-      s.n += 1;
-    }
-  }
-  std::vector<std::pair<std::string, Sum>> rows(by_name.begin(), by_name.end());
-  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
-  std::printf("\ntimeline of \"%s\", %d steps (Kineto): us per step, calls per step, GPU activity\n", name.c_str(),
-              steps);
-  for (const auto& [n, s] : rows)
-    std::printf("%10.1f %6.1f  %s\n", s.ns / 1e3 / steps, static_cast<double>(s.n) / steps, n.c_str());
-  const double span = last > first ? static_cast<double>(last - first) : 0;
-  std::printf("GPU busy %.1f us per step, span %.1f us per step, idle %.1f us per step\n", busy / 1e3 / steps,
-              span / 1e3 / steps, (span - busy) / 1e3 / steps);
-  std::sort(acts_gpu.begin(), acts_gpu.end(), [](const Act& a, const Act& b) { return a.start < b.start; });
-  std::printf("\ngaps > 20 us between GPU activities (all %d steps): us, before -> after\n", steps);
-  for (size_t i = 1; i < acts_gpu.size(); ++i) {
-    const double gap = (static_cast<double>(acts_gpu[i].start) - static_cast<double>(acts_gpu[i - 1].end)) / 1e3;
-    if (gap > 20) std::printf("%9.1f  %s -> %s\n", gap, acts_gpu[i - 1].name.c_str(), acts_gpu[i].name.c_str());
-  }
-  std::vector<std::pair<std::string, Sum>> rt(runtime.begin(), runtime.end());
-  std::sort(rt.begin(), rt.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
-  std::printf("host CUDA runtime calls: us per step, calls per step\n");
-  for (size_t i = 0; i < rt.size() && i < 10; ++i)
-    std::printf("%10.1f %6.1f  %s\n", rt[i].second.ns / 1e3 / steps, static_cast<double>(rt[i].second.n) / steps,
-                rt[i].first.c_str());
+  std::printf("\n%s", t.stop(steps, "\"" + name + "\"").c_str());
 }
 
 }  // namespace

@@ -144,15 +144,24 @@ if want rl; then
       "$bin" train --recipe recipes/moe-100m-gpu.yaml --set train.steps=${FP4QAT_GPU_PRETRAIN_STEPS:-300} \
         --set train.eval_every=0 --set train.out_dir="$runs/moe-100m" --overwrite || rc=1
     fi
-    for arm in "tiny rl-tiny.yaml default 64" "tiny-b1 rl-tiny.yaml default 1" \
-               "100m rl-moe-100m-gpu.yaml moe-100m 1024" "100m-b64 rl-moe-100m-gpu.yaml moe-100m 64"; do
+    # FP4QAT_GPU_RL_ARMS: a subset of "tiny tiny-b1 100m 100m-b64" (default all four)
+    ran=()
+    for name in ${FP4QAT_GPU_RL_ARMS:-tiny tiny-b1 100m 100m-b64}; do
+      case "$name" in
+        tiny) arm="tiny rl-tiny.yaml default 64" ;;
+        tiny-b1) arm="tiny-b1 rl-tiny.yaml default 1" ;;
+        100m) arm="100m rl-moe-100m-gpu.yaml moe-100m 1024" ;;
+        100m-b64) arm="100m-b64 rl-moe-100m-gpu.yaml moe-100m 64" ;;
+        *) echo "FP4QAT_GPU_RL_ARMS: unknown arm '$name'"; rc=1; continue ;;
+      esac
+      ran+=("$runs/rl-$name")
       set -- $arm
       echo "== rl $1 (recipes/$2, rl.sample_batch $4, $its iterations)"
       "$bin" rl --recipe "recipes/$2" --set train.device=cuda --set rl.iterations="$its" --set rl.sample_batch="$4" \
         --set train.init_from="$runs/$3/hf" --set train.out_dir="$runs/rl-$1" --set train.checkpoint_every=0 \
         --overwrite || rc=1
     done
-    python3 "$here/bench/rl_split.py" "$runs"/rl-tiny "$runs"/rl-tiny-b1 "$runs"/rl-100m "$runs"/rl-100m-b64 || rc=1
+    python3 "$here/bench/rl_split.py" "${ran[@]}" || rc=1
   } > "$out/rl.log" 2>&1
   grep -E "^==|^run|^ |error" "$out/rl.log" | tail -40
 fi

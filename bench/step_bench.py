@@ -23,6 +23,7 @@ Usage: bench/step_bench.py --fp4qat BUILD/fp4qat --out DIR [--shapes moe-100m,qw
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def ours(a, shape, variant, tokens, out):
             "train.eval_every": 0, "train.checkpoint_every": 0, "train.log_every": 1, "train.seed": 1,
             "train.device": a.device, "train.dtype": "bf16" if a.device == "cuda" else "fp32",
             "train.out_dir": out, "train.init_from": '""', "data.kind": "tokens", "data.path": tokens,
-            "data.val_fraction": 0, "optim.warmup_steps": 2}
+            "data.val_fraction": 0, "optim.warmup_steps": 2, "train.final_checkpoint": "false"}
     if variant == "bf16":
         sets.update({"qat.format": "none", "export.every": 0})
     else:
@@ -88,10 +89,14 @@ def ours(a, shape, variant, tokens, out):
     argv = [a.fp4qat, "train", "--recipe", os.path.join(ROOT, "recipes/default.yaml"), "--overwrite"]
     for k, v in sets.items():
         argv += ["--set", f"{k}={v}"]
+    if a.trace:  # a timeline of two steps after the warm-up (fp4qat train --trace)
+        argv += ["--trace", out + "-trace.json", "--trace-steps", f"{a.warmup + 1}:{a.warmup + 2}"]
     rc, secs = run(argv, out + ".log")
     rows = []
     if rc == 0:
         rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"tokens_per_s"' in l]
+    for d in ("exports", "checkpoints", "hf"):  # the run's outputs: a 30B slice's would fill the disk
+        shutil.rmtree(os.path.join(out, d), ignore_errors=True)
     return rc, secs, rows
 
 
@@ -125,7 +130,16 @@ def main():
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--variants", default="bf16,baseline,qat,qat-requant,qat-export",
+                    help="comma-separated subset, run in this order (the baseline reads bf16's config.yaml)")
+    ap.add_argument("--trace", action="store_true",
+                    help="our runs also record a Kineto timeline of two steps after --warmup (<run>-trace.json, "
+                         "its summary in <run>-trace.json.txt)")
     a = ap.parse_args()
+    variants = a.variants.split(",")
+    known = ("bf16", "baseline", "qat", "qat-requant", "qat-export")
+    if any(v not in known for v in variants) or ("baseline" in variants and "bf16" not in variants[:variants.index("baseline")]):
+        ap.error(f"--variants: a comma-separated subset of {','.join(known)}; baseline after bf16")
     os.makedirs(a.out, exist_ok=True)
     import qwen3_moe_train as qb  # the baseline's token-file writer (fp4qat's FP4QTOK1 layout)
     import numpy as np
@@ -140,7 +154,7 @@ def main():
         fpt = flops_per_token(m, seq)
         per = {}
         for r in range(a.rounds):
-            for variant in ("bf16", "baseline", "qat", "qat-requant", "qat-export"):
+            for variant in variants:
                 out = os.path.join(a.out, f"{shape}-{variant}-r{r}")
                 if variant == "baseline":
                     recipe = os.path.join(a.out, f"{shape}-bf16-r{r}", "config.yaml")
@@ -165,7 +179,7 @@ def main():
                 "tokens_per_s": tps, "mfu": tps * fpt / (a.peak_tflops * 1e12),
                 "peak_memory_gib": max(x["peak_memory_gib"] for x in runs),
                 "export_s": statistics.median(x["export_s"] for x in runs), "rounds": runs}
-        b = row["variants"]["bf16"]["tokens_per_s"]
+        b = row["variants"]["bf16"]["tokens_per_s"] if "bf16" in row["variants"] else float("nan")
         for variant, v in row["variants"].items():
             v["step_time_vs_our_bf16"] = b / v["tokens_per_s"] if v["tokens_per_s"] > 0 else float("nan")
         results.append(row)

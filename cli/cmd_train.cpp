@@ -9,6 +9,7 @@
 #include "kernels/common/check.h"
 #include "cli/cli.h"
 #include "cli/util.h"
+#include "io/fs.h"
 #include "trainer/config.h"
 #include "trainer/train.h"
 
@@ -27,6 +28,11 @@ int train_or_rl(const Args& args, bool rl) {
       "set", po::value(&sets)->composing(), "override one key, e.g. --set optim.lr=1e-3 (repeatable)")(
       "dump-config", "print the resolved config as YAML and exit")(
       "resume", "continue from the newest complete checkpoint in <train.out_dir>/checkpoints")(
+      "trace", po::value<std::string>(),
+      "PATH: record a timeline of a few steps (Kineto; CUDA kernels on a GPU): a Chrome trace at PATH (open in "
+      "Perfetto), its summary at PATH.txt and on stdout")(
+      "trace-steps", po::value<std::string>()->default_value("4:6"),
+      "FIRST:LAST: the steps --trace records (1-based, inclusive; cut to train.steps)")(
       "overwrite", "start afresh in a train.out_dir that holds an earlier run (its metrics, checkpoints, exports "
                    "and hf/ are removed); without it such a folder is refused");
   po::variables_map vm;
@@ -48,6 +54,26 @@ int train_or_rl(const Args& args, bool rl) {
   opt.resume = vm.count("resume") > 0;
   FP4QAT_CHECK(!(opt.resume && vm.count("overwrite")), "--resume and --overwrite exclude each other");
   opt.existing = vm.count("overwrite") ? train::ExistingRun::kOverwrite : train::ExistingRun::kRefuse;
+  if (vm.count("trace")) {
+    opt.trace_path = vm["trace"].as<std::string>();
+    FP4QAT_CHECK(!opt.trace_path.empty(), "--trace: give the path of the trace file");
+    FP4QAT_CHECK(fs::is_dir(fs::parent_dir(opt.trace_path)), "--trace ", opt.trace_path, ": the folder '",
+                 fs::parent_dir(opt.trace_path), "' does not exist");
+    const std::string steps = vm["trace-steps"].as<std::string>();
+    const size_t colon = steps.find(':');
+    auto num = [&](const std::string& s) {
+      FP4QAT_CHECK(!s.empty() && s.size() < 12 && s.find_first_not_of("0123456789") == std::string::npos,
+                   "--trace-steps '", steps, "': expected FIRST:LAST, two step numbers (e.g. 4:6)");
+      return std::stoll(s);
+    };
+    FP4QAT_CHECK(colon != std::string::npos, "--trace-steps '", steps, "': expected FIRST:LAST (e.g. 4:6)");
+    opt.trace_first = num(steps.substr(0, colon));
+    opt.trace_last = num(steps.substr(colon + 1));
+    FP4QAT_CHECK(opt.trace_first >= 1 && opt.trace_first <= opt.trace_last, "--trace-steps '", steps,
+                 "': FIRST must be >= 1 and <= LAST");
+  } else {
+    FP4QAT_CHECK(vm["trace-steps"].defaulted(), "--trace-steps needs --trace PATH");
+  }
   const train::Result r = train::run(cfg, opt);
   if (r.stopped_by_signal) {
     // Interrupted: checkpointed at the step it finished; exit as shells report a signal (128 + N:

@@ -51,6 +51,16 @@ at::Tensor FolderReader::view(const std::string& name) {
   return shard(it->second).view(name);
 }
 
+at::Tensor FolderReader::view_on(const std::string& name, const at::Device& device) {
+  if (device.is_cpu()) return view(name);
+  auto it = where_.find(name);
+  FP4QAT_CHECK(it != where_.end(), dir_, ": missing tensor '", name, "'");
+  st::Reader& r = shard(it->second);
+  at::Tensor& data = on_device_[{it->second, device.str()}];
+  if (!data.defined()) data = r.data_on(device);
+  return r.view_in(data, name);
+}
+
 ShardedWriter::ShardedWriter(std::string dir, int64_t max_shard_bytes)
     : dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes) {
   FP4QAT_CHECK(fs::is_dir(dir_), dir_, ": output folder does not exist");

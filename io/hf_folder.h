@@ -31,12 +31,18 @@ class FolderReader {
   // The tensor's header entry and a zero-copy CPU view; throw naming a missing tensor.
   const st::TensorInfo& info(const std::string& name);
   at::Tensor view(const std::string& name);
+  // The tensor on `device`, from its shard's data section copied there whole the first time the
+  // shard is asked for on that device (st::Reader::data_on; a view into it where aligned). The
+  // copies stay until the FolderReader is gone: a loader holds the folder's bytes on the device
+  // once, for the time it decodes them.
+  at::Tensor view_on(const std::string& name, const at::Device& device);
 
  private:
   std::string dir_;
   std::vector<std::string> shards_;
   std::map<std::string, std::string> where_;
   std::map<std::string, std::unique_ptr<st::Reader>> open_;
+  std::map<std::pair<std::string, std::string>, at::Tensor> on_device_;  // (shard, device) -> data section
 };
 
 // Writes tensors into shards of about `max_shard_bytes` (a new shard starts when the next tensor

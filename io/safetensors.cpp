@@ -7,9 +7,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <set>
+#include <thread>
 
 #include "kernels/common/check.h"
 #include "io/fs.h"
@@ -100,8 +102,10 @@ DType from_scalar_type(at::ScalarType t) {
 struct Reader::Mapping {
   void* addr = nullptr;
   size_t size = 0;
+  int fd = -1;  // the file, open for data_on()'s reads
   ~Mapping() {
     if (addr && size) ::munmap(addr, size);
+    if (fd >= 0) ::close(fd);
   }
 };
 
@@ -127,7 +131,7 @@ Reader::Reader(const std::string& path) : path_(path) {
     map_->addr = p;
     map_->size = file_size;
   }
-  ::close(fd);
+  map_->fd = fd;
   const auto* bytes = static_cast<const unsigned char*>(map_->addr);
 
   FP4QAT_CHECK(file_size >= 8, path, ": truncated safetensors file (", file_size,
@@ -186,6 +190,7 @@ Reader::Reader(const std::string& path) : path_(path) {
   std::stable_sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
+  for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
   uint64_t cursor = 0;
   for (const auto& t : tensors_) {
     FP4QAT_CHECK(t.begin >= cursor, path, ": tensor '", t.name, "' data_offsets [", t.begin, ", ", t.end,
@@ -199,9 +204,63 @@ Reader::Reader(const std::string& path) : path_(path) {
 }
 
 const TensorInfo* Reader::find(const std::string& name) const {
-  for (const auto& t : tensors_)
-    if (t.name == name) return &t;
-  return nullptr;
+  const auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+at::Tensor Reader::data_on(const at::Device& device) const {
+  const uint64_t n = map_->size - data_start_;
+  auto* base = static_cast<unsigned char*>(map_->addr) + data_start_;
+  auto keep = map_;
+  if (device.is_cpu() || n == 0) {
+    const at::Tensor v = n == 0 ? at::empty({0}, at::kByte)
+                                : at::from_blob(base, {static_cast<int64_t>(n)}, [keep](void*) {}, at::kByte);
+    return v.to(device);
+  }
+  // Pinned memory from the caching host allocator (a loader that reads an export every RL
+  // iteration gets the same buffer back), filled by threads reading 8 MiB chunks.
+  at::Tensor host = at::empty({static_cast<int64_t>(n)}, at::TensorOptions(at::kByte).pinned_memory(true));
+  auto* dst = static_cast<unsigned char*>(host.data_ptr());
+  constexpr uint64_t kChunk = 8ull << 20;
+  const uint64_t chunks = (n + kChunk - 1) / kChunk;
+  const unsigned threads = static_cast<unsigned>(
+      std::min<uint64_t>({chunks, 8, std::max(1u, std::thread::hardware_concurrency())}));
+  std::atomic<uint64_t> next{0};
+  std::atomic<int> failed{0};
+  auto work = [&] {
+    for (uint64_t c = next++; c < chunks && failed == 0; c = next++) {
+      uint64_t off = c * kChunk;
+      const uint64_t end = std::min(n, off + kChunk);
+      while (off < end) {
+        const ssize_t r = ::pread(map_->fd, dst + off, end - off, static_cast<off_t>(data_start_ + off));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+          failed = r < 0 ? errno : EIO;
+          return;
+        }
+        off += static_cast<uint64_t>(r);
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned i = 1; i < threads; ++i) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  FP4QAT_CHECK(failed == 0, path_, ": read failed: ", std::strerror(failed));
+  return host.to(device, /*non_blocking=*/true);
+}
+
+at::Tensor Reader::view_in(const at::Tensor& data, const std::string& name) const {
+  const TensorInfo* t = find(name);
+  FP4QAT_CHECK(t != nullptr, path_, ": no tensor named '", name, "'");
+  FP4QAT_CHECK(data.dim() == 1 && data.scalar_type() == at::kByte &&
+                   static_cast<uint64_t>(data.numel()) == map_->size - data_start_,
+               path_, ": tensor '", name, "': the data given is not this file's data section");
+  const at::ScalarType st = to_scalar_type(t->dtype);
+  if (t->nbytes() == 0) return at::empty(t->shape, data.options().dtype(st));
+  at::Tensor bytes = data.narrow(0, static_cast<int64_t>(t->begin), static_cast<int64_t>(t->nbytes()));
+  if (t->begin % dtype_size(t->dtype) != 0) bytes = bytes.clone();  // a view needs an aligned offset
+  return bytes.view(st).view(t->shape);
 }
 
 at::Tensor Reader::view(const std::string& name) const {

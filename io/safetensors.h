@@ -69,12 +69,22 @@ class Reader {
   // alive after the Reader is gone.
   at::Tensor view(const std::string& name) const;
 
+  // The whole data section (every tensor's bytes, in file order) as one uint8 tensor on `device`:
+  // on the CPU a view over the mapping; on a GPU read with parallel pread()s into pinned host
+  // memory and copied over in one transfer (a loader then decodes from device memory: one copy
+  // for the file instead of one per tensor).
+  at::Tensor data_on(const at::Device& device) const;
+  // Tensor `name` inside `data` (data_on's tensor, any device): a view where its offset is a
+  // multiple of its element size, else a copy. Read-only, as view().
+  at::Tensor view_in(const at::Tensor& data, const std::string& name) const;
+
  private:
   struct Mapping;
   std::string path_;
   std::shared_ptr<Mapping> map_;
   uint64_t data_start_ = 0;
   std::vector<TensorInfo> tensors_;
+  std::map<std::string, size_t> index_;  // name -> position in tensors_
   json::Value metadata_ = json::Value::object();
 };
 

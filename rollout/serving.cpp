@@ -114,7 +114,10 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
                ": serving profile '", serving_override, "' applies to NVFP4 checkpoints, not to ",
                qat::to_string(out.format));
   hf::FolderReader files(dir);
+  // Scalars (weight_scale_2, input_scale) are read on the host; codes, block scales and weights
+  // from the shards' bytes copied to the device whole (hf::FolderReader::view_on).
   auto get = [&](const std::string& name) { return files.view(name); };
+  auto get_on = [&](const std::string& name) { return files.view_on(name, device); };
   auto has = [&](const std::string& name) { return files.has(name); };
   // MXFP8 block scales: X.weight_scale in the vLLM layout (modelopt MXFP8), X.weight_scale_inv in
   // SGLang's (mxfp8) — qat/export.h Engine.
@@ -126,12 +129,11 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
     if (out.format == Format::kNVFP4) {
       const at::Tensor s2 = get(m + ".weight_scale_2").to(at::kFloat);
       FP4QAT_CHECK(s2.numel() == 1, dir, ": '", m, ".weight_scale_2' must be a scalar");
-      const NVFP4Tensor q{get(m + ".weight").to(device), get(m + ".weight_scale").to(device),
+      const NVFP4Tensor q{get_on(m + ".weight"), get_on(m + ".weight_scale"),
                           at::ones({}, at::TensorOptions(at::kFloat).device(device)), Blocks::k1D};
       return {nvfp4_dequantize(q, at::kBFloat16), s2.reshape({})};
     }
-    return {mxfp8_dequantize({get(m + ".weight").to(device), get(m + mx_scale).to(device)}, at::kBFloat16),
-            at::Tensor()};
+    return {mxfp8_dequantize({get_on(m + ".weight"), get_on(m + mx_scale)}, at::kBFloat16), at::Tensor()};
   };
   std::map<std::string, std::pair<at::Tensor, at::Tensor>> decoded;  // each module decoded once
   auto module = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
@@ -184,7 +186,7 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
     auto served = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
       auto [v, s] = module(m);
       if (!marlin) return {v, s};
-      return {qat::marlin_values(v, get(m + ".weight_scale").to(device), sf), qat::marlin_global_scale(s)};
+      return {qat::marlin_values(v, get_on(m + ".weight_scale"), sf), qat::marlin_global_scale(s)};
     };
     // flashinfer_static: the amax of the static scale engines derive from the largest input_scale.
     at::Tensor act_amax;
@@ -209,6 +211,34 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
       continue;
     }
     const int64_t E = g.tensor.size(0), P = g.parts;
+    if (out.format == Format::kNVFP4 && !marlin) {
+      // Every module of the stack decoded in one pass: the codes and block scales of its E * P
+      // modules (each [R, K/2] and [R, K/16], expert-major as the parameter stacks them) joined,
+      // then one dequantization; [E * P * R, K] is the parameter's [E, P * R, K]. Each module's
+      // value is the same as decoded alone (the decode is per element and per block).
+      std::vector<at::Tensor> codes, scales, sdec;
+      for (const auto& m : mods) {
+        codes.push_back(get_on(m + ".weight"));
+        scales.push_back(get_on(m + ".weight_scale"));
+      }
+      const NVFP4Tensor q{at::cat(codes), at::cat(scales), at::ones({}, at::TensorOptions(at::kFloat).device(device)),
+                          Blocks::k1D};
+      const at::Tensor all = nvfp4_dequantize(q, at::kBFloat16).view({E, -1, q.codes.size(1) * 2});  // [E, P*R, K]
+      const int64_t R = all.size(1) / P;
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t p = 0; p < P; ++p) {
+          const std::string& m = mods[e * P + p];
+          const at::Tensor s2 = get(m + ".weight_scale_2").to(at::kFloat);
+          FP4QAT_CHECK(s2.numel() == 1, dir, ": '", m, ".weight_scale_2' must be a scalar");
+          if (p == 0) sdec.push_back(s2.reshape({}));
+          if (p > 0 && !at::equal(s2.reshape({}), sdec.back()))
+            TORCH_WARN("fp4qat: ", m, ".weight_scale_2 differs from ", mods[e * P],
+                       ".weight_scale_2; using the latter for both, as serving engines do");
+          decoded[m] = {all[e].narrow(0, p * R, R), s2.reshape({})};
+        }
+      weights[g.param] = {all, at::stack(sdec), act_amax};
+      continue;
+    }
     std::vector<at::Tensor> vals, sdec;
     for (int64_t e = 0; e < E; ++e) {
       std::vector<at::Tensor> parts;
@@ -241,7 +271,7 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
       decoded.erase(m);  // its last use
       t = s.defined() ? v.to(at::kFloat) * s : v.to(at::kFloat);
     } else {
-      t = get(name).to(device).to(at::kFloat);
+      t = get_on(name).to(at::kFloat);
     }
     finite.add(t, name, dir + "/" + files.where().at(quantized(m) ? m + ".weight" : name));
     return t;

@@ -236,6 +236,7 @@ class Schema {
     add("train", "device", &t.device, one_of({"auto", "cpu", "cuda"}));
     add("train", "dtype", &t.dtype, one_of({"auto", "bf16", "fp32"}));
     add("train", "activation_checkpointing", &t.activation_checkpointing);
+    add("train", "final_checkpoint", &t.final_checkpoint);
     add("train", "out_dir", &t.out_dir);
     add("train", "init_from", &t.init_from);
     auto& d = c.data;

@@ -42,6 +42,9 @@ struct TrainConfig {
   // (model::Qwen3Moe::set_activation_checkpointing): activation memory of one layer instead of
   // all, for one more forward of compute; losses and gradients unchanged, bit for bit.
   bool activation_checkpointing = false;
+  // At train.steps: the last checkpoint and the finished model as <out_dir>/hf/. false: neither
+  // (a benchmark's or a throw-away run's; a run stopped early still checkpoints).
+  bool final_checkpoint = true;
 };
 
 struct DataConfig {

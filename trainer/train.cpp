@@ -31,6 +31,7 @@
 #include "trainer/grpo.h"
 #include "trainer/rewards.h"
 #include "trainer/rollouts.h"
+#include "trainer/timeline.h"
 #include "io/hf_folder.h"
 #include "trainer/exporter.h"
 #include "dist/expert_dispatch.h"
@@ -381,6 +382,13 @@ class Trainer {
   StepLog log_;
   double step_tokens_ = 0;  // tokens the step's forwards ran on (every rank's), for tokens_per_s
   Result res_;
+  std::unique_ptr<Timeline> timeline_;  // --trace: recording from Options::trace_first to trace_last
+  // The steps --trace records, cut to train.steps ({0, -1}: none).
+  std::pair<int64_t, int64_t> traced_steps() const {
+    if (opt_.trace_path.empty()) return {0, -1};
+    return {std::min(opt_.trace_first, cfg_.train.steps), std::min(opt_.trace_last, cfg_.train.steps)};
+  }
+  void trace_begin_or_end(bool begin);  // at the start of a step, or after its export and log
 };
 
 void Trainer::claim_out_dir() {
@@ -1103,7 +1111,7 @@ void Trainer::finish() {
   res_.final_step = step_;
   if (!opt_.quiet && tty_) std::printf("\n");
   if (step_ == cfg.train.steps) sync_full_model(*model_, full_model_.get(), *topo_);
-  if (step_ == cfg.train.steps && pg_->is_main()) {  // the finished model as a Hugging Face folder (BF16)
+  if (step_ == cfg.train.steps && cfg.train.final_checkpoint && pg_->is_main()) {  // the finished model as a Hugging Face folder (BF16)
     const std::string hf = cfg.train.out_dir + "/hf";
     if (fs::exists(hf)) fs::remove_tree(hf);
     model::save_hf_folder(full_model_ ? *full_model_ : *model_, hf);
@@ -1114,11 +1122,33 @@ void Trainer::finish() {
   pg_->barrier();
 }
 
+void Trainer::trace_begin_or_end(bool begin) {
+  const auto [first, last] = traced_steps();
+  if (begin) {
+    if (step_ + 1 == first) timeline_ = std::make_unique<Timeline>(dev_);
+    return;
+  }
+  if (!timeline_ || step_ != last) return;
+  std::string path = opt_.trace_path;
+  if (W_ > 1) {
+    const size_t dot = path.rfind('.'), slash = path.rfind('/');
+    const std::string tag = ".rank" + std::to_string(pg_->rank());
+    path = dot != std::string::npos && (slash == std::string::npos || dot > slash) ? path.insert(dot, tag) : path + tag;
+  }
+  const std::string text =
+      timeline_->stop(static_cast<int>(last - first + 1),
+                      "steps " + std::to_string(first) + "-" + std::to_string(last) + " of " + cfg_.train.out_dir, path);
+  timeline_.reset();
+  fs::write_text_atomic(path + ".txt", text);
+  if (!opt_.quiet && pg_->is_main()) std::printf("%s(trace: %s, summary %s.txt)\n", text.c_str(), path.c_str(), path.c_str());
+}
+
 Result Trainer::run() {
   setup();
   const auto& cfg = cfg_;
   if (cfg.rl.loop() && step_ == 0) initial_export();
   while (step_ < cfg.train.steps) {
+    trace_begin_or_end(true);
     times_ = IterationTimes{};
     if (cfg.rl.loop() && (step_ % cfg.rl.updates_per_rollout == 0 || !rollouts_))
       sample_iteration(step_ / cfg.rl.updates_per_rollout);
@@ -1150,10 +1180,11 @@ Result Trainer::run() {
     if (exporter_ && exporter_->due(step_)) export_step();
     res_.steps.push_back(log_);
     log_step();
+    trace_begin_or_end(false);
     if (cfg.train.eval_every > 0 && (step_ % cfg.train.eval_every == 0 || step_ == cfg.train.steps)) eval_step();
     const bool stop_now = g_stop || (opt_.stop_after >= 0 && done_here_ >= opt_.stop_after);
-    if ((cfg.train.checkpoint_every > 0 && step_ % cfg.train.checkpoint_every == 0) || step_ == cfg.train.steps ||
-        stop_now)
+    if ((cfg.train.checkpoint_every > 0 && step_ % cfg.train.checkpoint_every == 0) ||
+        (step_ == cfg.train.steps && cfg.train.final_checkpoint) || stop_now)
       checkpoint();
     if (stop_now) {
       res_.stopped_by_signal = static_cast<int>(g_stop);

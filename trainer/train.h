@@ -61,6 +61,12 @@ struct Options {
   ExistingRun existing = ExistingRun::kAllow;
   int64_t stop_after = -1;  // stop (and checkpoint) after this many steps in this call; -1: run to the end
   bool quiet = false;       // no progress output
+  // A Kineto timeline (trainer/timeline.h) of steps trace_first..trace_last (1-based, inclusive;
+  // an RL iteration's sampling, loading and export included, evaluation and checkpoints not):
+  // the Chrome trace at trace_path, its summary at trace_path + ".txt" and on stdout. With several
+  // ranks, each writes its own (".rank<R>" before the extension). Empty: no timeline.
+  std::string trace_path;
+  int64_t trace_first = 4, trace_last = 6;
   model::LinearPolicy* policy = nullptr;        // null: plain linears
   dist::ProcessGroup* process_group = nullptr;  // null: from the environment (single process)
   // Test hook: (1-based step being computed, parameter, weight) for every weight a quantized

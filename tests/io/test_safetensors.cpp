@@ -83,6 +83,36 @@ TEST(Safetensors, ViewOutlivesReader) {
   EXPECT_TRUE(at::equal(v, t));
 }
 
+// data_on / view_in (the rollout loader's one-copy read): every tensor equals view(), byte for
+// byte, also where an odd-sized tensor leaves the next one's offset unaligned (then a copy), a
+// file larger than one 8 MiB read chunk, and an empty tensor; a foreign data tensor is refused.
+TEST(Safetensors, DataSectionViewsEqualTheTensors) {
+  TempDir d;
+  const std::string p = d.file("a.safetensors");
+  const at::Tensor big = at::randn({3 * 1024 * 1024 + 5});  // ~12 MiB of float32: two read chunks
+  const at::Tensor odd = at::randint(0, 255, {7}, at::kByte);
+  const at::Tensor f = at::randn({3, 5});
+  const at::Tensor h = at::randn({4, 2}).to(at::kBFloat16);
+  st::write_file(p, {{"odd", odd}, {"f", f}, {"h", h}, {"empty", at::empty({0, 3})}, {"big", big}});
+  st::Reader r(p);
+  ASSERT_NE(r.find("f")->begin % 4, 0u) << "the test needs an unaligned float32 tensor";
+  const at::Tensor data = r.data_on(at::kCPU);
+  for (const auto& t : r.tensors()) {
+    const at::Tensor v = r.view_in(data, t.name), w = r.view(t.name);
+    EXPECT_EQ(v.sizes(), w.sizes()) << t.name;
+    EXPECT_EQ(v.scalar_type(), w.scalar_type()) << t.name;
+    EXPECT_TRUE(at::equal(v, w)) << t.name;
+  }
+  EXPECT_TRUE(at::equal(r.view_in(data, "big"), big));
+  try {
+    r.view_in(data.narrow(0, 0, 8), "f");
+    FAIL() << "accepted a data tensor that is not the file's";
+  } catch (const fp4qat::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("data section"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(r.view_in(data, "nope"), fp4qat::Error);
+}
+
 TEST(Safetensors, WriterRefusesMissingFolderAndDuplicates) {
   TempDir d;
   EXPECT_THROW(st::write_file(d.file("no/such/dir/x.safetensors"), {{"a", at::zeros({1})}}), fp4qat::Error);

@@ -17,6 +17,7 @@
 #include "model/qwen3_moe.h"
 #include "tests/common/test_util.h"
 #include "trainer/grpo.h"
+#include "trainer/timeline.h"
 #include "trainer/train.h"
 
 using fp4qat::test::TempDir;
@@ -59,6 +60,46 @@ TEST(Train, LossFalls) {
   EXPECT_LT(last, 0.8 * first) << "first " << first / 5 << " last " << last / 5;
   EXPECT_TRUE(fp4qat::fs::exists(d.file("run/metrics.jsonl")));
   EXPECT_TRUE(fp4qat::fs::exists(d.file("run/checkpoints/step-40/model.safetensors")));
+}
+
+// --trace (Options::trace_path): a Kineto timeline of the chosen steps, as a Chrome trace and a
+// summary naming the operators that ran; train.final_checkpoint false leaves no checkpoint and no
+// hf/ folder at the end.
+TEST(Train, TraceRecordsTheChosenStepsAndFinalCheckpointCanBeOff) {
+  TempDir d;
+  cfg::Config c = small(d.file("run"));
+  c.train.steps = 3;
+  c.train.final_checkpoint = false;
+  fp4qat::train::Options o;
+  o.quiet = true;
+  o.trace_path = d.file("trace.json");
+  o.trace_first = 2;
+  o.trace_last = 9;  // cut to train.steps
+  const auto r = fp4qat::train::run(c, o);
+  ASSERT_EQ(r.steps.size(), 3u);
+  const std::string trace = fp4qat::fs::read_text(d.file("trace.json"));
+  EXPECT_NE(trace.find("traceEvents"), std::string::npos);
+  EXPECT_NE(trace.find("aten::"), std::string::npos);
+  const std::string text = fp4qat::fs::read_text(d.file("trace.json.txt"));
+  EXPECT_NE(text.find("steps 2-3 of"), std::string::npos) << text;
+  EXPECT_NE(text.find("aten::mm"), std::string::npos) << text;
+  EXPECT_FALSE(fp4qat::fs::exists(d.file("run/checkpoints/step-3")));
+  EXPECT_FALSE(fp4qat::fs::exists(d.file("run/hf")));
+  EXPECT_TRUE(r.last_checkpoint.empty());
+}
+
+TEST(Train, TimelineKindsOfGpuActivities) {
+  using fp4qat::train::Timeline;
+  EXPECT_EQ(Timeline::kind_of("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT"), "gemm");
+  EXPECT_EQ(Timeline::kind_of("void cutlass::device_kernel<cutlass::gemm::kernel::GemmUniversal<"), "gemm");
+  EXPECT_EQ(Timeline::kind_of("void fp4qat::cuda_kernels::(anonymous namespace)::nvfp4_park"), "quantize");
+  EXPECT_EQ(Timeline::kind_of("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits"), "attention");
+  EXPECT_EQ(Timeline::kind_of("Memcpy HtoD (Pageable -> Device)"), "copy");
+  EXPECT_EQ(Timeline::kind_of("Memset (Device)"), "memset");
+  EXPECT_EQ(Timeline::kind_of("ncclDevKernel_AllReduce_Sum_f32_RING_LL"), "nccl");
+  EXPECT_EQ(Timeline::kind_of("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float"), "reduce");
+  EXPECT_EQ(Timeline::kind_of("void at::native::vectorized_elementwise_kernel<4, at::native::silu"), "elementwise");
+  EXPECT_EQ(Timeline::kind_of("something_else"), "other");
 }
 
 TEST(Train, ResumeIsBitIdentical) {
