@@ -228,4 +228,14 @@ at::Tensor mxfp8_dequantize(const MXFP8Tensor& q, at::ScalarType dtype) {
   return bf16 || dtype == at::kFloat ? out : out.to(dtype);
 }
 
+void adamw_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const optim::AdamWScalars& s) {
+  for (const at::Tensor* t : {&p, &g, &m, &v})
+    FP4QAT_CHECK(t->is_cuda() && t->scalar_type() == at::kFloat && t->is_contiguous() && t->sizes() == p.sizes() &&
+                     t->device() == p.device(),
+                 "adamw_step: p, g, m and v must be contiguous float32 CUDA tensors of one shape and device");
+  c10::cuda::CUDAGuard guard(p.device());
+  ck::adamw_step(p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(), v.data_ptr<float>(), p.numel(), s,
+                 stream());
+}
+
 }  // namespace fp4qat::cuda

@@ -3,6 +3,7 @@
 // (kernels/nvfp4/, kernels/mxfp8/). Without CUDA support compiled in, kernels/cuda_stubs.cpp
 // defines each to throw a clear error.
 #pragma once
+#include "kernels/optim/adamw_ref.h"
 #include "kernels/quantize.h"
 
 namespace fp4qat::cuda {
@@ -20,5 +21,8 @@ NVFP4Operand nvfp4_quantize_rows(const at::Tensor& x, const std::vector<int64_t>
                                  const NVFP4Rule& rule);
 MXFP8Tensor mxfp8_quantize(const at::Tensor& x);
 at::Tensor mxfp8_dequantize(const MXFP8Tensor& q, at::ScalarType dtype);
+// The fused AdamW step on one parameter (kernels/optim/adamw_ref.h): p, m, v float32 contiguous
+// CUDA tensors of g's shape, updated in place on the current stream.
+void adamw_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const optim::AdamWScalars& s);
 
 }  // namespace fp4qat::cuda

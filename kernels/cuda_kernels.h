@@ -13,6 +13,7 @@
 
 #include "kernels/common/cuda_check.h"
 #include "kernels/common/nvfp4_rule.h"
+#include "kernels/optim/adamw_ref.h"
 
 namespace fp4qat::cuda_kernels {
 
@@ -107,5 +108,10 @@ void mxfp8_dequantize(const uint8_t* q, const uint8_t* scales, int64_t M, int64_
 enum class OutType { F32, BF16, F16 };
 void scale_rows_cast(const float* y, const float* alpha, const int64_t* rows, int64_t T_rows, int64_t M, int64_t N,
                      void* out, OutType o, cudaStream_t stream);
+
+// The fused AdamW step (kernels/optim/adamw.cu) over n float32 elements of one parameter: p, m, v
+// updated in place from g, each element as optim::adamw_element (the CPU reference's arithmetic).
+void adamw_step(float* p, const float* g, float* m, float* v, int64_t n, const optim::AdamWScalars& s,
+                cudaStream_t stream);
 
 }  // namespace fp4qat::cuda_kernels

@@ -23,5 +23,6 @@ NVFP4Operand nvfp4_quantize_and_fake(const at::Tensor&, Blocks, const std::optio
 NVFP4Operand nvfp4_quantize_rows(const at::Tensor&, const std::vector<int64_t>&, bool, const NVFP4Rule&) { no_cuda(); }
 MXFP8Tensor mxfp8_quantize(const at::Tensor&) { no_cuda(); }
 at::Tensor mxfp8_dequantize(const MXFP8Tensor&, at::ScalarType) { no_cuda(); }
+void adamw_step(at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&, const optim::AdamWScalars&) { no_cuda(); }
 }  // namespace fp4qat::cuda
 #endif

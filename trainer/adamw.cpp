@@ -2,6 +2,7 @@
 #include "trainer/adamw.h"
 
 #include "kernels/common/check.h"
+#include "kernels/cuda_api.h"
 
 #include <algorithm>
 #include <cmath>
@@ -27,7 +28,25 @@ void adamw_update(std::vector<std::pair<std::string, at::Tensor>>& params, AdamW
     at::Tensor& p = params[i].second;
     if (!p.grad().defined()) continue;
     FP4QAT_CHECK(st.m[i].defined(), "adamw_update: '", params[i].first, "' has a gradient but no moments (frozen at set-up)");
-    const at::Tensor g = p.grad().to(at::kFloat) * grad_scale;
+    const at::Tensor& grad = p.grad();
+    if (p.is_cuda() && p.scalar_type() == at::kFloat && grad.scalar_type() == at::kFloat && p.is_contiguous() &&
+        grad.is_contiguous() && st.m[i].is_contiguous() && st.v[i].is_contiguous()) {
+      // One fused pass on the GPU (kernels/optim/adamw_ref.h: the same update, each operation
+      // rounded to float32, bit-equal to its CPU reference) instead of ten tensor-op passes.
+      optim::AdamWScalars s;
+      s.grad_scale = static_cast<float>(grad_scale);
+      s.beta1 = static_cast<float>(b1);
+      s.one_minus_beta1 = static_cast<float>(1.0 - b1);
+      s.beta2 = static_cast<float>(b2);
+      s.one_minus_beta2 = static_cast<float>(1.0 - b2);
+      s.decay = p.dim() >= 2 && o.weight_decay > 0 ? static_cast<float>(1.0 - lr * o.weight_decay) : 1.0f;
+      s.bc2 = static_cast<float>(bc2);
+      s.eps = static_cast<float>(o.eps);
+      s.step = static_cast<float>(-lr / bc1);
+      cuda::adamw_step(p, grad, st.m[i], st.v[i], s);
+      continue;
+    }
+    const at::Tensor g = grad.to(at::kFloat) * grad_scale;
     st.m[i].mul_(b1).add_(g, 1.0 - b1);
     st.v[i].mul_(b2).addcmul_(g, g, 1.0 - b2);
     if (p.dim() >= 2 && o.weight_decay > 0) p.mul_(1.0 - lr * o.weight_decay);

@@ -27,6 +27,9 @@ AdamWState adamw_init(const std::vector<std::pair<std::string, at::Tensor>>& par
 // One AdamW step of optimizer step t (1-based) on every parameter that has a gradient: the
 // gradient times `grad_scale` (global-norm clipping), bias-corrected moments, weight decay
 // p *= 1 - lr * weight_decay on matrices (dim >= 2), then p -= lr / bc1 * m / (sqrt(v / bc2) + eps).
+// On the CPU as a sequence of tensor operations; on a GPU (float32 contiguous parameters) one fused
+// kernel a parameter (kernels/optim/adamw_ref.h), whose float32 rounding may differ from the
+// sequence's in the last bit.
 void adamw_update(std::vector<std::pair<std::string, at::Tensor>>& params, AdamWState& st, const config::OptimConfig& o,
                   double lr, double grad_scale, int64_t t);
 

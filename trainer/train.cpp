@@ -918,10 +918,15 @@ double Trainer::optimizer_step(double lr) {
     reducer_->reduce();
   }
   std::vector<at::Tensor> sq, sq_shard;
+  // Each gradient's sum of squares: on a GPU from one reduction over it (its 2-norm, squared), on
+  // the CPU as before (the square, then its sum: the CPU's loss curves stay bit for bit).
+  auto sum_sq = [](const at::Tensor& g) {
+    return g.is_cuda() ? at::linalg_vector_norm(g, 2, c10::nullopt, false, at::kFloat).square()
+                       : g.to(at::kFloat).pow(2).sum();
+  };
   for (auto& [n, p] : model.params())
     if (p.grad().defined())
-      (model.sharded() && model::Qwen3Moe::is_expert_param(n) ? sq_shard : sq)
-          .push_back(p.grad().to(at::kFloat).pow(2).sum());
+      (model.sharded() && model::Qwen3Moe::is_expert_param(n) ? sq_shard : sq).push_back(sum_sq(p.grad()));
   // (Expert-only fine-tuning under expert parallelism: every gradient is an expert shard's.)
   at::Tensor total = sq.empty() ? at::zeros({}, at::TensorOptions(dev_).dtype(at::kFloat)) : at::stack(sq).sum();
   if (model.sharded()) {  // expert shards: their squares summed over the expert-parallel group (every rank joins)

@@ -16,6 +16,8 @@
 #include "io/safetensors.h"
 #include "model/qwen3_moe.h"
 #include "tests/common/test_util.h"
+#include "kernels/optim/adamw_ref.h"
+#include "trainer/adamw.h"
 #include "trainer/grpo.h"
 #include "trainer/timeline.h"
 #include "trainer/train.h"
@@ -100,6 +102,56 @@ TEST(Train, TimelineKindsOfGpuActivities) {
   EXPECT_EQ(Timeline::kind_of("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float"), "reduce");
   EXPECT_EQ(Timeline::kind_of("void at::native::vectorized_elementwise_kernel<4, at::native::silu"), "elementwise");
   EXPECT_EQ(Timeline::kind_of("something_else"), "other");
+}
+
+// The fused AdamW's arithmetic (kernels/optim/adamw_ref.h, the GPU kernel's CPU reference) is the
+// optimizer's update: against the CPU's tensor-op sequence (trainer/adamw.cpp) within float32
+// rounding, with weight decay on the matrix, clipping and bias correction; a wrong constant
+// (no bias correction of v) is far outside it.
+TEST(Train, FusedAdamWReferenceIsTheOptimizersUpdate) {
+  fp4qat::config::OptimConfig o;
+  o.weight_decay = 0.1;
+  const double lr = 1e-3, clip = 0.8;
+  const int64_t t = 2;
+  std::vector<std::pair<std::string, at::Tensor>> params = {{"w", at::randn({32, 16}) * 0.02}, {"b", at::randn({16})}};
+  for (auto& [n, p] : params) p.mutable_grad() = at::randn_like(p) * 1e-2;
+  fp4qat::train::AdamWState st = fp4qat::train::adamw_init(params);
+  for (size_t i = 0; i < params.size(); ++i) {
+    st.m[i].normal_(0, 1e-3);
+    st.v[i].uniform_(0, 1e-5);
+  }
+  std::vector<at::Tensor> p0, m0, v0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    p0.push_back(params[i].second.clone());
+    m0.push_back(st.m[i].clone());
+    v0.push_back(st.v[i].clone());
+  }
+  fp4qat::train::adamw_update(params, st, o, lr, clip, t);
+  for (const bool wrong : {false, true}) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      at::Tensor p = p0[i].clone(), m = m0[i].clone(), v = v0[i].clone();
+      const at::Tensor g = params[i].second.grad().contiguous();
+      fp4qat::optim::AdamWScalars s;
+      s.grad_scale = static_cast<float>(clip);
+      s.beta1 = static_cast<float>(o.beta1);
+      s.one_minus_beta1 = static_cast<float>(1.0 - o.beta1);
+      s.beta2 = static_cast<float>(o.beta2);
+      s.one_minus_beta2 = static_cast<float>(1.0 - o.beta2);
+      s.decay = p.dim() >= 2 ? static_cast<float>(1.0 - lr * o.weight_decay) : 1.0f;
+      s.bc2 = wrong ? 1.0f : static_cast<float>(1.0 - std::pow(o.beta2, t));
+      s.eps = static_cast<float>(o.eps);
+      s.step = static_cast<float>(-lr / (1.0 - std::pow(o.beta1, t)));
+      fp4qat::optim::adamw_step_ref(p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(),
+                                    v.data_ptr<float>(), p.numel(), s);
+      // (float32 rounding, within 1e-6 of each quantity's scale: p ~ 1e-2, m ~ 1e-3, v ~ 1e-5)
+      const bool close = at::allclose(p, params[i].second, 1e-6, 1e-8) && at::allclose(m, st.m[i], 1e-6, 1e-9) &&
+                         at::allclose(v, st.v[i], 1e-6, 1e-11);
+      EXPECT_EQ(close, !wrong) << params[i].first << (wrong ? " (wrong bias correction)" : "") << " max |dp| "
+                               << (p - params[i].second).abs().max().item<double>() << " |dm| "
+                               << (m - st.m[i]).abs().max().item<double>() << " |dv| "
+                               << (v - st.v[i]).abs().max().item<double>();
+    }
+  }
 }
 
 TEST(Train, ResumeIsBitIdentical) {
