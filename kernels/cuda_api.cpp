@@ -229,7 +229,7 @@ at::Tensor mxfp8_dequantize(const MXFP8Tensor& q, at::ScalarType dtype) {
 }
 
 void adamw_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const optim::AdamWScalars& s) {
-  for (const at::Tensor* t : {&p, &g, &m, &v})
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&p, &g, &m, &v})
     FP4QAT_CHECK(t->is_cuda() && t->scalar_type() == at::kFloat && t->is_contiguous() && t->sizes() == p.sizes() &&
                      t->device() == p.device(),
                  "adamw_step: p, g, m and v must be contiguous float32 CUDA tensors of one shape and device");
