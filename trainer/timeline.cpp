@@ -69,6 +69,7 @@ std::string Timeline::kind_of(const std::string& activity) {
   if (has(s, "gemm") || has(s, "nvjet") || has(s, "cutlass") || has(s, "xmma") || has(s, "wgmma") ||
       has(s, "cublas") || has(s, "grouped_mm") || has(s, "sm90_"))
     return "gemm";
+  if (has(s, "adamw") || has(s, "multi_tensor_apply") || has(s, "foreach")) return "optimizer";
   if (has(s, "nvfp4") || has(s, "mxfp8") || has(s, "e2m1") || has(s, "quantiz") || has(s, "fp4qat::")) return "quantize";
   if (has(s, "reduce") || has(s, "norm") || has(s, "softmax") || has(s, "sort") || has(s, "topk") || has(s, "scan") ||
       has(s, "cumsum") || has(s, "radix") || has(s, "argmax"))

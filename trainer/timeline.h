@@ -5,7 +5,7 @@
 //
 // The summary (per recorded step, so steps of different runs compare):
 //  - on a GPU: each GPU activity (kernel, copy, set) summed by name; the same by kind (GEMM,
-//    attention, NVFP4/MXFP8 quantization, elementwise, reduction / norm / softmax, copy, memset,
+//    attention, optimizer, NVFP4/MXFP8 quantization, elementwise, reduction / norm / softmax, copy, memset,
 //    NCCL, other); the GPU's busy time against the span from the first activity to the last one
 //    (span - busy: the GPU idle, waiting for the host); the gaps over 20 us between activities;
 //    the host's CUDA runtime calls by time (a synchronising call or an allocation shows there);
@@ -33,7 +33,7 @@ class Timeline {
   std::string stop(int steps, const std::string& title, const std::string& chrome_trace = "");
 
   // The kind of a GPU activity from its name (the summary's second table): "gemm", "attention",
-  // "quantize", "elementwise", "reduce", "copy", "memset", "nccl" or "other".
+  // "optimizer", "quantize", "elementwise", "reduce", "copy", "memset", "nccl" or "other".
   static std::string kind_of(const std::string& activity);
 
  private:

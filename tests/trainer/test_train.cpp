@@ -101,6 +101,7 @@ TEST(Train, TimelineKindsOfGpuActivities) {
   EXPECT_EQ(Timeline::kind_of("ncclDevKernel_AllReduce_Sum_f32_RING_LL"), "nccl");
   EXPECT_EQ(Timeline::kind_of("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float"), "reduce");
   EXPECT_EQ(Timeline::kind_of("void at::native::vectorized_elementwise_kernel<4, at::native::silu"), "elementwise");
+  EXPECT_EQ(Timeline::kind_of("fp4qat::cuda_kernels::(anonymous namespace)::adamw_vec4(float4*"), "optimizer");
   EXPECT_EQ(Timeline::kind_of("something_else"), "other");
 }
 
