@@ -20,7 +20,9 @@ context T/2). The embedding lookup, norms and activations are left out. Peak: --
 the H100 / H200 SXM dense BF16 number).
 
 No command line is built through a shell: every run is a subprocess with an argument list.
-Usage: bench/step_bench.py --fp4qat BUILD/fp4qat --out DIR [--shapes moe-100m,qwen3-30b-a3b-4l]
+With --layouts dp2,ep2 our variants also run on two GPUs (scripts/launch, parallel.dp=2 or
+parallel.ep=2; each rank its own batch, tokens/s global, MFU over both GPUs); the baseline runs on one.
+Usage: bench/step_bench.py --fp4qat BUILD/fp4qat --out DIR [--shapes moe-100m,qwen3-30b-a3b-4l] [--layouts 1,dp2,ep2]
 """
 import argparse
 import json
@@ -74,7 +76,9 @@ def run(args, log, env=None):
     return p.returncode, time.time() - t0
 
 
-def ours(a, shape, variant, tokens, out):
+def ours(a, shape, variant, tokens, out, layout="1"):
+    """One fp4qat run; layout "1" (one process), "dp2" or "ep2" (two ranks through scripts/launch,
+    data or expert parallel; tokens/s is then the global rate, peak memory rank 0's)."""
     cfg, seq, bs = SHAPES[shape]
     sets = {"model_config": cfg, "train.steps": a.steps, "train.seq_len": seq, "train.batch_size": bs,
             "train.eval_every": 0, "train.checkpoint_every": 0, "train.log_every": 1, "train.seed": 1,
@@ -89,6 +93,9 @@ def ours(a, shape, variant, tokens, out):
                      "qat.cache_weights": "false" if variant == "qat-requant" else "true",
                      "export.formats": "[nvfp4]", "export.keep": 2, "export.probe_mismatch": "false"})
     argv = [a.fp4qat, "train", "--recipe", os.path.join(ROOT, "recipes/default.yaml"), "--overwrite"]
+    if layout != "1":
+        sets["parallel.dp" if layout == "dp2" else "parallel.ep"] = 2
+        argv = [os.path.join(ROOT, "scripts/launch"), "-n", "2", "--logs", out + "-ranks", "--"] + argv
     for k, v in sets.items():
         argv += ["--set", f"{k}={v}"]
     if a.trace:  # a timeline of two steps after the warm-up (fp4qat train --trace)
@@ -134,12 +141,18 @@ def main():
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--variants", default="bf16,baseline,qat,qat-requant,qat-export",
                     help="comma-separated subset, run in this order (the baseline reads bf16's config.yaml)")
+    ap.add_argument("--layouts", default="1",
+                    help="comma-separated: 1 (one GPU), dp2 / ep2 (our variants on two GPUs, data or expert "
+                         "parallel; the baseline runs on one)")
     ap.add_argument("--trace", action="store_true",
                     help="our runs also record a Kineto timeline of two steps after --warmup (<run>-trace.json, "
                          "its summary in <run>-trace.json.txt)")
     a = ap.parse_args()
     variants = a.variants.split(",")
     known = ("bf16", "baseline", "qat", "qat-requant", "qat-export")
+    layouts = a.layouts.split(",")
+    if any(l not in ("1", "dp2", "ep2") for l in layouts) or not layouts:
+        ap.error("--layouts: a comma-separated subset of 1,dp2,ep2")
     if any(v not in known for v in variants) or ("baseline" in variants and "bf16" not in variants[:variants.index("baseline")]):
         ap.error(f"--variants: a comma-separated subset of {','.join(known)}; baseline after bf16")
     os.makedirs(a.out, exist_ok=True)
@@ -156,8 +169,11 @@ def main():
         fpt = flops_per_token(m, seq)
         per = {}
         for r in range(a.rounds):
-            for variant in variants:
-                out = os.path.join(a.out, f"{shape}-{variant}-r{r}")
+            runs_ = [(v, "1") for v in variants] if "1" in layouts else []
+            runs_ += [(v, l) for l in layouts if l != "1" for v in variants if v != "baseline"]
+            for variant, layout in runs_:
+                name = variant if layout == "1" else f"{variant}-{layout}"
+                out = os.path.join(a.out, f"{shape}-{name}-r{r}")
                 if variant == "baseline":
                     recipe = os.path.join(a.out, f"{shape}-bf16-r{r}", "config.yaml")
                     rc, secs, rows = baseline(a, shape, tokens, recipe, out)
@@ -166,26 +182,28 @@ def main():
                         pb = json.load(open(out + ".json")).get("summary", {}).get("peak_memory_bytes")
                         mem = pb / 2**30 if pb else mem
                 else:
-                    rc, secs, rows = ours(a, shape, variant, tokens, out)
+                    rc, secs, rows = ours(a, shape, variant, tokens, out, layout)
                     mem = rows[-1].get("peak_memory_gib", float("nan")) if rows else float("nan")
                 if variant == "qat-export":
                     # The loop's real rate: the step's compute plus the time the export held the loop
                     # (export_s: staging, and waiting for the previous export's write when the disk is
                     # slower than the steps), per step of seq x batch tokens.
+                    step_tokens = seq * bs * (1 if layout == "1" else 2)  # global, every rank's
                     for r_ in rows:
                         if "export_s" in r_ and r_.get("tokens_per_s", 0) > 0:
-                            r_["tokens_per_s"] = seq * bs / (seq * bs / r_["tokens_per_s"] + r_["export_s"])
+                            r_["tokens_per_s"] = step_tokens / (step_tokens / r_["tokens_per_s"] + r_["export_s"])
                 tps = summarise(rows, a.warmup)
                 exp = summarise(rows, a.warmup, "export_s") if variant == "qat-export" else float("nan")
-                print(f"{shape:18s} round {r} {variant:10s} rc {rc} {secs:7.1f} s  tokens/s {tps:12.0f}  "
+                print(f"{shape:18s} round {r} {name:14s} rc {rc} {secs:7.1f} s  tokens/s {tps:12.0f}  "
                       f"peak {mem:7.2f} GiB" + (f"  export_s {exp:.3f}" if exp == exp else ""), flush=True)
                 bad |= rc != 0
-                per.setdefault(variant, []).append({"tokens_per_s": tps, "peak_memory_gib": mem, "export_s": exp})
+                per.setdefault(name, []).append({"tokens_per_s": tps, "peak_memory_gib": mem, "export_s": exp})
         row = {"shape": shape, "seq_len": seq, "batch_size": bs, "flops_per_token": fpt, "variants": {}}
         for variant, runs in per.items():
             tps = statistics.median(x["tokens_per_s"] for x in runs)
             row["variants"][variant] = {
-                "tokens_per_s": tps, "mfu": tps * fpt / (a.peak_tflops * 1e12),
+                "tokens_per_s": tps,
+                "mfu": tps * fpt / (a.peak_tflops * 1e12 * (2 if variant.endswith(("-dp2", "-ep2")) else 1)),
                 "peak_memory_gib": max(x["peak_memory_gib"] for x in runs),
                 "export_s": statistics.median(x["export_s"] for x in runs), "rounds": runs}
         b = row["variants"]["bf16"]["tokens_per_s"] if "bf16" in row["variants"] else float("nan")

@@ -191,4 +191,11 @@ void copy_file(const std::string& from, const std::string& to) {
   fsync_path(to);
 }
 
+bool link_or_copy(const std::string& from, const std::string& to) {
+  FP4QAT_CHECK(!exists(to), to, ": already exists");
+  if (::link(from.c_str(), to.c_str()) == 0) return true;
+  copy_file(from, to);
+  return false;
+}
+
 }  // namespace fp4qat::fs

@@ -25,6 +25,9 @@ void fsync_tree(const std::string& path);                    // every file and f
 void symlink_atomic(const std::string& target, const std::string& link);
 std::string read_link(const std::string& link);                  // "" when link is not a symlink
 void copy_file(const std::string& from, const std::string& to);  // plain copy + fsync (to must not exist)
+// `to` (which must not exist) as a hard link to `from`, else (another file system, or links not
+// allowed) a copy_file. Returns whether it linked.
+bool link_or_copy(const std::string& from, const std::string& to);
 // The absolute path with every symlink resolved (realpath(3)); throws if `path` does not exist.
 std::string real_path(const std::string& path);
 

@@ -88,6 +88,15 @@ void ShardedWriter::end_shard() {
   shard_bytes_ = 0;
 }
 
+void ShardedWriter::add_written_shard(const std::string& file, const std::vector<std::string>& names, int64_t bytes) {
+  FP4QAT_CHECK(!finished_, dir_, ": shard '", file, "' added after finish()");
+  end_shard();
+  for (const auto& n : names) FP4QAT_CHECK(seen_.emplace(n, true).second, dir_, ": tensor '", n, "' would be written twice");
+  fs::link_or_copy(file, dir_ + "/shard-" + std::to_string(shard_names_.size()) + ".safetensors");
+  shard_names_.push_back(names);
+  total_bytes_ += bytes;
+}
+
 void ShardedWriter::finish() {
   FP4QAT_CHECK(!finished_, dir_, ": finish() called twice");
   end_shard();
@@ -100,6 +109,7 @@ void ShardedWriter::finish() {
     std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", s + 1, n);
     fs::rename_atomic(dir_ + "/shard-" + std::to_string(s) + ".safetensors", dir_ + "/" + fname);
     for (const auto& name : shard_names_[s]) weight_map.set(name, std::string(fname));
+    files_.emplace_back(fname, shard_names_[s]);
   }
   json::Value index = json::Value::object(
       {{"metadata", json::Value::object({{"total_size", total_bytes_}})}, {"weight_map", weight_map}});

@@ -53,8 +53,14 @@ class ShardedWriter {
   ShardedWriter(std::string dir, int64_t max_shard_bytes);
   void add(const std::string& name, at::Tensor t);  // copied to the host; names must be unique
   void end_shard();
+  // A whole shard that is already written: `file` holds exactly the tensors `names` (`bytes` of
+  // data), as add() of them would have written it. It becomes the next shard as a hard link (a
+  // copy where linking fails), nothing rewritten. Ends the current shard first.
+  void add_written_shard(const std::string& file, const std::vector<std::string>& names, int64_t bytes);
   void finish();
   bool finished() const { return finished_; }
+  // After finish(): each shard's file name (model-0000i-of-0000N.safetensors) and its tensors.
+  const std::vector<std::pair<std::string, std::vector<std::string>>>& shard_files() const { return files_; }
 
  private:
   std::string dir_;
@@ -62,6 +68,7 @@ class ShardedWriter {
   std::vector<std::pair<std::string, at::Tensor>> shard_;
   int64_t shard_bytes_ = 0, total_bytes_ = 0;
   std::vector<std::vector<std::string>> shard_names_;  // tensor names per written shard
+  std::vector<std::pair<std::string, std::vector<std::string>>> files_;  // finish(): final names
   std::vector<std::string> names_;
   std::map<std::string, bool> seen_;
   bool finished_ = false;

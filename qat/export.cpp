@@ -157,6 +157,18 @@ void HfFolderWriter::put(const std::string& name, at::Tensor t) { shards_.add(na
 
 void HfFolderWriter::end_shard() { shards_.end_shard(); }
 
+void HfFolderWriter::add_written_shard(const std::string& file,
+                                       const std::vector<std::pair<std::string, at::Tensor>>& plain) {
+  std::vector<std::string> names;
+  int64_t bytes = 0;
+  for (const auto& [name, t] : plain) {
+    if (is_linear_weight(name, t.dim()) && opt_.format != Format::kBF16) excluded_.insert(module_of(name));
+    names.push_back(name);
+    bytes += t.numel() * (at::isFloatingType(t.scalar_type()) ? 2 : static_cast<int64_t>(t.element_size()));
+  }
+  shards_.add_written_shard(file, names, bytes);
+}
+
 void HfFolderWriter::add_plain(const std::string& name, const at::Tensor& t) {
   if (is_linear_weight(name, t.dim()) && opt_.format != Format::kBF16) excluded_.insert(module_of(name));
   put(name, at::isFloatingType(t.scalar_type()) ? t.to(at::kBFloat16) : t);
@@ -389,6 +401,7 @@ void StagedFolder::add_plain(const std::string& name, const at::Tensor& t, bool 
     it.plain = to_host(fl ? t.to(at::kBFloat16).contiguous() : t.contiguous());
   }
   if (!stable) mark_fenced_reads();
+  it.stable = stable;
   items_.push_back(std::move(it));
 }
 
@@ -450,11 +463,65 @@ void StagedFolder::fence() {
   fenced_reads_->block(impl.getStream(side_->device()));
 }
 
-std::vector<std::string> StagedFolder::write(const std::string& dir) {
+namespace {
+// Whether the shards `files` in `dir` hold exactly `want` (name, shape and the dtype add_plain
+// writes), in order: what an earlier write() of the same frozen tensors produced.
+bool holds_exactly(const std::string& dir, const StagedFolder::StableShards& files,
+                   const std::vector<std::pair<std::string, at::Tensor>>& want) {
+  size_t k = 0;
+  try {
+    for (const auto& [file, names] : files) {
+      if (!fs::exists(dir + "/" + file)) return false;
+      const st::Reader r(dir + "/" + file);
+      if (r.tensors().size() != names.size()) return false;
+      for (const auto& n : names) {
+        if (k >= want.size() || want[k].first != n) return false;
+        const st::TensorInfo* t = r.find(n);
+        const at::Tensor& w = want[k].second;
+        const at::ScalarType as = at::isFloatingType(w.scalar_type()) ? at::kBFloat16 : w.scalar_type();
+        if (!t || t->shape != w.sizes().vec() || st::to_scalar_type(t->dtype) != as) return false;
+        ++k;
+      }
+    }
+  } catch (const Error&) {
+    return false;  // unreadable: written anew
+  }
+  return k == want.size();
+}
+}  // namespace
+
+std::vector<std::string> StagedFolder::write(const std::string& dir, const std::string& reuse_dir,
+                                             const StableShards& reuse) {
   seal();
   if (copied_) copied_->synchronize();
   HfFolderWriter w(dir, opt_);
+  // Frozen weights apart (first, in shards of their own) when something else changes.
+  std::vector<std::pair<std::string, at::Tensor>> stable;
+  bool changing = false;
   for (const Item& it : items_) {
+    if (it.modules.empty() && it.stable)
+      stable.emplace_back(it.name, it.plain);
+    else
+      changing = true;
+  }
+  const bool apart = !stable.empty() && changing;
+  reused_ = false;
+  if (apart) {
+    reused_ = !reuse.empty() && holds_exactly(reuse_dir, reuse, stable);
+    if (reused_) {
+      size_t k = 0;
+      for (const auto& [file, names] : reuse) {
+        std::vector<std::pair<std::string, at::Tensor>> part(stable.begin() + k, stable.begin() + k + names.size());
+        w.add_written_shard(reuse_dir + "/" + file, part);
+        k += names.size();
+      }
+    } else {
+      for (const auto& [name, t] : stable) w.add_plain(name, t);
+    }
+    w.end_shard();
+  }
+  for (const Item& it : items_) {
+    if (apart && it.modules.empty() && it.stable) continue;
     if (!it.modules.empty()) {
       std::vector<float> ia;
       if (it.input_amax.defined())
@@ -464,7 +531,17 @@ std::vector<std::string> StagedFolder::write(const std::string& dir) {
       w.add_plain(it.name, it.plain);
     }
   }
-  return w.finish();
+  std::vector<std::string> excluded = w.finish();
+  stable_shards_.clear();
+  if (apart) {  // the first shards hold the stable tensors
+    size_t n = 0;
+    for (const auto& f : w.shard_files()) {
+      if (n == stable.size()) break;
+      stable_shards_.push_back(f);
+      n += f.second.size();
+    }
+  }
+  return excluded;
 }
 
 }  // namespace fp4qat::qat

@@ -132,6 +132,14 @@ class HfFolderWriter {
 
   void end_shard();  // the next tensor starts a new shard (convert keeps the input's sharding)
 
+  // Plain tensors as add_plain would write them, already written as one shard `file` by an earlier
+  // writer of the same options (hf::ShardedWriter::add_written_shard: linked, not rewritten).
+  void add_written_shard(const std::string& file, const std::vector<std::pair<std::string, at::Tensor>>& plain);
+  // After finish(): each shard's file name and its tensors.
+  const std::vector<std::pair<std::string, std::vector<std::string>>>& shard_files() const {
+    return shards_.shard_files();
+  }
+
   // Writes the last shard, names the shards model-0000i-of-0000N.safetensors, then
   // model.safetensors.index.json, config.json (+ quantization_config) and, for NVFP4,
   // hf_quant_config.json. Returns the modules listed as excluded (qat/patterns.h exclude_list).
@@ -201,18 +209,32 @@ class StagedFolder {
   // experts does not hold the optimizer back for its device-to-host transfer. Seals if needed.
   void fence();
   bool fence_waits() const { return fence_needed_; }  // whether fence() has reads to wait for
+  // The shards a write() put the stable tensors in (add_plain with stable: frozen weights), when
+  // the folder also has tensors that change: stable ones are then written first, in shards of
+  // their own. File names and each one's tensors; empty otherwise.
+  using StableShards = std::vector<std::pair<std::string, std::vector<std::string>>>;
   // Waits for the host copies and writes the folder into `dir` (an existing, empty folder).
-  std::vector<std::string> write(const std::string& dir);
+  // `reuse`: the stable shards of an earlier write() (of a folder staged from the same frozen
+  // weights) in folder `reuse_dir`: where they hold exactly this folder's stable tensors (names,
+  // order, shapes and dtypes in their headers), they are hard-linked instead of written (the
+  // per-step export of expert-only training rewrites only what trains). Else written as usual.
+  std::vector<std::string> write(const std::string& dir, const std::string& reuse_dir = "",
+                                 const StableShards& reuse = {});
+  const StableShards& stable_shards() const { return stable_shards_; }  // after write()
+  bool reused_stable_shards() const { return reused_; }                   // after write(): linked
 
  private:
   struct Item {
     std::string name;                  // plain tensor name
     at::Tensor plain;                  // host bf16 (or as given, for non-float tensors)
+    bool stable = false;               // plain: a frozen weight
     std::vector<std::string> modules;  // quantized stack
     int64_t parts = 0;
     QuantizedStack q;       // host
     at::Tensor input_amax;  // host float32 [E*P] or undefined
   };
+  StableShards stable_shards_;
+  bool reused_ = false;
   at::Tensor to_host(const at::Tensor& t);  // a host copy (pinned, asynchronous from a GPU)
   // One quantized stack: `make` runs on the side stream (GPU tensors) after it was ordered after
   // the current stream and `reads` (and input_amax) were marked as used there.

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <set>
 #include <utility>
 
 #include "io/names.h"
@@ -72,7 +73,13 @@ void Exporter::wait() {
   if (!inflight_.valid()) return;
   std::future<Published> f = std::move(inflight_);
   staged_.clear();
-  published_.push_back(f.get());
+  std::vector<std::shared_ptr<qat::StagedFolder>> written = std::exchange(writing_, {});
+  last_dir_.clear();
+  last_stable_.clear();
+  Published done = f.get();  // (throws: nothing is reused from a failed export)
+  last_dir_ = done.dir;
+  for (const auto& w : written) last_stable_.push_back(w->stable_shards());
+  published_.push_back(std::move(done));
 }
 
 std::vector<Exporter::Published> Exporter::take_published() { return std::exchange(published_, {}); }
@@ -118,6 +125,9 @@ std::string Exporter::submit(int64_t step) {
       module_amax[g.param] = (a.numel() == 1 ? a.expand({n}) : a.repeat_interleave(g.parts)).contiguous();
     }
   }
+  std::set<std::string> frozen;  // parameters that never change (requires_grad off)
+  for (const auto& [n, p] : model_.params())
+    if (!p.requires_grad()) frozen.insert(n);
   std::vector<std::shared_ptr<qat::StagedFolder>> staged;
   for (const auto f : formats) {
     qat::ExportOptions opt;
@@ -150,8 +160,9 @@ std::string Exporter::submit(int64_t step) {
         }
       } else {
         // A frozen parameter (expert-only QAT freezes the rest) never changes: the optimizer's
-        // fence need not wait for its copy.
-        const bool stable = !g.tensor.requires_grad();
+        // fence need not wait for its copy. (The model's parameter says so; g.tensor is a
+        // detached view, which never requires a gradient.)
+        const bool stable = frozen.count(g.param) > 0;
         if (g.tensor.dim() == 3) {
           const int64_t R = g.tensor.size(1) / g.parts;
           for (int64_t e = 0; e < g.tensor.size(0); ++e)
@@ -200,6 +211,9 @@ std::string Exporter::submit(int64_t step) {
                                 ? cfg_.data.path + "/vocab.bin"
                                 : std::string();
   staged_ = staged;
+  writing_ = staged;
+  const std::string reuse_root = last_dir_;
+  const std::vector<qat::StagedFolder::StableShards> reuse = last_stable_;
   inflight_ = std::async(std::launch::async, [=]() {
     Published done;
     done.step = step;
@@ -209,7 +223,10 @@ std::string Exporter::submit(int64_t step) {
       for (size_t i = 0; i < staged.size(); ++i) {
         const std::string dir = tmp + "/" + qat::to_string(formats[i]);
         fs::make_dir(dir);
-        staged[i]->write(dir);
+        const bool prior = !reuse_root.empty() && i < reuse.size();
+        staged[i]->write(dir, prior ? reuse_root + "/" + qat::to_string(formats[i]) : std::string(),
+                         prior ? reuse[i] : qat::StagedFolder::StableShards{});
+        done.linked_frozen = done.linked_frozen || staged[i]->reused_stable_shards();
         hf::copy_files(source, serving, dir);  // tokenizer, chat template, generation defaults
         if (!vocab.empty()) fs::copy_file(vocab, dir + "/vocab.bin");
       }

@@ -21,6 +21,11 @@
 // (submit waits for the previous one); the optimizer calls fence() before it changes the weights,
 // which orders that change after the export's reads on the GPU without blocking the host.
 //
+// Frozen weights (expert-only QAT freezes all but the experts) are written apart, in the first
+// shards of each format's folder; the next export hard-links those files from the previous one
+// instead of writing them again (the same bytes: the weights cannot have changed), so a step's
+// export writes what trains.
+//
 // Push (export.push_url): once an export is published, the background writer POSTs
 // export.push_body to the engine (io/http.h) — training steps never wait for it, but the next
 // submit() waits for the previous export, push included (at most export.push_timeout_s). A failed
@@ -55,6 +60,9 @@ class Exporter {
     int64_t step = 0;
     std::string dir;     // <root>/step-<N>
     double write_s = 0;  // writing and publishing the folders
+    // The frozen weights' shards were linked from the previous export instead of written (every
+    // format that has them apart; qat::StagedFolder::write).
+    bool linked_frozen = false;
     // export.push_url set: the push after publishing (push_status 0: no answer; push_error "" when 2xx)
     bool pushed = false;
     long push_status = 0;
@@ -79,6 +87,11 @@ class Exporter {
   std::future<Published> inflight_;
   std::vector<Published> published_;                        // finished, not yet taken
   std::vector<std::shared_ptr<qat::StagedFolder>> staged_;  // of the export in flight, until fenced
+  // The last published export (its folder, and each format's shards of frozen weights): the next
+  // export links those shards instead of writing them again (expert-only training freezes the rest).
+  std::vector<std::shared_ptr<qat::StagedFolder>> writing_;  // of the export in flight
+  std::string last_dir_;
+  std::vector<qat::StagedFolder::StableShards> last_stable_;
   std::string source_;                                      // train.init_from: where serving files come from
   std::vector<std::string> serving_;                        // the serving files found there
   bool tokenizer_ = false;

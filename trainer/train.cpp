@@ -545,6 +545,9 @@ void Trainer::setup() {
     torch::NoGradGuard ng;
     for (auto& [n, p] : model.params())
       if (!trains(n)) p.requires_grad_(false);
+    if (full_model_)  // rank 0's gathered copy under expert parallelism: what the exporter reads
+      for (auto& [n, p] : full_model_->params())
+        if (!trains(n)) p.requires_grad_(false);
   }
   for (auto* ms : {&st_.m, &st_.v})
     for (auto& t : *ms)

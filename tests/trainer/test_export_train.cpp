@@ -7,6 +7,7 @@
 // NVFP4 (post-training quantization each step).
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <torch/torch.h>
 
 #include <fstream>
@@ -159,6 +160,58 @@ TEST(ExportTrainKeep, KeepsNewestAndTheLastStep) {
   EXPECT_EQ(fs::list_dir(d.file("run/exports")), (std::vector<std::string>{"latest", "step-4", "step-5"}));
   EXPECT_EQ(fs::list_dir(d.file("run/exports/step-5")),
             (std::vector<std::string>{"export.json", "nvfp4", "recipe.yaml"}));
+}
+
+// Expert-only training freezes every non-expert weight: each export puts those in shards of their
+// own, and from the second export on links them from the previous one (the same inode) instead of
+// writing them; every export still reads back whole (every tensor of the index, the frozen ones
+// equal to the model's). A run that trains every weight writes every shard anew.
+TEST(ExportTrainFrozen, FrozenWeightsAreLinkedFromThePreviousExport) {
+  for (const auto scope : {qat::TrainScope::kQuantizedOnly, qat::TrainScope::kAll}) {
+    SCOPED_TRACE(scope == qat::TrainScope::kAll ? "train all" : "expert-only");
+    test::TempDir d;
+    cfg::Config c = small_run(d.file("run"));
+    c.qat.train = scope;
+    c.train.steps = 3;
+    c.exports.every = 1;
+    c.exports.keep = 0;
+    c.exports.formats = {qat::Format::kNVFP4, qat::Format::kBF16};
+    train::Options o;
+    o.quiet = true;
+    train::run(c, o);
+    for (const std::string fmt : {"nvfp4", "bf16"}) {
+      SCOPED_TRACE(fmt);
+      auto first_shard = [&](int step) {
+        return d.file("run/exports/step-" + std::to_string(step) + "/" + fmt + "/model-00001-of-00002.safetensors");
+      };
+      auto inode = [](const std::string& p) {
+        struct stat sb;
+        return ::stat(p.c_str(), &sb) == 0 ? static_cast<long long>(sb.st_ino) : -1LL;
+      };
+      if (scope == qat::TrainScope::kQuantizedOnly) {
+        ASSERT_NE(inode(first_shard(1)), -1) << "the frozen weights have a shard of their own";
+        EXPECT_EQ(inode(first_shard(2)), inode(first_shard(1)));
+        EXPECT_EQ(inode(first_shard(3)), inode(first_shard(1)));
+        const st::Reader r(first_shard(3));
+        for (const auto& t : r.tensors()) EXPECT_EQ(t.name.find(".mlp.experts."), std::string::npos) << t.name;
+      } else {
+        EXPECT_EQ(inode(first_shard(1)), -1) << "one shard: nothing is kept apart when everything trains";
+      }
+      const auto step2 = load_folder(d.file("run/exports/step-2/" + fmt));
+      const auto step3 = load_folder(d.file("run/exports/step-3/" + fmt));
+      ASSERT_EQ(step2.size(), step3.size());
+      size_t same = 0;
+      for (const auto& [name, t] : step3) {
+        ASSERT_TRUE(step2.count(name)) << name;
+        same += at::equal(t, step2.at(name));
+      }
+      if (scope == qat::TrainScope::kQuantizedOnly) {
+        EXPECT_LT(same, step3.size()) << "the experts trained between the exports";
+      }
+      // Every export loads as the rollout side loads it.
+      EXPECT_NO_THROW(rollout::load(d.file("run/exports/step-3/" + fmt), at::kCPU));
+    }
+  }
 }
 
 TEST(ExportTrainBF16, ObservingDoesNotChangeTrainingAndBF16RunsExportNVFP4) {
