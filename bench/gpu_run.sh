@@ -17,7 +17,8 @@
 #   (recipes/rl-moe-100m-gpu.yaml) from short pretraining runs, batched and one sequence at a time:
 #   medians of the iteration split (load / sample / score / train / export) and sampled tokens/s.
 #   `step`: the whole training step against the PyTorch baseline at the ~110M (seq 2048) and the
-#   Qwen3-30B-A3B 4-layer slice (seq 4096) shapes, interleaved (bench/step_bench.py; FP4QAT_STEP_ARGS).
+#   Qwen3-30B-A3B 4-layer slice (seq 4096) shapes, interleaved (bench/step_bench.py; FP4QAT_STEP_ARGS, e.g.
+#   "--layouts 1,dp2,ep2" on a 2-GPU machine for issue 25's EP2 / DP2 runs, "--trace" for timelines).
 #   `dist` (2+ GPUs): the NCCL test, then tokens/s of the ~110M MoE on 1 GPU, 2 GPUs DP, 2 GPUs EP.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
