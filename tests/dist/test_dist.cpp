@@ -389,8 +389,10 @@ TEST(Dist, RlLoopDataParallelSamplesEachRanksShareAndTrainsAsOneProcess) {
   for (int s = 1; s <= 2; ++s)
     expect_same_files(one + "/checkpoints/step-" + std::to_string(s), two + "/checkpoints/step-" + std::to_string(s),
                       {"state.json", "config.yaml"});
-  const std::string w0 = read_bytes(one + "/exports/step-0/nvfp4/model-00001-of-00001.safetensors"),
-                    w2 = read_bytes(one + "/exports/step-2/nvfp4/model-00001-of-00001.safetensors");
+  // (Expert-only: the frozen weights are the first shard, linked from export to export; the
+  // experts the second.)
+  const std::string w0 = read_bytes(one + "/exports/step-0/nvfp4/model-00002-of-00002.safetensors"),
+                    w2 = read_bytes(one + "/exports/step-2/nvfp4/model-00002-of-00002.safetensors");
   EXPECT_FALSE(w0.empty());
   EXPECT_NE(w0, w2);  // the steps trained
 }
