@@ -8,11 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define FP4QAT_HD __host__ __device__ __forceinline__
-#else
-#define FP4QAT_HD inline
-#endif
+#include "kernels/common/host_device.h"
 
 namespace fp4qat::optim {
 
