@@ -1,6 +1,10 @@
 // io/hf_folder.cpp — see hf_folder.h.
 #include "io/hf_folder.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 
@@ -10,7 +14,65 @@
 
 namespace fp4qat::hf {
 
-FolderReader::FolderReader(std::string dir) : dir_(std::move(dir)) {
+namespace {
+bool file_identity(const std::string& path, struct stat* sb) { return ::stat(path.c_str(), sb) == 0; }
+int64_t mtime_ns(const struct stat& sb) {
+  return static_cast<int64_t>(sb.st_mtim.tv_sec) * 1000000000 + static_cast<int64_t>(sb.st_mtim.tv_nsec);
+}
+}  // namespace
+
+ShardCache::~ShardCache() {
+  for (auto& e : entries_)
+    if (e.fd >= 0) ::close(e.fd);
+}
+
+at::Tensor ShardCache::find(const std::string& path, const at::Device& device) {
+  struct stat sb;
+  if (!file_identity(path, &sb)) return at::Tensor();
+  for (auto& e : entries_)
+    if (e.dev == static_cast<uint64_t>(sb.st_dev) && e.ino == static_cast<uint64_t>(sb.st_ino) &&
+        e.size == static_cast<uint64_t>(sb.st_size) && e.mtime_ns == mtime_ns(sb) && e.device == device.str()) {
+      e.used = true;
+      ++hits_;
+      return e.data;
+    }
+  return at::Tensor();
+}
+
+void ShardCache::put(const std::string& path, const at::Device& device, at::Tensor data) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  struct stat sb;
+  if (::fstat(fd, &sb) != 0 || sb.st_nlink < 2) {  // only linked files come back (frozen shards)
+    ::close(fd);
+    return;
+  }
+  Entry e;
+  e.dev = static_cast<uint64_t>(sb.st_dev);
+  e.ino = static_cast<uint64_t>(sb.st_ino);
+  e.size = static_cast<uint64_t>(sb.st_size);
+  e.mtime_ns = mtime_ns(sb);
+  e.device = device.str();
+  e.fd = fd;
+  e.data = std::move(data);
+  e.used = true;
+  entries_.push_back(std::move(e));
+}
+
+void ShardCache::sweep() {
+  std::vector<Entry> keep;
+  for (auto& e : entries_) {
+    if (e.used) {
+      e.used = false;
+      keep.push_back(std::move(e));
+    } else if (e.fd >= 0) {
+      ::close(e.fd);
+    }
+  }
+  entries_ = std::move(keep);
+}
+
+FolderReader::FolderReader(std::string dir, ShardCache* cache) : dir_(std::move(dir)), cache_(cache) {
   FP4QAT_CHECK(fs::is_dir(dir_), dir_, ": not a folder");
   const std::string index = dir_ + "/model.safetensors.index.json";
   if (fs::exists(index)) {
@@ -52,12 +114,19 @@ at::Tensor FolderReader::view(const std::string& name) {
 }
 
 at::Tensor FolderReader::view_on(const std::string& name, const at::Device& device) {
-  if (device.is_cpu()) return view(name);
+  if (device.is_cpu() && !cache_) return view(name);
   auto it = where_.find(name);
   FP4QAT_CHECK(it != where_.end(), dir_, ": missing tensor '", name, "'");
   st::Reader& r = shard(it->second);
   at::Tensor& data = on_device_[{it->second, device.str()}];
-  if (!data.defined()) data = r.data_on(device);
+  if (!data.defined()) {
+    const std::string path = dir_ + "/" + it->second;
+    if (cache_) data = cache_->find(path, device);
+    if (!data.defined()) {
+      data = r.data_on(device);
+      if (cache_) cache_->put(path, device, data);
+    }
+  }
   return r.view_in(data, name);
 }
 

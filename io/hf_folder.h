@@ -17,12 +17,45 @@
 
 namespace fp4qat::hf {
 
+// Device copies of shard files kept from one load to the next (the RL loop reloads an export every
+// iteration, and an expert-only export's frozen shard is the same file, hard-linked, every time):
+// a shard whose file is the one already copied — same device and inode, same size and mtime, the
+// inode held open by the cache so that it cannot be reused — is not read again. Only files with
+// more than one link are kept (the exporter's linked shards; a shard written anew each time would
+// only hold memory). sweep() drops the entries the last load did not use.
+class ShardCache {
+ public:
+  ShardCache() = default;
+  ShardCache(const ShardCache&) = delete;
+  ShardCache& operator=(const ShardCache&) = delete;
+  ~ShardCache();
+  // The cached data section of `path` on `device`, or undefined (and nothing kept) on a miss.
+  at::Tensor find(const std::string& path, const at::Device& device);
+  void put(const std::string& path, const at::Device& device, at::Tensor data);
+  void sweep();  // forget every entry not found or put since the last sweep
+  int64_t hits() const { return hits_; }
+  size_t size() const { return entries_.size(); }
+
+ private:
+  struct Entry {
+    uint64_t dev = 0, ino = 0, size = 0;
+    int64_t mtime_ns = 0;
+    std::string device;
+    int fd = -1;  // holds the inode
+    at::Tensor data;
+    bool used = false;
+  };
+  std::vector<Entry> entries_;
+  int64_t hits_ = 0;
+};
+
 // The tensors of a folder: the index (or the single model.safetensors) says which shard holds
 // each; a shard is opened (mapped, never read into memory) the first time it is asked for.
 // Errors name the folder, the index or the shard.
 class FolderReader {
  public:
-  explicit FolderReader(std::string dir);
+  // cache: where view_on() looks for (and leaves) device copies of the shards; null: none.
+  explicit FolderReader(std::string dir, ShardCache* cache = nullptr);
   const std::string& dir() const { return dir_; }
   const std::vector<std::string>& shards() const { return shards_; }          // file names, sorted
   const std::map<std::string, std::string>& where() const { return where_; }  // tensor -> file name
@@ -43,6 +76,7 @@ class FolderReader {
   std::map<std::string, std::string> where_;
   std::map<std::string, std::unique_ptr<st::Reader>> open_;
   std::map<std::pair<std::string, std::string>, at::Tensor> on_device_;  // (shard, device) -> data section
+  ShardCache* cache_ = nullptr;
 };
 
 // Writes tensors into shards of about `max_shard_bytes` (a new shard starts when the next tensor

@@ -57,7 +57,8 @@ at::Tensor ServingPolicy::grouped(const std::string& name, const at::Tensor& x, 
                                         autograd::Backward::kHighPrecision);
 }
 
-Loaded load(const std::string& dir, const at::Device& device, const std::string& serving_override) {
+Loaded load(const std::string& dir, const at::Device& device, const std::string& serving_override,
+            hf::ShardCache* cache) {
   torch::NoGradGuard ng;
   const model::ModelConfig cfg = model::read_hf_config(dir);
   const std::string cfg_path = dir + "/config.json";
@@ -113,7 +114,7 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
   FP4QAT_CHECK(serving_override.empty() || serving_override == "fp4qat" || out.format == Format::kNVFP4, dir,
                ": serving profile '", serving_override, "' applies to NVFP4 checkpoints, not to ",
                qat::to_string(out.format));
-  hf::FolderReader files(dir);
+  hf::FolderReader files(dir, cache);
   // Scalars (weight_scale_2, input_scale) are read on the host; codes, block scales and weights
   // from the shards' bytes copied to the device whole (hf::FolderReader::view_on).
   auto get = [&](const std::string& name) { return files.view(name); };
@@ -277,6 +278,7 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
     return t;
   });
   finite.check();
+  if (cache) cache->sweep();  // what this folder did not use goes
   for (auto& [n, p] : out.model->params()) p.requires_grad_(false);
   out.policy = std::make_unique<ServingPolicy>(out.format, std::move(weights), act);
   out.policy->to(device);

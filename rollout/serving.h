@@ -13,6 +13,7 @@
 #include <string>
 
 #include "autograd/nvfp4_linear.h"
+#include "io/hf_folder.h"
 #include "model/qwen3_moe.h"
 #include "qat/recipe.h"
 
@@ -59,7 +60,10 @@ struct Loaded {
 // checkpoints only; flashinfer_static quantizes each layer's activations with the static scale
 // engines derive from its largest input_scale, warning where that scale is not one fp4qat writes):
 // how `fp4qat eval --serving` asks what another engine would compute from the same files.
-Loaded load(const std::string& dir, const at::Device& device, const std::string& serving_override = "");
+// cache: device copies of shard files kept across loads (hf::ShardCache; the RL loop's sampler
+// keeps one, so that an export's frozen shard, the previous export's file, is not read again).
+Loaded load(const std::string& dir, const at::Device& device, const std::string& serving_override = "",
+            hf::ShardCache* cache = nullptr);
 
 // log p(targets) from logits [B, T, V] (any float dtype) and int64 targets [B, T]: float32 [B, T],
 // differentiable (the trainer's GRPO step takes its gradient; token_logprobs calls it without).

@@ -382,6 +382,7 @@ class Trainer {
   StepLog log_;
   double step_tokens_ = 0;  // tokens the step's forwards ran on (every rank's), for tokens_per_s
   Result res_;
+  hf::ShardCache shard_cache_;  // the RL sampler's device copies of unchanged (linked) shards
   std::unique_ptr<Timeline> timeline_;  // --trace: recording from Options::trace_first to trace_last
   // The steps --trace records, cut to train.steps ({0, -1}: none).
   std::pair<int64_t, int64_t> traced_steps() const {
@@ -625,7 +626,7 @@ void Trainer::sample_iteration(int64_t k) {
     using clock = std::chrono::steady_clock;
     auto since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
     auto t = clock::now();
-    rollout::Loaded m = rollout::load(src, dev_, rl.sample_serving);
+    rollout::Loaded m = rollout::load(src, dev_, rl.sample_serving, &shard_cache_);
     times_.load_s = since(t);
     const rewards::Fn score = rewards::by_name(rl.reward);
     rollout::SampleOptions so;

@@ -208,8 +208,18 @@ TEST(ExportTrainFrozen, FrozenWeightsAreLinkedFromThePreviousExport) {
       if (scope == qat::TrainScope::kQuantizedOnly) {
         EXPECT_LT(same, step3.size()) << "the experts trained between the exports";
       }
-      // Every export loads as the rollout side loads it.
-      EXPECT_NO_THROW(rollout::load(d.file("run/exports/step-3/" + fmt), at::kCPU));
+      // Every export loads as the rollout side loads it; with a shard cache (the RL sampler's), the
+      // linked frozen shard is read once and then taken from the cache, with the same values.
+      hf::ShardCache cache;
+      for (int step = 1; step <= 3; ++step) {
+        const std::string dir = d.file("run/exports/step-" + std::to_string(step) + "/" + fmt);
+        const rollout::Loaded a = rollout::load(dir, at::kCPU), b = rollout::load(dir, at::kCPU, "", &cache);
+        for (size_t i = 0; i < a.model->params().size(); ++i)
+          EXPECT_TRUE(at::equal(a.model->params()[i].second, b.model->params()[i].second))
+              << "step " << step << " " << a.model->params()[i].first;
+      }
+      EXPECT_EQ(cache.hits(), scope == qat::TrainScope::kQuantizedOnly ? 2 : 0);
+      EXPECT_LE(cache.size(), 1u);
     }
   }
 }
