@@ -15,7 +15,6 @@
 namespace fp4qat::hf {
 
 namespace {
-bool file_identity(const std::string& path, struct stat* sb) { return ::stat(path.c_str(), sb) == 0; }
 int64_t mtime_ns(const struct stat& sb) {
   return static_cast<int64_t>(sb.st_mtim.tv_sec) * 1000000000 + static_cast<int64_t>(sb.st_mtim.tv_nsec);
 }
@@ -28,7 +27,7 @@ ShardCache::~ShardCache() {
 
 at::Tensor ShardCache::find(const std::string& path, const at::Device& device) {
   struct stat sb;
-  if (!file_identity(path, &sb)) return at::Tensor();
+  if (::stat(path.c_str(), &sb) != 0) return at::Tensor();
   for (auto& e : entries_)
     if (e.dev == static_cast<uint64_t>(sb.st_dev) && e.ino == static_cast<uint64_t>(sb.st_ino) &&
         e.size == static_cast<uint64_t>(sb.st_size) && e.mtime_ns == mtime_ns(sb) && e.device == device.str()) {

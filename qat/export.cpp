@@ -162,15 +162,19 @@ void HfFolderWriter::add_written_shard(const std::string& file,
   std::vector<std::string> names;
   int64_t bytes = 0;
   for (const auto& [name, t] : plain) {
-    if (is_linear_weight(name, t.dim()) && opt_.format != Format::kBF16) excluded_.insert(module_of(name));
+    note_plain(name, t);
     names.push_back(name);
     bytes += t.numel() * (at::isFloatingType(t.scalar_type()) ? 2 : static_cast<int64_t>(t.element_size()));
   }
   shards_.add_written_shard(file, names, bytes);
 }
 
-void HfFolderWriter::add_plain(const std::string& name, const at::Tensor& t) {
+void HfFolderWriter::note_plain(const std::string& name, const at::Tensor& t) {
   if (is_linear_weight(name, t.dim()) && opt_.format != Format::kBF16) excluded_.insert(module_of(name));
+}
+
+void HfFolderWriter::add_plain(const std::string& name, const at::Tensor& t) {
+  note_plain(name, t);
   put(name, at::isFloatingType(t.scalar_type()) ? t.to(at::kBFloat16) : t);
 }
 

@@ -150,6 +150,7 @@ class HfFolderWriter {
 
  private:
   void put(const std::string& name, at::Tensor t);  // into the current shard
+  void note_plain(const std::string& name, const at::Tensor& t);  // a plain tensor's place in the exclusion list
   std::string dir_;
   ExportOptions opt_;
   hf::ShardedWriter shards_;

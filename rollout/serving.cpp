@@ -125,15 +125,21 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
   const std::string mx_scale = out.format == Format::kMXFP8 && cj.at("quantization_config").find("quant_algo")
                                    ? ".weight_scale"
                                    : ".weight_scale_inv";
+  // An NVFP4 module's S_dec (weight_scale_2), float32 [] on the host.
+  auto weight_scale_2 = [&](const std::string& m) {
+    const at::Tensor s2 = get(m + ".weight_scale_2").to(at::kFloat);
+    FP4QAT_CHECK(s2.numel() == 1, dir, ": '", m, ".weight_scale_2' must be a scalar");
+    return s2.reshape({});
+  };
+  // NVFP4 codes and block scales [rows, K/2], [rows, K/16] -> the values without S_dec, bf16.
+  auto nvfp4_values = [&](const at::Tensor& codes, const at::Tensor& scales) {
+    return nvfp4_dequantize({codes, scales, at::ones({}, at::TensorOptions(at::kFloat).device(device)), Blocks::k1D},
+                            at::kBFloat16);
+  };
   // A quantized module's values (without S_dec for NVFP4) and S_dec.
   auto decode = [&](const std::string& m) -> std::pair<at::Tensor, at::Tensor> {
-    if (out.format == Format::kNVFP4) {
-      const at::Tensor s2 = get(m + ".weight_scale_2").to(at::kFloat);
-      FP4QAT_CHECK(s2.numel() == 1, dir, ": '", m, ".weight_scale_2' must be a scalar");
-      const NVFP4Tensor q{get_on(m + ".weight"), get_on(m + ".weight_scale"),
-                          at::ones({}, at::TensorOptions(at::kFloat).device(device)), Blocks::k1D};
-      return {nvfp4_dequantize(q, at::kBFloat16), s2.reshape({})};
-    }
+    if (out.format == Format::kNVFP4)
+      return {nvfp4_values(get_on(m + ".weight"), get_on(m + ".weight_scale")), weight_scale_2(m)};
     return {mxfp8_dequantize({get_on(m + ".weight"), get_on(m + mx_scale)}, at::kBFloat16), at::Tensor()};
   };
   std::map<std::string, std::pair<at::Tensor, at::Tensor>> decoded;  // each module decoded once
@@ -212,33 +218,21 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
       continue;
     }
     const int64_t E = g.tensor.size(0), P = g.parts;
+    // NVFP4 (but marlin): every module of the stack decoded in one pass, its E * P modules' codes
+    // and block scales (each [R, K/2], [R, K/16], expert-major as the parameter stacks them)
+    // joined: [E * P * R, K] is the parameter's [E, P * R, K], and each module's value, a view of
+    // it, is the one decoded alone (the decode is per element and per block).
+    at::Tensor all;
     if (out.format == Format::kNVFP4 && !marlin) {
-      // Every module of the stack decoded in one pass: the codes and block scales of its E * P
-      // modules (each [R, K/2] and [R, K/16], expert-major as the parameter stacks them) joined,
-      // then one dequantization; [E * P * R, K] is the parameter's [E, P * R, K]. Each module's
-      // value is the same as decoded alone (the decode is per element and per block).
-      std::vector<at::Tensor> codes, scales, sdec;
+      std::vector<at::Tensor> codes, scales;
       for (const auto& m : mods) {
         codes.push_back(get_on(m + ".weight"));
         scales.push_back(get_on(m + ".weight_scale"));
       }
-      const NVFP4Tensor q{at::cat(codes), at::cat(scales), at::ones({}, at::TensorOptions(at::kFloat).device(device)),
-                          Blocks::k1D};
-      const at::Tensor all = nvfp4_dequantize(q, at::kBFloat16).view({E, -1, q.codes.size(1) * 2});  // [E, P*R, K]
-      const int64_t R = all.size(1) / P;
-      for (int64_t e = 0; e < E; ++e)
-        for (int64_t p = 0; p < P; ++p) {
-          const std::string& m = mods[e * P + p];
-          const at::Tensor s2 = get(m + ".weight_scale_2").to(at::kFloat);
-          FP4QAT_CHECK(s2.numel() == 1, dir, ": '", m, ".weight_scale_2' must be a scalar");
-          if (p == 0) sdec.push_back(s2.reshape({}));
-          if (p > 0 && !at::equal(s2.reshape({}), sdec.back()))
-            TORCH_WARN("fp4qat: ", m, ".weight_scale_2 differs from ", mods[e * P],
-                       ".weight_scale_2; using the latter for both, as serving engines do");
-          decoded[m] = {all[e].narrow(0, p * R, R), s2.reshape({})};
-        }
-      weights[g.param] = {all, at::stack(sdec), act_amax};
-      continue;
+      all = nvfp4_values(at::cat(codes), at::cat(scales)).view({E, P * codes[0].size(0), -1});
+      for (int64_t i = 0; i < E * P; ++i)
+        decoded[mods[i]] = {all[i / P].narrow(0, (i % P) * codes[0].size(0), codes[0].size(0)),
+                            weight_scale_2(mods[i])};
     }
     std::vector<at::Tensor> vals, sdec;
     for (int64_t e = 0; e < E; ++e) {
@@ -251,9 +245,10 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
           TORCH_WARN("fp4qat: ", mods[e * P + p], ".weight_scale_2 differs from ", mods[e * P],
                      ".weight_scale_2; using the latter for both, as serving engines do");
       }
-      vals.push_back(at::cat(parts, 0));  // [P*R, K]
+      if (!all.defined()) vals.push_back(at::cat(parts, 0));  // [P*R, K]
     }
-    weights[g.param] = {at::stack(vals), sdec.empty() ? at::Tensor() : at::stack(sdec), act_amax};
+    weights[g.param] = {all.defined() ? all : at::stack(vals), sdec.empty() ? at::Tensor() : at::stack(sdec),
+                        act_amax};
   }
   if (n_inexact > 0)
     TORCH_WARN("fp4qat: ", dir, ": served with flashinfer_static: the largest input_scale of ", n_inexact,
