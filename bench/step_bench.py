@@ -6,9 +6,11 @@ For each shape and each of --rounds rounds, in this order: fp4qat BF16 (qat.form
 baseline (torch.compile, BF16 autocast over fp32 masters, fused AdamW), fp4qat with expert-only NVFP4
 QAT (the trainer's default: weights quantized once per weight change), the same with the weights
 re-quantized in every forward (qat.cache_weights false), and the default with the per-step NVFP4
-export on. Every run starts from the same random initialisation (train.seed 1) and
-reads the same random token file. Reported per variant: the median tokens/s of the steps after
---warmup, MFU and the peak GPU memory; ratios against our BF16 step. For the export variant the
+export on; on request (--variants) issue 20's recipes: W4A16 (qat-w4a16, qat.activations bf16) and
+row-scaled activations (qat-rowscaled, qat.activation_scale row). Every run starts from the same
+random initialisation (train.seed 1) and reads the same random token file. Reported per variant:
+the median tokens/s of the steps after --warmup, MFU and the peak GPU memory; ratios against our
+BF16 step. For the export variant the
 tokens/s count the time the export held the loop (metrics' export_s: staging it, and waiting for
 the previous one's write where the disk is slower than the steps), and export_s is reported.
 
@@ -92,6 +94,10 @@ def ours(a, shape, variant, tokens, out, layout="1"):
                      "qat.train": "all", "export.every": 1 if variant == "qat-export" else 0,
                      "qat.cache_weights": "false" if variant == "qat-requant" else "true",
                      "export.formats": "[nvfp4]", "export.keep": 2, "export.probe_mismatch": "false"})
+        if variant == "qat-w4a16":  # issue 20: W4A16 (weights NVFP4, activations BF16)
+            sets["qat.activations"] = "bf16"
+        if variant == "qat-rowscaled":  # issue 20: one global scale per activation row
+            sets["qat.activation_scale"] = "row"
     argv = [a.fp4qat, "train", "--recipe", os.path.join(ROOT, "recipes/default.yaml"), "--overwrite"]
     if layout != "1":
         sets["parallel.dp" if layout == "dp2" else "parallel.ep"] = 2
@@ -149,7 +155,7 @@ def main():
                          "its summary in <run>-trace.json.txt)")
     a = ap.parse_args()
     variants = a.variants.split(",")
-    known = ("bf16", "baseline", "qat", "qat-requant", "qat-export")
+    known = ("bf16", "baseline", "qat", "qat-requant", "qat-export", "qat-w4a16", "qat-rowscaled")
     layouts = a.layouts.split(",")
     if any(l not in ("1", "dp2", "ep2") for l in layouts) or not layouts:
         ap.error("--layouts: a comma-separated subset of 1,dp2,ep2")

@@ -60,6 +60,11 @@ void publish(const std::string& root, const std::string& name, int64_t keep, con
   const std::string before = latest(root);
   const int64_t was = before.empty() || !fs::is_dir(root + "/" + before) ? -1 : numbered(before, prefix);
   if (was < 0 || numbered(name, prefix) < 0 || numbered(name, prefix) >= was) fs::symlink_atomic(name, root + "/latest");
+  prune(root, keep, prefix);
+}
+
+void prune(const std::string& root, int64_t keep, const std::string& prefix) {
+  FP4QAT_CHECK(keep >= 0, "prune: keep must be >= 0, got ", keep);
   if (keep > 0) {  // keep the newest `keep` numbered folders
     const auto all = numbered_folders(root, prefix);
     const std::string current = fs::read_link(root + "/latest");

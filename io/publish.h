@@ -28,6 +28,11 @@ void write_folder_atomic(const std::string& target, const std::function<void(con
 void publish(const std::string& root, const std::string& name, int64_t keep, const std::string& prefix,
              const std::function<void(const std::string& tmp)>& fill);
 
+// publish()'s clean-up on its own: with keep > 0 only the newest `keep` `<prefix><number>` folders
+// of `root` stay, never the one `latest` points to; then `root` is fsynced. (A writer that
+// publishes often runs it off its critical path: removing a folder of large files takes time.)
+void prune(const std::string& root, int64_t keep, const std::string& prefix);
+
 // The `<prefix><N>` folders of `root` (N a decimal number), sorted by N; none if root is missing.
 std::vector<std::pair<int64_t, std::string>> numbered_folders(const std::string& root, const std::string& prefix);
 

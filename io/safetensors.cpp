@@ -4,11 +4,13 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <set>
 #include <thread>
@@ -65,13 +67,22 @@ void FiniteChecks::add(const at::Tensor& t, std::string name, std::string where)
   if (!at::isFloatingType(t.scalar_type())) return;
   // 8-bit floats are widened first (isfinite is not defined for them on every device).
   const at::Tensor x = t.element_size() < 2 ? t.to(at::kFloat) : t;
-  finite_.push_back(at::isfinite(x).all());  // stays on the tensor's device until check()
+  finite_.push_back(at::isfinite(x).all().reshape({1}));  // stays on the tensor's device until check()
   named_.emplace_back(std::move(name), std::move(where));
+}
+
+void FiniteChecks::add_parts(const at::Tensor& t, std::vector<std::string> names, std::vector<std::string> wheres) {
+  FP4QAT_CHECK(names.size() == wheres.size() && !names.empty() && t.numel() % static_cast<int64_t>(names.size()) == 0,
+               "FiniteChecks::add_parts: ", names.size(), " names for a tensor of ", t.numel(), " elements");
+  if (!at::isFloatingType(t.scalar_type())) return;
+  const at::Tensor x = t.element_size() < 2 ? t.to(at::kFloat) : t;
+  finite_.push_back(at::isfinite(x).reshape({static_cast<int64_t>(names.size()), -1}).all(1));
+  for (size_t i = 0; i < names.size(); ++i) named_.emplace_back(std::move(names[i]), std::move(wheres[i]));
 }
 
 void FiniteChecks::check() const {
   if (finite_.empty()) return;
-  const at::Tensor ok = at::stack(finite_).to(at::kCPU);
+  const at::Tensor ok = at::cat(finite_).to(at::kCPU);
   const auto a = ok.accessor<bool, 1>();
   for (int64_t i = 0; i < a.size(0); ++i) {
     const auto& [name, where] = named_[static_cast<size_t>(i)];
@@ -247,6 +258,7 @@ at::Tensor Reader::data_on(const at::Device& device) const {
   work();
   for (auto& t : pool) t.join();
   FP4QAT_CHECK(failed == 0, path_, ": read failed: ", std::strerror(failed));
+  host_ = host;
   return host.to(device, /*non_blocking=*/true);
 }
 
@@ -268,6 +280,7 @@ at::Tensor Reader::view(const std::string& name) const {
   FP4QAT_CHECK(t != nullptr, path_, ": no tensor named '", name, "'");
   auto opts = at::TensorOptions().dtype(to_scalar_type(t->dtype)).device(at::kCPU);
   if (t->nbytes() == 0) return at::empty(t->shape, opts);
+  if (host_.defined()) return view_in(host_, name);
   auto* base = static_cast<unsigned char*>(map_->addr) + data_start_ + t->begin;
   auto keep = map_;
   // The mapping is PROT_READ: the tensor must be treated as read-only (clone() before writing).
@@ -276,8 +289,63 @@ at::Tensor Reader::view(const std::string& name) const {
 }
 
 // ---- Writer -------------------------------------------------------------------------------------
+namespace {
+// Writes the buffers `iov` (in order) to `fd` from file offset `off`: the bytes cut into up to 8
+// ranges of whole buffers (at least 16 MiB each), each range written by its own thread with
+// pwritev() calls of at most IOV_MAX buffers. `path` names the file in errors.
+void write_vectored(int fd, const std::vector<iovec>& iov, uint64_t off, const std::string& path) {
+  uint64_t total = 0;
+  for (const auto& v : iov) total += v.iov_len;
+  constexpr uint64_t kMinRange = 16ull << 20;
+  const uint64_t threads = std::min<uint64_t>(
+      {std::max<uint64_t>(1, total / kMinRange), 8, std::max(1u, std::thread::hardware_concurrency())});
+  std::vector<size_t> cut{0};     // the buffer each range starts at
+  std::vector<uint64_t> start{off};  // and its file offset
+  uint64_t pos = 0;
+  for (size_t i = 0; i + 1 < iov.size(); ++i) {
+    pos += iov[i].iov_len;
+    if (cut.size() < threads && pos * threads >= total * cut.size()) {
+      cut.push_back(i + 1);
+      start.push_back(off + pos);
+    }
+  }
+  cut.push_back(iov.size());
+  std::atomic<int> failed{0};
+  auto work = [&](size_t r) {
+    std::vector<iovec> v(iov.begin() + static_cast<std::ptrdiff_t>(cut[r]),
+                         iov.begin() + static_cast<std::ptrdiff_t>(cut[r + 1]));
+    uint64_t at = start[r];
+    size_t i = 0;
+    while (i < v.size() && failed == 0) {
+      const int cnt = static_cast<int>(std::min<size_t>(v.size() - i, IOV_MAX));
+      const ssize_t w = ::pwritev(fd, v.data() + i, cnt, static_cast<off_t>(at));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        failed = w < 0 ? errno : EIO;
+        return;
+      }
+      at += static_cast<uint64_t>(w);
+      for (size_t left = static_cast<size_t>(w); left > 0;) {  // past what was written
+        const size_t d = std::min(left, v[i].iov_len);
+        v[i].iov_base = static_cast<char*>(v[i].iov_base) + d;
+        v[i].iov_len -= d;
+        left -= d;
+        if (v[i].iov_len == 0) ++i;
+      }
+      while (i < v.size() && v[i].iov_len == 0) ++i;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (size_t r = 1; r + 1 < cut.size(); ++r) pool.emplace_back(work, r);
+  work(0);
+  for (auto& t : pool) t.join();
+  FP4QAT_CHECK(failed == 0, path, ": write failed: ", std::strerror(failed));
+}
+
+}  // namespace
+
 void write_file(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                const json::Value& metadata_in) {
+                const json::Value& metadata_in, uint64_t copy_window) {
   const std::string dir = fs::parent_dir(path);
   FP4QAT_CHECK(fs::is_dir(dir), path, ": output folder '", dir, "' does not exist");
 
@@ -301,30 +369,42 @@ void write_file(const std::string& path, const std::vector<std::pair<std::string
   std::string htext = header.dump();
   while ((htext.size() % 8) != 0) htext.push_back(' ');  // pad N to a multiple of 8
 
+  std::string head(8, '\0');
+  for (int i = 0; i < 8; ++i) head[i] = static_cast<char>((uint64_t(htext.size()) >> (8 * i)) & 0xff);
+  head += htext;
+  const uint64_t total = head.size() + offset;
+
   const std::string tmp = fs::temp_name_beside(path);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   FP4QAT_CHECK(fd >= 0, tmp, ": cannot create: ", std::strerror(errno));
-  auto write_all = [&](const void* p, size_t n) {
-    const char* c = static_cast<const char*>(p);
-    while (n > 0) {
-      const ssize_t w = ::write(fd, c, n);
-      if (w < 0 && errno == EINTR) continue;
-      FP4QAT_CHECK(w > 0, tmp, ": write failed: ", std::strerror(errno));
-      c += w;
-      n -= static_cast<size_t>(w);
-    }
-  };
   try {
-    unsigned char len[8];
-    uint64_t n = htext.size();
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>((n >> (8 * i)) & 0xff);
-    write_all(len, 8);
-    write_all(htext.data(), htext.size());
+    FP4QAT_CHECK(::ftruncate(fd, static_cast<off_t>(total)) == 0, tmp, ": cannot size to ", total,
+                 " bytes: ", std::strerror(errno));
+    // The bytes go out in windows of consecutive tensors (at most copy_window bytes of host
+    // copies a window), each window with pwritev()s over a few byte ranges at once: one write a
+    // tensor would cost a system call each (an NVFP4 expert stack is thousands of small tensors),
+    // and one thread a file leaves the page cache's copy rate on the table.
+    std::vector<iovec> iov{{head.data(), head.size()}};
+    std::vector<at::Tensor> copies;
+    uint64_t at_off = 0, bytes = head.size(), copied = 0;
+    auto flush = [&] {
+      write_vectored(fd, iov, at_off, tmp);
+      at_off += bytes;
+      iov.clear();
+      copies.clear();
+      bytes = copied = 0;
+    };
     for (const auto& [name, t] : tensors) {
       if (t.numel() == 0) continue;
-      const at::Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(at::kCPU).contiguous();
-      write_all(c.data_ptr(), static_cast<size_t>(c.numel()) * c.element_size());
+      at::Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(at::kCPU).contiguous();
+      const uint64_t n = static_cast<uint64_t>(c.numel()) * c.element_size();
+      iov.push_back({c.data_ptr(), static_cast<size_t>(n)});
+      bytes += n;
+      if (!t.device().is_cpu() || !t.is_contiguous()) copied += n;
+      copies.push_back(std::move(c));
+      if (copied >= copy_window) flush();
     }
+    if (!iov.empty()) flush();
     FP4QAT_CHECK(::fsync(fd) == 0, tmp, ": fsync failed: ", std::strerror(errno));
     FP4QAT_CHECK(::close(fd) == 0, tmp, ": close failed: ", std::strerror(errno));
   } catch (...) {

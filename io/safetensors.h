@@ -34,11 +34,14 @@ void check_finite(const at::Tensor& t, const std::string& name, const std::strin
 class FiniteChecks {
  public:
   void add(const at::Tensor& t, std::string name, std::string where);
+  // t's leading dimensions flattened into names.size() equal parts (a stack of tensors, [N, ...]
+  // or [E, P * R, K] for N = E * P), each checked as add() checks it, with one kernel for all.
+  void add_parts(const at::Tensor& t, std::vector<std::string> names, std::vector<std::string> wheres);
   void check() const;
 
  private:
   std::vector<std::pair<std::string, std::string>> named_;  // (name, where)
-  std::vector<at::Tensor> finite_;                          // bool [] each
+  std::vector<at::Tensor> finite_;                          // bool [k] each: k of named_'s entries
 };
 
 constexpr uint64_t kMaxHeaderBytes = 100ull * 1000 * 1000;  // "headers over 100 MB" are rejected
@@ -66,7 +69,8 @@ class Reader {
   const json::Value& metadata() const { return metadata_; }  // {} when absent
 
   // Zero-copy CPU tensor over the mapping (read-only: never write into it). It keeps the mapping
-  // alive after the Reader is gone.
+  // alive after the Reader is gone. After a data_on() for a GPU it is a view into the pinned host
+  // copy data_on() read instead (no page faults for a loader's scalars; the same values).
   at::Tensor view(const std::string& name) const;
 
   // The whole data section (every tensor's bytes, in file order) as one uint8 tensor on `device`:
@@ -86,12 +90,15 @@ class Reader {
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t> index_;  // name -> position in tensors_
   json::Value metadata_ = json::Value::object();
+  mutable at::Tensor host_;  // uint8 [data bytes]: data_on()'s pinned copy of the data section
 };
 
-// Writes tensors (CPU or CUDA; copied to host one at a time) to `path` atomically: a temporary
-// file beside it, fsync, rename, fsync of the folder. The output folder must exist. Names must be
-// unique. metadata defaults to {"format": "pt"}.
+// Writes tensors (CPU or CUDA) to `path` atomically: a temporary file beside it, fsync, rename,
+// fsync of the folder. The output folder must exist. Names must be unique. metadata defaults to
+// {"format": "pt"}. The bytes go out in windows of consecutive tensors, device (or non-contiguous)
+// tensors copied to the host at most `copy_window` bytes at a time, each window written by a few
+// threads with vectored writes.
 void write_file(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                const json::Value& metadata = json::Value());
+                const json::Value& metadata = json::Value(), uint64_t copy_window = 512ull << 20);
 
 }  // namespace fp4qat::st

@@ -576,9 +576,13 @@ Params Qwen3Moe::to_hf(at::ScalarType dtype) const {
   return out;
 }
 
-void Qwen3Moe::load_hf(const std::function<at::Tensor(const std::string&)>& get) {
+void Qwen3Moe::load_hf(const std::function<at::Tensor(const std::string&)>& get, const std::set<std::string>& filled) {
   torch::NoGradGuard ng;
+  std::set<std::string> skip;  // the Hugging Face names of the parameters in `filled`
+  for (const auto& g : hf_groups())
+    if (filled.count(g.param)) skip.insert(g.names.begin(), g.names.end());
   for (auto& [name, view] : hf_views()) {
+    if (skip.count(name)) continue;
     const at::Tensor t = get(name);
     FP4QAT_CHECK(t.sizes() == view.sizes(), "tensor '", name, "' has shape ", t.sizes(), ", expected ", view.sizes());
     view.copy_(t);

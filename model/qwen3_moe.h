@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -106,8 +107,9 @@ class Qwen3Moe {
 
   // Hugging Face adapter: per-expert names, tensors converted to `dtype`.
   Params to_hf(at::ScalarType dtype) const;
-  // Copies every parameter from `get(hf_name)` (throws naming a missing or misshaped tensor).
-  void load_hf(const std::function<at::Tensor(const std::string&)>& get);
+  // Copies every parameter from `get(hf_name)` (throws naming a missing or misshaped tensor),
+  // except the parameters (HfGroup::param) in `filled`: the caller has written those already.
+  void load_hf(const std::function<at::Tensor(const std::string&)>& get, const std::set<std::string>& filled = {});
   std::vector<std::string> hf_names() const;
   std::vector<HfGroup> hf_groups() const;  // the one internal <-> Hugging Face name mapping
   // The Hugging Face tensor names and shapes of a model of shape `cfg`, in hf_views order,

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <set>
 
 #include "autograd/mxfp8_linear.h"
 #include "autograd/nvfp4_linear.h"
@@ -170,6 +171,10 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
   // bit for bit): nothing is initialised or decoded on the host only to be copied over.
   out.model = std::make_unique<model::Qwen3Moe>(model::model_of_folder(dir, cfg, device));
   std::map<std::string, ServingPolicy::Weight> weights;
+  // NaN or Inf in a weight (or, for a quantized module, in its scales) is refused by name: one flag
+  // per tensor, read back once at the end (not one host synchronisation per tensor on a GPU).
+  st::FiniteChecks finite;
+  std::set<std::string> filled;  // parameters written here (stacked NVFP4), not by load_hf
   std::string inexact;  // flashinfer_static: the first parameter whose static scale is not exact
   int n_inexact = 0;
   for (const auto& g : out.model->hf_groups()) {
@@ -247,6 +252,25 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
       }
       if (!all.defined()) vals.push_back(at::cat(parts, 0));  // [P*R, K]
     }
+    if (all.defined()) {
+      // The model's own parameter [E, P * R, K] (float32): each module's value times its own
+      // weight_scale_2, as load_hf below multiplies a module's, for the whole stack in one kernel;
+      // its finiteness one flag per module (named by the module's weight and its file).
+      std::vector<float> s_mod;
+      std::vector<std::string> names, wheres;
+      for (const auto& m : mods) {
+        s_mod.push_back(decoded.at(m).second.item<float>());
+        names.push_back(m + ".weight");
+        wheres.push_back(dir + "/" + files.where().at(m + ".weight"));
+        decoded.erase(m);
+      }
+      const int64_t R = g.tensor.size(1) / P;
+      const at::Tensor s = at::tensor(s_mod).to(device).view({E, P, 1, 1});
+      at::Tensor param = g.tensor.view({E, P, R, -1});
+      at::mul_out(param, all.view({E, P, R, -1}), s);  // bf16 * float32, computed in float32
+      finite.add_parts(g.tensor, std::move(names), std::move(wheres));
+      filled.insert(g.param);
+    }
     weights[g.param] = {all.defined() ? all : at::stack(vals), sdec.empty() ? at::Tensor() : at::stack(sdec),
                         act_amax};
   }
@@ -256,9 +280,6 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
                "writes; their activation global scale is within an ulp or two of the engine's 1 / input_scale, not ",
                "bit for bit");
   // Every other tensor is a BF16 (or F32) parameter; quantized ones get their dequantized value.
-  // NaN or Inf in a weight (or, for a quantized module, in its scales) is refused by name: one flag
-  // per tensor, read back once at the end (not one host synchronisation per tensor on a GPU).
-  st::FiniteChecks finite;
   out.model->load_hf([&](const std::string& name) -> at::Tensor {
     const std::string m = names::module_of(name);
     at::Tensor t;
@@ -271,7 +292,7 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
     }
     finite.add(t, name, dir + "/" + files.where().at(quantized(m) ? m + ".weight" : name));
     return t;
-  });
+  }, filled);
   finite.check();
   if (cache) cache->sweep();  // what this folder did not use goes
   for (auto& [n, p] : out.model->params()) p.requires_grad_(false);

@@ -67,6 +67,7 @@ bool Exporter::due(int64_t step) const {
 
 Exporter::~Exporter() {
   if (inflight_.valid()) inflight_.wait();
+  if (pruning_.valid()) pruning_.wait();
 }
 
 void Exporter::wait() {
@@ -80,6 +81,15 @@ void Exporter::wait() {
   last_dir_ = done.dir;
   for (const auto& w : written) last_stable_.push_back(w->stable_shards());
   published_.push_back(std::move(done));
+  // Off the caller's path (an RL loop samples from the new export meanwhile): removing an old
+  // export's shards takes as long as writing a small one on some file systems.
+  if (cfg_.exports.keep > 0)
+    pruning_ = std::async(std::launch::async, [root = root(), keep = cfg_.exports.keep] { io::prune(root, keep, "step-"); });
+}
+
+void Exporter::finish() {
+  wait();
+  if (pruning_.valid()) pruning_.get();
 }
 
 std::vector<Exporter::Published> Exporter::take_published() { return std::exchange(published_, {}); }
@@ -202,7 +212,6 @@ std::string Exporter::submit(int64_t step) {
   const std::string info = info_v.dump(2) + "\n";
   const std::string recipe = config::dump(cfg_);
   const std::string root_dir = root();
-  const int64_t keep = cfg_.exports.keep;
   const std::string source = source_;
   const std::vector<std::string> serving = serving_;
   const config::ExportConfig xc = cfg_.exports;
@@ -214,12 +223,14 @@ std::string Exporter::submit(int64_t step) {
   writing_ = staged;
   const std::string reuse_root = last_dir_;
   const std::vector<qat::StagedFolder::StableShards> reuse = last_stable_;
+  auto pruned = std::make_shared<std::future<void>>(std::move(pruning_));
   inflight_ = std::async(std::launch::async, [=]() {
+    if (pruned->valid()) pruned->get();  // the previous export's clean-up first (its error is this export's)
     Published done;
     done.step = step;
     done.dir = root_dir + "/" + name;
     const auto t0 = std::chrono::steady_clock::now();
-    io::publish(root_dir, name, keep, "step-", [&](const std::string& tmp) {
+    io::publish(root_dir, name, /*keep=*/0, "step-", [&](const std::string& tmp) {  // pruned after wait()
       for (size_t i = 0; i < staged.size(); ++i) {
         const std::string dir = tmp + "/" + qat::to_string(formats[i]);
         fs::make_dir(dir);

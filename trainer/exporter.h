@@ -46,7 +46,7 @@ namespace fp4qat::train {
 class Exporter {
  public:
   Exporter(const config::Config& cfg, const model::Qwen3Moe& model, qat::QatPolicy& policy);
-  ~Exporter();  // waits for an export in flight (wait() is where its error is reported)
+  ~Exporter();  // waits for an export in flight and old exports' removal (errors: see wait())
   // True when step (1-based) is an export step: every export.every steps, and the last step.
   bool due(int64_t step) const;
   // Stages step `step` (the weights as they are now) and hands it to the background writer;
@@ -69,8 +69,12 @@ class Exporter {
     double push_s = 0;
     std::string push_error;
   };
-  // Waits until the export in flight (if any) is published (and pushed); rethrows its error.
+  // Waits until the export in flight (if any) is published (and pushed); rethrows its error. The
+  // exports beyond export.keep are then removed in the background (the next export waits for that
+  // first, and reports its error).
   void wait();
+  // wait(), and the removal of old exports: every file is as the run leaves it.
+  void finish();
   // The exports finished since the last call, oldest first (those submit() waited for included).
   std::vector<Published> take_published();
   std::string root() const { return cfg_.train.out_dir + "/exports"; }
@@ -85,6 +89,7 @@ class Exporter {
   std::map<std::string, at::Tensor> amax_;  // last known activation amax per parameter (float32, model device)
   std::shared_ptr<qat::HostBufferPool> pool_ = std::make_shared<qat::HostBufferPool>();  // reused every export
   std::future<Published> inflight_;
+  std::future<void> pruning_;                               // removing exports beyond export.keep
   std::vector<Published> published_;                        // finished, not yet taken
   std::vector<std::shared_ptr<qat::StagedFolder>> staged_;  // of the export in flight, until fenced
   // The last published export (its folder, and each format's shards of frozen weights): the next

@@ -1114,7 +1114,7 @@ void Trainer::checkpoint() {
 
 void Trainer::finish() {
   const auto& cfg = cfg_;
-  if (exporter_ && pg_->is_main()) exporter_->wait();  // the last export is published before run() returns
+  if (exporter_ && pg_->is_main()) exporter_->finish();  // the last export is published before run() returns
   log_pushes();
   if (exporter_) res_.exports_have_tokenizer = exporter_->has_tokenizer();
   res_.final_step = step_;

@@ -21,14 +21,17 @@ TEST(GpuIo, DataSectionOnTheDeviceEqualsTheFile) {
   const at::Tensor odd = at::randint(0, 255, {9}, at::kByte);
   const at::Tensor f = at::randn({3, 7});
   st::write_file(p, {{"odd", odd}, {"f", f}, {"big", big}, {"e", at::empty({0})}});
-  st::Reader r(p);
+  st::Reader r(p), mapped(p);  // mapped: views over the file's mapping
   const at::Tensor data = r.data_on(at::kCUDA);
   ASSERT_TRUE(data.is_cuda());
   for (const auto& t : r.tensors()) {
     const at::Tensor v = r.view_in(data, t.name);
     EXPECT_TRUE(v.is_cuda()) << t.name;
-    EXPECT_TRUE(fp4qat::test::bytes_equal(v.cpu(), r.view(t.name))) << t.name;
+    EXPECT_TRUE(fp4qat::test::bytes_equal(v.cpu(), mapped.view(t.name))) << t.name;
+    // After data_on, view() reads the pinned host copy: the same bytes.
+    EXPECT_TRUE(fp4qat::test::bytes_equal(r.view(t.name), mapped.view(t.name))) << t.name;
   }
+  EXPECT_TRUE(fp4qat::test::bytes_equal(r.view("f"), f));
   fp4qat::hf::FolderReader folder(d.path());
   EXPECT_TRUE(fp4qat::test::bytes_equal(folder.view_on("f", at::kCUDA).cpu(), f));
   EXPECT_TRUE(fp4qat::test::bytes_equal(folder.view_on("big", at::kCUDA).cpu(), big));

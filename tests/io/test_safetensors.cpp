@@ -113,6 +113,37 @@ TEST(Safetensors, DataSectionViewsEqualTheTensors) {
   EXPECT_THROW(r.view_in(data, "nope"), fp4qat::Error);
 }
 
+// The writer's windows and ranges: thousands of small tensors (an NVFP4 expert stack's layout),
+// non-contiguous ones among them (copied, so they count against the copy window), zero-size ones,
+// and enough bytes for several write ranges. The file is the same bytes whatever the window, and
+// every tensor reads back equal.
+TEST(Safetensors, WindowsAndRangesWriteTheSameBytes) {
+  TempDir d;
+  at::manual_seed(7);
+  std::vector<std::pair<std::string, at::Tensor>> ts;
+  for (int i = 0; i < 3000; ++i) {
+    const std::string n = "m." + std::to_string(i);
+    if (i % 7 == 3) ts.emplace_back(n, at::randn({24, 16}).t());  // non-contiguous
+    else if (i % 11 == 5) ts.emplace_back(n, at::empty({0, 4}));
+    else if (i % 2) ts.emplace_back(n, at::randint(0, 255, {1 + i % 13}, at::kByte));
+    else ts.emplace_back(n, at::randn({i % 5 + 1, 257}).to(at::kBFloat16));
+  }
+  ts.emplace_back("big", at::randn({9 * 1024 * 1024 + 3}));  // ~36 MiB: more than one write range
+  const std::string a = d.file("a.safetensors"), b = d.file("b.safetensors");
+  st::write_file(a, ts);
+  st::write_file(b, ts, fp4qat::json::Value(), /*copy_window=*/4096);  // a window every few tensors
+  const std::string ba = fp4qat::test::read_bytes(a), bb = fp4qat::test::read_bytes(b);
+  EXPECT_EQ(ba.size(), bb.size());
+  EXPECT_TRUE(ba == bb) << "the copy window changed the file's bytes";
+  st::Reader r(b);
+  ASSERT_EQ(r.tensors().size(), ts.size());
+  for (const auto& [n, t] : ts) {
+    const at::Tensor v = r.view(n);
+    ASSERT_EQ(v.sizes(), t.sizes()) << n;
+    EXPECT_TRUE(at::equal(v, t)) << n;
+  }
+}
+
 TEST(Safetensors, WriterRefusesMissingFolderAndDuplicates) {
   TempDir d;
   EXPECT_THROW(st::write_file(d.file("no/such/dir/x.safetensors"), {{"a", at::zeros({1})}}), fp4qat::Error);
