@@ -190,6 +190,7 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json")
+    ap.add_argument("--only", default="", help="run only the cases whose name contains this")
     a = ap.parse_args()
     dev = "cuda"
     print("torch", torch.__version__, torch.cuda.get_device_name(0))
@@ -215,13 +216,15 @@ def main():
     ]
     eager = {"nvfp4": nvfp4_quantize, "mxfp8": mxfp8_quantize, "4over6": nvfp4_quantize_4over6}
     # Whether torch.compile kept the arithmetic (it may rewrite divisions): compiled vs eager bytes.
-    for two_d in (False, True):
+    for two_d in (False, True) if a.only in "nvfp4 1d MoE layer 4over6-256-mae" else ():
         a_, b_ = nvfp4_quantize_4over6(w2, two_d), compiled["4over6"](w2, two_d)
         same = all(torch.equal(u.view(torch.uint8) if u.dtype == torch.float8_e4m3fn else u,
                                v.view(torch.uint8) if v.dtype == torch.float8_e4m3fn else v) for u, v in zip(a_, b_))
         print(f"4over6 {'2d' if two_d else '1d'}: torch.compile output equals eager: {same}", flush=True)
     rows = []
     for name, fn in cases:
+        if a.only not in name:
+            continue
         t_e = median_ms(lambda: fn(eager), a.reps, a.warmup)
         t_c = median_ms(lambda: fn(compiled), a.reps, a.warmup)
         rows.append({"name": name, "eager_ms": t_e, "compile_ms": t_c})
