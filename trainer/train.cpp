@@ -807,6 +807,10 @@ void Trainer::train_step() {
       targets = v[0][0].item<double>();
     }
   }
+  // The micro-batches' losses and the first one's expert loads stay on the device until every
+  // backward is queued: one host synchronisation a step (a GPU keeps the queue full meanwhile).
+  std::vector<at::Tensor> ces, auxes, loads;
+  std::vector<double> weights;  // each micro-batch's `weight`
   for (int64_t micro = 0; micro < cfg.train.grad_accum; ++micro) {
     // Rank-aware sharding: each rank takes its own slice of the deterministic batch stream.
     const uint64_t bi = static_cast<uint64_t>((step_ * cfg.train.grad_accum + micro) * pg_->world_size() + pg_->rank());
@@ -825,17 +829,31 @@ void Trainer::train_step() {
     }
     const at::Tensor loss =
         ce * weight + aux * (cfg.model.router_aux_loss_coef / static_cast<double>(cfg.train.grad_accum));
-    const double ce_v = ce.item<double>();  // one host sync per micro-batch
-    FP4QAT_CHECK(std::isfinite(ce_v), "step ", step_ + 1, ": the loss is not finite; stopping without a checkpoint");
     if (reducer_ && micro == cfg.train.grad_accum - 1) reducer_->arm();  // all-reduce buckets overlap this backward
     loss.backward();
-    loss_sum += ce_v * weight;
-    aux_sum += aux.item<double>() / cfg.train.grad_accum;
+    ces.push_back(ce.detach().to(at::kDouble).reshape({1}));
+    weights.push_back(weight);
+    auxes.push_back(aux.detach().to(at::kDouble).reshape({1}));
     if (micro == 0)
-      for (const auto& l : fw.expert_load) {
-        const at::Tensor lc = l.to(at::kCPU).to(at::kDouble).contiguous();
-        load.emplace_back(lc.data_ptr<double>(), lc.data_ptr<double>() + lc.numel());
-      }
+      for (const auto& l : fw.expert_load) loads.push_back(l.detach().to(at::kDouble).reshape({-1}));
+  }
+  {  // back on the host, summed in micro-batch order as each value arrives
+    std::vector<at::Tensor> all = ces;
+    all.insert(all.end(), auxes.begin(), auxes.end());
+    all.insert(all.end(), loads.begin(), loads.end());
+    const at::Tensor host = at::cat(all).to(at::kCPU).contiguous();
+    const double* v = host.data_ptr<double>();
+    const size_t n = weights.size();
+    for (size_t i = 0; i < n; ++i) {
+      loss_sum += v[i] * weights[i];
+      aux_sum += v[n + i] / cfg.train.grad_accum;
+    }
+    size_t at_ = 2 * n;
+    for (const auto& l : loads) {
+      const auto k = static_cast<size_t>(l.numel());
+      load.emplace_back(v + at_, v + at_ + k);
+      at_ += k;
+    }
   }
   std::vector<double*> rl_sums;  // summed over ranks
   if (rollouts_)
@@ -853,6 +871,9 @@ void Trainer::train_step() {
     aux_sum = v[0][1].item<double>() / W_;
     for (size_t i = 0; i < rl_sums.size(); ++i) *rl_sums[i] = v[0][static_cast<int64_t>(i) + 2].item<double>();
   }
+  // Before any update: a non-finite loss on any rank (the sum over ranks carries it to all of
+  // them) stops every rank, with no checkpoint of weights the step would have made non-finite.
+  FP4QAT_CHECK(std::isfinite(loss_sum), "step ", step_ + 1, ": the loss is not finite; stopping without a checkpoint");
   if (rollouts_) {
     log_.reward_mean = rl.reward / rl.samples;
     log_.response_length_mean = rl.tokens / rl.samples;

@@ -474,6 +474,33 @@ TEST(CliTrain, SigintFinishesTheStepAndCheckpoints) {
   EXPECT_LT(step, 100000);
 }
 
+// A loss that turns non-finite (a learning rate that blows the weights up by step 3) stops the run
+// before that step's update, with exit 1 and the step named, and leaves no checkpoint of it: the
+// check reads the step's losses once, after every micro-batch's backward (grad_accum 2 here).
+TEST(CliTrain, NonFiniteLossStopsBeforeTheUpdateWithoutACheckpoint) {
+  TempDir d;
+  const std::string out = d.file("run");
+  const auto r = fp4qat::test::run_fp4qat(
+      {"train", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml", "--set", "train.steps=8",
+       "--set", "train.grad_accum=2", "--set", "optim.lr=1e10", "--set", "optim.warmup_steps=0", "--set",
+       "optim.grad_clip=0", "--set", "train.eval_every=0", "--set", "train.checkpoint_every=1", "--set",
+       "export.every=0", "--set", "train.out_dir=" + out});
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  const size_t at = r.err.find(": the loss is not finite; stopping without a checkpoint");
+  ASSERT_NE(at, std::string::npos) << r.err;
+  const size_t s = r.err.rfind("step ", at);
+  ASSERT_NE(s, std::string::npos) << r.err;
+  const int64_t bad = std::stoll(r.err.substr(s + 5, at - s - 5));
+  EXPECT_GE(bad, 2) << r.err;
+  const std::string latest = fp4qat::io::latest(out + "/checkpoints");
+  ASSERT_FALSE(latest.empty()) << "the steps before the non-finite one were checkpointed";
+  EXPECT_EQ(std::stoll(latest.substr(5)), bad - 1);
+  EXPECT_FALSE(fp4qat::fs::exists(out + "/checkpoints/step-" + std::to_string(bad)));
+  const std::string metrics = fp4qat::test::read_bytes(out + "/metrics.jsonl");
+  EXPECT_NE(metrics.find("{\"step\":" + std::to_string(bad - 1) + ","), std::string::npos) << metrics;
+  EXPECT_EQ(metrics.find("{\"step\":" + std::to_string(bad) + ","), std::string::npos) << "no metrics for the bad step";
+}
+
 // The GRPO objective (trainer/grpo.h, issue 22) against its definition, token by token:
 // group-normalised advantages; the gradient of the token-mean surrogate is -A r w / N where the
 // unclipped term is active and 0 where the clipped one is (DAPO's separate low / high bounds);
