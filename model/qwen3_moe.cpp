@@ -66,12 +66,6 @@ namespace {
 
 std::string L(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  const at::Tensor xf = x.to(at::kFloat);
-  const at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
-  return w.to(x.scalar_type()) * (xf * at::rsqrt(var + eps)).to(x.scalar_type());
-}
-
 at::Tensor rotate_half(const at::Tensor& x) {
   const int64_t h = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
@@ -93,6 +87,16 @@ int64_t add_count(int64_t a, int64_t b, const char* what) {
   return r;
 }
 }  // namespace
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  if (x.is_cuda()) {
+    const at::Tensor n = std::get<0>(at::_fused_rms_norm(x, {x.size(-1)}, std::nullopt, eps));  // x's dtype
+    return w.to(x.scalar_type()) * n;
+  }
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return w.to(x.scalar_type()) * (xf * at::rsqrt(var + eps)).to(x.scalar_type());
+}
 
 bool is_moe_layer(const model::ModelConfig& c, int64_t i) {
   const auto& m = c.mlp_only_layers;

@@ -161,6 +161,12 @@ ParameterCount parameter_count(const model::ModelConfig& cfg);
 // Whether layer `i` of shape `cfg` is a MoE layer (not in mlp_only_layers, every
 // decoder_sparse_step-th, and the model has experts); Qwen3Moe::is_moe_layer asks this.
 bool is_moe_layer(const model::ModelConfig& cfg, int64_t i);
+// Qwen3's RMSNorm: w * (x * rsqrt(mean(x^2) + eps)), the normalisation in float32, rounded to x's
+// dtype before the weight (cast to x's dtype) multiplies it, as Hugging Face and the engines do.
+// x [..., D], w [D]. On the CPU the composite of ATen ops (the reference arithmetic); on CUDA the
+// normalisation is ATen's fused RMSNorm kernel (one kernel each way instead of about seven; the
+// same formula, its own reduction order).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);
 // How many layers of shape `cfg` are MoE layers (is_moe_layer over its num_hidden_layers, which
 // the caller has bounded: parameter_count / read_hf_config check the shape first).
 int64_t moe_layer_count(const model::ModelConfig& cfg);

@@ -168,3 +168,38 @@ TEST(GpuModel, GroupedQueryAttentionMatchesTheCpu) {
   const at::Tensor db = gpu.forward(ids.narrow(1, 20, 1).cuda(), at::kFloat, plain, &cb).logits.cpu();
   EXPECT_TRUE(at::allclose(db, da, 1e-4, 1e-4)) << (db - da).abs().max();
 }
+
+// model::rms_norm on CUDA (ATen's fused RMSNorm kernel, then the weight) against the CPU's
+// composite (the reference arithmetic): the same formula in another reduction order, so within an
+// ulp or two of bf16, forward and gradients; the same bits every run; and a row normalised alone
+// (a decode step) the same bits as in a batch (a training forward), which the sampler / learner
+// agreement of the RL loop rests on.
+TEST(GpuModel, FusedRmsNormMatchesTheCpuAndIsBatchInvariant) {
+  FP4QAT_REQUIRE_GPU();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  for (const int64_t D : {64, 128, 512, 2048}) {
+    SCOPED_TRACE(::testing::Message() << "D " << D);
+    const at::Tensor x0 = (at::randn({3, 37, D}, gen) * 3.0).to(at::kBFloat16);
+    const at::Tensor w0 = 1.0 + 0.1 * at::randn({D}, gen);
+    const at::Tensor g = at::randn({3, 37, D}, gen).to(at::kBFloat16);
+    auto f = [](const at::Tensor& x, const at::Tensor& w) { return fp4qat::model::rms_norm(x, w, 1e-6); };
+    const Grads cpu = run(f, x0, w0, g);
+    const Grads gpu = run(f, x0.cuda(), w0.cuda(), g.cuda());
+    const at::Tensor rel = (gpu.y - cpu.y).abs() / (cpu.y.abs() + 1e-6);
+    EXPECT_LE(rel.max().item<float>(), 1.0f / 32) << "forward: more than two bf16 ulps apart";
+    expect_near(gpu.dx, cpu.dx, "dx");
+    expect_near(gpu.dw, cpu.dw, "dw");
+    const Grads again = run(f, x0.cuda(), w0.cuda(), g.cuda());
+    EXPECT_TRUE(fp4qat::test::bytes_equal(again.y, gpu.y));
+    EXPECT_TRUE(fp4qat::test::bytes_equal(again.dx, gpu.dx));
+    EXPECT_TRUE(fp4qat::test::bytes_equal(again.dw, gpu.dw));
+    torch::NoGradGuard ng;
+    const at::Tensor xg = x0.cuda(), wg = w0.cuda();
+    const at::Tensor all = f(xg, wg);
+    for (const int64_t b : {0, 2})
+      for (const int64_t t : {0, 5, 36})
+        EXPECT_TRUE(fp4qat::test::bytes_equal(f(xg[b][t].reshape({1, 1, D}).clone(), wg).reshape({D}).cpu(),
+                                              all[b][t].cpu()))
+            << "row " << b << "," << t << " alone differs from the batch's";
+  }
+}
