@@ -65,10 +65,24 @@ void exchange_atomic(const std::string& a, const std::string& b) {
   fsync_path(parent_dir(b));
 }
 
+namespace {
+thread_local std::vector<std::string> t_staging;  // this thread's StagingScope folders, innermost last
+}  // namespace
+
+StagingScope::StagingScope(const std::string& dir) { t_staging.push_back(dir); }
+StagingScope::~StagingScope() { t_staging.pop_back(); }
+
+bool in_staging(const std::string& path) {
+  for (const auto& d : t_staging)
+    if (path.size() > d.size() + 1 && path.compare(0, d.size(), d) == 0 && path[d.size()] == '/') return true;
+  return false;
+}
+
 void write_text_atomic(const std::string& path, const std::string& text) {
   const std::string dir = parent_dir(path);
   FP4QAT_CHECK(is_dir(dir), path, ": output folder ", dir, " does not exist");
-  const std::string tmp = temp_name_beside(path);
+  const bool staged = in_staging(path);  // written in place: the folder is published whole
+  const std::string tmp = staged ? path : temp_name_beside(path);
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     FP4QAT_CHECK(f.good(), tmp, ": cannot create: ", std::strerror(errno));
@@ -79,6 +93,7 @@ void write_text_atomic(const std::string& path, const std::string& text) {
       FP4QAT_FAIL(tmp, ": write failed");
     }
   }
+  if (staged) return;
   try {
     fsync_path(tmp);
     rename_atomic(tmp, path);
@@ -188,7 +203,7 @@ void copy_file(const std::string& from, const std::string& to) {
     out.flush();
     FP4QAT_CHECK(out.good(), to, ": write failed (copying ", from, ")");
   }
-  fsync_path(to);
+  if (!in_staging(to)) fsync_path(to);
 }
 
 bool link_or_copy(const std::string& from, const std::string& to) {

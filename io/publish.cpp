@@ -29,7 +29,10 @@ void write_folder_atomic(const std::string& target, const std::function<void(con
   const std::string tmp = fs::temp_name_beside(target);
   fs::make_dir(tmp);
   try {
-    fill(tmp);
+    {
+      fs::StagingScope staging(tmp);  // files under tmp are written in place; fsync_tree makes them durable
+      fill(tmp);
+    }
     fs::fsync_tree(tmp);
     if (fs::exists(target)) {
       fs::exchange_atomic(tmp, target);

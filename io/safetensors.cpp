@@ -374,7 +374,10 @@ void write_file(const std::string& path, const std::vector<std::pair<std::string
   head += htext;
   const uint64_t total = head.size() + offset;
 
-  const std::string tmp = fs::temp_name_beside(path);
+  // Inside a folder being published whole (fs::StagingScope) the file is written in place and
+  // made durable with the folder; elsewhere through a temporary name, fsync and rename.
+  const bool staged = fs::in_staging(path);
+  const std::string tmp = staged ? path : fs::temp_name_beside(path);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   FP4QAT_CHECK(fd >= 0, tmp, ": cannot create: ", std::strerror(errno));
   try {
@@ -405,13 +408,14 @@ void write_file(const std::string& path, const std::vector<std::pair<std::string
       if (copied >= copy_window) flush();
     }
     if (!iov.empty()) flush();
-    FP4QAT_CHECK(::fsync(fd) == 0, tmp, ": fsync failed: ", std::strerror(errno));
+    FP4QAT_CHECK(staged || ::fsync(fd) == 0, tmp, ": fsync failed: ", std::strerror(errno));
     FP4QAT_CHECK(::close(fd) == 0, tmp, ": close failed: ", std::strerror(errno));
   } catch (...) {
     ::close(fd);
     ::unlink(tmp.c_str());
     throw;
   }
+  if (staged) return;
   try {
     fs::rename_atomic(tmp, path);
   } catch (...) {

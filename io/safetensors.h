@@ -94,7 +94,7 @@ class Reader {
 };
 
 // Writes tensors (CPU or CUDA) to `path` atomically: a temporary file beside it, fsync, rename,
-// fsync of the folder. The output folder must exist. Names must be unique. metadata defaults to
+// fsync of the folder (inside a folder published whole, fs::StagingScope: in place). The output folder must exist. Names must be unique. metadata defaults to
 // {"format": "pt"}. The bytes go out in windows of consecutive tensors, device (or non-contiguous)
 // tensors copied to the host at most `copy_window` bytes at a time, each window written by a few
 // threads with vectored writes.

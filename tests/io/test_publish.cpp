@@ -3,7 +3,10 @@
 // asked and leaves nothing on failure; `latest` reads the symlink and the older text file.
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "io/fs.h"
+#include "io/safetensors.h"
 #include "io/publish.h"
 #include "kernels/common/check.h"
 #include "tests/common/test_util.h"
@@ -34,6 +37,35 @@ TEST(Publish, AtomicKeepsNewestAndSurvivesAFailedWrite) {
               [](const std::string& tmp) { fs::write_text_atomic(tmp + "/step.txt", "4b"); });
   EXPECT_EQ(fs::read_text(root + "/latest/step.txt"), "4b");
   EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-3", "step-4"}));
+}
+
+// Inside write_folder_atomic's fill (fs::StagingScope), files under the temporary folder are
+// written in place: no temporary names of their own (the folder is fsynced and renamed whole).
+// Only that folder and only this thread: a path beside it, or another thread, is written as
+// always. The published files are complete.
+TEST(Publish, FilesOfAStagedFolderAreWrittenInPlace) {
+  test::TempDir d;
+  const std::string target = d.file("out");
+  std::vector<std::string> seen;
+  bool beside = true, other_thread = true, inside = false;
+  io::write_folder_atomic(target, [&](const std::string& tmp) {
+    inside = fs::in_staging(tmp + "/a.json");
+    beside = fs::in_staging(tmp + "x/a.json") || fs::in_staging(d.file("a.json")) || fs::in_staging(tmp);
+    std::thread([&] { other_thread = fs::in_staging(tmp + "/a.json"); }).join();
+    fs::write_text_atomic(tmp + "/a.json", "{}");
+    st::write_file(tmp + "/w.safetensors", {{"w", at::arange(6, at::kFloat)}});
+    fs::make_dir(tmp + "/sub");
+    fs::copy_file(tmp + "/a.json", tmp + "/sub/b.json");
+    seen = fs::list_dir(tmp);
+  });
+  EXPECT_TRUE(inside);
+  EXPECT_FALSE(beside);
+  EXPECT_FALSE(other_thread);
+  EXPECT_FALSE(fs::in_staging(target + "/a.json")) << "the scope ends with the fill";
+  EXPECT_EQ(seen, (std::vector<std::string>{"a.json", "sub", "w.safetensors"})) << "no temporary files";
+  EXPECT_EQ(fs::read_text(target + "/a.json"), "{}");
+  EXPECT_EQ(fs::read_text(target + "/sub/b.json"), "{}");
+  EXPECT_TRUE(at::equal(st::Reader(target + "/w.safetensors").view("w"), at::arange(6, at::kFloat)));
 }
 
 TEST(Publish, KeepZeroKeepsEveryFolder) {
