@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <functional>
 #include <set>
 #include <thread>
 
@@ -21,6 +22,14 @@
 namespace fp4qat::st {
 
 namespace {
+// work(0 .. n-1), each on its own thread (work(0) on the caller's); returns when all are done.
+void run_on_threads(size_t n, const std::function<void(size_t)>& work) {
+  std::vector<std::thread> pool;
+  for (size_t i = 1; i < n; ++i) pool.emplace_back(work, i);
+  if (n > 0) work(0);
+  for (auto& t : pool) t.join();
+}
+
 struct DTypeRow {
   DType d;
   const char* name;
@@ -64,18 +73,16 @@ void check_finite(const at::Tensor& t, const std::string& name, const std::strin
 }
 
 void FiniteChecks::add(const at::Tensor& t, std::string name, std::string where) {
-  if (!at::isFloatingType(t.scalar_type())) return;
-  // 8-bit floats are widened first (isfinite is not defined for them on every device).
-  const at::Tensor x = t.element_size() < 2 ? t.to(at::kFloat) : t;
-  finite_.push_back(at::isfinite(x).all().reshape({1}));  // stays on the tensor's device until check()
-  named_.emplace_back(std::move(name), std::move(where));
+  add_parts(t, {std::move(name)}, {std::move(where)});
 }
 
 void FiniteChecks::add_parts(const at::Tensor& t, std::vector<std::string> names, std::vector<std::string> wheres) {
   FP4QAT_CHECK(names.size() == wheres.size() && !names.empty() && t.numel() % static_cast<int64_t>(names.size()) == 0,
                "FiniteChecks::add_parts: ", names.size(), " names for a tensor of ", t.numel(), " elements");
   if (!at::isFloatingType(t.scalar_type())) return;
+  // 8-bit floats are widened first (isfinite is not defined for them on every device).
   const at::Tensor x = t.element_size() < 2 ? t.to(at::kFloat) : t;
+  // One flag a part, kept on the tensor's device until check().
   finite_.push_back(at::isfinite(x).reshape({static_cast<int64_t>(names.size()), -1}).all(1));
   for (size_t i = 0; i < names.size(); ++i) named_.emplace_back(std::move(names[i]), std::move(wheres[i]));
 }
@@ -253,10 +260,7 @@ at::Tensor Reader::data_on(const at::Device& device) const {
       }
     }
   };
-  std::vector<std::thread> pool;
-  for (unsigned i = 1; i < threads; ++i) pool.emplace_back(work);
-  work();
-  for (auto& t : pool) t.join();
+  run_on_threads(threads, [&](size_t) { work(); });
   FP4QAT_CHECK(failed == 0, path_, ": read failed: ", std::strerror(failed));
   host_ = host;
   return host.to(device, /*non_blocking=*/true);
@@ -292,8 +296,8 @@ at::Tensor Reader::view(const std::string& name) const {
 namespace {
 // Writes the buffers `iov` (in order) to `fd` from file offset `off`: the bytes cut into up to 8
 // ranges of whole buffers (at least 16 MiB each), each range written by its own thread with
-// pwritev() calls of at most IOV_MAX buffers. `path` names the file in errors.
-void write_vectored(int fd, const std::vector<iovec>& iov, uint64_t off, const std::string& path) {
+// pwritev() calls of at most IOV_MAX buffers. `path` names the file in errors. Returns the bytes.
+uint64_t write_vectored(int fd, const std::vector<iovec>& iov, uint64_t off, const std::string& path) {
   uint64_t total = 0;
   for (const auto& v : iov) total += v.iov_len;
   constexpr uint64_t kMinRange = 16ull << 20;
@@ -335,11 +339,9 @@ void write_vectored(int fd, const std::vector<iovec>& iov, uint64_t off, const s
       while (i < v.size() && v[i].iov_len == 0) ++i;
     }
   };
-  std::vector<std::thread> pool;
-  for (size_t r = 1; r + 1 < cut.size(); ++r) pool.emplace_back(work, r);
-  work(0);
-  for (auto& t : pool) t.join();
+  run_on_threads(cut.size() - 1, work);
   FP4QAT_CHECK(failed == 0, path, ": write failed: ", std::strerror(failed));
+  return total;
 }
 
 }  // namespace
@@ -389,20 +391,18 @@ void write_file(const std::string& path, const std::vector<std::pair<std::string
     // and one thread a file leaves the page cache's copy rate on the table.
     std::vector<iovec> iov{{head.data(), head.size()}};
     std::vector<at::Tensor> copies;
-    uint64_t at_off = 0, bytes = head.size(), copied = 0;
+    uint64_t at_off = 0, copied = 0;
     auto flush = [&] {
-      write_vectored(fd, iov, at_off, tmp);
-      at_off += bytes;
+      at_off += write_vectored(fd, iov, at_off, tmp);
       iov.clear();
       copies.clear();
-      bytes = copied = 0;
+      copied = 0;
     };
     for (const auto& [name, t] : tensors) {
       if (t.numel() == 0) continue;
       at::Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(at::kCPU).contiguous();
       const uint64_t n = static_cast<uint64_t>(c.numel()) * c.element_size();
       iov.push_back({c.data_ptr(), static_cast<size_t>(n)});
-      bytes += n;
       if (!t.device().is_cpu() || !t.is_contiguous()) copied += n;
       copies.push_back(std::move(c));
       if (copied >= copy_window) flush();

@@ -84,12 +84,14 @@ void Exporter::wait() {
   // Off the caller's path (an RL loop samples from the new export meanwhile): removing an old
   // export's shards takes as long as writing a small one on some file systems.
   if (cfg_.exports.keep > 0)
-    pruning_ = std::async(std::launch::async, [root = root(), keep = cfg_.exports.keep] { io::prune(root, keep, "step-"); });
+    pruning_ =
+        std::async(std::launch::async, [root = root(), keep = cfg_.exports.keep] { io::prune(root, keep, "step-"); })
+            .share();
 }
 
 void Exporter::finish() {
   wait();
-  if (pruning_.valid()) pruning_.get();
+  if (pruning_.valid()) std::exchange(pruning_, {}).get();
 }
 
 std::vector<Exporter::Published> Exporter::take_published() { return std::exchange(published_, {}); }
@@ -223,9 +225,9 @@ std::string Exporter::submit(int64_t step) {
   writing_ = staged;
   const std::string reuse_root = last_dir_;
   const std::vector<qat::StagedFolder::StableShards> reuse = last_stable_;
-  auto pruned = std::make_shared<std::future<void>>(std::move(pruning_));
+  const std::shared_future<void> pruned = std::exchange(pruning_, {});
   inflight_ = std::async(std::launch::async, [=]() {
-    if (pruned->valid()) pruned->get();  // the previous export's clean-up first (its error is this export's)
+    if (pruned.valid()) pruned.get();  // the previous export's clean-up first (its error is this export's)
     Published done;
     done.step = step;
     done.dir = root_dir + "/" + name;

@@ -89,7 +89,7 @@ class Exporter {
   std::map<std::string, at::Tensor> amax_;  // last known activation amax per parameter (float32, model device)
   std::shared_ptr<qat::HostBufferPool> pool_ = std::make_shared<qat::HostBufferPool>();  // reused every export
   std::future<Published> inflight_;
-  std::future<void> pruning_;                               // removing exports beyond export.keep
+  std::shared_future<void> pruning_;                        // removing exports beyond export.keep
   std::vector<Published> published_;                        // finished, not yet taken
   std::vector<std::shared_ptr<qat::StagedFolder>> staged_;  // of the export in flight, until fenced
   // The last published export (its folder, and each format's shards of frozen weights): the next

@@ -837,7 +837,7 @@ void Trainer::train_step() {
     if (micro == 0)
       for (const auto& l : fw.expert_load) loads.push_back(l.detach().to(at::kDouble).reshape({-1}));
   }
-  {  // back on the host, summed in micro-batch order as each value arrives
+  {  // back on the host in one transfer, summed in micro-batch order as before
     std::vector<at::Tensor> all = ces;
     all.insert(all.end(), auxes.begin(), auxes.end());
     all.insert(all.end(), loads.begin(), loads.end());
