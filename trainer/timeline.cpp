@@ -57,6 +57,116 @@ std::string table(const std::map<std::string, Sum>& by, int steps, size_t max_ro
 
 bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
+std::string gib(double bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f GiB", bytes / static_cast<double>(1ll << 30));
+  return b;
+}
+
+// The device allocator's allocated bytes now (0 on the CPU, whose allocator keeps no count).
+int64_t allocated_now(const at::Device& d) {
+  if (!d.is_cuda()) return 0;
+  return at::accelerator::getDeviceStats(d.index() < 0 ? 0 : d.index())
+      .allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+      .current;
+}
+
+// The host side of a recorded timeline: each operator's enclosing operators (by time, on its
+// thread), so that a GPU activity or an allocation can be charged to where the step was.
+class HostOps {
+ public:
+  struct Op {
+    uint64_t start, end, thread, corr;
+    std::string name, dims;
+    int parent;  // index of the enclosing op on the same thread, -1 at the top
+  };
+  explicit HostOps(const std::vector<prof::KinetoEvent>& events) {
+    for (const auto& e : events) {
+      if (e.deviceType() != c10::DeviceType::CPU || e.name() == "[memory]" || e.name().rfind("cuda", 0) == 0) continue;
+      Op o{e.startNs(), e.endNs(), e.startThreadId(), e.correlationId(), e.name(), "", -1};
+      if (e.hasShapes()) {  // the first two inputs' sizes: enough to tell a weight from an activation
+        const auto sh = e.shapes();
+        for (size_t i = 0; i < sh.size() && i < 2; ++i) {
+          o.dims += i ? "," : "";
+          o.dims += "[";
+          for (size_t j = 0; j < sh[i].size(); ++j) o.dims += (j ? "," : "") + std::to_string(sh[i][j]);
+          o.dims += "]";
+        }
+      }
+      ops_.push_back(std::move(o));
+    }
+    std::sort(ops_.begin(), ops_.end(), [](const Op& a, const Op& b) {
+      return a.thread != b.thread ? a.thread < b.thread : a.start != b.start ? a.start < b.start : a.end > b.end;
+    });
+    std::vector<int> stack;
+    for (size_t i = 0; i < ops_.size(); ++i) {
+      while (!stack.empty() && (ops_[stack.back()].thread != ops_[i].thread || ops_[stack.back()].end <= ops_[i].start))
+        stack.pop_back();
+      ops_[i].parent = stack.empty() ? -1 : stack.back();
+      stack.push_back(static_cast<int>(i));
+      by_corr_[ops_[i].corr] = static_cast<int>(i);
+    }
+  }
+  // The op with this correlation id (a kernel's launching op), -1 if none was recorded.
+  int by_correlation(uint64_t corr) const {
+    const auto it = by_corr_.find(corr);
+    return it == by_corr_.end() ? -1 : it->second;
+  }
+  // The innermost op of `thread` running at `t`, -1 if none.
+  int at(uint64_t thread, uint64_t t) const {
+    int best = -1;
+    for (size_t i = 0; i < ops_.size(); ++i)  // a report's worth of lookups: a linear scan is fine
+      if (ops_[i].thread == thread && ops_[i].start <= t && t < ops_[i].end &&
+          (best < 0 || ops_[i].start >= ops_[static_cast<size_t>(best)].start))
+        best = static_cast<int>(i);
+    return best;
+  }
+  // Where op i ran: its outermost enclosing scope (a backward node "bw: ToCopyBackward0", a
+  // fp4qat:: region, else the outermost ATen op), then the op itself with its input sizes.
+  std::string where(int i) const {
+    if (i < 0) return "(no host op)";
+    const Op& self = ops_[static_cast<size_t>(i)];
+    static const std::string bw_prefix = "autograd::engine::evaluate_function: ";
+    std::string bw, region, outer;  // the innermost backward node, the outermost fp4qat:: region and op
+    for (int j = self.parent; j >= 0; j = ops_[static_cast<size_t>(j)].parent) {
+      const std::string& n = ops_[static_cast<size_t>(j)].name;
+      if (bw.empty() && n.rfind(bw_prefix, 0) == 0) bw = "bw: " + n.substr(bw_prefix.size());
+      if (n.rfind("fp4qat::", 0) == 0) region = n;
+      outer = n;
+    }
+    const std::string scope = !bw.empty() ? bw : !region.empty() ? region : outer;
+    return (scope.empty() ? "" : scope + " > ") + self.name + (self.dims.empty() ? "" : " " + self.dims);
+  }
+
+ private:
+  std::vector<Op> ops_;
+  std::map<uint64_t, int> by_corr_;
+};
+
+// Where the recorded steps' allocated memory peaked: the device's allocated bytes (the allocator's
+// count when recording began plus the recorded allocations and frees) at its highest, and the host
+// op that made the allocation that reached it.
+template <class MemEvents>
+std::string memory_peak(MemEvents mem, const HostOps& host, int64_t at_start) {
+  if (mem.empty()) return "";
+  std::sort(mem.begin(), mem.end(), [](const auto& a, const auto& b) { return a.t < b.t; });
+  int64_t now = at_start, peak = at_start;
+  size_t at = mem.size();
+  for (size_t i = 0; i < mem.size(); ++i) {
+    now += mem[i].bytes;
+    if (now > peak) peak = now, at = i;
+  }
+  std::string out = "memory allocated: " + gib(static_cast<double>(at_start)) + " when recording began, " +
+                    gib(static_cast<double>(now)) + " at its end, peak " + gib(static_cast<double>(peak));
+  if (at < mem.size())
+    out += fmt(" (%.1f ms in) reached by an allocation of %.1f MiB in: ",
+               static_cast<double>(mem[at].t - mem.front().t) / 1e6, static_cast<double>(mem[at].bytes) / (1 << 20),
+               host.where(host.at(mem[at].thread, mem[at].t)));
+  else
+    out += "\n";
+  return out;
+}
+
 }  // namespace
 
 std::string Timeline::kind_of(const std::string& activity) {
@@ -82,8 +192,11 @@ std::string Timeline::kind_of(const std::string& activity) {
 
 Timeline::Timeline(const at::Device& device) : device_(device) {
   finish_device_work(device_);
-  const torch::profiler::impl::ProfilerConfig cfg(torch::profiler::impl::ProfilerState::KINETO);
+  // Input sizes (to tell which tensor an op worked on) and allocations (where the memory peaks).
+  const torch::profiler::impl::ProfilerConfig cfg(torch::profiler::impl::ProfilerState::KINETO,
+                                                  /*report_input_shapes=*/true, /*profile_memory=*/true);
   const std::set<ActivityType> acts = activities(device_);
+  allocated_at_start_ = allocated_now(device_);
   prof::prepareProfiler(cfg, acts);
   prof::enableProfiler(cfg, acts);
   running_ = true;
@@ -117,11 +230,23 @@ std::string Timeline::stop(int steps, const std::string& title, const std::strin
     uint64_t start, end;
     std::string name;
   };
-  std::map<std::string, Sum> by_name, by_kind, runtime, ops;
+  std::map<std::string, Sum> by_name, by_kind, runtime, ops, by_op;
   std::vector<Act> gpu;
+  struct Mem {
+    uint64_t t, thread;
+    int64_t bytes;
+  };
+  std::vector<Mem> mem;  // the device's allocations (+) and frees (-)
+  const HostOps host(r->events());
+  const c10::DeviceType dev_type = device_.is_cuda() ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
   for (const auto& e : r->events()) {
     const double ns = static_cast<double>(e.durationNs());
-    if (e.deviceType() == c10::DeviceType::CUDA) {
+    if (e.name() == "[memory]") {
+      if (e.deviceType() == dev_type) mem.push_back({e.startNs(), e.startThreadId(), e.nBytes()});
+    } else if (e.deviceType() == c10::DeviceType::CUDA) {
+      Sum& o = by_op[host.where(host.by_correlation(e.linkedCorrelationId())).substr(0, 150)];
+      o.ns += ns;
+      ++o.n;
       Sum& s = by_name[e.name().substr(0, 110)];
       s.ns += ns;
       ++s.n;
@@ -140,6 +265,7 @@ std::string Timeline::stop(int steps, const std::string& title, const std::strin
     }
   }
   std::string out = "timeline of " + title + ", " + std::to_string(steps) + " step(s) (Kineto)\n";
+  out += memory_peak(mem, host, allocated_at_start_);
   if (gpu.empty()) {
     out += "ATen operators (inclusive time): us per step, calls per step\n" + table(ops, steps, 40);
     return out;
@@ -157,6 +283,8 @@ std::string Timeline::stop(int steps, const std::string& title, const std::strin
              fmt(", idle %.1f us per step (%.1f%%)", (span - busy) / 1e3 / steps,
                  span > 0 ? 100.0 * (span - busy) / span : 0.0, ""));
   out += "GPU activities by name: us per step, calls per step\n" + table(by_name, steps, 40);
+  out += "GPU activities by the host op that launched them (scope > op [input sizes]): us per step, activities "
+         "per step\n" + table(by_op, steps, 50);
   // Where the GPU waits: the largest gaps between consecutive activities.
   std::vector<std::pair<double, std::string>> gaps;
   for (size_t i = 1; i < gpu.size(); ++i) {

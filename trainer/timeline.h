@@ -9,7 +9,10 @@
 //    NCCL, other); the GPU's busy time against the span from the first activity to the last one
 //    (span - busy: the GPU idle, waiting for the host); the gaps over 20 us between activities;
 //    the host's CUDA runtime calls by time (a synchronising call or an allocation shows there);
-//  - on the CPU (no GPU activity): the ATen operators by total time.
+//    the same GPU time by the host op that launched it (its scope: the backward node, a fp4qat::
+//    region or the outermost ATen op; its first inputs' sizes);
+//  - on the CPU (no GPU activity): the ATen operators by total time;
+//  - both: the recorded steps' peak of allocated memory and the op whose allocation reached it.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -39,6 +42,7 @@ class Timeline {
  private:
   at::Device device_;
   bool running_ = false;
+  int64_t allocated_at_start_ = 0;  // the device allocator's count (0 on the CPU: the peak is then relative)
 };
 
 }  // namespace fp4qat::train

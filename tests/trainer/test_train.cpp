@@ -105,6 +105,28 @@ TEST(Train, TimelineKindsOfGpuActivities) {
   EXPECT_EQ(Timeline::kind_of("something_else"), "other");
 }
 
+// The summary's memory line: the peak of the recorded allocations and the op whose allocation
+// reached it. Three tensors of 8 MiB live at once (the third allocated by a multiplication) peak
+// at 24 MiB above the start, then two are freed.
+TEST(Train, TimelineNamesWhereMemoryPeaks) {
+  fp4qat::train::Timeline tl(at::Device(at::kCPU));
+  {
+    const at::Tensor a = at::ones({1 << 21});  // 8 MiB of float
+    const at::Tensor b = at::full({1 << 21}, 3.0f);
+    const at::Tensor c = at::mul(a, b);
+    EXPECT_EQ(c[5].item<float>(), 3.0f);
+  }
+  const at::Tensor small = at::zeros({16});
+  const std::string text = tl.stop(1, "a test");
+  const size_t line = text.find("memory allocated:");
+  ASSERT_NE(line, std::string::npos) << text;
+  const std::string mem = text.substr(line, text.find('\n', line) - line);
+  EXPECT_NE(mem.find("peak 0.02 GiB"), std::string::npos) << mem;  // 24 MiB
+  EXPECT_NE(mem.find("of 8.0 MiB in"), std::string::npos) << mem;
+  EXPECT_NE(mem.find("aten::mul"), std::string::npos) << mem;
+  EXPECT_NE(mem.find("0.00 GiB at its end"), std::string::npos) << mem;
+}
+
 // The fused AdamW's arithmetic (kernels/optim/adamw_ref.h, the GPU kernel's CPU reference) is the
 // optimizer's update: against the CPU's tensor-op sequence (trainer/adamw.cpp) within float32
 // rounding, with weight decay on the matrix, clipping and bias correction; a wrong constant
