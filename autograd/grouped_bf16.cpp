@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "autograd/compute_cast.h"
 #include "kernels/common/check.h"
 
 namespace fp4qat::autograd {
@@ -39,7 +40,7 @@ class BatchedExpertsFn : public torch::autograd::Function<BatchedExpertsFn> {
 }  // namespace
 
 at::Tensor grouped_linear(const std::string& name, const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts) {
-  const at::Tensor wc = w.to(x.scalar_type());
+  const at::Tensor wc = compute_cast(w, x.scalar_type());
   const int64_t E = wc.size(0), T = x.size(0);
   FP4QAT_CHECK(!counts.is_cuda() && counts.scalar_type() == at::kLong && counts.numel() == E, "grouped linear ", name,
                ": counts must be int64 [", E, "] on the CPU, got ", counts.scalar_type(), " ", counts.sizes(), " on ",

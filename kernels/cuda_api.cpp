@@ -238,4 +238,13 @@ void adamw_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v
                  stream());
 }
 
+at::Tensor widen_bf16(const at::Tensor& x) {
+  FP4QAT_CHECK(x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
+               "widen_bf16: x must be a contiguous bf16 CUDA tensor, got ", x.scalar_type(), " on ", x.device());
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  ck::widen_bf16(reinterpret_cast<const uint16_t*>(x.data_ptr()), out.data_ptr<float>(), x.numel(), stream());
+  return out;
+}
+
 }  // namespace fp4qat::cuda

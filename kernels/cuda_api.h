@@ -24,5 +24,8 @@ at::Tensor mxfp8_dequantize(const MXFP8Tensor& q, at::ScalarType dtype);
 // The fused AdamW step on one parameter (kernels/optim/adamw_ref.h): p, m, v float32 contiguous
 // CUDA tensors of g's shape, updated in place on the current stream.
 void adamw_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const optim::AdamWScalars& s);
+// A contiguous bf16 CUDA tensor widened to float32 (kernels/optim/widen.cu): a new contiguous
+// tensor of its shape, the exact values (the bytes of x.to(float32)), on the current stream.
+at::Tensor widen_bf16(const at::Tensor& x);
 
 }  // namespace fp4qat::cuda

@@ -114,4 +114,7 @@ void scale_rows_cast(const float* y, const float* alpha, const int64_t* rows, in
 void adamw_step(float* p, const float* g, float* m, float* v, int64_t n, const optim::AdamWScalars& s,
                 cudaStream_t stream);
 
+// out[i] = float(in[i]) for n bf16 bit patterns (kernels/optim/widen.cu): exact, bytes as a CPU cast.
+void widen_bf16(const uint16_t* in, float* out, int64_t n, cudaStream_t stream);
+
 }  // namespace fp4qat::cuda_kernels

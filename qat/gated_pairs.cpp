@@ -1,6 +1,8 @@
 // qat/gated_pairs.cpp — see gated_pairs.h.
 #include "qat/gated_pairs.h"
 
+#include "autograd/compute_cast.h"
+
 #include "kernels/common/check.h"
 #include "kernels/quantize.h"
 #include "qat/patterns.h"
@@ -25,7 +27,9 @@ std::optional<GatedPartner> gated_partner(const std::string& name) {
   return std::nullopt;
 }
 
-at::Tensor compute_copy(const at::Tensor& master, at::ScalarType dtype) { return master.to(at::kBFloat16).to(dtype); }
+at::Tensor compute_copy(const at::Tensor& master, at::ScalarType dtype) {
+  return autograd::compute_cast(autograd::compute_cast(master, at::kBFloat16), dtype);
+}
 
 at::Tensor gated_pair_amax(const at::Tensor& first, const at::Tensor& second) {
   return at::maximum(global_amax(first), global_amax(second));

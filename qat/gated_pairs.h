@@ -24,7 +24,8 @@ struct GatedPartner {
 std::optional<GatedPartner> gated_partner(const std::string& name);
 
 // The compute copy of a weight: the bf16 cast of the fp32 master (in `dtype` for the GEMM; exact,
-// since bf16 values are exact in fp32). The QAT forward and every export quantize it.
+// since bf16 values are exact in fp32; differentiable: autograd::compute_cast). The QAT forward and
+// every export quantize it.
 at::Tensor compute_copy(const at::Tensor& master, at::ScalarType dtype = at::kBFloat16);
 
 // float32 []: the shared global amax of a gated pair, from the values the quantizer is given.

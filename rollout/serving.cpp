@@ -7,6 +7,7 @@
 #include <optional>
 #include <set>
 
+#include "autograd/logprobs.h"
 #include "autograd/mxfp8_linear.h"
 #include "autograd/nvfp4_linear.h"
 #include "io/names.h"
@@ -302,7 +303,7 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
 }
 
 at::Tensor logprobs_of(const at::Tensor& logits, const at::Tensor& targets) {
-  return at::log_softmax(logits.to(at::kFloat), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1);  // [B, T]
+  return autograd::target_logprobs(logits, targets);  // [B, T]
 }
 
 at::Tensor token_logprobs(const model::Qwen3Moe& m, model::LinearPolicy& p, const at::Tensor& ids, at::ScalarType dt) {

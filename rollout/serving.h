@@ -66,7 +66,8 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
             hf::ShardCache* cache = nullptr);
 
 // log p(targets) from logits [B, T, V] (any float dtype) and int64 targets [B, T]: float32 [B, T],
-// differentiable (the trainer's GRPO step takes its gradient; token_logprobs calls it without).
+// differentiable (the trainer's GRPO step takes its gradient; token_logprobs calls it without); on
+// CUDA in row chunks, with no float32 copy of the logits (autograd::target_logprobs).
 at::Tensor logprobs_of(const at::Tensor& logits, const at::Tensor& targets);
 
 // Log-probabilities of ids[:, 1:] given ids[:, :-1]: float32 [B, T-1]; no gradient.

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "kernels/common/check.h"
+#include "autograd/logprobs.h"
 #include "io/fs.h"
 #include "io/json.h"
 #include "io/publish.h"
@@ -74,13 +75,24 @@ at::ScalarType compute_dtype(const config::Config& c, const at::Device& dev) {
   return c.train.dtype == "fp32" ? at::kFloat : at::kBFloat16;
 }
 
+// The next-token cross-entropy of logits [B, T, V] at targets [B, T] (float32; mean over the
+// tokens, or per token [B * T] with reduction None). On CUDA from autograd::target_logprobs (row
+// chunks: no float32 copy of the logits, which at Qwen3's vocabulary were the step's largest
+// tensors); elsewhere at::cross_entropy_loss on the float32 logits (the CPU's numbers as before).
+at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& targets, at::Reduction::Reduction r) {
+  if (logits.is_cuda()) {
+    const at::Tensor nll = -autograd::target_logprobs(logits, targets).reshape({-1});
+    return r == at::Reduction::Mean ? nll.mean() : nll;
+  }
+  return at::cross_entropy_loss(logits.to(at::kFloat).reshape({-1, logits.size(-1)}), targets.reshape({-1}), {}, r);
+}
+
 std::pair<at::Tensor, at::Tensor> loss_of(const model::Qwen3Moe& m, const at::Tensor& batch, at::ScalarType dt,
                                           model::LinearPolicy& policy, model::ForwardOutput* out_fw) {
   const int64_t T = batch.size(1) - 1;
   const at::Tensor inputs = batch.narrow(1, 0, T), targets = batch.narrow(1, 1, T);
   model::ForwardOutput fw = m.forward(inputs, dt, policy);
-  const at::Tensor ce =
-      at::cross_entropy_loss(fw.logits.to(at::kFloat).reshape({-1, fw.logits.size(-1)}), targets.reshape({-1}));
+  const at::Tensor ce = cross_entropy(fw.logits, targets, at::Reduction::Mean);
   const at::Tensor aux = fw.aux_loss;
   if (out_fw) *out_fw = std::move(fw);
   return {ce, aux};
@@ -99,8 +111,7 @@ std::pair<at::Tensor, at::Tensor> masked_loss_sum(const model::Qwen3Moe& m, cons
   const at::Tensor real = b.real.to(dev);  // the router's aux loss leaves the padding out
   model::ForwardOutput fw =
       m.forward(inputs, dt, policy, nullptr, b.positions.defined() ? &packing : nullptr, nullptr, &real);
-  const at::Tensor ce = at::cross_entropy_loss(fw.logits.to(at::kFloat).reshape({-1, fw.logits.size(-1)}),
-                                               targets.reshape({-1}), {}, at::Reduction::None);  // [B * T]
+  const at::Tensor ce = cross_entropy(fw.logits, targets, at::Reduction::None);  // [B * T]
   const at::Tensor sum = at::where(b.loss_mask.to(dev).reshape({-1}), ce, at::zeros_like(ce)).sum();
   const at::Tensor aux = fw.aux_loss;
   if (out_fw) *out_fw = std::move(fw);
@@ -830,6 +841,7 @@ void Trainer::train_step() {
     const at::Tensor loss =
         ce * weight + aux * (cfg.model.router_aux_loss_coef / static_cast<double>(cfg.train.grad_accum));
     if (reducer_ && micro == cfg.train.grad_accum - 1) reducer_->arm();  // all-reduce buckets overlap this backward
+    fw.logits = at::Tensor();  // what the loss needs of them it holds; the backward frees the rest as it goes
     loss.backward();
     ces.push_back(ce.detach().to(at::kDouble).reshape({1}));
     weights.push_back(weight);

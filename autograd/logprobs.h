@@ -1,0 +1,24 @@
+// autograd/logprobs.h — the log-probability of each target under its row of logits, with autograd:
+// the next-token loss and the policy's token log-probs (GRPO, the mismatch probe) at any vocabulary.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace fp4qat::autograd {
+
+// logits [..., V] (float32, bf16 or fp16), targets int64 [...] in [0, V) -> float32 [...]:
+// log_softmax(float32(logits))[target], row by row.
+// - chunk_rows 0 on the CPU: the composite log_softmax(logits.to(float32)).gather(...) (the CPU's
+//   numbers as they always were).
+// - On CUDA (chunk_rows 0: about 2^26 logits a chunk) or with chunk_rows > 0: rows a chunk at a
+//   time. A chunk's float32 log-softmax (read from the bf16 logits directly on CUDA) lives only
+//   while that chunk is gathered, and is recomputed in the backward, which writes the logits'
+//   gradient in their dtype chunk by chunk. Saved for the backward: the logits themselves. At
+//   Qwen3's vocabulary (151,936) and 4,096 tokens that is 1.2 GB of bf16 instead of three 2.3 GB
+//   float32 copies (the cast, the log-softmax kept for its backward, the gradients), and about 10
+//   fewer bytes of traffic a logit (bench/RESULTS.md, session 20). Rows are independent: a row's
+//   value does not depend on the chunking.
+at::Tensor target_logprobs(const at::Tensor& logits, const at::Tensor& targets, int64_t chunk_rows = 0);
+
+}  // namespace fp4qat::autograd

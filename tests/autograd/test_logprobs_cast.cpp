@@ -1,0 +1,95 @@
+// tests/autograd/test_logprobs_cast.cpp — autograd::target_logprobs in row chunks (the CUDA path's
+// arithmetic, forced on the CPU) against the composite log_softmax(float32).gather, forward and
+// gradient, bit for bit; autograd::compute_cast against Tensor::to, values and gradients.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "autograd/compute_cast.h"
+#include "autograd/logprobs.h"
+
+using namespace fp4qat;
+
+namespace {
+
+struct LogprobRun {
+  at::Tensor out, grad;
+};
+
+// out = f(logits, targets) and the logits' gradient of sum(out * w).
+template <class F>
+LogprobRun logprob_run(F f, const at::Tensor& logits0, const at::Tensor& targets, const at::Tensor& w) {
+  at::Tensor logits = logits0.detach().clone().requires_grad_(true);
+  const at::Tensor out = f(logits, targets);
+  (out * w).sum().backward();
+  return {out.detach(), logits.grad()};
+}
+
+at::Tensor composite(const at::Tensor& logits, const at::Tensor& targets) {
+  return at::log_softmax(logits.to(at::kFloat), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1);
+}
+
+bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
+  return a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() &&
+         at::equal(a.contiguous().view(at::kByte), b.contiguous().view(at::kByte));
+}
+
+}  // namespace
+
+// Rows are independent, so any chunking gives the composite's bytes: float32 and bf16 logits,
+// chunks of 1, 3 (a ragged last chunk) and all rows; [B, T, V] in, [B, T] out. A chunking bug
+// (an offset, a row twice, the gradient's scatter at the wrong column) changes values.
+TEST(TargetLogprobs, ChunksGiveTheCompositesBytesForwardAndBackward) {
+  at::manual_seed(7);
+  for (const auto dt : {at::kFloat, at::kBFloat16}) {
+    const at::Tensor logits = (at::randn({2, 5, 37}) * 4).to(dt);
+    const at::Tensor targets = at::randint(0, 37, {2, 5}, at::kLong);
+    const at::Tensor w = at::randn({2, 5});
+    const LogprobRun ref = logprob_run(composite, logits, targets, w);
+    EXPECT_EQ(ref.grad.scalar_type(), dt);
+    for (const int64_t chunk : {1, 3, 10, 64}) {
+      SCOPED_TRACE(::testing::Message() << dt << " chunk " << chunk);
+      const LogprobRun got = logprob_run(
+          [chunk](const at::Tensor& l, const at::Tensor& t) { return autograd::target_logprobs(l, t, chunk); },
+          logits, targets, w);
+      EXPECT_EQ(got.out.sizes(), (at::IntArrayRef{2, 5}));
+      EXPECT_TRUE(same_bytes(got.out, ref.out)) << (got.out - ref.out).abs().max();
+      EXPECT_TRUE(same_bytes(got.grad, ref.grad)) << (got.grad.to(at::kFloat) - ref.grad.to(at::kFloat)).abs().max();
+    }
+    // chunk_rows 0 on the CPU is the composite itself.
+    EXPECT_TRUE(same_bytes(autograd::target_logprobs(logits, targets), ref.out));
+  }
+}
+
+TEST(TargetLogprobs, RefusesTargetsOfTheWrongShapeOrType) {
+  const at::Tensor logits = at::randn({4, 9});
+  EXPECT_THROW(autograd::target_logprobs(logits, at::zeros({5}, at::kLong), 2), std::exception);
+  EXPECT_THROW(autograd::target_logprobs(logits, at::zeros({4}, at::kInt), 2), std::exception);
+  EXPECT_THROW(autograd::target_logprobs(logits, at::zeros({4}, at::kLong), -1), std::exception);
+}
+
+// The compute copy: master.to(dtype) forward; the gradient cast back to the master's dtype (the
+// same bytes as autograd through Tensor::to); master itself when the dtypes agree; no graph
+// without grad.
+TEST(ComputeCast, EqualsToForwardAndBackward) {
+  at::manual_seed(3);
+  const at::Tensor m0 = at::randn({6, 10});
+  const at::Tensor g = at::randn({6, 10}).to(at::kBFloat16);
+  at::Tensor a = m0.clone().requires_grad_(true), b = m0.clone().requires_grad_(true);
+  const at::Tensor ya = autograd::compute_cast(a, at::kBFloat16), yb = b.to(at::kBFloat16);
+  EXPECT_TRUE(same_bytes(ya.detach(), yb.detach()));
+  ya.backward(g);
+  yb.backward(g);
+  EXPECT_TRUE(same_bytes(a.grad(), b.grad()));
+  EXPECT_TRUE(a.grad().is_contiguous());
+  // a bf16 copy widened back for an fp32 GEMM (the CPU's QAT compute copy), its gradient narrowed
+  at::Tensor c = m0.clone().requires_grad_(true), d = m0.clone().requires_grad_(true);
+  const at::Tensor gf = at::randn({6, 10});
+  autograd::compute_cast(autograd::compute_cast(c, at::kBFloat16), at::kFloat).backward(gf);
+  d.to(at::kBFloat16).to(at::kFloat).backward(gf);
+  EXPECT_TRUE(same_bytes(c.grad(), d.grad()));
+  EXPECT_TRUE(autograd::compute_cast(a, at::kFloat).is_same(a));
+  {
+    torch::NoGradGuard ng;
+    EXPECT_FALSE(autograd::compute_cast(a, at::kBFloat16).requires_grad());
+  }
+}
