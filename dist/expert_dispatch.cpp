@@ -3,6 +3,8 @@
 
 #include <vector>
 
+#include "autograd/permute_rows.h"
+
 namespace fp4qat::dist {
 
 at::Tensor AllToAllDispatch::run(const at::Tensor& xs, const at::Tensor& counts, const Experts& experts) {
@@ -32,9 +34,9 @@ at::Tensor AllToAllDispatch::run(const at::Tensor& xs, const at::Tensor& counts,
       for (int64_t j = 0; j < recv_cnt[q * El + e]; ++j) perm.push_back(start[q * El + e] + j);
   const auto lopt = at::TensorOptions().dtype(at::kLong);
   const at::Tensor pidx = at::tensor(perm, lopt).to(xs.device());
-  const at::Tensor inv = at::empty_like(pidx).index_copy_(0, pidx, at::arange(pidx.numel(), pidx.options()));
-  const at::Tensor ye = experts(xr.index_select(0, pidx), at::tensor(local, lopt));  // [R, H]
-  return all_to_all_rows(g_, ye.index_select(0, inv), recv, send);                   // [N*k, H]
+  const at::Tensor inv = autograd::inverse_permutation(pidx);
+  const at::Tensor ye = experts(autograd::permute_rows(xr, pidx, inv), at::tensor(local, lopt));  // [R, H]
+  return all_to_all_rows(g_, autograd::permute_rows(ye, inv, pidx), recv, send);                  // [N*k, H]
 }
 
 }  // namespace fp4qat::dist

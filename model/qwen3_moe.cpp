@@ -16,6 +16,7 @@
 
 #include <unistd.h>
 
+#include "autograd/permute_rows.h"
 #include "kernels/common/check.h"
 #include "io/names.h"
 
@@ -374,7 +375,9 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
   const at::Tensor flat_e = topi.reshape({-1});                                      // [N*k] slot j = (token j/k, slot j%k)
   const at::Tensor order = at::argsort(flat_e, /*stable=*/true);                     // [N*k] slot of each sorted row
   const at::Tensor counts = at::bincount(flat_e, {}, E).to(at::kCPU).to(at::kLong);  // [E]
-  const at::Tensor xs = x.unsqueeze(1).expand({N, k, H}).reshape({N * k, H}).index_select(0, order);  // [N*k, H] by expert
+  const at::Tensor slot_row = autograd::inverse_permutation(order);                  // [N*k] sorted row of each slot
+  const at::Tensor xs =
+      autograd::permute_rows(x.unsqueeze(1).expand({N, k, H}).reshape({N * k, H}), order, slot_row);  // [N*k, H] by expert
   at::Tensor y;
   if (!sharded()) {
     y = expert_mlp(p, xs, counts, policy);
@@ -383,8 +386,7 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
                  [&](const at::Tensor& rows, const at::Tensor& local) { return expert_mlp(p, rows, local, policy); });
   }
   // Back to (token, slot) order through the inverse permutation, weighted, summed over the slots.
-  const at::Tensor slot_row = at::empty_like(order).index_copy_(0, order, at::arange(N * k, order.options()));  // [N*k]
-  const at::Tensor y_slots = y.index_select(0, slot_row).view({N, k, H});                                        // [N, k, H]
+  const at::Tensor y_slots = autograd::permute_rows(y, slot_row, order).view({N, k, H});  // [N, k, H]
   return (y_slots * topw.unsqueeze(2)).sum(1).view(x3.sizes());
 }
 

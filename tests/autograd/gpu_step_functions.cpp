@@ -1,12 +1,14 @@
-// tests/autograd/gpu_logprobs_cast.cpp — (label gpu) the CUDA paths of autograd/logprobs.h and
-// autograd/compute_cast.h: the bf16 -> float32 widening kernel against the CPU's cast for every
-// bf16 bit pattern; compute_cast's gradient on CUDA; target_logprobs in chunks on CUDA (bf16 logits
-// read directly) against the CPU composite, and its rows independent of the chunking.
+// tests/autograd/gpu_step_functions.cpp — (label gpu) the CUDA paths of autograd/logprobs.h,
+// compute_cast.h and permute_rows.h: the bf16 -> float32 widening kernel against the CPU's cast for
+// every bf16 bit pattern; compute_cast's gradient on CUDA; target_logprobs in chunks on CUDA (bf16
+// logits read directly) against the CPU composite, and its rows independent of the chunking;
+// permute_rows' gradient against the CPU's.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "autograd/compute_cast.h"
 #include "autograd/logprobs.h"
+#include "autograd/permute_rows.h"
 #include "kernels/cuda_api.h"
 #include "tests/common/test_util.h"
 
@@ -82,4 +84,19 @@ TEST(GpuTargetLogprobs, ChunkedOnCudaMatchesTheCpuComposite) {
     EXPECT_TRUE(same_bytes(r7, r0));
     EXPECT_TRUE(same_bytes(g7, g0));
   }
+}
+
+// The MoE dispatch's row permutation on CUDA: forward and gradient bytes as on the CPU (rows moved,
+// never summed), at the slice's row width.
+TEST(GpuPermuteRows, MatchesTheCpuBitForBit) {
+  FP4QAT_REQUIRE_GPU();
+  at::manual_seed(13);
+  const at::Tensor perm = at::randperm(4099, at::kLong), inv = autograd::inverse_permutation(perm);
+  const at::Tensor x0 = at::randn({4099, 2048}).to(at::kBFloat16), g = at::randn({4099, 2048}).to(at::kBFloat16);
+  at::Tensor c = x0.clone().requires_grad_(true), d = x0.cuda().requires_grad_(true);
+  const at::Tensor yc = autograd::permute_rows(c, perm, inv), yd = autograd::permute_rows(d, perm.cuda(), inv.cuda());
+  EXPECT_TRUE(same_bytes(yd.detach(), yc.detach()));
+  yc.backward(g);
+  yd.backward(g.cuda());
+  EXPECT_TRUE(same_bytes(d.grad(), c.grad()));
 }

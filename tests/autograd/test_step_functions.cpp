@@ -1,11 +1,13 @@
-// tests/autograd/test_logprobs_cast.cpp — autograd::target_logprobs in row chunks (the CUDA path's
-// arithmetic, forced on the CPU) against the composite log_softmax(float32).gather, forward and
-// gradient, bit for bit; autograd::compute_cast against Tensor::to, values and gradients.
+// tests/autograd/test_step_functions.cpp — the training step's small autograd functions:
+// autograd::target_logprobs in row chunks (the CUDA path's arithmetic, forced on the CPU) against
+// the composite log_softmax(float32).gather, forward and gradient, bit for bit;
+// autograd::compute_cast against Tensor::to; autograd::permute_rows against index_select.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "autograd/compute_cast.h"
 #include "autograd/logprobs.h"
+#include "autograd/permute_rows.h"
 
 using namespace fp4qat;
 
@@ -92,4 +94,24 @@ TEST(ComputeCast, EqualsToForwardAndBackward) {
     torch::NoGradGuard ng;
     EXPECT_FALSE(autograd::compute_cast(a, at::kBFloat16).requires_grad());
   }
+}
+
+// A permutation's rows and their gradient: index_select's values forward and backward (its
+// backward scatters into zeros; ours gathers by the inverse), for a bf16 [R, H] and a float [R].
+TEST(PermuteRows, EqualsIndexSelectForwardAndBackward) {
+  at::manual_seed(9);
+  const at::Tensor perm = at::randperm(23, at::kLong);
+  const at::Tensor inv = autograd::inverse_permutation(perm);
+  EXPECT_TRUE(at::equal(perm.index_select(0, inv), at::arange(23, at::kLong)));
+  for (const auto& x0 : {at::randn({23, 6}).to(at::kBFloat16), at::randn({23})}) {
+    const at::Tensor g = at::randn(x0.sizes()).to(x0.scalar_type());
+    at::Tensor a = x0.clone().requires_grad_(true), b = x0.clone().requires_grad_(true);
+    const at::Tensor ya = autograd::permute_rows(a, perm, inv), yb = b.index_select(0, perm);
+    EXPECT_TRUE(same_bytes(ya.detach(), yb.detach()));
+    ya.backward(g);
+    yb.backward(g);
+    EXPECT_TRUE(same_bytes(a.grad(), b.grad()));
+  }
+  EXPECT_THROW(autograd::permute_rows(at::zeros({4, 2}), at::arange(3, at::kLong), at::arange(4, at::kLong)),
+               std::exception);
 }
