@@ -11,12 +11,15 @@ namespace fp4qat::autograd {
 
 namespace {
 
-// The float32 log-softmax of rows [r0, r0 + n) of x [N, V]: on CUDA from a bf16 / fp16 x directly
-// (half_to_float), on the CPU (which has no such kernel) from its float32 copy.
+// ATen reads 16-bit logits straight into a float32 log-softmax (half_to_float) for fp16 on CUDA
+// only: bf16 (and the CPU) go through a float32 copy of the chunk.
+bool reads_16bit_directly(const at::Tensor& x) { return x.is_cuda() && x.scalar_type() == at::kHalf; }
+
+// The float32 log-softmax of rows [r0, r0 + n) of x [N, V].
 at::Tensor chunk_log_softmax(const at::Tensor& x, int64_t r0, int64_t n) {
   const at::Tensor c = x.narrow(0, r0, n);
   if (c.scalar_type() == at::kFloat) return at::_log_softmax(c, 1, false);
-  if (c.is_cuda()) return at::_log_softmax(c, 1, true);
+  if (reads_16bit_directly(c)) return at::_log_softmax(c, 1, true);
   return at::_log_softmax(c.to(at::kFloat), 1, false);
 }
 
@@ -51,7 +54,7 @@ class TargetLogprobsFn : public torch::autograd::Function<TargetLogprobsFn> {
       const at::Tensor gl = at::zeros_like(lp).scatter_(1, targets.narrow(0, r0, n).unsqueeze(1),
                                                         g.narrow(0, r0, n).unsqueeze(1));
       at::Tensor dst = out.narrow(0, r0, n);
-      if (logits.is_cuda() || logits.scalar_type() == at::kFloat)
+      if (logits.scalar_type() == at::kFloat || reads_16bit_directly(logits))
         at::_log_softmax_backward_data_out(dst, gl, lp, 1, logits.scalar_type());
       else
         dst.copy_(at::_log_softmax_backward_data(gl, lp, 1, at::kFloat));

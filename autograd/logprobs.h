@@ -12,13 +12,13 @@ namespace fp4qat::autograd {
 // - chunk_rows 0 on the CPU: the composite log_softmax(logits.to(float32)).gather(...) (the CPU's
 //   numbers as they always were).
 // - On CUDA (chunk_rows 0: about 2^26 logits a chunk) or with chunk_rows > 0: rows a chunk at a
-//   time. A chunk's float32 log-softmax (read from the bf16 logits directly on CUDA) lives only
-//   while that chunk is gathered, and is recomputed in the backward, which writes the logits'
-//   gradient in their dtype chunk by chunk. Saved for the backward: the logits themselves. At
-//   Qwen3's vocabulary (151,936) and 4,096 tokens that is 1.2 GB of bf16 instead of three 2.3 GB
-//   float32 copies (the cast, the log-softmax kept for its backward, the gradients), and about 10
-//   fewer bytes of traffic a logit (bench/RESULTS.md, session 20). Rows are independent: a row's
-//   value does not depend on the chunking.
+//   time. A chunk's float32 copy and log-softmax live only while that chunk is gathered, and are
+//   recomputed in the backward, which writes the logits' gradient in their dtype chunk by chunk.
+//   Saved for the backward: the logits themselves. At Qwen3's vocabulary (151,936) and 4,096
+//   tokens that is 1.2 GB of bf16 instead of the 2.3 GB float32 log-softmax, with no float32
+//   gradient of the whole logits either (bench/RESULTS.md, session 20); the recomputation costs
+//   about 14 bytes of traffic a logit. Rows are independent: a row's value does not depend on
+//   the chunking.
 at::Tensor target_logprobs(const at::Tensor& logits, const at::Tensor& targets, int64_t chunk_rows = 0);
 
 }  // namespace fp4qat::autograd

@@ -1,7 +1,7 @@
 // tests/autograd/gpu_step_functions.cpp — (label gpu) the CUDA paths of autograd/logprobs.h,
 // compute_cast.h and permute_rows.h: the bf16 -> float32 widening kernel against the CPU's cast for
-// every bf16 bit pattern; compute_cast's gradient on CUDA; target_logprobs in chunks on CUDA (bf16
-// logits read directly) against the CPU composite, and its rows independent of the chunking;
+// every bf16 bit pattern; compute_cast's gradient on CUDA; target_logprobs in chunks on CUDA against
+// the CPU composite, and its rows independent of the chunking;
 // permute_rows' gradient against the CPU's.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -54,8 +54,7 @@ TEST(GpuComputeCast, GradientOfAMasterIsItsContiguousWidenedGradient) {
   EXPECT_TRUE(same_bytes(m.grad(), g.transpose(1, 2).to(at::kFloat)));
 }
 
-// target_logprobs on CUDA with bf16 logits (the log-softmax reads them directly) against the CPU
-// composite on the same values: float32 accumulation order differs, so within 1e-4 (values) and
+// target_logprobs on CUDA with bf16 logits against the CPU composite on the same values: float32 accumulation order differs, so within 1e-4 (values) and
 // one bf16 rounding (gradients); chunks of 7 rows give the default chunking's bytes (rows are
 // independent); a vocabulary small enough for ATen's warp kernel and one for its block kernel.
 TEST(GpuTargetLogprobs, ChunkedOnCudaMatchesTheCpuComposite) {
