@@ -54,8 +54,8 @@ TEST(GpuComputeCast, GradientOfAMasterIsItsContiguousWidenedGradient) {
   EXPECT_TRUE(same_bytes(m.grad(), g.transpose(1, 2).to(at::kFloat)));
 }
 
-// target_logprobs on CUDA with bf16 logits against the CPU composite on the same values: float32 accumulation order differs, so within 1e-4 (values) and
-// one bf16 rounding (gradients); chunks of 7 rows give the default chunking's bytes (rows are
+// target_logprobs on CUDA with bf16 logits against the CPU composite on the same values: float32
+// accumulation order differs, so within 1e-4 (values) and one bf16 rounding (gradients); chunks of 7 rows give the default chunking's bytes (rows are
 // independent); a vocabulary small enough for ATen's warp kernel and one for its block kernel.
 TEST(GpuTargetLogprobs, ChunkedOnCudaMatchesTheCpuComposite) {
   FP4QAT_REQUIRE_GPU();
