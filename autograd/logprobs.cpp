@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "kernels/common/check.h"
+#include "kernels/cuda_api.h"
 
 namespace fp4qat::autograd {
 
@@ -63,6 +64,25 @@ class TargetLogprobsFn : public torch::autograd::Function<TargetLogprobsFn> {
   }
 };
 
+// bf16 / float32 logits on CUDA: the fused rows (kernels/loss/cross_entropy.cu), one read of the
+// logits forward (their log-sum-exp and target logit), one read and one write backward. Saved:
+// the logits and the log-sum-exps.
+class FusedTargetLogprobsFn : public torch::autograd::Function<FusedTargetLogprobsFn> {
+ public:
+  // logits [N, V] contiguous, targets int64 [N] -> float32 [N]
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& targets) {
+    auto [lse, lp] = cuda::ce_forward(logits, targets);
+    ctx->save_for_backward({logits, targets, lse});
+    return lp;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor g = grads[0].to(at::kFloat).contiguous();  // [N]
+    return {cuda::ce_backward(saved[0], saved[1], saved[2], g), at::Tensor()};
+  }
+};
+
 }  // namespace
 
 at::Tensor target_logprobs(const at::Tensor& logits, const at::Tensor& targets, int64_t chunk_rows) {
@@ -75,8 +95,10 @@ at::Tensor target_logprobs(const at::Tensor& logits, const at::Tensor& targets, 
     return at::log_softmax(logits.to(at::kFloat), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1);
   const int64_t V = logits.size(-1), N = V > 0 ? logits.numel() / V : 0;
   if (N == 0 || V == 0) return at::log_softmax(logits.to(at::kFloat), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1);
-  const int64_t chunk = chunk_rows > 0 ? chunk_rows : std::max<int64_t>(1, (int64_t{1} << 26) / V);
   const at::Tensor flat = logits.reshape({N, V}).contiguous(), t = targets.reshape({N}).contiguous();
+  if (chunk_rows == 0 && (logits.scalar_type() == at::kBFloat16 || logits.scalar_type() == at::kFloat))
+    return FusedTargetLogprobsFn::apply(flat, t).view(targets.sizes());  // CUDA
+  const int64_t chunk = chunk_rows > 0 ? chunk_rows : std::max<int64_t>(1, (int64_t{1} << 26) / V);
   return TargetLogprobsFn::apply(flat, t, chunk).view(targets.sizes());
 }
 

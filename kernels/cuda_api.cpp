@@ -247,4 +247,40 @@ at::Tensor widen_bf16(const at::Tensor& x) {
   return out;
 }
 
+namespace {
+void check_ce(const at::Tensor& logits, const at::Tensor& targets, const char* who) {
+  FP4QAT_CHECK(logits.is_cuda() && logits.dim() == 2 && logits.is_contiguous() &&
+                   (logits.scalar_type() == at::kBFloat16 || logits.scalar_type() == at::kFloat),
+               who, ": logits must be contiguous bf16 or float32 CUDA [N, V], got ", logits.scalar_type(), " ",
+               logits.sizes(), " on ", logits.device());
+  FP4QAT_CHECK(targets.device() == logits.device() && targets.scalar_type() == at::kLong && targets.is_contiguous() &&
+                   targets.dim() == 1 && targets.size(0) == logits.size(0),
+               who, ": targets must be contiguous int64 [", logits.size(0), "] on the logits' device, got ",
+               targets.scalar_type(), " ", targets.sizes());
+}
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> ce_forward(const at::Tensor& logits, const at::Tensor& targets) {
+  check_ce(logits, targets, "ce_forward");
+  c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t N = logits.size(0), V = logits.size(1);
+  at::Tensor lse = at::empty({N}, logits.options().dtype(at::kFloat)), lp = at::empty_like(lse);
+  ck::ce_forward(logits.data_ptr(), logits.scalar_type() == at::kBFloat16, N, V, targets.data_ptr<int64_t>(),
+                 lse.data_ptr<float>(), lp.data_ptr<float>(), stream());
+  return {lse, lp};
+}
+
+at::Tensor ce_backward(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& lse, const at::Tensor& g) {
+  check_ce(logits, targets, "ce_backward");
+  for (const at::Tensor* t : {&lse, &g})
+    FP4QAT_CHECK(t->device() == logits.device() && t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                     t->dim() == 1 && t->size(0) == logits.size(0),
+                 "ce_backward: lse and g must be contiguous float32 [", logits.size(0), "] on the logits' device");
+  c10::cuda::CUDAGuard guard(logits.device());
+  at::Tensor grad = at::empty_like(logits);
+  ck::ce_backward(logits.data_ptr(), logits.scalar_type() == at::kBFloat16, logits.size(0), logits.size(1),
+                  targets.data_ptr<int64_t>(), lse.data_ptr<float>(), g.data_ptr<float>(), grad.data_ptr(), stream());
+  return grad;
+}
+
 }  // namespace fp4qat::cuda

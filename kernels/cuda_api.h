@@ -3,6 +3,8 @@
 // (kernels/nvfp4/, kernels/mxfp8/). Without CUDA support compiled in, kernels/cuda_stubs.cpp
 // defines each to throw a clear error.
 #pragma once
+#include <utility>
+
 #include "kernels/optim/adamw_ref.h"
 #include "kernels/quantize.h"
 
@@ -27,5 +29,10 @@ void adamw_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v
 // A contiguous bf16 CUDA tensor widened to float32 (kernels/optim/widen.cu): a new contiguous
 // tensor of its shape, the exact values (the bytes of x.to(float32)), on the current stream.
 at::Tensor widen_bf16(const at::Tensor& x);
+// The fused cross-entropy rows (kernels/loss/cross_entropy.cu) on contiguous CUDA logits [N, V]
+// (bf16 or float32) and int64 targets [N]: {lse, target_lp}, float32 [N] each; and the logits'
+// gradient of sum(g * target_lp) in the logits' dtype.
+std::pair<at::Tensor, at::Tensor> ce_forward(const at::Tensor& logits, const at::Tensor& targets);
+at::Tensor ce_backward(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& lse, const at::Tensor& g);
 
 }  // namespace fp4qat::cuda

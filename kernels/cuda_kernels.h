@@ -117,4 +117,12 @@ void adamw_step(float* p, const float* g, float* m, float* v, int64_t n, const o
 // out[i] = float(in[i]) for n bf16 bit patterns (kernels/optim/widen.cu): exact, bytes as a CPU cast.
 void widen_bf16(const uint16_t* in, float* out, int64_t n, cudaStream_t stream);
 
+// The fused cross-entropy rows (kernels/loss/cross_entropy.cu; arithmetic and CPU reference in
+// kernels/loss/cross_entropy_ref.h): logits [N, V] bf16 (bit patterns) or float32, targets int64 [N].
+// Forward: lse [N], target_lp [N]. Backward: grad [N, V] in the logits' dtype from g [N] and lse.
+void ce_forward(const void* logits, bool bf16, int64_t N, int64_t V, const int64_t* targets, float* lse,
+                float* target_lp, cudaStream_t stream);
+void ce_backward(const void* logits, bool bf16, int64_t N, int64_t V, const int64_t* targets, const float* lse,
+                 const float* g, void* grad, cudaStream_t stream);
+
 }  // namespace fp4qat::cuda_kernels
