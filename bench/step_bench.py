@@ -110,6 +110,12 @@ def ours(a, shape, variant, tokens, out, layout="1"):
     rows = []
     if rc == 0:
         rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"tokens_per_s"' in l]
+    if rc != 0:  # the run's last lines say why
+        with open(out + ".log", errors="replace") as f:
+            print("".join(f.readlines()[-6:]), end="", flush=True)
+    if a.trace and os.path.exists(out + "-trace.json.txt"):  # where the timeline's memory peaked
+        with open(out + "-trace.json.txt", errors="replace") as f:
+            print("".join(l for l in f if l.startswith("memory allocated:")), end="", flush=True)
     for d in ("exports", "checkpoints", "hf"):  # the run's outputs: a 30B slice's would fill the disk
         shutil.rmtree(os.path.join(out, d), ignore_errors=True)
     return rc, secs, rows
