@@ -122,6 +122,9 @@ __device__ __forceinline__ float block_max(float v, float* smem) {
   return m;
 }
 
+// A 16-byte aligned address (one uint4 / float4 access).
+__host__ __device__ __forceinline__ bool aligned16(const void* x) { return (reinterpret_cast<uintptr_t>(x) & 15) == 0; }
+
 inline int num_sms() {
   int dev = 0, n = 0;
   FP4QAT_CUDA_CHECK(cudaGetDevice(&dev));

@@ -4,7 +4,7 @@
 // log-sum-exp and target log-probability; the backward reads the row once more and writes its
 // gradient: 2 + 4 bytes of traffic a bf16 logit, where ATen's float32 log-softmax, its backward and
 // the casts around them move about 36 (bench/RESULTS.md, session 20).
-#include "kernels/cuda_kernels.h"
+#include "kernels/common/cuda_utils.cuh"
 #include "kernels/loss/cross_entropy_ref.h"
 
 namespace fp4qat::cuda_kernels {
@@ -24,14 +24,8 @@ __device__ __forceinline__ int load_piece(const void* row, int64_t c, int64_t V,
   const int n = static_cast<int>(V - j0 < kPiece ? V - j0 : kPiece);
   if constexpr (kBf16) {
     const uint16_t* p = static_cast<const uint16_t*>(row) + j0;
-    if (n == kPiece && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
-      const uint4 w = __ldcs(reinterpret_cast<const uint4*>(p));
-      const uint32_t u[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        x[2 * i] = loss::bf16_to_float(static_cast<uint16_t>(u[i] & 0xFFFFu));
-        x[2 * i + 1] = loss::bf16_to_float(static_cast<uint16_t>(u[i] >> 16));
-      }
+    if (n == kPiece && aligned16(p)) {
+      unpack8<InType::BF16>(__ldcs(reinterpret_cast<const uint4*>(p)), x);
     } else {
       for (int i = 0; i < n; ++i) x[i] = loss::bf16_to_float(p[i]);
     }
@@ -94,7 +88,7 @@ __global__ void __launch_bounds__(kLanes) ce_backward_rows(const void* __restric
     const int64_t j0 = c * kPiece;
     if constexpr (kBf16) {
       uint16_t* out = static_cast<uint16_t*>(grad) + r * V + j0;
-      if (n == kPiece && (reinterpret_cast<uintptr_t>(out) & 15) == 0) {
+      if (n == kPiece && aligned16(out)) {
         uint32_t u[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i)

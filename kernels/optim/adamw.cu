@@ -1,7 +1,7 @@
 // kernels/optim/adamw.cu — the fused AdamW step on the GPU (kernels/optim/adamw_ref.h): one
 // grid-stride pass, four elements a thread where the four arrays are 16-byte aligned; the
 // element's arithmetic is adamw_element, the CPU reference's.
-#include "kernels/cuda_kernels.h"
+#include "kernels/common/cuda_utils.cuh"
 #include "kernels/optim/adamw_ref.h"
 
 namespace fp4qat::cuda_kernels {
@@ -31,34 +31,21 @@ __global__ void adamw_scalar(float* __restrict__ p, const float* __restrict__ g,
     optim::adamw_element(p[i], g[i], m[i], v[i], s);
 }
 
-bool aligned16(const void* x) { return (reinterpret_cast<uintptr_t>(x) & 15) == 0; }
-
-int blocks_for(int64_t work, int threads) {
-  static const int sms = [] {  // one device a process (data / expert parallel ranks each have theirs)
-    int dev = 0, n = 132;
-    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-    return n;
-  }();
-  const int64_t want = (work + threads - 1) / threads;
-  return static_cast<int>(want < int64_t(sms) * 8 ? (want > 0 ? want : 1) : int64_t(sms) * 8);
-}
-
 }  // namespace
 
 void adamw_step(float* p, const float* g, float* m, float* v, int64_t n, const optim::AdamWScalars& s,
                 cudaStream_t stream) {
   if (n == 0) return;
-  constexpr int kThreads = 256;
   const int64_t n4 = (aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v)) ? n / 4 : 0;
   if (n4 > 0) {
-    adamw_vec4<<<blocks_for(n4, kThreads), kThreads, 0, stream>>>(
+    adamw_vec4<<<grid_for(n4), kThreads, 0, stream>>>(
         reinterpret_cast<float4*>(p), reinterpret_cast<const float4*>(g), reinterpret_cast<float4*>(m),
         reinterpret_cast<float4*>(v), n4, s);
     FP4QAT_CUDA_CHECK(cudaGetLastError());
   }
   const int64_t done = n4 * 4;
   if (done < n) {
-    adamw_scalar<<<blocks_for(n - done, kThreads), kThreads, 0, stream>>>(p + done, g + done, m + done, v + done,
+    adamw_scalar<<<grid_for(n - done), kThreads, 0, stream>>>(p + done, g + done, m + done, v + done,
                                                                            n - done, s);
     FP4QAT_CUDA_CHECK(cudaGetLastError());
   }
