@@ -42,6 +42,7 @@ class TargetLogprobsFn : public torch::autograd::Function<TargetLogprobsFn> {
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &logits = saved[0], &targets = saved[1];
     const int64_t chunk = ctx->saved_data["chunk"].toInt(), N = logits.size(0);
@@ -77,6 +78,7 @@ class FusedTargetLogprobsFn : public torch::autograd::Function<FusedTargetLogpro
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
     const auto saved = ctx->get_saved_variables();
     const at::Tensor g = grads[0].to(at::kFloat).contiguous();  // [N]
     return {cuda::ce_backward(saved[0], saved[1], saved[2], g), at::Tensor()};
