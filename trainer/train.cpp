@@ -954,16 +954,23 @@ double Trainer::optimizer_step(double lr) {
       if (p.requires_grad() && !p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
     reducer_->reduce();
   }
-  std::vector<at::Tensor> sq, sq_shard;
-  // Each gradient's sum of squares: on a GPU from one reduction over it (its 2-norm, squared), on
-  // the CPU as before (the square, then its sum: the CPU's loss curves stay bit for bit).
-  auto sum_sq = [](const at::Tensor& g) {
-    return g.is_cuda() ? at::linalg_vector_norm(g, 2, c10::nullopt, false, at::kFloat).square()
-                       : g.to(at::kFloat).pow(2).sum();
-  };
+  std::vector<at::Tensor> sq, sq_shard, grads, grads_shard;
   for (auto& [n, p] : model.params())
     if (p.grad().defined())
-      (model.sharded() && model::Qwen3Moe::is_expert_param(n) ? sq_shard : sq).push_back(sum_sq(p.grad()));
+      (model.sharded() && model::Qwen3Moe::is_expert_param(n) ? grads_shard : grads).push_back(p.grad());
+  // Each gradient's sum of squares: on a GPU its 2-norm squared, all gradients' norms in a few
+  // multi-tensor launches (one launch a parameter before: the small models' steps are launch-bound);
+  // on the CPU as before (the square, then its sum: the CPU's loss curves stay bit for bit).
+  auto sums_of_squares = [](const std::vector<at::Tensor>& gs, std::vector<at::Tensor>& out) {
+    if (gs.empty()) return;
+    if (gs.front().is_cuda()) {
+      out.push_back(at::stack(at::_foreach_norm(gs, 2, at::kFloat)).square().sum());
+      return;
+    }
+    for (const at::Tensor& g : gs) out.push_back(g.to(at::kFloat).pow(2).sum());
+  };
+  sums_of_squares(grads, sq);
+  sums_of_squares(grads_shard, sq_shard);
   // (Expert-only fine-tuning under expert parallelism: every gradient is an expert shard's.)
   at::Tensor total = sq.empty() ? at::zeros({}, at::TensorOptions(dev_).dtype(at::kFloat)) : at::stack(sq).sum();
   if (model.sharded()) {  // expert shards: their squares summed over the expert-parallel group (every rank joins)
