@@ -302,14 +302,10 @@ Loaded load(const std::string& dir, const at::Device& device, const std::string&
   return out;
 }
 
-at::Tensor logprobs_of(const at::Tensor& logits, const at::Tensor& targets) {
-  return autograd::target_logprobs(logits, targets);  // [B, T]
-}
-
 at::Tensor token_logprobs(const model::Qwen3Moe& m, model::LinearPolicy& p, const at::Tensor& ids, at::ScalarType dt) {
   torch::NoGradGuard ng;
   const int64_t T = ids.size(1) - 1;
-  return logprobs_of(m.forward(ids.narrow(1, 0, T), dt, p).logits, ids.narrow(1, 1, T));
+  return autograd::target_logprobs(m.forward(ids.narrow(1, 0, T), dt, p).logits, ids.narrow(1, 1, T));
 }
 
 }  // namespace fp4qat::rollout

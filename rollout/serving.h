@@ -65,12 +65,8 @@ struct Loaded {
 Loaded load(const std::string& dir, const at::Device& device, const std::string& serving_override = "",
             hf::ShardCache* cache = nullptr);
 
-// log p(targets) from logits [B, T, V] (any float dtype) and int64 targets [B, T]: float32 [B, T],
-// differentiable (the trainer's GRPO step takes its gradient; token_logprobs calls it without); on
-// CUDA in row chunks, with no float32 copy of the logits (autograd::target_logprobs).
-at::Tensor logprobs_of(const at::Tensor& logits, const at::Tensor& targets);
-
-// Log-probabilities of ids[:, 1:] given ids[:, :-1]: float32 [B, T-1]; no gradient.
+// Log-probabilities of ids[:, 1:] given ids[:, :-1] (autograd::target_logprobs): float32 [B, T-1];
+// no gradient.
 at::Tensor token_logprobs(const model::Qwen3Moe& m, model::LinearPolicy& p, const at::Tensor& ids, at::ScalarType dt);
 
 }  // namespace fp4qat::rollout

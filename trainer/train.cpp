@@ -76,8 +76,8 @@ at::ScalarType compute_dtype(const config::Config& c, const at::Device& dev) {
 }
 
 // The next-token cross-entropy of logits [B, T, V] at targets [B, T] (float32; mean over the
-// tokens, or per token [B * T] with reduction None). On CUDA from autograd::target_logprobs (row
-// chunks: no float32 copy of the logits, which at Qwen3's vocabulary were the step's largest
+// tokens, or per token [B * T] with reduction None). On CUDA from autograd::target_logprobs (the fused
+// rows: no float32 copy of the logits, which at Qwen3's vocabulary were the step's largest
 // tensors); elsewhere at::cross_entropy_loss on the float32 logits (the CPU's numbers as before).
 at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& targets, at::Reduction::Reduction r) {
   if (logits.is_cuda()) {
@@ -918,11 +918,11 @@ std::pair<at::Tensor, at::Tensor> Trainer::grpo_loss(uint64_t index, model::Forw
   const at::Tensor real = b.real.to(dev_);  // the router's aux loss leaves the padding out
   model::ForwardOutput fw =
       model_->forward(inputs, dt_, *policy_, nullptr, nullptr, replay ? &routing : nullptr, &real);
-  const at::Tensor logp = rollout::logprobs_of(fw.logits, targets).masked_select(mask);  // [N]
+  const at::Tensor logp = autograd::target_logprobs(fw.logits, targets).masked_select(mask);  // [N]
   at::Tensor ref;  // [N]: the reference's log-probs (rl.kl_coef > 0)
   if (ref_model_) {
     torch::NoGradGuard ng;
-    ref = rollout::logprobs_of(
+    ref = autograd::target_logprobs(
               ref_model_->forward(inputs, dt_, *ref_policy_, nullptr, nullptr, replay ? &routing : nullptr).logits,
               targets)
               .masked_select(mask);

@@ -11,32 +11,18 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
+#include "kernels/common/formats.h"
 #include "kernels/common/host_device.h"
 
 namespace fp4qat::loss {
 
 constexpr int kLanes = 256, kPiece = 8, kWarp = 32;
 
-FP4QAT_HD float bf16_to_float(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-#if defined(__CUDA_ARCH__)
-  f = __uint_as_float(u);
-#else
-  std::memcpy(&f, &u, 4);
-#endif
-  return f;
-}
+FP4QAT_HD float bf16_to_float(uint16_t b) { return fmt::u2f(static_cast<uint32_t>(b) << 16); }
 // Round to nearest even; a NaN becomes 0x7FFF with its sign.
 FP4QAT_HD uint16_t float_to_bf16(float f) {
-  uint32_t u;
-#if defined(__CUDA_ARCH__)
-  u = __float_as_uint(f);
-#else
-  std::memcpy(&u, &f, 4);
-#endif
+  const uint32_t u = fmt::f2u(f);
   if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x7FFFu);
   return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }

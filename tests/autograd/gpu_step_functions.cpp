@@ -1,7 +1,7 @@
 // tests/autograd/gpu_step_functions.cpp — (label gpu) the CUDA paths of autograd/logprobs.h,
 // compute_cast.h and permute_rows.h: the bf16 -> float32 widening kernel against the CPU's cast for
-// every bf16 bit pattern; compute_cast's gradient on CUDA; target_logprobs in chunks on CUDA against
-// the CPU composite, and its rows independent of the chunking;
+// every bf16 bit pattern; compute_cast's gradient on CUDA; target_logprobs (the fused rows) on CUDA
+// against the CPU composite;
 // permute_rows' gradient against the CPU's.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -54,11 +54,10 @@ TEST(GpuComputeCast, GradientOfAMasterIsItsContiguousWidenedGradient) {
   EXPECT_TRUE(same_bytes(m.grad(), g.transpose(1, 2).to(at::kFloat)));
 }
 
-// target_logprobs on CUDA with bf16 logits against the CPU composite on the same values: the fused
-// rows (the default) and chunks of 7 rows through ATen (chunk_rows 7). Float32 accumulation order
-// and the device's exp differ, so within 1e-4 (values) and one bf16 rounding (gradients); a
-// vocabulary small enough for ATen's warp kernel and one for its block kernel.
-TEST(GpuTargetLogprobs, FusedAndChunkedOnCudaMatchTheCpuComposite) {
+// target_logprobs on CUDA with bf16 logits (the fused rows) against the CPU composite on the same
+// values. Float32 accumulation order and the device's exp differ, so within 1e-4 (values) and one
+// bf16 rounding (gradients); a small vocabulary and a wide one.
+TEST(GpuTargetLogprobs, FusedOnCudaMatchesTheCpuComposite) {
   FP4QAT_REQUIRE_GPU();
   at::manual_seed(11);
   for (const int64_t V : {int64_t{300}, int64_t{50000}}) {
@@ -69,21 +68,14 @@ TEST(GpuTargetLogprobs, FusedAndChunkedOnCudaMatchTheCpuComposite) {
     at::Tensor lc = logits.clone().requires_grad_(true);
     const at::Tensor rc = at::log_softmax(lc.to(at::kFloat), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1);
     (rc * w).sum().backward();
-    auto gpu = [&](int64_t chunk) {
-      at::Tensor l = logits.cuda().requires_grad_(true);
-      const at::Tensor r = autograd::target_logprobs(l, targets.cuda(), chunk);
-      (r * w.cuda()).sum().backward();
-      return std::make_pair(r.detach().cpu(), l.grad().cpu());
-    };
-    const auto [r0, g0] = gpu(0);
-    const auto [r7, g7] = gpu(7);
-    const at::Tensor gr = lc.grad().to(at::kFloat);
-    for (const auto& [r, gg] : {std::make_pair(r0, g0), std::make_pair(r7, g7)}) {
-      EXPECT_TRUE(at::allclose(r, rc.detach(), 1e-5, 1e-4)) << (r - rc.detach()).abs().max();
-      EXPECT_EQ(gg.scalar_type(), at::kBFloat16);
-      const at::Tensor gf = gg.to(at::kFloat);
-      EXPECT_TRUE(at::allclose(gf, gr, 1e-2, 1e-6)) << (gf - gr).abs().max();
-    }
+    at::Tensor l = logits.cuda().requires_grad_(true);
+    const at::Tensor r = autograd::target_logprobs(l, targets.cuda());
+    (r * w.cuda()).sum().backward();
+    const at::Tensor rd = r.detach().cpu(), gd = l.grad().cpu(), gr = lc.grad().to(at::kFloat);
+    EXPECT_TRUE(at::allclose(rd, rc.detach(), 1e-5, 1e-4)) << (rd - rc.detach()).abs().max();
+    EXPECT_EQ(gd.scalar_type(), at::kBFloat16);
+    const at::Tensor gf = gd.to(at::kFloat);
+    EXPECT_TRUE(at::allclose(gf, gr, 1e-2, 1e-6)) << (gf - gr).abs().max();
   }
 }
 

@@ -1,6 +1,6 @@
 // tests/autograd/test_step_functions.cpp — the training step's small autograd functions:
-// autograd::target_logprobs in row chunks (the CUDA path's arithmetic, forced on the CPU) against
-// the composite log_softmax(float32).gather, forward and gradient, bit for bit;
+// autograd::target_logprobs on the CPU against the composite log_softmax(float32).gather, forward
+// and gradient, bit for bit (its CUDA kernels: tests/kernels/gpu_cross_entropy.cpp);
 // autograd::compute_cast against Tensor::to; autograd::permute_rows against index_select.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -37,36 +37,28 @@ bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
 
 }  // namespace
 
-// Rows are independent, so any chunking gives the composite's bytes: float32 and bf16 logits,
-// chunks of 1, 3 (a ragged last chunk) and all rows; [B, T, V] in, [B, T] out. A chunking bug
-// (an offset, a row twice, the gradient's scatter at the wrong column) changes values.
-TEST(TargetLogprobs, ChunksGiveTheCompositesBytesForwardAndBackward) {
+// On the CPU target_logprobs is the composite: its bytes forward and backward, float32 and bf16
+// logits, [B, T, V] in, [B, T] out.
+TEST(TargetLogprobs, OnTheCpuIsTheCompositeForwardAndBackward) {
   at::manual_seed(7);
   for (const auto dt : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(::testing::Message() << dt);
     const at::Tensor logits = (at::randn({2, 5, 37}) * 4).to(dt);
     const at::Tensor targets = at::randint(0, 37, {2, 5}, at::kLong);
     const at::Tensor w = at::randn({2, 5});
     const LogprobRun ref = logprob_run(composite, logits, targets, w);
-    EXPECT_EQ(ref.grad.scalar_type(), dt);
-    for (const int64_t chunk : {1, 3, 10, 64}) {
-      SCOPED_TRACE(::testing::Message() << dt << " chunk " << chunk);
-      const LogprobRun got = logprob_run(
-          [chunk](const at::Tensor& l, const at::Tensor& t) { return autograd::target_logprobs(l, t, chunk); },
-          logits, targets, w);
-      EXPECT_EQ(got.out.sizes(), (at::IntArrayRef{2, 5}));
-      EXPECT_TRUE(same_bytes(got.out, ref.out)) << (got.out - ref.out).abs().max();
-      EXPECT_TRUE(same_bytes(got.grad, ref.grad)) << (got.grad.to(at::kFloat) - ref.grad.to(at::kFloat)).abs().max();
-    }
-    // chunk_rows 0 on the CPU is the composite itself.
-    EXPECT_TRUE(same_bytes(autograd::target_logprobs(logits, targets), ref.out));
+    const LogprobRun got = logprob_run(autograd::target_logprobs, logits, targets, w);
+    EXPECT_EQ(got.out.sizes(), (at::IntArrayRef{2, 5}));
+    EXPECT_EQ(got.grad.scalar_type(), dt);
+    EXPECT_TRUE(same_bytes(got.out, ref.out));
+    EXPECT_TRUE(same_bytes(got.grad, ref.grad));
   }
 }
 
 TEST(TargetLogprobs, RefusesTargetsOfTheWrongShapeOrType) {
   const at::Tensor logits = at::randn({4, 9});
-  EXPECT_THROW(autograd::target_logprobs(logits, at::zeros({5}, at::kLong), 2), std::exception);
-  EXPECT_THROW(autograd::target_logprobs(logits, at::zeros({4}, at::kInt), 2), std::exception);
-  EXPECT_THROW(autograd::target_logprobs(logits, at::zeros({4}, at::kLong), -1), std::exception);
+  EXPECT_THROW(autograd::target_logprobs(logits, at::zeros({5}, at::kLong)), std::exception);
+  EXPECT_THROW(autograd::target_logprobs(logits, at::zeros({4}, at::kInt)), std::exception);
 }
 
 // The compute copy: master.to(dtype) forward; the gradient cast back to the master's dtype (the
