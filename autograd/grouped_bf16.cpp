@@ -39,7 +39,8 @@ class BatchedExpertsFn : public torch::autograd::Function<BatchedExpertsFn> {
 
 }  // namespace
 
-at::Tensor grouped_linear(const std::string& name, const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts) {
+at::Tensor grouped_linear(const std::string& name, const at::Tensor& x, const at::Tensor& w, const ExpertRows& rows) {
+  const at::Tensor& counts = rows.counts;
   const at::Tensor wc = compute_cast(w, x.scalar_type());
   const int64_t E = wc.size(0), T = x.size(0);
   FP4QAT_CHECK(!counts.is_cuda() && counts.scalar_type() == at::kLong && counts.numel() == E, "grouped linear ", name,
@@ -56,8 +57,7 @@ at::Tensor grouped_linear(const std::string& name, const at::Tensor& x, const at
     if (equal) return BatchedExpertsFn::apply(x, wc);
     // Else one grouped GEMM for all experts (LibTorch's at::_grouped_mm, with autograd): [E, in, out]
     // views of the [E, out, in] weights, int32 end offsets of each expert's rows.
-    const at::Tensor offs = at::cumsum(counts, 0).to(at::kInt).to(x.device());
-    return at::_grouped_mm(x.contiguous(), wc.transpose(1, 2), offs);
+    return at::_grouped_mm(x.contiguous(), wc.transpose(1, 2), rows.ends_on(x.device()));
   }
   std::vector<at::Tensor> outs;
   int64_t row = 0;

@@ -11,8 +11,8 @@ at::Tensor LinearPolicy::linear(const std::string&, const at::Tensor& x, const a
 }
 
 at::Tensor LinearPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
-                                 const at::Tensor& counts) {
-  return autograd::grouped_linear(name, x, w, counts);
+                                 const autograd::ExpertRows& rows) {
+  return autograd::grouped_linear(name, x, w, rows);
 }
 
 }  // namespace fp4qat::model

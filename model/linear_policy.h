@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "autograd/expert_rows.h"
+
 namespace fp4qat::model {
 
 // How the model's linears run. The default computes y = x W^T in the compute dtype; a QAT
@@ -15,9 +17,9 @@ class LinearPolicy {
   virtual ~LinearPolicy() = default;
   // x [*, in], w [out, in] -> [*, out]
   virtual at::Tensor linear(const std::string& name, const at::Tensor& x, const at::Tensor& w);
-  // x [T, in] with rows sorted by expert, counts int64 [E] on the CPU, w [E, out, in] -> [T, out]
+  // x [T, in] with rows sorted by expert (autograd/expert_rows.h), w [E, out, in] -> [T, out]
   virtual at::Tensor grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
-                             const at::Tensor& counts);
+                             const autograd::ExpertRows& rows);
 };
 
 }  // namespace fp4qat::model

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <map>
 
 #include <unistd.h>
@@ -70,6 +71,21 @@ std::string L(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
 at::Tensor rotate_half(const at::Tensor& x) {
   const int64_t h = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+}
+
+// The rows of each of E experts from the routed experts sorted ascending (sorted [n] int64): each
+// expert's end row, the number of ids <= e (int32 [E] on their device; where n fits int32), and
+// the counts on the host, made from the ends in one copy.
+autograd::ExpertRows expert_rows(const at::Tensor& sorted, int64_t E) {
+  const int64_t n = sorted.numel();
+  const bool i32 = n <= std::numeric_limits<int32_t>::max();
+  const at::Tensor ends = at::searchsorted(sorted, at::arange(E, sorted.options()), /*out_int32=*/i32, /*right=*/true);
+  const at::Tensor host = ends.to(at::kCPU).to(at::kLong);  // [E]
+  at::Tensor counts = at::empty({E}, host.options());
+  const int64_t* h = host.data_ptr<int64_t>();
+  int64_t* c = counts.data_ptr<int64_t>();
+  for (int64_t e = 0; e < E; ++e) c[e] = h[e] - (e > 0 ? h[e - 1] : 0);
+  return {counts, i32 ? ends : at::Tensor()};
 }
 
 }  // namespace
@@ -368,19 +384,23 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
     *load = f.detach();
   }
 
-  // Permute (token, slot) pairs by expert; counts go to the host for the grouped GEMMs. Dispatch
+  // Permute (token, slot) pairs by expert. Each expert's end row is found on the device (a search in
+  // the sorted experts) for the grouped GEMMs; the counts go to the host in one copy, the layer's
+  // only synchronisation (bincount on CUDA would add two: it reads the ids' min and max). Dispatch
   // and combine are permutations plus a sum over the k slots in slot order, never an atomic
   // accumulation (index_add on CUDA adds a token's k >= 3 expert outputs in a run-dependent order):
   // the forward, and the gradient reaching x, are the same bits in every run and on the rollout side.
-  const at::Tensor flat_e = topi.reshape({-1});                                      // [N*k] slot j = (token j/k, slot j%k)
-  const at::Tensor order = at::argsort(flat_e, /*stable=*/true);                     // [N*k] slot of each sorted row
-  const at::Tensor counts = at::bincount(flat_e, {}, E).to(at::kCPU).to(at::kLong);  // [E]
-  const at::Tensor slot_row = autograd::inverse_permutation(order);                  // [N*k] sorted row of each slot
+  const at::Tensor flat_e = topi.reshape({-1});  // [N*k] slot j = (token j/k, slot j%k)
+  // [N*k] the experts ascending, and the slot of each sorted row
+  const auto [sorted_e, order] = at::sort(flat_e, /*stable=*/std::optional<bool>(true), /*dim=*/0, /*descending=*/false);
+  const autograd::ExpertRows rows = expert_rows(sorted_e, E);
+  const at::Tensor& counts = rows.counts;                             // [E] int64 on the CPU
+  const at::Tensor slot_row = autograd::inverse_permutation(order);  // [N*k] sorted row of each slot
   const at::Tensor xs =
       autograd::permute_rows(x.unsqueeze(1).expand({N, k, H}).reshape({N * k, H}), order, slot_row);  // [N*k, H] by expert
   at::Tensor y;
   if (!sharded()) {
-    y = expert_mlp(p, xs, counts, policy);
+    y = expert_mlp(p, xs, rows, policy);
   } else {
     y = ep_->run(xs, counts,
                  [&](const at::Tensor& rows, const at::Tensor& local) { return expert_mlp(p, rows, local, policy); });
@@ -391,12 +411,12 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
 }
 
 // The experts' SwiGLU MLP on rows sorted by (local) expert: xs [T, H], counts [El] -> [T, H].
-at::Tensor Qwen3Moe::expert_mlp(const std::string& p, const at::Tensor& xs, const at::Tensor& counts,
+at::Tensor Qwen3Moe::expert_mlp(const std::string& p, const at::Tensor& xs, const autograd::ExpertRows& rows,
                                 LinearPolicy& policy) const {
-  const at::Tensor h = policy.grouped(p + "experts.gate_up_proj", xs, param(p + "experts.gate_up_proj"), counts);
+  const at::Tensor h = policy.grouped(p + "experts.gate_up_proj", xs, param(p + "experts.gate_up_proj"), rows);
   const int64_t I = cfg_.moe_intermediate_size;
   const at::Tensor act = at::silu(h.narrow(1, 0, I)) * h.narrow(1, I, I);
-  return policy.grouped(p + "experts.down_proj", act, param(p + "experts.down_proj"), counts);
+  return policy.grouped(p + "experts.down_proj", act, param(p + "experts.down_proj"), rows);
 }
 
 bool Qwen3Moe::is_expert_param(const std::string& name) {

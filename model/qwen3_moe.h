@@ -132,7 +132,7 @@ class Qwen3Moe {
   at::Tensor moe(int64_t layer, const at::Tensor& x, at::ScalarType dt, LinearPolicy& policy, at::Tensor* aux,
                  at::Tensor* load, const at::Tensor& replay_ids, const at::Tensor& replay, at::Tensor* routed,
                  const at::Tensor& counted) const;
-  at::Tensor expert_mlp(const std::string& p, const at::Tensor& xs, const at::Tensor& counts,
+  at::Tensor expert_mlp(const std::string& p, const at::Tensor& xs, const autograd::ExpertRows& rows,
                         LinearPolicy& policy) const;
   model::ModelConfig cfg_;
   Params params_;

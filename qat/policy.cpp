@@ -166,22 +166,24 @@ at::Tensor QatPolicy::linear(const std::string& name, const at::Tensor& x, const
 }
 
 at::Tensor QatPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
-                              const at::Tensor& counts) {
-  if (!quantized(name)) return LinearPolicy::grouped(name, x, w, counts);
+                              const autograd::ExpertRows& rows) {
+  const at::Tensor& counts = rows.counts;
+  if (!quantized(name)) return LinearPolicy::grouped(name, x, w, rows);
   if (at::GradMode::is_enabled() ||
       observe_without_grad) {  // per-expert activation amax: x [T, K] rows sorted by expert
     torch::NoGradGuard ng;
     const int64_t E = w.size(0), T = x.size(0);
     at::Tensor amax = at::zeros({E}, x.options().dtype(at::kFloat));
     if (T > 0) {
-      const at::Tensor rows = x.detach().abs().amax(1).to(at::kFloat);  // [T]
-      const at::Tensor ids = at::repeat_interleave(at::arange(E, x.options().dtype(at::kLong)), counts.to(x.device()),
-                                                   /*dim=*/0, /*output_size=*/T);  // [T] expert of each row
-      amax.scatter_reduce_(0, ids, rows, "amax", /*include_self=*/true);
+      const at::Tensor row_amax = x.detach().abs().amax(1).to(at::kFloat);  // [T]
+      // [T] the expert of each row: the number of experts whose rows end at or before it
+      const at::Tensor ends = rows.ends_on(x.device());
+      const at::Tensor ids = at::searchsorted(ends, at::arange(T, ends.options()), /*out_int32=*/false, /*right=*/true);
+      amax.scatter_reduce_(0, ids, row_amax, "amax", /*include_self=*/true);
     }
     observe(name, amax);
   }
-  if (!quantize_forward_) return LinearPolicy::grouped(name, x, w, counts);
+  if (!quantize_forward_) return LinearPolicy::grouped(name, x, w, rows);
   const at::Tensor wc = compute_copy(w, x.scalar_type());
   if (weight_observer) weight_observer(name, wc.detach());
   if (mxfp8_) return autograd::mxfp8_grouped_linear(x.contiguous(), wc, counts, opt_.backward);

@@ -30,7 +30,7 @@ class QatPolicy : public model::LinearPolicy {
   QatPolicy(const Recipe& recipe, const model::Qwen3Moe& model, bool quantize_forward = true);
   at::Tensor linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) override;
   at::Tensor grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
-                     const at::Tensor& counts) override;
+                     const autograd::ExpertRows& rows) override;
 
   bool quantized(const std::string& param_name) const { return params_.count(param_name) > 0; }
   const std::set<std::string>& quantized_params() const { return params_; }

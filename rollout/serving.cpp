@@ -49,9 +49,10 @@ at::Tensor ServingPolicy::linear(const std::string& name, const at::Tensor& x, c
 }
 
 at::Tensor ServingPolicy::grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
-                                  const at::Tensor& counts) {
+                                  const autograd::ExpertRows& rows) {
+  const at::Tensor& counts = rows.counts;
   auto it = weights_.find(name);
-  if (it == weights_.end()) return LinearPolicy::grouped(name, x, w, counts);
+  if (it == weights_.end()) return LinearPolicy::grouped(name, x, w, rows);
   if (format_ == Format::kNVFP4)
     return autograd::nvfp4_grouped_forward(x, it->second.values, it->second.s_dec, counts, options(it->second));
   torch::NoGradGuard ng;

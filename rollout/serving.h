@@ -36,7 +36,7 @@ class ServingPolicy : public model::LinearPolicy {
       : format_(f), weights_(std::move(w)), act_(act) {}
   at::Tensor linear(const std::string& name, const at::Tensor& x, const at::Tensor& w) override;
   at::Tensor grouped(const std::string& name, const at::Tensor& x, const at::Tensor& w,
-                     const at::Tensor& counts) override;
+                     const autograd::ExpertRows& rows) override;
   size_t quantized_count() const { return weights_.size(); }
   void to(const at::Device& dev);
 
