@@ -36,6 +36,37 @@ at::Tensor prepared(const at::Tensor& x) {
 
 cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
+// The fused SwiGLU / RoPE operands.
+void check_operand(const at::Tensor& t, const char* who, const char* name) {
+  FP4QAT_CHECK(t.is_cuda() && t.is_contiguous() && (t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kFloat),
+               who, ": ", name, " must be a contiguous bf16 or float32 CUDA tensor, got ", t.scalar_type(), " ",
+               t.sizes(), " on ", t.device(), (t.is_contiguous() ? "" : " (not contiguous)"));
+}
+void check_like(const at::Tensor& t, const at::Tensor& ref, const char* who, const char* name, const char* ref_name) {
+  check_operand(t, who, name);
+  FP4QAT_CHECK(t.scalar_type() == ref.scalar_type() && t.device() == ref.device(), who, ": ", name, " must have ",
+               ref_name, "'s dtype and device (", ref.scalar_type(), " on ", ref.device(), "), got ", t.scalar_type(),
+               " on ", t.device());
+}
+
+// x [B, T, H, D] (or g) with cos / sin [T, D] or [B, T, D].
+elementwise::RopeShape rope_shape(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const char* who,
+                                  const char* x_name) {
+  check_operand(x, who, x_name);
+  check_like(cos, x, who, "cos", x_name);
+  check_like(sin, x, who, "sin", x_name);
+  FP4QAT_CHECK(x.dim() == 4 && x.size(3) % 2 == 0, who, ": ", x_name, " must be [B, T, H, D] with D even, got ",
+               x.sizes());
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
+  const bool per_batch = cos.dim() == 3;
+  FP4QAT_CHECK(cos.sizes() == sin.sizes() &&
+                   ((cos.dim() == 2 && cos.size(0) == T && cos.size(1) == D) ||
+                    (per_batch && cos.size(0) == B && cos.size(1) == T && cos.size(2) == D)),
+               who, ": cos and sin must be [T, D] or [B, T, D] for ", x_name, " ", x.sizes(), ", got ", cos.sizes(),
+               " and ", sin.sizes());
+  return {B, T, H, D, per_batch};
+}
+
 at::Tensor amax_like(const at::Tensor& x) {
   return x.dim() == 3 ? at::empty({x.size(0)}, x.options().dtype(at::kFloat))
                       : at::empty({}, x.options().dtype(at::kFloat));
@@ -238,6 +269,26 @@ void adamw_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v
                  stream());
 }
 
+void adamw_step_many(const std::vector<at::Tensor>& p, const std::vector<at::Tensor>& g, const std::vector<at::Tensor>& m,
+                     const std::vector<at::Tensor>& v, const std::vector<float>& decay, const optim::AdamWScalars& s) {
+  const size_t n = p.size();
+  FP4QAT_CHECK(g.size() == n && m.size() == n && v.size() == n && decay.size() == n,
+               "adamw_step_many: p, g, m, v and decay must be lists of one length");
+  if (n == 0) return;
+  std::vector<ck::AdamWSegment> segs(n);
+  for (size_t i = 0; i < n; ++i) {
+    for (const at::Tensor* t : {&p[i], &g[i], &m[i], &v[i]})
+      FP4QAT_CHECK(t->is_cuda() && t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                       t->sizes() == p[i].sizes() && t->device() == p[0].device(),
+                   "adamw_step_many: parameter ", i,
+                   ": p, g, m and v must be contiguous float32 CUDA tensors of one shape, on one device");
+    segs[i] = {p[i].data_ptr<float>(), g[i].data_ptr<float>(), m[i].data_ptr<float>(), v[i].data_ptr<float>(),
+               p[i].numel(), decay[i]};
+  }
+  c10::cuda::CUDAGuard guard(p[0].device());
+  ck::adamw_step_many(segs.data(), static_cast<int>(n), s, stream());
+}
+
 at::Tensor widen_bf16(const at::Tensor& x) {
   FP4QAT_CHECK(x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
                "widen_bf16: x must be a contiguous bf16 CUDA tensor, got ", x.scalar_type(), " on ", x.device());
@@ -281,6 +332,47 @@ at::Tensor ce_backward(const at::Tensor& logits, const at::Tensor& targets, cons
   ck::ce_backward(logits.data_ptr(), logits.scalar_type() == at::kBFloat16, logits.size(0), logits.size(1),
                   targets.data_ptr<int64_t>(), lse.data_ptr<float>(), g.data_ptr<float>(), grad.data_ptr(), stream());
   return grad;
+}
+
+at::Tensor swiglu_forward(const at::Tensor& h) {
+  check_operand(h, "swiglu_forward", "h");
+  FP4QAT_CHECK(h.dim() == 2 && h.size(1) % 2 == 0, "swiglu_forward: h must be [T, 2I], got ", h.sizes());
+  c10::cuda::CUDAGuard guard(h.device());
+  const int64_t T = h.size(0), I = h.size(1) / 2;
+  at::Tensor out = at::empty({T, I}, h.options());
+  ck::swiglu_forward(h.data_ptr(), h.scalar_type() == at::kBFloat16, T, I, out.data_ptr(), stream());
+  return out;
+}
+
+at::Tensor swiglu_backward(const at::Tensor& h, const at::Tensor& g) {
+  check_operand(h, "swiglu_backward", "h");
+  check_like(g, h, "swiglu_backward", "g", "h");
+  FP4QAT_CHECK(h.dim() == 2 && h.size(1) % 2 == 0 && g.dim() == 2 && g.size(0) == h.size(0) &&
+                   g.size(1) == h.size(1) / 2,
+               "swiglu_backward: h must be [T, 2I] and g [T, I], got ", h.sizes(), " and ", g.sizes());
+  c10::cuda::CUDAGuard guard(h.device());
+  at::Tensor dh = at::empty(h.sizes(), h.options());
+  ck::swiglu_backward(h.data_ptr(), g.data_ptr(), h.scalar_type() == at::kBFloat16, h.size(0),
+                                h.size(1) / 2, dh.data_ptr(), stream());
+  return dh;
+}
+
+at::Tensor rope_forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const elementwise::RopeShape s = rope_shape(x, cos, sin, "rope_forward", "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  ck::rope_forward(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), x.scalar_type() == at::kBFloat16, s,
+                             out.data_ptr(), stream());
+  return out;
+}
+
+at::Tensor rope_backward(const at::Tensor& g, const at::Tensor& cos, const at::Tensor& sin) {
+  const elementwise::RopeShape s = rope_shape(g, cos, sin, "rope_backward", "g");
+  c10::cuda::CUDAGuard guard(g.device());
+  at::Tensor dx = at::empty(g.sizes(), g.options());
+  ck::rope_backward(g.data_ptr(), cos.data_ptr(), sin.data_ptr(), g.scalar_type() == at::kBFloat16, s,
+                              dx.data_ptr(), stream());
+  return dx;
 }
 
 }  // namespace fp4qat::cuda

@@ -26,6 +26,10 @@ at::Tensor mxfp8_dequantize(const MXFP8Tensor& q, at::ScalarType dtype);
 // The fused AdamW step on one parameter (kernels/optim/adamw_ref.h): p, m, v float32 contiguous
 // CUDA tensors of g's shape, updated in place on the current stream.
 void adamw_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const optim::AdamWScalars& s);
+// The same step on many parameters in few launches (64 parameters a launch): p[i], g[i], m[i],
+// v[i] as adamw_step's, one device, decay[i] parameter i's (s.decay is not read).
+void adamw_step_many(const std::vector<at::Tensor>& p, const std::vector<at::Tensor>& g, const std::vector<at::Tensor>& m,
+                     const std::vector<at::Tensor>& v, const std::vector<float>& decay, const optim::AdamWScalars& s);
 // A contiguous bf16 CUDA tensor widened to float32 (kernels/optim/widen.cu): a new contiguous
 // tensor of its shape, the exact values (the bytes of x.to(float32)), on the current stream.
 at::Tensor widen_bf16(const at::Tensor& x);
@@ -34,5 +38,15 @@ at::Tensor widen_bf16(const at::Tensor& x);
 // gradient of sum(g * target_lp) in the logits' dtype.
 std::pair<at::Tensor, at::Tensor> ce_forward(const at::Tensor& logits, const at::Tensor& targets);
 at::Tensor ce_backward(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& lse, const at::Tensor& g);
+// The fused SwiGLU and RoPE (kernels/model/elementwise.cu; arithmetic and CPU reference in
+// kernels/model/elementwise_ref.h), on contiguous CUDA tensors of one dtype, bf16 or float32, on
+// the current stream; new contiguous results.
+// SwiGLU: h [T, 2I] -> act [T, I]; backward: h, g [T, I] -> dh [T, 2I].
+at::Tensor swiglu_forward(const at::Tensor& h);
+at::Tensor swiglu_backward(const at::Tensor& h, const at::Tensor& g);
+// RoPE (rotate half): x [B, T, H, D] (D even), cos / sin [T, D] or [B, T, D] -> [B, T, H, D];
+// backward: g [B, T, H, D] -> dx [B, T, H, D].
+at::Tensor rope_forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+at::Tensor rope_backward(const at::Tensor& g, const at::Tensor& cos, const at::Tensor& sin);
 
 }  // namespace fp4qat::cuda

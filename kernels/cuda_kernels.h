@@ -13,6 +13,7 @@
 
 #include "kernels/common/cuda_check.h"
 #include "kernels/common/nvfp4_rule.h"
+#include "kernels/model/elementwise_ref.h"
 #include "kernels/optim/adamw_ref.h"
 
 namespace fp4qat::cuda_kernels {
@@ -113,6 +114,34 @@ void scale_rows_cast(const float* y, const float* alpha, const int64_t* rows, in
 // updated in place from g, each element as optim::adamw_element (the CPU reference's arithmetic).
 void adamw_step(float* p, const float* g, float* m, float* v, int64_t n, const optim::AdamWScalars& s,
                 cudaStream_t stream);
+// The same step on many parameters, kAdamWSegmentsPerLaunch a launch (the kernel's argument holds
+// them: 64 x 48 + 64 x 8 bytes, under the 4 KB parameter limit of every CUDA version): segment k is
+// n float32 elements of one parameter with its own decay (weight decay on matrices only), the
+// other scalars shared. Empty segments are skipped.
+struct AdamWSegment {
+  float* p;
+  const float* g;
+  float* m;
+  float* v;
+  int64_t n;
+  float decay;
+};
+constexpr int kAdamWSegmentsPerLaunch = 64;
+struct AdamWSegments {
+  AdamWSegment seg[kAdamWSegmentsPerLaunch];
+  int64_t first[kAdamWSegmentsPerLaunch];  // the segment's first chunk (block) in the launch
+  int count;
+};
+void adamw_step_many(const AdamWSegment* segs, int count, const optim::AdamWScalars& s, cudaStream_t stream);
+
+// The fused SwiGLU and RoPE (kernels/model/elementwise.cu) on the arguments of their CPU
+// references (kernels/model/elementwise_ref.h), enqueued on `stream`.
+void swiglu_forward(const void* h, bool bf16, int64_t T, int64_t I, void* out, cudaStream_t stream);
+void swiglu_backward(const void* h, const void* g, bool bf16, int64_t T, int64_t I, void* dh, cudaStream_t stream);
+void rope_forward(const void* x, const void* cos, const void* sin, bool bf16, const elementwise::RopeShape& s, void* out,
+                  cudaStream_t stream);
+void rope_backward(const void* g, const void* cos, const void* sin, bool bf16, const elementwise::RopeShape& s,
+                   void* dx, cudaStream_t stream);
 
 // out[i] = float(in[i]) for n bf16 bit patterns (kernels/optim/widen.cu): exact, bytes as a CPU cast.
 void widen_bf16(const uint16_t* in, float* out, int64_t n, cudaStream_t stream);

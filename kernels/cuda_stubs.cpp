@@ -24,8 +24,16 @@ NVFP4Operand nvfp4_quantize_rows(const at::Tensor&, const std::vector<int64_t>&,
 MXFP8Tensor mxfp8_quantize(const at::Tensor&) { no_cuda(); }
 at::Tensor mxfp8_dequantize(const MXFP8Tensor&, at::ScalarType) { no_cuda(); }
 void adamw_step(at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&, const optim::AdamWScalars&) { no_cuda(); }
+void adamw_step_many(const std::vector<at::Tensor>&, const std::vector<at::Tensor>&, const std::vector<at::Tensor>&,
+                     const std::vector<at::Tensor>&, const std::vector<float>&, const optim::AdamWScalars&) {
+  no_cuda();
+}
 at::Tensor widen_bf16(const at::Tensor&) { no_cuda(); }
 std::pair<at::Tensor, at::Tensor> ce_forward(const at::Tensor&, const at::Tensor&) { no_cuda(); }
 at::Tensor ce_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) { no_cuda(); }
+at::Tensor swiglu_forward(const at::Tensor&) { no_cuda(); }
+at::Tensor swiglu_backward(const at::Tensor&, const at::Tensor&) { no_cuda(); }
+at::Tensor rope_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&) { no_cuda(); }
+at::Tensor rope_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&) { no_cuda(); }
 }  // namespace fp4qat::cuda
 #endif

@@ -165,3 +165,62 @@ TEST(GpuTrain, FusedAdamWEqualsItsCpuReferenceBitForBit) {
     EXPECT_TRUE(test::bytes_equal(st.v[i].cpu(), want_v[i]));
   }
 }
+
+// The optimizer's multi-parameter launches (kernels/optim/adamw.cu adamw_many: 64 parameters a
+// launch, a block a 16,384-element chunk) against the CPU reference, bit for bit: 150 parameters
+// (three launches), lengths that end inside a chunk, span several or are shorter than a float4,
+// matrices (decayed) and vectors (not), and parameters that are 4-byte-offset views (the scalar
+// path of a segment next to aligned ones in the same launch).
+TEST(GpuTrain, MultiParameterAdamWEqualsItsCpuReferenceBitForBit) {
+  FP4QAT_REQUIRE_GPU();
+  config::OptimConfig o;
+  o.weight_decay = 0.1;
+  const double lr = 1e-3;
+  const int64_t step = 7;
+  std::vector<std::pair<std::string, at::Tensor>> params;
+  std::vector<at::Tensor> keep;  // the storage of the offset views
+  for (int i = 0; i < 150; ++i) {
+    const int64_t n = std::vector<int64_t>{1, 3, 5, 4096, 16384, 16385, 40001, 129}[static_cast<size_t>(i) % 8];
+    at::Tensor t;
+    if (i % 5 == 3) {  // a contiguous view one element into its storage: not 16-byte aligned
+      keep.push_back(at::randn({n + 1}).cuda());
+      t = keep.back().narrow(0, 1, n);
+    } else if (i % 2 == 0 && n % 3 == 0) {
+      t = at::randn({3, n / 3}).cuda();
+    } else {
+      t = at::randn({n}).cuda();
+    }
+    t.mutable_grad() = (at::randn_like(t) * 1e-2).contiguous();
+    params.push_back({"p" + std::to_string(i), t});
+  }
+  train::AdamWState st = train::adamw_init(params);
+  std::vector<at::Tensor> want_p, want_m, want_v;
+  for (size_t i = 0; i < params.size(); ++i) {
+    st.m[i].normal_(0, 1e-3);
+    st.v[i].uniform_(0, 1e-5);
+    at::Tensor p = params[i].second.detach().cpu().clone(), m = st.m[i].cpu().clone(), v = st.v[i].cpu().clone();
+    const at::Tensor g = params[i].second.grad().cpu().contiguous();
+    optim::AdamWScalars r;
+    r.grad_scale = 0.25f;
+    r.beta1 = static_cast<float>(o.beta1);
+    r.one_minus_beta1 = static_cast<float>(1.0 - o.beta1);
+    r.beta2 = static_cast<float>(o.beta2);
+    r.one_minus_beta2 = static_cast<float>(1.0 - o.beta2);
+    r.decay = params[i].second.dim() >= 2 ? static_cast<float>(1.0 - lr * o.weight_decay) : 1.0f;
+    r.bc2 = static_cast<float>(1.0 - std::pow(o.beta2, static_cast<double>(step)));
+    r.eps = static_cast<float>(o.eps);
+    r.step = static_cast<float>(-lr / (1.0 - std::pow(o.beta1, static_cast<double>(step))));
+    optim::adamw_step_ref(p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(), v.data_ptr<float>(),
+                          p.numel(), r);
+    want_p.push_back(p);
+    want_m.push_back(m);
+    want_v.push_back(v);
+  }
+  train::adamw_update(params, st, o, lr, 0.25, step);
+  for (size_t i = 0; i < params.size(); ++i) {
+    SCOPED_TRACE(params[i].first);
+    ASSERT_TRUE(test::bytes_equal(params[i].second.detach().cpu(), want_p[i]));
+    ASSERT_TRUE(test::bytes_equal(st.m[i].cpu(), want_m[i]));
+    ASSERT_TRUE(test::bytes_equal(st.v[i].cpu(), want_v[i]));
+  }
+}

@@ -1,0 +1,232 @@
+// tests/model/gpu_elementwise.cpp — (label gpu) the fused SwiGLU and RoPE kernels
+// (kernels/model/elementwise.cu) against their CPU reference (kernels/model/elementwise_ref.h),
+// and autograd::swiglu / rope on CUDA against ATen's composite on CUDA. RoPE has no transcendental:
+// every byte equal. SwiGLU's silu takes the device's expf, within 2 ulp of the host's: against the
+// reference, bf16 at most 0.1% of the elements differ, each by one ulp; float32 shows every ulp of
+// expf (see expect_expf_close). Against ATen's CUDA composite the forward is every byte (the same
+// expf); the backward differs by ATen's FMA contraction. Shapes with ragged 8-element pieces (I, D / 2 not multiples of 8) and
+// tensors at addresses that are not 16-byte aligned take the one-element-at-a-time path.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "autograd/elementwise.h"
+#include "kernels/cuda_api.h"
+#include "kernels/model/elementwise_ref.h"
+#include "tests/common/test_util.h"
+
+using namespace fp4qat;
+
+namespace {
+
+// Normal values times scale, about one in six replaced by +-90 (expf over- / underflows), +-0,
+// +-1e-30 (products that underflow) or +-1.
+at::Tensor values(at::IntArrayRef shape, at::ScalarType dt, double scale) {
+  at::Tensor v = at::randn(shape) * scale;
+  const std::vector<float> specials = {90.0f, -90.0f, 0.0f, -0.0f, 1e-30f, -1e-30f, 1.0f, -1.0f};
+  at::Tensor pick = at::randint(0, 6 * static_cast<int64_t>(specials.size()), shape, at::kLong);
+  for (size_t k = 0; k < specials.size(); ++k) v.masked_fill_(pick == static_cast<int64_t>(k), specials[k]);
+  return v.to(dt).contiguous();
+}
+
+// A contiguous CUDA copy of t whose data starts 2 bytes past a 16-byte boundary (bf16) or 4
+// (float32): the kernels' one-element-at-a-time path.
+at::Tensor misaligned_cuda(const at::Tensor& t) {
+  at::Tensor buf = at::empty({t.numel() + 1}, t.options().device(at::kCUDA));
+  at::Tensor v = buf.narrow(0, 1, t.numel()).view(t.sizes());
+  v.copy_(t);
+  return v;
+}
+
+// How many elements, how many with identical bytes, and the largest difference among the others in
+// bf16 ulps at their magnitude (+0 / -0: infinitely far).
+struct Agreement {
+  int64_t n = 0, same = 0;
+  double worst_bf16_ulps = 0;
+  double fraction() const { return n == 0 ? 1.0 : static_cast<double>(same) / static_cast<double>(n); }
+};
+void accumulate(Agreement& a, const at::Tensor& got_in, const at::Tensor& want_in) {
+  const at::Tensor got = got_in.cpu().contiguous(), want = want_in.cpu().contiguous();
+  ASSERT_EQ(got.scalar_type(), want.scalar_type());
+  ASSERT_EQ(got.sizes(), want.sizes());
+  const bool bf16 = got.scalar_type() == at::kBFloat16;
+  const at::Tensor gb = got.view(bf16 ? at::kShort : at::kInt).to(at::kLong);
+  const at::Tensor wb = want.view(bf16 ? at::kShort : at::kInt).to(at::kLong);
+  const at::Tensor gv = got.to(at::kDouble), wv = want.to(at::kDouble);
+  const int64_t *gbp = gb.data_ptr<int64_t>(), *wbp = wb.data_ptr<int64_t>();
+  const double *gvp = gv.data_ptr<double>(), *wvp = wv.data_ptr<double>();
+  for (int64_t i = 0; i < gb.numel(); ++i) {
+    ++a.n;
+    if (gbp[i] == wbp[i]) {
+      ++a.same;
+      continue;
+    }
+    int e = 0;
+    std::frexp(std::max(std::fabs(gvp[i]), std::fabs(wvp[i])), &e);
+    const double d = std::fabs(gvp[i] - wvp[i]) / std::ldexp(1.0, e - 1 - 7);
+    a.worst_bf16_ulps = std::max(a.worst_bf16_ulps, d == 0 ? INFINITY : d);
+  }
+}
+Agreement agreement(const at::Tensor& got, const at::Tensor& want) {
+  Agreement a;
+  accumulate(a, got, want);
+  return a;
+}
+void expect_identical(const Agreement& a, const char* what) {
+  EXPECT_EQ(a.same, a.n) << what << ": " << a.n - a.same << " of " << a.n << " differ (worst " << a.worst_bf16_ulps
+                         << " bf16 ulps)";
+}
+// Where expf (or an FMA) decides: at most one bf16 ulp apart anywhere; bf16 at least 99.9% of the
+// bytes identical (its rounding hides nearly every float ulp); float32, where every float ulp
+// shows, at least `f32_same`.
+void expect_expf_close(const Agreement& a, bool bf16, double f32_same, const char* what) {
+  EXPECT_LE(a.worst_bf16_ulps, 1.0) << what << ": " << a.n - a.same << " of " << a.n << " differ";
+  EXPECT_GE(a.fraction(), bf16 ? 0.999 : f32_same) << what << ": " << a.n - a.same << " of " << a.n << " differ";
+}
+
+const std::vector<std::pair<int64_t, int64_t>> kSwigluShapes = {{1, 1},   {3, 5},    {7, 8},
+                                                                {33, 24}, {5, 13},   {257, 136},
+                                                                {64, 768}, {129, 1000}};
+struct RopeCase {
+  int64_t B, T, H, D;
+  bool per_batch;
+};
+const std::vector<RopeCase> kRopeCases = {{1, 1, 1, 2, false},  {2, 3, 2, 6, true},    {2, 5, 3, 16, false},
+                                          {1, 7, 4, 24, true},  {3, 9, 2, 64, false},  {2, 11, 4, 128, true},
+                                          {2, 64, 8, 128, false}, {1, 33, 5, 40, true}};
+
+std::vector<int64_t> table_shape(const RopeCase& c) {
+  return c.per_batch ? std::vector<int64_t>{c.B, c.T, c.D} : std::vector<int64_t>{c.T, c.D};
+}
+
+struct FwdBwd {
+  at::Tensor y, dx;
+};
+template <typename F>
+FwdBwd run_autograd(const at::Tensor& x, const at::Tensor& g, F&& f) {
+  const at::Tensor leaf = x.detach().clone().requires_grad_(true);
+  const at::Tensor y = f(leaf);
+  y.backward(g);
+  return {y.detach(), leaf.grad()};
+}
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t h = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+}
+
+}  // namespace
+
+TEST(GpuElementwise, SwigluKernelsMatchTheirCpuReference) {
+  FP4QAT_REQUIRE_GPU();
+  at::manual_seed(11);
+  for (const auto dt : {at::kBFloat16, at::kFloat}) {
+    SCOPED_TRACE(::testing::Message() << dt);
+    const bool bf16 = dt == at::kBFloat16;
+    Agreement fwd, bwd;
+    for (const auto& [T, I] : kSwigluShapes) {
+      for (const bool aligned : {true, false}) {
+        SCOPED_TRACE(::testing::Message() << "T " << T << " I " << I << (aligned ? "" : " misaligned"));
+        const at::Tensor h = values({T, 2 * I}, dt, 4.0), g = values({T, I}, dt, 1.0);
+        at::Tensor out_r = at::empty({T, I}, dt), dh_r = at::empty({T, 2 * I}, dt);
+        elementwise::swiglu_forward_ref(h.data_ptr(), bf16, T, I, out_r.data_ptr());
+        elementwise::swiglu_backward_ref(h.data_ptr(), g.data_ptr(), bf16, T, I, dh_r.data_ptr());
+        const at::Tensor hd = aligned ? h.cuda() : misaligned_cuda(h), gd = aligned ? g.cuda() : misaligned_cuda(g);
+        ASSERT_TRUE(hd.is_contiguous() && gd.is_contiguous());
+        accumulate(fwd, cuda::swiglu_forward(hd), out_r);
+        accumulate(bwd, cuda::swiglu_backward(hd, gd), dh_r);
+      }
+    }
+    // Device and host expf (each within 2 ulp): float32 results differ where they do (on an H100,
+    // torch 2.11: bf16 100% / 99.9998% identical forward / backward, float32 88% / 89%, at most 0.09
+    // bf16 ulps apart).
+    expect_expf_close(fwd, bf16, 0.8, "forward");
+    expect_expf_close(bwd, bf16, 0.8, "backward");
+  }
+  EXPECT_THROW(cuda::swiglu_forward(at::zeros({4, 16}, at::kCUDA).t()), std::exception);   // not contiguous
+  EXPECT_THROW(cuda::swiglu_forward(at::zeros({4, 15}, at::kCUDA)), std::exception);       // odd columns
+  EXPECT_THROW(cuda::swiglu_backward(at::zeros({4, 16}, at::kCUDA), at::zeros({4, 16}, at::kCUDA)),
+               std::exception);                                                           // g not [T, I]
+}
+
+TEST(GpuElementwise, RopeKernelsMatchTheirCpuReference) {
+  FP4QAT_REQUIRE_GPU();
+  at::manual_seed(13);
+  for (const auto dt : {at::kBFloat16, at::kFloat}) {
+    const bool bf16 = dt == at::kBFloat16;
+    for (const RopeCase& c : kRopeCases) {
+      for (const bool aligned : {true, false}) {
+        SCOPED_TRACE(::testing::Message() << dt << " x [" << c.B << ", " << c.T << ", " << c.H << ", " << c.D << "] "
+                                          << (c.per_batch ? "cos [B, T, D]" : "cos [T, D]")
+                                          << (aligned ? "" : " misaligned"));
+        const at::Tensor x = values({c.B, c.T, c.H, c.D}, dt, 3.0), g = values({c.B, c.T, c.H, c.D}, dt, 1.0);
+        const at::Tensor cos = values(table_shape(c), dt, 1.0), sin = values(table_shape(c), dt, 1.0);
+        at::Tensor out_r = at::empty_like(x), dx_r = at::empty_like(x);
+        const elementwise::RopeShape s{c.B, c.T, c.H, c.D, c.per_batch};
+        elementwise::rope_forward_ref(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), bf16, s, out_r.data_ptr());
+        elementwise::rope_backward_ref(g.data_ptr(), cos.data_ptr(), sin.data_ptr(), bf16, s, dx_r.data_ptr());
+        auto dev = [&](const at::Tensor& t) { return aligned ? t.cuda() : misaligned_cuda(t); };
+        const at::Tensor cd = dev(cos), sd = dev(sin);
+        expect_identical(agreement(cuda::rope_forward(dev(x), cd, sd), out_r), "forward");
+        expect_identical(agreement(cuda::rope_backward(dev(g), cd, sd), dx_r), "backward");
+      }
+    }
+  }
+  const at::Tensor x = at::zeros({2, 3, 4, 8}, at::kCUDA), cos = at::zeros({3, 8}, at::kCUDA);
+  EXPECT_THROW(cuda::rope_forward(x, cos, at::zeros({2, 3, 8}, at::kCUDA)), std::exception);  // sin's shape
+  EXPECT_THROW(cuda::rope_forward(x, cos.to(at::kBFloat16), cos), std::exception);           // cos's dtype
+  EXPECT_THROW(cuda::rope_forward(at::zeros({2, 3, 4, 7}, at::kCUDA), at::zeros({3, 7}, at::kCUDA),
+                                  at::zeros({3, 7}, at::kCUDA)),
+               std::exception);  // odd D
+}
+
+// autograd::swiglu / rope on CUDA (the fused kernels) against ATen's composite on CUDA, forward and
+// backward through .backward().
+TEST(GpuElementwise, AutogradMatchesAtenCompositeOnCuda) {
+  FP4QAT_REQUIRE_GPU();
+  at::manual_seed(19);
+  for (const auto dt : {at::kBFloat16, at::kFloat}) {
+    SCOPED_TRACE(::testing::Message() << dt);
+    const bool bf16 = dt == at::kBFloat16;
+    // SwiGLU. ATen's CUDA silu is x / (1 + exp(-x)) in float with the device's expf, rounded to the
+    // dtype, then the mul: the kernel's operations, every byte (seen on an H100 with torch 2.11,
+    // both dtypes). The backward: ATen's silu_backward is compiled with FMA contraction
+    // (1 + x * (1 - sig) becomes one fma), ours is not: held to expf_close (seen: bf16 100%
+    // identical, float32 93%, at most 0.45 bf16 ulps apart).
+    Agreement fwd, bwd;
+    for (const auto& [T, I] : kSwigluShapes) {
+      const at::Tensor h = values({T, 2 * I}, dt, 4.0).cuda(), g = values({T, I}, dt, 1.0).cuda();
+      const FwdBwd want = run_autograd(h, g, [](const at::Tensor& v) {
+        const int64_t I = v.size(1) / 2;
+        return at::silu(v.narrow(1, 0, I)) * v.narrow(1, I, I);
+      });
+      const FwdBwd got = run_autograd(h, g, [](const at::Tensor& v) { return autograd::swiglu(v); });
+      ASSERT_TRUE(got.y.is_cuda() && got.dx.is_cuda());
+      accumulate(fwd, got.y, want.y);
+      accumulate(bwd, got.dx, want.dx);
+    }
+    expect_identical(fwd, "swiglu forward");
+    expect_expf_close(bwd, bf16, 0.85, "swiglu backward");
+    // RoPE: no transcendental, the same three roundings: every byte.
+    for (const RopeCase& c : kRopeCases) {
+      SCOPED_TRACE(::testing::Message() << "rope x [" << c.B << ", " << c.T << ", " << c.H << ", " << c.D << "]");
+      const at::Tensor x = values({c.B, c.T, c.H, c.D}, dt, 3.0).cuda(), g = values({c.B, c.T, c.H, c.D}, dt, 1.0).cuda();
+      const at::Tensor cos = values(table_shape(c), dt, 1.0).cuda(), sin = values(table_shape(c), dt, 1.0).cuda();
+      const FwdBwd want = run_autograd(x, g, [&](const at::Tensor& v) {
+        return v * cos.unsqueeze(-2) + rotate_half(v) * sin.unsqueeze(-2);
+      });
+      const FwdBwd got = run_autograd(x, g, [&](const at::Tensor& v) { return autograd::rope(v, cos, sin); });
+      expect_identical(agreement(got.y, want.y), "rope forward");
+      expect_identical(agreement(got.dx, want.dx), "rope backward");
+    }
+  }
+  // The model's layout: q [B, H, T, D] seen as [B, T, H, D] (a transposed view): made contiguous.
+  const at::Tensor q = values({2, 4, 16, 64}, at::kBFloat16, 2.0).cuda();
+  const at::Tensor cos = values({16, 64}, at::kBFloat16, 1.0).cuda(), sin = values({16, 64}, at::kBFloat16, 1.0).cuda();
+  const at::Tensor v = q.transpose(1, 2);
+  expect_identical(agreement(autograd::rope(v, cos, sin), v * cos.unsqueeze(-2) + rotate_half(v) * sin.unsqueeze(-2)),
+                   "rope of a view");
+}

@@ -1,0 +1,235 @@
+// tests/model/test_elementwise.cpp — the fused SwiGLU and RoPE on the CPU: their reference
+// (kernels/model/elementwise_ref.h, the CUDA kernels' arithmetic) against ATen's composite autograd,
+// byte for byte, forward and backward, bf16 and float32, with odd shapes and values where expf
+// over- and underflows (+-90), zeros, -0 and products that underflow. RoPE has no transcendental:
+// every byte equal. SwiGLU's silu takes expf, and glibc's can differ from the CPU ATen's vectorized
+// exp by an ulp: bf16 at least 99.9% of the bytes equal, the rest one ulp apart (float32: see
+// expect_expf_close). autograd::swiglu /
+// rope on the CPU are the composite (the model's bits unchanged); bad inputs name the argument.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "autograd/elementwise.h"
+#include "kernels/model/elementwise_ref.h"
+#include "tests/common/test_util.h"
+
+using namespace fp4qat;
+
+namespace {
+
+// Normal values times scale, with about one element in six replaced by a special value: +-90
+// (exp(-x) overflows / underflows), +-0, +-1e-30 (products that underflow to a signed zero or a
+// subnormal), +-1.
+at::Tensor values(at::IntArrayRef shape, at::ScalarType dt, double scale) {
+  at::Tensor v = at::randn(shape) * scale;
+  const std::vector<float> specials = {90.0f, -90.0f, 0.0f, -0.0f, 1e-30f, -1e-30f, 1.0f, -1.0f};
+  at::Tensor pick = at::randint(0, 6 * static_cast<int64_t>(specials.size()), shape, at::kLong);
+  for (size_t k = 0; k < specials.size(); ++k) v.masked_fill_(pick == static_cast<int64_t>(k), specials[k]);
+  return v.to(dt).contiguous();
+}
+
+// Agreement of two tensors' bytes: how many elements, how many identical, and the largest
+// difference among the others in ulps of bf16 at their magnitude (2^-7 of the power of two below
+// the larger; for bf16 tensors the distance in representable values). A +0 / -0 difference counts
+// as infinitely far.
+struct Agreement {
+  int64_t n = 0, same = 0;
+  double worst_bf16_ulps = 0;
+  double fraction() const { return n == 0 ? 1.0 : static_cast<double>(same) / static_cast<double>(n); }
+};
+void accumulate(Agreement& a, const at::Tensor& got, const at::Tensor& want) {
+  ASSERT_EQ(got.scalar_type(), want.scalar_type());
+  ASSERT_EQ(got.sizes(), want.sizes());
+  const bool bf16 = got.scalar_type() == at::kBFloat16;
+  const at::Tensor gb = got.contiguous().view(bf16 ? at::kShort : at::kInt).to(at::kLong);
+  const at::Tensor wb = want.contiguous().view(bf16 ? at::kShort : at::kInt).to(at::kLong);
+  const at::Tensor gv = got.contiguous().to(at::kDouble), wv = want.contiguous().to(at::kDouble);
+  const int64_t *gbp = gb.data_ptr<int64_t>(), *wbp = wb.data_ptr<int64_t>();
+  const double *gvp = gv.data_ptr<double>(), *wvp = wv.data_ptr<double>();
+  for (int64_t i = 0; i < gb.numel(); ++i) {
+    ++a.n;
+    if (gbp[i] == wbp[i]) {
+      ++a.same;
+      continue;
+    }
+    int e = 0;
+    std::frexp(std::max(std::fabs(gvp[i]), std::fabs(wvp[i])), &e);  // magnitude in [2^(e-1), 2^e)
+    const double d = std::fabs(gvp[i] - wvp[i]) / std::ldexp(1.0, e - 1 - 7);
+    a.worst_bf16_ulps = std::max(a.worst_bf16_ulps, d == 0 ? INFINITY : d);
+  }
+}
+Agreement agreement(const at::Tensor& got, const at::Tensor& want) {
+  Agreement a;
+  accumulate(a, got, want);
+  return a;
+}
+
+// Where expf decides (silu): at most one bf16 ulp apart anywhere. bf16: at least 99.9% of the bytes
+// identical (the rounding to bf16 hides nearly every ulp of expf). float32: every float ulp shows,
+// and the CPU's ATen takes a vectorized exp (Sleef's, within an ulp, about 4% of results differing
+// from glibc's expf) and contracts silu_backward's 1 + x * (1 - sig) into an FMA: at least 85%
+// identical (97% forward, 91% backward seen on an AVX-512 CPU); the reference's float32 arithmetic is
+// pinned by the bf16 comparison, which rounds at the same places.
+void expect_expf_close(const Agreement& a, bool bf16, const char* what) {
+  EXPECT_LE(a.worst_bf16_ulps, 1.0) << what << ": " << a.n - a.same << " of " << a.n << " differ";
+  EXPECT_GE(a.fraction(), bf16 ? 0.999 : 0.85) << what << ": " << a.n - a.same << " of " << a.n << " differ";
+}
+void expect_identical(const Agreement& a, const char* what) {
+  EXPECT_EQ(a.same, a.n) << what << ": " << a.n - a.same << " of " << a.n << " differ (worst " << a.worst_bf16_ulps
+                         << " bf16 ulps)";
+}
+
+at::Tensor swiglu_composite(const at::Tensor& h) {
+  const int64_t I = h.size(1) / 2;
+  return at::silu(h.narrow(1, 0, I)) * h.narrow(1, I, I);
+}
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t h = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+}
+at::Tensor rope_composite(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  return x * cos.unsqueeze(-2) + rotate_half(x) * sin.unsqueeze(-2);
+}
+
+// The composite's output and its input's gradient from g.
+struct FwdBwd {
+  at::Tensor y, dx;
+};
+template <typename F>
+FwdBwd run_autograd(const at::Tensor& x, const at::Tensor& g, F&& f) {
+  const at::Tensor leaf = x.detach().clone().requires_grad_(true);
+  const at::Tensor y = f(leaf);
+  y.backward(g);
+  return {y.detach(), leaf.grad()};
+}
+
+const std::vector<std::pair<int64_t, int64_t>> kSwigluShapes = {{1, 1}, {3, 5}, {7, 8}, {33, 24}, {5, 13}, {257, 136}};
+
+struct RopeCase {
+  int64_t B, T, H, D;
+  bool per_batch;
+};
+const std::vector<RopeCase> kRopeCases = {{1, 1, 1, 2, false}, {2, 3, 2, 6, true},   {2, 5, 3, 16, false},
+                                          {1, 7, 4, 24, true}, {3, 9, 2, 64, false}, {2, 11, 4, 128, true}};
+
+}  // namespace
+
+TEST(SwiGluRef, MatchesAtenCompositeAutogradOnCpu) {
+  at::manual_seed(3);
+  for (const auto dt : {at::kBFloat16, at::kFloat}) {
+    SCOPED_TRACE(::testing::Message() << dt);
+    const bool bf16 = dt == at::kBFloat16;
+    Agreement fwd, bwd;
+    for (const auto& [T, I] : kSwigluShapes) {
+      SCOPED_TRACE(::testing::Message() << "T " << T << " I " << I);
+      const at::Tensor h = values({T, 2 * I}, dt, 4.0), g = values({T, I}, dt, 1.0);
+      const FwdBwd want = run_autograd(h, g, swiglu_composite);
+      at::Tensor out = at::empty({T, I}, dt), dh = at::empty({T, 2 * I}, dt);
+      elementwise::swiglu_forward_ref(h.data_ptr(), bf16, T, I, out.data_ptr());
+      elementwise::swiglu_backward_ref(h.data_ptr(), g.data_ptr(), bf16, T, I, dh.data_ptr());
+      accumulate(fwd, out, want.y);
+      accumulate(bwd, dh, want.dx);
+    }
+    expect_expf_close(fwd, bf16, "forward");
+    expect_expf_close(bwd, bf16, "backward");
+  }
+}
+
+TEST(RopeRef, MatchesAtenCompositeAutogradOnCpu) {
+  at::manual_seed(5);
+  for (const auto dt : {at::kBFloat16, at::kFloat}) {
+    const bool bf16 = dt == at::kBFloat16;
+    for (const RopeCase& c : kRopeCases) {
+      SCOPED_TRACE(::testing::Message() << dt << " x [" << c.B << ", " << c.T << ", " << c.H << ", " << c.D << "] "
+                                        << (c.per_batch ? "cos [B, T, D]" : "cos [T, D]"));
+      const std::vector<int64_t> table =
+          c.per_batch ? std::vector<int64_t>{c.B, c.T, c.D} : std::vector<int64_t>{c.T, c.D};
+      const at::Tensor x = values({c.B, c.T, c.H, c.D}, dt, 3.0), g = values({c.B, c.T, c.H, c.D}, dt, 1.0);
+      const at::Tensor cos = values(table, dt, 1.0), sin = values(table, dt, 1.0);
+      const FwdBwd want = run_autograd(x, g, [&](const at::Tensor& v) { return rope_composite(v, cos, sin); });
+      at::Tensor out = at::empty_like(x), dx = at::empty_like(x);
+      const elementwise::RopeShape s{c.B, c.T, c.H, c.D, c.per_batch};
+      elementwise::rope_forward_ref(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), bf16, s, out.data_ptr());
+      elementwise::rope_backward_ref(g.data_ptr(), cos.data_ptr(), sin.data_ptr(), bf16, s, dx.data_ptr());
+      expect_identical(agreement(out, want.y), "forward");
+      expect_identical(agreement(dx, want.dx), "backward");
+    }
+  }
+}
+
+// The reference's zero signs: the gradient of a -0 product is +0 (ATen accumulates the slice
+// gradients into zeros), a forward -0 stays -0.
+TEST(Elementwise, ReferenceSignedZeros) {
+  const float gate = -90.0f, up = 1.0f;  // silu(-90) = -90 / inf = -0; act = -0 * 1 = -0
+  EXPECT_TRUE(std::signbit(elementwise::swiglu_out<true>(gate, up)));
+  const elementwise::SwigluGrad d = elementwise::swiglu_grad<true>(1.0f, 1.0f, -0.0f);  // g = -0
+  EXPECT_EQ(d.du, 0.0f);
+  EXPECT_FALSE(std::signbit(d.du));
+  EXPECT_FALSE(std::signbit(d.dgate));
+  // A float product of about -5e-43 (silu(1e-30) * -1e-12) rounds to a bf16 -0: + 0 after rounding.
+  EXPECT_FALSE(std::signbit(elementwise::swiglu_grad<true>(1e-30f, 1.0f, -1e-12f).du));
+  EXPECT_FALSE(std::signbit(elementwise::rope_grad<true>(-0.0f, 1.0f, -0.0f, 1.0f)));
+  EXPECT_TRUE(std::signbit(elementwise::rope_out<true>(-0.0f, 1.0f, -0.0f, 1.0f)));
+}
+
+TEST(Elementwise, AutogradOnCpuIsTheComposite) {
+  at::manual_seed(7);
+  for (const auto dt : {at::kBFloat16, at::kFloat}) {
+    SCOPED_TRACE(::testing::Message() << dt);
+    for (const auto& [T, I] : kSwigluShapes) {
+      const at::Tensor h = values({T, 2 * I}, dt, 4.0), g = values({T, I}, dt, 1.0);
+      const FwdBwd want = run_autograd(h, g, swiglu_composite);
+      const FwdBwd got = run_autograd(h, g, [](const at::Tensor& v) { return autograd::swiglu(v); });
+      expect_identical(agreement(got.y, want.y), "swiglu forward");
+      expect_identical(agreement(got.dx, want.dx), "swiglu backward");
+    }
+    for (const RopeCase& c : kRopeCases) {
+      const std::vector<int64_t> table =
+          c.per_batch ? std::vector<int64_t>{c.B, c.T, c.D} : std::vector<int64_t>{c.T, c.D};
+      const at::Tensor x = values({c.B, c.T, c.H, c.D}, dt, 3.0), g = values({c.B, c.T, c.H, c.D}, dt, 1.0);
+      const at::Tensor cos = values(table, dt, 1.0), sin = values(table, dt, 1.0);
+      const FwdBwd want = run_autograd(x, g, [&](const at::Tensor& v) { return rope_composite(v, cos, sin); });
+      const FwdBwd got = run_autograd(x, g, [&](const at::Tensor& v) { return autograd::rope(v, cos, sin); });
+      EXPECT_TRUE(got.y.is_contiguous());
+      expect_identical(agreement(got.y, want.y), "rope forward");
+      expect_identical(agreement(got.dx, want.dx), "rope backward");
+    }
+  }
+  // The model's layout: q [B, H, T, D] transposed to [B, T, H, D] (not contiguous).
+  const at::Tensor q = values({2, 3, 5, 8}, at::kBFloat16, 2.0), cos = values({5, 8}, at::kBFloat16, 1.0),
+                   sin = values({5, 8}, at::kBFloat16, 1.0);
+  const at::Tensor got = autograd::rope(q.transpose(1, 2), cos, sin);
+  expect_identical(agreement(got, rope_composite(q.transpose(1, 2), cos, sin).contiguous()), "rope of a view");
+  EXPECT_TRUE(got.is_contiguous());
+}
+
+TEST(Elementwise, BadInputsNameTheArgument) {
+  using test::error_of;
+  const at::Tensor x = at::zeros({2, 3, 4, 8}), cos = at::zeros({3, 8}), sin = at::zeros({3, 8});
+  EXPECT_NE(error_of([&] { autograd::swiglu(at::zeros({6})); }).find("swiglu: h must be [T, 2I]"), std::string::npos);
+  EXPECT_NE(error_of([&] { autograd::swiglu(at::zeros({2, 5})); }).find("swiglu: h must be [T, 2I]"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { autograd::rope(at::zeros({3, 4, 8}), cos, sin); }).find("rope: x must be [B, T, H, D]"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { autograd::rope(at::zeros({2, 3, 4, 7}), at::zeros({3, 7}), at::zeros({3, 7})); })
+                .find("rope: x's head dim D must be even"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { autograd::rope(x, at::zeros({4, 8}), sin); }).find("rope: cos must be [T, D]"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { autograd::rope(x, cos, at::zeros({3, 3, 8})); }).find("rope: sin must be [T, D]"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { autograd::rope(x, cos, at::zeros({2, 3, 8})); }).find("rope: cos and sin must have one shape"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { autograd::rope(x, cos.to(at::kBFloat16), sin); }).find("rope: cos must have x's dtype"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { autograd::rope(x, cos, at::zeros({3, 8}).requires_grad_(true)); })
+                .find("rope: sin must not require grad"),
+            std::string::npos);
+  EXPECT_NO_THROW(autograd::rope(x, at::zeros({2, 3, 8}), at::zeros({2, 3, 8})));
+}
