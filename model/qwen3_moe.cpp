@@ -17,6 +17,7 @@
 
 #include <unistd.h>
 
+#include "autograd/elementwise.h"
 #include "autograd/permute_rows.h"
 #include "kernels/common/check.h"
 #include "io/names.h"
@@ -67,11 +68,6 @@ struct LayerCheckpoint : torch::autograd::Function<LayerCheckpoint> {
 namespace {
 
 std::string L(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
-
-at::Tensor rotate_half(const at::Tensor& x) {
-  const int64_t h = x.size(-1) / 2;
-  return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
-}
 
 // The rows of each of E experts from the routed experts sorted ascending (sorted [n] int64): each
 // expert's end row, the number of ids <= e (int32 [E] on their device; where n fits int32), and
@@ -314,13 +310,13 @@ at::Tensor Qwen3Moe::attention(int64_t i, const at::Tensor& x, const at::Tensor&
                 nKV = cfg_.num_key_value_heads;
   const std::string p = L(i) + "self_attn.";
   auto proj = [&](const char* n) { return policy.linear(p + n + ".weight", x, param(p + n + ".weight")); };
-  at::Tensor q =
-      rms_norm(proj("q_proj").view({B, T, nH, hd}), param(p + "q_norm.weight"), cfg_.rms_norm_eps).transpose(1, 2);
-  at::Tensor k =
-      rms_norm(proj("k_proj").view({B, T, nKV, hd}), param(p + "k_norm.weight"), cfg_.rms_norm_eps).transpose(1, 2);
+  // RoPE on [B, T, heads, hd] (one kernel each way on CUDA: autograd/elementwise.h), then [B, heads, T, hd].
+  auto normed = [&](const char* n, int64_t heads) {  // [B, T, heads, hd]
+    return rms_norm(proj(n).view({B, T, heads, hd}), param(p + n[0] + "_norm.weight"), cfg_.rms_norm_eps);
+  };
+  at::Tensor q = autograd::rope(normed("q_proj", nH), cos, sin).transpose(1, 2);
+  at::Tensor k = autograd::rope(normed("k_proj", nKV), cos, sin).transpose(1, 2);
   at::Tensor v = proj("v_proj").view({B, T, nKV, hd}).transpose(1, 2);
-  q = q * cos + rotate_half(q) * sin;
-  k = k * cos + rotate_half(k) * sin;
   int64_t past = 0;
   if (cache) {  // [B, nKV, past + T, hd]
     if (cache->k[i].defined()) {
@@ -414,8 +410,7 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
 at::Tensor Qwen3Moe::expert_mlp(const std::string& p, const at::Tensor& xs, const autograd::ExpertRows& rows,
                                 LinearPolicy& policy) const {
   const at::Tensor h = policy.grouped(p + "experts.gate_up_proj", xs, param(p + "experts.gate_up_proj"), rows);
-  const int64_t I = cfg_.moe_intermediate_size;
-  const at::Tensor act = at::silu(h.narrow(1, 0, I)) * h.narrow(1, I, I);
+  const at::Tensor act = autograd::swiglu(h);  // [T, I]: one kernel each way on CUDA (autograd/elementwise.h)
   return policy.grouped(p + "experts.down_proj", act, param(p + "experts.down_proj"), rows);
 }
 
@@ -486,14 +481,14 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
   const auto fopt = at::TensorOptions().dtype(at::kFloat).device(ids.device());
   const at::Tensor inv =
       1.0 / at::pow(cfg_.rope_theta, at::arange(0, hd, 2, fopt.dtype(at::kLong)).to(at::kFloat) / hd);
-  at::Tensor freqs, mask;  // [T, hd/2] or, packed, [B, 1, T, hd/2]; mask bool [B, 1, T, T]
+  at::Tensor freqs, mask;  // [T, hd/2] or, packed, [B, T, hd/2]; mask bool [B, 1, T, T]
   if (packing) {
     FP4QAT_CHECK(!cache, "forward: packed documents cannot be decoded with a KV cache");
     FP4QAT_CHECK(packing->positions.sizes() == ids.sizes() && packing->segments.sizes() == ids.sizes(),
                  "forward: packing positions and segments must be [B, T] like the ids ", ids.sizes());
     FP4QAT_CHECK(T == 0 || packing->positions.max().item<int64_t>() < cfg_.max_position_embeddings,
                  "forward: a packed position exceeds max_position_embeddings ", cfg_.max_position_embeddings);
-    freqs = (packing->positions.to(ids.device()).to(at::kFloat).unsqueeze(-1) * inv).unsqueeze(1);
+    freqs = packing->positions.to(ids.device()).to(at::kFloat).unsqueeze(-1) * inv;
     const at::Tensor seg = packing->segments.to(ids.device());
     const at::Tensor causal = at::ones({T, T}, ids.options().dtype(at::kBool)).tril();
     mask = (seg.unsqueeze(2) == seg.unsqueeze(1)).logical_and(causal).unsqueeze(1);
@@ -501,7 +496,7 @@ ForwardOutput Qwen3Moe::forward(const at::Tensor& ids, at::ScalarType dt, Linear
     freqs = at::outer(at::arange(pos0, pos0 + T, fopt), inv);
   }
   const at::Tensor emb = at::cat({freqs, freqs}, -1);
-  const at::Tensor cos = emb.cos().to(dt), sin = emb.sin().to(dt);
+  const at::Tensor cos = emb.cos().to(dt), sin = emb.sin().to(dt);  // [T, hd] or, packed, [B, T, hd]
 
   // The rows looked up in the fp32 table, then cast (the same values as looking up in a cast copy):
   // no compute-dtype copy of the whole vocabulary each forward, and the table's gradient is summed

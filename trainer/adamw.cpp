@@ -24,26 +24,34 @@ void adamw_update(std::vector<std::pair<std::string, at::Tensor>>& params, AdamW
                   double lr, double grad_scale, int64_t step) {
   const double b1 = o.beta1, b2 = o.beta2, t = static_cast<double>(step);
   const double bc1 = 1.0 - std::pow(b1, t), bc2 = 1.0 - std::pow(b2, t);
+  // CUDA parameters: one fused pass (kernels/optim/adamw_ref.h: the same update, each operation
+  // rounded to float32, bit-equal to its CPU reference) instead of ten tensor-op passes, and for
+  // all of them together in a few launches (64 parameters a launch; one a parameter before, which
+  // the small models' launch-bound steps paid for).
+  optim::AdamWScalars s;
+  s.grad_scale = static_cast<float>(grad_scale);
+  s.beta1 = static_cast<float>(b1);
+  s.one_minus_beta1 = static_cast<float>(1.0 - b1);
+  s.beta2 = static_cast<float>(b2);
+  s.one_minus_beta2 = static_cast<float>(1.0 - b2);
+  s.bc2 = static_cast<float>(bc2);
+  s.eps = static_cast<float>(o.eps);
+  s.step = static_cast<float>(-lr / bc1);
+  std::vector<at::Tensor> fp, fg, fm, fv;  // the fused pass's parameters (one device: the first's)
+  std::vector<float> fdecay;
   for (size_t i = 0; i < params.size(); ++i) {
     at::Tensor& p = params[i].second;
     if (!p.grad().defined()) continue;
     FP4QAT_CHECK(st.m[i].defined(), "adamw_update: '", params[i].first, "' has a gradient but no moments (frozen at set-up)");
     const at::Tensor& grad = p.grad();
     if (p.is_cuda() && p.scalar_type() == at::kFloat && grad.scalar_type() == at::kFloat && p.is_contiguous() &&
-        grad.is_contiguous() && st.m[i].is_contiguous() && st.v[i].is_contiguous()) {
-      // One fused pass on the GPU (kernels/optim/adamw_ref.h: the same update, each operation
-      // rounded to float32, bit-equal to its CPU reference) instead of ten tensor-op passes.
-      optim::AdamWScalars s;
-      s.grad_scale = static_cast<float>(grad_scale);
-      s.beta1 = static_cast<float>(b1);
-      s.one_minus_beta1 = static_cast<float>(1.0 - b1);
-      s.beta2 = static_cast<float>(b2);
-      s.one_minus_beta2 = static_cast<float>(1.0 - b2);
-      s.decay = p.dim() >= 2 && o.weight_decay > 0 ? static_cast<float>(1.0 - lr * o.weight_decay) : 1.0f;
-      s.bc2 = static_cast<float>(bc2);
-      s.eps = static_cast<float>(o.eps);
-      s.step = static_cast<float>(-lr / bc1);
-      cuda::adamw_step(p, grad, st.m[i], st.v[i], s);
+        grad.is_contiguous() && st.m[i].is_contiguous() && st.v[i].is_contiguous() &&
+        (fp.empty() || p.device() == fp.front().device())) {
+      fp.push_back(p);
+      fg.push_back(grad);
+      fm.push_back(st.m[i]);
+      fv.push_back(st.v[i]);
+      fdecay.push_back(p.dim() >= 2 && o.weight_decay > 0 ? static_cast<float>(1.0 - lr * o.weight_decay) : 1.0f);
       continue;
     }
     const at::Tensor g = grad.to(at::kFloat) * grad_scale;
@@ -53,6 +61,7 @@ void adamw_update(std::vector<std::pair<std::string, at::Tensor>>& params, AdamW
     const at::Tensor denom = (st.v[i] / bc2).sqrt_().add_(o.eps);
     p.addcdiv_(st.m[i], denom, -lr / bc1);
   }
+  if (!fp.empty()) cuda::adamw_step_many(fp, fg, fm, fv, fdecay, s);
 }
 
 double clip_scale(const config::OptimConfig& o, double grad_norm) {
