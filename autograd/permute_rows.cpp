@@ -24,7 +24,38 @@ class PermuteRowsFn : public torch::autograd::Function<PermuteRowsFn> {
   }
 };
 
+class ReplicateRowsFn : public torch::autograd::Function<ReplicateRowsFn> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t k,
+                            const at::Tensor& source, const at::Tensor& inverse) {
+    ctx->save_for_backward({inverse});
+    ctx->saved_data["k"] = k;
+    return x.index_select(0, source);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const at::Tensor inverse = ctx->get_saved_variables()[0];
+    const int64_t k = ctx->saved_data["k"].toInt();
+    const at::Tensor& g = grads[0];  // [N * k, *]
+    if (!g.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    std::vector<int64_t> split = {g.size(0) / k, k};  // [N, k, *]
+    for (int64_t d = 1; d < g.dim(); ++d) split.push_back(g.size(d));
+    return {g.index_select(0, inverse).view(split).sum(1), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
+
+at::Tensor replicate_rows(const at::Tensor& x, int64_t k, const at::Tensor& perm, const at::Tensor& inverse) {
+  FP4QAT_CHECK(k >= 1 && x.dim() >= 1 && perm.dim() == 1 && inverse.dim() == 1 && perm.numel() == x.size(0) * k &&
+                   inverse.numel() == perm.numel() && perm.scalar_type() == at::kLong &&
+                   inverse.scalar_type() == at::kLong,
+               "replicate_rows: perm and inverse must be int64 [N * k = ", x.dim() >= 1 ? x.size(0) * k : 0,
+               "] (k = ", k, "), got ", perm.sizes(), " and ", inverse.sizes());
+  const at::Tensor source = k == 1 ? perm : at::floor_divide(perm, k);  // [N * k] the x row of each output row
+  if (!x.requires_grad() || !at::GradMode::is_enabled()) return x.index_select(0, source);
+  return ReplicateRowsFn::apply(x, k, source, inverse);
+}
 
 at::Tensor permute_rows(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& inverse) {
   FP4QAT_CHECK(x.dim() >= 1 && perm.dim() == 1 && inverse.dim() == 1 && perm.numel() == x.size(0) &&

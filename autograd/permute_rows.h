@@ -13,6 +13,14 @@ namespace fp4qat::autograd {
 // stays -0 (index_add's 0 + -0 gives +0).
 at::Tensor permute_rows(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& inverse);
 
+// Each row of x [N, *] k times (row j of the repetition is x's row j / k: a token's k slots), in
+// the order of a permutation perm of those N * k rows, given its inverse: the bits of
+// permute_rows(x.unsqueeze(1).expand(N, k, *).reshape(N * k, *), perm, inverse), without the
+// repeated copy. Forward: one gather of x's rows (perm / k). Backward: the gradient's rows gathered
+// by the inverse, viewed [N, k, *] and summed over the k slots (the expand's own backward: the same
+// reduction, the same bits).
+at::Tensor replicate_rows(const at::Tensor& x, int64_t k, const at::Tensor& perm, const at::Tensor& inverse);
+
 // The inverse of a permutation perm (int64 [R]): inverse[perm[i]] = i.
 at::Tensor inverse_permutation(const at::Tensor& perm);
 

@@ -69,7 +69,7 @@ namespace {
 
 std::string L(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
 
-// The rows of each of E experts from the routed experts sorted ascending (sorted [n] int64): each
+// The rows of each of E experts from the routed experts sorted ascending (sorted [n], integers): each
 // expert's end row, the number of ids <= e (int32 [E] on their device; where n fits int32), and
 // the counts on the host, made from the ends in one copy.
 autograd::ExpertRows expert_rows(const at::Tensor& sorted, int64_t E) {
@@ -387,13 +387,15 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
   // accumulation (index_add on CUDA adds a token's k >= 3 expert outputs in a run-dependent order):
   // the forward, and the gradient reaching x, are the same bits in every run and on the rollout side.
   const at::Tensor flat_e = topi.reshape({-1});  // [N*k] slot j = (token j/k, slot j%k)
+  // Sorted as the narrowest integers that hold the ids: the GPU's radix sort makes a pass a byte of
+  // key (eight for int64); a stable sort's order is the same for any key type.
+  const at::Tensor keys = flat_e.to(E < 256 ? at::kByte : E < 32768 ? at::kShort : at::kLong);
   // [N*k] the experts ascending, and the slot of each sorted row
-  const auto [sorted_e, order] = at::sort(flat_e, /*stable=*/std::optional<bool>(true), /*dim=*/0, /*descending=*/false);
+  const auto [sorted_e, order] = at::sort(keys, /*stable=*/std::optional<bool>(true), /*dim=*/0, /*descending=*/false);
   const autograd::ExpertRows rows = expert_rows(sorted_e, E);
   const at::Tensor& counts = rows.counts;                             // [E] int64 on the CPU
   const at::Tensor slot_row = autograd::inverse_permutation(order);  // [N*k] sorted row of each slot
-  const at::Tensor xs =
-      autograd::permute_rows(x.unsqueeze(1).expand({N, k, H}).reshape({N * k, H}), order, slot_row);  // [N*k, H] by expert
+  const at::Tensor xs = autograd::replicate_rows(x, k, order, slot_row);  // [N*k, H] by expert
   at::Tensor y;
   if (!sharded()) {
     y = expert_mlp(p, xs, rows, policy);

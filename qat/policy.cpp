@@ -175,11 +175,12 @@ at::Tensor QatPolicy::grouped(const std::string& name, const at::Tensor& x, cons
     const int64_t E = w.size(0), T = x.size(0);
     at::Tensor amax = at::zeros({E}, x.options().dtype(at::kFloat));
     if (T > 0) {
-      const at::Tensor row_amax = x.detach().abs().amax(1).to(at::kFloat);  // [T]
-      // [T] the expert of each row: the number of experts whose rows end at or before it
+      // Each row's max |x| (one reduction), then each expert's over its rows, from 0 (a segmented
+      // max at the experts' row offsets: no atomics on E addresses, as a scatter of T rows was).
+      const at::Tensor row_amax = at::linalg_vector_norm(x.detach(), INFINITY, {1}, false, at::kFloat);  // [T]
       const at::Tensor ends = rows.ends_on(x.device());
-      const at::Tensor ids = at::searchsorted(ends, at::arange(T, ends.options()), /*out_int32=*/false, /*right=*/true);
-      amax.scatter_reduce_(0, ids, row_amax, "amax", /*include_self=*/true);
+      const at::Tensor offsets = at::cat({at::zeros({1}, ends.options()), ends}).to(at::kLong);  // [E + 1]
+      amax = at::segment_reduce(row_amax, "max", std::nullopt, std::nullopt, offsets, 0, /*unsafe=*/true, 0.0);
     }
     observe(name, amax);
   }

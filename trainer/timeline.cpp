@@ -180,6 +180,9 @@ std::string Timeline::kind_of(const std::string& activity) {
       has(s, "cublas") || has(s, "grouped_mm") || has(s, "sm90_"))
     return "gemm";
   if (has(s, "adamw") || has(s, "multi_tensor_apply") || has(s, "foreach")) return "optimizer";
+  // The project's own kernels that are not quantizers (kernels/model/, kernels/loss/, widen.cu).
+  if (has(s, "swiglu") || has(s, "rope_") || has(s, "widen_bf16")) return "elementwise";
+  if (has(s, "ce_forward") || has(s, "ce_backward")) return "reduce";
   if (has(s, "nvfp4") || has(s, "mxfp8") || has(s, "e2m1") || has(s, "quantiz") || has(s, "fp4qat::")) return "quantize";
   if (has(s, "reduce") || has(s, "norm") || has(s, "softmax") || has(s, "sort") || has(s, "topk") || has(s, "scan") ||
       has(s, "cumsum") || has(s, "radix") || has(s, "argmax"))

@@ -79,6 +79,42 @@ TEST(QatPolicy, RejectsUnmatchedPatternsAndHalfPairs) {
   expect_error([&] { fp4qat::qat::QatPolicy p(q, m); }, "gated pair");
 }
 
+// The per-expert activation amax a grouped linear observes (for static activation scales): each
+// expert's max |x| over its rows, 0 for an expert without rows, whether the experts' ends come with
+// the counts (the model's device-side ends) or are made from them; a later call keeps the running max.
+TEST(QatPolicy, GroupedObservesEachExpertsActivationAmax) {
+  fp4qat::model::Qwen3Moe m(small_model(), 2);
+  fp4qat::qat::Recipe q;
+  q.format = fp4qat::qat::Format::kNVFP4;
+  fp4qat::qat::QatPolicy p(q, m);
+  p.observe_without_grad = true;
+  torch::NoGradGuard ng;
+  const std::string name = "model.layers.0.mlp.experts.gate_up_proj";
+  at::Tensor x = at::randn({10, 64}).to(at::kBFloat16);
+  x[4][7] = -9.5;  // expert 2's largest magnitude is a negative value
+  const std::vector<int64_t> c = {3, 0, 6, 1};
+  const at::Tensor counts = at::tensor(c, at::kLong);
+  auto expected = [&](const at::Tensor& xs) {
+    std::vector<float> want;
+    int64_t row = 0;
+    for (const int64_t n : c) {
+      want.push_back(n ? xs.narrow(0, row, n).abs().max().to(at::kFloat).item<float>() : 0.0f);
+      row += n;
+    }
+    return at::tensor(want);
+  };
+  p.grouped(name, x, m.param(name), counts);
+  const at::Tensor first = p.observed_input_amax().at(name).clone();
+  EXPECT_TRUE(fp4qat::test::bytes_equal(first, expected(x))) << first;
+  EXPECT_FLOAT_EQ(first[2].item<float>(), 9.5f);
+  // With the ends given (int32 inclusive prefix sums), a smaller batch: the running max stays.
+  const fp4qat::autograd::ExpertRows rows(counts, at::cumsum(counts, 0).to(at::kInt));
+  p.grouped(name, x * 0.5, m.param(name), rows);
+  EXPECT_TRUE(fp4qat::test::bytes_equal(p.observed_input_amax().at(name), first));
+  p.grouped(name, x * 2, m.param(name), rows);
+  EXPECT_TRUE(fp4qat::test::bytes_equal(p.observed_input_amax().at(name), expected(x * 2)));
+}
+
 TEST(QatPolicy, ExpertForwardIsTheNVFP4GroupedFunction) {
   fp4qat::model::Qwen3Moe m(small_model(), 2);
   fp4qat::qat::Recipe q;

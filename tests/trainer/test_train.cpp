@@ -95,6 +95,9 @@ TEST(Train, TimelineKindsOfGpuActivities) {
   EXPECT_EQ(Timeline::kind_of("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT"), "gemm");
   EXPECT_EQ(Timeline::kind_of("void cutlass::device_kernel<cutlass::gemm::kernel::GemmUniversal<"), "gemm");
   EXPECT_EQ(Timeline::kind_of("void fp4qat::cuda_kernels::(anonymous namespace)::nvfp4_park"), "quantize");
+  EXPECT_EQ(Timeline::kind_of("void fp4qat::cuda_kernels::(anonymous namespace)::swiglu_backward_pieces<true>"),
+            "elementwise");
+  EXPECT_EQ(Timeline::kind_of("void fp4qat::cuda_kernels::(anonymous namespace)::ce_forward_rows<true>"), "reduce");
   EXPECT_EQ(Timeline::kind_of("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits"), "attention");
   EXPECT_EQ(Timeline::kind_of("Memcpy HtoD (Pageable -> Device)"), "copy");
   EXPECT_EQ(Timeline::kind_of("Memset (Device)"), "memset");
