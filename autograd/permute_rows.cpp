@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "kernels/common/check.h"
+#include "kernels/cuda_api.h"
 
 namespace fp4qat::autograd {
 
@@ -44,7 +45,36 @@ class ReplicateRowsFn : public torch::autograd::Function<ReplicateRowsFn> {
   }
 };
 
+class CombineSlotsFn : public torch::autograd::Function<CombineSlotsFn> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& y, const at::Tensor& w,
+                            const at::Tensor& slot_row) {
+    ctx->save_for_backward({y, w, slot_row});
+    return cuda::moe_combine_forward(y, w, slot_row);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    auto [dy, dw] = cuda::moe_combine_backward(saved[0], saved[1], saved[2],
+                                               grads[0].to(saved[0].scalar_type()).contiguous());
+    return {dy, dw, at::Tensor()};
+  }
+};
+
 }  // namespace
+
+at::Tensor combine_slots(const at::Tensor& y, const at::Tensor& w, const at::Tensor& slot_row, const at::Tensor& order) {
+  FP4QAT_CHECK(y.dim() == 2 && w.dim() == 2 && w.size(1) >= 1 && y.size(0) == w.numel() &&
+                   slot_row.numel() == y.size(0) && order.numel() == y.size(0),
+               "combine_slots: y must be [N k, H], w [N, k], slot_row and order [N k]; got ", y.sizes(), ", ",
+               w.sizes(), ", ", slot_row.sizes(), ", ", order.sizes());
+  const int64_t N = w.size(0), k = w.size(1), H = y.size(1);
+  if (y.is_cuda() && (y.scalar_type() == at::kBFloat16 || y.scalar_type() == at::kFloat) &&
+      w.scalar_type() == y.scalar_type() && H % 8 == 0 && N > 0)
+    return CombineSlotsFn::apply(y.contiguous(), w.contiguous(), slot_row.contiguous());
+  return (permute_rows(y, slot_row, order).view({N, k, H}) * w.unsqueeze(2)).sum(1);
+}
 
 at::Tensor replicate_rows(const at::Tensor& x, int64_t k, const at::Tensor& perm, const at::Tensor& inverse) {
   FP4QAT_CHECK(k >= 1 && x.dim() >= 1 && perm.dim() == 1 && inverse.dim() == 1 && perm.numel() == x.size(0) * k &&

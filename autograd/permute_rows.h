@@ -21,6 +21,16 @@ at::Tensor permute_rows(const at::Tensor& x, const at::Tensor& perm, const at::T
 // reduction, the same bits).
 at::Tensor replicate_rows(const at::Tensor& x, int64_t k, const at::Tensor& perm, const at::Tensor& inverse);
 
+// The MoE combine: y [N k, H] (the experts' rows, sorted by expert), w [N, k] (the router's weights
+// of each token's k slots), slot_row int64 [N k] (slot n k + j -> its row of y) and its inverse
+// order -> [N, H], token n's sum over j of y[slot_row[n k + j]] * w[n, j].
+// - On CUDA with bf16 / float32 of one dtype and H % 8 == 0: one kernel forward, one backward
+//   (kernels/model/elementwise_ref.h: each product rounded, the k products summed in float32 in
+//   slot order; w's gradient summed over H in a fixed warp order).
+// - Elsewhere: the composite (permute_rows(y, slot_row, order).view(N, k, H) * w.unsqueeze(2)).sum(1),
+//   the CPU's bits as they were.
+at::Tensor combine_slots(const at::Tensor& y, const at::Tensor& w, const at::Tensor& slot_row, const at::Tensor& order);
+
 // The inverse of a permutation perm (int64 [R]): inverse[perm[i]] = i.
 at::Tensor inverse_permutation(const at::Tensor& perm);
 

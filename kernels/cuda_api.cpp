@@ -2,6 +2,8 @@
 // allocation through the caching allocator, the current CUDA stream. No host synchronisation.
 #include "kernels/cuda_api.h"
 
+#include <array>
+
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -373,6 +375,44 @@ at::Tensor rope_backward(const at::Tensor& g, const at::Tensor& cos, const at::T
   ck::rope_backward(g.data_ptr(), cos.data_ptr(), sin.data_ptr(), g.scalar_type() == at::kBFloat16, s,
                               dx.data_ptr(), stream());
   return dx;
+}
+
+namespace {
+// y [R = N k, H], w [N, k], slot_row int64 [R]: N, k, H.
+std::array<int64_t, 3> combine_shape(const at::Tensor& y, const at::Tensor& w, const at::Tensor& slot_row,
+                                     const char* who) {
+  check_operand(y, who, "y");
+  check_like(w, y, who, "w", "y");
+  FP4QAT_CHECK(y.dim() == 2 && w.dim() == 2 && w.size(1) >= 1 && y.size(0) == w.numel() && y.size(1) % 8 == 0, who,
+               ": y must be [N k, H] with H % 8 == 0 and w [N, k], got ", y.sizes(), " and ", w.sizes());
+  FP4QAT_CHECK(slot_row.is_cuda() && slot_row.device() == y.device() && slot_row.scalar_type() == at::kLong &&
+                   slot_row.is_contiguous() && slot_row.numel() == y.size(0),
+               who, ": slot_row must be contiguous int64 [", y.size(0), "] on ", y.device(), ", got ",
+               slot_row.scalar_type(), " ", slot_row.sizes(), " on ", slot_row.device());
+  return {w.size(0), w.size(1), y.size(1)};
+}
+}  // namespace
+
+at::Tensor moe_combine_forward(const at::Tensor& y, const at::Tensor& w, const at::Tensor& slot_row) {
+  const auto [N, k, H] = combine_shape(y, w, slot_row, "moe_combine_forward");
+  c10::cuda::CUDAGuard guard(y.device());
+  at::Tensor out = at::empty({N, H}, y.options());
+  ck::moe_combine_forward(y.data_ptr(), w.data_ptr(), slot_row.data_ptr<int64_t>(), y.scalar_type() == at::kBFloat16,
+                          N, k, H, out.data_ptr(), stream());
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> moe_combine_backward(const at::Tensor& y, const at::Tensor& w,
+                                                       const at::Tensor& slot_row, const at::Tensor& g) {
+  const auto [N, k, H] = combine_shape(y, w, slot_row, "moe_combine_backward");
+  check_like(g, y, "moe_combine_backward", "g", "y");
+  FP4QAT_CHECK(g.dim() == 2 && g.size(0) == N && g.size(1) == H, "moe_combine_backward: g must be [N, H] = [", N, ", ",
+               H, "], got ", g.sizes());
+  c10::cuda::CUDAGuard guard(y.device());
+  at::Tensor dy = at::empty(y.sizes(), y.options()), dw = at::empty(w.sizes(), w.options());
+  ck::moe_combine_backward(y.data_ptr(), w.data_ptr(), slot_row.data_ptr<int64_t>(), g.data_ptr(),
+                           y.scalar_type() == at::kBFloat16, N, k, H, dy.data_ptr(), dw.data_ptr(), stream());
+  return {dy, dw};
 }
 
 }  // namespace fp4qat::cuda

@@ -48,5 +48,11 @@ at::Tensor swiglu_backward(const at::Tensor& h, const at::Tensor& g);
 // backward: g [B, T, H, D] -> dx [B, T, H, D].
 at::Tensor rope_forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 at::Tensor rope_backward(const at::Tensor& g, const at::Tensor& cos, const at::Tensor& sin);
+// The MoE combine (kernels/model/elementwise.cu): y [N k, H] (rows sorted by expert), w [N, k],
+// slot_row int64 [N k] (slot n k + j -> its row of y) -> [N, H]; the backward from g [N, H] ->
+// dy [N k, H], dw [N, k]. Contiguous bf16 / float32 CUDA tensors of one dtype, H % 8 == 0.
+at::Tensor moe_combine_forward(const at::Tensor& y, const at::Tensor& w, const at::Tensor& slot_row);
+std::pair<at::Tensor, at::Tensor> moe_combine_backward(const at::Tensor& y, const at::Tensor& w,
+                                                       const at::Tensor& slot_row, const at::Tensor& g);
 
 }  // namespace fp4qat::cuda

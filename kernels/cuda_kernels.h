@@ -142,6 +142,11 @@ void rope_forward(const void* x, const void* cos, const void* sin, bool bf16, co
                   cudaStream_t stream);
 void rope_backward(const void* g, const void* cos, const void* sin, bool bf16, const elementwise::RopeShape& s,
                    void* dx, cudaStream_t stream);
+// The MoE combine (the same file; arguments of moe_combine_*_ref): H % 8 == 0, 16-byte aligned.
+void moe_combine_forward(const void* y, const void* w, const int64_t* slot_row, bool bf16, int64_t N, int64_t k,
+                         int64_t H, void* out, cudaStream_t stream);
+void moe_combine_backward(const void* y, const void* w, const int64_t* slot_row, const void* g, bool bf16, int64_t N,
+                          int64_t k, int64_t H, void* dy, void* dw, cudaStream_t stream);
 
 // out[i] = float(in[i]) for n bf16 bit patterns (kernels/optim/widen.cu): exact, bytes as a CPU cast.
 void widen_bf16(const uint16_t* in, float* out, int64_t n, cudaStream_t stream);

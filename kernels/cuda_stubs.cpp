@@ -35,5 +35,10 @@ at::Tensor swiglu_forward(const at::Tensor&) { no_cuda(); }
 at::Tensor swiglu_backward(const at::Tensor&, const at::Tensor&) { no_cuda(); }
 at::Tensor rope_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&) { no_cuda(); }
 at::Tensor rope_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&) { no_cuda(); }
+at::Tensor moe_combine_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&) { no_cuda(); }
+std::pair<at::Tensor, at::Tensor> moe_combine_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                       const at::Tensor&) {
+  no_cuda();
+}
 }  // namespace fp4qat::cuda
 #endif

@@ -404,8 +404,7 @@ at::Tensor Qwen3Moe::moe(int64_t i, const at::Tensor& x3, at::ScalarType dt, Lin
                  [&](const at::Tensor& rows, const at::Tensor& local) { return expert_mlp(p, rows, local, policy); });
   }
   // Back to (token, slot) order through the inverse permutation, weighted, summed over the slots.
-  const at::Tensor y_slots = autograd::permute_rows(y, slot_row, order).view({N, k, H});  // [N, k, H]
-  return (y_slots * topw.unsqueeze(2)).sum(1).view(x3.sizes());
+  return autograd::combine_slots(y, topw, slot_row, order).view(x3.sizes());
 }
 
 // The experts' SwiGLU MLP on rows sorted by (local) expert: xs [T, H], counts [El] -> [T, H].

@@ -166,6 +166,59 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- MoE combine (whole pieces only: H % 8 == 0, 16-byte aligned rows) ---------------------------
+// Forward: unit u = piece c of token n's output row; the k slots' rows gathered, weighted, summed.
+template <bool kBf16>
+__global__ void __launch_bounds__(kThreads)
+    combine_forward_pieces(const void* __restrict__ y, const void* __restrict__ w, const int64_t* __restrict__ slot_row,
+                           int64_t N, int64_t k, int64_t H, void* __restrict__ out) {
+  const int64_t per_row = H / kPiece, units = N * per_row;
+  for (int64_t u = thread_index(); u < units; u += thread_stride()) {
+    const int64_t n = u / per_row, c = (u - n * per_row) * kPiece;
+    float acc[kPiece], v[kPiece];
+    for (int64_t j = 0; j < k; ++j) {
+      const float ws = ew::load_elem<kBf16>(w, n * k + j);
+      load8<kBf16, false>(y, slot_row[n * k + j] * H + c, v);
+#pragma unroll
+      for (int e = 0; e < kPiece; ++e) {
+        const float p = ew::combine_term<kBf16>(v[e], ws);
+        acc[e] = j == 0 ? p : acc[e] + p;
+      }
+    }
+    store8<kBf16>(out, n * H + c, acc);
+  }
+}
+
+// Backward: a warp a slot s (token n = s / k, row r = slot_row[s]): lane l writes the pieces l,
+// l + 32, ... of dy's row r and sums its share of dw[s]; the lanes' sums by xor butterfly.
+template <bool kBf16>
+__global__ void __launch_bounds__(kThreads)
+    combine_backward_warps(const void* __restrict__ y, const void* __restrict__ w,
+                           const int64_t* __restrict__ slot_row, const void* __restrict__ g, int64_t N, int64_t k,
+                           int64_t H, void* __restrict__ dy, void* __restrict__ dw) {
+  const int lane = threadIdx.x % 32;
+  const int64_t per_row = H / kPiece, slots = N * k, warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t s = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; s < slots; s += warps) {
+    const int64_t n = s / k, r = slot_row[s];
+    const float ws = ew::load_elem<kBf16>(w, s);
+    float acc = 0.0f;
+    for (int64_t p = lane; p < per_row; p += 32) {
+      float gv[kPiece], yv[kPiece], d[kPiece];
+      load8<kBf16, false>(g, n * H + p * kPiece, gv);
+      load8<kBf16, true>(y, r * H + p * kPiece, yv);
+#pragma unroll
+      for (int e = 0; e < kPiece; ++e) {
+        d[e] = ew::combine_term<kBf16>(gv[e], ws);
+        acc = acc + ew::combine_term<kBf16>(gv[e], yv[e]);
+      }
+      store8<kBf16>(dy, r * H + p * kPiece, d);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc = acc + __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) ew::store_elem<kBf16>(dw, s, acc);
+  }
+}
+
 // Launches kernel<kBf16, kVec> (a functor over the two template flags) on units pieces.
 template <typename Launch>
 void launch(int64_t units, bool bf16, bool vec, Launch&& f) {
@@ -201,6 +254,28 @@ void swiglu_backward(const void* h, const void* g, bool bf16, int64_t T, int64_t
   launch(T * ((I + kPiece - 1) / kPiece), bf16, vec, [&](unsigned grid, auto b, auto v) {
     swiglu_backward_pieces<decltype(b)::value, decltype(v)::value><<<grid, kThreads, 0, stream>>>(h, g, T, I, dh);
   });
+}
+
+void moe_combine_forward(const void* y, const void* w, const int64_t* slot_row, bool bf16, int64_t N, int64_t k,
+                         int64_t H, void* out, cudaStream_t stream) {
+  if (N == 0 || H == 0) return;
+  const unsigned grid = static_cast<unsigned>(grid_for(N * (H / kPiece)));
+  if (bf16)
+    combine_forward_pieces<true><<<grid, kThreads, 0, stream>>>(y, w, slot_row, N, k, H, out);
+  else
+    combine_forward_pieces<false><<<grid, kThreads, 0, stream>>>(y, w, slot_row, N, k, H, out);
+  FP4QAT_CUDA_CHECK(cudaGetLastError());
+}
+
+void moe_combine_backward(const void* y, const void* w, const int64_t* slot_row, const void* g, bool bf16, int64_t N,
+                          int64_t k, int64_t H, void* dy, void* dw, cudaStream_t stream) {
+  if (N == 0 || k == 0) return;
+  const unsigned grid = static_cast<unsigned>(grid_for(N * k * 32));  // a warp a slot
+  if (bf16)
+    combine_backward_warps<true><<<grid, kThreads, 0, stream>>>(y, w, slot_row, g, N, k, H, dy, dw);
+  else
+    combine_backward_warps<false><<<grid, kThreads, 0, stream>>>(y, w, slot_row, g, N, k, H, dy, dw);
+  FP4QAT_CUDA_CHECK(cudaGetLastError());
 }
 
 void rope_forward(const void* x, const void* cos, const void* sin, bool bf16, const ew::RopeShape& s, void* out,

@@ -75,4 +75,61 @@ void rope_backward_ref(const void* g, const void* cos, const void* sin, bool bf1
   bf16 ? rope_backward_t<true>(g, cos, sin, s, dx) : rope_backward_t<false>(g, cos, sin, s, dx);
 }
 
+namespace {
+
+template <bool kBf16>
+void combine_forward_t(const void* y, const void* w, const int64_t* slot_row, int64_t N, int64_t k, int64_t H,
+                       void* out) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h) {
+      float acc = 0.0f;
+      for (int64_t j = 0; j < k; ++j) {
+        const float p = combine_term<kBf16>(load_elem<kBf16>(y, slot_row[n * k + j] * H + h), load_elem<kBf16>(w, n * k + j));
+        acc = j == 0 ? p : acc + p;
+      }
+      store_elem<kBf16>(out, n * H + h, acc);
+    }
+}
+
+template <bool kBf16>
+void combine_backward_t(const void* y, const void* w, const int64_t* slot_row, const void* g, int64_t N, int64_t k,
+                        int64_t H, void* dy, void* dw) {
+  const int64_t pieces = H / kCombinePiece;
+  for (int64_t s = 0; s < N * k; ++s) {
+    const int64_t n = s / k, r = slot_row[s];
+    const float ws = load_elem<kBf16>(w, s);
+    float lane[kCombineLanes];
+    for (int l = 0; l < kCombineLanes; ++l) {
+      float acc = 0.0f;
+      for (int64_t p = l; p < pieces; p += kCombineLanes)
+        for (int e = 0; e < kCombinePiece; ++e) {
+          const int64_t h = p * kCombinePiece + e;
+          const float gv = load_elem<kBf16>(g, n * H + h);
+          store_elem<kBf16>(dy, r * H + h, combine_term<kBf16>(gv, ws));
+          acc = acc + combine_term<kBf16>(gv, load_elem<kBf16>(y, r * H + h));
+        }
+      lane[l] = acc;
+    }
+    for (int o = kCombineLanes / 2; o > 0; o /= 2) {
+      float next[kCombineLanes];
+      for (int l = 0; l < kCombineLanes; ++l) next[l] = lane[l] + lane[l ^ o];
+      for (int l = 0; l < kCombineLanes; ++l) lane[l] = next[l];
+    }
+    store_elem<kBf16>(dw, s, lane[0]);
+  }
+}
+
+}  // namespace
+
+void moe_combine_forward_ref(const void* y, const void* w, const int64_t* slot_row, bool bf16, int64_t N, int64_t k,
+                             int64_t H, void* out) {
+  bf16 ? combine_forward_t<true>(y, w, slot_row, N, k, H, out) : combine_forward_t<false>(y, w, slot_row, N, k, H, out);
+}
+
+void moe_combine_backward_ref(const void* y, const void* w, const int64_t* slot_row, const void* g, bool bf16,
+                              int64_t N, int64_t k, int64_t H, void* dy, void* dw) {
+  bf16 ? combine_backward_t<true>(y, w, slot_row, g, N, k, H, dy, dw)
+       : combine_backward_t<false>(y, w, slot_row, g, N, k, H, dy, dw);
+}
+
 }  // namespace fp4qat::elementwise

@@ -87,6 +87,22 @@ FP4QAT_HD float rope_grad(float g, float c, float q, float s) {
   return to_dtype<kBf16>(to_dtype<kBf16>(g * c) + to_dtype<kBf16>(q * s)) + 0.0f;
 }
 
+// ---- MoE combine: out[n] = sum over the k slots j of y[slot_row[n k + j]] * w[n, j] -------------
+// The composite it replaces (model/qwen3_moe.cpp): the slots' rows gathered, each product rounded
+// to the dtype (a tensor of it), the k products summed in float32 in slot order, rounded once.
+// Backward from G [N, H], slot s = n k + j, its row r = slot_row[s]:
+//   dy[r] = G[n] * w[s], rounded (the product's gradient, gathered back to the row);
+//   dw[s] = the sum over h of G[n, h] * y[r, h] (each product rounded), in float32 in a warp's
+//   order: lane l takes the 8-element pieces l, l + 32, ... of the row in order, each piece's
+//   elements in order, from 0; then the 32 lane sums by xor butterfly (16, 8, 4, 2, 1; both partners
+//   add the same two values, so every lane holds the same sum); rounded once to the dtype.
+// H % 8 == 0 (whole pieces).
+constexpr int kCombineLanes = 32, kCombinePiece = 8;
+template <bool kBf16>
+FP4QAT_HD float combine_term(float a, float b) {
+  return to_dtype<kBf16>(a * b);
+}
+
 // ---- element access: bf16 bit patterns or float32 ---------------------------------------------
 template <bool kBf16>
 FP4QAT_HD float load_elem(const void* p, int64_t i) {
@@ -120,5 +136,12 @@ struct RopeShape {
 void rope_forward_ref(const void* x, const void* cos, const void* sin, bool bf16, const RopeShape& s, void* out);
 // g [B, T, H, D] -> dx [B, T, H, D].
 void rope_backward_ref(const void* g, const void* cos, const void* sin, bool bf16, const RopeShape& s, void* dx);
+
+// MoE combine: y [N k, H] (rows sorted by expert), w [N, k], slot_row int64 [N k] (slot -> row, a
+// permutation) -> out [N, H]; backward from g [N, H] -> dy [N k, H], dw [N, k]. H % 8 == 0.
+void moe_combine_forward_ref(const void* y, const void* w, const int64_t* slot_row, bool bf16, int64_t N, int64_t k,
+                             int64_t H, void* out);
+void moe_combine_backward_ref(const void* y, const void* w, const int64_t* slot_row, const void* g, bool bf16,
+                              int64_t N, int64_t k, int64_t H, void* dy, void* dw);
 
 }  // namespace fp4qat::elementwise

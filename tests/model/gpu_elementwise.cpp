@@ -10,11 +10,13 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 #include "autograd/elementwise.h"
+#include "autograd/permute_rows.h"
 #include "kernels/cuda_api.h"
 #include "kernels/model/elementwise_ref.h"
 #include "tests/common/test_util.h"
@@ -229,4 +231,38 @@ TEST(GpuElementwise, AutogradMatchesAtenCompositeOnCuda) {
   const at::Tensor v = q.transpose(1, 2);
   expect_identical(agreement(autograd::rope(v, cos, sin), v * cos.unsqueeze(-2) + rotate_half(v) * sin.unsqueeze(-2)),
                    "rope of a view");
+}
+
+// The MoE combine's kernels (kernels/model/elementwise.cu) against their CPU reference, byte for
+// byte (no transcendental; the same slot order and the same warp tree for dw), forward and
+// backward, bf16 and float32, k in {1, 2, 8}, H with one piece a lane or several; then
+// autograd::combine_slots on CUDA (the kernels) against the same reference through backward().
+TEST(GpuElementwise, MoeCombineKernelsMatchTheirCpuReference) {
+  FP4QAT_REQUIRE_GPU();
+  at::manual_seed(41);
+  for (const auto dt : {at::kBFloat16, at::kFloat})
+    for (const auto& [N, k, H] :
+         std::vector<std::array<int64_t, 3>>{{1, 1, 8}, {37, 2, 512}, {65, 8, 264}, {300, 8, 2048}}) {
+      SCOPED_TRACE(::testing::Message() << dt << " N " << N << " k " << k << " H " << H);
+      const bool bf16 = dt == at::kBFloat16;
+      const at::Tensor order = at::randperm(N * k, at::kLong), slot_row = autograd::inverse_permutation(order);
+      const at::Tensor y = values({N * k, H}, dt, 1.0), w = at::softmax(at::randn({N, k}), 1).to(dt).contiguous();
+      const at::Tensor g = values({N, H}, dt, 1.0);
+      at::Tensor out = at::empty({N, H}, dt), dy = at::empty({N * k, H}, dt), dw = at::empty({N, k}, dt);
+      elementwise::moe_combine_forward_ref(y.data_ptr(), w.data_ptr(), slot_row.data_ptr<int64_t>(), bf16, N, k, H,
+                                           out.data_ptr());
+      elementwise::moe_combine_backward_ref(y.data_ptr(), w.data_ptr(), slot_row.data_ptr<int64_t>(), g.data_ptr(), bf16,
+                                            N, k, H, dy.data_ptr(), dw.data_ptr());
+      const at::Tensor yc = y.cuda(), wc = w.cuda(), sc = slot_row.cuda(), gc = g.cuda();
+      expect_identical(agreement(cuda::moe_combine_forward(yc, wc, sc).cpu(), out), "forward");
+      const auto [dyc, dwc] = cuda::moe_combine_backward(yc, wc, sc, gc);
+      expect_identical(agreement(dyc.cpu(), dy), "dy");
+      expect_identical(agreement(dwc.cpu(), dw), "dw");
+      at::Tensor ya = yc.clone().requires_grad_(true), wa = wc.clone().requires_grad_(true);
+      const at::Tensor o = autograd::combine_slots(ya, wa, sc, order.cuda());
+      o.backward(gc);
+      expect_identical(agreement(o.detach().cpu(), out), "autograd forward");
+      expect_identical(agreement(ya.grad().cpu(), dy), "autograd dy");
+      expect_identical(agreement(wa.grad().cpu(), dw), "autograd dw");
+    }
 }

@@ -10,12 +10,15 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "autograd/elementwise.h"
+#include "autograd/permute_rows.h"
+#include "kernels/common/formats.h"
 #include "kernels/model/elementwise_ref.h"
 #include "tests/common/test_util.h"
 
@@ -232,4 +235,85 @@ TEST(Elementwise, BadInputsNameTheArgument) {
                 .find("rope: sin must not require grad"),
             std::string::npos);
   EXPECT_NO_THROW(autograd::rope(x, at::zeros({2, 3, 8}), at::zeros({2, 3, 8})));
+}
+
+namespace {
+
+// A routing of N tokens to k slots each: a random permutation of the N k rows (slot -> row), its
+// inverse, y [N k, H] and w [N, k] in dt.
+struct Combine {
+  at::Tensor y, w, slot_row, order;
+};
+Combine combine_case(int64_t N, int64_t k, int64_t H, at::ScalarType dt) {
+  Combine c;
+  c.order = at::randperm(N * k, at::kLong);  // sorted row -> slot
+  c.slot_row = autograd::inverse_permutation(c.order);
+  c.y = values({N * k, H}, dt, 1.0);
+  c.w = at::softmax(at::randn({N, k}), 1).to(dt).contiguous();
+  return c;
+}
+
+}  // namespace
+
+// The MoE combine's reference (kernels/model/elementwise_ref.h) against the composite it replaces:
+// the output and dy byte for byte (each product rounds once; for k <= 2 the slot sum has one order);
+// dw within the rounding of a sum in another order (the reference's warp tree against ATen's
+// reduction over H). A hand check of the tree on one slot; autograd::combine_slots on the CPU is the
+// composite itself; bad shapes are refused.
+TEST(Elementwise, MoeCombineReferenceMatchesTheComposite) {
+  at::manual_seed(31);
+  for (const auto dt : {at::kBFloat16, at::kFloat})
+    for (const auto& [N, k, H] : std::vector<std::array<int64_t, 3>>{{1, 1, 8}, {5, 2, 16}, {7, 3, 264}, {9, 8, 512}}) {
+      SCOPED_TRACE(::testing::Message() << dt << " N " << N << " k " << k << " H " << H);
+      const bool bf16 = dt == at::kBFloat16;
+      const Combine c = combine_case(N, k, H, dt);
+      const at::Tensor g = values({N, H}, dt, 1.0);
+      at::Tensor y = c.y.clone().requires_grad_(true), w = c.w.clone().requires_grad_(true);
+      const at::Tensor want = autograd::combine_slots(y, w, c.slot_row, c.order);  // the composite on the CPU
+      want.backward(g);
+      at::Tensor out = at::empty({N, H}, dt), dy = at::empty({N * k, H}, dt), dw = at::empty({N, k}, dt);
+      elementwise::moe_combine_forward_ref(c.y.data_ptr(), c.w.data_ptr(), c.slot_row.data_ptr<int64_t>(), bf16, N, k, H,
+                                           out.data_ptr());
+      elementwise::moe_combine_backward_ref(c.y.data_ptr(), c.w.data_ptr(), c.slot_row.data_ptr<int64_t>(),
+                                            g.data_ptr(), bf16, N, k, H, dy.data_ptr(), dw.data_ptr());
+      if (k <= 2) {
+        expect_identical(agreement(out, want.detach()), "out");
+      } else {
+        const Agreement a = agreement(out, want.detach());
+        EXPECT_LE(a.worst_bf16_ulps, bf16 ? 1.0 : 0.01) << "out";
+      }
+      expect_identical(agreement(dy, y.grad()), "dy");
+      // dw: the products as both round them (a tensor of the dtype), summed exactly; the two sums
+      // differ from it by float32 summation error and one final rounding.
+      const at::Tensor terms = (c.y.index_select(0, c.slot_row).view({N, k, H}) * g.unsqueeze(1)).to(at::kDouble);
+      const at::Tensor exact = terms.sum(2), bound = exact.abs() * (bf16 ? 0x1p-8 : 0x1p-23) + terms.abs().sum(2) * 1e-6;
+      EXPECT_TRUE(((dw.to(at::kDouble) - exact).abs() <= bound).all().item<bool>())
+          << (dw.to(at::kDouble) - exact).abs().max();
+      EXPECT_TRUE(((w.grad().to(at::kDouble) - exact).abs() <= bound).all().item<bool>());
+    }
+  // One slot by hand (float32, H = 512: 64 pieces, so lanes 0..31 take two pieces each): the lane
+  // sums in piece order, the butterfly.
+  const Combine c = combine_case(1, 1, 512, at::kFloat);
+  const at::Tensor g = at::randn({1, 512});
+  at::Tensor dy = at::empty({1, 512}), dw = at::empty({1, 1});
+  elementwise::moe_combine_backward_ref(c.y.data_ptr(), c.w.data_ptr(), c.slot_row.data_ptr<int64_t>(), g.data_ptr(),
+                                        false, 1, 1, 512, dy.data_ptr(), dw.data_ptr());
+  const float* yp = c.y.data_ptr<float>();
+  const float* gp = g.data_ptr<float>();
+  float lane[32];
+  for (int l = 0; l < 32; ++l) {
+    float a = 0.0f;
+    for (int p : {l, l + 32})
+      for (int e = 0; e < 8; ++e) a = a + gp[p * 8 + e] * yp[p * 8 + e];
+    lane[l] = a;
+  }
+  for (int o = 16; o > 0; o /= 2) {
+    float next[32];
+    for (int l = 0; l < 32; ++l) next[l] = lane[l] + lane[l ^ o];
+    std::copy(next, next + 32, lane);
+  }
+  EXPECT_EQ(fmt::f2u(dw.item<float>()), fmt::f2u(lane[0]));
+  EXPECT_THROW(autograd::combine_slots(at::zeros({6, 8}), at::zeros({2, 2}), at::arange(6, at::kLong),
+                                       at::arange(6, at::kLong)),
+               std::exception);
 }
