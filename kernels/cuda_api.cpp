@@ -3,12 +3,14 @@
 #include "kernels/cuda_api.h"
 
 #include <array>
+#include <cmath>
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/common/check.h"
 #include "kernels/cuda_kernels.h"
+#include "kernels/model/rms_norm_ref.h"
 
 namespace fp4qat::cuda {
 
@@ -413,6 +415,44 @@ std::pair<at::Tensor, at::Tensor> moe_combine_backward(const at::Tensor& y, cons
   ck::moe_combine_backward(y.data_ptr(), w.data_ptr(), slot_row.data_ptr<int64_t>(), g.data_ptr(),
                            y.scalar_type() == at::kBFloat16, N, k, H, dy.data_ptr(), dw.data_ptr(), stream());
   return {dy, dw};
+}
+
+namespace {
+// x [..., D] (or g) for the short-row RMSNorm: the row length D.
+int64_t rms_rows_len(const at::Tensor& x, const char* who, const char* name) {
+  check_operand(x, who, name);
+  FP4QAT_CHECK(x.dim() >= 1 && norm::rows_supported(x.size(-1)), who, ": ", name,
+               " must be [..., D] with D a positive multiple of 32, at most ", norm::kMaxRowLen, ", got ", x.sizes());
+  return x.size(-1);
+}
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> rms_norm_rows_forward(const at::Tensor& x, double eps) {
+  const int64_t D = rms_rows_len(x, "rms_norm_rows_forward", "x");
+  FP4QAT_CHECK(std::isfinite(eps) && eps >= 0, "rms_norm_rows_forward: eps must be finite and >= 0, got ", eps);
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t rows = x.numel() / D;
+  at::Tensor y = at::empty(x.sizes(), x.options()), rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+  ck::rms_norm_rows_forward(x.data_ptr(), x.scalar_type() == at::kBFloat16, rows, D, static_cast<float>(eps),
+                            y.data_ptr(), rstd.data_ptr<float>(), stream());
+  return {y, rstd};
+}
+
+at::Tensor rms_norm_rows_backward(const at::Tensor& x, const at::Tensor& g, const at::Tensor& rstd) {
+  const int64_t D = rms_rows_len(x, "rms_norm_rows_backward", "x");
+  check_like(g, x, "rms_norm_rows_backward", "g", "x");
+  FP4QAT_CHECK(g.sizes() == x.sizes(), "rms_norm_rows_backward: g must have x's shape ", x.sizes(), ", got ",
+               g.sizes());
+  const int64_t rows = x.numel() / D;
+  FP4QAT_CHECK(rstd.device() == x.device() && rstd.scalar_type() == at::kFloat && rstd.is_contiguous() &&
+                   rstd.numel() == rows,
+               "rms_norm_rows_backward: rstd must be contiguous float32 with ", rows, " elements on ", x.device(),
+               ", got ", rstd.scalar_type(), " ", rstd.sizes(), " on ", rstd.device());
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor dx = at::empty(x.sizes(), x.options());
+  ck::rms_norm_rows_backward(x.data_ptr(), g.data_ptr(), rstd.data_ptr<float>(), x.scalar_type() == at::kBFloat16,
+                             rows, D, dx.data_ptr(), stream());
+  return dx;
 }
 
 }  // namespace fp4qat::cuda

@@ -54,5 +54,11 @@ at::Tensor rope_backward(const at::Tensor& g, const at::Tensor& cos, const at::T
 at::Tensor moe_combine_forward(const at::Tensor& y, const at::Tensor& w, const at::Tensor& slot_row);
 std::pair<at::Tensor, at::Tensor> moe_combine_backward(const at::Tensor& y, const at::Tensor& w,
                                                        const at::Tensor& slot_row, const at::Tensor& g);
+// RMSNorm over the last dim without a weight (kernels/model/rms_norm.cu; arithmetic and CPU
+// reference in kernels/model/rms_norm_ref.h): x [..., D] a contiguous bf16 / float32 CUDA tensor,
+// D % 32 == 0, 32 <= D <= 1024, eps finite and >= 0 -> {y of x's shape and dtype, rstd float32
+// [rows = numel / D]}; the backward from g (x's shape and dtype) and the forward's rstd -> dx.
+std::pair<at::Tensor, at::Tensor> rms_norm_rows_forward(const at::Tensor& x, double eps);
+at::Tensor rms_norm_rows_backward(const at::Tensor& x, const at::Tensor& g, const at::Tensor& rstd);
 
 }  // namespace fp4qat::cuda

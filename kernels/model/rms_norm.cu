@@ -1,0 +1,192 @@
+// kernels/model/rms_norm.cu — RMSNorm over short rows without a weight (the attention's per-head q /
+// k norms), forward and backward (kernels/model/rms_norm_ref.h: the arithmetic and its CPU
+// reference, bit for bit). ATen's fused RMSNorm runs these rows (64 or 128 elements) at about
+// 400 GB/s; here one warp takes a row (8 rows a block of 256, grid-stride over the rows): lane l
+// holds the row's piece [l P, (l + 1) P), P = D / 32, in registers, so x is read once and y written
+// once (forward), x and g read once and dx written once (backward); the row's sum is an xor
+// butterfly. Pieces of whole 8-element chunks (P % 8 == 0) at 16-byte aligned addresses take
+// 16-byte loads and stores, else one element at a time. A row's bits depend on nothing but the row
+// (no per-batch choices), so results are batch invariant.
+#include <type_traits>
+
+#include "kernels/common/check.h"
+#include "kernels/common/cuda_utils.cuh"
+#include "kernels/model/rms_norm_ref.h"
+
+namespace fp4qat::cuda_kernels {
+
+namespace {
+
+constexpr int kChunk = 8;  // elements a 16-byte bf16 vector (two float4 for float32)
+template <int N>
+using Int = std::integral_constant<int, N>;
+
+// Lane's piece of P elements at element `at` widened to float into v[0..P) (v[P..kMaxP) zero).
+// kVec: P % 8 == 0 and `base + at` 16-byte aligned; streaming loads (read once).
+template <bool kBf16, bool kVec, int kMaxP>
+__device__ __forceinline__ void load_piece(const void* base, int64_t at, int P, float v[kMaxP]) {
+  if constexpr (kVec) {
+#pragma unroll
+    for (int c = 0; c < kMaxP / kChunk; ++c) {
+      float* w = v + c * kChunk;
+      if (c * kChunk < P) {
+        if constexpr (kBf16) {
+          const uint4* q = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + at + c * kChunk);
+          unpack8<InType::BF16>(__ldcs(q), w);
+        } else {
+          const float4* q = reinterpret_cast<const float4*>(static_cast<const float*>(base) + at + c * kChunk);
+          const float4 a = __ldcs(q), b = __ldcs(q + 1);
+          w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kChunk; ++i) w[i] = 0.0f;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kMaxP; ++i) v[i] = i < P ? norm::load_elem<kBf16>(base, at + i) : 0.0f;
+  }
+}
+
+// v[0..P) rounded to the dtype and stored at element `at` (kVec as load_piece). Plain stores: the
+// next kernel (RoPE, attention) reads them soon.
+template <bool kBf16, bool kVec, int kMaxP>
+__device__ __forceinline__ void store_piece(void* base, int64_t at, int P, const float v[kMaxP]) {
+  if constexpr (kVec) {
+#pragma unroll
+    for (int c = 0; c < kMaxP / kChunk; ++c) {
+      if (c * kChunk >= P) continue;
+      const float* w = v + c * kChunk;
+      if constexpr (kBf16) {
+        uint32_t u[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          u[j] = norm::float_to_bf16(w[2 * j]) | (static_cast<uint32_t>(norm::float_to_bf16(w[2 * j + 1])) << 16);
+        *reinterpret_cast<uint4*>(static_cast<uint16_t*>(base) + at + c * kChunk) = make_uint4(u[0], u[1], u[2], u[3]);
+      } else {
+        float4* q = reinterpret_cast<float4*>(static_cast<float*>(base) + at + c * kChunk);
+        q[0] = make_float4(w[0], w[1], w[2], w[3]);
+        q[1] = make_float4(w[4], w[5], w[6], w[7]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kMaxP; ++i)
+      if (i < P) norm::store_elem<kBf16>(base, at + i, v[i]);
+  }
+}
+
+// The row's sum: every lane ends with the same bits (rms_norm_ref.h).
+__device__ __forceinline__ float warp_sum(float s) {
+#pragma unroll
+  for (int o = norm::kRowLanes / 2; o > 0; o >>= 1) s = norm::lane_add(s, __shfl_xor_sync(0xffffffffu, s, o));
+  return s;
+}
+
+__device__ __forceinline__ int64_t first_row() {
+  return blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+}
+__device__ __forceinline__ int64_t row_stride() { return static_cast<int64_t>(gridDim.x) * (blockDim.x / 32); }
+
+// A warp a row (the loop's row is the same for the warp's 32 lanes: the shuffles see all of them).
+// P = D / 32 <= kMaxP (P % 8 == 0 when kVec).
+template <bool kBf16, bool kVec, int kMaxP>
+__global__ void __launch_bounds__(kThreads)
+    rms_forward_warps(const void* __restrict__ x, int64_t rows, int D, float eps, void* __restrict__ y,
+                      float* __restrict__ rstd) {
+  const int lane = threadIdx.x % 32, P = D / norm::kRowLanes;
+  for (int64_t r = first_row(); r < rows; r += row_stride()) {
+    const int64_t at = r * D + static_cast<int64_t>(lane) * P;
+    float v[kMaxP];
+    load_piece<kBf16, kVec, kMaxP>(x, at, P, v);
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kMaxP; ++i)
+      if (i < P) s = norm::sumsq_add(s, v[i]);
+    const float rs = norm::rstd_of(warp_sum(s), D, eps);
+    if (lane == 0) rstd[r] = rs;
+#pragma unroll
+    for (int i = 0; i < kMaxP; ++i) v[i] = norm::normalized(v[i], rs);
+    store_piece<kBf16, kVec, kMaxP>(y, at, P, v);
+  }
+}
+
+template <bool kBf16, bool kVec, int kMaxP>
+__global__ void __launch_bounds__(kThreads)
+    rms_backward_warps(const void* __restrict__ x, const void* __restrict__ g, const float* __restrict__ rstd,
+                       int64_t rows, int D, void* __restrict__ dx) {
+  const int lane = threadIdx.x % 32, P = D / norm::kRowLanes;
+  for (int64_t r = first_row(); r < rows; r += row_stride()) {
+    const int64_t at = r * D + static_cast<int64_t>(lane) * P;
+    const float rs = rstd[r];
+    float xv[kMaxP], gv[kMaxP];
+    load_piece<kBf16, kVec, kMaxP>(x, at, P, xv);
+    load_piece<kBf16, kVec, kMaxP>(g, at, P, gv);
+    float d = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kMaxP; ++i) {
+      xv[i] = norm::normalized(xv[i], rs);  // xh
+      if (i < P) d = norm::dot_add(d, gv[i], xv[i]);
+    }
+    const float m = norm::grad_mean(warp_sum(d), D);
+#pragma unroll
+    for (int i = 0; i < kMaxP; ++i) xv[i] = norm::grad_of(gv[i], xv[i], m, rs);
+    store_piece<kBf16, kVec, kMaxP>(dx, at, P, xv);
+  }
+}
+
+// Calls f(grid, bf16 flag, vec flag, kMaxP) with the smallest kMaxP in {1, 2, 4, 8, 16, 32} holding
+// P = D / 32 (the vector kernels only for 8, 16, 32: P is a multiple of 8 there).
+template <typename F>
+void launch(int64_t rows, int64_t D, bool bf16, bool vec, F&& f) {
+  const int P = static_cast<int>(D / norm::kRowLanes);
+  const unsigned grid = static_cast<unsigned>(grid_for(rows * norm::kRowLanes));  // a warp a row
+  auto by_p = [&](auto b, auto v) {
+    if constexpr (!decltype(v)::value) {
+      if (P <= 1) return f(grid, b, v, Int<1>{});
+      if (P <= 2) return f(grid, b, v, Int<2>{});
+      if (P <= 4) return f(grid, b, v, Int<4>{});
+    }
+    if (P <= 8) return f(grid, b, v, Int<8>{});
+    if (P <= 16) return f(grid, b, v, Int<16>{});
+    return f(grid, b, v, Int<32>{});
+  };
+  if (bf16)
+    vec ? by_p(std::true_type{}, std::true_type{}) : by_p(std::true_type{}, std::false_type{});
+  else
+    vec ? by_p(std::false_type{}, std::true_type{}) : by_p(std::false_type{}, std::false_type{});
+  FP4QAT_CUDA_CHECK(cudaGetLastError());
+}
+
+void check_rows(int64_t rows, int64_t D, const char* who) {
+  FP4QAT_CHECK(rows >= 0, who, ": rows must be >= 0, got ", rows);
+  FP4QAT_CHECK(norm::rows_supported(D), who, ": the row length D must be a positive multiple of 32, at most ",
+               norm::kMaxRowLen, ", got ", D);
+}
+
+}  // namespace
+
+void rms_norm_rows_forward(const void* x, bool bf16, int64_t rows, int64_t D, float eps, void* y, float* rstd,
+                           cudaStream_t stream) {
+  check_rows(rows, D, "rms_norm_rows_forward");
+  if (rows == 0) return;
+  const bool vec = (D / norm::kRowLanes) % kChunk == 0 && aligned16(x) && aligned16(y);
+  launch(rows, D, bf16, vec, [&](unsigned grid, auto b, auto v, auto p) {
+    rms_forward_warps<decltype(b)::value, decltype(v)::value, decltype(p)::value>
+        <<<grid, kThreads, 0, stream>>>(x, rows, static_cast<int>(D), eps, y, rstd);
+  });
+}
+
+void rms_norm_rows_backward(const void* x, const void* g, const float* rstd, bool bf16, int64_t rows, int64_t D,
+                            void* dx, cudaStream_t stream) {
+  check_rows(rows, D, "rms_norm_rows_backward");
+  if (rows == 0) return;
+  const bool vec = (D / norm::kRowLanes) % kChunk == 0 && aligned16(x) && aligned16(g) && aligned16(dx);
+  launch(rows, D, bf16, vec, [&](unsigned grid, auto b, auto v, auto p) {
+    rms_backward_warps<decltype(b)::value, decltype(v)::value, decltype(p)::value>
+        <<<grid, kThreads, 0, stream>>>(x, g, rstd, rows, static_cast<int>(D), dx);
+  });
+}
+
+}  // namespace fp4qat::cuda_kernels

@@ -1,0 +1,79 @@
+// kernels/model/rms_norm_ref.cpp — the CPU reference of the short-row RMSNorm (see rms_norm_ref.h):
+// each row's 32 lanes simulated, their pieces summed in element order, then the xor butterfly.
+#include "kernels/model/rms_norm_ref.h"
+
+#include "kernels/common/check.h"
+
+namespace fp4qat::norm {
+
+namespace {
+
+// The butterfly over the 32 lane sums: afterwards every lane holds the row's sum (lane 0's taken).
+float butterfly(float lane[kRowLanes]) {
+  for (int o = kRowLanes / 2; o > 0; o /= 2) {
+    float next[kRowLanes];
+    for (int l = 0; l < kRowLanes; ++l) next[l] = lane_add(lane[l], lane[l ^ o]);
+    for (int l = 0; l < kRowLanes; ++l) lane[l] = next[l];
+  }
+  return lane[0];
+}
+
+template <bool kBf16>
+void forward_t(const void* x, int64_t rows, int64_t D, float eps, void* y, float* rstd) {
+  const int64_t P = D / kRowLanes;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = r * D;
+    float lane[kRowLanes];
+    for (int l = 0; l < kRowLanes; ++l) {
+      float s = 0.0f;
+      for (int64_t i = 0; i < P; ++i) s = sumsq_add(s, load_elem<kBf16>(x, row + l * P + i));
+      lane[l] = s;
+    }
+    const float rs = rstd_of(butterfly(lane), D, eps);
+    rstd[r] = rs;
+    for (int64_t i = 0; i < D; ++i) store_elem<kBf16>(y, row + i, normalized(load_elem<kBf16>(x, row + i), rs));
+  }
+}
+
+template <bool kBf16>
+void backward_t(const void* x, const void* g, const float* rstd, int64_t rows, int64_t D, void* dx) {
+  const int64_t P = D / kRowLanes;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = r * D;
+    const float rs = rstd[r];
+    float lane[kRowLanes];
+    for (int l = 0; l < kRowLanes; ++l) {
+      float s = 0.0f;
+      for (int64_t i = 0; i < P; ++i) {
+        const int64_t e = row + l * P + i;
+        s = dot_add(s, load_elem<kBf16>(g, e), normalized(load_elem<kBf16>(x, e), rs));
+      }
+      lane[l] = s;
+    }
+    const float m = grad_mean(butterfly(lane), D);
+    for (int64_t i = 0; i < D; ++i)
+      store_elem<kBf16>(dx, row + i,
+                        grad_of(load_elem<kBf16>(g, row + i), normalized(load_elem<kBf16>(x, row + i), rs), m, rs));
+  }
+}
+
+void check_shape(int64_t rows, int64_t D, const char* who) {
+  FP4QAT_CHECK(rows >= 0, who, ": rows must be >= 0, got ", rows);
+  FP4QAT_CHECK(rows_supported(D), who, ": the row length D must be a positive multiple of 32, at most ", kMaxRowLen,
+               ", got ", D);
+}
+
+}  // namespace
+
+void rms_norm_rows_forward_ref(const void* x, bool bf16, int64_t rows, int64_t D, float eps, void* y, float* rstd) {
+  check_shape(rows, D, "rms_norm_rows_forward_ref");
+  bf16 ? forward_t<true>(x, rows, D, eps, y, rstd) : forward_t<false>(x, rows, D, eps, y, rstd);
+}
+
+void rms_norm_rows_backward_ref(const void* x, const void* g, const float* rstd, bool bf16, int64_t rows, int64_t D,
+                                void* dx) {
+  check_shape(rows, D, "rms_norm_rows_backward_ref");
+  bf16 ? backward_t<true>(x, g, rstd, rows, D, dx) : backward_t<false>(x, g, rstd, rows, D, dx);
+}
+
+}  // namespace fp4qat::norm

@@ -1,0 +1,99 @@
+// kernels/model/rms_norm_ref.h — RMSNorm over short rows without a weight (the attention's per-head
+// q / k norms: rows of the head dim, 64 or 128), forward and backward. The arithmetic is defined
+// once here for the CPU reference (rms_norm_ref.cpp) and the CUDA kernels (rms_norm.cu), which give
+// the same bits: no transcendental besides IEEE sqrt and division (correctly rounded on both sides;
+// no rsqrt), IEEE float32 without FMA contraction (-ffp-contract=off, nvcc --fmad=false), one
+// summation order.
+//
+// A row of D elements (D % 32 == 0, 32 <= D <= 1024) is one warp's: lane l (0..31) owns the
+// contiguous piece [l P, (l + 1) P), P = D / 32, and sums over it in element order from 0.0f; the 32
+// lane sums are combined by an xor butterfly (o = 16, 8, 4, 2, 1: s = s + partner's s; the two
+// partners add the same two values in opposite order, which IEEE addition does not tell apart, so
+// every lane ends with the same bits). The CPU reference simulates the 32 lanes.
+//   forward:  s = sum x * x; rstd = 1 / sqrt(s / D + eps); y = dtype(x * rstd); rstd kept (float32).
+//   backward: xh = x * rstd (float32, not rounded); d = sum g * xh (the same order);
+//             m = d / D; dx = dtype(rstd * (g - xh * m)).
+// dtype: bf16 (rounded to nearest even) or float32 (no rounding). Raw pointers, no torch; bf16 as
+// bit patterns (uint16_t).
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/common/host_device.h"
+#include "kernels/loss/cross_entropy_ref.h"  // bf16_to_float / float_to_bf16
+
+namespace fp4qat::norm {
+
+using loss::bf16_to_float;
+using loss::float_to_bf16;
+
+constexpr int kRowLanes = 32;         // lanes (a warp) a row
+constexpr int64_t kMaxRowLen = 1024;  // D <= 32 lanes x 32 elements
+
+// The row lengths the lane partition covers: D a positive multiple of 32, at most 1024.
+FP4QAT_HD bool rows_supported(int64_t D) { return D > 0 && D % kRowLanes == 0 && D <= kMaxRowLen; }
+
+FP4QAT_HD float norm_sqrt(float v) {
+#if defined(__CUDA_ARCH__)
+  return sqrtf(v);  // IEEE (--prec-sqrt=true)
+#else
+  return std::sqrt(v);
+#endif
+}
+
+// One more element of a lane's sum of squares.
+FP4QAT_HD float sumsq_add(float s, float x) {
+  const float p = x * x;
+  return s + p;
+}
+// One more element of a lane's sum of g * xh (backward).
+FP4QAT_HD float dot_add(float s, float g, float xh) {
+  const float p = g * xh;
+  return s + p;
+}
+// One butterfly step: a lane's sum plus its partner's.
+FP4QAT_HD float lane_add(float mine, float partner) { return mine + partner; }
+
+// The row's 1 / sqrt(mean square + eps) from its combined sum of squares.
+FP4QAT_HD float rstd_of(float s, int64_t D, float eps) {
+  const float var = s / static_cast<float>(D);
+  const float r = norm_sqrt(var + eps);
+  return 1.0f / r;
+}
+// The normalized element (before the cast to the dtype); also the backward's xh.
+FP4QAT_HD float normalized(float x, float rstd) { return x * rstd; }
+// The backward's d / D from the row's combined sum of g * xh.
+FP4QAT_HD float grad_mean(float d, int64_t D) { return d / static_cast<float>(D); }
+// The input's gradient at one element (before the cast): rstd * (g - xh * m).
+FP4QAT_HD float grad_of(float g, float xh, float m, float rstd) {
+  const float t = xh * m;
+  const float u = g - t;
+  return rstd * u;
+}
+
+// ---- element access: bf16 bit patterns or float32 ---------------------------------------------
+template <bool kBf16>
+FP4QAT_HD float load_elem(const void* p, int64_t i) {
+  if constexpr (kBf16)
+    return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+  else
+    return static_cast<const float*>(p)[i];
+}
+// v rounded to the dtype once (bf16: to nearest even).
+template <bool kBf16>
+FP4QAT_HD void store_elem(void* p, int64_t i, float v) {
+  if constexpr (kBf16)
+    static_cast<uint16_t*>(p)[i] = float_to_bf16(v);
+  else
+    static_cast<float*>(p)[i] = v;
+}
+
+// ---- CPU references (rms_norm_ref.cpp) ----------------------------------------------------------
+// x [rows, D] contiguous (bf16 bit patterns when bf16, else float32), rows_supported(D) (else
+// fp4qat::Error): y [rows, D] in x's dtype and rstd float32 [rows].
+void rms_norm_rows_forward_ref(const void* x, bool bf16, int64_t rows, int64_t D, float eps, void* y, float* rstd);
+// x, g [rows, D] (x's dtype), the forward's rstd [rows] -> dx [rows, D] in x's dtype.
+void rms_norm_rows_backward_ref(const void* x, const void* g, const float* rstd, bool bf16, int64_t rows, int64_t D,
+                                void* dx);
+
+}  // namespace fp4qat::norm
