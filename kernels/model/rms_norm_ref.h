@@ -21,6 +21,7 @@
 
 #include "kernels/common/host_device.h"
 #include "kernels/loss/cross_entropy_ref.h"  // bf16_to_float / float_to_bf16
+#include "kernels/model/elementwise_ref.h"    // load_elem / store_elem
 
 namespace fp4qat::norm {
 
@@ -71,22 +72,9 @@ FP4QAT_HD float grad_of(float g, float xh, float m, float rstd) {
   return rstd * u;
 }
 
-// ---- element access: bf16 bit patterns or float32 ---------------------------------------------
-template <bool kBf16>
-FP4QAT_HD float load_elem(const void* p, int64_t i) {
-  if constexpr (kBf16)
-    return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
-  else
-    return static_cast<const float*>(p)[i];
-}
-// v rounded to the dtype once (bf16: to nearest even).
-template <bool kBf16>
-FP4QAT_HD void store_elem(void* p, int64_t i, float v) {
-  if constexpr (kBf16)
-    static_cast<uint16_t*>(p)[i] = float_to_bf16(v);
-  else
-    static_cast<float*>(p)[i] = v;
-}
+// Element access (bf16 bit patterns or float32): the fused elementwise functions' (one home).
+using elementwise::load_elem;
+using elementwise::store_elem;
 
 // ---- CPU references (rms_norm_ref.cpp) ----------------------------------------------------------
 // x [rows, D] contiguous (bf16 bit patterns when bf16, else float32), rows_supported(D) (else
