@@ -10,19 +10,24 @@ namespace fp4qat::cuda_kernels {
 
 namespace {
 
+// Four elements (one float4 of each array), each as adamw_element.
+__device__ __forceinline__ void adamw4(float4* p, const float4* g, float4* m, float4* v, const optim::AdamWScalars& s) {
+  float4 P = *p, M = *m, V = *v;
+  const float4 G = *g;
+  optim::adamw_element(P.x, G.x, M.x, V.x, s);
+  optim::adamw_element(P.y, G.y, M.y, V.y, s);
+  optim::adamw_element(P.z, G.z, M.z, V.z, s);
+  optim::adamw_element(P.w, G.w, M.w, V.w, s);
+  *p = P;
+  *m = M;
+  *v = V;
+}
+
 __global__ void adamw_vec4(float4* __restrict__ p, const float4* __restrict__ g, float4* __restrict__ m,
                            float4* __restrict__ v, int64_t n4, optim::AdamWScalars s) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n4;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float4 P = p[i], M = m[i], V = v[i];
-    const float4 G = g[i];
-    optim::adamw_element(P.x, G.x, M.x, V.x, s);
-    optim::adamw_element(P.y, G.y, M.y, V.y, s);
-    optim::adamw_element(P.z, G.z, M.z, V.z, s);
-    optim::adamw_element(P.w, G.w, M.w, V.w, s);
-    p[i] = P;
-    m[i] = M;
-    v[i] = V;
+    adamw4(p + i, g + i, m + i, v + i, s);
   }
 }
 
@@ -60,15 +65,7 @@ __global__ void adamw_many(AdamWSegments segs, optim::AdamWScalars s) {
     float4* m4 = reinterpret_cast<float4*>(g.m + begin);
     float4* v4 = reinterpret_cast<float4*>(g.v + begin);
     for (int64_t j = threadIdx.x; j < n4; j += blockDim.x) {
-      float4 P = p4[j], M = m4[j], V = v4[j];
-      const float4 G = g4[j];
-      optim::adamw_element(P.x, G.x, M.x, V.x, s);
-      optim::adamw_element(P.y, G.y, M.y, V.y, s);
-      optim::adamw_element(P.z, G.z, M.z, V.z, s);
-      optim::adamw_element(P.w, G.w, M.w, V.w, s);
-      p4[j] = P;
-      m4[j] = M;
-      v4[j] = V;
+      adamw4(p4 + j, g4 + j, m4 + j, v4 + j, s);
     }
     i = begin + n4 * 4;
   }

@@ -20,75 +20,22 @@
 #include "kernels/cuda_api.h"
 #include "kernels/model/elementwise_ref.h"
 #include "tests/common/test_util.h"
+#include "tests/model/kernel_test_util.h"
 
 using namespace fp4qat;
 
 namespace {
 
-// Normal values times scale, about one in six replaced by +-90 (expf over- / underflows), +-0,
-// +-1e-30 (products that underflow) or +-1.
-at::Tensor values(at::IntArrayRef shape, at::ScalarType dt, double scale) {
-  at::Tensor v = at::randn(shape) * scale;
-  const std::vector<float> specials = {90.0f, -90.0f, 0.0f, -0.0f, 1e-30f, -1e-30f, 1.0f, -1.0f};
-  at::Tensor pick = at::randint(0, 6 * static_cast<int64_t>(specials.size()), shape, at::kLong);
-  for (size_t k = 0; k < specials.size(); ++k) v.masked_fill_(pick == static_cast<int64_t>(k), specials[k]);
-  return v.to(dt).contiguous();
-}
-
-// A contiguous CUDA copy of t whose data starts 2 bytes past a 16-byte boundary (bf16) or 4
-// (float32): the kernels' one-element-at-a-time path.
-at::Tensor misaligned_cuda(const at::Tensor& t) {
-  at::Tensor buf = at::empty({t.numel() + 1}, t.options().device(at::kCUDA));
-  at::Tensor v = buf.narrow(0, 1, t.numel()).view(t.sizes());
-  v.copy_(t);
-  return v;
-}
-
-// How many elements, how many with identical bytes, and the largest difference among the others in
-// bf16 ulps at their magnitude (+0 / -0: infinitely far).
-struct Agreement {
-  int64_t n = 0, same = 0;
-  double worst_bf16_ulps = 0;
-  double fraction() const { return n == 0 ? 1.0 : static_cast<double>(same) / static_cast<double>(n); }
-};
-void accumulate(Agreement& a, const at::Tensor& got_in, const at::Tensor& want_in) {
-  const at::Tensor got = got_in.cpu().contiguous(), want = want_in.cpu().contiguous();
-  ASSERT_EQ(got.scalar_type(), want.scalar_type());
-  ASSERT_EQ(got.sizes(), want.sizes());
-  const bool bf16 = got.scalar_type() == at::kBFloat16;
-  const at::Tensor gb = got.view(bf16 ? at::kShort : at::kInt).to(at::kLong);
-  const at::Tensor wb = want.view(bf16 ? at::kShort : at::kInt).to(at::kLong);
-  const at::Tensor gv = got.to(at::kDouble), wv = want.to(at::kDouble);
-  const int64_t *gbp = gb.data_ptr<int64_t>(), *wbp = wb.data_ptr<int64_t>();
-  const double *gvp = gv.data_ptr<double>(), *wvp = wv.data_ptr<double>();
-  for (int64_t i = 0; i < gb.numel(); ++i) {
-    ++a.n;
-    if (gbp[i] == wbp[i]) {
-      ++a.same;
-      continue;
-    }
-    int e = 0;
-    std::frexp(std::max(std::fabs(gvp[i]), std::fabs(wvp[i])), &e);
-    const double d = std::fabs(gvp[i] - wvp[i]) / std::ldexp(1.0, e - 1 - 7);
-    a.worst_bf16_ulps = std::max(a.worst_bf16_ulps, d == 0 ? INFINITY : d);
-  }
-}
-Agreement agreement(const at::Tensor& got, const at::Tensor& want) {
-  Agreement a;
-  accumulate(a, got, want);
-  return a;
-}
-void expect_identical(const Agreement& a, const char* what) {
-  EXPECT_EQ(a.same, a.n) << what << ": " << a.n - a.same << " of " << a.n << " differ (worst " << a.worst_bf16_ulps
-                         << " bf16 ulps)";
-}
-// Where expf (or an FMA) decides: at most one bf16 ulp apart anywhere; bf16 at least 99.9% of the
-// bytes identical (its rounding hides nearly every float ulp); float32, where every float ulp
-// shows, at least `f32_same`.
-void expect_expf_close(const Agreement& a, bool bf16, double f32_same, const char* what) {
-  EXPECT_LE(a.worst_bf16_ulps, 1.0) << what << ": " << a.n - a.same << " of " << a.n << " differ";
-  EXPECT_GE(a.fraction(), bf16 ? 0.999 : f32_same) << what << ": " << a.n - a.same << " of " << a.n << " differ";
-}
+using test::accumulate;
+using test::agreement;
+using test::Agreement;
+using test::expect_expf_close;
+using test::expect_identical;
+using test::FwdBwd;
+using test::misaligned_cuda;
+using test::rotate_half;
+using test::run_autograd;
+using test::values;
 
 const std::vector<std::pair<int64_t, int64_t>> kSwigluShapes = {{1, 1},   {3, 5},    {7, 8},
                                                                 {33, 24}, {5, 13},   {257, 136},
@@ -103,21 +50,6 @@ const std::vector<RopeCase> kRopeCases = {{1, 1, 1, 2, false},  {2, 3, 2, 6, tru
 
 std::vector<int64_t> table_shape(const RopeCase& c) {
   return c.per_batch ? std::vector<int64_t>{c.B, c.T, c.D} : std::vector<int64_t>{c.T, c.D};
-}
-
-struct FwdBwd {
-  at::Tensor y, dx;
-};
-template <typename F>
-FwdBwd run_autograd(const at::Tensor& x, const at::Tensor& g, F&& f) {
-  const at::Tensor leaf = x.detach().clone().requires_grad_(true);
-  const at::Tensor y = f(leaf);
-  y.backward(g);
-  return {y.detach(), leaf.grad()};
-}
-at::Tensor rotate_half(const at::Tensor& x) {
-  const int64_t h = x.size(-1) / 2;
-  return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
 }
 
 }  // namespace

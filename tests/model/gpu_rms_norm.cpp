@@ -16,10 +16,15 @@
 #include "kernels/cuda_api.h"
 #include "kernels/model/rms_norm_ref.h"
 #include "tests/common/test_util.h"
+#include "tests/model/kernel_test_util.h"
 
 using namespace fp4qat;
 
 namespace {
+
+using test::FwdBwd;
+using test::misaligned_cuda;
+using test::run_autograd;
 
 constexpr float kEps = 1e-6f;
 
@@ -36,39 +41,6 @@ at::Tensor rows_of(int64_t rows, int64_t D, at::ScalarType dt) {
   return v.to(dt).contiguous();
 }
 
-// A contiguous CUDA copy of t whose data starts one element past a 16-byte boundary: the
-// one-element-at-a-time path.
-at::Tensor misaligned_cuda(const at::Tensor& t) {
-  at::Tensor buf = at::empty({t.numel() + 1}, t.options().device(at::kCUDA));
-  at::Tensor v = buf.narrow(0, 1, t.numel()).view(t.sizes());
-  v.copy_(t);
-  return v;
-}
-
-struct Ref {
-  at::Tensor y, rstd, dx;
-};
-Ref reference(const at::Tensor& x, const at::Tensor& g, float eps) {
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const int64_t D = x.size(-1), rows = x.numel() / D;
-  Ref r{at::empty_like(x), at::empty({rows}, at::kFloat), at::empty_like(x)};
-  norm::rms_norm_rows_forward_ref(x.data_ptr(), bf16, rows, D, eps, r.y.data_ptr(), r.rstd.data_ptr<float>());
-  norm::rms_norm_rows_backward_ref(x.data_ptr(), g.data_ptr(), r.rstd.data_ptr<float>(), bf16, rows, D,
-                                   r.dx.data_ptr());
-  return r;
-}
-
-struct FwdBwd {
-  at::Tensor y, dx;
-};
-template <typename F>
-FwdBwd run_autograd(const at::Tensor& x, const at::Tensor& g, F&& f) {
-  const at::Tensor leaf = x.detach().clone().requires_grad_(true);
-  const at::Tensor y = f(leaf);
-  y.backward(g);
-  return {y.detach(), leaf.grad()};
-}
-
 }  // namespace
 
 TEST(GpuRmsNorm, KernelsMatchTheirCpuReferenceBytes) {
@@ -80,7 +52,7 @@ TEST(GpuRmsNorm, KernelsMatchTheirCpuReferenceBytes) {
         for (const bool aligned : {true, false}) {
           SCOPED_TRACE(::testing::Message() << dt << " D " << D << " rows " << rows << (aligned ? "" : " misaligned"));
           const at::Tensor x = rows_of(rows, D, dt), g = rows_of(rows, D, dt);
-          const Ref r = reference(x, g, kEps);
+          const test::RmsRef r = test::rms_reference(x, g, kEps);
           const at::Tensor xd = aligned ? x.cuda() : misaligned_cuda(x), gd = aligned ? g.cuda() : misaligned_cuda(g);
           ASSERT_TRUE(xd.is_contiguous() && gd.is_contiguous());
           const auto [y, rstd] = cuda::rms_norm_rows_forward(xd, kEps);
@@ -93,7 +65,7 @@ TEST(GpuRmsNorm, KernelsMatchTheirCpuReferenceBytes) {
     for (const int64_t D : {64, 128}) {
       SCOPED_TRACE(::testing::Message() << dt << " D " << D << " rows 40000");
       const at::Tensor x = rows_of(40000, D, dt), g = rows_of(40000, D, dt);
-      const Ref r = reference(x, g, kEps);
+      const test::RmsRef r = test::rms_reference(x, g, kEps);
       const auto [y, rstd] = cuda::rms_norm_rows_forward(x.cuda(), kEps);
       EXPECT_TRUE(test::bytes_equal(y, r.y));
       EXPECT_TRUE(test::bytes_equal(rstd, r.rstd));

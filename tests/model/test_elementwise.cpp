@@ -21,57 +21,20 @@
 #include "kernels/common/formats.h"
 #include "kernels/model/elementwise_ref.h"
 #include "tests/common/test_util.h"
+#include "tests/model/kernel_test_util.h"
 
 using namespace fp4qat;
 
 namespace {
 
-// Normal values times scale, with about one element in six replaced by a special value: +-90
-// (exp(-x) overflows / underflows), +-0, +-1e-30 (products that underflow to a signed zero or a
-// subnormal), +-1.
-at::Tensor values(at::IntArrayRef shape, at::ScalarType dt, double scale) {
-  at::Tensor v = at::randn(shape) * scale;
-  const std::vector<float> specials = {90.0f, -90.0f, 0.0f, -0.0f, 1e-30f, -1e-30f, 1.0f, -1.0f};
-  at::Tensor pick = at::randint(0, 6 * static_cast<int64_t>(specials.size()), shape, at::kLong);
-  for (size_t k = 0; k < specials.size(); ++k) v.masked_fill_(pick == static_cast<int64_t>(k), specials[k]);
-  return v.to(dt).contiguous();
-}
-
-// Agreement of two tensors' bytes: how many elements, how many identical, and the largest
-// difference among the others in ulps of bf16 at their magnitude (2^-7 of the power of two below
-// the larger; for bf16 tensors the distance in representable values). A +0 / -0 difference counts
-// as infinitely far.
-struct Agreement {
-  int64_t n = 0, same = 0;
-  double worst_bf16_ulps = 0;
-  double fraction() const { return n == 0 ? 1.0 : static_cast<double>(same) / static_cast<double>(n); }
-};
-void accumulate(Agreement& a, const at::Tensor& got, const at::Tensor& want) {
-  ASSERT_EQ(got.scalar_type(), want.scalar_type());
-  ASSERT_EQ(got.sizes(), want.sizes());
-  const bool bf16 = got.scalar_type() == at::kBFloat16;
-  const at::Tensor gb = got.contiguous().view(bf16 ? at::kShort : at::kInt).to(at::kLong);
-  const at::Tensor wb = want.contiguous().view(bf16 ? at::kShort : at::kInt).to(at::kLong);
-  const at::Tensor gv = got.contiguous().to(at::kDouble), wv = want.contiguous().to(at::kDouble);
-  const int64_t *gbp = gb.data_ptr<int64_t>(), *wbp = wb.data_ptr<int64_t>();
-  const double *gvp = gv.data_ptr<double>(), *wvp = wv.data_ptr<double>();
-  for (int64_t i = 0; i < gb.numel(); ++i) {
-    ++a.n;
-    if (gbp[i] == wbp[i]) {
-      ++a.same;
-      continue;
-    }
-    int e = 0;
-    std::frexp(std::max(std::fabs(gvp[i]), std::fabs(wvp[i])), &e);  // magnitude in [2^(e-1), 2^e)
-    const double d = std::fabs(gvp[i] - wvp[i]) / std::ldexp(1.0, e - 1 - 7);
-    a.worst_bf16_ulps = std::max(a.worst_bf16_ulps, d == 0 ? INFINITY : d);
-  }
-}
-Agreement agreement(const at::Tensor& got, const at::Tensor& want) {
-  Agreement a;
-  accumulate(a, got, want);
-  return a;
-}
+using test::accumulate;
+using test::agreement;
+using test::Agreement;
+using test::expect_identical;
+using test::FwdBwd;
+using test::rotate_half;
+using test::run_autograd;
+using test::values;
 
 // Where expf decides (silu): at most one bf16 ulp apart anywhere. bf16: at least 99.9% of the bytes
 // identical (the rounding to bf16 hides nearly every ulp of expf). float32: every float ulp shows,
@@ -80,36 +43,15 @@ Agreement agreement(const at::Tensor& got, const at::Tensor& want) {
 // identical (97% forward, 91% backward seen on an AVX-512 CPU); the reference's float32 arithmetic is
 // pinned by the bf16 comparison, which rounds at the same places.
 void expect_expf_close(const Agreement& a, bool bf16, const char* what) {
-  EXPECT_LE(a.worst_bf16_ulps, 1.0) << what << ": " << a.n - a.same << " of " << a.n << " differ";
-  EXPECT_GE(a.fraction(), bf16 ? 0.999 : 0.85) << what << ": " << a.n - a.same << " of " << a.n << " differ";
-}
-void expect_identical(const Agreement& a, const char* what) {
-  EXPECT_EQ(a.same, a.n) << what << ": " << a.n - a.same << " of " << a.n << " differ (worst " << a.worst_bf16_ulps
-                         << " bf16 ulps)";
+  test::expect_expf_close(a, bf16, 0.85, what);
 }
 
 at::Tensor swiglu_composite(const at::Tensor& h) {
   const int64_t I = h.size(1) / 2;
   return at::silu(h.narrow(1, 0, I)) * h.narrow(1, I, I);
 }
-at::Tensor rotate_half(const at::Tensor& x) {
-  const int64_t h = x.size(-1) / 2;
-  return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
-}
 at::Tensor rope_composite(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   return x * cos.unsqueeze(-2) + rotate_half(x) * sin.unsqueeze(-2);
-}
-
-// The composite's output and its input's gradient from g.
-struct FwdBwd {
-  at::Tensor y, dx;
-};
-template <typename F>
-FwdBwd run_autograd(const at::Tensor& x, const at::Tensor& g, F&& f) {
-  const at::Tensor leaf = x.detach().clone().requires_grad_(true);
-  const at::Tensor y = f(leaf);
-  y.backward(g);
-  return {y.detach(), leaf.grad()};
 }
 
 const std::vector<std::pair<int64_t, int64_t>> kSwigluShapes = {{1, 1}, {3, 5}, {7, 8}, {33, 24}, {5, 13}, {257, 136}};

@@ -16,10 +16,14 @@
 #include "kernels/cuda_api.h"
 #include "kernels/model/rms_norm_ref.h"
 #include "tests/common/test_util.h"
+#include "tests/model/kernel_test_util.h"
 
 using namespace fp4qat;
 
 namespace {
+
+using test::FwdBwd;
+using test::run_autograd;
 
 constexpr float kEps = 1e-6f;
 const std::vector<int64_t> kLens = {32, 64, 96, 128, 256, 384, 768, 1024};
@@ -31,33 +35,10 @@ at::Tensor rows_of(int64_t rows, int64_t D, at::ScalarType dt) {
   return (at::randn({rows, D}) * scale.unsqueeze(1)).to(dt).contiguous();
 }
 
-struct Ref {
-  at::Tensor y, rstd, dx;
-};
-Ref reference(const at::Tensor& x, const at::Tensor& g, float eps) {
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const int64_t D = x.size(-1), rows = x.numel() / D;
-  Ref r{at::empty_like(x), at::empty({rows}, at::kFloat), at::empty_like(x)};
-  norm::rms_norm_rows_forward_ref(x.data_ptr(), bf16, rows, D, eps, r.y.data_ptr(), r.rstd.data_ptr<float>());
-  norm::rms_norm_rows_backward_ref(x.data_ptr(), g.data_ptr(), r.rstd.data_ptr<float>(), bf16, rows, D,
-                                   r.dx.data_ptr());
-  return r;
-}
-
 // The composite autograd::rms_norm_rows takes on the CPU, and ATen's autograd of it.
 at::Tensor composite(const at::Tensor& x, double eps) {
   const at::Tensor xf = x.to(at::kFloat);
   return (xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps)).to(x.scalar_type());
-}
-struct FwdBwd {
-  at::Tensor y, dx;
-};
-template <typename F>
-FwdBwd run_autograd(const at::Tensor& x, const at::Tensor& g, F&& f) {
-  const at::Tensor leaf = x.detach().clone().requires_grad_(true);
-  const at::Tensor y = f(leaf);
-  y.backward(g);
-  return {y.detach(), leaf.grad()};
 }
 
 // The count of elements where got and want differ by more than bound (all double tensors of one shape).
@@ -79,7 +60,7 @@ TEST(RmsNormRef, MatchesDoublePrecision) {
       const bool bf16 = dt == at::kBFloat16;
       const int64_t rows = 9, P = D / 32;
       const at::Tensor x = rows_of(rows, D, dt), g = rows_of(rows, D, dt);
-      const Ref r = reference(x, g, kEps);
+      const test::RmsRef r = test::rms_reference(x, g, kEps);
       const at::Tensor xd = x.to(at::kDouble), gd = g.to(at::kDouble);
       const at::Tensor rstd = at::rsqrt(xd.pow(2).mean(-1, true) + static_cast<double>(kEps));  // [rows, 1]
       const double u = 0x1p-24, rel = static_cast<double>(P + 10) * u;
@@ -106,7 +87,7 @@ TEST(RmsNormRef, MatchesAtenCompositeAutograd) {
       SCOPED_TRACE(::testing::Message() << dt << " D " << D);
       const bool bf16 = dt == at::kBFloat16;
       const at::Tensor x = rows_of(7, D, dt), g = rows_of(7, D, dt);
-      const Ref r = reference(x, g, kEps);
+      const test::RmsRef r = test::rms_reference(x, g, kEps);
       const FwdBwd want = run_autograd(x, g, [](const at::Tensor& v) { return composite(v, kEps); });
       const at::Tensor a = r.y.to(at::kDouble), b = want.y.to(at::kDouble);
       const double tol = bf16 ? 0x1p-7 : 64 * 0x1p-24;
@@ -132,7 +113,7 @@ TEST(RmsNormRef, ReproducesTheLaneTreeByHand) {
     SCOPED_TRACE(::testing::Message() << dt);
     const at::Tensor x = (at::randn({rows, D}) * at::exp2(at::randint(-6, 7, {rows, D}).to(at::kFloat))).to(dt);
     const at::Tensor g = at::randn({rows, D}).to(dt);
-    const Ref r = reference(x, g, kEps);
+    const test::RmsRef r = test::rms_reference(x, g, kEps);
     const at::Tensor xf = x.to(at::kFloat).contiguous(), gf = g.to(at::kFloat).contiguous();
     auto tree = [](float lane[32]) {
       for (int o = 16; o > 0; o /= 2) {
@@ -179,7 +160,7 @@ TEST(RmsNormRef, ZeroRows) {
     for (const int64_t D : {32, 128, 1024}) {
       SCOPED_TRACE(::testing::Message() << dt << " D " << D);
       const at::Tensor x = at::zeros({3, D}, dt), g = at::randn({3, D}).to(dt);
-      const Ref r = reference(x, g, kEps);
+      const test::RmsRef r = test::rms_reference(x, g, kEps);
       const float want = 1.0f / std::sqrt(kEps);
       for (int64_t i = 0; i < 3; ++i) EXPECT_EQ(fmt::f2u(r.rstd[i].item<float>()), fmt::f2u(want));
       EXPECT_TRUE(test::bytes_equal(r.y, at::zeros({3, D}, dt)));
