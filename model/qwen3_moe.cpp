@@ -19,6 +19,7 @@
 
 #include "autograd/elementwise.h"
 #include "autograd/permute_rows.h"
+#include "autograd/rms_norm.h"
 #include "kernels/common/check.h"
 #include "io/names.h"
 
@@ -102,13 +103,10 @@ int64_t add_count(int64_t a, int64_t b, const char* what) {
 }  // namespace
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  if (x.is_cuda()) {
-    const at::Tensor n = std::get<0>(at::_fused_rms_norm(x, {x.size(-1)}, std::nullopt, eps));  // x's dtype
-    return w.to(x.scalar_type()) * n;
-  }
-  const at::Tensor xf = x.to(at::kFloat);
-  const at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
-  return w.to(x.scalar_type()) * (xf * at::rsqrt(var + eps)).to(x.scalar_type());
+  // autograd::rms_norm_rows: on CUDA the warp-a-row kernels where the row fits them (the q/k norms
+  // over the head dim; hidden sizes up to 1024), ATen's fused norm otherwise; on the CPU the
+  // float32 composite. x's dtype, then the weight's product in it.
+  return w.to(x.scalar_type()) * autograd::rms_norm_rows(x, eps);
 }
 
 bool is_moe_layer(const model::ModelConfig& c, int64_t i) {
