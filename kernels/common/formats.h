@@ -168,9 +168,21 @@ FP4QAT_HD uint32_t e2m1_code_b252(float a) {
 FP4QAT_HD uint32_t e2m1_magnitude_code(float a) { return e2m1_code_b252(a) - 252u; }
 
 // The E2M1 value of that code, e2m1_to_float(e2m1_magnitude_code(a)), for a in [0, 6] without
-// the code (same result for every float32 in [0, 6], checked exhaustively by the CPU tests):
-// below 1 the magic add's sum minus 2^22 (0, 0.5 or 1), from 1 on Veltkamp's hi itself.
-FP4QAT_HD float e2m1_round(float a) { return a < 1.0f ? (a + 4194304.0f) - 4194304.0f : e2m1_veltkamp_hi(a); }
+// the code (same result for every float32 in [0, 6], checked exhaustively by the CPU tests): one
+// magic add whose magic number follows a's binade, M = max(2^floor(log2 a), 1) * 2^22, so that
+// ulp(M) is the E2M1 step at a (0.5 below 2, 1 in [2, 4), 2 in [4, 6]); (a + M) rounds a to a
+// multiple of the step, ties to the even multiple (= the even code), and the subtraction is exact.
+// On the GPU both are fmas with the exact product m * 2^22 (four instructions, no branch or
+// select: the Four Over Six estimates run it twice an element).
+FP4QAT_HD float e2m1_round(float a) {
+  const float m = fmaxf(u2f(f2u(a) & 0x7f800000u), 1.0f);  // the binade's power of two, at least 1
+#if defined(__CUDA_ARCH__)
+  return fmaf(-m, 4194304.0f, fmaf(m, 4194304.0f, a));
+#else
+  const float big = m * 4194304.0f;  // exact
+  return (a + big) - big;
+#endif
+}
 
 // One element: q = e2m1_rne(clamp(x * enc, -6, 6)); the sign is taken from x * enc (v < 0).
 // The code in a 32-bit word (magnitude + 8 * sign as one sum: the kernels pack it without
@@ -231,13 +243,15 @@ FP4QAT_HD float nvfp4_4over6_err(uint8_t code, float fsb, float amax, float six_
 // only when the estimates differ by more than it, and never for ties, NaN, or big >= 2^56 (big:
 // the largest of the block's max and both R; beyond, exact terms or the sums may overflow). The CPU tests check every call against the exact errors and the
 // estimates against a quarter of the margin (tests/kernels/test_4over6_ref.cpp).
+// Computed on magnitudes: with a = |x|, q = e2m1_round(min(a * enc, 6)) (enc >= 0) and
+// d = fma(q, R, -a), whose magnitude is that of fma(+-q, R, -x) with q's sign taken from x * enc
+// (round to nearest is sign-symmetric; a zero q gives |x| either way).
 template <bool kMse>
 FP4QAT_HD float nvfp4_4over6_err_estimate(const float v[16], float enc, float unit) {
   float e = 0.0f;
   for (int i = 0; i < 16; ++i) {
-    const float s = v[i] * enc;
-    const float q = copysignf(e2m1_round(fminf(fabsf(s), kE2M1Max)), s);
-    const float d = fmaf(q, unit, -v[i]);
+    const float a = fabsf(v[i]);
+    const float d = fmaf(e2m1_round(fminf(a * enc, kE2M1Max)), unit, -a);
     e = kMse ? fmaf(d, d, e) : e + fabsf(d);
   }
   return e;
