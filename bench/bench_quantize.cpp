@@ -193,6 +193,11 @@ int main(int argc, char** argv) {
     trace_timeline("nvfp4 w13, given amax", [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13); });
     set_knob("FP4QAT_NVFP4_KERNEL", "");
     trace_timeline("fake quant w13, amax computed", [&] { fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D); });
+    const fp4qat::NVFP4Rule four_over_six{true, 256.0f, false, false};  // M 256, MAE (issue 20's speed row)
+    trace_timeline("nvfp4 w13 4over6 (M 256, MAE), amax computed",
+                   [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, four_over_six); });
+    trace_timeline("nvfp4 w13 4over6 (M 256, MAE), given amax",
+                   [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13, four_over_six); });
     set_knob("FP4QAT_NVFP4_KERNEL", "park");
     trace_timeline("nvfp4 w13, amax computed, park (256 threads x 48 KB x 2 + registers)",
                    [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D); });
