@@ -212,6 +212,9 @@ int main(int argc, char** argv) {
       {"nvfp4 high_precision, unfused epi", [&] { return nvfp4_mlp(counts, hp, nullptr, nullptr, false, false); }},
   };
   if (!traced.empty()) {
+    // Besides the paths above, the recipes of the interleaved table that issue 20 sets targets for.
+    paths.push_back({"recipe row-scaled", [&] { return nvfp4_mlp_with(counts, r_rows, nullptr, nullptr); }});
+    paths.push_back({"recipe 4over6", [&] { return nvfp4_mlp_with(counts, r_four, nullptr, nullptr); }});
     for (const std::string& want : traced) {
       const auto it = std::find_if(paths.begin(), paths.end(), [&](const Path& p) { return p.name == want; });
       if (it == paths.end()) {
