@@ -145,42 +145,36 @@ FP4QAT_HD uint8_t nvfp4_block_scale(float bmax, float factor) {
 // 1/0 = inf -> FLT_MAX: its codes saturate but decode to 0 (reproduced, not special-cased).
 FP4QAT_HD float nvfp4_block_enc(uint8_t sb, float s_dec) { return fminf(1.0f / (e4m3_to_float(sb) * s_dec), kFltMax); }
 
-// E2M1 code of a magnitude a in [0, 6] by arithmetic instead of the comparison ladder (same
-// result for every float32 in [0, 6], checked exhaustively by the CPU tests), biased by 252, with
-// few integer operations (the GPU's integer pipe is what bounds its quantizers):
-//   from 1 on, E2M1 is a float with one mantissa bit: Veltkamp's split hi = c - (c - a),
-//   c = a * (2^22 + 1), is a rounded to 2 significant bits, to nearest, ties to even; its
-//   float32 bits >> 22 are (exponent << 1 | mantissa bit) = code + 252;
-//   below 1 the grid is 0, .5, 1: a + 2^22 rounds a to a multiple of 0.5 (the float32 ulp
-//   there), ties to the even multiple, so the sum's bits minus those of 2^22 are rint(2a) = code;
-//   the two are merged without a branch: below 1, hi's code is never above the true one, and
-//   from 1 on, the second (capped at 2) never above hi's.
-FP4QAT_HD float e2m1_veltkamp_hi(float a) {  // a rounded to 2 significant bits, ties to even
-  const float c = a * 4194305.0f;            // 2^22 + 1
-  return c - (c - a);
-}
-FP4QAT_HD uint32_t e2m1_code_b252(float a) {
-  const uint32_t normal = f2u(e2m1_veltkamp_hi(a)) >> 22;
-  const uint32_t sub = f2u(a + 4194304.0f) - (0x4A800000u - 252u);  // 2^22 = 0x4A800000
-  const uint32_t sub_capped = sub < 254u ? sub : 254u;
-  return normal > sub_capped ? normal : sub_capped;
-}
-FP4QAT_HD uint32_t e2m1_magnitude_code(float a) { return e2m1_code_b252(a) - 252u; }
-
-// The E2M1 value of that code, e2m1_to_float(e2m1_magnitude_code(a)), for a in [0, 6] without
-// the code (same result for every float32 in [0, 6], checked exhaustively by the CPU tests): one
-// magic add whose magic number follows a's binade, M = max(2^floor(log2 a), 1) * 2^22, so that
-// ulp(M) is the E2M1 step at a (0.5 below 2, 1 in [2, 4), 2 in [4, 6]); (a + M) rounds a to a
-// multiple of the step, ties to the even multiple (= the even code), and the subtraction is exact.
-// On the GPU both are fmas with the exact product m * 2^22 (four instructions, no branch or
-// select: the Four Over Six estimates run it twice an element).
-FP4QAT_HD float e2m1_round(float a) {
-  const float m = fmaxf(u2f(f2u(a) & 0x7f800000u), 1.0f);  // the binade's power of two, at least 1
+// E2M1 code and value of a magnitude a in [0, 6] by arithmetic instead of the comparison ladder
+// (the same results for every float32 in [0, 6], checked exhaustively by the CPU tests), with few
+// instructions (the Four Over Six kernels are compute bound): one magic add whose magic number
+// follows a's binade, M = m * 2^22 with m = max(2^floor(log2 a), 1), so that ulp(M) is the E2M1
+// step at a (0.5 below 2, 1 in [2, 4), 2 in [4, 6]). t = a + M rounds a to the nearest multiple
+// k * step, ties to the even multiple, which is the even code; every such t is exact in float32.
+//   value: t - M (exact);
+//   code: k is the bits of t minus those of M; the codes of the binade's multiples start at
+//   2 * log2(m) (k = 0..4 below 2: codes 0..4; k = 2..4 in [2, 4): codes 4..6; k = 2, 3 in
+//   [4, 6]: codes 6, 7), and 2 * log2(m) = (bits(m) >> 22) - 254.
+// On the GPU t and t - M are fmas with the exact product m * 2^22.
+FP4QAT_HD float e2m1_binade(float a) { return fmaxf(u2f(f2u(a) & 0x7f800000u), 1.0f); }  // m
+FP4QAT_HD float e2m1_magic_sum(float a, float m) {                                          // t = a + m * 2^22
 #if defined(__CUDA_ARCH__)
-  return fmaf(-m, 4194304.0f, fmaf(m, 4194304.0f, a));
+  return fmaf(m, 4194304.0f, a);
 #else
-  const float big = m * 4194304.0f;  // exact
-  return (a + big) - big;
+  return a + m * 4194304.0f;  // the product is exact: one rounding, as the fma's
+#endif
+}
+FP4QAT_HD uint32_t e2m1_magnitude_code(float a) {
+  const float m = e2m1_binade(a);
+  // bits(t) - bits(M) + 2 log2(m), with bits(M) = bits(m) + (22 << 23).
+  return f2u(e2m1_magic_sum(a, m)) + ((f2u(m) >> 22) - f2u(m) - ((22u << 23) + 254u));
+}
+FP4QAT_HD float e2m1_round(float a) {  // e2m1_to_float(e2m1_magnitude_code(a))
+  const float m = e2m1_binade(a);
+#if defined(__CUDA_ARCH__)
+  return fmaf(-m, 4194304.0f, e2m1_magic_sum(a, m));
+#else
+  return e2m1_magic_sum(a, m) - m * 4194304.0f;
 #endif
 }
 
@@ -189,7 +183,7 @@ FP4QAT_HD float e2m1_round(float a) {
 // narrowing), and as a byte.
 FP4QAT_HD uint32_t nvfp4_encode_u32(float x, float enc) {
   const float v = x * enc;
-  return e2m1_code_b252(fminf(fabsf(v), kE2M1Max)) - 252u + (v < 0.0f ? 8u : 0u);
+  return e2m1_magnitude_code(fminf(fabsf(v), kE2M1Max)) + (v < 0.0f ? 8u : 0u);
 }
 FP4QAT_HD uint8_t nvfp4_encode(float x, float enc) { return static_cast<uint8_t>(nvfp4_encode_u32(x, enc)); }
 

@@ -169,7 +169,7 @@ TEST(E2M1, ArithmeticEncoderEqualsLadder) {
 }
 
 TEST(E2M1, ArithmeticMagnitudeCodeEqualsLadderOnEveryFloatUpTo6) {
-  // e2m1_magnitude_code (the kernels' arithmetic path: Veltkamp split, magic add, integer max)
+  // e2m1_magnitude_code (the kernels' arithmetic path: one magic add following the binade)
   // and e2m1_round (the value without the code) on every float32 in [0, 6] (1.09 G values), plus
   // every pattern within 64 ulps of each ladder boundary.
   int64_t checked = 0;
