@@ -226,15 +226,18 @@ static Slices uniform_slices(const Nvfp4Args& a, int64_t rows) {
   return sl;
 }
 
-// Four Over Six: one shape, 256 threads x 2 slots of 48 KB (+ 5 KB of tables), two CTAs a SM
-// (the candidates' registers leave no room for 512 threads).
+// Four Over Six: one shape, 256 threads x 2 slots of 40 KB (each + 5 KB of block maxima; + 5 KB of
+// tables), two CTAs a SM (the candidates' registers leave no room for 512 threads). Compute bound:
+// with 48 KB slots a CTA needed ~116 KB of shared memory and only one fit a SM (bench/RESULTS.md
+// session 22: 132 slices in flight instead of 264). FP4QAT_NVFP4_SLOT_BYTES overrides the slot
+// (benchmarks).
 template <InType T>
 bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   const tuning::Nvfp4Tuning tu = tuning::nvfp4_tuning();
   if (tu.kernel != tuning::Nvfp4Kernel::kDefault && tu.kernel != tuning::Nvfp4Kernel::kStaged2) return false;
   if (!a.rule.four_over_six || a.rule.row_scaled || a.two_d || a.N == 0 || !staged2_available(stream)) return false;
-  constexpr int64_t kSlot = 49152;
-  const Slices sl = uniform_slices(a, kSlot / row_bytes<T>(a.K));
+  const int64_t slot = tu.slot_bytes > 0 ? tu.slot_bytes : 40960;
+  const Slices sl = uniform_slices(a, slot / row_bytes<T>(a.K));
   if (sl.R < 1) return false;
   const bool ok = a.rule.mse
                       ? launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 2>, 256, 2, 2, a, sl, row_bytes<T>(a.K), stream)
