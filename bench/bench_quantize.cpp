@@ -430,6 +430,16 @@ int main(int argc, char** argv) {
           fp4qat::nvfp4_quantize(w2, b, std::nullopt, r);
         });
       }
+    // Four Over Six's one-read kernel under other slot sizes (its shared memory sets the CTAs a SM).
+    for (const char* slot : {"16384", "24576", "32768"}) {
+      const fp4qat::NVFP4Rule r{true, 256.0f, false, false};
+      add(std::string("nvfp4 1d MoE layer 4over6-256-mae, slot ") + slot, double(layer_elems), nv_b, true, [&, slot] {
+        set_knob("FP4QAT_NVFP4_SLOT_BYTES", slot);
+        fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, r);
+        fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
+        set_knob("FP4QAT_NVFP4_SLOT_BYTES", "");
+      });
+    }
     {
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },
                                     [&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; }, same_bytes);
