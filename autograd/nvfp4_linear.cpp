@@ -341,12 +341,22 @@ GroupedForward grouped_forward(const at::Tensor& x, const at::Tensor& w_values, 
 }
 
 // dX [T, K] and dW [E, N, K] of a grouped linear on its real rows (dy [T, N], x [T, K], w [E, N, K],
-// row offsets off): two at::_grouped_mm calls, the ones torch's own _grouped_mm backward makes;
-// an expert with no tokens gets dW = 0.
+// row offsets off). Every expert with the same row count M > 0: two batched GEMMs on the [E, M, *]
+// views (what the padded path without padding rows and the BF16 experts, grouped_bf16.cpp, run;
+// faster than the grouped kernel: bench/RESULTS.md session 22); otherwise the two at::_grouped_mm
+// calls torch's own _grouped_mm backward makes (an expert with no tokens gets dW = 0).
 std::pair<at::Tensor, at::Tensor> grouped_mm_grads(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
                                                    const std::vector<int64_t>& off) {
-  const at::Tensor offs = detail::device_offsets(off, dy.device());
+  const int64_t E = w.size(0), T = dy.size(0), M = E > 0 ? off[1] - off[0] : 0;
+  bool equal = M > 0 && T == E * M;
+  for (int64_t e = 0; equal && e < E; ++e) equal = off[e + 1] - off[e] == M;
   const at::Tensor dyc = dy.contiguous();
+  if (equal) {
+    const at::Tensor dy3 = dyc.view({E, M, dy.size(1)});                                    // [E, M, N]
+    return {at::bmm(dy3, w.contiguous()).view({T, w.size(2)}),                               // [E, M, K] -> [T, K]
+            at::bmm(dy3.transpose(1, 2), x.contiguous().view({E, M, x.size(1)}))};            // [E, N, K]
+  }
+  const at::Tensor offs = detail::device_offsets(off, dy.device());
   return {at::_grouped_mm(dyc, w.contiguous(), offs),       // [T, N] x [E, N, K] -> [T, K]
           at::_grouped_mm(dyc.t(), x.contiguous(), offs)};  // [N, T] x [T, K] -> [E, N, K]
 }
