@@ -12,6 +12,7 @@
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "tests/common/test_util.h"
+#include "tests/trainer/probe_util.h"
 #include "kernels/cuda_api.h"
 #include "kernels/optim/adamw_ref.h"
 #include "trainer/adamw.h"
@@ -37,17 +38,7 @@ TEST(GpuTrain, ExportProbeIsExactlyZeroForEveryTopK) {
     train::Options o;
     o.quiet = true;
     train::run(c, o);
-    std::ifstream f(d.file("run/metrics.jsonl"));
-    std::string line;
-    int probed = 0;
-    while (std::getline(f, line)) {
-      if (line.find("\"mismatch_mean\"") == std::string::npos) continue;
-      const json::Value v = json::parse(line, "metrics.jsonl");
-      EXPECT_EQ(v.at("mismatch_mean").as_double(), 0.0) << line;
-      EXPECT_EQ(v.at("mismatch_max").as_double(), 0.0) << line;
-      ++probed;
-    }
-    EXPECT_EQ(probed, c.train.steps);
+    EXPECT_EQ(test::expect_zero_probe_mismatch(d.file("run/metrics.jsonl")), c.train.steps);
   }
 }
 

@@ -23,6 +23,7 @@
 #include "io/safetensors.h"
 #include "tests/common/http_server.h"
 #include "tests/common/test_util.h"
+#include "tests/trainer/probe_util.h"
 #include "tests/trainer/resume_util.h"
 #include "model/hf_folder.h"
 #include "model/qwen3_moe.h"
@@ -393,16 +394,7 @@ TEST(ExportTrainRecipes, RolloutReproducesTheTrainerForEveryRecipe) {
     train::Options o;
     o.quiet = true;
     train::run(c, o);
-    std::ifstream f(d.file("run/metrics.jsonl"));
-    std::string line;
-    int probed = 0;
-    while (std::getline(f, line)) {
-      if (line.find("\"mismatch_mean\"") == std::string::npos) continue;
-      const json::Value v = json::parse(line, "metrics.jsonl");
-      EXPECT_EQ(v.at("mismatch_mean").as_double(), 0.0) << line;
-      ++probed;
-    }
-    EXPECT_EQ(probed, 2);
+    EXPECT_EQ(test::expect_zero_probe_mismatch(d.file("run/metrics.jsonl")), 2);
     const std::string dir = d.file("run/exports/latest");
     // Every recipe's export loads in both engines as laid out (fp4qat check-export; W4A16 too).
     for (auto e : {qat::Engine::kVllm, qat::Engine::kSglang}) {
