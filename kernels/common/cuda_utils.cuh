@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "kernels/common/cuda_check.h"
@@ -125,10 +126,19 @@ __device__ __forceinline__ float block_max(float v, float* smem) {
 // A 16-byte aligned address (one uint4 / float4 access).
 __host__ __device__ __forceinline__ bool aligned16(const void* x) { return (reinterpret_cast<uintptr_t>(x) & 15) == 0; }
 
+// The current device's SM count, asked once per device (every elementwise launch sizes its grid
+// with it: a driver call each time was ~200 calls a training step).
 inline int num_sms() {
-  int dev = 0, n = 0;
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices] = {};
+  int dev = 0;
   FP4QAT_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= 0 && dev < kMaxDevices) {
+    if (const int n = cached[dev].load(std::memory_order_relaxed); n > 0) return n;
+  }
+  int n = 0;
   FP4QAT_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  if (dev >= 0 && dev < kMaxDevices) cached[dev].store(n, std::memory_order_relaxed);
   return n;
 }
 
