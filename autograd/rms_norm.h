@@ -15,5 +15,10 @@ namespace fp4qat::autograd {
 // - On the CPU: the composite (x.float() * rsqrt(x.float().pow(2).mean(-1, true) + eps)).to(x's
 //   dtype) (ATen's autograd).
 at::Tensor rms_norm_rows(const at::Tensor& x, double eps);
+// The same times a weight: w.to(x's dtype) * rms_norm_rows(x, eps), w [D] floating point on x's
+// device. On CUDA where the fused kernels take x and D <= 512, one kernel each way with the
+// product fused (the forward's bits equal the composite's; the weight's gradient summed in a fixed
+// order, kernels/model/rms_norm_ref.h); elsewhere that composite.
+at::Tensor rms_norm_rows(const at::Tensor& x, double eps, const at::Tensor& w);
 
 }  // namespace fp4qat::autograd

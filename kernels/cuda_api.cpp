@@ -427,15 +427,49 @@ int64_t rms_rows_len(const at::Tensor& x, const char* who, const char* name) {
 }
 }  // namespace
 
-std::pair<at::Tensor, at::Tensor> rms_norm_rows_forward(const at::Tensor& x, double eps) {
+namespace {
+// The weight of a weighted short-row RMSNorm: [D] in x's dtype on x's device, contiguous, D <= 512.
+void rms_weight_check(const at::Tensor& w, const at::Tensor& x, int64_t D, const char* who) {
+  FP4QAT_CHECK(w.defined(), who, ": w is undefined");
+  FP4QAT_CHECK(w.dim() == 1 && w.size(0) == D && w.scalar_type() == x.scalar_type() && w.device() == x.device() &&
+                   w.is_contiguous(),
+               who, ": w must be contiguous [D = ", D, "] ", x.scalar_type(), " on ", x.device(), ", got ", w.sizes(),
+               " ", w.scalar_type(), " on ", w.device());
+  FP4QAT_CHECK(norm::weighted_rows_supported(D), who, ": with a weight the row length D must be at most ",
+               norm::kMaxWeightedRowLen, ", got ", D);
+}
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> rms_norm_rows_forward(const at::Tensor& x, double eps, const at::Tensor& w) {
   const int64_t D = rms_rows_len(x, "rms_norm_rows_forward", "x");
   FP4QAT_CHECK(std::isfinite(eps) && eps >= 0, "rms_norm_rows_forward: eps must be finite and >= 0, got ", eps);
+  if (w.defined()) rms_weight_check(w, x, D, "rms_norm_rows_forward");
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t rows = x.numel() / D;
   at::Tensor y = at::empty(x.sizes(), x.options()), rstd = at::empty({rows}, x.options().dtype(at::kFloat));
   ck::rms_norm_rows_forward(x.data_ptr(), x.scalar_type() == at::kBFloat16, rows, D, static_cast<float>(eps),
-                            y.data_ptr(), rstd.data_ptr<float>(), stream());
+                            y.data_ptr(), rstd.data_ptr<float>(), stream(), w.defined() ? w.data_ptr() : nullptr);
   return {y, rstd};
+}
+
+std::pair<at::Tensor, at::Tensor> rms_norm_rows_backward_weighted(const at::Tensor& x, const at::Tensor& g,
+                                                                  const at::Tensor& rstd, const at::Tensor& w) {
+  const int64_t D = rms_rows_len(x, "rms_norm_rows_backward_weighted", "x");
+  check_like(g, x, "rms_norm_rows_backward_weighted", "g", "x");
+  FP4QAT_CHECK(g.sizes() == x.sizes(), "rms_norm_rows_backward_weighted: g must have x's shape ", x.sizes(), ", got ",
+               g.sizes());
+  rms_weight_check(w, x, D, "rms_norm_rows_backward_weighted");
+  const int64_t rows = x.numel() / D;
+  FP4QAT_CHECK(rstd.device() == x.device() && rstd.scalar_type() == at::kFloat && rstd.is_contiguous() &&
+                   rstd.numel() == rows,
+               "rms_norm_rows_backward_weighted: rstd must be contiguous float32 with ", rows, " elements on ",
+               x.device(), ", got ", rstd.scalar_type(), " ", rstd.sizes(), " on ", rstd.device());
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor dx = at::empty(x.sizes(), x.options()), dw = at::empty({D}, x.options());
+  at::Tensor partial = at::empty({std::max<int64_t>(1, norm::weight_chunks(rows)), D}, x.options().dtype(at::kFloat));
+  ck::rms_norm_rows_backward(x.data_ptr(), g.data_ptr(), rstd.data_ptr<float>(), x.scalar_type() == at::kBFloat16,
+                             rows, D, dx.data_ptr(), stream(), w.data_ptr(), dw.data_ptr(), partial.data_ptr<float>());
+  return {dx, dw};
 }
 
 at::Tensor rms_norm_rows_backward(const at::Tensor& x, const at::Tensor& g, const at::Tensor& rstd) {

@@ -58,7 +58,11 @@ std::pair<at::Tensor, at::Tensor> moe_combine_backward(const at::Tensor& y, cons
 // reference in kernels/model/rms_norm_ref.h): x [..., D] a contiguous bf16 / float32 CUDA tensor,
 // D % 32 == 0, 32 <= D <= 1024, eps finite and >= 0 -> {y of x's shape and dtype, rstd float32
 // [rows = numel / D]}; the backward from g (x's shape and dtype) and the forward's rstd -> dx.
-std::pair<at::Tensor, at::Tensor> rms_norm_rows_forward(const at::Tensor& x, double eps);
+// With a weight w ([D] in x's dtype, contiguous, on x's device; D <= 512): y = dtype(w * norm(x)),
+// and the weighted backward -> {dx, dw [D] in x's dtype} (rms_norm_ref.h: dw summed in a fixed order).
+std::pair<at::Tensor, at::Tensor> rms_norm_rows_forward(const at::Tensor& x, double eps, const at::Tensor& w = {});
 at::Tensor rms_norm_rows_backward(const at::Tensor& x, const at::Tensor& g, const at::Tensor& rstd);
+std::pair<at::Tensor, at::Tensor> rms_norm_rows_backward_weighted(const at::Tensor& x, const at::Tensor& g,
+                                                                  const at::Tensor& rstd, const at::Tensor& w);
 
 }  // namespace fp4qat::cuda

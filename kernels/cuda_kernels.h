@@ -147,14 +147,17 @@ void moe_combine_forward(const void* y, const void* w, const int64_t* slot_row, 
                          int64_t H, void* out, cudaStream_t stream);
 void moe_combine_backward(const void* y, const void* w, const int64_t* slot_row, const void* g, bool bf16, int64_t N,
                           int64_t k, int64_t H, void* dy, void* dw, cudaStream_t stream);
-// RMSNorm over short rows without a weight (kernels/model/rms_norm.cu; arithmetic and CPU reference
-// in kernels/model/rms_norm_ref.h, arguments of rms_norm_rows_*_ref): x [rows, D] bf16 (bit
-// patterns) or float32, D % 32 == 0 and D <= 1024 (else fp4qat::Error). Forward: y [rows, D] in x's
-// dtype and rstd float32 [rows]; backward from g [rows, D]: dx [rows, D].
+// RMSNorm over short rows (kernels/model/rms_norm.cu; arithmetic and CPU reference in
+// kernels/model/rms_norm_ref.h, arguments of rms_norm_rows_*_ref): x [rows, D] bf16 (bit patterns)
+// or float32, D % 32 == 0 and D <= 1024 (else fp4qat::Error), optionally the weight w [D] in x's
+// dtype (then D <= 512). Forward: y [rows, D] in x's dtype and rstd float32 [rows]; backward from
+// g [rows, D]: dx [rows, D], and with w: dw [D] in x's dtype through partial, float32
+// [weight_chunks(rows), D] scratch.
 void rms_norm_rows_forward(const void* x, bool bf16, int64_t rows, int64_t D, float eps, void* y, float* rstd,
-                           cudaStream_t stream);
+                           cudaStream_t stream, const void* w = nullptr);
 void rms_norm_rows_backward(const void* x, const void* g, const float* rstd, bool bf16, int64_t rows, int64_t D,
-                            void* dx, cudaStream_t stream);
+                            void* dx, cudaStream_t stream, const void* w = nullptr, void* dw = nullptr,
+                            float* partial = nullptr);
 
 // out[i] = float(in[i]) for n bf16 bit patterns (kernels/optim/widen.cu): exact, bytes as a CPU cast.
 void widen_bf16(const uint16_t* in, float* out, int64_t n, cudaStream_t stream);

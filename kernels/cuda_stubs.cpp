@@ -40,7 +40,11 @@ std::pair<at::Tensor, at::Tensor> moe_combine_backward(const at::Tensor&, const 
                                                        const at::Tensor&) {
   no_cuda();
 }
-std::pair<at::Tensor, at::Tensor> rms_norm_rows_forward(const at::Tensor&, double) { no_cuda(); }
+std::pair<at::Tensor, at::Tensor> rms_norm_rows_forward(const at::Tensor&, double, const at::Tensor&) { no_cuda(); }
+std::pair<at::Tensor, at::Tensor> rms_norm_rows_backward_weighted(const at::Tensor&, const at::Tensor&,
+                                                                  const at::Tensor&, const at::Tensor&) {
+  no_cuda();
+}
 at::Tensor rms_norm_rows_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&) { no_cuda(); }
 }  // namespace fp4qat::cuda
 #endif

@@ -1,5 +1,5 @@
-// kernels/model/rms_norm.cu — RMSNorm over short rows without a weight (the attention's per-head q /
-// k norms), forward and backward (kernels/model/rms_norm_ref.h: the arithmetic and its CPU
+// kernels/model/rms_norm.cu — RMSNorm over short rows (the attention's per-head q / k norms, hidden
+// sizes up to 1024), without or with the weight's product fused (D <= 512), forward and backward (kernels/model/rms_norm_ref.h: the arithmetic and its CPU
 // reference, bit for bit). ATen's fused RMSNorm runs these rows (64 or 128 elements) at about
 // 400 GB/s; here one warp takes a row (8 rows a block of 256, grid-stride over the rows): lane l
 // holds the row's piece [l P, (l + 1) P), P = D / 32, in registers, so x is read once and y written
@@ -91,11 +91,15 @@ __device__ __forceinline__ int64_t row_stride() { return static_cast<int64_t>(gr
 
 // A warp a row (the loop's row is the same for the warp's 32 lanes: the shuffles see all of them).
 // P = D / 32 <= kMaxP (P % 8 == 0 when kVec).
-template <bool kBf16, bool kVec, int kMaxP>
+// kW: y = dtype(w * dtype(x * rstd)) with the lane's piece of w (the same columns in every row)
+// read once.
+template <bool kBf16, bool kVec, int kMaxP, bool kW = false>
 __global__ void __launch_bounds__(kThreads)
     rms_forward_warps(const void* __restrict__ x, int64_t rows, int D, float eps, void* __restrict__ y,
-                      float* __restrict__ rstd) {
+                      float* __restrict__ rstd, const void* __restrict__ w = nullptr) {
   const int lane = threadIdx.x % 32, P = D / norm::kRowLanes;
+  float wv[kW ? kMaxP : 1];
+  if constexpr (kW) load_piece<kBf16, false, kMaxP>(w, static_cast<int64_t>(lane) * P, P, wv);
   for (int64_t r = first_row(); r < rows; r += row_stride()) {
     const int64_t at = r * D + static_cast<int64_t>(lane) * P;
     float v[kMaxP];
@@ -107,7 +111,10 @@ __global__ void __launch_bounds__(kThreads)
     const float rs = norm::rstd_of(warp_sum(s), D, eps);
     if (lane == 0) rstd[r] = rs;
 #pragma unroll
-    for (int i = 0; i < kMaxP; ++i) v[i] = norm::normalized(v[i], rs);
+    for (int i = 0; i < kMaxP; ++i) {
+      v[i] = norm::normalized(v[i], rs);
+      if constexpr (kW) v[i] = norm::weighted(wv[i], norm::in_dtype<kBf16>(v[i]));
+    }
     store_piece<kBf16, kVec, kMaxP>(y, at, P, v);
   }
 }
@@ -136,12 +143,67 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// With a weight: a warp a chunk of kWeightChunkRows rows (grid-stride over the chunks), its rows in
+// order: gn = dtype(g * w) is the formula's g (dx), and the lane's dw terms dtype(g * dtype(xh)) are
+// summed over the chunk's rows in row order into partial[chunk, D] (rms_norm_ref.h).
+template <bool kBf16, bool kVec, int kMaxP>
+__global__ void __launch_bounds__(kThreads)
+    rms_backward_weighted_warps(const void* __restrict__ x, const void* __restrict__ g, const float* __restrict__ rstd,
+                                const void* __restrict__ w, int64_t rows, int D, void* __restrict__ dx,
+                                float* __restrict__ partial) {
+  const int lane = threadIdx.x % 32, P = D / norm::kRowLanes;
+  float wv[kMaxP];
+  load_piece<kBf16, false, kMaxP>(w, static_cast<int64_t>(lane) * P, P, wv);
+  const int64_t chunks = norm::weight_chunks(rows);
+  for (int64_t c = first_row(); c < chunks; c += row_stride()) {
+    float acc[kMaxP];
+#pragma unroll
+    for (int i = 0; i < kMaxP; ++i) acc[i] = 0.0f;
+    const int64_t end = (c + 1) * norm::kWeightChunkRows < rows ? (c + 1) * norm::kWeightChunkRows : rows;
+    for (int64_t r = c * norm::kWeightChunkRows; r < end; ++r) {
+      const int64_t at = r * D + static_cast<int64_t>(lane) * P;
+      const float rs = rstd[r];
+      float xv[kMaxP], gv[kMaxP];
+      load_piece<kBf16, kVec, kMaxP>(x, at, P, xv);
+      load_piece<kBf16, kVec, kMaxP>(g, at, P, gv);
+      float d = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kMaxP; ++i) {
+        xv[i] = norm::normalized(xv[i], rs);                                                     // xh
+        acc[i] = acc[i] + norm::in_dtype<kBf16>(norm::weighted(gv[i], norm::in_dtype<kBf16>(xv[i])));  // dw term
+        gv[i] = norm::in_dtype<kBf16>(norm::weighted(gv[i], wv[i]));                           // gn
+        if (i < P) d = norm::dot_add(d, gv[i], xv[i]);
+      }
+      const float m = norm::grad_mean(warp_sum(d), D);
+#pragma unroll
+      for (int i = 0; i < kMaxP; ++i) xv[i] = norm::grad_of(gv[i], xv[i], m, rs);
+      store_piece<kBf16, kVec, kMaxP>(dx, at, P, xv);
+    }
+#pragma unroll
+    for (int i = 0; i < kMaxP; ++i)
+      if (i < P) partial[c * D + static_cast<int64_t>(lane) * P + i] = acc[i];
+  }
+}
+
+// dw[j] = dtype(sum over the chunks, in chunk order from 0.0f, of partial[chunk, j]): a thread a column.
+template <bool kBf16>
+__global__ void __launch_bounds__(kThreads)
+    rms_weight_grad_columns(const float* __restrict__ partial, int64_t chunks, int D, void* __restrict__ dw) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= D) return;
+  float s = 0.0f;
+  for (int64_t c = 0; c < chunks; ++c) s = s + partial[c * D + j];
+  norm::store_elem<kBf16>(dw, j, s);
+}
+
 // Calls f(grid, bf16 flag, vec flag, kMaxP) with the smallest kMaxP in {1, 2, 4, 8, 16, 32} holding
 // P = D / 32 (the vector kernels only for 8, 16, 32: P is a multiple of 8 there).
-template <typename F>
-void launch(int64_t rows, int64_t D, bool bf16, bool vec, F&& f) {
+// `warps`: the warps the kernel's grid-stride loop has work for (rows, or dw's chunks). kMaxP 32 is
+// compiled only for the kernels without a weight (weighted_rows_supported: P <= 16).
+template <bool kWeighted = false, typename F>
+void launch(int64_t warps, int64_t D, bool bf16, bool vec, F&& f) {
   const int P = static_cast<int>(D / norm::kRowLanes);
-  const unsigned grid = static_cast<unsigned>(grid_for(rows * norm::kRowLanes));  // a warp a row
+  const unsigned grid = static_cast<unsigned>(grid_for(warps * norm::kRowLanes));  // a warp a row / chunk
   auto by_p = [&](auto b, auto v) {
     if constexpr (!decltype(v)::value) {
       if (P <= 1) return f(grid, b, v, Int<1>{});
@@ -149,8 +211,12 @@ void launch(int64_t rows, int64_t D, bool bf16, bool vec, F&& f) {
       if (P <= 4) return f(grid, b, v, Int<4>{});
     }
     if (P <= 8) return f(grid, b, v, Int<8>{});
-    if (P <= 16) return f(grid, b, v, Int<16>{});
-    return f(grid, b, v, Int<32>{});
+    if constexpr (kWeighted) {
+      return f(grid, b, v, Int<16>{});
+    } else {
+      if (P <= 16) return f(grid, b, v, Int<16>{});
+      return f(grid, b, v, Int<32>{});
+    }
   };
   if (bf16)
     vec ? by_p(std::true_type{}, std::true_type{}) : by_p(std::true_type{}, std::false_type{});
@@ -159,19 +225,28 @@ void launch(int64_t rows, int64_t D, bool bf16, bool vec, F&& f) {
   FP4QAT_CUDA_CHECK(cudaGetLastError());
 }
 
-void check_rows(int64_t rows, int64_t D, const char* who) {
+void check_rows(int64_t rows, int64_t D, const char* who, bool weighted = false) {
   FP4QAT_CHECK(rows >= 0, who, ": rows must be >= 0, got ", rows);
-  FP4QAT_CHECK(norm::rows_supported(D), who, ": the row length D must be a positive multiple of 32, at most ",
-               norm::kMaxRowLen, ", got ", D);
+  const int64_t most = weighted ? norm::kMaxWeightedRowLen : norm::kMaxRowLen;
+  FP4QAT_CHECK(norm::rows_supported(D) && D <= most, who,
+               ": the row length D must be a positive multiple of 32, at most ", most, weighted ? " with a weight" : "",
+               ", got ", D);
 }
 
 }  // namespace
 
 void rms_norm_rows_forward(const void* x, bool bf16, int64_t rows, int64_t D, float eps, void* y, float* rstd,
-                           cudaStream_t stream) {
-  check_rows(rows, D, "rms_norm_rows_forward");
+                           cudaStream_t stream, const void* w) {
+  check_rows(rows, D, "rms_norm_rows_forward", w != nullptr);
   if (rows == 0) return;
   const bool vec = (D / norm::kRowLanes) % kChunk == 0 && aligned16(x) && aligned16(y);
+  if (w) {
+    launch<true>(rows, D, bf16, vec, [&](unsigned grid, auto b, auto v, auto p) {
+      rms_forward_warps<decltype(b)::value, decltype(v)::value, decltype(p)::value, true>
+          <<<grid, kThreads, 0, stream>>>(x, rows, static_cast<int>(D), eps, y, rstd, w);
+    });
+    return;
+  }
   launch(rows, D, bf16, vec, [&](unsigned grid, auto b, auto v, auto p) {
     rms_forward_warps<decltype(b)::value, decltype(v)::value, decltype(p)::value>
         <<<grid, kThreads, 0, stream>>>(x, rows, static_cast<int>(D), eps, y, rstd);
@@ -179,10 +254,26 @@ void rms_norm_rows_forward(const void* x, bool bf16, int64_t rows, int64_t D, fl
 }
 
 void rms_norm_rows_backward(const void* x, const void* g, const float* rstd, bool bf16, int64_t rows, int64_t D,
-                            void* dx, cudaStream_t stream) {
-  check_rows(rows, D, "rms_norm_rows_backward");
-  if (rows == 0) return;
+                            void* dx, cudaStream_t stream, const void* w, void* dw, float* partial) {
+  check_rows(rows, D, "rms_norm_rows_backward", w != nullptr);
+  FP4QAT_CHECK(!w == !dw && (!w || partial), "rms_norm_rows_backward: w, dw and partial go together");
   const bool vec = (D / norm::kRowLanes) % kChunk == 0 && aligned16(x) && aligned16(g) && aligned16(dx);
+  if (w) {
+    const int64_t chunks = norm::weight_chunks(rows);
+    if (chunks > 0)
+      launch<true>(chunks, D, bf16, vec, [&](unsigned grid, auto b, auto v, auto p) {
+        rms_backward_weighted_warps<decltype(b)::value, decltype(v)::value, decltype(p)::value>
+            <<<grid, kThreads, 0, stream>>>(x, g, rstd, w, rows, static_cast<int>(D), dx, partial);
+      });
+    const unsigned cols = static_cast<unsigned>((D + kThreads - 1) / kThreads);
+    if (bf16)
+      rms_weight_grad_columns<true><<<cols, kThreads, 0, stream>>>(partial, chunks, static_cast<int>(D), dw);
+    else
+      rms_weight_grad_columns<false><<<cols, kThreads, 0, stream>>>(partial, chunks, static_cast<int>(D), dw);
+    FP4QAT_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  if (rows == 0) return;
   launch(rows, D, bf16, vec, [&](unsigned grid, auto b, auto v, auto p) {
     rms_backward_warps<decltype(b)::value, decltype(v)::value, decltype(p)::value>
         <<<grid, kThreads, 0, stream>>>(x, g, rstd, rows, static_cast<int>(D), dx);

@@ -15,6 +15,13 @@
 //             m = d / D; dx = dtype(rstd * (g - xh * m)).
 // dtype: bf16 (rounded to nearest even) or float32 (no rounding). Raw pointers, no torch; bf16 as
 // bit patterns (uint16_t).
+//
+// With a weight w [D] (in x's dtype: the model's w.to(dtype) * norm(x), fused): n = dtype(x * rstd)
+// as above, y = dtype(w * n) (the bf16 product ATen's mul makes: both widened, one rounding). The
+// backward takes g = dL/dy: gn = dtype(g * w) is the g of the formula above (dx), and
+// dw = dtype(sum over rows of dtype(g * n)), summed in a fixed order: the rows in chunks of
+// kWeightChunkRows, each chunk's rows in row order from 0.0f (a chunk's partial), then the chunks'
+// partials in chunk order from 0.0f — the same bits for any grid of the CUDA kernels.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -72,16 +79,36 @@ FP4QAT_HD float grad_of(float g, float xh, float m, float rstd) {
   return rstd * u;
 }
 
+// The value stored in the dtype, read back (bf16: rounded to nearest even; float32: itself).
+template <bool kBf16>
+FP4QAT_HD float in_dtype(float v) {
+  if constexpr (kBf16) return bf16_to_float(float_to_bf16(v));
+  return v;
+}
+// y's element from the weight and the normalized element (both already in the dtype); the same
+// product is the backward's gn = g * w and dw's term g * n.
+FP4QAT_HD float weighted(float w, float n) { return w * n; }
+// With a weight the row length is at most 512 (the CUDA kernels keep x, g, w and dw's partial of a
+// lane's piece in registers).
+constexpr int64_t kMaxWeightedRowLen = 512;
+FP4QAT_HD bool weighted_rows_supported(int64_t D) { return rows_supported(D) && D <= kMaxWeightedRowLen; }
+// dw's summation: rows a chunk (one warp's in the CUDA kernel).
+constexpr int64_t kWeightChunkRows = 64;
+FP4QAT_HD int64_t weight_chunks(int64_t rows) { return (rows + kWeightChunkRows - 1) / kWeightChunkRows; }
+
 // Element access (bf16 bit patterns or float32): the fused elementwise functions' (one home).
 using elementwise::load_elem;
 using elementwise::store_elem;
 
 // ---- CPU references (rms_norm_ref.cpp) ----------------------------------------------------------
 // x [rows, D] contiguous (bf16 bit patterns when bf16, else float32), rows_supported(D) (else
-// fp4qat::Error): y [rows, D] in x's dtype and rstd float32 [rows].
-void rms_norm_rows_forward_ref(const void* x, bool bf16, int64_t rows, int64_t D, float eps, void* y, float* rstd);
-// x, g [rows, D] (x's dtype), the forward's rstd [rows] -> dx [rows, D] in x's dtype.
+// fp4qat::Error), w [D] in x's dtype or null (then weighted_rows_supported(D)): y [rows, D] in x's
+// dtype and rstd float32 [rows].
+void rms_norm_rows_forward_ref(const void* x, bool bf16, int64_t rows, int64_t D, float eps, void* y, float* rstd,
+                               const void* w = nullptr);
+// x, g [rows, D] (x's dtype), the forward's rstd [rows], w as the forward's -> dx [rows, D] in x's
+// dtype, and with w: dw [D] in x's dtype.
 void rms_norm_rows_backward_ref(const void* x, const void* g, const float* rstd, bool bf16, int64_t rows, int64_t D,
-                                void* dx);
+                                void* dx, const void* w = nullptr, void* dw = nullptr);
 
 }  // namespace fp4qat::norm

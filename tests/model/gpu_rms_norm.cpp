@@ -2,7 +2,8 @@
 // against their CPU reference (kernels/model/rms_norm_ref.h): no transcendental besides IEEE sqrt and
 // division, so every byte of y, rstd and dx equal; bf16 and float32, D from 32 to 1024 (the 16-byte
 // vector path where D / 32 % 8 == 0, one element at a time otherwise and for misaligned views), odd
-// row counts and more rows than the grid has warps. autograd::rms_norm_rows on CUDA gives the
+// row counts and more rows than the grid has warps; with the weight's product fused, dw too.
+// autograd::rms_norm_rows on CUDA gives the
 // kernels' bytes forward and backward (and stays within an ulp of ATen's fused RMSNorm); a row's
 // bits do not depend on the batch around it; bad inputs name the argument.
 #include <gtest/gtest.h>
@@ -118,6 +119,68 @@ TEST(GpuRmsNorm, AutogradUsesTheKernels) {
     EXPECT_TRUE(test::bytes_equal(got.y, want.y));
     EXPECT_TRUE(test::bytes_equal(got.dx, want.dx));
   }
+}
+
+// With a weight (the product fused, D <= 512): every byte of y, rstd, dx and dw equals the CPU
+// reference's, rows around dw's 64-row chunks and more chunks than the grid has warps; the weighted
+// autograd function gives those bytes (a float32 weight as the model's: its gradient is dw widened)
+// and the same bits on a second run; a row longer than 512 with a weight is the composite.
+TEST(GpuRmsNorm, WeightedKernelsMatchTheirCpuReferenceBytes) {
+  FP4QAT_REQUIRE_GPU();
+  at::manual_seed(53);
+  for (const auto dt : {at::kBFloat16, at::kFloat})
+    for (const int64_t D : {32, 64, 96, 128, 256, 512})
+      for (const int64_t rows : {1, 63, 64, 65, 1001, 70000})
+        for (const bool aligned : {true, false}) {
+          if (rows == 70000 && (!aligned || (D != 64 && D != 512))) continue;
+          SCOPED_TRACE(::testing::Message() << dt << " D " << D << " rows " << rows << (aligned ? "" : " misaligned"));
+          const at::Tensor x = rows_of(rows, D, dt), g = rows_of(rows, D, dt);
+          const at::Tensor w = (at::rand({D}) * 2.0 + 0.25).to(dt);
+          const test::RmsRef r = test::rms_reference(x, g, kEps, w);
+          const at::Tensor xd = aligned ? x.cuda() : misaligned_cuda(x), gd = aligned ? g.cuda() : misaligned_cuda(g);
+          const at::Tensor wd = w.cuda();
+          const auto [y, rstd] = cuda::rms_norm_rows_forward(xd, kEps, wd);
+          EXPECT_TRUE(test::bytes_equal(y, r.y));
+          EXPECT_TRUE(test::bytes_equal(rstd, r.rstd));
+          const auto [dx, dw] = cuda::rms_norm_rows_backward_weighted(xd, gd, rstd, wd);
+          EXPECT_TRUE(test::bytes_equal(dx, r.dx));
+          EXPECT_TRUE(test::bytes_equal(dw, r.dw));
+        }
+}
+
+TEST(GpuRmsNorm, WeightedAutogradUsesTheKernels) {
+  FP4QAT_REQUIRE_GPU();
+  at::manual_seed(59);
+  for (const auto dt : {at::kBFloat16, at::kFloat})
+    for (const int64_t D : {64, 512}) {
+      SCOPED_TRACE(::testing::Message() << dt << " D " << D);
+      const at::Tensor x0 = at::randn({4, 7, 3, D}).to(dt), g = at::randn({4, 7, 3, D}).to(dt);
+      const at::Tensor w0 = at::rand({D}) + 0.5;  // float32, as the model's parameters
+      const test::RmsRef r = test::rms_reference(x0, g, 1e-6f, w0.to(dt));
+      auto run = [&] {
+        const at::Tensor x = x0.cuda().requires_grad_(true), w = w0.cuda().requires_grad_(true);
+        const at::Tensor y = autograd::rms_norm_rows(x, 1e-6, w);
+        y.backward(g.cuda());
+        return std::vector<at::Tensor>{y.detach().cpu(), x.grad().cpu(), w.grad().cpu()};
+      };
+      const auto a = run(), b = run();
+      EXPECT_TRUE(test::bytes_equal(a[0], r.y));
+      EXPECT_TRUE(test::bytes_equal(a[1], r.dx));
+      EXPECT_TRUE(test::bytes_equal(a[2], r.dw.to(at::kFloat)));
+      for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(test::bytes_equal(a[i], b[i])) << "run-to-run, output " << i;
+    }
+  // D = 1024 with a weight: w.to(dtype) * the unweighted kernels' norm.
+  const at::Tensor x = at::randn({6, 1024}).to(at::kBFloat16).cuda(), w = at::rand({1024}).cuda() + 0.5;
+  EXPECT_TRUE(
+      test::bytes_equal(autograd::rms_norm_rows(x, 1e-6, w), w.to(at::kBFloat16) * autograd::rms_norm_rows(x, 1e-6)));
+  EXPECT_NE(test::error_of([&] {
+              cuda::rms_norm_rows_forward(x, kEps, w.to(at::kBFloat16));
+            }).find("at most 512"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] {
+              cuda::rms_norm_rows_forward(x.narrow(1, 0, 64).contiguous(), kEps, w.narrow(0, 0, 64));
+            }).find("rms_norm_rows_forward: w must be contiguous [D = 64] BFloat16"),
+            std::string::npos);
 }
 
 // A row's bits (y, rstd, dx) are the same in a batch of 7 (row 5: another warp of the block) and of

@@ -96,17 +96,20 @@ inline at::Tensor rotate_half(const at::Tensor& x) {
   return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
 }
 
-// The RMSNorm reference's outputs (kernels/model/rms_norm_ref.h) for x [..., D] and g like x.
+// The RMSNorm reference's outputs (kernels/model/rms_norm_ref.h) for x [..., D] and g like x; with
+// a weight w ([D] in x's dtype) also dw.
 struct RmsRef {
-  at::Tensor y, rstd, dx;
+  at::Tensor y, rstd, dx, dw;
 };
-inline RmsRef rms_reference(const at::Tensor& x, const at::Tensor& g, float eps) {
+inline RmsRef rms_reference(const at::Tensor& x, const at::Tensor& g, float eps, const at::Tensor& w = {}) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   const int64_t D = x.size(-1), rows = x.numel() / D;
-  RmsRef r{at::empty_like(x), at::empty({rows}, at::kFloat), at::empty_like(x)};
-  norm::rms_norm_rows_forward_ref(x.data_ptr(), bf16, rows, D, eps, r.y.data_ptr(), r.rstd.data_ptr<float>());
+  RmsRef r{at::empty_like(x), at::empty({rows}, at::kFloat), at::empty_like(x), at::Tensor()};
+  const void* wp = w.defined() ? w.data_ptr() : nullptr;
+  if (w.defined()) r.dw = at::empty({D}, x.options());
+  norm::rms_norm_rows_forward_ref(x.data_ptr(), bf16, rows, D, eps, r.y.data_ptr(), r.rstd.data_ptr<float>(), wp);
   norm::rms_norm_rows_backward_ref(x.data_ptr(), g.data_ptr(), r.rstd.data_ptr<float>(), bf16, rows, D,
-                                   r.dx.data_ptr());
+                                   r.dx.data_ptr(), wp, w.defined() ? r.dw.data_ptr() : nullptr);
   return r;
 }
 

@@ -192,6 +192,64 @@ TEST(RmsNorm, AutogradOnCpuIsTheComposite) {
   EXPECT_TRUE(test::bytes_equal(autograd::rms_norm_rows(q, 1e-6), composite(q, 1e-6)));
 }
 
+// With a weight (the model's w.to(dtype) * norm(x), fused): the reference's y is the bf16 / float32
+// product of w and its own unweighted y (bytes), and its dx the unweighted backward of
+// gn = dtype(g * w) (bytes); dw within the float summation's rounding of the double sum of
+// dtype(g * n) over the rows (bf16: plus half an ulp), and bytes equal to ATen's sum where every term
+// and partial sum is exact (small integers: any order gives the same value). Row counts around
+// the 64-row chunks of dw's sum.
+TEST(RmsNormRef, WeightedIsTheProductAndItsGradients) {
+  at::manual_seed(23);
+  for (const auto dt : {at::kBFloat16, at::kFloat})
+    for (const int64_t D : {32, 64, 96, 128, 512})
+      for (const int64_t rows : {1, 63, 64, 65, 200}) {
+        SCOPED_TRACE(::testing::Message() << dt << " D " << D << " rows " << rows);
+        const bool bf16 = dt == at::kBFloat16;
+        const at::Tensor x = rows_of(rows, D, dt), g = rows_of(rows, D, dt);
+        const at::Tensor w = (at::rand({D}) * 2.0 + 0.25).to(dt);
+        const test::RmsRef plain = test::rms_reference(x, g, kEps);
+        const at::Tensor gn = (g * w).contiguous();  // dtype(g * w): ATen's mul in the dtype
+        const test::RmsRef gnr = test::rms_reference(x, gn, kEps);
+        const test::RmsRef r = test::rms_reference(x, g, kEps, w);
+        EXPECT_TRUE(test::bytes_equal(r.y, (w * plain.y).contiguous()));
+        EXPECT_TRUE(test::bytes_equal(r.rstd, plain.rstd));
+        EXPECT_TRUE(test::bytes_equal(r.dx, gnr.dx));
+        const at::Tensor terms = (g * plain.y).to(at::kDouble);  // dtype(g * n), widened
+        const at::Tensor want = terms.sum(0), bound = terms.abs().sum(0) * (static_cast<double>(rows) + 2) * 0x1p-24 +
+                                                          want.abs() * (bf16 ? 0x1p-8 : 0.0);
+        EXPECT_EQ(outside(r.dw.to(at::kDouble), want, bound), 0) << (r.dw.to(at::kDouble) - want).abs().max();
+      }
+  // Exact terms: x rows of +-1 and eps 0 (mean square 1, rstd 1, n = x exactly), g small integers,
+  // w 1: every term and partial sum of dw is an integer well inside float's and bf16's exact range,
+  // so the sum is the same in any order.
+  for (const auto dt : {at::kBFloat16, at::kFloat}) {
+    const int64_t rows = 150, D = 64;
+    const at::Tensor x = (at::randint(0, 2, {rows, D}) * 2 - 1).to(dt);
+    const at::Tensor g = at::randint(-3, 4, {rows, D}).to(dt), w = at::ones({D}, dt);
+    const test::RmsRef r = test::rms_reference(x, g, 0.0f, w);
+    EXPECT_TRUE(test::bytes_equal(r.dw, (g.to(at::kFloat) * x.to(at::kFloat)).sum(0).to(dt)));
+  }
+}
+
+// autograd::rms_norm_rows with a weight on the CPU is w.to(dtype) * rms_norm_rows(x): bytes of y and
+// of the gradients of x and w (a float32 weight, as the model's parameters).
+TEST(RmsNorm, WeightedAutogradOnCpuIsTheComposite) {
+  at::manual_seed(31);
+  for (const auto dt : {at::kBFloat16, at::kFloat}) {
+    SCOPED_TRACE(::testing::Message() << dt);
+    const at::Tensor x0 = at::randn({2, 5, 64}).to(dt), g = at::randn({2, 5, 64}).to(dt), w0 = at::rand({64}) + 0.5;
+    auto run = [&](bool fused) {
+      const at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+      const at::Tensor y =
+          fused ? autograd::rms_norm_rows(x, 1e-6, w) : w.to(dt) * autograd::rms_norm_rows(x, 1e-6);
+      y.backward(g);
+      return std::vector<at::Tensor>{y.detach(), x.grad(), w.grad()};
+    };
+    const auto got = run(true), want = run(false);
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(test::bytes_equal(got[i], want[i])) << "output " << i;
+  }
+}
+
 TEST(RmsNorm, BadInputsAreRefused) {
   using test::error_of;
   std::vector<float> buf(2048, 1.0f), out(2048), rstd(2);
@@ -226,6 +284,20 @@ TEST(RmsNorm, BadInputsAreRefused) {
   EXPECT_NE(error_of([] {
               autograd::rms_norm_rows(at::ones({2, 32}), NAN);
             }).find("rms_norm_rows: eps must be finite and >= 0"),
+            std::string::npos);
+  // A weight: [D] on x's device; the reference refuses rows longer than 512 with one.
+  EXPECT_NE(error_of([] {
+              autograd::rms_norm_rows(at::ones({2, 32}), 1e-6, at::ones({16}));
+            }).find("rms_norm_rows: w must be floating point [D = 32]"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              norm::rms_norm_rows_forward_ref(buf.data(), false, 1, 1024, kEps, out.data(), rstd.data(), buf.data());
+            }).find("at most 512 with a weight"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              norm::rms_norm_rows_backward_ref(buf.data(), buf.data(), rstd.data(), false, 1, 32, out.data(),
+                                               buf.data(), nullptr);
+            }).find("w and dw go together"),
             std::string::npos);
   // The tensor-level kernels take CUDA tensors only (without CUDA kernels: the stubs' error).
   EXPECT_THROW(cuda::rms_norm_rows_forward(at::ones({2, 32}), 1e-6), Error);
