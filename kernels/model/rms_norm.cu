@@ -119,33 +119,45 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// One row's backward by its warp (every lane: the sum is a butterfly). kW: the formula's g is
+// gn = dtype(g * w) (w: the lane's piece), and the lane's dw terms dtype(g * dtype(xh)) are added to
+// acc in this row's turn.
+template <bool kBf16, bool kVec, int kMaxP, bool kW>
+__device__ __forceinline__ void backward_row(const void* __restrict__ x, const void* __restrict__ g, float rs,
+                                             int64_t at, int D, int P, void* __restrict__ dx, const float* wv,
+                                             float* acc) {
+  float xv[kMaxP], gv[kMaxP];
+  load_piece<kBf16, kVec, kMaxP>(x, at, P, xv);
+  load_piece<kBf16, kVec, kMaxP>(g, at, P, gv);
+  float d = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kMaxP; ++i) {
+    xv[i] = norm::normalized(xv[i], rs);  // xh
+    if constexpr (kW) {
+      acc[i] = acc[i] + norm::in_dtype<kBf16>(norm::weighted(gv[i], norm::in_dtype<kBf16>(xv[i])));  // dw term
+      gv[i] = norm::in_dtype<kBf16>(norm::weighted(gv[i], wv[i]));                                   // gn
+    }
+    if (i < P) d = norm::dot_add(d, gv[i], xv[i]);
+  }
+  const float m = norm::grad_mean(warp_sum(d), D);
+#pragma unroll
+  for (int i = 0; i < kMaxP; ++i) xv[i] = norm::grad_of(gv[i], xv[i], m, rs);
+  store_piece<kBf16, kVec, kMaxP>(dx, at, P, xv);
+}
+
 template <bool kBf16, bool kVec, int kMaxP>
 __global__ void __launch_bounds__(kThreads)
     rms_backward_warps(const void* __restrict__ x, const void* __restrict__ g, const float* __restrict__ rstd,
                        int64_t rows, int D, void* __restrict__ dx) {
   const int lane = threadIdx.x % 32, P = D / norm::kRowLanes;
-  for (int64_t r = first_row(); r < rows; r += row_stride()) {
-    const int64_t at = r * D + static_cast<int64_t>(lane) * P;
-    const float rs = rstd[r];
-    float xv[kMaxP], gv[kMaxP];
-    load_piece<kBf16, kVec, kMaxP>(x, at, P, xv);
-    load_piece<kBf16, kVec, kMaxP>(g, at, P, gv);
-    float d = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kMaxP; ++i) {
-      xv[i] = norm::normalized(xv[i], rs);  // xh
-      if (i < P) d = norm::dot_add(d, gv[i], xv[i]);
-    }
-    const float m = norm::grad_mean(warp_sum(d), D);
-#pragma unroll
-    for (int i = 0; i < kMaxP; ++i) xv[i] = norm::grad_of(gv[i], xv[i], m, rs);
-    store_piece<kBf16, kVec, kMaxP>(dx, at, P, xv);
-  }
+  for (int64_t r = first_row(); r < rows; r += row_stride())
+    backward_row<kBf16, kVec, kMaxP, false>(x, g, rstd[r], r * D + static_cast<int64_t>(lane) * P, D, P, dx, nullptr,
+                                            nullptr);
 }
 
 // With a weight: a warp a chunk of kWeightChunkRows rows (grid-stride over the chunks), its rows in
-// order: gn = dtype(g * w) is the formula's g (dx), and the lane's dw terms dtype(g * dtype(xh)) are
-// summed over the chunk's rows in row order into partial[chunk, D] (rms_norm_ref.h).
+// order (backward_row with kW), each lane's dw terms summed over the chunk's rows in row order into
+// partial[chunk, D] (rms_norm_ref.h).
 template <bool kBf16, bool kVec, int kMaxP>
 __global__ void __launch_bounds__(kThreads)
     rms_backward_weighted_warps(const void* __restrict__ x, const void* __restrict__ g, const float* __restrict__ rstd,
@@ -160,25 +172,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < kMaxP; ++i) acc[i] = 0.0f;
     const int64_t end = (c + 1) * norm::kWeightChunkRows < rows ? (c + 1) * norm::kWeightChunkRows : rows;
-    for (int64_t r = c * norm::kWeightChunkRows; r < end; ++r) {
-      const int64_t at = r * D + static_cast<int64_t>(lane) * P;
-      const float rs = rstd[r];
-      float xv[kMaxP], gv[kMaxP];
-      load_piece<kBf16, kVec, kMaxP>(x, at, P, xv);
-      load_piece<kBf16, kVec, kMaxP>(g, at, P, gv);
-      float d = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kMaxP; ++i) {
-        xv[i] = norm::normalized(xv[i], rs);                                                     // xh
-        acc[i] = acc[i] + norm::in_dtype<kBf16>(norm::weighted(gv[i], norm::in_dtype<kBf16>(xv[i])));  // dw term
-        gv[i] = norm::in_dtype<kBf16>(norm::weighted(gv[i], wv[i]));                           // gn
-        if (i < P) d = norm::dot_add(d, gv[i], xv[i]);
-      }
-      const float m = norm::grad_mean(warp_sum(d), D);
-#pragma unroll
-      for (int i = 0; i < kMaxP; ++i) xv[i] = norm::grad_of(gv[i], xv[i], m, rs);
-      store_piece<kBf16, kVec, kMaxP>(dx, at, P, xv);
-    }
+    for (int64_t r = c * norm::kWeightChunkRows; r < end; ++r)
+      backward_row<kBf16, kVec, kMaxP, true>(x, g, rstd[r], r * D + static_cast<int64_t>(lane) * P, D, P, dx, wv, acc);
 #pragma unroll
     for (int i = 0; i < kMaxP; ++i)
       if (i < P) partial[c * D + static_cast<int64_t>(lane) * P + i] = acc[i];
