@@ -103,10 +103,11 @@ int64_t add_count(int64_t a, int64_t b, const char* what) {
 }  // namespace
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  // autograd::rms_norm_rows: on CUDA the warp-a-row kernels where the row fits them (the q/k norms
-  // over the head dim; hidden sizes up to 1024), ATen's fused norm otherwise; on the CPU the
-  // float32 composite. x's dtype, then the weight's product in it.
-  return w.to(x.scalar_type()) * autograd::rms_norm_rows(x, eps);
+  // w.to(x's dtype) * norm(x) (autograd::rms_norm_rows): on CUDA the warp-a-row kernels with the
+  // weight's product fused where the row fits them (the q/k norms over the head dim; hidden sizes
+  // up to 512), the unweighted kernels times w up to 1024, ATen's fused norm times w beyond; on
+  // the CPU the float32 composite times w.
+  return autograd::rms_norm_rows(x, eps, w);
 }
 
 bool is_moe_layer(const model::ModelConfig& c, int64_t i) {
