@@ -27,17 +27,23 @@ class BatchedExpertsFn : public torch::autograd::Function<BatchedExpertsFn> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &w = saved[1];
-    const int64_t E = w.size(0), T = x.size(0), M = T / E;
-    const at::Tensor dy = grads[0].contiguous().view({E, M, w.size(1)});  // [E, M, N]
-    at::Tensor dx, dw;
-    if (ctx->needs_input_grad(0)) dx = at::bmm(dy, w).view({T, x.size(1)});                     // [T, K]
-    if (ctx->needs_input_grad(1)) dw = at::bmm(dy.transpose(1, 2), x.view({E, M, x.size(1)}));  // [E, N, K]
+    auto [dx, dw] =
+        batched_expert_grads(grads[0], saved[0], saved[1], ctx->needs_input_grad(0), ctx->needs_input_grad(1));
     return {dx, dw};
   }
 };
 
 }  // namespace
+
+std::pair<at::Tensor, at::Tensor> batched_expert_grads(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
+                                                       bool want_dx, bool want_dw) {
+  const int64_t E = w.size(0), T = x.size(0), M = T / E;
+  const at::Tensor dy3 = dy.contiguous().view({E, M, w.size(1)});  // [E, M, N]
+  at::Tensor dx, dw;
+  if (want_dx) dx = at::bmm(dy3, w.contiguous()).view({T, x.size(1)});                                  // [T, K]
+  if (want_dw) dw = at::bmm(dy3.transpose(1, 2), x.contiguous().view({E, M, x.size(1)}));            // [E, N, K]
+  return {dx, dw};
+}
 
 at::Tensor grouped_linear(const std::string& name, const at::Tensor& x, const at::Tensor& w, const ExpertRows& rows) {
   const at::Tensor& counts = rows.counts;

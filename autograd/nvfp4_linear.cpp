@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "autograd/common.h"
+#include "autograd/grouped_bf16.h"
 #include "kernels/common/check.h"
 #include "kernels/gemm/scaled_bmm.h"
 
@@ -350,12 +351,8 @@ std::pair<at::Tensor, at::Tensor> grouped_mm_grads(const at::Tensor& dy, const a
   const int64_t E = w.size(0), T = dy.size(0), M = E > 0 ? off[1] - off[0] : 0;
   bool equal = M > 0 && T == E * M;
   for (int64_t e = 0; equal && e < E; ++e) equal = off[e + 1] - off[e] == M;
+  if (equal) return batched_expert_grads(dy, x, w);
   const at::Tensor dyc = dy.contiguous();
-  if (equal) {
-    const at::Tensor dy3 = dyc.view({E, M, dy.size(1)});                                    // [E, M, N]
-    return {at::bmm(dy3, w.contiguous()).view({T, w.size(2)}),                               // [E, M, K] -> [T, K]
-            at::bmm(dy3.transpose(1, 2), x.contiguous().view({E, M, x.size(1)}))};            // [E, N, K]
-  }
   const at::Tensor offs = detail::device_offsets(off, dy.device());
   return {at::_grouped_mm(dyc, w.contiguous(), offs),       // [T, N] x [E, N, K] -> [T, K]
           at::_grouped_mm(dyc.t(), x.contiguous(), offs)};  // [N, T] x [T, K] -> [E, N, K]

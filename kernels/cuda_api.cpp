@@ -425,9 +425,7 @@ int64_t rms_rows_len(const at::Tensor& x, const char* who, const char* name) {
                " must be [..., D] with D a positive multiple of 32, at most ", norm::kMaxRowLen, ", got ", x.sizes());
   return x.size(-1);
 }
-}  // namespace
 
-namespace {
 // The weight of a weighted short-row RMSNorm: [D] in x's dtype on x's device, contiguous, D <= 512.
 void rms_weight_check(const at::Tensor& w, const at::Tensor& x, int64_t D, const char* who) {
   FP4QAT_CHECK(w.defined(), who, ": w is undefined");
@@ -437,6 +435,13 @@ void rms_weight_check(const at::Tensor& w, const at::Tensor& x, int64_t D, const
                " ", w.scalar_type(), " on ", w.device());
   FP4QAT_CHECK(norm::weighted_rows_supported(D), who, ": with a weight the row length D must be at most ",
                norm::kMaxWeightedRowLen, ", got ", D);
+}
+// The forward's rstd handed to a backward: contiguous float32 [rows] on x's device.
+void rms_rstd_check(const at::Tensor& rstd, const at::Tensor& x, int64_t rows, const char* who) {
+  FP4QAT_CHECK(rstd.device() == x.device() && rstd.scalar_type() == at::kFloat && rstd.is_contiguous() &&
+                   rstd.numel() == rows,
+               who, ": rstd must be contiguous float32 with ", rows, " elements on ", x.device(), ", got ",
+               rstd.scalar_type(), " ", rstd.sizes(), " on ", rstd.device());
 }
 }  // namespace
 
@@ -460,10 +465,7 @@ std::pair<at::Tensor, at::Tensor> rms_norm_rows_backward_weighted(const at::Tens
                g.sizes());
   rms_weight_check(w, x, D, "rms_norm_rows_backward_weighted");
   const int64_t rows = x.numel() / D;
-  FP4QAT_CHECK(rstd.device() == x.device() && rstd.scalar_type() == at::kFloat && rstd.is_contiguous() &&
-                   rstd.numel() == rows,
-               "rms_norm_rows_backward_weighted: rstd must be contiguous float32 with ", rows, " elements on ",
-               x.device(), ", got ", rstd.scalar_type(), " ", rstd.sizes(), " on ", rstd.device());
+  rms_rstd_check(rstd, x, rows, "rms_norm_rows_backward_weighted");
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor dx = at::empty(x.sizes(), x.options()), dw = at::empty({D}, x.options());
   at::Tensor partial = at::empty({std::max<int64_t>(1, norm::weight_chunks(rows)), D}, x.options().dtype(at::kFloat));
@@ -478,10 +480,7 @@ at::Tensor rms_norm_rows_backward(const at::Tensor& x, const at::Tensor& g, cons
   FP4QAT_CHECK(g.sizes() == x.sizes(), "rms_norm_rows_backward: g must have x's shape ", x.sizes(), ", got ",
                g.sizes());
   const int64_t rows = x.numel() / D;
-  FP4QAT_CHECK(rstd.device() == x.device() && rstd.scalar_type() == at::kFloat && rstd.is_contiguous() &&
-                   rstd.numel() == rows,
-               "rms_norm_rows_backward: rstd must be contiguous float32 with ", rows, " elements on ", x.device(),
-               ", got ", rstd.scalar_type(), " ", rstd.sizes(), " on ", rstd.device());
+  rms_rstd_check(rstd, x, rows, "rms_norm_rows_backward");
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor dx = at::empty(x.sizes(), x.options());
   ck::rms_norm_rows_backward(x.data_ptr(), g.data_ptr(), rstd.data_ptr<float>(), x.scalar_type() == at::kBFloat16,

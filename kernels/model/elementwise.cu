@@ -11,45 +11,14 @@
 
 #include "kernels/common/cuda_utils.cuh"
 #include "kernels/model/elementwise_ref.h"
+#include "kernels/model/vec8.cuh"
 
 namespace fp4qat::cuda_kernels {
 
 namespace {
 
 namespace ew = elementwise;
-constexpr int kPiece = 8;
-
-// A whole piece (8 elements at a 16-byte aligned address) widened to float: one 16-byte load (bf16)
-// or two (float32). kStream: read once (evict first); else kept in cache (the cos / sin tables,
-// read again for every head).
-template <bool kBf16, bool kStream>
-__device__ __forceinline__ void load8(const void* base, int64_t i, float v[kPiece]) {
-  if constexpr (kBf16) {
-    const uint4* q = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + i);
-    unpack8<InType::BF16>(kStream ? __ldcs(q) : __ldg(q), v);
-  } else {
-    const float4* q = reinterpret_cast<const float4*>(static_cast<const float*>(base) + i);
-    const float4 a = kStream ? __ldcs(q) : __ldg(q), b = kStream ? __ldcs(q + 1) : __ldg(q + 1);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-  }
-}
-
-// A whole piece of results in the dtype (bf16: rounded to nearest even), 16-byte aligned. Plain
-// stores: the next kernel (a GEMM, attention) reads them soon.
-template <bool kBf16>
-__device__ __forceinline__ void store8(void* base, int64_t i, const float v[kPiece]) {
-  if constexpr (kBf16) {
-    uint32_t u[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      u[j] = ew::float_to_bf16(v[2 * j]) | (static_cast<uint32_t>(ew::float_to_bf16(v[2 * j + 1])) << 16);
-    *reinterpret_cast<uint4*>(static_cast<uint16_t*>(base) + i) = make_uint4(u[0], u[1], u[2], u[3]);
-  } else {
-    float4* q = reinterpret_cast<float4*>(static_cast<float*>(base) + i);
-    q[0] = make_float4(v[0], v[1], v[2], v[3]);
-    q[1] = make_float4(v[4], v[5], v[6], v[7]);
-  }
-}
+constexpr int kPiece = kVec8;  // a thread's piece: one vector access (kernels/model/vec8.cuh)
 
 __device__ __forceinline__ int64_t thread_index() { return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; }
 __device__ __forceinline__ int64_t thread_stride() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }

@@ -12,12 +12,13 @@
 #include "kernels/common/check.h"
 #include "kernels/common/cuda_utils.cuh"
 #include "kernels/model/rms_norm_ref.h"
+#include "kernels/model/vec8.cuh"
 
 namespace fp4qat::cuda_kernels {
 
 namespace {
 
-constexpr int kChunk = 8;  // elements a 16-byte bf16 vector (two float4 for float32)
+constexpr int kChunk = kVec8;  // elements a vector access (kernels/model/vec8.cuh)
 template <int N>
 using Int = std::integral_constant<int, N>;
 
@@ -30,14 +31,7 @@ __device__ __forceinline__ void load_piece(const void* base, int64_t at, int P, 
     for (int c = 0; c < kMaxP / kChunk; ++c) {
       float* w = v + c * kChunk;
       if (c * kChunk < P) {
-        if constexpr (kBf16) {
-          const uint4* q = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + at + c * kChunk);
-          unpack8<InType::BF16>(__ldcs(q), w);
-        } else {
-          const float4* q = reinterpret_cast<const float4*>(static_cast<const float*>(base) + at + c * kChunk);
-          const float4 a = __ldcs(q), b = __ldcs(q + 1);
-          w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
-        }
+        load8<kBf16, true>(base, at + c * kChunk, w);  // streaming: read once
       } else {
 #pragma unroll
         for (int i = 0; i < kChunk; ++i) w[i] = 0.0f;
@@ -57,18 +51,7 @@ __device__ __forceinline__ void store_piece(void* base, int64_t at, int P, const
 #pragma unroll
     for (int c = 0; c < kMaxP / kChunk; ++c) {
       if (c * kChunk >= P) continue;
-      const float* w = v + c * kChunk;
-      if constexpr (kBf16) {
-        uint32_t u[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          u[j] = norm::float_to_bf16(w[2 * j]) | (static_cast<uint32_t>(norm::float_to_bf16(w[2 * j + 1])) << 16);
-        *reinterpret_cast<uint4*>(static_cast<uint16_t*>(base) + at + c * kChunk) = make_uint4(u[0], u[1], u[2], u[3]);
-      } else {
-        float4* q = reinterpret_cast<float4*>(static_cast<float*>(base) + at + c * kChunk);
-        q[0] = make_float4(w[0], w[1], w[2], w[3]);
-        q[1] = make_float4(w[4], w[5], w[6], w[7]);
-      }
+      store8<kBf16>(base, at + c * kChunk, v + c * kChunk);
     }
   } else {
 #pragma unroll
