@@ -195,6 +195,16 @@ FP4QAT_HD float nvfp4_fake_value(float x, float enc, float fsb) {
   return e2m1_round(fminf(fabsf(v), kE2M1Max)) * (v < 0.0f ? -fsb : fsb);
 }
 
+// The code of x * enc from q = e2m1_round(min(|x * enc|, 6)) (a value of the E2M1 grid), shifted
+// left by 22: q * 2^-126 is exact (0.5 becomes the subnormal 2^-127, 1 the smallest normal), and
+// its bits are the magnitude code times 2^22 (0 .. 7 for 0, 0.5, 1, 1.5, 2, 3, 4, 6); the sign bit
+// (2^25) is x * enc < 0, which is x < 0 (-0.0 is not) where |x| * enc does not underflow to 0 —
+// the caller's condition (nvfp4_encode: the sign of the product). The low 22 bits are zero, so a
+// packer shifts the word right by 22 - 4i for nibble i without a mask.
+FP4QAT_HD uint32_t nvfp4_code_word_from_rounded(float x, float q) {
+  return f2u(q * 0x1p-126f) + (x < 0.0f ? 0x02000000u : 0u);
+}
+
 // Dequantized element: (e2m1(q) * float(sb)) * S_dec. The first product is exact.
 FP4QAT_HD float nvfp4_decode(uint8_t code, uint8_t sb, float s_dec) {
   return e2m1_to_float(code) * e4m3_to_float(sb) * s_dec;
@@ -233,30 +243,37 @@ FP4QAT_HD float nvfp4_4over6_err(uint8_t code, float fsb, float amax, float six_
 //   MAE: |S' - S| <= 4.1u X + 37u S;   MSE: |S' - S| <= 8.2u sqrt(Q S) + 45u S
 // (|x||d| summed by Cauchy-Schwarz). A 16x16 tile's tree sum of 16 rows adds 8u S, with X and Q
 // the tile's. nvfp4_4over6_margin is 4x those bounds (2^-19 X or 2^-18 sqrt(Q S), plus
-// 2^-16 S) plus 2^-120 for roundings of subnormal terms; nvfp4_4over6_sure_choice calls a choice
-// only when the estimates differ by more than it, and never for ties, NaN, or big >= 2^56 (big:
-// the largest of the block's max and both R; beyond, exact terms or the sums may overflow). The CPU tests check every call against the exact errors and the
-// estimates against a quarter of the margin (tests/kernels/test_4over6_ref.cpp).
+// 2^-16 S, with X and Q bounded from the block's max: nvfp4_4over6_spread_bound) plus 2^-120 for
+// roundings of subnormal terms; nvfp4_4over6_sure_choice calls a choice only when the estimates
+// differ by more than it, and never for ties, NaN, or big >= 2^56 (big: the largest of the
+// block's max and both R; beyond, exact terms or the sums may overflow). The CPU tests check
+// every call against the exact errors and the estimates against a quarter of the margin
+// (tests/kernels/test_4over6_ref.cpp).
 // Computed on magnitudes: with a = |x|, q = e2m1_round(min(a * enc, 6)) (enc >= 0) and
 // d = fma(q, R, -a), whose magnitude is that of fma(+-q, R, -x) with q's sign taken from x * enc
-// (round to nearest is sign-symmetric; a zero q gives |x| either way).
-template <bool kMse>
-FP4QAT_HD float nvfp4_4over6_err_estimate(const float v[16], float enc, float unit) {
+// (round to nearest is sign-symmetric; a zero q gives |x| either way). The rounded magnitudes go
+// to q[16] (the winner's codes and fake values come from them: nvfp4_code_word_from_rounded).
+// kClamp false leaves out the clamp to 6 where no product reaches 7 (nvfp4_4over6_unclamped):
+// e2m1_round rounds [6, 7) to 6, so the same q.
+template <bool kMse, bool kClamp = true>
+FP4QAT_HD float nvfp4_4over6_err_estimate(const float v[16], float enc, float unit, float q[16]) {
   float e = 0.0f;
   for (int i = 0; i < 16; ++i) {
     const float a = fabsf(v[i]);
-    const float d = fmaf(e2m1_round(fminf(a * enc, kE2M1Max)), unit, -a);
+    q[i] = e2m1_round(kClamp ? fminf(a * enc, kE2M1Max) : a * enc);
+    const float d = fmaf(q[i], unit, -a);
     e = kMse ? fmaf(d, d, e) : e + fabsf(d);
   }
   return e;
 }
-// The block's spread for the margin: X = sum |x| (MAE) or Q = sum x^2 (MSE). A tile's is the sum
-// of its rows'.
+// Whether a block with max bmax needs no clamp under enc: fl is monotone, so every product
+// fl(|x| * enc) <= fl(bmax * enc) < 7 (false for NaN).
+FP4QAT_HD bool nvfp4_4over6_unclamped(float bmax, float enc) { return bmax * enc < 7.0f; }
+// The margin's spread from the block's max, a bound of X = sum |x| (MAE: 16 bmax) or of
+// Q = sum x^2 (MSE: 16 bmax^2): no pass over the elements. A tile's is the sum of its rows'.
 template <bool kMse>
-FP4QAT_HD float nvfp4_4over6_spread(const float v[16]) {
-  float s = 0.0f;
-  for (int i = 0; i < 16; ++i) s = kMse ? fmaf(v[i], v[i], s) : s + fabsf(v[i]);
-  return s;
+FP4QAT_HD float nvfp4_4over6_spread_bound(float bmax) {
+  return kMse ? 16.0f * (bmax * bmax) : 16.0f * bmax;
 }
 template <bool kMse>
 FP4QAT_HD float nvfp4_4over6_margin(float e6, float e4, float spread) {

@@ -96,20 +96,51 @@ __device__ __forceinline__ float lut_entry(int i, float amax, float s_dec, float
   const int j = i - kLutEnc, b = j >> 3, k = j & 7;
   return ((e2m1_to_float(static_cast<uint8_t>(k)) * e4m3_to_float(static_cast<uint8_t>(b))) * amax) / six_m;
 }
+// The outputs of a block from the rounded magnitudes of its chosen candidate (q: the estimate's,
+// e2m1_round(min(|x| * enc, 6))), without encoding again: the codes by
+// nvfp4_code_word_from_rounded, the fake values q * (x < 0 ? -fsb : fsb) (nvfp4_fake_value's sign is
+// that of x * enc) — the bytes of emit_block_enc where no |x| * enc underflows to 0 (the caller's
+// condition).
+__device__ __forceinline__ void emit_rounded(const float v[16], const float q[16], uint8_t sb, int64_t unit,
+                                             uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+  if (codes || scales) {
+    uint32_t packed[2] = {0u, 0u};
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const uint32_t w = nvfp4_code_word_from_rounded(v[i], q[i]);  // code << 22, low 22 bits zero
+      const int s = 4 * (i & 7);
+      packed[i >> 3] += s <= 22 ? w >> (22 - s) : w << (s - 22);
+    }
+    store_codes(packed, sb, unit, codes, scales);
+  }
+  if (fake) {
+    const float fsb = e4m3_to_float(sb);
+    uint32_t w[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      w[i] = __byte_perm(__float_as_uint(q[2 * i] * (v[2 * i] < 0.0f ? -fsb : fsb)),
+                         __float_as_uint(q[2 * i + 1] * (v[2 * i + 1] < 0.0f ? -fsb : fsb)), 0x7632);
+    uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
+    __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
+    __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+  }
+}
+
 // A block's Four Over Six choice with the tables of its amax (enc, rec: 16-byte aligned), its
 // outputs written. kEstimate false: both candidates' exact errors (table look-ups), the smaller
-// wins. kEstimate true (the one-read staged2 kernel, whose occupancy shared memory bounds, not
-// registers): candidates with one scale byte are one candidate (the tie keeps 6); otherwise the
-// errors are estimated (formats.h nvfp4_4over6_err_estimate: no codes, no look-ups, R = the
-// table's reconstruction of code 1.0, rec[8b + 2]) and the exact errors are computed only where
-// the estimates cannot call the choice (ties, near-ties: nvfp4_4over6_sure_choice); then the
-// winner's codes. Both give the exact errors' choice, so the same bytes. (The estimate path needs
-// ~120 registers a thread where the exact one needs ~60: in the register-bound rule kernels it
-// measured slower, bench/RESULTS.md session 14.)
+// wins. kEstimate true (the one-read staged2 kernel, compute bound): candidates with one scale
+// byte are one candidate (the tie keeps 6); otherwise the errors are estimated (formats.h
+// nvfp4_4over6_err_estimate: no codes, no look-ups, R = the table's reconstruction of code 1.0,
+// rec[8b + 2]; the clamp left out where no product reaches 7) and the exact errors are computed
+// only where the estimates cannot call the choice (ties, near-ties: nvfp4_4over6_sure_choice).
+// The winner's outputs come from the estimate's rounded magnitudes where no product underflows
+// (tiny: the input type's smallest positive value; tiny * enc > 0 bounds every nonzero |x| * enc
+// away from 0), else by encoding again. Both give the exact errors' choice and emit_block_enc's
+// bytes, so the same bytes.
 template <bool kMse, bool kEstimate = false>
 __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float bmax, float s_enc, const float* enc,
                                                         const float* rec, int64_t unit, uint8_t* codes,
-                                                        uint8_t* scales, uint16_t* fake) {
+                                                        uint8_t* scales, uint16_t* fake, float tiny = 0.0f) {
   uint8_t sb6, sb4;
   nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
   const int i6 = lut_index(sb6), i4 = lut_index(sb4);
@@ -134,11 +165,25 @@ __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float
     bool four = false;
     if (sb6 != sb4) {
       const float r6 = rec[8 * i6 + 2], r4 = rec[8 * i4 + 2];
-      const int sure = nvfp4_4over6_sure_choice<kMse>(nvfp4_4over6_err_estimate<kMse>(v, enc6, r6),
-                                                      nvfp4_4over6_err_estimate<kMse>(v, enc4, r4),
-                                                      nvfp4_4over6_spread<kMse>(v), fmaxf(bmax, fmaxf(r6, r4)));
+      float q6[16], q4[16], e6, e4;
+      if (nvfp4_4over6_unclamped(bmax, enc6) && nvfp4_4over6_unclamped(bmax, enc4)) {
+        e6 = nvfp4_4over6_err_estimate<kMse, false>(v, enc6, r6, q6);
+        e4 = nvfp4_4over6_err_estimate<kMse, false>(v, enc4, r4, q4);
+      } else {
+        e6 = nvfp4_4over6_err_estimate<kMse, true>(v, enc6, r6, q6);
+        e4 = nvfp4_4over6_err_estimate<kMse, true>(v, enc4, r4, q4);
+      }
+      const int sure =
+          nvfp4_4over6_sure_choice<kMse>(e6, e4, nvfp4_4over6_spread_bound<kMse>(bmax), fmaxf(bmax, fmaxf(r6, r4)));
       if (sure >= 0) {
         four = sure == 1;
+        if (tiny * (four ? enc4 : enc6) > 0.0f) {
+          float q[16];
+#pragma unroll
+          for (int i = 0; i < 16; ++i) q[i] = four ? q4[i] : q6[i];
+          emit_rounded(v, q, four ? sb4 : sb6, unit, codes, scales, fake);
+          return;
+        }
       } else {  // the exact errors (rare)
         tables();
         four = candidate_from<kMse>(v, enc4, e4m3_to_float(sb4), t4).err <

@@ -96,11 +96,10 @@ __device__ __forceinline__ SliceInfo decode_slice(const Slices& sl, const int32_
   return s;
 }
 
-// All threads: the 16-element block maxima of a landed slice (units blocks at base) into bmax,
-// and, unless the amax is given, the slice max folded into amax[g] followed by the arrival.
+// Each thread: the 16-element block maxima of its blocks of a landed slice (units blocks at base;
+// blocks threadIdx.x, + kTh, ...) into bmax; returns their max.
 template <InType T, int kTh>
-__device__ __forceinline__ void fold_slice(const Nvfp4Args& a, const unsigned char* base, float* bmax, int64_t units,
-                                           int g, float* red, uint32_t* amax_bits, int* arrived) {
+__device__ __forceinline__ float fold_block_maxima(const unsigned char* base, float* bmax, int64_t units) {
   float m = 0.0f;
   for (int64_t u = threadIdx.x; u < units; u += kTh) {
     float bm;
@@ -116,13 +115,47 @@ __device__ __forceinline__ void fold_slice(const Nvfp4Args& a, const unsigned ch
     bmax[u] = bm;
     m = fmaxf(m, bm);
   }
+  return m;
+}
+
+// All threads: the block maxima of a landed slice into bmax, and, unless the amax is given, the
+// slice max folded into amax[g] followed by the arrival.
+template <InType T, int kTh>
+__device__ __forceinline__ void fold_slice(const Nvfp4Args& a, const unsigned char* base, float* bmax, int64_t units,
+                                           int g, float* red, uint32_t* amax_bits, int* arrived) {
+  float m = fold_block_maxima<T, kTh>(base, bmax, units);
+  if (a.given_amax != nullptr) return;
+  m = block_max<kTh>(m, red);
+  if (threadIdx.x == 0) {
+    atomic_max_nonneg(amax_bits + g, m);
+    red_release_add(arrived + g, 1);  // ordered after the max, without waiting for it
+  }
+}
+
+// One warp (all lanes): its share of fold_slice — the block maxima of its threads' blocks — with
+// no barrier, so a warp folds a slice that lands while the others compute. The warps' maxima
+// meet in the slot's shared word slot_max (bits; nonnegative floats order as their bits), the
+// last of the kTh / 32 warps (slot_warps) folds it into amax[g] and arrives. slot_max and
+// slot_warps are zeroed when the slot is claimed.
+template <InType T, int kTh>
+__device__ __forceinline__ void fold_slice_warp(const Nvfp4Args& a, const unsigned char* base, float* bmax,
+                                                int64_t units, int g, uint32_t* slot_max, int* slot_warps,
+                                                uint32_t* amax_bits, int* arrived) {
+  float m = fold_block_maxima<T, kTh>(base, bmax, units);
   if (a.given_amax == nullptr) {
-    m = block_max<kTh>(m, red);
-    if (threadIdx.x == 0) {
-      atomic_max_nonneg(amax_bits + g, m);
-      red_release_add(arrived + g, 1);  // ordered after the max, without waiting for it
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((threadIdx.x & 31) == 0) {
+      atomicMax(slot_max, __float_as_uint(m));
+      __threadfence_block();  // the max before the count
+      if (atomicAdd(slot_warps, 1) == kTh / 32 - 1) {
+        __threadfence_block();  // every warp's max after its count
+        atomic_max_nonneg(amax_bits + g, __uint_as_float(atomicOr(slot_max, 0u)));
+        red_release_add(arrived + g, 1);
+      }
     }
   }
+  __syncwarp();
 }
 
 // Thread 0: whether group g's amax is final (all `need` slices folded in, or given), and if so
@@ -260,26 +293,44 @@ __device__ __forceinline__ float prepare_head(float amax, bool first, int g, con
   return nvfp4_block_factor(s_enc);
 }
 
+// The smallest positive value of an input type (four_over_six_block_lut's `tiny`).
+template <InType T>
+__host__ __device__ constexpr float smallest_positive() {
+  return T == InType::BF16 ? 0x1p-133f : T == InType::F16 ? 0x1p-24f : 0x1p-149f;
+}
+
+// One block of Four Over Six from a slice in shared memory, with the tables of its amax.
+template <InType T, bool kMse>
+__device__ __forceinline__ void quantize_block_4over6(const Nvfp4Args& a, const unsigned char* base, const float* bmax,
+                                                      int64_t u, int64_t unit0, float s_enc, const float* enc_lut,
+                                                      const float* rec_lut) {
+  float v[16];
+  if constexpr (T == InType::BF16) {
+    uint32_t raw[8];
+    load_raw16(base, u, raw);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      v[2 * i] = __uint_as_float(raw[i] << 16);
+      v[2 * i + 1] = __uint_as_float(raw[i] & 0xffff0000u);
+    }
+  } else {
+    load16<T, Src::kShared>(base, u * 16, v);
+  }
+  four_over_six_block_lut<kMse, /*kEstimate=*/true>(v, bmax[u], s_enc, enc_lut, rec_lut, unit0 + u, a.codes, a.scales,
+                                                 a.fake, smallest_positive<T>());
+}
+
 // All threads: Four Over Six on a slice held in shared memory, with the tables of its amax.
-template <InType T, int kTh, bool kMse>
+// Iterations are warp-uniform; after each, `between()` runs with the warp's lanes converged (the
+// staged2 kernel folds slots that have landed meanwhile).
+template <InType T, int kTh, bool kMse, typename Between>
 __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const unsigned char* base, const float* bmax,
                                                       int64_t units, int64_t unit0, float s_enc, const float* enc_lut,
-                                                      const float* rec_lut) {
-  for (int64_t u = threadIdx.x; u < units; u += kTh) {
-    float v[16];
-    if constexpr (T == InType::BF16) {
-      uint32_t raw[8];
-      load_raw16(base, u, raw);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        v[2 * i] = __uint_as_float(raw[i] << 16);
-        v[2 * i + 1] = __uint_as_float(raw[i] & 0xffff0000u);
-      }
-    } else {
-      load16<T, Src::kShared>(base, u * 16, v);
-    }
-    four_over_six_block_lut<kMse, /*kEstimate=*/true>(v, bmax[u], s_enc, enc_lut, rec_lut, unit0 + u, a.codes, a.scales,
-                                                   a.fake);
+                                                      const float* rec_lut, Between&& between) {
+  for (int64_t u0 = threadIdx.x & ~31; u0 < units; u0 += kTh) {
+    const int64_t u = u0 + (threadIdx.x & 31);
+    if (u < units) quantize_block_4over6<T, kMse>(a, base, bmax, u, unit0, s_enc, enc_lut, rec_lut);
+    between();
   }
 }
 
@@ -317,15 +368,30 @@ __global__ void __launch_bounds__(kTh)
   const uint32_t bar0 = smem_addr(&bars[0]);
   int32_t* tab = reinterpret_cast<int32_t*>(smem + kSlots * slot_stride);  // [2 * (groups + 1)] if row groups
   constexpr int kClaimer = 32;
+  // Four Over Six folds eagerly: its compute is long (a slice takes several microseconds), and a
+  // slice that landed in a CTA's other slot while it computed was folded only after, holding back
+  // every CTA waiting for that slice's expert (bench/RESULTS.md session 22: 220-250 of ~520 slices
+  // in flight waiting for their expert's amax). Each warp folds its share of a slot as soon as it
+  // sees the slot landed — between its blocks of the head, and while it waits — without barriers
+  // (fold_slice_warp); `folded` and `parity` are then per warp, not per CTA.
+  constexpr bool kEager = kRule != 0;
+  __shared__ uint32_t slot_max[kSlots];  // eager: the warps' maxima of each slot's slice (bits)
+  __shared__ int slot_warps[kSlots];     // eager: the warps that have folded each slot's slice
   auto claim = [&](int s) {  // thread kClaimer only
+    if (kEager) slot_max[s] = 0u, slot_warps[s] = 0;  // released to the folding warps by the bulk copy's arrive
     claim_slot(s, ticket, sl, tab, a, K * kElem, smem + s * slot_stride, bar0 + 8 * s, item, item_row, item_group,
                item_rows, item_need, item_first);
   };
 
-  // Block maxima of slot s into its bmax array; the slice max folded into amax[group]. All threads.
+  // Block maxima of slot s into its bmax array; the slice max folded into amax[group]. All threads
+  // (eager: one warp, its share).
   auto contribute = [&](int s) {
-    fold_slice<T, kTh>(a, smem + s * slot_stride, reinterpret_cast<float*>(smem + s * slot_stride + data_bytes),
-                       item_rows[s] * nb, item_group[s], red, amax_bits, arrived);
+    float* bm = reinterpret_cast<float*>(smem + s * slot_stride + data_bytes);
+    if constexpr (kEager)
+      fold_slice_warp<T, kTh>(a, smem + s * slot_stride, bm, item_rows[s] * nb, item_group[s], &slot_max[s],
+                              &slot_warps[s], amax_bits, arrived);
+    else
+      fold_slice<T, kTh>(a, smem + s * slot_stride, bm, item_rows[s] * nb, item_group[s], red, amax_bits, arrived);
   };
 
   stage_row_groups<kTh>(sl, tab, a);
@@ -340,6 +406,20 @@ __global__ void __launch_bounds__(kTh)
   // slot waits for next, and whether its landed bytes were already folded in.
   uint32_t parity = 0u, folded = 0u;
   int h = 0;  // the head slot; the ring runs h, h + 1, ... (mod kSlots) in ticket order
+  // Eager: one warp (lanes converged) folds the other slots that have landed and it has not folded
+  // (lane 0's test decides for the warp; every lane then acquires the bytes by its own wait).
+  auto fold_early = [&] {
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) {
+      if (s == h || ((folded >> s) & 1u)) continue;
+      if (__shfl_sync(0xffffffffu, mbar_test(bar0 + 8 * s, (parity >> s) & 1u) ? 1 : 0, 0) == 0) continue;
+      mbar_wait(bar0 + 8 * s, (parity >> s) & 1u);
+      if (threadIdx.x == 0) trace_event(sl, item[s], 1);
+      parity ^= 1u << s;
+      contribute(s);
+      folded |= 1u << s;
+    }
+  };
   for (;;) {
     if (item[h] >= total) return;  // the ring's tickets increase from the head: no slot holds an item
     if (!((folded >> h) & 1u)) {
@@ -351,10 +431,28 @@ __global__ void __launch_bounds__(kTh)
     }
     const int g = item_group[h];
     const int need = item_need[h];
-    while (!poll_round<kSlots>(a, arrived, amax_bits, g, need, item[h], ~(1u << h), item, total, folded, parity, bar0,
-                               sl, flag, shared_amax, contribute)) {
-      if (flag[1] == 0 && threadIdx.x == 0) __nanosleep(64);
-      __syncthreads();  // flag is rewritten next round
+    if constexpr (kEager) {
+      for (;;) {  // every warp folds what lands while thread 0 tests the group
+        fold_early();
+        if (threadIdx.x == 0) {
+          float am = 0.0f;
+          flag[0] = group_complete(a, arrived, amax_bits, g, need, &am);
+          if (flag[0]) {
+            shared_amax = am;
+            trace_event(sl, item[h], 2);
+          }
+        }
+        __syncthreads();
+        if (flag[0]) break;
+        if (threadIdx.x == 0) __nanosleep(64);
+        __syncthreads();  // flag is rewritten next round
+      }
+    } else {
+      while (!poll_round<kSlots>(a, arrived, amax_bits, g, need, item[h], ~(1u << h), item, total, folded, parity,
+                                 bar0, sl, flag, shared_amax, contribute)) {
+        if (flag[1] == 0 && threadIdx.x == 0) __nanosleep(64);
+        __syncthreads();  // flag is rewritten next round
+      }
     }
     const int64_t unit0 = item_row[h] * nb, units = item_rows[h] * nb;
     const float* head_bmax = reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes);
@@ -364,7 +462,7 @@ __global__ void __launch_bounds__(kTh)
     } else {
       const float s_enc = prepare_head_4over6<kTh>(shared_amax, item_first[h], g, a, enc_lut, rec_lut, &lut_tag);
       quantize_slice_4over6<T, kTh, kRule == 2>(a, smem + h * slot_stride, head_bmax, units, unit0, s_enc, enc_lut,
-                                                rec_lut);
+                                                rec_lut, fold_early);
     }
     __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
     if (threadIdx.x == 0) trace_event(sl, item[h], 3);

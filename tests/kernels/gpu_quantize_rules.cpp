@@ -144,3 +144,46 @@ TEST(GpuQuantizeRules, RowGroupsAndRowAmax) {
       }
     }
 }
+
+// The one-read Four Over Six kernel's fast path (codes and fake values from the estimate's rounded
+// magnitudes, the clamp left out where no product reaches 7) on the values where it must hand over
+// to the exact path or to encoding again: signed zeros, values on either candidate's grid (ties),
+// tiny negatives in blocks of a huge value (|x| * enc underflows: the code keeps no sign),
+// subnormal block scales, blocks past 12 in float32 (tiny * enc underflows there), NaN-free.
+TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
+  FP4QAT_REQUIRE_GPU();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(4800);
+  const int64_t E = 3, N = 40, K = 2048;
+  at::Tensor x = at::randn({E, N, K}, gen) * at::exp(at::randn({E, N, 1}, gen) * 3.0);
+  auto r = x.accessor<float, 3>();
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; k += 7) {
+        switch ((e * 31 + n * 7 + k) % 9) {
+          case 0: r[e][n][k] = -0.0f; break;
+          case 1: r[e][n][k] = 0.0f; break;
+          case 2: r[e][n][k] = (k % 2 ? 1.5f : -4.0f) * r[e][n][0]; break;  // on a grid of the row's first value
+          default: break;
+        }
+      }
+  for (int64_t k = 0; k < K; k += 16) {  // expert 1, row 3: a huge value and tiny negatives in each block
+    r[1][3][k] = 1e30f;
+    for (int64_t i = 1; i < 16; i += 2) r[1][3][k + i] = -1e-30f * float(i);
+  }
+  for (int64_t k = 0; k < K; ++k) r[2][5][k] *= 1e3f;  // expert 2, row 5: blocks past 12
+  for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
+    for (float m : {256.0f, 448.0f})
+      for (bool mse : {false, true}) {
+        const NVFP4Rule rule{true, m, mse, false};
+        at::Tensor xt = x.to(dt);
+        if (dt == at::kHalf) xt = x.clamp(-60000.0f, 60000.0f).to(dt);
+        SCOPED_TRACE(::testing::Message() << dt << " " << fp4qat::describe(rule));
+        const auto want = fp4qat::nvfp4_quantize_and_fake(xt, Blocks::k1D, std::nullopt, rule);
+        const auto got = fp4qat::nvfp4_quantize_and_fake(xt.cuda(), Blocks::k1D, std::nullopt, rule);
+        EXPECT_EQ(std::string(ck::nvfp4_last_kernel()), "staged2-4over6");
+        ASSERT_TRUE(bytes_equal(got.packed.codes, want.packed.codes));
+        ASSERT_TRUE(bytes_equal(got.packed.scales, want.packed.scales));
+        ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
+        ASSERT_TRUE(bytes_equal(got.values, want.values));
+      }
+}

@@ -329,11 +329,23 @@ FourOverSixCase four_over_six_case(const float* v, float amax, float e4m3_max, f
     const float enc = nvfp4_block_enc(sb[c], s_dec), fsb = e4m3_to_float(sb[c]);
     const float unit = ((1.0f * fsb) * amax) / six_m;
     big = fmaxf(big, unit);
-    est[c] = nvfp4_4over6_err_estimate<kMse>(v, enc, unit);
+    float q[16], q_unclamped[16];
+    est[c] = nvfp4_4over6_err_estimate<kMse>(v, enc, unit, q);
+    if (nvfp4_4over6_unclamped(bmax, enc)) {  // the kernels' form without the clamp: the same
+      EXPECT_EQ(f2u(nvfp4_4over6_err_estimate<kMse, false>(v, enc, unit, q_unclamped)), f2u(est[c]));
+      for (int i = 0; i < 16; ++i) EXPECT_EQ(f2u(q_unclamped[i]), f2u(q[i])) << "element " << i;
+    }
     ex[c] = 0.0f;
-    for (int i = 0; i < 16; ++i) ex[c] += nvfp4_4over6_err(nvfp4_encode(v[i], enc), fsb, amax, six_m, v[i], kMse);
+    for (int i = 0; i < 16; ++i) {
+      const uint8_t code = nvfp4_encode(v[i], enc);
+      ex[c] += nvfp4_4over6_err(code, fsb, amax, six_m, v[i], kMse);
+      // The winner's codes and fake values from the rounded magnitudes (the kernels' fast path),
+      // where no nonzero |x| * enc underflows.
+      if (!(std::fabs(v[i]) * enc > 0.0f) && v[i] < 0.0f) continue;
+      EXPECT_EQ(nvfp4_code_word_from_rounded(v[i], q[i]) >> 22, code) << "x " << v[i] << " enc " << enc;
+    }
   }
-  return {est[0], est[1], ex[0], ex[1], nvfp4_4over6_spread<kMse>(v), sb[0] == sb[1], big};
+  return {est[0], est[1], ex[0], ex[1], nvfp4_4over6_spread_bound<kMse>(bmax), sb[0] == sb[1], big};
 }
 
 // Checks one decision (a block's or a tile's); returns whether it was called.

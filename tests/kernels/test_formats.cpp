@@ -185,6 +185,39 @@ TEST(E2M1, ArithmeticMagnitudeCodeEqualsLadderOnEveryFloatUpTo6) {
   for (float b : {0.25f, 0.5f, 0.75f, 1.0f, 1.25f, 1.5f, 1.75f, 2.0f, 2.5f, 3.0f, 3.5f, 4.0f, 5.0f, 6.0f})
     for (int d = -64; d <= 64; ++d) ASSERT_TRUE(check(f2u(b) + d)) << "a = " << u2f(f2u(b) + d);
   EXPECT_GT(checked, 1086000000);
+  // [6, 7) rounds to 6 (code 7) without the clamp: the Four Over Six kernels leave the clamp out
+  // where no product reaches 7 (nvfp4_4over6_unclamped).
+  for (uint32_t u = f2u(6.0f); u < f2u(7.0f); ++u)
+    ASSERT_TRUE(e2m1_magnitude_code(u2f(u)) == 7u && e2m1_round(u2f(u)) == 6.0f) << "a = " << u2f(u);
+  EXPECT_NE(e2m1_round(7.0f), 6.0f);  // 7 ties to 8: the bound is tight
+}
+
+TEST(E2M1, CodeWordFromRoundedMagnitudeEqualsEncode) {
+  // nvfp4_code_word_from_rounded (the Four Over Six kernels' codes from the estimate's rounded
+  // magnitudes) against nvfp4_encode: every grid value and the points around each boundary, both
+  // signs, signed zeros, multipliers from tiny to huge; where |x| * enc underflows to 0 for a
+  // negative x the caller must encode instead (the word's sign would be set, encode's is not).
+  std::vector<float> xs = {0.0f, -0.0f, 1e-45f, -1e-45f, 0x1p-133f, -0x1p-133f, 7.0f, -7.0f, 100.0f, -100.0f};
+  for (float b : {0.25f, 0.5f, 0.75f, 1.0f, 1.25f, 1.5f, 1.75f, 2.0f, 2.5f, 3.0f, 3.5f, 4.0f, 5.0f, 6.0f})
+    for (int d = -3; d <= 3; ++d) {
+      xs.push_back(u2f(f2u(b) + d));
+      xs.push_back(-u2f(f2u(b) + d));
+    }
+  int underflows = 0;
+  for (float enc : {1.0f, 0.37f, 3.0f, 1e-20f, 0x1p-17f, kFltMax})
+    for (float x : xs) {
+      const float p = std::fabs(x) * enc;
+      const float q = e2m1_round(std::fmin(p, kE2M1Max));
+      const uint32_t w = nvfp4_code_word_from_rounded(x, q);
+      ASSERT_EQ(w & 0x3fffffu, 0u) << "x " << x << " enc " << enc;
+      if (x < 0.0f && p == 0.0f) {
+        ++underflows;
+        EXPECT_NE(w >> 22, nvfp4_encode(x, enc));
+        continue;
+      }
+      ASSERT_EQ(w >> 22, nvfp4_encode(x, enc)) << "x " << x << " enc " << enc;
+    }
+  EXPECT_GT(underflows, 0);
 }
 
 TEST(E2M1, DecodeTimesEveryScaleIsExactInBf16) {
