@@ -152,7 +152,7 @@ void trace_timeline(const char* name, const std::function<void()>& quantize) {
 
 int main(int argc, char** argv) {
   std::string json_out, profile;
-  bool trace = false;
+  bool trace = false, profile_4over6 = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--reps" && i + 1 < argc)
@@ -161,6 +161,8 @@ int main(int argc, char** argv) {
       g_warmup = std::max(0, std::atoi(argv[++i]));
     else if (a == "--json" && i + 1 < argc)
       json_out = argv[++i];
+    else if (a == "--profile-4over6")
+      profile_4over6 = true;
     else if (a == "--only" && i + 1 < argc)
       g_only = argv[++i];
     else if (a == "--profile" && i + 1 < argc)
@@ -170,7 +172,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: %s [--reps N] [--warmup N] [--json FILE] [--only SUBSTRING] [--profile "
-                   "KERNEL[:THREADS[:SLOT_BYTES[:SLOTS]]]] [--trace]\n",
+                   "KERNEL[:THREADS[:SLOT_BYTES[:SLOTS]]] [--profile-4over6]] [--trace]\n",
                    argv[0]);
       return 2;
     }
@@ -221,16 +223,18 @@ int main(int argc, char** argv) {
   }
 
   // --profile: only the MoE layer's NVFP4 1D quantization with the given kernel settings, three
-  // times (two launches each; under a profiler skip the first two launches), nothing validated.
+  // times (two launches each; under a profiler skip the first two launches), nothing validated;
+  // --profile-4over6: with Four Over Six (M 256, MAE) instead of max6.
   if (!profile.empty()) {
     const std::vector<std::string> f = split_colons(profile);
     const char* names[] = {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES",
                            "FP4QAT_NVFP4_SLOTS"};
     for (size_t i = 0; i < f.size() && i < 4; ++i) set_knob(names[i], f[i].c_str());
     at::Tensor w13 = at::randn({128, 1536, 2048}, cuda_bf16) * 0.02, w2 = at::randn({128, 2048, 768}, cuda_bf16) * 0.02;
+    const fp4qat::NVFP4Rule rule = profile_4over6 ? fp4qat::NVFP4Rule{true, 256.0f, false, false} : fp4qat::NVFP4Rule{};
     for (int i = 0; i < 3; ++i) {
-      fp4qat::nvfp4_quantize(w13, Blocks::k1D);
-      fp4qat::nvfp4_quantize(w2, Blocks::k1D);
+      fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, rule);
+      fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, rule);
     }
     FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
     return 0;
@@ -439,6 +443,19 @@ int main(int argc, char** argv) {
         fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
         set_knob("FP4QAT_NVFP4_SLOT_BYTES", "");
       });
+    }
+    // ... and with three slots a CTA (the head older by a slot: its expert's amax more often ready).
+    for (const char* slot : {"24576", "28672"}) {
+      const fp4qat::NVFP4Rule r{true, 256.0f, false, false};
+      add(std::string("nvfp4 1d MoE layer 4over6-256-mae, 3 slots of ") + slot, double(layer_elems), nv_b, true,
+          [&, slot] {
+            set_knob("FP4QAT_NVFP4_SLOT_BYTES", slot);
+            set_knob("FP4QAT_NVFP4_SLOTS", "3");
+            fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, r);
+            fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
+            set_knob("FP4QAT_NVFP4_SLOT_BYTES", "");
+            set_knob("FP4QAT_NVFP4_SLOTS", "");
+          });
     }
     {
       const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },

@@ -468,7 +468,7 @@ std::pair<at::Tensor, at::Tensor> rms_norm_rows_backward_weighted(const at::Tens
   rms_rstd_check(rstd, x, rows, "rms_norm_rows_backward_weighted");
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor dx = at::empty(x.sizes(), x.options()), dw = at::empty({D}, x.options());
-  at::Tensor partial = at::empty({std::max<int64_t>(1, norm::weight_chunks(rows)), D}, x.options().dtype(at::kFloat));
+  at::Tensor partial = at::empty({norm::weight_scratch_rows(rows), D}, x.options().dtype(at::kFloat));
   ck::rms_norm_rows_backward(x.data_ptr(), g.data_ptr(), rstd.data_ptr<float>(), x.scalar_type() == at::kBFloat16,
                              rows, D, dx.data_ptr(), stream(), w.data_ptr(), dw.data_ptr(), partial.data_ptr<float>());
   return {dx, dw};

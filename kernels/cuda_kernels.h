@@ -152,7 +152,7 @@ void moe_combine_backward(const void* y, const void* w, const int64_t* slot_row,
 // or float32, D % 32 == 0 and D <= 1024 (else fp4qat::Error), optionally the weight w [D] in x's
 // dtype (then D <= 512). Forward: y [rows, D] in x's dtype and rstd float32 [rows]; backward from
 // g [rows, D]: dx [rows, D], and with w: dw [D] in x's dtype through partial, float32
-// [weight_chunks(rows), D] scratch.
+// [weight_scratch_rows(rows), D] scratch.
 void rms_norm_rows_forward(const void* x, bool bf16, int64_t rows, int64_t D, float eps, void* y, float* rstd,
                            cudaStream_t stream, const void* w = nullptr);
 void rms_norm_rows_backward(const void* x, const void* g, const float* rstd, bool bf16, int64_t rows, int64_t D,

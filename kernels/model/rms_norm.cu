@@ -140,7 +140,9 @@ __global__ void __launch_bounds__(kThreads)
 
 // With a weight: a warp a chunk of kWeightChunkRows rows (grid-stride over the chunks), its rows in
 // order (backward_row with kW), each lane's dw terms summed over the chunk's rows in row order into
-// partial[chunk, D] (rms_norm_ref.h).
+// partial[chunk, D] (rms_norm_ref.h); then the groups' sums and dw by the two kernels below. (With
+// chunks of 64 rows a warp, the hidden norm of a 16k-token batch had 256 warps for 132 SMs and its
+// column sum 256 dependent loads a thread: 7x the unweighted backward, bench/RESULTS.md session 23.)
 template <bool kBf16, bool kVec, int kMaxP>
 __global__ void __launch_bounds__(kThreads)
     rms_backward_weighted_warps(const void* __restrict__ x, const void* __restrict__ g, const float* __restrict__ rstd,
@@ -163,14 +165,28 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// dw[j] = dtype(sum over the chunks, in chunk order from 0.0f, of partial[chunk, j]): a thread a column.
+// A group's sum (rms_norm_ref.h's order): partial[chunks + k, j] = the sum, in chunk order from
+// 0.0f, of partial[c, j] over group k's chunks. A thread a (group, column).
+__global__ void __launch_bounds__(kThreads)
+    rms_weight_grad_groups(float* __restrict__ partial, int64_t chunks, int64_t group_size, int D) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= norm::kWeightGroups * D) return;
+  const int64_t k = t / D, j = t % D;
+  const int64_t c0 = k * group_size, c1 = c0 + group_size < chunks ? c0 + group_size : chunks;
+  float s = 0.0f;
+  for (int64_t c = c0; c < c1; ++c) s = s + partial[c * D + j];
+  partial[(chunks + k) * D + j] = s;
+}
+
+// dw[j] = dtype(sum over the groups, in group order from 0.0f, of their sums): a thread a column.
 template <bool kBf16>
 __global__ void __launch_bounds__(kThreads)
-    rms_weight_grad_columns(const float* __restrict__ partial, int64_t chunks, int D, void* __restrict__ dw) {
+    rms_weight_grad_columns(const float* __restrict__ groups, int D, void* __restrict__ dw) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= D) return;
   float s = 0.0f;
-  for (int64_t c = 0; c < chunks; ++c) s = s + partial[c * D + j];
+#pragma unroll 8
+  for (int64_t k = 0; k < norm::kWeightGroups; ++k) s = s + groups[k * D + j];
   norm::store_elem<kBf16>(dw, j, s);
 }
 
@@ -243,11 +259,15 @@ void rms_norm_rows_backward(const void* x, const void* g, const float* rstd, boo
         rms_backward_weighted_warps<decltype(b)::value, decltype(v)::value, decltype(p)::value>
             <<<grid, kThreads, 0, stream>>>(x, g, rstd, w, rows, static_cast<int>(D), dx, partial);
       });
+    const unsigned group_blocks = static_cast<unsigned>((norm::kWeightGroups * D + kThreads - 1) / kThreads);
+    rms_weight_grad_groups<<<group_blocks, kThreads, 0, stream>>>(partial, chunks, norm::weight_group_size(rows),
+                                                                  static_cast<int>(D));
     const unsigned cols = static_cast<unsigned>((D + kThreads - 1) / kThreads);
+    const float* groups = partial + chunks * D;
     if (bf16)
-      rms_weight_grad_columns<true><<<cols, kThreads, 0, stream>>>(partial, chunks, static_cast<int>(D), dw);
+      rms_weight_grad_columns<true><<<cols, kThreads, 0, stream>>>(groups, static_cast<int>(D), dw);
     else
-      rms_weight_grad_columns<false><<<cols, kThreads, 0, stream>>>(partial, chunks, static_cast<int>(D), dw);
+      rms_weight_grad_columns<false><<<cols, kThreads, 0, stream>>>(groups, static_cast<int>(D), dw);
     FP4QAT_CUDA_CHECK(cudaGetLastError());
     return;
   }

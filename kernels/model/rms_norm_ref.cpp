@@ -49,7 +49,9 @@ void backward_t(const void* x, const void* g, const float* rstd, int64_t rows, i
     const float gv = load_elem<kBf16>(g, e);
     return w ? in_dtype<kBf16>(weighted(gv, load_elem<kBf16>(w, e % D))) : gv;
   };
-  std::vector<float> total(w ? D : 0, 0.0f), chunk(w ? D : 0, 0.0f);  // dw: the chunks' sum, this chunk's
+  // dw: the groups' sum, this group's, this chunk's (rms_norm_ref.h's order).
+  std::vector<float> total(w ? D : 0, 0.0f), group(w ? D : 0, 0.0f), chunk(w ? D : 0, 0.0f);
+  const int64_t group_size = weight_group_size(rows);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = r * D;
     const float rs = rstd[r];
@@ -68,14 +70,25 @@ void backward_t(const void* x, const void* g, const float* rstd, int64_t rows, i
       store_elem<kBf16>(dx, row + i, grad_of(g_at(row + i), xh, m, rs));
       if (w) chunk[i] = chunk[i] + in_dtype<kBf16>(weighted(load_elem<kBf16>(g, row + i), in_dtype<kBf16>(xh)));
     }
-    if (w && ((r + 1) % kWeightChunkRows == 0 || r + 1 == rows))
+    if (!w || !((r + 1) % kWeightChunkRows == 0 || r + 1 == rows)) continue;
+    const int64_t c = r / kWeightChunkRows;  // the chunk just ended
+    for (int64_t i = 0; i < D; ++i) {
+      group[i] = group[i] + chunk[i];
+      chunk[i] = 0.0f;
+    }
+    if ((c + 1) % group_size == 0 || r + 1 == rows)
       for (int64_t i = 0; i < D; ++i) {
-        total[i] = total[i] + chunk[i];
-        chunk[i] = 0.0f;
+        total[i] = total[i] + group[i];
+        group[i] = 0.0f;
       }
   }
-  if (w)
+  if (w) {
+    // Empty groups past the chunks add their 0.0f (a -0.0f total becomes +0.0f, as on the GPU).
+    const int64_t used = rows == 0 ? 0 : (weight_chunks(rows) + group_size - 1) / group_size;
+    for (int64_t k = used; k < kWeightGroups; ++k)
+      for (int64_t i = 0; i < D; ++i) total[i] = total[i] + 0.0f;
     for (int64_t i = 0; i < D; ++i) store_elem<kBf16>(dw, i, total[i]);
+  }
 }
 
 void check_shape(int64_t rows, int64_t D, const char* who, bool weighted) {

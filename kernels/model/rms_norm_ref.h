@@ -20,8 +20,11 @@
 // as above, y = dtype(w * n) (the bf16 product ATen's mul makes: both widened, one rounding). The
 // backward takes g = dL/dy: gn = dtype(g * w) is the g of the formula above (dx), and
 // dw = dtype(sum over rows of dtype(g * n)), summed in a fixed order: the rows in chunks of
-// kWeightChunkRows, each chunk's rows in row order from 0.0f (a chunk's partial), then the chunks'
-// partials in chunk order from 0.0f — the same bits for any grid of the CUDA kernels.
+// kWeightChunkRows, each chunk's rows in row order from 0.0f (a chunk's partial); the chunks in
+// kWeightGroups groups of weight_group_size(rows) consecutive chunks (the last ones may be short
+// or empty), each group's partials in chunk order from 0.0f (a group's sum); then the groups' sums
+// in group order from 0.0f — the same bits for any grid of the CUDA kernels, which run each level
+// wide (a warp a chunk, a thread a group and column).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -92,9 +95,16 @@ FP4QAT_HD float weighted(float w, float n) { return w * n; }
 // lane's piece in registers).
 constexpr int64_t kMaxWeightedRowLen = 512;
 FP4QAT_HD bool weighted_rows_supported(int64_t D) { return rows_supported(D) && D <= kMaxWeightedRowLen; }
-// dw's summation: rows a chunk (one warp's in the CUDA kernel).
-constexpr int64_t kWeightChunkRows = 64;
+// dw's summation: rows a chunk (one warp's in the CUDA kernel), the groups of chunks, and the
+// chunks a group.
+constexpr int64_t kWeightChunkRows = 8;
+constexpr int64_t kWeightGroups = 256;
 FP4QAT_HD int64_t weight_chunks(int64_t rows) { return (rows + kWeightChunkRows - 1) / kWeightChunkRows; }
+FP4QAT_HD int64_t weight_group_size(int64_t rows) {
+  return (weight_chunks(rows) + kWeightGroups - 1) / kWeightGroups;
+}
+// The CUDA kernels' float32 scratch for dw: the chunks' partials, then the groups' sums, [.., D].
+FP4QAT_HD int64_t weight_scratch_rows(int64_t rows) { return weight_chunks(rows) + kWeightGroups; }
 
 // Element access (bf16 bit patterns or float32): the fused elementwise functions' (one home).
 using elementwise::load_elem;

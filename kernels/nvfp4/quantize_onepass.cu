@@ -239,9 +239,14 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   const int64_t slot = tu.slot_bytes > 0 ? tu.slot_bytes : 40960;
   const Slices sl = uniform_slices(a, slot / row_bytes<T>(a.K));
   if (sl.R < 1) return false;
-  const bool ok = a.rule.mse
-                      ? launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 2>, 256, 2, 2, a, sl, row_bytes<T>(a.K), stream)
-                      : launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 1>, 256, 2, 2, a, sl, row_bytes<T>(a.K), stream);
+  const int64_t rb = row_bytes<T>(a.K);
+  bool ok;
+  if (tu.slots == 3)  // FP4QAT_NVFP4_SLOTS=3: a deeper ring of smaller slots (benchmarks)
+    ok = a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, 256, 3, 2>, 256, 3, 3, a, sl, rb, stream)
+                    : launch_one_read(nvfp4_staged2_kernel<T, 256, 3, 1>, 256, 3, 3, a, sl, rb, stream);
+  else
+    ok = a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 2>, 256, 2, 2, a, sl, rb, stream)
+                    : launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 1>, 256, 2, 2, a, sl, rb, stream);
   if (ok) set_last_kernel("staged2-4over6");
   return ok;
 }

@@ -171,13 +171,18 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
     for (int64_t i = 1; i < 16; i += 2) r[1][3][k + i] = -1e-30f * float(i);
   }
   for (int64_t k = 0; k < K; ++k) r[2][5][k] *= 1e3f;  // expert 2, row 5: blocks past 12
+  for (bool three_slots : {false, true})  // the default ring and FP4QAT_NVFP4_SLOTS=3 (24 KB slots)
   for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
     for (float m : {256.0f, 448.0f})
       for (bool mse : {false, true}) {
+        const fp4qat::tuning::ScopedNvfp4Tuning tu(
+            three_slots ? fp4qat::tuning::Nvfp4Tuning{}.with("FP4QAT_NVFP4_SLOTS", "3").with("FP4QAT_NVFP4_SLOT_BYTES",
+                                                                                              "24576")
+                        : fp4qat::tuning::Nvfp4Tuning{});
         const NVFP4Rule rule{true, m, mse, false};
         at::Tensor xt = x.to(dt);
         if (dt == at::kHalf) xt = x.clamp(-60000.0f, 60000.0f).to(dt);
-        SCOPED_TRACE(::testing::Message() << dt << " " << fp4qat::describe(rule));
+        SCOPED_TRACE(::testing::Message() << dt << " " << fp4qat::describe(rule) << (three_slots ? " 3 slots" : ""));
         const auto want = fp4qat::nvfp4_quantize_and_fake(xt, Blocks::k1D, std::nullopt, rule);
         const auto got = fp4qat::nvfp4_quantize_and_fake(xt.cuda(), Blocks::k1D, std::nullopt, rule);
         EXPECT_EQ(std::string(ck::nvfp4_last_kernel()), "staged2-4over6");
