@@ -444,6 +444,17 @@ int main(int argc, char** argv) {
         set_knob("FP4QAT_NVFP4_SLOT_BYTES", "");
       });
     }
+    // ... with 384 threads a CTA (12 warps; two CTAs a SM within 80 registers: ncu showed the
+    // kernel latency bound at 4 warps a scheduler, session 23) ...
+    {
+      const fp4qat::NVFP4Rule r{true, 256.0f, false, false};
+      add("nvfp4 1d MoE layer 4over6-256-mae, 384 threads", double(layer_elems), nv_b, true, [&] {
+        set_knob("FP4QAT_NVFP4_THREADS", "384");
+        fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, r);
+        fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
+        set_knob("FP4QAT_NVFP4_THREADS", "");
+      });
+    }
     // ... and with three slots a CTA (the head older by a slot: its expert's amax more often ready).
     for (const char* slot : {"24576", "28672"}) {
       const fp4qat::NVFP4Rule r{true, 256.0f, false, false};

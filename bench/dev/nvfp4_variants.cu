@@ -64,6 +64,8 @@ bool dev_staged_1d(const Nvfp4Args& a, cudaStream_t stream) {
 // type, 256 x 3 for bf16, 256 x 2 for f16 / f32.
 template <InType T>
 bool dev_staged2_t(const Nvfp4Args& a, const Slices& sl, int64_t threads, int64_t slots, cudaStream_t stream) {
+  if (threads != 256 && threads != 512)
+    FP4QAT_FAIL("FP4QAT_NVFP4_THREADS=", threads, ": staged2 runs 256 or 512 threads (384: Four Over Six only)");
   const bool wide = threads == 512;
   if (slots == 4) return wide ? launch_staged2_t<T, 512, 4>(a, sl, stream) : launch_staged2_t<T, 256, 4>(a, sl, stream);
   if (slots == 3 && wide) return launch_staged2_t<T, 512, 3>(a, sl, stream);

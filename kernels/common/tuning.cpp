@@ -74,7 +74,7 @@ Nvfp4Tuning Nvfp4Tuning::with(const std::string& name, const std::string& value)
     else
       FP4QAT_FAIL(name, " must be fused, staged, staged2 or park, got \"", value, "\"");
   } else if (name == "FP4QAT_NVFP4_THREADS") {
-    t.threads = unset ? 0 : one_of(name, value, {256, 512}, "256 or 512");
+    t.threads = unset ? 0 : one_of(name, value, {256, 384, 512}, "256, 384 or 512");
   } else if (name == "FP4QAT_NVFP4_SLOT_BYTES") {
     t.slot_bytes = unset ? 0 : positive(name, value);
   } else if (name == "FP4QAT_NVFP4_SLOTS") {

@@ -198,14 +198,13 @@ template <InType T>
 bool launch_staged2_slices(const Nvfp4Args& a, const Slices& sl, const tuning::Nvfp4Tuning& tu, cudaStream_t stream) {
   const Staged2Shape sh = staged2_shape(T, a.fake != nullptr, tu);
   if (sh.park && launch_park_t<256>(a, sl, stream)) return true;
-  const bool wide = sh.threads == 512;
   // Compiled here: the shapes the defaults choose — 512 x 2 (packed outputs only), 256 x 3 (fake
   // values, f16 / f32), 256 x 2 (bf16: where park does not apply). The others: bench/dev/.
-  if (wide && sh.slots == 2) return launch_staged2_t<T, 512, 2>(a, sl, stream);
+  if (sh.threads == 512 && sh.slots == 2) return launch_staged2_t<T, 512, 2>(a, sl, stream);
   if constexpr (T == InType::BF16) {
-    if (!wide && sh.slots == 2) return launch_staged2_t<T, 256, 2>(a, sl, stream);
+    if (sh.threads == 256 && sh.slots == 2) return launch_staged2_t<T, 256, 2>(a, sl, stream);
   } else {
-    if (!wide && sh.slots == 3) return launch_staged2_t<T, 256, 3>(a, sl, stream);
+    if (sh.threads == 256 && sh.slots == 3) return launch_staged2_t<T, 256, 3>(a, sl, stream);
   }
   return dev_variants("staged2 with this FP4QAT_NVFP4_KERNEL / FP4QAT_NVFP4_THREADS / FP4QAT_NVFP4_SLOTS shape")
       .staged2(a, sl, sh.threads, sh.slots, stream);
@@ -241,7 +240,10 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   if (sl.R < 1) return false;
   const int64_t rb = row_bytes<T>(a.K);
   bool ok;
-  if (tu.slots == 3)  // FP4QAT_NVFP4_SLOTS=3: a deeper ring of smaller slots (benchmarks)
+  if (tu.threads == 384)  // FP4QAT_NVFP4_THREADS=384: 12 warps a CTA, two CTAs a SM within 85 registers (benchmarks)
+    ok = a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, 384, 2, 2, 2>, 384, 2, 2, a, sl, rb, stream)
+                    : launch_one_read(nvfp4_staged2_kernel<T, 384, 2, 1, 2>, 384, 2, 2, a, sl, rb, stream);
+  else if (tu.slots == 3)  // FP4QAT_NVFP4_SLOTS=3: a deeper ring of smaller slots (benchmarks)
     ok = a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, 256, 3, 2>, 256, 3, 3, a, sl, rb, stream)
                     : launch_one_read(nvfp4_staged2_kernel<T, 256, 3, 1>, 256, 3, 3, a, sl, rb, stream);
   else

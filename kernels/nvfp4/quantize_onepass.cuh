@@ -342,9 +342,10 @@ __device__ __forceinline__ void init_bars(uint32_t bar0, int n) {
 
 // Roles: thread 0 polls the head's group and the landed slots; thread kClaimer (another warp)
 // claims tickets, decodes them and starts the bulk copies, so the two round trips to memory overlap.
-// kRule: 0 max6; Four Over Six (a.rule) 1 MAE, 2 MSE.
-template <InType T, int kTh, int kSlots, int kRule = 0>
-__global__ void __launch_bounds__(kTh)
+// kRule: 0 max6; Four Over Six (a.rule) 1 MAE, 2 MSE. kMinCtas: the CTAs a SM the registers must
+// allow (__launch_bounds__'s second argument).
+template <InType T, int kTh, int kSlots, int kRule = 0, int kMinCtas = 1>
+__global__ void __launch_bounds__(kTh, kMinCtas)
     nvfp4_staged2_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes, int64_t slot_stride, uint32_t* amax_bits,
                          int* arrived, unsigned long long* ticket) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
