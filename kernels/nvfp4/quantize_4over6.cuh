@@ -74,9 +74,7 @@ __device__ __forceinline__ void emit_candidate(const Candidate& c, uint8_t sb, i
       w[i] = __byte_perm(__float_as_uint(e2m1_to_float(static_cast<uint8_t>(q0)) * c.fsb),
                          __float_as_uint(e2m1_to_float(static_cast<uint8_t>(q1)) * c.fsb), 0x7632);
     }
-    uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
-    __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
-    __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+    store_fake_words(w, unit, fake);
   }
 }
 
@@ -120,9 +118,7 @@ __device__ __forceinline__ void emit_rounded(const float v[16], const float q[16
     for (int i = 0; i < 8; ++i)
       w[i] = __byte_perm(__float_as_uint(q[2 * i] * (v[2 * i] < 0.0f ? -fsb : fsb)),
                          __float_as_uint(q[2 * i + 1] * (v[2 * i + 1] < 0.0f ? -fsb : fsb)), 0x7632);
-    uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
-    __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
-    __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+    store_fake_words(w, unit, fake);
   }
 }
 

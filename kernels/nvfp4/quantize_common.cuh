@@ -31,6 +31,14 @@ __device__ __forceinline__ void store_codes(const uint32_t packed[2], uint8_t sb
   if (scales) scales[unit] = sb;
 }
 
+// One block's 16 bf16 fake values, packed two a word (element 2i in the low half of w[i]):
+// streaming stores (written once, read by the next kernel from L2 or HBM).
+__device__ __forceinline__ void store_fake_words(const uint32_t w[8], int64_t unit, uint16_t* fake) {
+  uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
+  __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
+  __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+}
+
 // The fake quant values e2m1(q) * sb of one block from its 16 elements (nvfp4_fake_value, the
 // value without the code): at most 6 significant bits in [2^-10, 2688], exact in bf16, so the
 // bf16 is the float32's upper half (what rounding to nearest would give), two per byte_perm.
@@ -40,9 +48,7 @@ __device__ __forceinline__ void store_fake(const float v[16], float enc, float f
   for (int i = 0; i < 8; ++i)
     w[i] = __byte_perm(__float_as_uint(nvfp4_fake_value(v[2 * i], enc, fsb)),
                        __float_as_uint(nvfp4_fake_value(v[2 * i + 1], enc, fsb)), 0x7632);
-  uint4* p = reinterpret_cast<uint4*>(fake + unit * 16);
-  __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
-  __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+  store_fake_words(w, unit, fake);
 }
 
 // Encode one 16-element block with scale byte sb and encode multiplier enc (nvfp4_block_enc)
