@@ -455,6 +455,15 @@ int main(int argc, char** argv) {
         set_knob("FP4QAT_NVFP4_THREADS", "");
       });
     }
+    // ... with the amax given (no wait for each expert's amax: what is left is the compute) ...
+    {
+      const fp4qat::NVFP4Rule r{true, 256.0f, false, false};
+      const at::Tensor a13 = fp4qat::global_amax(w13), a2 = fp4qat::global_amax(w2);
+      add("nvfp4 1d MoE layer 4over6-256-mae, given amax", double(layer_elems), nv_b, true, [&, r] {
+        fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13, r);
+        fp4qat::nvfp4_quantize(w2, Blocks::k1D, a2, r);
+      });
+    }
     // ... and with three slots a CTA (the head older by a slot: its expert's amax more often ready).
     for (const char* slot : {"24576", "28672"}) {
       const fp4qat::NVFP4Rule r{true, 256.0f, false, false};
