@@ -225,6 +225,16 @@ static Slices uniform_slices(const Nvfp4Args& a, int64_t rows) {
   return sl;
 }
 
+// One staged2 shape of Four Over Six (kTh threads x kSlots slots, kMinCtas CTAs a SM for the
+// registers), MAE or MSE as the rule says.
+template <InType T, int kTh, int kSlots, int kMinCtas = 1>
+bool launch_4over6_shape(const Nvfp4Args& a, const Slices& sl, int64_t row_bytes, cudaStream_t stream) {
+  return a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 2, kMinCtas>, kTh, kSlots, kSlots, a, sl,
+                                      row_bytes, stream)
+                    : launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 1, kMinCtas>, kTh, kSlots, kSlots, a, sl,
+                                      row_bytes, stream);
+}
+
 // Four Over Six: one shape, 256 threads x 2 slots of 40 KB (each + 5 KB of block maxima; + 5 KB of
 // tables), two CTAs a SM (the candidates' registers leave no room for 512 threads). Compute bound:
 // with 48 KB slots a CTA needed ~116 KB of shared memory and only one fit a SM (bench/RESULTS.md
@@ -239,16 +249,11 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   const Slices sl = uniform_slices(a, slot / row_bytes<T>(a.K));
   if (sl.R < 1) return false;
   const int64_t rb = row_bytes<T>(a.K);
-  bool ok;
-  if (tu.threads == 384)  // FP4QAT_NVFP4_THREADS=384: 12 warps a CTA, two CTAs a SM within 85 registers (benchmarks)
-    ok = a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, 384, 2, 2, 2>, 384, 2, 2, a, sl, rb, stream)
-                    : launch_one_read(nvfp4_staged2_kernel<T, 384, 2, 1, 2>, 384, 2, 2, a, sl, rb, stream);
-  else if (tu.slots == 3)  // FP4QAT_NVFP4_SLOTS=3: a deeper ring of smaller slots (benchmarks)
-    ok = a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, 256, 3, 2>, 256, 3, 3, a, sl, rb, stream)
-                    : launch_one_read(nvfp4_staged2_kernel<T, 256, 3, 1>, 256, 3, 3, a, sl, rb, stream);
-  else
-    ok = a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 2>, 256, 2, 2, a, sl, rb, stream)
-                    : launch_one_read(nvfp4_staged2_kernel<T, 256, 2, 1>, 256, 2, 2, a, sl, rb, stream);
+  // Benchmark shapes: FP4QAT_NVFP4_THREADS=384 (12 warps a CTA, two CTAs a SM within 80 registers),
+  // FP4QAT_NVFP4_SLOTS=3 (a deeper ring of smaller slots; measured slower, session 23).
+  const bool ok = tu.threads == 384 ? launch_4over6_shape<T, 384, 2, 2>(a, sl, rb, stream)
+                  : tu.slots == 3   ? launch_4over6_shape<T, 256, 3>(a, sl, rb, stream)
+                                    : launch_4over6_shape<T, 256, 2>(a, sl, rb, stream);
   if (ok) set_last_kernel("staged2-4over6");
   return ok;
 }
