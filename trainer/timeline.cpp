@@ -107,6 +107,24 @@ class HostOps {
       by_corr_[ops_[i].corr] = static_cast<int>(i);
     }
   }
+  // Host time by op name, exclusive of the ops nested in it (what the host spends in each op
+  // itself: dispatch, autograd bookkeeping, launches), and the time of the outermost ops of each
+  // thread (*top_ns).
+  std::map<std::string, Sum> self_times(double* top_ns) const {
+    std::vector<double> child(ops_.size(), 0.0);
+    for (const Op& o : ops_)
+      if (o.parent >= 0) child[static_cast<size_t>(o.parent)] += static_cast<double>(o.end - o.start);
+    std::map<std::string, Sum> by;
+    *top_ns = 0;
+    for (size_t i = 0; i < ops_.size(); ++i) {
+      const double d = static_cast<double>(ops_[i].end - ops_[i].start);
+      if (ops_[i].parent < 0) *top_ns += d;
+      Sum& s = by[ops_[i].name.substr(0, 110)];
+      s.ns += std::max(0.0, d - child[i]);
+      ++s.n;
+    }
+    return by;
+  }
   // The op with this correlation id (a kernel's launching op), -1 if none was recorded.
   int by_correlation(uint64_t corr) const {
     const auto it = by_corr_.find(corr);
@@ -269,9 +287,14 @@ std::string Timeline::stop(int steps, const std::string& title, const std::strin
   }
   std::string out = "timeline of " + title + ", " + std::to_string(steps) + " step(s) (Kineto)\n";
   out += memory_peak(mem, host, allocated_at_start_);
+  double top_ns = 0;  // host time in the outermost ops; self time by op (exclusive of nested ops)
+  const std::map<std::string, Sum> self = host.self_times(&top_ns);
+  const std::string host_self =
+      fmt("host ops: %.1f us per step in outermost ops (all threads)", top_ns / 1e3 / steps, 0, "") +
+      "host self time by op (exclusive of nested ops): us per step, calls per step\n" + table(self, steps, 25);
   if (gpu.empty()) {
     out += "ATen operators (inclusive time): us per step, calls per step\n" + table(ops, steps, 40);
-    return out;
+    return out + host_self;
   }
   std::sort(gpu.begin(), gpu.end(), [](const Act& a, const Act& b) { return a.start < b.start; });
   double busy = 0;
@@ -301,7 +324,8 @@ std::string Timeline::stop(int steps, const std::string& title, const std::strin
              static_cast<double>(gaps.size()), gap_total / steps, "");
   for (size_t i = 0; i < gaps.size() && i < 12; ++i) out += fmt("%12.1f  ", gaps[i].first, 0, gaps[i].second);
   out += "host CUDA runtime calls: us per step, calls per step\n" + table(runtime, steps, 10);
-  return out;
+  // Where the host's time goes when the GPU waits for it (a small model's step is host bound).
+  return out + host_self;
 }
 
 }  // namespace fp4qat::train

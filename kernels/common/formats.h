@@ -219,12 +219,32 @@ FP4QAT_HD float nvfp4_4over6_s_enc(float amax, float e4m3_max) {
   if (amax == 0.0f || s == 0.0f) s = 1.0f;
   return s;
 }
+// x / 6, correctly rounded. On the GPU, for x >= 2^-122, by one correction of the product with
+// RN(1/6): q = x * RN(1/6), r = fma(-q, 6, x) (exact), q + r * RN(1/6) rounded once — equal to
+// the division for every such float32 (the quotient is normal, so the rounding pattern repeats
+// in each binade: tests/kernels/test_formats.cpp checks one binade exhaustively and the bounds);
+// three instructions instead of the division's reciprocal, its refinements and the slow-path
+// check. Below 2^-122 (a quotient near the subnormals), NaN and inf: the division.
+FP4QAT_HD float div6_by_fma(float x) {  // div6's GPU form, on every platform (tested on the CPU)
+  const float z = 1.0f / 6.0f, q = x * z;
+  return fmaf(fmaf(-q, 6.0f, x), z, q);
+}
+FP4QAT_HD bool div6_by_fma_exact(float x) { return x >= 0x1p-122f && x <= kFltMax; }
+FP4QAT_HD float div6(float x) {
+#if defined(__CUDA_ARCH__)
+  if (div6_by_fma_exact(x)) return div6_by_fma(x);
+#endif
+  return x / 6.0f;
+}
+
 // The two candidate block scales: base = (bmax / 6) * S_enc (the division first, unlike the
-// max6 rule), sb6 = e4m3_rne(min(base, 448)), sb4 = e4m3_rne(min(base * 1.5, 448)).
+// max6 rule), sb6 = e4m3_rne(min(base, 448)), sb4 = e4m3_rne(min(base * 1.5, 448)) (one
+// two-way conversion on the GPU).
 FP4QAT_HD void nvfp4_4over6_scales(float bmax, float s_enc, uint8_t* sb6, uint8_t* sb4) {
-  const float base = (bmax / kE2M1Max) * s_enc;
-  *sb6 = float_to_e4m3(fminf(base, kE4M3Max));
-  *sb4 = float_to_e4m3(fminf(base * 1.5f, kE4M3Max));
+  const float base = div6(bmax) * s_enc;
+  const uint16_t both = float2_to_e4m3x2(fminf(base, kE4M3Max), fminf(base * 1.5f, kE4M3Max));
+  *sb6 = static_cast<uint8_t>(both & 0xffu);
+  *sb4 = static_cast<uint8_t>(both >> 8);
 }
 // One element's reconstruction error term with block scale sb: d = ((e2m1(q) * float(sb)) *
 // amax) / (6 * M) - x; |d| (MAE) or d * d (MSE). Summed in element order by the caller.
@@ -241,6 +261,7 @@ FP4QAT_HD float nvfp4_4over6_err(uint8_t code, float fsb, float amax, float six_
 // |d' - d| <= 4.1u|x| + 6.2u|d|. Summed over a block (both sums' rounding included), with
 // X = sum |x|, Q = sum x^2 and S the larger error:
 //   MAE: |S' - S| <= 4.1u X + 37u S;   MSE: |S' - S| <= 8.2u sqrt(Q S) + 45u S
+// (with the estimate summed sequentially; its tree sum below only shrinks its part)
 // (|x||d| summed by Cauchy-Schwarz). A 16x16 tile's tree sum of 16 rows adds 8u S, with X and Q
 // the tile's. nvfp4_4over6_margin is 4x those bounds (2^-19 X or 2^-18 sqrt(Q S), plus
 // 2^-16 S, with X and Q bounded from the block's max: nvfp4_4over6_spread_bound) plus 2^-120 for
@@ -255,16 +276,29 @@ FP4QAT_HD float nvfp4_4over6_err(uint8_t code, float fsb, float amax, float six_
 // to q[16] (the winner's codes and fake values come from them: nvfp4_code_word_from_rounded).
 // kClamp false leaves out the clamp to 6 where no product reaches 7 (nvfp4_4over6_unclamped):
 // e2m1_round rounds [6, 7) to 6, so the same q.
+// The terms are summed as a tree (pairs, then pairs of pairs: 4 levels, against the exact
+// errors' 15 sequential roundings), which keeps the bound — the estimate's own summation error is
+// at most 4u of the sum, an MSE term's product one more u — and lets the GPU add 8 pairs at once
+// instead of waiting on 16 dependent additions.
 template <bool kMse, bool kClamp = true>
 FP4QAT_HD float nvfp4_4over6_err_estimate(const float v[16], float enc, float unit, float q[16]) {
-  float e = 0.0f;
+  float t[16];
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
   for (int i = 0; i < 16; ++i) {
     const float a = fabsf(v[i]);
     q[i] = e2m1_round(kClamp ? fminf(a * enc, kE2M1Max) : a * enc);
     const float d = fmaf(q[i], unit, -a);
-    e = kMse ? fmaf(d, d, e) : e + fabsf(d);
+    t[i] = kMse ? d * d : fabsf(d);
   }
-  return e;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int i = 0; i < 16; i += 2) t[i] += t[i + 1];
+  t[0] += t[2], t[4] += t[6], t[8] += t[10], t[12] += t[14];
+  t[0] += t[4], t[8] += t[12];
+  return t[0] + t[8];
 }
 // Whether a block with max bmax needs no clamp under enc: fl is monotone, so every product
 // fl(|x| * enc) <= fl(bmax * enc) < 7 (false for NaN).

@@ -250,8 +250,10 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   if (sl.R < 1) return false;
   const int64_t rb = row_bytes<T>(a.K);
   // Benchmark shapes: FP4QAT_NVFP4_THREADS=384 (12 warps a CTA, two CTAs a SM within 80 registers),
+  // FP4QAT_NVFP4_THREADS=512 (16 warps a CTA, two a SM within 64 registers),
   // FP4QAT_NVFP4_SLOTS=3 (a deeper ring of smaller slots; measured slower, session 23).
-  const bool ok = tu.threads == 384 ? launch_4over6_shape<T, 384, 2, 2>(a, sl, rb, stream)
+  const bool ok = tu.threads == 384   ? launch_4over6_shape<T, 384, 2, 2>(a, sl, rb, stream)
+                  : tu.threads == 512 ? launch_4over6_shape<T, 512, 2, 2>(a, sl, rb, stream)
                   : tu.slots == 3   ? launch_4over6_shape<T, 256, 3>(a, sl, rb, stream)
                                     : launch_4over6_shape<T, 256, 2>(a, sl, rb, stream);
   if (ok) set_last_kernel("staged2-4over6");

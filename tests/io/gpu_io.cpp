@@ -47,4 +47,5 @@ TEST(GpuIo, TimelineRecordsTheGpuKernels) {
   EXPECT_NE(text.find("GPU activity by kind"), std::string::npos) << text;
   EXPECT_NE(text.find("gemm"), std::string::npos) << text;
   EXPECT_NE(text.find("GPU busy"), std::string::npos) << text;
+  EXPECT_NE(text.find("host self time by op"), std::string::npos) << text;
 }

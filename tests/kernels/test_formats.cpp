@@ -192,6 +192,36 @@ TEST(E2M1, ArithmeticMagnitudeCodeEqualsLadderOnEveryFloatUpTo6) {
   EXPECT_NE(e2m1_round(7.0f), 6.0f);  // 7 ties to 8: the bound is tight
 }
 
+TEST(Div6, FmaFormEqualsTheDivisionWhereItIsUsed) {
+  // div6's GPU form (one correction of x * RN(1/6)) against x / 6 where the kernels use it,
+  // [2^-122, FLT_MAX]: every float32 of the lowest four binades (where the correction term comes
+  // nearest the subnormals), of [1, 2) (normal quotients round the same way in every binade:
+  // both forms scale by powers of two) and of the top binade (no overflow). Below 2^-122 the form
+  // is wrong for some inputs — the bound is needed.
+  int64_t checked = 0;
+  auto range = [&](float lo, float hi) {
+    for (uint32_t u = f2u(lo); u <= f2u(hi) && u2f(u) <= hi; ++u) {
+      const float x = u2f(u);
+      if (!div6_by_fma_exact(x)) continue;
+      ++checked;
+      if (f2u(div6_by_fma(x)) != f2u(x / 6.0f)) return u;
+    }
+    return 0u;
+  };
+  EXPECT_EQ(range(0x1p-122f, 0x1p-118f), 0u);
+  EXPECT_EQ(range(1.0f, 2.0f), 0u);
+  EXPECT_EQ(range(0x1p127f, kFltMax), 0u);
+  EXPECT_GT(checked, 5 * (int64_t{1} << 23));
+  EXPECT_FALSE(div6_by_fma_exact(0x1p-123f));
+  EXPECT_FALSE(div6_by_fma_exact(std::numeric_limits<float>::infinity()));
+  EXPECT_FALSE(div6_by_fma_exact(std::numeric_limits<float>::quiet_NaN()));
+  bool wrong_below = false;  // the bound is needed: some input below it is rounded wrong
+  for (uint32_t u = 1; u < f2u(0x1p-122f) && !wrong_below; ++u)
+    wrong_below = f2u(div6_by_fma(u2f(u))) != f2u(u2f(u) / 6.0f);
+  EXPECT_TRUE(wrong_below);
+  for (float x : {0.0f, 1e-40f, 0x1p-123f, 3.0f, 448.0f, kFltMax}) EXPECT_EQ(f2u(div6(x)), f2u(x / 6.0f)) << x;
+}
+
 TEST(E2M1, CodeWordFromRoundedMagnitudeEqualsEncode) {
   // nvfp4_code_word_from_rounded (the Four Over Six kernels' codes from the estimate's rounded
   // magnitudes) against nvfp4_encode: every grid value and the points around each boundary, both

@@ -85,6 +85,10 @@ TEST(Train, TraceRecordsTheChosenStepsAndFinalCheckpointCanBeOff) {
   const std::string text = fp4qat::fs::read_text(d.file("trace.json.txt"));
   EXPECT_NE(text.find("steps 2-3 of"), std::string::npos) << text;
   EXPECT_NE(text.find("aten::mm"), std::string::npos) << text;
+  const size_t self = text.find("host self time by op");  // where the host's time goes, op by op
+  ASSERT_NE(self, std::string::npos) << text;
+  EXPECT_NE(text.find("aten::", self), std::string::npos) << text;
+  EXPECT_NE(text.find("us per step in outermost ops"), std::string::npos) << text;
   EXPECT_FALSE(fp4qat::fs::exists(d.file("run/checkpoints/step-3")));
   EXPECT_FALSE(fp4qat::fs::exists(d.file("run/hf")));
   EXPECT_TRUE(r.last_checkpoint.empty());
