@@ -205,6 +205,43 @@ FP4QAT_HD uint32_t nvfp4_code_word_from_rounded(float x, float q) {
   return f2u(q * 0x1p-126f) + (x < 0.0f ? 0x02000000u : 0u);
 }
 
+// ---- Signs of bf16 pairs, for packing codes two elements a word at a time ----------------------
+// The PTX byte permute (prmt.b32, default mode): byte i of the result is byte (sel >> 4i) & 7 of
+// the 8 bytes {b, a} (a: bytes 0-3), or, with bit 3 of that selector nibble set, the sign bit of
+// that byte replicated over all 8 bits. One instruction on the GPU; emulated bit for bit here.
+FP4QAT_HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+#if defined(__CUDA_ARCH__)
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+#else
+  const uint64_t src = (static_cast<uint64_t>(b) << 32) | a;
+  uint32_t d = 0;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t n = (sel >> (4 * i)) & 0xFu;
+    uint32_t byte = static_cast<uint32_t>(src >> (8 * (n & 7u))) & 0xFFu;
+    if (n & 8u) byte = (byte & 0x80u) ? 0xFFu : 0u;
+    d |= byte << (8 * i);
+  }
+  return d;
+#endif
+}
+// Bits 15 and 31 of the result: whether the low / high bf16 of a raw pair is strictly negative
+// (x < 0: -0.0 is not; a nonzero magnitude carries into bit 15 / 31 of (raw & 0x7fff7fff) +
+// 0x7fff7fff, the low half's sum never carrying out). Other bits: anything. A NaN with its sign
+// bit set counts as negative: callers see no NaN (Four Over Six sends a block with one to the
+// exact path).
+FP4QAT_HD uint32_t bf16x2_negative_bits(uint32_t raw) { return raw & ((raw & 0x7fff7fffu) + 0x7fff7fffu); }
+// The sign bits of a packed NVFP4 code word of 8 elements (bit 4j + 3: element j < 0, the rest 0)
+// from the bf16x2_negative_bits of its 4 raw pairs (element 2i low, 2i + 1 high in neg[i]): the
+// signs replicated into bytes [E0 E1 E2 E3] and [E4 .. E7] by two permutes, regrouped into the even
+// and the odd elements' bytes by two more, bit 3 of each byte from the even, bit 7 from the odd.
+FP4QAT_HD uint32_t nvfp4_sign_nibbles(const uint32_t neg[4]) {
+  const uint32_t p = prmt(neg[0], neg[1], 0xFDB9u), q = prmt(neg[2], neg[3], 0xFDB9u);  // E0..E3, E4..E7
+  const uint32_t even = prmt(p, q, 0x6420u), odd = prmt(p, q, 0x7531u);                // E0 E2 E4 E6, E1 E3 ..
+  return (even & 0x08080808u) | (odd & 0x80808080u);
+}
+
 // Dequantized element: (e2m1(q) * float(sb)) * S_dec. The first product is exact.
 FP4QAT_HD float nvfp4_decode(uint8_t code, uint8_t sb, float s_dec) {
   return e2m1_to_float(code) * e4m3_to_float(sb) * s_dec;

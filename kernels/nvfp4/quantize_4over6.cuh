@@ -122,6 +122,45 @@ __device__ __forceinline__ void emit_rounded(const float v[16], const float q[16
   }
 }
 
+// The same outputs for bf16 input given as its raw pairs (element 2i low in raw[i]), two elements
+// at a time where the pairs allow: the codes' signs by nvfp4_sign_nibbles (4 permutes and 2 logic
+// ops a word instead of a compare and a select an element), the fake values as bf16 pairs
+// q * fsb (exact: at most 6 significant bits in [2^-10, 2688]) by one bf16x2 fma with -0.0 (+0 stays
+// +0), the sign ORed in from the raw pair. Same bytes as emit_rounded.
+__device__ __forceinline__ uint32_t bf16x2_mul_exact(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
+  return d;
+}
+__device__ __forceinline__ void emit_rounded_bf16(const uint32_t raw[8], const float q[16], uint8_t sb, int64_t unit,
+                                                  uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+  uint32_t neg[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) neg[i] = bf16x2_negative_bits(raw[i]);
+  if (codes || scales) {
+    uint32_t packed[2] = {0u, 0u};
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const uint32_t w = __float_as_uint(q[i] * 0x1p-126f);  // magnitude code << 22 (nvfp4_code_word_from_rounded)
+      const int s = 4 * (i & 7);
+      packed[i >> 3] += s <= 22 ? w >> (22 - s) : w << (s - 22);
+    }
+    packed[0] |= nvfp4_sign_nibbles(neg);
+    packed[1] |= nvfp4_sign_nibbles(neg + 4);
+    store_codes(packed, sb, unit, codes, scales);
+  }
+  if (fake) {
+    const uint32_t f2 = __byte_perm(__float_as_uint(e4m3_to_float(sb)), 0u, 0x3232);  // fsb, fsb as bf16 (exact)
+    uint32_t w[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t qp = __byte_perm(__float_as_uint(q[2 * i]), __float_as_uint(q[2 * i + 1]), 0x7632);  // exact
+      w[i] = bf16x2_mul_exact(qp, f2) | (neg[i] & 0x80008000u);
+    }
+    store_fake_words(w, unit, fake);
+  }
+}
+
 // A block's Four Over Six choice with the tables of its amax (enc, rec: 16-byte aligned), its
 // outputs written. kEstimate false: both candidates' exact errors (table look-ups), the smaller
 // wins. kEstimate true (the one-read staged2 kernel, compute bound): candidates with one scale
@@ -133,10 +172,12 @@ __device__ __forceinline__ void emit_rounded(const float v[16], const float q[16
 // (tiny: the input type's smallest positive value; tiny * enc > 0 bounds every nonzero |x| * enc
 // away from 0), else by encoding again. Both give the exact errors' choice and emit_block_enc's
 // bytes, so the same bytes.
+// raw: the block's bf16 pairs when the input is bf16 (emit_rounded_bf16), else nullptr.
 template <bool kMse, bool kEstimate = false>
 __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float bmax, float s_enc, const float* enc,
                                                         const float* rec, int64_t unit, uint8_t* codes,
-                                                        uint8_t* scales, uint16_t* fake, float tiny = 0.0f) {
+                                                        uint8_t* scales, uint16_t* fake, float tiny = 0.0f,
+                                                        const uint32_t* raw = nullptr) {
   uint8_t sb6, sb4;
   nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
   const int i6 = lut_index(sb6), i4 = lut_index(sb4);
@@ -177,7 +218,10 @@ __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float
           float q[16];
 #pragma unroll
           for (int i = 0; i < 16; ++i) q[i] = four ? q4[i] : q6[i];
-          emit_rounded(v, q, four ? sb4 : sb6, unit, codes, scales, fake);
+          if (raw)
+            emit_rounded_bf16(raw, q, four ? sb4 : sb6, unit, codes, scales, fake);
+          else
+            emit_rounded(v, q, four ? sb4 : sb6, unit, codes, scales, fake);
           return;
         }
       } else {  // the exact errors (rare)

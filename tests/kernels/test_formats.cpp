@@ -192,6 +192,34 @@ TEST(E2M1, ArithmeticMagnitudeCodeEqualsLadderOnEveryFloatUpTo6) {
   EXPECT_NE(e2m1_round(7.0f), 6.0f);  // 7 ties to 8: the bound is tight
 }
 
+TEST(SignNibbles, PackedSignsEqualEachElementsCompare) {
+  // nvfp4_sign_nibbles(bf16x2_negative_bits(raw pairs)) — the Four Over Six kernel's code signs for
+  // bf16 input, through prmt's sign-replicating selectors (emulated here bit for bit as PTX
+  // defines them; the GPU tests compare the kernel's bytes) — against x < 0 element by element:
+  // bit 4j + 3 set iff element j is strictly negative (-0.0 is not), every other bit clear. No
+  // NaN reaches it (a NaN element makes the block's estimates NaN: the exact path encodes it).
+  const uint16_t special[] = {0x0000, 0x8000, 0x0001, 0x8001, 0x7f80, 0xff80, 0x3f80, 0xbf80, 0x7f7f, 0xff7f, 0x0080, 0x8080};
+  std::mt19937 rng(7);
+  auto half = [&](int i) -> uint16_t {
+    const uint16_t h =
+        i % 3 == 0 ? special[rng() % (sizeof special / sizeof special[0])] : static_cast<uint16_t>(rng());
+    return (h & 0x7fff) > 0x7f80 ? static_cast<uint16_t>(h & 0x807f) : h;  // a NaN becomes a finite value
+  };
+  for (int trial = 0; trial < 200000; ++trial) {
+    uint16_t h[8];
+    for (int j = 0; j < 8; ++j) h[j] = half(trial + j);
+    uint32_t neg[4];
+    uint32_t want = 0;
+    for (int i = 0; i < 4; ++i) neg[i] = bf16x2_negative_bits(h[2 * i] | (static_cast<uint32_t>(h[2 * i + 1]) << 16));
+    for (int j = 0; j < 8; ++j) want |= (u2f(static_cast<uint32_t>(h[j]) << 16) < 0.0f ? 1u : 0u) << (4 * j + 3);
+    ASSERT_EQ(nvfp4_sign_nibbles(neg), want) << trial << " " << std::hex << h[0] << " " << h[1] << " " << h[2] << " "
+                                              << h[3] << " " << h[4] << " " << h[5] << " " << h[6] << " " << h[7];
+  }
+  // prmt's emulation: a byte select and a sign replication.
+  EXPECT_EQ(prmt(0x44332211u, 0x88776655u, 0x7654u), 0x88776655u);
+  EXPECT_EQ(prmt(0x00800001u, 0u, 0x000Au), 0x010101FFu);
+}
+
 TEST(Div6, FmaFormEqualsTheDivisionWhereItIsUsed) {
   // div6's GPU form (one correction of x * RN(1/6)) against x / 6 where the kernels use it,
   // [2^-122, FLT_MAX]: every float32 of the lowest four binades (where the correction term comes
