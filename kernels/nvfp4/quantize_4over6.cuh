@@ -122,8 +122,8 @@ __device__ __forceinline__ void emit_rounded(const float v[16], const float q[16
   }
 }
 
-// The same outputs for bf16 input given as its raw pairs (element 2i low in raw[i]), two elements
-// at a time where the pairs allow: the codes' signs by nvfp4_sign_nibbles (4 permutes and 2 logic
+// The same outputs for bf16 input (v: its values, exact in float32), two elements at a time where
+// the bf16 pairs allow: the codes' signs by nvfp4_sign_nibbles (4 permutes and 2 logic
 // ops a word instead of a compare and a select an element), the fake values as bf16 pairs
 // q * fsb (exact: at most 6 significant bits in [2^-10, 2688]) by one bf16x2 fma with -0.0 (+0 stays
 // +0), the sign ORed in from the raw pair. Same bytes as emit_rounded.
@@ -132,11 +132,12 @@ __device__ __forceinline__ uint32_t bf16x2_mul_exact(uint32_t a, uint32_t b) {
   asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
   return d;
 }
-__device__ __forceinline__ void emit_rounded_bf16(const uint32_t raw[8], const float q[16], uint8_t sb, int64_t unit,
+__device__ __forceinline__ void emit_rounded_bf16(const float v[16], const float q[16], uint8_t sb, int64_t unit,
                                                   uint8_t* codes, uint8_t* scales, uint16_t* fake) {
-  uint32_t neg[8];
+  uint32_t neg[8];  // from the raw pairs, rebuilt from v (a permute each: no raw words held through the estimate)
 #pragma unroll
-  for (int i = 0; i < 8; ++i) neg[i] = bf16x2_negative_bits(raw[i]);
+  for (int i = 0; i < 8; ++i)
+    neg[i] = bf16x2_negative_bits(__byte_perm(__float_as_uint(v[2 * i]), __float_as_uint(v[2 * i + 1]), 0x7632));
   if (codes || scales) {
     uint32_t packed[2] = {0u, 0u};
 #pragma unroll
@@ -172,12 +173,11 @@ __device__ __forceinline__ void emit_rounded_bf16(const uint32_t raw[8], const f
 // (tiny: the input type's smallest positive value; tiny * enc > 0 bounds every nonzero |x| * enc
 // away from 0), else by encoding again. Both give the exact errors' choice and emit_block_enc's
 // bytes, so the same bytes.
-// raw: the block's bf16 pairs when the input is bf16 (emit_rounded_bf16), else nullptr.
-template <bool kMse, bool kEstimate = false>
+// kBf16: the input is bf16 (emit_rounded_bf16).
+template <bool kMse, bool kEstimate = false, bool kBf16 = false>
 __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float bmax, float s_enc, const float* enc,
                                                         const float* rec, int64_t unit, uint8_t* codes,
-                                                        uint8_t* scales, uint16_t* fake, float tiny = 0.0f,
-                                                        const uint32_t* raw = nullptr) {
+                                                        uint8_t* scales, uint16_t* fake, float tiny = 0.0f) {
   uint8_t sb6, sb4;
   nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
   const int i6 = lut_index(sb6), i4 = lut_index(sb4);
@@ -218,8 +218,8 @@ __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float
           float q[16];
 #pragma unroll
           for (int i = 0; i < 16; ++i) q[i] = four ? q4[i] : q6[i];
-          if (raw)
-            emit_rounded_bf16(raw, q, four ? sb4 : sb6, unit, codes, scales, fake);
+          if constexpr (kBf16)
+            emit_rounded_bf16(v, q, four ? sb4 : sb6, unit, codes, scales, fake);
           else
             emit_rounded(v, q, four ? sb4 : sb6, unit, codes, scales, fake);
           return;

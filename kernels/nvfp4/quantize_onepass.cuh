@@ -313,13 +313,11 @@ __device__ __forceinline__ void quantize_block_4over6(const Nvfp4Args& a, const 
       v[2 * i] = __uint_as_float(raw[i] << 16);
       v[2 * i + 1] = __uint_as_float(raw[i] & 0xffff0000u);
     }
-    four_over_six_block_lut<kMse, /*kEstimate=*/true>(v, bmax[u], s_enc, enc_lut, rec_lut, unit0 + u, a.codes,
-                                                   a.scales, a.fake, smallest_positive<T>(), raw);
   } else {
     load16<T, Src::kShared>(base, u * 16, v);
-    four_over_six_block_lut<kMse, /*kEstimate=*/true>(v, bmax[u], s_enc, enc_lut, rec_lut, unit0 + u, a.codes,
-                                                   a.scales, a.fake, smallest_positive<T>());
   }
+  four_over_six_block_lut<kMse, /*kEstimate=*/true, T == InType::BF16>(v, bmax[u], s_enc, enc_lut, rec_lut, unit0 + u,
+                                                                     a.codes, a.scales, a.fake, smallest_positive<T>());
 }
 
 // All threads: Four Over Six on a slice held in shared memory, with the tables of its amax.
