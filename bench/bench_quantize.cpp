@@ -457,6 +457,19 @@ int main(int argc, char** argv) {
             set_knob("FP4QAT_NVFP4_THREADS", "");
           });
     }
+    // ... with two lanes a block (half the registers a thread: 16 warps a CTA without spills) ...
+    for (const char* threads : {"512", "384"}) {
+      const fp4qat::NVFP4Rule r{true, 256.0f, false, false};
+      add(std::string("nvfp4 1d MoE layer 4over6-256-mae, 2 lanes a block, ") + threads + " threads",
+          double(layer_elems), nv_b, true, [&, threads] {
+            set_knob("FP4QAT_NVFP4_LANES", "2");
+            set_knob("FP4QAT_NVFP4_THREADS", threads);
+            fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, r);
+            fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
+            set_knob("FP4QAT_NVFP4_LANES", "");
+            set_knob("FP4QAT_NVFP4_THREADS", "");
+          });
+    }
     // ... with the amax given (no wait for each expert's amax: what is left is the compute) ...
     {
       const fp4qat::NVFP4Rule r{true, 256.0f, false, false};

@@ -316,26 +316,27 @@ FP4QAT_HD float nvfp4_4over6_err(uint8_t code, float fsb, float amax, float six_
 // The terms are summed as a tree (pairs, then pairs of pairs: 4 levels, against the exact
 // errors' 15 sequential roundings), which keeps the bound — the estimate's own summation error is
 // at most 4u of the sum, an MSE term's product one more u — and lets the GPU add 8 pairs at once
-// instead of waiting on 16 dependent additions.
+// instead of waiting on 16 dependent additions. Each half block's 8 terms are a 3-level tree
+// (nvfp4_4over6_err_estimate8: the Four Over Six kernel that splits a block over two lanes adds
+// the halves' sums), the block's estimate their sum.
 template <bool kMse, bool kClamp = true>
-FP4QAT_HD float nvfp4_4over6_err_estimate(const float v[16], float enc, float unit, float q[16]) {
-  float t[16];
+FP4QAT_HD float nvfp4_4over6_err_estimate8(const float v[8], float enc, float unit, float q[8]) {
+  float t[8];
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int i = 0; i < 16; ++i) {
+  for (int i = 0; i < 8; ++i) {
     const float a = fabsf(v[i]);
     q[i] = e2m1_round(kClamp ? fminf(a * enc, kE2M1Max) : a * enc);
     const float d = fmaf(q[i], unit, -a);
     t[i] = kMse ? d * d : fabsf(d);
   }
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
-  for (int i = 0; i < 16; i += 2) t[i] += t[i + 1];
-  t[0] += t[2], t[4] += t[6], t[8] += t[10], t[12] += t[14];
-  t[0] += t[4], t[8] += t[12];
-  return t[0] + t[8];
+  return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+}
+template <bool kMse, bool kClamp = true>
+FP4QAT_HD float nvfp4_4over6_err_estimate(const float v[16], float enc, float unit, float q[16]) {
+  const float lo = nvfp4_4over6_err_estimate8<kMse, kClamp>(v, enc, unit, q);
+  return lo + nvfp4_4over6_err_estimate8<kMse, kClamp>(v + 8, enc, unit, q + 8);
 }
 // Whether a block with max bmax needs no clamp under enc: fl is monotone, so every product
 // fl(|x| * enc) <= fl(bmax * enc) < 7 (false for NaN).

@@ -234,6 +234,128 @@ __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float
   }
 }
 
+// ---- Two lanes a block (the staged2 kernel's paired shape, bf16 input) ----------------------
+// Lanes 2k and 2k + 1 of a warp share block k: the low lane holds elements 0-7, the high lane
+// 8-15 (half 0 / 1), halving what a thread holds through the estimate (8 values and 2 x 8 rounded
+// magnitudes instead of 16 and 2 x 16) so that more warps fit a SM. Both lanes compute the scale
+// bytes and the choice (the same inputs, the same results); the estimate is each half's
+// nvfp4_4over6_err_estimate8 plus the partner's (one shuffle: the same sum as the one-lane form);
+// the exact errors (rare) run in element order, the low lane's partial sum handed to the high lane
+// to continue (the CPU reference's order); each lane writes its half's codes (a 32-bit word) and
+// fake values (16 bytes), the low lane the scale byte. The same bytes as four_over_six_block_lut.
+__device__ __forceinline__ float exact_err_half(const float v[8], float enc, const float t[8], bool mse, float err) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t q = nvfp4_encode_u32(v[i], enc);
+    const float r = pick8(t, q);
+    const float d = ((q & 8u) ? -r : r) - v[i];
+    err += mse ? d * d : fabsf(d);
+  }
+  return err;
+}
+__device__ __forceinline__ void store_half(uint32_t packed, const uint32_t w[4], uint8_t sb, int64_t unit, int half,
+                                           uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+  if (codes) __stcs(reinterpret_cast<uint32_t*>(codes) + 2 * unit + half, packed);
+  if (scales && half == 0) scales[unit] = sb;
+  if (fake) __stcs(reinterpret_cast<uint4*>(fake + unit * 16) + half, make_uint4(w[0], w[1], w[2], w[3]));
+}
+// A half block's outputs by encoding (emit_block_enc's arithmetic).
+__device__ __forceinline__ void emit_half_enc(const float v[8], uint8_t sb, float enc, int64_t unit, int half,
+                                              uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+  uint32_t packed = 0u, w[4] = {0u, 0u, 0u, 0u};
+  if (codes) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) packed |= nvfp4_encode_u32(v[i], enc) << (4 * i);
+  }
+  if (fake) {
+    const float fsb = e4m3_to_float(sb);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      w[i] = __byte_perm(__float_as_uint(nvfp4_fake_value(v[2 * i], enc, fsb)),
+                         __float_as_uint(nvfp4_fake_value(v[2 * i + 1], enc, fsb)), 0x7632);
+  }
+  store_half(packed, w, sb, unit, half, codes, scales, fake);
+}
+// A half block's outputs from the rounded magnitudes (emit_rounded_bf16's arithmetic).
+__device__ __forceinline__ void emit_half_rounded_bf16(const float v[8], const float q[8], uint8_t sb, int64_t unit,
+                                                       int half, uint8_t* codes, uint8_t* scales, uint16_t* fake) {
+  uint32_t neg[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    neg[i] = bf16x2_negative_bits(__byte_perm(__float_as_uint(v[2 * i]), __float_as_uint(v[2 * i + 1]), 0x7632));
+  uint32_t packed = 0u, w[4] = {0u, 0u, 0u, 0u};
+  if (codes) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t c = __float_as_uint(q[i] * 0x1p-126f);  // magnitude code << 22
+      const int sh = 4 * i;
+      packed += sh <= 22 ? c >> (22 - sh) : c << (sh - 22);
+    }
+    packed |= nvfp4_sign_nibbles(neg);
+  }
+  if (fake) {
+    const uint32_t f2 = __byte_perm(__float_as_uint(e4m3_to_float(sb)), 0u, 0x3232);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t qp = __byte_perm(__float_as_uint(q[2 * i]), __float_as_uint(q[2 * i + 1]), 0x7632);
+      w[i] = bf16x2_mul_exact(qp, f2) | (neg[i] & 0x80008000u);
+    }
+  }
+  store_half(packed, w, sb, unit, half, codes, scales, fake);
+}
+// One lane's half of a block (v: its 8 values; bmax the block's): all lanes of the pair call it
+// together (pair: the two lanes' mask).
+template <bool kMse>
+__device__ __forceinline__ void four_over_six_half_block(const float v[8], int half, unsigned pair, float bmax,
+                                                         float s_enc, const float* enc, const float* rec,
+                                                         int64_t unit, uint8_t* codes, uint8_t* scales,
+                                                         uint16_t* fake, float tiny) {
+  uint8_t sb6, sb4;
+  nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
+  const int i6 = lut_index(sb6), i4 = lut_index(sb4);
+  const float enc6 = enc[i6], enc4 = enc[i4];
+  bool four = false;
+  if (sb6 != sb4) {
+    const float r6 = rec[8 * i6 + 2], r4 = rec[8 * i4 + 2];
+    float q6[8], q4[8], h6, h4;
+    if (nvfp4_4over6_unclamped(bmax, enc6) && nvfp4_4over6_unclamped(bmax, enc4)) {
+      h6 = nvfp4_4over6_err_estimate8<kMse, false>(v, enc6, r6, q6);
+      h4 = nvfp4_4over6_err_estimate8<kMse, false>(v, enc4, r4, q4);
+    } else {
+      h6 = nvfp4_4over6_err_estimate8<kMse, true>(v, enc6, r6, q6);
+      h4 = nvfp4_4over6_err_estimate8<kMse, true>(v, enc4, r4, q4);
+    }
+    const float o6 = __shfl_xor_sync(pair, h6, 1), o4 = __shfl_xor_sync(pair, h4, 1);
+    const float e6 = half ? o6 + h6 : h6 + o6, e4 = half ? o4 + h4 : h4 + o4;  // low half + high half
+    const int sure =
+        nvfp4_4over6_sure_choice<kMse>(e6, e4, nvfp4_4over6_spread_bound<kMse>(bmax), fmaxf(bmax, fmaxf(r6, r4)));
+    if (sure >= 0) {
+      four = sure == 1;
+      if (tiny * (four ? enc4 : enc6) > 0.0f) {
+        float q[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) q[i] = four ? q4[i] : q6[i];
+        emit_half_rounded_bf16(v, q, four ? sb4 : sb6, unit, half, codes, scales, fake);
+        return;
+      }
+    } else {  // the exact errors (rare), in element order across the two lanes
+      float t6[8], t4[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) t6[k] = rec[8 * i6 + k], t4[k] = rec[8 * i4 + k];
+      const int lo = (threadIdx.x & 31) & ~1;
+      float a6 = 0.0f, a4 = 0.0f;
+      if (half == 0) a6 = exact_err_half(v, enc6, t6, kMse, 0.0f), a4 = exact_err_half(v, enc4, t4, kMse, 0.0f);
+      a6 = __shfl_sync(pair, a6, lo);
+      a4 = __shfl_sync(pair, a4, lo);
+      if (half == 1) a6 = exact_err_half(v, enc6, t6, kMse, a6), a4 = exact_err_half(v, enc4, t4, kMse, a4);
+      a6 = __shfl_sync(pair, a6, lo + 1);
+      a4 = __shfl_sync(pair, a4, lo + 1);
+      four = a4 < a6;
+    }
+  }
+  emit_half_enc(v, four ? sb4 : sb6, four ? enc4 : enc6, unit, half, codes, scales, fake);
+}
+
 // Four Over Six on 16x16 tiles, a half-warp a tile: lane i holds row i's 16 elements of the tile's
 // column block (zeros for rows past the tensor: valid false). The tile max by xor-shuffles, both
 // candidates per row from the tables of the tile's amax (enc, rec), the tile errors by the spec's
