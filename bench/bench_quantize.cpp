@@ -446,27 +446,13 @@ int main(int argc, char** argv) {
     }
     // ... with 384 threads a CTA (12 warps; two CTAs a SM within 80 registers: ncu showed the
     // kernel latency bound at 4 warps a scheduler, session 23) ...
-    // ... and 512 (16 warps; within 64 registers, with spills) ...
-    for (const char* threads : {"384", "512"}) {
+    for (const char* threads : {"384"}) {
       const fp4qat::NVFP4Rule r{true, 256.0f, false, false};
       add(std::string("nvfp4 1d MoE layer 4over6-256-mae, ") + threads + " threads", double(layer_elems), nv_b, true,
           [&, threads] {
             set_knob("FP4QAT_NVFP4_THREADS", threads);
             fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, r);
             fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
-            set_knob("FP4QAT_NVFP4_THREADS", "");
-          });
-    }
-    // ... with two lanes a block (half the registers a thread: 16 warps a CTA without spills) ...
-    for (const char* threads : {"512", "384"}) {
-      const fp4qat::NVFP4Rule r{true, 256.0f, false, false};
-      add(std::string("nvfp4 1d MoE layer 4over6-256-mae, 2 lanes a block, ") + threads + " threads",
-          double(layer_elems), nv_b, true, [&, threads] {
-            set_knob("FP4QAT_NVFP4_LANES", "2");
-            set_knob("FP4QAT_NVFP4_THREADS", threads);
-            fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, r);
-            fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
-            set_knob("FP4QAT_NVFP4_LANES", "");
             set_knob("FP4QAT_NVFP4_THREADS", "");
           });
     }

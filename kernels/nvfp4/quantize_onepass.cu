@@ -227,12 +227,12 @@ static Slices uniform_slices(const Nvfp4Args& a, int64_t rows) {
 
 // One staged2 shape of Four Over Six (kTh threads x kSlots slots, kMinCtas CTAs a SM for the
 // registers), MAE or MSE as the rule says.
-template <InType T, int kTh, int kSlots, int kMinCtas = 1, bool kPairs = false>
+template <InType T, int kTh, int kSlots, int kMinCtas = 1>
 bool launch_4over6_shape(const Nvfp4Args& a, const Slices& sl, int64_t row_bytes, cudaStream_t stream) {
-  return a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 2, kMinCtas, kPairs>, kTh, kSlots, kSlots,
-                                      a, sl, row_bytes, stream)
-                    : launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 1, kMinCtas, kPairs>, kTh, kSlots, kSlots,
-                                      a, sl, row_bytes, stream);
+  return a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 2, kMinCtas>, kTh, kSlots, kSlots, a, sl,
+                                      row_bytes, stream)
+                    : launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 1, kMinCtas>, kTh, kSlots, kSlots, a, sl,
+                                      row_bytes, stream);
 }
 
 // Four Over Six: one shape, 256 threads x 2 slots of 40 KB (each + 5 KB of block maxima; + 5 KB of
@@ -249,21 +249,12 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   const Slices sl = uniform_slices(a, slot / row_bytes<T>(a.K));
   if (sl.R < 1) return false;
   const int64_t rb = row_bytes<T>(a.K);
-  // Benchmark shapes: FP4QAT_NVFP4_THREADS=384 (12 warps a CTA, two CTAs a SM within 80 registers),
-  // FP4QAT_NVFP4_THREADS=512 (16 warps a CTA, two a SM within 64 registers),
-  // FP4QAT_NVFP4_SLOTS=3 (a deeper ring of smaller slots; measured slower, session 23).
-  bool ok = false;
-  if constexpr (T == InType::BF16) {
-    // FP4QAT_NVFP4_LANES=2: two lanes a block (half the registers a thread), 384 or 512 threads.
-    if (tu.lanes == 2) {
-      ok = tu.threads == 384 ? launch_4over6_shape<T, 384, 2, 2, true>(a, sl, rb, stream)
-                             : launch_4over6_shape<T, 512, 2, 2, true>(a, sl, rb, stream);
-      if (ok) set_last_kernel("staged2-4over6");
-      return ok;
-    }
-  }
-  ok = tu.threads == 384   ? launch_4over6_shape<T, 384, 2, 2>(a, sl, rb, stream)
-                  : tu.threads == 512 ? launch_4over6_shape<T, 512, 2, 2>(a, sl, rb, stream)
+  // Benchmark shapes, both measured slower (bench/RESULTS.md sessions 23-24; more warps wait at more
+  // barriers): FP4QAT_NVFP4_THREADS=384 (12 warps a CTA, two CTAs a SM within 80 registers),
+  // FP4QAT_NVFP4_SLOTS=3 (a deeper ring of smaller slots). 512 threads (with spills) and two lanes a
+  // block (half the registers a thread, 384 or 512 threads) were measured slower still in session 24
+  // and removed.
+  const bool ok = tu.threads == 384 ? launch_4over6_shape<T, 384, 2, 2>(a, sl, rb, stream)
                   : tu.slots == 3   ? launch_4over6_shape<T, 256, 3>(a, sl, rb, stream)
                                     : launch_4over6_shape<T, 256, 2>(a, sl, rb, stream);
   if (ok) set_last_kernel("staged2-4over6");

@@ -334,33 +334,6 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
   }
 }
 
-// The same with two lanes a block (bf16 input; four_over_six_half_block): warp w takes blocks
-// w * 16 + kTh/2 * i + (lane >> 1), lane & 1 its half.
-template <int kTh, bool kMse, typename Between>
-__device__ __forceinline__ void quantize_slice_4over6_pairs(const Nvfp4Args& a, const unsigned char* base,
-                                                            const float* bmax, int64_t units, int64_t unit0,
-                                                            float s_enc, const float* enc_lut, const float* rec_lut,
-                                                            Between&& between) {
-  const int lane = threadIdx.x & 31, half = lane & 1;
-  const unsigned pair = 3u << (lane & ~1);
-  for (int64_t u0 = (threadIdx.x >> 5) * 16; u0 < units; u0 += kTh / 2) {
-    const int64_t u = u0 + (lane >> 1);
-    if (u < units) {  // the same for both lanes of a pair
-      const uint4 r = reinterpret_cast<const uint4*>(base + u * 32)[half];
-      const uint32_t w[4] = {r.x, r.y, r.z, r.w};
-      float v[8];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        v[2 * i] = __uint_as_float(w[i] << 16);
-        v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-      }
-      four_over_six_half_block<kMse>(v, half, pair, bmax[u], s_enc, enc_lut, rec_lut, unit0 + u, a.codes, a.scales,
-                                     a.fake, smallest_positive<InType::BF16>());
-    }
-    between();
-  }
-}
-
 // One thread: initialize n mbarriers (one arrival each) at bar0, bar0 + 8, ...
 __device__ __forceinline__ void init_bars(uint32_t bar0, int n) {
   for (int s = 0; s < n; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * s) : "memory");
@@ -370,8 +343,8 @@ __device__ __forceinline__ void init_bars(uint32_t bar0, int n) {
 // Roles: thread 0 polls the head's group and the landed slots; thread kClaimer (another warp)
 // claims tickets, decodes them and starts the bulk copies, so the two round trips to memory overlap.
 // kRule: 0 max6; Four Over Six (a.rule) 1 MAE, 2 MSE. kMinCtas: the CTAs a SM the registers must
-// allow (__launch_bounds__'s second argument). kPairs: Four Over Six with two lanes a block (bf16).
-template <InType T, int kTh, int kSlots, int kRule = 0, int kMinCtas = 1, bool kPairs = false>
+// allow (__launch_bounds__'s second argument).
+template <InType T, int kTh, int kSlots, int kRule = 0, int kMinCtas = 1>
 __global__ void __launch_bounds__(kTh, kMinCtas)
     nvfp4_staged2_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes, int64_t slot_stride, uint32_t* amax_bits,
                          int* arrived, unsigned long long* ticket) {
@@ -489,14 +462,8 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
       quantize_slice<T, kTh>(a, smem + h * slot_stride, head_bmax, units, unit0, factor, enc_lut);
     } else {
       const float s_enc = prepare_head_4over6<kTh>(shared_amax, item_first[h], g, a, enc_lut, rec_lut, &lut_tag);
-      if constexpr (kPairs) {
-        static_assert(T == InType::BF16, "two lanes a block: bf16 input only");
-        quantize_slice_4over6_pairs<kTh, kRule == 2>(a, smem + h * slot_stride, head_bmax, units, unit0, s_enc,
-                                                     enc_lut, rec_lut, fold_early);
-      } else {
-        quantize_slice_4over6<T, kTh, kRule == 2>(a, smem + h * slot_stride, head_bmax, units, unit0, s_enc, enc_lut,
-                                                  rec_lut, fold_early);
-      }
+      quantize_slice_4over6<T, kTh, kRule == 2>(a, smem + h * slot_stride, head_bmax, units, unit0, s_enc, enc_lut,
+                                                rec_lut, fold_early);
     }
     __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
     if (threadIdx.x == 0) trace_event(sl, item[h], 3);
