@@ -255,8 +255,8 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   // block (half the registers a thread, 384 or 512 threads) were measured slower still in session 24
   // and removed.
   const bool ok = tu.threads == 384 ? launch_4over6_shape<T, 384, 2, 2>(a, sl, rb, stream)
-                  : tu.slots == 3   ? launch_4over6_shape<T, 256, 3>(a, sl, rb, stream)
-                                    : launch_4over6_shape<T, 256, 2>(a, sl, rb, stream);
+                  : tu.slots == 3   ? launch_4over6_shape<T, 256, 3, 2>(a, sl, rb, stream)
+                                    : launch_4over6_shape<T, 256, 2, 2>(a, sl, rb, stream);
   if (ok) set_last_kernel("staged2-4over6");
   return ok;
 }

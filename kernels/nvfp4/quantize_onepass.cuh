@@ -323,14 +323,39 @@ __device__ __forceinline__ void quantize_block_4over6(const Nvfp4Args& a, const 
 // All threads: Four Over Six on a slice held in shared memory, with the tables of its amax.
 // Iterations are warp-uniform; after each, `between()` runs with the warp's lanes converged (the
 // staged2 kernel folds slots that have landed meanwhile).
+// bf16: software-pipelined — the next block's words and maximum are loaded from shared memory
+// before this block's arithmetic (the head slot is not written until the slice is done; `between`
+// folds other slots), taking two shared-memory latencies off each block's dependent chain.
 template <InType T, int kTh, bool kMse, typename Between>
 __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const unsigned char* base, const float* bmax,
                                                       int64_t units, int64_t unit0, float s_enc, const float* enc_lut,
                                                       const float* rec_lut, Between&& between) {
-  for (int64_t u0 = threadIdx.x & ~31; u0 < units; u0 += kTh) {
-    const int64_t u = u0 + (threadIdx.x & 31);
-    if (u < units) quantize_block_4over6<T, kMse>(a, base, bmax, u, unit0, s_enc, enc_lut, rec_lut);
-    between();
+  if constexpr (T == InType::BF16) {
+    const int n = static_cast<int>(units);  // a slice's blocks: a slot's bytes / 32
+    int u = threadIdx.x;
+    uint32_t next[8];
+    float next_max = 0.0f;
+    if (u < n) load_raw16(base, u, next), next_max = bmax[u];
+    for (int u0 = threadIdx.x & ~31; u0 < n; u0 += kTh, u += kTh) {
+      float v[16];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        v[2 * i] = __uint_as_float(next[i] << 16);
+        v[2 * i + 1] = __uint_as_float(next[i] & 0xffff0000u);
+      }
+      const float m = next_max;
+      if (u + kTh < n) load_raw16(base, u + kTh, next), next_max = bmax[u + kTh];
+      if (u < n)
+        four_over_six_block_lut<kMse, /*kEstimate=*/true, true>(v, m, s_enc, enc_lut, rec_lut, unit0 + u, a.codes,
+                                                              a.scales, a.fake, smallest_positive<T>());
+      between();
+    }
+  } else {
+    for (int64_t u0 = threadIdx.x & ~31; u0 < units; u0 += kTh) {
+      const int64_t u = u0 + (threadIdx.x & 31);
+      if (u < units) quantize_block_4over6<T, kMse>(a, base, bmax, u, unit0, s_enc, enc_lut, rec_lut);
+      between();
+    }
   }
 }
 
