@@ -1,4 +1,4 @@
-// tests/trainer/dist_util.cpp — see dist_util.h.
+// tests/dist/dist_util.cpp — see dist_util.h.
 #include "tests/dist/dist_util.h"
 
 #include <netinet/in.h>
@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <random>
 #include <cstring>
 #include <stdexcept>
 #include <thread>
@@ -16,21 +17,40 @@
 
 namespace fp4qat::test {
 
-int free_port() {
+namespace {
+
+// Whether a TCP port on the loopback can be bound now (0: any; its number into *port).
+bool bindable(int* port) {
   const int s = ::socket(AF_INET, SOCK_STREAM, 0);
   if (s < 0) throw std::runtime_error("socket() failed");
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
+  a.sin_port = htons(static_cast<uint16_t>(*port));
   socklen_t len = sizeof a;
-  if (::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    ::close(s);
-    throw std::runtime_error("bind() to a free port failed");
-  }
-  const int port = ntohs(a.sin_port);
+  const bool ok =
+      ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+  if (ok) *port = ntohs(a.sin_port);
   ::close(s);
+  return ok;
+}
+
+}  // namespace
+
+// A port below the kernel's ephemeral range (Linux's default starts at 32768): one the kernel
+// handed out as ephemeral could be handed again — to a client socket of another test's ranks
+// running at the same time (ctest -j) — between this check and the rendezvous binding it. Random
+// among 12,000, so two tests rarely pick the same one; an ephemeral port if none binds.
+int free_port() {
+  static std::mt19937 rng(static_cast<uint32_t>(::getpid()) ^
+                          static_cast<uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
+  std::uniform_int_distribution<int> pick(20000, 31999);
+  for (int tries = 0; tries < 64; ++tries) {
+    int port = pick(rng);
+    if (bindable(&port)) return port;
+  }
+  int port = 0;
+  if (!bindable(&port)) throw std::runtime_error("bind() to a free port failed");
   return port;
 }
 
