@@ -258,8 +258,9 @@ FP4QAT_HD float nvfp4_4over6_s_enc(float amax, float e4m3_max) {
 }
 // x / 6, correctly rounded. On the GPU, for x >= 2^-122, by one correction of the product with
 // RN(1/6): q = x * RN(1/6), r = fma(-q, 6, x) (exact), q + r * RN(1/6) rounded once — equal to
-// the division for every such float32 (the quotient is normal, so the rounding pattern repeats
-// in each binade: tests/kernels/test_formats.cpp checks one binade exhaustively and the bounds);
+// the division for every such float32 (checked over all of them when written; the quotient is
+// normal, so the rounding repeats binade to binade: tests/kernels/test_formats.cpp checks the
+// lowest four binades, [1, 2) and the top one exhaustively, and that the bound is needed);
 // three instructions instead of the division's reciprocal, its refinements and the slow-path
 // check. Below 2^-122 (a quotient near the subnormals), NaN and inf: the division.
 FP4QAT_HD float div6_by_fma(float x) {  // div6's GPU form, on every platform (tested on the CPU)

@@ -299,25 +299,17 @@ __host__ __device__ constexpr float smallest_positive() {
   return T == InType::BF16 ? 0x1p-133f : T == InType::F16 ? 0x1p-24f : 0x1p-149f;
 }
 
-// One block of Four Over Six from a slice in shared memory, with the tables of its amax.
+// One block of Four Over Six from a slice in shared memory, with the tables of its amax (float32 and
+// float16 input; bf16 goes through quantize_slice_4over6's pipelined loop).
 template <InType T, bool kMse>
 __device__ __forceinline__ void quantize_block_4over6(const Nvfp4Args& a, const unsigned char* base, const float* bmax,
                                                       int64_t u, int64_t unit0, float s_enc, const float* enc_lut,
                                                       const float* rec_lut) {
+  static_assert(T != InType::BF16, "bf16: quantize_slice_4over6's pipelined loop");
   float v[16];
-  if constexpr (T == InType::BF16) {
-    uint32_t raw[8];
-    load_raw16(base, u, raw);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      v[2 * i] = __uint_as_float(raw[i] << 16);
-      v[2 * i + 1] = __uint_as_float(raw[i] & 0xffff0000u);
-    }
-  } else {
-    load16<T, Src::kShared>(base, u * 16, v);
-  }
-  four_over_six_block_lut<kMse, /*kEstimate=*/true, T == InType::BF16>(v, bmax[u], s_enc, enc_lut, rec_lut, unit0 + u,
-                                                                     a.codes, a.scales, a.fake, smallest_positive<T>());
+  load16<T, Src::kShared>(base, u * 16, v);
+  four_over_six_block_lut<kMse, /*kEstimate=*/true>(v, bmax[u], s_enc, enc_lut, rec_lut, unit0 + u, a.codes, a.scales,
+                                                 a.fake, smallest_positive<T>());
 }
 
 // All threads: Four Over Six on a slice held in shared memory, with the tables of its amax.
@@ -333,7 +325,7 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
   if constexpr (T == InType::BF16) {
     const int n = static_cast<int>(units);  // a slice's blocks: a slot's bytes / 32
     int u = threadIdx.x;
-    uint32_t next[8];
+    uint32_t next[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
     float next_max = 0.0f;
     if (u < n) load_raw16(base, u, next), next_max = bmax[u];
     for (int u0 = threadIdx.x & ~31; u0 < n; u0 += kTh, u += kTh) {
