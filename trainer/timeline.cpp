@@ -38,7 +38,7 @@ struct Sum {
 };
 
 std::string fmt(const char* f, double a, double b, const std::string& s) {
-  char buf[64];
+  char buf[256];  // the longest format here with two numbers fits; snprintf truncates, never overruns
   std::snprintf(buf, sizeof buf, f, a, b);
   return buf + s + "\n";
 }

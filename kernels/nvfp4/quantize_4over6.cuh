@@ -94,6 +94,12 @@ __device__ __forceinline__ float lut_entry(int i, float amax, float s_dec, float
   const int j = i - kLutEnc, b = j >> 3, k = j & 7;
   return ((e2m1_to_float(static_cast<uint8_t>(k)) * e4m3_to_float(static_cast<uint8_t>(b))) * amax) / six_m;
 }
+// Element i's code word (its code << 22, the low 22 bits zero: nvfp4_code_word_from_rounded) into
+// nibble i of packed[2], by a shift without a mask (i is a compile-time index after unrolling).
+__device__ __forceinline__ void add_code_word(uint32_t packed[2], int i, uint32_t w) {
+  const int s = 4 * (i & 7);
+  packed[i >> 3] += s <= 22 ? w >> (22 - s) : w << (s - 22);
+}
 // The outputs of a block from the rounded magnitudes of its chosen candidate (q: the estimate's,
 // e2m1_round(min(|x| * enc, 6))), without encoding again: the codes by
 // nvfp4_code_word_from_rounded, the fake values q * (x < 0 ? -fsb : fsb) (nvfp4_fake_value's sign is
@@ -104,11 +110,7 @@ __device__ __forceinline__ void emit_rounded(const float v[16], const float q[16
   if (codes || scales) {
     uint32_t packed[2] = {0u, 0u};
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const uint32_t w = nvfp4_code_word_from_rounded(v[i], q[i]);  // code << 22, low 22 bits zero
-      const int s = 4 * (i & 7);
-      packed[i >> 3] += s <= 22 ? w >> (22 - s) : w << (s - 22);
-    }
+    for (int i = 0; i < 16; ++i) add_code_word(packed, i, nvfp4_code_word_from_rounded(v[i], q[i]));
     store_codes(packed, sb, unit, codes, scales);
   }
   if (fake) {
@@ -141,11 +143,7 @@ __device__ __forceinline__ void emit_rounded_bf16(const float v[16], const float
   if (codes || scales) {
     uint32_t packed[2] = {0u, 0u};
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const uint32_t w = __float_as_uint(q[i] * 0x1p-126f);  // magnitude code << 22 (nvfp4_code_word_from_rounded)
-      const int s = 4 * (i & 7);
-      packed[i >> 3] += s <= 22 ? w >> (22 - s) : w << (s - 22);
-    }
+    for (int i = 0; i < 16; ++i) add_code_word(packed, i, __float_as_uint(q[i] * 0x1p-126f));  // magnitude << 22
     packed[0] |= nvfp4_sign_nibbles(neg);
     packed[1] |= nvfp4_sign_nibbles(neg + 4);
     store_codes(packed, sb, unit, codes, scales);
