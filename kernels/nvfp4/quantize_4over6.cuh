@@ -161,75 +161,82 @@ __device__ __forceinline__ void emit_rounded_bf16(const float v[16], const float
 }
 
 // A block's Four Over Six choice with the tables of its amax (enc, rec: 16-byte aligned), its
-// outputs written. kEstimate false: both candidates' exact errors (table look-ups), the smaller
-// wins. kEstimate true (the one-read staged2 kernel, compute bound): candidates with one scale
-// byte are one candidate (the tie keeps 6); otherwise the errors are estimated (formats.h
-// nvfp4_4over6_err_estimate: no codes, no look-ups, R = the table's reconstruction of code 1.0,
-// rec[8b + 2]; the clamp left out where no product reaches 7) and the exact errors are computed
-// only where the estimates cannot call the choice (ties, near-ties: nvfp4_4over6_sure_choice).
-// The winner's outputs come from the estimate's rounded magnitudes where no product underflows
-// (tiny: the input type's smallest positive value; tiny * enc > 0 bounds every nonzero |x| * enc
-// away from 0), else by encoding again. Both give the exact errors' choice and emit_block_enc's
-// bytes, so the same bytes.
-// kBf16: the input is bf16 (emit_rounded_bf16).
-template <bool kMse, bool kEstimate = false, bool kBf16 = false>
+// outputs written: both candidates' exact errors (table look-ups), the smaller wins (the rule
+// kernels).
+template <bool kMse>
 __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float bmax, float s_enc, const float* enc,
                                                         const float* rec, int64_t unit, uint8_t* codes,
-                                                        uint8_t* scales, uint16_t* fake, float tiny = 0.0f) {
+                                                        uint8_t* scales, uint16_t* fake) {
+  uint8_t sb6, sb4;
+  nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
+  const int i6 = lut_index(sb6), i4 = lut_index(sb4);
+  float t6[8], t4[8];
+  const float4* p6 = reinterpret_cast<const float4*>(rec + 8 * i6);
+  const float4* p4 = reinterpret_cast<const float4*>(rec + 8 * i4);
+  const float4 a6 = p6[0], b6 = p6[1], a4 = p4[0], b4 = p4[1];
+  t6[0] = a6.x, t6[1] = a6.y, t6[2] = a6.z, t6[3] = a6.w, t6[4] = b6.x, t6[5] = b6.y, t6[6] = b6.z, t6[7] = b6.w;
+  t4[0] = a4.x, t4[1] = a4.y, t4[2] = a4.z, t4[3] = a4.w, t4[4] = b4.x, t4[5] = b4.y, t4[6] = b4.z, t4[7] = b4.w;
+  const Candidate c6 = candidate_from<kMse>(v, enc[i6], e4m3_to_float(sb6), t6);
+  const Candidate c4 = candidate_from<kMse>(v, enc[i4], e4m3_to_float(sb4), t4);
+  if (c4.err < c6.err)
+    emit_candidate(c4, sb4, unit, codes, scales, fake);
+  else
+    emit_candidate(c6, sb6, unit, codes, scales, fake);
+}
+
+// The same choice and bytes from error estimates (the one-read staged2 kernel, compute bound), with
+// the slim tables of its amax: enc (kLutEnc entries) and one[b] = rec[8b + 2], the reconstruction
+// of code 1.0 (prepare_head_4over6<.., true>). Candidates with one scale byte are one candidate
+// (the tie keeps 6); otherwise the errors are estimated (formats.h nvfp4_4over6_err_estimate: no
+// codes, no look-ups, R = one[b]; the clamp left out where no product reaches 7) and the exact
+// errors are computed only where the estimates cannot call the choice (ties, near-ties:
+// nvfp4_4over6_sure_choice), their reconstructions then made on the spot (rec8: the tables'
+// entries, from amax and six_m). The winner's outputs come from the estimate's rounded magnitudes
+// where no product underflows (tiny: the input type's smallest positive value; tiny * enc > 0
+// bounds every nonzero |x| * enc away from 0), else by encoding again. Both give the exact errors'
+// choice and emit_block_enc's bytes, so the same bytes. kBf16: the input is bf16 (emit_rounded_bf16).
+template <bool kMse, bool kBf16 = false>
+__device__ __forceinline__ void four_over_six_block_est(const float v[16], float bmax, float s_enc, const float* enc,
+                                                        const float* one, float amax, float six_m, int64_t unit,
+                                                        uint8_t* codes, uint8_t* scales, uint16_t* fake, float tiny) {
   uint8_t sb6, sb4;
   nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
   const int i6 = lut_index(sb6), i4 = lut_index(sb4);
   const float enc6 = enc[i6], enc4 = enc[i4];
-  float t6[8], t4[8];
-  auto tables = [&] {
-    const float4* p6 = reinterpret_cast<const float4*>(rec + 8 * i6);
-    const float4* p4 = reinterpret_cast<const float4*>(rec + 8 * i4);
-    const float4 a6 = p6[0], b6 = p6[1], a4 = p4[0], b4 = p4[1];
-    t6[0] = a6.x, t6[1] = a6.y, t6[2] = a6.z, t6[3] = a6.w, t6[4] = b6.x, t6[5] = b6.y, t6[6] = b6.z, t6[7] = b6.w;
-    t4[0] = a4.x, t4[1] = a4.y, t4[2] = a4.z, t4[3] = a4.w, t4[4] = b4.x, t4[5] = b4.y, t4[6] = b4.z, t4[7] = b4.w;
-  };
-  if constexpr (!kEstimate) {
-    tables();
-    const Candidate c6 = candidate_from<kMse>(v, enc6, e4m3_to_float(sb6), t6);
-    const Candidate c4 = candidate_from<kMse>(v, enc4, e4m3_to_float(sb4), t4);
-    if (c4.err < c6.err)
-      emit_candidate(c4, sb4, unit, codes, scales, fake);
-    else
-      emit_candidate(c6, sb6, unit, codes, scales, fake);
-  } else {
-    bool four = false;
-    if (sb6 != sb4) {
-      const float r6 = rec[8 * i6 + 2], r4 = rec[8 * i4 + 2];
-      float q6[16], q4[16], e6, e4;
-      if (nvfp4_4over6_unclamped(bmax, enc6) && nvfp4_4over6_unclamped(bmax, enc4)) {
-        e6 = nvfp4_4over6_err_estimate<kMse, false>(v, enc6, r6, q6);
-        e4 = nvfp4_4over6_err_estimate<kMse, false>(v, enc4, r4, q4);
-      } else {
-        e6 = nvfp4_4over6_err_estimate<kMse, true>(v, enc6, r6, q6);
-        e4 = nvfp4_4over6_err_estimate<kMse, true>(v, enc4, r4, q4);
-      }
-      const int sure =
-          nvfp4_4over6_sure_choice<kMse>(e6, e4, nvfp4_4over6_spread_bound<kMse>(bmax), fmaxf(bmax, fmaxf(r6, r4)));
-      if (sure >= 0) {
-        four = sure == 1;
-        if (tiny * (four ? enc4 : enc6) > 0.0f) {
-          float q[16];
-#pragma unroll
-          for (int i = 0; i < 16; ++i) q[i] = four ? q4[i] : q6[i];
-          if constexpr (kBf16)
-            emit_rounded_bf16(v, q, four ? sb4 : sb6, unit, codes, scales, fake);
-          else
-            emit_rounded(v, q, four ? sb4 : sb6, unit, codes, scales, fake);
-          return;
-        }
-      } else {  // the exact errors (rare)
-        tables();
-        four = candidate_from<kMse>(v, enc4, e4m3_to_float(sb4), t4).err <
-               candidate_from<kMse>(v, enc6, e4m3_to_float(sb6), t6).err;
-      }
+  bool four = false;
+  if (sb6 != sb4) {
+    const float r6 = one[i6], r4 = one[i4];
+    float q6[16], q4[16], e6, e4;
+    if (nvfp4_4over6_unclamped(bmax, enc6) && nvfp4_4over6_unclamped(bmax, enc4)) {
+      e6 = nvfp4_4over6_err_estimate<kMse, false>(v, enc6, r6, q6);
+      e4 = nvfp4_4over6_err_estimate<kMse, false>(v, enc4, r4, q4);
+    } else {
+      e6 = nvfp4_4over6_err_estimate<kMse, true>(v, enc6, r6, q6);
+      e4 = nvfp4_4over6_err_estimate<kMse, true>(v, enc4, r4, q4);
     }
-    emit_block_enc(v, four ? sb4 : sb6, four ? enc4 : enc6, unit, codes, scales, fake);
+    const int sure =
+        nvfp4_4over6_sure_choice<kMse>(e6, e4, nvfp4_4over6_spread_bound<kMse>(bmax), fmaxf(bmax, fmaxf(r6, r4)));
+    if (sure >= 0) {
+      four = sure == 1;
+      if (tiny * (four ? enc4 : enc6) > 0.0f) {
+        float q[16];
+#pragma unroll
+        for (int i = 0; i < 16; ++i) q[i] = four ? q4[i] : q6[i];
+        if constexpr (kBf16)
+          emit_rounded_bf16(v, q, four ? sb4 : sb6, unit, codes, scales, fake);
+        else
+          emit_rounded(v, q, four ? sb4 : sb6, unit, codes, scales, fake);
+        return;
+      }
+    } else {  // the exact errors (rare): the tables' reconstructions of the two scale bytes
+      float t6[8], t4[8];
+      rec8(e4m3_to_float(static_cast<uint8_t>(i6)), amax, six_m, t6);
+      rec8(e4m3_to_float(static_cast<uint8_t>(i4)), amax, six_m, t4);
+      four = candidate_from<kMse>(v, enc4, e4m3_to_float(sb4), t4).err <
+             candidate_from<kMse>(v, enc6, e4m3_to_float(sb6), t6).err;
+    }
   }
+  emit_block_enc(v, four ? sb4 : sb6, four ? enc4 : enc6, unit, codes, scales, fake);
 }
 
 // Four Over Six on 16x16 tiles, a half-warp a tile: lane i holds row i's 16 elements of the tile's
@@ -271,28 +278,33 @@ __device__ __forceinline__ void four_over_six_tile(const float v[16], bool valid
 
 // The one-read kernels' Four Over Six (staged2 1D, staged 2D; a.rule): a slice's S_enc (with
 // M = a.rule.e4m3_max), its S_dec (written by the group's first slice), and the tables of its amax
-// in enc_lut / rec_lut (shared memory) — made only when the amax differs from the one they were
-// made for (*tag, the amax bits, initially a NaN's; consecutive slices of a CTA are mostly of one
-// expert). All threads.
-template <int kTh>
+// (shared memory): enc_lut (kLutEnc) and rec_lut — kSlim false: all of rec (kLutRec, the tiles'
+// exact errors); kSlim true: the reconstructions of code 1.0 only (kLutEnc: entry b is rec[8b + 2],
+// all four_over_six_block_est looks up). Made only when the amax differs from the one they were
+// made for (tag, the amax bits, initially a NaN's: a register every thread keeps alike; consecutive
+// slices of a CTA are mostly of other experts); then followed by a barrier, which is the only one.
+// All threads; the caller's barriers keep the last tables' readers before this.
+template <int kTh, bool kSlim = false>
 __device__ __forceinline__ float prepare_head_4over6(float amax, bool first, int g, const Nvfp4Args& a,
-                                                     float* enc_lut, float* rec_lut, uint32_t* tag) {
+                                                     float* enc_lut, float* rec_lut, uint32_t& tag) {
   const float s_enc = nvfp4_4over6_s_enc(amax, a.rule.e4m3_max);
   const float s_dec = nvfp4_s_dec(s_enc);
   if (first && threadIdx.x == 0) a.s_dec[g] = s_dec;
-  if (*tag != __float_as_uint(amax)) {  // the same shared word in every thread: a uniform branch
+  if (tag != __float_as_uint(amax)) {  // the same in every thread: a uniform branch
     const float six_m = a.rule.e4m3_max * kE2M1Max;
-    for (int i = threadIdx.x; i < kLutEnc + kLutRec; i += kTh) {
-      const float v = lut_entry(i, amax, s_dec, six_m);
+    constexpr int kRec = kSlim ? kLutEnc : kLutRec;
+    for (int i = threadIdx.x; i < kLutEnc + kRec; i += kTh) {
+      // slim: entry b of rec_lut is lut_entry's rec[8b + 2]
+      const int j = i < kLutEnc || !kSlim ? i : kLutEnc + 8 * (i - kLutEnc) + 2;
+      const float v = lut_entry(j, amax, s_dec, six_m);
       if (i < kLutEnc)
         enc_lut[i] = v;
       else
         rec_lut[i - kLutEnc] = v;
     }
-    __syncthreads();  // every thread has read *tag
-    if (threadIdx.x == 0) *tag = __float_as_uint(amax);
+    tag = __float_as_uint(amax);
+    __syncthreads();
   }
-  __syncthreads();
   return s_enc;
 }
 

@@ -299,17 +299,24 @@ __host__ __device__ constexpr float smallest_positive() {
   return T == InType::BF16 ? 0x1p-133f : T == InType::F16 ? 0x1p-24f : 0x1p-149f;
 }
 
-// One block of Four Over Six from a slice in shared memory, with the tables of its amax (float32 and
-// float16 input; bf16 goes through quantize_slice_4over6's pipelined loop).
+// A slice's Four Over Six parameters: S_enc, the slim tables of its amax (prepare_head_4over6<..,
+// true>: enc, one), and the amax and 6M the rare exact path makes its reconstructions from.
+struct Head4over6 {
+  float s_enc, amax, six_m;
+  const float* enc;
+  const float* one;
+};
+
+// One block of Four Over Six from a slice in shared memory (float32 and float16 input; bf16 goes
+// through quantize_slice_4over6's pipelined loop).
 template <InType T, bool kMse>
 __device__ __forceinline__ void quantize_block_4over6(const Nvfp4Args& a, const unsigned char* base, const float* bmax,
-                                                      int64_t u, int64_t unit0, float s_enc, const float* enc_lut,
-                                                      const float* rec_lut) {
+                                                      int64_t u, int64_t unit0, const Head4over6& hd) {
   static_assert(T != InType::BF16, "bf16: quantize_slice_4over6's pipelined loop");
   float v[16];
   load16<T, Src::kShared>(base, u * 16, v);
-  four_over_six_block_lut<kMse, /*kEstimate=*/true>(v, bmax[u], s_enc, enc_lut, rec_lut, unit0 + u, a.codes, a.scales,
-                                                 a.fake, smallest_positive<T>());
+  four_over_six_block_est<kMse>(v, bmax[u], hd.s_enc, hd.enc, hd.one, hd.amax, hd.six_m, unit0 + u, a.codes, a.scales,
+                                a.fake, smallest_positive<T>());
 }
 
 // All threads: Four Over Six on a slice held in shared memory, with the tables of its amax.
@@ -320,8 +327,8 @@ __device__ __forceinline__ void quantize_block_4over6(const Nvfp4Args& a, const 
 // folds other slots), taking two shared-memory latencies off each block's dependent chain.
 template <InType T, int kTh, bool kMse, typename Between>
 __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const unsigned char* base, const float* bmax,
-                                                      int64_t units, int64_t unit0, float s_enc, const float* enc_lut,
-                                                      const float* rec_lut, Between&& between) {
+                                                      int64_t units, int64_t unit0, const Head4over6& hd,
+                                                      Between&& between) {
   if constexpr (T == InType::BF16) {
     const int n = static_cast<int>(units);  // a slice's blocks: a slot's bytes / 32
     int u = threadIdx.x;
@@ -338,14 +345,14 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
       const float m = next_max;
       if (u + kTh < n) load_raw16(base, u + kTh, next), next_max = bmax[u + kTh];
       if (u < n)
-        four_over_six_block_lut<kMse, /*kEstimate=*/true, true>(v, m, s_enc, enc_lut, rec_lut, unit0 + u, a.codes,
-                                                              a.scales, a.fake, smallest_positive<T>());
+        four_over_six_block_est<kMse, true>(v, m, hd.s_enc, hd.enc, hd.one, hd.amax, hd.six_m, unit0 + u, a.codes,
+                                            a.scales, a.fake, smallest_positive<T>());
       between();
     }
   } else {
     for (int64_t u0 = threadIdx.x & ~31; u0 < units; u0 += kTh) {
       const int64_t u = u0 + (threadIdx.x & 31);
-      if (u < units) quantize_block_4over6<T, kMse>(a, base, bmax, u, unit0, s_enc, enc_lut, rec_lut);
+      if (u < units) quantize_block_4over6<T, kMse>(a, base, bmax, u, unit0, hd);
       between();
     }
   }
@@ -380,8 +387,8 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
   __shared__ int flag[2];  // [0]: the head's group is complete; [1]: slots that have landed (bits)
   __shared__ float shared_amax;
   __shared__ float enc_lut[256];  // nvfp4_block_enc(sb, S_dec) of the head's group, per scale byte
-  __shared__ __align__(16) float rec_lut[kRule != 0 ? kLutRec : 4];  // Four Over Six: rec of the head's amax
-  __shared__ uint32_t lut_tag;                                        // Four Over Six: the amax bits of the tables
+  __shared__ float one_lut[kRule != 0 ? kLutEnc : 1];  // Four Over Six: reconstructions of code 1.0 of the head's amax
+  uint32_t lut_tag = 0xFFFFFFFFu;                       // Four Over Six: the amax bits of the tables (a NaN's: none)
   const int64_t K = a.K, nb = K / 16, total = sl.total;
   const uint32_t bar0 = smem_addr(&bars[0]);
   int32_t* tab = reinterpret_cast<int32_t*>(smem + kSlots * slot_stride);  // [2 * (groups + 1)] if row groups
@@ -413,7 +420,6 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
   };
 
   stage_row_groups<kTh>(sl, tab, a);
-  if (threadIdx.x == 0) lut_tag = 0xFFFFFFFFu;  // a NaN's bits: no amax
   if (threadIdx.x == kClaimer) {
     init_bars(bar0, kSlots);
 #pragma unroll
@@ -478,9 +484,10 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
       const float factor = prepare_head<kTh>(shared_amax, item_first[h], g, a, enc_lut);
       quantize_slice<T, kTh>(a, smem + h * slot_stride, head_bmax, units, unit0, factor, enc_lut);
     } else {
-      const float s_enc = prepare_head_4over6<kTh>(shared_amax, item_first[h], g, a, enc_lut, rec_lut, &lut_tag);
-      quantize_slice_4over6<T, kTh, kRule == 2>(a, smem + h * slot_stride, head_bmax, units, unit0, s_enc, enc_lut,
-                                                rec_lut, fold_early);
+      const float amax = shared_amax;
+      const Head4over6 hd{prepare_head_4over6<kTh, true>(amax, item_first[h], g, a, enc_lut, one_lut, lut_tag), amax,
+                          a.rule.e4m3_max * kE2M1Max, enc_lut, one_lut};
+      quantize_slice_4over6<T, kTh, kRule == 2>(a, smem + h * slot_stride, head_bmax, units, unit0, hd, fold_early);
     }
     __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
     if (threadIdx.x == 0) trace_event(sl, item[h], 3);

@@ -28,9 +28,8 @@ __global__ void __launch_bounds__(kThreads) nvfp4_staged_kernel(Nvfp4Args a, int
   __shared__ float shared_amax;
   __shared__ float enc_lut[kRule != 0 ? kLutEnc : 1];
   __shared__ __align__(16) float rec_lut[kRule != 0 ? kLutRec : 4];
-  __shared__ uint32_t lut_tag;
+  uint32_t lut_tag = 0xFFFFFFFFu;  // the amax bits of the tables (a NaN's: none), alike in every thread
   static_assert(kRule == 0 || kTwoD, "the staged kernel's Four Over Six form is 2D");
-  if (kRule != 0 && threadIdx.x == 0) lut_tag = 0xFFFFFFFFu;  // a NaN's bits: no amax (before the first barrier)
   const int64_t K = a.K, N = a.N, nb = K / 16;
   float* bmax = reinterpret_cast<float*>(smem + R * K * kElem);  // [R, nb] block (or tile) maxima
   const int64_t total = a.E * G;
@@ -78,7 +77,7 @@ __global__ void __launch_bounds__(kThreads) nvfp4_staged_kernel(Nvfp4Args a, int
     __syncthreads();
     if constexpr (kRule != 0) {
       const float s_enc = prepare_head_4over6<kThreads>(shared_amax, g == 0, static_cast<int>(e), a, enc_lut, rec_lut,
-                                                        &lut_tag);
+                                                        lut_tag);
       const int64_t tiles = (rows + 15) / 16 * nb, unit0 = (e * N + r0) * nb;
       const int lane = threadIdx.x & 15;
       for (int64_t w = threadIdx.x >> 5; 2 * w < tiles; w += kWarps) {  // uniform per warp

@@ -171,9 +171,9 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
     for (int64_t i = 1; i < 16; i += 2) r[1][3][k + i] = -1e-30f * float(i);
   }
   for (int64_t k = 0; k < K; ++k) r[2][5][k] *= 1e3f;  // expert 2, row 5: blocks past 12
-  // The default ring, FP4QAT_NVFP4_SLOTS=3 (24 KB slots) and FP4QAT_NVFP4_THREADS=384.
-  const char* const names[] = {"", " 3 slots", " 384 threads"};
-  for (int shape = 0; shape < 3; ++shape)
+  // The default ring, FP4QAT_NVFP4_SLOTS=3 (24 KB slots), FP4QAT_NVFP4_THREADS=384 and 48 KB slots.
+  const char* const names[] = {"", " 3 slots", " 384 threads", " 48 KB slots"};
+  for (int shape = 0; shape < 4; ++shape)
   for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
     for (float m : {256.0f, 448.0f})
       for (bool mse : {false, true}) {
@@ -181,6 +181,7 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
         const fp4qat::tuning::ScopedNvfp4Tuning tu(
             shape == 1   ? none.with("FP4QAT_NVFP4_SLOTS", "3").with("FP4QAT_NVFP4_SLOT_BYTES", "24576")
             : shape == 2 ? none.with("FP4QAT_NVFP4_THREADS", "384")
+            : shape == 3 ? none.with("FP4QAT_NVFP4_SLOT_BYTES", "49152")
                          : none);
         const NVFP4Rule rule{true, m, mse, false};
         at::Tensor xt = x.to(dt);
