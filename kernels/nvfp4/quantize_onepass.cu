@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "kernels/nvfp4/quantize_onepass.cuh"
+#include "kernels/nvfp4/quantize_ring.cuh"
 
 namespace fp4qat::cuda_kernels::nvfp4 {
 namespace {
@@ -243,7 +244,8 @@ bool launch_4over6_shape(const Nvfp4Args& a, const Slices& sl, int64_t row_bytes
 template <InType T>
 bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   const tuning::Nvfp4Tuning tu = tuning::nvfp4_tuning();
-  if (tu.kernel != tuning::Nvfp4Kernel::kDefault && tu.kernel != tuning::Nvfp4Kernel::kStaged2) return false;
+  const bool ring = tu.kernel == tuning::Nvfp4Kernel::kRing;
+  if (tu.kernel != tuning::Nvfp4Kernel::kDefault && tu.kernel != tuning::Nvfp4Kernel::kStaged2 && !ring) return false;
   if (!a.rule.four_over_six || a.rule.row_scaled || a.two_d || a.N == 0 || !staged2_available(stream)) return false;
   const int64_t slot = tu.slot_bytes > 0 ? tu.slot_bytes : 40960;
   const Slices sl = uniform_slices(a, slot / row_bytes<T>(a.K));
@@ -254,6 +256,12 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   // FP4QAT_NVFP4_SLOTS=3 (a deeper ring of smaller slots). 512 threads (with spills) and two lanes a
   // block (half the registers a thread, 384 or 512 threads) were measured slower still in session 24
   // and removed.
+  if (ring) {  // FP4QAT_NVFP4_KERNEL=ring: per-warp progress (quantize_ring.cuh), 256 threads x 2 slots
+    const bool ok = a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, 256, 2, 2, 2>, 256, 2, 2, a, sl, rb, stream)
+                               : launch_one_read(nvfp4_ring_kernel<T, 256, 2, 1, 2>, 256, 2, 2, a, sl, rb, stream);
+    if (ok) set_last_kernel("ring-4over6");
+    return ok;
+  }
   const bool ok = tu.threads == 384 ? launch_4over6_shape<T, 384, 2, 2>(a, sl, rb, stream)
                   : tu.slots == 3   ? launch_4over6_shape<T, 256, 3, 2>(a, sl, rb, stream)
                                     : launch_4over6_shape<T, 256, 2, 2>(a, sl, rb, stream);
