@@ -161,6 +161,7 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
       if (lane == 0 && st == 0) __nanosleep(64);
       __syncwarp();
     }
+    __syncwarp();  // lane 0's acquire of the tables (or its own writes) ordered before every lane's reads
     const float* bmax = reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes);
     const Head4over6 hd{slot_s_enc[h], slot_amax[h], six_m, slot_enc[h], slot_one[h]};
     quantize_slice_4over6<T, kTh, kRule == 2>(a, smem + h * slot_stride, bmax, item_rows[h] * nb, item_row[h] * nb, hd,
