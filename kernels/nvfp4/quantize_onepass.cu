@@ -256,9 +256,13 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   // FP4QAT_NVFP4_SLOTS=3 (a deeper ring of smaller slots). 512 threads (with spills) and two lanes a
   // block (half the registers a thread, 384 or 512 threads) were measured slower still in session 24
   // and removed.
-  if (ring) {  // FP4QAT_NVFP4_KERNEL=ring: per-warp progress (quantize_ring.cuh), 256 threads x 2 slots
-    const bool ok = a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, 256, 2, 2, 2>, 256, 2, 2, a, sl, rb, stream)
-                               : launch_one_read(nvfp4_ring_kernel<T, 256, 2, 1, 2>, 256, 2, 2, a, sl, rb, stream);
+  if (ring) {  // FP4QAT_NVFP4_KERNEL=ring: per-warp progress (quantize_ring.cuh), 256 threads x 2 (or 3) slots
+    const bool ok =
+        tu.slots == 3
+            ? (a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, 256, 3, 2, 2>, 256, 3, 3, a, sl, rb, stream)
+                          : launch_one_read(nvfp4_ring_kernel<T, 256, 3, 1, 2>, 256, 3, 3, a, sl, rb, stream))
+            : (a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, 256, 2, 2, 2>, 256, 2, 2, a, sl, rb, stream)
+                          : launch_one_read(nvfp4_ring_kernel<T, 256, 2, 1, 2>, 256, 2, 2, a, sl, rb, stream));
     if (ok) set_last_kernel("ring-4over6");
     return ok;
   }
