@@ -178,9 +178,9 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
   }
   for (int64_t k = 0; k < K; ++k) r[2][5][k] *= 1e3f;  // expert 2, row 5: blocks past 12
   // The default ring, FP4QAT_NVFP4_SLOTS=3 (24 KB slots), FP4QAT_NVFP4_THREADS=384, 48 KB slots and the
-  // per-warp kernel (FP4QAT_NVFP4_KERNEL=ring).
-  const char* const names[] = {"", " 3 slots", " 384 threads", " 48 KB slots", " ring"};
-  for (int shape = 0; shape < 5; ++shape)
+  // per-warp kernel (FP4QAT_NVFP4_KERNEL=ring; 2 slots, and 3 of 24 KB).
+  const char* const names[] = {"", " 3 slots", " 384 threads", " 48 KB slots", " ring", " ring 3 slots"};
+  for (int shape = 0; shape < 6; ++shape)
   for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
     for (float m : {256.0f, 448.0f})
       for (bool mse : {false, true}) {
@@ -190,6 +190,8 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
             : shape == 2 ? none.with("FP4QAT_NVFP4_THREADS", "384")
             : shape == 3 ? none.with("FP4QAT_NVFP4_SLOT_BYTES", "49152")
             : shape == 4 ? none.with("FP4QAT_NVFP4_KERNEL", "ring")
+            : shape == 5 ? none.with("FP4QAT_NVFP4_KERNEL", "ring").with("FP4QAT_NVFP4_SLOTS", "3").with(
+                               "FP4QAT_NVFP4_SLOT_BYTES", "24576")
                          : none);
         const NVFP4Rule rule{true, m, mse, false};
         at::Tensor xt = x.to(dt);
@@ -197,7 +199,7 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
         SCOPED_TRACE(::testing::Message() << dt << " " << fp4qat::describe(rule) << names[shape]);
         const auto want = fp4qat::nvfp4_quantize_and_fake(xt, Blocks::k1D, std::nullopt, rule);
         const auto got = fp4qat::nvfp4_quantize_and_fake(xt.cuda(), Blocks::k1D, std::nullopt, rule);
-        EXPECT_EQ(std::string(ck::nvfp4_last_kernel()), shape == 4 ? "ring-4over6" : "staged2-4over6");
+        EXPECT_EQ(std::string(ck::nvfp4_last_kernel()), shape >= 4 ? "ring-4over6" : "staged2-4over6");
         ASSERT_TRUE(bytes_equal(got.packed.codes, want.packed.codes));
         ASSERT_TRUE(bytes_equal(got.packed.scales, want.packed.scales));
         ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
