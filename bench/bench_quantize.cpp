@@ -435,7 +435,7 @@ int main(int argc, char** argv) {
         });
       }
     // Four Over Six's one-read kernel under other slot sizes (its shared memory sets the CTAs a SM).
-    for (const char* slot : {"16384", "24576", "32768"}) {
+    for (const char* slot : {"16384", "24576", "32768", "49152"}) {
       const fp4qat::NVFP4Rule r{true, 256.0f, false, false};
       add(std::string("nvfp4 1d MoE layer 4over6-256-mae, slot ") + slot, double(layer_elems), nv_b, true, [&, slot] {
         set_knob("FP4QAT_NVFP4_SLOT_BYTES", slot);
@@ -455,6 +455,40 @@ int main(int argc, char** argv) {
             fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
             set_knob("FP4QAT_NVFP4_THREADS", "");
           });
+    }
+    // ... the per-warp kernel (FP4QAT_NVFP4_KERNEL=ring: no CTA barrier in its loop), its codes and
+    // scales checked against the CPU's under the same knobs ...
+    for (const auto& [label, rule, slot, slots] :
+         std::vector<std::tuple<std::string, fp4qat::NVFP4Rule, const char*, const char*>>{
+             {"4over6-256-mae", {true, 256.0f, false, false}, "", ""},
+             {"4over6-256-mse", {true, 256.0f, true, false}, "", ""},
+             {"4over6-448-mae", {true, 448.0f, false, false}, "", ""},
+             {"4over6-256-mae, slot 49152", {true, 256.0f, false, false}, "49152", ""},
+             {"4over6-256-mae, 3 slots of 28672", {true, 256.0f, false, false}, "28672", "3"}}) {
+      const auto r = rule;
+      const std::string sb = slot, sn = slots;
+      auto knobs = [sb, sn](bool on) {
+        set_knob("FP4QAT_NVFP4_KERNEL", on ? "ring" : "");
+        set_knob("FP4QAT_NVFP4_SLOT_BYTES", on ? sb : "");
+        set_knob("FP4QAT_NVFP4_SLOTS", on ? sn : "");
+      };
+      knobs(true);
+      const bool ok =
+          check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, std::nullopt, r).codes; },
+                        [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, std::nullopt, r).codes; },
+                        same_bytes) &&
+          check_experts(
+              [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, std::nullopt, r).scales; },
+              [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, std::nullopt, r).scales; },
+              same_bytes) &&
+          std::string(fp4qat::cuda_kernels::nvfp4_last_kernel()) == "ring-4over6";
+      knobs(false);
+      add("nvfp4 1d MoE layer " + label + ", ring", double(layer_elems), nv_b, ok, [&, r, knobs] {
+        knobs(true);
+        fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, r);
+        fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
+        knobs(false);
+      });
     }
     // ... with the amax given (no wait for each expert's amax: what is left is the compute) ...
     {

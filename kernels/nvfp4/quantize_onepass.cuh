@@ -367,8 +367,11 @@ __device__ __forceinline__ void init_bars(uint32_t bar0, int n) {
 // Roles: thread 0 polls the head's group and the landed slots; thread kClaimer (another warp)
 // claims tickets, decodes them and starts the bulk copies, so the two round trips to memory overlap.
 // kRule: 0 max6; Four Over Six (a.rule) 1 MAE, 2 MSE. kMinCtas: the CTAs a SM the registers must
-// allow (__launch_bounds__'s second argument).
-template <InType T, int kTh, int kSlots, int kRule = 0, int kMinCtas = 1>
+// allow (__launch_bounds__'s second argument); 0, the max6 shapes', leaves the register count to ptxas
+// as without the argument (the same SASS). An explicit 1 is not that: ptxas then took up to 128
+// registers a thread (57 -> 96 at 512 threads: one CTA a SM instead of two, max6 on the MoE layer
+// 0.76 -> 1.03 ms on the H100; bench/RESULTS.md session 25).
+template <InType T, int kTh, int kSlots, int kRule = 0, int kMinCtas = 0>
 __global__ void __launch_bounds__(kTh, kMinCtas)
     nvfp4_staged2_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes, int64_t slot_stride, uint32_t* amax_bits,
                          int* arrived, unsigned long long* ticket) {

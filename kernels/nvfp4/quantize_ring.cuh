@@ -41,7 +41,7 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 __device__ __forceinline__ int warp_bcast(int v) { return __shfl_sync(0xffffffffu, v, 0); }
 
 // kRule: Four Over Six 1 MAE, 2 MSE (a.rule). Launched as staged2 (launch_one_read).
-template <InType T, int kTh, int kSlots, int kRule, int kMinCtas = 1>
+template <InType T, int kTh, int kSlots, int kRule, int kMinCtas = 0>
 __global__ void __launch_bounds__(kTh, kMinCtas)
     nvfp4_ring_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes, int64_t slot_stride, uint32_t* amax_bits,
                       int* arrived, unsigned long long* ticket) {
