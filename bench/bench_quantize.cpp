@@ -15,6 +15,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "bench/dev/nvfp4_variants.h"
@@ -458,19 +459,24 @@ int main(int argc, char** argv) {
     }
     // ... the per-warp kernel (FP4QAT_NVFP4_KERNEL=ring: no CTA barrier in its loop), its codes and
     // scales checked against the CPU's under the same knobs ...
-    for (const auto& [label, rule, slot, slots] :
-         std::vector<std::tuple<std::string, fp4qat::NVFP4Rule, const char*, const char*>>{
-             {"4over6-256-mae", {true, 256.0f, false, false}, "", ""},
-             {"4over6-256-mse", {true, 256.0f, true, false}, "", ""},
-             {"4over6-448-mae", {true, 448.0f, false, false}, "", ""},
-             {"4over6-256-mae, slot 49152", {true, 256.0f, false, false}, "49152", ""},
-             {"4over6-256-mae, 3 slots of 28672", {true, 256.0f, false, false}, "28672", "3"}}) {
+    const fp4qat::NVFP4Rule mae{true, 256.0f, false, false};
+    for (const auto& [label, rule, slot, slots, threads] :
+         std::vector<std::tuple<std::string, fp4qat::NVFP4Rule, const char*, const char*, const char*>>{
+             {"4over6-256-mae", mae, "", "", ""},
+             {"4over6-256-mse", {true, 256.0f, true, false}, "", "", ""},
+             {"4over6-448-mae", {true, 448.0f, false, false}, "", "", ""},
+             {"4over6-256-mae, slot 49152", mae, "49152", "", ""},
+             {"4over6-256-mae, 3 slots of 28672", mae, "28672", "3", ""},
+             {"4over6-256-mae, 384 threads", mae, "", "", "384"},
+             {"4over6-256-mae, 512 threads x 4 slots", mae, "", "", "512"},
+             {"4over6-256-mae, 512 threads x 4 slots of 49152", mae, "49152", "", "512"}}) {
       const auto r = rule;
-      const std::string sb = slot, sn = slots;
-      auto knobs = [sb, sn](bool on) {
+      const std::string sb = slot, sn = slots, st = threads;
+      auto knobs = [sb, sn, st](bool on) {
         set_knob("FP4QAT_NVFP4_KERNEL", on ? "ring" : "");
         set_knob("FP4QAT_NVFP4_SLOT_BYTES", on ? sb : "");
         set_knob("FP4QAT_NVFP4_SLOTS", on ? sn : "");
+        set_knob("FP4QAT_NVFP4_THREADS", on ? st : "");
       };
       knobs(true);
       const bool ok =

@@ -257,6 +257,18 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   // block (half the registers a thread, 384 or 512 threads) were measured slower still in session 24
   // and removed.
   if (ring) {  // FP4QAT_NVFP4_KERNEL=ring: per-warp progress (quantize_ring.cuh), 256 threads x 2 (or 3) slots
+    if constexpr (T == InType::BF16) {  // bf16 benchmark shapes: more warps now that none waits at a CTA barrier
+      if (tu.threads == 384 || tu.threads == 512) {
+        const bool ok =
+            tu.threads == 384
+                ? (a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, 384, 2, 2, 2>, 384, 2, 2, a, sl, rb, stream)
+                              : launch_one_read(nvfp4_ring_kernel<T, 384, 2, 1, 2>, 384, 2, 2, a, sl, rb, stream))
+                : (a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, 512, 4, 2, 1>, 512, 4, 4, a, sl, rb, stream)
+                              : launch_one_read(nvfp4_ring_kernel<T, 512, 4, 1, 1>, 512, 4, 4, a, sl, rb, stream));
+        if (ok) set_last_kernel("ring-4over6");
+        return ok;
+      }
+    }
     const bool ok =
         tu.slots == 3
             ? (a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, 256, 3, 2, 2>, 256, 3, 3, a, sl, rb, stream)

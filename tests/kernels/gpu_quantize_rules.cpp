@@ -178,9 +178,10 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
   }
   for (int64_t k = 0; k < K; ++k) r[2][5][k] *= 1e3f;  // expert 2, row 5: blocks past 12
   // The default ring, FP4QAT_NVFP4_SLOTS=3 (24 KB slots), FP4QAT_NVFP4_THREADS=384, 48 KB slots and the
-  // per-warp kernel (FP4QAT_NVFP4_KERNEL=ring; 2 slots, and 3 of 24 KB).
-  const char* const names[] = {"", " 3 slots", " 384 threads", " 48 KB slots", " ring", " ring 3 slots"};
-  for (int shape = 0; shape < 6; ++shape)
+  // per-warp kernel (FP4QAT_NVFP4_KERNEL=ring; 2 slots, 3 of 24 KB, and for bf16 384 threads and 512 x 4 slots).
+  const char* const names[] = {"", " 3 slots", " 384 threads", " 48 KB slots", " ring", " ring 3 slots",
+                               " ring 384 threads", " ring 512 threads"};
+  for (int shape = 0; shape < 8; ++shape)
   for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
     for (float m : {256.0f, 448.0f})
       for (bool mse : {false, true}) {
@@ -192,6 +193,8 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
             : shape == 4 ? none.with("FP4QAT_NVFP4_KERNEL", "ring")
             : shape == 5 ? none.with("FP4QAT_NVFP4_KERNEL", "ring").with("FP4QAT_NVFP4_SLOTS", "3").with(
                                "FP4QAT_NVFP4_SLOT_BYTES", "24576")
+            : shape == 6 ? none.with("FP4QAT_NVFP4_KERNEL", "ring").with("FP4QAT_NVFP4_THREADS", "384")
+            : shape == 7 ? none.with("FP4QAT_NVFP4_KERNEL", "ring").with("FP4QAT_NVFP4_THREADS", "512")
                          : none);
         const NVFP4Rule rule{true, m, mse, false};
         at::Tensor xt = x.to(dt);
