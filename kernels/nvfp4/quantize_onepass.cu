@@ -226,14 +226,20 @@ static Slices uniform_slices(const Nvfp4Args& a, int64_t rows) {
   return sl;
 }
 
-// One staged2 shape of Four Over Six (kTh threads x kSlots slots, kMinCtas CTAs a SM for the
-// registers), MAE or MSE as the rule says.
-template <InType T, int kTh, int kSlots, int kMinCtas = 1>
+// One one-read shape of Four Over Six (kTh threads x kSlots slots, kMinCtas CTAs a SM for the
+// registers; kRing: the per-warp kernel of quantize_ring.cuh, else staged2), MAE or MSE as the rule says.
+template <InType T, int kTh, int kSlots, int kMinCtas, bool kRing = false>
 bool launch_4over6_shape(const Nvfp4Args& a, const Slices& sl, int64_t row_bytes, cudaStream_t stream) {
-  return a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 2, kMinCtas>, kTh, kSlots, kSlots, a, sl,
-                                      row_bytes, stream)
-                    : launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 1, kMinCtas>, kTh, kSlots, kSlots, a, sl,
-                                      row_bytes, stream);
+  if constexpr (kRing)
+    return a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, kTh, kSlots, 2, kMinCtas>, kTh, kSlots, kSlots, a, sl,
+                                        row_bytes, stream)
+                      : launch_one_read(nvfp4_ring_kernel<T, kTh, kSlots, 1, kMinCtas>, kTh, kSlots, kSlots, a, sl,
+                                        row_bytes, stream);
+  else
+    return a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 2, kMinCtas>, kTh, kSlots, kSlots, a, sl,
+                                        row_bytes, stream)
+                      : launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 1, kMinCtas>, kTh, kSlots, kSlots, a, sl,
+                                        row_bytes, stream);
 }
 
 // Four Over Six: one shape, 256 threads x 2 slots of 40 KB (each + 5 KB of block maxima; + 5 KB of
@@ -256,25 +262,17 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   // FP4QAT_NVFP4_SLOTS=3 (a deeper ring of smaller slots). 512 threads (with spills) and two lanes a
   // block (half the registers a thread, 384 or 512 threads) were measured slower still in session 24
   // and removed.
-  if (ring) {  // FP4QAT_NVFP4_KERNEL=ring: per-warp progress (quantize_ring.cuh), 256 threads x 2 (or 3) slots
-    if constexpr (T == InType::BF16) {  // bf16 benchmark shapes: more warps now that none waits at a CTA barrier
-      if (tu.threads == 384 || tu.threads == 512) {
-        const bool ok =
-            tu.threads == 384
-                ? (a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, 384, 2, 2, 2>, 384, 2, 2, a, sl, rb, stream)
-                              : launch_one_read(nvfp4_ring_kernel<T, 384, 2, 1, 2>, 384, 2, 2, a, sl, rb, stream))
-                : (a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, 512, 4, 2, 1>, 512, 4, 4, a, sl, rb, stream)
-                              : launch_one_read(nvfp4_ring_kernel<T, 512, 4, 1, 1>, 512, 4, 4, a, sl, rb, stream));
-        if (ok) set_last_kernel("ring-4over6");
-        return ok;
-      }
-    }
-    const bool ok =
-        tu.slots == 3
-            ? (a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, 256, 3, 2, 2>, 256, 3, 3, a, sl, rb, stream)
-                          : launch_one_read(nvfp4_ring_kernel<T, 256, 3, 1, 2>, 256, 3, 3, a, sl, rb, stream))
-            : (a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, 256, 2, 2, 2>, 256, 2, 2, a, sl, rb, stream)
-                          : launch_one_read(nvfp4_ring_kernel<T, 256, 2, 1, 2>, 256, 2, 2, a, sl, rb, stream));
+  if (ring) {  // FP4QAT_NVFP4_KERNEL=ring: per-warp progress (quantize_ring.cuh), 256 threads x 2 (or 3) slots;
+               // for bf16 also more warps, now that none waits at a CTA barrier (benchmark shapes)
+    const bool wide = T == InType::BF16 && (tu.threads == 384 || tu.threads == 512);
+    bool ok = false;
+    if constexpr (T == InType::BF16)
+      if (wide)
+        ok = tu.threads == 384 ? launch_4over6_shape<T, 384, 2, 2, true>(a, sl, rb, stream)
+                               : launch_4over6_shape<T, 512, 4, 1, true>(a, sl, rb, stream);
+    if (!wide)
+      ok = tu.slots == 3 ? launch_4over6_shape<T, 256, 3, 2, true>(a, sl, rb, stream)
+                         : launch_4over6_shape<T, 256, 2, 2, true>(a, sl, rb, stream);
     if (ok) set_last_kernel("ring-4over6");
     return ok;
   }
