@@ -34,6 +34,7 @@ using tuning::Nvfp4Kernel;
 
 namespace {
 std::atomic<const char*> g_last_kernel{""};  // nvfp4_last_kernel()
+std::atomic<int64_t> g_last_ctas_per_sm{0};  // nvfp4_last_ctas_per_sm()
 unsigned long long* g_trace = nullptr;
 int64_t g_trace_items = 0;
 std::atomic<const nvfp4::DevVariants*> g_dev_variants{nullptr};
@@ -61,6 +62,7 @@ bool launch_cooperative(const void* kernel, int64_t grid, int threads, void** ar
 }
 
 void set_last_kernel(const char* name) { g_last_kernel = name; }
+void set_last_ctas_per_sm(int64_t ctas) { g_last_ctas_per_sm = ctas; }
 
 void apply_trace(Slices& sl) {
   sl.trace = g_trace;
@@ -91,6 +93,7 @@ const DevVariants& dev_variants(const char* what) {
 size_t nvfp4_workspace_bytes(int64_t E) { return ((static_cast<size_t>(E) * 8 + 15) / 16) * 16 + 16; }
 
 const char* nvfp4_last_kernel() { return g_last_kernel.load(); }
+int64_t nvfp4_last_ctas_per_sm() { return g_last_ctas_per_sm.load(); }
 
 void nvfp4_trace(unsigned long long* buf, int64_t items) {
   g_trace = buf;

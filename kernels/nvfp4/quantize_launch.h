@@ -47,6 +47,8 @@ struct Slices {
 bool launch_cooperative(const void* kernel, int64_t grid, int threads, void** args, size_t smem, cudaStream_t stream);
 // Records the kernel of the launch just made (nvfp4_last_kernel, kernels/bench_hooks.h).
 void set_last_kernel(const char* name);
+// Records the CTAs a SM of the one-read launch just made (nvfp4_last_ctas_per_sm).
+void set_last_ctas_per_sm(int64_t ctas);
 // The trace buffer set by nvfp4_trace (kernels/bench_hooks.h) into sl.trace / sl.trace_items.
 void apply_trace(Slices& sl);
 

@@ -519,6 +519,7 @@ bool launch_one_read(Kernel kernel, int threads, int shared_slots, int ring, con
   const int64_t resident = resident_ctas(kernel, threads, smem);
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(sl.total, resident));
   if (resident < 1 || sl.G > ring * grid) return false;  // the deadlock-freedom condition
+  set_last_ctas_per_sm(resident / num_sms());
   const Workspace w = clear_workspace(a.workspace, sl.groups, stream);
   Slices slt = sl;
   apply_trace(slt);
