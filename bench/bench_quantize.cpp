@@ -82,6 +82,8 @@ struct Row {
   std::string name;
   double elems, bytes, ms;
   bool valid;
+  std::string kernel;  // an NVFP4 row's last kernel, "-" for others
+  int64_t ctas;        // its CTAs a SM where it is a one-read kernel (occupancy), else 0
 };
 
 // --trace: the staged2 kernel's per-slice timeline (kernels/bench_hooks.h nvfp4_trace) for one
@@ -245,7 +247,13 @@ int main(int argc, char** argv) {
                  const std::function<void()>& fn) {
     if (!g_only.empty() && name.find(g_only) == std::string::npos) return;
     const double ms = median_ms(fn);
-    rows.push_back({name, elems, elems * bytes_per_elem, ms, valid});
+    // NVFP4 rows: the kernel the last launch used, and a one-read kernel's CTAs a SM (a register count
+    // that halves them shows here: bench/RESULTS.md session 25).
+    const bool nvfp4 = name.rfind("nvfp4", 0) == 0 || name.rfind("fake-quant", 0) == 0;
+    const std::string k = nvfp4 ? fp4qat::cuda_kernels::nvfp4_last_kernel() : "-";
+    const bool one_read = k == "staged2" || k == "park" || k.rfind("staged2-", 0) == 0 || k.rfind("ring-", 0) == 0;
+    rows.push_back({name, elems, elems * bytes_per_elem, ms, valid, k,
+                    one_read ? fp4qat::cuda_kernels::nvfp4_last_ctas_per_sm() : 0});
   };
   const double nv_b = 2.0 + 0.5 + 1.0 / 16, mx_b = 2.0 + 1.0 + 1.0 / 32, fq_b = 2.0 + 2.0;
 
@@ -544,7 +552,8 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("\n%-40s %6s %10s %10s %10s %9s\n", "case", "valid", "ms", "GB/s", "floor ms", "% floor");
+  std::printf("\n%-40s %6s %10s %10s %10s %9s  %s\n", "case", "valid", "ms", "GB/s", "floor ms", "% floor",
+              "kernel (CTAs a SM)");
   fp4qat::json::Value out = fp4qat::json::Value::object();
   out.set("device", prop.name);
   out.set("copy_gbs", copy_gbs);
@@ -552,11 +561,14 @@ int main(int argc, char** argv) {
   bool all_valid = true;
   for (const auto& r : rows) {
     const double gbs = r.bytes / (r.ms * 1e6), floor_ms = r.bytes / (copy_gbs * 1e6);
-    std::printf("%-40s %6s %10.4f %10.0f %10.4f %8.1f%%\n", r.name.c_str(), r.valid ? "yes" : "NO", r.ms, gbs, floor_ms,
-                100.0 * floor_ms / r.ms);
+    std::printf("%-40s %6s %10.4f %10.0f %10.4f %8.1f%%  %s", r.name.c_str(), r.valid ? "yes" : "NO", r.ms, gbs,
+                floor_ms, 100.0 * floor_ms / r.ms, r.kernel.c_str());
+    if (r.ctas > 0) std::printf(" (%lld)", static_cast<long long>(r.ctas));
+    std::printf("\n");
     all_valid &= r.valid;
     cases.push_back(fp4qat::json::Value::object(
-        {{"name", r.name}, {"valid", r.valid}, {"ms", r.ms}, {"gbs", gbs}, {"floor_ms", floor_ms}}));
+        {{"name", r.name}, {"valid", r.valid}, {"ms", r.ms}, {"gbs", gbs}, {"floor_ms", floor_ms}, {"kernel", r.kernel},
+         {"ctas_per_sm", r.ctas}}));
   }
   out.set("cases", cases);
   if (!json_out.empty()) {
