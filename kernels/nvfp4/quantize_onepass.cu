@@ -242,11 +242,11 @@ bool launch_4over6_shape(const Nvfp4Args& a, const Slices& sl, int64_t row_bytes
                                         row_bytes, stream);
 }
 
-// Four Over Six: one shape, 256 threads x 2 slots of 40 KB (each + 5 KB of block maxima; + 5 KB of
-// tables), two CTAs a SM (the candidates' registers leave no room for 512 threads). Compute bound:
-// with 48 KB slots a CTA needed ~116 KB of shared memory and only one fit a SM (bench/RESULTS.md
-// session 22: 132 slices in flight instead of 264). FP4QAT_NVFP4_SLOT_BYTES overrides the slot
-// (benchmarks).
+// Four Over Six: one shape, 256 threads x 2 slots of 40 KB (each + 5 KB of block maxima; + 1 KB of
+// slim tables), two CTAs a SM (the candidates' registers leave no room for 512 threads). Compute
+// bound. With the full tables (5 KB, until session 25) 48 KB slots left one CTA a SM (bench/RESULTS.md
+// session 22: 132 slices in flight instead of 264); with the slim ones two fit (2 x ~112 KB) —
+// measured as a benchmark row first. FP4QAT_NVFP4_SLOT_BYTES overrides the slot (benchmarks).
 template <InType T>
 bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   const tuning::Nvfp4Tuning tu = tuning::nvfp4_tuning();
