@@ -21,6 +21,7 @@
 #include "bench/dev/nvfp4_variants.h"
 #include "kernels/bench_hooks.h"
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/env.h"
 #include "kernels/cuda_kernels.h"
 #include "kernels/quantize.h"
 #include "io/json.h"
@@ -31,10 +32,15 @@ namespace {
 
 int g_reps = 20, g_warmup = 5;
 
-// Sets the NVFP4 tuning knob of environment variable `name` ("" resets it to its default): the
-// knobs are read once (kernels/common/tuning.h), so the cases below change them here.
+// Sets the NVFP4 tuning knob of environment variable `name`; "" resets it to the environment's
+// value (its default where the variable is unset), so that a knob given on the command line holds
+// for every row that does not set that knob itself (session 25's first call lost its ring and
+// 48 KB runs to rows resetting the knobs to their defaults). The knobs are read once
+// (kernels/common/tuning.h), so the cases below change them here. Each row prints the kernel that ran.
 void set_knob(const char* name, const std::string& value) {
-  fp4qat::tuning::set_nvfp4_tuning(fp4qat::tuning::nvfp4_tuning().with(name, value));
+  std::string v = value;
+  if (v.empty()) v = fp4qat::env::get(name).value_or("");
+  fp4qat::tuning::set_nvfp4_tuning(fp4qat::tuning::nvfp4_tuning().with(name, v));
 }
 std::string g_only;  // run only cases whose name contains this (e.g. under a profiler)
 
