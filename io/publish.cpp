@@ -72,7 +72,15 @@ void prune(const std::string& root, int64_t keep, const std::string& prefix) {
     const auto all = numbered_folders(root, prefix);
     const std::string current = fs::read_link(root + "/latest");
     for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i)
-      if (all[i].second != current) fs::remove_tree(root + "/" + all[i].second);
+      if (all[i].second != current) {
+        // Out of sight first: renamed to a temp name (atomic), then deleted. A kill during the
+        // deletion leaves a dead temp (removed by the next run: remove_dead_temps), never a numbered
+        // folder with some of its files gone (CliTrain.KillNineLeavesCompleteFoldersAndResumeContinues
+        // caught an export step-N without export.json, its pruning killed midway).
+        const std::string gone = fs::temp_name_beside(root + "/" + all[i].second);
+        fs::rename_atomic(root + "/" + all[i].second, gone);
+        fs::remove_tree(gone);
+      }
   }
   fs::fsync_path(root);
 }

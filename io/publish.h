@@ -31,6 +31,8 @@ void publish(const std::string& root, const std::string& name, int64_t keep, con
 // publish()'s clean-up on its own: with keep > 0 only the newest `keep` `<prefix><number>` folders
 // of `root` stay, never the one `latest` points to; then `root` is fsynced. (A writer that
 // publishes often runs it off its critical path: removing a folder of large files takes time.)
+// A folder leaves at once (renamed to a temp name, then deleted): killed midway, prune leaves a dead
+// temp (remove_dead_temps), never a numbered folder with files missing.
 void prune(const std::string& root, int64_t keep, const std::string& prefix);
 
 // The `<prefix><N>` folders of `root` (N a decimal number), sorted by N; none if root is missing.

@@ -2,12 +2,17 @@
 // previous folder intact when writing fails; write_folder_atomic refuses or replaces a target as
 // asked and leaves nothing on failure; `latest` reads the symlink and the older text file.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <thread>
 
 #include "io/fs.h"
 #include "io/safetensors.h"
 #include "io/publish.h"
+#include "io/run_folder.h"
 #include "kernels/common/check.h"
 #include "tests/common/test_util.h"
 
@@ -133,4 +138,44 @@ TEST(Publish, LatestNeverMovesBackAndNumberedFoldersAreListed) {
   for (const auto& [v, name] : all) n.push_back(v);
   EXPECT_EQ(n, (std::vector<int64_t>{1, 2, 3, 4, 9}));
   EXPECT_TRUE(io::numbered_folders(d.file("none"), "step-").empty());
+}
+
+// Pruning killed midway (SIGKILL while it deletes a folder of many files) leaves no numbered folder
+// with files missing: the folder is renamed out of sight before its files go, and the dead temp is
+// what the next run's remove_dead_temps clears. The child prunes; the parent kills it as soon as
+// step-1 is gone from the listing or has lost a file (the latter is what a prune deleting in place
+// shows, and what this test then fails on).
+TEST(Publish, PruneKilledMidwayLeavesNoIncompleteFolder) {
+  test::TempDir d;
+  const std::string root = d.file("exports");
+  fs::make_dir(root);
+  constexpr int kFiles = 4000;
+  for (int s = 1; s <= 2; ++s) {
+    const std::string dir = root + "/step-" + std::to_string(s);
+    fs::make_dir(dir);
+    for (int i = 0; i < (s == 1 ? kFiles : 1); ++i) fs::write_text_atomic(dir + "/f" + std::to_string(i), "x");
+  }
+  fs::symlink_atomic("step-2", root + "/latest");
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    io::prune(root, 1, "step-");
+    ::_exit(0);
+  }
+  for (int i = 0; i < 200000; ++i) {  // until step-1 leaves the listing or loses a file
+    const auto names = fs::list_dir(root);
+    if (std::find(names.begin(), names.end(), "step-1") == names.end()) break;
+    if (fs::list_dir(root + "/step-1").size() < static_cast<size_t>(kFiles)) break;
+  }
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  const auto names = fs::list_dir(root);
+  if (std::find(names.begin(), names.end(), "step-1") != names.end()) {
+    EXPECT_EQ(fs::list_dir(root + "/step-1").size(), static_cast<size_t>(kFiles)) << "step-1 is incomplete";
+  }
+  io::remove_dead_temps(root);  // the killed prune's temp, if it was killed before finishing
+  const auto after = fs::list_dir(root);
+  EXPECT_TRUE(after == (std::vector<std::string>{"latest", "step-2"}) ||
+              after == (std::vector<std::string>{"latest", "step-1", "step-2"}));
 }
