@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <thread>
 
 #include "io/fs.h"
@@ -162,7 +163,10 @@ TEST(Publish, PruneKilledMidwayLeavesNoIncompleteFolder) {
     io::prune(root, 1, "step-");
     ::_exit(0);
   }
-  for (int i = 0; i < 200000; ++i) {  // until step-1 leaves the listing or loses a file
+  // Until step-1 leaves the listing or loses a file; bounded in time, not in rounds (a round lists
+  // 4000 names, so its cost varies with the disk).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
     const auto names = fs::list_dir(root);
     if (std::find(names.begin(), names.end(), "step-1") == names.end()) break;
     if (fs::list_dir(root + "/step-1").size() < static_cast<size_t>(kFiles)) break;
