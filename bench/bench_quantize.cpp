@@ -257,7 +257,7 @@ int main(int argc, char** argv) {
     // that halves them shows here: bench/RESULTS.md session 25).
     const bool nvfp4 = name.rfind("nvfp4", 0) == 0 || name.rfind("fake-quant", 0) == 0;
     const std::string k = nvfp4 ? fp4qat::cuda_kernels::nvfp4_last_kernel() : "-";
-    const bool one_read = k == "staged2" || k == "park" || k.rfind("staged2-", 0) == 0 || k.rfind("ring-", 0) == 0;
+    const bool one_read = k == "staged2" || k == "park" || k.rfind("staged2-", 0) == 0;
     rows.push_back({name, elems, elems * bytes_per_elem, ms, valid, k,
                     one_read ? fp4qat::cuda_kernels::nvfp4_last_ctas_per_sm() : 0});
   };
@@ -450,7 +450,7 @@ int main(int argc, char** argv) {
         });
       }
     // Four Over Six's one-read kernel under other slot sizes (its shared memory sets the CTAs a SM).
-    for (const char* slot : {"16384", "24576", "32768", "49152"}) {
+    for (const char* slot : {"24576", "32768", "40960"}) {
       const fp4qat::NVFP4Rule r{true, 256.0f, false, false};
       add(std::string("nvfp4 1d MoE layer 4over6-256-mae, slot ") + slot, double(layer_elems), nv_b, true, [&, slot] {
         set_knob("FP4QAT_NVFP4_SLOT_BYTES", slot);
@@ -470,45 +470,6 @@ int main(int argc, char** argv) {
             fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
             set_knob("FP4QAT_NVFP4_THREADS", "");
           });
-    }
-    // ... the per-warp kernel (FP4QAT_NVFP4_KERNEL=ring: no CTA barrier in its loop), its codes and
-    // scales checked against the CPU's under the same knobs ...
-    const fp4qat::NVFP4Rule mae{true, 256.0f, false, false};
-    for (const auto& [label, rule, slot, slots, threads] :
-         std::vector<std::tuple<std::string, fp4qat::NVFP4Rule, const char*, const char*, const char*>>{
-             {"4over6-256-mae", mae, "", "", ""},
-             {"4over6-256-mse", {true, 256.0f, true, false}, "", "", ""},
-             {"4over6-448-mae", {true, 448.0f, false, false}, "", "", ""},
-             {"4over6-256-mae, slot 49152", mae, "49152", "", ""},
-             {"4over6-256-mae, 3 slots of 28672", mae, "28672", "3", ""},
-             {"4over6-256-mae, 384 threads", mae, "", "", "384"},
-             {"4over6-256-mae, 512 threads x 4 slots", mae, "", "", "512"},
-             {"4over6-256-mae, 512 threads x 4 slots of 49152", mae, "49152", "", "512"}}) {
-      const auto r = rule;
-      const std::string sb = slot, sn = slots, st = threads;
-      auto knobs = [sb, sn, st](bool on) {
-        set_knob("FP4QAT_NVFP4_KERNEL", on ? "ring" : "");
-        set_knob("FP4QAT_NVFP4_SLOT_BYTES", on ? sb : "");
-        set_knob("FP4QAT_NVFP4_SLOTS", on ? sn : "");
-        set_knob("FP4QAT_NVFP4_THREADS", on ? st : "");
-      };
-      knobs(true);
-      const bool ok =
-          check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, std::nullopt, r).codes; },
-                        [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, std::nullopt, r).codes; },
-                        same_bytes) &&
-          check_experts(
-              [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, std::nullopt, r).scales; },
-              [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, std::nullopt, r).scales; },
-              same_bytes) &&
-          std::string(fp4qat::cuda_kernels::nvfp4_last_kernel()) == "ring-4over6";
-      knobs(false);
-      add("nvfp4 1d MoE layer " + label + ", ring", double(layer_elems), nv_b, ok, [&, r, knobs] {
-        knobs(true);
-        fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, r);
-        fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
-        knobs(false);
-      });
     }
     // ... with the amax given (no wait for each expert's amax: what is left is the compute) ...
     {

@@ -51,8 +51,6 @@ const char* to_string(Nvfp4Kernel k) {
       return "staged2";
     case Nvfp4Kernel::kPark:
       return "park";
-    case Nvfp4Kernel::kRing:
-      return "ring";
     case Nvfp4Kernel::kDefault:
       break;
   }
@@ -73,10 +71,8 @@ Nvfp4Tuning Nvfp4Tuning::with(const std::string& name, const std::string& value)
       t.kernel = Nvfp4Kernel::kStaged2;
     else if (value == "park")
       t.kernel = Nvfp4Kernel::kPark;
-    else if (value == "ring")
-      t.kernel = Nvfp4Kernel::kRing;
     else
-      FP4QAT_FAIL(name, " must be fused, staged, staged2, park or ring, got \"", value, "\"");
+      FP4QAT_FAIL(name, " must be fused, staged, staged2 or park, got \"", value, "\"");
   } else if (name == "FP4QAT_NVFP4_THREADS") {
     t.threads = unset ? 0 : one_of(name, value, {256, 384, 512}, "256, 384 or 512");
   } else if (name == "FP4QAT_NVFP4_SLOT_BYTES") {

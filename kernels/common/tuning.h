@@ -12,9 +12,9 @@ namespace fp4qat::tuning {
 // NVFP4 quantize (kernels/nvfp4/quantize_dispatch.cu). Every field at its default (0 / kDefault)
 // gives the measured defaults (bench/RESULTS.md, H100); the dispatch documents them. Shapes that
 // only these knobs select are compiled in bench/dev/ (fp4qat_nvfp4_dev), not in kernels/.
-enum class Nvfp4Kernel { kDefault, kFused, kStaged, kStaged2, kPark, kRing };
+enum class Nvfp4Kernel { kDefault, kFused, kStaged, kStaged2, kPark };
 struct Nvfp4Tuning {
-  Nvfp4Kernel kernel = Nvfp4Kernel::kDefault;  // FP4QAT_NVFP4_KERNEL: fused | staged | staged2 | park | ring
+  Nvfp4Kernel kernel = Nvfp4Kernel::kDefault;  // FP4QAT_NVFP4_KERNEL: fused | staged | staged2 | park
   int64_t threads = 0;                         // FP4QAT_NVFP4_THREADS: 256 | 512 (fused, staged2) | 384 (Four Over Six); 0: default
   int64_t slot_bytes = 0;   // FP4QAT_NVFP4_SLOT_BYTES: > 0, bytes per slot (staged2, park); 0: default
   int64_t slots = 0;        // FP4QAT_NVFP4_SLOTS: 2 | 3 | 4, shared slots per CTA (staged2); 0: default

@@ -5,7 +5,6 @@
 #include <algorithm>
 
 #include "kernels/nvfp4/quantize_onepass.cuh"
-#include "kernels/nvfp4/quantize_ring.cuh"
 
 namespace fp4qat::cuda_kernels::nvfp4 {
 namespace {
@@ -227,55 +226,36 @@ static Slices uniform_slices(const Nvfp4Args& a, int64_t rows) {
 }
 
 // One one-read shape of Four Over Six (kTh threads x kSlots slots, kMinCtas CTAs a SM for the
-// registers; kRing: the per-warp kernel of quantize_ring.cuh, else staged2), MAE or MSE as the rule says.
-template <InType T, int kTh, int kSlots, int kMinCtas, bool kRing = false>
+// registers), MAE or MSE as the rule says.
+template <InType T, int kTh, int kSlots, int kMinCtas>
 bool launch_4over6_shape(const Nvfp4Args& a, const Slices& sl, int64_t row_bytes, cudaStream_t stream) {
-  if constexpr (kRing)
-    return a.rule.mse ? launch_one_read(nvfp4_ring_kernel<T, kTh, kSlots, 2, kMinCtas>, kTh, kSlots, kSlots, a, sl,
-                                        row_bytes, stream)
-                      : launch_one_read(nvfp4_ring_kernel<T, kTh, kSlots, 1, kMinCtas>, kTh, kSlots, kSlots, a, sl,
-                                        row_bytes, stream);
-  else
-    return a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 2, kMinCtas>, kTh, kSlots, kSlots, a, sl,
-                                        row_bytes, stream)
-                      : launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 1, kMinCtas>, kTh, kSlots, kSlots, a, sl,
-                                        row_bytes, stream);
+  return a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 2, kMinCtas>, kTh, kSlots, kSlots, a, sl,
+                                      row_bytes, stream)
+                    : launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 1, kMinCtas>, kTh, kSlots, kSlots, a, sl,
+                                      row_bytes, stream);
 }
 
-// Four Over Six: one shape, 256 threads x 2 slots of 40 KB (each + 5 KB of block maxima; + 1 KB of
+// Four Over Six: one shape, 256 threads x 2 slots of 48 KB (each + 6 KB of block maxima; + 1 KB of
 // slim tables), two CTAs a SM (the candidates' registers leave no room for 512 threads). Compute
-// bound. With the full tables (5 KB, until session 25) 48 KB slots left one CTA a SM (bench/RESULTS.md
-// session 22: 132 slices in flight instead of 264); with the slim ones two fit (2 x ~112 KB) —
-// measured as a benchmark row first. FP4QAT_NVFP4_SLOT_BYTES overrides the slot (benchmarks).
+// bound, and waiting for each expert's amax: the bigger the slots, the more experts in flight
+// (H100, session 26: 16 / 24 / 32 / 40 / 48 KB slots 2.19 / 1.55 / 1.37 / 1.21 / 1.12 ms on the MoE
+// layer). With the full tables (5 KB, until session 25) 48 KB slots left one CTA a SM; with the slim
+// ones two fit (2 x ~110 KB). FP4QAT_NVFP4_SLOT_BYTES overrides the slot (benchmarks).
 template <InType T>
 bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   const tuning::Nvfp4Tuning tu = tuning::nvfp4_tuning();
-  const bool ring = tu.kernel == tuning::Nvfp4Kernel::kRing;
-  if (tu.kernel != tuning::Nvfp4Kernel::kDefault && tu.kernel != tuning::Nvfp4Kernel::kStaged2 && !ring) return false;
+  if (tu.kernel != tuning::Nvfp4Kernel::kDefault && tu.kernel != tuning::Nvfp4Kernel::kStaged2) return false;
   if (!a.rule.four_over_six || a.rule.row_scaled || a.two_d || a.N == 0 || !staged2_available(stream)) return false;
-  const int64_t slot = tu.slot_bytes > 0 ? tu.slot_bytes : 40960;
+  const int64_t slot = tu.slot_bytes > 0 ? tu.slot_bytes : 49152;
   const Slices sl = uniform_slices(a, slot / row_bytes<T>(a.K));
   if (sl.R < 1) return false;
   const int64_t rb = row_bytes<T>(a.K);
-  // Benchmark shapes, both measured slower (bench/RESULTS.md sessions 23-24; more warps wait at more
-  // barriers): FP4QAT_NVFP4_THREADS=384 (12 warps a CTA, two CTAs a SM within 80 registers),
-  // FP4QAT_NVFP4_SLOTS=3 (a deeper ring of smaller slots). 512 threads (with spills) and two lanes a
-  // block (half the registers a thread, 384 or 512 threads) were measured slower still in session 24
-  // and removed.
-  if (ring) {  // FP4QAT_NVFP4_KERNEL=ring: per-warp progress (quantize_ring.cuh), 256 threads x 2 (or 3) slots;
-               // for bf16 also more warps, now that none waits at a CTA barrier (benchmark shapes)
-    const bool wide = T == InType::BF16 && (tu.threads == 384 || tu.threads == 512);
-    bool ok = false;
-    if constexpr (T == InType::BF16)
-      if (wide)
-        ok = tu.threads == 384 ? launch_4over6_shape<T, 384, 2, 2, true>(a, sl, rb, stream)
-                               : launch_4over6_shape<T, 512, 4, 1, true>(a, sl, rb, stream);
-    if (!wide)
-      ok = tu.slots == 3 ? launch_4over6_shape<T, 256, 3, 2, true>(a, sl, rb, stream)
-                         : launch_4over6_shape<T, 256, 2, 2, true>(a, sl, rb, stream);
-    if (ok) set_last_kernel("ring-4over6");
-    return ok;
-  }
+  // Benchmark shapes, both measured slower (bench/RESULTS.md sessions 23-26): FP4QAT_NVFP4_THREADS=384
+  // (12 warps a CTA, two CTAs a SM within 80 registers) and FP4QAT_NVFP4_SLOTS=3 (a deeper ring of
+  // smaller slots). Removed after measuring slower: 512 threads (with spills) and two lanes a block
+  // (session 24); a per-warp kernel without CTA barriers in its loop (`ring`, sessions 25-26: 8-50%
+  // slower than staged2 in each of eight shapes); three CTAs of 256 threads a SM within 80 registers
+  // (28-30 KB slots: 1.31-1.35 ms against 1.12-1.14 at 2 x 48 KB; session 26). Both in git history.
   const bool ok = tu.threads == 384 ? launch_4over6_shape<T, 384, 2, 2>(a, sl, rb, stream)
                   : tu.slots == 3   ? launch_4over6_shape<T, 256, 3, 2>(a, sl, rb, stream)
                                     : launch_4over6_shape<T, 256, 2, 2>(a, sl, rb, stream);

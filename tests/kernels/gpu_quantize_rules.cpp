@@ -39,13 +39,13 @@ std::vector<NVFP4Rule> rules() {
 }  // namespace
 
 // Under the default kernels (Four Over Six with one amax an expert: the one-read kernels' Four Over
-// Six forms where they apply, staged2 for 1x16 blocks, staged for 16x16 tiles), with FP4QAT_NVFP4_KERNEL=fused (the rule kernels with tables)
-// and with FP4QAT_NVFP4_KERNEL=ring (Four Over Six's per-warp one-read kernel for 1x16 blocks; the others as fused).
+// Six forms where they apply, staged2 for 1x16 blocks, staged for 16x16 tiles) and with
+// FP4QAT_NVFP4_KERNEL=fused (the rule kernels with tables).
 TEST(GpuQuantizeRules, MatchReferenceOnRandomShapes) {
   FP4QAT_REQUIRE_GPU();
   uint64_t seed = 4600;
-  int cases = 0, one_read = 0, one_read_2d = 0, ring = 0;
-  for (const char* forced : {"", "fused", "ring"}) {
+  int cases = 0, one_read = 0, one_read_2d = 0;
+  for (const char* forced : {"", "fused"}) {
     const fp4qat::tuning::ScopedNvfp4Tuning tu(fp4qat::tuning::Nvfp4Tuning{}.with("FP4QAT_NVFP4_KERNEL", forced));
     for (const auto& dims : kShapes)
       for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
@@ -69,11 +69,7 @@ TEST(GpuQuantizeRules, MatchReferenceOnRandomShapes) {
               ASSERT_TRUE(bytes_equal(got.values, want.values));
               const std::string kernel = ck::nvfp4_last_kernel();
               const bool one_amax_four = rule.four_over_six && !rule.row_scaled && *forced == '\0';
-              if (kernel == "ring-4over6") {
-                EXPECT_TRUE(rule.four_over_six && !rule.row_scaled && blocks == Blocks::k1D &&
-                            std::string(forced) == "ring");
-                ++ring;
-              } else if (kernel == "staged2-4over6") {
+              if (kernel == "staged2-4over6") {
                 EXPECT_TRUE(one_amax_four && blocks == Blocks::k1D);
                 ++one_read;
               } else if (kernel == "staged-4over6") {
@@ -99,7 +95,6 @@ TEST(GpuQuantizeRules, MatchReferenceOnRandomShapes) {
   EXPECT_GT(cases, 1000);
   EXPECT_GT(one_read, 100);
   EXPECT_GT(one_read_2d, 50);
-  EXPECT_EQ(ring, one_read);  // the same cases
 }
 
 TEST(GpuQuantizeRules, TransformerEngineVectorsOnGpu) {
@@ -177,11 +172,10 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
     for (int64_t i = 1; i < 16; i += 2) r[1][3][k + i] = -1e-30f * float(i);
   }
   for (int64_t k = 0; k < K; ++k) r[2][5][k] *= 1e3f;  // expert 2, row 5: blocks past 12
-  // The default ring, FP4QAT_NVFP4_SLOTS=3 (24 KB slots), FP4QAT_NVFP4_THREADS=384, 48 KB slots and the
-  // per-warp kernel (FP4QAT_NVFP4_KERNEL=ring; 2 slots, 3 of 24 KB, and for bf16 384 threads and 512 x 4 slots).
-  const char* const names[] = {"", " 3 slots", " 384 threads", " 48 KB slots", " ring", " ring 3 slots",
-                               " ring 384 threads", " ring 512 threads"};
-  for (int shape = 0; shape < 8; ++shape)
+  // The default shape (256 threads x 2 slots of 48 KB), FP4QAT_NVFP4_SLOTS=3 (24 KB slots),
+  // FP4QAT_NVFP4_THREADS=384 and 40 KB slots.
+  const char* const names[] = {"", " 3 slots", " 384 threads", " 40 KB slots"};
+  for (int shape = 0; shape < 4; ++shape)
   for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
     for (float m : {256.0f, 448.0f})
       for (bool mse : {false, true}) {
@@ -189,12 +183,7 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
         const fp4qat::tuning::ScopedNvfp4Tuning tu(
             shape == 1   ? none.with("FP4QAT_NVFP4_SLOTS", "3").with("FP4QAT_NVFP4_SLOT_BYTES", "24576")
             : shape == 2 ? none.with("FP4QAT_NVFP4_THREADS", "384")
-            : shape == 3 ? none.with("FP4QAT_NVFP4_SLOT_BYTES", "49152")
-            : shape == 4 ? none.with("FP4QAT_NVFP4_KERNEL", "ring")
-            : shape == 5 ? none.with("FP4QAT_NVFP4_KERNEL", "ring").with("FP4QAT_NVFP4_SLOTS", "3").with(
-                               "FP4QAT_NVFP4_SLOT_BYTES", "24576")
-            : shape == 6 ? none.with("FP4QAT_NVFP4_KERNEL", "ring").with("FP4QAT_NVFP4_THREADS", "384")
-            : shape == 7 ? none.with("FP4QAT_NVFP4_KERNEL", "ring").with("FP4QAT_NVFP4_THREADS", "512")
+            : shape == 3 ? none.with("FP4QAT_NVFP4_SLOT_BYTES", "40960")
                          : none);
         const NVFP4Rule rule{true, m, mse, false};
         at::Tensor xt = x.to(dt);
@@ -202,7 +191,7 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
         SCOPED_TRACE(::testing::Message() << dt << " " << fp4qat::describe(rule) << names[shape]);
         const auto want = fp4qat::nvfp4_quantize_and_fake(xt, Blocks::k1D, std::nullopt, rule);
         const auto got = fp4qat::nvfp4_quantize_and_fake(xt.cuda(), Blocks::k1D, std::nullopt, rule);
-        EXPECT_EQ(std::string(ck::nvfp4_last_kernel()), shape >= 4 ? "ring-4over6" : "staged2-4over6");
+        EXPECT_EQ(std::string(ck::nvfp4_last_kernel()), "staged2-4over6");
         ASSERT_TRUE(bytes_equal(got.packed.codes, want.packed.codes));
         ASSERT_TRUE(bytes_equal(got.packed.scales, want.packed.scales));
         ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
