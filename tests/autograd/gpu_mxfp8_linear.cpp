@@ -11,21 +11,11 @@
 
 using fp4qat::autograd::Backward;
 using fp4qat::test::bytes_equal;
+using fp4qat::test::close_bf16;
 
 namespace {
 at::Tensor randn_cpu(std::vector<int64_t> shape, uint64_t seed, at::ScalarType dt) {
   return at::randn(shape, at::make_generator<at::CPUGeneratorImpl>(seed)).to(dt);
-}
-// |a - b| <= 2^-7 |b| + 1e-3 max|b|: one bf16 ulp, or cancellation noise near zero, the effect of
-// another fp32 accumulation order.
-::testing::AssertionResult close_bf16(const at::Tensor& a, const at::Tensor& b) {
-  if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type())
-    return ::testing::AssertionFailure() << "shape/dtype " << a.sizes() << " " << a.scalar_type() << " vs " << b.sizes()
-                                         << " " << b.scalar_type();
-  const at::Tensor af = a.cpu().to(at::kFloat), bf = b.cpu().to(at::kFloat);
-  const at::Tensor bad = (af - bf).abs() > bf.abs() * (1.0 / 128) + 1e-3 * bf.abs().max();
-  if (!bad.any().item<bool>()) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad.sum().item<int64_t>() << " elements differ by more than one bf16 ulp";
 }
 
 struct Result {

@@ -19,20 +19,10 @@ using fp4qat::NVFP4Rule;
 using fp4qat::autograd::Backward;
 using fp4qat::autograd::NVFP4LinearOptions;
 using fp4qat::test::bytes_equal;
+using fp4qat::test::close_bf16;
+using fp4qat::test::randn_cuda;
 
 namespace {
-
-at::Tensor randn_cuda(std::vector<int64_t> shape, uint64_t seed) {
-  return at::randn(shape, at::make_generator<at::CPUGeneratorImpl>(seed)).to(at::kBFloat16).cuda();
-}
-
-// |a - b| <= 2^-7 |b| + 1e-3 max|b| (as gpu_nvfp4_linear.cpp): another fp32 accumulation order.
-::testing::AssertionResult close_bf16(const at::Tensor& a, const at::Tensor& b) {
-  const at::Tensor af = a.cpu().to(at::kFloat), bf = b.cpu().to(at::kFloat);
-  const at::Tensor bad = (af - bf).abs() > bf.abs() * (1.0 / 128) + 1e-3 * bf.abs().max();
-  if (!bad.any().item<bool>()) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad.sum().item<int64_t>() << " elements differ by more than one bf16 ulp";
-}
 
 std::vector<std::pair<const char*, NVFP4LinearOptions>> recipes(Blocks blocks, Backward mode) {
   auto o = [&](NVFP4Rule w, NVFP4Rule a, bool act) {

@@ -3,6 +3,8 @@
 
 #include "io/fs.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <spawn.h>
@@ -132,6 +134,20 @@ std::string read_bytes(const std::string& path) {
   std::ostringstream ss;
   ss << f.rdbuf();
   return ss.str();
+}
+
+::testing::AssertionResult close_bf16(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type())
+    return ::testing::AssertionFailure() << "shape/dtype " << a.sizes() << " " << a.scalar_type() << " vs " << b.sizes()
+                                         << " " << b.scalar_type();
+  const at::Tensor af = a.cpu().to(at::kFloat), bf = b.cpu().to(at::kFloat);
+  const at::Tensor bad = (af - bf).abs() > bf.abs() * (1.0 / 128) + 1e-3 * bf.abs().max();
+  if (!bad.any().item<bool>()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << bad.sum().item<int64_t>() << " elements differ by more than one bf16 ulp";
+}
+
+at::Tensor randn_cuda(std::vector<int64_t> shape, uint64_t seed) {
+  return at::randn(shape, at::make_generator<at::CPUGeneratorImpl>(seed)).to(at::kBFloat16).cuda();
 }
 
 ::testing::AssertionResult bytes_equal(const at::Tensor& got_in, const at::Tensor& want_in) {

@@ -80,6 +80,12 @@ std::string read_bytes(const std::string& path);
 
 // Byte-for-byte equality of two tensors (dtype, shape and raw bytes); a readable diff on failure.
 ::testing::AssertionResult bytes_equal(const at::Tensor& got, const at::Tensor& want);
+// |a - b| <= 2^-7 |b| + 1e-3 max|b| elementwise, a and b of one shape and type (any device): one bf16
+// ulp, or cancellation noise near zero — the effect of another fp32 accumulation order.
+::testing::AssertionResult close_bf16(const at::Tensor& a, const at::Tensor& b);
+// at::randn(shape) from a CPU generator seeded `seed` (the same values on every machine), as bf16 on
+// the GPU.
+at::Tensor randn_cuda(std::vector<int64_t> shape, uint64_t seed);
 
 bool cuda_available();
 #define FP4QAT_REQUIRE_GPU()                                                 \
