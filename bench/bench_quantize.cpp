@@ -15,7 +15,6 @@
 #include <cstring>
 #include <functional>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "bench/dev/nvfp4_variants.h"

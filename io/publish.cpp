@@ -1,6 +1,8 @@
 // io/publish.cpp — see publish.h.
 #include "io/publish.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <utility>
 #include <vector>
@@ -66,21 +68,23 @@ void publish(const std::string& root, const std::string& name, int64_t keep, con
   prune(root, keep, prefix);
 }
 
+void remove_atomic(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return;  // absent (a dangling link is removed too)
+  const std::string gone = fs::temp_name_beside(path);
+  fs::rename_atomic(path, gone);
+  fs::remove_tree(gone);
+}
+
 void prune(const std::string& root, int64_t keep, const std::string& prefix) {
   FP4QAT_CHECK(keep >= 0, "prune: keep must be >= 0, got ", keep);
   if (keep > 0) {  // keep the newest `keep` numbered folders
     const auto all = numbered_folders(root, prefix);
     const std::string current = fs::read_link(root + "/latest");
     for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i)
-      if (all[i].second != current) {
-        // Out of sight first: renamed to a temp name (atomic), then deleted. A kill during the
-        // deletion leaves a dead temp (removed by the next run: remove_dead_temps), never a numbered
-        // folder with some of its files gone (CliTrain.KillNineLeavesCompleteFoldersAndResumeContinues
-        // caught an export step-N without export.json, its pruning killed midway).
-        const std::string gone = fs::temp_name_beside(root + "/" + all[i].second);
-        fs::rename_atomic(root + "/" + all[i].second, gone);
-        fs::remove_tree(gone);
-      }
+      // (CliTrain.KillNineLeavesCompleteFoldersAndResumeContinues caught an export step-N without
+      // export.json when pruning deleted in place and was killed midway.)
+      if (all[i].second != current) remove_atomic(root + "/" + all[i].second);
   }
   fs::fsync_path(root);
 }

@@ -28,11 +28,15 @@ void write_folder_atomic(const std::string& target, const std::function<void(con
 void publish(const std::string& root, const std::string& name, int64_t keep, const std::string& prefix,
              const std::function<void(const std::string& tmp)>& fill);
 
+// Removes `path` (a folder or a file; nothing if absent) out of sight first: renamed to a temp name
+// beside it (atomic), then deleted. Killed midway, it leaves a dead temp (remove_dead_temps), never
+// `path` with some of its files gone — what a reader of a published folder must not see.
+void remove_atomic(const std::string& path);
+
 // publish()'s clean-up on its own: with keep > 0 only the newest `keep` `<prefix><number>` folders
 // of `root` stay, never the one `latest` points to; then `root` is fsynced. (A writer that
 // publishes often runs it off its critical path: removing a folder of large files takes time.)
-// A folder leaves at once (renamed to a temp name, then deleted): killed midway, prune leaves a dead
-// temp (remove_dead_temps), never a numbered folder with files missing.
+// A folder leaves by remove_atomic: killed midway, prune leaves no numbered folder with files missing.
 void prune(const std::string& root, int64_t keep, const std::string& prefix);
 
 // The `<prefix><N>` folders of `root` (N a decimal number), sorted by N; none if root is missing.

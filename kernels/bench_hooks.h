@@ -39,7 +39,7 @@ void nvfp4_trace(unsigned long long* buf, int64_t items);
 // "fused", "two-pass"), to check that a forced variant really ran.
 const char* nvfp4_last_kernel();
 // The CTAs a SM (occupancy, by registers and shared memory) of the last one-read launch (staged2,
-// park, ring): what a kernel's register count or slot size leaves resident.
+// park): what a kernel's register count or slot size leaves resident.
 int64_t nvfp4_last_ctas_per_sm();
 // MXFP8 quantize: blocks a thread takes an iteration for 16-bit inputs, 1 or 2 (0: the default, 2).
 void set_mxfp8_units(int units);

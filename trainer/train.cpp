@@ -416,7 +416,7 @@ void Trainer::claim_out_dir() {
       if (fs::exists(dir + "/" + n)) found += (found.empty() ? "" : ", ") + n;
     FP4QAT_CHECK(found.empty() || opt_.existing == ExistingRun::kOverwrite, dir, " holds an earlier run (", found,
                  "): continue it with --resume, replace it with --overwrite, or choose another train.out_dir");
-    for (const auto& n : outputs) fs::remove_tree(dir + "/" + n);
+    for (const auto& n : outputs) io::remove_atomic(dir + "/" + n);  // a kill midway leaves no half-deleted export
   }
   // The RL loop's samples are this run's: a fresh run never reads an earlier run's iteration
   // folders back (only --resume continues from them).

@@ -225,13 +225,13 @@ static Slices uniform_slices(const Nvfp4Args& a, int64_t rows) {
   return sl;
 }
 
-// One one-read shape of Four Over Six (kTh threads x kSlots slots, kMinCtas CTAs a SM for the
-// registers), MAE or MSE as the rule says.
-template <InType T, int kTh, int kSlots, int kMinCtas>
+// One one-read shape of Four Over Six (kTh threads x kSlots slots; registers for two CTAs a SM: the
+// shared memory is sized for two), MAE or MSE as the rule says.
+template <InType T, int kTh, int kSlots>
 bool launch_4over6_shape(const Nvfp4Args& a, const Slices& sl, int64_t row_bytes, cudaStream_t stream) {
-  return a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 2, kMinCtas>, kTh, kSlots, kSlots, a, sl,
+  return a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 2, 2>, kTh, kSlots, kSlots, a, sl,
                                       row_bytes, stream)
-                    : launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 1, kMinCtas>, kTh, kSlots, kSlots, a, sl,
+                    : launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 1, 2>, kTh, kSlots, kSlots, a, sl,
                                       row_bytes, stream);
 }
 
@@ -255,10 +255,10 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   // smaller slots). Removed after measuring slower: 512 threads (with spills) and two lanes a block
   // (session 24); a per-warp kernel without CTA barriers in its loop (`ring`, sessions 25-26: 8-50%
   // slower than staged2 in each of eight shapes); three CTAs of 256 threads a SM within 80 registers
-  // (28-30 KB slots: 1.31-1.35 ms against 1.12-1.14 at 2 x 48 KB; session 26). Both in git history.
-  const bool ok = tu.threads == 384 ? launch_4over6_shape<T, 384, 2, 2>(a, sl, rb, stream)
-                  : tu.slots == 3   ? launch_4over6_shape<T, 256, 3, 2>(a, sl, rb, stream)
-                                    : launch_4over6_shape<T, 256, 2, 2>(a, sl, rb, stream);
+  // (28-30 KB slots: 1.31-1.35 ms against 1.12-1.14 at 2 x 48 KB; session 26). All in git history.
+  const bool ok = tu.threads == 384 ? launch_4over6_shape<T, 384, 2>(a, sl, rb, stream)
+                  : tu.slots == 3   ? launch_4over6_shape<T, 256, 3>(a, sl, rb, stream)
+                                    : launch_4over6_shape<T, 256, 2>(a, sl, rb, stream);
   if (ok) set_last_kernel("staged2-4over6");
   return ok;
 }
