@@ -198,3 +198,34 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
         ASSERT_TRUE(bytes_equal(got.values, want.values));
       }
 }
+
+// The one-read Four Over Six kernel with several heads a CTA (more slices than the CTAs hold), so
+// that each next head's group is tested during the current head's last blocks (always complete
+// with a given amax; by timing without) and the head starts without polling — or, where the group
+// completes later, polls as before. Bytes equal to the CPU reference either way, for 2 and 3 slots.
+TEST(GpuQuantizeRules, FourOverSixOneReadManyHeadsPerCta) {
+  FP4QAT_REQUIRE_GPU();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(4801);
+  const int64_t E = 4, N = 1024, K = 2048;  // 16 KB slots: 256 slices an expert, 1,024 in all
+  const at::Tensor x = (at::randn({E, N, K}, gen) * at::exp(at::randn({E, N, 1}, gen))).to(at::kBFloat16);
+  const at::Tensor amax = fp4qat::global_amax(x);
+  const at::Tensor xg = x.cuda(), amax_g = amax.cuda();
+  for (const NVFP4Rule& rule : {NVFP4Rule{true, 256.0f, false, false}, NVFP4Rule{true, 448.0f, true, false}}) {
+    const auto want = fp4qat::nvfp4_quantize_and_fake(x, Blocks::k1D, std::nullopt, rule);
+    for (bool given : {false, true})
+      for (const char* slots : {"", "3"}) {
+        SCOPED_TRACE(::testing::Message() << fp4qat::describe(rule) << (given ? " given amax" : "") << " slots "
+                                          << slots);
+        const fp4qat::tuning::ScopedNvfp4Tuning tu(
+            fp4qat::tuning::Nvfp4Tuning{}.with("FP4QAT_NVFP4_SLOT_BYTES", "16384").with("FP4QAT_NVFP4_SLOTS", slots));
+        const auto got = fp4qat::nvfp4_quantize_and_fake(xg, Blocks::k1D, given ? std::optional<at::Tensor>(amax_g)
+                                                                                : std::nullopt,
+                                                         rule);
+        EXPECT_EQ(std::string(ck::nvfp4_last_kernel()), "staged2-4over6");
+        ASSERT_TRUE(bytes_equal(got.packed.codes, want.packed.codes));
+        ASSERT_TRUE(bytes_equal(got.packed.scales, want.packed.scales));
+        ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
+        ASSERT_TRUE(bytes_equal(got.values, want.values));
+      }
+  }
+}
