@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "io/safetensors.h"
@@ -27,6 +28,19 @@ namespace {
 const std::vector<std::vector<int64_t>> kShapes = {
     {1, 16}, {7, 96}, {17, 64}, {33, 160}, {255, 512}, {3, 16384}, {1, 5, 64}, {160, 17, 64}, {4, 300, 2048},
 };
+
+// Every byte of an NVFP4 operand (codes, scales, S_dec, fake values) equals the reference's; the
+// failure names the part that differs.
+::testing::AssertionResult same_operand(const fp4qat::NVFP4Operand& got, const fp4qat::NVFP4Operand& want) {
+  for (const auto& [name, g, w] : {std::tuple{"codes", &got.packed.codes, &want.packed.codes},
+                                   std::tuple{"scales", &got.packed.scales, &want.packed.scales},
+                                   std::tuple{"s_dec", &got.packed.s_dec, &want.packed.s_dec},
+                                   std::tuple{"values", &got.values, &want.values}}) {
+    auto r = bytes_equal(*g, *w);
+    if (!r) return r << " (" << name << ")";
+  }
+  return ::testing::AssertionSuccess();
+}
 
 std::vector<NVFP4Rule> rules() {
   std::vector<NVFP4Rule> out{{false, 256.0f, false, true}};
@@ -63,10 +77,7 @@ TEST(GpuQuantizeRules, MatchReferenceOnRandomShapes) {
               std::optional<at::Tensor> amax_d;
               if (amax) amax_d = amax->cuda();
               const auto got = fp4qat::nvfp4_quantize_and_fake(x.cuda(), blocks, amax_d, rule);
-              ASSERT_TRUE(bytes_equal(got.packed.codes, want.packed.codes));
-              ASSERT_TRUE(bytes_equal(got.packed.scales, want.packed.scales));
-              ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
-              ASSERT_TRUE(bytes_equal(got.values, want.values));
+              ASSERT_TRUE(same_operand(got, want));
               const std::string kernel = ck::nvfp4_last_kernel();
               const bool one_amax_four = rule.four_over_six && !rule.row_scaled && *forced == '\0';
               if (kernel == "staged2-4over6") {
@@ -138,10 +149,7 @@ TEST(GpuQuantizeRules, RowGroupsAndRowAmax) {
         SCOPED_TRACE(::testing::Message() << dt << " groups " << off.size() - 1 << " " << fp4qat::describe(rule));
         const auto want = fp4qat::nvfp4_quantize_rows(x, off, /*packed=*/true, rule);
         const auto got = fp4qat::nvfp4_quantize_rows(x.cuda(), off, /*packed=*/true, rule);
-        ASSERT_TRUE(bytes_equal(got.values, want.values));
-        ASSERT_TRUE(bytes_equal(got.packed.codes, want.packed.codes));
-        ASSERT_TRUE(bytes_equal(got.packed.scales, want.packed.scales));
-        ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
+        ASSERT_TRUE(same_operand(got, want));
       }
     }
 }
@@ -192,10 +200,7 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
         const auto want = fp4qat::nvfp4_quantize_and_fake(xt, Blocks::k1D, std::nullopt, rule);
         const auto got = fp4qat::nvfp4_quantize_and_fake(xt.cuda(), Blocks::k1D, std::nullopt, rule);
         EXPECT_EQ(std::string(ck::nvfp4_last_kernel()), "staged2-4over6");
-        ASSERT_TRUE(bytes_equal(got.packed.codes, want.packed.codes));
-        ASSERT_TRUE(bytes_equal(got.packed.scales, want.packed.scales));
-        ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
-        ASSERT_TRUE(bytes_equal(got.values, want.values));
+        ASSERT_TRUE(same_operand(got, want));
       }
 }
 
@@ -222,10 +227,7 @@ TEST(GpuQuantizeRules, FourOverSixOneReadManyHeadsPerCta) {
                                                                                 : std::nullopt,
                                                          rule);
         EXPECT_EQ(std::string(ck::nvfp4_last_kernel()), "staged2-4over6");
-        ASSERT_TRUE(bytes_equal(got.packed.codes, want.packed.codes));
-        ASSERT_TRUE(bytes_equal(got.packed.scales, want.packed.scales));
-        ASSERT_TRUE(bytes_equal(got.packed.s_dec, want.packed.s_dec));
-        ASSERT_TRUE(bytes_equal(got.values, want.values));
+        ASSERT_TRUE(same_operand(got, want));
       }
   }
 }
