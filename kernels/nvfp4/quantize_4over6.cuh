@@ -124,22 +124,22 @@ __device__ __forceinline__ void emit_rounded(const float v[16], const float q[16
   }
 }
 
-// The same outputs for bf16 input (v: its values, exact in float32), two elements at a time where
-// the bf16 pairs allow: the codes' signs by nvfp4_sign_nibbles (4 permutes and 2 logic
-// ops a word instead of a compare and a select an element), the fake values as bf16 pairs
-// q * fsb (exact: at most 6 significant bits in [2^-10, 2688]) by one bf16x2 fma with -0.0 (+0 stays
-// +0), the sign ORed in from the raw pair. Same bytes as emit_rounded.
+// The same outputs for bf16 input, from its raw pairs (raw[i]: element 2i low, 2i + 1 high; the
+// values v of emit_rounded are exact in float32), two elements at a time: the codes' signs by
+// nvfp4_sign_nibbles (4 permutes and 2 logic ops a word instead of a compare and a select an
+// element), the fake values as bf16 pairs q * fsb (exact: at most 6 significant bits in
+// [2^-10, 2688]) by one bf16x2 fma with -0.0 (+0 stays +0), the sign ORed in from the raw pair.
+// Same bytes as emit_rounded.
 __device__ __forceinline__ uint32_t bf16x2_mul_exact(uint32_t a, uint32_t b) {
   uint32_t d;
   asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
   return d;
 }
-__device__ __forceinline__ void emit_rounded_bf16(const float v[16], const float q[16], uint8_t sb, int64_t unit,
+__device__ __forceinline__ void emit_rounded_bf16(const uint32_t raw[8], const float q[16], uint8_t sb, int64_t unit,
                                                   uint8_t* codes, uint8_t* scales, uint16_t* fake) {
-  uint32_t neg[8];  // from the raw pairs, rebuilt from v (a permute each: no raw words held through the estimate)
+  uint32_t neg[8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i)
-    neg[i] = bf16x2_negative_bits(__byte_perm(__float_as_uint(v[2 * i]), __float_as_uint(v[2 * i + 1]), 0x7632));
+  for (int i = 0; i < 8; ++i) neg[i] = bf16x2_negative_bits(raw[i]);
   if (codes || scales) {
     uint32_t packed[2] = {0u, 0u};
 #pragma unroll
@@ -194,11 +194,13 @@ __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float
 // entries, from amax and six_m). The winner's outputs come from the estimate's rounded magnitudes
 // where no product underflows (tiny: the input type's smallest positive value; tiny * enc > 0
 // bounds every nonzero |x| * enc away from 0), else by encoding again. Both give the exact errors'
-// choice and emit_block_enc's bytes, so the same bytes. kBf16: the input is bf16 (emit_rounded_bf16).
+// choice and emit_block_enc's bytes, so the same bytes. kBf16: the input is bf16, raw its 8 raw pairs
+// (emit_rounded_bf16; v the same values in float32).
 template <bool kMse, bool kBf16 = false>
 __device__ __forceinline__ void four_over_six_block_est(const float v[16], float bmax, float s_enc, const float* enc,
                                                         const float* one, float amax, float six_m, int64_t unit,
-                                                        uint8_t* codes, uint8_t* scales, uint16_t* fake, float tiny) {
+                                                        uint8_t* codes, uint8_t* scales, uint16_t* fake, float tiny,
+                                                        const uint32_t* raw = nullptr) {
   uint8_t sb6, sb4;
   nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
   const int i6 = lut_index(sb6), i4 = lut_index(sb4);
@@ -223,7 +225,7 @@ __device__ __forceinline__ void four_over_six_block_est(const float v[16], float
 #pragma unroll
         for (int i = 0; i < 16; ++i) q[i] = four ? q4[i] : q6[i];
         if constexpr (kBf16)
-          emit_rounded_bf16(v, q, four ? sb4 : sb6, unit, codes, scales, fake);
+          emit_rounded_bf16(raw, q, four ? sb4 : sb6, unit, codes, scales, fake);
         else
           emit_rounded(v, q, four ? sb4 : sb6, unit, codes, scales, fake);
         return;

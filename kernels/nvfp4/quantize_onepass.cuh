@@ -320,11 +320,12 @@ __device__ __forceinline__ void quantize_block_4over6(const Nvfp4Args& a, const 
 }
 
 // All threads: Four Over Six on a slice held in shared memory, with the tables of its amax.
-// Iterations are warp-uniform; after each, `between()` runs with the warp's lanes converged (the
-// staged2 kernel folds slots that have landed meanwhile).
+// Iterations are warp-uniform; after each (bf16: after every second), `between()` runs with the
+// warp's lanes converged (the staged2 kernel folds slots that have landed meanwhile).
 // bf16: software-pipelined — the next block's words and maximum are loaded from shared memory
 // before this block's arithmetic (the head slot is not written until the slice is done; `between`
-// folds other slots), taking two shared-memory latencies off each block's dependent chain.
+// folds other slots), taking two shared-memory latencies off each block's dependent chain; the
+// raw words go to the emitter too (the codes' signs, no repacking of the float values).
 template <InType T, int kTh, bool kMse, typename Between>
 __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const unsigned char* base, const float* bmax,
                                                       int64_t units, int64_t unit0, const Head4over6& hd,
@@ -335,10 +336,13 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
     uint32_t next[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
     float next_max = 0.0f;
     if (u < n) load_raw16(base, u, next), next_max = bmax[u];
+    bool fold = false;  // between() after every second block
     for (int u0 = threadIdx.x & ~31; u0 < n; u0 += kTh, u += kTh) {
       float v[16];
+      uint32_t raw[8];
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
+        raw[i] = next[i];
         v[2 * i] = __uint_as_float(next[i] << 16);
         v[2 * i + 1] = __uint_as_float(next[i] & 0xffff0000u);
       }
@@ -346,8 +350,9 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
       if (u + kTh < n) load_raw16(base, u + kTh, next), next_max = bmax[u + kTh];
       if (u < n)
         four_over_six_block_est<kMse, true>(v, m, hd.s_enc, hd.enc, hd.one, hd.amax, hd.six_m, unit0 + u, a.codes,
-                                            a.scales, a.fake, smallest_positive<T>());
-      between();
+                                            a.scales, a.fake, smallest_positive<T>(), raw);
+      if (fold) between();
+      fold = !fold;
     }
   } else {
     for (int64_t u0 = threadIdx.x & ~31; u0 < units; u0 += kTh) {
