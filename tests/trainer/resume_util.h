@@ -2,7 +2,10 @@
 // stopped (and checkpointed) after `stop_after` steps, then resumed with --resume to train.steps
 // in the same out_dir.
 #pragma once
+#include <gtest/gtest.h>
+
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "trainer/config.h"
@@ -10,16 +13,21 @@
 
 namespace fp4qat::test {
 
-// The step logs of both calls, in step order.
+// The step logs of both calls, in step order; the resumed call's whole result to `resumed` if given.
+// Checks that the first call stopped at `stop_after` and the second reached train.steps.
 inline std::vector<train::StepLog> run_stopped_and_resumed(const config::Config& c, const train::Options& o,
-                                                           int64_t stop_after) {
+                                                           int64_t stop_after, train::Result* resumed = nullptr) {
   train::Options stop = o;
   stop.stop_after = stop_after;
-  std::vector<train::StepLog> steps = train::run(c, stop).steps;
+  const train::Result s = train::run(c, stop);
+  EXPECT_EQ(s.final_step, stop_after) << "the stopped run";
+  std::vector<train::StepLog> steps = s.steps;
   train::Options resume = o;
   resume.resume = true;
-  const train::Result r = train::run(c, resume);
+  train::Result r = train::run(c, resume);
+  EXPECT_EQ(r.final_step, c.train.steps) << "the resumed run";
   steps.insert(steps.end(), r.steps.begin(), r.steps.end());
+  if (resumed) *resumed = std::move(r);
   return steps;
 }
 

@@ -16,6 +16,7 @@
 #include "io/safetensors.h"
 #include "model/qwen3_moe.h"
 #include "tests/common/test_util.h"
+#include "tests/trainer/resume_util.h"
 #include "kernels/optim/adamw_ref.h"
 #include "trainer/adamw.h"
 #include "trainer/grpo.h"
@@ -195,19 +196,11 @@ TEST(Train, ResumeIsBitIdentical) {
 
   cfg::Config b = a;
   b.train.out_dir = d.file("b");
-  fp4qat::train::Options stop = o;
-  stop.stop_after = 3;
-  const auto rb1 = fp4qat::train::run(b, stop);
-  ASSERT_EQ(rb1.final_step, 3);
-  fp4qat::train::Options resume = o;
-  resume.resume = true;
-  const auto rb2 = fp4qat::train::run(b, resume);
-  ASSERT_EQ(rb2.final_step, 8);
-  ASSERT_EQ(rb1.steps.size() + rb2.steps.size(), ra.steps.size());
+  const auto rb = fp4qat::test::run_stopped_and_resumed(b, o, 3);
+  ASSERT_EQ(rb.size(), ra.steps.size());
   for (size_t i = 0; i < ra.steps.size(); ++i) {
-    const auto& s = i < 3 ? rb1.steps[i] : rb2.steps[i - 3];
-    EXPECT_EQ(s.loss, ra.steps[i].loss) << "step " << i + 1;  // exact, not approximate
-    EXPECT_EQ(s.grad_norm, ra.steps[i].grad_norm) << "step " << i + 1;
+    EXPECT_EQ(rb[i].loss, ra.steps[i].loss) << "step " << i + 1;  // exact, not approximate
+    EXPECT_EQ(rb[i].grad_norm, ra.steps[i].grad_norm) << "step " << i + 1;
   }
   fp4qat::st::Reader wa(d.file("a/checkpoints/step-8/model.safetensors")),
       wb(d.file("b/checkpoints/step-8/model.safetensors"));
