@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "autograd/nvfp4_linear.h"
+#include "tests/autograd/linear_util.h"
 #include "tests/common/test_util.h"
 
 using fp4qat::Blocks;
@@ -70,30 +71,19 @@ void expect_grouped_equals_loop(const std::vector<int64_t>& cv, uint64_t seed) {
         ASSERT_EQ(y.scalar_type(), dt);
         ASSERT_EQ(x.grad().scalar_type(), dt);
         ASSERT_EQ(w.grad().scalar_type(), dt);
-        int64_t r = 0;
-        for (int64_t e = 0; e < E; ++e) {
-          const int64_t n = cv[e];
-          if (n == 0) {
-            EXPECT_EQ(w.grad()[e].abs().sum().item<float>(), 0.0f) << "expert " << e << " got no tokens";
-            continue;
-          }
-          const at::Tensor x0e = x0.narrow(0, r, n), ge = g.narrow(0, r, n);
-          at::Tensor xe = x0e.clone().requires_grad_(true), we = w0[e].clone().requires_grad_(true);
-          at::Tensor ye = fp4qat::autograd::nvfp4_linear(xe, we, opt);
-          ye.backward(ge);
-          const at::Tensor dx = x.grad().narrow(0, r, n), dw = w.grad()[e];
-          EXPECT_TRUE(close_bf16(y.detach().narrow(0, r, n), ye.detach())) << "expert " << e;
-          EXPECT_TRUE(close_bf16(dx, xe.grad())) << "expert " << e;
-          EXPECT_TRUE(close_bf16(dw, we.grad())) << "expert " << e;
-          at::Tensor xs = x0e, ws = w0[e];
-          if (mode == Backward::kDequantized) {
-            xs = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(x0e, Blocks::k1D), dt);
-            ws = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(w0[e], blocks), dt);
-          }
-          EXPECT_TRUE(close_bf16(dx, ge.mm(ws))) << "expert " << e;
-          EXPECT_TRUE(close_bf16(dw, xs.t().mm(ge).t())) << "expert " << e;
-          r += n;
-        }
+        fp4qat::test::expect_grouped_equals_per_expert(
+            y, x.grad(), w.grad(), cv,
+            [&](int64_t e, int64_t r, int64_t n) {
+              const at::Tensor x0e = x0.narrow(0, r, n), ge = g.narrow(0, r, n);
+              fp4qat::test::LinearGrads s = fp4qat::test::run_nvfp4_linear(x0e, w0[e], ge, opt);
+              s.g = ge, s.xs = x0e, s.ws = w0[e];
+              if (mode == Backward::kDequantized) {
+                s.xs = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(x0e, Blocks::k1D), dt);
+                s.ws = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(w0[e], blocks), dt);
+              }
+              return s;
+            },
+            fp4qat::test::Agree::kCloseBf16);
       }
 }
 }  // namespace

@@ -12,6 +12,7 @@
 #include "autograd/nvfp4_linear.h"
 #include "kernels/bench_hooks.h"
 #include "kernels/gemm/scaled_bmm.h"
+#include "tests/autograd/linear_util.h"
 #include "tests/common/test_util.h"
 
 using fp4qat::Blocks;
@@ -124,32 +125,22 @@ TEST(GpuNVFP4Recipes, GroupedEqualsLoopOfSingleExpertCalls) {
         }
 #endif
         y.backward(g);
-        int64_t r = 0;
-        for (int64_t e = 0; e < E; ++e) {
-          const int64_t n = counts_v[e];
-          if (n == 0) {
-            EXPECT_EQ(w.grad()[e].abs().sum().item<float>(), 0.0f) << "expert " << e << " got no tokens";
-            continue;
-          }
-          const at::Tensor x0e = x0.narrow(0, r, n), ge = g.narrow(0, r, n);
-          at::Tensor xe = x0e.clone().requires_grad_(true), we = w0[e].clone().requires_grad_(true);
-          at::Tensor ye = fp4qat::autograd::nvfp4_linear(xe, we, opt);
-          ye.backward(ge);
-          const at::Tensor dx = x.grad().narrow(0, r, n), dw = w.grad()[e];
-          EXPECT_TRUE(close_bf16(y.detach().narrow(0, r, n), ye.detach())) << "expert " << e;
-          EXPECT_TRUE(close_bf16(dx, xe.grad())) << "expert " << e;
-          EXPECT_TRUE(close_bf16(dw, we.grad())) << "expert " << e;
-          at::Tensor xs = x0e, ws = w0[e];
-          if (mode == Backward::kDequantized) {
-            ws = fp4qat::nvfp4_dequantize(fp4qat::nvfp4_quantize(w0[e], Blocks::k2D, std::nullopt, opt.rules.weights),
-                                          at::kBFloat16);
-            if (!opt.rules.w4a16)
-              xs = fp4qat::nvfp4_dequantize(
-                  fp4qat::nvfp4_quantize(x0e, Blocks::k1D, act_amax(opt, x0e), opt.rules.activations), at::kBFloat16);
-          }
-          EXPECT_TRUE(close_bf16(dx, ge.mm(ws))) << "expert " << e;
-          EXPECT_TRUE(close_bf16(dw, xs.t().mm(ge).t())) << "expert " << e;
-          r += n;
-        }
+        fp4qat::test::expect_grouped_equals_per_expert(
+            y, x.grad(), w.grad(), counts_v,
+            [&](int64_t e, int64_t r, int64_t n) {
+              const at::Tensor x0e = x0.narrow(0, r, n), ge = g.narrow(0, r, n);
+              fp4qat::test::LinearGrads s = fp4qat::test::run_nvfp4_linear(x0e, w0[e], ge, opt);
+              s.g = ge, s.xs = x0e, s.ws = w0[e];
+              if (mode == Backward::kDequantized) {
+                s.ws = fp4qat::nvfp4_dequantize(
+                    fp4qat::nvfp4_quantize(w0[e], Blocks::k2D, std::nullopt, opt.rules.weights), at::kBFloat16);
+                if (!opt.rules.w4a16)
+                  s.xs = fp4qat::nvfp4_dequantize(
+                      fp4qat::nvfp4_quantize(x0e, Blocks::k1D, act_amax(opt, x0e), opt.rules.activations),
+                      at::kBFloat16);
+              }
+              return s;
+            },
+            fp4qat::test::Agree::kCloseBf16);
       }
 }

@@ -9,6 +9,7 @@
 
 #include "autograd/nvfp4_linear.h"
 #include "kernels/common/check.h"
+#include "tests/autograd/linear_util.h"
 #include "tests/common/test_util.h"
 
 using fp4qat::Blocks;
@@ -41,13 +42,7 @@ at::Tensor dequantized(const at::Tensor& t, Blocks blocks, at::ScalarType dt,
 
 using Grads = fp4qat::test::LinearGrads;
 
-Grads run_linear(const at::Tensor& x0, const at::Tensor& w0, const at::Tensor& g, const NVFP4LinearOptions& opt,
-                 const std::optional<at::Tensor>& amax = std::nullopt) {
-  at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
-  at::Tensor y = fp4qat::autograd::nvfp4_linear(x, w, opt, amax);
-  y.backward(g);
-  return {y.detach(), x.grad(), w.grad()};
-}
+using fp4qat::test::run_nvfp4_linear;
 
 }  // namespace
 
@@ -73,7 +68,7 @@ TEST(NVFP4Linear, LeadingDimensionsAreFlattened) {
 TEST(NVFP4Linear, HighPrecisionGradsEqualPlainLinear) {
   for (auto dt : {at::kBFloat16, at::kFloat}) {
     const at::Tensor x0 = randn({29, 96}, 5, dt), w0 = randn({40, 96}, 6, dt), g = randn({29, 40}, 7, dt);
-    const Grads q = run_linear(x0, w0, g, {Blocks::k2D, Backward::kHighPrecision});
+    const Grads q = run_nvfp4_linear(x0, w0, g, {Blocks::k2D, Backward::kHighPrecision});
     at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
     at::linear(x, w).backward(g);
     EXPECT_TRUE(bytes_equal(q.dx, x.grad())) << dt;
@@ -85,12 +80,12 @@ TEST(NVFP4Linear, DequantizedGradsUseTheDequantizedOperands) {
   for (auto dt : {at::kBFloat16, at::kFloat})
     for (auto blocks : {Blocks::k1D, Blocks::k2D}) {
       const at::Tensor x0 = randn({33, 64}, 8, dt), w0 = randn({24, 64}, 9, dt), g = randn({33, 24}, 10, dt);
-      const Grads q = run_linear(x0, w0, g, {blocks, Backward::kDequantized});
+      const Grads q = run_nvfp4_linear(x0, w0, g, {blocks, Backward::kDequantized});
       const at::Tensor xdq = dequantized(x0, Blocks::k1D, dt), wdq = dequantized(w0, blocks, dt);
       EXPECT_TRUE(bytes_equal(q.dx, g.mm(wdq))) << dt;
       EXPECT_TRUE(bytes_equal(q.dw, xdq.t().mm(g).t())) << dt;
       // Same forward in both modes; different gradients (a mode switch that does nothing fails).
-      const Grads h = run_linear(x0, w0, g, {blocks, Backward::kHighPrecision});
+      const Grads h = run_nvfp4_linear(x0, w0, g, {blocks, Backward::kHighPrecision});
       EXPECT_TRUE(bytes_equal(q.y, h.y));
       EXPECT_FALSE(at::equal(q.dx, h.dx));
       EXPECT_FALSE(at::equal(q.dw, h.dw));
@@ -108,7 +103,7 @@ TEST(NVFP4Linear, SharedAmaxOfAGatedPair) {
   EXPECT_FALSE(at::equal(y, fp4qat::autograd::nvfp4_linear(x, gate, opt)));  // gate's own amax is smaller
   // The dequantized backward uses the weight as quantized with the shared amax.
   const at::Tensor g = randn({8, 16}, 14);
-  const Grads q = run_linear(x, gate, g, opt, shared);
+  const Grads q = run_nvfp4_linear(x, gate, g, opt, shared);
   EXPECT_TRUE(bytes_equal(q.dx, g.mm(dequantized(gate, Blocks::k1D, at::kBFloat16, shared))));
 }
 
@@ -126,7 +121,7 @@ TEST(NVFP4GroupedLinear, EqualsLoopOfSingleExpertCalls) {
       y.backward(g);
       fp4qat::test::expect_grouped_equals_per_expert(
           y, x.grad(), w.grad(), counts_v, [&](int64_t e, int64_t r, int64_t n) {
-            return run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), opt);
+            return run_nvfp4_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), opt);
           });
     }
 }
@@ -309,7 +304,7 @@ TEST(NVFP4Recipes, ForwardAndGradsEqualTheDefinition) {
           // Rows of very different magnitudes: a row-scaled recipe differs from a per-tensor one.
           const at::Tensor x0 = randn({21, 64}, 30, dt) * at::exp(randn({21, 1}, 31, at::kFloat) * 3).to(dt);
           const at::Tensor w0 = randn({24, 64}, 32, dt) * 0.1, g = randn({21, 24}, 33, dt);
-          const Grads q = run_linear(x0, w0, g, c.opt);
+          const Grads q = run_nvfp4_linear(x0, w0, g, c.opt);
           const Definition d = definition(x0, w0, c.opt);
           EXPECT_TRUE(bytes_equal(q.y, d.y));
           const bool deq = mode == Backward::kDequantized;
@@ -337,7 +332,7 @@ TEST(NVFP4Recipes, GroupedEqualsLoopOfSingleExpertCalls) {
       y.backward(g);
       fp4qat::test::expect_grouped_equals_per_expert(
           y, x.grad(), w.grad(), counts_v, [&](int64_t e, int64_t r, int64_t n) {
-            return run_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), c.opt);
+            return run_nvfp4_linear(x0.narrow(0, r, n), w0[e], g.narrow(0, r, n), c.opt);
           });
       const auto qw = fp4qat::nvfp4_quantize_and_fake(w0, Blocks::k2D, std::nullopt, c.opt.rules.weights);
       EXPECT_TRUE(bytes_equal(fp4qat::autograd::nvfp4_grouped_forward(x0, qw.values, qw.packed.s_dec, counts, c.opt),

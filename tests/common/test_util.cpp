@@ -23,7 +23,10 @@ namespace fp4qat::test {
 
 void expect_grouped_equals_per_expert(const at::Tensor& y, const at::Tensor& x_grad, const at::Tensor& w_grad,
                                       const std::vector<int64_t>& counts,
-                                      const std::function<LinearGrads(int64_t, int64_t, int64_t)>& one) {
+                                      const std::function<LinearGrads(int64_t, int64_t, int64_t)>& one, Agree agree) {
+  const auto same = [agree](const at::Tensor& a, const at::Tensor& b) {
+    return agree == Agree::kBytes ? bytes_equal(a, b) : close_bf16(a, b);
+  };
   int64_t r = 0;
   for (int64_t e = 0; e < static_cast<int64_t>(counts.size()); ++e) {
     const int64_t n = counts[e];
@@ -32,9 +35,14 @@ void expect_grouped_equals_per_expert(const at::Tensor& y, const at::Tensor& x_g
       continue;
     }
     const LinearGrads s = one(e, r, n);
-    EXPECT_TRUE(bytes_equal(y.detach().narrow(0, r, n), s.y)) << "expert " << e;
-    EXPECT_TRUE(bytes_equal(x_grad.narrow(0, r, n), s.dx)) << "expert " << e;
-    EXPECT_TRUE(bytes_equal(w_grad[e], s.dw)) << "expert " << e;
+    const at::Tensor dx = x_grad.narrow(0, r, n), dw = w_grad[e];
+    EXPECT_TRUE(same(y.detach().narrow(0, r, n), s.y)) << "expert " << e;
+    EXPECT_TRUE(same(dx, s.dx)) << "expert " << e;
+    EXPECT_TRUE(same(dw, s.dw)) << "expert " << e;
+    if (s.ws.defined()) {
+      EXPECT_TRUE(same(dx, s.g.mm(s.ws))) << "expert " << e << ": dx = g ws";
+      EXPECT_TRUE(same(dw, s.xs.t().mm(s.g).t())) << "expert " << e << ": dw = (xs^T g)^T";
+    }
     r += n;
   }
 }

@@ -25,16 +25,23 @@ config::Config small_moe_run(const std::string& out);
 std::string vectors_dir();
 std::vector<std::string> vector_files(const std::string& sub = "");  // every *.safetensors there (or in sub/), sorted
 
-// A linear's output and gradients.
+// A linear's output and gradients; optionally (ws defined) the operands its gradients are defined
+// by: dx = g ws, dw = (xs^T g)^T, g the upstream gradient.
 struct LinearGrads {
   at::Tensor y, dx, dw;
+  at::Tensor g, xs, ws;
 };
+// How two results must agree: byte for byte, or within close_bf16 (another fp32 accumulation order,
+// e.g. the GPU's batched GEMM against per-expert ones).
+enum class Agree { kBytes, kCloseBf16 };
 // A grouped linear (y [T, N], x_grad [T, K], w_grad [E, N, K], rows sorted by expert with
-// `counts` rows each) equals, byte for byte, the same linear run alone on each expert's rows:
-// one(e, first_row, rows) gives that; an expert with no rows gets a zero weight gradient.
+// `counts` rows each) equals the same linear run alone on each expert's rows: one(e, first_row,
+// rows) gives that (and, where it gives the operands, the gradients equal their definition too);
+// an expert with no rows gets a zero weight gradient.
 void expect_grouped_equals_per_expert(const at::Tensor& y, const at::Tensor& x_grad, const at::Tensor& w_grad,
                                       const std::vector<int64_t>& counts,
-                                      const std::function<LinearGrads(int64_t e, int64_t row, int64_t n)>& one);
+                                      const std::function<LinearGrads(int64_t e, int64_t row, int64_t n)>& one,
+                                      Agree agree = Agree::kBytes);
 
 // A fresh empty folder under the system temp dir, removed by the destructor.
 class TempDir {

@@ -80,7 +80,9 @@ TEST(Dataset, ReadsFolderAndBatches) {
           if (t + j >= 1) {
             EXPECT_EQ(b.loss_mask[r][t + j - 1].item<bool>(), j > 0 && doc.mask[j] == 1) << r << " " << t + j;
           }
-          if (t + j < T) EXPECT_TRUE(b.real[r][t + j].item<bool>()) << r << " " << t + j;  // a document's token
+          if (t + j < T) {
+            EXPECT_TRUE(b.real[r][t + j].item<bool>()) << r << " " << t + j;  // a document's token
+          }
           if (packing && t + j < T) {
             EXPECT_EQ(b.positions[r][t + j].item<int64_t>(), j);
             EXPECT_EQ(b.segments[r][t + j].item<int64_t>(), seg);

@@ -410,9 +410,10 @@ TEST(ExportTrainRecipes, RolloutReproducesTheTrainerForEveryRecipe) {
     const bool plain = cs.fos == FOS::kNone && cs.scale == qat::ActivationScale::kTensor && !w4a16;
     // The 2024 recipe's files stay as they were; the others carry the record.
     EXPECT_EQ(hq.at("quantization").find("fp4qat") == nullptr, plain);
-    if (!plain)
+    if (!plain) {
       EXPECT_EQ(qc.at("fp4qat").at("activation_scale").as_string(),
                 cs.scale == qat::ActivationScale::kRow ? "row" : "tensor");
+    }
     const json::Value info = json::parse(fs::read_text(dir + "/export.json"), "export.json");
     EXPECT_EQ(info.at("nvfp4_recipe").at("four_over_six").at("e4m3_max").as_int(), static_cast<int64_t>(cs.m));
     // The exported weights: the BF16 export's experts quantized by the recipe's weight rule.
