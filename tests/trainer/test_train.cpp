@@ -27,21 +27,14 @@ using fp4qat::test::TempDir;
 namespace cfg = fp4qat::config;
 
 namespace {
+// The shared small MoE (fp4qat::test::small_moe_run) with a 16-token vocabulary, 8 x 32 tokens a
+// step, fp32 compute and 3 warm-up steps. Every test sets train.steps.
 cfg::Config small(const std::string& out) {
-  cfg::Config c;
-  c.model.hidden_size = 64;
-  c.model.num_hidden_layers = 2;
-  c.model.head_dim = 16;
-  c.model.moe_intermediate_size = 32;
-  c.model.num_experts = 4;
+  cfg::Config c = fp4qat::test::small_moe_run(out);
   c.model.vocab_size = 16;
   c.train.batch_size = 8;
   c.train.seq_len = 32;
   c.train.dtype = "fp32";
-  c.train.device = "cpu";
-  c.train.eval_every = 0;
-  c.train.checkpoint_every = 0;
-  c.train.out_dir = out;
   c.optim.warmup_steps = 3;
   return c;
 }
