@@ -41,6 +41,14 @@ bool bindable(int* port) {
 // handed out as ephemeral could be handed again — to a client socket of another test's ranks
 // running at the same time (ctest -j) — between this check and the rendezvous binding it. Random
 // among 12,000, so two tests rarely pick the same one; an ephemeral port if none binds.
+std::vector<std::string> recipe_args(const std::string& command, const std::string& recipe,
+                                     const std::vector<std::string>& sets, const std::vector<std::string>& extra) {
+  std::vector<std::string> a = {command, "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/" + recipe};
+  for (const std::string& kv : sets) a.insert(a.end(), {"--set", kv});
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
 int free_port() {
   static std::mt19937 rng(static_cast<uint32_t>(::getpid()) ^
                           static_cast<uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count()));

@@ -22,6 +22,11 @@ ProcResult run_fp4qat_env(const std::vector<std::string>& args,
 // and a free MASTER_PORT; all are killed when one is still running after timeout_s.
 std::vector<ProcResult> run_ranks(int world, const std::vector<std::string>& args, int timeout_s);
 
+// The arguments of `fp4qat <command> --recipe recipes/<recipe>` with each of `sets` ("key=value")
+// as one --set, then `extra` as given.
+std::vector<std::string> recipe_args(const std::string& command, const std::string& recipe,
+                                     const std::vector<std::string>& sets, const std::vector<std::string>& extra = {});
+
 bool have_gloo();  // the build's c10d gloo backend (dist/process_group.h)
 bool have_nccl();
 

@@ -23,31 +23,12 @@ namespace {
 
 std::vector<std::string> recipe(const std::string& out, int64_t grad_accum,
                                 const std::vector<std::string>& extra = {}) {
-  std::vector<std::string> a = {"train",
-                                "--recipe",
-                                std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml",
-                                "--set",
-                                "train.steps=4",
-                                "--set",
-                                "train.eval_every=0",
-                                "--set",
-                                "train.checkpoint_every=0",
-                                "--set",
-                                "train.device=cuda",
-                                "--set",
-                                "optim.warmup_steps=1",
-                                "--set",
-                                "qat.format=nvfp4",
-                                "--set",
-                                "export.formats=[nvfp4]",
-                                "--set",
-                                "parallel.timeout_s=120",
-                                "--set",
-                                "train.grad_accum=" + std::to_string(grad_accum),
-                                "--set",
-                                "train.out_dir=" + out};
-  a.insert(a.end(), extra.begin(), extra.end());
-  return a;
+  return fp4qat::test::recipe_args(
+      "train", "default.yaml",
+      {"train.steps=4", "train.eval_every=0", "train.checkpoint_every=0", "train.device=cuda",
+       "optim.warmup_steps=1", "qat.format=nvfp4", "export.formats=[nvfp4]", "parallel.timeout_s=120",
+       "train.grad_accum=" + std::to_string(grad_accum), "train.out_dir=" + out},
+      extra);
 }
 
 std::vector<double> losses(const std::string& out) {

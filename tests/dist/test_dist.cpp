@@ -51,35 +51,12 @@ namespace {
 
 std::vector<std::string> recipe(const std::string& out, int64_t grad_accum,
                                 const std::vector<std::string>& extra = {}) {
-  std::vector<std::string> a = {"train",
-                                "--recipe",
-                                std::string(FP4QAT_SOURCE_DIR) + "/recipes/default.yaml",
-                                "--set",
-                                "train.steps=3",
-                                "--set",
-                                "train.batch_size=4",
-                                "--set",
-                                "train.seq_len=32",
-                                "--set",
-                                "train.eval_every=0",
-                                "--set",
-                                "train.checkpoint_every=1",
-                                "--set",
-                                "train.device=cpu",
-                                "--set",
-                                "optim.warmup_steps=1",
-                                "--set",
-                                "qat.format=nvfp4",
-                                "--set",
-                                "export.formats=[nvfp4, bf16]",
-                                "--set",
-                                "parallel.timeout_s=60",
-                                "--set",
-                                "train.grad_accum=" + std::to_string(grad_accum),
-                                "--set",
-                                "train.out_dir=" + out};
-  a.insert(a.end(), extra.begin(), extra.end());
-  return a;
+  return fp4qat::test::recipe_args(
+      "train", "default.yaml",
+      {"train.steps=3", "train.batch_size=4", "train.seq_len=32", "train.eval_every=0", "train.checkpoint_every=1",
+       "train.device=cpu", "optim.warmup_steps=1", "qat.format=nvfp4", "export.formats=[nvfp4, bf16]",
+       "parallel.timeout_s=60", "train.grad_accum=" + std::to_string(grad_accum), "train.out_dir=" + out},
+      extra);
 }
 
 // The step lines of metrics.jsonl.
@@ -320,16 +297,13 @@ const std::string& pretrained() {
 // pretrained model, fp32, one sequence per sampler forward (a sample's bits do not depend on its
 // batch), a global batch of the iteration's 4 groups (batch_size 2 x grad_accum x ranks).
 std::vector<std::string> rl_recipe(const std::string& out, int64_t grad_accum, const std::vector<std::string>& extra = {}) {
-  std::vector<std::string> a = {"rl", "--recipe", std::string(FP4QAT_SOURCE_DIR) + "/recipes/rl-tiny.yaml"};
-  for (const std::string kv :
-       {"rl.iterations=2", "rl.prompts=4", "rl.samples=3", "rl.max_new_tokens=4", "rl.sample_batch=1",
-        "train.batch_size=2", "train.device=cpu", "train.dtype=fp32", "train.checkpoint_every=1", "export.keep=10",
-        "optim.lr=1e-3", "parallel.timeout_s=60"})
-    a.insert(a.end(), {"--set", kv});
-  a.insert(a.end(), {"--set", "train.grad_accum=" + std::to_string(grad_accum), "--set",
-                     "train.init_from=" + pretrained(), "--set", "train.out_dir=" + out});
-  a.insert(a.end(), extra.begin(), extra.end());
-  return a;
+  return fp4qat::test::recipe_args(
+      "rl", "rl-tiny.yaml",
+      {"rl.iterations=2", "rl.prompts=4", "rl.samples=3", "rl.max_new_tokens=4", "rl.sample_batch=1",
+       "train.batch_size=2", "train.device=cpu", "train.dtype=fp32", "train.checkpoint_every=1", "export.keep=10",
+       "optim.lr=1e-3", "parallel.timeout_s=60", "train.grad_accum=" + std::to_string(grad_accum),
+       "train.init_from=" + pretrained(), "train.out_dir=" + out},
+      extra);
 }
 
 // Every record line of a rollout folder's *.jsonl files, sorted.
