@@ -88,6 +88,20 @@ __device__ __forceinline__ void emit_candidate(const Candidate& c, uint8_t sb, i
 // reads some entry instead of memory past the table.
 constexpr int kLutEnc = 128, kLutRec = 128 * 8;
 __device__ __forceinline__ int lut_index(uint8_t sb) { return sb & 0x7F; }
+// The slim tables of one amax (prepare_head_4over6<.., true>) in shared memory: enc (kLutEnc
+// entries), then one (kLutEnc entries), by the 32-bit shared address of the first — one register a
+// thread, each look-up an offset from it (a generic pointer was rebuilt from the CTA's cluster rank
+// at every block).
+struct SlimLut {
+  uint32_t base;
+  __device__ __forceinline__ float at(int i) const {
+    float v;
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(base + 4u * static_cast<uint32_t>(i)));
+    return v;
+  }
+  __device__ __forceinline__ float enc(int i) const { return at(i); }
+  __device__ __forceinline__ float one(int i) const { return at(kLutEnc + i); }
+};
 // Entry i of the tables (i < kLutEnc + kLutRec: enc first, then rec).
 __device__ __forceinline__ float lut_entry(int i, float amax, float s_dec, float six_m) {
   if (i < kLutEnc) return nvfp4_block_enc(static_cast<uint8_t>(i), s_dec);
@@ -197,17 +211,17 @@ __device__ __forceinline__ void four_over_six_block_lut(const float v[16], float
 // choice and emit_block_enc's bytes, so the same bytes. kBf16: the input is bf16, raw its 8 raw pairs
 // (emit_rounded_bf16; v the same values in float32).
 template <bool kMse, bool kBf16 = false>
-__device__ __forceinline__ void four_over_six_block_est(const float v[16], float bmax, float s_enc, const float* enc,
-                                                        const float* one, float amax, float six_m, int64_t unit,
+__device__ __forceinline__ void four_over_six_block_est(const float v[16], float bmax, float s_enc, SlimLut lut,
+                                                        float amax, float six_m, int64_t unit,
                                                         uint8_t* codes, uint8_t* scales, uint16_t* fake, float tiny,
                                                         const uint32_t* raw = nullptr) {
   uint8_t sb6, sb4;
   nvfp4_4over6_scales(bmax, s_enc, &sb6, &sb4);
   const int i6 = lut_index(sb6), i4 = lut_index(sb4);
-  const float enc6 = enc[i6], enc4 = enc[i4];
+  const float enc6 = lut.enc(i6), enc4 = lut.enc(i4);
   bool four = false;
   if (sb6 != sb4) {
-    const float r6 = one[i6], r4 = one[i4];
+    const float r6 = lut.one(i6), r4 = lut.one(i4);
     float q6[16], q4[16], e6, e4;
     if (nvfp4_4over6_unclamped(bmax, enc6) && nvfp4_4over6_unclamped(bmax, enc4)) {
       e6 = nvfp4_4over6_err_estimate<kMse, false>(v, enc6, r6, q6);

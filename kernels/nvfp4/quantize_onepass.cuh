@@ -303,8 +303,7 @@ __host__ __device__ constexpr float smallest_positive() {
 // true>: enc, one), and the amax and 6M the rare exact path makes its reconstructions from.
 struct Head4over6 {
   float s_enc, amax, six_m;
-  const float* enc;
-  const float* one;
+  SlimLut lut;
 };
 
 // One block of Four Over Six from a slice in shared memory (float32 and float16 input; bf16 goes
@@ -315,7 +314,7 @@ __device__ __forceinline__ void quantize_block_4over6(const Nvfp4Args& a, const 
   static_assert(T != InType::BF16, "bf16: quantize_slice_4over6's pipelined loop");
   float v[16];
   load16<T, Src::kShared>(base, u * 16, v);
-  four_over_six_block_est<kMse>(v, bmax[u], hd.s_enc, hd.enc, hd.one, hd.amax, hd.six_m, unit0 + u, a.codes, a.scales,
+  four_over_six_block_est<kMse>(v, bmax[u], hd.s_enc, hd.lut, hd.amax, hd.six_m, unit0 + u, a.codes, a.scales,
                                 a.fake, smallest_positive<T>());
 }
 
@@ -349,7 +348,7 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
       const float m = next_max;
       if (u + kTh < n) load_raw16(base, u + kTh, next), next_max = bmax[u + kTh];
       if (u < n)
-        four_over_six_block_est<kMse, true>(v, m, hd.s_enc, hd.enc, hd.one, hd.amax, hd.six_m, unit0 + u, a.codes,
+        four_over_six_block_est<kMse, true>(v, m, hd.s_enc, hd.lut, hd.amax, hd.six_m, unit0 + u, a.codes,
                                             a.scales, a.fake, smallest_positive<T>(), raw);
       if (fold) between();
       fold = !fold;
@@ -394,9 +393,12 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
   __shared__ float red[kTh / 32];
   __shared__ int flag[2];  // [0]: the head's group is complete; [1]: slots that have landed (bits)
   __shared__ float shared_amax;
-  __shared__ float enc_lut[256];  // nvfp4_block_enc(sb, S_dec) of the head's group, per scale byte
-  __shared__ float one_lut[kRule != 0 ? kLutEnc : 1];  // Four Over Six: reconstructions of code 1.0 of the head's amax
-  uint32_t lut_tag = 0xFFFFFFFFu;                       // Four Over Six: the amax bits of the tables (a NaN's: none)
+  // max6: nvfp4_block_enc(sb, S_dec) of the head's group, per scale byte. Four Over Six: the slim
+  // tables of the head's amax, enc (entries 0 .. kLutEnc - 1) and one (the reconstructions of code 1.0).
+  __shared__ float enc_lut[256];
+  static_assert(2 * kLutEnc <= 256, "Four Over Six's slim tables share enc_lut");
+  uint32_t lut_tag = 0xFFFFFFFFu;       // Four Over Six: the amax bits of the tables (a NaN's: none)
+  const uint32_t lut_base = smem_addr(enc_lut);  // Four Over Six: SlimLut's base
   const int64_t K = a.K, nb = K / 16, total = sl.total;
   const uint32_t bar0 = smem_addr(&bars[0]);
   int32_t* tab = reinterpret_cast<int32_t*>(smem + kSlots * slot_stride);  // [2 * (groups + 1)] if row groups
@@ -493,8 +495,9 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
       quantize_slice<T, kTh>(a, smem + h * slot_stride, head_bmax, units, unit0, factor, enc_lut);
     } else {
       const float amax = shared_amax;
-      const Head4over6 hd{prepare_head_4over6<kTh, true>(amax, item_first[h], g, a, enc_lut, one_lut, lut_tag), amax,
-                          a.rule.e4m3_max * kE2M1Max, enc_lut, one_lut};
+      const Head4over6 hd{
+          prepare_head_4over6<kTh, true>(amax, item_first[h], g, a, enc_lut, enc_lut + kLutEnc, lut_tag), amax,
+          a.rule.e4m3_max * kE2M1Max, SlimLut{lut_base}};
       quantize_slice_4over6<T, kTh, kRule == 2>(a, smem + h * slot_stride, head_bmax, units, unit0, hd, fold_early);
     }
     __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
