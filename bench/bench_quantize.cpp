@@ -449,7 +449,7 @@ int main(int argc, char** argv) {
         });
       }
     // Four Over Six's one-read kernel under other slot sizes (its shared memory sets the CTAs a SM).
-    for (const char* slot : {"24576", "32768", "40960"}) {
+    for (const char* slot : {"24576", "32768", "40960", "49152"}) {
       const fp4qat::NVFP4Rule r{true, 256.0f, false, false};
       add(std::string("nvfp4 1d MoE layer 4over6-256-mae, slot ") + slot, double(layer_elems), nv_b, true, [&, slot] {
         set_knob("FP4QAT_NVFP4_SLOT_BYTES", slot);

@@ -141,9 +141,10 @@ __device__ __forceinline__ void emit_rounded(const float v[16], const float q[16
 // The same outputs for bf16 input, from its raw pairs (raw[i]: element 2i low, 2i + 1 high; the
 // values v of emit_rounded are exact in float32), two elements at a time: the codes' signs by
 // nvfp4_sign_nibbles (4 permutes and 2 logic ops a word instead of a compare and a select an
-// element), the fake values as bf16 pairs q * fsb (exact: at most 6 significant bits in
-// [2^-10, 2688]) by one bf16x2 fma with -0.0 (+0 stays +0), the sign ORed in from the raw pair.
-// Same bytes as emit_rounded.
+// element), the codes' magnitudes by one bf16x2 product a pair of elements j, j + 4 (a permute and
+// a product for two codes instead of a product and a shift-add each), the fake values as bf16 pairs
+// q * fsb (exact: at most 6 significant bits in [2^-10, 2688]) by one bf16x2 fma with -0.0 (+0
+// stays +0), the sign ORed in from the raw pair. Same bytes as emit_rounded.
 __device__ __forceinline__ uint32_t bf16x2_mul_exact(uint32_t a, uint32_t b) {
   uint32_t d;
   asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
@@ -155,11 +156,19 @@ __device__ __forceinline__ void emit_rounded_bf16(const uint32_t raw[8], const f
 #pragma unroll
   for (int i = 0; i < 8; ++i) neg[i] = bf16x2_negative_bits(raw[i]);
   if (codes || scales) {
-    uint32_t packed[2] = {0u, 0u};
+    uint32_t packed[2];
 #pragma unroll
-    for (int i = 0; i < 16; ++i) add_code_word(packed, i, __float_as_uint(q[i] * 0x1p-126f));  // magnitude << 22
-    packed[0] |= nvfp4_sign_nibbles(neg);
-    packed[1] |= nvfp4_sign_nibbles(neg + 4);
+    for (int h = 0; h < 2; ++h) {
+      // c[j]: the magnitude codes of elements 8h + j (bits 6-8) and 8h + j + 4 (bits 22-24), by one
+      // bf16x2 product of the pair (q exact in bf16) with 2^-126: 0.5 becomes the subnormal 2^-127.
+      uint32_t c[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        c[j] = bf16x2_mul_exact(__byte_perm(__float_as_uint(q[8 * h + j]), __float_as_uint(q[8 * h + j + 4]), 0x7632),
+                                0x00800080u);
+      // nibble j and j + 4 from c[j], shifted by 4j - 6 (the fields do not overlap: a sum)
+      packed[h] = ((c[0] >> 6) + (c[1] >> 2) + (c[2] << 2) + (c[3] << 6)) | nvfp4_sign_nibbles(neg + 4 * h);
+    }
     store_codes(packed, sb, unit, codes, scales);
   }
   if (fake) {

@@ -229,24 +229,26 @@ static Slices uniform_slices(const Nvfp4Args& a, int64_t rows) {
 // shared memory is sized for two), MAE or MSE as the rule says.
 template <InType T, int kTh, int kSlots>
 bool launch_4over6_shape(const Nvfp4Args& a, const Slices& sl, int64_t row_bytes, cudaStream_t stream) {
+  constexpr int kBmax = block_max_bytes(T, 1);
   return a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 2, 2>, kTh, kSlots, kSlots, a, sl,
-                                      row_bytes, stream)
+                                      row_bytes, stream, kBmax)
                     : launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 1, 2>, kTh, kSlots, kSlots, a, sl,
-                                      row_bytes, stream);
+                                      row_bytes, stream, kBmax);
 }
 
-// Four Over Six: one shape, 256 threads x 2 slots of 48 KB (each + 6 KB of block maxima; + 1 KB of
-// slim tables), two CTAs a SM (the candidates' registers leave no room for 512 threads). Compute
-// bound, and waiting for each expert's amax: the bigger the slots, the more experts in flight
-// (H100, session 26: 16 / 24 / 32 / 40 / 48 KB slots 2.19 / 1.55 / 1.37 / 1.21 / 1.12 ms on the MoE
-// layer). With the full tables (5 KB, until session 25) 48 KB slots left one CTA a SM; with the slim
-// ones two fit (2 x ~110 KB). FP4QAT_NVFP4_SLOT_BYTES overrides the slot (benchmarks).
+// Four Over Six: one shape, 256 threads x 2 slots (+ 1 KB of slim tables), two CTAs a SM (the
+// candidates' registers leave no room for 512 threads). Compute bound, and waiting for each
+// expert's amax: the bigger the slots, the more experts in flight (H100, session 26: 16 / 24 / 32 /
+// 40 / 48 KB slots 2.19 / 1.55 / 1.37 / 1.21 / 1.12 ms on the MoE layer). bf16: slots of 52 KB, each
+// + 3.25 KB of 2-byte block maxima (block_max_bytes); f16, f32: 48 KB + 6 KB of float maxima — the
+// most that leaves two CTAs a SM (2 x ~112 KB). With the full tables (5 KB, until session 25) 48 KB
+// slots left one CTA a SM. FP4QAT_NVFP4_SLOT_BYTES overrides the slot (benchmarks).
 template <InType T>
 bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   const tuning::Nvfp4Tuning tu = tuning::nvfp4_tuning();
   if (tu.kernel != tuning::Nvfp4Kernel::kDefault && tu.kernel != tuning::Nvfp4Kernel::kStaged2) return false;
   if (!a.rule.four_over_six || a.rule.row_scaled || a.two_d || a.N == 0 || !staged2_available(stream)) return false;
-  const int64_t slot = tu.slot_bytes > 0 ? tu.slot_bytes : 49152;
+  const int64_t slot = tu.slot_bytes > 0 ? tu.slot_bytes : T == InType::BF16 ? 53248 : 49152;
   const Slices sl = uniform_slices(a, slot / row_bytes<T>(a.K));
   if (sl.R < 1) return false;
   const int64_t rb = row_bytes<T>(a.K);

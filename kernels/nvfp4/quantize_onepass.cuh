@@ -5,6 +5,7 @@
 // defaults choose, bench/dev/nvfp4_variants.cu the others. Include only from .cu.
 #pragma once
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/nvfp4/quantize_4over6.cuh"
 
@@ -96,10 +97,24 @@ __device__ __forceinline__ SliceInfo decode_slice(const Slices& sl, const int32_
   return s;
 }
 
+// A slot's block maxima in shared memory: float32 each, or, where the kernel keeps them in 2 bytes
+// (block_max_bytes: Four Over Six on bf16), the bf16 bits of each — exact, a bf16 block's max |x|
+// is a bf16 value — so that a bigger slice fits the same shared memory.
+__host__ __device__ constexpr int block_max_bytes(InType t, int rule) { return rule != 0 && t == InType::BF16 ? 2 : 4; }
+__device__ __forceinline__ void put_block_max(float* p, int64_t u, float m) { p[u] = m; }
+__device__ __forceinline__ void put_block_max(uint16_t* p, int64_t u, float m) {
+  p[u] = static_cast<uint16_t>(__float_as_uint(m) >> 16);
+}
+__device__ __forceinline__ float block_max_at(const float* p, int64_t u) { return p[u]; }
+__device__ __forceinline__ float block_max_at(const uint16_t* p, int64_t u) {
+  return __uint_as_float(static_cast<uint32_t>(p[u]) << 16);
+}
+
 // Each thread: the 16-element block maxima of its blocks of a landed slice (units blocks at base;
-// blocks threadIdx.x, + kTh, ...) into bmax; returns their max.
-template <InType T, int kTh>
-__device__ __forceinline__ float fold_block_maxima(const unsigned char* base, float* bmax, int64_t units) {
+// blocks threadIdx.x, + kTh, ...) into bmax (float, or uint16_t: bf16 input only); returns their max.
+template <InType T, int kTh, typename BMax = float>
+__device__ __forceinline__ float fold_block_maxima(const unsigned char* base, BMax* bmax, int64_t units) {
+  static_assert(sizeof(BMax) == 4 || T == InType::BF16, "2-byte block maxima hold bf16 values only");
   float m = 0.0f;
   for (int64_t u = threadIdx.x; u < units; u += kTh) {
     float bm;
@@ -112,7 +127,7 @@ __device__ __forceinline__ float fold_block_maxima(const unsigned char* base, fl
       load16<T, Src::kShared>(base, u * 16, v);
       bm = max16(v);
     }
-    bmax[u] = bm;
+    put_block_max(bmax, u, bm);
     m = fmaxf(m, bm);
   }
   return m;
@@ -137,11 +152,11 @@ __device__ __forceinline__ void fold_slice(const Nvfp4Args& a, const unsigned ch
 // meet in the slot's shared word slot_max (bits; nonnegative floats order as their bits), the
 // last of the kTh / 32 warps (slot_warps) folds it into amax[g] and arrives. slot_max and
 // slot_warps are zeroed when the slot is claimed.
-template <InType T, int kTh>
-__device__ __forceinline__ void fold_slice_warp(const Nvfp4Args& a, const unsigned char* base, float* bmax,
+template <InType T, int kTh, typename BMax>
+__device__ __forceinline__ void fold_slice_warp(const Nvfp4Args& a, const unsigned char* base, BMax* bmax,
                                                 int64_t units, int g, uint32_t* slot_max, int* slot_warps,
                                                 uint32_t* amax_bits, int* arrived) {
-  float m = fold_block_maxima<T, kTh>(base, bmax, units);
+  float m = fold_block_maxima<T, kTh, BMax>(base, bmax, units);
   if (a.given_amax == nullptr) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
@@ -325,8 +340,8 @@ __device__ __forceinline__ void quantize_block_4over6(const Nvfp4Args& a, const 
 // before this block's arithmetic (the head slot is not written until the slice is done; `between`
 // folds other slots), taking two shared-memory latencies off each block's dependent chain; the
 // raw words go to the emitter too (the codes' signs, no repacking of the float values).
-template <InType T, int kTh, bool kMse, typename Between>
-__device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const unsigned char* base, const float* bmax,
+template <InType T, int kTh, bool kMse, typename BMax, typename Between>
+__device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const unsigned char* base, const BMax* bmax,
                                                       int64_t units, int64_t unit0, const Head4over6& hd,
                                                       Between&& between) {
   if constexpr (T == InType::BF16) {
@@ -334,7 +349,7 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
     int u = threadIdx.x;
     uint32_t next[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
     float next_max = 0.0f;
-    if (u < n) load_raw16(base, u, next), next_max = bmax[u];
+    if (u < n) load_raw16(base, u, next), next_max = block_max_at(bmax, u);
     bool fold = false;  // between() after every second block
     for (int u0 = threadIdx.x & ~31; u0 < n; u0 += kTh, u += kTh) {
       float v[16];
@@ -346,7 +361,7 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
         v[2 * i + 1] = __uint_as_float(next[i] & 0xffff0000u);
       }
       const float m = next_max;
-      if (u + kTh < n) load_raw16(base, u + kTh, next), next_max = bmax[u + kTh];
+      if (u + kTh < n) load_raw16(base, u + kTh, next), next_max = block_max_at(bmax, u + kTh);
       if (u < n)
         four_over_six_block_est<kMse, true>(v, m, hd.s_enc, hd.lut, hd.amax, hd.six_m, unit0 + u, a.codes,
                                             a.scales, a.fake, smallest_positive<T>(), raw);
@@ -381,9 +396,10 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
                          int* arrived, unsigned long long* ticket) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Slot s: the bytes of its item at smem + s * slot_stride (data_bytes), then its 16-element
-  // block maxima, float [rows * K/16] (computed once, when the slot lands, for both the group
-  // amax and the block scales); completion of the bulk copy on bars[s]. After the slots: the
-  // row-group table, if any.
+  // block maxima, BMax [rows * K/16] (computed once, when the slot lands, for both the group
+  // amax and the block scales; block_max_bytes each); completion of the bulk copy on bars[s].
+  // After the slots: the row-group table, if any.
+  using BMax = std::conditional_t<block_max_bytes(T, kRule) == 2, uint16_t, float>;
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int64_t kElem = T == InType::F32 ? 4 : 2;
   __shared__ __align__(8) uint64_t bars[kSlots];
@@ -421,7 +437,7 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
   // Block maxima of slot s into its bmax array; the slice max folded into amax[group]. All threads
   // (eager: one warp, its share).
   auto contribute = [&](int s) {
-    float* bm = reinterpret_cast<float*>(smem + s * slot_stride + data_bytes);
+    BMax* bm = reinterpret_cast<BMax*>(smem + s * slot_stride + data_bytes);
     if constexpr (kEager)
       fold_slice_warp<T, kTh>(a, smem + s * slot_stride, bm, item_rows[s] * nb, item_group[s], &slot_max[s],
                               &slot_warps[s], amax_bits, arrived);
@@ -489,7 +505,7 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
       }
     }
     const int64_t unit0 = item_row[h] * nb, units = item_rows[h] * nb;
-    const float* head_bmax = reinterpret_cast<const float*>(smem + h * slot_stride + data_bytes);
+    const BMax* head_bmax = reinterpret_cast<const BMax*>(smem + h * slot_stride + data_bytes);
     if constexpr (kRule == 0) {
       const float factor = prepare_head<kTh>(shared_amax, item_first[h], g, a, enc_lut);
       quantize_slice<T, kTh>(a, smem + h * slot_stride, head_bmax, units, unit0, factor, enc_lut);
@@ -518,10 +534,11 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
 // launch), the workspace cleared; false to fall back (also when the cooperative launch is refused).
 template <typename Kernel>
 bool launch_one_read(Kernel kernel, int threads, int shared_slots, int ring, const Nvfp4Args& a, const Slices& sl,
-                     int64_t row_bytes, cudaStream_t stream) {
+                     int64_t row_bytes, cudaStream_t stream, int bmax_bytes = 4) {
   if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || row_bytes % 16 != 0) return false;
   const int64_t data_bytes = (sl.R * row_bytes + 127) / 128 * 128;
-  const int64_t slot_stride = data_bytes + (sl.R * (a.K / 16) * 4 + 127) / 128 * 128;  // + block maxima
+  // + the block maxima, bmax_bytes each (the kernel's block_max_bytes)
+  const int64_t slot_stride = data_bytes + (sl.R * (a.K / 16) * bmax_bytes + 127) / 128 * 128;
   const int64_t table_bytes = sl.table ? 2 * (sl.groups + 1) * 4 : 0;
   const size_t smem = static_cast<size_t>(shared_slots * slot_stride + table_bytes);
   const int64_t resident = resident_ctas(kernel, threads, smem);

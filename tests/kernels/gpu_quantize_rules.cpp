@@ -158,7 +158,9 @@ TEST(GpuQuantizeRules, RowGroupsAndRowAmax) {
 // magnitudes, the clamp left out where no product reaches 7) on the values where it must hand over
 // to the exact path or to encoding again: signed zeros, values on either candidate's grid (ties),
 // tiny negatives in blocks of a huge value (|x| * enc underflows: the code keeps no sign),
-// subnormal block scales, blocks past 12 in float32 (tiny * enc underflows there), NaN-free.
+// subnormal block scales, blocks past 12 in float32 (tiny * enc underflows there), subnormal
+// negatives beside a normal max (their codes keep the sign: the bf16 sign bits keep subnormals),
+// NaN-free.
 TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
   FP4QAT_REQUIRE_GPU();
   auto gen = at::make_generator<at::CPUGeneratorImpl>(4800);
@@ -180,6 +182,10 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
     for (int64_t i = 1; i < 16; i += 2) r[1][3][k + i] = -1e-30f * float(i);
   }
   for (int64_t k = 0; k < K; ++k) r[2][5][k] *= 1e3f;  // expert 2, row 5: blocks past 12
+  for (int64_t k = 0; k < K; k += 16) {  // expert 0, row 11: a max of 1 and bf16 subnormals of either sign
+    r[0][11][k] = 1.0f;
+    for (int64_t i = 1; i < 16; ++i) r[0][11][k + i] = (i % 3 ? -1e-39f : 1e-39f) * float(i);
+  }
   // The default shape (256 threads x 2 slots of 48 KB), FP4QAT_NVFP4_SLOTS=3 (24 KB slots),
   // FP4QAT_NVFP4_THREADS=384 and 40 KB slots.
   const char* const names[] = {"", " 3 slots", " 384 threads", " 40 KB slots"};
