@@ -428,6 +428,17 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
   constexpr bool kEager = kRule != 0;
   __shared__ uint32_t slot_max[kSlots];  // eager: the warps' maxima of each slot's slice (bits)
   __shared__ int slot_warps[kSlots];     // eager: the warps that have folded each slot's slice
+  // Eager, with the amax given: the next head's amax read ahead by thread kPoller, the first of the
+  // last warp — its threads have the fewest blocks of a slice (blocks threadIdx.x, + kTh, ...), so it
+  // is idle while the first warps finish their last block — and published (pre_amax[s], then
+  // pre_ticket[s] = the slot's ticket) before the barrier that ends the slice. That head then starts
+  // without a poll round (a barrier: 2% of the MoE layer's time on the H100, session 29). With the
+  // amax computed, testing the next group there (group_complete's round trips) measured 1% slower:
+  // it is mostly not complete yet, and the poll round stays.
+  constexpr int kPoller = kTh - 32;
+  __shared__ float pre_amax[kSlots];
+  __shared__ long long pre_ticket[kSlots];
+  if (kEager && threadIdx.x < kSlots) pre_ticket[threadIdx.x] = -1;  // ordered by the barrier below
   auto claim = [&](int s) {  // thread kClaimer only
     if (kEager) slot_max[s] = 0u, slot_warps[s] = 0;  // released to the folding warps by the bulk copy's arrive
     claim_slot(s, ticket, sl, tab, a, K * kElem, smem + s * slot_stride, bar0 + 8 * s, item, item_row, item_group,
@@ -481,8 +492,10 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
     }
     const int g = item_group[h];
     const int need = item_need[h];
+    bool prepolled = false;  // eager: the head's amax was published during the last slice (uniform)
     if constexpr (kEager) {
-      for (;;) {  // every warp folds what lands while thread 0 tests the group
+      prepolled = pre_ticket[h] == item[h];  // written before the barrier that ended the last slice
+      for (; !prepolled;) {  // every warp folds what lands while thread 0 tests the group
         fold_early();
         if (threadIdx.x == 0) {
           float am = 0.0f;
@@ -510,11 +523,22 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
       const float factor = prepare_head<kTh>(shared_amax, item_first[h], g, a, enc_lut);
       quantize_slice<T, kTh>(a, smem + h * slot_stride, head_bmax, units, unit0, factor, enc_lut);
     } else {
-      const float amax = shared_amax;
+      const float amax = prepolled ? pre_amax[h] : shared_amax;
       const Head4over6 hd{
           prepare_head_4over6<kTh, true>(amax, item_first[h], g, a, enc_lut, enc_lut + kLutEnc, lut_tag), amax,
           a.rule.e4m3_max * kE2M1Max, SlimLut{lut_base}};
       quantize_slice_4over6<T, kTh, kRule == 2>(a, smem + h * slot_stride, head_bmax, units, unit0, hd, fold_early);
+      if (threadIdx.x == kPoller && a.given_amax != nullptr) {
+        // The next slot's item fields are this warp's to read once it has seen the slot land (the
+        // claimer's writes are released by the bulk copy's mbarrier).
+        const int n = h + 1 < kSlots ? h + 1 : 0;
+        const long long t = ((folded >> n) & 1u) ? item[n] : total;
+        if (t < total && pre_ticket[n] != t) {
+          pre_amax[n] = a.given_amax[item_group[n]];
+          pre_ticket[n] = t;
+          trace_event(sl, t, 2);
+        }
+      }
     }
     __syncthreads();  // the head slot is read before it is refilled; `shared_amax`, `flag`, `enc_lut` reused
     if (threadIdx.x == 0) trace_event(sl, item[h], 3);
