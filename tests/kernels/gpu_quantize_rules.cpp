@@ -186,8 +186,8 @@ TEST(GpuQuantizeRules, FourOverSixOneReadSpecialValues) {
     r[0][11][k] = 1.0f;
     for (int64_t i = 1; i < 16; ++i) r[0][11][k + i] = (i % 3 ? -1e-39f : 1e-39f) * float(i);
   }
-  // The default shape (256 threads x 2 slots of 48 KB), FP4QAT_NVFP4_SLOTS=3 (24 KB slots),
-  // FP4QAT_NVFP4_THREADS=384 and 40 KB slots.
+  // The default shape (256 threads x 2 slots: 52 KB for bf16, 48 KB for f16 / f32),
+  // FP4QAT_NVFP4_SLOTS=3 (24 KB slots), FP4QAT_NVFP4_THREADS=384 and 40 KB slots.
   const char* const names[] = {"", " 3 slots", " 384 threads", " 40 KB slots"};
   for (int shape = 0; shape < 4; ++shape)
   for (auto dt : {at::kBFloat16, at::kFloat, at::kHalf})
