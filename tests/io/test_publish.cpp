@@ -163,13 +163,22 @@ TEST(Publish, PruneKilledMidwayLeavesNoIncompleteFolder) {
     io::prune(root, 1, "step-");
     ::_exit(0);
   }
+  // step-1's file count while the child runs, or -1 once step-1 is gone: the prune renames it away
+  // at any moment, also between a check that it exists and its listing (which then fails).
+  const std::string step1 = root + "/step-1";
+  auto step1_files = [&]() -> long {
+    try {
+      return static_cast<long>(fs::list_dir(step1).size());
+    } catch (const std::exception&) {
+      if (!fs::exists(step1)) return -1;
+      throw;
+    }
+  };
   // Until step-1 leaves the listing or loses a file; bounded in time, not in rounds (a round lists
   // 4000 names, so its cost varies with the disk).
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < deadline) {
-    const auto names = fs::list_dir(root);
-    if (std::find(names.begin(), names.end(), "step-1") == names.end()) break;
-    if (fs::list_dir(root + "/step-1").size() < static_cast<size_t>(kFiles)) break;
+    if (step1_files() < kFiles) break;
   }
   ::kill(pid, SIGKILL);
   int status = 0;
