@@ -15,6 +15,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bench/dev/nvfp4_variants.h"
@@ -42,6 +43,7 @@ void set_knob(const char* name, const std::string& value) {
   fp4qat::tuning::set_nvfp4_tuning(fp4qat::tuning::nvfp4_tuning().with(name, v));
 }
 std::string g_only;  // run only cases whose name contains this (e.g. under a profiler)
+std::vector<std::string> g_exact;  // --exact "A|B": run only the cases named exactly A or B
 
 // "a:b:c" -> {"a", "b", "c"} (the benchmark's configuration strings).
 std::vector<std::string> split_colons(const std::string& s) {
@@ -173,7 +175,15 @@ int main(int argc, char** argv) {
       profile_4over6 = true;
     else if (a == "--only" && i + 1 < argc)
       g_only = argv[++i];
-    else if (a == "--profile" && i + 1 < argc)
+    else if (a == "--exact" && i + 1 < argc) {
+      const std::string v = argv[++i];
+      for (size_t p = 0;;) {
+        const size_t q = v.find('|', p);
+        g_exact.push_back(v.substr(p, q == std::string::npos ? std::string::npos : q - p));
+        if (q == std::string::npos) break;
+        p = q + 1;
+      }
+    } else if (a == "--profile" && i + 1 < argc)
       profile = argv[++i];
     else if (a == "--trace")
       trace = true;
@@ -248,9 +258,17 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::vector<Row> rows;
-  auto add = [&](const std::string& name, double elems, double bytes_per_elem, bool valid,
+  // valid: a bool, or a callable returning one (evaluated only for the cases that run: the CPU
+  // reference of a filtered-out case is not computed).
+  auto add = [&](const std::string& name, double elems, double bytes_per_elem, const auto& valid_of,
                  const std::function<void()>& fn) {
     if (!g_only.empty() && name.find(g_only) == std::string::npos) return;
+    if (!g_exact.empty() && std::find(g_exact.begin(), g_exact.end(), name) == g_exact.end()) return;
+    bool valid;
+    if constexpr (std::is_same_v<std::decay_t<decltype(valid_of)>, bool>)
+      valid = valid_of;
+    else
+      valid = valid_of();
     const double ms = median_ms(fn);
     // NVFP4 rows: the kernel the last launch used, and a one-read kernel's CTAs a SM (a register count
     // that halves them shows here: bench/RESULTS.md session 25).
@@ -267,23 +285,28 @@ int main(int argc, char** argv) {
     at::Tensor x = at::randn({8192, 8192}, cuda_bf16);
     const at::Tensor xc = x.cpu();
     for (auto b : {Blocks::k1D, Blocks::k2D}) {
-      const auto g = fp4qat::nvfp4_quantize(x, b);
-      const auto c = fp4qat::nvfp4_quantize(xc, b);
-      const bool ok = same_bytes(g.codes, c.codes) && same_bytes(g.scales, c.scales) && same_bytes(g.s_dec, c.s_dec);
+      const auto ok = [&] {
+        const auto g = fp4qat::nvfp4_quantize(x, b);
+        const auto c = fp4qat::nvfp4_quantize(xc, b);
+        return same_bytes(g.codes, c.codes) && same_bytes(g.scales, c.scales) && same_bytes(g.s_dec, c.s_dec);
+      };
       add(std::string("nvfp4 ") + fp4qat::to_string(b) + " 8192x8192", 8192.0 * 8192, nv_b, ok,
           [&] { fp4qat::nvfp4_quantize(x, b); });
     }
     {
-      const auto g = fp4qat::mxfp8_quantize(x);
-      const auto c = fp4qat::mxfp8_quantize(xc);
-      add("mxfp8 8192x8192", 8192.0 * 8192, mx_b, same_bytes(g.data, c.data) && same_bytes(g.scales, c.scales),
-          [&] { fp4qat::mxfp8_quantize(x); });
+      const auto ok = [&] {
+        const auto g = fp4qat::mxfp8_quantize(x);
+        const auto c = fp4qat::mxfp8_quantize(xc);
+        return same_bytes(g.data, c.data) && same_bytes(g.scales, c.scales);
+      };
+      add("mxfp8 8192x8192", 8192.0 * 8192, mx_b, ok, [&] { fp4qat::mxfp8_quantize(x); });
     }
     {
-      const auto g = fp4qat::nvfp4_fake_quantize(x, Blocks::k1D);
-      const auto c = fp4qat::nvfp4_fake_quantize(xc, Blocks::k1D);
-      add("fake-quant 1d 8192x8192", 8192.0 * 8192, fq_b, same_bytes(g.values, c.values),
-          [&] { fp4qat::nvfp4_fake_quantize(x, Blocks::k1D); });
+      const auto ok = [&] {
+        return same_bytes(fp4qat::nvfp4_fake_quantize(x, Blocks::k1D).values,
+                          fp4qat::nvfp4_fake_quantize(xc, Blocks::k1D).values);
+      };
+      add("fake-quant 1d 8192x8192", 8192.0 * 8192, fq_b, ok, [&] { fp4qat::nvfp4_fake_quantize(x, Blocks::k1D); });
     }
     // The single tensor runs the fused two-pass kernel (one amax over 128 MB: more than the
     // chip holds). Its knobs: threads:chunk elements (rows = chunk / K, one at least; 131072:
@@ -295,9 +318,11 @@ int main(int argc, char** argv) {
       set_knob("FP4QAT_NVFP4_CHUNK_ELEMS", f[1].c_str());
       set_knob("FP4QAT_NVFP4_L2HINT", f[2].c_str());
       set_knob("FP4QAT_NVFP4_UNROLL", f[3].c_str());
-      const auto g = fp4qat::nvfp4_quantize(x, Blocks::k1D);
-      const auto c = fp4qat::nvfp4_quantize(xc, Blocks::k1D);
-      const bool ok = same_bytes(g.codes, c.codes) && same_bytes(g.scales, c.scales) && same_bytes(g.s_dec, c.s_dec);
+      const auto ok = [&] {
+        const auto g = fp4qat::nvfp4_quantize(x, Blocks::k1D);
+        const auto c = fp4qat::nvfp4_quantize(xc, Blocks::k1D);
+        return same_bytes(g.codes, c.codes) && same_bytes(g.scales, c.scales) && same_bytes(g.s_dec, c.s_dec);
+      };
       add(std::string("nvfp4 1d 8192x8192 fused ") + cfg, 8192.0 * 8192, nv_b, ok,
           [&] { fp4qat::nvfp4_quantize(x, Blocks::k1D); });
       for (const char* v : {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_CHUNK_ELEMS",
@@ -337,7 +362,7 @@ int main(int argc, char** argv) {
       for (const char* variant : {"default", "staged", "fused", "staged2"}) {
         if (b == Blocks::k2D && std::string(variant) == "staged2") continue;  // 1D only (falls back to fused)
         if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
-        const bool ok = nvfp4_valid(b);
+        const auto ok = [&] { return static_cast<bool>(nvfp4_valid(b)); };
         add(std::string("nvfp4 ") + fp4qat::to_string(b) + " MoE layer [" + variant + "]", double(layer_elems), nv_b,
             ok, [&] {
               fp4qat::nvfp4_quantize(w13, b);
@@ -349,9 +374,9 @@ int main(int argc, char** argv) {
     // read) and the fused two-pass kernel.
     for (const char* variant : {"default", "fused"}) {
       if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
-      const bool ok = check_experts(
+      const auto ok = [&] { return static_cast<bool>(check_experts(
           [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; },
-          [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; }, same_bytes);
+          [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; }, same_bytes)); };
       add(std::string("fake-quant 2d MoE layer [") + variant + "]", double(layer_elems), fq_b, ok, [&] {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k2D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k2D);
@@ -364,10 +389,10 @@ int main(int argc, char** argv) {
       const at::Tensor a13 = fp4qat::global_amax(w13), a2 = fp4qat::global_amax(w2);
       for (const char* variant : {"default", "staged2"}) {
         if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
-        const bool ok = check_experts(
+        const auto ok = [&] { return static_cast<bool>(check_experts(
             [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
             [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
-            same_bytes);
+            same_bytes)); };
         add(std::string("nvfp4 1d MoE layer, given amax [") + variant + "]", double(layer_elems), nv_b, ok, [&] {
           fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13);
           fp4qat::nvfp4_quantize(w2, Blocks::k1D, a2);
@@ -392,7 +417,7 @@ int main(int argc, char** argv) {
       set_knob("FP4QAT_NVFP4_LAG_BYTES", std::to_string(std::stoll(f[3]) << 20).c_str());
       set_knob("FP4QAT_NVFP4_L2HINT", f[4].c_str());
       set_knob("FP4QAT_NVFP4_UNROLL", f[5].c_str());
-      const bool ok = nvfp4_valid(Blocks::k1D);
+      const auto ok = [&] { return static_cast<bool>(nvfp4_valid(Blocks::k1D)); };
       add(std::string("nvfp4 1d MoE fused ") + cfg, double(layer_elems), nv_b, ok, [&] {
         fp4qat::nvfp4_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_quantize(w2, Blocks::k1D);
@@ -411,12 +436,12 @@ int main(int argc, char** argv) {
       set_knob("FP4QAT_NVFP4_THREADS", f[1].c_str());
       set_knob("FP4QAT_NVFP4_SLOT_BYTES", f[2].c_str());
       set_knob("FP4QAT_NVFP4_SLOTS", f[3].c_str());
-      const bool ok = nvfp4_valid(Blocks::k1D);
+      const auto ok = [&] { return static_cast<bool>(nvfp4_valid(Blocks::k1D)); };
       add("nvfp4 1d MoE " + cfg, double(layer_elems), nv_b, ok, [&] {
         fp4qat::nvfp4_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_quantize(w2, Blocks::k1D);
       });
-      const bool okf = fake_valid();
+      const auto okf = [&] { return static_cast<bool>(fake_valid()); };
       add("fake-quant 1d MoE " + cfg, double(layer_elems), fq_b, okf, [&] {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D);
@@ -436,13 +461,14 @@ int main(int argc, char** argv) {
       for (auto b : {Blocks::k1D, Blocks::k2D}) {
         if (rule.row_scaled && b == Blocks::k2D) continue;
         const auto r = rule;  // a structured binding cannot be captured before C++20
-        const bool ok =
-            check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).codes; },
+        const auto ok = [&] {
+          return check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).codes; },
                           [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).codes; },
                           same_bytes) &&
             check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).scales; },
                           [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).scales; },
                           same_bytes);
+        };
         add(std::string("nvfp4 ") + fp4qat::to_string(b) + " MoE layer " + label, double(layer_elems), nv_b, ok, [&] {
           fp4qat::nvfp4_quantize(w13, b, std::nullopt, r);
           fp4qat::nvfp4_quantize(w2, b, std::nullopt, r);
@@ -494,8 +520,8 @@ int main(int argc, char** argv) {
           });
     }
     {
-      const bool ok = check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },
-                                    [&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; }, same_bytes);
+      const auto ok = [&] { return static_cast<bool>(check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },
+                                    [&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; }, same_bytes)); };
       add("mxfp8 MoE layer (128 experts)", double(layer_elems), mx_b, ok, [&] {
         fp4qat::mxfp8_quantize(w13);
         fp4qat::mxfp8_quantize(w2);
@@ -509,9 +535,9 @@ int main(int argc, char** argv) {
       });
     }
     {
-      const bool ok = check_experts(
+      const auto ok = [&] { return static_cast<bool>(check_experts(
           [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
-          [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; }, same_bytes);
+          [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; }, same_bytes)); };
       add("fake-quant 1d MoE layer", double(layer_elems), fq_b, ok, [&] {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D);
