@@ -189,8 +189,8 @@ int main(int argc, char** argv) {
       trace = true;
     else {
       std::fprintf(stderr,
-                   "usage: %s [--reps N] [--warmup N] [--json FILE] [--only SUBSTRING] [--profile "
-                   "KERNEL[:THREADS[:SLOT_BYTES[:SLOTS]]] [--profile-4over6]] [--trace]\n",
+                   "usage: %s [--reps N] [--warmup N] [--json FILE] [--only SUBSTRING] [--exact \"NAME|NAME\"] "
+                   "[--profile KERNEL[:THREADS[:SLOT_BYTES[:SLOTS]]] [--profile-4over6]] [--trace]\n",
                    argv[0]);
       return 2;
     }
