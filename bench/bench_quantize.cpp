@@ -42,20 +42,21 @@ void set_knob(const char* name, const std::string& value) {
   if (v.empty()) v = fp4qat::env::get(name).value_or("");
   fp4qat::tuning::set_nvfp4_tuning(fp4qat::tuning::nvfp4_tuning().with(name, v));
 }
-std::string g_only;  // run only cases whose name contains this (e.g. under a profiler)
+std::string g_only;                // run only cases whose name contains this (e.g. under a profiler)
 std::vector<std::string> g_exact;  // --exact "A|B": run only the cases named exactly A or B
 
-// "a:b:c" -> {"a", "b", "c"} (the benchmark's configuration strings).
-std::vector<std::string> split_colons(const std::string& s) {
+// "a:b:c" -> {"a", "b", "c"} with sep ':' (the benchmark's configuration strings; '|' for --exact).
+std::vector<std::string> split_on(const std::string& s, char sep) {
   std::vector<std::string> f;
   for (std::string c = s;;) {
-    const auto p = c.find(':');
+    const auto p = c.find(sep);
     f.push_back(c.substr(0, p));
     if (p == std::string::npos) break;
     c = c.substr(p + 1);
   }
   return f;
 }
+std::vector<std::string> split_colons(const std::string& s) { return split_on(s, ':'); }
 
 double median_ms(const std::function<void()>& fn) {
   auto stream = at::cuda::getCurrentCUDAStream().stream();
@@ -175,15 +176,9 @@ int main(int argc, char** argv) {
       profile_4over6 = true;
     else if (a == "--only" && i + 1 < argc)
       g_only = argv[++i];
-    else if (a == "--exact" && i + 1 < argc) {
-      const std::string v = argv[++i];
-      for (size_t p = 0;;) {
-        const size_t q = v.find('|', p);
-        g_exact.push_back(v.substr(p, q == std::string::npos ? std::string::npos : q - p));
-        if (q == std::string::npos) break;
-        p = q + 1;
-      }
-    } else if (a == "--profile" && i + 1 < argc)
+    else if (a == "--exact" && i + 1 < argc)
+      g_exact = split_on(argv[++i], '|');
+    else if (a == "--profile" && i + 1 < argc)
       profile = argv[++i];
     else if (a == "--trace")
       trace = true;
@@ -362,7 +357,7 @@ int main(int argc, char** argv) {
       for (const char* variant : {"default", "staged", "fused", "staged2"}) {
         if (b == Blocks::k2D && std::string(variant) == "staged2") continue;  // 1D only (falls back to fused)
         if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
-        const auto ok = [&] { return static_cast<bool>(nvfp4_valid(b)); };
+        const auto ok = [&] { return nvfp4_valid(b); };
         add(std::string("nvfp4 ") + fp4qat::to_string(b) + " MoE layer [" + variant + "]", double(layer_elems), nv_b,
             ok, [&] {
               fp4qat::nvfp4_quantize(w13, b);
@@ -374,9 +369,11 @@ int main(int argc, char** argv) {
     // read) and the fused two-pass kernel.
     for (const char* variant : {"default", "fused"}) {
       if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
-      const auto ok = [&] { return static_cast<bool>(check_experts(
-          [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; },
-          [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; }, same_bytes)); };
+      const auto ok = [&] {
+        return check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; },
+                             [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k2D).values; },
+                             same_bytes);
+      };
       add(std::string("fake-quant 2d MoE layer [") + variant + "]", double(layer_elems), fq_b, ok, [&] {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k2D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k2D);
@@ -389,10 +386,12 @@ int main(int argc, char** argv) {
       const at::Tensor a13 = fp4qat::global_amax(w13), a2 = fp4qat::global_amax(w2);
       for (const char* variant : {"default", "staged2"}) {
         if (std::string(variant) != "default") set_knob("FP4QAT_NVFP4_KERNEL", variant);
-        const auto ok = [&] { return static_cast<bool>(check_experts(
-            [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
-            [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
-            same_bytes)); };
+        const auto ok = [&] {
+          return check_experts(
+              [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
+              [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, Blocks::k1D, fp4qat::global_amax(w)).codes; },
+              same_bytes);
+        };
         add(std::string("nvfp4 1d MoE layer, given amax [") + variant + "]", double(layer_elems), nv_b, ok, [&] {
           fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13);
           fp4qat::nvfp4_quantize(w2, Blocks::k1D, a2);
@@ -417,7 +416,7 @@ int main(int argc, char** argv) {
       set_knob("FP4QAT_NVFP4_LAG_BYTES", std::to_string(std::stoll(f[3]) << 20).c_str());
       set_knob("FP4QAT_NVFP4_L2HINT", f[4].c_str());
       set_knob("FP4QAT_NVFP4_UNROLL", f[5].c_str());
-      const auto ok = [&] { return static_cast<bool>(nvfp4_valid(Blocks::k1D)); };
+      const auto ok = [&] { return nvfp4_valid(Blocks::k1D); };
       add(std::string("nvfp4 1d MoE fused ") + cfg, double(layer_elems), nv_b, ok, [&] {
         fp4qat::nvfp4_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_quantize(w2, Blocks::k1D);
@@ -436,12 +435,12 @@ int main(int argc, char** argv) {
       set_knob("FP4QAT_NVFP4_THREADS", f[1].c_str());
       set_knob("FP4QAT_NVFP4_SLOT_BYTES", f[2].c_str());
       set_knob("FP4QAT_NVFP4_SLOTS", f[3].c_str());
-      const auto ok = [&] { return static_cast<bool>(nvfp4_valid(Blocks::k1D)); };
+      const auto ok = [&] { return nvfp4_valid(Blocks::k1D); };
       add("nvfp4 1d MoE " + cfg, double(layer_elems), nv_b, ok, [&] {
         fp4qat::nvfp4_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_quantize(w2, Blocks::k1D);
       });
-      const auto okf = [&] { return static_cast<bool>(fake_valid()); };
+      const auto okf = [&] { return fake_valid(); };
       add("fake-quant 1d MoE " + cfg, double(layer_elems), fq_b, okf, [&] {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D);
@@ -463,11 +462,12 @@ int main(int argc, char** argv) {
         const auto r = rule;  // a structured binding cannot be captured before C++20
         const auto ok = [&] {
           return check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).codes; },
-                          [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).codes; },
-                          same_bytes) &&
-            check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).scales; },
-                          [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).scales; },
-                          same_bytes);
+                               [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).codes; },
+                               same_bytes) &&
+                 check_experts(
+                     [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).scales; },
+                     [&](const at::Tensor& w) { return fp4qat::nvfp4_quantize(w, b, std::nullopt, r).scales; },
+                     same_bytes);
         };
         add(std::string("nvfp4 ") + fp4qat::to_string(b) + " MoE layer " + label, double(layer_elems), nv_b, ok, [&] {
           fp4qat::nvfp4_quantize(w13, b, std::nullopt, r);
@@ -520,8 +520,10 @@ int main(int argc, char** argv) {
           });
     }
     {
-      const auto ok = [&] { return static_cast<bool>(check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },
-                                    [&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; }, same_bytes)); };
+      const auto ok = [&] {
+        return check_experts([&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; },
+                             [&](const at::Tensor& w) { return fp4qat::mxfp8_quantize(w).data; }, same_bytes);
+      };
       add("mxfp8 MoE layer (128 experts)", double(layer_elems), mx_b, ok, [&] {
         fp4qat::mxfp8_quantize(w13);
         fp4qat::mxfp8_quantize(w2);
@@ -535,9 +537,11 @@ int main(int argc, char** argv) {
       });
     }
     {
-      const auto ok = [&] { return static_cast<bool>(check_experts(
-          [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
-          [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; }, same_bytes)); };
+      const auto ok = [&] {
+        return check_experts([&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
+                             [&](const at::Tensor& w) { return fp4qat::nvfp4_fake_quantize(w, Blocks::k1D).values; },
+                             same_bytes);
+      };
       add("fake-quant 1d MoE layer", double(layer_elems), fq_b, ok, [&] {
         fp4qat::nvfp4_fake_quantize(w13, Blocks::k1D);
         fp4qat::nvfp4_fake_quantize(w2, Blocks::k1D);
