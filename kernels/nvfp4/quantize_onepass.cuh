@@ -334,8 +334,11 @@ __device__ __forceinline__ void quantize_block_4over6(const Nvfp4Args& a, const 
 }
 
 // All threads: Four Over Six on a slice held in shared memory, with the tables of its amax.
-// Iterations are warp-uniform; after each (bf16: after every second), `between()` runs with the
-// warp's lanes converged (the staged2 kernel folds slots that have landed meanwhile).
+// Iterations are warp-uniform; after each, `between()` runs with the warp's lanes converged (the
+// staged2 kernel folds slots that have landed meanwhile). An expert completes only when the slowest
+// warp of every CTA holding one of its slices has folded it, so a slice's fold waits at most one
+// block of the head. After every block instead of every second: 1.42-1.43x -> 1.38-1.40x max6 on the
+// MoE layer (bf16, M 256 MAE, with the claimer below; H100, bench/RESULTS.md session 33).
 // bf16: software-pipelined — the next block's words and maximum are loaded from shared memory
 // before this block's arithmetic (the head slot is not written until the slice is done; `between`
 // folds other slots), taking two shared-memory latencies off each block's dependent chain; the
@@ -350,7 +353,6 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
     uint32_t next[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
     float next_max = 0.0f;
     if (u < n) load_raw16(base, u, next), next_max = block_max_at(bmax, u);
-    bool fold = false;  // between() after every second block
     for (int u0 = threadIdx.x & ~31; u0 < n; u0 += kTh, u += kTh) {
       float v[16];
       uint32_t raw[8];
@@ -365,8 +367,7 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
       if (u < n)
         four_over_six_block_est<kMse, true>(v, m, hd.s_enc, hd.lut, hd.amax, hd.six_m, unit0 + u, a.codes,
                                             a.scales, a.fake, smallest_positive<T>(), raw);
-      if (fold) between();
-      fold = !fold;
+      between();
     }
   } else {
     for (int64_t u0 = threadIdx.x & ~31; u0 < units; u0 += kTh) {
@@ -418,7 +419,6 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
   const int64_t K = a.K, nb = K / 16, total = sl.total;
   const uint32_t bar0 = smem_addr(&bars[0]);
   int32_t* tab = reinterpret_cast<int32_t*>(smem + kSlots * slot_stride);  // [2 * (groups + 1)] if row groups
-  constexpr int kClaimer = 32;
   // Four Over Six folds eagerly: its compute is long (a slice takes several microseconds), and a
   // slice that landed in a CTA's other slot while it computed was folded only after, holding back
   // every CTA waiting for that slice's expert (bench/RESULTS.md session 22: 220-250 of ~520 slices
@@ -426,6 +426,14 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
   // sees the slot landed — between its blocks of the head, and while it waits — without barriers
   // (fold_slice_warp); `folded` and `parity` are then per warp, not per CTA.
   constexpr bool kEager = kRule != 0;
+  // The claimer's work (a contended global atomic, the ticket's decode, the bulk copy) comes after
+  // the barrier that ends a slice, so it delays its warp's next block. Four Over Six's blocks are
+  // long: there it is a thread of warp kTh / 32 - 2, one of those with a block fewer than the first
+  // warps when a slice's blocks do not divide evenly (blocks threadIdx.x, + kTh, ...), and not the
+  // poller's warp (kTh - 32). Measured alone: 1.44x -> 1.42-1.43x max6 on the MoE layer (H100,
+  // session 33). max6 keeps thread 32.
+  static_assert(kTh >= 128, "the claimer and the poller are threads of different warps");
+  constexpr int kClaimer = kEager ? kTh - 64 : 32;
   __shared__ uint32_t slot_max[kSlots];  // eager: the warps' maxima of each slot's slice (bits)
   __shared__ int slot_warps[kSlots];     // eager: the warps that have folded each slot's slice
   // Eager, with the amax given: the next head's amax read ahead by thread kPoller, the first of the
