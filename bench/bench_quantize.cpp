@@ -56,7 +56,6 @@ std::vector<std::string> split_on(const std::string& s, char sep) {
   }
   return f;
 }
-std::vector<std::string> split_colons(const std::string& s) { return split_on(s, ':'); }
 
 double median_ms(const std::function<void()>& fn) {
   auto stream = at::cuda::getCurrentCUDAStream().stream();
@@ -239,7 +238,7 @@ int main(int argc, char** argv) {
   // times (two launches each; under a profiler skip the first two launches), nothing validated;
   // --profile-4over6: with Four Over Six (M 256, MAE) instead of max6.
   if (!profile.empty()) {
-    const std::vector<std::string> f = split_colons(profile);
+    const std::vector<std::string> f = split_on(profile, ':');
     const char* names[] = {"FP4QAT_NVFP4_KERNEL", "FP4QAT_NVFP4_THREADS", "FP4QAT_NVFP4_SLOT_BYTES",
                            "FP4QAT_NVFP4_SLOTS"};
     for (size_t i = 0; i < f.size() && i < 4; ++i) set_knob(names[i], f[i].c_str());
@@ -307,7 +306,7 @@ int main(int argc, char** argv) {
     // chip holds). Its knobs: threads:chunk elements (rows = chunk / K, one at least; 131072:
     // 16 rows, as before session 8):L2 hint:unroll.
     for (const char* cfg : {"256:32768:0:1", "256:16384:0:1", "256:131072:0:1", "512:32768:0:1", "512:131072:0:1"}) {
-      const std::vector<std::string> f = split_colons(cfg);
+      const std::vector<std::string> f = split_on(cfg, ':');
       set_knob("FP4QAT_NVFP4_KERNEL", "fused");
       set_knob("FP4QAT_NVFP4_THREADS", f[0].c_str());
       set_knob("FP4QAT_NVFP4_CHUNK_ELEMS", f[1].c_str());
@@ -408,7 +407,7 @@ int main(int argc, char** argv) {
     // (The L2-hint and unroll variants were measured slower twice, bench/RESULTS.md; one of each kept.)
     for (const char* cfg : {"256:32768:0:12:0:1", "256:32768:0:24:0:1", "256:32768:0:24:1:1", "256:32768:0:12:0:2",
                             "512:32768:0:24:0:1"}) {
-      const std::vector<std::string> f = split_colons(cfg);
+      const std::vector<std::string> f = split_on(cfg, ':');
       set_knob("FP4QAT_NVFP4_KERNEL", "fused");
       set_knob("FP4QAT_NVFP4_THREADS", f[0].c_str());
       set_knob("FP4QAT_NVFP4_CHUNK_ELEMS", f[1].c_str());
@@ -429,7 +428,7 @@ int main(int argc, char** argv) {
     // The multi-buffered one-read kernel: threads:bytes per slot:slots per CTA.
     for (const char* kcfg : {"staged2:512:49152:2", "park:256:49152:2", "staged2:256:32768:3", "park:256:32768:2",
                              "park:256:49152:2", "staged2:512:49152:2", "park:256:24576:2", "staged2:256:32768:3"}) {
-      const std::vector<std::string> f = split_colons(kcfg);
+      const std::vector<std::string> f = split_on(kcfg, ':');
       const std::string cfg = f[0] + " " + f[1] + ":" + f[2] + " x" + f[3];
       set_knob("FP4QAT_NVFP4_KERNEL", f[0].c_str());
       set_knob("FP4QAT_NVFP4_THREADS", f[1].c_str());
