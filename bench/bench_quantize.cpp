@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -31,6 +32,7 @@ using fp4qat::Blocks;
 namespace {
 
 int g_reps = 20, g_warmup = 5;
+std::FILE* g_trace_dump = nullptr;  // --trace-dump: every timeline's raw fields, as text
 
 // Sets the NVFP4 tuning knob of environment variable `name`; "" resets it to the environment's
 // value (its default where the variable is unset), so that a knob given on the command line holds
@@ -97,8 +99,9 @@ struct Row {
 // quantization of the MoE layer's w13 [128, 1536, 2048]: how long a slice's bytes take to land,
 // wait for their expert, and take to quantize, and how many slices are in each state over time.
 void trace_timeline(const char* name, const std::function<void()>& quantize) {
+  constexpr int F = fp4qat::cuda_kernels::kNvfp4TraceFields;
   const int64_t cap = 1 << 16;
-  at::Tensor buf = at::zeros({4 * cap}, at::TensorOptions().device(at::kCUDA).dtype(at::kLong));
+  at::Tensor buf = at::zeros({F * cap}, at::TensorOptions().device(at::kCUDA).dtype(at::kLong));
   quantize();
   quantize();
   FP4QAT_CUDA_CHECK(cudaDeviceSynchronize());
@@ -108,17 +111,25 @@ void trace_timeline(const char* name, const std::function<void()>& quantize) {
   fp4qat::cuda_kernels::nvfp4_trace(nullptr, 0);
   const at::Tensor h = buf.cpu();
   const int64_t* v = h.data_ptr<int64_t>();
-  std::vector<std::array<double, 4>> it;
+  // it[i]: claimed, landed, complete, quantized, folded in (ns), CTA; ticket order
+  std::vector<std::array<double, 6>> it;
   double t0 = 1e300, t1 = 0;
   for (int64_t t = 0; t < cap; ++t) {
-    if (v[4 * t] == 0 || v[4 * t + 1] == 0 || v[4 * t + 2] == 0 || v[4 * t + 3] == 0) continue;
-    it.push_back({double(v[4 * t]), double(v[4 * t + 1]), double(v[4 * t + 2]), double(v[4 * t + 3])});
-    t0 = std::min(t0, double(v[4 * t]));
-    t1 = std::max(t1, double(v[4 * t + 3]));
+    const int64_t* e = v + F * t;
+    if (e[0] == 0 || e[1] == 0 || e[2] == 0 || e[3] == 0) continue;
+    it.push_back({double(e[0]), double(e[1]), double(e[2]), double(e[3]), double(e[4]), double(e[5])});
+    t0 = std::min(t0, double(e[0]));
+    t1 = std::max(t1, double(e[3]));
   }
   if (it.empty()) {
     std::printf("%s: no trace (the staged2 kernel did not run)\n", name);
     return;
+  }
+  if (g_trace_dump != nullptr) {  // --trace-dump: the raw fields, ns from the first claim (0: not recorded)
+    std::fprintf(g_trace_dump, "# %s\n", name);
+    for (const auto& x : it)
+      std::fprintf(g_trace_dump, "%.0f %.0f %.0f %.0f %.0f %.0f\n", x[0] - t0, x[1] - t0, x[2] - t0, x[3] - t0,
+                   x[4] > 0 ? x[4] - t0 : -1.0, x[5]);
   }
   auto stats = [&](int a, int b) {
     std::vector<double> d;
@@ -137,6 +148,23 @@ void trace_timeline(const char* name, const std::function<void()>& quantize) {
   std::printf("  landed -> complete     %s\n", stats(1, 2).c_str());
   std::printf("  complete -> quantized  %s\n", stats(2, 3).c_str());
   std::printf("  claim -> quantized     %s\n", stats(0, 3).c_str());
+  if (it.front()[4] > 0) std::printf("  landed -> folded in    %s\n", stats(1, 4).c_str());
+  {  // a CTA's idle time: from its last slice quantized to its next head's expert found complete
+    std::map<int, std::vector<std::pair<double, double>>> per_cta;  // CTA -> (complete, quantized)
+    for (const auto& x : it) per_cta[static_cast<int>(x[5])].push_back({x[2], x[3]});
+    std::vector<double> idle;
+    for (auto& [cta, v2] : per_cta) {
+      std::sort(v2.begin(), v2.end());
+      for (size_t i = 1; i < v2.size(); ++i) idle.push_back((v2[i].first - v2[i - 1].second) / 1000.0);
+    }
+    if (!idle.empty()) {
+      std::sort(idle.begin(), idle.end());
+      double mean = 0;
+      for (double y : idle) mean += y;
+      std::printf("  head done -> next head complete (a CTA idle)  mean %6.2f  p50 %6.2f  p90 %6.2f  max %7.2f us  (%zu CTAs)\n",
+                  mean / idle.size(), idle[idle.size() / 2], idle[idle.size() * 9 / 10], idle.back(), per_cta.size());
+    }
+  }
   // Slices in each state, averaged over 20 us windows.
   const double bin = 20000.0;
   const int nb = static_cast<int>((t1 - t0) / bin) + 1;
@@ -181,10 +209,18 @@ int main(int argc, char** argv) {
       profile = argv[++i];
     else if (a == "--trace")
       trace = true;
+    else if (a == "--trace-dump" && i + 1 < argc) {
+      trace = true;
+      g_trace_dump = std::fopen(argv[++i], "w");
+      if (g_trace_dump == nullptr) {
+        std::fprintf(stderr, "fp4qat_bench_quantize: cannot write --trace-dump file %s\n", argv[i]);
+        return 2;
+      }
+    }
     else {
       std::fprintf(stderr,
                    "usage: %s [--reps N] [--warmup N] [--json FILE] [--only SUBSTRING] [--exact \"NAME|NAME\"] "
-                   "[--profile KERNEL[:THREADS[:SLOT_BYTES[:SLOTS]]] [--profile-4over6]] [--trace]\n",
+                   "[--profile KERNEL[:THREADS[:SLOT_BYTES[:SLOTS]]] [--profile-4over6]] [--trace] [--trace-dump FILE]\n",
                    argv[0]);
       return 2;
     }
@@ -221,6 +257,10 @@ int main(int argc, char** argv) {
     set_knob("FP4QAT_NVFP4_THREADS", "256");
     trace_timeline("nvfp4 w13, amax computed, 256 x 32 KB x 3", [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D); });
     for (const char* k : {"FP4QAT_NVFP4_SLOTS", "FP4QAT_NVFP4_SLOT_BYTES", "FP4QAT_NVFP4_THREADS"}) set_knob(k, "");
+    if (g_trace_dump != nullptr && std::fclose(g_trace_dump) != 0) {
+      std::fprintf(stderr, "fp4qat_bench_quantize: writing the --trace-dump file failed\n");
+      return 1;
+    }
     return 0;
   }
 

@@ -31,9 +31,13 @@ class ScopedNvfp4Tuning {
 
 namespace fp4qat::cuda_kernels {
 
-// The one-read launches (staged2, park) that follow record, for each ticket t < items, the
-// globaltimer (ns) when its slice was claimed, landed, found its expert complete and was
-// quantized into buf[4t .. 4t+3] (device memory, uint64 [4 * items]); null stops it.
+// The one-read launches (staged2, park) that follow record, for each ticket t < items, into
+// buf[kNvfp4TraceFields * t + k] (device memory, uint64 [kNvfp4TraceFields * items]) the
+// globaltimer (ns) when its slice was: k = 0 claimed, 1 seen landed (by thread 0's warp), 2 found
+// its expert complete (at the head), 3 quantized, 4 folded in (its max and arrival released: by the
+// last warp where warps fold apart); k = 5 is not a time but the CTA (blockIdx.x) that claimed it.
+// Null stops it.
+constexpr int kNvfp4TraceFields = 6;
 void nvfp4_trace(unsigned long long* buf, int64_t items);
 // The kernel the last NVFP4 quantize launch on this host used ("staged2", "park", "staged",
 // "fused", "two-pass"), to check that a forced variant really ran.

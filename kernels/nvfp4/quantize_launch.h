@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/bench_hooks.h"
 #include "kernels/common/tuning.h"
 #include "kernels/cuda_kernels.h"
 
@@ -32,8 +33,8 @@ Workspace clear_workspace(void* workspace, int64_t E, cudaStream_t stream);
 struct Slices {
   int64_t groups = 0, R = 0, G = 0, total = 0;
   const int32_t* table = nullptr;
-  // Benchmarks (nvfp4_trace): per ticket t < trace_items, globaltimer ns at [4t] claimed, [4t+1]
-  // bytes landed (seen by thread 0), [4t+2] group complete (seen at the head), [4t+3] quantized.
+  // Benchmarks (nvfp4_trace, kernels/bench_hooks.h): per ticket t < trace_items, the fields
+  // [kNvfp4TraceFields * t + k]: globaltimer ns, and the claiming CTA.
   unsigned long long* trace = nullptr;
   int64_t trace_items = 0;
 };

@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kTh, 2)
   auto contribute = [&](int s) {  // all threads; s = 0 or 1
     fold_slice<InType::BF16, kTh>(a, smem + s * slot_stride,
                                   reinterpret_cast<float*>(smem + s * slot_stride + data_bytes), item_rows[s] * nb,
-                                  item_group[s], red, amax_bits, arrived);
+                                  item_group[s], red, amax_bits, arrived, sl, item[s]);
   };
 
   stage_row_groups<kTh>(sl, tab, a);

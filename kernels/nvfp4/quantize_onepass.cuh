@@ -72,8 +72,12 @@ __device__ __forceinline__ void trace_event(const Slices& sl, long long t, int k
   if (sl.trace != nullptr && t < sl.trace_items) {
     unsigned long long now;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-    sl.trace[4 * t + k] = now;
+    sl.trace[kNvfp4TraceFields * t + k] = now;
   }
+}
+// The claiming CTA into the trace's field 5 (not a time).
+__device__ __forceinline__ void trace_cta(const Slices& sl, long long t) {
+  if (sl.trace != nullptr && t < sl.trace_items) sl.trace[kNvfp4TraceFields * t + 5] = blockIdx.x;
 }
 
 // ---- Pieces shared by the one-read kernels (staged2, park) -----------------------------------
@@ -137,13 +141,15 @@ __device__ __forceinline__ float fold_block_maxima(const unsigned char* base, BM
 // slice max folded into amax[g] followed by the arrival.
 template <InType T, int kTh>
 __device__ __forceinline__ void fold_slice(const Nvfp4Args& a, const unsigned char* base, float* bmax, int64_t units,
-                                           int g, float* red, uint32_t* amax_bits, int* arrived) {
+                                           int g, float* red, uint32_t* amax_bits, int* arrived, const Slices& sl,
+                                           long long t) {
   float m = fold_block_maxima<T, kTh>(base, bmax, units);
   if (a.given_amax != nullptr) return;
   m = block_max<kTh>(m, red);
   if (threadIdx.x == 0) {
     atomic_max_nonneg(amax_bits + g, m);
     red_release_add(arrived + g, 1);  // ordered after the max, without waiting for it
+    trace_event(sl, t, 4);
   }
 }
 
@@ -155,7 +161,7 @@ __device__ __forceinline__ void fold_slice(const Nvfp4Args& a, const unsigned ch
 template <InType T, int kTh, typename BMax>
 __device__ __forceinline__ void fold_slice_warp(const Nvfp4Args& a, const unsigned char* base, BMax* bmax,
                                                 int64_t units, int g, uint32_t* slot_max, int* slot_warps,
-                                                uint32_t* amax_bits, int* arrived) {
+                                                uint32_t* amax_bits, int* arrived, const Slices& sl, long long t) {
   float m = fold_block_maxima<T, kTh, BMax>(base, bmax, units);
   if (a.given_amax == nullptr) {
 #pragma unroll
@@ -167,6 +173,7 @@ __device__ __forceinline__ void fold_slice_warp(const Nvfp4Args& a, const unsign
         __threadfence_block();  // every warp's max after its count
         atomic_max_nonneg(amax_bits + g, __uint_as_float(atomicOr(slot_max, 0u)));
         red_release_add(arrived + g, 1);
+        trace_event(sl, t, 4);
       }
     }
   }
@@ -245,6 +252,7 @@ __device__ __forceinline__ void claim_slot(int s, unsigned long long* ticket, co
   const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
   item[s] = t;
   trace_event(sl, t, 0);
+  trace_cta(sl, t);
   if (t >= sl.total) return;
   const SliceInfo si = decode_slice(sl, tab, a.N, t);
   item_group[s] = static_cast<int>(si.g);
@@ -459,9 +467,10 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
     BMax* bm = reinterpret_cast<BMax*>(smem + s * slot_stride + data_bytes);
     if constexpr (kEager)
       fold_slice_warp<T, kTh>(a, smem + s * slot_stride, bm, item_rows[s] * nb, item_group[s], &slot_max[s],
-                              &slot_warps[s], amax_bits, arrived);
+                              &slot_warps[s], amax_bits, arrived, sl, item[s]);
     else
-      fold_slice<T, kTh>(a, smem + s * slot_stride, bm, item_rows[s] * nb, item_group[s], red, amax_bits, arrived);
+      fold_slice<T, kTh>(a, smem + s * slot_stride, bm, item_rows[s] * nb, item_group[s], red, amax_bits, arrived, sl,
+                         item[s]);
   };
 
   stage_row_groups<kTh>(sl, tab, a);
