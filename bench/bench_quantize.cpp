@@ -246,6 +246,10 @@ int main(int argc, char** argv) {
     const fp4qat::NVFP4Rule four_over_six{true, 256.0f, false, false};  // M 256, MAE (issue 20's speed row)
     trace_timeline("nvfp4 w13 4over6 (M 256, MAE), amax computed",
                    [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, four_over_six); });
+    set_knob("FP4QAT_NVFP4_FOLD_AHEAD", "264");
+    trace_timeline("nvfp4 w13 4over6 (M 256, MAE), amax computed, fold ahead 264",
+                   [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, four_over_six); });
+    set_knob("FP4QAT_NVFP4_FOLD_AHEAD", "");
     trace_timeline("nvfp4 w13 4over6 (M 256, MAE), given amax",
                    [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13, four_over_six); });
     set_knob("FP4QAT_NVFP4_KERNEL", "park");
@@ -543,6 +547,33 @@ int main(int argc, char** argv) {
         fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13, r);
         fp4qat::nvfp4_quantize(w2, Blocks::k1D, a2, r);
       });
+    }
+    // ... with each slice's max folded ahead, G + N tickets earlier, by the CTA quantizing that ticket
+    // (FP4QAT_NVFP4_FOLD_AHEAD; the slice is then read from HBM by the fold and from L2 by its
+    // quantization) ...
+    for (const auto& [ahead, mse] : std::vector<std::pair<std::string, bool>>{
+             {"132", false}, {"264", false}, {"396", false}, {"528", false}, {"264", true}}) {
+      const fp4qat::NVFP4Rule r{true, 256.0f, mse, false};
+      const std::string a = ahead;
+      const auto q = [r, a](const at::Tensor& w) {
+        set_knob("FP4QAT_NVFP4_FOLD_AHEAD", a);
+        auto out = fp4qat::nvfp4_quantize(w, Blocks::k1D, std::nullopt, r);
+        set_knob("FP4QAT_NVFP4_FOLD_AHEAD", "");
+        return out;
+      };
+      const auto ok = [&, q] {
+        return check_experts([&](const at::Tensor& w) { return q(w).codes; },
+                             [&](const at::Tensor& w) { return q(w).codes; }, same_bytes) &&
+               check_experts([&](const at::Tensor& w) { return q(w).scales; },
+                             [&](const at::Tensor& w) { return q(w).scales; }, same_bytes);
+      };
+      add(std::string("nvfp4 1d MoE layer 4over6-256-") + (mse ? "mse" : "mae") + ", fold ahead " + a,
+          double(layer_elems), nv_b, ok, [&, a, r] {
+            set_knob("FP4QAT_NVFP4_FOLD_AHEAD", a);
+            fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, r);
+            fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
+            set_knob("FP4QAT_NVFP4_FOLD_AHEAD", "");
+          });
     }
     // ... and with three slots a CTA (the head older by a slot: its expert's amax more often ready; with
     // 2-byte block maxima, bf16, three of 32 KB still leave two CTAs a SM).
