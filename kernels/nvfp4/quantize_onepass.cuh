@@ -46,12 +46,25 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   }
 }
 
-// One thread: expect `bytes` on `bar` and start the bulk copy global -> shared.
-__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+// One thread: expect `bytes` on `bar` and start the bulk copy global -> shared; evict_first: its
+// lines first to leave L2 (the last read of bytes another read brought there).
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar,
+                                          bool evict_first = false) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-               "l"(src), "r"(bytes), "r"(bar)
-               : "memory");
+  if (evict_first) {
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::
+            "r"(dst),
+        "l"(src), "r"(bytes), "r"(bar), "l"(policy)
+        : "memory");
+  } else {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                     dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+  }
 }
 
 __device__ __forceinline__ void red_release_add(int* p, int v) {
@@ -245,11 +258,12 @@ __device__ __forceinline__ void fold_landed(int landed, uint32_t bar0, uint32_t&
 }
 
 // Thread kClaimer: the next ticket into slot s — its item arrays (ticket, first row, group, rows,
-// the group's slice count, first slice) — and the bulk copy of its rows into dst (completion on bar).
+// the group's slice count, first slice) — and the bulk copy of its rows into dst (completion on bar);
+// evict_first (fold ahead): tickets from sl.ahead on, whose bytes the fold read before, leave L2 first.
 __device__ __forceinline__ void claim_slot(int s, unsigned long long* ticket, const Slices& sl, const int32_t* tab,
                                            const Nvfp4Args& a, int64_t row_bytes, unsigned char* dst, uint32_t bar,
                                            long long* item, long long* item_row, int* item_group, int* item_rows,
-                                           int* item_need, int* item_first) {
+                                           int* item_need, int* item_first, bool evict_first = false) {
   const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
   item[s] = t;
   trace_event(sl, t, 0);
@@ -264,7 +278,7 @@ __device__ __forceinline__ void claim_slot(int s, unsigned long long* ticket, co
   // Generic-proxy reads of this slot's previous bytes come before the async-proxy writes.
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   bulk_load(smem_addr(dst), static_cast<const char*>(a.x) + si.row * row_bytes,
-            static_cast<uint32_t>(si.rows * row_bytes), bar);
+            static_cast<uint32_t>(si.rows * row_bytes), bar, evict_first && t >= sl.ahead);
 }
 
 // All threads, at the start: the row-group table into shared memory (tab), and the S_dec of groups
@@ -321,14 +335,16 @@ __device__ __forceinline__ float prepare_head(float amax, bool first, int g, con
 // While a CTA quantizes the slice of ticket t from shared memory, its threads fold the max of slice
 // t + ahead (its "ahead slice") from global memory: after quantizing block u (its bytes already in
 // registers) a thread copies block u of the ahead slice into block u of the head slot with two
-// 16-byte cp.async (no register held while they fly) and folds the one it copied an iteration
-// earlier, so each copy has a block's compute to land. A slice's expert is then complete once the
+// 16-byte cp.async (no register held while they fly) and folds the one it copied two iterations
+// earlier, so each copy has two blocks' compute to land. A slice's expert is then complete once the
 // tickets up to its last slice - ahead are quantized: with ahead >= G + the CTAs, mostly before its
 // slices become heads, so no CTA waits. The slice's bytes come twice, from HBM for the fold and, for
 // the quantization `ahead` tickets later, from L2 if still there.
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // One thread's share of an ahead slice (bf16): src the slice's first byte, n its blocks, stage the
@@ -338,20 +354,25 @@ struct AheadFold {
   int n;
   uint32_t stage;
   float m;
-  // After block u of the head is in registers: fold block u - kTh (copied an iteration ago), then
-  // copy block u.
+  // After block u of the head is in registers: fold block u - 2 kTh (copied two iterations ago: one
+  // group of copies a step, all but the newest landed), then copy block u.
   template <int kTh>
   __device__ __forceinline__ void step(int u) {
-    if (u - kTh >= 0 && u - kTh < n) fold_staged(u - kTh);
+    cp_async_wait_one();
+    if (u - 2 * kTh >= 0 && u - 2 * kTh < n) fold_staged(u - 2 * kTh);
     if (u < n) {
       cp_async16(stage + 32u * u, src + 32 * static_cast<int64_t>(u));
       cp_async16(stage + 32u * u + 16u, src + 32 * static_cast<int64_t>(u) + 16);
     }
+    cp_async_commit();
   }
-  // After the head's last block (u: the thread's first block index past it): fold the last copy,
-  // then the blocks the head had none for (its slice shorter than the ahead one), from global memory.
+  // After the head's last block (u: the thread's first block index past it): fold the last two
+  // copies, then the blocks the head had none for (its slice shorter than the ahead one), from
+  // global memory.
   template <int kTh>
   __device__ __forceinline__ void finish(int u) {
+    cp_async_wait_all();
+    if (u - 2 * kTh >= 0 && u - 2 * kTh < n) fold_staged(u - 2 * kTh);
     if (u - kTh >= 0 && u - kTh < n) fold_staged(u - kTh);
     for (; u < n; u += kTh) {
       const uint4* p = reinterpret_cast<const uint4*>(src + 32 * static_cast<int64_t>(u));
@@ -360,8 +381,7 @@ struct AheadFold {
       m = fmaxf(m, max16_bf16(raw));
     }
   }
-  __device__ __forceinline__ void fold_staged(int u) {
-    cp_async_wait_all();
+  __device__ __forceinline__ void fold_staged(int u) {  // its copies landed (this thread's wait)
     uint32_t raw[8];
     asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(raw[0]), "=r"(raw[1]), "=r"(raw[2]), "=r"(raw[3])
                  : "r"(stage + 32u * u) : "memory");
@@ -528,7 +548,7 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
   auto claim = [&](int s) {  // thread kClaimer only
     if (kEager) slot_max[s] = 0u, slot_warps[s] = 0;  // released to the folding warps by the bulk copy's arrive
     claim_slot(s, ticket, sl, tab, a, K * kElem, smem + s * slot_stride, bar0 + 8 * s, item, item_row, item_group,
-               item_rows, item_need, item_first);
+               item_rows, item_need, item_first, kAhead);
     if constexpr (kAhead) {
       const long long f = item[s] + sl.ahead;
       ahead_max[s] = 0u;
