@@ -433,7 +433,8 @@ __device__ __forceinline__ void quantize_block_4over6(const Nvfp4Args& a, const 
 // before this block's arithmetic (the head slot is not written until the slice is done; `between`
 // folds other slots), taking two shared-memory latencies off each block's dependent chain; the
 // raw words go to the emitter too (the codes' signs, no repacking of the float values).
-template <InType T, int kTh, bool kMse, typename BMax, typename Between, typename Ahead = NoAhead>
+template <InType T, int kTh, bool kMse, typename BMax, typename Between, typename Ahead = NoAhead,
+          bool kInlineMax = false>
 __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const unsigned char* base, const BMax* bmax,
                                                       int64_t units, int64_t unit0, const Head4over6& hd,
                                                       Between&& between, Ahead&& ahead = Ahead{}) {
@@ -442,7 +443,10 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
     int u = threadIdx.x;
     uint32_t next[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
     float next_max = 0.0f;
-    if (u < n) load_raw16(base, u, next), next_max = block_max_at(bmax, u);
+    if (u < n) {
+      load_raw16(base, u, next);
+      if constexpr (!kInlineMax) next_max = block_max_at(bmax, u);
+    }
     for (int u0 = threadIdx.x & ~31; u0 < n; u0 += kTh, u += kTh) {
       float v[16];
       uint32_t raw[8];
@@ -452,8 +456,11 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
         v[2 * i] = __uint_as_float(next[i] << 16);
         v[2 * i + 1] = __uint_as_float(next[i] & 0xffff0000u);
       }
-      const float m = next_max;
-      if (u + kTh < n) load_raw16(base, u + kTh, next), next_max = block_max_at(bmax, u + kTh);
+      const float m = kInlineMax ? max16_bf16(raw) : next_max;  // kInlineMax: bmax is not filled
+      if (u + kTh < n) {
+        load_raw16(base, u + kTh, next);
+        if constexpr (!kInlineMax) next_max = block_max_at(bmax, u + kTh);
+      }
       if (u < n)
         four_over_six_block_est<kMse, true>(v, m, hd.s_enc, hd.lut, hd.amax, hd.six_m, unit0 + u, a.codes,
                                             a.scales, a.fake, smallest_positive<T>(), raw);
@@ -571,7 +578,10 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
 
   // Block maxima of slot s into its bmax array; the slice max folded into amax[group]. All threads
   // (eager: one warp, its share).
+  // Fold ahead: a slice from ticket `ahead` on was folded by an earlier ticket, and its block maxima
+  // are taken when it is quantized: nothing to do when it lands.
   auto contribute = [&](int s) {
+    if (kAhead && item[s] >= sl.ahead) return;
     BMax* bm = reinterpret_cast<BMax*>(smem + s * slot_stride + data_bytes);
     if constexpr (kEager)
       fold_slice_warp<T, kTh>(a, smem + s * slot_stride, bm, item_rows[s] * nb, item_group[s], &slot_max[s],
@@ -655,8 +665,8 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
       if constexpr (kAhead) {
         AheadFold af{static_cast<const unsigned char*>(a.x) + item_arow[h] * K * kElem, item_an[h],
                      smem_addr(smem + h * slot_stride), 0.0f};
-        quantize_slice_4over6<T, kTh, kRule == 2>(a, smem + h * slot_stride, head_bmax, units, unit0, hd, fold_early,
-                                                  af);
+        quantize_slice_4over6<T, kTh, kRule == 2, BMax, decltype(fold_early)&, AheadFold&, true>(
+            a, smem + h * slot_stride, head_bmax, units, unit0, hd, fold_early, af);
         float m = af.m;
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
