@@ -348,45 +348,63 @@ __device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wai
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // One thread's share of an ahead slice (bf16): src the slice's first byte, n its blocks, stage the
-// head slot (the copies' destination, block u at stage + 32u), m the running max.
+// head slot (the copies' destination), m the running max. A warp's iteration over blocks
+// b .. b + 31 of the head (b = u - lane) copies and folds the same 1 KB of the ahead slice, bytes
+// 32b .. 32b + 1023, as two contiguous 512-byte rows of 16-byte chunks (lane i: 16i and 512 + 16i; a
+// max needs no element order), so each copy instruction reads whole sectors and the staged reads
+// have no bank conflicts.
 struct AheadFold {
   const unsigned char* src;
   int n;
   uint32_t stage;
   float m;
-  // After block u of the head is in registers: fold block u - 2 kTh (copied two iterations ago: one
-  // group of copies a step, all but the newest landed), then copy block u.
+  // After block u of the head is in registers (every lane's: its warp's 1 KB of the head slot is
+  // consumed): fold the copy of two iterations ago (one group of copies a step; all but the newest
+  // landed), then copy this iteration's.
   template <int kTh>
   __device__ __forceinline__ void step(int u) {
+    const int b = u - static_cast<int>(threadIdx.x & 31);
     cp_async_wait_one();
-    if (u - 2 * kTh >= 0 && u - 2 * kTh < n) fold_staged(u - 2 * kTh);
-    if (u < n) {
-      cp_async16(stage + 32u * u, src + 32 * static_cast<int64_t>(u));
-      cp_async16(stage + 32u * u + 16u, src + 32 * static_cast<int64_t>(u) + 16);
-    }
+    if (b - 2 * kTh >= 0) fold_staged(b - 2 * kTh);
+    __syncwarp();
+    const uint32_t o = 32u * b + 16u * (threadIdx.x & 31), end = 32u * n;
+    if (o < end) cp_async16(stage + o, src + o);
+    if (o + 512u < end) cp_async16(stage + o + 512u, src + o + 512u);
     cp_async_commit();
   }
   // After the head's last block (u: the thread's first block index past it): fold the last two
-  // copies, then the blocks the head had none for (its slice shorter than the ahead one), from
+  // copies, then the bytes the head had no blocks for (its slice shorter than the ahead one), from
   // global memory.
   template <int kTh>
   __device__ __forceinline__ void finish(int u) {
+    int b = u - static_cast<int>(threadIdx.x & 31);
     cp_async_wait_all();
-    if (u - 2 * kTh >= 0 && u - 2 * kTh < n) fold_staged(u - 2 * kTh);
-    if (u - kTh >= 0 && u - kTh < n) fold_staged(u - kTh);
-    for (; u < n; u += kTh) {
-      const uint4* p = reinterpret_cast<const uint4*>(src + 32 * static_cast<int64_t>(u));
-      const uint4 x0 = __ldcg(p), x1 = __ldcg(p + 1);
+    if (b - 2 * kTh >= 0) fold_staged(b - 2 * kTh);
+    if (b - kTh >= 0) fold_staged(b - kTh);
+    for (; b < n; b += kTh) {
+      const uint32_t o = 32u * b + 16u * (threadIdx.x & 31), end = 32u * n;
+      const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+      const uint4 x0 = o < end ? __ldcg(reinterpret_cast<const uint4*>(src + o)) : z;
+      const uint4 x1 = o + 512u < end ? __ldcg(reinterpret_cast<const uint4*>(src + o + 512u)) : z;
       const uint32_t raw[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
       m = fmaxf(m, max16_bf16(raw));
     }
   }
-  __device__ __forceinline__ void fold_staged(int u) {  // its copies landed (this thread's wait)
-    uint32_t raw[8];
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(raw[0]), "=r"(raw[1]), "=r"(raw[2]), "=r"(raw[3])
-                 : "r"(stage + 32u * u) : "memory");
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(raw[4]), "=r"(raw[5]), "=r"(raw[6]), "=r"(raw[7])
-                 : "r"(stage + 32u * u + 16u) : "memory");
+  // The staged chunks of the warp's blocks b .. b + 31 (this thread's copies landed: its wait);
+  // chunks past the slice count as zeros.
+  __device__ __forceinline__ void fold_staged(int b) {
+    const uint32_t o = 32u * b + 16u * (threadIdx.x & 31), end = 32u * n;
+    uint32_t raw[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+    if (o < end)
+      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(raw[0]), "=r"(raw[1]), "=r"(raw[2]), "=r"(raw[3])
+                   : "r"(stage + o)
+                   : "memory");
+    if (o + 512u < end)
+      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(raw[4]), "=r"(raw[5]), "=r"(raw[6]), "=r"(raw[7])
+                   : "r"(stage + o + 512u)
+                   : "memory");
     m = fmaxf(m, max16_bf16(raw));
   }
 };
