@@ -246,10 +246,6 @@ int main(int argc, char** argv) {
     const fp4qat::NVFP4Rule four_over_six{true, 256.0f, false, false};  // M 256, MAE (issue 20's speed row)
     trace_timeline("nvfp4 w13 4over6 (M 256, MAE), amax computed",
                    [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, four_over_six); });
-    set_knob("FP4QAT_NVFP4_FOLD_AHEAD", "528");
-    trace_timeline("nvfp4 w13 4over6 (M 256, MAE), amax computed, fold ahead 528",
-                   [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, four_over_six); });
-    set_knob("FP4QAT_NVFP4_FOLD_AHEAD", "");
     trace_timeline("nvfp4 w13 4over6 (M 256, MAE), given amax",
                    [&] { fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13, four_over_six); });
     set_knob("FP4QAT_NVFP4_KERNEL", "park");
@@ -547,60 +543,6 @@ int main(int argc, char** argv) {
         fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13, r);
         fp4qat::nvfp4_quantize(w2, Blocks::k1D, a2, r);
       });
-    }
-    // ... with each slice's max folded ahead, G + N tickets earlier, by the CTA quantizing that ticket
-    // (FP4QAT_NVFP4_FOLD_AHEAD; the slice is then read from HBM by the fold and from L2 by its
-    // quantization) ...
-    // (with 48 KB slots as well: a slice of w13 or w2 is then 6 blocks a thread, none left over for
-    // half the warps while the others finish, as 52 KB's 6.5 are) ...
-    struct Ahead {
-      std::string ahead, slot;
-      bool mse;
-    };
-    for (const Ahead& ah : std::vector<Ahead>{{"264", "", false},
-                                              {"396", "", false},
-                                              {"528", "", false},
-                                              {"792", "", false},
-                                              {"528", "", true},
-                                              {"396", "49152", false},
-                                              {"528", "49152", false},
-                                              {"", "49152", false}}) {
-      const fp4qat::NVFP4Rule r{true, 256.0f, ah.mse, false};
-      const auto q = [r, ah](const at::Tensor& w) {
-        set_knob("FP4QAT_NVFP4_FOLD_AHEAD", ah.ahead);
-        set_knob("FP4QAT_NVFP4_SLOT_BYTES", ah.slot);
-        auto out = fp4qat::nvfp4_quantize(w, Blocks::k1D, std::nullopt, r);
-        set_knob("FP4QAT_NVFP4_FOLD_AHEAD", "");
-        set_knob("FP4QAT_NVFP4_SLOT_BYTES", "");
-        return out;
-      };
-      const auto ok = [&, q] {
-        return check_experts([&](const at::Tensor& w) { return q(w).codes; },
-                             [&](const at::Tensor& w) { return q(w).codes; }, same_bytes) &&
-               check_experts([&](const at::Tensor& w) { return q(w).scales; },
-                             [&](const at::Tensor& w) { return q(w).scales; }, same_bytes);
-      };
-      if (ah.ahead.empty()) {  // given amax, 48 KB
-        const at::Tensor a13 = fp4qat::global_amax(w13), a2 = fp4qat::global_amax(w2);
-        add("nvfp4 1d MoE layer 4over6-256-mae, given amax, slot " + ah.slot, double(layer_elems), nv_b, true,
-            [&, r, ah, a13, a2] {
-              set_knob("FP4QAT_NVFP4_SLOT_BYTES", ah.slot);
-              fp4qat::nvfp4_quantize(w13, Blocks::k1D, a13, r);
-              fp4qat::nvfp4_quantize(w2, Blocks::k1D, a2, r);
-              set_knob("FP4QAT_NVFP4_SLOT_BYTES", "");
-            });
-        continue;
-      }
-      add(std::string("nvfp4 1d MoE layer 4over6-256-") + (ah.mse ? "mse" : "mae") + ", fold ahead " + ah.ahead +
-              (ah.slot.empty() ? "" : ", slot " + ah.slot),
-          double(layer_elems), nv_b, ok, [&, ah, r] {
-            set_knob("FP4QAT_NVFP4_FOLD_AHEAD", ah.ahead);
-            set_knob("FP4QAT_NVFP4_SLOT_BYTES", ah.slot);
-            fp4qat::nvfp4_quantize(w13, Blocks::k1D, std::nullopt, r);
-            fp4qat::nvfp4_quantize(w2, Blocks::k1D, std::nullopt, r);
-            set_knob("FP4QAT_NVFP4_FOLD_AHEAD", "");
-            set_knob("FP4QAT_NVFP4_SLOT_BYTES", "");
-          });
     }
     // ... and with three slots a CTA (the head older by a slot: its expert's amax more often ready; with
     // 2-byte block maxima, bf16, three of 32 KB still leave two CTAs a SM).

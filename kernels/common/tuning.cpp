@@ -36,11 +36,10 @@ std::optional<GemmTuning> g_gemm;
 
 }  // namespace
 
-const char* const kNvfp4TuningVariables[10] = {
+const char* const kNvfp4TuningVariables[9] = {
     "FP4QAT_NVFP4_KERNEL",      "FP4QAT_NVFP4_THREADS",     "FP4QAT_NVFP4_SLOT_BYTES",
     "FP4QAT_NVFP4_SLOTS",       "FP4QAT_NVFP4_L2HINT",      "FP4QAT_NVFP4_UNROLL",
-    "FP4QAT_NVFP4_CHUNK_ELEMS", "FP4QAT_NVFP4_CTAS_PER_SM", "FP4QAT_NVFP4_LAG_BYTES",
-    "FP4QAT_NVFP4_FOLD_AHEAD"};
+    "FP4QAT_NVFP4_CHUNK_ELEMS", "FP4QAT_NVFP4_CTAS_PER_SM", "FP4QAT_NVFP4_LAG_BYTES"};
 
 const char* to_string(Nvfp4Kernel k) {
   switch (k) {
@@ -90,8 +89,6 @@ Nvfp4Tuning Nvfp4Tuning::with(const std::string& name, const std::string& value)
     t.ctas_per_sm = unset ? 0 : positive(name, value);
   } else if (name == "FP4QAT_NVFP4_LAG_BYTES") {
     t.lag_bytes = unset ? 0 : positive(name, value);
-  } else if (name == "FP4QAT_NVFP4_FOLD_AHEAD") {
-    t.fold_ahead = unset ? 0 : positive(name, value);
   } else {
     FP4QAT_FAIL("unknown NVFP4 tuning variable \"", name, "\"");
   }

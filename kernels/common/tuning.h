@@ -23,11 +23,6 @@ struct Nvfp4Tuning {
   int64_t chunk_elems = 0;  // FP4QAT_NVFP4_CHUNK_ELEMS: > 0 (fused); 0: default
   int64_t ctas_per_sm = 0;  // FP4QAT_NVFP4_CTAS_PER_SM: > 0 (fused); 0: occupancy
   int64_t lag_bytes = 0;    // FP4QAT_NVFP4_LAG_BYTES: > 0 (fused); 0: default
-  // FP4QAT_NVFP4_FOLD_AHEAD: > 0 (staged2 Four Over Six, bf16, amax computed): each slice's max is
-  // folded by the CTA quantizing the slice G + this many tickets earlier (G: the most slices of a
-  // group), streamed while it quantizes, so that a slice's expert is complete before it is quantized
-  // (its bytes then come twice: from HBM for the fold, from L2 for the quantization); 0: off.
-  int64_t fold_ahead = 0;
 
   // A copy with the knob of environment variable `name` set from `value` (as the environment
   // would; "" resets it to its default). Throws fp4qat::Error naming the variable on a bad value
@@ -35,7 +30,7 @@ struct Nvfp4Tuning {
   Nvfp4Tuning with(const std::string& name, const std::string& value) const;
 };
 // The names of the variables above, in declaration order.
-extern const char* const kNvfp4TuningVariables[10];
+extern const char* const kNvfp4TuningVariables[9];
 const char* to_string(Nvfp4Kernel k);  // "" for kDefault
 
 // The NVFP4 knobs in effect: read from the environment at the first call, unless set first.

@@ -37,9 +37,6 @@ struct Slices {
   // [kNvfp4TraceFields * t + k]: globaltimer ns, and the claiming CTA.
   unsigned long long* trace = nullptr;
   int64_t trace_items = 0;
-  // Fold ahead (staged2's kAhead form; tuning fold_ahead): ticket t folds slice t + ahead while it
-  // quantizes slice t, and tickets below `ahead` fold their own slice; ahead >= G. 0: off.
-  int64_t ahead = 0;
 };
 
 // ---- Shared host helpers (quantize_dispatch.cu) ------------------------------------------------

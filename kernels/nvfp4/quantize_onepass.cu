@@ -227,12 +227,12 @@ static Slices uniform_slices(const Nvfp4Args& a, int64_t rows) {
 
 // One one-read shape of Four Over Six (kTh threads x kSlots slots; registers for two CTAs a SM: the
 // shared memory is sized for two), MAE or MSE as the rule says.
-template <InType T, int kTh, int kSlots, bool kAhead = false>
+template <InType T, int kTh, int kSlots>
 bool launch_4over6_shape(const Nvfp4Args& a, const Slices& sl, int64_t row_bytes, cudaStream_t stream) {
   constexpr int kBmax = block_max_bytes(T, 1);
-  return a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 2, 2, kAhead>, kTh, kSlots, kSlots, a, sl,
+  return a.rule.mse ? launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 2, 2>, kTh, kSlots, kSlots, a, sl,
                                       row_bytes, stream, kBmax)
-                    : launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 1, 2, kAhead>, kTh, kSlots, kSlots, a, sl,
+                    : launch_one_read(nvfp4_staged2_kernel<T, kTh, kSlots, 1, 2>, kTh, kSlots, kSlots, a, sl,
                                       row_bytes, stream, kBmax);
 }
 
@@ -249,19 +249,9 @@ bool launch_staged2_4over6(const Nvfp4Args& a, cudaStream_t stream) {
   if (tu.kernel != tuning::Nvfp4Kernel::kDefault && tu.kernel != tuning::Nvfp4Kernel::kStaged2) return false;
   if (!a.rule.four_over_six || a.rule.row_scaled || a.two_d || a.N == 0 || !staged2_available(stream)) return false;
   const int64_t slot = tu.slot_bytes > 0 ? tu.slot_bytes : T == InType::BF16 ? 53248 : 49152;
-  Slices sl = uniform_slices(a, slot / row_bytes<T>(a.K));
+  const Slices sl = uniform_slices(a, slot / row_bytes<T>(a.K));
   if (sl.R < 1) return false;
   const int64_t rb = row_bytes<T>(a.K);
-  // Fold ahead (FP4QAT_NVFP4_FOLD_AHEAD; bf16, amax computed): ahead = G + the knob >= G, the
-  // deadlock-freedom condition of the form (a slice's expert needs only the folds of smaller tickets).
-  if constexpr (T == InType::BF16) {
-    if (tu.fold_ahead > 0 && a.given_amax == nullptr && tu.threads != 384 && tu.slots != 3) {
-      sl.ahead = sl.G + tu.fold_ahead;
-      const bool ok = launch_4over6_shape<T, 256, 2, true>(a, sl, rb, stream);
-      if (ok) set_last_kernel("staged2-4over6");
-      return ok;
-    }
-  }
   // Benchmark shapes, both measured slower (bench/RESULTS.md sessions 23-26): FP4QAT_NVFP4_THREADS=384
   // (12 warps a CTA, two CTAs a SM within 80 registers) and FP4QAT_NVFP4_SLOTS=3 (a deeper ring of
   // smaller slots). Removed after measuring slower: 512 threads (with spills) and two lanes a block

@@ -46,25 +46,12 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   }
 }
 
-// One thread: expect `bytes` on `bar` and start the bulk copy global -> shared; evict_first: its
-// lines first to leave L2 (the last read of bytes another read brought there).
-__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar,
-                                          bool evict_first = false) {
+// One thread: expect `bytes` on `bar` and start the bulk copy global -> shared.
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-  if (evict_first) {
-    uint64_t policy;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::
-            "r"(dst),
-        "l"(src), "r"(bytes), "r"(bar), "l"(policy)
-        : "memory");
-  } else {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                     dst),
-                 "l"(src), "r"(bytes), "r"(bar)
-                 : "memory");
-  }
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
 }
 
 __device__ __forceinline__ void red_release_add(int* p, int v) {
@@ -174,10 +161,9 @@ __device__ __forceinline__ void fold_slice(const Nvfp4Args& a, const unsigned ch
 template <InType T, int kTh, typename BMax>
 __device__ __forceinline__ void fold_slice_warp(const Nvfp4Args& a, const unsigned char* base, BMax* bmax,
                                                 int64_t units, int g, uint32_t* slot_max, int* slot_warps,
-                                                uint32_t* amax_bits, int* arrived, const Slices& sl, long long t,
-                                                bool own = true) {
+                                                uint32_t* amax_bits, int* arrived, const Slices& sl, long long t) {
   float m = fold_block_maxima<T, kTh, BMax>(base, bmax, units);
-  if (a.given_amax == nullptr && own) {
+  if (a.given_amax == nullptr) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     if ((threadIdx.x & 31) == 0) {
@@ -258,12 +244,11 @@ __device__ __forceinline__ void fold_landed(int landed, uint32_t bar0, uint32_t&
 }
 
 // Thread kClaimer: the next ticket into slot s — its item arrays (ticket, first row, group, rows,
-// the group's slice count, first slice) — and the bulk copy of its rows into dst (completion on bar);
-// evict_first (fold ahead): tickets from sl.ahead on, whose bytes the fold read before, leave L2 first.
+// the group's slice count, first slice) — and the bulk copy of its rows into dst (completion on bar).
 __device__ __forceinline__ void claim_slot(int s, unsigned long long* ticket, const Slices& sl, const int32_t* tab,
                                            const Nvfp4Args& a, int64_t row_bytes, unsigned char* dst, uint32_t bar,
                                            long long* item, long long* item_row, int* item_group, int* item_rows,
-                                           int* item_need, int* item_first, bool evict_first = false) {
+                                           int* item_need, int* item_first) {
   const long long t = static_cast<long long>(atomicAdd(ticket, 1ull));
   item[s] = t;
   trace_event(sl, t, 0);
@@ -278,7 +263,7 @@ __device__ __forceinline__ void claim_slot(int s, unsigned long long* ticket, co
   // Generic-proxy reads of this slot's previous bytes come before the async-proxy writes.
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   bulk_load(smem_addr(dst), static_cast<const char*>(a.x) + si.row * row_bytes,
-            static_cast<uint32_t>(si.rows * row_bytes), bar, evict_first && t >= sl.ahead);
+            static_cast<uint32_t>(si.rows * row_bytes), bar);
 }
 
 // All threads, at the start: the row-group table into shared memory (tab), and the S_dec of groups
@@ -331,91 +316,6 @@ __device__ __forceinline__ float prepare_head(float amax, bool first, int g, con
   return nvfp4_block_factor(s_enc);
 }
 
-// ---- Fold ahead (staged2's kAhead form) ----------------------------------------------------------
-// While a CTA quantizes the slice of ticket t from shared memory, its threads fold the max of slice
-// t + ahead (its "ahead slice") from global memory: after quantizing block u (its bytes already in
-// registers) a thread copies block u of the ahead slice into block u of the head slot with two
-// 16-byte cp.async (no register held while they fly) and folds the one it copied two iterations
-// earlier, so each copy has two blocks' compute to land. A slice's expert is then complete once the
-// tickets up to its last slice - ahead are quantized: with ahead >= G + the CTAs, mostly before its
-// slices become heads, so no CTA waits. The slice's bytes come twice, from HBM for the fold and, for
-// the quantization `ahead` tickets later, from L2 if still there.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-
-// One thread's share of an ahead slice (bf16): src the slice's first byte, n its blocks, stage the
-// head slot (the copies' destination), m the running max. A warp's iteration over blocks
-// b .. b + 31 of the head (b = u - lane) copies and folds the same 1 KB of the ahead slice, bytes
-// 32b .. 32b + 1023, as two contiguous 512-byte rows of 16-byte chunks (lane i: 16i and 512 + 16i; a
-// max needs no element order), so each copy instruction reads whole sectors and the staged reads
-// have no bank conflicts.
-struct AheadFold {
-  const unsigned char* src;
-  int n;
-  uint32_t stage;
-  float m;
-  // After block u of the head is in registers (every lane's: its warp's 1 KB of the head slot is
-  // consumed): fold the copy of two iterations ago (one group of copies a step; all but the newest
-  // landed), then copy this iteration's.
-  template <int kTh>
-  __device__ __forceinline__ void step(int u) {
-    const int b = u - static_cast<int>(threadIdx.x & 31);
-    cp_async_wait_one();
-    if (b - 2 * kTh >= 0) fold_staged(b - 2 * kTh);
-    __syncwarp();
-    const uint32_t o = 32u * b + 16u * (threadIdx.x & 31), end = 32u * n;
-    if (o < end) cp_async16(stage + o, src + o);
-    if (o + 512u < end) cp_async16(stage + o + 512u, src + o + 512u);
-    cp_async_commit();
-  }
-  // After the head's last block (u: the thread's first block index past it): fold the last two
-  // copies, then the bytes the head had no blocks for (its slice shorter than the ahead one), from
-  // global memory.
-  template <int kTh>
-  __device__ __forceinline__ void finish(int u) {
-    int b = u - static_cast<int>(threadIdx.x & 31);
-    cp_async_wait_all();
-    if (b - 2 * kTh >= 0) fold_staged(b - 2 * kTh);
-    if (b - kTh >= 0) fold_staged(b - kTh);
-    for (; b < n; b += kTh) {
-      const uint32_t o = 32u * b + 16u * (threadIdx.x & 31), end = 32u * n;
-      const uint4 z = make_uint4(0u, 0u, 0u, 0u);
-      const uint4 x0 = o < end ? __ldcg(reinterpret_cast<const uint4*>(src + o)) : z;
-      const uint4 x1 = o + 512u < end ? __ldcg(reinterpret_cast<const uint4*>(src + o + 512u)) : z;
-      const uint32_t raw[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-      m = fmaxf(m, max16_bf16(raw));
-    }
-  }
-  // The staged chunks of the warp's blocks b .. b + 31 (this thread's copies landed: its wait);
-  // chunks past the slice count as zeros.
-  __device__ __forceinline__ void fold_staged(int b) {
-    const uint32_t o = 32u * b + 16u * (threadIdx.x & 31), end = 32u * n;
-    uint32_t raw[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
-    if (o < end)
-      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                   : "=r"(raw[0]), "=r"(raw[1]), "=r"(raw[2]), "=r"(raw[3])
-                   : "r"(stage + o)
-                   : "memory");
-    if (o + 512u < end)
-      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                   : "=r"(raw[4]), "=r"(raw[5]), "=r"(raw[6]), "=r"(raw[7])
-                   : "r"(stage + o + 512u)
-                   : "memory");
-    m = fmaxf(m, max16_bf16(raw));
-  }
-};
-// No ahead slice (the kernels without kAhead).
-struct NoAhead {
-  template <int kTh>
-  __device__ __forceinline__ void step(int) {}
-  template <int kTh>
-  __device__ __forceinline__ void finish(int) {}
-};
-
 // The smallest positive value of an input type (four_over_six_block_lut's `tiny`).
 template <InType T>
 __host__ __device__ constexpr float smallest_positive() {
@@ -451,20 +351,16 @@ __device__ __forceinline__ void quantize_block_4over6(const Nvfp4Args& a, const 
 // before this block's arithmetic (the head slot is not written until the slice is done; `between`
 // folds other slots), taking two shared-memory latencies off each block's dependent chain; the
 // raw words go to the emitter too (the codes' signs, no repacking of the float values).
-template <InType T, int kTh, bool kMse, typename BMax, typename Between, typename Ahead = NoAhead,
-          bool kInlineMax = false>
+template <InType T, int kTh, bool kMse, typename BMax, typename Between>
 __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const unsigned char* base, const BMax* bmax,
                                                       int64_t units, int64_t unit0, const Head4over6& hd,
-                                                      Between&& between, Ahead&& ahead = Ahead{}) {
+                                                      Between&& between) {
   if constexpr (T == InType::BF16) {
     const int n = static_cast<int>(units);  // a slice's blocks: a slot's bytes / 32
     int u = threadIdx.x;
     uint32_t next[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
     float next_max = 0.0f;
-    if (u < n) {
-      load_raw16(base, u, next);
-      if constexpr (!kInlineMax) next_max = block_max_at(bmax, u);
-    }
+    if (u < n) load_raw16(base, u, next), next_max = block_max_at(bmax, u);
     for (int u0 = threadIdx.x & ~31; u0 < n; u0 += kTh, u += kTh) {
       float v[16];
       uint32_t raw[8];
@@ -474,18 +370,13 @@ __device__ __forceinline__ void quantize_slice_4over6(const Nvfp4Args& a, const 
         v[2 * i] = __uint_as_float(next[i] << 16);
         v[2 * i + 1] = __uint_as_float(next[i] & 0xffff0000u);
       }
-      const float m = kInlineMax ? max16_bf16(raw) : next_max;  // kInlineMax: bmax is not filled
-      if (u + kTh < n) {
-        load_raw16(base, u + kTh, next);
-        if constexpr (!kInlineMax) next_max = block_max_at(bmax, u + kTh);
-      }
+      const float m = next_max;
+      if (u + kTh < n) load_raw16(base, u + kTh, next), next_max = block_max_at(bmax, u + kTh);
       if (u < n)
         four_over_six_block_est<kMse, true>(v, m, hd.s_enc, hd.lut, hd.amax, hd.six_m, unit0 + u, a.codes,
                                             a.scales, a.fake, smallest_positive<T>(), raw);
-      ahead.template step<kTh>(u);
       between();
     }
-    ahead.template finish<kTh>(u);
   } else {
     for (int64_t u0 = threadIdx.x & ~31; u0 < units; u0 += kTh) {
       const int64_t u = u0 + (threadIdx.x & 31);
@@ -508,7 +399,7 @@ __device__ __forceinline__ void init_bars(uint32_t bar0, int n) {
 // as without the argument (the same SASS). An explicit 1 is not that: ptxas then took up to 128
 // registers a thread (57 -> 96 at 512 threads: one CTA a SM instead of two, max6 on the MoE layer
 // 0.76 -> 1.03 ms on the H100; bench/RESULTS.md session 25).
-template <InType T, int kTh, int kSlots, int kRule = 0, int kMinCtas = 0, bool kAhead = false>
+template <InType T, int kTh, int kSlots, int kRule = 0, int kMinCtas = 0>
 __global__ void __launch_bounds__(kTh, kMinCtas)
     nvfp4_staged2_kernel(Nvfp4Args a, Slices sl, int64_t data_bytes, int64_t slot_stride, uint32_t* amax_bits,
                          int* arrived, unsigned long long* ticket) {
@@ -564,46 +455,19 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
   __shared__ float pre_amax[kSlots];
   __shared__ long long pre_ticket[kSlots];
   if (kEager && threadIdx.x < kSlots) pre_ticket[threadIdx.x] = -1;  // ordered by the barrier below
-  // Fold ahead: slot s's ahead slice (its first row, blocks — 0 for none — and group) and the
-  // warps' max of it (bits); read after the barriers that precede the slot's turn as the head.
-  static_assert(!kAhead || (kEager && T == InType::BF16), "fold ahead: Four Over Six on bf16");
-  __shared__ long long item_arow[kAhead ? kSlots : 1];
-  __shared__ int item_an[kAhead ? kSlots : 1], item_ag[kAhead ? kSlots : 1];
-  __shared__ uint32_t ahead_max[kAhead ? kSlots : 1];
   auto claim = [&](int s) {  // thread kClaimer only
     if (kEager) slot_max[s] = 0u, slot_warps[s] = 0;  // released to the folding warps by the bulk copy's arrive
     claim_slot(s, ticket, sl, tab, a, K * kElem, smem + s * slot_stride, bar0 + 8 * s, item, item_row, item_group,
-               item_rows, item_need, item_first, kAhead);
-    if constexpr (kAhead) {
-      const long long f = item[s] + sl.ahead;
-      ahead_max[s] = 0u;
-      item_an[s] = 0;
-      if (f < total) {
-        const SliceInfo fi = decode_slice(sl, tab, a.N, f);
-        item_arow[s] = fi.row, item_an[s] = static_cast<int>(fi.rows * nb), item_ag[s] = static_cast<int>(fi.g);
-      }
-    }
-  };
-  // Thread kClaimer, after the barrier that ends slot s's slice: its ahead slice's max into the
-  // group's amax, and the arrival.
-  auto publish_ahead = [&](int s) {
-    if (item_an[s] > 0) {
-      atomic_max_nonneg(amax_bits + item_ag[s], __uint_as_float(ahead_max[s]));
-      red_release_add(arrived + item_ag[s], 1);
-      trace_event(sl, item[s] + sl.ahead, 4);
-    }
+               item_rows, item_need, item_first);
   };
 
   // Block maxima of slot s into its bmax array; the slice max folded into amax[group]. All threads
   // (eager: one warp, its share).
-  // Fold ahead: a slice from ticket `ahead` on was folded by an earlier ticket, and its block maxima
-  // are taken when it is quantized: nothing to do when it lands.
   auto contribute = [&](int s) {
-    if (kAhead && item[s] >= sl.ahead) return;
     BMax* bm = reinterpret_cast<BMax*>(smem + s * slot_stride + data_bytes);
     if constexpr (kEager)
       fold_slice_warp<T, kTh>(a, smem + s * slot_stride, bm, item_rows[s] * nb, item_group[s], &slot_max[s],
-                              &slot_warps[s], amax_bits, arrived, sl, item[s], !kAhead || item[s] < sl.ahead);
+                              &slot_warps[s], amax_bits, arrived, sl, item[s]);
     else
       fold_slice<T, kTh>(a, smem + s * slot_stride, bm, item_rows[s] * nb, item_group[s], red, amax_bits, arrived, sl,
                          item[s]);
@@ -680,18 +544,7 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
       const Head4over6 hd{
           prepare_head_4over6<kTh, true>(amax, item_first[h], g, a, enc_lut, enc_lut + kLutEnc, lut_tag), amax,
           a.rule.e4m3_max * kE2M1Max, SlimLut{lut_base}};
-      if constexpr (kAhead) {
-        AheadFold af{static_cast<const unsigned char*>(a.x) + item_arow[h] * K * kElem, item_an[h],
-                     smem_addr(smem + h * slot_stride), 0.0f};
-        quantize_slice_4over6<T, kTh, kRule == 2, BMax, decltype(fold_early)&, AheadFold&, true>(
-            a, smem + h * slot_stride, head_bmax, units, unit0, hd, fold_early, af);
-        float m = af.m;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        if ((threadIdx.x & 31) == 0 && item_an[h] > 0) atomicMax(&ahead_max[h], __float_as_uint(m));
-      } else {
-        quantize_slice_4over6<T, kTh, kRule == 2>(a, smem + h * slot_stride, head_bmax, units, unit0, hd, fold_early);
-      }
+      quantize_slice_4over6<T, kTh, kRule == 2>(a, smem + h * slot_stride, head_bmax, units, unit0, hd, fold_early);
       if (threadIdx.x == kPoller && a.given_amax != nullptr) {
         // The next slot's item fields are this warp's to read once it has seen the slot land (the
         // claimer's writes are released by the bulk copy's mbarrier).
@@ -710,10 +563,7 @@ __global__ void __launch_bounds__(kTh, kMinCtas)
     // The next ticket into the head slot (the ring's new tail). No barrier: every thread reads
     // the slot's item arrays again only after later barriers (it is the head kSlots - 1 heads from
     // now), and thread 0's scan learns the ticket with the bytes (the mbarrier's arrive releases it).
-    if (threadIdx.x == kClaimer) {
-      if constexpr (kAhead) publish_ahead(h);
-      claim(h);
-    }
+    if (threadIdx.x == kClaimer) claim(h);
     h = h + 1 < kSlots ? h + 1 : 0;
   }
 #endif
