@@ -6,8 +6,11 @@
 #     the fence costs an expert's completion. If it gains, the correct form is a fence-free publication (e.g. one
 #     word a slice, a sentinel until written, checked by the poller's warp).
 #  B. 2026-12-08-s34-fold-ahead.patch: fold ahead's third form (whole-sector copies), unmeasured in session 34.
+#  C. 2026-12-08-s34-slice-words.patch: the correct fence-free form of A — one word a slice in the rule workspace,
+#     0xFFFFFFFF until the slice's last folding warp stores its max (relaxed, no atomics, no fence); the poller's
+#     warp reads its expert's words. Byte tests first (its default shape takes it wherever the words fit).
 # Use: cp this file .gpudata/next.sh; run `bash .gpudata/next.sh` with carry [".nlohmann", ".boost-po", ".gpudata"]
-# (~5-6 min: the build ~116 s on a fresh H100 machine, two incremental rebuilds).
+# (~6-7 min: the build ~116 s on a fresh H100 machine, three incremental rebuilds).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-$PWD/gpu-out}"; mkdir -p "$OUT"
@@ -35,5 +38,10 @@ git apply $P/2026-12-08-s34-fold-ahead.patch && build "fp4qat_bench_quantize fp4
   echo "gtest rc=$? at $(el) s"; grep -E "^\[ +(FAILED|PASSED) |tests ran" "$OUT/gtest-fold-ahead.log"
   rows fold-ahead "$R0|$M, fold ahead 396|$M, fold ahead 528|$M, fold ahead 792|nvfp4 1d MoE layer 4over6-256-mse, fold ahead 528"; }
 git apply -R $P/2026-12-08-s34-fold-ahead.patch
+git apply $P/2026-12-08-s34-slice-words.patch && build "fp4qat_bench_quantize fp4qat_gpu_tests" slice-words && {
+  timeout 150 $gtb --gtest_filter="GpuQuantizeRules.FourOverSix*:*MatchReferenceOnRandomShapes*:*OneRead*" > "$OUT/gtest-words.log" 2>&1
+  echo "gtest rc=$? at $(el) s"; grep -E "^\[ +(FAILED|PASSED) |tests ran" "$OUT/gtest-words.log"
+  rows slice-words "$R0"; timeout 90 $bq --trace > "$OUT/trace-words.log" 2>&1; echo "trace words rc=$? at $(el) s"; }
+git apply -R $P/2026-12-08-s34-slice-words.patch
 grep -E "^== |MoE layer" "$OUT/bench.log"; grep -E "^nvfp4 w13 4over6|idle" "$OUT"/trace-*.log
 echo "total $(el) s"
