@@ -17,6 +17,7 @@
 #include <map>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "bench/dev/nvfp4_variants.h"
@@ -125,15 +126,14 @@ void trace_timeline(const char* name, const std::function<void()>& quantize) {
     std::printf("%s: no trace (the staged2 kernel did not run)\n", name);
     return;
   }
-  if (g_trace_dump != nullptr) {  // --trace-dump: the raw fields, ns from the first claim (0: not recorded)
+  if (g_trace_dump != nullptr) {  // --trace-dump: the raw fields, ns from the first claim (fold-in -1: not recorded)
     std::fprintf(g_trace_dump, "# %s\n", name);
     for (const auto& x : it)
       std::fprintf(g_trace_dump, "%.0f %.0f %.0f %.0f %.0f %.0f\n", x[0] - t0, x[1] - t0, x[2] - t0, x[3] - t0,
                    x[4] > 0 ? x[4] - t0 : -1.0, x[5]);
   }
-  auto stats = [&](int a, int b) {
-    std::vector<double> d;
-    for (const auto& x : it) d.push_back((x[b] - x[a]) / 1000.0);
+  // Mean and percentiles of durations (us; not empty).
+  auto summary = [](std::vector<double> d) {
     std::sort(d.begin(), d.end());
     double mean = 0;
     for (double y : d) mean += y;
@@ -142,6 +142,11 @@ void trace_timeline(const char* name, const std::function<void()>& quantize) {
     std::snprintf(out, sizeof out, "mean %6.2f  p10 %6.2f  p50 %6.2f  p90 %6.2f  max %7.2f us", mean, d[d.size() / 10],
                   d[d.size() / 2], d[d.size() * 9 / 10], d.back());
     return std::string(out);
+  };
+  auto stats = [&](int a, int b) {  // from field a to field b of each slice
+    std::vector<double> d;
+    for (const auto& x : it) d.push_back((x[b] - x[a]) / 1000.0);
+    return summary(std::move(d));
   };
   std::printf("\n%s: %zu slices, %.1f us (first claim to last quantized)\n", name, it.size(), (t1 - t0) / 1000.0);
   std::printf("  claim -> landed        %s\n", stats(0, 1).c_str());
@@ -157,13 +162,9 @@ void trace_timeline(const char* name, const std::function<void()>& quantize) {
       std::sort(v2.begin(), v2.end());
       for (size_t i = 1; i < v2.size(); ++i) idle.push_back((v2[i].first - v2[i - 1].second) / 1000.0);
     }
-    if (!idle.empty()) {
-      std::sort(idle.begin(), idle.end());
-      double mean = 0;
-      for (double y : idle) mean += y;
-      std::printf("  head done -> next head complete (a CTA idle)  mean %6.2f  p50 %6.2f  p90 %6.2f  max %7.2f us  (%zu CTAs)\n",
-                  mean / idle.size(), idle[idle.size() / 2], idle[idle.size() * 9 / 10], idle.back(), per_cta.size());
-    }
+    if (!idle.empty())
+      std::printf("  head done -> next head complete (a CTA idle)  %s  (%zu CTAs)\n", summary(std::move(idle)).c_str(),
+                  per_cta.size());
   }
   // Slices in each state, averaged over 20 us windows.
   const double bin = 20000.0;
